@@ -1,0 +1,79 @@
+# Countersign: `make run` serves the app on the embedded default (SQLite, no services);
+# `make test` runs every check against real PostgreSQL and Redis.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+HOST ?= 127.0.0.1
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/countersign
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# The product's packages, checked by mypy with django-stubs.
+TYPED := config approvals audit tools_registry sandbox
+
+.PHONY: run test lint typecheck bench clean chromium
+
+$(PY):
+	@python=$$(scripts/find-python) || exit 1; \
+	echo "Creating $(VENV) with $$python"; \
+	"$$python" -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput -v0
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py seed_demo
+	@echo ""
+	@echo "Countersign (embedded: SQLite, in-process executor) on http://$(HOST):$(PORT)/"
+	@echo "  reviewers:  http://$(HOST):$(PORT)/approvals/   (reviewer, reviewer2)"
+	@echo "  auditors:   http://$(HOST):$(PORT)/audit/       (auditor)"
+	@echo "  admins:     http://$(HOST):$(PORT)/admin/       (admin)"
+	@echo "  agent API:  http://$(HOST):$(PORT)/api/v1/docs  (Authorization: Bearer <demo-agent token>)"
+	@echo "  health:     http://$(HOST):$(PORT)/healthz"
+	@echo "  reviewer e-mails (console backend) and sweeps: $${COUNTERSIGN_VAR_DIR:-var}/sweeps.log"
+	@echo ""
+	@# The sweeps (expiry, re-sends, audit sealing) run beside the server, as beat would.
+	@export PORT=$(PORT); unset DATABASE_URL REDIS_URL; \
+	$(PY) manage.py run_sweeps --loop 5 >$${COUNTERSIGN_VAR_DIR:-var}/sweeps.log 2>&1 & sweeps=$$!; \
+	trap 'kill $$sweeps 2>/dev/null' EXIT INT TERM; \
+	$(PY) manage.py runserver $(HOST):$(PORT) --noreload
+
+# The browser tests drive Debian's chromium (Playwright, executable /usr/bin/chromium).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get update -qq >/dev/null && \
+	  $$sudo apt-get install -y -qq chromium >/dev/null; }
+
+test: $(VENV)/.installed-dev chromium
+	@export DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		SECRET_KEY=$${SECRET_KEY:-countersign-tests-only} CELERY_QUEUE=$${CELERY_QUEUE:-countersign-tests}; \
+	$(PY) scripts/check_services.py || exit 1; \
+	$(VENV)/bin/ruff check . && \
+	SANDBOX_ENABLED=1 $(VENV)/bin/mypy $(TYPED) && \
+	$(PY) manage.py makemigrations --check --dry-run && \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy's Django plugin loads the settings: the sandbox app must be installed to type its models.
+typecheck: $(VENV)/.installed-dev
+	SANDBOX_ENABLED=1 $(VENV)/bin/mypy $(TYPED)
+
+bench: $(VENV)/.installed-dev
+	@export DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		SECRET_KEY=$${SECRET_KEY:-countersign-bench-only} SANDBOX_ENABLED=1; \
+	$(PY) scripts/check_services.py && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

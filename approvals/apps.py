@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ApprovalsConfig(AppConfig):
+    name = "approvals"
+    verbose_name = "Approvals"
+
+    def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
+
+        from approvals import reauth
+
+        # Destructive approvals need a recent sign-in; remember when this session's was.
+        user_logged_in.connect(reauth.on_login, dispatch_uid="approvals.reauth.on_login")

@@ -1,0 +1,244 @@
+"""The agent API's errors: ``{"error": {"code", "message", "suggestion", "retryable"}}``.
+
+Each factory names one situation an agent can meet, with the status code, a message for
+logs and a suggestion that tells the agent what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        message: str,
+        suggestion: str,
+        retryable: bool = False,
+        headers: dict[str, str] | None = None,
+        details: Any = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.suggestion = suggestion
+        self.retryable = retryable
+        self.headers = headers or {}
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "suggestion": self.suggestion,
+            "retryable": self.retryable,
+        }
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def not_authenticated() -> ApiError:
+    return ApiError(
+        status=401,
+        code="not_authenticated",
+        message="Missing, unknown or revoked bearer token, or the agent is disabled.",
+        suggestion="Send 'Authorization: Bearer <token>' with an active token of an enabled agent.",
+    )
+
+
+def invalid_request(message: str, details: Any = None) -> ApiError:
+    return ApiError(
+        status=400,
+        code="invalid_request",
+        message=message,
+        suggestion="Fix the request body as described and send it again.",
+        details=details,
+    )
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(
+        status=413,
+        code="body_too_large",
+        message=f"The request body is larger than {limit} bytes.",
+        suggestion="Send smaller arguments; put large content somewhere the tool can fetch it.",
+    )
+
+
+def idempotency_key_required() -> ApiError:
+    return ApiError(
+        status=400,
+        code="idempotency_key_required",
+        message="The Idempotency-Key header is missing or longer than 255 characters.",
+        suggestion="Create a unique key (a UUID) before the call, store it with your task, "
+        "and send it as the Idempotency-Key header on this request and every retry of it.",
+    )
+
+
+def idempotency_key_reused() -> ApiError:
+    return ApiError(
+        status=422,
+        code="idempotency_key_reused",
+        message="This Idempotency-Key was already used with a different request body.",
+        suggestion="Use a new key for a new call; reuse a key only to retry the identical request.",
+    )
+
+
+def idempotency_key_in_use() -> ApiError:
+    return ApiError(
+        status=409,
+        code="idempotency_key_in_use",
+        message="A request with this Idempotency-Key is still being processed.",
+        suggestion="Wait a moment and retry with the same key to receive its result.",
+        retryable=True,
+        headers={"Retry-After": "1"},
+    )
+
+
+def unknown_tool(name: str) -> ApiError:
+    return ApiError(
+        status=404,
+        code="unknown_tool",
+        message=f"There is no tool named {name!r}.",
+        suggestion="List your tools with GET /api/v1/tools and use one of their names.",
+    )
+
+
+def tool_not_allowed(name: str) -> ApiError:
+    return ApiError(
+        status=403,
+        code="tool_not_allowed",
+        message=f"This agent may not call {name!r}.",
+        suggestion="Use one of the tools GET /api/v1/tools lists, or ask a tool admin to allow this one.",
+    )
+
+
+def tool_disabled(name: str) -> ApiError:
+    return ApiError(
+        status=403,
+        code="tool_disabled",
+        message=f"The tool {name!r} is disabled.",
+        suggestion="Do not retry; tell the user the action is unavailable or use another tool.",
+    )
+
+
+def invalid_arguments(errors: list[dict[str, str]]) -> ApiError:
+    return ApiError(
+        status=400,
+        code="invalid_arguments",
+        message="The arguments do not match the tool's JSON Schema.",
+        suggestion="Correct the arguments at the listed paths and call again with a new Idempotency-Key.",
+        details=errors,
+    )
+
+
+def call_not_found() -> ApiError:
+    return ApiError(
+        status=404,
+        code="call_not_found",
+        message="No tool call with this id belongs to this agent.",
+        suggestion="Use the id returned when the call was submitted.",
+    )
+
+
+def invalid_state(message: str, suggestion: str) -> ApiError:
+    return ApiError(status=409, code="invalid_state", message=message, suggestion=suggestion)
+
+
+def timeout(message: str = "The tool did not answer in time.") -> ApiError:
+    return ApiError(
+        status=504,
+        code="timeout",
+        message=message,
+        suggestion="Try again later with a new Idempotency-Key; the read had no effect.",
+        retryable=True,
+    )
+
+
+def tool_failed(message: str) -> ApiError:
+    return ApiError(
+        status=502,
+        code="tool_failed",
+        message=message,
+        suggestion="Check the arguments; if they are right, try again later with a new Idempotency-Key.",
+        retryable=True,
+    )
+
+
+def max_rounds_exceeded(limit: int) -> ApiError:
+    return ApiError(
+        status=429,
+        code="max_rounds_exceeded",
+        message=f"This session already made its {limit} tool-call rounds.",
+        suggestion="Stop calling tools in this session and give the user your answer, or start a new session.",
+    )
+
+
+def rate_limited(*, scope: str, limit: str, retry_after: int) -> ApiError:
+    who = "this end user" if scope == "user" else "this agent"
+    return ApiError(
+        status=429,
+        code="rate_limited",
+        message=f"The tool's rate limit for {who} ({limit}) is used up.",
+        suggestion=f"Wait {retry_after} s (Retry-After) and send the same request again with "
+        "the same Idempotency-Key.",
+        retryable=True,
+        headers={"Retry-After": str(retry_after)},
+        details={"scope": scope, "limit": limit},
+    )
+
+
+def circuit_open(name: str, *, retry_after: int) -> ApiError:
+    return ApiError(
+        status=503,
+        code="circuit_open",
+        message=f"The tool {name!r} failed repeatedly; Countersign stopped calling it for a while.",
+        suggestion=f"Wait {retry_after} s (Retry-After) and retry with the same Idempotency-Key, "
+        "or continue without this tool.",
+        retryable=True,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def unavailable(message: str = "Countersign cannot reach a service it needs.") -> ApiError:
+    return ApiError(
+        status=503,
+        code="unavailable",
+        message=message,
+        suggestion="Retry in a few seconds with the same Idempotency-Key.",
+        retryable=True,
+        headers={"Retry-After": "5"},
+    )
+
+
+def invalid_idempotency_key() -> ApiError:
+    return ApiError(
+        status=400,
+        code="idempotency_key_required",
+        message="The Idempotency-Key header must be 1 to 255 printable ASCII characters.",
+        suggestion="Use a UUID as the key; store it with your task before the call.",
+    )
+
+
+def retry_not_allowed(message: str) -> ApiError:
+    return ApiError(
+        status=409,
+        code="retry_not_allowed",
+        message=message,
+        suggestion="A person decides what happens to this call; tell the user it needs review.",
+    )
+
+
+def internal_error() -> ApiError:
+    return ApiError(
+        status=500,
+        code="internal_error",
+        message="Countersign failed to handle this request.",
+        suggestion="Retry with the same Idempotency-Key; if it keeps failing, tell the operators.",
+        retryable=True,
+    )

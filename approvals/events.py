@@ -1,0 +1,258 @@
+"""One small factory per audit event of a tool call's life."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from audit.log import record
+from audit.models import AuditEvent
+
+if TYPE_CHECKING:
+    from approvals.models import Decision, ToolCall
+    from approvals.services import Outcome
+
+
+def _sensitive(call: ToolCall) -> list[str]:
+    return list(call.tool.sensitive_fields or [])
+
+
+def call_submitted(call: ToolCall) -> AuditEvent:
+    return record(
+        action="call.submitted",
+        actor=call.agent,
+        outcome=call.status,
+        call=call,
+        sensitive_fields=[f"arguments.{f}" for f in _sensitive(call)],
+        data={
+            "tool_version": call.tool_version,
+            "risk": call.risk,
+            "arguments": call.arguments,
+            "arguments_hash": call.arguments_hash,
+            "on_behalf_of": call.on_behalf_of,
+            "reasoning": call.reasoning,
+            "token_cost": call.token_cost,
+            "approvals_required": call.approvals_required,
+            "expires_at": call.expires_at.isoformat() if call.expires_at else None,
+        },
+    )
+
+
+def decision_recorded(call: ToolCall, decision: Decision, *, approvals: int) -> AuditEvent:
+    return record(
+        action="call.decision",
+        actor=decision.reviewer,
+        outcome=decision.verdict,
+        call=call,
+        data={
+            "comment": decision.comment,
+            # Exactly what the reviewer decided on: the bound hash and the policy in force.
+            "arguments_hash": decision.arguments_hash,
+            "policy_version": decision.policy_version,
+            "approvals": approvals,
+            "approvals_required": call.approvals_required,
+        },
+    )
+
+
+def call_approved(call: ToolCall, *, approvals: int) -> AuditEvent:
+    return record(
+        action="call.approved", outcome="approved", call=call, data={"approvals": approvals}
+    )
+
+
+def call_rejected(call: ToolCall, decision: Decision) -> AuditEvent:
+    return record(
+        action="call.rejected",
+        actor=decision.reviewer,
+        outcome="rejected",
+        call=call,
+        data={"comment": decision.comment},
+    )
+
+
+def call_cancelled(call: ToolCall) -> AuditEvent:
+    return record(action="call.cancelled", actor=call.agent, outcome="cancelled", call=call)
+
+
+def call_expired(call: ToolCall) -> AuditEvent:
+    return record(
+        action="call.expired",
+        outcome="expired",
+        call=call,
+        data={"expires_at": call.expires_at.isoformat() if call.expires_at else None},
+    )
+
+
+def execution_started(call: ToolCall) -> AuditEvent:
+    """The intent: committed with the claim, before the handler runs."""
+    return record(
+        action="call.execution_started",
+        outcome="executing",
+        call=call,
+        sensitive_fields=[f"arguments.{f}" for f in _sensitive(call)],
+        data={
+            "tool_version": call.tool_version,
+            "arguments": call.arguments,
+            "agent": call.agent.name,
+            "session_id": call.session_id,
+            "reasoning": call.reasoning,
+            "idempotency_key": call.execution_key,
+            "attempt": call.attempts,
+            "fence": call.fence,
+        },
+    )
+
+
+def execution_finished(call: ToolCall, *, outcome: Outcome) -> AuditEvent:
+    return record(
+        action="call.execution_finished",
+        outcome=outcome.status,
+        call=call,
+        sensitive_fields=[f"result.{f}" for f in _sensitive(call)],
+        data={
+            "status": outcome.status,
+            "latency_ms": outcome.latency_ms,
+            "tries": outcome.tries,
+            "result": outcome.result,
+            "error": outcome.error,
+            "token_cost": call.token_cost,
+            "fence": call.fence,
+        },
+    )
+
+
+def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome: Outcome) -> AuditEvent:
+    return record(
+        action="call.stale_result_discarded",
+        outcome=outcome.status,
+        call=call,
+        data={"claim_fence": claim_fence, "current_fence": call.fence, "status_now": call.status},
+    )
+
+
+def call_event(
+    call: ToolCall, action: str, *, actor: Any = None, outcome: str = "", **data: Any
+) -> AuditEvent:
+    """Any other event about one call (reconciliation, escalation, retries)."""
+    return record(action=action, actor=actor, outcome=outcome, call=call, data=data)
+
+
+def arguments_revealed(call: ToolCall, *, reviewer: Any, reason: str) -> AuditEvent:
+    return record(
+        action="call.arguments_revealed",
+        actor=reviewer,
+        outcome="revealed",
+        call=call,
+        data={"reason": reason, "sensitive_fields": _sensitive(call)},
+    )
+
+
+def _notification_sent(
+    call: ToolCall, *, action: str, kind: str, recipients: list[str], group: str = ""
+) -> AuditEvent:
+    data: dict[str, Any] = {"kind": kind, "recipients": recipients}
+    if group:
+        data["group"] = group
+    return record(action=action, outcome="sent", call=call, data=data)
+
+
+def reviewers_notified(call: ToolCall, *, recipients: list[str]) -> AuditEvent:
+    """The tool's reviewers were told by e-mail that a new call waits for them."""
+    return _notification_sent(
+        call, action="call.reviewers_notified", kind="new_call", recipients=recipients
+    )
+
+
+def reminder_sent(call: ToolCall, *, recipients: list[str]) -> AuditEvent:
+    """Reviewers who have not voted were reminded of a call that has waited long."""
+    return _notification_sent(
+        call, action="call.reminder_sent", kind="reminder", recipients=recipients
+    )
+
+
+def escalation_sent(call: ToolCall, *, recipients: list[str], group: str) -> AuditEvent:
+    """A second team was told of a call about to expire undecided."""
+    return _notification_sent(
+        call, action="call.escalation_sent", kind="escalation", recipients=recipients, group=group
+    )
+
+
+# --- Recovery: leases, reconciliation, escalation, people's resolutions -------------------
+
+
+def execution_resent(call: ToolCall, *, waited_seconds: float) -> AuditEvent:
+    """The re-send sweep sent an approved call again: its first message never started."""
+    return record(
+        action="call.execution_resent",
+        outcome="approved",
+        call=call,
+        data={"waited_seconds": round(waited_seconds, 3), "attempts": call.attempts},
+    )
+
+
+def lease_expired(call: ToolCall, *, claim_fence: int) -> AuditEvent:
+    """A worker went silent past its lease; the fence moved so its late write is refused."""
+    return record(
+        action="call.lease_expired",
+        outcome=call.status,
+        call=call,
+        data={"claim_fence": claim_fence, "fence": call.fence, "attempt": call.attempts},
+    )
+
+
+def call_reconciled(call: ToolCall, *, finding: str, actor: Any = None) -> AuditEvent:
+    """The downstream's lookup settled an unknown outcome (``finding``: found, not_found)."""
+    return record(
+        action="call.reconciled",
+        actor=actor,
+        outcome=call.status,
+        call=call,
+        sensitive_fields=[f"result.{f}" for f in _sensitive(call)],
+        data={
+            "finding": finding,
+            "idempotency_key": call.execution_key,
+            "result": call.result if call.status == "succeeded" else None,
+            "attempts": call.attempts,
+            "fence": call.fence,
+        },
+    )
+
+
+def call_escalated(call: ToolCall, *, reason: str, finding: str = "") -> AuditEvent:
+    """A person must look at the call (unknown outcome, or a failed destructive call)."""
+    return record(
+        action="call.escalated",
+        outcome=call.status,
+        call=call,
+        data={"reason": reason, "finding": finding, "attempts": call.attempts},
+    )
+
+
+def call_resolved(call: ToolCall, *, person: Any, previous_status: str, note: str) -> AuditEvent:
+    """A person marked the real outcome of a call that needed attention."""
+    return record(
+        action="call.resolved",
+        actor=person,
+        outcome=call.status,
+        call=call,
+        data={"previous_status": previous_status, "note": note, "fence": call.fence},
+    )
+
+
+def call_rerun(
+    call: ToolCall, *, previous_status: str, person: Any = None, note: str = ""
+) -> AuditEvent:
+    """The call goes back to ``approved`` to run again, with the same idempotency key."""
+    return record(
+        action="call.rerun",
+        actor=person,
+        outcome=call.status,
+        call=call,
+        data={
+            "previous_status": previous_status,
+            "idempotency_key": call.execution_key,
+            "attempts_so_far": call.attempts,
+            "confirmed_by_person": person is not None,
+            "note": note,
+        },
+    )

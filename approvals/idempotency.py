@@ -1,0 +1,142 @@
+"""Idempotency-Key handling for agent requests, as Stripe and the IETF draft describe it.
+
+Keys are scoped to the agent. The first request with a key inserts its record first thing
+in the transaction that does its work (``INSERT ... ON CONFLICT DO NOTHING``). PostgreSQL
+makes a concurrent duplicate's insert wait until that transaction ends, so:
+
+* a duplicate of a write waits the few milliseconds until the first request committed,
+  then replays its stored response (same status, same call id);
+* a read commits its record (``in_flight``) before the tool runs, so a duplicate arriving
+  while the tool is still running gets ``409 idempotency_key_in_use`` (Retry-After: 1);
+* the same key with another body is ``422 idempotency_key_reused``;
+* a request refused before it did anything rolls its record back with everything else,
+  so the agent may fix the request and send it again with the same key.
+
+Contract under concurrency: of any number of simultaneous requests with one key and one
+body, exactly one is processed; each other one answers either that request's stored
+response or 409. A request whose process died leaves an ``in_flight`` record that another
+request with the same key and body takes over once ``locked_until`` has passed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from approvals import errors
+from approvals.models import IdempotencyRecord, ToolCall
+from tools_registry.models import Agent
+
+# Longer than any inline read can take (timeout x attempts + backoff) under default policy.
+IN_FLIGHT_LOCK = timedelta(seconds=120)
+
+
+def db_time(value: datetime) -> Any:
+    """A datetime as the database's driver takes it in SQL written by hand (SQLite: text)."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Claim(Enum):
+    NEW = "new"  # this request inserted the key
+    TAKEN_OVER = "taken_over"  # the key's first request died; this one continues its work
+    TAKEN = "taken"  # another request has (or had) the key: answer with ``answer_for``
+
+
+def claim(*, agent: Agent, key: str, request_hash: str) -> Claim:
+    """Take the key for this request, inside the caller's transaction.
+
+    Blocks while another transaction holds an uncommitted claim of the same key. Written
+    as SQL: the ORM has no INSERT ... ON CONFLICT DO NOTHING RETURNING, and this runs on
+    every submission.
+    """
+    now = timezone.now()
+    table = IdempotencyRecord._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} "  # noqa: S608 - the table name is the model's own
+            "(agent_id, key, request_hash, state, created_at, locked_until) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id, key) DO NOTHING RETURNING id",
+            [
+                agent.pk,
+                key,
+                request_hash,
+                IdempotencyRecord.State.IN_FLIGHT,
+                now,
+                now + IN_FLIGHT_LOCK,
+            ],
+        )
+        if cursor.fetchone() is not None:
+            return Claim.NEW
+    # The conditional UPDATE takes the row lock: of two requests taking over the same
+    # abandoned key, the second sees the new locked_until and does not match.
+    taken_over = IdempotencyRecord.objects.filter(
+        agent=agent,
+        key=key,
+        request_hash=request_hash,
+        state=IdempotencyRecord.State.IN_FLIGHT,
+        locked_until__lte=now,
+    ).update(locked_until=now + IN_FLIGHT_LOCK)
+    return Claim.TAKEN_OVER if taken_over else Claim.TAKEN
+
+
+def answer_for(*, agent: Agent, key: str, request_hash: str) -> StoredResponse:
+    """The answer to a request whose key is taken: the stored response, or 422 or 409."""
+    record = IdempotencyRecord.objects.filter(agent=agent, key=key).first()
+    if record is None:
+        # The holder was rolled back (refused) between our insert and this read.
+        raise errors.idempotency_key_in_use()
+    if record.request_hash != request_hash:
+        raise errors.idempotency_key_reused()
+    if record.state == IdempotencyRecord.State.COMPLETE:
+        stored = record.response_body or {}
+        return StoredResponse(
+            status=record.response_status or 200,
+            body=stored.get("body", {}),
+            headers=stored.get("headers", {}),
+        )
+    raise errors.idempotency_key_in_use()
+
+
+def complete(*, agent: Agent, key: str, response: StoredResponse, call: ToolCall | None) -> None:
+    """Store the response to replay. Runs inside the caller's transaction where it has one.
+
+    SQL rather than the ORM: this runs on every submission (see ``claim``).
+    """
+    table = IdempotencyRecord._meta.db_table
+    as_json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"  # SQLite: text
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET state = %s, response_status = %s, response_body = {as_json}, "  # noqa: S608
+            "call_id = %s, completed_at = %s WHERE agent_id = %s AND key = %s",
+            [
+                IdempotencyRecord.State.COMPLETE,
+                response.status,
+                json.dumps({"body": response.body, "headers": response.headers}),
+                ToolCall._meta.pk.get_db_prep_value(call.pk, connection) if call else None,
+                db_time(timezone.now()),
+                agent.pk,
+                key,
+            ],
+        )
+
+
+def abandon(*, agent: Agent, key: str) -> None:
+    """Let the next request with this key take over at once (this one failed unexpectedly
+    after its claim was committed)."""
+    with transaction.atomic():
+        IdempotencyRecord.objects.filter(
+            agent=agent, key=key, state=IdempotencyRecord.State.IN_FLIGHT
+        ).update(locked_until=timezone.now())

@@ -1,0 +1,253 @@
+"""The agent API's submit path: idempotency, checks, then a pending call or an inline read.
+
+One transaction does the work of a submission: claim the Idempotency-Key, check the tool
+(unknown, not allowed, disabled, invalid arguments), the tool's circuit breaker, take the
+session's round and the rate limits, create the call with its audit event, store the
+response. A write commits once, with everything. A read commits the same way with its call
+``received`` and its key ``in_flight``, then runs outside any transaction, then stores its
+response.
+
+A refusal rolls the transaction back (the key, the round: nothing is spent) and is then
+audited (``call.refused``) on its own. A refused rate-limit hit takes nothing from the
+window, and the user's limit is checked before the agent's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import redis
+from django.db import connection, transaction
+from django.utils import timezone
+
+from approvals import breaker, errors, executor, idempotency, limits, selectors, services
+from approvals.idempotency import Claim, StoredResponse
+from approvals.models import AgentSession, Decision, Status, ToolCall
+from approvals.schemas import ToolCallIn
+from audit.canonical import canonical_json, sha256_hex
+from audit.log import record
+from tools_registry.models import Agent, Tool
+from tools_registry.schemas import validate_arguments
+
+PENDING_RETRY_AFTER_SECONDS = 5
+PRINTABLE_KEY = re.compile(r"[\x20-\x7e]+")
+
+
+class Refused(Exception):
+    """A refusal to answer with ``error`` and to audit once the transaction rolled back."""
+
+    def __init__(self, error: errors.ApiError, tool: Tool | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.tool = tool
+
+
+class _KeyTaken(Exception):
+    pass
+
+
+def submit(
+    *, agent: Agent, idempotency_key: str | None, payload: ToolCallIn, raw: dict[str, Any]
+) -> StoredResponse:
+    """Accept one tool call request from an agent, exactly once per Idempotency-Key."""
+    key = (idempotency_key or "").strip()
+    if not key:
+        raise errors.idempotency_key_required()
+    if len(key) > 255 or not PRINTABLE_KEY.fullmatch(key):
+        raise errors.invalid_idempotency_key()
+    request_hash = sha256_hex(canonical_json(raw))
+    admission: breaker.Admission | None = None
+    try:
+        with transaction.atomic():
+            claimed = idempotency.claim(agent=agent, key=key, request_hash=request_hash)
+            if claimed == Claim.TAKEN:
+                raise _KeyTaken
+            if claimed == Claim.TAKEN_OVER and (existing := _existing_call(agent, key)):
+                # The key's first request died after creating its call: answer with it.
+                response = respond_with(existing)
+                idempotency.complete(agent=agent, key=key, response=response, call=existing)
+                return response
+            tool = _allowed_tool(agent, payload)
+            admission = _admit(tool)
+            _take_round(agent, payload.session_id, tool)
+            _take_rate(agent, payload, tool)
+            call = _create(agent, key, payload, tool)
+            if call.status == Status.PENDING:
+                response = respond_with(call)
+                idempotency.complete(agent=agent, key=key, response=response, call=call)
+                return response
+    except _KeyTaken:
+        return idempotency.answer_for(agent=agent, key=key, request_hash=request_hash)
+    except Refused as refusal:
+        breaker.release(admission)
+        _audit_refusal(agent, payload, refusal)
+        raise refusal.error from None
+    except BaseException:
+        breaker.release(admission)
+        raise
+    return _run_read(agent, key, call)
+
+
+def _run_read(agent: Agent, key: str, call: ToolCall) -> StoredResponse:
+    """Run a committed read now, outside any transaction, with the tool's retries."""
+    try:
+        executor.execute(call.pk)
+        call.refresh_from_db()
+        response = respond_with(call)
+        idempotency.complete(agent=agent, key=key, response=response, call=call)
+        return response
+    except BaseException:
+        idempotency.abandon(agent=agent, key=key)
+        raise
+
+
+def _existing_call(agent: Agent, key: str) -> ToolCall | None:
+    return ToolCall.objects.filter(agent=agent, request_key=key).select_related("tool").first()
+
+
+def _allowed_tool(agent: Agent, payload: ToolCallIn) -> Tool:
+    tool = _tool_with_allowance(agent, payload.tool)
+    if tool is None:
+        raise Refused(errors.unknown_tool(payload.tool))
+    if not tool.allowed:  # type: ignore[attr-defined]
+        raise Refused(errors.tool_not_allowed(tool.name), tool)
+    if not tool.runnable:
+        raise Refused(errors.tool_disabled(tool.name), tool)
+    problems = validate_arguments(tool.input_schema, payload.arguments)
+    if problems:
+        raise Refused(errors.invalid_arguments([p.as_dict() for p in problems]), tool)
+    return tool
+
+
+def _admit(tool: Tool) -> breaker.Admission:
+    try:
+        return breaker.admit(tool)
+    except breaker.CircuitOpen as exc:
+        raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
+    except redis.RedisError:
+        raise errors.unavailable() from None
+
+
+def _take_rate(agent: Agent, payload: ToolCallIn, tool: Tool) -> None:
+    try:
+        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=payload.on_behalf_of)
+    except redis.RedisError:
+        raise errors.unavailable() from None
+    if refusal is not None:
+        raise Refused(
+            errors.rate_limited(
+                scope=refusal.scope, limit=refusal.limit, retry_after=refusal.retry_after
+            ),
+            tool,
+        )
+
+
+def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
+    """Count one tool-call round of the session; refuse past the agent's limit.
+
+    The conditional UPDATE takes the session row's lock, so concurrent calls of one
+    session are counted one at a time and the limit is exact. A new session's row is
+    inserted (ON CONFLICT DO NOTHING: two first calls at once insert it once) and the
+    UPDATE is tried again.
+    """
+    limit = agent.max_rounds_per_session
+    for attempt in (1, 2):
+        if _count_round(agent.pk, session_id, limit):
+            return
+        if attempt == 1:
+            AgentSession.objects.bulk_create(
+                [AgentSession(agent=agent, session_id=session_id)], ignore_conflicts=True
+            )
+    raise Refused(errors.max_rounds_exceeded(limit), tool)
+
+
+# The three statements below run on every submission. Written as SQL, each costs a tenth
+# of the CPU the ORM spends composing it (measured with bench/bench_submit.py); their
+# behaviour is covered by tests/api like the rest.
+
+
+def _tool_with_allowance(agent: Agent, name: str) -> Tool | None:
+    """The tool named ``name`` with ``allowed``: whether ``agent`` may call it."""
+    found = Tool.objects.raw(
+        f"SELECT tool.*, EXISTS (SELECT 1 FROM {_ALLOWED_TABLE} allowed "  # noqa: S608
+        "WHERE allowed.agent_id = %s AND allowed.tool_id = tool.id) AS allowed "
+        f"FROM {Tool._meta.db_table} tool WHERE tool.name = %s",
+        [agent.pk, name],
+    )
+    return next(iter(found), None)
+
+
+def _count_round(agent_id: int, session_id: str, limit: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {AgentSession._meta.db_table} SET rounds = rounds + 1, last_call_at = %s "  # noqa: S608
+            "WHERE agent_id = %s AND session_id = %s AND rounds < %s",
+            [idempotency.db_time(timezone.now()), agent_id, session_id, limit],
+        )
+        return cursor.rowcount == 1
+
+
+_ALLOWED_TABLE = Agent.allowed_tools.through._meta.db_table
+
+
+def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool) -> ToolCall:
+    call = services.create_call(
+        agent=agent,
+        tool=tool,
+        arguments=payload.arguments,
+        session_id=payload.session_id,
+        request_key=key,
+        on_behalf_of=payload.on_behalf_of,
+        reasoning=payload.reasoning,
+        token_cost=payload.token_cost.model_dump() if payload.token_cost else None,
+        callback_url=str(payload.callback_url) if payload.callback_url else "",
+    )
+    # A new call has no decisions: represent it without asking (or compiling) a query.
+    no_decisions = Decision.objects.none()
+    no_decisions._result_cache = []
+    call._prefetched_objects_cache = {"decisions": no_decisions}  # type: ignore[attr-defined]
+    return call
+
+
+def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused) -> None:
+    """Who asked for what, and why not; in its own transaction (the request's rolled back)."""
+    tool, error = refusal.tool, refusal.error
+    record(
+        action="call.refused",
+        actor=agent,
+        outcome=error.code,
+        agent=agent,
+        tool=tool,
+        session_id=payload.session_id,
+        sensitive_fields=[f"arguments.{f}" for f in (tool.sensitive_fields if tool else [])],
+        data={
+            "tool": payload.tool,
+            "code": error.code,
+            "arguments": payload.arguments,
+            "details": error.details,
+        },
+    )
+
+
+def respond_with(call: ToolCall) -> StoredResponse:
+    """The HTTP answer for a call in its current state."""
+    body = selectors.represent_call(call)
+    if call.status == Status.PENDING:
+        return StoredResponse(
+            status=202,
+            body=body,
+            headers={
+                "Retry-After": str(PENDING_RETRY_AFTER_SECONDS),
+                "Location": body["status_url"],
+            },
+        )
+    if call.status == Status.FAILED and call.risk == "read":
+        error = call.error or {}
+        api_error = (
+            errors.timeout(error.get("message", ""))
+            if error.get("code") == "timeout"
+            else errors.tool_failed(error.get("message", "The tool failed."))
+        )
+        return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
+    return StoredResponse(status=200, body=body)

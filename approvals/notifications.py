@@ -1,0 +1,250 @@
+"""E-mails to reviewers about pending calls: new calls, reminders, escalation before expiry.
+
+Driven by the beat sweep (``approvals.sweeps.run_all``). Each notification is claimed with a
+conditional UPDATE of its timestamp column together with its audit event, and the e-mail is
+sent after that commits: two sweeps running at once send each notification once. A failed
+send is logged, not retried (the reminder and the escalation are the second and third chance).
+
+* new: every pending call, to the tool's reviewers (user grants and group grants);
+* reminder: once, ``Tool.reminder_after_seconds`` after submission, to the reviewers who
+  have not voted yet;
+* escalation: once, shortly before expiry, to ``Tool.escalation_group``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import EmailMessage, mailers
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+from guardian.shortcuts import get_users_with_perms
+
+from approvals import events
+from approvals.models import Status, ToolCall
+from tools_registry.models import Tool
+
+logger = logging.getLogger(__name__)
+
+BATCH = 200
+
+
+@dataclass
+class NotificationReport:
+    notified: int = 0
+    reminded: int = 0
+    escalated: int = 0
+
+
+def reviewers_of(tool: Tool) -> list[Any]:
+    """Active people granted review of ``tool``, directly or through a team, with an address."""
+    users = get_users_with_perms(
+        tool,
+        only_with_perms_in=["review_tool"],
+        with_group_users=True,
+        with_superusers=False,
+    )
+    # get_users_with_perms returns a queryset when with_group_users is set, as here.
+    assert not isinstance(users, list)
+    return [u for u in users.order_by("username") if u.is_active and u.email]
+
+
+def escalation_recipients(tool: Tool) -> list[Any]:
+    if tool.escalation_group_id is None:
+        return []
+    return list(
+        get_user_model()
+        .objects.filter(groups=tool.escalation_group_id, is_active=True)
+        .exclude(email="")
+        .order_by("username")
+    )
+
+
+def _link(call: ToolCall) -> str:
+    return settings.PUBLIC_URL + reverse("approvals:detail", kwargs={"pk": call.pk})
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "never"
+
+
+def _message(call: ToolCall, *, subject: str, lead: str, to: str) -> EmailMessage:
+    # Only names and times go into the mail: the arguments and the reasoning can hold
+    # personal data and stay behind the sign-in (and its masking).
+    body = (
+        f"{lead}\n\n"
+        f"Tool:      {call.tool.name} ({call.get_risk_display().lower()})\n"
+        f"Agent:     {call.agent.name}\n"
+        f"Submitted: {_when(call.created_at)}\n"
+        f"Expires:   {_when(call.expires_at)}\n\n"
+        f"Review it: {_link(call)}\n"
+    )
+    return EmailMessage(subject=f"[Countersign] {subject}", body=body, to=[to])
+
+
+def _send(messages: list[EmailMessage]) -> None:
+    if not messages:
+        return
+    try:
+        mailers.default.send_messages(messages)
+    except Exception:
+        logger.exception("could not send %d reviewer notification(s)", len(messages))
+
+
+def _claim(call_id: Any, column: str, now: datetime) -> ToolCall | None:
+    """Take the right to send one notification; None if another sweep took it or the call
+    is no longer pending. Must run inside the caller's transaction."""
+    claimed = ToolCall.objects.filter(
+        pk=call_id, status=Status.PENDING, **{f"{column}__isnull": True}
+    ).update(**{column: now})
+    if not claimed:
+        return None
+    return ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
+
+
+def _notify(call_ids: Iterable[Any], column: str, build: Any, now: datetime) -> int:
+    sent = 0
+    for call_id in call_ids:
+        with transaction.atomic():
+            call = _claim(call_id, column, now)
+            if call is None:
+                continue
+            messages = build(call)
+            transaction.on_commit(partial(_send, messages))
+        sent += 1
+    return sent
+
+
+def notify_new_calls(*, now: datetime | None = None, limit: int = BATCH) -> int:
+    """Tell each new pending call's reviewers that it waits for them."""
+    now = now or timezone.now()
+    due = ToolCall.objects.filter(
+        status=Status.PENDING, reviewers_notified_at__isnull=True
+    ).order_by("created_at")
+    recipients: dict[int, list[Any]] = {}
+
+    def build(call: ToolCall) -> list[EmailMessage]:
+        if call.tool_id not in recipients:
+            recipients[call.tool_id] = reviewers_of(call.tool)
+        people = recipients[call.tool_id]
+        events.reviewers_notified(call, recipients=[p.get_username() for p in people])
+        return [
+            _message(
+                call,
+                subject=f"{call.tool.name} call waits for your review",
+                lead=f"Agent {call.agent.name} asks to run {call.tool.name}. It waits for your decision.",
+                to=p.email,
+            )
+            for p in people
+        ]
+
+    return _notify(
+        list(due.values_list("pk", flat=True)[:limit]), "reviewers_notified_at", build, now
+    )
+
+
+def send_reminders(*, now: datetime | None = None, limit: int = BATCH) -> int:
+    """Remind the reviewers who have not voted when a call waited ``reminder_after_seconds``."""
+    now = now or timezone.now()
+    sent = 0
+    for tool in Tool.objects.filter(reminder_after_seconds__isnull=False):
+        cutoff = now - timedelta(seconds=tool.reminder_after_seconds or 0)
+        due = list(
+            ToolCall.objects.filter(
+                tool=tool, status=Status.PENDING, reminded_at__isnull=True, created_at__lte=cutoff
+            )
+            .order_by("created_at")
+            .values_list("pk", flat=True)[: limit - sent]
+        )
+        if not due:
+            continue
+        reviewers = reviewers_of(tool)
+
+        def build(call: ToolCall, reviewers: list[Any] = reviewers) -> list[EmailMessage]:
+            voted = set(call.decisions.values_list("reviewer_id", flat=True))
+            people = [p for p in reviewers if p.pk not in voted]
+            events.reminder_sent(call, recipients=[p.get_username() for p in people])
+            waited = int((now - call.created_at).total_seconds() // 60)
+            return [
+                _message(
+                    call,
+                    subject=f"Reminder: {call.tool.name} call still waits for your review",
+                    lead=f"This call has waited {waited} minutes for a decision.",
+                    to=p.email,
+                )
+                for p in people
+            ]
+
+        sent += _notify(due, "reminded_at", build, now)
+        if sent >= limit:
+            break
+    return sent
+
+
+def escalation_lead(tool: Tool) -> timedelta:
+    """How long before expiry a call escalates: the setting, at most half the time to live."""
+    lead = settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS
+    return timedelta(seconds=min(lead, tool.approval_ttl_seconds / 2))
+
+
+def escalate_expiring(*, now: datetime | None = None, limit: int = BATCH) -> int:
+    """Tell the tool's escalation group about calls close to expiring undecided."""
+    now = now or timezone.now()
+    sent = 0
+    for tool in Tool.objects.filter(escalation_group__isnull=False).select_related(
+        "escalation_group"
+    ):
+        due = list(
+            ToolCall.objects.filter(
+                tool=tool,
+                status=Status.PENDING,
+                escalated_at__isnull=True,
+                expires_at__gt=now,
+                expires_at__lte=now + escalation_lead(tool),
+            )
+            .order_by("expires_at")
+            .values_list("pk", flat=True)[: limit - sent]
+        )
+        if not due:
+            continue
+        people = escalation_recipients(tool)
+        group = tool.escalation_group.name if tool.escalation_group else ""
+
+        def build(
+            call: ToolCall, people: list[Any] = people, group: str = group
+        ) -> list[EmailMessage]:
+            events.escalation_sent(call, recipients=[p.get_username() for p in people], group=group)
+            return [
+                _message(
+                    call,
+                    subject=f"Escalated: {call.tool.name} call expires undecided soon",
+                    lead=(
+                        f"Nobody has decided this call yet and it expires at {_when(call.expires_at)}. "
+                        f"You receive this as a member of {group}, the escalation team of {call.tool.name}."
+                    ),
+                    to=p.email,
+                )
+                for p in people
+            ]
+
+        sent += _notify(due, "escalated_at", build, now)
+        if sent >= limit:
+            break
+    return sent
+
+
+def run(*, now: datetime | None = None) -> NotificationReport:
+    now = now or timezone.now()
+    return NotificationReport(
+        notified=notify_new_calls(now=now),
+        reminded=send_reminders(now=now),
+        escalated=escalate_expiring(now=now),
+    )

@@ -1,0 +1,306 @@
+"""Reads: querysets and representations. Nothing here writes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.urls import reverse
+from django.utils import timezone
+
+from approvals.models import Decision, Status, ToolCall, Verdict
+from tools_registry.models import Agent, Tool
+from tools_registry.permissions import reviewable_tools
+from tools_registry.policy import Risk
+
+
+def calls_of_agent(agent: Agent) -> QuerySet[ToolCall]:
+    return ToolCall.objects.filter(agent=agent).select_related("tool")
+
+
+def call_of_agent(agent: Agent, call_id: UUID) -> ToolCall | None:
+    return (
+        calls_of_agent(agent)
+        .annotate(approval_count=Count("decisions", filter=Q(decisions__verdict=Verdict.APPROVE)))
+        .filter(pk=call_id)
+        .first()
+    )
+
+
+def status_url(call_id: UUID) -> str:
+    return settings.PUBLIC_URL + reverse("api:get_tool_call", kwargs={"call_id": call_id})
+
+
+def represent_call(call: ToolCall) -> dict[str, Any]:
+    """What an agent sees of its call: state, decision, result or error."""
+    decisions = list(call.decisions.all())
+    approvals = getattr(call, "approval_count", None)
+    if approvals is None:
+        approvals = sum(1 for d in decisions if d.verdict == Verdict.APPROVE)
+    decision = None
+    if call.status == Status.REJECTED:
+        veto = next((d for d in decisions if d.verdict == Verdict.REJECT), None)
+        if veto is not None:
+            decision = {
+                "verdict": "reject",
+                "comment": veto.comment,
+                "decided_at": veto.created_at.isoformat(),
+            }
+    elif call.decided_at and call.status not in (Status.PENDING, Status.EXPIRED, Status.CANCELLED):
+        comments = "; ".join(d.comment for d in decisions if d.comment)
+        decision = {
+            "verdict": "approve",
+            "comment": comments,
+            "decided_at": call.decided_at.isoformat(),
+        }
+    return {
+        "id": str(call.pk),
+        "tool": call.tool.name,
+        "risk": call.risk,
+        "status": call.status,
+        "session_id": call.session_id,
+        "status_url": status_url(call.pk),
+        "created_at": call.created_at.isoformat(),
+        "expires_at": call.expires_at.isoformat() if call.expires_at else None,
+        "approvals_required": call.approvals_required,
+        "approvals": approvals,
+        "decision": decision,
+        "result": call.result,
+        "error": call.error,
+        "needs_attention": call.needs_attention,
+    }
+
+
+# --- The reviewer's queue ------------------------------------------------------------------
+
+QUEUE_RISKS = (Risk.WRITE, Risk.DESTRUCTIVE)  # reads never wait for a reviewer
+AGES = {"5m": 5 * 60, "1h": 60 * 60, "1d": 24 * 60 * 60}
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    """What the reviewer narrowed the queue to; every field round-trips through the URL."""
+
+    tool: str = ""
+    risk: str = ""
+    agent: str = ""
+    session: str = ""
+    age: str = ""  # a key of AGES: waiting longer than that
+    expiring: bool = False
+    newest_first: bool = False
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A keyset position: the (created_at, id) of a row. No OFFSET, so depth costs nothing."""
+
+    created_at: datetime
+    id: UUID
+
+    def token(self) -> str:
+        micros = int(self.created_at.timestamp() * 1_000_000)
+        return f"{micros}_{self.id}"
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor | None:
+        micros, _, raw_id = token.partition("_")
+        try:
+            when = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
+            return cls(created_at=when, id=UUID(raw_id))
+        except (ValueError, OverflowError, OSError):
+            return None
+
+    @classmethod
+    def of(cls, call: ToolCall) -> Cursor:
+        return cls(created_at=call.created_at, id=call.pk)
+
+
+@dataclass
+class QueuePage:
+    calls: Sequence[ToolCall]
+    tools: list[Tool]  # the tools the reviewer may review (the filter's choices)
+    agents: list[Agent]  # agents that may call those tools (the filter's choices)
+    counts: dict[str, int]  # per risk class, among the first ``count_cap + 1`` calls
+    count_cap: int
+    capped: bool  # more than ``count_cap`` calls: the counts are lower bounds
+    next_cursor: str = ""  # further along in the current order
+    prev_cursor: str = ""  # back towards the start
+    unknown_filter: bool = False  # a tool or agent name that is not (or no longer) there
+
+
+def _filtered(
+    filters: QueueFilters, tool_ids: list[int], agents: list[Agent], now: datetime
+) -> QuerySet[ToolCall]:
+    """Pending calls of ``tool_ids`` matching every filter but the tool and the risk class."""
+    # A literal id list, not a subquery: the planner then sees a plain filter and walks the
+    # partial pending index in order, stopping after one page.
+    calls = ToolCall.objects.filter(status=Status.PENDING, tool_id__in=tool_ids)
+    if filters.agent:
+        calls = calls.filter(agent_id__in=[a.pk for a in agents if a.name == filters.agent])
+    if filters.session:
+        calls = calls.filter(session_id=filters.session)
+    if filters.age in AGES:
+        calls = calls.filter(created_at__lte=now - timedelta(seconds=AGES[filters.age]))
+    if filters.expiring:
+        soon = now + timedelta(seconds=settings.APPROVALS_EXPIRING_SOON_SECONDS)
+        # Overdue calls are as good as expired (the sweep is on its way): not "soon".
+        calls = calls.filter(expires_at__gt=now, expires_at__lte=soon)
+    return calls
+
+
+def _of_risk(
+    filters: QueueFilters, risk: str, tools: list[Tool], agents: list[Agent], now: datetime
+) -> QuerySet[ToolCall]:
+    """Calls of one risk class (or of every class for ``""``) under the filters.
+
+    Narrowed to the tools of that class as well as by the call's own risk, so that the
+    tool's index (not a walk over every pending call) answers when the filters leave few:
+    a call's risk is its tool's, and a tool whose risk changed has a new version, which no
+    approval of its older calls can pass anyway.
+    """
+    chosen = [t for t in tools if not filters.tool or t.name == filters.tool]
+    calls = _filtered(filters, [t.pk for t in chosen if not risk or t.risk == risk], agents, now)
+    return calls.filter(risk=risk) if risk else calls
+
+
+def _risk_counts(calls: QuerySet[ToolCall], cap: int) -> tuple[dict[str, int], bool]:
+    """Calls per risk class among the first ``cap + 1`` under the filters, and whether there
+    were more. One streaming walk of the same ordered index as the page, stopped at the cap:
+    a count that stopped at a class's own cap would read every row of the other class first
+    when the filters leave it few or none."""
+    first = calls.order_by("created_at", "id").values_list("risk", flat=True)[: cap + 1]
+    seen = Counter(first)
+    capped = sum(seen.values()) > cap
+    return {str(risk): seen.get(risk, 0) for risk in QUEUE_RISKS}, capped
+
+
+def _after(cursor: Cursor, descending: bool) -> Q:
+    """Rows strictly past ``cursor`` in the given order. The redundant bound on created_at
+    gives the index scan a start key; the OR then only breaks ties."""
+    if descending:
+        return Q(created_at__lte=cursor.created_at) & (
+            Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id)
+        )
+    return Q(created_at__gte=cursor.created_at) & (
+        Q(created_at__gt=cursor.created_at) | Q(created_at=cursor.created_at, id__gt=cursor.id)
+    )
+
+
+def queue_page(
+    *,
+    user: Any,
+    filters: QueueFilters,
+    after: str = "",
+    before: str = "",
+    page_size: int | None = None,
+    now: datetime | None = None,
+) -> QueuePage:
+    """One page of the reviewer's queue, with counts per risk class.
+
+    A fixed number of queries whatever the page holds: the tools and agents for the filter
+    choices, one capped count per risk class, and the page itself with its vote counts.
+    """
+    now = now or timezone.now()
+    page_size = page_size or settings.APPROVALS_QUEUE_PAGE_SIZE
+    cap = settings.APPROVALS_QUEUE_COUNT_CAP
+    tools = list(reviewable_tools(user).order_by("name"))
+    agents = list(
+        Agent.objects.filter(allowed_tools__in=[t.pk for t in tools]).distinct().order_by("name")
+    )
+    unknown = bool(filters.tool and not any(t.name == filters.tool for t in tools)) or bool(
+        filters.agent and not any(a.name == filters.agent for a in agents)
+    )
+    # Counting a million rows takes as long as a million rows: stop at the cap instead.
+    counts, capped = _risk_counts(_of_risk(filters, "", tools, agents, now), cap)
+
+    rows = _of_risk(filters, filters.risk, tools, agents, now)
+    descending = filters.newest_first
+    backwards = bool(before) and not after
+    cursor = Cursor.parse(after or before) if (after or before) else None
+    # Walking back towards the start is the same walk in the opposite order, then reversed.
+    walk_descending = descending != backwards
+    if cursor is not None:
+        rows = rows.filter(_after(cursor, walk_descending))
+    order = ["-created_at", "-id"] if walk_descending else ["created_at", "id"]
+    approvals = (
+        Decision.objects.filter(call=OuterRef("pk"), verdict=Verdict.APPROVE)
+        .values("call")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    rows = (
+        rows.select_related("tool", "agent")
+        .annotate(
+            approval_count=Coalesce(Subquery(approvals, output_field=IntegerField()), 0),
+            voted=Exists(Decision.objects.filter(call=OuterRef("pk"), reviewer_id=user.pk)),
+        )
+        .order_by(*order)
+    )
+    fetched = list(rows[: page_size + 1])
+    more = len(fetched) > page_size
+    calls = fetched[:page_size]
+    if backwards:
+        calls.reverse()
+    page = QueuePage(
+        calls=calls,
+        tools=tools,
+        agents=agents,
+        counts=counts,
+        count_cap=cap,
+        capped=capped,
+        unknown_filter=unknown,
+    )
+    if calls:
+        # Forward: another page exists past the last row when we fetched one extra going
+        # forward, or always when we came backwards (we came from there).
+        if more or backwards:
+            page.next_cursor = Cursor.of(calls[-1]).token()
+        if cursor is not None and (not backwards or more):
+            page.prev_cursor = Cursor.of(calls[0]).token()
+    return page
+
+
+def next_call_for(user: Any, *, after: ToolCall | None = None) -> ToolCall | None:
+    """The next pending call, oldest first, that ``user`` may review and has not voted on.
+
+    Starts after ``after`` and wraps round to the oldest; never returns ``after`` itself.
+    """
+    tool_ids = list(reviewable_tools(user).values_list("pk", flat=True))
+    candidates = (
+        ToolCall.objects.filter(status=Status.PENDING, tool_id__in=tool_ids)
+        .exclude(decisions__reviewer_id=user.pk)
+        .order_by("created_at", "id")
+    )
+    if after is None:
+        return candidates.first()
+    later = candidates.filter(_after(Cursor.of(after), descending=False)).first()
+    return later or candidates.exclude(pk=after.pk).first()
+
+
+def session_history(call: ToolCall, *, limit: int = 20) -> list[ToolCall]:
+    """The calls the same agent made earlier in the same session, newest first."""
+    return list(
+        ToolCall.objects.filter(
+            agent_id=call.agent_id, session_id=call.session_id, created_at__lt=call.created_at
+        )
+        .exclude(pk=call.pk)
+        .select_related("tool")
+        .order_by("-created_at")[:limit]
+    )
+
+
+def call_for_reviewer(user: Any, call_id: UUID) -> ToolCall | None:
+    """The call, if ``user`` may review its tool; None otherwise (the view answers 403/404)."""
+    return (
+        ToolCall.objects.select_related("tool", "agent__owner")
+        .prefetch_related("decisions__reviewer")
+        .filter(pk=call_id)
+        .first()
+    )

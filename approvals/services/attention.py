@@ -1,0 +1,174 @@
+"""What a person does with a call that needs attention: an ``unknown`` outcome the
+downstream could not settle, or a failed destructive call.
+
+They may mark the real outcome (after checking the downstream system themselves), ask the
+downstream again, or re-run the call with its original idempotency key after an explicit
+confirmation. Each is audited with the person as the actor. Only people who may review the
+tool may act, and not the agent's owner nor the person the agent acts for.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import dispatch, events, transitions
+from approvals.models import Status, ToolCall
+from approvals.services.common import (
+    CONFLICTS,
+    cannot_run_reason,
+    conflict_of_interest,
+    move,
+)
+from approvals.services.recovery import Reconciliation, reconcile_call
+from tools_registry.permissions import require_reviewer
+
+
+class AttentionRefused(Exception):
+    """An action on a call that needs attention that cannot be done; ``message`` says why."""
+
+    code = "attention_refused"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NoLongerNeedsAttention(AttentionRefused):
+    code = "no_longer_needs_attention"
+
+
+class NoteRequired(AttentionRefused):
+    code = "note_required"
+
+
+class RerunConfirmationRequired(AttentionRefused):
+    code = "confirmation_required"
+
+
+class OutcomeNotAllowed(AttentionRefused):
+    code = "outcome_not_allowed"
+
+
+class ConflictOfInterest(AttentionRefused):
+    code = "separation_of_duties"
+
+
+def needs_a_person(call: ToolCall) -> bool:
+    return call.status == Status.UNKNOWN or (call.status == Status.FAILED and call.needs_attention)
+
+
+@transaction.atomic
+def resolve_call(*, call_id: UUID, person: Any, outcome: str, note: str) -> ToolCall:
+    """Mark the real outcome a person established: ``succeeded`` or ``failed``.
+
+    An unknown call may be marked either way. A failed destructive call can only be
+    acknowledged as failed: its handler reported that the effect did not happen.
+    """
+    call = _locked_for(call_id, person)
+    note = note.strip()
+    if not note:
+        raise NoteRequired("Say how you established the outcome; the audit trail keeps it.")
+    previous = call.status
+    now = timezone.now()
+    if outcome == Status.SUCCEEDED:
+        if call.status != Status.UNKNOWN:
+            raise OutcomeNotAllowed(
+                "The handler reported that this call's effect did not happen, so it cannot be "
+                "marked succeeded. Re-run it instead."
+            )
+        move(
+            call,
+            Status.SUCCEEDED,
+            result={"resolution": "marked succeeded by a reviewer", "note": note},
+            error=None,
+            finished_at=now,
+            needs_attention=False,
+            attention_reason="",
+        )
+    elif outcome == Status.FAILED:
+        if call.status == Status.UNKNOWN:
+            move(
+                call,
+                Status.FAILED,
+                error={"code": "marked_failed", "message": note},
+                finished_at=now,
+                needs_attention=False,
+                attention_reason="",
+            )
+        else:  # a failed destructive call: acknowledged, it stays failed
+            call.needs_attention = False
+            call.attention_reason = ""
+            call.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
+    else:
+        raise OutcomeNotAllowed(f"Unknown outcome {outcome!r}.")
+    events.call_resolved(call, person=person, previous_status=previous, note=note)
+    return call
+
+
+@transaction.atomic
+def rerun_call(*, call_id: UUID, person: Any, confirmed: bool, note: str = "") -> ToolCall:
+    """Run the call again with its original idempotency key, once a person confirmed it.
+
+    The executor gets the call after commit; the claim, fence and lease apply as for the
+    first run, so a late worker of an earlier attempt still cannot write.
+    """
+    call = _locked_for(call_id, person)
+    if not confirmed:
+        raise RerunConfirmationRequired(
+            "Confirm the re-run: if the first attempt did happen and the downstream does not "
+            "refuse repeats of the key, the effect happens twice."
+        )
+    if not transitions.allowed(call.status, Status.APPROVED, risk=call.risk):
+        raise AttentionRefused(
+            "A destructive call runs once: record what happened. If the effect is still "
+            "wanted, the agent proposes a new call, which needs its own approvals."
+        )
+    if reason := cannot_run_reason(call):
+        raise AttentionRefused(reason)
+    previous = call.status
+    move(
+        call,
+        Status.APPROVED,
+        enqueued_at=timezone.now(),
+        lease_until=None,
+        needs_attention=False,
+        attention_reason="",
+    )
+    events.call_rerun(call, previous_status=previous, person=person, note=note.strip())
+    transaction.on_commit(partial(dispatch.send_execution, call.pk))
+    return call
+
+
+def recheck_call(*, call_id: UUID, person: Any) -> Reconciliation:
+    """Ask the downstream again for an unknown call. Found: it succeeds (audited with the
+    person as actor); otherwise it stays for the person to decide, never re-run by itself."""
+    with transaction.atomic():
+        _locked_for(call_id, person)
+    return reconcile_call(call_id=call_id, actor=person, allow_rerun=False)
+
+
+def _locked_for(call_id: UUID, person: Any) -> ToolCall:
+    call = (
+        ToolCall.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent")
+        .get(pk=call_id)
+    )
+    require_reviewer(person, call.tool)
+    _require_no_conflict(call, person)
+    if not needs_a_person(call):
+        raise NoLongerNeedsAttention(
+            f"This call no longer needs attention: it is {call.get_status_display().lower()}."
+        )
+    return call
+
+
+def _require_no_conflict(call: ToolCall, person: Any) -> None:
+    """Separation of duties, as for approvals: the agent's owner and the person the agent
+    acts for may not settle what happened to its call, nor send it again."""
+    if conflict := conflict_of_interest(call, person):
+        raise ConflictOfInterest(CONFLICTS[conflict])

@@ -1,0 +1,161 @@
+"""Intake, agent requests and expiry: the transitions that do not need a reviewer."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import dispatch, events, transitions
+from approvals.models import Status, ToolCall
+from approvals.services.common import arguments_hash, cannot_run_reason, move
+from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
+
+
+# No savepoint: intake calls this inside its own transaction, which a failure here aborts.
+@transaction.atomic(savepoint=False)
+def create_call(
+    *,
+    agent: Agent,
+    tool: Tool,
+    arguments: dict[str, Any],
+    session_id: str,
+    request_key: str,
+    on_behalf_of: str = "",
+    reasoning: str = "",
+    token_cost: dict[str, Any] | None = None,
+    callback_url: str = "",
+) -> ToolCall:
+    """Store a validated call: a read stays ``received`` (it runs at once), the rest wait."""
+    now = timezone.now()
+    status = Status.RECEIVED
+    expires_at = None
+    if tool.needs_approval:
+        transitions.require(Status.RECEIVED, Status.PENDING)
+        status = Status.PENDING
+        expires_at = now + timedelta(seconds=tool.approval_ttl_seconds)
+    call = ToolCall.objects.create(
+        agent=agent,
+        tool=tool,
+        tool_version=tool.version,
+        risk=tool.risk,
+        arguments=arguments,
+        arguments_hash=arguments_hash(
+            tool_name=tool.name, tool_version=tool.version, arguments=arguments
+        ),
+        session_id=session_id,
+        on_behalf_of=on_behalf_of,
+        reasoning=reasoning,
+        token_cost=token_cost,
+        callback_url=callback_url,
+        request_key=request_key,
+        status=status,
+        approvals_required=tool.approvals_required if tool.needs_approval else 0,
+        expires_at=expires_at,
+        created_at=now,
+    )
+    events.call_submitted(call)
+    return call
+
+
+@transaction.atomic
+def cancel_call(*, call_id: UUID, agent: Agent) -> ToolCall:
+    """The agent withdraws a call that is still waiting for a decision.
+
+    Cancelling a cancelled call changes nothing, so an agent may repeat the request.
+    """
+    call = (
+        ToolCall.objects.select_for_update()
+        .select_related("tool", "agent")
+        .get(pk=call_id, agent=agent)
+    )
+    if call.status == Status.CANCELLED:
+        return call
+    if call.status != Status.PENDING:
+        raise transitions.InvalidTransition(call.status, Status.CANCELLED)
+    move(call, Status.CANCELLED, decided_at=timezone.now())
+    events.call_cancelled(call)
+    return call
+
+
+class RetryRefused(Exception):
+    """The call may not be re-run on the agent's request; ``message`` says why."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+@transaction.atomic
+def retry_call(*, call_id: UUID, agent: Agent) -> ToolCall:
+    """Run a failed write again, with its original execution key (``countersign-<id>``).
+
+    The downstream refuses a second effect under the same key, so a re-run can never
+    double what the failed attempt might have done. Destructive calls are never re-run on
+    an agent's request: their failure is escalated to a person. A call that is already
+    approved or executing again is returned as it is, so the request may be repeated.
+    """
+    call = (
+        ToolCall.objects.select_for_update()
+        .select_related("tool", "agent")
+        .get(pk=call_id, agent=agent)
+    )
+    if call.risk == Risk.DESTRUCTIVE:
+        raise RetryRefused("Destructive calls are never retried automatically; a person decides.")
+    if call.risk == Risk.READ:
+        raise RetryRefused("A read has no effect to protect: submit it again with a new key.")
+    if call.status in (Status.APPROVED, Status.EXECUTING):
+        return call
+    # Only from failed: pending -> approved is a reviewer's move, never the agent's.
+    if call.status != Status.FAILED:
+        raise transitions.InvalidTransition(call.status, Status.APPROVED)
+    transitions.require(call.status, Status.APPROVED, risk=call.risk)
+    if reason := cannot_run_reason(call):
+        raise RetryRefused(reason)
+    if not call.agent.allowed_tools.filter(pk=call.tool_id).exists():
+        raise RetryRefused("This agent may no longer call this tool.")
+    previous_error = call.error
+    now = timezone.now()
+    move(call, Status.APPROVED, enqueued_at=now, error=None, result=None)
+    events.call_event(
+        call,
+        "call.retry_requested",
+        actor=agent,
+        outcome="approved",
+        previous_error=previous_error,
+        attempt=call.attempts + 1,
+        idempotency_key=call.execution_key,
+    )
+    transaction.on_commit(partial(dispatch.send_execution, call.pk))
+    return call
+
+
+def expire_locked(call: ToolCall, *, now: Any) -> None:
+    move(call, Status.EXPIRED, decided_at=now)
+    events.call_expired(call)
+
+
+@transaction.atomic
+def expire_call(*, call_id: UUID, now: Any = None) -> bool:
+    """Expire a pending call whose approval TTL has passed; False if it was not due."""
+    now = now or timezone.now()
+    call = (
+        ToolCall.objects.select_for_update()
+        .select_related("tool", "agent")
+        .filter(pk=call_id)
+        .first()
+    )
+    if (
+        call is None
+        or call.status != Status.PENDING
+        or not call.expires_at
+        or call.expires_at > now
+    ):
+        return False
+    expire_locked(call, now=now)
+    return True

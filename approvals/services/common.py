@@ -1,0 +1,59 @@
+"""Pieces every service module uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from approvals import notify, transitions
+from approvals.models import ToolCall
+from audit.canonical import canonical_json, sha256_hex
+
+
+def arguments_hash(*, tool_name: str, tool_version: str, arguments: Any) -> str:
+    """What an approval binds to: the exact tool, its definition, and the arguments."""
+    return sha256_hex(
+        canonical_json({"tool": tool_name, "version": tool_version, "arguments": arguments})
+    )
+
+
+CONFLICTS = {
+    "owner": "You own the agent that made this call.",
+    "on_behalf_of": "The agent acts on your behalf in this call.",
+}
+
+
+def conflict_of_interest(call: ToolCall, person: Any) -> str:
+    """Which conflict keeps ``person`` from approving or settling ``call`` (a key of
+    ``CONFLICTS``), or "" for none: separation of duties, one rule everywhere.
+
+    The agent's owner, and the end user the agent acts for (``on_behalf_of``, matched to the
+    person's username or e-mail), may reject a call but never let it run.
+    """
+    if call.agent.owner_id == person.pk:
+        return "owner"
+    acting_for = call.on_behalf_of.strip().lower()
+    if acting_for and acting_for in {person.get_username().lower(), (person.email or "").lower()}:
+        return "on_behalf_of"
+    return ""
+
+
+def cannot_run_reason(call: ToolCall) -> str:
+    """Why the call may no longer run (its tool or agent was switched off since), or ""."""
+    if not call.tool.runnable:
+        return "The tool is disabled or its code is gone, so the call cannot run."
+    if not call.agent.enabled:
+        return "The agent that made this call is disabled, so the call cannot run."
+    if call.tool.version != call.tool_version:
+        return "The tool's definition changed since the agent made this call."
+    return ""
+
+
+def move(call: ToolCall, target: str, **fields: Any) -> None:
+    """Change the status of a call that the caller holds locked (select_for_update), and
+    schedule its notifications (long-poll wake-up, webhook) for after commit."""
+    transitions.require(call.status, target, risk=call.risk)
+    call.status = target
+    for name, value in fields.items():
+        setattr(call, name, value)
+    call.save(update_fields=["status", "updated_at", *fields])
+    notify.status_changed(call)

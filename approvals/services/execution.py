@@ -1,0 +1,187 @@
+"""The executor's transitions: claim with a fence and a lease, finish under that fence, and
+take a call away from a worker that went silent past its lease."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import events, notify, transitions
+from approvals.models import Status, ToolCall
+from approvals.services.common import move
+from tools_registry.policy import Risk
+
+DESTRUCTIVE_FAILED = "A destructive call failed; a person must decide what happens next."
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's exclusive right to run a call, valid while ``fence`` is current."""
+
+    call_id: UUID
+    fence: int
+    attempt: int
+    tool_name: str
+    risk: str
+    arguments: dict[str, Any]
+    execution_key: str
+    timeout: float
+    max_attempts: int
+    agent_name: str
+    on_behalf_of: str
+    # The row as claimed, so that finishing writes its audit event without reading it again.
+    call: ToolCall | None = field(default=None, repr=False, compare=False)
+
+
+def handler_budget_seconds(*, timeout_seconds: float, max_attempts: int) -> float:
+    """How long the handler may take: every attempt's timeout. The lease and the worker's
+    time limits (``approvals.dispatch``) are measured from it."""
+    return float(timeout_seconds) * max(int(max_attempts), 1)
+
+
+def claim_call(*, call_id: UUID) -> Claim | None:
+    """Take an approved (or a received read) call for execution; None if someone else has it.
+
+    The conditional UPDATE is the lock: ``WHERE status = <source> AND fence = <as read>``.
+    Of any number of deliveries of the same task exactly one matches; one that read the
+    call before something moved it (another claim, a lease expiry and a re-run) matches
+    nothing, and the re-run's own message claims it. A duplicate that finds the call taken
+    stops at the read and writes nothing. The claim and the intent audit event commit
+    together, before the handler runs.
+    """
+    call = ToolCall.objects.select_related("tool", "agent").filter(pk=call_id).first()
+    if call is None:
+        return None
+    # Reads run straight from intake; everything else only after approval.
+    source = Status.RECEIVED if call.risk == Risk.READ else Status.APPROVED
+    if call.status != source:
+        return None
+    transitions.require(source, Status.EXECUTING)
+    tool = call.tool
+    now = timezone.now()
+    lease_seconds = handler_budget_seconds(
+        timeout_seconds=tool.timeout_seconds, max_attempts=tool.max_attempts
+    ) + float(settings.EXECUTOR_LEASE_GRACE_SECONDS)
+    claimed_fields = {
+        "status": Status.EXECUTING,
+        "fence": call.fence + 1,
+        "attempts": call.attempts + 1,
+        "lease_until": now + timedelta(seconds=lease_seconds),
+        "started_at": now,
+        "updated_at": now,
+    }
+    with transaction.atomic():
+        claimed = ToolCall.objects.filter(pk=call_id, status=source, fence=call.fence).update(
+            **claimed_fields
+        )
+        if not claimed:
+            return None
+        for name, value in claimed_fields.items():
+            setattr(call, name, value)
+        events.execution_started(call)
+    return Claim(
+        call_id=call.pk,
+        fence=call.fence,
+        attempt=call.attempts,
+        tool_name=tool.name,
+        risk=call.risk,
+        arguments=call.arguments,
+        execution_key=call.execution_key,
+        timeout=tool.timeout_seconds,
+        max_attempts=tool.max_attempts,
+        agent_name=call.agent.name,
+        on_behalf_of=call.on_behalf_of,
+        call=call,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # succeeded | failed | unknown
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    latency_ms: int = 0
+    tries: int = 1
+
+
+def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
+    """Store the outcome if the claim is still current; False for a stale (fenced-off) worker."""
+    transitions.require(Status.EXECUTING, outcome.status)
+    now = timezone.now()
+    escalate = outcome.status == Status.FAILED and claim.risk == Risk.DESTRUCTIVE
+    finished_fields = {
+        "status": outcome.status,
+        "result": outcome.result,
+        "error": outcome.error,
+        "latency_ms": outcome.latency_ms,
+        "lease_until": None,
+        "finished_at": now,
+        "updated_at": now,
+        "needs_attention": escalate,
+        "attention_reason": DESTRUCTIVE_FAILED if escalate else "",
+    }
+    with transaction.atomic():
+        stored = ToolCall.objects.filter(
+            pk=claim.call_id, fence=claim.fence, status=Status.EXECUTING
+        ).update(**finished_fields)
+        if not stored:
+            current = ToolCall.objects.select_related("tool", "agent").get(pk=claim.call_id)
+            events.stale_result_discarded(current, claim_fence=claim.fence, outcome=outcome)
+            return False
+        call = claim.call or ToolCall.objects.select_related("tool", "agent").get(pk=claim.call_id)
+        for name, value in finished_fields.items():
+            setattr(call, name, value)
+        events.execution_finished(call, outcome=outcome)
+        if escalate:
+            # Never retried automatically: the call waits on the "needs attention" page.
+            events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
+        notify.status_changed(call)
+    return True
+
+
+LEASE_EXPIRED_WRITE = (
+    "The worker running the call went silent past its lease; whether the effect happened "
+    "is being checked with the downstream system."
+)
+LEASE_EXPIRED_READ = "The worker running the read went silent past its lease."
+
+
+def expire_lease(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
+    """Take a call away from a worker that went silent past its lease; None if not due.
+
+    A write becomes ``unknown``: its effect may or may not have happened, and the
+    reconciliation sweep asks the downstream. A read has no effect, so it fails. The fence
+    moves on in the same UPDATE, so the silent worker's late ``finish_call`` (a paused or
+    partitioned process that wakes up) matches no row and is discarded.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        call = (
+            ToolCall.objects.select_for_update(of=("self",))
+            .select_related("tool", "agent")
+            .filter(pk=call_id, status=Status.EXECUTING, lease_until__lt=now)
+            .first()
+        )
+        if call is None:
+            return None
+        claim_fence = call.fence
+        is_read = call.risk == Risk.READ
+        move(
+            call,
+            Status.FAILED if is_read else Status.UNKNOWN,
+            fence=claim_fence + 1,
+            lease_until=None,
+            error={
+                "code": "lease_expired",
+                "message": LEASE_EXPIRED_READ if is_read else LEASE_EXPIRED_WRITE,
+            },
+            finished_at=now if is_read else None,
+        )
+        events.lease_expired(call, claim_fence=claim_fence)
+    return call

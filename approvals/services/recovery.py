@@ -1,0 +1,193 @@
+"""Reconciliation: settling an ``unknown`` outcome by asking the downstream system.
+
+A call is ``unknown`` when its worker died or its handler timed out: the effect may or may
+not have happened. The handler's ``lookup(idempotency_key)`` asks the downstream:
+
+* found: the effect happened; the call succeeded, with the downstream's result;
+* not found, and the downstream refuses a second effect for the same key: run it again
+  with the same key (``unknown -> approved``). Even if the first attempt is still in
+  flight somewhere (a paused worker), the downstream keeps one effect. Destructive calls
+  are never re-run by themselves, and automatic re-runs are capped
+  (``EXECUTOR_AUTO_RERUNS``);
+* cannot tell (no lookup, the lookup failed or said so): the call stays ``unknown`` and is
+  escalated to a person, who marks the real outcome or re-runs it (``services.attention``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import dispatch, events
+from approvals.models import Status, ToolCall
+from approvals.services.common import move
+from tools_registry import registry
+from tools_registry.policy import Risk
+from tools_registry.registry import ToolContext
+
+logger = logging.getLogger(__name__)
+
+FOUND = "found"
+NOT_FOUND = "not_found"
+CANNOT_TELL = "cannot_tell"
+NO_LOOKUP = "no_lookup"
+LOOKUP_FAILED = "lookup_failed"
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    call_id: UUID
+    finding: str  # found | not_found | cannot_tell | no_lookup | lookup_failed ("" if skipped)
+    action: str  # succeeded | rerun | escalated | unchanged | skipped
+
+
+def reconcile_call(
+    *,
+    call_id: UUID,
+    now: datetime | None = None,
+    actor: Any = None,
+    allow_rerun: bool = True,
+) -> Reconciliation:
+    """Ask the downstream what happened to an ``unknown`` call and act on the answer.
+
+    The lookup runs with no transaction open (it may be an HTTP call). The decision is then
+    applied under the row lock, only if the call is still ``unknown`` with the fence seen
+    before the lookup: a person or another sweep that moved it meanwhile wins.
+    ``allow_rerun=False`` (a person's "ask again") never re-runs by itself.
+    """
+    now = now or timezone.now()
+    seen = ToolCall.objects.select_related("tool", "agent").filter(pk=call_id).first()
+    if seen is None or seen.status != Status.UNKNOWN:
+        return Reconciliation(call_id=call_id, finding="", action="skipped")
+    finding, result = ask_downstream(seen)
+
+    with transaction.atomic():
+        call = (
+            ToolCall.objects.select_for_update(of=("self",))
+            .select_related("tool", "agent")
+            .filter(pk=call_id)
+            .first()
+        )
+        if call is None or call.status != Status.UNKNOWN or call.fence != seen.fence:
+            return Reconciliation(call_id=call_id, finding=finding, action="skipped")
+        if finding == FOUND:
+            move(
+                call,
+                Status.SUCCEEDED,
+                result=result,
+                error=None,
+                finished_at=now,
+                needs_attention=False,
+                attention_reason="",
+            )
+            events.call_reconciled(call, finding=finding, actor=actor)
+            return Reconciliation(call_id=call_id, finding=finding, action="succeeded")
+        if finding == NOT_FOUND and allow_rerun and may_rerun_by_itself(call):
+            move(
+                call,
+                Status.APPROVED,
+                enqueued_at=now,
+                lease_until=None,
+                needs_attention=False,
+                attention_reason="",
+            )
+            events.call_reconciled(call, finding=finding, actor=actor)
+            events.call_rerun(call, previous_status=Status.UNKNOWN)
+            transaction.on_commit(partial(dispatch.send_execution, call.pk))
+            return Reconciliation(call_id=call_id, finding=finding, action="rerun")
+        reason = escalation_reason(call, finding)
+        if call.needs_attention and call.attention_reason == reason:
+            # Asked again, nothing new: only the time of the check moves.
+            call.save(update_fields=["updated_at"])
+            return Reconciliation(call_id=call_id, finding=finding, action="unchanged")
+        escalate_locked(call, reason=reason, finding=finding)
+        return Reconciliation(call_id=call_id, finding=finding, action="escalated")
+
+
+def ask_downstream(call: ToolCall) -> tuple[str, dict[str, Any] | None]:
+    """The handler's lookup for the call's idempotency key: (finding, result if found)."""
+    try:
+        spec = registry.get(call.tool.name)
+    except registry.UnknownTool:
+        return NO_LOOKUP, None
+    if spec.lookup_fn is None:
+        return NO_LOOKUP, None
+    ctx = ToolContext(
+        call_id=call.pk,
+        idempotency_key=call.execution_key,
+        timeout=call.tool.timeout_seconds,
+        attempt=call.attempts,
+        agent_name=call.agent.name,
+        on_behalf_of=call.on_behalf_of,
+    )
+    try:
+        answer = spec.lookup_fn(ctx)
+    except Exception:
+        logger.warning("lookup of call %s failed", call.pk, exc_info=True)
+        return LOOKUP_FAILED, None
+    if answer.found is True:
+        return FOUND, dict(answer.result or {})
+    if answer.found is False:
+        return NOT_FOUND, None
+    return CANNOT_TELL, None
+
+
+def may_rerun_by_itself(call: ToolCall) -> bool:
+    """A not-found effect is re-run without a person only when a repeat cannot double it."""
+    try:
+        spec = registry.get(call.tool.name)
+    except registry.UnknownTool:
+        return False
+    return (
+        spec.honours_idempotency_key
+        and call.risk != Risk.DESTRUCTIVE
+        and call.tool.runnable
+        and call.attempts < 1 + settings.EXECUTOR_AUTO_RERUNS
+    )
+
+
+def escalation_reason(call: ToolCall, finding: str) -> str:
+    """What the person on the "needs attention" page is told."""
+    if finding == NOT_FOUND:
+        if call.risk == Risk.DESTRUCTIVE:
+            return (
+                "The downstream has no record of the effect. A destructive call runs once: "
+                "mark it failed; if the effect is still wanted, the agent proposes a new call."
+            )
+        if not call.tool.runnable:
+            return "The downstream has no record of the effect, and the tool is disabled."
+        try:
+            honours = registry.get(call.tool.name).honours_idempotency_key
+        except registry.UnknownTool:
+            honours = False
+        if not honours:
+            return (
+                "The downstream has no record of the effect, but it does not refuse "
+                "duplicates, so it is not re-run automatically."
+            )
+        if call.attempts >= 1 + settings.EXECUTOR_AUTO_RERUNS:
+            return f"The outcome stayed unknown after {call.attempts} attempts."
+        return "The downstream has no record of the effect."
+    if finding == NO_LOOKUP:
+        return (
+            "The tool cannot say whether the effect happened; check the downstream system, "
+            "then mark the outcome."
+        )
+    return "The downstream could not say whether the effect happened."
+
+
+def escalate_locked(call: ToolCall, *, reason: str, finding: str = "") -> None:
+    """Put a call (held locked by the caller) on the "needs attention" page."""
+    call.needs_attention = True
+    call.attention_reason = reason[:200]
+    call.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
+    events.call_escalated(call, reason=reason, finding=finding)
+    logger.warning("call %s needs a person: %s", call.pk, reason)

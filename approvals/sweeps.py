@@ -1,0 +1,162 @@
+"""Periodic repairs run by celery beat (and by ``manage.py run_sweeps`` and one management
+command per sweep). Each sweep reads a batch of candidate ids, then moves each call through
+a service function that re-checks it under a lock or a conditional UPDATE, so any number of
+sweeps may run at once, beside any number of workers."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from approvals import dispatch, events, notifications, services
+from approvals.models import Status, ToolCall
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    resent: int = 0
+    leases_expired: int = 0
+    reconciled: int = 0
+    rerun: int = 0
+    escalated: int = 0
+    expired: int = 0
+    # Reviewer e-mails (approvals.notifications): new calls, reminders, escalations to a team.
+    notified: int = 0
+    reminded: int = 0
+    escalations_sent: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def __bool__(self) -> bool:
+        return any(self.as_dict().values())
+
+
+def resend_stalled_approved(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Send again the approved calls whose task never started (a lost message, a dead web
+    process between commit and send, a worker killed before its claim). A duplicate is
+    harmless: the claim admits one."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.EXECUTOR_RESEND_AFTER_SECONDS)
+    stalled = list(
+        ToolCall.objects.filter(status=Status.APPROVED, enqueued_at__lt=cutoff)
+        .order_by("enqueued_at")
+        .values_list("pk", "enqueued_at")[:limit]
+    )
+    resent = 0
+    for call_id, enqueued_at in stalled:
+        with transaction.atomic():
+            # Mark first, conditionally: two sweeps at once re-send each call once.
+            if not ToolCall.objects.filter(
+                pk=call_id, status=Status.APPROVED, enqueued_at__lt=cutoff
+            ).update(enqueued_at=now):
+                continue
+            call = ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
+            waited = (now - enqueued_at).total_seconds() if enqueued_at else 0.0
+            events.execution_resent(call, waited_seconds=waited)
+            transaction.on_commit(partial(dispatch.send_execution, call_id))
+            resent += 1
+    return resent
+
+
+def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Executing calls whose worker went silent past its lease become ``unknown`` (reads
+    fail), with the fence bumped so the silent worker can no longer write."""
+    now = now or timezone.now()
+    overdue = list(
+        ToolCall.objects.filter(status=Status.EXECUTING, lease_until__lt=now)
+        .order_by("lease_until")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(1 for call_id in overdue if services.expire_lease(call_id=call_id, now=now))
+
+
+def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Counter[str]:
+    """Ask the downstream about every unknown call not yet escalated, and about escalated
+    ones again every ``EXECUTOR_RECHECK_ESCALATED_SECONDS`` (it may be able to tell now)."""
+    now = now or timezone.now()
+    recheck_before = now - timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS)
+    candidates = list(
+        ToolCall.objects.filter(status=Status.UNKNOWN)
+        .filter(Q(needs_attention=False) | Q(updated_at__lt=recheck_before))
+        .order_by("updated_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    actions: Counter[str] = Counter()
+    for call_id in candidates:
+        actions[services.reconcile_call(call_id=call_id, now=now).action] += 1
+    return actions
+
+
+def expire_overdue_pending(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Pending calls past their approval TTL expire; the agent learns it from the status."""
+    now = now or timezone.now()
+    overdue = list(
+        ToolCall.objects.filter(status=Status.PENDING, expires_at__lte=now).values_list(
+            "pk", flat=True
+        )[:limit]
+    )
+    return sum(1 for call_id in overdue if services.expire_call(call_id=call_id, now=now))
+
+
+def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:
+    """Re-sends, lease expiry and expiry of pending calls: quick, database only."""
+    report = SweepReport(
+        resent=resend_stalled_approved(now=now),
+        leases_expired=expire_leases(now=now),
+        expired=expire_overdue_pending(now=now),
+    )
+    if report:
+        logger.info("sweep: %s", report.as_dict())
+    return report
+
+
+def run_reconciliation(*, now: datetime | None = None) -> SweepReport:
+    """Reconciliation may wait on downstream systems, so beat runs it as its own task."""
+    actions = reconcile_unknown(now=now)
+    report = SweepReport(
+        reconciled=actions["succeeded"], rerun=actions["rerun"], escalated=actions["escalated"]
+    )
+    if report:
+        logger.info("reconciliation: %s", report.as_dict())
+    return report
+
+
+def run_notifications(*, now: datetime | None = None) -> SweepReport:
+    """E-mails to reviewers; its own beat task, so a slow mail server delays no repair."""
+    sent = notifications.run(now=now)
+    report = SweepReport(
+        notified=sent.notified, reminded=sent.reminded, escalations_sent=sent.escalated
+    )
+    if report:
+        logger.info("notifications: %s", report.as_dict())
+    return report
+
+
+def run_all(*, now: datetime | None = None) -> SweepReport:
+    """Every sweep once, in the order that settles a call soonest: a lease expired now is
+    reconciled in the same pass, and nobody is told about a call that just expired."""
+    executor = run_executor_sweeps(now=now)
+    reconciliation = run_reconciliation(now=now)
+    sent = run_notifications(now=now)
+    return SweepReport(
+        notified=sent.notified,
+        reminded=sent.reminded,
+        escalations_sent=sent.escalations_sent,
+        resent=executor.resent,
+        leases_expired=executor.leases_expired,
+        reconciled=reconciliation.reconciled,
+        rerun=reconciliation.rerun,
+        escalated=reconciliation.escalated,
+        expired=executor.expired,
+    )

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from approvals import views
+from approvals.views import attention
+
+app_name = "approvals"
+
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("next/", views.next_call, name="next"),
+    path("reauthenticate/", views.reauthenticate, name="reauth"),
+    path("<uuid:pk>/", views.detail, name="detail"),
+    path("<uuid:pk>/decide/", views.decide, name="decide"),
+    path("<uuid:pk>/reveal/", views.reveal, name="reveal"),
+    # The "needs attention" page (approvals.views.attention).
+    path("attention/", attention.attention, name="attention"),
+    path("attention/<uuid:pk>/", attention.attention_item, name="attention_item"),
+    path("attention/<uuid:pk>/resolve/", attention.resolve, name="attention_resolve"),
+    path("attention/<uuid:pk>/rerun/", attention.rerun, name="attention_rerun"),
+    path("attention/<uuid:pk>/recheck/", attention.recheck, name="attention_recheck"),
+]

@@ -1,0 +1,177 @@
+"""The "needs attention" page: calls whose outcome is unknown, and failed destructive calls.
+
+A person who may review the tool marks the real outcome, asks the downstream again, or
+re-runs the call with its original idempotency key after an explicit confirmation. Every
+action is a POST through ``approvals.services.attention``, audited with the person.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q, QuerySet
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from approvals import services, transitions
+from approvals.models import Status, ToolCall
+from approvals.services.common import CONFLICTS, conflict_of_interest
+from approvals.views.common import AuthedRequest, call_or_403
+from audit.masking import mask_arguments
+from tools_registry.permissions import reviewable_tools
+
+PAGE = "approvals/attention.html"
+PAGE_SIZE = 200
+
+
+class ResolveForm(forms.Form):
+    outcome = forms.ChoiceField(
+        choices=[(Status.SUCCEEDED, "It happened"), (Status.FAILED, "It did not happen")]
+    )
+    note = forms.CharField(required=False, max_length=2000)
+
+
+class RerunForm(forms.Form):
+    confirm = forms.BooleanField(required=False)
+    note = forms.CharField(required=False, max_length=2000)
+
+
+def calls_needing_attention(user: Any) -> QuerySet[ToolCall]:
+    """Unknown calls and escalated failures of the tools ``user`` may review, oldest first."""
+    return (
+        ToolCall.objects.filter(
+            Q(status=Status.UNKNOWN) | Q(status=Status.FAILED, needs_attention=True),
+            tool__in=reviewable_tools(user),
+        )
+        .select_related("tool", "agent")
+        .order_by("updated_at", "id")
+    )
+
+
+def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
+    shown = mask_arguments(call.arguments, call.tool.sensitive_fields)
+    return {
+        "call": call,
+        "arguments_json": json.dumps(shown, indent=2, ensure_ascii=False, sort_keys=True),
+        "open": services.needs_a_person(call),
+        # The agent's owner, or the person it acts for, may see the call but not settle it.
+        "conflict": CONFLICTS.get(conflict_of_interest(call, user), ""),
+        # Only writes are run again; a destructive call's outcome is recorded, nothing more.
+        "rerunnable": transitions.allowed(call.status, Status.APPROVED, risk=call.risk),
+        **extra,
+    }
+
+
+@never_cache
+@require_GET
+@login_required
+def attention(request: AuthedRequest) -> HttpResponse:
+    calls = list(calls_needing_attention(request.user)[:PAGE_SIZE])
+    items = [_item(call, request.user) for call in calls]
+    template = f"{PAGE}#attention-list" if request.htmx else PAGE
+    return render(request, template, {"items": items})
+
+
+@never_cache
+@require_GET
+@login_required
+def attention_item(request: AuthedRequest, pk: UUID) -> HttpResponse:
+    """One call's card; ``?confirm=rerun`` shows the re-run confirmation (nothing changes)."""
+    call = call_or_403(request, pk)
+    item = _item(call, request.user, confirming=request.GET.get("confirm") == "rerun")
+    return _respond(request, item)
+
+
+@never_cache
+@require_POST
+@login_required
+def resolve(request: AuthedRequest, pk: UUID) -> HttpResponse:
+    call = call_or_403(request, pk)
+    form = ResolveForm(request.POST)
+    if not form.is_valid():
+        return _refused(request, call, "Choose whether the effect happened.")
+    try:
+        call = services.resolve_call(
+            call_id=call.pk,
+            person=request.user,
+            outcome=form.cleaned_data["outcome"],
+            note=form.cleaned_data["note"],
+        )
+    except services.AttentionRefused as exc:
+        return _refused(request, call, exc.message)
+    return _done(request, call, f"Marked {call.get_status_display().lower()}.")
+
+
+@never_cache
+@require_POST
+@login_required
+def rerun(request: AuthedRequest, pk: UUID) -> HttpResponse:
+    call = call_or_403(request, pk)
+    form = RerunForm(request.POST)
+    form.is_valid()  # both fields are optional; the service insists on the confirmation
+    try:
+        call = services.rerun_call(
+            call_id=call.pk,
+            person=request.user,
+            confirmed=bool(form.cleaned_data.get("confirm")),
+            note=form.cleaned_data.get("note", ""),
+        )
+    except services.RerunConfirmationRequired as exc:
+        return _refused(request, call, exc.message, confirming=True)
+    except services.AttentionRefused as exc:
+        return _refused(request, call, exc.message)
+    return _done(request, call, f"Sent to run again with the key {call.execution_key}.")
+
+
+@never_cache
+@require_POST
+@login_required
+def recheck(request: AuthedRequest, pk: UUID) -> HttpResponse:
+    call = call_or_403(request, pk)
+    try:
+        outcome = services.recheck_call(call_id=call.pk, person=request.user)
+    except services.AttentionRefused as exc:
+        return _refused(request, call, exc.message)
+    call = call_or_403(request, pk)
+    if outcome.action == "succeeded":
+        return _done(request, call, "The downstream found the effect: the call succeeded.")
+    answers = {
+        "not_found": "The downstream has no record of the effect.",
+        "cannot_tell": "The downstream still cannot tell.",
+        "lookup_failed": "The downstream could not be asked; try again later.",
+        "no_lookup": "This tool cannot be asked; check the downstream system yourself.",
+    }
+    notice = answers.get(outcome.finding, "Nothing changed.")
+    return _respond(request, _item(call, request.user, notice=notice))
+
+
+def _respond(request: AuthedRequest, item: dict[str, Any], *, status: int = 200) -> HttpResponse:
+    if request.htmx:
+        # 200 even for a refusal: htmx swaps only successful responses into the page.
+        return render(request, f"{PAGE}#attention-item", {"item": item})
+    return render(request, PAGE, {"items": [item], "single": True}, status=status)
+
+
+def _refused(
+    request: AuthedRequest, call: ToolCall, message: str, *, confirming: bool = False
+) -> HttpResponse:
+    # Always show the call as it is now: after a lost race the person sees the outcome.
+    call = call_or_403(request, call.pk)
+    item = _item(call, request.user, refusal=message, confirming=confirming)
+    return _respond(request, item, status=409)
+
+
+def _done(request: AuthedRequest, call: ToolCall, notice: str) -> HttpResponse:
+    if not request.htmx:
+        messages.success(request, f"{call.tool.name} call {call.pk}: {notice}")
+        return redirect("approvals:attention")
+    # Read it again: a re-run may already have finished (the embedded mode runs it at once).
+    call = call_or_403(request, call.pk)
+    return _respond(request, _item(call, request.user, notice=notice))

@@ -1,0 +1,90 @@
+"""The reviewer's queue of pending calls: filters in the URL, keyset pages, live rows."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
+
+from approvals import selectors
+from approvals.forms import QueueFilterForm
+from approvals.views.common import AuthedRequest, wants_partial
+
+FILTER_KEYS = ("tool", "risk", "agent", "session", "age", "expiring", "order")
+
+
+@require_GET
+@login_required
+@never_cache
+@vary_on_headers("HX-Request")
+def queue(request: AuthedRequest) -> HttpResponse:
+    form = QueueFilterForm(request.GET)
+    form.is_valid()
+    filters = form.filters()
+    page = selectors.queue_page(
+        user=request.user,
+        filters=filters,
+        after=form.cleaned_data.get("after") or "",
+        before=form.cleaned_data.get("before") or "",
+    )
+    # Only the filters, never the cursor: pages, risk tabs and polling all start from here.
+    kept = {k: request.GET[k] for k in FILTER_KEYS if request.GET.get(k)}
+    context = {
+        "page": page,
+        "me": request.user.pk,
+        "filters": filters,
+        "form": form,
+        "query": urlencode(kept),
+        "risk_tabs": _risk_tabs(page, kept),
+        "poll_seconds": settings.APPROVALS_QUEUE_POLL_SECONDS,
+        "poll_url": request.get_full_path(),
+    }
+    template = (
+        "approvals/queue.html#queue-table" if wants_partial(request) else "approvals/queue.html"
+    )
+    return render(request, template, context)
+
+
+def _risk_tabs(page: selectors.QueuePage, kept: dict[str, str]) -> list[dict[str, object]]:
+    """All / Write / Destructive with their counts under the other filters; past the cap
+    the counts are lower bounds, shown with a "+"."""
+    others = {k: v for k, v in kept.items() if k != "risk"}
+    total = min(sum(page.counts.values()), page.count_cap)
+    tabs: list[dict[str, object]] = [
+        {"risk": "", "label": "All", "count": total, "query": urlencode(others)}
+    ]
+    for risk in selectors.QUEUE_RISKS:
+        tabs.append(
+            {
+                "risk": str(risk),
+                "label": risk.label,
+                "count": page.counts[risk],
+                "query": urlencode({**others, "risk": str(risk)}),
+            }
+        )
+    return tabs
+
+
+@require_GET
+@login_required
+def next_call(request: AuthedRequest) -> HttpResponse:
+    """Open the next call waiting for this reviewer (oldest first), or the queue if none."""
+    after = None
+    try:
+        after_id = UUID(request.GET.get("after", ""))
+    except ValueError:
+        after_id = None
+    if after_id is not None:
+        # Only a position in the queue; nothing of that call is shown.
+        after = selectors.call_for_reviewer(request.user, after_id)
+    upcoming = selectors.next_call_for(request.user, after=after)
+    if upcoming is None:
+        return redirect("approvals:queue")
+    return redirect("approvals:detail", pk=upcoming.pk)

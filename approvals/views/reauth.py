@@ -1,0 +1,69 @@
+"""Re-entering the password before a destructive approval (a "sudo mode" for reviewers)."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate, logout
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods
+
+from approvals import reauth
+from approvals.forms import ReauthForm
+from approvals.views.common import AuthedRequest
+from audit.log import record
+
+# Wrong passwords in a row before the session is signed out: a stolen session must not
+# become a password-guessing oracle.
+MAX_FAILURES = 5
+
+
+def _next_url(request: AuthedRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse("approvals:queue")
+
+
+@sensitive_post_parameters("password")
+@require_http_methods(["GET", "POST"])
+@login_required
+@never_cache
+def reauthenticate(request: AuthedRequest) -> HttpResponse:
+    form = ReauthForm(request.POST or None)
+    error = ""
+    if request.method == "POST" and form.is_valid():
+        user = authenticate(
+            request,
+            username=request.user.get_username(),
+            password=form.cleaned_data["password"],
+        )
+        if user is not None and user.pk == request.user.pk:
+            # A new session key, as at any sign-in: a fixated key gains nothing.
+            request.session.cycle_key()
+            reauth.stamp(request)
+            record(action="reviewer.reauthenticated", actor=request.user, outcome="ok")
+            return redirect(_next_url(request))
+        failures = int(request.session.get(reauth.FAILURES_KEY, 0)) + 1
+        request.session[reauth.FAILURES_KEY] = failures
+        record(
+            action="reviewer.reauthentication_failed",
+            actor=request.user,
+            outcome="wrong_password",
+            data={"failures": failures},
+        )
+        if failures >= MAX_FAILURES:
+            logout(request)
+            return redirect("login")
+        error = "That is not your password."
+    return render(
+        request,
+        "approvals/reauth.html",
+        {"form": form, "error": error, "next": _next_url(request)},
+    )

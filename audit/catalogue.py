@@ -1,0 +1,74 @@
+"""Every kind of audit event, with what it means. The README's catalogue and the auditor's
+action filter are made from this table; a test fails when code records an action that is
+not listed here."""
+
+from __future__ import annotations
+
+ACTIONS: dict[str, str] = {
+    # A tool call's life (approvals/events.py).
+    "call.submitted": "An agent proposed a call: masked arguments, reasoning, token cost, policy.",
+    "call.refused": "A request was refused before a call existed (unknown or not-allowed tool, "
+    "disabled tool, invalid arguments, rate limit, too many rounds); outcome is the error code.",
+    "call.decision": "One reviewer's verdict, with the arguments hash and policy version they "
+    "decided on.",
+    "call.approved": "The call reached its quorum of approvals.",
+    "call.rejected": "A reviewer vetoed the call.",
+    "call.cancelled": "The agent withdrew its pending call.",
+    "call.expired": "Nobody decided before the approval deadline.",
+    "call.execution_started": "The intent, committed before the handler runs: tool, masked "
+    "arguments, agent, session, reasoning, idempotency key, attempt.",
+    "call.execution_finished": "The result: status, latency, masked result or error, token cost.",
+    "call.stale_result_discarded": "A worker that lost its lease came back; its result was not "
+    "stored.",
+    "call.escalated": "The call needs a person (a failed destructive call, an unknown outcome).",
+    "call.reconciled": "The outcome of an unknown call was settled by the tool's lookup or a "
+    "person.",
+    "call.execution_resent": "An approved call's task never started; the sweep sent it again.",
+    "call.lease_expired": "A worker went silent past its lease; the fence moved so its late "
+    "write is refused, and the outcome became unknown.",
+    "call.rerun": "The call went back to the executor with the same idempotency key (the "
+    "downstream said the effect did not happen, or a person confirmed a re-run).",
+    "call.resolved": "A person marked the real outcome of a call that needed attention.",
+    "call.retry_requested": "The agent asked to run a failed write again, with the same key.",
+    "call.arguments_revealed": "A reviewer unmasked a call's sensitive arguments, with a reason "
+    "(the values are not recorded).",
+    "call.reviewers_notified": "The tool's reviewers were told of a new pending call by e-mail.",
+    "call.reminder_sent": "Reviewers who had not voted were reminded of a waiting call.",
+    "call.escalation_sent": "A tool's escalation team was told of a call about to expire.",
+    "call.webhook_failed": "Countersign gave up delivering a call's webhook to the agent.",
+    # Tools at run time (approvals/breaker.py).
+    "tool.breaker_opened": "A tool failed too often in a row; calls are refused for the cool-down.",
+    "tool.breaker_closed": "A tool's probe call succeeded; calls flow again.",
+    # Tools, policy, grants, tokens (tools_registry/services.py, the admin).
+    "tool.registered": "A tool declared in code got its Tool row.",
+    "tool.updated_from_code": "A tool's description, schema or risk changed in code.",
+    "tool.disabled_code_gone": "A tool's code disappeared; the tool can no longer run.",
+    "tool.policy_changed": "A tool admin changed a tool's policy (before and after).",
+    "grant.added": "A user or team may now review a tool's calls.",
+    "grant.removed": "A review grant was withdrawn.",
+    "token.created": "An agent token was issued (its public prefix only).",
+    "token.revoked": "An agent token was revoked.",
+    "agent.created": "A tool admin created an agent (owner, allowlist, limits).",
+    "agent.updated": "A tool admin changed an agent (allowlist, enabled, limits), before and "
+    "after.",
+    "agent.webhook_secret_rotated": "An agent's webhook signing secret was replaced (the secret "
+    "itself is never recorded).",
+    "user.access_changed": "A person's teams or superuser status changed in the admin.",
+    # People signing in to the web UI (audit/receivers.py).
+    "auth.login": "A person signed in.",
+    "auth.logout": "A person signed out.",
+    "auth.login_failed": "A sign-in failed; the name tried is kept only if it is a real "
+    "account (otherwise a fingerprint of it), the password never.",
+    "auth.groups_changed": "A person was added to or removed from teams (roles).",
+    "auth.permissions_changed": "Model-wide permissions (such as reading the audit trail) were "
+    "given to or taken from a person or a team.",
+    "reviewer.reauthenticated": "A reviewer re-entered their password before a destructive "
+    "approval.",
+    "reviewer.reauthentication_failed": "A reviewer's re-entered password was wrong.",
+    # The trail about itself.
+    "audit.chain_verified": "The hash chain was walked; ok or the first broken link.",
+}
+
+
+def describe(action: str) -> str:
+    return ACTIONS.get(action, "")

@@ -1,0 +1,127 @@
+"""The auditor's filters: read from the URL, applied to the trail, written back to links.
+
+Every filter is an exact match on an indexed column (``models.AuditEvent.Meta.indexes``),
+so any combination stays fast on millions of rows; the page itself is keyset-paginated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from uuid import UUID
+
+from django.db.models import QuerySet
+from django.http import QueryDict
+from django.utils import timezone
+from django.utils.http import urlencode
+
+from audit.masking import mask_text
+from audit.models import AuditEvent
+
+TEXT_FILTERS = {
+    "actor": "actor_label",
+    "agent": "agent_name",
+    "tool": "tool_name",
+    "action": "action",
+    "outcome": "outcome",
+}
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    start: str = ""  # ISO date or date-time, UTC
+    end: str = ""
+    actor: str = ""
+    agent: str = ""
+    tool: str = ""
+    session: str = ""
+    call: str = ""
+    action: str = ""
+    outcome: str = ""
+    before: int | None = None  # keyset cursor: show events with id < before
+
+    @classmethod
+    def from_query(cls, query: QueryDict) -> EventFilter:
+        values = {
+            f.name: query.get(f.name, "").strip()[:200] for f in fields(cls) if f.name != "before"
+        }
+        return cls(**values, before=whole_number(query.get("before", "")))
+
+    def errors(self) -> list[str]:
+        problems = []
+        if any("\x00" in value for value in self.active.values()):
+            # PostgreSQL text cannot hold NUL: refuse it here rather than fail mid-query.
+            problems.append("filters may not contain NUL characters")
+        for name in ("start", "end"):
+            if getattr(self, name) and _instant(getattr(self, name)) is None:
+                problems.append(f"{name}: use a date such as 2026-11-21 or 2026-11-21T09:30")
+        if self.call and _uuid(self.call) is None:
+            problems.append("call: not a call id")
+        return problems
+
+    @property
+    def active(self) -> dict[str, str]:
+        """The filters in force (not the page cursor), as they appear in the URL."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "before" and getattr(self, f.name)
+        }
+
+    def apply(self, events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
+        """The filtered trail; an invalid value matches nothing rather than everything."""
+        for name, column in TEXT_FILTERS.items():
+            if value := getattr(self, name):
+                events = events.filter(**{column: value})
+        if self.session:
+            # Stored session ids went through the detectors; so does the auditor's input.
+            events = events.filter(session_id=mask_text(self.session))
+        if self.call:
+            call_id = _uuid(self.call)
+            events = events.filter(call_id=call_id) if call_id else events.none()
+        for name, lookup in (("start", "occurred_at__gte"), ("end", "occurred_at__lt")):
+            if value := getattr(self, name):
+                moment = _instant(value)
+                events = events.filter(**{lookup: moment}) if moment else events.none()
+        return events
+
+    def page(self, size: int) -> tuple[list[AuditEvent], int | None]:
+        """One page, newest first, and the cursor of the next (older) page."""
+        events = self.apply(AuditEvent.objects.all()).order_by("-id")
+        if self.before is not None:
+            events = events.filter(id__lt=self.before)
+        rows = list(events[: size + 1])
+        return rows[:size], rows[size - 1].pk if len(rows) > size else None
+
+    def query_string(self, **changes: object) -> str:
+        """This view's URL query, with ``changes`` (``before=None`` drops the cursor)."""
+        target = replace(self, **changes)  # type: ignore[arg-type]
+        params = dict(target.active)
+        if target.before is not None:
+            params["before"] = str(target.before)
+        return urlencode(params)
+
+
+def whole_number(value: str, *, digits: int = 18) -> int | None:
+    """A non-negative integer that fits a bigint, from ASCII digits only, or None.
+
+    ``str.isdigit`` alone admits "²" and other Unicode digits that ``int()`` refuses.
+    """
+    if value.isascii() and value.isdigit() and len(value) <= digits:
+        return int(value)
+    return None
+
+
+def _uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+def _instant(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment

@@ -1,0 +1,81 @@
+"""The one way into the audit trail: ``record()``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from audit import chain
+from audit.masking import mask_fields, mask_text, mask_value
+from audit.models import ActorType, AuditEvent
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """Someone who claimed to be ``username`` but did not prove it (a failed login)."""
+
+    username: str
+
+
+def record(
+    *,
+    action: str,
+    actor: Any = None,
+    outcome: str = "",
+    call: Any = None,
+    tool: Any = None,
+    agent: Any = None,
+    session_id: str = "",
+    data: Mapping[str, Any] | None = None,
+    sensitive_fields: Iterable[str] = (),
+) -> AuditEvent:
+    """Append one masked event to the trail, inside the caller's transaction.
+
+    ``actor`` is a user, an agent, a ``Claimed`` identity, or ``None`` for Countersign
+    itself. ``call`` fills the agent, tool and session columns when they are not given.
+    ``data`` is masked before it is written: ``sensitive_fields`` (dotted paths) whole, then
+    the secret and PII detectors over everything. The session id comes from the agent, so
+    the detectors run over it too (the auditor's session filter masks its input the same
+    way, so equal ids still match).
+
+    On PostgreSQL the row is sealed into the hash chain later by the sealer (see
+    ``audit.chain``); the caller's transaction never waits on the chain.
+    """
+    if call is not None:
+        agent = agent or call.agent
+        tool = tool or call.tool
+        session_id = session_id or call.session_id
+    payload = mask_value(mask_fields(dict(data or {}), sensitive_fields))
+    actor_type, actor_id, actor_label = _describe_actor(actor)
+    event = AuditEvent.objects.create(
+        action=action,
+        outcome=outcome,
+        actor_type=actor_type,
+        actor_id=actor_id,
+        actor_label=actor_label,
+        agent_name=getattr(agent, "name", "") or "",
+        tool_name=getattr(tool, "name", "") or "",
+        session_id=mask_text(session_id or ""),
+        call_id=getattr(call, "pk", None),
+        data=payload,
+    )
+    if connection.vendor != "postgresql":
+        # SQLite runs one writing transaction at a time, so sealing inline cannot fork the
+        # chain; PostgreSQL's concurrent writers are sealed by the background sealer.
+        chain.seal_pending()
+    return event
+
+
+def _describe_actor(actor: Any) -> tuple[str, str, str]:
+    if actor is None:
+        return ActorType.SYSTEM, "", "countersign"
+    if isinstance(actor, Claimed):
+        return ActorType.USER, "", actor.username[:150]
+    if hasattr(actor, "get_username"):
+        return ActorType.USER, str(actor.pk), actor.get_username()
+    if getattr(getattr(actor, "_meta", None), "label", "") == "tools_registry.Agent":
+        return ActorType.AGENT, str(actor.pk), actor.name
+    raise TypeError(f"Cannot audit an actor of type {type(actor).__name__}")

@@ -1,0 +1,145 @@
+"""Sign-in events and log masking, wired up in ``AuditConfig.ready``.
+
+Django announces sign-ins through signals, so the receivers here are the only place that
+can audit them. The password never reaches the trail: Django cleanses the credentials it
+passes to ``user_login_failed``, and these receivers keep only the name tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.http import HttpRequest
+
+from audit.log import Claimed, record
+from audit.masking import mask_text, masked
+
+
+def _client(request: HttpRequest | None) -> dict[str, str]:
+    if request is None:
+        return {}
+    # REMOTE_ADDR only: X-Forwarded-For is whatever the client chose to send.
+    return {
+        "ip": request.META.get("REMOTE_ADDR", ""),
+        "user_agent": request.META.get("HTTP_USER_AGENT", "")[:200],
+    }
+
+
+def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    record(action="auth.login", actor=user, outcome="ok", data=_client(request))
+
+
+def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    if user is not None:
+        record(action="auth.logout", actor=user, outcome="ok", data=_client(request))
+
+
+def on_login_failed(
+    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
+    tried = str(credentials.get(get_user_model().USERNAME_FIELD) or "")[:150]
+    known = (
+        bool(tried)
+        and get_user_model()
+        ._default_manager.filter(**{get_user_model().USERNAME_FIELD: tried})
+        .exists()
+    )
+    # People type their password into the name field; a name that is no account is kept
+    # only as a fingerprint, so repeated attempts still correlate.
+    label = tried if known else masked("username", tried)
+    record(
+        action="auth.login_failed",
+        actor=Claimed(label),
+        outcome="failed",
+        data={**_client(request), "known_user": known},
+    )
+
+
+def on_groups_changed(
+    sender: Any, instance: Any, action: str, pk_set: set[Any] | None, model: Any, **kwargs: Any
+) -> None:
+    """A person's teams decide their role (reviewer, auditor, tool admin)."""
+    if action not in {"post_add", "post_remove", "post_clear"}:
+        return
+    user_model = get_user_model()
+    if isinstance(instance, user_model):
+        users, groups = [instance.get_username()], _group_names(model, pk_set)
+    else:  # reverse side: group.user_set.add(...)
+        users = sorted(
+            user_model._default_manager.filter(pk__in=pk_set or []).values_list(
+                user_model.USERNAME_FIELD, flat=True
+            )
+        )
+        groups = [str(instance)]
+    record(
+        action="auth.groups_changed",
+        outcome=action.removeprefix("post_"),
+        data={"users": users, "groups": groups},
+    )
+
+
+def on_model_permissions_changed(
+    sender: Any, instance: Any, action: str, pk_set: set[Any] | None, model: Any, **kwargs: Any
+) -> None:
+    """Model-wide permissions (e.g. audit.view_auditevent) given to or taken from a person
+    or a team, from either side of the relation."""
+    if action not in {"post_add", "post_remove", "post_clear"}:
+        return
+    if isinstance(instance, Permission):  # reverse side: permission.user_set.add(...)
+        holders = _holder_names(model, pk_set)
+        permissions = [_permission_name(instance)]
+        holder_model = model
+    else:
+        holders = [str(getattr(instance, "name", "") or instance.get_username())]
+        permissions = sorted(
+            _permission_name(p) for p in Permission.objects.filter(pk__in=pk_set or [])
+        )
+        holder_model = type(instance)
+    kind = "groups" if issubclass(holder_model, Group) else "users"
+    record(
+        action="auth.permissions_changed",
+        outcome=action.removeprefix("post_"),
+        data={kind: holders, "permissions": permissions},
+    )
+
+
+def _holder_names(model: Any, pk_set: set[Any] | None) -> list[str]:
+    field = "name" if issubclass(model, Group) else model.USERNAME_FIELD
+    return sorted(model._default_manager.filter(pk__in=pk_set or []).values_list(field, flat=True))
+
+
+def _permission_name(permission: Permission) -> str:
+    return f"{permission.content_type.app_label}.{permission.codename}"
+
+
+def _group_names(model: Any, pk_set: set[Any] | None) -> list[str]:
+    if not pk_set:
+        return []
+    return sorted(model._default_manager.filter(pk__in=pk_set).values_list("name", flat=True))
+
+
+_base_factory = logging.getLogRecordFactory()
+
+
+def masking_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Mask every log record when it is made, before any handler (ours, Celery's, a test's
+    capture) can see it; the traceback text too, as exception messages quote values."""
+    log_record = _base_factory(*args, **kwargs)
+    try:
+        message = log_record.getMessage()
+    except Exception:
+        return log_record
+    cleaned = mask_text(message)
+    if cleaned != message:
+        log_record.msg, log_record.args = cleaned, ()
+    if log_record.exc_info and log_record.exc_info[0] is not None:
+        log_record.exc_text = mask_text(logging.Formatter().formatException(log_record.exc_info))
+    return log_record
+
+
+def install_log_masking() -> None:
+    if logging.getLogRecordFactory() is not masking_record_factory:
+        logging.setLogRecordFactory(masking_record_factory)

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from audit import views
+
+app_name = "audit"
+
+urlpatterns = [
+    path("", views.events, name="events"),
+    path("export.csv", views.export, {"fmt": "csv"}, name="export_csv"),
+    path("export.jsonl", views.export, {"fmt": "jsonl"}, name="export_jsonl"),
+    path("verify_export.py", views.verifier_script, name="verifier"),
+    path("calls/<uuid:call_id>/", views.call_timeline, name="call"),
+    path("session/", views.session_timeline, name="session"),
+    path("analytics/", views.analytics, name="analytics"),
+]

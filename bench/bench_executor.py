@@ -1,0 +1,318 @@
+"""Executor throughput and approve-to-done latency, against a bare Celery no-op task.
+
+    flock /tmp/countersign-bench.lock python bench/bench_executor.py
+
+Needs DATABASE_URL (PostgreSQL; the benchmark creates and drops its own database next to
+it, named ``<name>_bench``) and REDIS_URL. Two `celery worker` processes (concurrency 1
+each) serve both tasks from one queue on the same broker, in the same run:
+
+* throughput: N approved calls (send_email, a real sandbox effect) sent at once, versus N
+  no-op tasks sent at once: tasks done per second, from the first send to the last done;
+* latency: calls approved through the decision service at a steady pace (the real path:
+  commit, then send), from the approval to the stored result, versus no-op tasks sent at
+  the same pace, from the send to the run: p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def scratch_database(url: str) -> str:
+    """A fresh database named after DATABASE_URL's, with ``_bench`` appended."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") + "_bench"
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
+def start_workers(count: int, queue: str, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for n in range(count):
+        log = (log_dir / f"worker-{n}.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "worker",
+                 "--concurrency", "1", "--loglevel", "WARNING", "--queues", queue,
+                 "--hostname", f"bench{n}-{uuid.uuid4().hex[:6]}@%h",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat",
+                 "--include", "bench._executor_noop"],
+                cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )  # fmt: skip
+    return procs
+
+
+def wait_ready(procs: list[subprocess.Popen[bytes]], queue: str) -> None:
+    """Ready when a no-op task sent now has run (every worker is then consuming)."""
+    import redis
+
+    from bench._executor_noop import noop
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    key = f"bench:ready:{uuid.uuid4().hex}"
+    deadline = time.monotonic() + 60
+    for _ in range(len(procs) * 4):
+        noop.apply_async((key, time.time()), queue=queue)
+    while client.llen(key) < len(procs) * 4:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError("the benchmark's workers did not start")
+        time.sleep(0.1)
+    client.delete(key)
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- The two workloads --------------------------------------------------------------------
+
+
+class World:
+    def __init__(self) -> None:
+        from django.contrib.auth.models import User
+
+        from sandbox.demo import seed_sandbox
+        from tools_registry import services as registry_services
+        from tools_registry.models import Agent, Tool
+
+        registry_services.sync_tools()
+        seed_sandbox()
+        self.owner = User.objects.create_user("bench-owner")
+        self.reviewer = User.objects.create_user("bench-reviewer")
+        self.tool = Tool.objects.get(name="send_email")
+        registry_services.grant_review(tool=self.tool, user=self.reviewer)
+        self.agent = Agent.objects.create(name="bench-agent", owner=self.owner)
+        self.agent.allowed_tools.add(self.tool)
+
+    def pending(self, n: int) -> list[uuid.UUID]:
+        from approvals import services
+
+        return [
+            services.create_call(
+                agent=self.agent,
+                tool=self.tool,
+                arguments={"to": f"c{i}@example.com", "subject": "Hello", "body": "Hi."},
+                session_id="bench",
+                request_key=uuid.uuid4().hex,
+            ).pk
+            for i in range(n)
+        ]
+
+    def approve(self, call_id: uuid.UUID) -> None:
+        from approvals import services
+
+        services.decide(call_id=call_id, reviewer=self.reviewer, verdict="approve")
+
+
+def executor_throughput(world: World, n: int, queue: str) -> float:
+    from django.db.models import Max
+
+    from approvals import dispatch
+    from approvals.models import Status, ToolCall
+    from approvals.tasks import execute_call
+    from config.celery import app
+
+    ids = world.pending(n)
+    held = dispatch.send_execution
+    dispatch.send_execution = lambda call_id: None  # approve now, send below, all at once
+    try:
+        for call_id in ids:
+            world.approve(call_id)
+    finally:
+        dispatch.send_execution = held
+    limits = {call_id: dispatch.time_limits(call_id) for call_id in ids}
+    started = time.time()
+    with app.producer_or_acquire() as producer:
+        for call_id in ids:
+            execute_call.apply_async(
+                (str(call_id),), queue=queue, producer=producer, **limits[call_id]
+            )
+    calls = ToolCall.objects.filter(pk__in=ids)
+    while calls.filter(status=Status.SUCCEEDED).count() < n:
+        time.sleep(0.1)
+    finished = calls.aggregate(last=Max("finished_at"))["last"].timestamp()
+    return n / (finished - started)
+
+
+def noop_throughput(n: int, queue: str) -> float:
+    import redis
+
+    from bench._executor_noop import noop
+    from config.celery import app
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    key = f"bench:noop:{uuid.uuid4().hex}"
+    started = time.time()
+    with app.producer_or_acquire() as producer:
+        for _ in range(n):
+            noop.apply_async((key, time.time()), queue=queue, producer=producer)
+    while client.llen(key) < n:
+        time.sleep(0.05)
+    finished = max(float(item.split()[1]) for item in client.lrange(key, 0, -1))
+    client.delete(key)
+    return n / (finished - started)
+
+
+def executor_latency(world: World, n: int, rate: float) -> list[float]:
+    from approvals.models import Status, ToolCall
+
+    ids = world.pending(n)
+    for i, call_id in enumerate(ids):
+        pace(i, rate)
+        world.approve(call_id)  # commits, then sends the task: the real path
+    calls = ToolCall.objects.filter(pk__in=ids)
+    while calls.filter(status=Status.SUCCEEDED).count() < n:
+        time.sleep(0.1)
+    return [
+        (finished - decided).total_seconds()
+        for decided, finished in calls.values_list("decided_at", "finished_at")
+    ]
+
+
+def noop_latency(n: int, rate: float, queue: str) -> list[float]:
+    import redis
+
+    from bench._executor_noop import noop
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    key = f"bench:noop:{uuid.uuid4().hex}"
+    for i in range(n):
+        pace(i, rate)
+        noop.apply_async((key, time.time()), queue=queue)
+    while client.llen(key) < n:
+        time.sleep(0.05)
+    pairs = [item.split() for item in client.lrange(key, 0, -1)]
+    client.delete(key)
+    return [float(done) - float(sent) for sent, done in pairs]
+
+
+_pace_start = 0.0
+
+
+def pace(i: int, rate: float) -> None:
+    global _pace_start
+    if i == 0:
+        _pace_start = time.monotonic()
+    delay = _pace_start + i / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=600, help="calls in the throughput run")
+    parser.add_argument("--paced", type=int, default=200, help="calls in the latency run")
+    parser.add_argument("--rate", type=float, default=25, help="approvals per second, paced")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    database_url = os.environ.get("DATABASE_URL", "")
+    if not database_url.startswith("postgres") or not os.environ.get("REDIS_URL"):
+        print("bench_executor needs DATABASE_URL (PostgreSQL) and REDIS_URL", file=sys.stderr)
+        return 2
+    bench_url = scratch_database(database_url)
+    queue = f"bench-executor-{uuid.uuid4().hex[:8]}"
+    os.environ.update(
+        DATABASE_URL=bench_url,
+        CELERY_QUEUE=queue,
+        SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-executor",
+        LOG_LEVEL="WARNING",
+    )
+    os.environ.pop("SANDBOX_FAULTS", None)
+    os.environ.setdefault("SANDBOX_ENABLED", "1")  # the simulated tools live there
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    world = World()
+    log_dir = Path(tempfile.mkdtemp(prefix="countersign-bench-"))
+    procs = start_workers(args.workers, queue, log_dir)
+    try:
+        wait_ready(procs, queue)
+        # Warm up both paths (imports, connections, the pool) before measuring.
+        noop_throughput(50, queue)
+        executor_throughput(world, 20, queue)
+
+        noop_rate = noop_throughput(args.calls, queue)
+        exec_rate = executor_throughput(world, args.calls, queue)
+        noop_lat = noop_latency(args.paced, args.rate, queue)
+        exec_lat = executor_latency(world, args.paced, args.rate)
+    finally:
+        stop_workers(procs)
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(bench_url)
+
+    ratio = exec_rate / noop_rate
+    figures = {
+        "workers": args.workers,
+        "calls": args.calls,
+        "executor_calls_per_s": round(exec_rate, 1),
+        "noop_tasks_per_s": round(noop_rate, 1),
+        "ratio": round(ratio, 2),
+        "paced_per_s": args.rate,
+        "executor_p50_ms": round(statistics.median(exec_lat) * 1000, 1),
+        "executor_p99_ms": round(percentile(exec_lat, 0.99) * 1000, 1),
+        "noop_p50_ms": round(statistics.median(noop_lat) * 1000, 1),
+        "noop_p99_ms": round(percentile(noop_lat, 0.99) * 1000, 1),
+    }
+    print(f"executor, {args.workers} workers (concurrency 1 each), same broker, same run")
+    print(
+        f"  throughput  executor {exec_rate:8.1f} calls/s   no-op {noop_rate:8.1f} tasks/s   ratio {ratio:.2f}"
+    )
+    print(
+        f"  latency     executor p50 {figures['executor_p50_ms']:7.1f} ms  p99 {figures['executor_p99_ms']:7.1f} ms   "
+        f"no-op p50 {figures['noop_p50_ms']:6.1f} ms  p99 {figures['noop_p99_ms']:6.1f} ms   "
+        f"({args.paced} at {args.rate:g}/s)"
+    )
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

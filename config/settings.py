@@ -1,0 +1,380 @@
+"""Countersign settings: one module, driven by the environment.
+
+Two modes:
+
+* embedded (no ``DATABASE_URL``): SQLite under ``var/``, Celery eager (the executor runs
+  in-process after commit), local-memory cache. Nothing to install; ``make run`` uses it.
+* services (``DATABASE_URL=postgres://...``): PostgreSQL through a psycopg pool, Redis as
+  cache and Celery broker (``REDIS_URL``), real ``celery worker`` and ``celery beat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.utils.csp import CSP
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw and raw.strip() else default
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+VAR_DIR = Path(env_str("COUNTERSIGN_VAR_DIR") or BASE_DIR / "var")
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DATABASE_URL = env_str("DATABASE_URL")
+REDIS_URL = env_str("REDIS_URL")
+EMBEDDED = not DATABASE_URL
+TESTING = "pytest" in sys.modules or (len(sys.argv) > 1 and sys.argv[1] == "test")
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    """Production sets SECRET_KEY; the embedded mode keeps a generated one under var/."""
+    if key := env_str("SECRET_KEY"):
+        return key
+    if not EMBEDDED and not TESTING and not DEBUG:
+        raise RuntimeError("SECRET_KEY must be set when DATABASE_URL is set (services mode).")
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+# Where agents and webhooks reach this deployment; used for absolute status URLs.
+PUBLIC_URL = env_str("PUBLIC_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "guardian",
+    "pgtrigger",
+    # Serves the API docs' Swagger UI from static files: the CSP forbids a CDN.
+    "ninja",
+    "audit",
+    "tools_registry",
+    "approvals",
+]
+# The simulated mail, CRM and payments systems and the demo tools that act on them: on in the
+# embedded mode and in the tests, off in production unless asked for (SANDBOX_ENABLED=1).
+SANDBOX_ENABLED = env_bool("SANDBOX_ENABLED", EMBEDDED or TESTING)
+if SANDBOX_ENABLED:
+    INSTALLED_APPS.append("sandbox")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.csp",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "config.context_processors.navigation",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+
+if EMBEDDED:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "countersign.sqlite3",
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock at BEGIN, so two writers queue instead of
+                # failing with "database is locked" halfway through a transaction.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+else:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=False)
+    if env_bool("DB_POOL", True):
+        # min_size 0: Celery's prefork children drop the pool after each task, so an
+        # eagerly filled pool would open connections nobody uses.
+        _db["OPTIONS"] = {
+            "pool": {
+                "min_size": 0,
+                "max_size": env_int("DB_POOL_MAX_SIZE", 10),
+                "timeout": env_int("DB_POOL_TIMEOUT", 10),
+            }
+        }
+    DATABASES = {"default": dict(_db)}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, Celery ----------------------------------------------------------------------
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "countersign",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# The executor is idempotent by the database's claim, so the broker may deliver twice:
+# ack only after the task ran, and give the message back if the worker process dies.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "countersign")
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # An unacknowledged message comes back after this long. Executor tasks are short; the
+    # sweeps, not the broker, recover calls whose worker died.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes every database connection, and the psycopg pool, around each
+# task in a prefork child: a new PostgreSQL connection per task. With the pool, close only
+# every this many tasks; config.celery returns the connection to the pool after each one.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000) if env_bool("DB_POOL", True) else None
+CELERY_BEAT_SCHEDULE = {
+    "audit-seal-chain": {"task": "audit.seal_chain", "schedule": 2.0},
+    # A full walk of the chain; the auditor's status panel shows the last outcome.
+    "audit-verify-chain": {
+        "task": "audit.verify_chain",
+        "schedule": float(env_int("AUDIT_VERIFY_EVERY_SECONDS", 3600)),
+    },
+    # A sweep that waited in the queue past its next run is dropped, so a backlog never
+    # piles up sweeps; the next one does the same work.
+    "approvals-sweep": {"task": "approvals.sweep", "schedule": 5.0, "options": {"expires": 10}},
+    "approvals-notify-reviewers": {
+        "task": "approvals.notify_reviewers",
+        "schedule": 15.0,
+        "options": {"expires": 30},
+    },
+    "approvals-reconcile": {
+        "task": "approvals.reconcile",
+        "schedule": 5.0,
+        "options": {"expires": 10},
+    },
+    "approvals-webhook-sweep": {
+        "task": "approvals.webhook_sweep",
+        "schedule": 5.0,
+        "options": {"expires": 10},
+    },
+}
+
+# --- Auth, sessions, security -----------------------------------------------------------
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; nobody anonymous reviews.
+GUARDIAN_RAISE_403 = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not EMBEDDED and not TESTING)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_PROXY", False) else None
+)
+
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "frame-ancestors": [CSP.NONE],
+    "form-action": [CSP.SELF],
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+# --- Static files -----------------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# whitenoise serves straight from the finders, so neither mode needs collectstatic.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# Reviewer notifications. Without EMAIL_HOST the messages go to the console (embedded mode).
+if env_str("EMAIL_HOST"):
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": env_str("EMAIL_HOST"),
+                "port": env_int("EMAIL_PORT", 587),
+                "username": env_str("EMAIL_HOST_USER"),
+                "password": env_str("EMAIL_HOST_PASSWORD"),
+                "use_tls": env_bool("EMAIL_USE_TLS", True),
+                "timeout": 10,
+            },
+        }
+    }
+else:
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "countersign@localhost")
+
+# --- Countersign ------------------------------------------------------------------------
+
+# The sandbox payments API that the demo refund tool calls over HTTP.
+SANDBOX_PAYMENTS_URL = env_str("SANDBOX_PAYMENTS_URL", f"{PUBLIC_URL}/sandbox/payments/v1")
+# The bearer key the demo refund tool presents to the sandbox payments API (derived from
+# SECRET_KEY unless set), so that nobody else can move its money.
+SANDBOX_PAYMENTS_KEY = (
+    env_str("SANDBOX_PAYMENTS_KEY")
+    or hmac.new(SECRET_KEY.encode(), b"countersign-sandbox-payments", hashlib.sha256).hexdigest()
+)
+# Fault injection in the sandbox systems (sandbox.faults), for chaos tests and demos of
+# failures. Off by default: the checkpoints then cost nothing. SANDBOX_FAULT_TAG names this
+# process, so that a fault can target one worker.
+SANDBOX_FAULTS = env_bool("SANDBOX_FAULTS", False)
+SANDBOX_FAULT_TAG = env_str("SANDBOX_FAULT_TAG")
+# Largest JSON body the agent API reads; bigger bodies get 413.
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# Extra time past a tool's timeout before a silent worker's lease counts as expired.
+EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
+# An approved call whose task has not started after this long is sent again.
+EXECUTOR_RESEND_AFTER_SECONDS = env_int("EXECUTOR_RESEND_AFTER_SECONDS", 60)
+# Reviewer UI. A destructive approval needs a sign-in (or a re-entered password) no older
+# than this, on top of typing the tool's name.
+APPROVALS_REAUTH_WINDOW_SECONDS = env_int("APPROVALS_REAUTH_WINDOW_SECONDS", 15 * 60)
+# The queue's "expiring soon" filter: calls that expire within this many seconds.
+APPROVALS_EXPIRING_SOON_SECONDS = env_int("APPROVALS_EXPIRING_SOON_SECONDS", 15 * 60)
+APPROVALS_QUEUE_PAGE_SIZE = env_int("APPROVALS_QUEUE_PAGE_SIZE", 50)
+# The queue page refreshes its rows this often (htmx polling of the table partial).
+APPROVALS_QUEUE_POLL_SECONDS = env_int("APPROVALS_QUEUE_POLL_SECONDS", 5)
+# Counts per risk class stop at this number ("1000+"): an exact count of a huge queue would
+# make the page's time grow with the queue.
+APPROVALS_QUEUE_COUNT_CAP = env_int("APPROVALS_QUEUE_COUNT_CAP", 1000)
+# Escalation to a tool's escalation group happens this long before expiry (at most half the
+# call's time to live).
+APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = env_int(
+    "APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS", 15 * 60
+)
+# Hard guard on a handler that ignores its timeout: Celery raises SoftTimeLimitExceeded in
+# the task this long after the tool's time is up (the outcome is then unknown), and kills
+# the worker child HARD seconds after that. Keep SOFT + HARD below the lease grace, so a
+# live worker is stopped before another may take its call over.
+EXECUTOR_SOFT_LIMIT_GRACE_SECONDS = env_int("EXECUTOR_SOFT_LIMIT_GRACE_SECONDS", 5)
+EXECUTOR_HARD_LIMIT_GRACE_SECONDS = env_int("EXECUTOR_HARD_LIMIT_GRACE_SECONDS", 10)
+# Reconciliation runs a call again by itself (same key) at most this many times when the
+# downstream says the effect did not happen; after that a person decides.
+EXECUTOR_AUTO_RERUNS = env_int("EXECUTOR_AUTO_RERUNS", 2)
+# An escalated unknown call's downstream is asked again this often, in case it can now tell.
+EXECUTOR_RECHECK_ESCALATED_SECONDS = env_int("EXECUTOR_RECHECK_ESCALATED_SECONDS", 300)
+# Webhooks to agents (approvals.webhooks): per-attempt timeout, retries with exponential
+# backoff from BASE up to MAX seconds between attempts, then give up.
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12)
+WEBHOOK_RETRY_BASE_SECONDS = float(env_str("WEBHOOK_RETRY_BASE_SECONDS", "5"))
+WEBHOOK_RETRY_MAX_SECONDS = float(env_str("WEBHOOK_RETRY_MAX_SECONDS", "3600"))
+WEBHOOK_RESEND_AFTER_SECONDS = env_int("WEBHOOK_RESEND_AFTER_SECONDS", 60)
+# Callback URLs on loopback/private networks are refused in services mode unless allowed.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", EMBEDDED)
+# Append-only file outside the database that receives the audit chain head.
+AUDIT_ANCHOR_PATH = Path(env_str("AUDIT_ANCHOR_PATH") or VAR_DIR / "audit-anchor.jsonl")
+# Key of the fingerprints masked values keep ([masked:email:3f9a1c2b]); SECRET_KEY if unset.
+AUDIT_MASK_KEY = env_str("AUDIT_MASK_KEY")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"mask_secrets": {"()": "audit.masking.MaskingLogFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["mask_secrets"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # DB_LOG_LEVEL=DEBUG (with DEBUG=1) logs every SQL statement; masked like every record.
+    "loggers": {"django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO")}},
+}

@@ -1,0 +1,214 @@
+// Countersign UI helpers. No inline handlers anywhere: the CSP forbids them.
+// Keyboard shortcuts, expiry countdowns, the typed confirmation of destructive approvals,
+// and keeping the queue's selected row across the live refreshes.
+"use strict";
+
+(function () {
+  function isTyping(element) {
+    return Boolean(element) && (element.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(element.tagName));
+  }
+
+  function page() {
+    const marker = document.querySelector("[data-shortcuts]");
+    return marker ? marker.dataset.shortcuts : "";
+  }
+
+  // --- Countdowns ---------------------------------------------------------------------
+  function pad(value) {
+    return String(value).padStart(2, "0");
+  }
+
+  function tick() {
+    const now = Date.now();
+    document.querySelectorAll("time[data-countdown]").forEach(function (element) {
+      const end = Date.parse(element.getAttribute("datetime"));
+      if (Number.isNaN(end)) {
+        return;
+      }
+      const left = Math.round((end - now) / 1000);
+      if (left <= 0) {
+        element.textContent = "expired";
+        element.classList.add("overdue");
+        return;
+      }
+      const hours = Math.floor(left / 3600);
+      const minutes = Math.floor((left % 3600) / 60);
+      const seconds = left % 60;
+      element.textContent = "in " + (hours ? hours + "h " + pad(minutes) : minutes) + "m " + pad(seconds) + "s";
+      element.classList.toggle("soon", left < 300);
+    });
+  }
+
+  // --- Destructive approvals: the approve button waits for the typed tool name ---------
+  function armConfirmations(root) {
+    root.querySelectorAll("input[data-confirm-for]").forEach(function (input) {
+      const approve = input.form && input.form.querySelector("button[value=approve]");
+      if (!approve || input.dataset.armed) {
+        return;
+      }
+      input.dataset.armed = "1";
+      const sync = function () {
+        approve.disabled = input.value.trim() !== input.dataset.confirmFor;
+      };
+      input.addEventListener("input", sync);
+      sync();
+    });
+  }
+
+  // --- Queue selection ----------------------------------------------------------------
+  let selectedId = null;
+
+  function queueRows() {
+    return Array.from(document.querySelectorAll("#queue tr[data-href]"));
+  }
+
+  function showSelection() {
+    const rows = queueRows();
+    let found = false;
+    rows.forEach(function (row) {
+      const on = row.dataset.callId === selectedId;
+      row.classList.toggle("selected", on);
+      row.setAttribute("aria-selected", on ? "true" : "false");
+      found = found || on;
+    });
+    return found;
+  }
+
+  function moveSelection(step) {
+    const rows = queueRows();
+    if (!rows.length) {
+      return;
+    }
+    let index = rows.findIndex(function (row) {
+      return row.dataset.callId === selectedId;
+    });
+    index = index < 0 ? (step > 0 ? 0 : rows.length - 1) : Math.min(rows.length - 1, Math.max(0, index + step));
+    selectedId = rows[index].dataset.callId;
+    showSelection();
+    rows[index].scrollIntoView({ block: "nearest" });
+  }
+
+  function openSelected() {
+    const row = queueRows().find(function (candidate) {
+      return candidate.dataset.callId === selectedId;
+    });
+    if (row) {
+      window.location.assign(row.dataset.href);
+    }
+  }
+
+  // --- Shortcuts ----------------------------------------------------------------------
+  function click(selector) {
+    const element = document.querySelector(selector);
+    if (element && !element.disabled) {
+      element.click();
+      return true;
+    }
+    return false;
+  }
+
+  function follow(selector) {
+    const link = document.querySelector(selector);
+    if (link) {
+      window.location.assign(link.href);
+    }
+  }
+
+  function approve() {
+    const confirmation = document.getElementById("id_confirmation");
+    const button = document.querySelector("#decision-form button[value=approve]");
+    if (!button) {
+      return;
+    }
+    if (confirmation && button.disabled) {
+      confirmation.focus();
+      return;
+    }
+    button.click();
+  }
+
+  function reject() {
+    const comment = document.getElementById("id_comment");
+    if (comment && !comment.value.trim()) {
+      comment.focus();
+      return;
+    }
+    click("#decision-form button[value=reject]");
+  }
+
+  function toggleHelp() {
+    const help = document.getElementById("shortcut-help");
+    if (help) {
+      help.hidden = !help.hidden;
+    }
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.target && event.target.id === "id_comment" && event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      click("#decision-form button[value=reject]");
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey) {
+      return;
+    }
+    if (isTyping(event.target)) {
+      if (event.key === "Escape") {
+        event.target.blur();
+      }
+      return;
+    }
+    const where = page();
+    const key = event.key;
+    let handled = true;
+    if (key === "?") {
+      toggleHelp();
+    } else if (key === "n" && (where === "queue" || where === "detail")) {
+      if (where === "detail") {
+        follow("#next-call");
+      } else {
+        window.location.assign("/approvals/next/");
+      }
+    } else if (where === "queue" && (key === "j" || key === "ArrowDown")) {
+      moveSelection(1);
+    } else if (where === "queue" && (key === "k" || key === "ArrowUp")) {
+      moveSelection(-1);
+    } else if (where === "queue" && (key === "Enter" || key === "o") && selectedId) {
+      openSelected();
+    } else if (where === "detail" && key === "a") {
+      approve();
+    } else if (where === "detail" && key === "r") {
+      reject();
+    } else if (where === "detail" && key === "u") {
+      follow("#back-to-queue");
+    } else {
+      handled = false;
+    }
+    if (handled) {
+      event.preventDefault();
+    }
+  });
+
+  // Clicking anywhere on a queue row opens it, like its link.
+  document.addEventListener("click", function (event) {
+    const row = event.target.closest && event.target.closest("#queue tr[data-href]");
+    if (row && !event.target.closest("a")) {
+      window.location.assign(row.dataset.href);
+    }
+  });
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    armConfirmations(document);
+    // The live refresh replaced the rows: keep the reviewer's place if the call is still there.
+    if (selectedId && !showSelection()) {
+      selectedId = null;
+    }
+    tick();
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    armConfirmations(document);
+    tick();
+    window.setInterval(tick, 1000);
+  });
+})();

@@ -1,0 +1,64 @@
+"""Analytics: charts drawn on the server as SVG, and the chain-verification panel."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from approvals import services
+from approvals.models import ToolCall
+from audit import chain
+from tests.audit.test_timelines import EMAIL
+from tests.conftest import World
+from tests.workers import purge_queue
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_page_charts_calls_votes_and_cost_without_any_script(
+    world: World, auditor_client: Client
+) -> None:
+    purge_queue()
+    api = world.api()
+    first = ToolCall.objects.get(pk=api.submit(EMAIL).json()["id"])
+    second = ToolCall.objects.get(pk=api.submit(EMAIL).json()["id"])
+    services.decide(call_id=first.pk, reviewer=world.bob, verdict="approve")
+    services.decide(call_id=second.pk, reviewer=world.bob, verdict="reject", comment="no")
+    purge_queue()
+    response = auditor_client.get("/audit/analytics/")
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert content.count("<svg") == 6
+    assert "send_email: 2 on" in content  # calls per tool per day
+    assert "2 · 50% approved" in content  # votes per tool and per reviewer
+    assert "2400 tokens · $0.10" in content  # token cost per agent
+    assert "median" in content  # approval latency
+    # CSP: no inline script or style anywhere; colours come from classes.
+    assert not re.search(r"<script(?![^>]*\bsrc=)", content)
+    assert " style=" not in content and "<style" not in content
+
+
+def test_the_status_panel_shows_the_last_verification_and_the_anchor(
+    world: World, auditor_client: Client
+) -> None:
+    content = auditor_client.get("/audit/analytics/").content.decode()
+    assert "never</span> run" in content and "none yet" in content
+    chain.seal_and_anchor()
+    call_command("verify_audit", "--record", stdout=open("/dev/null", "w"))  # noqa: SIM115, PTH123
+    content = auditor_client.get("/audit/analytics/").content.decode()
+    assert 'badge-ok">ok</span>' in content
+    assert 'badge-ok">matches</span>' in content
+
+
+def test_the_charts_are_cached_for_a_minute_but_the_chain_panel_is_live(
+    world: World, auditor_client: Client
+) -> None:
+    auditor_client.get("/audit/analytics/")
+    world.api().submit(EMAIL)
+    chain.seal_pending()
+    content = auditor_client.get("/audit/analytics/").content.decode()
+    assert "send_email: 1 on" not in content  # the cached charts
+    assert "Waiting to be sealed</dt><dd>0" in content

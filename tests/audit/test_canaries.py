@@ -1,0 +1,188 @@
+"""Secrets and personal data placed in a call's arguments, reasoning and result never reach
+the audit table, the logs (ours and a real Celery worker's, at DEBUG with SQL logging) or
+Redis (broker and cache)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+from approvals.models import Status, ToolCall
+from audit import chain
+from config.celery import app
+from tests.conftest import World
+from tests.workers import purge_queue, running_worker, wait_for
+
+CANARY_EMAIL = "zebulon.canary@example.org"
+CANARY_PHONE = "+44 20 7946 0123"
+CANARY_KEY = "sk_live_CanaryKey9Z8Y7X6W5V4U"
+CANARY_BEARER = "canaryBearerToken123456789"
+CANARY_CARD = "4000 0566 5566 5556"  # Luhn-valid test card
+
+# Every form a canary could take once written down somewhere.
+CANARIES = [
+    CANARY_EMAIL,
+    CANARY_EMAIL.split("@")[0],
+    CANARY_PHONE,
+    CANARY_PHONE.replace(" ", ""),
+    "2079460123",
+    CANARY_KEY,
+    "CanaryKey9Z8Y7X6W5V4U",
+    CANARY_BEARER,
+    CANARY_CARD,
+    CANARY_CARD.replace(" ", ""),
+]
+
+
+def leaks(text: str) -> list[str]:
+    return [canary for canary in CANARIES if canary.lower() in text.lower()]
+
+
+def redis_text() -> str:
+    """Every key and value of our Redis database, with base64 message bodies decoded."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    chunks: list[str] = []
+    for key in client.scan_iter(count=500):
+        kind = client.type(key).decode()
+        values: list[bytes] = []
+        if kind == "string":
+            values = [client.get(key) or b""]
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            values = [b"%s=%s" % item for item in client.hgetall(key).items()]
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
+        chunks.append(key.decode(errors="replace"))
+        for value in values:
+            chunks.append(value.decode(errors="replace"))
+            chunks.extend(_decoded_bodies(value))
+    return "\n".join(chunks)
+
+
+def _decoded_bodies(value: bytes) -> Iterator[str]:
+    """Kombu stores a message as JSON whose body is base64: look inside."""
+    for candidate in re.findall(rb'"body": ?"([A-Za-z0-9+/=]{8,})"', value):
+        try:
+            yield base64.b64decode(candidate).decode(errors="replace")
+        except ValueError:
+            continue
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[Capture]:
+    root, capture = logging.getLogger(), Capture()
+    level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(level)
+
+
+def test_the_redis_scan_finds_a_canary_inside_a_queued_message() -> None:
+    """The check below can fail: a canary in a Celery message is found, base64 and all."""
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-canary-probe"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        app.send_task("canary.probe", args=[CANARY_KEY], queue=queue)
+        assert CANARY_KEY in leaks(redis_text())
+    finally:
+        client.delete(queue)
+
+
+def test_a_log_line_quoting_a_canary_is_masked(captured_logs: Capture) -> None:
+    logging.getLogger("some.integration").warning(
+        "calling the API with %s for %s", f"Bearer {CANARY_BEARER}", CANARY_EMAIL
+    )
+    try:
+        raise ValueError(f"card {CANARY_CARD} declined")
+    except ValueError:
+        logging.getLogger("some.integration").exception("refund failed")
+    text = "\n".join(captured_logs.lines)
+    assert "calling the API with Bearer [masked:secret:" in text
+    assert "ValueError: card [masked:card:" in text
+    assert leaks(text) == []
+
+
+@pytest.mark.worker
+def test_canaries_never_reach_the_trail_the_logs_or_redis(
+    live_world: World, tmp_path, captured_logs: Capture
+) -> None:
+    purge_queue()
+    api = live_world.api()
+    # DEBUG=1 makes Django log every SQL statement with its parameters in the worker.
+    with running_worker(
+        tmp_path=tmp_path, env={"DEBUG": "1", "LOG_LEVEL": "DEBUG", "DB_LOG_LEVEL": "DEBUG"}
+    ) as worker:
+        response = api.submit(
+            {
+                "tool": "update_customer",
+                "arguments": {
+                    "customer_id": "cus_0001",
+                    "changes": {"email": CANARY_EMAIL, "phone": CANARY_PHONE},
+                },
+                "session_id": "canary-run",
+                "reasoning": (
+                    f"The customer sent their new address {CANARY_EMAIL} and phone "
+                    f"{CANARY_PHONE}; they pasted {CANARY_KEY}, Authorization: Bearer "
+                    f"{CANARY_BEARER} and card {CANARY_CARD} into the ticket."
+                ),
+                "token_cost": {"input_tokens": 1200, "output_tokens": 300, "usd": 0.02},
+            }
+        )
+        assert response.status_code == 202, response.content
+        call = ToolCall.objects.get(pk=response.json()["id"])
+        reviewer = Client()
+        reviewer.force_login(live_world.bob)
+        reviewer.post(
+            f"/approvals/{call.pk}/decide/",
+            {"verdict": "approve", "comment": "ok", "arguments_hash": call.arguments_hash},
+        )
+        wait_for(
+            lambda: ToolCall.objects.get(pk=call.pk).status == Status.SUCCEEDED,
+            message="the update to run on the worker",
+        )
+        # The result now holds the canaries too: read them back (a read runs inline).
+        read = api.submit(
+            {
+                "tool": "get_customer",
+                "arguments": {"customer_id": "cus_0001"},
+                "session_id": "canary-run",
+            }
+        )
+        assert read.json()["result"]["email"] == CANARY_EMAIL  # the agent does get its data
+        worker_log = worker.log
+    chain.seal_pending()
+
+    assert "UPDATE" in worker_log and "sandbox_customer" in worker_log, "SQL was logged"
+    assert leaks(worker_log) == [], worker_log[-3000:]
+    assert leaks("\n".join(captured_logs.lines)) == []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT t::text FROM audit_auditevent AS t")
+        trail = "\n".join(row[0] for row in cursor.fetchall())
+    assert "call.execution_finished" in trail and "[masked:email:" in trail
+    assert leaks(trail) == []
+    assert leaks(redis_text()) == []

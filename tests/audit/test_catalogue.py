@@ -1,0 +1,36 @@
+"""Every action recorded anywhere in the code is in the catalogue (and so in the README)."""
+
+from __future__ import annotations
+
+import re
+
+from audit.catalogue import ACTIONS
+from tests.workers import ROOT
+
+PATTERNS = [
+    re.compile(r'\baction="([a-z_]+\.[a-z_.]+)"'),
+    re.compile(r'\bcall_event\(\s*\w+,\s*"([a-z_]+\.[a-z_.]+)"'),
+]
+
+
+def recorded_actions() -> set[str]:
+    found: set[str] = set()
+    for app in ("approvals", "audit", "tools_registry", "sandbox", "config"):
+        for path in (ROOT / app).rglob("*.py"):
+            text = path.read_text()
+            for pattern in PATTERNS:
+                found.update(pattern.findall(text))
+    return found
+
+
+def test_every_recorded_action_is_catalogued() -> None:
+    actions = recorded_actions()
+    assert {"call.submitted", "auth.login", "token.created"} <= actions, "the scan finds them"
+    missing = sorted(actions - set(ACTIONS))
+    assert missing == [], f"add these to audit/catalogue.py (and the README): {missing}"
+
+
+def test_the_readme_lists_the_catalogue() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [action for action in ACTIONS if f"`{action}`" not in readme]
+    assert missing == [], f"the README's event catalogue lacks {missing}"

@@ -1,0 +1,292 @@
+"""The hash chain: sealing order, and tampering detected and located by verify_audit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, connections, transaction
+
+from audit import anchor, chain
+from audit.canonical import GENESIS_HASH
+from audit.log import record
+from audit.models import AuditEvent
+from audit.verify import verify_chain
+from tests.audit.conftest import make_events, tamper
+
+pytestmark = pytest.mark.django_db
+
+
+def verify_command(*args: str) -> str:
+    out = StringIO()
+    call_command("verify_audit", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def broken(*args: str) -> str:
+    with pytest.raises(CommandError) as excinfo:
+        verify_command(*args)
+    return str(excinfo.value)
+
+
+def test_sealing_links_every_event_to_the_one_before(sealed_chain) -> None:
+    assert [e.seq for e in sealed_chain] == list(range(1, 13))
+    assert sealed_chain[0].prev_hash == GENESIS_HASH
+    for before, after in itertools.pairwise(sealed_chain):
+        assert after.prev_hash == before.hash
+    for event in sealed_chain:
+        assert chain.event_hash(event.prev_hash, event) == event.hash
+    assert "audit chain ok: 12 events" in verify_command()
+
+
+def test_an_unsealed_event_is_reported_not_failed() -> None:
+    make_events(2)
+    result = verify_chain()
+    assert result.ok is True
+    assert result.unsealed == 2
+    assert result.checked == 0
+
+
+def test_an_altered_event_is_named(sealed_chain) -> None:
+    victim = sealed_chain[4]
+    tamper(
+        "UPDATE audit_auditevent SET data = jsonb_set(data, '{note}', '\"harmless\"') WHERE id = %s",
+        [victim.pk],
+    )
+    message = broken("--no-seal")
+    assert f"broken at seq 5 (event id {victim.pk})" in message
+    assert "altered" in message
+    assert "4 events verified before it" in message
+
+
+def test_a_deleted_event_is_named(sealed_chain) -> None:
+    tamper("DELETE FROM audit_auditevent WHERE seq = 7")
+    message = broken("--no-seal")
+    assert "broken at seq 7" in message
+    assert "expected seq 7, found seq 8: events removed" in message
+
+
+def test_two_swapped_events_are_named(sealed_chain) -> None:
+    a, b = sealed_chain[2], sealed_chain[8]
+    # Swap their places in the chain, hashes and all, the way a reorder would look.
+    tamper("UPDATE audit_auditevent SET seq = -seq WHERE id IN (%s, %s)", [a.pk, b.pk])
+    tamper(
+        "UPDATE audit_auditevent SET seq = CASE id WHEN %s THEN %s ELSE %s END,"
+        " prev_hash = CASE id WHEN %s THEN %s ELSE %s END,"
+        " hash = CASE id WHEN %s THEN %s ELSE %s END WHERE id IN (%s, %s)",
+        [a.pk, b.seq, a.seq, a.pk, b.prev_hash, a.prev_hash, a.pk, b.hash, a.hash, a.pk, b.pk],
+    )
+    message = broken("--no-seal")
+    # seq 3 now holds b's content under a's link: the content does not match the link.
+    assert f"broken at seq 3 (event id {b.pk})" in message
+    assert "altered" in message
+
+
+def test_two_events_that_swapped_places_with_their_own_hashes_are_named(sealed_chain) -> None:
+    a, b = sealed_chain[2], sealed_chain[3]
+    tamper("UPDATE audit_auditevent SET seq = -seq WHERE id IN (%s, %s)", [a.pk, b.pk])
+    tamper("UPDATE audit_auditevent SET seq = 4 WHERE id = %s", [a.pk])
+    tamper("UPDATE audit_auditevent SET seq = 3 WHERE id = %s", [b.pk])
+    message = broken("--no-seal")
+    assert f"broken at seq 3 (event id {b.pk})" in message
+    assert "reordered" in message
+
+
+def test_a_chain_rewritten_end_to_end_is_caught_by_the_anchor(sealed_chain, anchor_path) -> None:
+    victim = sealed_chain[5]
+    tamper("UPDATE audit_auditevent SET outcome = 'forged' WHERE id = %s", [victim.pk])
+    _rehash_everything()
+    # Internally consistent again: only the anchor outside the database knows better.
+    assert verify_chain(anchor_path=anchor_path.parent / "no-anchor.jsonl").ok is True
+    message = broken("--no-seal")
+    assert "broken at seq 12" in message  # the anchored head, at or after the forged event
+    assert "the chain was rewritten from the start, at or before seq 12" in message
+
+
+def test_the_anchor_locates_a_rewrite_between_two_anchors(anchor_path) -> None:
+    make_events(4)
+    chain.seal_and_anchor()  # anchor at seq 4
+    make_events(4)
+    chain.seal_and_anchor()  # anchor at seq 8
+    victim = AuditEvent.objects.get(seq=6)
+    tamper("UPDATE audit_auditevent SET outcome = 'forged' WHERE id = %s", [victim.pk])
+    _rehash_everything()
+    message = broken("--no-seal")
+    assert "rewritten after seq 4, at or before seq 8" in message
+
+
+def test_events_removed_from_the_end_are_caught_by_the_anchor(sealed_chain) -> None:
+    tamper("DELETE FROM audit_auditevent WHERE seq > 9")
+    message = broken("--no-seal")
+    assert "records seq 12, but the chain ends at seq 9" in message
+
+
+def test_write_anchor_reads_only_the_end_of_the_file(anchor_path) -> None:
+    # A first line that is not an anchor at all: reading the whole file would choke on it.
+    anchor_path.write_text("garbage that is not json\n" + "x" * 100_000 + "\n")
+    anchor_path.write_text(
+        anchor_path.read_text() + json.dumps({"seq": 1, "hash": "a" * 64, "at": "t"}) + "\n"
+    )
+    make_events(3)
+    chain.seal_pending()
+    written = chain.write_anchor()
+    assert written is not None and written.seq == 3
+    assert anchor.last_anchor(anchor_path) == anchor.Anchor(seq=3, hash=written.hash, at=written.at)
+    assert chain.write_anchor() is None, "an unchanged head is not written twice"
+
+
+def test_a_damaged_anchor_file_fails_verification(sealed_chain, anchor_path) -> None:
+    anchor_path.write_text(
+        anchor_path.read_text() + '{"seq": 3, "hash": "' + "b" * 64 + '", "at": "t"}\n'
+    )
+    assert "anchor file" in broken("--no-seal")
+
+
+def test_require_anchor_refuses_an_unanchored_chain(anchor_path) -> None:
+    make_events(2)
+    chain.seal_pending()
+    assert "not anchored" in broken("--require-anchor")
+
+
+def test_the_outcome_can_be_recorded_in_the_trail(sealed_chain) -> None:
+    verify_command("--record")
+    event = AuditEvent.objects.filter(action="audit.chain_verified").get()
+    assert event.outcome == "ok"
+    assert event.data["checked"] == 12
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_committed_late_gets_a_later_seq_and_the_chain_holds() -> None:
+    """A transaction that inserted first (lower id) but commits last is sealed last."""
+    inserted, release = threading.Event(), threading.Event()
+    late_id: list[int] = []
+
+    def slow_writer() -> None:
+        try:
+            with transaction.atomic():
+                late_id.append(record(action="test.late", data={}).pk)
+                inserted.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    assert inserted.wait(10)
+    early = record(action="test.early", data={})
+    assert early.pk > late_id[0]
+    assert chain.seal_pending() == 1, "the in-flight row is invisible, so not sealed"
+    release.set()
+    writer.join(10)
+    assert chain.seal_pending() == 1
+    late = AuditEvent.objects.get(pk=late_id[0])
+    early.refresh_from_db()
+    assert (early.seq, late.seq) == (1, 2)
+    assert late.prev_hash == early.hash
+    assert verify_chain().ok is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_sealer_gives_way_while_the_first_holds_the_lock() -> None:
+    make_events(3)
+    with transaction.atomic():
+        assert chain._take_sealer_lock() is True
+        other = threading.Thread(target=lambda: results.append(_seal_in_thread()))
+        results: list[int] = []
+        other.start()
+        other.join(10)
+    assert results == [0]
+    assert chain.seal_pending() == 3
+
+
+def _seal_in_thread() -> int:
+    try:
+        return chain.seal_pending()
+    finally:
+        connection.close()
+
+
+def _rehash_everything() -> None:
+    """What a thorough forger does after editing: recompute every link from the start."""
+    prev_hash = GENESIS_HASH
+    for event in AuditEvent.objects.filter(seq__isnull=False).order_by("seq"):
+        head = chain.event_hash(prev_hash, event)
+        tamper(
+            "UPDATE audit_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
+            [prev_hash, head, event.pk],
+        )
+        prev_hash = head
+
+
+def test_the_portable_walk_agrees_with_the_postgresql_walk(sealed_chain, monkeypatch) -> None:
+    from audit import verify
+
+    tamper("UPDATE audit_auditevent SET data = '{\"n\": 99}' WHERE seq = 8")
+    fast = verify_chain()
+    monkeypatch.setattr(verify, "sealed_rows", verify._rows_portable)
+    portable = verify_chain()
+    assert (fast.ok, fast.broken_seq, fast.reason) == (False, 8, portable.reason)
+    assert portable.broken_seq == 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_walk_beside_a_busy_sealer_reports_no_tampering(anchor_path) -> None:
+    """The sealer anchors new heads while the walk runs; none of them is a false alarm."""
+    make_events(3000)
+    chain.seal_and_anchor()
+    stop = threading.Event()
+
+    def keep_writing_and_sealing() -> None:
+        try:
+            while not stop.is_set():
+                record(action="test.event", data={"n": 1})
+                chain.seal_and_anchor()
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=keep_writing_and_sealing)
+    writer.start()
+    try:
+        results = [verify_chain(anchor_path=anchor_path) for _ in range(5)]
+    finally:
+        stop.set()
+        writer.join()
+    assert [r.reason for r in results if not r.ok] == []
+    assert results[-1].anchors_checked >= 1
+    # The file did grow during the walks: the race was real.
+    assert anchor.last_anchor(anchor_path).seq > results[0].head_seq
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cut_tail_is_still_found_when_the_walk_starts_after_it(anchor_path) -> None:
+    make_events(20)
+    chain.seal_and_anchor()
+    tamper("DELETE FROM audit_auditevent WHERE seq > 15")
+    result = verify_chain(anchor_path=anchor_path)
+    assert result.ok is False
+    assert "chain ends at seq 15" in result.reason
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2026-11-21T09:30:00+00:00",
+        "2026-11-21T09:30:00.000001+00:00",
+        "2026-03-29T01:59:59.5+02:00",
+    ],
+)
+def test_postgresql_renders_an_instant_exactly_as_the_chain_does(moment: str) -> None:
+    """The walk and the exports read instants rendered by SQL; the sealer hashed Python's."""
+    from datetime import datetime
+
+    from audit.canonical import INSTANT_SQL, instant
+
+    with connection.cursor() as cursor:
+        sql = f"SELECT {INSTANT_SQL} FROM (SELECT %s::timestamptz AS occurred_at) t"  # noqa: S608
+        cursor.execute(sql, [moment])
+        rendered = cursor.fetchone()[0]
+    assert rendered == instant(datetime.fromisoformat(moment))

@@ -1,0 +1,64 @@
+"""A call's timeline and a session's timeline, from the trail."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.test import Client
+
+from approvals import executor, services
+from approvals.models import ToolCall
+from tests.conftest import World
+from tests.workers import purge_queue
+
+pytestmark = pytest.mark.django_db
+
+EMAIL = {
+    "tool": "send_email",
+    "arguments": {"to": "ada@example.com", "subject": "Refund", "body": "On its way."},
+    "session_id": "run-7",
+    "reasoning": "Ada asked for a confirmation.",
+    "token_cost": {"input_tokens": 1000, "output_tokens": 200, "usd": 0.05},
+}
+
+
+def test_a_calls_timeline_tells_proposal_vote_intent_and_result_in_order(
+    world: World, auditor_client: Client
+) -> None:
+    purge_queue()
+    call = ToolCall.objects.get(pk=world.api().submit(EMAIL).json()["id"])
+    services.decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="fine")
+    executor.execute(call.pk)
+    purge_queue()
+    content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
+    titles = ["Proposal", "Vote", "Approved", "Intent (before the handler ran)", "Result"]
+    positions = [content.index(f"<strong>{t}</strong>") for t in titles]
+    assert positions == sorted(positions)
+    assert "[masked:email:" in content and "ada@example.com" not in content
+    assert "Ada asked for a confirmation." in content
+    assert "bob: approve (policy v1)" in content
+
+
+def test_a_sessions_timeline_lists_its_calls_with_reasoning_and_token_cost(
+    world: World, auditor_client: Client
+) -> None:
+    api = world.api()
+    api.submit(EMAIL)
+    api.submit(
+        {
+            **EMAIL,
+            "reasoning": "And a second one.",
+            "token_cost": {"input_tokens": 500, "output_tokens": 50},
+        }
+    )
+    api.submit({**EMAIL, "session_id": "another-run"})
+    content = auditor_client.get("/audit/session/?agent=support-bot&session=run-7").content.decode()
+    assert "2 calls" in content
+    assert "Ada asked for a confirmation." in content and "And a second one." in content
+    assert "tokens 1500 in, 250 out" in content
+
+
+def test_an_unknown_call_or_session_is_404(world: World, auditor_client: Client) -> None:
+    assert auditor_client.get(f"/audit/calls/{uuid.uuid4()}/").status_code == 404
+    assert auditor_client.get("/audit/session/?agent=support-bot&session=nope").status_code == 404

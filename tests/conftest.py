@@ -1,0 +1,154 @@
+"""Shared fixtures. Tests run against real PostgreSQL and Redis; they never skip for a
+missing service, they stop the run and say which one is missing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pgtrigger
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+from django.test import Client, TransactionTestCase
+
+from tools_registry import services as registry_services
+from tools_registry.models import Agent, Tool
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="Run the chaos scenarios at soak size (hundreds of calls each); CI does not.",
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if settings.EMBEDDED:
+        raise pytest.UsageError(
+            "The tests run against PostgreSQL: set DATABASE_URL (make test sets "
+            "postgres://postgres@127.0.0.1:5432/countersign) and REDIS_URL."
+        )
+    if not settings.REDIS_URL:
+        raise pytest.UsageError(
+            "The tests need Redis: set REDIS_URL (make test sets redis://127.0.0.1:6379/0)."
+        )
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise pytest.UsageError(
+            f"Redis is not reachable at {settings.REDIS_URL}: {exc}. Start it with "
+            "redis-server --daemonize yes --port 6379 --save '' --appendonly no"
+        ) from exc
+    # Hashing demo passwords with PBKDF2 would dominate the run; tests need no slow hash.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# The audit table refuses TRUNCATE; the test runner's flush between transactional tests
+# is the one legitimate caller, so it alone runs with that trigger ignored.
+_original_teardown = TransactionTestCase._fixture_teardown
+
+
+def _fixture_teardown(self: TransactionTestCase) -> None:
+    with pgtrigger.ignore("audit.AuditEvent:append_only_truncate"):
+        _original_teardown(self)
+
+
+TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
+
+
+@dataclass
+class World:
+    """The cast: alice owns the agent, bob reviews every demo tool, charlie is an outsider."""
+
+    alice: User
+    bob: User
+    charlie: User
+    agent: Agent
+    token: str
+    tools: dict[str, Tool]
+
+    def api(self) -> ApiClient:
+        return ApiClient(self.token)
+
+
+class ApiClient:
+    """The agent's side of the API, through Django's test client."""
+
+    def __init__(self, token: str):
+        self.client = Client()
+        self.token = token
+
+    def submit(self, body: dict[str, Any], *, key: str | None = "auto", **headers: str) -> Any:
+        extra = {"HTTP_AUTHORIZATION": f"Bearer {self.token}", **headers}
+        if key == "auto":
+            import uuid
+
+            key = str(uuid.uuid4())
+        if key is not None:
+            extra["HTTP_IDEMPOTENCY_KEY"] = key
+        return self.client.post(
+            "/api/v1/tool-calls", data=json.dumps(body), content_type="application/json", **extra
+        )
+
+    def get(self, path: str) -> Any:
+        return self.client.get(path, HTTP_AUTHORIZATION=f"Bearer {self.token}")
+
+
+def build_world() -> World:
+    from sandbox.demo import seed_sandbox
+
+    registry_services.sync_tools()
+    seed_sandbox()
+    alice = User.objects.create_user("alice", "alice@example.com", "pw-alice")
+    bob = User.objects.create_user("bob", "bob@example.com", "pw-bob")
+    charlie = User.objects.create_user("charlie", "charlie@example.com", "pw-charlie")
+    tools = {tool.name: tool for tool in Tool.objects.all()}
+    for tool in tools.values():
+        registry_services.grant_review(tool=tool, user=bob)
+    agent = Agent.objects.create(name="support-bot", owner=alice)
+    agent.allowed_tools.add(*tools.values())
+    _, token = registry_services.issue_token(agent=agent, label="tests")
+    Group.objects.get_or_create(name="reviewers")
+    return World(alice=alice, bob=bob, charlie=charlie, agent=agent, token=token, tools=tools)
+
+
+@pytest.fixture
+def world(db: None) -> World:
+    return build_world()
+
+
+@pytest.fixture
+def live_world(transactional_db: None) -> World:
+    """The same cast, committed, for tests whose worker processes must see it."""
+    return build_world()
+
+
+def executions_sent(callbacks: list[Any]) -> list[Any]:
+    """The call ids that captured on-commit callbacks send to the executor (other callbacks,
+    such as long-poll wake-ups and webhooks, are left out)."""
+    from approvals import dispatch
+
+    return [cb.args[0] for cb in callbacks if getattr(cb, "func", None) is dispatch.send_execution]
+
+
+def sandbox_effects() -> list[dict[str, Any]]:
+    """The oracle: every effect the sandbox applied, from `manage.py sandbox_effects`."""
+    from io import StringIO
+
+    out = StringIO()
+    call_command("sandbox_effects", stdout=out)
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def reviewer_client(world: World) -> Iterator[Client]:
+    client = Client()
+    client.force_login(world.bob)
+    yield client

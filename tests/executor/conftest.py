@@ -1,0 +1,189 @@
+"""Fixtures of the executor's tests: calls in every state of the exactly-once protocol."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db.models import F
+from django.utils import timezone
+
+from approvals import services
+from approvals.models import Status, ToolCall
+from sandbox.models import Payment
+from tests.conftest import World
+from tools_registry import services as registry_services
+
+_serial = itertools.count(1)
+
+
+def email_arguments(n: int | None = None) -> dict[str, Any]:
+    n = next(_serial) if n is None else n
+    return {"to": f"customer{n}@example.com", "subject": f"Update {n}", "body": "Hello."}
+
+
+def refund_arguments(n: int | None = None) -> dict[str, Any]:
+    n = next(_serial) if n is None else n
+    return {"payment_id": "pay_chaos", "amount_cents": 1, "currency": "usd", "reason": f"r{n}"}
+
+
+def delete_arguments(n: int | None = None) -> dict[str, Any]:
+    n = next(_serial) if n is None else n
+    return {"customer_id": f"cus_gone{n:04d}", "reason": "The customer asked to be forgotten."}
+
+
+ARGUMENTS = {
+    "send_email": email_arguments,
+    "issue_refund": refund_arguments,
+    "delete_customer": delete_arguments,
+}
+
+
+def second_reviewer(world: World) -> User:
+    """Destructive calls need two distinct approvals: dora reviews every tool too."""
+    dora, created = User.objects.get_or_create(
+        username="dora", defaults={"email": "dora@example.com"}
+    )
+    if created:
+        for tool in world.tools.values():
+            registry_services.grant_review(tool=tool, user=dora)
+    return dora
+
+
+def ensure_refundable() -> None:
+    """A payment large enough for every refund a test makes (1 cent each)."""
+    Payment.objects.get_or_create(
+        payment_id="pay_chaos", defaults={"amount_cents": 10_000_000, "currency": "usd"}
+    )
+
+
+def pending_call(
+    world: World, tool: str = "send_email", arguments: dict[str, Any] | None = None
+) -> ToolCall:
+    return services.create_call(
+        agent=world.agent,
+        tool=world.tools[tool],
+        arguments=arguments or ARGUMENTS[tool](),
+        session_id="executor-tests",
+        request_key=uuid.uuid4().hex,
+    )
+
+
+def approved_call(
+    world: World, tool: str = "send_email", arguments: dict[str, Any] | None = None
+) -> ToolCall:
+    """A call approved through the decision service (its task is sent on commit)."""
+    if tool == "issue_refund":
+        ensure_refundable()
+    call = pending_call(world, tool, arguments)
+    # A destructive approval is typed out by a reviewer who signed in just now.
+    confirm = {"confirmation": call.tool.name, "authenticated_at": timezone.now()}
+    services.decide(call_id=call.pk, reviewer=world.bob, verdict="approve", **confirm)
+    if call.approvals_required > 1:
+        services.decide(
+            call_id=call.pk, reviewer=second_reviewer(world), verdict="approve", **confirm
+        )
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED
+    return call
+
+
+def claimed_call(world: World, tool: str = "send_email") -> tuple[ToolCall, services.Claim]:
+    call = approved_call(world, tool)
+    claim = services.claim_call(call_id=call.pk)
+    assert claim is not None
+    call.refresh_from_db()
+    return call, claim
+
+
+def age_lease(call: ToolCall, seconds: float = 3600) -> None:
+    """Move the lease into the past, as if the worker had been silent that long."""
+    ToolCall.objects.filter(pk=call.pk).update(
+        lease_until=F("lease_until") - timedelta(seconds=seconds)
+    )
+
+
+def unknown_call(world: World, tool: str = "send_email") -> ToolCall:
+    """A call whose worker went silent: the sweep found its lease expired."""
+    call, _ = claimed_call(world, tool)
+    assert services.expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN
+    return call
+
+
+@pytest.fixture
+def dora(world: World) -> User:
+    return second_reviewer(world)
+
+
+# --- The chaos suite's fleet -------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """Two long-lived workers and the payments API server, shared by the chaos scenarios."""
+
+    server: Any
+    workers: list[Any]
+
+    def log_marks(self) -> list[int]:
+        return [len(w.log) for w in self.workers]
+
+
+@pytest.fixture(scope="module")
+def fleet(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from tests.executor import chaos
+    from tests.workers import purge_queue, running_worker
+
+    tmp = tmp_path_factory.mktemp("chaos")
+    purge_queue()
+    with chaos.payments_server(tmp) as server, ExitStack() as stack:
+        env = chaos.chaos_worker_env(server, tag="fleet")
+        workers = [
+            stack.enter_context(running_worker(concurrency=2, tmp_path=tmp, env=env))
+            for _ in range(2)
+        ]
+        yield Fleet(server=server, workers=workers)
+
+
+@pytest.fixture
+def scale(request: pytest.FixtureRequest) -> int:
+    """How many times bigger each scenario is: 1 in CI, 10 with --soak."""
+    return 10 if request.config.getoption("--soak") else 1
+
+
+@pytest.fixture
+def chaos_world(settings: Any, fleet: Fleet, live_world: World) -> World:
+    """The executor's settings in this (the web and beat) process, for short leases; the
+    workers get theirs from the environment (``chaos.chaos_worker_env``)."""
+    from tests.workers import purge_queue
+
+    purge_queue()
+    settings.SANDBOX_PAYMENTS_URL = fleet.server.payments_url
+    settings.EXECUTOR_RESEND_AFTER_SECONDS = 3
+    settings.EXECUTOR_SOFT_LIMIT_GRACE_SECONDS = 1
+    settings.EXECUTOR_HARD_LIMIT_GRACE_SECONDS = 2
+    ensure_refundable()
+    from tools_registry.models import Tool
+
+    Tool.objects.filter(name__in=["send_email", "issue_refund", "delete_customer"]).update(
+        timeout_seconds=1
+    )
+    return live_world
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.executor.chaos import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("chaos scenarios")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

@@ -1,0 +1,272 @@
+"""The Django admin goes through the services: policy edits are validated and audited, grants
+made on guardian's object-permission pages are audited, tokens are issued and revoked
+through the service and the plaintext is shown once."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from tests.conftest import World
+from tests.tools_registry.conftest import admin_form_data, events
+from tools_registry import services
+from tools_registry.models import Agent, AgentToken, Tool
+from tools_registry.permissions import can_review
+
+pytestmark = pytest.mark.usefixtures("world")
+
+
+def _change_url(tool: Tool) -> str:
+    return f"/admin/tools_registry/tool/{tool.pk}/change/"
+
+
+def test_a_policy_edit_in_the_admin_is_validated_versioned_and_audited(
+    world: World, admin_client: Client
+) -> None:
+    tool = world.tools["delete_customer"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    data.update(approvals_required=3, rate_limit_per_agent="2/minute")
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    tool.refresh_from_db()
+    assert (tool.approvals_required, tool.rate_limit_per_agent) == (3, "2/minute")
+    assert tool.policy_version == 2
+    [event] = events("tool.policy_changed", tool_name="delete_customer")
+    assert event.actor_label == "root"
+    assert event.data["before"] == {"approvals_required": 2, "rate_limit_per_agent": "10/minute"}
+    assert event.data["after"] == {"approvals_required": 3, "rate_limit_per_agent": "2/minute"}
+
+
+def test_an_invalid_edit_in_the_admin_is_shown_next_to_its_field_and_not_saved(
+    world: World, admin_client: Client
+) -> None:
+    tool = world.tools["delete_customer"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    data.update(max_attempts=2, approval_ttl_seconds=0, sensitive_fields='["nope"]')
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert {"max_attempts", "approval_ttl_seconds", "sensitive_fields"} <= set(errors)
+    assert "never retried" in " ".join(errors["max_attempts"])
+    tool.refresh_from_db()
+    assert (tool.max_attempts, tool.approval_ttl_seconds, tool.policy_version) == (1, 3600, 1)
+    assert events("tool.policy_changed") == []
+
+
+def test_the_tool_pages_show_each_tools_lint_result(world: World, admin_client: Client) -> None:
+    page = admin_client.get(_change_url(world.tools["send_email"])).content.decode()
+    assert "The definition passes every lint rule." in page
+    sloppy = world.tools["search_docs"]
+    Tool.objects.filter(pk=sloppy.pk).update(
+        description="Search.",
+        input_schema={"type": "object", "properties": {"id": {"type": "string"}}},
+    )
+    page = admin_client.get(_change_url(sloppy)).content.decode()
+    for rule in ("description", "argument_names", "property_descriptions", "string_max_length"):
+        assert f"<code>{rule}</code>" in page
+    listing = admin_client.get("/admin/tools_registry/tool/").content.decode()
+    assert listing.count('alt="False"') == 1  # only search_docs fails
+    assert listing.count('alt="True"') >= 5
+
+
+def test_tools_are_neither_added_nor_deleted_in_the_admin(
+    world: World, admin_client: Client
+) -> None:
+    assert admin_client.get("/admin/tools_registry/tool/add/").status_code == 403
+    tool = world.tools["send_email"]
+    assert admin_client.get(f"/admin/tools_registry/tool/{tool.pk}/delete/").status_code == 403
+
+
+def _perm_url(tool: Tool, kind: str, subject_id: int) -> str:
+    return f"/admin/tools_registry/tool/{tool.pk}/permissions/{kind}-manage/{subject_id}/"
+
+
+def test_a_grant_and_a_revoke_on_the_object_permission_page_are_audited(
+    world: World, admin_client: Client
+) -> None:
+    tool = world.tools["issue_refund"]
+    url = _perm_url(tool, "user", world.charlie.pk)
+    assert admin_client.post(url, {"permissions": ["review_tool"]}).status_code == 302
+    assert can_review(world.charlie, tool) is True
+    [added] = events("grant.added", tool_name="issue_refund", actor_label="root")
+    assert added.data == {"permission": "review_tool", "user": "charlie"}
+
+    # Saving the same selection again changes nothing and records nothing.
+    admin_client.post(url, {"permissions": ["review_tool"]})
+    assert len(events("grant.added", tool_name="issue_refund", actor_label="root")) == 1
+
+    # A browser always sends the CSRF field; guardian ignores a POST with no data at all.
+    assert admin_client.post(url, {"csrfmiddlewaretoken": "-"}).status_code == 302
+    charlie = type(world.charlie).objects.get(pk=world.charlie.pk)  # fresh permission cache
+    assert can_review(charlie, tool) is False
+    [removed] = events("grant.removed", tool_name="issue_refund")
+    assert removed.actor_label == "root"
+    assert removed.data == {"permission": "review_tool", "user": "charlie"}
+
+
+def test_a_team_grant_on_the_object_permission_page_is_audited(
+    world: World, admin_client: Client
+) -> None:
+    tool = world.tools["update_customer"]
+    team = Group.objects.create(name="crm-team")
+    world.charlie.groups.add(team)
+    url = _perm_url(tool, "group", team.pk)
+    response = admin_client.post(url, {"permissions": ["review_tool", "reveal_tool_arguments"]})
+    assert response.status_code == 302
+    assert can_review(world.charlie, tool) is True
+    granted = events("grant.added", tool_name="update_customer", actor_label="root")
+    assert sorted(e.data["permission"] for e in granted) == [
+        "reveal_tool_arguments",
+        "review_tool",
+    ]
+    assert {e.data["group"] for e in granted} == {"crm-team"}
+
+
+def test_model_wide_permissions_are_not_offered_per_tool(
+    world: World, admin_client: Client
+) -> None:
+    tool = world.tools["send_email"]
+    overview = admin_client.get(f"/admin/tools_registry/tool/{tool.pk}/permissions/")
+    assert overview.status_code == 200
+    assert "bob" in overview.content.decode()  # bob's grant is listed
+    page = admin_client.get(_perm_url(tool, "user", world.charlie.pk)).content.decode()
+    assert 'value="review_tool"' in page
+    assert 'value="reveal_tool_arguments"' in page
+    assert 'value="change_tool"' not in page
+    response = admin_client.post(
+        _perm_url(tool, "user", world.charlie.pk), {"permissions": ["change_tool"]}
+    )
+    assert response.status_code == 200  # refused as an invalid choice
+    assert events("grant.added", actor_label="root") == []
+
+
+def test_issuing_a_token_in_the_admin_shows_it_once_and_audits_it(
+    world: World, admin_client: Client
+) -> None:
+    url = f"/admin/tools_registry/agent/{world.agent.pk}/issue-token/"
+    agent_page = admin_client.get(f"/admin/tools_registry/agent/{world.agent.pk}/change/")
+    assert url in agent_page.content.decode()
+    assert admin_client.get(url).status_code == 200
+    response = admin_client.post(url, {"label": "ci runner"})
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    plaintext = response.context["plaintext"]
+    assert plaintext in response.content.decode()
+    assert services.authenticate_token(plaintext) == world.agent
+    token = AgentToken.objects.get(label="ci runner")
+    assert token.created_by.username == "root"
+    [event] = events("token.created", actor_label="root")
+    assert event.data == {"token_prefix": token.prefix, "label": "ci runner"}
+    # Never shown again: not on the agent's page, not in the token's own page.
+    secret = plaintext.partition("_")[2].partition("_")[2]
+    again = admin_client.get(f"/admin/tools_registry/agent/{world.agent.pk}/change/")
+    assert secret not in again.content.decode()
+    detail = admin_client.get(f"/admin/tools_registry/agenttoken/{token.pk}/change/")
+    assert secret not in detail.content.decode()
+    assert token.secret_hash not in detail.content.decode()
+
+
+def test_revoking_in_the_admin_is_audited_and_the_token_is_refused_at_once(
+    world: World, admin_client: Client
+) -> None:
+    api = world.api()
+    assert api.get("/api/v1/tools").status_code == 200
+    token = AgentToken.objects.get(agent=world.agent)
+    response = admin_client.post(
+        "/admin/tools_registry/agenttoken/",
+        {"action": "revoke_tokens", "_selected_action": [token.pk]},
+    )
+    assert response.status_code == 302
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    [event] = events("token.revoked", actor_label="root")
+    assert event.data["token_prefix"] == token.prefix
+    refused = api.get("/api/v1/tools")
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "not_authenticated"
+
+
+def test_tokens_cannot_be_edited_or_deleted_in_the_admin(
+    world: World, admin_client: Client
+) -> None:
+    token = AgentToken.objects.get(agent=world.agent)
+    url = f"/admin/tools_registry/agenttoken/{token.pk}/change/"
+    admin_client.post(url, {"label": "renamed"})
+    token.refresh_from_db()
+    assert token.label == "tests"
+    assert (
+        admin_client.get(f"/admin/tools_registry/agenttoken/{token.pk}/delete/").status_code == 403
+    )
+
+
+def test_an_agent_edit_in_the_admin_is_audited_with_its_allowlist(
+    world: World, admin_client: Client
+) -> None:
+    url = f"/admin/tools_registry/agent/{world.agent.pk}/change/"
+    data = admin_form_data(admin_client.get(url))
+    keep = [world.tools["search_docs"].pk, world.tools["send_email"].pk]
+    data.update(allowed_tools=keep, enabled="", max_rounds_per_session=4)
+    data.pop("enabled")
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    agent = Agent.objects.get(pk=world.agent.pk)
+    assert (agent.enabled, agent.max_rounds_per_session) == (False, 4)
+    assert sorted(agent.allowed_tools.values_list("name", flat=True)) == [
+        "search_docs",
+        "send_email",
+    ]
+    [event] = events("agent.updated", actor_label="root")
+    assert event.data["before"]["enabled"] is True
+    assert event.data["after"] == {
+        "enabled": False,
+        "max_rounds_per_session": 4,
+        "allowed_tools": ["search_docs", "send_email"],
+    }
+    assert world.api().get("/api/v1/tools").status_code == 401
+
+
+def test_an_agent_created_in_the_admin_is_audited(world: World, admin_client: Client) -> None:
+    response = admin_client.post(
+        "/admin/tools_registry/agent/add/",
+        {
+            "name": "billing-bot",
+            "owner": world.alice.pk,
+            "allowed_tools": [world.tools["issue_refund"].pk],
+            "max_rounds_per_session": 10,
+            "enabled": "on",
+            "tokens-TOTAL_FORMS": 0,
+            "tokens-INITIAL_FORMS": 0,
+        },
+    )
+    assert response.status_code == 302
+    [event] = events("agent.created", agent_name="billing-bot")
+    assert event.actor_label == "root"
+    assert event.data["allowed_tools"] == ["issue_refund"]
+    assert event.data["owner"] == "alice"
+
+
+def test_joining_a_team_or_becoming_superuser_in_the_user_admin_is_audited(
+    world: World, admin_client: Client
+) -> None:
+    team = Group.objects.create(name="refunds")
+    services.grant_review(tool=world.tools["issue_refund"], group=team)
+    url = f"/admin/auth/user/{world.charlie.pk}/change/"
+    data = admin_form_data(admin_client.get(url))
+    data.pop("date_joined", None)
+    data.pop("last_login", None)
+    joined = world.charlie.date_joined
+    data.update(
+        groups=[team.pk],
+        is_superuser="on",
+        date_joined_0=joined.strftime("%Y-%m-%d"),
+        date_joined_1=joined.strftime("%H:%M:%S"),
+    )
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    [event] = events("user.access_changed", actor_label="root")
+    assert event.data == {
+        "user": "charlie",
+        "before": {"groups": [], "is_superuser": False},
+        "after": {"groups": ["refunds"], "is_superuser": True},
+    }

@@ -1,0 +1,74 @@
+"""GET /api/v1/tools?format=...: the agent's allowed tools, in each ecosystem's shape."""
+
+from __future__ import annotations
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from tests.conftest import World
+from tests.tools_registry.export_shapes import SHAPES
+from tools_registry.exports import FORMATS, export_tools
+from tools_registry.models import Tool
+
+ARGUMENTS_SCHEMA = {
+    "openai": lambda d: d["function"]["parameters"],
+    "anthropic": lambda d: d["input_schema"],
+    "mcp": lambda d: d["inputSchema"],
+}
+
+
+def _name(definition: dict) -> str:
+    return definition["function"]["name"] if "function" in definition else definition["name"]
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_each_format_has_its_ecosystems_shape(world: World, fmt: str) -> None:
+    response = world.api().get(f"/api/v1/tools?format={fmt}")
+    assert response.status_code == 200
+    definitions = response.json()
+    assert len(definitions) == len(world.tools)
+    validator = Draft202012Validator(SHAPES[fmt])
+    for definition in definitions:
+        assert list(validator.iter_errors(definition)) == [], definition
+        # The arguments schema is exported as declared, and is itself valid JSON Schema.
+        schema = ARGUMENTS_SCHEMA[fmt](definition)
+        assert schema == world.tools[_name(definition)].input_schema
+        Draft202012Validator.check_schema(schema)
+
+
+def test_the_shapes_refuse_a_malformed_definition(world: World) -> None:
+    [definition] = export_tools([world.tools["send_email"]], "openai")
+    broken = {**definition, "function": {**definition["function"], "name": "send email!"}}
+    assert list(Draft202012Validator(SHAPES["openai"]).iter_errors(broken))
+    assert list(Draft202012Validator(SHAPES["anthropic"]).iter_errors(definition))
+
+
+def test_mcp_hints_follow_the_risk_class(world: World) -> None:
+    definitions = {d["name"]: d for d in world.api().get("/api/v1/tools?format=mcp").json()}
+    hints = {
+        name: (d["annotations"]["readOnlyHint"], d["annotations"]["destructiveHint"])
+        for name, d in definitions.items()
+    }
+    assert hints == {
+        "search_docs": (True, False),
+        "get_customer": (True, False),
+        "send_email": (False, False),
+        "update_customer": (False, False),
+        "issue_refund": (False, False),
+        "delete_customer": (False, True),
+    }
+    assert definitions["delete_customer"]["title"] == "Delete customer"
+
+
+def test_only_the_agents_allowed_enabled_tools_in_code_are_listed(world: World) -> None:
+    world.agent.allowed_tools.remove(world.tools["delete_customer"])
+    Tool.objects.filter(name="issue_refund").update(enabled=False)
+    Tool.objects.filter(name="update_customer").update(in_code=False)
+    names = [d["name"] for d in world.api().get("/api/v1/tools?format=anthropic").json()]
+    assert names == ["get_customer", "search_docs", "send_email"]
+
+
+def test_an_unknown_format_is_a_400(world: World) -> None:
+    response = world.api().get("/api/v1/tools?format=yaml")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"

@@ -1,0 +1,229 @@
+"""Argument validation returns every error with its JSON path; bad input never reaches a
+handler. The @tool decorator refuses malformed declarations at import time."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import World
+from tests.tools_registry.conftest import GOOD_SCHEMA, tool_in_code
+from tools_registry import registry
+from tools_registry.policy import Risk
+from tools_registry.registry import InvalidArguments, LookupResult, ToolContext
+from tools_registry.schemas import has_argument_path, json_path, validate_arguments
+
+ORDER: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "customer_id": {"type": "string", "maxLength": 10, "description": "Who."},
+        "card": {
+            "type": "object",
+            "properties": {"number": {"type": "string", "pattern": "^[0-9]{16}$"}},
+            "required": ["number"],
+            "additionalProperties": False,
+        },
+        "lines": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "sku": {"type": "string"},
+                    "quantity": {"type": "integer", "minimum": 1},
+                },
+                "required": ["sku", "quantity"],
+                "additionalProperties": False,
+            },
+        },
+        "plan": {"enum": ["free", "pro"]},
+    },
+    "required": ["customer_id", "lines"],
+    "additionalProperties": False,
+}
+
+
+def paths(arguments: Any, **options: Any) -> list[tuple[str, str]]:
+    return [(e.path, e.validator) for e in validate_arguments(ORDER, arguments, **options)]
+
+
+def test_valid_arguments_have_no_errors() -> None:
+    assert paths({"customer_id": "c1", "lines": [{"sku": "a", "quantity": 1}]}) == []
+
+
+def test_every_error_comes_back_each_with_the_path_of_its_argument() -> None:
+    found = paths(
+        {
+            "customer_id": "x" * 11,
+            "card": {"number": "4242"},
+            "lines": [{"sku": "a", "quantity": 1}, {"quantity": 0, "colour": "red"}],
+            "plan": "gold",
+            "coupon": "FREE",
+        }
+    )
+    assert found == [
+        ("$.card.number", "pattern"),
+        ("$.coupon", "additionalProperties"),
+        ("$.customer_id", "maxLength"),
+        ("$.lines[1].colour", "additionalProperties"),
+        ("$.lines[1].quantity", "minimum"),
+        ("$.lines[1].sku", "required"),
+        ("$.plan", "enum"),
+    ]
+
+
+def test_missing_required_arguments_are_reported_at_their_own_paths() -> None:
+    errors = validate_arguments(ORDER, {})
+    assert [(e.path, e.message) for e in errors] == [
+        ("$.customer_id", "'customer_id' is required."),
+        ("$.lines", "'lines' is required."),
+    ]
+
+
+def test_a_wrong_type_at_the_top_is_reported_at_the_root() -> None:
+    assert paths(["not", "an", "object"]) == [("$", "type")]
+
+
+def test_messages_about_sensitive_arguments_do_not_quote_their_values() -> None:
+    errors = validate_arguments(
+        ORDER,
+        {"customer_id": "c1", "lines": [], "card": {"number": "4242-secret"}},
+        sensitive_fields=["card.number"],
+    )
+    [error] = errors
+    assert error.path == "$.card.number"
+    assert "4242-secret" not in error.message
+    assert (
+        "4242-secret"
+        in validate_arguments(
+            ORDER, {"customer_id": "c1", "lines": [], "card": {"number": "4242-secret"}}
+        )[0].message
+    )
+
+
+def test_odd_argument_names_get_bracketed_paths() -> None:
+    assert json_path(["a b", 2, "ok", "it's"]) == "$['a b'][2].ok['it\\'s']"
+    assert json_path(["a.b"]) == "$['a.b']"
+
+
+def test_argument_paths_walk_objects_arrays_refs_and_branches() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "lines": {"type": "array", "items": {"$ref": "#/$defs/line"}},
+            "contact": {
+                "anyOf": [{"type": "object", "properties": {"email": {}}}, {"type": "null"}]
+            },
+        },
+        "$defs": {
+            "line": {
+                "type": "object",
+                "properties": {"card": {"type": "object", "properties": {"number": {}}}},
+            }
+        },
+    }
+    assert has_argument_path(schema, "lines.card.number")
+    assert has_argument_path(schema, "contact.email")
+    assert not has_argument_path(schema, "contact.phone")
+    assert not has_argument_path(schema, "lines.sku")
+    assert not has_argument_path(schema, "")
+
+
+def test_invalid_arguments_are_refused_by_the_api_with_every_path(world: World) -> None:
+    response = world.api().submit(
+        {
+            "tool": "update_customer",
+            "arguments": {"customer_id": "nope", "changes": {"plan": "gold", "age": 3}},
+            "session_id": "s1",
+        }
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_arguments"
+    assert [(d["path"], d["validator"]) for d in error["details"]] == [
+        ("$.changes.age", "additionalProperties"),
+        ("$.changes.plan", "enum"),
+        ("$.customer_id", "pattern"),
+    ]
+
+
+def test_a_registered_tool_never_runs_its_handler_on_invalid_arguments() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def handler(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        calls.append(arguments)
+        return {}
+
+    name = f"guarded_{uuid.uuid4().hex[:6]}"
+    spec = registry.tool(
+        name=name, description="Guarded.", input_schema=GOOD_SCHEMA, risk=Risk.READ
+    )(handler)
+    try:
+        ctx = ToolContext(call_id=uuid.uuid4(), idempotency_key="k", timeout=1)
+        with pytest.raises(InvalidArguments) as refused:
+            spec(ctx, {"customer_id": 5})
+        assert [p.path for p in refused.value.problems] == ["$.amount_cents", "$.customer_id"]
+        assert calls == []
+        assert spec(ctx, {"customer_id": "c1", "amount_cents": 5}) == {}
+        assert len(calls) == 1
+    finally:
+        registry.unregister(name)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": "bad name!"}, "must match"),
+        (
+            {"input_schema": {"type": "object", "properties": {"a": {"type": 3}}}},
+            "invalid JSON Schema",
+        ),
+        ({"sensitive_fields": ["card.number"]}, "not in its schema"),
+        ({"risk": "dangerous"}, "risk must be"),
+        ({"description": "  "}, "needs a description"),
+    ],
+)
+def test_a_malformed_declaration_fails_at_import_time(
+    options: dict[str, Any], message: str
+) -> None:
+    declaration = {
+        "name": "credit_account",
+        "description": "Credit.",
+        "input_schema": GOOD_SCHEMA,
+        "risk": Risk.WRITE,
+        **options,
+    }
+    with pytest.raises(ValueError, match=message):
+        registry.tool(**declaration)
+    assert "credit_account" not in {t.name for t in registry.registered()}
+
+
+def test_a_name_cannot_be_registered_twice() -> None:
+    with tool_in_code() as spec, pytest.raises(ValueError, match="already registered"):
+        registry.tool(
+            name=spec.name, description="Other.", input_schema=GOOD_SCHEMA, risk=Risk.READ
+        )(lambda ctx, arguments: {})
+
+
+def test_lookup_and_preview_attach_as_decorators_or_keywords() -> None:
+    def preview(arguments: dict[str, Any]) -> str:
+        return f"Credits {arguments['amount_cents']} cents."
+
+    with tool_in_code(preview=preview) as spec:
+        assert spec.preview_fn is preview
+        assert spec.lookup_fn is None
+
+        @spec.lookup
+        def _lookup(ctx: ToolContext) -> LookupResult:
+            return LookupResult.not_found()
+
+        assert spec.lookup_fn is _lookup
+        assert registry.get(spec.name).preview_fn({"amount_cents": 5}) == "Credits 5 cents."
+
+
+def test_the_version_changes_with_the_description_or_the_schema() -> None:
+    base = registry.tool_version("t", "d", GOOD_SCHEMA)
+    assert registry.tool_version("t", "d", dict(GOOD_SCHEMA)) == base
+    assert registry.tool_version("t", "d2", GOOD_SCHEMA) != base
+    assert registry.tool_version("t", "d", {**GOOD_SCHEMA, "required": []}) != base

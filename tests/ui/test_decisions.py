@@ -1,0 +1,230 @@
+"""Deciding: quorum, veto, separation of duties, binding, typed confirmation, fresh sign-in."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from approvals import reauth, services
+from approvals.models import Status, ToolCall
+from audit.models import AuditEvent
+from tests.conftest import World, executions_sent
+from tests.ui.conftest import login, make_call
+from tools_registry import services as registry_services
+
+
+def approve(call: ToolCall, reviewer, **extra):  # type: ignore[no-untyped-def]
+    return services.decide(call_id=call.pk, reviewer=reviewer, verdict="approve", **extra)
+
+
+def fresh() -> dict[str, object]:
+    return {"authenticated_at": timezone.now()}
+
+
+def test_a_quorum_needs_n_distinct_reviewers(
+    world: World, dave, django_capture_on_commit_callbacks
+) -> None:
+    call = make_call(world, "delete_customer")  # destructive: two approvals by default
+    with django_capture_on_commit_callbacks() as sent:
+        first = approve(call, world.bob, confirmation="delete_customer", **fresh())
+    assert (first.decided, first.approvals, first.call.status) == (False, 1, Status.PENDING)
+    assert executions_sent(sent) == []
+    with pytest.raises(services.AlreadyVoted):
+        approve(call, world.bob, confirmation="delete_customer", **fresh())
+    with django_capture_on_commit_callbacks() as sent:
+        second = approve(call, dave, confirmation="delete_customer", **fresh())
+    assert (second.decided, second.approvals, second.call.status) == (True, 2, Status.APPROVED)
+    assert executions_sent(sent) == [call.pk], "the executor is sent the call once"
+
+
+def test_one_rejection_vetoes_and_needs_a_comment(world: World, dave) -> None:
+    call = make_call(world, "delete_customer")
+    approve(call, world.bob, confirmation="delete_customer", **fresh())
+    with pytest.raises(services.CommentRequired):
+        services.decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="  ")
+    result = services.decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="No.")
+    assert result.call.status == Status.REJECTED
+    registry_services.grant_review(tool=world.tools["delete_customer"], user=world.charlie)
+    with pytest.raises(services.NotPending):
+        approve(call, world.charlie, confirmation="delete_customer", **fresh())
+
+
+def test_the_agents_owner_cannot_approve_but_may_reject(world: World) -> None:
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.alice)
+    call = make_call(world)
+    with pytest.raises(services.SeparationOfDuties):
+        approve(call, world.alice)
+    rejected = services.decide(
+        call_id=call.pk, reviewer=world.alice, verdict="reject", comment="Mine, wrong."
+    )
+    assert rejected.call.status == Status.REJECTED
+
+
+@pytest.mark.parametrize("acting_for", ["Bob", "BOB@example.com"])
+def test_the_person_the_agent_acts_for_cannot_approve(world: World, acting_for: str) -> None:
+    call = make_call(world, on_behalf_of=acting_for)
+    with pytest.raises(services.SeparationOfDuties):
+        approve(call, world.bob)
+
+
+def test_an_outsider_cannot_decide(world: World) -> None:
+    call = make_call(world)
+    with pytest.raises(PermissionDenied):
+        approve(call, world.charlie)
+
+
+def test_the_approval_binds_to_what_was_shown_and_the_tool_version(world: World) -> None:
+    call = make_call(world)
+    with pytest.raises(services.ArgumentsChanged):
+        approve(call, world.bob, shown_arguments_hash="0" * 64)
+    ToolCall.objects.filter(pk=call.pk).update(
+        arguments={**call.arguments, "to": "eve@example.com"}
+    )
+    with pytest.raises(services.ArgumentsChanged):
+        approve(call, world.bob, shown_arguments_hash=call.arguments_hash)
+    other = make_call(world)
+    tool = world.tools["send_email"]
+    tool.version = "changed00000000"
+    tool.save()
+    with pytest.raises(services.ArgumentsChanged, match="definition changed"):
+        approve(other, world.bob, shown_arguments_hash=other.arguments_hash)
+    assert ToolCall.objects.get(pk=other.pk).status == Status.PENDING
+
+
+def test_a_destructive_approval_needs_the_typed_tool_name(world: World) -> None:
+    call = make_call(world, "delete_customer")
+    for typed in (None, "", "delete", "DELETE_CUSTOMER", "send_email"):
+        with pytest.raises(services.ConfirmationRequired):
+            approve(call, world.bob, confirmation=typed, **fresh())
+    assert approve(call, world.bob, confirmation=" delete_customer ", **fresh()).approvals == 1
+
+
+def test_a_destructive_approval_needs_a_recent_sign_in(world: World, settings) -> None:
+    settings.APPROVALS_REAUTH_WINDOW_SECONDS = 600
+    call = make_call(world, "delete_customer")
+    now = timezone.now()
+    for when in (None, now - timedelta(seconds=601), now + timedelta(hours=1)):
+        with pytest.raises(services.ReauthenticationRequired):
+            approve(call, world.bob, confirmation="delete_customer", authenticated_at=when)
+    approve(
+        call,
+        world.bob,
+        confirmation="delete_customer",
+        authenticated_at=now - timedelta(seconds=590),
+    )
+
+
+def test_writes_and_rejections_need_neither(world: World) -> None:
+    assert approve(make_call(world), world.bob).decided
+    call = make_call(world, "delete_customer")
+    assert services.decide(
+        call_id=call.pk, reviewer=world.bob, verdict="reject", comment="No"
+    ).decided
+
+
+def test_an_overdue_call_expires_instead_of_being_decided(world: World) -> None:
+    call = make_call(world, created_at=timezone.now() - timedelta(hours=2))
+    with pytest.raises(services.NotPending, match="expired"):
+        approve(call, world.bob)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.EXPIRED
+    assert AuditEvent.objects.filter(call_id=call.pk, action="call.expired").exists()
+
+
+# --- Through the web ----------------------------------------------------------------------
+
+
+def post_decision(client, call: ToolCall, verdict: str, **fields):  # type: ignore[no-untyped-def]
+    data = {"verdict": verdict, "comment": "", "arguments_hash": call.arguments_hash, **fields}
+    return client.post(f"/approvals/{call.pk}/decide/", data, HTTP_HX_REQUEST="true")
+
+
+def test_an_htmx_decision_swaps_the_panel_with_the_outcome(world: World, bob_client) -> None:
+    call = make_call(world)
+    response = post_decision(bob_client, call, "approve")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert body.lstrip().startswith('<section id="decision-panel"')
+    assert "Approved" in body and "Next call" in body
+    assert "<html" not in body
+
+
+def test_the_loser_of_a_race_sees_the_current_state_not_an_error(world: World, dave) -> None:
+    call = make_call(world)
+    bob, other = login(world.bob), login(dave)
+    bob.get(f"/approvals/{call.pk}/")
+    other.get(f"/approvals/{call.pk}/")
+    post_decision(other, call, "reject", comment="Wrong customer.")
+    response = post_decision(bob, call, "approve")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "This call is already rejected." in body
+    assert "Rejected" in body and "Wrong customer." in body
+    assert 'name="verdict"' not in body
+    # Without htmx, the full page says the same with 409.
+    full = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    assert full.status_code == 409
+    assert "already rejected" in full.content.decode()
+
+
+def test_a_destructive_approval_through_the_web(world: World, bob_client) -> None:
+    call = make_call(world, "delete_customer")
+    refused = post_decision(bob_client, call, "approve", confirmation="delete")
+    assert "Type the tool&#x27;s name, delete_customer" in refused.content.decode()
+    ok = post_decision(bob_client, call, "approve", confirmation="delete_customer")
+    assert "1 of 2 approvals" in ok.content.decode()
+
+
+def test_a_stale_sign_in_is_sent_to_re_authenticate(world: World, bob_client) -> None:
+    call = make_call(world, "delete_customer")
+    session = bob_client.session
+    session[reauth.SESSION_KEY] = (timezone.now() - timedelta(days=1)).timestamp()
+    session.save()
+    body = post_decision(
+        bob_client, call, "approve", confirmation="delete_customer"
+    ).content.decode()
+    assert "needs a sign-in from the last 15 minutes" in body
+    assert f'href="/approvals/reauthenticate/?next=/approvals/{call.pk}/"' in body
+    assert call.decisions.count() == 0
+
+
+def test_deciding_is_post_only_and_needs_the_csrf_token(world: World) -> None:
+    from django.test import Client
+
+    call = make_call(world)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.bob)
+    assert client.get(f"/approvals/{call.pk}/decide/").status_code == 405
+    response = client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    assert response.status_code == 403
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING
+
+
+@pytest.mark.parametrize("switched_off", ["tool", "agent"])
+def test_a_call_whose_tool_or_agent_was_switched_off_cannot_be_approved(
+    world: World, switched_off: str
+) -> None:
+    """Disabling a tool or an agent during an incident stops its waiting calls too."""
+    call = make_call(world, "send_email")
+    if switched_off == "tool":
+        registry_services.update_policy(
+            tool=world.tools["send_email"], changes={"enabled": False}, changed_by=None
+        )
+    else:
+        registry_services.set_enabled(agent=world.agent, enabled=False, changed_by=None)
+    with pytest.raises(services.CannotRun, match="cannot run"):
+        approve(call, world.bob)
+    call.refresh_from_db()
+    assert (call.status, call.decisions.count()) == (Status.PENDING, 0)
+    rejected = services.decide(
+        call_id=call.pk, reviewer=world.bob, verdict="reject", comment="Switched off."
+    )
+    assert rejected.call.status == Status.REJECTED

@@ -1,0 +1,403 @@
+"""The tool admins' screens. Every change goes through ``tools_registry.services``, so the
+admin can neither skip the policy rules nor leave a change out of the audit trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html, format_html_join
+from guardian.admin import (
+    AdminGroupObjectPermissionsForm,
+    AdminUserObjectPermissionsForm,
+    GuardedModelAdmin,
+)
+
+from tools_registry import services
+from tools_registry.lint import lint_tool
+from tools_registry.models import Agent, AgentToken, Tool
+from tools_registry.policy import POLICY_FIELDS, policy_values
+
+PERMISSION_LABELS = {
+    "review_tool": "Review this tool's calls",
+    "reveal_tool_arguments": "Reveal this tool's masked arguments",
+}
+
+
+# --- Tools: policy and lint -------------------------------------------------------------
+
+
+class ToolPolicyForm(forms.ModelForm):
+    class Meta:
+        model = Tool
+        fields = list(POLICY_FIELDS)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # The same rules as update_policy, reported next to the fields they are about.
+        # self.instance still holds the stored policy here (the form copies onto it later).
+        values = {**policy_values(self.instance), **cleaned}
+        try:
+            services.check_policy(self.instance, values)
+        except services.PolicyInvalid as exc:
+            for field, problems in exc.message_dict.items():
+                for problem in problems:
+                    self.add_error(field if field in self.fields else None, problem)
+        return cleaned
+
+
+def _permissions_form(base: type[forms.Form]) -> type[forms.Form]:
+    """Guardian's per-user / per-team permission form, saving through the audited service."""
+
+    class AuditedObjectPermissionsForm(base):  # type: ignore[misc,valid-type]
+        changed_by: Any = None
+
+        def _subject(self) -> dict[str, Any]:
+            return {"user": self.user} if hasattr(self, "user") else {"group": self.group}
+
+        def get_obj_perms_field_choices(self) -> list[tuple[str, str]]:
+            return [(c, PERMISSION_LABELS[c]) for c in services.OBJECT_PERMISSIONS]
+
+        def get_obj_perms_field_initial(self) -> list[str]:
+            held = services.current_permissions(tool=self.obj, **self._subject())
+            return sorted(held & set(services.OBJECT_PERMISSIONS))
+
+        def save_obj_perms(self) -> None:
+            services.set_permissions(
+                tool=self.obj,
+                permissions=self.cleaned_data[self.get_obj_perms_field_name()],
+                changed_by=self.changed_by,
+                **self._subject(),
+            )
+
+    return AuditedObjectPermissionsForm
+
+
+AuditedUserPermissionsForm = _permissions_form(AdminUserObjectPermissionsForm)
+AuditedGroupPermissionsForm = _permissions_form(AdminGroupObjectPermissionsForm)
+
+
+@admin.register(Tool)
+class ToolAdmin(GuardedModelAdmin):
+    """Tools come from code (``sync_tools``); admins set the policy and the reviewer grants
+    (the "Object permissions" page: per user or per team)."""
+
+    form = ToolPolicyForm
+    list_display = [
+        "name",
+        "risk",
+        "enabled",
+        "in_code",
+        "approvals_required",
+        "timeout_seconds",
+        "policy_version",
+        "lint_passes",
+    ]
+    list_filter = ["risk", "enabled", "in_code"]
+    search_fields = ["name", "description"]
+    readonly_fields = [
+        "name",
+        "description",
+        "input_schema",
+        "risk",
+        "version",
+        "in_code",
+        "policy_version",
+        "lint_report",
+        "created_at",
+        "updated_at",
+    ]
+    fieldsets = [
+        (
+            "Declared in code",
+            {"fields": ["name", "risk", "description", "input_schema", "version", "in_code"]},
+        ),
+        ("Schema lint", {"fields": ["lint_report"]}),
+        (
+            "Policy",
+            {
+                "fields": [
+                    "enabled",
+                    "timeout_seconds",
+                    "max_attempts",
+                    "approvals_required",
+                    "approval_ttl_seconds",
+                    "reminder_after_seconds",
+                    "escalation_group",
+                    "rate_limit_per_agent",
+                    "rate_limit_per_user",
+                    "breaker_threshold",
+                    "breaker_cooldown_seconds",
+                    "sensitive_fields",
+                    "policy_version",
+                ]
+            },
+        ),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(boolean=True, description="Lint")
+    def lint_passes(self, tool: Tool) -> bool:
+        return not lint_tool(tool)
+
+    @admin.display(description="Lint result")
+    def lint_report(self, tool: Tool) -> str:
+        problems = lint_tool(tool)
+        if not problems:
+            return "The definition passes every lint rule."
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li><code>{}</code> at <code>{}</code>: {}</li>",
+                ((p.rule, p.path, p.message) for p in problems),
+            ),
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # tools are declared in code and created by sync_tools
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tool | None = None) -> bool:
+        return False  # disable a tool instead: its calls and audit trail refer to it
+
+    def save_model(
+        self, request: HttpRequest, obj: Tool, form: forms.ModelForm, change: bool
+    ) -> None:
+        changes = {
+            name: form.cleaned_data[name] for name in form.changed_data if name in POLICY_FIELDS
+        }
+        saved = services.update_policy(tool=obj, changes=changes, changed_by=request.user)
+        obj.policy_version = saved.policy_version
+
+    def get_obj_perms_manage_user_form(self, request: HttpRequest) -> type[forms.Form]:
+        return type(
+            "UserPermissionsForm", (AuditedUserPermissionsForm,), {"changed_by": request.user}
+        )
+
+    def get_obj_perms_manage_group_form(self, request: HttpRequest) -> type[forms.Form]:
+        return type(
+            "GroupPermissionsForm", (AuditedGroupPermissionsForm,), {"changed_by": request.user}
+        )
+
+    # --- Agents and tokens ------------------------------------------------------------------
+
+
+class AgentTokenInline(admin.TabularInline):
+    model = AgentToken
+    extra = 0
+    fields = ["prefix", "label", "created_at", "created_by", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "label", "created_at", "created_by", "last_used_at", "revoked_at"]
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # issued with "Issue a token", which shows the secret once
+
+
+class AgentForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        fields = [
+            "name",
+            "description",
+            "owner",
+            "allowed_tools",
+            "max_rounds_per_session",
+            "enabled",
+        ]
+
+    def clean_max_rounds_per_session(self) -> int:
+        rounds = self.cleaned_data["max_rounds_per_session"]
+        if rounds < 1:
+            raise forms.ValidationError("An agent needs at least 1 round per session.")
+        return rounds
+
+
+class IssueTokenForm(forms.Form):
+    label = forms.CharField(max_length=100, required=False, help_text="What the token is for.")
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
+    list_display = ["name", "owner", "enabled", "max_rounds_per_session", "created_at"]
+    list_filter = ["enabled"]
+    search_fields = ["name"]
+    filter_horizontal = ["allowed_tools"]
+    inlines = [AgentTokenInline]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Agent | None = None) -> bool:
+        return False  # disable an agent instead: its calls and audit trail refer to it
+
+    def save_model(
+        self, request: HttpRequest, obj: Agent, form: forms.ModelForm, change: bool
+    ) -> None:
+        services.save_agent(
+            agent=obj, allowed_tools=form.cleaned_data.get("allowed_tools"), changed_by=request.user
+        )
+
+    def save_related(
+        self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool
+    ) -> None:
+        # save_agent already stored (and audited) the allowlist; only the inlines are left.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def get_urls(self) -> list[URLPattern]:
+        issue = path(
+            "<path:object_id>/issue-token/",
+            self.admin_site.admin_view(self.issue_token_view),
+            name="tools_registry_agent_issue_token",
+        )
+        rotate = path(
+            "<path:object_id>/rotate-webhook-secret/",
+            self.admin_site.admin_view(self.rotate_webhook_secret_view),
+            name="tools_registry_agent_rotate_webhook_secret",
+        )
+        return [issue, rotate, *super().get_urls()]
+
+    def rotate_webhook_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Rotate the agent's webhook secret (POST) and show the new one on that response
+        only, like a token: the agent's operator copies it into the agent's configuration."""
+        agent = self.get_object(request, unquote(object_id))
+        if agent is None:
+            raise Http404("No such agent.")
+        if not self.has_change_permission(request, agent):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": agent,
+            "title": f"Webhook secret of {agent.name}",
+        }
+        if request.method == "POST":
+            secret = services.rotate_webhook_secret(agent=agent, rotated_by=request.user)
+            response = TemplateResponse(
+                request,
+                "admin/tools_registry/agent/webhook_secret.html",
+                {**context, "secret": secret},
+            )
+        else:
+            response = TemplateResponse(
+                request, "admin/tools_registry/agent/webhook_secret.html", context
+            )
+        add_never_cache_headers(response)
+        return response
+
+    def issue_token_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Issue a token and show it on this one response; it is never stored or shown again.
+
+        The plaintext goes straight into the page, not into a message: messages are kept
+        in a cookie or the session table, which would write the secret down.
+        """
+        agent = self.get_object(request, unquote(object_id))
+        if agent is None:
+            raise Http404("No such agent.")
+        if not request.user.has_perm("tools_registry.add_agenttoken"):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": agent,
+            "title": f"Issue a token for {agent.name}",
+        }
+        form = IssueTokenForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            token, plaintext = services.issue_token(
+                agent=agent, created_by=request.user, label=form.cleaned_data["label"]
+            )
+            response = TemplateResponse(
+                request,
+                "admin/tools_registry/agent/token_issued.html",
+                {**context, "token": token, "plaintext": plaintext},
+            )
+            add_never_cache_headers(response)
+            return response
+        return TemplateResponse(
+            request, "admin/tools_registry/agent/issue_token.html", {**context, "form": form}
+        )
+
+
+@admin.action(description="Revoke the selected tokens", permissions=["change"])
+def revoke_tokens(
+    admin_: AgentTokenAdmin, request: HttpRequest, queryset: QuerySet[AgentToken]
+) -> None:
+    revoked = 0
+    for token in queryset.filter(revoked_at__isnull=True):
+        services.revoke_token(token=token, revoked_by=request.user)
+        revoked += 1
+    admin_.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(admin.ModelAdmin):
+    """Tokens are listed and revoked here; they are never edited or deleted (history)."""
+
+    list_display = [
+        "prefix",
+        "agent",
+        "label",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "agent"]
+    search_fields = ["prefix", "label", "agent__name"]
+    list_select_related = ["agent", "created_by"]
+    readonly_fields = [
+        "agent",
+        "label",
+        "prefix",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+    ]
+    exclude = ["secret_hash"]
+    actions = [revoke_tokens]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AgentToken | None = None) -> bool:
+        # Allowed on the list (for the revoke action), never on one token: nothing is editable.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: AgentToken | None = None) -> bool:
+        return False
+
+
+# --- People: team membership and superuser status widen reviewer scopes -----------------
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class AuditedUserAdmin(UserAdmin):
+    """Django's user admin, auditing what changes whose calls a person may review: joining
+    a team gives its grants, and a superuser reviews every tool."""
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        user = form.instance
+        # The form's initial values are what the person had before this save.
+        initial = form.initial if change else {}
+        before = {
+            "groups": sorted(g.name for g in initial.get("groups", [])),
+            "is_active": initial.get("is_active", True),
+            "is_staff": initial.get("is_staff", False),
+            "is_superuser": initial.get("is_superuser", False),
+        }
+        super().save_related(request, form, formsets, change)
+        services.record_access_change(user=user, before=before, changed_by=request.user)

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+from tools_registry.policy import Risk
+
+
+class Tool(models.Model):
+    """A tool agents may call. Declared in code; its policy is set by tool admins."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.TextField()
+    input_schema = models.JSONField(default=dict)
+    risk = models.CharField(max_length=16, choices=Risk.choices)
+    # Hash of name, description and schema: recorded on every call, bound into approvals.
+    version = models.CharField(max_length=16)
+    # False once the handler disappeared from code; such a tool can never run.
+    in_code = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+
+    # Policy. Defaults come from the risk class (tools_registry.policy).
+    timeout_seconds = models.FloatField()
+    max_attempts = models.PositiveSmallIntegerField()
+    rate_limit_per_agent = models.CharField(
+        max_length=32, blank=True, help_text='For example "30/minute"; empty for no limit.'
+    )
+    rate_limit_per_user = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="Limit per end user (on_behalf_of), for example 10/hour; empty for no limit.",
+    )
+    approvals_required = models.PositiveSmallIntegerField()
+    approval_ttl_seconds = models.PositiveIntegerField()
+    breaker_threshold = models.PositiveSmallIntegerField(
+        help_text="Consecutive failures that open the circuit breaker."
+    )
+    breaker_cooldown_seconds = models.PositiveIntegerField()
+    sensitive_fields = models.JSONField(
+        default=list, blank=True, help_text="Dotted argument paths masked everywhere."
+    )
+    reminder_after_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Remind reviewers when a call waits this long."
+    )
+    escalation_group = models.ForeignKey(
+        Group,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Team told when a call is about to expire undecided.",
+    )
+    # Bumped on every policy change; decisions record the version they were made under.
+    policy_version = models.PositiveIntegerField(default=1)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        # The database's backstop for rules update_policy validates with friendlier messages.
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(timeout_seconds__gt=0),
+                name="tool_timeout_positive",
+                violation_error_message="The timeout must be more than 0 seconds.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_attempts__gte=1),
+                name="tool_attempts_at_least_one",
+                violation_error_message="A call needs at least 1 attempt.",
+            ),
+            # Writes and destructive calls are never retried by the executor.
+            models.CheckConstraint(
+                condition=models.Q(risk="read") | models.Q(max_attempts=1),
+                name="tool_writes_run_once",
+                violation_error_message="Write and destructive calls run once: max attempts must be 1.",
+            ),
+        ]
+        permissions = [
+            ("review_tool", "Can review calls of this tool"),
+            ("reveal_tool_arguments", "Can reveal masked arguments of this tool's calls"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def runnable(self) -> bool:
+        return self.enabled and self.in_code
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.risk != Risk.READ
+
+
+class ToolUserObjectPermission(UserObjectPermissionBase):
+    """Direct foreign-key grant of a permission on one tool to one user (guardian)."""
+
+    content_object = models.ForeignKey(Tool, on_delete=models.CASCADE)
+
+
+class ToolGroupObjectPermission(GroupObjectPermissionBase):
+    """Direct foreign-key grant of a permission on one tool to a team (guardian)."""
+
+    content_object = models.ForeignKey(Tool, on_delete=models.CASCADE)
+
+
+def _new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Agent(models.Model):
+    """A program that calls tools through Countersign, owned by a person."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_agents"
+    )
+    allowed_tools = models.ManyToManyField(Tool, blank=True, related_name="agents")
+    max_rounds_per_session = models.PositiveIntegerField(default=10)
+    # Signs the webhooks Countersign sends to this agent (HMAC-SHA256).
+    webhook_secret = models.CharField(max_length=64, default=_new_webhook_secret)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AgentToken(models.Model):
+    """A bearer token of an agent. Only a hash of the secret part is stored."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+    label = models.CharField(max_length=100, blank=True)
+    # Public, unique part of the token: finds the row without scanning hashes.
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name} token {self.prefix}"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,217 @@
+"""Tools declared in code. Only handlers registered here can ever run.
+
+@tool(name="send_email", description="...", input_schema={...}, risk=Risk.WRITE)
+def send_email(ctx: ToolContext, arguments: dict) -> dict: ...
+
+@send_email.lookup
+def _(ctx: ToolContext) -> LookupResult: ...   # did the effect with ctx.idempotency_key happen?
+
+@send_email.preview
+def _(arguments: dict) -> str: ...              # what approving would do, for the reviewer
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from audit.canonical import canonical_json, sha256_hex
+from tools_registry.policy import Risk
+from tools_registry.schemas import (
+    ArgumentError,
+    has_argument_path,
+    schema_problems,
+    validate_arguments,
+)
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a handler knows about the call it runs."""
+
+    call_id: UUID
+    # Stable for the call: every attempt, retry and re-run passes the same key downstream.
+    idempotency_key: str
+    timeout: float
+    attempt: int = 1
+    agent_name: str = ""
+    on_behalf_of: str = ""
+
+
+class ToolFailed(Exception):
+    """The handler knows the effect did not happen (the downstream refused the request).
+
+    Any other exception leaves the outcome unknown, to be reconciled.
+    """
+
+    def __init__(self, message: str, *, code: str = "tool_failed", retryable: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What the downstream says about an idempotency key: found (with the result) or not."""
+
+    found: bool | None  # None: it cannot tell
+    result: JSON | None = None
+
+    @classmethod
+    def found_with(cls, result: JSON) -> LookupResult:
+        return cls(found=True, result=result)
+
+    @classmethod
+    def not_found(cls) -> LookupResult:
+        return cls(found=False)
+
+    @classmethod
+    def cannot_tell(cls) -> LookupResult:
+        return cls(found=None)
+
+
+Handler = Callable[[ToolContext, JSON], JSON]
+Lookup = Callable[[ToolContext], LookupResult]
+Preview = Callable[[JSON], str]
+
+
+@dataclass
+class RegisteredTool:
+    name: str
+    description: str
+    input_schema: JSON
+    risk: str
+    handler: Handler
+    sensitive_fields: tuple[str, ...] = ()
+    # True when the downstream refuses a second effect for the same key, which makes a
+    # re-run after an unknown outcome safe.
+    honours_idempotency_key: bool = False
+    lookup_fn: Lookup | None = None
+    preview_fn: Preview | None = None
+    version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version = tool_version(self.name, self.description, self.input_schema)
+
+    def lookup(self, fn: Lookup) -> Lookup:
+        """Decorator: how to ask the downstream whether the effect of a key happened."""
+        self.lookup_fn = fn
+        return fn
+
+    def preview(self, fn: Preview) -> Preview:
+        """Decorator: a sentence that tells the reviewer what approving would do."""
+        self.preview_fn = fn
+        return fn
+
+    def __call__(self, ctx: ToolContext, arguments: JSON) -> JSON:
+        """Run the handler on valid arguments only; invalid ones never reach it."""
+        problems = validate_arguments(
+            self.input_schema, arguments, sensitive_fields=self.sensitive_fields
+        )
+        if problems:
+            raise InvalidArguments(problems)
+        return self.handler(ctx, arguments)
+
+
+class InvalidArguments(ToolFailed):
+    """The arguments do not match the tool's schema; the handler was not called."""
+
+    def __init__(self, problems: list[ArgumentError]):
+        super().__init__(
+            "; ".join(f"{p.path}: {p.message}" for p in problems), code="invalid_arguments"
+        )
+        self.problems = problems
+
+
+def tool_version(name: str, description: str, input_schema: JSON) -> str:
+    payload = {"name": name, "description": description, "input_schema": input_schema}
+    return sha256_hex(canonical_json(payload))[:16]
+
+
+_registry: dict[str, RegisteredTool] = {}
+
+# What the agent ecosystems accept as a tool name (OpenAI and Anthropic both use it).
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class UnknownTool(LookupError):
+    pass
+
+
+def tool(
+    *,
+    name: str,
+    description: str,
+    input_schema: JSON,
+    risk: str,
+    sensitive_fields: Iterable[str] = (),
+    honours_idempotency_key: bool = False,
+    lookup: Lookup | None = None,
+    preview: Preview | None = None,
+) -> Callable[[Handler], RegisteredTool]:
+    """Declare a tool and its handler. A name can be registered once.
+
+    A malformed declaration (bad name, invalid JSON Schema, a sensitive field the schema
+    does not declare) fails at import time, not on the first call. ``lookup`` and
+    ``preview`` may be given here or attached with ``@spec.lookup`` / ``@spec.preview``.
+    """
+    if risk not in Risk.values:
+        raise ValueError(f"risk must be one of {Risk.values}, not {risk!r}")
+    if not TOOL_NAME.match(name):
+        raise ValueError(f"tool name {name!r} must match {TOOL_NAME.pattern}")
+    if not description.strip():
+        raise ValueError(f"tool {name!r} needs a description")
+    problems = schema_problems(input_schema)
+    if problems:
+        raise ValueError(f"tool {name!r} has an invalid JSON Schema: {'; '.join(problems)}")
+    sensitive = tuple(sensitive_fields)
+    unknown = [path for path in sensitive if not has_argument_path(input_schema, path)]
+    if unknown:
+        raise ValueError(f"tool {name!r}: sensitive fields {unknown} are not in its schema")
+
+    def register(handler: Handler) -> RegisteredTool:
+        if name in _registry and _registry[name].handler is not handler:
+            raise ValueError(f"tool {name!r} is already registered")
+        registered = RegisteredTool(
+            name=name,
+            description=description,
+            input_schema=input_schema,
+            risk=risk,
+            handler=handler,
+            sensitive_fields=sensitive,
+            honours_idempotency_key=honours_idempotency_key,
+            lookup_fn=lookup,
+            preview_fn=preview,
+        )
+        _registry[name] = registered
+        return registered
+
+    return register
+
+
+def get(name: str) -> RegisteredTool:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownTool(name) from None
+
+
+def registered() -> list[RegisteredTool]:
+    return sorted(_registry.values(), key=lambda t: t.name)
+
+
+def unregister(name: str) -> RegisteredTool | None:
+    """Remove a tool from the in-code registry and return it (tests that simulate deleted
+    code use it, then ``restore`` it)."""
+    return _registry.pop(name, None)
+
+
+def restore(spec: RegisteredTool) -> None:
+    """Put back a tool that ``unregister`` removed."""
+    _registry[spec.name] = spec

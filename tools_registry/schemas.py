@@ -1,0 +1,159 @@
+"""Validation of call arguments against a tool's JSON Schema (Draft 2020-12).
+
+Every error comes back, each with the JSON path of the value it is about. A missing
+required argument is reported at the path it should have had (``$.customer_id``) and each
+unexpected argument at its own path, so an agent can fix all of them in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import SchemaError, ValidationError
+
+from audit.canonical import canonical_json
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ArgumentError:
+    path: str  # JSON path of the offending value, "$" for the arguments object itself
+    message: str
+    validator: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message, "validator": self.validator}
+
+
+def json_path(parts: Iterable[Any]) -> str:
+    """``$.changes.email``, ``$.items[2]``, ``$['odd key']``."""
+    path = "$"
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _IDENTIFIER.match(str(part)):
+            path += f".{part}"
+        else:
+            # RFC 9535 normalized path: single quotes, with \ and ' escaped.
+            escaped = str(part).replace("\\", "\\\\").replace("'", "\\'")
+            path += f"['{escaped}']"
+    return path
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: bytes) -> Draft202012Validator:
+    schema = json.loads(schema_json)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+def validator_for(schema: Mapping[str, Any]) -> Draft202012Validator:
+    return _validator(canonical_json(schema))
+
+
+def validate_arguments(
+    schema: Mapping[str, Any], arguments: Any, *, sensitive_fields: Iterable[str] = ()
+) -> list[ArgumentError]:
+    """Every error, each with its JSON path; an empty list means the arguments are valid.
+
+    Messages about a value under one of ``sensitive_fields`` do not quote the value, since
+    errors are returned to the agent, stored for idempotent replays and audited.
+    """
+    sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
+    found: list[ArgumentError] = []
+    for error in validator_for(schema).iter_errors(arguments):
+        for parts, message in _located(error):
+            if _under_sensitive(parts, sensitive):
+                message = f"The value at {json_path(parts)} is not valid ({error.validator})."
+            found.append(ArgumentError(json_path(parts), message, str(error.validator)))
+    found.sort(key=lambda e: (e.path, e.validator, e.message))
+    return found
+
+
+def _located(error: ValidationError) -> Iterator[tuple[list[Any], str]]:
+    """One (path, message) per problem; ``required`` and ``additionalProperties`` errors
+    point at the argument they are about rather than at the enclosing object."""
+    parent = list(error.absolute_path)
+    instance = error.instance
+    if error.validator == "required" and isinstance(instance, dict):
+        for name in error.validator_value:
+            if name not in instance and error.message == f"{name!r} is a required property":
+                yield [*parent, name], f"{name!r} is required."
+                return
+    if (
+        error.validator == "additionalProperties"
+        and error.validator_value is False
+        and isinstance(instance, dict)
+    ):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        declared = schema.get("properties", {})
+        patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+        extras = [
+            key
+            for key in instance
+            if key not in declared and not any(p.search(key) for p in patterns)
+        ]
+        if extras:
+            for key in sorted(extras):
+                yield [*parent, key], f"{key!r} is not an argument of this tool."
+            return
+    yield parent, error.message
+
+
+def _under_sensitive(parts: list[Any], sensitive: list[tuple[str, ...]]) -> bool:
+    # Lists are walked transparently, as the masking does: "cards.number" covers cards[3].number.
+    names = tuple(str(p) for p in parts if not isinstance(p, int))
+    return any(names[: len(field)] == field for field in sensitive if field)
+
+
+def schema_problems(schema: Any) -> list[str]:
+    """Why a schema is not valid Draft 2020-12 (empty when it is)."""
+    if not isinstance(schema, dict):
+        return ["$: the schema must be a JSON object."]
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return [f"{json_path(exc.absolute_path)}: {exc.message}"]
+    return []
+
+
+def has_argument_path(schema: Mapping[str, Any], dotted: str) -> bool:
+    """Whether ``dotted`` (``changes.email``) names an argument the schema declares.
+
+    Arrays are walked transparently, the way masking walks lists; ``anyOf``/``oneOf``/
+    ``allOf`` branches and local ``$ref``s count.
+    """
+    parts = [p for p in dotted.split(".") if p]
+    return bool(parts) and _path_exists(schema, parts, root=schema, depth=0)
+
+
+def _path_exists(schema: Any, parts: list[str], *, root: Mapping[str, Any], depth: int) -> bool:
+    if not parts:
+        return True
+    if not isinstance(schema, Mapping) or depth > 32:
+        return False
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for key in ref[2:].split("/"):
+            target = target.get(key) if isinstance(target, Mapping) else None
+        if _path_exists(target, parts, root=root, depth=depth + 1):
+            return True
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(keyword) or []:
+            if _path_exists(branch, parts, root=root, depth=depth + 1):
+                return True
+    items = schema.get("items")
+    if isinstance(items, Mapping) and _path_exists(items, parts, root=root, depth=depth + 1):
+        return True
+    properties = schema.get("properties")
+    if isinstance(properties, Mapping) and parts[0] in properties:
+        return _path_exists(properties[parts[0]], parts[1:], root=root, depth=depth + 1)
+    return False

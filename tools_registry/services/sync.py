@@ -1,0 +1,112 @@
+"""Tool rows from the tools declared in code, keeping what admins set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from audit.log import record
+from tools_registry import registry
+from tools_registry.models import Tool
+from tools_registry.policy import POLICY_FIELDS, defaults_for, policy_values, validate_policy
+
+# Fields that come from code; everything else on Tool belongs to the admins.
+CODE_FIELDS = ("description", "input_schema", "risk", "version")
+
+
+@dataclass
+class SyncReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+@transaction.atomic
+def sync_tools(*, actor: Any = None) -> SyncReport:
+    """Make the Tool rows match the in-code registry, keeping what admins set.
+
+    New tools get their risk class's default policy. Existing tools get the code's
+    description, schema, risk and version; their policy is left alone, except that fields
+    the code newly declares sensitive are added to the masked ones (masking only ever
+    widens from code). Tools whose code is gone are disabled; when the code comes back the
+    tool stays disabled until an admin enables it again.
+    """
+    report = SyncReport()
+    declared = {spec.name: spec for spec in registry.registered()}
+    # The row locks make two concurrent syncs (two deploys) apply one after the other.
+    existing = {t.name: t for t in Tool.objects.select_for_update()}
+    for name, spec in declared.items():
+        code_values = {
+            "description": spec.description,
+            "input_schema": spec.input_schema,
+            "risk": spec.risk,
+            "version": spec.version,
+        }
+        tool = existing.get(name)
+        if tool is None:
+            tool = Tool.objects.create(
+                name=name,
+                sensitive_fields=list(spec.sensitive_fields),
+                **code_values,
+                **defaults_for(spec.risk).as_fields(),
+            )
+            report.created.append(name)
+            record(
+                action="tool.registered",
+                actor=actor,
+                tool=tool,
+                data={"version": spec.version, "risk": spec.risk},
+            )
+            continue
+        changed: dict[str, Any] = {k: v for k, v in code_values.items() if getattr(tool, k) != v}
+        if not tool.in_code:
+            changed["in_code"] = True
+        if "risk" in changed:
+            changed.update(_policy_for_new_risk(tool, spec.risk, spec.input_schema))
+        newly_sensitive = [f for f in spec.sensitive_fields if f not in tool.sensitive_fields]
+        if newly_sensitive:
+            changed["sensitive_fields"] = [*tool.sensitive_fields, *newly_sensitive]
+        if any(name in POLICY_FIELDS for name in changed):
+            changed["policy_version"] = tool.policy_version + 1
+        if not changed:
+            report.unchanged.append(name)
+            continue
+        before = {k: getattr(tool, k) for k in changed if k != "input_schema"}
+        for key, value in changed.items():
+            setattr(tool, key, value)
+        tool.save(update_fields=[*changed, "updated_at"])
+        report.updated.append(name)
+        record(
+            action="tool.updated_from_code",
+            actor=actor,
+            tool=tool,
+            data={
+                "before": before,
+                "after": {k: v for k, v in changed.items() if k != "input_schema"},
+                "schema_changed": "input_schema" in changed,
+            },
+        )
+    for name, tool in existing.items():
+        if name not in declared and (tool.in_code or tool.enabled):
+            tool.in_code = False
+            tool.enabled = False
+            tool.policy_version += 1
+            tool.save(update_fields=["in_code", "enabled", "policy_version", "updated_at"])
+            report.disabled.append(name)
+            record(action="tool.disabled_code_gone", actor=actor, tool=tool, data={})
+    return report
+
+
+def _policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, Any]:
+    """The policy fields a new risk class does not allow, reset to that class's defaults.
+
+    A read that became a write may no longer be retried and now needs an approval; a write
+    that became a read needs none. Fields the admins set that stay valid are kept.
+    """
+    current = policy_values(tool)
+    problems = validate_policy(risk=risk, values=current, input_schema=input_schema)
+    defaults = defaults_for(risk).as_fields()
+    return {name: defaults[name] for name in problems if name in defaults}
