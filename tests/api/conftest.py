@@ -84,6 +84,9 @@ class Probe:
     fail_first: int = 0  # fail this many calls, whatever the mode, then follow it
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # When set, each call waits (at most 10 s) for this event before answering: a test holds
+    # the tool busy until everything it races against has been answered.
+    hold: threading.Event | None = None
 
     def run(self, ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -91,6 +94,8 @@ class Probe:
             failing = self.calls <= self.fail_first
         if self.delay:
             time.sleep(self.delay)
+        if self.hold is not None:
+            self.hold.wait(timeout=10)
         if self.mode == "fail" or failing:
             raise ConnectionError("the inventory service reset the connection")
         if self.mode == "timeout":

@@ -3,6 +3,7 @@ one probe through after the cool-down, and closes (or opens again) on the probe'
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -38,15 +39,27 @@ def test_it_opens_refuses_half_opens_with_one_probe_and_closes(
         assert refused["Retry-After"] == "1"
         assert probe.calls == calls_before + 3
 
-        # Half-open: of 20 simultaneous calls exactly one reaches the tool.
+        # Half-open: of 20 simultaneous calls exactly one reaches the tool. The probe stays
+        # busy until the other 19 are answered, however slowly the threads start.
         time.sleep(1.1)
-        probe.mode, probe.delay = "ok", 0.3
-        codes = Counter(in_threads(20, lambda _: live_world.api().submit(stock_call()).status_code))
+        probe.mode, probe.hold = "ok", threading.Event()
+        refused = Counter[int]()
+        lock = threading.Lock()
+
+        def submit(_: int) -> int:
+            status = live_world.api().submit(stock_call()).status_code
+            with lock:
+                refused[status] += 1
+                if refused[503] == 19 and probe.hold is not None:
+                    probe.hold.set()
+            return status
+
+        codes = Counter(in_threads(20, submit))
         assert codes == {200: 1, 503: 19}, (cycle, codes)
         assert probe.calls == calls_before + 4
 
         # The probe succeeded: closed again.
-        probe.delay = 0.0
+        probe.hold = None
         assert [_status(live_world) for _ in range(4)] == [200] * 4
     opened = AuditEvent.objects.filter(action="tool.breaker_opened", tool_name="check_stock")
     closed = AuditEvent.objects.filter(action="tool.breaker_closed", tool_name="check_stock")
