@@ -179,8 +179,22 @@ def record_outcome(*, tool_name: str, status: str, error: dict[str, Any] | None)
 
 
 def reset(tool_name: str) -> None:
-    """Close the breaker (an operator's decision, and the tests' clean slate)."""
+    """Close the breaker without a trace (the tests' clean slate)."""
     _store().success(tool_name)
+
+
+def close_by_operator(tool: Tool, *, reason: str) -> bool:
+    """An operator closes the tool's breaker before its cool-down ends (the downstream is
+    known to be healthy again); audited with the reason. Returns whether it was open."""
+    was_open = bool(_store().success(tool.name))
+    logger.info("breaker of %s closed by an operator", tool.name)
+    _audit(
+        tool.name,
+        "tool.breaker_closed",
+        {"by_operator": True, "reason": reason, "was_open": was_open},
+        tool=tool,
+    )
+    return was_open
 
 
 def _audit(tool_name: str, action: str, data: dict[str, Any], tool: Tool | None = None) -> None:

@@ -38,7 +38,7 @@ ACTIONS: dict[str, str] = {
     "call.webhook_failed": "Countersign gave up delivering a call's webhook to the agent.",
     # Tools at run time (approvals/breaker.py).
     "tool.breaker_opened": "A tool failed too often in a row; calls are refused for the cool-down.",
-    "tool.breaker_closed": "A tool's probe call succeeded; calls flow again.",
+    "tool.breaker_closed": "A tool's probe call succeeded, or an operator closed its breaker (`reset_breaker`); calls flow again.",
     # Tools, policy, grants, tokens (tools_registry/services.py, the admin).
     "tool.registered": "A tool declared in code got its Tool row.",
     "tool.updated_from_code": "A tool's description, schema or risk changed in code.",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -193,17 +192,3 @@ def _as_text(value: Any) -> str:
     from audit.canonical import canonical_json
 
     return value if isinstance(value, str) else canonical_json(value).decode()
-
-
-class MaskingLogFilter(logging.Filter):
-    """Runs the detectors over every log line, so no handler ever prints a secret."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        cleaned = mask_text(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True

@@ -362,16 +362,16 @@ AUDIT_ANCHOR_PATH = Path(env_str("AUDIT_ANCHOR_PATH") or VAR_DIR / "audit-anchor
 # Key of the fingerprints masked values keep ([masked:email:3f9a1c2b]); SECRET_KEY if unset.
 AUDIT_MASK_KEY = env_str("AUDIT_MASK_KEY")
 
+# Every log record is masked when it is made (audit.receivers.masking_record_factory,
+# installed by the audit app), before any handler sees it: no per-handler filter needed.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"mask_secrets": {"()": "audit.masking.MaskingLogFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["mask_secrets"],
         }
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from approvals import breaker
@@ -148,3 +150,24 @@ def test_the_embedded_breaker_admits_one_probe_among_threads() -> None:
     assert Counter(in_threads(30, try_admit)) == {"probe": 1, "refused": 29}
     assert store.success(tool.name) is True
     assert breaker.admit(tool).probe_token == ""
+
+
+def test_an_operator_closes_an_open_breaker_with_a_reason(
+    world: World, probe_tool_cleanup: None
+) -> None:
+    probe = install_probe_tool(world, breaker_threshold=2, breaker_cooldown_seconds=600)
+    probe.mode = "fail"
+    assert [_status(world) for _ in range(3)] == [502, 502, 503]
+
+    out = StringIO()
+    call_command("reset_breaker", "check_stock", "--reason", "inventory API fixed", stdout=out)
+    assert out.getvalue().strip() == "breaker of check_stock closed"
+    probe.mode = "ok"
+    assert _status(world) == 200, "calls flow again before the cool-down ends"
+    event = AuditEvent.objects.get(action="tool.breaker_closed", tool_name="check_stock")
+    assert event.data == {"by_operator": True, "reason": "inventory API fixed", "was_open": True}
+
+    with pytest.raises(CommandError, match="No tool named 'nope'"):
+        call_command("reset_breaker", "nope", "--reason", "x")
+    with pytest.raises(CommandError, match="reason"):
+        call_command("reset_breaker", "check_stock", "--reason", "  ")
