@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from approvals import breaker
 from audit.models import AuditEvent
-from tests.api.conftest import SEND_EMAIL, in_threads, install_probe_tool, stock_call
+from tests.api.conftest import SEND_EMAIL, Probe, in_threads, install_probe_tool, stock_call
 from tests.conftest import World
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
@@ -22,6 +22,23 @@ from tools_registry.policy import Risk
 
 def _status(world: World, body: dict | None = None) -> int:
     return world.api().submit(body or stock_call()).status_code
+
+
+def _race_the_probe(world: World, probe: Probe, *, callers: int) -> Counter[int]:
+    """Submit from ``callers`` threads at once; the probe (if any gets through) is released
+    once all the others have been refused."""
+    answered: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def submit(_: int) -> int:
+        status = world.api().submit(stock_call()).status_code
+        with lock:
+            answered[status] += 1
+            if answered[503] == callers - 1 and probe.hold is not None:
+                probe.hold.set()
+        return status
+
+    return Counter(in_threads(callers, submit))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -45,18 +62,7 @@ def test_it_opens_refuses_half_opens_with_one_probe_and_closes(
         # busy until the other 19 are answered, however slowly the threads start.
         time.sleep(1.1)
         probe.mode, probe.hold = "ok", threading.Event()
-        refused = Counter[int]()
-        lock = threading.Lock()
-
-        def submit(_: int) -> int:
-            status = live_world.api().submit(stock_call()).status_code
-            with lock:
-                refused[status] += 1
-                if refused[503] == 19 and probe.hold is not None:
-                    probe.hold.set()
-            return status
-
-        codes = Counter(in_threads(20, submit))
+        codes = _race_the_probe(live_world, probe, callers=20)
         assert codes == {200: 1, 503: 19}, (cycle, codes)
         assert probe.calls == calls_before + 4
 
