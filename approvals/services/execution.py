@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from approvals import events, notify, transitions
 from approvals.models import Status, ToolCall
-from approvals.services.common import move
+from approvals.services.common import CANNOT_RUN, cannot_run_code, move
 from tools_registry.policy import Risk
 
 DESTRUCTIVE_FAILED = "A destructive call failed; a person must decide what happens next."
@@ -45,8 +45,15 @@ def handler_budget_seconds(*, timeout_seconds: float, max_attempts: int) -> floa
     return float(timeout_seconds) * max(int(max_attempts), 1)
 
 
+def claim_source(risk: str) -> str:
+    """The status a call is claimed from: reads run straight from intake, everything else
+    only after approval."""
+    return Status.RECEIVED if risk == Risk.READ else Status.APPROVED
+
+
 def claim_call(*, call_id: UUID) -> Claim | None:
-    """Take an approved (or a received read) call for execution; None if someone else has it.
+    """Take an approved (or a received read) call for execution; None if someone else has it,
+    or if it may no longer run (then it fails here, see ``refuse_call``).
 
     The conditional UPDATE is the lock: ``WHERE status = <source> AND fence = <as read>``.
     Of any number of deliveries of the same task exactly one matches; one that read the
@@ -58,9 +65,13 @@ def claim_call(*, call_id: UUID) -> Claim | None:
     call = ToolCall.objects.select_related("tool", "agent").filter(pk=call_id).first()
     if call is None:
         return None
-    # Reads run straight from intake; everything else only after approval.
-    source = Status.RECEIVED if call.risk == Risk.READ else Status.APPROVED
+    source = claim_source(call.risk)
     if call.status != source:
+        return None
+    if cannot_run_code(call):
+        # Approved while it could run; since then its tool or agent was switched off or the
+        # tool's definition changed. The approval does not cover that: it fails unrun.
+        refuse_call(call_id=call_id)
         return None
     transitions.require(source, Status.EXECUTING)
     tool = call.tool
@@ -99,6 +110,38 @@ def claim_call(*, call_id: UUID) -> Claim | None:
         on_behalf_of=call.on_behalf_of,
         call=call,
     )
+
+
+@transaction.atomic
+def refuse_call(*, call_id: UUID) -> ToolCall | None:
+    """Fail an approved call (or a received read) that may no longer run, without running it;
+    None if it is no longer waiting to run or may run after all.
+
+    Under the row lock no claim can take the call meanwhile (a claim's UPDATE waits for the
+    lock, then matches nothing). The error carries the reason's code (``CANNOT_RUN``); the
+    agent may retry a write once the tool or agent is back. Nothing ran, so nothing is
+    unknown and nothing is escalated, whatever the risk class.
+    """
+    call = (
+        ToolCall.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent")
+        .filter(pk=call_id)
+        .first()
+    )
+    if call is None or call.status != claim_source(call.risk):
+        return None
+    code = cannot_run_code(call)
+    if not code:
+        return None
+    now = timezone.now()
+    move(
+        call,
+        Status.FAILED,
+        error={"code": code, "message": CANNOT_RUN[code]},
+        finished_at=now,
+    )
+    events.execution_refused(call, code=code, reason=CANNOT_RUN[code])
+    return call
 
 
 @dataclass(frozen=True)
