@@ -121,6 +121,23 @@ def execution_finished(call: ToolCall, *, outcome: Outcome) -> AuditEvent:
     )
 
 
+def execution_refused(call: ToolCall, *, code: str, reason: str) -> AuditEvent:
+    """The claim found the call may no longer run; it failed without its handler running."""
+    return record(
+        action="call.execution_refused",
+        outcome=call.status,
+        call=call,
+        data={
+            "code": code,
+            "reason": reason,
+            "tool_version": call.tool_version,
+            "current_tool_version": call.tool.version,
+            "tool_enabled": call.tool.runnable,
+            "agent_enabled": call.agent.enabled,
+        },
+    )
+
+
 def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome: Outcome) -> AuditEvent:
     return record(
         action="call.stale_result_discarded",

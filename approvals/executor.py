@@ -2,7 +2,9 @@
 
 1. claim: conditional UPDATE approved -> executing, fence + 1, lease; the intent audit
    event commits with it (``services.claim_call``). A duplicate delivery claims nothing.
-2. run the handler with the call's stable idempotency key and the tool's timeout, with no
+   A call whose tool or agent was switched off, or whose tool changed, since its approval
+   is not claimed: it fails with that code and its own audit event (``services.refuse_call``).
+2. run the handler (through the registered tool, which validates the arguments first) with the call's stable idempotency key and the tool's timeout, with no
    transaction open.
 3. finish: store the outcome ``WHERE fence = <ours>`` with its audit event
    (``services.finish_call``); a worker whose lease was taken over writes nothing.
@@ -51,7 +53,9 @@ def execute(call_id: UUID) -> services.Outcome | None:
     """Claim, run and finish one call. Returns None when another delivery has it."""
     claim = services.claim_call(call_id=call_id)
     if claim is None:
-        logger.info("call %s not claimable (duplicate delivery or already done); dropped", call_id)
+        logger.info(
+            "call %s not claimed (duplicate delivery, already done, or refused); dropped", call_id
+        )
         return None
     outcome = run_handler(claim)
     if not services.finish_call(claim=claim, outcome=outcome):
@@ -88,7 +92,9 @@ def run_handler(claim: services.Claim) -> services.Outcome:
     def invoke() -> dict:
         nonlocal tries
         tries += 1
-        return _checked_result(spec, spec.handler(ctx, claim.arguments))
+        # Through the registered tool, which checks the arguments against the schema first:
+        # arguments that do not fit never reach a handler, whatever path brought them here.
+        return _checked_result(spec, spec(ctx, claim.arguments))
 
     try:
         if claim.risk == Risk.READ:

@@ -1,7 +1,10 @@
 """The lifecycle of a tool call, as a table. Every status change is checked against it.
 
 read:              received -> executing -> succeeded | failed
+                   received -> failed              (refused at the claim, as approved -> failed)
 write/destructive: received -> pending -> approved -> executing -> succeeded | failed | unknown
+                               approved -> failed  (refused at the claim: the tool or the agent
+                                                    was switched off, or the tool changed)
                                pending -> rejected | expired | cancelled
                                unknown -> succeeded | failed   (reconciled or resolved by a person)
                                unknown -> approved             (reconciled: not done, re-run, same key)
@@ -18,9 +21,9 @@ from approvals.models import Status
 from tools_registry.policy import Risk
 
 ALLOWED: dict[str, frozenset[str]] = {
-    Status.RECEIVED: frozenset({Status.PENDING, Status.EXECUTING}),
+    Status.RECEIVED: frozenset({Status.PENDING, Status.EXECUTING, Status.FAILED}),
     Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}),
-    Status.APPROVED: frozenset({Status.EXECUTING}),
+    Status.APPROVED: frozenset({Status.EXECUTING, Status.FAILED}),
     Status.EXECUTING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN}),
     Status.UNKNOWN: frozenset({Status.SUCCEEDED, Status.FAILED, Status.APPROVED}),
     Status.FAILED: frozenset({Status.APPROVED}),

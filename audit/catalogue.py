@@ -18,6 +18,8 @@ ACTIONS: dict[str, str] = {
     "call.execution_started": "The intent, committed before the handler runs: tool, masked "
     "arguments, agent, session, reasoning, idempotency key, attempt.",
     "call.execution_finished": "The result: status, latency, masked result or error, token cost.",
+    "call.execution_refused": "An approved call was not run: its tool or agent was switched off, "
+    "or the tool changed, since the approval; it failed with that code, its handler never ran.",
     "call.stale_result_discarded": "A worker that lost its lease came back; its result was not "
     "stored.",
     "call.escalated": "The call needs a person (a failed destructive call, an unknown outcome).",

@@ -132,6 +132,14 @@ _DETECTORS: list[Callable[[str], str]] = [
 ]
 
 
+# Every detector's pattern. Text in which none of them matches anywhere is left as it is by
+# every detector, so mask_text returns it at once: most of what is audited (keys, names,
+# statuses, ids) is such text, and searching is cheaper than splitting around markers.
+# (A pattern that matches nowhere in the text matches in no part between markers either:
+# the markers' brackets are neither word characters nor digits, dots, colons or dashes.)
+_PATTERNS = (_PRIVATE_KEY, _API_KEY, _BEARER, _SECRET_ASSIGNMENT, _CARD_CANDIDATE, _EMAIL, _PHONE)
+
+
 def mask_text(text: str) -> str:
     """Mask every secret or personal datum the detectors find in free text.
 
@@ -139,6 +147,8 @@ def mask_text(text: str) -> str:
     never taken for a secret, a card or a phone number, and masking is idempotent.
     """
     if not text:
+        return text
+    if not any(pattern.search(text) for pattern in _PATTERNS):
         return text
     for detector in _DETECTORS:
         parts = _MARKER.split(text)

@@ -41,7 +41,14 @@ from approvals.services.decisions import (
     SeparationOfDuties,
     decide,
 )
-from approvals.services.execution import Claim, Outcome, claim_call, expire_lease, finish_call
+from approvals.services.execution import (
+    Claim,
+    Outcome,
+    claim_call,
+    expire_lease,
+    finish_call,
+    refuse_call,
+)
 from approvals.services.recovery import Reconciliation, reconcile_call
 from approvals.services.reveals import RevealedArguments, RevealRefused, reveal_arguments
 
@@ -81,6 +88,7 @@ __all__ = [
     "needs_a_person",
     "recheck_call",
     "reconcile_call",
+    "refuse_call",
     "rerun_call",
     "resolve_call",
     "retry_call",

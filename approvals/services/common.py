@@ -37,15 +37,30 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     return ""
 
 
-def cannot_run_reason(call: ToolCall) -> str:
-    """Why the call may no longer run (its tool or agent was switched off since), or ""."""
+# Why an approved call may no longer run, by error code (the code the agent gets back).
+CANNOT_RUN = {
+    "tool_disabled": "The tool is disabled or its code is gone, so the call cannot run.",
+    "agent_disabled": "The agent that made this call is disabled, so the call cannot run.",
+    "tool_version_changed": "The tool's definition changed since the agent made this call.",
+}
+
+
+def cannot_run_code(call: ToolCall) -> str:
+    """Why the call may no longer run (its tool or agent was switched off, or the tool's
+    definition changed since), as a key of ``CANNOT_RUN``; "" when it may run."""
     if not call.tool.runnable:
-        return "The tool is disabled or its code is gone, so the call cannot run."
+        return "tool_disabled"
     if not call.agent.enabled:
-        return "The agent that made this call is disabled, so the call cannot run."
+        return "agent_disabled"
     if call.tool.version != call.tool_version:
-        return "The tool's definition changed since the agent made this call."
+        return "tool_version_changed"
     return ""
+
+
+def cannot_run_reason(call: ToolCall) -> str:
+    """Why the call may no longer run, in words, or ""."""
+    code = cannot_run_code(call)
+    return CANNOT_RUN[code] if code else ""
 
 
 def move(call: ToolCall, target: str, **fields: Any) -> None:
