@@ -114,7 +114,9 @@ def _allowed_tool(agent: Agent, payload: ToolCallIn) -> Tool:
         raise Refused(errors.tool_not_allowed(tool.name), tool)
     if not tool.runnable:
         raise Refused(errors.tool_disabled(tool.name), tool)
-    problems = validate_arguments(tool.input_schema, payload.arguments)
+    problems = validate_arguments(
+        tool.input_schema, payload.arguments, sensitive_fields=tool.sensitive_fields
+    )
     if problems:
         raise Refused(errors.invalid_arguments([p.as_dict() for p in problems]), tool)
     return tool

@@ -46,7 +46,8 @@ def test_it_opens_refuses_half_opens_with_one_probe_and_closes(
         refused = Counter[int]()
         lock = threading.Lock()
 
-        def submit(_: int) -> int:
+        # The defaults bind this cycle's counter and lock (ruff B023).
+        def submit(_: int, refused: Counter[int] = refused, lock: threading.Lock = lock) -> int:
             status = live_world.api().submit(stock_call()).status_code
             with lock:
                 refused[status] += 1
