@@ -8,8 +8,8 @@ response. A write commits once, with everything. A read commits the same way wit
 response.
 
 A refusal rolls the transaction back (the key, the round: nothing is spent) and is then
-audited (``call.refused``) on its own. A refused rate-limit hit takes nothing from the
-window, and the user's limit is checked before the agent's.
+audited (``call.refused``) on its own. A call refused by any rate-limit window takes
+nothing from any window (see ``limits.hit``).
 """
 
 from __future__ import annotations
