@@ -15,7 +15,9 @@ makes a concurrent duplicate's insert wait until that transaction ends, so:
 Contract under concurrency: of any number of simultaneous requests with one key and one
 body, exactly one is processed; each other one answers either that request's stored
 response or 409. A request whose process died leaves an ``in_flight`` record that another
-request with the same key and body takes over once ``locked_until`` has passed.
+request with the same key and body takes over once ``locked_until`` has passed; if that
+request had created its call, the call's answer is replayed once the call is terminal,
+and 409 is the answer until then.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ from django.utils import timezone
 from approvals import errors
 from approvals.models import IdempotencyRecord, ToolCall
 from tools_registry.models import Agent
+from tools_registry.policy import LONGEST_READ_SECONDS
 
-# Longer than any inline read can take (timeout x attempts + backoff) under default policy.
-IN_FLIGHT_LOCK = timedelta(seconds=120)
+# How long a request holds its key before another request with it may take over: longer
+# than any read can run inside a request under any valid policy (timeout x attempts +
+# backoff), with a margin for the database work around it and a paused process.
+IN_FLIGHT_GRACE_SECONDS = 30
+IN_FLIGHT_LOCK = timedelta(seconds=LONGEST_READ_SECONDS + IN_FLIGHT_GRACE_SECONDS)
 
 
 def db_time(value: datetime) -> Any:

@@ -28,6 +28,7 @@ from approvals.schemas import ToolCallIn
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
 from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
 
 PENDING_RETRY_AFTER_SECONDS = 5
@@ -64,7 +65,13 @@ def submit(
             if claimed == Claim.TAKEN:
                 raise _KeyTaken
             if claimed == Claim.TAKEN_OVER and (existing := _existing_call(agent, key)):
-                # The key's first request died after creating its call: answer with it.
+                # The key's first request created its call, then died (or is still running
+                # it past its lock). A write's answer is its call as it stands (pending, at
+                # intake); a read has an answer only once terminal: until then the key stays
+                # in use, and a read its request never ran is failed by
+                # sweeps.fail_abandoned_reads.
+                if existing.risk == Risk.READ and not existing.is_terminal:
+                    raise errors.idempotency_key_in_use()
                 response = respond_with(existing)
                 idempotency.complete(agent=agent, key=key, response=response, call=existing)
                 return response
@@ -246,10 +253,11 @@ def respond_with(call: ToolCall) -> StoredResponse:
         )
     if call.status == Status.FAILED and call.risk == "read":
         error = call.error or {}
-        api_error = (
-            errors.timeout(error.get("message", ""))
-            if error.get("code") == "timeout"
-            else errors.tool_failed(error.get("message", "The tool failed."))
-        )
+        if error.get("code") == "timeout":
+            api_error = errors.timeout(error.get("message", ""))
+        elif error.get("code") == "abandoned":
+            api_error = errors.read_abandoned(error.get("message", ""))
+        else:
+            api_error = errors.tool_failed(error.get("message", "The tool failed."))
         return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
     return StoredResponse(status=200, body=body)

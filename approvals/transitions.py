@@ -1,6 +1,7 @@
 """The lifecycle of a tool call, as a table. Every status change is checked against it.
 
 read:              received -> executing -> succeeded | failed
+                   received -> failed      (abandoned: its request died before running it)
 write/destructive: received -> pending -> approved -> executing -> succeeded | failed | unknown
                                pending -> rejected | expired | cancelled
                                unknown -> succeeded | failed   (reconciled or resolved by a person)
@@ -18,7 +19,7 @@ from approvals.models import Status
 from tools_registry.policy import Risk
 
 ALLOWED: dict[str, frozenset[str]] = {
-    Status.RECEIVED: frozenset({Status.PENDING, Status.EXECUTING}),
+    Status.RECEIVED: frozenset({Status.PENDING, Status.EXECUTING, Status.FAILED}),
     Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}),
     Status.APPROVED: frozenset({Status.EXECUTING}),
     Status.EXECUTING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN}),
@@ -36,10 +37,15 @@ class InvalidTransition(Exception):
 
 RERUNS = frozenset({(Status.UNKNOWN, Status.APPROVED), (Status.FAILED, Status.APPROVED)})
 RERUNNABLE_RISKS = frozenset({Risk.WRITE})
+# Only a read is ever ``received`` long enough to be abandoned there; a write is created
+# ``pending`` in the same transaction.
+READS_ONLY = frozenset({(Status.RECEIVED, Status.FAILED)})
 
 
 def allowed(current: str, target: str, *, risk: str | None = None) -> bool:
     if (current, target) in RERUNS and risk not in RERUNNABLE_RISKS:
+        return False
+    if (current, target) in READS_ONLY and risk != Risk.READ:
         return False
     return target in ALLOWED.get(current, frozenset())
 
