@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 import redis
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from approvals import breaker, errors, executor, idempotency, limits, selectors, services
@@ -27,6 +27,7 @@ from approvals.models import AgentSession, Decision, Status, ToolCall
 from approvals.schemas import ToolCallIn
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
+from config import rows
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
@@ -178,23 +179,27 @@ def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
 
 def _tool_with_allowance(agent: Agent, name: str) -> Tool | None:
     """The tool named ``name`` with ``allowed``: whether ``agent`` may call it."""
-    found = Tool.objects.raw(
-        f"SELECT tool.*, EXISTS (SELECT 1 FROM {_ALLOWED_TABLE} allowed "  # noqa: S608
-        "WHERE allowed.agent_id = %s AND allowed.tool_id = tool.id) AS allowed "
-        f"FROM {Tool._meta.db_table} tool WHERE tool.name = %s",
+    with rows.statement(
+        f"SELECT EXISTS (SELECT 1 FROM {_ALLOWED_TABLE} allowed "  # noqa: S608
+        "WHERE allowed.agent_id = %s AND allowed.tool_id = tool.id), "
+        f"{rows.columns(Tool, 'tool')} FROM {Tool._meta.db_table} tool WHERE tool.name = %s",
         [agent.pk, name],
-    )
-    return next(iter(found), None)
+    ) as cursor:
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    tool = rows.from_row(Tool, row[1:])
+    tool.allowed = row[0]  # type: ignore[attr-defined]
+    return tool
 
 
 def _count_round(agent_id: int, session_id: str, limit: int) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {AgentSession._meta.db_table} SET rounds = rounds + 1, last_call_at = %s "  # noqa: S608
-            "WHERE agent_id = %s AND session_id = %s AND rounds < %s",
-            [idempotency.db_time(timezone.now()), agent_id, session_id, limit],
-        )
-        return cursor.rowcount == 1
+    changed = rows.run(
+        f"UPDATE {AgentSession._meta.db_table} SET rounds = rounds + 1, last_call_at = %s "  # noqa: S608
+        "WHERE agent_id = %s AND session_id = %s AND rounds < %s",
+        [idempotency.db_time(timezone.now()), agent_id, session_id, limit],
+    )
+    return changed == 1
 
 
 _ALLOWED_TABLE = Agent.allowed_tools.through._meta.db_table

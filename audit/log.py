@@ -11,6 +11,7 @@ from django.db import connection
 from audit import chain
 from audit.masking import mask_fields, mask_text, mask_value
 from audit.models import ActorType, AuditEvent
+from config import rows
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def record(
         session_id = session_id or call.session_id
     payload = mask_value(mask_fields(dict(data or {}), sensitive_fields))
     actor_type, actor_id, actor_label = _describe_actor(actor)
-    event = AuditEvent.objects.create(
+    event = AuditEvent(
         action=action,
         outcome=outcome,
         actor_type=actor_type,
@@ -62,6 +63,7 @@ def record(
         call_id=getattr(call, "pk", None),
         data=payload,
     )
+    rows.insert(event)  # AuditEvent.objects.create() without composing the INSERT each time
     if connection.vendor != "postgresql":
         # SQLite runs one writing transaction at a time, so sealing inline cannot fork the
         # chain; PostgreSQL's concurrent writers are sealed by the background sealer.
