@@ -160,6 +160,16 @@ def timeout(message: str = "The tool did not answer in time.") -> ApiError:
     )
 
 
+def read_abandoned(message: str) -> ApiError:
+    return ApiError(
+        status=503,
+        code="read_abandoned",
+        message=message,
+        suggestion="Send the call again with a new Idempotency-Key; the read had no effect.",
+        retryable=True,
+    )
+
+
 def tool_failed(message: str) -> ApiError:
     return ApiError(
         status=502,

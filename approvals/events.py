@@ -207,6 +207,16 @@ def execution_resent(call: ToolCall, *, waited_seconds: float) -> AuditEvent:
     )
 
 
+def read_abandoned(call: ToolCall, *, waited_seconds: float) -> AuditEvent:
+    """A read stayed ``received`` past the longest it could run: its request died first."""
+    return record(
+        action="call.abandoned",
+        outcome=call.status,
+        call=call,
+        data={"waited_seconds": round(waited_seconds, 3), "error": call.error},
+    )
+
+
 def lease_expired(call: ToolCall, *, claim_fence: int) -> AuditEvent:
     """A worker went silent past its lease; the fence moved so its late write is refused."""
     return record(

@@ -15,7 +15,9 @@ makes a concurrent duplicate's insert wait until that transaction ends, so:
 Contract under concurrency: of any number of simultaneous requests with one key and one
 body, exactly one is processed; each other one answers either that request's stored
 response or 409. A request whose process died leaves an ``in_flight`` record that another
-request with the same key and body takes over once ``locked_until`` has passed.
+request with the same key and body takes over once ``locked_until`` has passed; if that
+request had created its call, the call's answer is replayed once the call is terminal,
+and 409 is the answer until then.
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ from django.utils import timezone
 
 from approvals import errors
 from approvals.models import IdempotencyRecord, ToolCall
+from config import rows
 from tools_registry.models import Agent
+from tools_registry.policy import LONGEST_READ_SECONDS
 
-# Longer than any inline read can take (timeout x attempts + backoff) under default policy.
-IN_FLIGHT_LOCK = timedelta(seconds=120)
+# How long a request holds its key before another request with it may take over: longer
+# than any read can run inside a request under any valid policy (timeout x attempts +
+# backoff), with a margin for the database work around it and a paused process.
+IN_FLIGHT_GRACE_SECONDS = 30
+IN_FLIGHT_LOCK = timedelta(seconds=LONGEST_READ_SECONDS + IN_FLIGHT_GRACE_SECONDS)
 
 
 def db_time(value: datetime) -> Any:
@@ -64,20 +71,19 @@ def claim(*, agent: Agent, key: str, request_hash: str) -> Claim:
     """
     now = timezone.now()
     table = IdempotencyRecord._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} "  # noqa: S608 - the table name is the model's own
-            "(agent_id, key, request_hash, state, created_at, locked_until) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id, key) DO NOTHING RETURNING id",
-            [
-                agent.pk,
-                key,
-                request_hash,
-                IdempotencyRecord.State.IN_FLIGHT,
-                now,
-                now + IN_FLIGHT_LOCK,
-            ],
-        )
+    with rows.statement(
+        f"INSERT INTO {table} "  # noqa: S608 - the table name is the model's own
+        "(agent_id, key, request_hash, state, created_at, locked_until) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id, key) DO NOTHING RETURNING id",
+        [
+            agent.pk,
+            key,
+            request_hash,
+            str(IdempotencyRecord.State.IN_FLIGHT),
+            db_time(now),
+            db_time(now + IN_FLIGHT_LOCK),
+        ],
+    ) as cursor:
         if cursor.fetchone() is not None:
             return Claim.NEW
     # The conditional UPDATE takes the row lock: of two requests taking over the same
@@ -117,20 +123,19 @@ def complete(*, agent: Agent, key: str, response: StoredResponse, call: ToolCall
     """
     table = IdempotencyRecord._meta.db_table
     as_json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"  # SQLite: text
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET state = %s, response_status = %s, response_body = {as_json}, "  # noqa: S608
-            "call_id = %s, completed_at = %s WHERE agent_id = %s AND key = %s",
-            [
-                IdempotencyRecord.State.COMPLETE,
-                response.status,
-                json.dumps({"body": response.body, "headers": response.headers}),
-                ToolCall._meta.pk.get_db_prep_value(call.pk, connection) if call else None,
-                db_time(timezone.now()),
-                agent.pk,
-                key,
-            ],
-        )
+    rows.run(
+        f"UPDATE {table} SET state = %s, response_status = %s, response_body = {as_json}, "  # noqa: S608
+        "call_id = %s, completed_at = %s WHERE agent_id = %s AND key = %s",
+        [
+            str(IdempotencyRecord.State.COMPLETE),
+            response.status,
+            json.dumps({"body": response.body, "headers": response.headers}),
+            ToolCall._meta.pk.get_db_prep_value(call.pk, connection) if call else None,
+            db_time(timezone.now()),
+            agent.pk,
+            key,
+        ],
+    )
 
 
 def abandon(*, agent: Agent, key: str) -> None:

@@ -8,8 +8,8 @@ response. A write commits once, with everything. A read commits the same way wit
 response.
 
 A refusal rolls the transaction back (the key, the round: nothing is spent) and is then
-audited (``call.refused``) on its own. A refused rate-limit hit takes nothing from the
-window, and the user's limit is checked before the agent's.
+audited (``call.refused``) on its own. A call refused by any rate-limit window takes
+nothing from any window (see ``limits.hit``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 import redis
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from approvals import breaker, errors, executor, idempotency, limits, selectors, services
@@ -27,7 +27,9 @@ from approvals.models import AgentSession, Decision, Status, ToolCall
 from approvals.schemas import ToolCallIn
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
+from config import rows
 from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
 
 PENDING_RETRY_AFTER_SECONDS = 5
@@ -64,7 +66,13 @@ def submit(
             if claimed == Claim.TAKEN:
                 raise _KeyTaken
             if claimed == Claim.TAKEN_OVER and (existing := _existing_call(agent, key)):
-                # The key's first request died after creating its call: answer with it.
+                # The key's first request created its call, then died (or is still running
+                # it past its lock). A write's answer is its call as it stands (pending, at
+                # intake); a read has an answer only once terminal: until then the key stays
+                # in use, and a read its request never ran is failed by
+                # sweeps.fail_abandoned_reads.
+                if existing.risk == Risk.READ and not existing.is_terminal:
+                    raise errors.idempotency_key_in_use()
                 response = respond_with(existing)
                 idempotency.complete(agent=agent, key=key, response=response, call=existing)
                 return response
@@ -114,7 +122,9 @@ def _allowed_tool(agent: Agent, payload: ToolCallIn) -> Tool:
         raise Refused(errors.tool_not_allowed(tool.name), tool)
     if not tool.runnable:
         raise Refused(errors.tool_disabled(tool.name), tool)
-    problems = validate_arguments(tool.input_schema, payload.arguments)
+    problems = validate_arguments(
+        tool.input_schema, payload.arguments, sensitive_fields=tool.sensitive_fields
+    )
     if problems:
         raise Refused(errors.invalid_arguments([p.as_dict() for p in problems]), tool)
     return tool
@@ -169,23 +179,27 @@ def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
 
 def _tool_with_allowance(agent: Agent, name: str) -> Tool | None:
     """The tool named ``name`` with ``allowed``: whether ``agent`` may call it."""
-    found = Tool.objects.raw(
-        f"SELECT tool.*, EXISTS (SELECT 1 FROM {_ALLOWED_TABLE} allowed "  # noqa: S608
-        "WHERE allowed.agent_id = %s AND allowed.tool_id = tool.id) AS allowed "
-        f"FROM {Tool._meta.db_table} tool WHERE tool.name = %s",
+    with rows.statement(
+        f"SELECT EXISTS (SELECT 1 FROM {_ALLOWED_TABLE} allowed "  # noqa: S608
+        "WHERE allowed.agent_id = %s AND allowed.tool_id = tool.id), "
+        f"{rows.columns(Tool, 'tool')} FROM {Tool._meta.db_table} tool WHERE tool.name = %s",
         [agent.pk, name],
-    )
-    return next(iter(found), None)
+    ) as cursor:
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    tool = rows.from_row(Tool, row[1:])
+    tool.allowed = row[0]  # type: ignore[attr-defined]
+    return tool
 
 
 def _count_round(agent_id: int, session_id: str, limit: int) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {AgentSession._meta.db_table} SET rounds = rounds + 1, last_call_at = %s "  # noqa: S608
-            "WHERE agent_id = %s AND session_id = %s AND rounds < %s",
-            [idempotency.db_time(timezone.now()), agent_id, session_id, limit],
-        )
-        return cursor.rowcount == 1
+    changed = rows.run(
+        f"UPDATE {AgentSession._meta.db_table} SET rounds = rounds + 1, last_call_at = %s "  # noqa: S608
+        "WHERE agent_id = %s AND session_id = %s AND rounds < %s",
+        [idempotency.db_time(timezone.now()), agent_id, session_id, limit],
+    )
+    return changed == 1
 
 
 _ALLOWED_TABLE = Agent.allowed_tools.through._meta.db_table
@@ -244,10 +258,11 @@ def respond_with(call: ToolCall) -> StoredResponse:
         )
     if call.status == Status.FAILED and call.risk == "read":
         error = call.error or {}
-        api_error = (
-            errors.timeout(error.get("message", ""))
-            if error.get("code") == "timeout"
-            else errors.tool_failed(error.get("message", "The tool failed."))
-        )
+        if error.get("code") == "timeout":
+            api_error = errors.timeout(error.get("message", ""))
+        elif error.get("code") == "abandoned":
+            api_error = errors.read_abandoned(error.get("message", ""))
+        else:
+            api_error = errors.tool_failed(error.get("message", "The tool failed."))
         return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
     return StoredResponse(status=200, body=body)

@@ -124,6 +124,12 @@ class ToolCall(models.Model):
                 condition=models.Q(status="pending", reminded_at__isnull=True),
                 name="call_pending_unreminded_idx",
             ),
+            # The abandoned-read sweep: a read is received only for moments.
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(status="received"),
+                name="call_received_idx",
+            ),
             models.Index(
                 fields=["lease_until"],
                 condition=models.Q(status="executing"),

@@ -16,8 +16,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from approvals import dispatch, events, notifications, services
+from approvals import dispatch, events, idempotency, intake, notifications, services
 from approvals.models import Status, ToolCall
+from tools_registry.policy import Risk
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class SweepReport:
     rerun: int = 0
     escalated: int = 0
     expired: int = 0
+    reads_abandoned: int = 0
     # Reviewer e-mails (approvals.notifications): new calls, reminders, escalations to a team.
     notified: int = 0
     reminded: int = 0
@@ -109,12 +111,46 @@ def expire_overdue_pending(*, now: datetime | None = None, limit: int = 1000) ->
     return sum(1 for call_id in overdue if services.expire_call(call_id=call_id, now=now))
 
 
+def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Reads left ``received`` by a request that died before running them fail (nothing
+    ran), and their Idempotency-Key now replays that failure instead of staying in flight.
+
+    A read is ``received`` only between its intake's commit and its claim, moments later
+    in the same request; each candidate is failed only past the longest it could run
+    (``services.abandoned_after``), checked again under its row lock.
+    """
+    now = now or timezone.now()
+    # No tool's policy lets a read be abandoned sooner than the grace alone.
+    floor = now - timedelta(seconds=settings.EXECUTOR_LEASE_GRACE_SECONDS)
+    candidates = list(
+        ToolCall.objects.filter(status=Status.RECEIVED, risk=Risk.READ, created_at__lt=floor)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    failed = 0
+    for call_id in candidates:
+        with transaction.atomic():
+            call = services.fail_abandoned_read(call_id=call_id, now=now)
+            if call is not None:
+                # The key's answer commits with the failure: a retry with the key replays it.
+                idempotency.complete(
+                    agent=call.agent,
+                    key=call.request_key,
+                    response=intake.respond_with(call),
+                    call=call,
+                )
+                failed += 1
+    return failed
+
+
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:
-    """Re-sends, lease expiry and expiry of pending calls: quick, database only."""
+    """Re-sends, lease expiry, expiry of pending calls and of abandoned reads: quick,
+    database only."""
     report = SweepReport(
         resent=resend_stalled_approved(now=now),
         leases_expired=expire_leases(now=now),
         expired=expire_overdue_pending(now=now),
+        reads_abandoned=fail_abandoned_reads(now=now),
     )
     if report:
         logger.info("sweep: %s", report.as_dict())
@@ -159,4 +195,5 @@ def run_all(*, now: datetime | None = None) -> SweepReport:
         rerun=reconciliation.rerun,
         escalated=reconciliation.escalated,
         expired=executor.expired,
+        reads_abandoned=executor.reads_abandoned,
     )

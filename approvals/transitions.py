@@ -1,7 +1,8 @@
 """The lifecycle of a tool call, as a table. Every status change is checked against it.
 
 read:              received -> executing -> succeeded | failed
-                   received -> failed              (refused at the claim, as approved -> failed)
+                   received -> failed      (refused at the claim, as approved -> failed; or
+                                            abandoned: its request died before running it)
 write/destructive: received -> pending -> approved -> executing -> succeeded | failed | unknown
                                approved -> failed  (refused at the claim: the tool or the agent
                                                     was switched off, or the tool changed)
@@ -39,10 +40,15 @@ class InvalidTransition(Exception):
 
 RERUNS = frozenset({(Status.UNKNOWN, Status.APPROVED), (Status.FAILED, Status.APPROVED)})
 RERUNNABLE_RISKS = frozenset({Risk.WRITE})
+# Only a read is ever ``received`` long enough to be abandoned there; a write is created
+# ``pending`` in the same transaction.
+READS_ONLY = frozenset({(Status.RECEIVED, Status.FAILED)})
 
 
 def allowed(current: str, target: str, *, risk: str | None = None) -> bool:
     if (current, target) in RERUNS and risk not in RERUNNABLE_RISKS:
+        return False
+    if (current, target) in READS_ONLY and risk != Risk.READ:
         return False
     return target in ALLOWED.get(current, frozenset())
 

@@ -28,6 +28,8 @@ ACTIONS: dict[str, str] = {
     "call.execution_resent": "An approved call's task never started; the sweep sent it again.",
     "call.lease_expired": "A worker went silent past its lease; the fence moved so its late "
     "write is refused, and the outcome became unknown.",
+    "call.abandoned": "A read stayed received past the longest it could run: the request that "
+    "received it died before running it; it failed, nothing ran.",
     "call.rerun": "The call went back to the executor with the same idempotency key (the "
     "downstream said the effect did not happen, or a person confirmed a re-run).",
     "call.resolved": "A person marked the real outcome of a call that needed attention.",

@@ -155,7 +155,9 @@ else:
                 "min_size": 0,
                 "max_size": env_int("DB_POOL_MAX_SIZE", 10),
                 "timeout": env_int("DB_POOL_TIMEOUT", 10),
-            }
+            },
+            # Only config.rows asks for prepared statements (the ORM's cursors never do).
+            "prepare_threshold": 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None,
         }
     DATABASES = {"default": dict(_db)}
 

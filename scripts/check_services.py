@@ -15,7 +15,9 @@ def ensure_database(database_url: str) -> None:
     """Connect through the maintenance database and create the project's one if missing
     (pytest creates its own test_ database, but makemigrations --check reads this one)."""
     name = psycopg.conninfo.conninfo_to_dict(database_url).get("dbname") or "postgres"
-    with psycopg.connect(database_url, connect_timeout=5, dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        database_url, connect_timeout=5, dbname="postgres", autocommit=True
+    ) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if not exists:
             conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))

@@ -96,12 +96,28 @@ MAX_TIMEOUT_SECONDS: dict[str, float] = {
     Risk.DESTRUCTIVE: 600.0,
 }
 MAX_READ_ATTEMPTS = 5
+# The executor never waits longer than this between two attempts of a read
+# (``approvals.executor.READ_BACKOFF``; a test keeps the two in step).
+READ_BACKOFF_MAX_SECONDS = 2.0
 MAX_APPROVALS = 10
 MAX_APPROVAL_TTL_SECONDS = 30 * 24 * 3600
 MAX_BREAKER_THRESHOLD = 1000
 MAX_BREAKER_COOLDOWN_SECONDS = 24 * 3600
 
 PolicyErrors = dict[str, list[str]]
+
+
+def read_run_seconds(*, timeout_seconds: float, max_attempts: int) -> float:
+    """The longest a read can run inside the agent's request: every attempt's timeout and
+    the longest backoff between attempts."""
+    attempts = max(int(max_attempts), 1)
+    return float(timeout_seconds) * attempts + READ_BACKOFF_MAX_SECONDS * (attempts - 1)
+
+
+# ``validate_policy`` keeps every read within these bounds, so no read runs longer.
+LONGEST_READ_SECONDS = read_run_seconds(
+    timeout_seconds=MAX_TIMEOUT_SECONDS[Risk.READ], max_attempts=MAX_READ_ATTEMPTS
+)
 
 
 def rate_limit_problem(value: str) -> str | None:

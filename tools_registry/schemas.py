@@ -63,29 +63,32 @@ def validate_arguments(
 ) -> list[ArgumentError]:
     """Every error, each with its JSON path; an empty list means the arguments are valid.
 
-    Messages about a value under one of ``sensitive_fields`` do not quote the value, since
-    errors are returned to the agent, stored for idempotent replays and audited.
+    Messages about a value under one of ``sensitive_fields``, or about an object or list
+    that contains one (an error at ``card`` when ``card.number`` is sensitive; an error at
+    the root when any field is), do not quote the value, since errors are returned to the
+    agent, stored for idempotent replays and audited.
     """
     sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
     found: list[ArgumentError] = []
     for error in validator_for(schema).iter_errors(arguments):
-        for parts, message in _located(error):
-            if _under_sensitive(parts, sensitive):
+        for parts, message, quotes_instance in _located(error):
+            if quotes_instance and _under_sensitive(parts, sensitive):
                 message = f"The value at {json_path(parts)} is not valid ({error.validator})."
             found.append(ArgumentError(json_path(parts), message, str(error.validator)))
     found.sort(key=lambda e: (e.path, e.validator, e.message))
     return found
 
 
-def _located(error: ValidationError) -> Iterator[tuple[list[Any], str]]:
-    """One (path, message) per problem; ``required`` and ``additionalProperties`` errors
-    point at the argument they are about rather than at the enclosing object."""
+def _located(error: ValidationError) -> Iterator[tuple[list[Any], str, bool]]:
+    """One (path, message, whether the message may quote the value) per problem;
+    ``required`` and ``additionalProperties`` errors point at the argument they are about
+    rather than at the enclosing object, and name it without quoting any value."""
     parent = list(error.absolute_path)
     instance = error.instance
     if error.validator == "required" and isinstance(instance, dict):
         for name in error.validator_value:
             if name not in instance and error.message == f"{name!r} is a required property":
-                yield [*parent, name], f"{name!r} is required."
+                yield [*parent, name], f"{name!r} is required.", False
                 return
     if (
         error.validator == "additionalProperties"
@@ -102,15 +105,20 @@ def _located(error: ValidationError) -> Iterator[tuple[list[Any], str]]:
         ]
         if extras:
             for key in sorted(extras):
-                yield [*parent, key], f"{key!r} is not an argument of this tool."
+                yield [*parent, key], f"{key!r} is not an argument of this tool.", False
             return
-    yield parent, error.message
+    yield parent, error.message, True
 
 
 def _under_sensitive(parts: list[Any], sensitive: list[tuple[str, ...]]) -> bool:
-    # Lists are walked transparently, as the masking does: "cards.number" covers cards[3].number.
+    """Whether the value at ``parts`` is, or contains, a sensitive field.
+
+    Lists are walked transparently, as the masking does: "cards.number" covers
+    cards[3].number. Comparing the shorter of the two paths covers both directions: the
+    value under a sensitive field, and every ancestor whose message could quote it whole.
+    """
     names = tuple(str(p) for p in parts if not isinstance(p, int))
-    return any(names[: len(field)] == field for field in sensitive if field)
+    return any(names[: len(field)] == field[: len(names)] for field in sensitive if field)
 
 
 def schema_problems(schema: Any) -> list[str]:

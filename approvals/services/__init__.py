@@ -21,10 +21,12 @@ from approvals.services.attention import (
 )
 from approvals.services.calls import (
     RetryRefused,
+    abandoned_after,
     cancel_call,
     create_call,
     expire_call,
     expire_locked,
+    fail_abandoned_read,
     retry_call,
 )
 from approvals.services.common import arguments_hash, move
@@ -75,6 +77,7 @@ __all__ = [
     "RevealRefused",
     "RevealedArguments",
     "SeparationOfDuties",
+    "abandoned_after",
     "arguments_hash",
     "cancel_call",
     "claim_call",
@@ -83,6 +86,7 @@ __all__ = [
     "expire_call",
     "expire_lease",
     "expire_locked",
+    "fail_abandoned_read",
     "finish_call",
     "move",
     "needs_a_person",

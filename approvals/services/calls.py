@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from approvals import dispatch, events, transitions
 from approvals.models import Status, ToolCall
 from approvals.services.common import arguments_hash, cannot_run_reason, move
+from config import rows
 from tools_registry.models import Agent, Tool
-from tools_registry.policy import Risk
+from tools_registry.policy import Risk, read_run_seconds
 
 
 # No savepoint: intake calls this inside its own transaction, which a failure here aborts.
@@ -39,7 +41,7 @@ def create_call(
         transitions.require(Status.RECEIVED, Status.PENDING)
         status = Status.PENDING
         expires_at = now + timedelta(seconds=tool.approval_ttl_seconds)
-    call = ToolCall.objects.create(
+    call = ToolCall(
         agent=agent,
         tool=tool,
         tool_version=tool.version,
@@ -59,6 +61,7 @@ def create_call(
         expires_at=expires_at,
         created_at=now,
     )
+    rows.insert(call)  # ToolCall.objects.create() without composing the INSERT each time
     events.call_submitted(call)
     return call
 
@@ -159,3 +162,46 @@ def expire_call(*, call_id: UUID, now: Any = None) -> bool:
         return False
     expire_locked(call, now=now)
     return True
+
+
+ABANDONED_READ = (
+    "The read was never run: the request that received it ended before running it. "
+    "Nothing ran; send the call again with a new Idempotency-Key."
+)
+
+
+def abandoned_after(call: ToolCall) -> datetime:
+    """When a read still ``received`` is certainly abandoned: its request would have run it
+    at once, and no run of it under its tool's policy lasts this long."""
+    run = read_run_seconds(
+        timeout_seconds=call.tool.timeout_seconds, max_attempts=call.tool.max_attempts
+    )
+    return call.created_at + timedelta(seconds=run + settings.EXECUTOR_LEASE_GRACE_SECONDS)
+
+
+@transaction.atomic
+def fail_abandoned_read(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
+    """Fail a read left ``received`` by a request that died before running it; None if
+    it is not (or no longer) abandoned.
+
+    The row lock orders this against the executor's claim (a conditional UPDATE from
+    ``received``): a claim that comes later, from a process that was only paused, matches
+    nothing, so the handler never runs for a call that was answered as failed.
+    """
+    now = now or timezone.now()
+    call = (
+        ToolCall.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent")
+        .filter(pk=call_id, status=Status.RECEIVED, risk=Risk.READ)
+        .first()
+    )
+    if call is None or now < abandoned_after(call):
+        return None
+    move(
+        call,
+        Status.FAILED,
+        error={"code": "abandoned", "message": ABANDONED_READ},
+        finished_at=now,
+    )
+    events.read_abandoned(call, waited_seconds=(now - call.created_at).total_seconds())
+    return call

@@ -17,6 +17,7 @@ from django.utils import timezone
 from approvals import events, notify, transitions
 from approvals.models import Status, ToolCall
 from approvals.services.common import CANNOT_RUN, cannot_run_code, move
+from config import rows
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
 
@@ -283,14 +284,13 @@ _FINISH_SQL = "UPDATE {table} SET {columns} WHERE id = %s AND fence = %s AND sta
 
 def _store_outcome(claim: Claim, values: dict[str, Any]) -> bool:
     """The fenced UPDATE of ``finish_call``, with a statement built once: through the ORM's
-    ``update()`` it took three times the CPU (1.0 against 0.3 ms). The fields prepare the
-    values, as ``update()`` has them prepared."""
+    ``update()`` it took three times the CPU (1.0 against 0.3 ms), and on PostgreSQL it runs
+    as a prepared statement (``config.rows``). The fields prepare the values, as
+    ``update()`` has them prepared."""
     assert values.keys() == _FINISHED_NAMES
     params = [f.get_db_prep_save(values[f.name], connection) for f in _FINISHED]
     call_id = ToolCall._meta.pk.get_db_prep_value(claim.call_id, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(_FINISH_SQL, [*params, call_id, claim.fence, Status.EXECUTING])
-        return cursor.rowcount == 1
+    return rows.run(_FINISH_SQL, [*params, call_id, claim.fence, Status.EXECUTING]) == 1
 
 
 LEASE_EXPIRED_WRITE = (

@@ -122,6 +122,39 @@ def test_sensitive_arguments_of_a_refused_call_are_masked_in_the_audit(world: Wo
     assert "7946" not in json.dumps(event.data)
 
 
+def test_a_refused_calls_error_and_audit_never_quote_a_sensitive_value(world: World) -> None:
+    # Values no secret or PII detector would catch: only the tool's sensitive fields hide them.
+    secret = "zebra-lantern-42"
+    refused = [
+        # The error is about the sensitive value itself...
+        {"customer_id": "cus_0001", "changes": {"email": secret}},
+        # ... and about the object holding it.
+        {"customer_id": "cus_0001", "changes": {"phone": secret, "plan": "gold"}},
+    ]
+    Tool.objects.filter(name="update_customer").update(
+        input_schema={
+            **world.tools["update_customer"].input_schema,
+            "properties": {
+                **world.tools["update_customer"].input_schema["properties"],
+                "changes": {
+                    **world.tools["update_customer"].input_schema["properties"]["changes"],
+                    "maxProperties": 1,
+                },
+            },
+        }
+    )
+    for arguments in refused:
+        body = {"tool": "update_customer", "arguments": arguments, "session_id": "s"}
+        response = world.api().submit(body)
+        error = error_of(response, 400, "invalid_arguments")
+        assert secret not in response.content.decode(), error
+    events = refusals("invalid_arguments")
+    assert len(events) == 2
+    for event in events:
+        assert secret not in json.dumps(event.data)
+        assert {"$.changes.email", "$.changes"} & {d["path"] for d in event.data["details"]}
+
+
 # --- idempotency -----------------------------------------------------------------------
 
 

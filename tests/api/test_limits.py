@@ -6,10 +6,12 @@ import time
 import uuid
 from collections import Counter
 
+import limits as limits_library
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
-from approvals import limits
+from approvals import coordination, limits
 from approvals.models import AgentSession, ToolCall
 from tests.api.conftest import SEND_EMAIL, clear_shared_state, in_threads
 from tests.conftest import World
@@ -84,6 +86,54 @@ def test_a_call_refused_for_its_user_spends_nothing_of_the_agents_limit(world: W
     assert world.api().submit({**SEND_EMAIL, "on_behalf_of": "grace"}).status_code == 202
     assert world.api().submit({**SEND_EMAIL, "on_behalf_of": "linus"}).status_code == 202
     assert world.api().submit({**SEND_EMAIL, "on_behalf_of": "ken"}).status_code == 429
+
+
+def test_a_call_refused_by_the_agents_limit_spends_nothing_of_its_users_window(
+    world: World,
+) -> None:
+    Tool.objects.filter(name="send_email").update(
+        rate_limit_per_agent="1/minute", rate_limit_per_user="2/minute"
+    )
+    ada = {**SEND_EMAIL, "on_behalf_of": "ada"}
+    assert world.api().submit(ada).status_code == 202
+    for _ in range(3):
+        refused = world.api().submit(ada)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["details"]["scope"] == "agent"
+    # Lift the agent's limit: Ada has used one call of her two, not four.
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    assert world.api().submit(ada).status_code == 202
+    refused = world.api().submit(ada)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["details"]["scope"] == "user"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_both_limits_together_are_exact_and_refusals_take_nothing_under_threads(
+    live_world: World,
+) -> None:
+    Tool.objects.filter(name="send_email").update(
+        rate_limit_per_agent="5/minute", rate_limit_per_user="3/minute"
+    )
+    users = ["ada", "grace", "linus"]
+    bodies = [
+        {**SEND_EMAIL, "session_id": f"s-{i}", "on_behalf_of": users[i % 3]} for i in range(30)
+    ]
+    codes = _codes(live_world, bodies)
+    assert codes == {"accepted": 5, "rate_limited": 25}, codes
+    # Each user's window holds exactly that user's admitted calls: no refused call,
+    # whichever window refused it, took anything from another.
+    tool = Tool.objects.get(name="send_email")
+    [per_user] = limits.parse("3/minute")
+    admitted = Counter(c.on_behalf_of for c in ToolCall.objects.all())
+    for user in users:
+        window = (per_user, "tool", str(tool.pk), "user", limits._user_id(user))
+        stats = limits_library.strategies.MovingWindowRateLimiter(
+            limits_library.storage.RedisStorage(
+                settings.REDIS_URL, key_prefix=coordination.key("limits")
+            )
+        ).get_window_stats(*window)
+        assert 3 - stats.remaining == admitted[user], (user, stats, admitted)
 
 
 @override_settings(REDIS_URL="")

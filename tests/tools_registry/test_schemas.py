@@ -102,6 +102,25 @@ def test_messages_about_sensitive_arguments_do_not_quote_their_values() -> None:
     )
 
 
+def test_messages_about_an_object_holding_a_sensitive_argument_do_not_quote_it() -> None:
+    schema = {**ORDER, "properties": {**ORDER["properties"], "card": {"type": "array"}}}
+    card = {"number": "4242-secret"}
+    arguments = {"customer_id": "c1", "lines": [], "card": card}
+    # A wrong type at ``card`` would quote the whole object, the sensitive number with it.
+    [quoted] = validate_arguments(schema, arguments)
+    assert quoted.path == "$.card" and "4242-secret" in quoted.message
+    [masked] = validate_arguments(schema, arguments, sensitive_fields=["card.number"])
+    assert masked.path == "$.card" and "4242-secret" not in masked.message
+    # The root holds every argument: its errors do not quote them either.
+    [root] = validate_arguments(
+        {"type": "object", "maxProperties": 0}, {"card": card}, sensitive_fields=["card.number"]
+    )
+    assert root.path == "$" and "4242-secret" not in root.message
+    # Messages that name an argument without quoting any value are kept as they are.
+    [missing] = validate_arguments(ORDER, {"lines": []}, sensitive_fields=["customer_id"])
+    assert missing.message == "'customer_id' is required."
+
+
 def test_odd_argument_names_get_bracketed_paths() -> None:
     assert json_path(["a b", 2, "ok", "it's"]) == "$['a b'][2].ok['it\\'s']"
     assert json_path(["a.b"]) == "$['a.b']"
