@@ -127,6 +127,24 @@ def tool_disabled(name: str) -> ApiError:
     )
 
 
+def cannot_run(code: str, message: str) -> ApiError:
+    """A read refused at the claim: its tool or agent was switched off, or the tool changed,
+    between intake and running it."""
+    if code == "tool_version_changed":
+        return ApiError(
+            status=409,
+            code=code,
+            message=message,
+            suggestion="Fetch the tool definitions again (GET /api/v1/tools) and call with a new Idempotency-Key.",
+        )
+    return ApiError(
+        status=403,
+        code=code,
+        message=message,
+        suggestion="Do not retry; tell the user the action is unavailable or use another tool.",
+    )
+
+
 def invalid_arguments(errors: list[dict[str, str]]) -> ApiError:
     return ApiError(
         status=400,

@@ -94,7 +94,9 @@ def run_handler(claim: services.Claim) -> services.Outcome:
         tries += 1
         # Through the registered tool, which checks the arguments against the schema first:
         # arguments that do not fit never reach a handler, whatever path brought them here.
-        return _checked_result(spec, spec(ctx, claim.arguments))
+        return _checked_result(
+            spec, spec(ctx, claim.arguments, sensitive_fields=claim.sensitive_fields)
+        )
 
     try:
         if claim.risk == Risk.READ:

@@ -25,6 +25,7 @@ from approvals import breaker, errors, executor, idempotency, limits, selectors,
 from approvals.idempotency import Claim, StoredResponse
 from approvals.models import AgentSession, Decision, Status, ToolCall
 from approvals.schemas import ToolCallIn
+from approvals.services.common import CANNOT_RUN
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
 from config import rows
@@ -94,13 +95,18 @@ def submit(
     except BaseException:
         breaker.release(admission)
         raise
-    return _run_read(agent, key, call)
+    return _run_read(agent, key, call, admission)
 
 
-def _run_read(agent: Agent, key: str, call: ToolCall) -> StoredResponse:
+def _run_read(
+    agent: Agent, key: str, call: ToolCall, admission: breaker.Admission | None
+) -> StoredResponse:
     """Run a committed read now, outside any transaction, with the tool's retries."""
     try:
-        executor.execute(call.pk)
+        if executor.execute(call.pk) is None:
+            # Refused at the claim (the tool or agent was switched off meanwhile): it never
+            # ran, so a half-open probe slot it held is handed back, not left to its lease.
+            breaker.release(admission)
         call.refresh_from_db()
         response = respond_with(call)
         idempotency.complete(agent=agent, key=key, response=response, call=call)
@@ -262,6 +268,8 @@ def respond_with(call: ToolCall) -> StoredResponse:
             api_error = errors.timeout(error.get("message", ""))
         elif error.get("code") == "abandoned":
             api_error = errors.read_abandoned(error.get("message", ""))
+        elif error.get("code") in CANNOT_RUN:
+            api_error = errors.cannot_run(error["code"], error.get("message", ""))
         else:
             api_error = errors.tool_failed(error.get("message", "The tool failed."))
         return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})

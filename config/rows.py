@@ -50,8 +50,9 @@ def _insert_sql(model: type[Model], vendor: str) -> str:
 def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
     """Run one hot-path statement in the current transaction; yields its cursor.
 
-    Bypasses Django's cursor wrapper: no query logging, and database errors arrive as the
-    driver's own exceptions (nothing on these statements catches Django's).
+    Bypasses Django's cursor wrapper (no query logging) but keeps its two safeguards: no
+    statement inside an atomic block that must roll back, and the driver's errors raised as
+    Django's own (``IntegrityError`` ...), marking the connection as it would.
     """
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
@@ -61,8 +62,10 @@ def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
     import psycopg
 
     connection.ensure_connection()
+    connection.validate_no_broken_transaction()
     with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
+        with connection.wrap_database_errors:
+            cursor.execute(sql, params, prepare=True)
         yield cursor
 
 

@@ -109,10 +109,17 @@ class RegisteredTool:
         self.preview_fn = fn
         return fn
 
-    def __call__(self, ctx: ToolContext, arguments: JSON) -> JSON:
-        """Run the handler on valid arguments only; invalid ones never reach it."""
+    def __call__(
+        self, ctx: ToolContext, arguments: JSON, *, sensitive_fields: Iterable[str] = ()
+    ) -> JSON:
+        """Run the handler on valid arguments only; invalid ones never reach it.
+
+        ``sensitive_fields`` adds the fields an admin marked sensitive in the tool's policy to
+        those declared in code: the refusal's messages quote neither."""
         problems = validate_arguments(
-            self.input_schema, arguments, sensitive_fields=self.sensitive_fields
+            self.input_schema,
+            arguments,
+            sensitive_fields=(*self.sensitive_fields, *sensitive_fields),
         )
         if problems:
             raise InvalidArguments(problems)

@@ -39,6 +39,8 @@ class Claim:
     max_attempts: int
     agent_name: str
     on_behalf_of: str
+    # The tool policy's sensitive fields (admins may add to those declared in code).
+    sensitive_fields: tuple[str, ...] = ()
     # The row as claimed, so that finishing writes its audit event without reading it again.
     call: ToolCall | None = field(default=None, repr=False, compare=False)
 
@@ -90,6 +92,7 @@ def claim_call(*, call_id: UUID) -> Claim | None:
         max_attempts=tool.max_attempts,
         agent_name=call.agent.name,
         on_behalf_of=call.on_behalf_of,
+        sensitive_fields=tuple(tool.sensitive_fields or ()),
         call=call,
     )
 

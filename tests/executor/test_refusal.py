@@ -5,6 +5,7 @@ fit the tool's schema never reach a handler either, even from the executor."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -134,6 +135,23 @@ def test_arguments_that_do_not_fit_the_schema_never_reach_the_handler(world: Wor
     assert call.error is not None and call.error["code"] == "invalid_arguments"
     assert sandbox_effects() == [], "the handler ran on invalid arguments"
     assert actions(call)[-2:] == ["call.execution_started", "call.execution_finished"]
+
+
+def test_a_refusal_by_the_schema_quotes_no_field_an_admin_marked_sensitive(
+    world: World,
+) -> None:
+    call = approved_call(world)
+    # Sensitive by the tool's policy only (an admin's addition), not in the code.
+    Tool.objects.filter(pk=call.tool_id).update(sensitive_fields=["to"])
+    canary = "canary-7731-not-an-address"
+    ToolCall.objects.filter(pk=call.pk).update(
+        arguments={"to": canary, "subject": "Hi", "body": "Hi."}
+    )
+    call = run_task(call)
+    assert call.error is not None and call.error["code"] == "invalid_arguments"
+    assert canary not in json.dumps(call.error)
+    trail = AuditEvent.objects.filter(call_id=call.pk).values_list("data", flat=True)
+    assert canary not in json.dumps(list(trail))
 
 
 @pytest.mark.worker
