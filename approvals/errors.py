@@ -118,12 +118,17 @@ def tool_not_allowed(name: str) -> ApiError:
     )
 
 
+UNAVAILABLE_SUGGESTION = (
+    "Do not retry; tell the user the action is unavailable or use another tool."
+)
+
+
 def tool_disabled(name: str) -> ApiError:
     return ApiError(
         status=403,
         code="tool_disabled",
         message=f"The tool {name!r} is disabled.",
-        suggestion="Do not retry; tell the user the action is unavailable or use another tool.",
+        suggestion=UNAVAILABLE_SUGGESTION,
     )
 
 
@@ -141,7 +146,7 @@ def cannot_run(code: str, message: str) -> ApiError:
         status=403,
         code=code,
         message=message,
-        suggestion="Do not retry; tell the user the action is unavailable or use another tool.",
+        suggestion=UNAVAILABLE_SUGGESTION,
     )
 
 

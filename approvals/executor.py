@@ -40,13 +40,14 @@ from approvals import breaker, services
 from approvals.models import Status
 from audit.masking import mask_text
 from tools_registry import registry
-from tools_registry.policy import Risk
+from tools_registry.policy import READ_BACKOFF_MAX_SECONDS, Risk
 from tools_registry.registry import RegisteredTool, ToolContext, ToolFailed
 
 logger = logging.getLogger(__name__)
 
-# Backoff between read attempts: 0.2 s, 0.4 s, ... plus up to 0.2 s of jitter, at most 2 s.
-READ_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2)
+# Backoff between read attempts: 0.2 s, 0.4 s, ... plus up to 0.2 s of jitter, capped where
+# the policy's longest read (and so the idempotency key's in-flight lock) expects it.
+READ_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=READ_BACKOFF_MAX_SECONDS, jitter=0.2)
 
 
 def execute(call_id: UUID) -> services.Outcome | None:

@@ -2,7 +2,7 @@
 
 The ORM spends more CPU composing a statement than PostgreSQL spends running it; on the
 submit path (bench/bench_submit.py) that was most of the request. These helpers build
-each model's column list and INSERT once per process and then only convert values, the
+each model's column list, INSERT and UPDATE once per process and then only convert values, the
 way ``Model.save()`` and a queryset do (``pre_save`` and ``get_db_prep_save`` on the way in,
 the fields' converters on the way out), with no signals: none of the models they are used
 for has receivers, and the tests cover their rows like any other.
@@ -85,6 +85,37 @@ def insert(obj: Model) -> Model:
     obj._state.adding = False
     obj._state.db = connection.alias
     return obj
+
+
+def update(model: type[Model], values: dict[str, Any], *, where: dict[str, Any]) -> int:
+    """``UPDATE ... SET values WHERE where`` (field names, equality joined with AND), values
+    prepared as ``QuerySet.update()`` prepares them; the number of rows it changed."""
+    field = _concrete(model)
+    params = [
+        *(field[n].get_db_prep_save(v, connection) for n, v in values.items()),
+        *(field[n].get_db_prep_value(v, connection) for n, v in where.items()),
+    ]
+    return run(_update_sql(model, tuple(values), tuple(where)), params)
+
+
+@cache
+def _concrete(model: type[Model]) -> dict[str, Field]:
+    return {f.name: f for f in model._meta.concrete_fields}
+
+
+@cache
+def _update_sql(model: type[Model], names: tuple[str, ...], where: tuple[str, ...]) -> str:
+    quote, field = connection.ops.quote_name, _concrete(model)
+
+    def column(name: str) -> str:
+        return quote(str(field[name].column))
+
+    # Names from the model's own metadata, never from a request.
+    return (
+        f"UPDATE {quote(model._meta.db_table)} "  # noqa: S608
+        f"SET {', '.join(f'{column(n)} = %s' for n in names)} "
+        f"WHERE {' AND '.join(f'{column(n)} = %s' for n in where)}"
+    )
 
 
 @cache

@@ -32,3 +32,12 @@ def test_no_statement_runs_in_a_transaction_that_must_roll_back() -> None:
         transaction.set_rollback(True)  # what an error caught inside the block leaves
         with pytest.raises(TransactionManagementError):
             rows.insert(Group(name="after the error"))
+
+
+def test_an_update_changes_only_the_rows_its_conditions_match() -> None:
+    night = rows.insert(Group(name="night shift"))
+    rows.insert(Group(name="day shift"))
+    assert rows.update(Group, {"name": "late shift"}, where={"id": night.pk, "name": "day"}) == 0
+    assert rows.update(Group, {"name": "late shift"}, where={"id": night.pk}) == 1
+    names = Group.objects.order_by("name").values_list("name", flat=True)
+    assert list(names) == ["day shift", "late shift"]

@@ -97,7 +97,7 @@ MAX_TIMEOUT_SECONDS: dict[str, float] = {
 }
 MAX_READ_ATTEMPTS = 5
 # The executor never waits longer than this between two attempts of a read
-# (``approvals.executor.READ_BACKOFF``; a test keeps the two in step).
+# (``approvals.executor.READ_BACKOFF`` is capped at it).
 READ_BACKOFF_MAX_SECONDS = 2.0
 MAX_APPROVALS = 10
 MAX_APPROVAL_TTL_SECONDS = 30 * 24 * 3600

@@ -264,36 +264,11 @@ def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
     return True
 
 
-# What finishing writes, ``WHERE id = %s AND fence = <the claim's> AND status = 'executing'``.
-_FINISHED_NAMES = frozenset(
-    {
-        "status",
-        "result",
-        "error",
-        "latency_ms",
-        "lease_until",
-        "finished_at",
-        "updated_at",
-        "needs_attention",
-        "attention_reason",
-    }
-)
-_FINISHED = [f for f in ToolCall._meta.concrete_fields if f.name in _FINISHED_NAMES]
-_FINISH_SQL = "UPDATE {table} SET {columns} WHERE id = %s AND fence = %s AND status = %s".format(  # noqa: S608
-    table=ToolCall._meta.db_table,
-    columns=", ".join(f'"{f.column}" = %s' for f in _FINISHED),
-)
-
-
 def _store_outcome(claim: Claim, values: dict[str, Any]) -> bool:
-    """The fenced UPDATE of ``finish_call``, with a statement built once: through the ORM's
-    ``update()`` it took three times the CPU (1.0 against 0.3 ms), and on PostgreSQL it runs
-    as a prepared statement (``config.rows``). The fields prepare the values, as
-    ``update()`` has them prepared."""
-    assert values.keys() == _FINISHED_NAMES
-    params = [f.get_db_prep_save(values[f.name], connection) for f in _FINISHED]
-    call_id = ToolCall._meta.pk.get_db_prep_value(claim.call_id, connection)
-    return rows.run(_FINISH_SQL, [*params, call_id, claim.fence, Status.EXECUTING]) == 1
+    """The fenced UPDATE of ``finish_call``, through ``config.rows``: with the ORM's
+    ``update()`` composing it each time it took three times the CPU (1.0 against 0.3 ms)."""
+    where = {"id": claim.call_id, "fence": claim.fence, "status": Status.EXECUTING}
+    return rows.update(ToolCall, values, where=where) == 1
 
 
 LEASE_EXPIRED_WRITE = (
