@@ -19,7 +19,7 @@ from ninja.security import HttpBearer
 from pydantic import Field
 from pydantic import ValidationError as PydanticValidationError
 
-from approvals import breaker, errors, intake, longpoll, selectors, services
+from approvals import breaker, errors, intake, longpoll, responses, selectors, services
 from approvals.idempotency import StoredResponse
 from approvals.models import ToolCall
 from approvals.schemas import ErrorOut, ToolCallIn, ToolCallOut
@@ -328,6 +328,6 @@ def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
         ) from None
     body = selectors.represent_call(call)
     response = JsonResponse(body, status=202)
-    response["Retry-After"] = str(intake.PENDING_RETRY_AFTER_SECONDS)
+    response["Retry-After"] = str(responses.PENDING_RETRY_AFTER_SECONDS)
     response["Location"] = body["status_url"]
     return response

@@ -21,11 +21,11 @@ import redis
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import breaker, errors, executor, idempotency, limits, selectors, services
+from approvals import breaker, errors, executor, idempotency, limits, services
 from approvals.idempotency import Claim, StoredResponse
 from approvals.models import AgentSession, Decision, Status, ToolCall
+from approvals.responses import respond_with
 from approvals.schemas import ToolCallIn
-from approvals.services.common import CANNOT_RUN
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
 from config import rows
@@ -33,7 +33,6 @@ from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
 
-PENDING_RETRY_AFTER_SECONDS = 5
 PRINTABLE_KEY = re.compile(r"[\x20-\x7e]+")
 
 
@@ -248,29 +247,3 @@ def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused) -> None:
             "details": error.details,
         },
     )
-
-
-def respond_with(call: ToolCall) -> StoredResponse:
-    """The HTTP answer for a call in its current state."""
-    body = selectors.represent_call(call)
-    if call.status == Status.PENDING:
-        return StoredResponse(
-            status=202,
-            body=body,
-            headers={
-                "Retry-After": str(PENDING_RETRY_AFTER_SECONDS),
-                "Location": body["status_url"],
-            },
-        )
-    if call.status == Status.FAILED and call.risk == "read":
-        error = call.error or {}
-        if error.get("code") == "timeout":
-            api_error = errors.timeout(error.get("message", ""))
-        elif error.get("code") == "abandoned":
-            api_error = errors.read_abandoned(error.get("message", ""))
-        elif error.get("code") in CANNOT_RUN:
-            api_error = errors.cannot_run(error["code"], error.get("message", ""))
-        else:
-            api_error = errors.tool_failed(error.get("message", "The tool failed."))
-        return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
-    return StoredResponse(status=200, body=body)

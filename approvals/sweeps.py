@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from approvals import dispatch, events, idempotency, intake, notifications, services
+from approvals import dispatch, events, notifications, services
 from approvals.models import Status, ToolCall
 from tools_registry.policy import Risk
 
@@ -127,20 +127,9 @@ def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> in
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
-    failed = 0
-    for call_id in candidates:
-        with transaction.atomic():
-            call = services.fail_abandoned_read(call_id=call_id, now=now)
-            if call is not None:
-                # The key's answer commits with the failure: a retry with the key replays it.
-                idempotency.complete(
-                    agent=call.agent,
-                    key=call.request_key,
-                    response=intake.respond_with(call),
-                    call=call,
-                )
-                failed += 1
-    return failed
+    return sum(
+        1 for call_id in candidates if services.fail_abandoned_read(call_id=call_id, now=now)
+    )
 
 
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:

@@ -11,8 +11,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import dispatch, events, transitions
+from approvals import dispatch, events, idempotency, transitions
 from approvals.models import Status, ToolCall
+from approvals.responses import respond_with
 from approvals.services.common import arguments_hash, cannot_run_reason, move
 from config import rows
 from tools_registry.models import Agent, Tool
@@ -181,8 +182,9 @@ def abandoned_after(call: ToolCall) -> datetime:
 
 @transaction.atomic
 def fail_abandoned_read(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
-    """Fail a read left ``received`` by a request that died before running it; None if
-    it is not (or no longer) abandoned.
+    """Fail a read left ``received`` by a request that died before running it, and give
+    its Idempotency-Key that failure as its answer (a retry with the key replays it); None
+    if it is not (or no longer) abandoned.
 
     The row lock orders this against the executor's claim (a conditional UPDATE from
     ``received``): a claim that comes later, from a process that was only paused, matches
@@ -204,4 +206,7 @@ def fail_abandoned_read(*, call_id: UUID, now: datetime | None = None) -> ToolCa
         finished_at=now,
     )
     events.read_abandoned(call, waited_seconds=(now - call.created_at).total_seconds())
+    idempotency.complete(
+        agent=call.agent, key=call.request_key, response=respond_with(call), call=call
+    )
     return call
