@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/countersign
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # The product's packages, checked by mypy with django-stubs.
-TYPED := config approvals audit tools_registry sandbox
+TYPED := core config audit tools_registry accounts approvals gateway sandbox
 
 .PHONY: run test lint typecheck bench clean chromium
 

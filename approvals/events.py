@@ -9,7 +9,6 @@ from audit.models import AuditEvent
 
 if TYPE_CHECKING:
     from approvals.models import Decision, ToolCall
-    from approvals.services import Outcome
 
 
 def _sensitive(call: ToolCall) -> list[str]:
@@ -103,18 +102,19 @@ def execution_started(call: ToolCall) -> AuditEvent:
     )
 
 
-def execution_finished(call: ToolCall, *, outcome: Outcome) -> AuditEvent:
+def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
+    """The result, as stored on the call by the finish."""
     return record(
         action="call.execution_finished",
-        outcome=outcome.status,
+        outcome=call.status,
         call=call,
         sensitive_fields=[f"result.{f}" for f in _sensitive(call)],
         data={
-            "status": outcome.status,
-            "latency_ms": outcome.latency_ms,
-            "tries": outcome.tries,
-            "result": outcome.result,
-            "error": outcome.error,
+            "status": call.status,
+            "latency_ms": call.latency_ms,
+            "tries": tries,
+            "result": call.result,
+            "error": call.error,
             "token_cost": call.token_cost,
             "fence": call.fence,
         },
@@ -138,10 +138,10 @@ def execution_refused(call: ToolCall, *, code: str, reason: str) -> AuditEvent:
     )
 
 
-def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome: Outcome) -> AuditEvent:
+def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome_status: str) -> AuditEvent:
     return record(
         action="call.stale_result_discarded",
-        outcome=outcome.status,
+        outcome=outcome_status,
         call=call,
         data={"claim_fence": claim_fence, "current_fence": call.fence, "status_now": call.status},
     )

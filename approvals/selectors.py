@@ -1,4 +1,5 @@
-"""Reads: querysets and representations. Nothing here writes."""
+"""Reads for the reviewer UI: the queue, the next call, a call and its session. Nothing
+here writes."""
 
 from __future__ import annotations
 
@@ -12,71 +13,12 @@ from uuid import UUID
 from django.conf import settings
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import Decision, Status, ToolCall, Verdict
 from tools_registry.models import Agent, Tool
 from tools_registry.permissions import reviewable_tools
 from tools_registry.policy import Risk
-
-
-def calls_of_agent(agent: Agent) -> QuerySet[ToolCall]:
-    return ToolCall.objects.filter(agent=agent).select_related("tool")
-
-
-def call_of_agent(agent: Agent, call_id: UUID) -> ToolCall | None:
-    return (
-        calls_of_agent(agent)
-        .annotate(approval_count=Count("decisions", filter=Q(decisions__verdict=Verdict.APPROVE)))
-        .filter(pk=call_id)
-        .first()
-    )
-
-
-def status_url(call_id: UUID) -> str:
-    return settings.PUBLIC_URL + reverse("api:get_tool_call", kwargs={"call_id": call_id})
-
-
-def represent_call(call: ToolCall) -> dict[str, Any]:
-    """What an agent sees of its call: state, decision, result or error."""
-    decisions = list(call.decisions.all())
-    approvals = getattr(call, "approval_count", None)
-    if approvals is None:
-        approvals = sum(1 for d in decisions if d.verdict == Verdict.APPROVE)
-    decision = None
-    if call.status == Status.REJECTED:
-        veto = next((d for d in decisions if d.verdict == Verdict.REJECT), None)
-        if veto is not None:
-            decision = {
-                "verdict": "reject",
-                "comment": veto.comment,
-                "decided_at": veto.created_at.isoformat(),
-            }
-    elif call.decided_at and call.status not in (Status.PENDING, Status.EXPIRED, Status.CANCELLED):
-        comments = "; ".join(d.comment for d in decisions if d.comment)
-        decision = {
-            "verdict": "approve",
-            "comment": comments,
-            "decided_at": call.decided_at.isoformat(),
-        }
-    return {
-        "id": str(call.pk),
-        "tool": call.tool.name,
-        "risk": call.risk,
-        "status": call.status,
-        "session_id": call.session_id,
-        "status_url": status_url(call.pk),
-        "created_at": call.created_at.isoformat(),
-        "expires_at": call.expires_at.isoformat() if call.expires_at else None,
-        "approvals_required": call.approvals_required,
-        "approvals": approvals,
-        "decision": decision,
-        "result": call.result,
-        "error": call.error,
-        "needs_attention": call.needs_attention,
-    }
-
 
 # --- The reviewer's queue ------------------------------------------------------------------
 

@@ -16,8 +16,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from approvals import dispatch, events, notifications, services
+from approvals import events, notifications
+from approvals.execution import send
+from approvals.execution.finish import expire_lease
 from approvals.models import Status, ToolCall
+from approvals.services.calls import expire_call, fail_abandoned_read
+from approvals.services.recovery import reconcile_call
 from tools_registry.policy import Risk
 
 logger = logging.getLogger(__name__)
@@ -66,7 +70,7 @@ def resend_stalled_approved(*, now: datetime | None = None, limit: int = 500) ->
             call = ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
             waited = (now - enqueued_at).total_seconds() if enqueued_at else 0.0
             events.execution_resent(call, waited_seconds=waited)
-            transaction.on_commit(partial(dispatch.send_execution, call_id))
+            transaction.on_commit(partial(send.send_execution, call_id))
             resent += 1
     return resent
 
@@ -80,7 +84,7 @@ def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
         .order_by("lease_until")
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(1 for call_id in overdue if services.expire_lease(call_id=call_id, now=now))
+    return sum(1 for call_id in overdue if expire_lease(call_id=call_id, now=now))
 
 
 def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Counter[str]:
@@ -96,7 +100,7 @@ def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Count
     )
     actions: Counter[str] = Counter()
     for call_id in candidates:
-        actions[services.reconcile_call(call_id=call_id, now=now).action] += 1
+        actions[reconcile_call(call_id=call_id, now=now).action] += 1
     return actions
 
 
@@ -108,7 +112,7 @@ def expire_overdue_pending(*, now: datetime | None = None, limit: int = 1000) ->
             "pk", flat=True
         )[:limit]
     )
-    return sum(1 for call_id in overdue if services.expire_call(call_id=call_id, now=now))
+    return sum(1 for call_id in overdue if expire_call(call_id=call_id, now=now))
 
 
 def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -117,7 +121,7 @@ def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> in
 
     A read is ``received`` only between its intake's commit and its claim, moments later
     in the same request; each candidate is failed only past the longest it could run
-    (``services.abandoned_after``), checked again under its row lock.
+    (``services.calls.abandoned_after``), checked again under its row lock.
     """
     now = now or timezone.now()
     # No tool's policy lets a read be abandoned sooner than the grace alone.
@@ -127,9 +131,7 @@ def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> in
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(
-        1 for call_id in candidates if services.fail_abandoned_read(call_id=call_id, now=now)
-    )
+    return sum(1 for call_id in candidates if fail_abandoned_read(call_id=call_id, now=now))
 
 
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:

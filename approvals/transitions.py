@@ -1,59 +1,160 @@
-"""The lifecycle of a tool call, as a table. Every status change is checked against it.
+"""The lifecycle of a tool call: the transition table, and the one door every status write
+goes through.
 
-read:              received -> executing -> succeeded | failed
-                   received -> failed      (refused at the claim, as approved -> failed; or
-                                            abandoned: its request died before running it)
-write/destructive: received -> pending -> approved -> executing -> succeeded | failed | unknown
-                               approved -> failed  (refused at the claim: the tool or the agent
-                                                    was switched off, or the tool changed)
-                               pending -> rejected | expired | cancelled
-                               unknown -> succeeded | failed   (reconciled or resolved by a person)
-                               unknown -> approved             (reconciled: not done, re-run, same key)
-                               failed  -> approved             (the agent's retry of a write, same key)
+read:              (new) -> received -> executing -> succeeded | failed
+                            received -> failed   (refused at the claim; or abandoned: its
+                                                  request died before running it)
+write/destructive: (new) -> pending -> approved -> executing -> succeeded | failed | unknown
+                            pending -> rejected | expired | cancelled
+                            approved -> failed   (refused at the claim: the tool or the agent
+                                                  was switched off, or the tool changed)
+                            unknown -> succeeded | failed   (reconciled or resolved by a person)
+write only:                 unknown -> approved  (reconciled: not done, re-run, same key)
+                            failed  -> approved  (the agent's retry, or a person's re-run)
 
-The two re-run moves (``unknown -> approved``, ``failed -> approved``) are for writes only.
-A destructive call gets one attempt: after a failure or an unknown outcome a person records
+A write is created ``pending``: it is received and sent to review in one transaction. A
+destructive call gets one attempt: after a failure or an unknown outcome a person records
 what happened, and an effect still wanted is a new call, with its own approvals.
+
+``change`` is the door: creation, the executor's claim and fenced finish, reviewers'
+decisions, the agent's requests and every sweep write ``status`` through it and nothing
+else does. Its compare-and-set is built from this table, so the table cannot be restated
+(or contradicted) anywhere else.
 """
 
 from __future__ import annotations
 
-from approvals.models import Status
+from typing import Any
+from uuid import UUID
+
+from django.utils import timezone
+
+from approvals import hooks, sql
+from approvals.models import Status, ToolCall
 from tools_registry.policy import Risk
 
-ALLOWED: dict[str, frozenset[str]] = {
-    Status.RECEIVED: frozenset({Status.PENDING, Status.EXECUTING, Status.FAILED}),
-    Status.PENDING: frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}),
-    Status.APPROVED: frozenset({Status.EXECUTING, Status.FAILED}),
-    Status.EXECUTING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.UNKNOWN}),
-    Status.UNKNOWN: frozenset({Status.SUCCEEDED, Status.FAILED, Status.APPROVED}),
-    Status.FAILED: frozenset({Status.APPROVED}),
-}
+ANY_RISK = frozenset(Risk.values)
+REVIEWED = frozenset({Risk.WRITE, Risk.DESTRUCTIVE})
+READ = frozenset({Risk.READ})
+WRITE = frozenset({Risk.WRITE})
+
+# (from, to, the risk classes that may make the move); ``None`` is a call not yet stored.
+MOVES: tuple[tuple[str | None, str, frozenset[str]], ...] = (
+    (None, Status.RECEIVED, READ),
+    (None, Status.PENDING, REVIEWED),
+    (Status.RECEIVED, Status.EXECUTING, READ),
+    (Status.RECEIVED, Status.FAILED, READ),
+    (Status.PENDING, Status.APPROVED, REVIEWED),
+    (Status.PENDING, Status.REJECTED, REVIEWED),
+    (Status.PENDING, Status.EXPIRED, REVIEWED),
+    (Status.PENDING, Status.CANCELLED, REVIEWED),
+    (Status.APPROVED, Status.EXECUTING, REVIEWED),
+    (Status.APPROVED, Status.FAILED, REVIEWED),
+    (Status.EXECUTING, Status.SUCCEEDED, ANY_RISK),
+    (Status.EXECUTING, Status.FAILED, ANY_RISK),
+    (Status.EXECUTING, Status.UNKNOWN, REVIEWED),
+    (Status.UNKNOWN, Status.SUCCEEDED, REVIEWED),
+    (Status.UNKNOWN, Status.FAILED, REVIEWED),
+    (Status.UNKNOWN, Status.APPROVED, WRITE),
+    (Status.FAILED, Status.APPROVED, WRITE),
+)
+_ALLOWED = frozenset((source, target, risk) for source, target, risks in MOVES for risk in risks)
 
 
 class InvalidTransition(Exception):
-    def __init__(self, current: str, target: str):
-        super().__init__(f"a call cannot go from {current} to {target}")
+    def __init__(self, current: str | None, target: str):
+        super().__init__(f"a call cannot go from {current or 'nothing'} to {target}")
         self.current = current
         self.target = target
 
 
-RERUNS = frozenset({(Status.UNKNOWN, Status.APPROVED), (Status.FAILED, Status.APPROVED)})
-RERUNNABLE_RISKS = frozenset({Risk.WRITE})
-# Only a read is ever ``received`` long enough to be abandoned there; a write is created
-# ``pending`` in the same transaction.
-READS_ONLY = frozenset({(Status.RECEIVED, Status.FAILED)})
+def allowed(current: str | None, target: str, *, risk: str) -> bool:
+    return (current, target, risk) in _ALLOWED
 
 
-def allowed(current: str, target: str, *, risk: str | None = None) -> bool:
-    if (current, target) in RERUNS and risk not in RERUNNABLE_RISKS:
-        return False
-    if (current, target) in READS_ONLY and risk != Risk.READ:
-        return False
-    return target in ALLOWED.get(current, frozenset())
-
-
-def require(current: str, target: str, *, risk: str | None = None) -> None:
-    """Refuse a move the table does not allow (for ``risk``, where the risk class matters)."""
+def require(current: str | None, target: str, *, risk: str) -> None:
+    """Refuse a move the table does not allow for a call of ``risk``."""
     if not allowed(current, target, risk=risk):
         raise InvalidTransition(current, target)
+
+
+def sources(target: str, *, risk: str) -> tuple[str, ...]:
+    """Every stored status from which a call of ``risk`` may move to ``target``."""
+    return tuple(sorted(s for s, t, r in _ALLOWED if t == target and r == risk and s is not None))
+
+
+def claim_source(risk: str) -> str:
+    """The one status a call of ``risk`` is claimed for execution from."""
+    (source,) = sources(Status.EXECUTING, risk=risk)
+    return source
+
+
+def change(
+    call: ToolCall,
+    target: str,
+    *,
+    fence: int | None = None,
+    bump_fence: bool = False,
+    **fields: Any,
+) -> bool:
+    """Write ``call``'s new status ``target`` (and ``fields``): the one door.
+
+    A call not stored yet is INSERTed with its first status. A stored one is moved by one
+    compare-and-set UPDATE: ``WHERE id = <call> AND status IN (<every status the table
+    lets a call of its risk leave for target>)``, plus ``AND fence = <fence>`` when the
+    caller holds a claim. ``bump_fence`` moves the fence on in the same statement, so
+    whoever held the old one can no longer write. Zero rows matched (another process moved
+    the call first, or the caller's fence is stale) writes nothing and returns False.
+
+    On success the in-memory ``call`` takes the new values and the status-changed hooks run
+    (webhooks, long-poll wake-ups), inside the caller's transaction.
+    """
+    previous = None if call._state.adding else call.status
+    require(previous, target, risk=call.risk)
+    if bump_fence and fence is None:
+        raise ValueError("bump_fence needs the fence being moved on")
+    now = timezone.now()
+    values = {"status": target, **fields, "updated_at": now}
+    if previous is None:
+        for name, value in values.items():
+            setattr(call, name, value)
+        sql.insert_call(call)
+    else:
+        if not sql.move_call(
+            call.pk,
+            values,
+            sources=sources(target, risk=call.risk),
+            fence=fence,
+            bump_fence=bump_fence,
+        ):
+            return False
+        for name, value in values.items():
+            setattr(call, name, value)
+        if bump_fence:
+            call.fence = fence + 1  # type: ignore[operator]
+    hooks.status_changed(call, previous)
+    return True
+
+
+def move(call: ToolCall, target: str, **fields: Any) -> None:
+    """``change`` for a call that cannot lose a race: a new one, or one the caller holds
+    locked (``lock_call``). Matching nothing means the lock was not held: a bug worth
+    stopping for."""
+    if not change(call, target, **fields):
+        raise InvalidTransition(call.status, target)
+
+
+def lock_call(call_id: UUID, **filters: Any) -> ToolCall | None:
+    """The call, locked until the transaction ends (its row only: calls of one tool or agent
+    never wait on each other), with its tool and its agent and the agent's owner; None if
+    no call matches ``filters``.
+
+    Every service that decides on a call's status reads it through here, then checks, then
+    moves it; any number of concurrent requests, workers and sweeps queue on the row.
+    """
+    return (
+        ToolCall.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent__owner")
+        .filter(pk=call_id, **filters)
+        .first()
+    )

@@ -1,4 +1,4 @@
-"""Every kind of audit event, with what it means. The README's catalogue and the auditor's
+"""Every kind of audit event, with what it means. docs/audit.md's catalogue and the auditor's
 action filter are made from this table; a test fails when code records an action that is
 not listed here."""
 

@@ -11,7 +11,7 @@ from django.db import connection
 from audit import chain
 from audit.masking import mask_fields, mask_text, mask_value
 from audit.models import ActorType, AuditEvent
-from config import rows
+from core import db
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def record(
     )
     # AuditEvent.objects.create() without composing the INSERT each time: every submission
     # and every executed call write events, and the ORM nearly doubled each one's CPU time.
-    rows.insert(event)
+    db.insert(event)
     if connection.vendor != "postgresql":
         # SQLite runs one writing transaction at a time, so sealing inline cannot fork the
         # chain; PostgreSQL's concurrent writers are sealed by the background sealer.

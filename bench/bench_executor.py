@@ -126,10 +126,10 @@ class World:
         self.agent.allowed_tools.add(self.tool)
 
     def pending(self, n: int) -> list[uuid.UUID]:
-        from approvals import services
+        from approvals.services.calls import create_call
 
         return [
-            services.create_call(
+            create_call(
                 agent=self.agent,
                 tool=self.tool,
                 arguments={"to": f"c{i}@example.com", "subject": "Hello", "body": "Hi."},
@@ -140,28 +140,28 @@ class World:
         ]
 
     def approve(self, call_id: uuid.UUID) -> None:
-        from approvals import services
+        from approvals.services.decisions import decide
 
-        services.decide(call_id=call_id, reviewer=self.reviewer, verdict="approve")
+        decide(call_id=call_id, reviewer=self.reviewer, verdict="approve")
 
 
 def executor_throughput(world: World, n: int, queue: str) -> float:
     from django.db.models import Max
 
-    from approvals import dispatch
+    from approvals.execution import send
+    from approvals.execution.tasks import execute_call
     from approvals.models import Status, ToolCall
-    from approvals.tasks import execute_call
     from config.celery import app
 
     ids = world.pending(n)
-    held = dispatch.send_execution
-    dispatch.send_execution = lambda call_id: None  # approve now, send below, all at once
+    held = send.send_execution
+    send.send_execution = lambda call_id: None  # approve now, send below, all at once
     try:
         for call_id in ids:
             world.approve(call_id)
     finally:
-        dispatch.send_execution = held
-    limits = {call_id: dispatch.time_limits(call_id) for call_id in ids}
+        send.send_execution = held
+    limits = {call_id: send.time_limits(call_id) for call_id in ids}
     started = time.time()
     with app.producer_or_acquire() as producer:
         for call_id in ids:

@@ -56,7 +56,7 @@ def prepare() -> str:
     from django.core.management import call_command
     from django.db import connection
 
-    from approvals import breaker
+    from gateway import breaker
     from tools_registry import services
     from tools_registry.models import Agent, Tool
 

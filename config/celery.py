@@ -20,6 +20,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("countersign")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The executor's task lives in a package of its app, not in the app's ``tasks`` module.
+app.autodiscover_tasks(["approvals.execution"])
 
 
 @signals.task_postrun.connect

@@ -88,7 +88,9 @@ INSTALLED_APPS = [
     "ninja",
     "audit",
     "tools_registry",
+    "accounts",
     "approvals",
+    "gateway",
 ]
 # The simulated mail, CRM and payments systems and the demo tools that act on them: on in the
 # embedded mode and in the tests, off in production unless asked for (SANDBOX_ENABLED=1).
@@ -156,7 +158,7 @@ else:
                 "max_size": env_int("DB_POOL_MAX_SIZE", 10),
                 "timeout": env_int("DB_POOL_TIMEOUT", 10),
             },
-            # Only config.rows asks for prepared statements (the ORM's cursors never do).
+            # Only core.db asks for prepared statements (the ORM's cursors never do).
             "prepare_threshold": 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None,
         }
     DATABASES = {"default": dict(_db)}
@@ -350,7 +352,7 @@ EXECUTOR_HARD_LIMIT_GRACE_SECONDS = env_int("EXECUTOR_HARD_LIMIT_GRACE_SECONDS",
 EXECUTOR_AUTO_RERUNS = env_int("EXECUTOR_AUTO_RERUNS", 2)
 # An escalated unknown call's downstream is asked again this often, in case it can now tell.
 EXECUTOR_RECHECK_ESCALATED_SECONDS = env_int("EXECUTOR_RECHECK_ESCALATED_SECONDS", 300)
-# Webhooks to agents (approvals.webhooks): per-attempt timeout, retries with exponential
+# Webhooks to agents (gateway.webhooks): per-attempt timeout, retries with exponential
 # backoff from BASE up to MAX seconds between attempts, then give up.
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12)

@@ -5,8 +5,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from approvals.api import api
 from config import views
+from gateway.api import api
 
 urlpatterns = [
     path("", views.home, name="home"),

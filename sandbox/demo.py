@@ -1,8 +1,22 @@
-"""Demo data of the sandbox systems (idempotent)."""
+"""The demo (``make run``, ``manage.py seed_demo``): people, teams, an agent with a token,
+grants, and the sandbox systems' data. Idempotent: every run leaves the same demo."""
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission, User
+from django.db import transaction
+
 from sandbox.models import Customer, HelpArticle, Payment
+from tools_registry import services
+from tools_registry.models import Agent, Tool
 
 ARTICLES = [
     (
@@ -59,3 +73,129 @@ def seed_sandbox() -> None:
         Payment.objects.get_or_create(
             payment_id=payment_id, defaults={"amount_cents": amount, "currency": currency}
         )
+
+
+DEMO_TOOLS = [
+    "search_docs",
+    "get_customer",
+    "send_email",
+    "update_customer",
+    "issue_refund",
+    "delete_customer",
+]
+
+GROUP_PERMISSIONS = {
+    "tool-admins": [
+        "tools_registry.view_tool",
+        "tools_registry.change_tool",
+        "tools_registry.add_agent",
+        "tools_registry.change_agent",
+        "tools_registry.view_agent",
+        "tools_registry.add_agenttoken",
+        "tools_registry.change_agenttoken",
+        "tools_registry.view_agenttoken",
+        "auth.view_user",
+        "auth.view_group",
+    ],
+    "auditors": [
+        "audit.view_auditevent",
+        "approvals.view_toolcall",
+        "approvals.view_decision",
+        "tools_registry.view_tool",
+        "tools_registry.view_agent",
+    ],
+    "reviewers": [],
+}
+
+
+@dataclass
+class DemoLogins:
+    password: str
+    password_generated: bool
+    agent_token: str
+
+
+def _secret_file(name: str) -> Path:
+    return Path(settings.VAR_DIR) / name
+
+
+def _remembered(name: str, make: Callable[[], str]) -> tuple[str, bool]:
+    """A demo secret kept under var/ (mode 0600) so every `make run` can print it again."""
+    path = _secret_file(name)
+    if path.exists():
+        return path.read_text().strip(), False
+    value = make()
+    path.write_text(value)
+    path.chmod(0o600)
+    return value, True
+
+
+@transaction.atomic
+def seed_demo() -> DemoLogins:
+    services.sync_tools()
+    groups = {}
+    for name, perms in GROUP_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        for dotted in perms:
+            app_label, codename = dotted.split(".")
+            group.permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        groups[name] = group
+
+    env_password = os.environ.get("DEMO_PASSWORD", "")
+    if env_password:
+        password, generated = env_password, False
+    else:
+        password, generated = _remembered("demo_password", lambda: secrets.token_urlsafe(12))
+
+    people: dict[str, dict[str, Any]] = {
+        "admin": {"groups": ["tool-admins"], "is_staff": True, "is_superuser": True},
+        "reviewer": {"groups": ["reviewers"]},
+        "reviewer2": {"groups": ["reviewers"]},
+        "auditor": {"groups": ["auditors"]},
+    }
+    users = {}
+    for username, spec in people.items():
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"email": f"{username}@countersign.example"}
+        )
+        user.is_staff = spec.get("is_staff", False)
+        user.is_superuser = spec.get("is_superuser", False)
+        if created or env_password or not user.check_password(password):
+            user.set_password(password)
+        user.save()
+        user.groups.add(*(groups[g] for g in spec["groups"]))
+        users[username] = user
+
+    tools = list(Tool.objects.filter(name__in=DEMO_TOOLS))
+    agent = Agent.objects.filter(name="demo-agent").first() or Agent(
+        name="demo-agent",
+        owner=users["admin"],
+        description="The support assistant of the demo.",
+    )
+    allowed = set(agent.allowed_tools.all()) if agent.pk else set()
+    if agent.pk is None or not set(tools) <= allowed:
+        # Through the service, so the demo's allowlist is in the audit trail like any other.
+        services.save_agent(agent=agent, allowed_tools=allowed | set(tools), changed_by=None)
+    for tool in tools:
+        # Idempotent: only a grant that did not exist yet is made (and audited).
+        services.grant_review(tool=tool, group=groups["reviewers"], granted_by=users["admin"])
+        # `reviewer` may also unmask sensitive arguments (with a reason); `reviewer2` may not,
+        # so the demo shows both sides of the reveal permission.
+        services.grant(
+            tool=tool,
+            permission="reveal_tool_arguments",
+            user=users["reviewer"],
+            granted_by=users["admin"],
+        )
+
+    token_path = _secret_file("demo_agent_token")
+    if token_path.exists() and services.authenticate_token(token_path.read_text().strip()) == agent:
+        token = token_path.read_text().strip()
+    else:
+        _, token = services.issue_token(agent=agent, created_by=users["admin"], label="demo")
+        token_path.write_text(token)
+        token_path.chmod(0o600)
+    seed_sandbox()
+    return DemoLogins(password=password, password_generated=generated, agent_token=token)

@@ -133,9 +133,9 @@ def live_world(transactional_db: None) -> World:
 def executions_sent(callbacks: list[Any]) -> list[Any]:
     """The call ids that captured on-commit callbacks send to the executor (other callbacks,
     such as long-poll wake-ups and webhooks, are left out)."""
-    from approvals import dispatch
+    from approvals.execution import send
 
-    return [cb.args[0] for cb in callbacks if getattr(cb, "func", None) is dispatch.send_execution]
+    return [cb.args[0] for cb in callbacks if getattr(cb, "func", None) is send.send_execution]
 
 
 def sandbox_effects() -> list[dict[str, Any]]:

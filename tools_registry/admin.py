@@ -8,8 +8,6 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.contrib.auth.admin import UserAdmin
-from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -376,28 +374,3 @@ class AgentTokenAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AgentToken | None = None) -> bool:
         return False
-
-
-# --- People: team membership and superuser status widen reviewer scopes -----------------
-
-
-admin.site.unregister(User)
-
-
-@admin.register(User)
-class AuditedUserAdmin(UserAdmin):
-    """Django's user admin, auditing what changes whose calls a person may review: joining
-    a team gives its grants, and a superuser reviews every tool."""
-
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        user = form.instance
-        # The form's initial values are what the person had before this save.
-        initial = form.initial if change else {}
-        before = {
-            "groups": sorted(g.name for g in initial.get("groups", [])),
-            "is_active": initial.get("is_active", True),
-            "is_staff": initial.get("is_staff", False),
-            "is_superuser": initial.get("is_superuser", False),
-        }
-        super().save_related(request, form, formsets, change)
-        services.record_access_change(user=user, before=before, changed_by=request.user)

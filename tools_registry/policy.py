@@ -97,7 +97,7 @@ MAX_TIMEOUT_SECONDS: dict[str, float] = {
 }
 MAX_READ_ATTEMPTS = 5
 # The executor never waits longer than this between two attempts of a read
-# (``approvals.executor.READ_BACKOFF`` is capped at it).
+# (``approvals.execution.runner.READ_BACKOFF`` is capped at it).
 READ_BACKOFF_MAX_SECONDS = 2.0
 MAX_APPROVALS = 10
 MAX_APPROVAL_TTL_SECONDS = 30 * 24 * 3600
@@ -107,11 +107,18 @@ MAX_BREAKER_COOLDOWN_SECONDS = 24 * 3600
 PolicyErrors = dict[str, list[str]]
 
 
+def handler_budget_seconds(*, timeout_seconds: float, max_attempts: int) -> float:
+    """How long one execution's handler may take: every attempt's timeout. The executor's
+    lease, Celery's time limits and the breaker's probe lease are all measured from it."""
+    return float(timeout_seconds) * max(int(max_attempts), 1)
+
+
 def read_run_seconds(*, timeout_seconds: float, max_attempts: int) -> float:
-    """The longest a read can run inside the agent's request: every attempt's timeout and
-    the longest backoff between attempts."""
+    """The longest a read can run inside the agent's request: its handler budget and the
+    longest backoff between attempts."""
     attempts = max(int(max_attempts), 1)
-    return float(timeout_seconds) * attempts + READ_BACKOFF_MAX_SECONDS * (attempts - 1)
+    budget = handler_budget_seconds(timeout_seconds=timeout_seconds, max_attempts=attempts)
+    return budget + READ_BACKOFF_MAX_SECONDS * (attempts - 1)
 
 
 # ``validate_policy`` keeps every read within these bounds, so no read runs longer.

@@ -9,22 +9,18 @@ tool may act, and not the agent's owner nor the person the agent acts for.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import dispatch, events, transitions
+from approvals import events, transitions
+from approvals.execution import send
+from approvals.guards import CONFLICTS, cannot_run_reason, conflict_of_interest
 from approvals.models import Status, ToolCall
-from approvals.services.common import (
-    CONFLICTS,
-    cannot_run_reason,
-    conflict_of_interest,
-    move,
-)
 from approvals.services.recovery import Reconciliation, reconcile_call
+from approvals.transitions import lock_call, move
 from tools_registry.permissions import require_reviewer
 
 
@@ -131,16 +127,8 @@ def rerun_call(*, call_id: UUID, person: Any, confirmed: bool, note: str = "") -
     if reason := cannot_run_reason(call):
         raise AttentionRefused(reason)
     previous = call.status
-    move(
-        call,
-        Status.APPROVED,
-        enqueued_at=timezone.now(),
-        lease_until=None,
-        needs_attention=False,
-        attention_reason="",
-    )
+    send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
     events.call_rerun(call, previous_status=previous, person=person, note=note.strip())
-    transaction.on_commit(partial(dispatch.send_execution, call.pk))
     return call
 
 
@@ -153,11 +141,9 @@ def recheck_call(*, call_id: UUID, person: Any) -> Reconciliation:
 
 
 def _locked_for(call_id: UUID, person: Any) -> ToolCall:
-    call = (
-        ToolCall.objects.select_for_update(of=("self",))
-        .select_related("tool", "agent")
-        .get(pk=call_id)
-    )
+    call = lock_call(call_id)
+    if call is None:
+        raise ToolCall.DoesNotExist
     require_reviewer(person, call.tool)
     _require_no_conflict(call, person)
     if not needs_a_person(call):

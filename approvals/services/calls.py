@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -11,11 +10,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import dispatch, events, idempotency, transitions
+from approvals import events, transitions
+from approvals.execution import send
+from approvals.guards import arguments_hash, cannot_run_reason
 from approvals.models import Status, ToolCall
-from approvals.responses import respond_with
-from approvals.services.common import arguments_hash, cannot_run_reason, move
-from config import rows
+from approvals.transitions import lock_call, move
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk, read_run_seconds
 
@@ -36,12 +35,6 @@ def create_call(
 ) -> ToolCall:
     """Store a validated call: a read stays ``received`` (it runs at once), the rest wait."""
     now = timezone.now()
-    status = Status.RECEIVED
-    expires_at = None
-    if tool.needs_approval:
-        transitions.require(Status.RECEIVED, Status.PENDING)
-        status = Status.PENDING
-        expires_at = now + timedelta(seconds=tool.approval_ttl_seconds)
     call = ToolCall(
         agent=agent,
         tool=tool,
@@ -57,12 +50,13 @@ def create_call(
         token_cost=token_cost,
         callback_url=callback_url,
         request_key=request_key,
-        status=status,
         approvals_required=tool.approvals_required if tool.needs_approval else 0,
-        expires_at=expires_at,
+        expires_at=(
+            now + timedelta(seconds=tool.approval_ttl_seconds) if tool.needs_approval else None
+        ),
         created_at=now,
     )
-    rows.insert(call)  # ToolCall.objects.create() without composing the INSERT each time
+    move(call, Status.PENDING if tool.needs_approval else Status.RECEIVED)
     events.call_submitted(call)
     return call
 
@@ -73,11 +67,9 @@ def cancel_call(*, call_id: UUID, agent: Agent) -> ToolCall:
 
     Cancelling a cancelled call changes nothing, so an agent may repeat the request.
     """
-    call = (
-        ToolCall.objects.select_for_update()
-        .select_related("tool", "agent")
-        .get(pk=call_id, agent=agent)
-    )
+    call = lock_call(call_id, agent=agent)
+    if call is None:
+        raise ToolCall.DoesNotExist
     if call.status == Status.CANCELLED:
         return call
     if call.status != Status.PENDING:
@@ -104,11 +96,9 @@ def retry_call(*, call_id: UUID, agent: Agent) -> ToolCall:
     an agent's request: their failure is escalated to a person. A call that is already
     approved or executing again is returned as it is, so the request may be repeated.
     """
-    call = (
-        ToolCall.objects.select_for_update()
-        .select_related("tool", "agent")
-        .get(pk=call_id, agent=agent)
-    )
+    call = lock_call(call_id, agent=agent)
+    if call is None:
+        raise ToolCall.DoesNotExist
     if call.risk == Risk.DESTRUCTIVE:
         raise RetryRefused("Destructive calls are never retried automatically; a person decides.")
     if call.risk == Risk.READ:
@@ -118,14 +108,12 @@ def retry_call(*, call_id: UUID, agent: Agent) -> ToolCall:
     # Only from failed: pending -> approved is a reviewer's move, never the agent's.
     if call.status != Status.FAILED:
         raise transitions.InvalidTransition(call.status, Status.APPROVED)
-    transitions.require(call.status, Status.APPROVED, risk=call.risk)
     if reason := cannot_run_reason(call):
         raise RetryRefused(reason)
     if not call.agent.allowed_tools.filter(pk=call.tool_id).exists():
         raise RetryRefused("This agent may no longer call this tool.")
     previous_error = call.error
-    now = timezone.now()
-    move(call, Status.APPROVED, enqueued_at=now, error=None, result=None)
+    send.approve(call, error=None, result=None)
     events.call_event(
         call,
         "call.retry_requested",
@@ -135,7 +123,6 @@ def retry_call(*, call_id: UUID, agent: Agent) -> ToolCall:
         attempt=call.attempts + 1,
         idempotency_key=call.execution_key,
     )
-    transaction.on_commit(partial(dispatch.send_execution, call.pk))
     return call
 
 
@@ -148,12 +135,7 @@ def expire_locked(call: ToolCall, *, now: Any) -> None:
 def expire_call(*, call_id: UUID, now: Any = None) -> bool:
     """Expire a pending call whose approval TTL has passed; False if it was not due."""
     now = now or timezone.now()
-    call = (
-        ToolCall.objects.select_for_update()
-        .select_related("tool", "agent")
-        .filter(pk=call_id)
-        .first()
-    )
+    call = lock_call(call_id)
     if (
         call is None
         or call.status != Status.PENDING
@@ -169,6 +151,7 @@ ABANDONED_READ = (
     "The read was never run: the request that received it ended before running it. "
     "Nothing ran; send the call again with a new Idempotency-Key."
 )
+ABANDONED = "abandoned"  # the error code of such a read
 
 
 def abandoned_after(call: ToolCall) -> datetime:
@@ -182,31 +165,22 @@ def abandoned_after(call: ToolCall) -> datetime:
 
 @transaction.atomic
 def fail_abandoned_read(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
-    """Fail a read left ``received`` by a request that died before running it, and give
-    its Idempotency-Key that failure as its answer (a retry with the key replays it); None
-    if it is not (or no longer) abandoned.
+    """Fail a read left ``received`` by a request that died before running it; None if it
+    is not (or no longer) abandoned. Its Idempotency-Key then answers with that failure.
 
-    The row lock orders this against the executor's claim (a conditional UPDATE from
-    ``received``): a claim that comes later, from a process that was only paused, matches
-    nothing, so the handler never runs for a call that was answered as failed.
+    The row lock orders this against the executor's claim (which locks the row too): a
+    claim that comes later, from a process that was only paused, finds the read failed and
+    runs nothing, so the handler never runs for a call that was answered as failed.
     """
     now = now or timezone.now()
-    call = (
-        ToolCall.objects.select_for_update(of=("self",))
-        .select_related("tool", "agent")
-        .filter(pk=call_id, status=Status.RECEIVED, risk=Risk.READ)
-        .first()
-    )
+    call = lock_call(call_id, status=Status.RECEIVED, risk=Risk.READ)
     if call is None or now < abandoned_after(call):
         return None
     move(
         call,
         Status.FAILED,
-        error={"code": "abandoned", "message": ABANDONED_READ},
+        error={"code": ABANDONED, "message": ABANDONED_READ},
         finished_at=now,
     )
     events.read_abandoned(call, waited_seconds=(now - call.created_at).total_seconds())
-    idempotency.complete(
-        agent=call.agent, key=call.request_key, response=respond_with(call), call=call
-    )
     return call

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -13,16 +12,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import dispatch, events
+from approvals import events
+from approvals.execution import send
+from approvals.guards import CONFLICTS, arguments_hash, cannot_run_reason, conflict_of_interest
 from approvals.models import Decision, Status, ToolCall, Verdict
 from approvals.services.calls import expire_call
-from approvals.services.common import (
-    CONFLICTS,
-    arguments_hash,
-    cannot_run_reason,
-    conflict_of_interest,
-    move,
-)
+from approvals.transitions import lock_call, move
 from tools_registry.permissions import require_reviewer
 from tools_registry.policy import Risk
 
@@ -125,9 +120,9 @@ def _decide_locked(
     confirmation: str | None,
     authenticated_at: datetime | None,
 ) -> DecisionResult:
-    call = (
-        ToolCall.objects.select_for_update().select_related("tool", "agent__owner").get(pk=call_id)
-    )
+    call = lock_call(call_id)
+    if call is None:
+        raise ToolCall.DoesNotExist
     require_reviewer(reviewer, call.tool)
     if verdict not in Verdict.values:
         raise DecisionRefused(f"Unknown verdict {verdict!r}.", call=call)
@@ -169,9 +164,8 @@ def _decide_locked(
         events.call_rejected(call, decision)
         decided = True
     elif approvals >= call.approvals_required:
-        move(call, Status.APPROVED, decided_at=now, enqueued_at=now)
+        send.approve(call, decided_at=now)
         events.call_approved(call, approvals=approvals)
-        transaction.on_commit(partial(dispatch.send_execution, call.pk))
         decided = True
     return DecisionResult(call=call, decision=decision, approvals=approvals, decided=decided)
 

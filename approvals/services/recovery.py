@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -26,9 +25,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import dispatch, events
+from approvals import events
+from approvals.execution import send
 from approvals.models import Status, ToolCall
-from approvals.services.common import move
+from approvals.transitions import lock_call, move
 from tools_registry import registry
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolContext
@@ -70,12 +70,7 @@ def reconcile_call(
     finding, result = ask_downstream(seen)
 
     with transaction.atomic():
-        call = (
-            ToolCall.objects.select_for_update(of=("self",))
-            .select_related("tool", "agent")
-            .filter(pk=call_id)
-            .first()
-        )
+        call = lock_call(call_id)
         if call is None or call.status != Status.UNKNOWN or call.fence != seen.fence:
             return Reconciliation(call_id=call_id, finding=finding, action="skipped")
         if finding == FOUND:
@@ -91,17 +86,9 @@ def reconcile_call(
             events.call_reconciled(call, finding=finding, actor=actor)
             return Reconciliation(call_id=call_id, finding=finding, action="succeeded")
         if finding == NOT_FOUND and allow_rerun and may_rerun_by_itself(call):
-            move(
-                call,
-                Status.APPROVED,
-                enqueued_at=now,
-                lease_until=None,
-                needs_attention=False,
-                attention_reason="",
-            )
+            send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
             events.call_reconciled(call, finding=finding, actor=actor)
             events.call_rerun(call, previous_status=Status.UNKNOWN)
-            transaction.on_commit(partial(dispatch.send_execution, call.pk))
             return Reconciliation(call_id=call_id, finding=finding, action="rerun")
         reason = escalation_reason(call, finding)
         if call.needs_attention and call.attention_reason == reason:

@@ -20,9 +20,17 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from approvals import services, transitions
+from approvals import transitions
+from approvals.guards import CONFLICTS, conflict_of_interest
 from approvals.models import Status, ToolCall
-from approvals.services.common import CONFLICTS, conflict_of_interest
+from approvals.services.attention import (
+    AttentionRefused,
+    RerunConfirmationRequired,
+    needs_a_person,
+    recheck_call,
+    rerun_call,
+    resolve_call,
+)
 from approvals.views.common import AuthedRequest, call_or_403
 from audit.masking import mask_arguments
 from tools_registry.permissions import reviewable_tools
@@ -60,7 +68,7 @@ def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
     return {
         "call": call,
         "arguments_json": json.dumps(shown, indent=2, ensure_ascii=False, sort_keys=True),
-        "open": services.needs_a_person(call),
+        "open": needs_a_person(call),
         # The agent's owner, or the person it acts for, may see the call but not settle it.
         "conflict": CONFLICTS.get(conflict_of_interest(call, user), ""),
         # Only writes are run again; a destructive call's outcome is recorded, nothing more.
@@ -98,13 +106,13 @@ def resolve(request: AuthedRequest, pk: UUID) -> HttpResponse:
     if not form.is_valid():
         return _refused(request, call, "Choose whether the effect happened.")
     try:
-        call = services.resolve_call(
+        call = resolve_call(
             call_id=call.pk,
             person=request.user,
             outcome=form.cleaned_data["outcome"],
             note=form.cleaned_data["note"],
         )
-    except services.AttentionRefused as exc:
+    except AttentionRefused as exc:
         return _refused(request, call, exc.message)
     return _done(request, call, f"Marked {call.get_status_display().lower()}.")
 
@@ -117,15 +125,15 @@ def rerun(request: AuthedRequest, pk: UUID) -> HttpResponse:
     form = RerunForm(request.POST)
     form.is_valid()  # both fields are optional; the service insists on the confirmation
     try:
-        call = services.rerun_call(
+        call = rerun_call(
             call_id=call.pk,
             person=request.user,
             confirmed=bool(form.cleaned_data.get("confirm")),
             note=form.cleaned_data.get("note", ""),
         )
-    except services.RerunConfirmationRequired as exc:
+    except RerunConfirmationRequired as exc:
         return _refused(request, call, exc.message, confirming=True)
-    except services.AttentionRefused as exc:
+    except AttentionRefused as exc:
         return _refused(request, call, exc.message)
     return _done(request, call, f"Sent to run again with the key {call.execution_key}.")
 
@@ -136,8 +144,8 @@ def rerun(request: AuthedRequest, pk: UUID) -> HttpResponse:
 def recheck(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     try:
-        outcome = services.recheck_call(call_id=call.pk, person=request.user)
-    except services.AttentionRefused as exc:
+        outcome = recheck_call(call_id=call.pk, person=request.user)
+    except AttentionRefused as exc:
         return _refused(request, call, exc.message)
     call = call_or_403(request, pk)
     if outcome.action == "succeeded":

@@ -17,11 +17,11 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from approvals import reauth, selectors, services
+from approvals import reauth, selectors
 from approvals.forms import DecisionForm, RevealForm
+from approvals.guards import conflict_of_interest
 from approvals.models import ToolCall, Verdict
-from approvals.services.common import conflict_of_interest
-from approvals.services.reveals import can_reveal
+from approvals.services import decisions, reveals
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
 from audit.masking import mask_arguments
 from tools_registry import registry
@@ -68,16 +68,16 @@ def arguments_context(call: ToolCall, *, revealed: Any = None) -> dict[str, Any]
 def detail_context(request: AuthedRequest, call: ToolCall, **extra: Any) -> dict[str, Any]:
     user = request.user
     conflict = conflict_of_interest(call, user)
-    decisions = list(call.decisions.all())
+    votes = list(call.decisions.all())
     history = selectors.session_history(call)
     reviewable = set(reviewable_tools(user).values_list("pk", flat=True)) if history else set()
     sensitive = call.tool.sensitive_fields
     now = timezone.now()
     context: dict[str, Any] = {
         "call": call,
-        "decisions": decisions,
-        "approvals": sum(1 for d in decisions if d.verdict == Verdict.APPROVE),
-        "already_voted": any(d.reviewer_id == user.pk for d in decisions),
+        "decisions": votes,
+        "approvals": sum(1 for d in votes if d.verdict == Verdict.APPROVE),
+        "already_voted": any(d.reviewer_id == user.pk for d in votes),
         "owns_agent": conflict == "owner",
         "acts_for_me": conflict == "on_behalf_of",
         "destructive": call.risk == Risk.DESTRUCTIVE,
@@ -86,7 +86,7 @@ def detail_context(request: AuthedRequest, call: ToolCall, **extra: Any) -> dict
         "reauth_url": reverse("approvals:reauth")
         + "?next="
         + reverse("approvals:detail", kwargs={"pk": call.pk}),
-        "may_reveal": can_reveal(user, call),
+        "may_reveal": reveals.can_reveal(user, call),
         "history": [(c, c.tool_id in reviewable) for c in history],
         "seconds_left": int((call.expires_at - now).total_seconds()) if call.expires_at else None,
         "result_json": pretty(mask_arguments(call.result, sensitive)) if call.result else "",
@@ -116,7 +116,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     refusal, refusal_code = "", ""
     if form.is_valid():
         try:
-            result = services.decide(
+            result = decisions.decide(
                 call_id=call.pk,
                 reviewer=request.user,
                 verdict=form.cleaned_data["verdict"],
@@ -125,7 +125,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
                 confirmation=form.cleaned_data["confirmation"],
                 authenticated_at=reauth.authenticated_at(request),
             )
-        except services.DecisionRefused as exc:
+        except decisions.DecisionRefused as exc:
             refusal, refusal_code = exc.message, exc.code
         else:
             verdict = "approved" if result.decision.verdict == Verdict.APPROVE else "rejected"
@@ -154,10 +154,10 @@ def reveal(request: AuthedRequest, pk: UUID) -> HttpResponse:
     extra: dict[str, Any] = {}
     if form.is_valid():
         try:
-            revealed = services.reveal_arguments(
+            revealed = reveals.reveal_arguments(
                 call_id=call.pk, reviewer=request.user, reason=form.cleaned_data["reason"]
             )
-        except services.RevealRefused as exc:
+        except reveals.RevealRefused as exc:
             extra["reveal_error"] = exc.message
         else:
             extra.update(arguments_context(call, revealed=revealed.arguments))

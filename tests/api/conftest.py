@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
-from approvals import coordination
+from gateway import coordination
 from tests.conftest import World
 from tools_registry import registry
 from tools_registry.models import Tool

@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from approvals import executor, services, sweeps
-from approvals.idempotency import IN_FLIGHT_LOCK
-from approvals.models import IdempotencyRecord, Status, ToolCall
+from approvals import sweeps
+from approvals.execution import runner
+from approvals.execution.claim import claim_call
+from approvals.models import Status, ToolCall
+from approvals.services.calls import abandoned_after
 from audit.models import AuditEvent
+from gateway.idempotency import IN_FLIGHT_LOCK
+from gateway.models import IdempotencyRecord
 from tests.api.conftest import Probe, install_probe_tool, stock_call
 from tests.conftest import World
 from tools_registry.policy import (
@@ -32,7 +36,7 @@ def _dies_before_running(monkeypatch: pytest.MonkeyPatch) -> None:
     def died(call_id: Any) -> None:
         raise RuntimeError("the web process died")
 
-    monkeypatch.setattr(executor, "execute", died)
+    monkeypatch.setattr(runner, "execute", died)
 
 
 def _orphan(world: World, monkeypatch: pytest.MonkeyPatch, key: str) -> ToolCall:
@@ -46,7 +50,7 @@ def _orphan(world: World, monkeypatch: pytest.MonkeyPatch, key: str) -> ToolCall
 
 
 def _abandoned_at(call: ToolCall) -> datetime:
-    return services.abandoned_after(ToolCall.objects.select_related("tool").get(pk=call.pk))
+    return abandoned_after(ToolCall.objects.select_related("tool").get(pk=call.pk))
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def test_the_sweep_fails_a_read_left_received_past_its_longest_run(
     # Swept once: a second pass finds nothing, and a late claim from a paused process
     # claims nothing, so the handler never runs for the failed call.
     assert sweeps.fail_abandoned_reads(now=deadline + timedelta(hours=1)) == 0
-    assert services.claim_call(call_id=call.pk) is None
+    assert claim_call(call_id=call.pk) is None
     assert probe.calls == 0
 
 
@@ -167,5 +171,5 @@ def test_the_executors_backoff_never_waits_longer_than_the_policy_assumes() -> N
     for attempt in range(1, 12):
         state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
         state.attempt_number = attempt
-        waits = [executor.READ_BACKOFF(state) for _ in range(200)]
+        waits = [runner.READ_BACKOFF(state) for _ in range(200)]
         assert max(waits) <= READ_BACKOFF_MAX_SECONDS, attempt

@@ -12,8 +12,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from approvals import breaker
 from audit.models import AuditEvent
+from gateway import breaker
 from tests.api.conftest import SEND_EMAIL, Probe, in_threads, install_probe_tool, stock_call
 from tests.conftest import World
 from tools_registry.models import Agent, Tool

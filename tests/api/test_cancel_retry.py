@@ -9,9 +9,11 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from approvals import breaker, dispatch, executor, services
+from approvals.execution import runner, send
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from audit.models import AuditEvent
+from gateway import breaker
 from sandbox.models import Customer
 from tests.api.conftest import SEND_EMAIL
 from tests.conftest import ApiClient, World, sandbox_effects
@@ -36,7 +38,7 @@ def _approved_and_run(world: World, body: dict, *reviewers: User) -> ToolCall:
     tool_name = body["tool"]
     for reviewer in reviewers or (world.bob,):
         # A destructive approval is typed out by a reviewer who signed in just now.
-        services.decide(
+        decide(
             call_id=call_id,
             reviewer=reviewer,
             verdict="approve",
@@ -44,7 +46,7 @@ def _approved_and_run(world: World, body: dict, *reviewers: User) -> ToolCall:
             confirmation=tool_name,
             authenticated_at=timezone.now(),
         )
-    executor.execute(call_id)  # what the worker does with the task sent on commit
+    runner.execute(call_id)  # what the worker does with the task sent on commit
     return ToolCall.objects.get(pk=call_id)
 
 
@@ -60,7 +62,7 @@ def test_a_pending_call_is_cancelled_and_cancelling_again_is_harmless(world: Wor
 
 def test_a_decided_call_cannot_be_cancelled(world: World) -> None:
     call_id = world.api().submit(SEND_EMAIL).json()["id"]
-    services.decide(call_id=call_id, reviewer=world.bob, verdict="approve", comment="")
+    decide(call_id=call_id, reviewer=world.bob, verdict="approve", comment="")
     response = _post(world, call_id, "cancel")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "invalid_state"
@@ -80,12 +82,12 @@ def test_a_failed_write_is_retried_with_its_original_key(
     assert response.status_code == 202
     assert response.json()["status"] == "approved"
     assert response["Location"].endswith(f"/api/v1/tool-calls/{call.pk}")
-    assert dispatch.send_execution in [getattr(c, "func", c) for c in callbacks]
+    assert send.send_execution in [getattr(c, "func", c) for c in callbacks]
     # Repeating the request changes nothing.
     assert _post(world, str(call.pk), "retry").status_code == 202
     assert AuditEvent.objects.filter(action="call.retry_requested").count() == 1
 
-    executor.execute(call.pk)
+    runner.execute(call.pk)
     call.refresh_from_db()
     assert call.status == Status.SUCCEEDED
     assert call.attempts == 2
@@ -162,5 +164,5 @@ def test_a_retry_is_refused_once_the_tool_is_off_or_off_the_allowlist(
         response = _post(world, str(call.pk), "retry")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "retry_not_allowed"
-    assert dispatch.send_execution not in [getattr(c, "func", c) for c in callbacks]
+    assert send.send_execution not in [getattr(c, "func", c) for c in callbacks]
     assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED

@@ -25,8 +25,10 @@ from countersign_client import (
     verify_webhook,
 )
 
-from approvals import executor, services, webhooks
+from approvals.execution import runner
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from gateway import webhooks
 from tests.api.conftest import CLIENT_DIR, install_probe_tool
 from tests.conftest import World, sandbox_effects
 from tests.workers import wait_for
@@ -82,7 +84,7 @@ def test_a_write_waits_for_the_reviewer_and_a_rejection_is_raised(
     wait_for(lambda: ToolCall.objects.filter(status=Status.PENDING).exists(), timeout=10)
     time.sleep(0.3)  # the client is now long-polling
     call = ToolCall.objects.get()
-    services.decide(call_id=call.pk, reviewer=live_world.bob, verdict="reject", comment="No.")
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="reject", comment="No.")
     decided = time.monotonic()
     thread.join(timeout=10)
     assert outcome["rejected"] == "No."
@@ -167,8 +169,8 @@ def test_an_agent_killed_after_submitting_resumes_with_the_same_key(
             timeout=20,
             message="the restarted agent to find its call",
         )
-        services.decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
-        executor.execute(call.pk)  # the worker's part
+        decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
+        runner.execute(call.pk)  # the worker's part
         out, err = second.communicate(timeout=30)
     finally:
         if second.poll() is None:

@@ -366,7 +366,7 @@ def test_an_unexpected_failure_still_answers_in_the_error_shape(
     def broken(**kwargs: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("approvals.api.intake.submit", broken)
+    monkeypatch.setattr("gateway.api.intake.submit", broken)
     error = error_of(world.api().submit(SEND_EMAIL), 500, "internal_error")
     assert error["retryable"] is True
     assert "a bug" not in json.dumps(error)

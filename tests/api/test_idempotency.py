@@ -16,8 +16,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from approvals.models import IdempotencyRecord, ToolCall
+from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
+from gateway.models import IdempotencyRecord
 from tests.api.conftest import GET_CUSTOMER, SEND_EMAIL, in_threads, install_probe_tool, stock_call
 from tests.conftest import ApiClient, World
 from tools_registry import services as registry_services

@@ -11,8 +11,9 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from approvals import coordination, limits
-from approvals.models import AgentSession, ToolCall
+from approvals.models import ToolCall
+from gateway import coordination, limits
+from gateway.models import AgentSession
 from tests.api.conftest import SEND_EMAIL, clear_shared_state, in_threads
 from tests.conftest import World
 from tools_registry.models import Agent, Tool

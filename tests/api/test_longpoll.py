@@ -11,8 +11,9 @@ import pytest
 from django.db import connection, connections
 from django.test import override_settings
 
-from approvals import services
 from approvals.models import ToolCall
+from approvals.services.calls import cancel_call, expire_call
+from approvals.services.decisions import decide
 from tests.api.conftest import SEND_EMAIL
 from tests.conftest import ApiClient, World
 from tests.workers import wait_for
@@ -34,7 +35,7 @@ def _pending_call(world: World, session: str = "run-1") -> str:
 
 
 def _reject(world: World, call_id: str, comment: str = "Not today.") -> float:
-    services.decide(call_id=call_id, reviewer=world.bob, verdict="reject", comment=comment)
+    decide(call_id=call_id, reviewer=world.bob, verdict="reject", comment=comment)
     return time.monotonic()
 
 
@@ -46,9 +47,7 @@ def test_a_long_poll_returns_promptly_when_a_reviewer_decides(live_world: World)
             waiting = pool.submit(_poll, live_world.token, call_id, "wait=20")
             time.sleep(0.4)
             assert not waiting.done()
-            services.decide(
-                call_id=call_id, reviewer=live_world.bob, verdict=verdict, comment="decided"
-            )
+            decide(call_id=call_id, reviewer=live_world.bob, verdict=verdict, comment="decided")
             decided_at = time.monotonic()
             answered_at, status, body = waiting.result(timeout=10)
         assert status == 200
@@ -82,12 +81,12 @@ def test_waiting_requests_hold_no_database_connection(live_world: World) -> None
         started = time.monotonic()
         for index, call_id in enumerate(call_ids):
             if index % 3 == 0:
-                services.cancel_call(call_id=call_id, agent=live_world.agent)
+                cancel_call(call_id=call_id, agent=live_world.agent)
             elif index % 3 == 1:
                 _reject(live_world, call_id)
             else:
                 ToolCall.objects.filter(pk=call_id).update(expires_at=time_in_past())
-                assert services.expire_call(call_id=call_id)
+                assert expire_call(call_id=call_id)
         results = [waiter.result(timeout=10) for waiter in waiters]
     assert [body["status"] for _, _, body in results] == [
         ("cancelled", "rejected", "expired")[index % 3] for index in range(15)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from approvals import intake
 from approvals.models import Status, ToolCall
+from gateway import intake
 from tests.api.conftest import Probe, install_probe_tool, stock_call
 from tests.conftest import World
 from tools_registry.models import Agent, Tool

@@ -19,10 +19,13 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from approvals import services, webhooks
-from approvals.models import ToolCall, WebhookDelivery
-from approvals.tasks import deliver_webhook
+from approvals.models import ToolCall
+from approvals.services.calls import cancel_call
+from approvals.services.decisions import decide
 from audit.models import AuditEvent
+from gateway import webhooks
+from gateway.models import WebhookDelivery
+from gateway.tasks import deliver_webhook
 from tests.api.conftest import SEND_EMAIL, in_threads
 from tests.conftest import World
 from tests.workers import purge_queue, running_worker, wait_for
@@ -96,9 +99,7 @@ def test_a_failing_receiver_is_retried_until_it_accepts(
     ):
         body = {**SEND_EMAIL, "callback_url": receiver.url}
         call_id = live_world.api().submit(body).json()["id"]
-        services.decide(
-            call_id=call_id, reviewer=live_world.bob, verdict="reject", comment="Not today."
-        )
+        decide(call_id=call_id, reviewer=live_world.bob, verdict="reject", comment="Not today.")
         # The first attempt comes from the task sent on commit; the retries from the
         # sweep, which beat runs every few seconds (here: the test runs it).
         delivery = WebhookDelivery.objects.get(call_id=call_id)
@@ -135,10 +136,10 @@ def test_each_terminal_state_is_sent_once_and_signed(
     callback = {"callback_url": receiver.url}
     cancelled = world.api().submit({**SEND_EMAIL, **callback}).json()["id"]
     with django_capture_on_commit_callbacks(execute=False):
-        services.cancel_call(call_id=cancelled, agent=world.agent)
-        services.cancel_call(call_id=cancelled, agent=world.agent)  # repeated: no new state
+        cancel_call(call_id=cancelled, agent=world.agent)
+        cancel_call(call_id=cancelled, agent=world.agent)  # repeated: no new state
     no_callback = world.api().submit(SEND_EMAIL).json()["id"]
-    services.cancel_call(call_id=no_callback, agent=world.agent)
+    cancel_call(call_id=no_callback, agent=world.agent)
     [delivery] = WebhookDelivery.objects.all()
     assert delivery.event == "tool_call.cancelled"
     # Its task is on its way: the sweep leaves it alone until it looks lost.
@@ -180,7 +181,7 @@ def test_concurrent_deliveries_of_one_attempt_send_it_once(
 def test_it_gives_up_after_the_last_attempt_and_audits_it(world: World, receiver: Receiver) -> None:
     receiver.statuses = [500]
     call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
-    services.cancel_call(call_id=call_id, agent=world.agent)
+    cancel_call(call_id=call_id, agent=world.agent)
     delivery = WebhookDelivery.objects.get()
     # Without a worker (the embedded mode) the sweep makes every attempt.
     deadline = time.monotonic() + 5
@@ -198,7 +199,7 @@ def test_a_private_callback_is_refused_in_services_mode(world: World) -> None:
     call_id = (
         world.api().submit({**SEND_EMAIL, "callback_url": "http://127.0.0.1:9/hook"}).json()["id"]
     )
-    services.cancel_call(call_id=call_id, agent=world.agent)
+    cancel_call(call_id=call_id, agent=world.agent)
     delivery = WebhookDelivery.objects.get()
     assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.FAILED
     [attempt] = delivery.attempt_log.all()
@@ -212,7 +213,7 @@ def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
             .submit({**SEND_EMAIL, "callback_url": "http://127.0.0.1:9/hook"})
             .json()["id"]
         )
-        services.cancel_call(call_id=call_id, agent=world.agent)
+        cancel_call(call_id=call_id, agent=world.agent)
         delivery = WebhookDelivery.objects.get()
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING
     delivery.refresh_from_db()
@@ -247,7 +248,7 @@ def test_a_dns_answer_that_turns_private_after_the_check_reaches_nothing(
     monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
     callback = f"http://hooks.rebind.test:{port}/hooks/countersign"
     call_id = world.api().submit({**SEND_EMAIL, "callback_url": callback}).json()["id"]
-    services.cancel_call(call_id=call_id, agent=world.agent)
+    cancel_call(call_id=call_id, agent=world.agent)
     delivery = WebhookDelivery.objects.get()
     webhooks.deliver(delivery.pk)
     assert receiver.received == [], "the signed payload reached a private address"

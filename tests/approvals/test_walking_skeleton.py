@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from approvals import dispatch
+from approvals.execution import send
+from approvals.execution.tasks import execute_call
 from approvals.models import Status, ToolCall
-from approvals.tasks import execute_call
 from tests.conftest import World, sandbox_effects
 from tests.workers import purge_queue, running_worker, wait_for
 
@@ -119,7 +119,7 @@ def test_a_rejected_call_never_runs(world: World, django_capture_on_commit_callb
     assert response.status_code == 302
     # After commit a rejection only notifies the agent (long-poll, webhook); nothing runs.
     sent = [getattr(callback, "func", callback) for callback in callbacks]
-    assert dispatch.send_execution not in sent, "a rejection must not send anything to the executor"
+    assert send.send_execution not in sent, "a rejection must not send anything to the executor"
     call.refresh_from_db()
     assert call.status == Status.REJECTED
     assert sandbox_effects() == []

@@ -8,8 +8,8 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
-from approvals import services
 from approvals.models import ToolCall
+from approvals.services.decisions import decide
 from audit import chain
 from tests.audit.test_timelines import EMAIL
 from tests.conftest import World
@@ -25,8 +25,8 @@ def test_the_page_charts_calls_votes_and_cost_without_any_script(
     api = world.api()
     first = ToolCall.objects.get(pk=api.submit(EMAIL).json()["id"])
     second = ToolCall.objects.get(pk=api.submit(EMAIL).json()["id"])
-    services.decide(call_id=first.pk, reviewer=world.bob, verdict="approve")
-    services.decide(call_id=second.pk, reviewer=world.bob, verdict="reject", comment="no")
+    decide(call_id=first.pk, reviewer=world.bob, verdict="approve")
+    decide(call_id=second.pk, reviewer=world.bob, verdict="reject", comment="no")
     purge_queue()
     response = auditor_client.get("/audit/analytics/")
     content = response.content.decode()

@@ -6,8 +6,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from approvals import executor, services
+from approvals.execution import runner
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.workers import purge_queue
@@ -42,14 +43,14 @@ def test_a_failed_destructive_call_is_escalated(world: World) -> None:
     )
     call = ToolCall.objects.get(pk=response.json()["id"])
     for reviewer in (world.bob, frank):
-        services.decide(
+        decide(
             call_id=call.pk,
             reviewer=reviewer,
             verdict="approve",
             confirmation=call.tool.name,
             authenticated_at=timezone.now(),
         )
-    executor.execute(call.pk)
+    runner.execute(call.pk)
     call.refresh_from_db()
     assert call.status == Status.FAILED
     event = AuditEvent.objects.get(action="call.escalated", call_id=call.pk)

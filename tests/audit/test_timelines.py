@@ -7,8 +7,9 @@ import uuid
 import pytest
 from django.test import Client
 
-from approvals import executor, services
+from approvals.execution import runner
 from approvals.models import ToolCall
+from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.workers import purge_queue
 
@@ -28,8 +29,8 @@ def test_a_calls_timeline_tells_proposal_vote_intent_and_result_in_order(
 ) -> None:
     purge_queue()
     call = ToolCall.objects.get(pk=world.api().submit(EMAIL).json()["id"])
-    services.decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="fine")
-    executor.execute(call.pk)
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="fine")
+    runner.execute(call.pk)
     purge_queue()
     content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
     titles = ["Proposal", "Vote", "Approved", "Intent (before the handler ran)", "Result"]

@@ -24,9 +24,10 @@ import redis
 from django.conf import settings
 from django.db.models import Count, Min, Q
 
-from approvals import dispatch, sweeps
+from approvals import sweeps
+from approvals.execution import send as executor_send
+from approvals.execution.tasks import execute_call
 from approvals.models import Status, ToolCall, Verdict
-from approvals.tasks import execute_call
 from audit import chain
 from audit.models import AuditEvent
 from audit.verify import verify_chain
@@ -179,15 +180,15 @@ def _pings(client: redis.Redis) -> bool:
 def approvals_not_sent() -> Iterator[None]:
     """Approve without the on-commit send, so a scenario decides where the tasks go.
 
-    ``dispatch.send_execution`` is looked up when the decision registers its on-commit
+    ``executor_send.send_execution`` is looked up when the decision registers its on-commit
     callback, so replacing it here holds back exactly the approvals made in this block.
     """
-    original = dispatch.send_execution
-    dispatch.send_execution = lambda call_id: None  # type: ignore[assignment]
+    original = executor_send.send_execution
+    executor_send.send_execution = lambda call_id: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        dispatch.send_execution = original  # type: ignore[assignment]
+        executor_send.send_execution = original  # type: ignore[assignment]
 
 
 def approved_calls(world: World, tool: str, n: int) -> list[UUID]:
@@ -200,7 +201,7 @@ def send(call_ids: Iterable[UUID], *, times: int = 1, queue: str | None = None) 
     sent = 0
     with app.producer_or_acquire() as producer:
         for call_id in call_ids:
-            limits = dispatch.time_limits(call_id)
+            limits = executor_send.time_limits(call_id)
             for _ in range(times):
                 execute_call.apply_async((str(call_id),), queue=queue, producer=producer, **limits)
                 sent += 1

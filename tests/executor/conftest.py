@@ -15,8 +15,11 @@ from django.contrib.auth.models import User
 from django.db.models import F
 from django.utils import timezone
 
-from approvals import services
+from approvals.execution.claim import Claim, claim_call
+from approvals.execution.finish import expire_lease
 from approvals.models import Status, ToolCall
+from approvals.services.calls import create_call
+from approvals.services.decisions import decide
 from sandbox.models import Payment
 from tests.conftest import World
 from tools_registry import services as registry_services
@@ -67,7 +70,7 @@ def ensure_refundable() -> None:
 def pending_call(
     world: World, tool: str = "send_email", arguments: dict[str, Any] | None = None
 ) -> ToolCall:
-    return services.create_call(
+    return create_call(
         agent=world.agent,
         tool=world.tools[tool],
         arguments=arguments or ARGUMENTS[tool](),
@@ -85,19 +88,17 @@ def approved_call(
     call = pending_call(world, tool, arguments)
     # A destructive approval is typed out by a reviewer who signed in just now.
     confirm = {"confirmation": call.tool.name, "authenticated_at": timezone.now()}
-    services.decide(call_id=call.pk, reviewer=world.bob, verdict="approve", **confirm)
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", **confirm)
     if call.approvals_required > 1:
-        services.decide(
-            call_id=call.pk, reviewer=second_reviewer(world), verdict="approve", **confirm
-        )
+        decide(call_id=call.pk, reviewer=second_reviewer(world), verdict="approve", **confirm)
     call.refresh_from_db()
     assert call.status == Status.APPROVED
     return call
 
 
-def claimed_call(world: World, tool: str = "send_email") -> tuple[ToolCall, services.Claim]:
+def claimed_call(world: World, tool: str = "send_email") -> tuple[ToolCall, Claim]:
     call = approved_call(world, tool)
-    claim = services.claim_call(call_id=call.pk)
+    claim = claim_call(call_id=call.pk)
     assert claim is not None
     call.refresh_from_db()
     return call, claim
@@ -113,7 +114,7 @@ def age_lease(call: ToolCall, seconds: float = 3600) -> None:
 def unknown_call(world: World, tool: str = "send_email") -> ToolCall:
     """A call whose worker went silent: the sweep found its lease expired."""
     call, _ = claimed_call(world, tool)
-    assert services.expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+    assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
     call.refresh_from_db()
     assert call.status == Status.UNKNOWN
     return call

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.test import Client
 
-from approvals import executor
+from approvals.execution import runner
 from approvals.models import Status, ToolCall
 from audit.models import AuditEvent
 from tests.conftest import World, executions_sent
@@ -33,7 +33,7 @@ class TestList:
     def test_it_lists_unknown_calls_and_failed_destructive_calls(self, world: World, dora):
         unknown = unknown_call(world)
         failed = approved_call(world, "delete_customer", delete_arguments())
-        executor.execute(failed.pk)  # no such customer: fails, escalated
+        runner.execute(failed.pk)  # no such customer: fails, escalated
         approved_call(world)  # nothing wrong with this one
 
         page = client_for(world.bob).get(PAGE)
@@ -117,7 +117,7 @@ class TestResolve:
         self, world: World, dora
     ):
         call = approved_call(world, "delete_customer", delete_arguments())
-        executor.execute(call.pk)
+        runner.execute(call.pk)
         bob = client_for(world.bob)
 
         refused = bob.post(url(call, "resolve"), {"outcome": "succeeded", "note": "sure"})
@@ -135,7 +135,7 @@ class TestResolve:
     ):
         """Two reviewers approved it once; one person alone may not send it again."""
         call = approved_call(world, "delete_customer", delete_arguments())
-        executor.execute(call.pk)
+        runner.execute(call.pk)
         call.refresh_from_db()
         assert (call.status, call.needs_attention) == (Status.FAILED, True)
         bob = client_for(world.bob)
@@ -230,7 +230,7 @@ class TestRerun:
         assert event.data["idempotency_key"] == call.execution_key
         assert event.data["confirmed_by_person"] is True
 
-        outcome = executor.execute(call.pk)
+        outcome = runner.execute(call.pk)
         assert outcome is not None and outcome.status == Status.SUCCEEDED
 
 

@@ -24,9 +24,9 @@ import redis
 from django.utils import timezone
 from kombu import Connection
 
-from approvals import dispatch
+from approvals.execution import send
+from approvals.execution.tasks import execute_call
 from approvals.models import Status, ToolCall
-from approvals.tasks import execute_call
 from audit.models import AuditEvent
 from sandbox.models import Effect, Payment, SandboxFault
 from tests.conftest import World
@@ -251,7 +251,7 @@ def test_redis_restarted_with_tasks_queued(
             producer = conn.Producer()
             for call_id in ids:
                 execute_call.apply_async(
-                    (str(call_id),), queue=queue, producer=producer, **dispatch.time_limits(call_id)
+                    (str(call_id),), queue=queue, producer=producer, **send.time_limits(call_id)
                 )
         chaos.wait_until(lambda: chaos.hits(held) == 2, message="two tasks to start")
         queued = redis.Redis.from_url(broker).llen(queue)
@@ -301,12 +301,12 @@ def test_the_web_process_dying_between_commit_and_send(chaos_world: World, scale
         "import os, signal\n"
         "from django.contrib.auth.models import User\n"
         "from django.db import transaction\n"
-        "from approvals import services\n"
+        "from approvals.services.decisions import decide\n"
         "bob = User.objects.get(username='bob')\n"
         "with transaction.atomic():\n"
         "    transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL))\n"
         "    for call_id in os.environ['CALL_IDS'].split(','):\n"
-        "        services.decide(call_id=call_id, reviewer=bob, verdict='approve')\n"
+        "        decide(call_id=call_id, reviewer=bob, verdict='approve')\n"
     )
     web = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", script],

@@ -8,8 +8,14 @@ from functools import partial
 import pytest
 from django.utils import timezone
 
-from approvals import dispatch, executor, services, sweeps
+from approvals import sweeps
+from approvals.execution import runner, send
+from approvals.execution.claim import claim_call
+from approvals.execution.finish import Outcome, expire_lease, finish_call
 from approvals.models import Status, ToolCall
+from approvals.services.attention import resolve_call
+from approvals.services.calls import create_call
+from approvals.services.recovery import reconcile_call
 from audit.models import AuditEvent
 from sandbox import effects
 from tests.conftest import World, sandbox_effects
@@ -38,7 +44,7 @@ def sends(callbacks: list) -> list[str]:
     return [
         str(cb.args[0])
         for cb in callbacks
-        if isinstance(cb, partial) and cb.func is dispatch.send_execution
+        if isinstance(cb, partial) and cb.func is send.send_execution
     ]
 
 
@@ -63,8 +69,8 @@ class TestLeaseExpiry:
         age_lease(call)
         sweeps.expire_leases()
 
-        late = services.Outcome(status=Status.SUCCEEDED, result={"late": True})
-        assert services.finish_call(claim=claim, outcome=late) is False
+        late = Outcome(status=Status.SUCCEEDED, result={"late": True})
+        assert finish_call(claim=claim, outcome=late) is False
 
         call.refresh_from_db()
         assert call.status == Status.UNKNOWN
@@ -81,14 +87,14 @@ class TestLeaseExpiry:
         assert call.fence == claim.fence
 
     def test_an_expired_read_fails_because_a_read_has_no_effect(self, world: World):
-        call = services.create_call(
+        call = create_call(
             agent=world.agent,
             tool=world.tools["get_customer"],
             arguments={"customer_id": "cus_0001"},
             session_id="s",
             request_key="read-1",
         )
-        assert services.claim_call(call_id=call.pk) is not None
+        assert claim_call(call_id=call.pk) is not None
         age_lease(call)
 
         assert sweeps.expire_leases() == 1
@@ -126,7 +132,7 @@ class TestReconciliation:
         assert sends(callbacks) == [str(call.pk)]
         assert actions(call)[-2:] == ["call.reconciled", "call.rerun"]
         # The re-run claims like the first run, with the same key and a new fence.
-        outcome = executor.execute(call.pk)
+        outcome = runner.execute(call.pk)
         assert outcome is not None and outcome.status == Status.SUCCEEDED
         call.refresh_from_db()
         assert call.execution_key == key
@@ -184,8 +190,8 @@ class TestReconciliation:
         settings.EXECUTOR_AUTO_RERUNS = 1
         call = unknown_call(world)
         assert sweeps.reconcile_unknown() == {"rerun": 1}
-        services.claim_call(call_id=call.pk)
-        assert services.expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+        claim_call(call_id=call.pk)
+        assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
 
         assert sweeps.reconcile_unknown() == {"escalated": 1}
 
@@ -196,11 +202,11 @@ class TestReconciliation:
 
     def test_a_call_moved_meanwhile_is_skipped(self, world: World):
         call = unknown_call(world)
-        services.resolve_call(
+        resolve_call(
             call_id=call.pk, person=world.bob, outcome=Status.FAILED, note="checked the outbox"
         )
 
-        assert services.reconcile_call(call_id=call.pk).action == "skipped"
+        assert reconcile_call(call_id=call.pk).action == "skipped"
 
 
 class TestResend:
@@ -227,7 +233,7 @@ class TestEscalationOfDestructiveFailures:
     def test_a_failed_destructive_call_is_escalated_and_never_retried(self, world: World, dora):
         call = approved_call(world, "delete_customer", delete_arguments())  # no such customer
 
-        outcome = executor.execute(call.pk)
+        outcome = runner.execute(call.pk)
 
         assert outcome is not None and outcome.status == Status.FAILED
         call.refresh_from_db()
@@ -247,7 +253,7 @@ def test_the_hard_guard_sits_between_the_tools_timeout_and_the_lease(world: Worl
     tool.save()
     call, _ = claimed_call(world)
 
-    limits = dispatch.time_limits(call.pk)
+    limits = send.time_limits(call.pk)
 
     assert limits == {"soft_time_limit": 17, "time_limit": 27}
     lease = (call.lease_until - call.started_at).total_seconds()

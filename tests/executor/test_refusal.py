@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from approvals.execution.tasks import execute_call
 from approvals.models import Status, ToolCall
-from approvals.tasks import execute_call
 from audit.models import AuditEvent
 from tests.approvals.test_walking_skeleton import REFUND, approve_through_the_web
 from tests.conftest import World, sandbox_effects

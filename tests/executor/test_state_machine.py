@@ -34,8 +34,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from approvals import executor, services, sweeps, transitions
+from approvals import sweeps, transitions
+from approvals.execution import runner
+from approvals.execution.claim import Claim, claim_call
+from approvals.execution.finish import Outcome, finish_call
 from approvals.models import Status, ToolCall, Verdict
+from approvals.services.attention import AttentionRefused, needs_a_person, rerun_call, resolve_call
+from approvals.services.calls import create_call
+from approvals.services.decisions import DecisionRefused, decide
 from audit.models import AuditEvent
 from sandbox.models import Customer, Effect
 from tests.conftest import World
@@ -100,7 +106,7 @@ class ExecutorMachine(RuleBasedStateMachine):
         else:
             tool = "send_email"
             arguments = {"to": f"c{n}@example.com", "subject": "s", "body": "b"}
-        call = services.create_call(
+        call = create_call(
             agent=self.world.agent,
             tool=self.world.tools[tool],
             arguments=arguments,
@@ -119,7 +125,7 @@ class ExecutorMachine(RuleBasedStateMachine):
             reviewers = reviewers[:1]
         for reviewer in reviewers:
             try:
-                services.decide(
+                decide(
                     call_id=call_id,
                     reviewer=reviewer,
                     verdict=verdict,
@@ -127,7 +133,7 @@ class ExecutorMachine(RuleBasedStateMachine):
                     confirmation=call.tool.name,
                     authenticated_at=timezone.now(),
                 )
-            except services.DecisionRefused:
+            except DecisionRefused:
                 assert ToolCall.objects.get(pk=call_id).status != Status.PENDING or (
                     self._voted(call_id, reviewer)
                 )
@@ -137,7 +143,7 @@ class ExecutorMachine(RuleBasedStateMachine):
     @rule(target=claims, call_id=calls)
     def claim(self, call_id: uuid.UUID) -> Any:
         was = ToolCall.objects.get(pk=call_id).status
-        claim = services.claim_call(call_id=call_id)
+        claim = claim_call(call_id=call_id)
         if claim is None:
             assert was != Status.APPROVED, "an approved call must be claimable"
             return multiple()
@@ -145,35 +151,35 @@ class ExecutorMachine(RuleBasedStateMachine):
         return claim
 
     @rule(claim=consumes(claims))
-    def worker_finishes(self, claim: services.Claim) -> None:
+    def worker_finishes(self, claim: Claim) -> None:
         """A worker runs the handler and stores the result, if its fence still holds."""
         current = ToolCall.objects.get(pk=claim.call_id)
         still_current = current.fence == claim.fence and current.status == Status.EXECUTING
-        outcome = executor.run_handler(claim)
+        outcome = runner.run_handler(claim)
         self._note_late_effect(claim, still_current)
-        assert services.finish_call(claim=claim, outcome=outcome) is still_current
+        assert finish_call(claim=claim, outcome=outcome) is still_current
 
     @rule(claim=consumes(claims))
-    def worker_dies_before_the_handler(self, claim: services.Claim) -> None:
+    def worker_dies_before_the_handler(self, claim: Claim) -> None:
         """kill -9 before the handler ran: nothing happened, nothing is stored."""
 
     @rule(claim=consumes(claims))
-    def worker_dies_after_the_effect(self, claim: services.Claim) -> None:
+    def worker_dies_after_the_effect(self, claim: Claim) -> None:
         """kill -9 after the downstream applied the effect, before the result was stored."""
         current = ToolCall.objects.get(pk=claim.call_id)
         self._apply_effect(claim)
         self._note_late_effect(claim, current.fence == claim.fence)
 
     @rule(claim=consumes(claims), after_effect=st.booleans())
-    def handler_times_out(self, claim: services.Claim, after_effect: bool) -> None:
+    def handler_times_out(self, claim: Claim, after_effect: bool) -> None:
         """The handler timed out, before or after the downstream applied the effect."""
         current = ToolCall.objects.get(pk=claim.call_id)
         still_current = current.fence == claim.fence and current.status == Status.EXECUTING
         if after_effect:
             self._apply_effect(claim)
             self._note_late_effect(claim, still_current)
-        outcome = services.Outcome(status=Status.UNKNOWN, error={"code": "timeout"})
-        assert services.finish_call(claim=claim, outcome=outcome) is still_current
+        outcome = Outcome(status=Status.UNKNOWN, error={"code": "timeout"})
+        assert finish_call(claim=claim, outcome=outcome) is still_current
 
     # --- Time and the sweeps -------------------------------------------------------------
 
@@ -205,11 +211,9 @@ class ExecutorMachine(RuleBasedStateMachine):
         happened = Effect.objects.filter(idempotency_key=call.execution_key).exists()
         outcome = Status.SUCCEEDED if happened else Status.FAILED
         try:
-            services.resolve_call(
-                call_id=call_id, person=self.dora, outcome=outcome, note="checked"
-            )
-        except services.AttentionRefused:
-            assert not services.needs_a_person(call) or (
+            resolve_call(call_id=call_id, person=self.dora, outcome=outcome, note="checked")
+        except AttentionRefused:
+            assert not needs_a_person(call) or (
                 call.status == Status.FAILED and outcome == Status.SUCCEEDED
             )
 
@@ -217,10 +221,10 @@ class ExecutorMachine(RuleBasedStateMachine):
     def person_reruns(self, call_id: uuid.UUID) -> None:
         call = ToolCall.objects.get(pk=call_id)
         try:
-            services.rerun_call(call_id=call_id, person=self.dora, confirmed=True)
-        except services.AttentionRefused:
+            rerun_call(call_id=call_id, person=self.dora, confirmed=True)
+        except AttentionRefused:
             # Only writes are run again; a destructive call's outcome is only recorded.
-            assert not services.needs_a_person(call) or call.risk == "destructive"
+            assert not needs_a_person(call) or call.risk == "destructive"
 
     # --- Invariants ----------------------------------------------------------------------
 
@@ -294,7 +298,7 @@ class ExecutorMachine(RuleBasedStateMachine):
     def _voted(self, call_id: uuid.UUID, reviewer: User) -> bool:
         return ToolCall.objects.get(pk=call_id).decisions.filter(reviewer=reviewer).exists()
 
-    def _apply_effect(self, claim: services.Claim) -> None:
+    def _apply_effect(self, claim: Claim) -> None:
         """What the downstream does with the worker's request: the real handler's effect."""
         spec = registry.get(claim.tool_name)
         ctx = ToolContext(
@@ -306,7 +310,7 @@ class ExecutorMachine(RuleBasedStateMachine):
         except registry.ToolFailed:
             pass
 
-    def _note_late_effect(self, claim: services.Claim, still_current: bool) -> None:
+    def _note_late_effect(self, claim: Claim, still_current: bool) -> None:
         call = ToolCall.objects.get(pk=claim.call_id)
         if (
             not still_current
@@ -326,10 +330,10 @@ class ExecutorMachine(RuleBasedStateMachine):
             self.the_protocol_holds()
             approved = list(ToolCall.objects.filter(pk__in=list(self.seen), status=Status.APPROVED))
             for call in approved:
-                claim = services.claim_call(call_id=call.pk)
+                claim = claim_call(call_id=call.pk)
                 assert claim is not None
                 self.the_protocol_holds()
-                assert services.finish_call(claim=claim, outcome=executor.run_handler(claim))
+                assert finish_call(claim=claim, outcome=runner.run_handler(claim))
                 self.the_protocol_holds()
             if not approved:
                 break

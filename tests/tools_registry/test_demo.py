@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group, User
 
+from sandbox.demo import DEMO_TOOLS, seed_demo
 from tests.tools_registry.conftest import events
 from tools_registry import services
-from tools_registry.demo import DEMO_TOOLS, seed_demo
 from tools_registry.models import Agent
 from tools_registry.permissions import reviewable_tools
 

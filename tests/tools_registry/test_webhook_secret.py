@@ -10,8 +10,8 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 
-from approvals import webhooks
 from audit.models import AuditEvent
+from gateway import webhooks
 from tests.conftest import World
 from tools_registry.models import Agent
 

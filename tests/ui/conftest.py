@@ -11,8 +11,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from approvals import services
 from approvals.models import ToolCall
+from approvals.services.calls import create_call
 from tests.conftest import World
 from tools_registry import services as registry_services
 
@@ -44,7 +44,7 @@ def make_call(
     created_at: datetime | None = None,
     agent: Any = None,
 ) -> ToolCall:
-    call = services.create_call(
+    call = create_call(
         agent=agent or world.agent,
         tool=world.tools[tool],
         arguments=arguments if arguments is not None else ARGUMENTS[tool],

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from approvals import services
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.ui.conftest import make_call
 
@@ -137,7 +137,7 @@ def test_a_reviewer_filters_decides_and_watches_the_queue_update(
     expect(rows(page)).to_have_count(2)
     page.evaluate("window.stillTheSamePage = true")
     newcomer = make_call(world, "send_email", session_id="run-9")
-    services.decide(call_id=refund.pk, reviewer=world.bob, verdict="reject", comment="Duplicate.")
+    decide(call_id=refund.pk, reviewer=world.bob, verdict="reject", comment="Duplicate.")
     expect(page.locator(f'#queue tr[data-call-id="{newcomer.pk}"]')).to_have_count(
         1, timeout=10_000
     )

@@ -8,8 +8,8 @@ from datetime import timedelta
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from approvals import services
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.ui.conftest import login, make_call
 from tools_registry import services as registry_services
@@ -29,7 +29,7 @@ def test_it_shows_what_the_reviewer_needs_to_decide(world: World, dave, bob_clie
         reasoning="The customer was charged twice for March.",
         token_cost={"input_tokens": 1200, "output_tokens": 85, "usd": 0.0123},
     )
-    services.decide(call_id=call.pk, reviewer=dave, verdict="approve")
+    decide(call_id=call.pk, reviewer=dave, verdict="approve")
 
     response = bob_client.get(f"/approvals/{call.pk}/")
     body = response.content.decode()
@@ -104,7 +104,7 @@ def test_next_skips_calls_already_voted_on_and_ends_at_the_queue(
     first = make_call(world, created_at=now - timedelta(minutes=3))
     voted = make_call(world, "delete_customer", created_at=now - timedelta(minutes=2))
     last = make_call(world, created_at=now - timedelta(minutes=1))
-    services.decide(
+    decide(
         call_id=voted.pk,
         reviewer=world.bob,
         verdict="approve",

@@ -7,8 +7,9 @@ from datetime import timedelta
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
-from approvals import notifications, services, sweeps
+from approvals import notifications, sweeps
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.ui.conftest import make_call
@@ -53,7 +54,7 @@ def test_a_call_decided_before_the_sweep_is_not_announced(
     world: World, mailoutbox, django_capture_on_commit_callbacks
 ) -> None:
     call = make_call(world)
-    services.decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment="No.")
+    decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment="No.")
     assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 0
     assert mailoutbox == []
 
@@ -68,7 +69,7 @@ def test_a_reminder_goes_once_to_those_who_have_not_voted(
     waiting = make_call(world, "delete_customer", created_at=now - timedelta(minutes=11))
     make_call(world, "delete_customer", created_at=now - timedelta(minutes=5))  # not yet
     make_call(world, "send_email", created_at=now - timedelta(minutes=50))  # no reminder set
-    services.decide(
+    decide(
         call_id=waiting.pk,
         reviewer=dave,
         verdict="approve",
@@ -98,7 +99,7 @@ def test_a_call_about_to_expire_escalates_to_the_second_team_once(
     make_call(world, "issue_refund", created_at=now - timedelta(minutes=40))  # 20 minutes left
     make_call(world, "send_email", created_at=now - timedelta(minutes=55))  # no escalation team
     decided = make_call(world, "issue_refund", created_at=now - timedelta(minutes=56))
-    services.decide(call_id=decided.pk, reviewer=world.bob, verdict="reject", comment="No.")
+    decide(call_id=decided.pk, reviewer=world.bob, verdict="reject", comment="No.")
 
     assert run(django_capture_on_commit_callbacks, notifications.escalate_expiring) == 1
     assert addressed(mailoutbox) == ["erin@example.com"]

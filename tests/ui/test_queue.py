@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from approvals import selectors
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.ui.conftest import login, make_call
 from tools_registry import services as registry_services
@@ -190,10 +191,8 @@ def test_the_query_count_does_not_grow_with_the_rows(world: World, dave, bob_cli
         )
     call = make_call(world, "delete_customer")
     # Votes and owners on the rows must not cost a query each either.
-    from approvals import services
-
     for voter in (dave, world.bob):  # one of two approvals each: the calls stay pending
-        services.decide(
+        decide(
             call_id=first.pk if voter == dave else call.pk,
             reviewer=voter,
             verdict="approve",

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.log import record
-from config import rows
+from tools_registry import sql
 from tools_registry.models import Agent, AgentToken
 
 TOKEN_SCHEME = "cst"  # noqa: S105 - the public prefix of every token, not a secret
@@ -75,7 +75,7 @@ def authenticate_token(raw: str) -> Agent | None:
     prefix, _, secret = rest.partition("_")
     if scheme != TOKEN_SCHEME or not prefix or not secret:
         return None
-    token = _active_token(prefix)
+    token = sql.active_token(prefix)
     if token is None:
         _hash_secret(secret)  # same work as a hit, so timing does not reveal prefixes
         return None
@@ -88,24 +88,3 @@ def authenticate_token(raw: str) -> Agent | None:
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         AgentToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return agent
-
-
-def _active_token(prefix: str) -> AgentToken | None:
-    """The unrevoked token with this prefix, with its agent.
-
-    SQL rather than the ORM: this runs on every agent request, and composing the query
-    cost more CPU than running it (see config.rows).
-    """
-    token_table, agent_table = AgentToken._meta.db_table, Agent._meta.db_table
-    with rows.statement(
-        f"SELECT {rows.columns(AgentToken, 't')}, {rows.columns(Agent, 'a')} "  # noqa: S608
-        f"FROM {token_table} t JOIN {agent_table} a ON a.id = t.agent_id "
-        "WHERE t.prefix = %s AND t.revoked_at IS NULL",
-        [prefix],
-    ) as cursor:
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    token = rows.from_row(AgentToken, row)
-    token.agent = rows.from_row(Agent, row[len(AgentToken._meta.concrete_fields) :])
-    return token

@@ -1,0 +1,119 @@
+"""The claim: a worker's exclusive right to run a call, with a fence and a lease.
+
+Of any number of deliveries of the same task exactly one claims the call; the claim and
+the intent audit event commit together, before the handler runs. A call whose tool or
+agent was switched off, or whose tool changed, since its approval is not claimed: it fails
+here, unrun, with its own audit event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import events, transitions
+from approvals.guards import CANNOT_RUN, cannot_run_code
+from approvals.models import Status, ToolCall
+from tools_registry.models import Tool
+from tools_registry.policy import handler_budget_seconds
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's exclusive right to run a call, valid while ``fence`` is current."""
+
+    call: ToolCall
+    fence: int
+
+    @property
+    def call_id(self) -> UUID:
+        return self.call.pk
+
+    @property
+    def tool_name(self) -> str:
+        return self.call.tool.name
+
+    @property
+    def risk(self) -> str:
+        return self.call.risk
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return self.call.arguments
+
+    @property
+    def attempt(self) -> int:
+        return self.call.attempts
+
+    @property
+    def execution_key(self) -> str:
+        return self.call.execution_key
+
+    @property
+    def timeout(self) -> float:
+        return self.call.tool.timeout_seconds
+
+    @property
+    def max_attempts(self) -> int:
+        return self.call.tool.max_attempts
+
+    @property
+    def sensitive_fields(self) -> tuple[str, ...]:
+        """The tool policy's sensitive fields (admins may add to those declared in code)."""
+        return tuple(self.call.tool.sensitive_fields or ())
+
+
+def lease_until(tool: Tool, now: datetime) -> datetime:
+    """When a claim of a call of ``tool`` lapses: its handler budget plus a grace for the
+    database work around it. Past it, the lease sweep takes the call away."""
+    budget = handler_budget_seconds(
+        timeout_seconds=tool.timeout_seconds, max_attempts=tool.max_attempts
+    )
+    return now + timedelta(seconds=budget + settings.EXECUTOR_LEASE_GRACE_SECONDS)
+
+
+@transaction.atomic
+def claim_call(*, call_id: UUID) -> Claim | None:
+    """Take an approved call (or a received read) for execution; None if another delivery
+    has it, it is done, or it may no longer run (then it fails here, unrun).
+
+    The row lock queues concurrent deliveries; the first moves the call to ``executing``
+    with the fence moved on, the others then find it there and drop out.
+    """
+    call = transitions.lock_call(call_id)
+    if call is None or call.status != transitions.claim_source(call.risk):
+        return None
+    if code := cannot_run_code(call):
+        _refuse(call, code)
+        return None
+    now = timezone.now()
+    transitions.move(
+        call,
+        Status.EXECUTING,
+        fence=call.fence,
+        bump_fence=True,
+        attempts=call.attempts + 1,
+        lease_until=lease_until(call.tool, now),
+        started_at=now,
+    )
+    events.execution_started(call)
+    return Claim(call=call, fence=call.fence)
+
+
+def _refuse(call: ToolCall, code: str) -> None:
+    """Fail a call that may no longer run, without running it. The error carries the
+    reason's code (``CANNOT_RUN``); the agent may retry a write once the tool or agent is
+    back. Nothing ran, so nothing is unknown and nothing is escalated."""
+    transitions.move(
+        call,
+        Status.FAILED,
+        error={"code": code, "message": CANNOT_RUN[code]},
+        finished_at=timezone.now(),
+    )
+    events.execution_refused(call, code=code, reason=CANNOT_RUN[code])

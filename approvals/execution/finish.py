@@ -1,0 +1,102 @@
+"""Storing an execution's outcome under its claim's fence, and taking a call away from a
+worker that went silent past its lease."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals import events, transitions
+from approvals.execution.claim import Claim
+from approvals.models import Status, ToolCall
+from tools_registry.policy import Risk
+
+DESTRUCTIVE_FAILED = "A destructive call failed; a person must decide what happens next."
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # succeeded | failed | unknown
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    latency_ms: int = 0
+    tries: int = 1
+
+
+@transaction.atomic
+def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
+    """Store the outcome if the claim is still current; False for a stale (fenced-off) worker.
+
+    No lock and no read: the door's UPDATE matches only while the call is still under this
+    claim's fence, so a worker whose lease was taken over writes nothing but the audit
+    event that says its result was discarded.
+    """
+    call = copy.copy(claim.call)  # the call as claimed; the claim itself stays as it was
+    escalate = outcome.status == Status.FAILED and call.risk == Risk.DESTRUCTIVE
+    stored = transitions.change(
+        call,
+        outcome.status,
+        fence=claim.fence,
+        result=outcome.result,
+        error=outcome.error,
+        latency_ms=outcome.latency_ms,
+        lease_until=None,
+        finished_at=timezone.now(),
+        needs_attention=escalate,
+        attention_reason=DESTRUCTIVE_FAILED if escalate else "",
+    )
+    if not stored:
+        current = ToolCall.objects.select_related("tool", "agent").get(pk=claim.call_id)
+        events.stale_result_discarded(
+            current, claim_fence=claim.fence, outcome_status=outcome.status
+        )
+        return False
+    events.execution_finished(call, tries=outcome.tries)
+    if escalate:
+        # Never retried automatically: the call waits on the "needs attention" page.
+        events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
+    return True
+
+
+LEASE_EXPIRED_WRITE = (
+    "The worker running the call went silent past its lease; whether the effect happened "
+    "is being checked with the downstream system."
+)
+LEASE_EXPIRED_READ = "The worker running the read went silent past its lease."
+
+
+@transaction.atomic
+def expire_lease(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
+    """Take a call away from a worker that went silent past its lease; None if not due.
+
+    A write becomes ``unknown``: its effect may or may not have happened, and the
+    reconciliation sweep asks the downstream. A read has no effect, so it fails. The fence
+    moves on in the same UPDATE, so the silent worker's late ``finish_call`` (a paused or
+    partitioned process that wakes up) matches no row and is discarded.
+    """
+    now = now or timezone.now()
+    call = transitions.lock_call(call_id, status=Status.EXECUTING, lease_until__lt=now)
+    if call is None:
+        return None
+    claim_fence = call.fence
+    is_read = call.risk == Risk.READ
+    transitions.move(
+        call,
+        Status.FAILED if is_read else Status.UNKNOWN,
+        fence=claim_fence,
+        bump_fence=True,
+        lease_until=None,
+        error={
+            "code": "lease_expired",
+            "message": LEASE_EXPIRED_READ if is_read else LEASE_EXPIRED_WRITE,
+        },
+        finished_at=now if is_read else None,
+    )
+    events.lease_expired(call, claim_fence=claim_fence)
+    return call

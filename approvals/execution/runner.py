@@ -1,0 +1,157 @@
+"""Runs a claimed call's handler exactly once (see ARCHITECTURE.md, "Exactly once").
+
+1. claim (``claim.claim_call``): approved -> executing, fence + 1, lease; the intent audit
+   event commits with it. A duplicate delivery claims nothing. A call whose tool or agent
+   was switched off, or whose tool changed, since its approval is not claimed: it fails
+   with that code and its own audit event.
+2. run the handler (through the registered tool, which validates the arguments first)
+   with the call's stable idempotency key and the tool's timeout, with no transaction open.
+3. finish (``finish.finish_call``): store the outcome ``WHERE fence = <ours>`` with its
+   audit event; a worker whose lease was taken over writes nothing.
+
+A handler that raises ``ToolFailed`` says the effect did not happen: the call failed. Any
+other exception (a timeout, a dropped connection) leaves a write's outcome unknown; the
+reconciliation sweep asks the handler's ``lookup`` what really happened. Reads have no
+effect, so they are retried with exponential backoff and jitter, then fail.
+
+Handlers must honour ``ctx.timeout`` themselves (httpx timeouts). A handler that does not
+is stopped by Celery's per-task time limits, set when the task is sent
+(``send.time_limits``): the soft limit raises inside the handler and the
+outcome is stored as unknown; the hard limit kills the worker child, and the lease sweep
+makes the call unknown. A worker that dies for any other reason is found the same way:
+its lease expires (``finish.expire_lease``), the fence moves on, reconciliation follows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from uuid import UUID
+
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from approvals import hooks
+from approvals.execution.claim import Claim, claim_call
+from approvals.execution.finish import Outcome, finish_call
+from approvals.models import Status
+from audit.masking import mask_text
+from tools_registry import registry
+from tools_registry.policy import READ_BACKOFF_MAX_SECONDS, Risk
+from tools_registry.registry import RegisteredTool, ToolContext, ToolFailed
+
+logger = logging.getLogger(__name__)
+
+# Backoff between read attempts: 0.2 s, 0.4 s, ... plus up to 0.2 s of jitter, capped where
+# the policy's longest read (and so the idempotency key's in-flight lock) expects it.
+READ_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=READ_BACKOFF_MAX_SECONDS, jitter=0.2)
+
+
+def execute(call_id: UUID) -> Outcome | None:
+    """Claim, run and finish one call. Returns None when another delivery has it."""
+    claim = claim_call(call_id=call_id)
+    if claim is None:
+        logger.info(
+            "call %s not claimed (duplicate delivery, already done, or refused); dropped", call_id
+        )
+        return None
+    outcome = run_handler(claim)
+    if not finish_call(claim=claim, outcome=outcome):
+        logger.warning(
+            "call %s: lease lost (fence %s) before the result was stored", call_id, claim.fence
+        )
+    hooks.execution_finished(claim.tool_name, outcome.status, outcome.error)
+    return outcome
+
+
+def run_handler(claim: Claim) -> Outcome:
+    try:
+        spec = registry.get(claim.tool_name)
+    except registry.UnknownTool:
+        # The code is gone; nothing ran. Only registered handlers can ever run.
+        return Outcome(
+            status=Status.FAILED,
+            error={
+                "code": "tool_not_in_code",
+                "message": f"No handler is registered for {claim.tool_name}.",
+            },
+        )
+    ctx = ToolContext(
+        call_id=claim.call_id,
+        idempotency_key=claim.execution_key,
+        timeout=claim.timeout,
+        attempt=claim.attempt,
+        agent_name=claim.call.agent.name,
+        on_behalf_of=claim.call.on_behalf_of,
+    )
+    started = time.monotonic()
+    tries = 0
+
+    def invoke() -> dict:
+        nonlocal tries
+        tries += 1
+        # Through the registered tool, which checks the arguments against the schema first:
+        # arguments that do not fit never reach a handler, whatever path brought them here.
+        return _checked_result(
+            spec, spec(ctx, claim.arguments, sensitive_fields=claim.sensitive_fields)
+        )
+
+    try:
+        if claim.risk == Risk.READ:
+            result = Retrying(
+                stop=stop_after_attempt(max(claim.max_attempts, 1)),
+                wait=READ_BACKOFF,
+                retry=retry_if_exception(_read_may_retry),
+                reraise=True,
+            )(invoke)
+        else:
+            # Writes and destructive calls run once; a retry is the agent's or a person's call.
+            result = invoke()
+    except ToolFailed as exc:
+        return _outcome(
+            Status.FAILED, started, tries, error={"code": exc.code, "message": exc.message}
+        )
+    except Exception as exc:
+        error = _describe(exc)
+        if claim.risk == Risk.READ:
+            return _outcome(Status.FAILED, started, tries, error=error)
+        logger.warning("call %s: outcome unknown after %s", claim.call_id, error["code"])
+        return _outcome(Status.UNKNOWN, started, tries, error=error)
+    return _outcome(Status.SUCCEEDED, started, tries, result=result)
+
+
+def _read_may_retry(exc: BaseException) -> bool:
+    if isinstance(exc, ToolFailed):
+        return exc.retryable
+    return isinstance(exc, Exception)
+
+
+def _checked_result(spec: RegisteredTool, result: object) -> dict:
+    if not isinstance(result, dict):
+        raise TypeError(
+            f"handler of {spec.name} returned {type(result).__name__}, not a JSON object"
+        )
+    json.dumps(result)  # raises for values the database and the API could not store
+    return result
+
+
+def _describe(exc: BaseException) -> dict[str, str]:
+    name = type(exc).__name__.lower()
+    # httpx's *Timeout errors, TimeoutError, and Celery's SoftTimeLimitExceeded (the hard
+    # guard of send.time_limits, raised in a handler that ignored its timeout).
+    timed_out = isinstance(exc, TimeoutError) or "timeout" in name or "timelimit" in name
+    return {
+        "code": "timeout" if timed_out else "handler_error",
+        # Exception text can quote arguments or credentials; it is masked before storing.
+        "message": mask_text(f"{type(exc).__name__}: {exc}")[:500],
+    }
+
+
+def _outcome(status: str, started: float, tries: int, **fields: object) -> Outcome:
+    latency_ms = int((time.monotonic() - started) * 1000)
+    return Outcome(status=status, latency_ms=latency_ms, tries=tries, **fields)  # type: ignore[arg-type]

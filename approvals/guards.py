@@ -1,0 +1,63 @@
+"""The rules a call is checked against before it moves: what an approval binds to,
+who may not approve it, and whether it may still run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from approvals.models import ToolCall
+from audit.canonical import canonical_json, sha256_hex
+
+
+def arguments_hash(*, tool_name: str, tool_version: str, arguments: Any) -> str:
+    """What an approval binds to: the exact tool, its definition, and the arguments."""
+    return sha256_hex(
+        canonical_json({"tool": tool_name, "version": tool_version, "arguments": arguments})
+    )
+
+
+CONFLICTS = {
+    "owner": "You own the agent that made this call.",
+    "on_behalf_of": "The agent acts on your behalf in this call.",
+}
+
+
+def conflict_of_interest(call: ToolCall, person: Any) -> str:
+    """Which conflict keeps ``person`` from approving or settling ``call`` (a key of
+    ``CONFLICTS``), or "" for none: separation of duties, one rule everywhere.
+
+    The agent's owner, and the end user the agent acts for (``on_behalf_of``, matched to the
+    person's username or e-mail), may reject a call but never let it run.
+    """
+    if call.agent.owner_id == person.pk:
+        return "owner"
+    acting_for = call.on_behalf_of.strip().lower()
+    if acting_for and acting_for in {person.get_username().lower(), (person.email or "").lower()}:
+        return "on_behalf_of"
+    return ""
+
+
+# Why an approved call may no longer run, by error code (the code the agent gets back).
+CANNOT_RUN = {
+    "tool_disabled": "The tool is disabled or its code is gone, so the call cannot run.",
+    "agent_disabled": "The agent that made this call is disabled, so the call cannot run.",
+    "tool_version_changed": "The tool's definition changed since the agent made this call.",
+}
+
+
+def cannot_run_code(call: ToolCall) -> str:
+    """Why the call may no longer run (its tool or agent was switched off, or the tool's
+    definition changed since), as a key of ``CANNOT_RUN``; "" when it may run."""
+    if not call.tool.runnable:
+        return "tool_disabled"
+    if not call.agent.enabled:
+        return "agent_disabled"
+    if call.tool.version != call.tool_version:
+        return "tool_version_changed"
+    return ""
+
+
+def cannot_run_reason(call: ToolCall) -> str:
+    """Why the call may no longer run, in words, or ""."""
+    code = cannot_run_code(call)
+    return CANNOT_RUN[code] if code else ""

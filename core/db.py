@@ -1,0 +1,191 @@
+"""Hand-written SQL for the few statements on Countersign's hot paths.
+
+The ORM spends more CPU composing a statement than PostgreSQL spends running it; on the
+submit and execute paths (``bench/``) that was most of the work. These helpers build each
+model's column list, INSERT and UPDATE once per process and then only convert values, the
+way ``Model.save()`` and a queryset do (``pre_save`` and ``get_db_prep_save`` on the way in,
+the fields' converters on the way out), with no signals: none of the models they are used
+for has receivers.
+
+Statements run through Django's cursor wrapper, so query logging (``DB_LOG_LEVEL=DEBUG``),
+``connection.queries``, ``assertNumQueries`` and ``CaptureQueriesContext`` see them like
+any ORM query, and the driver's errors arrive as Django's own (``IntegrityError`` ...).
+On PostgreSQL the wrapper holds a server-binding psycopg cursor that asks for a prepared
+statement (parsed and planned once per connection): Django's own cursors bind parameters
+client-side and never prepare. ``DB_PREPARED_STATEMENTS=0`` (for a pooler that cannot keep
+them) turns preparing off; the statements then run as plain server-bound queries.
+
+The statements themselves live beside the models they touch (``<app>/sql.py``), with table
+and column names taken from the models' ``_meta``, never from a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import psycopg
+from django.db import connection
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.models import AutoField, BigAutoField, Field, Model, SmallAutoField
+
+
+class _Preparing:
+    """Runs ``execute`` with ``prepare=True``: psycopg prepares it unless the connection's
+    ``prepare_threshold`` is None (``DB_PREPARED_STATEMENTS=0``)."""
+
+    cursor: Any
+    db: Any
+
+    def _execute(self, sql: str, params: Any, *ignored_wrapper_args: Any) -> Any:
+        self.db.validate_no_broken_transaction()
+        with self.db.wrap_database_errors:
+            return self.cursor.execute(sql, params, prepare=True)
+
+
+class _PreparingCursor(_Preparing, CursorWrapper):
+    pass
+
+
+class _PreparingDebugCursor(_Preparing, CursorDebugWrapper):
+    def execute(self, sql: str, params: Any = None) -> Any:
+        # Logged with its values in place, as Django logs its own client-side cursors'.
+        with self.debug_sql(self.db.ops.compose_sql(sql, params), params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+@contextmanager
+def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
+    """Run one hot-path statement in the current transaction; yields its cursor."""
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            yield cursor
+        return
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
+    with wrapper(psycopg.Cursor(connection.connection), connection) as cursor:
+        cursor.execute(sql, params)
+        yield cursor
+
+
+def run(sql: str, params: Sequence[Any]) -> int:
+    """Run one hot-path statement that returns no rows; the number of rows it changed."""
+    with statement(sql, params) as cursor:
+        return int(cursor.rowcount)
+
+
+def quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def table(model: type[Model]) -> str:
+    """The model's table, quoted."""
+    return quote(model._meta.db_table)
+
+
+def column(model: type[Model], name: str) -> str:
+    """The column of the model's field ``name``, quoted."""
+    return quote(str(_concrete(model)[name].column))
+
+
+@cache
+def _insertable(model: type[Model]) -> tuple[tuple[Field, ...], Field | None]:
+    """The fields an INSERT writes, and the auto-increment primary key it returns, if any."""
+    pk = model._meta.pk
+    auto = pk if isinstance(pk, AutoField | BigAutoField | SmallAutoField) else None
+    return tuple(f for f in model._meta.concrete_fields if f is not auto), auto
+
+
+@cache
+def _insert_sql(model: type[Model], vendor: str) -> str:
+    fields, auto = _insertable(model)
+    sql = (
+        f"INSERT INTO {table(model)} "  # noqa: S608 - names from the model's own metadata
+        f"({', '.join(quote(str(f.column)) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    return sql + (f" RETURNING {quote(str(auto.column))}" if auto else "")
+
+
+def insert(obj: Model) -> Model:
+    """INSERT one new model instance, as ``obj.save()`` would, and mark it saved."""
+    fields, auto = _insertable(type(obj))
+    values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    with statement(_insert_sql(type(obj), connection.vendor), values) as cursor:
+        if auto is not None:
+            setattr(obj, auto.attname, cursor.fetchone()[0])
+    obj._state.adding = False
+    obj._state.db = connection.alias
+    return obj
+
+
+def save_values(model: type[Model], values: dict[str, Any]) -> list[Any]:
+    """``values`` (by field name) prepared for the database as ``QuerySet.update()`` does."""
+    field = _concrete(model)
+    return [field[n].get_db_prep_save(v, connection) for n, v in values.items()]
+
+
+def lookup_values(model: type[Model], values: dict[str, Any]) -> list[Any]:
+    """``values`` (by field name) prepared for the database as a filter's values are."""
+    field = _concrete(model)
+    return [field[n].get_db_prep_value(v, connection) for n, v in values.items()]
+
+
+def update(model: type[Model], values: dict[str, Any], *, where: dict[str, Any]) -> int:
+    """``UPDATE ... SET values WHERE where`` (field names, equality joined with AND), values
+    prepared as ``QuerySet.update()`` prepares them; the number of rows it changed."""
+    params = [*save_values(model, values), *lookup_values(model, where)]
+    return run(_update_sql(model, tuple(values), tuple(where)), params)
+
+
+@cache
+def _concrete(model: type[Model]) -> dict[str, Field]:
+    return {f.name: f for f in model._meta.concrete_fields}
+
+
+@cache
+def _update_sql(model: type[Model], names: tuple[str, ...], where: tuple[str, ...]) -> str:
+    return (
+        f"UPDATE {table(model)} "  # noqa: S608 - names from the model's own metadata
+        f"SET {', '.join(f'{column(model, n)} = %s' for n in names)} "
+        f"WHERE {' AND '.join(f'{column(model, n)} = %s' for n in where)}"
+    )
+
+
+@cache
+def columns(model: type[Model], alias: str) -> str:
+    """``alias.col, ...`` for every concrete field, in the order ``from_row`` reads them."""
+    return ", ".join(f"{alias}.{quote(str(f.column))}" for f in model._meta.concrete_fields)
+
+
+@cache
+def _readers(model: type[Model], vendor: str) -> tuple[list[str], list[tuple[int, Any, list[Any]]]]:
+    """Each field's attname, and the converters the ORM applies to the values read (on
+    PostgreSQL, JSON arrives as text and is decoded by the field)."""
+    fields = model._meta.concrete_fields
+    converting = []
+    for index, field in enumerate(fields):
+        col = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if found:
+            converting.append((index, col, found))
+    return [f.attname for f in fields], converting
+
+
+def from_row[M: Model](model: type[M], values: tuple[Any, ...] | list[Any]) -> M:
+    """A model instance from the values of ``columns(model, ...)``, converted as the ORM does."""
+    names, converting = _readers(model, connection.vendor)
+    row = list(values[: len(names)])
+    for index, col, converters in converting:
+        for converter in converters:
+            row[index] = converter(row[index], col, connection)
+    return model.from_db(connection.alias, names, row)
+
+
+def db_time(value: Any) -> Any:
+    """A datetime as the driver takes it in SQL written by hand (SQLite: text)."""
+    return connection.ops.adapt_datetimefield_value(value)

@@ -1,0 +1,130 @@
+"""Idempotency-Key handling for agent requests, as Stripe and the IETF draft describe it.
+
+Keys are scoped to the agent. The first request with a key inserts its record first thing
+in the transaction that does its work (``INSERT ... ON CONFLICT DO NOTHING``). PostgreSQL
+makes a concurrent duplicate's insert wait until that transaction ends, so:
+
+* a duplicate of a write waits the few milliseconds until the first request committed,
+  then replays its stored response (same status, same call id);
+* a read commits its record (``in_flight``) before the tool runs, so a duplicate arriving
+  while the tool is still running gets ``409 idempotency_key_in_use`` (Retry-After: 1);
+* the same key with another body is ``422 idempotency_key_reused``;
+* a request refused before it did anything rolls its record back with everything else,
+  so the agent may fix the request and send it again with the same key.
+
+Contract under concurrency: of any number of simultaneous requests with one key and one
+body, exactly one is processed; each other one answers either that request's stored
+response or 409. A request whose process died leaves an ``in_flight`` record that another
+request with the same key and body takes over once ``locked_until`` has passed; if that
+request had created its call, the call's answer is replayed once the call is terminal,
+and 409 is the answer until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from enum import Enum
+
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.models import ToolCall
+from gateway import errors, sql
+from gateway.models import IdempotencyRecord
+from gateway.responses import StoredResponse
+from tools_registry.models import Agent
+from tools_registry.policy import LONGEST_READ_SECONDS
+
+# How long a request holds its key before another request with it may take over: longer
+# than any read can run inside a request under any valid policy (timeout x attempts +
+# backoff), with a margin for the database work around it and a paused process.
+IN_FLIGHT_GRACE_SECONDS = 30
+IN_FLIGHT_LOCK = timedelta(seconds=LONGEST_READ_SECONDS + IN_FLIGHT_GRACE_SECONDS)
+
+
+class Claim(Enum):
+    NEW = "new"  # this request inserted the key
+    TAKEN_OVER = "taken_over"  # the key's first request died; this one continues its work
+    TAKEN = "taken"  # another request has (or had) the key: answer with ``answer_for``
+
+
+def claim(*, agent: Agent, key: str, request_hash: str) -> Claim:
+    """Take the key for this request, inside the caller's transaction.
+
+    Blocks while another transaction holds an uncommitted claim of the same key.
+    """
+    now = timezone.now()
+    if sql.insert_key(
+        agent_id=agent.pk,
+        key=key,
+        request_hash=request_hash,
+        now=now,
+        locked_until=now + IN_FLIGHT_LOCK,
+    ):
+        return Claim.NEW
+    # The conditional UPDATE takes the row lock: of two requests taking over the same
+    # abandoned key, the second sees the new locked_until and does not match.
+    taken_over = IdempotencyRecord.objects.filter(
+        agent=agent,
+        key=key,
+        request_hash=request_hash,
+        state=IdempotencyRecord.State.IN_FLIGHT,
+        locked_until__lte=now,
+    ).update(locked_until=now + IN_FLIGHT_LOCK)
+    return Claim.TAKEN_OVER if taken_over else Claim.TAKEN
+
+
+def answer_for(
+    *,
+    agent: Agent,
+    key: str,
+    request_hash: str,
+    settled: Callable[[], tuple[StoredResponse, ToolCall] | None],
+) -> StoredResponse:
+    """The answer to a request whose key is taken: the stored response, or 422 or 409.
+
+    A key still in flight may already have an answer its request never stored: the call it
+    created ended without it (a read whose request died, failed since by the abandoned-read
+    sweep). ``settled`` finds that answer; it is stored and replayed from then on.
+    """
+    record = IdempotencyRecord.objects.filter(agent=agent, key=key).first()
+    if record is None:
+        # The holder was rolled back (refused) between our insert and this read.
+        raise errors.idempotency_key_in_use()
+    if record.request_hash != request_hash:
+        raise errors.idempotency_key_reused()
+    if record.state == IdempotencyRecord.State.COMPLETE:
+        stored = record.response_body or {}
+        return StoredResponse(
+            status=record.response_status or 200,
+            body=stored.get("body", {}),
+            headers=stored.get("headers", {}),
+        )
+    if (answer := settled()) is not None:
+        response, call = answer
+        complete(agent=agent, key=key, response=response, call=call)
+        return response
+    raise errors.idempotency_key_in_use()
+
+
+def complete(*, agent: Agent, key: str, response: StoredResponse, call: ToolCall | None) -> None:
+    """Store the response to replay. Runs inside the caller's transaction where it has one."""
+    sql.complete_key(
+        agent_id=agent.pk,
+        key=key,
+        status=response.status,
+        body=response.body,
+        headers=response.headers,
+        call_id=call.pk if call else None,
+        now=timezone.now(),
+    )
+
+
+def abandon(*, agent: Agent, key: str) -> None:
+    """Let the next request with this key take over at once (this one failed unexpectedly
+    after its claim was committed)."""
+    with transaction.atomic():
+        IdempotencyRecord.objects.filter(
+            agent=agent, key=key, state=IdempotencyRecord.State.IN_FLIGHT
+        ).update(locked_until=timezone.now())

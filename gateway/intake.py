@@ -1,0 +1,234 @@
+"""The agent API's submit path: idempotency, checks, then a pending call or an inline read.
+
+One transaction does the work of a submission: claim the Idempotency-Key, check the tool
+(unknown, not allowed, disabled, invalid arguments), the tool's circuit breaker, take the
+session's round and the rate limits, create the call with its audit event, store the
+response. A write commits once, with everything. A read commits the same way with its call
+``received`` and its key ``in_flight``, then runs outside any transaction, then stores its
+response.
+
+A refusal rolls the transaction back (the key, the round: nothing is spent) and is then
+audited (``call.refused``) on its own. A call refused by any rate-limit window takes
+nothing from any window (see ``limits.hit``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import redis
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.execution import runner
+from approvals.models import Decision, Status, ToolCall
+from approvals.services.calls import create_call
+from audit.canonical import canonical_json, sha256_hex
+from audit.log import record
+from gateway import breaker, errors, idempotency, limits, sql
+from gateway.idempotency import Claim
+from gateway.models import AgentSession
+from gateway.responses import StoredResponse, respond_with
+from gateway.schemas import ToolCallIn
+from tools_registry import sql as registry_sql
+from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
+from tools_registry.schemas import validate_arguments
+
+PRINTABLE_KEY = re.compile(r"[\x20-\x7e]+")
+
+
+class Refused(Exception):
+    """A refusal to answer with ``error`` and to audit once the transaction rolled back."""
+
+    def __init__(self, error: errors.ApiError, tool: Tool | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.tool = tool
+
+
+class _KeyTaken(Exception):
+    pass
+
+
+def submit(
+    *, agent: Agent, idempotency_key: str | None, payload: ToolCallIn, raw: dict[str, Any]
+) -> StoredResponse:
+    """Accept one tool call request from an agent, exactly once per Idempotency-Key."""
+    key = (idempotency_key or "").strip()
+    if not key:
+        raise errors.idempotency_key_required()
+    if len(key) > 255 or not PRINTABLE_KEY.fullmatch(key):
+        raise errors.invalid_idempotency_key()
+    request_hash = sha256_hex(canonical_json(raw))
+    admission: breaker.Admission | None = None
+    try:
+        with transaction.atomic():
+            claimed = idempotency.claim(agent=agent, key=key, request_hash=request_hash)
+            if claimed == Claim.TAKEN:
+                raise _KeyTaken
+            if claimed == Claim.TAKEN_OVER and (existing := _existing_call(agent, key)):
+                # The key's first request created its call, then died (or is still running
+                # it past its lock). A write's answer is its call as it stands (pending, at
+                # intake); a read has an answer only once terminal: until then the key stays
+                # in use, and a read its request never ran is failed by
+                # sweeps.fail_abandoned_reads.
+                if existing.risk == Risk.READ and not existing.is_terminal:
+                    raise errors.idempotency_key_in_use()
+                response = respond_with(existing)
+                idempotency.complete(agent=agent, key=key, response=response, call=existing)
+                return response
+            tool = _allowed_tool(agent, payload)
+            admission = _admit(tool)
+            _take_round(agent, payload.session_id, tool)
+            _take_rate(agent, payload, tool)
+            call = _create(agent, key, payload, tool)
+            if call.status == Status.PENDING:
+                response = respond_with(call)
+                idempotency.complete(agent=agent, key=key, response=response, call=call)
+                return response
+    except _KeyTaken:
+        return idempotency.answer_for(
+            agent=agent,
+            key=key,
+            request_hash=request_hash,
+            settled=lambda: _settled_answer(agent, key),
+        )
+    except Refused as refusal:
+        breaker.release(admission)
+        _audit_refusal(agent, payload, refusal)
+        raise refusal.error from None
+    except BaseException:
+        breaker.release(admission)
+        raise
+    return _run_read(agent, key, call, admission)
+
+
+def _run_read(
+    agent: Agent, key: str, call: ToolCall, admission: breaker.Admission | None
+) -> StoredResponse:
+    """Run a committed read now, outside any transaction, with the tool's retries."""
+    try:
+        if runner.execute(call.pk) is None:
+            # Refused at the claim (the tool or agent was switched off meanwhile): it never
+            # ran, so a half-open probe slot it held is handed back, not left to its lease.
+            breaker.release(admission)
+        call.refresh_from_db()
+        response = respond_with(call)
+        idempotency.complete(agent=agent, key=key, response=response, call=call)
+        return response
+    except BaseException:
+        idempotency.abandon(agent=agent, key=key)
+        raise
+
+
+def _existing_call(agent: Agent, key: str) -> ToolCall | None:
+    return ToolCall.objects.filter(agent=agent, request_key=key).select_related("tool").first()
+
+
+def _settled_answer(agent: Agent, key: str) -> tuple[StoredResponse, ToolCall] | None:
+    """The answer of a key still in flight whose call has ended: (response, call), or None."""
+    existing = _existing_call(agent, key)
+    if existing is None or not existing.is_terminal:
+        return None
+    return respond_with(existing), existing
+
+
+def _allowed_tool(agent: Agent, payload: ToolCallIn) -> Tool:
+    found = registry_sql.tool_with_allowance(agent.pk, payload.tool)
+    if found is None:
+        raise Refused(errors.unknown_tool(payload.tool))
+    tool, allowed = found
+    if not allowed:
+        raise Refused(errors.tool_not_allowed(tool.name), tool)
+    if not tool.runnable:
+        raise Refused(errors.tool_disabled(tool.name), tool)
+    problems = validate_arguments(
+        tool.input_schema, payload.arguments, sensitive_fields=tool.sensitive_fields
+    )
+    if problems:
+        raise Refused(errors.invalid_arguments([p.as_dict() for p in problems]), tool)
+    return tool
+
+
+def _admit(tool: Tool) -> breaker.Admission:
+    try:
+        return breaker.admit(tool)
+    except breaker.CircuitOpen as exc:
+        raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
+    except redis.RedisError:
+        raise errors.unavailable() from None
+
+
+def _take_rate(agent: Agent, payload: ToolCallIn, tool: Tool) -> None:
+    try:
+        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=payload.on_behalf_of)
+    except redis.RedisError:
+        raise errors.unavailable() from None
+    if refusal is not None:
+        raise Refused(
+            errors.rate_limited(
+                scope=refusal.scope, limit=refusal.limit, retry_after=refusal.retry_after
+            ),
+            tool,
+        )
+
+
+def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
+    """Count one tool-call round of the session; refuse past the agent's limit.
+
+    The count is exact under concurrency (``sql.count_round``). A new session's row is
+    inserted (ON CONFLICT DO NOTHING: two first calls at once insert it once) and the
+    round is counted again.
+    """
+    limit = agent.max_rounds_per_session
+    for attempt in (1, 2):
+        if sql.count_round(
+            agent_id=agent.pk, session_id=session_id, limit=limit, now=timezone.now()
+        ):
+            return
+        if attempt == 1:
+            AgentSession.objects.bulk_create(
+                [AgentSession(agent=agent, session_id=session_id)], ignore_conflicts=True
+            )
+    raise Refused(errors.max_rounds_exceeded(limit), tool)
+
+
+def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool) -> ToolCall:
+    call = create_call(
+        agent=agent,
+        tool=tool,
+        arguments=payload.arguments,
+        session_id=payload.session_id,
+        request_key=key,
+        on_behalf_of=payload.on_behalf_of,
+        reasoning=payload.reasoning,
+        token_cost=payload.token_cost.model_dump() if payload.token_cost else None,
+        callback_url=str(payload.callback_url) if payload.callback_url else "",
+    )
+    # A new call has no decisions: represent it without asking (or compiling) a query.
+    no_decisions = Decision.objects.none()
+    no_decisions._result_cache = []
+    call._prefetched_objects_cache = {"decisions": no_decisions}  # type: ignore[attr-defined]
+    return call
+
+
+def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused) -> None:
+    """Who asked for what, and why not; in its own transaction (the request's rolled back)."""
+    tool, error = refusal.tool, refusal.error
+    record(
+        action="call.refused",
+        actor=agent,
+        outcome=error.code,
+        agent=agent,
+        tool=tool,
+        session_id=payload.session_id,
+        sensitive_fields=[f"arguments.{f}" for f in (tool.sensitive_fields if tool else [])],
+        data={
+            "tool": payload.tool,
+            "code": error.code,
+            "arguments": payload.arguments,
+            "details": error.details,
+        },
+    )

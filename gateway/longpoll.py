@@ -1,0 +1,110 @@
+"""``GET /tool-calls/{id}?wait=N``: answer when the call's status changes, or after N s.
+
+A waiting request holds no database connection: it reads the call, gives its connection
+back (to the pool), and sleeps on a Redis pub/sub channel of that call, which
+``notify.status_changed`` publishes to after commit. It subscribes *before* reading, so a
+change committed between the read and the wait still wakes it. Every ``RECHECK_SECONDS``
+it reads the call again anyway, which bounds the delay if a wake-up was lost (a publisher
+that died between commit and publish, a Redis blip). The embedded mode has no Redis; it
+re-reads every ``POLL_SECONDS`` instead.
+
+Each waiting request holds one Redis connection for the duration of its wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from uuid import UUID
+
+import redis
+from django.db import connection
+
+from approvals.models import ToolCall
+from gateway import coordination, selectors
+from tools_registry.models import Agent
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60
+RECHECK_SECONDS = 5.0
+POLL_SECONDS = 0.5
+
+
+def channel(call_id: UUID | str) -> str:
+    return coordination.key("call", call_id)
+
+
+def publish(call_id: UUID | str, status: str) -> None:
+    if coordination.shared():
+        coordination.redis_client().publish(channel(call_id), status)
+
+
+def wait_for_change(*, agent: Agent, call_id: UUID, wait: float, seen: str = "") -> ToolCall | None:
+    """The call once its status differs from ``seen`` (default: its status now), is
+    terminal, or ``wait`` seconds passed; None if the agent has no such call."""
+    wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
+    if wait <= 0:
+        return selectors.call_of_agent(agent, call_id)
+    deadline = time.monotonic() + wait
+    if coordination.shared():
+        try:
+            return _wait_on_redis(agent, call_id, seen, deadline)
+        except redis.RedisError:
+            logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
+    return _wait_polling(agent, call_id, seen, deadline)
+
+
+def _done(call: ToolCall | None, baseline: str) -> bool:
+    return call is None or call.is_terminal or call.status != baseline
+
+
+def _release_connection() -> None:
+    """Give the database connection back while this request only waits.
+
+    Inside an atomic block (a test's transaction) closing would end the transaction, so
+    the connection stays; the next query reopens or re-borrows one as needed.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _wait_on_redis(agent: Agent, call_id: UUID, seen: str, deadline: float) -> ToolCall | None:
+    pubsub = coordination.redis_client().pubsub()
+    try:
+        pubsub.subscribe(channel(call_id))
+        call = selectors.call_of_agent(agent, call_id)
+        baseline = seen or (call.status if call else "")
+        while not _done(call, baseline):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            _release_connection()
+            _next_message(pubsub, min(remaining, RECHECK_SECONDS))
+            call = selectors.call_of_agent(agent, call_id)
+        return call
+    finally:
+        pubsub.close()
+
+
+def _next_message(pubsub: redis.client.PubSub, timeout: float) -> bool:
+    """Block until a status message arrives (True) or ``timeout`` passes (False)."""
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
+        if message is not None and message.get("type") == "message":
+            return True
+    return False
+
+
+def _wait_polling(agent: Agent, call_id: UUID, seen: str, deadline: float) -> ToolCall | None:
+    call = selectors.call_of_agent(agent, call_id)
+    baseline = seen or (call.status if call else "")
+    while not _done(call, baseline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        _release_connection()
+        time.sleep(min(remaining, POLL_SECONDS))
+        call = selectors.call_of_agent(agent, call_id)
+    return call

@@ -1,0 +1,95 @@
+"""The HTTP answer an agent gets for a call, and that its Idempotency-Key replays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.urls import reverse
+
+from approvals.guards import CANNOT_RUN
+from approvals.models import Status, ToolCall, Verdict
+from approvals.services.calls import ABANDONED
+from gateway import errors
+from tools_registry.policy import Risk
+
+PENDING_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def status_url(call_id: UUID) -> str:
+    return settings.PUBLIC_URL + reverse("api:get_tool_call", kwargs={"call_id": call_id})
+
+
+def represent_call(call: ToolCall) -> dict[str, Any]:
+    """What an agent sees of its call: state, decision, result or error."""
+    decisions = list(call.decisions.all())
+    approvals = getattr(call, "approval_count", None)
+    if approvals is None:
+        approvals = sum(1 for d in decisions if d.verdict == Verdict.APPROVE)
+    decision = None
+    if call.status == Status.REJECTED:
+        veto = next((d for d in decisions if d.verdict == Verdict.REJECT), None)
+        if veto is not None:
+            decision = {
+                "verdict": "reject",
+                "comment": veto.comment,
+                "decided_at": veto.created_at.isoformat(),
+            }
+    elif call.decided_at and call.status not in (Status.PENDING, Status.EXPIRED, Status.CANCELLED):
+        comments = "; ".join(d.comment for d in decisions if d.comment)
+        decision = {
+            "verdict": "approve",
+            "comment": comments,
+            "decided_at": call.decided_at.isoformat(),
+        }
+    return {
+        "id": str(call.pk),
+        "tool": call.tool.name,
+        "risk": call.risk,
+        "status": call.status,
+        "session_id": call.session_id,
+        "status_url": status_url(call.pk),
+        "created_at": call.created_at.isoformat(),
+        "expires_at": call.expires_at.isoformat() if call.expires_at else None,
+        "approvals_required": call.approvals_required,
+        "approvals": approvals,
+        "decision": decision,
+        "result": call.result,
+        "error": call.error,
+        "needs_attention": call.needs_attention,
+    }
+
+
+def respond_with(call: ToolCall) -> StoredResponse:
+    """The HTTP answer for a call in its current state."""
+    body = represent_call(call)
+    if call.status == Status.PENDING:
+        return StoredResponse(
+            status=202,
+            body=body,
+            headers={
+                "Retry-After": str(PENDING_RETRY_AFTER_SECONDS),
+                "Location": body["status_url"],
+            },
+        )
+    if call.status == Status.FAILED and call.risk == Risk.READ:
+        error = call.error or {}
+        if error.get("code") == "timeout":
+            api_error = errors.timeout(error.get("message", ""))
+        elif error.get("code") == ABANDONED:
+            api_error = errors.read_abandoned(error.get("message", ""))
+        elif error.get("code") in CANNOT_RUN:
+            api_error = errors.cannot_run(error["code"], error.get("message", ""))
+        else:
+            api_error = errors.tool_failed(error.get("message", "The tool failed."))
+        return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
+    return StoredResponse(status=200, body=body)

@@ -1,0 +1,23 @@
+"""The reads behind the agent API: an agent sees its own calls and no one else's."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db.models import Count, Q, QuerySet
+
+from approvals.models import ToolCall, Verdict
+from tools_registry.models import Agent
+
+
+def calls_of_agent(agent: Agent) -> QuerySet[ToolCall]:
+    return ToolCall.objects.filter(agent=agent).select_related("tool")
+
+
+def call_of_agent(agent: Agent, call_id: UUID) -> ToolCall | None:
+    return (
+        calls_of_agent(agent)
+        .annotate(approval_count=Count("decisions", filter=Q(decisions__verdict=Verdict.APPROVE)))
+        .filter(pk=call_id)
+        .first()
+    )

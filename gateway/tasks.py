@@ -1,0 +1,24 @@
+"""Celery tasks of the edge: thin, they take ids and call the webhook delivery.
+
+Their names are the wire format of queued messages and beat's schedule: they stay.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from celery import shared_task
+
+from gateway import webhooks
+
+
+@shared_task(name=webhooks.DELIVER_TASK, ignore_result=True)
+def deliver_webhook(delivery_id: str) -> None:
+    """Make the due attempt of one webhook delivery; a duplicate finds nothing due."""
+    webhooks.deliver(UUID(delivery_id))
+
+
+@shared_task(name="approvals.webhook_sweep", ignore_result=True)
+def webhook_sweep() -> int:
+    """Beat-driven: send the due webhook retries and re-send lost first attempts."""
+    return webhooks.sweep()

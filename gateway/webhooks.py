@@ -1,0 +1,315 @@
+"""Webhooks to agents: a call's terminal state, POSTed to its ``callback_url``, signed.
+
+Signature: ``Countersign-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`` over
+``f"{t}.".encode() + body`` with the agent's ``webhook_secret``. The receiver recomputes it,
+compares in constant time and rejects timestamps older than a few minutes (replays).
+``Countersign-Event-Id`` is the delivery id: the same on every attempt, so a receiver can
+drop duplicates.
+
+Delivery: ``notify.status_changed`` writes a ``WebhookDelivery`` in the transition's
+transaction and, after commit, sends a Celery task with its id. Each attempt is claimed by a
+conditional UPDATE with a lease, POSTed outside any transaction, and recorded as a
+``WebhookAttempt``. A failure (no 2xx, a timeout, a refused connection) schedules the next
+attempt with exponential backoff and jitter by moving ``next_attempt_at``; the beat-driven
+``sweep`` sends the tasks of due rows (and of rows whose task was lost). There are no
+countdown/ETA tasks: Redis would redeliver those after its visibility timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import certifi
+import httpcore
+import httpx
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from approvals.models import ToolCall
+from audit.log import record
+from gateway.models import WebhookAttempt, WebhookDelivery
+from gateway.responses import represent_call
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Countersign-Signature"
+EVENT_ID_HEADER = "Countersign-Event-Id"
+EVENT_HEADER = "Countersign-Event"
+LEASE_GRACE_SECONDS = 30
+# The Celery name of ``gateway.tasks.deliver_webhook``: the wire format of queued messages.
+DELIVER_TASK = "approvals.deliver_webhook"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance: int = 300) -> bool:
+    """True when ``header`` is a valid signature of ``body`` made in the last ``tolerance`` s."""
+    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
+    try:
+        timestamp = int(parts.get("t", ""))
+    except ValueError:
+        return False
+    if abs(time.time() - timestamp) > tolerance:
+        return False
+    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def schedule(call: ToolCall) -> UUID:
+    """Write the delivery of ``call``'s current (terminal) state; inside its transaction."""
+    now = timezone.now()
+    delivery = WebhookDelivery(
+        call=call, agent_id=call.agent_id, url=call.callback_url, next_attempt_at=now
+    )
+    delivery.event = f"tool_call.{call.status}"
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        # The task is sent on commit; the sweep re-sends it only if it was lost. (Without a
+        # worker, in the embedded mode, the sweep loop makes the first attempt too.)
+        delivery.dispatched_at = now
+    delivery.body = json.dumps(
+        {
+            "id": str(delivery.pk),
+            "type": delivery.event,
+            "created_at": now.isoformat(),
+            "data": represent_call(call),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    delivery.save(force_insert=True)
+    return delivery.pk
+
+
+def send(delivery_id: UUID) -> None:
+    """Hand one delivery to a worker. In the embedded (eager) mode the sweep loop delivers,
+    so a slow receiver never holds up the request that changed the call."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return
+    try:
+        # By name: the task (``gateway.tasks``) calls this module, not the other way.
+        current_app.send_task(DELIVER_TASK, args=(str(delivery_id),))
+    except Exception:
+        logger.exception("could not send webhook %s; the sweep will", delivery_id)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status_code: int | None = None
+    error: str = ""
+    excerpt: str = ""
+    give_up: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def deliver(delivery_id: UUID) -> str:
+    """Make the due attempt of one delivery; returns its new state, or "not_due"."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS)
+    claimed = WebhookDelivery.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+        pk=delivery_id,
+        state=WebhookDelivery.State.PENDING,
+        next_attempt_at__lte=now,
+    ).update(lease_until=now + lease, attempts=F("attempts") + 1)
+    if not claimed:
+        return "not_due"
+    delivery = WebhookDelivery.objects.select_related("agent").get(pk=delivery_id)
+    started = timezone.now()
+    clock = time.monotonic()
+    result = _post(delivery)
+    duration_ms = int((time.monotonic() - clock) * 1000)
+    return _finish(delivery, result, started=started, duration_ms=duration_ms)
+
+
+def _post(delivery: WebhookDelivery) -> AttemptResult:
+    refusal, permanent = _destination_refusal(delivery.url)
+    if refusal:
+        return AttemptResult(error=refusal, give_up=permanent)
+    body = delivery.body.encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Countersign-Webhooks/1",
+        EVENT_ID_HEADER: str(delivery.pk),
+        EVENT_HEADER: delivery.event,
+        SIGNATURE_HEADER: sign(delivery.agent.webhook_secret, int(time.time()), body),
+    }
+    transport = None if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS else PublicOnlyTransport()
+    try:
+        # No redirects: a receiver must not bounce the signed payload somewhere else.
+        with httpx.Client(
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, transport=transport
+        ) as c:
+            response = c.post(delivery.url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return AttemptResult(error=f"{type(exc).__name__}: {exc}"[:500])
+    return AttemptResult(status_code=response.status_code, excerpt=response.text[:500])
+
+
+def _finish(
+    delivery: WebhookDelivery, result: AttemptResult, *, started: datetime, duration_ms: int
+) -> str:
+    now = timezone.now()
+    if result.ok:
+        changes = {"state": WebhookDelivery.State.DELIVERED, "delivered_at": now}
+    elif result.give_up or delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
+        changes = {"state": WebhookDelivery.State.FAILED}
+    else:
+        changes = {"next_attempt_at": now + backoff(delivery.attempts), "dispatched_at": None}
+    with transaction.atomic():
+        WebhookAttempt.objects.create(
+            delivery=delivery,
+            number=delivery.attempts,
+            started_at=started,
+            duration_ms=duration_ms,
+            status_code=result.status_code,
+            error=result.error,
+            response_excerpt=result.excerpt,
+        )
+        # Only the holder of this attempt's claim may finish it (a worker whose lease ran
+        # out and was taken over writes nothing but its attempt row).
+        WebhookDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(
+            lease_until=None,
+            last_status_code=result.status_code,
+            last_error=result.error,
+            **changes,
+        )
+        if changes.get("state") == WebhookDelivery.State.FAILED:
+            record(
+                action="call.webhook_failed",
+                outcome="failed",
+                call=delivery.call,
+                data={
+                    "event": delivery.event,
+                    "attempts": delivery.attempts,
+                    "last_status_code": result.status_code,
+                    "last_error": result.error,
+                },
+            )
+    return str(changes.get("state", WebhookDelivery.State.PENDING))
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before the next attempt: base x 2^(n-1), capped, minus up to half as jitter."""
+    base = settings.WEBHOOK_RETRY_BASE_SECONDS
+    delay = min(base * 2 ** max(attempts - 1, 0), settings.WEBHOOK_RETRY_MAX_SECONDS)
+    return timedelta(seconds=delay * random.uniform(0.5, 1.0))
+
+
+def sweep(*, limit: int = 200) -> int:
+    """Send the due deliveries (retries, and first attempts whose task was lost)."""
+    now = timezone.now()
+    resend_before = now - timedelta(seconds=settings.WEBHOOK_RESEND_AFTER_SECONDS)
+    due = Q(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now) & (
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    )
+    not_in_queue = Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=resend_before)
+    ids = list(
+        WebhookDelivery.objects.filter(due & not_in_queue)
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    sent = 0
+    for delivery_id in ids:
+        # Mark first, conditionally: two sweeps at once send each delivery once.
+        marked = WebhookDelivery.objects.filter(due & not_in_queue, pk=delivery_id).update(
+            dispatched_at=now
+        )
+        if not marked:
+            continue
+        sent += 1
+        if settings.CELERY_TASK_ALWAYS_EAGER:
+            deliver(delivery_id)
+        else:
+            send(delivery_id)
+    return sent
+
+
+def _destination_refusal(url: str) -> tuple[str, bool]:
+    """Why a callback URL may not be called now ("" if it may) and whether that is final.
+
+    Private, loopback and link-local addresses are refused unless
+    ``WEBHOOK_ALLOW_PRIVATE_NETWORKS`` (the embedded mode allows them). This early look
+    tells a permanent refusal from a passing DNS failure; the connection itself goes
+    through ``PublicOnlyTransport``, which checks the address it actually connects to.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "callback_url must be an http(s) URL with a host", True
+    if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
+        return "", False
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {parts.hostname}: {exc}"[:500], False
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            return f"{parts.hostname} resolves to a non-public address ({address})", True
+    return "", False
+
+
+def _public_addresses(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    private = [a for a in addresses if not ipaddress.ip_address(a).is_global]
+    if private or not addresses:
+        raise httpcore.ConnectError(f"{host} resolves to a non-public address ({private[:1]})")
+    return addresses
+
+
+class _PublicOnlyBackend(httpcore.SyncBackend):
+    """Resolves the host itself and connects to an address it has just checked, so the
+    address checked is the address used: a DNS answer that changes between a check and the
+    connection (rebinding) cannot reach a private network. TLS still verifies the URL's
+    host name: httpcore takes the server name from the request, not from this address."""
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        address = _public_addresses(host, port)[0]
+        return super().connect_tcp(
+            address,
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+
+
+class PublicOnlyTransport(httpx.HTTPTransport):
+    """httpx's transport, connecting through ``_PublicOnlyBackend``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            network_backend=_PublicOnlyBackend(),
+        )
