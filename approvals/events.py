@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from approvals.models import Decision, ToolCall
 from audit.log import record
 from audit.models import AuditEvent
-
-if TYPE_CHECKING:
-    from approvals.models import Decision, ToolCall
 
 
 def _sensitive(call: ToolCall) -> list[str]:

@@ -23,6 +23,8 @@ from typing import Any
 
 from django.conf import settings
 
+from audit.canonical import canonical_json
+
 # Keys whose values are secret whatever they look like.
 SECRET_KEY_NAMES = re.compile(
     r"(?i)^(password|passwd|secret|client_secret|api[_-]?key|access[_-]?token|refresh[_-]?token"
@@ -199,6 +201,4 @@ def _mask_path(value: Any, parts: list[str]) -> Any:
 
 
 def _as_text(value: Any) -> str:
-    from audit.canonical import canonical_json
-
     return value if isinstance(value, str) else canonical_json(value).decode()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from audit import chain
+from audit import chain, verify
 
 
 @shared_task(name="audit.seal_chain", ignore_result=True)
@@ -14,6 +14,4 @@ def seal_chain() -> int:
 @shared_task(name="audit.verify_chain", ignore_result=True)
 def verify_chain() -> bool:
     """Walk the whole chain and record the outcome in the trail (the analytics panel shows it)."""
-    from audit.verify import record_verification, verify_chain
-
-    return record_verification(verify_chain()).ok
+    return verify.record_verification(verify.verify_chain()).ok

@@ -24,6 +24,7 @@ from audit import anchor
 from audit.canonical import GENESIS_HASH, INSTANT_SQL, instant
 from audit.canonical import _string as canonical_string
 from audit.chain import SEAL_COLUMNS, chain_head, with_data_text
+from audit.log import record
 from audit.models import AuditEvent
 
 FETCH = 5000
@@ -260,8 +261,6 @@ def verify_chain(*, anchor_path: Path | None = None) -> Verification:
 
 def record_verification(result: Verification) -> Verification:
     """Write the outcome of a walk into the trail itself: the auditor's status panel reads it."""
-    from audit.log import record
-
     record(
         action="audit.chain_verified",
         outcome="ok" if result.ok else "broken",

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from django.db import connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -28,7 +29,5 @@ app.autodiscover_tasks(["approvals.execution"])
 def release_connections(task: Any = None, **kwargs: Any) -> None:
     if task is None or getattr(task.request, "is_eager", False):
         return  # an eager task runs inside the caller's request or transaction
-    from django.db import connections
-
     for connection in connections.all(initialized_only=True):
         connection.close_if_unusable_or_obsolete()

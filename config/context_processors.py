@@ -4,14 +4,14 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from tools_registry.permissions import has_any_review_grant
+
 
 def navigation(request: HttpRequest) -> dict[str, Any]:
     """Which sections the signed-in person may open; the templates only show those."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"nav": {}}
-    from tools_registry.permissions import has_any_review_grant
-
     return {
         "nav": {
             "approvals": has_any_review_grant(user),

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from sandbox import faults
 from sandbox.models import Effect
 
 JSON = dict[str, Any]
@@ -44,8 +45,6 @@ def find(*, tool: str, key: str) -> JSON | None:
 def deliver(*, tool: str, key: str, effect: Callable[[], JSON]) -> JSON:
     """A request reaching an in-process sandbox system: the effect once per key, with the
     fault checkpoints a real system's failures would sit at."""
-    from sandbox import faults
-
     faults.checkpoint(tool=tool, point=faults.Point.BEFORE_EFFECT)
     result, _ = apply_once(tool=tool, key=key, effect=effect)
     faults.checkpoint(tool=tool, point=faults.Point.AFTER_EFFECT)

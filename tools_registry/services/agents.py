@@ -50,7 +50,7 @@ def save_agent(
         )
         return agent
 
-    stored = Agent.objects.select_for_update().select_related("owner").get(pk=agent.pk)
+    stored = Agent.objects.select_for_update(of=("self",)).select_related("owner").get(pk=agent.pk)
     before = _snapshot(stored, stored.allowed_tools.values_list("name", flat=True))
     agent.save()
     if tools is not None:

@@ -50,7 +50,9 @@ def issue_token(*, agent: Agent, created_by: Any = None, label: str = "") -> tup
 @transaction.atomic
 def revoke_token(*, token: AgentToken, revoked_by: Any = None) -> AgentToken:
     """Revoke a token; the next request that carries it is refused. Revoking twice is a no-op."""
-    locked = AgentToken.objects.select_for_update().select_related("agent").get(pk=token.pk)
+    locked = (
+        AgentToken.objects.select_for_update(of=("self",)).select_related("agent").get(pk=token.pk)
+    )
     if locked.revoked_at is None:
         locked.revoked_at = timezone.now()
         locked.save(update_fields=["revoked_at"])
