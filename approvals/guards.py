@@ -9,6 +9,17 @@ from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
 
 
+class Refused(Exception):
+    """A request on a call that cannot be done: ``code`` names why for machines and tests,
+    ``message`` says it to the person or agent who asked."""
+
+    code = "refused"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 def arguments_hash(*, tool_name: str, tool_version: str, arguments: Any) -> str:
     """What an approval binds to: the exact tool, its definition, and the arguments."""
     return sha256_hex(

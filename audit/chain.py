@@ -54,9 +54,8 @@ SEALER_LOCK_KEY = 0x436F756E7465  # "Counte"
 SEAL_BATCH = 2000
 
 
-# What the sealer reads of each unsealed event; ``data_text`` is the database's own text
-# of the data (see audit.canonical), not a re-serialisation of it.
-SEAL_COLUMNS = (
+# An event's own columns, in the order the chain hashes them (then its data).
+EVENT_COLUMNS = (
     "id",
     "occurred_at",
     "action",
@@ -68,8 +67,10 @@ SEAL_COLUMNS = (
     "tool_name",
     "session_id",
     "call_id",
-    "data_text",
 )
+# What the sealer reads of each unsealed event; ``data_text`` is the database's own text
+# of the data (see audit.canonical), not a re-serialisation of it.
+SEAL_COLUMNS = (*EVENT_COLUMNS, "data_text")
 
 
 def row_text(seq: int, row: tuple[Any, ...] | list[Any]) -> str:

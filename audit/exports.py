@@ -24,27 +24,10 @@ from django.db.models import F, QuerySet
 from psycopg.errors import QueryCanceled
 
 from audit.canonical import INSTANT_SQL, instant
-from audit.chain import with_data_text
+from audit.chain import EVENT_COLUMNS, with_data_text
 from audit.models import AuditEvent
 
-COLUMNS = (
-    "seq",
-    "prev_hash",
-    "hash",
-    "id",
-    "occurred_at",
-    "action",
-    "outcome",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "agent_name",
-    "tool_name",
-    "session_id",
-    "call_id",
-    "data",
-    "sealed_at",
-)
+COLUMNS = ("seq", "prev_hash", "hash", *EVENT_COLUMNS, "data", "sealed_at")
 # In JSON Lines, data comes last so that its text (what the chain hashed, byte for byte) is
 # everything after the line's first ', "data" : ' up to the final brace.
 JSONL_COLUMNS = (*(c for c in COLUMNS if c != "data"), "data")

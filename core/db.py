@@ -50,7 +50,7 @@ class _PreparingCursor(_Preparing, CursorWrapper):
 
 
 class _PreparingDebugCursor(_Preparing, CursorDebugWrapper):
-    def execute(self, sql: str, params: Any = None) -> Any:
+    def execute(self, sql: Any, params: Any = None) -> Any:
         # Logged with its values in place, as Django logs its own client-side cursors'.
         with self.debug_sql(self.db.ops.compose_sql(sql, params), params):
             return CursorWrapper.execute(self, sql, params)

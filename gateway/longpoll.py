@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from uuid import UUID
 
 import redis
@@ -69,20 +70,42 @@ def _release_connection() -> None:
         connection.close()
 
 
+def _wait(
+    agent: Agent,
+    call_id: UUID,
+    seen: str,
+    deadline: float,
+    *,
+    pause: Callable[[float], object],
+    step: float,
+) -> ToolCall | None:
+    """Read the call until it changed or the deadline passed, pausing up to ``step``
+    seconds at a time with no database connection held."""
+    call = selectors.call_of_agent(agent, call_id)
+    baseline = seen or (call.status if call else "")
+    while not _done(call, baseline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        _release_connection()
+        pause(min(remaining, step))
+        call = selectors.call_of_agent(agent, call_id)
+    return call
+
+
 def _wait_on_redis(agent: Agent, call_id: UUID, seen: str, deadline: float) -> ToolCall | None:
     pubsub = coordination.redis_client().pubsub()
     try:
+        # Subscribed before the first read: a change committed in between still wakes it.
         pubsub.subscribe(channel(call_id))
-        call = selectors.call_of_agent(agent, call_id)
-        baseline = seen or (call.status if call else "")
-        while not _done(call, baseline):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            _release_connection()
-            _next_message(pubsub, min(remaining, RECHECK_SECONDS))
-            call = selectors.call_of_agent(agent, call_id)
-        return call
+        return _wait(
+            agent,
+            call_id,
+            seen,
+            deadline,
+            pause=lambda seconds: _next_message(pubsub, seconds),
+            step=RECHECK_SECONDS,
+        )
     finally:
         pubsub.close()
 
@@ -98,13 +121,4 @@ def _next_message(pubsub: redis.client.PubSub, timeout: float) -> bool:
 
 
 def _wait_polling(agent: Agent, call_id: UUID, seen: str, deadline: float) -> ToolCall | None:
-    call = selectors.call_of_agent(agent, call_id)
-    baseline = seen or (call.status if call else "")
-    while not _done(call, baseline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        _release_connection()
-        time.sleep(min(remaining, POLL_SECONDS))
-        call = selectors.call_of_agent(agent, call_id)
-    return call
+    return _wait(agent, call_id, seen, deadline, pause=time.sleep, step=POLL_SECONDS)

@@ -10,6 +10,7 @@ from django.db.models import F
 
 from sandbox import faults
 from sandbox.models import Effect
+from tools_registry.registry import LookupResult, ToolContext
 
 JSON = dict[str, Any]
 
@@ -49,3 +50,13 @@ def deliver(*, tool: str, key: str, effect: Callable[[], JSON]) -> JSON:
     result, _ = apply_once(tool=tool, key=key, effect=effect)
     faults.checkpoint(tool=tool, point=faults.Point.AFTER_EFFECT)
     return result
+
+
+def recorded(tool: str) -> Callable[[ToolContext], LookupResult]:
+    """The lookup of an in-process sandbox tool: the effect recorded under the call's key."""
+
+    def lookup(ctx: ToolContext) -> LookupResult:
+        found = find(tool=tool, key=ctx.idempotency_key)
+        return LookupResult.found_with(found) if found is not None else LookupResult.not_found()
+
+    return lookup

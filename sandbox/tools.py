@@ -127,10 +127,7 @@ def send_email(ctx: ToolContext, arguments: JSON) -> JSON:
     return effects.deliver(tool="send_email", key=ctx.idempotency_key, effect=deliver)
 
 
-@send_email.lookup
-def _send_email_lookup(ctx: ToolContext) -> LookupResult:
-    found = effects.find(tool="send_email", key=ctx.idempotency_key)
-    return LookupResult.found_with(found) if found is not None else LookupResult.not_found()
+send_email.lookup(effects.recorded("send_email"))
 
 
 @send_email.preview
@@ -209,10 +206,7 @@ def update_customer(ctx: ToolContext, arguments: JSON) -> JSON:
     return effects.deliver(tool="update_customer", key=ctx.idempotency_key, effect=change)
 
 
-@update_customer.lookup
-def _update_customer_lookup(ctx: ToolContext) -> LookupResult:
-    found = effects.find(tool="update_customer", key=ctx.idempotency_key)
-    return LookupResult.found_with(found) if found is not None else LookupResult.not_found()
+update_customer.lookup(effects.recorded("update_customer"))
 
 
 @update_customer.preview
@@ -344,10 +338,7 @@ def delete_customer(ctx: ToolContext, arguments: JSON) -> JSON:
     return effects.deliver(tool="delete_customer", key=ctx.idempotency_key, effect=erase)
 
 
-@delete_customer.lookup
-def _delete_customer_lookup(ctx: ToolContext) -> LookupResult:
-    found = effects.find(tool="delete_customer", key=ctx.idempotency_key)
-    return LookupResult.found_with(found) if found is not None else LookupResult.not_found()
+delete_customer.lookup(effects.recorded("delete_customer"))
 
 
 @delete_customer.preview

@@ -17,21 +17,17 @@ from django.utils import timezone
 
 from approvals import events, transitions
 from approvals.execution import send
-from approvals.guards import CONFLICTS, cannot_run_reason, conflict_of_interest
+from approvals.guards import CONFLICTS, Refused, cannot_run_reason, conflict_of_interest
 from approvals.models import Status, ToolCall
 from approvals.services.recovery import Reconciliation, reconcile_call
 from approvals.transitions import lock_call, move
 from tools_registry.permissions import require_reviewer
 
 
-class AttentionRefused(Exception):
-    """An action on a call that needs attention that cannot be done; ``message`` says why."""
+class AttentionRefused(Refused):
+    """An action on a call that needs attention that cannot be done."""
 
     code = "attention_refused"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class NoLongerNeedsAttention(AttentionRefused):
@@ -70,7 +66,8 @@ def resolve_call(*, call_id: UUID, person: Any, outcome: str, note: str) -> Tool
     if not note:
         raise NoteRequired("Say how you established the outcome; the audit trail keeps it.")
     previous = call.status
-    now = timezone.now()
+    # What every settled outcome records: when, and that nobody needs to look any more.
+    settled = {"finished_at": timezone.now(), "needs_attention": False, "attention_reason": ""}
     if outcome == Status.SUCCEEDED:
         if call.status != Status.UNKNOWN:
             raise OutcomeNotAllowed(
@@ -82,20 +79,11 @@ def resolve_call(*, call_id: UUID, person: Any, outcome: str, note: str) -> Tool
             Status.SUCCEEDED,
             result={"resolution": "marked succeeded by a reviewer", "note": note},
             error=None,
-            finished_at=now,
-            needs_attention=False,
-            attention_reason="",
+            **settled,
         )
     elif outcome == Status.FAILED:
         if call.status == Status.UNKNOWN:
-            move(
-                call,
-                Status.FAILED,
-                error={"code": "marked_failed", "message": note},
-                finished_at=now,
-                needs_attention=False,
-                attention_reason="",
-            )
+            move(call, Status.FAILED, error={"code": "marked_failed", "message": note}, **settled)
         else:  # a failed destructive call: acknowledged, it stays failed
             call.needs_attention = False
             call.attention_reason = ""

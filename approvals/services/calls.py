@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from approvals import events, transitions
 from approvals.execution import send
-from approvals.guards import arguments_hash, cannot_run_reason
+from approvals.guards import Refused, arguments_hash, cannot_run_reason
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
 from tools_registry.models import Agent, Tool
@@ -79,12 +79,10 @@ def cancel_call(*, call_id: UUID, agent: Agent) -> ToolCall:
     return call
 
 
-class RetryRefused(Exception):
-    """The call may not be re-run on the agent's request; ``message`` says why."""
+class RetryRefused(Refused):
+    """The call may not be re-run on the agent's request."""
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    code = "retry_not_allowed"
 
 
 @transaction.atomic

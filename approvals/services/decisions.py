@@ -14,7 +14,13 @@ from django.utils import timezone
 
 from approvals import events
 from approvals.execution import send
-from approvals.guards import CONFLICTS, arguments_hash, cannot_run_reason, conflict_of_interest
+from approvals.guards import (
+    CONFLICTS,
+    Refused,
+    arguments_hash,
+    cannot_run_reason,
+    conflict_of_interest,
+)
 from approvals.models import Decision, Status, ToolCall, Verdict
 from approvals.services.calls import expire_call
 from approvals.transitions import lock_call, move
@@ -25,14 +31,13 @@ from tools_registry.policy import Risk
 CLOCK_SKEW = timedelta(seconds=60)
 
 
-class DecisionRefused(Exception):
-    """A verdict that cannot be recorded; ``code`` says why, ``message`` says it to a person."""
+class DecisionRefused(Refused):
+    """A verdict that cannot be recorded, on ``call`` as it now stands."""
 
     code = "decision_refused"
 
     def __init__(self, message: str, *, call: ToolCall | None = None):
         super().__init__(message)
-        self.message = message
         self.call = call
 
 

@@ -10,18 +10,17 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from approvals import events
+from approvals.guards import Refused
 from approvals.models import ToolCall
 from tools_registry.permissions import REVEAL_PERMISSION, require_reviewer
 
 MIN_REASON_LENGTH = 8
 
 
-class RevealRefused(Exception):
-    """The arguments stay masked; ``message`` says why to the reviewer."""
+class RevealRefused(Refused):
+    """The arguments stay masked."""
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    code = "reveal_refused"
 
 
 @dataclass(frozen=True)
