@@ -16,6 +16,9 @@ from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.test import Client, TransactionTestCase
 
+from audit.models import AuditEvent
+from gateway import coordination
+from tools_registry import registry
 from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
 
@@ -152,3 +155,37 @@ def reviewer_client(world: World) -> Iterator[Client]:
     client = Client()
     client.force_login(world.bob)
     yield client
+
+
+def events(action: str, **filters: Any) -> list[AuditEvent]:
+    """The audit events of one action (narrowed by ``filters``), oldest first."""
+    return list(AuditEvent.objects.filter(action=action, **filters).order_by("id"))
+
+
+def clear_shared_state() -> None:
+    """Forget every rate-limit window and breaker of this run's Redis database.
+
+    Only Countersign's own key families are touched (never FLUSHDB: the database may be
+    shared with the cache and the broker of this test run).
+    """
+    client = coordination.redis_client()
+    for pattern in (coordination.key("limits") + "*", coordination.key("breaker") + ":*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+def clean_shared_state() -> Iterator[None]:
+    """No rate-limit window or breaker in Redis before the test, nor after it (the gateway's
+    and the client's tests ask for it on every test)."""
+    clear_shared_state()
+    yield
+    clear_shared_state()
+
+
+@pytest.fixture
+def probe_tool_cleanup() -> Iterator[None]:
+    """Unregisters the test tool (``tests.support.probe``) from the code registry after the test."""
+    yield
+    registry.unregister("check_stock")

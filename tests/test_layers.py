@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workers import ROOT
+from tests.support import ROOT
 
 # Lowest first: an app may import its own modules and those of the apps before it.
 LAYERS = (

@@ -15,8 +15,8 @@ from approvals import hooks, transitions
 from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
 from tests.conftest import World
+from tests.support import ROOT
 from tests.test_layers import product_modules
-from tests.workers import ROOT
 from tools_registry.policy import Risk
 
 pytestmark = pytest.mark.django_db

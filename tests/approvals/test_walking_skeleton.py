@@ -10,7 +10,7 @@ from approvals.execution import send
 from approvals.execution.tasks import execute_call
 from approvals.models import Status, ToolCall
 from tests.conftest import World, sandbox_effects
-from tests.workers import purge_queue, running_worker, wait_for
+from tests.support.workers import purge_queue, running_worker, wait_for
 
 REFUND = {
     "tool": "send_email",

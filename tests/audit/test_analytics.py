@@ -13,7 +13,7 @@ from approvals.services.decisions import decide
 from audit import chain
 from tests.audit.test_timelines import EMAIL
 from tests.conftest import World
-from tests.workers import purge_queue
+from tests.support.workers import purge_queue
 
 pytestmark = pytest.mark.django_db
 

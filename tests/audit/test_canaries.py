@@ -19,7 +19,7 @@ from approvals.models import Status, ToolCall
 from audit import chain
 from config.celery import app
 from tests.conftest import World
-from tests.workers import purge_queue, running_worker, wait_for
+from tests.support.workers import purge_queue, running_worker, wait_for
 
 CANARY_EMAIL = "zebulon.canary@example.org"
 CANARY_PHONE = "+44 20 7946 0123"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from audit.catalogue import ACTIONS
-from tests.workers import ROOT
+from tests.support import ROOT
 
 PRODUCT_PACKAGES = (
     "core",

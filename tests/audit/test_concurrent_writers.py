@@ -15,7 +15,8 @@ from django.db import connection
 from audit import chain
 from audit.models import AuditEvent
 from audit.verify import verify_chain
-from tests.workers import ROOT, worker_env
+from tests.support import ROOT
+from tests.support.workers import worker_env
 
 WRITERS = 8
 EVENTS_EACH = 500
@@ -35,7 +36,7 @@ def test_eight_writer_processes_leave_one_unbroken_chain(tmp_path: Path) -> None
     go = tmp_path / "go"
     writers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.audit.writer", "--tag", f"w{i}",
+            [sys.executable, "-m", "tests.support.audit_writer", "--tag", f"w{i}",
              "--count", str(EVENTS_EACH), "--go", str(go)],
             cwd=ROOT, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

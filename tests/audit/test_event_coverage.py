@@ -11,7 +11,7 @@ from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from audit.models import AuditEvent
 from tests.conftest import World
-from tests.workers import purge_queue
+from tests.support.workers import purge_queue
 from tools_registry import services as registry_services
 
 

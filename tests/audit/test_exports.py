@@ -17,7 +17,7 @@ from audit import chain, exports
 from audit.filters import EventFilter
 from audit.log import record
 from audit.models import AuditEvent
-from tests.workers import ROOT
+from tests.support import ROOT
 
 pytestmark = pytest.mark.django_db
 VERIFIER = ROOT / "audit" / "verify_export.py"

@@ -11,7 +11,7 @@ from approvals.execution import runner
 from approvals.models import ToolCall
 from approvals.services.decisions import decide
 from tests.conftest import World
-from tests.workers import purge_queue
+from tests.support.workers import purge_queue
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,5 @@
-"""Fixtures of the registry's tests: an admin, audit look-ups, throwaway tools in code."""
+"""Fixtures of the registry's tests: an admin, throwaway tools in code, an admin form's data
+(audit look-ups: ``tests.conftest.events``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from audit.models import AuditEvent
 from tools_registry import registry
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolContext
@@ -37,10 +37,6 @@ GOOD_DESCRIPTION = (
     "Credit a customer's account balance. Side effect: the balance grows at once; "
     "a credit cannot be undone."
 )
-
-
-def events(action: str, **filters: Any) -> list[AuditEvent]:
-    return list(AuditEvent.objects.filter(action=action, **filters).order_by("id"))
 
 
 @pytest.fixture

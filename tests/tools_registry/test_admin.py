@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 
-from tests.conftest import World
-from tests.tools_registry.conftest import admin_form_data, events
+from tests.conftest import World, events
+from tests.tools_registry.conftest import admin_form_data
 from tools_registry import services
 from tools_registry.models import Agent, AgentToken, Tool
 from tools_registry.permissions import can_review

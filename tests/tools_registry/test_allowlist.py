@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from approvals.models import ToolCall
-from tests.conftest import World
-from tests.tools_registry.conftest import events
+from tests.conftest import World, events
 from tools_registry import services
 from tools_registry.models import Tool
 

@@ -10,8 +10,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
 
-from tests.conftest import World
-from tests.tools_registry.conftest import events
+from tests.conftest import World, events
 from tools_registry import services
 from tools_registry.models import Tool
 from tools_registry.policy import DEFAULTS, POLICY_FIELDS, Risk, validate_policy

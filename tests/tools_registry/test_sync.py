@@ -7,8 +7,8 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from tests.conftest import World
-from tests.tools_registry.conftest import GOOD_SCHEMA, code_removed, events, tool_in_code
+from tests.conftest import World, events
+from tests.tools_registry.conftest import GOOD_SCHEMA, code_removed, tool_in_code
 from tools_registry import registry, services
 from tools_registry.models import Tool
 from tools_registry.policy import DEFAULTS, Risk

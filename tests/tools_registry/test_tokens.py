@@ -12,8 +12,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from tests.conftest import ApiClient, World
-from tests.tools_registry.conftest import events
+from tests.conftest import ApiClient, World, events
 from tools_registry import services
 from tools_registry.models import AgentToken
 

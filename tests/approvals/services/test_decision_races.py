@@ -1,0 +1,119 @@
+"""Two reviewers clicking at once, with real threads and connections against PostgreSQL:
+one outcome, one execution sent, and the loser is shown the current state."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connections
+from django.test import Client
+
+from approvals.models import Decision, Status, ToolCall
+from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World
+from tests.support.workers import purge_queue
+from tools_registry import services as registry_services
+
+ROUNDS = 15
+
+
+def at_once(*actions: Callable[[], object]) -> list[object]:
+    """Run the actions in threads released together; each thread uses its own connection."""
+    barrier = threading.Barrier(len(actions))
+    results: list[object] = [None] * len(actions)
+
+    def run(index: int, action: Callable[[], object]) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = action()
+        except BaseException as exc:  # reported by the assertions below
+            results[index] = exc
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+def decide_through_the_web(client: Client, call: ToolCall, verdict: str, **extra: str):  # type: ignore[no-untyped-def]
+    def action():  # type: ignore[no-untyped-def]
+        return client.post(
+            f"/approvals/{call.pk}/decide/",
+            {"verdict": verdict, "comment": "race", "arguments_hash": call.arguments_hash, **extra},
+            HTTP_HX_REQUEST="true",
+        )
+
+    return action
+
+
+def queued_messages() -> int:
+    return redis.Redis.from_url(settings.REDIS_URL).llen(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def test_concurrent_verdicts_yield_one_outcome_and_one_execution(live_world: World) -> None:
+    world = live_world
+    dave = User.objects.create_user("dave", "dave@example.com", "pw-dave")
+    for tool in world.tools.values():
+        registry_services.grant_review(tool=tool, user=dave)
+    bob_client, dave_client = Client(), Client()
+    bob_client.force_login(world.bob)
+    dave_client.force_login(dave)
+    purge_queue()
+    approved_calls = 0
+    try:
+        # 1. Two approvals of a call that needs one: one wins, the other sees "approved".
+        for _ in range(ROUNDS):
+            call = make_call(world, "send_email")
+            responses = at_once(
+                decide_through_the_web(bob_client, call, "approve"),
+                decide_through_the_web(dave_client, call, "approve"),
+            )
+            assert [getattr(r, "status_code", r) for r in responses] == [200, 200]
+            bodies = [r.content.decode() for r in responses]  # type: ignore[union-attr]
+            assert sum("This call is already approved." in b for b in bodies) == 1, bodies
+            assert all("Approved" in b for b in bodies)
+            assert Decision.objects.filter(call=call).count() == 1
+            assert ToolCall.objects.get(pk=call.pk).status == Status.APPROVED
+            assert AuditEvent.objects.filter(call_id=call.pk, action="call.approved").count() == 1
+            approved_calls += 1
+
+        # 2. An approval against a rejection: whichever is first decides, alone.
+        for _ in range(ROUNDS):
+            call = make_call(world, "send_email")
+            at_once(
+                decide_through_the_web(bob_client, call, "approve"),
+                decide_through_the_web(dave_client, call, "reject"),
+            )
+            status = ToolCall.objects.get(pk=call.pk).status
+            assert status in (Status.APPROVED, Status.REJECTED)
+            assert Decision.objects.filter(call=call).count() == 1
+            approved_calls += status == Status.APPROVED
+
+        # 3. The two approvals a destructive call needs, at once: both count, it runs once.
+        for _ in range(ROUNDS):
+            call = make_call(world, "delete_customer")
+            responses = at_once(
+                decide_through_the_web(bob_client, call, "approve", confirmation="delete_customer"),
+                decide_through_the_web(
+                    dave_client, call, "approve", confirmation="delete_customer"
+                ),
+            )
+            assert [getattr(r, "status_code", r) for r in responses] == [200, 200]
+            assert Decision.objects.filter(call=call).count() == 2
+            assert ToolCall.objects.get(pk=call.pk).status == Status.APPROVED
+            assert AuditEvent.objects.filter(call_id=call.pk, action="call.approved").count() == 1
+            approved_calls += 1
+
+        # Each approved call was sent to the executor exactly once.
+        assert queued_messages() == approved_calls
+    finally:
+        purge_queue()

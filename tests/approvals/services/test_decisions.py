@@ -1,0 +1,165 @@
+"""Deciding (``approvals/services/decisions.py``): quorum, veto, separation of duties,
+binding, typed confirmation, fresh sign-in, switched-off tools and agents. The same through
+the web: ``tests/approvals/views/test_decide.py``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import (
+    AlreadyVoted,
+    ArgumentsChanged,
+    CannotRun,
+    CommentRequired,
+    ConfirmationRequired,
+    NotPending,
+    ReauthenticationRequired,
+    SeparationOfDuties,
+    decide,
+)
+from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World, executions_sent
+from tools_registry import services as registry_services
+
+
+def approve(call: ToolCall, reviewer, **extra):  # type: ignore[no-untyped-def]
+    return decide(call_id=call.pk, reviewer=reviewer, verdict="approve", **extra)
+
+
+def fresh() -> dict[str, object]:
+    return {"authenticated_at": timezone.now()}
+
+
+def test_a_quorum_needs_n_distinct_reviewers(
+    world: World, dave, django_capture_on_commit_callbacks
+) -> None:
+    call = make_call(world, "delete_customer")  # destructive: two approvals by default
+    with django_capture_on_commit_callbacks() as sent:
+        first = approve(call, world.bob, confirmation="delete_customer", **fresh())
+    assert (first.decided, first.approvals, first.call.status) == (False, 1, Status.PENDING)
+    assert executions_sent(sent) == []
+    with pytest.raises(AlreadyVoted):
+        approve(call, world.bob, confirmation="delete_customer", **fresh())
+    with django_capture_on_commit_callbacks() as sent:
+        second = approve(call, dave, confirmation="delete_customer", **fresh())
+    assert (second.decided, second.approvals, second.call.status) == (True, 2, Status.APPROVED)
+    assert executions_sent(sent) == [call.pk], "the executor is sent the call once"
+
+
+def test_one_rejection_vetoes_and_needs_a_comment(world: World, dave) -> None:
+    call = make_call(world, "delete_customer")
+    approve(call, world.bob, confirmation="delete_customer", **fresh())
+    with pytest.raises(CommentRequired):
+        decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="  ")
+    result = decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="No.")
+    assert result.call.status == Status.REJECTED
+    registry_services.grant_review(tool=world.tools["delete_customer"], user=world.charlie)
+    with pytest.raises(NotPending):
+        approve(call, world.charlie, confirmation="delete_customer", **fresh())
+
+
+def test_the_agents_owner_cannot_approve_but_may_reject(world: World) -> None:
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.alice)
+    call = make_call(world)
+    with pytest.raises(SeparationOfDuties):
+        approve(call, world.alice)
+    rejected = decide(
+        call_id=call.pk, reviewer=world.alice, verdict="reject", comment="Mine, wrong."
+    )
+    assert rejected.call.status == Status.REJECTED
+
+
+@pytest.mark.parametrize("acting_for", ["Bob", "BOB@example.com"])
+def test_the_person_the_agent_acts_for_cannot_approve(world: World, acting_for: str) -> None:
+    call = make_call(world, on_behalf_of=acting_for)
+    with pytest.raises(SeparationOfDuties):
+        approve(call, world.bob)
+
+
+def test_an_outsider_cannot_decide(world: World) -> None:
+    call = make_call(world)
+    with pytest.raises(PermissionDenied):
+        approve(call, world.charlie)
+
+
+def test_the_approval_binds_to_what_was_shown_and_the_tool_version(world: World) -> None:
+    call = make_call(world)
+    with pytest.raises(ArgumentsChanged):
+        approve(call, world.bob, shown_arguments_hash="0" * 64)
+    ToolCall.objects.filter(pk=call.pk).update(
+        arguments={**call.arguments, "to": "eve@example.com"}
+    )
+    with pytest.raises(ArgumentsChanged):
+        approve(call, world.bob, shown_arguments_hash=call.arguments_hash)
+    other = make_call(world)
+    tool = world.tools["send_email"]
+    tool.version = "changed00000000"
+    tool.save()
+    with pytest.raises(ArgumentsChanged, match="definition changed"):
+        approve(other, world.bob, shown_arguments_hash=other.arguments_hash)
+    assert ToolCall.objects.get(pk=other.pk).status == Status.PENDING
+
+
+def test_a_destructive_approval_needs_the_typed_tool_name(world: World) -> None:
+    call = make_call(world, "delete_customer")
+    for typed in (None, "", "delete", "DELETE_CUSTOMER", "send_email"):
+        with pytest.raises(ConfirmationRequired):
+            approve(call, world.bob, confirmation=typed, **fresh())
+    assert approve(call, world.bob, confirmation=" delete_customer ", **fresh()).approvals == 1
+
+
+def test_a_destructive_approval_needs_a_recent_sign_in(world: World, settings) -> None:
+    settings.APPROVALS_REAUTH_WINDOW_SECONDS = 600
+    call = make_call(world, "delete_customer")
+    now = timezone.now()
+    for when in (None, now - timedelta(seconds=601), now + timedelta(hours=1)):
+        with pytest.raises(ReauthenticationRequired):
+            approve(call, world.bob, confirmation="delete_customer", authenticated_at=when)
+    approve(
+        call,
+        world.bob,
+        confirmation="delete_customer",
+        authenticated_at=now - timedelta(seconds=590),
+    )
+
+
+def test_writes_and_rejections_need_neither(world: World) -> None:
+    assert approve(make_call(world), world.bob).decided
+    call = make_call(world, "delete_customer")
+    assert decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment="No").decided
+
+
+def test_an_overdue_call_expires_instead_of_being_decided(world: World) -> None:
+    call = make_call(world, created_at=timezone.now() - timedelta(hours=2))
+    with pytest.raises(NotPending, match="expired"):
+        approve(call, world.bob)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.EXPIRED
+    assert AuditEvent.objects.filter(call_id=call.pk, action="call.expired").exists()
+
+
+@pytest.mark.parametrize("switched_off", ["tool", "agent"])
+def test_a_call_whose_tool_or_agent_was_switched_off_cannot_be_approved(
+    world: World, switched_off: str
+) -> None:
+    """Disabling a tool or an agent during an incident stops its waiting calls too."""
+    call = make_call(world, "send_email")
+    if switched_off == "tool":
+        registry_services.update_policy(
+            tool=world.tools["send_email"], changes={"enabled": False}, changed_by=None
+        )
+    else:
+        registry_services.set_enabled(agent=world.agent, enabled=False, changed_by=None)
+    with pytest.raises(CannotRun, match="cannot run"):
+        approve(call, world.bob)
+    call.refresh_from_db()
+    assert (call.status, call.decisions.count()) == (Status.PENDING, 0)
+    rejected = decide(
+        call_id=call.pk, reviewer=world.bob, verdict="reject", comment="Switched off."
+    )
+    assert rejected.call.status == Status.REJECTED

@@ -1,0 +1,286 @@
+"""Lease expiry and reconciliation: the sweep transitions of the exactly-once protocol."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+
+import pytest
+from django.utils import timezone
+
+from approvals import sweeps
+from approvals.execution import runner, send
+from approvals.execution.claim import claim_call
+from approvals.execution.finish import Outcome, expire_lease, finish_call
+from approvals.models import Status, ToolCall
+from approvals.services.attention import resolve_call
+from approvals.services.calls import create_call
+from approvals.services.recovery import reconcile_call
+from audit.models import AuditEvent
+from sandbox import effects
+from tests.conftest import World, sandbox_effects
+from tests.support.calls import (
+    age_lease,
+    approved_call,
+    claimed_call,
+    delete_arguments,
+    unknown_call,
+)
+from tools_registry import registry
+
+
+def actions(call: ToolCall) -> list[str]:
+    return list(
+        AuditEvent.objects.filter(call_id=call.pk).order_by("id").values_list("action", flat=True)
+    )
+
+
+def apply_effect_of(call: ToolCall) -> None:
+    """What a worker that died after the effect left behind: the effect, no result."""
+    effects.apply_once(tool=call.tool.name, key=call.execution_key, effect=lambda: {"sent": 1})
+
+
+def sends(callbacks: list) -> list[str]:
+    return [
+        str(cb.args[0])
+        for cb in callbacks
+        if isinstance(cb, partial) and cb.func is send.send_execution
+    ]
+
+
+class TestLeaseExpiry:
+    def test_an_expired_lease_makes_a_write_unknown_and_moves_the_fence(self, world: World):
+        call, claim = claimed_call(world)
+        age_lease(call)
+
+        assert sweeps.expire_leases() == 1
+
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        assert call.fence == claim.fence + 1
+        assert call.lease_until is None
+        assert call.error["code"] == "lease_expired"
+        event = AuditEvent.objects.get(call_id=call.pk, action="call.lease_expired")
+        assert event.data["claim_fence"] == claim.fence
+        assert event.data["fence"] == claim.fence + 1
+
+    def test_the_silent_workers_late_result_is_refused_by_the_fence(self, world: World):
+        call, claim = claimed_call(world)
+        age_lease(call)
+        sweeps.expire_leases()
+
+        late = Outcome(status=Status.SUCCEEDED, result={"late": True})
+        assert finish_call(claim=claim, outcome=late) is False
+
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        assert call.result is None
+        assert "call.stale_result_discarded" in actions(call)
+
+    def test_a_live_lease_is_left_alone(self, world: World):
+        call, claim = claimed_call(world)
+
+        assert sweeps.expire_leases() == 0
+
+        call.refresh_from_db()
+        assert call.status == Status.EXECUTING
+        assert call.fence == claim.fence
+
+    def test_an_expired_read_fails_because_a_read_has_no_effect(self, world: World):
+        call = create_call(
+            agent=world.agent,
+            tool=world.tools["get_customer"],
+            arguments={"customer_id": "cus_0001"},
+            session_id="s",
+            request_key="read-1",
+        )
+        assert claim_call(call_id=call.pk) is not None
+        age_lease(call)
+
+        assert sweeps.expire_leases() == 1
+
+        call.refresh_from_db()
+        assert call.status == Status.FAILED
+        assert call.error["code"] == "lease_expired"
+
+
+class TestReconciliation:
+    def test_a_found_effect_makes_the_call_succeed_with_the_downstreams_result(self, world: World):
+        call = unknown_call(world)
+        apply_effect_of(call)
+
+        assert sweeps.reconcile_unknown() == {"succeeded": 1}
+
+        call.refresh_from_db()
+        assert call.status == Status.SUCCEEDED
+        assert call.result == {"sent": 1}
+        assert call.needs_attention is False
+        event = AuditEvent.objects.get(call_id=call.pk, action="call.reconciled")
+        assert event.data["finding"] == "found"
+
+    def test_a_missing_effect_runs_again_with_the_same_key(
+        self, world: World, django_capture_on_commit_callbacks
+    ):
+        call = unknown_call(world)
+        key = call.execution_key
+
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            assert sweeps.reconcile_unknown() == {"rerun": 1}
+
+        call.refresh_from_db()
+        assert call.status == Status.APPROVED
+        assert sends(callbacks) == [str(call.pk)]
+        assert actions(call)[-2:] == ["call.reconciled", "call.rerun"]
+        # The re-run claims like the first run, with the same key and a new fence.
+        outcome = runner.execute(call.pk)
+        assert outcome is not None and outcome.status == Status.SUCCEEDED
+        call.refresh_from_db()
+        assert call.execution_key == key
+        assert call.attempts == 2
+        assert [(e["idempotency_key"], e["deliveries"]) for e in sandbox_effects()] == [(key, 1)]
+
+    def test_a_destructive_call_is_never_rerun_by_itself(self, world: World, dora):
+        call = unknown_call(world, "delete_customer")
+
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        assert call.needs_attention is True
+        assert "A destructive call runs once" in call.attention_reason
+        assert "call.escalated" in actions(call)
+
+    def test_a_downstream_that_cannot_tell_escalates_once(self, world: World, settings):
+        settings.SANDBOX_PAYMENTS_URL = "http://127.0.0.1:9/nowhere"  # nothing listens
+        call = unknown_call(world, "issue_refund")
+
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+        # Asked again before the re-check interval: the escalated call is not asked.
+        assert sweeps.reconcile_unknown() == {}
+        later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+        assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
+
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        assert call.needs_attention is True
+        assert actions(call).count("call.escalated") == 1
+
+    def test_an_escalated_call_succeeds_when_the_downstream_can_tell_again(
+        self, world: World, settings
+    ):
+        settings.SANDBOX_PAYMENTS_URL = "http://127.0.0.1:9/nowhere"
+        call = unknown_call(world, "send_email")
+        spec = registry.get("send_email")
+        lookup = spec.lookup_fn
+        spec.lookup_fn = None  # the downstream cannot be asked for now
+        try:
+            assert sweeps.reconcile_unknown() == {"escalated": 1}
+        finally:
+            spec.lookup_fn = lookup
+        apply_effect_of(call)
+        later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+
+        assert sweeps.reconcile_unknown(now=later) == {"succeeded": 1}
+
+        call.refresh_from_db()
+        assert call.status == Status.SUCCEEDED
+        assert call.needs_attention is False
+
+    def test_automatic_reruns_stop_at_the_limit_and_a_person_decides(self, world: World, settings):
+        settings.EXECUTOR_AUTO_RERUNS = 1
+        call = unknown_call(world)
+        assert sweeps.reconcile_unknown() == {"rerun": 1}
+        claim_call(call_id=call.pk)
+        assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+
+        call.refresh_from_db()
+        assert call.attempts == 2
+        assert call.status == Status.UNKNOWN
+        assert call.attention_reason == "The outcome stayed unknown after 2 attempts."
+
+    def test_a_call_moved_meanwhile_is_skipped(self, world: World):
+        call = unknown_call(world)
+        resolve_call(
+            call_id=call.pk, person=world.bob, outcome=Status.FAILED, note="checked the outbox"
+        )
+
+        assert reconcile_call(call_id=call.pk).action == "skipped"
+
+
+class TestResend:
+    def test_an_approved_call_whose_task_never_started_is_sent_again(
+        self, world: World, django_capture_on_commit_callbacks
+    ):
+        call = approved_call(world)
+        ToolCall.objects.filter(pk=call.pk).update(
+            enqueued_at=timezone.now() - timedelta(minutes=5)
+        )
+        fresh = approved_call(world)
+
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            assert sweeps.resend_stalled_approved() == 1
+
+        assert sends(callbacks) == [str(call.pk)]
+        assert str(fresh.pk) not in sends(callbacks)
+        assert "call.execution_resent" in actions(call)
+        # Sent again only once per interval.
+        assert sweeps.resend_stalled_approved() == 0
+
+
+class TestEscalationOfDestructiveFailures:
+    def test_a_failed_destructive_call_is_escalated_and_never_retried(self, world: World, dora):
+        call = approved_call(world, "delete_customer", delete_arguments())  # no such customer
+
+        outcome = runner.execute(call.pk)
+
+        assert outcome is not None and outcome.status == Status.FAILED
+        call.refresh_from_db()
+        assert call.needs_attention is True
+        assert "call.escalated" in actions(call)
+        assert sweeps.run_all().as_dict() == sweeps.SweepReport().as_dict()
+        call.refresh_from_db()
+        assert call.status == Status.FAILED
+
+
+def test_the_hard_guard_sits_between_the_tools_timeout_and_the_lease(world: World, settings):
+    settings.EXECUTOR_SOFT_LIMIT_GRACE_SECONDS = 5
+    settings.EXECUTOR_HARD_LIMIT_GRACE_SECONDS = 10
+    settings.EXECUTOR_LEASE_GRACE_SECONDS = 30
+    tool = world.tools["send_email"]
+    tool.timeout_seconds = 12
+    tool.save()
+    call, _ = claimed_call(world)
+
+    limits = send.time_limits(call.pk)
+
+    assert limits == {"soft_time_limit": 17, "time_limit": 27}
+    lease = (call.lease_until - call.started_at).total_seconds()
+    assert limits["soft_time_limit"] < limits["time_limit"] < lease == 42
+
+
+@pytest.mark.parametrize("command", ["resend_approved", "expire_leases", "expire_pending"])
+def test_each_sweep_has_a_command(world: World, command: str):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call, _ = claimed_call(world)
+    age_lease(call)
+    out = StringIO()
+    call_command(command, stdout=out)
+    expected = {"resend_approved": "resent: 0", "expire_leases": "leases expired: 1"}
+    assert out.getvalue().strip() == expected.get(command, "expired: 0")
+
+
+def test_the_reconcile_command_reports_what_it_did(world: World):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call = unknown_call(world)
+    apply_effect_of(call)
+    out = StringIO()
+    call_command("reconcile_unknown", stdout=out)
+    assert out.getvalue().strip() == "reconciled: {'succeeded': 1}"

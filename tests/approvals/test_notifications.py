@@ -1,0 +1,148 @@
+"""E-mails to reviewers: new pending calls, reminders, escalation before expiry; each once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib.auth.models import Group, User
+from django.utils import timezone
+
+from approvals import notifications, sweeps
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World
+
+
+def run(callbacks, fn, **kwargs):  # type: ignore[no-untyped-def]
+    """Run a notification step; the e-mails leave when its transactions commit."""
+    with callbacks(execute=True):
+        return fn(**kwargs)
+
+
+def addressed(mailoutbox) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(address for message in mailoutbox for address in message.to)
+
+
+def test_a_new_call_notifies_its_reviewers_once(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    User.objects.create_user("gone", "gone@example.com", "x", is_active=False).groups.add(
+        Group.objects.get(name="reviewers")
+    )
+    User.objects.create_user("mute", "", "x").groups.add(Group.objects.get(name="reviewers"))
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"email": "ada.l@example.com"}},
+    )
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert addressed(mailoutbox) == ["bob@example.com", "dave@example.com"]
+    message = mailoutbox[0]
+    assert "update_customer" in message.subject
+    assert f"/approvals/{call.pk}/" in message.body
+    assert "ada.l@example.com" not in message.body, "arguments stay behind the sign-in"
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert event.data["recipients"] == ["bob", "dave"]
+
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 0
+    assert len(mailoutbox) == 2
+
+
+def test_a_call_decided_before_the_sweep_is_not_announced(
+    world: World, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    call = make_call(world)
+    decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment="No.")
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 0
+    assert mailoutbox == []
+
+
+def test_a_reminder_goes_once_to_those_who_have_not_voted(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    tool = world.tools["delete_customer"]
+    tool.reminder_after_seconds = 600
+    tool.save()
+    now = timezone.now()
+    waiting = make_call(world, "delete_customer", created_at=now - timedelta(minutes=11))
+    make_call(world, "delete_customer", created_at=now - timedelta(minutes=5))  # not yet
+    make_call(world, "send_email", created_at=now - timedelta(minutes=50))  # no reminder set
+    decide(
+        call_id=waiting.pk,
+        reviewer=dave,
+        verdict="approve",
+        confirmation="delete_customer",
+        authenticated_at=now,
+    )
+    assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 1
+    assert addressed(mailoutbox) == ["bob@example.com"]
+    assert mailoutbox[0].subject.startswith("[Countersign] Reminder: delete_customer")
+    assert "waited 11 minutes" in mailoutbox[0].body
+    assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 0
+    assert ToolCall.objects.get(pk=waiting.pk).reminded_at is not None
+
+
+def test_a_call_about_to_expire_escalates_to_the_second_team_once(
+    world: World, mailoutbox, django_capture_on_commit_callbacks, settings
+) -> None:
+    settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = 600
+    managers = Group.objects.create(name="payments-managers")
+    User.objects.create_user("erin", "erin@example.com", "x").groups.add(managers)
+    tool = world.tools["issue_refund"]
+    tool.escalation_group = managers
+    tool.save()
+    now = timezone.now()
+    # TTL 3600 s: created 55 minutes ago, it expires in 5 minutes.
+    closing = make_call(world, "issue_refund", created_at=now - timedelta(minutes=55))
+    make_call(world, "issue_refund", created_at=now - timedelta(minutes=40))  # 20 minutes left
+    make_call(world, "send_email", created_at=now - timedelta(minutes=55))  # no escalation team
+    decided = make_call(world, "issue_refund", created_at=now - timedelta(minutes=56))
+    decide(call_id=decided.pk, reviewer=world.bob, verdict="reject", comment="No.")
+
+    assert run(django_capture_on_commit_callbacks, notifications.escalate_expiring) == 1
+    assert addressed(mailoutbox) == ["erin@example.com"]
+    assert "Escalated: issue_refund" in mailoutbox[0].subject
+    assert "payments-managers" in mailoutbox[0].body
+    event = AuditEvent.objects.get(call_id=closing.pk, action="call.escalation_sent")
+    assert event.data == {
+        "kind": "escalation",
+        "recipients": ["erin"],
+        "group": "payments-managers",
+    }
+    assert run(django_capture_on_commit_callbacks, notifications.escalate_expiring) == 0
+
+
+def test_escalation_comes_at_most_half_way_through_a_short_ttl(world: World, settings) -> None:
+    settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = 900
+    tool = world.tools["issue_refund"]
+    tool.approval_ttl_seconds = 600
+    assert notifications.escalation_lead(tool) == timedelta(seconds=300)
+
+
+def test_the_beat_sweep_expires_first_then_notifies(
+    world: World, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    overdue = make_call(world, created_at=timezone.now() - timedelta(hours=2))
+    fresh = make_call(world)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = sweeps.run_all()
+    assert (report.expired, report.notified) == (1, 1)
+    assert ToolCall.objects.get(pk=overdue.pk).status == Status.EXPIRED
+    assert [f"/approvals/{fresh.pk}/" in m.body for m in mailoutbox] == [True]
+
+
+def test_a_failing_mail_server_does_not_break_the_sweep(
+    world: World, django_capture_on_commit_callbacks, settings, caplog
+) -> None:
+    settings.MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "127.0.0.1", "port": 9, "timeout": 1},
+        }
+    }
+    call = make_call(world)
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert "could not send" in caplog.text
+    assert ToolCall.objects.get(pk=call.pk).reviewers_notified_at is not None

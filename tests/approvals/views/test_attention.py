@@ -1,0 +1,265 @@
+"""The "needs attention" page: unknown and escalated calls, settled by a permitted person."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.test import Client
+
+from approvals.execution import runner
+from approvals.models import Status, ToolCall
+from audit.models import AuditEvent
+from tests.conftest import World, executions_sent
+from tests.support.calls import approved_call, delete_arguments, unknown_call
+from tools_registry import services as registry_services
+
+PAGE = "/approvals/attention/"
+
+
+def client_for(user: User, **kwargs) -> Client:
+    client = Client(**kwargs)
+    client.force_login(user)
+    return client
+
+
+def url(call: ToolCall, action: str = "") -> str:
+    return f"{PAGE}{call.pk}/{action + '/' if action else ''}"
+
+
+def audited(call: ToolCall, action: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(call_id=call.pk, action=action))
+
+
+class TestList:
+    def test_it_lists_unknown_calls_and_failed_destructive_calls(self, world: World, dora):
+        unknown = unknown_call(world)
+        failed = approved_call(world, "delete_customer", delete_arguments())
+        runner.execute(failed.pk)  # no such customer: fails, escalated
+        approved_call(world)  # nothing wrong with this one
+
+        page = client_for(world.bob).get(PAGE)
+
+        assert page.status_code == 200
+        body = page.content.decode()
+        assert f"attention-{unknown.pk}" in body
+        assert f"attention-{failed.pk}" in body
+        assert body.count('class="attention-item') == 2
+        assert unknown.execution_key in body
+
+    def test_it_shows_only_the_tools_the_person_may_review(self, world: World):
+        email = unknown_call(world, "send_email")
+        refund = unknown_call(world, "issue_refund")
+        erin = User.objects.create_user("erin", "erin@example.com", "pw")
+        registry_services.grant_review(tool=world.tools["issue_refund"], user=erin)
+
+        body = client_for(erin).get(PAGE).content.decode()
+
+        assert f"attention-{refund.pk}" in body
+        assert f"attention-{email.pk}" not in body
+        assert (
+            "Nothing needs your attention" in client_for(world.charlie).get(PAGE).content.decode()
+        )
+        assert client_for(world.charlie).get(url(email)).status_code == 403
+
+    def test_an_htmx_request_gets_only_the_list(self, world: World):
+        unknown_call(world)
+        page = client_for(world.bob).get(PAGE, HTTP_HX_REQUEST="true")
+        body = page.content.decode()
+        assert body.lstrip().startswith('<div id="attention-list">')
+        assert "<html" not in body
+
+    def test_what_the_agent_wrote_is_escaped(self, world: World):
+        call = unknown_call(world)
+        ToolCall.objects.filter(pk=call.pk).update(
+            arguments={"to": "a@example.com", "subject": "<script>x()</script>", "body": "b"}
+        )
+        body = client_for(world.bob).get(PAGE).content.decode()
+        assert "<script>x()" not in body
+        assert "&lt;script&gt;x()" in body
+
+    def test_the_agents_owner_sees_the_call_but_no_actions(self, world: World):
+        call = unknown_call(world)
+        registry_services.grant_review(tool=world.tools["send_email"], user=world.alice)
+        body = client_for(world.alice).get(PAGE).content.decode()
+        assert f"attention-{call.pk}" in body
+        assert "You own the agent that made this call. Another reviewer must settle it." in body
+        assert url(call, "resolve") not in body
+
+
+class TestResolve:
+    def test_a_reviewer_marks_an_unknown_call_succeeded_and_it_is_audited(self, world: World):
+        call = unknown_call(world)
+
+        response = client_for(world.bob).post(
+            url(call, "resolve"), {"outcome": "succeeded", "note": "The outbox shows it."}
+        )
+
+        assert response.status_code == 302
+        call.refresh_from_db()
+        assert call.status == Status.SUCCEEDED
+        assert call.needs_attention is False
+        [event] = audited(call, "call.resolved")
+        assert event.actor_label == "bob"
+        assert event.data == {
+            "previous_status": "unknown",
+            "note": "The outbox shows it.",
+            "fence": call.fence,
+        }
+
+    def test_marking_the_outcome_needs_a_note(self, world: World):
+        call = unknown_call(world)
+        response = client_for(world.bob).post(url(call, "resolve"), {"outcome": "failed"})
+        assert response.status_code == 409
+        assert "Say how you established the outcome" in response.content.decode()
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
+    def test_a_failed_destructive_call_can_be_acknowledged_but_not_marked_succeeded(
+        self, world: World, dora
+    ):
+        call = approved_call(world, "delete_customer", delete_arguments())
+        runner.execute(call.pk)
+        bob = client_for(world.bob)
+
+        refused = bob.post(url(call, "resolve"), {"outcome": "succeeded", "note": "sure"})
+        assert refused.status_code == 409
+        acknowledged = bob.post(url(call, "resolve"), {"outcome": "failed", "note": "Gone anyway."})
+
+        assert acknowledged.status_code == 302
+        call.refresh_from_db()
+        assert call.status == Status.FAILED
+        assert call.needs_attention is False
+        assert f"attention-{call.pk}" not in bob.get(PAGE).content.decode()
+
+    def test_a_failed_destructive_call_is_never_run_again_by_one_person(
+        self, world: World, dora, django_capture_on_commit_callbacks
+    ):
+        """Two reviewers approved it once; one person alone may not send it again."""
+        call = approved_call(world, "delete_customer", delete_arguments())
+        runner.execute(call.pk)
+        call.refresh_from_db()
+        assert (call.status, call.needs_attention) == (Status.FAILED, True)
+        bob = client_for(world.bob)
+        assert "Re-run with the same key" not in bob.get(PAGE).content.decode()
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = bob.post(url(call, "rerun"), {"confirm": "on", "note": "again"})
+        assert response.status_code == 409
+        assert "A destructive call runs once" in response.content.decode()
+        assert executions_sent(callbacks) == []
+        call.refresh_from_db()
+        assert call.status == Status.FAILED
+
+    def test_an_outsider_gets_403_and_nothing_changes(self, world: World):
+        call = unknown_call(world)
+        response = client_for(world.charlie).post(
+            url(call, "resolve"), {"outcome": "succeeded", "note": "trust me"}
+        )
+        assert response.status_code == 403
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        assert audited(call, "call.resolved") == []
+
+    def test_the_agents_owner_may_not_settle_its_call(self, world: World):
+        call = unknown_call(world)
+        registry_services.grant_review(tool=world.tools["send_email"], user=world.alice)
+        response = client_for(world.alice).post(
+            url(call, "resolve"), {"outcome": "failed", "note": "never happened"}
+        )
+        assert response.status_code == 409
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
+    def test_a_post_without_the_csrf_token_is_refused(self, world: World):
+        call = unknown_call(world)
+        client = client_for(world.bob, enforce_csrf_checks=True)
+        response = client.post(url(call, "resolve"), {"outcome": "failed", "note": "n"})
+        assert response.status_code == 403
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
+    def test_an_htmx_resolution_swaps_in_the_card(self, world: World):
+        call = unknown_call(world)
+        response = client_for(world.bob).post(
+            url(call, "resolve"),
+            {"outcome": "failed", "note": "Bounced."},
+            HTTP_HX_REQUEST="true",
+        )
+        body = response.content.decode()
+        assert response.status_code == 200
+        assert body.lstrip().startswith(
+            f'<article class="attention-item card" id="attention-{call.pk}"'
+        )
+        assert "no longer needs attention" in body
+
+
+class TestRerun:
+    def test_the_confirmation_is_shown_on_get_and_changes_nothing(self, world: World):
+        call = unknown_call(world)
+        page = client_for(world.bob).get(url(call) + "?confirm=rerun", HTTP_HX_REQUEST="true")
+        body = page.content.decode()
+        assert 'name="confirm"' in body
+        assert call.execution_key in body
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
+    def test_a_rerun_without_the_confirmation_is_refused(
+        self, world: World, django_capture_on_commit_callbacks
+    ):
+        call = unknown_call(world)
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = client_for(world.bob).post(url(call, "rerun"), {"note": "go"})
+        assert response.status_code == 409
+        assert 'name="confirm"' in response.content.decode()
+        assert callbacks == []
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
+    def test_a_confirmed_rerun_goes_back_to_the_executor_with_the_same_key(
+        self, world: World, django_capture_on_commit_callbacks
+    ):
+        call = unknown_call(world)
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = client_for(world.bob).post(
+                url(call, "rerun"), {"confirm": "on", "note": "Checked: nothing was sent."}
+            )
+        assert response.status_code == 302
+        assert executions_sent(callbacks) == [call.pk]
+        call.refresh_from_db()
+        assert call.status == Status.APPROVED
+        [event] = audited(call, "call.rerun")
+        assert event.actor_label == "bob"
+        assert event.data["idempotency_key"] == call.execution_key
+        assert event.data["confirmed_by_person"] is True
+
+        outcome = runner.execute(call.pk)
+        assert outcome is not None and outcome.status == Status.SUCCEEDED
+
+
+class TestRecheck:
+    def test_asking_again_settles_a_call_whose_effect_is_found(self, world: World):
+        from sandbox import effects
+
+        call = unknown_call(world)
+        effects.apply_once(tool="send_email", key=call.execution_key, effect=lambda: {"ok": 1})
+
+        response = client_for(world.bob).post(url(call, "recheck"), HTTP_HX_REQUEST="true")
+
+        assert "found the effect" in response.content.decode()
+        call.refresh_from_db()
+        assert call.status == Status.SUCCEEDED
+        [event] = audited(call, "call.reconciled")
+        assert event.actor_label == "bob"
+
+    def test_asking_again_never_reruns_by_itself(self, world: World):
+        call = unknown_call(world)
+        response = client_for(world.bob).post(url(call, "recheck"), HTTP_HX_REQUEST="true")
+        assert "no record of the effect" in response.content.decode()
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        assert call.needs_attention is True
+
+
+def test_the_attention_page_is_never_cached(world: World) -> None:
+    unknown_call(world)
+    response = client_for(world.bob).get(PAGE)
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]

@@ -1,0 +1,86 @@
+"""The decide view (``approvals/views/detail.py``): the htmx panel swap, the loser of a race
+shown the current state, typed confirmation and a stale sign-in through the web, POST and
+CSRF only. The decision rules themselves: ``tests/approvals/services/test_decisions.py``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from approvals import reauth
+from approvals.models import Status, ToolCall
+from tests.approvals.conftest import login, make_call
+from tests.conftest import World
+
+
+def post_decision(client, call: ToolCall, verdict: str, **fields):  # type: ignore[no-untyped-def]
+    data = {"verdict": verdict, "comment": "", "arguments_hash": call.arguments_hash, **fields}
+    return client.post(f"/approvals/{call.pk}/decide/", data, HTTP_HX_REQUEST="true")
+
+
+def test_an_htmx_decision_swaps_the_panel_with_the_outcome(world: World, bob_client) -> None:
+    call = make_call(world)
+    response = post_decision(bob_client, call, "approve")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert body.lstrip().startswith('<section id="decision-panel"')
+    assert "Approved" in body and "Next call" in body
+    assert "<html" not in body
+
+
+def test_the_loser_of_a_race_sees_the_current_state_not_an_error(world: World, dave) -> None:
+    call = make_call(world)
+    bob, other = login(world.bob), login(dave)
+    bob.get(f"/approvals/{call.pk}/")
+    other.get(f"/approvals/{call.pk}/")
+    post_decision(other, call, "reject", comment="Wrong customer.")
+    response = post_decision(bob, call, "approve")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "This call is already rejected." in body
+    assert "Rejected" in body and "Wrong customer." in body
+    assert 'name="verdict"' not in body
+    # Without htmx, the full page says the same with 409.
+    full = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    assert full.status_code == 409
+    assert "already rejected" in full.content.decode()
+
+
+def test_a_destructive_approval_through_the_web(world: World, bob_client) -> None:
+    call = make_call(world, "delete_customer")
+    refused = post_decision(bob_client, call, "approve", confirmation="delete")
+    assert "Type the tool&#x27;s name, delete_customer" in refused.content.decode()
+    ok = post_decision(bob_client, call, "approve", confirmation="delete_customer")
+    assert "1 of 2 approvals" in ok.content.decode()
+
+
+def test_a_stale_sign_in_is_sent_to_re_authenticate(world: World, bob_client) -> None:
+    call = make_call(world, "delete_customer")
+    session = bob_client.session
+    session[reauth.SESSION_KEY] = (timezone.now() - timedelta(days=1)).timestamp()
+    session.save()
+    body = post_decision(
+        bob_client, call, "approve", confirmation="delete_customer"
+    ).content.decode()
+    assert "needs a sign-in from the last 15 minutes" in body
+    assert f'href="/approvals/reauthenticate/?next=/approvals/{call.pk}/"' in body
+    assert call.decisions.count() == 0
+
+
+def test_deciding_is_post_only_and_needs_the_csrf_token(world: World) -> None:
+    from django.test import Client
+
+    call = make_call(world)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.bob)
+    assert client.get(f"/approvals/{call.pk}/decide/").status_code == 405
+    response = client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    assert response.status_code == 403
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING

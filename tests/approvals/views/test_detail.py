@@ -1,0 +1,179 @@
+"""The call's page: everything a reviewer needs to decide, masked, never cached."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from tests.approvals.conftest import login, make_call
+from tests.conftest import World
+from tools_registry import services as registry_services
+
+
+def test_it_shows_what_the_reviewer_needs_to_decide(world: World, dave, bob_client) -> None:
+    earlier = make_call(world, "send_email", session_id="run-7")
+    ToolCall.objects.filter(pk=earlier.pk).update(status=Status.SUCCEEDED)
+    tool = world.tools["issue_refund"]
+    tool.approvals_required = 2
+    tool.save()
+    call = make_call(
+        world,
+        "issue_refund",
+        session_id="run-7",
+        on_behalf_of="grace",
+        reasoning="The customer was charged twice for March.",
+        token_cost={"input_tokens": 1200, "output_tokens": 85, "usd": 0.0123},
+    )
+    decide(call_id=call.pk, reviewer=dave, verdict="approve")
+
+    response = bob_client.get(f"/approvals/{call.pk}/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    for expected in (
+        "issue_refund",
+        tool.description,
+        'class="risk risk-write"',
+        "Refunds 12.00 USD of payment pay_0001.",  # the handler's preview
+        "&quot;amount_cents&quot;: 1200",  # arguments, pretty-printed
+        "The customer was charged twice for March.",
+        "1200 in / 85 out",
+        "$0.0123",
+        "support-bot",  # agent
+        "alice",  # its owner
+        "grace",  # on behalf of
+        "run-7",
+        "data-countdown",
+        "1 of 2 approvals",
+        "<strong>dave</strong>",  # votes so far
+        "3600 s",  # policy: time to live
+    ):
+        assert expected in body, expected
+    history = body[body.index("Earlier in this session") :]
+    assert "send_email" in history and "Succeeded" in history
+    assert 'hx-history="false"' in body
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_sensitive_fields_and_detected_secrets_are_masked(world: World, bob_client) -> None:
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={
+            "customer_id": "cus_0001",
+            "changes": {"email": "ada.l@example.com", "phone": "+44 20 7946 0001", "plan": "pro"},
+        },
+    )
+    body = bob_client.get(f"/approvals/{call.pk}/").content.decode()
+    arguments = body[body.index('<pre class="arguments">') :]
+    arguments = arguments[: arguments.index("</pre>")]
+    assert "ada.l@example.com" not in body
+    assert "7946" not in body
+    assert "[masked:field:" in arguments
+    assert "&quot;plan&quot;: &quot;pro&quot;" in arguments
+    # Without a reveal grant there is no reveal form, only the reason why.
+    assert 'name="reason"' not in body
+    assert "needs a reveal grant" in body
+
+
+def test_a_decided_call_shows_its_masked_result_and_a_way_to_the_next_call(
+    world: World, bob_client
+) -> None:
+    call = make_call(world, "update_customer")
+    nxt = make_call(world, "send_email")
+    ToolCall.objects.filter(pk=call.pk).update(
+        status=Status.SUCCEEDED,
+        result={"customer": {"email": "ada.l@example.com", "plan": "pro"}, "changed": ["email"]},
+    )
+    body = bob_client.get(f"/approvals/{call.pk}/").content.decode()
+    assert "Result" in body and "&quot;changed&quot;" in body
+    assert "ada.l@example.com" not in body
+    assert 'name="verdict"' not in body
+    response = bob_client.get(f"/approvals/next/?after={call.pk}")
+    assert response["Location"] == f"/approvals/{nxt.pk}/"
+
+
+def test_next_skips_calls_already_voted_on_and_ends_at_the_queue(
+    world: World, dave, bob_client
+) -> None:
+    now = timezone.now()
+    first = make_call(world, created_at=now - timedelta(minutes=3))
+    voted = make_call(world, "delete_customer", created_at=now - timedelta(minutes=2))
+    last = make_call(world, created_at=now - timedelta(minutes=1))
+    decide(
+        call_id=voted.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        confirmation="delete_customer",
+        authenticated_at=now,
+    )
+    assert bob_client.get("/approvals/next/")["Location"] == f"/approvals/{first.pk}/"
+    assert (
+        bob_client.get(f"/approvals/next/?after={first.pk}")["Location"] == f"/approvals/{last.pk}/"
+    )
+    # Wraps round to the oldest one still waiting.
+    assert (
+        bob_client.get(f"/approvals/next/?after={last.pk}")["Location"] == f"/approvals/{first.pk}/"
+    )
+    ToolCall.objects.filter(pk__in=[first.pk, last.pk]).update(status=Status.EXPIRED)
+    assert bob_client.get(f"/approvals/next/?after={last.pk}")["Location"] == "/approvals/"
+    assert bob_client.get("/approvals/next/?after=junk")["Location"] == "/approvals/"
+
+
+def test_an_outsider_gets_403_and_a_stranger_404(world: World) -> None:
+    call = make_call(world)
+    assert login(world.charlie).get(f"/approvals/{call.pk}/").status_code == 403
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert login(world.bob).get(f"/approvals/{missing}/").status_code == 404
+
+
+def test_the_owner_and_the_person_acted_for_see_no_approve_button(world: World) -> None:
+    from tools_registry import services as registry_services
+
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.alice)
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.charlie)
+    call = make_call(world, on_behalf_of="charlie@example.com")
+    for person, reason in (
+        (world.alice, "You own the agent"),
+        (world.charlie, "acts on your behalf"),
+    ):
+        body = login(person).get(f"/approvals/{call.pk}/").content.decode()
+        assert reason in body
+        assert 'value="approve"' not in body
+        assert 'value="reject"' in body
+    assert 'value="approve"' in login(world.bob).get(f"/approvals/{call.pk}/").content.decode()
+
+
+def test_a_destructive_call_asks_for_the_tool_name_or_a_fresh_sign_in(world: World) -> None:
+    from approvals import reauth
+
+    call = make_call(world, "delete_customer")
+    client = login(world.bob)
+    body = client.get(f"/approvals/{call.pk}/").content.decode()
+    assert 'data-confirm-for="delete_customer"' in body
+    assert 'value="approve"' in body
+
+    session = client.session
+    session[reauth.SESSION_KEY] = (timezone.now() - timedelta(hours=1)).timestamp()
+    session.save()
+    body = client.get(f"/approvals/{call.pk}/").content.decode()
+    assert 'id="reauth-needed"' in body
+    assert re.search(r'href="/approvals/reauthenticate/\?next=/approvals/[0-9a-f-]+/"', body)
+    assert 'value="approve"' not in body
+    assert 'value="reject"' in body
+
+
+def test_the_session_history_keeps_other_tools_calls_private(world: World) -> None:
+    """A reviewer of refunds only learns that the agent made other calls, not which."""
+    refunds_only = User.objects.create_user("erin", "erin@example.com", "pw")
+    registry_services.grant_review(tool=world.tools["issue_refund"], user=refunds_only)
+    make_call(world, "delete_customer", session_id="run-9")
+    call = make_call(world, "issue_refund", session_id="run-9")
+    body = login(refunds_only).get(f"/approvals/{call.pk}/").content.decode()
+    history = body[body.index("Earlier in this session") :]
+    assert "a call of a tool you do not review" in history
+    assert "delete_customer" not in history

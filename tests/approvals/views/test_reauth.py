@@ -1,0 +1,77 @@
+"""Re-entering the password: stamps the session, is audited, locks out guessers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.test import Client
+from django.utils import timezone
+
+from approvals import reauth
+from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World
+
+
+def stale_client(world: World) -> Client:
+    client = Client()
+    client.force_login(world.bob)
+    session = client.session
+    session[reauth.SESSION_KEY] = (timezone.now() - timedelta(hours=2)).timestamp()
+    session.save()
+    return client
+
+
+def test_a_sign_in_counts_as_a_fresh_authentication(world: World) -> None:
+    client = Client()
+    response = client.post("/login/", {"username": "bob", "password": "pw-bob"})
+    assert response.status_code == 302
+    stamped = client.session[reauth.SESSION_KEY]
+    assert abs(stamped - timezone.now().timestamp()) < 5
+
+
+def test_the_right_password_refreshes_the_session_and_returns_to_the_call(world: World) -> None:
+    call = make_call(world, "delete_customer")
+    client = stale_client(world)
+    old_key = client.session.session_key
+    target = f"/approvals/{call.pk}/"
+    page = client.get(f"/approvals/reauthenticate/?next={target}")
+    assert page.status_code == 200 and f'value="{target}"' in page.content.decode()
+
+    response = client.post("/approvals/reauthenticate/", {"password": "pw-bob", "next": target})
+    assert response.status_code == 302
+    assert response["Location"] == target
+    assert client.session.session_key != old_key
+    assert 'data-confirm-for="delete_customer"' in client.get(target).content.decode()
+    assert AuditEvent.objects.filter(action="reviewer.reauthenticated", actor_label="bob").exists()
+
+
+def test_a_foreign_next_url_is_ignored(world: World) -> None:
+    client = stale_client(world)
+    response = client.post(
+        "/approvals/reauthenticate/", {"password": "pw-bob", "next": "https://evil.example/x"}
+    )
+    assert response["Location"] == "/approvals/"
+
+
+def test_wrong_passwords_are_audited_and_five_sign_the_session_out(world: World) -> None:
+    client = stale_client(world)
+    for _ in range(4):
+        response = client.post("/approvals/reauthenticate/", {"password": "guess"})
+        assert response.status_code == 200
+        assert "That is not your password." in response.content.decode()
+        assert reauth.authenticated_at(_request_for(client)) < timezone.now() - timedelta(hours=1)
+    response = client.post("/approvals/reauthenticate/", {"password": "guess"})
+    assert response.status_code == 302 and response["Location"].startswith("/login")
+    assert client.get("/approvals/").status_code == 302  # signed out
+    failures = AuditEvent.objects.filter(action="reviewer.reauthentication_failed")
+    assert failures.count() == 5
+    assert "guess" not in str(list(failures.values_list("data", flat=True)))
+
+
+def _request_for(client: Client):  # type: ignore[no-untyped-def]
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/")
+    request.session = client.session
+    return request

@@ -1,0 +1,168 @@
+"""POST .../cancel (pending only) and POST .../retry (a failed write, with its original key;
+never a destructive call)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from approvals.execution import runner, send
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from audit.models import AuditEvent
+from gateway import breaker
+from sandbox.models import Customer
+from tests.conftest import ApiClient, World, sandbox_effects
+from tests.gateway.conftest import SEND_EMAIL
+from tools_registry import services as registry_services
+from tools_registry.models import Agent, Tool
+
+UPDATE_MISSING = {
+    "tool": "update_customer",
+    "arguments": {"customer_id": "cus_0099", "changes": {"plan": "pro"}},
+    "session_id": "run-1",
+}
+
+
+def _post(world: World, call_id: str, verb: str) -> Any:
+    return world.api().client.post(
+        f"/api/v1/tool-calls/{call_id}/{verb}", HTTP_AUTHORIZATION=f"Bearer {world.token}"
+    )
+
+
+def _approved_and_run(world: World, body: dict, *reviewers: User) -> ToolCall:
+    call_id = world.api().submit(body).json()["id"]
+    tool_name = body["tool"]
+    for reviewer in reviewers or (world.bob,):
+        # A destructive approval is typed out by a reviewer who signed in just now.
+        decide(
+            call_id=call_id,
+            reviewer=reviewer,
+            verdict="approve",
+            comment="ok",
+            confirmation=tool_name,
+            authenticated_at=timezone.now(),
+        )
+    runner.execute(call_id)  # what the worker does with the task sent on commit
+    return ToolCall.objects.get(pk=call_id)
+
+
+def test_a_pending_call_is_cancelled_and_cancelling_again_is_harmless(world: World) -> None:
+    call_id = world.api().submit(SEND_EMAIL).json()["id"]
+    first = _post(world, call_id, "cancel")
+    assert first.status_code == 200
+    assert first.json()["status"] == "cancelled"
+    again = _post(world, call_id, "cancel")
+    assert again.status_code == 200
+    assert AuditEvent.objects.filter(action="call.cancelled", call_id=call_id).count() == 1
+
+
+def test_a_decided_call_cannot_be_cancelled(world: World) -> None:
+    call_id = world.api().submit(SEND_EMAIL).json()["id"]
+    decide(call_id=call_id, reviewer=world.bob, verdict="approve", comment="")
+    response = _post(world, call_id, "cancel")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "invalid_state"
+    assert ToolCall.objects.get(pk=call_id).status == Status.APPROVED
+
+
+def test_a_failed_write_is_retried_with_its_original_key(
+    world: World, django_capture_on_commit_callbacks: Any
+) -> None:
+    call = _approved_and_run(world, UPDATE_MISSING)
+    assert call.status == Status.FAILED
+    assert call.error["code"] == "customer_not_found"
+
+    Customer.objects.create(customer_id="cus_0099", name="Late Arrival", email="l@example.com")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = _post(world, str(call.pk), "retry")
+    assert response.status_code == 202
+    assert response.json()["status"] == "approved"
+    assert response["Location"].endswith(f"/api/v1/tool-calls/{call.pk}")
+    assert send.send_execution in [getattr(c, "func", c) for c in callbacks]
+    # Repeating the request changes nothing.
+    assert _post(world, str(call.pk), "retry").status_code == 202
+    assert AuditEvent.objects.filter(action="call.retry_requested").count() == 1
+
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == Status.SUCCEEDED
+    assert call.attempts == 2
+    [effect] = sandbox_effects()
+    assert effect["idempotency_key"] == f"countersign-{call.pk}"
+
+
+def test_a_destructive_call_is_never_retried_on_request(world: World) -> None:
+    dana = User.objects.create_user("dana", "dana@example.com", "pw-dana")
+    registry_services.grant_review(tool=world.tools["delete_customer"], user=dana)
+    body = {
+        "tool": "delete_customer",
+        "arguments": {"customer_id": "cus_0099", "reason": "asked to be forgotten"},
+        "session_id": "run-1",
+    }
+    call = _approved_and_run(world, body, world.bob, dana)
+    assert call.status == Status.FAILED
+    assert call.needs_attention is True
+    response = _post(world, str(call.pk), "retry")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "retry_not_allowed"
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_reads_and_undecided_calls_are_not_retried(world: World) -> None:
+    read = world.api().submit(
+        {"tool": "get_customer", "arguments": {"customer_id": "cus_0099"}, "session_id": "s"}
+    )
+    assert read.status_code == 502
+    response = _post(world, read.json()["call"]["id"], "retry")
+    assert response.json()["error"]["code"] == "retry_not_allowed"
+    pending = world.api().submit(SEND_EMAIL).json()["id"]
+    response = _post(world, pending, "retry")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "invalid_state"
+
+
+def test_a_retry_waits_while_the_circuit_is_open(world: World) -> None:
+    call = _approved_and_run(world, UPDATE_MISSING)
+    Tool.objects.filter(name="update_customer").update(breaker_threshold=1)
+    breaker.record_outcome(tool_name="update_customer", status="unknown", error=None)
+    response = _post(world, str(call.pk), "retry")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "circuit_open"
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_another_agents_call_is_not_found(world: World) -> None:
+    call_id = world.api().submit(SEND_EMAIL).json()["id"]
+    other = Agent.objects.create(name="other-bot", owner=world.alice)
+    _, token = registry_services.issue_token(agent=other)
+    stranger = ApiClient(token)
+    for verb in ("cancel", "retry"):
+        response = stranger.client.post(
+            f"/api/v1/tool-calls/{call_id}/{verb}", HTTP_AUTHORIZATION=f"Bearer {token}"
+        )
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "call_not_found"
+    assert ToolCall.objects.get(pk=call_id).status == Status.PENDING
+
+
+@pytest.mark.parametrize("switched_off", ["tool", "allowlist"])
+def test_a_retry_is_refused_once_the_tool_is_off_or_off_the_allowlist(
+    world: World, switched_off: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    call = _approved_and_run(world, UPDATE_MISSING)
+    assert call.status == Status.FAILED
+    tool = world.tools["update_customer"]
+    if switched_off == "tool":
+        registry_services.update_policy(tool=tool, changes={"enabled": False}, changed_by=None)
+    else:
+        world.agent.allowed_tools.remove(tool)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = _post(world, str(call.pk), "retry")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "retry_not_allowed"
+    assert send.send_execution not in [getattr(c, "func", c) for c in callbacks]
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED

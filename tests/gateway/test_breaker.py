@@ -1,0 +1,180 @@
+"""The circuit breaker per tool: opens after N consecutive failures, refuses, lets exactly
+one probe through after the cool-down, and closes (or opens again) on the probe's outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from audit.models import AuditEvent
+from gateway import breaker
+from tests.conftest import World
+from tests.gateway.conftest import SEND_EMAIL, in_threads
+from tests.support.probe import Probe, install_probe_tool, stock_call
+from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
+
+
+def _status(world: World, body: dict | None = None) -> int:
+    return world.api().submit(body or stock_call()).status_code
+
+
+def _race_the_probe(world: World, probe: Probe, *, callers: int) -> Counter[int]:
+    """Submit from ``callers`` threads at once; the probe (if any gets through) is released
+    once all the others have been refused."""
+    answered: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def submit(_: int) -> int:
+        status = world.api().submit(stock_call()).status_code
+        with lock:
+            answered[status] += 1
+            if answered[503] == callers - 1 and probe.hold is not None:
+                probe.hold.set()
+        return status
+
+    return Counter(in_threads(callers, submit))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_opens_refuses_half_opens_with_one_probe_and_closes(
+    live_world: World, probe_tool_cleanup: None
+) -> None:
+    probe = install_probe_tool(live_world, breaker_threshold=3, breaker_cooldown_seconds=1)
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=1000)
+    for cycle in range(2):
+        probe.mode, probe.delay = "fail", 0.0
+        calls_before = probe.calls
+        assert [_status(live_world) for _ in range(3)] == [502, 502, 502]
+
+        # Open: refused at once, the tool is not called.
+        refused = live_world.api().submit(stock_call())
+        assert refused.status_code == 503
+        assert refused["Retry-After"] == "1"
+        assert probe.calls == calls_before + 3
+
+        # Half-open: of 20 simultaneous calls exactly one reaches the tool. The probe stays
+        # busy until the other 19 are answered, however slowly the threads start.
+        time.sleep(1.1)
+        probe.mode, probe.hold = "ok", threading.Event()
+        codes = _race_the_probe(live_world, probe, callers=20)
+        assert codes == {200: 1, 503: 19}, (cycle, codes)
+        assert probe.calls == calls_before + 4
+
+        # The probe succeeded: closed again.
+        probe.hold = None
+        assert [_status(live_world) for _ in range(4)] == [200] * 4
+    opened = AuditEvent.objects.filter(action="tool.breaker_opened", tool_name="check_stock")
+    closed = AuditEvent.objects.filter(action="tool.breaker_closed", tool_name="check_stock")
+    assert (opened.count(), closed.count()) == (2, 2)
+    assert AuditEvent.objects.filter(action="call.refused", outcome="circuit_open").count() == 40
+
+
+def test_a_failed_probe_opens_it_again(world: World, probe_tool_cleanup: None) -> None:
+    probe = install_probe_tool(world, breaker_threshold=2, breaker_cooldown_seconds=1)
+    probe.mode = "timeout"
+    assert [_status(world) for _ in range(3)] == [504, 504, 503]
+    time.sleep(1.1)
+    assert _status(world) == 504, "the probe runs"
+    refused = world.api().submit(stock_call())
+    assert refused.status_code == 503
+    assert refused["Retry-After"] == "1"
+    assert probe.calls == 3
+
+
+def test_a_tool_that_answers_no_is_healthy(world: World, probe_tool_cleanup: None) -> None:
+    probe = install_probe_tool(world, breaker_threshold=2, breaker_cooldown_seconds=60)
+    probe.mode = "refuse"
+    assert [_status(world) for _ in range(5)] == [502] * 5
+    assert probe.calls == 5
+
+
+def test_a_success_resets_the_count(world: World, probe_tool_cleanup: None) -> None:
+    probe = install_probe_tool(world, breaker_threshold=2, breaker_cooldown_seconds=60)
+    statuses = []
+    for mode in ("fail", "ok", "fail", "ok", "fail", "fail", "ok"):
+        probe.mode = mode
+        statuses.append(_status(world))
+    assert statuses == [502, 200, 502, 200, 502, 502, 503]
+
+
+def test_a_probe_refused_for_another_reason_frees_the_slot(
+    world: World, probe_tool_cleanup: None
+) -> None:
+    probe = install_probe_tool(
+        world, breaker_threshold=1, breaker_cooldown_seconds=1, rate_limit_per_user="1/minute"
+    )
+    probe.mode = "fail"
+    assert _status(world, stock_call(on_behalf_of="ada")) == 502
+    time.sleep(1.1)
+    probe.mode = "ok"
+    # Ada's window is full: her call takes the probe slot, is refused, and gives it back.
+    assert _status(world, stock_call(on_behalf_of="ada")) == 429
+    assert _status(world, stock_call(on_behalf_of="grace")) == 200
+    assert _status(world, stock_call(on_behalf_of="linus")) == 200
+
+
+def test_writes_are_refused_while_the_circuit_is_open(world: World) -> None:
+    Tool.objects.filter(name="send_email").update(breaker_threshold=2)
+    for _ in range(2):  # two executions whose outcome stayed unknown
+        breaker.record_outcome(tool_name="send_email", status="unknown", error={"code": "timeout"})
+    response = world.api().submit(SEND_EMAIL)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "circuit_open"
+    assert 59 <= int(response["Retry-After"]) <= 60
+
+
+@override_settings(REDIS_URL="")
+def test_the_embedded_breaker_admits_one_probe_among_threads() -> None:
+    tool = Tool(
+        name="embedded-tool",
+        risk=Risk.READ,
+        timeout_seconds=2,
+        max_attempts=1,
+        breaker_threshold=2,
+        breaker_cooldown_seconds=1,
+    )
+    store = breaker._store()
+    assert isinstance(store, breaker._MemoryStore)
+    for _ in range(2):
+        store.failure(tool.name, threshold=2, cooldown_ms=300)
+    with pytest.raises(breaker.CircuitOpen):
+        breaker.admit(tool)
+    time.sleep(0.35)
+
+    def try_admit(_: int) -> str:
+        try:
+            return "probe" if breaker.admit(tool).probe_token else "closed"
+        except breaker.CircuitOpen:
+            return "refused"
+
+    assert Counter(in_threads(30, try_admit)) == {"probe": 1, "refused": 29}
+    assert store.success(tool.name) is True
+    assert breaker.admit(tool).probe_token == ""
+
+
+def test_an_operator_closes_an_open_breaker_with_a_reason(
+    world: World, probe_tool_cleanup: None
+) -> None:
+    probe = install_probe_tool(world, breaker_threshold=2, breaker_cooldown_seconds=600)
+    probe.mode = "fail"
+    assert [_status(world) for _ in range(3)] == [502, 502, 503]
+
+    out = StringIO()
+    call_command("reset_breaker", "check_stock", "--reason", "inventory API fixed", stdout=out)
+    assert out.getvalue().strip() == "breaker of check_stock closed"
+    probe.mode = "ok"
+    assert _status(world) == 200, "calls flow again before the cool-down ends"
+    event = AuditEvent.objects.get(action="tool.breaker_closed", tool_name="check_stock")
+    assert event.data == {"by_operator": True, "reason": "inventory API fixed", "was_open": True}
+
+    with pytest.raises(CommandError, match="No tool named 'nope'"):
+        call_command("reset_breaker", "nope", "--reason", "x")
+    with pytest.raises(CommandError, match="reason"):
+        call_command("reset_breaker", "check_stock", "--reason", "  ")

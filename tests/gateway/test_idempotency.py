@@ -1,0 +1,189 @@
+"""Idempotency-Key: one call per (agent, key), replays, 409 in flight, 422 for another body.
+
+The contract under concurrency (IETF Idempotency-Key draft, section 2.6): of any number
+of simultaneous requests with one key and one body, exactly one is processed. Every other
+one answers either the stored response of that request (same status, same call id), when
+it completed before the duplicate looked, or ``409 idempotency_key_in_use`` with
+``Retry-After: 1``, while it is still running. No duplicate ever creates a second call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from approvals.models import ToolCall
+from audit.canonical import canonical_json, sha256_hex
+from gateway.models import IdempotencyRecord
+from tests.conftest import ApiClient, World
+from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL, in_threads
+from tests.support.probe import install_probe_tool, stock_call
+from tools_registry import services as registry_services
+from tools_registry.models import Agent
+
+
+def _submit_many(world: World, body: dict, key: str, count: int) -> list[tuple[int, dict, str]]:
+    def submit(_: int) -> tuple[int, dict, str]:
+        response = world.api().submit(body, key=key)
+        return response.status_code, response.json(), response.headers.get("Retry-After", "")
+
+    return in_threads(count, submit)
+
+
+def _assert_one_call_and_replays(
+    world: World, results: list[tuple[int, dict, str]], key: str, ok_status: int
+) -> Counter:
+    statuses = Counter(status for status, _, _ in results)
+    assert set(statuses) <= {ok_status, 409}, statuses
+    for status, body, retry_after in results:
+        if status == 409:
+            assert body["error"]["code"] == "idempotency_key_in_use"
+            assert body["error"]["retryable"] is True
+            assert retry_after == "1"
+    ids = {body["id"] for status, body, _ in results if status == ok_status}
+    calls = list(ToolCall.objects.filter(agent=world.agent, request_key=key))
+    assert len(calls) == 1, f"{len(calls)} calls for one key"
+    assert ids <= {str(calls[0].pk)}
+    return statuses
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fifty_concurrent_identical_submissions_create_one_call(live_world: World) -> None:
+    seen: Counter = Counter()
+    for round_ in range(3):
+        key = f"concurrent-write-{round_}-{uuid.uuid4()}"
+        results = _submit_many(live_world, SEND_EMAIL, key, 50)
+        seen += _assert_one_call_and_replays(live_world, results, key, 202)
+        # Once the first request finished, the key answers with its response.
+        again = live_world.api().submit(SEND_EMAIL, key=key)
+        assert again.status_code == 202
+        assert again.json()["id"] == str(ToolCall.objects.get(request_key=key).pk)
+    print(f"150 concurrent duplicates over 3 keys: {dict(seen)}")
+    assert ToolCall.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fifty_concurrent_identical_reads_run_once(
+    live_world: World, probe_tool_cleanup: None
+) -> None:
+    probe = install_probe_tool(live_world)
+    probe.delay = 0.2  # the first request is still running while the others arrive
+    key = f"concurrent-read-{uuid.uuid4()}"
+    results = _submit_many(live_world, stock_call(), key, 50)
+    statuses = _assert_one_call_and_replays(live_world, results, key, 200)
+    assert statuses[409] >= 1
+    assert probe.calls == 1
+    replay = live_world.api().submit(stock_call(), key=key)
+    assert replay.status_code == 200
+    assert replay.json()["result"] == {"sku": "sku-1", "in_stock": 3}
+    assert probe.calls == 1
+
+
+def test_the_same_key_and_body_replays_the_first_answer(world: World) -> None:
+    first = world.api().submit(SEND_EMAIL, key="k-1")
+    second = world.api().submit(SEND_EMAIL, key="k-1")
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json()
+    assert first.headers["Location"] == second.headers["Location"]
+    assert second.headers["Retry-After"] == "5"
+    assert ToolCall.objects.filter(request_key="k-1").count() == 1
+
+
+def test_a_replayed_read_does_not_run_the_tool_again(world: World) -> None:
+    first = world.api().submit(GET_CUSTOMER, key="read-1")
+    second = world.api().submit(GET_CUSTOMER, key="read-1")
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert ToolCall.objects.filter(request_key="read-1").count() == 1
+
+
+def test_a_replay_spends_no_round(world: World) -> None:
+    world.agent.max_rounds_per_session = 1
+    world.agent.save()
+    assert world.api().submit(SEND_EMAIL, key="once").status_code == 202
+    assert world.api().submit(SEND_EMAIL, key="once").status_code == 202
+    refused = world.api().submit(SEND_EMAIL, key="twice")
+    assert refused.json()["error"]["code"] == "max_rounds_exceeded"
+
+
+def test_the_same_key_with_another_body_is_422(world: World) -> None:
+    assert world.api().submit(SEND_EMAIL, key="k-2").status_code == 202
+    other = {**SEND_EMAIL, "arguments": {**SEND_EMAIL["arguments"], "to": "eve@example.com"}}
+    response = world.api().submit(other, key="k-2")
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "idempotency_key_reused"
+    assert ToolCall.objects.filter(request_key="k-2").count() == 1
+
+
+def test_a_key_whose_request_is_in_flight_is_409(world: World) -> None:
+    IdempotencyRecord.objects.create(
+        agent=world.agent,
+        key="busy",
+        request_hash=sha256_hex(canonical_json(SEND_EMAIL)),
+        locked_until=timezone.now() + timedelta(seconds=60),
+    )
+    response = world.api().submit(SEND_EMAIL, key="busy")
+    assert response.status_code == 409
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "idempotency_key_in_use"
+    assert not ToolCall.objects.filter(request_key="busy").exists()
+
+
+def test_an_abandoned_in_flight_key_is_taken_over(world: World) -> None:
+    IdempotencyRecord.objects.create(
+        agent=world.agent,
+        key="abandoned",
+        request_hash=sha256_hex(canonical_json(SEND_EMAIL)),
+        locked_until=timezone.now() - timedelta(seconds=1),
+    )
+    response = world.api().submit(SEND_EMAIL, key="abandoned")
+    assert response.status_code == 202
+    assert ToolCall.objects.filter(request_key="abandoned").count() == 1
+
+
+def test_a_request_that_died_after_creating_its_call_is_answered_with_that_call(
+    world: World,
+) -> None:
+    created = world.api().submit(SEND_EMAIL, key="died").json()
+    # As if the process died after the call's commit, before the response was stored.
+    IdempotencyRecord.objects.filter(key="died").update(
+        state=IdempotencyRecord.State.IN_FLIGHT,
+        response_status=None,
+        response_body=None,
+        locked_until=timezone.now() - timedelta(seconds=1),
+    )
+    response = world.api().submit(SEND_EMAIL, key="died")
+    assert response.status_code == 202
+    assert response.json()["id"] == created["id"]
+    assert ToolCall.objects.filter(request_key="died").count() == 1
+
+
+def test_keys_are_scoped_to_the_agent(world: World) -> None:
+    other = Agent.objects.create(name="billing-bot", owner=world.alice)
+    other.allowed_tools.add(world.tools["send_email"])
+    _, token = registry_services.issue_token(agent=other)
+    mine = world.api().submit(SEND_EMAIL, key="shared-key").json()
+    theirs = ApiClient(token).submit(SEND_EMAIL, key="shared-key").json()
+    assert mine["id"] != theirs["id"]
+
+
+def test_a_refused_request_leaves_its_key_free(world: World) -> None:
+    bad = {**SEND_EMAIL, "arguments": {"to": "not an address"}}
+    assert world.api().submit(bad, key="fix-me").status_code == 400
+    assert world.api().submit(SEND_EMAIL, key="fix-me").status_code == 202
+
+
+def test_a_missing_or_malformed_key_is_refused(world: World) -> None:
+    for key in [None, "", "   ", "x" * 256, "caf\u00e9", "line\nbreak", "tab\there"]:
+        response = world.api().submit(SEND_EMAIL, key=key)
+        assert response.status_code == 400, key
+        assert response.json()["error"]["code"] == "idempotency_key_required"
+    assert not ToolCall.objects.exists()
+
+
+def test_a_key_of_255_printable_characters_is_accepted(world: World) -> None:
+    assert world.api().submit(SEND_EMAIL, key="k" * 255).status_code == 202

@@ -1,0 +1,180 @@
+"""GET /tool-calls/{id}?wait=N: answers as soon as the status changes, holds no database
+connection while it waits, and answers after N seconds when nothing happens.
+
+What woke a request is observed (``tests.support.longpoll``: a status message, or the
+clock), not how fast it answered: speed belongs in bench/."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.test import override_settings
+
+from approvals.models import ToolCall
+from approvals.services.calls import cancel_call, expire_call
+from approvals.services.decisions import decide
+from tests.conftest import ApiClient, World
+from tests.gateway.conftest import SEND_EMAIL
+from tests.support.longpoll import LongPollSpy
+from tests.support.workers import wait_for
+from tools_registry import services as registry_services
+from tools_registry.models import Agent, Tool
+
+
+def _poll(token: str, call_id: str, query: str) -> tuple[float, int, dict[str, Any]]:
+    """One long-poll; returns when it was answered (monotonic), its status and body."""
+    try:
+        response = ApiClient(token).get(f"/api/v1/tool-calls/{call_id}?{query}")
+        return time.monotonic(), response.status_code, response.json()
+    finally:
+        connections.close_all()
+
+
+def _pending_call(world: World, session: str = "run-1") -> str:
+    return world.api().submit({**SEND_EMAIL, "session_id": session}).json()["id"]
+
+
+def _reject(world: World, call_id: str, comment: str = "Not today.") -> float:
+    decide(call_id=call_id, reviewer=world.bob, verdict="reject", comment=comment)
+    return time.monotonic()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_poll_returns_promptly_when_a_reviewer_decides(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = LongPollSpy(monkeypatch)
+    for verdict in ("reject", "approve", "reject"):
+        spy.reset()
+        call_id = _pending_call(live_world)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(_poll, live_world.token, call_id, "wait=20")
+            spy.wait_until_waiting()
+            assert not waiting.done()
+            decide(call_id=call_id, reviewer=live_world.bob, verdict=verdict, comment="decided")
+            _, status, body = waiting.result(timeout=30)
+        assert status == 200
+        assert body["status"] == ("rejected" if verdict == "reject" else "approved")
+        assert body["decision"]["verdict"] == verdict
+        assert spy.woken_by_a_message() == [True], (
+            "the decision's status message ended the wait, not a recheck or the deadline",
+            spy.pauses(),
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_requests_hold_no_database_connection(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More waiters than the pool has connections (10): if a waiter kept its connection,
+    # the others and the reviewer below would queue behind them.
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    call_ids = [_pending_call(live_world, session=f"s{i}") for i in range(15)]
+    connection.close()
+    pool = connection.pool
+    spy = LongPollSpy(monkeypatch)
+    with ThreadPoolExecutor(15) as executor:
+        waiters: list[Future] = [
+            executor.submit(_poll, live_world.token, call_id, "wait=15") for call_id in call_ids
+        ]
+
+        def borrowed() -> int:
+            stats = pool.get_stats()
+            return stats["pool_size"] - stats["pool_available"]
+
+        # Once every waiter has read its call and sat down to wait, none holds a connection.
+        spy.wait_until_waiting(count=15)
+        wait_for(lambda: borrowed() == 0, timeout=8, interval=0.05, message="idle waiters")
+        assert not any(waiter.done() for waiter in waiters)
+        for index, call_id in enumerate(call_ids):
+            if index % 3 == 0:
+                cancel_call(call_id=call_id, agent=live_world.agent)
+            elif index % 3 == 1:
+                _reject(live_world, call_id)
+            else:
+                ToolCall.objects.filter(pk=call_id).update(expires_at=time_in_past())
+                assert expire_call(call_id=call_id)
+        results = [waiter.result(timeout=30) for waiter in waiters]
+    assert [body["status"] for _, _, body in results] == [
+        ("cancelled", "rejected", "expired")[index % 3] for index in range(15)
+    ]
+    # Each was woken by its own call's change, not by a recheck or its deadline.
+    assert spy.woken_by_a_message() == [True] * 15, spy.pauses()
+
+
+def time_in_past() -> Any:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return timezone.now() - timedelta(seconds=1)
+
+
+def test_nothing_happens_and_the_wait_ends(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    call_id = _pending_call(world)
+    spy = LongPollSpy(monkeypatch)
+    started = time.monotonic()
+    response = world.api().get(f"/api/v1/tool-calls/{call_id}?wait=1")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.json()["status"] == "pending"
+    assert elapsed >= 0.9, "it waited its second"
+    # One pause, ended by the clock at the deadline: no message, no second pause after it.
+    assert spy.pauses() == [[False]]
+
+
+def test_a_terminal_call_or_a_stale_seen_answers_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call_id = _pending_call(world)
+    _reject(world, call_id)
+    spy = LongPollSpy(monkeypatch)
+    for query in ("wait=30", "wait=30&seen=pending"):
+        response = world.api().get(f"/api/v1/tool-calls/{call_id}?{query}")
+        assert response.json()["status"] == "rejected"
+        assert not spy.waited, f"{query}: answered without waiting"
+
+
+def test_the_wait_is_bounded(world: World) -> None:
+    call_id = _pending_call(world)
+    for query in ("wait=61", "wait=-1", "wait=soon", "seen=" + "x" * 40):
+        response = world.api().get(f"/api/v1/tool-calls/{call_id}?{query}")
+        assert response.status_code == 400, query
+        assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_another_agents_call_is_404_without_waiting(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call_id = _pending_call(world)
+    other = Agent.objects.create(name="other-bot", owner=world.alice)
+    _, token = registry_services.issue_token(agent=other)
+    spy = LongPollSpy(monkeypatch)
+    response = ApiClient(token).get(f"/api/v1/tool-calls/{call_id}?wait=10")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "call_not_found"
+    assert not spy.waited, "answered without waiting"
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(REDIS_URL="")
+def test_the_embedded_mode_polls_and_still_answers_promptly(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call_id = _pending_call(live_world)
+    spy = LongPollSpy(monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(_poll, live_world.token, call_id, "wait=30")
+        spy.wait_until_waiting()
+        decided_at = _reject(live_world, call_id)
+        answered_at, _, body = waiting.result(timeout=60)
+    assert body["status"] == "rejected"
+    assert spy.pauses() == [[]], "no Redis: it polled the database"
+    # Polling (every 0.5 s) sees the change long before the 30 s wait would have ended; a
+    # wait that only looked again at its deadline would answer 30 s after it started.
+    assert answered_at - decided_at < 15

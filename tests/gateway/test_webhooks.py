@@ -1,0 +1,256 @@
+"""Webhooks: a call's terminal state is POSTed to its callback_url, signed with the agent's
+secret, retried with backoff from the beat-driven sweep until the receiver accepts it, and
+every attempt is recorded."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from approvals.models import ToolCall
+from approvals.services.calls import cancel_call
+from approvals.services.decisions import decide
+from audit.models import AuditEvent
+from gateway import webhooks
+from gateway.models import WebhookDelivery
+from gateway.tasks import deliver_webhook
+from tests.conftest import World
+from tests.gateway.conftest import SEND_EMAIL, in_threads
+from tests.support.workers import purge_queue, running_worker, wait_for
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server in a thread that answers with scripted status codes."""
+
+    statuses: list[int]
+    delay: float = 0.0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def answer(self) -> int:
+        with self.lock:
+            index = len(self.received) - 1
+            return self.statuses[min(index, len(self.statuses) - 1)]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver(statuses=[200])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with state.lock:
+                state.received.append({"headers": dict(self.headers), "body": body})
+            if state.delay:
+                time.sleep(state.delay)
+            status = state.answer()
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/countersign"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _assert_signed(world: World, request: dict[str, Any]) -> dict[str, Any]:
+    headers = request["headers"]
+    signature = headers["Countersign-Signature"]
+    assert webhooks.verify(world.agent.webhook_secret, request["body"], signature)
+    assert not webhooks.verify("another-secret", request["body"], signature)
+    assert not webhooks.verify(world.agent.webhook_secret, request["body"] + b" ", signature)
+    return json.loads(request["body"])
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_receiver_is_retried_until_it_accepts(
+    live_world: World, receiver: Receiver, tmp_path: Any
+) -> None:
+    receiver.statuses = [500, 503, 200]
+    env = {"WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1", "WEBHOOK_RETRY_BASE_SECONDS": "0.3"}
+    purge_queue()
+    with (
+        override_settings(WEBHOOK_RETRY_BASE_SECONDS=0.3, WEBHOOK_ALLOW_PRIVATE_NETWORKS=True),
+        running_worker(tmp_path=tmp_path, env=env),
+    ):
+        body = {**SEND_EMAIL, "callback_url": receiver.url}
+        call_id = live_world.api().submit(body).json()["id"]
+        decide(call_id=call_id, reviewer=live_world.bob, verdict="reject", comment="Not today.")
+        # The first attempt comes from the task sent on commit; the retries from the
+        # sweep, which beat runs every few seconds (here: the test runs it).
+        delivery = WebhookDelivery.objects.get(call_id=call_id)
+
+        def delivered() -> bool:
+            webhooks.sweep()
+            delivery.refresh_from_db()
+            return delivery.state == WebhookDelivery.State.DELIVERED
+
+        wait_for(delivered, timeout=30, interval=0.2, message="the webhook to be accepted")
+
+    assert delivery.attempts == 3
+    attempts = list(delivery.attempt_log.order_by("number"))
+    assert [(a.number, a.status_code) for a in attempts] == [(1, 500), (2, 503), (3, 200)]
+    assert len(receiver.received) == 3
+    gaps = [
+        (later.started_at - earlier.started_at).total_seconds()
+        for earlier, later in itertools.pairwise(attempts)
+    ]
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3, f"no backoff between attempts: {gaps}"
+    event_ids = {r["headers"]["Countersign-Event-Id"] for r in receiver.received}
+    assert event_ids == {str(delivery.pk)}
+    payload = _assert_signed(live_world, receiver.received[-1])
+    assert payload["type"] == "tool_call.rejected"
+    assert payload["data"]["id"] == call_id
+    assert payload["data"]["decision"]["comment"] == "Not today."
+    assert {r["body"] for r in receiver.received} == {receiver.received[0]["body"]}
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_each_terminal_state_is_sent_once_and_signed(
+    world: World, receiver: Receiver, django_capture_on_commit_callbacks: Any
+) -> None:
+    callback = {"callback_url": receiver.url}
+    cancelled = world.api().submit({**SEND_EMAIL, **callback}).json()["id"]
+    with django_capture_on_commit_callbacks(execute=False):
+        cancel_call(call_id=cancelled, agent=world.agent)
+        cancel_call(call_id=cancelled, agent=world.agent)  # repeated: no new state
+    no_callback = world.api().submit(SEND_EMAIL).json()["id"]
+    cancel_call(call_id=no_callback, agent=world.agent)
+    [delivery] = WebhookDelivery.objects.all()
+    assert delivery.event == "tool_call.cancelled"
+    # Its task is on its way: the sweep leaves it alone until it looks lost.
+    assert webhooks.sweep() == 0
+    WebhookDelivery.objects.update(dispatched_at=timezone.now() - timedelta(minutes=5))
+    assert webhooks.sweep() == 1
+    assert deliver_webhook.apply(args=[str(delivery.pk)]).successful()
+    delivery.refresh_from_db()
+    assert delivery.state == WebhookDelivery.State.DELIVERED
+    payload = _assert_signed(world, receiver.received[0])
+    assert payload["data"]["status"] == "cancelled"
+    assert receiver.received[0]["headers"]["Countersign-Event"] == "tool_call.cancelled"
+    # A late duplicate of the task finds nothing due and sends nothing.
+    assert webhooks.deliver(delivery.pk) == "not_due"
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_concurrent_deliveries_of_one_attempt_send_it_once(
+    live_world: World, receiver: Receiver
+) -> None:
+    call = ToolCall.objects.get(pk=live_world.api().submit(SEND_EMAIL).json()["id"])
+    ToolCall.objects.filter(pk=call.pk).update(callback_url=receiver.url)
+    call.refresh_from_db()
+    receiver.delay = 0.2
+    delivery_id = webhooks.schedule(call)
+    results = in_threads(8, lambda _: webhooks.deliver(delivery_id))
+    assert sorted(results) == ["delivered"] + ["not_due"] * 7
+    assert len(receiver.received) == 1
+
+
+@override_settings(
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS=True,
+    WEBHOOK_MAX_ATTEMPTS=3,
+    WEBHOOK_RETRY_BASE_SECONDS=0.05,
+    CELERY_TASK_ALWAYS_EAGER=True,
+)
+def test_it_gives_up_after_the_last_attempt_and_audits_it(world: World, receiver: Receiver) -> None:
+    receiver.statuses = [500]
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    cancel_call(call_id=call_id, agent=world.agent)
+    delivery = WebhookDelivery.objects.get()
+    # Without a worker (the embedded mode) the sweep makes every attempt.
+    deadline = time.monotonic() + 5
+    while delivery.state == WebhookDelivery.State.PENDING and time.monotonic() < deadline:
+        webhooks.sweep()
+        time.sleep(0.05)
+        delivery.refresh_from_db()
+    assert delivery.state == WebhookDelivery.State.FAILED
+    assert [a.status_code for a in delivery.attempt_log.all()] == [500, 500, 500]
+    event = AuditEvent.objects.get(action="call.webhook_failed")
+    assert event.data["attempts"] == 3
+
+
+def test_a_private_callback_is_refused_in_services_mode(world: World) -> None:
+    call_id = (
+        world.api().submit({**SEND_EMAIL, "callback_url": "http://127.0.0.1:9/hook"}).json()["id"]
+    )
+    cancel_call(call_id=call_id, agent=world.agent)
+    delivery = WebhookDelivery.objects.get()
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.FAILED
+    [attempt] = delivery.attempt_log.all()
+    assert "non-public address" in attempt.error
+
+
+def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
+    with override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1):
+        call_id = (
+            world.api()
+            .submit({**SEND_EMAIL, "callback_url": "http://127.0.0.1:9/hook"})
+            .json()["id"]
+        )
+        cancel_call(call_id=call_id, agent=world.agent)
+        delivery = WebhookDelivery.objects.get()
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1
+    assert delivery.next_attempt_at > delivery.created_at
+    assert "ConnectError" in delivery.last_error
+
+
+def test_the_signature_rejects_old_timestamps() -> None:
+    body = b'{"id": "x"}'
+    old = webhooks.sign("s3cret", int(time.time()) - 600, body)
+    assert not webhooks.verify("s3cret", body, old)
+    assert webhooks.verify("s3cret", body, old, tolerance=700)
+    assert not webhooks.verify("s3cret", body, "t=abc,v1=00")
+    assert not webhooks.verify("s3cret", body, "garbage")
+
+
+def test_a_dns_answer_that_turns_private_after_the_check_reaches_nothing(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name looks public when checked, then points at this machine."""
+    port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])  # the first answer is public; every later one is not
+
+    def rebinding_getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.rebind.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
+    callback = f"http://hooks.rebind.test:{port}/hooks/countersign"
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": callback}).json()["id"]
+    cancel_call(call_id=call_id, agent=world.agent)
+    delivery = WebhookDelivery.objects.get()
+    webhooks.deliver(delivery.pk)
+    assert receiver.received == [], "the signed payload reached a private address"
+    [attempt] = delivery.attempt_log.all()
+    assert "non-public address" in attempt.error

@@ -1,0 +1,63 @@
+"""seed_demo, the management command people run by hand to set up the demo."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.management import call_command
+
+from tools_registry.models import Agent, AgentToken, Tool
+from tools_registry.permissions import can_reveal, can_review
+from tools_registry.services import authenticate_token
+
+pytestmark = pytest.mark.django_db
+
+DEMO_TOOLS = {
+    "search_docs",
+    "get_customer",
+    "send_email",
+    "update_customer",
+    "issue_refund",
+    "delete_customer",
+}
+
+
+def test_seed_demo_is_idempotent_and_lets_the_reviewer_review_every_demo_tool(
+    monkeypatch, settings, tmp_path
+) -> None:
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("DEMO_PASSWORD", "demo-pass-123")
+    call_command("seed_demo", stdout=StringIO())
+    counts = (
+        User.objects.count(),
+        Group.objects.count(),
+        Agent.objects.count(),
+        AgentToken.objects.count(),
+        Tool.objects.count(),
+    )
+    out = StringIO()
+    call_command("seed_demo", stdout=out)
+    assert (
+        User.objects.count(),
+        Group.objects.count(),
+        Agent.objects.count(),
+        AgentToken.objects.count(),
+        Tool.objects.count(),
+    ) == counts
+
+    assert {g.name for g in Group.objects.all()} >= {"reviewers", "tool-admins", "auditors"}
+    reviewer = User.objects.get(username="reviewer")
+    assert reviewer.check_password("demo-pass-123")
+    assert all(can_review(reviewer, tool) for tool in Tool.objects.filter(name__in=DEMO_TOOLS))
+    assert not any(
+        can_review(User.objects.get(username="auditor"), tool) for tool in Tool.objects.all()
+    )
+    demo_tools = Tool.objects.filter(name__in=DEMO_TOOLS)
+    assert all(can_reveal(reviewer, tool) for tool in demo_tools)
+    assert not any(can_reveal(User.objects.get(username="reviewer2"), tool) for tool in demo_tools)
+    agent = Agent.objects.get(name="demo-agent")
+    assert set(agent.allowed_tools.values_list("name", flat=True)) == DEMO_TOOLS
+    token = out.getvalue().split("demo-agent token: ")[1].split()[0]
+    assert authenticate_token(token) == agent
