@@ -4,10 +4,13 @@ FROM python:3.13-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml constraints.txt README.md ./
+COPY core core
 COPY config config
-COPY approvals approvals
 COPY audit audit
 COPY tools_registry tools_registry
+COPY accounts accounts
+COPY approvals approvals
+COPY gateway gateway
 COPY sandbox sandbox
 COPY templates templates
 COPY static static
