@@ -4,6 +4,10 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# The agent frameworks' own MCP clients (mcp 1.x), in an environment of their own, as their
+# users run them; the MCP tests drive them against Countersign.
+AGENT_CLIENTS := .venv-agent-clients
+AGENT_CLIENT_REQS := tests/gateway/mcp/agent_clients
 PORT ?= 8000
 HOST ?= 127.0.0.1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/countersign
@@ -26,6 +30,13 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run
 
+$(AGENT_CLIENTS)/.installed: $(AGENT_CLIENT_REQS)/requirements.txt $(AGENT_CLIENT_REQS)/constraints.txt
+	@python=$$(scripts/find-python) || exit 1; \
+	echo "Creating $(AGENT_CLIENTS) (agent frameworks' MCP clients) with $$python"; \
+	"$$python" -m venv $(AGENT_CLIENTS) && \
+	$(AGENT_CLIENTS)/bin/pip install --quiet -c $(AGENT_CLIENT_REQS)/constraints.txt -r $(AGENT_CLIENT_REQS)/requirements.txt
+	@touch $@
+
 run: $(VENV)/.installed-run
 	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput -v0
 	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py seed_demo
@@ -35,6 +46,7 @@ run: $(VENV)/.installed-run
 	@echo "  auditors:   http://$(HOST):$(PORT)/audit/       (auditor)"
 	@echo "  admins:     http://$(HOST):$(PORT)/admin/       (admin)"
 	@echo "  agent API:  http://$(HOST):$(PORT)/api/v1/docs  (Authorization: Bearer <demo-agent token>)"
+	@echo "  MCP:        http://$(HOST):$(PORT)/mcp           (same token; see docs/mcp.md)"
 	@echo "  health:     http://$(HOST):$(PORT)/healthz"
 	@echo "  reviewer e-mails (console backend) and sweeps: $${COUNTERSIGN_VAR_DIR:-var}/sweeps.log"
 	@echo ""
@@ -42,7 +54,7 @@ run: $(VENV)/.installed-run
 	@export PORT=$(PORT); unset DATABASE_URL REDIS_URL; \
 	$(PY) manage.py run_sweeps --loop 5 >$${COUNTERSIGN_VAR_DIR:-var}/sweeps.log 2>&1 & sweeps=$$!; \
 	trap 'kill $$sweeps 2>/dev/null' EXIT INT TERM; \
-	$(PY) manage.py runserver $(HOST):$(PORT) --noreload
+	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT)
 
 # The browser tests drive Debian's chromium (Playwright, executable /usr/bin/chromium).
 chromium:
@@ -53,7 +65,7 @@ chromium:
 	  $$sudo apt-get update -qq >/dev/null && \
 	  $$sudo apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.installed-dev chromium
+test: $(VENV)/.installed-dev $(AGENT_CLIENTS)/.installed chromium
 	@export DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		SECRET_KEY=$${SECRET_KEY:-countersign-tests-only} CELERY_QUEUE=$${CELERY_QUEUE:-countersign-tests}; \
 	$(PY) scripts/check_services.py || exit 1; \
@@ -76,4 +88,4 @@ bench: $(VENV)/.installed-dev
 	$(PY) scripts/check_services.py && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AGENT_CLIENTS) var .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,8 @@ def call_submitted(call: ToolCall) -> AuditEvent:
             "on_behalf_of": call.on_behalf_of,
             "reasoning": call.reasoning,
             "token_cost": call.token_cost,
+            "transport": call.transport,
+            "client": call.client,
             "approvals_required": call.approvals_required,
             "expires_at": call.expires_at.isoformat() if call.expires_at else None,
         },

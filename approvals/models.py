@@ -23,6 +23,13 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class Transport(models.TextChoices):
+    """The door a call came in through; from then on it is the same call."""
+
+    REST = "rest", "REST API"
+    MCP = "mcp", "MCP"
+
+
 TERMINAL_STATUSES = frozenset(
     {Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED}
 )
@@ -50,6 +57,9 @@ class ToolCall(models.Model):
     callback_url = models.URLField(max_length=2048, blank=True)
     # The agent's Idempotency-Key for the request that created this call.
     request_key = models.CharField(max_length=255)
+    transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.REST)
+    # The agent's client software as it named itself (MCP's clientInfo: "name/version").
+    client = models.CharField(max_length=200, blank=True)
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
     approvals_required = models.PositiveSmallIntegerField(default=0)

@@ -321,6 +321,16 @@ SANDBOX_FAULT_TAG = env_str("SANDBOX_FAULT_TAG")
 # Largest JSON body the agent API reads; bigger bodies get 413.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# The MCP endpoint (/mcp, gateway.mcp). A call that waits for a person, from a client that
+# did not ask for a task, is answered after at most this long (pending, if still waiting).
+MCP_CALL_WAIT_SECONDS = env_int("MCP_CALL_WAIT_SECONDS", 25)
+# A tools/call without an idempotency key, sent again while the same call is open or
+# ended (succeeded or rejected) this recently, is that call, not a new one.
+MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
+# An MCP session unused this long is over; its client initializes a new one.
+MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600)
+# Threads that serve Django's pages and the REST API in each web process (config.asgi).
+WEB_THREADS = env_int("WEB_THREADS", 16)
 # Extra time past a tool's timeout before a silent worker's lease counts as expired.
 EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
 # An approved call whose task has not started after this long is sent again.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 from typing import Any
 from uuid import UUID
 
@@ -17,12 +15,11 @@ from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 from pydantic import Field
-from pydantic import ValidationError as PydanticValidationError
 
 from approvals.models import ToolCall
 from approvals.services.calls import RetryRefused, cancel_call, retry_call
 from approvals.transitions import InvalidTransition
-from gateway import breaker, errors, intake, longpoll, responses, selectors
+from gateway import breaker, errors, intake, longpoll, payloads, responses, selectors
 from gateway.responses import StoredResponse, represent_call
 from gateway.schemas import ErrorOut, ToolCallIn, ToolCallOut
 from tools_registry.exports import FORMATS, export_tools
@@ -124,71 +121,18 @@ def _read_json_body(request: HttpRequest) -> dict[str, Any]:
     if len(raw) > limit:
         raise errors.body_too_large(limit)
     try:
-        parsed = json.loads(raw, parse_constant=_reject_constant)
+        parsed = json.loads(raw, parse_constant=payloads.reject_constant)
     except RecursionError:
         raise errors.invalid_request(
-            f"The body nests deeper than {MAX_JSON_DEPTH} levels."
+            f"The body nests deeper than {payloads.MAX_JSON_DEPTH} levels."
         ) from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, over-long integers
         raise errors.invalid_request(f"The body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(parsed, dict):
         raise errors.invalid_request("The body must be a JSON object.")
-    if problem := json_problem(parsed):
+    if problem := payloads.json_problem(parsed):
         raise errors.invalid_request(f"The body cannot be accepted: {problem}")
     return parsed
-
-
-MAX_JSON_DEPTH = 32
-# NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def json_problem(value: Any) -> str:
-    """Why a parsed body cannot be stored and hashed as JSON ("" when it can).
-
-    Walks without recursion, so no nesting depth can exhaust the stack; everything past
-    this check (hashing, masking, schema validation, jsonb) sees bounded, clean JSON.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"it nests deeper than {MAX_JSON_DEPTH} levels"
-        if isinstance(item, str):
-            if _UNSTORABLE.search(item):
-                return "a string holds a NUL character or an unpaired surrogate"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return "a number is out of range"
-        elif isinstance(item, dict):
-            for name, child in item.items():
-                if _UNSTORABLE.search(name):
-                    return "a key holds a NUL character or an unpaired surrogate"
-                stack.append((child, depth + 1))
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-    return ""
-
-
-def _parse_call(raw: dict[str, Any]) -> ToolCallIn:
-    try:
-        return ToolCallIn.model_validate(raw)
-    except PydanticValidationError as exc:
-        details = [
-            {
-                "path": "$"
-                + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]),
-                "message": e["msg"],
-            }
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        raise errors.invalid_request(
-            "The request body does not have the expected fields.", details
-        ) from None
 
 
 class ToolsQuery(Schema):
@@ -234,7 +178,7 @@ def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
 )
 def submit_tool_call(request: HttpRequest) -> HttpResponse:
     raw = _read_json_body(request)
-    payload = _parse_call(raw)
+    payload = payloads.parse_call(raw)
     stored = intake.submit(
         agent=request.auth,  # type: ignore[attr-defined]
         idempotency_key=request.headers.get("Idempotency-Key"),

@@ -105,7 +105,7 @@ def unknown_tool(name: str) -> ApiError:
         status=404,
         code="unknown_tool",
         message=f"There is no tool named {name!r}.",
-        suggestion="List your tools with GET /api/v1/tools and use one of their names.",
+        suggestion="List your tools (GET /api/v1/tools, or MCP tools/list) and use one of their names.",
     )
 
 
@@ -114,7 +114,7 @@ def tool_not_allowed(name: str) -> ApiError:
         status=403,
         code="tool_not_allowed",
         message=f"This agent may not call {name!r}.",
-        suggestion="Use one of the tools GET /api/v1/tools lists, or ask a tool admin to allow this one.",
+        suggestion="Use one of the tools your tool list shows, or ask a tool admin to allow this one.",
     )
 
 
@@ -140,7 +140,7 @@ def cannot_run(code: str, message: str) -> ApiError:
             status=409,
             code=code,
             message=message,
-            suggestion="Fetch the tool definitions again (GET /api/v1/tools) and call with a new Idempotency-Key.",
+            suggestion="Fetch the tool definitions again (GET /api/v1/tools, or MCP tools/list) and call with a new idempotency key.",
         )
     return ApiError(
         status=403,

@@ -15,6 +15,7 @@ nothing from any window (see ``limits.hit``).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -22,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.execution import runner
-from approvals.models import Decision, Status, ToolCall
+from approvals.models import Decision, Status, ToolCall, Transport
 from approvals.services.calls import create_call
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
@@ -52,10 +53,29 @@ class _KeyTaken(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Which door a submission came through, and the client software that sent it."""
+
+    transport: str = Transport.REST
+    client: str = ""
+
+
+REST = Origin()
+
+
 def submit(
-    *, agent: Agent, idempotency_key: str | None, payload: ToolCallIn, raw: dict[str, Any]
+    *,
+    agent: Agent,
+    idempotency_key: str | None,
+    payload: ToolCallIn,
+    raw: dict[str, Any],
+    origin: Origin = REST,
 ) -> StoredResponse:
-    """Accept one tool call request from an agent, exactly once per Idempotency-Key."""
+    """Accept one tool call request from an agent, exactly once per Idempotency-Key.
+
+    ``raw`` is what the key binds to: a repeat of the key with another ``raw`` is refused.
+    """
     key = (idempotency_key or "").strip()
     if not key:
         raise errors.idempotency_key_required()
@@ -83,7 +103,7 @@ def submit(
             admission = _admit(tool)
             _take_round(agent, payload.session_id, tool)
             _take_rate(agent, payload, tool)
-            call = _create(agent, key, payload, tool)
+            call = _create(agent, key, payload, tool, origin)
             if call.status == Status.PENDING:
                 response = respond_with(call)
                 idempotency.complete(agent=agent, key=key, response=response, call=call)
@@ -97,7 +117,7 @@ def submit(
         )
     except Refused as refusal:
         breaker.release(admission)
-        _audit_refusal(agent, payload, refusal)
+        _audit_refusal(agent, payload, refusal, origin)
         raise refusal.error from None
     except BaseException:
         breaker.release(admission)
@@ -195,7 +215,7 @@ def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
     raise Refused(errors.max_rounds_exceeded(limit), tool)
 
 
-def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool) -> ToolCall:
+def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Origin) -> ToolCall:
     call = create_call(
         agent=agent,
         tool=tool,
@@ -206,6 +226,8 @@ def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool) -> ToolCall
         reasoning=payload.reasoning,
         token_cost=payload.token_cost.model_dump() if payload.token_cost else None,
         callback_url=str(payload.callback_url) if payload.callback_url else "",
+        transport=origin.transport,
+        client=origin.client,
     )
     # A new call has no decisions: represent it without asking (or compiling) a query.
     no_decisions = Decision.objects.none()
@@ -214,7 +236,7 @@ def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool) -> ToolCall
     return call
 
 
-def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused) -> None:
+def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused, origin: Origin) -> None:
     """Who asked for what, and why not; in its own transaction (the request's rolled back)."""
     tool, error = refusal.tool, refusal.error
     record(
@@ -230,5 +252,7 @@ def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused) -> None:
             "code": error.code,
             "arguments": payload.arguments,
             "details": error.details,
+            "transport": origin.transport,
+            "client": origin.client,
         },
     )

@@ -139,3 +139,31 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.delivery_id}"
+
+
+class McpSession(models.Model):
+    """One MCP client's session, opened by its ``initialize`` and named by the
+    ``Mcp-Session-Id`` it was given; closed by its ``DELETE``.
+
+    The MCP endpoint keeps no state in memory (any process may answer any request), so the
+    session lives here: what the client said of itself, for the audit trail of every call
+    it makes, and the agent session its calls count their rounds in.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    client_name = models.CharField(max_length=100, blank=True)
+    client_version = models.CharField(max_length=50, blank=True)
+    protocol_version = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Written at most once a minute, so that using a session is not a write per request.
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.client_name or 'MCP client'} session {self.pk}"
+
+    @property
+    def client(self) -> str:
+        """``name/version`` as the client gave them."""
+        return "/".join(part for part in (self.client_name, self.client_version) if part)

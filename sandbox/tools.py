@@ -47,6 +47,26 @@ CUSTOMER_ID = {
         "additionalProperties": False,
     },
     risk=Risk.READ,
+    open_world=False,
+    output_schema={
+        "type": "object",
+        "properties": {
+            "articles": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "slug": {"type": "string"},
+                        "title": {"type": "string"},
+                        "excerpt": {"type": "string"},
+                    },
+                    "required": ["slug", "title", "excerpt"],
+                },
+            },
+            "count": {"type": "integer", "minimum": 0},
+        },
+        "required": ["articles", "count"],
+    },
 )
 def search_docs(ctx: ToolContext, arguments: JSON) -> JSON:
     words = arguments["query"].split()[:8]
@@ -70,6 +90,14 @@ def search_docs(ctx: ToolContext, arguments: JSON) -> JSON:
         "additionalProperties": False,
     },
     risk=Risk.READ,
+    open_world=False,
+    output_schema={
+        "type": "object",
+        "properties": {
+            name: {"type": "string"} for name in ("customer_id", "name", "email", "phone", "plan")
+        },
+        "required": ["customer_id", "name", "email", "phone", "plan"],
+    },
 )
 def get_customer(ctx: ToolContext, arguments: JSON) -> JSON:
     customer = Customer.objects.filter(customer_id=arguments["customer_id"]).first()
@@ -180,6 +208,10 @@ def _send_email_preview(arguments: JSON) -> str:
     risk=Risk.WRITE,
     sensitive_fields=["changes.email", "changes.phone"],
     honours_idempotency_key=True,
+    # Overwrites the record's old values; setting the same values again changes nothing.
+    overwrites=True,
+    idempotent=True,
+    open_world=False,
 )
 def update_customer(ctx: ToolContext, arguments: JSON) -> JSON:
     faults.checkpoint(tool="update_customer", point=faults.Point.HANDLER_START)
@@ -325,6 +357,9 @@ def _issue_refund_preview(arguments: JSON) -> str:
     },
     risk=Risk.DESTRUCTIVE,
     honours_idempotency_key=True,
+    # Deleting a customer that is already gone changes nothing more.
+    idempotent=True,
+    open_world=False,
 )
 def delete_customer(ctx: ToolContext, arguments: JSON) -> JSON:
     faults.checkpoint(tool="delete_customer", point=faults.Point.HANDLER_START)

@@ -107,7 +107,11 @@ class ToolAdmin(GuardedModelAdmin):
         "name",
         "description",
         "input_schema",
+        "output_schema",
         "risk",
+        "overwrites",
+        "idempotent",
+        "open_world",
         "version",
         "in_code",
         "policy_version",
@@ -118,7 +122,18 @@ class ToolAdmin(GuardedModelAdmin):
     fieldsets = [
         (
             "Declared in code",
-            {"fields": ["name", "risk", "description", "input_schema", "version", "in_code"]},
+            {
+                "fields": [
+                    "name",
+                    "risk",
+                    "description",
+                    "input_schema",
+                    "output_schema",
+                    ("overwrites", "idempotent", "open_world"),
+                    "version",
+                    "in_code",
+                ]
+            },
         ),
         ("Schema lint", {"fields": ["lint_report"]}),
         (

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import mcp_types
+
 from tools_registry.models import Tool
 from tools_registry.policy import Risk
 
@@ -32,26 +34,41 @@ def title(tool: Tool) -> str:
     return tool.name.replace("_", " ").replace("-", " ").capitalize()
 
 
-def mcp_format(tool: Tool) -> JSON:
-    """Model Context Protocol tool, with behaviour hints derived from the risk class.
+def mcp_tool(tool: Tool) -> mcp_types.Tool:
+    """The tool as the Model Context Protocol describes one, with its behaviour hints in
+    MCP's own meaning (the SDK's ``ToolAnnotations``):
 
-    ``destructiveHint`` is true only for destructive tools: a write (sending an e-mail)
-    adds to the world rather than destroying something, which is what MCP means by it.
+    * ``readOnlyHint``: a read, which changes nothing;
+    * ``destructiveHint``: the call deletes or overwrites existing data. MCP defines false
+      as "only additive updates", so a write that overwrites a record is destructive here
+      although its Countersign risk is ``write``; sending an e-mail only adds;
+    * ``idempotentHint``: repeating the call with the same arguments has no further effect;
+    * ``openWorldHint``: the call reaches systems outside the organisation's own.
+
+    Calls that wait for a person may run as MCP tasks (``execution.taskSupport``); a read
+    answers at once and may declare the schema of its result.
     """
-    return {
-        "name": tool.name,
-        "title": title(tool),
-        "description": tool.description,
-        "inputSchema": tool.input_schema,
-        "annotations": {
-            "title": title(tool),
-            "readOnlyHint": tool.risk == Risk.READ,
-            "destructiveHint": tool.risk == Risk.DESTRUCTIVE,
-            # Countersign makes every approved call run once, whatever the tool.
-            "idempotentHint": tool.risk == Risk.READ,
-            "openWorldHint": True,
-        },
-    }
+    read = tool.risk == Risk.READ
+    return mcp_types.Tool(
+        name=tool.name,
+        title=title(tool),
+        description=tool.description,
+        input_schema=tool.input_schema,
+        output_schema=tool.output_schema if read else None,
+        annotations=mcp_types.ToolAnnotations(
+            title=title(tool),
+            read_only_hint=read,
+            destructive_hint=not read and (tool.overwrites or tool.risk == Risk.DESTRUCTIVE),
+            idempotent_hint=tool.idempotent,
+            open_world_hint=tool.open_world,
+        ),
+        execution=mcp_types.ToolExecution(task_support="forbidden" if read else "optional"),
+    )
+
+
+def mcp_format(tool: Tool) -> JSON:
+    """The MCP tool definition as JSON (what ``tools/list`` answers with)."""
+    return mcp_tool(tool).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 FORMATS: dict[str, Callable[[Tool], JSON]] = {

@@ -22,6 +22,20 @@ class Tool(models.Model):
     version = models.CharField(max_length=16)
     # False once the handler disappeared from code; such a tool can never run.
     in_code = models.BooleanField(default=True)
+    # What the tool does to the world beyond its risk class, from code (MCP annotations).
+    overwrites = models.BooleanField(
+        default=False,
+        help_text="Deletes or overwrites existing data (destructive tools always do).",
+    )
+    idempotent = models.BooleanField(
+        default=False, help_text="Repeating a call with the same arguments has no further effect."
+    )
+    open_world = models.BooleanField(
+        default=True, help_text="Reaches systems outside the organisation's own."
+    )
+    output_schema = models.JSONField(
+        null=True, blank=True, help_text="JSON Schema of a successful result (reads only)."
+    )
     enabled = models.BooleanField(default=True)
 
     # Policy. Defaults come from the risk class (tools_registry.policy).

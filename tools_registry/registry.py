@@ -94,6 +94,14 @@ class RegisteredTool:
     honours_idempotency_key: bool = False
     lookup_fn: Lookup | None = None
     preview_fn: Preview | None = None
+    # What the tool does to the world, beyond its risk class (MCP's tool annotations):
+    # deletes or overwrites existing data; repeating it with the same arguments changes
+    # nothing more; reaches systems outside the organisation's own.
+    overwrites: bool = False
+    idempotent: bool = False
+    open_world: bool = True
+    # The JSON Schema of a successful result, for clients that check it (read tools only).
+    output_schema: JSON | None = None
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -161,12 +169,22 @@ def tool(
     honours_idempotency_key: bool = False,
     lookup: Lookup | None = None,
     preview: Preview | None = None,
+    overwrites: bool | None = None,
+    idempotent: bool | None = None,
+    open_world: bool = True,
+    output_schema: JSON | None = None,
 ) -> Callable[[Handler], RegisteredTool]:
     """Declare a tool and its handler. A name can be registered once.
 
     A malformed declaration (bad name, invalid JSON Schema, a sensitive field the schema
     does not declare) fails at import time, not on the first call. ``lookup`` and
     ``preview`` may be given here or attached with ``@spec.lookup`` / ``@spec.preview``.
+
+    ``overwrites`` (the call deletes or overwrites existing data) defaults to true for
+    destructive tools, which it must be, and false otherwise; ``idempotent`` (a repeat
+    with the same arguments has no further effect) defaults to true for reads.
+    ``output_schema`` describes a successful result; only reads may declare one, since a
+    write's answer may be "pending approval" instead.
     """
     if risk not in Risk.values:
         raise ValueError(f"risk must be one of {Risk.values}, not {risk!r}")
@@ -177,6 +195,13 @@ def tool(
     problems = schema_problems(input_schema)
     if problems:
         raise ValueError(f"tool {name!r} has an invalid JSON Schema: {'; '.join(problems)}")
+    if overwrites is False and risk == Risk.DESTRUCTIVE:
+        raise ValueError(f"tool {name!r} is destructive: it overwrites by definition")
+    if output_schema is not None:
+        if risk != Risk.READ:
+            raise ValueError(f"tool {name!r}: only read tools may declare an output schema")
+        if problems := schema_problems(output_schema):
+            raise ValueError(f"tool {name!r} has an invalid output schema: {'; '.join(problems)}")
     sensitive = tuple(sensitive_fields)
     unknown = [path for path in sensitive if not has_argument_path(input_schema, path)]
     if unknown:
@@ -195,6 +220,10 @@ def tool(
             honours_idempotency_key=honours_idempotency_key,
             lookup_fn=lookup,
             preview_fn=preview,
+            overwrites=risk == Risk.DESTRUCTIVE if overwrites is None else overwrites,
+            idempotent=risk == Risk.READ if idempotent is None else idempotent,
+            open_world=open_world,
+            output_schema=output_schema,
         )
         _registry[name] = registered
         return registered

@@ -13,7 +13,7 @@ from django.utils import timezone
 from approvals import events, transitions
 from approvals.execution import send
 from approvals.guards import Refused, arguments_hash, cannot_run_reason
-from approvals.models import Status, ToolCall
+from approvals.models import Status, ToolCall, Transport
 from approvals.transitions import lock_call, move
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk, read_run_seconds
@@ -32,6 +32,8 @@ def create_call(
     reasoning: str = "",
     token_cost: dict[str, Any] | None = None,
     callback_url: str = "",
+    transport: str = Transport.REST,
+    client: str = "",
 ) -> ToolCall:
     """Store a validated call: a read stays ``received`` (it runs at once), the rest wait."""
     now = timezone.now()
@@ -50,6 +52,8 @@ def create_call(
         token_cost=token_cost,
         callback_url=callback_url,
         request_key=request_key,
+        transport=transport,
+        client=client[:200],
         approvals_required=tool.approvals_required if tool.needs_approval else 0,
         expires_at=(
             now + timedelta(seconds=tool.approval_ttl_seconds) if tool.needs_approval else None

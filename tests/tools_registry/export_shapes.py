@@ -1,8 +1,8 @@
-"""The tool-definition shapes of the three ecosystems, as small JSON Schemas.
+"""The tool-definition shapes of OpenAI and Anthropic, as small JSON Schemas (the MCP shape
+is checked against the MCP SDK's own types).
 
 Written from each ecosystem's published reference: OpenAI's function tools (Chat
-Completions ``tools``), Anthropic's Messages API ``tools``, and the Model Context
-Protocol's ``Tool`` (revision 2025-06-18) with its ``ToolAnnotations``.
+Completions ``tools``) and Anthropic's Messages API ``tools``.
 """
 
 from __future__ import annotations
@@ -54,29 +54,4 @@ ANTHROPIC_TOOL: dict[str, Any] = {
     },
 }
 
-MCP_TOOL: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "inputSchema"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string"},
-        "title": {"type": "string"},
-        "description": {"type": "string"},
-        "inputSchema": OBJECT_SCHEMA,
-        "outputSchema": OBJECT_SCHEMA,
-        "annotations": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "title": {"type": "string"},
-                "readOnlyHint": {"type": "boolean"},
-                "destructiveHint": {"type": "boolean"},
-                "idempotentHint": {"type": "boolean"},
-                "openWorldHint": {"type": "boolean"},
-            },
-        },
-        "_meta": {"type": "object"},
-    },
-}
-
-SHAPES = {"openai": OPENAI_TOOL, "anthropic": ANTHROPIC_TOOL, "mcp": MCP_TOOL}
+SHAPES = {"openai": OPENAI_TOOL, "anthropic": ANTHROPIC_TOOL}

@@ -13,7 +13,18 @@ from tools_registry.models import Tool
 from tools_registry.policy import POLICY_FIELDS, defaults_for, policy_values, validate_policy
 
 # Fields that come from code; everything else on Tool belongs to the admins.
-CODE_FIELDS = ("description", "input_schema", "risk", "version")
+CODE_FIELDS = (
+    "description",
+    "input_schema",
+    "risk",
+    "version",
+    "overwrites",
+    "idempotent",
+    "open_world",
+    "output_schema",
+)
+# Left out of the audit event's before/after (it says whether they changed): they are large.
+SCHEMAS = ("input_schema", "output_schema")
 
 
 @dataclass
@@ -39,12 +50,7 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
     # The row locks make two concurrent syncs (two deploys) apply one after the other.
     existing = {t.name: t for t in Tool.objects.select_for_update()}
     for name, spec in declared.items():
-        code_values = {
-            "description": spec.description,
-            "input_schema": spec.input_schema,
-            "risk": spec.risk,
-            "version": spec.version,
-        }
+        code_values = {name: getattr(spec, name) for name in CODE_FIELDS}
         tool = existing.get(name)
         if tool is None:
             tool = Tool.objects.create(
@@ -74,7 +80,7 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
         if not changed:
             report.unchanged.append(name)
             continue
-        before = {k: getattr(tool, k) for k in changed if k != "input_schema"}
+        before = {k: getattr(tool, k) for k in changed if k not in SCHEMAS}
         for key, value in changed.items():
             setattr(tool, key, value)
         tool.save(update_fields=[*changed, "updated_at"])
@@ -85,8 +91,9 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
             tool=tool,
             data={
                 "before": before,
-                "after": {k: v for k, v in changed.items() if k != "input_schema"},
+                "after": {k: v for k, v in changed.items() if k not in SCHEMAS},
                 "schema_changed": "input_schema" in changed,
+                "output_schema_changed": "output_schema" in changed,
             },
         )
     for name, tool in existing.items():

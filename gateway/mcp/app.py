@@ -1,0 +1,214 @@
+"""``/mcp``: the ASGI endpoint in front of the SDK's Streamable HTTP transport.
+
+Before the SDK sees a request, the endpoint does what is Countersign's: it checks the Host
+and Origin (DNS rebinding), authenticates the agent's bearer token exactly as the REST API
+does (401 with ``WWW-Authenticate`` otherwise), bounds the body (413), and resolves the
+client's session. The SDK runs stateless (no per-process memory), so any process of any
+deployment answers any request; the session lives in the database (``sessions``), and its
+id is handed out on ``initialize`` in the ``Mcp-Session-Id`` header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import uuid4
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway import errors
+from gateway.mcp import sessions
+from gateway.mcp.calls import Caller
+from gateway.mcp.server import build_server
+from gateway.mcp.threads import run_sync
+from gateway.models import McpSession
+from tools_registry.services.tokens import authenticate_token
+
+logger = logging.getLogger(__name__)
+
+SESSION_HEADER = "mcp-session-id"
+# JSON-RPC's code for a request the server refuses before it is processed (MCP uses it for
+# authentication failures at the HTTP level).
+UNAUTHORIZED = -32001
+
+
+class McpEndpoint:
+    def __init__(self) -> None:
+        self.manager = StreamableHTTPSessionManager(
+            app=build_server(),
+            stateless=True,
+            max_request_body_size=settings.API_MAX_BODY_BYTES,
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async with self.manager.run():
+            yield
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if problem := _foreign(headers):
+            await _refuse(send, 403 if "origin" in problem else 400, problem)
+            return
+        agent = await _authenticate(headers.get("authorization", ""))
+        if agent is None:
+            error = errors.not_authenticated()
+            challenge = 'Bearer realm="countersign"'
+            if headers.get("authorization"):
+                challenge += ', error="invalid_token", error_description="unknown or revoked token, or disabled agent"'
+            await _refuse(
+                send, 401, error.message, data=error.body(), headers={"www-authenticate": challenge}
+            )
+            return
+        method = scope["method"]
+        if method == "DELETE":
+            closed = await run_sync(sessions.close_session, agent, headers.get(SESSION_HEADER, ""))
+            if closed:
+                await _refuse(send, 200, "")
+            else:
+                await _refuse(send, 404, "No such session.")
+            return
+        if method != "POST":
+            # No stream of server-initiated messages: everything rides on POST responses.
+            await _refuse(
+                send, 405, "Send MCP messages with POST.", headers={"allow": "POST, DELETE"}
+            )
+            return
+        body = await _read_body(receive, settings.API_MAX_BODY_BYTES)
+        if body is None:
+            limit = settings.API_MAX_BODY_BYTES
+            await _refuse(send, 413, f"The request body is larger than {limit} bytes.")
+            return
+        session: McpSession | None = None
+        if session_id := headers.get(SESSION_HEADER):
+            session = await run_sync(sessions.find_session, agent, session_id)
+            if session is None:
+                await _refuse(send, 404, "Session not found; initialize a new one.")
+                return
+        opening = uuid4() if _is_initialize(body) else None
+        state = scope.setdefault("state", {})
+        state["countersign"] = Caller(
+            agent=agent,
+            # Rounds count per agent session: the MCP session's, unless the call names one.
+            session_id=f"mcp-{session.pk}" if session else "",
+            client=session.client if session else "",
+        )
+        state["opening_session"] = opening
+        await self.manager.handle_request(
+            scope, _replay(body, receive), _with_session_header(send, opening) if opening else send
+        )
+
+
+async def _authenticate(authorization: str) -> Any:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return await run_sync(authenticate_token, token.strip())
+
+
+def _foreign(headers: dict[str, str]) -> str:
+    """Why the request's Host or Origin is not this deployment's ("" if they are): the
+    DNS-rebinding defence MCP asks servers for, with Django's own ALLOWED_HOSTS."""
+    domain, _port = split_domain_port(headers.get("host", ""))
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return "The Host header is not one this server answers to."
+    origin = headers.get("origin")
+    if origin is not None:
+        allowed = {settings.PUBLIC_URL, *settings.CSRF_TRUSTED_ORIGINS}
+        allowed_origins = {f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" for u in allowed}
+        if origin not in allowed_origins:
+            return "The request's origin is not allowed."
+    return ""
+
+
+def _is_initialize(body: bytes) -> bool:
+    """Whether the body is an ``initialize`` request (a peek: the SDK parses it for real)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("method") == "initialize"
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it grows past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the SDK the body already read, then the client's own
+    messages (its disconnect, which ends a response stream early)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_session_header(send: Send, session_id: Any) -> Send:
+    async def send_with_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [
+                *message.get("headers", []),
+                (SESSION_HEADER.encode(), str(session_id).encode()),
+            ]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_header
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    data: Any = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """An HTTP answer with a JSON-RPC error body (or none, for a plain 200)."""
+    body = b""
+    if message:
+        error = JSONRPCError(
+            jsonrpc="2.0",
+            id=None,
+            error=ErrorData(
+                code=UNAUTHORIZED if status == 401 else INVALID_REQUEST, message=message, data=data
+            ),
+        )
+        # "id": null, as JSON-RPC answers a request it could not read the id of.
+        wire = {**error.model_dump(by_alias=True, mode="json", exclude_none=True), "id": None}
+        body = json.dumps(wire).encode()
+    response_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    response_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})

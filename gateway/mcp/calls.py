@@ -1,0 +1,328 @@
+"""``tools/call`` over MCP: one submission through the same intake as the REST API, and
+its answer as the SDK's ``CallToolResult``.
+
+A read runs at once and answers with its result (``structuredContent``) or its error. A
+call that waits for a person either becomes an MCP task (``tasks``), or waits here up to
+``MCP_CALL_WAIT_SECONDS`` (with progress notifications when the client asked for them) and
+answers with its final result, or, if it is still waiting, with the REST API's ``202``
+body and a text that tells the model to call ``countersign_wait``.
+
+A refusal (unknown or not-allowed tool, invalid arguments, rate limit, rounds, circuit
+open) and a call that ended badly (rejected, expired, failed) answer ``isError: true``
+with the same ``{"error": {code, message, suggestion, retryable}}`` the REST API returns,
+so the model reads the suggestion.
+
+Idempotency: ``_meta["io.countersign/idempotency-key"]`` is honoured like the REST
+header. Without one, a call that waits for a person gets a key derived from the agent's
+session, the tool, the arguments and the end user, kept while that call is open or ended
+within ``MCP_RETRY_WINDOW_SECONDS`` (unless it failed, expired or was cancelled): a
+client that sends the same call again after a dropped connection gets the same call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import mcp_types as types
+from django.conf import settings
+from django.utils import timezone
+
+from approvals.models import Status, ToolCall, Transport
+from audit.canonical import canonical_json, sha256_hex
+from gateway import errors, intake, payloads
+from gateway.mcp import state
+from gateway.mcp.state import CallState
+from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
+
+WAIT_TOOL = "countersign_wait"
+MAX_WAIT_SECONDS = 60
+
+# The _meta keys a client may send with a tools/call, and the one Countersign answers with.
+IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
+SESSION_ID = "io.countersign/session-id"
+REASONING = "io.countersign/reasoning"
+ON_BEHALF_OF = "io.countersign/on-behalf-of"
+# How long this client will wait for a decision before the pending answer (seconds, at
+# most MCP_CALL_WAIT_SECONDS).
+WAIT_SECONDS = "io.countersign/wait-seconds"
+CALL_ID = "io.countersign/call-id"
+
+# A retried call is the same call while it is open, or ended this way recently; one that
+# failed, expired or was cancelled is asked for again on purpose.
+REUSABLE_ENDINGS = frozenset({Status.SUCCEEDED, Status.REJECTED})
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the MCP endpoint established it."""
+
+    agent: Agent
+    # The MCP session's id, in which the client's calls count their rounds unless _meta
+    # names a session; "" without one (protocol 2026-07-28 has no sessions).
+    session_id: str
+    client: str  # the client software, "name/version"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What intake answered: the HTTP status and body the REST API would have, and the
+    call's state when a call exists."""
+
+    status: int
+    body: dict[str, Any]
+    call: CallState | None
+
+
+# --- Submitting (synchronous: runs in a worker thread) -----------------------------------
+
+
+def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str, Any]) -> Submitted:
+    """One submission through ``gateway.intake``, exactly as the REST API makes it."""
+    try:
+        raw, bound = _request(caller, tool, arguments, meta)
+        payload = payloads.parse_call(raw)
+        key = meta.get(IDEMPOTENCY_KEY)
+        if key is None:
+            key = _derived_key(caller.agent, bound)
+        elif not isinstance(key, str):
+            raise errors.invalid_idempotency_key()
+        else:
+            bound = raw  # an explicit key binds the whole request, as the REST header does
+        stored = intake.submit(
+            agent=caller.agent,
+            idempotency_key=key,
+            payload=payload,
+            raw=bound,
+            origin=intake.Origin(transport=Transport.MCP, client=caller.client),
+        )
+    except errors.ApiError as error:
+        return Submitted(status=error.status, body=error.body(), call=None)
+    call_id = stored.body.get("id") or (stored.body.get("call") or {}).get("id")
+    call = state.read(caller.agent, UUID(call_id)) if call_id else None
+    return Submitted(status=stored.status, body=stored.body, call=call)
+
+
+def _request(
+    caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The REST body this call amounts to, and the part of it a derived key binds."""
+    named = meta.get(SESSION_ID, caller.session_id)
+    raw: dict[str, Any] = {
+        "tool": tool,
+        "arguments": arguments,
+        # Without a session, each call is a session of its own (no rounds limit across
+        # calls; the rate limits still apply).
+        "session_id": named or f"mcp-{uuid4()}",
+    }
+    for field, key in (("on_behalf_of", ON_BEHALF_OF), ("reasoning", REASONING)):
+        if key in meta:
+            raw[field] = meta[key]
+    if problem := payloads.json_problem(raw):
+        raise errors.invalid_request(f"The call cannot be accepted: {problem}")
+    bound: dict[str, Any] = {k: raw[k] for k in ("tool", "arguments", "on_behalf_of") if k in raw}
+    # A derived key binds the session the client named or has, else the client itself: a
+    # client without sessions that sends a call again still gets the same call.
+    bound["session_id"] = named or f"client:{caller.client}"
+    return raw, bound
+
+
+def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
+    """The key of a call sent without one (see the module's docstring). Reads get a fresh
+    key every time: they have no effect to protect, and a repeated read should read again.
+
+    Two identical calls at once derive the same key, and intake's key claim makes them one
+    call. The suffix counts the times the same call was asked for on purpose.
+    """
+    risk = Tool.objects.filter(name=bound["tool"]).values_list("risk", flat=True).first()
+    if risk in (None, Risk.READ):
+        return f"mcp-{uuid4()}"
+    base = "mcp-auto-" + sha256_hex(canonical_json(bound))[:48]
+    latest = (
+        ToolCall.objects.filter(agent=agent, request_key__startswith=f"{base}.")
+        .order_by("-created_at")
+        .values("request_key", "status", "updated_at")
+        .first()
+    )
+    if latest is None:
+        return f"{base}.1"
+    window = timedelta(seconds=settings.MCP_RETRY_WINDOW_SECONDS)
+    open_call = latest["status"] not in {s for s in Status.values if _ended(s)}
+    recent = latest["status"] in REUSABLE_ENDINGS and latest["updated_at"] > timezone.now() - window
+    if open_call or recent:
+        return str(latest["request_key"])
+    return f"{base}.{int(latest['request_key'].rsplit('.', 1)[1]) + 1}"
+
+
+def _ended(status: str) -> bool:
+    return status in {
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.REJECTED,
+        Status.EXPIRED,
+        Status.CANCELLED,
+    }
+
+
+# --- Answers ------------------------------------------------------------------------------
+
+
+def _meta(call: CallState) -> dict[str, Any]:
+    return {CALL_ID: str(call.id), "io.countersign/status": call.status}
+
+
+def error_result(body: dict[str, Any], call: CallState | None = None) -> types.CallToolResult:
+    """A refusal or a call that ended badly: the REST API's error body, for the model."""
+    return types.CallToolResult(
+        content=[types.TextContent(text=json.dumps(body, ensure_ascii=False))],
+        structured_content=body,
+        is_error=True,
+        _meta=_meta(call) if call else None,
+    )
+
+
+def settled_result(call: CallState) -> types.CallToolResult:
+    """The final answer of a call that ended: its result, or why it has none."""
+    if call.status == Status.SUCCEEDED:
+        result = call.body.get("result") or {}
+        return types.CallToolResult(
+            content=[types.TextContent(text=json.dumps(result, ensure_ascii=False))],
+            structured_content=result,
+            _meta=_meta(call),
+        )
+    return error_result({**ending_error(call).body(), "call": call.body}, call)
+
+
+def ending_error(call: CallState) -> errors.ApiError:
+    """Why a call that ended has no result."""
+    decision = call.body.get("decision") or {}
+    error = call.body.get("error") or {}
+    if call.status == Status.REJECTED:
+        comment = decision.get("comment") or "no reason given"
+        return errors.ApiError(
+            status=409,
+            code="call_rejected",
+            message=f"A reviewer rejected the call: {comment}",
+            suggestion="Do not retry this call. Tell the user it was rejected and why, or "
+            "propose something different.",
+        )
+    if call.status == Status.EXPIRED:
+        return errors.ApiError(
+            status=409,
+            code="approval_expired",
+            message="Nobody approved the call before it expired; it did not run.",
+            suggestion="Ask the user whether it is still wanted; a new call needs a new approval.",
+        )
+    if call.status == Status.CANCELLED:
+        return errors.ApiError(
+            status=409,
+            code="call_cancelled",
+            message="The call was cancelled before anyone approved it; it did not run.",
+            suggestion="Nothing happened. Propose it again only if it is still wanted.",
+        )
+    return errors.ApiError(
+        status=502,
+        code=error.get("code", "tool_failed"),
+        message=error.get("message", "The tool failed."),
+        suggestion="The effect did not happen. Tell the user; propose the call again only if "
+        "the cause is fixed.",
+    )
+
+
+def pending_result(call: CallState) -> types.CallToolResult:
+    """A call still waiting: the REST API's 202 body, and how to wait for the outcome."""
+    advice = (
+        f"The call {call.id} is {call.status_message}. It runs only once a person approves "
+        f"it. Do not call {call.tool} again: call {WAIT_TOOL} with "
+        f'{{"call_id": "{call.id}", "wait_seconds": {MAX_WAIT_SECONDS // 2}}} to wait for the '
+        "decision and the result."
+    )
+    return types.CallToolResult(
+        content=[types.TextContent(text=advice)],
+        structured_content=call.body,
+        _meta=_meta(call),
+    )
+
+
+def read_result(submitted: Submitted) -> types.CallToolResult:
+    """The answer of a read, which ran inside the submission."""
+    if submitted.status >= 400 or submitted.call is None:
+        return error_result(submitted.body, submitted.call)
+    return settled_result(submitted.call)
+
+
+WAIT_TOOL_DEFINITION = types.Tool(
+    name=WAIT_TOOL,
+    title="Wait for a call's decision",
+    description=(
+        "Wait for a call that needs a person's approval, and get its result. Give the "
+        "call_id a previous tool call answered with; waits up to wait_seconds for the "
+        "decision and the result, then answers with the result, the reason it did not run "
+        "(rejected, expired), or that it is still waiting. Read only: changes nothing."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "call_id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "The id of the call that waits for approval.",
+            },
+            "wait_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": MAX_WAIT_SECONDS,
+                "default": MAX_WAIT_SECONDS // 2,
+                "description": "How long to wait for the outcome before answering.",
+            },
+        },
+        "required": ["call_id"],
+        "additionalProperties": False,
+    },
+    annotations=types.ToolAnnotations(
+        title="Wait for a call's decision",
+        read_only_hint=True,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
+    ),
+    execution=types.ToolExecution(task_support="forbidden"),
+)
+
+
+def wait_seconds(meta: dict[str, Any]) -> float:
+    """How long a call that waits for a person is waited for before the pending answer."""
+    wanted = meta.get(WAIT_SECONDS)
+    longest = float(settings.MCP_CALL_WAIT_SECONDS)
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool) and wanted >= 0:
+        return min(float(wanted), longest)
+    return longest
+
+
+def wait_arguments(arguments: dict[str, Any]) -> tuple[UUID, float]:
+    """``countersign_wait``'s arguments, or ``ApiError`` saying what is wrong with them."""
+    unknown = sorted(set(arguments) - {"call_id", "wait_seconds"})
+    problems = [{"path": f"$.{name}", "message": "is not an argument"} for name in unknown]
+    call_id: UUID | None = None
+    try:
+        call_id = UUID(str(arguments["call_id"]))
+    except KeyError:
+        problems.append({"path": "$.call_id", "message": "is required"})
+    except ValueError:
+        problems.append({"path": "$.call_id", "message": "is not a call id"})
+    wait = arguments.get("wait_seconds", MAX_WAIT_SECONDS // 2)
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not 0 <= wait <= MAX_WAIT_SECONDS
+    ):
+        problems.append(
+            {"path": "$.wait_seconds", "message": f"must be a number from 0 to {MAX_WAIT_SECONDS}"}
+        )
+    if problems or call_id is None:
+        raise errors.invalid_arguments(problems)
+    return call_id, float(wait)

@@ -1,0 +1,161 @@
+"""Countersign's MCP server: the official SDK's low-level ``Server`` with Countersign's
+handlers. Protocol work (JSON-RPC, version negotiation, both protocol eras, progress,
+errors) is the SDK's; what a tool list or a tool call means is Countersign's.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp_types import CLIENT_INFO_META_KEY
+
+from gateway import errors
+from gateway.mcp import calls, sessions, tasks, waiting
+from gateway.mcp.calls import Caller
+from gateway.mcp.state import CallState
+from gateway.mcp.threads import run_sync
+from tools_registry.exports import mcp_tool
+from tools_registry.models import Agent
+
+INSTRUCTIONS = (
+    "Countersign stands between you and these tools. Tools that only read answer at once. "
+    "Tools that change something (send, update, refund, delete) wait for a person to approve "
+    "the exact call: you get its result once it is approved and has run, or a pending answer "
+    "with a call id; then call countersign_wait with that id instead of calling the tool "
+    "again. A rejection carries the reviewer's reason: tell the user, and do not retry a "
+    "rejected call. Errors say what went wrong and what to do next in their suggestion."
+)
+
+
+def _version() -> str:
+    try:
+        return version("countersign")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0"
+
+
+def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    """The caller the endpoint authenticated, with the client's own name where the request
+    says it (protocol 2026-07-28 sends it with every request)."""
+    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    info = (ctx.meta or {}).get(CLIENT_INFO_META_KEY)
+    if isinstance(info, dict) and not caller.client:
+        client = "/".join(str(info[k]) for k in ("name", "version") if info.get(k))
+        return Caller(agent=caller.agent, session_id=caller.session_id, client=client[:200])
+    return caller
+
+
+def _allowed_tools(agent: Agent) -> list[types.Tool]:
+    tools = agent.allowed_tools.filter(enabled=True, in_code=True).order_by("name")
+    return [mcp_tool(tool) for tool in tools]
+
+
+async def list_tools(
+    ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
+    caller = caller_of(ctx)
+    tools = await run_sync(_allowed_tools, caller.agent)
+    return types.ListToolsResult(tools=[*tools, calls.WAIT_TOOL_DEFINITION])
+
+
+async def call_tool(
+    ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+) -> types.CallToolResult:
+    caller = caller_of(ctx)
+    meta = dict(ctx.meta or {})
+    token = meta.get("progress_token")
+    progress = _progress_reporter(ctx, token if isinstance(token, str | int) else None)
+    if params.name == calls.WAIT_TOOL:
+        return await _wait_tool(caller, params.arguments or {}, progress)
+    submitted = await run_sync(calls.submit, caller, params.name, params.arguments or {}, meta)
+    call = submitted.call
+    if submitted.status >= 400 or call is None or call.risk == "read":
+        return calls.read_result(submitted)
+    settled = await waiting.until_settled(
+        agent=caller.agent,
+        call_id=call.id,
+        timeout=calls.wait_seconds(meta),
+        on_tick=progress,
+    )
+    assert settled is not None  # the agent's own call, which is never deleted
+    return calls.settled_result(settled) if settled.terminal else calls.pending_result(settled)
+
+
+async def _wait_tool(
+    caller: Caller, arguments: dict[str, Any], progress: waiting.Tick | None
+) -> types.CallToolResult:
+    try:
+        call_id, seconds = calls.wait_arguments(arguments)
+    except errors.ApiError as error:
+        return calls.error_result(error.body())
+    call = await waiting.until_settled(
+        agent=caller.agent, call_id=call_id, timeout=seconds, on_tick=progress
+    )
+    if call is None:
+        return calls.error_result(errors.call_not_found().body())
+    return calls.settled_result(call) if call.terminal else calls.pending_result(call)
+
+
+def _progress_reporter(
+    ctx: ServerRequestContext[Any, Any], token: str | int | None
+) -> waiting.Tick | None:
+    """Progress notifications while a call waits, when the client gave a progress token."""
+    if token is None:
+        return None
+
+    async def report(call: CallState, waited: float) -> None:
+        await ctx.session.send_progress_notification(
+            token,
+            progress=round(waited, 1),
+            message=call.status_message,
+            related_request_id=ctx.request_id,  # type: ignore[arg-type]
+        )
+
+    return report
+
+
+class CapabilitiesAndSessions:
+    """Server middleware around ``initialize``: records the client's session (its name and
+    version, for the audit trail) and adds the task capability on the revision that has it."""
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        result = await call_next(ctx)
+        if ctx.method != "initialize" or not isinstance(result, dict):
+            return result
+        if result.get("protocolVersion") == tasks.TASKS_REVISION:
+            result.setdefault("capabilities", {})["tasks"] = tasks.CAPABILITY
+        request_state = ctx.request.state  # type: ignore[union-attr]
+        opening = getattr(request_state, "opening_session", None)
+        if opening is not None:
+            client = (ctx.params or {}).get("clientInfo") or {}
+            await run_sync(
+                sessions.open_session,
+                session_id=opening,
+                agent=request_state.countersign.agent,
+                client_name=str(client.get("name", "")),
+                client_version=str(client.get("version", "")),
+                protocol_version=str(result.get("protocolVersion", "")),
+            )
+        return result
+
+
+def build_server() -> Server[Any]:
+    server: Server[Any] = Server(
+        "countersign",
+        version=_version(),
+        title="Countersign",
+        description="Human approval for AI agents' tool calls.",
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+    server.middleware.extend([CapabilitiesAndSessions(), tasks.TaskAugmentedCalls()])
+    for method, params_type, handler in tasks.HANDLERS:
+        server.add_request_handler(method, params_type, handler)
+    return server

@@ -1,0 +1,64 @@
+"""MCP sessions, kept in the database so that any process answers any request.
+
+``initialize`` opens one (its id goes back in the ``Mcp-Session-Id`` header); the client
+sends the id with every later request, and closes the session with ``DELETE``. A session
+idle for ``MCP_SESSION_IDLE_SECONDS`` is over: its id then answers 404, and the client
+starts a new one, as the protocol asks.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.utils import timezone
+
+from gateway.models import McpSession
+from tools_registry.models import Agent
+
+# A session's last use is written at most this often, so using one is not a write per request.
+SEEN_RESOLUTION = timedelta(minutes=1)
+
+
+def open_session(
+    *,
+    session_id: UUID,
+    agent: Agent,
+    client_name: str,
+    client_version: str,
+    protocol_version: str,
+) -> McpSession:
+    return McpSession.objects.create(
+        id=session_id,
+        agent=agent,
+        client_name=client_name[:100],
+        client_version=client_version[:50],
+        protocol_version=protocol_version[:16],
+    )
+
+
+def find_session(agent: Agent, session_id: str) -> McpSession | None:
+    """The agent's open session with this id, or None (unknown, another agent's, closed or
+    idle too long)."""
+    try:
+        key = UUID(session_id)
+    except ValueError:
+        return None
+    now = timezone.now()
+    session = McpSession.objects.filter(pk=key, agent=agent, closed_at__isnull=True).first()
+    idle = timedelta(seconds=settings.MCP_SESSION_IDLE_SECONDS)
+    if session is None or session.last_seen_at < now - idle:
+        return None
+    if now - session.last_seen_at > SEEN_RESOLUTION:
+        McpSession.objects.filter(pk=key).update(last_seen_at=now)
+    return session
+
+
+def close_session(agent: Agent, session_id: str) -> bool:
+    """End the agent's session; whether there was one open."""
+    session = find_session(agent, session_id)
+    if session is None:
+        return False
+    McpSession.objects.filter(pk=session.pk).update(closed_at=timezone.now())
+    return True

@@ -1,0 +1,208 @@
+"""MCP tasks (protocol revision 2025-11-25) for calls that wait for a person.
+
+A client that sends ``tools/call`` with a ``task`` gets a ``CreateTaskResult`` at once:
+the task is the call (its id is the call's id), so it survives the client's reconnect and
+Countersign's restart. ``tasks/get`` says where the call stands, ``tasks/result`` waits for
+its end and answers with the final ``CallToolResult``, ``tasks/list`` lists the agent's
+open calls, ``tasks/cancel`` withdraws a call still waiting for approval. A task of another
+agent is "not found", never its data.
+
+The SDK defines these messages as types only, so the handlers are registered here; later
+revisions moved tasks to an extension, which these methods do not serve.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
+
+from approvals.models import Status, ToolCall
+from approvals.services.calls import cancel_call
+from approvals.transitions import InvalidTransition
+from gateway.mcp import calls, state, waiting
+from gateway.mcp.calls import Caller
+from gateway.mcp.state import CallState
+from gateway.mcp.threads import run_sync
+from gateway.selectors import calls_of_agent
+
+TASKS_REVISION = "2025-11-25"
+POLL_INTERVAL_MS = 5000
+PAGE_SIZE = 50
+RELATED_TASK = "io.modelcontextprotocol/related-task"
+# What the server says it can do with tasks, in its capabilities (2025-11-25 only).
+CAPABILITY: dict[str, Any] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+
+
+def task_of(call: CallState) -> types.Task:
+    return types.Task(
+        task_id=str(call.id),
+        status=call.task_status,  # type: ignore[arg-type]
+        status_message=call.status_message,
+        created_at=_iso(call.created_at),
+        last_updated_at=_iso(call.updated_at),
+        ttl=None,  # a call is kept as long as the audit trail: no limit
+        poll_interval=POLL_INTERVAL_MS,
+    )
+
+
+def _wire(result: types.Result, task: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A task result as JSON. ``ttl`` is sent even when null ("kept without limit"): the
+    schema requires the field, and the SDK's own dump would drop a null."""
+    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    (data["task"] if task is None and "task" in data else data).setdefault("ttl", None)
+    return data
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _require_revision(ctx: ServerRequestContext[Any, Any]) -> None:
+    if ctx.protocol_version != TASKS_REVISION:
+        raise MCPError(
+            code=METHOD_NOT_FOUND,
+            message=f"Tasks are served on protocol revision {TASKS_REVISION}.",
+        )
+
+
+async def _call(caller: Caller, task_id: str) -> CallState:
+    try:
+        call_id = UUID(task_id)
+    except ValueError:
+        call_id = None
+    call = await run_sync(state.read, caller.agent, call_id) if call_id else None
+    if call is None:
+        raise MCPError(code=INVALID_PARAMS, message=f"No task {task_id!r}.")
+    return call
+
+
+class TaskAugmentedCalls:
+    """Server middleware: a ``tools/call`` that asks for a task gets one (the SDK's
+    ``tools/call`` handler can only answer with a result)."""
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        params = ctx.params or {}
+        if ctx.method != "tools/call" or params.get("task") is None:
+            return await call_next(ctx)
+        _require_revision(ctx)
+        request = types.CallToolRequestParams.model_validate(params, by_name=False)
+        caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+        if request.name == calls.WAIT_TOOL:
+            raise MCPError(
+                code=METHOD_NOT_FOUND, message=f"{calls.WAIT_TOOL} does not run as a task."
+            )
+        submitted = await run_sync(
+            calls.submit, caller, request.name, request.arguments or {}, dict(ctx.meta or {})
+        )
+        call = submitted.call
+        if submitted.status >= 400 or call is None:
+            # Refused before a task could exist: the same error body as a tool result.
+            error = submitted.body.get("error", {})
+            raise MCPError(
+                code=INVALID_PARAMS, message=error.get("message", "Refused."), data=submitted.body
+            )
+        if call.risk == "read":
+            raise MCPError(
+                code=METHOD_NOT_FOUND,
+                message=f"{call.tool} is a read: it answers at once and does not run as a task.",
+            )
+        return _wire(types.CreateTaskResult(task=task_of(call)))
+
+
+async def get_task(
+    ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams
+) -> dict[str, Any]:
+    _require_revision(ctx)
+    call = await _call(ctx.request.state.countersign, params.task_id)  # type: ignore[union-attr]
+    return _wire(types.GetTaskResult(**task_of(call).model_dump()))
+
+
+async def task_result(
+    ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
+) -> dict[str, Any]:
+    """The call's final ``CallToolResult``; waits (holding no thread) until it ends."""
+    _require_revision(ctx)
+    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    call = await _call(caller, params.task_id)
+    if not call.terminal:
+        settled = await waiting.until_settled(agent=caller.agent, call_id=call.id, timeout=None)
+        assert settled is not None  # a call is never deleted
+        call = settled
+    result = calls.settled_result(call).model_dump(by_alias=True, mode="json", exclude_none=True)
+    result["_meta"] = {**result.get("_meta", {}), RELATED_TASK: {"taskId": str(call.id)}}
+    return result
+
+
+async def list_tasks(
+    ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
+) -> dict[str, Any]:
+    """The agent's calls that have not ended, oldest first, a page at a time."""
+    _require_revision(ctx)
+    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    page, next_cursor = await run_sync(_open_calls, caller, params.cursor)
+    result = types.ListTasksResult(tasks=[task_of(c) for c in page], next_cursor=next_cursor)
+    data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for task in data["tasks"]:
+        task.setdefault("ttl", None)
+    return data
+
+
+def _open_calls(caller: Caller, cursor: str | None) -> tuple[list[CallState], str | None]:
+    calls_ = calls_of_agent(caller.agent).exclude(status__in=_ENDED).order_by("created_at", "id")
+    if cursor:
+        try:
+            created, call_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+            after = (datetime.fromisoformat(created), UUID(call_id))
+        except (ValueError, binascii.Error):
+            raise MCPError(
+                code=INVALID_PARAMS, message="The cursor is not one this server gave."
+            ) from None
+        calls_ = calls_.filter(created_at__gte=after[0]).exclude(
+            created_at=after[0], id__lte=after[1]
+        )
+    found: list[ToolCall] = list(calls_.prefetch_related("decisions")[: PAGE_SIZE + 1])
+    page = [state.of(c) for c in found[:PAGE_SIZE]]
+    if len(found) <= PAGE_SIZE:
+        return page, None
+    last = found[PAGE_SIZE - 1]
+    token = f"{last.created_at.isoformat()}|{last.pk}".encode()
+    return page, base64.urlsafe_b64encode(token).decode()
+
+
+_ENDED = [Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED]
+
+
+async def cancel_task(
+    ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
+) -> dict[str, Any]:
+    """Withdraw a call still waiting for approval; a call already decided cannot be."""
+    _require_revision(ctx)
+    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    call = await _call(caller, params.task_id)
+    try:
+        await run_sync(cancel_call, call_id=call.id, agent=caller.agent)
+    except InvalidTransition:
+        raise MCPError(
+            code=INVALID_PARAMS,
+            message=f"The task is {call.status_message}: only a call waiting for approval can be cancelled.",
+        ) from None
+    call = await _call(caller, params.task_id)
+    return _wire(types.CancelTaskResult(**task_of(call).model_dump()))
+
+
+HANDLERS: list[tuple[str, type[Any], Any]] = [
+    ("tasks/get", types.GetTaskRequestParams, get_task),
+    ("tasks/result", types.GetTaskPayloadRequestParams, task_result),
+    ("tasks/list", types.PaginatedRequestParams, list_tasks),
+    ("tasks/cancel", types.CancelTaskRequestParams, cancel_task),
+]

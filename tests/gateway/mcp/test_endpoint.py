@@ -1,0 +1,167 @@
+"""/mcp at the HTTP level, as a misbehaving client or an attacker meets it: refused tokens
+(401 with the challenge MCP clients expect), foreign origins, wrong methods, bodies that
+are too big, malformed or batched JSON-RPC, unknown methods and sessions. Each gets the
+protocol's error, never a 500 and never a hang."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import World
+from tests.support.web import WebProcess
+from tools_registry import services as registry_services
+from tools_registry.models import Agent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "curl-by-hand", "version": "1"},
+    },
+}
+
+
+def post(web: WebProcess, token: str | None, body: Any, **headers: str) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{web.url}/mcp", content=content, headers={**ACCEPT, **auth, **headers}, timeout=30
+    )
+
+
+def message(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC message of a response, whether plain JSON or one SSE event."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1])  # type: ignore[no-any-return]
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_a_missing_token_is_401_with_a_bearer_challenge(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    response = post(mcp_web, None, INITIALIZE)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="countersign"'
+    assert message(response)["error"]["data"]["error"]["code"] == "not_authenticated"
+
+
+@pytest.mark.parametrize("token", ["cst_nope_nope", "not-even-a-token"])
+def test_an_unknown_token_is_401_invalid_token(
+    live_world: World, mcp_web: WebProcess, token: str
+) -> None:
+    response = post(mcp_web, token, INITIALIZE)
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_a_disabled_agent_is_refused_as_the_rest_api_refuses_it(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    Agent.objects.filter(pk=live_world.agent.pk).update(enabled=False)
+    assert post(mcp_web, live_world.token, INITIALIZE).status_code == 401
+    rest = httpx.get(
+        f"{mcp_web.url}/api/v1/tools", headers={"Authorization": f"Bearer {live_world.token}"}
+    )
+    assert rest.status_code == 401
+
+
+def test_a_foreign_origin_or_host_is_refused(live_world: World, mcp_web: WebProcess) -> None:
+    assert (
+        post(mcp_web, live_world.token, INITIALIZE, Origin="https://evil.example").status_code
+        == 403
+    )
+    assert post(mcp_web, live_world.token, INITIALIZE, Host="evil.example").status_code == 400
+    own_origin = post(mcp_web, live_world.token, INITIALIZE, Origin=mcp_web.url)
+    assert own_origin.status_code == 200
+
+
+def test_get_is_405_no_server_stream(live_world: World, mcp_web: WebProcess) -> None:
+    response = httpx.get(
+        f"{mcp_web.url}/mcp", headers={"Authorization": f"Bearer {live_world.token}"}
+    )
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST, DELETE"
+
+
+def test_a_body_over_the_limit_is_413(
+    live_world: World, mcp_web: WebProcess, settings: Any
+) -> None:
+    huge = {**INITIALIZE, "params": {**INITIALIZE["params"], "padding": "x" * 300_000}}  # type: ignore[dict-item]
+    response = post(mcp_web, live_world.token, huge)
+    assert response.status_code == 413
+    assert "larger than" in message(response)["error"]["message"]
+
+
+def test_malformed_json_is_a_parse_error(live_world: World, mcp_web: WebProcess) -> None:
+    response = post(mcp_web, live_world.token, b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    assert response.status_code == 400
+    assert message(response)["error"]["code"] == -32700
+
+
+def test_a_batch_is_refused_where_the_revision_forbids_it(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    ping = {"jsonrpc": "2.0", "method": "ping"}
+    batch = [{**ping, "id": 1}, {**ping, "id": 2}]
+    response = post(mcp_web, live_world.token, batch, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 400
+    assert "error" in message(response)
+
+
+def test_an_unknown_method_is_method_not_found(live_world: World, mcp_web: WebProcess) -> None:
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/frobnicate", "params": {}}
+    response = post(mcp_web, live_world.token, call, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 200
+    answer = message(response)
+    assert answer["id"] == 7 and answer["error"]["code"] == -32601
+
+
+def test_a_session_is_opened_by_initialize_used_and_closed_by_delete(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    opened = post(mcp_web, live_world.token, INITIALIZE)
+    assert opened.status_code == 200
+    session = opened.headers["mcp-session-id"]
+    assert message(opened)["result"]["serverInfo"]["name"] == "countersign"
+    headers = {"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    assert post(mcp_web, live_world.token, ping, **headers).status_code == 200
+
+    auth = {"Authorization": f"Bearer {live_world.token}"}
+    closed = httpx.delete(f"{mcp_web.url}/mcp", headers={**auth, "Mcp-Session-Id": session})
+    assert closed.status_code == 200
+    after = post(mcp_web, live_world.token, ping, **headers)
+    assert after.status_code == 404, "a closed session is over: the client initializes again"
+
+
+def test_another_agents_session_is_unknown(live_world: World, mcp_web: WebProcess) -> None:
+    other = Agent.objects.create(name="other-bot", owner=live_world.alice)
+    _, token = registry_services.issue_token(agent=other, label="tests")
+    session = post(mcp_web, live_world.token, INITIALIZE).headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    assert post(mcp_web, token, ping, **{"Mcp-Session-Id": session}).status_code == 404
+
+
+def test_tool_arguments_that_are_not_an_object_are_an_invalid_params_error(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    call = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "send_email", "arguments": ["not", "an", "object"]},
+    }
+    response = post(mcp_web, live_world.token, call, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 200
+    assert message(response)["error"]["code"] == -32602

@@ -1,0 +1,438 @@
+"""The official MCP Python SDK client against a real Countersign process: initialize, the
+tool list with its annotations, reads, writes that wait for a person (with and without
+MCP tasks), rejections, refusals, idempotency, and exactly one effect per approved call.
+
+Both protocol eras the SDK speaks are exercised: ``legacy`` (the initialize handshake,
+revision 2025-11-25) and ``auto`` (revision 2026-07-28, per-request envelope).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import anyio
+import httpx
+import mcp_types as types
+import pytest
+
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from audit.models import AuditEvent
+from tests.conftest import World, sandbox_effects
+from tests.gateway.mcp.conftest import CALL_WAIT_SECONDS, connected
+from tests.support.web import WebProcess
+from tests.support.workers import Worker, wait_for
+from tools_registry import services as registry_services
+from tools_registry.models import Agent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
+MODES = ["legacy", "auto"]
+
+
+def run[T](main: Any) -> T:
+    return anyio.run(main)  # type: ignore[no-any-return]
+
+
+def emails_sent() -> list[dict[str, Any]]:
+    return [e for e in sandbox_effects() if e["tool"] == "send_email"]
+
+
+def the_pending_call(tool: str = "send_email") -> ToolCall:
+    wait_for(
+        lambda: ToolCall.objects.filter(tool__name=tool, status=Status.PENDING).exists(),
+        message=f"a pending {tool} call",
+    )
+    return ToolCall.objects.get(tool__name=tool, status=Status.PENDING)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_initialize_names_countersign_and_explains_approvals(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    async def main() -> tuple[Any, ...]:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            return client.server_info, client.instructions, client.protocol_version
+
+    info, instructions, version = run(main)
+    assert info.name == "countersign" and info.version
+    assert "approve" in instructions and "do not retry a rejected call" in instructions
+    assert version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+
+
+def test_the_task_capability_is_announced_on_the_revision_that_has_tasks(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    async def main() -> Any:
+        async with connected(mcp_web.url, live_world.token) as client:
+            return client.session.initialize_result
+
+    result = run(main)
+    raw = result.model_dump(by_alias=True, exclude_none=True)
+    assert raw["capabilities"]["tasks"]["requests"] == {"tools": {"call": {}}}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tools_list_shows_the_agents_tools_with_mcp_annotations(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    live_world.agent.allowed_tools.remove(live_world.tools["delete_customer"])
+
+    async def main() -> list[types.Tool]:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            return (await client.list_tools()).tools
+
+    tools = {t.name: t for t in run(main)}
+    assert set(tools) == {
+        "search_docs",
+        "get_customer",
+        "send_email",
+        "update_customer",
+        "issue_refund",
+        "countersign_wait",
+    }
+    hints = {
+        name: (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint)
+        for name, t in tools.items()
+        if (a := t.annotations) is not None
+    }
+    assert hints["search_docs"] == (True, False, True, False)
+    assert hints["send_email"] == (False, False, False, True), "an e-mail only adds"
+    assert hints["update_customer"] == (False, True, True, False), "it overwrites fields"
+    assert hints["issue_refund"] == (False, False, False, True)
+    assert hints["countersign_wait"][0] is True
+    assert tools["search_docs"].output_schema is not None
+    assert tools["send_email"].output_schema is None
+    assert tools["send_email"].input_schema == live_world.tools["send_email"].input_schema
+    assert tools["get_customer"].title == "Get customer"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_read_runs_at_once_and_a_failure_carries_the_rest_apis_error(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    async def main() -> tuple[types.CallToolResult, types.CallToolResult]:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            found = await client.call_tool("get_customer", {"customer_id": "cus_0002"})
+            missing = await client.call_tool("get_customer", {"customer_id": "cus_9999"})
+            return found, missing
+
+    found, missing = run(main)
+    assert found.is_error is False
+    assert found.structured_content is not None
+    assert found.structured_content["name"] == "Grace Hopper"
+    assert "Grace Hopper" in found.content[0].text  # type: ignore[union-attr]
+    assert missing.is_error is True
+    error = missing.structured_content["error"]  # type: ignore[index]
+    assert set(error) >= {"code", "message", "suggestion", "retryable"}
+    assert "No customer cus_9999" in error["message"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_refusals_are_tool_results_the_model_can_read(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    live_world.agent.allowed_tools.remove(live_world.tools["delete_customer"])
+
+    async def main() -> dict[str, types.CallToolResult]:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            return {
+                "unknown": await client.call_tool("launch_rocket", {}),
+                "not_allowed": await client.call_tool(
+                    "delete_customer", {"customer_id": "cus_0001", "reason": "asked"}
+                ),
+                "invalid": await client.call_tool("send_email", {"to": "nobody"}),
+            }
+
+    results = run(main)
+    codes = {name: r.structured_content["error"]["code"] for name, r in results.items()}  # type: ignore[index]
+    assert codes == {
+        "unknown": "unknown_tool",
+        "not_allowed": "tool_not_allowed",
+        "invalid": "invalid_arguments",
+    }
+    assert all(r.is_error for r in results.values())
+    paths = {d["path"] for d in results["invalid"].structured_content["error"]["details"]}  # type: ignore[index]
+    assert {"$.to", "$"} & paths
+    assert not ToolCall.objects.exists()
+    refused = AuditEvent.objects.filter(action="call.refused").values_list("outcome", flat=True)
+    assert sorted(refused) == sorted(codes.values())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_write_approved_while_the_client_waits_answers_with_its_result_and_one_effect(
+    live_world: World, mcp_web: WebProcess, mcp_worker: Worker, mode: str
+) -> None:
+    answer: dict[str, Any] = {}
+    progress: list[str | None] = []
+
+    async def main() -> None:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+
+            async def seen(done: float, total: float | None, message: str | None) -> None:
+                progress.append(message)
+
+            answer["result"] = await client.call_tool("send_email", EMAIL, progress_callback=seen)
+
+    waiting = threading.Thread(target=anyio.run, args=(main,))
+    waiting.start()
+    call = the_pending_call()
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve")
+    waiting.join(timeout=CALL_WAIT_SECONDS + 30)
+
+    result: types.CallToolResult = answer["result"]
+    assert result.is_error is False, result
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "sent"
+    assert result.meta is not None and result.meta["io.countersign/call-id"] == str(call.pk)
+    assert [(e["idempotency_key"], e["deliveries"]) for e in emails_sent()] == [
+        (f"countersign-{call.pk}", 1)
+    ]
+    submitted = AuditEvent.objects.get(call_id=call.pk, action="call.submitted")
+    assert submitted.data["transport"] == "mcp"
+    assert submitted.data["client"] == "countersign-tests/9.8.7"
+
+
+def test_progress_notifications_say_what_the_call_waits_for(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    progress: list[str | None] = []
+
+    async def main() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token) as client:
+
+            async def seen(done: float, total: float | None, message: str | None) -> None:
+                progress.append(message)
+
+            return await client.call_tool("send_email", EMAIL, progress_callback=seen)
+
+    result = run(main)
+    assert result.structured_content["status"] == "pending"  # type: ignore[index]
+    assert progress, "no progress notification while the call waited"
+    assert progress[0] is not None and progress[0].startswith(
+        "waiting for approval: 0 of 1 reviewers"
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_write_still_pending_answers_with_the_rest_202_body_then_countersign_wait_settles_it(
+    live_world: World, mcp_web: WebProcess, mcp_worker: Worker, mode: str
+) -> None:
+    async def submit() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            return await client.call_tool("send_email", EMAIL)
+
+    pending = run(submit)
+    body = pending.structured_content
+    assert pending.is_error is False
+    call = ToolCall.objects.get(pk=body["id"])  # type: ignore[index]
+    rest = httpx.get(
+        f"{mcp_web.url}/api/v1/tool-calls/{call.pk}",
+        headers={"Authorization": f"Bearer {live_world.token}"},
+    ).json()
+    assert body == rest, "exactly the REST API's answer for the pending call"
+    assert set(body) >= {"id", "status", "status_url", "expires_at"}  # type: ignore[arg-type]
+    text = pending.content[0].text  # type: ignore[union-attr]
+    assert "countersign_wait" in text and str(call.pk) in text
+
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve")
+
+    async def wait() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            return await client.call_tool(
+                "countersign_wait", {"call_id": str(call.pk), "wait_seconds": 30}
+            )
+
+    settled = run(wait)
+    assert settled.is_error is False
+    assert settled.structured_content["status"] == "sent"  # type: ignore[index]
+    assert len(emails_sent()) == 1
+
+
+def test_a_rejection_reaches_the_model_with_the_reviewers_reason(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    answer: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with connected(mcp_web.url, live_world.token) as client:
+            answer["result"] = await client.call_tool("send_email", EMAIL)
+
+    waiting = threading.Thread(target=anyio.run, args=(main,))
+    waiting.start()
+    call = the_pending_call()
+    decide(
+        call_id=call.pk,
+        reviewer=live_world.bob,
+        verdict="reject",
+        comment="We never e-mail customers about refunds before they are booked.",
+    )
+    waiting.join(timeout=CALL_WAIT_SECONDS + 30)
+    result: types.CallToolResult = answer["result"]
+    assert result.is_error is True
+    error = result.structured_content["error"]  # type: ignore[index]
+    assert error["code"] == "call_rejected" and error["retryable"] is False
+    assert "before they are booked" in error["message"]
+    assert emails_sent() == []
+
+
+def test_a_task_is_the_call_polled_cancelled_and_settled_over_tasks_methods(
+    live_world: World, mcp_web: WebProcess, mcp_worker: Worker
+) -> None:
+    """Revision 2025-11-25's tasks, through the SDK's session and its task types."""
+
+    async def create(client: Any, arguments: dict[str, Any]) -> types.CreateTaskResult:
+        params = {"name": "send_email", "arguments": arguments, "task": {"ttl": 60_000}}
+        raw = await client.session._dispatcher.send_raw_request("tools/call", params, {})
+        return types.CreateTaskResult.model_validate(raw, by_name=False)
+
+    async def get(client: Any, task_id: str) -> types.GetTaskResult:
+        request = types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id))
+        return await client.session.send_request(request, types.GetTaskResult)  # type: ignore[no-any-return]
+
+    async def submit() -> tuple[str, str, types.GetTaskResult, list[str], types.CancelTaskResult]:
+        async with connected(mcp_web.url, live_world.token) as client:
+            kept = await create(client, EMAIL)
+            dropped = await create(client, {**EMAIL, "subject": "Never mind"})
+            state = await get(client, kept.task.task_id)
+            listed = await client.session.send_request(
+                types.ListTasksRequest(), types.ListTasksResult
+            )
+            cancel = types.CancelTaskRequest(
+                params=types.CancelTaskRequestParams(task_id=dropped.task.task_id)
+            )
+            cancelled = await client.session.send_request(cancel, types.CancelTaskResult)
+            return (
+                kept.task.task_id,
+                dropped.task.task_id,
+                state,
+                [t.task_id for t in listed.tasks],
+                cancelled,
+            )
+
+    kept, dropped, state, listed, cancelled = run(submit)
+    assert state.status == "working"
+    assert state.status_message is not None
+    assert state.status_message.startswith("waiting for approval: 0 of 1 reviewers; expires")
+    assert set(listed) == {kept, dropped}
+    assert cancelled.status == "cancelled"
+    assert ToolCall.objects.get(pk=dropped).status == Status.CANCELLED
+
+    decide(call_id=uuid.UUID(kept), reviewer=live_world.bob, verdict="approve")
+
+    async def settle() -> tuple[types.GetTaskResult, types.CallToolResult, Any]:
+        # A new connection: the task outlives the client's session.
+        async with connected(mcp_web.url, live_world.token) as client:
+            raw = await client.session._dispatcher.send_raw_request(
+                "tasks/result", {"taskId": kept}, {}
+            )
+            final = await get(client, kept)
+            with pytest.raises(Exception) as again:
+                await client.session.send_request(
+                    types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=kept)),
+                    types.CancelTaskResult,
+                )
+            return final, types.CallToolResult.model_validate(raw, by_name=False), again.value
+
+    final, result, refused = run(settle)
+    assert final.status == "completed"
+    assert result.is_error is False and result.structured_content["status"] == "sent"  # type: ignore[index]
+    assert "only a call waiting for approval can be cancelled" in str(refused)
+    assert [e["idempotency_key"] for e in emails_sent()] == [f"countersign-{kept}"]
+
+
+def test_another_agents_task_is_not_found(live_world: World, mcp_web: WebProcess) -> None:
+    other = Agent.objects.create(name="other-bot", owner=live_world.alice)
+    other.allowed_tools.add(live_world.tools["send_email"])
+    _, other_token = registry_services.issue_token(agent=other, label="tests")
+
+    async def main() -> str:
+        async with connected(mcp_web.url, other_token) as client:
+            raw = await client.session._dispatcher.send_raw_request(
+                "tools/call", {"name": "send_email", "arguments": EMAIL, "task": {}}, {}
+            )
+            task_id = types.CreateTaskResult.model_validate(raw, by_name=False).task.task_id
+        async with connected(mcp_web.url, live_world.token) as client:
+            request = types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id))
+            with pytest.raises(Exception) as refused:
+                await client.session.send_request(request, types.GetTaskResult)
+            return str(refused.value)
+
+    assert "No task" in run(main)
+
+
+def test_the_same_idempotency_key_is_the_same_call_and_other_arguments_are_refused(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    meta = {"io.countersign/idempotency-key": "mcp-key-1", "io.countersign/wait-seconds": 0}
+
+    async def main() -> list[types.CallToolResult]:
+        async with connected(mcp_web.url, live_world.token) as client:
+            first = await client.call_tool("send_email", EMAIL, meta=meta)  # type: ignore[arg-type]
+            again = await client.call_tool("send_email", EMAIL, meta=meta)  # type: ignore[arg-type]
+            other = await client.call_tool(
+                "send_email",
+                {**EMAIL, "subject": "Something else"},
+                meta=meta,  # type: ignore[arg-type]
+            )
+            return [first, again, other]
+
+    first, again, other = run(main)
+    assert first.structured_content["id"] == again.structured_content["id"]  # type: ignore[index]
+    assert other.is_error is True
+    assert other.structured_content["error"]["code"] == "idempotency_key_reused"  # type: ignore[index]
+    assert ToolCall.objects.count() == 1
+
+
+def test_twenty_concurrent_calls_with_one_key_make_one_call(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    meta = {
+        "io.countersign/idempotency-key": "burst-1",
+        "io.countersign/session-id": "burst",
+        "io.countersign/wait-seconds": 0,
+    }
+
+    async def one(results: list[Any]) -> None:
+        async with connected(mcp_web.url, live_world.token) as client:
+            results.append(await client.call_tool("send_email", EMAIL, meta=meta))  # type: ignore[arg-type]
+
+    async def main() -> list[Any]:
+        results: list[Any] = []
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(one, results)
+        return results
+
+    results = run(main)
+    ids = {r.structured_content["id"] for r in results}  # type: ignore[index]
+    assert len(results) == 20 and len(ids) == 1
+    assert ToolCall.objects.count() == 1
+
+
+def test_a_call_sent_again_without_a_key_is_the_same_pending_call(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """A client that lost the answer (a dropped connection) and sends the call again in
+    its session gets the call it made, not a second one to approve."""
+
+    no_wait = {"io.countersign/wait-seconds": 0}
+
+    async def main() -> list[types.CallToolResult]:
+        async with connected(mcp_web.url, live_world.token) as client:
+            first = await client.call_tool("send_email", EMAIL, meta=no_wait)  # type: ignore[arg-type]
+            again = await client.call_tool("send_email", EMAIL, meta=no_wait)  # type: ignore[arg-type]
+            different = await client.call_tool(
+                "send_email",
+                {**EMAIL, "body": "Other."},
+                meta=no_wait,  # type: ignore[arg-type]
+            )
+            return [first, again, different]
+
+    first, again, different = run(main)
+    ids = [r.structured_content["id"] for r in (first, again, different)]  # type: ignore[index]
+    assert ids[0] == ids[1] != ids[2]
+    assert ToolCall.objects.count() == 2
