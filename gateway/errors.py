@@ -203,6 +203,34 @@ def tool_failed(message: str) -> ApiError:
     )
 
 
+def call_rejected(comment: str) -> ApiError:
+    return ApiError(
+        status=409,
+        code="call_rejected",
+        message=f"A reviewer rejected the call: {comment or 'no reason given'}",
+        suggestion="Do not retry this call. Tell the user it was rejected and why, or "
+        "propose something different.",
+    )
+
+
+def approval_expired() -> ApiError:
+    return ApiError(
+        status=409,
+        code="approval_expired",
+        message="Nobody approved the call before it expired; it did not run.",
+        suggestion="Ask the user whether it is still wanted; a new call needs a new approval.",
+    )
+
+
+def call_cancelled() -> ApiError:
+    return ApiError(
+        status=409,
+        code="call_cancelled",
+        message="The call was cancelled before anyone approved it; it did not run.",
+        suggestion="Nothing happened. Propose it again only if it is still wanted.",
+    )
+
+
 def max_rounds_exceeded(limit: int) -> ApiError:
     return ApiError(
         status=429,

@@ -30,8 +30,10 @@ from uuid import UUID, uuid4
 import mcp_types as types
 from django.conf import settings
 from django.utils import timezone
+from mcp.server.context import ServerRequestContext
+from mcp_types import CLIENT_INFO_META_KEY
 
-from approvals.models import Status, ToolCall, Transport
+from approvals.models import TERMINAL_STATUSES, Status, ToolCall, Transport
 from audit.canonical import canonical_json, sha256_hex
 from gateway import errors, intake, payloads
 from gateway.mcp import state
@@ -66,6 +68,17 @@ class Caller:
     # names a session; "" without one (protocol 2026-07-28 has no sessions).
     session_id: str
     client: str  # the client software, "name/version"
+
+
+def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    """The caller the endpoint authenticated (``app``), with the client's own name where
+    the request says it (protocol 2026-07-28 sends it with every request)."""
+    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    info = (ctx.meta or {}).get(CLIENT_INFO_META_KEY)
+    if isinstance(info, dict) and not caller.client:
+        client = "/".join(str(info[k]) for k in ("name", "version") if info.get(k))
+        return Caller(agent=caller.agent, session_id=caller.session_id, client=client[:200])
+    return caller
 
 
 @dataclass(frozen=True)
@@ -151,21 +164,11 @@ def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
     if latest is None:
         return f"{base}.1"
     window = timedelta(seconds=settings.MCP_RETRY_WINDOW_SECONDS)
-    open_call = latest["status"] not in {s for s in Status.values if _ended(s)}
+    open_call = latest["status"] not in TERMINAL_STATUSES
     recent = latest["status"] in REUSABLE_ENDINGS and latest["updated_at"] > timezone.now() - window
     if open_call or recent:
         return str(latest["request_key"])
     return f"{base}.{int(latest['request_key'].rsplit('.', 1)[1]) + 1}"
-
-
-def _ended(status: str) -> bool:
-    return status in {
-        Status.SUCCEEDED,
-        Status.FAILED,
-        Status.REJECTED,
-        Status.EXPIRED,
-        Status.CANCELLED,
-    }
 
 
 # --- Answers ------------------------------------------------------------------------------
@@ -199,31 +202,13 @@ def settled_result(call: CallState) -> types.CallToolResult:
 
 def ending_error(call: CallState) -> errors.ApiError:
     """Why a call that ended has no result."""
-    decision = call.body.get("decision") or {}
-    error = call.body.get("error") or {}
     if call.status == Status.REJECTED:
-        comment = decision.get("comment") or "no reason given"
-        return errors.ApiError(
-            status=409,
-            code="call_rejected",
-            message=f"A reviewer rejected the call: {comment}",
-            suggestion="Do not retry this call. Tell the user it was rejected and why, or "
-            "propose something different.",
-        )
+        return errors.call_rejected((call.body.get("decision") or {}).get("comment", ""))
     if call.status == Status.EXPIRED:
-        return errors.ApiError(
-            status=409,
-            code="approval_expired",
-            message="Nobody approved the call before it expired; it did not run.",
-            suggestion="Ask the user whether it is still wanted; a new call needs a new approval.",
-        )
+        return errors.approval_expired()
     if call.status == Status.CANCELLED:
-        return errors.ApiError(
-            status=409,
-            code="call_cancelled",
-            message="The call was cancelled before anyone approved it; it did not run.",
-            suggestion="Nothing happened. Propose it again only if it is still wanted.",
-        )
+        return errors.call_cancelled()
+    error = call.body.get("error") or {}
     return errors.ApiError(
         status=502,
         code=error.get("code", "tool_failed"),

@@ -11,11 +11,10 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp_types import CLIENT_INFO_META_KEY
 
 from gateway import errors
 from gateway.mcp import calls, sessions, tasks, waiting
-from gateway.mcp.calls import Caller
+from gateway.mcp.calls import Caller, caller_of
 from gateway.mcp.state import CallState
 from gateway.mcp.threads import run_sync
 from tools_registry.exports import mcp_tool
@@ -36,17 +35,6 @@ def _version() -> str:
         return version("countersign")
     except PackageNotFoundError:  # running from a checkout that was never installed
         return "0"
-
-
-def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
-    """The caller the endpoint authenticated, with the client's own name where the request
-    says it (protocol 2026-07-28 sends it with every request)."""
-    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
-    info = (ctx.meta or {}).get(CLIENT_INFO_META_KEY)
-    if isinstance(info, dict) and not caller.client:
-        client = "/".join(str(info[k]) for k in ("name", "version") if info.get(k))
-        return Caller(agent=caller.agent, session_id=caller.session_id, client=client[:200])
-    return caller
 
 
 def _allowed_tools(agent: Agent) -> list[types.Tool]:

@@ -24,7 +24,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
 
-from approvals.models import Status, ToolCall
+from approvals.models import TERMINAL_STATUSES, ToolCall
 from approvals.services.calls import cancel_call
 from approvals.transitions import InvalidTransition
 from gateway.mcp import calls, state, waiting
@@ -65,12 +65,14 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _require_revision(ctx: ServerRequestContext[Any, Any]) -> None:
+def _task_caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    """The caller of a task request, on the revision that has tasks."""
     if ctx.protocol_version != TASKS_REVISION:
         raise MCPError(
             code=METHOD_NOT_FOUND,
             message=f"Tasks are served on protocol revision {TASKS_REVISION}.",
         )
+    return calls.caller_of(ctx)
 
 
 async def _call(caller: Caller, task_id: str) -> CallState:
@@ -94,9 +96,8 @@ class TaskAugmentedCalls:
         params = ctx.params or {}
         if ctx.method != "tools/call" or params.get("task") is None:
             return await call_next(ctx)
-        _require_revision(ctx)
+        caller = _task_caller(ctx)
         request = types.CallToolRequestParams.model_validate(params, by_name=False)
-        caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
         if request.name == calls.WAIT_TOOL:
             raise MCPError(
                 code=METHOD_NOT_FOUND, message=f"{calls.WAIT_TOOL} does not run as a task."
@@ -122,8 +123,7 @@ class TaskAugmentedCalls:
 async def get_task(
     ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams
 ) -> dict[str, Any]:
-    _require_revision(ctx)
-    call = await _call(ctx.request.state.countersign, params.task_id)  # type: ignore[union-attr]
+    call = await _call(_task_caller(ctx), params.task_id)
     return _wire(types.GetTaskResult(**task_of(call).model_dump()))
 
 
@@ -131,8 +131,7 @@ async def task_result(
     ctx: ServerRequestContext[Any, Any], params: types.GetTaskPayloadRequestParams
 ) -> dict[str, Any]:
     """The call's final ``CallToolResult``; waits (holding no thread) until it ends."""
-    _require_revision(ctx)
-    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    caller = _task_caller(ctx)
     call = await _call(caller, params.task_id)
     if not call.terminal:
         settled = await waiting.until_settled(agent=caller.agent, call_id=call.id, timeout=None)
@@ -147,8 +146,7 @@ async def list_tasks(
     ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
 ) -> dict[str, Any]:
     """The agent's calls that have not ended, oldest first, a page at a time."""
-    _require_revision(ctx)
-    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    caller = _task_caller(ctx)
     page, next_cursor = await run_sync(_open_calls, caller, params.cursor)
     result = types.ListTasksResult(tasks=[task_of(c) for c in page], next_cursor=next_cursor)
     data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -158,7 +156,8 @@ async def list_tasks(
 
 
 def _open_calls(caller: Caller, cursor: str | None) -> tuple[list[CallState], str | None]:
-    calls_ = calls_of_agent(caller.agent).exclude(status__in=_ENDED).order_by("created_at", "id")
+    open_calls = calls_of_agent(caller.agent).exclude(status__in=TERMINAL_STATUSES)
+    open_calls = open_calls.order_by("created_at", "id")
     if cursor:
         try:
             created, call_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
@@ -167,10 +166,10 @@ def _open_calls(caller: Caller, cursor: str | None) -> tuple[list[CallState], st
             raise MCPError(
                 code=INVALID_PARAMS, message="The cursor is not one this server gave."
             ) from None
-        calls_ = calls_.filter(created_at__gte=after[0]).exclude(
+        open_calls = open_calls.filter(created_at__gte=after[0]).exclude(
             created_at=after[0], id__lte=after[1]
         )
-    found: list[ToolCall] = list(calls_.prefetch_related("decisions")[: PAGE_SIZE + 1])
+    found: list[ToolCall] = list(open_calls.prefetch_related("decisions")[: PAGE_SIZE + 1])
     page = [state.of(c) for c in found[:PAGE_SIZE]]
     if len(found) <= PAGE_SIZE:
         return page, None
@@ -179,15 +178,11 @@ def _open_calls(caller: Caller, cursor: str | None) -> tuple[list[CallState], st
     return page, base64.urlsafe_b64encode(token).decode()
 
 
-_ENDED = [Status.SUCCEEDED, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED]
-
-
 async def cancel_task(
     ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
 ) -> dict[str, Any]:
     """Withdraw a call still waiting for approval; a call already decided cannot be."""
-    _require_revision(ctx)
-    caller: Caller = ctx.request.state.countersign  # type: ignore[union-attr]
+    caller = _task_caller(ctx)
     call = await _call(caller, params.task_id)
     try:
         await run_sync(cancel_call, call_id=call.id, agent=caller.agent)

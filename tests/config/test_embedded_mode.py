@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import ROOT
+from tests.support.web import free_port
 
 PASSWORD = "embedded-demo-pass-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def embedded_env(var_dir: Path, port: int) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from sandbox.models import SandboxFault
 from tests.conftest import World, sandbox_effects
 from tests.support import ROOT
 from tests.support.calls import approved_call
+from tests.support.web import free_port
 from tests.support.workers import Worker, running_worker, wait_for, worker_env
 
 # Every chaos scenario's counts, printed at the end of the run (see
@@ -47,12 +47,6 @@ NO_ANCHORS = Path("/nonexistent/countersign-anchor.jsonl")
 
 # The executor's settings in the worker processes: short leases.
 LEASE_GRACE_SECONDS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -387,11 +387,12 @@ def test_the_same_idempotency_key_is_the_same_call_and_other_arguments_are_refus
     assert ToolCall.objects.count() == 1
 
 
+@pytest.mark.parametrize("round_", range(3))
 def test_twenty_concurrent_calls_with_one_key_make_one_call(
-    live_world: World, mcp_web: WebProcess
+    live_world: World, mcp_web: WebProcess, round_: int
 ) -> None:
     meta = {
-        "io.countersign/idempotency-key": "burst-1",
+        "io.countersign/idempotency-key": f"burst-{round_}",
         "io.countersign/session-id": "burst",
         "io.countersign/wait-seconds": 0,
     }
