@@ -39,7 +39,7 @@ $(AGENT_CLIENTS)/.installed: $(AGENT_CLIENT_REQS)/requirements.txt $(AGENT_CLIEN
 
 run: $(VENV)/.installed-run
 	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput -v0
-	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py seed_demo
+	@env -u DATABASE_URL -u REDIS_URL PORT=$(PORT) $(PY) manage.py seed_demo
 	@echo ""
 	@echo "Countersign (embedded: SQLite, in-process executor) on http://$(HOST):$(PORT)/"
 	@echo "  reviewers:  http://$(HOST):$(PORT)/approvals/   (reviewer, reviewer2)"

@@ -154,7 +154,7 @@ def lock_call(call_id: UUID, **filters: Any) -> ToolCall | None:
     """
     return (
         ToolCall.objects.select_for_update(of=("self",))
-        .select_related("tool", "agent__owner")
+        .select_related("tool__upstream", "agent__owner")
         .filter(pk=call_id, **filters)
         .first()
     )

@@ -47,6 +47,18 @@ ACTIONS: dict[str, str] = {
     "tool.registered": "A tool declared in code got its Tool row.",
     "tool.updated_from_code": "A tool's description, schema or risk changed in code.",
     "tool.disabled_code_gone": "A tool's code disappeared; the tool can no longer run.",
+    "tool.imported": "A tool was imported from an upstream (its source name, risk, version).",
+    "tool.changed": "A re-sync found an imported tool changed upstream (schema, description, "
+    "hints); a new version refuses approvals of the old one.",
+    "tool.edited": "An admin gave an imported tool its own description or risk (re-syncs keep "
+    "them).",
+    "tool.removed_upstream": "A tool disappeared from its upstream; it was disabled, not deleted.",
+    "upstream.registered": "An admin registered an upstream (its URL and header names, never "
+    "their values).",
+    "upstream.headers_changed": "The headers sent to an upstream changed (names only).",
+    "upstream.sync_failed": "An upstream's offer could not be read; nothing was changed.",
+    "upstream.enabled": "An upstream was switched back on.",
+    "upstream.disabled": "An upstream was switched off: its tools can no longer run.",
     "tool.policy_changed": "A tool admin changed a tool's policy (before and after).",
     "grant.added": "A user or team may now review a tool's calls.",
     "grant.removed": "A review grant was withdrawn.",

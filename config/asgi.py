@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from a2wsgi import WSGIMiddleware
 from django.conf import settings
@@ -26,17 +27,32 @@ django_application = get_wsgi_application()  # sets Django up: the imports below
 from gateway.mcp.app import McpEndpoint  # noqa: E402
 
 mcp = McpEndpoint()
+routes: list[Route | Mount] = [Route("/mcp", mcp, methods=["GET", "POST", "DELETE"])]
+lifespans: list[Any] = [mcp.lifespan]
+
+if settings.SANDBOX_ENABLED:
+    # The demo's ticketing system, an MCP server of its own (an upstream of the demo).
+    from sandbox.tickets import tickets
+
+    routes.append(
+        Mount(
+            "/sandbox/tickets", tickets.streamable_http_app(stateless_http=True, json_response=True)
+        )
+    )
+    lifespans.append(tickets.session_manager.run)
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with mcp.lifespan():
+    async with contextlib.AsyncExitStack() as stack:
+        for enter in lifespans:
+            await stack.enter_async_context(enter())
         yield
 
 
 application = Starlette(
     routes=[
-        Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]),
+        *routes,
         # a2wsgi's and Django's types disagree on how a WSGI app is spelled, not on what it is.
         Mount("/", WSGIMiddleware(django_application, workers=settings.WEB_THREADS)),  # type: ignore[arg-type]
     ],

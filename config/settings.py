@@ -331,6 +331,12 @@ MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600)
 # Threads that serve Django's pages and the REST API in each web process (config.asgi).
 WEB_THREADS = env_int("WEB_THREADS", 16)
+# Upstreams (tools_registry.upstreams): Fernet keys for their header values at rest,
+# comma-separated, the first encrypting (default: derived from SECRET_KEY); the largest
+# OpenAPI document and upstream answer read (a bigger answer is stored truncated).
+UPSTREAM_SECRETS_KEY = env_str("UPSTREAM_SECRETS_KEY")
+UPSTREAM_MAX_DOCUMENT_BYTES = env_int("UPSTREAM_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024)
+UPSTREAM_MAX_RESPONSE_BYTES = env_int("UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024)
 # Extra time past a tool's timeout before a silent worker's lease counts as expired.
 EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
 # An approved call whose task has not started after this long is sent again.

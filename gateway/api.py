@@ -148,7 +148,7 @@ def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
     if query.format not in FORMATS:
         raise errors.invalid_request(f"format must be one of {', '.join(FORMATS)}")
     agent: Agent = request.auth  # type: ignore[attr-defined]
-    tools = agent.allowed_tools.filter(enabled=True, in_code=True).order_by("name")
+    tools = agent.allowed_tools.filter(enabled=True, available=True).order_by("name")
     return export_tools(tools, query.format)
 
 

@@ -10,13 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
+from mcp import Client
 
+from sandbox import payments as payment_api
 from sandbox.models import Customer, HelpArticle, Payment
+from sandbox.tickets import tickets
 from tools_registry import services
-from tools_registry.models import Agent, Tool
+from tools_registry.models import Agent, Tool, Upstream
+from tools_registry.services.upstreams import Reader, register_upstream, sync_upstream
+from tools_registry.upstreams import mcp as upstream_mcp
+from tools_registry.upstreams import openapi
+from tools_registry.upstreams.offers import Offer
 
 ARTICLES = [
     (
@@ -130,6 +138,60 @@ def _remembered(name: str, make: Callable[[], str]) -> tuple[str, bool]:
     return value, True
 
 
+def _demo_upstreams() -> list[tuple[dict[str, Any], Reader]]:
+    """The demo's two upstreams, on this deployment's own sandbox: the payments API (its
+    OpenAPI document) and the ticketing system (an MCP server). ``make run`` seeds before it
+    serves, so their offers are read in-process rather than over HTTP."""
+    base = settings.PUBLIC_URL
+    payments = {
+        "name": "payments",
+        "kind": Upstream.Kind.OPENAPI,
+        "url": f"{base}/sandbox/payments/v1/openapi.json",
+        "headers": [("Authorization", f"Bearer {settings.SANDBOX_PAYMENTS_KEY}")],
+    }
+    tickets_upstream = {
+        "name": "tickets",
+        "kind": Upstream.Kind.MCP,
+        "url": f"{base}/sandbox/tickets/mcp",
+        "rerunnable": True,  # create_ticket honours the key in _meta
+    }
+
+    def read_payments(upstream: Upstream) -> Offer:
+        return openapi.offer(
+            payment_api.OPENAPI,
+            upstream=upstream.name,
+            document_url=upstream.url,
+            base_url="",
+            reserved_headers=frozenset(["Idempotency-Key", "Authorization"]),
+        )
+
+    def read_tickets(upstream: Upstream) -> Offer:
+        async def listed() -> list[Any]:
+            async with Client(tickets) as client:  # the SDK's in-memory transport
+                return list((await client.list_tools()).tools)
+
+        return upstream_mcp.offer_from(upstream.name, anyio.run(listed))
+
+    return [(payments, read_payments), (tickets_upstream, read_tickets)]
+
+
+def _seed_upstreams() -> list[Tool]:
+    """Register (or point at this deployment again) the demo's upstreams and import their
+    tools, enabled; the tools they offer."""
+    imported: list[Tool] = []
+    for spec, reader in _demo_upstreams():
+        upstream = Upstream.objects.filter(name=spec["name"]).first()
+        if upstream is None:
+            upstream = register_upstream(**spec)
+        elif upstream.url != spec["url"]:
+            Upstream.objects.filter(pk=upstream.pk).update(url=spec["url"])
+            upstream.url = spec["url"]
+        report = sync_upstream(upstream=upstream, enable_new=True, reader=reader)
+        names = [*report.imported, *report.changed, *report.unchanged]
+        imported += list(Tool.objects.filter(name__in=names))
+    return imported
+
+
 @transaction.atomic
 def seed_demo() -> DemoLogins:
     services.sync_tools()
@@ -168,7 +230,7 @@ def seed_demo() -> DemoLogins:
         user.groups.add(*(groups[g] for g in spec["groups"]))
         users[username] = user
 
-    tools = list(Tool.objects.filter(name__in=DEMO_TOOLS))
+    tools = list(Tool.objects.filter(name__in=DEMO_TOOLS)) + _seed_upstreams()
     agent = Agent.objects.filter(name="demo-agent").first() or Agent(
         name="demo-agent",
         owner=users["admin"],

@@ -155,3 +155,34 @@ class SandboxFault(models.Model):
 
     def __str__(self) -> str:
         return f"{self.point} {self.tool or '*'} {self.tag or ''}".strip()
+
+
+class Ticket(models.Model):
+    """A ticket of the sandbox ticketing system (served as an MCP server, sandbox.tickets)."""
+
+    class State(models.TextChoices):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    ticket_id = models.CharField(max_length=32, unique=True)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.ticket_id
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ticket_id": self.ticket_id,
+            "title": self.title,
+            "body": self.body,
+            "state": self.state,
+            "created_at": self.created_at.isoformat(),
+            "closed_at": self.closed_at.isoformat() if self.closed_at else None,
+        }

@@ -64,3 +64,131 @@ def refund(
 def refund_for_key(key: str) -> dict[str, Any] | None:
     found = Refund.objects.select_related("payment").filter(idempotency_key=key).first()
     return found.as_dict() if found else None
+
+
+def payment(payment_id: str) -> dict[str, Any] | None:
+    found = Payment.objects.filter(payment_id=payment_id).first()
+    if found is None:
+        return None
+    return {
+        "payment_id": found.payment_id,
+        "amount_cents": found.amount_cents,
+        "refunded_cents": found.refunded_cents,
+        "currency": found.currency,
+    }
+
+
+_ERROR = {
+    "description": "Refused",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
+            }
+        }
+    },
+}
+_PAYMENT_ID = {"type": "string", "pattern": "^pay_[0-9a-z]{4,24}$", "maxLength": 28}
+
+# The API as an OpenAPI 3.1 document (served at payments/v1/openapi.json). Its refund
+# operation names the lookup that reconciliation asks with a call's idempotency key.
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Sandbox payments", "version": "1"},
+    "servers": [{"url": "."}],
+    "components": {
+        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Refund": {
+                "type": "object",
+                "properties": {
+                    "refund_id": {"type": "string"},
+                    "payment_id": {"type": "string"},
+                    "amount_cents": {"type": "integer"},
+                    "currency": {"type": "string"},
+                    "status": {"type": "string"},
+                },
+            },
+            "RefundRequest": {
+                "type": "object",
+                "properties": {
+                    "payment_id": {**_PAYMENT_ID, "description": "The payment to refund."},
+                    "amount_cents": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 1000000,
+                        "description": "Amount to refund, in cents.",
+                    },
+                    "currency": {"type": "string", "enum": ["usd", "eur", "gbp"]},
+                    "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                },
+                "required": ["payment_id", "amount_cents", "currency", "reason"],
+            },
+        },
+    },
+    "security": [{"apiKey": []}],
+    "paths": {
+        "/refunds": {
+            "post": {
+                "operationId": "create_refund",
+                "summary": "Refund part or all of a card payment.",
+                "description": "Money leaves the business; a refund cannot be undone. One "
+                "refund per Idempotency-Key.",
+                "x-countersign-lookup": "get_refund_by_key",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "One refund per key.",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/RefundRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The refund",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Refund"}}
+                        },
+                    },
+                    "400": _ERROR,
+                    "402": _ERROR,
+                },
+            }
+        },
+        "/refunds/by-key/{key}": {
+            "get": {
+                "operationId": "get_refund_by_key",
+                "summary": "The refund made with an Idempotency-Key, if any.",
+                "parameters": [
+                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "The refund"}, "404": _ERROR},
+            }
+        },
+        "/payments/{payment_id}": {
+            "get": {
+                "operationId": "get_payment",
+                "summary": "A payment: amount, currency and what was already refunded.",
+                "parameters": [
+                    {"name": "payment_id", "in": "path", "required": True, "schema": _PAYMENT_ID}
+                ],
+                "responses": {"200": {"description": "The payment"}, "404": _ERROR},
+            }
+        },
+    },
+}

@@ -72,3 +72,19 @@ def refund_by_key(request: HttpRequest, key: str) -> JsonResponse:
     if refund is None:
         return _error(404, "not_found", "No refund was made with this Idempotency-Key.")
     return JsonResponse(refund)
+
+
+@require_GET
+def payment(request: HttpRequest, payment_id: str) -> JsonResponse:
+    if not _authorized(request):
+        return _error(401, "not_authenticated", "Send the API key as a bearer token.")
+    found = payments.payment(payment_id)
+    if found is None:
+        return _error(404, "not_found", f"No payment {payment_id}.")
+    return JsonResponse(found)
+
+
+@require_GET
+def openapi_document(request: HttpRequest) -> JsonResponse:
+    """The payments API described for machines: Countersign imports it as an upstream."""
+    return JsonResponse(payments.OPENAPI)

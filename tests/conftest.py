@@ -18,6 +18,7 @@ from django.test import Client, TransactionTestCase
 
 from audit.models import AuditEvent
 from gateway import coordination
+from tests.support.upstreams import control, running_upstream
 from tools_registry import registry
 from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
@@ -189,3 +190,27 @@ def probe_tool_cleanup() -> Iterator[None]:
     """Unregisters the test tool (``tests.support.probe``) from the code registry after the test."""
     yield
     registry.unregister("check_stock")
+
+
+@pytest.fixture(scope="module")
+def http_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real HTTP API with an OpenAPI document, in its own process (tests.support.upstreams);
+    back to its first document and no fault after each test."""
+    with running_upstream("http_api", tmp_path_factory.mktemp("http-upstream")) as web:
+        yield web
+
+
+@pytest.fixture(scope="module")
+def mcp_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real MCP server, in its own process (tests.support.upstreams)."""
+    with running_upstream("mcp_server", tmp_path_factory.mktemp("mcp-upstream")) as web:
+        yield web
+
+
+@pytest.fixture(autouse=True)
+def _upstreams_as_new(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "http_upstream" in request.fixturenames:
+        control(request.getfixturevalue("http_upstream"), document="v1", fault="none", reset=True)
+    if "mcp_upstream" in request.fixturenames:
+        control(request.getfixturevalue("mcp_upstream"), seconds_after_effect=0, reset=True)

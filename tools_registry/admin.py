@@ -9,10 +9,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from guardian.admin import (
@@ -23,8 +23,17 @@ from guardian.admin import (
 
 from tools_registry import services
 from tools_registry.lint import lint_tool
-from tools_registry.models import Agent, AgentToken, Tool
+from tools_registry.models import Agent, AgentToken, Tool, Upstream
 from tools_registry.policy import POLICY_FIELDS, policy_values
+from tools_registry.services.upstreams import (
+    edit_imported_tool,
+    register_upstream,
+    set_headers,
+    set_upstream_enabled,
+    sync_upstream,
+)
+from tools_registry.upstreams.offers import ImportFailed
+from tools_registry.upstreams.secrets import parse_header_lines
 
 PERMISSION_LABELS = {
     "review_tool": "Review this tool's calls",
@@ -52,6 +61,21 @@ class ToolPolicyForm(forms.ModelForm):
                 for problem in problems:
                     self.add_error(field if field in self.fields else None, problem)
         return cleaned
+
+
+class ImportedToolForm(ToolPolicyForm):
+    """An imported tool's policy, and the description and risk its admin may correct."""
+
+    class Meta:
+        model = Tool
+        fields = ["description", "risk", *POLICY_FIELDS]
+
+    def clean(self) -> dict[str, Any]:
+        if "risk" in self.changed_data:
+            # A new risk class resets the policy fields it does not allow; the service
+            # validates what results.
+            return self.cleaned_data
+        return super().clean()
 
 
 def _permissions_form(base: type[forms.Form]) -> type[forms.Form]:
@@ -95,13 +119,13 @@ class ToolAdmin(GuardedModelAdmin):
         "name",
         "risk",
         "enabled",
-        "in_code",
+        "available",
         "approvals_required",
         "timeout_seconds",
         "policy_version",
         "lint_passes",
     ]
-    list_filter = ["risk", "enabled", "in_code"]
+    list_filter = ["risk", "enabled", "available"]
     search_fields = ["name", "description"]
     readonly_fields = [
         "name",
@@ -113,7 +137,7 @@ class ToolAdmin(GuardedModelAdmin):
         "idempotent",
         "open_world",
         "version",
-        "in_code",
+        "available",
         "policy_version",
         "lint_report",
         "created_at",
@@ -131,7 +155,9 @@ class ToolAdmin(GuardedModelAdmin):
                     "output_schema",
                     ("overwrites", "idempotent", "open_world"),
                     "version",
-                    "in_code",
+                    "available",
+                    "upstream",
+                    "upstream_name",
                 ]
             },
         ),
@@ -183,9 +209,28 @@ class ToolAdmin(GuardedModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Tool | None = None) -> bool:
         return False  # disable a tool instead: its calls and audit trail refer to it
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Tool | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.upstream_id is not None:
+            # An imported tool's description and risk are the admin's to correct.
+            fields = [f for f in fields if f not in ("description", "risk")]
+        return [*fields, "upstream", "upstream_name"]
+
+    def get_form(
+        self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is not None and obj.upstream_id is not None:
+            kwargs["form"] = ImportedToolForm
+        return super().get_form(request, obj, change, **kwargs)
+
     def save_model(
         self, request: HttpRequest, obj: Tool, form: forms.ModelForm, change: bool
     ) -> None:
+        edits = {n: form.cleaned_data[n] for n in form.changed_data if n in ("description", "risk")}
+        if edits:
+            edited = edit_imported_tool(tool=obj, changed_by=request.user, **edits)
+            obj.refresh_from_db()
+            obj.policy_version = edited.policy_version
         changes = {
             name: form.cleaned_data[name] for name in form.changed_data if name in POLICY_FIELDS
         }
@@ -389,3 +434,133 @@ class AgentTokenAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AgentToken | None = None) -> bool:
         return False
+
+
+# --- Upstreams ------------------------------------------------------------------------------
+
+
+class UpstreamForm(forms.ModelForm):
+    headers = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off"}),
+        help_text="One 'Name: value' per line, for example 'Authorization: Bearer ...'. "
+        "Stored encrypted and never shown again; leave empty to keep the current ones.",
+    )
+
+    class Meta:
+        model = Upstream
+        fields = [
+            "name",
+            "kind",
+            "url",
+            "base_url",
+            "timeout_seconds",
+            "idempotency_header",
+            "rerunnable",
+            "enabled",
+        ]
+
+    def clean_headers(self) -> list[tuple[str, str]] | None:
+        text = self.cleaned_data.get("headers") or ""
+        if not text.strip():
+            return None
+        try:
+            return parse_header_lines(text.splitlines())
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(Upstream)
+class UpstreamAdmin(admin.ModelAdmin):
+    """Systems whose tools are imported: register, import again, switch off. Header values
+    are write-only: only their names are shown."""
+
+    form = UpstreamForm
+    list_display = [
+        "name",
+        "kind",
+        "url",
+        "enabled",
+        "tool_count",
+        "last_synced_at",
+        "sync_problem",
+    ]
+    readonly_fields = ["current_headers", "last_synced_at", "last_sync_error", "tools_link"]
+    actions = ["import_again"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Upstream | None = None) -> list[str]:
+        fields = list(self.readonly_fields)
+        return [*fields, "name", "kind"] if obj is not None else fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Upstream]:
+        return super().get_queryset(request).annotate(tool_total=Count("tools"))
+
+    @admin.display(description="Tools")
+    def tool_count(self, upstream: Upstream) -> int:
+        return getattr(upstream, "tool_total", 0)
+
+    @admin.display(description="Last sync")
+    def sync_problem(self, upstream: Upstream) -> str:
+        return upstream.last_sync_error[:80] if upstream.last_sync_error else "ok"
+
+    @admin.display(description="Headers sent")
+    def current_headers(self, upstream: Upstream) -> str:
+        names = upstream.header_names or []
+        return ", ".join(f"{name}: ••••••" for name in names) or "none"
+
+    @admin.display(description="Imported tools")
+    def tools_link(self, upstream: Upstream) -> str:
+        url = (
+            reverse("admin:tools_registry_tool_changelist") + f"?upstream__id__exact={upstream.pk}"
+        )
+        return format_html('<a href="{}">{} tools</a>', url, upstream.tools.count())
+
+    def save_model(
+        self, request: HttpRequest, obj: Upstream, form: forms.ModelForm, change: bool
+    ) -> None:
+        headers = form.cleaned_data.get("headers")
+        if not change:
+            created = register_upstream(
+                name=obj.name,
+                kind=obj.kind,
+                url=obj.url,
+                base_url=obj.base_url,
+                headers=headers or [],
+                timeout_seconds=obj.timeout_seconds,
+                idempotency_header=obj.idempotency_header,
+                rerunnable=obj.rerunnable,
+                created_by=request.user,
+            )
+            obj.pk = created.pk
+            self._sync(request, created)
+            return
+        settings_changed = [n for n in form.changed_data if n not in ("headers", "enabled")]
+        if settings_changed:
+            Upstream.objects.filter(pk=obj.pk).update(
+                **{n: form.cleaned_data[n] for n in settings_changed}
+            )
+        if headers is not None:
+            set_headers(upstream=obj, headers=headers, changed_by=request.user)
+        if "enabled" in form.changed_data:
+            set_upstream_enabled(upstream=obj, enabled=obj.enabled, changed_by=request.user)
+            if obj.enabled:
+                self._sync(request, Upstream.objects.get(pk=obj.pk))
+
+    @admin.action(description="Import their tools again")
+    def import_again(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        for upstream in queryset:
+            self._sync(request, upstream)
+
+    def _sync(self, request: HttpRequest, upstream: Upstream) -> None:
+        try:
+            report = sync_upstream(upstream=upstream, actor=request.user)
+        except ImportFailed as failure:
+            messages.error(request, f"{upstream.name}: {failure.message}")
+            return
+        messages.success(
+            request,
+            f"{upstream.name}: imported {len(report.imported)} (disabled until you enable "
+            f"them), changed {len(report.changed)}, removed {len(report.removed)}.",
+        )
+        for problem in report.skipped:
+            messages.warning(request, f"{upstream.name}: not imported: {problem}")

@@ -11,8 +11,65 @@ from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 from tools_registry.policy import Risk
 
 
+class Upstream(models.Model):
+    """A system whose tools Countersign imports and calls on agents' behalf: an MCP server,
+    or an HTTP API described by an OpenAPI document. Set up by admins (the admin or
+    ``manage.py add_upstream``); its URL may well be a private address (internal APIs are
+    the point), but nothing an agent sends can change where a call goes.
+    """
+
+    class Kind(models.TextChoices):
+        MCP = "mcp", "MCP server"
+        OPENAPI = "openapi", "HTTP API (OpenAPI)"
+
+    name = models.SlugField(
+        max_length=32,
+        unique=True,
+        help_text="Prefix of its tools' names: <name>__<tool>. Letters, digits, - and _ only.",
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    url = models.URLField(
+        max_length=2048, help_text="The MCP endpoint, or the URL of the OpenAPI document."
+    )
+    base_url = models.URLField(
+        max_length=2048,
+        blank=True,
+        help_text="HTTP APIs: where the calls go, if not the document's first server.",
+    )
+    # Header names and values to send with every request (e.g. Authorization), as a Fernet
+    # token (tools_registry.upstreams.secrets): never stored, shown or logged in clear.
+    headers_encrypted = models.TextField(blank=True, editable=False)
+    header_names = models.JSONField(default=list, blank=True, editable=False)
+    timeout_seconds = models.FloatField(
+        default=10, help_text="Per request: connecting, importing, and the default for calls."
+    )
+    enabled = models.BooleanField(default=True)
+    idempotency_header = models.CharField(
+        max_length=64,
+        blank=True,
+        default="Idempotency-Key",
+        help_text="HTTP APIs: the header that carries each call's idempotency key; empty if "
+        "the API does not refuse repeats of a key.",
+    )
+    rerunnable = models.BooleanField(
+        default=False,
+        help_text="MCP servers: its tools honour the idempotency key in _meta, so a call whose "
+        "outcome is unknown may be sent again with the same key.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_sync_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Tool(models.Model):
-    """A tool agents may call. Declared in code; its policy is set by tool admins."""
+    """A tool agents may call: declared in code, or imported from an upstream. Its policy is
+    set by tool admins."""
 
     name = models.SlugField(max_length=64, unique=True)
     description = models.TextField()
@@ -20,8 +77,18 @@ class Tool(models.Model):
     risk = models.CharField(max_length=16, choices=Risk.choices)
     # Hash of name, description and schema: recorded on every call, bound into approvals.
     version = models.CharField(max_length=16)
-    # False once the handler disappeared from code; such a tool can never run.
-    in_code = models.BooleanField(default=True)
+    # False once its handler disappeared from code, or the tool from its upstream (or the
+    # upstream was switched off): such a tool can never run.
+    available = models.BooleanField(default=True)
+    # Tools imported from an upstream: where, under which name, and (HTTP APIs) how a call
+    # becomes a request. ``upstream_spec`` is what the upstream last proposed, so a re-sync
+    # tells the upstream's changes from an admin's edits.
+    upstream = models.ForeignKey(
+        Upstream, null=True, blank=True, on_delete=models.PROTECT, related_name="tools"
+    )
+    upstream_name = models.CharField(max_length=200, blank=True)
+    upstream_operation = models.JSONField(null=True, blank=True, editable=False)
+    upstream_spec = models.JSONField(null=True, blank=True, editable=False)
     # What the tool does to the world beyond its risk class, from code (MCP annotations).
     overwrites = models.BooleanField(
         default=False,
@@ -106,7 +173,7 @@ class Tool(models.Model):
 
     @property
     def runnable(self) -> bool:
-        return self.enabled and self.in_code
+        return self.enabled and self.available
 
     @property
     def needs_approval(self) -> bool:

@@ -148,7 +148,7 @@ def validate_policy(
     risk: str,
     values: Mapping[str, Any],
     input_schema: Mapping[str, Any],
-    in_code: bool = True,
+    available: bool = True,
     code_sensitive_fields: Iterable[str] = (),
 ) -> PolicyErrors:
     """Every rule the complete policy ``values`` breaks, by field; empty when it is valid.
@@ -235,8 +235,11 @@ def validate_policy(
     ):
         fail("sensitive_fields", problem)
 
-    if values["enabled"] and not in_code:
-        fail("enabled", "The tool's code is gone; it cannot be enabled until it is back.")
+    if values["enabled"] and not available:
+        fail(
+            "enabled",
+            "The tool is gone from its code or its upstream; it cannot be enabled until it is back.",
+        )
     return errors
 
 

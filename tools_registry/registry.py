@@ -92,6 +92,10 @@ class RegisteredTool:
     # True when the downstream refuses a second effect for the same key, which makes a
     # re-run after an unknown outcome safe.
     honours_idempotency_key: bool = False
+    # True when the downstream answers a repeat of a key with the first attempt's outcome
+    # (Stripe's semantics): sending the call again is how an unknown outcome is learned,
+    # even without a lookup.
+    rerun_reconciles: bool = False
     lookup_fn: Lookup | None = None
     preview_fn: Preview | None = None
     # What the tool does to the world, beyond its risk class (MCP's tool annotations):

@@ -41,7 +41,7 @@ from approvals.execution.claim import Claim, claim_call
 from approvals.execution.finish import Outcome, finish_call
 from approvals.models import Status
 from audit.masking import mask_text
-from tools_registry import registry
+from tools_registry import registry, sources
 from tools_registry.policy import READ_BACKOFF_MAX_SECONDS, Risk
 from tools_registry.registry import RegisteredTool, ToolContext, ToolFailed
 
@@ -71,7 +71,7 @@ def execute(call_id: UUID) -> Outcome | None:
 
 def run_handler(claim: Claim) -> Outcome:
     try:
-        spec = registry.get(claim.tool_name)
+        spec = sources.implementation(claim.call.tool)
     except registry.UnknownTool:
         # The code is gone; nothing ran. Only registered handlers can ever run.
         return Outcome(

@@ -9,8 +9,12 @@ not have happened. The handler's ``lookup(idempotency_key)`` asks the downstream
   flight somewhere (a paused worker), the downstream keeps one effect. Destructive calls
   are never re-run by themselves, and automatic re-runs are capped
   (``EXECUTOR_AUTO_RERUNS``);
-* cannot tell (no lookup, the lookup failed or said so): the call stays ``unknown`` and is
-  escalated to a person, who marks the real outcome or re-runs it (``services.attention``).
+* cannot tell (no lookup, the lookup failed or said so), but the downstream answers a
+  repeat of a key with the first attempt's outcome (``rerun_reconciles``: an HTTP upstream
+  that honours its idempotency header, Stripe's semantics): sending the call again with the
+  same key is the reconciliation, so it is re-run as above;
+* otherwise the call stays ``unknown`` and is escalated to a person, who marks the real
+  outcome or re-runs it (``services.attention``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from approvals import events
 from approvals.execution import send
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
-from tools_registry import registry
+from tools_registry import registry, sources
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolContext
 
@@ -64,7 +68,7 @@ def reconcile_call(
     ``allow_rerun=False`` (a person's "ask again") never re-runs by itself.
     """
     now = now or timezone.now()
-    seen = ToolCall.objects.select_related("tool", "agent").filter(pk=call_id).first()
+    seen = ToolCall.objects.select_related("tool__upstream", "agent").filter(pk=call_id).first()
     if seen is None or seen.status != Status.UNKNOWN:
         return Reconciliation(call_id=call_id, finding="", action="skipped")
     finding, result = ask_downstream(seen)
@@ -85,7 +89,7 @@ def reconcile_call(
             )
             events.call_reconciled(call, finding=finding, actor=actor)
             return Reconciliation(call_id=call_id, finding=finding, action="succeeded")
-        if finding == NOT_FOUND and allow_rerun and may_rerun_by_itself(call):
+        if allow_rerun and _rerun_settles(call, finding) and may_rerun_by_itself(call):
             send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
             events.call_reconciled(call, finding=finding, actor=actor)
             events.call_rerun(call, previous_status=Status.UNKNOWN)
@@ -102,7 +106,7 @@ def reconcile_call(
 def ask_downstream(call: ToolCall) -> tuple[str, dict[str, Any] | None]:
     """The handler's lookup for the call's idempotency key: (finding, result if found)."""
     try:
-        spec = registry.get(call.tool.name)
+        spec = sources.implementation(call.tool)
     except registry.UnknownTool:
         return NO_LOOKUP, None
     if spec.lookup_fn is None:
@@ -127,10 +131,22 @@ def ask_downstream(call: ToolCall) -> tuple[str, dict[str, Any] | None]:
     return CANNOT_TELL, None
 
 
+def _rerun_settles(call: ToolCall, finding: str) -> bool:
+    """Whether running the call again with its key settles what ``finding`` left open."""
+    if finding == NOT_FOUND:
+        return True
+    if finding == FOUND:
+        return False
+    try:
+        return sources.implementation(call.tool).rerun_reconciles
+    except registry.UnknownTool:
+        return False
+
+
 def may_rerun_by_itself(call: ToolCall) -> bool:
     """A not-found effect is re-run without a person only when a repeat cannot double it."""
     try:
-        spec = registry.get(call.tool.name)
+        spec = sources.implementation(call.tool)
     except registry.UnknownTool:
         return False
     return (
@@ -152,7 +168,7 @@ def escalation_reason(call: ToolCall, finding: str) -> str:
         if not call.tool.runnable:
             return "The downstream has no record of the effect, and the tool is disabled."
         try:
-            honours = registry.get(call.tool.name).honours_idempotency_key
+            honours = sources.implementation(call.tool).honours_idempotency_key
         except registry.UnknownTool:
             honours = False
         if not honours:

@@ -24,7 +24,7 @@ from approvals.models import ToolCall, Verdict
 from approvals.services import decisions, reveals
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
 from audit.masking import mask_arguments
-from tools_registry import registry
+from tools_registry import registry, sources
 from tools_registry.permissions import reviewable_tools
 from tools_registry.policy import Risk
 
@@ -38,7 +38,7 @@ def pretty(value: Any) -> str:
 def preview_of(call: ToolCall, arguments: Any) -> str:
     """The handler's own description of the effect, from the arguments it is given."""
     try:
-        spec = registry.get(call.tool.name)
+        spec = sources.implementation(call.tool)
     except registry.UnknownTool:
         return ""
     if spec.preview_fn is None:

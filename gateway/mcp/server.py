@@ -38,7 +38,7 @@ def _version() -> str:
 
 
 def _allowed_tools(agent: Agent) -> list[types.Tool]:
-    tools = agent.allowed_tools.filter(enabled=True, in_code=True).order_by("name")
+    tools = agent.allowed_tools.filter(enabled=True, available=True).order_by("name")
     return [mcp_tool(tool) for tool in tools]
 
 

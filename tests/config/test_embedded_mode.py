@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.sandbox.test_demo import IMPORTED
 from tests.support import ROOT
 from tests.support.web import free_port
 
@@ -192,7 +193,7 @@ def test_an_mcp_client_gets_an_approved_email_sent_once_in_the_embedded_mode(
     tools, found, pending = anyio.run(client_session, submit)
     assert set(tools) == {
         "search_docs", "get_customer", "send_email", "update_customer", "issue_refund",
-        "delete_customer", "countersign_wait",
+        "delete_customer", "countersign_wait", *IMPORTED,
     }  # fmt: skip
     assert found.structured_content["articles"][0]["slug"] == "refund-policy"
     call_id = pending.structured_content["id"]
@@ -207,5 +208,34 @@ def test_an_mcp_client_gets_an_approved_email_sent_once_in_the_embedded_mode(
     assert sent.is_error is False and sent.structured_content["status"] == "sent"
     emails = sandbox_effects(env, "send_email")
     assert [(e["idempotency_key"], e["deliveries"]) for e in emails] == [
+        (f"countersign-{call_id}", 1)
+    ]
+
+
+def test_an_approved_ticket_from_the_demos_mcp_upstream_is_created_once(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    """`make run` imports the sandbox's ticketing MCP server as the upstream `tickets`: the
+    demo agent's approved call reaches it over MCP, and it makes exactly one ticket."""
+    base, var_dir, env = embedded_app
+    token = (var_dir / "demo_agent_token").read_text().strip()
+    agent = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+    submitted = agent.post(
+        "/api/v1/tool-calls",
+        headers={"Idempotency-Key": "embedded-ticket-1"},
+        json={
+            "tool": "tickets__create_ticket",
+            "arguments": {"title": "Printer on fire", "body": "Third floor, room 301."},
+            "session_id": "embedded-2",
+        },
+    )
+    assert submitted.status_code == 202, submitted.text
+    call_id = submitted.json()["id"]
+    approve_in_the_reviewer_ui(base, call_id, comment="Facilities asked for a ticket.")
+    status = agent.get(f"/api/v1/tool-calls/{call_id}").json()
+    assert status["status"] == "succeeded", status
+    assert status["result"]["title"] == "Printer on fire"
+    tickets = sandbox_effects(env, "tickets.create_ticket")
+    assert [(e["idempotency_key"], e["deliveries"]) for e in tickets] == [
         (f"countersign-{call_id}", 1)
     ]

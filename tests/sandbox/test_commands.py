@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 
+from tests.sandbox.test_demo import IMPORTED
 from tools_registry.models import Agent, AgentToken, Tool
 from tools_registry.permissions import can_reveal, can_review
 from tools_registry.services import authenticate_token
@@ -58,6 +59,6 @@ def test_seed_demo_is_idempotent_and_lets_the_reviewer_review_every_demo_tool(
     assert all(can_reveal(reviewer, tool) for tool in demo_tools)
     assert not any(can_reveal(User.objects.get(username="reviewer2"), tool) for tool in demo_tools)
     agent = Agent.objects.get(name="demo-agent")
-    assert set(agent.allowed_tools.values_list("name", flat=True)) == DEMO_TOOLS
+    assert set(agent.allowed_tools.values_list("name", flat=True)) == DEMO_TOOLS | set(IMPORTED)
     token = out.getvalue().split("demo-agent token: ")[1].split()[0]
     assert authenticate_token(token) == agent

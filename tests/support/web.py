@@ -39,32 +39,49 @@ class WebProcess:
 
 @contextmanager
 def running_web(*, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[WebProcess]:
-    """The ASGI app in its own process on a free port, ready (``/healthz`` answers 200)."""
+    """Countersign's ASGI app in its own process, against the test database and Redis."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / f"web-{uuid.uuid4().hex[:8]}.log"
+    with running_asgi(
+        "config.asgi:application",
+        port=port,
+        tmp_path=tmp_path,
+        env=worker_env(PUBLIC_URL=url, PORT=str(port), **(env or {})),
+        ready="/healthz",
+    ) as web:
+        yield web
+
+
+@contextmanager
+def running_asgi(
+    app: str,
+    *,
+    tmp_path: Path,
+    env: dict[str, str],
+    ready: str,
+    port: int | None = None,
+) -> Iterator[WebProcess]:
+    """An ASGI app (``module:attribute``) served by uvicorn in its own process on a free
+    port, once ``ready`` answers 200."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / f"asgi-{uuid.uuid4().hex[:8]}.log"
     command = [
-        sys.executable, "-m", "uvicorn", "config.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=worker_env(PUBLIC_URL=url, PORT=str(port), **(env or {})),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     web = WebProcess(url=url, log_path=log_path)
     try:
         deadline = time.monotonic() + 60
         while True:
             with suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the web process did not come up:\n{web.log[-4000:]}")
+                raise RuntimeError(f"{app} did not come up:\n{web.log[-4000:]}")
             time.sleep(0.2)
         yield web
     finally:

@@ -49,6 +49,6 @@ def test_an_unknown_tool_is_a_404_and_a_disabled_one_a_403(world: World) -> None
 
 
 def test_an_allowed_tool_whose_code_is_gone_is_refused(world: World) -> None:
-    Tool.objects.filter(name="delete_customer").update(in_code=False)
+    Tool.objects.filter(name="delete_customer").update(available=False)
     response = world.api().submit(DELETE)
     assert (response.status_code, response.json()["error"]["code"]) == (403, "tool_disabled")

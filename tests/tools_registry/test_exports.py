@@ -76,7 +76,7 @@ def test_mcp_hints_mean_what_mcp_defines(world: World) -> None:
 def test_only_the_agents_allowed_enabled_tools_in_code_are_listed(world: World) -> None:
     world.agent.allowed_tools.remove(world.tools["delete_customer"])
     Tool.objects.filter(name="issue_refund").update(enabled=False)
-    Tool.objects.filter(name="update_customer").update(in_code=False)
+    Tool.objects.filter(name="update_customer").update(available=False)
     names = [d["name"] for d in world.api().get("/api/v1/tools?format=anthropic").json()]
     assert names == ["get_customer", "search_docs", "send_email"]
 

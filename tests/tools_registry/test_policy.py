@@ -140,7 +140,7 @@ def test_sensitive_fields_may_name_nested_and_array_arguments(world: World) -> N
 
 def test_a_tool_whose_code_is_gone_cannot_be_enabled(world: World) -> None:
     tool = world.tools["send_email"]
-    Tool.objects.filter(pk=tool.pk).update(in_code=False, enabled=False)
+    Tool.objects.filter(pk=tool.pk).update(available=False, enabled=False)
     with pytest.raises(services.PolicyInvalid) as refused:
         services.update_policy(tool=tool, changes={"enabled": True}, changed_by=world.alice)
     assert list(refused.value.message_dict) == ["enabled"]

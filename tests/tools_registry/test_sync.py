@@ -66,7 +66,7 @@ def test_a_tool_whose_code_is_gone_is_disabled_and_stays_so_when_it_returns(
         report = services.sync_tools()
         tool = Tool.objects.get(name="send_email")
         assert report.disabled == ["send_email"]
-        assert (tool.in_code, tool.enabled, tool.runnable) == (False, False, False)
+        assert (tool.available, tool.enabled, tool.runnable) == (False, False, False)
         assert events("tool.disabled_code_gone", tool_name="send_email")
         response = world.api().submit(
             {
@@ -81,7 +81,7 @@ def test_a_tool_whose_code_is_gone_is_disabled_and_stays_so_when_it_returns(
     tool.refresh_from_db()
     assert report.updated == ["send_email"]
     # Back in code, but an admin decides when it runs again.
-    assert (tool.in_code, tool.enabled) == (True, False)
+    assert (tool.available, tool.enabled) == (True, False)
     services.update_policy(tool=tool, changes={"enabled": True}, changed_by=world.alice)
 
 

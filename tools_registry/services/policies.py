@@ -33,7 +33,7 @@ def check_policy(tool: Tool, values: Mapping[str, Any]) -> None:
         risk=tool.risk,
         values=values,
         input_schema=tool.input_schema,
-        in_code=tool.in_code,
+        available=tool.available,
         code_sensitive_fields=code_sensitive_fields(tool),
     )
     if errors:

@@ -48,7 +48,17 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
     report = SyncReport()
     declared = {spec.name: spec for spec in registry.registered()}
     # The row locks make two concurrent syncs (two deploys) apply one after the other.
-    existing = {t.name: t for t in Tool.objects.select_for_update()}
+    # Only the tools declared in code: imported ones belong to their upstreams' syncs.
+    existing = {t.name: t for t in Tool.objects.select_for_update().filter(upstream__isnull=True)}
+    taken = set(
+        Tool.objects.filter(upstream__isnull=False, name__in=declared).values_list(
+            "name", flat=True
+        )
+    )
+    if taken:
+        raise ValueError(
+            f"Tools declared in code share names with imported tools: {', '.join(sorted(taken))}."
+        )
     for name, spec in declared.items():
         code_values = {name: getattr(spec, name) for name in CODE_FIELDS}
         tool = existing.get(name)
@@ -68,10 +78,10 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
             )
             continue
         changed: dict[str, Any] = {k: v for k, v in code_values.items() if getattr(tool, k) != v}
-        if not tool.in_code:
-            changed["in_code"] = True
+        if not tool.available:
+            changed["available"] = True
         if "risk" in changed:
-            changed.update(_policy_for_new_risk(tool, spec.risk, spec.input_schema))
+            changed.update(policy_for_new_risk(tool, spec.risk, spec.input_schema))
         newly_sensitive = [f for f in spec.sensitive_fields if f not in tool.sensitive_fields]
         if newly_sensitive:
             changed["sensitive_fields"] = [*tool.sensitive_fields, *newly_sensitive]
@@ -97,17 +107,17 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
             },
         )
     for name, tool in existing.items():
-        if name not in declared and (tool.in_code or tool.enabled):
-            tool.in_code = False
+        if name not in declared and (tool.available or tool.enabled):
+            tool.available = False
             tool.enabled = False
             tool.policy_version += 1
-            tool.save(update_fields=["in_code", "enabled", "policy_version", "updated_at"])
+            tool.save(update_fields=["available", "enabled", "policy_version", "updated_at"])
             report.disabled.append(name)
             record(action="tool.disabled_code_gone", actor=actor, tool=tool, data={})
     return report
 
 
-def _policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, Any]:
+def policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, Any]:
     """The policy fields a new risk class does not allow, reset to that class's defaults.
 
     A read that became a write may no longer be retried and now needs an approval; a write

@@ -1,0 +1,218 @@
+"""Imported tools run through the same executor as code tools: approved calls reach a real
+upstream exactly once, carrying their idempotency key; reads keep the read policy; what the
+upstream answers (JSON, text, too big, a redirect, a refusal) becomes the call's outcome;
+and through every fault (a worker killed mid-request, a 5xx after the effect, a timeout
+after the effect) a key-honouring HTTP upstream ends with one effect per call, while an MCP
+server that does not honour keys is never re-run by itself: a person decides."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from approvals import sweeps
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from tests.conftest import World
+from tests.support.upstreams import UPSTREAM_TOKEN, control, effects
+from tests.support.web import WebProcess
+from tests.support.workers import Worker, purge_queue, running_worker, wait_for
+from tools_registry import services as registry_services
+from tools_registry.models import Tool
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORDER = {"item": "espresso beans", "quantity": 2}
+
+
+def imported(world: World, name: str, kind: str, url: str, *more: str) -> None:
+    """Register the upstream, enable its tools, let the agent call them and bob review them."""
+    call_command(
+        "add_upstream", name, f"--{kind}", url, "--enable", "--allow", world.agent.name,
+        *more, stdout=StringIO(), stderr=StringIO(),
+    )  # fmt: skip
+    for tool in Tool.objects.filter(upstream__name=name):
+        registry_services.grant_review(tool=tool, user=world.bob)
+
+
+@pytest.fixture
+def orders(live_world: World, http_upstream: WebProcess) -> World:
+    imported(
+        live_world, "orders", "openapi", f"{http_upstream.url}/openapi.json",
+        "--header", f"Authorization: Bearer {UPSTREAM_TOKEN}",
+    )  # fmt: skip
+    return live_world
+
+
+@pytest.fixture
+def notes(live_world: World, mcp_upstream: WebProcess) -> World:
+    imported(live_world, "notes", "mcp", f"{mcp_upstream.url}/mcp")
+    return live_world
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    purge_queue()
+    with running_worker(tmp_path=tmp_path) as running:
+        yield running
+
+
+def submit(world: World, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    response = world.api().submit({"tool": tool, "arguments": arguments, "session_id": "up"})
+    assert response.status_code in (200, 202, 502, 504), response.content
+    return response.json()  # type: ignore[no-any-return]
+
+
+def approved(world: World, tool: str, arguments: dict[str, Any]) -> ToolCall:
+    call = ToolCall.objects.get(pk=submit(world, tool, arguments)["id"])
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+    return call
+
+
+def settle(
+    call: ToolCall, *, timeout: float = 30, statuses: tuple[str, ...] = ("succeeded",)
+) -> ToolCall:
+    wait_for(
+        lambda: ToolCall.objects.get(pk=call.pk).status in statuses,
+        timeout=timeout,
+        message=f"call {call.pk} to reach {statuses}",
+    )
+    return ToolCall.objects.get(pk=call.pk)
+
+
+def test_an_approved_http_call_reaches_the_upstream_once_with_its_key(
+    orders: World, http_upstream: WebProcess, worker: Worker
+) -> None:
+    call = settle(approved(orders, "orders__create_order", ORDER))
+    assert call.result is not None and call.result["item"] == "espresso beans"
+    assert effects(http_upstream)["effects"] == {call.execution_key: 1}
+
+
+def test_an_approved_mcp_call_reaches_the_server_once_with_its_key_in_meta(
+    notes: World, mcp_upstream: WebProcess, worker: Worker
+) -> None:
+    call = settle(approved(notes, "notes__write_note", {"text": "Call Ada back."}))
+    assert call.result == {"written": "Call Ada back.", "count": 1}
+    assert effects(mcp_upstream)["notes"] == [{"text": "Call Ada back.", "key": call.execution_key}]
+
+
+def test_reads_run_at_once_and_answers_of_every_kind_are_stored(
+    orders: World, notes: World, http_upstream: WebProcess
+) -> None:
+    listed = submit(notes, "notes__list_notes", {})
+    assert listed["status"] == "succeeded" and listed["result"] == {"notes": []}
+    text = submit(orders, "orders__read_note", {})
+    assert text["result"] == {"text": "Plain words, not JSON."}
+    big = submit(orders, "orders__read_big", {})["result"]
+    assert big["truncated"] is True and len(big["text"]) == big["limit_bytes"] < 2_000_000
+    moved = submit(orders, "orders__read_moved", {})
+    assert moved["error"]["code"] == "tool_failed" and "evil.example" in moved["error"]["message"]
+    missing = submit(orders, "orders__get_order", {"order_id": "ord_nope"})
+    assert "No order ord_nope" in missing["error"]["message"]
+
+
+def test_arguments_never_move_a_request_off_its_path(
+    orders: World, http_upstream: WebProcess
+) -> None:
+    """A path parameter is encoded into its one segment; '.' and '..' are refused."""
+    answer = submit(orders, "orders__get_order", {"order_id": "x?admin=1#frag"})
+    assert "No order x?admin=1#frag" in answer["error"]["message"], answer
+    submit(orders, "orders__get_order", {"order_id": "../../_effects"})
+    calls = [p for p in effects(http_upstream)["paths"] if p.startswith("/api/")]
+    assert calls == ["/api/orders/x%3Fadmin%3D1%23frag", "/api/orders/..%2F..%2F_effects"]
+    refused = submit(orders, "orders__get_order", {"order_id": ".."})
+    assert "cannot be '..'" in refused["error"]["message"]
+    after = [p for p in effects(http_upstream)["paths"] if p.startswith("/api/")]
+    assert after == calls, "a refused value sends nothing"
+
+
+def test_an_upstream_refusal_fails_the_call_and_nothing_is_retried(
+    orders: World, http_upstream: WebProcess, worker: Worker
+) -> None:
+    call = settle(
+        approved(orders, "orders__create_order", {"item": "chairs", "quantity": 60}),
+        statuses=("failed",),
+    )
+    assert call.error is not None and call.error["code"] == "upstream_422"
+    assert "No more than 50" in call.error["message"]
+    assert effects(http_upstream)["requests"] == {call.execution_key: 1}
+
+
+def reconcile_until(call: ToolCall, statuses: tuple[str, ...], *, timeout: float = 40) -> ToolCall:
+    """Run the repairs beat would run (lease expiry, reconciliation) until the call gets there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = ToolCall.objects.get(pk=call.pk)
+        if current.status in statuses and (current.status != "unknown" or current.needs_attention):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"call stayed {current.status}: {current.error}")
+        later = timezone.now() + timedelta(hours=1) if current.status == Status.EXECUTING else None
+        sweeps.expire_leases(now=later)
+        sweeps.reconcile_unknown()
+        sweeps.resend_stalled_approved(now=timezone.now() + timedelta(hours=1))
+        time.sleep(0.3)
+
+
+def test_a_5xx_after_the_effect_is_settled_by_sending_the_same_key_again(
+    orders: World, http_upstream: WebProcess, worker: Worker
+) -> None:
+    control(http_upstream, fault="error_after_effect")
+    call = settle(approved(orders, "orders__create_order", ORDER), statuses=("unknown",))
+    control(http_upstream, fault="none")
+    call = reconcile_until(call, ("succeeded",))
+    seen = effects(http_upstream)
+    assert seen["effects"] == {call.execution_key: 1}
+    assert seen["requests"] == {call.execution_key: 2}, (
+        "the re-run was answered by the first effect"
+    )
+
+
+def test_a_timeout_after_the_effect_is_settled_the_same_way(
+    orders: World, http_upstream: WebProcess, worker: Worker
+) -> None:
+    Tool.objects.filter(name="orders__create_order").update(timeout_seconds=1)
+    control(http_upstream, fault="sleep_after_effect", seconds=3)
+    call = settle(approved(orders, "orders__create_order", ORDER), statuses=("unknown",))
+    assert call.error is not None and call.error["code"] == "timeout"
+    call = reconcile_until(call, ("succeeded",))
+    assert effects(http_upstream)["effects"] == {call.execution_key: 1}
+
+
+def test_a_worker_killed_during_the_request_is_settled_with_one_effect(
+    orders: World, http_upstream: WebProcess, tmp_path: Path
+) -> None:
+    control(http_upstream, fault="sleep_after_effect", seconds=4)
+    purge_queue()
+    with running_worker(tmp_path=tmp_path, concurrency=1) as victim:
+        call = approved(orders, "orders__create_order", ORDER)
+        wait_for(lambda: effects(http_upstream)["effects"], message="the upstream's effect")
+        victim.signal_group(signal.SIGKILL)
+    control(http_upstream, fault="none")
+    with running_worker(tmp_path=tmp_path) as _:
+        call = reconcile_until(call, ("succeeded",))
+    assert effects(http_upstream)["effects"] == {call.execution_key: 1}
+
+
+def test_an_mcp_server_that_ignores_keys_is_never_rerun_by_itself(
+    notes: World, mcp_upstream: WebProcess, worker: Worker
+) -> None:
+    Tool.objects.filter(name="notes__write_note").update(timeout_seconds=1)
+    control(mcp_upstream, seconds_after_effect=3)
+    call = settle(approved(notes, "notes__write_note", {"text": "once"}), statuses=("unknown",))
+    call = reconcile_until(call, ("unknown",))
+    assert call.needs_attention is True
+    for _ in range(3):
+        sweeps.reconcile_unknown(now=timezone.now() + timedelta(hours=1))
+    time.sleep(4)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.UNKNOWN
+    assert [n["key"] for n in effects(mcp_upstream)["notes"]] == [call.execution_key]

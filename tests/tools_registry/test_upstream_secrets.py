@@ -1,0 +1,116 @@
+"""An upstream's header values are secrets: a canary token set in the admin never appears
+in the database in clear, the audit trail, its exports, the admin's pages, the logs, or an
+error message, through registering, importing, calling and failing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+
+from audit import chain
+from audit.models import AuditEvent
+from tests.audit.conftest import make_auditor
+from tests.conftest import World
+from tests.support.upstreams import UPSTREAM_TOKEN
+from tests.support.web import WebProcess
+from tools_registry.models import Tool, Upstream
+from tools_registry.upstreams import secrets
+
+pytestmark = pytest.mark.django_db
+
+CANARY = UPSTREAM_TOKEN
+
+
+@pytest.fixture
+def everything_logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def test_the_canary_goes_nowhere_but_the_upstream(
+    world: World,
+    http_upstream: WebProcess,
+    admin_client: Client,
+    everything_logged: pytest.LogCaptureFixture,
+    settings: Any,
+) -> None:
+    settings.DEBUG = True  # SQL statements are logged too
+    added = admin_client.post(
+        "/admin/tools_registry/upstream/add/",
+        {
+            "name": "orders",
+            "kind": "openapi",
+            "url": f"{http_upstream.url}/openapi.json",
+            "base_url": "",
+            "timeout_seconds": "10",
+            "idempotency_header": "Idempotency-Key",
+            "enabled": "on",
+            "headers": f"Authorization: Bearer {CANARY}\nX-Trace: visible-to-upstream",
+        },
+        follow=True,
+    )
+    assert added.status_code == 200
+    upstream = Upstream.objects.get(name="orders")
+    assert upstream.header_names == ["Authorization", "X-Trace"]
+    assert secrets.decrypt(upstream.headers_encrypted)[0] == ("Authorization", f"Bearer {CANARY}")
+    tools = list(Tool.objects.filter(upstream=upstream))
+    assert len(tools) == 6, "imported with the decrypted headers"
+
+    # A call that works, one the upstream refuses, and a sync that fails on a wrong header.
+    Tool.objects.filter(upstream=upstream).update(enabled=True)
+    world.agent.allowed_tools.add(*tools)
+    found = world.api().submit(
+        {"tool": "orders__get_order", "arguments": {"order_id": "nope"}, "session_id": "s"}
+    )
+    assert found.status_code == 502
+    call_command("sync_upstreams", "orders", stdout=StringIO())
+
+    pages = [
+        admin_client.get("/admin/tools_registry/upstream/").content,
+        admin_client.get(f"/admin/tools_registry/upstream/{upstream.pk}/change/").content,
+        admin_client.get(f"/admin/tools_registry/tool/{tools[0].pk}/change/").content,
+    ]
+    assert b"Authorization: \xe2\x80\xa2" in pages[1], "the header's name, its value hidden"
+    chain.seal_and_anchor()
+    auditor = Client()
+    auditor.force_login(make_auditor())
+    exports = [auditor.get(f"/audit/export.{fmt}").getvalue() for fmt in ("csv", "jsonl")]
+    trail = json.dumps(list(AuditEvent.objects.values("data", "actor_label", "tool_name")))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT headers_encrypted, header_names::text FROM tools_registry_upstream")
+        stored = json.dumps(cursor.fetchall())
+    logs = everything_logged.text
+    errors = json.dumps(list(Tool.objects.values_list("name", flat=True)))
+
+    for where, text in {
+        "database": stored,
+        "audit trail": trail,
+        "exports": b"".join(exports).decode(),
+        "admin pages": b"".join(pages).decode(),
+        "logs": logs,
+        "call errors": found.content.decode() + errors,
+    }.items():
+        assert CANARY not in text, f"the canary leaked into the {where}"
+    assert "orders__get_order" in logs or "orders" in logs, "the logs were captured"
+
+
+def test_a_wrong_header_fails_the_import_without_quoting_it(
+    world: World, http_upstream: WebProcess
+) -> None:
+    err = StringIO()
+    with pytest.raises(Exception) as failed:
+        call_command(
+            "add_upstream", "orders", "--openapi", f"{http_upstream.url}/openapi.json",
+            "--header", f"Authorization: Bearer wrong-{CANARY}", stderr=err, stdout=StringIO(),
+        )  # fmt: skip
+    assert "HTTP 401" in str(failed.value)
+    assert CANARY not in str(failed.value) + err.getvalue()
+    failure = AuditEvent.objects.get(action="upstream.sync_failed")
+    assert CANARY not in json.dumps(failure.data)

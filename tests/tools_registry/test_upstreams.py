@@ -1,0 +1,213 @@
+"""Upstreams, imported without code: a real HTTP API with an OpenAPI document and a real MCP
+server (each its own process) registered with ``add_upstream``, re-synced with
+``sync_upstreams``: names, schemas, risks, an admin's edits that survive, schema drift, a
+tool removed upstream, and every way an upstream can fail to be read."""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+import mcp_types as types
+import pytest
+from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
+from guardian.shortcuts import get_groups_with_perms
+
+from audit.models import AuditEvent
+from tests.conftest import World
+from tests.support.upstreams import UPSTREAM_TOKEN, control
+from tests.support.web import WebProcess, free_port
+from tools_registry.models import Tool, Upstream
+from tools_registry.policy import Risk
+from tools_registry.services.upstreams import (
+    edit_imported_tool,
+    set_upstream_enabled,
+    sync_upstream,
+)
+from tools_registry.upstreams import mcp as upstream_mcp
+from tools_registry.upstreams.offers import ImportFailed
+
+AUTH = f"Authorization: Bearer {UPSTREAM_TOKEN}"
+
+
+def add(*args: str) -> tuple[list[str], str]:
+    out, err = StringIO(), StringIO()
+    call_command("add_upstream", *args, stdout=out, stderr=err)
+    return out.getvalue().split(), err.getvalue()
+
+
+def register_orders(http_upstream: WebProcess, *more: str) -> list[str]:
+    names, _ = add(
+        "orders", "--openapi", f"{http_upstream.url}/openapi.json", "--header", AUTH, *more
+    )
+    return names
+
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_openapi_document_is_imported_one_tool_per_operation(
+    world: World, http_upstream: WebProcess
+) -> None:
+    reviewers = Group.objects.get(name="reviewers")
+    names, err = add(
+        "orders", "--openapi", f"{http_upstream.url}/openapi.json", "--header", AUTH,
+        "--allow", world.agent.name, "--grant", "reviewers",
+    )  # fmt: skip
+    assert names == [
+        "orders__create_order",
+        "orders__get_order",
+        "orders__cancel_order",
+        "orders__read_note",
+        "orders__read_big",
+        "orders__read_moved",
+    ]
+    assert "GET /orders: it has no operationId" in err
+    tools = {t.name: t for t in Tool.objects.filter(upstream__name="orders")}
+    assert {n: t.risk for n, t in tools.items() if "read_" not in n} == {
+        "orders__create_order": Risk.WRITE,
+        "orders__get_order": Risk.READ,
+        "orders__cancel_order": Risk.DESTRUCTIVE,
+    }
+    create = tools["orders__create_order"]
+    assert create.input_schema["properties"].keys() == {"item", "quantity"}, "$ref resolved, merged"
+    assert create.input_schema["required"] == ["item", "quantity"]
+    assert create.upstream_operation["method"] == "POST"
+    assert not any(t.enabled for t in tools.values()), "new tools wait for an admin"
+    assert set(world.agent.allowed_tools.filter(upstream__name="orders")) == set(tools.values())
+    assert all(reviewers in get_groups_with_perms(t) for t in tools.values())
+    imported = AuditEvent.objects.filter(action="tool.imported").count()
+    assert imported == len(tools)
+
+
+def test_an_mcp_server_is_imported_with_risks_from_its_annotations(
+    world: World, mcp_upstream: WebProcess
+) -> None:
+    names, _ = add("notes", "--mcp", f"{mcp_upstream.url}/mcp", "--enable")
+    assert sorted(names) == ["notes__erase_notes", "notes__list_notes", "notes__write_note"]
+    tools = {t.name: t for t in Tool.objects.filter(upstream__name="notes")}
+    assert tools["notes__list_notes"].risk == Risk.READ
+    assert tools["notes__write_note"].risk == Risk.WRITE
+    assert tools["notes__erase_notes"].risk == Risk.DESTRUCTIVE
+    assert tools["notes__write_note"].input_schema["properties"]["text"]["type"] == "string"
+    assert all(t.enabled for t in tools.values()), "--enable"
+
+
+def test_a_resync_keeps_an_admins_edits_and_follows_the_upstreams_changes(
+    world: World, http_upstream: WebProcess
+) -> None:
+    register_orders(http_upstream)
+    create = Tool.objects.get(name="orders__create_order")
+    edit_imported_tool(
+        tool=create, description="Place an order with our supplier.", changed_by=world.alice
+    )
+    before = Tool.objects.get(name="orders__create_order")
+
+    control(http_upstream, document="v2")
+    out = StringIO()
+    call_command("sync_upstreams", "orders", stdout=out)
+
+    after = Tool.objects.get(name="orders__create_order")
+    assert after.description == "Place an order with our supplier.", "the admin's edit stands"
+    assert "note" in after.input_schema["required"], "the upstream's schema change arrives"
+    assert after.version != before.version, "a new version: old approvals no longer hold"
+    cancel = Tool.objects.get(name="orders__cancel_order")
+    assert (cancel.available, cancel.enabled) == (False, False), "disabled, not deleted"
+    assert "removed upstream: orders__cancel_order" in out.getvalue()
+    assert AuditEvent.objects.filter(action="tool.changed", tool_name=after.name).exists()
+    assert AuditEvent.objects.filter(action="tool.removed_upstream", tool_name=cancel.name).exists()
+
+    control(http_upstream, document="v1")
+    call_command("sync_upstreams", "orders", stdout=StringIO())
+    cancel.refresh_from_db()
+    assert (cancel.available, cancel.enabled) == (True, False), "back, and still off until enabled"
+
+
+def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CommandError, match="could not be fetched"):
+        add("ghost", "--openapi", f"{closed}/openapi.json")
+    with pytest.raises(CommandError, match="could not be read"):
+        add("ghost2", "--mcp", f"{closed}/mcp")
+    assert not Tool.objects.filter(upstream__isnull=False).exists()
+    assert AuditEvent.objects.filter(action="upstream.sync_failed").count() == 2
+
+
+def test_a_broken_document_leaves_the_earlier_tools_untouched(
+    world: World, http_upstream: WebProcess
+) -> None:
+    register_orders(http_upstream)
+    snapshot = list(
+        Tool.objects.filter(upstream__name="orders").values("name", "version", "available")
+    )
+    control(http_upstream, document="broken")
+    with pytest.raises(CommandError):
+        call_command("sync_upstreams", "orders", stdout=StringIO(), stderr=StringIO())
+    now = list(Tool.objects.filter(upstream__name="orders").values("name", "version", "available"))
+    assert now == snapshot
+    assert "not valid" in Upstream.objects.get(name="orders").last_sync_error
+
+
+def test_a_document_too_big_is_refused(
+    world: World, http_upstream: WebProcess, settings: Any
+) -> None:
+    settings.UPSTREAM_MAX_DOCUMENT_BYTES = 1000
+    with pytest.raises(CommandError, match="larger than 1000 bytes"):
+        register_orders(http_upstream)
+
+
+def test_wrong_headers_are_an_import_failure_not_a_crash(
+    world: World, http_upstream: WebProcess
+) -> None:
+    with pytest.raises(CommandError, match="HTTP 401"):
+        add(
+            "orders",
+            "--openapi",
+            f"{http_upstream.url}/openapi.json",
+            "--header",
+            "Authorization: Bearer nope",
+        )
+
+
+def test_tools_an_mcp_server_lies_about_are_left_out_with_reasons() -> None:
+    def tool(name: str, schema: Any, **hints: bool) -> types.Tool:
+        return types.Tool(
+            name=name, input_schema=schema, annotations=types.ToolAnnotations(**hints)
+        )
+
+    obj = {"type": "object", "properties": {}}
+    offer = upstream_mcp.offer_from(
+        "crm",
+        [
+            tool("find", obj, read_only_hint=True),
+            tool("not.valid/name", obj),
+            tool("array_args", {"type": "array"}),
+            tool("twin", obj),
+            tool("twin", obj),
+            tool("x" * 70, obj),
+        ],
+    )
+    assert [t.name for t in offer.tools] == ["crm__find"]
+    reasons = "\n".join(offer.skipped)
+    assert "crm__not.valid/name is not a valid tool name" in reasons
+    assert "array_args: its input schema is not an object schema" in reasons
+    assert "crm__twin: offered 2 times" in reasons
+    assert f"crm__{'x' * 70} is not a valid tool name" in reasons
+
+
+def test_a_name_already_taken_is_not_overwritten(world: World, http_upstream: WebProcess) -> None:
+    register_orders(http_upstream)
+    upstream = Upstream.objects.get(name="orders")
+    Tool.objects.filter(name="orders__get_order").update(upstream=None)  # set-up: a code tool
+    report = sync_upstream(upstream=upstream)
+    assert "orders__get_order: the name is taken by another tool" in report.skipped
+
+
+def test_a_switched_off_upstream_is_not_synced(world: World, http_upstream: WebProcess) -> None:
+    register_orders(http_upstream)
+    upstream = Upstream.objects.get(name="orders")
+    set_upstream_enabled(upstream=upstream, enabled=False, changed_by=world.alice)
+    assert not Tool.objects.filter(upstream=upstream, available=True).exists()
+    with pytest.raises(ImportFailed, match="switched off"):
+        sync_upstream(upstream=Upstream.objects.get(name="orders"))

@@ -1,0 +1,119 @@
+"""Where a tool's implementation lives: a handler registered in code (``@tool``), or an
+upstream (an HTTP API or an MCP server, imported by an admin). The executor, the
+reconciliation and the reviewer's preview all get a tool's implementation here, in the
+same shape (``RegisteredTool``), whatever its source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools_registry import registry
+from tools_registry.models import Tool, Upstream
+from tools_registry.registry import LookupResult, RegisteredTool, ToolContext
+from tools_registry.upstreams import http, mcp, secrets
+
+JSON = dict[str, Any]
+PREVIEW_ARGUMENTS = 4
+
+
+def implementation(tool: Tool) -> RegisteredTool:
+    """The tool's implementation; ``registry.UnknownTool`` if it has none any more."""
+    if tool.upstream_id is None:
+        return registry.get(tool.name)
+    upstream = tool.upstream
+    assert upstream is not None
+    if upstream.kind == Upstream.Kind.OPENAPI:
+        return _http_tool(tool, upstream)
+    return _mcp_tool(tool, upstream)
+
+
+def _registered(tool: Tool, handler: Any, **extra: Any) -> RegisteredTool:
+    return RegisteredTool(
+        name=tool.name,
+        description=tool.description,
+        input_schema=tool.input_schema,
+        risk=tool.risk,
+        handler=handler,
+        overwrites=tool.overwrites,
+        idempotent=tool.idempotent,
+        open_world=tool.open_world,
+        output_schema=tool.output_schema,
+        preview_fn=lambda arguments: preview(tool, arguments),
+        **extra,
+    )
+
+
+def _http_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
+    operation: JSON = tool.upstream_operation or {}
+    base_url = upstream.base_url or operation.get("base_url", "")
+
+    def handler(ctx: ToolContext, arguments: JSON) -> JSON:
+        return http.call(
+            operation=operation,
+            base_url=base_url,
+            upstream_headers=secrets.decrypt(upstream.headers_encrypted),
+            idempotency_header=upstream.idempotency_header,
+            key=ctx.idempotency_key,
+            arguments=arguments,
+            timeout=ctx.timeout,
+        )
+
+    lookup_fn = None
+    if operation.get("lookup"):
+
+        def lookup_fn(ctx: ToolContext) -> LookupResult:
+            return http.lookup(
+                lookup=operation["lookup"],
+                base_url=base_url,
+                upstream_headers=secrets.decrypt(upstream.headers_encrypted),
+                key=ctx.idempotency_key,
+                timeout=ctx.timeout,
+            )
+
+    keyed = bool(upstream.idempotency_header)
+    return _registered(
+        tool,
+        handler,
+        honours_idempotency_key=keyed,
+        rerun_reconciles=keyed,
+        lookup_fn=lookup_fn,
+    )
+
+
+def _mcp_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
+    def handler(ctx: ToolContext, arguments: JSON) -> JSON:
+        return mcp.call(
+            url=upstream.url,
+            headers=secrets.decrypt(upstream.headers_encrypted),
+            tool=tool.upstream_name,
+            arguments=arguments,
+            key=ctx.idempotency_key,
+            timeout=ctx.timeout,
+        )
+
+    # An MCP server has no standard lookup: an unknown outcome is re-run (same key) only
+    # when an admin marked the server's tools safe to re-run, or the tool says a repeat
+    # changes nothing; otherwise a person decides.
+    rerunnable = upstream.rerunnable or tool.idempotent
+    return _registered(
+        tool, handler, honours_idempotency_key=rerunnable, rerun_reconciles=rerunnable
+    )
+
+
+def preview(tool: Tool, arguments: Any) -> str:
+    """What approving an imported tool's call does, from its definition: the operation or
+    tool, where, and its first few plain arguments."""
+    assert tool.upstream is not None
+    operation = tool.upstream_operation or {}
+    if operation:
+        what = f"{operation.get('method', '')} {operation.get('path', '')}".strip()
+    else:
+        what = f"Runs {tool.upstream_name}"
+    plain = [
+        f"{name}={value}"
+        for name, value in (arguments or {}).items()
+        if isinstance(value, str | int | float | bool)
+    ][:PREVIEW_ARGUMENTS]
+    where = f" on {tool.upstream.name}"
+    return f"{what}{where}" + (f": {', '.join(plain)}" if plain else "") + "."

@@ -1,0 +1,183 @@
+"""Calling an imported HTTP operation: one request, built from the operation's mapping.
+
+Only the arguments' values come from the agent. The scheme, host and port come from the
+upstream's base URL, set by an admin; path parameters are percent-encoded (a ``/`` in a
+value stays inside its segment, and ``.``/``..`` are refused), never concatenated. The
+call's idempotency key goes in the upstream's idempotency header. Redirects are not
+followed. The answer is read up to ``UPSTREAM_MAX_RESPONSE_BYTES``; a bigger one is
+stored truncated, and says so.
+
+Outcomes, as the executor reads them: 2xx succeeded (its JSON, or its text); 3xx and 4xx
+failed, the effect did not happen (``ToolFailed``: retryable for 408, 409, 425 and 429);
+5xx, a timeout or a dropped connection leave the outcome unknown (``UpstreamUnclear``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from django.conf import settings
+
+from tools_registry.registry import LookupResult, ToolFailed
+from tools_registry.upstreams.offers import JSON
+
+RETRYABLE = frozenset({408, 409, 425, 429})
+USER_AGENT = "Countersign-Upstream/1"
+
+
+class UpstreamUnclear(Exception):
+    """The upstream answered in a way that does not tell whether the effect happened."""
+
+
+def request_parts(
+    operation: JSON, base_url: str, arguments: JSON
+) -> tuple[str, JSON, dict[str, str], Any]:
+    """(url, query, headers, body) of the request that performs ``operation``."""
+    path = operation["path"]
+    query: JSON = {}
+    headers: dict[str, str] = {}
+    for parameter in operation["parameters"]:
+        name, place = parameter["name"], parameter["in"]
+        if name not in arguments:
+            continue
+        value = arguments[name]
+        if place == "path":
+            text = value if isinstance(value, str) else json.dumps(value)
+            if text in ("", ".", ".."):
+                raise ToolFailed(f"{name} cannot be {text!r}.", code="invalid_arguments")
+            path = path.replace("{" + name + "}", quote(text, safe=""))
+        elif place == "query":
+            query[name] = (
+                value if isinstance(value, str | int | float | list) else json.dumps(value)
+            )
+        else:
+            headers[name] = value if isinstance(value, str) else json.dumps(value)
+    body = None
+    mode = (operation.get("body") or {}).get("mode")
+    if mode == "merged":
+        body = {k: arguments[k] for k in operation["body"]["properties"] if k in arguments}
+    elif mode == "property":
+        body = arguments.get("body")
+    return base_url.rstrip("/") + path, query, headers, body
+
+
+def call(
+    *,
+    operation: JSON,
+    base_url: str,
+    upstream_headers: list[tuple[str, str]],
+    idempotency_header: str,
+    key: str,
+    arguments: JSON,
+    timeout: float,
+) -> JSON:
+    url, query, headers, body = request_parts(operation, base_url, arguments)
+    sent = {**dict(upstream_headers), **headers, "User-Agent": USER_AGENT}
+    if body is not None:
+        sent["Content-Type"] = "application/json"
+    if idempotency_header:
+        sent[idempotency_header] = key
+    status, answer, location = _send(operation["method"], url, query, sent, body, timeout)
+    if 200 <= status < 300:
+        return answer
+    if 300 <= status < 400:
+        target = urlsplit(location).netloc or "elsewhere"
+        raise ToolFailed(
+            f"The upstream redirected the request to {target}; redirects are not followed.",
+            code="upstream_redirect",
+        )
+    if 400 <= status < 500:
+        raise ToolFailed(
+            f"The upstream refused the request (HTTP {status}): {_message(answer)}",
+            code=f"upstream_{status}",
+            retryable=status in RETRYABLE,
+        )
+    raise UpstreamUnclear(f"The upstream failed (HTTP {status}): {_message(answer)}")
+
+
+def lookup(
+    *,
+    lookup: JSON,
+    base_url: str,
+    upstream_headers: list[tuple[str, str]],
+    key: str,
+    timeout: float,
+) -> LookupResult:
+    """Ask the upstream's lookup operation whether the effect of ``key`` happened."""
+    name = lookup["parameter"]
+    operation = {"path": lookup["path"], "parameters": [{"name": name, "in": lookup["in"]}]}
+    url, query, headers, _ = request_parts(operation, base_url, {name: key})
+    try:
+        status, answer, _ = _send(
+            lookup["method"], url, query, {**dict(upstream_headers), **headers}, None, timeout
+        )
+    except UpstreamUnclear:
+        return LookupResult.cannot_tell()
+    if status == 200:
+        return LookupResult.found_with(answer)
+    if status == 404:
+        return LookupResult.not_found()
+    return LookupResult.cannot_tell()
+
+
+def _send(
+    method: str, url: str, query: JSON, headers: dict[str, str], body: Any, timeout: float
+) -> tuple[int, JSON, str]:
+    limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
+    try:
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=False) as client,
+            client.stream(
+                method,
+                url,
+                params=query,
+                headers=headers,
+                content=json.dumps(body).encode() if body is not None else None,
+            ) as response,
+        ):
+            raw = bytearray()
+            truncated = False
+            for chunk in response.iter_bytes():
+                raw += chunk
+                if len(raw) > limit:
+                    truncated = True
+                    break
+            return (
+                response.status_code,
+                _answer(response, bytes(raw[:limit]), truncated),
+                response.headers.get("location", ""),
+            )
+    except httpx.TimeoutException as exc:
+        raise TimeoutError(f"The upstream did not answer within {timeout:g} s.") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnclear(
+            f"The request to the upstream broke off: {type(exc).__name__}."
+        ) from exc
+
+
+def _answer(response: httpx.Response, raw: bytes, truncated: bool) -> JSON:
+    text = raw.decode(response.encoding or "utf-8", errors="replace")
+    if truncated:
+        return {"truncated": True, "limit_bytes": len(raw), "text": text}
+    if response.headers.get("content-type", "").startswith("application/json"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return {"text": text}
+        return parsed if isinstance(parsed, dict) else {"result": parsed}
+    return {"text": text} if text else {}
+
+
+def _message(answer: JSON) -> str:
+    error = answer.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"][:300]
+    if isinstance(error, str):
+        return error[:300]
+    for key in ("message", "detail", "text"):
+        if isinstance(answer.get(key), str):
+            return str(answer[key])[:300]
+    return json.dumps(answer)[:300]

@@ -1,0 +1,163 @@
+"""An MCP server's tools, and calling them, through the official MCP SDK's client.
+
+Each tool becomes ``<upstream>__<tool>`` with the server's input schema. Its risk comes
+from its annotations: ``readOnlyHint`` read, ``destructiveHint`` destructive, anything else
+write. A call passes its idempotency key in ``_meta["io.countersign/idempotency-key"]``;
+an ``isError`` result means the tool reported a failure (the call failed), while a broken
+connection or a timeout leaves the outcome unknown. The executor is synchronous, so each
+connection runs on an event loop of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from tools_registry.policy import Risk
+from tools_registry.registry import ToolFailed
+from tools_registry.upstreams.offers import (
+    JSON,
+    ImportedTool,
+    ImportFailed,
+    Offer,
+    drop_duplicates,
+    object_schema_problems,
+    tool_name,
+)
+
+IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
+MAX_TOOLS = 500
+
+
+def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client:
+    http = httpx2.AsyncClient(headers=dict(headers), timeout=timeout, follow_redirects=False)
+    return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout)
+
+
+def _run[T](
+    work: Callable[[Client], Awaitable[T]], url: str, headers: list[tuple[str, str]], timeout: float
+) -> T:
+    async def main() -> T:
+        with anyio.fail_after(timeout):
+            async with _connect(url, headers, timeout) as client:
+                return await work(client)
+
+    return anyio.run(main)
+
+
+def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: float) -> Offer:
+    """The tools the server lists (all pages), or ImportFailed if it cannot be reached."""
+
+    async def list_all(client: Client) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        while True:
+            page = await client.session.list_tools(
+                params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            )
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor or len(tools) >= MAX_TOOLS:
+                return tools
+
+    try:
+        listed = _run(list_all, url, headers, timeout)
+    except Exception as exc:  # unreachable, not an MCP server, a timeout: all the same here
+        raise ImportFailed(f"The MCP server could not be read: {_reason(exc)}") from None
+    return offer_from(upstream, listed)
+
+
+def offer_from(upstream: str, listed: list[types.Tool]) -> Offer:
+    """The importable tools among those a server listed."""
+    found = Offer()
+    for listed_tool in listed[:MAX_TOOLS]:
+        try:
+            found.tools.append(_tool(upstream, listed_tool))
+        except ValueError as problem:
+            found.skipped.append(f"{listed_tool.name}: {problem}")
+    return drop_duplicates(found)
+
+
+def _tool(upstream: str, tool: types.Tool) -> ImportedTool:
+    name = tool_name(upstream, tool.name)
+    if name is None:
+        raise ValueError(f"{upstream}__{tool.name} is not a valid tool name")
+    if problems := object_schema_problems(tool.input_schema):
+        raise ValueError(problems[0])
+    hints = tool.annotations or types.ToolAnnotations()
+    if hints.read_only_hint:
+        risk = Risk.READ
+    elif hints.destructive_hint:
+        risk = Risk.DESTRUCTIVE
+    else:
+        risk = Risk.WRITE
+    output = tool.output_schema if risk == Risk.READ else None
+    if output is not None and object_schema_problems(output):
+        output = None
+    return ImportedTool(
+        source_name=tool.name,
+        name=name,
+        description=(tool.description or tool.title or tool.name)[:2000],
+        input_schema=dict(tool.input_schema),
+        risk=risk,
+        overwrites=bool(hints.destructive_hint) and risk != Risk.READ,
+        idempotent=bool(hints.idempotent_hint) or risk == Risk.READ,
+        open_world=hints.open_world_hint is not False,
+        output_schema=dict(output) if output else None,
+    )
+
+
+def call(
+    *,
+    url: str,
+    headers: list[tuple[str, str]],
+    tool: str,
+    arguments: JSON,
+    key: str,
+    timeout: float,
+) -> JSON:
+    """Run the upstream's tool once, with the call's key in ``_meta``."""
+
+    async def run(client: Client) -> types.CallToolResult:
+        meta: Any = {IDEMPOTENCY_KEY: key}  # a key of Countersign's own in _meta
+        return await client.session.call_tool(tool, arguments, meta=meta)
+
+    try:
+        result = _run(run, url, headers, timeout)
+    except BaseException as exc:
+        cause = _leaf(exc)
+        if isinstance(cause, MCPError):
+            # A JSON-RPC error: the server refused the request; the tool did not run.
+            raise ToolFailed(
+                f"The upstream refused the call: {cause.error.message}"[:500],
+                code="upstream_refused",
+            ) from None
+        # A timeout or a broken connection: whether the tool ran is unknown.
+        raise cause from None
+    text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+    if result.is_error:
+        raise ToolFailed(f"The upstream tool failed: {text}"[:500], code="upstream_tool_failed")
+    structured = result.structured_content
+    if isinstance(structured, dict):
+        return structured
+    return {"text": text} if structured is None else {"result": structured}
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside the task groups' exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    cause = _leaf(exc)
+    message = str(cause) if isinstance(cause, MCPError) else ""
+    return f"{type(cause).__name__}{': ' + message[:200] if message else ''}"

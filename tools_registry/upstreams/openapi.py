@@ -1,0 +1,277 @@
+"""An HTTP API's tools, read from its OpenAPI document (3.0 or 3.1, JSON or YAML).
+
+Each operation with an ``operationId`` becomes a tool named ``<upstream>__<operationId>``.
+Its input schema merges the operation's path, query and header parameters with its JSON
+request body (the body's properties when it is an object, else the whole body under
+``body``), ``$ref``s resolved. Its risk: GET/HEAD read, DELETE destructive, POST/PUT/PATCH
+write, unless the operation says ``x-countersign-risk``. An operation may name the lookup
+operation reconciliation calls with a call's idempotency key (``x-countersign-lookup``:
+an operationId, or ``{"operationId": ..., "parameter": ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import jsonref
+import yaml
+from django.conf import settings
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+from tools_registry.policy import Risk
+from tools_registry.upstreams.offers import (
+    JSON,
+    ImportedTool,
+    ImportFailed,
+    Offer,
+    drop_duplicates,
+    object_schema_problems,
+    tool_name,
+)
+
+METHODS = ("get", "head", "post", "put", "patch", "delete")
+RISK_OF_METHOD = {
+    "get": Risk.READ,
+    "head": Risk.READ,
+    "post": Risk.WRITE,
+    "put": Risk.WRITE,
+    "patch": Risk.WRITE,
+    "delete": Risk.DESTRUCTIVE,
+}
+OVERWRITING = {"put", "patch", "delete"}
+IDEMPOTENT = {"get", "head", "put", "delete"}  # HTTP's own meaning of the methods
+PARAMETER_PLACES = ("path", "query", "header")
+# Headers the transport owns: no argument may set them.
+TRANSPORT_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+)
+
+
+def fetch(url: str, *, headers: list[tuple[str, str]], timeout: float) -> JSON:
+    """The document at ``url``: read with the upstream's headers, no redirects followed,
+    at most ``UPSTREAM_MAX_DOCUMENT_BYTES``; parsed (JSON, else YAML) and validated."""
+    limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
+    try:
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=False) as client,
+            client.stream("GET", url, headers=dict(headers)) as response,
+        ):
+            if response.status_code != 200:
+                raise ImportFailed(
+                    f"Fetching the OpenAPI document answered HTTP {response.status_code}."
+                )
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise ImportFailed(f"The OpenAPI document is larger than {limit} bytes.")
+    except httpx.HTTPError as exc:
+        raise ImportFailed(
+            f"The OpenAPI document could not be fetched: {type(exc).__name__}."
+        ) from None
+    return parse(bytes(body))
+
+
+def parse(body: bytes) -> JSON:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        try:
+            document = yaml.safe_load(body)
+        except yaml.YAMLError:
+            raise ImportFailed("The OpenAPI document is neither JSON nor YAML.") from None
+    if not isinstance(document, dict):
+        raise ImportFailed("The OpenAPI document is not an object.")
+    try:
+        validate(document)
+    except OpenAPIValidationError as exc:
+        raise ImportFailed(f"The OpenAPI document is not valid: {str(exc.message)[:300]}") from None
+    except Exception as exc:  # the validator's own errors on unsupported documents
+        raise ImportFailed(f"The OpenAPI document cannot be read: {str(exc)[:300]}") from None
+    return document
+
+
+def offer(
+    document: JSON,
+    *,
+    upstream: str,
+    document_url: str,
+    base_url: str,
+    reserved_headers: frozenset[str] = frozenset(),
+) -> Offer:
+    """The tools the document offers (see the module's docstring). Header parameters named
+    in ``reserved_headers`` (the idempotency header, the upstream's own headers) are set by
+    Countersign, never by an agent's arguments."""
+    reserved = {h.lower() for h in reserved_headers} | TRANSPORT_HEADERS
+    try:
+        resolved = jsonref.replace_refs(document, proxies=False, lazy_load=False)
+    except (jsonref.JsonRefError, RecursionError) as exc:
+        raise ImportFailed(f"The document's $refs cannot be resolved: {str(exc)[:200]}") from None
+    base = base_url or _server_url(resolved, document_url)
+    operations = {
+        op["operationId"]: (method, path)
+        for path, item in resolved.get("paths", {}).items()
+        for method, op in item.items()
+        if method in METHODS and isinstance(op, dict) and op.get("operationId")
+    }
+    found = Offer()
+    for path, item in resolved.get("paths", {}).items():
+        for method in METHODS:
+            operation = item.get(method)
+            if not isinstance(operation, dict):
+                continue
+            label = f"{method.upper()} {path}"
+            try:
+                found.tools.append(
+                    _tool(
+                        upstream,
+                        base,
+                        path,
+                        method,
+                        item,
+                        operation,
+                        resolved,
+                        operations,
+                        reserved,
+                    )
+                )
+            except _Skip as skip:
+                found.skipped.append(f"{label}: {skip}")
+    return drop_duplicates(found)
+
+
+class _Skip(Exception):
+    pass
+
+
+def _server_url(document: JSON, document_url: str) -> str:
+    servers = document.get("servers") or []
+    if not servers or not servers[0].get("url"):
+        raise ImportFailed("The document names no server; give the upstream a base URL.")
+    return urljoin(document_url, servers[0]["url"])
+
+
+def _tool(
+    upstream: str,
+    base: str,
+    path: str,
+    method: str,
+    item: JSON,
+    operation: JSON,
+    document: JSON,
+    operations: dict[str, tuple[str, str]],
+    reserved: set[str],
+) -> ImportedTool:
+    operation_id = operation.get("operationId")
+    if not operation_id:
+        raise _Skip("it has no operationId, which its tool's name would be")
+    name = tool_name(upstream, str(operation_id))
+    if name is None:
+        raise _Skip(f"{upstream}__{operation_id} is not a valid tool name")
+    properties, required, parameters = _parameters(item, operation, reserved)
+    body = _body(operation, properties, required)
+    schema: JSON = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = sorted(set(required))
+    try:
+        json.dumps(schema)
+    except (ValueError, RecursionError):
+        raise _Skip("its schema refers to itself, which a tool's arguments cannot") from None
+    if problems := object_schema_problems(schema):
+        raise _Skip(f"its arguments' schema is not valid: {problems[0]}")
+    risk = operation.get("x-countersign-risk", RISK_OF_METHOD[method])
+    if risk not in Risk.values:
+        raise _Skip(f"x-countersign-risk must be one of {', '.join(Risk.values)}")
+    summary = (operation.get("summary") or "").strip()
+    details = (operation.get("description") or "").strip()
+    description = " ".join(p for p in (summary, details) if p) or f"{method.upper()} {path}"
+    return ImportedTool(
+        source_name=str(operation_id),
+        name=name,
+        description=description[:2000],
+        input_schema=schema,
+        risk=risk,
+        overwrites=method in OVERWRITING or risk == Risk.DESTRUCTIVE,
+        idempotent=method in IDEMPOTENT,
+        open_world=True,
+        operation={
+            "method": method.upper(),
+            "path": path,
+            "base_url": base,
+            "parameters": parameters,
+            "body": body,
+            "lookup": _lookup(operation.get("x-countersign-lookup"), document, operations),
+        },
+    )
+
+
+def _parameters(
+    item: JSON, operation: JSON, reserved: set[str]
+) -> tuple[JSON, list[str], list[JSON]]:
+    declared = {(p.get("name"), p.get("in")): p for p in item.get("parameters", [])}
+    declared.update({(p.get("name"), p.get("in")): p for p in operation.get("parameters", [])})
+    properties: JSON = {}
+    required: list[str] = []
+    parameters: list[JSON] = []
+    for (name, place), parameter in declared.items():
+        if place not in PARAMETER_PLACES:
+            continue  # cookies are the client's, not the agent's
+        if place == "header" and str(name).lower() in reserved:
+            continue  # Countersign sets it
+        if name in properties:
+            raise _Skip(f"two parameters are named {name!r}")
+        schema = dict(parameter.get("schema") or {"type": "string"})
+        if parameter.get("description") and "description" not in schema:
+            schema["description"] = parameter["description"]
+        properties[name] = schema
+        if parameter.get("required") or place == "path":
+            required.append(name)
+        parameters.append({"name": name, "in": place})
+    return properties, required, parameters
+
+
+def _body(operation: JSON, properties: JSON, required: list[str]) -> JSON | None:
+    content = (operation.get("requestBody") or {}).get("content") or {}
+    schema = (content.get("application/json") or {}).get("schema")
+    if schema is None:
+        return None
+    body_required = bool((operation.get("requestBody") or {}).get("required"))
+    fields = schema.get("properties") if schema.get("type") == "object" else None
+    if isinstance(fields, dict) and not set(fields) & set(properties):
+        properties.update(fields)
+        required.extend(schema.get("required", []))
+        return {"mode": "merged", "properties": sorted(fields)}
+    if "body" in properties:
+        raise _Skip("a parameter is named 'body', where its request body would go")
+    properties["body"] = schema
+    if body_required:
+        required.append("body")
+    return {"mode": "property"}
+
+
+def _lookup(declared: Any, document: JSON, operations: dict[str, tuple[str, str]]) -> JSON | None:
+    """Where reconciliation asks whether a key's effect happened, if the operation says."""
+    if declared is None:
+        return None
+    operation_id = declared if isinstance(declared, str) else declared.get("operationId")
+    if operation_id not in operations:
+        raise _Skip(f"x-countersign-lookup names no operation {operation_id!r}")
+    method, path = operations[operation_id]
+    lookup = document["paths"][path][method]
+    candidates = [
+        p for p in (lookup.get("parameters") or []) if p.get("in") in ("path", "query", "header")
+    ]
+    wanted = declared.get("parameter") if isinstance(declared, dict) else None
+    chosen = [p for p in candidates if wanted in (None, p["name"])]
+    if len(chosen) != 1:
+        raise _Skip(f"the lookup {operation_id} must take the key as its one parameter")
+    return {
+        "method": method.upper(),
+        "path": path,
+        "parameter": chosen[0]["name"],
+        "in": chosen[0]["in"],
+    }

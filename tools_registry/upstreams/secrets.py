@@ -1,0 +1,76 @@
+"""Upstream header values (an ``Authorization`` header, an API key), encrypted at rest.
+
+Fernet (``cryptography``) with the keys in ``UPSTREAM_SECRETS_KEY`` (comma-separated: the
+first encrypts, every one decrypts, so a key can be rotated), or by default a key derived
+from ``SECRET_KEY`` (rotating that then means entering the headers again). Only header
+names are ever shown, logged or audited; values are decrypted just before a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from django.conf import settings
+
+Headers = list[tuple[str, str]]
+
+
+class SecretsUnreadable(Exception):
+    """The stored headers cannot be decrypted with the configured keys."""
+
+
+@cache
+def _cipher(keys: str, secret_key: str) -> MultiFernet:
+    configured = [k.strip() for k in keys.split(",") if k.strip()]
+    if not configured:
+        derived = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"countersign-upstream-headers",
+            info=b"fernet",
+        ).derive(secret_key.encode())
+        configured = [base64.urlsafe_b64encode(derived).decode()]
+    return MultiFernet([Fernet(key.encode()) for key in configured])
+
+
+def cipher() -> MultiFernet:
+    return _cipher(settings.UPSTREAM_SECRETS_KEY, settings.SECRET_KEY)
+
+
+def encrypt(headers: Headers) -> str:
+    return cipher().encrypt(json.dumps(headers).encode()).decode() if headers else ""
+
+
+def decrypt(token: str) -> Headers:
+    if not token:
+        return []
+    try:
+        return [
+            (str(name), str(value)) for name, value in json.loads(cipher().decrypt(token.encode()))
+        ]
+    except InvalidToken:
+        raise SecretsUnreadable(
+            "The upstream's headers cannot be decrypted: UPSTREAM_SECRETS_KEY (or SECRET_KEY) "
+            "changed since they were set. Enter them again."
+        ) from None
+
+
+def parse_header_lines(lines: list[str]) -> Headers:
+    """``Name: value`` lines, as an admin types them; ValueError says what is wrong."""
+    headers: Headers = []
+    for line in lines:
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise ValueError(f"Write each header as 'Name: value' (got {name or line[:20]!r}).")
+        if any(ch in value for ch in "\r\n\x00"):
+            raise ValueError(f"The value of {name} may not span lines.")
+        headers.append((name, value))
+    return headers
