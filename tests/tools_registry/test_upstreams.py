@@ -18,6 +18,7 @@ from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control
 from tests.support.web import WebProcess, free_port
+from tools_registry import sources
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
 from tools_registry.services.upstreams import (
@@ -211,3 +212,14 @@ def test_a_switched_off_upstream_is_not_synced(world: World, http_upstream: WebP
     assert not Tool.objects.filter(upstream=upstream, available=True).exists()
     with pytest.raises(ImportFailed, match="switched off"):
         sync_upstream(upstream=Upstream.objects.get(name="orders"))
+
+
+def test_a_reviewer_reads_what_an_imported_call_does(
+    world: World, http_upstream: WebProcess
+) -> None:
+    register_orders(http_upstream)
+    create = sources.implementation(Tool.objects.get(name="orders__create_order"))
+    assert create.preview_fn is not None
+    assert create.preview_fn({"item": "chairs", "quantity": 4}) == (
+        "POST /orders on orders: item=chairs, quantity=4."
+    )
