@@ -10,7 +10,9 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in
 
-        from approvals import reauth
+        from approvals import hooks, reauth, signals
 
         # Destructive approvals need a recent sign-in; remember when this session's was.
         user_logged_in.connect(reauth.on_login, dispatch_uid="approvals.reauth.on_login")
+        # A recipient or record a call took effect on is no longer new to its agent.
+        hooks.on_status_changed(signals.remember_counterparties)

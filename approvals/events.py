@@ -32,7 +32,69 @@ def call_submitted(call: ToolCall) -> AuditEvent:
             "client": call.client,
             "approvals_required": call.approvals_required,
             "expires_at": call.expires_at.isoformat() if call.expires_at else None,
+            # The policy the call is bound to (version, the rule that applied) and the
+            # risk signals it raised: what the reviewers will be shown.
+            "policy": call.policy,
+            "signals": call.signals,
         },
+    )
+
+
+def call_approved_without_reviewer(call: ToolCall, *, standing: Any = None) -> AuditEvent:
+    """Approved at intake by a policy rule, or by a reviewer's standing approval."""
+    if standing is not None:
+        data = {
+            "by": "standing_approval",
+            "standing_approval": standing.pk,
+            "granted_by": standing.granted_by.get_username(),
+            "uses": standing.uses,
+            "max_uses": standing.max_uses,
+        }
+        actor = standing.granted_by
+    else:
+        rule = (call.policy or {}).get("rule") or {}
+        data = {
+            "by": "rule",
+            "rule": rule.get("number"),
+            "when": rule.get("when"),
+            "policy_version": (call.policy or {}).get("version"),
+        }
+        actor = None
+    return record(
+        action="call.approved",
+        outcome="approved",
+        call=call,
+        actor=actor,
+        data={"approvals": 0, **data},
+    )
+
+
+def arguments_edited(
+    call: ToolCall, *, reviewer: Any, before: Any, before_hash: str, reset: int
+) -> AuditEvent:
+    """A reviewer corrected the arguments: the originals stay here, masked like any."""
+    sensitive = [f"{side}.{f}" for side in ("before", "after") for f in _sensitive(call)]
+    return record(
+        action="call.arguments_edited",
+        actor=reviewer,
+        outcome="edited",
+        call=call,
+        sensitive_fields=sensitive,
+        data={
+            "before": before,
+            "after": call.arguments,
+            "before_hash": before_hash,
+            "arguments_hash": call.arguments_hash,
+            "approvals_reset": reset,
+            "approvals_required": call.approvals_required,
+            "signals": call.signals,
+        },
+    )
+
+
+def note_added(call: ToolCall, *, author: Any, text: str) -> AuditEvent:
+    return record(
+        action="call.note_added", actor=author, outcome="noted", call=call, data={"note": text}
     )
 
 
@@ -49,6 +111,11 @@ def decision_recorded(call: ToolCall, decision: Decision, *, approvals: int) -> 
             "policy_version": decision.policy_version,
             "approvals": approvals,
             "approvals_required": call.approvals_required,
+            "edited": decision.edited,
+            # The state of the world the reviewer was shown beside the call (masked), and
+            # its hash, so an auditor sees the same view.
+            "shown_state": decision.shown_state,
+            "shown_state_hash": decision.shown_state_hash,
         },
     )
 

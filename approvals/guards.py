@@ -3,6 +3,7 @@ who may not approve it, and whether it may still run."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from approvals.models import ToolCall
@@ -25,6 +26,13 @@ def arguments_hash(*, tool_name: str, tool_version: str, arguments: Any) -> str:
     return sha256_hex(
         canonical_json({"tool": tool_name, "version": tool_version, "arguments": arguments})
     )
+
+
+def counted_approvals(decisions: Iterable[Any], bound_hash: str) -> int:
+    """The approvals that count towards a call's quorum: those given to its arguments as
+    they are now. After a reviewer corrects the arguments, earlier approvals approved
+    something else."""
+    return sum(1 for d in decisions if d.verdict == "approve" and d.arguments_hash == bound_hash)
 
 
 CONFLICTS = {

@@ -64,6 +64,22 @@ class ToolCall(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
     approvals_required = models.PositiveSmallIntegerField(default=0)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # The policy the call is bound to, as it was at intake: version, approvals, time to
+    # live, timeout, the team every approval must come from, the rule that applied
+    # (approvals.screening). The tool's policy may change later; this call keeps its own.
+    policy = models.JSONField(default=dict, blank=True)
+    # Risk signals raised at intake: [{"code": ..., "detail": ...}] (tools_registry.risk_signals).
+    signals = models.JSONField(default=list, blank=True)
+    # The call's amount in minor units and its currency, when the tool moves money: the
+    # queue shows and sorts by it, and signals compare it with the tool's usual range.
+    amount_minor = models.BigIntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=8, blank=True)
+    # A reviewer corrected the arguments before approving; the originals are in the audit trail.
+    arguments_edited = models.BooleanField(default=False)
+    # The standing approval that approved the call without a reviewer, if one did.
+    standing_approval = models.ForeignKey(
+        "StandingApproval", null=True, blank=True, on_delete=models.PROTECT, related_name="calls"
+    )
 
     # Executor bookkeeping (the claim/lease/fence protocol, see approvals.execution).
     fence = models.PositiveIntegerField(default=0)
@@ -162,6 +178,23 @@ class ToolCall(models.Model):
                 name="call_unknown_idx",
             ),
             models.Index(fields=["agent", "session_id", "created_at"], name="call_session_idx"),
+            # The queue sorted by expiry or by amount, keyset-paged like the default order.
+            models.Index(
+                fields=["expires_at", "id"],
+                condition=models.Q(status="pending"),
+                name="call_pending_expiry_id_idx",
+            ),
+            models.Index(
+                fields=["amount_minor", "id"],
+                condition=models.Q(status="pending"),
+                name="call_pending_amount_idx",
+            ),
+            # A tool's usual amounts per currency, for the unusual-amount signal.
+            models.Index(
+                fields=["tool", "currency", "created_at"],
+                condition=models.Q(status="succeeded", amount_minor__isnull=False),
+                name="call_settled_amount_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -191,15 +224,114 @@ class Decision(models.Model):
     )
     verdict = models.CharField(max_length=8, choices=Verdict.choices)
     comment = models.TextField(blank=True)
+    # The arguments the verdict is for. After a reviewer edits the arguments, approvals of
+    # the earlier ones no longer count: they approved something else.
     arguments_hash = models.CharField(max_length=64)
     policy_version = models.PositiveIntegerField()
+    # This approval came with the reviewer's correction of the arguments.
+    edited = models.BooleanField(default=False)
+    # What the reviewer was shown of the world the call would change (the tool's current
+    # state: the record before the change), masked, and the hash the verdict is bound to.
+    shown_state = models.JSONField(null=True, blank=True)
+    shown_state_hash = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["call", "reviewer"], name="decision_one_per_reviewer"),
+            # One verdict per reviewer per version of the arguments.
+            models.UniqueConstraint(
+                fields=["call", "reviewer", "arguments_hash"], name="decision_one_per_reviewer"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.verdict} by {self.reviewer} on {self.call_id}"
+
+
+class Note(models.Model):
+    """A reviewer's comment on a call that is no longer waiting for a verdict: a dissent
+    typed while someone else decided is kept, not thrown away."""
+
+    call = models.ForeignKey(ToolCall, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"note by {self.author_id} on {self.call_id}"
+
+
+class StandingApproval(models.Model):
+    """A reviewer's approval that also covers the same agent's later calls of the same tool,
+    for a while or a number of uses, optionally only for matching arguments. Never for
+    destructive tools; revocable by its author or an admin; each call it approves names it.
+    """
+
+    class Match(models.TextChoices):
+        ANY = "any", "Any arguments"
+        SAME = "same", "Exactly the same arguments"
+        CONDITION = "condition", "Arguments matching a condition"
+
+    tool = models.ForeignKey(Tool, on_delete=models.CASCADE, related_name="standing_approvals")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="standing_approvals")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="standing_approvals"
+    )
+    # The call whose approval it came with.
+    source_call = models.ForeignKey(
+        ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    match = models.CharField(max_length=16, choices=Match.choices, default=Match.ANY)
+    # SAME: the bound hash of the approved arguments (tool name, version and arguments).
+    arguments_hash = models.CharField(max_length=64, blank=True)
+    # CONDITION: a CEL condition over args, signals, user and agent (tools_registry.rules).
+    condition = models.TextField(blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["tool", "agent", "expires_at"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="standing_live_idx",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(max_uses__isnull=True)
+                | models.Q(uses__lte=models.F("max_uses")),
+                name="standing_uses_within_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"standing approval {self.pk} of {self.tool_id} for {self.agent_id}"
+
+
+class KnownCounterparty(models.Model):
+    """A recipient or record an agent's calls have acted on with effect, as a keyed hash:
+    the signals tell a first contact from a familiar one without storing the address."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    fingerprint = models.CharField(max_length=32)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "fingerprint"], name="counterparty_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"counterparty {self.fingerprint} of {self.agent_id}"

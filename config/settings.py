@@ -352,6 +352,23 @@ APPROVALS_QUEUE_POLL_SECONDS = env_int("APPROVALS_QUEUE_POLL_SECONDS", 5)
 # Counts per risk class stop at this number ("1000+"): an exact count of a huge queue would
 # make the page's time grow with the queue.
 APPROVALS_QUEUE_COUNT_CAP = env_int("APPROVALS_QUEUE_COUNT_CAP", 1000)
+# The detail page asks whether its call changed this often (htmx polling), so it never
+# shows a decision someone else already made.
+APPROVALS_DETAIL_POLL_SECONDS = env_int("APPROVALS_DETAIL_POLL_SECONDS", 3)
+# Whether a reviewer may correct a destructive call's arguments before approving: "never",
+# or "narrow" (only to remove or reduce what it acts on). Writes may always be corrected.
+APPROVALS_DESTRUCTIVE_EDITS = env_str("APPROVALS_DESTRUCTIVE_EDITS", "never")
+# Standing approvals last at most this long.
+APPROVALS_STANDING_MAX_SECONDS = env_int("APPROVALS_STANDING_MAX_SECONDS", 7 * 24 * 3600)
+# Risk signals. Links to these domains (and their subdomains) are the organisation's own;
+# a link anywhere else is an external link. Working hours, days and zone: a call outside
+# them raises "outside_hours" (empty hours: never).
+COUNTERSIGN_INTERNAL_DOMAINS = env_list(
+    "COUNTERSIGN_INTERNAL_DOMAINS", "example.com" if EMBEDDED or TESTING else ""
+)
+COUNTERSIGN_WORKING_HOURS = env_str("COUNTERSIGN_WORKING_HOURS")  # e.g. 08:00-19:00
+COUNTERSIGN_WORKING_DAYS = env_str("COUNTERSIGN_WORKING_DAYS", "mon-fri")
+COUNTERSIGN_WORKING_ZONE = env_str("COUNTERSIGN_WORKING_ZONE", "UTC")
 # Escalation to a tool's escalation group happens this long before expiry (at most half the
 # call's time to live).
 APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = env_int(

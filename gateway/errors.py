@@ -132,6 +132,17 @@ def tool_disabled(name: str) -> ApiError:
     )
 
 
+def refused_by_policy(tool: str, message: str, *, rule: int, policy_version: int) -> ApiError:
+    return ApiError(
+        status=403,
+        code="refused_by_policy",
+        message=message,
+        suggestion=f"A policy rule of {tool} refuses calls like this one; do not retry it as "
+        "it is. Change what the call does, or ask a person to do it.",
+        details={"rule": rule, "policy_version": policy_version},
+    )
+
+
 def cannot_run(code: str, message: str) -> ApiError:
     """A read refused at the claim: its tool or agent was switched off, or the tool changed,
     between intake and running it."""

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from approvals.execution import runner
 from approvals.models import Decision, Status, ToolCall, Transport
+from approvals.screening import RefusedByRule
 from approvals.services.calls import create_call
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
@@ -104,8 +105,9 @@ def submit(
             _take_round(agent, payload.session_id, tool)
             _take_rate(agent, payload, tool)
             call = _create(agent, key, payload, tool, origin)
-            if call.status == Status.PENDING:
-                response = respond_with(call)
+            if call.status != Status.RECEIVED:
+                # Waiting for reviewers, or approved at once by a rule: accepted, not done.
+                response = respond_with(call, submitted=True)
                 idempotency.complete(agent=agent, key=key, response=response, call=call)
                 return response
     except _KeyTaken:
@@ -216,7 +218,29 @@ def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
 
 
 def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Origin) -> ToolCall:
-    call = create_call(
+    try:
+        call = _create_call(agent, key, payload, tool, origin)
+    except RefusedByRule as refusal:
+        raise Refused(
+            errors.refused_by_policy(
+                tool.name,
+                refusal.message,
+                rule=refusal.number,
+                policy_version=refusal.policy_version,
+            ),
+            tool,
+        ) from None
+    # A new call has no decisions: represent it without asking (or compiling) a query.
+    no_decisions = Decision.objects.none()
+    no_decisions._result_cache = []
+    call._prefetched_objects_cache = {"decisions": no_decisions}  # type: ignore[attr-defined]
+    return call
+
+
+def _create_call(
+    agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Origin
+) -> ToolCall:
+    return create_call(
         agent=agent,
         tool=tool,
         arguments=payload.arguments,
@@ -229,11 +253,6 @@ def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Ori
         transport=origin.transport,
         client=origin.client,
     )
-    # A new call has no decisions: represent it without asking (or compiling) a query.
-    no_decisions = Decision.objects.none()
-    no_decisions._result_cache = []
-    call._prefetched_objects_cache = {"decisions": no_decisions}  # type: ignore[attr-defined]
-    return call
 
 
 def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused, origin: Origin) -> None:

@@ -9,7 +9,7 @@ from uuid import UUID
 from django.conf import settings
 from django.urls import reverse
 
-from approvals.guards import CANNOT_RUN
+from approvals.guards import CANNOT_RUN, counted_approvals
 from approvals.models import Status, ToolCall, Verdict
 from approvals.services.calls import ABANDONED
 from gateway import errors
@@ -34,7 +34,7 @@ def represent_call(call: ToolCall) -> dict[str, Any]:
     decisions = list(call.decisions.all())
     approvals = getattr(call, "approval_count", None)
     if approvals is None:
-        approvals = sum(1 for d in decisions if d.verdict == Verdict.APPROVE)
+        approvals = counted_approvals(decisions, call.arguments_hash)
     decision = None
     if call.status == Status.REJECTED:
         veto = next((d for d in decisions if d.verdict == Verdict.REJECT), None)
@@ -50,6 +50,7 @@ def represent_call(call: ToolCall) -> dict[str, Any]:
             "verdict": "approve",
             "comment": comments,
             "decided_at": call.decided_at.isoformat(),
+            "by": approved_by(call),
         }
     return {
         "id": str(call.pk),
@@ -66,13 +67,27 @@ def represent_call(call: ToolCall) -> dict[str, Any]:
         "result": call.result,
         "error": call.error,
         "needs_attention": call.needs_attention,
+        # A reviewer corrected the arguments before approving: these ran, not the agent's.
+        "arguments_edited": call.arguments_edited,
+        **({"arguments": call.arguments} if call.arguments_edited else {}),
     }
 
 
-def respond_with(call: ToolCall) -> StoredResponse:
-    """The HTTP answer for a call in its current state."""
+def approved_by(call: ToolCall) -> str:
+    """Who let the call run: its reviewers, a policy rule, or a standing approval."""
+    if call.standing_approval_id is not None:
+        return "standing_approval"
+    if ((call.policy or {}).get("rule") or {}).get("then") == "approve":
+        return "policy_rule"
+    return "reviewers"
+
+
+def respond_with(call: ToolCall, *, submitted: bool = False) -> StoredResponse:
+    """The HTTP answer for a call in its current state. ``submitted``: the answer to the
+    request that created it, where a call approved at once by a rule or a standing approval
+    is, like a pending one, accepted and not yet done."""
     body = represent_call(call)
-    if call.status == Status.PENDING:
+    if call.status == Status.PENDING or (submitted and not call.is_terminal):
         return StoredResponse(
             status=202,
             body=body,

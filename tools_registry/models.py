@@ -125,6 +125,15 @@ class Tool(models.Model):
     sensitive_fields = models.JSONField(
         default=list, blank=True, help_text="Dotted argument paths masked everywhere."
     )
+    # Reviewers see e-mail domains, a phone's last digits and a card's last four; a field
+    # listed here shows nothing at all without an audited reveal.
+    secret_fields = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Dotted argument paths reviewers never see even in part without a reveal.",
+    )
+    # Ordered policy rules in CEL (tools_registry.rules): the first that holds decides.
+    rules = models.JSONField(default=list, blank=True)
     reminder_after_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Remind reviewers when a call waits this long."
     )

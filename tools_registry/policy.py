@@ -85,8 +85,10 @@ POLICY_FIELDS = (
     "breaker_threshold",
     "breaker_cooldown_seconds",
     "sensitive_fields",
+    "secret_fields",
     "reminder_after_seconds",
     "escalation_group",
+    "rules",
 )
 
 # Reads run inside the agent's HTTP request (with their retries), so they must be quick.
@@ -234,6 +236,8 @@ def validate_policy(
         values["sensitive_fields"], input_schema, code_sensitive_fields
     ):
         fail("sensitive_fields", problem)
+    for problem in sensitive_fields_problems(values.get("secret_fields", []), input_schema):
+        fail("secret_fields", problem)
 
     if values["enabled"] and not available:
         fail(

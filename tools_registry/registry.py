@@ -8,6 +8,9 @@ def _(ctx: ToolContext) -> LookupResult: ...   # did the effect with ctx.idempot
 
 @send_email.preview
 def _(arguments: dict) -> str: ...              # what approving would do, for the reviewer
+
+@update_customer.current_state
+def _(arguments: dict) -> State: ...            # the record as it is now, before the change
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from audit.canonical import canonical_json, sha256_hex
+from tools_registry.facts import Facts
 from tools_registry.policy import Risk
 from tools_registry.schemas import (
     ArgumentError,
@@ -76,9 +80,43 @@ class LookupResult:
         return cls(found=None)
 
 
+@dataclass(frozen=True)
+class Change:
+    """One field of what a call changes: its value now and after the call (``None`` after:
+    the call does not change it, or erases it with the record)."""
+
+    field: str
+    now: Any
+    after: Any = None
+    changes: bool = False
+
+
+@dataclass(frozen=True)
+class State:
+    """The part of the world a call would change, as it is now, read without changing it:
+    the customer record before an update, the charge and what was already refunded before
+    a refund, the record and what hangs off it before a delete. The reviewer sees it beside
+    the proposal; what they saw is stored with their verdict."""
+
+    title: str
+    rows: tuple[Change, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def as_dict(self) -> JSON:
+        return {
+            "title": self.title,
+            "rows": [
+                {"field": r.field, "now": r.now, "after": r.after, "changes": r.changes}
+                for r in self.rows
+            ],
+            "notes": list(self.notes),
+        }
+
+
 Handler = Callable[[ToolContext, JSON], JSON]
 Lookup = Callable[[ToolContext], LookupResult]
 Preview = Callable[[JSON], str]
+CurrentState = Callable[[JSON], State]
 
 
 @dataclass
@@ -98,6 +136,11 @@ class RegisteredTool:
     rerun_reconciles: bool = False
     lookup_fn: Lookup | None = None
     preview_fn: Preview | None = None
+    current_state_fn: CurrentState | None = None
+    # Where the amount, recipient and target are in the arguments (inferred from the
+    # schema when the tool does not say), and the fields reviewers never see even in part.
+    facts: Facts | None = None
+    secret_fields: tuple[str, ...] = ()
     # What the tool does to the world, beyond its risk class (MCP's tool annotations):
     # deletes or overwrites existing data; repeating it with the same arguments changes
     # nothing more; reaches systems outside the organisation's own.
@@ -119,6 +162,11 @@ class RegisteredTool:
     def preview(self, fn: Preview) -> Preview:
         """Decorator: a sentence that tells the reviewer what approving would do."""
         self.preview_fn = fn
+        return fn
+
+    def current_state(self, fn: CurrentState) -> CurrentState:
+        """Decorator: read, without changing anything, what the call would change."""
+        self.current_state_fn = fn
         return fn
 
     def __call__(
@@ -173,6 +221,8 @@ def tool(
     honours_idempotency_key: bool = False,
     lookup: Lookup | None = None,
     preview: Preview | None = None,
+    facts: Facts | None = None,
+    secret_fields: Iterable[str] = (),
     overwrites: bool | None = None,
     idempotent: bool | None = None,
     open_world: bool = True,
@@ -207,9 +257,13 @@ def tool(
         if problems := schema_problems(output_schema):
             raise ValueError(f"tool {name!r} has an invalid output schema: {'; '.join(problems)}")
     sensitive = tuple(sensitive_fields)
-    unknown = [path for path in sensitive if not has_argument_path(input_schema, path)]
+    secret = tuple(secret_fields)
+    unknown = [path for path in (*sensitive, *secret) if not has_argument_path(input_schema, path)]
     if unknown:
-        raise ValueError(f"tool {name!r}: sensitive fields {unknown} are not in its schema")
+        raise ValueError(f"tool {name!r}: masked fields {unknown} are not in its schema")
+    for path in (facts.amount, facts.currency, facts.recipient, facts.target) if facts else ():
+        if path and not has_argument_path(input_schema, path):
+            raise ValueError(f"tool {name!r}: fact {path!r} is not in its schema")
 
     def register(handler: Handler) -> RegisteredTool:
         if name in _registry and _registry[name].handler is not handler:
@@ -224,6 +278,8 @@ def tool(
             honours_idempotency_key=honours_idempotency_key,
             lookup_fn=lookup,
             preview_fn=preview,
+            facts=facts,
+            secret_fields=secret,
             overwrites=risk == Risk.DESTRUCTIVE if overwrites is None else overwrites,
             idempotent=risk == Risk.READ if idempotent is None else idempotent,
             open_world=open_world,

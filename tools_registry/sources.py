@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tools_registry import registry
+from tools_registry import facts, registry
 from tools_registry.models import Tool, Upstream
 from tools_registry.registry import LookupResult, RegisteredTool, ToolContext
 from tools_registry.upstreams import http, mcp, secrets
@@ -26,6 +26,19 @@ def implementation(tool: Tool) -> RegisteredTool:
     if upstream.kind == Upstream.Kind.OPENAPI:
         return _http_tool(tool, upstream)
     return _mcp_tool(tool, upstream)
+
+
+def facts_of(tool: Tool) -> facts.Facts:
+    """Where a tool's facts (amount, recipient, target) are in its arguments: declared in
+    its code, or found from its schema (always, for imported tools)."""
+    if tool.upstream_id is None:
+        try:
+            declared = registry.get(tool.name).facts
+        except registry.UnknownTool:
+            declared = None
+        if declared is not None:
+            return declared
+    return facts.infer(tool.input_schema)
 
 
 def _registered(tool: Tool, handler: Any, **extra: Any) -> RegisteredTool:

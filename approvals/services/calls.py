@@ -10,10 +10,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import events, transitions
+from approvals import events, screening, transitions
 from approvals.execution import send
 from approvals.guards import Refused, arguments_hash, cannot_run_reason
 from approvals.models import Status, ToolCall, Transport
+from approvals.services import standing
 from approvals.transitions import lock_call, move
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk, read_run_seconds
@@ -29,23 +30,50 @@ def create_call(
     session_id: str,
     request_key: str,
     on_behalf_of: str = "",
+    user_roles: list[str] | None = None,
     reasoning: str = "",
     token_cost: dict[str, Any] | None = None,
     callback_url: str = "",
     transport: str = Transport.REST,
     client: str = "",
 ) -> ToolCall:
-    """Store a validated call: a read stays ``received`` (it runs at once), the rest wait."""
+    """Store a validated call: a read stays ``received`` (it runs at once), the rest wait
+    for reviewers, unless a policy rule or a standing approval approves them at once.
+
+    Raises ``screening.RefusedByRule`` (nothing stored) when a policy rule refuses it.
+    """
     now = timezone.now()
+    roles = list(user_roles or [])
+    screened = screening.screen(
+        agent=agent,
+        tool=tool,
+        arguments=arguments,
+        reasoning=reasoning,
+        user_id=on_behalf_of,
+        user_roles=roles,
+        at=now,
+    )
+    bound_hash = arguments_hash(tool_name=tool.name, tool_version=tool.version, arguments=arguments)
+    standing_approval = None
+    if tool.needs_approval and not screened.by_rule and screened.reviewable_by_standing_approval:
+        standing_approval = standing.use(
+            tool=tool,
+            agent=agent,
+            arguments=arguments,
+            arguments_hash=bound_hash,
+            signals=[f.code for f in screened.signals],
+            user_id=on_behalf_of,
+            user_roles=roles,
+            now=now,
+        )
+    money = screened.facts.money
     call = ToolCall(
         agent=agent,
         tool=tool,
         tool_version=tool.version,
         risk=tool.risk,
         arguments=arguments,
-        arguments_hash=arguments_hash(
-            tool_name=tool.name, tool_version=tool.version, arguments=arguments
-        ),
+        arguments_hash=bound_hash,
         session_id=session_id,
         on_behalf_of=on_behalf_of,
         reasoning=reasoning,
@@ -54,7 +82,12 @@ def create_call(
         request_key=request_key,
         transport=transport,
         client=client[:200],
-        approvals_required=tool.approvals_required if tool.needs_approval else 0,
+        approvals_required=screened.approvals_required,
+        policy=screened.policy(tool),
+        signals=[f.as_dict() for f in screened.signals],
+        amount_minor=money.minor if money else None,
+        currency=money.currency if money else "",
+        standing_approval=standing_approval,
         expires_at=(
             now + timedelta(seconds=tool.approval_ttl_seconds) if tool.needs_approval else None
         ),
@@ -62,6 +95,11 @@ def create_call(
     )
     move(call, Status.PENDING if tool.needs_approval else Status.RECEIVED)
     events.call_submitted(call)
+    if screened.by_rule or standing_approval is not None:
+        # Approved in the transaction that stored it: no reviewer, and the audit trail says
+        # by which rule of which policy version, or by whose standing approval.
+        send.approve(call, decided_at=now)
+        events.call_approved_without_reviewer(call, standing=standing_approval)
     return call
 
 

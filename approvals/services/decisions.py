@@ -1,5 +1,6 @@
-"""Reviewers' verdicts: quorum, veto, separation of duties, binding to what was shown,
-and for destructive calls a typed confirmation and a recent sign-in."""
+"""Reviewers' verdicts: quorum, veto, separation of duties, a required team, binding to what
+was shown, corrections, standing approvals, and for risky calls a typed confirmation and a
+recent sign-in."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import events
+from approvals import before_after, events
 from approvals.execution import send
 from approvals.guards import (
     CONFLICTS,
@@ -20,10 +21,15 @@ from approvals.guards import (
     arguments_hash,
     cannot_run_reason,
     conflict_of_interest,
+    counted_approvals,
 )
-from approvals.models import Decision, Status, ToolCall, Verdict
+from approvals.models import Decision, StandingApproval, Status, ToolCall, Verdict
+from approvals.services import edits, standing
 from approvals.services.calls import expire_call
 from approvals.transitions import lock_call, move
+from audit.masking import mask_text, mask_value
+from tools_registry import facts as tool_facts
+from tools_registry import sources
 from tools_registry.permissions import require_reviewer
 from tools_registry.policy import Risk
 
@@ -73,12 +79,21 @@ class ReauthenticationRequired(DecisionRefused):
     code = "reauthentication_required"
 
 
+class StateChanged(DecisionRefused):
+    code = "state_changed"
+
+
+class TeamRequired(DecisionRefused):
+    code = "team_required"
+
+
 @dataclass(frozen=True)
 class DecisionResult:
     call: ToolCall
     decision: Decision
     approvals: int
     decided: bool  # the call left ``pending`` because of this verdict
+    standing: StandingApproval | None = None
 
 
 def decide(
@@ -88,14 +103,24 @@ def decide(
     verdict: str,
     comment: str = "",
     shown_arguments_hash: str | None = None,
+    shown_state_hash: str | None = None,
     confirmation: str | None = None,
     authenticated_at: datetime | None = None,
+    edited_arguments: Any = None,
+    standing_terms: standing.Terms | None = None,
 ) -> DecisionResult:
     """Record one reviewer's verdict. N distinct approvals approve; one rejection vetoes.
 
-    Approving a destructive call also needs ``confirmation`` equal to the tool's name and
-    ``authenticated_at`` (when the reviewer last proved their password) within
-    ``APPROVALS_REAUTH_WINDOW_SECONDS``; rejecting never does, stopping harm stays easy.
+    The verdict binds to what the reviewer was shown: the arguments' hash and, when the tool
+    shows the state its call would change, that state's hash (read again here: a record
+    that changed while they read refuses the verdict). Approving a destructive call, or one
+    whose policy rule asks for it, needs ``confirmation``: the call's target or amount as
+    ``confirmation_phrase`` gives it. A destructive approval also needs ``authenticated_at``
+    (when the reviewer last proved their password) within
+    ``APPROVALS_REAUTH_WINDOW_SECONDS``. Rejecting never needs either: stopping harm stays
+    easy. ``edited_arguments`` corrects the call as part of approving it
+    (``services.edits``); ``standing_terms`` also allows later calls like it
+    (``services.standing``).
 
     The row lock makes concurrent verdicts on one call queue up, so exactly one of them
     moves the call out of ``pending`` and the executor is sent the call once.
@@ -103,15 +128,28 @@ def decide(
     # An overdue call expires in a transaction of its own first, so that the refusal that
     # follows cannot roll the expiry back.
     expire_call(call_id=call_id)
+    # The state is read before the row is locked: it may ask a downstream system.
+    shown = _state_for(call_id, edited_arguments if verdict == Verdict.APPROVE else None)
     return _decide_locked(
         call_id=call_id,
         reviewer=reviewer,
         verdict=verdict,
         comment=comment,
         shown_arguments_hash=shown_arguments_hash,
+        shown_state_hash=shown_state_hash,
+        shown=shown,
         confirmation=confirmation,
         authenticated_at=authenticated_at,
+        edited_arguments=edited_arguments,
+        standing_terms=standing_terms,
     )
+
+
+def _state_for(call_id: UUID, edited_arguments: Any) -> before_after.Shown:
+    call = ToolCall.objects.select_related("tool__upstream").filter(pk=call_id).first()
+    if call is None or call.status != Status.PENDING:
+        return before_after.NOTHING
+    return before_after.current_state(call)
 
 
 @transaction.atomic
@@ -122,8 +160,12 @@ def _decide_locked(
     verdict: str,
     comment: str,
     shown_arguments_hash: str | None,
+    shown_state_hash: str | None,
+    shown: before_after.Shown,
     confirmation: str | None,
     authenticated_at: datetime | None,
+    edited_arguments: Any,
+    standing_terms: standing.Terms | None,
 ) -> DecisionResult:
     call = lock_call(call_id)
     if call is None:
@@ -142,14 +184,32 @@ def _decide_locked(
     if verdict == Verdict.REJECT and not comment.strip():
         raise CommentRequired("Say why you reject the call; the agent reads it.", call=call)
     _require_binding(call, shown_arguments_hash)
+    if shown_state_hash is not None and shown.hash and shown_state_hash != shown.hash:
+        raise StateChanged(
+            "What this call would change has changed since you opened it; review it again.",
+            call=call,
+        )
+    if call.decisions.filter(reviewer=reviewer, arguments_hash=call.arguments_hash).exists():
+        raise AlreadyVoted("You already decided on this call.", call=call)
+    edited = False
     if verdict == Verdict.APPROVE:
         _require_separation_of_duties(call, reviewer)
+        _require_team(call, reviewer)
         if reason := cannot_run_reason(call):
             raise CannotRun(f"{reason} Reject it instead.", call=call)
-    if call.decisions.filter(reviewer=reviewer).exists():
-        raise AlreadyVoted("You already decided on this call.", call=call)
-    if verdict == Verdict.APPROVE and call.risk == Risk.DESTRUCTIVE:
-        _require_destructive_confirmation(call, confirmation, authenticated_at, now=now)
+        if edited_arguments is not None:
+            try:
+                edited = edits.edit_arguments(
+                    call, reviewer=reviewer, arguments=edited_arguments, now=now
+                )
+            except edits.EditRefused as refusal:
+                raise DecisionRefused(refusal.message, call=call) from None
+        if call.risk == Risk.DESTRUCTIVE or (call.policy or {}).get("confirm"):
+            _require_confirmation(call, confirmation)
+        if call.risk == Risk.DESTRUCTIVE:
+            _require_recent_sign_in(call, authenticated_at, now=now)
+    elif edited_arguments is not None and edited_arguments != call.arguments:
+        raise DecisionRefused("A correction comes with an approval, not a rejection.", call=call)
 
     decision = Decision.objects.create(
         call=call,
@@ -157,11 +217,22 @@ def _decide_locked(
         verdict=verdict,
         comment=comment.strip(),
         arguments_hash=call.arguments_hash,
-        policy_version=call.tool.policy_version,
+        policy_version=(call.policy or {}).get("version", call.tool.policy_version),
+        edited=edited,
+        # The state shown with a correction was of the original arguments: none is bound.
+        shown_state=mask_value(shown.state) if shown.state is not None and not edited else None,
+        shown_state_hash=shown.hash if not edited else "",
         created_at=now,
     )
-    approvals = call.decisions.filter(verdict=Verdict.APPROVE).count()
+    approvals = counted_approvals(call.decisions.all(), call.arguments_hash)
     events.decision_recorded(call, decision, approvals=approvals)
+
+    granted = None
+    if verdict == Verdict.APPROVE and standing_terms is not None:
+        try:
+            granted = standing.grant(call=call, reviewer=reviewer, terms=standing_terms, now=now)
+        except standing.StandingRefused as refusal:
+            raise DecisionRefused(refusal.message, call=call) from None
 
     decided = False
     if verdict == Verdict.REJECT:
@@ -172,7 +243,22 @@ def _decide_locked(
         send.approve(call, decided_at=now)
         events.call_approved(call, approvals=approvals)
         decided = True
-    return DecisionResult(call=call, decision=decision, approvals=approvals, decided=decided)
+    return DecisionResult(
+        call=call, decision=decision, approvals=approvals, decided=decided, standing=granted
+    )
+
+
+def confirmation_phrase(call: ToolCall) -> str:
+    """What a reviewer types to approve a destructive call, or one whose rule asks: the
+    call's target (the customer id) or amount with currency, as the tool declares, so the
+    reviewer has to read them; the tool's name when the call has neither, or when they are
+    masked from reviewers."""
+    phrase = tool_facts.read(sources.facts_of(call.tool), call.arguments).confirmation_phrase(
+        sources.facts_of(call.tool)
+    )
+    if not phrase or mask_text(phrase) != phrase:
+        return call.tool.name
+    return phrase
 
 
 def _require_binding(call: ToolCall, shown_arguments_hash: str | None) -> None:
@@ -196,15 +282,24 @@ def _require_separation_of_duties(call: ToolCall, reviewer: Any) -> None:
         raise SeparationOfDuties(f"{CONFLICTS[conflict]} You cannot approve it.", call=call)
 
 
-def _require_destructive_confirmation(
-    call: ToolCall, confirmation: str | None, authenticated_at: datetime | None, *, now: datetime
-) -> None:
-    """A destructive approval is typed out by someone who just proved who they are."""
-    if (confirmation or "").strip() != call.tool.name:
-        raise ConfirmationRequired(
-            f"Type the tool's name, {call.tool.name}, to confirm this destructive call.",
-            call=call,
+def _require_team(call: ToolCall, reviewer: Any) -> None:
+    team = (call.policy or {}).get("team")
+    if team and not reviewer.groups.filter(name=team).exists():
+        raise TeamRequired(
+            f"This call needs its approvals from the {team} team; you may reject it.", call=call
         )
+
+
+def _require_confirmation(call: ToolCall, confirmation: str | None) -> None:
+    phrase = confirmation_phrase(call)
+    if (confirmation or "").strip() != phrase:
+        raise ConfirmationRequired(f"Type {phrase} to confirm this call.", call=call)
+
+
+def _require_recent_sign_in(
+    call: ToolCall, authenticated_at: datetime | None, *, now: datetime
+) -> None:
+    """A destructive approval is made by someone who just proved who they are."""
     window = timedelta(seconds=settings.APPROVALS_REAUTH_WINDOW_SECONDS)
     if authenticated_at is None or not (now - window <= authenticated_at <= now + CLOCK_SKEW):
         minutes = max(1, settings.APPROVALS_REAUTH_WINDOW_SECONDS // 60)

@@ -73,7 +73,7 @@ def test_a_reminder_goes_once_to_those_who_have_not_voted(
         call_id=waiting.pk,
         reviewer=dave,
         verdict="approve",
-        confirmation="delete_customer",
+        confirmation="cus_0003",
         authenticated_at=now,
     )
     assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 1

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from approvals.execution import runner
 from approvals.models import Status, ToolCall
-from approvals.services.decisions import decide
+from approvals.services.decisions import confirmation_phrase, decide
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.workers import purge_queue
@@ -47,7 +47,7 @@ def test_a_failed_destructive_call_is_escalated(world: World) -> None:
             call_id=call.pk,
             reviewer=reviewer,
             verdict="approve",
-            confirmation=call.tool.name,
+            confirmation=confirmation_phrase(call),
             authenticated_at=timezone.now(),
         )
     runner.execute(call.pk)

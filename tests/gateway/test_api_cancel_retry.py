@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from approvals.execution import runner, send
 from approvals.models import Status, ToolCall
-from approvals.services.decisions import decide
+from approvals.services.decisions import confirmation_phrase, decide
 from audit.models import AuditEvent
 from gateway import breaker
 from sandbox.models import Customer
@@ -35,7 +35,6 @@ def _post(world: World, call_id: str, verb: str) -> Any:
 
 def _approved_and_run(world: World, body: dict, *reviewers: User) -> ToolCall:
     call_id = world.api().submit(body).json()["id"]
-    tool_name = body["tool"]
     for reviewer in reviewers or (world.bob,):
         # A destructive approval is typed out by a reviewer who signed in just now.
         decide(
@@ -43,7 +42,7 @@ def _approved_and_run(world: World, body: dict, *reviewers: User) -> ToolCall:
             reviewer=reviewer,
             verdict="approve",
             comment="ok",
-            confirmation=tool_name,
+            confirmation=confirmation_phrase(ToolCall.objects.get(pk=call_id)),
             authenticated_at=timezone.now(),
         )
     runner.execute(call_id)  # what the worker does with the task sent on commit

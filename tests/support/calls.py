@@ -16,7 +16,7 @@ from approvals.execution.claim import Claim, claim_call
 from approvals.execution.finish import expire_lease
 from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
-from approvals.services.decisions import decide
+from approvals.services.decisions import confirmation_phrase, decide
 from sandbox.models import Payment
 from tests.conftest import World
 from tools_registry import services as registry_services
@@ -84,7 +84,7 @@ def approved_call(
         ensure_refundable()
     call = pending_call(world, tool, arguments)
     # A destructive approval is typed out by a reviewer who signed in just now.
-    confirm = {"confirmation": call.tool.name, "authenticated_at": timezone.now()}
+    confirm = {"confirmation": confirmation_phrase(call), "authenticated_at": timezone.now()}
     decide(call_id=call.pk, reviewer=world.bob, verdict="approve", **confirm)
     if call.approvals_required > 1:
         decide(call_id=call.pk, reviewer=second_reviewer(world), verdict="approve", **confirm)

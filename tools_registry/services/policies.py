@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from audit.log import record
-from tools_registry import registry
+from tools_registry import registry, rules
 from tools_registry.models import Tool
 from tools_registry.policy import POLICY_FIELDS, policy_values, validate_policy
 
@@ -36,6 +36,14 @@ def check_policy(tool: Tool, values: Mapping[str, Any]) -> None:
         available=tool.available,
         code_sensitive_fields=code_sensitive_fields(tool),
     )
+    rule_problems = rules.problems(
+        values.get("rules", []),
+        risk=tool.risk,
+        input_schema=tool.input_schema,
+        teams=frozenset(Group.objects.values_list("name", flat=True)),
+    )
+    if rule_problems:
+        errors["rules"] = rule_problems
     if errors:
         raise PolicyInvalid(errors)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.db import transaction
 
 from audit.log import record
-from tools_registry import registry
+from tools_registry import registry, rules
 from tools_registry.models import Tool
 from tools_registry.policy import POLICY_FIELDS, defaults_for, policy_values, validate_policy
 
@@ -66,6 +67,7 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
             tool = Tool.objects.create(
                 name=name,
                 sensitive_fields=list(spec.sensitive_fields),
+                secret_fields=list(spec.secret_fields),
                 **code_values,
                 **defaults_for(spec.risk).as_fields(),
             )
@@ -85,6 +87,9 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
         newly_sensitive = [f for f in spec.sensitive_fields if f not in tool.sensitive_fields]
         if newly_sensitive:
             changed["sensitive_fields"] = [*tool.sensitive_fields, *newly_sensitive]
+        newly_secret = [f for f in spec.secret_fields if f not in tool.secret_fields]
+        if newly_secret:
+            changed["secret_fields"] = [*tool.secret_fields, *newly_secret]
         if any(name in POLICY_FIELDS for name in changed):
             changed["policy_version"] = tool.policy_version + 1
         if not changed:
@@ -126,4 +131,10 @@ def policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, A
     current = policy_values(tool)
     problems = validate_policy(risk=risk, values=current, input_schema=input_schema)
     defaults = defaults_for(risk).as_fields()
-    return {name: defaults[name] for name in problems if name in defaults}
+    reset = {name: defaults[name] for name in problems if name in defaults}
+    # Rules written for the old class (an auto-approval, now of a destructive tool) go: the
+    # admins write them again for what the tool has become.
+    teams = frozenset(Group.objects.values_list("name", flat=True))
+    if rules.problems(tool.rules, risk=risk, input_schema=input_schema, teams=teams):
+        reset["rules"] = []
+    return reset

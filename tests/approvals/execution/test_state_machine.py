@@ -41,7 +41,7 @@ from approvals.execution.finish import Outcome, finish_call
 from approvals.models import Status, ToolCall, Verdict
 from approvals.services.attention import AttentionRefused, needs_a_person, rerun_call, resolve_call
 from approvals.services.calls import create_call
-from approvals.services.decisions import DecisionRefused, decide
+from approvals.services.decisions import DecisionRefused, confirmation_phrase, decide
 from audit.models import AuditEvent
 from sandbox.models import Customer, Effect
 from tests.conftest import World
@@ -130,7 +130,7 @@ class ExecutorMachine(RuleBasedStateMachine):
                     reviewer=reviewer,
                     verdict=verdict,
                     comment="c",
-                    confirmation=call.tool.name,
+                    confirmation=confirmation_phrase(call),
                     authenticated_at=timezone.now(),
                 )
             except DecisionRefused:

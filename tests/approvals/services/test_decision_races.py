@@ -102,10 +102,8 @@ def test_concurrent_verdicts_yield_one_outcome_and_one_execution(live_world: Wor
         for _ in range(ROUNDS):
             call = make_call(world, "delete_customer")
             responses = at_once(
-                decide_through_the_web(bob_client, call, "approve", confirmation="delete_customer"),
-                decide_through_the_web(
-                    dave_client, call, "approve", confirmation="delete_customer"
-                ),
+                decide_through_the_web(bob_client, call, "approve", confirmation="cus_0003"),
+                decide_through_the_web(dave_client, call, "approve", confirmation="cus_0003"),
             )
             assert [getattr(r, "status_code", r) for r in responses] == [200, 200]
             assert Decision.objects.filter(call=call).count() == 2

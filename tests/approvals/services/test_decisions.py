@@ -20,6 +20,7 @@ from approvals.services.decisions import (
     NotPending,
     ReauthenticationRequired,
     SeparationOfDuties,
+    confirmation_phrase,
     decide,
 )
 from audit.models import AuditEvent
@@ -41,27 +42,27 @@ def test_a_quorum_needs_n_distinct_reviewers(
 ) -> None:
     call = make_call(world, "delete_customer")  # destructive: two approvals by default
     with django_capture_on_commit_callbacks() as sent:
-        first = approve(call, world.bob, confirmation="delete_customer", **fresh())
+        first = approve(call, world.bob, confirmation="cus_0003", **fresh())
     assert (first.decided, first.approvals, first.call.status) == (False, 1, Status.PENDING)
     assert executions_sent(sent) == []
     with pytest.raises(AlreadyVoted):
-        approve(call, world.bob, confirmation="delete_customer", **fresh())
+        approve(call, world.bob, confirmation="cus_0003", **fresh())
     with django_capture_on_commit_callbacks() as sent:
-        second = approve(call, dave, confirmation="delete_customer", **fresh())
+        second = approve(call, dave, confirmation="cus_0003", **fresh())
     assert (second.decided, second.approvals, second.call.status) == (True, 2, Status.APPROVED)
     assert executions_sent(sent) == [call.pk], "the executor is sent the call once"
 
 
 def test_one_rejection_vetoes_and_needs_a_comment(world: World, dave) -> None:
     call = make_call(world, "delete_customer")
-    approve(call, world.bob, confirmation="delete_customer", **fresh())
+    approve(call, world.bob, confirmation="cus_0003", **fresh())
     with pytest.raises(CommentRequired):
         decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="  ")
     result = decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="No.")
     assert result.call.status == Status.REJECTED
     registry_services.grant_review(tool=world.tools["delete_customer"], user=world.charlie)
     with pytest.raises(NotPending):
-        approve(call, world.charlie, confirmation="delete_customer", **fresh())
+        approve(call, world.charlie, confirmation="cus_0003", **fresh())
 
 
 def test_the_agents_owner_cannot_approve_but_may_reject(world: World) -> None:
@@ -106,12 +107,15 @@ def test_the_approval_binds_to_what_was_shown_and_the_tool_version(world: World)
     assert ToolCall.objects.get(pk=other.pk).status == Status.PENDING
 
 
-def test_a_destructive_approval_needs_the_typed_tool_name(world: World) -> None:
+def test_a_destructive_approval_needs_its_target_typed(world: World) -> None:
+    """The phrase is the record the call erases, not the tool's name: typing it makes the
+    reviewer read which record that is."""
     call = make_call(world, "delete_customer")
-    for typed in (None, "", "delete", "DELETE_CUSTOMER", "send_email"):
+    assert confirmation_phrase(call) == "cus_0003"
+    for typed in (None, "", "cus_000", "CUS_0003", "delete_customer", "cus_0001"):
         with pytest.raises(ConfirmationRequired):
             approve(call, world.bob, confirmation=typed, **fresh())
-    assert approve(call, world.bob, confirmation=" delete_customer ", **fresh()).approvals == 1
+    assert approve(call, world.bob, confirmation=" cus_0003 ", **fresh()).approvals == 1
 
 
 def test_a_destructive_approval_needs_a_recent_sign_in(world: World, settings) -> None:
@@ -120,11 +124,11 @@ def test_a_destructive_approval_needs_a_recent_sign_in(world: World, settings) -
     now = timezone.now()
     for when in (None, now - timedelta(seconds=601), now + timedelta(hours=1)):
         with pytest.raises(ReauthenticationRequired):
-            approve(call, world.bob, confirmation="delete_customer", authenticated_at=when)
+            approve(call, world.bob, confirmation="cus_0003", authenticated_at=when)
     approve(
         call,
         world.bob,
-        confirmation="delete_customer",
+        confirmation="cus_0003",
         authenticated_at=now - timedelta(seconds=590),
     )
 

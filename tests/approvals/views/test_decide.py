@@ -53,8 +53,8 @@ def test_the_loser_of_a_race_sees_the_current_state_not_an_error(world: World, d
 def test_a_destructive_approval_through_the_web(world: World, bob_client) -> None:
     call = make_call(world, "delete_customer")
     refused = post_decision(bob_client, call, "approve", confirmation="delete")
-    assert "Type the tool&#x27;s name, delete_customer" in refused.content.decode()
-    ok = post_decision(bob_client, call, "approve", confirmation="delete_customer")
+    assert "Type cus_0003 to confirm" in refused.content.decode()
+    ok = post_decision(bob_client, call, "approve", confirmation="cus_0003")
     assert "1 of 2 approvals" in ok.content.decode()
 
 
@@ -63,9 +63,7 @@ def test_a_stale_sign_in_is_sent_to_re_authenticate(world: World, bob_client) ->
     session = bob_client.session
     session[reauth.SESSION_KEY] = (timezone.now() - timedelta(days=1)).timestamp()
     session.save()
-    body = post_decision(
-        bob_client, call, "approve", confirmation="delete_customer"
-    ).content.decode()
+    body = post_decision(bob_client, call, "approve", confirmation="cus_0003").content.decode()
     assert "needs a sign-in from the last 15 minutes" in body
     assert f'href="/approvals/reauthenticate/?next=/approvals/{call.pk}/"' in body
     assert call.decisions.count() == 0

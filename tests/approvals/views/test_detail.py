@@ -108,7 +108,7 @@ def test_next_skips_calls_already_voted_on_and_ends_at_the_queue(
         call_id=voted.pk,
         reviewer=world.bob,
         verdict="approve",
-        confirmation="delete_customer",
+        confirmation="cus_0003",
         authenticated_at=now,
     )
     assert bob_client.get("/approvals/next/")["Location"] == f"/approvals/{first.pk}/"
@@ -154,7 +154,7 @@ def test_a_destructive_call_asks_for_the_tool_name_or_a_fresh_sign_in(world: Wor
     call = make_call(world, "delete_customer")
     client = login(world.bob)
     body = client.get(f"/approvals/{call.pk}/").content.decode()
-    assert 'data-confirm-for="delete_customer"' in body
+    assert 'data-confirm-for="cus_0003"' in body
     assert 'value="approve"' in body
 
     session = client.session

@@ -196,7 +196,7 @@ def test_the_query_count_does_not_grow_with_the_rows(world: World, dave, bob_cli
             call_id=first.pk if voter == dave else call.pk,
             reviewer=voter,
             verdict="approve",
-            confirmation="delete_customer",
+            confirmation="cus_0003",
             authenticated_at=timezone.now(),
         )
     large = queries_for_page()

@@ -1,0 +1,117 @@
+"""What a call is bound to at intake: its facts, the risk signals it raises, the policy rule
+that applies to it, and so how many approvals (from whom) it needs, or whether it needs
+none, or is refused.
+
+The result is snapshotted on the call (``ToolCall.policy``): the tool's policy may change
+while the call waits; the call keeps the one it was submitted under, and the reviewer's
+page and the audit trail show that one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from approvals import signals
+from approvals.guards import Refused
+from tools_registry import facts as tool_facts
+from tools_registry import rules, sources
+from tools_registry.facts import CallFacts
+from tools_registry.models import Agent, Tool
+from tools_registry.policy import Risk
+from tools_registry.risk_signals import Found
+
+
+class RefusedByRule(Refused):
+    """A policy rule refuses calls like this one."""
+
+    code = "refused_by_policy"
+
+    def __init__(self, message: str, *, number: int, policy_version: int):
+        super().__init__(message)
+        self.number = number
+        self.policy_version = policy_version
+
+
+@dataclass(frozen=True)
+class Screening:
+    facts: CallFacts
+    signals: list[Found]
+    applied: rules.Applied
+    approvals_required: int
+    team: str  # every approval from a member of this team ("" for anyone granted the tool)
+    confirm: bool  # the approver types the call's target (or amount) to confirm
+    by_rule: bool  # a rule approves it: no reviewer
+
+    @property
+    def reviewable_by_standing_approval(self) -> bool:
+        """Whether a standing approval may stand in for the reviewer: only where the tool's
+        own policy would ask one reviewer, never where a rule asks for more, a team or a
+        confirmation, never when a rule could not be evaluated, never for destructive calls."""
+        rule = self.applied.rule
+        return (
+            not self.applied.errors
+            and self.approvals_required == 1
+            and not self.team
+            and not self.confirm
+            and (rule is None or rule.then == rules.REQUIRE)
+        )
+
+    def policy(self, tool: Tool) -> dict[str, Any]:
+        """The snapshot stored on the call."""
+        return {
+            "version": tool.policy_version,
+            "approvals_required": self.approvals_required,
+            "team": self.team,
+            "confirm": self.confirm,
+            "ttl_seconds": tool.approval_ttl_seconds,
+            "timeout_seconds": tool.timeout_seconds,
+            "max_attempts": tool.max_attempts,
+            "rule": self.applied.as_dict(),
+        }
+
+
+def screen(
+    *,
+    agent: Agent,
+    tool: Tool,
+    arguments: Any,
+    reasoning: str,
+    user_id: str,
+    user_roles: list[str],
+    at: datetime,
+) -> Screening:
+    """Facts, signals and the deciding rule of a call about to be stored; raises
+    ``RefusedByRule`` when a rule refuses it."""
+    facts = tool_facts.read(sources.facts_of(tool), arguments)
+    found = signals.raised(
+        agent=agent, tool=tool, arguments=arguments, reasoning=reasoning, facts=facts, at=at
+    )
+    applied = rules.first_match(
+        rules.parse(tool.rules),
+        arguments=arguments,
+        input_schema=tool.input_schema,
+        signals=[f.code for f in found],
+        user_id=user_id,
+        roles=user_roles,
+        agent=agent.name,
+    )
+    rule = applied.rule
+    if rule is not None and rule.then == rules.REFUSE:
+        raise RefusedByRule(
+            rule.note or f"Rule {applied.number} of {tool.name}'s policy refuses this call.",
+            number=applied.number or 0,
+            policy_version=tool.policy_version,
+        )
+    if not tool.needs_approval:
+        return Screening(facts, found, applied, 0, "", False, False)
+    approvals, team, confirm = tool.approvals_required, "", tool.risk == Risk.DESTRUCTIVE
+    if rule is not None and rule.then == rules.REQUIRE:
+        approvals = rule.approvals
+        confirm = confirm or rule.confirm
+        # By name: a team deleted since the rule was saved has no members, so nobody can
+        # approve, rather than anybody.
+        team = rule.team
+    by_rule = rule is not None and rule.then == rules.APPROVE
+    return Screening(facts, found, applied, approvals, team, confirm, by_rule)

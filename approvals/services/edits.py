@@ -1,0 +1,113 @@
+"""A reviewer's correction of a pending call's arguments, made as part of approving it.
+
+The corrected arguments are checked against the tool's schema and screened again (signals,
+policy rules) like a new call; the call's arguments and bound hash change, approvals of the
+earlier arguments stop counting (they approved something else), and the originals stay in
+the audit trail. Destructive calls may be corrected only to narrow what they do, and only
+where ``APPROVALS_DESTRUCTIVE_EDITS`` is ``narrow``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+from approvals import events, screening
+from approvals.guards import Refused, arguments_hash, counted_approvals
+from approvals.models import Status, ToolCall
+from tools_registry.policy import Risk
+from tools_registry.schemas import validate_arguments
+
+
+class EditRefused(Refused):
+    code = "edit_refused"
+
+
+def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: datetime) -> bool:
+    """Replace the arguments of ``call`` (held locked, pending); whether anything changed."""
+    if arguments == call.arguments:
+        return False
+    if not isinstance(arguments, dict):
+        raise EditRefused("The corrected arguments must be a JSON object.")
+    if call.risk == Risk.DESTRUCTIVE:
+        if settings.APPROVALS_DESTRUCTIVE_EDITS != "narrow":
+            raise EditRefused("Destructive calls cannot be corrected; reject this one instead.")
+        if not narrows(call.arguments, arguments):
+            raise EditRefused(
+                "A destructive call may only be narrowed: remove items or lower amounts, "
+                "never add or change what it acts on."
+            )
+    problems = validate_arguments(
+        call.tool.input_schema, arguments, sensitive_fields=call.tool.sensitive_fields
+    )
+    if problems:
+        raise EditRefused(
+            "The corrected arguments do not fit the tool: "
+            + "; ".join(f"{p.path}: {p.message}" for p in problems)
+        )
+    try:
+        screened = screening.screen(
+            agent=call.agent,
+            tool=call.tool,
+            arguments=arguments,
+            reasoning=call.reasoning,
+            user_id=call.on_behalf_of,
+            user_roles=list((call.policy or {}).get("user_roles") or []),
+            at=now,
+        )
+    except screening.RefusedByRule as refusal:
+        raise EditRefused(f"The corrected call would be refused: {refusal.message}") from None
+    before, before_hash = call.arguments, call.arguments_hash
+    reset = counted_approvals(call.decisions.all(), before_hash)
+    money = screened.facts.money
+    fields = {
+        "arguments": arguments,
+        "arguments_hash": arguments_hash(
+            tool_name=call.tool.name, tool_version=call.tool_version, arguments=arguments
+        ),
+        "arguments_edited": True,
+        # A rule that would approve the corrected call needs no more than the editor's own
+        # approval; otherwise the corrected call needs what its own rule asks.
+        "approvals_required": max(1, screened.approvals_required),
+        "policy": {
+            **screened.policy(call.tool),
+            "user_roles": (call.policy or {}).get("user_roles", []),
+        },
+        "signals": [f.as_dict() for f in screened.signals],
+        "amount_minor": money.minor if money else None,
+        "currency": money.currency if money else "",
+    }
+    # The caller holds the row lock, and the status is not touched: a plain update.
+    ToolCall.objects.filter(pk=call.pk, status=Status.PENDING).update(**fields)
+    for name, value in fields.items():
+        setattr(call, name, value)
+    events.arguments_edited(
+        call, reviewer=reviewer, before=before, before_hash=before_hash, reset=reset
+    )
+    return True
+
+
+def narrows(before: Any, after: Any) -> bool:
+    """Whether ``after`` does no more than ``before``: the same values, with list items or
+    optional keys left out, and numbers no larger in size."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return all(k in before and narrows(before[k], v) for k, v in after.items())
+    if isinstance(before, list) and isinstance(after, list):
+        remaining = list(before)
+        for item in after:
+            match = next((i for i, b in enumerate(remaining) if b == item), None)
+            if match is None:
+                return False
+            remaining.pop(match)
+        return True
+    numbers = (int, float)
+    if (
+        isinstance(before, numbers)
+        and isinstance(after, numbers)
+        and not isinstance(before, bool)
+        and not isinstance(after, bool)
+    ):
+        return abs(after) <= abs(before) and (after >= 0) == (before >= 0)
+    return before == after

@@ -1,0 +1,198 @@
+"""Standing approvals: a reviewer approving one call may also allow the same agent's later
+calls of the same tool, for a while or a number of uses, optionally only for arguments like
+the approved ones. Each call such an approval lets through names it in the audit trail.
+
+Limits that make it safe to offer: never for destructive tools; only where the tool's
+policy would ask a single reviewer (``Screening.reviewable_by_standing_approval``); at most
+``APPROVALS_STANDING_MAX_SECONDS``; revocable at once by its author or an admin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from approvals.guards import Refused
+from approvals.models import StandingApproval, ToolCall
+from audit.log import record
+from tools_registry import rules
+from tools_registry.policy import Risk
+
+MAX_USES = 10_000
+MATCHES = dict(StandingApproval.Match.choices)
+
+
+class StandingRefused(Refused):
+    code = "standing_approval_refused"
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What a reviewer allows beyond the call in front of them."""
+
+    seconds: int
+    max_uses: int | None = None
+    match: str = StandingApproval.Match.SAME
+    condition: str = ""
+
+
+def terms_problems(call: ToolCall, terms: Terms) -> list[str]:
+    """Why these terms cannot be granted with an approval of ``call`` (empty: they can)."""
+    problems = []
+    if call.risk != Risk.WRITE:
+        problems.append("Only write tools can be approved in advance; destructive calls never.")
+    longest = settings.APPROVALS_STANDING_MAX_SECONDS
+    if not 60 <= terms.seconds <= longest:
+        problems.append(f"A standing approval lasts 1 minute to {longest // 3600} hours.")
+    if terms.max_uses is not None and not 1 <= terms.max_uses <= MAX_USES:
+        problems.append(f"Allow 1 to {MAX_USES} calls, or leave the number empty.")
+    if terms.match not in MATCHES:
+        problems.append("Choose which later calls it covers.")
+    if terms.match == StandingApproval.Match.CONDITION:
+        if not terms.condition.strip():
+            problems.append("Write the condition later calls must meet.")
+        else:
+            problems += rules.condition_problems(terms.condition, call.tool.input_schema)
+    return problems
+
+
+def grant(*, call: ToolCall, reviewer: Any, terms: Terms, now: datetime) -> StandingApproval:
+    """Record a standing approval that comes with ``reviewer``'s approval of ``call``
+    (the caller checked that approval, in the same transaction)."""
+    problems = terms_problems(call, terms)
+    if problems:
+        raise StandingRefused(" ".join(problems))
+    standing = StandingApproval.objects.create(
+        tool=call.tool,
+        agent=call.agent,
+        granted_by=reviewer,
+        source_call=call,
+        match=terms.match,
+        arguments_hash=call.arguments_hash if terms.match == StandingApproval.Match.SAME else "",
+        condition=terms.condition.strip()
+        if terms.match == StandingApproval.Match.CONDITION
+        else "",
+        max_uses=terms.max_uses,
+        created_at=now,
+        expires_at=now + timedelta(seconds=terms.seconds),
+    )
+    record(
+        action="standing_approval.granted",
+        actor=reviewer,
+        call=call,
+        sensitive_fields=["condition"],
+        data={
+            "standing_approval": standing.pk,
+            "match": standing.match,
+            "condition": standing.condition,
+            "max_uses": standing.max_uses,
+            "expires_at": standing.expires_at.isoformat(),
+        },
+    )
+    return standing
+
+
+def may_revoke(person: Any, standing: StandingApproval) -> bool:
+    return standing.granted_by_id == person.pk or person.has_perm(
+        "approvals.change_standingapproval"
+    )
+
+
+@transaction.atomic
+def revoke(*, standing_id: int, person: Any) -> StandingApproval:
+    standing = (
+        StandingApproval.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent")
+        .get(pk=standing_id)
+    )
+    if not may_revoke(person, standing):
+        raise StandingRefused("Only its author or an admin may revoke a standing approval.")
+    if standing.revoked_at is None:
+        standing.revoked_at = timezone.now()
+        standing.revoked_by = person
+        standing.save(update_fields=["revoked_at", "revoked_by"])
+        record(
+            action="standing_approval.revoked",
+            actor=person,
+            tool=standing.tool,
+            agent=standing.agent,
+            data={"standing_approval": standing.pk, "uses": standing.uses},
+        )
+    return standing
+
+
+def live(**filters: Any) -> Any:
+    now = timezone.now()
+    return StandingApproval.objects.filter(revoked_at__isnull=True, expires_at__gt=now, **filters)
+
+
+def use(
+    *,
+    tool: Any,
+    agent: Any,
+    arguments: Any,
+    arguments_hash: str,
+    signals: list[str],
+    user_id: str,
+    user_roles: list[str],
+    now: datetime,
+) -> StandingApproval | None:
+    """The standing approval that covers this call, its use counted; None if none does.
+
+    The count is one conditional UPDATE: concurrent calls each take a use or find it spent,
+    so ``max_uses`` is exact however many arrive at once.
+    """
+    candidates = list(
+        StandingApproval.objects.filter(
+            tool=tool, agent=agent, revoked_at__isnull=True, expires_at__gt=now
+        ).order_by("created_at", "pk")
+    )
+    for standing in candidates:
+        if not _covers(
+            standing, tool, arguments, arguments_hash, signals, user_id, user_roles, agent
+        ):
+            continue
+        taken = (
+            StandingApproval.objects.filter(
+                pk=standing.pk, revoked_at__isnull=True, expires_at__gt=now
+            )
+            .filter(Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")))
+            .update(uses=F("uses") + 1)
+        )
+        if taken:
+            standing.uses += 1
+            return standing
+    return None
+
+
+def _covers(
+    standing: StandingApproval,
+    tool: Any,
+    arguments: Any,
+    arguments_hash: str,
+    signals: list[str],
+    user_id: str,
+    user_roles: list[str],
+    agent: Any,
+) -> bool:
+    if standing.match == StandingApproval.Match.ANY:
+        return True
+    if standing.match == StandingApproval.Match.SAME:
+        return standing.arguments_hash == arguments_hash
+    condition = rules.Rule(when=standing.condition, then=rules.APPROVE)
+    applied = rules.first_match(
+        [condition],
+        arguments=arguments,
+        input_schema=tool.input_schema,
+        signals=signals,
+        user_id=user_id,
+        roles=user_roles,
+        agent=agent.name,
+    )
+    return applied.rule is not None

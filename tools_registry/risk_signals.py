@@ -1,0 +1,252 @@
+"""Risk signals: what a careful reviewer looks for in a call before approving it.
+
+Each signal is a badge in the queue, a sentence on the call's page, a line in the audit
+trail (with ``call.submitted``) and a name policy rules can test (``"external_link" in
+signals``). This module holds the catalogue and the detectors that read only the call
+itself (its arguments, the agent's reasoning, the clock); the ones that need the agent's
+history (a recipient never used before, an amount above the usual range) live beside the
+calls, in ``approvals.signals``, and report through the same ``Found``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, time
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+
+@dataclass(frozen=True)
+class Signal:
+    code: str
+    badge: str  # a word or two, in the queue row
+    sentence: str  # for the call's page; ``{detail}`` is what the detector found
+
+
+CATALOGUE: dict[str, Signal] = {
+    signal.code: signal
+    for signal in (
+        Signal(
+            "external_link",
+            "External link",
+            "Outgoing text links to a domain outside the organisation: {detail}.",
+        ),
+        Signal(
+            "prompt_injection",
+            "Injection-like text",
+            "Text reads like an instruction to a model ({detail}), as prompt injection does.",
+        ),
+        Signal(
+            "hidden_characters",
+            "Hidden characters",
+            "Invisible or direction-changing characters in {detail}; they are shown escaped.",
+        ),
+        Signal(
+            "bulk_recipient",
+            "Bulk recipient",
+            "Goes to a distribution list or to several recipients: {detail}.",
+        ),
+        Signal("new_recipient", "New recipient", "The agent has never written to {detail} before."),
+        Signal("new_target", "New target", "The agent has never acted on {detail} before."),
+        Signal(
+            "unusual_amount",
+            "Unusual amount",
+            "The amount is above this tool's usual range: {detail}.",
+        ),
+        Signal("outside_hours", "Outside hours", "Submitted outside working hours: {detail}."),
+    )
+}
+CODES = frozenset(CATALOGUE)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One signal raised on one call, with what raised it."""
+
+    code: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "detail": self.detail}
+
+    @property
+    def signal(self) -> Signal:
+        return CATALOGUE[self.code]
+
+    @property
+    def sentence(self) -> str:
+        return self.signal.sentence.format(detail=self.detail or "see the arguments")
+
+
+# --- Text ---------------------------------------------------------------------------------
+
+_URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"'()]+")
+# Phrases that address a model rather than a person: the tell-tale of text an attacker
+# planted for an agent to carry (OWASP LLM01). Matched case-insensitively, any spacing.
+_INJECTION = [
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        r"\bignore\s+(?:all\s+|any\s+)?(?:the\s+)?(?:previous|prior|above|earlier|preceding)\s+"
+        r"(?:instructions|directions|rules|prompts?)",
+        r"\bdisregard\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?(?:previous|prior|above|earlier)?\s*"
+        r"(?:instructions|rules|guidelines|prompts?)",
+        r"\bforget\s+(?:all\s+|everything\s+)?(?:your|the|previous)\s+(?:instructions|rules)",
+        r"\byou\s+are\s+now\b",
+        r"\bnew\s+(?:system\s+)?instructions\s*:",
+        r"\bsystem\s+prompt\b",
+        r"\bdo\s+not\s+(?:tell|inform|alert)\s+(?:the\s+)?(?:user|reviewer|human|anyone)",
+        r"\bact\s+as\s+(?:an?\s+)?(?:admin|administrator|developer|root|system)\b",
+        r"\boverride\s+(?:the\s+)?(?:safety|security|policy|guardrails?)\b",
+        r"</?\s*(?:system|assistant|instructions?)\s*>",
+    )
+]
+# Characters a reader cannot see, or that reorder what they see (Trojan Source,
+# CVE-2021-42574): zero-width characters, word joiners, the byte order mark, Unicode tag
+# characters (ASCII smuggling) and the bidirectional embeddings, overrides and isolates.
+HIDDEN = re.compile(
+    "[\u00ad\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+    "\U000e0000-\U000e007f]"
+)
+_DISTRIBUTION_LOCAL_PARTS = re.compile(
+    r"(?i)^(?:all|all[-_.].*|.*[-_.]all|everyone|everybody|customers?|clients?|users?|staff|"
+    r"team|list|lists|announce(?:ments?)?|newsletter|news|marketing|mailing[-_.]?list|"
+    r"subscribers?|members|company|employees|distribution|dl[-_.].*|group[-_.].*)$"
+)
+_EMAIL = re.compile(r"(?i)^[a-z0-9._%+-]+@([a-z0-9.-]+\.[a-z]{2,})$")
+
+
+def escape_hidden(text: str) -> str:
+    """``text`` with every hidden or direction-changing character written out (``<U+202E>``),
+    so that what a reviewer reads is what a machine will read."""
+    return HIDDEN.sub(lambda m: f"<U+{ord(m.group(0)):04X}>", text)
+
+
+def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string inside a JSON value, with its dotted path (``changes.email``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from strings(item, f"{path}[{index}]")
+
+
+def link_domains(text: str) -> list[str]:
+    domains = []
+    for match in _URL.finditer(text):
+        url = match.group(0)
+        host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+        if host and host not in domains:
+            domains.append(host)
+    return domains
+
+
+def is_internal(host: str, internal_domains: Iterable[str]) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in internal_domains)
+
+
+def external_links(arguments: Any, internal_domains: Iterable[str]) -> Found | None:
+    internal = [d.lower().strip(".") for d in internal_domains if d]
+    outside: list[str] = []
+    for _, text in strings(arguments):
+        for host in link_domains(text):
+            if not is_internal(host, internal) and host not in outside:
+                outside.append(host)
+    return Found("external_link", ", ".join(outside[:5])) if outside else None
+
+
+def injection(arguments: Any, reasoning: str) -> Found | None:
+    where = []
+    for path, text in [("reasoning", reasoning), *strings(arguments)]:
+        # Hidden characters between the words must not hide the phrase.
+        plain = unicodedata.normalize("NFKC", HIDDEN.sub("", text))
+        for pattern in _INJECTION:
+            match = pattern.search(plain)
+            if match:
+                phrase = " ".join(match.group(0).split())
+                where.append(f"“{phrase[:60]}” in {path or 'the arguments'}")
+                break
+    return Found("prompt_injection", "; ".join(where[:3])) if where else None
+
+
+def hidden_characters(arguments: Any, reasoning: str) -> Found | None:
+    places = [
+        path or "the arguments"
+        for path, text in [("reasoning", reasoning), *strings(arguments)]
+        if HIDDEN.search(text)
+    ]
+    return Found("hidden_characters", ", ".join(places[:5])) if places else None
+
+
+def bulk_recipients(recipients: list[str]) -> Found | None:
+    """Several recipients, or one address that reads like a list (all-customers@...)."""
+    if len(recipients) > 1:
+        return Found("bulk_recipient", f"{len(recipients)} recipients")
+    for address in recipients:
+        match = _EMAIL.match(address.strip())
+        if match and _DISTRIBUTION_LOCAL_PARTS.match(address.split("@", 1)[0]):
+            return Found("bulk_recipient", address)
+    return None
+
+
+@dataclass(frozen=True)
+class WorkingHours:
+    """When people are at work, where the organisation is: weekdays, start and end."""
+
+    start: time
+    end: time
+    days: frozenset[int]  # 0 = Monday
+    zone: ZoneInfo
+
+    @classmethod
+    def parse(cls, hours: str, days: str, zone: str) -> WorkingHours:
+        """``"08:00-19:00"``, ``"mon-fri"`` or ``"mon,tue,sat"``, an IANA zone name."""
+        start, _, end = hours.partition("-")
+        names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        chosen: set[int] = set()
+        for part in days.lower().replace(" ", "").split(","):
+            first, _, last = part.partition("-")
+            a = names.index(first)
+            b = names.index(last) if last else a
+            chosen.update(range(a, b + 1))
+        return cls(
+            time.fromisoformat(start), time.fromisoformat(end), frozenset(chosen), ZoneInfo(zone)
+        )
+
+    def outside(self, when: datetime) -> Found | None:
+        local = when.astimezone(self.zone)
+        if local.weekday() in self.days and self.start <= local.time() < self.end:
+            return None
+        return Found("outside_hours", local.strftime("%A %H:%M ") + str(self.zone))
+
+
+def from_call_itself(
+    *,
+    arguments: Any,
+    reasoning: str,
+    recipients: list[str],
+    internal_domains: Iterable[str],
+    hours: WorkingHours | None,
+    at: datetime,
+) -> list[Found]:
+    """The signals a call raises on its own, in catalogue order."""
+    found = [
+        external_links(arguments, internal_domains),
+        injection(arguments, reasoning),
+        hidden_characters(arguments, reasoning),
+        bulk_recipients(recipients),
+        hours.outside(at) if hours else None,
+    ]
+    return [f for f in found if f is not None]
+
+
+def in_catalogue_order(found: Iterable[Found]) -> list[Found]:
+    order = list(CATALOGUE)
+    return sorted(found, key=lambda f: order.index(f.code))

@@ -1,0 +1,409 @@
+"""Policy rules: per tool, an ordered list of conditions on a call and what each decides.
+
+A condition is written in CEL, the Common Expression Language (Kubernetes admission
+policies, Google Cloud IAM conditions), and evaluated by ``cel-python``: no Python
+``eval``, no language of our own. A condition sees
+
+* ``args``: the call's arguments (``args.amount_cents > 50000``),
+* ``signals``: the risk signals the call raised (``"external_link" in signals``),
+* ``user``: who the agent acts for, ``user.id`` and ``user.roles``,
+* ``agent``: the agent's name.
+
+The first rule whose condition holds decides: ``approve`` (no reviewer; never for a
+destructive tool), ``require`` (``approvals`` reviewers, optionally all from ``team``,
+optionally typing the call's target to confirm), or ``refuse`` (the agent gets an error).
+No rule holding leaves the tool's own policy in force. Rules are part of the tool's policy:
+checked against its schema when saved, versioned and audited with it, and every call
+records the rule that applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from functools import cache, lru_cache
+from typing import Any
+
+import celpy
+from celpy import celparser, celtypes
+from lark import Token, Tree
+
+from tools_registry import risk_signals
+from tools_registry.policy import Risk
+from tools_registry.schemas import has_argument_path
+
+APPROVE, REQUIRE, REFUSE = "approve", "require", "refuse"
+OUTCOMES = (APPROVE, REQUIRE, REFUSE)
+VARIABLES = frozenset({"args", "signals", "user", "agent"})
+MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+MAX_RULES = 50
+MAX_CONDITION_LENGTH = 2000
+MAX_APPROVALS = 10
+_KEYS = frozenset({"when", "then", "approvals", "team", "confirm", "note"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    when: str
+    then: str
+    approvals: int = 0  # ``require``: how many distinct reviewers
+    team: str = ""  # ``require``: every approval from a member of this team
+    confirm: bool = False  # ``require``: the approver types the call's target
+    note: str = ""  # why the rule exists; shown to reviewers, and to the agent on refusal
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in ("", 0, False)}
+
+    def describe(self) -> str:
+        if self.then == APPROVE:
+            return "approved without a reviewer"
+        if self.then == REFUSE:
+            return "refused"
+        team = f" from {self.team}" if self.team else ""
+        confirm = ", typed confirmation" if self.confirm else ""
+        return f"{self.approvals} approval{'s' if self.approvals != 1 else ''}{team}{confirm}"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Which rule decided a call (``number`` counts from 1), or none; and the rules that
+    could not be evaluated on it (such a call is never approved without a reviewer)."""
+
+    number: int | None = None
+    rule: Rule | None = None
+    errors: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any] | None:
+        if self.rule is None and not self.errors:
+            return None
+        return {
+            "number": self.number,
+            **(self.rule.as_dict() if self.rule else {}),
+            **({"errors": list(self.errors)} if self.errors else {}),
+        }
+
+
+class RuleError(ValueError):
+    pass
+
+
+# --- Reading and checking -----------------------------------------------------------------
+
+
+def parse(raw: Any) -> list[Rule]:
+    """The rules stored on a tool (checked when saved, so this only re-reads them)."""
+    return [Rule(**{k: v for k, v in item.items() if k in _KEYS}) for item in raw or []]
+
+
+def problems(
+    raw: Any, *, risk: str, input_schema: Mapping[str, Any], teams: frozenset[str]
+) -> list[str]:
+    """Everything wrong with ``raw`` as a tool's rules, each message naming its rule."""
+    if raw in (None, ""):
+        return []
+    if not isinstance(raw, list):
+        return ['Give a list of rules, like [{"when": "args.amount_cents > 50000", ...}].']
+    if len(raw) > MAX_RULES:
+        return [f"At most {MAX_RULES} rules."]
+    found: list[str] = []
+    for number, item in enumerate(raw, start=1):
+        found += [f"Rule {number}: {p}" for p in _rule_problems(item, risk, input_schema, teams)]
+    return found
+
+
+def _rule_problems(
+    item: Any, risk: str, input_schema: Mapping[str, Any], teams: frozenset[str]
+) -> list[str]:
+    if not isinstance(item, dict):
+        return ["a rule is an object with a condition (when) and an outcome (then)."]
+    unknown = sorted(set(item) - _KEYS)
+    if unknown:
+        return [f"unknown field {', '.join(unknown)}; a rule has {', '.join(sorted(_KEYS))}."]
+    found = []
+    then = item.get("then")
+    if then not in OUTCOMES:
+        found.append(f"then must be one of {', '.join(OUTCOMES)}, not {then!r}.")
+    elif then == APPROVE and risk == Risk.DESTRUCTIVE:
+        found.append("a destructive call always needs reviewers; it cannot be approved by rule.")
+    elif then == APPROVE and risk == Risk.READ:
+        found.append("reads run at once already; approve changes nothing for them.")
+    approvals, team, confirm = item.get("approvals", 0), item.get("team", ""), item.get("confirm")
+    if then == REQUIRE:
+        if risk == Risk.READ:
+            found.append("reads never wait for reviewers; a rule can only refuse them.")
+        if not isinstance(approvals, int) or isinstance(approvals, bool):
+            found.append("approvals must be a whole number.")
+        elif not 1 <= approvals <= MAX_APPROVALS:
+            found.append(f"approvals must be 1 to {MAX_APPROVALS}.")
+        if risk == Risk.DESTRUCTIVE and isinstance(approvals, int) and approvals < 2:
+            found.append("destructive calls need at least 2 approvals.")
+        if not isinstance(team, str):
+            found.append("team is the name of a team.")
+        elif team and team not in teams:
+            found.append(f"there is no team named {team!r}.")
+        if confirm not in (None, True, False):
+            found.append("confirm is true or false.")
+    elif then in OUTCOMES and (approvals or team or confirm):
+        found.append("approvals, team and confirm go with then: require only.")
+    if not isinstance(item.get("note", ""), str) or len(item.get("note", "")) > 300:
+        found.append("note is a sentence of at most 300 characters.")
+    when = item.get("when")
+    if not isinstance(when, str) or not when.strip():
+        found.append(
+            'when is a CEL condition, like args.amount_cents > 50000 && args.currency == "usd".'
+        )
+    elif len(when) > MAX_CONDITION_LENGTH:
+        found.append(f"the condition is longer than {MAX_CONDITION_LENGTH} characters.")
+    else:
+        found += condition_problems(when, input_schema)
+    return found
+
+
+def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
+    """Why ``when`` cannot be a condition of a tool with this schema: a syntax error,
+    a name it does not know, an argument the tool does not have, a signal that does not
+    exist, values of different types compared."""
+    try:
+        tree = _environment().compile(when)
+    except celparser.CELParseError as exc:
+        where = str(exc.args[0]).rstrip() if exc.args else ""
+        return [f"the condition is not valid CEL:\n{where}"]
+    found = []
+    bound = _macro_variables(tree)
+    for name in sorted(_identifiers(tree) - VARIABLES - bound):
+        found.append(f"unknown name {name!r}; a condition can use {', '.join(sorted(VARIABLES))}.")
+    for path in _argument_paths(tree):
+        if not has_argument_path(input_schema, path):
+            found.append(f"args.{path} is not an argument of this tool.")
+    for code in _signal_literals(tree):
+        if code not in risk_signals.CODES:
+            known = ", ".join(sorted(risk_signals.CODES))
+            found.append(f"there is no signal {code!r}; the signals are {known}.")
+    if not found:
+        found += _type_problems(when, input_schema)
+    return found
+
+
+def _type_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
+    """Evaluate the condition on sample calls made from the schema: values of different
+    types compared (``args.currency > 5``) fail here rather than on a live call."""
+    program = _compiled(when)
+    for sample in _samples(input_schema):
+        activation = _activation(
+            normalise(sample, input_schema),
+            signals=["external_link"],
+            user_id="u",
+            roles=["r"],
+            agent="a",
+        )
+        try:
+            value = program.evaluate(activation)
+        except celpy.CELEvalError as exc:
+            message = _eval_message(exc)
+            if "no such member" in message or "no such key" in message:
+                continue  # an optional argument absent from this sample: has() is the cure
+            return [f"the condition cannot be evaluated: {message}"]
+        if not isinstance(value, celtypes.BoolType):
+            return ["the condition must be true or false, not a value."]
+    return []
+
+
+# --- Evaluating ---------------------------------------------------------------------------
+
+
+def first_match(
+    rules: list[Rule],
+    *,
+    arguments: Any,
+    input_schema: Mapping[str, Any],
+    signals: list[str],
+    user_id: str,
+    roles: list[str],
+    agent: str,
+) -> Applied:
+    """The first rule whose condition holds on this call, and the rules that failed.
+
+    A rule that cannot be evaluated on the call (an optional argument it reads is absent,
+    say) is skipped and reported; no later ``approve`` then applies, since the failed rule
+    might have asked for more.
+    """
+    activation = _activation(
+        normalise(arguments, input_schema),
+        signals=signals,
+        user_id=user_id,
+        roles=roles,
+        agent=agent,
+    )
+    errors: list[str] = []
+    for number, rule in enumerate(rules, start=1):
+        try:
+            value = _compiled(rule.when).evaluate(activation)
+        except celpy.CELEvalError as exc:
+            errors.append(f"rule {number}: {_eval_message(exc)}")
+            continue
+        except celparser.CELParseError:
+            errors.append(f"rule {number}: not valid CEL")
+            continue
+        if value is True or (isinstance(value, celtypes.BoolType) and bool(value)):
+            if rule.then == APPROVE and errors:
+                continue
+            return Applied(number=number, rule=rule, errors=tuple(errors))
+    return Applied(errors=tuple(errors))
+
+
+def normalise(arguments: Any, schema: Any) -> Any:
+    """JSON numbers as CEL types them: an argument the schema calls a ``number`` is a double
+    even when written ``4``, so ``args.price > 3.5`` compares like with like."""
+    if not isinstance(schema, Mapping):
+        return arguments
+    if (
+        schema.get("type") == "number"
+        and isinstance(arguments, int)
+        and not isinstance(arguments, bool)
+    ):
+        return float(arguments)
+    if isinstance(arguments, dict):
+        properties = schema.get("properties") or {}
+        return {k: normalise(v, properties.get(k)) for k, v in arguments.items()}
+    if isinstance(arguments, list):
+        return [normalise(v, schema.get("items")) for v in arguments]
+    return arguments
+
+
+def _activation(
+    arguments: Any, *, signals: list[str], user_id: str, roles: list[str], agent: str
+) -> dict[str, Any]:
+    return {
+        "args": celpy.json_to_cel(arguments),
+        "signals": celpy.json_to_cel(list(signals)),
+        "user": celpy.json_to_cel({"id": user_id, "roles": list(roles)}),
+        "agent": celtypes.StringType(agent),
+    }
+
+
+@cache
+def _environment() -> celpy.Environment:
+    return celpy.Environment()
+
+
+@lru_cache(maxsize=2048)
+def _compiled(when: str) -> Any:
+    environment = _environment()
+    return environment.program(environment.compile(when))
+
+
+def _eval_message(exc: celpy.CELEvalError) -> str:
+    message = exc.args[0] if exc.args else str(exc)
+    detail = exc.args[2] if len(exc.args) > 2 and exc.args[2] else ()
+    text = str(message)
+    if "no matching overload" in text or "no such overload" in text:
+        return "values of different types are compared or combined " + (
+            f"({detail[0]})" if detail else ""
+        ).replace("<class 'celpy.celtypes.", "").replace("'>", "")
+    return text
+
+
+# --- The parse tree -----------------------------------------------------------------------
+
+
+def _subtrees(tree: Tree, name: str) -> Iterator[Tree]:
+    return (t for t in tree.iter_subtrees() if t.data == name)
+
+
+def _identifiers(tree: Tree) -> set[str]:
+    return {str(t.children[0]) for t in _subtrees(tree, "ident")}
+
+
+def _macro_variables(tree: Tree) -> set[str]:
+    """Names bound by macros: ``i`` in ``args.items.all(i, i.qty < 5)``."""
+    names = set()
+    for node in _subtrees(tree, "member_dot_arg"):
+        method = node.children[1]
+        arguments = node.children[2] if len(node.children) > 2 else None
+        if isinstance(method, Token) and str(method) in MACROS and isinstance(arguments, Tree):
+            first = _plain(arguments.children[0]) if arguments.children else None
+            if first and first[0] == "ident":
+                names.add(first[1])
+    return names
+
+
+def _chain(node: Any) -> list[str] | None:
+    """``args.changes.email`` as ["args", "changes", "email"]; None for anything else."""
+    if isinstance(node, Tree) and node.data == "member" and len(node.children) == 1:
+        return _chain(node.children[0])
+    if isinstance(node, Tree) and node.data == "member_dot":
+        inner = _chain(node.children[0])
+        return None if inner is None else [*inner, str(node.children[1])]
+    if isinstance(node, Tree) and node.data == "primary":
+        plain = _plain(node)
+        return [plain[1]] if plain and plain[0] == "ident" else None
+    return None
+
+
+def _argument_paths(tree: Tree) -> list[str]:
+    """Every ``args.a.b`` the condition reads (the longest chains; prefixes are implied)."""
+    chains = [_chain(node) for node in _subtrees(tree, "member_dot")]
+    paths = {".".join(c[1:]) for c in chains if c and c[0] == "args" and len(c) > 1}
+    return sorted(p for p in paths if not any(o.startswith(p + ".") for o in paths))
+
+
+def _plain(node: Any) -> tuple[str, str] | None:
+    """A subtree that is only an identifier or a literal, through its wrapping rules."""
+    while (
+        isinstance(node, Tree) and len(node.children) == 1 and node.data not in ("ident", "literal")
+    ):
+        node = node.children[0]
+    if isinstance(node, Tree) and node.data in ("ident", "literal") and node.children:
+        return node.data, str(node.children[0])
+    return None
+
+
+def _signal_literals(tree: Tree) -> list[str]:
+    """The string literals tested with ``"x" in signals``."""
+    codes = []
+    # The parse tree nests ``a in b`` as relation(relation_in(a), b).
+    for node in _subtrees(tree, "relation"):
+        first = node.children[0] if node.children else None
+        if not (isinstance(first, Tree) and first.data == "relation_in") or len(node.children) < 2:
+            continue
+        left, right = _plain(first.children[0]), _plain(node.children[1])
+        if right == ("ident", "signals") and left and left[0] == "literal":
+            literal = left[1]
+            if len(literal) >= 2 and literal[0] == literal[-1] and literal[0] in "\"'":
+                codes.append(literal[1:-1])
+    return codes
+
+
+# --- Sample calls from a schema -----------------------------------------------------------
+
+
+def _samples(schema: Mapping[str, Any]) -> list[Any]:
+    """Two calls per schema: the smallest values and the largest, every argument present."""
+    return [_sample(schema, low=True, depth=0), _sample(schema, low=False, depth=0)]
+
+
+def _sample(schema: Any, *, low: bool, depth: int) -> Any:
+    if not isinstance(schema, Mapping) or depth > 8:
+        return ""
+    if schema.get("enum"):
+        return schema["enum"][0 if low else -1]
+    for keyword in ("anyOf", "oneOf"):
+        if schema.get(keyword):
+            return _sample(schema[keyword][0], low=low, depth=depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind == "object" or "properties" in schema:
+        return {
+            name: _sample(spec, low=low, depth=depth + 1)
+            for name, spec in (schema.get("properties") or {}).items()
+        }
+    if kind == "array":
+        return [_sample(schema.get("items") or {}, low=low, depth=depth + 1)]
+    if kind == "integer":
+        return int(schema.get("minimum", 0) if low else schema.get("maximum", 1000))
+    if kind == "number":
+        return float(schema.get("minimum", 0) if low else schema.get("maximum", 1000))
+    if kind == "boolean":
+        return low
+    return "sample" if low else "another sample"
