@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
 
-from approvals.models import Verdict
-from approvals.selectors import AGES, QueueFilters
+from approvals.models import StandingApproval, Verdict
+from approvals.selectors import AGES, ORDERS, QueueFilters
+from approvals.services import standing
+from approvals.services.standing import MAX_USES
+from core.json_values import json_problem, reject_constant
 from tools_registry.policy import Risk
+
+STANDING_HOURS = [(1, "1 hour"), (8, "8 hours"), (24, "1 day"), (168, "7 days")]
+MAX_EDIT_BYTES = 64 * 1024
 
 
 class DecisionForm(forms.Form):
@@ -14,8 +21,53 @@ class DecisionForm(forms.Form):
     comment = forms.CharField(required=False, max_length=2000)
     # The hash of what the reviewer was shown; the approval binds to it.
     arguments_hash = forms.CharField(max_length=64, min_length=64)
-    # Destructive approvals: the tool's name, typed by the reviewer.
-    confirmation = forms.CharField(required=False, max_length=64)
+    # The hash of the current state shown beside the call, when the tool shows one.
+    state_hash = forms.CharField(required=False, max_length=64)
+    # Risky approvals: the call's target or amount, typed by the reviewer.
+    confirmation = forms.CharField(required=False, max_length=200)
+    # Corrected arguments (JSON), approved as corrected.
+    edited_arguments = forms.CharField(required=False, max_length=MAX_EDIT_BYTES)
+    # Also allow later calls like this one (write tools only): which, for how long, how many.
+    standing = forms.ChoiceField(
+        required=False,
+        choices=[("", "No"), *StandingApproval.Match.choices],
+    )
+    standing_hours = forms.TypedChoiceField(
+        required=False, coerce=int, choices=STANDING_HOURS, empty_value=None
+    )
+    standing_uses = forms.IntegerField(required=False, min_value=1, max_value=MAX_USES)
+    standing_condition = forms.CharField(required=False, max_length=2000)
+
+    def clean_edited_arguments(self) -> Any:
+        raw = self.cleaned_data.get("edited_arguments") or ""
+        if not raw.strip():
+            return None
+        try:
+            value = json.loads(raw, parse_constant=reject_constant)
+        except (ValueError, RecursionError) as exc:
+            message = str(exc) if isinstance(exc, ValueError) else "it nests too deeply"
+            raise forms.ValidationError(
+                f"The corrected arguments are not valid JSON: {message}."
+            ) from None
+        if problem := json_problem(value):
+            raise forms.ValidationError(f"The corrected arguments cannot be stored: {problem}.")
+        return value
+
+    def standing_terms(self) -> standing.Terms | None:
+        match = self.cleaned_data.get("standing")
+        if not match:
+            return None
+        hours = self.cleaned_data.get("standing_hours") or 1
+        return standing.Terms(
+            seconds=hours * 3600,
+            max_uses=self.cleaned_data.get("standing_uses"),
+            match=match,
+            condition=self.cleaned_data.get("standing_condition") or "",
+        )
+
+
+class NoteForm(forms.Form):
+    text = forms.CharField(max_length=2000)
 
 
 class QueueFilterForm(forms.Form):
@@ -39,9 +91,7 @@ class QueueFilterForm(forms.Form):
         ],
     )
     expiring = forms.BooleanField(required=False)
-    order = forms.ChoiceField(
-        required=False, choices=[("oldest", "Oldest first"), ("newest", "Newest first")]
-    )
+    order = forms.ChoiceField(required=False, choices=ORDERS)
     after = forms.CharField(required=False, max_length=80)
     before = forms.CharField(required=False, max_length=80)
 
@@ -54,7 +104,7 @@ class QueueFilterForm(forms.Form):
             session=(data.get("session") or "").strip(),
             age=str(data.get("age")) if data.get("age") in AGES else "",
             expiring=bool(data.get("expiring")),
-            newest_first=data.get("order") == "newest",
+            order=str(data.get("order") or "oldest"),
         )
 
     def _valid_parts(self) -> dict[str, Any]:

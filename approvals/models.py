@@ -4,6 +4,8 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from tools_registry.models import Agent, Tool
@@ -184,8 +186,10 @@ class ToolCall(models.Model):
                 condition=models.Q(status="pending"),
                 name="call_pending_expiry_id_idx",
             ),
+            # The same key as the queue's amount order (selectors.SORTS): no amount last.
             models.Index(
-                fields=["amount_minor", "id"],
+                Coalesce(F("amount_minor"), Value(-1), output_field=models.BigIntegerField()),
+                F("id"),
                 condition=models.Q(status="pending"),
                 name="call_pending_amount_idx",
             ),

@@ -114,4 +114,6 @@ def screen(
         # approve, rather than anybody.
         team = rule.team
     by_rule = rule is not None and rule.then == rules.APPROVE
+    if by_rule:
+        approvals = 0  # approved as it arrives: no reviewer is asked
     return Screening(facts, found, applied, approvals, team, confirm, by_rule)

@@ -11,7 +11,18 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -36,32 +47,72 @@ class QueueFilters:
     session: str = ""
     age: str = ""  # a key of AGES: waiting longer than that
     expiring: bool = False
-    newest_first: bool = False
+    order: str = "oldest"  # a key of SORTS
+
+    @property
+    def newest_first(self) -> bool:
+        return self.order == "newest"
+
+
+@dataclass(frozen=True)
+class Sort:
+    """One order of the queue: the key it sorts by (then the id), and which way."""
+
+    key: Any  # an expression over the call's row
+    descending: bool
+    timestamps: bool  # the key is a time (a cursor carries it as microseconds)
+
+
+ORDERS = [
+    ("oldest", "Oldest first"),
+    ("newest", "Newest first"),
+    ("expiring", "Expiring first"),
+    ("amount", "Largest amount first"),
+]
+# Calls without an amount sort after every amount (the partial index has the same key).
+NO_AMOUNT = -1
+SORTS = {
+    "oldest": Sort(F("created_at"), descending=False, timestamps=True),
+    "newest": Sort(F("created_at"), descending=True, timestamps=True),
+    "expiring": Sort(F("expires_at"), descending=False, timestamps=True),
+    "amount": Sort(
+        Coalesce(F("amount_minor"), Value(NO_AMOUNT), output_field=BigIntegerField()),
+        descending=True,
+        timestamps=False,
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """A keyset position: the (created_at, id) of a row. No OFFSET, so depth costs nothing."""
+    """A keyset position: a row's sort key and id. No OFFSET, so depth costs nothing."""
 
-    created_at: datetime
+    key: datetime | int
     id: UUID
 
     def token(self) -> str:
-        micros = int(self.created_at.timestamp() * 1_000_000)
-        return f"{micros}_{self.id}"
+        key = self.key
+        raw = int(key.timestamp() * 1_000_000) if isinstance(key, datetime) else int(key)
+        return f"{raw}_{self.id}"
 
     @classmethod
-    def parse(cls, token: str) -> Cursor | None:
-        micros, _, raw_id = token.partition("_")
+    def parse(cls, token: str, sort: Sort | None = None) -> Cursor | None:
+        raw, _, raw_id = token.partition("_")
         try:
-            when = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
-            return cls(created_at=when, id=UUID(raw_id))
+            number = int(raw)
+            key: datetime | int = (
+                datetime.fromtimestamp(number / 1_000_000, tz=UTC)
+                if sort is None or sort.timestamps
+                else number
+            )
+            return cls(key=key, id=UUID(raw_id))
         except (ValueError, OverflowError, OSError):
             return None
 
     @classmethod
-    def of(cls, call: ToolCall) -> Cursor:
-        return cls(created_at=call.created_at, id=call.pk)
+    def of(cls, call: ToolCall, sort: Sort | None = None) -> Cursor:
+        key = getattr(call, "sort_key", None) if sort is not None else None
+        return cls(key=call.created_at if key is None else key, id=call.pk)
 
 
 @dataclass
@@ -75,6 +126,11 @@ class QueuePage:
     next_cursor: str = ""  # further along in the current order
     prev_cursor: str = ""  # back towards the start
     unknown_filter: bool = False  # a tool or agent name that is not (or no longer) there
+
+    @property
+    def counts_total(self) -> int:
+        """Every class together, capped like the counts."""
+        return min(sum(self.counts.values()), self.count_cap)
 
 
 def _filtered(
@@ -123,15 +179,17 @@ def _risk_counts(calls: QuerySet[ToolCall], cap: int) -> tuple[dict[str, int], b
     return {str(risk): seen.get(risk, 0) for risk in QUEUE_RISKS}, capped
 
 
-def _after(cursor: Cursor, descending: bool) -> Q:
-    """Rows strictly past ``cursor`` in the given order. The redundant bound on created_at
-    gives the index scan a start key; the OR then only breaks ties."""
+def _after(cursor: Cursor, descending: bool, key: str = "created_at") -> Q:
+    """Rows strictly past ``cursor`` in the given order of ``key`` (a field or the
+    ``sort_key`` annotation). The redundant bound on the key gives the index scan a start
+    key; the OR then only breaks ties."""
+    at = cursor.key
     if descending:
-        return Q(created_at__lte=cursor.created_at) & (
-            Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id)
+        return Q(**{f"{key}__lte": at}) & (
+            Q(**{f"{key}__lt": at}) | Q(**{key: at, "id__lt": cursor.id})
         )
-    return Q(created_at__gte=cursor.created_at) & (
-        Q(created_at__gt=cursor.created_at) | Q(created_at=cursor.created_at, id__gt=cursor.id)
+    return Q(**{f"{key}__gte": at}) & (
+        Q(**{f"{key}__gt": at}) | Q(**{key: at, "id__gt": cursor.id})
     )
 
 
@@ -162,17 +220,19 @@ def queue_page(
     # Counting a million rows takes as long as a million rows: stop at the cap instead.
     counts, capped = _risk_counts(_of_risk(filters, "", tools, agents, now), cap)
 
-    rows = _of_risk(filters, filters.risk, tools, agents, now)
-    descending = filters.newest_first
+    sort = SORTS.get(filters.order, SORTS["oldest"])
+    rows = _of_risk(filters, filters.risk, tools, agents, now).annotate(sort_key=sort.key)
     backwards = bool(before) and not after
-    cursor = Cursor.parse(after or before) if (after or before) else None
+    cursor = Cursor.parse(after or before, sort) if (after or before) else None
     # Walking back towards the start is the same walk in the opposite order, then reversed.
-    walk_descending = descending != backwards
+    walk_descending = sort.descending != backwards
     if cursor is not None:
-        rows = rows.filter(_after(cursor, walk_descending))
-    order = ["-created_at", "-id"] if walk_descending else ["created_at", "id"]
+        rows = rows.filter(_after(cursor, walk_descending, "sort_key"))
+    order = ["-sort_key", "-id"] if walk_descending else ["sort_key", "id"]
     approvals = (
-        Decision.objects.filter(call=OuterRef("pk"), verdict=Verdict.APPROVE)
+        Decision.objects.filter(
+            call=OuterRef("pk"), verdict=Verdict.APPROVE, arguments_hash=OuterRef("arguments_hash")
+        )
         .values("call")
         .annotate(n=Count("pk"))
         .values("n")
@@ -203,9 +263,9 @@ def queue_page(
         # Forward: another page exists past the last row when we fetched one extra going
         # forward, or always when we came backwards (we came from there).
         if more or backwards:
-            page.next_cursor = Cursor.of(calls[-1]).token()
+            page.next_cursor = Cursor.of(calls[-1], sort).token()
         if cursor is not None and (not backwards or more):
-            page.prev_cursor = Cursor.of(calls[0]).token()
+            page.prev_cursor = Cursor.of(calls[0], sort).token()
     return page
 
 
@@ -245,4 +305,28 @@ def call_for_reviewer(user: Any, call_id: UUID) -> ToolCall | None:
         .prefetch_related("decisions__reviewer")
         .filter(pk=call_id)
         .first()
+    )
+
+
+# --- Needs attention -----------------------------------------------------------------------
+
+ATTENTION_COUNT_CAP = 99
+
+
+def calls_needing_attention(user: Any) -> QuerySet[ToolCall]:
+    """Unknown calls and escalated failures of the tools ``user`` may review, oldest first."""
+    return (
+        ToolCall.objects.filter(
+            Q(status=Status.UNKNOWN) | Q(status=Status.FAILED, needs_attention=True),
+            tool__in=reviewable_tools(user),
+        )
+        .select_related("tool", "agent")
+        .order_by("updated_at", "id")
+    )
+
+
+def attention_count(user: Any) -> int:
+    """How many calls need a person, up to ``ATTENTION_COUNT_CAP`` (shown as "99+")."""
+    return len(
+        calls_needing_attention(user).values_list("pk", flat=True)[: ATTENTION_COUNT_CAP + 1]
     )

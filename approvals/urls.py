@@ -14,6 +14,10 @@ urlpatterns = [
     path("<uuid:pk>/", views.detail, name="detail"),
     path("<uuid:pk>/decide/", views.decide, name="decide"),
     path("<uuid:pk>/reveal/", views.reveal, name="reveal"),
+    path("<uuid:pk>/live/", views.live, name="live"),
+    path("<uuid:pk>/notes/", views.add_note, name="add_note"),
+    path("standing/", views.standing_approvals, name="standing"),
+    path("standing/<int:pk>/revoke/", views.revoke_standing, name="revoke_standing"),
     # The "needs attention" page (approvals.views.attention).
     path("attention/", attention.attention, name="attention"),
     path("attention/<uuid:pk>/", attention.attention_item, name="attention_item"),

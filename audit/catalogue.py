@@ -6,12 +6,21 @@ from __future__ import annotations
 
 ACTIONS: dict[str, str] = {
     # A tool call's life (approvals/events.py).
-    "call.submitted": "An agent proposed a call: masked arguments, reasoning, token cost, policy.",
+    "call.submitted": "An agent proposed a call: masked arguments, reasoning, token cost, the "
+    "policy it is bound to (version, the rule that applied) and the risk signals it raised.",
     "call.refused": "A request was refused before a call existed (unknown or not-allowed tool, "
     "disabled tool, invalid arguments, rate limit, too many rounds); outcome is the error code.",
     "call.decision": "One reviewer's verdict, with the arguments hash and policy version they "
-    "decided on.",
-    "call.approved": "The call reached its quorum of approvals.",
+    "decided on, and the current state they were shown (masked) with its hash.",
+    "call.approved": "The call reached its quorum of approvals, or was approved as it arrived by a "
+    "policy rule (which rule of which policy version) or a reviewer's standing approval.",
+    "call.arguments_edited": "A reviewer corrected the arguments as part of approving: the "
+    "originals and the corrected ones (masked), both hashes, the approvals it reset.",
+    "call.note_added": "A reviewer commented on a call without a verdict (kept from a page that "
+    "went stale, or added afterwards).",
+    "standing_approval.granted": "With an approval, a reviewer also allowed the agent's later "
+    "calls of the tool: which (same arguments, a condition, any), until when, how many.",
+    "standing_approval.revoked": "Its author or an admin revoked a standing approval.",
     "call.rejected": "A reviewer vetoed the call.",
     "call.cancelled": "The agent withdrew its pending call.",
     "call.expired": "Nobody decided before the approval deadline.",

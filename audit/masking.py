@@ -101,37 +101,58 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _mask_cards(text: str) -> str:
+# How a found value is written instead of itself: ``masked`` (a keyed-hash marker) for
+# everything stored; reviewers' pages use partial forms (``partial``).
+Render = Callable[[str, str], str]
+
+
+def _mask_cards(text: str, render: Render) -> str:
     def replace(match: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", match.group(0))
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return masked("card", digits)
+            return render("card", digits)
         return match.group(0)
 
     return _CARD_CANDIDATE.sub(replace, text)
 
 
-def _mask_phones(text: str) -> str:
+def _mask_phones(text: str, render: Render) -> str:
     def replace(match: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", match.group(0))
         if 8 <= len(digits) <= 15:
-            return masked("phone", digits)
+            return render("phone", digits)
         return match.group(0)
 
     return _PHONE.sub(replace, text)
 
 
-_DETECTORS: list[Callable[[str], str]] = [
-    lambda text: _PRIVATE_KEY.sub(lambda m: masked("secret", m.group(0)), text),
-    lambda text: _API_KEY.sub(lambda m: masked("secret", m.group(0)), text),
-    lambda text: _BEARER.sub(lambda m: f"{m.group(1)} {masked('secret', m.group(0))}", text),
-    lambda text: _SECRET_ASSIGNMENT.sub(
+_DETECTORS: list[Callable[[str, Render], str]] = [
+    lambda text, render: _PRIVATE_KEY.sub(lambda m: masked("secret", m.group(0)), text),
+    lambda text, render: _API_KEY.sub(lambda m: masked("secret", m.group(0)), text),
+    lambda text, render: _BEARER.sub(
+        lambda m: f"{m.group(1)} {masked('secret', m.group(0))}", text
+    ),
+    lambda text, render: _SECRET_ASSIGNMENT.sub(
         lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{masked('secret', m.group(4))}", text
     ),
     _mask_cards,
-    lambda text: _EMAIL.sub(lambda m: masked("email", m.group(0).lower()), text),
+    lambda text, render: _EMAIL.sub(lambda m: render("email", m.group(0).lower()), text),
     _mask_phones,
 ]
+
+
+def partial(kind: str, value: str) -> str:
+    """The reviewer's display form of a found value: enough to decide on, not the whole.
+    An e-mail keeps its domain (``a***@example.com``), a phone its last two digits, a card
+    its last four; anything else stays a marker."""
+    if kind == "email" and "@" in value:
+        local, domain = value.rsplit("@", 1)
+        return f"{local[:1]}***@{domain}"
+    if kind == "phone":
+        return f"•••{value[-2:]}"
+    if kind == "card":
+        return f"•••• {value[-4:]}"
+    return masked(kind, value)
 
 
 # Every detector's pattern. Text in which none of them matches anywhere is left as it is by
@@ -142,7 +163,7 @@ _DETECTORS: list[Callable[[str], str]] = [
 _PATTERNS = (_PRIVATE_KEY, _API_KEY, _BEARER, _SECRET_ASSIGNMENT, _CARD_CANDIDATE, _EMAIL, _PHONE)
 
 
-def mask_text(text: str) -> str:
+def mask_text(text: str, render: Render = masked) -> str:
     """Mask every secret or personal datum the detectors find in free text.
 
     Each detector sees only the text between masks already made, so a mask's fingerprint is
@@ -155,26 +176,26 @@ def mask_text(text: str) -> str:
     for detector in _DETECTORS:
         parts = _MARKER.split(text)
         # re.split with a group alternates: text, marker, text, marker, ..., text
-        text = "".join(part if i % 2 else detector(part) for i, part in enumerate(parts))
+        text = "".join(part if i % 2 else detector(part, render) for i, part in enumerate(parts))
     return text
 
 
-def mask_value(value: Any) -> Any:
+def mask_value(value: Any, render: Render = masked) -> Any:
     """Mask detector hits anywhere inside a JSON-like value, and secret-named keys whole."""
     if isinstance(value, str):
-        return mask_text(value)
+        return mask_text(value, render)
     if isinstance(value, dict):
         result: dict[str, Any] = {}
         for key, item in value.items():
             # Keys are free text too (a map keyed by e-mail address, say).
-            name = mask_text(key) if isinstance(key, str) else key
+            name = mask_text(key, render) if isinstance(key, str) else key
             if isinstance(key, str) and SECRET_KEY_NAMES.match(key) and item not in (None, ""):
                 result[name] = masked("secret", _as_text(item))
             else:
-                result[name] = mask_value(item)
+                result[name] = mask_value(item, render)
         return result
     if isinstance(value, list | tuple):
-        return [mask_value(item) for item in value]
+        return [mask_value(item, render) for item in value]
     return value
 
 

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from approvals import selectors
 from tools_registry.permissions import has_any_review_grant
 
 
@@ -12,9 +13,12 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"nav": {}}
+    reviews = has_any_review_grant(user)
     return {
         "nav": {
-            "approvals": has_any_review_grant(user),
+            "approvals": reviews,
+            # Counted only where a template shows it (templates call a callable).
+            "attention": (lambda: selectors.attention_count(user)) if reviews else 0,
             "audit": user.has_perm("audit.view_auditevent"),
             "admin": user.is_staff,
         }

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from approvals.views.whatif import what_if
 from config import views
 from gateway.api import api
 
@@ -20,6 +21,8 @@ urlpatterns = [
     path("approvals/", include("approvals.urls")),
     path("audit/", include("audit.urls")),
     path("api/v1/", api.urls),
+    # The tool admin's policy what-if, beside the tool's admin page (approvals owns the calls).
+    path("admin/tools_registry/tool/<int:tool_id>/what-if/", what_if, name="policy_what_if"),
     path("admin/", admin.site.urls),
 ]
 

@@ -9,9 +9,17 @@ from django.conf import settings
 from django.db.models import Q
 
 from sandbox import effects, faults
-from sandbox.models import Customer, HelpArticle, OutboxMessage
+from sandbox.models import Customer, HelpArticle, OutboxMessage, Payment
+from tools_registry.facts import Facts, Money
 from tools_registry.policy import Risk
-from tools_registry.registry import LookupResult, ToolContext, ToolFailed, tool
+from tools_registry.registry import (
+    Change,
+    LookupResult,
+    State,
+    ToolContext,
+    ToolFailed,
+    tool,
+)
 
 JSON = dict[str, Any]
 
@@ -139,6 +147,7 @@ def get_customer(ctx: ToolContext, arguments: JSON) -> JSON:
     },
     risk=Risk.WRITE,
     honours_idempotency_key=True,
+    facts=Facts(recipient="to"),
 )
 def send_email(ctx: ToolContext, arguments: JSON) -> JSON:
     faults.checkpoint(tool="send_email", point=faults.Point.HANDLER_START)
@@ -208,6 +217,7 @@ def _send_email_preview(arguments: JSON) -> str:
     risk=Risk.WRITE,
     sensitive_fields=["changes.email", "changes.phone"],
     honours_idempotency_key=True,
+    facts=Facts(target="customer_id", confirm="target"),
     # Overwrites the record's old values; setting the same values again changes nothing.
     overwrites=True,
     idempotent=True,
@@ -245,6 +255,31 @@ update_customer.lookup(effects.recorded("update_customer"))
 def _update_customer_preview(arguments: JSON) -> str:
     fields = ", ".join(sorted(arguments.get("changes", {})))
     return f"Overwrites {fields} of customer {arguments.get('customer_id')}."
+
+
+@update_customer.current_state
+def _update_customer_state(arguments: JSON) -> State:
+    # The demo's CRM is a table beside Countersign; a real tool asks its CRM's API.
+    customer = Customer.objects.filter(customer_id=arguments["customer_id"]).first()
+    if customer is None:
+        return State(
+            title=f"No customer {arguments['customer_id']}",
+            notes=("The record does not exist: the call would fail.",),
+        )
+    now = customer.as_dict()
+    changes = arguments.get("changes", {})
+    return State(
+        title=f"Customer {customer.customer_id} ({customer.name})",
+        rows=tuple(
+            Change(
+                field=name,
+                now=now[name],
+                after=changes.get(name, now[name]),
+                changes=name in changes and changes[name] != now[name],
+            )
+            for name in ("name", "email", "phone", "plan")
+        ),
+    )
 
 
 @tool(
@@ -285,6 +320,7 @@ def _update_customer_preview(arguments: JSON) -> str:
     },
     risk=Risk.WRITE,
     honours_idempotency_key=True,
+    facts=Facts(amount="amount_cents", currency="currency", target="payment_id", confirm="amount"),
 )
 def issue_refund(ctx: ToolContext, arguments: JSON) -> JSON:
     faults.checkpoint(tool="issue_refund", point=faults.Point.HANDLER_START)
@@ -335,6 +371,47 @@ def _issue_refund_preview(arguments: JSON) -> str:
     return f"Refunds {amount:.2f} {str(arguments.get('currency', '')).upper()} of payment {arguments.get('payment_id')}."
 
 
+@issue_refund.current_state
+def _issue_refund_state(arguments: JSON) -> State:
+    # The sandbox's payments provider keeps its payments beside Countersign; a real tool
+    # asks the provider's API (GET /payments/{id}).
+    payment = Payment.objects.filter(payment_id=arguments["payment_id"]).first()
+    if payment is None:
+        return State(
+            title=f"No payment {arguments['payment_id']}",
+            notes=("The provider has no such payment: the refund would be refused.",),
+        )
+    currency = payment.currency.upper()
+    refunded = payment.refunded_cents
+    asked = int(arguments.get("amount_cents", 0))
+    notes = []
+    if str(arguments.get("currency", "")).upper() != currency:
+        notes.append(
+            f"The payment was made in {currency}, not {arguments.get('currency', '').upper()}."
+        )
+    if refunded + asked > payment.amount_cents:
+        notes.append("The refund is more than what is left of the payment: it would be refused.")
+    return State(
+        title=f"Payment {payment.payment_id}",
+        rows=(
+            Change("charged", str(Money(payment.amount_cents, currency))),
+            Change(
+                "refunded",
+                str(Money(refunded, currency)),
+                str(Money(refunded + asked, currency)),
+                changes=True,
+            ),
+            Change(
+                "left to refund",
+                str(Money(payment.amount_cents - refunded, currency)),
+                str(Money(payment.amount_cents - refunded - asked, currency)),
+                changes=True,
+            ),
+        ),
+        notes=tuple(notes),
+    )
+
+
 @tool(
     name="delete_customer",
     description=(
@@ -357,6 +434,7 @@ def _issue_refund_preview(arguments: JSON) -> str:
     },
     risk=Risk.DESTRUCTIVE,
     honours_idempotency_key=True,
+    facts=Facts(target="customer_id", confirm="target"),
     # Deleting a customer that is already gone changes nothing more.
     idempotent=True,
     open_world=False,
@@ -379,6 +457,29 @@ delete_customer.lookup(effects.recorded("delete_customer"))
 @delete_customer.preview
 def _delete_customer_preview(arguments: JSON) -> str:
     return f"Permanently erases customer {arguments.get('customer_id')}."
+
+
+@delete_customer.current_state
+def _delete_customer_state(arguments: JSON) -> State:
+    customer = Customer.objects.filter(customer_id=arguments["customer_id"]).first()
+    if customer is None:
+        return State(
+            title=f"No customer {arguments['customer_id']}",
+            notes=("The record is already gone: the call would fail.",),
+        )
+    now = customer.as_dict()
+    sent = OutboxMessage.objects.filter(to__iexact=customer.email).count()
+    return State(
+        title=f"Customer {customer.customer_id} ({customer.name})",
+        rows=tuple(
+            Change(field=name, now=now[name], after=None, changes=True)
+            for name in ("name", "email", "phone", "plan")
+        ),
+        notes=(
+            f"{sent} e-mail{'s' if sent != 1 else ''} sent to this customer stay in the outbox.",
+            "Erased for good: Countersign cannot restore it.",
+        ),
+    )
 
 
 def _is_json(response: httpx.Response) -> bool:

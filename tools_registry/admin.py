@@ -3,6 +3,8 @@ admin can neither skip the policy rules nor leave a change out of the audit trai
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 from django import forms
@@ -13,6 +15,7 @@ from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from guardian.admin import (
@@ -44,10 +47,64 @@ PERMISSION_LABELS = {
 # --- Tools: policy and lint -------------------------------------------------------------
 
 
+class PrettyJSONField(forms.JSONField):
+    """A JSON field an admin can read: indented, keys in their order."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+class RulesWidget(forms.Textarea):
+    """The rules' editor, with a button that tries them on past calls before saving: it
+    posts the form to the policy what-if page (``what_if_url``, set per tool)."""
+
+    what_if_url = ""
+
+    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None) -> Any:
+        editor = super().render(name, value, attrs, renderer)
+        if not self.what_if_url:
+            return editor
+        return format_html(
+            '{}<p class="what-if-controls">Try them on the calls of the last '
+            '<input name="whatif_days" type="number" min="1" max="90" value="14" '
+            'class="vIntegerField"> days: <button type="submit" formaction="{}" '
+            'formtarget="_blank" class="button" name="_what_if">Try these rules</button></p>',
+            editor,
+            self.what_if_url,
+        )
+
+
+RULES_HELP = (
+    "Ordered rules; the first whose condition holds decides. Each is "
+    '{"when": CEL condition, "then": "approve" | "require" | "refuse", "approvals": N, '
+    '"team": "team name", "confirm": true, "note": "why"}. A condition reads args, signals '
+    '(e.g. "external_link" in signals), user.id, user.roles and agent. Example: '
+    '[{"when": "args.amount_cents > 50000", "then": "require", "approvals": 2, '
+    '"team": "reviewers"}]'
+)
+
+
 class ToolPolicyForm(forms.ModelForm):
+    rules = PrettyJSONField(
+        required=False, widget=RulesWidget(attrs={"rows": 10, "cols": 90}), help_text=RULES_HELP
+    )
+    secret_fields = PrettyJSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        help_text='Argument paths reviewers never see, not even in part, e.g. ["card.cvc"].',
+    )
+
     class Meta:
         model = Tool
         fields = list(POLICY_FIELDS)
+
+    def clean_rules(self) -> Any:
+        return self.cleaned_data.get("rules") or []
+
+    def clean_secret_fields(self) -> Any:
+        return self.cleaned_data.get("secret_fields") or []
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -140,6 +197,7 @@ class ToolAdmin(GuardedModelAdmin):
         "available",
         "policy_version",
         "lint_report",
+        "standing_approvals_list",
         "created_at",
         "updated_at",
     ]
@@ -178,10 +236,12 @@ class ToolAdmin(GuardedModelAdmin):
                     "breaker_threshold",
                     "breaker_cooldown_seconds",
                     "sensitive_fields",
+                    "secret_fields",
                     "policy_version",
                 ]
             },
         ),
+        ("Rules", {"fields": ["rules", "standing_approvals_list"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 
@@ -203,6 +263,40 @@ class ToolAdmin(GuardedModelAdmin):
             ),
         )
 
+    @admin.display(description="Standing approvals")
+    def standing_approvals_list(self, tool: Tool) -> str:
+        """Reviewers' approvals in advance that are live now (the approvals app owns them;
+        its admin page lists and revokes every one)."""
+        live = (
+            tool.standing_approvals.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())  # type: ignore[attr-defined]
+            .select_related("agent", "granted_by")
+            .order_by("expires_at")
+        )
+        rows = [
+            (
+                s.agent.name,
+                s.get_match_display(),
+                f"{s.uses} of {s.max_uses}" if s.max_uses else str(s.uses),
+                s.expires_at.strftime("%Y-%m-%d %H:%M"),
+                s.granted_by.get_username(),
+            )
+            for s in live[:50]
+        ]
+        listing = (
+            reverse("admin:approvals_standingapproval_changelist") + f"?tool__id__exact={tool.pk}"
+        )
+        if not rows:
+            return format_html('None live. <a href="{}">All of them</a>', listing)
+        return format_html(
+            '<ul>{}</ul><a href="{}">Revoke or see all</a>',
+            format_html_join(
+                "",
+                "<li>{} · {} · used {} · until {} · by {}</li>",
+                rows,
+            ),
+            listing,
+        )
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # tools are declared in code and created by sync_tools
 
@@ -221,7 +315,14 @@ class ToolAdmin(GuardedModelAdmin):
     ) -> Any:
         if obj is not None and obj.upstream_id is not None:
             kwargs["form"] = ImportedToolForm
-        return super().get_form(request, obj, change, **kwargs)
+        form = super().get_form(request, obj, change, **kwargs)
+        if obj is not None and "rules" in form.base_fields:
+            # A copy: the declared field (and its widget) is shared by every form class.
+            field = copy.deepcopy(form.base_fields["rules"])
+            if isinstance(field.widget, RulesWidget):
+                field.widget.what_if_url = reverse("policy_what_if", args=[obj.pk])
+            form.base_fields["rules"] = field
+        return form
 
     def save_model(
         self, request: HttpRequest, obj: Tool, form: forms.ModelForm, change: bool

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
-from approvals.views.detail import decide, detail, reveal
+from approvals.views.detail import (
+    add_note,
+    decide,
+    detail,
+    live,
+    reveal,
+    revoke_standing,
+    standing_approvals,
+)
 from approvals.views.queue import next_call, queue
 from approvals.views.reauth import reauthenticate
 
-__all__ = ["decide", "detail", "next_call", "queue", "reauthenticate", "reveal"]
+__all__ = [
+    "add_note",
+    "decide",
+    "detail",
+    "live",
+    "next_call",
+    "queue",
+    "reauthenticate",
+    "reveal",
+    "revoke_standing",
+    "standing_approvals",
+]

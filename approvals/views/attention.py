@@ -7,20 +7,18 @@ action is a POST through ``approvals.services.attention``, audited with the pers
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID
 
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q, QuerySet
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from approvals import transitions
+from approvals import display, selectors, transitions
 from approvals.guards import CONFLICTS, conflict_of_interest
 from approvals.models import Status, ToolCall
 from approvals.services.attention import (
@@ -32,8 +30,6 @@ from approvals.services.attention import (
     resolve_call,
 )
 from approvals.views.common import AuthedRequest, call_or_403
-from audit.masking import mask_arguments
-from tools_registry.permissions import reviewable_tools
 
 PAGE = "approvals/attention.html"
 PAGE_SIZE = 200
@@ -51,23 +47,13 @@ class RerunForm(forms.Form):
     note = forms.CharField(required=False, max_length=2000)
 
 
-def calls_needing_attention(user: Any) -> QuerySet[ToolCall]:
-    """Unknown calls and escalated failures of the tools ``user`` may review, oldest first."""
-    return (
-        ToolCall.objects.filter(
-            Q(status=Status.UNKNOWN) | Q(status=Status.FAILED, needs_attention=True),
-            tool__in=reviewable_tools(user),
-        )
-        .select_related("tool", "agent")
-        .order_by("updated_at", "id")
-    )
-
-
 def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
-    shown = mask_arguments(call.arguments, call.tool.sensitive_fields)
+    view = display.page(call)
     return {
         "call": call,
-        "arguments_json": json.dumps(shown, indent=2, ensure_ascii=False, sort_keys=True),
+        "view": view,
+        "arguments_json": view.arguments_json,
+        "attention_reason": display.text(call.attention_reason),
         "open": needs_a_person(call),
         # The agent's owner, or the person it acts for, may see the call but not settle it.
         "conflict": CONFLICTS.get(conflict_of_interest(call, user), ""),
@@ -81,7 +67,7 @@ def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
 @require_GET
 @login_required
 def attention(request: AuthedRequest) -> HttpResponse:
-    calls = list(calls_needing_attention(request.user)[:PAGE_SIZE])
+    calls = list(selectors.calls_needing_attention(request.user)[:PAGE_SIZE])
     items = [_item(call, request.user) for call in calls]
     template = f"{PAGE}#attention-list" if request.htmx else PAGE
     return render(request, template, {"items": items})

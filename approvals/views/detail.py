@@ -1,9 +1,8 @@
-"""A call's detail page and the decision form."""
+"""A call's page: what it does, to whom, how risky, under which rule; the decision form,
+corrections and standing approvals; and the live updates that keep the page true."""
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 from uuid import UUID
 
@@ -17,83 +16,122 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from approvals import reauth, selectors
-from approvals.forms import DecisionForm, RevealForm
-from approvals.guards import conflict_of_interest
-from approvals.models import ToolCall, Verdict
-from approvals.services import decisions, reveals
+from approvals import before_after, display, reauth, selectors
+from approvals.forms import DecisionForm, NoteForm, RevealForm
+from approvals.guards import conflict_of_interest, counted_approvals
+from approvals.models import StandingApproval, Status, ToolCall, Verdict
+from approvals.services import decisions, notes, reveals, standing
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
-from audit.masking import mask_arguments
-from tools_registry import registry, sources
 from tools_registry.permissions import reviewable_tools
 from tools_registry.policy import Risk
 
-logger = logging.getLogger(__name__)
 
-
-def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-
-
-def preview_of(call: ToolCall, arguments: Any) -> str:
-    """The handler's own description of the effect, from the arguments it is given."""
-    try:
-        spec = sources.implementation(call.tool)
-    except registry.UnknownTool:
-        return ""
-    if spec.preview_fn is None:
-        return ""
-    try:
-        return str(spec.preview_fn(arguments))
-    except Exception:
-        # Arguments come from an agent; a preview that chokes on them must not hide the call.
-        logger.exception("preview of %s failed for call %s", call.tool.name, call.pk)
-        return ""
-
-
-def arguments_context(call: ToolCall, *, revealed: Any = None) -> dict[str, Any]:
-    shown = (
-        revealed
-        if revealed is not None
-        else mask_arguments(call.arguments, call.tool.sensitive_fields)
+def live_version(call: ToolCall) -> str:
+    """Changes whenever anything the page shows of the call's progress changes."""
+    return ".".join(
+        str(part)
+        for part in (
+            call.status,
+            call.arguments_hash[:12],
+            len(call.decisions.all()),
+            len(call.notes.all()),
+            int(call.updated_at.timestamp() * 1000),
+        )
     )
+
+
+def _shown_state(call: ToolCall) -> tuple[Any, str]:
+    """The state beside the call: read now while it waits; afterwards, what its last
+    reviewer was shown (stored with the verdict)."""
+    if call.status == Status.PENDING:
+        shown = before_after.current_state(call)
+        return (display.value(shown.state) if shown.state is not None else None), shown.hash
+    for decision in reversed(call.decisions.all()):
+        if decision.shown_state is not None:
+            return display.value(decision.shown_state), decision.shown_state_hash
+    return None, ""
+
+
+def _policy(call: ToolCall) -> dict[str, Any]:
+    """The policy the call is bound to, from its snapshot (calls stored before snapshots
+    existed fall back to what the call itself recorded)."""
+    bound = dict(call.policy or {})
+    ttl = None
+    if call.expires_at:
+        ttl = int((call.expires_at - call.created_at).total_seconds())
+    rule = bound.get("rule") or {}
     return {
-        "arguments_json": pretty(shown),
-        "preview": preview_of(call, shown),
-        "revealed": revealed is not None,
-        "has_masked": shown != call.arguments,
+        "read": call.risk == Risk.READ,
+        "version": bound.get("version"),
+        "approvals_required": call.approvals_required,
+        "team": bound.get("team", ""),
+        "ttl_seconds": ttl,
+        "timeout_seconds": bound.get("timeout_seconds", call.tool.timeout_seconds),
+        "max_attempts": bound.get("max_attempts", call.tool.max_attempts),
+        "rule": rule,
+        "rule_errors": rule.get("errors", []),
     }
 
 
-def detail_context(request: AuthedRequest, call: ToolCall, **extra: Any) -> dict[str, Any]:
+def detail_context(
+    request: AuthedRequest, call: ToolCall, *, view: display.CallView | None = None, **extra: Any
+) -> dict[str, Any]:
     user = request.user
+    view = view or display.page(call)
     conflict = conflict_of_interest(call, user)
-    votes = list(call.decisions.all())
+    decided = list(call.decisions.all())
     history = selectors.session_history(call)
     reviewable = set(reviewable_tools(user).values_list("pk", flat=True)) if history else set()
-    sensitive = call.tool.sensitive_fields
     now = timezone.now()
+    pending = call.status == Status.PENDING
+    policy = _policy(call)
+    state, state_hash = _shown_state(call)
+    destructive = call.risk == Risk.DESTRUCTIVE
+    team = policy["team"]
+    outside_team = bool(team) and not user.groups.filter(name=team).exists()
+    edits_allowed = pending and (
+        call.risk == Risk.WRITE
+        or (destructive and settings.APPROVALS_DESTRUCTIVE_EDITS == "narrow")
+    )
     context: dict[str, Any] = {
         "call": call,
-        "decisions": votes,
-        "approvals": sum(1 for d in votes if d.verdict == Verdict.APPROVE),
-        "already_voted": any(d.reviewer_id == user.pk for d in votes),
+        "view": view,
+        "pending": pending,
+        "approvals": counted_approvals(decided, call.arguments_hash),
+        "already_voted": any(
+            d.reviewer_id == user.pk and d.arguments_hash == call.arguments_hash for d in decided
+        ),
         "owns_agent": conflict == "owner",
         "acts_for_me": conflict == "on_behalf_of",
-        "destructive": call.risk == Risk.DESTRUCTIVE,
+        "outside_team": outside_team,
+        # Separation of duties and a rule's team: who may reject but not approve.
+        "may_approve": not conflict and not outside_team,
+        "destructive": destructive,
+        "confirm_phrase": (
+            decisions.confirmation_phrase(call)
+            if destructive or (call.policy or {}).get("confirm")
+            else ""
+        ),
         "recent_login": reauth.is_recent(request, now=now),
         "reauth_minutes": max(1, settings.APPROVALS_REAUTH_WINDOW_SECONDS // 60),
         "reauth_url": reverse("approvals:reauth")
         + "?next="
         + reverse("approvals:detail", kwargs={"pk": call.pk}),
-        "may_reveal": reveals.can_reveal(user, call),
+        "may_reveal": pending and reveals.can_reveal(user, call),
         "history": [(c, c.tool_id in reviewable) for c in history],
         "seconds_left": int((call.expires_at - now).total_seconds()) if call.expires_at else None,
-        "result_json": pretty(mask_arguments(call.result, sensitive)) if call.result else "",
-        "error_json": pretty(mask_arguments(call.error, sensitive)) if call.error else "",
+        "policy": policy,
+        "state": state,
+        "state_hash": state_hash,
+        "edits_allowed": edits_allowed,
+        "edit_json": display.pretty(view.arguments),
+        "standing_allowed": pending and call.risk == Risk.WRITE,
+        "standing_hours": DecisionForm.base_fields["standing_hours"].choices,  # type: ignore[attr-defined]
+        "live_version": live_version(call),
+        "live_seconds": settings.APPROVALS_DETAIL_POLL_SECONDS,
         "form": DecisionForm(),
         "reveal_form": RevealForm(),
-        **arguments_context(call),
+        "note_form": NoteForm(),
     }
     context.update(extra)
     return context
@@ -107,6 +145,45 @@ def detail(request: AuthedRequest, pk: UUID) -> HttpResponse:
     return render(request, "approvals/detail.html", detail_context(request, call))
 
 
+@require_GET
+@login_required
+@never_cache
+def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
+    """What changed on the call since the page's version: nothing (204, htmx swaps
+    nothing), or the parts of the page to replace, out of band. A comment the reviewer was
+    typing comes along and is kept in the form that replaces theirs."""
+    call = call_or_403(request, pk)
+    if request.GET.get("v") == live_version(call):
+        return HttpResponse(status=204)
+    kept = NoteForm(initial={"text": request.GET.get("comment", "")[:2000]})
+    context = detail_context(
+        request,
+        call,
+        kept_comment=request.GET.get("comment", "")[:2000],
+        note_form=kept,
+        stale_arguments=request.GET.get("h", call.arguments_hash) != call.arguments_hash,
+    )
+    return render(request, "approvals/detail.html#live-update", context)
+
+
+def _restore_masked(edited: Any, shown: Any, original: Any) -> Any:
+    """The reviewer edits the arguments as shown to them: a value they left in its masked
+    form (``a***@example.com``) keeps its real value."""
+    if isinstance(edited, dict) and isinstance(shown, dict) and isinstance(original, dict):
+        return {
+            k: _restore_masked(v, shown.get(k), original.get(k)) if k in original else v
+            for k, v in edited.items()
+        }
+    if isinstance(edited, list) and isinstance(shown, list) and isinstance(original, list):
+        return [
+            _restore_masked(v, shown[i], original[i]) if i < len(shown) and i < len(original) else v
+            for i, v in enumerate(edited)
+        ]
+    if edited == shown and shown != original:
+        return original
+    return edited
+
+
 @require_POST
 @login_required
 @never_cache
@@ -115,6 +192,9 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     form = DecisionForm(request.POST)
     refusal, refusal_code = "", ""
     if form.is_valid():
+        edited = form.cleaned_data["edited_arguments"]
+        if edited is not None:
+            edited = _restore_masked(edited, display.arguments(call), call.arguments)
         try:
             result = decisions.decide(
                 call_id=call.pk,
@@ -122,8 +202,11 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
                 verdict=form.cleaned_data["verdict"],
                 comment=form.cleaned_data["comment"],
                 shown_arguments_hash=form.cleaned_data["arguments_hash"],
+                shown_state_hash=form.cleaned_data["state_hash"] or None,
                 confirmation=form.cleaned_data["confirmation"],
                 authenticated_at=reauth.authenticated_at(request),
+                edited_arguments=edited,
+                standing_terms=form.standing_terms(),
             )
         except decisions.DecisionRefused as exc:
             refusal, refusal_code = exc.message, exc.code
@@ -133,15 +216,51 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
                 messages.success(request, f"You {verdict} the {call.tool.name} call.")
                 return redirect("approvals:detail", pk=call.pk)
     else:
-        refusal = "; ".join(f"{k}: {' '.join(str(e) for e in v)}" for k, v in form.errors.items())
+        refusal = "; ".join(" ".join(str(e) for e in v) for v in form.errors.values())
         refusal_code = "invalid_form"
-    # Always show the call as it is now: after a lost race the reviewer sees the outcome.
+    # Always show the call as it is now: after a lost race the reviewer sees the outcome,
+    # and what they typed is kept (in the form, or, once the call is decided, as a note).
     call = call_or_403(request, pk)
-    context = detail_context(request, call, form=form, refusal=refusal, refusal_code=refusal_code)
+    comment = request.POST.get("comment", "")[:2000]
+    context = detail_context(
+        request,
+        call,
+        form=form,
+        refusal=refusal,
+        refusal_code=refusal_code,
+        kept_comment=comment if call.status != Status.PENDING else "",
+        note_form=NoteForm(initial={"text": comment}),
+        kept_edit=request.POST.get("edited_arguments", ""),
+    )
     if wants_partial(request):
         # 200 even for a refusal: htmx swaps only successful responses into the page.
-        return render(request, "approvals/detail.html#decision-panel", context)
+        return render(request, "approvals/detail.html#decision-response", context)
     return render(request, "approvals/detail.html", context, status=409 if refusal else 200)
+
+
+@require_POST
+@login_required
+@never_cache
+def add_note(request: AuthedRequest, pk: UUID) -> HttpResponse:
+    """A comment that is not a verdict: kept from a stale page, or added afterwards."""
+    call = call_or_403(request, pk)
+    form = NoteForm(request.POST)
+    extra: dict[str, Any] = {"note_form": form}
+    if form.is_valid():
+        try:
+            notes.add_note(call_id=call.pk, author=request.user, text=form.cleaned_data["text"])
+        except notes.NoteRefused as exc:
+            extra["note_error"] = exc.message
+        else:
+            extra["note_form"] = NoteForm()
+            extra["note_added"] = True
+    else:
+        extra["note_error"] = "Write the note first (at most 2000 characters)."
+    call = call_or_403(request, pk)
+    context = detail_context(request, call, **extra)
+    if wants_partial(request):
+        return render(request, "approvals/detail.html#decision-response", context)
+    return render(request, "approvals/detail.html", context)
 
 
 @require_POST
@@ -152,7 +271,9 @@ def reveal(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     form = RevealForm(request.POST)
     extra: dict[str, Any] = {}
-    if form.is_valid():
+    if call.status != Status.PENDING:
+        extra["reveal_error"] = "The call is no longer waiting for a decision."
+    elif form.is_valid():
         try:
             revealed = reveals.reveal_arguments(
                 call_id=call.pk, reviewer=request.user, reason=form.cleaned_data["reason"]
@@ -160,7 +281,7 @@ def reveal(request: AuthedRequest, pk: UUID) -> HttpResponse:
         except reveals.RevealRefused as exc:
             extra["reveal_error"] = exc.message
         else:
-            extra.update(arguments_context(call, revealed=revealed.arguments))
+            extra["view"] = display.page(call, revealed=revealed.arguments)
     else:
         extra["reveal_error"] = "Say why you need to see the masked values."
     extra["reveal_form"] = form
@@ -168,3 +289,42 @@ def reveal(request: AuthedRequest, pk: UUID) -> HttpResponse:
     if wants_partial(request):
         return render(request, "approvals/detail.html#arguments", context)
     return render(request, "approvals/detail.html", context)
+
+
+@require_GET
+@login_required
+@never_cache
+def standing_approvals(request: AuthedRequest) -> HttpResponse:
+    """The standing approvals the reviewer granted (an admin sees everyone's), live first."""
+    rows = StandingApproval.objects.select_related("tool", "agent", "granted_by").order_by(
+        "revoked_at", "-created_at"
+    )
+    if not request.user.has_perm("approvals.change_standingapproval"):
+        rows = rows.filter(granted_by=request.user)
+    now = timezone.now()
+    listed = [
+        {
+            "standing": s,
+            "live": s.revoked_at is None and s.expires_at > now,
+            "condition": display.text(s.condition),
+        }
+        for s in rows[:200]
+    ]
+    return render(request, "approvals/standing.html", {"rows": listed})
+
+
+@require_POST
+@login_required
+@never_cache
+def revoke_standing(request: AuthedRequest, pk: int) -> HttpResponse:
+    try:
+        revoked = standing.revoke(standing_id=pk, person=request.user)
+    except StandingApproval.DoesNotExist:
+        messages.error(request, "No such standing approval.")
+    except standing.StandingRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request, f"Revoked: {revoked.tool.name} for {revoked.agent.name} needs reviewers again."
+        )
+    return redirect("approvals:standing")

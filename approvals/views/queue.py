@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -9,12 +10,14 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
-from approvals import selectors
+from approvals import display, selectors
 from approvals.forms import QueueFilterForm
+from approvals.selectors import ORDERS
 from approvals.views.common import AuthedRequest, wants_partial
 
 FILTER_KEYS = ("tool", "risk", "agent", "session", "age", "expiring", "order")
@@ -36,20 +39,37 @@ def queue(request: AuthedRequest) -> HttpResponse:
     )
     # Only the filters, never the cursor: pages, risk tabs and polling all start from here.
     kept = {k: request.GET[k] for k in FILTER_KEYS if request.GET.get(k)}
+    # Rows that arrived after the page was first loaded are marked; the polls carry the time.
+    since = _since(request.GET.get("since", ""))
+    poll = request.GET.copy()
+    poll["since"] = str(int(since.timestamp() * 1_000_000))
     context = {
         "page": page,
+        "rows": [display.row(call) for call in page.calls],
+        "since": since,
         "me": request.user.pk,
         "filters": filters,
         "form": form,
+        "orders": ORDERS,
         "query": urlencode(kept),
         "risk_tabs": _risk_tabs(page, kept),
+        "pending_count": page.counts_total,
+        "attention_count": selectors.attention_count(request.user),
+        "attention_cap": selectors.ATTENTION_COUNT_CAP,
         "poll_seconds": settings.APPROVALS_QUEUE_POLL_SECONDS,
-        "poll_url": request.get_full_path(),
+        "poll_url": f"{request.path}?{poll.urlencode()}",
     }
-    template = (
-        "approvals/queue.html#queue-table" if wants_partial(request) else "approvals/queue.html"
-    )
+    context["partial"] = wants_partial(request)
+    template = "approvals/queue.html#queue-table" if context["partial"] else "approvals/queue.html"
     return render(request, template, context)
+
+
+def _since(raw: str) -> datetime:
+    """When the reviewer first loaded the page (a poll carries it), or now."""
+    try:
+        return datetime.fromtimestamp(int(raw) / 1_000_000, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return timezone.now()
 
 
 def _risk_tabs(page: selectors.QueuePage, kept: dict[str, str]) -> list[dict[str, object]]:

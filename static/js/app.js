@@ -18,8 +18,28 @@
     return String(value).padStart(2, "0");
   }
 
+  // How long a call has waited, in the words the server writes ("12 s", "3 min", "2 h").
+  function waited(seconds) {
+    if (seconds < 60) {
+      return seconds + " s";
+    }
+    if (seconds < 3600) {
+      return Math.floor(seconds / 60) + " min";
+    }
+    if (seconds < 48 * 3600) {
+      return Math.floor(seconds / 3600) + " h";
+    }
+    return Math.floor(seconds / 86400) + " d";
+  }
+
   function tick() {
     const now = Date.now();
+    document.querySelectorAll("time[data-waited]").forEach(function (element) {
+      const start = Date.parse(element.getAttribute("datetime"));
+      if (!Number.isNaN(start)) {
+        element.textContent = waited(Math.max(0, Math.round((now - start) / 1000)));
+      }
+    });
     document.querySelectorAll("time[data-countdown]").forEach(function (element) {
       const end = Date.parse(element.getAttribute("datetime"));
       if (Number.isNaN(end)) {
@@ -39,7 +59,7 @@
     });
   }
 
-  // --- Destructive approvals: the approve button waits for the typed tool name ---------
+  // --- Risky approvals: the approve button waits for the typed target or amount ---------
   function armConfirmations(root) {
     root.querySelectorAll("input[data-confirm-for]").forEach(function (input) {
       const approve = input.form && input.form.querySelector("button[value=approve]");

@@ -113,15 +113,15 @@ def test_a_reviewer_filters_decides_and_watches_the_queue_update(
     expect(page.locator("#call-status")).to_have_text("Approved")
     assert ToolCall.objects.get(pk=email.pk).status == Status.APPROVED
 
-    # The destructive call: approve stays disabled until the tool's name is typed.
+    # The destructive call: approve stays disabled until the record it erases is typed.
     page.goto(f"{live_server.url}/approvals/{delete.pk}/")
     approve = page.locator("#decision-form button[value=approve]")
     expect(approve).to_be_disabled()
     page.keyboard.press("a")  # goes to the confirmation field
     expect(page.locator("#id_confirmation")).to_be_focused()
-    page.keyboard.type("delete_custome")
+    page.keyboard.type("cus_000")
     expect(approve).to_be_disabled()
-    page.keyboard.type("r")
+    page.keyboard.type("3")
     expect(approve).to_be_enabled()
     page.screenshot(path=str(ARTIFACTS / "detail-destructive.png"), full_page=True)
     approve.click()

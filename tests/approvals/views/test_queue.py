@@ -153,8 +153,10 @@ def test_an_htmx_request_gets_the_table_partial_that_polls_with_the_same_filters
     body = response.content.decode()
     assert response.status_code == 200
     assert "<html" not in body
-    assert body.lstrip().startswith('<div id="queue"')
-    assert 'hx-get="/approvals/?tool=send_email&amp;order=newest"' in body
+    # The tab's title first (htmx takes it from the top of the answer), then the table.
+    assert body.lstrip().startswith("<title>(1) Approvals")
+    assert '<div id="queue"' in body
+    assert re.search(r'hx-get="/approvals/\?tool=send_email&amp;order=newest&amp;since=\d+"', body)
     assert re.search(r'hx-trigger="every \d+s"', body)
     assert response["Vary"].count("HX-Request") == 1
     # The back button's history restore asks with HX-Request too, and needs the whole page.
@@ -209,11 +211,13 @@ def test_the_page_query_uses_a_partial_index_on_pending_calls(world: World) -> N
     make_call(world)
     filters = [
         selectors.QueueFilters(),
-        selectors.QueueFilters(newest_first=True, risk="write"),
+        selectors.QueueFilters(order="newest", risk="write"),
+        selectors.QueueFilters(order="expiring"),
+        selectors.QueueFilters(order="amount", tool="send_email"),
         selectors.QueueFilters(tool="send_email"),
         selectors.QueueFilters(agent="support-bot"),
         selectors.QueueFilters(session="run-1"),
-        selectors.QueueFilters(expiring=True, newest_first=True),
+        selectors.QueueFilters(expiring=True, order="newest"),
     ]
     partial_indexes = {
         "call_pending_idx",
@@ -221,6 +225,8 @@ def test_the_page_query_uses_a_partial_index_on_pending_calls(world: World) -> N
         "call_pending_by_agent_idx",
         "call_pending_by_session_idx",
         "call_pending_expiry_idx",
+        "call_pending_expiry_id_idx",
+        "call_pending_amount_idx",
     }
     with connection.cursor() as cursor:
         # A test table is tiny, so a sequential scan would win on cost; turning it off asks

@@ -42,7 +42,7 @@ def test_the_right_password_refreshes_the_session_and_returns_to_the_call(world:
     assert response.status_code == 302
     assert response["Location"] == target
     assert client.session.session_key != old_key
-    assert 'data-confirm-for="delete_customer"' in client.get(target).content.decode()
+    assert 'data-confirm-for="cus_0003"' in client.get(target).content.decode()
     assert AuditEvent.objects.filter(action="reviewer.reauthenticated", actor_label="bob").exists()
 
 

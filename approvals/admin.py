@@ -1,0 +1,63 @@
+"""Standing approvals in the admin: every one, by tool and agent, revocable by an admin.
+Reviewers grant them with an approval; nobody creates or edits one here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from approvals.models import StandingApproval
+from approvals.services import standing
+
+
+@admin.register(StandingApproval)
+class StandingApprovalAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "tool",
+        "agent",
+        "match",
+        "uses",
+        "max_uses",
+        "expires_at",
+        "granted_by",
+        "revoked_at",
+    ]
+    list_filter = ["tool", "agent", "match"]
+    readonly_fields = [
+        "tool",
+        "agent",
+        "granted_by",
+        "source_call",
+        "match",
+        "arguments_hash",
+        "condition",
+        "max_uses",
+        "uses",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "revoked_by",
+    ]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead: the calls it approved name it
+
+    @admin.action(description="Revoke the selected standing approvals")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[StandingApproval]) -> None:
+        revoked = 0
+        for item in queryset:
+            try:
+                standing.revoke(standing_id=item.pk, person=request.user)
+            except standing.StandingRefused as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+            else:
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} standing approval(s).")

@@ -1,0 +1,247 @@
+"""What a reviewer is shown of a call: the one place that decides it.
+
+Everything an agent supplied (arguments, reasoning, session id, ``on_behalf_of``, results,
+errors) and everything reviewers wrote (comments, notes) goes through here before a
+template sees it; templates never print a raw agent-supplied value.
+
+Reviewers see what a decision needs and no more: an e-mail address keeps its domain
+(``a***@example.com``), a phone its last two digits, a card its last four; secrets, and
+fields a tool or an admin marks secret, show nothing. Seeing a value whole is a reveal:
+granted per tool, given a reason, audited (``services.reveals``). Characters a reader
+cannot see, or that reorder text (U+202E), are written out wherever they appear.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from approvals.models import Decision, Note, ToolCall
+from audit.masking import mask_fields, mask_text, mask_value, masked, partial
+from tools_registry import facts as tool_facts
+from tools_registry import registry, sources
+from tools_registry.risk_signals import CATALOGUE, Found, escape_hidden
+
+logger = logging.getLogger(__name__)
+
+# Strings longer than this (an e-mail's body) are shown as text blocks, not inside JSON.
+LONG_TEXT = 120
+
+
+def text(value: str) -> str:
+    """Free text an agent or a reviewer wrote, as any reviewer may see it."""
+    return escape_hidden(mask_text(value or "", partial))
+
+
+def value(data: Any) -> Any:
+    """A JSON value (a result, an error, a state) as any reviewer may see it."""
+    return _escaped(mask_value(data, partial))
+
+
+def pretty(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def arguments(call: ToolCall) -> Any:
+    """The call's arguments with the display forms: secret fields hidden, sensitive ones in
+    part, everything else through the detectors' partial forms."""
+    tool = call.tool
+    shown = mask_fields(call.arguments, tool.secret_fields)
+    for path in tool.sensitive_fields:
+        shown = _partly(shown, [p for p in path.split(".") if p])
+    return value(shown)
+
+
+def _partly(data: Any, parts: list[str]) -> Any:
+    """A sensitive field: its partial form when the whole value is an e-mail, a phone or a
+    card; hidden otherwise (a free-text field marked sensitive may hold anything)."""
+    if not parts:
+        if data in (None, "") or not isinstance(data, str):
+            return data if data in (None, "") else masked("field", json.dumps(data))
+        whole = _one_finding(data)
+        return partial(*whole) if whole else masked("field", data)
+    if isinstance(data, list):
+        return [_partly(item, parts) for item in data]
+    if isinstance(data, dict) and parts[0] in data:
+        return {**data, parts[0]: _partly(data[parts[0]], parts[1:])}
+    return data
+
+
+def _one_finding(data: str) -> tuple[str, str] | None:
+    """(kind, value) when the detectors find exactly one thing in ``data`` and nothing is
+    left around it: the whole field is an e-mail address, a phone number, a card."""
+    found: list[tuple[str, str]] = []
+
+    def collect(kind: str, hit: str) -> str:
+        found.append((kind, hit))
+        return ""
+
+    rest = mask_text(data, collect)
+    return found[0] if len(found) == 1 and not rest.strip() else None
+
+
+def _escaped(data: Any) -> Any:
+    if isinstance(data, str):
+        return escape_hidden(data)
+    if isinstance(data, dict):
+        return {escape_hidden(str(k)): _escaped(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_escaped(v) for v in data]
+    return data
+
+
+def summary(call: ToolCall, shown_arguments: Any) -> str:
+    """The tool's one line on what approving does, written from the arguments as shown."""
+    try:
+        spec = sources.implementation(call.tool)
+    except registry.UnknownTool:
+        return ""
+    if spec.preview_fn is None:
+        return ""
+    try:
+        return escape_hidden(str(spec.preview_fn(shown_arguments)))
+    except Exception:
+        # Arguments come from an agent; a preview that chokes on them must not hide the call.
+        logger.exception("preview of %s failed for call %s", call.tool.name, call.pk)
+        return ""
+
+
+@dataclass(frozen=True)
+class SignalView:
+    code: str
+    badge: str
+    sentence: str
+
+
+def signals(call: ToolCall) -> list[SignalView]:
+    shown = []
+    for raw in call.signals or []:
+        if raw.get("code") not in CATALOGUE:
+            continue
+        found = Found(raw["code"], text(str(raw.get("detail", ""))))
+        shown.append(SignalView(found.code, found.signal.badge, found.sentence))
+    return shown
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The queue row's facts: how much, to whom, on what."""
+
+    money: str = ""
+    recipients: tuple[str, ...] = ()
+    target: str = ""
+
+
+def facts(call: ToolCall) -> Facts:
+    read = tool_facts.read(sources.facts_of(call.tool), call.arguments)
+    shown_recipients = tuple(text(r) for r in read.recipients[:3])
+    secret = set(call.tool.secret_fields)
+    where = sources.facts_of(call.tool)
+    return Facts(
+        money=str(read.money) if read.money else "",
+        recipients=() if where.recipient in secret else shown_recipients,
+        target="" if where.target in secret else text(read.target),
+    )
+
+
+@dataclass(frozen=True)
+class Vote:
+    decision: Decision
+    comment: str
+    counts: bool  # given to the arguments as they are now
+
+
+@dataclass(frozen=True)
+class Remark:
+    note: Note
+    text: str
+
+
+@dataclass
+class CallView:
+    """Everything the call's page and its queue row show, masked for reviewers."""
+
+    call: ToolCall
+    arguments: Any
+    summary: str
+    facts: Facts
+    signals: list[SignalView]
+    reasoning: str
+    session_id: str
+    on_behalf_of: str
+    votes: list[Vote] = field(default_factory=list)
+    notes: list[Remark] = field(default_factory=list)
+    result: Any = None
+    error: Any = None
+    revealed: bool = False
+
+    @property
+    def arguments_json(self) -> str:
+        return pretty(self.arguments)
+
+    @property
+    def has_masked(self) -> bool:
+        return self.arguments != _escaped(self.call.arguments)
+
+    @property
+    def long_texts(self) -> list[tuple[str, str]]:
+        """(path, text) of the long strings among the arguments (an e-mail's body), shown
+        as text with its line breaks rather than as one JSON string."""
+        found = []
+        for path, item in _strings(self.arguments):
+            if len(item) > LONG_TEXT or "\n" in item:
+                found.append((path, item))
+        return found
+
+
+def _strings(data: Any, path: str = "") -> list[tuple[str, str]]:
+    if isinstance(data, str):
+        return [(path, data)]
+    if isinstance(data, dict):
+        return [s for k, v in data.items() for s in _strings(v, f"{path}.{k}" if path else k)]
+    if isinstance(data, list):
+        return [s for i, v in enumerate(data) for s in _strings(v, f"{path}[{i}]")]
+    return []
+
+
+def row(call: ToolCall) -> CallView:
+    """A queue row: what the call does, to whom, how risky."""
+    shown = arguments(call)
+    return CallView(
+        call=call,
+        arguments=shown,
+        summary=summary(call, shown),
+        facts=facts(call),
+        signals=signals(call),
+        reasoning="",
+        session_id=text(call.session_id),
+        on_behalf_of=text(call.on_behalf_of),
+    )
+
+
+def page(call: ToolCall, *, revealed: Any = None) -> CallView:
+    """The call's page. ``revealed``: the arguments whole, after an audited reveal."""
+    shown = _escaped(revealed) if revealed is not None else arguments(call)
+    votes = [
+        Vote(d, text(d.comment), d.arguments_hash == call.arguments_hash)
+        for d in call.decisions.all()
+    ]
+    notes = [Remark(n, text(n.text)) for n in call.notes.all()]
+    sensitive = call.tool.sensitive_fields
+    return CallView(
+        call=call,
+        arguments=shown,
+        summary=summary(call, shown),
+        facts=facts(call),
+        signals=signals(call),
+        reasoning=text(call.reasoning),
+        session_id=text(call.session_id),
+        on_behalf_of=text(call.on_behalf_of),
+        votes=votes,
+        notes=notes,
+        result=value(mask_fields(call.result, sensitive)) if call.result else None,
+        error=value(mask_fields(call.error, sensitive)) if call.error else None,
+        revealed=revealed is not None,
+    )

@@ -1,0 +1,43 @@
+"""JSON that can be stored and hashed: what every door checks of a value a person or an
+agent sends (the agent API, the MCP endpoint, a reviewer's corrected arguments)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+MAX_JSON_DEPTH = 32
+# NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_problem(value: Any) -> str:
+    """Why a parsed body cannot be stored and hashed as JSON ("" when it can).
+
+    Walks without recursion, so no nesting depth can exhaust the stack; everything past
+    this check (hashing, masking, schema validation, jsonb) sees bounded, clean JSON.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"it nests deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return "a string holds a NUL character or an unpaired surrogate"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "a number is out of range"
+        elif isinstance(item, dict):
+            for name, child in item.items():
+                if _UNSTORABLE.search(name):
+                    return "a key holds a NUL character or an unpaired surrogate"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return ""
