@@ -7,8 +7,7 @@ from django import forms
 
 from approvals.models import StandingApproval, Verdict
 from approvals.selectors import AGES, ORDERS, QueueFilters
-from approvals.services import standing
-from approvals.services.standing import MAX_USES
+from approvals.services.standing import MAX_USES, Terms
 from core.json_values import json_problem, reject_constant
 from tools_registry.policy import Risk
 
@@ -53,12 +52,12 @@ class DecisionForm(forms.Form):
             raise forms.ValidationError(f"The corrected arguments cannot be stored: {problem}.")
         return value
 
-    def standing_terms(self) -> standing.Terms | None:
+    def standing_terms(self) -> Terms | None:
         match = self.cleaned_data.get("standing")
         if not match:
             return None
         hours = self.cleaned_data.get("standing_hours") or 1
-        return standing.Terms(
+        return Terms(
             seconds=hours * 3600,
             max_uses=self.cleaned_data.get("standing_uses"),
             match=match,

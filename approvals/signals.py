@@ -114,7 +114,8 @@ def remember_counterparties(call: ToolCall, previous: str | None) -> None:
 
 def _unusual_amount(tool: Tool, money: Money) -> Found | None:
     amounts = sorted(
-        ToolCall.objects.filter(
+        amount
+        for amount in ToolCall.objects.filter(
             tool=tool,
             currency=money.currency,
             status=Status.SUCCEEDED,
@@ -122,6 +123,7 @@ def _unusual_amount(tool: Tool, money: Money) -> Found | None:
         )
         .order_by("-created_at")
         .values_list("amount_minor", flat=True)[:USUAL_HISTORY]
+        if amount is not None
     )
     if len(amounts) < USUAL_MINIMUM:
         return None

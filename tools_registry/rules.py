@@ -19,6 +19,7 @@ records the rule that applied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
@@ -292,14 +293,18 @@ def _compiled(when: str) -> Any:
     return environment.program(environment.compile(when))
 
 
+_CEL_TYPE = re.compile(r"\b([A-Z][a-z]+)Type\(")
+
+
 def _eval_message(exc: celpy.CELEvalError) -> str:
-    message = exc.args[0] if exc.args else str(exc)
-    detail = exc.args[2] if len(exc.args) > 2 and exc.args[2] else ()
-    text = str(message)
+    """What went wrong, in words an admin can act on."""
+    text = str(exc.args[0] if exc.args else exc)
+    detail = " ".join(str(d) for d in (exc.args[2] or ())) if len(exc.args) > 2 else ""
     if "no matching overload" in text or "no such overload" in text:
-        return "values of different types are compared or combined " + (
-            f"({detail[0]})" if detail else ""
-        ).replace("<class 'celpy.celtypes.", "").replace("'>", "")
+        # cel-python says "no such overload: IntType(1) IntType != StringType('5') ...".
+        kinds = list(dict.fromkeys(k.lower() for k in _CEL_TYPE.findall(detail)))
+        named = f" ({' and '.join(sorted(kinds))})" if kinds else ""
+        return f"values of different types are compared{named}"
     return text
 
 

@@ -300,7 +300,7 @@ def standing_approvals(request: AuthedRequest) -> HttpResponse:
         "revoked_at", "-created_at"
     )
     if not request.user.has_perm("approvals.change_standingapproval"):
-        rows = rows.filter(granted_by=request.user)
+        rows = rows.filter(granted_by_id=request.user.pk)
     now = timezone.now()
     listed = [
         {

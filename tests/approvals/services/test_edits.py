@@ -1,0 +1,166 @@
+"""Edit, then approve: a reviewer's correction is checked like a new call, resets the other
+approvals, keeps the originals in the audit trail, runs once with the corrected arguments,
+and the agent is told."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from approvals.execution import runner
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import AlreadyVoted, DecisionRefused, decide
+from approvals.services.edits import narrows
+from sandbox.models import OutboxMessage
+from tests.approvals.conftest import make_call
+from tests.conftest import World, events
+from tools_registry import services as registry_services
+
+EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
+
+
+def test_a_correction_runs_once_with_the_corrected_arguments_and_the_agent_is_told(
+    world: World, django_capture_on_commit_callbacks: Any
+) -> None:
+    call = make_call(world, "send_email", arguments=EMAIL)
+    corrected = {**EMAIL, "body": "It is on its way; allow 5 working days."}
+    with django_capture_on_commit_callbacks(execute=False):
+        result = decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            comment="Said when.",
+            shown_arguments_hash=call.arguments_hash,
+            edited_arguments=corrected,
+        )
+    assert result.decided and result.decision.edited
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == Status.SUCCEEDED
+    assert (call.arguments, call.arguments_edited) == (corrected, True)
+    assert [m.body for m in OutboxMessage.objects.all()] == [corrected["body"]]
+    (edited,) = events("call.arguments_edited", call_id=call.pk)
+    assert edited.data["before"]["body"] == EMAIL["body"]
+    assert edited.data["after"]["body"] == corrected["body"]
+    assert edited.data["before_hash"] != edited.data["arguments_hash"] == call.arguments_hash
+    # The agent's answer says what ran.
+    body = world.api().get(f"/api/v1/tool-calls/{call.pk}").json()
+    assert body["arguments_edited"] is True and body["arguments"] == corrected
+
+
+def test_a_correction_resets_earlier_approvals(world: World, dave: Any, dora: Any) -> None:
+    registry_services.update_policy(
+        tool=world.tools["send_email"], changes={"approvals_required": 2}, changed_by=world.alice
+    )
+    world.tools["send_email"].refresh_from_db()
+    call = make_call(world, "send_email", arguments=EMAIL)
+    assert not decide(call_id=call.pk, reviewer=dave, verdict="approve").decided
+    # dora corrects it: dave approved something else, so only her approval counts now.
+    edited = decide(
+        call_id=call.pk,
+        reviewer=dora,
+        verdict="approve",
+        edited_arguments={**EMAIL, "subject": "Your refund (corrected)"},
+    )
+    assert (edited.approvals, edited.decided) == (1, False)
+    assert events("call.arguments_edited")[0].data["approvals_reset"] == 1
+    with pytest.raises(AlreadyVoted):
+        decide(call_id=call.pk, reviewer=dora, verdict="approve")
+    # dave may approve again: his first verdict was on the old arguments.
+    again = decide(call_id=call.pk, reviewer=dave, verdict="approve")
+    assert (again.approvals, again.decided) == (2, True)
+
+
+@pytest.mark.parametrize(
+    ("edited", "message"),
+    [
+        ({**EMAIL, "to": "not an address"}, "do not fit the tool"),
+        ({**EMAIL, "cc": "x@example.com"}, "is not an argument of this tool"),
+        ({"to": "ada@example.com"}, "'subject' is required"),
+        (["not", "an", "object"], "must be a JSON object"),
+    ],
+)
+def test_a_correction_that_does_not_fit_is_refused_and_changes_nothing(
+    world: World, edited: Any, message: str
+) -> None:
+    call = make_call(world, "send_email", arguments=EMAIL)
+    with pytest.raises(DecisionRefused, match=message):
+        decide(call_id=call.pk, reviewer=world.bob, verdict="approve", edited_arguments=edited)
+    call.refresh_from_db()
+    assert (call.status, call.arguments, call.arguments_edited) == (Status.PENDING, EMAIL, False)
+    assert not call.decisions.exists()
+    assert not events("call.arguments_edited")
+
+
+def test_a_correction_a_rule_refuses_is_refused(world: World) -> None:
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"rules": [{"when": 'args.to.endsWith("@evil.example")', "then": "refuse"}]},
+        changed_by=world.alice,
+    )
+    world.tools["send_email"].refresh_from_db()
+    call = make_call(world, "send_email", arguments=EMAIL)
+    with pytest.raises(DecisionRefused, match="would be refused"):
+        decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            edited_arguments={**EMAIL, "to": "me@evil.example"},
+        )
+
+
+def test_a_correction_comes_with_an_approval_only(world: World) -> None:
+    call = make_call(world, "send_email", arguments=EMAIL)
+    with pytest.raises(DecisionRefused, match="comes with an approval"):
+        decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="reject",
+            comment="No.",
+            edited_arguments={**EMAIL, "subject": "x"},
+        )
+
+
+def test_destructive_calls_are_never_corrected_unless_narrowing_is_allowed(
+    world: World, dora: Any, settings
+) -> None:
+    call = make_call(world, "delete_customer")
+    fresh = {"confirmation": "cus_0003", "authenticated_at": timezone.now()}
+    with pytest.raises(DecisionRefused, match="cannot be corrected"):
+        decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            edited_arguments={**call.arguments, "reason": "Shorter."},
+            **fresh,
+        )
+    settings.APPROVALS_DESTRUCTIVE_EDITS = "narrow"
+    with pytest.raises(DecisionRefused, match="may only be narrowed"):
+        decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            edited_arguments={**call.arguments, "customer_id": "cus_0001"},
+            **fresh,
+        )
+    assert ToolCall.objects.get(pk=call.pk).arguments["customer_id"] == "cus_0003"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "narrower"),
+    [
+        ({"ids": [1, 2, 3]}, {"ids": [1, 3]}, True),
+        ({"ids": [1, 2]}, {"ids": [1, 2, 4]}, False),
+        ({"amount": 500, "note": "x"}, {"amount": 200}, True),
+        ({"amount": 500}, {"amount": 700}, False),
+        ({"amount": -500}, {"amount": 200}, False),
+        ({"id": "cus_1"}, {"id": "cus_2"}, False),
+        ({"a": {"b": [1, 1]}}, {"a": {"b": [1]}}, True),
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ({"flag": True}, {"flag": False}, False),
+    ],
+)
+def test_what_narrowing_means(before: Any, after: Any, narrower: bool) -> None:
+    assert narrows(before, after) is narrower

@@ -1,0 +1,170 @@
+"""Standing approvals: granted with an approval, used by later calls like it, exact in their
+number of uses under concurrent submissions, never for destructive tools, revocable, and
+named in the audit trail of every call they let through."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import close_old_connections
+from django.utils import timezone
+
+from approvals.models import StandingApproval, Status, ToolCall
+from approvals.services import standing
+from approvals.services.calls import create_call
+from approvals.services.decisions import DecisionRefused, decide
+from tests.conftest import World, events
+
+EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
+
+
+def submit(
+    world: World, arguments: dict[str, Any] | None = None, tool: str = "send_email"
+) -> ToolCall:
+    return create_call(
+        agent=world.agent,
+        tool=world.tools[tool],
+        arguments=arguments or EMAIL,
+        session_id="s-standing",
+        request_key=uuid.uuid4().hex,
+    )
+
+
+def approve_with(world: World, call: ToolCall, **terms: Any) -> StandingApproval:
+    result = decide(
+        call_id=call.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        standing_terms=standing.Terms(**{"seconds": 3600, **terms}),
+    )
+    assert result.decided and result.standing is not None
+    return result.standing
+
+
+def test_same_arguments_cover_only_the_same_call_and_each_use_is_named(world: World) -> None:
+    granted = approve_with(world, submit(world), match="same", max_uses=2)
+    again = submit(world)
+    assert again.status == Status.APPROVED and again.standing_approval_id == granted.pk
+    other = submit(world, {**EMAIL, "subject": "Something else"})
+    assert other.status == Status.PENDING and other.standing_approval_id is None
+    (approved,) = events("call.approved", call_id=again.pk)
+    assert approved.data["by"] == "standing_approval"
+    assert approved.data["standing_approval"] == granted.pk
+    assert approved.actor_label == "bob"
+    assert events("standing_approval.granted")[0].data["max_uses"] == 2
+    third = submit(world)
+    assert third.status == Status.APPROVED
+    assert submit(world).status == Status.PENDING  # two uses, spent
+    granted.refresh_from_db()
+    assert granted.uses == 2
+
+
+def test_a_condition_covers_calls_that_meet_it(world: World) -> None:
+    approve_with(world, submit(world), match="condition", condition='args.to == "ada@example.com"')
+    assert submit(world, {**EMAIL, "body": "Another note."}).status == Status.APPROVED
+    assert submit(world, {**EMAIL, "to": "bob@example.com"}).status == Status.PENDING
+
+
+def test_rules_asking_for_more_are_never_bypassed(world: World) -> None:
+    from tools_registry import services as registry_services
+
+    approve_with(world, submit(world), match="any")
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={
+            "rules": [{"when": '"external_link" in signals', "then": "require", "approvals": 2}]
+        },
+        changed_by=world.alice,
+    )
+    world.tools["send_email"].refresh_from_db()
+    linked = submit(world, {**EMAIL, "body": "See https://evil.example.net"})
+    assert linked.status == Status.PENDING and linked.approvals_required == 2
+    assert submit(world).status == Status.APPROVED
+
+
+def test_terms_that_cannot_be_granted_refuse_the_whole_verdict(world: World, dora: Any) -> None:
+    call = submit(world)
+    for terms, message in (
+        ({"seconds": 30 * 24 * 3600}, "lasts 1 minute to"),
+        ({"seconds": 3600, "max_uses": 0}, "Allow 1 to"),
+        ({"seconds": 3600, "match": "condition", "condition": "args.nope == 1"}, "not an argument"),
+        ({"seconds": 3600, "match": "condition"}, "Write the condition"),
+    ):
+        with pytest.raises(DecisionRefused, match=message):
+            decide(
+                call_id=call.pk,
+                reviewer=world.bob,
+                verdict="approve",
+                standing_terms=standing.Terms(**terms),
+            )
+        assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING
+    assert not StandingApproval.objects.exists()
+    deleting = submit(world, {"customer_id": "cus_0003", "reason": "asked"}, tool="delete_customer")
+    with pytest.raises(DecisionRefused, match="destructive calls never"):
+        decide(
+            call_id=deleting.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            confirmation="cus_0003",
+            authenticated_at=timezone.now(),
+            standing_terms=standing.Terms(seconds=3600),
+        )
+
+
+def test_revoked_or_expired_approvals_cover_nothing(world: World) -> None:
+    granted = approve_with(world, submit(world), match="any")
+    with pytest.raises(standing.StandingRefused):
+        standing.revoke(standing_id=granted.pk, person=world.charlie)
+    standing.revoke(standing_id=granted.pk, person=world.bob)
+    assert submit(world).status == Status.PENDING
+    (revoked,) = events("standing_approval.revoked")
+    assert revoked.actor_label == "bob"
+    later = approve_with(world, submit(world), match="any")
+    StandingApproval.objects.filter(pk=later.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert submit(world).status == Status.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_max_uses_is_exact_under_concurrent_submissions(live_world: World, round_: int) -> None:
+    """24 threads submit at once against a standing approval of 5 uses: exactly 5 calls are
+    approved by it, the others wait for reviewers; the counter says 5."""
+    world = live_world
+    first = submit(world)
+    granted = approve_with(world, first, match="any", max_uses=5)
+    start = threading.Barrier(24)
+    statuses: list[str] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        start.wait()
+        try:
+            call = create_call(
+                agent=world.agent,
+                tool=world.tools["send_email"],
+                arguments={**EMAIL, "subject": f"Note {n}"},
+                session_id="s-burst",
+                request_key=f"burst-{round_}-{n}",
+            )
+            with lock:
+                statuses.append(call.status)
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(statuses) == 24
+    assert statuses.count(Status.APPROVED) == 5
+    assert statuses.count(Status.PENDING) == 19
+    granted.refresh_from_db()
+    assert granted.uses == 5
+    assert ToolCall.objects.filter(standing_approval=granted).count() == 5

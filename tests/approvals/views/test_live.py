@@ -1,0 +1,153 @@
+"""The call's page stays true: a live poll answers 204 while nothing changed and the parts to
+replace once something did; a verdict on a page gone stale is refused with the new state and
+what the reviewer typed kept; notes keep a dissent that came too late."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from approvals.models import Note, ToolCall
+from approvals.services.decisions import decide
+from approvals.views.detail import live_version
+from tests.approvals.conftest import login, make_call
+from tests.conftest import World, events
+
+
+def version_of(body: str) -> str:
+    match = re.search(r'id="live" hx-get="[^"?]+\?v=([^&"]+)&amp;h=', body)
+    assert match, "the page carries its live version"
+    return match.group(1)
+
+
+def test_the_live_poll_answers_nothing_until_the_call_changes(world: World, dave: Any) -> None:
+    call = make_call(world)
+    bob = login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    version = version_of(page)
+    live = f"/approvals/{call.pk}/live/?v={version}&h={call.arguments_hash}"
+    assert bob.get(live, HTTP_HX_REQUEST="true").status_code == 204
+
+    # Another reviewer rejects: the poll brings the new status, their vote and comment,
+    # the sidebar, a panel without the decision form, and no reveal form.
+    decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="Wrong customer.")
+    response = bob.get(live + "&comment=I+was+about+to+approve", HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<html" not in body
+    for part in ("live", "side-facts", "result-block", "decision-panel", "reveal-block"):
+        assert re.search(rf'id="{part}"[^>]*hx-swap-oob="true"', body), part
+    assert "Rejected" in body and "Wrong customer." in body
+    assert 'name="verdict"' not in body
+    # What bob was typing is kept, in the note form that replaced his decision form.
+    assert "I was about to approve" in body and 'id="note-form"' in body
+    assert version_of(body) == live_version(ToolCall.objects.get(pk=call.pk)) != version
+
+
+def test_a_vote_on_a_call_still_pending_updates_votes_not_the_form(world: World, dave: Any) -> None:
+    world.tools["send_email"].approvals_required = 2
+    world.tools["send_email"].save()
+    call = make_call(world)
+    bob = login(world.bob)
+    version = version_of(bob.get(f"/approvals/{call.pk}/").content.decode())
+    decide(call_id=call.pk, reviewer=dave, verdict="approve", comment="Fine by me.")
+    body = bob.get(
+        f"/approvals/{call.pk}/live/?v={version}&h={call.arguments_hash}", HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert re.search(r'id="votes"[^>]*hx-swap-oob="true"', body)
+    assert re.search(r'id="status-line"[^>]*hx-swap-oob="true"', body)
+    assert "1 of 2 approvals" in body and "Fine by me." in body
+    # The form the reviewer may be typing in is left alone.
+    assert 'id="decision-panel"' not in body
+
+
+def test_a_stale_verdict_keeps_the_comment_and_it_can_be_kept_as_a_note(
+    world: World, dave: Any
+) -> None:
+    call = make_call(world)
+    bob = login(world.bob)
+    bob.get(f"/approvals/{call.pk}/")
+    decide(call_id=call.pk, reviewer=dave, verdict="approve")
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "reject",
+            "comment": "The customer's account is under review; do not send.",
+            "arguments_hash": call.arguments_hash,
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    body = response.content.decode()
+    assert "This call is already approved." in body
+    assert 'id="kept-comment-notice"' in body
+    assert "The customer&#x27;s account is under review; do not send." in body
+    noted = bob.post(
+        f"/approvals/{call.pk}/notes/",
+        {"text": "The customer's account is under review; do not send."},
+        HTTP_HX_REQUEST="true",
+    )
+    assert noted.status_code == 200
+    (note,) = Note.objects.filter(call=call)
+    assert note.author == world.bob
+    assert "bob</strong> noted" in noted.content.decode()
+    (recorded,) = events("call.note_added", call_id=call.pk)
+    assert recorded.data["note"].startswith("The customer")
+    assert bob.post(f"/approvals/{call.pk}/notes/", {"text": "  "}).status_code == 200
+    assert Note.objects.count() == 1
+
+
+def test_a_reviewer_of_other_tools_cannot_poll_or_note(world: World) -> None:
+    call = make_call(world)
+    charlie = login(world.charlie)
+    assert charlie.get(f"/approvals/{call.pk}/live/?v=x").status_code == 403
+    assert charlie.post(f"/approvals/{call.pk}/notes/", {"text": "hi"}).status_code == 403
+    assert not Note.objects.exists()
+
+
+def test_a_correction_through_the_web_keeps_masked_values_left_as_shown(
+    world: World,
+) -> None:
+    """The editor shows the arguments as the reviewer sees them; a masked value left as
+    shown keeps its real value, a changed one is taken as written."""
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={
+            "customer_id": "cus_0001",
+            "changes": {"email": "ada.l@example.com", "plan": "pro"},
+        },
+    )
+    bob = login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    assert "a***@example.com" in page and "ada.l@example.com" not in page
+    edited = '{"customer_id": "cus_0001", "changes": {"email": "a***@example.com", "plan": "enterprise"}}'
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "edited_arguments": edited},
+    )
+    assert response.status_code == 302
+    call.refresh_from_db()
+    assert call.arguments == {
+        "customer_id": "cus_0001",
+        "changes": {"email": "ada.l@example.com", "plan": "enterprise"},
+    }
+    assert call.arguments_edited
+
+
+def test_bad_json_in_a_correction_is_a_clear_refusal(world: World) -> None:
+    call = make_call(world)
+    bob = login(world.bob)
+    for raw, message in (
+        ("{not json", "not valid JSON"),
+        ('{"to": "a\\u0000b"}', "cannot be stored"),
+        ("[" * 5000 + "]" * 5000, "cannot be stored"),
+        ('{"x": NaN}', "not valid JSON"),
+    ):
+        response = bob.post(
+            f"/approvals/{call.pk}/decide/",
+            {"verdict": "approve", "arguments_hash": call.arguments_hash, "edited_arguments": raw},
+            HTTP_HX_REQUEST="true",
+        )
+        assert response.status_code == 200
+        assert message in response.content.decode(), raw[:20]
+    assert ToolCall.objects.get(pk=call.pk).status == "pending"

@@ -1,0 +1,196 @@
+"""Policy rules in CEL: checked against the tool's schema when saved (table first), and the
+first rule that holds decides."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.tools import issue_refund, send_email
+from tools_registry import rules
+from tools_registry.policy import Risk
+
+REFUND = issue_refund.input_schema
+EMAIL = send_email.input_schema
+TEAMS = frozenset({"reviewers", "finance"})
+
+# (condition, what the check says: "" when it is a valid condition of a refund)
+CONDITIONS = [
+    ("args.amount_cents <= 5000", ""),
+    ('args.amount_cents > 50000 && args.currency == "usd"', ""),
+    ('"external_link" in signals || "bulk_recipient" in signals', ""),
+    ('"admin" in user.roles && user.id != ""', ""),
+    ('agent == "support-bot"', ""),
+    ("has(args.reason) && size(args.reason) > 3", ""),
+    ("[1, 2].all(i, i > 0) && args.reason.contains('x')", ""),
+    ("args.amount_cents >", "not valid CEL"),
+    ('args.amount_cents > 5 && "unterminated', "not valid CEL"),
+    ("args.amount > 5", "args.amount is not an argument of this tool"),
+    ("args.reason.length > 5", "args.reason.length is not an argument"),
+    ("amount_cents > 5", "unknown name 'amount_cents'"),
+    ("request.amount > 5", "unknown name 'request'"),
+    ('"external_lnk" in signals', "there is no signal 'external_lnk'"),
+    ("args.currency > 5", "values of different types are compared (int and string)"),
+    ('args.amount_cents == "5000"', "values of different types are compared (int and string)"),
+    ("args.amount_cents + 1", "must be true or false"),
+    ("args.currency", "must be true or false"),
+]
+
+
+@pytest.mark.parametrize(("condition", "expected"), CONDITIONS)
+def test_conditions_are_checked_against_the_schema(condition: str, expected: str) -> None:
+    problems = rules.condition_problems(condition, REFUND)
+    if not expected:
+        assert problems == []
+    else:
+        assert len(problems) >= 1 and expected in problems[0], problems
+
+
+# (risk, rule, what the check says: "" when it is a valid rule)
+RULES = [
+    (Risk.WRITE, {"when": "args.amount_cents <= 5000", "then": "approve"}, ""),
+    (Risk.WRITE, {"when": "true", "then": "require", "approvals": 2, "team": "finance"}, ""),
+    (Risk.WRITE, {"when": "true", "then": "require", "approvals": 1, "confirm": True}, ""),
+    (Risk.WRITE, {"when": "true", "then": "refuse", "note": "Never on Sundays."}, ""),
+    (Risk.READ, {"when": "true", "then": "refuse"}, ""),
+    (Risk.DESTRUCTIVE, {"when": "true", "then": "approve"}, "cannot be approved by rule"),
+    (Risk.DESTRUCTIVE, {"when": "true", "then": "require", "approvals": 1}, "at least 2"),
+    (Risk.READ, {"when": "true", "then": "approve"}, "reads run at once"),
+    (Risk.READ, {"when": "true", "then": "require", "approvals": 1}, "reads never wait"),
+    (Risk.WRITE, {"when": "true", "then": "allow"}, "then must be one of"),
+    (Risk.WRITE, {"when": "true"}, "then must be one of"),
+    (Risk.WRITE, {"when": "true", "then": "require"}, "approvals must be 1 to 10"),
+    (Risk.WRITE, {"when": "true", "then": "require", "approvals": 11}, "approvals must be 1"),
+    (Risk.WRITE, {"when": "true", "then": "require", "approvals": "2"}, "whole number"),
+    (Risk.WRITE, {"when": "true", "then": "require", "approvals": True}, "whole number"),
+    (Risk.WRITE, {"when": "true", "then": "require", "approvals": 1, "team": "ops"}, "no team"),
+    (Risk.WRITE, {"when": "true", "then": "approve", "approvals": 2}, "go with then: require"),
+    (Risk.WRITE, {"when": "", "then": "approve"}, "when is a CEL condition"),
+    (Risk.WRITE, {"when": 5, "then": "approve"}, "when is a CEL condition"),
+    (Risk.WRITE, {"when": "x" * 2001, "then": "approve"}, "longer than 2000"),
+    (Risk.WRITE, {"when": "true", "then": "approve", "priority": 1}, "unknown field priority"),
+    (Risk.WRITE, {"when": "true", "then": "refuse", "note": 5}, "note is a sentence"),
+    (Risk.WRITE, "args.amount_cents > 5", "a rule is an object"),
+]
+
+
+@pytest.mark.parametrize(("risk", "rule", "expected"), RULES)
+def test_rules_are_checked_whole(risk: str, rule: object, expected: str) -> None:
+    problems = rules.problems([rule], risk=risk, input_schema=REFUND, teams=TEAMS)
+    if not expected:
+        assert problems == []
+    else:
+        assert problems and problems[0].startswith("Rule 1: ") and expected in problems[0], problems
+
+
+def test_the_rule_list_itself_is_checked() -> None:
+    for raw, expected in (
+        ({"when": "true"}, "Give a list of rules"),
+        ("[]", "Give a list of rules"),
+        ([{"when": "true", "then": "refuse"}] * 51, "At most 50 rules"),
+    ):
+        assert expected in rules.problems(raw, risk=Risk.WRITE, input_schema=REFUND, teams=TEAMS)[0]
+    assert rules.problems([], risk=Risk.WRITE, input_schema=REFUND, teams=TEAMS) == []
+    assert rules.problems(None, risk=Risk.WRITE, input_schema=REFUND, teams=TEAMS) == []
+    # Every broken rule is reported, each under its own number.
+    two = rules.problems(
+        [{"when": "ok ==", "then": "approve"}, {"when": "true", "then": "nope"}],
+        risk=Risk.WRITE,
+        input_schema=REFUND,
+        teams=TEAMS,
+    )
+    assert [p.split(":")[0] for p in two] == ["Rule 1", "Rule 2"]
+
+
+DEMO_REFUND_RULES = rules.parse(
+    [
+        {"when": "args.amount_cents <= 5000", "then": "approve"},
+        {
+            "when": "args.amount_cents > 50000",
+            "then": "require",
+            "approvals": 2,
+            "team": "reviewers",
+        },
+    ]
+)
+
+
+def refund(amount: int, currency: str = "usd") -> dict[str, object]:
+    return {"payment_id": "pay_0001", "amount_cents": amount, "currency": currency, "reason": "x"}
+
+
+@pytest.mark.parametrize(
+    ("amount", "number", "then"),
+    [
+        (1250, 1, "approve"),
+        (5000, 1, "approve"),
+        (5001, None, None),
+        (50000, None, None),
+        (99000, 2, "require"),
+    ],
+)
+def test_the_first_rule_that_holds_decides(
+    amount: int, number: int | None, then: str | None
+) -> None:
+    applied = rules.first_match(
+        DEMO_REFUND_RULES,
+        arguments=refund(amount),
+        input_schema=REFUND,
+        signals=[],
+        user_id="",
+        roles=[],
+        agent="support-bot",
+    )
+    assert applied.number == number
+    assert (applied.rule.then if applied.rule else None) == then
+    assert applied.errors == ()
+
+
+def test_signals_user_and_agent_reach_the_conditions() -> None:
+    ordered = rules.parse(
+        [
+            {"when": '"external_link" in signals', "then": "require", "approvals": 2},
+            {"when": '"vip" in user.roles', "then": "refuse"},
+            {"when": 'agent == "trusted-bot" && user.id == "ada"', "then": "approve"},
+        ]
+    )
+
+    def decide(signals: list[str], user_id: str, roles: list[str], agent: str) -> int | None:
+        return rules.first_match(
+            ordered,
+            arguments={"to": "a@example.com", "subject": "s", "body": "b"},
+            input_schema=EMAIL,
+            signals=signals,
+            user_id=user_id,
+            roles=roles,
+            agent=agent,
+        ).number
+
+    assert decide(["external_link"], "ada", ["vip"], "trusted-bot") == 1
+    assert decide([], "ada", ["vip"], "trusted-bot") == 2
+    assert decide([], "ada", [], "trusted-bot") == 3
+    assert decide([], "bob", [], "trusted-bot") is None
+
+
+def test_a_rule_that_cannot_be_evaluated_blocks_every_later_approval() -> None:
+    """A rule reading an argument the call does not have fails on that call; it might have
+    asked for more reviewers, so no later rule may approve the call on its own."""
+    schema = {
+        "type": "object",
+        "properties": {"amount": {"type": "number"}, "note": {"type": "string"}},
+        "required": ["amount"],
+    }
+    ordered = rules.parse(
+        [
+            {"when": 'args.note.contains("urgent")', "then": "require", "approvals": 3},
+            {"when": "args.amount < 10.0", "then": "approve"},
+            {"when": "args.amount < 100.0", "then": "require", "approvals": 2},
+        ]
+    )
+    common = {"input_schema": schema, "signals": [], "user_id": "", "roles": [], "agent": "a"}
+    blocked = rules.first_match(ordered, arguments={"amount": 4}, **common)
+    assert blocked.number == 3 and blocked.rule.then == "require"
+    assert blocked.errors and "rule 1" in blocked.errors[0]
+    nothing = rules.first_match(ordered, arguments={"amount": 400}, **common)
+    assert nothing.rule is None and nothing.errors
+    # A number written without a decimal point compares with a double: the schema says number.
+    assert rules.first_match(ordered, arguments={"amount": 4, "note": "fine"}, **common).number == 2
