@@ -49,10 +49,12 @@ run: $(VENV)/.installed-run
 	@echo "  MCP:        http://$(HOST):$(PORT)/mcp           (same token; see docs/mcp.md)"
 	@echo "  health:     http://$(HOST):$(PORT)/healthz"
 	@echo "  reviewer e-mails (console backend) and sweeps: $${COUNTERSIGN_VAR_DIR:-var}/sweeps.log"
+	@echo "  the demo agent's calls (sent once the server is up): $${COUNTERSIGN_VAR_DIR:-var}/demo-calls.log"
 	@echo ""
 	@# The sweeps (expiry, re-sends, audit sealing) run beside the server, as beat would.
 	@export PORT=$(PORT); unset DATABASE_URL REDIS_URL; \
 	$(PY) manage.py run_sweeps --loop 5 >$${COUNTERSIGN_VAR_DIR:-var}/sweeps.log 2>&1 & sweeps=$$!; \
+	$(PY) manage.py demo_calls --url http://$(HOST):$(PORT) >$${COUNTERSIGN_VAR_DIR:-var}/demo-calls.log 2>&1 & \
 	trap 'kill $$sweeps 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT)
 

@@ -17,6 +17,7 @@ from django.db import transaction
 from mcp import Client
 
 from sandbox import payments as payment_api
+from sandbox.demo_calls import RULES
 from sandbox.models import Customer, HelpArticle, Payment
 from sandbox.tickets import tickets
 from tools_registry import services
@@ -259,5 +260,20 @@ def seed_demo() -> DemoLogins:
         _, token = services.issue_token(agent=agent, created_by=users["admin"], label="demo")
         token_path.write_text(token)
         token_path.chmod(0o600)
+    _seed_rules(users["admin"])
     seed_sandbox()
     return DemoLogins(password=password, password_generated=generated, agent_token=token)
+
+
+def _seed_rules(admin: User) -> None:
+    """The demo's policy rules, once: a tool an admin has given rules of their own keeps them."""
+    for name, rules in RULES.items():
+        tool = Tool.objects.get(name=name)
+        if not tool.rules and tool.policy_version == 1:
+            services.update_policy(tool=tool, changes={"rules": rules}, changed_by=admin)
+
+
+def demo_agent_token() -> str:
+    """The demo agent's token as ``seed_demo`` left it (var/demo_agent_token), or ""."""
+    path = _secret_file("demo_agent_token")
+    return path.read_text().strip() if path.exists() else ""

@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from sandbox.demo_calls import CALLS as DEMO_CALLS
 from tests.sandbox.test_demo import IMPORTED
 from tests.support import ROOT
 from tests.support.web import free_port
@@ -142,7 +143,7 @@ def test_an_approved_refund_runs_once_in_the_embedded_mode(
             "tool": "issue_refund",
             "arguments": {
                 "payment_id": "pay_0003",
-                "amount_cents": 1500,
+                "amount_cents": 15000,
                 "currency": "usd",
                 "reason": "Damaged item",
             },
@@ -157,12 +158,15 @@ def test_an_approved_refund_runs_once_in_the_embedded_mode(
     # The eager executor ran the refund right after the approval committed.
     status = agent.get(f"/api/v1/tool-calls/{call_id}").json()
     assert status["status"] == "succeeded", status
-    assert status["result"]["amount_cents"] == 1500
+    assert status["result"]["amount_cents"] == 15000
 
+    # One effect for this call (the demo agent's small refunds, approved by rule, are others).
     refunds = sandbox_effects(env, "issue_refund")
-    assert [(e["idempotency_key"], e["deliveries"]) for e in refunds] == [
-        (f"countersign-{call_id}", 1)
-    ]
+    assert [
+        (e["idempotency_key"], e["deliveries"])
+        for e in refunds
+        if e["idempotency_key"] == f"countersign-{call_id}"
+    ] == [(f"countersign-{call_id}", 1)]
 
 
 def test_an_mcp_client_gets_an_approved_email_sent_once_in_the_embedded_mode(
@@ -239,3 +243,77 @@ def test_an_approved_ticket_from_the_demos_mcp_upstream_is_created_once(
     assert [(e["idempotency_key"], e["deliveries"]) for e in tickets] == [
         (f"countersign-{call_id}", 1)
     ]
+
+
+def demo_call_ids(base: str, token: str) -> dict[str, dict[str, Any]]:
+    """The demo agent's calls (sent by `make run` once it is up), found by sending each
+    request again with its key: the answer is the stored one, with the call's id."""
+    agent = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 60
+    for key, body in DEMO_CALLS:
+        while True:
+            response = agent.post("/api/v1/tool-calls", json=body, headers={"Idempotency-Key": key})
+            if response.headers.get("Idempotent-Replayed") == "true" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)  # not sent by the demo yet: our request made it (same key, same body)
+        found[key] = response.json()
+    return found
+
+
+def signed_in(base: str, username: str) -> httpx.Client:
+    person = httpx.Client(base_url=base, follow_redirects=True)
+    person.get("/login/")
+    person.post(
+        "/login/",
+        data={
+            "username": username,
+            "password": PASSWORD,
+            "csrfmiddlewaretoken": person.cookies["csrftoken"],
+        },
+    )
+    return person
+
+
+def test_the_demo_queue_tells_refunds_apart_and_flags_the_phishing_email(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    """The reviewer issue's demo: a 990 USD and a 120 USD refund read differently in the
+    queue; the 12.50 GBP one was approved by the demo rule (the trail says which) and ran;
+    the 990 USD one needs two reviewers; the phishing-like e-mail shows its link and its
+    injection-like reasoning in the queue and on its page, and needs two reviewers."""
+    base, var_dir, _ = embedded_app
+    calls = demo_call_ids(base, (var_dir / "demo_agent_token").read_text().strip())
+    small, large = calls["demo-refund-gbp-12.50"], calls["demo-refund-usd-990"]
+    phishing = calls["demo-email-phishing"]
+    assert small["decision"]["by"] == "policy_rule" and small["approvals_required"] == 0
+    assert (large["status"], large["approvals_required"]) == ("pending", 2)
+    assert (phishing["status"], phishing["approvals_required"]) == ("pending", 2)
+
+    reviewer = signed_in(base, "reviewer")
+    queue = reviewer.get("/approvals/").text
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r'data-call-id="([^"]+)"(.*?)</tr>', queue, re.S)
+    }
+    assert "990.00 USD" in rows[large["id"]]
+    assert "120.00 USD" in rows[calls["demo-refund-usd-120"]["id"]]
+    assert small["id"] not in rows  # approved by rule: nothing waits
+    assert 'data-signal="external_link"' in rows[phishing["id"]]
+    assert 'data-signal="prompt_injection"' in rows[phishing["id"]]
+    assert "a***@example.com" in rows[phishing["id"]]  # the list's domain, no reveal needed
+    page = reviewer.get(f"/approvals/{phishing['id']}/").text
+    assert "account-verify.example.net" in page and "Ignore previous instructions" in page
+    assert "0 of 2 approvals" in page
+
+    auditor = signed_in(base, "auditor")
+    trail = [
+        json.loads(line)
+        for line in auditor.get(f"/audit/export.jsonl?call={small['id']}").text.splitlines()
+        if line.strip()
+    ]
+    approved = [e for e in trail if e["action"] == "call.approved"]
+    assert approved and approved[0]["data"]["by"] == "rule" and approved[0]["data"]["rule"] == 1
+    assert any(
+        e["action"] == "call.execution_finished" and e["outcome"] == "succeeded" for e in trail
+    )
