@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from config import views
 from gateway.api import api
@@ -17,9 +18,14 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/", include("accounts.urls")),
+    # Single sign-on (OpenID Connect): /oidc/authenticate/ and the provider's callback.
+    path("oidc/", include("mozilla_django_oidc.urls")),
     path("approvals/", include("approvals.urls")),
     path("audit/", include("audit.urls")),
     path("api/v1/", api.urls),
+    # One sign-in page for everyone, with its lockout, second factor and single sign-on.
+    path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     path("admin/", admin.site.urls),
 ]
 
