@@ -28,7 +28,9 @@ class SecondFactorMiddleware:
             and not request.path.startswith(OPEN_PREFIXES)
             and must_use_second_factor(user)
         ):
-            target = f"{reverse('accounts:two_factor')}?{urlencode({'next': request.get_full_path()})}"
+            target = (
+                f"{reverse('accounts:two_factor')}?{urlencode({'next': request.get_full_path()})}"
+            )
             if request.headers.get("HX-Request"):
                 # An htmx request would swap the two-factor page into a panel: go there whole.
                 return HttpResponse(status=204, headers={"HX-Redirect": target})

@@ -77,7 +77,12 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         )
         user.set_unusable_password()
         user.save(update_fields=["password"])
-        record(action="auth.sso_user_created", actor=user, outcome="ok", data={"sub": claims.get("sub", "")})
+        record(
+            action="auth.sso_user_created",
+            actor=user,
+            outcome="ok",
+            data={"sub": claims.get("sub", "")},
+        )
         sync_teams(user=user, claims=claims)
         return user
 

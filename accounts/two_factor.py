@@ -71,7 +71,9 @@ def confirm_enrolment(*, request: HttpRequest, token: str) -> bool:
     if device is None or not device.verify_token(token):
         record(action="auth.two_factor_failed", actor=user, outcome="enrolment_code_wrong")
         return False
-    replaced = TOTPDevice.objects.filter(user=user, confirmed=True).exclude(pk=device.pk).delete()[0]
+    replaced = (
+        TOTPDevice.objects.filter(user=user, confirmed=True).exclude(pk=device.pk).delete()[0]
+    )
     device.confirmed = True
     device.save(update_fields=["confirmed"])
     otp_login(request, device)

@@ -41,7 +41,9 @@ def account(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _two_factor_page(request: HttpRequest, form: CodeForm | None = None, status: int = 200) -> HttpResponse:
+def _two_factor_page(
+    request: HttpRequest, form: CodeForm | None = None, status: int = 200
+) -> HttpResponse:
     user = request.user
     device = two_factor.confirmed_device(user)
     pending = two_factor.pending_device(user)

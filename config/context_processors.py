@@ -20,5 +20,5 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
             "approvals": has_any_review_grant(user),
             "audit": user.has_perm("audit.view_auditevent"),
             "admin": user.is_staff,
-        }
+        },
     }

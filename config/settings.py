@@ -260,9 +260,7 @@ OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
 # Countersign team ("idp-value=team,..."). Teams named here are set from the claim at every
 # SSO sign-in (joined or left); other teams are managed in the admin only.
 OIDC_TEAMS_CLAIM = env_str("OIDC_TEAMS_CLAIM", "groups")
-OIDC_TEAM_MAP = dict(
-    pair.split("=", 1) for pair in env_list("OIDC_TEAM_MAP", "") if "=" in pair
-)
+OIDC_TEAM_MAP = dict(pair.split("=", 1) for pair in env_list("OIDC_TEAM_MAP", "") if "=" in pair)
 OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username")
 LOGIN_REDIRECT_URL_FAILURE = "/login/?sso=failed"
 

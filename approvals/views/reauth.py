@@ -40,10 +40,9 @@ def _next_url(request: AuthedRequest) -> str:
 def reauthenticate(request: AuthedRequest) -> HttpResponse:
     form = ReauthForm(request.POST or None)
     error = ""
-    wants_code = (
-        two_factor.confirmed_device(request.user) is not None
-        or two_factor.must_use_second_factor(request.user)
-    )
+    wants_code = two_factor.confirmed_device(
+        request.user
+    ) is not None or two_factor.must_use_second_factor(request.user)
     if request.method == "POST" and form.is_valid():
         user = authenticate(
             request,
