@@ -53,7 +53,7 @@ def approval_latency(since: datetime) -> list[Latency]:
         table = DecisionLatency._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT tool_name, count(*),"
+                f"SELECT tool_name, count(*),"  # noqa: S608 - the model's own table name
                 f" percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),"
                 f" percentile_cont(0.9) WITHIN GROUP (ORDER BY seconds)"
                 f" FROM {table} WHERE decided_at >= %s GROUP BY tool_name ORDER BY tool_name",

@@ -99,7 +99,7 @@ def _add(totals: Totals) -> None:
     values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
     # The same statement on PostgreSQL and SQLite: add to the day's row, or start it.
     sql = (
-        f"INSERT INTO {table} (day, metric, key, variant, n, input_tokens, output_tokens, usd)"
+        f"INSERT INTO {table} (day, metric, key, variant, n, input_tokens, output_tokens, usd)"  # noqa: S608 - the model's own table name, placeholders
         f" VALUES {values} ON CONFLICT (day, metric, key, variant) DO UPDATE SET"
         f" n = {table}.n + excluded.n,"
         f" input_tokens = {table}.input_tokens + excluded.input_tokens,"
