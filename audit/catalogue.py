@@ -93,7 +93,11 @@ ACTIONS: dict[str, str] = {
     "code, if they have one) before a destructive approval.",
     "reviewer.reauthentication_failed": "A reviewer's re-entered password, or code, was wrong.",
     # The trail about itself.
-    "audit.chain_verified": "The hash chain was walked; ok or the first broken link.",
+    "audit.chain_verified": "The hash chain was walked; ok or the first broken link. The actor "
+    "is the auditor who asked for the walk from the analytics page, or Countersign for the "
+    "scheduled walk.",
+    "audit.verification_requested": "An auditor asked for a walk of the hash chain now; a worker "
+    "runs it in the background.",
 }
 
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from audit import analytics as stats
-from audit import charts
+from audit import charts, verification_runs
 from audit.filters import whole_number
 from audit.views.common import auditor_view
 
@@ -49,6 +49,7 @@ def analytics(request: HttpRequest) -> HttpResponse:
         "windows": WINDOWS,
         **charts_context,
         "status": stats.chain_status(),
+        "run": verification_runs.active_run() or verification_runs.latest_run(),
     }
     return render(request, "audit/analytics.html", context)
 
