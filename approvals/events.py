@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from approvals.models import Decision, ToolCall
@@ -36,7 +37,21 @@ def call_submitted(call: ToolCall) -> AuditEvent:
     )
 
 
-def decision_recorded(call: ToolCall, decision: Decision, *, approvals: int) -> AuditEvent:
+def decision_recorded(
+    call: ToolCall,
+    decision: Decision,
+    *,
+    approvals: int,
+    confirmation: str = "",
+    authenticated_at: datetime | None = None,
+) -> AuditEvent:
+    extra: dict[str, Any] = {}
+    if confirmation:
+        # A destructive approval: what the reviewer typed, and the sign-in it relied on.
+        extra = {
+            "typed_confirmation": confirmation,
+            "authenticated_at": authenticated_at.isoformat() if authenticated_at else None,
+        }
     return record(
         action="call.decision",
         actor=decision.reviewer,
@@ -49,6 +64,7 @@ def decision_recorded(call: ToolCall, decision: Decision, *, approvals: int) -> 
             "policy_version": decision.policy_version,
             "approvals": approvals,
             "approvals_required": call.approvals_required,
+            **extra,
         },
     )
 

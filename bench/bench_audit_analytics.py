@@ -49,7 +49,7 @@ def add_unsealed(count: int) -> None:
             INSERT INTO audit_auditevent (occurred_at, action, outcome, actor_type, actor_id,
                 actor_label, agent_name, tool_name, session_id, call_id, data, prev_hash, hash)
             SELECT now(), (ARRAY['call.submitted','call.decision','call.approved',
-                    'call.execution_started','call.execution_finished'])[1 + g % 5],
+                    'call.execution_started','call.execution_finished'])[1 + g %% 5],
                 'approve', 'agent', '1', 'reviewer-1', 'agent-1', 'send_email', 'run-1',
                 md5((g / 5)::text || 'new')::uuid,
                 jsonb_build_object('token_cost', jsonb_build_object('input_tokens', 900,

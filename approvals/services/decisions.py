@@ -161,7 +161,14 @@ def _decide_locked(
         created_at=now,
     )
     approvals = call.decisions.filter(verdict=Verdict.APPROVE).count()
-    events.decision_recorded(call, decision, approvals=approvals)
+    destructive_approval = verdict == Verdict.APPROVE and call.risk == Risk.DESTRUCTIVE
+    events.decision_recorded(
+        call,
+        decision,
+        approvals=approvals,
+        confirmation=(confirmation or "").strip() if destructive_approval else "",
+        authenticated_at=authenticated_at if destructive_approval else None,
+    )
 
     decided = False
     if verdict == Verdict.REJECT:
