@@ -9,6 +9,10 @@ from django.views.generic import RedirectView
 from config import views
 from gateway.api import api
 
+admin.site.site_header = "Countersign administration"
+admin.site.site_title = "Countersign admin"
+admin.site.index_title = "Tools, agents, people and grants"
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
