@@ -24,7 +24,7 @@ class SecondFactorMiddleware:
         if (
             user.is_authenticated
             # django-otp's OTPMiddleware: a device passed in this session.
-            and not user.is_verified()  # type: ignore[union-attr]
+            and not user.is_verified()  # type: ignore[union-attr,attr-defined]
             and not request.path.startswith(OPEN_PREFIXES)
             and must_use_second_factor(user)
         ):

@@ -28,6 +28,7 @@ def _next_url(request: HttpRequest) -> str:
 @never_cache
 def account(request: HttpRequest) -> HttpResponse:
     user = request.user
+    assert user.is_authenticated  # login_required
     return render(
         request,
         "accounts/account.html",
@@ -35,7 +36,7 @@ def account(request: HttpRequest) -> HttpResponse:
             "teams": sorted(user.groups.values_list("name", flat=True)),
             "device": two_factor.confirmed_device(user),
             "required": two_factor.must_use_second_factor(user),
-            "verified": user.is_verified(),  # type: ignore[union-attr]
+            "verified": user.is_verified(),  # type: ignore[attr-defined]
             "sso_only": not user.has_usable_password(),
         },
     )

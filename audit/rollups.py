@@ -116,12 +116,13 @@ def _latencies(decided: list[tuple[UUID, str, datetime]], submitted: dict[UUID, 
     missing = [call_id for call_id, _, _ in decided if call_id not in submitted]
     if missing:
         # Most calls are decided minutes after they were proposed, in an earlier batch.
-        submitted.update(
+        rows = (
             AuditEvent.objects.filter(action="call.submitted", call_id__in=missing)
             .values("call_id")
             .annotate(at=Min("occurred_at"))
             .values_list("call_id", "at")
         )
+        submitted.update((call_id, at) for call_id, at in rows if call_id is not None)
     latencies = [
         DecisionLatency(
             call_id=call_id,
@@ -185,8 +186,9 @@ def rebuild() -> None:
         .values_list("call_id", "tool_name", "occurred_at")
     )
     batch: list[tuple[UUID, str, datetime]] = []
-    for row in decisions.iterator(chunk_size=5000):
-        batch.append(row)
+    for call_id, tool, decided_at in decisions.iterator(chunk_size=5000):
+        if call_id is not None:  # excluded above; said again for the type checker
+            batch.append((call_id, tool, decided_at))
         if len(batch) == 5000:
             _latencies(batch, {})
             batch = []

@@ -136,7 +136,7 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
     Guardian's generic object-permission pages stay for superusers only."""
 
     form = ToolPolicyForm
-    change_form_template = "admin/tools_registry/tool/change_form.html"
+    change_form_template = "admin/tools_registry/tool/change_form.html"  # type: ignore[misc]
     change_list_template = "admin/tools_registry/tool/change_list.html"
     list_display = [
         "name",

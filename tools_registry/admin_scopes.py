@@ -66,7 +66,9 @@ class GrantForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["subject"].choices = [("", "Choose…"), *subject_choices()]
+        subject = self.fields["subject"]
+        assert isinstance(subject, forms.ChoiceField)
+        subject.choices = [("", "Choose…"), *subject_choices()]
 
 
 class ReviewerScopesMixin:
