@@ -453,5 +453,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # DB_LOG_LEVEL=DEBUG (with DEBUG=1) logs every SQL statement; masked like every record.
-    "loggers": {"django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO")},
+        # axes logs every sign-in at INFO; the trail has them (auth.*), so only its warnings.
+        "axes": {"level": "WARNING"},
+    },
 }
