@@ -3,12 +3,13 @@ must) before a destructive approval: a "sudo mode" for reviewers."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import authenticate, logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
@@ -80,8 +81,19 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             if not password_ok
             else "That code was not accepted; wait for the next one."
         )
+    sso_url = ""
+    if settings.OIDC_ENABLED and not request.user.has_usable_password():
+        # A person who signs in only through the provider proves it there again; the new
+        # sign-in stamps the session (``reauth.on_login``).
+        sso_url = f"{reverse('oidc_authentication_init')}?{urlencode({'next': _next_url(request)})}"
     return render(
         request,
         "approvals/reauth.html",
-        {"form": form, "error": error, "next": _next_url(request), "wants_code": wants_code},
+        {
+            "form": form,
+            "error": error,
+            "next": _next_url(request),
+            "wants_code": wants_code,
+            "sso_url": sso_url,
+        },
     )

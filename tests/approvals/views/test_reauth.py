@@ -111,3 +111,15 @@ def test_a_wrong_password_does_not_spend_a_code(world: World) -> None:
     client.post("/approvals/reauthenticate/", {"password": "guess", "code": "123456"})
     device.refresh_from_db()
     assert device.throttling_failure_count == 0
+
+
+def test_a_person_without_a_password_reauthenticates_through_single_sign_on(
+    world: World, settings
+) -> None:
+    settings.OIDC_ENABLED = True
+    world.bob.set_unusable_password()
+    world.bob.save()
+    client = stale_client(world)
+    page = client.get("/approvals/reauthenticate/?next=/approvals/").content.decode()
+    assert 'id="sso-reauth"' in page and "/oidc/authenticate/?next=%2Fapprovals%2F" in page
+    assert 'name="password"' not in page
