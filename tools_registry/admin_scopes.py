@@ -24,6 +24,11 @@ from tools_registry.models import Tool
 from tools_registry.services.grants import OBJECT_PERMISSIONS, grant, revoke
 
 PERMISSION_NAMES = {"review_tool": "Review", "reveal_tool_arguments": "Reveal arguments"}
+# What each permission lets one do, said of a tool: "bob may now review the calls of x".
+PERMISSION_VERBS = {
+    "review_tool": "review the calls of",
+    "reveal_tool_arguments": "reveal the masked arguments of",
+}
 
 
 def subject_choices() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -150,7 +155,7 @@ class ReviewerScopesMixin:
             raise Http404("Choose a tool, a permission, and grant or revoke.")
         subject = parse_subject(request.POST.get("subject", ""))
         name = subject["user"].get_username() if "user" in subject else subject["group"].name
-        what = f"{PERMISSION_NAMES[permission].lower()} on {tool.name}"
+        what = f"{PERMISSION_VERBS[permission]} {tool.name}"
         if operation == "grant":
             changed = grant(tool=tool, permission=permission, granted_by=request.user, **subject)
             text = f"{name} may now {what}." if changed else f"{name} could already {what}."
