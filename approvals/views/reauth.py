@@ -82,8 +82,8 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             else "That code was not accepted; wait for the next one."
         )
     sso_url = ""
-    user = request.user
-    if settings.OIDC_ENABLED and user.is_authenticated and not user.has_usable_password():
+    person = request.user
+    if settings.OIDC_ENABLED and person.is_authenticated and not person.has_usable_password():
         # A person who signs in only through the provider proves it there again; the new
         # sign-in stamps the session (``reauth.on_login``).
         sso_url = f"{reverse('oidc_authentication_init')}?{urlencode({'next': _next_url(request)})}"
