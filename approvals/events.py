@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from approvals.models import Decision, ToolCall
@@ -98,7 +99,21 @@ def note_added(call: ToolCall, *, author: Any, text: str) -> AuditEvent:
     )
 
 
-def decision_recorded(call: ToolCall, decision: Decision, *, approvals: int) -> AuditEvent:
+def decision_recorded(
+    call: ToolCall,
+    decision: Decision,
+    *,
+    approvals: int,
+    confirmation: str = "",
+    authenticated_at: datetime | None = None,
+) -> AuditEvent:
+    extra: dict[str, Any] = {}
+    if confirmation:
+        # A destructive approval: what the reviewer typed, and the sign-in it relied on.
+        extra = {
+            "typed_confirmation": confirmation,
+            "authenticated_at": authenticated_at.isoformat() if authenticated_at else None,
+        }
     return record(
         action="call.decision",
         actor=decision.reviewer,
@@ -116,6 +131,7 @@ def decision_recorded(call: ToolCall, decision: Decision, *, approvals: int) -> 
             # its hash, so an auditor sees the same view.
             "shown_state": decision.shown_state,
             "shown_state_hash": decision.shown_state_hash,
+            **extra,
         },
     )
 

@@ -116,3 +116,5 @@ class RevealForm(forms.Form):
 
 class ReauthForm(forms.Form):
     password = forms.CharField(max_length=4096, strip=False, widget=forms.PasswordInput)
+    # Asked (and then required) of people with a second factor: see the view.
+    code = forms.CharField(max_length=12, required=False, strip=True)

@@ -1,6 +1,6 @@
-"""What the analytics page shows, computed from the trail (it survives renames and
-deletions of calls, tools and agents). Every query is bounded by the chosen window and
-starts from an indexed action."""
+"""What the analytics page shows, read from the summary the sealer keeps of the trail
+(``audit.rollups``: it survives renames and deletions of calls, tools and agents, as the
+trail does). Days are UTC days; every read is bounded by the chosen window."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from statistics import median, quantiles
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, FloatField, OuterRef, Subquery, Sum
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, TruncDate
+from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
-from audit import anchor, chain
-from audit.models import AuditEvent
+from audit import anchor, chain, rollups
+from audit.models import AuditEvent, DailyCount, DecisionLatency
 
 
 def window(days: int) -> tuple[datetime, list[date]]:
@@ -27,21 +26,14 @@ def window(days: int) -> tuple[datetime, list[date]]:
     return since, [first + timedelta(days=n) for n in range(days)]
 
 
-def _in_window(action: str | list[str], since: datetime) -> Any:
-    actions = [action] if isinstance(action, str) else action
-    return AuditEvent.objects.filter(action__in=actions, occurred_at__gte=since)
+def _counts(metric: str, since: datetime) -> Any:
+    return DailyCount.objects.filter(metric=metric, day__gte=since.date())
 
 
 def calls_per_tool_per_day(since: datetime) -> dict[str, dict[date, int]]:
     series: dict[str, dict[date, int]] = defaultdict(dict)
-    rows = (
-        _in_window("call.submitted", since)
-        .annotate(day=TruncDate("occurred_at"))
-        .values_list("tool_name", "day")
-        .annotate(n=Count("id"))
-    )
-    for tool, day, count in rows:
-        series[tool or "(none)"][day] = count
+    for tool, day, count in _counts(rollups.CALLS, since).values_list("key", "day", "n"):
+        series[tool][day] = count
     return dict(series)
 
 
@@ -55,65 +47,59 @@ class Latency:
 
 def approval_latency(since: datetime) -> list[Latency]:
     """Submission to final decision (approved or rejected), per tool."""
-    submitted = AuditEvent.objects.filter(
-        call_id=OuterRef("call_id"), action="call.submitted"
-    ).values("occurred_at")[:1]
-    rows = (
-        _in_window(["call.approved", "call.rejected"], since)
-        .exclude(call_id=None)
-        .annotate(submitted_at=Subquery(submitted))
-        .values_list("tool_name", "occurred_at", "submitted_at")
-    )
+    decided = DecisionLatency.objects.filter(decided_at__gte=since)
+    if connection.vendor == "postgresql":
+        # The percentiles are computed where the rows are: one row per tool comes back.
+        table = DecisionLatency._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT tool_name, count(*),"  # noqa: S608 - the model's own table name
+                f" percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),"
+                f" percentile_cont(0.9) WITHIN GROUP (ORDER BY seconds)"
+                f" FROM {table} WHERE decided_at >= %s GROUP BY tool_name ORDER BY tool_name",
+                [since],
+            )
+            return [Latency(tool, n, p50, p90) for tool, n, p50, p90 in cursor.fetchall()]
     per_tool: dict[str, list[float]] = defaultdict(list)
-    for tool, decided_at, submitted_at in rows.iterator(chunk_size=5000):
-        if submitted_at is not None:
-            per_tool[tool].append(max((decided_at - submitted_at).total_seconds(), 0.0))
+    for tool, seconds in decided.values_list("tool_name", "seconds"):
+        per_tool[tool].append(seconds)
     result = []
-    for tool, seconds in sorted(per_tool.items()):
-        p90 = quantiles(seconds, n=10)[-1] if len(seconds) > 1 else seconds[0]
-        result.append(Latency(tool, len(seconds), median(seconds), p90))
+    for tool, values in sorted(per_tool.items()):
+        p90 = quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
+        result.append(Latency(tool, len(values), median(values), p90))
     return result
 
 
 def verdicts(since: datetime, by: str) -> dict[str, dict[str, int]]:
     """Approve/reject counts of reviewers' votes, per tool (``by="tool_name"``) or reviewer."""
-    table: dict[str, dict[str, int]] = defaultdict(dict)
-    rows = _in_window("call.decision", since).values_list(by, "outcome").annotate(n=Count("id"))
-    for key, outcome, count in rows:
-        table[key][outcome] = count
-    return dict(sorted(table.items()))
+    metric = rollups.TOOL_VOTES if by == "tool_name" else rollups.REVIEWER_VOTES
+    return _table(metric, since)
 
 
 def outcomes(since: datetime) -> dict[str, dict[str, int]]:
     """Results per tool: succeeded, failed, unknown."""
+    return _table(rollups.RESULTS, since)
+
+
+def _table(metric: str, since: datetime) -> dict[str, dict[str, int]]:
     table: dict[str, dict[str, int]] = defaultdict(dict)
-    rows = (
-        _in_window("call.execution_finished", since)
-        .values_list("tool_name", "outcome")
-        .annotate(n=Count("id"))
-    )
-    for tool, outcome, count in rows:
-        table[tool][outcome] = count
+    rows = _counts(metric, since).values_list("key", "variant").annotate(total=Sum("n"))
+    for key, variant, count in rows:
+        table[key][variant] = int(count)
     return dict(sorted(table.items()))
 
 
 def token_cost_per_agent(since: datetime) -> dict[str, dict[str, float]]:
-    def total(key: str) -> Sum:
-        return Sum(Cast(KT(f"data__token_cost__{key}"), FloatField()))
-
     rows = (
-        _in_window("call.submitted", since)
-        .values("agent_name")
+        _counts(rollups.TOKENS, since)
+        .values("key")
         .annotate(
-            input_tokens=total("input_tokens"),
-            output_tokens=total("output_tokens"),
-            usd=total("usd"),
+            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), usd=Sum("usd")
         )
-        .order_by("agent_name")
+        .order_by("key")
     )
     return {
-        r["agent_name"]: {k: r[k] or 0 for k in ("input_tokens", "output_tokens", "usd")}
-        for r in rows
+        r["key"]: {k: r[k] or 0 for k in ("input_tokens", "output_tokens", "usd")} for r in rows
     }
 
 

@@ -87,11 +87,26 @@ ACTIONS: dict[str, str] = {
     "auth.groups_changed": "A person was added to or removed from teams (roles).",
     "auth.permissions_changed": "Model-wide permissions (such as reading the audit trail) were "
     "given to or taken from a person or a team.",
-    "reviewer.reauthenticated": "A reviewer re-entered their password before a destructive "
-    "approval.",
-    "reviewer.reauthentication_failed": "A reviewer's re-entered password was wrong.",
+    "auth.locked_out": "Too many failed sign-ins for an account or from an address: sign-in "
+    "is refused for the cool-off (the name only if it is a real account, the address, the "
+    "limit and the cool-off).",
+    "auth.two_factor_enrolled": "A person set up an authenticator app (TOTP) as their second "
+    "factor, replacing any earlier one.",
+    "auth.two_factor_verified": "A person's code from their authenticator app was accepted (at "
+    "sign-in or at a re-authentication).",
+    "auth.two_factor_failed": "A code from an authenticator app was refused (wrong, or no "
+    "device set up).",
+    "auth.sso_user_created": "A person signed in through single sign-on for the first time; "
+    "their account was created (with no password) and their teams taken from the provider.",
+    "reviewer.reauthenticated": "A reviewer re-entered their password (and second-factor "
+    "code, if they have one) before a destructive approval.",
+    "reviewer.reauthentication_failed": "A reviewer's re-entered password, or code, was wrong.",
     # The trail about itself.
-    "audit.chain_verified": "The hash chain was walked; ok or the first broken link.",
+    "audit.chain_verified": "The hash chain was walked; ok or the first broken link. The actor "
+    "is the auditor who asked for the walk from the analytics page, or Countersign for the "
+    "scheduled walk.",
+    "audit.verification_requested": "An auditor asked for a walk of the hash chain now; a worker "
+    "runs it in the background.",
 }
 
 

@@ -43,7 +43,7 @@ from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from audit import anchor
+from audit import anchor, rollups
 from audit.canonical import GENESIS_HASH, instant, link_hash, link_text
 from audit.models import AuditEvent
 
@@ -188,9 +188,21 @@ def seal_pending(*, batch_size: int = SEAL_BATCH) -> int:
                 seals.append((row[0], seq, prev_hash, head))
                 prev_hash = head
             _store_seals(seals, timezone.now())
+            # The analytics summary counts exactly the events sealed, in the same transaction.
+            rollups.fold(rows)
             sealed += len(rows)
         if len(rows) < batch_size:
             return sealed
+
+
+@transaction.atomic
+def rebuild_rollups() -> None:
+    """Make the analytics summary again from the sealed events, holding the sealer's lock
+    (waiting for a running pass) so that no batch is folded twice or missed meanwhile."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEALER_LOCK_KEY])
+    rollups.rebuild()
 
 
 def write_anchor(*, path: Path | None = None) -> anchor.Anchor | None:

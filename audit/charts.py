@@ -1,8 +1,12 @@
-"""Chart geometry for server-rendered SVG: no script, no CDN, nothing inline for the CSP.
+"""What the analytics charts show, as data for Charts.css (vendored under
+static/vendor/charts.css): HTML tables that the stylesheet draws as bars and columns.
 
-The functions here only compute rectangles and labels; the templates draw them with
-``<rect>``/``<text>`` (colours come from classes in app.css), and Django escapes every
-label, which may be a tool's, an agent's or a person's name.
+Tables, not drawings: every label is text in the page, so it wraps to fit any width instead
+of being cut off, screen readers read the numbers, and nothing is placed by hand. Bar
+lengths are whole percentages given as classes (``s-0`` ... ``s-100``, in
+static/css/charts.css), because the CSP forbids inline styles. Colours are classes too, and
+each means one thing on the whole page (``COLOURS``): a tool only in the calls chart, an
+outcome the same in every chart.
 """
 
 from __future__ import annotations
@@ -11,119 +15,128 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-PALETTE_SIZE = 8
+# Distinct colours for the tools of the calls chart; tools past these share "other tools".
+TOOL_COLOURS = 5
+# Every colour class of the page and its one meaning (the tool colours aside).
+COLOURS = {
+    "c-went-ahead": "approved, succeeded",
+    "c-stopped": "rejected, failed",
+    "c-unknown": "unknown outcome",
+    "c-median": "median wait",
+    "c-p90": "wait up to the 90th percentile",
+    "c-input": "input tokens",
+    "c-output": "output tokens",
+    "c-other": "other tools",
+}
 
 
 @dataclass
 class Segment:
-    x: float
-    width: float
+    size: int  # percent of the chart's largest total, 0..100
     css: str
-    title: str
+    text: str  # the value, said in words (tooltip and screen readers)
 
 
 @dataclass
-class Row:
+class BarRow:
     label: str
-    y: float
-    total: float
     note: str
     segments: list[Segment] = field(default_factory=list)
 
-    @property
-    def text_y(self) -> float:
-        return self.y + 15
-
-    @property
-    def end_x(self) -> float:
-        return max((s.x + s.width for s in self.segments), default=0) + 6
-
 
 @dataclass
-class HBarChart:
-    width: int
-    height: int
-    label_width: int
-    rows: list[Row]
+class BarChart:
+    caption: str
+    rows: list[BarRow]
     legend: list[tuple[str, str]]
 
 
-def hbars(
+def _percent(value: float, biggest: float) -> int:
+    if value <= 0:
+        return 0
+    # A non-zero value stays visible however small.
+    return max(1, min(100, round(value / biggest * 100)))
+
+
+def bars(
+    caption: str,
     rows: Sequence[tuple[str, Sequence[tuple[float, str, str]], str]],
     *,
-    legend: list[tuple[str, str]] | None = None,
-    width: int = 640,
-    label_width: int = 180,
-    row_height: int = 24,
-) -> HBarChart:
-    """Horizontal stacked bars: ``(label, [(value, css class, tooltip)], note)`` per row."""
-    scale_width = width - label_width - 90
+    legend: list[tuple[str, str]],
+) -> BarChart:
+    """Horizontal stacked bars: ``(label, [(value, colour class, text)], note)`` per row."""
     biggest = max((sum(v for v, _, _ in segments) for _, segments, _ in rows), default=0) or 1
-    drawn = []
-    for index, (label, segments, note) in enumerate(rows):
-        row = Row(
-            label=label, y=index * row_height, total=sum(v for v, _, _ in segments), note=note
+    drawn = [
+        BarRow(
+            label=label,
+            note=note,
+            segments=[Segment(_percent(v, biggest), css, text) for v, css, text in segments],
         )
-        x = float(label_width)
-        for value, css, title in segments:
-            bar = value / biggest * scale_width
-            row.segments.append(
-                Segment(x=x, width=max(bar, 0.5 if value else 0), css=css, title=title)
-            )
-            x += bar
-        drawn.append(row)
-    return HBarChart(
-        width=width,
-        height=max(len(rows), 1) * row_height,
-        label_width=label_width,
-        rows=drawn,
-        legend=legend or [],
-    )
+        for label, segments, note in rows
+    ]
+    return BarChart(caption=caption, rows=drawn, legend=legend)
 
 
 @dataclass
 class Column:
-    x: float
+    day: date
     label: str
-    segments: list[tuple[float, float, str, str]]  # y, height, css, title
+    show_label: bool
+    total: int
+    segments: list[Segment]
 
 
 @dataclass
 class ColumnChart:
-    width: int
-    height: int
-    plot_height: int
+    caption: str
     columns: list[Column]
     legend: list[tuple[str, str]]
     peak: int
 
 
+def tool_colours(names: Sequence[str]) -> dict[str, str]:
+    """The first tools (by calls) get a colour each; the rest share "other tools"."""
+    return {
+        name: f"c-tool-{index}" if index < TOOL_COLOURS else "c-other"
+        for index, name in enumerate(names)
+    }
+
+
 def stacked_columns(
-    days: list[date], series: dict[str, dict[date, int]], *, width: int = 640, height: int = 220
+    caption: str, days: list[date], series: dict[str, dict[date, int]]
 ) -> ColumnChart:
-    """One column per day, one coloured segment per series (a tool), stacked."""
-    names = sorted(series)
-    css = {name: f"series-{i % PALETTE_SIZE}" for i, name in enumerate(names)}
-    plot_height = height - 24
+    """One column per day, one segment per tool (the busiest tools first), stacked."""
+    names = sorted(series, key=lambda n: (-sum(series[n].values()), n))
+    css = tool_colours(names)
     peak = max((sum(series[n].get(d, 0) for n in names) for d in days), default=0) or 1
-    step = (width - 40) / max(len(days), 1)
+    # Every day's label fits up to two weeks; longer windows label every 7th day.
+    every = 1 if len(days) <= 14 else 7
     columns = []
     for index, day in enumerate(days):
-        y = float(plot_height)
-        segments = []
+        segments: list[Segment] = []
+        others = 0
         for name in names:
             count = series[name].get(day, 0)
-            if not count:
-                continue
-            bar = count / peak * (plot_height - 10)
-            y -= bar
-            segments.append((y, bar, css[name], f"{name}: {count} on {day.isoformat()}"))
-        columns.append(Column(x=40 + index * step, label=day.strftime("%m-%d"), segments=segments))
-    return ColumnChart(
-        width=width,
-        height=height,
-        plot_height=plot_height,
-        columns=columns,
-        legend=[(css[n], n) for n in names],
-        peak=peak,
-    )
+            if css[name] == "c-other":
+                others += count
+            elif count:
+                segments.append(
+                    Segment(_percent(count, peak), css[name], f"{name}: {count} on {day}")
+                )
+        if others:
+            segments.append(
+                Segment(_percent(others, peak), "c-other", f"other tools: {others} on {day}")
+            )
+        columns.append(
+            Column(
+                day=day,
+                label=day.strftime("%m-%d"),
+                show_label=(len(days) - 1 - index) % every == 0,
+                total=sum(series[n].get(day, 0) for n in names),
+                segments=segments,
+            )
+        )
+    legend = [(css[n], n) for n in names if css[n] != "c-other"]
+    if any(c == "c-other" for c in css.values()):
+        legend.append(("c-other", COLOURS["c-other"]))
+    return ColumnChart(caption=caption, columns=columns, legend=legend, peak=peak)

@@ -10,13 +10,55 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import QueryDict
 from django.utils import timezone
 from django.utils.http import urlencode
 
 from audit.masking import mask_text
 from audit.models import AuditEvent
+
+# Kinds of events an auditor can ask for, or hide, in one go. "access" is what a demo seed
+# or a migration writes by the dozen (grants, teams, permissions) and drowns the calls in.
+KINDS: dict[str, tuple[str, frozenset[str]]] = {
+    "calls": ("Tool calls", frozenset()),  # every action starting "call."
+    "access": (
+        "Grants, teams and permissions",
+        frozenset(
+            {
+                "grant.added",
+                "grant.removed",
+                "auth.groups_changed",
+                "auth.permissions_changed",
+                "user.access_changed",
+            }
+        ),
+    ),
+    "sign_in": (
+        "Sign-ins",
+        frozenset(
+            {
+                "auth.login",
+                "auth.logout",
+                "auth.login_failed",
+                "auth.locked_out",
+                "auth.two_factor_enrolled",
+                "auth.two_factor_verified",
+                "auth.two_factor_failed",
+                "auth.sso_user_created",
+                "reviewer.reauthenticated",
+                "reviewer.reauthentication_failed",
+            }
+        ),
+    ),
+}
+
+
+def _kind_q(kind: str) -> Q:
+    if kind == "calls":
+        return Q(action__startswith="call.")
+    return Q(action__in=sorted(KINDS[kind][1]))
+
 
 TEXT_FILTERS = {
     "actor": "actor_label",
@@ -38,6 +80,8 @@ class EventFilter:
     call: str = ""
     action: str = ""
     outcome: str = ""
+    kind: str = ""  # one of KINDS: only events of that kind
+    hide_access: str = ""  # "1": leave out grants, teams and permissions (seeding noise)
     before: int | None = None  # keyset cursor: show events with id < before
 
     @classmethod
@@ -54,9 +98,13 @@ class EventFilter:
             problems.append("filters may not contain NUL characters")
         for name in ("start", "end"):
             if getattr(self, name) and _instant(getattr(self, name)) is None:
-                problems.append(f"{name}: use a date such as 2026-11-21 or 2026-11-21T09:30")
+                problems.append(
+                    f"{name}: use an ISO date-time in UTC such as 2026-11-21 or 2026-11-21T09:30"
+                )
         if self.call and _uuid(self.call) is None:
             problems.append("call: not a call id")
+        if self.kind and self.kind not in KINDS:
+            problems.append(f"kind: one of {', '.join(KINDS)}")
         return problems
 
     @property
@@ -79,6 +127,10 @@ class EventFilter:
         if self.call:
             call_id = _uuid(self.call)
             events = events.filter(call_id=call_id) if call_id else events.none()
+        if self.kind:
+            events = events.filter(_kind_q(self.kind)) if self.kind in KINDS else events.none()
+        if self.hide_access:
+            events = events.exclude(_kind_q("access"))
         for name, lookup in (("start", "occurred_at__gte"), ("end", "occurred_at__lt")):
             if value := getattr(self, name):
                 moment = _instant(value)

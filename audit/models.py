@@ -91,3 +91,80 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq or '-'} {self.action} by {self.actor_label or self.actor_type}"
+
+
+class DailyCount(models.Model):
+    """The analytics page's summary of the trail, one row per (UTC day, metric, key, variant),
+    maintained by the sealer in the same transaction that seals the events it counts
+    (``audit.rollups``), so every sealed event is counted exactly once. Unlike the trail it
+    is derived data: ``manage.py rebuild_audit_rollups`` makes it again from the events."""
+
+    day = models.DateField()
+    # calls (key: tool), tool_votes / reviewer_votes (variant: approve or reject),
+    # results (key: tool, variant: succeeded/failed/unknown), tokens (key: agent).
+    metric = models.CharField(max_length=24)
+    key = models.CharField(max_length=150)
+    variant = models.CharField(max_length=32, blank=True)
+    n = models.BigIntegerField(default=0)
+    input_tokens = models.FloatField(default=0)
+    output_tokens = models.FloatField(default=0)
+    usd = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "metric", "key", "variant"], name="audit_dailycount_uniq"
+            )
+        ]
+        indexes = [models.Index(fields=["metric", "day"], name="audit_dailycount_metric_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.metric} {self.key} {self.variant}: {self.n}"
+
+
+class DecisionLatency(models.Model):
+    """How long a decided call waited: submission to final approval or rejection, one row per
+    call, written by the sealer with the decision's event (``audit.rollups``)."""
+
+    call_id = models.UUIDField(primary_key=True)
+    tool_name = models.CharField(max_length=64)
+    decided_at = models.DateTimeField()
+    seconds = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["decided_at"], name="audit_latency_decided_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.call_id} {self.tool_name} {self.seconds:.0f} s"
+
+
+class VerificationRun(models.Model):
+    """A chain verification an auditor asked for from the page: who, when, its progress and
+    its outcome (the outcome is also recorded in the trail as ``audit.chain_verified``)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+
+    requested_by = models.ForeignKey(
+        "auth.User", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_label = models.CharField(max_length=150)
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    total = models.BigIntegerField(default=0)
+    checked = models.BigIntegerField(default=0)
+    ok = models.BooleanField(null=True)
+    reason = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"verification {self.pk} by {self.requested_by_label}: {self.state}"
+
+    @property
+    def percent(self) -> int:
+        if self.state == self.State.DONE:
+            return 100
+        return min(int(self.checked * 100 / self.total), 99) if self.total else 0

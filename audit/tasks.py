@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from audit import chain, verify
+from audit import chain, verification_runs, verify
 
 
 @shared_task(name="audit.seal_chain", ignore_result=True)
@@ -15,3 +15,13 @@ def seal_chain() -> int:
 def verify_chain() -> bool:
     """Walk the whole chain and record the outcome in the trail (the analytics panel shows it)."""
     return verify.record_verification(verify.verify_chain()).ok
+
+
+@shared_task(name="audit.verify_chain_run", ignore_result=True)
+def verify_chain_run(run_id: int) -> None:
+    """An auditor's "Verify the chain now" (``audit.verification_runs``)."""
+    verification_runs.run_verification(run_id)
+
+
+def send_verification_run(run_id: int) -> None:
+    verify_chain_run.delay(run_id)

@@ -14,4 +14,6 @@ urlpatterns = [
     path("calls/<uuid:call_id>/", views.call_timeline, name="call"),
     path("session/", views.session_timeline, name="session"),
     path("analytics/", views.analytics, name="analytics"),
+    path("verify/", views.verify_now, name="verify_now"),
+    path("verify/<int:run_id>/", views.verification_status, name="verification_status"),
 ]

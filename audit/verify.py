@@ -11,7 +11,7 @@ removed tail at an anchored ``seq`` the chain no longer reaches.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,15 @@ def _problems_outside_the_chain() -> tuple[int, list[str]]:
     )
 
 
-def verify_chain(*, anchor_path: Path | None = None) -> Verification:
+# How often a walk reports its progress (``verify_chain(progress=...)``), in events.
+PROGRESS_EVERY = 50_000
+
+
+def verify_chain(
+    *,
+    anchor_path: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Verification:
     """Walk the whole sealed chain and report the first link that does not hold.
 
     The sealer keeps sealing and anchoring while the walk runs. So the walk looks at the
@@ -170,6 +178,8 @@ def verify_chain(*, anchor_path: Path | None = None) -> Verification:
             **extra,
         )
 
+    if progress is not None:
+        progress(0, head_seq)
     try:
         pending = next(anchors, None)
         for row in sealed_rows(upto_seq=head_seq):
@@ -245,6 +255,8 @@ def verify_chain(*, anchor_path: Path | None = None) -> Verification:
                 last_good = pending
                 pending = next(anchors, None)
             prev_hash, checked, expected = stored_hash, checked + 1, expected + 1
+            if progress is not None and checked % PROGRESS_EVERY == 0:
+                progress(checked, head_seq)
         if pending is not None:
             return result(
                 False,
@@ -259,10 +271,12 @@ def verify_chain(*, anchor_path: Path | None = None) -> Verification:
     return result(True)
 
 
-def record_verification(result: Verification) -> Verification:
-    """Write the outcome of a walk into the trail itself: the auditor's status panel reads it."""
+def record_verification(result: Verification, *, actor: Any = None) -> Verification:
+    """Write the outcome of a walk into the trail itself: the auditor's status panel reads it.
+    ``actor`` is the auditor who asked for the walk (None: the schedule or a command)."""
     record(
         action="audit.chain_verified",
+        actor=actor,
         outcome="ok" if result.ok else "broken",
         data={
             "checked": result.checked,

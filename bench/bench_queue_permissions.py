@@ -271,6 +271,8 @@ def main() -> None:
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", "benchmark-only-" + uuid.uuid4().hex)
     os.environ.setdefault("SANDBOX_ENABLED", "1")  # the simulated tools live there
+    # The page is measured, not the sign-in: no second factor for the benchmark's reviewers.
+    os.environ.setdefault("REQUIRE_2FA", "0")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     recreate(server, name)
     try:

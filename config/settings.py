@@ -15,6 +15,7 @@ import hmac
 import os
 import secrets
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -83,6 +84,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "guardian",
+    # Sign-in: throttling and lockout (axes), the second factor (django-otp's TOTP devices)
+    # and single sign-on with OpenID Connect (mozilla-django-oidc); see accounts/.
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "mozilla_django_oidc",
     "pgtrigger",
     # Serves the API docs' Swagger UI from static files: the CSP forbids a CDN.
     "ninja",
@@ -105,10 +112,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session passed the second factor.
+    "django_otp.middleware.OTPMiddleware",
+    "accounts.middleware.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as axes asks: turns a refused sign-in of a locked-out account or address into
+    # the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -230,10 +243,54 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Auth, sessions, security -----------------------------------------------------------
 
+# Single sign-on with OpenID Connect, on when OIDC_RP_CLIENT_ID is set. The provider's
+# endpoints are named one by one (no discovery at start-up: settings never go online).
+OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
+OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+OIDC_RP_CLIENT_SECRET = env_str("OIDC_RP_CLIENT_SECRET")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT")
+OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
+OIDC_USE_PKCE = env_bool("OIDC_USE_PKCE", True)
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
+# The claim that names a person's teams at the provider, and which of its values mean which
+# Countersign team ("idp-value=team,..."). Teams named here are set from the claim at every
+# SSO sign-in (joined or left); other teams are managed in the admin only.
+OIDC_TEAMS_CLAIM = env_str("OIDC_TEAMS_CLAIM", "groups")
+OIDC_TEAM_MAP = dict(pair.split("=", 1) for pair in env_list("OIDC_TEAM_MAP", "") if "=" in pair)
+OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username")
+LOGIN_REDIRECT_URL_FAILURE = "/login/?sso=failed"
+
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every sign-in of a locked-out account or client address.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
+if OIDC_ENABLED:
+    AUTHENTICATION_BACKENDS.append("accounts.oidc.TeamMappingOIDCBackend")
+
+# Login throttling (django-axes): this many failed sign-ins in a row lock the account, and
+# separately the client address, for the cool-off; every attempt while locked restarts it.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 20)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 30))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
+# The client address is REMOTE_ADDR (as in the trail's sign-in events), never a header
+# the client chose to send.
+AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_address"
+# The trail already has every sign-in (auth.login, auth.login_failed, auth.locked_out).
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+
+# The second factor (TOTP). Required of reviewers and admins when on: by default in
+# services mode, off in the embedded demo unless REQUIRE_2FA=1.
+REQUIRE_2FA = env_bool("REQUIRE_2FA", not EMBEDDED and not TESTING)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Countersign")
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -413,5 +470,9 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # DB_LOG_LEVEL=DEBUG (with DEBUG=1) logs every SQL statement; masked like every record.
-    "loggers": {"django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO")},
+        # axes logs every sign-in at INFO; the trail has them (auth.*), so only its warnings.
+        "axes": {"level": "WARNING"},
+    },
 }

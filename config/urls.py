@@ -4,10 +4,15 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from approvals.views.whatif import what_if
 from config import views
 from gateway.api import api
+
+admin.site.site_header = "Countersign administration"
+admin.site.site_title = "Countersign admin"
+admin.site.index_title = "Tools, agents, people and grants"
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -18,9 +23,14 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/", include("accounts.urls")),
+    # Single sign-on (OpenID Connect): /oidc/authenticate/ and the provider's callback.
+    path("oidc/", include("mozilla_django_oidc.urls")),
     path("approvals/", include("approvals.urls")),
     path("audit/", include("audit.urls")),
     path("api/v1/", api.urls),
+    # One sign-in page for everyone, with its lockout, second factor and single sign-on.
+    path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     # The tool admin's policy what-if, beside the tool's admin page (approvals owns the calls).
     path("admin/tools_registry/tool/<int:tool_id>/what-if/", what_if, name="policy_what_if"),
     path("admin/", admin.site.urls),

@@ -25,9 +25,11 @@ from guardian.admin import (
 )
 
 from tools_registry import services
+from tools_registry.admin_scopes import ReviewerScopesMixin
 from tools_registry.lint import lint_tool
 from tools_registry.models import Agent, AgentToken, Tool, Upstream
 from tools_registry.policy import POLICY_FIELDS, policy_values
+from tools_registry.schemas import argument_paths
 from tools_registry.services.upstreams import (
     edit_imported_tool,
     register_upstream,
@@ -90,21 +92,44 @@ class ToolPolicyForm(forms.ModelForm):
     rules = PrettyJSONField(
         required=False, widget=RulesWidget(attrs={"rows": 10, "cols": 90}), help_text=RULES_HELP
     )
-    secret_fields = PrettyJSONField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
-        help_text='Argument paths reviewers never see, not even in part, e.g. ["card.cvc"].',
-    )
 
     class Meta:
         model = Tool
         fields = list(POLICY_FIELDS)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "sensitive_fields" in self.fields:
+            # Picked from the argument paths the schema declares, never typed as JSON; a
+            # stored path the schema no longer has stays listed, so that no save drops it
+            # unseen (the policy check then says why it is wrong).
+            paths = argument_paths(self.instance.input_schema or {})
+            stored = [p for p in (self.instance.sensitive_fields or []) if p not in paths]
+            self.fields["sensitive_fields"] = forms.MultipleChoiceField(
+                choices=[(p, p) for p in [*paths, *stored]],
+                required=False,
+                widget=forms.CheckboxSelectMultiple(attrs={"class": "sensitive-paths"}),
+                label="Sensitive fields",
+                help_text="Argument paths masked everywhere (audit trail, logs, the reviewer "
+                "page), on top of those the tool's code declares.",
+            )
+        if "secret_fields" in self.fields:
+            paths = argument_paths(self.instance.input_schema or {})
+            stored = [p for p in (self.instance.secret_fields or []) if p not in paths]
+            self.fields["secret_fields"] = forms.MultipleChoiceField(
+                choices=[(p, p) for p in [*paths, *stored]],
+                required=False,
+                widget=forms.CheckboxSelectMultiple(attrs={"class": "sensitive-paths"}),
+                label="Secret fields",
+                help_text="Argument paths reviewers never see, not even in part (an address's "
+                "domain, a card's last four), without an audited reveal.",
+            )
+
     def clean_rules(self) -> Any:
         return self.cleaned_data.get("rules") or []
 
     def clean_secret_fields(self) -> Any:
-        return self.cleaned_data.get("secret_fields") or []
+        return list(self.cleaned_data.get("secret_fields") or [])
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -167,11 +192,14 @@ AuditedGroupPermissionsForm = _permissions_form(AdminGroupObjectPermissionsForm)
 
 
 @admin.register(Tool)
-class ToolAdmin(GuardedModelAdmin):
+class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
     """Tools come from code (``sync_tools``); admins set the policy and the reviewer grants
-    (the "Object permissions" page: per user or per team)."""
+    (the "Reviewers" page of each tool, and "Reviewer scopes" per person or team).
+    Guardian's generic object-permission pages stay for superusers only."""
 
     form = ToolPolicyForm
+    change_form_template = "admin/tools_registry/tool/change_form.html"  # type: ignore[misc]
+    change_list_template = "admin/tools_registry/tool/change_list.html"
     list_display = [
         "name",
         "risk",
@@ -187,8 +215,8 @@ class ToolAdmin(GuardedModelAdmin):
     readonly_fields = [
         "name",
         "description",
-        "input_schema",
-        "output_schema",
+        "input_schema_pretty",
+        "output_schema_pretty",
         "risk",
         "overwrites",
         "idempotent",
@@ -209,8 +237,8 @@ class ToolAdmin(GuardedModelAdmin):
                     "name",
                     "risk",
                     "description",
-                    "input_schema",
-                    "output_schema",
+                    "input_schema_pretty",
+                    "output_schema_pretty",
                     ("overwrites", "idempotent", "open_world"),
                     "version",
                     "available",
@@ -244,6 +272,44 @@ class ToolAdmin(GuardedModelAdmin):
         ("Rules", {"fields": ["rules", "standing_approvals_list"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
+
+    def get_urls(self) -> list[URLPattern]:
+        return [*self.scope_urls(), *super().get_urls()]
+
+    def obj_perms_manage_view(self, request: HttpRequest, object_pk: str) -> HttpResponse:
+        # Guardian's generic pages show no team grants and take names as free text: tool
+        # admins use the Reviewers page; superusers may still open these.
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().obj_perms_manage_view(request, object_pk)
+
+    def obj_perms_manage_user_view(
+        self, request: HttpRequest, object_pk: str, user_id: int
+    ) -> HttpResponse:
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().obj_perms_manage_user_view(request, object_pk, user_id)
+
+    def obj_perms_manage_group_view(
+        self, request: HttpRequest, object_pk: str, group_id: int
+    ) -> HttpResponse:
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().obj_perms_manage_group_view(request, object_pk, group_id)
+
+    @admin.display(description="Input schema")
+    def input_schema_pretty(self, tool: Tool) -> str:
+        return format_html(
+            '<pre class="schema-pretty">{}</pre>', json.dumps(tool.input_schema, indent=2)
+        )
+
+    @admin.display(description="Output schema")
+    def output_schema_pretty(self, tool: Tool) -> str:
+        if not tool.output_schema:
+            return "—"
+        return format_html(
+            '<pre class="schema-pretty">{}</pre>', json.dumps(tool.output_schema, indent=2)
+        )
 
     @admin.display(boolean=True, description="Lint")
     def lint_passes(self, tool: Tool) -> bool:

@@ -165,3 +165,36 @@ def _path_exists(schema: Any, parts: list[str], *, root: Mapping[str, Any], dept
     if isinstance(properties, Mapping) and parts[0] in properties:
         return _path_exists(properties[parts[0]], parts[1:], root=root, depth=depth + 1)
     return False
+
+
+def argument_paths(schema: Mapping[str, Any], *, limit: int = 500) -> list[str]:
+    """Every argument path the schema declares (``changes.email``), parents before their
+    children, walked as ``has_argument_path`` walks them: arrays transparently, ``anyOf``/
+    ``oneOf``/``allOf`` branches and local ``$ref``s. For the admin's sensitive-field picker."""
+    found: list[str] = []
+
+    def walk(node: Any, prefix: tuple[str, ...], depth: int) -> None:
+        if not isinstance(node, Mapping) or depth > 32 or len(found) >= limit:
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = schema
+            for key in ref[2:].split("/"):
+                target = target.get(key) if isinstance(target, Mapping) else None
+            walk(target, prefix, depth + 1)
+        for keyword in ("anyOf", "oneOf", "allOf"):
+            for branch in node.get(keyword) or []:
+                walk(branch, prefix, depth + 1)
+        items = node.get("items")
+        if isinstance(items, Mapping):
+            walk(items, prefix, depth + 1)
+        properties = node.get("properties")
+        if isinstance(properties, Mapping):
+            for name, child in properties.items():
+                path = ".".join((*prefix, str(name)))
+                if path not in found:
+                    found.append(path)
+                walk(child, (*prefix, str(name)), depth + 1)
+
+    walk(schema, (), 0)
+    return found

@@ -225,7 +225,16 @@ def _decide_locked(
         created_at=now,
     )
     approvals = counted_approvals(call.decisions.all(), call.arguments_hash)
-    events.decision_recorded(call, decision, approvals=approvals)
+    approving = verdict == Verdict.APPROVE
+    confirmed = approving and (call.risk == Risk.DESTRUCTIVE or (call.policy or {}).get("confirm"))
+    events.decision_recorded(
+        call,
+        decision,
+        approvals=approvals,
+        # What the reviewer typed, and (destructive calls) the sign-in the approval relied on.
+        confirmation=(confirmation or "").strip() if confirmed else "",
+        authenticated_at=authenticated_at if approving and call.risk == Risk.DESTRUCTIVE else None,
+    )
 
     granted = None
     if verdict == Verdict.APPROVE and standing_terms is not None:

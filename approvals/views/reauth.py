@@ -1,17 +1,20 @@
-"""Re-entering the password before a destructive approval (a "sudo mode" for reviewers)."""
+"""Re-entering the password (and the second factor's code, for people who have one, or
+must) before a destructive approval: a "sudo mode" for reviewers."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import authenticate, logout
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
+from accounts import two_factor
 from approvals import reauth
 from approvals.forms import ReauthForm
 from approvals.views.common import AuthedRequest
@@ -38,13 +41,25 @@ def _next_url(request: AuthedRequest) -> str:
 def reauthenticate(request: AuthedRequest) -> HttpResponse:
     form = ReauthForm(request.POST or None)
     error = ""
+    wants_code = two_factor.confirmed_device(
+        request.user
+    ) is not None or two_factor.must_use_second_factor(request.user)
     if request.method == "POST" and form.is_valid():
         user = authenticate(
             request,
             username=request.user.get_username(),
             password=form.cleaned_data["password"],
         )
-        if user is not None and user.pk == request.user.pk:
+        password_ok = user is not None and user.pk == request.user.pk
+        # The code is checked only after the right password: a wrong password must not
+        # spend the device's throttle, and a stolen session cannot test codes alone.
+        code_ok = not wants_code or (
+            password_ok
+            and two_factor.verify(
+                request=request, token=form.cleaned_data["code"], purpose="reauthentication"
+            )
+        )
+        if password_ok and code_ok:
             # A new session key, as at any sign-in: a fixated key gains nothing.
             request.session.cycle_key()
             reauth.stamp(request)
@@ -55,15 +70,31 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
         record(
             action="reviewer.reauthentication_failed",
             actor=request.user,
-            outcome="wrong_password",
+            outcome="wrong_password" if not password_ok else "wrong_code",
             data={"failures": failures},
         )
         if failures >= MAX_FAILURES:
             logout(request)
             return redirect("login")
-        error = "That is not your password."
+        error = (
+            "That is not your password."
+            if not password_ok
+            else "That code was not accepted; wait for the next one."
+        )
+    sso_url = ""
+    person = request.user
+    if settings.OIDC_ENABLED and person.is_authenticated and not person.has_usable_password():
+        # A person who signs in only through the provider proves it there again; the new
+        # sign-in stamps the session (``reauth.on_login``).
+        sso_url = f"{reverse('oidc_authentication_init')}?{urlencode({'next': _next_url(request)})}"
     return render(
         request,
         "approvals/reauth.html",
-        {"form": form, "error": error, "next": _next_url(request)},
+        {
+            "form": form,
+            "error": error,
+            "next": _next_url(request),
+            "wants_code": wants_code,
+            "sso_url": sso_url,
+        },
     )

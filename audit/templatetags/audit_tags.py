@@ -14,3 +14,47 @@ def session_url(event: AuditEvent) -> str:
     """The session timeline of the session ``event`` belongs to."""
     query = urlencode({"agent": event.agent_name, "session": event.session_id})
     return f"{reverse('audit:session')}?{query}"
+
+
+# What the details column shows of an event's data, in this order: people's words first.
+DETAIL_KEYS = (
+    ("comment", "comment"),
+    ("reason", "reason"),
+    ("note", "note"),
+    ("typed_confirmation", "typed"),
+    ("error", "error"),
+    ("user", "user"),
+    ("group", "team"),
+    ("users", "people"),
+    ("groups", "teams"),
+    ("permission", "permission"),
+    ("permissions", "permissions"),
+    ("checked", "events checked"),
+    ("latency_ms", "latency ms"),
+)
+# Argument names that carry an amount of money.
+AMOUNT_KEYS = ("amount", "amount_cents", "total", "refund_amount")
+
+
+@register.filter
+def event_details(event: AuditEvent) -> list[tuple[str, str]]:
+    """The few facts of an event an auditor scans a list for: a reviewer's comment, an
+    amount, a reason, who got which grant (already masked, as recorded)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    details: list[tuple[str, str]] = []
+    for key, label in DETAIL_KEYS:
+        value = data.get(key)
+        if value in (None, "", [], {}):
+            continue
+        text = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        details.append((label, text[:160]))
+    arguments = data.get("arguments")
+    if isinstance(arguments, dict):
+        for key in AMOUNT_KEYS:
+            if arguments.get(key) not in (None, ""):
+                currency = arguments.get("currency")
+                details.append(
+                    ("amount", f"{arguments[key]}{' ' + str(currency) if currency else ''}")
+                )
+                break
+    return details

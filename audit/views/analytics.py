@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from audit import analytics as stats
-from audit import charts
+from audit import charts, verification_runs
 from audit.filters import whole_number
 from audit.views.common import auditor_view
 
@@ -17,24 +17,30 @@ WINDOWS = (1, 7, 30, 90)
 CHART_CACHE_SECONDS = 60
 
 
-def _two_part(table: dict[str, dict[str, int]], parts: list[tuple[str, str]]) -> charts.HBarChart:
+VOTES = [("approve", "c-went-ahead", "approved"), ("reject", "c-stopped", "rejected")]
+RESULTS = [
+    ("succeeded", "c-went-ahead", "succeeded"),
+    ("failed", "c-stopped", "failed"),
+    ("unknown", "c-unknown", "unknown"),
+]
+
+
+def _votes(caption: str, table: dict[str, dict[str, int]]) -> charts.BarChart:
     rows = []
     for label, counts in table.items():
-        total = sum(counts.values()) or 1
-        segments = [
-            (counts.get(key, 0), f"bar-{key}", f"{key}: {counts.get(key, 0)}") for key, _ in parts
-        ]
-        first_share = counts.get(parts[0][0], 0) / total
-        rows.append((label, segments, f"{sum(counts.values())} · {first_share:.0%} {parts[0][1]}"))
-    return charts.hbars(rows, legend=[(f"bar-{key}", name) for key, name in parts])
+        total = sum(counts.values())
+        approved = counts.get("approve", 0) / total if total else 0
+        segments = [(counts.get(k, 0), css, f"{counts.get(k, 0)} {name}") for k, css, name in VOTES]
+        rows.append((label, segments, f"{total} votes · {approved:.0%} approved"))
+    return charts.bars(caption, rows, legend=[(css, name) for _, css, name in VOTES])
 
 
 @auditor_view
 def analytics(request: HttpRequest) -> HttpResponse:
     days = whole_number(request.GET.get("days", "7"), digits=3)
     days = days if days in WINDOWS else 7
-    # The charts aggregate a window of the trail (seconds on millions of events); they are
-    # kept for a minute. The chain panel is always live.
+    # The charts read the sealer's summary (milliseconds); they are still kept for a minute,
+    # as a page that auditors leave open reloads. The chain panel is always live.
     charts_context: dict[str, Any] = cache.get_or_set(
         f"audit:analytics:{days}", lambda: _charts(days), timeout=CHART_CACHE_SECONDS
     ) or _charts(days)
@@ -43,6 +49,7 @@ def analytics(request: HttpRequest) -> HttpResponse:
         "windows": WINDOWS,
         **charts_context,
         "status": stats.chain_status(),
+        "run": verification_runs.active_run() or verification_runs.latest_run(),
     }
     return render(request, "audit/analytics.html", context)
 
@@ -51,70 +58,72 @@ def _charts(days: int) -> dict[str, object]:
     since, day_list = stats.window(days)
     latency = stats.approval_latency(since)
     cost = stats.token_cost_per_agent(since)
-    votes = [("approve", "approved"), ("reject", "rejected")]
+    outcomes = stats.outcomes(since)
     return {
         "since": since,
-        "calls_chart": charts.stacked_columns(day_list, stats.calls_per_tool_per_day(since)),
-        "latency": latency,
-        "latency_chart": charts.hbars(
+        "calls_chart": charts.stacked_columns(
+            "Calls per tool per day", day_list, stats.calls_per_tool_per_day(since)
+        ),
+        "latency_chart": charts.bars(
+            "Approval latency per tool",
             [
                 (
                     item.tool,
                     [
-                        (item.median_seconds, "bar-median", f"median {item.median_seconds:.0f} s"),
+                        (item.median_seconds, "c-median", f"median {item.median_seconds:.0f} s"),
                         (
                             max(item.p90_seconds - item.median_seconds, 0),
-                            "bar-p90",
+                            "c-p90",
                             f"90th percentile {item.p90_seconds:.0f} s",
                         ),
                     ],
-                    f"median {item.median_seconds:.0f} s · p90 {item.p90_seconds:.0f} s · {item.decided}",
+                    f"median {_duration(item.median_seconds)} · 90th percentile "
+                    f"{_duration(item.p90_seconds)} · {item.decided} decided",
                 )
                 for item in latency
             ],
-            legend=[("bar-median", "median"), ("bar-p90", "up to the 90th percentile")],
+            legend=[("c-median", "median"), ("c-p90", "up to the 90th percentile")],
         ),
-        "tool_votes": _two_part(stats.verdicts(since, "tool_name"), votes),
-        "reviewer_votes": _two_part(stats.verdicts(since, "actor_label"), votes),
-        "outcomes": charts.hbars(
+        "tool_votes": _votes("Votes per tool", stats.verdicts(since, "tool_name")),
+        "reviewer_votes": _votes("Votes per reviewer", stats.verdicts(since, "actor_label")),
+        "outcomes": charts.bars(
+            "Results per tool",
             [
                 (
                     tool,
                     [
-                        (counts.get(k, 0), f"bar-{k}", f"{k}: {counts.get(k, 0)}")
-                        for k in ("succeeded", "failed", "unknown")
+                        (counts.get(k, 0), css, f"{counts.get(k, 0)} {name}")
+                        for k, css, name in RESULTS
                     ],
-                    f"{counts.get('failed', 0)} failed · {counts.get('unknown', 0)} unknown",
+                    f"{sum(counts.values())} runs · {counts.get('failed', 0)} failed · "
+                    f"{counts.get('unknown', 0)} unknown",
                 )
-                for tool, counts in stats.outcomes(since).items()
+                for tool, counts in outcomes.items()
             ],
-            legend=[
-                ("bar-succeeded", "succeeded"),
-                ("bar-failed", "failed"),
-                ("bar-unknown", "unknown"),
-            ],
+            legend=[(css, name) for _, css, name in RESULTS],
         ),
-        "cost": cost,
-        "cost_chart": charts.hbars(
+        "cost_chart": charts.bars(
+            "Token cost per agent",
             [
                 (
                     agent,
                     [
-                        (
-                            totals["input_tokens"],
-                            "bar-input",
-                            f"input {totals['input_tokens']:.0f} tokens",
-                        ),
-                        (
-                            totals["output_tokens"],
-                            "bar-output",
-                            f"output {totals['output_tokens']:.0f} tokens",
-                        ),
+                        (t["input_tokens"], "c-input", f"{t['input_tokens']:.0f} input tokens"),
+                        (t["output_tokens"], "c-output", f"{t['output_tokens']:.0f} output tokens"),
                     ],
-                    f"{totals['input_tokens'] + totals['output_tokens']:.0f} tokens · ${totals['usd']:.2f}",
+                    f"{t['input_tokens'] + t['output_tokens']:,.0f} tokens · ${t['usd']:,.2f}",
                 )
-                for agent, totals in cost.items()
+                for agent, t in cost.items()
             ],
-            legend=[("bar-input", "input tokens"), ("bar-output", "output tokens")],
+            legend=[("c-input", "input tokens"), ("c-output", "output tokens")],
         ),
     }
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as people read a wait: 42 s, 4.5 min, 2.3 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

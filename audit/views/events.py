@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from audit.catalogue import ACTIONS
-from audit.filters import EventFilter
+from audit.filters import KINDS, EventFilter
 from audit.views.common import auditor_view
 
 PAGE_SIZE = 100
@@ -26,6 +26,7 @@ def events(request: HttpRequest) -> HttpResponse:
         "first_query": chosen.query_string(before=None),
         "export_query": chosen.query_string(before=None),
         "actions": sorted(ACTIONS),
+        "kinds": [(key, label) for key, (label, _) in KINDS.items()],
     }
     template = (
         "audit/events.html#results" if getattr(request, "htmx", False) else "audit/events.html"

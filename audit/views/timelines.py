@@ -21,6 +21,21 @@ SESSION_EVENT_LIMIT = 5000
 
 STEP_TITLES = {
     "call.submitted": "Proposal",
+    "call.arguments_revealed": "Arguments revealed to a reviewer",
+    "call.execution_refused": "Not run (refused at the claim)",
+    "call.lease_expired": "Worker went silent",
+    "call.resolved": "Resolved by a person",
+    "call.rerun": "Run again",
+    "call.retry_requested": "Retry requested",
+    "call.abandoned": "Abandoned",
+    "call.execution_resent": "Sent to the executor again",
+    "call.reviewers_notified": "Reviewers notified",
+    "call.reminder_sent": "Reminder sent",
+    "call.escalation_sent": "Escalation sent",
+    "call.webhook_failed": "Webhook to the agent failed",
+    "reviewer.reauthenticated": "Re-authenticated",
+    "reviewer.reauthentication_failed": "Re-authentication failed",
+    "auth.two_factor_verified": "Second factor verified",
     "call.refused": "Refused",
     "call.decision": "Vote",
     "call.approved": "Approved",
@@ -35,21 +50,109 @@ STEP_TITLES = {
 }
 
 
+# Events about a call that say something happened to it without changing its status; the
+# call's status is the outcome of its last other event.
+NOT_STATUS = frozenset(
+    {
+        "call.decision",
+        "call.arguments_revealed",
+        "call.reviewers_notified",
+        "call.reminder_sent",
+        "call.escalation_sent",
+        "call.webhook_failed",
+        "call.stale_result_discarded",
+    }
+)
+# What each step shows in full, outside the collapsed data: the words people wrote and the
+# facts an auditor looks for first.
+VISIBLE = {
+    "call.decision": [
+        ("comment", "Comment"),
+        ("typed_confirmation", "Typed confirmation"),
+        ("authenticated_at", "Signed in at"),
+        ("policy_version", "Policy version"),
+    ],
+    "call.rejected": [("comment", "Comment")],
+    "call.arguments_revealed": [("reason", "Reason"), ("fields", "Fields")],
+    "call.resolved": [("note", "Note"), ("previous_status", "Was")],
+    "call.execution_refused": [("reason", "Reason")],
+    "call.escalated": [("reason", "Reason")],
+    "call.execution_finished": [("error", "Error"), ("latency_ms", "Latency (ms)")],
+    "reviewer.reauthentication_failed": [("failures", "Failures in a row")],
+    "auth.two_factor_verified": [("for", "For")],
+}
+# Sign-in steps of the call's reviewers, shown on its timeline between its first and last
+# event (they are about a session, not a call, so they carry no call id).
+REVIEWER_STEPS = ("reviewer.reauthenticated", "reviewer.reauthentication_failed")
+
+
 @dataclass
 class Step:
     event: AuditEvent
     title: str
     description: str
     data_json: str
+    facts: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _step(event: AuditEvent) -> Step:
+    title = STEP_TITLES.get(event.action, event.action)
+    if event.action == "call.decision":
+        title = {"approve": "Vote: approve", "reject": "Vote: reject"}.get(event.outcome, title)
     return Step(
         event=event,
-        title=STEP_TITLES.get(event.action, event.action),
+        title=title,
         description=describe(event.action),
         data_json=json.dumps(event.data, indent=2, ensure_ascii=False, sort_keys=True),
+        facts=[
+            (label, _shown(event.data[key]))
+            for key, label in VISIBLE.get(event.action, [])
+            if event.data.get(key) not in (None, "", [])
+        ],
     )
+
+
+def _policy_steps(proposal: AuditEvent | None) -> list[Step]:
+    """The policy's verdict on the proposal (the rule that applied, if the proposal names
+    one), as its own step right after the proposal."""
+    if proposal is None:
+        return []
+    policy = proposal.data.get("policy")
+    facts = []
+    if isinstance(policy, dict):
+        facts = [
+            (str(k).replace("_", " "), _shown(v))
+            for k, v in sorted(policy.items())
+            if v not in (None, "")
+        ]
+    for key, label in (("risk", "Risk"), ("approvals_required", "Approvals required")):
+        if proposal.data.get(key) not in (None, ""):
+            facts.append((label, _shown(proposal.data[key])))
+    if not facts:
+        return []
+    return [
+        Step(
+            event=proposal,
+            title="Policy",
+            description="What the tool's policy asked of this call when it was proposed.",
+            data_json=json.dumps(policy or {}, indent=2, ensure_ascii=False, sort_keys=True),
+            facts=facts,
+        )
+    ]
+
+
+def status_of(events: list[AuditEvent]) -> str:
+    """The call's status as the trail tells it: the outcome of its last status event."""
+    for event in reversed(events):
+        if event.action not in NOT_STATUS and event.action.startswith("call.") and event.outcome:
+            return event.outcome
+    return ""
 
 
 @auditor_view
@@ -58,12 +161,32 @@ def call_timeline(request: HttpRequest, call_id: UUID) -> HttpResponse:
     if not events:
         raise Http404("The trail has no event about this call.")
     proposal = next((e for e in events if e.action == "call.submitted"), None)
+    voters = {e.actor_label for e in events if e.action == "call.decision"}
+    sign_ins = (
+        list(
+            AuditEvent.objects.filter(
+                action__in=REVIEWER_STEPS,
+                actor_label__in=voters,
+                occurred_at__gte=events[0].occurred_at,
+                occurred_at__lte=events[-1].occurred_at,
+            ).order_by("id")
+        )
+        if voters
+        else []
+    )
+    ordered = sorted([*events, *sign_ins], key=lambda e: (e.occurred_at, e.pk))
+    steps: list[Step] = []
+    for event in ordered:
+        steps.append(_step(event))
+        if event is proposal:
+            steps.extend(_policy_steps(proposal))
     return render(
         request,
         "audit/call.html",
         {
             "call_id": call_id,
-            "steps": [_step(e) for e in events],
+            "steps": steps,
+            "status": status_of(events),
             "proposal": proposal,
             "arguments_json": json.dumps(
                 (proposal.data if proposal else {}).get("arguments", {}),
@@ -73,7 +196,6 @@ def call_timeline(request: HttpRequest, call_id: UUID) -> HttpResponse:
             ),
             "votes": [e for e in events if e.action == "call.decision"],
             "attempts": sum(1 for e in events if e.action == "call.execution_started"),
-            "last": events[-1],
             "first": events[0],
         },
     )
@@ -112,7 +234,9 @@ def session_timeline(request: HttpRequest) -> HttpResponse:
         )
         item.steps.append(_step(event))
         item.tool = item.tool or event.tool_name
-        item.outcome = event.outcome or item.outcome
+        # The call's status, not the last event's outcome ("sent" of a notification).
+        if event.action not in NOT_STATUS and event.outcome:
+            item.outcome = event.outcome
         if event.action == "call.submitted":
             item.reasoning = str(event.data.get("reasoning") or "")
             item.token_cost = event.data.get("token_cost") or {}

@@ -1,10 +1,12 @@
-"""Analytics: charts drawn on the server as SVG, and the chain-verification panel."""
+"""Analytics: charts as Charts.css tables read from the sealer's summary, and the
+chain-verification panel."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 
@@ -28,24 +30,36 @@ def test_the_page_charts_calls_votes_and_cost_without_any_script(
     decide(call_id=first.pk, reviewer=world.bob, verdict="approve")
     decide(call_id=second.pk, reviewer=world.bob, verdict="reject", comment="no")
     purge_queue()
+    chain.seal_pending()  # the charts count sealed events
     response = auditor_client.get("/audit/analytics/")
     content = response.content.decode()
     assert response.status_code == 200
-    assert content.count("<svg") == 6
+    assert content.count('<table class="charts-css') == 5  # nothing ran: no results chart
     assert "send_email: 2 on" in content  # calls per tool per day
-    assert "2 · 50% approved" in content  # votes per tool and per reviewer
-    assert "2400 tokens · $0.10" in content  # token cost per agent
+    assert "2 votes · 50% approved" in content  # votes per tool and per reviewer
+    assert "2,400 tokens · $0.10" in content  # token cost per agent
     assert "median" in content  # approval latency
-    # CSP: no inline script or style anywhere; colours come from classes.
+    # CSP: no inline script or style anywhere; colours and lengths come from classes.
     assert not re.search(r"<script(?![^>]*\bsrc=)", content)
     assert " style=" not in content and "<style" not in content
+
+
+def test_unsealed_events_are_counted_once_sealed(world: World, auditor_client: Client) -> None:
+    purge_queue()
+    world.api().submit(EMAIL)
+    content = auditor_client.get("/audit/analytics/").content.decode()
+    assert "No calls in this window." in content
+    assert "more wait for the sealer" in content
+    chain.seal_pending()
+    cache.clear()
+    assert "send_email: 1 on" in auditor_client.get("/audit/analytics/").content.decode()
 
 
 def test_the_status_panel_shows_the_last_verification_and_the_anchor(
     world: World, auditor_client: Client
 ) -> None:
     content = auditor_client.get("/audit/analytics/").content.decode()
-    assert "never</span> run" in content and "none yet" in content
+    assert "never</span>" in content and "none yet" in content
     chain.seal_and_anchor()
     call_command("verify_audit", "--record", stdout=open("/dev/null", "w"))  # noqa: SIM115, PTH123
     content = auditor_client.get("/audit/analytics/").content.decode()

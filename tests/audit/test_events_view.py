@@ -8,10 +8,14 @@ import uuid
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
+from approvals.services.decisions import decide
 from audit.log import record
 from audit.masking import mask_text
 from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +67,7 @@ def test_the_call_filter_finds_the_calls_events(auditor_client: Client, trail) -
 def test_a_malformed_filter_says_so_and_matches_nothing(auditor_client: Client, trail) -> None:
     response = auditor_client.get("/audit/?call=not-a-uuid&start=yesterday")
     content = response.content.decode()
-    assert "call: not a call id" in content and "start: use a date" in content
+    assert "call: not a call id" in content and "start: use an ISO date-time in UTC" in content
     assert ids_on(response) == []
 
 
@@ -108,3 +112,38 @@ def test_an_htmx_request_gets_only_the_results(auditor_client: Client, trail) ->
 
 def test_session_values_are_matched_in_their_masked_form() -> None:
     assert mask_text("ada@example.com").startswith("[masked:email:")
+
+
+def test_the_list_has_a_details_column_iso_inputs_and_hides_seeding_noise(
+    world: World, auditor_client: Client
+) -> None:
+    call = make_call(world, "send_email")
+    decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment="Wrong customer.")
+    record(action="grant.added", data={"user": "bob", "permission": "review_tool"})
+
+    page = auditor_client.get("/audit/").content.decode()
+    assert '<main id="main" class="wide">' in page
+    assert "<th>Details</th>" in page
+    assert '<span class="muted">comment:</span> Wrong customer.' in page
+    assert 'name="start" type="text"' in page and 'type="datetime-local"' not in page
+    assert "grant.added" in page
+
+    quiet = auditor_client.get("/audit/?hide_access=1").content.decode()
+    assert "<td>grant.added</td>" not in quiet and "<td>call.decision</td>" in quiet
+    calls_only = auditor_client.get("/audit/?kind=calls").content.decode()
+    assert "<td>grant.added</td>" not in calls_only and "<td>call.submitted</td>" in calls_only
+    access = auditor_client.get("/audit/?kind=access").content.decode()
+    assert "<td>grant.added</td>" in access and "<td>call.submitted</td>" not in access
+    assert "kind: one of" in auditor_client.get("/audit/?kind=nope").content.decode()
+
+
+def test_iso_utc_times_with_a_z_filter(world: World, auditor_client: Client) -> None:
+    record(action="test.iso", data={})
+    today = timezone.now().date().isoformat()
+    assert (
+        "<td>test.iso</td>" in auditor_client.get(f"/audit/?start={today}T00:00Z").content.decode()
+    )
+    assert (
+        "<td>test.iso</td>"
+        not in auditor_client.get(f"/audit/?end={today}T00:00:00Z").content.decode()
+    )

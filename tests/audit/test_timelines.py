@@ -6,12 +6,17 @@ import uuid
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from approvals.execution import runner
 from approvals.models import ToolCall
 from approvals.services.decisions import decide
+from approvals.services.reveals import reveal_arguments
+from audit.log import record
+from tests.approvals.conftest import make_call
 from tests.conftest import World
 from tests.support.workers import purge_queue
+from tools_registry.services.grants import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -33,12 +38,56 @@ def test_a_calls_timeline_tells_proposal_vote_intent_and_result_in_order(
     runner.execute(call.pk)
     purge_queue()
     content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
-    titles = ["Proposal", "Vote", "Approved", "Intent (before the handler ran)", "Result"]
+    titles = [
+        "Proposal",
+        "Policy",
+        "Vote: approve",
+        "Approved",
+        "Intent (before the handler ran)",
+        "Result",
+    ]
     positions = [content.index(f"<strong>{t}</strong>") for t in titles]
     assert positions == sorted(positions)
     assert "[masked:email:" in content and "ada@example.com" not in content
     assert "Ada asked for a confirmation." in content
     assert "bob: approve (policy v1)" in content
+    assert "<dt>Comment</dt><dd>fine</dd>" in content  # the reviewer's words, not in JSON
+    assert 'id="call-status"><span class="badge status-succeeded">succeeded' in content
+
+
+def test_a_pending_calls_status_is_pending_whatever_happened_last(
+    world: World, auditor_client: Client
+) -> None:
+    purge_queue()
+    call = ToolCall.objects.get(pk=world.api().submit(EMAIL).json()["id"])
+    grant(tool=call.tool, permission="reveal_tool_arguments", user=world.bob)
+    reveal_arguments(call_id=call.pk, reviewer=world.bob, reason="Check the address.")
+    content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
+    assert 'status-pending">pending' in content
+    assert "<strong>Arguments revealed to a reviewer</strong>" in content
+    assert "<dt>Reason</dt><dd>Check the address.</dd>" in content
+
+
+def test_a_destructive_approval_shows_reauthentication_and_the_typed_confirmation(
+    world: World, auditor_client: Client
+) -> None:
+    purge_queue()
+    call = make_call(world, "delete_customer")
+    record(action="reviewer.reauthenticated", actor=world.bob, outcome="ok")
+    decide(
+        call_id=call.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        confirmation="cus_0003",
+        authenticated_at=timezone.now(),
+    )
+    purge_queue()
+    content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
+    assert content.index("<strong>Re-authenticated</strong>") < content.index(
+        "<strong>Vote: approve</strong>"
+    )
+    assert "<dt>Typed confirmation</dt><dd>cus_0003</dd>" in content
+    assert "<dt>Signed in at</dt>" in content
 
 
 def test_a_sessions_timeline_lists_its_calls_with_reasoning_and_token_cost(
@@ -58,6 +107,8 @@ def test_a_sessions_timeline_lists_its_calls_with_reasoning_and_token_cost(
     assert "2 calls" in content
     assert "Ada asked for a confirmation." in content and "And a second one." in content
     assert "tokens 1500 in, 250 out" in content
+    # Each call's status, not its last event's outcome ("sent" of a notification).
+    assert content.count('status <span class="badge status-pending outcome">pending') == 2
 
 
 def test_an_unknown_call_or_session_is_404(world: World, auditor_client: Client) -> None:

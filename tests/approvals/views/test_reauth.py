@@ -6,11 +6,13 @@ from datetime import timedelta
 
 from django.test import Client
 from django.utils import timezone
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals import reauth
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
 from tests.conftest import World
+from tests.support.totp import code_for
 
 
 def stale_client(world: World) -> Client:
@@ -75,3 +77,49 @@ def _request_for(client: Client):  # type: ignore[no-untyped-def]
     request = RequestFactory().get("/")
     request.session = client.session
     return request
+
+
+def test_a_reviewer_with_a_second_factor_gives_a_fresh_code_too(world: World) -> None:
+    device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True)
+    call = make_call(world, "delete_customer")
+    client = stale_client(world)
+    target = f"/approvals/{call.pk}/"
+    page = client.get(f"/approvals/reauthenticate/?next={target}").content.decode()
+    assert 'name="code"' in page
+
+    no_code = client.post("/approvals/reauthenticate/", {"password": "pw-bob", "next": target})
+    assert no_code.status_code == 200
+    assert "That code was not accepted" in no_code.content.decode()
+    assert AuditEvent.objects.filter(
+        action="reviewer.reauthentication_failed", outcome="wrong_code"
+    ).exists()
+
+    TOTPDevice.objects.filter(pk=device.pk).update(throttling_failure_count=0)
+    ok = client.post(
+        "/approvals/reauthenticate/",
+        {"password": "pw-bob", "code": code_for(device), "next": target},
+    )
+    assert ok.status_code == 302 and ok["Location"] == target
+    assert AuditEvent.objects.filter(
+        action="auth.two_factor_verified", data__for="reauthentication"
+    ).exists()
+
+
+def test_a_wrong_password_does_not_spend_a_code(world: World) -> None:
+    device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True)
+    client = stale_client(world)
+    client.post("/approvals/reauthenticate/", {"password": "guess", "code": "123456"})
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 0
+
+
+def test_a_person_without_a_password_reauthenticates_through_single_sign_on(
+    world: World, settings
+) -> None:
+    settings.OIDC_ENABLED = True
+    world.bob.set_unusable_password()
+    world.bob.save()
+    client = stale_client(world)
+    page = client.get("/approvals/reauthenticate/?next=/approvals/").content.decode()
+    assert 'id="sso-reauth"' in page and "/oidc/authenticate/?next=%2Fapprovals%2F" in page
+    assert 'name="password"' not in page

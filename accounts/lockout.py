@@ -1,0 +1,91 @@
+"""Login throttling: what a locked-out sign-in sees, and the lockout in the audit trail.
+
+django-axes counts failed sign-ins per account and per client address and refuses every
+sign-in (even with the right password) while either is locked; these are the two places
+where Countersign shapes that: the page that says why and for how long, and the audit event.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from axes.helpers import get_cool_off
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+
+from audit.log import Claimed, record
+from audit.masking import masked
+
+
+def client_address(request: HttpRequest) -> str:
+    """REMOTE_ADDR only, as the trail's sign-in events: X-Forwarded-For is whatever the
+    client chose to send, and trusting it would let an attacker pick whose address to lock."""
+    return str(request.META.get("REMOTE_ADDR", ""))
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = max(round(delta.total_seconds() / 60), 1)
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def lockout_message(request: HttpRequest) -> str:
+    cool_off = get_cool_off(request) or timedelta(0)
+    # Every attempt during the lockout restarts the cool-off, so it ends this long from now.
+    until = timezone.now() + cool_off
+    return (
+        f"Sign-in is locked after {settings.AXES_FAILURE_LIMIT} failed attempts for this "
+        f"account or from this address. Try again in {_duration(cool_off)}, after "
+        f"{until:%H:%M} UTC; every attempt before then restarts the wait. An administrator "
+        "can lift the lock sooner."
+    )
+
+
+def lockout_response(
+    request: HttpRequest, original_response: HttpResponse | None, credentials: Any
+) -> HttpResponse:
+    """AXES_LOCKOUT_CALLABLE: the sign-in page again, with why and for how long (429)."""
+    username = ""
+    if isinstance(credentials, dict):
+        username = str(credentials.get(get_user_model().USERNAME_FIELD) or "")
+    form = AuthenticationForm(request, initial={"username": username})
+    return render(
+        request,
+        "registration/login.html",
+        {"form": form, "lockout": lockout_message(request), "next": request.POST.get("next", "")},
+        status=429,
+    )
+
+
+def on_locked_out(
+    sender: Any, request: HttpRequest | None, username: str | None, ip_address: str | None, **_: Any
+) -> None:
+    """Receiver of axes' ``user_locked_out``: the attempt that crossed the limit."""
+    tried = str(username or "")[:150]
+    known = (
+        bool(tried)
+        and get_user_model()
+        ._default_manager.filter(**{get_user_model().USERNAME_FIELD: tried})
+        .exists()
+    )
+    # As for failed sign-ins: a name that is no account may be a mistyped password.
+    label = tried if known else masked("username", tried)
+    cool_off = get_cool_off(request) if request is not None else None
+    record(
+        action="auth.locked_out",
+        actor=Claimed(label),
+        outcome="locked",
+        data={
+            "ip": ip_address or "",
+            "known_user": known,
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+            "cool_off_seconds": int(cool_off.total_seconds()) if cool_off else None,
+        },
+    )

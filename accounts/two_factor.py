@@ -1,0 +1,104 @@
+"""The second factor: TOTP devices (django-otp), who must have one, and the audited steps.
+
+A password (or SSO) sign-in makes a session authenticated; passing a TOTP code makes it
+*verified* (django-otp keeps the device in the session). With ``REQUIRE_2FA`` on, reviewers
+and admins can do nothing but enrol or verify until their session is verified
+(``accounts.middleware``), and the re-authentication before a destructive approval asks
+for a fresh code as well as the password.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import segno
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest
+from django_otp import login as otp_login
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from audit.log import record
+from tools_registry.permissions import has_any_review_grant
+
+DEVICE_NAME = "authenticator app"
+
+
+def must_use_second_factor(user: Any) -> bool:
+    """Reviewers (anyone granted a tool, directly or through a team) and admins, when
+    ``REQUIRE_2FA`` is on. Auditors and others only read; they may enrol all the same."""
+    if not settings.REQUIRE_2FA or not user.is_authenticated:
+        return False
+    return bool(user.is_staff or user.is_superuser or has_any_review_grant(user))
+
+
+def confirmed_device(user: Any) -> TOTPDevice | None:
+    if not user.is_authenticated:
+        return None
+    return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
+
+
+def pending_device(user: Any) -> TOTPDevice | None:
+    return TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-pk").first()
+
+
+def qr_code_data_uri(device: TOTPDevice) -> str:
+    """The otpauth:// URL as an SVG QR code in a data: URI (the CSP allows data: images,
+    and nothing about the secret leaves the page)."""
+    return str(segno.make(device.config_url, error="m").svg_data_uri(scale=4, border=2))
+
+
+def secret_for_typing(device: TOTPDevice) -> str:
+    """The base32 secret in groups of four, for apps without a camera."""
+    secret = str(device.config_url).split("secret=", 1)[1].split("&", 1)[0]
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+@transaction.atomic
+def start_enrolment(*, user: Any) -> TOTPDevice:
+    """A new unconfirmed device (a new secret), replacing any earlier unfinished one. It
+    counts for nothing until a code from it is confirmed."""
+    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+    return TOTPDevice.objects.create(user=user, name=DEVICE_NAME, confirmed=False)
+
+
+@transaction.atomic
+def confirm_enrolment(*, request: HttpRequest, token: str) -> bool:
+    """The first code from the new device: the device is confirmed, replaces any earlier
+    one, and this session counts as verified."""
+    user = request.user
+    device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).last()
+    if device is None or not device.verify_token(token):
+        record(action="auth.two_factor_failed", actor=user, outcome="enrolment_code_wrong")
+        return False
+    replaced = (
+        TOTPDevice.objects.filter(user=user, confirmed=True).exclude(pk=device.pk).delete()[0]
+    )
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    otp_login(request, device)
+    record(
+        action="auth.two_factor_enrolled",
+        actor=user,
+        outcome="ok",
+        data={"device": "totp", "replaced_devices": replaced},
+    )
+    return True
+
+
+def verify(*, request: HttpRequest, token: str, purpose: str = "sign_in") -> bool:
+    """A code from the person's confirmed device: the session is verified. django-otp
+    throttles a device after wrong codes (each wrong one doubles the wait)."""
+    user = request.user
+    device = confirmed_device(user)
+    if device is not None and device.verify_token(token.strip().replace(" ", "")):
+        otp_login(request, device)
+        record(action="auth.two_factor_verified", actor=user, outcome="ok", data={"for": purpose})
+        return True
+    record(
+        action="auth.two_factor_failed",
+        actor=user,
+        outcome="no_device" if device is None else "wrong_code",
+        data={"for": purpose},
+    )
+    return False

@@ -1,0 +1,106 @@
+"""A person's own page and the second factor: enrol, confirm, verify."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts import two_factor
+from accounts.forms import CodeForm
+
+
+def _next_url(request: HttpRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse("home")
+
+
+@require_GET
+@login_required
+@never_cache
+def account(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    assert user.is_authenticated  # login_required
+    return render(
+        request,
+        "accounts/account.html",
+        {
+            "teams": sorted(user.groups.values_list("name", flat=True)),
+            "device": two_factor.confirmed_device(user),
+            "required": two_factor.must_use_second_factor(user),
+            "verified": user.is_verified(),  # type: ignore[attr-defined]
+            "sso_only": not user.has_usable_password(),
+        },
+    )
+
+
+def _two_factor_page(
+    request: HttpRequest, form: CodeForm | None = None, status: int = 200
+) -> HttpResponse:
+    user = request.user
+    device = two_factor.confirmed_device(user)
+    pending = two_factor.pending_device(user)
+    context = {
+        "device": device,
+        "pending": pending,
+        "form": form or CodeForm(),
+        "next": _next_url(request),
+        "required": two_factor.must_use_second_factor(user),
+    }
+    if pending is not None:
+        context["qr_code"] = two_factor.qr_code_data_uri(pending)
+        context["secret"] = two_factor.secret_for_typing(pending)
+    # The page shows the new secret: never cached, never kept in the browser's history.
+    return render(request, "accounts/two_factor.html", context, status=status)
+
+
+@require_GET
+@login_required
+@never_cache
+def two_factor_page(request: HttpRequest) -> HttpResponse:
+    """Verify with the enrolled device, or enrol one."""
+    return _two_factor_page(request)
+
+
+@require_POST
+@login_required
+@never_cache
+def enrol(request: HttpRequest) -> HttpResponse:
+    two_factor.start_enrolment(user=request.user)
+    return redirect(f"{reverse('accounts:two_factor')}?{urlencode({'next': _next_url(request)})}")
+
+
+@require_POST
+@login_required
+@never_cache
+def confirm(request: HttpRequest) -> HttpResponse:
+    form = CodeForm(request.POST)
+    if form.is_valid():
+        if two_factor.confirm_enrolment(request=request, token=form.cleaned_data["code"]):
+            return redirect(_next_url(request))
+        form.add_error("code", "That code is not the one the app shows now. Try the next one.")
+    return _two_factor_page(request, form, status=400)
+
+
+@require_POST
+@login_required
+@never_cache
+def verify(request: HttpRequest) -> HttpResponse:
+    form = CodeForm(request.POST)
+    if form.is_valid():
+        if two_factor.verify(request=request, token=form.cleaned_data["code"]):
+            return redirect(_next_url(request))
+        form.add_error(
+            "code",
+            "That code was not accepted. Wait for the next one; after several wrong codes "
+            "each try must wait longer.",
+        )
+    return _two_factor_page(request, form, status=400)

@@ -1,0 +1,70 @@
+"""Login throttling: 20 wrong passwords lock the account (and the address) for a while."""
+
+from __future__ import annotations
+
+from django.test import Client, override_settings
+
+from audit.models import AuditEvent
+from tests.conftest import World
+
+
+def fail(client: Client, username: str, times: int, **extra: str) -> None:
+    for _ in range(times):
+        response = client.post("/login/", {"username": username, "password": "wrong"}, **extra)
+        assert response.status_code in {200, 429}
+
+
+def test_twenty_wrong_passwords_refuse_the_right_one_and_say_why(world: World) -> None:
+    client = Client()
+    fail(client, "bob", 19)
+    assert not AuditEvent.objects.filter(action="auth.locked_out").exists()
+    fail(client, "bob", 1)
+
+    response = client.post("/login/", {"username": "bob", "password": "pw-bob"})
+
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+    page = response.content.decode()
+    assert "Sign-in is locked after 20 failed attempts" in page
+    assert "Try again in 30 minutes" in page
+    lockout = AuditEvent.objects.filter(action="auth.locked_out").first()
+    assert lockout is not None
+    assert lockout.actor_label == "bob"
+    assert lockout.outcome == "locked"
+    assert lockout.data["failure_limit"] == 20
+    assert lockout.data["cool_off_seconds"] == 1800
+
+
+def test_the_lock_is_per_account_and_per_address(world: World) -> None:
+    # Twenty failures for bob from one address lock bob everywhere ...
+    fail(Client(), "bob", 20, REMOTE_ADDR="10.0.0.1")
+    elsewhere = Client().post(
+        "/login/", {"username": "bob", "password": "pw-bob"}, REMOTE_ADDR="10.0.0.2"
+    )
+    assert elsewhere.status_code == 429
+    # ... and that address for everyone, while charlie elsewhere signs in.
+    from_there = Client().post(
+        "/login/", {"username": "charlie", "password": "pw-charlie"}, REMOTE_ADDR="10.0.0.1"
+    )
+    assert from_there.status_code == 429
+    charlie = Client().post(
+        "/login/", {"username": "charlie", "password": "pw-charlie"}, REMOTE_ADDR="10.0.0.3"
+    )
+    assert charlie.status_code == 302
+
+
+def test_a_success_before_the_limit_starts_the_count_again(world: World) -> None:
+    client = Client()
+    fail(client, "bob", 15)
+    assert client.post("/login/", {"username": "bob", "password": "pw-bob"}).status_code == 302
+    client.post("/logout/")
+    fail(client, "bob", 15)
+    assert client.post("/login/", {"username": "bob", "password": "pw-bob"}).status_code == 302
+
+
+@override_settings(AXES_FAILURE_LIMIT=3)
+def test_an_unknown_name_is_kept_only_as_a_fingerprint(world: World) -> None:
+    fail(Client(), "hunter2-typed-as-a-name", 3)
+    lockout = AuditEvent.objects.get(action="auth.locked_out")
+    assert "hunter2" not in lockout.actor_label
+    assert lockout.data["known_user"] is False

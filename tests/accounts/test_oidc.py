@@ -1,0 +1,127 @@
+"""Single sign-on with OpenID Connect, against a real provider process
+(tests/support/oidc_provider.py): the code flow end to end, teams from the groups claim."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission, User
+from django.test import Client, override_settings
+
+from audit.models import AuditEvent
+from tests.conftest import World
+from tests.support.oidc_provider import Provider, running_provider
+from tools_registry import services as registry_services
+from tools_registry.permissions import can_review
+
+CALLBACK = "http://testserver/oidc/callback/"
+TEAM_MAP = {"cs-reviewers": "reviewers", "cs-auditors": "auditors", "cs-admins": "tool-admins"}
+DANA = {"password": "dana-at-the-idp", "email": "dana@example.com", "groups": ["cs-reviewers"]}
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
+    with running_provider(
+        tmp_path_factory.mktemp("oidc"), redirect_uri=CALLBACK, people={"dana": DANA}
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def sso(provider: Provider) -> Iterator[Provider]:
+    provider.set_people({"dana": DANA})
+    with override_settings(
+        **provider.settings(),
+        OIDC_ENABLED=True,
+        OIDC_TEAM_MAP=TEAM_MAP,
+        AUTHENTICATION_BACKENDS=[
+            *settings.AUTHENTICATION_BACKENDS,
+            "accounts.oidc.TeamMappingOIDCBackend",
+        ],
+    ):
+        yield provider
+
+
+def sign_in_through(provider: Provider, username: str, password: str) -> tuple[Client, Any]:
+    """What a browser does: Countersign -> the provider's form -> back with a code."""
+    client = Client()
+    start = client.get("/oidc/authenticate/?next=/audit/")
+    assert start.status_code == 302 and start["Location"].startswith(f"{provider.url}/authorize")
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        form = browser.get(start["Location"])
+        assert form.status_code == 200, form.text
+        granted = browser.post(start["Location"], data={"username": username, "password": password})
+    assert granted.status_code == 302, granted.text
+    back = urlsplit(granted.headers["location"])
+    assert f"{back.scheme}://{back.netloc}{back.path}" == CALLBACK
+    return client, client.get(f"{back.path}?{back.query}")
+
+
+def test_the_login_page_offers_single_sign_on_when_configured(sso: Provider) -> None:
+    page = Client().get("/login/").content.decode()
+    assert 'href="/oidc/authenticate/"' in page
+
+
+def test_a_first_sign_in_creates_the_person_in_their_team(world: World, sso: Provider) -> None:
+    reviewers = Group.objects.get(name="reviewers")
+    registry_services.grant_review(tool=world.tools["send_email"], group=reviewers)
+
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    dana = User.objects.get(username="dana")
+    assert dana.email == "dana@example.com"
+    assert dana.has_usable_password() is False
+    assert list(dana.groups.values_list("name", flat=True)) == ["reviewers"]
+    assert can_review(dana, world.tools["send_email"])
+    assert client.get("/approvals/").status_code == 200
+    assert AuditEvent.objects.filter(action="auth.sso_user_created", actor_label="dana").exists()
+    assert AuditEvent.objects.filter(action="auth.login", actor_label="dana").exists()
+
+
+def test_removed_from_a_team_at_the_provider_loses_the_grant_at_next_sign_in(
+    world: World, sso: Provider
+) -> None:
+    reviewers = Group.objects.get(name="reviewers")
+    registry_services.grant_review(tool=world.tools["send_email"], group=reviewers)
+    auditors = Group.objects.create(name="auditors")
+    auditors.permissions.add(Permission.objects.get(codename="view_auditevent"))
+    sign_in_through(sso, "dana", DANA["password"])
+    dana = User.objects.get(username="dana")
+    dana.groups.add(Group.objects.create(name="not-mapped"))
+
+    sso.set_people({"dana": {**DANA, "groups": ["cs-auditors"]}})
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+
+    assert landed.status_code == 302
+    dana = User.objects.get(username="dana")
+    # The mapped teams follow the provider; a team it does not manage stays as it was.
+    assert sorted(dana.groups.values_list("name", flat=True)) == ["auditors", "not-mapped"]
+    assert not can_review(dana, world.tools["send_email"])
+    audit_page = client.get("/audit/")
+    assert audit_page.status_code == 200
+    assert 'href="/approvals/"' not in audit_page.content.decode()  # no Approvals section
+    change = AuditEvent.objects.filter(action="user.access_changed").order_by("-id").first()
+    assert change is not None
+    assert change.data["before"]["groups"] == ["not-mapped", "reviewers"]
+    assert change.data["after"]["groups"] == ["auditors", "not-mapped"]
+
+
+def test_a_forged_state_signs_nobody_in(world: World, sso: Provider) -> None:
+    client = Client()
+    client.get("/oidc/authenticate/")
+    response = client.get("/oidc/callback/?code=forged&state=forged")
+    assert response.status_code == 400
+    assert "_auth_user_id" not in client.session
+
+
+def test_a_deactivated_person_stays_out(world: World, sso: Provider) -> None:
+    User.objects.create_user("dana", "dana@example.com", is_active=False)
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed["Location"].startswith("/login/?sso=failed")
+    assert "_auth_user_id" not in client.session

@@ -1,0 +1,127 @@
+"""The second factor: enrolled from the person's own page, required of reviewers and admins
+with REQUIRE_2FA=1, asked again before a destructive approval."""
+
+from __future__ import annotations
+
+from django.test import Client, override_settings
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from approvals.models import Status
+from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World
+from tests.support.totp import code_for
+
+required = override_settings(REQUIRE_2FA=True)
+
+
+def signed_in(username: str, password: str) -> Client:
+    client = Client()
+    assert client.post("/login/", {"username": username, "password": password}).status_code == 302
+    return client
+
+
+def enrolled(world: World) -> TOTPDevice:
+    return TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True)
+
+
+@required
+def test_a_reviewer_cannot_approve_without_a_code(world: World) -> None:
+    call = make_call(world)
+    client = signed_in("bob", "pw-bob")
+
+    queue = client.get("/approvals/")
+    assert queue.status_code == 302
+    assert queue["Location"] == "/account/two-factor/?next=%2Fapprovals%2F"
+    refused = client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    assert refused.status_code == 302 and "/account/two-factor/" in refused["Location"]
+    htmx = client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+        HTTP_HX_REQUEST="true",
+    )
+    assert htmx.status_code == 204 and htmx["HX-Redirect"].startswith("/account/two-factor/")
+    call.refresh_from_db()
+    assert call.status == Status.PENDING
+
+
+@required
+def test_enrolling_from_the_own_page_then_approving(world: World) -> None:
+    call = make_call(world)
+    client = signed_in("bob", "pw-bob")
+    page = client.get("/account/two-factor/?next=/approvals/")
+    assert "Set up an authenticator app" in page.content.decode()
+
+    client.post("/account/two-factor/enrol/", {"next": "/approvals/"})
+    device = TOTPDevice.objects.get(user=world.bob)
+    assert device.confirmed is False
+    setup = client.get("/account/two-factor/").content.decode()
+    assert 'src="data:image/svg+xml' in setup and 'id="totp-secret"' in setup
+
+    wrong = client.post("/account/two-factor/confirm/", {"code": "000000", "next": "/approvals/"})
+    assert wrong.status_code == 400
+    # django-otp's throttle: a wrong code makes the next try wait a moment.
+    TOTPDevice.objects.filter(pk=device.pk).update(throttling_failure_count=0)
+    confirmed = client.post(
+        "/account/two-factor/confirm/", {"code": code_for(device), "next": "/approvals/"}
+    )
+    assert confirmed.status_code == 302 and confirmed["Location"] == "/approvals/"
+    device.refresh_from_db()
+    assert device.confirmed is True
+    assert AuditEvent.objects.filter(action="auth.two_factor_enrolled", actor_label="bob").exists()
+    assert AuditEvent.objects.filter(action="auth.two_factor_failed", actor_label="bob").exists()
+
+    assert client.get("/approvals/").status_code == 200
+    client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    call.refresh_from_db()
+    assert call.status != Status.PENDING
+
+
+@required
+def test_a_later_sign_in_asks_for_the_code(world: World) -> None:
+    device = enrolled(world)
+    client = signed_in("bob", "pw-bob")
+    page = client.get("/account/two-factor/")
+    assert "Enter your code" in page.content.decode()
+    assert client.post("/account/two-factor/verify/", {"code": "123456"}).status_code == 400
+    # django-otp's throttle: a wrong code makes the next try wait a moment.
+    TOTPDevice.objects.filter(pk=device.pk).update(throttling_failure_count=0)
+    ok = client.post(
+        "/account/two-factor/verify/", {"code": code_for(device), "next": "/approvals/"}
+    )
+    assert ok.status_code == 302 and ok["Location"] == "/approvals/"
+    assert client.get("/approvals/").status_code == 200
+    assert AuditEvent.objects.filter(action="auth.two_factor_verified", actor_label="bob").exists()
+
+
+@required
+def test_outsiders_are_not_held(world: World) -> None:
+    client = signed_in("charlie", "pw-charlie")
+    assert client.get("/account/").status_code == 200
+    assert "two-factor" not in client.get("/approvals/").get("Location", "")
+
+
+@override_settings(REQUIRE_2FA=False)
+def test_without_the_setting_nobody_is_held(world: World) -> None:
+    client = signed_in("bob", "pw-bob")
+    assert client.get("/approvals/").status_code == 200
+
+
+@required
+def test_admins_are_held_too(world: World) -> None:
+    world.charlie.is_staff = True
+    world.charlie.save()
+    client = signed_in("charlie", "pw-charlie")
+    response = client.get("/admin/")
+    assert response.status_code == 302 and "/account/two-factor/" in response["Location"]
+
+
+def test_the_admin_sign_in_is_the_one_sign_in_page(world: World) -> None:
+    response = Client().get("/admin/login/?next=/admin/")
+    assert response.status_code == 302 and response["Location"] == "/login/?next=/admin/"

@@ -1,0 +1,68 @@
+""" "Verify the chain now": asked for on the analytics page, walked by a worker with its
+progress on the page, recorded with who asked and when."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from audit import chain, verification_runs
+from audit.models import AuditEvent, VerificationRun
+from tests.audit.conftest import make_events
+from tests.conftest import World
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_auditor_asks_and_a_worker_walks_and_records_who_asked(
+    auditor_client: Client, django_capture_on_commit_callbacks
+) -> None:
+    make_events(5)
+    chain.seal_and_anchor()
+    with django_capture_on_commit_callbacks() as sent:
+        response = auditor_client.post("/audit/verify/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    run = VerificationRun.objects.get()
+    assert run.state == "queued" and run.requested_by_label == "dana"
+    assert 'id="verify-progress"' in response.content.decode()
+    assert f'hx-get="/audit/verify/{run.pk}/"' in response.content.decode()
+    assert len(sent) == 1
+    assert AuditEvent.objects.filter(
+        action="audit.verification_requested", actor_label="dana"
+    ).exists()
+
+    done = verification_runs.run_verification(run.pk)
+
+    assert done is not None and done.state == "done" and done.ok is True
+    assert done.checked >= 6
+    outcome = AuditEvent.objects.get(action="audit.chain_verified")
+    assert (outcome.actor_label, outcome.outcome) == ("dana", "ok")
+    page = auditor_client.get(f"/audit/verify/{run.pk}/").content.decode()
+    assert "asked for by <strong>dana</strong>" in page
+    assert "hx-trigger" not in page  # no more polling once done
+    assert 'id="verify-now"' in page
+    assert verification_runs.run_verification(run.pk) is None  # a duplicate delivery
+
+
+def test_progress_shows_while_the_walk_runs(auditor_client: Client) -> None:
+    run = VerificationRun.objects.create(
+        requested_by_label="dana", state="running", checked=50_000, total=200_000
+    )
+    page = auditor_client.get(f"/audit/verify/{run.pk}/").content.decode()
+    assert "Walking the chain: 50000 of 200000 events" in page
+    assert 'value="25"' in page
+    assert 'hx-trigger="every 2s"' in page
+
+
+def test_asking_again_joins_the_run_under_way(auditor_client: Client) -> None:
+    auditor_client.post("/audit/verify/")
+    auditor_client.post("/audit/verify/")
+    assert VerificationRun.objects.count() == 1
+
+
+def test_reviewers_cannot_ask_and_nobody_asks_with_get(
+    world: World, reviewer_client: Client, auditor_client: Client
+) -> None:
+    assert reviewer_client.post("/audit/verify/").status_code == 403
+    assert auditor_client.get("/audit/verify/").status_code == 405
+    assert not VerificationRun.objects.exists()
