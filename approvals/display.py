@@ -179,7 +179,8 @@ class CallView:
 
     @property
     def arguments_json(self) -> str:
-        return pretty(self.arguments)
+        """The arguments as JSON, long texts left out: they are shown as text below."""
+        return pretty(_without_long_texts(self.arguments))
 
     @property
     def has_masked(self) -> bool:
@@ -191,9 +192,23 @@ class CallView:
         as text with its line breaks rather than as one JSON string."""
         found = []
         for path, item in _strings(self.arguments):
-            if len(item) > LONG_TEXT or "\n" in item:
+            if _is_long(item):
                 found.append((path, item))
         return found
+
+
+def _is_long(text: str) -> bool:
+    return len(text) > LONG_TEXT or "\n" in text
+
+
+def _without_long_texts(data: Any) -> Any:
+    if isinstance(data, str):
+        return "(text, shown below)" if _is_long(data) else data
+    if isinstance(data, dict):
+        return {k: _without_long_texts(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_without_long_texts(v) for v in data]
+    return data
 
 
 def _strings(data: Any, path: str = "") -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from django.test import Client, TransactionTestCase
 
 from audit.models import AuditEvent
 from gateway import coordination
+from tests.support.browser import browser, page  # noqa: F401  (the browser tests' fixtures)
 from tests.support.upstreams import control, running_upstream
 from tools_registry import registry
 from tools_registry import services as registry_services

@@ -15,8 +15,8 @@ from playwright.sync_api import Browser, Page
 
 from audit import chain
 from audit.models import AuditEvent
-from tests.approvals.views.test_browser import ARTIFACTS, browser  # noqa: F401  (fixture)
 from tests.audit.conftest import make_auditor
+from tests.support.browser import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
@@ -71,7 +71,7 @@ def seed_week() -> None:
 
 
 @pytest.fixture
-def auditor_page(browser: Browser, live_server) -> Iterator[tuple[Page, list[str]]]:  # noqa: F811
+def auditor_page(browser: Browser, live_server) -> Iterator[tuple[Page, list[str]]]:
     make_auditor("dana")
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()

@@ -78,7 +78,9 @@ def every_detector(text: str) -> str:
 
     for detector in masking._DETECTORS:
         parts = masking._MARKER.split(text)
-        text = "".join(part if i % 2 else detector(part, masking.masked) for i, part in enumerate(parts))
+        text = "".join(
+            part if i % 2 else detector(part, masking.masked) for i, part in enumerate(parts)
+        )
     return text
 
 

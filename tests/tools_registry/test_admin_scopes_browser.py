@@ -7,8 +7,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 from playwright.sync_api import Browser
 
-from tests.approvals.views.test_browser import ARTIFACTS, browser  # noqa: F401  (fixture)
 from tests.conftest import World
+from tests.support.browser import ARTIFACTS
 from tools_registry import services
 from tools_registry.permissions import can_review
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 def test_a_tool_admin_grants_a_team_on_the_reviewers_page(
     live_server,
     live_world: World,
-    browser: Browser,  # noqa: F811
+    browser: Browser,
 ) -> None:
     User.objects.create_superuser("root", "root@example.com", "pw-root")
     team = Group.objects.get(name="reviewers")

@@ -3,61 +3,16 @@ the live server. Screenshots of the queue and the call page land in test-artifac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from tests.approvals.conftest import make_call
 from tests.conftest import World
-from tests.support import ROOT
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = ROOT / "test-artifacts"
+from tests.support.browser import ARTIFACTS
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        raise pytest.UsageError(
-            f"{CHROMIUM} is missing: `make test` installs Debian's chromium "
-            "(apt-get install chromium)."
-        )
-    # Playwright's sync API keeps an event loop running in this thread; the ORM calls of the
-    # tests and of the database fixtures beside it are still plain synchronous calls.
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    context.close()
-    assert errors == [], f"browser errors (CSP violations included): {errors}"
 
 
 def rows(page: Page):  # type: ignore[no-untyped-def]
