@@ -68,9 +68,26 @@ NOT_STATUS = frozenset(
 VISIBLE = {
     "call.decision": [
         ("comment", "Comment"),
+        ("edited", "With a correction"),
         ("typed_confirmation", "Typed confirmation"),
         ("authenticated_at", "Signed in at"),
         ("policy_version", "Policy version"),
+        ("shown_state_hash", "Shown state hash"),
+    ],
+    "call.approved": [
+        ("by", "Approved by"),
+        ("rule", "Rule"),
+        ("policy_version", "Policy version"),
+        ("standing_approval", "Standing approval"),
+        ("granted_by", "Granted by"),
+    ],
+    "call.arguments_edited": [("approvals_reset", "Approvals reset")],
+    "call.note_added": [("note", "Note")],
+    "standing_approval.granted": [
+        ("match", "Covers"),
+        ("condition", "Condition"),
+        ("max_uses", "At most"),
+        ("expires_at", "Until"),
     ],
     "call.rejected": [("comment", "Comment")],
     "call.arguments_revealed": [("reason", "Reason"), ("fields", "Fields")],
@@ -93,6 +110,10 @@ class Step:
     description: str
     data_json: str
     facts: list[tuple[str, str]] = field(default_factory=list)
+    # A verdict's view of the world the call would change (approvals.before_after), as
+    # the reviewer was shown it; a correction's arguments before and after.
+    state: dict[str, Any] | None = None
+    change: tuple[str, str] | None = None
 
 
 def _shown(value: Any) -> str:
@@ -105,17 +126,27 @@ def _step(event: AuditEvent) -> Step:
     title = STEP_TITLES.get(event.action, event.action)
     if event.action == "call.decision":
         title = {"approve": "Vote: approve", "reject": "Vote: reject"}.get(event.outcome, title)
+    state = event.data.get("shown_state") if event.action == "call.decision" else None
+    change = None
+    if event.action == "call.arguments_edited":
+        change = (_json(event.data.get("before")), _json(event.data.get("after")))
     return Step(
         event=event,
         title=title,
         description=describe(event.action),
-        data_json=json.dumps(event.data, indent=2, ensure_ascii=False, sort_keys=True),
+        data_json=_json(event.data),
         facts=[
             (label, _shown(event.data[key]))
             for key, label in VISIBLE.get(event.action, [])
-            if event.data.get(key) not in (None, "", [])
+            if event.data.get(key) not in (None, "", [], False)
         ],
+        state=state if isinstance(state, dict) else None,
+        change=change,
     )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
 def _policy_steps(proposal: AuditEvent | None) -> list[Step]:
@@ -126,11 +157,29 @@ def _policy_steps(proposal: AuditEvent | None) -> list[Step]:
     policy = proposal.data.get("policy")
     facts = []
     if isinstance(policy, dict):
+        rule = policy.get("rule") or {}
         facts = [
-            (str(k).replace("_", " "), _shown(v))
+            (str(k).replace("_", " ").capitalize(), _shown(v))
             for k, v in sorted(policy.items())
-            if v not in (None, "")
+            if k != "rule" and v not in (None, "", [], False)
         ]
+        if rule.get("number"):
+            outcome = rule.get("then", "")
+            if outcome == "require":
+                outcome += f" {rule.get('approvals')}" + (
+                    f" from {rule['team']}" if rule.get("team") else ""
+                )
+            facts.append(("Rule", f"{rule['number']}: {rule.get('when', '')} → {outcome}"))
+        for error in rule.get("errors") or []:
+            facts.append(("Not evaluated", error))
+    signals = proposal.data.get("signals") or []
+    if signals:
+        facts.append(
+            (
+                "Signals",
+                "\n".join(f"{s.get('code', '')}: {s.get('detail', '')}" for s in signals),
+            )
+        )
     for key, label in (("risk", "Risk"), ("approvals_required", "Approvals required")):
         if proposal.data.get(key) not in (None, ""):
             facts.append((label, _shown(proposal.data[key])))

@@ -114,3 +114,61 @@ def test_a_sessions_timeline_lists_its_calls_with_reasoning_and_token_cost(
 def test_an_unknown_call_or_session_is_404(world: World, auditor_client: Client) -> None:
     assert auditor_client.get(f"/audit/calls/{uuid.uuid4()}/").status_code == 404
     assert auditor_client.get("/audit/session/?agent=support-bot&session=nope").status_code == 404
+
+
+def test_an_auditor_sees_the_rule_the_signals_and_what_the_reviewer_was_shown(
+    world: World, auditor_client: Client
+) -> None:
+    """The view a verdict was bound to is kept with it: the record before the change, as
+    the reviewer saw it, masked; and the policy step names the rule and the signals."""
+    from tools_registry import services as registry_services
+
+    registry_services.update_policy(
+        tool=world.tools["update_customer"],
+        changes={"rules": [{"when": "has(args.changes.email)", "then": "require", "approvals": 1}]},
+        changed_by=world.alice,
+    )
+    world.tools["update_customer"].refresh_from_db()
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"email": "ada.new@example.net"}},
+    )
+    bob = Client()
+    bob.force_login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    assert "Customer cus_0001 (Ada Lovelace)" in page
+    state_hash = page.split('name="state_hash" value="')[1].split('"')[0]
+    assert len(state_hash) == 64
+    bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "state_hash": state_hash},
+    )
+    content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
+    assert "What the reviewer was shown: Customer cus_0001 (Ada Lovelace)" in content
+    assert "ada@example.com" not in content  # the record's address, masked as stored
+    assert "Rule</dt><dd>1: has(args.changes.email) → require 1" in content
+    assert "new_target" in content  # the signal, with its detail
+    assert state_hash in content
+
+
+def test_a_verdict_on_a_record_that_changed_meanwhile_is_refused(world: World) -> None:
+    from sandbox.models import Customer
+
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"plan": "enterprise"}},
+    )
+    bob = Client()
+    bob.force_login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    state_hash = page.split('name="state_hash" value="')[1].split('"')[0]
+    Customer.objects.filter(customer_id="cus_0001").update(plan="free")
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "state_hash": state_hash},
+    )
+    assert response.status_code == 409
+    assert "What this call would change has changed since you opened it" in response.content.decode()
+    assert ToolCall.objects.get(pk=call.pk).status == "pending"
