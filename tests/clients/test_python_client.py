@@ -186,8 +186,12 @@ def test_an_agent_killed_after_submitting_resumes_with_the_same_key(
 
 
 def test_the_client_verifies_webhook_signatures() -> None:
-    body = b'{"type": "tool_call.succeeded"}'
-    header = webhooks.sign("s3cret", int(time.time()), body)
-    assert verify_webhook("s3cret", body, header)
-    assert not verify_webhook("s3cret", body + b"x", header)
-    assert not verify_webhook("other", body, header)
+    body = b'{"type": "call.succeeded"}'
+    old, new = "whsec_" + "b2xkLXNlY3JldC1rZXk=", "whsec_" + "bmV3LXNlY3JldC1rZXk="
+    headers = webhooks.sign([new, old], "msg_1", int(time.time()), body)
+    assert verify_webhook(new, body, headers)
+    assert verify_webhook(old, body, headers), "either signature of a rotation verifies"
+    assert verify_webhook(["whsec_" + "b3RoZXI=", new], body, headers)
+    assert not verify_webhook(new, body + b"x", headers)
+    assert not verify_webhook("whsec_" + "b3RoZXI=", body, headers)
+    assert not verify_webhook(new, body, {**headers, "webhook-id": "msg_2"})
