@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from functools import wraps
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import redis
@@ -234,11 +234,12 @@ class WaitQuery(Schema):
         le=longpoll.MAX_WAIT_SECONDS,
         description="Seconds to wait for the status to change (long-poll), at most 60.",
     )
-    seen: str = Field(
-        default="",
-        max_length=16,
-        description="The status you last saw: the answer comes at once if it differs.",
-    )
+    seen: Literal[
+        "", "received", "pending", "approved", "executing", "succeeded", "failed", "unknown",
+        "rejected", "expired", "cancelled",
+    ] = Field(
+        default="", description="The status you last saw: the answer comes at once if it differs."
+    )  # fmt: skip
 
 
 @api.get(

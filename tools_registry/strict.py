@@ -160,6 +160,13 @@ def _with_nulls(schema: Any, root: JSON) -> Any:
                 converted = {"anyOf": [converted, {"type": "null"}]}
             properties[name] = converted
         out["properties"] = properties
+        if schema.get("minProperties") == 1 and schema.get("additionalProperties") is False:
+            # A null is no property once dropped: "at least one" counts the non-null ones.
+            del out["minProperties"]
+            some = [
+                {"required": [n], "properties": {n: {"not": {"type": "null"}}}} for n in properties
+            ]
+            out = {"allOf": [out, {"anyOf": some}]} if "anyOf" in out else {**out, "anyOf": some}
     if isinstance(schema.get("items"), dict):
         out["items"] = _with_nulls(schema["items"], root)
     if isinstance(schema.get("$defs"), dict):
