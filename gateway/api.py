@@ -153,8 +153,8 @@ def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
 
 
 def _read_json_body(request: HttpRequest) -> dict[str, Any]:
-    if (problem := http.json_body_problem(request)) is not None:
-        raise problem
+    if (unsupported := http.json_body_problem(request)) is not None:
+        raise unsupported
     limit = settings.API_MAX_BODY_BYTES
     try:
         declared = int(request.headers.get("Content-Length") or 0)

@@ -198,8 +198,8 @@ def _finish_operation(operation: JSON, components: JSON) -> None:
     operation["responses"] = responses
     for status, codes in sorted(OPERATION_ERRORS.get(operation_id, {}).items()):
         responses[str(status)] = _error_response(operation_id, status, codes)
-    for status, response in responses.items():
-        headers = _headers(operation_id, int(status))
+    for code, response in responses.items():
+        headers = _headers(operation_id, int(code))
         if headers:
             response["headers"] = headers
     for parameter in operation.get("parameters", []):

@@ -107,8 +107,8 @@ RISKS = ["read", "write", "destructive"]
 class ToolCallOut(Schema):
     id: UUID
     tool: str
-    risk: str = Field(json_schema_extra={"enum": RISKS})
-    status: str = Field(json_schema_extra={"enum": STATUSES})
+    risk: str = Field(json_schema_extra={"enum": list[Any](RISKS)})
+    status: str = Field(json_schema_extra={"enum": list[Any](STATUSES)})
     session_id: str
     status_url: str = Field(json_schema_extra={"format": "uri"})
     created_at: datetime

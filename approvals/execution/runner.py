@@ -115,8 +115,8 @@ def run_handler(claim: Claim) -> Outcome:
     except ToolFailed as exc:
         # The handler's own verdict, kept whole: its code, and whether asking again could
         # give another answer (a refusal such as "no such customer" could not).
-        error = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
-        return _outcome(Status.FAILED, started, tries, error=error)
+        refused = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+        return _outcome(Status.FAILED, started, tries, error=refused)
     except Exception as exc:
         error = _describe(exc)
         if claim.risk == Risk.READ:
