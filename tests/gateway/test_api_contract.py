@@ -23,10 +23,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # state no schema can express: a tool that says "no such customer" (tool_failed), a key
 # already used with another body. Everything else positive must be accepted as schemathesis
 # defaults say. NUL cannot be stored by PostgreSQL; the API refuses it in every string, as
-# its description says.
+# its description says. A long-poll may take its whole wait (at most 60 s).
 CONFIG = """
 [generation]
 allow-x00 = false
+
+[checks]
+# A long-poll (GET ...?wait=N) answers after up to 60 s by design.
+max_response_time = 65
 
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "503", "504", "502"]
