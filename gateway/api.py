@@ -74,16 +74,18 @@ class AgentAPI(NinjaAPI):
 
 
 def _documented_tools(request: HttpRequest | None) -> list[Tool]:
-    """The agent's allowed tools when its token came with the request; else every tool
-    that can run."""
-    tools = Tool.objects.filter(enabled=True, available=True).order_by("name")
+    """The tools whose arguments the document spells out: those the agent may call when its
+    valid token came with the request; none otherwise. The document is public, and the
+    tools' schemas say what an agent could do: a reader without a token gets the generic
+    ``arguments`` object."""
     authorization = request.headers.get("Authorization", "") if request is not None else ""
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        agent = authenticate_token(token.strip())
-        if agent is not None:
-            tools = agent.allowed_tools.filter(enabled=True, available=True).order_by("name")
-    return list(tools)
+    if scheme.lower() != "bearer" or not token.strip():
+        return []
+    agent = authenticate_token(token.strip())
+    if agent is None:
+        return []
+    return list(agent.allowed_tools.filter(enabled=True, available=True).order_by("name"))
 
 
 api = AgentAPI(

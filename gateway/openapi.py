@@ -5,7 +5,9 @@ django-ninja gives the paths, parameters and response models; this module finish
 * the request body of ``POST /tool-calls`` is a ``oneOf`` of one variant per tool the
   reader may call, discriminated by ``tool``, each with that tool's own arguments schema
   (optional arguments may be null: the server drops those nulls, ``tools_registry.strict``),
-  generated from the registry, for the agent whose token came with the request;
+  generated from the registry, for the agent whose token came with the request; without a
+  valid token it is the generic call, whose ``arguments`` is any object (the document is
+  public: it does not list the tools);
 * every ``$ref`` resolves: definitions pydantic nests in ``$defs`` move to
   ``components/schemas``, and a tool schema's local ``$ref``s are rewritten to where the
   schema now lives;
