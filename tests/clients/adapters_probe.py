@@ -1,16 +1,18 @@
 """Run by the adapter tests in the agent-clients virtual environment, where
-``countersign-client[langchain,openai-agents]`` is installed: builds the framework's own
-tool objects through the adapter and invokes them as the framework does, with no model.
-Prints one JSON object on its last line."""
+``countersign-client[langchain,openai-agents]`` and LangGraph are installed: builds the
+framework's own tool objects through the adapter and invokes them as the framework does,
+with no model (LangGraph's prebuilt agent gets a scripted one). Prints one JSON object on
+its last line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+import tempfile
 from typing import Any
 
-from countersign_client import AsyncCountersign, Countersign, MemoryState
+from countersign_client import AsyncCountersign, Countersign, DirectoryState, MemoryState
 
 APPROVED = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 REJECTED = {"to": "ada@example.com", "subject": "reject me", "body": "Please."}
@@ -41,6 +43,47 @@ def langchain(url: str, token: str) -> dict[str, Any]:
         "steps": steps,
         "schema": tools["send_email"].args,
     }
+
+
+def langgraph(url: str, token: str) -> dict[str, Any]:
+    """LangGraph's prebuilt ReAct agent with the adapter's tools and a scripted model that
+    asks for a read, a write that is approved and one that is rejected, at once. The agent
+    is run twice with the same state directory, as a rerun after a crash would be."""
+    from countersign_client.integrations.langchain import countersign_tools
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage, ToolMessage
+    from langgraph.prebuilt import create_react_agent
+
+    class ScriptedModel(GenericFakeChatModel):
+        """Answers with the scripted messages in order; the tools it is bound to change
+        nothing (it is not a model)."""
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+    requests = [
+        {"name": "search_docs", "args": {"query": "refund"}, "id": "lg-call-1"},
+        {"name": "send_email", "args": APPROVED, "id": "lg-call-2"},
+        {"name": "send_email", "args": REJECTED, "id": "lg-call-3"},
+    ]
+
+    def run(state_dir: str) -> list[dict[str, Any]]:
+        script = iter([AIMessage(content="", tool_calls=requests), AIMessage(content="Done.")])
+        with Countersign(url, token, state=DirectoryState(state_dir)) as cs:
+            tools = countersign_tools(cs, session_id="lg-1", wait_timeout=60)
+            agent = create_react_agent(ScriptedModel(messages=script), tools)
+            out = agent.invoke({"messages": [("user", "Refund Ada and tell her.")]})
+            steps = sorted(cs.state.steps("lg-1"))
+        answers = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+        return [
+            {"id": m.tool_call_id, "status": m.status, "content": m.content, "steps": steps}
+            for m in answers
+        ] + [{"final": out["messages"][-1].content}]
+
+    with tempfile.TemporaryDirectory() as state_dir:
+        first = run(state_dir)
+        again = run(state_dir)
+    return {"first": first, "again": again}
 
 
 async def openai_agents(url: str, token: str) -> dict[str, Any]:
@@ -82,5 +125,8 @@ async def openai_agents(url: str, token: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     which, url, token = sys.argv[1:4]
-    seen = langchain(url, token) if which == "langchain" else asyncio.run(openai_agents(url, token))
+    if which == "openai_agents":
+        seen = asyncio.run(openai_agents(url, token))
+    else:
+        seen = langchain(url, token) if which == "langchain" else langgraph(url, token)
     print(json.dumps(seen))

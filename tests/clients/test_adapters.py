@@ -1,6 +1,7 @@
 """The LangChain and OpenAI Agents SDK adapters, with the frameworks' real tool objects,
 against a live Countersign: a read, an approved write waited for and returned, and a
-rejection returned with the reviewer's reason. The frameworks need the mcp 1.x SDK, so they
+rejection returned with the reviewer's reason; and LangGraph's prebuilt agent running the
+LangChain tools. The frameworks need the mcp 1.x SDK, so they
 run from their own virtual environment (``make test`` builds ``.venv-agent-clients`` with
 ``./clients/python[langchain,openai-agents]``), as their users would run them."""
 
@@ -54,6 +55,31 @@ def test_langchain_structured_tools(live_world: World, live_server: Any) -> None
     assert status == "error" and "Not this one." in content
     assert seen["steps"] == ["#1", "lc-call-1", "lc-call-2"], "the tool-call ids are the steps"
     assert set(seen["schema"]) == {"to", "subject", "body"}
+
+
+def test_langgraph_prebuilt_agent_runs_the_tools_and_a_rerun_makes_no_new_call(
+    live_world: World, live_server: Any
+) -> None:
+    seen = probe("langgraph", live_world, live_server)
+    first = {a["id"]: a for a in seen["first"] if "id" in a}
+    assert sorted(first) == ["lg-call-1", "lg-call-2", "lg-call-3"]
+    assert first["lg-call-1"]["status"] == "success"
+    assert json.loads(first["lg-call-1"]["content"])["count"] >= 1
+    assert first["lg-call-2"]["status"] == "success"
+    assert json.loads(first["lg-call-2"]["content"])["status"] == "sent"
+    # The rejection is the tool's answer, which the agent's loop reads on: not a crash.
+    assert first["lg-call-3"]["status"] == "error"
+    assert "Not this one." in first["lg-call-3"]["content"]
+    assert seen["first"][-1] == {"final": "Done."}
+    assert first["lg-call-1"]["steps"] == ["lg-call-1", "lg-call-2", "lg-call-3"]
+    # The rerun (the same tool-call ids, the same state) gets the same answers, no new call.
+    assert seen["again"] == seen["first"]
+    calls = ToolCall.objects.values_list("tool__name", "status")
+    assert sorted(calls) == [
+        ("search_docs", "succeeded"),
+        ("send_email", "rejected"),
+        ("send_email", "succeeded"),
+    ]
 
 
 def test_openai_agents_function_tools(live_world: World, live_server: Any) -> None:
