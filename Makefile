@@ -30,7 +30,7 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run
 
-$(AGENT_CLIENTS)/.installed: $(AGENT_CLIENT_REQS)/requirements.txt $(AGENT_CLIENT_REQS)/constraints.txt
+$(AGENT_CLIENTS)/.installed: $(AGENT_CLIENT_REQS)/requirements.txt $(AGENT_CLIENT_REQS)/constraints.txt clients/python/pyproject.toml
 	@python=$$(scripts/find-python) || exit 1; \
 	echo "Creating $(AGENT_CLIENTS) (agent frameworks' MCP clients) with $$python"; \
 	"$$python" -m venv $(AGENT_CLIENTS) && \

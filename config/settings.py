@@ -106,6 +106,8 @@ if SANDBOX_ENABLED:
     INSTALLED_APPS.append("sandbox")
 
 MIDDLEWARE = [
+    # Outermost: under /api/ it turns every error answer of the layers below into JSON.
+    "gateway.http.ApiJsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -238,6 +240,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "approvals.webhook_sweep",
         "schedule": 5.0,
         "options": {"expires": 10},
+    },
+    # Idempotency-Key answers older than IDEMPOTENCY_KEY_TTL.
+    "gateway-idempotency-sweep": {
+        "task": "gateway.idempotency_sweep",
+        "schedule": 600.0,
+        "options": {"expires": 600},
     },
 }
 
@@ -377,6 +385,8 @@ SANDBOX_FAULTS = env_bool("SANDBOX_FAULTS", False)
 SANDBOX_FAULT_TAG = env_str("SANDBOX_FAULT_TAG")
 # Largest JSON body the agent API reads; bigger bodies get 413.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
+# How long an Idempotency-Key's answer is kept for replays (seconds); swept afterwards.
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # The MCP endpoint (/mcp, gateway.mcp). A call that waits for a person, from a client that
 # did not ask for a task, is answered after at most this long (pending, if still waiting).
@@ -450,6 +460,8 @@ WEBHOOK_RETRY_BASE_SECONDS = float(env_str("WEBHOOK_RETRY_BASE_SECONDS", "5"))
 WEBHOOK_RETRY_MAX_SECONDS = float(env_str("WEBHOOK_RETRY_MAX_SECONDS", "3600"))
 WEBHOOK_RESEND_AFTER_SECONDS = env_int("WEBHOOK_RESEND_AFTER_SECONDS", 60)
 # Callback URLs on loopback/private networks are refused in services mode unless allowed.
+# After a rotation, webhooks are signed with the old secret too for this long (seconds).
+WEBHOOK_SECRET_GRACE_SECONDS = env_int("WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600)
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", EMBEDDED)
 # Append-only file outside the database that receives the audit chain head.
 AUDIT_ANCHOR_PATH = Path(env_str("AUDIT_ANCHOR_PATH") or VAR_DIR / "audit-anchor.jsonl")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from contextvars import ContextVar
+from functools import wraps
+from typing import Any, Literal
 from uuid import UUID
 
 import redis
@@ -13,17 +16,18 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.openapi.schema import OpenAPISchema
 from ninja.security import HttpBearer
 from pydantic import Field
 
 from approvals.models import ToolCall
 from approvals.services.calls import RetryRefused, cancel_call, retry_call
 from approvals.transitions import InvalidTransition
-from gateway import breaker, errors, intake, longpoll, payloads, responses, selectors
+from gateway import breaker, errors, http, intake, longpoll, openapi, payloads, responses, selectors
 from gateway.responses import StoredResponse, represent_call
-from gateway.schemas import ErrorOut, ToolCallIn, ToolCallOut
+from gateway.schemas import ToolCallOut
 from tools_registry.exports import FORMATS, export_tools
-from tools_registry.models import Agent
+from tools_registry.models import Agent, Tool
 from tools_registry.services.tokens import authenticate_token
 
 logger = logging.getLogger(__name__)
@@ -37,26 +41,70 @@ class AgentBearer(HttpBearer):
         return agent
 
 
-api = NinjaAPI(
+# The request the OpenAPI document is being made for: ninja's schema view does not pass it
+# on, and the document lists the tools of the agent whose token came with it.
+_schema_request: ContextVar[HttpRequest | None] = ContextVar("schema_request", default=None)
+
+
+def _remember_request(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        token = _schema_request.set(request)
+        try:
+            return view(request, *args, **kwargs)
+        finally:
+            _schema_request.reset(token)
+
+    return wrapped
+
+
+class AgentAPI(NinjaAPI):
+    """django-ninja's API, whose OpenAPI document ``gateway.openapi`` finishes."""
+
+    def get_openapi_schema(
+        self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None
+    ) -> OpenAPISchema:
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        finished = openapi.finish(
+            schema, tools=_documented_tools(_schema_request.get()), public_url=settings.PUBLIC_URL
+        )
+        schema.clear()
+        schema.update(finished)
+        return schema
+
+
+def _documented_tools(request: HttpRequest | None) -> list[Tool]:
+    """The tools whose arguments the document spells out: those the agent may call when its
+    valid token came with the request; none otherwise. The document is public, and the
+    tools' schemas say what an agent could do: a reader without a token gets the generic
+    ``arguments`` object."""
+    authorization = request.headers.get("Authorization", "") if request is not None else ""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return []
+    agent = authenticate_token(token.strip())
+    if agent is None:
+        return []
+    return list(agent.allowed_tools.filter(enabled=True, available=True).order_by("name"))
+
+
+api = AgentAPI(
     title="Countersign agent API",
     version="1",
-    description="Send tool calls through Countersign: reads run at once, writes wait for a reviewer.",
+    description=(
+        "Send tool calls through Countersign: reads run at once, writes wait for a reviewer. "
+        "Every answer under /api/ is JSON; every error is "
+        '{"error": {"code", "message", "suggestion", "retryable", "details"?}}. '
+        "Strings may not hold NUL characters or unpaired surrogates."
+    ),
     auth=AgentBearer(),
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
+    docs_decorator=_remember_request,
 )
 
-ERROR_RESPONSES: dict[int, Any] = {
-    code: ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503, 504)
-}
-
-
-def error_response(error: errors.ApiError) -> JsonResponse:
-    response = JsonResponse(error.body(), status=error.status)
-    for name, value in error.headers.items():
-        response[name] = value
-    return response
+error_response = http.error_response
 
 
 def stored_response(stored: StoredResponse) -> JsonResponse:
@@ -107,6 +155,8 @@ def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
 
 
 def _read_json_body(request: HttpRequest) -> dict[str, Any]:
+    if (unsupported := http.json_body_problem(request)) is not None:
+        raise unsupported
     limit = settings.API_MAX_BODY_BYTES
     try:
         declared = int(request.headers.get("Content-Length") or 0)
@@ -142,7 +192,7 @@ class ToolsQuery(Schema):
 @api.get(
     "/tools",
     summary="The tools this agent may call",
-    response={200: list[dict[str, Any]], **ERROR_RESPONSES},
+    response={200: list[dict[str, Any]]},
 )
 def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
     if query.format not in FORMATS:
@@ -160,20 +210,11 @@ def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
         "for approval and answer 202 with a status_url. Send an Idempotency-Key header: the "
         "same key and body replays the first answer."
     ),
-    response={200: ToolCallOut, 202: ToolCallOut, **ERROR_RESPONSES},
+    response={200: ToolCallOut, 202: ToolCallOut},
+    # The body (a oneOf of the agent's tools) and the header's bounds: gateway.openapi.
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ToolCallIn.model_json_schema()}},
-        },
-        "parameters": [
-            {
-                "in": "header",
-                "name": "Idempotency-Key",
-                "required": True,
-                "schema": {"type": "string", "maxLength": 255},
-            }
-        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+        "parameters": [{"in": "header", "name": "Idempotency-Key", "required": True, "schema": {}}],
     },
 )
 def submit_tool_call(request: HttpRequest) -> HttpResponse:
@@ -195,11 +236,12 @@ class WaitQuery(Schema):
         le=longpoll.MAX_WAIT_SECONDS,
         description="Seconds to wait for the status to change (long-poll), at most 60.",
     )
-    seen: str = Field(
-        default="",
-        max_length=16,
-        description="The status you last saw: the answer comes at once if it differs.",
-    )
+    seen: Literal[
+        "", "received", "pending", "approved", "executing", "succeeded", "failed", "unknown",
+        "rejected", "expired", "cancelled",
+    ] = Field(
+        default="", description="The status you last saw: the answer comes at once if it differs."
+    )  # fmt: skip
 
 
 @api.get(
@@ -210,7 +252,7 @@ class WaitQuery(Schema):
         "from its status when the request arrives) or is terminal, or after N seconds."
     ),
     url_name="get_tool_call",
-    response={200: ToolCallOut, **ERROR_RESPONSES},
+    response={200: ToolCallOut},
 )
 def get_tool_call(request: HttpRequest, call_id: UUID, query: Query[WaitQuery]) -> HttpResponse:
     call = longpoll.wait_for_change(
@@ -227,7 +269,7 @@ def get_tool_call(request: HttpRequest, call_id: UUID, query: Query[WaitQuery]) 
 @api.post(
     "/tool-calls/{call_id}/cancel",
     summary="Withdraw a call that waits for approval",
-    response={200: ToolCallOut, **ERROR_RESPONSES},
+    response={200: ToolCallOut},
 )
 def cancel_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     agent: Agent = request.auth  # type: ignore[attr-defined]
@@ -247,7 +289,7 @@ def cancel_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     "/tool-calls/{call_id}/retry",
     summary="Run a failed write again with its original idempotency key",
     description="Destructive calls are refused: their failure goes to a person instead.",
-    response={202: ToolCallOut, **ERROR_RESPONSES},
+    response={202: ToolCallOut},
 )
 def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     agent: Agent = request.auth  # type: ignore[attr-defined]

@@ -48,6 +48,7 @@ def not_authenticated() -> ApiError:
         code="not_authenticated",
         message="Missing, unknown or revoked bearer token, or the agent is disabled.",
         suggestion="Send 'Authorization: Bearer <token>' with an active token of an enabled agent.",
+        headers={"WWW-Authenticate": 'Bearer realm="countersign"'},
     )
 
 
@@ -74,7 +75,7 @@ def idempotency_key_required() -> ApiError:
     return ApiError(
         status=400,
         code="idempotency_key_required",
-        message="The Idempotency-Key header is missing or longer than 255 characters.",
+        message="The Idempotency-Key header is missing or empty.",
         suggestion="Create a unique key (a UUID) before the call, store it with your task, "
         "and send it as the Idempotency-Key header on this request and every retry of it.",
     )
@@ -86,6 +87,17 @@ def idempotency_key_reused() -> ApiError:
         code="idempotency_key_reused",
         message="This Idempotency-Key was already used with a different request body.",
         suggestion="Use a new key for a new call; reuse a key only to retry the identical request.",
+    )
+
+
+def idempotency_key_expired() -> ApiError:
+    return ApiError(
+        status=422,
+        code="idempotency_key_expired",
+        message="This Idempotency-Key was used longer ago than its answer is kept; the call "
+        "it created still exists.",
+        suggestion="Read that call with GET /api/v1/tool-calls/{id} if you have its id; use a "
+        "new key for a new call.",
     )
 
 
@@ -204,13 +216,28 @@ def read_abandoned(message: str) -> ApiError:
     )
 
 
-def tool_failed(message: str) -> ApiError:
+def tool_failed(message: str, *, tool_code: str, retryable: bool) -> ApiError:
+    """A read whose tool failed. ``retryable`` is the tool's own verdict: a handler that
+    refused the request (``ToolFailed(retryable=False)``: no such customer) answers the
+    same again, so that is a 422; a transient failure (a dropped connection, an upstream
+    that said "try later") is a 502 worth another try. ``details.tool_code`` is the code
+    the tool gave."""
+    if not retryable:
+        return ApiError(
+            status=422,
+            code="tool_failed",
+            message=message,
+            suggestion="The tool refused this request and will answer the same again: read "
+            "the message and tool_code, then correct the arguments or tell the user.",
+            details={"tool_code": tool_code},
+        )
     return ApiError(
         status=502,
         code="tool_failed",
         message=message,
-        suggestion="Check the arguments; if they are right, try again later with a new Idempotency-Key.",
+        suggestion="The failure was transient: try again later with a new Idempotency-Key.",
         retryable=True,
+        details={"tool_code": tool_code},
     )
 
 
@@ -292,7 +319,8 @@ def invalid_idempotency_key() -> ApiError:
     return ApiError(
         status=400,
         code="idempotency_key_required",
-        message="The Idempotency-Key header must be 1 to 255 printable ASCII characters.",
+        message="The Idempotency-Key header must be 1 to 255 printable ASCII characters, "
+        "without spaces at either end.",
         suggestion="Use a UUID as the key; store it with your task before the call.",
     )
 
@@ -313,4 +341,35 @@ def internal_error() -> ApiError:
         message="Countersign failed to handle this request.",
         suggestion="Retry with the same Idempotency-Key; if it keeps failing, tell the operators.",
         retryable=True,
+    )
+
+
+# --- HTTP-level refusals under /api/ (gateway.http): the same shape as every other error ---
+
+
+def not_found(path: str) -> ApiError:
+    return ApiError(
+        status=404,
+        code="not_found",
+        message=f"There is no API endpoint at {path[:200]}.",
+        suggestion="Check the path against /api/v1/openapi.json.",
+    )
+
+
+def method_not_allowed(method: str, allowed: list[str]) -> ApiError:
+    return ApiError(
+        status=405,
+        code="method_not_allowed",
+        message=f"{method[:16]} is not allowed here; use {', '.join(allowed)}.",
+        suggestion="Use one of the methods in the Allow header.",
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
+def unsupported_media_type(content_type: str) -> ApiError:
+    return ApiError(
+        status=415,
+        code="unsupported_media_type",
+        message=f"The body must be application/json, not {content_type[:100] or 'unnamed'}.",
+        suggestion="Send the body as JSON with 'Content-Type: application/json'.",
     )

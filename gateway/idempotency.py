@@ -18,14 +18,22 @@ response or 409. A request whose process died leaves an ``in_flight`` record tha
 request with the same key and body takes over once ``locked_until`` has passed; if that
 request had created its call, the call's answer is replayed once the call is terminal,
 and 409 is the answer until then.
+
+Retention: a record is kept for ``IDEMPOTENCY_KEY_TTL`` seconds (a day by default) and then
+swept (``sweep``). A replay within that time carries ``Idempotent-Replayed: true``. After
+it, the key's answer is gone; a call it created keeps the key, so the key cannot create a
+second call: it is refused as ``idempotency_key_expired`` (``intake``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from enum import Enum
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -41,6 +49,22 @@ from tools_registry.policy import LONGEST_READ_SECONDS
 # backoff), with a margin for the database work around it and a paused process.
 IN_FLIGHT_GRACE_SECONDS = 30
 IN_FLIGHT_LOCK = timedelta(seconds=LONGEST_READ_SECONDS + IN_FLIGHT_GRACE_SECONDS)
+
+# A key: 1 to 255 printable ASCII characters, no space at either end (HTTP would strip it).
+MAX_KEY_LENGTH = 255
+KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+_KEY = re.compile(KEY_PATTERN)
+REPLAYED_HEADER = "Idempotent-Replayed"
+SWEEP_BATCH = 5000
+
+
+def valid_key(key: str) -> bool:
+    return len(key) <= MAX_KEY_LENGTH and _KEY.fullmatch(key) is not None
+
+
+def replayed(response: StoredResponse) -> StoredResponse:
+    """The stored answer, marked as a replay of an earlier request."""
+    return replace(response, headers={**response.headers, REPLAYED_HEADER: "true"})
 
 
 class Claim(Enum):
@@ -96,15 +120,17 @@ def answer_for(
         raise errors.idempotency_key_reused()
     if record.state == IdempotencyRecord.State.COMPLETE:
         stored = record.response_body or {}
-        return StoredResponse(
-            status=record.response_status or 200,
-            body=stored.get("body", {}),
-            headers=stored.get("headers", {}),
+        return replayed(
+            StoredResponse(
+                status=record.response_status or 200,
+                body=stored.get("body", {}),
+                headers=stored.get("headers", {}),
+            )
         )
     if (answer := settled()) is not None:
         response, call = answer
         complete(agent=agent, key=key, response=response, call=call)
-        return response
+        return replayed(response)
     raise errors.idempotency_key_in_use()
 
 
@@ -128,3 +154,19 @@ def abandon(*, agent: Agent, key: str) -> None:
         IdempotencyRecord.objects.filter(
             agent=agent, key=key, state=IdempotencyRecord.State.IN_FLIGHT
         ).update(locked_until=timezone.now())
+
+
+def sweep(*, batch: int = SWEEP_BATCH) -> int:
+    """Delete the records older than ``IDEMPOTENCY_KEY_TTL``; returns how many. In batches,
+    so a large backlog never holds a long lock."""
+    cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
+    deleted = 0
+    while True:
+        ids = list(
+            IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[
+                :batch
+            ]
+        )
+        if not ids:
+            return deleted
+        deleted += IdempotencyRecord.objects.filter(pk__in=ids).delete()[0]

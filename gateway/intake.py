@@ -14,12 +14,11 @@ nothing from any window (see ``limits.hit``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.execution import runner
@@ -37,8 +36,10 @@ from tools_registry import sql as registry_sql
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
+from tools_registry.strict import drop_null_optionals
 
-PRINTABLE_KEY = re.compile(r"[\x20-\x7e]+")
+# The constraint that keeps one call per (agent, Idempotency-Key).
+KEY_CONSTRAINT = "call_unique_request_key"
 
 
 class Refused(Exception):
@@ -77,10 +78,10 @@ def submit(
 
     ``raw`` is what the key binds to: a repeat of the key with another ``raw`` is refused.
     """
-    key = (idempotency_key or "").strip()
+    key = idempotency_key or ""
     if not key:
         raise errors.idempotency_key_required()
-    if len(key) > 255 or not PRINTABLE_KEY.fullmatch(key):
+    if not idempotency.valid_key(key):
         raise errors.invalid_idempotency_key()
     request_hash = sha256_hex(canonical_json(raw))
     admission: breaker.Admission | None = None
@@ -99,7 +100,7 @@ def submit(
                     raise errors.idempotency_key_in_use()
                 response = respond_with(existing)
                 idempotency.complete(agent=agent, key=key, response=response, call=existing)
-                return response
+                return idempotency.replayed(response)
             tool = _allowed_tool(agent, payload)
             admission = _admit(tool)
             _take_round(agent, payload.session_id, tool)
@@ -166,6 +167,10 @@ def _allowed_tool(agent: Agent, payload: ToolCallIn) -> Tool:
         raise Refused(errors.tool_not_allowed(tool.name), tool)
     if not tool.runnable:
         raise Refused(errors.tool_disabled(tool.name), tool)
+    # A strict client (OpenAI's strict mode) sends null for an optional field it leaves out
+    # (tools_registry.strict): the call is the one without it, for validation, the
+    # approval's hash, the reviewer and the handler alike.
+    payload.arguments = drop_null_optionals(tool.input_schema, payload.arguments)
     problems = validate_arguments(
         tool.input_schema, payload.arguments, sensitive_fields=tool.sensitive_fields
     )
@@ -230,6 +235,12 @@ def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Ori
             ),
             tool,
         ) from None
+    except IntegrityError as exc:
+        # The key's record was swept (IDEMPOTENCY_KEY_TTL) but the call it created keeps
+        # the key: refused, never a second call. The transaction is rolled back whole.
+        if KEY_CONSTRAINT in str(exc):
+            raise Refused(errors.idempotency_key_expired(), tool) from None
+        raise
     # A new call has no decisions: represent it without asking (or compiling) a query.
     no_decisions = Decision.objects.none()
     no_decisions._result_cache = []

@@ -63,6 +63,8 @@ class IdempotencyRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["agent", "key"], name="idempotency_unique_key"),
         ]
+        # The retention sweep finds the records past IDEMPOTENCY_KEY_TTL by age.
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
 
     def __str__(self) -> str:
         return f"{self.agent_id}:{self.key}"

@@ -23,20 +23,24 @@ logger = logging.getLogger(__name__)
 
 def status_changed(call: ToolCall, previous: str | None) -> None:
     """Schedule the notifications of ``call``'s new status; runs inside its transaction."""
-    if previous is None:
-        return  # a new call: nobody waits on it yet, and it is not terminal
-    delivery_id = None
-    if call.is_terminal and call.callback_url:
-        delivery_id = webhooks.schedule(call)
-    transaction.on_commit(partial(_after_commit, call.pk, call.status, delivery_id))
+    deliveries = []
+    if call.callback_url:
+        # A rejection is both the reviewers' decision and the call's end: two events.
+        if webhooks.decided(call, previous):
+            deliveries.append(webhooks.schedule(call, "call.decided"))
+        if event := webhooks.event_of(call, previous):
+            deliveries.append(webhooks.schedule(call, event))
+    if previous is None and not deliveries:
+        return  # a new call: nobody waits on it yet
+    transaction.on_commit(partial(_after_commit, call.pk, call.status, deliveries))
 
 
-def _after_commit(call_id: UUID, status: str, delivery_id: UUID | None) -> None:
+def _after_commit(call_id: UUID, status: str, deliveries: list[UUID]) -> None:
     # Neither step may fail the request that made the change: a lost wake-up is caught by
     # the long-poll's own re-check, a lost delivery task by the webhook sweep.
     try:
         longpoll.publish(call_id, status)
     except Exception:
         logger.exception("could not publish the status of call %s", call_id)
-    if delivery_id is not None:
+    for delivery_id in deliveries:
         webhooks.send(delivery_id)

@@ -105,6 +105,13 @@ def respond_with(call: ToolCall, *, submitted: bool = False) -> StoredResponse:
         elif error.get("code") in CANNOT_RUN:
             api_error = errors.cannot_run(error["code"], error.get("message", ""))
         else:
-            api_error = errors.tool_failed(error.get("message", "The tool failed."))
+            code = error.get("code", "handler_error")
+            api_error = errors.tool_failed(
+                error.get("message", "The tool failed."),
+                tool_code=code,
+                # A handler that raised something else than ToolFailed (handler_error)
+                # failed in a way another try may not.
+                retryable=error.get("retryable", code == "handler_error"),
+            )
         return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
     return StoredResponse(status=200, body=body)

@@ -11,28 +11,48 @@ from pydantic import (
     AnyHttpUrl,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
     field_validator,
 )
 
+# Bounds of a plausible cost: a call's tokens and dollars are stored, summed and shown on
+# the analytics page, where 10**30 tokens would be a lie and 1e308 an overflow.
+MAX_TOKENS = 10**9
+MAX_USD = 10**6
+
 
 class TokenCost(Schema):
+    """What the model turn that proposed the call cost, as the agent reports it."""
+
     model_config = ConfigDict(extra="forbid")
 
-    input_tokens: NonNegativeInt = 0
-    output_tokens: NonNegativeInt = 0
-    usd: NonNegativeFloat | None = None
+    input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    usd: float | None = Field(default=None, ge=0, le=MAX_USD, allow_inf_nan=False)
+
+
+# What the API accepts as a callback URL, said as a pattern so that a client generated from
+# the OpenAPI document accepts exactly what the server does: http(s), a DNS name (no user
+# info), an optional port, a plain path and query.
+CALLBACK_URL_PATTERN = (
+    r"^https?://[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    r"(/[A-Za-z0-9._~%!$&'()*+,;=:@-]*)*(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$"
+)
 
 
 class ToolCallIn(Schema):
-    """A tool call an agent asks Countersign to make."""
+    """A tool call an agent asks Countersign to make.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: a value of the wrong JSON type is refused, never coerced (``"5"`` is not 5,
+    ``true`` is not 1), so the OpenAPI document says exactly what is accepted.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tool: str = Field(min_length=1, max_length=64, description="Name of one of your tools.")
     arguments: dict[str, Any] = Field(
-        description="Arguments, valid against the tool's JSON Schema."
+        description="Arguments, valid against the tool's JSON Schema. An optional argument "
+        "given as null is taken as not given."
     )
     session_id: str = Field(
         min_length=1, max_length=128, description="Your agent run; rounds are counted per session."
@@ -46,16 +66,18 @@ class ToolCallIn(Schema):
         description="Why the agent wants this call; reviewers read it.",
     )
     token_cost: TokenCost | None = None
-    callback_url: AnyHttpUrl | None = Field(
+    callback_url: str | None = Field(
         default=None,
-        description="Where to POST the signed terminal state of the call (at most 2048 characters).",
+        max_length=2048,
+        pattern=CALLBACK_URL_PATTERN,
+        description="Where to POST the signed webhooks of the call (Standard Webhooks).",
     )
 
     @field_validator("callback_url")
     @classmethod
-    def _fits_the_column(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
-        if value is not None and len(str(value)) > 2048:
-            raise ValueError("callback_url is longer than 2048 characters")
+    def _is_a_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            AnyHttpUrl(value)  # raises ValueError for what the pattern let through
         return value
 
 
@@ -75,15 +97,25 @@ class DecisionOut(Schema):
     verdict: Literal["approve", "reject"]
     comment: str
     decided_at: datetime
+    by: Literal["reviewers", "policy_rule", "standing_approval"] | None = Field(
+        default=None,
+        description="Who let an approved call run: its reviewers, a policy rule, or a "
+        "reviewer's standing approval.",
+    )
+
+
+STATUSES = ["received", "pending", "approved", "executing", "succeeded", "failed",
+            "unknown", "rejected", "expired", "cancelled"]  # fmt: skip
+RISKS = ["read", "write", "destructive"]
 
 
 class ToolCallOut(Schema):
     id: UUID
     tool: str
-    risk: str
-    status: str
+    risk: str = Field(json_schema_extra={"enum": list[Any](RISKS)})
+    status: str = Field(json_schema_extra={"enum": list[Any](STATUSES)})
     session_id: str
-    status_url: str
+    status_url: str = Field(json_schema_extra={"format": "uri"})
     created_at: datetime
     expires_at: datetime | None = None
     approvals_required: int
@@ -92,3 +124,11 @@ class ToolCallOut(Schema):
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     needs_attention: bool = False
+    arguments_edited: bool = Field(
+        default=False,
+        description="A reviewer corrected the arguments before approving; `arguments` are "
+        "the ones that ran.",
+    )
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="The corrected arguments (only when `arguments_edited`)."
+    )

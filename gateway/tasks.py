@@ -9,7 +9,7 @@ from uuid import UUID
 
 from celery import shared_task
 
-from gateway import webhooks
+from gateway import idempotency, webhooks
 
 
 @shared_task(name=webhooks.DELIVER_TASK, ignore_result=True)
@@ -22,3 +22,9 @@ def deliver_webhook(delivery_id: str) -> None:
 def webhook_sweep() -> int:
     """Beat-driven: send the due webhook retries and re-send lost first attempts."""
     return webhooks.sweep()
+
+
+@shared_task(name="gateway.idempotency_sweep", ignore_result=True)
+def idempotency_sweep() -> int:
+    """Beat-driven: forget the Idempotency-Key answers older than IDEMPOTENCY_KEY_TTL."""
+    return idempotency.sweep()

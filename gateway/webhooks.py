@@ -1,10 +1,17 @@
-"""Webhooks to agents: a call's terminal state, POSTed to its ``callback_url``, signed.
+"""Webhooks to agents, in the Standard Webhooks format: a call's events, POSTed to its
+``callback_url``, signed.
 
-Signature: ``Countersign-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`` over
-``f"{t}.".encode() + body`` with the agent's ``webhook_secret``. The receiver recomputes it,
-compares in constant time and rejects timestamps older than a few minutes (replays).
-``Countersign-Event-Id`` is the delivery id: the same on every attempt, so a receiver can
-drop duplicates.
+Events: ``call.pending`` (a person's approval is requested), ``call.decided`` (reviewers
+approved or rejected it), and each terminal state (``call.succeeded``, ``call.failed``,
+``call.rejected``, ``call.expired``, ``call.cancelled``). The body is
+``{"id", "type", "timestamp", "data": <the call as GET returns it>}``.
+
+Signature (https://www.standardwebhooks.com): ``webhook-id`` (the delivery's id, the same on
+every attempt: a receiver drops duplicates by it), ``webhook-timestamp`` (unix seconds of
+the attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
+``f"{id}.{timestamp}.{body}"``, keyed with the base64-decoded part of the agent's
+``whsec_...`` secret. During a rotation's grace period the header holds two signatures
+(new and old secret), space-separated; a receiver accepts the call if any one verifies.
 
 Delivery: ``notify.status_changed`` writes a ``WebhookDelivery`` in the transition's
 transaction and, after commit, sends a Celery task with its id. Each attempt is claimed by a
@@ -17,6 +24,7 @@ countdown/ETA tasks: Redis would redeliver those after its visibility timeout.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -42,46 +50,83 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals.models import ToolCall
+from approvals.models import Status, ToolCall
 from audit.log import record
 from gateway.models import WebhookAttempt, WebhookDelivery
 from gateway.responses import represent_call
+from tools_registry.services import signing_secrets
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "Countersign-Signature"
-EVENT_ID_HEADER = "Countersign-Event-Id"
-EVENT_HEADER = "Countersign-Event"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 LEASE_GRACE_SECONDS = 30
 # The Celery name of ``gateway.tasks.deliver_webhook``: the wire format of queued messages.
 DELIVER_TASK = "approvals.deliver_webhook"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's marker, not a secret
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` secret (its base64 part, decoded)."""
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
 
 
-def verify(secret: str, body: bytes, header: str, *, tolerance: int = 300) -> bool:
-    """True when ``header`` is a valid signature of ``body`` made in the last ``tolerance`` s."""
-    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
+def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64>`` signature of the message."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    mac = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def sign(secrets: Iterable[str], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers, with one signature per secret."""
+    return {
+        ID_HEADER: message_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: " ".join(signature(s, message_id, timestamp, body) for s in secrets),
+    }
+
+
+def verify(secret: str, body: bytes, headers: dict[str, str], *, tolerance: int = 300) -> bool:
+    """True when one of the signatures in ``headers`` is ``secret``'s and the timestamp is
+    within ``tolerance`` seconds of now (older ones may be replays)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
     try:
-        timestamp = int(parts.get("t", ""))
+        timestamp = int(lowered.get(TIMESTAMP_HEADER, ""))
     except ValueError:
         return False
     if abs(time.time() - timestamp) > tolerance:
         return False
-    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    expected = signature(secret, lowered.get(ID_HEADER, ""), timestamp, body)
+    return any(
+        hmac.compare_digest(expected, given) for given in lowered.get(SIGNATURE_HEADER, "").split()
+    )
 
 
-def schedule(call: ToolCall) -> UUID:
-    """Write the delivery of ``call``'s current (terminal) state; inside its transaction."""
+def event_of(call: ToolCall, previous: str | None) -> str:
+    """The webhook event a status change is ("" when it is none)."""
+    if call.status == Status.PENDING and previous != Status.PENDING:
+        return "call.pending"
+    if call.is_terminal:
+        return f"call.{call.status}"
+    return ""
+
+
+def decided(call: ToolCall, previous: str | None) -> bool:
+    """Whether the change is the reviewers' (or a policy rule's) decision on a call that
+    waited: approved, or rejected."""
+    return previous == Status.PENDING and call.status in (Status.APPROVED, Status.REJECTED)
+
+
+def schedule(call: ToolCall, event: str) -> UUID:
+    """Write the delivery of ``event`` with ``call``'s current state; inside its transaction."""
     now = timezone.now()
     delivery = WebhookDelivery(
         call=call, agent_id=call.agent_id, url=call.callback_url, next_attempt_at=now
     )
-    delivery.event = f"tool_call.{call.status}"
+    delivery.event = event
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         # The task is sent on commit; the sweep re-sends it only if it was lost. (Without a
         # worker, in the embedded mode, the sweep loop makes the first attempt too.)
@@ -90,7 +135,7 @@ def schedule(call: ToolCall) -> UUID:
         {
             "id": str(delivery.pk),
             "type": delivery.event,
-            "created_at": now.isoformat(),
+            "timestamp": now.isoformat(),
             "data": represent_call(call),
         },
         separators=(",", ":"),
@@ -151,10 +196,8 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
     body = delivery.body.encode()
     headers = {
         "Content-Type": "application/json",
-        "User-Agent": "Countersign-Webhooks/1",
-        EVENT_ID_HEADER: str(delivery.pk),
-        EVENT_HEADER: delivery.event,
-        SIGNATURE_HEADER: sign(delivery.agent.webhook_secret, int(time.time()), body),
+        "User-Agent": "Countersign-Webhooks/2",
+        **sign(signing_secrets(delivery.agent), str(delivery.pk), int(time.time()), body),
     }
     transport = None if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS else PublicOnlyTransport()
     try:

@@ -4,6 +4,7 @@ missing service, they stop the run and say which one is missing."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +19,17 @@ from django.test import Client, TransactionTestCase
 
 from audit.models import AuditEvent
 from gateway import coordination
+from tests.support import ROOT
 from tests.support.browser import browser, page  # noqa: F401  (the browser tests' fixtures)
 from tests.support.upstreams import control, running_upstream
 from tools_registry import registry
 from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
+
+# The Python client, importable from its source tree (clients/python) by every test.
+CLIENT_DIR = ROOT / "clients" / "python"
+if str(CLIENT_DIR) not in sys.path:
+    sys.path.insert(0, str(CLIENT_DIR))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,6 +9,7 @@ import mcp_types
 
 from tools_registry.models import Tool
 from tools_registry.policy import Risk
+from tools_registry.strict import NotStrictable, strict_schema
 
 JSON = dict[str, Any]
 
@@ -22,6 +23,27 @@ def openai_format(tool: Tool) -> JSON:
             "description": tool.description,
             "parameters": tool.input_schema,
         },
+    }
+
+
+def openai_responses_format(tool: Tool) -> JSON:
+    """OpenAI Responses API / Agents SDK function tool (``FunctionToolParam``), strict.
+
+    Optional fields are required-but-nullable (``tools_registry.strict``); Countersign drops
+    those nulls before validating, so strict mode never changes what the tool does. A tool
+    whose schema has no strict form (an object open to any property) is exported as it is,
+    with ``strict: false``.
+    """
+    try:
+        parameters, strict = strict_schema(tool.input_schema), True
+    except NotStrictable:
+        parameters, strict = tool.input_schema, False
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": parameters,
+        "strict": strict,
     }
 
 
@@ -73,6 +95,7 @@ def mcp_format(tool: Tool) -> JSON:
 
 FORMATS: dict[str, Callable[[Tool], JSON]] = {
     "openai": openai_format,
+    "openai-responses": openai_responses_format,
     "anthropic": anthropic_format,
     "mcp": mcp_format,
 }

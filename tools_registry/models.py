@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import secrets
 
 from django.conf import settings
@@ -202,7 +203,8 @@ class ToolGroupObjectPermission(GroupObjectPermissionBase):
 
 
 def _new_webhook_secret() -> str:
-    return secrets.token_urlsafe(32)
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class Agent(models.Model):
@@ -215,8 +217,13 @@ class Agent(models.Model):
     )
     allowed_tools = models.ManyToManyField(Tool, blank=True, related_name="agents")
     max_rounds_per_session = models.PositiveIntegerField(default=10)
-    # Signs the webhooks Countersign sends to this agent (HMAC-SHA256).
-    webhook_secret = models.CharField(max_length=64, default=_new_webhook_secret)
+    # Signs the webhooks Countersign sends to this agent (Standard Webhooks: HMAC-SHA256
+    # keyed with the base64 part of ``whsec_...``).
+    webhook_secret = models.CharField(max_length=100, default=_new_webhook_secret)
+    # The secret before the last rotation: webhooks carry its signature too until
+    # ``previous_webhook_secret_until``, so receivers can switch without a gap.
+    previous_webhook_secret = models.CharField(max_length=100, blank=True, editable=False)
+    previous_webhook_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 

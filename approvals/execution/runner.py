@@ -113,9 +113,10 @@ def run_handler(claim: Claim) -> Outcome:
             # Writes and destructive calls run once; a retry is the agent's or a person's call.
             result = invoke()
     except ToolFailed as exc:
-        return _outcome(
-            Status.FAILED, started, tries, error={"code": exc.code, "message": exc.message}
-        )
+        # The handler's own verdict, kept whole: its code, and whether asking again could
+        # give another answer (a refusal such as "no such customer" could not).
+        refused = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+        return _outcome(Status.FAILED, started, tries, error=refused)
     except Exception as exc:
         error = _describe(exc)
         if claim.risk == Risk.READ:

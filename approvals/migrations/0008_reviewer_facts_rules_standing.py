@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("approvals", "0007_call_transport_and_client"),
-        ("tools_registry", "0005_tool_rules_and_secret_fields"),
+        ("tools_registry", "0007_tool_rules_and_secret_fields"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -209,12 +209,14 @@ def ending_error(call: CallState) -> errors.ApiError:
     if call.status == Status.CANCELLED:
         return errors.call_cancelled()
     error = call.body.get("error") or {}
-    return errors.ApiError(
-        status=502,
-        code=error.get("code", "tool_failed"),
-        message=error.get("message", "The tool failed."),
-        suggestion="The effect did not happen. Tell the user; propose the call again only if "
-        "the cause is fixed.",
+    code = error.get("code", "handler_error")
+    if error.get("code") == "timeout":
+        return errors.timeout(error.get("message", ""))
+    # The REST API's answer to a failed read, with the tool's own code in details.tool_code.
+    return errors.tool_failed(
+        error.get("message", "The tool failed."),
+        tool_code=code,
+        retryable=bool(error.get("retryable", code == "handler_error")),
     )
 
 

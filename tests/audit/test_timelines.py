@@ -170,5 +170,7 @@ def test_a_verdict_on_a_record_that_changed_meanwhile_is_refused(world: World) -
         {"verdict": "approve", "arguments_hash": call.arguments_hash, "state_hash": state_hash},
     )
     assert response.status_code == 409
-    assert "What this call would change has changed since you opened it" in response.content.decode()
+    assert (
+        "What this call would change has changed since you opened it" in response.content.decode()
+    )
     assert ToolCall.objects.get(pk=call.pk).status == "pending"

@@ -1,17 +1,13 @@
-"""Fixtures of the clients' tests: the Python client importable from its source tree
-(clients/python), and a clean slate in Redis for every test."""
+"""Fixtures of the clients' tests: a clean slate in Redis for every test. (The client is
+importable from its source tree, clients/python: tests/conftest.py puts it on the path.)"""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.support import ROOT
+from tests.conftest import CLIENT_DIR
 
-CLIENT_DIR = ROOT / "clients" / "python"
-if str(CLIENT_DIR) not in sys.path:
-    sys.path.insert(0, str(CLIENT_DIR))
+__all__ = ["CLIENT_DIR"]
 
 
 @pytest.fixture(autouse=True)

@@ -115,7 +115,7 @@ def test_reads_and_undecided_calls_are_not_retried(world: World) -> None:
     read = world.api().submit(
         {"tool": "get_customer", "arguments": {"customer_id": "cus_0099"}, "session_id": "s"}
     )
-    assert read.status_code == 502
+    assert read.status_code == 422
     response = _post(world, read.json()["call"]["id"], "retry")
     assert response.json()["error"]["code"] == "retry_not_allowed"
     pending = world.api().submit(SEND_EMAIL).json()["id"]

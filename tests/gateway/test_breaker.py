@@ -91,7 +91,7 @@ def test_a_failed_probe_opens_it_again(world: World, probe_tool_cleanup: None) -
 def test_a_tool_that_answers_no_is_healthy(world: World, probe_tool_cleanup: None) -> None:
     probe = install_probe_tool(world, breaker_threshold=2, breaker_cooldown_seconds=60)
     probe.mode = "refuse"
-    assert [_status(world) for _ in range(5)] == [502] * 5
+    assert [_status(world) for _ in range(5)] == [422] * 5, "a refusal is an answer"
     assert probe.calls == 5
 
 

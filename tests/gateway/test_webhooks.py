@@ -1,6 +1,7 @@
-"""Webhooks: a call's terminal state is POSTed to its callback_url, signed with the agent's
-secret, retried with backoff from the beat-driven sweep until the receiver accepts it, and
-every attempt is recorded."""
+"""Webhooks: a call's events (pending, decided, terminal) are POSTed to its callback_url in
+the Standard Webhooks format, signed with the agent's secret (verified here with the
+``standardwebhooks`` library), retried with backoff from the beat-driven sweep until the
+receiver accepts them, and every attempt is recorded."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import standardwebhooks
+from countersign_client import verify_webhook
 from django.test import override_settings
 from django.utils import timezone
 
@@ -29,22 +32,30 @@ from gateway.tasks import deliver_webhook
 from tests.conftest import World
 from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tests.support.workers import purge_queue, running_worker, wait_for
+from tools_registry import services as registry_services
 
 
 @dataclass
 class Receiver:
-    """A real HTTP server in a thread that answers with scripted status codes."""
+    """A real HTTP server in a thread that answers with scripted status codes (to the
+    events of type ``scripted``, or to all when it is empty; the others get 200)."""
 
     statuses: list[int]
     delay: float = 0.0
+    scripted: str = ""
     received: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
-    def answer(self) -> int:
+    def answer(self, body: bytes) -> int:
         with self.lock:
-            index = len(self.received) - 1
+            if self.scripted and json.loads(body)["type"] != self.scripted:
+                return 200
+            index = len(self.of_type(self.scripted)) - 1
             return self.statuses[min(index, len(self.statuses) - 1)]
+
+    def of_type(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.received if not event or json.loads(r["body"])["type"] == event]
 
 
 @pytest.fixture
@@ -58,7 +69,7 @@ def receiver() -> Iterator[Receiver]:
                 state.received.append({"headers": dict(self.headers), "body": body})
             if state.delay:
                 time.sleep(state.delay)
-            status = state.answer()
+            status = state.answer(body)
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -77,12 +88,18 @@ def receiver() -> Iterator[Receiver]:
 
 
 def _assert_signed(world: World, request: dict[str, Any]) -> dict[str, Any]:
-    headers = request["headers"]
-    signature = headers["Countersign-Signature"]
-    assert webhooks.verify(world.agent.webhook_secret, request["body"], signature)
-    assert not webhooks.verify("another-secret", request["body"], signature)
-    assert not webhooks.verify(world.agent.webhook_secret, request["body"] + b" ", signature)
-    return json.loads(request["body"])
+    """Verified as a receiver would: with the Standard Webhooks library and the secret."""
+    headers, body = request["headers"], request["body"]
+    world.agent.refresh_from_db()
+    payload = standardwebhooks.Webhook(world.agent.webhook_secret).verify(body, headers)
+    assert payload == json.loads(body)
+    for wrong_secret, wrong_body in (
+        ("whsec_" + "A" * 43 + "=", body),
+        (world.agent.webhook_secret, body + b" "),
+    ):
+        with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(wrong_secret).verify(wrong_body, headers)
+    return dict(payload)
 
 
 @pytest.mark.worker
@@ -91,6 +108,7 @@ def test_a_failing_receiver_is_retried_until_it_accepts(
     live_world: World, receiver: Receiver, tmp_path: Any
 ) -> None:
     receiver.statuses = [500, 503, 200]
+    receiver.scripted = "call.rejected"
     env = {"WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1", "WEBHOOK_RETRY_BASE_SECONDS": "0.3"}
     purge_queue()
     with (
@@ -102,35 +120,48 @@ def test_a_failing_receiver_is_retried_until_it_accepts(
         decide(call_id=call_id, reviewer=live_world.bob, verdict="reject", comment="Not today.")
         # The first attempt comes from the task sent on commit; the retries from the
         # sweep, which beat runs every few seconds (here: the test runs it).
-        delivery = WebhookDelivery.objects.get(call_id=call_id)
+        deliveries = WebhookDelivery.objects.filter(call_id=call_id)
 
         def delivered() -> bool:
             webhooks.sweep()
-            delivery.refresh_from_db()
-            return delivery.state == WebhookDelivery.State.DELIVERED
+            states = set(deliveries.values_list("state", flat=True))
+            return states == {WebhookDelivery.State.DELIVERED}
 
-        wait_for(delivered, timeout=30, interval=0.2, message="the webhook to be accepted")
+        # Every event's delivery is its own task, sent to the worker in any order: wait,
+        # while the worker runs, until the receiver has accepted them all.
+        wait_for(delivered, timeout=60, interval=0.2, message="every webhook to be accepted")
 
+    assert sorted(deliveries.values_list("event", flat=True)) == [
+        "call.decided",
+        "call.pending",
+        "call.rejected",
+    ]
+    delivery = deliveries.get(event="call.rejected")
     assert delivery.attempts == 3
     attempts = list(delivery.attempt_log.order_by("number"))
     assert [(a.number, a.status_code) for a in attempts] == [(1, 500), (2, 503), (3, 200)]
-    assert len(receiver.received) == 3
+    rejected = receiver.of_type("call.rejected")
+    assert len(rejected) == 3
     gaps = [
         (later.started_at - earlier.started_at).total_seconds()
         for earlier, later in itertools.pairwise(attempts)
     ]
     assert gaps[0] >= 0.15 and gaps[1] >= 0.3, f"no backoff between attempts: {gaps}"
-    event_ids = {r["headers"]["Countersign-Event-Id"] for r in receiver.received}
-    assert event_ids == {str(delivery.pk)}
-    payload = _assert_signed(live_world, receiver.received[-1])
-    assert payload["type"] == "tool_call.rejected"
+    assert {r["headers"]["webhook-id"] for r in rejected} == {str(delivery.pk)}
+    payload = _assert_signed(live_world, rejected[-1])
+    assert payload["type"] == "call.rejected"
     assert payload["data"]["id"] == call_id
     assert payload["data"]["decision"]["comment"] == "Not today."
-    assert {r["body"] for r in receiver.received} == {receiver.received[0]["body"]}
+    assert {r["body"] for r in rejected} == {rejected[0]["body"]}
+
+    # Approval was requested, then decided, then the call ended: the others were accepted
+    # at their first attempt, once each.
+    others = sorted(json.loads(r["body"])["type"] for r in receiver.received if r not in rejected)
+    assert others == ["call.decided", "call.pending"]
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
-def test_each_terminal_state_is_sent_once_and_signed(
+def test_each_event_is_sent_once_and_signed(
     world: World, receiver: Receiver, django_capture_on_commit_callbacks: Any
 ) -> None:
     callback = {"callback_url": receiver.url}
@@ -140,8 +171,12 @@ def test_each_terminal_state_is_sent_once_and_signed(
         cancel_call(call_id=cancelled, agent=world.agent)  # repeated: no new state
     no_callback = world.api().submit(SEND_EMAIL).json()["id"]
     cancel_call(call_id=no_callback, agent=world.agent)
-    [delivery] = WebhookDelivery.objects.all()
-    assert delivery.event == "tool_call.cancelled"
+    assert [d.event for d in WebhookDelivery.objects.order_by("created_at")] == [
+        "call.pending",
+        "call.cancelled",
+    ]
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    WebhookDelivery.objects.exclude(pk=delivery.pk).delete()
     # Its task is on its way: the sweep leaves it alone until it looks lost.
     assert webhooks.sweep() == 0
     WebhookDelivery.objects.update(dispatched_at=timezone.now() - timedelta(minutes=5))
@@ -150,11 +185,38 @@ def test_each_terminal_state_is_sent_once_and_signed(
     delivery.refresh_from_db()
     assert delivery.state == WebhookDelivery.State.DELIVERED
     payload = _assert_signed(world, receiver.received[0])
+    assert payload["type"] == "call.cancelled"
     assert payload["data"]["status"] == "cancelled"
-    assert receiver.received[0]["headers"]["Countersign-Event"] == "tool_call.cancelled"
+    assert receiver.received[0]["headers"]["webhook-id"] == str(delivery.pk)
     # A late duplicate of the task finds nothing due and sends nothing.
     assert webhooks.deliver(delivery.pk) == "not_due"
     assert len(receiver.received) == 1
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_SECRET_GRACE_SECONDS=3600)
+def test_after_a_rotation_both_secrets_verify_during_the_grace_period(
+    world: World, receiver: Receiver
+) -> None:
+    old = world.agent.webhook_secret
+    new = registry_services.rotate_webhook_secret(agent=world.agent, rotated_by=None)
+    call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    webhooks.deliver(WebhookDelivery.objects.get(call_id=call).pk)
+    [request] = receiver.received
+    assert len(request["headers"]["webhook-signature"].split()) == 2
+    for secret in (old, new):
+        standardwebhooks.Webhook(secret).verify(request["body"], request["headers"])
+        assert verify_webhook(secret, request["body"], request["headers"])
+    # Once the grace period is over, only the new secret signs.
+    type(world.agent).objects.filter(pk=world.agent.pk).update(
+        previous_webhook_secret_until=timezone.now()
+    )
+    cancel_call(call_id=call, agent=world.agent)
+    webhooks.deliver(WebhookDelivery.objects.get(event="call.cancelled").pk)
+    later = receiver.received[-1]
+    assert len(later["headers"]["webhook-signature"].split()) == 1
+    standardwebhooks.Webhook(new).verify(later["body"], later["headers"])
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(old).verify(later["body"], later["headers"])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -166,7 +228,7 @@ def test_concurrent_deliveries_of_one_attempt_send_it_once(
     ToolCall.objects.filter(pk=call.pk).update(callback_url=receiver.url)
     call.refresh_from_db()
     receiver.delay = 0.2
-    delivery_id = webhooks.schedule(call)
+    delivery_id = webhooks.schedule(call, "call.pending")
     results = in_threads(8, lambda _: webhooks.deliver(delivery_id))
     assert sorted(results) == ["delivered"] + ["not_due"] * 7
     assert len(receiver.received) == 1
@@ -182,6 +244,7 @@ def test_it_gives_up_after_the_last_attempt_and_audits_it(world: World, receiver
     receiver.statuses = [500]
     call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
     cancel_call(call_id=call_id, agent=world.agent)
+    WebhookDelivery.objects.exclude(event="call.cancelled").delete()
     delivery = WebhookDelivery.objects.get()
     # Without a worker (the embedded mode) the sweep makes every attempt.
     deadline = time.monotonic() + 5
@@ -200,7 +263,7 @@ def test_a_private_callback_is_refused_in_services_mode(world: World) -> None:
         world.api().submit({**SEND_EMAIL, "callback_url": "http://127.0.0.1:9/hook"}).json()["id"]
     )
     cancel_call(call_id=call_id, agent=world.agent)
-    delivery = WebhookDelivery.objects.get()
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
     assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.FAILED
     [attempt] = delivery.attempt_log.all()
     assert "non-public address" in attempt.error
@@ -214,7 +277,7 @@ def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
             .json()["id"]
         )
         cancel_call(call_id=call_id, agent=world.agent)
-        delivery = WebhookDelivery.objects.get()
+        delivery = WebhookDelivery.objects.get(event="call.cancelled")
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING
     delivery.refresh_from_db()
     assert delivery.attempts == 1
@@ -223,12 +286,12 @@ def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
 
 
 def test_the_signature_rejects_old_timestamps() -> None:
-    body = b'{"id": "x"}'
-    old = webhooks.sign("s3cret", int(time.time()) - 600, body)
-    assert not webhooks.verify("s3cret", body, old)
-    assert webhooks.verify("s3cret", body, old, tolerance=700)
-    assert not webhooks.verify("s3cret", body, "t=abc,v1=00")
-    assert not webhooks.verify("s3cret", body, "garbage")
+    secret, body = "whsec_" + "c2VjcmV0LWtleS1ieXRlcw==", b'{"id": "x"}'
+    old = webhooks.sign([secret], "msg_1", int(time.time()) - 600, body)
+    assert not webhooks.verify(secret, body, old)
+    assert webhooks.verify(secret, body, old, tolerance=700)
+    assert not webhooks.verify(secret, body, {**old, "webhook-timestamp": "abc"})
+    assert not webhooks.verify(secret, body, {**old, "webhook-signature": "garbage"})
 
 
 def test_a_dns_answer_that_turns_private_after_the_check_reaches_nothing(
@@ -249,7 +312,7 @@ def test_a_dns_answer_that_turns_private_after_the_check_reaches_nothing(
     callback = f"http://hooks.rebind.test:{port}/hooks/countersign"
     call_id = world.api().submit({**SEND_EMAIL, "callback_url": callback}).json()["id"]
     cancel_call(call_id=call_id, agent=world.agent)
-    delivery = WebhookDelivery.objects.get()
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
     webhooks.deliver(delivery.pk)
     assert receiver.received == [], "the signed payload reached a private address"
     [attempt] = delivery.attempt_log.all()

@@ -6,6 +6,7 @@ import time
 from io import StringIO
 
 import pytest
+import standardwebhooks
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
@@ -14,6 +15,7 @@ from audit.models import AuditEvent
 from gateway import webhooks
 from tests.conftest import World
 from tools_registry.models import Agent
+from tools_registry.services import signing_secrets
 
 pytestmark = pytest.mark.django_db
 
@@ -31,12 +33,15 @@ def test_the_command_prints_a_new_secret_that_verifies_webhooks(world: World) ->
     secret = out.getvalue().strip().splitlines()[-1]
     world.agent.refresh_from_db()
     assert secret == world.agent.webhook_secret != old
+    assert secret.startswith("whsec_")
     body = b'{"id": "1"}'
-    header = webhooks.sign(world.agent.webhook_secret, int(time.time()), body)
-    assert webhooks.verify(secret, body, header)
-    assert not webhooks.verify(old, body, header)
+    headers = webhooks.sign(signing_secrets(world.agent), "msg_1", int(time.time()), body)
+    # The new secret verifies, and the old one still does during the grace period.
+    assert standardwebhooks.Webhook(secret).verify(body, headers) == {"id": "1"}
+    assert standardwebhooks.Webhook(old).verify(body, headers) == {"id": "1"}
     [event] = rotations(world.agent)
-    assert secret not in str(event.data)
+    assert secret not in str(event.data) and old not in str(event.data)
+    assert event.data["previous_valid_until"]
 
 
 def test_the_admin_rotates_only_on_post_and_shows_the_secret_once(world: World) -> None:

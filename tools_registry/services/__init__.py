@@ -26,7 +26,7 @@ from tools_registry.services.tokens import (
     issue_token,
     revoke_token,
 )
-from tools_registry.services.webhook_secrets import rotate_webhook_secret
+from tools_registry.services.webhook_secrets import rotate_webhook_secret, signing_secrets
 
 __all__ = [
     "CODE_FIELDS",
@@ -50,6 +50,7 @@ __all__ = [
     "save_agent",
     "set_enabled",
     "set_permissions",
+    "signing_secrets",
     "sync_tools",
     "update_policy",
 ]

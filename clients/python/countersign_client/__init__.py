@@ -1,5 +1,11 @@
-"""Countersign's Python client: idempotent, resumable tool calls through the approval gateway."""
+"""Countersign's Python client: idempotent, resumable tool calls through the approval gateway.
 
+``Countersign`` (sync) and ``AsyncCountersign`` (async) have the same surface. Framework
+adapters: ``countersign_client.integrations.langchain`` and ``.openai_agents``; a mock-model
+harness for testing agent loops without an LLM: ``countersign_client.testing``.
+"""
+
+from countersign_client.aio import AsyncCountersign
 from countersign_client.client import TERMINAL, Countersign, outcome
 from countersign_client.errors import (
     ApiError,
@@ -12,13 +18,14 @@ from countersign_client.errors import (
     TransportError,
     WaitTimeout,
 )
-from countersign_client.state import MemoryState, TaskState
+from countersign_client.state import DirectoryState, MemoryState, StateStore
 from countersign_client.webhooks import SIGNATURE_HEADER, verify_webhook
 
 __all__ = [
     "SIGNATURE_HEADER",
     "TERMINAL",
     "ApiError",
+    "AsyncCountersign",
     "CallCancelled",
     "CallEnded",
     "CallExpired",
@@ -26,8 +33,9 @@ __all__ = [
     "CallRejected",
     "Countersign",
     "CountersignError",
+    "DirectoryState",
     "MemoryState",
-    "TaskState",
+    "StateStore",
     "TransportError",
     "WaitTimeout",
     "outcome",

@@ -34,6 +34,13 @@ class ApiError(CountersignError):
         self.details = details
         self.retry_after = retry_after
 
+    @property
+    def tool_code(self) -> str:
+        """The tool's own code of a failure (``customer_not_found``), "" for other errors."""
+        if isinstance(self.details, dict):
+            return str(self.details.get("tool_code") or "")
+        return ""
+
 
 class NotAuthenticated(ApiError):
     code = "not_authenticated"
@@ -96,15 +103,40 @@ class Unavailable(ApiError):
 
 
 class Timeout(ApiError):
-    """A read timed out on every attempt (504)."""
+    """A read timed out on every attempt (504, retryable)."""
 
     code = "timeout"
 
 
 class ToolFailed(ApiError):
-    """A read failed on every attempt (502)."""
+    """A read failed: the tool refused (422, ``retryable`` false: asking again gives the same
+    answer) or failed transiently (502, ``retryable``). ``tool_code`` is the tool's code."""
 
     code = "tool_failed"
+
+
+class ReadAbandoned(ApiError):
+    code = "read_abandoned"
+
+
+class IdempotencyKeyExpired(ApiError):
+    code = "idempotency_key_expired"
+
+
+class UnsupportedMediaType(ApiError):
+    code = "unsupported_media_type"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    code = "method_not_allowed"
+
+
+class InternalError(ApiError):
+    code = "internal_error"
 
 
 class CallNotFound(ApiError):
@@ -138,6 +170,12 @@ ERRORS_BY_CODE: dict[str, type[ApiError]] = {
         Unavailable,
         Timeout,
         ToolFailed,
+        ReadAbandoned,
+        IdempotencyKeyExpired,
+        UnsupportedMediaType,
+        NotFound,
+        MethodNotAllowed,
+        InternalError,
         CallNotFound,
         InvalidState,
         RetryNotAllowed,
@@ -180,6 +218,11 @@ class CallFailed(CallEnded):
     @property
     def error(self) -> dict[str, Any]:
         return self.call.get("error") or {}
+
+    @property
+    def tool_code(self) -> str:
+        """The tool's own code of the failure (``refund_refused``)."""
+        return str(self.error.get("code") or "")
 
 
 class WaitTimeout(CountersignError):

@@ -1,15 +1,22 @@
-"""The task's state file: each step's Idempotency-Key, written before the request is sent.
+"""Where the client keeps each step's Idempotency-Key: written before the request is sent.
 
-An agent that crashes after sending a request and restarts finds the step's key here and
-sends the request again with it: Countersign answers with the first request's call instead
-of creating a second one. The file is JSON, replaced atomically (write, fsync, rename), so
-a crash never leaves it half written.
+A step is one tool call within a session (one run of your task). Its key is created and
+made durable *before* the request goes out, so an agent that crashes after sending and is
+run again with the same session finds the key and sends the same request with it:
+Countersign answers with the call it already has instead of making a second one.
+
+``DirectoryState`` keeps one JSON file per session in a directory, replaced atomically
+(write, fsync, rename): a crash never leaves one half written, and sessions running in
+separate processes never write the same file. ``MemoryState`` keeps nothing past the
+process (tests, or agents that accept a repeat after a crash).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -17,70 +24,116 @@ from pathlib import Path
 from typing import Any
 
 
-class TaskState:
-    """Steps of one task, by name: ``{"key": ..., "call_id": ..., "status": ...}``."""
+class StateStore:
+    """Steps of sessions, by name: ``{"key": ..., "call_id": ..., "status": ...}``."""
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._steps: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            loaded = json.loads(self.path.read_text() or "{}")
-            self._steps = dict(loaded.get("steps", {}))
+        self._sessions: dict[str, dict[str, dict[str, Any]]] = {}
 
-    def step(self, name: str) -> dict[str, Any]:
+    def step(self, session_id: str, name: str) -> dict[str, Any]:
         with self._lock:
-            return dict(self._steps.get(name, {}))
+            return dict(self._steps(session_id).get(name, {}))
 
-    def key_for(self, name: str) -> str:
+    def steps(self, session_id: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._steps(session_id).items()}
+
+    def key_for(self, session_id: str, name: str) -> str:
         """The step's Idempotency-Key, created and made durable on first use."""
         with self._lock:
-            entry = self._steps.setdefault(name, {})
+            entry = self._steps(session_id).setdefault(name, {})
             if not entry.get("key"):
                 entry["key"] = str(uuid.uuid4())
-                self._write()
+                self._write(session_id)
             return str(entry["key"])
 
-    def new_key(self, name: str) -> str:
-        """Replace the step's key (a failed read is asked again as a new request)."""
+    def new_key(self, session_id: str, name: str) -> str:
+        """Replace the step's key (a read that failed transiently is asked again afresh)."""
         with self._lock:
-            self._steps[name] = {"key": str(uuid.uuid4())}
-            self._write()
-            return str(self._steps[name]["key"])
+            self._steps(session_id)[name] = {"key": str(uuid.uuid4())}
+            self._write(session_id)
+            return str(self._steps(session_id)[name]["key"])
 
-    def update(self, name: str, **values: Any) -> None:
+    def update(self, session_id: str, name: str, **values: Any) -> None:
         with self._lock:
-            self._steps.setdefault(name, {}).update(values)
-            self._write()
+            self._steps(session_id).setdefault(name, {}).update(values)
+            self._write(session_id)
 
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"steps": self._steps}, indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+    def forget(self, session_id: str) -> None:
+        """Drop a finished session's steps."""
+        with self._lock:
+            self._sessions.pop(session_id, None)
+            self._remove(session_id)
+
+    def _steps(self, session_id: str) -> dict[str, dict[str, Any]]:
+        if session_id not in self._sessions:
+            self._sessions[session_id] = self._load(session_id)
+        return self._sessions[session_id]
+
+    def _load(self, session_id: str) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def _write(self, session_id: str) -> None:
+        return None
+
+    def _remove(self, session_id: str) -> None:
+        return None
+
+
+class MemoryState(StateStore):
+    """Keys kept in memory only: enough for one process, not for a restart."""
+
+
+class DirectoryState(StateStore):
+    """One JSON file per session under ``directory``."""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        super().__init__()
+        self.directory = Path(directory)
+
+    def path(self, session_id: str) -> Path:
+        # Readable where the id is, unique by its hash whatever it holds.
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", session_id)[:64]
+        digest = hashlib.sha256(session_id.encode()).hexdigest()[:16]
+        return self.directory / f"{safe}-{digest}.json"
+
+    def _load(self, session_id: str) -> dict[str, dict[str, Any]]:
+        path = self.path(session_id)
+        if not path.exists():
+            return {}
+        loaded = json.loads(path.read_text() or "{}")
+        return dict(loaded.get("steps", {}))
+
+    def _write(self, session_id: str) -> None:
+        path = self.path(session_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(
+            {"session_id": session_id, "steps": self._sessions[session_id]},
+            indent=1,
+            sort_keys=True,
+        )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            Path(tmp).replace(self.path)
+            Path(tmp).replace(path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         # The rename is durable only once the directory entry is.
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
 
+    def _remove(self, session_id: str) -> None:
+        self.path(session_id).unlink(missing_ok=True)
 
-class MemoryState(TaskState):
-    """Keys kept in memory only: enough for one process, not for a restart."""
 
-    def __init__(self) -> None:
-        self.path = Path(os.devnull)
-        self._lock = threading.Lock()
-        self._steps = {}
-
-    def _write(self) -> None:
-        return None
+def default_state() -> StateStore:
+    """``$COUNTERSIGN_STATE_DIR``, else ``.countersign`` in the working directory."""
+    return DirectoryState(os.environ.get("COUNTERSIGN_STATE_DIR") or ".countersign")

@@ -1,24 +1,64 @@
-"""Checking the signature of a Countersign webhook on the receiving side."""
+"""Checking a Countersign webhook on the receiving side (Standard Webhooks).
+
+Countersign sends ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``; the last
+holds one or more space-separated ``v1,<base64>`` signatures, each the HMAC-SHA256 of
+``f"{id}.{timestamp}.{body}"`` keyed with the base64 part of a ``whsec_...`` secret. After a
+secret rotation the header carries the old and the new secret's signatures for a while, so
+a receiver that still has either one keeps verifying. ``standardwebhooks.Webhook(secret)
+.verify(body, headers)`` checks the same thing.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable, Mapping
 
-SIGNATURE_HEADER = "Countersign-Signature"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 
 
-def verify_webhook(secret: str, body: bytes, signature: str, *, tolerance: int = 300) -> bool:
-    """True when ``signature`` (the ``Countersign-Signature`` header, ``t=...,v1=...``) is the
-    agent's HMAC-SHA256 of ``f"{t}.".encode() + body`` and ``t`` is within ``tolerance``
-    seconds of now. Pass the raw request body, before any JSON parsing."""
-    parts = dict(item.split("=", 1) for item in signature.split(",") if "=" in item)
+def verify_webhook(
+    secret: str | Iterable[str],
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    tolerance: int = 300,
+) -> bool:
+    """True when any signature in ``headers`` was made with ``secret`` (or any of several
+    secrets, for a receiver in the middle of a rotation) over ``body`` and the timestamp is
+    within ``tolerance`` seconds of now. Pass the raw request body, before any JSON
+    parsing, and the request's headers (any case)."""
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
     try:
-        timestamp = int(parts.get("t", ""))
+        timestamp = int(lowered.get(TIMESTAMP_HEADER, ""))
     except ValueError:
         return False
     if abs(time.time() - timestamp) > tolerance:
         return False
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return hmac.compare_digest(expected.hexdigest(), parts.get("v1", ""))
+    message_id = lowered.get(ID_HEADER, "")
+    given = [
+        part.split(",", 1)[1]
+        for part in lowered.get(SIGNATURE_HEADER, "").split()
+        if part.startswith("v1,")
+    ]
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    for candidate in secrets:
+        try:
+            key = _key(candidate)
+        except (binascii.Error, ValueError):
+            continue
+        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        if any(hmac.compare_digest(expected, signature) for signature in given):
+            return True
+    return False
+
+
+def _key(secret: str) -> bytes:
+    encoded = secret.removeprefix("whsec_")
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)

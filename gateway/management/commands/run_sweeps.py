@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from approvals import sweeps
 from audit import chain
-from gateway import webhooks
+from gateway import idempotency, webhooks
 
 
 class Command(BaseCommand):
@@ -23,7 +23,11 @@ class Command(BaseCommand):
             report = sweeps.run_all()
             webhooks_sent = webhooks.sweep()
             sealed = chain.seal_and_anchor()
-            self.stdout.write(f"sweep: {report.as_dict()} webhooks={webhooks_sent} sealed={sealed}")
+            keys = idempotency.sweep()
+            self.stdout.write(
+                f"sweep: {report.as_dict()} webhooks={webhooks_sent} sealed={sealed} "
+                f"expired_keys={keys}"
+            )
             if not options["loop"]:
                 return
             time.sleep(options["loop"])

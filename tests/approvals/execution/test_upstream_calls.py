@@ -68,8 +68,13 @@ def worker(tmp_path: Path) -> Iterator[Worker]:
 
 def submit(world: World, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     response = world.api().submit({"tool": tool, "arguments": arguments, "session_id": "up"})
-    assert response.status_code in (200, 202, 502, 504), response.content
-    return response.json()  # type: ignore[no-any-return]
+    assert response.status_code in (200, 202, 422, 502, 504), response.content
+    answer: dict[str, Any] = response.json()
+    if response.status_code == 422:
+        # A read the upstream refused (ToolFailed): it would answer the same again.
+        assert answer["error"]["code"] == "tool_failed", answer
+        assert answer["error"]["retryable"] is False
+    return answer
 
 
 def approved(world: World, tool: str, arguments: dict[str, Any]) -> ToolCall:
@@ -116,8 +121,10 @@ def test_reads_run_at_once_and_answers_of_every_kind_are_stored(
     assert big["truncated"] is True and len(big["text"]) == big["limit_bytes"] < 2_000_000
     moved = submit(orders, "orders__read_moved", {})
     assert moved["error"]["code"] == "tool_failed" and "evil.example" in moved["error"]["message"]
+    assert moved["error"]["details"] == {"tool_code": "upstream_redirect"}
     missing = submit(orders, "orders__get_order", {"order_id": "ord_nope"})
     assert "No order ord_nope" in missing["error"]["message"]
+    assert missing["error"]["details"] == {"tool_code": "upstream_404"}
 
 
 def test_arguments_never_move_a_request_off_its_path(

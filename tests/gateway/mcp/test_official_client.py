@@ -129,6 +129,71 @@ def test_a_read_runs_at_once_and_a_failure_carries_the_rest_apis_error(
     error = missing.structured_content["error"]  # type: ignore[index]
     assert set(error) >= {"code", "message", "suggestion", "retryable"}
     assert "No customer cus_9999" in error["message"]
+    # The tool refused (ToolFailed, not retryable): asking again would answer the same.
+    assert error["code"] == "tool_failed" and error["retryable"] is False
+    assert error["details"] == {"tool_code": "customer_not_found"}
+    rest = httpx.post(
+        f"{mcp_web.url}/api/v1/tool-calls",
+        json={"tool": "get_customer", "arguments": {"customer_id": "cus_9999"}, "session_id": "s"},
+        headers={"Authorization": f"Bearer {live_world.token}", "Idempotency-Key": f"r-{mode}"},
+    )
+    assert rest.status_code == 422
+    assert rest.json()["error"] == error, "the REST API's error, word for word"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_write_that_failed_after_approval_carries_the_tools_code(
+    live_world: World, mcp_web: WebProcess, mcp_worker: Worker, mode: str
+) -> None:
+    answer: dict[str, Any] = {}
+    arguments = {"customer_id": "cus_9999", "changes": {"plan": "pro"}}
+
+    async def main() -> None:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            answer["result"] = await client.call_tool("update_customer", arguments)
+
+    waiting = threading.Thread(target=anyio.run, args=(main,))
+    waiting.start()
+    call = the_pending_call("update_customer")
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve")
+    waiting.join(timeout=CALL_WAIT_SECONDS + 30)
+
+    result: types.CallToolResult = answer["result"]
+    assert result.is_error is True, result
+    error = result.structured_content["error"]  # type: ignore[index]
+    assert error["code"] == "tool_failed" and error["retryable"] is False
+    assert error["details"] == {"tool_code": "customer_not_found"}
+    assert "No customer cus_9999" in error["message"]
+    assert result.structured_content["call"]["status"] == "failed"  # type: ignore[index]
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_optional_argument_sent_as_null_is_not_given(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    """What a strict client (OpenAI's strict mode) sends for the fields it leaves out."""
+    patch = {"name": None, "email": None, "phone": None, "plan": "pro"}
+
+    async def main() -> tuple[types.CallToolResult, types.CallToolResult]:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            read = await client.call_tool("search_docs", {"query": "refund", "limit": None})
+            write = await client.call_tool(
+                "update_customer",
+                {"customer_id": "cus_0002", "changes": patch},
+                meta={"io.countersign/wait-seconds": 0},  # type: ignore[arg-type]
+            )
+            return read, write
+
+    read, write = run(main)
+    assert read.is_error is False, read
+    assert write.is_error is False, write
+    assert write.structured_content["status"] == "pending"  # type: ignore[index]
+    stored = dict(ToolCall.objects.values_list("tool__name", "arguments"))
+    assert stored == {
+        "search_docs": {"query": "refund"},
+        "update_customer": {"customer_id": "cus_0002", "changes": {"plan": "pro"}},
+    }, "the call is the patch the model meant, not an overwrite with nulls"
 
 
 @pytest.mark.parametrize("mode", MODES)

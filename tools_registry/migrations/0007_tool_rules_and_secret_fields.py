@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tools_registry", "0004_upstreams"),
+        ("tools_registry", "0006_webhook_secrets_as_whsec"),
     ]
 
     operations = [

@@ -1,0 +1,150 @@
+"""What the sync and the async client share: requests, answers, steps and retry rules.
+
+Retry rules (the server's ``retryable`` decides):
+
+* a read that failed transiently (``tool_failed``/``timeout``/``read_abandoned`` with
+  ``retryable: true``) is asked again as a new request, with a new key, up to
+  ``read_attempts``; a tool's refusal (``tool_failed``, 422, ``retryable: false``) is
+  raised at once with its ``tool_code``;
+* ``idempotency_key_in_use`` (409), ``unavailable`` (503) and ``internal_error`` (500) are
+  asked again with the same key: the key makes that safe for writes too;
+* a request that got no answer is sent again with the same key for a read; for a write it
+  raises ``TransportError`` (run the step again: same key, same call);
+* everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
+  agent to decide.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import httpx
+
+from countersign_client import errors
+from countersign_client.state import StateStore
+
+TERMINAL = frozenset({"succeeded", "failed", "rejected", "expired", "cancelled"})
+MAX_WAIT_PER_REQUEST = 60
+FRESH_KEY_CODES = frozenset({"tool_failed", "timeout", "read_abandoned"})
+SAME_KEY_CODES = frozenset({"idempotency_key_in_use", "unavailable", "internal_error"})
+USER_AGENT = "countersign-client/0.2"
+
+
+class Steps:
+    """Numbers the unnamed steps of each session in the order they are made, per client.
+
+    A rerun of the same agent code after a crash makes the same calls in the same order, so
+    step ``#3`` of session ``task-7`` gets the key it was given the first time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[str, int] = {}
+
+    def name(self, session_id: str, step: str | None) -> str:
+        if step is not None:
+            return step
+        with self._lock:
+            number = self._next.get(session_id, 0) + 1
+            self._next[session_id] = number
+            return f"#{number}"
+
+
+def body(
+    tool: str,
+    arguments: dict[str, Any],
+    session_id: str,
+    *,
+    on_behalf_of: str = "",
+    reasoning: str = "",
+    token_cost: dict[str, Any] | None = None,
+    callback_url: str | None = None,
+) -> dict[str, Any]:
+    sent: dict[str, Any] = {"tool": tool, "arguments": arguments, "session_id": session_id}
+    if on_behalf_of:
+        sent["on_behalf_of"] = on_behalf_of
+    if reasoning:
+        sent["reasoning"] = reasoning
+    if token_cost is not None:
+        sent["token_cost"] = token_cost
+    if callback_url:
+        sent["callback_url"] = callback_url
+    return sent
+
+
+def parse(response: httpx.Response) -> Any:
+    """The answer's JSON, or its typed error."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code >= 400:
+        raise errors.from_response(response.status_code, answer, response.headers)
+    return answer
+
+
+def code_of(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def retry_same_key(response: httpx.Response) -> bool:
+    return response.status_code >= 409 and code_of(response) in SAME_KEY_CODES
+
+
+def retry_after(response: httpx.Response, default: float) -> float:
+    try:
+        return max(0.1, float(response.headers.get("Retry-After", default)))
+    except ValueError:
+        return default
+
+
+def fresh_key_retry(exc: errors.ApiError) -> bool:
+    """A read that failed in a way another try may not: ask again with a new key."""
+    return exc.retryable and exc.code in FRESH_KEY_CODES
+
+
+def backoff(base: float, attempt: int) -> float:
+    return base * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+
+
+def wait_params(wait: float, seen: str) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if wait > 0:
+        params["wait"] = min(wait, MAX_WAIT_PER_REQUEST)
+    if seen:
+        params["seen"] = seen
+    return params
+
+
+def risks(listed: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        t["name"]: "read" if t.get("annotations", {}).get("readOnlyHint") else "write"
+        for t in listed
+    }
+
+
+def outcome(call: dict[str, Any]) -> dict[str, Any]:
+    """The result of a succeeded call; the typed error of any other terminal state."""
+    status = call.get("status")
+    if status == "succeeded":
+        return call.get("result") or {}
+    if status == "rejected":
+        comment = (call.get("decision") or {}).get("comment", "")
+        raise errors.CallRejected(call, f"a reviewer rejected the call: {comment}")
+    if status == "expired":
+        raise errors.CallExpired(call, "nobody decided on the call before it expired")
+    if status == "cancelled":
+        raise errors.CallCancelled(call, "the call was cancelled")
+    if status == "failed":
+        error = call.get("error") or {}
+        raise errors.CallFailed(call, f"the tool failed: {error.get('message', '')}")
+    raise errors.WaitTimeout(call)
+
+
+def record(state: StateStore, session_id: str, name: str, call: dict[str, Any]) -> None:
+    state.update(session_id, name, call_id=call["id"], status=call["status"])

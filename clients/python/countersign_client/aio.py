@@ -1,0 +1,222 @@
+"""The asynchronous Countersign client: ``Countersign``'s surface and behaviour, awaited.
+
+    async with AsyncCountersign(url, token) as cs:
+        result = await cs.call("send_email", {...}, session_id="task-42")
+
+Keys, steps, retries and errors work exactly as in ``countersign_client.client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import httpx
+
+from countersign_client import _core, errors
+from countersign_client._core import TERMINAL, outcome
+from countersign_client.client import resolve_state
+from countersign_client.state import StateStore
+
+__all__ = ["AsyncCountersign"]
+
+
+class AsyncCountersign:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        state: StateStore | str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+        read_attempts: int = 3,
+        backoff: float = 0.5,
+        in_use_wait: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        event_hooks: dict[str, list[Any]] | None = None,
+    ):
+        self.state = resolve_state(state)
+        self.read_attempts = max(1, read_attempts)
+        self.backoff = backoff
+        self.in_use_wait = in_use_wait
+        self._timeout = timeout
+        self._steps = _core.Steps()
+        self._risks: dict[str, str] | None = None
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}", "User-Agent": _core.USER_AGENT},
+            timeout=timeout,
+            transport=transport,
+            event_hooks=event_hooks or {},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncCountersign:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- the agent's verbs -------------------------------------------------------------
+
+    async def call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        session_id: str,
+        step: str | None = None,
+        wait_timeout: float | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Propose a call and return its result once it succeeded.
+
+        Blocks (long-polling) while a write waits for its reviewers and runs. Raises
+        ``CallRejected``/``CallExpired``/``CallCancelled``/``CallFailed`` for the other
+        endings, ``WaitTimeout`` if ``wait_timeout`` seconds pass first, and the API's
+        typed errors (``RateLimited``, ``InvalidArguments``, ``ToolFailed``...) for refusals.
+        """
+        name = self._steps.name(session_id, step)
+        attempt = 1
+        while True:
+            try:
+                call = await self.submit(
+                    tool, arguments, session_id=session_id, step=name, **fields
+                )
+                break
+            except errors.ApiError as exc:
+                # A transient failure of a read, which has no effect: ask again afresh.
+                if not _core.fresh_key_retry(exc) or attempt >= self.read_attempts:
+                    raise
+                self.state.new_key(session_id, name)
+                await asyncio.sleep(_core.backoff(self.backoff, attempt))
+                attempt += 1
+        if call["status"] not in TERMINAL:
+            call = await self.wait(call["id"], timeout=wait_timeout, seen=call["status"])
+        _core.record(self.state, session_id, name, call)
+        return outcome(call)
+
+    async def submit(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        session_id: str,
+        step: str | None = None,
+        on_behalf_of: str = "",
+        reasoning: str = "",
+        token_cost: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Send the proposal once; returns the call (``pending`` for writes). Repeating it
+        for the same step of the same session returns the same call."""
+        name = self._steps.name(session_id, step)
+        key = self.state.key_for(session_id, name)  # durable before anything is sent
+        sent = _core.body(
+            tool,
+            arguments,
+            session_id,
+            on_behalf_of=on_behalf_of,
+            reasoning=reasoning,
+            token_cost=token_cost,
+            callback_url=callback_url,
+        )
+        attempt = 1
+        deadline = time.monotonic() + self.in_use_wait
+        while True:
+            try:
+                response = await self._http.post(
+                    "/api/v1/tool-calls", json=sent, headers={"Idempotency-Key": key}
+                )
+            except httpx.TransportError as exc:
+                if await self._is_read(tool) and attempt < self.read_attempts:
+                    await asyncio.sleep(_core.backoff(self.backoff, attempt))
+                    attempt += 1
+                    continue
+                raise errors.TransportError(
+                    f"no answer to the {tool} proposal ({exc}); run the step again to resume"
+                ) from exc
+            if _core.retry_same_key(response) and time.monotonic() < deadline:
+                await asyncio.sleep(_core.retry_after(response, 1.0))
+                continue
+            call = _core.parse(response)
+            _core.record(self.state, session_id, name, call)
+            return dict(call)
+
+    async def get(self, call_id: str, *, wait: float = 0, seen: str = "") -> dict[str, Any]:
+        """The call now, or after up to ``wait`` seconds if its status stays ``seen``."""
+        return dict(
+            await self._read(
+                f"/api/v1/tool-calls/{call_id}",
+                params=_core.wait_params(wait, seen),
+                timeout=self._timeout + wait,
+            )
+        )
+
+    async def wait(
+        self, call_id: str, *, timeout: float | None = None, seen: str = "", poll: float = 30
+    ) -> dict[str, Any]:
+        """Long-poll until the call is terminal (or raise ``WaitTimeout`` after ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Knowing the status the caller saw lets the first long-poll answer at once if the
+        # call moved on in between.
+        call = {"id": call_id, "status": seen} if seen else await self.get(call_id)
+        while call["status"] not in TERMINAL:
+            remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
+            if remaining <= 0:
+                raise errors.WaitTimeout(call)
+            call = await self.get(call_id, wait=remaining, seen=call["status"])
+        return call
+
+    async def cancel(self, call_id: str) -> dict[str, Any]:
+        """Withdraw a pending call (repeating it is harmless)."""
+        return dict(_core.parse(await self._http.post(f"/api/v1/tool-calls/{call_id}/cancel")))
+
+    async def retry(self, call_id: str) -> dict[str, Any]:
+        """Ask Countersign to run a failed write again with its original key."""
+        return dict(_core.parse(await self._http.post(f"/api/v1/tool-calls/{call_id}/retry")))
+
+    async def tools(self, format: str = "openai") -> list[dict[str, Any]]:
+        """Your tools as definitions: ``openai`` (Chat Completions), ``openai-responses``
+        (Responses API / Agents SDK, strict), ``anthropic`` or ``mcp``."""
+        return list(await self._read("/api/v1/tools", params={"format": format}))
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a finished session's stored keys."""
+        self.state.forget(session_id)
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _read(
+        self, path: str, *, params: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        attempt = 1
+        while True:
+            try:
+                response = await self._http.get(
+                    path, params=params, timeout=timeout or self._timeout
+                )
+            except httpx.TransportError as exc:
+                if attempt >= self.read_attempts:
+                    raise errors.TransportError(f"GET {path} failed: {exc}") from exc
+            else:
+                if response.status_code < 500 and response.status_code != 429:
+                    return _core.parse(response)
+                if attempt >= self.read_attempts:
+                    return _core.parse(response)
+            await asyncio.sleep(_core.backoff(self.backoff, attempt))
+            attempt += 1
+
+    async def _is_read(self, tool: str) -> bool:
+        if self._risks is None:
+            try:
+                self._risks = _core.risks(
+                    await self._read("/api/v1/tools", params={"format": "mcp"})
+                )
+            except errors.CountersignError:
+                return False  # unknown: treat as a write, never re-send
+        return self._risks.get(tool) == "read"
