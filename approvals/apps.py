@@ -11,6 +11,10 @@ class ApprovalsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
 
         from approvals import reauth
+        from approvals.services import calls
+        from tools_registry import hooks
 
         # Destructive approvals need a recent sign-in; remember when this session's was.
         user_logged_in.connect(reauth.on_login, dispatch_uid="approvals.reauth.on_login")
+        # A stopped agent's calls that wait for a decision are cancelled with the stop.
+        hooks.on_agent_stopped(calls.cancel_for_stop)

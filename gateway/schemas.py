@@ -37,8 +37,30 @@ class ToolCallIn(Schema):
     session_id: str = Field(
         min_length=1, max_length=128, description="Your agent run; rounds are counted per session."
     )
-    on_behalf_of: str = Field(
-        default="", max_length=150, description="The end user the agent acts for, if any."
+    # Any JSON here: what is wrong with a user is refused (and audited) by intake, with the
+    # path of the problem, as invalid_end_user.
+    on_behalf_of: Any = Field(
+        default="",
+        description="The end user the agent acts for: their id, or {id, roles} (roles only "
+        "from an agent an admin trusts to assert them). See docs/end-users.md.",
+        json_schema_extra={
+            "oneOf": [
+                {"type": "string", "maxLength": 150},
+                {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "maxLength": 150},
+                        "roles": {
+                            "type": "array",
+                            "items": {"type": "string", "maxLength": 64},
+                            "maxItems": 32,
+                        },
+                    },
+                    "required": ["id"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
     )
     reasoning: str = Field(
         default="",
