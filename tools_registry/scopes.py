@@ -133,8 +133,11 @@ def permits(agent: Agent, user: EndUser, tool: Tool) -> bool:
 
 
 def roles_allowed(agent: Agent, tool: Tool) -> list[str]:
-    """The roles that may use ``tool`` through ``agent``: what a refused user would need."""
-    return [role for role, scope in scopes_of(agent).items() if scope.covers(tool)]
+    """The roles that may use ``tool`` through ``agent``: what a refused user would need,
+    the narrowest first (least privilege), then by name."""
+    fitting = [(role, scope) for role, scope in scopes_of(agent).items() if scope.covers(tool)]
+    fitting.sort(key=lambda item: (len(item[1].risks) + len(item[1].tools), item[0]))
+    return [role for role, _ in fitting]
 
 
 def tools_for(agent: Agent, user: EndUser) -> list[Tool]:
