@@ -301,7 +301,8 @@ class AgentForm(forms.ModelForm):
         # Left out (a form posted by a script), they keep the model's defaults: no roles,
         # and the whole allowlist for every call, as before roles existed.
         for name in ("user_roles_from", "unscoped_access"):
-            self.fields[name].required = False
+            if name in self.fields:  # not on a page only viewed
+                self.fields[name].required = False
 
     def clean_user_roles_from(self) -> str:
         return self.cleaned_data.get("user_roles_from") or Agent.UserRoles.NONE
