@@ -74,13 +74,18 @@ def run_lock_key(agent_id: int) -> int:
 
 
 def hold_agent_running(agent_id: int) -> str | None:
-    """Hold the agent's run lock (shared) until the transaction ends, then read whether it
+    """Hold the agent's run lock (shared) until the transaction ends, and read whether it
     was stopped: the reason if it was, None if it runs. Without PostgreSQL (the embedded
-    mode, SQLite's single writer) there is no lock to take."""
-    if connection.vendor == "postgresql":
-        db.run(_hold_sql(), [RUN_LOCK_CLASS, run_lock_key(agent_id)])
-    # A statement of its own, so it reads what committed while the lock was awaited.
-    with db.statement(_stop_state_sql(), [agent_id]) as cursor:
+    mode, SQLite's single writer) there is no lock to take.
+
+    One statement: the row is read ``FOR KEY SHARE`` (the lock every insert that refers to
+    the agent takes anyway), so if a stop committed while the run lock was awaited, the
+    agent's latest version is the one read (READ COMMITTED re-reads a row a concurrent
+    transaction updated before locking it), not the one the statement's snapshot held.
+    """
+    postgresql = connection.vendor == "postgresql"
+    params = [RUN_LOCK_CLASS, run_lock_key(agent_id), agent_id] if postgresql else [agent_id]
+    with db.statement(_hold_sql(postgresql), params) as cursor:
         row = cursor.fetchone()
     return None if row is None or not row[0] else str(row[1])
 
@@ -93,14 +98,13 @@ def lock_agent_for_stop(agent_id: int) -> None:
 
 
 @cache
-def _hold_sql() -> str:
-    return "SELECT pg_advisory_xact_lock_shared(%s, %s)"
-
-
-@cache
-def _stop_state_sql() -> str:
+def _hold_sql(postgresql: bool) -> str:
     stopped_at, reason = db.column(Agent, "stopped_at"), db.column(Agent, "stop_reason")
+    read = f"SELECT a.{stopped_at} IS NOT NULL, a.{reason} FROM {db.table(Agent)} a "  # noqa: S608
+    where = f"WHERE a.{db.column(Agent, 'id')} = %s"
+    if not postgresql:
+        return read + where
     return (
-        f"SELECT {stopped_at} IS NOT NULL, {reason} FROM {db.table(Agent)} "  # noqa: S608
-        f"WHERE {db.column(Agent, 'id')} = %s"
+        f"{read}CROSS JOIN (SELECT pg_advisory_xact_lock_shared(%s, %s)) run_lock "
+        f"{where} FOR KEY SHARE OF a"
     )

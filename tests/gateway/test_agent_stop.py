@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,13 +22,14 @@ from django.utils import timezone
 from approvals.execution import runner
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import AlreadyVoted, CannotRun, NotPending, decide
+from audit.masking import mask_text
 from audit.models import AuditEvent
 from gateway.models import WebhookDelivery
 from tests.conftest import ApiClient, World, sandbox_effects
 from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
 from tests.gateway.test_errors import error_of
 from tests.support.workers import purge_queue
-from tools_registry import services
+from tools_registry import hooks, services
 from tools_registry.models import Agent, Tool
 
 
@@ -36,6 +38,13 @@ def _empty_queue() -> Any:
     purge_queue()
     yield
     purge_queue()
+
+
+def audited(call_ids: Any) -> list[str]:
+    """Call ids as the audit trail's data holds them: masked like any text. (A UUID whose
+    digits happen to read as a Luhn-valid card number, 233ed073-9110-4499-8258-7965cbf7efe9,
+    is masked by the card detector; the calls' own events keep their ids in a column.)"""
+    return sorted(mask_text(str(call_id)) for call_id in call_ids)
 
 
 def pending_email(world: World, **extra: Any) -> ToolCall:
@@ -84,7 +93,7 @@ def test_a_stop_cancels_what_waits_and_says_so_to_reviewers_webhooks_and_the_tra
     [event] = AuditEvent.objects.filter(action="agent.stopped")
     assert (event.actor_label, event.agent_name) == ("alice", "support-bot")
     assert event.data["reason"] == "incident"
-    assert sorted(event.data["cancelled_calls"]) == sorted(stop.cancelled)
+    assert sorted(event.data["cancelled_calls"]) == audited(stop.cancelled)
     cancelled = AuditEvent.objects.filter(action="call.cancelled")
     assert {(e.actor_label, e.data["reason"]) for e in cancelled} == {("alice", "incident")}
     [delivery] = WebhookDelivery.objects.all()
@@ -137,6 +146,92 @@ def test_an_edit_saved_from_a_page_loaded_before_the_stop_does_not_resume(world:
     stale.max_rounds_per_session = 3
     services.save_agent(agent=stale, changed_by=world.alice)
     assert Agent.objects.get(pk=world.agent.pk).stop_reason == "incident"
+
+
+# --- Requests that meet a stop under way -----------------------------------------------------
+
+
+@pytest.fixture
+def stop_in_progress(live_world: World) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """A stop that holds its transaction open (a receiver of the stop hook waits), so a test
+    can send requests while it is under way: (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(agent: Agent, reason: str, stopped_by: Any) -> list[str]:
+        entered.set()
+        release.wait(30)
+        return []
+
+    hooks.on_agent_stopped(hold)
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        hooks._agent_stopped.remove(hold)
+
+
+def _stop_in_a_thread(world: World) -> threading.Thread:
+    def stop() -> None:
+        try:
+            services.stop_agent(agent=world.agent, reason="mid-flight", stopped_by=None)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=stop)
+    thread.start()
+    return thread
+
+
+def _in_a_thread(work: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_submission_that_meets_a_stop_under_way_waits_for_it_and_is_refused(
+    live_world: World, stop_in_progress: tuple[threading.Event, threading.Event]
+) -> None:
+    """Authenticated before the stop committed, the submission waits on the run lock; the
+    stop commits; the submission then reads the agent as it is now, stopped."""
+    entered, release = stop_in_progress
+    stopper = _stop_in_a_thread(live_world)
+    assert entered.wait(10)
+    submitter, answers = _in_a_thread(lambda: live_world.api().submit(SEND_EMAIL))
+    submitter.join(1.0)
+    assert submitter.is_alive(), "it waits while the stop is under way"
+    release.set()
+    stopper.join(10)
+    submitter.join(10)
+    error_of(answers[0], 403, "agent_stopped")
+    assert not ToolCall.objects.exists()
+
+
+def test_a_claim_that_meets_a_stop_under_way_waits_for_it_and_claims_nothing(
+    live_world: World, stop_in_progress: tuple[threading.Event, threading.Event]
+) -> None:
+    call = pending_email(live_world)
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
+    entered, release = stop_in_progress
+    stopper = _stop_in_a_thread(live_world)
+    assert entered.wait(10)
+    worker, outcomes = _in_a_thread(lambda: runner.execute(call.pk))
+    worker.join(1.0)
+    assert worker.is_alive(), "the claim waits while the stop is under way"
+    release.set()
+    stopper.join(10)
+    worker.join(10)
+    assert outcomes == [None]
+    call.refresh_from_db()
+    assert (call.status, call.error["code"]) == (Status.FAILED, "agent_stopped")
+    assert call.started_at is None
 
 
 # --- A stop in the middle of a burst --------------------------------------------------------
@@ -212,7 +307,7 @@ def test_a_stop_during_a_burst_leaves_nothing_pending_and_nothing_started_after_
     assert started_after == [], "nothing claimed after the stop"
     [event] = AuditEvent.objects.filter(action="agent.stopped")
     cancelled = {str(c.pk) for c in calls if c.status == Status.CANCELLED}
-    assert set(event.data["cancelled_calls"]) == cancelled
+    assert sorted(event.data["cancelled_calls"]) == audited(cancelled)
     assert all(c.error["code"] == "agent_stopped" for c in calls if c.status == Status.CANCELLED)
     # Every request was answered: run or queued before the stop, refused with it after.
     assert {status for status, _ in answers} <= {200, 202, 403}

@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from approvals.models import Status, ToolCall
+from audit.masking import mask_text
 from tests.conftest import World, events
 from tests.gateway.conftest import SEND_EMAIL
 from tests.tools_registry.conftest import admin_form_data
@@ -143,7 +144,7 @@ def test_the_on_call_operator_stops_and_resumes_an_agent(world: World, operator:
     assert "1 call(s) waiting for a decision were cancelled" in stopped.content.decode()
     assert ToolCall.objects.get(pk=waiting).status == Status.CANCELLED
     [event] = events("agent.stopped")
-    assert (event.actor_label, event.data["cancelled_calls"]) == ("oscar", [waiting])
+    assert (event.actor_label, event.data["cancelled_calls"]) == ("oscar", [mask_text(waiting)])
     assert world.api().get("/api/v1/tools").json()["error"]["code"] == "agent_stopped"
     assert "/resume/" in stopped.content.decode()
     operator.post(f"/admin/tools_registry/agent/{world.agent.pk}/resume/", {"note": "ok"})
