@@ -15,6 +15,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from django.db import connections
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -242,7 +243,11 @@ def test_a_session_open_when_the_agent_is_stopped_is_refused_at_its_next_request
     live_world: World, mcp_web: WebProcess
 ) -> None:
     def stop() -> None:
-        services.stop_agent(agent=live_world.agent, reason="incident 8", stopped_by=None)
+        try:
+            services.stop_agent(agent=live_world.agent, reason="incident 8", stopped_by=None)
+        finally:
+            # The worker thread outlives the test: give its connection back to the pool.
+            connections.close_all()
 
     async def main() -> tuple[Any, MCPError]:
         async with connected(mcp_web.url, live_world.token) as client:
