@@ -11,8 +11,12 @@ class ApprovalsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
 
         from approvals import hooks, reauth, signals
+        from approvals.services import calls
+        from tools_registry import hooks as registry_hooks
 
         # Destructive approvals need a recent sign-in; remember when this session's was.
         user_logged_in.connect(reauth.on_login, dispatch_uid="approvals.reauth.on_login")
         # A recipient or record a call took effect on is no longer new to its agent.
         hooks.on_status_changed(signals.remember_counterparties)
+        # A stopped agent's calls that wait for a decision are cancelled with the stop.
+        registry_hooks.on_agent_stopped(calls.cancel_for_stop)

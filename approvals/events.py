@@ -27,6 +27,8 @@ def call_submitted(call: ToolCall) -> AuditEvent:
             "arguments": call.arguments,
             "arguments_hash": call.arguments_hash,
             "on_behalf_of": call.on_behalf_of,
+            "end_user_roles": call.end_user_roles,
+            "end_user_source": call.end_user_source,
             "reasoning": call.reasoning,
             "token_cost": call.token_cost,
             "transport": call.transport,
@@ -152,8 +154,17 @@ def call_rejected(call: ToolCall, decision: Decision) -> AuditEvent:
     )
 
 
-def call_cancelled(call: ToolCall) -> AuditEvent:
-    return record(action="call.cancelled", actor=call.agent, outcome="cancelled", call=call)
+def call_cancelled(call: ToolCall, *, stopped_by: Any = None, reason: str = "") -> AuditEvent:
+    """The agent withdrew its call; or, with a ``reason``, a person stopped the agent."""
+    if not reason:
+        return record(action="call.cancelled", actor=call.agent, outcome="cancelled", call=call)
+    return record(
+        action="call.cancelled",
+        actor=stopped_by,
+        outcome="cancelled",
+        call=call,
+        data={"agent_stopped": True, "reason": reason},
+    )
 
 
 def call_expired(call: ToolCall) -> AuditEvent:
@@ -217,6 +228,7 @@ def execution_refused(call: ToolCall, *, code: str, reason: str) -> AuditEvent:
             "current_tool_version": call.tool.version,
             "tool_enabled": call.tool.runnable,
             "agent_enabled": call.agent.enabled,
+            "agent_stopped": call.agent.stopped_at is not None,
         },
     )
 

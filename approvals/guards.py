@@ -58,6 +58,7 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
 
 # Why an approved call may no longer run, by error code (the code the agent gets back).
 CANNOT_RUN = {
+    "agent_stopped": "The agent that made this call was stopped, so the call cannot run.",
     "tool_disabled": "The tool is disabled or its code is gone, so the call cannot run.",
     "agent_disabled": "The agent that made this call is disabled, so the call cannot run.",
     "tool_version_changed": "The tool's definition changed since the agent made this call.",
@@ -66,7 +67,10 @@ CANNOT_RUN = {
 
 def cannot_run_code(call: ToolCall) -> str:
     """Why the call may no longer run (its tool or agent was switched off, or the tool's
-    definition changed since), as a key of ``CANNOT_RUN``; "" when it may run."""
+    definition changed since), or its agent was stopped, as a key of ``CANNOT_RUN``; ""
+    when it may run."""
+    if call.agent.stopped_at is not None:
+        return "agent_stopped"
     if not call.tool.runnable:
         return "tool_disabled"
     if not call.agent.enabled:

@@ -53,7 +53,12 @@ class ToolCall(models.Model):
     # SHA-256 of canonical (tool name, tool version, arguments): approvals bind to it.
     arguments_hash = models.CharField(max_length=64)
     session_id = models.CharField(max_length=128)
+    # The end user the agent acts for (its id), the roles the call was made in, and where
+    # they came from: "named" (an id, no roles), "asserted" by a trusted agent, or
+    # "verified" from the user's token (tools_registry.end_users).
     on_behalf_of = models.CharField(max_length=150, blank=True)
+    end_user_roles = models.JSONField(default=list, blank=True)
+    end_user_source = models.CharField(max_length=16, blank=True)
     reasoning = models.TextField(blank=True)
     token_cost = models.JSONField(null=True, blank=True)
     callback_url = models.URLField(max_length=2048, blank=True)

@@ -7,8 +7,11 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
+
 from approvals.models import ToolCall
 from core import db
+from tools_registry import sql as registry_sql
 
 
 def insert_call(call: ToolCall) -> None:
@@ -52,4 +55,24 @@ def _move_sql(names: tuple[str, ...], sources: int, fenced: bool, bump_fence: bo
     return (
         f"UPDATE {db.table(ToolCall)} SET {', '.join(assignments)} "  # noqa: S608
         f"WHERE {' AND '.join(where)}"
+    )
+
+
+def hold_agent_running_for(call_id: UUID) -> None:
+    """Hold the run lock of the call's agent (shared) until the transaction ends, as every
+    claim does before it locks the call: a stop of the agent then waits for the claim, or
+    the claim for the stop (``tools_registry.sql``). Taken before the call's row lock, in
+    the order a stop takes them, so the two never wait on each other in a circle."""
+    if connection.vendor == "postgresql":
+        db.run(_hold_for_call_sql(), [registry_sql.RUN_LOCK_CLASS, call_id])
+
+
+@cache
+def _hold_for_call_sql() -> str:
+    agent = db.column(ToolCall, "agent")
+    # The call's agent never changes, so reading it without a lock is safe.
+    return (
+        "SELECT pg_advisory_xact_lock_shared(%s, "  # noqa: S608 - the model's own names
+        f"(SELECT ({agent} %% 2147483648)::int4 FROM {db.table(ToolCall)} "
+        f"WHERE {db.column(ToolCall, 'id')} = %s))"
     )

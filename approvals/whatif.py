@@ -68,6 +68,7 @@ def run(
             "arguments",
             "signals",
             "on_behalf_of",
+            "end_user_roles",
             "policy",
             "approvals_required",
             "status",
@@ -92,7 +93,7 @@ def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCal
         input_schema=tool.input_schema,
         signals=[s.get("code", "") for s in call.signals or []],
         user_id=call.on_behalf_of,
-        roles=list((call.policy or {}).get("user_roles") or []),
+        roles=list(call.end_user_roles or []),
         agent=call.agent.name,
     )
     if applied.errors:

@@ -9,7 +9,9 @@ ACTIONS: dict[str, str] = {
     "call.submitted": "An agent proposed a call: masked arguments, reasoning, token cost, the "
     "policy it is bound to (version, the rule that applied) and the risk signals it raised.",
     "call.refused": "A request was refused before a call existed (unknown or not-allowed tool, "
-    "disabled tool, invalid arguments, rate limit, too many rounds); outcome is the error code.",
+    "a tool outside the end user's roles, a malformed end user, roles the agent may not assert, "
+    "an invalid user token, disabled tool, invalid arguments, rate limit, too many rounds); "
+    "outcome is the error code.",
     "call.decision": "One reviewer's verdict, with the arguments hash and policy version they "
     "decided on, and the current state they were shown (masked) with its hash.",
     "call.approved": "The call reached its quorum of approvals, or was approved as it arrived by a "
@@ -22,7 +24,8 @@ ACTIONS: dict[str, str] = {
     "calls of the tool: which (same arguments, a condition, any), until when, how many.",
     "standing_approval.revoked": "Its author or an admin revoked a standing approval.",
     "call.rejected": "A reviewer vetoed the call.",
-    "call.cancelled": "The agent withdrew its pending call.",
+    "call.cancelled": "The agent withdrew its pending call, or a person stopped the agent (with "
+    "the reason).",
     "call.expired": "Nobody decided before the approval deadline.",
     "call.execution_started": "The intent, committed before the handler runs: tool, masked "
     "arguments, agent, session, reasoning, idempotency key, attempt.",
@@ -76,6 +79,15 @@ ACTIONS: dict[str, str] = {
     "agent.created": "A tool admin created an agent (owner, allowlist, limits).",
     "agent.updated": "A tool admin changed an agent (allowlist, enabled, limits), before and "
     "after.",
+    "agent.stopped": "A person stopped an agent: its tokens are refused; the reason, and every "
+    "pending call it cancelled.",
+    "agent.resumed": "A stopped agent was resumed (the stop's reason, and a note).",
+    "end_user.refused": "A request was refused for the end user it named (malformed, roles the "
+    "agent may not assert, an invalid user token, the identity provider out of reach) before "
+    "any tool was asked; outcome is the error code. The token itself is never recorded.",
+    "identity_provider.created": "An admin registered an identity provider whose user tokens "
+    "agents may forward.",
+    "identity_provider.updated": "An identity provider's settings changed (before and after).",
     "agent.webhook_secret_rotated": "An agent's webhook signing secret was replaced (the secret "
     "itself is never recorded).",
     "user.access_changed": "A person's teams or superuser status changed in the admin.",

@@ -404,6 +404,12 @@ WEB_THREADS = env_int("WEB_THREADS", 16)
 UPSTREAM_SECRETS_KEY = env_str("UPSTREAM_SECRETS_KEY")
 UPSTREAM_MAX_DOCUMENT_BYTES = env_int("UPSTREAM_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024)
 UPSTREAM_MAX_RESPONSE_BYTES = env_int("UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024)
+# End users' tokens (tools_registry.user_tokens): an identity provider's signing keys
+# (JWKS) are kept this long per process; fetched with this timeout; and fetched again (a
+# key not in the set, or after a failed fetch) at most once per JWKS_MIN_REFRESH_SECONDS.
+JWKS_CACHE_SECONDS = env_int("JWKS_CACHE_SECONDS", 300)
+JWKS_TIMEOUT_SECONDS = env_int("JWKS_TIMEOUT_SECONDS", 5)
+JWKS_MIN_REFRESH_SECONDS = env_int("JWKS_MIN_REFRESH_SECONDS", 5)
 # Extra time past a tool's timeout before a silent worker's lease counts as expired.
 EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
 # An approved call whose task has not started after this long is sent again.

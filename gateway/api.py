@@ -23,9 +23,21 @@ from pydantic import Field
 from approvals.models import ToolCall
 from approvals.services.calls import RetryRefused, cancel_call, retry_call
 from approvals.transitions import InvalidTransition
-from gateway import breaker, errors, http, intake, longpoll, openapi, payloads, responses, selectors
+from gateway import (
+    breaker,
+    end_users,
+    errors,
+    http,
+    intake,
+    longpoll,
+    openapi,
+    payloads,
+    responses,
+    selectors,
+)
 from gateway.responses import StoredResponse, represent_call
-from gateway.schemas import ToolCallOut
+from gateway.schemas import ROLES_QUERY_PATTERN, USER_ID_PATTERN, ToolCallOut
+from tools_registry import role_scopes
 from tools_registry.exports import FORMATS, export_tools
 from tools_registry.models import Agent, Tool
 from tools_registry.services.tokens import authenticate_token
@@ -36,6 +48,9 @@ logger = logging.getLogger(__name__)
 class AgentBearer(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> Agent | None:
         agent = authenticate_token(token)
+        if agent is not None and agent.stopped_at is not None:
+            # Every endpoint: a stopped agent neither acts nor reads until it is resumed.
+            raise errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
         if agent is not None:
             request.agent = agent  # type: ignore[attr-defined]
         return agent
@@ -187,19 +202,54 @@ def _read_json_body(request: HttpRequest) -> dict[str, Any]:
 
 class ToolsQuery(Schema):
     format: str = "openai"
+    on_behalf_of: str | None = Field(
+        default=None,
+        max_length=150,
+        pattern=USER_ID_PATTERN,
+        description="The end user's id: list only the tools this user may call.",
+    )
+    roles: str | None = Field(
+        default=None,
+        max_length=2079,
+        pattern=ROLES_QUERY_PATTERN,
+        description="The end user's roles, comma-separated, at most 32 of 64 characters "
+        "(an agent trusted to assert them).",
+    )
 
 
 @api.get(
     "/tools",
-    summary="The tools this agent may call",
+    summary="The tools this agent may call (for one end user)",
+    description=(
+        "With an end user (the on_behalf_of and roles parameters, the "
+        "Countersign-On-Behalf-Of header, or the user's token in Countersign-User-Token), "
+        "only the tools that user may call."
+    ),
     response={200: list[dict[str, Any]]},
 )
 def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
     if query.format not in FORMATS:
         raise errors.invalid_request(f"format must be one of {', '.join(FORMATS)}")
     agent: Agent = request.auth  # type: ignore[attr-defined]
-    tools = agent.allowed_tools.filter(enabled=True, available=True).order_by("name")
-    return export_tools(tools, query.format)
+    user = end_users.listing_user(
+        agent,
+        on_behalf_of=_queried_user(query),
+        header=request.headers.get(end_users.ON_BEHALF_OF_HEADER),
+        user_token=request.headers.get(end_users.USER_TOKEN_HEADER),
+        transport="rest",
+    )
+    return export_tools(role_scopes.tools_for(agent, user), query.format)
+
+
+def _queried_user(query: ToolsQuery) -> Any:
+    """The end user named in the query (None when it names none), as on_behalf_of."""
+    if not query.on_behalf_of and query.roles is None:
+        return None
+    # Roles alone ask what a user in those roles may call, whoever they are.
+    named: dict[str, Any] = {"id": query.on_behalf_of} if query.on_behalf_of else {}
+    if query.roles is not None:
+        named["roles"] = [role.strip() for role in query.roles.split(",") if role.strip()]
+    return named
 
 
 @api.post(
@@ -214,17 +264,34 @@ def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
     # The body (a oneOf of the agent's tools) and the header's bounds: gateway.openapi.
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
-        "parameters": [{"in": "header", "name": "Idempotency-Key", "required": True, "schema": {}}],
+        "parameters": [
+            {"in": "header", "name": "Idempotency-Key", "required": True, "schema": {}},
+            {
+                "in": "header",
+                "name": "Countersign-User-Token",
+                "required": False,
+                "description": "The end user's token from the identity provider (agents "
+                "set to verify users' roles).",
+                "schema": {"type": "string"},
+            },
+        ],
     },
 )
 def submit_tool_call(request: HttpRequest) -> HttpResponse:
+    agent: Agent = request.auth  # type: ignore[attr-defined]
     raw = _read_json_body(request)
     payload = payloads.parse_call(raw)
+    end_user = intake.identify(
+        agent=agent,
+        payload=payload,
+        user_token=request.headers.get(end_users.USER_TOKEN_HEADER),
+    )
     stored = intake.submit(
-        agent=request.auth,  # type: ignore[attr-defined]
+        agent=agent,
         idempotency_key=request.headers.get("Idempotency-Key"),
         payload=payload,
         raw=raw,
+        end_user=end_user,
     )
     return stored_response(stored)
 

@@ -130,6 +130,93 @@ def tool_not_allowed(name: str) -> ApiError:
     )
 
 
+def tool_not_allowed_for_user(
+    name: str, *, user: dict[str, Any], roles_allowed: list[str]
+) -> ApiError:
+    """The tool is on the agent's allowlist, but not in the scope of the end user's roles."""
+    who = f"the user {user['id']!r}" if user.get("id") else "a call that names no user"
+    roles = user.get("roles") or []
+    if roles:
+        who += f" (roles: {', '.join(roles)})"
+    if roles_allowed:
+        suggestion = (
+            f"This tool needs the role {' or '.join(roles_allowed)}. Do not call it for this "
+            "user: tell them it needs that role, or use a tool their tool list shows."
+        )
+    else:
+        suggestion = (
+            "No role may use this tool through this agent. Use a tool the user's tool list "
+            "shows, or tell the user it is not available."
+        )
+    return ApiError(
+        status=403,
+        code="tool_not_allowed_for_user",
+        message=f"{who[0].upper()}{who[1:]} may not use {name!r}.",
+        suggestion=suggestion,
+        details={"tool": name, "user": user, "roles_allowed": roles_allowed},
+    )
+
+
+def agent_stopped(reason: str, stopped_at: str = "") -> ApiError:
+    return ApiError(
+        status=403,
+        code="agent_stopped",
+        message=f"This agent was stopped by a person: {reason}",
+        suggestion="Make no more calls. Tell the user you are paused and why; an "
+        "administrator must resume the agent before it can act again.",
+        details={"reason": reason, "stopped_at": stopped_at or None},
+    )
+
+
+def invalid_end_user(message: str, details: Any = None) -> ApiError:
+    return ApiError(
+        status=400,
+        code="invalid_end_user",
+        message=message,
+        suggestion='Send on_behalf_of as the user\'s id, or as {"id": "...", "roles": [...]} '
+        "with at most 32 role names; fix the listed path.",
+        details=details,
+    )
+
+
+def role_not_assertable(message: str, details: Any = None) -> ApiError:
+    return ApiError(
+        status=403,
+        code="role_not_assertable",
+        message=message,
+        suggestion="Send only the roles an admin allowed this agent to assert, or the user's "
+        "token if the agent forwards tokens; do not retry with the same roles.",
+        details=details,
+    )
+
+
+def user_token_invalid(message: str) -> ApiError:
+    return ApiError(
+        status=401,
+        code="user_token_invalid",
+        message=message,
+        suggestion="Get a fresh token for the user from the identity provider and send the "
+        "request again; do not act for the user without one.",
+        # HTTP's 401 names its scheme; the realm tells it from the agent's own token.
+        headers={
+            "WWW-Authenticate": 'Bearer realm="end-user", error="invalid_token", '
+            'error_description="the Countersign-User-Token was refused"'
+        },
+    )
+
+
+def identity_provider_unavailable(message: str) -> ApiError:
+    return ApiError(
+        status=503,
+        code="identity_provider_unavailable",
+        message=message,
+        suggestion="Retry in a few seconds with the same Idempotency-Key and token; "
+        "nothing was done.",
+        retryable=True,
+        headers={"Retry-After": "5"},
+    )
+
+
 UNAVAILABLE_SUGGESTION = (
     "Do not retry; tell the user the action is unavailable or use another tool."
 )

@@ -1,9 +1,12 @@
 """The agent API's submit path: idempotency, checks, then a pending call or an inline read.
 
-One transaction does the work of a submission: claim the Idempotency-Key, check the tool
-(unknown, not allowed, disabled, invalid arguments), the tool's circuit breaker, take the
-session's round and the rate limits, create the call with its audit event, store the
-response. A write commits once, with everything. A read commits the same way with its call
+Before it, ``identify`` says whom the call is for (the end user and their roles,
+``tools_registry.end_users``; verifying a user token may fetch the identity provider's keys,
+which no transaction waits for). One transaction does the work of a submission: hold the
+agent's run lock (a stopped agent is refused; a stop waits for the submission), claim the
+Idempotency-Key, check the tool (unknown, not allowed, not allowed for the end user's
+roles, disabled, invalid arguments), the tool's circuit breaker, take the session's round
+and the rate limits, create the call with its audit event, store the response. A write commits once, with everything. A read commits the same way with its call
 ``received`` and its key ``in_flight``, then runs outside any transaction, then stores its
 response.
 
@@ -27,11 +30,13 @@ from approvals.screening import RefusedByRule
 from approvals.services.calls import create_call
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
-from gateway import breaker, errors, idempotency, limits, sql
+from gateway import breaker, end_users, errors, idempotency, limits, sql
 from gateway.idempotency import Claim
 from gateway.models import AgentSession
 from gateway.responses import StoredResponse, respond_with
 from gateway.schemas import ToolCallIn
+from tools_registry import end_users as registry_end_users
+from tools_registry import role_scopes
 from tools_registry import sql as registry_sql
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
@@ -66,17 +71,36 @@ class Origin:
 REST = Origin()
 
 
+def identify(
+    *, agent: Agent, payload: ToolCallIn, user_token: str | None, origin: Origin = REST
+) -> role_scopes.EndUser:
+    """Whom the call is for (``on_behalf_of``, and the user's token if one came with it).
+    A refusal (malformed user, roles the agent may not assert, a token that does not
+    verify, an identity provider out of reach) is audited and raised as the API's error;
+    nothing was claimed or spent."""
+    try:
+        return registry_end_users.identify(
+            agent, on_behalf_of=payload.on_behalf_of, user_token=user_token
+        )
+    except registry_end_users.Refused as refusal:
+        error = end_users.api_error(refusal)
+        _audit_refusal(agent, payload, Refused(error), origin)
+        raise error from None
+
+
 def submit(
     *,
     agent: Agent,
     idempotency_key: str | None,
     payload: ToolCallIn,
     raw: dict[str, Any],
+    end_user: role_scopes.EndUser,
     origin: Origin = REST,
 ) -> StoredResponse:
     """Accept one tool call request from an agent, exactly once per Idempotency-Key.
 
     ``raw`` is what the key binds to: a repeat of the key with another ``raw`` is refused.
+    ``end_user`` is what ``identify`` made of the request.
     """
     key = idempotency_key or ""
     if not key:
@@ -87,6 +111,9 @@ def submit(
     admission: breaker.Admission | None = None
     try:
         with transaction.atomic():
+            if (stop_reason := registry_sql.hold_agent_running(agent.pk)) is not None:
+                # Stopped after this request was authenticated: refused like the next one.
+                raise errors.agent_stopped(stop_reason)
             claimed = idempotency.claim(agent=agent, key=key, request_hash=request_hash)
             if claimed == Claim.TAKEN:
                 raise _KeyTaken
@@ -101,11 +128,11 @@ def submit(
                 response = respond_with(existing)
                 idempotency.complete(agent=agent, key=key, response=response, call=existing)
                 return idempotency.replayed(response)
-            tool = _allowed_tool(agent, payload)
+            tool = _allowed_tool(agent, payload, end_user)
             admission = _admit(tool)
             _take_round(agent, payload.session_id, tool)
-            _take_rate(agent, payload, tool)
-            call = _create(agent, key, payload, tool, origin)
+            _take_rate(agent, end_user, tool)
+            call = _create(agent, key, payload, end_user, tool, origin)
             if call.status != Status.RECEIVED:
                 # Waiting for reviewers, or approved at once by a rule: accepted, not done.
                 response = respond_with(call, submitted=True)
@@ -120,7 +147,7 @@ def submit(
         )
     except Refused as refusal:
         breaker.release(admission)
-        _audit_refusal(agent, payload, refusal, origin)
+        _audit_refusal(agent, payload, refusal, origin, end_user)
         raise refusal.error from None
     except BaseException:
         breaker.release(admission)
@@ -158,13 +185,22 @@ def _settled_answer(agent: Agent, key: str) -> tuple[StoredResponse, ToolCall] |
     return respond_with(existing), existing
 
 
-def _allowed_tool(agent: Agent, payload: ToolCallIn) -> Tool:
+def _allowed_tool(agent: Agent, payload: ToolCallIn, end_user: role_scopes.EndUser) -> Tool:
     found = registry_sql.tool_with_allowance(agent.pk, payload.tool)
     if found is None:
         raise Refused(errors.unknown_tool(payload.tool))
     tool, allowed = found
     if not allowed:
         raise Refused(errors.tool_not_allowed(tool.name), tool)
+    if not role_scopes.permits(agent, end_user, tool):
+        raise Refused(
+            errors.tool_not_allowed_for_user(
+                tool.name,
+                user=end_user.describe(),
+                roles_allowed=role_scopes.roles_allowed(agent, tool),
+            ),
+            tool,
+        )
     if not tool.runnable:
         raise Refused(errors.tool_disabled(tool.name), tool)
     # A strict client (OpenAI's strict mode) sends null for an optional field it leaves out
@@ -188,9 +224,9 @@ def _admit(tool: Tool) -> breaker.Admission:
         raise errors.unavailable() from None
 
 
-def _take_rate(agent: Agent, payload: ToolCallIn, tool: Tool) -> None:
+def _take_rate(agent: Agent, end_user: role_scopes.EndUser, tool: Tool) -> None:
     try:
-        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=payload.on_behalf_of)
+        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=end_user.id)
     except redis.RedisError:
         raise errors.unavailable() from None
     if refusal is not None:
@@ -222,9 +258,16 @@ def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
     raise Refused(errors.max_rounds_exceeded(limit), tool)
 
 
-def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Origin) -> ToolCall:
+def _create(
+    agent: Agent,
+    key: str,
+    payload: ToolCallIn,
+    end_user: role_scopes.EndUser,
+    tool: Tool,
+    origin: Origin,
+) -> ToolCall:
     try:
-        call = _create_call(agent, key, payload, tool, origin)
+        call = _create_call(agent, key, payload, end_user, tool, origin)
     except RefusedByRule as refusal:
         raise Refused(
             errors.refused_by_policy(
@@ -249,7 +292,12 @@ def _create(agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Ori
 
 
 def _create_call(
-    agent: Agent, key: str, payload: ToolCallIn, tool: Tool, origin: Origin
+    agent: Agent,
+    key: str,
+    payload: ToolCallIn,
+    end_user: role_scopes.EndUser,
+    tool: Tool,
+    origin: Origin,
 ) -> ToolCall:
     return create_call(
         agent=agent,
@@ -257,7 +305,9 @@ def _create_call(
         arguments=payload.arguments,
         session_id=payload.session_id,
         request_key=key,
-        on_behalf_of=payload.on_behalf_of,
+        on_behalf_of=end_user.id,
+        end_user_roles=end_user.roles,
+        end_user_source=end_user.source,
         reasoning=payload.reasoning,
         token_cost=payload.token_cost.model_dump() if payload.token_cost else None,
         callback_url=str(payload.callback_url) if payload.callback_url else "",
@@ -266,8 +316,15 @@ def _create_call(
     )
 
 
-def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused, origin: Origin) -> None:
-    """Who asked for what, and why not; in its own transaction (the request's rolled back)."""
+def _audit_refusal(
+    agent: Agent,
+    payload: ToolCallIn,
+    refusal: Refused,
+    origin: Origin,
+    end_user: role_scopes.EndUser | None = None,
+) -> None:
+    """Who asked for what, for whom, and why not; in its own transaction (the request's
+    rolled back). A user's token is never recorded."""
     tool, error = refusal.tool, refusal.error
     record(
         action="call.refused",
@@ -282,6 +339,7 @@ def _audit_refusal(agent: Agent, payload: ToolCallIn, refusal: Refused, origin: 
             "code": error.code,
             "arguments": payload.arguments,
             "details": error.details,
+            "end_user": end_user.describe() if end_user else None,
             "transport": origin.transport,
             "client": origin.client,
         },

@@ -14,6 +14,15 @@ from pydantic import (
     field_validator,
 )
 
+# What intake takes for a user's id and a role (tools_registry.end_users, role_scopes): no
+# control characters; an id not only spaces; a role without spaces at either end.
+# (C1 controls too: U+0085 is a space to Python's str.strip(), not to a JSON Schema \s.)
+USER_ID_PATTERN = r"^([^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\s][^\u0000-\u001f\u007f-\u009f]*)?$"
+ROLE_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\s]([^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\s])?$"
+ROLES_QUERY_PATTERN = (
+    r"^[^,\u0000-\u001f\u007f-\u009f]{1,64}(,[^,\u0000-\u001f\u007f-\u009f]{1,64}){0,31}$"
+)
+
 # Bounds of a plausible cost: a call's tokens and dollars are stored, summed and shown on
 # the analytics page, where 10**30 tokens would be a lie and 1e308 an overflow.
 MAX_TOKENS = 10**9
@@ -31,10 +40,14 @@ class TokenCost(Schema):
 
 
 # What the API accepts as a callback URL, said as a pattern so that a client generated from
-# the OpenAPI document accepts exactly what the server does: http(s), a DNS name (no user
+# the OpenAPI document accepts exactly what the server does: http(s), a DNS name or an IPv4 (no user
 # info), an optional port, a plain path and query.
+# A host is a name whose last label starts with a letter, or an IPv4 address (a dotted
+# run of digits that is neither, like 1.2.3, is refused by the URL check too).
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 CALLBACK_URL_PATTERN = (
-    r"^https?://[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+    r"^https?://(([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z]([a-z0-9-]{0,61}[a-z0-9])?"
+    rf"|{_OCTET}(\.{_OCTET}){{3}})"
     r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
     r"(/[A-Za-z0-9._~%!$&'()*+,;=:@-]*)*(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$"
 )
@@ -57,8 +70,40 @@ class ToolCallIn(Schema):
     session_id: str = Field(
         min_length=1, max_length=128, description="Your agent run; rounds are counted per session."
     )
-    on_behalf_of: str = Field(
-        default="", max_length=150, description="The end user the agent acts for, if any."
+    # Any JSON here: what is wrong with a user is refused (and audited) by intake, with the
+    # path of the problem, as invalid_end_user.
+    on_behalf_of: Any = Field(
+        default="",
+        description="The end user the agent acts for: their id, or {id, roles} (roles only "
+        "from an agent an admin trusts to assert them). See docs/end-users.md.",
+        json_schema_extra={
+            "oneOf": [
+                {"type": "string", "maxLength": 150, "pattern": USER_ID_PATTERN},
+                {
+                    "type": "object",
+                    "properties": {
+                        "id": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 150,
+                            "pattern": USER_ID_PATTERN,
+                        },
+                        "roles": {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 64,
+                                "pattern": ROLE_PATTERN,
+                            },
+                            "maxItems": 32,
+                        },
+                    },
+                    "required": ["id"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
     )
     reasoning: str = Field(
         default="",

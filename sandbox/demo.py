@@ -93,8 +93,25 @@ DEMO_TOOLS = [
     "delete_customer",
 ]
 
+# The function-calling security checklist's example: each end user's role gets a scoped set
+# of tools. The demo agent is trusted to assert these roles (docs/end-users.md); a call
+# that names no role gets the whole allowlist, as before roles existed.
+DEMO_END_USERS: dict[str, Any] = {
+    "user_roles_from": Agent.UserRoles.ASSERTED,
+    "assertable_roles": ["viewer", "support", "admin"],
+    "role_scopes": {
+        "viewer": {"risks": ["read"]},
+        "support": {"risks": ["read", "write"]},
+        "admin": {"risks": ["read", "write", "destructive"]},
+    },
+}
+
 GROUP_PERMISSIONS = {
     "tool-admins": [
+        "tools_registry.stop_agent",
+        "tools_registry.add_identityprovider",
+        "tools_registry.change_identityprovider",
+        "tools_registry.view_identityprovider",
         "tools_registry.view_tool",
         "tools_registry.change_tool",
         "tools_registry.add_agent",
@@ -238,7 +255,12 @@ def seed_demo() -> DemoLogins:
         description="The support assistant of the demo.",
     )
     allowed = set(agent.allowed_tools.all()) if agent.pk else set()
-    if agent.pk is None or not set(tools) <= allowed:
+    scoped = bool(agent.role_scopes)
+    if not scoped:
+        # A new demo, or one seeded before roles existed; an admin's own scopes are kept.
+        for field, value in DEMO_END_USERS.items():
+            setattr(agent, field, value)
+    if agent.pk is None or not set(tools) <= allowed or not scoped:
         # Through the service, so the demo's allowlist is in the audit trail like any other.
         services.save_agent(agent=agent, allowed_tools=allowed | set(tools), changed_by=None)
     for tool in tools:

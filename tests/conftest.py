@@ -21,6 +21,7 @@ from audit.models import AuditEvent
 from gateway import coordination
 from tests.support import ROOT
 from tests.support.browser import browser, page  # noqa: F401  (the browser tests' fixtures)
+from tests.support.identity_provider import ProviderFactory, jwks_server
 from tests.support.upstreams import control, running_upstream
 from tools_registry import registry
 from tools_registry import services as registry_services
@@ -222,3 +223,17 @@ def _upstreams_as_new(request: pytest.FixtureRequest) -> Iterator[None]:
         control(request.getfixturevalue("http_upstream"), document="v1", fault="none", reset=True)
     if "mcp_upstream" in request.fixturenames:
         control(request.getfixturevalue("mcp_upstream"), seconds_after_effect=0, reset=True)
+
+
+@pytest.fixture(scope="session")
+def jwks_http() -> Iterator[Any]:
+    """The identity providers' JWKS web server (``tests.support.identity_provider``)."""
+    with jwks_server() as server:
+        yield server
+
+
+@pytest.fixture
+def identity_providers(jwks_http: Any, db: None) -> Any:
+    """Makes identity providers: keys generated here, their JWKS served over HTTP, their
+    IdentityProvider rows; each with a key set of its own (nothing cached between tests)."""
+    return ProviderFactory(server=jwks_http)

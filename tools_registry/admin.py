@@ -9,10 +9,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -24,12 +25,20 @@ from guardian.admin import (
     GuardedModelAdmin,
 )
 
-from tools_registry import services
+from tools_registry import role_scopes, services
 from tools_registry.admin_scopes import ReviewerScopesMixin
 from tools_registry.lint import lint_tool
-from tools_registry.models import Agent, AgentToken, Tool, Upstream
+from tools_registry.models import (
+    TOKEN_ALGORITHMS,
+    Agent,
+    AgentToken,
+    IdentityProvider,
+    Tool,
+    Upstream,
+)
 from tools_registry.policy import POLICY_FIELDS, policy_values
 from tools_registry.schemas import argument_paths
+from tools_registry.services.agents import MAX_STOP_REASON
 from tools_registry.services.upstreams import (
     edit_imported_tool,
     register_upstream,
@@ -430,6 +439,13 @@ class AgentTokenInline(admin.TabularInline):
 
 
 class AgentForm(forms.ModelForm):
+    # Roles as a person types them; stored as a list.
+    assertable_roles = forms.CharField(
+        required=False,
+        help_text="Comma-separated: the roles this agent may assert for its users "
+        "(only when its users' roles are asserted).",
+    )
+
     class Meta:
         model = Agent
         fields = [
@@ -439,13 +455,76 @@ class AgentForm(forms.ModelForm):
             "allowed_tools",
             "max_rounds_per_session",
             "enabled",
+            "user_roles_from",
+            "assertable_roles",
+            "identity_provider",
+            "role_scopes",
+            "unscoped_access",
         ]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.initial["assertable_roles"] = ", ".join(self.instance.assertable_roles or [])
+        # Left out (a form posted by a script), they keep the model's defaults: no roles,
+        # and the whole allowlist for every call, as before roles existed.
+        for name in ("user_roles_from", "unscoped_access"):
+            if name in self.fields:  # not on a page only viewed
+                self.fields[name].required = False
+
+    def clean_user_roles_from(self) -> str:
+        return self.cleaned_data.get("user_roles_from") or Agent.UserRoles.NONE
+
+    def clean_unscoped_access(self) -> str:
+        return self.cleaned_data.get("unscoped_access") or Agent.UnscopedAccess.ALLOWLIST
 
     def clean_max_rounds_per_session(self) -> int:
         rounds = self.cleaned_data["max_rounds_per_session"]
         if rounds < 1:
             raise forms.ValidationError("An agent needs at least 1 round per session.")
         return rounds
+
+    def clean_assertable_roles(self) -> list[str]:
+        text = self.cleaned_data.get("assertable_roles") or ""
+        return [role.strip() for role in text.split(",") if role.strip()]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # The same rules as save_agent, reported next to the fields they are about, on a
+        # copy: the form copies the values onto the instance itself later.
+        candidate = Agent(
+            user_roles_from=cleaned.get("user_roles_from", ""),
+            assertable_roles=cleaned.get("assertable_roles", []),
+            identity_provider=cleaned.get("identity_provider"),
+            role_scopes=cleaned.get("role_scopes") or {},
+            unscoped_access=cleaned.get("unscoped_access", ""),
+        )
+        try:
+            services.check_end_users(candidate)
+        except services.AgentInvalid as exc:
+            for field, problems in exc.message_dict.items():
+                for problem in problems:
+                    self.add_error(field if field in self.fields else None, problem)
+        else:
+            cleaned["role_scopes"] = candidate.role_scopes
+        return cleaned
+
+
+class StopForm(forms.Form):
+    reason = forms.CharField(
+        max_length=MAX_STOP_REASON,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Shown to the agent with every refusal, and to the reviewers of the calls "
+        "the stop cancels; kept in the audit trail.",
+    )
+
+
+class ResumeForm(forms.Form):
+    note = forms.CharField(
+        max_length=MAX_STOP_REASON,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Why it may act again (kept in the audit trail).",
+    )
 
 
 class IssueTokenForm(forms.Form):
@@ -454,15 +533,90 @@ class IssueTokenForm(forms.Form):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    """Agents: allowlist, limits, end users and their roles' scopes, tokens; and the stop
+    button. Whoever holds the "stop agents" permission sees agents and may stop and resume
+    them, without being able to change anything else."""
+
     form = AgentForm
-    list_display = ["name", "owner", "enabled", "max_rounds_per_session", "created_at"]
-    list_filter = ["enabled"]
+    list_display = ["name", "owner", "enabled", "state", "max_rounds_per_session", "created_at"]
+    list_filter = ["enabled", ("stopped_at", admin.EmptyFieldListFilter)]
     search_fields = ["name"]
     filter_horizontal = ["allowed_tools"]
     inlines = [AgentTokenInline]
+    readonly_fields = ["stop_state", "scope_table"]
+    actions = ["stop_selected"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "description",
+                    "owner",
+                    "enabled",
+                    "stop_state",
+                    "max_rounds_per_session",
+                    "allowed_tools",
+                ]
+            },
+        ),
+        (
+            "End users and their roles",
+            {
+                "description": "Whom the agent's calls are for, and what each of their roles "
+                "may use of the allowlist (docs/end-users.md).",
+                "fields": [
+                    "user_roles_from",
+                    "assertable_roles",
+                    "identity_provider",
+                    "role_scopes",
+                    "unscoped_access",
+                    "scope_table",
+                ],
+            },
+        ),
+    ]
 
     def has_delete_permission(self, request: HttpRequest, obj: Agent | None = None) -> bool:
         return False  # disable an agent instead: its calls and audit trail refer to it
+
+    def has_view_permission(self, request: HttpRequest, obj: Agent | None = None) -> bool:
+        return super().has_view_permission(request, obj) or _may_stop(request)
+
+    def has_stop_permission(self, request: HttpRequest) -> bool:
+        return _may_stop(request)
+
+    @admin.display(description="State")
+    def state(self, agent: Agent) -> str:
+        return "stopped" if agent.stopped_at else "running"
+
+    @admin.display(description="Stopped")
+    def stop_state(self, agent: Agent) -> str:
+        if agent.stopped_at is None:
+            return "No: its tokens are accepted."
+        return format_html(
+            "Since {} by {}: {}",
+            agent.stopped_at.strftime("%Y-%m-%d %H:%M UTC"),
+            agent.stopped_by or "an operator",
+            agent.stop_reason,
+        )
+
+    @admin.display(description="What each role may use")
+    def scope_table(self, agent: Agent) -> str:
+        """The scopes applied to today's allowlist, as the agent's users get them."""
+        if agent.pk is None:
+            return "Save the agent first."
+        tools = list(agent.allowed_tools.order_by("name"))
+        rows = [
+            (role, ", ".join(t.name for t in tools if scope.covers(t)) or "nothing")
+            for role, scope in role_scopes.scopes_of(agent).items()
+        ]
+        unscoped = [t.name for t in tools if role_scopes.permits(agent, role_scopes.NOBODY, t)]
+        rows.append(("no user, or no scoped role", ", ".join(unscoped) or "nothing"))
+        return format_html(
+            "<table><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+        )
 
     def save_model(
         self, request: HttpRequest, obj: Agent, form: forms.ModelForm, change: bool
@@ -489,7 +643,109 @@ class AgentAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.rotate_webhook_secret_view),
             name="tools_registry_agent_rotate_webhook_secret",
         )
-        return [issue, rotate, *super().get_urls()]
+        stop = path(
+            "<path:object_id>/stop/",
+            self.admin_site.admin_view(self.stop_view),
+            name="tools_registry_agent_stop",
+        )
+        resume = path(
+            "<path:object_id>/resume/",
+            self.admin_site.admin_view(self.resume_view),
+            name="tools_registry_agent_resume",
+        )
+        return [issue, rotate, stop, resume, *super().get_urls()]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = {**(extra_context or {}), "may_stop": _may_stop(request)}
+        return super().change_view(request, object_id, form_url, context)
+
+    def _agent_page(self, request: HttpRequest, object_id: str, title: str) -> dict[str, Any]:
+        agent = self.get_object(request, unquote(object_id))
+        if agent is None:
+            raise Http404("No such agent.")
+        if not _may_stop(request):
+            raise PermissionDenied
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": agent,
+            "title": f"{title} {agent.name}",
+        }
+
+    def stop_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Stop the agent, with a reason (POST); the page says what a stop does."""
+        context = self._agent_page(request, object_id, "Stop")
+        agent: Agent = context["original"]
+        form = StopForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            self._stop(request, [agent], form.cleaned_data["reason"])
+            return HttpResponseRedirect(
+                reverse("admin:tools_registry_agent_change", args=[agent.pk])
+            )
+        return TemplateResponse(
+            request,
+            "admin/tools_registry/agent/stop.html",
+            {**context, "form": form, "agents": [agent], "waiting": _waiting([agent])},
+        )
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        context = self._agent_page(request, object_id, "Resume")
+        agent: Agent = context["original"]
+        form = ResumeForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            if services.resume_agent(
+                agent=agent, resumed_by=request.user, note=form.cleaned_data["note"]
+            ):
+                messages.success(request, f"{agent.name} runs again; its tokens are accepted.")
+            else:
+                messages.info(request, f"{agent.name} was not stopped.")
+            return HttpResponseRedirect(
+                reverse("admin:tools_registry_agent_change", args=[agent.pk])
+            )
+        return TemplateResponse(
+            request, "admin/tools_registry/agent/resume.html", {**context, "form": form}
+        )
+
+    @admin.action(description="Stop the selected agents…", permissions=["stop"])
+    def stop_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> Any:
+        """An intermediate page asks for the reason, then stops each selected agent."""
+        agents = list(queryset.order_by("name"))
+        form = StopForm(request.POST if "reason" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            self._stop(request, agents, form.cleaned_data["reason"])
+            return None
+        return TemplateResponse(
+            request,
+            "admin/tools_registry/agent/stop.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "title": "Stop agents",
+                "form": form,
+                "agents": agents,
+                "waiting": _waiting(agents),
+                "action": True,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            },
+        )
+
+    def _stop(self, request: HttpRequest, agents: list[Agent], reason: str) -> None:
+        for agent in agents:
+            stop = services.stop_agent(agent=agent, reason=reason, stopped_by=request.user)
+            if stop.already_stopped:
+                messages.info(request, f"{agent.name} was already stopped.")
+            else:
+                messages.success(
+                    request,
+                    f"Stopped {agent.name}: its tokens are refused, and "
+                    f"{len(stop.cancelled)} call(s) waiting for a decision were cancelled.",
+                )
 
     def rotate_webhook_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Rotate the agent's webhook secret (POST) and show the new one on that response
@@ -601,6 +857,59 @@ class AgentTokenAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: AgentToken | None = None) -> bool:
         return False
+
+
+def _may_stop(request: HttpRequest) -> bool:
+    return bool(request.user.has_perm("tools_registry.stop_agent"))
+
+
+def _waiting(agents: list[Agent]) -> int:
+    """How many calls of ``agents`` wait for a decision: what a stop would cancel. (The
+    calls' model is the approvals app's, above this one: reached by its relation's name,
+    not imported.)"""
+    return sum(agent.calls.filter(status="pending").count() for agent in agents)  # type: ignore[attr-defined]
+
+
+# --- Identity providers -------------------------------------------------------------------
+
+
+class IdentityProviderForm(forms.ModelForm):
+    algorithms = forms.MultipleChoiceField(
+        choices=[(a, a) for a in TOKEN_ALGORITHMS],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Public-key algorithms only: none and the HS family are never accepted.",
+    )
+
+    class Meta:
+        model = IdentityProvider
+        fields = [
+            "name",
+            "issuer",
+            "audience",
+            "jwks_url",
+            "user_id_claim",
+            "roles_claim",
+            "algorithms",
+        ]
+
+
+@admin.register(IdentityProvider)
+class IdentityProviderAdmin(admin.ModelAdmin):
+    """The identity providers whose user tokens agents forward (verified roles)."""
+
+    form = IdentityProviderForm
+    list_display = ["name", "issuer", "audience", "jwks_url"]
+    search_fields = ["name", "issuer"]
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: IdentityProvider | None = None
+    ) -> bool:
+        return False  # agents refer to it; point them at another provider instead
+
+    def save_model(
+        self, request: HttpRequest, obj: IdentityProvider, form: forms.ModelForm, change: bool
+    ) -> None:
+        services.save_identity_provider(provider=obj, changed_by=request.user)
 
 
 # --- Upstreams ------------------------------------------------------------------------------

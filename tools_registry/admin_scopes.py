@@ -19,7 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
-from tools_registry import scopes
+from tools_registry import reviewer_scopes
 from tools_registry.models import Tool
 from tools_registry.services.grants import OBJECT_PERMISSIONS, grant, revoke
 
@@ -101,7 +101,7 @@ class ReviewerScopesMixin:
         tool = Tool.objects.filter(pk=unquote(object_id)).first()
         if tool is None:
             raise Http404("No such tool.")
-        people, teams = scopes.for_tool(tool)
+        people, teams = reviewer_scopes.for_tool(tool)
         context = {
             **self.admin_site.each_context(request),
             "title": f"Reviewers of {tool.name}",
@@ -128,7 +128,7 @@ class ReviewerScopesMixin:
             "subjects": subject_choices(),
             "chosen": chosen,
             "subject": subject,
-            "rows": scopes.for_subject(**subject) if subject else [],
+            "rows": reviewer_scopes.for_subject(**subject) if subject else [],
             "permissions": [(c, PERMISSION_NAMES[c]) for c in OBJECT_PERMISSIONS],
             "can_change": request.user.has_perm("tools_registry.change_tool"),
             "here": request.get_full_path(),
@@ -180,7 +180,7 @@ class ReviewerScopesMixin:
 def _through_team(user: Any, tool: Tool, permission: str) -> bool:
     return any(
         cell.teams
-        for t, cells in scopes.for_subject(user=user)
+        for t, cells in reviewer_scopes.for_subject(user=user)
         if t.pk == tool.pk
         for code, cell in cells.items()
         if code == permission

@@ -207,8 +207,81 @@ def _new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+# Signature algorithms a user token may use: public-key ones only. ``none`` and the HMAC
+# family (HS256 ...) are never accepted: with them, anyone holding the provider's public
+# key (published in its JWKS) could sign a token.
+TOKEN_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+def _default_algorithms() -> list[str]:
+    return ["RS256", "ES256"]
+
+
+class IdentityProvider(models.Model):
+    """An organisation's identity provider, whose tokens for its people (JWTs) agents
+    forward so that Countersign knows, for sure, whom a call is for and in which roles."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    issuer = models.CharField(
+        max_length=500, help_text="The tokens' iss claim, exactly as the provider writes it."
+    )
+    audience = models.CharField(
+        max_length=500,
+        help_text="The aud claim a token must carry to be accepted here (the client id or "
+        "API identifier the provider issues Countersign's tokens for).",
+    )
+    jwks_url = models.URLField(
+        max_length=2048, help_text="Where the provider publishes its signing keys (JWKS)."
+    )
+    user_id_claim = models.CharField(
+        max_length=100, default="sub", help_text="The claim that holds the user's id."
+    )
+    roles_claim = models.CharField(
+        max_length=100,
+        default="roles",
+        help_text="The claim that lists the user's roles; a dotted path reaches into an "
+        "object (realm_access.roles).",
+    )
+    algorithms = models.JSONField(
+        default=_default_algorithms,
+        help_text="The signature algorithms accepted; public-key ones only.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Agent(models.Model):
     """A program that calls tools through Countersign, owned by a person."""
+
+    class UserRoles(models.TextChoices):
+        """Where the roles of the end user a call is for come from."""
+
+        NONE = "none", "Nowhere: on_behalf_of names the user, without roles"
+        ASSERTED = "asserted", "The agent asserts them (trusted, within the roles listed)"
+        VERIFIED = "verified", "The user's token from the identity provider, verified"
+
+    class UnscopedAccess(models.TextChoices):
+        """What a call gets that names no user, or none of the roles the agent scopes."""
+
+        ALLOWLIST = "allowlist", "Every tool on the allowlist"
+        READS = "reads", "The allowlist's read tools only"
+        NOTHING = "nothing", "No tool"
 
     name = models.SlugField(max_length=64, unique=True)
     description = models.TextField(blank=True)
@@ -227,11 +300,58 @@ class Agent(models.Model):
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
+    # The end users the agent acts for (tools_registry.end_users) and what each role of
+    # theirs may call (tools_registry.role_scopes).
+    user_roles_from = models.CharField(
+        max_length=16, choices=UserRoles.choices, default=UserRoles.NONE
+    )
+    assertable_roles = models.JSONField(
+        default=list, blank=True, help_text="The roles this agent may assert for its users."
+    )
+    identity_provider = models.ForeignKey(
+        IdentityProvider,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="agents",
+        help_text="Verifies the user tokens this agent forwards.",
+    )
+    role_scopes = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Per role, the risk classes and tools it may use: {"viewer": {"risks": '
+        '["read"]}, "billing": {"risks": ["read"], "tools": ["issue_refund"]}}.',
+    )
+    unscoped_access = models.CharField(
+        max_length=16,
+        choices=UnscopedAccess.choices,
+        default=UnscopedAccess.ALLOWLIST,
+        help_text="What a call gets that names no user, or none of the roles above.",
+    )
+
+    # Stopped by a person (services.agents.stop_agent): every token of the agent is refused
+    # with the reason, and nothing of it is claimed, until it is resumed.
+    stopped_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stop_reason = models.TextField(blank=True, editable=False)
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+
     class Meta:
         ordering = ["name"]
+        permissions = [("stop_agent", "Can stop and resume agents")]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None
 
 
 class AgentToken(models.Model):

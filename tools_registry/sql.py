@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from django.db import connection
+
 from core import db
 from tools_registry.models import Agent, AgentToken, Tool
 
@@ -52,4 +54,57 @@ def _tool_with_allowance_sql() -> str:
         f"WHERE allowed.{agent_col} = %s AND allowed.{tool_col} = tool.{db.column(Tool, 'id')}), "
         f"{db.columns(Tool, 'tool')} FROM {db.table(Tool)} tool "
         f"WHERE tool.{db.column(Tool, 'name')} = %s"
+    )
+
+
+# An agent's run lock: a PostgreSQL advisory lock (transaction-scoped) in a key space of its
+# own, (RUN_LOCK_CLASS, agent id). Every submission and every claim holds it shared; a stop
+# takes it exclusive. The lock manager queues requests in order, so a stop waits only for
+# the submissions and claims already under way, and those that come after it wait for it and
+# then find the agent stopped: nothing slips in between the stop and its cancellations. (A
+# row lock on the agent would not do: new shared lockers may overtake a waiting FOR UPDATE,
+# and a burst of submissions could hold a stop off for its whole length.)
+RUN_LOCK_CLASS = 0x43535450
+
+
+def run_lock_key(agent_id: int) -> int:
+    """The agent's half of its run lock's key (an int4: ids past 2**31 share keys, which
+    only makes their stops wait for each other's submissions)."""
+    return agent_id % 2**31
+
+
+def hold_agent_running(agent_id: int) -> str | None:
+    """Hold the agent's run lock (shared) until the transaction ends, and read whether it
+    was stopped: the reason if it was, None if it runs. Without PostgreSQL (the embedded
+    mode, SQLite's single writer) there is no lock to take.
+
+    One statement: the row is read ``FOR KEY SHARE`` (the lock every insert that refers to
+    the agent takes anyway), so if a stop committed while the run lock was awaited, the
+    agent's latest version is the one read (READ COMMITTED re-reads a row a concurrent
+    transaction updated before locking it), not the one the statement's snapshot held.
+    """
+    postgresql = connection.vendor == "postgresql"
+    params = [RUN_LOCK_CLASS, run_lock_key(agent_id), agent_id] if postgresql else [agent_id]
+    with db.statement(_hold_sql(postgresql), params) as cursor:
+        row = cursor.fetchone()
+    return None if row is None or not row[0] else str(row[1])
+
+
+def lock_agent_for_stop(agent_id: int) -> None:
+    """Take the agent's run lock exclusive until the transaction ends: wait for the
+    submissions and claims under way, hold off the ones to come."""
+    if connection.vendor == "postgresql":
+        db.run("SELECT pg_advisory_xact_lock(%s, %s)", [RUN_LOCK_CLASS, run_lock_key(agent_id)])
+
+
+@cache
+def _hold_sql(postgresql: bool) -> str:
+    stopped_at, reason = db.column(Agent, "stopped_at"), db.column(Agent, "stop_reason")
+    read = f"SELECT a.{stopped_at} IS NOT NULL, a.{reason} FROM {db.table(Agent)} a "  # noqa: S608
+    where = f"WHERE a.{db.column(Agent, 'id')} = %s"
+    if not postgresql:
+        return read + where
+    return (
+        f"{read}CROSS JOIN (SELECT pg_advisory_xact_lock_shared(%s, %s)) run_lock "
+        f"{where} FOR KEY SHARE OF a"
     )

@@ -2,8 +2,8 @@
 
 Of any number of deliveries of the same task exactly one claims the call; the claim and
 the intent audit event commit together, before the handler runs. A call whose tool or
-agent was switched off, or whose tool changed, since its approval is not claimed: it fails
-here, unrun, with its own audit event.
+agent was switched off, or whose agent was stopped, or whose tool changed, since its
+approval is not claimed: it fails here, unrun, with its own audit event.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import events, transitions
+from approvals import events, sql, transitions
 from approvals.guards import CANNOT_RUN, cannot_run_code
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
@@ -84,8 +84,12 @@ def claim_call(*, call_id: UUID) -> Claim | None:
     has it, it is done, or it may no longer run (then it fails here, unrun).
 
     The row lock queues concurrent deliveries; the first moves the call to ``executing``
-    with the fence moved on, the others then find it there and drop out.
+    with the fence moved on, the others then find it there and drop out. The agent's run
+    lock, taken first, orders the claim against a stop of the agent: a claim that gets in
+    before the stop has started when the stop completes; one that comes later finds the
+    agent stopped (read with the call, after the lock) and claims nothing.
     """
+    sql.hold_agent_running_for(call_id)
     call = transitions.lock_call(call_id)
     if call is None or call.status != transitions.claim_source(call.risk):
         return None
@@ -108,12 +112,10 @@ def claim_call(*, call_id: UUID) -> Claim | None:
 
 def _refuse(call: ToolCall, code: str) -> None:
     """Fail a call that may no longer run, without running it. The error carries the
-    reason's code (``CANNOT_RUN``); the agent may retry a write once the tool or agent is
-    back. Nothing ran, so nothing is unknown and nothing is escalated."""
-    transitions.move(
-        call,
-        Status.FAILED,
-        error={"code": code, "message": CANNOT_RUN[code]},
-        finished_at=timezone.now(),
-    )
+    reason's code (``CANNOT_RUN``), and a stop's reason; the agent may retry a write once the
+    tool or agent is back. Nothing ran, so nothing is unknown and nothing is escalated."""
+    error = {"code": code, "message": CANNOT_RUN[code]}
+    if code == "agent_stopped":
+        error["reason"] = call.agent.stop_reason
+    transitions.move(call, Status.FAILED, error=error, finished_at=timezone.now())
     events.execution_refused(call, code=code, reason=CANNOT_RUN[code])

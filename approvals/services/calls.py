@@ -30,7 +30,8 @@ def create_call(
     session_id: str,
     request_key: str,
     on_behalf_of: str = "",
-    user_roles: list[str] | None = None,
+    end_user_roles: tuple[str, ...] = (),
+    end_user_source: str = "",
     reasoning: str = "",
     token_cost: dict[str, Any] | None = None,
     callback_url: str = "",
@@ -43,7 +44,7 @@ def create_call(
     Raises ``screening.RefusedByRule`` (nothing stored) when a policy rule refuses it.
     """
     now = timezone.now()
-    roles = list(user_roles or [])
+    roles = list(end_user_roles)
     screened = screening.screen(
         agent=agent,
         tool=tool,
@@ -76,6 +77,8 @@ def create_call(
         arguments_hash=bound_hash,
         session_id=session_id,
         on_behalf_of=on_behalf_of,
+        end_user_roles=list(end_user_roles),
+        end_user_source=end_user_source,
         reasoning=reasoning,
         token_cost=token_cost,
         callback_url=callback_url,
@@ -104,8 +107,12 @@ def create_call(
 
 
 @transaction.atomic
-def cancel_call(*, call_id: UUID, agent: Agent) -> ToolCall:
-    """The agent withdraws a call that is still waiting for a decision.
+def cancel_call(
+    *, call_id: UUID, agent: Agent, stop_reason: str = "", stopped_by: Any = None
+) -> ToolCall:
+    """The agent withdraws a call that is still waiting for a decision; or, with a
+    ``stop_reason``, the call is cancelled because a person stopped its agent (the call's
+    error then says so, for the agent's webhook and the reviewers).
 
     Cancelling a cancelled call changes nothing, so an agent may repeat the request.
     """
@@ -116,9 +123,38 @@ def cancel_call(*, call_id: UUID, agent: Agent) -> ToolCall:
         return call
     if call.status != Status.PENDING:
         raise transitions.InvalidTransition(call.status, Status.CANCELLED)
-    move(call, Status.CANCELLED, decided_at=timezone.now())
-    events.call_cancelled(call)
+    fields: dict[str, Any] = {"decided_at": timezone.now()}
+    if stop_reason:
+        fields["error"] = {
+            "code": "agent_stopped",
+            "message": f"The agent was stopped before anyone decided: {stop_reason}",
+            "reason": stop_reason,
+        }
+    move(call, Status.CANCELLED, **fields)
+    events.call_cancelled(call, stopped_by=stopped_by, reason=stop_reason)
     return call
+
+
+def cancel_for_stop(agent: Agent, reason: str, stopped_by: Any) -> list[str]:
+    """Cancel every call of a stopped agent that waits for a decision; their ids.
+
+    Registered with ``tools_registry.hooks`` (``ApprovalsConfig.ready``): runs inside the
+    stop's transaction, which holds the agent's run lock, so no new call can join the
+    list while it is cancelled. A call decided meanwhile is left to its decision (an
+    approved one is refused at the claim: its agent is stopped).
+    """
+    cancelled = []
+    waiting = ToolCall.objects.filter(agent=agent, status=Status.PENDING).order_by("created_at")
+    for call_id in waiting.values_list("pk", flat=True):
+        try:
+            call = cancel_call(
+                call_id=call_id, agent=agent, stop_reason=reason, stopped_by=stopped_by
+            )
+        except transitions.InvalidTransition:
+            continue
+        if (call.error or {}).get("code") == "agent_stopped":  # not withdrawn by the agent
+            cancelled.append(str(call_id))
+    return cancelled
 
 
 class RetryRefused(Refused):

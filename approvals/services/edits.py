@@ -54,7 +54,7 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
             arguments=arguments,
             reasoning=call.reasoning,
             user_id=call.on_behalf_of,
-            user_roles=list((call.policy or {}).get("user_roles") or []),
+            user_roles=list(call.end_user_roles or []),
             at=now,
         )
     except screening.RefusedByRule as refusal:
@@ -71,10 +71,7 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
         # A rule that would approve the corrected call needs no more than the editor's own
         # approval; otherwise the corrected call needs what its own rule asks.
         "approvals_required": max(1, screened.approvals_required),
-        "policy": {
-            **screened.policy(call.tool),
-            "user_roles": (call.policy or {}).get("user_roles", []),
-        },
+        "policy": screened.policy(call.tool),
         "signals": [f.as_dict() for f in screened.signals],
         "amount_minor": money.minor if money else None,
         "currency": money.currency if money else "",

@@ -24,7 +24,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway import errors
+from gateway import end_users, errors
 from gateway.mcp import sessions
 from gateway.mcp.calls import Caller
 from gateway.mcp.server import build_server
@@ -68,6 +68,19 @@ class McpEndpoint:
                 send, 401, error.message, data=error.body(), headers={"www-authenticate": challenge}
             )
             return
+        if agent.stopped_at is not None:
+            error = errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
+            await _refuse(send, 403, error.message, data=error.body())
+            return
+        try:
+            on_behalf_of = end_users.decode_header(
+                headers.get(end_users.ON_BEHALF_OF_HEADER.lower())
+            )
+        except end_users.Refused as refusal:
+            error = end_users.api_error(refusal)
+            await run_sync(end_users.audit_refusal, agent, error, request="mcp", transport="mcp")
+            await _refuse(send, 400, error.message, data=error.body())
+            return
         method = scope["method"]
         if method == "DELETE":
             closed = await run_sync(sessions.close_session, agent, headers.get(SESSION_HEADER, ""))
@@ -100,6 +113,8 @@ class McpEndpoint:
             # Rounds count per agent session: the MCP session's, unless the call names one.
             session_id=f"mcp-{session.pk}" if session else "",
             client=session.client if session else "",
+            on_behalf_of=on_behalf_of,
+            user_token=headers.get(end_users.USER_TOKEN_HEADER.lower()) or None,
         )
         state["opening_session"] = opening
         await self.manager.handle_request(

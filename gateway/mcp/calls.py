@@ -12,9 +12,13 @@ open) and a call that ended badly (rejected, expired, failed) answer ``isError: 
 with the same ``{"error": {code, message, suggestion, retryable}}`` the REST API returns,
 so the model reads the suggestion.
 
+The end user: ``_meta["io.countersign/on-behalf-of"]`` and ``["io.countersign/user-token"]``,
+or else the connection's ``Countersign-On-Behalf-Of`` and ``Countersign-User-Token`` headers
+(``gateway.end_users``).
+
 Idempotency: ``_meta["io.countersign/idempotency-key"]`` is honoured like the REST
 header. Without one, a call that waits for a person gets a key derived from the agent's
-session, the tool, the arguments and the end user, kept while that call is open or ended
+session, the tool, the arguments and the end user (a verified user by their id), kept while that call is open or ended
 within ``MCP_RETRY_WINDOW_SECONDS`` (unless it failed, expired or was cancelled): a
 client that sends the same call again after a dropped connection gets the same call.
 """
@@ -22,7 +26,7 @@ client that sends the same call again after a dropped connection gets the same c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -35,7 +39,7 @@ from mcp_types import CLIENT_INFO_META_KEY
 
 from approvals.models import TERMINAL_STATUSES, Status, ToolCall, Transport
 from audit.canonical import canonical_json, sha256_hex
-from gateway import errors, intake, payloads
+from gateway import end_users, errors, intake, payloads
 from gateway.mcp import state
 from gateway.mcp.state import CallState
 from tools_registry.models import Agent, Tool
@@ -48,7 +52,8 @@ MAX_WAIT_SECONDS = 60
 IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 SESSION_ID = "io.countersign/session-id"
 REASONING = "io.countersign/reasoning"
-ON_BEHALF_OF = "io.countersign/on-behalf-of"
+ON_BEHALF_OF = end_users.META_ON_BEHALF_OF
+USER_TOKEN = end_users.META_USER_TOKEN
 # How long this client will wait for a decision before the pending answer (seconds, at
 # most MCP_CALL_WAIT_SECONDS).
 WAIT_SECONDS = "io.countersign/wait-seconds"
@@ -68,6 +73,18 @@ class Caller:
     # names a session; "" without one (protocol 2026-07-28 has no sessions).
     session_id: str
     client: str  # the client software, "name/version"
+    # The end user the connection's headers name (None: none), and the user's token.
+    on_behalf_of: Any = None
+    user_token: str | None = None
+
+    def user_token_of(self, meta: dict[str, Any]) -> str | None:
+        """The user's token for a request: its ``_meta``'s, else the connection's."""
+        token = meta.get(USER_TOKEN, self.user_token)
+        return token if isinstance(token, str) and token else None
+
+    def on_behalf_of_in(self, meta: dict[str, Any]) -> Any:
+        """The end user a request names: its ``_meta``'s, else the connection's."""
+        return meta.get(ON_BEHALF_OF, self.on_behalf_of)
 
 
 def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
@@ -77,7 +94,7 @@ def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
     info = (ctx.meta or {}).get(CLIENT_INFO_META_KEY)
     if isinstance(info, dict) and not caller.client:
         client = "/".join(str(info[k]) for k in ("name", "version") if info.get(k))
-        return Caller(agent=caller.agent, session_id=caller.session_id, client=client[:200])
+        return replace(caller, client=client[:200])
     return caller
 
 
@@ -96,9 +113,19 @@ class Submitted:
 
 def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str, Any]) -> Submitted:
     """One submission through ``gateway.intake``, exactly as the REST API makes it."""
+    origin = intake.Origin(transport=Transport.MCP, client=caller.client)
     try:
         raw, bound = _request(caller, tool, arguments, meta)
         payload = payloads.parse_call(raw)
+        end_user = intake.identify(
+            agent=caller.agent,
+            payload=payload,
+            user_token=caller.user_token_of(meta),
+            origin=origin,
+        )
+        if end_user.source == "verified":
+            # Two users' tokens are two users, whatever else the call shares.
+            bound["end_user"] = end_user.id
         key = meta.get(IDEMPOTENCY_KEY)
         if key is None:
             key = _derived_key(caller.agent, bound)
@@ -111,7 +138,8 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
             idempotency_key=key,
             payload=payload,
             raw=bound,
-            origin=intake.Origin(transport=Transport.MCP, client=caller.client),
+            end_user=end_user,
+            origin=origin,
         )
     except errors.ApiError as error:
         return Submitted(status=error.status, body=error.body(), call=None)
@@ -132,9 +160,10 @@ def _request(
         # calls; the rate limits still apply).
         "session_id": named or f"mcp-{uuid4()}",
     }
-    for field, key in (("on_behalf_of", ON_BEHALF_OF), ("reasoning", REASONING)):
-        if key in meta:
-            raw[field] = meta[key]
+    if (on_behalf_of := caller.on_behalf_of_in(meta)) is not None:
+        raw["on_behalf_of"] = on_behalf_of
+    if REASONING in meta:
+        raw["reasoning"] = meta[REASONING]
     if problem := payloads.json_problem(raw):
         raise errors.invalid_request(f"The call cannot be accepted: {problem}")
     bound: dict[str, Any] = {k: raw[k] for k in ("tool", "arguments", "on_behalf_of") if k in raw}
@@ -206,9 +235,11 @@ def ending_error(call: CallState) -> errors.ApiError:
         return errors.call_rejected((call.body.get("decision") or {}).get("comment", ""))
     if call.status == Status.EXPIRED:
         return errors.approval_expired()
-    if call.status == Status.CANCELLED:
-        return errors.call_cancelled()
     error = call.body.get("error") or {}
+    if call.status == Status.CANCELLED:
+        if error.get("code") == "agent_stopped":
+            return errors.agent_stopped(error.get("reason", ""))
+        return errors.call_cancelled()
     code = error.get("code", "handler_error")
     if error.get("code") == "timeout":
         return errors.timeout(error.get("message", ""))

@@ -11,14 +11,16 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
-from gateway import errors
+from gateway import end_users, errors
 from gateway.mcp import calls, sessions, tasks, waiting
 from gateway.mcp.calls import Caller, caller_of
 from gateway.mcp.state import CallState
 from gateway.mcp.threads import run_sync
+from tools_registry import role_scopes
 from tools_registry.exports import mcp_tool
-from tools_registry.models import Agent
 
 INSTRUCTIONS = (
     "Countersign stands between you and these tools. Tools that only read answer at once. "
@@ -37,16 +39,27 @@ def _version() -> str:
         return "0"
 
 
-def _allowed_tools(agent: Agent) -> list[types.Tool]:
-    tools = agent.allowed_tools.filter(enabled=True, available=True).order_by("name")
-    return [mcp_tool(tool) for tool in tools]
+def _allowed_tools(caller: Caller, meta: dict[str, Any]) -> list[types.Tool]:
+    """The tools the request's end user may call (``gateway.end_users``)."""
+    user = end_users.listing_user(
+        caller.agent,
+        on_behalf_of=caller.on_behalf_of_in(meta),
+        user_token=caller.user_token_of(meta),
+        transport="mcp",
+        client=caller.client,
+    )
+    return [mcp_tool(tool) for tool in role_scopes.tools_for(caller.agent, user)]
 
 
 async def list_tools(
     ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
     caller = caller_of(ctx)
-    tools = await run_sync(_allowed_tools, caller.agent)
+    try:
+        tools = await run_sync(_allowed_tools, caller, dict(ctx.meta or {}))
+    except errors.ApiError as error:
+        # Refused for its end user: a JSON-RPC error carrying the REST API's error body.
+        raise MCPError(code=INVALID_PARAMS, message=error.message, data=error.body()) from None
     return types.ListToolsResult(tools=[*tools, calls.WAIT_TOOL_DEFINITION])
 
 

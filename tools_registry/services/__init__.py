@@ -5,7 +5,15 @@ Each function changes one thing and writes its audit event in the same transacti
 
 from __future__ import annotations
 
-from tools_registry.services.agents import save_agent, set_enabled
+from tools_registry.services.agents import (
+    AgentInvalid,
+    Stop,
+    check_end_users,
+    resume_agent,
+    save_agent,
+    set_enabled,
+    stop_agent,
+)
 from tools_registry.services.grants import (
     OBJECT_PERMISSIONS,
     access_of,
@@ -16,6 +24,11 @@ from tools_registry.services.grants import (
     revoke,
     revoke_review,
     set_permissions,
+)
+from tools_registry.services.identity_providers import (
+    IdentityProviderInvalid,
+    check_identity_provider,
+    save_identity_provider,
 )
 from tools_registry.services.policies import PolicyInvalid, check_policy, update_policy
 from tools_registry.services.sync import CODE_FIELDS, SyncReport, sync_tools
@@ -33,24 +46,32 @@ __all__ = [
     "LAST_USED_RESOLUTION",
     "OBJECT_PERMISSIONS",
     "TOKEN_SCHEME",
+    "AgentInvalid",
+    "IdentityProviderInvalid",
     "PolicyInvalid",
+    "Stop",
     "SyncReport",
     "access_of",
     "authenticate_token",
+    "check_end_users",
+    "check_identity_provider",
     "check_policy",
     "current_permissions",
     "grant",
     "grant_review",
     "issue_token",
     "record_access_change",
+    "resume_agent",
     "revoke",
     "revoke_review",
     "revoke_token",
     "rotate_webhook_secret",
     "save_agent",
+    "save_identity_provider",
     "set_enabled",
     "set_permissions",
     "signing_secrets",
+    "stop_agent",
     "sync_tools",
     "update_policy",
 ]

@@ -1,0 +1,322 @@
+"""Stopping an agent: its tokens are refused at once with the reason, its calls waiting for
+a decision are cancelled with it (reviewers and webhooks are told), nothing of it is
+claimed any more, and a stop in the middle of a burst of concurrent submissions leaves no
+call pending and none started after it."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.test import Client
+from django.utils import timezone
+
+from approvals.execution import runner
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import AlreadyVoted, CannotRun, NotPending, decide
+from audit.masking import mask_text
+from audit.models import AuditEvent
+from gateway.models import WebhookDelivery
+from tests.conftest import ApiClient, World, sandbox_effects
+from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
+from tests.gateway.test_errors import error_of
+from tests.support.workers import purge_queue
+from tools_registry import hooks, services
+from tools_registry.models import Agent, Tool
+
+
+@pytest.fixture(autouse=True)
+def _empty_queue() -> Any:
+    purge_queue()
+    yield
+    purge_queue()
+
+
+def audited(call_ids: Any) -> list[str]:
+    """Call ids as the audit trail's data holds them: masked like any text. (A UUID whose
+    digits happen to read as a Luhn-valid card number, 233ed073-9110-4499-8258-7965cbf7efe9,
+    is masked by the card detector; the calls' own events keep their ids in a column.)"""
+    return sorted(mask_text(str(call_id)) for call_id in call_ids)
+
+
+def pending_email(world: World, **extra: Any) -> ToolCall:
+    response = world.api().submit({**SEND_EMAIL, **extra})
+    assert response.status_code == 202, response.content
+    return ToolCall.objects.get(pk=response.json()["id"])
+
+
+def test_a_stop_refuses_every_request_at_once_with_the_reason(world: World) -> None:
+    services.stop_agent(agent=world.agent, reason="Leaked refunds: incident 42", stopped_by=None)
+    api = world.api()
+    call_id = uuid.uuid4()
+    for response in (
+        api.submit(SEND_EMAIL),
+        api.get("/api/v1/tools"),
+        api.get(f"/api/v1/tool-calls/{call_id}"),
+        api.client.post(
+            f"/api/v1/tool-calls/{call_id}/cancel", HTTP_AUTHORIZATION=f"Bearer {world.token}"
+        ),
+    ):
+        error = error_of(response, 403, "agent_stopped")
+        assert error["details"]["reason"] == "Leaked refunds: incident 42"
+        assert "incident 42" in error["message"]
+    assert not ToolCall.objects.exists()
+
+
+def test_a_stop_cancels_what_waits_and_says_so_to_reviewers_webhooks_and_the_trail(
+    world: World, reviewer_client: Client
+) -> None:
+    waiting = [
+        pending_email(world, callback_url="https://agent.example.com/hooks"),
+        pending_email(world),
+    ]
+    read = world.api().submit(GET_CUSTOMER)
+    assert read.status_code == 200
+    stop = services.stop_agent(agent=world.agent, reason="incident", stopped_by=world.alice)
+    assert sorted(stop.cancelled) == sorted(str(c.pk) for c in waiting)
+    for call in waiting:
+        call.refresh_from_db()
+        assert call.status == Status.CANCELLED
+        assert call.error == {
+            "code": "agent_stopped",
+            "message": "The agent was stopped before anyone decided: incident",
+            "reason": "incident",
+        }
+    [event] = AuditEvent.objects.filter(action="agent.stopped")
+    assert (event.actor_label, event.agent_name) == ("alice", "support-bot")
+    assert event.data["reason"] == "incident"
+    assert sorted(event.data["cancelled_calls"]) == audited(stop.cancelled)
+    cancelled = AuditEvent.objects.filter(action="call.cancelled")
+    assert {(e.actor_label, e.data["reason"]) for e in cancelled} == {("alice", "incident")}
+    # The call with a callback URL: told it was asked for, then that it was cancelled, why.
+    bodies = {json.loads(d.body)["type"]: json.loads(d.body) for d in WebhookDelivery.objects.all()}
+    assert sorted(bodies) == ["call.cancelled", "call.pending"]
+    body = bodies["call.cancelled"]
+    assert body["data"]["error"]["code"] == "agent_stopped"
+    assert body["data"]["error"]["reason"] == "incident"
+    page = reviewer_client.get(f"/approvals/{waiting[0].pk}/").content.decode()
+    assert "agent_stopped" in page and "incident" in page
+    queue = reviewer_client.get("/approvals/").content.decode()
+    assert str(waiting[0].pk) not in queue
+
+
+def test_an_approved_call_of_a_stopped_agent_is_not_claimed(world: World) -> None:
+    call = pending_email(world)
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="ok")
+    services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+    assert runner.execute(call.pk) is None
+    call.refresh_from_db()
+    assert call.status == Status.FAILED
+    assert (call.error["code"], call.error["reason"]) == ("agent_stopped", "incident")
+    assert [e for e in sandbox_effects() if e["tool"] == "send_email"] == []
+    assert AuditEvent.objects.filter(action="call.execution_refused", call_id=call.pk).exists()
+
+
+def test_resume_lets_the_tokens_in_and_keeps_the_cancellations(world: World) -> None:
+    call = pending_email(world)
+    services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+    assert services.resume_agent(agent=world.agent, resumed_by=world.alice, note="fixed")
+    response = world.api().get(f"/api/v1/tool-calls/{call.pk}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert world.api().submit(SEND_EMAIL).status_code == 202
+    [event] = AuditEvent.objects.filter(action="agent.resumed")
+    assert (event.data["stop_reason"], event.data["note"]) == ("incident", "fixed")
+    assert services.resume_agent(agent=world.agent) is False
+
+
+def test_a_stop_needs_a_reason_and_stopping_twice_changes_nothing(world: World) -> None:
+    with pytest.raises(ValueError, match="reason"):
+        services.stop_agent(agent=world.agent, reason="  ", stopped_by=None)
+    services.stop_agent(agent=world.agent, reason="first", stopped_by=None)
+    again = services.stop_agent(agent=world.agent, reason="second", stopped_by=None)
+    assert again.already_stopped and again.agent.stop_reason == "first"
+    assert AuditEvent.objects.filter(action="agent.stopped").count() == 1
+
+
+def test_an_edit_saved_from_a_page_loaded_before_the_stop_does_not_resume(world: World) -> None:
+    stale = Agent.objects.get(pk=world.agent.pk)
+    services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+    stale.max_rounds_per_session = 3
+    services.save_agent(agent=stale, changed_by=world.alice)
+    assert Agent.objects.get(pk=world.agent.pk).stop_reason == "incident"
+
+
+# --- Requests that meet a stop under way -----------------------------------------------------
+
+
+@pytest.fixture
+def stop_in_progress(live_world: World) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """A stop that holds its transaction open (a receiver of the stop hook waits), so a test
+    can send requests while it is under way: (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(agent: Agent, reason: str, stopped_by: Any) -> list[str]:
+        entered.set()
+        release.wait(30)
+        return []
+
+    hooks.on_agent_stopped(hold)
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        hooks._agent_stopped.remove(hold)
+
+
+def _stop_in_a_thread(world: World) -> threading.Thread:
+    def stop() -> None:
+        try:
+            services.stop_agent(agent=world.agent, reason="mid-flight", stopped_by=None)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=stop)
+    thread.start()
+    return thread
+
+
+def _in_a_thread(work: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_submission_that_meets_a_stop_under_way_waits_for_it_and_is_refused(
+    live_world: World, stop_in_progress: tuple[threading.Event, threading.Event]
+) -> None:
+    """Authenticated before the stop committed, the submission waits on the run lock; the
+    stop commits; the submission then reads the agent as it is now, stopped."""
+    entered, release = stop_in_progress
+    stopper = _stop_in_a_thread(live_world)
+    assert entered.wait(10)
+    submitter, answers = _in_a_thread(lambda: live_world.api().submit(SEND_EMAIL))
+    submitter.join(1.0)
+    assert submitter.is_alive(), "it waits while the stop is under way"
+    release.set()
+    stopper.join(10)
+    submitter.join(10)
+    error_of(answers[0], 403, "agent_stopped")
+    assert not ToolCall.objects.exists()
+
+
+def test_a_claim_that_meets_a_stop_under_way_waits_for_it_and_claims_nothing(
+    live_world: World, stop_in_progress: tuple[threading.Event, threading.Event]
+) -> None:
+    call = pending_email(live_world)
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
+    entered, release = stop_in_progress
+    stopper = _stop_in_a_thread(live_world)
+    assert entered.wait(10)
+    worker, outcomes = _in_a_thread(lambda: runner.execute(call.pk))
+    worker.join(1.0)
+    assert worker.is_alive(), "the claim waits while the stop is under way"
+    release.set()
+    stopper.join(10)
+    worker.join(10)
+    assert outcomes == [None]
+    call.refresh_from_db()
+    assert (call.status, call.error["code"]) == (Status.FAILED, "agent_stopped")
+    assert call.started_at is None
+
+
+# --- A stop in the middle of a burst --------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_stop_during_a_burst_leaves_nothing_pending_and_nothing_started_after_it(
+    live_world: World, attempt: int
+) -> None:
+    """Eight submitters (writes and reads, each read run at once by its request), two
+    reviewers approving and running what waits (as workers would), and a stop that lands in
+    the middle, all in real threads with their own PostgreSQL connections."""
+    world = live_world
+    Tool.objects.update(rate_limit_per_agent="")  # the burst is the point, not the limits
+    stop_after = 12 + 4 * attempt
+    keys = itertools.count()
+    stopped = threading.Event()
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def submitter(index: int) -> None:
+        api = ApiClient(world.token)
+        for n in range(12):
+            body = GET_CUSTOMER if n % 3 == 0 else SEND_EMAIL
+            body = {**body, "session_id": f"burst-{index}-{n}"}
+            response = api.submit(body, key=f"burst-{attempt}-{index}-{next(keys)}")
+            code = response.json()["error"]["code"] if response.status_code >= 400 else ""
+            with lock:
+                answers.append((response.status_code, code))
+
+    def reviewer() -> None:
+        while not stopped.is_set() or ToolCall.objects.filter(status=Status.APPROVED).exists():
+            for call in ToolCall.objects.filter(status=Status.PENDING)[:5]:
+                # Cancelled by the stop, or decided by the other reviewer, meanwhile: fine.
+                with contextlib.suppress(NotPending, CannotRun, AlreadyVoted):
+                    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="ok")
+            for call_id in ToolCall.objects.filter(status=Status.APPROVED).values_list(
+                "pk", flat=True
+            )[:5]:
+                runner.execute(call_id)
+            time.sleep(0.01)
+
+    def stopper() -> None:
+        while ToolCall.objects.filter(agent=world.agent).count() < stop_after:
+            time.sleep(0.005)
+        services.stop_agent(agent=world.agent, reason=f"burst {attempt}", stopped_by=world.alice)
+        stopped.set()
+
+    def guarded(work: Any, *args: Any) -> None:
+        try:
+            work(*args)
+        except BaseException as exc:
+            failures.append(exc)
+            stopped.set()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=guarded, args=(submitter, i)) for i in range(8)]
+    threads += [threading.Thread(target=guarded, args=(reviewer,)) for _ in range(2)]
+    threads.append(threading.Thread(target=guarded, args=(stopper,)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert stopped.is_set()
+
+    agent = Agent.objects.get(pk=world.agent.pk)
+    calls = list(ToolCall.objects.filter(agent=agent))
+    assert not [c for c in calls if c.status == Status.PENDING], "nothing left waiting"
+    started_after = [c for c in calls if c.started_at and c.started_at >= agent.stopped_at]
+    assert started_after == [], "nothing claimed after the stop"
+    [event] = AuditEvent.objects.filter(action="agent.stopped")
+    cancelled = {str(c.pk) for c in calls if c.status == Status.CANCELLED}
+    assert sorted(event.data["cancelled_calls"]) == audited(cancelled)
+    assert all(c.error["code"] == "agent_stopped" for c in calls if c.status == Status.CANCELLED)
+    # Every request was answered: run or queued before the stop, refused with it after.
+    assert {status for status, _ in answers} <= {200, 202, 403}
+    assert {code for status, code in answers if status == 403} <= {"agent_stopped"}
+    assert any(status == 403 for status, _ in answers), "the stop landed mid-burst"
+    # The oracle: every e-mail the sandbox sent belongs to a call started before the stop.
+    executed = {f"countersign-{c.pk}" for c in calls if c.started_at}
+    sent = {e["idempotency_key"] for e in sandbox_effects() if e["tool"] == "send_email"}
+    assert sent <= executed
+    assert timezone.now() >= agent.stopped_at

@@ -1,0 +1,252 @@
+"""The end user over the REST API: the scope of their roles applied to calls and to the tool
+list, asserted by a trusted agent or taken from a verified token; every bad end user a clear
+error, audited, with nothing created or run and the Idempotency-Key left unused."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from approvals.models import Status, ToolCall
+from audit.models import AuditEvent
+from tests.conftest import ApiClient, World, sandbox_effects
+from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
+from tests.gateway.test_errors import error_of
+from tests.support.identity_provider import Provider, ProviderFactory, rsa_key
+from tools_registry import services, user_tokens
+from tools_registry.models import Agent
+
+CHECKLIST = {
+    "viewer": {"risks": ["read"]},
+    "support": {"risks": ["read", "write"]},
+    "admin": {"risks": ["read", "write", "destructive"]},
+}
+READS = {"search_docs", "get_customer"}
+WRITES = {"send_email", "update_customer", "issue_refund"}
+
+
+def as_user(body: dict[str, Any], user: Any) -> dict[str, Any]:
+    return {**body, "on_behalf_of": user}
+
+
+def viewer(user_id: str = "ada") -> dict[str, Any]:
+    return {"id": user_id, "roles": ["viewer"]}
+
+
+def support(user_id: str = "ada") -> dict[str, Any]:
+    return {"id": user_id, "roles": ["support"]}
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_keys() -> Iterator[None]:
+    user_tokens.forget_keys()
+    yield
+    user_tokens.forget_keys()
+
+
+@pytest.fixture
+def trusted(world: World) -> World:
+    """The world's agent trusted to assert the checklist's roles, scoped as it says."""
+    agent = world.agent
+    agent.user_roles_from = Agent.UserRoles.ASSERTED
+    agent.assertable_roles = list(CHECKLIST)
+    agent.role_scopes = CHECKLIST
+    services.save_agent(agent=agent, changed_by=None)
+    return world
+
+
+@pytest.fixture
+def verifying(world: World, identity_providers: ProviderFactory) -> Provider:
+    """The world's agent takes its users' roles from their tokens, scoped as the checklist."""
+    provider = identity_providers()
+    agent = world.agent
+    agent.user_roles_from = Agent.UserRoles.VERIFIED
+    agent.identity_provider = provider.row
+    agent.role_scopes = CHECKLIST
+    services.save_agent(agent=agent, changed_by=None)
+    return provider
+
+
+def tool_names(response: Any) -> set[str]:
+    assert response.status_code == 200, response.content[:300]
+    return {t["name"] for t in response.json()}
+
+
+def listed(world: World, query: str = "", **headers: str) -> Any:
+    return Client().get(
+        f"/api/v1/tools?format=anthropic{query}",
+        HTTP_AUTHORIZATION=f"Bearer {world.token}",
+        **headers,
+    )
+
+
+def refused_calls(code: str) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(action="call.refused", outcome=code))
+
+
+# --- Asserted roles --------------------------------------------------------------------
+
+
+def test_a_viewer_may_read_but_not_write(trusted: World) -> None:
+    api = trusted.api()
+    assert api.submit(as_user(GET_CUSTOMER, viewer())).status_code == 200
+    response = api.submit(as_user(SEND_EMAIL, viewer()))
+    error = error_of(response, 403, "tool_not_allowed_for_user")
+    assert "support or admin" in error["suggestion"]
+    assert error["details"] == {
+        "tool": "send_email",
+        "user": {"id": "ada", "roles": ["viewer"], "source": "asserted"},
+        "roles_allowed": ["support", "admin"],
+    }
+    assert not ToolCall.objects.filter(tool__name="send_email").exists()
+    [event] = refused_calls("tool_not_allowed_for_user")
+    assert (event.tool_name, event.data["end_user"]["roles"]) == ("send_email", ["viewer"])
+
+
+def test_a_support_user_may_propose_a_write_and_the_call_says_for_whom(trusted: World) -> None:
+    response = trusted.api().submit(as_user(SEND_EMAIL, support("grace@example.com")))
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.on_behalf_of, call.end_user_roles, call.end_user_source) == (
+        "grace@example.com",
+        ["support"],
+        "asserted",
+    )
+    submitted = AuditEvent.objects.get(action="call.submitted", call_id=call.pk)
+    assert (submitted.data["end_user_roles"], submitted.data["end_user_source"]) == (
+        ["support"],
+        "asserted",
+    )
+
+
+def test_a_call_that_names_no_role_gets_the_agents_choice(trusted: World) -> None:
+    api = trusted.api()
+    assert api.submit(as_user(SEND_EMAIL, "ada")).status_code == 202, "the whole allowlist"
+    trusted.agent.unscoped_access = Agent.UnscopedAccess.READS
+    services.save_agent(agent=trusted.agent, changed_by=None)
+    error_of(api.submit(SEND_EMAIL), 403, "tool_not_allowed_for_user")
+    assert api.submit(GET_CUSTOMER).status_code == 200
+
+
+def test_the_tool_list_follows_the_user(trusted: World) -> None:
+    everything = READS | WRITES | {"delete_customer"}
+    assert tool_names(listed(trusted)) == everything
+    assert tool_names(listed(trusted, "&on_behalf_of=ada&roles=viewer")) == READS
+    assert tool_names(listed(trusted, "&on_behalf_of=ada&roles=viewer,support")) == READS | WRITES
+    # Roles alone: what anyone in those roles may call (a call itself always names its user).
+    assert tool_names(listed(trusted, "&roles=viewer")) == READS
+    header = {"HTTP_COUNTERSIGN_ON_BEHALF_OF": json.dumps(viewer())}
+    assert tool_names(listed(trusted, **header)) == READS
+    assert tool_names(listed(trusted, **{"HTTP_COUNTERSIGN_ON_BEHALF_OF": "ada"})) == everything
+
+
+@pytest.mark.parametrize(
+    ("user", "status", "code"),
+    [
+        ({"id": "ada", "roles": ["viewer", 7]}, 400, "invalid_end_user"),
+        ({"id": "ada", "roles": ["r" * 64] * 33}, 400, "invalid_end_user"),
+        ({"id": "ada", "team": "x"}, 400, "invalid_end_user"),
+        (["ada"], 400, "invalid_end_user"),
+        ({"id": "ada", "roles": ["root"]}, 403, "role_not_assertable"),
+    ],
+)
+def test_a_bad_end_user_is_refused_audited_and_leaves_the_key_unused(
+    trusted: World, user: Any, status: int, code: str
+) -> None:
+    key = str(uuid.uuid4())
+    api = trusted.api()
+    error_of(api.submit(as_user(SEND_EMAIL, user), key=key), status, code)
+    [event] = refused_calls(code)
+    assert (event.agent_name, event.data["tool"]) == ("support-bot", "send_email")
+    assert not ToolCall.objects.exists()
+    fixed = api.submit(as_user(SEND_EMAIL, support()), key=key)
+    assert fixed.status_code == 202, "the refused request spent nothing, not even its key"
+
+
+def test_an_agent_not_trusted_to_assert_roles_is_refused(world: World) -> None:
+    error = error_of(world.api().submit(as_user(SEND_EMAIL, support())), 403, "role_not_assertable")
+    assert "not trusted" in error["message"]
+
+
+def test_a_refused_tool_list_is_audited(trusted: World) -> None:
+    error_of(listed(trusted, "&on_behalf_of=ada&roles=root"), 403, "role_not_assertable")
+    error_of(listed(trusted, HTTP_COUNTERSIGN_ON_BEHALF_OF="{not json"), 400, "invalid_end_user")
+    outcomes = sorted(
+        AuditEvent.objects.filter(action="end_user.refused").values_list("outcome", flat=True)
+    )
+    assert outcomes == ["invalid_end_user", "role_not_assertable"]
+
+
+# --- Verified roles --------------------------------------------------------------------
+
+
+def test_a_verified_users_token_decides_their_tools(world: World, verifying: Provider) -> None:
+    token = verifying.token("ada@example.com", ["viewer"])
+    api = world.api()
+    header = {"HTTP_COUNTERSIGN_USER_TOKEN": token}
+    assert tool_names(listed(world, **header)) == READS
+    assert api.submit(GET_CUSTOMER, **header).status_code == 200
+    error_of(api.submit(SEND_EMAIL, **header), 403, "tool_not_allowed_for_user")
+    promoted = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token("ada@example.com", ["support"])}
+    response = api.submit(SEND_EMAIL, **promoted)
+    assert response.status_code == 202
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.on_behalf_of, call.end_user_source) == ("ada@example.com", "verified")
+    assert verifying.fetches == 1
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong key", "alg none", "garbage"])
+def test_a_bad_token_is_refused_and_audited_without_the_token(
+    world: World, verifying: Provider, case: str
+) -> None:
+    token = {
+        "expired": lambda: verifying.token(roles=["admin"], expires_in=-300),
+        "wrong key": lambda: verifying.token(
+            roles=["admin"], key=rsa_key(kid=verifying.keys[0].kid)
+        ),
+        "alg none": lambda: "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZGEiLCJyb2xlcyI6WyJhZG1pbiJdfQ.",
+        "garbage": lambda: "Bearer what",
+    }[case]()
+    api = world.api()
+    error = error_of(
+        api.submit(SEND_EMAIL, HTTP_COUNTERSIGN_USER_TOKEN=token), 401, "user_token_invalid"
+    )
+    assert error["retryable"] is False
+    assert not ToolCall.objects.exists()
+    error_of(listed(world, HTTP_COUNTERSIGN_USER_TOKEN=token), 401, "user_token_invalid")
+    trail = json.dumps(list(AuditEvent.objects.values("data", "outcome")), default=str)
+    assert trail.count("user_token_invalid") >= 2, "the call and the list are both audited"
+    assert token not in trail
+
+
+def test_a_provider_that_is_down_answers_retryable_and_runs_nothing(
+    world: World, verifying: Provider
+) -> None:
+    verifying.go_down()
+    response = world.api().submit(
+        SEND_EMAIL, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token(roles=["support"])
+    )
+    error = error_of(response, 503, "identity_provider_unavailable")
+    assert error["retryable"] is True and response["Retry-After"] == "5"
+    assert refused_calls("identity_provider_unavailable")
+    assert not ToolCall.objects.exists() and sandbox_effects() == []
+
+
+def test_a_read_for_a_viewer_runs_and_a_refused_write_has_no_effect(trusted: World) -> None:
+    """The oracle: the sandbox saw the read's customer lookup only."""
+    api = trusted.api()
+    api.submit(as_user(GET_CUSTOMER, viewer()))
+    api.submit(as_user(SEND_EMAIL, viewer()))
+    assert [e["tool"] for e in sandbox_effects() if e["tool"] == "send_email"] == []
+    assert ToolCall.objects.get().status == Status.SUCCEEDED
+
+
+def test_the_openapi_schema_documents_both_ways(db: None) -> None:
+    schema = ApiClient("x").client.get("/api/v1/openapi.json").json()
+    body = json.dumps(schema)
+    assert "Countersign-User-Token" in body and "roles" in body

@@ -1,0 +1,266 @@
+"""Verified end users: tokens signed with keys generated here, checked against the JWKS a
+real HTTP server publishes; every way a token can be wrong is refused, a provider that is
+down is refused as retryable, and the keys are fetched once, not per call."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+
+import jwt
+import pytest
+from django.test import override_settings
+
+from tests.conftest import World
+from tests.support.identity_provider import AUDIENCE, Provider, ProviderFactory, ec_key, rsa_key
+from tools_registry import end_users, services, user_tokens
+from tools_registry.end_users import Refused, identify
+from tools_registry.models import Agent, IdentityProvider
+from tools_registry.role_scopes import EndUser
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_keys() -> Iterator[None]:
+    user_tokens.forget_keys()
+    yield
+    user_tokens.forget_keys()
+
+
+@pytest.fixture
+def provider(identity_providers: ProviderFactory, world: World) -> Provider:
+    """The organisation's provider, trusted by the world's agent to vouch for its users."""
+    made = identity_providers()
+    world.agent.user_roles_from = Agent.UserRoles.VERIFIED
+    world.agent.identity_provider = made.row
+    world.agent.save()
+    return made
+
+
+def refusal(agent: Agent, token: str, **named: object) -> Refused:
+    with pytest.raises(Refused) as caught:
+        identify(agent, on_behalf_of=named.get("on_behalf_of"), user_token=token)
+    assert token not in caught.value.message, "a token never appears in an error"
+    return caught.value
+
+
+def test_a_genuine_token_names_the_user_and_their_roles(world: World, provider: Provider) -> None:
+    token = provider.token("ada@example.com", roles=["support", "viewer", "support"])
+    user = identify(world.agent, on_behalf_of=None, user_token=token)
+    assert user == EndUser(id="ada@example.com", roles=("support", "viewer"), source="verified")
+
+
+def test_an_elliptic_curve_key_verifies_too(
+    world: World, identity_providers: ProviderFactory
+) -> None:
+    made = identity_providers(ec_key())
+    world.agent.user_roles_from = Agent.UserRoles.VERIFIED
+    world.agent.identity_provider = made.row
+    world.agent.save()
+    user = identify(world.agent, on_behalf_of="grace", user_token=made.token("grace", ["admin"]))
+    assert (user.id, user.roles) == ("grace", ("admin",))
+
+
+def test_the_claims_named_by_the_provider_are_read(world: World, provider: Provider) -> None:
+    IdentityProvider.objects.filter(pk=provider.row.pk).update(
+        user_id_claim="email", roles_claim="realm_access.roles"
+    )
+    world.agent.refresh_from_db()
+    token = provider.token(
+        "u-1", roles=None, email="ada@example.com", realm_access={"roles": ["billing"]}
+    )
+    user = identify(world.agent, on_behalf_of=None, user_token=token)
+    assert (user.id, user.roles) == ("ada@example.com", ("billing",))
+
+
+def test_the_keys_are_fetched_once_and_a_rotated_key_is_fetched_again(
+    world: World, provider: Provider
+) -> None:
+    for _ in range(5):
+        identify(world.agent, on_behalf_of=None, user_token=provider.token())
+    assert provider.fetches == 1
+    rotated = rsa_key()
+    provider.publish(provider.keys[0], rotated)
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
+        user = identify(world.agent, on_behalf_of=None, user_token=provider.token(key=rotated))
+    assert user.id == "ada"
+    assert provider.fetches == 2
+
+
+def test_made_up_key_ids_cost_the_provider_one_request_per_interval(
+    world: World, provider: Provider
+) -> None:
+    stranger = rsa_key()
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=60):
+        identify(world.agent, on_behalf_of=None, user_token=provider.token())
+        for _ in range(5):
+            refused = refusal(world.agent, provider.token(key=stranger))
+            assert "does not publish" in refused.message
+    assert provider.fetches == 1, "the keys were just fetched: no made-up id asks again"
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
+        refusal(world.agent, provider.token(key=stranger))
+    assert provider.fetches == 2, "past the interval, an unknown key is looked for once"
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("expired", "it has expired"),
+        ("wrong key, same kid", "its signature does not verify"),
+        ("unknown key", "a key the provider does not publish"),
+        ("wrong issuer", "not issued by the identity provider"),
+        ("wrong audience", "not issued for Countersign"),
+        ("no expiry", "no 'exp' claim"),
+        ("not yet valid", "not valid yet"),
+        ("tampered roles", "its signature does not verify"),
+        ("not a JWT", "not a well-formed JWT"),
+        ("roles are not strings", "not a role"),
+        ("no user id", "is not a user id"),
+    ],
+)
+def test_a_token_that_does_not_prove_its_user_is_refused(
+    world: World, provider: Provider, case: str, reason: str
+) -> None:
+    genuine = provider.keys[0]
+    impostor = rsa_key(kid=genuine.kid)
+    now = int(time.time())
+    token = {
+        "expired": lambda: provider.token(expires_in=-120),
+        "wrong key, same kid": lambda: provider.token(key=impostor),
+        "unknown key": lambda: provider.token(key=rsa_key()),
+        "wrong issuer": lambda: provider.token(issuer="https://evil.example.com/"),
+        "wrong audience": lambda: provider.token(audience="another-app"),
+        "no expiry": lambda: jwt.encode(
+            {"iss": provider.issuer, "aud": AUDIENCE, "sub": "ada"},
+            genuine.private,
+            algorithm="RS256",
+            headers={"kid": genuine.kid},
+        ),
+        "not yet valid": lambda: provider.token(nbf=now + 600),
+        "tampered roles": lambda: _with_payload(provider.token(roles=["viewer"]), roles=["admin"]),
+        "not a JWT": lambda: "not.a.jwt",
+        "roles are not strings": lambda: provider.token(roles=["viewer", 7]),
+        "no user id": lambda: provider.token(sub=""),
+    }[case]()
+    refused = refusal(world.agent, token)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert reason in refused.message
+
+
+def test_an_unsigned_token_is_refused(world: World, provider: Provider) -> None:
+    """``alg: none``: a token anyone could write."""
+    token = _unsigned({"iss": provider.issuer, "aud": AUDIENCE, "sub": "ada", "roles": ["admin"]})
+    refused = refusal(world.agent, token)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "'none'" in refused.message
+    assert provider.fetches == 0, "refused before any key is even looked up"
+
+
+def test_a_token_signed_with_hmac_and_the_public_key_is_refused(
+    world: World, provider: Provider
+) -> None:
+    """The classic confusion: HS256 with the provider's public key (which anyone can fetch)
+    as the "secret". Only the provider's public-key algorithms are accepted."""
+    key = provider.keys[0]
+    header = {"alg": "HS256", "typ": "JWT", "kid": key.kid}
+    token = _hmac_token(
+        header,
+        {"iss": provider.issuer, "aud": AUDIENCE, "sub": "ada", "exp": int(time.time()) + 300},
+        key.public_pem(),
+    )
+    refused = refusal(world.agent, token)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "'HS256'" in refused.message
+
+
+def test_an_admin_cannot_accept_hmac_or_none(provider: Provider) -> None:
+    for algorithms in (["HS256"], ["none"], ["RS256", "HS512"], []):
+        provider.row.algorithms = algorithms
+        with pytest.raises(services.IdentityProviderInvalid):
+            services.save_identity_provider(provider=provider.row, changed_by=None)
+
+
+def test_a_provider_that_is_down_is_retryable_and_nothing_is_accepted_unverified(
+    world: World, provider: Provider
+) -> None:
+    provider.go_down()
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
+        refused = refusal(world.agent, provider.token())
+        assert refused.code == end_users.PROVIDER_UNAVAILABLE
+        assert "HTTP 503" in refused.message
+        provider.go_down(False)
+        assert identify(world.agent, on_behalf_of=None, user_token=provider.token()).id == "ada"
+
+
+def test_a_provider_that_is_down_is_asked_at_most_once_per_interval(
+    world: World, provider: Provider
+) -> None:
+    provider.go_down()
+    for _ in range(4):
+        assert refusal(world.agent, provider.token()).code == end_users.PROVIDER_UNAVAILABLE
+    assert provider.fetches == 1
+
+
+def test_a_provider_that_cannot_be_reached_is_retryable(world: World, provider: Provider) -> None:
+    IdentityProvider.objects.filter(pk=provider.row.pk).update(
+        jwks_url="http://127.0.0.1:9/nothing-listens-here/jwks.json"
+    )
+    world.agent.refresh_from_db()
+    refused = refusal(world.agent, provider.token())
+    assert refused.code == end_users.PROVIDER_UNAVAILABLE
+    assert "could not be fetched" in refused.message
+
+
+def test_a_token_for_an_agent_not_set_to_verify_is_refused_not_ignored(
+    world: World, provider: Provider
+) -> None:
+    world.agent.user_roles_from = Agent.UserRoles.ASSERTED
+    world.agent.save()
+    refused = refusal(world.agent, provider.token())
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "not set up to verify" in refused.message
+
+
+def test_on_behalf_of_may_not_contradict_or_add_to_the_token(
+    world: World, provider: Provider
+) -> None:
+    token = provider.token("ada", ["viewer"])
+    other = refusal(world.agent, token, on_behalf_of="grace")
+    assert other.code == end_users.INVALID_END_USER
+    more = refusal(world.agent, token, on_behalf_of={"id": "ada", "roles": ["admin"]})
+    assert more.code == end_users.ROLE_NOT_ASSERTABLE
+    same = identify(world.agent, on_behalf_of="ada", user_token=token)
+    assert same.roles == ("viewer",)
+
+
+def test_a_huge_token_is_refused_unread(world: World, provider: Provider) -> None:
+    refused = refusal(world.agent, "a" * (user_tokens.MAX_TOKEN_LENGTH + 1))
+    assert "longer than" in refused.message
+    assert provider.fetches == 0
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(claims: dict[str, object]) -> str:
+    claims = {"exp": int(time.time()) + 300, **claims}
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    return f"{header}.{_b64(json.dumps(claims).encode())}."
+
+
+def _with_payload(token: str, **changes: object) -> str:
+    """The token with its claims changed and its signature kept."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return ".".join([header, _b64(json.dumps({**claims, **changes}).encode()), signature])
+
+
+def _hmac_token(header: dict[str, object], claims: dict[str, object], secret: bytes) -> str:
+    """HS256 by hand: PyJWT itself refuses to use a PEM public key as an HMAC secret."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"

@@ -1,0 +1,248 @@
+"""Verifying an end user's token (a JWT from the organisation's identity provider) with
+PyJWT, against the provider's signing keys (its JWKS), fetched and cached per process.
+
+A token is accepted only when its signature verifies with a key the provider publishes,
+with an algorithm the provider is set to use (public-key ones only: never ``none``, never
+HS256 and friends, whose "secret" would be the public key anyone can fetch), and its
+issuer, audience and expiry are right. Nothing is ever accepted unverified: when the keys
+cannot be had (the provider is down), the token is refused with ``ProviderUnavailable``,
+which callers answer as retryable.
+
+The key set is fetched at most once per ``JWKS_CACHE_SECONDS`` (default 300); a token
+signed with a key not in the cached set (the provider rotated its keys) fetches it again,
+and so does the next token after a failed fetch, but never more than once per
+``JWKS_MIN_REFRESH_SECONDS`` (default 5): a flood of tokens with made-up key ids, or a
+provider that is down, costs the provider one request per interval, not one per call.
+
+Tokens are secrets: they are never logged, audited or put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+from django.conf import settings
+
+from tools_registry.models import TOKEN_ALGORITHMS, IdentityProvider
+from tools_registry.role_scopes import MAX_ROLE_LENGTH, is_role
+
+MAX_TOKEN_LENGTH = 16 * 1024
+MAX_JWKS_BYTES = 1024 * 1024
+MAX_USER_ID_LENGTH = 150
+MAX_TOKEN_ROLES = 256
+# Clocks of the provider and of Countersign may differ a little.
+LEEWAY_SECONDS = 30
+
+# The key types each algorithm family signs with (JWK "kty", and "crv" for EC keys).
+_KEY_TYPES = {
+    "RS": ("RSA", None),
+    "PS": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+}
+
+
+class TokenInvalid(Exception):
+    """The token does not prove who the user is; ``reason`` says why (never the token)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProviderUnavailable(Exception):
+    """The provider's keys could not be had, so the token could not be checked."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _KeySet:
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    fetched_at: float | None = None  # monotonic time of the last good fetch
+    asked_at: float = 0.0  # monotonic time of the last fetch, good or not
+    failure: str = ""
+
+
+_key_sets: dict[str, _KeySet] = {}
+_fetching: dict[str, threading.Lock] = {}
+_guard = threading.Lock()
+
+
+def forget_keys() -> None:
+    """Drop every cached key set (tests; an operator never needs it: the cache expires)."""
+    with _guard:
+        _key_sets.clear()
+
+
+def verify(provider: IdentityProvider, token: str) -> dict[str, Any]:
+    """The token's claims once it is proven genuine and current; ``TokenInvalid`` or
+    ``ProviderUnavailable`` otherwise."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenInvalid(f"it is longer than {MAX_TOKEN_LENGTH} characters")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise TokenInvalid("it is not a well-formed JWT") from None
+    alg = header.get("alg")
+    accepted = [a for a in provider.algorithms if a in TOKEN_ALGORITHMS]
+    if not isinstance(alg, str) or alg not in accepted:
+        raise TokenInvalid(
+            f"it is signed with {alg!r}, not with one of the accepted algorithms "
+            f"({', '.join(accepted)})"
+        )
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise TokenInvalid("its key id (kid) is not a string")
+    try:
+        key = jwt.PyJWK(_signing_key(provider.jwks_url, kid, alg), algorithm=alg)
+    except (jwt.PyJWKError, jwt.InvalidKeyError):
+        raise TokenInvalid("the provider's key for it does not fit its algorithm") from None
+    try:
+        return jwt.decode(
+            token,
+            key=key,
+            algorithms=[alg],
+            audience=provider.audience,
+            issuer=provider.issuer,
+            leeway=LEEWAY_SECONDS,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenInvalid("it has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenInvalid("it is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise TokenInvalid("it was not issued for Countersign (audience)") from None
+    except jwt.InvalidIssuerError:
+        raise TokenInvalid("it was not issued by the identity provider (issuer)") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenInvalid(f"it has no {exc.claim!r} claim") from None
+    except jwt.InvalidSignatureError:
+        raise TokenInvalid("its signature does not verify") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenInvalid(f"it is not valid ({type(exc).__name__})") from None
+
+
+def user_of(provider: IdentityProvider, claims: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The user's id and roles in a verified token's claims, by the provider's claim names."""
+    user_id = claims.get(provider.user_id_claim)
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
+        raise TokenInvalid(
+            f"its {provider.user_id_claim!r} claim is not a user id "
+            f"(1 to {MAX_USER_ID_LENGTH} characters)"
+        )
+    found: Any = claims
+    for part in provider.roles_claim.split("."):
+        found = found.get(part) if isinstance(found, dict) else None
+    if found is None:
+        return user_id, ()
+    roles = found.split() if isinstance(found, str) else found
+    if not isinstance(roles, list) or len(roles) > MAX_TOKEN_ROLES:
+        raise TokenInvalid(f"its {provider.roles_claim!r} claim is not a list of roles")
+    if not all(is_role(role) for role in roles):
+        raise TokenInvalid(
+            f"its {provider.roles_claim!r} claim holds something that is not a role "
+            f"(text of 1 to {MAX_ROLE_LENGTH} characters)"
+        )
+    return user_id, tuple(dict.fromkeys(roles))
+
+
+# --- The provider's keys ------------------------------------------------------------------
+
+
+def _signing_key(url: str, kid: str | None, alg: str) -> dict[str, Any]:
+    """The published key that signs tokens with ``kid`` and ``alg``."""
+    found = _pick(_keys(url, refresh=False), kid, alg)
+    if found is None and kid is not None:
+        # Perhaps the provider rotated its keys since they were fetched.
+        found = _pick(_keys(url, refresh=True), kid, alg)
+    if found is None:
+        if kid is None:
+            raise TokenInvalid("it names no key (kid), and the provider has no single key for it")
+        raise TokenInvalid("it is signed with a key the provider does not publish")
+    return found
+
+
+def _pick(keys: list[dict[str, Any]], kid: str | None, alg: str) -> dict[str, Any] | None:
+    kty, crv = _KEY_TYPES.get(alg, _KEY_TYPES.get(alg[:2], ("", None)))
+    fitting = [
+        key
+        for key in keys
+        if key.get("kty") == kty
+        and (crv is None or key.get("crv") == crv)
+        and key.get("use", "sig") == "sig"
+        and key.get("alg", alg) == alg
+        and (kid is None or key.get("kid") == kid)
+    ]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
+    """The provider's current keys: cached, or fetched (see the module's docstring)."""
+    cache_seconds = settings.JWKS_CACHE_SECONDS
+    min_refresh = settings.JWKS_MIN_REFRESH_SECONDS
+    with _guard:
+        known = _key_sets.setdefault(url, _KeySet())
+        lock = _fetching.setdefault(url, threading.Lock())
+    with lock:  # one fetch per key set at a time; the others wait for its outcome
+        now = time.monotonic()
+        fresh = known.fetched_at is not None and now - known.fetched_at < cache_seconds
+        if fresh and not refresh:
+            return known.keys
+        if now - known.asked_at < min_refresh:
+            if known.failure:
+                raise ProviderUnavailable(known.failure)
+            if fresh:
+                return known.keys
+        known.asked_at = now
+        try:
+            known.keys = _fetch(url)
+        except ProviderUnavailable as exc:
+            known.failure = exc.reason
+            raise
+        known.fetched_at, known.failure = now, ""
+        return known.keys
+
+
+def _fetch(url: str) -> list[dict[str, Any]]:
+    try:
+        with httpx.stream(
+            "GET",
+            url,
+            timeout=settings.JWKS_TIMEOUT_SECONDS,
+            follow_redirects=False,
+            headers={"Accept": "application/json"},
+        ) as response:
+            if response.status_code != 200:
+                raise ProviderUnavailable(
+                    f"the provider's key set answered HTTP {response.status_code}"
+                )
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ProviderUnavailable("the provider's key set is too large")
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailable(
+            f"the provider's key set could not be fetched ({type(exc).__name__})"
+        ) from None
+    try:
+        data = json.loads(body)
+        # PyJWT's own reading of the set: it refuses one without a single usable key.
+        jwt.PyJWKSet.from_dict(data)
+    except (jwt.PyJWKSetError, ValueError, TypeError, AttributeError):
+        raise ProviderUnavailable("the provider's key set is not a JWKS with usable keys") from None
+    return [key for key in data["keys"] if isinstance(key, dict)]
