@@ -265,7 +265,8 @@ def _find_cards(text: str) -> list[Finding]:
 
 # Letters of any script; a partly shown address (``a***@example.com``) has no letter before
 # its "@", so a second pass does not take it for an address.
-_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}\b")
+# Searched from the start of a run only, so that a long run without "@" is read once.
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}\b")
 
 
 def _find_emails(text: str) -> list[Finding]:
@@ -301,7 +302,7 @@ _NOT_A_PHONE = (
 _PHONE_CANDIDATE = re.compile(
     r"(?:(?<![\w.:/+-])|(?<=(?i:tel):))"
     rf"(?!(?:{_NOT_A_PHONE})(?![^\w\n]{{0,4}}\d))"
-    r"[+(]?\d(?:[^\w\n]{0,4}\d){7,}"
+    r"[+(]?\d(?:[^\w\n]{0,4}\d){7,19}"  # no phone number has more than 15 digits, 20 with room
     r"(?![\w:/]|[.-]\w)"
 )
 _TEL = re.compile(r"(?i)\btel:$")
@@ -360,14 +361,13 @@ def _stands_alone(text: str, start: int, end: int, number: str) -> bool:
 
 # --- All of them, in order -----------------------------------------------------------------
 
-# Words one of which every assignment or auth scheme holds (case-folded).
-_ASSIGNMENT_WORDS = (
-    "pass", "pwd", "secret", "token", "key", "auth", "cookie", "credential", "card", "cvc", "cvv",
-)  # fmt: skip
-_SCHEME_WORDS = ("bearer", "token", "basic")
-# Every key shape is a run of at least 16 characters that may stand in a key, except for
-# credentials in a URL, npm's _authToken lines and short Slack tokens.
-_LONG_RUN = re.compile(r"[\w+/=.\\-]{16}")
+# Words one of which every assignment or auth scheme holds (searched in case-folded text).
+_ASSIGNMENT_WORD = re.compile(r"pass|pwd|secret|token|key|auth|cookie|credential|card|cvc|cvv")
+_SCHEME_WORD = re.compile(r"bearer|token|basic")
+# Every key shape is a run of at least 16 characters that may stand in a key, not all of them
+# lower-case hex digits or dashes (hashes and UUIDs, common in audit data, hold no key
+# shape), except for credentials in a URL, npm's _authToken lines and short Slack tokens.
+_LONG_RUN = re.compile(r"(?<![\w+/=.\\-])(?=[\w+/=.\\-]{16})[0-9a-f-]*+(?:[^\W0-9a-f]|[+/=.\\])")
 # Necessary for a card number: 13 digits with at most one separator between two; for a
 # phone number: 8 digits with at most 4 separators between two.
 _THIRTEEN_DIGITS = re.compile(r"\d(?:[ ./-]?\d){12}")
@@ -375,11 +375,11 @@ _EIGHT_DIGITS = re.compile(r"\d(?:[^\w\n]{0,4}\d){7}")
 
 
 def _may_assign(text: str, folded: str) -> bool:
-    return ("=" in text or ":" in text) and any(word in folded for word in _ASSIGNMENT_WORDS)
+    return ("=" in text or ":" in text) and _ASSIGNMENT_WORD.search(folded) is not None
 
 
 def _may_name_scheme(text: str, folded: str) -> bool:
-    return any(word in folded for word in _SCHEME_WORDS)
+    return _SCHEME_WORD.search(folded) is not None
 
 
 def _may_hold_key(text: str, folded: str) -> bool:

@@ -58,8 +58,10 @@ _MARKER = re.compile(r"(\[masked:[a-z]+:[0-9a-f]{8}\])")
 # value (``q=4111+1111+...``), so a ``name=value`` holding one counts too.
 _URL_STOP = r"\s&?#\"'<>"
 _URL_ENCODED = re.compile(
-    rf"[^{_URL_STOP}]*%[0-9A-Fa-f]{{2}}[^{_URL_STOP}]*"
-    rf"|[^{_URL_STOP}=]+=[^{_URL_STOP}]*\+[^{_URL_STOP}]*"
+    # From the start of a run only, so that a long run is read once.
+    rf"(?<![^{_URL_STOP}])"
+    rf"(?:[^{_URL_STOP}]*%[0-9A-Fa-f]{{2}}[^{_URL_STOP}]*"
+    rf"|[^{_URL_STOP}=]+=[^{_URL_STOP}]*\+[^{_URL_STOP}]*)"
 )
 
 
@@ -116,7 +118,10 @@ def mask_text(text: str, *, render: Renderer = masked) -> str:
 
 def _mask_all(text: str, render: Renderer, detectors: Iterable[Detector] = _PIPELINE) -> str:
     # (done, piece): done pieces are masks, already rendered; the others are still searched.
-    pieces = [(i % 2 == 1, part) for i, part in enumerate(_MARKER.split(text)) if part]
+    if "[masked:" in text:
+        pieces = [(i % 2 == 1, part) for i, part in enumerate(_MARKER.split(text)) if part]
+    else:
+        pieces = [(False, text)]
     for detector in detectors:
         searched: list[tuple[bool, str]] = []
         for done, piece in pieces:

@@ -3,6 +3,8 @@ tells what was found and what its fingerprint is taken of) and the near-misses i
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from audit.masking import mask_text
@@ -84,6 +86,7 @@ SECRET_ASSIGNMENTS = [
     ('password="never closed', 'password="<secret:never closed>'),
     ("cvv: 123", "cvv: <secret:123>"),
     ("token := 'abc'", "token := '<secret:abc>'"),
+    ("run --password=hunter2 --verbose", "run --password=<secret:hunter2> --verbose"),
     # Near-misses.
     ("token_cost 1200 tokens", "token_cost 1200 tokens"),
     (
@@ -242,3 +245,25 @@ def test_the_tables_hold_near_misses_for_every_detector() -> None:
 def test_masking_again_changes_nothing(text: str) -> None:
     once = mask_text(text)
     assert mask_text(once) == once
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ab" * 15_000 + "%",  # a long run, then what makes a URL-encoded run
+        "a" * 30_000 + "@",  # ... an e-mail address
+        "1" * 30_000,  # ... a card or phone number
+        "Ab1/" * 7_500,  # ... a key
+        "a_" * 15_000 + "=x",  # ... an assignment
+        "1." * 15_000,
+        "%41" * 10_000,
+        'password="' + "x" * 30_000,
+    ],
+    ids=["percent", "at", "digits", "base64", "name", "dotted", "escapes", "quoted"],
+)
+def test_long_agent_supplied_text_is_masked_in_linear_time(text: str) -> None:
+    """Agents choose what is masked: no pattern may read a long run once per character
+    (30,000 characters took seconds with one such pattern; linear, milliseconds)."""
+    started = time.perf_counter()
+    mask_text(text)
+    assert time.perf_counter() - started < 0.5
