@@ -62,11 +62,19 @@ class Finding:
     value: str
 
 
+@dataclass(slots=True)
+class Budget:
+    """What one masking may spend on second reads of phone candidates (each a matcher run):
+    enough for any real text, and a bound on a long soup of digit groups."""
+
+    second_reads: int = 64
+
+
 @dataclass(frozen=True)
 class Detector:
     name: str
     may_find: Callable[[str, str], bool]
-    find: Callable[[str], list[Finding]]
+    find: Callable[[str, Budget], list[Finding]]
 
 
 def _without_overlaps(findings: Iterable[Finding]) -> list[Finding]:
@@ -232,6 +240,8 @@ _CARD = re.compile(
     # The first digit, then what may not stand before it (written after it, so that the
     # search skips ahead to digits).
     r"\d(?<![\d-]\d)(?<!\d\.\d)"
+    # Nor a partly shown card (•••• 1111): its last four digits do not start another.
+    r"(?<!•\d)(?<!• \d)"
     r"(?:(?:[ -]?\d){12,18}|\d{3}(?P<sep>[./])\d{3,6}(?:(?P=sep)\d{3,6}){1,3})"
     r"(?![\d-])(?!\.\d)"
 )
@@ -296,17 +306,19 @@ _NOT_A_PHONE = (
     r"|\d{1,3}(?:\.\d{1,3}){3}|\d+[.,]\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?"
 )
 # Where the matcher is run: at least 8 digits with at most 4 separators between any two, not
-# touching another token's characters (a tel: link aside), and not a date, an IP address or
-# a decimal standing alone. Every number reported must fit in such a run, so text without
+# touching another token's characters (a tel: link aside; the bullets of a partly shown
+# number, •••58, count as one), and not a date, an IP address or a decimal standing alone. Every number reported must fit in such a run, so text without
 # one costs a search and the matcher (tens of microseconds a run) is spared.
 _PHONE_CANDIDATE = re.compile(
-    r"(?:(?<![\w.:/+-])|(?<=(?i:tel):))"
+    r"(?:(?<![\w.:/+•-])(?<!• )|(?<=(?i:tel):))"
     rf"(?!(?:{_NOT_A_PHONE})(?![^\w\n]{{0,4}}\d))"
-    r"[+(]?\d(?:[^\w\n]{0,4}\d){7,19}"  # no phone number has more than 15 digits, 20 with room
+    r"[+(]?\d(?:[^\w\n+]{0,4}\d){7,19}"  # no phone number has more than 15 digits, 20 with room
     r"(?![\w:/]|[.-]\w)"
 )
 _TEL = re.compile(r"(?i)\btel:$")
-_TOKEN_BEFORE = re.compile(r"[\w.:/+-]")
+_LAST_GROUP = re.compile(r"[^\w\n]+\d+$")
+_FIRST_GROUP = re.compile(r"[+(]*\d+")
+_TOKEN_BEFORE = re.compile(r"[\w.:/+•-]")
 _TOKEN_AFTER = re.compile(r"[\w:/]|[.-]\w")
 _NOT_A_PHONE_ALONE = re.compile(_NOT_A_PHONE)
 # North American layout, (555) 123-4567 or 555-123-4567, taken for a phone number even when
@@ -315,19 +327,50 @@ _NOT_A_PHONE_ALONE = re.compile(_NOT_A_PHONE)
 _NANP_LAYOUT = re.compile(r"(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}")
 
 
-def _find_phones(text: str) -> list[Finding]:
-    spans: list[tuple[int, int, str]] = []
-    for candidate in _PHONE_CANDIDATE.finditer(text):
-        spans += _phones_in(candidate.group(0), candidate.start())
-    return _without_overlaps(
-        Finding(start, end, Kind.PHONE, _NON_DIGITS.sub("", number))
-        for start, end, number in spans
-        if _stands_alone(text, start, end, number)
-    )
+def _find_phones(text: str, budget: Budget) -> list[Finding]:
+    findings: list[Finding] = []
+    # What follows a number found is searched as the text after a mask is, from its own
+    # start: the next number glued to it ("...0958+44 20 ...") then stands alone, as it
+    # does when masked again.
+    base, piece, at = 0, text, 0
+    while candidate := _PHONE_CANDIDATE.search(piece, at):
+        run, offset = candidate.group(0), candidate.start()
+        while True:
+            # The matcher reads a run of digit groups as one number or none; when it finds
+            # nothing, it reads the run less its last group: "+44 20 7946 0958 2026-11-21"
+            # holds a number followed by a date.
+            found = [
+                (start, end, number)
+                for start, end, number in _numbers_in(run, offset)
+                if _stands_alone(piece, start, end, number)
+            ]
+            last_group = _LAST_GROUP.search(run)
+            if found or not last_group or not budget.second_reads or _digits(run) <= 8:
+                break
+            budget.second_reads -= 1
+            run = run[: last_group.start()]
+        if found:
+            findings += [
+                Finding(base + start, base + end, Kind.PHONE, _NON_DIGITS.sub("", number))
+                for start, end, number in found
+            ]
+            end = max(end for _, end, _ in found)
+            base, piece, at = base + end, piece[end:], 0
+        elif budget.second_reads and (first_group := _FIRST_GROUP.match(piece, offset)):
+            # The next run starts at this one's second group, where a number may start that
+            # the groups before it hid: "ref 4242 (555) 123-4567".
+            budget.second_reads -= 1
+            at = first_group.end()
+        else:
+            at = candidate.end()
+    return _without_overlaps(findings)
 
 
-def _phones_in(run: str, offset: int) -> list[tuple[int, int, str]]:
-    """The numbers in one candidate run, as (start, end, raw string) in the whole text."""
+def _digits(text: str) -> int:
+    return sum(c.isdigit() for c in text)
+
+
+def _numbers_in(run: str, offset: int) -> list[tuple[int, int, str]]:
     if run.startswith("+"):
         # International: the country code says which country; possible for it is enough.
         matches = PhoneNumberMatcher(run, "ZZ", leniency=Leniency.POSSIBLE)
@@ -351,7 +394,7 @@ def _stands_alone(text: str, start: int, end: int, number: str) -> bool:
         return False
     if _TOKEN_AFTER.match(text, end):
         return False
-    if not 8 <= sum(c.isdigit() for c in number) <= 15:
+    if not 8 <= _digits(number) <= 15:
         return False
     if number.startswith("+"):
         return True
@@ -391,14 +434,34 @@ def _may_hold_key(text: str, folded: str) -> bool:
     )
 
 
+def _may_hold_private_key(text: str, folded: str) -> bool:
+    return "PRIVATE KEY-----" in text
+
+
+def _may_hold_card(text: str, folded: str) -> bool:
+    return _THIRTEEN_DIGITS.search(text) is not None
+
+
+def _may_hold_email(text: str, folded: str) -> bool:
+    return "@" in text
+
+
+def _may_hold_phone(text: str, folded: str) -> bool:
+    return _EIGHT_DIGITS.search(text) is not None
+
+
+def _simple(find: Callable[[str], list[Finding]]) -> Callable[[str, Budget], list[Finding]]:
+    return lambda text, _budget: find(text)
+
+
 SECRETS = (
-    Detector("private_key", lambda text, _: "PRIVATE KEY-----" in text, _find_private_keys),
-    Detector("assignment", _may_assign, _find_assignments),
-    Detector("key", _may_hold_key, _find_keys),
-    Detector("bearer", _may_name_scheme, _find_bearer_tokens),
+    Detector("private_key", _may_hold_private_key, _simple(_find_private_keys)),
+    Detector("assignment", _may_assign, _simple(_find_assignments)),
+    Detector("key", _may_hold_key, _simple(_find_keys)),
+    Detector("bearer", _may_name_scheme, _simple(_find_bearer_tokens)),
 )
 PERSONAL_DATA = (
-    Detector("card", lambda text, _: _THIRTEEN_DIGITS.search(text) is not None, _find_cards),
-    Detector("email", lambda text, _: "@" in text, _find_emails),
-    Detector("phone", lambda text, _: _EIGHT_DIGITS.search(text) is not None, _find_phones),
+    Detector("card", _may_hold_card, _simple(_find_cards)),
+    Detector("email", _may_hold_email, _simple(_find_emails)),
+    Detector("phone", _may_hold_phone, _find_phones),
 )

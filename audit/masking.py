@@ -29,7 +29,15 @@ from urllib.parse import unquote, unquote_plus
 from django.conf import settings
 
 from audit.canonical import canonical_json
-from audit.detectors import PERSONAL_DATA, SECRET_NAME, SECRETS, Detector, Kind, luhn_valid
+from audit.detectors import (
+    PERSONAL_DATA,
+    SECRET_NAME,
+    SECRETS,
+    Budget,
+    Detector,
+    Kind,
+    luhn_valid,
+)
 
 __all__ = [
     "SECRET_KEY_NAMES",
@@ -94,7 +102,7 @@ def _may_be_url_encoded(text: str, folded: str) -> bool:
     return "%" in text or ("=" in text and "+" in text)
 
 
-_URL_DETECTOR = Detector("url_encoded", _may_be_url_encoded, lambda text: [])
+_URL_DETECTOR = Detector("url_encoded", _may_be_url_encoded, lambda text, budget: [])
 _PIPELINE = (*SECRETS, _URL_DETECTOR, *PERSONAL_DATA)
 
 
@@ -107,43 +115,94 @@ def mask_text(text: str, *, render: Renderer = masked) -> str:
     """
     if not text:
         return text
-    # Only the detectors that could find something anywhere in the text run. Most audited
-    # text (keys, names, statuses, ids) leaves none, and is returned at once.
-    folded = text.casefold()
-    detectors = [d for d in _PIPELINE if d.may_find(text, folded)]
+    # Most audited text (keys, names, statuses, ids) leaves no detector anything to look
+    # at, and is returned at once.
+    detectors = _detectors_for(text)
     if not detectors:
         return text
     return _mask_all(text, render, detectors)
 
 
+def _detectors_for(text: str) -> list[Detector]:
+    """The detectors that could find something somewhere in ``text`` (see may_find)."""
+    folded = text.casefold()
+    return [d for d in _PIPELINE if d.may_find(text, folded)]
+
+
+Piece = tuple[bool, str]  # (done, text): done pieces are masks, already rendered
+# Rounds of every detector over the text left between masks: real text needs two at most
+# (the second finds nothing); a long soup of glued values is not read without end.
+_ROUNDS = 4
+
+
 def _mask_all(text: str, render: Renderer, detectors: Iterable[Detector] = _PIPELINE) -> str:
-    # (done, piece): done pieces are masks, already rendered; the others are still searched.
+    return "".join(piece for _, piece in _masked_pieces(text, render, detectors, Budget()))
+
+
+def _masked_pieces(
+    text: str, render: Renderer, detectors: Iterable[Detector], budget: Budget
+) -> list[Piece]:
     if "[masked:" in text:
         pieces = [(i % 2 == 1, part) for i, part in enumerate(_MARKER.split(text)) if part]
     else:
         pieces = [(False, text)]
+    masks = sum(done for done, _ in pieces)
+    for _ in range(_ROUNDS):
+        pieces = _run(pieces, render, detectors, budget)
+        if sum(done for done, _ in pieces) == masks:
+            break
+        # New masks change what stands next to what: a phone number glued to the one before
+        # it ("...0958+44 20 ...") touched another token and was left, and stands alone once
+        # that one is masked. The text left is masked again now, as a second masking would
+        # do it, so that masking twice changes nothing.
+        masks = sum(done for done, _ in pieces)
+        wanted = {d for done, piece in pieces if not done for d in _detectors_for(piece)}
+        detectors = [d for d in _PIPELINE if d in wanted]
+    return pieces
+
+
+def _run(
+    pieces: list[Piece], render: Renderer, detectors: Iterable[Detector], budget: Budget
+) -> list[Piece]:
+    """Each detector in turn, over the text between the masks made so far."""
     for detector in detectors:
-        searched: list[tuple[bool, str]] = []
+        searched: list[Piece] = []
         for done, piece in pieces:
-            if done:
-                searched.append((done, piece))
-                continue
             at = 0
-            for start, end, shown in _find(detector, piece, render):
-                searched += [(False, piece[at:start]), (True, shown)]
+            for start, end, shown in [] if done else _find(detector, piece, render, budget):
+                _append(searched, (False, piece[at:start]))
+                for part in shown:
+                    _append(searched, part)
                 at = end
-            searched.append((False, piece[at:]))
+            _append(searched, (done, piece[at:]) if at else (done, piece))
         pieces = searched
-    return "".join(piece for _, piece in pieces)
+    return pieces
 
 
-def _find(detector: Detector, text: str, render: Renderer) -> list[tuple[int, int, str]]:
+def _append(pieces: list[Piece], piece: Piece) -> None:
+    """Text next to text is one text (a URL-encoded run's decoded remains and what follows
+    it), as it is when masked again."""
+    done, text = piece
+    if not text:
+        return
+    if not done and pieces and not pieces[-1][0]:
+        pieces[-1] = (False, pieces[-1][1] + text)
+    else:
+        pieces.append(piece)
+
+
+def _find(
+    detector: Detector, text: str, render: Renderer, budget: Budget
+) -> list[tuple[int, int, list[Piece]]]:
     if detector is _URL_DETECTOR:
-        return _find_url_encoded(text, render)
-    return [(f.start, f.end, render(f.kind, f.value)) for f in detector.find(text)]
+        return _find_url_encoded(text, render, budget)
+    found = detector.find(text, budget)
+    return [(f.start, f.end, [(True, render(f.kind, f.value))]) for f in found]
 
 
-def _find_url_encoded(text: str, render: Renderer) -> list[tuple[int, int, str]]:
+def _find_url_encoded(
+    text: str, render: Renderer, budget: Budget
+) -> list[tuple[int, int, list[Piece]]]:
     """URL-encoded runs whose decoded text holds something to mask are replaced by that text,
     masked (``to=alice%40example.com`` -> ``to=[masked:email:...]``): a fingerprint is taken
     of the decoded value, so it matches the one of the same value written plainly. Runs with
@@ -152,10 +211,12 @@ def _find_url_encoded(text: str, render: Renderer) -> list[tuple[int, int, str]]
     for match in _URL_ENCODED.finditer(text):
         raw = match.group(0)
         decoded = unquote_plus(raw) if "=" in raw else unquote(raw)
-        if decoded != raw:
-            shown = mask_text(decoded, render=render)  # decodes again if encoded twice
-            if shown != decoded:
-                found.append((match.start(), match.end(), shown))
+        detectors = _detectors_for(decoded)
+        if decoded != raw and detectors:
+            # Decodes again if it was encoded twice.
+            pieces = _masked_pieces(decoded, render, detectors, budget)
+            if any(done for done, _ in pieces):
+                found.append((match.start(), match.end(), pieces))
     return found
 
 

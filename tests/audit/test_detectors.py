@@ -165,7 +165,14 @@ PHONES = [
     ("+33 1 23 45 67 89", "<phone:33123456789>"),
     ("01 23 45 67 89", "<phone:0123456789>"),
     ("tel:+1-202-555-0143", "tel:<phone:12025550143>"),
-    ("+1 (415) 555-0123 ext. 42", "<phone:14155550123> ext. 42"),  # an extension is no one's
+    ("+1 (415) 555-0123 ext. 42", "<phone:14155550123> ext. 42"),
+    ("call +44 20 7946 0958 2026-11-21", "call <phone:442079460958> 2026-11-21"),
+    ("ref 4242 (555) 123-4567", "ref 4242 <phone:5551234567>"),
+    ("+44 20 7946 0958+49 30 1234567", "<phone:442079460958><phone:49301234567>"),
+    (
+        "order 2024-000007",
+        "order 2024-000007",
+    ),  # a valid US number, not grouped as one  # an extension is no one's
     # Near-misses: UUIDs, IP addresses, timestamps, dates, decimals, bare order numbers.
     ("call 3f2a1c2b-1111-2222-3333-444455556666", "call 3f2a1c2b-1111-2222-3333-444455556666"),
     ("from 192.168.100.200:8080", "from 192.168.100.200:8080"),

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import strategies as st
 
 from audit import masking
+from audit.display import partial
 from audit.masking import mask_arguments, mask_fields, mask_text, mask_value, masked
 
 
@@ -85,6 +86,7 @@ PIECES = [
     "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "4242 4242 4242 4242",
     "4111.1111.1111.1111", "+44 20 7946 0958", "(555) 123-4567", "2026-11-21", "eyJhbGciOiJIUzI1NiJ9",
     "[masked:email:0123abcd]", "[masked:", "]", "ada@x.io", "a***@example.com", "•••• 1111",
+    "0123456789abcdef", "ghp_", "AKIA", "xoxb-1-", "://u:p@h", "_authToken=", "Pwd", "SECRET",
 ]  # fmt: skip
 
 
@@ -94,6 +96,22 @@ def test_the_shortcut_for_text_without_findings_masks_exactly_as_every_detector(
     text: str,
 ) -> None:
     assert mask_text(text) == every_detector(text)
+
+
+@hypothesis.given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+@hypothesis.settings(max_examples=500, deadline=None)
+def test_masking_twice_changes_nothing_even_for_values_glued_together(text: str) -> None:
+    once = mask_text(text)
+    assert mask_text(once) == once
+
+
+@hypothesis.given(st.lists(st.sampled_from(PIECES), max_size=12).map(" ".join))
+@hypothesis.settings(max_examples=500, deadline=None)
+def test_partly_shown_values_are_not_found_again(text: str) -> None:
+    """Words apart (a partly shown e-mail glued to another "@" can be read anew)."""
+    once = mask_text(text, render=partial)
+    assert mask_text(once, render=partial) == once
+    assert mask_text(once) == once
 
 
 def test_the_default_renderer_is_the_keyed_hash_marker() -> None:
