@@ -7,9 +7,10 @@ Key shapes come from Yelp's ``detect-secrets`` plugins and phone numbers from
 libraries miss, each saying why.
 
 Every detector has ``may_find(text, folded)``, a cheap test (``folded`` is the text
-case-folded) that holds for any text in which the detector could find something, and for every
-part of such a text. ``audit.masking`` asks it first, so text that no detector could find
-anything in (most audited text: ids, names, statuses) costs a few substring tests.
+case-folded) that holds for any text in which the detector could find something, and for any
+text containing such a text. ``audit.masking`` asks it first, so text that no detector could
+find anything in (most audited text: ids, names, statuses, hashes) costs a few substring
+tests.
 """
 
 from __future__ import annotations
@@ -345,10 +346,12 @@ def _find_phones(text: str, budget: Budget) -> list[Finding]:
                 if _stands_alone(piece, start, end, number)
             ]
             last_group = _LAST_GROUP.search(run)
-            if found or not last_group or not budget.second_reads or _digits(run) <= 8:
+            if found or not last_group or not budget.second_reads:
+                break
+            run = run[: last_group.start()]
+            if _digits(run) < 8:  # too short for a phone number: no need to read it
                 break
             budget.second_reads -= 1
-            run = run[: last_group.start()]
         if found:
             findings += [
                 Finding(base + start, base + end, Kind.PHONE, _NON_DIGITS.sub("", number))
