@@ -65,10 +65,12 @@ class Finding:
 
 @dataclass(slots=True)
 class Budget:
-    """What one masking may spend on second reads of phone candidates (each a matcher run):
-    enough for any real text, and a bound on a long soup of digit groups."""
+    """What one masking may spend, enough for any real text and a bound on crafted text:
+    second reads of phone candidates (each a matcher run), for a long soup of digit groups;
+    URL decodings one inside another, for text encoded over and over (%252525...)."""
 
     second_reads: int = 64
+    decodings: int = 4
 
 
 @dataclass(frozen=True)

@@ -212,11 +212,16 @@ def _find_url_encoded(
         raw = match.group(0)
         decoded = unquote_plus(raw) if "=" in raw else unquote(raw)
         detectors = _detectors_for(decoded)
-        if decoded != raw and detectors:
-            # Decodes again if it was encoded twice.
+        if decoded == raw or not detectors or not budget.decodings:
+            continue
+        # Decodes again if it was encoded twice, a few times over at most.
+        budget.decodings -= 1
+        try:
             pieces = _masked_pieces(decoded, render, detectors, budget)
-            if any(done for done, _ in pieces):
-                found.append((match.start(), match.end(), pieces))
+        finally:
+            budget.decodings += 1
+        if any(done for done, _ in pieces):
+            found.append((match.start(), match.end(), pieces))
     return found
 
 

@@ -265,8 +265,21 @@ def test_masking_again_changes_nothing(text: str) -> None:
         "1." * 15_000,
         "%41" * 10_000,
         'password="' + "x" * 30_000,
+        "q=%" + "25" * 15_000 + "40x@example.com",  # encoded 15,000 times over
+        "4242 0 " * 1_000,  # a soup of digit groups
     ],
-    ids=["percent", "at", "digits", "base64", "name", "dotted", "escapes", "quoted"],
+    ids=[
+        "percent",
+        "at",
+        "digits",
+        "base64",
+        "name",
+        "dotted",
+        "escapes",
+        "quoted",
+        "nested",
+        "soup",
+    ],
 )
 def test_long_agent_supplied_text_is_masked_in_linear_time(text: str) -> None:
     """Agents choose what is masked: no pattern may read a long run once per character
