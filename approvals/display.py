@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from approvals.models import Decision, Note, ToolCall
-from audit.masking import mask_fields, mask_text, mask_value, masked, partial
+from audit.display import partial
+from audit.masking import mask_fields, mask_text, mask_value, masked
 from tools_registry import facts as tool_facts
 from tools_registry import registry, sources
 from tools_registry.risk_signals import CATALOGUE, Found, escape_hidden
@@ -32,12 +33,12 @@ LONG_TEXT = 120
 
 def text(value: str) -> str:
     """Free text an agent or a reviewer wrote, as any reviewer may see it."""
-    return escape_hidden(mask_text(value or "", partial))
+    return escape_hidden(mask_text(value or "", render=partial))
 
 
 def value(data: Any) -> Any:
     """A JSON value (a result, an error, a state) as any reviewer may see it."""
-    return _escaped(mask_value(data, partial))
+    return _escaped(mask_value(data, render=partial))
 
 
 def pretty(data: Any) -> str:
@@ -78,7 +79,7 @@ def _one_finding(data: str) -> tuple[str, str] | None:
         found.append((kind, hit))
         return ""
 
-    rest = mask_text(data, collect)
+    rest = mask_text(data, render=collect)
     return found[0] if len(found) == 1 and not rest.strip() else None
 
 

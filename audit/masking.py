@@ -4,12 +4,16 @@ Two layers:
 
 * fields a tool's policy marks sensitive (``sensitive_fields``: dotted paths into the
   arguments) are masked whole, whatever they contain;
-* detectors find API keys, bearer tokens, card numbers (Luhn-checked), e-mail addresses
-  and phone numbers anywhere in free text, and mask just the match.
+* detectors (``audit.detectors``) find API keys, tokens, secret assignments, private keys,
+  card numbers (Luhn-checked), e-mail addresses and phone numbers anywhere in free text,
+  also inside URL-encoded text, and mask just the match.
 
-A masked value keeps a short keyed hash (``[masked:email:3f9a1c2b]``) so that equal values
-can be correlated across events without being readable. The key comes from the settings,
-so the hash cannot be reversed by guessing common values offline.
+How a masked value is shown is the renderer's choice, ``render(kind, value) -> str``, passed
+to every function here. The default, ``masked``, keeps a short keyed hash
+(``[masked:email:3f9a1c2b]``) so that equal values can be correlated across events without
+being readable; the key comes from the settings, so the hash cannot be reversed by guessing
+common values offline. The reviewer's display forms (``a***@example.com``, ``•••• 1111``)
+are the ``partial`` renderer in ``audit.display``.
 """
 
 from __future__ import annotations
@@ -20,58 +24,53 @@ import re
 from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 from django.conf import settings
 
 from audit.canonical import canonical_json
-
-# Keys whose values are secret whatever they look like.
-SECRET_KEY_NAMES = re.compile(
-    r"(?i)^(password|passwd|secret|client_secret|api[_-]?key|access[_-]?token|refresh[_-]?token"
-    r"|token|authorization|auth|cookie|session[_-]?key|private[_-]?key|card[_-]?number|cvc|cvv)$"
+from audit.detectors import (
+    PERSONAL_DATA,
+    SECRET_NAME,
+    SECRETS,
+    Budget,
+    Detector,
+    Kind,
+    luhn_valid,
 )
 
-_API_KEY = re.compile(
-    r"\b(?:"
-    r"sk_(?:live|test)_[A-Za-z0-9]{8,}"  # Stripe-style secret keys
-    r"|(?:rk|pk)_(?:live|test)_[A-Za-z0-9]{8,}"
-    r"|sk-[A-Za-z0-9_-]{16,}"  # OpenAI/Anthropic-style keys
-    r"|AKIA[0-9A-Z]{16}"  # AWS access key ids
-    r"|gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
-    r"|xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
-    r"|cst_[A-Za-z0-9]{6,}_[A-Za-z0-9_-]{16,}"  # Countersign agent tokens
-    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
-    r")"
-)
-_BEARER = re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=-]{12,}")
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(password|passwd|secret|api[_-]?key|access[_-]?token|token)(\s*[=:]\s*)"
-    r"(['\"]?)([^\s'\",;]{6,})"
-)
-_EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
-_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
-# Phone numbers: international (+CC ...), bracketed area codes, national trunk-prefixed and
-# North American formats. A match may not touch another token's characters ("." ":" "-" "/"
-# or a word character), so UUIDs, IP addresses, timestamps, dates and decimals are left
-# alone; a bare run of digits (an order number) is not taken for a phone number.
-_PHONE_EDGE_BEFORE = r"(?<![\w.:/+-])"
-_PHONE_EDGE_AFTER = r"(?![\w:/]|[.-]\w)"
-_PHONE = re.compile(
-    _PHONE_EDGE_BEFORE
-    + r"(?:"
-    + r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,5}){1,4}"
-    + r"|\(\d{2,5}\)[ .-]?\d{3,4}[ .-]?\d{3,5}"
-    + r"|0\d{1,4}[ .-]\d{3,4}[ .-]?\d{3,5}"
-    + r"|\d{3}[ .-]\d{3}[ .-]\d{4}"
-    + r")"
-    + _PHONE_EDGE_AFTER
-)
-_PRIVATE_KEY = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
-    re.DOTALL,
-)
+__all__ = [
+    "SECRET_KEY_NAMES",
+    "Kind",
+    "Renderer",
+    "fingerprint",
+    "is_masked",
+    "luhn_valid",
+    "mask_arguments",
+    "mask_fields",
+    "mask_text",
+    "mask_value",
+    "masked",
+]
+
+Renderer = Callable[[str, str], str]
+"""``render(kind, value)``: how a masked value of that kind is shown in place of ``value``."""
+
+# Keys whose values are secret whatever they look like (the same names as in free text).
+SECRET_KEY_NAMES = re.compile(rf"(?i)^{SECRET_NAME}$")
+
 # What a masked value looks like; detectors never look inside one.
 _MARKER = re.compile(r"(\[masked:[a-z]+:[0-9a-f]{8}\])")
+
+# A run of URL-encoded text: a query parameter, a path, a form body. "+" is a space in a form
+# value (``q=4111+1111+...``), so a ``name=value`` holding one counts too.
+_URL_STOP = r"\s&?#\"'<>"
+_URL_ENCODED = re.compile(
+    # From the start of a run only, so that a long run is read once.
+    rf"(?<![^{_URL_STOP}])"
+    rf"(?:[^{_URL_STOP}]*%[0-9A-Fa-f]{{2}}[^{_URL_STOP}]*"
+    rf"|[^{_URL_STOP}=]+=[^{_URL_STOP}]*\+[^{_URL_STOP}]*)"
+)
 
 
 @cache
@@ -86,138 +85,193 @@ def fingerprint(value: str) -> str:
 
 
 def masked(kind: str, value: str) -> str:
+    """The default renderer: ``[masked:<kind>:<keyed hash of value>]``."""
     return f"[masked:{kind}:{fingerprint(value)}]"
 
 
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        number = int(char)
-        if index % 2 == 1:
-            number *= 2
-            if number > 9:
-                number -= 9
-        total += number
-    return total % 10 == 0
+def is_masked(value: Any) -> bool:
+    """Whether ``value`` is exactly one keyed-hash marker (so masking leaves it as it is)."""
+    return isinstance(value, str) and _MARKER.fullmatch(value) is not None
 
 
-# How a found value is written instead of itself: ``masked`` (a keyed-hash marker) for
-# everything stored; reviewers' pages use partial forms (``partial``).
-Render = Callable[[str, str], str]
+# Detectors see only the text between masks already made, in this order: secrets first (an
+# assignment takes a quoted value whole, a key found inside it included), then URL-encoded
+# runs (decoded and masked as a whole, after the secret detectors have masked a raw
+# ``password=...`` to its end), then personal data.
+def _may_be_url_encoded(text: str, folded: str) -> bool:
+    return "%" in text or ("=" in text and "+" in text)
 
 
-def _mask_cards(text: str, render: Render) -> str:
-    def replace(match: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return render("card", digits)
-        return match.group(0)
-
-    return _CARD_CANDIDATE.sub(replace, text)
+_URL_DETECTOR = Detector("url_encoded", _may_be_url_encoded, lambda text, budget: [])
+_PIPELINE = (*SECRETS, _URL_DETECTOR, *PERSONAL_DATA)
 
 
-def _mask_phones(text: str, render: Render) -> str:
-    def replace(match: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        if 8 <= len(digits) <= 15:
-            return render("phone", digits)
-        return match.group(0)
-
-    return _PHONE.sub(replace, text)
-
-
-_DETECTORS: list[Callable[[str, Render], str]] = [
-    lambda text, render: _PRIVATE_KEY.sub(lambda m: masked("secret", m.group(0)), text),
-    lambda text, render: _API_KEY.sub(lambda m: masked("secret", m.group(0)), text),
-    lambda text, render: _BEARER.sub(
-        lambda m: f"{m.group(1)} {masked('secret', m.group(0))}", text
-    ),
-    lambda text, render: _SECRET_ASSIGNMENT.sub(
-        lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{masked('secret', m.group(4))}", text
-    ),
-    _mask_cards,
-    lambda text, render: _EMAIL.sub(lambda m: render("email", m.group(0).lower()), text),
-    _mask_phones,
-]
-
-
-def partial(kind: str, value: str) -> str:
-    """The reviewer's display form of a found value: enough to decide on, not the whole.
-    An e-mail keeps its domain (``a***@example.com``), a phone its last two digits, a card
-    its last four; anything else stays a marker."""
-    if kind == "email" and "@" in value:
-        local, domain = value.rsplit("@", 1)
-        return f"{local[:1]}***@{domain}"
-    if kind == "phone":
-        return f"•••{value[-2:]}"
-    if kind == "card":
-        return f"•••• {value[-4:]}"
-    return masked(kind, value)
-
-
-# Every detector's pattern. Text in which none of them matches anywhere is left as it is by
-# every detector, so mask_text returns it at once: most of what is audited (keys, names,
-# statuses, ids) is such text, and searching is cheaper than splitting around markers.
-# (A pattern that matches nowhere in the text matches in no part between markers either:
-# the markers' brackets are neither word characters nor digits, dots, colons or dashes.)
-_PATTERNS = (_PRIVATE_KEY, _API_KEY, _BEARER, _SECRET_ASSIGNMENT, _CARD_CANDIDATE, _EMAIL, _PHONE)
-
-
-def mask_text(text: str, render: Render = masked) -> str:
+def mask_text(text: str, *, render: Renderer = masked) -> str:
     """Mask every secret or personal datum the detectors find in free text.
 
-    Each detector sees only the text between masks already made, so a mask's fingerprint is
-    never taken for a secret, a card or a phone number, and masking is idempotent.
+    Each detector sees only the text between masks already made (``[masked:...]`` markers
+    in the input included), so a mask is never taken for a secret, a card or a phone number,
+    and masking with the default renderer is idempotent.
     """
     if not text:
         return text
-    if not any(pattern.search(text) for pattern in _PATTERNS):
+    # Most audited text (keys, names, statuses, ids) leaves no detector anything to look
+    # at, and is returned at once.
+    detectors = _detectors_for(text)
+    if not detectors:
         return text
-    for detector in _DETECTORS:
-        parts = _MARKER.split(text)
-        # re.split with a group alternates: text, marker, text, marker, ..., text
-        text = "".join(part if i % 2 else detector(part, render) for i, part in enumerate(parts))
-    return text
+    return _mask_all(text, render, detectors)
 
 
-def mask_value(value: Any, render: Render = masked) -> Any:
+def _detectors_for(text: str) -> list[Detector]:
+    """The detectors that could find something somewhere in ``text`` (see may_find)."""
+    folded = text.casefold()
+    return [d for d in _PIPELINE if d.may_find(text, folded)]
+
+
+Piece = tuple[bool, str]  # (done, text): done pieces are masks, already rendered
+# Rounds of every detector over the text left between masks: real text needs two at most
+# (the second finds nothing); a long soup of glued values is not read without end.
+_ROUNDS = 4
+
+
+def _mask_all(text: str, render: Renderer, detectors: Iterable[Detector] = _PIPELINE) -> str:
+    return "".join(piece for _, piece in _masked_pieces(text, render, detectors, Budget()))
+
+
+def _masked_pieces(
+    text: str, render: Renderer, detectors: Iterable[Detector], budget: Budget
+) -> list[Piece]:
+    if "[masked:" in text:
+        pieces = [(i % 2 == 1, part) for i, part in enumerate(_MARKER.split(text)) if part]
+    else:
+        pieces = [(False, text)]
+    masks = sum(done for done, _ in pieces)
+    for _ in range(_ROUNDS):
+        pieces = _run(pieces, render, detectors, budget)
+        if sum(done for done, _ in pieces) == masks:
+            break
+        # New masks change what stands next to what: a phone number glued to the one before
+        # it ("...0958+44 20 ...") touched another token and was left, and stands alone once
+        # that one is masked. The text left is masked again now, as a second masking would
+        # do it, so that masking twice changes nothing.
+        masks = sum(done for done, _ in pieces)
+        wanted = {d for done, piece in pieces if not done for d in _detectors_for(piece)}
+        detectors = [d for d in _PIPELINE if d in wanted]
+    return pieces
+
+
+def _run(
+    pieces: list[Piece], render: Renderer, detectors: Iterable[Detector], budget: Budget
+) -> list[Piece]:
+    """Each detector in turn, over the text between the masks made so far."""
+    for detector in detectors:
+        searched: list[Piece] = []
+        for done, piece in pieces:
+            at = 0
+            for start, end, shown in [] if done else _find(detector, piece, render, budget):
+                _append(searched, (False, piece[at:start]))
+                for part in shown:
+                    _append(searched, part)
+                at = end
+            _append(searched, (done, piece[at:]) if at else (done, piece))
+        pieces = searched
+    return pieces
+
+
+def _append(pieces: list[Piece], piece: Piece) -> None:
+    """Text next to text is one text (a URL-encoded run's decoded remains and what follows
+    it), as it is when masked again."""
+    done, text = piece
+    if not text:
+        return
+    if not done and pieces and not pieces[-1][0]:
+        pieces[-1] = (False, pieces[-1][1] + text)
+    else:
+        pieces.append(piece)
+
+
+def _find(
+    detector: Detector, text: str, render: Renderer, budget: Budget
+) -> list[tuple[int, int, list[Piece]]]:
+    if detector is _URL_DETECTOR:
+        return _find_url_encoded(text, render, budget)
+    found = detector.find(text, budget)
+    return [(f.start, f.end, [(True, render(f.kind, f.value))]) for f in found]
+
+
+def _find_url_encoded(
+    text: str, render: Renderer, budget: Budget
+) -> list[tuple[int, int, list[Piece]]]:
+    """URL-encoded runs whose decoded text holds something to mask are replaced by that text,
+    masked (``to=alice%40example.com`` -> ``to=[masked:email:...]``): a fingerprint is taken
+    of the decoded value, so it matches the one of the same value written plainly. Runs with
+    nothing to mask stay as they were."""
+    found = []
+    for match in _URL_ENCODED.finditer(text):
+        raw = match.group(0)
+        decoded = unquote_plus(raw) if "=" in raw else unquote(raw)
+        detectors = _detectors_for(decoded)
+        if decoded == raw or not detectors or not budget.decodings:
+            continue
+        # Decodes again if it was encoded twice, a few times over at most.
+        budget.decodings -= 1
+        try:
+            pieces = _masked_pieces(decoded, render, detectors, budget)
+        finally:
+            budget.decodings += 1
+        if any(done for done, _ in pieces):
+            found.append((match.start(), match.end(), pieces))
+    return found
+
+
+def mask_value(value: Any, *, render: Renderer = masked) -> Any:
     """Mask detector hits anywhere inside a JSON-like value, and secret-named keys whole."""
     if isinstance(value, str):
-        return mask_text(value, render)
+        return mask_text(value, render=render)
     if isinstance(value, dict):
         result: dict[str, Any] = {}
         for key, item in value.items():
             # Keys are free text too (a map keyed by e-mail address, say).
-            name = mask_text(key, render) if isinstance(key, str) else key
-            if isinstance(key, str) and SECRET_KEY_NAMES.match(key) and item not in (None, ""):
-                result[name] = masked("secret", _as_text(item))
+            name = mask_text(key, render=render) if isinstance(key, str) else key
+            if (
+                isinstance(key, str)
+                and SECRET_KEY_NAMES.match(key)
+                and item not in (None, "")
+                and not is_masked(item)
+            ):
+                result[name] = render(Kind.SECRET, _as_text(item))
             else:
-                result[name] = mask_value(item, render)
+                result[name] = mask_value(item, render=render)
         return result
     if isinstance(value, list | tuple):
-        return [mask_value(item, render) for item in value]
+        return [mask_value(item, render=render) for item in value]
     return value
 
 
-def mask_fields(value: Any, sensitive_fields: Iterable[str]) -> Any:
+def mask_fields(value: Any, sensitive_fields: Iterable[str], *, render: Renderer = masked) -> Any:
     """Mask the values at the given dotted paths whole (``card.number``; lists are walked)."""
     for path in sensitive_fields:
-        value = _mask_path(value, [part for part in path.split(".") if part])
+        value = _mask_path(value, [part for part in path.split(".") if part], render)
     return value
 
 
-def mask_arguments(arguments: Any, sensitive_fields: Iterable[str] = ()) -> Any:
+def mask_arguments(
+    arguments: Any, sensitive_fields: Iterable[str] = (), *, render: Renderer = masked
+) -> Any:
     """Tool arguments as they may be shown or stored: sensitive fields, then detectors."""
-    return mask_value(mask_fields(arguments, sensitive_fields))
+    return mask_value(mask_fields(arguments, sensitive_fields, render=render), render=render)
 
 
-def _mask_path(value: Any, parts: list[str]) -> Any:
+def _mask_path(value: Any, parts: list[str], render: Renderer) -> Any:
     if not parts:
-        return value if value in (None, "") else masked("field", _as_text(value))
+        if value in (None, "") or is_masked(value):
+            return value
+        return render(Kind.FIELD, _as_text(value))
     if isinstance(value, list):
-        return [_mask_path(item, parts) for item in value]
+        return [_mask_path(item, parts, render) for item in value]
     if isinstance(value, dict) and parts[0] in value:
-        return {**value, parts[0]: _mask_path(value[parts[0]], parts[1:])}
+        return {**value, parts[0]: _mask_path(value[parts[0]], parts[1:], render)}
     return value
 
 

@@ -8,7 +8,9 @@ import base64
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from django.conf import settings
@@ -19,6 +21,7 @@ from approvals.models import Status, ToolCall
 from audit import chain
 from config.celery import app
 from tests.conftest import World
+from tests.support.web import running_web
 from tests.support.workers import purge_queue, running_worker, wait_for
 
 CANARY_EMAIL = "zebulon.canary@example.org"
@@ -186,3 +189,89 @@ def test_canaries_never_reach_the_trail_the_logs_or_redis(
     assert "call.execution_finished" in trail and "[masked:email:" in trail
     assert leaks(trail) == []
     assert leaks(redis_text()) == []
+
+
+# The forms issue 15 found unmasked, each with what would show if it leaked (the part the old
+# detectors left in clear, or the value in any encoding).
+JWT_PAYLOAD = "eyJzdWIiOiJjYW5hcnktdXNlciIsInJvbGUiOiJhZG1pbiJ9"
+CANARY_JWT = f"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{JWT_PAYLOAD}.c2lnbmF0dXJlLWNhbmFyeQ"
+FORMS = {
+    "card 4111.1111.1111.1111": ["4111.1111"],
+    "card 4111/1111/1111/1111": ["4111/1111"],
+    'Password = "canary horse battery"': ["canary horse", "horse battery"],
+    '{"api_key": "canary staple wombat"}': ["canary staple", "staple wombat"],
+    "GET /search?to=zebulon.canary%40example.org&q=4111%201111%201111%201111 HTTP/1.1": [
+        "zebulon.canary",
+        "4111%201111",
+    ],
+    "q=4111+1111+1111+1111": ["4111+1111"],
+    f"Authorization: {CANARY_JWT}": [JWT_PAYLOAD],
+}
+FORM_LEAKS = [needle for needles in FORMS.values() for needle in needles]
+
+
+def form_leaks(text: str) -> list[str]:
+    return [needle for needle in FORM_LEAKS if needle.lower() in text.lower()]
+
+
+def test_the_forms_issue_15_found_are_masked_in_the_trail_and_its_exports(
+    world: World, auditor_client: Client
+) -> None:
+    """Through the agent API into PostgreSQL, then out through both export formats."""
+    text = "\n".join(FORMS)
+    assert form_leaks(text) == FORM_LEAKS  # the check below can fail
+    response = world.api().submit(
+        {
+            "tool": "send_email",
+            "arguments": {"to": "ops@example.com", "subject": "Forms", "body": text},
+            "session_id": "issue-15",
+            "reasoning": f"The ticket said: {text}",
+        }
+    )
+    assert response.status_code == 202, response.content
+    chain.seal_pending()
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT t::text FROM audit_auditevent AS t")
+        trail = "\n".join(row[0] for row in cursor.fetchall())
+    assert "call.submitted" in trail
+    for kind in ("card", "secret", "email"):
+        assert f"[masked:{kind}:" in trail
+    assert form_leaks(trail) == []
+    for fmt in ("csv", "jsonl"):
+        exported = auditor_client.get(f"/audit/export.{fmt}")
+        assert exported.status_code == 200
+        body = b"".join(exported.streaming_content).decode()
+        assert "call.submitted" in body and "[masked:card:" in body
+        assert form_leaks(body) == [], fmt
+
+
+def test_url_encoded_values_in_a_server_log_line_are_masked() -> None:
+    """A request line as Django's development server logs it (its logger does not
+    propagate, so the capture listens to it directly), query string and all."""
+    server_log, capture = logging.getLogger("django.server"), Capture()
+    server_log.addHandler(capture)
+    try:
+        request_line = (
+            "GET /search?to=zebulon.canary%40example.org&q=4111%201111%201111%201111 HTTP/1.1"
+        )
+        server_log.warning('"%s" %s %s', request_line, 404, 512)
+    finally:
+        server_log.removeHandler(capture)
+    [line] = capture.lines
+    assert line.startswith('django.server "GET /search?to=[masked:email:')
+    assert "&q=[masked:card:" in line and line.endswith(' HTTP/1.1" 404 512')
+    assert form_leaks(line) == []
+
+
+@pytest.mark.django_db
+def test_a_web_process_logs_requests_with_url_encoded_values_masked(tmp_path: Path) -> None:
+    """uvicorn's access log and Django's "Not Found" warning, in a real web process."""
+    query = "to=zebulon.canary%40example.org&q=4111%201111%201111%201111"
+    with running_web(tmp_path=tmp_path) as web:
+        assert httpx.get(f"{web.url}/healthz?{query}").status_code == 200
+        assert httpx.get(f"{web.url}/no-such-page/zebulon.canary%40example.org").status_code == 404
+        log = web.log
+    assert "GET /healthz?to=[masked:email:" in log and "&q=[masked:card:" in log
+    assert "Not Found: /no-such-page/[masked:email:" in log
+    assert form_leaks(log) == [], log[-3000:]

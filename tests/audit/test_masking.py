@@ -6,7 +6,9 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from audit.masking import mask_arguments, mask_text, mask_value
+from audit import masking
+from audit.display import partial
+from audit.masking import mask_arguments, mask_fields, mask_text, mask_value, masked
 
 
 @pytest.mark.parametrize(
@@ -74,21 +76,17 @@ def test_a_tools_sensitive_fields_are_masked_whole_through_lists() -> None:
 
 def every_detector(text: str) -> str:
     """mask_text without its shortcut: each detector over the text between the masks."""
-    from audit import masking
-
-    for detector in masking._DETECTORS:
-        parts = masking._MARKER.split(text)
-        text = "".join(
-            part if i % 2 else detector(part, masking.masked) for i, part in enumerate(parts)
-        )
-    return text
+    return masking._mask_all(text, masking.masked)
 
 
 PIECES = [
-    "a", "Z", "_", "0", "7", "4242", " ", "-", ".", ":", "/", "+", "(", ")", "@", "=", "'",
-    "\n", "example.com", "sk_live_", "abcdefgh12345678", "Bearer ", "password", "token",
+    "a", "Z", "_", "0", "7", "4242", "4111", "1111", " ", "-", ".", ":", "/", "+", "(", ")",
+    "@", "=", "'", '"', "\\", "&", "?", ";", "%", "%40", "%20", "%2B", "\n", "example.com",
+    "sk_live_", "abcdefgh12345678", "Bearer ", "password", "token", "api_key", "tel:",
     "-----BEGIN PRIVATE KEY-----", "-----END PRIVATE KEY-----", "4242 4242 4242 4242",
-    "+44 20 7946 0958", "[masked:email:0123abcd]", "[masked:", "]", "ada@x.io",
+    "4111.1111.1111.1111", "+44 20 7946 0958", "(555) 123-4567", "2026-11-21", "eyJhbGciOiJIUzI1NiJ9",
+    "[masked:email:0123abcd]", "[masked:", "]", "ada@x.io", "a***@example.com", "•••• 1111",
+    "0123456789abcdef", "ghp_", "AKIA", "xoxb-1-", "://u:p@h", "_authToken=", "Pwd", "SECRET",
 ]  # fmt: skip
 
 
@@ -98,3 +96,72 @@ def test_the_shortcut_for_text_without_findings_masks_exactly_as_every_detector(
     text: str,
 ) -> None:
     assert mask_text(text) == every_detector(text)
+
+
+@hypothesis.given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+@hypothesis.settings(max_examples=500, deadline=None)
+def test_masking_twice_changes_nothing_even_for_values_glued_together(text: str) -> None:
+    once = mask_text(text)
+    assert mask_text(once) == once
+
+
+@hypothesis.given(st.lists(st.sampled_from(PIECES), max_size=12).map(" ".join))
+@hypothesis.settings(max_examples=500, deadline=None)
+def test_partly_shown_values_are_not_found_again(text: str) -> None:
+    """Words apart (a partly shown e-mail glued to another "@" can be read anew)."""
+    once = mask_text(text, render=partial)
+    assert mask_text(once, render=partial) == once
+    assert mask_text(once) == once
+
+
+def test_the_default_renderer_is_the_keyed_hash_marker() -> None:
+    text = "ada@example.com paid with 4111 1111 1111 1111, password: hunter2, +44 20 7946 0958"
+    assert mask_text(text) == mask_text(text, render=masked)
+    assert mask_text(text) == (
+        f"{masked('email', 'ada@example.com')} paid with {masked('card', '4111111111111111')}, "
+        f"password: {masked('secret', 'hunter2')}, {masked('phone', '442079460958')}"
+    )
+
+
+def test_every_replacement_goes_through_the_renderer_with_its_kind() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def spy(kind: str, value: str) -> str:
+        seen.append((kind, value))
+        return "<>"
+
+    arguments = {
+        "to": "ada@example.com",
+        "note": "call +44 20 7946 0958 about 4111.1111.1111.1111",
+        "api_key": "k-123",
+        "ssn": "123-45-6789",
+    }
+    shown = mask_arguments(arguments, ["ssn"], render=spy)
+    assert shown == {"to": "<>", "note": "call <> about <>", "api_key": "<>", "ssn": "<>"}
+    assert sorted(seen) == [
+        ("card", "4111111111111111"),
+        ("email", "ada@example.com"),
+        ("field", "123-45-6789"),
+        ("phone", "442079460958"),
+        ("secret", "k-123"),
+    ]
+
+
+def test_mask_value_and_mask_fields_leave_masks_as_they_are() -> None:
+    value = {"password": "hunter2", "card": {"number": "4111 1111 1111 1111"}, "n": 1}
+    once = mask_value(mask_fields(value, ["card.number"]))
+    assert once["password"].startswith("[masked:secret:")
+    assert once["card"]["number"].startswith("[masked:field:")
+    assert mask_value(mask_fields(once, ["card.number"])) == once
+    assert mask_arguments(once, ["card.number"]) == once
+
+
+def test_secret_names_may_have_a_prefix_but_nothing_after() -> None:
+    masked_value = mask_value(
+        {"db_password": "x", "X-Api-Key": "y", "webhook_secret": "z", "token_cost": 3, "key": "k"}
+    )
+    assert [k for k, v in masked_value.items() if str(v).startswith("[masked:secret:")] == [
+        "db_password",
+        "X-Api-Key",
+        "webhook_secret",
+    ]

@@ -1,0 +1,474 @@
+"""The detectors behind ``audit.masking``: each finds one kind of secret or personal datum in
+free text and says where it is and what it is, never how it is shown (that is the renderer's
+business, in ``audit.masking``).
+
+Key shapes come from Yelp's ``detect-secrets`` plugins and phone numbers from
+``phonenumbers`` (Google's libphonenumber); the regular expressions kept here cover what those
+libraries miss, each saying why.
+
+Every detector has ``may_find(text, folded)``, a cheap test (``folded`` is the text
+case-folded) that holds for any text in which the detector could find something, and for any
+text containing such a text. ``audit.masking`` asks it first, so text that no detector could
+find anything in (most audited text: ids, names, statuses, hashes) costs a few substring
+tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import phonenumbers
+from detect_secrets.plugins.aws import AWSKeyDetector
+from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
+from detect_secrets.plugins.base import RegexBasedDetector
+from detect_secrets.plugins.basic_auth import BasicAuthDetector
+from detect_secrets.plugins.discord import DiscordBotTokenDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.jwt import JwtTokenDetector
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.npm import NpmDetector
+from detect_secrets.plugins.openai import OpenAIDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.slack import SlackDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.stripe import StripeDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
+from detect_secrets.plugins.twilio import TwilioKeyDetector
+from phonenumbers import Leniency, PhoneNumberMatcher
+
+
+class Kind(StrEnum):
+    """What a masked value was; a renderer decides from it how the value is shown."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    CARD = "card"
+    SECRET = "secret"  # noqa: S105 (a kind's name, not a password)
+    FIELD = "field"  # a field the tool marks sensitive, masked whole whatever it holds
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """``text[start:end]`` is to be masked; ``value`` is what its fingerprint is taken of (the
+    digits of a card or phone number, an e-mail address in lower case, the secret itself)."""
+
+    start: int
+    end: int
+    kind: Kind
+    value: str
+
+
+@dataclass(slots=True)
+class Budget:
+    """What one masking may spend, enough for any real text and a bound on crafted text:
+    second reads of phone candidates (each a matcher run), for a long soup of digit groups;
+    URL decodings one inside another, for text encoded over and over (%252525...)."""
+
+    second_reads: int = 64
+    decodings: int = 4
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    may_find: Callable[[str, str], bool]
+    find: Callable[[str, Budget], list[Finding]]
+
+
+def _without_overlaps(findings: Iterable[Finding]) -> list[Finding]:
+    """The earliest finding wins; of two starting together, the longer."""
+    kept: list[Finding] = []
+    for finding in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if not kept or finding.start >= kept[-1].end:
+            kept.append(finding)
+    return kept
+
+
+# --- Secrets -------------------------------------------------------------------------------
+
+# A private key block, whole. detect-secrets' PrivateKeyDetector reports only the BEGIN line,
+# and the key material is the lines after it.
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    re.DOTALL,
+)
+
+# Names whose value is secret, as a map key (the whole name) or in an assignment in free text
+# (``password: x``, ``"api_key": "x"``, ``DB_PASSWORD=x``). A prefix of words joined by ``_``,
+# ``-`` or ``.`` may stand before the name (``db_password``, ``x-api-key``,
+# ``AWS_SECRET_ACCESS_KEY``), nothing after it: ``token_cost`` and ``input_tokens`` are not
+# secrets. detect-secrets' KeywordDetector is not used for this: it reports only the first
+# value per pattern on a line, knows no ``token`` or ``authorization``, and its configuration
+# file form takes the rest of the line as the value.
+SECRET_NAME = (
+    r"(?:[a-z0-9]+[_.-])*"  # noqa: S105 (names of secrets, not a secret)
+    r"(?:pass(?:word|wd|phrase)|pwd|secret|token|apikey"
+    r"|(?:api|access|auth|secret|private|session|signing|encryption|client|master)[_-]?key"
+    r"|authorization|auth|cookie|credentials?|card[_-]?number|cvc|cvv)"
+)
+
+# An assignment: the name, its closing quote if it is quoted (``"api_key"``, or ``\"api_key\"``
+# in JSON quoted inside a JSON string), then ``=``, ``:``, ``:=`` or ``=>``, then the value:
+# a quoted value up to its closing quote, spaces and all (or to the end of the line when the
+# quote is never closed, as in a truncated log line); an unquoted one up to white space, a
+# quote, ``&`` (URL queries), ``;`` (connection strings, cookies) or ``<``/``>``, less the
+# punctuation that ends a sentence or closes a bracket around it. The literals null, true,
+# false and none are not secrets. A value that is an auth scheme (``Authorization: Bearer
+# x``) is left to the bearer detector, which keeps the scheme readable.
+_ASSIGNMENT = re.compile(
+    rf"(?<![a-z0-9]){SECRET_NAME}"
+    r"(?:\\?[\"'])?[ \t]*(?:=>|:=|={1,3}|:)[ \t]*"
+    r"(?!(?:bearer|basic|token)\s)"
+    r"(?:"
+    r"\"(?P<dq>(?:\\.|[^\"\\\n])*)(?:\"|$)"
+    r"|'(?P<sq>(?:\\.|[^'\\\n])*)(?:'|$)"
+    r"|\\\"(?P<eq>(?:(?!\\\").)*)(?:\\\"|$)"
+    r"|(?P<bare>(?!(?:null|true|false|none)(?=[.,)\]}]*(?:[\s\"'`&;<>]|$)))[^\s\"'`&;<>]+?)"
+    r"(?=[.,)\]}]*(?:[\s\"'`&;<>]|$))"
+    r")",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+# detect-secrets' plugins for key shapes, used through their API (analyze_string yields the
+# secret values they find in a line). Left out: the keyword, entropy and public-IP plugins
+# (names are handled above; entropy takes hashes and ids for secrets; IPs are not secret), the
+# private-key plugin (see above), and the plugins that only fire beside a vendor's name
+# (IBM, SoftLayer, Cloudant, Artifactory), which the assignments above cover.
+_LIBRARY_PLUGINS: tuple[RegexBasedDetector, ...] = (
+    AWSKeyDetector(),
+    AzureStorageKeyDetector(),
+    BasicAuthDetector(),
+    DiscordBotTokenDetector(),
+    GitHubTokenDetector(),
+    GitLabTokenDetector(),
+    JwtTokenDetector(),
+    MailchimpDetector(),
+    NpmDetector(),
+    OpenAIDetector(),
+    PypiTokenDetector(),
+    SendGridDetector(),
+    SlackDetector(),
+    SquareOAuthDetector(),
+    StripeDetector(),
+    TelegramBotTokenDetector(),
+    TwilioKeyDetector(),
+)
+
+# Key shapes the plugins miss.
+_KEY_SHAPES = re.compile(
+    r"\b(?:"
+    # Stripe: the plugin knows only live secret and restricted keys, and only their first 24
+    # characters; test and publishable keys, and longer keys, are masked whole here.
+    r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{8,}"
+    # Anthropic keys and OpenAI project keys: the plugin needs OpenAI's legacy T3BlbkFJ marker.
+    r"|sk-[A-Za-z0-9_-]{16,}"
+    # GitHub fine-grained tokens, and classic ones of other lengths than the plugin's 36.
+    r"|github_pat_[A-Za-z0-9_]{22,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    # Countersign's own agent tokens.
+    r"|cst_[A-Za-z0-9]{6,}_[A-Za-z0-9_-]{16,}"
+    r")"
+)
+# A plugin's pattern may stop inside a token (the Stripe plugin after 24 characters, the JWT
+# plugin before the signature): a finding runs on to the end of the token.
+_TOKEN_TAIL = re.compile(r"[\w+/=-]*(?:\.[\w+/=-]+)*")
+
+# Credentials after an auth scheme, as in an Authorization header.
+_BEARER = re.compile(r"(?i)\b(bearer|token|basic)(\s+)[A-Za-z0-9._~+/=-]{12,}")
+
+
+def _find_private_keys(text: str) -> list[Finding]:
+    return [
+        Finding(m.start(), m.end(), Kind.SECRET, m.group(0)) for m in _PRIVATE_KEY.finditer(text)
+    ]
+
+
+def _find_assignments(text: str) -> list[Finding]:
+    findings = []
+    for match in _ASSIGNMENT.finditer(text):
+        group = next(g for g in ("dq", "sq", "eq", "bare") if match.group(g) is not None)
+        value = match.group(group)
+        if value:
+            findings.append(Finding(match.start(group), match.end(group), Kind.SECRET, value))
+    return findings
+
+
+def _union(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
+    """One pattern matching where any of ``patterns`` does (each keeps its own flags)."""
+    flag_letters = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
+    parts = []
+    for pattern in patterns:
+        letters = "".join(letter for flag, letter in flag_letters if pattern.flags & flag)
+        parts.append(f"(?{letters}:{pattern.pattern})" if letters else f"(?:{pattern.pattern})")
+    return re.compile("|".join(parts))
+
+
+# One search tells whether any key shape is there at all: hashes and UUIDs, common in audit
+# data, are long runs that each of the many patterns would otherwise be asked about.
+_ANY_KEY = _union([_KEY_SHAPES, *(p for plugin in _LIBRARY_PLUGINS for p in plugin.denylist)])
+
+
+def _find_keys(text: str) -> list[Finding]:
+    if not _ANY_KEY.search(text):
+        return []
+    spans = [(m.start(), m.end()) for m in _KEY_SHAPES.finditer(text)]
+    for plugin in _LIBRARY_PLUGINS:
+        for secret in set(plugin.analyze_string(text)):
+            start = text.find(secret)
+            while secret and start >= 0:
+                tail = _TOKEN_TAIL.match(text, start + len(secret))
+                end = tail.end() if tail else start + len(secret)
+                spans.append((start, end))
+                start = text.find(secret, start + 1)
+    return _without_overlaps(Finding(s, e, Kind.SECRET, text[s:e]) for s, e in spans)
+
+
+def _find_bearer_tokens(text: str) -> list[Finding]:
+    # The fingerprint is taken of scheme and credentials together, as it always was, so that
+    # equal tokens still correlate with events masked before.
+    return [Finding(m.end(2), m.end(), Kind.SECRET, m.group(0)) for m in _BEARER.finditer(text)]
+
+
+# --- Card numbers --------------------------------------------------------------------------
+
+# 13 to 19 digits, written without separators, with spaces or dashes between any digits (as
+# printed on cards and typed into forms), or in groups of 3 to 6 digits between dots or
+# slashes, one kind throughout (dots and slashes also write dates, versions and IP addresses,
+# which have shorter groups). Not part of a longer number or of a decimal, nor glued to a
+# letter: the digit runs of a UUID or a hex digest (233ed073-9110-4499-8258-7965cbf7efe9)
+# may pass the Luhn check, but no card is written inside a word. Luhn-checked.
+_CARD = re.compile(
+    # The first digit, then what may not stand before it (written after it, so that the
+    # search skips ahead to digits).
+    r"\d(?<![\w-]\d)(?<!\d\.\d)"
+    # Nor a partly shown card (•••• 1111): its last four digits do not start another.
+    r"(?<!•\d)(?<!• \d)"
+    r"(?:(?:[ -]?\d){12,18}|\d{3}(?P<sep>[./])\d{3,6}(?:(?P=sep)\d{3,6}){1,3})"
+    r"(?![\w-])(?!\.\d)"
+)
+
+
+_NON_DIGITS = re.compile(r"\D")
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        number = int(char)
+        if index % 2 == 1:
+            number *= 2
+            if number > 9:
+                number -= 9
+        total += number
+    return total % 10 == 0
+
+
+def _find_cards(text: str) -> list[Finding]:
+    findings = []
+    for match in _CARD.finditer(text):
+        digits = _NON_DIGITS.sub("", match.group(0))
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            findings.append(Finding(match.start(), match.end(), Kind.CARD, digits))
+    return findings
+
+
+# --- E-mail addresses ----------------------------------------------------------------------
+
+# Letters of any script; a partly shown address (``a***@example.com``) has no letter before
+# its "@", so a second pass does not take it for an address.
+# Searched from the start of a run only, so that a long run without "@" is read once.
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}\b")
+
+
+def _find_emails(text: str) -> list[Finding]:
+    return [
+        Finding(m.start(), m.end(), Kind.EMAIL, m.group(0).lower()) for m in _EMAIL.finditer(text)
+    ]
+
+
+# --- Phone numbers -------------------------------------------------------------------------
+
+# National numbers (without +) are looked for as written in these countries; international
+# ones (+CC ...) whatever the country.
+PHONE_REGIONS = ("US", "GB", "DE", "FR")
+# Countries whose national numbers are written with their trunk prefix 0 (020 7946 0958), and
+# the others (NANP numbers never start with 0): a candidate is read only as it can be written.
+_TRUNK_ZERO_REGIONS = tuple(
+    r
+    for r in PHONE_REGIONS
+    if getattr(phonenumbers.PhoneMetadata.metadata_for_region(r), "national_prefix", None) == "0"
+)
+_OTHER_REGIONS = tuple(r for r in PHONE_REGIONS if r not in _TRUNK_ZERO_REGIONS)
+
+# What today's guarantees rule out although libphonenumber could read a number in it: dates,
+# IP addresses, decimals and numbers with thousands separators.
+_NOT_A_PHONE = (
+    r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}"
+    r"|\d{1,3}(?:\.\d{1,3}){3}|\d+[.,]\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+)
+# Where the matcher is run: at least 8 digits with at most 4 separators between any two, not
+# touching another token's characters (a tel: link aside; the bullets of a partly shown
+# number, •••58, count as one), and not a date, an IP address or a decimal standing alone. Every number reported must fit in such a run, so text without
+# one costs a search and the matcher (tens of microseconds a run) is spared.
+_PHONE_CANDIDATE = re.compile(
+    r"(?:(?<![\w.:/+•-])(?<!• )|(?<=(?i:tel):))"
+    rf"(?!(?:{_NOT_A_PHONE})(?![^\w\n]{{0,4}}\d))"
+    r"[+(]?\d(?:[^\w\n+]{0,4}\d){7,19}"  # no phone number has more than 15 digits, 20 with room
+    r"(?![\w:/]|[.-]\w)"
+)
+_TEL = re.compile(r"(?i)\btel:$")
+_LAST_GROUP = re.compile(r"[^\w\n]+\d+$")
+_FIRST_GROUP = re.compile(r"[+(]*\d+")
+_TOKEN_BEFORE = re.compile(r"[\w.:/+•-]")
+_TOKEN_AFTER = re.compile(r"[\w:/]|[.-]\w")
+_NOT_A_PHONE_ALONE = re.compile(_NOT_A_PHONE)
+# North American layout, (555) 123-4567 or 555-123-4567, taken for a phone number even when
+# libphonenumber does not know it for a valid one: fictional 555 numbers are still written
+# as phone numbers, and area codes keep being opened.
+_NANP_LAYOUT = re.compile(r"(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}")
+
+
+def _find_phones(text: str, budget: Budget) -> list[Finding]:
+    findings: list[Finding] = []
+    # What follows a number found is searched as the text after a mask is, from its own
+    # start: the next number glued to it ("...0958+44 20 ...") then stands alone, as it
+    # does when masked again.
+    base, piece, at = 0, text, 0
+    while candidate := _PHONE_CANDIDATE.search(piece, at):
+        run, offset = candidate.group(0), candidate.start()
+        while True:
+            # The matcher reads a run of digit groups as one number or none; when it finds
+            # nothing, it reads the run less its last group: "+44 20 7946 0958 2026-11-21"
+            # holds a number followed by a date.
+            found = [
+                (start, end, number)
+                for start, end, number in _numbers_in(run, offset)
+                if _stands_alone(piece, start, end, number)
+            ]
+            last_group = _LAST_GROUP.search(run)
+            if found or not last_group or not budget.second_reads:
+                break
+            run = run[: last_group.start()]
+            if _digits(run) < 8:  # too short for a phone number: no need to read it
+                break
+            budget.second_reads -= 1
+        if found:
+            findings += [
+                Finding(base + start, base + end, Kind.PHONE, _NON_DIGITS.sub("", number))
+                for start, end, number in found
+            ]
+            end = max(end for _, end, _ in found)
+            base, piece, at = base + end, piece[end:], 0
+        elif budget.second_reads and (first_group := _FIRST_GROUP.match(piece, offset)):
+            # The next run starts at this one's second group, where a number may start that
+            # the groups before it hid: "ref 4242 (555) 123-4567".
+            budget.second_reads -= 1
+            at = first_group.end()
+        else:
+            at = candidate.end()
+    return _without_overlaps(findings)
+
+
+def _digits(text: str) -> int:
+    return sum(c.isdigit() for c in text)
+
+
+def _numbers_in(run: str, offset: int) -> list[tuple[int, int, str]]:
+    if run.startswith("+"):
+        # International: the country code says which country; possible for it is enough.
+        matches = PhoneNumberMatcher(run, "ZZ", leniency=Leniency.POSSIBLE)
+        return [(offset + m.start, offset + m.end, m.raw_string) for m in matches]
+    found = [(offset + m.start(), offset + m.end(), m.group(0)) for m in _NANP_LAYOUT.finditer(run)]
+    if len(found) == 1 and found[0][2] == run:
+        return found  # the whole run is one North American number: no need to ask further
+    # National: valid in the country, and grouped as that country writes its numbers, so
+    # that an order number such as 2024-000007 (a valid US number) is not taken for one.
+    regions = _TRUNK_ZERO_REGIONS if run.lstrip("(").startswith("0") else _OTHER_REGIONS
+    for region in regions:
+        for m in PhoneNumberMatcher(run, region, leniency=Leniency.STRICT_GROUPING):
+            found.append((offset + m.start, offset + m.end, m.raw_string))
+    return found
+
+
+def _stands_alone(text: str, start: int, end: int, number: str) -> bool:
+    # Touching another token (a UUID's groups, an IP's port, a timestamp, a path) is no phone;
+    # a tel: link is.
+    if _TOKEN_BEFORE.match(text[start - 1 : start]) and not _TEL.search(text, 0, start):
+        return False
+    if _TOKEN_AFTER.match(text, end):
+        return False
+    if not 8 <= _digits(number) <= 15:
+        return False
+    if number.startswith("+"):
+        return True
+    # A bare run of digits is an order number, not a phone number.
+    return not number.isdigit() and not _NOT_A_PHONE_ALONE.fullmatch(number)
+
+
+# --- All of them, in order -----------------------------------------------------------------
+
+# Words one of which every assignment or auth scheme holds (searched in case-folded text).
+_ASSIGNMENT_WORD = re.compile(r"pass|pwd|secret|token|key|auth|cookie|credential|card|cvc|cvv")
+_SCHEME_WORD = re.compile(r"bearer|token|basic")
+# Every key shape is a run of at least 16 characters that may stand in a key, not all of them
+# lower-case hex digits or dashes (hashes and UUIDs, common in audit data, hold no key
+# shape), except for credentials in a URL, npm's _authToken lines and short Slack tokens.
+_LONG_RUN = re.compile(r"(?<![\w+/=.\\-])(?=[\w+/=.\\-]{16})[0-9a-f-]*+(?:[^\W0-9a-f]|[+/=.\\])")
+# Necessary for a card number: 13 digits with at most one separator between two; for a
+# phone number: 8 digits with at most 4 separators between two.
+_THIRTEEN_DIGITS = re.compile(r"\d(?:[ ./-]?\d){12}")
+_EIGHT_DIGITS = re.compile(r"\d(?:[^\w\n]{0,4}\d){7}")
+
+
+def _may_assign(text: str, folded: str) -> bool:
+    return ("=" in text or ":" in text) and _ASSIGNMENT_WORD.search(folded) is not None
+
+
+def _may_name_scheme(text: str, folded: str) -> bool:
+    return _SCHEME_WORD.search(folded) is not None
+
+
+def _may_hold_key(text: str, folded: str) -> bool:
+    return (
+        "://" in text
+        or "_authToken" in text
+        or "xox" in folded
+        or _LONG_RUN.search(text) is not None
+    )
+
+
+def _may_hold_private_key(text: str, folded: str) -> bool:
+    return "PRIVATE KEY-----" in text
+
+
+def _may_hold_card(text: str, folded: str) -> bool:
+    return _THIRTEEN_DIGITS.search(text) is not None
+
+
+def _may_hold_email(text: str, folded: str) -> bool:
+    return "@" in text
+
+
+def _may_hold_phone(text: str, folded: str) -> bool:
+    return _EIGHT_DIGITS.search(text) is not None
+
+
+def _simple(find: Callable[[str], list[Finding]]) -> Callable[[str, Budget], list[Finding]]:
+    return lambda text, _budget: find(text)
+
+
+SECRETS = (
+    Detector("private_key", _may_hold_private_key, _simple(_find_private_keys)),
+    Detector("assignment", _may_assign, _simple(_find_assignments)),
+    Detector("key", _may_hold_key, _simple(_find_keys)),
+    Detector("bearer", _may_name_scheme, _simple(_find_bearer_tokens)),
+)
+PERSONAL_DATA = (
+    Detector("card", _may_hold_card, _simple(_find_cards)),
+    Detector("email", _may_hold_email, _simple(_find_emails)),
+    Detector("phone", _may_hold_phone, _find_phones),
+)
