@@ -5,6 +5,7 @@ makes its next request answer 403 `agent_stopped` with the reason."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,9 +101,11 @@ def test_viewers_read_support_also_writes_and_a_stop_empties_the_queue(
     assert all(call_id in queue for call_id in waiting)
 
     stopped = manage(env, "stop_agent", "demo-agent", "--reason", "incident")
-    assert "cancelled 2 call(s)" in stopped and all(c in stopped for c in waiting)
+    # Ours and the demo agent's own calls (make run sends some once it is up) are cancelled.
+    count = re.search(r"cancelled (\d+) call\(s\)", stopped)
+    assert count and int(count.group(1)) >= 2 and all(c in stopped for c in waiting)
     queue = reviewer_queue(base)
-    assert not any(call_id in queue for call_id in waiting), "the queue holds none of its calls"
+    assert "data-call-id" not in queue, "the queue holds none of its calls"
     refusal = agent.get("/api/v1/tools")
     assert refusal.status_code == 403
     assert refusal.json()["error"]["code"] == "agent_stopped"
