@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
+from approvals import sql
 from approvals.models import KnownCounterparty, Status, ToolCall
 from tools_registry import facts as tool_facts
 from tools_registry import sources
@@ -85,11 +86,7 @@ def _first_contacts(agent: Agent, facts: CallFacts) -> list[Found]:
     parties = _counterparties(facts)
     if not parties:
         return []
-    known = set(
-        KnownCounterparty.objects.filter(
-            agent=agent, fingerprint__in=[p[2] for p in parties]
-        ).values_list("fingerprint", flat=True)
-    )
+    known = sql.known_counterparties(agent.pk, [p[2] for p in parties])
     new: dict[str, list[str]] = {}
     for code, detail, fingerprint in parties:
         if fingerprint not in known:

@@ -3,15 +3,17 @@ compare-and-set UPDATE of ``transitions.change``, the one door for ``status``.""
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from typing import Any
 from uuid import UUID
 
 from django.db import connection
 
-from approvals.models import ToolCall
+from approvals.models import KnownCounterparty, StandingApproval, ToolCall
 from core import db
 from tools_registry import sql as registry_sql
+from tools_registry.models import Tool
 
 
 def insert_call(call: ToolCall) -> None:
@@ -75,4 +77,53 @@ def _hold_for_call_sql() -> str:
         "SELECT pg_advisory_xact_lock_shared(%s, "  # noqa: S608 - the model's own names
         f"(SELECT ({agent} %% 2147483648)::int4 FROM {db.table(ToolCall)} "
         f"WHERE {db.column(ToolCall, 'id')} = %s))"
+    )
+
+
+def live_standing_statement(
+    *, agent_id: int, tool_name: str, now: datetime
+) -> db.Statement[list[StandingApproval]]:
+    """The agent's live standing approvals of the tool named ``tool_name``, oldest first:
+    the ones that may cover a new call (``services.standing.use`` takes the first that
+    does). By the tool's name, so that intake can ask before it has read the tool."""
+    params = [agent_id, tool_name, db.db_time(now)]
+    return db.Statement(_live_standing_sql(), params, _read_standing)
+
+
+def _read_standing(cursor: Any) -> list[StandingApproval]:
+    return [db.from_row(StandingApproval, row) for row in cursor.fetchall()]
+
+
+@cache
+def _live_standing_sql() -> str:
+    def col(name: str) -> str:
+        return db.column(StandingApproval, name)
+
+    return (
+        f"SELECT {db.columns(StandingApproval, 's')} "  # noqa: S608 - the model's own names
+        f"FROM {db.table(StandingApproval)} s JOIN {db.table(Tool)} t "
+        f"ON t.{db.column(Tool, 'id')} = s.{col('tool')} "
+        f"WHERE s.{col('agent')} = %s AND t.{db.column(Tool, 'name')} = %s "
+        f"AND s.{col('revoked_at')} IS NULL AND s.{col('expires_at')} > %s "
+        f"ORDER BY s.{col('created_at')}, s.{col('id')}"
+    )
+
+
+def known_counterparties(agent_id: int, fingerprints: list[str]) -> set[str]:
+    """Which of ``fingerprints`` the agent has already acted on with effect."""
+    if not fingerprints:
+        return set()
+    sql = _known_counterparties_sql(len(fingerprints))
+    with db.statement(sql, [agent_id, *fingerprints]) as cursor:
+        return {row[0] for row in cursor.fetchall()}
+
+
+@cache
+def _known_counterparties_sql(count: int) -> str:
+    def col(name: str) -> str:
+        return db.column(KnownCounterparty, name)
+
+    return (
+        f"SELECT {col('fingerprint')} FROM {db.table(KnownCounterparty)} "  # noqa: S608
+        f"WHERE {col('agent')} = %s AND {col('fingerprint')} IN ({', '.join(['%s'] * count)})"
     )

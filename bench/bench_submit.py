@@ -12,6 +12,9 @@ Redis) and driven by the same load generator with the same concurrency:
 Prints requests/s, p50 and p99 latency for each and the ratio submit/bare.
 
     DATABASE_URL=postgres://... REDIS_URL=redis://... python bench/bench_submit.py
+
+The run creates its own database beside DATABASE_URL's (``<name>_bench_submit``) and drops
+it at the end.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 EMAIL = {
     "tool": "send_email",
@@ -215,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=12)
     parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
@@ -225,7 +229,20 @@ def main() -> None:
             "Set DATABASE_URL (PostgreSQL) and REDIS_URL: this benchmark runs in services mode."
         )
     os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
+    from _scratch import drop_database, scratch_database
 
+    database_url = os.environ["DATABASE_URL"]
+    os.environ["DATABASE_URL"] = bench_url = scratch_database(database_url, "_bench_submit")
+    try:
+        run(args)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(bench_url)
+
+
+def run(args: argparse.Namespace) -> None:
     token = prepare()
     payload = json.dumps(EMAIL).encode()
 
@@ -286,6 +303,8 @@ def main() -> None:
         )
         + f"; median {statistics.median(s.rps / b.rps for b, s in zip(results['bare'], results['submit'], strict=True)):.2f})"
     )
+    p99 = merged["submit"].percentile(99) / merged["bare"].percentile(99)
+    print(f"p99 submit/bare: {p99:.2f} (aim: under 3)")
     created_bare = rows_after[0] - rows_before[0]
     created_calls = rows_after[1] - rows_before[1]
     print(f"rows created: bare {created_bare}, tool calls {created_calls}")

@@ -21,8 +21,9 @@ and column names taken from the models' ``_meta``, never from a request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -70,6 +71,62 @@ def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
     with wrapper(psycopg.Cursor(connection.connection), connection) as cursor:
         cursor.execute(sql, params)
         yield cursor
+
+
+@dataclass(frozen=True)
+class Statement[T]:
+    """A hot-path statement to run later, alone (``one``) or with others (``together``):
+    its SQL, its parameters, and how to read its answer from the cursor that ran it."""
+
+    sql: str
+    params: Sequence[Any]
+    read: Callable[[Any], T]
+
+
+def one[T](query: Statement[T]) -> T:
+    """Run one statement in the current transaction; its answer."""
+    with statement(query.sql, query.params) as cursor:
+        return query.read(cursor)
+
+
+def together(*queries: Statement[Any]) -> list[Any]:
+    """Run statements in the current transaction in one round trip; their answers, in order.
+
+    On PostgreSQL they go out in psycopg's pipeline mode: sent one after the other without
+    waiting, answered at one sync (with the transaction's BEGIN, if it has not started yet).
+    They run in order, each seeing the ones before it, exactly as if run one by one; only
+    the waiting between them is gone. A failing statement fails the batch (and the
+    transaction), with Django's error, as it would have alone. Elsewhere they run in turn.
+    """
+    if connection.vendor != "postgresql":
+        return [one(query) for query in queries]
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
+    raw = connection.connection
+    cursors = []
+    with connection.wrap_database_errors, raw.pipeline():
+        for query in queries:
+            cursor = wrapper(psycopg.Cursor(raw), connection)
+            cursor.execute(query.sql, query.params)
+            cursors.append(cursor)
+    try:
+        return [query.read(cursor) for query, cursor in zip(queries, cursors, strict=True)]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def fetch_one(cursor: Any) -> Any:
+    return cursor.fetchone()
+
+
+def fetch_all(cursor: Any) -> list[Any]:
+    return list(cursor.fetchall())
+
+
+def row_count(cursor: Any) -> int:
+    return int(cursor.rowcount)
 
 
 def run(sql: str, params: Sequence[Any]) -> int:

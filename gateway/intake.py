@@ -6,9 +6,14 @@ which no transaction waits for). One transaction does the work of a submission: 
 agent's run lock (a stopped agent is refused; a stop waits for the submission), claim the
 Idempotency-Key, check the tool (unknown, not allowed, not allowed for the end user's
 roles, disabled, invalid arguments), the tool's circuit breaker, take the session's round
-and the rate limits, create the call with its audit event, store the response. A write commits once, with everything. A read commits the same way with its call
-``received`` and its key ``in_flight``, then runs outside any transaction, then stores its
-response.
+and the rate limits, create the call with its audit event, store the response. A write
+commits once, with everything. A read commits the same way with its call ``received`` and
+its key ``in_flight``, then runs outside any transaction, then stores its response.
+
+The statements that do not depend on each other's answers (the run lock, the key, the
+tool, the round, the standing approvals) go to PostgreSQL together, in one round trip
+(``core.db.together``); their answers are then checked in the order above. Waiting on
+PostgreSQL between statements was most of a submission's time (``docs/benchmarks.md``).
 
 A refusal rolls the transaction back (the key, the round: nothing is spent) and is then
 audited (``call.refused``) on its own. A call refused by any rate-limit window takes
@@ -18,21 +23,23 @@ nothing from any window (see ``limits.hit``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from approvals import sql as approvals_sql
 from approvals.execution import runner
-from approvals.models import Decision, Status, ToolCall, Transport
+from approvals.models import Decision, StandingApproval, Status, ToolCall, Transport
 from approvals.screening import RefusedByRule
 from approvals.services.calls import create_call
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
+from core import db
 from gateway import breaker, end_users, errors, idempotency, limits, sql
 from gateway.idempotency import Claim
-from gateway.models import AgentSession
 from gateway.responses import StoredResponse, respond_with
 from gateway.schemas import ToolCallIn
 from tools_registry import end_users as registry_end_users
@@ -108,36 +115,22 @@ def submit(
     if not idempotency.valid_key(key):
         raise errors.invalid_idempotency_key()
     request_hash = sha256_hex(canonical_json(raw))
-    admission: breaker.Admission | None = None
+    request = _Request(agent, key, request_hash, payload, end_user, origin)
     try:
-        with transaction.atomic():
-            if (stop_reason := registry_sql.hold_agent_running(agent.pk)) is not None:
-                # Stopped after this request was authenticated: refused like the next one.
-                raise errors.agent_stopped(stop_reason)
-            claimed = idempotency.claim(agent=agent, key=key, request_hash=request_hash)
-            if claimed == Claim.TAKEN:
-                raise _KeyTaken
-            if claimed == Claim.TAKEN_OVER and (existing := _existing_call(agent, key)):
-                # The key's first request created its call, then died (or is still running
-                # it past its lock). A write's answer is its call as it stands (pending, at
-                # intake); a read has an answer only once terminal: until then the key stays
-                # in use, and a read its request never ran is failed by
-                # sweeps.fail_abandoned_reads.
-                if existing.risk == Risk.READ and not existing.is_terminal:
-                    raise errors.idempotency_key_in_use()
-                response = respond_with(existing)
-                idempotency.complete(agent=agent, key=key, response=response, call=existing)
-                return idempotency.replayed(response)
-            tool = _allowed_tool(agent, payload, end_user)
-            admission = _admit(tool)
-            _take_round(agent, payload.session_id, tool)
-            _take_rate(agent, end_user, tool)
-            call = _create(agent, key, payload, end_user, tool, origin)
-            if call.status != Status.RECEIVED:
-                # Waiting for reviewers, or approved at once by a rule: accepted, not done.
-                response = respond_with(call, submitted=True)
-                idempotency.complete(agent=agent, key=key, response=response, call=call)
-                return response
+        try:
+            with transaction.atomic():
+                opened = _open_new(request)
+                if opened is None:
+                    # The key is not new: this transaction (its round counted with the
+                    # rest) is rolled back, and the next one looks at the key alone.
+                    raise _KeyNotNew
+                answer = _accept(request, opened)
+        except _KeyNotNew:
+            with transaction.atomic():
+                opened_or_replay = _open_existing(request)
+                if isinstance(opened_or_replay, StoredResponse):
+                    return opened_or_replay  # committed with the answer it stored
+                answer = _accept(request, opened_or_replay)
     except _KeyTaken:
         return idempotency.answer_for(
             agent=agent,
@@ -146,13 +139,123 @@ def submit(
             settled=lambda: _settled_answer(agent, key),
         )
     except Refused as refusal:
-        breaker.release(admission)
+        breaker.release(request.admission)
         _audit_refusal(agent, payload, refusal, origin, end_user)
         raise refusal.error from None
     except BaseException:
-        breaker.release(admission)
+        breaker.release(request.admission)
         raise
-    return _run_read(agent, key, call, admission)
+    if isinstance(answer, StoredResponse):
+        return answer
+    return _run_read(agent, key, answer, request.admission)
+
+
+@dataclass
+class _Request:
+    agent: Agent
+    key: str
+    request_hash: str
+    payload: ToolCallIn
+    end_user: role_scopes.EndUser
+    origin: Origin
+    admission: breaker.Admission | None = None
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """What the first statements of a submission found: the tool (and whether the agent
+    may call it), whether the session's round was counted, the agent's live standing
+    approvals of the tool."""
+
+    tool: tuple[Tool, bool] | None
+    round_counted: bool
+    standing: list[StandingApproval]
+
+
+class _KeyNotNew(Exception):
+    pass
+
+
+def _open_new(request: _Request) -> _Opened | None:
+    """The usual case, a new key, in one round trip to the database: hold the agent's run
+    lock and read whether it was stopped, claim the key, read the tool and the agent's
+    standing approvals of it, count the session's round. None if the key was not new (its
+    caller rolls all of it back). Every check of what was read is made after, in the order
+    the API documents; a refusal rolls the transaction back, so nothing it counted stays.
+    """
+    agent, now = request.agent, timezone.now()
+    stop_reason, claimed, tool, round_counted, standing = db.together(
+        registry_sql.running_statement(agent.pk),
+        sql.insert_key_statement(
+            agent_id=agent.pk,
+            key=request.key,
+            request_hash=request.request_hash,
+            now=now,
+            locked_until=now + idempotency.IN_FLIGHT_LOCK,
+        ),
+        *_rest_statements(request, now),
+    )
+    if stop_reason is not None:
+        # Stopped after this request was authenticated: refused like the next one.
+        raise errors.agent_stopped(stop_reason)
+    return _Opened(tool, round_counted, standing) if claimed else None
+
+
+def _open_existing(request: _Request) -> _Opened | StoredResponse:
+    """A key seen before: claimed alone (taken over from a request that died, or free
+    again because its holder was refused meanwhile), then the rest as ``_open_new``; or,
+    when the key's first request had created its call, that call's answer, stored."""
+    agent, key = request.agent, request.key
+    if (stop_reason := registry_sql.hold_agent_running(agent.pk)) is not None:
+        raise errors.agent_stopped(stop_reason)
+    claimed = idempotency.claim(agent=agent, key=key, request_hash=request.request_hash)
+    if claimed == Claim.TAKEN:
+        raise _KeyTaken
+    if claimed == Claim.TAKEN_OVER and (existing := _existing_call(agent, key)):
+        # The key's first request created its call, then died (or is still running it past
+        # its lock). A write's answer is its call as it stands (pending, at intake); a read
+        # has an answer only once terminal: until then the key stays in use, and a read its
+        # request never ran is failed by sweeps.fail_abandoned_reads.
+        if existing.risk == Risk.READ and not existing.is_terminal:
+            raise errors.idempotency_key_in_use()
+        response = respond_with(existing)
+        idempotency.complete(agent=agent, key=key, response=response, call=existing)
+        return idempotency.replayed(response)
+    tool, round_counted, standing = db.together(*_rest_statements(request, timezone.now()))
+    return _Opened(tool, round_counted, standing)
+
+
+def _rest_statements(request: _Request, now: datetime) -> list[db.Statement[Any]]:
+    agent, payload = request.agent, request.payload
+    return [
+        registry_sql.tool_with_allowance_statement(agent.pk, payload.tool),
+        sql.count_round_statement(
+            agent_id=agent.pk,
+            session_id=payload.session_id,
+            limit=agent.max_rounds_per_session,
+            now=now,
+        ),
+        approvals_sql.live_standing_statement(agent_id=agent.pk, tool_name=payload.tool, now=now),
+    ]
+
+
+def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
+    """Check the tool, the breaker, the round and the rate limits; create the call. A write
+    (or a call approved at once) is answered now: its stored response. A read is returned,
+    committed, to be run."""
+    agent, key, payload = request.agent, request.key, request.payload
+    tool = _allowed_tool(agent, payload, request.end_user, opened.tool)
+    request.admission = _admit(tool)
+    if not opened.round_counted:
+        raise Refused(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
+    _take_rate(agent, request.end_user, tool)
+    call = _create(agent, key, payload, request.end_user, tool, request.origin, opened.standing)
+    if call.status == Status.RECEIVED:
+        return call
+    # Waiting for reviewers, or approved at once by a rule: accepted, not done.
+    response = respond_with(call, submitted=True)
+    idempotency.complete(agent=agent, key=key, response=response, call=call)
+    return response
 
 
 def _run_read(
@@ -185,8 +288,12 @@ def _settled_answer(agent: Agent, key: str) -> tuple[StoredResponse, ToolCall] |
     return respond_with(existing), existing
 
 
-def _allowed_tool(agent: Agent, payload: ToolCallIn, end_user: role_scopes.EndUser) -> Tool:
-    found = registry_sql.tool_with_allowance(agent.pk, payload.tool)
+def _allowed_tool(
+    agent: Agent,
+    payload: ToolCallIn,
+    end_user: role_scopes.EndUser,
+    found: tuple[Tool, bool] | None,
+) -> Tool:
     if found is None:
         raise Refused(errors.unknown_tool(payload.tool))
     tool, allowed = found
@@ -238,26 +345,6 @@ def _take_rate(agent: Agent, end_user: role_scopes.EndUser, tool: Tool) -> None:
         )
 
 
-def _take_round(agent: Agent, session_id: str, tool: Tool) -> None:
-    """Count one tool-call round of the session; refuse past the agent's limit.
-
-    The count is exact under concurrency (``sql.count_round``). A new session's row is
-    inserted (ON CONFLICT DO NOTHING: two first calls at once insert it once) and the
-    round is counted again.
-    """
-    limit = agent.max_rounds_per_session
-    for attempt in (1, 2):
-        if sql.count_round(
-            agent_id=agent.pk, session_id=session_id, limit=limit, now=timezone.now()
-        ):
-            return
-        if attempt == 1:
-            AgentSession.objects.bulk_create(
-                [AgentSession(agent=agent, session_id=session_id)], ignore_conflicts=True
-            )
-    raise Refused(errors.max_rounds_exceeded(limit), tool)
-
-
 def _create(
     agent: Agent,
     key: str,
@@ -265,9 +352,10 @@ def _create(
     end_user: role_scopes.EndUser,
     tool: Tool,
     origin: Origin,
+    standing: list[StandingApproval] | None = None,
 ) -> ToolCall:
     try:
-        call = _create_call(agent, key, payload, end_user, tool, origin)
+        call = _create_call(agent, key, payload, end_user, tool, origin, standing)
     except RefusedByRule as refusal:
         raise Refused(
             errors.refused_by_policy(
@@ -298,6 +386,7 @@ def _create_call(
     end_user: role_scopes.EndUser,
     tool: Tool,
     origin: Origin,
+    standing: list[StandingApproval] | None = None,
 ) -> ToolCall:
     return create_call(
         agent=agent,
@@ -313,6 +402,7 @@ def _create_call(
         callback_url=str(payload.callback_url) if payload.callback_url else "",
         transport=origin.transport,
         client=origin.client,
+        standing_candidates=standing,
     )
 
 

@@ -21,18 +21,33 @@ def insert_key(
     """``INSERT ... ON CONFLICT DO NOTHING``: whether this request inserted the key (the ORM
     has no such statement). Waits while another transaction holds an uncommitted insert of
     the same key."""
-    with db.statement(
-        _insert_key_sql(),
-        [
-            agent_id,
-            key,
-            request_hash,
-            str(IdempotencyRecord.State.IN_FLIGHT),
-            db.db_time(now),
-            db.db_time(locked_until),
-        ],
-    ) as cursor:
-        return cursor.fetchone() is not None
+    return db.one(
+        insert_key_statement(
+            agent_id=agent_id,
+            key=key,
+            request_hash=request_hash,
+            now=now,
+            locked_until=locked_until,
+        )
+    )
+
+
+def insert_key_statement(
+    *, agent_id: int, key: str, request_hash: str, now: datetime, locked_until: datetime
+) -> db.Statement[bool]:
+    params = [
+        agent_id,
+        key,
+        request_hash,
+        str(IdempotencyRecord.State.IN_FLIGHT),
+        db.db_time(now),
+        db.db_time(locked_until),
+    ]
+    return db.Statement(_insert_key_sql(), params, _inserted)
+
+
+def _inserted(cursor: Any) -> bool:
+    return cursor.fetchone() is not None
 
 
 @cache
@@ -87,13 +102,19 @@ def _complete_key_sql(vendor: str) -> str:
     )
 
 
-def count_round(*, agent_id: int, session_id: str, limit: int, now: datetime) -> bool:
-    """One more round of the session if it has fewer than ``limit``; whether it counted.
+def count_round_statement(
+    *, agent_id: int, session_id: str, limit: int, now: datetime
+) -> db.Statement[bool]:
+    """One more round of the session if it has had fewer than ``limit``: whether it counted.
 
-    The conditional UPDATE takes the session row's lock, so concurrent calls of one session
-    are counted one at a time and the limit is exact.
+    One upsert: a new session's row is inserted with its first round; an existing one is
+    counted by ``ON CONFLICT DO UPDATE ... WHERE rounds < limit``, which takes the row's
+    lock and checks the row's latest version, so concurrent calls of one session are
+    counted one at a time and the limit is exact (two first calls at once insert the row
+    once: the second one counts on it).
     """
-    return db.run(_count_round_sql(), [db.db_time(now), agent_id, session_id, limit]) == 1
+    params = [agent_id, session_id, db.db_time(now), db.db_time(now), limit, limit]
+    return db.Statement(_count_round_sql(), params, _inserted)
 
 
 @cache
@@ -101,8 +122,12 @@ def _count_round_sql() -> str:
     def col(name: str) -> str:
         return db.column(AgentSession, name)
 
+    names = ("agent", "session_id", "rounds", "started_at", "last_call_at")
     return (
-        f"UPDATE {db.table(AgentSession)} SET {col('rounds')} = {col('rounds')} + 1, "  # noqa: S608
-        f"{col('last_call_at')} = %s "
-        f"WHERE {col('agent')} = %s AND {col('session_id')} = %s AND {col('rounds')} < %s"
+        f"INSERT INTO {db.table(AgentSession)} AS s "
+        f"({', '.join(col(n) for n in names)}) SELECT %s, %s, 1, %s, %s WHERE %s >= 1 "
+        f"ON CONFLICT ({col('agent')}, {col('session_id')}) DO UPDATE "
+        f"SET {col('rounds')} = s.{col('rounds')} + 1, "
+        f"{col('last_call_at')} = EXCLUDED.{col('last_call_at')} "
+        f"WHERE s.{col('rounds')} < %s RETURNING s.{col('id')}"
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from django.db import connection
 
@@ -37,8 +38,17 @@ def _active_token_sql() -> str:
 
 def tool_with_allowance(agent_id: int, name: str) -> tuple[Tool, bool] | None:
     """The tool named ``name``, and whether the agent may call it; None if there is none."""
-    with db.statement(_tool_with_allowance_sql(), [agent_id, name]) as cursor:
-        row = cursor.fetchone()
+    return db.one(tool_with_allowance_statement(agent_id, name))
+
+
+def tool_with_allowance_statement(
+    agent_id: int, name: str
+) -> db.Statement[tuple[Tool, bool] | None]:
+    return db.Statement(_tool_with_allowance_sql(), [agent_id, name], _read_tool_with_allowance)
+
+
+def _read_tool_with_allowance(cursor: Any) -> tuple[Tool, bool] | None:
+    row = cursor.fetchone()
     if row is None:
         return None
     return db.from_row(Tool, row[1:]), bool(row[0])
@@ -83,10 +93,18 @@ def hold_agent_running(agent_id: int) -> str | None:
     agent's latest version is the one read (READ COMMITTED re-reads a row a concurrent
     transaction updated before locking it), not the one the statement's snapshot held.
     """
+    return db.one(running_statement(agent_id))
+
+
+def running_statement(agent_id: int) -> db.Statement[str | None]:
+    """``hold_agent_running`` as a statement, to run with others (``db.together``)."""
     postgresql = connection.vendor == "postgresql"
     params = [RUN_LOCK_CLASS, run_lock_key(agent_id), agent_id] if postgresql else [agent_id]
-    with db.statement(_hold_sql(postgresql), params) as cursor:
-        row = cursor.fetchone()
+    return db.Statement(_hold_sql(postgresql), params, _read_stop_reason)
+
+
+def _read_stop_reason(cursor: Any) -> str | None:
+    row = cursor.fetchone()
     return None if row is None or not row[0] else str(row[1])
 
 

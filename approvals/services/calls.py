@@ -13,7 +13,7 @@ from django.utils import timezone
 from approvals import events, screening, transitions
 from approvals.execution import send
 from approvals.guards import Refused, arguments_hash, cannot_run_reason
-from approvals.models import Status, ToolCall, Transport
+from approvals.models import StandingApproval, Status, ToolCall, Transport
 from approvals.services import standing
 from approvals.transitions import lock_call, move
 from tools_registry.models import Agent, Tool
@@ -37,9 +37,12 @@ def create_call(
     callback_url: str = "",
     transport: str = Transport.REST,
     client: str = "",
+    standing_candidates: list[StandingApproval] | None = None,
 ) -> ToolCall:
     """Store a validated call: a read stays ``received`` (it runs at once), the rest wait
     for reviewers, unless a policy rule or a standing approval approves them at once.
+    ``standing_candidates``: the agent's live standing approvals of the tool, if the caller
+    read them already (``standing.use``).
 
     Raises ``screening.RefusedByRule`` (nothing stored) when a policy rule refuses it.
     """
@@ -66,6 +69,7 @@ def create_call(
             user_id=on_behalf_of,
             user_roles=roles,
             now=now,
+            candidates=standing_candidates,
         )
     money = screened.facts.money
     call = ToolCall(

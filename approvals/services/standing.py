@@ -142,17 +142,21 @@ def use(
     user_id: str,
     user_roles: list[str],
     now: datetime,
+    candidates: list[StandingApproval] | None = None,
 ) -> StandingApproval | None:
     """The standing approval that covers this call, its use counted; None if none does.
 
-    The count is one conditional UPDATE: concurrent calls each take a use or find it spent,
-    so ``max_uses`` is exact however many arrive at once.
+    ``candidates`` are the agent's live standing approvals of the tool, oldest first, when
+    the caller read them already (intake reads them with its other statements,
+    ``sql.live_standing_statement``). The count is one conditional UPDATE: concurrent calls
+    each take a use or find it spent, so ``max_uses`` is exact however many arrive at once.
     """
-    candidates = list(
-        StandingApproval.objects.filter(
-            tool=tool, agent=agent, revoked_at__isnull=True, expires_at__gt=now
-        ).order_by("created_at", "pk")
-    )
+    if candidates is None:
+        candidates = list(
+            StandingApproval.objects.filter(
+                tool=tool, agent=agent, revoked_at__isnull=True, expires_at__gt=now
+            ).order_by("created_at", "pk")
+        )
     for standing in candidates:
         if not _covers(
             standing, tool, arguments, arguments_hash, signals, user_id, user_roles, agent
