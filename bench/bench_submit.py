@@ -1,15 +1,23 @@
-"""Load benchmark of write-call submissions against a bare Django view, in one run.
+"""Load benchmark of the agent's two doors (REST and MCP), against bare Django views, in one run.
 
-Both endpoints are served by the same gunicorn (same workers, middleware, PostgreSQL,
-Redis) and driven by the same load generator with the same concurrency:
+Every endpoint is served by the same server processes (same workers, middleware,
+PostgreSQL, Redis) and driven by the same load generator with the same concurrency:
 
-* submit: ``POST /api/v1/tool-calls`` of a ``send_email`` call (a write): bearer auth,
-  Idempotency-Key record, tool and schema checks, circuit breaker, session round, rate
-  limits (per agent, a limit high enough never to refuse), the pending call and its audit
-  event, the stored response; answers 202.
-* bare: a view that parses the same JSON body and inserts it as one row; answers 201.
+* write: a ``send_email`` call (a write: bearer auth, Idempotency-Key record, tool and
+  schema checks, policy screening, circuit breaker, session round, rate limits (a limit high
+  enough never to refuse), the pending call and its audit event, the stored response),
+  against a bare view that parses the same JSON body and inserts it as one row;
+* read: a ``get_customer`` call, which runs at once (the same checks, the call's claim,
+  the handler, the result and both audit events), against a bare view that parses the
+  body and calls the same handler in-process.
 
-Prints requests/s, p50 and p99 latency for each and the ratio submit/bare.
+Under gunicorn (``config.wsgi``, gthread) the calls go through ``POST /api/v1/tool-calls``;
+under uvicorn (``config.asgi``, the deployment that serves ``/mcp``) through MCP's
+``tools/call`` (a write as a task, answered at once; a read answered with its result),
+each ratio against the bare views on the same server.
+
+Prints requests/s, p50 and p99 latency for each, each ratio per round and its median, and
+the p99 ratios.
 
     DATABASE_URL=postgres://... REDIS_URL=redis://... python bench/bench_submit.py
 
@@ -37,6 +45,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+READ = {
+    "tool": "get_customer",
+    "arguments": {"customer_id": "cus_bench"},
+    "reasoning": "The customer asked which plan they are on.",
+}
 
 EMAIL = {
     "tool": "send_email",
@@ -76,26 +90,21 @@ def prepare() -> str:
     agent.max_rounds_per_session = 10**9
     agent.enabled = True
     agent.save()
-    tool = Tool.objects.get(name="send_email")
-    # Limits stay on (each submission runs the Redis script) but never refuse here.
-    Tool.objects.filter(pk=tool.pk).update(
-        enabled=True, rate_limit_per_agent="10000000/hour", rate_limit_per_user=""
+    from sandbox.models import Customer
+
+    Customer.objects.get_or_create(
+        customer_id="cus_bench",
+        defaults={"name": "Ada Bench", "email": "ada@example.com", "phone": "+44 20 7946 0000"},
     )
-    breaker.reset(tool.name)
-    agent.allowed_tools.add(tool)
+    for tool in Tool.objects.filter(name__in=["send_email", "get_customer"]):
+        # Limits stay on (each call runs the Redis script) but never refuse here.
+        Tool.objects.filter(pk=tool.pk).update(
+            enabled=True, rate_limit_per_agent="10000000/hour", rate_limit_per_user=""
+        )
+        breaker.reset(tool.name)
+        agent.allowed_tools.add(tool)
     _, token = services.issue_token(agent=agent, label="bench")
     return token
-
-
-def count_rows() -> tuple[int, int]:
-    from django.db import connection
-
-    from approvals.models import ToolCall
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM bench_bare_row")
-        (bare,) = cursor.fetchone()
-    return bare, ToolCall.objects.filter(agent__name="bench-agent").count()
 
 
 def free_port() -> int:
@@ -104,38 +113,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+def start_server(server: str, port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+    """``gunicorn`` (WSGI, gthread: the REST API) or ``uvicorn`` (ASGI: REST and /mcp)."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "submit_site",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT)]),
         "SECRET_KEY": os.environ.get("SECRET_KEY") or "bench-only-secret-key",
         "DB_POOL_MAX_SIZE": str(max(threads, 4)),
+        "WEB_THREADS": str(threads),
         "LOG_LEVEL": "WARNING",
     }
-    command = [
-        sys.executable, "-m", "gunicorn", "config.wsgi:application",
-        "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", str(threads),
-        "--keep-alive", "30",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    server = subprocess.Popen(command, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 30
+    if server == "gunicorn":
+        command = [
+            sys.executable, "-m", "gunicorn", "config.wsgi:application",
+            "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers),
+            "--worker-class", "gthread", "--threads", str(threads),
+            "--keep-alive", "30",
+            "--log-level", "warning",
+        ]  # fmt: skip
+    else:
+        command = [
+            sys.executable, "-m", "uvicorn", "config.asgi:application",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return server
+                return process
         except OSError:
             pass
-        if server.poll() is not None:
-            raise RuntimeError("gunicorn exited")
+        if process.poll() is not None:
+            raise RuntimeError(f"{server} exited")
         time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("gunicorn did not become healthy")
+    process.kill()
+    raise RuntimeError(f"{server} did not become healthy")
 
 
 @dataclass
@@ -144,6 +163,7 @@ class Result:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
+    rounds: list[Result] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -169,11 +189,12 @@ def drive(
     port: int,
     request: Request,
     expect: int,
-    concurrency: int,
-    seconds: float,
-    warmup: float,
+    args: argparse.Namespace,
+    valid: Callable[[bytes], bool] | None,
 ) -> Result:
-    """``concurrency`` keep-alive clients sending back to back for warmup + seconds."""
+    """``args.concurrency`` keep-alive clients sending back to back for warm-up + seconds.
+    An answer counts when its status is ``expect`` (and ``valid`` accepts its body)."""
+    concurrency, seconds, warmup = args.concurrency, args.seconds, args.warmup
     result = Result(name=name, seconds=seconds)
     lock = threading.Lock()
     start = time.monotonic()
@@ -189,8 +210,10 @@ def drive(
             try:
                 conn.request("POST", path, body, headers)
                 response = conn.getresponse()
-                response.read()
+                body = response.read()
                 status = response.status
+                if valid is not None and status == expect and not valid(body):
+                    status = -1
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -223,6 +246,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--servers",
+        default="gunicorn,uvicorn",
+        help="gunicorn: REST under WSGI; uvicorn: MCP under ASGI (comma-separated)",
+    )
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL") or not os.environ.get("REDIS_URL"):
         sys.exit(
@@ -242,72 +270,174 @@ def main() -> None:
         drop_database(bench_url)
 
 
+MCP_REVISION = "2025-11-25"
+
+
+def mcp_session(port: int, token: str) -> str:
+    """Open an MCP session (initialize, initialized) as a client that knows tasks; its id."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {**mcp_headers(token), "MCP-Protocol-Version": MCP_REVISION}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": MCP_REVISION,
+            "capabilities": {"tasks": {}},
+            "clientInfo": {"name": "countersign-bench", "version": "1"},
+        },
+    }
+    conn.request("POST", "/mcp", json.dumps(initialize), headers)
+    response = conn.getresponse()
+    response.read()
+    session = response.getheader("mcp-session-id")
+    if response.status != 200 or not session:
+        raise RuntimeError(f"MCP initialize answered {response.status}")
+    headers["Mcp-Session-Id"] = session
+    conn.request(
+        "POST",
+        "/mcp",
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        headers,
+    )
+    conn.getresponse().read()
+    conn.close()
+    return session
+
+
+def mcp_headers(token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+    }
+
+
+def mcp_answer(body: bytes) -> dict[str, object]:
+    """The JSON-RPC answer in a Streamable HTTP response (one SSE event, or plain JSON)."""
+    text = body.decode()
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            return json.loads(line[5:])
+    return json.loads(text)
+
+
 def run(args: argparse.Namespace) -> None:
     token = prepare()
-    payload = json.dumps(EMAIL).encode()
+    insert_body = json.dumps(EMAIL).encode()
+    read_body = json.dumps(READ).encode()
 
-    def submit(index: int) -> tuple[str, bytes, dict[str, str]]:
-        body = json.dumps({**EMAIL, "session_id": f"bench-{index}"}).encode()
-        return (
-            "/api/v1/tool-calls",
-            body,
-            {
-                "Authorization": f"Bearer {token}",
-                "Idempotency-Key": str(uuid.uuid4()),
-                "Content-Type": "application/json",
-            },
-        )
+    def rest(call: dict[str, object]) -> Request:
+        def request(index: int) -> tuple[str, bytes, dict[str, str]]:
+            body = json.dumps({**call, "session_id": f"bench-{index}"}).encode()
+            return (
+                "/api/v1/tool-calls",
+                body,
+                {
+                    "Authorization": f"Bearer {token}",
+                    "Idempotency-Key": str(uuid.uuid4()),
+                    "Content-Type": "application/json",
+                },
+            )
 
-    def bare(index: int) -> tuple[str, bytes, dict[str, str]]:
-        return "/bench/bare-insert", payload, {"Content-Type": "application/json"}
+        return request
 
-    port = free_port()
-    server = start_server(port, args.workers, args.threads)
-    results: dict[str, list[Result]] = {"bare": [], "submit": []}
-    try:
-        rows_before = count_rows()
-        for _ in range(args.rounds):
-            for name, request, expect in (("bare", bare, 201), ("submit", submit, 202)):
-                result = drive(
-                    name, port, request, expect, args.concurrency, args.seconds, args.warmup
+    def mcp(call: dict[str, object], session: str, *, task: bool) -> Request:
+        headers = {
+            **mcp_headers(token),
+            "MCP-Protocol-Version": MCP_REVISION,
+            "Mcp-Session-Id": session,
+        }
+
+        def request(index: int) -> tuple[str, bytes, dict[str, str]]:
+            params: dict[str, object] = {"name": call["tool"], "arguments": call["arguments"]}
+            if task:
+                params["task"] = {"ttl": 600_000}
+            message = {"jsonrpc": "2.0", "id": index, "method": "tools/call", "params": params}
+            return "/mcp", json.dumps(message).encode(), headers
+
+        return request
+
+    def bare(path: str, body: bytes) -> Request:
+        return lambda index: (path, body, {"Content-Type": "application/json"})
+
+    def mcp_ok(body: bytes) -> bool:
+        answer = mcp_answer(body)
+        result = answer.get("result")
+        return isinstance(result, dict) and not result.get("isError", False)
+
+    table: list[tuple[str, str, Result, Result]] = []
+    for server in args.servers.split(","):
+        port = free_port()
+        process = start_server(server, port, args.workers, args.threads)
+        try:
+            if server == "gunicorn":
+                door = "REST"
+                write, read = rest(EMAIL), rest(READ)
+                write_expect, read_expect, check = 202, 200, None
+            else:
+                door = "MCP"
+                session = mcp_session(port, token)
+                write, read = mcp(EMAIL, session, task=True), mcp(READ, session, task=False)
+                write_expect, read_expect, check = 200, 200, mcp_ok
+            pairs = (
+                ("write", ("bare-insert", bare("/bench/bare-insert", insert_body), 201, None),
+                 (f"{door}-write", write, write_expect, check)),
+                ("read", ("bare-read", bare("/bench/bare-read", read_body), 200, None),
+                 (f"{door}-read", read, read_expect, check)),
+            )  # fmt: skip
+            for kind, (bare_name, bare_request, bare_expect, _), measured in pairs:
+                name, request, expect, valid = measured
+                rounds: list[tuple[Result, Result]] = []
+                for _ in range(args.rounds):
+                    base = drive(bare_name, port, bare_request, bare_expect, args, None)
+                    timed = drive(name, port, request, expect, args, valid)
+                    print(f"[{server}] {base.line()}\n[{server}] {timed.line()}", flush=True)
+                    rounds.append((base, timed))
+                table.append((server, kind, *merge(rounds)))
+                ratios = [t.rps / b.rps for b, t in rounds]
+                print(
+                    f"[{server}] {name}/{bare_name}: rounds "
+                    + ", ".join(f"{r:.2f}" for r in ratios)
+                    + f"; median {statistics.median(ratios):.2f}\n",
+                    flush=True,
                 )
-                print(result.line(), flush=True)
-                results[name].append(result)
-        rows_after = count_rows()
-    finally:
-        server.terminate()
-        server.wait(10)
+        finally:
+            process.terminate()
+            process.wait(10)
 
-    merged = {
-        name: Result(
-            name=name,
-            seconds=sum(r.seconds for r in runs),
-            latencies=[x for r in runs for x in r.latencies],
-            errors={k: sum(r.errors.get(k, 0) for r in runs) for r in runs for k in r.errors},
-        )
-        for name, runs in results.items()
-    }
-    print()
     print(
-        f"gunicorn gthread: {args.workers} workers x {args.threads} threads; "
-        f"{args.concurrency} keep-alive clients; {args.rounds} x {args.seconds:.0f} s per endpoint "
-        f"after {args.warmup:.0f} s warm-up"
+        f"{args.workers} workers x {args.threads} threads; {args.concurrency} keep-alive "
+        f"clients; {args.rounds} rounds of {args.seconds:.0f} s per endpoint after "
+        f"{args.warmup:.0f} s warm-up\n"
     )
-    for result in merged.values():
-        print(result.line())
-    ratio = merged["submit"].rps / merged["bare"].rps
-    print(
-        f"ratio submit/bare: {ratio:.2f} (rounds: "
-        + ", ".join(
-            f"{s.rps / b.rps:.2f}" for b, s in zip(results["bare"], results["submit"], strict=True)
+    for server, _kind, base, timed in table:
+        print(f"{server:<8} {base.line()}")
+        print(f"{server:<8} {timed.line()}")
+        print(
+            f"{server:<8} {timed.name} / {base.name}: median ratio "
+            f"{statistics.median(t.rps / b.rps for b, t in zip(base.rounds, timed.rounds, strict=True)):.2f}; "
+            f"p99 {timed.percentile(99) / base.percentile(99):.2f}x; "
+            f"added p50 {timed.percentile(50) - base.percentile(50):.1f} ms, "
+            f"p99 {timed.percentile(99) - base.percentile(99):.1f} ms\n"
         )
-        + f"; median {statistics.median(s.rps / b.rps for b, s in zip(results['bare'], results['submit'], strict=True)):.2f})"
-    )
-    p99 = merged["submit"].percentile(99) / merged["bare"].percentile(99)
-    print(f"p99 submit/bare: {p99:.2f} (aim: under 3)")
-    created_bare = rows_after[0] - rows_before[0]
-    created_calls = rows_after[1] - rows_before[1]
-    print(f"rows created: bare {created_bare}, tool calls {created_calls}")
+
+
+def merge(rounds: list[tuple[Result, Result]]) -> tuple[Result, Result]:
+    """Each side's rounds as one result (its latencies pooled), keeping the rounds."""
+    merged = []
+    for side in (0, 1):
+        runs = [pair[side] for pair in rounds]
+        merged.append(
+            Result(
+                name=runs[0].name,
+                seconds=sum(r.seconds for r in runs),
+                latencies=[x for r in runs for x in r.latencies],
+                errors={k: sum(r.errors.get(k, 0) for r in runs) for r in runs for k in r.errors},
+                rounds=runs,
+            )
+        )
+    return merged[0], merged[1]
 
 
 if __name__ == "__main__":
