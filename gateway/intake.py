@@ -268,7 +268,7 @@ def _run_read(
             # ran, so a half-open probe slot it held is handed back, not left to its lease.
             breaker.release(admission)
         call.refresh_from_db()
-        response = respond_with(call)
+        response = respond_with(_without_decisions(call))
         idempotency.complete(agent=agent, key=key, response=response, call=call)
         return response
     except BaseException:
@@ -372,7 +372,12 @@ def _create(
         if KEY_CONSTRAINT in str(exc):
             raise Refused(errors.idempotency_key_expired(), tool) from None
         raise
-    # A new call has no decisions: represent it without asking (or compiling) a query.
+    return _without_decisions(call)
+
+
+def _without_decisions(call: ToolCall) -> ToolCall:
+    """A call known to have no decisions (a new one; a read, which is never reviewed),
+    represented without asking (or compiling) a query for them."""
     no_decisions = Decision.objects.none()
     no_decisions._result_cache = []
     call._prefetched_objects_cache = {"decisions": no_decisions}  # type: ignore[attr-defined]

@@ -129,5 +129,5 @@ def _count_round_sql() -> str:
         f"ON CONFLICT ({col('agent')}, {col('session_id')}) DO UPDATE "
         f"SET {col('rounds')} = s.{col('rounds')} + 1, "
         f"{col('last_call_at')} = EXCLUDED.{col('last_call_at')} "
-        f"WHERE s.{col('rounds')} < %s RETURNING s.{col('id')}"
+        f"WHERE s.{col('rounds')} < %s RETURNING {col('id')}"
     )
