@@ -15,7 +15,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # The product's packages, checked by mypy with django-stubs.
 TYPED := core config audit tools_registry accounts approvals gateway sandbox
 
-.PHONY: run test lint typecheck bench clean chromium
+.PHONY: run test lint typecheck bench soak clean chromium
 
 $(PY):
 	@python=$$(scripts/find-python) || exit 1; \
@@ -88,6 +88,20 @@ bench: $(VENV)/.installed-dev
 	@export DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		SECRET_KEY=$${SECRET_KEY:-countersign-bench-only} SANDBOX_ENABLED=1; \
 	$(PY) scripts/check_services.py && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+# The soak (bench/soak.py; not part of `make test`): 10,000 approved write calls through real
+# Celery workers while a fault driver kills, pauses, restarts and slows everything around
+# them; fails unless every call took effect exactly once. Under 30 minutes on 2 cores;
+# SOAK_ARGS="--calls 500" for a quick one. It creates its own database beside
+# DATABASE_URL's (<name>_soak) and runs its own Redis (port 6390: it restarts it), and holds
+# the benchmark lock so that no benchmark shares the machine with it.
+soak: $(VENV)/.installed-dev
+	@export DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		SECRET_KEY=$${SECRET_KEY:-countersign-soak-only} CELERY_QUEUE=$${CELERY_QUEUE:-countersign-soak} \
+		SANDBOX_ENABLED=1; \
+	$(PY) scripts/check_services.py || exit 1; \
+	command -v redis-server >/dev/null || { echo "The soak runs a Redis of its own: install redis-server."; exit 1; }; \
+	flock /tmp/countersign-bench.lock $(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(AGENT_CLIENTS) var .pytest_cache .mypy_cache .ruff_cache

@@ -100,13 +100,16 @@ def _send(messages: list[EmailMessage]) -> None:
 
 
 def _claim(call_id: Any, column: str, now: datetime) -> ToolCall | None:
-    """Take the right to send one notification; None if another sweep took it or the call
-    is no longer pending. Must run inside the caller's transaction."""
-    claimed = ToolCall.objects.filter(
+    """Take the right to send one notification; None if another sweep took it, the call
+    is no longer pending, or another transaction holds it (a decision under way, maybe in a
+    paused process: the sweep does not wait for it, the next one looks again). Must run
+    inside the caller's transaction."""
+    due = ToolCall.objects.select_for_update(skip_locked=True).filter(
         pk=call_id, status=Status.PENDING, **{f"{column}__isnull": True}
-    ).update(**{column: now})
-    if not claimed:
+    )
+    if not list(due.values_list("pk", flat=True)):
         return None
+    ToolCall.objects.filter(pk=call_id).update(**{column: now})
     return ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
 
 

@@ -1,7 +1,13 @@
 """Periodic repairs run by celery beat (and by ``manage.py run_sweeps`` and one management
 command per sweep). Each sweep reads a batch of candidate ids, then moves each call through
-a service function that re-checks it under a lock or a conditional UPDATE, so any number of
-sweeps may run at once, beside any number of workers."""
+a service function that re-checks it under its row lock, so any number of sweeps may run at
+once, beside any number of workers.
+
+A sweep never waits for a call's row: one that another transaction holds is skipped
+(``SKIP LOCKED``) and looked at again in the next pass. The holder may be a worker paused
+inside its claim (SIGSTOP, a frozen VM, a partition from PostgreSQL), and waiting for it
+would hold up this sweep and every later one, each in a worker of its own, until it came
+back: no lease would expire and no lost message would be sent again meanwhile."""
 
 from __future__ import annotations
 
@@ -62,11 +68,14 @@ def resend_stalled_approved(*, now: datetime | None = None, limit: int = 500) ->
     resent = 0
     for call_id, enqueued_at in stalled:
         with transaction.atomic():
-            # Mark first, conditionally: two sweeps at once re-send each call once.
-            if not ToolCall.objects.filter(
+            # Mark first, under the row lock: two sweeps at once re-send each call once. A
+            # call another transaction holds (a claim under way, maybe paused) is skipped.
+            due = ToolCall.objects.select_for_update(skip_locked=True).filter(
                 pk=call_id, status=Status.APPROVED, enqueued_at__lt=cutoff
-            ).update(enqueued_at=now):
+            )
+            if not list(due.values_list("pk", flat=True)):
                 continue
+            ToolCall.objects.filter(pk=call_id).update(enqueued_at=now)
             call = ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
             waited = (now - enqueued_at).total_seconds() if enqueued_at else 0.0
             events.execution_resent(call, waited_seconds=waited)
@@ -84,7 +93,7 @@ def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
         .order_by("lease_until")
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(1 for call_id in overdue if expire_lease(call_id=call_id, now=now))
+    return sum(1 for call_id in overdue if expire_lease(call_id=call_id, now=now, skip_locked=True))
 
 
 def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Counter[str]:
@@ -100,7 +109,7 @@ def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Count
     )
     actions: Counter[str] = Counter()
     for call_id in candidates:
-        actions[reconcile_call(call_id=call_id, now=now).action] += 1
+        actions[reconcile_call(call_id=call_id, now=now, skip_locked=True).action] += 1
     return actions
 
 
@@ -112,7 +121,7 @@ def expire_overdue_pending(*, now: datetime | None = None, limit: int = 1000) ->
             "pk", flat=True
         )[:limit]
     )
-    return sum(1 for call_id in overdue if expire_call(call_id=call_id, now=now))
+    return sum(1 for call_id in overdue if expire_call(call_id=call_id, now=now, skip_locked=True))
 
 
 def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -131,7 +140,11 @@ def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> in
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(1 for call_id in candidates if fail_abandoned_read(call_id=call_id, now=now))
+    return sum(
+        1
+        for call_id in candidates
+        if fail_abandoned_read(call_id=call_id, now=now, skip_locked=True)
+    )
 
 
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:

@@ -144,16 +144,20 @@ def move(call: ToolCall, target: str, **fields: Any) -> None:
         raise InvalidTransition(call.status, target)
 
 
-def lock_call(call_id: UUID, **filters: Any) -> ToolCall | None:
+def lock_call(call_id: UUID, *, skip_locked: bool = False, **filters: Any) -> ToolCall | None:
     """The call, locked until the transaction ends (its row only: calls of one tool or agent
     never wait on each other), with its tool and its agent and the agent's owner; None if
     no call matches ``filters``.
 
     Every service that decides on a call's status reads it through here, then checks, then
-    moves it; any number of concurrent requests, workers and sweeps queue on the row.
+    moves it; any number of concurrent requests and workers queue on the row. The sweeps
+    pass ``skip_locked``: a call another transaction holds is then None, left for their
+    next pass. That transaction may belong to a process that is paused (or cut off from
+    the database) for as long as it likes; a sweep waiting for it would hold up every
+    sweep after it.
     """
     return (
-        ToolCall.objects.select_for_update(of=("self",))
+        ToolCall.objects.select_for_update(of=("self",), skip_locked=skip_locked)
         .select_related("tool__upstream", "agent__owner")
         .filter(pk=call_id, **filters)
         .first()

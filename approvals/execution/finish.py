@@ -72,8 +72,11 @@ LEASE_EXPIRED_READ = "The worker running the read went silent past its lease."
 
 
 @transaction.atomic
-def expire_lease(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
-    """Take a call away from a worker that went silent past its lease; None if not due.
+def expire_lease(
+    *, call_id: UUID, now: datetime | None = None, skip_locked: bool = False
+) -> ToolCall | None:
+    """Take a call away from a worker that went silent past its lease; None if not due (or,
+    with ``skip_locked``, if another transaction holds the call: the sweep's next pass).
 
     A write becomes ``unknown``: its effect may or may not have happened, and the
     reconciliation sweep asks the downstream. A read has no effect, so it fails. The fence
@@ -81,7 +84,9 @@ def expire_lease(*, call_id: UUID, now: datetime | None = None) -> ToolCall | No
     partitioned process that wakes up) matches no row and is discarded.
     """
     now = now or timezone.now()
-    call = transitions.lock_call(call_id, status=Status.EXECUTING, lease_until__lt=now)
+    call = transitions.lock_call(
+        call_id, skip_locked=skip_locked, status=Status.EXECUTING, lease_until__lt=now
+    )
     if call is None:
         return None
     claim_fence = call.fence

@@ -212,10 +212,11 @@ def expire_locked(call: ToolCall, *, now: Any) -> None:
 
 
 @transaction.atomic
-def expire_call(*, call_id: UUID, now: Any = None) -> bool:
-    """Expire a pending call whose approval TTL has passed; False if it was not due."""
+def expire_call(*, call_id: UUID, now: Any = None, skip_locked: bool = False) -> bool:
+    """Expire a pending call whose approval TTL has passed; False if it was not due (or,
+    with ``skip_locked``, if another transaction holds it: the sweep looks again later)."""
     now = now or timezone.now()
-    call = lock_call(call_id)
+    call = lock_call(call_id, skip_locked=skip_locked)
     if (
         call is None
         or call.status != Status.PENDING
@@ -244,16 +245,19 @@ def abandoned_after(call: ToolCall) -> datetime:
 
 
 @transaction.atomic
-def fail_abandoned_read(*, call_id: UUID, now: datetime | None = None) -> ToolCall | None:
+def fail_abandoned_read(
+    *, call_id: UUID, now: datetime | None = None, skip_locked: bool = False
+) -> ToolCall | None:
     """Fail a read left ``received`` by a request that died before running it; None if it
-    is not (or no longer) abandoned. Its Idempotency-Key then answers with that failure.
+    is not (or no longer) abandoned, or, with ``skip_locked``, if another transaction holds
+    it. Its Idempotency-Key then answers with that failure.
 
     The row lock orders this against the executor's claim (which locks the row too): a
     claim that comes later, from a process that was only paused, finds the read failed and
     runs nothing, so the handler never runs for a call that was answered as failed.
     """
     now = now or timezone.now()
-    call = lock_call(call_id, status=Status.RECEIVED, risk=Risk.READ)
+    call = lock_call(call_id, skip_locked=skip_locked, status=Status.RECEIVED, risk=Risk.READ)
     if call is None or now < abandoned_after(call):
         return None
     move(

@@ -59,13 +59,15 @@ def reconcile_call(
     now: datetime | None = None,
     actor: Any = None,
     allow_rerun: bool = True,
+    skip_locked: bool = False,
 ) -> Reconciliation:
     """Ask the downstream what happened to an ``unknown`` call and act on the answer.
 
     The lookup runs with no transaction open (it may be an HTTP call). The decision is then
     applied under the row lock, only if the call is still ``unknown`` with the fence seen
     before the lookup: a person or another sweep that moved it meanwhile wins.
-    ``allow_rerun=False`` (a person's "ask again") never re-runs by itself.
+    ``allow_rerun=False`` (a person's "ask again") never re-runs by itself. With
+    ``skip_locked`` (the sweep) a call another transaction holds is skipped, not waited for.
     """
     now = now or timezone.now()
     seen = ToolCall.objects.select_related("tool__upstream", "agent").filter(pk=call_id).first()
@@ -74,7 +76,7 @@ def reconcile_call(
     finding, result = ask_downstream(seen)
 
     with transaction.atomic():
-        call = lock_call(call_id)
+        call = lock_call(call_id, skip_locked=skip_locked)
         if call is None or call.status != Status.UNKNOWN or call.fence != seen.fence:
             return Reconciliation(call_id=call_id, finding=finding, action="skipped")
         if finding == FOUND:

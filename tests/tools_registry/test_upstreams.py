@@ -86,7 +86,12 @@ def test_an_mcp_server_is_imported_with_risks_from_its_annotations(
     world: World, mcp_upstream: WebProcess
 ) -> None:
     names, _ = add("notes", "--mcp", f"{mcp_upstream.url}/mcp", "--enable")
-    assert sorted(names) == ["notes__erase_notes", "notes__list_notes", "notes__write_note"]
+    assert sorted(names) == [
+        "notes__add_entry",
+        "notes__erase_notes",
+        "notes__list_notes",
+        "notes__write_note",
+    ]
     tools = {t.name: t for t in Tool.objects.filter(upstream__name="notes")}
     assert tools["notes__list_notes"].risk == Risk.READ
     assert tools["notes__write_note"].risk == Risk.WRITE

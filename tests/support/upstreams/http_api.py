@@ -7,6 +7,15 @@ Control (not part of its document): ``POST /_control`` sets ``{"fault": "none" |
 "error_after_effect" | "sleep_after_effect", "seconds": N, "document": "v1" | "v2" |
 "broken", "reset": true}`` (reset forgets every order); ``GET /_effects`` says how many orders each key made and how many requests
 brought it. Every API route wants ``Authorization: Bearer <UPSTREAM_TOKEN>``.
+
+Faults of one key (the soak's, ``bench/soak.py``): ``{"key_faults": {key: {"before": s,
+"after": s, "hold": "before" | "after", "abandon": true}}}`` adds them; the first request
+with that key then sleeps ``before`` seconds before the order and ``after`` seconds after
+it, or waits at ``hold`` until ``{"release": [key, ...]}`` (at most 120 s). With
+``abandon`` a request whose client went away while it waited before the order makes none,
+as a server that aborts an uncommitted request does. ``GET /_effects`` also lists each
+key's order item and when it was placed, and the keys held now (``GET /_held``: only
+those).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from copy import deepcopy
 from typing import Any
 
@@ -30,6 +40,11 @@ orders: dict[str, dict[str, Any]] = {}  # by idempotency key
 effects: dict[str, int] = {}
 requests_by_key: dict[str, int] = {}
 paths: list[str] = []  # every request's raw path and query, as it arrived
+key_faults: dict[str, dict[str, Any]] = {}  # the next request of a key acts these out
+released: set[str] = set()
+held: set[str] = set()
+placed: dict[str, dict[str, Any]] = {}  # by key: the order's item and when it was placed
+HOLD_LIMIT_SECONDS = 120
 
 ORDER_REQUEST = {
     "type": "object",
@@ -150,19 +165,42 @@ async def create_order(request: Request) -> Response:
     if not key:
         return JSONResponse({"error": {"message": "Send an Idempotency-Key."}}, status_code=400)
     requests_by_key[key] = requests_by_key.get(key, 0) + 1
+    # The body is read before the key is looked up: nothing awaits between the look-up and
+    # the order, so two requests with one key at once make one order.
+    body = await request.json()
+    fault = key_faults.pop(key, None)
+    if fault:
+        await _act_out(fault, "before", key)
+        if fault.get("abandon") and await request.is_disconnected():
+            return Response(status_code=499)  # the client left before anything was done
     if key in orders:
         return JSONResponse(orders[key], headers={"Idempotent-Replayed": "true"})
-    body = await request.json()
     if body.get("quantity", 0) > 50:
         return JSONResponse({"error": {"message": "No more than 50 at once."}}, status_code=422)
     order = {"order_id": f"ord_{secrets.token_hex(4)}", **body, "status": "placed"}
     orders[key] = order
     effects[key] = effects.get(key, 0) + 1
+    placed[key] = {"item": body.get("item"), "at": time.time()}
+    if fault:
+        await _act_out(fault, "after", key)
     if state["fault"] == "error_after_effect":
         return JSONResponse({"error": {"message": "Internal error."}}, status_code=500)
     if state["fault"] == "sleep_after_effect":
         await asyncio.sleep(float(state["seconds"]))
     return JSONResponse(order)
+
+
+async def _act_out(fault: dict[str, Any], point: str, key: str) -> None:
+    if fault.get("hold") == point:
+        held.add(key)
+        try:
+            deadline = time.monotonic() + HOLD_LIMIT_SECONDS
+            while key not in released and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            held.discard(key)
+    elif fault.get(point):
+        await asyncio.sleep(float(fault[point]))
 
 
 async def get_order(request: Request) -> Response:
@@ -196,14 +234,28 @@ async def read_moved(request: Request) -> Response:
 async def control(request: Request) -> Response:
     changes = await request.json()
     if changes.pop("reset", False):
-        for kept in (orders, effects, requests_by_key, paths):
+        for kept in (orders, effects, requests_by_key, paths, key_faults, released, placed):
             kept.clear()
+    key_faults.update(changes.pop("key_faults", {}))
+    released.update(changes.pop("release", []))
     state.update(changes)
     return JSONResponse(state)
 
 
 async def seen(request: Request) -> Response:
-    return JSONResponse({"effects": effects, "requests": requests_by_key, "paths": paths})
+    return JSONResponse(
+        {
+            "effects": effects,
+            "requests": requests_by_key,
+            "paths": paths,
+            "placed": placed,
+            "held": sorted(held),
+        }
+    )
+
+
+async def held_now(request: Request) -> Response:
+    return JSONResponse(sorted(held))
 
 
 class RecordPaths:
@@ -229,5 +281,6 @@ app = Starlette(
         Route("/api/moved", read_moved),
         Route("/_control", control, methods=["POST"]),
         Route("/_effects", seen),
+        Route("/_held", held_now),
     ],
 )
