@@ -32,7 +32,6 @@ import json
 import logging
 import random
 import socket
-import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,7 +40,6 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
-import certifi
 import httpcore
 import httpx
 from celery import current_app
@@ -52,6 +50,7 @@ from django.utils import timezone
 
 from approvals.models import Status, ToolCall
 from audit.log import record
+from core import tls
 from gateway.models import WebhookAttempt, WebhookDelivery
 from gateway.responses import represent_call
 from tools_registry.services import signing_secrets
@@ -203,7 +202,10 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
     try:
         # No redirects: a receiver must not bounce the signed payload somewhere else.
         with httpx.Client(
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, transport=transport
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            follow_redirects=False,
+            transport=transport,
+            verify=tls.context(),
         ) as c:
             response = c.post(delivery.url, content=body, headers=headers)
     except httpx.HTTPError as exc:
@@ -351,8 +353,8 @@ class PublicOnlyTransport(httpx.HTTPTransport):
     """httpx's transport, connecting through ``_PublicOnlyBackend``."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(verify=tls.context())
         self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            ssl_context=tls.context(),
             network_backend=_PublicOnlyBackend(),
         )

@@ -8,6 +8,7 @@ import httpx
 from django.conf import settings
 from django.db.models import Q
 
+from core import tls
 from sandbox import effects, faults
 from sandbox.models import Customer, HelpArticle, OutboxMessage, Payment
 from tools_registry.facts import Facts, Money
@@ -336,6 +337,7 @@ def issue_refund(ctx: ToolContext, arguments: JSON) -> JSON:
         json=arguments,
         headers=headers,
         timeout=ctx.timeout,
+        verify=tls.context(),
     )
     if 400 <= response.status_code < 500:
         # The provider refused the request: no money moved.
@@ -355,6 +357,7 @@ def _issue_refund_lookup(ctx: ToolContext) -> LookupResult:
             f"{settings.SANDBOX_PAYMENTS_URL}/refunds/by-key/{ctx.idempotency_key}",
             headers={"Authorization": f"Bearer {settings.SANDBOX_PAYMENTS_KEY}"},
             timeout=ctx.timeout,
+            verify=tls.context(),
         )
     except httpx.HTTPError:
         return LookupResult.cannot_tell()

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from django.conf import settings
 
+from core import tls
 from tools_registry.registry import LookupResult, ToolFailed
 from tools_registry.upstreams.offers import JSON
 
@@ -129,7 +130,7 @@ def _send(
     limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
     try:
         with (
-            httpx.Client(timeout=timeout, follow_redirects=False) as client,
+            httpx.Client(timeout=timeout, follow_redirects=False, verify=tls.context()) as client,
             client.stream(
                 method,
                 url,

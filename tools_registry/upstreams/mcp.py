@@ -20,6 +20,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from core import tls
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
 from tools_registry.upstreams.offers import (
@@ -37,7 +38,9 @@ MAX_TOOLS = 500
 
 
 def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client:
-    http = httpx2.AsyncClient(headers=dict(headers), timeout=timeout, follow_redirects=False)
+    http = httpx2.AsyncClient(
+        headers=dict(headers), timeout=timeout, follow_redirects=False, verify=tls.context()
+    )
     return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout)
 
 

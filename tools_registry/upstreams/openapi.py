@@ -22,6 +22,7 @@ from django.conf import settings
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
+from core import tls
 from tools_registry.policy import Risk
 from tools_registry.upstreams.offers import (
     JSON,
@@ -57,7 +58,7 @@ def fetch(url: str, *, headers: list[tuple[str, str]], timeout: float) -> JSON:
     limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
     try:
         with (
-            httpx.Client(timeout=timeout, follow_redirects=False) as client,
+            httpx.Client(timeout=timeout, follow_redirects=False, verify=tls.context()) as client,
             client.stream("GET", url, headers=dict(headers)) as response,
         ):
             if response.status_code != 200:
