@@ -267,7 +267,9 @@ def _run_read(
             # Refused at the claim (the tool or agent was switched off meanwhile): it never
             # ran, so a half-open probe slot it held is handed back, not left to its lease.
             breaker.release(admission)
+        tool = call.tool
         call.refresh_from_db()
+        call.tool = tool  # the same row: refresh_from_db forgets it, and it would be read again
         response = respond_with(_without_decisions(call))
         idempotency.complete(agent=agent, key=key, response=response, call=call)
         return response
