@@ -27,6 +27,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from approvals import hooks, sql
@@ -151,7 +153,13 @@ def lock_call(call_id: UUID, **filters: Any) -> ToolCall | None:
 
     Every service that decides on a call's status reads it through here, then checks, then
     moves it; any number of concurrent requests, workers and sweeps queue on the row.
+    Without filters (the claim of every executed call, most decisions) it is one statement
+    written by hand (``sql.lock_call``).
     """
+    if not filters and connection.vendor == "postgresql":
+        if not connection.in_atomic_block:  # as select_for_update() refuses
+            raise TransactionManagementError("lock_call needs a transaction to hold the lock")
+        return sql.lock_call(call_id)
     return (
         ToolCall.objects.select_for_update(of=("self",))
         .select_related("tool__upstream", "agent__owner")
