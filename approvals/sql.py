@@ -4,6 +4,7 @@ row lock every decision on a call reads it through, and the compare-and-set UPDA
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from typing import Any
 from uuid import UUID
@@ -11,7 +12,7 @@ from uuid import UUID
 from django.db import connection
 from django.db.models import Model
 
-from approvals.models import ToolCall
+from approvals.models import KnownCounterparty, ToolCall
 from core import db
 from tools_registry import sql as registry_sql
 from tools_registry.models import Agent, Tool
@@ -137,4 +138,33 @@ def _hold_for_call_sql() -> str:
         "SELECT pg_advisory_xact_lock_shared(%s, "  # noqa: S608 - the model's own names
         f"(SELECT ({agent} %% 2147483648)::int4 FROM {db.table(ToolCall)} "
         f"WHERE {db.column(ToolCall, 'id')} = %s))"
+    )
+
+
+def remember_counterparties(agent_id: int, fingerprints: list[str], now: datetime) -> None:
+    """``KnownCounterparty.objects.bulk_create(..., ignore_conflicts=True)`` as one prepared
+    statement: it runs in every successful write's finish."""
+    if connection.vendor != "postgresql":
+        KnownCounterparty.objects.bulk_create(
+            [
+                KnownCounterparty(agent_id=agent_id, fingerprint=f, first_seen_at=now)
+                for f in fingerprints
+            ],
+            ignore_conflicts=True,
+        )
+        return
+    db.run(_remember_counterparties_sql(), [agent_id, db.db_time(now), fingerprints])
+
+
+@cache
+def _remember_counterparties_sql() -> str:
+    def col(name: str) -> str:
+        return db.column(KnownCounterparty, name)
+
+    # In the fingerprints' order, as bulk_create inserts them.
+    return (
+        f"INSERT INTO {db.table(KnownCounterparty)} "  # noqa: S608 - the model's own names
+        f"({col('agent')}, {col('first_seen_at')}, {col('fingerprint')}) "
+        "SELECT %s, %s, f FROM unnest(%s::varchar[]) WITH ORDINALITY AS u (f, n) "
+        "ORDER BY n ON CONFLICT DO NOTHING"
     )
