@@ -9,9 +9,9 @@ each) serve every task from one queue on the same broker, in the same run:
 * throughput, in each of ``--rounds`` rounds: N no-op tasks sent at once; N same-effect
   tasks sent at once (the sandbox write an executed send_email call makes, in its own
   transaction, with no claim, fence or audit: ``bench/_executor_baselines.py``); N approved
-  send_email calls sent at once. Tasks done per second, from the first send to the last
-  done; the executor's ratio to each baseline within the round, and the median of each
-  figure over the rounds;
+  send_email calls sent at once (every other round in the reverse order). Tasks done per
+  second, from the first send to the last done; the executor's ratio to each baseline
+  within the round, and the median of each figure over the rounds;
 * latency: calls approved through the decision service at a steady pace (the real path:
   commit, then send), from the approval to the stored result, versus no-op tasks sent at
   the same pace, from the send to the run: p50 and p99.
@@ -314,17 +314,18 @@ def main() -> int:
         print(
             f"  throughput, {args.calls} tasks each, per second from the first send to the last done"
         )
+        runs = {
+            "noop": lambda: noop_throughput(args.calls, queue),
+            "same_effect": lambda: same_effect_throughput(args.calls, queue),
+            "executor": lambda: executor_throughput(world, args.calls, queue),
+        }
         for n in range(1, args.rounds + 1):
-            noop_rate = noop_throughput(args.calls, queue)
-            effect_rate = same_effect_throughput(args.calls, queue)
-            exec_rate = executor_throughput(world, args.calls, queue)
-            figures = {
-                "executor": exec_rate,
-                "same_effect": effect_rate,
-                "noop": noop_rate,
-                "vs_same_effect": exec_rate / effect_rate,
-                "vs_noop": exec_rate / noop_rate,
-            }
+            # Every other round runs them in reverse, so that a drift in the machine's load
+            # over a round does not always favour the same side.
+            order = list(runs) if n % 2 else list(reversed(runs))
+            figures = {name: runs[name]() for name in order}
+            figures["vs_same_effect"] = figures["executor"] / figures["same_effect"]
+            figures["vs_noop"] = figures["executor"] / figures["noop"]
             rounds.append(figures)
             print(f"  round {n}  " + _throughput_line(figures))
         noop_lat = noop_latency(args.paced, args.rate, queue)
