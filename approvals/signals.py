@@ -12,9 +12,10 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from approvals import sql
-from approvals.models import KnownCounterparty, Status, ToolCall
+from approvals.models import Status, ToolCall
 from tools_registry import facts as tool_facts
 from tools_registry import sources
 from tools_registry.facts import CallFacts, Money
@@ -103,10 +104,7 @@ def remember_counterparties(call: ToolCall, previous: str | None) -> None:
     parties = _counterparties(facts)
     if parties:
         # Two calls that succeed at once may both be the first: the second insert is a no-op.
-        KnownCounterparty.objects.bulk_create(
-            [KnownCounterparty(agent_id=call.agent_id, fingerprint=p[2]) for p in parties],
-            ignore_conflicts=True,
-        )
+        sql.remember_counterparties(call.agent_id, [p[2] for p in parties], timezone.now())
 
 
 def _unusual_amount(tool: Tool, money: Money) -> Found | None:

@@ -1,5 +1,6 @@
-"""The statements every call's life runs, written once (see ``core.db``): its INSERT and the
-compare-and-set UPDATE of ``transitions.change``, the one door for ``status``."""
+"""The statements every call's life runs, written once (see ``core.db``): its INSERT, the
+row lock every decision on a call reads it through, and the compare-and-set UPDATE of
+``transitions.change``, the one door for ``status``."""
 
 from __future__ import annotations
 
@@ -9,16 +10,76 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
+from django.db.models import Model
 
 from approvals.models import KnownCounterparty, StandingApproval, ToolCall
 from core import db
 from tools_registry import sql as registry_sql
-from tools_registry.models import Tool
+from tools_registry.models import Agent, Tool
 
 
 def insert_call(call: ToolCall) -> None:
     """``ToolCall.objects.create()`` without composing the INSERT each time."""
     db.insert(call)
+
+
+def lock_call(call_id: UUID) -> ToolCall | None:
+    """The call, its row locked until the transaction ends (``FOR UPDATE OF`` the call
+    only), with its tool and the tool's upstream, its agent and the agent's owner, in one
+    prepared statement; None if there is no such call.
+
+    ``transitions.lock_call`` without filters, as the ORM's ``select_for_update(of=("self",))
+    .select_related(...)`` reads it: composing that query cost the executor's claim more
+    CPU than all its other statements together.
+    """
+    with db.statement(_lock_call_sql(), db.lookup_values(ToolCall, {"id": call_id})) as cursor:
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instances: list[Model | None] = []
+    start = 0
+    for model in _locked_models():
+        width = len(model._meta.concrete_fields)
+        values = row[start : start + width]
+        # The upstream is the one outer join: a tool declared in code has none.
+        instances.append(None if values[0] is None else db.from_row(model, values))
+        start += width
+    call, tool, upstream, agent, owner = instances
+    assert isinstance(call, ToolCall) and isinstance(tool, Tool) and isinstance(agent, Agent)
+    tool.upstream = upstream  # type: ignore[assignment]
+    agent.owner = owner  # type: ignore[assignment]
+    call.tool = tool
+    call.agent = agent
+    return call
+
+
+@cache
+def _locked_models() -> tuple[type[Model], ...]:
+    """The models of ``lock_call``'s row, in the order of its columns: the call, its tool,
+    the tool's upstream, its agent, the agent's owner."""
+    upstream = Tool._meta.get_field("upstream").related_model
+    owner = Agent._meta.get_field("owner").related_model
+    assert isinstance(upstream, type) and isinstance(owner, type)
+    return (ToolCall, Tool, upstream, Agent, owner)
+
+
+@cache
+def _lock_call_sql() -> str:
+    models = _locked_models()
+    selected = ", ".join(db.columns(m, alias) for m, alias in zip(models, "ctuao", strict=True))
+
+    def join(kind: str, model: type[Model], alias: str, on: str) -> str:
+        return f"{kind} {db.table(model)} {alias} ON {alias}.{db.column(model, 'id')} = {on}"
+
+    # Names from the models' own metadata; the id is a parameter.
+    return (
+        f"SELECT {selected} FROM {db.table(ToolCall)} c "  # noqa: S608
+        f"{join('JOIN', Tool, 't', f'c.{db.column(ToolCall, "tool")}')} "
+        f"{join('LEFT JOIN', models[2], 'u', f't.{db.column(Tool, "upstream")}')} "
+        f"{join('JOIN', Agent, 'a', f'c.{db.column(ToolCall, "agent")}')} "
+        f"{join('JOIN', models[4], 'o', f'a.{db.column(Agent, "owner")}')} "
+        f"WHERE c.{db.column(ToolCall, 'id')} = %s FOR UPDATE OF c"
+    )
 
 
 def move_call(
@@ -126,4 +187,33 @@ def _known_counterparties_sql(count: int) -> str:
     return (
         f"SELECT {col('fingerprint')} FROM {db.table(KnownCounterparty)} "  # noqa: S608
         f"WHERE {col('agent')} = %s AND {col('fingerprint')} IN ({', '.join(['%s'] * count)})"
+    )
+
+
+def remember_counterparties(agent_id: int, fingerprints: list[str], now: datetime) -> None:
+    """``KnownCounterparty.objects.bulk_create(..., ignore_conflicts=True)`` as one prepared
+    statement: it runs in every successful write's finish."""
+    if connection.vendor != "postgresql":
+        KnownCounterparty.objects.bulk_create(
+            [
+                KnownCounterparty(agent_id=agent_id, fingerprint=f, first_seen_at=now)
+                for f in fingerprints
+            ],
+            ignore_conflicts=True,
+        )
+        return
+    db.run(_remember_counterparties_sql(), [agent_id, db.db_time(now), fingerprints])
+
+
+@cache
+def _remember_counterparties_sql() -> str:
+    def col(name: str) -> str:
+        return db.column(KnownCounterparty, name)
+
+    # In the fingerprints' order, as bulk_create inserts them.
+    return (
+        f"INSERT INTO {db.table(KnownCounterparty)} "  # noqa: S608 - the model's own names
+        f"({col('agent')}, {col('first_seen_at')}, {col('fingerprint')}) "
+        "SELECT %s, %s, f FROM unnest(%s::varchar[]) WITH ORDINALITY AS u (f, n) "
+        "ORDER BY n ON CONFLICT DO NOTHING"
     )

@@ -27,6 +27,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.db import connection
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from approvals import hooks, sql
@@ -154,8 +156,13 @@ def lock_call(call_id: UUID, *, skip_locked: bool = False, **filters: Any) -> To
     pass ``skip_locked``: a call another transaction holds is then None, left for their
     next pass. That transaction may belong to a process that is paused (or cut off from
     the database) for as long as it likes; a sweep waiting for it would hold up every
-    sweep after it.
+    sweep after it. Without filters or ``skip_locked`` (the claim of every executed call,
+    most decisions) it is one statement written by hand (``sql.lock_call``).
     """
+    if not filters and not skip_locked and connection.vendor == "postgresql":
+        if not connection.in_atomic_block:  # as select_for_update() refuses
+            raise TransactionManagementError("lock_call needs a transaction to hold the lock")
+        return sql.lock_call(call_id)
     return (
         ToolCall.objects.select_for_update(of=("self",), skip_locked=skip_locked)
         .select_related("tool__upstream", "agent__owner")

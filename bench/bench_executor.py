@@ -1,13 +1,17 @@
-"""Executor throughput and approve-to-done latency, against a bare Celery no-op task.
+"""Executor throughput and approve-to-done latency, against two bare Celery baselines.
 
-    flock /tmp/countersign-bench.lock python bench/bench_executor.py
+    flock /tmp/countersign-bench.lock python bench/bench_executor.py [--rounds 3]
 
 Needs DATABASE_URL (PostgreSQL; the benchmark creates and drops its own database next to
 it, named ``<name>_bench``) and REDIS_URL. Two `celery worker` processes (concurrency 1
-each) serve both tasks from one queue on the same broker, in the same run:
+each) serve every task from one queue on the same broker, in the same run:
 
-* throughput: N approved calls (send_email, a real sandbox effect) sent at once, versus N
-  no-op tasks sent at once: tasks done per second, from the first send to the last done;
+* throughput, in each of ``--rounds`` rounds: N no-op tasks sent at once; N same-effect
+  tasks sent at once (the sandbox write an executed send_email call makes, in its own
+  transaction, with no claim, fence or audit: ``bench/_executor_baselines.py``); N approved
+  send_email calls sent at once (every other round in the reverse order). Tasks done per
+  second, from the first send to the last done; the executor's ratio to each baseline
+  within the round, and the median of each figure over the rounds;
 * latency: calls approved through the decision service at a steady pace (the real path:
   commit, then send), from the approval to the stored result, versus no-op tasks sent at
   the same pace, from the send to the run: p50 and p99.
@@ -64,7 +68,7 @@ def start_workers(count: int, queue: str, log_dir: Path) -> list[subprocess.Pope
                  "--concurrency", "1", "--loglevel", "WARNING", "--queues", queue,
                  "--hostname", f"bench{n}-{uuid.uuid4().hex[:6]}@%h",
                  "--without-gossip", "--without-mingle", "--without-heartbeat",
-                 "--include", "bench._executor_noop"],
+                 "--include", "bench._executor_baselines"],
                 cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -76,7 +80,7 @@ def wait_ready(procs: list[subprocess.Popen[bytes]], queue: str) -> None:
     """Ready when a no-op task sent now has run (every worker is then consuming)."""
     import redis
 
-    from bench._executor_noop import noop
+    from bench._executor_baselines import noop
 
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     key = f"bench:ready:{uuid.uuid4().hex}"
@@ -178,7 +182,7 @@ def executor_throughput(world: World, n: int, queue: str) -> float:
 def noop_throughput(n: int, queue: str) -> float:
     import redis
 
-    from bench._executor_noop import noop
+    from bench._executor_baselines import noop
     from config.celery import app
 
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
@@ -187,6 +191,32 @@ def noop_throughput(n: int, queue: str) -> float:
     with app.producer_or_acquire() as producer:
         for _ in range(n):
             noop.apply_async((key, time.time()), queue=queue, producer=producer)
+    while client.llen(key) < n:
+        time.sleep(0.05)
+    finished = max(float(item.split()[1]) for item in client.lrange(key, 0, -1))
+    client.delete(key)
+    return n / (finished - started)
+
+
+def same_effect_throughput(n: int, queue: str) -> float:
+    """N tasks that each make the sandbox write of one executed send_email call."""
+    import redis
+
+    from bench._executor_baselines import same_effect
+    from config.celery import app
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    key = f"bench:effect:{uuid.uuid4().hex}"
+    tasks = [
+        (str(uuid.uuid4()), {"to": f"c{i}@example.com", "subject": "Hello", "body": "Hi."})
+        for i in range(n)
+    ]
+    started = time.time()
+    with app.producer_or_acquire() as producer:
+        for call_id, arguments in tasks:
+            same_effect.apply_async(
+                (key, time.time(), call_id, arguments), queue=queue, producer=producer
+            )
     while client.llen(key) < n:
         time.sleep(0.05)
     finished = max(float(item.split()[1]) for item in client.lrange(key, 0, -1))
@@ -213,7 +243,7 @@ def executor_latency(world: World, n: int, rate: float) -> list[float]:
 def noop_latency(n: int, rate: float, queue: str) -> list[float]:
     import redis
 
-    from bench._executor_noop import noop
+    from bench._executor_baselines import noop
 
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     key = f"bench:noop:{uuid.uuid4().hex}"
@@ -241,7 +271,8 @@ def pace(i: int, rate: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=600, help="calls in the throughput run")
+    parser.add_argument("--calls", type=int, default=600, help="calls in each throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (medians)")
     parser.add_argument("--paced", type=int, default=200, help="calls in the latency run")
     parser.add_argument("--rate", type=float, default=25, help="approvals per second, paced")
     parser.add_argument("--workers", type=int, default=2)
@@ -271,14 +302,32 @@ def main() -> int:
     world = World()
     log_dir = Path(tempfile.mkdtemp(prefix="countersign-bench-"))
     procs = start_workers(args.workers, queue, log_dir)
+    rounds: list[dict[str, float]] = []
     try:
         wait_ready(procs, queue)
-        # Warm up both paths (imports, connections, the pool) before measuring.
+        # Warm up every path (imports, connections, the pool) before measuring.
         noop_throughput(50, queue)
+        same_effect_throughput(20, queue)
         executor_throughput(world, 20, queue)
 
-        noop_rate = noop_throughput(args.calls, queue)
-        exec_rate = executor_throughput(world, args.calls, queue)
+        print(f"executor, {args.workers} workers (concurrency 1 each), same broker, same run")
+        print(
+            f"  throughput, {args.calls} tasks each, per second from the first send to the last done"
+        )
+        runs = {
+            "noop": lambda: noop_throughput(args.calls, queue),
+            "same_effect": lambda: same_effect_throughput(args.calls, queue),
+            "executor": lambda: executor_throughput(world, args.calls, queue),
+        }
+        for n in range(1, args.rounds + 1):
+            # Every other round runs them in reverse, so that a drift in the machine's load
+            # over a round does not always favour the same side.
+            order = list(runs) if n % 2 else list(reversed(runs))
+            figures = {name: runs[name]() for name in order}
+            figures["vs_same_effect"] = figures["executor"] / figures["same_effect"]
+            figures["vs_noop"] = figures["executor"] / figures["noop"]
+            rounds.append(figures)
+            print(f"  round {n}  " + _throughput_line(figures))
         noop_lat = noop_latency(args.paced, args.rate, queue)
         exec_lat = executor_latency(world, args.paced, args.rate)
     finally:
@@ -288,30 +337,49 @@ def main() -> int:
         connections.close_all()
         drop_database(bench_url)
 
-    ratio = exec_rate / noop_rate
-    figures = {
-        "workers": args.workers,
-        "calls": args.calls,
-        "executor_calls_per_s": round(exec_rate, 1),
-        "noop_tasks_per_s": round(noop_rate, 1),
-        "ratio": round(ratio, 2),
-        "paced_per_s": args.rate,
+    medians = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+    print("  median   " + _throughput_line(medians) + f"   ({len(rounds)} rounds)")
+    print(
+        f"  executor / same-effect baseline: median {medians['vs_same_effect']:.2f} "
+        f"(rounds {', '.join(f'{r["vs_same_effect"]:.2f}' for r in rounds)})"
+    )
+    print(
+        f"  executor / no-op baseline:       median {medians['vs_noop']:.2f} "
+        f"(rounds {', '.join(f'{r["vs_noop"]:.2f}' for r in rounds)})"
+    )
+    latency = {
         "executor_p50_ms": round(statistics.median(exec_lat) * 1000, 1),
         "executor_p99_ms": round(percentile(exec_lat, 0.99) * 1000, 1),
         "noop_p50_ms": round(statistics.median(noop_lat) * 1000, 1),
         "noop_p99_ms": round(percentile(noop_lat, 0.99) * 1000, 1),
     }
-    print(f"executor, {args.workers} workers (concurrency 1 each), same broker, same run")
     print(
-        f"  throughput  executor {exec_rate:8.1f} calls/s   no-op {noop_rate:8.1f} tasks/s   ratio {ratio:.2f}"
-    )
-    print(
-        f"  latency     executor p50 {figures['executor_p50_ms']:7.1f} ms  p99 {figures['executor_p99_ms']:7.1f} ms   "
-        f"no-op p50 {figures['noop_p50_ms']:6.1f} ms  p99 {figures['noop_p99_ms']:6.1f} ms   "
+        f"  latency  executor p50 {latency['executor_p50_ms']:7.1f} ms  p99 {latency['executor_p99_ms']:7.1f} ms   "
+        f"no-op p50 {latency['noop_p50_ms']:6.1f} ms  p99 {latency['noop_p99_ms']:6.1f} ms   "
         f"({args.paced} at {args.rate:g}/s)"
     )
-    print(json.dumps(figures))
+    print(
+        json.dumps(
+            {
+                "workers": args.workers,
+                "calls": args.calls,
+                "rounds": [{k: round(v, 2) for k, v in r.items()} for r in rounds],
+                "median": {k: round(v, 2) for k, v in medians.items()},
+                "paced_per_s": args.rate,
+                **latency,
+            }
+        )
+    )
     return 0
+
+
+def _throughput_line(figures: dict[str, float]) -> str:
+    return (
+        f"executor {figures['executor']:7.1f} calls/s   "
+        f"same-effect {figures['same_effect']:7.1f} tasks/s   "
+        f"no-op {figures['noop']:7.1f} tasks/s   "
+        f"ratios {figures['vs_same_effect']:.2f} (same-effect)  {figures['vs_noop']:.2f} (no-op)"
+    )
 
 
 if __name__ == "__main__":
