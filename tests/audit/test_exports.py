@@ -154,3 +154,52 @@ def test_the_portable_writer_used_off_postgresql_is_verifiable_too(
     result = _verify(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 not yet sealed" in result.stdout
+
+
+@pytest.fixture
+def awkward_trail() -> None:
+    """Values every formatting path must get exactly right."""
+    from audit.log import Claimed
+
+    awkward = ['q"uote', "back\\slash", "ctl\x01\x1f\x7f", "new\nline\ttab", "naïve “q” 日本 😀"]
+    for n, value in enumerate(awkward):
+        record(
+            action="test.awkward",
+            outcome=value[:32],
+            actor=Claimed(value),
+            session_id=value,
+            data={"v": value, "n": n, "f": 1.5e-7, "deep": {"k": [value, None, True]}},
+        )
+    chain.seal_and_anchor()
+    record(action="test.awkward", outcome="", data={"unsealed": awkward[0]})
+
+
+def test_each_json_line_is_postgresqls_json_object_of_the_row(
+    auditor_client: Client, awkward_trail
+) -> None:
+    # An independent rendering: json_build_object writes the same separators, to_json's
+    # escaping and the jsonb text of data; occurred_at as the chain hashed it.
+    from audit.canonical import INSTANT_SQL
+
+    pairs = ", ".join(
+        f"'{c}', {INSTANT_SQL if c == 'occurred_at' else c}" for c in exports.JSONL_COLUMNS
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT json_build_object({pairs})::text FROM audit_auditevent"  # noqa: S608
+            " ORDER BY seq NULLS LAST, id"
+        )
+        expected = "".join(f"{row[0]}\n" for row in cursor.fetchall())
+    assert download(auditor_client, "jsonl").decode() == expected
+
+
+@pytest.mark.parametrize("start", exports.FORMULA_STARTS)
+def test_every_formula_start_is_defused_and_nothing_else(
+    auditor_client: Client, start: str
+) -> None:
+    record(action="test.cell", session_id=f"{start}x")
+    record(action="test.cell", session_id=f"x{start}")
+    record(action="test.cell", session_id="")
+    body = download(auditor_client, "csv", "action=test.cell")
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert [r["session_id"] for r in rows] == [f"'{start}x", f"x{start}", ""]
