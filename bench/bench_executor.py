@@ -30,32 +30,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from _scratch import drop_database, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def scratch_database(url: str) -> str:
-    """A fresh database named after DATABASE_URL's, with ``_bench`` appended."""
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/") + "_bench"
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def drop_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def start_workers(count: int, queue: str, log_dir: Path) -> list[subprocess.Popen[bytes]]:
@@ -282,7 +262,7 @@ def main() -> int:
     if not database_url.startswith("postgres") or not os.environ.get("REDIS_URL"):
         print("bench_executor needs DATABASE_URL (PostgreSQL) and REDIS_URL", file=sys.stderr)
         return 2
-    bench_url = scratch_database(database_url)
+    bench_url = scratch_database(database_url, "_bench")
     queue = f"bench-executor-{uuid.uuid4().hex[:8]}"
     os.environ.update(
         DATABASE_URL=bench_url,

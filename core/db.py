@@ -117,18 +117,6 @@ def together(*queries: Statement[Any]) -> list[Any]:
             cursor.close()
 
 
-def fetch_one(cursor: Any) -> Any:
-    return cursor.fetchone()
-
-
-def fetch_all(cursor: Any) -> list[Any]:
-    return list(cursor.fetchall())
-
-
-def row_count(cursor: Any) -> int:
-    return int(cursor.rowcount)
-
-
 def run(sql: str, params: Sequence[Any]) -> int:
     """Run one hot-path statement that returns no rows; the number of rows it changed."""
     with statement(sql, params) as cursor:
