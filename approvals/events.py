@@ -16,6 +16,7 @@ def _sensitive(call: ToolCall) -> list[str]:
 
 def call_submitted(call: ToolCall) -> AuditEvent:
     return record(
+        later=True,  # with the COMMIT: every call writes it
         action="call.submitted",
         actor=call.agent,
         outcome=call.status,
@@ -179,6 +180,7 @@ def call_expired(call: ToolCall) -> AuditEvent:
 def execution_started(call: ToolCall) -> AuditEvent:
     """The intent: committed with the claim, before the handler runs."""
     return record(
+        later=True,  # with the COMMIT: every call writes it
         action="call.execution_started",
         outcome="executing",
         call=call,
@@ -199,6 +201,7 @@ def execution_started(call: ToolCall) -> AuditEvent:
 def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
     """The result, as stored on the call by the finish."""
     return record(
+        later=True,  # with the COMMIT: every call writes it
         action="call.execution_finished",
         outcome=call.status,
         call=call,

@@ -32,8 +32,18 @@ def lock_call(call_id: UUID) -> ToolCall | None:
     .select_related(...)`` reads it: composing that query cost the executor's claim more
     CPU than all its other statements together.
     """
-    with db.statement(_lock_call_sql(), db.lookup_values(ToolCall, {"id": call_id})) as cursor:
-        row = cursor.fetchone()
+    return db.one(lock_call_statement(call_id))
+
+
+def lock_call_statement(call_id: UUID) -> db.Statement[ToolCall | None]:
+    """``lock_call`` as a statement, to send with others (``db.together``)."""
+    return db.Statement(
+        _lock_call_sql(), db.lookup_values(ToolCall, {"id": call_id}), _read_locked_call
+    )
+
+
+def _read_locked_call(cursor: Any) -> ToolCall | None:
+    row = cursor.fetchone()
     if row is None:
         return None
     instances: list[Model | None] = []
@@ -127,7 +137,14 @@ def hold_agent_running_for(call_id: UUID) -> None:
     the claim for the stop (``tools_registry.sql``). Taken before the call's row lock, in
     the order a stop takes them, so the two never wait on each other in a circle."""
     if connection.vendor == "postgresql":
-        db.run(_hold_for_call_sql(), [registry_sql.RUN_LOCK_CLASS, call_id])
+        db.one(hold_agent_running_statement(call_id))
+
+
+def hold_agent_running_statement(call_id: UUID) -> db.Statement[None]:
+    """``hold_agent_running_for`` as a statement, to send with others (PostgreSQL only)."""
+    return db.Statement(
+        _hold_for_call_sql(), [registry_sql.RUN_LOCK_CLASS, call_id], lambda cursor: None
+    )
 
 
 @cache
@@ -202,7 +219,8 @@ def remember_counterparties(agent_id: int, fingerprints: list[str], now: datetim
             ignore_conflicts=True,
         )
         return
-    db.run(_remember_counterparties_sql(), [agent_id, db.db_time(now), fingerprints])
+    params = [agent_id, db.db_time(now), fingerprints]
+    db.later(db.Statement(_remember_counterparties_sql(), params, db.unread))
 
 
 @cache

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from approvals import hooks, sql
 from approvals.models import Status, ToolCall
+from core import db
 from tools_registry.policy import Risk
 
 ANY_RISK = frozenset(Risk.values)
@@ -146,7 +147,9 @@ def move(call: ToolCall, target: str, **fields: Any) -> None:
         raise InvalidTransition(call.status, target)
 
 
-def lock_call(call_id: UUID, *, skip_locked: bool = False, **filters: Any) -> ToolCall | None:
+def lock_call(
+    call_id: UUID, *, skip_locked: bool = False, hold_agent: bool = False, **filters: Any
+) -> ToolCall | None:
     """The call, locked until the transaction ends (its row only: calls of one tool or agent
     never wait on each other), with its tool and its agent and the agent's owner; None if
     no call matches ``filters``.
@@ -158,11 +161,21 @@ def lock_call(call_id: UUID, *, skip_locked: bool = False, **filters: Any) -> To
     the database) for as long as it likes; a sweep waiting for it would hold up every
     sweep after it. Without filters or ``skip_locked`` (the claim of every executed call,
     most decisions) it is one statement written by hand (``sql.lock_call``).
+
+    ``hold_agent`` takes the run lock of the call's agent first (``sql.hold_agent_running_for``,
+    as every claim does), in the same round trip as the row lock when it can.
     """
     if not filters and not skip_locked and connection.vendor == "postgresql":
         if not connection.in_atomic_block:  # as select_for_update() refuses
             raise TransactionManagementError("lock_call needs a transaction to hold the lock")
+        if hold_agent:
+            _, call = db.together(
+                sql.hold_agent_running_statement(call_id), sql.lock_call_statement(call_id)
+            )
+            return call
         return sql.lock_call(call_id)
+    if hold_agent:
+        sql.hold_agent_running_for(call_id)
     return (
         ToolCall.objects.select_for_update(of=("self",), skip_locked=skip_locked)
         .select_related("tool__upstream", "agent__owner")

@@ -32,6 +32,7 @@ def record(
     session_id: str = "",
     data: Mapping[str, Any] | None = None,
     sensitive_fields: Iterable[str] = (),
+    later: bool = False,
 ) -> AuditEvent:
     """Append one masked event to the trail, inside the caller's transaction.
 
@@ -43,7 +44,9 @@ def record(
     way, so equal ids still match).
 
     On PostgreSQL the row is sealed into the hash chain later by the sealer (see
-    ``audit.chain``); the caller's transaction never waits on the chain.
+    ``audit.chain``); the caller's transaction never waits on the chain. With ``later`` the
+    INSERT goes to the database with the transaction's next statement or its COMMIT
+    (``core.db.later``): the event has its ``pk`` from then on.
     """
     if call is not None:
         agent = agent or call.agent
@@ -65,7 +68,10 @@ def record(
     )
     # AuditEvent.objects.create() without composing the INSERT each time: every submission
     # and every executed call write events, and the ORM nearly doubled each one's CPU time.
-    db.insert(event)
+    if later:
+        db.later(db.insert_statement(event))
+    else:
+        db.insert(event)
     if connection.vendor != "postgresql":
         # SQLite runs one writing transaction at a time, so sealing inline cannot fork the
         # chain; PostgreSQL's concurrent writers are sealed by the background sealer.

@@ -164,6 +164,9 @@ if EMBEDDED:
     }
 else:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=False)
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, plus statements held back until the next one or the COMMIT (core.db.later).
+        _db["ENGINE"] = "core.postgresql"
     if env_bool("DB_POOL", True):
         # min_size 0: Celery's prefork children drop the pool after each task, so an
         # eagerly filled pool would open connections nobody uses.

@@ -73,18 +73,22 @@ def complete_key(
     call_id: UUID | None,
     now: datetime,
 ) -> None:
-    """Store the response a key replays."""
-    db.run(
-        _complete_key_sql(connection.vendor),
-        [
-            str(IdempotencyRecord.State.COMPLETE),
-            status,
-            json.dumps({"body": body, "headers": headers}),
-            *db.lookup_values(IdempotencyRecord, {"call": call_id}),
-            db.db_time(now),
-            agent_id,
-            key,
-        ],
+    """Store the response a key replays; in a transaction, sent with its next statement
+    or its COMMIT (``core.db.later``)."""
+    db.later(
+        db.Statement(
+            _complete_key_sql(connection.vendor),
+            [
+                str(IdempotencyRecord.State.COMPLETE),
+                status,
+                json.dumps({"body": body, "headers": headers}),
+                *db.lookup_values(IdempotencyRecord, {"call": call_id}),
+                db.db_time(now),
+                agent_id,
+                key,
+            ],
+            db.unread,
+        )
     )
 
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import events, sql, transitions
+from approvals import events, transitions
 from approvals.guards import CANNOT_RUN, cannot_run_code
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
@@ -89,8 +89,7 @@ def claim_call(*, call_id: UUID) -> Claim | None:
     before the stop has started when the stop completes; one that comes later finds the
     agent stopped (read with the call, after the lock) and claims nothing.
     """
-    sql.hold_agent_running_for(call_id)
-    call = transitions.lock_call(call_id)
+    call = transitions.lock_call(call_id, hold_agent=True)
     if call is None or call.status != transitions.claim_source(call.risk):
         return None
     if code := cannot_run_code(call):
