@@ -44,7 +44,9 @@ class ToolCall(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="calls")
+    # No index of its own: call_unique_request_key and call_session_idx start with it. Every
+    # index is written by every new call and by each status change (docs/benchmarks.md).
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="calls", db_index=False)
     tool = models.ForeignKey(Tool, on_delete=models.PROTECT, related_name="calls")
     # Snapshots taken at intake: what the agent asked for, under which definition.
     tool_version = models.CharField(max_length=16)
@@ -84,8 +86,14 @@ class ToolCall(models.Model):
     # A reviewer corrected the arguments before approving; the originals are in the audit trail.
     arguments_edited = models.BooleanField(default=False)
     # The standing approval that approved the call without a reviewer, if one did.
+    # Indexed only where set (call_standing_approval_idx): most calls have none.
     standing_approval = models.ForeignKey(
-        "StandingApproval", null=True, blank=True, on_delete=models.PROTECT, related_name="calls"
+        "StandingApproval",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="calls",
+        db_index=False,
     )
 
     # Executor bookkeeping (the claim/lease/fence protocol, see approvals.execution).
@@ -141,11 +149,6 @@ class ToolCall(models.Model):
                 condition=models.Q(status="pending"),
                 name="call_pending_by_session_idx",
             ),
-            models.Index(
-                fields=["expires_at"],
-                condition=models.Q(status="pending"),
-                name="call_pending_expiry_idx",
-            ),
             # What the notification sweep still has to send: near-empty in steady state.
             models.Index(
                 fields=["created_at"],
@@ -185,7 +188,13 @@ class ToolCall(models.Model):
                 name="call_unknown_idx",
             ),
             models.Index(fields=["agent", "session_id", "created_at"], name="call_session_idx"),
-            # The queue sorted by expiry or by amount, keyset-paged like the default order.
+            models.Index(
+                fields=["standing_approval"],
+                condition=models.Q(standing_approval__isnull=False),
+                name="call_standing_approval_idx",
+            ),
+            # The queue sorted by expiry or by amount, keyset-paged like the default order;
+            # the expiry sweep reads the same index.
             models.Index(
                 fields=["expires_at", "id"],
                 condition=models.Q(status="pending"),

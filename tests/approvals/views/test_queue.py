@@ -224,7 +224,6 @@ def test_the_page_query_uses_a_partial_index_on_pending_calls(world: World) -> N
         "call_pending_by_tool_idx",
         "call_pending_by_agent_idx",
         "call_pending_by_session_idx",
-        "call_pending_expiry_idx",
         "call_pending_expiry_id_idx",
         "call_pending_amount_idx",
     }
