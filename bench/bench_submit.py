@@ -13,7 +13,8 @@ PostgreSQL, Redis) and driven by the same load generator with the same concurren
 
 Under gunicorn (``config.wsgi``, gthread) the calls go through ``POST /api/v1/tool-calls``;
 under uvicorn (``config.asgi``, the deployment that serves ``/mcp``) through MCP's
-``tools/call`` (a write as a task, answered at once; a read answered with its result),
+``tools/call`` (a write as a task, answered at once, each a different e-mail: without a
+key, MCP makes the same call in the same session one call; a read answered with its result),
 each ratio against the bare views on the same server.
 
 Prints requests/s, p50 and p99 latency for each, each ratio per round and its median, and
@@ -350,9 +351,13 @@ def run(args: argparse.Namespace) -> None:
         }
 
         def request(index: int) -> tuple[str, bytes, dict[str, str]]:
-            params: dict[str, object] = {"name": call["tool"], "arguments": call["arguments"]}
+            arguments = dict(call["arguments"])  # type: ignore[call-overload]
+            params: dict[str, object] = {"name": call["tool"], "arguments": arguments}
             if task:
                 params["task"] = {"ttl": 600_000}
+                # Without a key, the same write in the same session is the same call
+                # (gateway.mcp.calls): each request is another e-mail, as REST's keys are.
+                arguments["body"] = f"{arguments['body']} Reference {uuid.uuid4().hex[:12]}."
             message = {"jsonrpc": "2.0", "id": index, "method": "tools/call", "params": params}
             return "/mcp", json.dumps(message).encode(), headers
 

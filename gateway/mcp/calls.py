@@ -184,12 +184,7 @@ def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
     if risk in (None, Risk.READ):
         return f"mcp-{uuid4()}"
     base = "mcp-auto-" + sha256_hex(canonical_json(bound))[:48]
-    latest = (
-        ToolCall.objects.filter(agent=agent, request_key__startswith=f"{base}.")
-        .order_by("-created_at")
-        .values("request_key", "status", "updated_at")
-        .first()
-    )
+    latest = _latest_derived(agent, base)
     if latest is None:
         return f"{base}.1"
     window = timedelta(seconds=settings.MCP_RETRY_WINDOW_SECONDS)
@@ -198,6 +193,34 @@ def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
     if open_call or recent:
         return str(latest["request_key"])
     return f"{base}.{int(latest['request_key'].rsplit('.', 1)[1]) + 1}"
+
+
+def _latest_derived(agent: Agent, base: str) -> dict[str, Any] | None:
+    """The agent's call with the highest ``<base>.<n>`` key, if any.
+
+    The suffixes run 1, 2, 3 ... without gaps (each new one is the latest plus one, and a
+    refused call stores nothing), so the latest is found by asking for exact keys, a few
+    at first, more each time all were taken: every question is answered by the unique index
+    on (agent, key). A ``LIKE '<base>.%'`` read every call of the agent: the index's
+    collation cannot serve a prefix.
+    """
+    latest = None
+    first, count = 1, 4
+    while True:
+        keys = [f"{base}.{n}" for n in range(first, first + count)]
+        found = {
+            int(row["request_key"].rsplit(".", 1)[1]): row
+            for row in ToolCall.objects.filter(agent=agent, request_key__in=keys).values(
+                "request_key", "status", "updated_at"
+            )
+        }
+        if not found:
+            return latest
+        highest = max(found)
+        latest = found[highest]
+        if highest < first + count - 1:
+            return latest
+        first, count = first + count, count * 4
 
 
 # --- Answers ------------------------------------------------------------------------------

@@ -502,3 +502,36 @@ def test_a_call_sent_again_without_a_key_is_the_same_pending_call(
     ids = [r.structured_content["id"] for r in (first, again, different)]  # type: ignore[index]
     assert ids[0] == ids[1] != ids[2]
     assert ToolCall.objects.count() == 2
+
+
+def test_the_same_call_asked_for_again_after_each_ended_is_a_new_call_each_time(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """The derived key counts the times the same call was asked for again in the session
+    after the last one ended (here: cancelled); past the first few, the latest is still
+    found."""
+
+    no_wait = {"io.countersign/wait-seconds": 0}
+
+    def end(call_id: str, status: str) -> None:
+        ToolCall.objects.filter(pk=call_id).update(status=status)
+
+    async def main() -> tuple[list[str], str]:
+        ids: list[str] = []
+        async with connected(mcp_web.url, live_world.token) as client:
+
+            async def ask() -> str:
+                result = await client.call_tool("send_email", EMAIL, meta=no_wait)  # type: ignore[arg-type]
+                return str(result.structured_content["id"])  # type: ignore[index]
+
+            for _ in range(6):
+                ids.append(await ask())
+                await anyio.to_thread.run_sync(end, ids[-1], Status.CANCELLED)
+            await anyio.to_thread.run_sync(end, ids[-1], Status.PENDING)
+            return ids, await ask()
+
+    ids, again = run(main)
+    assert len(set(ids)) == 6
+    keys = ToolCall.objects.order_by("created_at").values_list("request_key", flat=True)
+    assert [key.rsplit(".", 1)[1] for key in keys] == ["1", "2", "3", "4", "5", "6"]
+    assert again == ids[-1], "the latest, still open, is the same call"
