@@ -117,6 +117,7 @@ def together(*queries: Statement[Any]) -> list[Any]:
     They run in order, each seeing the ones before it, exactly as if run one by one; only
     the waiting between them is gone. A failing statement fails the batch (and the
     transaction), with Django's error, as it would have alone. Elsewhere they run in turn.
+    Statements held back by ``later`` go first, in the same round trip.
     """
     connection = _connection()
     if connection.vendor != "postgresql":

@@ -16,6 +16,7 @@ import anyio
 import httpx
 import mcp_types as types
 import pytest
+from django.db import connections
 
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
@@ -514,7 +515,12 @@ def test_the_same_call_asked_for_again_after_each_ended_is_a_new_call_each_time(
     no_wait = {"io.countersign/wait-seconds": 0}
 
     def end(call_id: str, status: str) -> None:
-        ToolCall.objects.filter(pk=call_id).update(status=status)
+        # In one of anyio's worker threads, which outlive the test: its connection goes
+        # back to the pool now.
+        try:
+            ToolCall.objects.filter(pk=call_id).update(status=status)
+        finally:
+            connections.close_all()
 
     async def main() -> tuple[list[str], str]:
         ids: list[str] = []
