@@ -204,12 +204,12 @@ def _latest_derived(agent: Agent, base: str) -> dict[str, Any] | None:
     on (agent, key). A ``LIKE '<base>.%'`` read every call of the agent: the index's
     collation cannot serve a prefix.
     """
-    latest = None
+    latest: dict[str, Any] | None = None
     first, count = 1, 4
     while True:
         keys = [f"{base}.{n}" for n in range(first, first + count)]
-        found = {
-            int(row["request_key"].rsplit(".", 1)[1]): row
+        found: dict[int, dict[str, Any]] = {
+            int(row["request_key"].rsplit(".", 1)[1]): dict(row)
             for row in ToolCall.objects.filter(agent=agent, request_key__in=keys).values(
                 "request_key", "status", "updated_at"
             )
