@@ -142,9 +142,7 @@ def hold_agent_running_for(call_id: UUID) -> None:
 
 def hold_agent_running_statement(call_id: UUID) -> db.Statement[None]:
     """``hold_agent_running_for`` as a statement, to send with others (PostgreSQL only)."""
-    return db.Statement(
-        _hold_for_call_sql(), [registry_sql.RUN_LOCK_CLASS, call_id], lambda cursor: None
-    )
+    return db.Statement(_hold_for_call_sql(), [registry_sql.RUN_LOCK_CLASS, call_id], db.unread)
 
 
 @cache

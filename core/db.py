@@ -74,18 +74,11 @@ def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
             cursor.execute(sql, params)
             yield cursor
         return
-    connection.ensure_connection()
-    waiting = _take_later(connection)
-    if waiting:
-        cursors = _send(connection, [*waiting, Statement(sql, params, unread)])
-        try:
-            for query, cursor in zip(waiting, cursors, strict=False):
-                query.read(cursor)
-            yield cursors[-1]
-        finally:
-            for cursor in cursors:
-                cursor.close()
+    if waiting := _take_later(connection):
+        with _pipelined(connection, waiting, [Statement(sql, params, unread)]) as (cursor,):
+            yield cursor
         return
+    connection.ensure_connection()
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     with wrapper(psycopg.Cursor(connection.connection), connection) as cursor:
@@ -122,18 +115,8 @@ def together(*queries: Statement[Any]) -> list[Any]:
     connection = _connection()
     if connection.vendor != "postgresql":
         return [one(query) for query in queries]
-    waiting = _take_later(connection)
-    cursors = _send(connection, [*waiting, *queries])
-    try:
-        for query, cursor in zip(waiting, cursors, strict=False):
-            query.read(cursor)
-        return [
-            query.read(cursor)
-            for query, cursor in zip(queries, cursors[len(waiting) :], strict=True)
-        ]
-    finally:
-        for cursor in cursors:
-            cursor.close()
+    with _pipelined(connection, _take_later(connection), queries) as cursors:
+        return [query.read(cursor) for query, cursor in zip(queries, cursors, strict=True)]
 
 
 def later(query: Statement[Any]) -> None:
@@ -158,15 +141,9 @@ def send_later(connection: Any, *, commit: bool = False) -> None:
     """Send the statements ``later`` holds back, and COMMIT with them when ``commit`` (the
     backend calls this before any other statement, and at commit)."""
     waiting = _take_later(connection)
-    if not waiting and not commit:
-        return
-    cursors = _send(connection, waiting, commit=commit)
-    try:
-        for query, cursor in zip(waiting, cursors, strict=True):
-            query.read(cursor)
-    finally:
-        for cursor in cursors:
-            cursor.close()
+    if waiting or commit:
+        with _pipelined(connection, waiting, [], commit=commit):
+            pass
 
 
 def _take_later(connection: Any) -> list[Statement[Any]]:
@@ -178,26 +155,36 @@ def _take_later(connection: Any) -> list[Statement[Any]]:
     return taken
 
 
-def _send(connection: Any, queries: Sequence[Statement[Any]], *, commit: bool = False) -> list[Any]:
-    """Send ``queries`` (and the COMMIT) in one round trip; their cursors, answered."""
+@contextmanager
+def _pipelined(
+    connection: Any,
+    waiting: Sequence[Statement[Any]],
+    queries: Sequence[Statement[Any]],
+    *,
+    commit: bool = False,
+) -> Iterator[list[Any]]:
+    """Send ``waiting`` (statements ``later`` held back), then ``queries`` (then COMMIT) in
+    one round trip, in psycopg's pipeline mode; read the held-back statements' answers and
+    yield the cursors of ``queries``, answered. Every cursor is closed after."""
     connection.ensure_connection()
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     raw = connection.connection
-    cursors = []
+    cursors: list[Any] = []
     try:
         with connection.wrap_database_errors, raw.pipeline():
-            for query in queries:
+            for query in (*waiting, *queries):
                 cursor = wrapper(psycopg.Cursor(raw), connection)
                 cursors.append(cursor)
                 cursor.execute(query.sql, query.params)
             if commit:
                 raw.commit()
-    except BaseException:
+        for query, cursor in zip(waiting, cursors, strict=False):
+            query.read(cursor)
+        yield cursors[len(waiting) :]
+    finally:
         for cursor in cursors:
             cursor.close()
-        raise
-    return cursors
 
 
 def unread(cursor: Any) -> None:

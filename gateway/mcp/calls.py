@@ -184,19 +184,21 @@ def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
     if risk in (None, Risk.READ):
         return f"mcp-{uuid4()}"
     base = "mcp-auto-" + sha256_hex(canonical_json(bound))[:48]
-    latest = _latest_derived(agent, base)
-    if latest is None:
+    found = _latest_derived(agent, base)
+    if found is None:
         return f"{base}.1"
+    number, latest = found
     window = timedelta(seconds=settings.MCP_RETRY_WINDOW_SECONDS)
     open_call = latest["status"] not in TERMINAL_STATUSES
     recent = latest["status"] in REUSABLE_ENDINGS and latest["updated_at"] > timezone.now() - window
     if open_call or recent:
-        return str(latest["request_key"])
-    return f"{base}.{int(latest['request_key'].rsplit('.', 1)[1]) + 1}"
+        return f"{base}.{number}"
+    return f"{base}.{number + 1}"
 
 
-def _latest_derived(agent: Agent, base: str) -> dict[str, Any] | None:
-    """The agent's call with the highest ``<base>.<n>`` key, if any.
+def _latest_derived(agent: Agent, base: str) -> tuple[int, dict[str, Any]] | None:
+    """The highest ``n`` of the agent's ``<base>.<n>`` keys and that call's status and
+    update time, if there is one.
 
     The suffixes run 1, 2, 3 ... without gaps (each new one is the latest plus one, and a
     refused call stores nothing), so the latest is found by asking for exact keys, a few
@@ -204,7 +206,7 @@ def _latest_derived(agent: Agent, base: str) -> dict[str, Any] | None:
     on (agent, key). A ``LIKE '<base>.%'`` read every call of the agent: the index's
     collation cannot serve a prefix.
     """
-    latest: dict[str, Any] | None = None
+    latest: tuple[int, dict[str, Any]] | None = None
     first, count = 1, 4
     while True:
         keys = [f"{base}.{n}" for n in range(first, first + count)]
@@ -217,7 +219,7 @@ def _latest_derived(agent: Agent, base: str) -> dict[str, Any] | None:
         if not found:
             return latest
         highest = max(found)
-        latest = found[highest]
+        latest = highest, found[highest]
         if highest < first + count - 1:
             return latest
         first, count = first + count, count * 4

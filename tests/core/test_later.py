@@ -5,14 +5,13 @@ runs."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.contrib.auth.models import Group
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from core import db
+from tests.gateway.conftest import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,18 +21,7 @@ def _names() -> list[str]:
 
 
 def _names_seen_by_another_connection() -> list[str]:
-    seen: list[str] = []
-
-    def read() -> None:
-        try:
-            seen.extend(_names())
-        finally:
-            connections.close_all()
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    reader.join(10)
-    return seen
+    return in_threads(1, lambda _: _names())[0]
 
 
 def test_the_backend_is_countersign_s() -> None:
