@@ -31,6 +31,7 @@ import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import AutoField, BigAutoField, Field, Model, SmallAutoField
+from psycopg import pq
 
 
 class _Preparing:
@@ -74,11 +75,12 @@ def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
             cursor.execute(sql, params)
             yield cursor
         return
-    if waiting := _take_later(connection):
+    connection.ensure_connection()
+    waiting = _take_later(connection)
+    if waiting or _begins_transaction(connection.connection):
         with _pipelined(connection, waiting, [Statement(sql, params, unread)]) as (cursor,):
             yield cursor
         return
-    connection.ensure_connection()
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     with wrapper(psycopg.Cursor(connection.connection), connection) as cursor:
@@ -164,27 +166,70 @@ def _pipelined(
     commit: bool = False,
 ) -> Iterator[list[Any]]:
     """Send ``waiting`` (statements ``later`` held back), then ``queries`` (then COMMIT) in
-    one round trip, in psycopg's pipeline mode; read the held-back statements' answers and
-    yield the cursors of ``queries``, answered. Every cursor is closed after."""
+    one round trip, in psycopg's pipeline mode, after the transaction's BEGIN if it has not
+    started yet; read the held-back statements' answers and yield the cursors of
+    ``queries``, answered. Every cursor is closed after."""
     connection.ensure_connection()
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     raw = connection.connection
+    begin = not commit and _begins_transaction(raw)
     cursors: list[Any] = []
     try:
-        with connection.wrap_database_errors, raw.pipeline():
+        with connection.wrap_database_errors, _own_begin(raw, begin), raw.pipeline():
+            if begin:
+                cursors.append(_command(raw, raw._get_tx_start_command()))
             for query in (*waiting, *queries):
                 cursor = wrapper(psycopg.Cursor(raw), connection)
                 cursors.append(cursor)
                 cursor.execute(query.sql, query.params)
             if commit:
-                raw.commit()
-        for query, cursor in zip(waiting, cursors, strict=False):
+                # A statement of the pipeline, answered at its one sync: psycopg's commit()
+                # would sync after it, and the pipeline's end then wait for a second answer.
+                cursors.append(_command(raw, b"COMMIT"))
+        answered = cursors[1:] if begin else cursors
+        for query, cursor in zip(waiting, answered, strict=False):
             query.read(cursor)
-        yield cursors[len(waiting) :]
+        yield answered[len(waiting) :]
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def _command(raw: Any, command: bytes) -> Any:
+    """Send a transaction command (BEGIN, COMMIT) in the pipeline; its cursor."""
+    cursor = psycopg.Cursor(raw)
+    cursor.execute(command, prepare=False)
+    return cursor
+
+
+def _begins_transaction(raw: Any) -> bool:
+    """Whether the next statement starts the transaction: Django has one open (psycopg's
+    autocommit is off) and nothing has been sent in it yet."""
+    return not raw.autocommit and raw.pgconn.transaction_status == pq.TransactionStatus.IDLE
+
+
+@contextmanager
+def _own_begin(raw: Any, begin: bool) -> Iterator[None]:
+    """While a pipeline that starts with our own BEGIN is sent, keep psycopg from sending
+    its own.
+
+    psycopg opens a transaction with a BEGIN sent and answered alone, before the first
+    statement, in pipeline mode too: a round trip of its own for every transaction. Here
+    the BEGIN is the pipeline's first statement instead (the same BEGIN, with the
+    connection's isolation level), and psycopg is told the connection is in autocommit
+    until the pipeline is answered, so that it adds none. After the answer the connection
+    is in the transaction, as if psycopg had begun it; a failure leaves it in a failed
+    transaction, which Django's atomic block rolls back as always.
+    """
+    if not begin:
+        yield
+        return
+    raw._autocommit = True  # psycopg's own flag: the setter would refuse while in a pipeline
+    try:
+        yield
+    finally:
+        raw._autocommit = False
 
 
 def unread(cursor: Any) -> None:

@@ -1,0 +1,139 @@
+"""A transaction whose first statement is a hot-path one (``core.db``) sends its BEGIN in
+the same round trip, not alone before it as psycopg does; the transaction is the same.
+
+Round trips are counted from libpq's own trace of the protocol: one ReadyForQuery message
+answers each exchange the client waits on (a simple query, or a pipeline's sync).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, connection, transaction
+from psycopg import IsolationLevel, pq
+
+from core import db
+from tests.gateway.conftest import in_threads
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+INSERT = f"INSERT INTO {db.table(Group)} (name) VALUES (%s)"  # noqa: S608
+
+
+class Trace:
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    @property
+    def round_trips(self) -> int:
+        return sum(1 for line in self.lines if "\tReadyForQuery\t" in line)
+
+    def sent(self, word: str) -> int:
+        """Statements the client sent that start with ``word`` (simple or extended)."""
+        return sum(
+            1
+            for line in self.lines
+            if line.startswith("F")
+            and ("\tQuery\t" in line or "\tParse\t" in line)
+            and f'"{word}' in line
+        )
+
+
+@contextmanager
+def traced() -> Iterator[list[Trace]]:
+    """libpq's protocol trace of this thread's connection while the block runs."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    found: list[Trace] = []
+    with tempfile.TemporaryFile() as file:
+        pgconn.trace(file.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            yield found
+        finally:
+            pgconn.untrace()
+            file.seek(0)
+            found.append(Trace(file.read().decode()))
+
+
+def _names() -> list[str]:
+    return sorted(Group.objects.values_list("name", flat=True))
+
+
+def test_begin_goes_with_the_first_hot_path_statement() -> None:
+    with traced() as trace, transaction.atomic():
+        db.run(INSERT, ["night shift"])
+        db.run(INSERT, ["day shift"])
+    (found,) = trace
+    assert found.sent("BEGIN") == 1
+    assert found.round_trips == 3, "BEGIN + INSERT, INSERT, COMMIT"
+    assert in_threads(1, lambda _: _names())[0] == ["day shift", "night shift"]
+
+
+def test_without_it_psycopg_begins_alone() -> None:
+    """The baseline the test above improves on: an ORM statement first."""
+    with transaction.atomic():
+        db.run(INSERT, ["prepared"])  # prepared once per connection: a round trip of its own
+    with traced() as trace, transaction.atomic():
+        Group.objects.create(name="night shift")
+        db.run(INSERT, ["day shift"])
+    (found,) = trace
+    assert found.sent("BEGIN") == 1
+    assert found.round_trips == 4, "BEGIN, INSERT, INSERT, COMMIT"
+
+
+def test_it_is_a_transaction_a_rollback_undoes() -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        db.run(INSERT, ["night shift"])
+        assert in_threads(1, lambda _: _names())[0] == [], "not visible before the commit"
+        raise RuntimeError("the request failed")
+    assert _names() == []
+
+
+def test_a_failing_first_statement_fails_the_transaction_and_nothing_stays() -> None:
+    Group.objects.create(name="night shift")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        db.run(INSERT, ["night shift"])  # a duplicate name
+    assert _names() == ["night shift"]
+    with transaction.atomic():  # the connection begins cleanly after it
+        db.run(INSERT, ["day shift"])
+        assert connection.connection.pgconn.transaction_status == pq.TransactionStatus.INTRANS
+    assert _names() == ["day shift", "night shift"]
+
+
+def test_held_back_statements_and_several_together_begin_the_same_way() -> None:
+    with traced() as trace, transaction.atomic():
+        db.together(
+            db.Statement(INSERT, ["night shift"], db.unread),
+            db.Statement(INSERT, ["day shift"], db.unread),
+        )
+        db.later(db.insert_statement(Group(name="late shift")))
+    (found,) = trace
+    assert found.sent("BEGIN") == 1
+    assert found.round_trips == 2, "BEGIN + both INSERTs, the held-back INSERT + COMMIT"
+    assert _names() == ["day shift", "late shift", "night shift"]
+
+
+def test_outside_a_transaction_nothing_begins() -> None:
+    with traced() as trace:
+        db.run(INSERT, ["night shift"])
+    (found,) = trace
+    assert found.sent("BEGIN") == 0
+    assert connection.connection.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    assert in_threads(1, lambda _: _names())[0] == ["night shift"]
+
+
+def test_the_connection_s_isolation_level_is_kept() -> None:
+    connection.ensure_connection()
+    raw = connection.connection
+    held = raw.isolation_level
+    raw.isolation_level = IsolationLevel.SERIALIZABLE
+    try:
+        with transaction.atomic(), db.statement("SHOW transaction_isolation", []) as cursor:
+            assert cursor.fetchone() == ("serializable",)
+    finally:
+        raw.isolation_level = held
