@@ -92,6 +92,29 @@ def _lock_call_sql() -> str:
     )
 
 
+def read_call(call_id: UUID) -> ToolCall | None:
+    """The call as stored now (no lock, no related rows) in one prepared statement; None if
+    there is no such call. ``refresh_from_db()`` composed this query again for every read
+    call the gateway answered: a tenth of the read's CPU."""
+    statement = db.Statement(
+        _read_call_sql(), db.lookup_values(ToolCall, {"id": call_id}), _read_call
+    )
+    return db.one(statement)
+
+
+def _read_call(cursor: Any) -> ToolCall | None:
+    row = cursor.fetchone()
+    return None if row is None else db.from_row(ToolCall, row)
+
+
+@cache
+def _read_call_sql() -> str:
+    return (
+        f"SELECT {db.columns(ToolCall, 'c')} FROM {db.table(ToolCall)} c "  # noqa: S608
+        f"WHERE c.{db.column(ToolCall, 'id')} = %s"
+    )
+
+
 def move_call(
     call_id: UUID,
     values: dict[str, Any],

@@ -267,9 +267,10 @@ def _run_read(
             # Refused at the claim (the tool or agent was switched off meanwhile): it never
             # ran, so a half-open probe slot it held is handed back, not left to its lease.
             breaker.release(admission)
-        tool = call.tool
-        call.refresh_from_db()
-        call.tool = tool  # the same row: refresh_from_db forgets it, and it would be read again
+        stored = approvals_sql.read_call(call.pk)
+        assert stored is not None, "calls are never deleted"
+        stored.tool, stored.agent = call.tool, call.agent  # the same rows, not read again
+        call = stored
         response = respond_with(_without_decisions(call))
         idempotency.complete(agent=agent, key=key, response=response, call=call)
         return response
