@@ -173,7 +173,7 @@ def _pipelined(
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     raw = connection.connection
-    begin = not commit and _begins_transaction(raw)
+    begin = _begins_transaction(raw)
     cursors: list[Any] = []
     try:
         with connection.wrap_database_errors, _own_begin(raw, begin), raw.pipeline():

@@ -118,6 +118,27 @@ def test_held_back_statements_and_several_together_begin_the_same_way() -> None:
     assert _names() == ["day shift", "late shift", "night shift"]
 
 
+def test_a_transaction_of_held_back_statements_only_is_one_exchange() -> None:
+    with traced() as trace, transaction.atomic():
+        db.later(db.insert_statement(Group(name="night shift")))
+    (found,) = trace
+    assert found.sent("BEGIN") == 1
+    assert found.round_trips == 1, "BEGIN, the held-back INSERT and COMMIT together"
+    assert in_threads(1, lambda _: _names())[0] == ["night shift"]
+
+
+def test_psycopg_is_back_to_transactions_after_a_failure_in_the_first_exchange() -> None:
+    Group.objects.create(name="night shift")
+    with transaction.atomic():
+        with pytest.raises(IntegrityError):
+            db.run(INSERT, ["night shift"])  # a duplicate name, in the exchange with BEGIN
+        raw = connection.connection
+        assert raw.autocommit is False
+        assert raw.pgconn.transaction_status == pq.TransactionStatus.INERROR
+        transaction.set_rollback(True)
+    assert _names() == ["night shift"]
+
+
 def test_outside_a_transaction_nothing_begins() -> None:
     with traced() as trace:
         db.run(INSERT, ["night shift"])
