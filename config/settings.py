@@ -167,17 +167,19 @@ else:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Django's, plus statements held back until the next one or the COMMIT (core.db.later).
         _db["ENGINE"] = "core.postgresql"
+    # The URL's own options (?sslmode=verify-full, ...) stay; ours are added to them.
+    _db["OPTIONS"] = {
+        **_db.get("OPTIONS", {}),
+        # Only core.db asks for prepared statements (the ORM's cursors never do).
+        "prepare_threshold": 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None,
+    }
     if env_bool("DB_POOL", True):
         # min_size 0: Celery's prefork children drop the pool after each task, so an
         # eagerly filled pool would open connections nobody uses.
-        _db["OPTIONS"] = {
-            "pool": {
-                "min_size": 0,
-                "max_size": env_int("DB_POOL_MAX_SIZE", 10),
-                "timeout": env_int("DB_POOL_TIMEOUT", 10),
-            },
-            # Only core.db asks for prepared statements (the ORM's cursors never do).
-            "prepare_threshold": 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None,
+        _db["OPTIONS"]["pool"] = {
+            "min_size": 0,
+            "max_size": env_int("DB_POOL_MAX_SIZE", 10),
+            "timeout": env_int("DB_POOL_TIMEOUT", 10),
         }
     DATABASES = {"default": dict(_db)}
 
