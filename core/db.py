@@ -174,11 +174,12 @@ def _pipelined(
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     raw = connection.connection
     begin = _begins_transaction(raw)
-    cursors: list[Any] = []
+    commands: list[Any] = []  # BEGIN and COMMIT: answered, never read
+    cursors: list[Any] = []  # one per statement, ``waiting`` then ``queries``
     try:
         with connection.wrap_database_errors, _own_begin(raw, begin), raw.pipeline():
             if begin:
-                cursors.append(_command(raw, raw._get_tx_start_command()))
+                commands.append(_command(raw, raw._get_tx_start_command()))
             for query in (*waiting, *queries):
                 cursor = wrapper(psycopg.Cursor(raw), connection)
                 cursors.append(cursor)
@@ -186,13 +187,12 @@ def _pipelined(
             if commit:
                 # A statement of the pipeline, answered at its one sync: psycopg's commit()
                 # would sync after it, and the pipeline's end then wait for a second answer.
-                cursors.append(_command(raw, b"COMMIT"))
-        answered = cursors[1:] if begin else cursors
-        for query, cursor in zip(waiting, answered, strict=False):
+                commands.append(_command(raw, b"COMMIT"))
+        for query, cursor in zip(waiting, cursors, strict=False):
             query.read(cursor)
-        yield answered[len(waiting) :]
+        yield cursors[len(waiting) :]
     finally:
-        for cursor in cursors:
+        for cursor in (*commands, *cursors):
             cursor.close()
 
 
