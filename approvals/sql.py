@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Model
 
 from approvals.models import KnownCounterparty, StandingApproval, ToolCall
@@ -125,6 +125,13 @@ def move_call(
 ) -> bool:
     """``UPDATE ... SET values WHERE id = call_id AND status IN sources [AND fence = fence]``,
     moving the fence on when ``bump_fence``; whether a row matched."""
+    statement = _move_sql(tuple(values), len(sources), fence is not None, bump_fence)
+    return db.run(statement, _move_params(call_id, values, sources, fence)) == 1
+
+
+def _move_params(
+    call_id: UUID, values: dict[str, Any], sources: tuple[str, ...], fence: int | None
+) -> list[Any]:
     params = [
         *db.save_values(ToolCall, values),
         *db.lookup_values(ToolCall, {"id": call_id}),
@@ -132,8 +139,58 @@ def move_call(
     ]
     if fence is not None:
         params.append(fence)
-    statement = _move_sql(tuple(values), len(sources), fence is not None, bump_fence)
-    return db.run(statement, params) == 1
+    return params
+
+
+# The SQLSTATE of ``countersign_call_moved()`` (migration 0011): a held-back move matched no row.
+NOT_MOVED = "CS001"
+
+
+class NotMoved(DatabaseError):
+    """A move that had to match matched no row (raised at once where the UPDATE cannot be
+    held back; on PostgreSQL the database raises it, as ``NOT_MOVED``)."""
+
+
+def not_moved(exc: BaseException) -> bool:
+    """Whether ``exc`` is a held-back move that matched no row, from either side."""
+    return isinstance(exc, NotMoved) or getattr(exc.__cause__, "sqlstate", None) == NOT_MOVED
+
+
+def move_call_later(
+    call_id: UUID,
+    values: dict[str, Any],
+    *,
+    sources: tuple[str, ...],
+    fence: int | None,
+    bump_fence: bool,
+) -> None:
+    """``move_call``, held back to go to the database with the transaction's next statement
+    or its COMMIT (``core.db.later``), for a move that has to match: one round trip fewer.
+
+    The statement fails by itself when it matches no row (``countersign_call_moved``), and
+    with it that statement's round trip and the transaction: nothing is half-written, and
+    the error is recognised by ``not_moved``. Without PostgreSQL it runs at once, and
+    ``NotMoved`` is raised at once.
+    """
+    if connection.vendor != "postgresql":
+        if not move_call(call_id, values, sources=sources, fence=fence, bump_fence=bump_fence):
+            raise NotMoved(f"call {call_id} was not moved")
+        return
+    params = [
+        *_move_params(call_id, values, sources, fence),
+        *db.lookup_values(ToolCall, {"id": call_id}),  # named in the error
+    ]
+    statement = _guarded_move_sql(tuple(values), len(sources), fence is not None, bump_fence)
+    db.later(db.Statement(statement, params, db.unread))
+
+
+@cache
+def _guarded_move_sql(names: tuple[str, ...], sources: int, fenced: bool, bump_fence: bool) -> str:
+    update = _move_sql(names, sources, fenced, bump_fence)
+    return (
+        f"WITH moved AS ({update} RETURNING 1) "  # noqa: S608 - built from the model's own names
+        "SELECT countersign_call_moved(count(*), %s) FROM moved"
+    )
 
 
 @cache

@@ -17,7 +17,8 @@ destructive call gets one attempt: after a failure or an unknown outcome a perso
 what happened, and an effect still wanted is a new call, with its own approvals.
 
 ``change`` is the door: creation, the executor's claim and fenced finish, reviewers'
-decisions, the agent's requests and every sweep write ``status`` through it and nothing
+decisions, the agent's requests and every sweep write ``status`` through it (or through
+``move``, the same door for a move that has to match, sent with the COMMIT) and nothing
 else does. Its compare-and-set is built from this table, so the table cannot be restated
 (or contradicted) anywhere else.
 """
@@ -112,6 +113,42 @@ def change(
     On success the in-memory ``call`` takes the new values and the status-changed hooks run
     (webhooks, long-poll wake-ups), inside the caller's transaction.
     """
+    return _write(call, target, fence=fence, bump_fence=bump_fence, held=False, fields=fields)
+
+
+def move(
+    call: ToolCall,
+    target: str,
+    *,
+    fence: int | None = None,
+    bump_fence: bool = False,
+    **fields: Any,
+) -> None:
+    """``change`` for a move that has to match: a new call, one the caller holds locked
+    (``lock_call``), or a claim's fenced finish, which misses only when the claim went
+    stale. The UPDATE goes to the database with the transaction's next statement or its
+    COMMIT (``sql.move_call_later``), one round trip fewer; if it matches nothing, that
+    fails the transaction, and the error says so (``not_moved``). For a locked call that
+    means the lock was not held: a bug worth stopping for. The in-memory call and the hooks
+    are as after ``change``."""
+    _write(call, target, fence=fence, bump_fence=bump_fence, held=True, fields=fields)
+
+
+def not_moved(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by a transaction that ``move``d a call) is that move
+    matching nothing: the transaction wrote nothing."""
+    return sql.not_moved(exc)
+
+
+def _write(
+    call: ToolCall,
+    target: str,
+    *,
+    fence: int | None,
+    bump_fence: bool,
+    held: bool,
+    fields: dict[str, Any],
+) -> bool:
     previous = None if call._state.adding else call.status
     require(previous, target, risk=call.risk)
     if bump_fence and fence is None:
@@ -123,12 +160,13 @@ def change(
             setattr(call, name, value)
         sql.insert_call(call)
     else:
-        if not sql.move_call(
-            call.pk,
-            values,
-            sources=sources(target, risk=call.risk),
-            fence=fence,
-            bump_fence=bump_fence,
+        leaving = sources(target, risk=call.risk)
+        if held:
+            sql.move_call_later(
+                call.pk, values, sources=leaving, fence=fence, bump_fence=bump_fence
+            )
+        elif not sql.move_call(
+            call.pk, values, sources=leaving, fence=fence, bump_fence=bump_fence
         ):
             return False
         for name, value in values.items():
@@ -137,14 +175,6 @@ def change(
             call.fence = fence + 1  # type: ignore[operator]
     hooks.status_changed(call, previous)
     return True
-
-
-def move(call: ToolCall, target: str, **fields: Any) -> None:
-    """``change`` for a call that cannot lose a race: a new one, or one the caller holds
-    locked (``lock_call``). Matching nothing means the lock was not held: a bug worth
-    stopping for."""
-    if not change(call, target, **fields):
-        raise InvalidTransition(call.status, target)
 
 
 def lock_call(

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from approvals import events, transitions
@@ -29,17 +29,30 @@ class Outcome:
     tries: int = 1
 
 
-@transaction.atomic
 def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
     """Store the outcome if the claim is still current; False for a stale (fenced-off) worker.
 
     No lock and no read: the door's UPDATE matches only while the call is still under this
-    claim's fence, so a worker whose lease was taken over writes nothing but the audit
-    event that says its result was discarded.
+    claim's fence, and goes to the database with the result's audit event and the COMMIT,
+    in one round trip (``transitions.move``). A worker whose lease was taken over finds
+    that transaction failed, having written nothing, and writes only the audit event that
+    says its result was discarded.
     """
+    try:
+        _store(claim, outcome)
+    except DatabaseError as exc:
+        if not transitions.not_moved(exc):
+            raise
+        _discard(claim, outcome)
+        return False
+    return True
+
+
+@transaction.atomic
+def _store(claim: Claim, outcome: Outcome) -> None:
     call = copy.copy(claim.call)  # the call as claimed; the claim itself stays as it was
     escalate = outcome.status == Status.FAILED and call.risk == Risk.DESTRUCTIVE
-    stored = transitions.change(
+    transitions.move(
         call,
         outcome.status,
         fence=claim.fence,
@@ -51,17 +64,16 @@ def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
         needs_attention=escalate,
         attention_reason=DESTRUCTIVE_FAILED if escalate else "",
     )
-    if not stored:
-        current = ToolCall.objects.select_related("tool", "agent").get(pk=claim.call_id)
-        events.stale_result_discarded(
-            current, claim_fence=claim.fence, outcome_status=outcome.status
-        )
-        return False
     events.execution_finished(call, tries=outcome.tries)
     if escalate:
         # Never retried automatically: the call waits on the "needs attention" page.
         events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
-    return True
+
+
+@transaction.atomic
+def _discard(claim: Claim, outcome: Outcome) -> None:
+    current = ToolCall.objects.select_related("tool", "agent").get(pk=claim.call_id)
+    events.stale_result_discarded(current, claim_fence=claim.fence, outcome_status=outcome.status)
 
 
 LEASE_EXPIRED_WRITE = (

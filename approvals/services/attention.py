@@ -67,7 +67,11 @@ def resolve_call(*, call_id: UUID, person: Any, outcome: str, note: str) -> Tool
         raise NoteRequired("Say how you established the outcome; the audit trail keeps it.")
     previous = call.status
     # What every settled outcome records: when, and that nobody needs to look any more.
-    settled = {"finished_at": timezone.now(), "needs_attention": False, "attention_reason": ""}
+    settled: dict[str, Any] = {
+        "finished_at": timezone.now(),
+        "needs_attention": False,
+        "attention_reason": "",
+    }
     if outcome == Status.SUCCEEDED:
         if call.status != Status.UNKNOWN:
             raise OutcomeNotAllowed(

@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import DatabaseError, IntegrityError, transaction
 
 from approvals import hooks, transitions
 from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
+from audit.log import record
+from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support import ROOT
 from tests.test_layers import product_modules
@@ -170,6 +173,26 @@ def test_a_stale_fence_writes_nothing_and_a_bump_moves_the_fence_on(world: World
     assert ToolCall.objects.get(pk=call.pk).fence == 4 == call.fence
     with pytest.raises(ValueError, match="fence"):
         transitions.change(call, Status.FAILED, bump_fence=True)
+
+
+def test_a_move_that_has_to_match_and_does_not_fails_its_whole_transaction(world: World) -> None:
+    """``move`` sends its UPDATE with the transaction's COMMIT; one that matches nothing (a
+    stale fence here) fails the transaction there, and whatever else it wrote goes too."""
+    call = stored_call(world, Risk.WRITE, Status.EXECUTING)  # fence 3
+    with pytest.raises(DatabaseError) as raised, transaction.atomic():
+        transitions.move(call, Status.SUCCEEDED, fence=2, result={"late": True})
+        record(action="test.after_the_move", call=call)
+    assert transitions.not_moved(raised.value)
+    assert stored_status(call) == Status.EXECUTING
+    assert not AuditEvent.objects.filter(action="test.after_the_move").exists()
+    assert not transitions.not_moved(IntegrityError("another failure"))
+
+    with transaction.atomic():  # the call as stored (a rollback leaves instances as they were)
+        call = transitions.lock_call(call.pk)
+        assert call is not None
+        transitions.move(call, Status.SUCCEEDED, fence=3, result={"ok": True})
+    stored = ToolCall.objects.get(pk=call.pk)
+    assert (stored.status, stored.result) == (Status.SUCCEEDED, {"ok": True})
 
 
 # --- Nothing else writes a call's status --------------------------------------------------

@@ -1,15 +1,10 @@
 """A transaction whose first statement is a hot-path one (``core.db``) sends its BEGIN in
 the same round trip, not alone before it as psycopg does; the transaction is the same.
 
-Round trips are counted from libpq's own trace of the protocol: one ReadyForQuery message
-answers each exchange the client waits on (a simple query, or a pipeline's sync).
+Round trips are counted from libpq's own trace of the protocol (``tests.support.pgtrace``).
 """
 
 from __future__ import annotations
-
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from django.contrib.auth.models import Group
@@ -18,46 +13,11 @@ from psycopg import IsolationLevel, pq
 
 from core import db
 from tests.gateway.conftest import in_threads
+from tests.support.pgtrace import traced
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 INSERT = f"INSERT INTO {db.table(Group)} (name) VALUES (%s)"  # noqa: S608
-
-
-class Trace:
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-
-    @property
-    def round_trips(self) -> int:
-        return sum(1 for line in self.lines if "\tReadyForQuery\t" in line)
-
-    def sent(self, word: str) -> int:
-        """Statements the client sent that start with ``word`` (simple or extended)."""
-        return sum(
-            1
-            for line in self.lines
-            if line.startswith("F")
-            and ("\tQuery\t" in line or "\tParse\t" in line)
-            and f'"{word}' in line
-        )
-
-
-@contextmanager
-def traced() -> Iterator[list[Trace]]:
-    """libpq's protocol trace of this thread's connection while the block runs."""
-    connection.ensure_connection()
-    pgconn = connection.connection.pgconn
-    found: list[Trace] = []
-    with tempfile.TemporaryFile() as file:
-        pgconn.trace(file.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        try:
-            yield found
-        finally:
-            pgconn.untrace()
-            file.seek(0)
-            found.append(Trace(file.read().decode()))
 
 
 def _names() -> list[str]:
