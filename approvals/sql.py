@@ -150,10 +150,22 @@ class NotMoved(DatabaseError):
     """A move that had to match matched no row (raised at once where the UPDATE cannot be
     held back; on PostgreSQL the database raises it, as ``NOT_MOVED``)."""
 
+    def __init__(self, call_id: UUID) -> None:
+        super().__init__(f"call {call_id} was not moved")
+        self.call_id = call_id
 
-def not_moved(exc: BaseException) -> bool:
-    """Whether ``exc`` is a held-back move that matched no row, from either side."""
-    return isinstance(exc, NotMoved) or getattr(exc.__cause__, "sqlstate", None) == NOT_MOVED
+
+def not_moved(exc: BaseException, call_id: UUID) -> bool:
+    """Whether ``exc`` is the held-back move of the call ``call_id`` matching no row (and not
+    another call's, failing in the same transaction), from either side."""
+    if isinstance(exc, NotMoved):
+        return exc.call_id == call_id
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) != NOT_MOVED:
+        return False
+    # countersign_call_moved() names the call first in its message.
+    message = getattr(getattr(cause, "diag", None), "message_primary", None) or ""
+    return f"call {call_id} " in message
 
 
 def move_call_later(
@@ -174,7 +186,7 @@ def move_call_later(
     """
     if connection.vendor != "postgresql":
         if not move_call(call_id, values, sources=sources, fence=fence, bump_fence=bump_fence):
-            raise NotMoved(f"call {call_id} was not moved")
+            raise NotMoved(call_id)
         return
     params = [
         *_move_params(call_id, values, sources, fence),

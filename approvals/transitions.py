@@ -130,14 +130,15 @@ def move(
     COMMIT (``sql.move_call_later``), one round trip fewer; if it matches nothing, that
     fails the transaction, and the error says so (``not_moved``). For a locked call that
     means the lock was not held: a bug worth stopping for. The in-memory call and the hooks
-    are as after ``change``."""
+    are as after ``change``: a call whose move failed shows a move that never happened, so
+    read it again before using it."""
     _write(call, target, fence=fence, bump_fence=bump_fence, held=True, fields=fields)
 
 
-def not_moved(exc: BaseException) -> bool:
-    """Whether ``exc`` (raised by a transaction that ``move``d a call) is that move
-    matching nothing: the transaction wrote nothing."""
-    return sql.not_moved(exc)
+def not_moved(exc: BaseException, call: ToolCall) -> bool:
+    """Whether ``exc`` (raised by a transaction that ``move``d ``call``) is that move matching
+    nothing: the transaction wrote nothing."""
+    return sql.not_moved(exc, call.pk)
 
 
 def _write(

@@ -41,7 +41,7 @@ def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
     try:
         _store(claim, outcome)
     except DatabaseError as exc:
-        if not transitions.not_moved(exc):
+        if not transitions.not_moved(exc, claim.call):
             raise
         _discard(claim, outcome)
         return False

@@ -182,12 +182,13 @@ def test_a_move_that_has_to_match_and_does_not_fails_its_whole_transaction(world
     with pytest.raises(DatabaseError) as raised, transaction.atomic():
         transitions.move(call, Status.SUCCEEDED, fence=2, result={"late": True})
         record(action="test.after_the_move", call=call)
-    assert transitions.not_moved(raised.value)
+    assert transitions.not_moved(raised.value, call)
+    assert not transitions.not_moved(raised.value, stored_call(world, Risk.WRITE, Status.PENDING))
+    assert not transitions.not_moved(IntegrityError("another failure"), call)
     assert stored_status(call) == Status.EXECUTING
     assert not AuditEvent.objects.filter(action="test.after_the_move").exists()
-    assert not transitions.not_moved(IntegrityError("another failure"))
 
-    with transaction.atomic():  # the call as stored (a rollback leaves instances as they were)
+    with transaction.atomic():  # read again: the failed move left the instance as if it had moved
         call = transitions.lock_call(call.pk)
         assert call is not None
         transitions.move(call, Status.SUCCEEDED, fence=3, result={"ok": True})
