@@ -236,7 +236,11 @@ class Verdict(models.TextChoices):
 class Decision(models.Model):
     """One reviewer's verdict on one call, bound to exactly what they were shown."""
 
-    call = models.ForeignKey(ToolCall, on_delete=models.CASCADE, related_name="decisions")
+    # Indexed by the unique constraint below, which starts with it; an index of its own would
+    # be one more write per row, and the plan some lookups took to scan all the call's rows.
+    call = models.ForeignKey(
+        ToolCall, on_delete=models.CASCADE, related_name="decisions", db_index=False
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
     )
@@ -342,7 +346,9 @@ class KnownCounterparty(models.Model):
     """A recipient or record an agent's calls have acted on with effect, as a keyed hash:
     the signals tell a first contact from a familiar one without storing the address."""
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the unique constraint below, which starts with it; an index of its own would
+    # be one more write per row, and the plan some lookups took to scan all the agent's rows.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
     fingerprint = models.CharField(max_length=32)
     first_seen_at = models.DateTimeField(default=timezone.now)
 

@@ -282,19 +282,25 @@ def known_counterparties(agent_id: int, fingerprints: list[str]) -> set[str]:
     if not fingerprints:
         return set()
     sql = _known_counterparties_sql(len(fingerprints))
-    with db.statement(sql, [agent_id, *fingerprints]) as cursor:
+    params = [value for fingerprint in fingerprints for value in (agent_id, fingerprint)]
+    with db.statement(sql, params) as cursor:
         return {row[0] for row in cursor.fetchall()}
 
 
 @cache
 def _known_counterparties_sql(count: int) -> str:
+    """One lookup of (agent, fingerprint) per fingerprint. ``fingerprint IN (...)`` let a
+    prepared statement's generic plan look up the agent's rows by the unique key's first
+    column and filter all of them (tests/test_indexes.py)."""
+
     def col(name: str) -> str:
         return db.column(KnownCounterparty, name)
 
-    return (
+    one = (
         f"SELECT {col('fingerprint')} FROM {db.table(KnownCounterparty)} "  # noqa: S608
-        f"WHERE {col('agent')} = %s AND {col('fingerprint')} IN ({', '.join(['%s'] * count)})"
+        f"WHERE {col('agent')} = %s AND {col('fingerprint')} = %s"
     )
+    return " UNION ALL ".join([one] * count)
 
 
 def remember_counterparties(agent_id: int, fingerprints: list[str], now: datetime) -> None:

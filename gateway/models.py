@@ -19,7 +19,11 @@ from tools_registry.models import Agent
 class AgentSession(models.Model):
     """One run of an agent, identified by the agent's session_id; counts tool-call rounds."""
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="sessions")
+    # Indexed by the unique constraint below, which starts with it; an index of its own would
+    # be one more write per row, and the plan some lookups took to scan all the agent's rows.
+    agent = models.ForeignKey(
+        Agent, on_delete=models.CASCADE, related_name="sessions", db_index=False
+    )
     session_id = models.CharField(max_length=128)
     rounds = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
@@ -44,7 +48,9 @@ class IdempotencyRecord(models.Model):
         IN_FLIGHT = "in_flight"
         COMPLETE = "complete"
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the unique constraint below, which starts with it; an index of its own would
+    # be one more write per row, and the plan some lookups took to scan all the agent's rows.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+", db_index=False)
     key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)
     state = models.CharField(max_length=16, choices=State.choices, default=State.IN_FLIGHT)
@@ -120,8 +126,10 @@ class WebhookDelivery(models.Model):
 class WebhookAttempt(models.Model):
     """One POST of a webhook delivery and what the receiver answered."""
 
+    # Indexed by the unique constraint below, which starts with it; an index of its own would
+    # be one more write per row, and the plan some lookups took to scan all the delivery's rows.
     delivery = models.ForeignKey(
-        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log", db_index=False
     )
     number = models.PositiveSmallIntegerField()
     started_at = models.DateTimeField()

@@ -193,12 +193,16 @@ class Tool(models.Model):
 class ToolUserObjectPermission(UserObjectPermissionBase):
     """Direct foreign-key grant of a permission on one tool to one user (guardian)."""
 
+    # Indexed by guardian's unique (user, permission, content_object), which starts with it.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
     content_object = models.ForeignKey(Tool, on_delete=models.CASCADE)
 
 
 class ToolGroupObjectPermission(GroupObjectPermissionBase):
     """Direct foreign-key grant of a permission on one tool to a team (guardian)."""
 
+    # Indexed by guardian's unique (group, permission, content_object), which starts with it.
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, db_index=False)
     content_object = models.ForeignKey(Tool, on_delete=models.CASCADE)
 
 
