@@ -185,6 +185,17 @@ class Result:
 Request = Callable[[int], tuple[str, bytes, dict[str, str]]]
 
 
+def analyze() -> None:
+    """Bring PostgreSQL's statistics up to date, as autovacuum keeps them in a running
+    deployment. The benchmark's tables are new and grow by thousands of rows a second; a
+    prepared statement planned from statistics of an empty table can read every row of the
+    agent where the unique key would find one (docs/benchmarks.md)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
 def drive(
     name: str,
     port: int,
@@ -196,6 +207,7 @@ def drive(
     """``args.concurrency`` keep-alive clients sending back to back for warm-up + seconds.
     An answer counts when its status is ``expect`` (and ``valid`` accepts its body)."""
     concurrency, seconds, warmup = args.concurrency, args.seconds, args.warmup
+    analyze()
     result = Result(name=name, seconds=seconds)
     lock = threading.Lock()
     start = time.monotonic()
@@ -343,14 +355,13 @@ def run(args: argparse.Namespace) -> None:
 
         return request
 
-    def mcp(call: dict[str, object], session: str, *, task: bool) -> Request:
-        headers = {
-            **mcp_headers(token),
-            "MCP-Protocol-Version": MCP_REVISION,
-            "Mcp-Session-Id": session,
-        }
-
+    def mcp(call: dict[str, object], sessions: list[str], *, task: bool) -> Request:
         def request(index: int) -> tuple[str, bytes, dict[str, str]]:
+            headers = {
+                **mcp_headers(token),
+                "MCP-Protocol-Version": MCP_REVISION,
+                "Mcp-Session-Id": sessions[index],
+            }
             arguments = dict(call["arguments"])  # type: ignore[call-overload]
             params: dict[str, object] = {"name": call["tool"], "arguments": arguments}
             if task:
@@ -382,8 +393,10 @@ def run(args: argparse.Namespace) -> None:
                 write_expect, read_expect, check = 202, 200, None
             else:
                 door = "MCP"
-                session = mcp_session(port, token)
-                write, read = mcp(EMAIL, session, task=True), mcp(READ, session, task=False)
+                # A session per client, as REST's clients each send their own session_id:
+                # the calls of one session take turns at its round counter.
+                sessions = [mcp_session(port, token) for _ in range(args.concurrency)]
+                write, read = mcp(EMAIL, sessions, task=True), mcp(READ, sessions, task=False)
                 write_expect, read_expect, check = 200, 200, mcp_ok
             pairs = (
                 ("write", ("bare-insert", bare("/bench/bare-insert", insert_body), 201, None),

@@ -1,11 +1,13 @@
-"""Lookups by a unique key stay one row, whatever plan PostgreSQL caches for them.
+"""Lookups by a unique key read that key's rows alone, even with no statistics to plan by.
 
 The hot path's statements are prepared: after a few runs PostgreSQL may keep a generic
-plan, made without the parameters' values. Django gives every foreign key an index of its
-own; where a unique key starts with that column, the planner could take the foreign key's
-index for ``agent = $1 AND key = $2`` and filter every row of the agent by key. It did,
-on the benchmark's fresh tables: completing an Idempotency-Key read all of the agent's
-records (``docs/benchmarks.md``). Such indexes are gone; these tests keep them gone.
+plan, made without the parameters' values, and before autovacuum first analyzes a table
+(a new database, a table grown fast since) it plans without knowing the table's size.
+Django gives every foreign key an index of its own; where a unique key starts with that
+column, such a plan took the foreign key's index for ``agent = $1 AND key = $2`` and
+filtered every row of the agent by key. It did on the submit benchmark's fresh tables:
+storing an Idempotency-Key's response read all of the agent's records
+(``docs/benchmarks.md``). Such indexes are gone; these tests keep them gone.
 """
 
 from __future__ import annotations
