@@ -277,14 +277,21 @@ def _live_standing_sql() -> str:
     )
 
 
+# Fingerprints looked up per statement: a call names any number of recipients, and each
+# size of the statement is a prepared statement of its own (SQLite takes 500 at most).
+COUNTERPARTIES_PER_STATEMENT = 16
+
+
 def known_counterparties(agent_id: int, fingerprints: list[str]) -> set[str]:
     """Which of ``fingerprints`` the agent has already acted on with effect."""
-    if not fingerprints:
-        return set()
-    sql = _known_counterparties_sql(len(fingerprints))
-    params = [value for fingerprint in fingerprints for value in (agent_id, fingerprint)]
-    with db.statement(sql, params) as cursor:
-        return {row[0] for row in cursor.fetchall()}
+    wanted = list(dict.fromkeys(fingerprints))
+    known: set[str] = set()
+    for start in range(0, len(wanted), COUNTERPARTIES_PER_STATEMENT):
+        some = wanted[start : start + COUNTERPARTIES_PER_STATEMENT]
+        params = [value for fingerprint in some for value in (agent_id, fingerprint)]
+        with db.statement(_known_counterparties_sql(len(some)), params) as cursor:
+            known.update(row[0] for row in cursor.fetchall())
+    return known
 
 
 @cache

@@ -3,32 +3,52 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+from core.migration_ops import drop_indexes
+
 
 class Migration(migrations.Migration):
+    # Each foreign key below is the first column of a unique key, whose index serves it.
+    # Its own index goes without a lock on writes (core.migration_ops.drop_indexes).
+    atomic = False
+
     dependencies = [
         ("approvals", "0011_call_moved_function"),
         ("tools_registry", "0008_end_users_and_agent_stops"),
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="decision",
-            name="call",
-            field=models.ForeignKey(
-                db_index=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="decisions",
-                to="approvals.toolcall",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="knowncounterparty",
-            name="agent",
-            field=models.ForeignKey(
-                db_index=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="+",
-                to="tools_registry.agent",
-            ),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="decision",
+                    name="call",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="decisions",
+                        to="approvals.toolcall",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="knowncounterparty",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tools_registry.agent",
+                    ),
+                ),
+            ],
+            database_operations=[
+                drop_indexes(
+                    ("approvals_decision_call_id_b6062498", "approvals_decision", "call_id"),
+                    (
+                        "approvals_knowncounterparty_agent_id_f1809afe",
+                        "approvals_knowncounterparty",
+                        "agent_id",
+                    ),
+                ),
+            ],
         ),
     ]

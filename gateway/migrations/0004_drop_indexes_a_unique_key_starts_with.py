@@ -3,42 +3,71 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+from core.migration_ops import drop_indexes
+
 
 class Migration(migrations.Migration):
+    # Each foreign key below is the first column of a unique key, whose index serves it.
+    # Its own index goes without a lock on writes (core.migration_ops.drop_indexes).
+    atomic = False
+
     dependencies = [
         ("gateway", "0003_idempotency_created_idx"),
         ("tools_registry", "0008_end_users_and_agent_stops"),
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="agentsession",
-            name="agent",
-            field=models.ForeignKey(
-                db_index=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="sessions",
-                to="tools_registry.agent",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="idempotencyrecord",
-            name="agent",
-            field=models.ForeignKey(
-                db_index=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="+",
-                to="tools_registry.agent",
-            ),
-        ),
-        migrations.AlterField(
-            model_name="webhookattempt",
-            name="delivery",
-            field=models.ForeignKey(
-                db_index=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="attempt_log",
-                to="gateway.webhookdelivery",
-            ),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="agentsession",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="sessions",
+                        to="tools_registry.agent",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="idempotencyrecord",
+                    name="agent",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="tools_registry.agent",
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="webhookattempt",
+                    name="delivery",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attempt_log",
+                        to="gateway.webhookdelivery",
+                    ),
+                ),
+            ],
+            database_operations=[
+                drop_indexes(
+                    (
+                        "approvals_agentsession_agent_id_8195398f",
+                        "approvals_agentsession",
+                        "agent_id",
+                    ),
+                    (
+                        "approvals_idempotencyrecord_agent_id_8a7869ed",
+                        "approvals_idempotencyrecord",
+                        "agent_id",
+                    ),
+                    (
+                        "approvals_webhookattempt_delivery_id_b3e4bab2",
+                        "approvals_webhookattempt",
+                        "delivery_id",
+                    ),
+                ),
+            ],
         ),
     ]

@@ -4,8 +4,14 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from core.migration_ops import drop_indexes
+
 
 class Migration(migrations.Migration):
+    # Each foreign key below is the first column of a unique key, whose index serves it.
+    # Its own index goes without a lock on writes (core.migration_ops.drop_indexes).
+    atomic = False
+
     dependencies = [
         ("auth", "0012_alter_user_first_name_max_length"),
         ("tools_registry", "0008_end_users_and_agent_stops"),
@@ -13,20 +19,38 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AlterField(
-            model_name="toolgroupobjectpermission",
-            name="group",
-            field=models.ForeignKey(
-                db_index=False, on_delete=django.db.models.deletion.CASCADE, to="auth.group"
-            ),
-        ),
-        migrations.AlterField(
-            model_name="tooluserobjectpermission",
-            name="user",
-            field=models.ForeignKey(
-                db_index=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                to=settings.AUTH_USER_MODEL,
-            ),
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name="toolgroupobjectpermission",
+                    name="group",
+                    field=models.ForeignKey(
+                        db_index=False, on_delete=django.db.models.deletion.CASCADE, to="auth.group"
+                    ),
+                ),
+                migrations.AlterField(
+                    model_name="tooluserobjectpermission",
+                    name="user",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+            ],
+            database_operations=[
+                drop_indexes(
+                    (
+                        "tools_registry_toolgroupobjectpermission_group_id_9ed7fe2d",
+                        "tools_registry_toolgroupobjectpermission",
+                        "group_id",
+                    ),
+                    (
+                        "tools_registry_tooluserobjectpermission_user_id_925b5416",
+                        "tools_registry_tooluserobjectpermission",
+                        "user_id",
+                    ),
+                ),
+            ],
         ),
     ]
