@@ -4,37 +4,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import migrations
+from django.db.migrations.operations.base import Operation
 
 
-def drop_indexes(*indexes: tuple[str, str, str]) -> migrations.RunPython:
-    """Drop these indexes, each ``(name, table, column)``, without holding back writes.
+class DropIndexes(Operation):
+    """Drop indexes, each ``(name, table, column)``, without holding back reads or writes.
 
     Django's own way for a foreign key's index, ``AlterField(db_index=False)``, drops the
     foreign key's constraint and adds it again: that locks both tables and checks every row.
     On PostgreSQL ``DROP INDEX CONCURRENTLY`` takes no lock that stops reads or writes and
-    checks nothing; it cannot run in a transaction, so the migration is ``atomic = False``
-    and changes the field's state alone (``SeparateDatabaseAndState``). Reversed, each index
-    is built again, concurrently too.
+    checks nothing (it waits for the transactions already open on the table); it cannot run
+    in a transaction, so the migration is ``atomic = False`` and changes the fields' state
+    alone (``SeparateDatabaseAndState``). Reversed, each index is built again, concurrently
+    too (after dropping what a failed build may have left, an invalid index of that name).
     """
 
-    def drop(apps: Any, schema_editor: Any) -> None:
-        concurrently = _concurrently(schema_editor)
-        for name, _table, _column in indexes:
+    reversible = True
+
+    def __init__(self, indexes: list[tuple[str, str, str]]) -> None:
+        self.indexes = [tuple(index) for index in indexes]
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        return (self.__class__.__qualname__, [], {"indexes": self.indexes})
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass  # the fields' state changes in the migration's AlterField operations
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        for name, _table, _column in self.indexes:
+            self._drop(schema_editor, name)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        quote, concurrently = schema_editor.quote_name, _concurrently(schema_editor)
+        for name, table, column in self.indexes:
+            self._drop(schema_editor, name)
             schema_editor.execute(
-                f"DROP INDEX {concurrently}IF EXISTS {schema_editor.quote_name(name)}"
+                f"CREATE INDEX {concurrently}{quote(name)} ON {quote(table)} ({quote(column)})"
             )
 
-    def build(apps: Any, schema_editor: Any) -> None:
-        concurrently = _concurrently(schema_editor)
-        quote = schema_editor.quote_name
-        for name, table, column in indexes:
-            schema_editor.execute(
-                f"CREATE INDEX {concurrently}IF NOT EXISTS {quote(name)} "
-                f"ON {quote(table)} ({quote(column)})"
-            )
+    def describe(self) -> str:
+        return "Drop the indexes " + ", ".join(name for name, _, _ in self.indexes)
 
-    return migrations.RunPython(drop, build, elidable=False)
+    @staticmethod
+    def _drop(schema_editor: Any, name: str) -> None:
+        schema_editor.execute(
+            f"DROP INDEX {_concurrently(schema_editor)}IF EXISTS {schema_editor.quote_name(name)}"
+        )
 
 
 def _concurrently(schema_editor: Any) -> str:

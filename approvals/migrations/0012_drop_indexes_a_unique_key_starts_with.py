@@ -3,12 +3,12 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from core.migration_ops import drop_indexes
+from core.migration_ops import DropIndexes
 
 
 class Migration(migrations.Migration):
     # Each foreign key below is the first column of a unique key, whose index serves it.
-    # Its own index goes without a lock on writes (core.migration_ops.drop_indexes).
+    # Its own index goes without a lock on writes (core.migration_ops.DropIndexes).
     atomic = False
 
     dependencies = [
@@ -41,13 +41,15 @@ class Migration(migrations.Migration):
                 ),
             ],
             database_operations=[
-                drop_indexes(
-                    ("approvals_decision_call_id_b6062498", "approvals_decision", "call_id"),
-                    (
-                        "approvals_knowncounterparty_agent_id_f1809afe",
-                        "approvals_knowncounterparty",
-                        "agent_id",
-                    ),
+                DropIndexes(
+                    [
+                        ("approvals_decision_call_id_b6062498", "approvals_decision", "call_id"),
+                        (
+                            "approvals_knowncounterparty_agent_id_f1809afe",
+                            "approvals_knowncounterparty",
+                            "agent_id",
+                        ),
+                    ]
                 ),
             ],
         ),

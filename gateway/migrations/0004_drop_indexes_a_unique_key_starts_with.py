@@ -3,12 +3,12 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from core.migration_ops import drop_indexes
+from core.migration_ops import DropIndexes
 
 
 class Migration(migrations.Migration):
     # Each foreign key below is the first column of a unique key, whose index serves it.
-    # Its own index goes without a lock on writes (core.migration_ops.drop_indexes).
+    # Its own index goes without a lock on writes (core.migration_ops.DropIndexes).
     atomic = False
 
     dependencies = [
@@ -51,22 +51,24 @@ class Migration(migrations.Migration):
                 ),
             ],
             database_operations=[
-                drop_indexes(
-                    (
-                        "approvals_agentsession_agent_id_8195398f",
-                        "approvals_agentsession",
-                        "agent_id",
-                    ),
-                    (
-                        "approvals_idempotencyrecord_agent_id_8a7869ed",
-                        "approvals_idempotencyrecord",
-                        "agent_id",
-                    ),
-                    (
-                        "approvals_webhookattempt_delivery_id_b3e4bab2",
-                        "approvals_webhookattempt",
-                        "delivery_id",
-                    ),
+                DropIndexes(
+                    [
+                        (
+                            "approvals_agentsession_agent_id_8195398f",
+                            "approvals_agentsession",
+                            "agent_id",
+                        ),
+                        (
+                            "approvals_idempotencyrecord_agent_id_8a7869ed",
+                            "approvals_idempotencyrecord",
+                            "agent_id",
+                        ),
+                        (
+                            "approvals_webhookattempt_delivery_id_b3e4bab2",
+                            "approvals_webhookattempt",
+                            "delivery_id",
+                        ),
+                    ]
                 ),
             ],
         ),

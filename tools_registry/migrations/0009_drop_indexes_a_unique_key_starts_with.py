@@ -4,12 +4,12 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-from core.migration_ops import drop_indexes
+from core.migration_ops import DropIndexes
 
 
 class Migration(migrations.Migration):
     # Each foreign key below is the first column of a unique key, whose index serves it.
-    # Its own index goes without a lock on writes (core.migration_ops.drop_indexes).
+    # Its own index goes without a lock on writes (core.migration_ops.DropIndexes).
     atomic = False
 
     dependencies = [
@@ -39,17 +39,19 @@ class Migration(migrations.Migration):
                 ),
             ],
             database_operations=[
-                drop_indexes(
-                    (
-                        "tools_registry_toolgroupobjectpermission_group_id_9ed7fe2d",
-                        "tools_registry_toolgroupobjectpermission",
-                        "group_id",
-                    ),
-                    (
-                        "tools_registry_tooluserobjectpermission_user_id_925b5416",
-                        "tools_registry_tooluserobjectpermission",
-                        "user_id",
-                    ),
+                DropIndexes(
+                    [
+                        (
+                            "tools_registry_toolgroupobjectpermission_group_id_9ed7fe2d",
+                            "tools_registry_toolgroupobjectpermission",
+                            "group_id",
+                        ),
+                        (
+                            "tools_registry_tooluserobjectpermission_user_id_925b5416",
+                            "tools_registry_tooluserobjectpermission",
+                            "user_id",
+                        ),
+                    ]
                 ),
             ],
         ),
