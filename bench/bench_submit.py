@@ -204,7 +204,8 @@ def drive(
     args: argparse.Namespace,
     valid: Callable[[bytes], bool] | None,
 ) -> Result:
-    """``args.concurrency`` keep-alive clients sending back to back for warm-up + seconds.
+    """``args.concurrency`` keep-alive clients sending back to back for warm-up + seconds,
+    once PostgreSQL's statistics are up to date (``analyze``, outside the measured time).
     An answer counts when its status is ``expect`` (and ``valid`` accepts its body)."""
     concurrency, seconds, warmup = args.concurrency, args.seconds, args.warmup
     analyze()
