@@ -9,6 +9,7 @@ it completed before the duplicate looked, or ``409 idempotency_key_in_use`` with
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -26,9 +27,16 @@ from tools_registry import services as registry_services
 from tools_registry.models import Agent
 
 
-def _submit_many(world: World, body: dict, key: str, count: int) -> list[tuple[int, dict, str]]:
+def _submit_many(
+    world: World, body: dict, key: str, count: int, *, answered: threading.Event | None = None
+) -> list[tuple[int, dict, str]]:
+    """``count`` threads submit ``body`` with ``key`` at once; ``answered`` is set as soon as
+    the first of them has its answer."""
+
     def submit(_: int) -> tuple[int, dict, str]:
         response = world.api().submit(body, key=key)
+        if answered is not None:
+            answered.set()
         return response.status_code, response.json(), response.headers.get("Retry-After", "")
 
     return in_threads(count, submit)
@@ -71,11 +79,12 @@ def test_fifty_concurrent_identical_reads_run_once(
     live_world: World, probe_tool_cleanup: None
 ) -> None:
     probe = install_probe_tool(live_world)
-    # The first request is still running while the others arrive (a wide margin: on a
-    # loaded 2-core machine, 49 threads once took longer than 0.2 s to get there).
-    probe.delay = 0.5
+    # The request that runs the read holds it until another request has been answered, so
+    # that one arrived while the key was in flight, however slowly the threads start (a
+    # fixed 0.5 s was once too short on a loaded 2-core machine).
+    probe.hold = threading.Event()
     key = f"concurrent-read-{uuid.uuid4()}"
-    results = _submit_many(live_world, stock_call(), key, 50)
+    results = _submit_many(live_world, stock_call(), key, 50, answered=probe.hold)
     statuses = _assert_one_call_and_replays(live_world, results, key, 200)
     assert statuses[409] >= 1
     assert probe.calls == 1
