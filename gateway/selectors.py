@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
 from approvals.models import ToolCall, Verdict
 from tools_registry.models import Agent
@@ -15,9 +15,12 @@ def calls_of_agent(agent: Agent) -> QuerySet[ToolCall]:
 
 
 def call_of_agent(agent: Agent, call_id: UUID) -> ToolCall | None:
+    # The approvals that count (approvals.guards.counted_approvals): those given to the
+    # arguments as they are now, not to what a reviewer's correction replaced.
+    counted = Q(decisions__verdict=Verdict.APPROVE, decisions__arguments_hash=F("arguments_hash"))
     return (
         calls_of_agent(agent)
-        .annotate(approval_count=Count("decisions", filter=Q(decisions__verdict=Verdict.APPROVE)))
+        .annotate(approval_count=Count("decisions", filter=counted))
         .filter(pk=call_id)
         .first()
     )

@@ -13,6 +13,7 @@ from approvals.execution import runner
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import AlreadyVoted, DecisionRefused, decide
 from approvals.services.edits import narrows
+from gateway.mcp import state as mcp_state
 from sandbox.models import OutboxMessage
 from tests.approvals.conftest import make_call
 from tests.conftest import World, events
@@ -66,6 +67,12 @@ def test_a_correction_resets_earlier_approvals(world: World, dave: Any, dora: An
     )
     assert (edited.approvals, edited.decided) == (1, False)
     assert events("call.arguments_edited")[0].data["approvals_reset"] == 1
+    # The agent is told the same: one approval of two, not dave's as well.
+    body = world.api().get(f"/api/v1/tool-calls/{call.pk}").json()
+    assert (body["status"], body["approvals"], body["approvals_required"]) == ("pending", 1, 2)
+    assert mcp_state.read(world.agent, call.pk).status_message.startswith(  # type: ignore[union-attr]
+        "waiting for approval: 1 of 2 reviewers"
+    )
     with pytest.raises(AlreadyVoted):
         decide(call_id=call.pk, reviewer=dora, verdict="approve")
     # dave may approve again: his first verdict was on the old arguments.
