@@ -338,3 +338,30 @@ def _remember_counterparties_sql() -> str:
         "SELECT %s, %s, f FROM unnest(%s::varchar[]) WITH ORDINALITY AS u (f, n) "
         "ORDER BY n ON CONFLICT DO NOTHING"
     )
+
+
+def calls_by_key_statement(
+    agent_id: int, keys: list[str], since: datetime
+) -> db.Statement[dict[str, tuple[str, bool]]]:
+    """The agent's calls with these request keys: ``{key: (status, whether it changed after
+    since)}``. One ``(agent, request_key)`` lookup per key, as ``known_counterparties``
+    does, so that every key is answered by the unique key's index."""
+    since_param = db.db_time(since)
+    params = [value for key in keys for value in (since_param, agent_id, key)]
+    return db.Statement(_calls_by_key_sql(len(keys)), params, _read_calls_by_key)
+
+
+def _read_calls_by_key(cursor: Any) -> dict[str, tuple[str, bool]]:
+    return {key: (status, bool(changed)) for key, status, changed in cursor.fetchall()}
+
+
+@cache
+def _calls_by_key_sql(count: int) -> str:
+    def col(name: str) -> str:
+        return db.column(ToolCall, name)
+
+    one = (
+        f"SELECT {col('request_key')}, {col('status')}, {col('updated_at')} > %s "  # noqa: S608
+        f"FROM {db.table(ToolCall)} WHERE {col('agent')} = %s AND {col('request_key')} = %s"
+    )
+    return " UNION ALL ".join([one] * count)

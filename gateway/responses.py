@@ -23,6 +23,10 @@ class StoredResponse:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    # The call the answer was made from, as this request has it in hand; never stored (an
+    # answer read back from the key's record has none). MCP builds its answer from it
+    # instead of reading the call again.
+    call: ToolCall | None = field(default=None, compare=False, repr=False)
 
 
 def status_url(call_id: UUID) -> str:
@@ -95,6 +99,7 @@ def respond_with(call: ToolCall, *, submitted: bool = False) -> StoredResponse:
                 "Retry-After": str(PENDING_RETRY_AFTER_SECONDS),
                 "Location": body["status_url"],
             },
+            call=call,
         )
     if call.status == Status.FAILED and call.risk == Risk.READ:
         error = call.error or {}
@@ -113,5 +118,7 @@ def respond_with(call: ToolCall, *, submitted: bool = False) -> StoredResponse:
                 # failed in a way another try may not.
                 retryable=error.get("retryable", code == "handler_error"),
             )
-        return StoredResponse(status=api_error.status, body={**api_error.body(), "call": body})
-    return StoredResponse(status=200, body=body)
+        return StoredResponse(
+            status=api_error.status, body={**api_error.body(), "call": body}, call=call
+        )
+    return StoredResponse(status=200, body=body, call=call)

@@ -12,7 +12,7 @@ from uuid import UUID
 from django.db import connection
 
 from core import db
-from gateway.models import AgentSession, IdempotencyRecord
+from gateway.models import AgentSession, IdempotencyRecord, McpSession
 
 
 def insert_key(
@@ -134,4 +134,24 @@ def _count_round_sql() -> str:
         f"SET {col('rounds')} = s.{col('rounds')} + 1, "
         f"{col('last_call_at')} = EXCLUDED.{col('last_call_at')} "
         f"WHERE s.{col('rounds')} < %s RETURNING {col('id')}"
+    )
+
+
+def open_mcp_session(*, agent_id: int, session_id: UUID) -> McpSession | None:
+    """The agent's MCP session with this id if it was not closed (every MCP request after
+    ``initialize`` reads it)."""
+    params = [*db.lookup_values(McpSession, {"id": session_id}), agent_id]
+    with db.statement(_open_mcp_session_sql(), params) as cursor:
+        row = cursor.fetchone()
+    return None if row is None else db.from_row(McpSession, row)
+
+
+@cache
+def _open_mcp_session_sql() -> str:
+    def col(name: str) -> str:
+        return db.column(McpSession, name)
+
+    return (
+        f"SELECT {db.columns(McpSession, 's')} FROM {db.table(McpSession)} s "  # noqa: S608
+        f"WHERE s.{col('id')} = %s AND s.{col('agent')} = %s AND s.{col('closed_at')} IS NULL"
     )

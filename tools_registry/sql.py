@@ -126,3 +126,21 @@ def _hold_sql(postgresql: bool) -> str:
         f"{read}CROSS JOIN (SELECT pg_advisory_xact_lock_shared(%s, %s)) run_lock "
         f"{where} FOR KEY SHARE OF a"
     )
+
+
+def tool_risk_statement(name: str) -> db.Statement[str | None]:
+    """The risk of the tool named ``name``; None if there is none."""
+    return db.Statement(_tool_risk_sql(), [name], _read_first)
+
+
+def _read_first(cursor: Any) -> Any:
+    row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+@cache
+def _tool_risk_sql() -> str:
+    return (
+        f"SELECT {db.column(Tool, 'risk')} FROM {db.table(Tool)} "  # noqa: S608
+        f"WHERE {db.column(Tool, 'name')} = %s"
+    )

@@ -30,6 +30,7 @@ from gateway.mcp.calls import Caller
 from gateway.mcp.server import build_server
 from gateway.mcp.threads import run_sync
 from gateway.models import McpSession
+from tools_registry.models import Agent
 from tools_registry.services.tokens import authenticate_token
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,11 @@ class McpEndpoint:
         if problem := _foreign(headers):
             await _refuse(send, 403 if "origin" in problem else 400, problem)
             return
-        agent = await _authenticate(headers.get("authorization", ""))
+        method = scope["method"]
+        # The session is read with the token, in the same trip to a worker thread: a POST
+        # names it with every request after initialize.
+        session_id = headers.get(SESSION_HEADER, "") if method == "POST" else ""
+        agent, session = await run_sync(_identify, headers.get("authorization", ""), session_id)
         if agent is None:
             error = errors.not_authenticated()
             challenge = 'Bearer realm="countersign"'
@@ -81,7 +86,6 @@ class McpEndpoint:
             await run_sync(end_users.audit_refusal, agent, error, request="mcp", transport="mcp")
             await _refuse(send, 400, error.message, data=error.body())
             return
-        method = scope["method"]
         if method == "DELETE":
             closed = await run_sync(sessions.close_session, agent, headers.get(SESSION_HEADER, ""))
             if closed:
@@ -100,12 +104,9 @@ class McpEndpoint:
             limit = settings.API_MAX_BODY_BYTES
             await _refuse(send, 413, f"The request body is larger than {limit} bytes.")
             return
-        session: McpSession | None = None
-        if session_id := headers.get(SESSION_HEADER):
-            session = await run_sync(sessions.find_session, agent, session_id)
-            if session is None:
-                await _refuse(send, 404, "Session not found; initialize a new one.")
-                return
+        if session_id and session is None:
+            await _refuse(send, 404, "Session not found; initialize a new one.")
+            return
         opening = uuid4() if _is_initialize(body) else None
         state = scope.setdefault("state", {})
         state["countersign"] = Caller(
@@ -122,11 +123,16 @@ class McpEndpoint:
         )
 
 
-async def _authenticate(authorization: str) -> Any:
+def _identify(authorization: str, session_id: str) -> tuple[Agent | None, McpSession | None]:
+    """The agent the bearer token is for (None: no valid token), and its open session named
+    ``session_id`` (None: none named, or no such session open, or the agent is stopped)."""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return await run_sync(authenticate_token, token.strip())
+        return None, None
+    agent = authenticate_token(token.strip())
+    if agent is None or agent.stopped_at is not None or not session_id:
+        return agent, None
+    return agent, sessions.find_session(agent, session_id)
 
 
 def _foreign(headers: dict[str, str]) -> str:

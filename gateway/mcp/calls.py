@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -37,12 +37,15 @@ from django.utils import timezone
 from mcp.server.context import ServerRequestContext
 from mcp_types import CLIENT_INFO_META_KEY
 
-from approvals.models import TERMINAL_STATUSES, Status, ToolCall, Transport
+from approvals import sql as approvals_sql
+from approvals.models import TERMINAL_STATUSES, Status, Transport
 from audit.canonical import canonical_json, sha256_hex
+from core import db
 from gateway import end_users, errors, intake, payloads
 from gateway.mcp import state
 from gateway.mcp.state import CallState
-from tools_registry.models import Agent, Tool
+from tools_registry import sql as registry_sql
+from tools_registry.models import Agent
 from tools_registry.policy import Risk
 
 WAIT_TOOL = "countersign_wait"
@@ -143,6 +146,9 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
         )
     except errors.ApiError as error:
         return Submitted(status=error.status, body=error.body(), call=None)
+    if stored.call is not None:
+        # The call as intake left it, in hand: not read again.
+        return Submitted(status=stored.status, body=stored.body, call=state.of(stored.call))
     call_id = stored.body.get("id") or (stored.body.get("call") or {}).get("id")
     call = state.read(caller.agent, UUID(call_id)) if call_id else None
     return Submitted(status=stored.status, body=stored.body, call=call)
@@ -180,25 +186,47 @@ def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
     Two identical calls at once derive the same key, and intake's key claim makes them one
     call. The suffix counts the times the same call was asked for on purpose.
     """
-    risk = Tool.objects.filter(name=bound["tool"]).values_list("risk", flat=True).first()
+    base = "mcp-auto-" + sha256_hex(canonical_json(bound))[:48]
+    recently = timezone.now() - timedelta(seconds=settings.MCP_RETRY_WINDOW_SECONDS)
+    # The tool's risk and the first of the key's calls, in one round trip.
+    risk, found = db.together(
+        registry_sql.tool_risk_statement(bound["tool"]),
+        approvals_sql.calls_by_key_statement(
+            agent.pk, _derived_keys(base, 1, DERIVED_KEYS_FIRST), recently
+        ),
+    )
     if risk in (None, Risk.READ):
         return f"mcp-{uuid4()}"
-    base = "mcp-auto-" + sha256_hex(canonical_json(bound))[:48]
-    found = _latest_derived(agent, base)
-    if found is None:
+    latest = _latest_derived(agent, base, found, recently)
+    if latest is None:
         return f"{base}.1"
-    number, latest = found
-    window = timedelta(seconds=settings.MCP_RETRY_WINDOW_SECONDS)
-    open_call = latest["status"] not in TERMINAL_STATUSES
-    recent = latest["status"] in REUSABLE_ENDINGS and latest["updated_at"] > timezone.now() - window
+    number, (status, changed_recently) = latest
+    open_call = status not in TERMINAL_STATUSES
+    recent = status in REUSABLE_ENDINGS and changed_recently
     if open_call or recent:
         return f"{base}.{number}"
     return f"{base}.{number + 1}"
 
 
-def _latest_derived(agent: Agent, base: str) -> tuple[int, dict[str, Any]] | None:
-    """The highest ``n`` of the agent's ``<base>.<n>`` keys and that call's status and
-    update time, if there is one.
+# Derived keys asked for in the first statement (which answers all but a call asked for
+# again on purpose more than this many times), and at most in any statement: four times
+# more each time all were taken, so that a call asked for a thousand times is found in
+# five statements, with four sizes of statement to prepare (SQLite takes at most 500
+# branches of a UNION).
+DERIVED_KEYS_FIRST = 4
+DERIVED_KEYS_MOST = 256
+
+
+def _derived_keys(base: str, first: int, count: int) -> list[str]:
+    return [f"{base}.{n}" for n in range(first, first + count)]
+
+
+def _latest_derived(
+    agent: Agent, base: str, found: dict[str, tuple[str, bool]], recently: datetime
+) -> tuple[int, tuple[str, bool]] | None:
+    """The highest ``n`` of the agent's ``<base>.<n>`` keys, with that call's status and
+    whether it changed since ``recently``, if there is one; ``found`` answers the first
+    ``DERIVED_KEYS_FIRST`` keys.
 
     The suffixes run 1, 2, 3 ... without gaps (each new one is the latest plus one, and a
     refused call stores nothing), so the latest is found by asking for exact keys, a few
@@ -206,23 +234,18 @@ def _latest_derived(agent: Agent, base: str) -> tuple[int, dict[str, Any]] | Non
     on (agent, key). A ``LIKE '<base>.%'`` read every call of the agent: the index's
     collation cannot serve a prefix.
     """
-    latest: tuple[int, dict[str, Any]] | None = None
-    first, count = 1, 4
-    while True:
-        keys = [f"{base}.{n}" for n in range(first, first + count)]
-        found: dict[int, dict[str, Any]] = {
-            int(row["request_key"].rsplit(".", 1)[1]): dict(row)
-            for row in ToolCall.objects.filter(agent=agent, request_key__in=keys).values(
-                "request_key", "status", "updated_at"
-            )
-        }
-        if not found:
-            return latest
-        highest = max(found)
-        latest = highest, found[highest]
+    latest: tuple[int, tuple[str, bool]] | None = None
+    first, count = 1, DERIVED_KEYS_FIRST
+    while found:
+        numbered = {int(key.rsplit(".", 1)[1]): answer for key, answer in found.items()}
+        highest = max(numbered)
+        latest = highest, numbered[highest]
         if highest < first + count - 1:
-            return latest
-        first, count = first + count, count * 4
+            break
+        first, count = first + count, min(count * 4, DERIVED_KEYS_MOST)
+        keys = _derived_keys(base, first, count)
+        found = db.one(approvals_sql.calls_by_key_statement(agent.pk, keys, recently))
+    return latest
 
 
 # --- Answers ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from uuid import UUID
 from django.conf import settings
 from django.utils import timezone
 
+from gateway import sql
 from gateway.models import McpSession
 from tools_registry.models import Agent
 
@@ -46,7 +47,7 @@ def find_session(agent: Agent, session_id: str) -> McpSession | None:
     except ValueError:
         return None
     now = timezone.now()
-    session = McpSession.objects.filter(pk=key, agent=agent, closed_at__isnull=True).first()
+    session = sql.open_mcp_session(agent_id=agent.pk, session_id=key)
     idle = timedelta(seconds=settings.MCP_SESSION_IDLE_SECONDS)
     if session is None or session.last_seen_at < now - idle:
         return None

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from approvals.guards import counted_approvals
 from approvals.models import Status, ToolCall
 from gateway import selectors
 from gateway.responses import represent_call
@@ -70,7 +71,8 @@ def status_message(call: ToolCall) -> str:
     if call.status == Status.PENDING:
         approvals = getattr(call, "approval_count", None)
         if approvals is None:
-            approvals = call.decisions.filter(verdict="approve").count()
+            # Prefetched (or known to be none, for a call just made): no query.
+            approvals = counted_approvals(call.decisions.all(), call.arguments_hash)
         expires = f"; expires {call.expires_at:%H:%M} UTC" if call.expires_at else ""
         return f"waiting for approval: {approvals} of {call.approvals_required} reviewers{expires}"
     words: dict[str, str] = {

@@ -21,6 +21,7 @@ from django.db import connections
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from audit.models import AuditEvent
+from gateway.mcp import calls
 from tests.conftest import World, sandbox_effects
 from tests.gateway.mcp.conftest import CALL_WAIT_SECONDS, connected
 from tests.support.web import WebProcess
@@ -513,6 +514,8 @@ def test_the_same_call_asked_for_again_after_each_ended_is_a_new_call_each_time(
     found."""
 
     no_wait = {"io.countersign/wait-seconds": 0}
+    # Past the keys one statement asks for: the latest is found in the next ones.
+    asked = calls.DERIVED_KEYS_FIRST + 2
 
     def end(call_id: str, status: str) -> None:
         # In one of anyio's worker threads, which outlive the test: its connection goes
@@ -530,14 +533,14 @@ def test_the_same_call_asked_for_again_after_each_ended_is_a_new_call_each_time(
                 result = await client.call_tool("send_email", EMAIL, meta=no_wait)  # type: ignore[arg-type]
                 return str(result.structured_content["id"])  # type: ignore[index]
 
-            for _ in range(6):
+            for _ in range(asked):
                 ids.append(await ask())
                 await anyio.to_thread.run_sync(end, ids[-1], Status.CANCELLED)
             await anyio.to_thread.run_sync(end, ids[-1], Status.PENDING)
             return ids, await ask()
 
     ids, again = run(main)
-    assert len(set(ids)) == 6
+    assert len(set(ids)) == asked
     keys = ToolCall.objects.order_by("created_at").values_list("request_key", flat=True)
-    assert [key.rsplit(".", 1)[1] for key in keys] == ["1", "2", "3", "4", "5", "6"]
+    assert [key.rsplit(".", 1)[1] for key in keys] == [str(n) for n in range(1, asked + 1)]
     assert again == ids[-1], "the latest, still open, is the same call"
