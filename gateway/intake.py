@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import redis
@@ -261,12 +262,24 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
 def _run_read(
     agent: Agent, key: str, call: ToolCall, admission: breaker.Admission | None
 ) -> StoredResponse:
-    """Run a committed read now, outside any transaction, with the tool's retries."""
+    """Run a committed read now, outside any transaction, with the tool's retries. Its
+    answer is stored in the transaction that stores its result."""
+    answered: list[StoredResponse] = []
+
+    def answer(finished: ToolCall) -> None:
+        response = respond_with(_without_decisions(finished))
+        idempotency.complete(agent=agent, key=key, response=response, call=finished)
+        transaction.on_commit(partial(answered.append, response))
+
     try:
-        if runner.execute(call.pk) is None:
+        if runner.execute(call.pk, also=answer) is None:
             # Refused at the claim (the tool or agent was switched off meanwhile): it never
             # ran, so a half-open probe slot it held is handed back, not left to its lease.
             breaker.release(admission)
+        if answered:
+            return answered[0]
+        # No result stored with an answer: refused at the claim, or its worker's lease was
+        # taken over (the result was discarded). The answer is the call as it stands.
         stored = approvals_sql.read_call(call.pk)
         assert stored is not None, "calls are never deleted"
         stored.tool, stored.agent = call.tool, call.agent  # the same rows, not read again

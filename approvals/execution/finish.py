@@ -4,6 +4,7 @@ worker that went silent past its lease."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,11 @@ class Outcome:
     tries: int = 1
 
 
-def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
+# Runs inside the transaction that stores an outcome, with the call as finished.
+Also = Callable[[ToolCall], None]
+
+
+def finish_call(*, claim: Claim, outcome: Outcome, also: Also | None = None) -> bool:
     """Store the outcome if the claim is still current; False for a stale (fenced-off) worker.
 
     No lock and no read: the door's UPDATE matches only while the call is still under this
@@ -37,9 +42,12 @@ def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
     in one round trip (``transitions.move``). A worker whose lease was taken over finds
     that transaction failed, having written nothing, and writes only the audit event that
     says its result was discarded.
+
+    ``also`` runs in that transaction, after the outcome's writes, with the call as
+    finished: what it writes commits with the result, or not at all.
     """
     try:
-        _store(claim, outcome)
+        _store(claim, outcome, also)
     except DatabaseError as exc:
         if not transitions.not_moved(exc, claim.call):
             raise
@@ -49,7 +57,7 @@ def finish_call(*, claim: Claim, outcome: Outcome) -> bool:
 
 
 @transaction.atomic
-def _store(claim: Claim, outcome: Outcome) -> None:
+def _store(claim: Claim, outcome: Outcome, also: Also | None) -> None:
     call = copy.copy(claim.call)  # the call as claimed; the claim itself stays as it was
     escalate = outcome.status == Status.FAILED and call.risk == Risk.DESTRUCTIVE
     transitions.move(
@@ -68,6 +76,8 @@ def _store(claim: Claim, outcome: Outcome) -> None:
     if escalate:
         # Never retried automatically: the call waits on the "needs attention" page.
         events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
+    if also is not None:
+        also(call)
 
 
 @transaction.atomic

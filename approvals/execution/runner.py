@@ -38,7 +38,7 @@ from tenacity import (
 
 from approvals import hooks
 from approvals.execution.claim import Claim, claim_call
-from approvals.execution.finish import Outcome, finish_call
+from approvals.execution.finish import Also, Outcome, finish_call
 from approvals.models import Status
 from audit.masking import mask_text
 from tools_registry import registry, sources
@@ -52,8 +52,10 @@ logger = logging.getLogger(__name__)
 READ_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=READ_BACKOFF_MAX_SECONDS, jitter=0.2)
 
 
-def execute(call_id: UUID) -> Outcome | None:
-    """Claim, run and finish one call. Returns None when another delivery has it."""
+def execute(call_id: UUID, *, also: Also | None = None) -> Outcome | None:
+    """Claim, run and finish one call. Returns None when another delivery has it.
+
+    ``also`` runs in the transaction that stores the outcome (``finish.finish_call``)."""
     claim = claim_call(call_id=call_id)
     if claim is None:
         logger.info(
@@ -61,7 +63,7 @@ def execute(call_id: UUID) -> Outcome | None:
         )
         return None
     outcome = run_handler(claim)
-    if not finish_call(claim=claim, outcome=outcome):
+    if not finish_call(claim=claim, outcome=outcome, also=also):
         logger.warning(
             "call %s: lease lost (fence %s) before the result was stored", call_id, claim.fence
         )
