@@ -19,8 +19,10 @@ from tools_registry.models import Agent, Tool
 
 
 def insert_call(call: ToolCall) -> None:
-    """``ToolCall.objects.create()`` without composing the INSERT each time."""
-    db.insert(call)
+    """``ToolCall.objects.create()`` without composing the INSERT each time, sent with the
+    transaction's next statement or its COMMIT (``db.insert_later``): a new call's INSERT
+    goes with its audit event. A second call with its agent's request key fails there."""
+    db.insert_later(call)
 
 
 def lock_call(call_id: UUID) -> ToolCall | None:
@@ -348,7 +350,10 @@ def calls_by_key_statement(
     does, so that every key is answered by the unique key's index."""
     since_param = db.db_time(since)
     params = [value for key in keys for value in (since_param, agent_id, key)]
-    return db.Statement(_calls_by_key_sql(len(keys)), params, _read_calls_by_key)
+    # Not prepared: before the call table's first ANALYZE, a cached generic plan takes the
+    # agent's session index as readily as the unique key's and reads every call of the agent
+    # (tests/test_indexes.py); planned with its values, the unique key answers.
+    return db.Statement(_calls_by_key_sql(len(keys)), params, _read_calls_by_key, prepared=False)
 
 
 def _read_calls_by_key(cursor: Any) -> dict[str, tuple[str, bool]]:

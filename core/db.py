@@ -36,15 +36,17 @@ from psycopg import pq
 
 class _Preparing:
     """Runs ``execute`` with ``prepare=True``: psycopg prepares it unless the connection's
-    ``prepare_threshold`` is None (``DB_PREPARED_STATEMENTS=0``)."""
+    ``prepare_threshold`` is None (``DB_PREPARED_STATEMENTS=0``). With ``prepare`` False
+    (``Statement.prepared``), never: the statement is planned with its values each time."""
 
     cursor: Any
     db: Any
+    prepare: bool = True
 
     def _execute(self, sql: str, params: Any, *ignored_wrapper_args: Any) -> Any:
         self.db.validate_no_broken_transaction()
         with self.db.wrap_database_errors:
-            return self.cursor.execute(sql, params, prepare=True)
+            return self.cursor.execute(sql, params, prepare=self.prepare)
 
 
 class _PreparingCursor(_Preparing, CursorWrapper):
@@ -66,9 +68,10 @@ def _connection() -> Any:
 
 
 @contextmanager
-def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
+def statement(sql: str, params: Sequence[Any], *, prepared: bool = True) -> Iterator[Any]:
     """Run one hot-path statement in the current transaction; yields its cursor. Statements
-    waiting to be sent (``later``) go first, in the same round trip."""
+    waiting to be sent (``later``) go first, in the same round trip. ``prepared``: see
+    ``Statement``."""
     connection = _connection()
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
@@ -78,12 +81,14 @@ def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
     connection.ensure_connection()
     waiting = _take_later(connection)
     if waiting or _begins_transaction(connection.connection):
-        with _pipelined(connection, waiting, [Statement(sql, params, unread)]) as (cursor,):
+        only = Statement(sql, params, unread, prepared=prepared)
+        with _pipelined(connection, waiting, [only]) as (cursor,):
             yield cursor
         return
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     with wrapper(psycopg.Cursor(connection.connection), connection) as cursor:
+        cursor.prepare = prepared
         cursor.execute(sql, params)
         yield cursor
 
@@ -96,11 +101,15 @@ class Statement[T]:
     sql: str
     params: Sequence[Any]
     read: Callable[[Any], T]
+    # False: never prepared, planned with its values each time. For a lookup whose cached
+    # generic plan could take another index than the unique one it is meant for, while the
+    # table has no statistics yet (tests/test_indexes.py).
+    prepared: bool = True
 
 
 def one[T](query: Statement[T]) -> T:
     """Run one statement in the current transaction; its answer."""
-    with statement(query.sql, query.params) as cursor:
+    with statement(query.sql, query.params, prepared=query.prepared) as cursor:
         return query.read(cursor)
 
 
@@ -182,6 +191,7 @@ def _pipelined(
                 commands.append(_command(raw, raw._get_tx_start_command()))
             for query in (*waiting, *queries):
                 cursor = wrapper(psycopg.Cursor(raw), connection)
+                cursor.prepare = query.prepared
                 cursors.append(cursor)
                 cursor.execute(query.sql, query.params)
             if commit:
@@ -279,6 +289,18 @@ def _insert_sql(model: type[Model], vendor: str) -> str:
 def insert(obj: Model) -> Model:
     """INSERT one new model instance, as ``obj.save()`` would, and mark it saved."""
     return one(insert_statement(obj))
+
+
+def insert_later(obj: Model) -> None:
+    """``insert`` sent with the transaction's next statement or its COMMIT (``later``), for
+    an instance whose primary key is set before the INSERT, so that nothing waits for its
+    answer. The instance counts as saved from now on; an INSERT that fails (a unique key)
+    fails the statement it went with, or the COMMIT, and so the transaction."""
+    if _insertable(type(obj))[1] is not None:
+        raise ValueError(f"{type(obj).__name__}'s primary key comes from the database")
+    later(insert_statement(obj))
+    obj._state.adding = False
+    obj._state.db = _connection().alias
 
 
 def insert_statement[M: Model](obj: M) -> Statement[M]:

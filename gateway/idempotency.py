@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from enum import Enum
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -134,8 +135,19 @@ def answer_for(
     raise errors.idempotency_key_in_use()
 
 
-def complete(*, agent: Agent, key: str, response: StoredResponse, call: ToolCall | None) -> None:
-    """Store the response to replay. Runs inside the caller's transaction where it has one."""
+def complete(
+    *,
+    agent: Agent,
+    key: str,
+    response: StoredResponse,
+    call: ToolCall | None,
+    stored: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Store the response to replay. Runs inside the caller's transaction where it has one.
+
+    ``stored`` is called with the body as the database keeps it, as replays will answer it,
+    once the database has answered: PostgreSQL keeps a JSON object's keys in an order of
+    its own, and an answer that is to read like its replays is sent as stored."""
     sql.complete_key(
         agent_id=agent.pk,
         key=key,
@@ -144,6 +156,7 @@ def complete(*, agent: Agent, key: str, response: StoredResponse, call: ToolCall
         headers=response.headers,
         call_id=call.pk if call else None,
         now=timezone.now(),
+        stored=stored,
     )
 
 

@@ -22,9 +22,8 @@ nothing from any window (see ``limits.hit``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import redis
@@ -132,6 +131,16 @@ def submit(
                 if isinstance(opened_or_replay, StoredResponse):
                     return opened_or_replay  # committed with the answer it stored
                 answer = _accept(request, opened_or_replay)
+    except IntegrityError as exc:
+        breaker.release(request.admission)
+        if KEY_CONSTRAINT not in str(exc):
+            raise
+        # The key's record was swept (IDEMPOTENCY_KEY_TTL) but the call it created keeps
+        # the key: refused, never a second call. The new call's INSERT failed the
+        # transaction (at its COMMIT, which it went with), so nothing of it stays.
+        refused = Refused(errors.idempotency_key_expired(), request.tool)
+        _audit_refusal(agent, payload, refused, origin, end_user)
+        raise refused.error from None
     except _KeyTaken:
         return idempotency.answer_for(
             agent=agent,
@@ -160,6 +169,7 @@ class _Request:
     end_user: role_scopes.EndUser
     origin: Origin
     admission: breaker.Admission | None = None
+    tool: Tool | None = None  # once checked
 
 
 @dataclass(frozen=True)
@@ -245,7 +255,7 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
     (or a call approved at once) is answered now: its stored response. A read is returned,
     committed, to be run."""
     agent, key, payload = request.agent, request.key, request.payload
-    tool = _allowed_tool(agent, payload, request.end_user, opened.tool)
+    tool = request.tool = _allowed_tool(agent, payload, request.end_user, opened.tool)
     request.admission = _admit(tool)
     if not opened.round_counted:
         raise Refused(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
@@ -268,8 +278,20 @@ def _run_read(
 
     def answer(finished: ToolCall) -> None:
         response = respond_with(_without_decisions(finished))
-        idempotency.complete(agent=agent, key=key, response=response, call=finished)
-        transaction.on_commit(partial(answered.append, response))
+        kept: list[dict[str, Any]] = []  # the body as stored, read with the COMMIT's answer
+
+        def committed() -> None:
+            # The agent's answer reads exactly like its replays (the result's keys in the
+            # order the database keeps them), and so does the call MCP answers from.
+            body = kept[0] if kept else response.body
+            if response.status == 200:
+                finished.result = body.get("result")
+            answered.append(replace(response, body=body))
+
+        idempotency.complete(
+            agent=agent, key=key, response=response, call=finished, stored=kept.append
+        )
+        transaction.on_commit(committed)
 
     try:
         if runner.execute(call.pk, also=answer) is None:
@@ -382,12 +404,6 @@ def _create(
             ),
             tool,
         ) from None
-    except IntegrityError as exc:
-        # The key's record was swept (IDEMPOTENCY_KEY_TTL) but the call it created keeps
-        # the key: refused, never a second call. The transaction is rolled back whole.
-        if KEY_CONSTRAINT in str(exc):
-            raise Refused(errors.idempotency_key_expired(), tool) from None
-        raise
     return _without_decisions(call)
 
 

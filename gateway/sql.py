@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -72,12 +73,21 @@ def complete_key(
     headers: dict[str, str],
     call_id: UUID | None,
     now: datetime,
+    stored: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Store the response a key replays; in a transaction, sent with its next statement
-    or its COMMIT (``core.db.later``)."""
+    or its COMMIT (``core.db.later``). ``stored`` gets the body as stored, when the
+    statement's answer is read."""
+
+    def read_stored(cursor: Any) -> None:
+        row = cursor.fetchone()
+        if stored is not None and row is not None:
+            kept = json.loads(row[0]) if isinstance(row[0], str | bytes) else row[0]
+            stored(kept["body"])
+
     db.later(
         db.Statement(
-            _complete_key_sql(connection.vendor),
+            _complete_key_sql(connection.vendor, returning=stored is not None),
             [
                 str(IdempotencyRecord.State.COMPLETE),
                 status,
@@ -87,22 +97,23 @@ def complete_key(
                 agent_id,
                 key,
             ],
-            db.unread,
+            db.unread if stored is None else read_stored,
         )
     )
 
 
 @cache
-def _complete_key_sql(vendor: str) -> str:
+def _complete_key_sql(vendor: str, *, returning: bool) -> str:
     def col(name: str) -> str:
         return db.column(IdempotencyRecord, name)
 
     as_json = "%s::jsonb" if vendor == "postgresql" else "%s"  # SQLite stores JSON as text
+    back = f" RETURNING {col('response_body')}" if returning else ""
     return (
         f"UPDATE {db.table(IdempotencyRecord)} SET {col('state')} = %s, "  # noqa: S608
         f"{col('response_status')} = %s, {col('response_body')} = {as_json}, "
         f"{col('call')} = %s, {col('completed_at')} = %s "
-        f"WHERE {col('agent')} = %s AND {col('key')} = %s"
+        f"WHERE {col('agent')} = %s AND {col('key')} = %s{back}"
     )
 
 
@@ -140,18 +151,22 @@ def _count_round_sql() -> str:
 def open_mcp_session(*, agent_id: int, session_id: UUID) -> McpSession | None:
     """The agent's MCP session with this id if it was not closed (every MCP request after
     ``initialize`` reads it)."""
-    params = [*db.lookup_values(McpSession, {"id": session_id}), agent_id]
-    with db.statement(_open_mcp_session_sql(), params) as cursor:
+    params = db.lookup_values(McpSession, {"id": session_id})
+    with db.statement(_mcp_session_sql(), params) as cursor:
         row = cursor.fetchone()
-    return None if row is None else db.from_row(McpSession, row)
+    if row is None:
+        return None
+    session = db.from_row(McpSession, row)
+    # The agent and the closing are checked here, not in the statement: with only the
+    # primary key in it, no plan can take the agent's index for it.
+    if session.agent_id != agent_id or session.closed_at is not None:
+        return None
+    return session
 
 
 @cache
-def _open_mcp_session_sql() -> str:
-    def col(name: str) -> str:
-        return db.column(McpSession, name)
-
+def _mcp_session_sql() -> str:
     return (
         f"SELECT {db.columns(McpSession, 's')} FROM {db.table(McpSession)} s "  # noqa: S608
-        f"WHERE s.{col('id')} = %s AND s.{col('agent')} = %s AND s.{col('closed_at')} IS NULL"
+        f"WHERE s.{db.column(McpSession, 'id')} = %s"
     )

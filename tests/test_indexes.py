@@ -25,9 +25,11 @@ from django.db import connection
 from django.utils import timezone
 
 from approvals import sql as approvals_sql
-from approvals.models import KnownCounterparty
+from approvals.models import KnownCounterparty, ToolCall
+from core import db
 from gateway import sql as gateway_sql
 from gateway.models import IdempotencyRecord
+from tests.approvals.conftest import make_call
 from tests.conftest import World
 from tests.support import ROOT
 
@@ -110,7 +112,10 @@ def _scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("generic_plans")
-def test_storing_a_keys_response_reads_that_keys_record_alone(world: World) -> None:
+@pytest.mark.parametrize("returning", [False, True], ids=["plain", "returning"])
+def test_storing_a_keys_response_reads_that_keys_record_alone(
+    world: World, returning: bool
+) -> None:
     now = timezone.now()
     IdempotencyRecord.objects.bulk_create(
         IdempotencyRecord(
@@ -132,7 +137,7 @@ def test_storing_a_keys_response_reads_that_keys_record_alone(world: World) -> N
         "earlier-7",
     ]
 
-    scans = _run_prepared(gateway_sql._complete_key_sql("postgresql"), params)
+    scans = _run_prepared(gateway_sql._complete_key_sql("postgresql", returning=returning), params)
 
     assert [s["Relation Name"] for s in scans] == [IdempotencyRecord._meta.db_table]
     assert scans[0]["Actual Rows"] == 1
@@ -172,3 +177,41 @@ def test_known_counterparties_are_found_among_many_and_repeated_fingerprints(
     found = approvals_sql.known_counterparties(world.agent.pk, asked)
 
     assert found == {f"{n:032x}" for n in range(0, 60, 3)}
+
+
+@pytest.mark.django_db
+def test_looking_up_calls_by_request_key_reads_those_alone(world: World) -> None:
+    """MCP's derived keys (gateway.mcp.calls): each key a lookup of the unique key. The
+    agent's session index starts with the same column, and before the table's first ANALYZE
+    a generic plan takes either: the statement is never prepared, so each run is planned
+    with its values, which the unique key answers."""
+    first = make_call(world)
+    ToolCall.objects.bulk_create(
+        ToolCall(
+            **{
+                **{f.attname: getattr(first, f.attname) for f in ToolCall._meta.concrete_fields},
+                "id": uuid.uuid4(),
+                "request_key": f"earlier-{n}",
+            }
+        )
+        for n in range(300)
+    )
+    keys = ["earlier-7", "earlier-9999"]
+    since = timezone.now() - timedelta(minutes=5)
+    query = approvals_sql.calls_by_key_statement(world.agent.pk, keys, since)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        (prepared_before,) = cursor.fetchone()
+        for _ in range(6):  # past psycopg's threshold for preparing a statement run often
+            assert db.one(query) == {"earlier-7": (first.status, True)}
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone() == (prepared_before,), "never prepared"
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query.sql}", query.params)
+        (plan,) = cursor.fetchone()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    scans = list(_scans(plan[0]["Plan"]))
+    assert {s["Relation Name"] for s in scans} == {ToolCall._meta.db_table}
+    assert {s["Index Name"] for s in scans} == {"call_unique_request_key"}, json.dumps(scans)
+    assert sum(s.get("Rows Removed by Filter", 0) for s in scans) == 0, json.dumps(scans)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
+from audit.models import AuditEvent
 from gateway.models import IdempotencyRecord
 from tests.conftest import ApiClient, World
 from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL, in_threads
@@ -198,3 +199,27 @@ def test_a_missing_or_malformed_key_is_refused(world: World) -> None:
 
 def test_a_key_of_255_printable_characters_is_accepted(world: World) -> None:
     assert world.api().submit(SEND_EMAIL, key="k" * 255).status_code == 202
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("body", [SEND_EMAIL, GET_CUSTOMER], ids=["write", "read"])
+def test_a_key_whose_record_was_swept_is_refused_and_its_call_stays_the_only_one(
+    live_world: World, body: dict
+) -> None:
+    """Past IDEMPOTENCY_KEY_TTL the key's record is swept, but the call it created keeps
+    the key: the same key again is refused (422), nothing else is written, and the
+    refusal is audited; a new key makes a new call."""
+    first = live_world.api().submit(body, key="k-old")
+    assert first.status_code in (200, 202), first.content
+    IdempotencyRecord.objects.filter(key="k-old").delete()  # what the sweep does past the TTL
+    refused = live_world.api().submit(body, key="k-old")
+    assert refused.status_code == 422, refused.content
+    assert refused.json()["error"]["code"] == "idempotency_key_expired"
+    assert ToolCall.objects.filter(request_key="k-old").count() == 1
+    assert ToolCall.objects.count() == 1
+    assert not IdempotencyRecord.objects.filter(key="k-old").exists(), "rolled back whole"
+    (audited,) = AuditEvent.objects.filter(action="call.refused")
+    assert (audited.outcome, audited.tool_name) == ("idempotency_key_expired", body["tool"])
+    again = live_world.api().submit(body, key="k-new")
+    assert again.status_code == first.status_code
+    assert ToolCall.objects.count() == 2
