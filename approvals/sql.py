@@ -350,10 +350,7 @@ def calls_by_key_statement(
     does, so that every key is answered by the unique key's index."""
     since_param = db.db_time(since)
     params = [value for key in keys for value in (since_param, agent_id, key)]
-    # Not prepared: before the call table's first ANALYZE, a cached generic plan takes the
-    # agent's session index as readily as the unique key's and reads every call of the agent
-    # (tests/test_indexes.py); planned with its values, the unique key answers.
-    return db.Statement(_calls_by_key_sql(len(keys)), params, _read_calls_by_key, prepared=False)
+    return db.Statement(_calls_by_key_sql(len(keys)), params, _read_calls_by_key)
 
 
 def _read_calls_by_key(cursor: Any) -> dict[str, tuple[str, bool]]:

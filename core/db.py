@@ -36,17 +36,15 @@ from psycopg import pq
 
 class _Preparing:
     """Runs ``execute`` with ``prepare=True``: psycopg prepares it unless the connection's
-    ``prepare_threshold`` is None (``DB_PREPARED_STATEMENTS=0``). With ``prepare`` False
-    (``Statement.prepared``), never: the statement is planned with its values each time."""
+    ``prepare_threshold`` is None (``DB_PREPARED_STATEMENTS=0``)."""
 
     cursor: Any
     db: Any
-    prepare: bool = True
 
     def _execute(self, sql: str, params: Any, *ignored_wrapper_args: Any) -> Any:
         self.db.validate_no_broken_transaction()
         with self.db.wrap_database_errors:
-            return self.cursor.execute(sql, params, prepare=self.prepare)
+            return self.cursor.execute(sql, params, prepare=True)
 
 
 class _PreparingCursor(_Preparing, CursorWrapper):
@@ -68,10 +66,9 @@ def _connection() -> Any:
 
 
 @contextmanager
-def statement(sql: str, params: Sequence[Any], *, prepared: bool = True) -> Iterator[Any]:
+def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
     """Run one hot-path statement in the current transaction; yields its cursor. Statements
-    waiting to be sent (``later``) go first, in the same round trip. ``prepared``: see
-    ``Statement``."""
+    waiting to be sent (``later``) go first, in the same round trip."""
     connection = _connection()
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
@@ -81,14 +78,12 @@ def statement(sql: str, params: Sequence[Any], *, prepared: bool = True) -> Iter
     connection.ensure_connection()
     waiting = _take_later(connection)
     if waiting or _begins_transaction(connection.connection):
-        only = Statement(sql, params, unread, prepared=prepared)
-        with _pipelined(connection, waiting, [only]) as (cursor,):
+        with _pipelined(connection, waiting, [Statement(sql, params, unread)]) as (cursor,):
             yield cursor
         return
     connection.validate_thread_sharing()
     wrapper = _PreparingDebugCursor if connection.queries_logged else _PreparingCursor
     with wrapper(psycopg.Cursor(connection.connection), connection) as cursor:
-        cursor.prepare = prepared
         cursor.execute(sql, params)
         yield cursor
 
@@ -101,15 +96,11 @@ class Statement[T]:
     sql: str
     params: Sequence[Any]
     read: Callable[[Any], T]
-    # False: never prepared, planned with its values each time. For a lookup whose cached
-    # generic plan could take another index than the unique one it is meant for, while the
-    # table has no statistics yet (tests/test_indexes.py).
-    prepared: bool = True
 
 
 def one[T](query: Statement[T]) -> T:
     """Run one statement in the current transaction; its answer."""
-    with statement(query.sql, query.params, prepared=query.prepared) as cursor:
+    with statement(query.sql, query.params) as cursor:
         return query.read(cursor)
 
 
@@ -191,7 +182,6 @@ def _pipelined(
                 commands.append(_command(raw, raw._get_tx_start_command()))
             for query in (*waiting, *queries):
                 cursor = wrapper(psycopg.Cursor(raw), connection)
-                cursor.prepare = query.prepared
                 cursors.append(cursor)
                 cursor.execute(query.sql, query.params)
             if commit:
