@@ -8,7 +8,8 @@ Idempotency-Key, check the tool (unknown, not allowed, not allowed for the end u
 roles, disabled, invalid arguments), the tool's circuit breaker, take the session's round
 and the rate limits, create the call with its audit event, store the response. A write
 commits once, with everything. A read commits the same way with its call ``received`` and
-its key ``in_flight``, then runs outside any transaction, then stores its response.
+its key ``in_flight``, then runs outside any transaction; its response is stored in the
+transaction that stores its result (``runner.execute``'s ``also``).
 
 The statements that do not depend on each other's answers (the run lock, the key, the
 tool, the round, the standing approvals) go to PostgreSQL together, in one round trip
@@ -133,7 +134,7 @@ def submit(
                 answer = _accept(request, opened_or_replay)
     except IntegrityError as exc:
         breaker.release(request.admission)
-        if KEY_CONSTRAINT not in str(exc):
+        if not _request_key_taken(exc):
             raise
         # The key's record was swept (IDEMPOTENCY_KEY_TTL) but the call it created keeps
         # the key: refused, never a second call. The new call's INSERT failed the
@@ -158,6 +159,13 @@ def submit(
     if isinstance(answer, StoredResponse):
         return answer
     return _run_read(agent, key, answer, request.admission)
+
+
+def _request_key_taken(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is the agent's request key on a call already: PostgreSQL names the
+    constraint, SQLite (the embedded mode) its columns."""
+    columns = ", ".join(f"{ToolCall._meta.db_table}.{c}" for c in ("agent_id", "request_key"))
+    return KEY_CONSTRAINT in str(exc) or f"UNIQUE constraint failed: {columns}" in str(exc)
 
 
 @dataclass

@@ -210,9 +210,9 @@ def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:
 
 # Derived keys asked for in the first statement (which answers all but a call asked for
 # again on purpose more than this many times), and at most in any statement: four times
-# more each time all were taken, so that a call asked for a thousand times is found in
-# five statements, with four sizes of statement to prepare (SQLite takes at most 500
-# branches of a UNION).
+# more each time all were taken, up to the most: a call asked for 340 times is found in
+# four statements, a thousand times in seven, with four sizes of statement to prepare
+# (SQLite takes at most 500 branches of a UNION).
 DERIVED_KEYS_FIRST = 4
 DERIVED_KEYS_MOST = 256
 

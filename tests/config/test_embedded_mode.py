@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -167,6 +168,28 @@ def test_an_approved_refund_runs_once_in_the_embedded_mode(
         for e in refunds
         if e["idempotency_key"] == f"countersign-{call_id}"
     ] == [(f"countersign-{call_id}", 1)]
+
+
+def test_a_key_whose_record_was_swept_is_refused_in_the_embedded_mode(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    """SQLite names a unique key's columns, not its constraint: the same 422 as on
+    PostgreSQL (tests/gateway/test_idempotency.py), not an internal error."""
+    base, var_dir, _ = embedded_app
+    token = (var_dir / "demo_agent_token").read_text().strip()
+    agent = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+    body = {"tool": "get_customer", "arguments": {"customer_id": "cus_0002"}, "session_id": "e-1"}
+    first = agent.post(
+        "/api/v1/tool-calls", headers={"Idempotency-Key": "embedded-swept"}, json=body
+    )
+    assert first.status_code == 200, first.text
+    with sqlite3.connect(var_dir / "countersign.sqlite3") as db:  # what the sweep does
+        db.execute("DELETE FROM approvals_idempotencyrecord WHERE key = 'embedded-swept'")
+    again = agent.post(
+        "/api/v1/tool-calls", headers={"Idempotency-Key": "embedded-swept"}, json=body
+    )
+    assert again.status_code == 422, again.text
+    assert again.json()["error"]["code"] == "idempotency_key_expired"
 
 
 def test_an_mcp_client_gets_an_approved_email_sent_once_in_the_embedded_mode(
