@@ -23,6 +23,8 @@ nothing from any window (see ``limits.hit``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -119,7 +121,7 @@ def submit(
     request = _Request(agent, key, request_hash, payload, end_user, origin)
     try:
         try:
-            with transaction.atomic():
+            with _key_expired_refused(request), transaction.atomic():
                 opened = _open_new(request)
                 if opened is None:
                     # The key is not new: this transaction (its round counted with the
@@ -127,21 +129,11 @@ def submit(
                     raise _KeyNotNew
                 answer = _accept(request, opened)
         except _KeyNotNew:
-            with transaction.atomic():
+            with _key_expired_refused(request), transaction.atomic():
                 opened_or_replay = _open_existing(request)
                 if isinstance(opened_or_replay, StoredResponse):
                     return opened_or_replay  # committed with the answer it stored
                 answer = _accept(request, opened_or_replay)
-    except IntegrityError as exc:
-        breaker.release(request.admission)
-        if not _request_key_taken(exc):
-            raise
-        # The key's record was swept (IDEMPOTENCY_KEY_TTL) but the call it created keeps
-        # the key: refused, never a second call. The new call's INSERT failed the
-        # transaction (at its COMMIT, which it went with), so nothing of it stays.
-        refused = Refused(errors.idempotency_key_expired(), request.tool)
-        _audit_refusal(agent, payload, refused, origin, end_user)
-        raise refused.error from None
     except _KeyTaken:
         return idempotency.answer_for(
             agent=agent,
@@ -159,6 +151,20 @@ def submit(
     if isinstance(answer, StoredResponse):
         return answer
     return _run_read(agent, key, answer, request.admission)
+
+
+@contextmanager
+def _key_expired_refused(request: _Request) -> Iterator[None]:
+    """Around a submission's transaction (entered before it, so left after its COMMIT): the
+    key's record was swept (IDEMPOTENCY_KEY_TTL) but the call it created keeps the key, so
+    the new call's INSERT, sent with the COMMIT, failed the transaction whole. Refused
+    like any other refusal, never a second call."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if not _request_key_taken(exc):
+            raise
+        raise Refused(errors.idempotency_key_expired(), request.tool) from None
 
 
 def _request_key_taken(exc: IntegrityError) -> bool:
@@ -290,11 +296,8 @@ def _run_read(
 
         def committed() -> None:
             # The agent's answer reads exactly like its replays (the result's keys in the
-            # order the database keeps them), and so does the call MCP answers from.
-            body = kept[0] if kept else response.body
-            if response.status == 200:
-                finished.result = body.get("result")
-            answered.append(replace(response, body=body))
+            # order the database keeps them).
+            answered.append(replace(response, body=kept[0] if kept else response.body))
 
         idempotency.complete(
             agent=agent, key=key, response=response, call=finished, stored=kept.append

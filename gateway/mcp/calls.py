@@ -146,10 +146,13 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
         )
     except errors.ApiError as error:
         return Submitted(status=error.status, body=error.body(), call=None)
+    # The call's representation: the answer itself, or in a refusal's "call".
+    body = stored.body.get("call", stored.body)
     if stored.call is not None:
-        # The call as intake left it, in hand: not read again.
-        return Submitted(status=stored.status, body=stored.body, call=state.of(stored.call))
-    call_id = stored.body.get("id") or (stored.body.get("call") or {}).get("id")
+        # The call as intake left it, in hand, and as its answer shows it: neither is read
+        # or made again.
+        return Submitted(stored.status, stored.body, state.of(stored.call, body))
+    call_id = body.get("id")
     call = state.read(caller.agent, UUID(call_id)) if call_id else None
     return Submitted(status=stored.status, body=stored.body, call=call)
 

@@ -45,15 +45,16 @@ class CallState:
         return TASK_STATUS.get(self.status, "working")
 
 
-def of(call: ToolCall) -> CallState:
-    """The state of ``call``, which must carry its tool (and reads its decisions)."""
+def of(call: ToolCall, body: dict[str, Any] | None = None) -> CallState:
+    """The state of ``call``, which must carry its tool (and reads its decisions); ``body``:
+    the REST API's representation of it, if the caller has it already."""
     return CallState(
         id=call.pk,
         tool=call.tool.name,
         risk=call.risk,
         status=call.status,
         terminal=call.is_terminal,
-        body=represent_call(call),
+        body=represent_call(call) if body is None else body,
         status_message=status_message(call),
         created_at=call.created_at,
         updated_at=call.updated_at,
