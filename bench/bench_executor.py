@@ -11,7 +11,9 @@ each) serve every task from one queue on the same broker, in the same run:
   transaction, with no claim, fence or audit: ``bench/_executor_baselines.py``); N approved
   send_email calls sent at once (every other round in the reverse order). Tasks done per
   second, from the first send to the last done; the executor's ratio to each baseline
-  within the round, and the median of each figure over the rounds;
+  within the round, and the median of each figure over the rounds; and where each
+  phase's CPU went, in milliseconds per task, by kind of process (the workers, PostgreSQL,
+  Redis, this driver: ``bench/_cpu.py``), so that a ratio comes with its reason;
 * latency: calls approved through the decision service at a steady pace (the real path:
   commit, then send), from the approval to the stored result, versus no-op tasks sent at
   the same pace, from the send to the run: p50 and p99.
@@ -29,8 +31,12 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from _cpu import CpuTally
+from _cpu import line as cpu_line
 from _scratch import drop_database, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +98,15 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 POLL_SECONDS = 0.5
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A throughput run: tasks done per second, and the CPU they took (ms per task by kind
+    of process, ``_cpu.CpuTally``; empty in the warm-up, which nobody reads)."""
+
+    rate: float
+    cpu: dict[str, float]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -137,7 +152,7 @@ class World:
         decide(call_id=call_id, reviewer=self.reviewer, verdict="approve")
 
 
-def executor_throughput(world: World, n: int, queue: str) -> float:
+def executor_throughput(world: World, n: int, queue: str, tally: CpuTally | None = None) -> Phase:
     from django.db.models import Max
 
     from approvals.execution import send
@@ -154,6 +169,7 @@ def executor_throughput(world: World, n: int, queue: str) -> float:
     finally:
         send.send_execution = held
     limits = {call_id: send.time_limits(call_id) for call_id in ids}
+    before = tally.snapshot() if tally else {}
     started = time.time()
     with app.producer_or_acquire() as producer:
         for call_id in ids:
@@ -163,11 +179,12 @@ def executor_throughput(world: World, n: int, queue: str) -> float:
     calls = ToolCall.objects.filter(pk__in=ids)
     while calls.filter(status=Status.SUCCEEDED).count() < n:
         time.sleep(POLL_SECONDS)
+    cpu = tally.per_task(before, tally.snapshot(), n) if tally else {}
     finished = calls.aggregate(last=Max("finished_at"))["last"].timestamp()
-    return n / (finished - started)
+    return Phase(n / (finished - started), cpu)
 
 
-def noop_throughput(n: int, queue: str) -> float:
+def noop_throughput(n: int, queue: str, tally: CpuTally | None = None) -> Phase:
     import redis
 
     from bench._executor_baselines import noop
@@ -175,18 +192,20 @@ def noop_throughput(n: int, queue: str) -> float:
 
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     key = f"bench:noop:{uuid.uuid4().hex}"
+    before = tally.snapshot() if tally else {}
     started = time.time()
     with app.producer_or_acquire() as producer:
         for _ in range(n):
             noop.apply_async((key, time.time()), queue=queue, producer=producer)
     while client.llen(key) < n:
         time.sleep(POLL_SECONDS)
+    cpu = tally.per_task(before, tally.snapshot(), n) if tally else {}
     finished = max(float(item.split()[1]) for item in client.lrange(key, 0, -1))
     client.delete(key)
-    return n / (finished - started)
+    return Phase(n / (finished - started), cpu)
 
 
-def same_effect_throughput(n: int, queue: str) -> float:
+def same_effect_throughput(n: int, queue: str, tally: CpuTally | None = None) -> Phase:
     """N tasks that each make the sandbox write of one executed send_email call."""
     import redis
 
@@ -199,6 +218,7 @@ def same_effect_throughput(n: int, queue: str) -> float:
         (str(uuid.uuid4()), {"to": f"c{i}@example.com", "subject": "Hello", "body": "Hi."})
         for i in range(n)
     ]
+    before = tally.snapshot() if tally else {}
     started = time.time()
     with app.producer_or_acquire() as producer:
         for call_id, arguments in tasks:
@@ -207,9 +227,10 @@ def same_effect_throughput(n: int, queue: str) -> float:
             )
     while client.llen(key) < n:
         time.sleep(POLL_SECONDS)
+    cpu = tally.per_task(before, tally.snapshot(), n) if tally else {}
     finished = max(float(item.split()[1]) for item in client.lrange(key, 0, -1))
     client.delete(key)
-    return n / (finished - started)
+    return Phase(n / (finished - started), cpu)
 
 
 def executor_latency(world: World, n: int, rate: float) -> list[float]:
@@ -291,6 +312,7 @@ def main() -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="countersign-bench-"))
     procs = start_workers(args.workers, queue, log_dir)
     rounds: list[dict[str, float]] = []
+    cpu_rounds: list[dict[str, dict[str, float]]] = []
     try:
         wait_ready(procs, queue)
         # Warm up every path (imports, connections, the pool) before measuring.
@@ -302,20 +324,27 @@ def main() -> int:
         print(
             f"  throughput, {args.calls} tasks each, per second from the first send to the last done"
         )
+        tally = CpuTally(
+            {"workers": [proc.pid for proc in procs]}, database=urlsplit(bench_url).path[1:]
+        )
         runs = {
-            "noop": lambda: noop_throughput(args.calls, queue),
-            "same_effect": lambda: same_effect_throughput(args.calls, queue),
-            "executor": lambda: executor_throughput(world, args.calls, queue),
+            "noop": lambda: noop_throughput(args.calls, queue, tally),
+            "same_effect": lambda: same_effect_throughput(args.calls, queue, tally),
+            "executor": lambda: executor_throughput(world, args.calls, queue, tally),
         }
         for n in range(1, args.rounds + 1):
             # Every other round runs them in reverse, so that a drift in the machine's load
             # over a round does not always favour the same side.
             order = list(runs) if n % 2 else list(reversed(runs))
-            figures = {name: runs[name]() for name in order}
+            phases = {name: runs[name]() for name in order}
+            figures = {name: phase.rate for name, phase in phases.items()}
             figures["vs_same_effect"] = figures["executor"] / figures["same_effect"]
             figures["vs_noop"] = figures["executor"] / figures["noop"]
             rounds.append(figures)
+            cpu_rounds.append({name: phase.cpu for name, phase in phases.items()})
             print(f"  round {n}  " + _throughput_line(figures))
+            for name in runs:
+                print(f"    cpu ms per task, {name:<11} " + cpu_line(phases[name].cpu))
         noop_lat = noop_latency(args.paced, args.rate, queue)
         exec_lat = executor_latency(world, args.paced, args.rate)
     finally:
@@ -335,6 +364,15 @@ def main() -> int:
         f"  executor / no-op baseline:       median {medians['vs_noop']:.2f} "
         f"(rounds {', '.join(f'{r["vs_noop"]:.2f}' for r in rounds)})"
     )
+    cpu = {
+        name: {
+            kind: round(statistics.median(r[name].get(kind, 0.0) for r in cpu_rounds), 2)
+            for kind in cpu_rounds[0][name]
+        }
+        for name in cpu_rounds[0]
+    }
+    for name, figures in cpu.items():
+        print(f"  cpu ms per task, {name:<11} median  " + cpu_line(figures))
     latency = {
         "executor_p50_ms": round(statistics.median(exec_lat) * 1000, 1),
         "executor_p99_ms": round(percentile(exec_lat, 0.99) * 1000, 1),
@@ -353,6 +391,7 @@ def main() -> int:
                 "calls": args.calls,
                 "rounds": [{k: round(v, 2) for k, v in r.items()} for r in rounds],
                 "median": {k: round(v, 2) for k, v in medians.items()},
+                "cpu_ms_per_task": cpu,
                 "paced_per_s": args.rate,
                 **latency,
             }

@@ -17,8 +17,9 @@ under uvicorn (``config.asgi``, the deployment that serves ``/mcp``) through MCP
 key, MCP makes the same call in the same session one call; a read answered with its result),
 each ratio against the bare views on the same server.
 
-Prints requests/s, p50 and p99 latency for each, each ratio per round and its median, and
-the p99 ratios.
+Prints requests/s, p50 and p99 latency for each, each ratio per round and its median, the
+p99 ratios, and where the CPU of each measured window went, in milliseconds per request, by
+kind of process (the server, PostgreSQL, Redis, this load generator: ``bench/_cpu.py``).
 
     DATABASE_URL=postgres://... REDIS_URL=redis://... python bench/bench_submit.py
 
@@ -42,10 +43,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from _cpu import CpuTally  # noqa: E402 - bench/ is on the path from here
+from _cpu import line as cpu_line  # noqa: E402
 
 READ = {
     "tool": "get_customer",
@@ -165,6 +170,8 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)
     rounds: list[Result] = field(default_factory=list)
+    # Milliseconds of CPU per answered request, by kind of process (``_cpu.CpuTally``).
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -179,6 +186,7 @@ class Result:
         return (
             f"{self.name:<7} {self.rps:8.1f} req/s   p50 {self.percentile(50):6.1f} ms   "
             f"p99 {self.percentile(99):6.1f} ms   ({len(self.latencies)} ok, {failed} failed)"
+            f"\n        cpu ms per request: {cpu_line(self.cpu)}"
         )
 
 
@@ -203,6 +211,7 @@ def drive(
     expect: int,
     args: argparse.Namespace,
     valid: Callable[[bytes], bool] | None,
+    tally: CpuTally,
 ) -> Result:
     """``args.concurrency`` keep-alive clients sending back to back for warm-up + seconds,
     once PostgreSQL's statistics are up to date (``analyze``, outside the measured time).
@@ -247,8 +256,14 @@ def drive(
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
+    time.sleep(max(0.0, measure_from - time.monotonic()))
+    before = tally.snapshot()
+    time.sleep(max(0.0, stop_at - time.monotonic()))
+    after = tally.snapshot()
     for thread in threads:
         thread.join()
+    answered = len(result.latencies) + sum(result.errors.values())
+    result.cpu = tally.per_task(before, after, max(answered, 1))
     return result
 
 
@@ -387,6 +402,9 @@ def run(args: argparse.Namespace) -> None:
     for server in args.servers.split(","):
         port = free_port()
         process = start_server(server, port, args.workers, args.threads)
+        tally = CpuTally(
+            {"server": [process.pid]}, database=urlsplit(os.environ["DATABASE_URL"]).path[1:]
+        )
         try:
             if server == "gunicorn":
                 door = "REST"
@@ -409,8 +427,8 @@ def run(args: argparse.Namespace) -> None:
                 name, request, expect, valid = measured
                 rounds: list[tuple[Result, Result]] = []
                 for _ in range(args.rounds):
-                    base = drive(bare_name, port, bare_request, bare_expect, args, None)
-                    timed = drive(name, port, request, expect, args, valid)
+                    base = drive(bare_name, port, bare_request, bare_expect, args, None, tally)
+                    timed = drive(name, port, request, expect, args, valid, tally)
                     print(f"[{server}] {base.line()}\n[{server}] {timed.line()}", flush=True)
                     rounds.append((base, timed))
                 table.append((server, kind, *merge(rounds)))
@@ -454,6 +472,10 @@ def merge(rounds: list[tuple[Result, Result]]) -> tuple[Result, Result]:
                 latencies=[x for r in runs for x in r.latencies],
                 errors={k: sum(r.errors.get(k, 0) for r in runs) for r in runs for k in r.errors},
                 rounds=runs,
+                cpu={
+                    kind: statistics.median(r.cpu.get(kind, 0.0) for r in runs)
+                    for kind in runs[0].cpu
+                },
             )
         )
     return merged[0], merged[1]
