@@ -54,18 +54,47 @@ def secret_for_typing(device: TOTPDevice) -> str:
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
 
 
-@transaction.atomic
-def start_enrolment(*, user: Any) -> TOTPDevice:
+class EnrolmentRefused(Exception):
+    """This session may not set up a new device (``may_enrol``)."""
+
+
+def may_enrol(request: HttpRequest) -> bool:
+    """Whether this session may set up a new device: when the person has none yet, or when
+    this session passed the one they have. A password alone never replaces a second factor:
+    whoever held only the password could otherwise swap in an app of their own (and the
+    owner's would be gone)."""
+    user = request.user
+    return confirmed_device(user) is None or bool(user.is_verified())  # type: ignore[union-attr]
+
+
+def _refuse_replacement(request: HttpRequest) -> None:
+    if not may_enrol(request):
+        record(action="auth.two_factor_failed", actor=request.user, outcome="replacement_refused")
+        raise EnrolmentRefused
+
+
+def start_enrolment(*, request: HttpRequest) -> TOTPDevice:
     """A new unconfirmed device (a new secret), replacing any earlier unfinished one. It
-    counts for nothing until a code from it is confirmed."""
-    TOTPDevice.objects.filter(user=user, confirmed=False).delete()
-    return TOTPDevice.objects.create(user=user, name=DEVICE_NAME, confirmed=False)
+    counts for nothing until a code from it is confirmed. ``EnrolmentRefused`` (audited)
+    unless ``may_enrol``."""
+    _refuse_replacement(request)
+    user = request.user
+    with transaction.atomic():
+        TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+        return TOTPDevice.objects.create(user=user, name=DEVICE_NAME, confirmed=False)
 
 
-@transaction.atomic
 def confirm_enrolment(*, request: HttpRequest, token: str) -> bool:
     """The first code from the new device: the device is confirmed, replaces any earlier
-    one, and this session counts as verified."""
+    one, and this session counts as verified. ``EnrolmentRefused`` (audited) unless
+    ``may_enrol``: a device set up in a verified session is confirmed only while the
+    session still may."""
+    _refuse_replacement(request)
+    with transaction.atomic():
+        return _confirm(request, token)
+
+
+def _confirm(request: HttpRequest, token: str) -> bool:
     user = request.user
     device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).last()
     if device is None or not device.verify_token(token):

@@ -37,29 +37,41 @@ def account(request: HttpRequest) -> HttpResponse:
             "device": two_factor.confirmed_device(user),
             "required": two_factor.must_use_second_factor(user),
             "verified": user.is_verified(),  # type: ignore[attr-defined]
+            "may_enrol": two_factor.may_enrol(request),
             "sso_only": not user.has_usable_password(),
         },
     )
 
 
 def _two_factor_page(
-    request: HttpRequest, form: CodeForm | None = None, status: int = 200
+    request: HttpRequest, form: CodeForm | None = None, status: int = 200, refusal: str = ""
 ) -> HttpResponse:
     user = request.user
     device = two_factor.confirmed_device(user)
-    pending = two_factor.pending_device(user)
+    # A device set up in a verified session is offered only while the session may finish it.
+    pending = two_factor.pending_device(user) if two_factor.may_enrol(request) else None
     context = {
         "device": device,
         "pending": pending,
         "form": form or CodeForm(),
         "next": _next_url(request),
         "required": two_factor.must_use_second_factor(user),
+        "refusal": refusal,
     }
     if pending is not None:
         context["qr_code"] = two_factor.qr_code_data_uri(pending)
         context["secret"] = two_factor.secret_for_typing(pending)
     # The page shows the new secret: never cached, never kept in the browser's history.
     return render(request, "accounts/two_factor.html", context, status=status)
+
+
+def _replacement_refused(request: HttpRequest) -> HttpResponse:
+    """A password alone never replaces a second factor: the page asks for the current code."""
+    return _two_factor_page(
+        request,
+        status=403,
+        refusal="To replace your authenticator app, first enter a code from the one you have.",
+    )
 
 
 @require_GET
@@ -74,7 +86,10 @@ def two_factor_page(request: HttpRequest) -> HttpResponse:
 @login_required
 @never_cache
 def enrol(request: HttpRequest) -> HttpResponse:
-    two_factor.start_enrolment(user=request.user)
+    try:
+        two_factor.start_enrolment(request=request)
+    except two_factor.EnrolmentRefused:
+        return _replacement_refused(request)
     return redirect(f"{reverse('accounts:two_factor')}?{urlencode({'next': _next_url(request)})}")
 
 
@@ -84,7 +99,13 @@ def enrol(request: HttpRequest) -> HttpResponse:
 def confirm(request: HttpRequest) -> HttpResponse:
     form = CodeForm(request.POST)
     if form.is_valid():
-        if two_factor.confirm_enrolment(request=request, token=form.cleaned_data["code"]):
+        try:
+            confirmed = two_factor.confirm_enrolment(
+                request=request, token=form.cleaned_data["code"]
+            )
+        except two_factor.EnrolmentRefused:
+            return _replacement_refused(request)
+        if confirmed:
             return redirect(_next_url(request))
         form.add_error("code", "That code is not the one the app shows now. Try the next one.")
     return _two_factor_page(request, form, status=400)

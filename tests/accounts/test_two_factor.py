@@ -101,6 +101,71 @@ def test_a_later_sign_in_asks_for_the_code(world: World) -> None:
 
 
 @required
+def test_a_password_alone_never_replaces_the_second_factor(world: World) -> None:
+    """Whoever holds only the password cannot swap in an app of their own: neither by
+    starting a new enrolment nor by finishing one started earlier."""
+    call = make_call(world)
+    device = enrolled(world)
+    # An unfinished enrolment left from a verified session of the owner's.
+    earlier = TOTPDevice.objects.create(user=world.bob, name="new", confirmed=False)
+    client = signed_in("bob", "pw-bob")
+
+    page = client.get("/account/two-factor/").content.decode()
+    assert "Enter your code" in page and 'id="totp-secret"' not in page
+    refused = client.post("/account/two-factor/enrol/", {"next": "/approvals/"})
+    assert refused.status_code == 403
+    assert "first enter a code from the one you have" in refused.content.decode()
+    assert 'id="totp-secret"' not in refused.content.decode()
+    assert list(TOTPDevice.objects.filter(user=world.bob).order_by("pk")) == [device, earlier]
+    finish = client.post(
+        "/account/two-factor/confirm/", {"code": code_for(earlier), "next": "/approvals/"}
+    )
+    assert finish.status_code == 403
+
+    earlier.refresh_from_db()
+    assert earlier.confirmed is False and TOTPDevice.objects.filter(pk=device.pk).exists()
+    assert client.get("/approvals/").status_code == 302  # still held at the second factor
+    client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash},
+    )
+    call.refresh_from_db()
+    assert call.status == Status.PENDING
+    refusals = AuditEvent.objects.filter(
+        action="auth.two_factor_failed", actor_label="bob", outcome="replacement_refused"
+    )
+    assert refusals.count() == 2
+
+
+def test_a_password_alone_never_replaces_it_for_those_not_held_either(world: World) -> None:
+    TOTPDevice.objects.create(user=world.charlie, name="app", confirmed=True)
+    client = signed_in("charlie", "pw-charlie")
+    page = client.get("/account/").content.decode()
+    assert "enter a code from it" in page and "Replace the authenticator app" not in page
+    assert client.post("/account/two-factor/enrol/").status_code == 403
+    assert TOTPDevice.objects.filter(user=world.charlie, confirmed=False).count() == 0
+
+
+@required
+def test_a_verified_session_replaces_the_app(world: World) -> None:
+    old = enrolled(world)
+    client = signed_in("bob", "pw-bob")
+    client.post("/account/two-factor/verify/", {"code": code_for(old)})
+    assert "Replace the authenticator app" in client.get("/account/").content.decode()
+
+    assert client.post("/account/two-factor/enrol/", {"next": "/account/"}).status_code == 302
+    new = TOTPDevice.objects.get(user=world.bob, confirmed=False)
+    assert 'id="totp-secret"' in client.get("/account/two-factor/").content.decode()
+    done = client.post("/account/two-factor/confirm/", {"code": code_for(new), "next": "/account/"})
+    assert done.status_code == 302 and done["Location"] == "/account/"
+    assert list(TOTPDevice.objects.filter(user=world.bob)) == [new]
+    new.refresh_from_db()
+    assert new.confirmed is True
+    enrolment = AuditEvent.objects.get(action="auth.two_factor_enrolled", actor_label="bob")
+    assert enrolment.data["replaced_devices"] == 1
+
+
+@required
 def test_outsiders_are_not_held(world: World) -> None:
     client = signed_in("charlie", "pw-charlie")
     assert client.get("/account/").status_code == 200
