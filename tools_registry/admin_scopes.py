@@ -81,6 +81,7 @@ class ReviewerScopesMixin:
 
     admin_site: Any
     model: type[Tool]
+    get_object: Any  # ModelAdmin's
 
     def scope_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
@@ -98,7 +99,8 @@ class ReviewerScopesMixin:
     def reviewers_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """One tool: every person and team who may review or reveal it, and how."""
         self._require_admin(request, change=False)
-        tool = Tool.objects.filter(pk=unquote(object_id)).first()
+        # The admin's own lookup: an id that is not a number is no tool (not a 500).
+        tool = self.get_object(request, unquote(object_id))
         if tool is None:
             raise Http404("No such tool.")
         people, teams = reviewer_scopes.for_tool(tool)

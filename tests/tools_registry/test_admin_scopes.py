@@ -97,6 +97,11 @@ def test_guardian_pages_are_for_superusers_only(
     assert admin_client.get(f"/admin/tools_registry/tool/{tool.pk}/permissions/").status_code == 200
 
 
+def test_an_id_that_is_no_tool_is_not_found(admin_client: Client) -> None:
+    for odd in ("abc", "1.5", "99999999999999999999", "%00"):
+        assert admin_client.get(f"/admin/tools_registry/tool/{odd}/reviewers/").status_code == 404
+
+
 def test_a_viewer_cannot_change_grants(world: World) -> None:
     viewer = User.objects.create_user("vera", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_tool"))
