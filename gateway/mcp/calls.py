@@ -135,7 +135,7 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
         elif not isinstance(key, str):
             raise errors.invalid_idempotency_key()
         else:
-            bound = raw  # an explicit key binds the whole request, as the REST header does
+            bound = _sent(raw, meta)
         stored = intake.submit(
             agent=caller.agent,
             idempotency_key=key,
@@ -180,6 +180,17 @@ def _request(
     # client without sessions that sends a call again still gets the same call.
     bound["session_id"] = named or f"client:{caller.client}"
     return raw, bound
+
+
+def _sent(raw: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """What an explicit key binds: the request as the client sent it, as the REST header
+    binds the body. Not the session this connection happens to have (an MCP session, or
+    a session of its own for a call sent without one): a client that reconnects, or that
+    has no session, sends the same call again with the same key, and gets that call."""
+    sent = {k: raw[k] for k in ("tool", "arguments", "on_behalf_of", "reasoning") if k in raw}
+    if SESSION_ID in meta:
+        sent["session_id"] = meta[SESSION_ID]
+    return sent
 
 
 def _derived_key(agent: Agent, bound: dict[str, Any]) -> str:

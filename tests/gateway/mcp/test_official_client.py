@@ -454,6 +454,32 @@ def test_the_same_idempotency_key_is_the_same_call_and_other_arguments_are_refus
     assert ToolCall.objects.count() == 1
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_key_sent_again_from_a_new_connection_is_the_same_call(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    """The resend a key is for: the client lost the answer, connects again (a new MCP
+    session, or none at all), and sends the same call with the same key."""
+    write = {"io.countersign/idempotency-key": f"resend-{mode}", "io.countersign/wait-seconds": 0}
+    read = {"io.countersign/idempotency-key": f"resend-read-{mode}"}
+    customer = {"customer_id": "cus_0001"}
+
+    async def main() -> list[types.CallToolResult]:
+        answers = []
+        for _ in range(2):
+            async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+                answers.append(await client.call_tool("send_email", EMAIL, meta=write))  # type: ignore[arg-type]
+                answers.append(await client.call_tool("get_customer", customer, meta=read))  # type: ignore[arg-type]
+        return answers
+
+    first, first_read, again, again_read = run(main)
+    assert not again.is_error and not again_read.is_error, (again, again_read)
+    assert first.structured_content["id"] == again.structured_content["id"]  # type: ignore[index]
+    assert first_read.structured_content == again_read.structured_content
+    assert ToolCall.objects.filter(tool__name="send_email").count() == 1
+    assert ToolCall.objects.filter(tool__name="get_customer").count() == 1
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_twenty_concurrent_calls_with_one_key_make_one_call(
     live_world: World, mcp_web: WebProcess, round_: int
