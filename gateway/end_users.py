@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from audit.log import record
+from core.json_values import json_problem, reject_constant
 from gateway import errors
 from tools_registry import end_users
 from tools_registry.end_users import Refused
@@ -50,13 +51,22 @@ def decode_header(value: str | None) -> Any:
     if not text.startswith("{"):
         return text
     try:
-        return json.loads(text)
+        decoded = json.loads(text, parse_constant=reject_constant)
     except (ValueError, RecursionError):
         raise Refused(
             end_users.INVALID_END_USER,
             f"The {ON_BEHALF_OF_HEADER} header is neither a user id nor a JSON object.",
             [{"path": ON_BEHALF_OF_HEADER, "message": "is not valid JSON"}],
         ) from None
+    # The same JSON every door takes: a value that could not be stored (and so neither
+    # audited nor answered) is refused here, as a body holding it would be.
+    if problem := json_problem(decoded):
+        raise Refused(
+            end_users.INVALID_END_USER,
+            f"The {ON_BEHALF_OF_HEADER} header cannot be accepted: {problem}.",
+            [{"path": ON_BEHALF_OF_HEADER, "message": problem}],
+        )
+    return decoded
 
 
 def listing_user(

@@ -173,6 +173,26 @@ def test_an_agent_not_trusted_to_assert_roles_is_refused(world: World) -> None:
     assert "not trusted" in error["message"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"id": "x", "roles": ["\\udfff"]}',  # an unpaired surrogate: not storable
+        '{"id": "a\\u0000b", "roles": ["viewer"]}',  # NUL: not storable
+        '{"id": "x", "roles": [1e400]}',
+        '{"id": NaN}',
+        '{"id": "x", "roles": ' + "[" * 40 + "]" * 40 + "}",
+    ],
+)
+@pytest.mark.parametrize("trusting", [True, False])
+def test_a_header_that_cannot_be_stored_is_refused_not_a_500(
+    request: pytest.FixtureRequest, world: World, header: str, trusting: bool
+) -> None:
+    if trusting:
+        request.getfixturevalue("trusted")
+    error_of(listed(world, HTTP_COUNTERSIGN_ON_BEHALF_OF=header), 400, "invalid_end_user")
+    assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
+
+
 def test_a_refused_tool_list_is_audited(trusted: World) -> None:
     error_of(listed(trusted, "&on_behalf_of=ada&roles=root"), 403, "role_not_assertable")
     error_of(listed(trusted, HTTP_COUNTERSIGN_ON_BEHALF_OF="{not json"), 400, "invalid_end_user")

@@ -231,6 +231,16 @@ def test_malformed_json_in_the_on_behalf_of_header_is_refused_and_audited(
     assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
 
 
+def test_an_unstorable_on_behalf_of_header_is_refused_and_audited(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    header = '{"id": "x", "roles": ["\\udfff"]}'
+    response = post(mcp_web, live_world.token, INITIALIZE, **{"Countersign-On-Behalf-Of": header})
+    assert response.status_code == 400
+    assert message(response)["error"]["data"]["error"]["code"] == "invalid_end_user"
+    assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
+
+
 def test_a_stopped_agent_is_refused_with_the_reason(live_world: World, mcp_web: WebProcess) -> None:
     services.stop_agent(agent=live_world.agent, reason="incident 7", stopped_by=None)
     response = post(mcp_web, live_world.token, INITIALIZE)
