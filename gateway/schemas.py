@@ -30,9 +30,10 @@ MAX_USD = 10**6
 
 
 class TokenCost(Schema):
-    """What the model turn that proposed the call cost, as the agent reports it."""
+    """What the model turn that proposed the call cost, as the agent reports it. Strict,
+    as the call it comes in (a nested model does not inherit its parent's strictness)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
