@@ -102,23 +102,27 @@ def respond_with(call: ToolCall, *, submitted: bool = False) -> StoredResponse:
             call=call,
         )
     if call.status == Status.FAILED and call.risk == Risk.READ:
-        error = call.error or {}
-        if error.get("code") == "timeout":
-            api_error = errors.timeout(error.get("message", ""))
-        elif error.get("code") == ABANDONED:
-            api_error = errors.read_abandoned(error.get("message", ""))
-        elif error.get("code") in CANNOT_RUN:
-            api_error = errors.cannot_run(error["code"], error.get("message", ""))
-        else:
-            code = error.get("code", "handler_error")
-            api_error = errors.tool_failed(
-                error.get("message", "The tool failed."),
-                tool_code=code,
-                # A handler that raised something else than ToolFailed (handler_error)
-                # failed in a way another try may not.
-                retryable=error.get("retryable", code == "handler_error"),
-            )
+        api_error = failure(call.error or {})
         return StoredResponse(
             status=api_error.status, body={**api_error.body(), "call": body}, call=call
         )
     return StoredResponse(status=200, body=body, call=call)
+
+
+def failure(error: dict[str, Any]) -> errors.ApiError:
+    """Why a failed call has no result, as the API says it: from the call's stored error
+    (a timeout, a read abandoned, a call refused at its claim, or the tool's own refusal)."""
+    code = error.get("code", "handler_error")
+    if code == "timeout":
+        return errors.timeout(error.get("message", ""))
+    if code == ABANDONED:
+        return errors.read_abandoned(error.get("message", ""))
+    if code in CANNOT_RUN:
+        return errors.cannot_run(code, error.get("message", ""))
+    return errors.tool_failed(
+        error.get("message", "The tool failed."),
+        tool_code=code,
+        # A handler that raised something else than ToolFailed (handler_error) failed in a
+        # way another try may not.
+        retryable=error.get("retryable", code == "handler_error"),
+    )

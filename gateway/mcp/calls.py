@@ -41,7 +41,7 @@ from approvals import sql as approvals_sql
 from approvals.models import TERMINAL_STATUSES, Status, Transport
 from audit.canonical import canonical_json, sha256_hex
 from core import db
-from gateway import end_users, errors, intake, payloads
+from gateway import end_users, errors, intake, payloads, responses
 from gateway.mcp import state
 from gateway.mcp.state import CallState
 from tools_registry import sql as registry_sql
@@ -155,6 +155,12 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
     call_id = body.get("id")
     call = state.read(caller.agent, UUID(call_id)) if call_id else None
     return Submitted(status=stored.status, body=stored.body, call=call)
+
+
+def is_read(tool: str) -> bool:
+    """Whether ``tool`` is a read (answered at once, never as a task); False for a name that
+    is no tool, which intake refuses like any call of it."""
+    return bool(db.one(registry_sql.tool_risk_statement(tool)) == Risk.READ)
 
 
 def _request(
@@ -302,15 +308,9 @@ def ending_error(call: CallState) -> errors.ApiError:
         if error.get("code") == "agent_stopped":
             return errors.agent_stopped(error.get("reason", ""))
         return errors.call_cancelled()
-    code = error.get("code", "handler_error")
-    if error.get("code") == "timeout":
-        return errors.timeout(error.get("message", ""))
-    # The REST API's answer to a failed read, with the tool's own code in details.tool_code.
-    return errors.tool_failed(
-        error.get("message", "The tool failed."),
-        tool_code=code,
-        retryable=bool(error.get("retryable", code == "handler_error")),
-    )
+    # The REST API's answer to a failed read, for a read or a write alike: a call refused at
+    # its claim says why (the tool never ran), the tool's own refusal is tool_failed.
+    return responses.failure(error)
 
 
 def pending_result(call: CallState) -> types.CallToolResult:

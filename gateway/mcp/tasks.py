@@ -102,6 +102,10 @@ class TaskAugmentedCalls:
             raise MCPError(
                 code=METHOD_NOT_FOUND, message=f"{calls.WAIT_TOOL} does not run as a task."
             )
+        # Refused before it is submitted: submitting a read runs it, and its result would
+        # be lost with the refusal.
+        if await run_sync(calls.is_read, request.name):
+            raise _read_is_no_task(request.name)
         submitted = await run_sync(
             calls.submit, caller, request.name, request.arguments or {}, dict(ctx.meta or {})
         )
@@ -112,12 +116,16 @@ class TaskAugmentedCalls:
             raise MCPError(
                 code=INVALID_PARAMS, message=error.get("message", "Refused."), data=submitted.body
             )
-        if call.risk == "read":
-            raise MCPError(
-                code=METHOD_NOT_FOUND,
-                message=f"{call.tool} is a read: it answers at once and does not run as a task.",
-            )
+        if call.risk == "read":  # its risk changed in between
+            raise _read_is_no_task(call.tool)
         return _wire(types.CreateTaskResult(task=task_of(call)))
+
+
+def _read_is_no_task(tool: str) -> MCPError:
+    return MCPError(
+        code=METHOD_NOT_FOUND,
+        message=f"{tool} is a read: it answers at once and does not run as a task.",
+    )
 
 
 async def get_task(

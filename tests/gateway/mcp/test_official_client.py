@@ -18,6 +18,7 @@ import mcp_types as types
 import pytest
 from django.db import connections
 
+from approvals.execution import send
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from audit.models import AuditEvent
@@ -27,7 +28,7 @@ from tests.gateway.mcp.conftest import CALL_WAIT_SECONDS, connected
 from tests.support.web import WebProcess
 from tests.support.workers import Worker, wait_for
 from tools_registry import services as registry_services
-from tools_registry.models import Agent
+from tools_registry.models import Agent, Tool
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -168,6 +169,55 @@ def test_a_write_that_failed_after_approval_carries_the_tools_code(
     assert "No customer cus_9999" in error["message"]
     assert result.structured_content["call"]["status"] == "failed"  # type: ignore[index]
     assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_a_write_refused_at_its_claim_says_why_not_that_the_tool_refused(
+    live_world: World, mcp_web: WebProcess, mcp_worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool's definition changed between the approval and the run: the tool never ran,
+    and the model is told to fetch the tools again, as a read refused there is."""
+    answer: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with connected(mcp_web.url, live_world.token) as client:
+            answer["result"] = await client.call_tool("send_email", EMAIL)
+
+    waiting = threading.Thread(target=anyio.run, args=(main,))
+    waiting.start()
+    call = the_pending_call()
+    held: list[uuid.UUID] = []
+    monkeypatch.setattr(send, "send_execution", held.append)  # approved, not yet sent
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve")
+    Tool.objects.filter(pk=call.tool_id).update(version="changed")
+    monkeypatch.undo()
+    send.send_execution(*held)
+    waiting.join(timeout=CALL_WAIT_SECONDS + 30)
+
+    result: types.CallToolResult = answer["result"]
+    assert result.is_error is True, result
+    error = result.structured_content["error"]  # type: ignore[index]
+    assert error["code"] == "tool_version_changed", error
+    assert "tools/list" in error["suggestion"]
+    assert result.structured_content["call"]["status"] == "failed"  # type: ignore[index]
+    assert emails_sent() == []
+
+
+def test_a_read_asked_for_as_a_task_is_refused_without_running(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    async def main() -> str:
+        async with connected(mcp_web.url, live_world.token) as client:
+            params = {
+                "name": "get_customer",
+                "arguments": {"customer_id": "cus_0001"},
+                "task": {"ttl": 60_000},
+            }
+            with pytest.raises(Exception) as refused:
+                await client.session._dispatcher.send_raw_request("tools/call", params, {})
+            return str(refused.value)
+
+    assert "get_customer is a read" in run(main)
+    assert not ToolCall.objects.exists(), "nothing ran, nothing was counted"
 
 
 @pytest.mark.parametrize("mode", MODES)
