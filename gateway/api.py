@@ -360,26 +360,30 @@ def cancel_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
 )
 def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     agent: Agent = request.auth  # type: ignore[attr-defined]
-    call = selectors.call_of_agent(agent, call_id)
-    if call is None:
-        raise errors.call_not_found()
+    admitted: list[breaker.Admission] = []
     try:
-        admission = breaker.admit(call.tool)
-    except breaker.CircuitOpen as exc:
-        raise errors.circuit_open(call.tool.name, retry_after=exc.retry_after) from None
-    except redis.RedisError:
-        raise errors.unavailable() from None
-    try:
-        call = retry_call(call_id=call_id, agent=agent)
+        # The breaker is asked last, once the call will run again: a call that may not be
+        # retried is told so, not told to wait for the breaker.
+        call = retry_call(
+            call_id=call_id, agent=agent, admit=lambda c: admitted.append(breaker.admit(c.tool))
+        )
+    except ToolCall.DoesNotExist:
+        raise errors.call_not_found() from None
     except RetryRefused as exc:
-        breaker.release(admission)
         raise errors.retry_not_allowed(exc.message) from None
     except InvalidTransition as exc:
-        breaker.release(admission)
         raise errors.invalid_state(
             f"Only a failed write can be retried; this one is {exc.current}.",
             "Read the call's status and result.",
         ) from None
+    except breaker.CircuitOpen as exc:
+        raise errors.circuit_open(exc.tool_name, retry_after=exc.retry_after) from None
+    except redis.RedisError:
+        raise errors.unavailable() from None
+    except BaseException:
+        for admission in admitted:  # the re-run did not commit: its probe slot is free
+            breaker.release(admission)
+        raise
     body = represent_call(call)
     response = JsonResponse(body, status=202)
     response["Retry-After"] = str(responses.PENDING_RETRY_AFTER_SECONDS)

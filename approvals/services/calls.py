@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -168,13 +169,18 @@ class RetryRefused(Refused):
 
 
 @transaction.atomic
-def retry_call(*, call_id: UUID, agent: Agent) -> ToolCall:
+def retry_call(
+    *, call_id: UUID, agent: Agent, admit: Callable[[ToolCall], None] | None = None
+) -> ToolCall:
     """Run a failed write again, with its original execution key (``countersign-<id>``).
 
     The downstream refuses a second effect under the same key, so a re-run can never
     double what the failed attempt might have done. Destructive calls are never re-run on
     an agent's request: their failure is escalated to a person. A call that is already
     approved or executing again is returned as it is, so the request may be repeated.
+
+    ``admit`` (the edge's circuit breaker) is asked only once the call will run again, after
+    every reason to refuse: what it raises leaves the call as it was.
     """
     call = lock_call(call_id, agent=agent)
     if call is None:
@@ -192,6 +198,8 @@ def retry_call(*, call_id: UUID, agent: Agent) -> ToolCall:
         raise RetryRefused(reason)
     if not call.agent.allowed_tools.filter(pk=call.tool_id).exists():
         raise RetryRefused("This agent may no longer call this tool.")
+    if admit is not None:
+        admit(call)
     previous_error = call.error
     send.approve(call, error=None, result=None)
     events.call_event(

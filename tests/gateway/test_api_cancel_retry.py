@@ -3,6 +3,8 @@ never a destructive call)."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -132,6 +134,37 @@ def test_a_retry_waits_while_the_circuit_is_open(world: World) -> None:
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "circuit_open"
     assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_a_call_that_may_not_be_retried_says_so_while_the_circuit_is_open(world: World) -> None:
+    """The breaker is asked last: a pending write is told it is pending, not to wait out a
+    cool-down and then learn that."""
+    pending = world.api().submit(UPDATE_MISSING).json()["id"]
+    Tool.objects.filter(name="update_customer").update(
+        breaker_threshold=1, breaker_cooldown_seconds=600
+    )
+    breaker.record_outcome(tool_name="update_customer", status="unknown", error=None)
+    response = _post(world, pending, "retry")
+    assert response.status_code == 409, response.json()
+    assert response.json()["error"]["code"] == "invalid_state"
+    assert "Retry-After" not in response
+    assert _post(world, str(uuid.uuid4()), "retry").status_code == 404
+
+
+def test_a_retry_repeated_while_the_call_runs_again_takes_no_probe_slot(world: World) -> None:
+    """In the half-open state one call may probe the tool; a retry of a call that is already
+    approved again changes nothing, so it must not hold that slot."""
+    call = _approved_and_run(world, UPDATE_MISSING)
+    assert _post(world, str(call.pk), "retry").status_code == 202  # approved again
+    Tool.objects.filter(name="update_customer").update(
+        breaker_threshold=1, breaker_cooldown_seconds=1
+    )
+    breaker.record_outcome(tool_name="update_customer", status="unknown", error=None)
+    time.sleep(1.1)  # the cool-down is over: half-open, one probe may go
+    again = _post(world, str(call.pk), "retry")
+    assert again.status_code == 202 and again.json()["status"] == "approved"
+    tool = Tool.objects.get(name="update_customer")
+    assert breaker.admit(tool).probe_token, "the probe slot is still free"
 
 
 def test_another_agents_call_is_not_found(world: World) -> None:
