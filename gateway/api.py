@@ -33,7 +33,6 @@ from gateway import (
     openapi,
     payloads,
     responses,
-    selectors,
 )
 from gateway.responses import StoredResponse, represent_call
 from gateway.schemas import ROLES_QUERY_PATTERN, USER_ID_PATTERN, ToolCallOut

@@ -193,7 +193,9 @@ def _sent(raw: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     binds the body. Not the session this connection happens to have (an MCP session, or
     a session of its own for a call sent without one): a client that reconnects, or that
     has no session, sends the same call again with the same key, and gets that call."""
-    sent = {k: raw[k] for k in ("tool", "arguments", "on_behalf_of", "reasoning") if k in raw}
+    sent: dict[str, Any] = {
+        k: raw[k] for k in ("tool", "arguments", "on_behalf_of", "reasoning") if k in raw
+    }
     if SESSION_ID in meta:
         sent["session_id"] = meta[SESSION_ID]
     return sent
