@@ -227,6 +227,15 @@ class ToolCall(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def approved_on_arrival(self) -> bool:
+        """A write approved in the transaction that stored it, by a policy rule (which asks
+        no reviewer) or by a standing approval: it is pending only in passing, and no
+        person is asked (``services.calls.create_call``)."""
+        return self.risk != "read" and (
+            self.approvals_required == 0 or self.standing_approval_id is not None
+        )
+
 
 class Verdict(models.TextChoices):
     APPROVE = "approve", "Approve"

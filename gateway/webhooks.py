@@ -107,15 +107,16 @@ def verify(secret: str, body: bytes, headers: dict[str, str], *, tolerance: int 
 def event_of(call: ToolCall, previous: str | None) -> str:
     """The webhook event a status change is ("" when it is none)."""
     if call.status == Status.PENDING and previous != Status.PENDING:
-        return "call.pending"
+        # A call a rule or a standing approval approves as it arrives asks no person.
+        return "" if call.approved_on_arrival else "call.pending"
     if call.is_terminal:
         return f"call.{call.status}"
     return ""
 
 
 def decided(call: ToolCall, previous: str | None) -> bool:
-    """Whether the change is the reviewers' (or a policy rule's) decision on a call that
-    waited: approved, or rejected."""
+    """Whether the change is the decision on a write: approved or rejected by its reviewers,
+    or approved as it arrived by a policy rule or a standing approval."""
     return previous == Status.PENDING and call.status in (Status.APPROVED, Status.REJECTED)
 
 

@@ -23,6 +23,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from approvals.models import ToolCall
+from approvals.services import standing
 from approvals.services.calls import cancel_call
 from approvals.services.decisions import decide
 from audit.models import AuditEvent
@@ -158,6 +159,61 @@ def test_a_failing_receiver_is_retried_until_it_accepts(
     # at their first attempt, once each.
     others = sorted(json.loads(r["body"])["type"] for r in receiver.received if r not in rejected)
     assert others == ["call.decided", "call.pending"]
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_call_approved_as_it_arrives_asks_no_person(
+    world: World, receiver: Receiver, django_capture_on_commit_callbacks: Any
+) -> None:
+    """By a policy rule, or by a standing approval: the agent hears that the call was
+    decided, never that a person's approval was requested."""
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"rules": [{"when": 'args.to.endsWith("@example.com")', "then": "approve"}]},
+        changed_by=world.alice,
+    )
+    callback = {"callback_url": receiver.url}
+    with django_capture_on_commit_callbacks(execute=False):
+        by_rule = world.api().submit({**SEND_EMAIL, **callback}).json()
+        asked = (
+            world.api()
+            .submit(
+                {
+                    **SEND_EMAIL,
+                    **callback,
+                    "arguments": {**SEND_EMAIL["arguments"], "to": "x@y.org"},
+                }
+            )
+            .json()
+        )
+        decide(
+            call_id=asked["id"],
+            reviewer=world.bob,
+            verdict="approve",
+            standing_terms=standing.Terms(seconds=3600, match="same", max_uses=1),
+        )
+        by_standing = (
+            world.api()
+            .submit(
+                {
+                    **SEND_EMAIL,
+                    **callback,
+                    "arguments": {**SEND_EMAIL["arguments"], "to": "x@y.org"},
+                }
+            )
+            .json()
+        )
+    assert (by_rule["status"], by_standing["status"]) == ("approved", "approved")
+    assert by_standing["id"] != asked["id"]
+
+    def events_of(call_id: str) -> list[str]:
+        return sorted(
+            WebhookDelivery.objects.filter(call_id=call_id).values_list("event", flat=True)
+        )
+
+    assert events_of(by_rule["id"]) == ["call.decided"]
+    assert events_of(by_standing["id"]) == ["call.decided"]
+    assert events_of(asked["id"]) == ["call.decided", "call.pending"]
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
