@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from approvals import hidden
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
 from tools_registry import registry, sources
@@ -46,4 +47,7 @@ def current_state(call: ToolCall, arguments: Any = None) -> Shown:
         # still decides, on the arguments alone, and is told so.
         logger.exception("current state of %s call %s could not be read", call.tool.name, call.pk)
         state = dict(UNREADABLE)
-    return Shown(state=state, hash=sha256_hex(canonical_json(state)))
+    # The verdict binds to the state as read; reviewers and the trail see it with the values
+    # of the call's secret and sensitive fields masked (a title naming the record, say).
+    secrets = hidden.values(call.tool, call.arguments if arguments is None else arguments)
+    return Shown(state=hidden.value(state, secrets), hash=sha256_hex(canonical_json(state)))

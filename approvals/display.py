@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from approvals import hidden
 from approvals.models import Decision, Note, ToolCall
 from audit.display import partial
 from audit.masking import mask_fields, mask_text, mask_value, masked
@@ -136,14 +137,27 @@ class Facts:
 
 
 def facts(call: ToolCall) -> Facts:
-    read = tool_facts.read(sources.facts_of(call.tool), call.arguments)
-    shown_recipients = tuple(text(r) for r in read.recipients[:3])
-    secret = set(call.tool.secret_fields)
+    """The facts, as reviewers may see the fields they come from: nothing of a secret field,
+    a sensitive one in part (an address's domain ...), the rest through the detectors."""
     where = sources.facts_of(call.tool)
+    read = tool_facts.read(where, call.arguments)
+    secret, sensitive = list(call.tool.secret_fields), list(call.tool.sensitive_fields)
+
+    def shown(path: str, found: str) -> str:
+        if hidden.covers(secret, path):
+            return ""
+        if hidden.covers(sensitive, path):
+            return escape_hidden(str(_partly(found, [])))
+        return text(found)
+
+    amount_hidden = any(
+        hidden.covers(secret + sensitive, path) for path in (where.amount, where.currency)
+    )
+    recipients = tuple(shown(where.recipient, r) for r in read.recipients[:3])
     return Facts(
-        money=str(read.money) if read.money else "",
-        recipients=() if where.recipient in secret else shown_recipients,
-        target="" if where.target in secret else text(read.target),
+        money=str(read.money) if read.money and not amount_hidden else "",
+        recipients=tuple(r for r in recipients if r),
+        target=shown(where.target, read.target),
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from approvals import sql
+from approvals import hidden, sql
 from approvals.models import Status, ToolCall
 from tools_registry import facts as tool_facts
 from tools_registry import sources
@@ -51,7 +51,10 @@ def raised(
     found += _first_contacts(agent, facts)
     if facts.money is not None and (unusual := _unusual_amount(tool, facts.money)):
         found.append(unusual)
-    return in_catalogue_order(found)
+    # Details are stored on the call and in the trail, and shown to every reviewer: a
+    # recipient or a record quoted from a secret or sensitive field is masked there too.
+    secrets = hidden.values(tool, arguments)
+    return in_catalogue_order([Found(f.code, hidden.text(f.detail, secrets)) for f in found])
 
 
 @cache

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import before_after, events
+from approvals import before_after, events, hidden
 from approvals.execution import send
 from approvals.guards import (
     CONFLICTS,
@@ -261,11 +261,17 @@ def confirmation_phrase(call: ToolCall) -> str:
     """What a reviewer types to approve a destructive call, or one whose rule asks: the
     call's target (the customer id) or amount with currency, as the tool declares, so the
     reviewer has to read them; the tool's name when the call has neither, or when they are
-    masked from reviewers."""
-    phrase = tool_facts.read(sources.facts_of(call.tool), call.arguments).confirmation_phrase(
-        sources.facts_of(call.tool)
-    )
-    if not phrase or mask_text(phrase) != phrase:
+    masked from reviewers (a secret or sensitive field, or what the detectors mask)."""
+    where = sources.facts_of(call.tool)
+    read = tool_facts.read(where, call.arguments)
+    phrase = read.confirmation_phrase(where)
+    made_from = [where.target] if phrase == read.target else [where.amount, where.currency]
+    paths = hidden.fields(call.tool)
+    if (
+        not phrase
+        or mask_text(phrase) != phrase
+        or any(hidden.covers(paths, path) for path in made_from)
+    ):
         return call.tool.name
     return phrase
 

@@ -1,0 +1,71 @@
+"""What no reviewer and no trail sees of a call in clear: the values of its tool's secret and
+sensitive fields, wherever else they show up.
+
+The arguments themselves are masked by path (``display.arguments`` for reviewers,
+``audit.masking.mask_fields`` for the trail). The same values also reach what is made *from*
+the arguments: the facts a queue row shows (to whom, on what), the risk signals stored at
+intake ("the agent has never acted on cus_0003"), the phrase a reviewer types to approve,
+the current state of the record a call would change. Each goes through here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.masking import mask_fields, masked
+from tools_registry.models import Tool
+
+# A hidden value this short is not looked for inside longer text (it would mask digits of
+# unrelated numbers); equal to a whole part, it is masked all the same.
+SHORTEST_SEARCHED = 3
+
+
+def fields(tool: Tool) -> list[str]:
+    """The tool's secret and sensitive argument paths."""
+    return [*tool.secret_fields, *tool.sensitive_fields]
+
+
+def covers(paths: list[str], path: str) -> bool:
+    """Whether the argument at ``path`` is one of ``paths`` or inside one (dotted paths)."""
+    return bool(path) and any(path == p or path.startswith(f"{p}.") for p in paths)
+
+
+def values(tool: Tool, arguments: Any) -> list[str]:
+    """The values of the tool's hidden fields in ``arguments``, as text, longest first."""
+    found: list[str] = []
+
+    def collect(_kind: str, text: str) -> str:
+        found.append(text)
+        return text
+
+    mask_fields(arguments, fields(tool), render=collect)
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def text(value: str, hidden: list[str]) -> str:
+    """``value`` with every hidden value in it masked (whole, as the trail masks a field),
+    and every part of a list (", ") that is a piece of a hidden value: a link or an address
+    quoted from a sensitive text."""
+    if not hidden or not value:
+        return value
+    for secret in hidden:
+        if len(secret) >= SHORTEST_SEARCHED and secret in value:
+            value = value.replace(secret, masked("field", secret))
+    parts = value.split(", ")
+    return ", ".join(
+        masked("field", part) if part and any(part in secret for secret in hidden) else part
+        for part in parts
+    )
+
+
+def value(data: Any, hidden: list[str]) -> Any:
+    """A JSON value with ``text`` applied to every string in it (keys included)."""
+    if not hidden:
+        return data
+    if isinstance(data, str):
+        return text(data, hidden)
+    if isinstance(data, list):
+        return [value(item, hidden) for item in data]
+    if isinstance(data, dict):
+        return {text(k, hidden): value(v, hidden) for k, v in data.items()}
+    return data

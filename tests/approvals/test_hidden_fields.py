@@ -1,0 +1,96 @@
+"""The values of a tool's secret and sensitive fields are masked wherever they show up, not
+only in the arguments: the facts a queue row shows, the risk signals stored at intake, the
+phrase a reviewer types, the current state of the record, and so the trail and its export."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.utils import timezone
+
+from approvals.services.decisions import confirmation_phrase, decide
+from audit.models import AuditEvent
+from tests.approvals.conftest import make_call
+from tests.conftest import World
+from tools_registry import services
+from tools_registry.models import Tool
+
+CUSTOMER = "cus_0003"  # delete_customer's argument in tests.approvals.conftest
+
+
+def hide(world: World, tool_name: str, kind: str, field: str) -> Tool:
+    tool = world.tools[tool_name]
+    services.update_policy(
+        tool=tool, changes={kind: [*getattr(tool, kind), field]}, changed_by=world.alice
+    )
+    world.tools[tool_name] = Tool.objects.get(pk=tool.pk)
+    return world.tools[tool_name]
+
+
+def pages(world: World, call_id: object) -> str:
+    client = Client()
+    client.force_login(world.bob)
+    detail = client.get(f"/approvals/{call_id}/")
+    queue = client.get("/approvals/")
+    assert detail.status_code == queue.status_code == 200
+    return detail.content.decode() + queue.content.decode()
+
+
+@pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
+def test_a_hidden_target_shows_nowhere_to_reviewers(world: World, kind: str) -> None:
+    hide(world, "delete_customer", kind, "customer_id")
+    call = make_call(world, "delete_customer")
+    assert call.arguments["customer_id"] == CUSTOMER
+    assert [s["code"] for s in call.signals if s["code"] == "new_target"], call.signals
+
+    html = pages(world, call.pk)
+    assert CUSTOMER not in html, re.findall(rf".{{0,60}}{CUSTOMER}.{{0,30}}", html)
+    # What is typed to approve is then the tool's name.
+    assert confirmation_phrase(call) == "delete_customer"
+    assert 'data-confirm-for="delete_customer"' in html
+
+
+def test_a_sensitive_target_keeps_out_of_the_trail_and_its_export(world: World) -> None:
+    hide(world, "delete_customer", "sensitive_fields", "customer_id")
+    call = make_call(world, "delete_customer")
+    decide(
+        call_id=call.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        confirmation=confirmation_phrase(call),
+        authenticated_at=timezone.now(),
+        shown_arguments_hash=call.arguments_hash,
+    )
+    stored = AuditEvent.objects.filter(call_id=call.pk).values_list("data", flat=True)
+    assert stored and all(CUSTOMER not in str(data) for data in stored), list(stored)
+    decision = AuditEvent.objects.get(call_id=call.pk, action="call.decision")
+    assert decision.data["typed_confirmation"] == "delete_customer"
+    assert decision.data["shown_state"]["title"].startswith("Customer [masked:field:")
+
+    world.charlie.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    auditor = Client()
+    auditor.force_login(world.charlie)
+    export = auditor.get(f"/audit/export.jsonl?call={call.pk}")
+    assert export.status_code == 200
+    assert CUSTOMER not in b"".join(export.streaming_content).decode()
+
+
+def test_a_sensitive_recipient_shows_in_part_and_its_signal_masked(world: World) -> None:
+    hide(world, "send_email", "sensitive_fields", "to")
+    call = make_call(world, "send_email")
+    address = call.arguments["to"]
+    html = pages(world, call.pk)
+    assert address not in html
+    local, domain = address.split("@")
+    assert domain in html, "an address's domain is what reviewers may see of it"
+    signals = {s["code"]: s["detail"] for s in call.signals}
+    assert address not in str(signals) and "new_recipient" in signals
+
+
+def test_an_unhidden_target_is_still_shown_and_typed(world: World) -> None:
+    call = make_call(world, "delete_customer")
+    assert CUSTOMER in pages(world, call.pk)
+    assert confirmation_phrase(call) == CUSTOMER
