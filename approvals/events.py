@@ -11,7 +11,9 @@ from audit.models import AuditEvent
 
 
 def _sensitive(call: ToolCall) -> list[str]:
-    return list(call.tool.sensitive_fields or [])
+    """The paths masked whole in the trail: a secret field is kept from auditors as much as
+    a sensitive one (reviewers see neither in clear without an audited reveal)."""
+    return call.tool.hidden_fields
 
 
 def call_submitted(call: ToolCall) -> AuditEvent:

@@ -22,7 +22,7 @@ SHORTEST_SEARCHED = 3
 
 def fields(tool: Tool) -> list[str]:
     """The tool's secret and sensitive argument paths."""
-    return [*tool.secret_fields, *tool.sensitive_fields]
+    return tool.hidden_fields
 
 
 def covers(paths: list[str], path: str) -> bool:

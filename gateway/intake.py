@@ -364,7 +364,7 @@ def _allowed_tool(
     # approval's hash, the reviewer and the handler alike.
     payload.arguments = drop_null_optionals(tool.input_schema, payload.arguments)
     problems = validate_arguments(
-        tool.input_schema, payload.arguments, sensitive_fields=tool.sensitive_fields
+        tool.input_schema, payload.arguments, sensitive_fields=tool.hidden_fields
     )
     if problems:
         raise Refused(errors.invalid_arguments([p.as_dict() for p in problems]), tool)
@@ -471,7 +471,7 @@ def _audit_refusal(
         agent=agent,
         tool=tool,
         session_id=payload.session_id,
-        sensitive_fields=[f"arguments.{f}" for f in (tool.sensitive_fields if tool else [])],
+        sensitive_fields=[f"arguments.{f}" for f in (tool.hidden_fields if tool else [])],
         data={
             "tool": payload.tool,
             "code": error.code,

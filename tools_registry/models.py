@@ -186,6 +186,12 @@ class Tool(models.Model):
         return self.enabled and self.available
 
     @property
+    def hidden_fields(self) -> list[str]:
+        """The argument paths masked whole wherever a call's values are kept or quoted (the
+        trail, refusals' messages): the secret fields and the sensitive ones."""
+        return [*(self.secret_fields or []), *(self.sensitive_fields or [])]
+
+    @property
     def needs_approval(self) -> bool:
         return self.risk != Risk.READ
 

@@ -65,8 +65,9 @@ class Claim:
 
     @property
     def sensitive_fields(self) -> tuple[str, ...]:
-        """The tool policy's sensitive fields (admins may add to those declared in code)."""
-        return tuple(self.call.tool.sensitive_fields or ())
+        """The tool policy's sensitive and secret fields (admins may add to those declared in
+        code): a refusal's messages quote neither."""
+        return tuple(self.call.tool.hidden_fields)
 
 
 def lease_until(tool: Tool, now: datetime) -> datetime:

@@ -40,7 +40,7 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
                 "never add or change what it acts on."
             )
     problems = validate_arguments(
-        call.tool.input_schema, arguments, sensitive_fields=call.tool.sensitive_fields
+        call.tool.input_schema, arguments, sensitive_fields=call.tool.hidden_fields
     )
     if problems:
         raise EditRefused(

@@ -53,8 +53,9 @@ def test_a_hidden_target_shows_nowhere_to_reviewers(world: World, kind: str) -> 
     assert 'data-confirm-for="delete_customer"' in html
 
 
-def test_a_sensitive_target_keeps_out_of_the_trail_and_its_export(world: World) -> None:
-    hide(world, "delete_customer", "sensitive_fields", "customer_id")
+@pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
+def test_a_hidden_target_keeps_out_of_the_trail_and_its_export(world: World, kind: str) -> None:
+    hide(world, "delete_customer", kind, "customer_id")
     call = make_call(world, "delete_customer")
     decide(
         call_id=call.pk,
