@@ -95,3 +95,13 @@ def test_an_unhidden_target_is_still_shown_and_typed(world: World) -> None:
     call = make_call(world, "delete_customer")
     assert CUSTOMER in pages(world, call.pk)
     assert confirmation_phrase(call) == CUSTOMER
+
+
+def test_a_session_id_the_detectors_mask_is_not_in_the_queue_page(world: World) -> None:
+    """The queue links a session's id to filter by it; one holding personal data (masked
+    where it is shown) is not linked, so it is not in the page's source either."""
+    masked_session = make_call(world, session_id="ada@example.com-session")
+    plain = make_call(world, session_id="run-7")
+    html = pages(world, masked_session.pk)
+    assert "ada@example.com" not in html and "ada%40example.com" not in html
+    assert 'href="?session=run-7"' in html and plain.session_id == "run-7"
