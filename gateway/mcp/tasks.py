@@ -189,16 +189,20 @@ def _open_calls(caller: Caller, cursor: str | None) -> tuple[list[CallState], st
 async def cancel_task(
     ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
 ) -> dict[str, Any]:
-    """Withdraw a call still waiting for approval; a call already decided cannot be."""
+    """Withdraw a call still waiting for approval; a call already decided cannot be, nor one
+    already ended (cancelled included: the protocol refuses a task in a terminal status)."""
     caller = _task_caller(ctx)
     call = await _call(caller, params.task_id)
+    refused = MCPError(
+        code=INVALID_PARAMS,
+        message=f"The task is {call.status_message}: only a call waiting for approval can be cancelled.",
+    )
+    if call.status in TERMINAL_STATUSES:
+        raise refused  # cancelling a cancelled call changes nothing, but the protocol refuses
     try:
         await run_sync(cancel_call, call_id=call.id, agent=caller.agent)
     except InvalidTransition:
-        raise MCPError(
-            code=INVALID_PARAMS,
-            message=f"The task is {call.status_message}: only a call waiting for approval can be cancelled.",
-        ) from None
+        raise refused from None
     call = await _call(caller, params.task_id)
     return _wire(types.CancelTaskResult(**task_of(call).model_dump()))
 

@@ -17,6 +17,7 @@ import httpx
 import mcp_types as types
 import pytest
 from django.db import connections
+from mcp.shared.exceptions import MCPError
 
 from approvals.execution import send
 from approvals.models import Status, ToolCall
@@ -431,6 +432,16 @@ def test_a_task_is_the_call_polled_cancelled_and_settled_over_tasks_methods(
             )
 
     kept, dropped, state, listed, cancelled = run(submit)
+
+    async def cancel_again() -> str:
+        async with connected(mcp_web.url, live_world.token) as client:
+            request = types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=dropped))
+            with pytest.raises(MCPError) as refused:
+                await client.session.send_request(request, types.CancelTaskResult)
+            assert refused.value.code == -32602  # a task in a terminal status
+            return str(refused.value)
+
+    assert "only a call waiting for approval can be cancelled" in run(cancel_again)
     assert state.status == "working"
     assert state.status_message is not None
     assert state.status_message.startswith("waiting for approval: 0 of 1 reviewers; expires")
