@@ -15,12 +15,17 @@ def calls_of_agent(agent: Agent) -> QuerySet[ToolCall]:
 
 
 def call_of_agent(agent: Agent, call_id: UUID) -> ToolCall | None:
+    return _counted(agent).filter(pk=call_id).first()
+
+
+def call_by_request_key(agent: Agent, key: str) -> ToolCall | None:
+    """The agent's call made under the Idempotency-Key ``key`` (calls keep their key after
+    the key's record is swept)."""
+    return _counted(agent).filter(request_key=key).first()
+
+
+def _counted(agent: Agent) -> QuerySet[ToolCall]:
     # The approvals that count (approvals.guards.counted_approvals): those given to the
     # arguments as they are now, not to what a reviewer's correction replaced.
     counted = Q(decisions__verdict=Verdict.APPROVE, decisions__arguments_hash=F("arguments_hash"))
-    return (
-        calls_of_agent(agent)
-        .annotate(approval_count=Count("decisions", filter=counted))
-        .filter(pk=call_id)
-        .first()
-    )
+    return calls_of_agent(agent).annotate(approval_count=Count("decisions", filter=counted))

@@ -41,7 +41,7 @@ from approvals import sql as approvals_sql
 from approvals.models import TERMINAL_STATUSES, Status, Transport
 from audit.canonical import canonical_json, sha256_hex
 from core import db
-from gateway import end_users, errors, intake, payloads, responses
+from gateway import end_users, errors, intake, payloads, responses, selectors
 from gateway.mcp import state
 from gateway.mcp.state import CallState
 from tools_registry import sql as registry_sql
@@ -117,6 +117,7 @@ class Submitted:
 def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str, Any]) -> Submitted:
     """One submission through ``gateway.intake``, exactly as the REST API makes it."""
     origin = intake.Origin(transport=Transport.MCP, client=caller.client)
+    derived, key = False, None
     try:
         raw, bound = _request(caller, tool, arguments, meta)
         payload = payloads.parse_call(raw)
@@ -130,7 +131,8 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
             # Two users' tokens are two users, whatever else the call shares.
             bound["end_user"] = end_user.id
         key = meta.get(IDEMPOTENCY_KEY)
-        if key is None:
+        derived = key is None
+        if derived:
             key = _derived_key(caller.agent, bound)
         elif not isinstance(key, str):
             raise errors.invalid_idempotency_key()
@@ -145,6 +147,11 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
             origin=origin,
         )
     except errors.ApiError as error:
+        # A derived key names a call still open whose key record was swept (a call may wait
+        # for approval longer than a record is kept): the resend is that call.
+        swept = derived and error.code == "idempotency_key_expired" and isinstance(key, str)
+        if swept and (found := _open_call(caller.agent, str(key))) is not None:
+            return found
         return Submitted(status=error.status, body=error.body(), call=None)
     # The call's representation: the answer itself, or in a refusal's "call".
     body = stored.body.get("call", stored.body)
@@ -161,6 +168,15 @@ def is_read(tool: str) -> bool:
     """Whether ``tool`` is a read (answered at once, never as a task); False for a name that
     is no tool, which intake refuses like any call of it."""
     return bool(db.one(registry_sql.tool_risk_statement(tool)) == Risk.READ)
+
+
+def _open_call(agent: Agent, key: str) -> Submitted | None:
+    """The answer a resend of the call made under ``key`` gets: the call as it stands."""
+    call = selectors.call_by_request_key(agent, key)
+    if call is None:
+        return None
+    stored = responses.respond_with(call)
+    return Submitted(stored.status, stored.body, state.of(call, stored.body.get("call")))
 
 
 def _request(

@@ -24,6 +24,7 @@ from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from audit.models import AuditEvent
 from gateway.mcp import calls
+from gateway.models import IdempotencyRecord
 from tests.conftest import World, sandbox_effects
 from tests.gateway.mcp.conftest import CALL_WAIT_SECONDS, connected
 from tests.support.web import WebProcess
@@ -565,6 +566,27 @@ def test_twenty_concurrent_calls_with_one_key_make_one_call(
     results = run(main)
     ids = {r.structured_content["id"] for r in results}  # type: ignore[index]
     assert len(results) == 20 and len(ids) == 1
+    assert ToolCall.objects.count() == 1
+
+
+def test_a_call_sent_again_after_its_key_record_was_swept_is_still_that_call(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """A call may wait for approval longer than a key's record is kept (the sweep deletes it
+    after IDEMPOTENCY_KEY_TTL); sent again without a key while it is open, it is that call,
+    not an error telling the model to read a call by an id it does not have."""
+    no_wait = {"io.countersign/session-id": "long-wait", "io.countersign/wait-seconds": 0}
+
+    async def send() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token) as client:
+            return await client.call_tool("send_email", EMAIL, meta=no_wait)  # type: ignore[arg-type]
+
+    first = run(send)
+    IdempotencyRecord.objects.all().delete()  # what the sweep does to an old record
+    again = run(send)
+    assert not again.is_error, again.structured_content
+    assert again.structured_content["id"] == first.structured_content["id"]  # type: ignore[index]
+    assert again.structured_content["status"] == "pending"  # type: ignore[index]
     assert ToolCall.objects.count() == 1
 
 
