@@ -243,7 +243,9 @@ def _open_existing(request: _Request) -> _Opened | StoredResponse:
         # request never ran is failed by sweeps.fail_abandoned_reads.
         if existing.risk == Risk.READ and not existing.is_terminal:
             raise errors.idempotency_key_in_use()
-        response = respond_with(existing)
+        # The answer the request that died would have given (a write approved at once by a
+        # rule is accepted, 202, like a pending one).
+        response = respond_with(existing, submitted=True)
         idempotency.complete(agent=agent, key=key, response=response, call=existing)
         return idempotency.replayed(response)
     tool, round_counted, standing = db.together(*_rest_statements(request, timezone.now()))

@@ -174,6 +174,29 @@ def test_a_request_that_died_after_creating_its_call_is_answered_with_that_call(
     assert ToolCall.objects.filter(request_key="died").count() == 1
 
 
+def test_a_call_approved_as_it_arrived_by_a_request_that_died_is_answered_as_at_first(
+    world: World,
+) -> None:
+    """Accepted and not yet done: 202, as the request that died would have answered."""
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"rules": [{"when": "true", "then": "approve"}]},
+        changed_by=world.alice,
+    )
+    created = world.api().submit(SEND_EMAIL, key="died-approved")
+    assert created.status_code == 202 and created.json()["status"] == "approved"
+    IdempotencyRecord.objects.filter(key="died-approved").update(
+        state=IdempotencyRecord.State.IN_FLIGHT,
+        response_status=None,
+        response_body=None,
+        locked_until=timezone.now() - timedelta(seconds=1),
+    )
+    response = world.api().submit(SEND_EMAIL, key="died-approved")
+    assert response.status_code == 202, response.json()
+    assert response.json()["id"] == created.json()["id"]
+    assert world.api().submit(SEND_EMAIL, key="died-approved").status_code == 202
+
+
 def test_keys_are_scoped_to_the_agent(world: World) -> None:
     other = Agent.objects.create(name="billing-bot", owner=world.alice)
     other.allowed_tools.add(world.tools["send_email"])
