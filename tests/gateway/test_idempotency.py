@@ -157,17 +157,21 @@ def test_an_abandoned_in_flight_key_is_taken_over(world: World) -> None:
     assert ToolCall.objects.filter(request_key="abandoned").count() == 1
 
 
-def test_a_request_that_died_after_creating_its_call_is_answered_with_that_call(
-    world: World,
-) -> None:
-    created = world.api().submit(SEND_EMAIL, key="died").json()
-    # As if the process died after the call's commit, before the response was stored.
-    IdempotencyRecord.objects.filter(key="died").update(
+def died_before_answering(key: str) -> None:
+    """As if the process died after the call's commit, before the response was stored."""
+    IdempotencyRecord.objects.filter(key=key).update(
         state=IdempotencyRecord.State.IN_FLIGHT,
         response_status=None,
         response_body=None,
         locked_until=timezone.now() - timedelta(seconds=1),
     )
+
+
+def test_a_request_that_died_after_creating_its_call_is_answered_with_that_call(
+    world: World,
+) -> None:
+    created = world.api().submit(SEND_EMAIL, key="died").json()
+    died_before_answering("died")
     response = world.api().submit(SEND_EMAIL, key="died")
     assert response.status_code == 202
     assert response.json()["id"] == created["id"]
@@ -185,12 +189,7 @@ def test_a_call_approved_as_it_arrived_by_a_request_that_died_is_answered_as_at_
     )
     created = world.api().submit(SEND_EMAIL, key="died-approved")
     assert created.status_code == 202 and created.json()["status"] == "approved"
-    IdempotencyRecord.objects.filter(key="died-approved").update(
-        state=IdempotencyRecord.State.IN_FLIGHT,
-        response_status=None,
-        response_body=None,
-        locked_until=timezone.now() - timedelta(seconds=1),
-    )
+    died_before_answering("died-approved")
     response = world.api().submit(SEND_EMAIL, key="died-approved")
     assert response.status_code == 202, response.json()
     assert response.json()["id"] == created.json()["id"]

@@ -54,6 +54,22 @@ def the_pending_call(tool: str = "send_email") -> ToolCall:
     return ToolCall.objects.get(tool__name=tool, status=Status.PENDING)
 
 
+def call_in_background(
+    world: World, web: WebProcess, tool: str, arguments: dict[str, Any], *, mode: str = "legacy"
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """The official client calls ``tool`` in a thread of its own, waiting for the call to
+    end (as a model's client does); its result lands in the dict under "result"."""
+    answer: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with connected(web.url, world.token, mode=mode) as client:
+            answer["result"] = await client.call_tool(tool, arguments)
+
+    waiting = threading.Thread(target=anyio.run, args=(main,))
+    waiting.start()
+    return waiting, answer
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_initialize_names_countersign_and_explains_approvals(
     live_world: World, mcp_web: WebProcess, mode: str
@@ -150,15 +166,10 @@ def test_a_read_runs_at_once_and_a_failure_carries_the_rest_apis_error(
 def test_a_write_that_failed_after_approval_carries_the_tools_code(
     live_world: World, mcp_web: WebProcess, mcp_worker: Worker, mode: str
 ) -> None:
-    answer: dict[str, Any] = {}
     arguments = {"customer_id": "cus_9999", "changes": {"plan": "pro"}}
-
-    async def main() -> None:
-        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
-            answer["result"] = await client.call_tool("update_customer", arguments)
-
-    waiting = threading.Thread(target=anyio.run, args=(main,))
-    waiting.start()
+    waiting, answer = call_in_background(
+        live_world, mcp_web, "update_customer", arguments, mode=mode
+    )
     call = the_pending_call("update_customer")
     decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve")
     waiting.join(timeout=CALL_WAIT_SECONDS + 30)
@@ -178,14 +189,7 @@ def test_a_write_refused_at_its_claim_says_why_not_that_the_tool_refused(
 ) -> None:
     """The tool's definition changed between the approval and the run: the tool never ran,
     and the model is told to fetch the tools again, as a read refused there is."""
-    answer: dict[str, Any] = {}
-
-    async def main() -> None:
-        async with connected(mcp_web.url, live_world.token) as client:
-            answer["result"] = await client.call_tool("send_email", EMAIL)
-
-    waiting = threading.Thread(target=anyio.run, args=(main,))
-    waiting.start()
+    waiting, answer = call_in_background(live_world, mcp_web, "send_email", EMAIL)
     call = the_pending_call()
     held: list[uuid.UUID] = []
     monkeypatch.setattr(send, "send_execution", held.append)  # approved, not yet sent
@@ -374,14 +378,7 @@ def test_a_write_still_pending_answers_with_the_rest_202_body_then_countersign_w
 def test_a_rejection_reaches_the_model_with_the_reviewers_reason(
     live_world: World, mcp_web: WebProcess
 ) -> None:
-    answer: dict[str, Any] = {}
-
-    async def main() -> None:
-        async with connected(mcp_web.url, live_world.token) as client:
-            answer["result"] = await client.call_tool("send_email", EMAIL)
-
-    waiting = threading.Thread(target=anyio.run, args=(main,))
-    waiting.start()
+    waiting, answer = call_in_background(live_world, mcp_web, "send_email", EMAIL)
     call = the_pending_call()
     decide(
         call_id=call.pk,
