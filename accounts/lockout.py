@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from axes.helpers import get_cool_off
+from axes.handlers.database import AxesDatabaseHandler
+from axes.helpers import get_client_username, get_cool_off
+from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
@@ -20,6 +22,23 @@ from django.utils import timezone
 
 from audit.log import Claimed, record
 from audit.masking import masked
+
+
+class LockoutHandler(AxesDatabaseHandler):
+    """django-axes' database handler, but a successful sign-in forgets only the failures
+    made under the name that signed in. Axes forgets every failure matching any lockout
+    parameter, the client address included: anyone with one working account could guess
+    another's password nineteen times, sign in as themselves, and start again, without
+    end and without a lockout in the trail."""
+
+    def reset_user_attempts(
+        self, request: HttpRequest, credentials: dict[str, Any] | None = None
+    ) -> int:
+        username = get_client_username(request, credentials)
+        if not username:
+            return 0
+        deleted, _ = AccessAttempt.objects.filter(username=username).delete()
+        return int(deleted)
 
 
 def client_address(request: HttpRequest) -> str:

@@ -291,7 +291,11 @@ if OIDC_ENABLED:
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 20)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 30))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# A success forgets the failures under the name that signed in, not those from its address
+# (accounts.lockout.LockoutHandler): signing in to one's own account never resets a lock
+# being built against another's.
 AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "accounts.lockout.LockoutHandler"
 AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
 # The client address is REMOTE_ADDR (as in the trail's sign-in events), never a header
 # the client chose to send.

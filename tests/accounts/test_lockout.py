@@ -62,6 +62,25 @@ def test_a_success_before_the_limit_starts_the_count_again(world: World) -> None
     assert client.post("/login/", {"username": "bob", "password": "pw-bob"}).status_code == 302
 
 
+def test_signing_in_to_ones_own_account_does_not_reset_the_lock_on_another(
+    world: World,
+) -> None:
+    """Charlie guesses bob's password from one address, signing in as himself between
+    rounds: the count against bob (and the address) goes on, and the lock comes."""
+    for _ in range(3):
+        fail(Client(), "bob", 6, REMOTE_ADDR="10.9.9.9")
+        own = Client().post(
+            "/login/", {"username": "charlie", "password": "pw-charlie"}, REMOTE_ADDR="10.9.9.9"
+        )
+        assert own.status_code == 302
+    fail(Client(), "bob", 2, REMOTE_ADDR="10.9.9.9")
+    right = Client().post(
+        "/login/", {"username": "bob", "password": "pw-bob"}, REMOTE_ADDR="10.9.9.8"
+    )
+    assert right.status_code == 429, "bob's account is locked after 20 wrong passwords"
+    assert AuditEvent.objects.filter(action="auth.locked_out", actor_label="bob").exists()
+
+
 @override_settings(AXES_FAILURE_LIMIT=3)
 def test_an_unknown_name_is_kept_only_as_a_fingerprint(world: World) -> None:
     fail(Client(), "hunter2-typed-as-a-name", 3)
