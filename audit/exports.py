@@ -181,6 +181,7 @@ def _stream_copy(events: QuerySet[AuditEvent]) -> Iterator[bytes]:
     with connection.cursor() as cursor:
         raw = cursor.cursor  # psycopg's own cursor: Django's wrapper has no copy()
         statement = raw.mogrify(sql, params) if params else sql
+        cancelled = False
         try:
             with raw.copy(statement) as copy:
                 try:
@@ -201,12 +202,17 @@ def _stream_copy(events: QuerySet[AuditEvent]) -> Iterator[bytes]:
                     # COPY (the server stops at once); inside one, a cancel would abort the
                     # caller's transaction, so read the rest and drop it.
                     if connection.get_autocommit():
+                        cancelled = True
                         raw.connection.cancel_safe()
                     for _ in copy:
                         pass
                     raise
         except QueryCanceled:
-            pass
+            # Only the cancel sent just above ends the file quietly. Any other (a statement
+            # timeout, an operator's cancel) would leave a file that looks whole and is not:
+            # the download fails instead, as a JSON Lines export does.
+            if not cancelled:
+                raise
 
 
 def _stream_lines(events: QuerySet[AuditEvent]) -> Iterator[bytes]:

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from psycopg.errors import QueryCanceled
 
 from audit import anchor
@@ -43,6 +44,8 @@ class Verification:
     broken_id: int | None = None
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    # The walk did not reach the head (the database cut it short): no verdict either way.
+    interrupted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +72,7 @@ def _rows_postgresql(upto_seq: int | None) -> Iterator[tuple[Any, ...]]:
             f"COPY (SELECT {_WALK_COLUMNS} FROM audit_auditevent"  # noqa: S608 - constants
             f" WHERE seq IS NOT NULL{upto} ORDER BY seq) TO STDOUT (FORMAT BINARY)"
         )
+        cancelled = False
         try:
             with cursor.cursor.copy(statement) as copy:
                 copy.set_types(_WALK_TYPES)
@@ -79,12 +83,16 @@ def _rows_postgresql(upto_seq: int | None) -> Iterator[tuple[Any, ...]]:
                     # COPY; inside one a cancel would abort the caller's transaction, so
                     # read the rest and drop it.
                     if connection.get_autocommit():
+                        cancelled = True
                         cursor.cursor.connection.cancel_safe()
                     for _ in copy:
                         pass
                     raise
         except QueryCanceled:
-            pass
+            # Only the cancel sent just above ends the walk quietly. Any other (a statement
+            # timeout, an operator's pg_cancel_backend) cut it short: the caller must know.
+            if not cancelled:
+                raise
 
 
 def _rows_portable(upto_seq: int | None) -> Iterator[tuple[Any, ...]]:
@@ -268,6 +276,27 @@ def verify_chain(
             )
     except anchor.AnchorFileDamaged as exc:
         return result(False, broken_seq=None, reason=f"the anchor file {path} is damaged: {exc}")
+    except (DatabaseError, psycopg.Error) as exc:
+        # Not a verdict on the chain: the walk did not get to its end.
+        return result(
+            False,
+            interrupted=True,
+            reason=(
+                f"the walk was interrupted after seq {expected - 1} of {head_seq} "
+                f"({type(exc).__name__}: {str(exc).strip()[:200]}); the events after it are "
+                "not verified: run it again"
+            ),
+        )
+    if expected - 1 != head_seq:
+        # The head was read before the walk: fewer links than that is events gone.
+        return result(
+            False,
+            broken_seq=expected,
+            reason=(
+                f"the chain's head was seq {head_seq} when the walk began, but it ends at seq "
+                f"{expected - 1}: events removed from its end"
+            ),
+        )
     return result(True)
 
 
@@ -277,7 +306,7 @@ def record_verification(result: Verification, *, actor: Any = None) -> Verificat
     record(
         action="audit.chain_verified",
         actor=actor,
-        outcome="ok" if result.ok else "broken",
+        outcome="ok" if result.ok else "incomplete" if result.interrupted else "broken",
         data={
             "checked": result.checked,
             "head_seq": result.head_seq,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 
-from audit import anchor, chain
+from audit import anchor, chain, verify
 from audit.canonical import GENESIS_HASH
 from audit.log import record
 from audit.models import AuditEvent
@@ -150,6 +151,42 @@ def test_require_anchor_refuses_an_unanchored_chain(anchor_path) -> None:
     make_events(2)
     chain.seal_pending()
     assert "not anchored" in broken("--require-anchor")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("anchored", [False, True])
+def test_a_walk_the_database_cuts_short_is_neither_ok_nor_broken(
+    anchor_path, monkeypatch, anchored: bool
+) -> None:
+    """An operator's pg_cancel_backend (or a statement timeout) stops the walk half-way: it
+    says the chain after that point is not verified, not that it holds, nor that events
+    were removed."""
+    # Rows big enough (40 MB in all) that the server is still sending when it is cancelled.
+    for n in range(2500):
+        record(action="test.event", outcome="ok", data={"n": n, "pad": "x" * 16000})
+    chain.seal_pending()
+    if anchored:
+        chain.write_anchor()
+    walker = connection.cursor().connection.info.backend_pid
+    monkeypatch.setattr(verify, "PROGRESS_EVERY", 100)
+
+    def cancel_once(checked: int, head: int) -> None:
+        if checked == 100:
+            other = connections["default"].copy()  # another session, as an operator's
+            try:
+                with other.cursor() as cursor:
+                    cursor.execute("SELECT pg_cancel_backend(%s)", [walker])
+            finally:
+                other.close()
+            time.sleep(0.3)
+
+    result = verify_chain(progress=cancel_once)
+    assert result.interrupted and not result.ok, result
+    assert 100 <= result.checked < 2500
+    assert "interrupted" in result.reason and "removed" not in result.reason
+    verify.record_verification(result)
+    assert AuditEvent.objects.filter(action="audit.chain_verified").get().outcome == "incomplete"
+    assert verify_chain().ok, "walked again, uninterrupted, the chain holds"
 
 
 def test_the_outcome_can_be_recorded_in_the_trail(sealed_chain) -> None:

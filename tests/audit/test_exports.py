@@ -7,10 +7,12 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.test import Client
 
 from audit import chain, exports
@@ -130,6 +132,30 @@ def test_a_reader_that_stops_early_leaves_the_connection_usable(in_transaction: 
             read_a_little()
     else:
         read_a_little()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.django_db(transaction=True)
+def test_an_export_the_database_cuts_short_fails_rather_than_look_whole(fmt: str) -> None:
+    """An operator's cancel (or a statement timeout) mid-download: the stream ends in an
+    error, so the file cannot pass for the whole trail."""
+    AuditEvent.objects.bulk_create(
+        AuditEvent(action="test.bulk", actor_type="system", data={"x": "y" * 16000})
+        for _ in range(2500)
+    )
+    exporter = connection.cursor().connection.info.backend_pid
+    stream = exports.stream(AuditEvent.objects.all(), fmt)
+    assert next(stream)
+    other = connections["default"].copy()  # another session, as an operator's
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_cancel_backend(%s)", [exporter])
+    finally:
+        other.close()
+    time.sleep(0.3)
+    with pytest.raises((DatabaseError, psycopg.Error)):
+        for _ in stream:
+            pass
 
 
 def test_the_workspace_serves_the_verifier(auditor_client: Client) -> None:

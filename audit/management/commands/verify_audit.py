@@ -43,6 +43,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result.as_dict()))
         for warning in result.warnings:
             self.stderr.write(f"warning: {warning}")
+        if result.interrupted:
+            raise CommandError(f"audit chain not verified: {result.reason}")
         if not result.ok:
             where = f"seq {result.broken_seq}" if result.broken_seq else "the anchor"
             if result.broken_id:
