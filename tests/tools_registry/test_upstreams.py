@@ -17,10 +17,13 @@ from guardian.shortcuts import get_groups_with_perms
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control
+from tests.support.upstreams.raw_mcp import RawMcpServer
+from tests.support.upstreams.raw_mcp import reply as raw_reply
 from tests.support.web import WebProcess, free_port
 from tools_registry import sources
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
+from tools_registry.registry import ToolFailed
 from tools_registry.services.upstreams import (
     edit_imported_tool,
     set_upstream_enabled,
@@ -228,3 +231,53 @@ def test_a_reviewer_reads_what_an_imported_call_does(
     assert create.preview_fn({"item": "chairs", "quantity": 4}) == (
         "POST /orders on orders: item=chairs, quantity=4."
     )
+
+
+def _called(answer: Any) -> tuple[list[dict[str, Any]], BaseException | None]:
+    server = RawMcpServer(answer)
+    try:
+        upstream_mcp.call(
+            url=server.url, headers=[], tool="do_it", arguments={}, key="k-1", timeout=5
+        )
+    except BaseException as exc:
+        return server.calls, exc
+    finally:
+        server.close()
+    return server.calls, None
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_an_mcp_upstreams_5xx_after_the_tool_ran_leaves_the_outcome_unknown(status: int) -> None:
+    """A gateway's 502 in front of the server, or a crash after the effect: the SDK makes a
+    JSON-RPC error of it, but the tool may have run. Not ToolFailed (failed, not run): the
+    runner makes a write of it unknown, for reconciliation or a person."""
+    calls, raised = _called(
+        lambda h, m: raw_reply(h, status, b"<html>Bad gateway</html>", "text/html")
+    )
+    assert len(calls) == 1, "the tool was called"
+    assert raised is not None and not isinstance(raised, ToolFailed), raised
+
+
+def test_an_mcp_stream_that_ends_before_the_result_leaves_the_outcome_unknown() -> None:
+    def ends_early(handler: Any, message: dict[str, Any]) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("connection", "close")
+        handler.end_headers()
+        handler.wfile.write(b": the result never comes\n\n")
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    calls, raised = _called(ends_early)
+    assert len(calls) == 1
+    assert raised is not None and not isinstance(raised, ToolFailed), raised
+
+
+def test_an_mcp_upstream_that_refuses_the_arguments_did_not_run_the_tool() -> None:
+    def refuses(handler: Any, message: dict[str, Any]) -> None:
+        error = {"code": -32602, "message": "Unknown argument: y"}
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "error": error})
+
+    _, raised = _called(refuses)
+    assert isinstance(raised, ToolFailed) and raised.code == "upstream_refused"
+    assert "Unknown argument" in raised.message

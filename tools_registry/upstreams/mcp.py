@@ -117,6 +117,13 @@ def _tool(upstream: str, tool: types.Tool) -> ImportedTool:
     )
 
 
+# The JSON-RPC errors that say the request was refused before the tool could run: no such
+# tool, arguments it does not take (and the SDK's answer to an HTTP 404). Every other error
+# may come after the tool ran: an internal error, and what the SDK makes of an HTTP 5xx (a
+# gateway in front of the server), an answer it could not read or a stream that ended first.
+REFUSED_BEFORE_RUNNING = frozenset({types.METHOD_NOT_FOUND, types.INVALID_PARAMS})
+
+
 def call(
     *,
     url: str,
@@ -136,13 +143,13 @@ def call(
         result = _run(run, url, headers, timeout)
     except BaseException as exc:
         cause = _leaf(exc)
-        if isinstance(cause, MCPError):
-            # A JSON-RPC error: the server refused the request; the tool did not run.
+        if isinstance(cause, MCPError) and cause.code in REFUSED_BEFORE_RUNNING:
             raise ToolFailed(
-                f"The upstream refused the call: {cause.error.message}"[:500],
+                f"The upstream refused the call: {cause.message}"[:500],
                 code="upstream_refused",
             ) from None
-        # A timeout or a broken connection: whether the tool ran is unknown.
+        # A timeout, a broken connection, or any other error: whether the tool ran is
+        # unknown (a write is reconciled or goes to a person; never reported as not run).
         raise cause from None
     text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
     if result.is_error:
