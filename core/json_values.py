@@ -41,3 +41,23 @@ def json_problem(value: Any) -> str:
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
     return ""
+
+
+REPLACEMENT = "\ufffd"
+
+
+def storable(value: Any) -> Any:
+    """``value`` with what PostgreSQL's jsonb cannot hold replaced: NUL and unpaired
+    surrogates by U+FFFD (in keys too), numbers that are not finite by null. For what
+    Countersign did not choose and must keep all the same: a tool's result or error, after
+    its effect happened. Recursive: a result was encoded by ``json.dumps`` first, so its
+    depth is one Python could encode."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub(REPLACEMENT, value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_UNSTORABLE.sub(REPLACEMENT, str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value

@@ -41,6 +41,7 @@ from approvals.execution.claim import Claim, claim_call
 from approvals.execution.finish import Also, Outcome, finish_call
 from approvals.models import Status
 from audit.masking import mask_text
+from core.json_values import storable
 from tools_registry import registry, sources
 from tools_registry.policy import READ_BACKOFF_MAX_SECONDS, Risk
 from tools_registry.registry import RegisteredTool, ToolContext, ToolFailed
@@ -139,7 +140,7 @@ def _checked_result(spec: RegisteredTool, result: object) -> dict:
         raise TypeError(
             f"handler of {spec.name} returned {type(result).__name__}, not a JSON object"
         )
-    json.dumps(result)  # raises for values the database and the API could not store
+    json.dumps(result)  # raises for values JSON cannot encode (what jsonb cannot hold: _outcome)
     return result
 
 
@@ -157,4 +158,7 @@ def _describe(exc: BaseException) -> dict[str, str]:
 
 def _outcome(status: str, started: float, tries: int, **fields: object) -> Outcome:
     latency_ms = int((time.monotonic() - started) * 1000)
-    return Outcome(status=status, latency_ms=latency_ms, tries=tries, **fields)  # type: ignore[arg-type]
+    # What a tool answered is kept whatever it holds: a NUL from an upstream must not lose
+    # the outcome of an effect that happened (the database would refuse to store it).
+    kept = {name: storable(value) for name, value in fields.items()}
+    return Outcome(status=status, latency_ms=latency_ms, tries=tries, **kept)  # type: ignore[arg-type]
