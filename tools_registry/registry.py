@@ -196,8 +196,15 @@ class InvalidArguments(ToolFailed):
         self.problems = problems
 
 
-def tool_version(name: str, description: str, input_schema: JSON) -> str:
-    payload = {"name": name, "description": description, "input_schema": input_schema}
+def tool_version(
+    name: str, description: str, input_schema: JSON, *, runs: JSON | None = None
+) -> str:
+    """What an approval binds to besides the arguments. ``runs``: for a tool imported from
+    an upstream, what a call of it does there (its risk, the HTTP operation): a re-sync that
+    changes them is a new version, and calls approved before it are refused at the claim."""
+    payload: JSON = {"name": name, "description": description, "input_schema": input_schema}
+    if runs is not None:
+        payload["runs"] = runs
     return sha256_hex(canonical_json(payload))[:16]
 
 

@@ -133,6 +133,24 @@ def test_a_resync_keeps_an_admins_edits_and_follows_the_upstreams_changes(
     assert (cancel.available, cancel.enabled) == (True, False), "back, and still off until enabled"
 
 
+def test_a_resync_that_moves_an_operation_is_a_new_version(
+    world: World, http_upstream: WebProcess
+) -> None:
+    """The document now sends create_order to another path under the same operation id,
+    summary and schema: nothing a reviewer reads changed, what an approved call does did.
+    The version changes, so a call approved before is refused at its claim, unrun."""
+    register_orders(http_upstream)
+    before = Tool.objects.get(name="orders__create_order")
+    control(http_upstream, document="moved")
+    call_command("sync_upstreams", "orders", stdout=StringIO())
+    after = Tool.objects.get(name="orders__create_order")
+    assert after.upstream_operation["path"] == "/orders/bulk"
+    assert (after.description, after.input_schema) == (before.description, before.input_schema)
+    assert after.version != before.version
+    edited = edit_imported_tool(tool=after, risk=Risk.DESTRUCTIVE, changed_by=world.alice)
+    assert edited.version != after.version, "a new risk is a new version too"
+
+
 def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CommandError, match="could not be fetched"):

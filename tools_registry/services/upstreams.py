@@ -194,7 +194,13 @@ def _create(upstream: Upstream, imported: ImportedTool, *, enabled: bool, actor:
         input_schema=imported.input_schema,
         output_schema=imported.output_schema,
         risk=imported.risk,
-        version=tool_version(imported.name, imported.description, imported.input_schema),
+        version=_version(
+            imported.name,
+            imported.description,
+            imported.input_schema,
+            risk=imported.risk,
+            operation=imported.operation,
+        ),
         overwrites=imported.overwrites,
         idempotent=imported.idempotent,
         open_world=imported.open_world,
@@ -242,9 +248,13 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any) -> bool:
         changed["available"] = True  # back upstream; it stays disabled until an admin enables it
     if "risk" in changed:
         changed.update(policy_for_new_risk(tool, changed["risk"], imported.input_schema))
-    description = changed.get("description", tool.description)
-    schema = changed.get("input_schema", tool.input_schema)
-    version = tool_version(tool.name, description, schema)
+    version = _version(
+        tool.name,
+        changed.get("description", tool.description),
+        changed.get("input_schema", tool.input_schema),
+        risk=changed.get("risk", tool.risk),
+        operation=values["upstream_operation"],
+    )
     if version != tool.version:
         changed["version"] = version
     if not changed:
@@ -310,7 +320,13 @@ def edit_imported_tool(
     before = {k: getattr(locked, k) for k in changed}
     for key, value in changed.items():
         setattr(locked, key, value)
-    locked.version = tool_version(locked.name, locked.description, locked.input_schema)
+    locked.version = _version(
+        locked.name,
+        locked.description,
+        locked.input_schema,
+        risk=locked.risk,
+        operation=locked.upstream_operation,
+    )
     locked.policy_version += 1
     locked.save(update_fields=[*changed, "version", "policy_version", "updated_at"])
     record(
@@ -324,3 +340,12 @@ def edit_imported_tool(
         },
     )
     return locked
+
+
+def _version(
+    name: str, description: str, schema: dict[str, Any], *, risk: str, operation: Any
+) -> str:
+    """An imported tool's version: what it is, and what a call of it does upstream (its
+    risk; for an HTTP API, the method, path and server). An approved POST never runs as the
+    DELETE a re-synced document put under the same operationId."""
+    return tool_version(name, description, schema, runs={"risk": risk, "operation": operation})
