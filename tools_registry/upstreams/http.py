@@ -76,11 +76,15 @@ def call(
     timeout: float,
 ) -> JSON:
     url, query, headers, body = request_parts(operation, base_url, arguments)
-    sent = {**dict(upstream_headers), **headers, "User-Agent": USER_AGENT}
+    ours = {**dict(upstream_headers), "User-Agent": USER_AGENT}
     if body is not None:
-        sent["Content-Type"] = "application/json"
+        ours["Content-Type"] = "application/json"
     if idempotency_header:
-        sent[idempotency_header] = key
+        ours[idempotency_header] = key
+    # The upstream's own headers are Countersign's, never an argument's: an agent's header
+    # argument of the same name (in any case) is dropped, whenever the admin set it.
+    taken = {name.lower() for name in ours}
+    sent = {**{k: v for k, v in headers.items() if k.lower() not in taken}, **ours}
     status, answer, location = _send(operation["method"], url, query, sent, body, timeout)
     if 200 <= status < 300:
         return answer
@@ -90,13 +94,29 @@ def call(
             f"The upstream redirected the request to {target}; redirects are not followed.",
             code="upstream_redirect",
         )
+    message = _without_credentials(_message(answer), upstream_headers)
     if 400 <= status < 500:
         raise ToolFailed(
-            f"The upstream refused the request (HTTP {status}): {_message(answer)}",
+            f"The upstream refused the request (HTTP {status}): {message}",
             code=f"upstream_{status}",
             retryable=status in RETRYABLE,
         )
-    raise UpstreamUnclear(f"The upstream failed (HTTP {status}): {_message(answer)}")
+    raise UpstreamUnclear(f"The upstream failed (HTTP {status}): {message}")
+
+
+def _without_credentials(message: str, upstream_headers: list[tuple[str, str]]) -> str:
+    """An upstream's message with the values of the headers it was sent (its credentials)
+    taken out, whole or as their tokens ("Bearer <token>"): some servers quote them back,
+    and the message reaches the agent, the call and the trail."""
+    for _, value in upstream_headers:
+        for secret in sorted({value, *value.split()}, key=len, reverse=True):
+            if len(secret) >= CREDENTIAL_SHORTEST and secret in message:
+                message = message.replace(secret, "[credential]")
+    return message
+
+
+# Shorter parts of a header value ("Bearer", a tenant's "eu") are not credentials to hide.
+CREDENTIAL_SHORTEST = 8
 
 
 def lookup(

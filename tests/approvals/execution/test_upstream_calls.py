@@ -7,10 +7,13 @@ server that does not honour keys is never re-run by itself: a person decides."""
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from tests.support.web import WebProcess
 from tests.support.workers import Worker, purge_queue, running_worker, wait_for
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
+from tools_registry.registry import ToolFailed
+from tools_registry.upstreams import http as upstream_http
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -223,3 +228,71 @@ def test_an_mcp_server_that_ignores_keys_is_never_rerun_by_itself(
     time.sleep(4)
     assert ToolCall.objects.get(pk=call.pk).status == Status.UNKNOWN
     assert [n["key"] for n in effects(mcp_upstream)["notes"]] == [call.execution_key]
+
+
+class _Echo:
+    """An HTTP API that records each request's headers and answers 401 quoting the
+    Authorization it received, as some servers do."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                quoted = self.headers.get("authorization", "")
+                body = json.dumps({"error": {"message": f"Invalid credentials: {quoted}"}})
+                self.send_response(401)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+OPERATION = {
+    "method": "POST",
+    "path": "/things",
+    "parameters": [
+        {"name": "X-Api-Key", "in": "header"},
+        {"name": "Authorization", "in": "header"},
+    ],
+    "body": None,
+}
+
+
+def test_the_upstreams_own_headers_win_over_header_arguments_and_never_come_back() -> None:
+    """An agent's header argument named like one of the upstream's headers (in any case)
+    is dropped: the admin's credential or tenant is what is sent. And a server that quotes
+    the credential back in its error does not put it in the agent's answer."""
+    echo = _Echo()
+    try:
+        with pytest.raises(ToolFailed) as refused:
+            upstream_http.call(
+                operation=OPERATION,
+                base_url=echo.url,
+                upstream_headers=[
+                    ("x-api-key", "ADMIN-KEY-0001"),
+                    ("Authorization", "Bearer CANARY-123"),
+                ],
+                idempotency_header="Idempotency-Key",
+                key="countersign-k",
+                arguments={"X-Api-Key": "agent-chosen", "authorization": "Bearer agent"},
+                timeout=5,
+            )
+    finally:
+        echo.httpd.shutdown()
+    (sent,) = echo.headers
+    assert sent["x-api-key"] == "ADMIN-KEY-0001" and sent["authorization"] == "Bearer CANARY-123"
+    assert refused.value.code == "upstream_401"
+    assert "CANARY-123" not in refused.value.message and "[credential]" in refused.value.message
