@@ -202,16 +202,39 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
     transport = None if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS else PublicOnlyTransport()
     try:
         # No redirects: a receiver must not bounce the signed payload somewhere else.
-        with httpx.Client(
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            follow_redirects=False,
-            transport=transport,
-            verify=tls.context(),
-        ) as c:
-            response = c.post(delivery.url, content=body, headers=headers)
+        with (
+            httpx.Client(
+                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+                follow_redirects=False,
+                transport=transport,
+                verify=tls.context(),
+            ) as c,
+            c.stream("POST", delivery.url, content=body, headers=headers) as response,
+        ):
+            deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
+            excerpt = _excerpt(response, deadline=deadline)
     except httpx.HTTPError as exc:
         return AttemptResult(error=f"{type(exc).__name__}: {exc}"[:500])
-    return AttemptResult(status_code=response.status_code, excerpt=response.text[:500])
+    return AttemptResult(status_code=response.status_code, excerpt=excerpt)
+
+
+# Of a receiver's answer only the start is kept (an excerpt for the admin); at most this much
+# is read, however much it sends.
+ANSWER_READ_BYTES = 64 * 1024
+
+
+def _excerpt(response: httpx.Response, *, deadline: float) -> str:
+    """The start of a receiver's answer, read within the delivery's time: httpx's timeout
+    bounds each read, and a receiver sending a byte now and then (or a gigabyte) would
+    otherwise hold the worker past its lease, with the executor's tasks waiting behind."""
+    raw = bytearray()
+    for chunk in response.iter_bytes():
+        raw += chunk
+        if len(raw) >= ANSWER_READ_BYTES:
+            break
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the receiver's answer took longer than the timeout")
+    return raw[:ANSWER_READ_BYTES].decode(response.encoding or "utf-8", errors="replace")[:500]
 
 
 def _finish(

@@ -44,6 +44,12 @@ class Receiver:
     statuses: list[int]
     delay: float = 0.0
     scripted: str = ""
+    # The answer's body: this many bytes, sent ``drip`` seconds apart, one at a time (0: at
+    # once, in blocks); ``written`` is how much of it the receiver got out before the
+    # client closed the connection.
+    answer_bytes: int = 2
+    drip: float = 0.0
+    written: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
@@ -72,9 +78,17 @@ def receiver() -> Iterator[Receiver]:
                 time.sleep(state.delay)
             status = state.answer(body)
             self.send_response(status)
-            self.send_header("Content-Length", "2")
+            self.send_header("Content-Length", str(state.answer_bytes))
             self.end_headers()
-            self.wfile.write(b"ok")
+            try:
+                for sent in range(0, state.answer_bytes, 1 if state.drip else 65536):
+                    piece = b"o" * (1 if state.drip else min(65536, state.answer_bytes - sent))
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    state.written += len(piece)
+                    time.sleep(state.drip)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def log_message(self, *args: Any) -> None:
             return None
@@ -247,6 +261,33 @@ def test_each_event_is_sent_once_and_signed(
     # A late duplicate of the task finds nothing due and sends nothing.
     assert webhooks.deliver(delivery.pk) == "not_due"
     assert len(receiver.received) == 1
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1)
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout(
+    world: World, receiver: Receiver
+) -> None:
+    """A byte every 0.3 s keeps each read within the timeout; the whole answer may not take
+    longer than it, or a receiver an agent chose would hold a worker past its lease."""
+    receiver.answer_bytes, receiver.drip = 40, 0.3
+    call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call)
+    started = time.monotonic()
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
+    assert time.monotonic() - started < 4
+    attempt = delivery.attempt_log.get()
+    assert "ReadTimeout" in attempt.error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_receivers_huge_answer_is_not_read_whole(world: World, receiver: Receiver) -> None:
+    receiver.answer_bytes = 200 * 1024 * 1024
+    call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call)
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    assert len(delivery.attempt_log.get().response_excerpt) == 500
+    time.sleep(0.5)
+    assert receiver.written < 32 * 1024 * 1024, "the client stopped reading early"
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_SECRET_GRACE_SECONDS=3600)

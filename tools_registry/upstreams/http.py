@@ -15,6 +15,7 @@ failed, the effect did not happen (``ToolFailed``: retryable for 408, 409, 425 a
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -148,6 +149,9 @@ def _send(
     method: str, url: str, query: JSON, headers: dict[str, str], body: Any, timeout: float
 ) -> tuple[int, JSON, str]:
     limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
+    # httpx's timeout bounds each read, not the request: a server sending a byte now and
+    # then would hold the call (and a web thread, for a read) without end.
+    deadline = time.monotonic() + timeout
     try:
         with (
             httpx.Client(timeout=timeout, follow_redirects=False, verify=tls.context()) as client,
@@ -166,6 +170,8 @@ def _send(
                 if len(raw) > limit:
                     truncated = True
                     break
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the answer took longer than the tool's timeout")
             return (
                 response.status_code,
                 _answer(response, bytes(raw[:limit]), truncated),

@@ -296,3 +296,46 @@ def test_the_upstreams_own_headers_win_over_header_arguments_and_never_come_back
     assert sent["x-api-key"] == "ADMIN-KEY-0001" and sent["authorization"] == "Bearer CANARY-123"
     assert refused.value.code == "upstream_401"
     assert "CANARY-123" not in refused.value.message and "[credential]" in refused.value.message
+
+
+def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout() -> None:
+    """A byte every 0.3 s keeps each read within the timeout; the whole answer may not take
+    longer than the tool's timeout (a read holds a web thread meanwhile)."""
+
+    class Drip(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "40")
+            self.end_headers()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            upstream_http.call(
+                operation={**OPERATION, "parameters": []},
+                base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                upstream_headers=[],
+                idempotency_header="",
+                key="k",
+                arguments={},
+                timeout=1,
+            )
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 3
