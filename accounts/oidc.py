@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -56,6 +57,16 @@ def sync_teams(*, user: Any, claims: dict[str, Any]) -> None:
 class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     """Matches people by the username claim (``OIDC_USERNAME_CLAIM``), creates them with no
     usable password (they sign in through the provider), and syncs their teams."""
+
+    def authenticate(self, request: Any, **kwargs: Any) -> Any:
+        """None (a failed sign-in, audited as one, and the sign-in page again) when the
+        provider refuses the code: a reused, expired or forged one (the back button, a
+        double click) is the provider's 400, not a 500 here."""
+        try:
+            return super().authenticate(request, **kwargs)
+        except requests.RequestException as exc:
+            logger.warning("SSO sign-in refused by the provider: %s", type(exc).__name__)
+            return None
 
     def verify_claims(self, claims: dict[str, Any]) -> bool:
         return bool(str(claims.get(settings.OIDC_USERNAME_CLAIM) or "").strip())

@@ -7,7 +7,7 @@ so any combination stays fast on millions of rows; the page itself is keyset-pag
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from django.db.models import Q, QuerySet
@@ -171,9 +171,18 @@ def _uuid(value: str) -> UUID | None:
         return None
 
 
+# PostgreSQL takes UTC offsets up to 15:59 either way; Python takes up to 23:59.
+LARGEST_OFFSET = timedelta(hours=15, minutes=59)
+
+
 def _instant(value: str) -> datetime | None:
+    """An ISO 8601 instant, or None (a naive one is UTC) for what is none, and for an offset
+    the database cannot take (+23:59 parses, and would answer 500 there)."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
+    if timezone.is_naive(moment):
+        return timezone.make_aware(moment, UTC)
+    offset = moment.utcoffset()
+    return moment if offset is not None and abs(offset) <= LARGEST_OFFSET else None

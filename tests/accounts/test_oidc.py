@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -117,6 +117,19 @@ def test_a_forged_state_signs_nobody_in(world: World, sso: Provider) -> None:
     client.get("/oidc/authenticate/")
     response = client.get("/oidc/callback/?code=forged&state=forged")
     assert response.status_code == 400
+    assert "_auth_user_id" not in client.session
+
+
+def test_a_code_the_provider_refuses_is_a_failed_sign_in_not_a_500(
+    world: World, sso: Provider
+) -> None:
+    """A reused, expired or forged code with a valid state (the back button, a double
+    click): the provider answers 400 at its token endpoint."""
+    client = Client()
+    start = client.get("/oidc/authenticate/?next=/audit/")
+    state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+    response = client.get(f"/oidc/callback/?code=forged&state={state}")
+    assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
     assert "_auth_user_id" not in client.session
 
 
