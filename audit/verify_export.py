@@ -21,8 +21,13 @@ canonical text of the value; the chain binds its bytes, not a re-serialisation.)
 and checks that each row's ``prev_hash`` is the previous row's ``hash`` wherever the two
 rows are consecutive in ``seq``. An export of the whole trail is one run from seq 1, whose
 first ``prev_hash`` is 64 zeros; a filtered export has gaps, and each run is checked on its
-own. With ``--anchor`` the anchored hashes inside the export are compared too. Rows not yet
-sealed (no seq) are counted, not checked. Exit status 0 when everything holds, 1 otherwise.
+own. With ``--whole`` the export must be the whole trail (made without a filter): it must
+start at seq 1 and have no gap, so a row deleted from it is found (a filtered export cannot
+tell a row left out by its filter from one deleted). With ``--anchor`` the anchored hashes
+inside the export are compared too; an anchor past the export's last row is reported (rows
+cut from its end, or sealed after it was made). Rows not yet sealed (no seq) are counted,
+not checked; one that has a hash or a prev_hash all the same had its seq taken away, and
+fails. Exit status 0 when everything holds, 1 otherwise.
 
 In CSV, a free-text cell that a spreadsheet could take for a formula was written with one
 leading apostrophe; it is removed before hashing.
@@ -96,15 +101,29 @@ def read_anchors(path: str | None) -> dict[int, str]:
         return {int(e["seq"]): e["hash"] for e in map(json.loads, filter(str.strip, handle))}
 
 
-def verify(path: str, anchor_path: str | None = None) -> tuple[bool, list[str]]:
+def verify(
+    path: str, anchor_path: str | None = None, *, whole: bool = False
+) -> tuple[bool, list[str]]:
     anchors = read_anchors(anchor_path)
     report: list[str] = []
     ok, checked, unsealed, runs, anchored = True, 0, 0, 0, 0
     previous: dict[str, Any] | None = None
     for row in read_rows(path):
         if row["seq"] is None:
+            if row.get("hash") or row.get("prev_hash"):
+                report.append(f"id {row['id']}: has a hash but no seq: its seq was removed")
+                ok = False
             unsealed += 1
             continue
+        if whole and previous is None and row["seq"] != 1:
+            report.append(f"seq {row['seq']}: a whole export starts at seq 1")
+            ok = False
+        if whole and previous is not None and row["seq"] > previous["seq"] + 1:
+            missing = f"{previous['seq'] + 1}" + (
+                f" to {row['seq'] - 1}" if row["seq"] - 1 > previous["seq"] + 1 else ""
+            )
+            report.append(f"seq {missing}: missing from a whole export")
+            ok = False
         if link_hash(row["prev_hash"], row) != row["hash"]:
             report.append(f"seq {row['seq']} (id {row['id']}): the row does not match its hash")
             ok = False
@@ -126,6 +145,13 @@ def verify(path: str, anchor_path: str | None = None) -> tuple[bool, list[str]]:
                 ok = False
         checked += 1
         previous = row
+    last = previous["seq"] if previous is not None else 0
+    beyond = sorted(seq for seq in anchors if seq > last)
+    if beyond:
+        report.append(
+            f"the anchor records seq {beyond[-1]}, past this export's last seq {last}: rows "
+            "cut from its end, or sealed after it was made"
+        )
     report.append(
         f"{checked} sealed rows checked in {runs} run(s) of consecutive seq, "
         f"{anchored} against the anchor, {unsealed} not yet sealed"
@@ -137,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("export", help="a .csv or .jsonl export of the Countersign audit trail")
     parser.add_argument("--anchor", help="the anchor file (JSON Lines of seq and hash)")
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="the export is the whole trail (no filter): no row may be missing",
+    )
     options = parser.parse_args(argv)
-    ok, report = verify(options.export, options.anchor)
+    ok, report = verify(options.export, options.anchor, whole=options.whole)
     for line in report:
         print(line)  # noqa: T201 - a command-line tool
     print("OK" if ok else "BROKEN")  # noqa: T201

@@ -106,6 +106,47 @@ def test_an_edited_export_fails_verification(auditor_client: Client, mixed_trail
     assert f"seq {row['seq']} (id {row['id']}): the row does not match its hash" in result.stdout
 
 
+def test_a_row_deleted_from_a_whole_export_or_cut_from_its_end_is_found(
+    auditor_client: Client, mixed_trail, tmp_path: Path, anchor_path: Path
+) -> None:
+    lines = download(auditor_client, "jsonl").decode().splitlines()
+    whole = tmp_path / "whole.jsonl"
+    whole.write_text("\n".join(lines) + "\n")
+    assert _verify(whole, "--whole").returncode == 0
+
+    middle = tmp_path / "deleted.jsonl"
+    middle.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
+    assert _verify(middle).returncode == 0, "a filtered export has gaps: it cannot tell"
+    result = _verify(middle, "--whole")
+    assert result.returncode == 1 and "seq 3: missing from a whole export" in result.stdout
+
+    sealed = [line for line in lines if json.loads(line)["seq"] is not None]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(sealed[:-2]) + "\n")
+    result = _verify(cut, "--whole", "--anchor", str(anchor_path))
+    assert f"the anchor records seq {len(sealed)}, past this export's last seq" in result.stdout
+
+
+def test_a_forged_row_passed_off_as_not_yet_sealed_fails(
+    auditor_client: Client, mixed_trail, tmp_path: Path
+) -> None:
+    """A sealed row edited and its seq blanked, so that it would not be checked: a row not
+    yet sealed has no hash, and this one has."""
+    lines = download(auditor_client, "jsonl").decode().splitlines()
+    index = next(i for i, line in enumerate(lines) if '"outcome" : "pending"' in line)
+    row = json.loads(lines[index])
+    lines[index] = (
+        lines[index]
+        .replace('"outcome" : "pending"', '"outcome" : "forged"')
+        .replace(f'"seq" : {row["seq"]}', '"seq" : null')
+    )
+    path = tmp_path / "forged.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = _verify(path)
+    assert result.returncode == 1
+    assert f"id {row['id']}: has a hash but no seq" in result.stdout
+
+
 def test_a_cell_a_spreadsheet_would_run_is_defused(auditor_client: Client, mixed_trail) -> None:
     rows = list(csv.DictReader(io.StringIO(download(auditor_client, "csv").decode())))
     assert '\'=HYPERLINK("http://evil")' in [r["session_id"] for r in rows]
