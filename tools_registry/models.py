@@ -5,6 +5,7 @@ import secrets
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
@@ -42,7 +43,10 @@ class Upstream(models.Model):
     headers_encrypted = models.TextField(blank=True, editable=False)
     header_names = models.JSONField(default=list, blank=True, editable=False)
     timeout_seconds = models.FloatField(
-        default=10, help_text="Per request: connecting, importing, and the default for calls."
+        default=10,
+        # httpx refuses a negative timeout, and a huge one is none.
+        validators=[MinValueValidator(0.5), MaxValueValidator(600)],
+        help_text="Per request: connecting, importing, and the default for calls (0.5 to 600 s).",
     )
     enabled = models.BooleanField(default=True)
     idempotency_header = models.CharField(

@@ -5,6 +5,7 @@ tool removed upstream, and every way an upstream can fail to be read."""
 
 from __future__ import annotations
 
+import time
 from io import StringIO
 from typing import Any
 
@@ -12,6 +13,7 @@ import mcp_types as types
 import pytest
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
+from django.test import Client
 from guardian.shortcuts import get_groups_with_perms
 
 from audit.models import AuditEvent
@@ -30,6 +32,7 @@ from tools_registry.services.upstreams import (
     sync_upstream,
 )
 from tools_registry.upstreams import mcp as upstream_mcp
+from tools_registry.upstreams import openapi as upstream_openapi
 from tools_registry.upstreams.offers import ImportFailed
 
 AUTH = f"Authorization: Bearer {UPSTREAM_TOKEN}"
@@ -299,3 +302,70 @@ def test_an_mcp_upstream_that_refuses_the_arguments_did_not_run_the_tool() -> No
     _, raised = _called(refuses)
     assert isinstance(raised, ToolFailed) and raised.code == "upstream_refused"
     assert "Unknown argument" in raised.message
+
+
+def _document(**extensions: Any) -> dict[str, Any]:
+    operation = {"operationId": "get_x", "responses": {"200": {"description": "ok"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "x", "version": "1"},
+        "servers": [{"url": "https://x.example"}],
+        "paths": {"/x": {"get": {**operation, **extensions}}},
+    }
+
+
+def _offer(document: dict[str, Any]) -> Any:
+    return upstream_openapi.offer(
+        document, upstream="u", document_url="https://x.example/openapi.json", base_url=""
+    )
+
+
+@pytest.mark.parametrize("lookup", [5, True, ["get_x"], {"operationId": ["get_x"]}])
+def test_an_odd_lookup_extension_leaves_the_tool_out_with_a_reason(lookup: Any) -> None:
+    offered = _offer(_document(**{"x-countersign-lookup": lookup}))
+    assert offered.tools == [] and "x-countersign-lookup" in offered.skipped[0]
+
+
+def test_a_document_nested_too_deep_is_an_import_failure() -> None:
+    with pytest.raises(ImportFailed, match="nests too deep"):
+        upstream_openapi.parse(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_refs_that_double_at_each_step_leave_the_tool_out_at_once() -> None:
+    """Each schema's two properties are the one before: 2 KB of document, 2**40 nodes."""
+    schemas: dict[str, Any] = {"s0": {"type": "string"}}
+    for n in range(1, 40):
+        ref = {"$ref": f"#/components/schemas/s{n - 1}"}
+        schemas[f"s{n}"] = {"type": "object", "properties": {"a": ref, "b": ref}}
+    document = _document(
+        requestBody={
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/s39"}}}
+        }
+    )
+    document["paths"]["/x"]["post"] = document["paths"]["/x"].pop("get")
+    document["components"] = {"schemas": schemas}
+    started = time.monotonic()
+    offered = _offer(document)
+    assert time.monotonic() - started < 5
+    assert offered.tools == [] and "expands to more than" in offered.skipped[0]
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "1e300", "nan"])
+def test_an_upstreams_timeout_out_of_bounds_is_a_form_error(
+    admin_client: Client, timeout: str
+) -> None:
+    response = admin_client.post(
+        "/admin/tools_registry/upstream/add/",
+        {
+            "name": "orders",
+            "kind": "openapi",
+            "url": "https://orders.example/openapi.json",
+            "base_url": "",
+            "timeout_seconds": timeout,
+            "idempotency_header": "Idempotency-Key",
+            "enabled": "on",
+            "headers": "",
+        },
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert not Upstream.objects.exists()

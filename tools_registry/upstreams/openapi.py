@@ -80,9 +80,13 @@ def fetch(url: str, *, headers: list[tuple[str, str]], timeout: float) -> JSON:
 def parse(body: bytes) -> JSON:
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise ImportFailed("The OpenAPI document nests too deep to be read.") from None
     except ValueError:
         try:
             document = yaml.safe_load(body)
+        except RecursionError:
+            raise ImportFailed("The OpenAPI document nests too deep to be read.") from None
         except yaml.YAMLError:
             raise ImportFailed("The OpenAPI document is neither JSON nor YAML.") from None
     if not isinstance(document, dict):
@@ -112,6 +116,7 @@ def offer(
         resolved = jsonref.replace_refs(document, proxies=False, lazy_load=False)
     except (jsonref.JsonRefError, RecursionError) as exc:
         raise ImportFailed(f"The document's $refs cannot be resolved: {str(exc)[:200]}") from None
+
     base = base_url or _server_url(resolved, document_url)
     operations = {
         op["operationId"]: (method, path)
@@ -178,10 +183,16 @@ def _tool(
     schema: JSON = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = sorted(set(required))
+    if _refers_to_itself(schema):
+        raise _Skip("its schema refers to itself, which a tool's arguments cannot")
+    if _expanded_size(schema) > MAX_EXPANDED_NODES:
+        # $refs that each use the one before twice double at every step: a document of
+        # 2 KB makes a schema of megabytes, and minutes of work, once written out.
+        raise _Skip(f"its schema expands to more than {MAX_EXPANDED_NODES} nodes")
     try:
         json.dumps(schema)
     except (ValueError, RecursionError):
-        raise _Skip("its schema refers to itself, which a tool's arguments cannot") from None
+        raise _Skip("its schema nests too deep to be written out") from None
     if problems := object_schema_problems(schema):
         raise _Skip(f"its arguments' schema is not valid: {problems[0]}")
     risk = operation.get("x-countersign-risk", RISK_OF_METHOD[method])
@@ -254,12 +265,59 @@ def _body(operation: JSON, properties: JSON, required: list[str]) -> JSON | None
     return {"mode": "property"}
 
 
+# The schema nodes an imported document may expand to, its $refs written out in full.
+MAX_EXPANDED_NODES = 200_000
+
+
+def _refers_to_itself(value: Any) -> bool:
+    """Whether a resolved schema contains itself (a $ref cycle): a walk that visits each
+    object once, however many times $refs share it."""
+    done: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    open_: set[int] = set()
+    while stack:
+        item, leaving = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        key = id(item)
+        if leaving:
+            open_.discard(key)
+            done.add(key)
+            continue
+        if key in open_:
+            return True
+        if key in done:
+            continue
+        open_.add(key)
+        stack.append((item, True))
+        stack.extend(
+            (child, False) for child in (item.values() if isinstance(item, dict) else item)
+        )
+    return False
+
+
+def _expanded_size(value: Any) -> int:
+    """How many nodes ``value`` has written out (the objects $refs resolve to counted each
+    time they are used), counted only up to just past the limit: a walk that stops."""
+    count, stack = 0, [value]
+    while stack and count <= MAX_EXPANDED_NODES:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def _lookup(declared: Any, document: JSON, operations: dict[str, tuple[str, str]]) -> JSON | None:
     """Where reconciliation asks whether a key's effect happened, if the operation says."""
     if declared is None:
         return None
+    if not isinstance(declared, str | dict):
+        raise _Skip("x-countersign-lookup is neither an operation id nor an object")
     operation_id = declared if isinstance(declared, str) else declared.get("operationId")
-    if operation_id not in operations:
+    if not isinstance(operation_id, str) or operation_id not in operations:
         raise _Skip(f"x-countersign-lookup names no operation {operation_id!r}")
     method, path = operations[operation_id]
     lookup = document["paths"][path][method]
