@@ -89,6 +89,9 @@ class EventFilter:
         values = {
             f.name: query.get(f.name, "").strip()[:200] for f in fields(cls) if f.name != "before"
         }
+        # A session id is taken as the agent sent it (spaces are part of it), and as long as
+        # it is stored: masked, a 128-character id holding addresses grows past 200.
+        values["session"] = query.get("session", "")[:SESSION_FILTER_LENGTH]
         return cls(**values, before=whole_number(query.get("before", "")))
 
     def errors(self) -> list[str]:
@@ -170,6 +173,8 @@ def _uuid(value: str) -> UUID | None:
     except ValueError:
         return None
 
+
+SESSION_FILTER_LENGTH = 2000
 
 # PostgreSQL takes UTC offsets up to 15:59 either way; Python takes up to 23:59.
 LARGEST_OFFSET = timedelta(hours=15, minutes=59)

@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.utils.http import urlencode
 
 from audit.catalogue import describe
+from audit.filters import SESSION_FILTER_LENGTH
 from audit.masking import mask_text
 from audit.models import AuditEvent
 from audit.views.common import auditor_view
@@ -264,8 +265,9 @@ class SessionCall:
 @auditor_view
 def session_timeline(request: HttpRequest) -> HttpResponse:
     agent = request.GET.get("agent", "").strip()
-    session = request.GET.get("session", "").strip()
-    if not agent or not session or "\x00" in agent + session:
+    # As the agent sent it: spaces around a session id are part of it.
+    session = request.GET.get("session", "")[:SESSION_FILTER_LENGTH]
+    if not agent or not session.strip() or "\x00" in agent + session:
         raise Http404("Name an agent and a session.")
     # Stored session ids went through the masking detectors; the lookup does the same.
     stored_session = mask_text(session)

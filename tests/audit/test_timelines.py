@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 
 import pytest
@@ -13,6 +15,8 @@ from approvals.models import ToolCall
 from approvals.services.decisions import decide
 from approvals.services.reveals import reveal_arguments
 from audit.log import record
+from audit.models import AuditEvent
+from audit.templatetags.audit_tags import session_url
 from tests.approvals.conftest import make_call
 from tests.conftest import World
 from tests.support.workers import purge_queue
@@ -174,3 +178,33 @@ def test_a_verdict_on_a_record_that_changed_meanwhile_is_refused(world: World) -
         "What this call would change has changed since you opened it" in response.content.decode()
     )
     assert ToolCall.objects.get(pk=call.pk).status == "pending"
+
+
+class _Agent:
+    name = "support-bot"
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        "case " + " ".join(f"u{i}@ex.io" for i in range(10)),  # masked, it grows past 200
+        " run-7",  # spaces are part of an agent's session id
+        "run-8 ",
+    ],
+)
+def test_every_session_opens_and_exports_from_the_trails_own_links(
+    auditor_client: Client, session: str
+) -> None:
+    for n in range(3):
+        record(action="test.event", outcome="ok", agent=_Agent(), session_id=session, data={"n": n})
+    event = AuditEvent.objects.filter(agent_name="support-bot").first()
+    assert event is not None
+    page = auditor_client.get(session_url(event))
+    assert page.status_code == 200
+    link = re.search(rb'href="(/audit/export\.jsonl\?[^"]+)"', page.content)
+    assert link is not None
+    export = auditor_client.get(html.unescape(link.group(1).decode()))
+    lines = [line for line in b"".join(export.streaming_content).splitlines() if line.strip()]
+    assert len(lines) == 3
+    listed = auditor_client.get("/audit/", {"session": event.session_id, "agent": "support-bot"})
+    assert listed.content.count(b"test.event") >= 3

@@ -5,15 +5,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tools_registry', '0009_drop_indexes_a_unique_key_starts_with'),
+        ("tools_registry", "0009_drop_indexes_a_unique_key_starts_with"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='upstream',
-            name='timeout_seconds',
-            field=models.FloatField(default=10, help_text='Per request: connecting, importing, and the default for calls (0.5 to 600 s).', validators=[django.core.validators.MinValueValidator(0.5), django.core.validators.MaxValueValidator(600)]),
+            model_name="upstream",
+            name="timeout_seconds",
+            field=models.FloatField(
+                default=10,
+                help_text="Per request: connecting, importing, and the default for calls (0.5 to 600 s).",
+                validators=[
+                    django.core.validators.MinValueValidator(0.5),
+                    django.core.validators.MaxValueValidator(600),
+                ],
+            ),
         ),
     ]
