@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 from io import StringIO
 
 import pytest
@@ -18,6 +17,7 @@ from audit.log import record
 from audit.models import AuditEvent
 from audit.verify import verify_chain
 from tests.audit.conftest import make_events, tamper
+from tests.support.operator import cancel_from_another_session, this_backend
 
 pytestmark = pytest.mark.django_db
 
@@ -167,18 +167,12 @@ def test_a_walk_the_database_cuts_short_is_neither_ok_nor_broken(
     chain.seal_pending()
     if anchored:
         chain.write_anchor()
-    walker = connection.cursor().connection.info.backend_pid
+    walker = this_backend()
     monkeypatch.setattr(verify, "PROGRESS_EVERY", 100)
 
     def cancel_once(checked: int, head: int) -> None:
         if checked == 100:
-            other = connections["default"].copy()  # another session, as an operator's
-            try:
-                with other.cursor() as cursor:
-                    cursor.execute("SELECT pg_cancel_backend(%s)", [walker])
-            finally:
-                other.close()
-            time.sleep(0.3)
+            cancel_from_another_session(walker)
 
     result = verify_chain(progress=cancel_once)
     assert result.interrupted and not result.ok, result

@@ -7,12 +7,11 @@ import io
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test import Client
 
 from audit import chain, exports
@@ -20,6 +19,7 @@ from audit.filters import EventFilter
 from audit.log import record
 from audit.models import AuditEvent
 from tests.support import ROOT
+from tests.support.operator import cancel_from_another_session, this_backend
 
 pytestmark = pytest.mark.django_db
 VERIFIER = ROOT / "audit" / "verify_export.py"
@@ -184,16 +184,10 @@ def test_an_export_the_database_cuts_short_fails_rather_than_look_whole(fmt: str
         AuditEvent(action="test.bulk", actor_type="system", data={"x": "y" * 16000})
         for _ in range(2500)
     )
-    exporter = connection.cursor().connection.info.backend_pid
+    exporter = this_backend()
     stream = exports.stream(AuditEvent.objects.all(), fmt)
     assert next(stream)
-    other = connections["default"].copy()  # another session, as an operator's
-    try:
-        with other.cursor() as cursor:
-            cursor.execute("SELECT pg_cancel_backend(%s)", [exporter])
-    finally:
-        other.close()
-    time.sleep(0.3)
+    cancel_from_another_session(exporter)
     with pytest.raises((DatabaseError, psycopg.Error)):
         for _ in stream:
             pass

@@ -19,8 +19,8 @@ from guardian.shortcuts import get_groups_with_perms
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control
+from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
-from tests.support.upstreams.raw_mcp import reply as raw_reply
 from tests.support.web import WebProcess, free_port
 from tools_registry import sources
 from tools_registry.models import Tool, Upstream

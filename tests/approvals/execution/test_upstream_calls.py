@@ -7,13 +7,10 @@ server that does not honour keys is never re-run by itself: a person decides."""
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,8 @@ from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control, effects
+from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.web import WebProcess
 from tests.support.workers import Worker, purge_queue, running_worker, wait_for
 from tools_registry import services as registry_services
@@ -230,36 +229,6 @@ def test_an_mcp_server_that_ignores_keys_is_never_rerun_by_itself(
     assert [n["key"] for n in effects(mcp_upstream)["notes"]] == [call.execution_key]
 
 
-class _Echo:
-    """An HTTP API that records each request's headers and answers 401 quoting the
-    Authorization it received, as some servers do."""
-
-    def __init__(self) -> None:
-        self.headers: list[dict[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
-                quoted = self.headers.get("authorization", "")
-                body = json.dumps({"error": {"message": f"Invalid credentials: {quoted}"}})
-                self.send_response(401)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 OPERATION = {
     "method": "POST",
     "path": "/things",
@@ -275,7 +244,14 @@ def test_the_upstreams_own_headers_win_over_header_arguments_and_never_come_back
     """An agent's header argument named like one of the upstream's headers (in any case)
     is dropped: the admin's credential or tenant is what is sent. And a server that quotes
     the credential back in its error does not put it in the agent's answer."""
-    echo = _Echo()
+    received: list[dict[str, str]] = []
+
+    def quote_the_credential(handler: Any, body: bytes) -> None:
+        received.append({k.lower(): v for k, v in handler.headers.items()})
+        quoted = handler.headers.get("authorization", "")
+        raw_reply(handler, 401, {"error": {"message": f"Invalid credentials: {quoted}"}})
+
+    echo = RawHttpServer(quote_the_credential)
     try:
         with pytest.raises(ToolFailed) as refused:
             upstream_http.call(
@@ -291,8 +267,8 @@ def test_the_upstreams_own_headers_win_over_header_arguments_and_never_come_back
                 timeout=5,
             )
     finally:
-        echo.httpd.shutdown()
-    (sent,) = echo.headers
+        echo.close()
+    (sent,) = received
     assert sent["x-api-key"] == "ADMIN-KEY-0001" and sent["authorization"] == "Bearer CANARY-123"
     assert refused.value.code == "upstream_401"
     assert "CANARY-123" not in refused.value.message and "[credential]" in refused.value.message
@@ -302,34 +278,26 @@ def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout() -> 
     """A byte every 0.3 s keeps each read within the timeout; the whole answer may not take
     longer than the tool's timeout (a read holds a web thread meanwhile)."""
 
-    class Drip(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
+    def drip(handler: Any, body: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", "40")
+        handler.end_headers()
+        try:
+            for _ in range(40):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.3)
+        except (BrokenPipeError, ConnectionResetError):
             pass
 
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", "40")
-            self.end_headers()
-            try:
-                for _ in range(40):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                    time.sleep(0.3)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = RawHttpServer(drip)
     started = time.monotonic()
     try:
         with pytest.raises(TimeoutError):
             upstream_http.call(
                 operation={**OPERATION, "parameters": []},
-                base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                base_url=server.url,
                 upstream_headers=[],
                 idempotency_header="",
                 key="k",
@@ -337,5 +305,5 @@ def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout() -> 
                 timeout=1,
             )
     finally:
-        server.shutdown()
+        server.close()
     assert time.monotonic() - started < 3

@@ -6,59 +6,35 @@ is in ``calls`` (the effect happened when it is there)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.support.upstreams.raw_http import RawHttpServer, reply
 
 Answer = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
 
 
-def reply(
-    handler: BaseHTTPRequestHandler, status: int, body: Any, ctype: str = "application/json"
-) -> None:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    handler.send_response(status)
-    handler.send_header("content-type", ctype)
-    handler.send_header("content-length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-
-
-class RawMcpServer:
+class RawMcpServer(RawHttpServer):
     def __init__(self, answer: Answer) -> None:
         self.calls: list[dict[str, Any]] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def handle(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+            message = json.loads(body)
+            method = message.get("method")
+            if method == "initialize":
+                reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+                    "protocolVersion": message["params"]["protocolVersion"],
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "raw", "version": "1"},
+                }})  # fmt: skip
+            elif "id" not in message:
+                reply(handler, 202, b"")
+            elif method == "tools/call":
+                self.calls.append(message["params"])
+                answer(handler, message)
+            else:
+                reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                message = json.loads(self.rfile.read(length))
-                method = message.get("method")
-                if method == "initialize":
-                    reply(self, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
-                        "protocolVersion": message["params"]["protocolVersion"],
-                        "capabilities": {"tools": {}},
-                        "serverInfo": {"name": "raw", "version": "1"},
-                    }})  # fmt: skip
-                elif "id" not in message:
-                    reply(self, 202, b"")
-                elif method == "tools/call":
-                    outer.calls.append(message["params"])
-                    answer(self, message)
-                else:
-                    reply(self, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mcp"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(handle)
+        self.url = f"{self.url}/mcp"
