@@ -18,6 +18,9 @@ from tools_registry.models import Tool
 # A hidden value this short is not looked for inside longer text (it would mask digits of
 # unrelated numbers); equal to a whole part, it is masked all the same.
 SHORTEST_SEARCHED = 3
+# A part of a list shorter than this is not taken for a piece of a hidden text (a plan's
+# "pro" is not the note that mentions it); a link or an address quoted from it is longer.
+SHORTEST_PIECE = 8
 
 
 def fields(tool: Tool) -> list[str]:
@@ -53,7 +56,9 @@ def text(value: str, hidden: list[str]) -> str:
             value = value.replace(secret, masked("field", secret))
     parts = value.split(", ")
     return ", ".join(
-        masked("field", part) if part and any(part in secret for secret in hidden) else part
+        masked("field", part)
+        if part in hidden or (len(part) >= SHORTEST_PIECE and any(part in s for s in hidden))
+        else part
         for part in parts
     )
 
