@@ -11,7 +11,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
+from approvals import hidden
 from approvals.services.decisions import confirmation_phrase, decide
+from audit.masking import masked
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
 from tests.conftest import World
@@ -105,3 +107,19 @@ def test_a_session_id_the_detectors_mask_is_not_in_the_queue_page(world: World) 
     html = pages(world, masked_session.pk)
     assert "ada@example.com" not in html and "ada%40example.com" not in html
     assert 'href="?session=run-7"' in html and plain.session_id == "run-7"
+
+
+def test_what_is_masked_in_a_text_and_what_is_not() -> None:
+    note = "Move them to the pro plan, see https://intra.example/t/991"
+    secrets = [note, "cus_0003"]
+    assert hidden.text("Customer cus_0003 (Alan)", secrets) == (
+        f"Customer {masked('field', 'cus_0003')} (Alan)"
+    )
+    # A link quoted from the hidden note is a piece of it; a plan named "pro" is not.
+    assert hidden.text("https://intra.example/t/991", secrets) == masked(
+        "field", "https://intra.example/t/991"
+    )
+    assert hidden.value({"plan": "pro", "id": "cus_0003"}, secrets) == {
+        "plan": "pro",
+        "id": masked("field", "cus_0003"),
+    }
