@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.utils import timezone
 from psycopg.errors import QueryCanceled
 
 from audit import anchor
@@ -127,6 +128,31 @@ def sealed_rows(*, upto_seq: int | None = None) -> Iterator[tuple[Any, ...]]:
     return _rows_portable(upto_seq)
 
 
+# An event waiting this long to be sealed means the sealer is stalled or not running (it
+# runs every two seconds): the events after it are not protected by the chain meanwhile.
+SEALER_STALLED_SECONDS = 600
+
+
+def _sealer_stalled() -> list[str]:
+    """A warning when the oldest event not yet sealed has waited too long (the unsealed
+    index serves it); none otherwise."""
+    oldest = (
+        AuditEvent.objects.filter(hash="", seq__isnull=True)
+        .order_by("id")
+        .values_list("occurred_at", flat=True)
+        .first()
+    )
+    if oldest is None:
+        return []
+    waited = (timezone.now() - oldest).total_seconds()
+    if waited < SEALER_STALLED_SECONDS:
+        return []
+    return [
+        f"the oldest event not yet sealed has waited {int(waited // 60)} minutes: the sealer "
+        "is stalled or not running, and the events after it are not in the chain"
+    ]
+
+
 def _problems_outside_the_chain() -> tuple[int, list[str]]:
     unsealed = AuditEvent.objects.filter(hash="", seq__isnull=True).count()
     # A row with a hash but no place in the chain is never walked: only tampering makes one.
@@ -160,13 +186,14 @@ def verify_chain(
     anchored = anchor.anchored_bytes(path)
     head_seq = chain_head()[0]
     unsealed, hidden = _problems_outside_the_chain()
+    stalled = _sealer_stalled() if unsealed else []
     anchors = anchor.iter_anchors(path, upto=anchored)
     expected, prev_hash, checked, anchors_checked = 1, GENESIS_HASH, 0, 0
     last_good: anchor.Anchor | None = None
     string, sha256 = canonical_string, hashlib.sha256
 
     def result(ok: bool, **extra: Any) -> Verification:
-        warnings = list(hidden)
+        warnings = [*hidden, *stalled]
         if last_good is None and checked:
             warnings.append(
                 f"no anchor in {path}: a rewrite of the whole chain could not be detected"

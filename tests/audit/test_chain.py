@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from audit import anchor, chain, verify
 from audit.canonical import GENESIS_HASH
@@ -50,6 +52,21 @@ def test_an_unsealed_event_is_reported_not_failed() -> None:
     assert result.ok is True
     assert result.unsealed == 2
     assert result.checked == 0
+
+
+def test_a_stalled_sealer_is_warned_of() -> None:
+    """The chain holds, but an event that has waited ten minutes to be sealed says the
+    sealer is not running: the events after it are not protected meanwhile."""
+    make_events(2)
+    assert verify_chain().warnings == []
+    # Written eleven minutes ago (the trail's rows change only through the sealer).
+    tamper(
+        "UPDATE audit_auditevent SET occurred_at = %s WHERE seq IS NULL",
+        [timezone.now() - timedelta(minutes=11)],
+    )
+    result = verify_chain()
+    assert result.ok is True and result.unsealed == 2
+    assert any("sealer is stalled or not running" in w for w in result.warnings)
 
 
 def test_an_altered_event_is_named(sealed_chain) -> None:
