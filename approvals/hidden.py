@@ -23,11 +23,6 @@ SHORTEST_SEARCHED = 3
 SHORTEST_PIECE = 8
 
 
-def fields(tool: Tool) -> list[str]:
-    """The tool's secret and sensitive argument paths."""
-    return tool.hidden_fields
-
-
 def covers(paths: list[str], path: str) -> bool:
     """Whether the argument at ``path`` is one of ``paths`` or inside one (dotted paths)."""
     return bool(path) and any(path == p or path.startswith(f"{p}.") for p in paths)
@@ -41,7 +36,7 @@ def values(tool: Tool, arguments: Any) -> list[str]:
         found.append(text)
         return text
 
-    mask_fields(arguments, fields(tool), render=collect)
+    mask_fields(arguments, tool.hidden_fields, render=collect)
     return sorted({v for v in found if v}, key=len, reverse=True)
 
 

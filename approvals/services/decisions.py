@@ -266,7 +266,7 @@ def confirmation_phrase(call: ToolCall) -> str:
     read = tool_facts.read(where, call.arguments)
     phrase = read.confirmation_phrase(where)
     made_from = [where.target] if phrase == read.target else [where.amount, where.currency]
-    paths = hidden.fields(call.tool)
+    paths = call.tool.hidden_fields
     if (
         not phrase
         or mask_text(phrase) != phrase
