@@ -50,7 +50,7 @@ from django.utils import timezone
 
 from approvals.models import Status, ToolCall
 from audit.log import record
-from core import tls
+from core import bounded_http, tls
 from gateway.models import WebhookAttempt, WebhookDelivery
 from gateway.responses import represent_call
 from tools_registry.services import signing_secrets
@@ -224,17 +224,11 @@ ANSWER_READ_BYTES = 64 * 1024
 
 
 def _excerpt(response: httpx.Response, *, deadline: float) -> str:
-    """The start of a receiver's answer, read within the delivery's time: httpx's timeout
-    bounds each read, and a receiver sending a byte now and then (or a gigabyte) would
-    otherwise hold the worker past its lease, with the executor's tasks waiting behind."""
-    raw = bytearray()
-    for chunk in response.iter_bytes():
-        raw += chunk
-        if len(raw) >= ANSWER_READ_BYTES:
-            break
-        if time.monotonic() > deadline:
-            raise httpx.ReadTimeout("the receiver's answer took longer than the timeout")
-    return raw[:ANSWER_READ_BYTES].decode(response.encoding or "utf-8", errors="replace")[:500]
+    """The start of a receiver's answer (for the admin), read within the delivery's time, so
+    that a receiver dripping bytes or sending a gigabyte cannot hold the worker past its
+    lease with the executor's tasks waiting behind."""
+    raw, _ = bounded_http.read(response, limit=ANSWER_READ_BYTES, deadline=deadline)
+    return raw.decode(response.encoding or "utf-8", errors="replace")[:500]
 
 
 def _finish(
@@ -334,16 +328,29 @@ def _destination_refusal(url: str) -> tuple[str, bool]:
     except OSError as exc:
         return f"cannot resolve {parts.hostname}: {exc}"[:500], False
     for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            return f"{parts.hostname} resolves to a non-public address ({address})", True
+        if not is_public(str(info[4][0])):
+            return f"{parts.hostname} resolves to a non-public address ({info[4][0]})", True
     return "", False
+
+
+# NAT64's well-known prefix: 64:ff9b::a00:1 reaches 10.0.0.1 through a network's NAT64
+# gateway, yet Python counts the whole prefix as global.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def is_public(text: str) -> bool:
+    """Whether an address is on the public internet; one that carries an IPv4 address
+    (NAT64, IPv4-mapped) is as public as the address it carries."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF).is_global
+    return address.is_global
 
 
 def _public_addresses(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = [str(info[4][0]) for info in infos]
-    private = [a for a in addresses if not ipaddress.ip_address(a).is_global]
+    private = [a for a in addresses if not is_public(a)]
     if private or not addresses:
         raise httpcore.ConnectError(f"{host} resolves to a non-public address ({private[:1]})")
     return addresses

@@ -366,6 +366,29 @@ def test_a_private_callback_is_refused_in_services_mode(world: World) -> None:
     assert "non-public address" in attempt.error
 
 
+def test_a_name_resolving_to_an_ipv6_address_carrying_a_private_one_is_refused(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NAT64's prefix reaches IPv4 through a gateway: 64:ff9b::7f00:1 is 127.0.0.1."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def nat64_getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.nat64.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("64:ff9b::7f00:1", port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", nat64_getaddrinfo)
+    callback = "http://hooks.nat64.test:9/hook"
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": callback}).json()["id"]
+    cancel_call(call_id=call_id, agent=world.agent)
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.FAILED
+    [attempt] = delivery.attempt_log.all()
+    assert "non-public address" in attempt.error
+    assert webhooks.is_public("64:ff9b::808:808") and webhooks.is_public("8.8.8.8")
+    assert not webhooks.is_public("::ffff:10.0.0.1") and not webhooks.is_public("fd00::1")
+
+
 def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
     with override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1):
         call_id = (

@@ -96,6 +96,7 @@ def test_an_mcp_server_is_imported_with_risks_from_its_annotations(
         "notes__add_entry",
         "notes__erase_notes",
         "notes__list_notes",
+        "notes__repeat_text",
         "notes__write_note",
     ]
     tools = {t.name: t for t in Tool.objects.filter(upstream__name="notes")}

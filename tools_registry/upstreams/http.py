@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from django.conf import settings
 
-from core import tls
+from core import bounded_http, tls
 from tools_registry.registry import LookupResult, ToolFailed
 from tools_registry.upstreams.offers import JSON
 
@@ -163,18 +163,10 @@ def _send(
                 content=json.dumps(body).encode() if body is not None else None,
             ) as response,
         ):
-            raw = bytearray()
-            truncated = False
-            for chunk in response.iter_bytes():
-                raw += chunk
-                if len(raw) > limit:
-                    truncated = True
-                    break
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout("the answer took longer than the tool's timeout")
+            raw, truncated = bounded_http.read(response, limit=limit, deadline=deadline)
             return (
                 response.status_code,
-                _answer(response, bytes(raw[:limit]), truncated),
+                _answer(response, raw, truncated),
                 response.headers.get("location", ""),
             )
     except httpx.TimeoutException as exc:

@@ -10,17 +10,19 @@ connection runs on an event loop of its own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import httpx2
 import mcp_types as types
+from django.conf import settings
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from core import tls
+from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
 from tools_registry.upstreams.offers import (
@@ -38,8 +40,14 @@ MAX_TOOLS = 500
 
 
 def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client:
+    # A message past the document limit is not read (memory); the call's outcome is then
+    # unknown, as with any answer that could not be read.
+    transport = bounded_http.CappedTransport(
+        httpx2.AsyncHTTPTransport(verify=tls.context()),
+        limit=settings.UPSTREAM_MAX_DOCUMENT_BYTES,
+    )
     http = httpx2.AsyncClient(
-        headers=dict(headers), timeout=timeout, follow_redirects=False, verify=tls.context()
+        headers=dict(headers), timeout=timeout, follow_redirects=False, transport=transport
     )
     return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout)
 
@@ -156,8 +164,19 @@ def call(
         raise ToolFailed(f"The upstream tool failed: {text}"[:500], code="upstream_tool_failed")
     structured = result.structured_content
     if isinstance(structured, dict):
-        return structured
-    return {"text": text} if structured is None else {"result": structured}
+        return _stored(structured)
+    return _stored({"text": text} if structured is None else {"result": structured})
+
+
+def _stored(answer: JSON) -> JSON:
+    """The answer, or its start marked truncated past ``UPSTREAM_MAX_RESPONSE_BYTES``, as an
+    HTTP upstream's answer is stored."""
+    limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
+    encoded = json.dumps(answer, ensure_ascii=False).encode()
+    if len(encoded) <= limit:
+        return answer
+    text = encoded[:limit].decode(errors="ignore")
+    return {"truncated": True, "limit_bytes": limit, "text": text}
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -32,6 +32,7 @@ from tools_registry import services as registry_services
 from tools_registry.models import Tool
 from tools_registry.registry import ToolFailed
 from tools_registry.upstreams import http as upstream_http
+from tools_registry.upstreams import mcp as upstream_mcp
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -307,3 +308,32 @@ def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout() -> 
     finally:
         server.close()
     assert time.monotonic() - started < 3
+
+
+def test_an_mcp_servers_big_answer_is_stored_truncated_and_a_huge_one_is_not_read(
+    mcp_upstream: WebProcess, settings: Any
+) -> None:
+    """As an HTTP upstream's: an answer past UPSTREAM_MAX_RESPONSE_BYTES is stored cut and
+    marked. One past UPSTREAM_MAX_DOCUMENT_BYTES is not read at all (a worker's memory): the
+    call's outcome is unknown, never "refused, not run"."""
+    settings.UPSTREAM_MAX_RESPONSE_BYTES = 1000
+    settings.UPSTREAM_MAX_DOCUMENT_BYTES = 50_000
+
+    def repeat(times: int) -> dict[str, Any]:
+        return upstream_mcp.call(
+            url=f"{mcp_upstream.url}/mcp",
+            headers=[],
+            tool="repeat_text",
+            arguments={"text": "abcd", "times": times},
+            key="countersign-big",
+            timeout=10,
+        )
+
+    assert repeat(10) == {"text": "abcd" * 10}
+    cut = repeat(1000)
+    assert cut["truncated"] is True and cut["limit_bytes"] == 1000
+    assert cut["text"].startswith('{"text": "abcdabcd') and len(cut["text"]) == 1000
+    with pytest.raises(Exception) as unread:
+        repeat(100_000)
+    assert not isinstance(unread.value, ToolFailed)
+    assert "larger than 50000 bytes" in str(unread.value)

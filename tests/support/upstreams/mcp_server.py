@@ -84,6 +84,14 @@ def list_notes() -> dict[str, Any]:
 
 
 @server.tool(
+    annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+    description="A text repeated: an answer of any size.",
+)
+def repeat_text(text: str, times: int) -> dict[str, Any]:
+    return {"text": text * times}
+
+
+@server.tool(
     annotations=ToolAnnotations(
         read_only_hint=False, destructive_hint=False, idempotent_hint=False
     ),
