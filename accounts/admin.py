@@ -9,15 +9,34 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
 from django.http import HttpRequest
 
+from accounts.models import SsoIdentity
 from tools_registry.services.grants import record_access_change
 
 admin.site.unregister(User)
+
+
+class SsoIdentityInline(admin.StackedInline):
+    """Whom the account belongs to at the single sign-on provider, shown only: a link is
+    made at a first sign-in or on purpose with ``manage.py link_sso`` (audited)."""
+
+    model = SsoIdentity
+    fields = readonly_fields = ("subject", "linked_at")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(User)
 class AuditedUserAdmin(UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
     a team gives its grants, and a superuser reviews every tool."""
+
+    inlines = (SsoIdentityInline,)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         user = form.instance

@@ -5,6 +5,11 @@ sign-in a person joins the mapped teams their teams claim lists and leaves the m
 it no longer lists, so someone removed from a team at the provider loses its grants at
 their next sign-in. Teams that are not mapped are left as the admin set them. Every change
 is audited (``user.access_changed``, and ``auth.groups_changed`` from the membership itself).
+
+A person is found by their provider's ``sub`` (``SsoIdentity``), linked when the account is
+made at their first sign-in (or by ``manage.py link_sso``). The username claim only names
+a new account: a sign-in whose name belongs to an account that is not linked to its ``sub``
+(a local admin, someone who left the company) is refused, not let in as that account.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
+from accounts.models import SsoIdentity
 from audit.log import record
 from tools_registry.services.grants import access_of, record_access_change
 
@@ -54,9 +61,18 @@ def sync_teams(*, user: Any, claims: dict[str, Any]) -> None:
     record_access_change(user=user, before=before, changed_by=None)
 
 
+def _subject(claims: dict[str, Any]) -> str:
+    return str(claims.get("sub") or "").strip()
+
+
+def _username(claims: dict[str, Any]) -> str:
+    return str(claims.get(settings.OIDC_USERNAME_CLAIM) or "").strip()
+
+
 class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
-    """Matches people by the username claim (``OIDC_USERNAME_CLAIM``), creates them with no
-    usable password (they sign in through the provider), and syncs their teams."""
+    """Finds people by their ``sub`` at the provider, creates them (named by
+    ``OIDC_USERNAME_CLAIM``, with no usable password) at their first sign-in, and syncs
+    their teams."""
 
     def authenticate(self, request: Any, **kwargs: Any) -> Any:
         """None (a failed sign-in, audited as one, and the sign-in page again) when the
@@ -69,13 +85,26 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             return None
 
     def verify_claims(self, claims: dict[str, Any]) -> bool:
-        return bool(str(claims.get(settings.OIDC_USERNAME_CLAIM) or "").strip())
+        return bool(_subject(claims)) and bool(_username(claims))
 
     def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
-        username = str(claims.get(settings.OIDC_USERNAME_CLAIM) or "").strip()
-        return get_user_model()._default_manager.filter(
-            **{get_user_model().USERNAME_FIELD: username}
-        )
+        people = get_user_model()._default_manager
+        linked = people.filter(sso_identity__subject=_subject(claims))
+        if linked.exists():
+            return linked
+        username = _username(claims)
+        if people.filter(**{get_user_model().USERNAME_FIELD: username}).exists():
+            # The name is taken by an account this sign-in is not linked to: letting it in
+            # would hand that account (an admin's, say) to whoever the provider lets
+            # choose the name. An admin links it on purpose with manage.py link_sso.
+            record(
+                action="auth.sso_refused",
+                outcome="name_taken",
+                data={"username": username, "sub": _subject(claims)},
+            )
+            logger.warning("SSO sign-in refused: the account %r is not linked to it", username)
+            raise SuspiciousOperation("the name belongs to an account not linked to this sign-in")
+        return people.none()
 
     @transaction.atomic
     def create_user(self, claims: dict[str, Any]) -> Any:
@@ -88,11 +117,12 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         )
         user.set_unusable_password()
         user.save(update_fields=["password"])
+        SsoIdentity.objects.create(user=user, subject=_subject(claims))
         record(
             action="auth.sso_user_created",
             actor=user,
             outcome="ok",
-            data={"sub": claims.get("sub", "")},
+            data={"sub": _subject(claims)},
         )
         sync_teams(user=user, claims=claims)
         return user
@@ -107,3 +137,22 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             user.save(update_fields=["email"])
         sync_teams(user=user, claims=claims)
         return user
+
+
+@transaction.atomic
+def link_identity(*, user: Any, subject: str) -> None:
+    """Let the provider's ``subject`` sign in as ``user`` from now on (replacing any earlier
+    link of either); audited. For an account made before SSO, or a person whose account
+    should survive a move to another provider."""
+    subject = subject.strip()
+    if not subject:
+        raise ValueError("the subject (the provider's sub claim) is empty")
+    before = SsoIdentity.objects.filter(user=user).values_list("subject", flat=True).first()
+    SsoIdentity.objects.filter(subject=subject).exclude(user=user).delete()
+    SsoIdentity.objects.update_or_create(user=user, defaults={"subject": subject})
+    record(
+        action="auth.sso_linked",
+        actor=None,
+        outcome="ok",
+        data={"username": user.get_username(), "sub": subject, "replaced": before or ""},
+    )

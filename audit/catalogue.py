@@ -110,6 +110,10 @@ ACTIONS: dict[str, str] = {
     "device set up).",
     "auth.sso_user_created": "A person signed in through single sign-on for the first time; "
     "their account was created (with no password) and their teams taken from the provider.",
+    "auth.sso_refused": "A single sign-on was refused: the name the provider gave belongs to "
+    "an account not linked to that person (their sub claim), which a name alone never opens.",
+    "auth.sso_linked": "An admin linked an account to a person at the single sign-on provider "
+    "(manage.py link_sso); the earlier link, if any, is kept in the event.",
     "reviewer.reauthenticated": "A reviewer re-entered their password (and second-factor "
     "code, if they have one) before a destructive approval.",
     "reviewer.reauthentication_failed": "A reviewer's re-entered password, or code, was wrong.",

@@ -46,6 +46,8 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "auth.two_factor_verified",
                 "auth.two_factor_failed",
                 "auth.sso_user_created",
+                "auth.sso_refused",
+                "auth.sso_linked",
                 "reviewer.reauthenticated",
                 "reviewer.reauthentication_failed",
             }

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
+from io import StringIO
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
+from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 
+from accounts.models import SsoIdentity
+from audit.log import record
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.oidc_provider import Provider, running_provider
@@ -134,7 +140,87 @@ def test_a_code_the_provider_refuses_is_a_failed_sign_in_not_a_500(
 
 
 def test_a_deactivated_person_stays_out(world: World, sso: Provider) -> None:
-    User.objects.create_user("dana", "dana@example.com", is_active=False)
+    sign_in_through(sso, "dana", DANA["password"])
+    User.objects.filter(username="dana").update(is_active=False)
     client, landed = sign_in_through(sso, "dana", DANA["password"])
     assert landed["Location"].startswith("/login/?sso=failed")
     assert "_auth_user_id" not in client.session
+
+
+def test_a_name_at_the_provider_never_opens_an_account_it_is_not_linked_to(
+    world: World, sso: Provider
+) -> None:
+    """At many providers people choose their preferred_username: someone calling themselves
+    "admin" there must not become Countersign's admin."""
+    User.objects.create_superuser("admin", "admin@example.com", "local-admin-password")
+    sso.set_people(
+        {"mallory": {"password": "m", "preferred_username": "admin", "groups": ["cs-admins"]}}
+    )
+
+    client, landed = sign_in_through(sso, "mallory", "m")
+
+    assert landed.status_code == 302 and landed["Location"].startswith("/login/?sso=failed")
+    assert "_auth_user_id" not in client.session
+    assert not SsoIdentity.objects.exists()
+    refused = AuditEvent.objects.get(action="auth.sso_refused")
+    assert refused.outcome == "name_taken"
+    assert refused.data["username"] == "admin" and refused.data["sub"] == "sub-mallory"
+
+
+def test_a_person_keeps_their_account_when_their_name_changes_and_nobody_takes_it_over(
+    world: World, sso: Provider
+) -> None:
+    sign_in_through(sso, "dana", DANA["password"])
+    dana = User.objects.get(username="dana")
+    assert dana.sso_identity.subject == "sub-dana"
+
+    # Dana is renamed at the provider; her sub stays, and so does her account.
+    sso.set_people({"dana": {**DANA, "preferred_username": "dana.smith"}})
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    assert client.session["_auth_user_id"] == str(dana.pk)
+    assert not User.objects.filter(username="dana.smith").exists()
+
+    # Someone else given the name "dana" later is refused, not let into her account.
+    sso.set_people({"newdana": {**DANA, "preferred_username": "dana"}})
+    client, landed = sign_in_through(sso, "newdana", DANA["password"])
+    assert landed["Location"].startswith("/login/?sso=failed")
+    assert "_auth_user_id" not in client.session
+
+
+def test_an_admin_links_a_local_account_to_a_person_at_the_provider(
+    world: World, sso: Provider
+) -> None:
+    erin = User.objects.create_user("erin", "erin@example.com", "erins-old-password")
+    sso.set_people({"erin": {"password": "e", "sub": "00u-erin-7"}})
+    assert sign_in_through(sso, "erin", "e")[1]["Location"].startswith("/login/?sso=failed")
+
+    out = StringIO()
+    call_command("link_sso", "erin", "00u-erin-7", stdout=out)
+
+    client, landed = sign_in_through(sso, "erin", "e")
+    assert landed["Location"] == "/audit/"
+    assert client.session["_auth_user_id"] == str(erin.pk)
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", "root@example.com", "x"))
+    assert "00u-erin-7" in admin.get(f"/admin/auth/user/{erin.pk}/change/").content.decode()
+    linked = AuditEvent.objects.get(action="auth.sso_linked")
+    assert linked.data["username"] == "erin" and linked.data["replaced"] == ""
+    with pytest.raises(CommandError, match="No account named"):
+        call_command("link_sso", "nobody", "00u-x")
+
+
+def test_the_upgrade_links_accounts_made_by_earlier_sso_sign_ins(world: World) -> None:
+    """Accounts made at a first SSO sign-in before links existed: their creation event
+    recorded the sub, and the migration links each to it. Others stay unlinked."""
+    fran = User.objects.create_user("fran")
+    record(action="auth.sso_user_created", actor=fran, outcome="ok", data={"sub": "sub-fran"})
+    User.objects.create_user("gail", password="local")
+    migration = importlib.import_module("accounts.migrations.0001_sso_identities")
+
+    migration.link_accounts_made_by_sso(django_apps, None)
+    migration.link_accounts_made_by_sso(django_apps, None)  # and again: nothing changes
+
+    assert list(SsoIdentity.objects.values_list("user__username", "subject")) == [
+        ("fran", "sub-fran")
+    ]

@@ -5,7 +5,8 @@ It speaks the authorization code flow with PKCE, signs ID tokens with an RSA key
 at start, publishes that key at ``/jwks``, and answers ``/userinfo``. Its people live in a
 JSON file (``OIDC_PROVIDER_USERS``) read on every request, so a test changes someone's
 groups at the provider by rewriting the file, as an identity team would in its console:
-``{"username": {"password": ..., "email": ..., "groups": [...]}}``.
+``{"username": {"password": ..., "email": ..., "groups": [...]}}``, with ``sub`` (else
+``sub-<username>``) and ``preferred_username`` (else the username) when a test needs them.
 """
 
 from __future__ import annotations
@@ -116,7 +117,10 @@ TOKENS: dict[str, str] = {}  # access token -> username
 
 def user_info(username: str, scope: str) -> UserInfo:
     person = _people().get(username, {})
-    info = UserInfo(sub=f"sub-{username}", preferred_username=username)
+    info = UserInfo(
+        sub=person.get("sub", f"sub-{username}"),
+        preferred_username=person.get("preferred_username", username),
+    )
     if "email" in scope:
         info["email"] = person.get("email", "")
     if "groups" in scope:
