@@ -4,7 +4,10 @@ have needed more approvals, how many refused, and how many of each the reviewers
 rejected: the way a compliance lead tunes a rule without finding out in production.
 
 Each past call is judged as it arrived: its stored arguments, the risk signals it raised
-then, who it was for and which agent made it.
+then, who it was for and which agent made it. Its secret and sensitive fields are masked
+first, as a tool admin sees them everywhere else: counting the calls a condition such as
+``args.card.startsWith("41")`` matches would otherwise read a masked value out one guess at
+a time. Rules on those fields cannot be tried here (they compare a masked marker).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
+from audit.masking import mask_fields
 from tools_registry import rules
 from tools_registry.models import Tool
 
@@ -89,7 +93,7 @@ def run(
 def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCall) -> None:
     applied = rules.first_match(
         proposed,
-        arguments=call.arguments,
+        arguments=mask_fields(call.arguments, tool.hidden_fields),
         input_schema=tool.input_schema,
         signals=[s.get("code", "") for s in call.signals or []],
         user_id=call.on_behalf_of,

@@ -153,3 +153,33 @@ def test_the_what_if_explains_malformed_rules_and_is_for_tool_admins_only(
     reviewer.force_login(world.bob)
     assert reviewer.post(url, {"rules": "[]"}).status_code == 302  # to the admin's sign-in
     assert admin_client.get(url).status_code == 200
+
+
+def test_the_what_if_cannot_read_a_masked_field_out_by_counting(
+    world: World, admin_client: Client
+) -> None:
+    """A condition on a sensitive field would tell its value one guess at a time; the
+    what-if sees such fields masked, as the tool admin does everywhere else."""
+    for email in ("alice@example.com", "bob@example.com"):
+        create_call(
+            agent=world.agent,
+            tool=world.tools["update_customer"],
+            arguments={"customer_id": "cus_0001", "changes": {"email": email}},
+            session_id="s-whatif",
+            request_key=uuid.uuid4().hex,
+        )
+    url = f"/admin/tools_registry/tool/{world.tools['update_customer'].pk}/what-if/"
+
+    def matched(when: str) -> int:
+        proposed = [{"when": when, "then": "approve"}]
+        response = admin_client.post(url, {"rules": json.dumps(proposed)})
+        assert response.status_code == 200, response.content
+        report = response.context["report"]
+        assert report.calls == 2
+        assert "masked fields (changes.email, changes.phone) masked" in response.content.decode()
+        return int(report.auto_approved.calls)
+
+    assert matched('args.customer_id == "cus_0001"') == 2  # a plain field counts as it is
+    assert matched('has(args.changes.email) && args.changes.email.startsWith("a")') == 0
+    assert matched('has(args.changes.email) && args.changes.email.contains("example")') == 0
+    assert matched('"alice@example.com" in args.changes.email') == 0
