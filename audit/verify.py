@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,32 @@ def _sealer_stalled() -> list[str]:
     ]
 
 
+# Events are sealed about in the order they happen: a transaction that records one commits
+# seconds later at most. One sealed after events that happened this much later than it says
+# it did was written into the table directly, back-dated (the app's database role may
+# insert; no code of Countersign's writes a past occurred_at).
+BACKDATED_SECONDS = 600
+
+
+def _backdated(occurred: str, latest: str) -> bool:
+    return (
+        datetime.fromisoformat(latest) - datetime.fromisoformat(occurred)
+    ).total_seconds() > BACKDATED_SECONDS
+
+
+def _backdated_warning(found: list[tuple[int, int, str, str]]) -> list[str]:
+    if not found:
+        return []
+    listed = "; ".join(
+        f"seq {seq} (id {pk}) says {occurred}, sealed after an event of {latest}"
+        for seq, pk, occurred, latest in found
+    )
+    return [
+        f"events dated long before events sealed ahead of them, written into the trail "
+        f"directly with a past date (the first {len(found)}): {listed}"
+    ]
+
+
 def _problems_outside_the_chain() -> tuple[int, list[str]]:
     unsealed = AuditEvent.objects.filter(hash="", seq__isnull=True).count()
     # A row with a hash but no place in the chain is never walked: only tampering makes one.
@@ -189,11 +216,14 @@ def verify_chain(
     stalled = _sealer_stalled() if unsealed else []
     anchors = anchor.iter_anchors(path, upto=anchored)
     expected, prev_hash, checked, anchors_checked = 1, GENESIS_HASH, 0, 0
+    # The latest occurred_at walked so far: the instants are UTC ISO text of one width per
+    # precision, which compare as the times they name.
+    latest, backdated = "", []
     last_good: anchor.Anchor | None = None
     string, sha256 = canonical_string, hashlib.sha256
 
     def result(ok: bool, **extra: Any) -> Verification:
-        warnings = [*hidden, *stalled]
+        warnings = [*hidden, *stalled, *_backdated_warning(backdated)]
         if last_good is None and checked:
             warnings.append(
                 f"no anchor in {path}: a rewrite of the whole chain could not be detected"
@@ -289,6 +319,11 @@ def verify_chain(
                 anchors_checked += 1
                 last_good = pending
                 pending = next(anchors, None)
+            occurred = row[4]
+            if occurred >= latest:
+                latest = occurred
+            elif len(backdated) < 5 and _backdated(occurred, latest):
+                backdated.append((seq, pk, occurred, latest))
             prev_hash, checked, expected = stored_hash, checked + 1, expected + 1
             if progress is not None and checked % PROGRESS_EVERY == 0:
                 progress(checked, head_seq)

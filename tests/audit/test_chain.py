@@ -69,6 +69,27 @@ def test_a_stalled_sealer_is_warned_of() -> None:
     assert any("sealer is stalled or not running" in w for w in result.warnings)
 
 
+def test_an_event_written_in_with_a_past_date_is_warned_of() -> None:
+    """Whoever holds the app's database role may insert an event dated last month: it is
+    sealed at the head and its link holds, but it follows events of today."""
+    make_events(3)
+    chain.seal_pending()
+    assert not [w for w in verify_chain().warnings if "past date" in w]
+    forged = AuditEvent.objects.create(
+        action="call.approved",
+        actor_type="user",
+        actor_label="bob",
+        occurred_at=timezone.now() - timedelta(days=30),
+        data={},
+    )
+    make_events(1)
+    chain.seal_pending()
+    result = verify_chain()
+    assert result.ok is True
+    [warning] = [w for w in result.warnings if "past date" in w]
+    assert f"seq 4 (id {forged.pk})" in warning
+
+
 def test_an_altered_event_is_named(sealed_chain) -> None:
     victim = sealed_chain[4]
     tamper(
