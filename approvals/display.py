@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,44 @@ def arguments(call: ToolCall) -> Any:
     for path in tool.sensitive_fields:
         shown = _partly(shown, [p for p in path.split(".") if p])
     return value(shown)
+
+
+# The display forms of masked values (``audit.display.partial``): an address's "a***@...",
+# a phone's "•••58", a card's "•••• 1111", a keyed-hash marker.
+_MASK_FORM = re.compile(
+    r"[^\s\"<>]?\*\*\*@[^\s\",;<>]+|•••• \d{4}|•••\d{2}|\[masked:[a-z_]+:[0-9a-f]+\]"
+)
+
+
+def restore_masked(edited: Any, call: ToolCall) -> tuple[Any, list[str]]:
+    """A reviewer's correction, made on the arguments as shown to them, with each value they
+    left in its masked form (``a***@example.com``) given back its real value; and the
+    masked forms still left in a value they changed (a text edited around an address), of
+    which nobody can tell what they stood for: such a correction must be refused."""
+    shown = arguments(call)
+    restored = _restored(edited, shown, call.arguments)
+    made = set(_MASK_FORM.findall(json.dumps(shown, ensure_ascii=False)))
+    made -= set(_MASK_FORM.findall(json.dumps(call.arguments, ensure_ascii=False)))
+    text = json.dumps(restored, ensure_ascii=False)
+    return restored, sorted(form for form in made if form in text)
+
+
+def _restored(edited: Any, shown: Any, original: Any) -> Any:
+    if isinstance(edited, dict) and isinstance(shown, dict) and isinstance(original, dict):
+        return {
+            k: _restored(v, shown.get(k), original.get(k)) if k in original else v
+            for k, v in edited.items()
+        }
+    if isinstance(edited, list) and isinstance(shown, list) and isinstance(original, list):
+        # By position: an item moved (another removed before it) is not restored, and its
+        # masked form left in it refuses the correction (``restore_masked``).
+        return [
+            _restored(v, shown[i], original[i]) if i < len(shown) and i < len(original) else v
+            for i, v in enumerate(edited)
+        ]
+    if edited == shown and shown != original:
+        return original
+    return edited
 
 
 def _partly(data: Any, parts: list[str]) -> Any:

@@ -48,9 +48,15 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     The agent's owner, and the end user the agent acts for (``on_behalf_of``, matched to the
     person's username or e-mail), may reject a call but never let it run.
     """
-    if call.agent.owner_id == person.pk:
+    return conflict_with(agent=call.agent, on_behalf_of=call.on_behalf_of, person=person)
+
+
+def conflict_with(*, agent: Any, on_behalf_of: str, person: Any) -> str:
+    """``conflict_of_interest`` for a call of ``agent`` for ``on_behalf_of``, before it is
+    stored (a standing approval about to cover it)."""
+    if agent.owner_id == person.pk:
         return "owner"
-    acting_for = call.on_behalf_of.strip().lower()
+    acting_for = (on_behalf_of or "").strip().lower()
     if acting_for and acting_for in {person.get_username().lower(), (person.email or "").lower()}:
         return "on_behalf_of"
     return ""

@@ -81,7 +81,11 @@ def approved_by(call: ToolCall) -> str:
     """Who let the call run: its reviewers, a policy rule, or a standing approval."""
     if call.standing_approval_id is not None:
         return "standing_approval"
-    if ((call.policy or {}).get("rule") or {}).get("then") == "approve":
+    # A corrected call matching an approving rule was still let through by the reviewer
+    # whose approval made the correction.
+    if ((call.policy or {}).get("rule") or {}).get("then") == "approve" and not (
+        call.arguments_edited
+    ):
         return "policy_rule"
     return "reviewers"
 

@@ -183,20 +183,21 @@ def _decide_locked(
         raise NotPending(f"This call is already {call.get_status_display().lower()}.", call=call)
     if verdict == Verdict.REJECT and not comment.strip():
         raise CommentRequired("Say why you reject the call; the agent reads it.", call=call)
-    _require_binding(call, shown_arguments_hash)
-    if shown_state_hash is not None and shown.hash and shown_state_hash != shown.hash:
-        raise StateChanged(
-            "What this call would change has changed since you opened it; review it again.",
-            call=call,
-        )
-    if call.decisions.filter(reviewer=reviewer, arguments_hash=call.arguments_hash).exists():
-        raise AlreadyVoted("You already decided on this call.", call=call)
+    if verdict == Verdict.APPROVE:
+        _require_binding(call, shown_arguments_hash)
+        if shown_state_hash is not None and shown.hash and shown_state_hash != shown.hash:
+            raise StateChanged(
+                "What this call would change has changed since you opened it; review it again.",
+                call=call,
+            )
+    else:
+        # A rejection runs nothing: a new tool version or a changed record does not stop
+        # it (stopping harm stays easy); the stored arguments must still be the agent's.
+        _require_untampered(call)
+    _require_first_vote(call, reviewer)
     edited = False
     if verdict == Verdict.APPROVE:
-        _require_separation_of_duties(call, reviewer)
-        _require_team(call, reviewer)
-        if reason := cannot_run_reason(call):
-            raise CannotRun(f"{reason} Reject it instead.", call=call)
+        _require_may_approve(call, reviewer)
         if edited_arguments is not None:
             try:
                 edited = edits.edit_arguments(
@@ -204,6 +205,12 @@ def _decide_locked(
                 )
             except edits.EditRefused as refusal:
                 raise DecisionRefused(refusal.message, call=call) from None
+        if edited:
+            # The corrected call is screened anew: its rule may ask for a team, and the
+            # reviewer may have approved these very arguments before another's correction.
+            # What this raises rolls the correction back with everything else.
+            _require_first_vote(call, reviewer)
+            _require_may_approve(call, reviewer)
         if call.risk == Risk.DESTRUCTIVE or (call.policy or {}).get("confirm"):
             _require_confirmation(call, confirmation)
         if call.risk == Risk.DESTRUCTIVE:
@@ -276,6 +283,26 @@ def confirmation_phrase(call: ToolCall) -> str:
     return phrase
 
 
+def _require_first_vote(call: ToolCall, reviewer: Any) -> None:
+    if call.decisions.filter(reviewer=reviewer, arguments_hash=call.arguments_hash).exists():
+        raise AlreadyVoted("You already decided on these arguments.", call=call)
+
+
+def _require_may_approve(call: ToolCall, reviewer: Any) -> None:
+    _require_separation_of_duties(call, reviewer)
+    _require_team(call, reviewer)
+    if reason := cannot_run_reason(call):
+        raise CannotRun(f"{reason} Reject it instead.", call=call)
+
+
+def _require_untampered(call: ToolCall) -> None:
+    current = arguments_hash(
+        tool_name=call.tool.name, tool_version=call.tool_version, arguments=call.arguments
+    )
+    if current != call.arguments_hash:
+        raise ArgumentsChanged("The call's arguments do not match what was submitted.", call=call)
+
+
 def _require_binding(call: ToolCall, shown_arguments_hash: str | None) -> None:
     """The approval is for exactly what the reviewer saw, under the current tool definition."""
     if shown_arguments_hash is not None and shown_arguments_hash != call.arguments_hash:
@@ -285,11 +312,7 @@ def _require_binding(call: ToolCall, shown_arguments_hash: str | None) -> None:
             "The tool's definition changed since the agent made this call; it cannot be approved.",
             call=call,
         )
-    current = arguments_hash(
-        tool_name=call.tool.name, tool_version=call.tool_version, arguments=call.arguments
-    )
-    if current != call.arguments_hash:
-        raise ArgumentsChanged("The call's arguments do not match what was submitted.", call=call)
+    _require_untampered(call)
 
 
 def _require_separation_of_duties(call: ToolCall, reviewer: Any) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 from django.conf import settings
 
-from approvals import events, screening
+from approvals import events, hidden, screening
 from approvals.guards import Refused, arguments_hash, counted_approvals
 from approvals.models import Status, ToolCall
+from audit.masking import mask_text
 from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
 
@@ -43,9 +44,12 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
         call.tool.input_schema, arguments, sensitive_fields=call.tool.hidden_fields
     )
     if problems:
+        # A schema error may quote the whole object, with the real values restored in it
+        # (the reviewer left them masked): quoted as masked as the reviewer saw them.
+        quoted = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        kept = hidden.values(call.tool, call.arguments) + hidden.values(call.tool, arguments)
         raise EditRefused(
-            "The corrected arguments do not fit the tool: "
-            + "; ".join(f"{p.path}: {p.message}" for p in problems)
+            "The corrected arguments do not fit the tool: " + hidden.text(mask_text(quoted), kept)
         )
     try:
         screened = screening.screen(

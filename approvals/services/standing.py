@@ -18,10 +18,11 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals.guards import Refused
+from approvals.guards import Refused, conflict_with
 from approvals.models import StandingApproval, ToolCall
 from audit.log import record
 from tools_registry import rules
+from tools_registry.permissions import can_review
 from tools_registry.policy import Risk
 
 MAX_USES = 10_000
@@ -160,7 +161,7 @@ def use(
     for standing in candidates:
         if not _covers(
             standing, tool, arguments, arguments_hash, signals, user_id, user_roles, agent
-        ):
+        ) or not _author_may_approve(standing, tool=tool, agent=agent, user_id=user_id):
             continue
         taken = (
             StandingApproval.objects.filter(
@@ -173,6 +174,16 @@ def use(
             standing.uses += 1
             return standing
     return None
+
+
+def _author_may_approve(standing: StandingApproval, *, tool: Any, agent: Any, user_id: str) -> bool:
+    """A standing approval stands for its author's own vote: it covers a call only if they
+    could approve it themselves now. Not once their grant of the tool is taken away or their
+    account deactivated, and never a call made for them or by their own agent."""
+    author = standing.granted_by
+    if conflict_with(agent=agent, on_behalf_of=user_id, person=author):
+        return False
+    return can_review(author, tool)
 
 
 def _covers(

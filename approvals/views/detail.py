@@ -166,24 +166,6 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
     return render(request, "approvals/detail.html#live-update", context)
 
 
-def _restore_masked(edited: Any, shown: Any, original: Any) -> Any:
-    """The reviewer edits the arguments as shown to them: a value they left in its masked
-    form (``a***@example.com``) keeps its real value."""
-    if isinstance(edited, dict) and isinstance(shown, dict) and isinstance(original, dict):
-        return {
-            k: _restore_masked(v, shown.get(k), original.get(k)) if k in original else v
-            for k, v in edited.items()
-        }
-    if isinstance(edited, list) and isinstance(shown, list) and isinstance(original, list):
-        return [
-            _restore_masked(v, shown[i], original[i]) if i < len(shown) and i < len(original) else v
-            for i, v in enumerate(edited)
-        ]
-    if edited == shown and shown != original:
-        return original
-    return edited
-
-
 @require_POST
 @login_required
 @never_cache
@@ -193,9 +175,17 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     refusal, refusal_code = "", ""
     if form.is_valid():
         edited = form.cleaned_data["edited_arguments"]
+        left: list[str] = []
         if edited is not None:
-            edited = _restore_masked(edited, display.arguments(call), call.arguments)
+            edited, left = display.restore_masked(edited, call)
         try:
+            if left:
+                raise decisions.DecisionRefused(
+                    f"A value you changed still holds a masked part ({', '.join(left[:3])}): "
+                    "what it stands for cannot be known. Retype the whole value, or leave "
+                    "it as shown.",
+                    call=call,
+                )
             result = decisions.decide(
                 call_id=call.pk,
                 reviewer=request.user,

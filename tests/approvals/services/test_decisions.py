@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
+from approvals import before_after
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import (
     AlreadyVoted,
@@ -24,6 +25,7 @@ from approvals.services.decisions import (
     decide,
 )
 from audit.models import AuditEvent
+from sandbox.models import Customer
 from tests.approvals.conftest import make_call
 from tests.conftest import World, executions_sent
 from tools_registry import services as registry_services
@@ -167,3 +169,32 @@ def test_a_call_whose_tool_or_agent_was_switched_off_cannot_be_approved(
         call_id=call.pk, reviewer=world.bob, verdict="reject", comment="Switched off."
     )
     assert rejected.call.status == Status.REJECTED
+
+
+def test_a_rejection_needs_no_current_tool_version_or_state(world: World) -> None:
+    """Stopping harm stays easy: a call whose tool changed (it can never be approved) or
+    whose record changed since the page was read can still be rejected."""
+    old_version = make_call(world)
+    tool = world.tools["send_email"]
+    tool.version = "changed00000000"
+    tool.save()
+    rejected = decide(
+        call_id=old_version.pk, reviewer=world.bob, verdict="reject", comment="Stale.",
+        shown_arguments_hash=old_version.arguments_hash,
+    )  # fmt: skip
+    assert rejected.call.status == Status.REJECTED
+    changing = make_call(world, "update_customer")
+    shown = before_after.current_state(changing)
+    Customer.objects.filter(customer_id="cus_0001").update(name="Someone Else")
+    rejected = decide(
+        call_id=changing.pk, reviewer=world.bob, verdict="reject", comment="No.",
+        shown_arguments_hash=changing.arguments_hash, shown_state_hash=shown.hash,
+    )  # fmt: skip
+    assert rejected.call.status == Status.REJECTED
+    # A call whose stored arguments were altered is still refused, whatever the verdict.
+    altered = make_call(world)
+    ToolCall.objects.filter(pk=altered.pk).update(
+        arguments={**altered.arguments, "to": "eve@example.com"}
+    )
+    with pytest.raises(ArgumentsChanged):
+        decide(call_id=altered.pk, reviewer=world.bob, verdict="reject", comment="No.")

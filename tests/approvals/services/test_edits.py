@@ -4,18 +4,22 @@ and the agent is told."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.utils import timezone
 
+from approvals import display
 from approvals.execution import runner
 from approvals.models import Status, ToolCall
-from approvals.services.decisions import AlreadyVoted, DecisionRefused, decide
+from approvals.services.decisions import AlreadyVoted, DecisionRefused, TeamRequired, decide
 from approvals.services.edits import narrows
 from gateway.mcp import state as mcp_state
+from gateway.responses import approved_by
 from sandbox.models import OutboxMessage
-from tests.approvals.conftest import make_call
+from tests.approvals.conftest import login, make_call
 from tests.conftest import World, events
 from tools_registry import services as registry_services
 
@@ -171,3 +175,93 @@ def test_destructive_calls_are_never_corrected_unless_narrowing_is_allowed(
 )
 def test_what_narrowing_means(before: Any, after: Any, narrower: bool) -> None:
     assert narrows(before, after) is narrower
+
+
+def test_a_correction_is_held_to_what_its_new_rule_asks(world: World) -> None:
+    """A rule reserves calls to evil.com for the finance team: bob, not in it, may not
+    correct a harmless call into one of those and approve it alone."""
+    Group.objects.create(name="finance")
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={
+            "rules": [
+                {"when": 'args.to.endsWith("@evil.com")', "then": "require", "approvals": 1,
+                 "team": "finance"},
+            ]
+        },
+        changed_by=world.alice,
+    )  # fmt: skip
+    call = make_call(world, "send_email", arguments=EMAIL)
+    with pytest.raises(TeamRequired):
+        decide(
+            call_id=call.pk, reviewer=world.bob, verdict="approve",
+            shown_arguments_hash=call.arguments_hash,
+            edited_arguments={**EMAIL, "to": "x@evil.com"},
+        )  # fmt: skip
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and call.arguments == EMAIL  # the correction too
+    assert not events("call.arguments_edited")
+
+
+def test_correcting_back_to_arguments_one_approved_is_a_clear_refusal(
+    world: World, dave: Any
+) -> None:
+    registry_services.update_policy(
+        tool=world.tools["send_email"], changes={"approvals_required": 2}, changed_by=world.alice
+    )
+    world.tools["send_email"].refresh_from_db()
+    call = make_call(world, "send_email", arguments=EMAIL)
+    decide(
+        call_id=call.pk, reviewer=dave, verdict="approve", shown_arguments_hash=call.arguments_hash
+    )
+    changed = decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash, edited_arguments={**EMAIL, "subject": "Changed"},
+    )  # fmt: skip
+    with pytest.raises(AlreadyVoted):
+        decide(
+            call_id=call.pk, reviewer=dave, verdict="approve",
+            shown_arguments_hash=changed.call.arguments_hash, edited_arguments=EMAIL,
+        )  # fmt: skip
+    call.refresh_from_db()
+    assert call.arguments["subject"] == "Changed" and call.status == Status.PENDING
+
+
+def test_a_correction_matching_an_approving_rule_is_the_reviewers_approval(
+    world: World,
+) -> None:
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"rules": [{"when": 'args.subject == "ok"', "then": "approve"}]},
+        changed_by=world.alice,
+    )
+    call = make_call(world, "send_email", arguments=EMAIL)
+    decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash, edited_arguments={**EMAIL, "subject": "ok"},
+    )  # fmt: skip
+    call.refresh_from_db()
+    assert approved_by(call) == "reviewers"
+    page = login(world.bob).get(f"/approvals/{call.pk}/").content.decode()
+    assert "without a reviewer" not in page
+
+
+def test_a_refused_correction_quotes_no_value_the_reviewer_saw_masked(world: World) -> None:
+    """A schema error may quote the whole object, where values left masked were restored."""
+    call = make_call(world, "send_email", arguments={**EMAIL, "to": "ada.lovelace@example.com"})
+    tool = world.tools["send_email"]
+    ToolCall.tool.field.related_model.objects.filter(pk=tool.pk).update(
+        input_schema={**tool.input_schema, "maxProperties": 3}
+    )  # an imported tool's schema may have root keywords that quote the instance
+    shown = display.arguments(call)
+    response = login(world.bob).post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "edited_arguments": json.dumps({**shown, "cc": "x"}),
+        },
+    )
+    page = response.content.decode()
+    assert "do not fit the tool" in page
+    assert "ada.lovelace" not in page

@@ -18,6 +18,7 @@ from approvals.services import standing
 from approvals.services.calls import create_call
 from approvals.services.decisions import DecisionRefused, decide
 from tests.conftest import World, events
+from tools_registry import services as registry_services
 
 EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 
@@ -168,3 +169,40 @@ def test_max_uses_is_exact_under_concurrent_submissions(live_world: World, round
     granted.refresh_from_db()
     assert granted.uses == 5
     assert ToolCall.objects.filter(standing_approval=granted).count() == 5
+
+
+def _bobs_standing_approval(world: World) -> None:
+    first = create_call(
+        agent=world.agent, tool=world.tools["send_email"], arguments=EMAIL, session_id="s",
+        request_key=uuid.uuid4().hex,
+    )  # fmt: skip
+    granted = decide(
+        call_id=first.pk, reviewer=world.bob, verdict="approve",
+        standing_terms=standing.Terms(seconds=3600, match="any"),
+    )  # fmt: skip
+    assert granted.standing is not None
+
+
+def _later(world: World, *, on_behalf_of: str = "") -> ToolCall:
+    return create_call(
+        agent=world.agent, tool=world.tools["send_email"],
+        arguments={**EMAIL, "subject": uuid.uuid4().hex}, session_id="s",
+        request_key=uuid.uuid4().hex, on_behalf_of=on_behalf_of,
+    )  # fmt: skip
+
+
+def test_a_standing_approval_never_covers_a_call_its_author_could_not_approve(
+    world: World,
+) -> None:
+    """It stands for its author's own vote: not for a call made for them, and not once
+    their grant of the tool is gone or their account deactivated."""
+    _bobs_standing_approval(world)
+    assert _later(world).status == Status.APPROVED  # it works
+    assert _later(world, on_behalf_of="bob").status == Status.PENDING
+    registry_services.revoke_review(tool=world.tools["send_email"], user=world.bob)
+    assert _later(world).status == Status.PENDING
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.bob)
+    assert _later(world).status == Status.APPROVED
+    world.bob.is_active = False
+    world.bob.save(update_fields=["is_active"])
+    assert _later(world).status == Status.PENDING

@@ -4,10 +4,12 @@ what the reviewer typed kept; notes keep a dissent that came too late."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-from approvals.models import Note, ToolCall
+from approvals import display
+from approvals.models import Note, Status, ToolCall
 from approvals.services.decisions import decide
 from approvals.views.detail import live_version
 from tests.approvals.conftest import login, make_call
@@ -132,6 +134,42 @@ def test_a_correction_through_the_web_keeps_masked_values_left_as_shown(
         "changes": {"email": "ada.l@example.com", "plan": "enterprise"},
     }
     assert call.arguments_edited
+
+
+def test_a_changed_text_still_holding_a_masked_part_is_refused_not_sent(world: World) -> None:
+    """Edited around a masked address, the text would run with "r***@example.com" in it:
+    what the mask stood for cannot be known, so the correction is refused."""
+    body = "Hi Ada, write to refunds.team@example.com if it has not arrived."
+    call = make_call(world, arguments={"to": "ada@example.com", "subject": "Refund", "body": body})
+    bob = login(world.bob)
+    shown = display.arguments(call)
+    assert "r***@example.com" in shown["body"]
+    edited = {**shown, "body": shown["body"].replace("Hi Ada", "Hello Ada")}
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "edited_arguments": json.dumps(edited),
+        },
+    )
+    assert response.status_code == 409
+    assert "still holds a masked part (r***@example.com)" in response.content.decode()
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and call.arguments["body"] == body
+    # Left as shown, the same masked text keeps its real value.
+    same = {**shown, "subject": "Your refund"}
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "edited_arguments": json.dumps(same),
+        },
+    )
+    assert response.status_code == 302
+    call.refresh_from_db()
+    assert call.arguments == {"to": "ada@example.com", "subject": "Your refund", "body": body}
 
 
 def test_bad_json_in_a_correction_is_a_clear_refusal(world: World) -> None:
