@@ -88,8 +88,9 @@ def screen(
     found = signals.raised(
         agent=agent, tool=tool, arguments=arguments, reasoning=reasoning, facts=facts, at=at
     )
+    parsed = rules.parse(tool.rules)
     applied = rules.first_match(
-        rules.parse(tool.rules),
+        parsed,
         arguments=arguments,
         input_schema=tool.input_schema,
         signals=[f.code for f in found],
@@ -104,7 +105,19 @@ def screen(
             number=applied.number or 0,
             policy_version=tool.policy_version,
         )
+    # A rule that could not be evaluated on the call might have held: it fails closed. It
+    # asks what it would have asked (with the rule that matched, the stricter of the two),
+    # and a refusing one refuses a read, which no reviewer could hold.
+    failed = [(number, parsed[number - 1]) for number in applied.failed]
     if not tool.needs_approval:
+        for number, could_refuse in failed:
+            if could_refuse.then == rules.REFUSE:
+                raise RefusedByRule(
+                    f"Rule {number} of {tool.name}'s policy could not be evaluated on this call "
+                    "and might refuse it; a read cannot wait for a reviewer.",
+                    number=number,
+                    policy_version=tool.policy_version,
+                )
         return Screening(facts, found, applied, 0, "", False, False)
     approvals, team, confirm = tool.approvals_required, "", tool.risk == Risk.DESTRUCTIVE
     if rule is not None and rule.then == rules.REQUIRE:
@@ -113,6 +126,11 @@ def screen(
         # By name: a team deleted since the rule was saved has no members, so nobody can
         # approve, rather than anybody.
         team = rule.team
+    for _number, could_require in failed:
+        if could_require.then == rules.REQUIRE:
+            approvals = max(approvals, could_require.approvals)
+            confirm = confirm or could_require.confirm
+            team = team or could_require.team
     by_rule = rule is not None and rule.then == rules.APPROVE
     if by_rule:
         approvals = 0  # approved as it arrives: no reviewer is asked

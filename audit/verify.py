@@ -218,7 +218,8 @@ def verify_chain(
     expected, prev_hash, checked, anchors_checked = 1, GENESIS_HASH, 0, 0
     # The latest occurred_at walked so far: the instants are UTC ISO text of one width per
     # precision, which compare as the times they name.
-    latest, backdated = "", []
+    latest = ""
+    backdated: list[tuple[int, int, str, str]] = []
     last_good: anchor.Anchor | None = None
     string, sha256 = canonical_string, hashlib.sha256
 

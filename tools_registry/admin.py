@@ -12,6 +12,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -65,6 +66,18 @@ class PrettyJSONField(forms.JSONField):
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value
         return json.dumps(value, indent=2, ensure_ascii=False)
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:  # Django catches only JSONDecodeError: a 500 otherwise
+            raise forms.ValidationError("This JSON is nested too deeply.", code="invalid") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return forms.fields.InvalidJSONInput(data)
 
 
 class RulesWidget(forms.Textarea):
@@ -205,6 +218,9 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
     """Tools come from code (``sync_tools``); admins set the policy and the reviewer grants
     (the "Reviewers" page of each tool, and "Reviewer scopes" per person or team).
     Guardian's generic object-permission pages stay for superusers only."""
+
+    # A JSON field's text nested past Python's recursion limit is a form error, not a 500.
+    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
 
     form = ToolPolicyForm
     change_form_template = "admin/tools_registry/tool/change_form.html"  # type: ignore[misc]
@@ -536,6 +552,9 @@ class AgentAdmin(admin.ModelAdmin):
     """Agents: allowlist, limits, end users and their roles' scopes, tokens; and the stop
     button. Whoever holds the "stop agents" permission sees agents and may stop and resume
     them, without being able to change anything else."""
+
+    # A JSON field's text nested past Python's recursion limit is a form error, not a 500.
+    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
 
     form = AgentForm
     list_display = ["name", "owner", "enabled", "state", "max_rounds_per_session", "created_at"]
@@ -896,6 +915,9 @@ class IdentityProviderForm(forms.ModelForm):
 @admin.register(IdentityProvider)
 class IdentityProviderAdmin(admin.ModelAdmin):
     """The identity providers whose user tokens agents forward (verified roles)."""
+
+    # A JSON field's text nested past Python's recursion limit is a form error, not a 500.
+    formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
 
     form = IdentityProviderForm
     list_display = ["name", "issuer", "audience", "jwks_url"]

@@ -39,6 +39,7 @@ VARIABLES = frozenset({"args", "signals", "user", "agent"})
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 MAX_RULES = 50
 MAX_CONDITION_LENGTH = 2000
+MAX_DEPTH = 250  # levels of the parse tree: twenty nested parentheses make about 210
 MAX_APPROVALS = 10
 _KEYS = frozenset({"when", "then", "approvals", "team", "confirm", "note"})
 
@@ -73,6 +74,7 @@ class Applied:
     number: int | None = None
     rule: Rule | None = None
     errors: tuple[str, ...] = field(default=())
+    failed: tuple[int, ...] = field(default=())  # the numbers of the rules in ``errors``
 
     def as_dict(self) -> dict[str, Any] | None:
         if self.rule is None and not self.errors:
@@ -169,10 +171,20 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     except celparser.CELParseError as exc:
         where = str(exc.args[0]).rstrip() if exc.args else ""
         return [f"the condition is not valid CEL:\n{where}"]
+    except RecursionError:
+        return ["the condition is nested too deeply."]
+    if _depth(tree) > MAX_DEPTH:
+        # Evaluating it would recurse past Python's stack limit.
+        return ["the condition is nested too deeply."]
     found = []
     bound = _macro_variables(tree)
     for name in sorted(_identifiers(tree) - VARIABLES - bound):
         found.append(f"unknown name {name!r}; a condition can use {', '.join(sorted(VARIABLES))}.")
+    for name in sorted(_functions(tree) - FUNCTIONS):
+        # Found on a live call only when the rule gets that far, as an error that skips it.
+        found.append(
+            f"unknown function {name!r}; the functions are {', '.join(sorted(FUNCTIONS))}."
+        )
     for path in _argument_paths(tree):
         if not has_argument_path(input_schema, path):
             found.append(f"args.{path} is not an argument of this tool.")
@@ -236,20 +248,23 @@ def first_match(
         agent=agent,
     )
     errors: list[str] = []
+    failed: list[int] = []
     for number, rule in enumerate(rules, start=1):
         try:
             value = _compiled(rule.when).evaluate(activation)
         except celpy.CELEvalError as exc:
             errors.append(f"rule {number}: {_eval_message(exc)}")
+            failed.append(number)
             continue
-        except celparser.CELParseError:
+        except (celparser.CELParseError, RecursionError):
             errors.append(f"rule {number}: not valid CEL")
+            failed.append(number)
             continue
         if value is True or (isinstance(value, celtypes.BoolType) and bool(value)):
             if rule.then == APPROVE and errors:
                 continue
-            return Applied(number=number, rule=rule, errors=tuple(errors))
-    return Applied(errors=tuple(errors))
+            return Applied(number=number, rule=rule, errors=tuple(errors), failed=tuple(failed))
+    return Applied(errors=tuple(errors), failed=tuple(failed))
 
 
 def normalise(arguments: Any, schema: Any) -> Any:
@@ -296,8 +311,13 @@ def _compiled(when: str) -> Any:
 _CEL_TYPE = re.compile(r"\b([A-Z][a-z]+)Type\(")
 
 
+_UNDECLARED = re.compile(r"undeclared reference to '([A-Za-z_][A-Za-z0-9_.]*)'")
+
+
 def _eval_message(exc: celpy.CELEvalError) -> str:
-    """What went wrong, in words an admin can act on."""
+    """What went wrong, in words an admin can act on, and never cel-python's own text: it
+    may quote the whole call (every argument, secret ones included), and this message is
+    stored on the call and shown to reviewers. Only names from the rule itself are named."""
     text = str(exc.args[0] if exc.args else exc)
     detail = " ".join(str(d) for d in (exc.args[2] or ())) if len(exc.args) > 2 else ""
     if "no matching overload" in text or "no such overload" in text:
@@ -305,7 +325,17 @@ def _eval_message(exc: celpy.CELEvalError) -> str:
         kinds = list(dict.fromkeys(k.lower() for k in _CEL_TYPE.findall(detail)))
         named = f" ({' and '.join(sorted(kinds))})" if kinds else ""
         return f"values of different types are compared{named}"
-    return text
+    if text.startswith("no such member"):
+        # "no such member in mapping: 'x'": x is a name written in the rule (args.x).
+        member = re.search(r"'([A-Za-z_][A-Za-z0-9_]*)'", text)
+        return f"no such member {member.group(1)!r}" if member else "no such member"
+    if text.startswith("no such key"):
+        return "no such key (a value the call does not have)"
+    if undeclared := _UNDECLARED.search(text):
+        return f"unknown function or name {undeclared.group(1)!r}"
+    if "divide by zero" in text:
+        return "division by zero"
+    return "the condition could not be evaluated on this call"
 
 
 # --- The parse tree -----------------------------------------------------------------------
@@ -317,6 +347,31 @@ def _subtrees(tree: Tree, name: str) -> Iterator[Tree]:
 
 def _identifiers(tree: Tree) -> set[str]:
     return {str(t.children[0]) for t in _subtrees(tree, "ident")}
+
+
+# What a condition may call: CEL's standard functions as cel-python has them, its macros,
+# and has().
+FUNCTIONS = (
+    frozenset(name for name in celpy.evaluation.base_functions if name[:1].isalpha())
+    | MACROS
+    | {"has"}
+)
+
+
+def _depth(tree: Tree) -> int:
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((c, level + 1) for c in node.children if isinstance(c, Tree))
+    return deepest
+
+
+def _functions(tree: Tree) -> set[str]:
+    """The functions a condition calls: ``size(x)``, ``x.startsWith(y)``."""
+    called = {str(t.children[0]) for t in _subtrees(tree, "ident_arg")}
+    called |= {str(t.children[1]) for t in _subtrees(tree, "member_dot_arg")}
+    return called
 
 
 def _macro_variables(tree: Tree) -> set[str]:

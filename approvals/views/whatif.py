@@ -42,6 +42,9 @@ def what_if(request: AuthedRequest, tool_id: int) -> HttpResponse:
     }
     try:
         proposed = json.loads(text or "[]")
+    except RecursionError:
+        context["problems"] = ["The rules are nested too deeply to read."]
+        return render(request, "approvals/what_if.html", context, status=400)
     except ValueError as exc:
         context["problems"] = [f"The rules are not valid JSON: {exc}."]
         return render(request, "approvals/what_if.html", context, status=400)

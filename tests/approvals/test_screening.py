@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
@@ -15,6 +16,7 @@ from approvals.services.decisions import TeamRequired, decide
 from audit.models import AuditEvent
 from tests.conftest import World, events
 from tools_registry import services as registry_services
+from tools_registry.models import Tool
 
 pytestmark = pytest.mark.usefixtures("clean_shared_state")
 
@@ -241,3 +243,73 @@ def test_working_hours_raise_outside_hours_when_configured(world: World, setting
     )
     assert "outside_hours" in [s["code"] for s in call.signals]
     assert AuditEvent.objects.filter(action="call.submitted", call_id=call.pk).exists()
+
+
+def test_a_rule_that_cannot_be_evaluated_on_a_call_fails_closed(world: World) -> None:
+    """Reading an optional argument the call does not have, a rule might have held: it
+    asks what it would have asked, and a refusing one refuses a read (no reviewer can hold
+    a read)."""
+    set_rules(
+        world,
+        "update_customer",
+        [
+            {"when": 'args.changes.email.endsWith("@rival.com")', "then": "require",
+             "approvals": 2, "team": "reviewers", "confirm": True},
+        ],
+    )  # fmt: skip
+    body = (
+        world.api()
+        .submit(
+            {
+                "tool": "update_customer",
+                "session_id": "s-rules",
+                "arguments": {"customer_id": "cus_0001", "changes": {"plan": "pro"}},
+            }
+        )
+        .json()
+    )
+    call = ToolCall.objects.get(pk=body["id"])
+    assert (call.approvals_required, call.policy["team"], call.policy["confirm"]) == (
+        2, "reviewers", True,
+    )  # fmt: skip
+    assert call.policy["rule"]["errors"] == ["rule 1: no such member 'email'"]
+
+    set_rules(world, "search_docs", [{"when": "args.limit > 5", "then": "refuse"}])
+    search = {"tool": "search_docs", "session_id": "s-rules", "arguments": {"query": "refund"}}
+    refused = world.api().submit(search)
+    assert refused.status_code == 403, refused.content
+    assert "could not be evaluated on this call" in refused.json()["error"]["message"]
+    search["arguments"]["limit"] = 3
+    assert world.api().submit(search).status_code == 200
+
+
+def test_a_rule_error_never_quotes_the_calls_values(world: World) -> None:
+    """cel-python's error text can hold the whole call, secret fields included; what is
+    stored on the call, written to the trail and shown to reviewers names only the rule's
+    own words. (A rule calling a function CEL lacks is refused when saved now; one saved
+    by an earlier release still runs.)"""
+    canary = "hunter2-CANARY-7731"
+    registry_services.update_policy(
+        tool=world.tools["send_email"], changes={"secret_fields": ["body"]}, changed_by=world.alice
+    )
+    Tool.objects.filter(pk=world.tools["send_email"].pk).update(
+        rules=[
+            {"when": 'args.subject == "urgent" && args.body.lowerAscii() == "x"',
+             "then": "require", "approvals": 2},
+        ]
+    )  # fmt: skip
+    response = world.api().submit(
+        {
+            "tool": "send_email",
+            "session_id": "s-rules",
+            "arguments": {"to": "a@example.com", "subject": "urgent", "body": canary},
+        }
+    )
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert call.policy["rule"]["errors"] == ["rule 1: unknown function or name 'lowerAscii'"]
+    assert call.approvals_required == 2
+    assert canary not in str(call.policy)
+    assert not [e for e in AuditEvent.objects.filter(call_id=call.pk) if canary in str(e.data)]
+    page = Client()
+    page.force_login(world.bob)
+    assert canary not in page.get(f"/approvals/{call.pk}/").content.decode()

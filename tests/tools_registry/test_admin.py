@@ -54,6 +54,19 @@ def test_an_invalid_edit_in_the_admin_is_shown_next_to_its_field_and_not_saved(
     assert events("tool.policy_changed") == []
 
 
+def test_json_nested_past_any_reader_is_a_form_error_not_a_500(
+    world: World, admin_client: Client
+) -> None:
+    tool = world.tools["send_email"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    deep = "[" * 10_000 + "]" * 10_000
+    data.update(rules=deep)
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "nested too deeply" in " ".join(errors["rules"])
+
+
 def test_the_tool_pages_show_each_tools_lint_result(world: World, admin_client: Client) -> None:
     page = admin_client.get(_change_url(world.tools["send_email"])).content.decode()
     assert "The definition passes every lint rule." in page

@@ -32,6 +32,8 @@ CONDITIONS = [
     ("args.currency > 5", "values of different types are compared (int and string)"),
     ('args.amount_cents == "5000"', "values of different types are compared (int and string)"),
     ("args.amount_cents + 1", "must be true or false"),
+    ('args.reason.lowerAscii() == "x"', "unknown function 'lowerAscii'"),
+    ("!" * 1500 + "true", "nested too deeply"),
     ("args.currency", "must be true or false"),
 ]
 

@@ -149,6 +149,10 @@ def test_the_what_if_explains_malformed_rules_and_is_for_tool_admins_only(
     assert "args.nope is not an argument" in broken.content.decode()
     not_json = admin_client.post(url, {"rules": "[{"})
     assert not_json.status_code == 400 and "not valid JSON" in not_json.content.decode()
+    deep = admin_client.post(url, {"rules": "[" * 100_000 + "]" * 100_000})
+    assert deep.status_code == 400 and "nested too deeply" in deep.content.decode()
+    too_deep = json.dumps([{"when": "!" * 1500 + "true", "then": "refuse"}])
+    assert "nested too deeply" in admin_client.post(url, {"rules": too_deep}).content.decode()
     reviewer = Client()
     reviewer.force_login(world.bob)
     assert reviewer.post(url, {"rules": "[]"}).status_code == 302  # to the admin's sign-in
