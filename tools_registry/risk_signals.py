@@ -92,8 +92,11 @@ _INJECTION = [
     for pattern in (
         r"\bignore\s+(?:all\s+|any\s+)?(?:the\s+)?(?:previous|prior|above|earlier|preceding)\s+"
         r"(?:instructions|directions|rules|prompts?)",
-        r"\bdisregard\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?(?:previous|prior|above|earlier)?\s*"
-        r"(?:instructions|rules|guidelines|prompts?)",
+        # Each optional word takes the spaces after it: a "\s+ ... \s*" pair around an
+        # optional part splits a run of spaces every way (quadratic: a 20 KB reasoning of
+        # spaces took 17 s to scan, at intake).
+        r"\bdisregard\s+(?:(?:all|any)\s+)?(?:(?:the|your)\s+)?"
+        r"(?:(?:previous|prior|above|earlier)\s+)?(?:instructions|rules|guidelines|prompts?)",
         r"\bforget\s+(?:all\s+|everything\s+)?(?:your|the|previous)\s+(?:instructions|rules)",
         r"\byou\s+are\s+now\b",
         r"\bnew\s+(?:system\s+)?instructions\s*:",

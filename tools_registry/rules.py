@@ -180,6 +180,13 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     bound = _macro_variables(tree)
     for name in sorted(_identifiers(tree) - VARIABLES - bound):
         found.append(f"unknown name {name!r}; a condition can use {', '.join(sorted(VARIABLES))}.")
+    if _nested_macros(tree):
+        # Its cost grows with the square of a list an agent sends (300 items: 37 s, in the
+        # submission's transaction, holding the agent's run lock).
+        found.append(
+            "a condition may not put one of all, exists, exists_one, map or filter inside "
+            "another."
+        )
     for name in sorted(_functions(tree) - FUNCTIONS):
         # Found on a live call only when the rule gets that far, as an error that skips it.
         found.append(
@@ -365,6 +372,19 @@ def _depth(tree: Tree) -> int:
         deepest = max(deepest, level)
         stack.extend((c, level + 1) for c in node.children if isinstance(c, Tree))
     return deepest
+
+
+def _macros(tree: Tree) -> Iterator[Tree]:
+    return (t for t in _subtrees(tree, "member_dot_arg") if str(t.children[1]) in MACROS)
+
+
+def _nested_macros(tree: Tree) -> bool:
+    """Whether a comprehension (``x.all(i, ...)``) holds another in its arguments."""
+    for node in _macros(tree):
+        arguments = node.children[2] if len(node.children) > 2 else None
+        if isinstance(arguments, Tree) and next(_macros(arguments), None) is not None:
+            return True
+    return False
 
 
 def _functions(tree: Tree) -> set[str]:

@@ -4,6 +4,7 @@ raises, and its facts, all recorded on the call and in the audit trail."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -313,3 +314,20 @@ def test_a_rule_error_never_quotes_the_calls_values(world: World) -> None:
     page = Client()
     page.force_login(world.bob)
     assert canary not in page.get(f"/approvals/{call.pk}/").content.decode()
+
+
+def test_a_reasoning_made_to_stall_the_signal_scan_is_screened_at_once(world: World) -> None:
+    """A run of spaces after "disregard" took the injection pattern quadratic time (17 s for
+    20 KB, in the submission's transaction under the agent's run lock). A bound fifty times
+    what it takes now, far under what it took."""
+    started = time.monotonic()
+    response = world.api().submit(
+        {
+            "tool": "send_email",
+            "session_id": "s-rules",
+            "arguments": {"to": "a@example.com", "subject": "Hello", "body": "Hi."},
+            "reasoning": "disregard" + " " * 19_000,
+        }
+    )
+    assert response.status_code == 202, response.content
+    assert time.monotonic() - started < 5

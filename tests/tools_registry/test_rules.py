@@ -34,6 +34,7 @@ CONDITIONS = [
     ("args.amount_cents + 1", "must be true or false"),
     ('args.reason.lowerAscii() == "x"', "unknown function 'lowerAscii'"),
     ("!" * 1500 + "true", "nested too deeply"),
+    ('args.reason.exists(a, "ab".exists(b, a == b))', "may not put one of all"),
     ("args.currency", "must be true or false"),
 ]
 
