@@ -184,8 +184,7 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
         # Its cost grows with the square of a list an agent sends (300 items: 37 s, in the
         # submission's transaction, holding the agent's run lock).
         found.append(
-            "a condition may not put one of all, exists, exists_one, map or filter inside "
-            "another."
+            "a condition may not put one of all, exists, exists_one, map or filter inside another."
         )
     for name in sorted(_functions(tree) - FUNCTIONS):
         # Found on a live call only when the rule gets that far, as an error that skips it.
