@@ -68,6 +68,9 @@ ACTIONS: dict[str, str] = {
     "upstream.registered": "An admin registered an upstream (its URL and header names, never "
     "their values).",
     "upstream.headers_changed": "The headers sent to an upstream changed (names only).",
+    "upstream.changed": "An admin changed an upstream's settings (URL, base URL, timeout, "
+    "idempotency header, rerunnable), before and after; the names of headers dropped because "
+    "the host changed.",
     "upstream.sync_failed": "An upstream's offer could not be read; nothing was changed.",
     "upstream.enabled": "An upstream was switched back on.",
     "upstream.disabled": "An upstream was switched off: its tools can no longer run.",

@@ -40,12 +40,13 @@ from tools_registry.models import (
 from tools_registry.policy import POLICY_FIELDS, policy_values
 from tools_registry.schemas import argument_paths
 from tools_registry.services.agents import MAX_STOP_REASON
+from tools_registry.services.upstreams import SETTINGS as UPSTREAM_SETTINGS
 from tools_registry.services.upstreams import (
     edit_imported_tool,
     register_upstream,
-    set_headers,
     set_upstream_enabled,
     sync_upstream,
+    update_upstream,
 )
 from tools_registry.upstreams.offers import ImportFailed
 from tools_registry.upstreams.secrets import parse_header_lines
@@ -1032,19 +1033,25 @@ class UpstreamAdmin(admin.ModelAdmin):
             obj.pk = created.pk
             self._sync(request, created)
             return
-        settings_changed = [n for n in form.changed_data if n not in ("headers", "enabled")]
-        if settings_changed:
-            Upstream.objects.filter(pk=obj.pk).update(
-                **{n: form.cleaned_data[n] for n in settings_changed}
+        settings_changed = [n for n in form.changed_data if n in UPSTREAM_SETTINGS]
+        if settings_changed or headers is not None:
+            updated = update_upstream(
+                upstream=obj,
+                changes={n: form.cleaned_data[n] for n in settings_changed},
+                headers=headers,
+                changed_by=request.user,
             )
-        if headers is not None:
-            set_headers(upstream=obj, headers=headers, changed_by=request.user)
+            if headers is None and obj.header_names and not updated.header_names:
+                messages.warning(
+                    request,
+                    f"{obj.name}: its headers were not sent to the new host; enter them again.",
+                )
         if "enabled" in form.changed_data:
             set_upstream_enabled(upstream=obj, enabled=obj.enabled, changed_by=request.user)
             if obj.enabled:
                 self._sync(request, Upstream.objects.get(pk=obj.pk))
 
-    @admin.action(description="Import their tools again")
+    @admin.action(description="Import their tools again", permissions=["change"])
     def import_again(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
         for upstream in queryset:
             self._sync(request, upstream)

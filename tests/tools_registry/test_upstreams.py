@@ -11,7 +11,7 @@ from typing import Any
 
 import mcp_types as types
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
 from django.test import Client
 from guardian.shortcuts import get_groups_with_perms
@@ -153,6 +153,70 @@ def test_a_resync_that_moves_an_operation_is_a_new_version(
     assert after.version != before.version
     edited = edit_imported_tool(tool=after, risk=Risk.DESTRUCTIVE, changed_by=world.alice)
     assert edited.version != after.version, "a new risk is a new version too"
+
+
+def test_an_upstreams_settings_changed_in_the_admin_are_audited_and_bind_its_tools(
+    world: World, http_upstream: WebProcess, admin_client: Client
+) -> None:
+    """Pointing an upstream elsewhere is audited with before and after; its stored
+    credentials are not sent to the new host unless entered again; and each tool becomes a
+    new version, so a call approved for the old endpoint is refused, not sent to the new."""
+    register_orders(http_upstream)
+    upstream = Upstream.objects.get(name="orders")
+    tool = Tool.objects.get(name="orders__create_order")
+    page = f"/admin/tools_registry/upstream/{upstream.pk}/change/"
+    form = {
+        "url": upstream.url,
+        "base_url": "https://elsewhere.example/",
+        "timeout_seconds": "10",
+        "idempotency_header": "",
+        "rerunnable": "on",
+        "enabled": "on",
+        "headers": "",
+    }
+    response = admin_client.post(page, form, follow=True)
+    assert response.status_code == 200
+    assert "enter them again" in response.content.decode()
+    upstream.refresh_from_db()
+    assert (upstream.base_url, upstream.idempotency_header, upstream.rerunnable) == (
+        "https://elsewhere.example/", "", True,
+    )  # fmt: skip
+    assert upstream.header_names == []
+    (changed,) = AuditEvent.objects.filter(action="upstream.changed")
+    assert changed.actor_label == "root"
+    assert changed.data["before"] == {
+        "base_url": "", "idempotency_header": "Idempotency-Key", "rerunnable": False,
+    }  # fmt: skip
+    assert changed.data["after"]["base_url"] == "https://elsewhere.example/"
+    assert changed.data["headers_dropped"] == ["Authorization"]
+    assert UPSTREAM_TOKEN not in str(changed.data)
+    assert Tool.objects.get(pk=tool.pk).version != tool.version
+    # The same host again, with its headers entered: kept, and only their names audited.
+    form.update(base_url="https://elsewhere.example/v2/", headers=AUTH)
+    admin_client.post(page, form)
+    upstream.refresh_from_db()
+    assert upstream.header_names == ["Authorization"]
+
+
+def test_only_who_may_change_upstreams_imports_their_tools_again(
+    world: World, http_upstream: WebProcess
+) -> None:
+    register_orders(http_upstream)
+    upstream = Upstream.objects.get(name="orders")
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_upstream"))
+    client = Client()
+    client.force_login(viewer)
+    response = client.post(
+        "/admin/tools_registry/upstream/",
+        {"action": "import_again", "_selected_action": [upstream.pk], "index": 0},
+        follow=True,
+    )
+    said = [str(m) for m in response.context["messages"]]
+    assert not any("imported" in m for m in said), said
+    assert (
+        'value="import_again"' not in client.get("/admin/tools_registry/upstream/").content.decode()
+    )
 
 
 def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:

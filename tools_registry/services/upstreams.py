@@ -10,9 +10,10 @@ disabled, not deleted. Every change is audited (``tool.imported``, ``tool.change
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
@@ -96,6 +97,101 @@ def set_headers(*, upstream: Upstream, headers: secrets.Headers, changed_by: Any
         data={"upstream": upstream.name, "before": before, "after": upstream.header_names},
     )
     return upstream
+
+
+# What an admin may change of a registered upstream (its name and kind stay).
+SETTINGS = ("url", "base_url", "timeout_seconds", "idempotency_header", "rerunnable")
+
+
+@transaction.atomic
+def update_upstream(
+    *,
+    upstream: Upstream,
+    changes: Mapping[str, Any],
+    headers: secrets.Headers | None = None,
+    changed_by: Any,
+) -> Upstream:
+    """Change where an upstream is and how it is called; audited (``upstream.changed``,
+    before and after). Credentials go only where an admin sent them: a new host drops the
+    stored headers unless new ones come with the change. A new endpoint makes each of its
+    tools a new version, so a call approved for the old one is refused, never sent to the
+    new one."""
+    if unknown := set(changes) - set(SETTINGS):
+        raise ValueError(f"not upstream settings: {sorted(unknown)}")
+    locked = Upstream.objects.select_for_update().get(pk=upstream.pk)
+    changed = {k: v for k, v in changes.items() if getattr(locked, k) != v}
+    before = {k: getattr(locked, k) for k in changed}
+    hosts_before = {_host(locked.url), _host(locked.base_url)}
+    endpoint_before = _endpoint(locked)
+    for name, value in changed.items():
+        setattr(locked, name, value)
+    locked.full_clean(exclude=["headers_encrypted", "header_names"])
+    dropped: list[str] = []
+    if (
+        headers is None
+        and locked.header_names
+        and {_host(locked.url), _host(locked.base_url)} - (hosts_before)
+    ):
+        dropped = list(locked.header_names)
+        _set_headers(locked, [])
+        changed = {**changed, "header_names": []}
+    locked.save(update_fields=[*changed, "headers_encrypted"] if dropped else [*changed])
+    if changed:
+        record(
+            action="upstream.changed",
+            actor=changed_by,
+            data={
+                "upstream": locked.name,
+                "before": before,
+                "after": {k: v for k, v in changed.items() if k != "header_names"},
+                "headers_dropped": dropped,
+            },
+        )
+    if headers is not None:
+        set_headers(upstream=locked, headers=headers, changed_by=changed_by)
+    if _endpoint(locked) != endpoint_before:
+        for tool in Tool.objects.select_for_update().filter(upstream=locked):
+            _rebind(tool, locked, actor=changed_by)
+    return locked
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.netloc else ""
+
+
+def _endpoint(upstream: Upstream) -> str:
+    """Where a call of the upstream's tools goes, as an admin set it: an MCP server's URL;
+    an HTTP API's base URL (empty: each operation's server, part of its version already)."""
+    return upstream.url if upstream.kind == Upstream.Kind.MCP else upstream.base_url
+
+
+def _rebind(tool: Tool, upstream: Upstream, *, actor: Any) -> None:
+    version = _version(
+        tool.name,
+        tool.description,
+        tool.input_schema,
+        risk=tool.risk,
+        operation=tool.upstream_operation,
+        endpoint=_endpoint(upstream),
+    )
+    if version == tool.version:
+        return
+    before = tool.version
+    tool.version = version
+    tool.save(update_fields=["version", "updated_at"])
+    record(
+        action="tool.changed",
+        actor=actor,
+        tool=tool,
+        data={
+            "upstream": upstream.name,
+            "fields": ["endpoint"],
+            "before": {"version": before},
+            "after": {"version": version},
+            "new_version": True,
+        },
+    )
 
 
 def read_offer(upstream: Upstream) -> Offer:
@@ -200,6 +296,7 @@ def _create(upstream: Upstream, imported: ImportedTool, *, enabled: bool, actor:
             imported.input_schema,
             risk=imported.risk,
             operation=imported.operation,
+            endpoint=_endpoint(upstream),
         ),
         overwrites=imported.overwrites,
         idempotent=imported.idempotent,
@@ -254,6 +351,7 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any) -> bool:
         changed.get("input_schema", tool.input_schema),
         risk=changed.get("risk", tool.risk),
         operation=values["upstream_operation"],
+        endpoint=_endpoint(tool.upstream) if tool.upstream else "",
     )
     if version != tool.version:
         changed["version"] = version
@@ -326,6 +424,7 @@ def edit_imported_tool(
         locked.input_schema,
         risk=locked.risk,
         operation=locked.upstream_operation,
+        endpoint=_endpoint(locked.upstream) if locked.upstream else "",
     )
     locked.policy_version += 1
     locked.save(update_fields=[*changed, "version", "policy_version", "updated_at"])
@@ -343,9 +442,19 @@ def edit_imported_tool(
 
 
 def _version(
-    name: str, description: str, schema: dict[str, Any], *, risk: str, operation: Any
+    name: str,
+    description: str,
+    schema: dict[str, Any],
+    *,
+    risk: str,
+    operation: Any,
+    endpoint: str,
 ) -> str:
     """An imported tool's version: what it is, and what a call of it does upstream (its
-    risk; for an HTTP API, the method, path and server). An approved POST never runs as the
-    DELETE a re-synced document put under the same operationId."""
-    return tool_version(name, description, schema, runs={"risk": risk, "operation": operation})
+    risk; for an HTTP API, the method, path and server) and where it goes (the endpoint an
+    admin set). An approved POST never runs as the DELETE a re-synced document put under
+    the same operationId, nor at another host than the one it was approved for."""
+    runs: dict[str, Any] = {"risk": risk, "operation": operation}
+    if endpoint:
+        runs["endpoint"] = endpoint
+    return tool_version(name, description, schema, runs=runs)
