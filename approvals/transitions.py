@@ -8,6 +8,9 @@ write/destructive: (new) -> pending -> approved -> executing -> succeeded | fail
                             pending -> rejected | expired | cancelled
                             approved -> failed   (refused at the claim: the tool or the agent
                                                   was switched off, or the tool changed)
+write only:                 approved -> unknown  (a re-run of an earlier attempt, refused at
+                                                  its claim: that attempt's outcome stays
+                                                  unknown, and goes to a person)
                             unknown -> succeeded | failed   (reconciled or resolved by a person)
 write only:                 unknown -> approved  (reconciled: not done, re-run, same key)
                             failed  -> approved  (the agent's retry, or a person's re-run)
@@ -54,6 +57,7 @@ MOVES: tuple[tuple[str | None, str, frozenset[str]], ...] = (
     (Status.PENDING, Status.CANCELLED, REVIEWED),
     (Status.APPROVED, Status.EXECUTING, REVIEWED),
     (Status.APPROVED, Status.FAILED, REVIEWED),
+    (Status.APPROVED, Status.UNKNOWN, WRITE),
     (Status.EXECUTING, Status.SUCCEEDED, ANY_RISK),
     (Status.EXECUTING, Status.FAILED, ANY_RISK),
     (Status.EXECUTING, Status.UNKNOWN, REVIEWED),

@@ -113,9 +113,23 @@ def claim_call(*, call_id: UUID) -> Claim | None:
 def _refuse(call: ToolCall, code: str) -> None:
     """Fail a call that may no longer run, without running it. The error carries the
     reason's code (``CANNOT_RUN``), and a stop's reason; the agent may retry a write once the
-    tool or agent is back. Nothing ran, so nothing is unknown and nothing is escalated."""
+    tool or agent is back. Nothing ran this time, so nothing is escalated.
+
+    Except a re-run, by reconciliation or a person, of a call whose earlier attempt's
+    outcome was left open (it keeps that attempt's error; the agent's retry of a failed call
+    clears it): that attempt may have had its effect, so the call is not "failed, it never
+    ran" but unknown, and a person decides."""
     error = {"code": code, "message": CANNOT_RUN[code]}
     if code == "agent_stopped":
         error["reason"] = call.agent.stop_reason
+    if call.attempts and call.error is not None:
+        reason = (
+            f"A re-run was refused ({CANNOT_RUN[code]}); whether an earlier attempt had its "
+            "effect is not known: check the downstream, then mark the outcome."
+        )
+        transitions.move(call, Status.UNKNOWN, needs_attention=True, attention_reason=reason)
+        events.execution_refused(call, code=code, reason=CANNOT_RUN[code])
+        events.call_escalated(call, reason=reason, finding="")
+        return
     transitions.move(call, Status.FAILED, error=error, finished_at=timezone.now())
     events.execution_refused(call, code=code, reason=CANNOT_RUN[code])

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from approvals import events
 from approvals.execution import send
+from approvals.guards import CANNOT_RUN, cannot_run_code
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
 from tools_registry import registry, sources
@@ -154,13 +155,18 @@ def may_rerun_by_itself(call: ToolCall) -> bool:
     return (
         spec.honours_idempotency_key
         and call.risk != Risk.DESTRUCTIVE
-        and call.tool.runnable
+        and not cannot_run_code(call)  # the tool or agent switched off, the tool changed
         and call.attempts < 1 + settings.EXECUTOR_AUTO_RERUNS
     )
 
 
 def escalation_reason(call: ToolCall, finding: str) -> str:
     """What the person on the "needs attention" page is told."""
+    if finding != FOUND and (code := cannot_run_code(call)):
+        return (
+            f"The outcome is unknown, and the call may not run again now: {CANNOT_RUN[code]} "
+            "Check the downstream, then mark the outcome."
+        )
     if finding == NOT_FOUND:
         if call.risk == Risk.DESTRUCTIVE:
             return (

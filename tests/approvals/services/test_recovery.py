@@ -13,7 +13,7 @@ from approvals.execution import runner, send
 from approvals.execution.claim import claim_call
 from approvals.execution.finish import Outcome, expire_lease, finish_call
 from approvals.models import Status, ToolCall
-from approvals.services.attention import resolve_call
+from approvals.services.attention import rerun_call, resolve_call
 from approvals.services.calls import create_call
 from approvals.services.recovery import reconcile_call
 from audit.models import AuditEvent
@@ -27,6 +27,7 @@ from tests.support.calls import (
     unknown_call,
 )
 from tools_registry import registry
+from tools_registry.services import stop_agent
 
 
 def actions(call: ToolCall) -> list[str]:
@@ -284,3 +285,37 @@ def test_the_reconcile_command_reports_what_it_did(world: World):
     out = StringIO()
     call_command("reconcile_unknown", stdout=out)
     assert out.getvalue().strip() == "reconciled: {'succeeded': 1}"
+
+
+def test_an_unknown_call_is_not_rerun_by_itself_once_it_may_not_run(world: World) -> None:
+    """The agent was stopped while one of its calls was unknown and its effect had in fact
+    happened: reconciliation does not re-run it (the claim would refuse it and call it
+    "failed, never ran"), it goes to a person."""
+    call = unknown_call(world)
+    apply_effect_of(call)
+    spec = registry.get("send_email")
+    saved = (spec.lookup_fn, spec.rerun_reconciles)
+    spec.lookup_fn, spec.rerun_reconciles = None, True  # a keyed upstream without a lookup
+    try:
+        stop_agent(agent=world.agent, reason="misbehaving")
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+    finally:
+        spec.lookup_fn, spec.rerun_reconciles = saved
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.needs_attention
+    assert "may not run again now" in call.attention_reason
+
+
+def test_a_persons_rerun_refused_at_its_claim_goes_back_to_them_unknown(world: World) -> None:
+    """Re-run by a person, then the agent stopped before a worker claimed it: the first
+    attempt may have had its effect, so the call is unknown again and needs a person, not
+    failed as if nothing ran."""
+    call = unknown_call(world)
+    apply_effect_of(call)
+    rerun_call(call_id=call.pk, person=world.bob, confirmed=True, note="Downstream unsure.")
+    stop_agent(agent=world.agent, reason="incident")
+    assert runner.execute(call.pk) is None
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.needs_attention
+    assert "whether an earlier attempt had its effect is not known" in call.attention_reason
+    assert actions(call)[-2:] == ["call.execution_refused", "call.escalated"]
