@@ -109,7 +109,13 @@ def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Count
     )
     actions: Counter[str] = Counter()
     for call_id in candidates:
-        actions[reconcile_call(call_id=call_id, now=now, skip_locked=True).action] += 1
+        try:
+            actions[reconcile_call(call_id=call_id, now=now, skip_locked=True).action] += 1
+        except Exception:
+            # One call the sweep cannot settle must not hold up every call after it (they
+            # are taken oldest first, and this one stays first): logged, the rest go on.
+            logger.exception("reconciling call %s failed; the sweep goes on", call_id)
+            actions["failed"] += 1
     return actions
 
 

@@ -34,6 +34,7 @@ from approvals.execution import send
 from approvals.guards import CANNOT_RUN, cannot_run_code
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
+from core.json_values import storable
 from tools_registry import registry, sources
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolContext
@@ -124,11 +125,13 @@ def ask_downstream(call: ToolCall) -> tuple[str, dict[str, Any] | None]:
     )
     try:
         answer = spec.lookup_fn(ctx)
+        if answer.found is True:
+            # Kept whatever it holds: a NUL from an upstream must not fail the move (and
+            # keep every call after this one waiting behind it in the sweep).
+            return FOUND, storable(dict(answer.result or {}))
     except Exception:
         logger.warning("lookup of call %s failed", call.pk, exc_info=True)
         return LOOKUP_FAILED, None
-    if answer.found is True:
-        return FOUND, dict(answer.result or {})
     if answer.found is False:
         return NOT_FOUND, None
     return CANNOT_TELL, None

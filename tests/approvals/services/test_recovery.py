@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -27,6 +28,7 @@ from tests.support.calls import (
     unknown_call,
 )
 from tools_registry import registry
+from tools_registry.registry import LookupResult
 from tools_registry.services import stop_agent
 
 
@@ -319,3 +321,33 @@ def test_a_persons_rerun_refused_at_its_claim_goes_back_to_them_unknown(world: W
     assert call.status == Status.UNKNOWN and call.needs_attention
     assert "whether an earlier attempt had its effect is not known" in call.attention_reason
     assert actions(call)[-2:] == ["call.execution_refused", "call.escalated"]
+
+
+def test_a_lookup_answer_the_database_cannot_hold_stops_no_other_call(world: World) -> None:
+    """A found effect whose result holds a NUL (an upstream's "\\u0000") is stored with it
+    replaced; a lookup that answers nonsense is a failed lookup; neither holds up the calls
+    after it in the sweep."""
+    odd = unknown_call(world)
+    nonsense = unknown_call(world)
+    plain = unknown_call(world)
+    spec = registry.get("send_email")
+    saved = spec.lookup_fn
+
+    def lookup(ctx: Any) -> Any:
+        if ctx.call_id == odd.pk:
+            return LookupResult.found_with({"id": "msg\x00_1"})
+        if ctx.call_id == nonsense.pk:
+            return "yes"
+        return LookupResult.found_with({"id": "ok"})
+
+    spec.lookup_fn = lookup
+    try:
+        assert sweeps.reconcile_unknown() == {"succeeded": 2, "escalated": 1}
+    finally:
+        spec.lookup_fn = saved
+    odd.refresh_from_db()
+    assert odd.status == Status.SUCCEEDED and odd.result == {"id": "msg\ufffd_1"}
+    nonsense.refresh_from_db()
+    assert nonsense.status == Status.UNKNOWN and nonsense.needs_attention
+    plain.refresh_from_db()
+    assert plain.status == Status.SUCCEEDED
