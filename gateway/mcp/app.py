@@ -154,7 +154,7 @@ def _is_initialize(body: bytes) -> bool:
     """Whether the body is an ``initialize`` request (a peek: the SDK parses it for real)."""
     try:
         message = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's reader
         return False
     return isinstance(message, dict) and message.get("method") == "initialize"
 

@@ -107,6 +107,11 @@ def test_malformed_json_is_a_parse_error(live_world: World, mcp_web: WebProcess)
     response = post(mcp_web, live_world.token, b'{"jsonrpc": "2.0", "id": 1, "method": ')
     assert response.status_code == 400
     assert message(response)["error"]["code"] == -32700
+    # Nested past any reader: the same, never a 500.
+    for deep in (b"[" * 50_000 + b"]" * 50_000, b'{"a":' * 30_000 + b"1" + b"}" * 30_000):
+        response = post(mcp_web, live_world.token, deep)
+        assert response.status_code == 400, response.text[:200]
+        assert message(response)["error"]["code"] == -32700
 
 
 def test_a_batch_is_refused_where_the_revision_forbids_it(
