@@ -1069,3 +1069,7 @@ class UpstreamAdmin(admin.ModelAdmin):
         )
         for problem in report.skipped:
             messages.warning(request, f"{upstream.name}: not imported: {problem}")
+        for problem in report.disabled:
+            messages.warning(
+                request, f"{upstream.name}: disabled, its policy no longer fits: {problem}"
+            )

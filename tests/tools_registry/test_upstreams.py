@@ -26,6 +26,7 @@ from tools_registry import sources
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
+from tools_registry.services.policies import update_policy
 from tools_registry.services.upstreams import (
     edit_imported_tool,
     set_upstream_enabled,
@@ -217,6 +218,35 @@ def test_only_who_may_change_upstreams_imports_their_tools_again(
     assert (
         'value="import_again"' not in client.get("/admin/tools_registry/upstream/").content.decode()
     )
+
+
+def test_a_resync_that_breaks_a_tools_policy_switches_the_tool_off(
+    world: World, http_upstream: WebProcess
+) -> None:
+    """The upstream renamed an argument a rule reads: kept, the rule would err on every
+    call (and fail closed), a masked path would mask nothing. The tool is switched off,
+    audited and reported, until an admin mends its policy."""
+    register_orders(http_upstream, "--enable")
+    tool = Tool.objects.get(name="orders__create_order")
+    update_policy(
+        tool=tool,
+        changes={
+            "rules": [{"when": "args.quantity > 50", "then": "refuse"}],
+            "sensitive_fields": ["quantity"],
+        },
+        changed_by=world.alice,
+    )
+    control(http_upstream, document="renamed")
+    out = StringIO()
+    call_command("sync_upstreams", "orders", stdout=out)
+    tool.refresh_from_db()
+    assert "count" in tool.input_schema["properties"] and not tool.enabled
+    assert "disabled, its policy no longer fits: orders__create_order" in out.getvalue()
+    (changed,) = AuditEvent.objects.filter(action="tool.changed", tool_name=tool.name)
+    assert changed.data["after"]["enabled"] is False
+    assert any("args.quantity" in why for why in changed.data["disabled_because"])
+    untouched = Tool.objects.get(name="orders__get_order")
+    assert untouched.enabled
 
 
 def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:

@@ -20,8 +20,9 @@ from django.utils import timezone
 
 from audit.log import record
 from tools_registry.models import Tool, Upstream
-from tools_registry.policy import defaults_for
+from tools_registry.policy import defaults_for, policy_values
 from tools_registry.registry import tool_version
+from tools_registry.services.policies import PolicyInvalid, check_policy
 from tools_registry.services.sync import policy_for_new_risk
 from tools_registry.upstreams import mcp, openapi, secrets
 from tools_registry.upstreams.offers import ImportedTool, ImportFailed, Offer
@@ -37,6 +38,8 @@ class UpstreamSync:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # Switched off because the upstream's new schema broke their policy: "name: why".
+    disabled: list[str] = field(default_factory=list)
 
 
 @transaction.atomic
@@ -254,7 +257,7 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
         elif tool is None:
             _create(upstream, imported, enabled=enable_new, actor=actor)
             report.imported.append(name)
-        elif _update(tool, imported, actor=actor):
+        elif _update(tool, imported, actor=actor, disabled=report.disabled):
             report.changed.append(name)
         else:
             report.unchanged.append(name)
@@ -322,8 +325,11 @@ def _create(upstream: Upstream, imported: ImportedTool, *, enabled: bool, actor:
     return tool
 
 
-def _update(tool: Tool, imported: ImportedTool, *, actor: Any) -> bool:
-    """Bring an imported tool up to date; whether anything changed."""
+def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[str]) -> bool:
+    """Bring an imported tool up to date; whether anything changed. A new schema that its
+    policy no longer fits (a rule reading an argument renamed upstream, a sensitive field
+    gone) would leave the rule erring on every call and the field unmasked: the tool is
+    switched off until an admin mends its policy (noted in ``disabled``)."""
     proposed = tool.upstream_spec or {}
     values: dict[str, Any] = {
         "input_schema": imported.input_schema,
@@ -361,6 +367,11 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any) -> bool:
     before = {k: getattr(tool, k) for k in visible if k not in ("input_schema", "output_schema")}
     for key, value in changed.items():
         setattr(tool, key, value)
+    drift = _policy_drift(tool) if "input_schema" in changed and tool.enabled else []
+    if drift:
+        before["enabled"], changed["enabled"], tool.enabled = True, False, False
+        visible = sorted({*visible, "enabled"})
+        disabled.append(f"{tool.name}: {'; '.join(drift)}")
     tool.save(update_fields=[*changed, "updated_at"])
     if visible:
         record(
@@ -373,9 +384,19 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any) -> bool:
                 "before": before,
                 "after": {k: changed[k] for k in before},
                 "new_version": "version" in changed,
+                **({"disabled_because": drift} if drift else {}),
             },
         )
     return bool(visible)
+
+
+def _policy_drift(tool: Tool) -> list[str]:
+    """What in the tool's policy no longer fits its schema; nothing if it all does."""
+    try:
+        check_policy(tool, policy_values(tool))
+    except PolicyInvalid as invalid:
+        return [f"{name}: {' '.join(problems)}" for name, problems in invalid.message_dict.items()]
+    return []
 
 
 @transaction.atomic

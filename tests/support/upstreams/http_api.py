@@ -5,7 +5,7 @@ acts out failures on request.
 
 Control (not part of its document): ``POST /_control`` sets ``{"fault": "none" |
 "error_after_effect" | "sleep_after_effect", "seconds": N, "document": "v1" | "v2" |
-"moved" | "broken", "reset": true}`` (reset forgets every order); ``GET /_effects`` says how many orders each key made and how many requests
+"moved" | "renamed" | "broken", "reset": true}`` (reset forgets every order); ``GET /_effects`` says how many orders each key made and how many requests
 brought it. Every API route wants ``Authorization: Bearer <UPSTREAM_TOKEN>``.
 
 Faults of one key (the soak's, ``bench/soak.py``): ``{"key_faults": {key: {"before": s,
@@ -143,6 +143,11 @@ def document() -> dict[str, Any]:
         schema["properties"]["note"] = {"type": "string"}
         schema["required"] = [*schema["required"], "note"]
         del current["paths"]["/orders/{order_id}"]["delete"]
+    if state["document"] == "renamed":
+        # "quantity" is now "count": a rule or a masked field naming it no longer fits.
+        schema = current["components"]["schemas"]["OrderRequest"]
+        schema["properties"]["count"] = schema["properties"].pop("quantity")
+        schema["required"] = ["item", "count"]
     if state["document"] == "moved":
         # The same operation id, summary and schema, sent somewhere else: what an approved
         # call does upstream has changed though nothing a reviewer reads has.

@@ -42,5 +42,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  removed upstream: {name} (disabled)")
             for problem in report.skipped:
                 self.stdout.write(f"  not imported: {problem}")
+            for problem in report.disabled:
+                self.stdout.write(f"  disabled, its policy no longer fits: {problem}")
         if failed:
             raise CommandError(f"Could not sync {', '.join(failed)}.")
