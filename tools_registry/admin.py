@@ -40,6 +40,7 @@ from tools_registry.models import (
 from tools_registry.policy import POLICY_FIELDS, policy_values
 from tools_registry.schemas import argument_paths
 from tools_registry.services.agents import MAX_STOP_REASON
+from tools_registry.services.sync import policy_for_new_risk
 from tools_registry.services.upstreams import SETTINGS as UPSTREAM_SETTINGS
 from tools_registry.services.upstreams import (
     edit_imported_tool,
@@ -176,11 +177,27 @@ class ImportedToolForm(ToolPolicyForm):
         fields = ["description", "risk", *POLICY_FIELDS]
 
     def clean(self) -> dict[str, Any]:
-        if "risk" in self.changed_data:
-            # A new risk class resets the policy fields it does not allow; the service
-            # validates what results.
-            return self.cleaned_data
-        return super().clean()
+        if "risk" not in self.changed_data or "risk" not in self.cleaned_data:
+            return super().clean()
+        # A new risk class resets the policy fields it does not allow (edit_imported_tool),
+        # then the fields changed here apply: checked as that policy of the new class, so
+        # that what the service would refuse is an error next to its field, not a 500.
+        cleaned = self.cleaned_data
+        new_risk = cleaned["risk"]
+        as_new = copy.copy(self.instance)
+        as_new.risk = new_risk
+        values = {
+            **policy_values(self.instance),
+            **policy_for_new_risk(self.instance, new_risk, self.instance.input_schema),
+            **{n: cleaned[n] for n in self.changed_data if n in POLICY_FIELDS and n in cleaned},
+        }
+        try:
+            services.check_policy(as_new, values)
+        except services.PolicyInvalid as exc:
+            for field, problems in exc.message_dict.items():
+                for problem in problems:
+                    self.add_error(field if field in self.fields else None, problem)
+        return cleaned
 
 
 def _permissions_form(base: type[forms.Form]) -> type[forms.Form]:

@@ -13,6 +13,8 @@ from tests.tools_registry.conftest import admin_form_data
 from tools_registry import services
 from tools_registry.models import Agent, AgentToken, Tool
 from tools_registry.permissions import can_review
+from tools_registry.services.upstreams import register_upstream, sync_upstream
+from tools_registry.upstreams.offers import ImportedTool, Offer
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -65,6 +67,38 @@ def test_json_nested_past_any_reader_is_a_form_error_not_a_500(
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "nested too deeply" in " ".join(errors["rules"])
+
+
+def test_an_imported_tools_new_risk_with_a_policy_it_forbids_is_a_form_error(
+    world: World, admin_client: Client
+) -> None:
+    """Made destructive, with a rule that reads an argument the tool lacks: the form shows
+    why, as for any policy edit; nothing changes (it was a 500)."""
+    schema = {
+        "type": "object",
+        "properties": {"amount": {"type": "integer"}, "to": {"type": "string"}},
+        "required": ["amount", "to"],
+    }
+    offered = Offer(
+        tools=[
+            ImportedTool(
+                source_name="pay", name="bank__pay", description="Pay someone.",
+                input_schema=schema, risk="write", overwrites=False, idempotent=False,
+                open_world=True,
+            )
+        ]
+    )  # fmt: skip
+    upstream = register_upstream(name="bank", kind="mcp", url="http://127.0.0.1:9/mcp")
+    sync_upstream(upstream=upstream, reader=lambda _: offered, enable_new=True)
+    tool = Tool.objects.get(name="bank__pay")
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    data.update(risk="destructive", rules='[{"when": "args.nope > 1", "then": "refuse"}]')
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "args.nope is not an argument" in " ".join(errors["rules"])
+    tool.refresh_from_db()
+    assert (tool.risk, tool.rules) == ("write", [])
 
 
 def test_the_tool_pages_show_each_tools_lint_result(world: World, admin_client: Client) -> None:
