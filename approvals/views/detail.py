@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from approvals import before_after, display, reauth, selectors
 from approvals.forms import DecisionForm, NoteForm, RevealForm
@@ -145,22 +145,23 @@ def detail(request: AuthedRequest, pk: UUID) -> HttpResponse:
     return render(request, "approvals/detail.html", detail_context(request, call))
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
 @login_required
 @never_cache
 def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
     """What changed on the call since the page's version: nothing (204, htmx swaps
     nothing), or the parts of the page to replace, out of band. A comment the reviewer was
-    typing comes along and is kept in the form that replaces theirs."""
+    typing comes along and is kept in the form that replaces theirs: in the body of a POST
+    (the page polls so), never in the URL, which access logs and proxies keep."""
     call = call_or_403(request, pk)
     if request.GET.get("v") == live_version(call):
         return HttpResponse(status=204)
-    kept = NoteForm(initial={"text": request.GET.get("comment", "")[:2000]})
+    typed = request.POST.get("comment", "")[:2000]
     context = detail_context(
         request,
         call,
-        kept_comment=request.GET.get("comment", "")[:2000],
-        note_form=kept,
+        kept_comment=typed,
+        note_form=NoteForm(initial={"text": typed}),
         stale_arguments=request.GET.get("h", call.arguments_hash) != call.arguments_hash,
     )
     return render(request, "approvals/detail.html#live-update", context)
@@ -225,7 +226,8 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     if wants_partial(request):
         # 200 even for a refusal: htmx swaps only successful responses into the page.
         return render(request, "approvals/detail.html#decision-response", context)
-    return render(request, "approvals/detail.html", context, status=409 if refusal else 200)
+    status = 400 if refusal_code == "invalid_form" else 409 if refusal else 200
+    return render(request, "approvals/detail.html", context, status=status)
 
 
 @require_POST
@@ -236,21 +238,23 @@ def add_note(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     form = NoteForm(request.POST)
     extra: dict[str, Any] = {"note_form": form}
+    status = 200
     if form.is_valid():
         try:
             notes.add_note(call_id=call.pk, author=request.user, text=form.cleaned_data["text"])
         except notes.NoteRefused as exc:
-            extra["note_error"] = exc.message
+            extra["note_error"], status = exc.message, 409
         else:
             extra["note_form"] = NoteForm()
             extra["note_added"] = True
     else:
-        extra["note_error"] = "Write the note first (at most 2000 characters)."
+        extra["note_error"], status = "Write the note first (at most 2000 characters).", 400
     call = call_or_403(request, pk)
     context = detail_context(request, call, **extra)
     if wants_partial(request):
+        # 200 even for a refusal: htmx swaps only successful responses into the page.
         return render(request, "approvals/detail.html#decision-response", context)
-    return render(request, "approvals/detail.html", context)
+    return render(request, "approvals/detail.html", context, status=status)
 
 
 @require_POST
@@ -261,24 +265,26 @@ def reveal(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     form = RevealForm(request.POST)
     extra: dict[str, Any] = {}
+    status = 200
     if call.status != Status.PENDING:
-        extra["reveal_error"] = "The call is no longer waiting for a decision."
+        extra["reveal_error"], status = "The call is no longer waiting for a decision.", 409
     elif form.is_valid():
         try:
             revealed = reveals.reveal_arguments(
                 call_id=call.pk, reviewer=request.user, reason=form.cleaned_data["reason"]
             )
         except reveals.RevealRefused as exc:
-            extra["reveal_error"] = exc.message
+            extra["reveal_error"], status = exc.message, 409
         else:
             extra["view"] = display.page(call, revealed=revealed.arguments)
     else:
-        extra["reveal_error"] = "Say why you need to see the masked values."
+        extra["reveal_error"], status = "Say why you need to see the masked values.", 400
     extra["reveal_form"] = form
     context = detail_context(request, call, **extra)
     if wants_partial(request):
+        # 200 even for a refusal: htmx swaps only successful responses into the page.
         return render(request, "approvals/detail.html#arguments", context)
-    return render(request, "approvals/detail.html", context)
+    return render(request, "approvals/detail.html", context, status=status)
 
 
 @require_GET

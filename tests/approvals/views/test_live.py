@@ -17,7 +17,7 @@ from tests.conftest import World, events
 
 
 def version_of(body: str) -> str:
-    match = re.search(r'id="live" hx-get="[^"?]+\?v=([^&"]+)&amp;h=', body)
+    match = re.search(r'id="live" hx-post="[^"?]+\?v=([^&"]+)&amp;h=', body)
     assert match, "the page carries its live version"
     return match.group(1)
 
@@ -33,7 +33,9 @@ def test_the_live_poll_answers_nothing_until_the_call_changes(world: World, dave
     # Another reviewer rejects: the poll brings the new status, their vote and comment,
     # the sidebar, a panel without the decision form, and no reveal form.
     decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="Wrong customer.")
-    response = bob.get(live + "&comment=I+was+about+to+approve", HTTP_HX_REQUEST="true")
+    # The draft goes in the poll's body, never in its URL (access logs keep URLs).
+    assert 'id="live" hx-post=' in page
+    response = bob.post(live, {"comment": "I was about to approve"}, HTTP_HX_REQUEST="true")
     body = response.content.decode()
     assert response.status_code == 200
     assert "<html" not in body
@@ -94,7 +96,7 @@ def test_a_stale_verdict_keeps_the_comment_and_it_can_be_kept_as_a_note(
     assert "bob</strong> noted" in noted.content.decode()
     (recorded,) = events("call.note_added", call_id=call.pk)
     assert recorded.data["note"].startswith("The customer")
-    assert bob.post(f"/approvals/{call.pk}/notes/", {"text": "  "}).status_code == 200
+    assert bob.post(f"/approvals/{call.pk}/notes/", {"text": "  "}).status_code == 400
     assert Note.objects.count() == 1
 
 
@@ -189,3 +191,6 @@ def test_bad_json_in_a_correction_is_a_clear_refusal(world: World) -> None:
         assert response.status_code == 200
         assert message in response.content.decode(), raw[:20]
     assert ToolCall.objects.get(pk=call.pk).status == "pending"
+    # Without htmx, the page itself says the form was wrong: 400, not a conflict.
+    page = bob.post(f"/approvals/{call.pk}/decide/", {"verdict": "approve"})
+    assert page.status_code == 400
