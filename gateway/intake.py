@@ -5,8 +5,9 @@ Before it, ``identify`` says whom the call is for (the end user and their roles,
 which no transaction waits for). One transaction does the work of a submission: hold the
 agent's run lock (a stopped agent is refused; a stop waits for the submission), claim the
 Idempotency-Key, check the tool (unknown, not allowed, not allowed for the end user's
-roles, disabled, invalid arguments), the tool's circuit breaker, take the session's round
-and the rate limits, create the call with its audit event, store the response. A write
+roles, disabled, invalid arguments), the tool's circuit breaker, take the session's round,
+create the call with its audit event (a policy rule may refuse it), take from the rate
+limits, store the response. A write
 commits once, with everything. A read commits the same way with its call ``received`` and
 its key ``in_flight``, then runs outside any transaction; its response is stored in the
 transaction that stores its result (``runner.execute``'s ``also``).
@@ -267,16 +268,19 @@ def _rest_statements(request: _Request, now: datetime) -> list[db.Statement[Any]
 
 
 def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
-    """Check the tool, the breaker, the round and the rate limits; create the call. A write
-    (or a call approved at once) is answered now: its stored response. A read is returned,
-    committed, to be run."""
+    """Check the tool, the breaker and the round; create the call (its rules may refuse
+    it); then take from the rate limits. A write (or a call approved at once) is answered
+    now: its stored response. A read is returned, committed, to be run."""
     agent, key, payload = request.agent, request.key, request.payload
     tool = request.tool = _allowed_tool(agent, payload, request.end_user, opened.tool)
     request.admission = _admit(tool)
     if not opened.round_counted:
         raise Refused(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
-    _take_rate(agent, request.end_user, tool)
     call = _create(agent, key, payload, request.end_user, tool, request.origin, opened.standing)
+    # Last, once no rule refuses the call: Redis is not rolled back with the transaction, so
+    # a call refused after taking from the windows would spend them. A rate refusal here
+    # rolls the new call back with everything else.
+    _take_rate(agent, request.end_user, tool)
     if call.status == Status.RECEIVED:
         return call
     # Waiting for reviewers, or approved at once by a rule: accepted, not done.

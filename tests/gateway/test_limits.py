@@ -78,6 +78,21 @@ def test_a_call_refused_by_the_rate_limit_spends_no_round(world: World) -> None:
     assert AgentSession.objects.get(agent=world.agent, session_id="run-1").rounds == 2
 
 
+def test_a_call_a_rule_refuses_spends_nothing_of_the_rate_limit(world: World) -> None:
+    """A refusal rolls back everything the call took; Redis is not rolled back, so the
+    windows are taken last, once no rule refuses. And a call the rate limit refuses leaves
+    no call behind."""
+    Tool.objects.filter(name="send_email").update(
+        rate_limit_per_agent="2/minute",
+        rules=[{"when": 'args.subject == "spam"', "then": "refuse"}],
+    )
+    spam = {**SEND_EMAIL, "arguments": {**SEND_EMAIL["arguments"], "subject": "spam"}}
+    for _ in range(3):
+        assert world.api().submit(spam).status_code == 403
+    assert [world.api().submit(SEND_EMAIL).status_code for _ in range(3)] == [202, 202, 429]
+    assert ToolCall.objects.count() == 2
+
+
 def test_a_call_refused_for_its_user_spends_nothing_of_the_agents_limit(world: World) -> None:
     Tool.objects.filter(name="send_email").update(
         rate_limit_per_agent="3/minute", rate_limit_per_user="1/minute"
