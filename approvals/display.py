@@ -298,7 +298,13 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
         for d in call.decisions.all()
     ]
     notes = [Remark(n, text(n.text)) for n in call.notes.all()]
-    sensitive = call.tool.sensitive_fields
+    # What the downstream answered, with the values of the call's hidden fields masked at
+    # their own paths and wherever it echoed them.
+    sensitive, kept = call.tool.hidden_fields, hidden.values(call.tool, call.arguments)
+
+    def answered(data: Any) -> Any:
+        return value(hidden.value(mask_fields(data, sensitive), kept)) if data else None
+
     return CallView(
         call=call,
         arguments=shown,
@@ -310,7 +316,7 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
         on_behalf_of=text(call.on_behalf_of),
         votes=votes,
         notes=notes,
-        result=value(mask_fields(call.result, sensitive)) if call.result else None,
-        error=value(mask_fields(call.error, sensitive)) if call.error else None,
+        result=answered(call.result),
+        error=answered(call.error),
         revealed=revealed is not None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from approvals import hidden
 from approvals.models import Decision, ToolCall
 from audit.log import record
 from audit.models import AuditEvent
@@ -200,6 +201,12 @@ def execution_started(call: ToolCall) -> AuditEvent:
     )
 
 
+def _echoed(call: ToolCall, data: Any) -> Any:
+    """A result or an error with the values of the call's hidden fields masked wherever the
+    downstream echoed them (a record that quotes the new name under another path)."""
+    return hidden.value(data, hidden.values(call.tool, call.arguments))
+
+
 def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
     """The result, as stored on the call by the finish."""
     return record(
@@ -212,8 +219,8 @@ def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
             "status": call.status,
             "latency_ms": call.latency_ms,
             "tries": tries,
-            "result": call.result,
-            "error": call.error,
+            "result": _echoed(call, call.result),
+            "error": _echoed(call, call.error),
             "token_cost": call.token_cost,
             "fence": call.fence,
         },
@@ -338,7 +345,7 @@ def call_reconciled(call: ToolCall, *, finding: str, actor: Any = None) -> Audit
         data={
             "finding": finding,
             "idempotency_key": call.execution_key,
-            "result": call.result if call.status == "succeeded" else None,
+            "result": _echoed(call, call.result) if call.status == "succeeded" else None,
             "attempts": call.attempts,
             "fence": call.fence,
         },

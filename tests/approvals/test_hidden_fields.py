@@ -12,6 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from approvals import hidden
+from approvals.execution import runner
 from approvals.services.decisions import confirmation_phrase, decide
 from audit.masking import masked
 from audit.models import AuditEvent
@@ -107,6 +108,32 @@ def test_a_session_id_the_detectors_mask_is_not_in_the_queue_page(world: World) 
     html = pages(world, masked_session.pk)
     assert "ada@example.com" not in html and "ada%40example.com" not in html
     assert 'href="?session=run-7"' in html and plain.session_id == "run-7"
+
+
+@pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
+def test_a_hidden_value_the_downstream_echoes_is_masked_in_the_result(
+    world: World, kind: str
+) -> None:
+    """update_customer answers with the whole record: the new name, hidden at
+    changes.name, comes back at customer.name. Masked there too, on the page and in the
+    trail (the call's own stored result keeps it, for the agent)."""
+    hide(world, "update_customer", kind, "changes.name")
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": name}},
+    )
+    decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash,
+    )  # fmt: skip
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == "succeeded" and call.result["customer"]["name"] == name
+    assert name not in pages(world, call.pk)
+    trail = [e for e in AuditEvent.objects.filter(call_id=call.pk) if name in str(e.data)]
+    assert trail == [], [e.action for e in trail]
 
 
 def test_what_is_masked_in_a_text_and_what_is_not() -> None:
