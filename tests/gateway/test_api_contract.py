@@ -83,7 +83,7 @@ def test_schemathesis_finds_nothing(live_world: World, tmp_path: Path) -> None:
                 "--checks", "all",
                 "--max-examples", "15",
                 "--seed", "13",
-                "--workers", "1",
+                "--workers", "2",  # a long-poll holding up to 60 s waits beside the rest
                 "--phases", "examples,coverage,fuzzing",
                 "--request-timeout", "75",  # a long-poll may hold 60 s
             ],
