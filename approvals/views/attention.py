@@ -90,7 +90,7 @@ def resolve(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     form = ResolveForm(request.POST)
     if not form.is_valid():
-        return _refused(request, call, "Choose whether the effect happened.")
+        return _refused(request, call, "Choose whether the effect happened.", status=400)
     try:
         call = resolve_call(
             call_id=call.pk,
@@ -154,12 +154,17 @@ def _respond(request: AuthedRequest, item: dict[str, Any], *, status: int = 200)
 
 
 def _refused(
-    request: AuthedRequest, call: ToolCall, message: str, *, confirming: bool = False
+    request: AuthedRequest,
+    call: ToolCall,
+    message: str,
+    *,
+    confirming: bool = False,
+    status: int = 409,  # 400 for a form filled wrong
 ) -> HttpResponse:
     # Always show the call as it is now: after a lost race the person sees the outcome.
     call = call_or_403(request, call.pk)
     item = _item(call, request.user, refusal=message, confirming=confirming)
-    return _respond(request, item, status=409)
+    return _respond(request, item, status=status)
 
 
 def _done(request: AuthedRequest, call: ToolCall, notice: str) -> HttpResponse:

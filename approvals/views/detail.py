@@ -9,7 +9,7 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -316,7 +316,7 @@ def revoke_standing(request: AuthedRequest, pk: int) -> HttpResponse:
     try:
         revoked = standing.revoke(standing_id=pk, person=request.user)
     except StandingApproval.DoesNotExist:
-        messages.error(request, "No such standing approval.")
+        raise Http404("No such standing approval.") from None
     except standing.StandingRefused as exc:
         messages.error(request, exc.message)
     else:

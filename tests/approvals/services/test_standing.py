@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.db import close_old_connections
+from django.test import Client
 from django.utils import timezone
 
 from approvals.models import StandingApproval, Status, ToolCall
@@ -205,4 +206,23 @@ def test_a_standing_approval_never_covers_a_call_its_author_could_not_approve(
     assert _later(world).status == Status.APPROVED
     world.bob.is_active = False
     world.bob.save(update_fields=["is_active"])
+    assert _later(world).status == Status.PENDING
+
+
+def test_a_reviewer_sees_and_revokes_their_own_standing_approvals_on_their_page(
+    world: World, dave: Any
+) -> None:
+    _bobs_standing_approval(world)
+    granted = StandingApproval.objects.get()
+    bob, other = Client(), Client()
+    bob.force_login(world.bob)
+    other.force_login(dave)
+    assert "send_email" in bob.get("/approvals/standing/").content.decode()
+    assert "send_email" not in other.get("/approvals/standing/").content.decode()
+    refused = other.post(f"/approvals/standing/{granted.pk}/revoke/", follow=True)
+    assert "Only its author or an admin" in refused.content.decode()
+    assert bob.post("/approvals/standing/987654/revoke/").status_code == 404
+    assert bob.post(f"/approvals/standing/{granted.pk}/revoke/").status_code == 302
+    granted.refresh_from_db()
+    assert granted.revoked_at is not None and granted.revoked_by == world.bob
     assert _later(world).status == Status.PENDING

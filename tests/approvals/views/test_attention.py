@@ -113,6 +113,14 @@ class TestResolve:
         call.refresh_from_db()
         assert call.status == Status.UNKNOWN
 
+    def test_a_form_filled_wrong_is_a_400_and_changes_nothing(self, world: World):
+        call = unknown_call(world)
+        response = client_for(world.bob).post(url(call, "resolve"), {"outcome": "maybe"})
+        assert response.status_code == 400
+        assert "Choose whether the effect happened" in response.content.decode()
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
     def test_a_failed_destructive_call_can_be_acknowledged_but_not_marked_succeeded(
         self, world: World, dora
     ):
