@@ -201,14 +201,16 @@ def execution_started(call: ToolCall) -> AuditEvent:
     )
 
 
-def _echoed(call: ToolCall, data: Any) -> Any:
-    """A result or an error with the values of the call's hidden fields masked wherever the
-    downstream echoed them (a record that quotes the new name under another path)."""
-    return hidden.value(data, hidden.values(call.tool, call.arguments))
+def _echoed(call: ToolCall, *outcome: Any) -> list[Any]:
+    """A result and an error with the values of the call's hidden fields masked wherever
+    the downstream echoed them (a record that quotes the new name under another path)."""
+    kept = hidden.values(call.tool, call.arguments)
+    return [hidden.value(data, kept) for data in outcome]
 
 
 def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
     """The result, as stored on the call by the finish."""
+    result, error = _echoed(call, call.result, call.error)
     return record(
         later=True,  # with the COMMIT: every call writes it
         action="call.execution_finished",
@@ -219,8 +221,8 @@ def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
             "status": call.status,
             "latency_ms": call.latency_ms,
             "tries": tries,
-            "result": _echoed(call, call.result),
-            "error": _echoed(call, call.error),
+            "result": result,
+            "error": error,
             "token_cost": call.token_cost,
             "fence": call.fence,
         },
@@ -345,7 +347,7 @@ def call_reconciled(call: ToolCall, *, finding: str, actor: Any = None) -> Audit
         data={
             "finding": finding,
             "idempotency_key": call.execution_key,
-            "result": _echoed(call, call.result) if call.status == "succeeded" else None,
+            "result": _echoed(call, call.result)[0] if call.status == "succeeded" else None,
             "attempts": call.attempts,
             "fence": call.fence,
         },

@@ -160,13 +160,17 @@ class ToolPolicyForm(forms.ModelForm):
         # The same rules as update_policy, reported next to the fields they are about.
         # self.instance still holds the stored policy here (the form copies onto it later).
         values = {**policy_values(self.instance), **cleaned}
+        self._check(self.instance, values)
+        return cleaned
+
+    def _check(self, tool: Tool, values: dict[str, Any]) -> None:
+        """``check_policy``'s problems, each next to the field it is about."""
         try:
-            services.check_policy(self.instance, values)
+            services.check_policy(tool, values)
         except services.PolicyInvalid as exc:
             for field, problems in exc.message_dict.items():
                 for problem in problems:
                     self.add_error(field if field in self.fields else None, problem)
-        return cleaned
 
 
 class ImportedToolForm(ToolPolicyForm):
@@ -191,12 +195,7 @@ class ImportedToolForm(ToolPolicyForm):
             **policy_for_new_risk(self.instance, new_risk, self.instance.input_schema),
             **{n: cleaned[n] for n in self.changed_data if n in POLICY_FIELDS and n in cleaned},
         }
-        try:
-            services.check_policy(as_new, values)
-        except services.PolicyInvalid as exc:
-            for field, problems in exc.message_dict.items():
-                for problem in problems:
-                    self.add_error(field if field in self.fields else None, problem)
+        self._check(as_new, values)
         return cleaned
 
 

@@ -133,7 +133,7 @@ def update_upstream(
     if (
         headers is None
         and locked.header_names
-        and {_host(locked.url), _host(locked.base_url)} - (hosts_before)
+        and {_host(locked.url), _host(locked.base_url)} - hosts_before
     ):
         dropped = list(locked.header_names)
         _set_headers(locked, [])
@@ -170,14 +170,8 @@ def _endpoint(upstream: Upstream) -> str:
 
 
 def _rebind(tool: Tool, upstream: Upstream, *, actor: Any) -> None:
-    version = _version(
-        tool.name,
-        tool.description,
-        tool.input_schema,
-        risk=tool.risk,
-        operation=tool.upstream_operation,
-        endpoint=_endpoint(upstream),
-    )
+    tool.upstream = upstream  # as just changed, not read again
+    version = _version_of(tool)
     if version == tool.version:
         return
     before = tool.version
@@ -439,14 +433,7 @@ def edit_imported_tool(
     before = {k: getattr(locked, k) for k in changed}
     for key, value in changed.items():
         setattr(locked, key, value)
-    locked.version = _version(
-        locked.name,
-        locked.description,
-        locked.input_schema,
-        risk=locked.risk,
-        operation=locked.upstream_operation,
-        endpoint=_endpoint(locked.upstream) if locked.upstream else "",
-    )
+    locked.version = _version_of(locked)
     locked.policy_version += 1
     locked.save(update_fields=[*changed, "version", "policy_version", "updated_at"])
     record(
@@ -460,6 +447,18 @@ def edit_imported_tool(
         },
     )
     return locked
+
+
+def _version_of(tool: Tool) -> str:
+    """``_version`` of an imported tool as it stands."""
+    return _version(
+        tool.name,
+        tool.description,
+        tool.input_schema,
+        risk=tool.risk,
+        operation=tool.upstream_operation,
+        endpoint=_endpoint(tool.upstream) if tool.upstream else "",
+    )
 
 
 def _version(
