@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from approvals import hidden
-from approvals.models import Decision, Note, ToolCall
+from approvals.guards import may_still_approve
+from approvals.models import Decision, Note, Status, ToolCall, Verdict
 from audit.display import partial
 from audit.masking import mask_fields, mask_text, mask_value, masked
 from tools_registry import facts as tool_facts
@@ -205,6 +206,9 @@ class Vote:
     decision: Decision
     comment: str
     counts: bool  # given to the arguments as they are now
+    # An approval of a waiting call whose reviewer could not give it now (their grant taken
+    # away, their account deactivated, out of the rule's team): it no longer counts.
+    lapsed: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,16 @@ class CallView:
     result: Any = None
     error: Any = None
     revealed: bool = False
+
+    @property
+    def approvals(self) -> int:
+        """The approvals that count towards the quorum: given to the arguments as they are
+        now, by reviewers who could still give them (``approvals.guards``)."""
+        return sum(
+            1
+            for vote in self.votes
+            if vote.counts and not vote.lapsed and vote.decision.verdict == Verdict.APPROVE
+        )
 
     @property
     def arguments_json(self) -> str:
@@ -293,8 +307,17 @@ def row(call: ToolCall) -> CallView:
 def page(call: ToolCall, *, revealed: Any = None) -> CallView:
     """The call's page. ``revealed``: the arguments whole, after an audited reveal."""
     shown = _escaped(revealed) if revealed is not None else arguments(call)
+    pending = call.status == Status.PENDING
     votes = [
-        Vote(d, text(d.comment), d.arguments_hash == call.arguments_hash)
+        Vote(
+            d,
+            text(d.comment),
+            counts=d.arguments_hash == call.arguments_hash,
+            lapsed=pending
+            and d.verdict == Verdict.APPROVE
+            and d.arguments_hash == call.arguments_hash
+            and not may_still_approve(call, d.reviewer),
+        )
         for d in call.decisions.all()
     ]
     notes = [Remark(n, text(n.text)) for n in call.notes.all()]

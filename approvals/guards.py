@@ -8,6 +8,7 @@ from typing import Any
 
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
+from tools_registry.permissions import can_review
 
 
 class Refused(Exception):
@@ -33,6 +34,38 @@ def counted_approvals(decisions: Iterable[Any], bound_hash: str) -> int:
     they are now. After a reviewer corrects the arguments, earlier approvals approved
     something else."""
     return sum(1 for d in decisions if d.verdict == "approve" and d.arguments_hash == bound_hash)
+
+
+def approvals_that_stand(call: ToolCall, decisions: Iterable[Any]) -> int:
+    """``counted_approvals``, less those whose reviewer could not give them now: an approval
+    is a person's say-so, and once their grant of the tool is taken away, their account
+    deactivated, or they leave the team the call's rule asks for, the call waits for someone
+    who may still approve it. (Rejections stand whoever gave them: stopping harm stays easy.)
+    """
+    return sum(
+        1
+        for d in decisions
+        if d.verdict == "approve"
+        and d.arguments_hash == call.arguments_hash
+        and may_still_approve(call, d.reviewer)
+    )
+
+
+def may_still_approve(call: ToolCall, person: Any) -> bool:
+    """Whether ``person`` could approve ``call`` now, as far as who they are goes: they may
+    review its tool, no conflict of interest keeps them from it, and they are in the team its
+    rule asks for."""
+    return (
+        can_review(person, call.tool)
+        and not conflict_of_interest(call, person)
+        and in_required_team(call, person)
+    )
+
+
+def in_required_team(call: ToolCall, person: Any) -> bool:
+    """Whether ``person`` is in the team the call's rule asks its approvals from, if any."""
+    team = (call.policy or {}).get("team")
+    return not team or person.groups.filter(name=team).exists()
 
 
 CONFLICTS = {

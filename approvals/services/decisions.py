@@ -18,10 +18,11 @@ from approvals.execution import send
 from approvals.guards import (
     CONFLICTS,
     Refused,
+    approvals_that_stand,
     arguments_hash,
     cannot_run_reason,
     conflict_of_interest,
-    counted_approvals,
+    in_required_team,
 )
 from approvals.models import Decision, StandingApproval, Status, ToolCall, Verdict
 from approvals.services import edits, standing
@@ -231,7 +232,7 @@ def _decide_locked(
         shown_state_hash=shown.hash if not edited else "",
         created_at=now,
     )
-    approvals = counted_approvals(call.decisions.all(), call.arguments_hash)
+    approvals = approvals_that_stand(call, call.decisions.select_related("reviewer"))
     approving = verdict == Verdict.APPROVE
     confirmed = approving and (call.risk == Risk.DESTRUCTIVE or (call.policy or {}).get("confirm"))
     events.decision_recorded(
@@ -321,8 +322,8 @@ def _require_separation_of_duties(call: ToolCall, reviewer: Any) -> None:
 
 
 def _require_team(call: ToolCall, reviewer: Any) -> None:
-    team = (call.policy or {}).get("team")
-    if team and not reviewer.groups.filter(name=team).exists():
+    if not in_required_team(call, reviewer):
+        team = (call.policy or {}).get("team")
         raise TeamRequired(
             f"This call needs its approvals from the {team} team; you may reject it.", call=call
         )

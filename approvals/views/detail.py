@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from approvals import before_after, display, reauth, selectors
 from approvals.forms import DecisionForm, NoteForm, RevealForm
-from approvals.guards import conflict_of_interest, counted_approvals
+from approvals.guards import conflict_of_interest
 from approvals.models import StandingApproval, Status, ToolCall, Verdict
 from approvals.services import decisions, notes, reveals, standing
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
@@ -97,7 +97,7 @@ def detail_context(
         "call": call,
         "view": view,
         "pending": pending,
-        "approvals": counted_approvals(decided, call.arguments_hash),
+        "approvals": view.approvals,
         "already_voted": any(
             d.reviewer_id == user.pk and d.arguments_hash == call.arguments_hash for d in decided
         ),

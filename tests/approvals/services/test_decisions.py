@@ -26,7 +26,7 @@ from approvals.services.decisions import (
 )
 from audit.models import AuditEvent
 from sandbox.models import Customer
-from tests.approvals.conftest import make_call
+from tests.approvals.conftest import login, make_call
 from tests.conftest import World, executions_sent
 from tools_registry import services as registry_services
 
@@ -198,3 +198,45 @@ def test_a_rejection_needs_no_current_tool_version_or_state(world: World) -> Non
     )
     with pytest.raises(ArgumentsChanged):
         decide(call_id=altered.pk, reviewer=world.bob, verdict="reject", comment="No.")
+
+
+@pytest.mark.parametrize("lost", ["grant", "account"])
+def test_an_approval_stops_counting_once_its_reviewer_may_no_longer_give_it(
+    world: World, dave, dora, lost: str, django_capture_on_commit_callbacks
+) -> None:
+    """A reviewer's grant taken away (or their account deactivated) while a call waits for
+    its quorum: their approval no longer makes up the quorum with the next one; the call
+    waits for someone who may still approve it."""
+    call = make_call(world, "delete_customer")  # two approvals
+    assert approve(call, world.bob, confirmation="cus_0003", **fresh()).approvals == 1
+    if lost == "grant":
+        registry_services.revoke_review(tool=world.tools["delete_customer"], user=world.bob)
+    else:
+        world.bob.is_active = False
+        world.bob.save()
+    with django_capture_on_commit_callbacks() as sent:
+        second = approve(call, dave, confirmation="cus_0003", **fresh())
+    assert (second.decided, second.approvals, second.call.status) == (False, 1, Status.PENDING)
+    assert executions_sent(sent) == []
+    recorded = AuditEvent.objects.filter(action="call.decision", call_id=call.pk).latest("id")
+    assert recorded.data["approvals"] == 1
+    page = login(dave).get(f"/approvals/{call.pk}/")
+    assert page.status_code == 200
+    assert "1 of 2 approvals" in page.content.decode()
+    assert "no longer counts: bob may not approve this call now" in page.content.decode()
+    with django_capture_on_commit_callbacks() as sent:
+        third = approve(call, dora, confirmation="cus_0003", **fresh())
+    assert (third.decided, third.approvals, third.call.status) == (True, 2, Status.APPROVED)
+    assert executions_sent(sent) == [call.pk]
+
+
+def test_an_approval_stops_counting_once_its_reviewer_leaves_the_rules_team(
+    world: World, dave, dora
+) -> None:
+    call = make_call(world, "delete_customer")
+    ToolCall.objects.filter(pk=call.pk).update(policy={**call.policy, "team": "reviewers"})
+    dora.groups.add(dave.groups.get())
+    assert approve(call, dave, confirmation="cus_0003", **fresh()).approvals == 1
+    dave.groups.clear()
+    second = approve(call, dora, confirmation="cus_0003", **fresh())
+    assert (second.decided, second.approvals, second.call.status) == (False, 1, Status.PENDING)
