@@ -16,6 +16,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
 
 from audit.canonical import canonical_json
 
@@ -47,11 +49,17 @@ def json_path(parts: Iterable[Any]) -> str:
     return path
 
 
+# A registry that retrieves nothing: a schema's ``$ref`` resolves within the schema or not
+# at all. jsonschema's default would fetch any URL a ``$ref`` names (or read a file: URL) on
+# every validation, from an imported tool's schema, which its upstream wrote.
+_NOTHING_FETCHED: Registry[Any] = Registry()
+
+
 @lru_cache(maxsize=256)
 def _validator(schema_json: bytes) -> Draft202012Validator:
     schema = json.loads(schema_json)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=FormatChecker())
+    return Draft202012Validator(schema, format_checker=FormatChecker(), registry=_NOTHING_FETCHED)
 
 
 def validator_for(schema: Mapping[str, Any]) -> Draft202012Validator:
@@ -70,11 +78,22 @@ def validate_arguments(
     """
     sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
     found: list[ArgumentError] = []
-    for error in validator_for(schema).iter_errors(arguments):
-        for parts, message, quotes_instance in _located(error):
-            if quotes_instance and _under_sensitive(parts, sensitive):
-                message = f"The value at {json_path(parts)} is not valid ({error.validator})."
-            found.append(ArgumentError(json_path(parts), message, str(error.validator)))
+    try:
+        for error in validator_for(schema).iter_errors(arguments):
+            for parts, message, quotes_instance in _located(error):
+                if quotes_instance and _under_sensitive(parts, sensitive):
+                    message = f"The value at {json_path(parts)} is not valid ({error.validator})."
+                found.append(ArgumentError(json_path(parts), message, str(error.validator)))
+    except Unresolvable:
+        # A schema stored before references outside it were refused (``schema_problems``).
+        return [
+            ArgumentError(
+                "$",
+                "The tool's schema refers to a definition outside it; the call cannot be "
+                "checked. An admin must mend the tool.",
+                "$ref",
+            )
+        ]
     found.sort(key=lambda e: (e.path, e.validator, e.message))
     return found
 
@@ -122,14 +141,36 @@ def _under_sensitive(parts: list[Any], sensitive: list[tuple[str, ...]]) -> bool
 
 
 def schema_problems(schema: Any) -> list[str]:
-    """Why a schema is not valid Draft 2020-12 (empty when it is)."""
+    """Why a schema is not valid Draft 2020-12 (empty when it is), or refers outside itself."""
     if not isinstance(schema, dict):
         return ["$: the schema must be a JSON object."]
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         return [f"{json_path(exc.absolute_path)}: {exc.message}"]
-    return []
+    return [
+        f"{path}: only references within the schema (#/...) are followed, not {ref[:100]!r}."
+        for path, ref in foreign_references(schema)
+    ]
+
+
+def foreign_references(document: Any) -> list[tuple[str, str]]:
+    """Each ``$ref`` or ``$dynamicRef`` in ``document`` that points outside it (a URL, a
+    file, another document), with its JSON path: Countersign never fetches one."""
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
+    while stack:
+        node, parts = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(child, str):
+                    if not child.startswith("#"):
+                        found.append((json_path((*parts, key)), child))
+                else:
+                    stack.append((child, (*parts, key)))
+        elif isinstance(node, list):
+            stack.extend((child, (*parts, i)) for i, child in enumerate(node))
+    return sorted(found)
 
 
 def has_argument_path(schema: Mapping[str, Any], dotted: str) -> bool:

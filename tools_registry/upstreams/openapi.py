@@ -24,6 +24,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from core import tls
 from tools_registry.policy import Risk
+from tools_registry.schemas import foreign_references
 from tools_registry.upstreams.offers import (
     JSON,
     ImportedTool,
@@ -91,6 +92,13 @@ def parse(body: bytes) -> JSON:
             raise ImportFailed("The OpenAPI document is neither JSON nor YAML.") from None
     if not isinstance(document, dict):
         raise ImportFailed("The OpenAPI document is not an object.")
+    if foreign := foreign_references(document):
+        # The validator and the $ref resolver below would fetch them (or read a file: URL).
+        path, ref = foreign[0]
+        raise ImportFailed(
+            f"The OpenAPI document refers outside itself at {path} ({ref[:100]!r}): only "
+            "references within the document (#/...) are followed."
+        )
     try:
         validate(document)
     except OpenAPIValidationError as exc:
@@ -98,6 +106,12 @@ def parse(body: bytes) -> JSON:
     except Exception as exc:  # the validator's own errors on unsupported documents
         raise ImportFailed(f"The OpenAPI document cannot be read: {str(exc)[:300]}") from None
     return document
+
+
+def _fetch_nothing(uri: str) -> Any:
+    """jsonref's loader: nothing outside the document is fetched (``parse`` refuses such
+    references; this holds for a document that did not come through it)."""
+    raise ValueError(f"{uri[:100]!r} is outside the document; only references within it count.")
 
 
 def offer(
@@ -113,7 +127,9 @@ def offer(
     Countersign, never by an agent's arguments."""
     reserved = {h.lower() for h in reserved_headers} | TRANSPORT_HEADERS
     try:
-        resolved = jsonref.replace_refs(document, proxies=False, lazy_load=False)
+        resolved = jsonref.replace_refs(
+            document, proxies=False, lazy_load=False, loader=_fetch_nothing
+        )
     except (jsonref.JsonRefError, RecursionError) as exc:
         raise ImportFailed(f"The document's $refs cannot be resolved: {str(exc)[:200]}") from None
 
