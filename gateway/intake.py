@@ -470,6 +470,9 @@ def _audit_refusal(
     """Who asked for what, for whom, and why not; in its own transaction (the request's
     rolled back). A user's token is never recorded."""
     tool, error = refusal.tool, refusal.error
+    # A refusal made before the tool was read (whom the call is for) still masks the named
+    # tool's hidden fields: the arguments go to the append-only trail.
+    named = tool or Tool.objects.filter(name=payload.tool).first()
     record(
         action="call.refused",
         actor=agent,
@@ -477,7 +480,7 @@ def _audit_refusal(
         agent=agent,
         tool=tool,
         session_id=payload.session_id,
-        sensitive_fields=[f"arguments.{f}" for f in (tool.hidden_fields if tool else [])],
+        sensitive_fields=[f"arguments.{f}" for f in (named.hidden_fields if named else [])],
         data={
             "tool": payload.tool,
             "code": error.code,

@@ -270,3 +270,31 @@ def test_the_openapi_schema_documents_both_ways(db: None) -> None:
     schema = ApiClient("x").client.get("/api/v1/openapi.json").json()
     body = json.dumps(schema)
     assert "Countersign-User-Token" in body and "roles" in body
+
+
+@pytest.mark.parametrize(
+    ("on_behalf_of", "headers", "code"),
+    [
+        (5, {}, "invalid_end_user"),
+        ({"id": "ada", "roles": ["admin"]}, {}, "role_not_assertable"),
+        ("", {"HTTP_COUNTERSIGN_USER_TOKEN": "not-a-token"}, "user_token_invalid"),
+    ],
+    ids=["malformed_user", "roles_not_assertable", "user_token"],
+)
+def test_a_call_refused_for_its_end_user_masks_the_tools_hidden_fields_in_the_trail(
+    world: World, on_behalf_of: Any, headers: dict[str, str], code: str
+) -> None:
+    """Refused before the tool is read (whom the call is for), the arguments still go to the
+    trail with the named tool's hidden fields masked, as for every other refusal."""
+    secret = "zebra-lantern-42"  # no detector finds it: only the tool's policy hides it
+    body = {
+        "tool": "update_customer",
+        "arguments": {"customer_id": "cus_0001", "changes": {"email": secret}},
+        "session_id": "s",
+        "on_behalf_of": on_behalf_of,
+    }
+    refused = world.api().submit(body, **headers)
+    assert refused.json()["error"]["code"] == code
+    (event,) = AuditEvent.objects.filter(action="call.refused")
+    assert secret not in json.dumps(event.data)
+    assert event.data["arguments"]["customer_id"] == "cus_0001"
