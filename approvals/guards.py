@@ -4,10 +4,15 @@ who may not approve it, and whether it may still run."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
 
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
+from tools_registry.models import AgentToken
 from tools_registry.permissions import can_review
 
 
@@ -71,6 +76,7 @@ def in_required_team(call: ToolCall, person: Any) -> bool:
 CONFLICTS = {
     "owner": "You own the agent that made this call.",
     "on_behalf_of": "The agent acts on your behalf in this call.",
+    "token_issuer": "You issued a token the agent could use when it made this call.",
 }
 
 
@@ -78,20 +84,32 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     """Which conflict keeps ``person`` from approving or settling ``call`` (a key of
     ``CONFLICTS``), or "" for none: separation of duties, one rule everywhere.
 
-    The agent's owner, and the end user the agent acts for (``on_behalf_of``, matched to the
-    person's username or e-mail), may reject a call but never let it run.
+    The agent's owner, the end user the agent acts for (``on_behalf_of``, matched to the
+    person's username or e-mail), and whoever issued one of the agent's tokens that was live
+    when the call was made (they were shown its secret: the call may be theirs) may reject a
+    call but never let it run.
     """
-    return conflict_with(agent=call.agent, on_behalf_of=call.on_behalf_of, person=person)
+    return conflict_with(
+        agent=call.agent, on_behalf_of=call.on_behalf_of, person=person, made_at=call.created_at
+    )
 
 
-def conflict_with(*, agent: Any, on_behalf_of: str, person: Any) -> str:
-    """``conflict_of_interest`` for a call of ``agent`` for ``on_behalf_of``, before it is
-    stored (a standing approval about to cover it)."""
+def conflict_with(
+    *, agent: Any, on_behalf_of: str, person: Any, made_at: datetime | None = None
+) -> str:
+    """``conflict_of_interest`` for a call of ``agent`` for ``on_behalf_of`` made at
+    ``made_at``; before it is stored (a standing approval about to cover it), now."""
     if agent.owner_id == person.pk:
         return "owner"
     acting_for = (on_behalf_of or "").strip().lower()
     if acting_for and acting_for in {person.get_username().lower(), (person.email or "").lower()}:
         return "on_behalf_of"
+    made_at = made_at or timezone.now()
+    issued = AgentToken.objects.filter(
+        agent_id=agent.pk, created_by_id=person.pk, created_at__lte=made_at
+    ).filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=made_at))
+    if issued.exists():
+        return "token_issuer"
     return ""
 
 

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from approvals import before_after, display, reauth, selectors
 from approvals.forms import DecisionForm, NoteForm, RevealForm
-from approvals.guards import conflict_of_interest
+from approvals.guards import CONFLICTS, conflict_of_interest
 from approvals.models import StandingApproval, Status, ToolCall, Verdict
 from approvals.services import decisions, notes, reveals, standing
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
@@ -103,6 +103,7 @@ def detail_context(
         ),
         "owns_agent": conflict == "owner",
         "acts_for_me": conflict == "on_behalf_of",
+        "conflict": CONFLICTS.get(conflict, ""),
         "outside_team": outside_team,
         # Separation of duties and a rule's team: who may reject but not approve.
         "may_approve": not conflict and not outside_team,

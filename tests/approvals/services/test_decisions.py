@@ -26,7 +26,7 @@ from approvals.services.decisions import (
 )
 from audit.models import AuditEvent
 from sandbox.models import Customer
-from tests.approvals.conftest import login, make_call
+from tests.approvals.conftest import ARGUMENTS, login, make_call
 from tests.conftest import World, executions_sent
 from tools_registry import services as registry_services
 
@@ -76,6 +76,25 @@ def test_the_agents_owner_cannot_approve_but_may_reject(world: World) -> None:
         call_id=call.pk, reviewer=world.alice, verdict="reject", comment="Mine, wrong."
     )
     assert rejected.call.status == Status.REJECTED
+
+
+def test_whoever_issued_a_token_the_agent_used_cannot_approve_its_calls(world: World, dave) -> None:
+    """An admin who issued one of the agent's tokens was shown its secret: a call made
+    while that token was live may be theirs, so they may reject it, not approve it."""
+    before = make_call(world, arguments={**ARGUMENTS["send_email"], "subject": "Before"})
+    token, _ = registry_services.issue_token(agent=world.agent, created_by=dave)
+    during = make_call(world, arguments={**ARGUMENTS["send_email"], "subject": "During"})
+    with pytest.raises(SeparationOfDuties, match="You issued a token"):
+        approve(during, dave)
+    page = login(dave).get(f"/approvals/{during.pk}/")
+    assert "You issued a token the agent could use when it made this call." in page.content.decode()
+    assert approve(before, dave).decided, "a call made before the token was issued"
+    registry_services.revoke_token(token=token, revoked_by=None)
+    after = make_call(world, arguments={**ARGUMENTS["send_email"], "subject": "After"})
+    assert approve(after, dave).decided, "a call made after the token was revoked"
+    with pytest.raises(SeparationOfDuties):
+        approve(during, dave)
+    assert decide(call_id=during.pk, reviewer=dave, verdict="reject", comment="Mine?").decided
 
 
 @pytest.mark.parametrize("acting_for", ["Bob", "BOB@example.com"])
