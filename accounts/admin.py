@@ -7,12 +7,17 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
-from django.http import HttpRequest
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import SsoIdentity
+from audit.log import record
 from tools_registry.services.grants import record_access_change
 
 admin.site.unregister(User)
+admin.site.unregister(TOTPDevice)
 
 
 class SsoIdentityInline(admin.StackedInline):
@@ -50,3 +55,52 @@ class AuditedUserAdmin(UserAdmin):
         }
         super().save_related(request, form, formsets, change)
         record_access_change(user=user, before=before, changed_by=request.user)
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """Django's page for setting someone's password: whoever sets it can sign in as
+        them, so it is audited (who, for whom; never the password)."""
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            person = self.get_object(request, id)
+            record(
+                action="auth.password_set",
+                actor=request.user,
+                outcome="set_by_admin",
+                data={"user": person.get_username() if person else id},
+            )
+        return response
+
+
+@admin.register(TOTPDevice)
+class RecoveryTOTPDeviceAdmin(TOTPDeviceAdmin):
+    """People's authenticator apps, for recovery only: an admin may see that a device exists
+    and delete it (its owner lost it, and sets up a new one at their next sign-in), audited.
+    Nobody adds or edits one for someone else (whoever chose its secret could pass as them),
+    and no page shows a secret (``OTP_ADMIN_HIDE_SENSITIVE_DATA``)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
+        super().delete_model(request, obj)
+        _two_factor_removed(request, [obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TOTPDevice]) -> None:
+        devices = list(queryset.select_related("user"))
+        super().delete_queryset(request, queryset)
+        _two_factor_removed(request, devices)
+
+
+def _two_factor_removed(request: HttpRequest, devices: list[TOTPDevice]) -> None:
+    for device in devices:
+        record(
+            action="auth.two_factor_removed",
+            actor=request.user,
+            outcome="removed_by_admin",
+            data={"user": device.user.get_username(), "device": device.name},
+        )

@@ -111,6 +111,11 @@ ACTIONS: dict[str, str] = {
     "sign-in or at a re-authentication).",
     "auth.two_factor_failed": "A code from an authenticator app was refused (wrong, or no "
     "device set up).",
+    "auth.two_factor_removed": "An admin deleted a person's authenticator app (they lost it; "
+    "they set up a new one at their next sign-in). Admins never add or edit one for someone "
+    "else.",
+    "auth.password_set": "An admin set a person's password in the admin (who, for whom; "
+    "never the password).",
     "auth.sso_user_created": "A person signed in through single sign-on for the first time; "
     "their account was created (with no password) and their teams taken from the provider.",
     "auth.sso_refused": "A single sign-on was refused: the name the provider gave belongs to "

@@ -45,6 +45,8 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "auth.two_factor_enrolled",
                 "auth.two_factor_verified",
                 "auth.two_factor_failed",
+                "auth.two_factor_removed",
+                "auth.password_set",
                 "auth.sso_user_created",
                 "auth.sso_refused",
                 "auth.sso_linked",

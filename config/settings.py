@@ -308,6 +308,8 @@ AXES_VERBOSE = False
 # services mode, off in the embedded demo unless REQUIRE_2FA=1.
 REQUIRE_2FA = env_bool("REQUIRE_2FA", not EMBEDDED and not TESTING)
 OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Countersign")
+# The admin never shows a person's TOTP secret (nor its QR code).
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"

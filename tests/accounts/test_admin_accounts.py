@@ -1,0 +1,105 @@
+"""What an admin can do to another person's way in: setting their password is audited; their
+authenticator app can be deleted (audited), never added, edited or read."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from audit.models import AuditEvent
+from tests.conftest import World
+
+KEY = "3132333435363738393031323334353637383930"
+
+
+def admin_client() -> tuple[Client, User]:
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    client = Client()
+    client.force_login(root)
+    return client, root
+
+
+def test_an_admin_setting_someones_password_is_audited(world: World) -> None:
+    client, _ = admin_client()
+    response = client.post(
+        f"/admin/auth/user/{world.bob.pk}/password/",
+        {"password1": "Taken-over-9x!", "password2": "Taken-over-9x!"},
+    )
+    assert response.status_code == 302
+    world.bob.refresh_from_db()
+    assert world.bob.check_password("Taken-over-9x!")
+    (event,) = AuditEvent.objects.filter(action="auth.password_set")
+    assert (event.actor_label, event.outcome, event.data) == (
+        "root",
+        "set_by_admin",
+        {"user": "bob"},
+    )
+    assert "Taken-over" not in str(event.data)
+    # A form filled wrong sets nothing and records nothing.
+    client.post(
+        f"/admin/auth/user/{world.bob.pk}/password/",
+        {"password1": "Another-9x!", "password2": "Different-9x!"},
+    )
+    assert AuditEvent.objects.filter(action="auth.password_set").count() == 1
+
+
+def test_an_admin_may_delete_someones_authenticator_app_audited(world: World) -> None:
+    device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True, key=KEY)
+    client, _ = admin_client()
+    listed = client.get("/admin/otp_totp/totpdevice/")
+    assert listed.status_code == 200 and "bob" in listed.content.decode()
+    response = client.post(f"/admin/otp_totp/totpdevice/{device.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not TOTPDevice.objects.filter(pk=device.pk).exists()
+    (event,) = AuditEvent.objects.filter(action="auth.two_factor_removed")
+    assert (event.actor_label, event.data) == ("root", {"user": "bob", "device": "app"})
+    # The list's bulk delete is audited too, one event per device.
+    devices = [
+        TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+        for user in (world.bob, world.charlie)
+    ]
+    client.post(
+        "/admin/otp_totp/totpdevice/",
+        {
+            "action": "delete_selected",
+            "_selected_action": [d.pk for d in devices],
+            "post": "yes",
+        },
+    )
+    assert not TOTPDevice.objects.filter(pk__in=[d.pk for d in devices]).exists()
+    removed = AuditEvent.objects.filter(action="auth.two_factor_removed").order_by("id")
+    assert sorted(e.data["user"] for e in removed[1:]) == ["bob", "charlie"]
+
+
+def test_nobody_adds_edits_or_reads_someone_elses_authenticator_app(world: World) -> None:
+    device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True, key=KEY)
+    client, _ = admin_client()
+    added = client.post(
+        "/admin/otp_totp/totpdevice/add/",
+        {
+            "user": world.bob.pk,
+            "name": "mine now",
+            "confirmed": "on",
+            "key": KEY,
+            "step": 30,
+            "t0": 0,
+            "digits": 6,
+            "tolerance": 1,
+            "drift": 0,
+            "throttling_failure_count": 0,
+        },
+    )
+    assert added.status_code == 403
+    assert TOTPDevice.objects.filter(user=world.bob).count() == 1
+    page = client.get(f"/admin/otp_totp/totpdevice/{device.pk}/change/")
+    assert page.status_code == 200  # shown read-only
+    assert KEY not in page.content.decode()
+    changed = client.post(
+        f"/admin/otp_totp/totpdevice/{device.pk}/change/",
+        {"user": world.bob.pk, "name": "renamed", "confirmed": "on", "drift": 0},
+    )
+    assert changed.status_code == 403
+    assert TOTPDevice.objects.get(pk=device.pk).name == "app"
+    for view in ("config", "qrcode"):
+        assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/{view}/").status_code == 403
