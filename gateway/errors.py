@@ -328,6 +328,18 @@ def tool_failed(message: str, *, tool_code: str, retryable: bool) -> ApiError:
     )
 
 
+def result_not_as_declared() -> ApiError:
+    return ApiError(
+        status=502,
+        code="result_not_as_declared",
+        message="The tool ran, but its result does not match the output schema it declares "
+        "(cut short past Countersign's size limit, or changed upstream); the result is in "
+        "'call'.",
+        suggestion="Read the result from 'call' if you can use it; do not run the tool "
+        "again for it.",
+    )
+
+
 def call_rejected(comment: str) -> ApiError:
     return ApiError(
         status=409,

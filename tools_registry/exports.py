@@ -56,6 +56,12 @@ def title(tool: Tool) -> str:
     return tool.name.replace("_", " ").replace("-", " ").capitalize()
 
 
+def published_output_schema(tool: Tool) -> dict[str, Any] | None:
+    """The schema of a tool's result as MCP clients are told it (reads only: a write's
+    answer is its task or its pending state first); they check every result against it."""
+    return tool.output_schema if tool.risk == Risk.READ and tool.output_schema else None
+
+
 def mcp_tool(tool: Tool) -> mcp_types.Tool:
     """The tool as the Model Context Protocol describes one, with its behaviour hints in
     MCP's own meaning (the SDK's ``ToolAnnotations``):
@@ -76,7 +82,7 @@ def mcp_tool(tool: Tool) -> mcp_types.Tool:
         title=title(tool),
         description=tool.description,
         input_schema=tool.input_schema,
-        output_schema=tool.output_schema if read else None,
+        output_schema=published_output_schema(tool),
         annotations=mcp_types.ToolAnnotations(
             title=title(tool),
             read_only_hint=read,

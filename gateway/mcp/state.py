@@ -15,6 +15,7 @@ from approvals.guards import counted_approvals
 from approvals.models import Status, ToolCall
 from gateway import selectors
 from gateway.responses import represent_call
+from tools_registry.exports import published_output_schema
 from tools_registry.models import Agent
 
 # MCP task statuses (protocol 2025-11-25). A tool call whose result is an error ended
@@ -39,6 +40,8 @@ class CallState:
     status_message: str
     created_at: datetime
     updated_at: datetime
+    # The schema tools/list publishes for the tool's result (``exports.published_output_schema``).
+    output_schema: dict[str, Any] | None = None
 
     @property
     def task_status(self) -> str:
@@ -58,6 +61,7 @@ def of(call: ToolCall, body: dict[str, Any] | None = None) -> CallState:
         status_message=status_message(call),
         created_at=call.created_at,
         updated_at=call.updated_at,
+        output_schema=published_output_schema(call.tool),
     )
 
 

@@ -24,6 +24,7 @@ from django.conf import settings
 
 from core import bounded_http, tls
 from tools_registry.registry import LookupResult, ToolFailed
+from tools_registry.upstreams import secrets
 from tools_registry.upstreams.offers import JSON
 
 RETRYABLE = frozenset({408, 409, 425, 429})
@@ -95,7 +96,7 @@ def call(
             f"The upstream redirected the request to {target}; redirects are not followed.",
             code="upstream_redirect",
         )
-    message = _without_credentials(_message(answer), upstream_headers)
+    message = secrets.without_credentials(_message(answer), upstream_headers)[:300]
     if 400 <= status < 500:
         raise ToolFailed(
             f"The upstream refused the request (HTTP {status}): {message}",
@@ -103,21 +104,6 @@ def call(
             retryable=status in RETRYABLE,
         )
     raise UpstreamUnclear(f"The upstream failed (HTTP {status}): {message}")
-
-
-def _without_credentials(message: str, upstream_headers: list[tuple[str, str]]) -> str:
-    """An upstream's message with the values of the headers it was sent (its credentials)
-    taken out, whole or as their tokens ("Bearer <token>"): some servers quote them back,
-    and the message reaches the agent, the call and the trail."""
-    for _, value in upstream_headers:
-        for secret in sorted({value, *value.split()}, key=len, reverse=True):
-            if len(secret) >= CREDENTIAL_SHORTEST and secret in message:
-                message = message.replace(secret, "[credential]")
-    return message
-
-
-# Shorter parts of a header value ("Bearer", a tenant's "eu") are not credentials to hide.
-CREDENTIAL_SHORTEST = 8
 
 
 def lookup(
@@ -193,10 +179,10 @@ def _answer(response: httpx.Response, raw: bytes, truncated: bool) -> JSON:
 def _message(answer: JSON) -> str:
     error = answer.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"][:300]
+        return error["message"]
     if isinstance(error, str):
-        return error[:300]
+        return error
     for key in ("message", "detail", "text"):
         if isinstance(answer.get(key), str):
-            return str(answer[key])[:300]
-    return json.dumps(answer)[:300]
+            return str(answer[key])
+    return json.dumps(answer)

@@ -25,6 +25,8 @@ from mcp.shared.exceptions import MCPError
 from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
+from tools_registry.upstreams import secrets
+from tools_registry.upstreams.http import UpstreamUnclear
 from tools_registry.upstreams.offers import (
     JSON,
     ImportedTool,
@@ -145,23 +147,35 @@ def call(
 
     async def run(client: Client) -> types.CallToolResult:
         meta: Any = {IDEMPOTENCY_KEY: key}  # a key of Countersign's own in _meta
-        return await client.session.call_tool(tool, arguments, meta=meta)
+        # The request itself, not the SDK's call_tool: that lists the server's tools again
+        # after each call and raises when the result does not fit the tool's output schema,
+        # which would make a write that ran "unknown". What is stored is checked by
+        # Countersign (a result cut past the size limit cannot fit any schema).
+        request = types.CallToolRequest(
+            params=types.CallToolRequestParams(name=tool, arguments=arguments, _meta=meta)
+        )
+        return await client.session.send_request(request, types.CallToolResult)
 
     try:
         result = _run(run, url, headers, timeout)
     except BaseException as exc:
         cause = _leaf(exc)
         if isinstance(cause, MCPError) and cause.code in REFUSED_BEFORE_RUNNING:
+            refusal = secrets.without_credentials(cause.message, headers)
             raise ToolFailed(
-                f"The upstream refused the call: {cause.message}"[:500],
-                code="upstream_refused",
+                f"The upstream refused the call: {refusal}"[:500], code="upstream_refused"
             ) from None
         # A timeout, a broken connection, or any other error: whether the tool ran is
         # unknown (a write is reconciled or goes to a person; never reported as not run).
+        said = str(cause)
+        if (scrubbed := secrets.without_credentials(said, headers)) != said:
+            # The server quoted its credential back (its message reaches the call).
+            raise UpstreamUnclear(f"{type(cause).__name__}: {scrubbed}"[:500]) from None
         raise cause from None
     text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
     if result.is_error:
-        raise ToolFailed(f"The upstream tool failed: {text}"[:500], code="upstream_tool_failed")
+        failure = secrets.without_credentials(text, headers)
+        raise ToolFailed(f"The upstream tool failed: {failure}"[:500], code="upstream_tool_failed")
     structured = result.structured_content
     if isinstance(structured, dict):
         return _stored(structured)

@@ -74,3 +74,19 @@ def parse_header_lines(lines: list[str]) -> Headers:
             raise ValueError(f"The value of {name} may not span lines.")
         headers.append((name, value))
     return headers
+
+
+def without_credentials(message: str, upstream_headers: Headers) -> str:
+    """An upstream's message with the values of the headers it was sent (its credentials)
+    taken out, whole or as their tokens ("Bearer <token>"): some servers quote them back,
+    and the message reaches the agent, the call and the trail. Take them out before cutting
+    a message short: a cut through a credential leaves its start."""
+    for _, value in upstream_headers:
+        for secret in sorted({value, *value.split()}, key=len, reverse=True):
+            if len(secret) >= CREDENTIAL_SHORTEST and secret in message:
+                message = message.replace(secret, "[credential]")
+    return message
+
+
+# Shorter parts of a header value ("Bearer", a tenant's "eu") are not credentials to hide.
+CREDENTIAL_SHORTEST = 8

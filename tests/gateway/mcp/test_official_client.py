@@ -650,3 +650,30 @@ def test_the_same_call_asked_for_again_after_each_ended_is_a_new_call_each_time(
     keys = ToolCall.objects.order_by("created_at").values_list("request_key", flat=True)
     assert [key.rsplit(".", 1)[1] for key in keys] == [str(n) for n in range(1, asked + 1)]
     assert again == ids[-1], "the latest, still open, is the same call"
+
+
+def test_a_result_unlike_its_declared_schema_is_an_error_the_client_can_read(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """The official client checks a result against the output schema tools/list gave and
+    raises on one that does not fit (an imported tool's result cut past the size limit, an
+    upstream that changed): Countersign answers such a result as an error it can read."""
+    Tool.objects.filter(name="get_customer").update(
+        output_schema={
+            "type": "object",
+            "properties": {"tier": {"type": "string"}},
+            "required": ["tier"],
+        }
+    )
+
+    async def main() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token) as client:
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            assert listed["get_customer"].output_schema["required"] == ["tier"]  # type: ignore[index]
+            return await client.call_tool("get_customer", {"customer_id": "cus_0002"})
+
+    result = run(main)
+    assert result.is_error is True
+    assert result.structured_content is not None
+    assert result.structured_content["error"]["code"] == "result_not_as_declared"
+    assert result.structured_content["call"]["result"]["name"] == "Grace Hopper"

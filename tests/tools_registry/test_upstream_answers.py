@@ -1,0 +1,139 @@
+"""What an upstream answers, as Countersign keeps it: an MCP server's messages never carry
+the credential it was sent, a message cut short never keeps part of one, and a result that
+does not fit the server's own output schema is still the result of a call that ran."""
+
+from __future__ import annotations
+
+import json
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import reply as raw_reply
+from tests.support.upstreams.raw_mcp import RawMcpServer
+from tools_registry.registry import ToolFailed
+from tools_registry.upstreams import http as upstream_http
+from tools_registry.upstreams import mcp as upstream_mcp
+from tools_registry.upstreams.http import UpstreamUnclear
+
+CANARY = "Bearer MCP-CANARY-SECRET-42"
+
+
+class ListingMcpServer(RawHttpServer):
+    """A raw MCP server that lists its tools too (with their output schemas)."""
+
+    def __init__(self, tools: list[dict[str, Any]], answer: Any) -> None:
+        self.lists = 0
+
+        def handle(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+            message = json.loads(body)
+            method = message.get("method")
+            if method == "initialize":
+                raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+                    "protocolVersion": message["params"]["protocolVersion"],
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "raw", "version": "1"},
+                }})  # fmt: skip
+            elif "id" not in message:
+                raw_reply(handler, 202, b"")
+            elif method == "tools/list":
+                self.lists += 1
+                raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+                    "tools": tools}})  # fmt: skip
+            elif method == "tools/call":
+                answer(handler, message)
+            else:
+                raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
+
+        super().__init__(handle)
+        self.url = f"{self.url}/mcp"
+
+
+def call_mcp(server: RawHttpServer) -> Any:
+    try:
+        return upstream_mcp.call(
+            url=server.url,
+            headers=[("Authorization", CANARY)],
+            tool="t",
+            arguments={},
+            key="k",
+            timeout=5,
+        )
+    finally:
+        server.close()
+
+
+def test_an_mcp_tools_failure_quoting_the_credential_is_kept_without_it() -> None:
+    def quote_it(handler: Any, message: dict[str, Any]) -> None:
+        quoted = handler.headers.get("authorization", "")
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+            "content": [{"type": "text", "text": f"Token rejected: {quoted}"}],
+            "isError": True}})  # fmt: skip
+
+    with pytest.raises(ToolFailed) as failed:
+        call_mcp(RawMcpServer(quote_it))
+    assert failed.value.code == "upstream_tool_failed"
+    assert "MCP-CANARY-SECRET-42" not in failed.value.message
+    assert failed.value.message.endswith("Token rejected: [credential]")
+
+
+@pytest.mark.parametrize("code", [-32602, -32603])
+def test_an_mcp_error_quoting_the_credential_is_kept_without_it(code: int) -> None:
+    """A refusal (invalid params: not run) and an internal error (unknown outcome) alike."""
+
+    def quote_it(handler: Any, message: dict[str, Any]) -> None:
+        quoted = handler.headers.get("authorization", "")
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "error": {
+            "code": code, "message": f"bad token {quoted}"}})  # fmt: skip
+
+    with pytest.raises(Exception) as raised:
+        call_mcp(RawMcpServer(quote_it))
+    said = str(getattr(raised.value, "message", raised.value))
+    assert "MCP-CANARY-SECRET-42" not in said and "[credential]" in said
+    if code == -32602:
+        assert isinstance(raised.value, ToolFailed)
+    else:
+        assert isinstance(raised.value, UpstreamUnclear), "whether it ran is not known"
+
+
+def test_a_result_unlike_the_servers_output_schema_is_the_result_of_a_call_that_ran() -> None:
+    """The SDK's call_tool would list the tools again and raise on a result that does not fit
+    the tool's output schema: a write that ran would be stored unknown."""
+    output = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+
+    def done(handler: Any, message: dict[str, Any]) -> None:
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+            "content": [{"type": "text", "text": "created"}],
+            "structuredContent": {"id": "T-1"}}})  # fmt: skip
+
+    server = ListingMcpServer(
+        [{"name": "t", "inputSchema": {"type": "object"}, "outputSchema": output}], done
+    )
+    assert call_mcp(server) == {"id": "T-1"}
+    assert server.lists == 0, "no tools/list per call"
+
+
+def test_an_http_error_cut_short_keeps_no_part_of_the_credential() -> None:
+    token = "sk_live_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+    def quote_late(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 401, {"message": "x" * 270 + " bad key " + token})
+
+    server = RawHttpServer(quote_late)
+    try:
+        with pytest.raises(ToolFailed) as refused:
+            upstream_http.call(
+                operation={"method": "POST", "path": "/p", "parameters": [], "body": None},
+                base_url=server.url,
+                upstream_headers=[("X-Api-Key", token)],
+                idempotency_header="",
+                key="k",
+                arguments={},
+                timeout=5,
+            )
+    finally:
+        server.close()
+    assert token[:12] not in refused.value.message
+    assert refused.value.message.endswith("bad key [credential]")
