@@ -29,6 +29,7 @@ from tools_registry.registry import ToolFailed
 from tools_registry.services.policies import update_policy
 from tools_registry.services.upstreams import (
     edit_imported_tool,
+    register_upstream,
     set_upstream_enabled,
     sync_upstream,
 )
@@ -247,6 +248,56 @@ def test_a_resync_that_breaks_a_tools_policy_switches_the_tool_off(
     assert any("args.quantity" in why for why in changed.data["disabled_because"])
     untouched = Tool.objects.get(name="orders__get_order")
     assert untouched.enabled
+
+
+def erase_all(**hints: Any) -> list[types.Tool]:
+    return [
+        types.Tool(
+            name="erase_all",
+            description="Erase every record.",
+            input_schema={"type": "object", "properties": {"scope": {"type": "string"}}},
+            annotations=types.ToolAnnotations(**hints),
+        )
+    ]
+
+
+def test_a_resync_that_lowers_a_tools_risk_switches_it_off_until_an_admin_enables_it(
+    world: World,
+) -> None:
+    """An enabled destructive tool whose server now says it only reads would run at once,
+    with no person asked: the upstream alone never takes a tool out of review."""
+    upstream = register_upstream(name="flip", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(destructive_hint=True)),
+    )
+    tool = Tool.objects.get(name="flip__erase_all")
+    assert (tool.risk, tool.enabled) == (Risk.DESTRUCTIVE, True)
+    world.agent.allowed_tools.add(tool)
+    report = sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(read_only_hint=True)),
+    )
+    tool.refresh_from_db()
+    assert (tool.risk, tool.enabled) == (Risk.READ, False)
+    assert report.disabled and "now calls it read" in report.disabled[0]
+    (changed,) = AuditEvent.objects.filter(action="tool.changed", tool_name=tool.name)
+    assert changed.data["after"]["enabled"] is False
+    refused = world.api().submit({"tool": "flip__erase_all", "arguments": {}, "session_id": "s"})
+    assert refused.json()["error"]["code"] == "tool_disabled"
+    # A higher risk asks more people: the tool stays on.
+    sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(read_only_hint=False)),
+    )
+    Tool.objects.filter(pk=tool.pk).update(enabled=True)
+    sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(destructive_hint=True)),
+    )
+    tool.refresh_from_db()
+    assert (tool.risk, tool.enabled) == (Risk.DESTRUCTIVE, True)
 
 
 def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:

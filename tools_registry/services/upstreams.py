@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from audit.log import record
 from tools_registry.models import Tool, Upstream
-from tools_registry.policy import defaults_for, policy_values
+from tools_registry.policy import Risk, defaults_for, policy_values
 from tools_registry.registry import tool_version
 from tools_registry.services.policies import PolicyInvalid, check_policy
 from tools_registry.services.sync import policy_for_new_risk
@@ -362,6 +362,13 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
     for key, value in changed.items():
         setattr(tool, key, value)
     drift = _policy_drift(tool) if "input_schema" in changed and tool.enabled else []
+    if tool.enabled and "risk" in changed and RISK_RANK[tool.risk] < RISK_RANK[before["risk"]]:
+        # The upstream alone must not take a tool out of review: a write it now calls a read
+        # would run at once, unseen. It waits for an admin, as a new tool does.
+        drift.append(
+            f"risk: the upstream now calls it {tool.risk} (it was {before['risk']}), which "
+            "asks fewer people; an admin enables it again"
+        )
     if drift:
         before["enabled"], changed["enabled"], tool.enabled = True, False, False
         visible = sorted({*visible, "enabled"})
@@ -382,6 +389,10 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
             },
         )
     return bool(visible)
+
+
+# Whose calls wait for more people: a lower rank asks for fewer approvals (a read for none).
+RISK_RANK = {Risk.READ: 0, Risk.WRITE: 1, Risk.DESTRUCTIVE: 2}
 
 
 def _policy_drift(tool: Tool) -> list[str]:
