@@ -119,6 +119,7 @@ CANNOT_RUN = {
     "tool_disabled": "The tool is disabled or its code is gone, so the call cannot run.",
     "agent_disabled": "The agent that made this call is disabled, so the call cannot run.",
     "tool_version_changed": "The tool's definition changed since the agent made this call.",
+    "tool_not_allowed": "The tool was taken off the agent's allowlist, so the call cannot run.",
 }
 
 
@@ -134,7 +135,18 @@ def cannot_run_code(call: ToolCall) -> str:
         return "agent_disabled"
     if call.tool.version != call.tool_version:
         return "tool_version_changed"
+    if not tool_still_allowed(call):
+        return "tool_not_allowed"
     return ""
+
+
+def tool_still_allowed(call: ToolCall) -> bool:
+    """Whether the call's tool is still on its agent's allowlist: read with the call by the
+    claim's lock (``sql.lock_call``), asked here otherwise."""
+    known = getattr(call, "tool_allowed", None)
+    if known is not None:
+        return bool(known)
+    return call.agent.allowed_tools.filter(pk=call.tool_id).exists()
 
 
 def cannot_run_reason(call: ToolCall) -> str:

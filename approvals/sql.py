@@ -62,6 +62,7 @@ def _read_locked_call(cursor: Any) -> ToolCall | None:
     agent.owner = owner  # type: ignore[assignment]
     call.tool = tool
     call.agent = agent
+    call.tool_allowed = row[start]  # type: ignore[attr-defined]  # guards.tool_still_allowed
     return call
 
 
@@ -83,9 +84,16 @@ def _lock_call_sql() -> str:
     def join(kind: str, model: type[Model], alias: str, on: str) -> str:
         return f"{kind} {db.table(model)} {alias} ON {alias}.{db.column(model, 'id')} = {on}"
 
+    # Whether the tool is still on the agent's allowlist (guards.tool_still_allowed).
+    allowlist = Agent.allowed_tools.through
+    allowed = (
+        f"EXISTS (SELECT 1 FROM {db.table(allowlist)} x "  # noqa: S608
+        f"WHERE x.{db.column(allowlist, 'agent')} = c.{db.column(ToolCall, 'agent')} "
+        f"AND x.{db.column(allowlist, 'tool')} = c.{db.column(ToolCall, 'tool')})"
+    )
     # Names from the models' own metadata; the id is a parameter.
     return (
-        f"SELECT {selected} FROM {db.table(ToolCall)} c "  # noqa: S608
+        f"SELECT {selected}, {allowed} FROM {db.table(ToolCall)} c "  # noqa: S608
         f"{join('JOIN', Tool, 't', f'c.{db.column(ToolCall, "tool")}')} "
         f"{join('LEFT JOIN', models[2], 'u', f't.{db.column(Tool, "upstream")}')} "
         f"{join('JOIN', Agent, 'a', f'c.{db.column(ToolCall, "agent")}')} "

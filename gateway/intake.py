@@ -150,6 +150,9 @@ def submit(
         breaker.release(request.admission)
         raise
     if isinstance(answer, StoredResponse):
+        # A write runs later, if at all (after its approval, through the executor, whose
+        # outcome the breaker hears): it does not hold the half-open probe slot meanwhile.
+        breaker.release(request.admission)
         return answer
     return _run_read(agent, key, answer, request.admission)
 

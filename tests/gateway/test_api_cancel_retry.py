@@ -198,3 +198,30 @@ def test_a_retry_is_refused_once_the_tool_is_off_or_off_the_allowlist(
     assert response.json()["error"]["code"] == "retry_not_allowed"
     assert send.send_execution not in [getattr(c, "func", c) for c in callbacks]
     assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_a_retry_is_refused_once_the_end_users_roles_no_longer_reach_the_tool(
+    world: World,
+) -> None:
+    """A new call for the same person would be refused (tool_not_allowed_for_user): so is a
+    re-run of the old one."""
+    Agent.objects.filter(pk=world.agent.pk).update(
+        user_roles_from="asserted",
+        assertable_roles=["support"],
+        role_scopes={"support": {"risks": ["read", "write"]}},
+        unscoped_access="none",
+    )
+    world.agent.refresh_from_db()
+    body = {**UPDATE_MISSING, "on_behalf_of": {"id": "ada", "roles": ["support"]}}
+    call = _approved_and_run(world, body)
+    assert call.status == Status.FAILED
+    assert _post(world, str(call.pk), "retry").status_code == 202  # still allowed
+    runner.execute(call.pk)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+    Agent.objects.filter(pk=world.agent.pk).update(role_scopes={"support": {"risks": ["read"]}})
+    new_one = world.api().submit({**body, "session_id": "s2"})
+    assert new_one.json()["error"]["code"] == "tool_not_allowed_for_user"
+    response = _post(world, str(call.pk), "retry")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "retry_not_allowed"
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED

@@ -130,6 +130,19 @@ def test_writes_are_refused_while_the_circuit_is_open(world: World) -> None:
     assert 59 <= int(response["Retry-After"]) <= 60
 
 
+def test_a_write_waiting_for_review_does_not_hold_the_half_open_probe(world: World) -> None:
+    """Half-open, the first write submitted would take the probe slot and only wait for a
+    person: every other call of the tool refused for the whole probe lease, again and again."""
+    Tool.objects.filter(name="send_email").update(breaker_threshold=1, breaker_cooldown_seconds=1)
+    breaker.record_outcome(tool_name="send_email", status="unknown", error={"code": "timeout"})
+    assert _status(world, SEND_EMAIL) == 503
+    time.sleep(1.1)  # half-open
+    for n in range(3):
+        body = {**SEND_EMAIL, "arguments": {**SEND_EMAIL["arguments"], "subject": f"s{n}"}}
+        answered = world.api().submit(body)
+        assert answered.status_code == 202, answered.json()
+
+
 @override_settings(REDIS_URL="")
 def test_the_embedded_breaker_admits_one_probe_among_threads() -> None:
     tool = Tool(

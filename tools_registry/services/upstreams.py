@@ -392,7 +392,7 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
 
 
 # Whose calls wait for more people: a lower rank asks for fewer approvals (a read for none).
-RISK_RANK = {Risk.READ: 0, Risk.WRITE: 1, Risk.DESTRUCTIVE: 2}
+RISK_RANK: dict[str, int] = {Risk.READ: 0, Risk.WRITE: 1, Risk.DESTRUCTIVE: 2}
 
 
 def _policy_drift(tool: Tool) -> list[str]:

@@ -95,6 +95,18 @@ def test_a_call_whose_tool_changed_after_approval_fails_unrun(world: World) -> N
         assert_refused(run_task(call), "tool_version_changed")
 
 
+def test_a_call_whose_tool_left_the_agents_allowlist_after_approval_fails_unrun(
+    world: World,
+) -> None:
+    """Taking a tool off an agent's allowlist stops its approved calls too, as switching the
+    tool off does; and a reviewer can no longer approve its waiting ones."""
+    call = approved_call(world)
+    world.agent.allowed_tools.remove(call.tool)
+    assert_refused(run_task(call), "tool_not_allowed")
+    body = world.api().get(f"/api/v1/tool-calls/{call.pk}").json()
+    assert body["error"]["code"] == "tool_not_allowed"
+
+
 def test_the_agent_reads_the_code_and_may_retry_once_the_tool_is_back(world: World) -> None:
     call = approved_call(world)
     tool = call.tool
