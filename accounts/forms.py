@@ -10,6 +10,6 @@ class CodeForm(forms.Form):
 
     def clean_code(self) -> str:
         code = self.cleaned_data["code"].replace(" ", "")
-        if not code.isdigit() or len(code) != 6:
+        if not (code.isascii() and code.isdigit()) or len(code) != 6:
             raise forms.ValidationError("Enter the six digits your authenticator app shows.")
         return code

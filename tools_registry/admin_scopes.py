@@ -19,6 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 
+from audit.filters import whole_number
 from tools_registry import reviewer_scopes
 from tools_registry.models import Tool
 from tools_registry.services.grants import OBJECT_PERMISSIONS, grant, revoke
@@ -50,14 +51,15 @@ def subject_choices() -> list[tuple[str, list[tuple[str, str]]]]:
 def parse_subject(value: str) -> dict[str, Any]:
     """``user:<id>`` or ``group:<id>`` as the services' keyword arguments; 404 otherwise."""
     kind, _, raw = value.partition(":")
-    if not raw.isdigit():
+    pk = whole_number(raw)
+    if pk is None:
         raise Http404("Choose a person or a team.")
     if kind == "user":
-        user = get_user_model()._default_manager.filter(pk=int(raw), is_active=True).first()
+        user = get_user_model()._default_manager.filter(pk=pk, is_active=True).first()
         if user is not None:
             return {"user": user}
     elif kind == "group":
-        group = Group.objects.filter(pk=int(raw)).first()
+        group = Group.objects.filter(pk=pk).first()
         if group is not None:
             return {"group": group}
     raise Http404("No such person or team.")
@@ -142,11 +144,8 @@ class ReviewerScopesMixin:
         """Grant or revoke one permission on one tool for one person or team (audited by
         the grant services, which also tell whether anything changed)."""
         self._require_admin(request, change=True)
-        tool = (
-            Tool.objects.filter(pk=request.POST.get("tool", "")).first()
-            if request.POST.get("tool", "").isdigit()
-            else None
-        )
+        tool_pk = whole_number(request.POST.get("tool", ""))
+        tool = Tool.objects.filter(pk=tool_pk).first() if tool_pk is not None else None
         permission = request.POST.get("permission", "")
         operation = request.POST.get("op", "")
         if (

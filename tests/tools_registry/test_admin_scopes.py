@@ -102,6 +102,26 @@ def test_an_id_that_is_no_tool_is_not_found(admin_client: Client) -> None:
         assert admin_client.get(f"/admin/tools_registry/tool/{odd}/reviewers/").status_code == 404
 
 
+@pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two, Arabic-Indic three
+def test_unicode_digits_for_a_person_team_or_tool_are_not_found(
+    world: World, tess_client: Client, digit: str
+) -> None:
+    """str.isdigit admits them and int() refuses some: they were 500s."""
+    for subject in (f"user:{digit}", f"group:{digit}"):
+        page = tess_client.get("/admin/tools_registry/tool/scopes/", {"subject": subject})
+        assert page.status_code == 404
+    changed = tess_client.post(
+        "/admin/tools_registry/tool/scopes/change/",
+        {
+            "tool": digit,
+            "permission": "review_tool",
+            "op": "grant",
+            "subject": f"user:{world.charlie.pk}",
+        },
+    )
+    assert changed.status_code == 404
+
+
 def test_a_viewer_cannot_change_grants(world: World) -> None:
     viewer = User.objects.create_user("vera", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_tool"))
