@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.auth.admin import UserAdmin
-from django.contrib.auth.models import User
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
@@ -14,9 +14,10 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import SsoIdentity
 from audit.log import record
-from tools_registry.services.grants import record_access_change
+from tools_registry.services.grants import record_access_change, record_deletion
 
 admin.site.unregister(User)
+admin.site.unregister(Group)
 admin.site.unregister(TOTPDevice)
 
 
@@ -56,6 +57,15 @@ class AuditedUserAdmin(UserAdmin):
         super().save_related(request, form, formsets, change)
         record_access_change(user=user, before=before, changed_by=request.user)
 
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        record_deletion(deleted_by=request.user, user=obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for person in queryset:
+            record_deletion(deleted_by=request.user, user=person)
+        super().delete_queryset(request, queryset)
+
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> HttpResponse:
@@ -71,6 +81,20 @@ class AuditedUserAdmin(UserAdmin):
                 data={"user": person.get_username() if person else id},
             )
         return response
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(GroupAdmin):
+    """Django's team admin, auditing a team's deletion: its members lose its grants with it."""
+
+    def delete_model(self, request: HttpRequest, obj: Group) -> None:
+        record_deletion(deleted_by=request.user, group=obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Group]) -> None:
+        for team in queryset:
+            record_deletion(deleted_by=request.user, group=team)
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(TOTPDevice)

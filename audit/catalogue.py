@@ -116,6 +116,10 @@ ACTIONS: dict[str, str] = {
     "else.",
     "auth.password_set": "An admin set a person's password in the admin (who, for whom; "
     "never the password).",
+    "auth.team_deleted": "An admin deleted a team: its members (who lose its grants with it) "
+    "and its grants of tools are in the event.",
+    "auth.user_deleted": "An admin deleted a person's account: their teams and their own "
+    "grants of tools are in the event.",
     "auth.sso_user_created": "A person signed in through single sign-on for the first time; "
     "their account was created (with no password) and their teams taken from the provider.",
     "auth.sso_refused": "A single sign-on was refused: the name the provider gave belongs to "

@@ -103,3 +103,45 @@ def test_nobody_adds_edits_or_reads_someone_elses_authenticator_app(world: World
     assert TOTPDevice.objects.get(pk=device.pk).name == "app"
     for view in ("config", "qrcode"):
         assert client.get(f"/admin/otp_totp/totpdevice/{device.pk}/{view}/").status_code == 403
+
+
+def test_deleting_a_team_or_a_person_is_audited_with_what_goes_with_them(world: World) -> None:
+    """Deleting cascades past the signals that audit a grant or a team change: the team's
+    members lose its grants, a person their own, with no other event."""
+    from django.contrib.auth.models import Group
+
+    from tools_registry import services as registry_services
+    from tools_registry.permissions import can_review
+
+    team = Group.objects.create(name="payments-reviewers")
+    tool = world.tools["issue_refund"]
+    registry_services.grant_review(tool=tool, group=team)
+    world.charlie.groups.add(team)
+    assert can_review(User.objects.get(pk=world.charlie.pk), tool)
+    client, _ = admin_client()
+    response = client.post(f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not can_review(User.objects.get(pk=world.charlie.pk), tool)
+    (event,) = AuditEvent.objects.filter(action="auth.team_deleted")
+    assert (event.actor_label, event.data) == (
+        "root",
+        {
+            "team": "payments-reviewers",
+            "members": ["charlie"],
+            "grants": {"issue_refund": ["review_tool"]},
+        },
+    )
+    dana = User.objects.create_user("dana", "dana@example.com", "pw")
+    registry_services.grant_review(tool=tool, user=dana)
+    client.post(
+        "/admin/auth/user/",
+        {"action": "delete_selected", "_selected_action": [dana.pk], "post": "yes"},
+    )
+    assert not User.objects.filter(pk=dana.pk).exists()
+    (gone,) = AuditEvent.objects.filter(action="auth.user_deleted")
+    assert gone.data == {
+        "user": "dana",
+        "teams": [],
+        "is_superuser": False,
+        "grants": {"issue_refund": ["review_tool"]},
+    }

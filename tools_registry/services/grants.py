@@ -182,3 +182,32 @@ def record_access_change(*, user: Any, before: dict[str, Any], changed_by: Any) 
                 "after": {key: after[key] for key in changed},
             },
         )
+
+
+def record_deletion(*, deleted_by: Any, user: Any = None, group: Group | None = None) -> None:
+    """Audit a person or a team about to be deleted (Django's admin): their grants of tools
+    and their teams or members go with them, without a ``grant.removed`` or a teams change
+    of their own (deleting cascades past the signals)."""
+    subject = _subject(user, group)
+    grants: dict[str, list[str]] = {}
+    for tool_name, codename in (
+        _grant_model(subject)
+        .objects.filter(**subject, permission__codename__in=OBJECT_PERMISSIONS)
+        .values_list("content_object__name", "permission__codename")
+        .order_by("content_object__name", "permission__codename")
+    ):
+        grants.setdefault(tool_name, []).append(codename)
+    if group is not None:
+        action = "auth.team_deleted"
+        data: dict[str, Any] = {
+            "team": group.name,
+            "members": sorted(u.get_username() for u in group.user_set.all()),
+        }
+    else:
+        action = "auth.user_deleted"
+        data = {
+            "user": user.get_username(),
+            "teams": sorted(g.name for g in user.groups.all()),
+            "is_superuser": user.is_superuser,
+        }
+    record(action=action, actor=deleted_by, data={**data, "grants": grants})
