@@ -19,11 +19,14 @@ from typing import Any
 
 import requests
 from django.conf import settings
+from django.contrib import auth
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
+from django.http import HttpRequest, HttpResponse
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 
 from accounts.models import SsoIdentity
 from audit.log import record
@@ -156,3 +159,27 @@ def link_identity(*, user: Any, subject: str) -> None:
         outcome="ok",
         data={"username": user.get_username(), "sub": subject, "replaced": before or ""},
     )
+
+
+class SignInRequestView(OIDCAuthenticationRequestView):
+    """Sends the person to the provider. Asked from the re-authentication page
+    (``?reauthenticate=1``), it asks the provider to have them sign in again (``prompt=login``,
+    ``max_age=0``) rather than pass on a session it already holds."""
+
+    def get_extra_params(self, request: HttpRequest) -> dict[str, str]:
+        params = dict(super().get_extra_params(request))
+        if request.GET.get("reauthenticate"):
+            params.update(prompt="login", max_age="0")
+        return params
+
+
+class SignInCallbackView(OIDCAuthenticationCallbackView):
+    """The provider's answer. mozilla-django-oidc skips Django's sign-in when the person
+    coming back is the session's own (a refresh): for a re-authentication that left the
+    session as old as before, and the re-authentication page asking again without end. A
+    completed round trip is a sign-in: the session is stamped (``approvals.reauth.on_login``)
+    and audited (``auth.login``)."""
+
+    def login_success(self) -> HttpResponse:
+        auth.login(self.request, self.user)
+        return super().login_success()

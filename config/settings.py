@@ -275,6 +275,8 @@ OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
 OIDC_TEAMS_CLAIM = env_str("OIDC_TEAMS_CLAIM", "groups")
 OIDC_TEAM_MAP = dict(pair.split("=", 1) for pair in env_list("OIDC_TEAM_MAP", "") if "=" in pair)
 OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_AUTHENTICATE_CLASS = "accounts.oidc.SignInRequestView"
+OIDC_CALLBACK_CLASS = "accounts.oidc.SignInCallbackView"
 LOGIN_REDIRECT_URL_FAILURE = "/login/?sso=failed"
 
 AUTHENTICATION_BACKENDS = [

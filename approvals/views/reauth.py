@@ -84,9 +84,10 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
     sso_url = ""
     person = request.user
     if settings.OIDC_ENABLED and person.is_authenticated and not person.has_usable_password():
-        # A person who signs in only through the provider proves it there again; the new
-        # sign-in stamps the session (``reauth.on_login``).
-        sso_url = f"{reverse('oidc_authentication_init')}?{urlencode({'next': _next_url(request)})}"
+        # A person who signs in only through the provider proves it there again (asked to
+        # sign in anew); the new sign-in stamps the session (``reauth.on_login``).
+        query = urlencode({"next": _next_url(request), "reauthenticate": "1"})
+        sso_url = f"{reverse('oidc_authentication_init')}?{query}"
     return render(
         request,
         "approvals/reauth.html",

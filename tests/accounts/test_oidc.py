@@ -224,3 +224,41 @@ def test_the_upgrade_links_accounts_made_by_earlier_sso_sign_ins(world: World) -
     assert list(SsoIdentity.objects.values_list("user__username", "subject")) == [
         ("fran", "sub-fran")
     ]
+
+
+def test_a_reauthentication_through_the_provider_makes_the_sign_in_recent(
+    world: World, sso: Provider
+) -> None:
+    """A person with no password proves who they are at the provider again before a
+    destructive approval: the provider is asked to make them sign in anew, and coming back
+    stamps the session (mozilla-django-oidc skips Django's sign-in for the session's own
+    person, which left the re-authentication page asking for ever)."""
+    from django.test import RequestFactory
+
+    from approvals import reauth
+
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302
+    session = client.session
+    session[reauth.SESSION_KEY] = 0  # signed in long ago
+    session.save()
+    page = client.get("/approvals/reauthenticate/?next=/approvals/")
+    assert page.status_code == 200 and page.context["sso_url"]
+    start = client.get(page.context["sso_url"])
+    assert start.status_code == 302
+    asked = parse_qs(urlsplit(start["Location"]).query)
+    assert (asked["prompt"], asked["max_age"]) == (["login"], ["0"])
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        browser.get(start["Location"])
+        granted = browser.post(
+            start["Location"], data={"username": "dana", "password": DANA["password"]}
+        )
+    back = urlsplit(granted.headers["location"])
+    done = client.get(f"{back.path}?{back.query}")
+    assert done.status_code == 302 and done["Location"] == "/approvals/"
+    request = RequestFactory().get("/")
+    request.session = client.session
+    assert reauth.is_recent(request)
+    # A plain sign-in is not asked to prompt again.
+    plain = Client().get("/oidc/authenticate/?next=/audit/")
+    assert "prompt" not in parse_qs(urlsplit(plain["Location"]).query)
