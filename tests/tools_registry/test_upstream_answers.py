@@ -137,3 +137,45 @@ def test_an_http_error_cut_short_keeps_no_part_of_the_credential() -> None:
         server.close()
     assert token[:12] not in refused.value.message
     assert refused.value.message.endswith("bad key [credential]")
+
+
+@pytest.mark.parametrize("value", ["café", "line\r\nX-Other: 1", "nul\x00"])
+def test_a_header_argument_http_cannot_carry_is_refused_unsent(value: str) -> None:
+    """httpx refuses such a value as it writes the request: nothing is sent, yet the error
+    left a write's outcome unknown, re-run with the same key to no end."""
+    received: list[bytes] = []
+    server = RawHttpServer(lambda h, b: (received.append(b), raw_reply(h, 200, {"ok": True})))
+    try:
+        with pytest.raises(ToolFailed) as refused:
+            upstream_http.call(
+                operation={
+                    "method": "POST",
+                    "path": "/notes",
+                    "parameters": [{"name": "X-Note", "in": "header"}],
+                    "body": None,
+                },
+                base_url=server.url,
+                upstream_headers=[],
+                idempotency_header="Idempotency-Key",
+                key="k",
+                arguments={"X-Note": value},
+                timeout=5,
+            )
+    finally:
+        server.close()
+    assert refused.value.code == "invalid_arguments"
+    assert received == []
+
+
+def test_an_upstream_url_that_cannot_be_requested_is_refused_unsent() -> None:
+    with pytest.raises(ToolFailed) as refused:
+        upstream_http.call(
+            operation={"method": "POST", "path": "/notes", "parameters": [], "body": None},
+            base_url="http://[::1",  # what httpx cannot parse
+            upstream_headers=[],
+            idempotency_header="",
+            key="k",
+            arguments={},
+            timeout=5,
+        )
+    assert refused.value.code == "upstream_url_invalid"

@@ -15,6 +15,7 @@ failed, the effect did not happen (``ToolFailed``: retryable for 408, 409, 425 a
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -33,6 +34,10 @@ USER_AGENT = "Countersign-Upstream/1"
 
 class UpstreamUnclear(Exception):
     """The upstream answered in a way that does not tell whether the effect happened."""
+
+
+# What an HTTP/1.1 header value may hold: visible ASCII, spaces and tabs (RFC 9110 5.5).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def request_parts(
@@ -57,7 +62,15 @@ def request_parts(
                 value if isinstance(value, str | int | float | list) else json.dumps(value)
             )
         else:
-            headers[name] = value if isinstance(value, str) else json.dumps(value)
+            text = value if isinstance(value, str) else json.dumps(value)
+            if not _HEADER_VALUE.fullmatch(text):
+                # httpx would refuse it as the request is written (nothing sent), an error
+                # that would leave a write's outcome unknown and re-run it to no end.
+                raise ToolFailed(
+                    f"{name} cannot be sent as an HTTP header: printable ASCII only, on one line.",
+                    code="invalid_arguments",
+                )
+            headers[name] = text
     body = None
     mode = (operation.get("body") or {}).get("mode")
     if mode == "merged":
@@ -155,6 +168,13 @@ def _send(
                 _answer(response, raw, truncated),
                 response.headers.get("location", ""),
             )
+    except httpx.InvalidURL as exc:
+        # Refused as the request is built (the upstream's server URL holds a template, say):
+        # nothing was sent, so the call did not run.
+        raise ToolFailed(
+            f"The upstream's URL cannot be requested: {str(exc)[:200]}",
+            code="upstream_url_invalid",
+        ) from None
     except httpx.TimeoutException as exc:
         raise TimeoutError(f"The upstream did not answer within {timeout:g} s.") from exc
     except httpx.HTTPError as exc:
