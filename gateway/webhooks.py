@@ -348,7 +348,12 @@ def is_public(text: str) -> bool:
 
 
 def _public_addresses(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        # A name that stopped resolving is a failed attempt like a refused connection (this
+        # runs outside httpcore's own mapping of errors, which would otherwise crash the task).
+        raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
     addresses = [str(info[4][0]) for info in infos]
     private = [a for a in addresses if not is_public(a)]
     if private or not addresses:

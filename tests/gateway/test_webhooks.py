@@ -389,6 +389,35 @@ def test_a_name_resolving_to_an_ipv6_address_carrying_a_private_one_is_refused(
     assert not webhooks.is_public("::ffff:10.0.0.1") and not webhooks.is_public("fd00::1")
 
 
+def test_a_receiver_whose_name_stops_resolving_is_retried_later(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name resolved when the call was made and no longer does (a DNS outage): a failed
+    attempt like a refused connection, recorded and retried; it crashed the delivery task,
+    leaving the delivery leased with no attempt recorded."""
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])
+
+    def flaky_getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.flaky.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        address = next(answers, None)
+        if address is None:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", flaky_getaddrinfo)
+    submitted = world.api().submit({**SEND_EMAIL, "callback_url": "https://hooks.flaky.test/h"})
+    assert submitted.status_code == 202, submitted.json()
+    cancel_call(call_id=submitted.json()["id"], agent=world.agent)
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING
+    delivery.refresh_from_db()
+    assert (delivery.attempts, delivery.lease_until) == (1, None)
+    [attempt] = delivery.attempt_log.all()
+    assert "does not resolve" in attempt.error
+
+
 def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
     with override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1):
         call_id = (
