@@ -79,6 +79,7 @@ class AuditedUserAdmin(UserAdmin):
                 actor=request.user,
                 outcome="set_by_admin",
                 data={"user": person.get_username() if person else id},
+                people=("user",),
             )
         return response
 
@@ -127,4 +128,5 @@ def _two_factor_removed(request: HttpRequest, devices: list[TOTPDevice]) -> None
             actor=request.user,
             outcome="removed_by_admin",
             data={"user": device.user.get_username(), "device": device.name},
+            people=("user",),
         )

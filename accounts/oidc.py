@@ -104,6 +104,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
                 action="auth.sso_refused",
                 outcome="name_taken",
                 data={"username": username, "sub": _subject(claims)},
+                people=("username",),  # an account's name (the provider's sub is masked)
             )
             logger.warning("SSO sign-in refused: the account %r is not linked to it", username)
             raise SuspiciousOperation("the name belongs to an account not linked to this sign-in")
@@ -158,6 +159,7 @@ def link_identity(*, user: Any, subject: str) -> None:
         actor=None,
         outcome="ok",
         data={"username": user.get_username(), "sub": subject, "replaced": before or ""},
+        people=("username",),
     )
 
 

@@ -32,6 +32,7 @@ def record(
     session_id: str = "",
     data: Mapping[str, Any] | None = None,
     sensitive_fields: Iterable[str] = (),
+    people: Iterable[str] = (),
     later: bool = False,
 ) -> AuditEvent:
     """Append one masked event to the trail, inside the caller's transaction.
@@ -41,7 +42,10 @@ def record(
     ``data`` is masked before it is written: ``sensitive_fields`` (dotted paths) whole, then
     the secret and PII detectors over everything. The session id comes from the agent, so
     the detectors run over it too (the auditor's session filter masks its input the same
-    way, so equal ids still match).
+    way, so equal ids still match). ``people``: keys of ``data`` (at its top) whose values
+    are the names of Countersign's own accounts (a name or a list of names), kept as
+    written, as the actor's column keeps them: a name that is an e-mail address must not
+    leave the trail unable to say who was given a grant.
 
     On PostgreSQL the row is sealed into the hash chain later by the sealer (see
     ``audit.chain``); the caller's transaction never waits on the chain. With ``later`` the
@@ -53,6 +57,9 @@ def record(
         tool = tool or call.tool
         session_id = session_id or call.session_id
     payload = mask_value(mask_fields(dict(data or {}), sensitive_fields))
+    for key in people:
+        if data and key in data:
+            payload[key] = data[key]
     actor_type, actor_id, actor_label = _describe_actor(actor)
     event = AuditEvent(
         action=action,

@@ -78,6 +78,7 @@ def on_groups_changed(
         action="auth.groups_changed",
         outcome=action.removeprefix("post_"),
         data={"users": users, "groups": groups},
+        people=("users",),
     )
 
 
@@ -103,6 +104,7 @@ def on_model_permissions_changed(
         action="auth.permissions_changed",
         outcome=action.removeprefix("post_"),
         data={kind: holders, "permissions": permissions},
+        people=("users",),
     )
 
 

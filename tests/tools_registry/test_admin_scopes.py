@@ -146,3 +146,27 @@ def test_branding_favicon_sensitive_picker_and_pretty_schema(
     assert 'type="checkbox" name="sensitive_fields"' in page
     assert 'value="customer_id"' in page or 'name="sensitive_fields" value=' in page
     assert '<pre class="schema-pretty">{\n  &quot;' in page
+
+
+def test_a_person_named_by_an_email_address_is_named_in_their_grants_events(
+    world: World,
+) -> None:
+    """With SSO naming people by e-mail, the detectors masked the name in grant and team
+    events (an auditor could not tell who was given a grant) while the actor's column kept
+    it in clear: an account's own name is kept as the actor column keeps it."""
+    dana = User.objects.create_user("dana@example.com", "dana@example.com", "pw")
+    tool = world.tools["send_email"]
+    services.grant_review(tool=tool, user=dana, granted_by=world.alice)
+    services.revoke_review(tool=tool, user=dana, revoked_by=world.alice)
+    team = Group.objects.create(name="mail-reviewers")
+    dana.groups.add(team)
+    [added] = events("grant.added", tool_name="send_email", data__user="dana@example.com")
+    [removed] = events("grant.removed", tool_name="send_email", data__user="dana@example.com")
+    [joined] = events("auth.groups_changed", data__groups=["mail-reviewers"])
+    assert joined.data["users"] == ["dana@example.com"]
+    # Elsewhere in an event's data an address is still masked.
+    from audit.log import record
+
+    other = record(action="grant.added", data={"user": "x", "note": "write to eve@example.com"})
+    assert "eve@example.com" not in str(other.data)
+    assert added.pk and removed.pk

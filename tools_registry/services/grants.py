@@ -85,6 +85,7 @@ def grant(
             actor=granted_by,
             tool=locked,
             data={"permission": permission, **_described(subject)},
+            people=("user",),
         )
     return created
 
@@ -112,6 +113,7 @@ def revoke(
             actor=revoked_by,
             tool=locked,
             data={"permission": permission, **_described(subject)},
+            people=("user",),
         )
     return bool(deleted)
 
@@ -181,6 +183,7 @@ def record_access_change(*, user: Any, before: dict[str, Any], changed_by: Any) 
                 "before": {key: before.get(key) for key in changed},
                 "after": {key: after[key] for key in changed},
             },
+            people=("user",),
         )
 
 
@@ -210,4 +213,9 @@ def record_deletion(*, deleted_by: Any, user: Any = None, group: Group | None = 
             "teams": sorted(g.name for g in user.groups.all()),
             "is_superuser": user.is_superuser,
         }
-    record(action=action, actor=deleted_by, data={**data, "grants": grants})
+    record(
+        action=action,
+        actor=deleted_by,
+        data={**data, "grants": grants},
+        people=("user", "members"),
+    )
