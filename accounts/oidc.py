@@ -15,6 +15,7 @@ a new account: a sign-in whose name belongs to an account that is not linked to 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import requests
@@ -90,6 +91,15 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     def verify_claims(self, claims: dict[str, Any]) -> bool:
         return bool(_subject(claims)) and bool(_username(claims))
 
+    def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
+        # When the provider last had the person sign in (the verified ID token's auth_time):
+        # a re-authentication counts only if that is after it began (SignInCallbackView).
+        auth_time = payload.get("auth_time")
+        self.request.session[AUTH_TIME_KEY] = (
+            auth_time if isinstance(auth_time, int | float) else None
+        )
+        return super().get_or_create_user(access_token, id_token, payload)
+
     def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
         people = get_user_model()._default_manager
         linked = people.filter(sso_identity__subject=_subject(claims))
@@ -163,10 +173,23 @@ def link_identity(*, user: Any, subject: str) -> None:
     )
 
 
+# In the session: when a re-authentication through the provider began, and when the provider
+# says the person last signed in there (the ID token's auth_time), both in epoch seconds.
+REAUTH_STARTED_KEY = "countersign.sso_reauth_started"
+AUTH_TIME_KEY = "countersign.sso_auth_time"
+# The provider's clock against ours.
+PROVIDER_CLOCK_SKEW_SECONDS = 60
+
+
 class SignInRequestView(OIDCAuthenticationRequestView):
     """Sends the person to the provider. Asked from the re-authentication page
     (``?reauthenticate=1``), it asks the provider to have them sign in again (``prompt=login``,
-    ``max_age=0``) rather than pass on a session it already holds."""
+    ``max_age=0``) rather than pass on a session it already holds, and notes when it asked."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        if request.GET.get("reauthenticate"):
+            request.session[REAUTH_STARTED_KEY] = time.time()
+        return super().get(request)
 
     def get_extra_params(self, request: HttpRequest) -> dict[str, str]:
         params = dict(super().get_extra_params(request))
@@ -177,11 +200,23 @@ class SignInRequestView(OIDCAuthenticationRequestView):
 
 class SignInCallbackView(OIDCAuthenticationCallbackView):
     """The provider's answer. mozilla-django-oidc skips Django's sign-in when the person
-    coming back is the session's own (a refresh): for a re-authentication that left the
-    session as old as before, and the re-authentication page asking again without end. A
-    completed round trip is a sign-in: the session is stamped (``approvals.reauth.on_login``)
-    and audited (``auth.login``)."""
+    coming back is the session's own (a refresh), which left a re-authentication as old as
+    before and the re-authentication page asking without end. Such a return is a new
+    sign-in (the session stamped by ``approvals.reauth.on_login``, audited as ``auth.login``)
+    only if a re-authentication was asked for and the provider says the person signed in
+    since (``auth_time``): a provider that passed on a session it held (the parameters
+    dropped on the way, or not honoured) does not make the sign-in recent."""
 
     def login_success(self) -> HttpResponse:
-        auth.login(self.request, self.user)
+        session = self.request.session
+        started, signed_in = session.pop(REAUTH_STARTED_KEY, None), session.pop(AUTH_TIME_KEY, None)
+        person = self.request.user
+        if (
+            person.is_authenticated
+            and person == self.user
+            and isinstance(started, int | float)
+            and isinstance(signed_in, int | float)
+            and signed_in >= started - PROVIDER_CLOCK_SKEW_SECONDS
+        ):
+            auth.login(self.request, self.user)
         return super().login_success()

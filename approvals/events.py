@@ -73,6 +73,7 @@ def call_approved_without_reviewer(call: ToolCall, *, standing: Any = None) -> A
         call=call,
         actor=actor,
         data={"approvals": 0, **data},
+        people=("granted_by",),
     )
 
 

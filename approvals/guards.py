@@ -56,6 +56,20 @@ def approvals_that_stand(call: ToolCall, decisions: Iterable[Any]) -> int:
     )
 
 
+def approvals_now(call: ToolCall, decisions: Iterable[Any], given: int | None = None) -> int:
+    """The approvals that count, as shown (the queue, the agent's answer): ``given`` (the
+    ``counted_approvals``, or a count the caller made in SQL), unless the call still waits
+    with that many or more, which means some of them no longer stand: only then are the
+    reviewers checked (``approvals_that_stand``, queries per approval); ``decisions`` (a
+    queryset, say) is read only then, or when nothing is ``given``."""
+    if given is None:
+        decisions = list(decisions)
+        given = counted_approvals(decisions, call.arguments_hash)
+    if call.status == "pending" and given >= call.approvals_required > 0:
+        return approvals_that_stand(call, decisions)
+    return given
+
+
 def may_still_approve(call: ToolCall, person: Any) -> bool:
     """Whether ``person`` could approve ``call`` now, as far as who they are goes: they may
     review its tool, no conflict of interest keeps them from it, and they are in the team its

@@ -26,6 +26,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from approvals.guards import approvals_now
 from approvals.models import Decision, Status, ToolCall, Verdict
 from tools_registry.models import Agent, Tool
 from tools_registry.permissions import reviewable_tools
@@ -248,6 +249,11 @@ def queue_page(
     fetched = list(rows[: page_size + 1])
     more = len(fetched) > page_size
     calls = fetched[:page_size]
+    for call in calls:
+        # A waiting call with its quorum of approvals given has some that no longer stand.
+        call.approval_count = approvals_now(
+            call, call.decisions.select_related("reviewer"), call.approval_count
+        )
     if backwards:
         calls.reverse()
     page = QueuePage(

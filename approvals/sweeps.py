@@ -19,14 +19,15 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from approvals import events, notifications
 from approvals.execution import send
 from approvals.execution.finish import expire_lease
-from approvals.models import Status, ToolCall
+from approvals.models import Status, ToolCall, Verdict
 from approvals.services.calls import expire_call, fail_abandoned_read
+from approvals.services.decisions import complete_quorum
 from approvals.services.recovery import reconcile_call
 from tools_registry.policy import Risk
 
@@ -42,6 +43,7 @@ class SweepReport:
     escalated: int = 0
     expired: int = 0
     reads_abandoned: int = 0
+    quorums_completed: int = 0
     # Reviewer e-mails (approvals.notifications): new calls, reminders, escalations to a team.
     notified: int = 0
     reminded: int = 0
@@ -153,6 +155,28 @@ def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> in
     )
 
 
+def complete_restored_quorums(*, now: datetime | None = None, limit: int = 200) -> int:
+    """Waiting calls with as many approvals given as they need: some did not stand when the
+    last came (a reviewer's grant taken away), and may again (``decisions.complete_quorum``).
+    Few calls ever qualify: a call whose last approval made its quorum is approved then."""
+    now = now or timezone.now()
+    given = Count(
+        "decisions",
+        filter=Q(
+            decisions__verdict=Verdict.APPROVE,
+            decisions__arguments_hash=F("arguments_hash"),
+        ),
+    )
+    candidates = list(
+        ToolCall.objects.filter(status=Status.PENDING, approvals_required__gt=0)
+        .annotate(given=given)
+        .filter(given__gte=F("approvals_required"))
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(1 for call_id in candidates if complete_quorum(call_id=call_id, now=now))
+
+
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:
     """Re-sends, lease expiry, expiry of pending calls and of abandoned reads: quick,
     database only."""
@@ -161,6 +185,7 @@ def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:
         leases_expired=expire_leases(now=now),
         expired=expire_overdue_pending(now=now),
         reads_abandoned=fail_abandoned_reads(now=now),
+        quorums_completed=complete_restored_quorums(now=now),
     )
     if report:
         logger.info("sweep: %s", report.as_dict())
@@ -206,4 +231,5 @@ def run_all(*, now: datetime | None = None) -> SweepReport:
         escalated=reconciliation.escalated,
         expired=executor.expired,
         reads_abandoned=executor.reads_abandoned,
+        quorums_completed=executor.quorums_completed,
     )

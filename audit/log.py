@@ -42,10 +42,10 @@ def record(
     ``data`` is masked before it is written: ``sensitive_fields`` (dotted paths) whole, then
     the secret and PII detectors over everything. The session id comes from the agent, so
     the detectors run over it too (the auditor's session filter masks its input the same
-    way, so equal ids still match). ``people``: keys of ``data`` (at its top) whose values
-    are the names of Countersign's own accounts (a name or a list of names), kept as
-    written, as the actor's column keeps them: a name that is an e-mail address must not
-    leave the trail unable to say who was given a grant.
+    way, so equal ids still match). ``people``: paths in ``data`` (``user``,
+    ``after.owner``) whose values are the names of Countersign's own accounts (a name or a
+    list of names), kept as written, as the actor's column keeps them: a name that is an
+    e-mail address must not leave the trail unable to say who was given a grant.
 
     On PostgreSQL the row is sealed into the hash chain later by the sealer (see
     ``audit.chain``); the caller's transaction never waits on the chain. With ``later`` the
@@ -57,9 +57,8 @@ def record(
         tool = tool or call.tool
         session_id = session_id or call.session_id
     payload = mask_value(mask_fields(dict(data or {}), sensitive_fields))
-    for key in people:
-        if data and key in data:
-            payload[key] = data[key]
+    for path in people:
+        _keep_as_written(payload, data or {}, path.split("."))
     actor_type, actor_id, actor_label = _describe_actor(actor)
     event = AuditEvent(
         action=action,
@@ -96,3 +95,14 @@ def _describe_actor(actor: Any) -> tuple[str, str, str]:
     if getattr(getattr(actor, "_meta", None), "label", "") == "tools_registry.Agent":
         return ActorType.AGENT, str(actor.pk), actor.name
     raise TypeError(f"Cannot audit an actor of type {type(actor).__name__}")
+
+
+def _keep_as_written(payload: Any, data: Any, parts: list[str]) -> None:
+    """Put ``data``'s value at ``parts`` back into the masked ``payload`` (``record``'s
+    ``people``), if both have the path."""
+    for part in parts[:-1]:
+        if not (isinstance(data, Mapping) and isinstance(payload, dict) and part in data):
+            return
+        data, payload = data[part], payload.get(part)
+    if isinstance(data, Mapping) and isinstance(payload, dict) and parts[-1] in data:
+        payload[parts[-1]] = data[parts[-1]]

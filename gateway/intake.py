@@ -150,9 +150,11 @@ def submit(
         breaker.release(request.admission)
         raise
     if isinstance(answer, StoredResponse):
-        # A write runs later, if at all (after its approval, through the executor, whose
-        # outcome the breaker hears): it does not hold the half-open probe slot meanwhile.
-        breaker.release(request.admission)
+        if answer.call is not None and answer.call.status == Status.PENDING:
+            # A write waiting for a person runs later, if at all: it does not hold the
+            # half-open probe slot meanwhile. One approved as it arrived (a rule, a standing
+            # approval) runs now: it is the probe, and its outcome frees the slot.
+            breaker.release(request.admission)
         return answer
     return _run_read(agent, key, answer, request.admission)
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from django.conf import settings
 from django.urls import reverse
 
-from approvals.guards import CANNOT_RUN, counted_approvals
+from approvals.guards import CANNOT_RUN, approvals_now
 from approvals.models import Status, ToolCall, Verdict
 from approvals.services.calls import ABANDONED
 from gateway import errors
@@ -36,9 +36,7 @@ def status_url(call_id: UUID) -> str:
 def represent_call(call: ToolCall) -> dict[str, Any]:
     """What an agent sees of its call: state, decision, result or error."""
     decisions = list(call.decisions.all())
-    approvals = getattr(call, "approval_count", None)
-    if approvals is None:
-        approvals = counted_approvals(decisions, call.arguments_hash)
+    approvals = approvals_now(call, decisions, getattr(call, "approval_count", None))
     decision = None
     if call.status == Status.REJECTED:
         veto = next((d for d in decisions if d.verdict == Verdict.REJECT), None)

@@ -9,6 +9,7 @@ import mcp_types
 
 from tools_registry.models import Tool
 from tools_registry.policy import Risk
+from tools_registry.schemas import foreign_references
 from tools_registry.strict import NotStrictable, strict_schema
 
 JSON = dict[str, Any]
@@ -58,8 +59,13 @@ def title(tool: Tool) -> str:
 
 def published_output_schema(tool: Tool) -> dict[str, Any] | None:
     """The schema of a tool's result as MCP clients are told it (reads only: a write's
-    answer is its task or its pending state first); they check every result against it."""
-    return tool.output_schema if tool.risk == Risk.READ and tool.output_schema else None
+    answer is its task or its pending state first); they check every result against it. Not
+    one that refers outside itself (stored before such schemas were refused at import): a
+    client cannot resolve it, and Countersign never fetches it."""
+    schema = tool.output_schema
+    if tool.risk != Risk.READ or not schema or foreign_references(schema):
+        return None
+    return schema
 
 
 def mcp_tool(tool: Tool) -> mcp_types.Tool:

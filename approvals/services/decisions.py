@@ -265,6 +265,28 @@ def _decide_locked(
     )
 
 
+@transaction.atomic
+def complete_quorum(*, call_id: UUID, now: datetime) -> bool:
+    """Approve a waiting call whose approvals that stand make its quorum now, without
+    another verdict: one whose reviewer had lost the right to approve when the last approval
+    came (so it did not count then) and has it again (a grant given back, an account
+    reactivated). Every approval was given to these arguments of this tool version, each
+    checked when given; only their reviewers are checked again here. True if it approved."""
+    call = lock_call(call_id, skip_locked=True)
+    if call is None or call.status != Status.PENDING or call.approvals_required < 1:
+        return False
+    if (call.expires_at and call.expires_at <= now) or cannot_run_reason(call):
+        return False
+    if call.tool.version != call.tool_version:
+        return False
+    approvals = approvals_that_stand(call, call.decisions.select_related("reviewer"))
+    if approvals < call.approvals_required:
+        return False
+    send.approve(call, decided_at=now)
+    events.call_approved(call, approvals=approvals)
+    return True
+
+
 def confirmation_phrase(call: ToolCall) -> str:
     """What a reviewer types to approve a destructive call, or one whose rule asks: the
     call's target (the customer id) or amount with currency, as the tool declares, so the

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from approvals.guards import counted_approvals
+from approvals.guards import approvals_now
 from approvals.models import Status, ToolCall
 from gateway import selectors
 from gateway.responses import represent_call
@@ -74,10 +74,8 @@ def read(agent: Agent, call_id: UUID) -> CallState | None:
 def status_message(call: ToolCall) -> str:
     """Where the call stands, in words a person (or a model) reads at a glance."""
     if call.status == Status.PENDING:
-        approvals = getattr(call, "approval_count", None)
-        if approvals is None:
-            # Prefetched (or known to be none, for a call just made): no query.
-            approvals = counted_approvals(call.decisions.all(), call.arguments_hash)
+        # Decisions prefetched (or known to be none, for a call just made): no query.
+        approvals = approvals_now(call, call.decisions.all(), getattr(call, "approval_count", None))
         expires = f"; expires {call.expires_at:%H:%M} UTC" if call.expires_at else ""
         return f"waiting for approval: {approvals} of {call.approvals_required} reviewers{expires}"
     words: dict[str, str] = {

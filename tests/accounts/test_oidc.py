@@ -262,3 +262,31 @@ def test_a_reauthentication_through_the_provider_makes_the_sign_in_recent(
     # A plain sign-in is not asked to prompt again.
     plain = Client().get("/oidc/authenticate/?next=/audit/")
     assert "prompt" not in parse_qs(urlsplit(plain["Location"]).query)
+
+
+def test_a_round_trip_not_asked_as_a_reauthentication_does_not_make_the_sign_in_recent(
+    world: World, sso: Provider
+) -> None:
+    """A return from the provider that was not asked to have the person sign in again (the
+    parameter dropped on the way) is a refresh: a provider holding a session would have
+    answered without asking anything."""
+    from django.test import RequestFactory
+
+    from approvals import reauth
+
+    client, _ = sign_in_through(sso, "dana", DANA["password"])
+    session = client.session
+    session[reauth.SESSION_KEY] = 0
+    session.save()
+    start = client.get("/oidc/authenticate/?next=/approvals/")
+    assert "prompt" not in parse_qs(urlsplit(start["Location"]).query)
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        browser.get(start["Location"])
+        granted = browser.post(
+            start["Location"], data={"username": "dana", "password": DANA["password"]}
+        )
+    back = urlsplit(granted.headers["location"])
+    assert client.get(f"{back.path}?{back.query}").status_code == 302
+    request = RequestFactory().get("/")
+    request.session = client.session
+    assert not reauth.is_recent(request)

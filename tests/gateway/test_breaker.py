@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -14,9 +15,10 @@ from django.test import override_settings
 
 from audit.models import AuditEvent
 from gateway import breaker
-from tests.conftest import World
+from tests.conftest import World, executions_sent
 from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tests.support.probe import Probe, install_probe_tool, stock_call
+from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
 
@@ -141,6 +143,30 @@ def test_a_write_waiting_for_review_does_not_hold_the_half_open_probe(world: Wor
         body = {**SEND_EMAIL, "arguments": {**SEND_EMAIL["arguments"], "subject": f"s{n}"}}
         answered = world.api().submit(body)
         assert answered.status_code == 202, answered.json()
+
+
+def test_a_write_approved_as_it_arrives_is_the_one_probe_of_a_half_open_breaker(
+    world: World, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A write a rule approves at intake runs now: it is the probe, and the next writes are
+    refused until its outcome is known, as for reads."""
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"rules": [{"when": "true", "then": "approve"}]},
+        changed_by=world.alice,
+    )
+    Tool.objects.filter(name="send_email").update(breaker_threshold=1, breaker_cooldown_seconds=1)
+    breaker.record_outcome(tool_name="send_email", status="unknown", error={"code": "timeout"})
+    time.sleep(1.1)  # half-open
+    with django_capture_on_commit_callbacks() as sent:
+        codes = [
+            world.api()
+            .submit({**SEND_EMAIL, "arguments": {**SEND_EMAIL["arguments"], "subject": f"s{n}"}})
+            .status_code
+            for n in range(3)
+        ]
+    assert codes == [202, 503, 503]
+    assert len(executions_sent(sent)) == 1
 
 
 @override_settings(REDIS_URL="")

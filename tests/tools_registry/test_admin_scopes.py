@@ -170,3 +170,12 @@ def test_a_person_named_by_an_email_address_is_named_in_their_grants_events(
     other = record(action="grant.added", data={"user": "x", "note": "write to eve@example.com"})
     assert "eve@example.com" not in str(other.data)
     assert added.pk and removed.pk
+
+
+def test_an_agents_owner_named_by_an_email_address_is_named_in_its_events(world: World) -> None:
+    erin = User.objects.create_user("erin@example.com", "erin@example.com", "pw")
+    world.agent.owner = erin
+    services.save_agent(agent=world.agent, changed_by=world.alice)
+    [updated] = events("agent.updated")
+    assert updated.data["after"]["owner"] == "erin@example.com"
+    assert updated.data["before"]["owner"] == "alice"

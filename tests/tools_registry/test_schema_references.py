@@ -170,3 +170,19 @@ def test_checking_arguments_never_fetches_what_a_stored_schema_refers_to(
     assert refused.status_code == 400, refused.content
     assert refused.json()["error"]["code"] == "invalid_arguments"
     assert internal.hits == []
+
+
+def test_an_output_schema_referring_outside_it_is_not_published(world: World) -> None:
+    """Stored before such schemas were refused: MCP clients would have to fetch it, and
+    Countersign's own check of a read's result against it would fail."""
+    from tools_registry.exports import mcp_tool
+
+    tool = world.tools["get_customer"]
+    Tool.objects.filter(pk=tool.pk).update(
+        output_schema={"type": "object", "properties": {"a": {"$ref": "https://x.example/s"}}}
+    )
+    tool.refresh_from_db()
+    assert mcp_tool(tool).output_schema is None
+    Tool.objects.filter(pk=tool.pk).update(output_schema={"type": "object"})
+    tool.refresh_from_db()
+    assert mcp_tool(tool).output_schema == {"type": "object"}

@@ -139,7 +139,9 @@ def test_an_http_error_cut_short_keeps_no_part_of_the_credential() -> None:
     assert refused.value.message.endswith("bad key [credential]")
 
 
-@pytest.mark.parametrize("value", ["café", "line\r\nX-Other: 1", "nul\x00"])
+@pytest.mark.parametrize(
+    "value", ["café", "line\r\nX-Other: 1", "nul\x00", " leading", "trailing ", "\t"]
+)
 def test_a_header_argument_http_cannot_carry_is_refused_unsent(value: str) -> None:
     """httpx refuses such a value as it writes the request: nothing is sent, yet the error
     left a write's outcome unknown, re-run with the same key to no end."""

@@ -105,6 +105,7 @@ def save_agent(
             actor=changed_by,
             agent=agent,
             data=_snapshot(agent, [t.name for t in tools or []]),
+            people=("owner",),
         )
         return agent
 
@@ -132,6 +133,7 @@ def save_agent(
                 "before": {key: before[key] for key in changed},
                 "after": {key: after[key] for key in changed},
             },
+            people=("before.owner", "after.owner"),
         )
     return agent
 

@@ -319,6 +319,10 @@ def _create(upstream: Upstream, imported: ImportedTool, *, enabled: bool, actor:
     return tool
 
 
+# Whose calls wait for more people: a lower rank asks for fewer approvals (a read for none).
+RISK_RANK: dict[str, int] = {Risk.READ: 0, Risk.WRITE: 1, Risk.DESTRUCTIVE: 2}
+
+
 def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[str]) -> bool:
     """Bring an imported tool up to date; whether anything changed. A new schema that its
     policy no longer fits (a rule reading an argument renamed upstream, a sensitive field
@@ -389,10 +393,6 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
             },
         )
     return bool(visible)
-
-
-# Whose calls wait for more people: a lower rank asks for fewer approvals (a read for none).
-RISK_RANK: dict[str, int] = {Risk.READ: 0, Risk.WRITE: 1, Risk.DESTRUCTIVE: 2}
 
 
 def _policy_drift(tool: Tool) -> list[str]:

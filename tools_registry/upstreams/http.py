@@ -36,8 +36,9 @@ class UpstreamUnclear(Exception):
     """The upstream answered in a way that does not tell whether the effect happened."""
 
 
-# What an HTTP/1.1 header value may hold: visible ASCII, spaces and tabs (RFC 9110 5.5).
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+# What an HTTP/1.1 header value may hold (RFC 9110 5.5, as h11 checks it before sending):
+# visible ASCII, with spaces and tabs only between visible characters.
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
 
 
 def request_parts(

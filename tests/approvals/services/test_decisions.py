@@ -259,3 +259,38 @@ def test_an_approval_stops_counting_once_its_reviewer_leaves_the_rules_team(
     dave.groups.clear()
     second = approve(call, dora, confirmation="cus_0003", **fresh())
     assert (second.decided, second.approvals, second.call.status) == (False, 1, Status.PENDING)
+
+
+def test_the_queue_and_the_agent_count_only_the_approvals_that_stand(world: World, dave) -> None:
+    call = make_call(world, "delete_customer")
+    approve(call, world.bob, confirmation="cus_0003", **fresh())
+    registry_services.revoke_review(tool=world.tools["delete_customer"], user=world.bob)
+    approve(call, dave, confirmation="cus_0003", **fresh())
+    reviewer = login(dave)
+    assert "1 of 2 approvals" in reviewer.get(f"/approvals/{call.pk}/").content.decode()
+    assert "1/2" in reviewer.get("/approvals/").content.decode()
+    answer = world.api().get(f"/api/v1/tool-calls/{call.pk}").json()
+    assert (answer["status"], answer["approvals"]) == ("pending", 1)
+
+
+def test_an_approval_that_stands_again_completes_the_quorum_at_the_next_sweep(
+    world: World, dave, django_capture_on_commit_callbacks
+) -> None:
+    """bob approved, lost his grant, dave approved (1 of 2), bob's grant came back: both
+    approvals stand, and no reviewer is left to give the verdict that would count them."""
+    from approvals import sweeps
+
+    call = make_call(world, "delete_customer")
+    approve(call, world.bob, confirmation="cus_0003", **fresh())
+    registry_services.revoke_review(tool=world.tools["delete_customer"], user=world.bob)
+    approve(call, dave, confirmation="cus_0003", **fresh())
+    assert sweeps.complete_restored_quorums() == 0, "bob's approval does not stand yet"
+    registry_services.grant_review(tool=world.tools["delete_customer"], user=world.bob)
+    with django_capture_on_commit_callbacks() as sent:
+        assert sweeps.run_executor_sweeps().quorums_completed == 1
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED
+    assert executions_sent(sent) == [call.pk]
+    (approved,) = AuditEvent.objects.filter(action="call.approved", call_id=call.pk)
+    assert approved.data["approvals"] == 2
+    assert sweeps.complete_restored_quorums() == 0
