@@ -409,6 +409,10 @@ MCP_CALL_WAIT_SECONDS = env_int("MCP_CALL_WAIT_SECONDS", 25)
 MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 # An MCP session unused this long is over; its client initializes a new one.
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600)
+# Requests of one agent that may wait for calls to end at once (tasks/result, the wait of
+# a tools/call, countersign_wait): each holds a Redis connection. Past it, tasks/result is
+# refused (too_many_waits) and the others answer at once with the call as it stands.
+MCP_MAX_WAITS_PER_AGENT = env_int("MCP_MAX_WAITS_PER_AGENT", 20)
 # Threads that serve Django's pages and the REST API in each web process (config.asgi).
 WEB_THREADS = env_int("WEB_THREADS", 16)
 # Upstreams (tools_registry.upstreams): Fernet keys for their header values at rest,

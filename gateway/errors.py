@@ -328,6 +328,18 @@ def tool_failed(message: str, *, tool_code: str, retryable: bool) -> ApiError:
     )
 
 
+def too_many_waits(limit: int) -> ApiError:
+    return ApiError(
+        status=429,
+        code="too_many_waits",
+        message=f"This agent already has {limit} requests waiting for calls to end.",
+        suggestion="Wait for fewer calls at once (tasks/get polls without waiting), or try "
+        "again when one of the waits has ended.",
+        retryable=True,
+        headers={"Retry-After": "5"},
+    )
+
+
 def result_not_as_declared() -> ApiError:
     return ApiError(
         status=502,

@@ -116,6 +116,7 @@ class McpEndpoint:
             client=session.client if session else "",
             on_behalf_of=on_behalf_of,
             user_token=headers.get(end_users.USER_TOKEN_HEADER.lower()) or None,
+            bearer=headers.get("authorization", "").partition(" ")[2].strip(),
         )
         state["opening_session"] = opening
         await self.manager.handle_request(

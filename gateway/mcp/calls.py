@@ -26,7 +26,7 @@ client that sends the same call again after a dropped connection gets the same c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -48,6 +48,7 @@ from tools_registry import sql as registry_sql
 from tools_registry.models import Agent
 from tools_registry.policy import Risk
 from tools_registry.schemas import validator_for
+from tools_registry.services.tokens import authenticate_token
 
 WAIT_TOOL = "countersign_wait"
 MAX_WAIT_SECONDS = 60
@@ -80,6 +81,14 @@ class Caller:
     # The end user the connection's headers name (None: none), and the user's token.
     on_behalf_of: Any = None
     user_token: str | None = None
+    # The bearer token the request came with: checked again while a request waits.
+    bearer: str = field(default="", repr=False)
+
+    def still_allowed(self) -> bool:
+        """Whether the token is still active and its agent enabled and not stopped (read
+        from the database): a wait ends once it is not."""
+        agent = authenticate_token(self.bearer)
+        return agent is not None and agent.pk == self.agent.pk and agent.stopped_at is None
 
     def user_token_of(self, meta: dict[str, Any]) -> str | None:
         """The user's token for a request: its ``_meta``'s, else the connection's."""
@@ -165,10 +174,12 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
     return Submitted(status=stored.status, body=stored.body, call=call)
 
 
-def is_read(tool: str) -> bool:
-    """Whether ``tool`` is a read (answered at once, never as a task); False for a name that
-    is no tool, which intake refuses like any call of it."""
-    return bool(db.one(registry_sql.tool_risk_statement(tool)) == Risk.READ)
+def is_read(agent: Agent, tool: str) -> bool:
+    """Whether ``tool`` is a read the agent may call (answered at once, never as a task);
+    False for a name that is no tool or not on its allowlist, which intake refuses (and
+    audits) like any call of it, saying nothing of what the tool is."""
+    found = db.one(registry_sql.tool_with_allowance_statement(agent.pk, tool))
+    return found is not None and found[1] and found[0].risk == Risk.READ
 
 
 def _open_call(agent: Agent, key: str) -> Submitted | None:
@@ -401,8 +412,9 @@ def wait_seconds(meta: dict[str, Any]) -> float:
     """How long a call that waits for a person is waited for before the pending answer."""
     wanted = meta.get(WAIT_SECONDS)
     longest = float(settings.MCP_CALL_WAIT_SECONDS)
-    if isinstance(wanted, int | float) and not isinstance(wanted, bool) and wanted >= 0:
-        return min(float(wanted), longest)
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool) and 0 <= wanted < longest:
+        # Compared before float(): an integer of 400 digits does not fit one.
+        return float(wanted)
     return longest
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+from uuid import UUID
 
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -15,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from gateway import end_users, errors
-from gateway.mcp import calls, sessions, tasks, waiting
+from gateway.mcp import calls, sessions, state, tasks, waiting
 from gateway.mcp.calls import Caller, caller_of
 from gateway.mcp.state import CallState
 from gateway.mcp.threads import run_sync
@@ -76,12 +77,9 @@ async def call_tool(
     call = submitted.call
     if submitted.status >= 400 or call is None or call.risk == "read":
         return calls.read_result(submitted)
-    settled = await waiting.until_settled(
-        agent=caller.agent,
-        call_id=call.id,
-        timeout=calls.wait_seconds(meta),
-        on_tick=progress,
-    )
+    settled = await _waited(caller, call.id, calls.wait_seconds(meta), progress)
+    if isinstance(settled, types.CallToolResult):
+        return settled
     assert settled is not None  # the agent's own call, which is never deleted
     return calls.settled_result(settled) if settled.terminal else calls.pending_result(settled)
 
@@ -93,12 +91,32 @@ async def _wait_tool(
         call_id, seconds = calls.wait_arguments(arguments)
     except errors.ApiError as error:
         return calls.error_result(error.body())
-    call = await waiting.until_settled(
-        agent=caller.agent, call_id=call_id, timeout=seconds, on_tick=progress
-    )
+    call = await _waited(caller, call_id, seconds, progress)
+    if isinstance(call, types.CallToolResult):
+        return call
     if call is None:
         return calls.error_result(errors.call_not_found().body())
     return calls.settled_result(call) if call.terminal else calls.pending_result(call)
+
+
+async def _waited(
+    caller: Caller, call_id: UUID, seconds: float, progress: waiting.Tick | None
+) -> CallState | types.CallToolResult | None:
+    """The call after waiting up to ``seconds`` for it to end; as it stands at once when the
+    agent has too many waits open; an error result if the caller's token was revoked (or its
+    agent disabled or stopped) meanwhile."""
+    try:
+        return await waiting.until_settled(
+            agent=caller.agent,
+            call_id=call_id,
+            timeout=seconds,
+            on_tick=progress,
+            still_allowed=caller.still_allowed,
+        )
+    except waiting.TooManyWaits:
+        return await run_sync(state.read, caller.agent, call_id)
+    except waiting.CallerGone:
+        return calls.error_result(errors.not_authenticated().body())
 
 
 def _progress_reporter(
@@ -146,6 +164,10 @@ class CapabilitiesAndSessions:
         return result
 
 
+def _no_header_parameters(tool: str) -> None:
+    return None
+
+
 def build_server() -> Server[Any]:
     server: Server[Any] = Server(
         "countersign",
@@ -155,6 +177,10 @@ def build_server() -> Server[Any]:
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        # Countersign's tools declare no x-mcp-header, so no Mcp-Param-* header has a schema
+        # to be checked against. Without this the SDK runs the tools/list handler (the
+        # caller's, with its end user's checks and their audit) before each modern tools/call.
+        get_tool_input_schema=_no_header_parameters,
     )
     server.middleware.extend([CapabilitiesAndSessions(), tasks.TaskAugmentedCalls()])
     for method, params_type, handler in tasks.HANDLERS:

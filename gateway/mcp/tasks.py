@@ -20,13 +20,15 @@ from typing import Any
 from uuid import UUID
 
 import mcp_types as types
+from django.conf import settings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
 
 from approvals.models import TERMINAL_STATUSES, ToolCall
 from approvals.services.calls import cancel_call
 from approvals.transitions import InvalidTransition
+from gateway import errors
 from gateway.mcp import calls, state, waiting
 from gateway.mcp.calls import Caller
 from gateway.mcp.state import CallState
@@ -104,7 +106,7 @@ class TaskAugmentedCalls:
             )
         # Refused before it is submitted: submitting a read runs it, and its result would
         # be lost with the refusal.
-        if await run_sync(calls.is_read, request.name):
+        if await run_sync(calls.is_read, caller.agent, request.name):
             raise _read_is_no_task(request.name)
         submitted = await run_sync(
             calls.submit, caller, request.name, request.arguments or {}, dict(ctx.meta or {})
@@ -142,7 +144,19 @@ async def task_result(
     caller = _task_caller(ctx)
     call = await _call(caller, params.task_id)
     if not call.terminal:
-        settled = await waiting.until_settled(agent=caller.agent, call_id=call.id, timeout=None)
+        try:
+            settled = await waiting.until_settled(
+                agent=caller.agent,
+                call_id=call.id,
+                timeout=None,
+                still_allowed=caller.still_allowed,
+            )
+        except waiting.TooManyWaits:
+            error = errors.too_many_waits(settings.MCP_MAX_WAITS_PER_AGENT)
+            raise MCPError(code=INTERNAL_ERROR, message=error.message, data=error.body()) from None
+        except waiting.CallerGone:
+            error = errors.not_authenticated()
+            raise MCPError(code=INVALID_REQUEST, message=error.message, data=error.body()) from None
         assert settled is not None  # a call is never deleted
         call = settled
     result = calls.settled_result(call).model_dump(by_alias=True, mode="json", exclude_none=True)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
 import redis.asyncio
 from django.conf import settings
 
-from gateway import longpoll
+from gateway import coordination, longpoll
 from gateway.mcp import state
 from gateway.mcp.state import CallState
 from gateway.mcp.threads import run_sync
@@ -36,28 +37,124 @@ TICK_SECONDS = 5.0
 Tick = Callable[[CallState, float], Awaitable[None]]
 
 
+class TooManyWaits(Exception):
+    """The agent already has ``MCP_MAX_WAITS_PER_AGENT`` waits open."""
+
+
+class CallerGone(Exception):
+    """The caller may no longer be answered: its token was revoked, or its agent disabled or
+    stopped, while it waited."""
+
+
 async def until_settled(
-    *, agent: Agent, call_id: UUID, timeout: float | None, on_tick: Tick | None = None
+    *,
+    agent: Agent,
+    call_id: UUID,
+    timeout: float | None,
+    on_tick: Tick | None = None,
+    still_allowed: Callable[[], bool] | None = None,
 ) -> CallState | None:
     """The agent's call once it is terminal, or as it stands when ``timeout`` seconds have
-    passed (None: no limit); None if the agent has no such call."""
+    passed (None: no limit); None if the agent has no such call.
+
+    Each wait takes one of the agent's ``MCP_MAX_WAITS_PER_AGENT`` places (``TooManyWaits``
+    when none is free): each holds a Redis connection and reads the call every few seconds,
+    and one agent must not hold them without end. ``still_allowed`` is asked at every read
+    (``CallerGone`` once it says no): a token revoked while its request waits does not get
+    the call's result later."""
     started = time.monotonic()
     deadline = None if timeout is None else started + max(timeout, 0.0)
     last_tick = started
-    async with _wake_ups(call_id) as wake_up:
-        while True:
-            call = await run_sync(state.read, agent, call_id)
-            if call is None or call.terminal:
-                return call
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return call
-            now = time.monotonic()
-            if on_tick is not None and now - last_tick >= TICK_SECONDS:
-                last_tick = now
-                await on_tick(call, now - started)
-            step = RECHECK_SECONDS if remaining is None else min(remaining, RECHECK_SECONDS)
-            await wake_up(step)
+    place = uuid4().hex
+    if not await run_sync(_places.take, agent.pk, place):
+        raise TooManyWaits
+    try:
+        async with _wake_ups(call_id) as wake_up:
+            while True:
+                call = await run_sync(_read, agent, call_id, place, still_allowed)
+                if call is None or call.terminal:
+                    return call
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return call
+                now = time.monotonic()
+                if on_tick is not None and now - last_tick >= TICK_SECONDS:
+                    last_tick = now
+                    await on_tick(call, now - started)
+                step = RECHECK_SECONDS if remaining is None else min(remaining, RECHECK_SECONDS)
+                await wake_up(step)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_sync(_places.give_back, agent.pk, place)
+
+
+def _read(
+    agent: Agent, call_id: UUID, place: str, still_allowed: Callable[[], bool] | None
+) -> CallState | None:
+    """One look at the call (in a worker thread), keeping the wait's place."""
+    if still_allowed is not None and not still_allowed():
+        raise CallerGone
+    _places.keep(agent.pk, place)
+    return state.read(agent, call_id)
+
+
+# A place not kept this long (its process died mid-wait) is free again; a wait keeps its
+# place at every read, at most RECHECK_SECONDS apart.
+PLACE_SECONDS = 30
+
+
+class _Places:
+    """The open waits of each agent: in Redis (a sorted set per agent, members scored by
+    when they lapse) shared by every web process; in memory in the embedded mode."""
+
+    _TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+"""
+    _KEEP = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(ARGV[1]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return 1
+"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local: dict[int, set[str]] = {}
+
+    def take(self, agent_id: int, place: str) -> bool:
+        limit = settings.MCP_MAX_WAITS_PER_AGENT
+        if coordination.shared():
+            client = coordination.redis_client()
+            key = coordination.key("mcp-waits", agent_id)
+            return bool(client.eval(self._TAKE, 1, key, limit, PLACE_SECONDS, place))
+        with self._lock:
+            places = self._local.setdefault(agent_id, set())
+            if len(places) >= limit:
+                return False
+            places.add(place)
+            return True
+
+    def keep(self, agent_id: int, place: str) -> None:
+        if coordination.shared():
+            key = coordination.key("mcp-waits", agent_id)
+            coordination.redis_client().eval(self._KEEP, 1, key, PLACE_SECONDS, place)
+
+    def give_back(self, agent_id: int, place: str) -> None:
+        if coordination.shared():
+            key = coordination.key("mcp-waits", agent_id)
+            coordination.redis_client().zrem(key, place)
+            return
+        with self._lock:
+            self._local.get(agent_id, set()).discard(place)
+
+
+_places = _Places()
 
 
 async def _poll(seconds: float) -> None:

@@ -1,0 +1,220 @@
+"""Requests that wait for a call to end, over MCP: at most MCP_MAX_WAITS_PER_AGENT of one
+agent's at once (each holds a Redis connection), and none outlives its token. With the
+protocol's other corners an agent could reach: a task asked for a read it may not call,
+a wait asked for in seconds no float holds, and the SDK's check of header parameters."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis
+from django.conf import settings
+
+from approvals.models import ToolCall
+from audit.models import AuditEvent
+from gateway import longpoll
+from tests.conftest import World
+from tests.gateway.mcp.test_endpoint import ACCEPT, message
+from tests.support.web import WebProcess, running_web
+from tools_registry import services as registry_services
+from tools_registry.models import Agent, AgentToken
+
+TASKS = "2025-11-25"
+MODERN = "2026-07-28"
+MAX_WAITS = 3
+EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
+
+
+@pytest.fixture(scope="module")
+def web(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebProcess]:
+    with (
+        django_db_blocker.unblock(),
+        running_web(
+            tmp_path=tmp_path_factory.mktemp("mcp-waits"),
+            env={"MCP_MAX_WAITS_PER_AGENT": str(MAX_WAITS), "MCP_CALL_WAIT_SECONDS": "6"},
+        ) as running,
+    ):
+        yield running
+
+
+def open_session(web: WebProcess, token: str) -> dict[str, str]:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": TASKS,
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    auth = {"Authorization": f"Bearer {token}"}
+    opened = httpx.post(f"{web.url}/mcp", json=initialize, headers={**ACCEPT, **auth}, timeout=30)
+    assert opened.status_code == 200, opened.text
+    return {
+        **ACCEPT,
+        **auth,
+        "Mcp-Session-Id": opened.headers["mcp-session-id"],
+        "MCP-Protocol-Version": TASKS,
+    }
+
+
+def rpc(web: WebProcess, headers: dict[str, str], method: str, params: Any, id_: int = 2) -> Any:
+    body = {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}
+    answered = httpx.post(f"{web.url}/mcp", json=body, headers=headers, timeout=60)
+    assert answered.status_code == 200, answered.text
+    return message(answered)
+
+
+def subscribers(call_id: str) -> int:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        channel = longpoll.channel(call_id)
+        return int(dict(client.pubsub_numsub(channel))[channel.encode()])
+    finally:
+        client.close()
+
+
+def new_task(web: WebProcess, headers: dict[str, str], subject: str) -> str:
+    arguments = {**EMAIL, "subject": subject}
+    created = rpc(
+        web, headers, "tools/call", {"name": "send_email", "arguments": arguments, "task": {}}
+    )
+    return str(created["result"]["task"]["taskId"])
+
+
+def test_one_agent_holds_at_most_its_waits_at_once(live_world: World, web: WebProcess) -> None:
+    headers = open_session(web, live_world.token)
+    task_id = new_task(web, headers, "first")
+    answers: list[Any] = []
+
+    async def wait_for_all() -> None:
+        async with httpx.AsyncClient(timeout=60) as client, anyio.create_task_group() as group:
+
+            async def one(n: int) -> None:
+                body = {"jsonrpc": "2.0", "id": 100 + n, "method": "tasks/result",
+                        "params": {"taskId": task_id}}  # fmt: skip
+                answered = await client.post(f"{web.url}/mcp", json=body, headers=headers)
+                answers.append(message(answered))
+
+            for n in range(MAX_WAITS):
+                group.start_soon(one, n)
+            deadline = time.monotonic() + 20
+            while await anyio.to_thread.run_sync(subscribers, task_id) < MAX_WAITS:
+                assert time.monotonic() < deadline, "the waits did not all start"
+                await anyio.sleep(0.2)
+            # Every place is taken: a fourth tasks/result is refused at once, retryable.
+            refused = rpc(web, headers, "tasks/result", {"taskId": task_id}, id_=99)
+            assert refused["error"]["data"]["error"]["code"] == "too_many_waits"
+            assert refused["error"]["data"]["error"]["retryable"] is True
+            # A tools/call that would wait answers at once with the call as it stands.
+            started = time.monotonic()
+            pending = rpc(
+                web, headers, "tools/call",
+                {"name": "send_email", "arguments": {**EMAIL, "subject": "second"}}, id_=98,
+            )  # fmt: skip
+            assert time.monotonic() - started < 4
+            assert pending["result"]["structuredContent"]["status"] == "pending"
+            await anyio.to_thread.run_sync(cancel_the_call, live_world, task_id)
+
+    anyio.run(wait_for_all)
+    assert len(answers) == MAX_WAITS
+    assert all(a["result"]["isError"] is True for a in answers), answers
+    # Their places are free again.
+    again = new_task(web, headers, "third")
+    assert rpc(web, headers, "tasks/cancel", {"taskId": again})["result"]["status"] == "cancelled"
+
+
+def cancel_the_call(world: World, task_id: str) -> None:
+    from approvals.services.calls import cancel_call
+
+    cancel_call(call_id=task_id, agent=world.agent)
+
+
+def test_a_wait_ends_once_its_token_is_revoked(live_world: World, web: WebProcess) -> None:
+    """The token is checked as the request arrives; a tasks/result may wait until the call's
+    approval expires, and must not hand the call's result to a revoked token meanwhile."""
+    headers = open_session(web, live_world.token)
+    task_id = new_task(web, headers, "revoked")
+    answer: dict[str, Any] = {}
+
+    def wait() -> None:
+        answer["message"] = rpc(web, headers, "tasks/result", {"taskId": task_id}, id_=9)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    deadline = time.monotonic() + 20
+    while subscribers(task_id) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for token in AgentToken.objects.filter(agent=live_world.agent):
+        registry_services.revoke_token(token=token)
+    waiting.join(timeout=20)
+    assert not waiting.is_alive(), "the wait went on after its token was revoked"
+    assert answer["message"]["error"]["data"]["error"]["code"] == "not_authenticated"
+    assert ToolCall.objects.get(pk=task_id).status == "pending"
+
+
+def test_a_task_asked_for_a_read_the_agent_may_not_call_is_refused_as_not_allowed(
+    live_world: World, web: WebProcess
+) -> None:
+    """It said "get_customer is a read", which tells the agent what a tool off its
+    allowlist is, and audited nothing."""
+    live_world.agent.allowed_tools.remove(live_world.tools["get_customer"])
+    headers = open_session(web, live_world.token)
+    before = AuditEvent.objects.filter(action="call.refused").count()
+    as_task = rpc(web, headers, "tools/call", {
+        "name": "get_customer", "arguments": {"customer_id": "cus_0001"}, "task": {}})  # fmt: skip
+    assert "is a read" not in json.dumps(as_task)
+    assert as_task["error"]["data"]["error"]["code"] == "tool_not_allowed"
+    assert AuditEvent.objects.filter(action="call.refused").count() == before + 1
+    # A read the agent may call is still no task.
+    allowed = rpc(web, headers, "tools/call", {
+        "name": "search_docs", "arguments": {"query": "refund"}, "task": {}}, id_=3)  # fmt: skip
+    assert "is a read" in allowed["error"]["message"]
+
+
+def test_a_wait_asked_for_in_seconds_no_float_holds_is_the_longest_wait(
+    live_world: World, web: WebProcess
+) -> None:
+    """float(10**400) raised after the call was made: the agent got JSON-RPC error 0 and
+    no call id."""
+    headers = open_session(web, live_world.token)
+    answer = rpc(web, headers, "tools/call", {
+        "name": "send_email", "arguments": EMAIL,
+        "_meta": {"io.countersign/wait-seconds": 10**400}})  # fmt: skip
+    assert answer["result"]["structuredContent"]["status"] == "pending", answer
+
+
+def test_a_modern_tools_call_is_not_also_a_tools_list(live_world: World, web: WebProcess) -> None:
+    """To check Mcp-Param-* headers the SDK listed the caller's tools before each modern
+    tools/call: an end user refused was audited for a tools/list nobody sent."""
+    agent = live_world.agent
+    agent.user_roles_from = Agent.UserRoles.ASSERTED
+    agent.assertable_roles = ["viewer"]
+    agent.role_scopes = {"viewer": {"risks": ["read"]}}
+    registry_services.save_agent(agent=agent, changed_by=None)
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "search_docs", "arguments": {"query": "refund"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {},
+                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}}}}  # fmt: skip
+    answered = httpx.post(f"{web.url}/mcp", json=body, timeout=30, headers={
+        **ACCEPT, "Authorization": f"Bearer {live_world.token}", "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call", "Mcp-Name": "search_docs",
+        "Countersign-On-Behalf-Of": json.dumps({"id": "ada", "roles": ["root"]})})  # fmt: skip
+    refused = message(answered)["result"]["structuredContent"]["error"]
+    assert refused["code"] == "role_not_assertable"
+    assert not AuditEvent.objects.filter(action="end_user.refused").exists()
+    assert (
+        AuditEvent.objects.filter(action="call.refused", outcome="role_not_assertable").count() == 1
+    )
