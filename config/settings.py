@@ -252,6 +252,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 600.0,
         "options": {"expires": 600},
     },
+    # MCP sessions that are over, agent sessions idle past AGENT_SESSION_RETENTION_SECONDS.
+    "gateway-sessions-sweep": {
+        "task": "gateway.sessions_sweep",
+        "schedule": 3600.0,
+        "options": {"expires": 3600},
+    },
 }
 
 # --- Auth, sessions, security -----------------------------------------------------------
@@ -409,6 +415,9 @@ MCP_CALL_WAIT_SECONDS = env_int("MCP_CALL_WAIT_SECONDS", 25)
 MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 # An MCP session unused this long is over; its client initializes a new one.
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600)
+# An agent session (the round counter of one run, REST or MCP) idle this long is deleted;
+# a run that comes back after it counts its rounds from zero.
+AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600)
 # Requests of one agent that may wait for calls to end at once (tasks/result, the wait of
 # a tools/call, countersign_wait): each holds a Redis connection. Past it, tasks/result is
 # refused (too_many_waits) and the others answer at once with the call as it stands.

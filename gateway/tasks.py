@@ -9,7 +9,7 @@ from uuid import UUID
 
 from celery import shared_task
 
-from gateway import idempotency, webhooks
+from gateway import idempotency, retention, webhooks
 
 
 @shared_task(name=webhooks.DELIVER_TASK, ignore_result=True)
@@ -28,3 +28,9 @@ def webhook_sweep() -> int:
 def idempotency_sweep() -> int:
     """Beat-driven: forget the Idempotency-Key answers older than IDEMPOTENCY_KEY_TTL."""
     return idempotency.sweep()
+
+
+@shared_task(name="gateway.sessions_sweep", ignore_result=True)
+def sessions_sweep() -> int:
+    """Beat-driven: delete MCP sessions that are over and agent sessions long idle."""
+    return retention.sweep()

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from approvals import sweeps
 from audit import chain
-from gateway import idempotency, webhooks
+from gateway import idempotency, retention, webhooks
 
 
 class Command(BaseCommand):
@@ -24,9 +24,10 @@ class Command(BaseCommand):
             webhooks_sent = webhooks.sweep()
             sealed = chain.seal_and_anchor()
             keys = idempotency.sweep()
+            sessions = retention.sweep()
             self.stdout.write(
                 f"sweep: {report.as_dict()} webhooks={webhooks_sent} sealed={sealed} "
-                f"expired_keys={keys}"
+                f"expired_keys={keys} sessions_deleted={sessions}"
             )
             if not options["loop"]:
                 return

@@ -218,3 +218,31 @@ def test_a_modern_tools_call_is_not_also_a_tools_list(live_world: World, web: We
     assert (
         AuditEvent.objects.filter(action="call.refused", outcome="role_not_assertable").count() == 1
     )
+
+
+def test_sessions_that_are_over_and_long_idle_ones_are_deleted(
+    live_world: World, web: WebProcess
+) -> None:
+    """Every initialize, and every call made outside a session (each protocol 2026-07-28
+    call), left a row that nothing deleted."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gateway import retention
+    from gateway.models import AgentSession, McpSession
+
+    for _ in range(3):
+        headers = open_session(web, live_world.token)
+        httpx.delete(f"{web.url}/mcp", headers=headers, timeout=10)
+    kept = open_session(web, live_world.token)
+    assert rpc(web, kept, "tools/call", {
+        "name": "search_docs", "arguments": {"query": "refund"}})["result"]  # fmt: skip
+    assert McpSession.objects.count() == 4
+    assert AgentSession.objects.count() == 1
+    assert retention.sweep() == 3, "the three closed sessions"
+    old = timezone.now() - timedelta(days=31)
+    McpSession.objects.update(last_seen_at=old)
+    AgentSession.objects.update(last_call_at=old)
+    assert retention.sweep() == 2
+    assert not McpSession.objects.exists() and not AgentSession.objects.exists()
