@@ -37,12 +37,29 @@ class SsoIdentityInline(admin.StackedInline):
         return False
 
 
+class DeletionAudited:
+    """A person or a team deleted in the admin (one, or a list's selection) is audited with
+    the grants and teams or members that go with them (``record_deletion``)."""
+
+    deleted_as: str  # the keyword record_deletion takes them by: "user" or "group"
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        record_deletion(deleted_by=request.user, **{self.deleted_as: obj})
+        super().delete_model(request, obj)  # type: ignore[misc]
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for each in queryset:
+            record_deletion(deleted_by=request.user, **{self.deleted_as: each})
+        super().delete_queryset(request, queryset)  # type: ignore[misc]
+
+
 @admin.register(User)
-class AuditedUserAdmin(UserAdmin):
+class AuditedUserAdmin(DeletionAudited, UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
     a team gives its grants, and a superuser reviews every tool."""
 
     inlines = (SsoIdentityInline,)
+    deleted_as = "user"
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         user = form.instance
@@ -56,15 +73,6 @@ class AuditedUserAdmin(UserAdmin):
         }
         super().save_related(request, form, formsets, change)
         record_access_change(user=user, before=before, changed_by=request.user)
-
-    def delete_model(self, request: HttpRequest, obj: User) -> None:
-        record_deletion(deleted_by=request.user, user=obj)
-        super().delete_model(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
-        for person in queryset:
-            record_deletion(deleted_by=request.user, user=person)
-        super().delete_queryset(request, queryset)
 
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
@@ -85,17 +93,10 @@ class AuditedUserAdmin(UserAdmin):
 
 
 @admin.register(Group)
-class AuditedGroupAdmin(GroupAdmin):
+class AuditedGroupAdmin(DeletionAudited, GroupAdmin):
     """Django's team admin, auditing a team's deletion: its members lose its grants with it."""
 
-    def delete_model(self, request: HttpRequest, obj: Group) -> None:
-        record_deletion(deleted_by=request.user, group=obj)
-        super().delete_model(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Group]) -> None:
-        for team in queryset:
-            record_deletion(deleted_by=request.user, group=team)
-        super().delete_queryset(request, queryset)
+    deleted_as = "group"
 
 
 @admin.register(TOTPDevice)
