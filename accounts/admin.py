@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from axes.admin import AccessAttemptAdmin
+from axes.models import AccessAttempt
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
@@ -12,12 +14,14 @@ from django.http import HttpRequest, HttpResponse
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.lockout import attempted_name
 from accounts.models import SsoIdentity
 from audit.log import record
 from tools_registry.services.grants import record_access_change, record_deletion
 
 admin.site.unregister(User)
 admin.site.unregister(Group)
+admin.site.unregister(AccessAttempt)
 admin.site.unregister(TOTPDevice)
 
 
@@ -130,4 +134,36 @@ def _two_factor_removed(request: HttpRequest, devices: list[TOTPDevice]) -> None
             outcome="removed_by_admin",
             data={"user": device.user.get_username(), "device": device.name},
             people=("user",),
+        )
+
+
+@admin.register(AccessAttempt)
+class AuditedAccessAttemptAdmin(AccessAttemptAdmin):
+    """django-axes' failed sign-ins: deleting one lifts the lock it holds, which the trail
+    records (who lifted it, for which name and address) as it records the lock."""
+
+    def delete_model(self, request: HttpRequest, obj: AccessAttempt) -> None:
+        super().delete_model(request, obj)
+        _lockouts_lifted(request, [obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AccessAttempt]) -> None:
+        attempts = list(queryset)
+        super().delete_queryset(request, queryset)
+        _lockouts_lifted(request, attempts)
+
+
+def _lockouts_lifted(request: HttpRequest, attempts: list[AccessAttempt]) -> None:
+    for attempt in attempts:
+        name, known = attempted_name(attempt.username or "")
+        record(
+            action="auth.lockout_lifted",
+            actor=request.user,
+            outcome="lifted_by_admin",
+            data={
+                "username": name,
+                "known_user": known,
+                "ip": attempt.ip_address or "",
+                "failures": attempt.failures_since_start,
+            },
+            people=("username",) if known else (),
         )

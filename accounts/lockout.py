@@ -83,19 +83,24 @@ def lockout_response(
     )
 
 
-def on_locked_out(
-    sender: Any, request: HttpRequest | None, username: str | None, ip_address: str | None, **_: Any
-) -> None:
-    """Receiver of axes' ``user_locked_out``: the attempt that crossed the limit."""
-    tried = str(username or "")[:150]
+def attempted_name(tried: str) -> tuple[str, bool]:
+    """The name a sign-in attempt gave, as the trail keeps it, and whether it is an account:
+    a name that is no account may be a mistyped password, kept only as a fingerprint."""
+    tried = str(tried or "")[:150]
     known = (
         bool(tried)
         and get_user_model()
         ._default_manager.filter(**{get_user_model().USERNAME_FIELD: tried})
         .exists()
     )
-    # As for failed sign-ins: a name that is no account may be a mistyped password.
-    label = tried if known else masked("username", tried)
+    return (tried if known else masked("username", tried)), known
+
+
+def on_locked_out(
+    sender: Any, request: HttpRequest | None, username: str | None, ip_address: str | None, **_: Any
+) -> None:
+    """Receiver of axes' ``user_locked_out``: the attempt that crossed the limit."""
+    label, known = attempted_name(str(username or ""))
     cool_off = get_cool_off(request) if request is not None else None
     record(
         action="auth.locked_out",

@@ -116,6 +116,9 @@ ACTIONS: dict[str, str] = {
     "else.",
     "auth.password_set": "An admin set a person's password in the admin (who, for whom; "
     "never the password).",
+    "auth.lockout_lifted": "An admin deleted failed sign-ins in the admin (Axes: access "
+    "attempts), lifting the lock they held: the name (only if it is a real account), the "
+    "address and the count of failures.",
     "auth.team_deleted": "An admin deleted a team: its members (who lose its grants with it) "
     "and its grants of tools are in the event.",
     "auth.user_deleted": "An admin deleted a person's account: their teams and their own "

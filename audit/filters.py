@@ -47,6 +47,7 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "auth.two_factor_failed",
                 "auth.two_factor_removed",
                 "auth.password_set",
+                "auth.lockout_lifted",
                 "auth.team_deleted",
                 "auth.user_deleted",
                 "auth.sso_user_created",

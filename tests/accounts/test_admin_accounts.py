@@ -145,3 +145,33 @@ def test_deleting_a_team_or_a_person_is_audited_with_what_goes_with_them(world: 
         "is_superuser": False,
         "grants": {"issue_refund": ["review_tool"]},
     }
+
+
+def test_an_admin_lifting_a_lockout_is_audited(world: World) -> None:
+    """The lock is in the trail (auth.locked_out); so is whoever lifted it early. A name
+    that is no account may be a mistyped password: kept only as a fingerprint."""
+    from axes.models import AccessAttempt
+
+    locked = AccessAttempt.objects.create(
+        username="bob", ip_address="203.0.113.9", failures_since_start=20, user_agent="x",
+        get_data="", post_data="", http_accept="", path_info="/login/",
+    )  # fmt: skip
+    typo = AccessAttempt.objects.create(
+        username="hunter2-typed-as-name", ip_address="203.0.113.9", failures_since_start=3,
+        user_agent="x", get_data="", post_data="", http_accept="", path_info="/login/",
+    )  # fmt: skip
+    client, _ = admin_client()
+    response = client.post(f"/admin/axes/accessattempt/{locked.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    client.post(
+        "/admin/axes/accessattempt/",
+        {"action": "delete_selected", "_selected_action": [typo.pk], "post": "yes"},
+    )
+    assert not AccessAttempt.objects.exists()
+    lifted = list(AuditEvent.objects.filter(action="auth.lockout_lifted").order_by("id"))
+    assert [(e.actor_label, e.data["known_user"], e.data["ip"]) for e in lifted] == [
+        ("root", True, "203.0.113.9"),
+        ("root", False, "203.0.113.9"),
+    ]
+    assert lifted[0].data["username"] == "bob"
+    assert "hunter2" not in str(lifted[1].data)
