@@ -1,22 +1,79 @@
-"""examples/: the agent loop with the OpenAI SDK imports and type-checks (it is not run:
-it needs a model)."""
+"""examples/: the agent loop with the OpenAI SDK imports and type-checks, and runs against
+a live server with a scripted model in the SDK's own types: a refusal is the tool's answer,
+and a rerun after a crash answers the saved tool calls with their own keys before asking
+the model anything."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
+import pytest
+from countersign_client.testing import Message, ScriptedModel, final, tool_call
+from openai.types.chat import ChatCompletion
+
+from approvals.models import ToolCall
+from tests.conftest import World
 from tests.support import ROOT
 
 EXAMPLE = ROOT / "examples" / "openai_agent_loop.py"
+EMAIL_ARGS = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 
 
-def test_the_openai_example_imports() -> None:
+def load_example() -> ModuleType:
     spec = importlib.util.spec_from_file_location("openai_agent_loop", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+class ScriptedOpenAI:
+    """The part of the ``OpenAI`` client the example uses, answering with a scripted
+    model's turns as the SDK's own ``ChatCompletion``."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        self.model = model
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+
+    def create(self, *, model: str, messages: list[Message], tools: Any) -> ChatCompletion:
+        message = self.model.complete(messages)
+        finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
+        return ChatCompletion.model_validate(
+            {
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
+            }
+        )
+
+
+@pytest.fixture
+def example(
+    live_world: World, live_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ModuleType:
+    """The example, run in a scratch directory (its transcripts and keys) as the live
+    world's agent."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COUNTERSIGN_STATE_DIR", raising=False)
+    monkeypatch.setenv("COUNTERSIGN_URL", live_server.url)
+    monkeypatch.setenv("COUNTERSIGN_TOKEN", live_world.token)
+    return load_example()
+
+
+def script(example: ModuleType, monkeypatch: pytest.MonkeyPatch, model: ScriptedModel) -> None:
+    monkeypatch.setattr(example, "OpenAI", lambda: ScriptedOpenAI(model))
+
+
+def test_the_openai_example_imports() -> None:
+    module = load_example()
     assert callable(module.main) and callable(module.run_tool)
 
 
@@ -31,3 +88,67 @@ def test_the_openai_example_type_checks(tmp_path: object) -> None:
         env={"MYPYPATH": str(ROOT / "clients" / "python"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_refusal_goes_back_to_the_model(
+    example: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ScriptedModel(
+        [
+            [tool_call("launch_rocket", {}, id="call_rocket")],
+            lambda messages: final(json.loads(messages[-1]["content"])["error"]),
+        ]
+    )
+    script(example, monkeypatch, model)
+    assert example.main("task-1", "Launch the rocket.") == "unknown_tool"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rerun_after_a_crash_answers_the_saved_tool_calls_with_their_own_keys(
+    example: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The agent is killed while its email waits for a reviewer, after the customer lookup
+    of the same turn was answered. The rerun sends the email's call again under its own id
+    (so its own key: the same call) before asking the model, which then sees its answer; a
+    model asked without it could propose the email again under a new id: a second call."""
+    real_run_tool = example.run_tool
+    ran: list[str] = []
+    killed_at = {"call_mail"}
+
+    def run_tool(cs: Any, session_id: str, call_id: str, name: str, raw: str) -> Any:
+        ran.append(call_id)
+        if call_id in killed_at:
+            cs.submit(name, json.loads(raw), session_id=session_id, step=call_id)
+            raise SystemExit("killed while waiting for the reviewer")
+        return real_run_tool(cs, session_id, call_id, name, raw)
+
+    def reviewer_still_away(cs: Any, call_id: str, **wait: Any) -> Any:
+        raise example.WaitTimeout({"id": call_id, "status": "pending"})
+
+    monkeypatch.setattr(example, "run_tool", run_tool)
+    monkeypatch.setattr(example.Countersign, "wait", reviewer_still_away)
+    lookup = tool_call("get_customer", {"customer_id": "cus_0002"}, id="call_lookup")
+    mail_call = tool_call("send_email", EMAIL_ARGS, id="call_mail")
+    script(example, monkeypatch, ScriptedModel([[lookup, mail_call]]))
+    with pytest.raises(SystemExit):
+        example.main("task-42", "Tell Grace her refund is on its way.")
+    assert ran == ["call_lookup", "call_mail"]
+    mail = ToolCall.objects.get(tool__name="send_email")
+
+    def model_on_the_rerun(messages: list[Message]) -> Message | list[Message]:
+        if messages[-1].get("tool_call_id") == "call_mail":
+            return final("A person will approve the email.")
+        return [tool_call("send_email", EMAIL_ARGS, id="call_mail_again")]
+
+    ran.clear()
+    killed_at.clear()
+    script(example, monkeypatch, ScriptedModel([model_on_the_rerun]))
+    answer = example.main("task-42", "Tell Grace her refund is on its way.")
+    assert ran == ["call_mail"], "only the unanswered call runs again: the lookup's was saved"
+    assert answer == "A person will approve the email."
+    assert list(ToolCall.objects.filter(tool__name="send_email")) == [mail]
+    saved = json.loads((tmp_path / "var" / "transcripts" / "task-42.json").read_text())
+    replies = [m for m in saved if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in replies] == ["call_lookup", "call_mail"]
+    assert json.loads(replies[1]["content"]) == {"status": "pending", "call_id": str(mail.pk)}

@@ -10,14 +10,21 @@ Retry rules (the server's ``retryable`` decides):
   asked again with the same key: the key makes that safe for writes too;
 * a request that got no answer is sent again with the same key for a read; for a write it
   raises ``TransportError`` (run the step again: same key, same call);
+* a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``;
 * everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
   agent to decide.
+
+Every pause before asking again is the longer of an exponential backoff with jitter and
+the server's Retry-After: the backoff keeps a failing server from being hammered, and
+Retry-After is the earliest the server wants to hear from us. A ``wait`` with a timeout
+carries its deadline into every request and pause, so none of them outlasts it.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -75,13 +82,14 @@ def body(
 
 
 def parse(response: httpx.Response) -> Any:
-    """The answer's JSON, or its typed error."""
+    """The answer's JSON, or its typed error (keeping the body: its JSON, else its text)."""
     try:
         answer = response.json()
     except ValueError:
         answer = None
     if response.status_code >= 400:
-        raise errors.from_response(response.status_code, answer, response.headers)
+        body = response.text if answer is None else answer
+        raise errors.from_response(response.status_code, body, response.headers)
     return answer
 
 
@@ -96,11 +104,22 @@ def retry_same_key(response: httpx.Response) -> bool:
     return response.status_code >= 409 and code_of(response) in SAME_KEY_CODES
 
 
-def retry_after(response: httpx.Response, default: float) -> float:
+def retry_read(response: httpx.Response) -> bool:
+    """A GET answered with an overload or a server failure, which another try may not get."""
+    return response.status_code >= 500 or response.status_code == 429
+
+
+def pause(response: httpx.Response, base: float, attempt: int) -> float:
+    """How long to wait before asking again after ``response``: see the module docstring."""
+    return max(backoff(base, attempt), retry_after_seconds(response))
+
+
+def retry_after_seconds(response: httpx.Response) -> float:
+    """The answer's Retry-After in seconds; 0 when it has none, or one given as a date."""
     try:
-        return max(0.1, float(response.headers.get("Retry-After", default)))
+        return max(0.0, float(response.headers.get("Retry-After", 0)))
     except ValueError:
-        return default
+        return 0.0
 
 
 def fresh_key_retry(exc: errors.ApiError) -> bool:
@@ -109,7 +128,24 @@ def fresh_key_retry(exc: errors.ApiError) -> bool:
 
 
 def backoff(base: float, attempt: int) -> float:
-    return base * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+    """Between half and all of ``base``, 2 x ``base``, 4 x ``base``... for attempts 1, 2, 3...:
+    doubling gives a failing server room, the jitter keeps clients from retrying in step."""
+    return base * 2.0 ** (attempt - 1) * random.uniform(0.5, 1.0)
+
+
+class DeadlinePassed(errors.CountersignError):
+    """A wait's deadline came before an answer did (``wait`` raises ``WaitTimeout``)."""
+
+
+def within(seconds: float, deadline: float | None) -> float:
+    """``seconds``, cut to the time left before ``deadline`` (a ``time.monotonic()``; None:
+    no deadline). Raises ``DeadlinePassed`` when no time is left."""
+    if deadline is None:
+        return seconds
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlinePassed()
+    return min(seconds, left)
 
 
 def wait_params(wait: float, seen: str) -> dict[str, Any]:

@@ -126,6 +126,7 @@ class AsyncCountersign:
             callback_url=callback_url,
         )
         attempt = 1
+        same_key_retries = 0
         deadline = time.monotonic() + self.in_use_wait
         while True:
             try:
@@ -140,8 +141,12 @@ class AsyncCountersign:
                 raise errors.TransportError(
                     f"no answer to the {tool} proposal ({exc}); run the step again to resume"
                 ) from exc
-            if _core.retry_same_key(response) and time.monotonic() < deadline:
-                await asyncio.sleep(_core.retry_after(response, 1.0))
+            left = deadline - time.monotonic()
+            if _core.retry_same_key(response) and left > 0:
+                same_key_retries += 1
+                await asyncio.sleep(
+                    min(_core.pause(response, self.backoff, same_key_retries), left)
+                )
                 continue
             call = _core.parse(response)
             _core.record(self.state, session_id, name, call)
@@ -149,13 +154,7 @@ class AsyncCountersign:
 
     async def get(self, call_id: str, *, wait: float = 0, seen: str = "") -> dict[str, Any]:
         """The call now, or after up to ``wait`` seconds if its status stays ``seen``."""
-        return dict(
-            await self._read(
-                f"/api/v1/tool-calls/{call_id}",
-                params=_core.wait_params(wait, seen),
-                timeout=self._timeout + wait,
-            )
-        )
+        return await self._get(call_id, wait=wait, seen=seen, deadline=None)
 
     async def wait(
         self, call_id: str, *, timeout: float | None = None, seen: str = "", poll: float = 30
@@ -164,21 +163,26 @@ class AsyncCountersign:
         deadline = None if timeout is None else time.monotonic() + timeout
         # Knowing the status the caller saw lets the first long-poll answer at once if the
         # call moved on in between.
-        call = {"id": call_id, "status": seen} if seen else await self.get(call_id)
-        while call["status"] not in TERMINAL:
-            remaining = poll if deadline is None else min(poll, deadline - time.monotonic())
-            if remaining <= 0:
-                raise errors.WaitTimeout(call)
-            call = await self.get(call_id, wait=remaining, seen=call["status"])
+        call = {"id": call_id, "status": seen}
+        try:
+            if not seen:
+                call = await self._get(call_id, wait=0, seen="", deadline=deadline)
+            while call["status"] not in TERMINAL:
+                remaining = _core.within(poll, deadline)
+                call = await self._get(
+                    call_id, wait=remaining, seen=call["status"], deadline=deadline
+                )
+        except _core.DeadlinePassed as exc:
+            raise errors.WaitTimeout(call) from exc
         return call
 
     async def cancel(self, call_id: str) -> dict[str, Any]:
         """Withdraw a pending call (repeating it is harmless)."""
-        return dict(_core.parse(await self._http.post(f"/api/v1/tool-calls/{call_id}/cancel")))
+        return await self._act(call_id, "cancel")
 
     async def retry(self, call_id: str) -> dict[str, Any]:
         """Ask Countersign to run a failed write again with its original key."""
-        return dict(_core.parse(await self._http.post(f"/api/v1/tool-calls/{call_id}/retry")))
+        return await self._act(call_id, "retry")
 
     async def tools(self, format: str = "openai") -> list[dict[str, Any]]:
         """Your tools as definitions: ``openai`` (Chat Completions), ``openai-responses``
@@ -191,25 +195,52 @@ class AsyncCountersign:
 
     # --- plumbing ----------------------------------------------------------------------
 
+    async def _get(
+        self, call_id: str, *, wait: float, seen: str, deadline: float | None
+    ) -> dict[str, Any]:
+        return dict(
+            await self._read(
+                f"/api/v1/tool-calls/{call_id}",
+                params=_core.wait_params(wait, seen),
+                timeout=self._timeout + wait,
+                deadline=deadline,
+            )
+        )
+
     async def _read(
-        self, path: str, *, params: dict[str, Any], timeout: float | None = None
+        self,
+        path: str,
+        *,
+        params: dict[str, Any],
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> Any:
+        """GET ``path``, asking again as ``_core`` says; with a ``deadline``, no request or
+        pause outlasts it (``DeadlinePassed``)."""
         attempt = 1
         while True:
             try:
                 response = await self._http.get(
-                    path, params=params, timeout=timeout or self._timeout
+                    path, params=params, timeout=_core.within(timeout or self._timeout, deadline)
                 )
             except httpx.TransportError as exc:
                 if attempt >= self.read_attempts:
                     raise errors.TransportError(f"GET {path} failed: {exc}") from exc
+                pause = _core.backoff(self.backoff, attempt)
             else:
-                if response.status_code < 500 and response.status_code != 429:
+                if not _core.retry_read(response) or attempt >= self.read_attempts:
                     return _core.parse(response)
-                if attempt >= self.read_attempts:
-                    return _core.parse(response)
-            await asyncio.sleep(_core.backoff(self.backoff, attempt))
+                pause = _core.pause(response, self.backoff, attempt)
+            await asyncio.sleep(_core.within(pause, deadline))
             attempt += 1
+
+    async def _act(self, call_id: str, action: str) -> dict[str, Any]:
+        path = f"/api/v1/tool-calls/{call_id}/{action}"
+        try:
+            response = await self._http.post(path)
+        except httpx.TransportError as exc:
+            raise errors.TransportError(f"POST {path} got no answer: {exc}") from exc
+        return dict(_core.parse(response))
 
     async def _is_read(self, tool: str) -> bool:
         if self._risks is None:

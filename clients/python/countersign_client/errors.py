@@ -10,7 +10,8 @@ class CountersignError(Exception):
 
 
 class ApiError(CountersignError):
-    """The API answered with ``{"error": {...}}``; subclasses name the code."""
+    """The API answered with ``{"error": {...}}``; subclasses name the code. ``body`` is the
+    whole answer (its JSON, or its text when it was not JSON)."""
 
     code = "error"
 
@@ -24,6 +25,7 @@ class ApiError(CountersignError):
         retryable: bool = False,
         details: Any = None,
         retry_after: float | None = None,
+        body: Any = None,
     ):
         super().__init__(f"{status} {code}: {message}")
         self.status = status
@@ -33,6 +35,13 @@ class ApiError(CountersignError):
         self.retryable = retryable
         self.details = details
         self.retry_after = retry_after
+        self.body = body
+
+    @property
+    def call(self) -> dict[str, Any] | None:
+        """The call the answer carries (a failed read's, with its id and error), else None."""
+        call = self.body.get("call") if isinstance(self.body, dict) else None
+        return call if isinstance(call, dict) else None
 
     @property
     def tool_code(self) -> str:
@@ -62,8 +71,54 @@ class ToolNotAllowed(ApiError):
     code = "tool_not_allowed"
 
 
+class ToolNotAllowedForUser(ApiError):
+    """The agent may call the tool, but not for this end user: ``details`` has the user and
+    ``roles_allowed``."""
+
+    code = "tool_not_allowed_for_user"
+
+
 class ToolDisabled(ApiError):
     code = "tool_disabled"
+
+
+class ToolVersionChanged(ApiError):
+    """A read accepted just before its tool's definition changed did not run: fetch the
+    tools again and call with a new step."""
+
+    code = "tool_version_changed"
+
+
+class AgentStopped(ApiError):
+    """A person stopped this agent: make no more calls (``details["reason"]`` says why)."""
+
+    code = "agent_stopped"
+
+
+class AgentDisabled(ApiError):
+    code = "agent_disabled"
+
+
+class RefusedByPolicy(ApiError):
+    """A policy rule of the tool refuses calls like this one; ``details`` names the rule."""
+
+    code = "refused_by_policy"
+
+
+class InvalidEndUser(ApiError):
+    code = "invalid_end_user"
+
+
+class RoleNotAssertable(ApiError):
+    code = "role_not_assertable"
+
+
+class UserTokenInvalid(ApiError):
+    code = "user_token_invalid"
+
+
+class IdentityProviderUnavailable(ApiError):
+    code = "identity_provider_unavailable"
 
 
 class InvalidArguments(ApiError):
@@ -94,6 +149,10 @@ class MaxRoundsExceeded(ApiError):
     code = "max_rounds_exceeded"
 
 
+class TooManyWaits(ApiError):
+    code = "too_many_waits"
+
+
 class CircuitOpen(ApiError):
     code = "circuit_open"
 
@@ -117,6 +176,13 @@ class ToolFailed(ApiError):
 
 class ReadAbandoned(ApiError):
     code = "read_abandoned"
+
+
+class ResultNotAsDeclared(ApiError):
+    """The tool ran, but its result does not match its declared output schema: the result
+    is in ``call``; do not run the tool again for it."""
+
+    code = "result_not_as_declared"
 
 
 class IdempotencyKeyExpired(ApiError):
@@ -159,18 +225,29 @@ ERRORS_BY_CODE: dict[str, type[ApiError]] = {
         BodyTooLarge,
         UnknownTool,
         ToolNotAllowed,
+        ToolNotAllowedForUser,
         ToolDisabled,
+        ToolVersionChanged,
+        AgentStopped,
+        AgentDisabled,
+        RefusedByPolicy,
+        InvalidEndUser,
+        RoleNotAssertable,
+        UserTokenInvalid,
+        IdentityProviderUnavailable,
         InvalidArguments,
         IdempotencyKeyRequired,
         IdempotencyKeyReused,
         IdempotencyKeyInUse,
         RateLimited,
         MaxRoundsExceeded,
+        TooManyWaits,
         CircuitOpen,
         Unavailable,
         Timeout,
         ToolFailed,
         ReadAbandoned,
+        ResultNotAsDeclared,
         IdempotencyKeyExpired,
         UnsupportedMediaType,
         NotFound,
@@ -234,9 +311,10 @@ class WaitTimeout(CountersignError):
 
 
 def from_response(status: int, body: Any, headers: Any) -> ApiError:
+    """The typed error of an answer: ``body`` is its JSON, or its text if it was not JSON."""
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        return ApiError(status=status, code="http_error", message=f"HTTP {status}")
+        return ApiError(status=status, code="http_error", message=f"HTTP {status}", body=body)
     retry_after = None
     raw = headers.get("Retry-After") if headers is not None else None
     if raw:
@@ -254,4 +332,5 @@ def from_response(status: int, body: Any, headers: Any) -> ApiError:
         retryable=bool(error.get("retryable", False)),
         details=error.get("details"),
         retry_after=retry_after,
+        body=body,
     )

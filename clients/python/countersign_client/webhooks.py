@@ -32,31 +32,50 @@ def verify_webhook(
     """True when any signature in ``headers`` was made with ``secret`` (or any of several
     secrets, for a receiver in the middle of a rotation) over ``body`` and the timestamp is
     within ``tolerance`` seconds of now. Pass the raw request body, before any JSON
-    parsing, and the request's headers (any case)."""
+    parsing, and the request's headers (any case).
+
+    A secret that is empty (``""``, ``"whsec_"``) or not base64 is skipped in a list; when
+    no usable secret is left this raises ``ValueError``, as ``standardwebhooks`` refuses an
+    empty secret: an empty HMAC key is one anybody can sign with, so a receiver whose
+    secret is unset must fail loudly, not accept forgeries."""
+    keys = _keys([secret] if isinstance(secret, str) else list(secret))
     lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    message_id = lowered.get(ID_HEADER, "")
+    if not message_id:
+        return False
     try:
         timestamp = int(lowered.get(TIMESTAMP_HEADER, ""))
     except ValueError:
         return False
     if abs(time.time() - timestamp) > tolerance:
         return False
-    message_id = lowered.get(ID_HEADER, "")
+    # A signature that is not ASCII cannot be base64, and compare_digest refuses to compare it.
     given = [
         part.split(",", 1)[1]
         for part in lowered.get(SIGNATURE_HEADER, "").split()
-        if part.startswith("v1,")
+        if part.startswith("v1,") and part.isascii()
     ]
-    secrets = [secret] if isinstance(secret, str) else list(secret)
     signed = f"{message_id}.{timestamp}.".encode() + body
-    for candidate in secrets:
-        try:
-            key = _key(candidate)
-        except (binascii.Error, ValueError):
-            continue
+    for key in keys:
         expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
         if any(hmac.compare_digest(expected, signature) for signature in given):
             return True
     return False
+
+
+def _keys(secrets: list[str]) -> list[bytes]:
+    """The HMAC keys of the usable secrets; ``ValueError`` if none is."""
+    keys = []
+    for secret in secrets:
+        try:
+            key = _key(secret)
+        except (binascii.Error, ValueError):
+            continue
+        if key:
+            keys.append(key)
+    if not keys:
+        raise ValueError("no usable webhook secret: each one is empty or not base64")
+    return keys
 
 
 def _key(secret: str) -> bytes:
