@@ -62,7 +62,7 @@ def on_groups_changed(
     sender: Any, instance: Any, action: str, pk_set: set[Any] | None, model: Any, **kwargs: Any
 ) -> None:
     """A person's teams decide their role (reviewer, auditor, tool admin)."""
-    if action not in {"post_add", "post_remove", "post_clear"}:
+    if action not in {"post_add", "post_remove", "post_clear"} or _nothing_changed(action, pk_set):
         return
     user_model = get_user_model()
     if isinstance(instance, user_model):
@@ -87,7 +87,7 @@ def on_model_permissions_changed(
 ) -> None:
     """Model-wide permissions (e.g. audit.view_auditevent) given to or taken from a person
     or a team, from either side of the relation."""
-    if action not in {"post_add", "post_remove", "post_clear"}:
+    if action not in {"post_add", "post_remove", "post_clear"} or _nothing_changed(action, pk_set):
         return
     if isinstance(instance, Permission):  # reverse side: permission.user_set.add(...)
         holders = _holder_names(model, pk_set)
@@ -106,6 +106,12 @@ def on_model_permissions_changed(
         data={kind: holders, "permissions": permissions},
         people=("users",),
     )
+
+
+def _nothing_changed(action: str, pk_set: set[Any] | None) -> bool:
+    """Django sends post_add for links that all existed already (and post_remove for none
+    that did) with an empty ``pk_set``: no change, so no event."""
+    return action in {"post_add", "post_remove"} and not pk_set
 
 
 def _holder_names(model: Any, pk_set: set[Any] | None) -> list[str]:

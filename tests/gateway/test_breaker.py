@@ -217,3 +217,8 @@ def test_an_operator_closes_an_open_breaker_with_a_reason(
         call_command("reset_breaker", "nope", "--reason", "x")
     with pytest.raises(CommandError, match="reason"):
         call_command("reset_breaker", "check_stock", "--reason", "  ")
+    # The embedded mode keeps the breaker in the server's memory: the command, a process of
+    # its own, says so instead of closing (and auditing) a breaker nobody uses.
+    with override_settings(REDIS_URL=""), pytest.raises(CommandError, match="restart the server"):
+        call_command("reset_breaker", "check_stock", "--reason", "fixed")
+    assert AuditEvent.objects.filter(action="tool.breaker_closed").count() == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group, User
 
+from audit.models import AuditEvent
 from sandbox.demo import DEMO_TOOLS, seed_demo
 from tests.conftest import events
 from tools_registry import services
@@ -39,7 +40,9 @@ def test_the_demo_seed_is_audited_once_and_safe_to_rerun(settings, tmp_path: Pat
     assert len(team_grants) == len(everything)
     assert len(events("agent.created", agent_name="demo-agent")) == 1
 
+    trail = AuditEvent.objects.count()
     again = seed_demo()
+    assert AuditEvent.objects.count() == trail, "a second seed records no change: it made none"
     assert again.agent_token == first.agent_token
     assert len(events("grant.added", data__group="reviewers")) == len(everything)
     assert len(events("tool.imported")) == len(IMPORTED), "imported once"

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway import breaker
+from gateway import breaker, coordination
 from tools_registry.models import Tool
 
 
@@ -25,6 +25,14 @@ class Command(BaseCommand):
         reason = options["reason"].strip()
         if not reason:
             raise CommandError("Give a --reason: it goes into the audit trail.")
+        if not coordination.shared():
+            # The embedded mode keeps each process's breakers in its own memory: closing
+            # this command's would close nothing the server uses, and the trail would say
+            # it had.
+            raise CommandError(
+                "In the embedded mode the breaker lives in the server process: restart the "
+                f"server, or wait the tool's cool-down ({tool.breaker_cooldown_seconds} s)."
+            )
         was_open = breaker.close_by_operator(tool, reason=reason)
         self.stdout.write(
             f"breaker of {tool.name} closed" if was_open else f"breaker of {tool.name} was closed"

@@ -18,10 +18,11 @@ class Command(BaseCommand):
                 "embedded mode (make run) or set SANDBOX_ENABLED=1."
             )
         logins = seed_demo()
+        kept = settings.VAR_DIR / "demo_password"
         source = (
-            "generated, kept in var/demo_password"
+            f"generated, kept in {kept}"
             if logins.password_generated
-            else "from DEMO_PASSWORD or var/demo_password"
+            else f"from DEMO_PASSWORD or {kept}"
         )
         self.stdout.write("Demo logins (users admin, reviewer, reviewer2, auditor):")
         self.stdout.write(f"  password: {logins.password}  ({source})")
