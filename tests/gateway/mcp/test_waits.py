@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
+from django.db import connections
 
 from approvals.models import ToolCall
 from audit.models import AuditEvent
@@ -135,9 +136,14 @@ def test_one_agent_holds_at_most_its_waits_at_once(live_world: World, web: WebPr
 
 
 def cancel_the_call(world: World, task_id: str) -> None:
+    """Run in one of anyio's worker threads, which outlive the test: its database connection
+    goes back to the pool (a later test counts the pool's borrowed connections)."""
     from approvals.services.calls import cancel_call
 
-    cancel_call(call_id=task_id, agent=world.agent)
+    try:
+        cancel_call(call_id=task_id, agent=world.agent)
+    finally:
+        connections.close_all()
 
 
 def test_a_wait_ends_once_its_token_is_revoked(live_world: World, web: WebProcess) -> None:
