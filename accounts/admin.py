@@ -14,9 +14,9 @@ from django.http import HttpRequest, HttpResponse
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.lockout import attempted_name
 from accounts.models import SsoIdentity
 from audit.log import record
+from audit.receivers import attempted_name
 from tools_registry.services.grants import record_access_change, record_deletion
 
 admin.site.unregister(User)

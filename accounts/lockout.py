@@ -21,7 +21,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from audit.log import Claimed, record
-from audit.masking import masked
+from audit.receivers import attempted_name
 
 
 class LockoutHandler(AxesDatabaseHandler):
@@ -81,19 +81,6 @@ def lockout_response(
         {"form": form, "lockout": lockout_message(request), "next": request.POST.get("next", "")},
         status=429,
     )
-
-
-def attempted_name(tried: str) -> tuple[str, bool]:
-    """The name a sign-in attempt gave, as the trail keeps it, and whether it is an account:
-    a name that is no account may be a mistyped password, kept only as a fingerprint."""
-    tried = str(tried or "")[:150]
-    known = (
-        bool(tried)
-        and get_user_model()
-        ._default_manager.filter(**{get_user_model().USERNAME_FIELD: tried})
-        .exists()
-    )
-    return (tried if known else masked("username", tried)), known
 
 
 def on_locked_out(

@@ -37,19 +37,24 @@ def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any
         record(action="auth.logout", actor=user, outcome="ok", data=_client(request))
 
 
-def on_login_failed(
-    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
-) -> None:
-    tried = str(credentials.get(get_user_model().USERNAME_FIELD) or "")[:150]
+def attempted_name(tried: str) -> tuple[str, bool]:
+    """The name a sign-in attempt gave, as the trail keeps it, and whether it is an account.
+    People type their password into the name field: a name that is no account is kept only
+    as a fingerprint, so repeated attempts still correlate."""
+    tried = tried[:150]
     known = (
         bool(tried)
         and get_user_model()
         ._default_manager.filter(**{get_user_model().USERNAME_FIELD: tried})
         .exists()
     )
-    # People type their password into the name field; a name that is no account is kept
-    # only as a fingerprint, so repeated attempts still correlate.
-    label = tried if known else masked("username", tried)
+    return (tried if known else masked("username", tried)), known
+
+
+def on_login_failed(
+    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
+    label, known = attempted_name(str(credentials.get(get_user_model().USERNAME_FIELD) or ""))
     record(
         action="auth.login_failed",
         actor=Claimed(label),
