@@ -5,8 +5,6 @@ not imported."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import mcp_types as types
 import pytest
 
 from tests.conftest import World
+from tests.support.upstreams.raw_http import RawHttpServer, reply
 from tools_registry.models import Tool, Upstream
 from tools_registry.schemas import schema_problems, validate_arguments
 from tools_registry.services.upstreams import register_upstream, sync_upstream
@@ -24,34 +23,17 @@ from tools_registry.upstreams.offers import ImportFailed
 SECRET = {"type": "string", "enum": ["AKIA-INTERNAL-SECRET-123"]}
 
 
-class Internal:
-    """A service on the internal network (think 169.254.169.254) no admin named."""
+class Internal(RawHttpServer):
+    """A service on the internal network (think 169.254.169.254) no admin named: answers
+    every GET with ``answer`` and keeps the paths asked for in ``hits``."""
 
     def __init__(self, answer: dict[str, Any]) -> None:
-        hits: list[str] = []
-        self.hits = hits
+        self.hits: list[str] = []
+        super().__init__(lambda handler, _: self._hit(handler, answer), gets=True)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                hits.append(self.path)
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def _hit(self, handler: Any, answer: dict[str, Any]) -> None:
+        self.hits.append(handler.path)
+        reply(handler, 200, answer)
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ does not fit the server's own output schema is still the result of a call that r
 
 from __future__ import annotations
 
-import json
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -19,36 +17,6 @@ from tools_registry.upstreams import mcp as upstream_mcp
 from tools_registry.upstreams.http import UpstreamUnclear
 
 CANARY = "Bearer MCP-CANARY-SECRET-42"
-
-
-class ListingMcpServer(RawHttpServer):
-    """A raw MCP server that lists its tools too (with their output schemas)."""
-
-    def __init__(self, tools: list[dict[str, Any]], answer: Any) -> None:
-        self.lists = 0
-
-        def handle(handler: BaseHTTPRequestHandler, body: bytes) -> None:
-            message = json.loads(body)
-            method = message.get("method")
-            if method == "initialize":
-                raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
-                    "protocolVersion": message["params"]["protocolVersion"],
-                    "capabilities": {"tools": {}},
-                    "serverInfo": {"name": "raw", "version": "1"},
-                }})  # fmt: skip
-            elif "id" not in message:
-                raw_reply(handler, 202, b"")
-            elif method == "tools/list":
-                self.lists += 1
-                raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
-                    "tools": tools}})  # fmt: skip
-            elif method == "tools/call":
-                answer(handler, message)
-            else:
-                raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
-
-        super().__init__(handle)
-        self.url = f"{self.url}/mcp"
 
 
 def call_mcp(server: RawHttpServer) -> Any:
@@ -108,8 +76,8 @@ def test_a_result_unlike_the_servers_output_schema_is_the_result_of_a_call_that_
             "content": [{"type": "text", "text": "created"}],
             "structuredContent": {"id": "T-1"}}})  # fmt: skip
 
-    server = ListingMcpServer(
-        [{"name": "t", "inputSchema": {"type": "object"}, "outputSchema": output}], done
+    server = RawMcpServer(
+        done, tools=[{"name": "t", "inputSchema": {"type": "object"}, "outputSchema": output}]
     )
     assert call_mcp(server) == {"id": "T-1"}
     assert server.lists == 0, "no tools/list per call"

@@ -1,6 +1,7 @@
 """A plain HTTP/1.1 server in a thread, for the answers a real server would never give on
 purpose (a gateway's 502 after the effect, a body dripped a byte at a time, a credential
-quoted back): ``answer(handler, body)`` answers every POST."""
+quoted back): ``answer(handler, body)`` answers every POST (and every GET, with an empty
+body, when ``gets`` is set: a service an upstream's document points at)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def reply(
 
 
 class RawHttpServer:
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, *, gets: bool = False) -> None:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -34,6 +35,11 @@ class RawHttpServer:
 
             def do_POST(self) -> None:
                 answer(self, self.rfile.read(int(self.headers.get("content-length") or 0)))
+
+            if gets:
+
+                def do_GET(self) -> None:
+                    answer(self, b"")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -16,8 +16,12 @@ Answer = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
 
 
 class RawMcpServer(RawHttpServer):
-    def __init__(self, answer: Answer) -> None:
+    """``tools``: what ``tools/list`` answers (each listing counted in ``lists``); an empty
+    result without them."""
+
+    def __init__(self, answer: Answer, *, tools: list[dict[str, Any]] | None = None) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.lists = 0
 
         def handle(handler: BaseHTTPRequestHandler, body: bytes) -> None:
             message = json.loads(body)
@@ -33,6 +37,10 @@ class RawMcpServer(RawHttpServer):
             elif method == "tools/call":
                 self.calls.append(message["params"])
                 answer(handler, message)
+            elif method == "tools/list" and tools is not None:
+                self.lists += 1
+                reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+                    "tools": tools}})  # fmt: skip
             else:
                 reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
 
