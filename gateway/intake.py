@@ -118,7 +118,7 @@ def submit(
         raise errors.idempotency_key_required()
     if not idempotency.valid_key(key):
         raise errors.invalid_idempotency_key()
-    request_hash = sha256_hex(canonical_json(raw))
+    request_hash = _request_hash(raw, end_user)
     request = _Request(agent, key, request_hash, payload, end_user, origin)
     try:
         try:
@@ -157,6 +157,15 @@ def submit(
             breaker.release(request.admission)
         return answer
     return _run_read(agent, key, answer, request.admission)
+
+
+def _request_hash(raw: dict[str, Any], end_user: role_scopes.EndUser) -> str:
+    """What a key binds: the request as sent and, for a user whose token names them, that
+    user. The token rides outside the body, so two users' calls can be the same body; one
+    user's key must never replay another user's answer. (A user the body names is in it.)"""
+    if end_user.source == "verified":
+        return sha256_hex(canonical_json({"request": raw, "verified_user": end_user.id}))
+    return sha256_hex(canonical_json(raw))
 
 
 @contextmanager

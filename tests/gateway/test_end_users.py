@@ -220,6 +220,28 @@ def test_a_verified_users_token_decides_their_tools(world: World, verifying: Pro
     assert verifying.fetches == 1
 
 
+def test_a_key_sent_for_one_verified_user_is_not_another_users_answer(
+    world: World, verifying: Provider
+) -> None:
+    """The user's token rides outside the body, so two users' calls can be the same body:
+    the key binds the user the token names too, and never hands one user another's answer."""
+    api = world.api()
+    ada = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token("ada@example.com", ["support"])}
+    grace = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token("grace@example.com", ["support"])}
+    first = api.submit(SEND_EMAIL, key="shared-key", **ada)
+    assert first.status_code == 202, first.content
+    error_of(api.submit(SEND_EMAIL, key="shared-key", **grace), 422, "idempotency_key_reused")
+    # Ada's own resend, with a token issued since, is her call again.
+    again = api.submit(
+        SEND_EMAIL,
+        key="shared-key",
+        HTTP_COUNTERSIGN_USER_TOKEN=verifying.token("ada@example.com", ["support"]),
+    )
+    assert again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert ToolCall.objects.count() == 1
+
+
 @pytest.mark.parametrize("case", ["expired", "wrong key", "alg none", "garbage"])
 def test_a_bad_token_is_refused_and_audited_without_the_token(
     world: World, verifying: Provider, case: str

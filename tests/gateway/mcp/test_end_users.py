@@ -177,6 +177,30 @@ def test_a_verified_token_in_the_headers_or_in_meta_decides(
     assert (call.on_behalf_of, call.end_user_source) == ("ada@example.com", "verified")
 
 
+def test_an_explicit_key_sent_for_one_verified_user_is_not_another_users_answer(
+    live_world: World, verifying: Provider, mcp_web: WebProcess
+) -> None:
+    def meta(user: str) -> Any:
+        return {
+            "io.countersign/user-token": verifying.token(user, ["support"]),
+            "io.countersign/idempotency-key": "shared-key",
+            "io.countersign/wait-seconds": 0,
+        }
+
+    async def main() -> tuple[Any, ...]:
+        async with connected(mcp_web.url, live_world.token) as client:
+            ada = await client.call_tool("send_email", EMAIL, meta=meta("ada@example.com"))
+            grace = await client.call_tool("send_email", EMAIL, meta=meta("grace@example.com"))
+            again = await client.call_tool("send_email", EMAIL, meta=meta("ada@example.com"))
+            return ada, grace, again
+
+    ada, grace, again = run(main)
+    assert ada.structured_content["status"] == "pending"  # type: ignore[index]
+    assert error_code(grace) == "idempotency_key_reused"
+    assert again.structured_content["id"] == ada.structured_content["id"]  # type: ignore[index]
+    assert ToolCall.objects.count() == 1
+
+
 def test_a_bad_token_is_refused_never_ignored(
     live_world: World, verifying: Provider, mcp_web: WebProcess
 ) -> None:
