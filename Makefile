@@ -12,6 +12,9 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/countersign
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# The suite's pytest processes (pytest-xdist; each file's tests stay in one process). Each
+# has its own test database, Redis database, Celery queue and var/ (tests/support/parallel.py).
+TEST_PROCESSES ?= 2
 # The product's packages, checked by mypy with django-stubs.
 TYPED := core config audit tools_registry accounts approvals gateway sandbox
 
@@ -74,7 +77,7 @@ test: $(VENV)/.installed-dev $(AGENT_CLIENTS)/.installed chromium
 	$(VENV)/bin/ruff check . && \
 	SANDBOX_ENABLED=1 $(VENV)/bin/mypy $(TYPED) && \
 	$(PY) manage.py makemigrations --check --dry-run && \
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
