@@ -317,6 +317,9 @@ class StandingApproval(models.Model):
         ToolCall, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     match = models.CharField(max_length=16, choices=Match.choices, default=Match.ANY)
+    # The tool's version when it was given: it covers calls of that definition only (a new
+    # endpoint, schema or description is not what its author saw).
+    tool_version = models.CharField(max_length=16, blank=True)
     # SAME: the bound hash of the approved arguments (tool name, version and arguments).
     arguments_hash = models.CharField(max_length=64, blank=True)
     # CONDITION: a CEL condition over args, signals, user and agent (tools_registry.rules).

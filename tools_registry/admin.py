@@ -376,7 +376,9 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
         """Reviewers' approvals in advance that are live now (the approvals app owns them;
         its admin page lists and revokes every one)."""
         live = (
-            tool.standing_approvals.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())  # type: ignore[attr-defined]
+            tool.standing_approvals.filter(  # type: ignore[attr-defined]
+                revoked_at__isnull=True, expires_at__gt=timezone.now(), tool_version=tool.version
+            )
             .select_related("agent", "granted_by")
             .order_by("expires_at")
         )

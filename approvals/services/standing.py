@@ -75,6 +75,7 @@ def grant(*, call: ToolCall, reviewer: Any, terms: Terms, now: datetime) -> Stan
         granted_by=reviewer,
         source_call=call,
         match=terms.match,
+        tool_version=call.tool_version,  # the definition its author saw
         arguments_hash=call.arguments_hash if terms.match == StandingApproval.Match.SAME else "",
         condition=terms.condition.strip()
         if terms.match == StandingApproval.Match.CONDITION
@@ -196,6 +197,10 @@ def _covers(
     user_roles: list[str],
     agent: Any,
 ) -> bool:
+    if standing.tool_version != tool.version:
+        # Given for another definition of the tool (an endpoint, a schema or a description
+        # its author did not see): it covers nothing, as a reviewer's approval would not.
+        return False
     if standing.match == StandingApproval.Match.ANY:
         return True
     if standing.match == StandingApproval.Match.SAME:

@@ -302,12 +302,18 @@ def standing_approvals(request: AuthedRequest) -> HttpResponse:
     listed = [
         {
             "standing": s,
-            "live": s.revoked_at is None and s.expires_at > now,
+            "live": s.revoked_at is None and s.expires_at > now and not _tool_changed(s),
+            "tool_changed": _tool_changed(s),
             "condition": display.text(s.condition),
         }
         for s in rows[:200]
     ]
     return render(request, "approvals/standing.html", {"rows": listed})
+
+
+def _tool_changed(standing: StandingApproval) -> bool:
+    """Given for an earlier definition of the tool: it covers nothing any more."""
+    return standing.tool_version != standing.tool.version
 
 
 @require_POST

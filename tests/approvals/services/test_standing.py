@@ -20,6 +20,7 @@ from approvals.services.calls import create_call
 from approvals.services.decisions import DecisionRefused, decide
 from tests.conftest import World, events
 from tools_registry import services as registry_services
+from tools_registry.models import Tool
 
 EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 
@@ -130,6 +131,28 @@ def test_revoked_or_expired_approvals_cover_nothing(world: World) -> None:
         expires_at=timezone.now() - timedelta(seconds=1)
     )
     assert submit(world).status == Status.PENDING
+
+
+def test_a_standing_approval_covers_only_the_tool_definition_it_was_given_for(
+    world: World,
+) -> None:
+    """A new version of the tool (a new endpoint, schema or description) is not what its
+    author saw: the approval covers none of its calls, over the API too, and its page says
+    it ended."""
+    granted = approve_with(world, submit(world), match="any")
+    assert granted.tool_version == world.tools["send_email"].version
+    assert submit(world).status == Status.APPROVED
+    Tool.objects.filter(name="send_email").update(version="new-definition")
+    world.tools["send_email"].refresh_from_db()
+    later = submit(world)
+    assert later.status == Status.PENDING and later.standing_approval_id is None
+    response = world.api().submit(
+        {"tool": "send_email", "session_id": "s-standing", "arguments": EMAIL}
+    )
+    assert response.status_code == 202 and response.json()["status"] == "pending"
+    bob = Client()
+    bob.force_login(world.bob)
+    assert "ended: the tool changed" in bob.get("/approvals/standing/").content.decode()
 
 
 @pytest.mark.django_db(transaction=True)
