@@ -208,13 +208,16 @@ def _type_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     types compared (``args.currency > 5``) fail here rather than on a live call."""
     program = _compiled(when)
     for sample in _samples(input_schema):
-        activation = _activation(
-            normalise(sample, input_schema),
-            signals=["external_link"],
-            user_id="u",
-            roles=["r"],
-            agent="a",
-        )
+        try:
+            activation = _activation(
+                normalise(sample, input_schema),
+                signals=["external_link"],
+                user_id="u",
+                roles=["r"],
+                agent="a",
+            )
+        except (ValueError, OverflowError):
+            continue  # a schema's bound past 64 bits (uint64): no sample CEL can hold
         try:
             value = program.evaluate(activation)
         except celpy.CELEvalError as exc:
@@ -246,13 +249,22 @@ def first_match(
     say) is skipped and reported; no later ``approve`` then applies, since the failed rule
     might have asked for more.
     """
-    activation = _activation(
-        normalise(arguments, input_schema),
-        signals=signals,
-        user_id=user_id,
-        roles=roles,
-        agent=agent,
-    )
+    if not rules:
+        return Applied()
+    try:
+        activation = _activation(
+            normalise(arguments, input_schema),
+            signals=signals,
+            user_id=user_id,
+            roles=roles,
+            agent=agent,
+        )
+    except (ValueError, OverflowError):
+        # A whole number past 64 bits (JSON allows any): CEL cannot hold it, so no rule
+        # can be evaluated on this call, and every one fails closed.
+        numbers = tuple(range(1, len(rules) + 1))
+        problem = "the arguments hold a number too large for the rules to read"
+        return Applied(errors=tuple(f"rule {n}: {problem}" for n in numbers), failed=numbers)
     errors: list[str] = []
     failed: list[int] = []
     for number, rule in enumerate(rules, start=1):

@@ -197,3 +197,41 @@ def test_a_rule_that_cannot_be_evaluated_blocks_every_later_approval() -> None:
     assert nothing.rule is None and nothing.errors
     # A number written without a decimal point compares with a double: the schema says number.
     assert rules.first_match(ordered, arguments={"amount": 4, "note": "fine"}, **common).number == 2
+
+
+# --- Numbers CEL cannot hold ------------------------------------------------------------
+
+BIG = 2**63  # one past CEL's int64
+
+
+def test_a_number_past_64_bits_fails_every_rule_closed_and_no_rules_read_nothing() -> None:
+    facts = {"input_schema": REFUND, "signals": [], "user_id": "", "roles": [], "agent": "a"}
+    arguments = {"payment_id": "pay_0001", "amount_cents": BIG, "currency": "usd"}
+    assert rules.first_match([], arguments=arguments, **facts) == rules.Applied()
+    applied = rules.first_match(
+        [
+            rules.Rule(when="args.amount_cents > 100", then="require", approvals=2),
+            rules.Rule(when="true", then=rules.APPROVE),
+        ],
+        arguments=arguments,
+        **facts,
+    )
+    assert applied.rule is None and applied.failed == (1, 2)
+    assert "too large for the rules to read" in applied.errors[0]
+    huge_float = {**arguments, "amount_cents": 10**400}  # past a double too
+    as_number = {"type": "object", "properties": {"amount_cents": {"type": "number"}}}
+    failed = rules.first_match(
+        [rules.Rule(when="true", then=rules.APPROVE)],
+        arguments=huge_float,
+        **{**facts, "input_schema": as_number},
+    )
+    assert failed.failed == (1,)
+
+
+def test_rules_on_a_tool_whose_schema_allows_uint64_are_checked_not_a_crash() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"quantity": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}},
+    }
+    conditions = [{"when": "args.quantity > 100", "then": "require", "approvals": 2}]
+    assert rules.problems(conditions, risk="write", input_schema=schema, teams=TEAMS) == []

@@ -1,0 +1,81 @@
+"""A whole number past 64 bits in a call's arguments (JSON allows any; an imported API's
+integer often has no maximum): policy rules cannot read it, so the call waits for a
+reviewer with its rules failed closed, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from approvals.models import Status, ToolCall
+from tests.conftest import World
+from tools_registry import registry
+from tools_registry import services as registry_services
+from tools_registry.models import Tool
+from tools_registry.policy import Risk, defaults_for
+
+pytestmark = pytest.mark.usefixtures("clean_shared_state")
+
+ORDER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sku": {"type": "string", "maxLength": 20},
+        "quantity": {"type": "integer", "minimum": 1},
+    },
+    "required": ["sku", "quantity"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def order_tool(world: World) -> Iterator[Tool]:
+    spec = registry.tool(
+        name="place_order",
+        description="Order stock from the supplier. Side effect: the order is placed.",
+        input_schema=ORDER_SCHEMA,
+        risk=Risk.WRITE,
+    )(lambda ctx, arguments: {"ok": True})
+    tool = Tool.objects.create(
+        name=spec.name,
+        description=spec.description,
+        input_schema=spec.input_schema,
+        risk=Risk.WRITE,
+        version=spec.version,
+        **defaults_for(Risk.WRITE).as_fields(),
+    )
+    world.agent.allowed_tools.add(tool)
+    yield tool
+    registry.unregister("place_order")
+
+
+def order(quantity: Any) -> dict[str, Any]:
+    return {
+        "tool": "place_order",
+        "session_id": "s-order",
+        "arguments": {"sku": "sku-1", "quantity": quantity},
+    }
+
+
+@pytest.mark.parametrize("with_rules", [True, False])
+def test_a_number_past_64_bits_waits_for_a_reviewer_not_a_500(
+    world: World, order_tool: Tool, with_rules: bool
+) -> None:
+    if with_rules:
+        registry_services.update_policy(
+            tool=order_tool,
+            changes={"rules": [{"when": "args.quantity <= 10", "then": "approve"}]},
+            changed_by=world.alice,
+        )
+    response = world.api().submit(order(2**63))
+    assert response.status_code == 202, response.content[:300]
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert call.status == Status.PENDING
+    assert call.arguments["quantity"] == 2**63
+    reviewer = Client()
+    reviewer.force_login(world.bob)
+    registry_services.grant_review(tool=order_tool, user=world.bob)
+    page = reviewer.get(f"/approvals/{call.pk}/")
+    assert page.status_code == 200 and str(2**63) in page.content.decode()
