@@ -45,6 +45,7 @@ from typing import Any
 
 GENESIS = "0" * 64
 FORMULA_GUARDED = ("outcome", "actor_label", "agent_name", "tool_name", "session_id")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 DATA_KEY = ', "data" : '
 
 
@@ -65,7 +66,9 @@ def read_rows(path: str) -> Iterator[dict[str, Any]]:
         csv.field_size_limit(sys.maxsize)
         for row in csv.DictReader(handle):
             for column in FORMULA_GUARDED:
-                if row[column].startswith("'"):
+                # Only the "'" the export put before a formula's first character: one
+                # before anything else was written by someone else, and is hashed as it is.
+                if row[column][:1] == "'" and row[column][1:2] in FORMULA_STARTS:
                     row[column] = row[column][1:]
             yield {
                 **row,

@@ -264,3 +264,34 @@ def test_every_formula_start_is_defused_and_nothing_else(
     body = download(auditor_client, "csv", "action=test.cell")
     rows = list(csv.DictReader(io.StringIO(body.decode())))
     assert [r["session_id"] for r in rows] == [f"'{start}x", f"x{start}", ""]
+
+
+def test_an_apostrophe_added_before_a_plain_cell_fails_verification(
+    auditor_client: Client, tmp_path: Path
+) -> None:
+    """The verifier takes off only the "'" the export put before a formula's first
+    character: "pending" edited into "'pending" is a changed row."""
+    record(action="call.submitted", outcome="pending", session_id="run-1", data={"n": 1})
+    record(action="call.submitted", outcome="=sum", session_id="-run", data={"n": 2})
+    chain.seal_and_anchor()
+    exported = download(auditor_client, "csv").decode()
+    rows = list(csv.reader(io.StringIO(exported)))
+    whole = tmp_path / "whole.csv"
+    whole.write_text(exported)
+    assert _verify(whole).returncode == 0, "cells the export defused verify as they were"
+    header = rows[0]
+    row = next(r for r in rows[1:] if r[header.index("outcome")] == "pending")
+    row[header.index("outcome")] = "'pending"
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    edited = tmp_path / "edited.csv"
+    edited.write_text(buffer.getvalue())
+    assert _verify(edited).returncode == 1
+
+
+def test_the_verifier_knows_the_exports_guarded_columns_and_formula_starts() -> None:
+    """The stand-alone script keeps its own copy (it imports nothing from Countersign)."""
+    from audit import verify_export
+
+    assert verify_export.FORMULA_GUARDED == exports.FORMULA_GUARDED
+    assert verify_export.FORMULA_STARTS == exports.FORMULA_STARTS
