@@ -278,7 +278,13 @@ def first_match(
             errors.append(f"rule {number}: not valid CEL")
             failed.append(number)
             continue
-        if value is True or (isinstance(value, celtypes.BoolType) and bool(value)):
+        if not isinstance(value, bool | celtypes.BoolType):
+            # Checked when saved on sample calls, but a live value may differ (an argument
+            # typed "a boolean or a string"): not false, so it fails closed.
+            errors.append(f"rule {number}: the condition gave a value, not true or false")
+            failed.append(number)
+            continue
+        if value is True or bool(value):
             if rule.then == APPROVE and errors:
                 continue
             return Applied(number=number, rule=rule, errors=tuple(errors), failed=tuple(failed))

@@ -235,3 +235,25 @@ def test_rules_on_a_tool_whose_schema_allows_uint64_are_checked_not_a_crash() ->
     }
     conditions = [{"when": "args.quantity > 100", "then": "require", "approvals": 2}]
     assert rules.problems(conditions, risk="write", input_schema=schema, teams=TEAMS) == []
+
+
+def test_a_condition_that_gives_a_value_on_a_live_call_fails_closed() -> None:
+    """Saved after its check on sample calls (a boolean there), it reads a string here."""
+    schema = {
+        "type": "object",
+        "properties": {"urgent": {"anyOf": [{"type": "boolean"}, {"type": "string"}]}},
+    }
+    applied = rules.first_match(
+        [
+            rules.Rule(when="args.urgent", then="require", approvals=2),
+            rules.Rule(when="true", then=rules.APPROVE),
+        ],
+        arguments={"urgent": "yes"},
+        input_schema=schema,
+        signals=[],
+        user_id="",
+        roles=[],
+        agent="a",
+    )
+    assert applied.rule is None and applied.failed == (1,)
+    assert "not true or false" in applied.errors[0]
