@@ -6,28 +6,199 @@ would hold a worker, or a web thread for a read call, without end, and one sendi
 gigabyte would hold it in memory. ``read`` stops at ``limit`` bytes and at ``deadline``;
 ``CappedTransport`` does the same for the MCP client's asynchronous streams, which the SDK
 reads itself.
+
+Two ways past those limits are closed here too. A compressed answer is inflated a bounded
+piece at a time (``Inflater``): httpx inflates each chunk whole before anyone can count it,
+and 250 KB of gzip are 256 MB. And the deadline bounds the whole attempt
+(``DeadlineTransport``): a server dripping its status line and headers a byte at a time
+answers each read within httpx's timeout, before ``read`` is even called.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
+import httpcore
 import httpx
 import httpx2
 
+# What an answer may be encoded in: one layer of what zlib inflates a bounded piece at a
+# time. Sent as the request's Accept-Encoding, so that a server that honours it never sends
+# br, zstd or layers ("gzip, gzip" is legal, seldom seen, and a bomb's favourite).
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+class AnswerUnreadable(httpx.DecodingError):
+    """An answer in a Content-Encoding that cannot be inflated within a limit (br, zstd,
+    one unknown, more than one layer): it is not read at all."""
+
 
 def read(response: httpx.Response, *, limit: int, deadline: float) -> tuple[bytes, bool]:
-    """(at most ``limit`` bytes of the body, whether there was more). Raises
-    ``httpx.ReadTimeout`` once ``deadline`` (``time.monotonic()``) has passed."""
-    raw = bytearray()
-    for chunk in response.iter_bytes():
-        raw += chunk
-        if len(raw) > limit:
-            return bytes(raw[:limit]), True
+    """(at most ``limit`` bytes of the body, decoded, whether there was more). Raises
+    ``httpx.ReadTimeout`` once ``deadline`` (``time.monotonic()``) has passed,
+    ``AnswerUnreadable`` for an encoding it cannot bound, ``httpx.DecodingError`` for a
+    corrupt one."""
+    inflater = Inflater.of(response.headers.get_list("content-encoding", split_commas=True))
+    body = bytearray()
+    # The raw bytes, inflated here: ``iter_bytes`` would inflate each chunk whole first.
+    for chunk in response.iter_raw():
+        body += inflater.inflate(chunk, at_most=limit + 1 - len(body)) if inflater else chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
         if time.monotonic() > deadline:
             raise httpx.ReadTimeout("the answer took longer than its timeout")
-    return bytes(raw), False
+        if inflater and inflater.finished:
+            break  # what follows the compressed stream is not part of the answer (as httpx)
+    return bytes(body), False
+
+
+class Inflater:
+    """Undoes a gzip or deflate Content-Encoding, giving out no more than it is asked for:
+    httpx's decoders inflate each chunk whole before anyone can count it, and 100 KB of
+    gzip can be 100 MB."""
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16) if encoding == "gzip" else None
+        self._head = b""
+
+    @classmethod
+    def of(cls, content_encoding: Iterable[str]) -> Inflater | None:
+        """The inflater of a Content-Encoding header's values (None: nothing to undo)."""
+        encodings = [value.strip().lower() for value in content_encoding]
+        encodings = ["gzip" if e == "x-gzip" else e for e in encodings if e not in ("", "identity")]
+        if not encodings:
+            return None
+        if len(encodings) > 1 or encodings[0] not in ("gzip", "deflate"):
+            raise AnswerUnreadable(
+                f"the answer's Content-Encoding ({', '.join(encodings)[:100]}) "
+                "cannot be read within a size limit"
+            )
+        return cls(encodings[0])
+
+    @property
+    def finished(self) -> bool:
+        return self._zlib is not None and self._zlib.eof
+
+    def inflate(self, data: bytes, *, at_most: int) -> bytes:
+        """Up to ``at_most`` (at least 1) bytes inflated from ``data``. Whatever is left
+        of it is dropped: the caller asks for one byte past its limit, and stops there."""
+        if self._zlib is None:
+            # "deflate" is meant to be zlib-wrapped, yet servers send it raw too: its two
+            # first bytes tell which (httpx tries the wrapper and falls back on an error).
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._head = self._head, b""
+            wrapped = data[0] & 0x0F == zlib.DEFLATED and int.from_bytes(data[:2]) % 31 == 0
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        try:
+            return self._zlib.decompress(data, max(at_most, 1))
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"{self._encoding}: {exc}") from exc
+
+
+def _time_left(deadline: float, timeout: float | None, expired: type[Exception]) -> float:
+    """The timeout of one network operation: its own, cut to what is left of ``deadline``."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the request took longer than its timeout")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(
+            max_bytes, _time_left(self._deadline, timeout, httpcore.ReadTimeout)
+        )
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _time_left(self._deadline, timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(self._deadline, timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, left), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """A network backend whose streams give each connect, TLS handshake, write and read
+    the time left before ``deadline`` at most (and their own timeout when it is shorter)."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, deadline: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(self._deadline, timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(
+            host, port, timeout=left, local_address=local_address, socket_options=socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _time_left(self._deadline, timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_unix_socket(path, timeout=left, socket_options=socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport, with ``deadline`` (``time.monotonic()``) bounding the whole
+    attempt: connecting, sending, the status line and headers, and the body.
+
+    Each socket operation is given the time left rather than cut off from another thread
+    (a timer closing the connection): the thread that waits is the one that gives up, with
+    httpx's own ReadTimeout/ConnectTimeout, and no timer thread, lock or half-closed
+    connection is left behind. A server can hold an attempt a read's worth past the
+    deadline at most, and that read is itself cut to the time left."""
+
+    def __init__(
+        self,
+        *,
+        deadline: float,
+        ssl_context: ssl.SSLContext,
+        network_backend: httpcore.NetworkBackend | None = None,
+    ) -> None:
+        super().__init__(verify=ssl_context)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            network_backend=DeadlineBackend(network_backend or httpcore.SyncBackend(), deadline),
+        )
 
 
 class AnswerTooLarge(httpx2.ReadError):
@@ -36,7 +207,8 @@ class AnswerTooLarge(httpx2.ReadError):
 
 class CappedTransport(httpx2.AsyncBaseTransport):
     """An asynchronous transport whose answers end in ``AnswerTooLarge`` past ``limit``
-    bytes each (an event stream counts as one answer)."""
+    bytes each (an event stream counts as one answer), counted inflated: a compressed
+    answer is inflated here, a bounded piece at a time, and handed on decoded."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport, *, limit: int) -> None:
         self._inner = inner
@@ -45,7 +217,14 @@ class CappedTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
         assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's
-        response.stream = _CappedStream(response.stream, self._limit, request)
+        try:
+            inflater = Inflater.of(response.headers.get_list("content-encoding", True))
+        except AnswerUnreadable as exc:
+            await response.aclose()
+            raise httpx2.DecodingError(str(exc), request=request) from None
+        # Decoded here, so httpx2 must not decode it again (it would, whole, by the header).
+        response.headers.pop("content-encoding", None)
+        response.stream = _CappedStream(response.stream, self._limit, request, inflater)
         return response
 
     async def aclose(self) -> None:
@@ -53,14 +232,29 @@ class CappedTransport(httpx2.AsyncBaseTransport):
 
 
 class _CappedStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, request: httpx2.Request):
+    def __init__(
+        self,
+        inner: httpx2.AsyncByteStream,
+        limit: int,
+        request: httpx2.Request,
+        inflater: Inflater | None = None,
+    ):
         self._inner = inner
         self._limit = limit
         self._request = request
+        self._inflater = inflater
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self._inner:
+        async for raw in self._inner:
+            try:
+                chunk = (
+                    self._inflater.inflate(raw, at_most=self._limit + 1 - seen)
+                    if self._inflater
+                    else raw
+                )
+            except httpx.DecodingError as exc:
+                raise httpx2.DecodingError(str(exc), request=self._request) from None
             seen += len(chunk)
             if seen > self._limit:
                 raise AnswerTooLarge(

@@ -34,7 +34,7 @@ import random
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,13 +44,14 @@ import httpcore
 import httpx
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
 from audit.log import record
 from core import bounded_http, tls
+from core.json_values import storable
 from gateway.models import WebhookAttempt, WebhookDelivery
 from gateway.responses import represent_call
 from tools_registry.services import signing_secrets
@@ -184,9 +185,26 @@ def deliver(delivery_id: UUID) -> str:
     delivery = WebhookDelivery.objects.select_related("agent").get(pk=delivery_id)
     started = timezone.now()
     clock = time.monotonic()
-    result = _post(delivery)
+    try:
+        result = _post(delivery)
+    except Exception as exc:
+        # Still an attempt, recorded and counted: one that crashed the task would leave the
+        # delivery pending, resent after each lease to no end, never failed.
+        logger.exception("webhook %s: the attempt broke", delivery.pk)
+        result = AttemptResult(error=f"{type(exc).__name__}: {exc}"[:500])
     duration_ms = int((time.monotonic() - clock) * 1000)
-    return _finish(delivery, result, started=started, duration_ms=duration_ms)
+    try:
+        return _finish(delivery, result, started=started, duration_ms=duration_ms)
+    except DatabaseError:
+        # The receiver's words are what could not be stored, whatever they held: the
+        # attempt is recorded without them rather than retried without end.
+        logger.exception("webhook %s: the attempt's result could not be stored", delivery.pk)
+        bare = AttemptResult(
+            status_code=result.status_code,
+            error="the attempt's result could not be stored" if result.error else "",
+            give_up=result.give_up,
+        )
+        return _finish(delivery, bare, started=started, duration_ms=duration_ms)
 
 
 def _post(delivery: WebhookDelivery) -> AttemptResult:
@@ -199,7 +217,14 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
         "User-Agent": "Countersign-Webhooks/2",
         **sign(signing_secrets(delivery.agent), str(delivery.pk), int(time.time()), body),
     }
-    transport = None if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS else PublicOnlyTransport()
+    # The timeout bounds the whole attempt, connecting and the headers included: within
+    # the lease, so that no receiver holds the worker with the executor's tasks waiting.
+    deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
+    transport = (
+        bounded_http.DeadlineTransport(deadline=deadline, ssl_context=tls.context())
+        if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS
+        else PublicOnlyTransport(deadline=deadline)
+    )
     try:
         # No redirects: a receiver must not bounce the signed payload somewhere else.
         with (
@@ -207,11 +232,10 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
                 timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
                 follow_redirects=False,
                 transport=transport,
-                verify=tls.context(),
+                headers={"Accept-Encoding": bounded_http.ACCEPT_ENCODING},
             ) as c,
             c.stream("POST", delivery.url, content=body, headers=headers) as response,
         ):
-            deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
             excerpt = _excerpt(response, deadline=deadline)
     except httpx.HTTPError as exc:
         return AttemptResult(error=f"{type(exc).__name__}: {exc}"[:500])
@@ -227,7 +251,11 @@ def _excerpt(response: httpx.Response, *, deadline: float) -> str:
     """The start of a receiver's answer (for the admin), read within the delivery's time, so
     that a receiver dripping bytes or sending a gigabyte cannot hold the worker past its
     lease with the executor's tasks waiting behind."""
-    raw, _ = bounded_http.read(response, limit=ANSWER_READ_BYTES, deadline=deadline)
+    try:
+        raw, _ = bounded_http.read(response, limit=ANSWER_READ_BYTES, deadline=deadline)
+    except httpx.DecodingError as exc:
+        # The status is the receiver's answer; its body is only shown to the admin.
+        return f"(the answer could not be decoded: {exc})"[:500]
     return raw.decode(response.encoding or "utf-8", errors="replace")[:500]
 
 
@@ -235,6 +263,8 @@ def _finish(
     delivery: WebhookDelivery, result: AttemptResult, *, started: datetime, duration_ms: int
 ) -> str:
     now = timezone.now()
+    # What a receiver sent back may hold NUL, which PostgreSQL's text refuses.
+    result = replace(result, error=storable(result.error), excerpt=storable(result.excerpt))
     if result.ok:
         changes = {"state": WebhookDelivery.State.DELIVERED, "delivered_at": now}
     elif result.give_up or delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
@@ -385,12 +415,10 @@ class _PublicOnlyBackend(httpcore.SyncBackend):
         )
 
 
-class PublicOnlyTransport(httpx.HTTPTransport):
-    """httpx's transport, connecting through ``_PublicOnlyBackend``."""
+class PublicOnlyTransport(bounded_http.DeadlineTransport):
+    """httpx's transport, connecting through ``_PublicOnlyBackend``, within ``deadline``."""
 
-    def __init__(self) -> None:
-        super().__init__(verify=tls.context())
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=tls.context(),
-            network_backend=_PublicOnlyBackend(),
+    def __init__(self, *, deadline: float) -> None:
+        super().__init__(
+            deadline=deadline, ssl_context=tls.context(), network_backend=_PublicOnlyBackend()
         )

@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +33,9 @@ from gateway.models import WebhookDelivery
 from gateway.tasks import deliver_webhook
 from tests.conftest import World
 from tests.gateway.conftest import SEND_EMAIL, in_threads
+from tests.support.compression import gzip_bomb
+from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.workers import purge_queue, running_worker, wait_for
 from tools_registry import services as registry_services
 
@@ -288,6 +292,96 @@ def test_a_receivers_huge_answer_is_not_read_whole(world: World, receiver: Recei
     assert len(delivery.attempt_log.get().response_excerpt) == 500
     time.sleep(0.5)
     assert receiver.written < 32 * 1024 * 1024, "the client stopped reading early"
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1)
+def test_a_receiver_that_drips_its_headers_is_cut_off_at_the_timeout(world: World) -> None:
+    """Each byte of the headers arrives within the read timeout; the timeout still bounds
+    the attempt as a whole, not only the body read after them."""
+
+    def drip_headers(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(40):
+                handler.wfile.write(b"X")
+                handler.wfile.flush()
+                time.sleep(0.3)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    server = RawHttpServer(drip_headers)
+    try:
+        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
+        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+        started = time.monotonic()
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
+        assert time.monotonic() - started < 2.5
+    finally:
+        server.close()
+    assert "ReadTimeout" in delivery.attempt_log.get().error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_receivers_compressed_answer_is_read_without_inflating_it_whole(world: World) -> None:
+    """Only an excerpt of the answer is kept: a small answer that inflates to 128 MB
+    (128 MB of gzip) is inflated no further than what is read of it."""
+    bomb = gzip_bomb(128 << 20)
+
+    def answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(bomb)))
+        handler.end_headers()
+        handler.wfile.write(bomb)
+
+    server = RawHttpServer(answer)
+    try:
+        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
+        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+        tracemalloc.start()
+        try:
+            assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        server.close()
+    assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte answer"
+    assert delivery.attempt_log.get().response_excerpt == "a" * 500
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_MAX_ATTEMPTS=2)
+def test_a_receivers_answer_holding_nul_is_kept_storable(world: World) -> None:
+    """PostgreSQL's text cannot hold NUL: the answer's excerpt is kept with U+FFFD in its
+    place, rather than the attempt failing to be recorded and resent to no end."""
+    server = RawHttpServer(lambda handler, body: raw_reply(handler, 200, b"ok\x00", "text/plain"))
+    try:
+        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
+        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    finally:
+        server.close()
+    assert delivery.attempt_log.get().response_excerpt == "ok\ufffd"
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_MAX_ATTEMPTS=2)
+def test_an_attempt_that_breaks_unexpectedly_is_recorded_and_counted(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A bug in making the attempt still ends it as a failed attempt, logged: the last one
+    fails the delivery, instead of each crashing the task and the sweep resending it."""
+    call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call)
+
+    def broken(*args: Any) -> dict[str, str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhooks, "sign", broken)
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.FAILED
+    assert [a.error for a in delivery.attempt_log.all()] == ["RuntimeError: a bug"] * 2
+    assert "the attempt broke" in caplog.text
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_SECRET_GRACE_SECONDS=3600)

@@ -4,10 +4,19 @@ does not fit the server's own output schema is still the result of a call that r
 
 from __future__ import annotations
 
+import gzip
+import json
+import tracemalloc
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import httpx2
 import pytest
+from django.test import override_settings
 
+from core import bounded_http
+from tests.support.compression import gzip_bomb
 from tests.support.upstreams.raw_http import RawHttpServer
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
@@ -149,3 +158,89 @@ def test_an_upstream_url_that_cannot_be_requested_is_refused_unsent() -> None:
             timeout=5,
         )
     assert refused.value.code == "upstream_url_invalid"
+
+
+def call_encoded(body: bytes, encoding: str) -> Any:
+    def answer(handler: Any, received: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-encoding", encoding)
+        handler.send_header("content-length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server = RawHttpServer(answer)
+    try:
+        return upstream_http.call(
+            operation={"method": "POST", "path": "/p", "parameters": [], "body": None},
+            base_url=server.url,
+            upstream_headers=[],
+            idempotency_header="",
+            key="k",
+            arguments={},
+            timeout=5,
+        )
+    finally:
+        server.close()
+
+
+def test_an_upstreams_compressed_answer_is_read_and_never_inflated_past_the_limit() -> None:
+    """A gzipped answer is the tool's JSON as ever; one that inflates to 128 MB (about
+    130 KB sent) is stored cut at the limit, inflated no further."""
+    answer = {"id": "T-1", "items": list(range(1000))}
+    assert call_encoded(gzip.compress(json.dumps(answer).encode()), "gzip") == answer
+    bomb = gzip_bomb(128 << 20)
+    tracemalloc.start()
+    try:
+        with override_settings(UPSTREAM_MAX_RESPONSE_BYTES=100_000):
+            cut = call_encoded(bomb, "gzip")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cut["truncated"] is True and cut["text"] == "a" * 100_000
+    assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte answer"
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, gzip", "compress"])
+def test_an_upstreams_answer_in_an_encoding_that_cannot_be_bounded_is_not_read(
+    encoding: str,
+) -> None:
+    """Such an answer (which Countersign does not ask for) cannot be inflated a bounded
+    piece at a time: the upstream answered, but what it said is unknown."""
+    with pytest.raises(UpstreamUnclear, match="could not be decoded"):
+        call_encoded(b"\x1b\x00\x00", encoding)
+
+
+def test_an_mcp_servers_compressed_message_counts_inflated_and_is_never_inflated_whole() -> None:
+    """The MCP client's transport inflates what it hands the SDK, up to the document limit:
+    httpx2 would inflate each chunk whole before the limit could count it."""
+    bomb = gzip_bomb(128 << 20)
+    small = gzip.compress(b'{"ok": true}')
+
+    class Sent(httpx2.AsyncByteStream):  # as from the network (content= is read at once)
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for start in range(0, len(self.body), 100):
+                yield self.body[start : start + 100]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        body = bomb if request.url.path == "/bomb" else small
+        encoding = "gzip"
+        return httpx2.Response(200, headers={"content-encoding": encoding}, stream=Sent(body))
+
+    async def get(path: str) -> bytes:
+        transport = bounded_http.CappedTransport(httpx2.MockTransport(answer), limit=100_000)
+        async with httpx2.AsyncClient(transport=transport) as client:
+            return (await client.get(f"http://upstream{path}")).content
+
+    assert anyio.run(get, "/small") == b'{"ok": true}'
+    tracemalloc.start()
+    try:
+        with pytest.raises(bounded_http.AnswerTooLarge):
+            anyio.run(get, "/bomb")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte answer"

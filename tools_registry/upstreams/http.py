@@ -150,11 +150,17 @@ def _send(
 ) -> tuple[int, JSON, str]:
     limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
     # httpx's timeout bounds each read, not the request: a server sending a byte now and
-    # then would hold the call (and a web thread, for a read) without end.
+    # then (of its headers or of its body) would hold the call (and a web thread, for a
+    # read) without end. The deadline bounds the whole request.
     deadline = time.monotonic() + timeout
+    transport = bounded_http.DeadlineTransport(deadline=deadline, ssl_context=tls.context())
+    # Only encodings the answer can be inflated from within the limit (an agent's header
+    # argument or the upstream's headers asking for br would make the answer unreadable).
+    headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
+    headers["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
     try:
         with (
-            httpx.Client(timeout=timeout, follow_redirects=False, verify=tls.context()) as client,
+            httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client,
             client.stream(
                 method,
                 url,
@@ -178,6 +184,12 @@ def _send(
         ) from None
     except httpx.TimeoutException as exc:
         raise TimeoutError(f"The upstream did not answer within {timeout:g} s.") from exc
+    except httpx.DecodingError as exc:
+        # It answered, in an encoding that is corrupt or cannot be inflated within the
+        # limit: nothing says whether the effect happened, as with an answer cut off.
+        raise UpstreamUnclear(
+            f"The upstream's answer could not be decoded: {type(exc).__name__}."
+        ) from exc
     except httpx.HTTPError as exc:
         raise UpstreamUnclear(
             f"The request to the upstream broke off: {type(exc).__name__}."

@@ -310,6 +310,38 @@ def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout() -> 
     assert time.monotonic() - started < 3
 
 
+def test_an_upstream_that_drips_its_headers_is_cut_off_at_the_tools_timeout() -> None:
+    """As with the answer's body: the tool's timeout bounds the whole request, the status
+    line and headers (each byte within httpx's read timeout) included."""
+
+    def drip_headers(handler: Any, body: bytes) -> None:
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(40):
+                handler.wfile.write(b"X")
+                handler.wfile.flush()
+                time.sleep(0.3)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    server = RawHttpServer(drip_headers)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            upstream_http.call(
+                operation={**OPERATION, "parameters": []},
+                base_url=server.url,
+                upstream_headers=[],
+                idempotency_header="",
+                key="k",
+                arguments={},
+                timeout=1,
+            )
+    finally:
+        server.close()
+    assert time.monotonic() - started < 2.5
+
+
 def test_an_mcp_servers_big_answer_is_stored_truncated_and_a_huge_one_is_not_read(
     mcp_upstream: WebProcess, settings: Any
 ) -> None:
