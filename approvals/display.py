@@ -58,10 +58,16 @@ def arguments(call: ToolCall) -> Any:
     return value(shown)
 
 
-# The display forms of masked values (``audit.display.partial``): an address's "a***@...",
-# a phone's "•••58", a card's "•••• 1111", a keyed-hash marker.
+# What a masked value's display form looks like (``audit.display.partial`` and the keyed-hash
+# marker ``audit.masking.masked``), also once a reviewer has edited around it or into it: an
+# address's "a***@example.com" with its first character changed or deleted and without the
+# full stop or bracket of the sentence after it (the domain stops where an address's domain
+# may: a dot must be followed by another label); a phone's "•••58" and a card's "•••• 1111",
+# their bullets with or without digits; a marker ("[masked:field:3f9a1c2b]", a secret's, a
+# hidden field's), whole or cut. Ordinary text is not taken for one: "*" alone, "**bold**" or
+# "5 * 3" have no "***@", and three bullets in a row or "[masked:" are nothing people type.
 _MASK_FORM = re.compile(
-    r"[^\s\"<>]?\*\*\*@[^\s\",;<>]+|•••• \d{4}|•••\d{2}|\[masked:[a-z_]+:[0-9a-f]+\]"
+    r"[\w.%+-]?\*{3,}@(?:[\w-]+(?:\.[\w-]+)*)?|•{3,}(?: ?\d+)?|\[masked:[\w:]*\]?"
 )
 
 
@@ -72,10 +78,21 @@ def restore_masked(edited: Any, call: ToolCall) -> tuple[Any, list[str]]:
     which nobody can tell what they stood for: such a correction must be refused."""
     shown = arguments(call)
     restored = _restored(edited, shown, call.arguments)
-    made = set(_MASK_FORM.findall(json.dumps(shown, ensure_ascii=False)))
-    made -= set(_MASK_FORM.findall(json.dumps(call.arguments, ensure_ascii=False)))
-    text = json.dumps(restored, ensure_ascii=False)
-    return restored, sorted(form for form in made if form in text)
+    # Any masked-looking form left, not only the exact ones shown: an edit may have changed
+    # what stands around or in one. One the agent itself wrote is its text, not a mask.
+    written = _mask_forms(call.arguments)
+    return restored, sorted(_mask_forms(restored) - written)
+
+
+def _mask_forms(data: Any) -> set[str]:
+    """The masked-looking forms in every string of ``data``, keys included."""
+    if isinstance(data, str):
+        return set(_MASK_FORM.findall(data))
+    if isinstance(data, dict):
+        return {f for k, v in data.items() for f in _mask_forms(str(k)) | _mask_forms(v)}
+    if isinstance(data, list):
+        return {f for v in data for f in _mask_forms(v)}
+    return set()
 
 
 def _restored(edited: Any, shown: Any, original: Any) -> Any:
@@ -85,15 +102,56 @@ def _restored(edited: Any, shown: Any, original: Any) -> Any:
             for k, v in edited.items()
         }
     if isinstance(edited, list) and isinstance(shown, list) and isinstance(original, list):
-        # By position: an item moved (another removed before it) is not restored, and its
-        # masked form left in it refuses the correction (``restore_masked``).
-        return [
-            _restored(v, shown[i], original[i]) if i < len(shown) and i < len(original) else v
-            for i, v in enumerate(edited)
-        ]
+        return _restored_list(edited, shown, original)
     if edited == shown and shown != original:
         return original
     return edited
+
+
+def _restored_list(edited: list[Any], shown: list[Any], original: list[Any]) -> list[Any]:
+    """A list's items given back their real values only where it is certain which original
+    item each stands for. Two items may look alike once masked ("ada@..." and "amy@..." are
+    both "a***@example.com"): restoring by position after one was removed would put one
+    person's value under another's name. An item left out of this keeps its masked form,
+    and the correction is refused (``restore_masked``)."""
+    if edited == shown:
+        return original
+    count = min(len(shown), len(original))
+    # Looked up, not compared pairwise: an agent's list may hold tens of thousands of items.
+    shown_at: dict[str, list[int]] = {}
+    stands_for: dict[str, set[str]] = {}  # a masked form -> the original items showing it
+    forms = []
+    for i in range(count):
+        shown_at.setdefault(_key(shown[i]), []).append(i)
+        forms.append(_mask_forms(shown[i]))
+        for form in forms[i]:
+            stands_for.setdefault(form, set()).add(_key(original[i]))
+    changed = (
+        [k for k in range(len(shown)) if edited[k] != shown[k]]
+        if len(edited) == len(shown)
+        else None
+    )
+
+    def certain_by_position(i: int) -> bool:
+        # Changed where it stood, every other item as shown at its place; or no other item
+        # shows a masked form of this one's while standing for something else.
+        return changed == [i] or all(len(stands_for[form]) == 1 for form in forms[i])
+
+    items = []
+    for i, item in enumerate(edited):
+        same = shown_at.get(_key(item), [])
+        if len(same) == 1:
+            # Left as shown, wherever it now stands: the one item shown so.
+            items.append(_restored(item, shown[same[0]], original[same[0]]))
+        elif i < count and certain_by_position(i):
+            items.append(_restored(item, shown[i], original[i]))
+        else:
+            items.append(item)
+    return items
+
+
+def _key(item: Any) -> str:
+    return json.dumps(item, sort_keys=True, ensure_ascii=False)
 
 
 def _partly(data: Any, parts: list[str]) -> Any:
@@ -322,7 +380,7 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
     ]
     notes = [Remark(n, text(n.text)) for n in call.notes.all()]
     # What the downstream answered, with the values of the call's hidden fields masked at
-    # their own paths and wherever it echoed them.
+    # their own paths and wherever it echoed them; the agent's reasoning may quote them too.
     sensitive, kept = call.tool.hidden_fields, hidden.values(call.tool, call.arguments)
 
     def answered(data: Any) -> Any:
@@ -334,7 +392,7 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
         summary=summary(call, shown),
         facts=facts(call),
         signals=signals(call),
-        reasoning=text(call.reasoning),
+        reasoning=text(hidden.text(call.reasoning, kept)),
         session_id=text(call.session_id),
         on_behalf_of=text(call.on_behalf_of),
         votes=votes,

@@ -136,6 +136,49 @@ def test_a_hidden_value_the_downstream_echoes_is_masked_in_the_result(
     assert trail == [], [e.action for e in trail]
 
 
+@pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
+def test_a_hidden_value_the_reasoning_quotes_is_masked_on_the_page_and_in_the_trail(
+    world: World, kind: str
+) -> None:
+    """The agent's reasoning may quote what it put in a hidden field: masked there too, on
+    the call's page, in the trail (proposed, run) and so on the auditor's pages."""
+    hide(world, "update_customer", kind, "changes.name")
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": name}},
+        reasoning=f"The customer asked to be called {name} from now on.",
+    )
+    html = pages(world, call.pk)
+    assert name not in html and "asked to be called [masked:field:" in html
+    decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash,
+    )  # fmt: skip
+    runner.execute(call.pk)
+    trail = AuditEvent.objects.filter(call_id=call.pk)
+    reasoned = {e.action: e.data["reasoning"] for e in trail if "reasoning" in e.data}
+    assert set(reasoned) == {"call.submitted", "call.execution_started"}, reasoned
+    assert all(
+        r.startswith("The customer asked to be called [masked:field:") for r in reasoned.values()
+    )
+    assert [e.action for e in trail if name in str(e.data)] == []
+
+    world.charlie.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    auditor = Client()
+    auditor.force_login(world.charlie)
+    for url in (
+        f"/audit/calls/{call.pk}/",
+        f"/audit/session/?agent={world.agent.name}&session=run-1",
+    ):
+        page = auditor.get(url)
+        assert page.status_code == 200 and name not in page.content.decode(), url
+    # The agent wrote it: its own call keeps it.
+    call.refresh_from_db()
+    assert name in call.reasoning
+
+
 def test_what_is_masked_in_a_text_and_what_is_not() -> None:
     note = "Move them to the pro plan, see https://intra.example/t/991"
     secrets = [note, "cus_0003"]

@@ -8,12 +8,15 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from approvals import display
 from approvals.models import Note, Status, ToolCall
 from approvals.services.decisions import decide
 from approvals.views.detail import live_version
 from tests.approvals.conftest import login, make_call
 from tests.conftest import World, events
+from tools_registry import services as registry_services
 
 
 def version_of(body: str) -> str:
@@ -172,6 +175,167 @@ def test_a_changed_text_still_holding_a_masked_part_is_refused_not_sent(world: W
     assert response.status_code == 302
     call.refresh_from_db()
     assert call.arguments == {"to": "ada@example.com", "subject": "Your refund", "body": body}
+
+
+def test_a_masked_address_before_punctuation_is_refused_through_the_web(world: World) -> None:
+    """The body's address is shown "b***@example.com." (the sentence's full stop after it);
+    a reviewer who edits the text around it must not send the stand-in."""
+    call = make_call(
+        world,
+        arguments={"to": "ada@example.com", "subject": "Hi", "body": "Write to bob@example.com."},
+    )
+    edited = {
+        "to": "a***@example.com",
+        "subject": "Hi",
+        "body": "Write to b***@example.com, please.",
+    }
+    response = login(world.bob).post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "edited_arguments": json.dumps(edited),
+        },
+    )
+    assert response.status_code == 409
+    assert "still holds a masked part (b***@example.com)" in response.content.decode()
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and "***" not in json.dumps(call.arguments)
+
+
+@pytest.mark.parametrize(
+    ("body", "shown_part", "edited_part", "left_form"),
+    [
+        # The full stop after an address, a bracket, a colon: not part of its masked form.
+        (
+            "Write to bob@example.com.",
+            "b***@example.com.",
+            "b***@example.com, ok.",
+            "b***@example.com",
+        ),
+        ("(bob@example.com)", "(b***@example.com)", "b***@example.com!", "b***@example.com"),
+        ("Bcc bob@example.com: yes", "b***@example.com:", "b***@example.com;", "b***@example.com"),
+        # Its first letter deleted or changed, its domain changed or deleted.
+        ("To bob@example.com", "b***@example.com", "***@example.com", "***@example.com"),
+        ("To bob@example.com", "b***@example.com", "c***@example.com", "c***@example.com"),
+        ("To bob@example.com", "b***@example.com", "b***@example.org", "b***@example.org"),
+        ("To bob@example.com", "b***@example.com", "b***@", "b***@"),
+        # A phone's and a card's, around them or in them.
+        ("Call 020 7946 0958 (mobile).", "•••58 (mobile)", "•••58, mobile", "•••58"),
+        ("Call 020 7946 0958 (mobile).", "•••58", "•••5", "•••5"),
+        ("Card 4111 1111 1111 1111: refund.", "•••• 1111:", "•••• 1111!", "•••• 1111"),
+        ("Card 4111 1111 1111 1111: refund.", "•••• 1111", "••••", "••••"),
+    ],
+)
+def test_a_changed_text_keeping_any_masked_looking_part_is_refused(
+    world: World, body: str, shown_part: str, edited_part: str, left_form: str
+) -> None:
+    """Not only the exact forms shown: whatever an edit did around or inside a masked form,
+    what is left of it stands for nothing that can be known."""
+    call = make_call(world, arguments={"to": "ada@example.com", "subject": "Hi", "body": body})
+    shown = display.arguments(call)
+    assert shown_part in shown["body"], shown["body"]
+    edited = {**shown, "body": shown["body"].replace(shown_part, edited_part)}
+    restored, left = display.restore_masked(edited, call)
+    assert restored["to"] == "ada@example.com"  # left as shown: restored
+    assert left == [left_form], restored
+
+
+def test_a_hidden_fields_marker_cut_in_an_edit_is_refused(world: World) -> None:
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"secret_fields": ["subject"]},
+        changed_by=world.alice,
+    )
+    world.tools["send_email"].refresh_from_db()
+    call = make_call(world)
+    shown = display.arguments(call)
+    assert shown["subject"].startswith("[masked:field:")
+    edited = {**shown, "subject": f"Re: {shown['subject'][:-3]}"}  # its end cut off
+    restored, left = display.restore_masked(edited, call)
+    assert left == ["[masked:field:" + shown["subject"][14:-3]], restored
+
+
+def test_ordinary_text_with_stars_or_a_masked_form_the_agent_wrote_is_not_refused(
+    world: World,
+) -> None:
+    """Stars in a text ("**bold**", "5 * 3", a footnote*) are no masked form; and one the
+    agent itself wrote (a text quoting a masked address) is its text, kept as it was."""
+    body = "As the log says: sent to j***@example.com."
+    call = make_call(world, arguments={"to": "ada@example.com", "subject": "Hi", "body": body})
+    shown = display.arguments(call)
+    edited = {
+        **shown,
+        "subject": "**Important**: 5 * 3 = 15*",
+        "body": body.replace("As the log says", "As the logs say"),
+    }
+    restored, left = display.restore_masked(edited, call)
+    assert left == []
+    assert restored["to"] == "ada@example.com"
+    assert restored["body"] == "As the logs say: sent to j***@example.com."
+
+
+def test_removing_one_of_two_recipients_whose_masks_look_alike_keeps_the_right_one(
+    world: World,
+) -> None:
+    """Both addresses are shown "a***@example.com"; the reviewer removes the first (Ada) and
+    keeps Amy's row: Amy's own address comes back, never Ada's under Amy's name."""
+    call = ToolCall(
+        tool=world.tools["send_email"],
+        agent=world.agent,
+        arguments={
+            "recipients": [
+                {"name": "Ada", "email": "ada@example.com"},
+                {"name": "Amy", "email": "amy@example.com"},
+            ]
+        },
+    )
+    shown = display.arguments(call)
+    assert [r["email"] for r in shown["recipients"]] == ["a***@example.com"] * 2
+    restored, left = display.restore_masked({"recipients": [shown["recipients"][1]]}, call)
+    assert left == [] and restored == {"recipients": [{"name": "Amy", "email": "amy@example.com"}]}
+
+    # Amy's row changed as well: which address its mask stood for cannot be told, so the
+    # correction is refused rather than guessed.
+    amy = {**shown["recipients"][1], "name": "Amy Pond"}
+    restored, left = display.restore_masked({"recipients": [amy]}, call)
+    assert left == ["a***@example.com"], restored
+
+    # Changed where it stood, the other row untouched: it is still Amy's.
+    restored, left = display.restore_masked({"recipients": [shown["recipients"][0], amy]}, call)
+    assert left == [] and restored["recipients"] == [
+        {"name": "Ada", "email": "ada@example.com"},
+        {"name": "Amy Pond", "email": "amy@example.com"},
+    ]
+
+    # Two addresses alike in a plain list, one removed: refused; both kept: both restored.
+    call.arguments = {"recipients": ["ada@example.com", "amy@example.com"]}
+    shown = display.arguments(call)
+    restored, left = display.restore_masked({"recipients": shown["recipients"][1:]}, call)
+    assert left == ["a***@example.com"], restored
+    restored, left = display.restore_masked({**shown, "subject": "Hi"}, call)
+    assert left == [] and restored["recipients"] == ["ada@example.com", "amy@example.com"]
+
+
+def test_rows_whose_masks_differ_are_still_restored_after_one_is_removed(world: World) -> None:
+    call = ToolCall(
+        tool=world.tools["send_email"],
+        agent=world.agent,
+        arguments={
+            "recipients": [
+                {"name": "Ada", "email": "ada@example.com"},
+                {"name": "Bob", "email": "bob@example.com"},
+            ]
+        },
+    )
+    shown = display.arguments(call)
+    bob = {**shown["recipients"][1], "name": "Robert"}
+    restored, left = display.restore_masked({"recipients": [bob]}, call)
+    # Moved and changed, Bob's row is left masked (nothing at its new place stood for it),
+    # and the correction refused; unchanged, it comes back whole wherever it stands.
+    assert left == ["b***@example.com"], restored
+    restored, left = display.restore_masked({"recipients": [shown["recipients"][1]]}, call)
+    assert left == [] and restored == {"recipients": [{"name": "Bob", "email": "bob@example.com"}]}
 
 
 def test_bad_json_in_a_correction_is_a_clear_refusal(world: World) -> None:
