@@ -91,10 +91,11 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
 
 
 def narrows(before: Any, after: Any) -> bool:
-    """Whether ``after`` does no more than ``before``: the same values, with list items or
-    optional keys left out, and numbers no larger in size."""
+    """Whether ``after`` does no more than ``before``: the same values, with list items left
+    out, and numbers no larger in size. Never an argument left out: what the tool does
+    without it is its default, which may do more (a ``dry_run`` or a ``soft`` flag dropped)."""
     if isinstance(before, dict) and isinstance(after, dict):
-        return all(k in before and narrows(before[k], v) for k, v in after.items())
+        return before.keys() == after.keys() and all(narrows(before[k], after[k]) for k in after)
     if isinstance(before, list) and isinstance(after, list):
         remaining = list(before)
         for item in after:

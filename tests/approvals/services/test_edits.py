@@ -164,7 +164,9 @@ def test_destructive_calls_are_never_corrected_unless_narrowing_is_allowed(
     [
         ({"ids": [1, 2, 3]}, {"ids": [1, 3]}, True),
         ({"ids": [1, 2]}, {"ids": [1, 2, 4]}, False),
-        ({"amount": 500, "note": "x"}, {"amount": 200}, True),
+        ({"amount": 500, "note": "x"}, {"amount": 200, "note": "x"}, True),
+        ({"amount": 500, "note": "x"}, {"amount": 200}, False),
+        ({"ids": [1], "dry_run": True}, {"ids": [1]}, False),
         ({"amount": 500}, {"amount": 700}, False),
         ({"amount": -500}, {"amount": 200}, False),
         ({"id": "cus_1"}, {"id": "cus_2"}, False),
