@@ -366,14 +366,20 @@ def _destination_refusal(url: str) -> tuple[str, bool]:
 # NAT64's well-known prefix: 64:ff9b::a00:1 reaches 10.0.0.1 through a network's NAT64
 # gateway, yet Python counts the whole prefix as global.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# The deprecated "IPv4-compatible" addresses (::a.b.c.d), which some stacks still route.
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 def is_public(text: str) -> bool:
     """Whether an address is on the public internet; one that carries an IPv4 address
-    (NAT64, IPv4-mapped) is as public as the address it carries."""
+    (NAT64, IPv4-mapped, IPv4-compatible, 6to4) is as public as the address it carries."""
     address = ipaddress.ip_address(text)
-    if isinstance(address, ipaddress.IPv6Address) and address in NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF).is_global
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64 or address in IPV4_COMPATIBLE:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF).is_global
+        # IPv4-mapped (::ffff:a.b.c.d) and 6to4 (2002:aabb:ccdd::) carry one too.
+        if (carried := address.ipv4_mapped or address.sixtofour) is not None:
+            return carried.is_global
     return address.is_global
 
 

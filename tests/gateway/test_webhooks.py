@@ -481,6 +481,10 @@ def test_a_name_resolving_to_an_ipv6_address_carrying_a_private_one_is_refused(
     assert "non-public address" in attempt.error
     assert webhooks.is_public("64:ff9b::808:808") and webhooks.is_public("8.8.8.8")
     assert not webhooks.is_public("::ffff:10.0.0.1") and not webhooks.is_public("fd00::1")
+    # IPv4-compatible and 6to4 addresses carry an IPv4 address too: as public as it.
+    for carried_private in ("::127.0.0.1", "::a9fe:a9fe", "2002:7f00:1::", "2002:a00:1::1"):
+        assert not webhooks.is_public(carried_private), carried_private
+    assert webhooks.is_public("2002:808:808::1") and not webhooks.is_public("::")
 
 
 def test_a_receiver_whose_name_stops_resolving_is_retried_later(
