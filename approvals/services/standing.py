@@ -21,8 +21,9 @@ from django.utils import timezone
 from approvals.guards import Refused, conflict_with
 from approvals.models import StandingApproval, ToolCall
 from audit.log import record
+from audit.masking import mask_fields
 from tools_registry import rules
-from tools_registry.permissions import can_review
+from tools_registry.permissions import can_reveal, can_review
 from tools_registry.policy import Risk
 
 MAX_USES = 10_000
@@ -206,6 +207,11 @@ def _covers(
     if standing.match == StandingApproval.Match.SAME:
         return standing.arguments_hash == arguments_hash
     condition = rules.Rule(when=standing.condition, then=rules.APPROVE)
+    if tool.hidden_fields and not can_reveal(standing.granted_by, tool):
+        # Its author sees the hidden fields masked: the condition reads them so too. On the
+        # real values, which later calls it approved would tell its author a masked value
+        # one guess at a time (``args.card.startsWith("41")``), as the what-if page would.
+        arguments = mask_fields(arguments, tool.hidden_fields)
     applied = rules.first_match(
         [condition],
         arguments=arguments,

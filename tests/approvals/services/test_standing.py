@@ -155,6 +155,26 @@ def test_a_standing_approval_covers_only_the_tool_definition_it_was_given_for(
     assert "ended: the tool changed" in bob.get("/approvals/standing/").content.decode()
 
 
+@pytest.mark.parametrize("may_reveal", [False, True])
+def test_a_condition_reads_hidden_fields_as_its_author_sees_them(
+    world: World, may_reveal: bool
+) -> None:
+    """Which later calls a condition on a hidden field approved would tell an author who
+    sees it masked its value one guess at a time: for them it reads the masked value."""
+    from tools_registry.services.grants import grant
+
+    tool = world.tools["send_email"]
+    registry_services.update_policy(
+        tool=tool, changes={"sensitive_fields": ["to"]}, changed_by=world.alice
+    )
+    tool.refresh_from_db()
+    if may_reveal:
+        grant(tool=tool, permission="reveal_tool_arguments", user=world.bob)
+    approve_with(world, submit(world), match="condition", condition='args.to.startsWith("ada")')
+    later = submit(world, {**EMAIL, "body": "Another note."})
+    assert (later.status == Status.APPROVED) is may_reveal
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("round_", range(3))
 def test_max_uses_is_exact_under_concurrent_submissions(live_world: World, round_: int) -> None:
