@@ -34,7 +34,7 @@ from gateway.tasks import deliver_webhook
 from tests.conftest import World
 from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tests.support.compression import gzip_bomb
-from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import RawHttpServer, drip_headers
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.workers import purge_queue, running_worker, wait_for
 from tools_registry import services as registry_services
@@ -298,16 +298,6 @@ def test_a_receivers_huge_answer_is_not_read_whole(world: World, receiver: Recei
 def test_a_receiver_that_drips_its_headers_is_cut_off_at_the_timeout(world: World) -> None:
     """Each byte of the headers arrives within the read timeout; the timeout still bounds
     the attempt as a whole, not only the body read after them."""
-
-    def drip_headers(handler: BaseHTTPRequestHandler, body: bytes) -> None:
-        try:
-            handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
-            for _ in range(40):
-                handler.wfile.write(b"X")
-                handler.wfile.flush()
-                time.sleep(0.3)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     server = RawHttpServer(drip_headers)
     try:

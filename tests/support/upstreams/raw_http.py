@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,6 +24,19 @@ def reply(
     handler.send_header("content-length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def drip_headers(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """A status line, then a header a byte every 0.3 s for 12 s: each byte well within any
+    read timeout, the answer never within a short one."""
+    try:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(40):
+            handler.wfile.write(b"X")
+            handler.wfile.flush()
+            time.sleep(0.3)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 class RawHttpServer:
