@@ -179,6 +179,31 @@ def test_a_hidden_value_the_reasoning_quotes_is_masked_on_the_page_and_in_the_tr
     assert name in call.reasoning
 
 
+def test_a_hidden_value_the_reasoning_quotes_stays_masked_after_a_correction_replaced_it(
+    world: World,
+) -> None:
+    """Once a correction replaced the hidden value, the call's arguments no longer hold it:
+    the reasoning that quotes it is kept masked for good."""
+    hide(world, "update_customer", "sensitive_fields", "changes.name")
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": name}},
+        reasoning=f"The customer asked to be called {name} from now on.",
+    )
+    decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash,
+        edited_arguments={"customer_id": "cus_0001", "changes": {"name": "Zeb Quixote"}},
+    )  # fmt: skip
+    html = pages(world, call.pk)
+    assert name not in html and "asked to be called [masked:field:" in html
+    runner.execute(call.pk)
+    started = AuditEvent.objects.get(call_id=call.pk, action="call.execution_started")
+    assert name not in started.data["reasoning"]
+
+
 def test_what_is_masked_in_a_text_and_what_is_not() -> None:
     note = "Move them to the pro plan, see https://intra.example/t/991"
     secrets = [note, "cus_0003"]
