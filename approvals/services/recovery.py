@@ -93,7 +93,10 @@ def reconcile_call(
             )
             events.call_reconciled(call, finding=finding, actor=actor)
             return Reconciliation(call_id=call_id, finding=finding, action="succeeded")
-        if allow_rerun and _rerun_settles(call, finding) and may_rerun_by_itself(call):
+        # Once escalated, the call is a person's: asked again, only a found effect settles
+        # it by itself (one escalated as it may not run, say, is not re-run after a resume).
+        rerun = allow_rerun and not call.needs_attention
+        if rerun and _rerun_settles(call, finding) and may_rerun_by_itself(call):
             send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
             events.call_reconciled(call, finding=finding, actor=actor)
             events.call_rerun(call, previous_status=Status.UNKNOWN)

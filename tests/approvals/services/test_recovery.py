@@ -351,3 +351,24 @@ def test_a_lookup_answer_the_database_cannot_hold_stops_no_other_call(world: Wor
     assert nonsense.status == Status.UNKNOWN and nonsense.needs_attention
     plain.refresh_from_db()
     assert plain.status == Status.SUCCEEDED
+
+
+def test_a_call_escalated_while_its_agent_was_stopped_is_not_rerun_after_the_resume(
+    world: World, settings: Any
+) -> None:
+    """Escalated, the call is a person's: re-checked later, only a found effect settles it
+    by itself, never a re-run the person did not decide (the resume is not that decision)."""
+    from tools_registry.services import resume_agent
+
+    call = unknown_call(world)
+    stop_agent(agent=world.agent, reason="sending odd e-mails")
+    assert sweeps.reconcile_unknown() == {"escalated": 1}
+    resume_agent(agent=world.agent, note="prompt fixed")
+    later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=later) == {"escalated": 1}  # the reason is new
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.needs_attention
+    assert "call.rerun" not in actions(call)
+    apply_effect_of(call)  # the effect shows up after all
+    much_later = later + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=much_later) == {"succeeded": 1}
