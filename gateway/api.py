@@ -55,6 +55,18 @@ class AgentBearer(HttpBearer):
         return agent
 
 
+def _still_allowed(request: HttpRequest) -> None:
+    """Raises once the request's token no longer authenticates its agent (revoked, expired,
+    the agent disabled) or the agent was stopped: asked again while a long-poll waits, so
+    that a token revoked meanwhile is not handed the call's result."""
+    _, _, token = request.headers.get("Authorization", "").partition(" ")
+    agent = authenticate_token(token.strip())
+    if agent is None or agent.pk != request.auth.pk:  # type: ignore[attr-defined]
+        raise errors.not_authenticated()
+    if agent.stopped_at is not None:
+        raise errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
+
+
 # The request the OpenAPI document is being made for: ninja's schema view does not pass it
 # on, and the document lists the tools of the agent whose token came with it.
 _schema_request: ContextVar[HttpRequest | None] = ContextVar("schema_request", default=None)
@@ -97,8 +109,8 @@ def _documented_tools(request: HttpRequest | None) -> list[Tool]:
     if scheme.lower() != "bearer" or not token.strip():
         return []
     agent = authenticate_token(token.strip())
-    if agent is None:
-        return []
+    if agent is None or agent.stopped_at is not None:
+        return []  # (a stopped agent neither acts nor reads, its tools' schemas included)
     return list(agent.allowed_tools.filter(enabled=True, available=True).order_by("name"))
 
 
@@ -326,6 +338,7 @@ def get_tool_call(request: HttpRequest, call_id: UUID, query: Query[WaitQuery]) 
         call_id=call_id,
         wait=query.wait,
         seen=query.seen,
+        still_allowed=lambda: _still_allowed(request),
     )
     if call is None:
         raise errors.call_not_found()

@@ -41,19 +41,29 @@ def publish(call_id: UUID | str, status: str) -> None:
         coordination.redis_client().publish(channel(call_id), status)
 
 
-def wait_for_change(*, agent: Agent, call_id: UUID, wait: float, seen: str = "") -> ToolCall | None:
+def wait_for_change(
+    *,
+    agent: Agent,
+    call_id: UUID,
+    wait: float,
+    seen: str = "",
+    still_allowed: Callable[[], None] = lambda: None,
+) -> ToolCall | None:
     """The call once its status differs from ``seen`` (default: its status now), is
-    terminal, or ``wait`` seconds passed; None if the agent has no such call."""
+    terminal, or ``wait`` seconds passed; None if the agent has no such call.
+
+    ``still_allowed`` is called before each read after a pause, and raises once the caller
+    may no longer read (a token revoked, an agent stopped while the request waited)."""
     wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
     if wait <= 0:
         return selectors.call_of_agent(agent, call_id)
     deadline = time.monotonic() + wait
     if coordination.shared():
         try:
-            return _wait_on_redis(agent, call_id, seen, deadline)
+            return _wait_on_redis(agent, call_id, seen, deadline, still_allowed)
         except redis.RedisError:
             logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
-    return _wait_polling(agent, call_id, seen, deadline)
+    return _wait_polling(agent, call_id, seen, deadline, still_allowed)
 
 
 def _done(call: ToolCall | None, baseline: str) -> bool:
@@ -78,6 +88,7 @@ def _wait(
     *,
     pause: Callable[[float], object],
     step: float,
+    still_allowed: Callable[[], None],
 ) -> ToolCall | None:
     """Read the call until it changed or the deadline passed, pausing up to ``step``
     seconds at a time with no database connection held."""
@@ -89,11 +100,14 @@ def _wait(
             break
         _release_connection()
         pause(min(remaining, step))
+        still_allowed()
         call = selectors.call_of_agent(agent, call_id)
     return call
 
 
-def _wait_on_redis(agent: Agent, call_id: UUID, seen: str, deadline: float) -> ToolCall | None:
+def _wait_on_redis(
+    agent: Agent, call_id: UUID, seen: str, deadline: float, still_allowed: Callable[[], None]
+) -> ToolCall | None:
     pubsub = coordination.redis_client().pubsub()
     try:
         # Subscribed before the first read: a change committed in between still wakes it.
@@ -105,6 +119,7 @@ def _wait_on_redis(agent: Agent, call_id: UUID, seen: str, deadline: float) -> T
             deadline,
             pause=lambda seconds: _next_message(pubsub, seconds),
             step=RECHECK_SECONDS,
+            still_allowed=still_allowed,
         )
     finally:
         pubsub.close()
@@ -120,5 +135,15 @@ def _next_message(pubsub: redis.client.PubSub, timeout: float) -> bool:
     return False
 
 
-def _wait_polling(agent: Agent, call_id: UUID, seen: str, deadline: float) -> ToolCall | None:
-    return _wait(agent, call_id, seen, deadline, pause=time.sleep, step=POLL_SECONDS)
+def _wait_polling(
+    agent: Agent, call_id: UUID, seen: str, deadline: float, still_allowed: Callable[[], None]
+) -> ToolCall | None:
+    return _wait(
+        agent,
+        call_id,
+        seen,
+        deadline,
+        pause=time.sleep,
+        step=POLL_SECONDS,
+        still_allowed=still_allowed,
+    )

@@ -79,3 +79,15 @@ def test_with_a_token_the_document_lists_that_agents_tools(world: World) -> None
         assert variants == {f"ToolCall.{name}" for name in expected}
     send_email = document["components"]["schemas"]["ToolCall.send_email"]
     assert send_email["properties"]["arguments"]["required"] == ["to", "subject", "body"]
+
+
+def test_a_stopped_agents_token_gets_the_document_without_its_tools(world: World) -> None:
+    """A stopped agent neither acts nor reads until it is resumed: its tools' schemas
+    included."""
+    registry_services.stop_agent(agent=world.agent, reason="incident 7")
+    headers = {"Authorization": f"Bearer {world.token}"}
+    document = Client().get("/api/v1/openapi.json", headers=headers).json()
+    assert not [n for n in document["components"]["schemas"] if n.startswith("ToolCall.")]
+    registry_services.resume_agent(agent=world.agent, note="fixed")
+    document = Client().get("/api/v1/openapi.json", headers=headers).json()
+    assert [n for n in document["components"]["schemas"] if n.startswith("ToolCall.")]

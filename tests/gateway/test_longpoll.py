@@ -178,3 +178,28 @@ def test_the_embedded_mode_polls_and_still_answers_promptly(
     # Polling (every 0.5 s) sees the change long before the 30 s wait would have ended; a
     # wait that only looked again at its deadline would answer 30 s after it started.
     assert answered_at - decided_at < 15
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("ended_by", ["revoked token", "stopped agent"])
+def test_a_long_poll_whose_token_is_revoked_or_agent_stopped_meanwhile_gets_no_answer(
+    live_world: World, monkeypatch: pytest.MonkeyPatch, ended_by: str
+) -> None:
+    """Authenticated when it arrived, the request is asked again after each pause: a token
+    revoked (a leak found) while it waits is not handed the call's decision or result."""
+    from tools_registry.models import AgentToken
+
+    spy = LongPollSpy(monkeypatch)
+    call_id = _pending_call(live_world)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(_poll, live_world.token, call_id, "wait=20")
+        spy.wait_until_waiting()
+        if ended_by == "revoked token":
+            for token in AgentToken.objects.filter(agent=live_world.agent):
+                registry_services.revoke_token(token=token)
+            decide(call_id=call_id, reviewer=live_world.bob, verdict="approve", comment="ok")
+        else:
+            registry_services.stop_agent(agent=live_world.agent, reason="incident 7")  # cancels
+        _, status, body = waiting.result(timeout=30)
+    expected = (401, "not_authenticated") if ended_by == "revoked token" else (403, "agent_stopped")
+    assert (status, body["error"]["code"]) == expected, body
