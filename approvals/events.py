@@ -363,6 +363,18 @@ def call_reconciled(call: ToolCall, *, finding: str, actor: Any = None) -> Audit
     )
 
 
+def call_rechecked(call: ToolCall, *, person: Any, finding: str, action: str) -> AuditEvent:
+    """A person asked the downstream again about an unknown call, and it did not settle it
+    (a found effect is ``call.reconciled`` in their name): what it said, and what followed."""
+    return record(
+        action="call.rechecked",
+        actor=person,
+        outcome=call.status,
+        call=call,
+        data={"finding": finding, "then": action},
+    )
+
+
 def call_escalated(call: ToolCall, *, reason: str, finding: str = "") -> AuditEvent:
     """A person must look at the call (unknown outcome, or a failed destructive call)."""
     return record(

@@ -37,6 +37,8 @@ ACTIONS: dict[str, str] = {
     "call.escalated": "The call needs a person (a failed destructive call, an unknown outcome).",
     "call.reconciled": "The outcome of an unknown call was settled by the tool's lookup or a "
     "person.",
+    "call.rechecked": "A person asked the downstream again about an unknown call, which did "
+    "not settle it: what it said and what followed.",
     "call.execution_resent": "An approved call's task never started; the sweep sent it again.",
     "call.lease_expired": "A worker went silent past its lease; the fence moved so its late "
     "write is refused, and the outcome became unknown.",

@@ -126,10 +126,17 @@ def rerun_call(*, call_id: UUID, person: Any, confirmed: bool, note: str = "") -
 
 def recheck_call(*, call_id: UUID, person: Any) -> Reconciliation:
     """Ask the downstream again for an unknown call. Found: it succeeds (audited with the
-    person as actor); otherwise it stays for the person to decide, never re-run by itself."""
+    person as actor); otherwise it stays for the person to decide, never re-run by itself,
+    and the asking is audited in their name (``call.rechecked``)."""
     with transaction.atomic():
         _locked_for(call_id, person)
-    return reconcile_call(call_id=call_id, actor=person, allow_rerun=False)
+    reconciled = reconcile_call(call_id=call_id, actor=person, allow_rerun=False)
+    if reconciled.action != "succeeded":
+        call = ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
+        events.call_rechecked(
+            call, person=person, finding=reconciled.finding, action=reconciled.action
+        )
+    return reconciled
 
 
 def _locked_for(call_id: UUID, person: Any) -> ToolCall:

@@ -48,6 +48,7 @@ STEP_TITLES = {
     "call.stale_result_discarded": "Stale result discarded",
     "call.escalated": "Escalated to a person",
     "call.reconciled": "Reconciled",
+    "call.rechecked": "Asked the downstream again",
 }
 
 
@@ -62,6 +63,7 @@ NOT_STATUS = frozenset(
         "call.escalation_sent",
         "call.webhook_failed",
         "call.stale_result_discarded",
+        "call.rechecked",
     }
 )
 # What each step shows in full, outside the collapsed data: the words people wrote and the

@@ -264,6 +264,11 @@ class TestRecheck:
         call.refresh_from_db()
         assert call.status == Status.UNKNOWN
         assert call.needs_attention is True
+        # Asked again, nothing new: still audited, in the name of who asked.
+        client_for(world.bob).post(url(call, "recheck"), HTTP_HX_REQUEST="true")
+        asked = sorted(audited(call, "call.rechecked"), key=lambda e: e.id)
+        assert [(e.actor_label, e.data["finding"]) for e in asked] == [("bob", "not_found")] * 2
+        assert [e.data["then"] for e in asked] == ["escalated", "unchanged"]
 
 
 def test_the_attention_page_is_never_cached(world: World) -> None:
