@@ -275,6 +275,10 @@ def complete_quorum(*, call_id: UUID, now: datetime) -> bool:
     call = lock_call(call_id, skip_locked=True)
     if call is None or call.status != Status.PENDING or call.approvals_required < 1:
         return False
+    # The time now, under the lock: the sweep's ``now`` was read before a batch of calls,
+    # and a call that expired while the batch went by must not be approved (nor dated
+    # before its expiry). A later ``now`` (a sweep run as if later) stands.
+    now = max(now, timezone.now())
     if (call.expires_at and call.expires_at <= now) or cannot_run_reason(call):
         return False
     if call.tool.version != call.tool_version:

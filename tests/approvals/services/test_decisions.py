@@ -4,6 +4,7 @@ the web: ``tests/approvals/views/test_decide.py``."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -294,3 +295,23 @@ def test_an_approval_that_stands_again_completes_the_quorum_at_the_next_sweep(
     (approved,) = AuditEvent.objects.filter(action="call.approved", call_id=call.pk)
     assert approved.data["approvals"] == 2
     assert sweeps.complete_restored_quorums() == 0
+
+
+def test_a_quorum_sweep_that_reaches_a_call_after_it_expired_does_not_approve_it(
+    world: World, dave
+) -> None:
+    """The sweep's time is read before its batch; a call that expired while the calls ahead
+    of it went by is not approved (and no approval is dated before the expiry)."""
+    from approvals import sweeps
+
+    call = make_call(world, "delete_customer")
+    approve(call, world.bob, confirmation="cus_0003", **fresh())
+    registry_services.revoke_review(tool=world.tools["delete_customer"], user=world.bob)
+    approve(call, dave, confirmation="cus_0003", **fresh())
+    registry_services.grant_review(tool=world.tools["delete_customer"], user=world.bob)
+    batch_began = timezone.now()
+    ToolCall.objects.filter(pk=call.pk).update(expires_at=batch_began + timedelta(seconds=0.1))
+    time.sleep(0.2)  # the calls ahead of it in the batch
+    assert sweeps.complete_restored_quorums(now=batch_began) == 0
+    call.refresh_from_db()
+    assert call.status == Status.PENDING  # for the expiry sweep to end
