@@ -50,18 +50,25 @@ class ConflictOfInterest(AttentionRefused):
     code = "separation_of_duties"
 
 
+class CallRanAgain(AttentionRefused):
+    code = "call_ran_again"
+
+
 def needs_a_person(call: ToolCall) -> bool:
     return call.status == Status.UNKNOWN or (call.status == Status.FAILED and call.needs_attention)
 
 
 @transaction.atomic
-def resolve_call(*, call_id: UUID, person: Any, outcome: str, note: str) -> ToolCall:
+def resolve_call(
+    *, call_id: UUID, person: Any, outcome: str, note: str, shown_fence: int | None = None
+) -> ToolCall:
     """Mark the real outcome a person established: ``succeeded`` or ``failed``.
 
     An unknown call may be marked either way. A failed destructive call can only be
     acknowledged as failed: its handler reported that the effect did not happen.
+    ``shown_fence``: the call's fence on the page the person acted on (see ``_locked_for``).
     """
-    call = _locked_for(call_id, person)
+    call = _locked_for(call_id, person, shown_fence)
     note = note.strip()
     if not note:
         raise NoteRequired("Say how you established the outcome; the audit trail keeps it.")
@@ -99,13 +106,20 @@ def resolve_call(*, call_id: UUID, person: Any, outcome: str, note: str) -> Tool
 
 
 @transaction.atomic
-def rerun_call(*, call_id: UUID, person: Any, confirmed: bool, note: str = "") -> ToolCall:
+def rerun_call(
+    *,
+    call_id: UUID,
+    person: Any,
+    confirmed: bool,
+    note: str = "",
+    shown_fence: int | None = None,
+) -> ToolCall:
     """Run the call again with its original idempotency key, once a person confirmed it.
 
     The executor gets the call after commit; the claim, fence and lease apply as for the
     first run, so a late worker of an earlier attempt still cannot write.
     """
-    call = _locked_for(call_id, person)
+    call = _locked_for(call_id, person, shown_fence)
     if not confirmed:
         raise RerunConfirmationRequired(
             "Confirm the re-run: if the first attempt did happen and the downstream does not "
@@ -139,7 +153,7 @@ def recheck_call(*, call_id: UUID, person: Any) -> Reconciliation:
     return reconciled
 
 
-def _locked_for(call_id: UUID, person: Any) -> ToolCall:
+def _locked_for(call_id: UUID, person: Any, shown_fence: int | None = None) -> ToolCall:
     call = lock_call(call_id)
     if call is None:
         raise ToolCall.DoesNotExist
@@ -148,6 +162,14 @@ def _locked_for(call_id: UUID, person: Any) -> ToolCall:
     if not needs_a_person(call):
         raise NoLongerNeedsAttention(
             f"This call no longer needs attention: it is {call.get_status_display().lower()}."
+        )
+    if shown_fence is not None and call.fence != shown_fence:
+        # What the person established was about the attempts they were shown: the call
+        # ran again since (a re-run by reconciliation, say), and that attempt may have had
+        # its effect. The fence moves with every claim and every lease taken away.
+        raise CallRanAgain(
+            f"This call ran again since it was shown to you (attempt {call.attempts} now): "
+            "check the downstream again, then decide."
         )
     return call
 

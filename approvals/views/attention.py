@@ -40,11 +40,14 @@ class ResolveForm(forms.Form):
         choices=[(Status.SUCCEEDED, "It happened"), (Status.FAILED, "It did not happen")]
     )
     note = forms.CharField(required=False, max_length=2000)
+    # The call's fence when the page was shown: the decision is about those attempts.
+    fence = forms.IntegerField(required=False, min_value=0)
 
 
 class RerunForm(forms.Form):
     confirm = forms.BooleanField(required=False)
     note = forms.CharField(required=False, max_length=2000)
+    fence = forms.IntegerField(required=False, min_value=0)
 
 
 def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
@@ -97,6 +100,7 @@ def resolve(request: AuthedRequest, pk: UUID) -> HttpResponse:
             person=request.user,
             outcome=form.cleaned_data["outcome"],
             note=form.cleaned_data["note"],
+            shown_fence=form.cleaned_data["fence"],
         )
     except AttentionRefused as exc:
         return _refused(request, call, exc.message)
@@ -109,13 +113,14 @@ def resolve(request: AuthedRequest, pk: UUID) -> HttpResponse:
 def rerun(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     form = RerunForm(request.POST)
-    form.is_valid()  # both fields are optional; the service insists on the confirmation
+    form.is_valid()  # every field is optional; the service insists on the confirmation
     try:
         call = rerun_call(
             call_id=call.pk,
             person=request.user,
             confirmed=bool(form.cleaned_data.get("confirm")),
             note=form.cleaned_data.get("note", ""),
+            shown_fence=form.cleaned_data.get("fence"),
         )
     except RerunConfirmationRequired as exc:
         return _refused(request, call, exc.message, confirming=True)

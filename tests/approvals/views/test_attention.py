@@ -276,3 +276,41 @@ def test_the_attention_page_is_never_cached(world: World) -> None:
     response = client_for(world.bob).get(PAGE)
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
+
+
+def test_an_outcome_is_marked_only_for_the_attempts_the_person_was_shown(world: World) -> None:
+    """bob looked at attempt 1 and found no effect; meanwhile reconciliation ran it again,
+    that attempt had its effect, and its worker went silent (unknown again). His 'it did
+    not happen', or a re-run, is about attempt 1: refused, with the call as it is now."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.execution.claim import claim_call
+    from approvals.execution.finish import expire_lease
+    from approvals.services.recovery import reconcile_call
+    from tests.conftest import sandbox_effects
+
+    call = unknown_call(world)
+    bob = client_for(world.bob)
+    page = bob.get(PAGE).content.decode()
+    shown_fence = ToolCall.objects.get(pk=call.pk).fence
+    assert f'name="fence" value="{shown_fence}"' in page
+    assert reconcile_call(call_id=call.pk).action == "rerun"
+    claim = claim_call(call_id=call.pk)
+    assert claim is not None and runner.run_handler(claim).status == Status.SUCCEEDED
+    assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+    assert len(sandbox_effects()) == 1
+
+    marked = bob.post(
+        url(call, "resolve"),
+        {"outcome": "failed", "note": "Nothing in the mail log.", "fence": shown_fence},
+        HTTP_HX_REQUEST="true",
+    )
+    assert "ran again since it was shown to you" in marked.content.decode()
+    rerun = bob.post(
+        url(call, "rerun"), {"confirm": "on", "fence": shown_fence}, HTTP_HX_REQUEST="true"
+    )
+    assert "ran again since it was shown to you" in rerun.content.decode()
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and not audited(call, "call.resolved")
