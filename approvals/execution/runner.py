@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from uuid import UUID
 
 from tenacity import (
@@ -63,7 +64,7 @@ def execute(call_id: UUID, *, also: Also | None = None) -> Outcome | None:
             "call %s not claimed (duplicate delivery, already done, or refused); dropped", call_id
         )
         return None
-    outcome = run_handler(claim)
+    outcome = _after_an_open_attempt(claim, run_handler(claim))
     if not finish_call(claim=claim, outcome=outcome, also=also):
         logger.warning(
             "call %s: lease lost (fence %s) before the result was stored", call_id, claim.fence
@@ -127,6 +128,20 @@ def run_handler(claim: Claim) -> Outcome:
         logger.warning("call %s: outcome unknown after %s", claim.call_id, error["code"])
         return _outcome(Status.UNKNOWN, started, tries, error=error)
     return _outcome(Status.SUCCEEDED, started, tries, result=result)
+
+
+def _after_an_open_attempt(claim: Claim, outcome: Outcome) -> Outcome:
+    """A re-run of a write whose earlier attempt's outcome was left open (it keeps that
+    attempt's error; an agent's retry of a failed call clears it), refused in a way that
+    asking again could change: says nothing of the earlier attempt. An upstream's 409, for
+    one, is its first request with the key still running. The outcome stays unknown, for
+    reconciliation and then a person; never "failed", which would let the agent send the
+    effect again under a new key."""
+    earlier_open = claim.risk != Risk.READ and claim.attempt > 1 and claim.call.error is not None
+    retryable = outcome.status == Status.FAILED and (outcome.error or {}).get("retryable")
+    if earlier_open and retryable:
+        return replace(outcome, status=Status.UNKNOWN)
+    return outcome
 
 
 def _read_may_retry(exc: BaseException) -> bool:

@@ -20,7 +20,8 @@ from tools_registry.registry import ToolContext, ToolFailed
 class Probe:
     """The test tool's behaviour, switchable while a test runs; thread-safe counters."""
 
-    mode: str = "ok"  # ok | fail | timeout | refuse | garbled (what jsonb cannot hold)
+    # ok | fail | timeout | refuse | busy (a retryable refusal) | garbled (what jsonb cannot hold)
+    mode: str = "ok"
     delay: float = 0.0
     fail_first: int = 0  # fail this many calls, whatever the mode, then follow it
     calls: int = 0
@@ -43,6 +44,10 @@ class Probe:
             raise TimeoutError("the inventory service did not answer in time")
         if self.mode == "refuse":
             raise ToolFailed("No such item.", code="item_not_found")
+        if self.mode == "busy":
+            raise ToolFailed(
+                "The key's first request is still running.", code="upstream_409", retryable=True
+            )
         if self.mode == "garbled":
             return {"sku": arguments["sku"], "note\x00": "a\x00b\ud800c", "ratio": float("nan")}
         return {"sku": arguments["sku"], "in_stock": 3}

@@ -372,3 +372,46 @@ def test_a_call_escalated_while_its_agent_was_stopped_is_not_rerun_after_the_res
     apply_effect_of(call)  # the effect shows up after all
     much_later = later + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
     assert sweeps.reconcile_unknown(now=much_later) == {"succeeded": 1}
+
+
+def test_a_rerun_refused_for_now_leaves_the_earlier_attempts_outcome_open(
+    world: World, probe_tool_cleanup: None
+) -> None:
+    """The first attempt timed out (it may have had its effect); the re-run is told 'the
+    key's first request is still running' (an upstream's 409, retryable): that says nothing
+    of the first attempt, so the call stays unknown, never failed for the agent to resend.
+    A definite refusal of the re-run, or a retryable one of a first attempt, is a failure."""
+    from approvals.services.decisions import decide
+    from tests.support.probe import install_probe_tool, stock_call
+    from tools_registry.policy import Risk
+
+    probe = install_probe_tool(world, risk=Risk.WRITE)
+    from tools_registry import services as registry_services
+
+    registry_services.grant_review(tool=world.tools["check_stock"], user=world.bob)
+
+    def unknown_probe_call() -> ToolCall:
+        call = create_call(
+            agent=world.agent, tool=world.tools["check_stock"],
+            arguments=stock_call()["arguments"], session_id="s", request_key=f"k{probe.calls}",
+        )  # fmt: skip
+        decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+        probe.mode = "timeout"
+        runner.execute(call.pk)
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+        return call
+
+    call = unknown_probe_call()
+    rerun_call(call_id=call.pk, person=world.bob, confirmed=True, note="Checked: unsure.")
+    probe.mode = "busy"
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert (call.status, call.error["code"]) == (Status.UNKNOWN, "upstream_409")
+
+    other = unknown_probe_call()
+    rerun_call(call_id=other.pk, person=world.bob, confirmed=True, note="Checked: unsure.")
+    probe.mode = "refuse"
+    runner.execute(other.pk)
+    other.refresh_from_db()
+    assert other.status == Status.FAILED
