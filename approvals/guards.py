@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
+from tools_registry import role_scopes
 from tools_registry.models import AgentToken
 from tools_registry.permissions import can_review
 
@@ -134,6 +135,10 @@ CANNOT_RUN = {
     "agent_disabled": "The agent that made this call is disabled, so the call cannot run.",
     "tool_version_changed": "The tool's definition changed since the agent made this call.",
     "tool_not_allowed": "The tool was taken off the agent's allowlist, so the call cannot run.",
+    "user_not_allowed": (
+        "The user this call is for may no longer use this tool through the agent (its role "
+        "scopes changed), so the call cannot run."
+    ),
 }
 
 
@@ -151,6 +156,12 @@ def cannot_run_code(call: ToolCall) -> str:
         return "tool_version_changed"
     if not tool_still_allowed(call):
         return "tool_not_allowed"
+    # The roles the call was made in, as they arrived: as a new call for them would be.
+    made_for = role_scopes.EndUser(
+        call.on_behalf_of, tuple(call.end_user_roles or ()), call.end_user_source
+    )
+    if not role_scopes.permits(call.agent, made_for, call.tool):
+        return "user_not_allowed"
     return ""
 
 

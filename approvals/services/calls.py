@@ -17,7 +17,6 @@ from approvals.guards import Refused, arguments_hash, cannot_run_reason
 from approvals.models import StandingApproval, Status, ToolCall, Transport
 from approvals.services import standing
 from approvals.transitions import lock_call, move
-from tools_registry import role_scopes
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk, read_run_seconds
 
@@ -197,15 +196,6 @@ def retry_call(
         raise transitions.InvalidTransition(call.status, Status.APPROVED)
     if reason := cannot_run_reason(call):
         raise RetryRefused(reason)
-    if not call.agent.allowed_tools.filter(pk=call.tool_id).exists():
-        raise RetryRefused("This agent may no longer call this tool.")
-    # As a new call for the same person would be: the roles the call was made in (recorded
-    # as it arrived) may no longer reach the tool through this agent.
-    made_for = role_scopes.EndUser(
-        call.on_behalf_of, tuple(call.end_user_roles or ()), call.end_user_source
-    )
-    if not role_scopes.permits(call.agent, made_for, call.tool):
-        raise RetryRefused("The user this call is for may no longer use this tool.")
     if admit is not None:
         admit(call)
     previous_error = call.error

@@ -107,6 +107,17 @@ def test_a_call_whose_tool_left_the_agents_allowlist_after_approval_fails_unrun(
     assert body["error"]["code"] == "tool_not_allowed"
 
 
+def test_a_call_whose_user_may_no_longer_use_the_tool_fails_unrun(world: World) -> None:
+    """The agent's role scopes narrowed after the approval (here: callers with no role may
+    only read now): its approved write runs for nobody the agent may no longer serve."""
+    from tools_registry.models import Agent
+
+    call = approved_call(world)
+    world.agent.unscoped_access = Agent.UnscopedAccess.READS
+    registry_services.save_agent(agent=world.agent, changed_by=world.alice)
+    assert_refused(run_task(call), "user_not_allowed")
+
+
 def test_the_agent_reads_the_code_and_may_retry_once_the_tool_is_back(world: World) -> None:
     call = approved_call(world)
     tool = call.tool
