@@ -78,6 +78,13 @@ class ToolNotAllowedForUser(ApiError):
     code = "tool_not_allowed_for_user"
 
 
+class UserNotAllowed(ApiError):
+    """An approved call did not run: the agent's role scopes no longer let the user it is
+    for use the tool (the call's ``error``, as its status shows it)."""
+
+    code = "user_not_allowed"
+
+
 class ToolDisabled(ApiError):
     code = "tool_disabled"
 
@@ -226,6 +233,7 @@ ERRORS_BY_CODE: dict[str, type[ApiError]] = {
         UnknownTool,
         ToolNotAllowed,
         ToolNotAllowedForUser,
+        UserNotAllowed,
         ToolDisabled,
         ToolVersionChanged,
         AgentStopped,
