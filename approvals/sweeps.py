@@ -100,8 +100,7 @@ def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
 
 def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Counter[str]:
     """Ask the downstream about every unknown call not yet escalated, and about escalated
-    ones again every ``EXECUTOR_RECHECK_ESCALATED_SECONDS`` (it may be able to tell now: a
-    found effect settles one, and nothing else does without a person)."""
+    ones again every ``EXECUTOR_RECHECK_ESCALATED_SECONDS`` (it may be able to tell now)."""
     now = now or timezone.now()
     recheck_before = now - timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS)
     candidates = list(

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import events, transitions
-from approvals.guards import CANNOT_RUN, cannot_run_code
+from approvals.guards import CANNOT_RUN, RERUN_REFUSED, cannot_run_code
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
 from tools_registry.policy import handler_budget_seconds
@@ -124,7 +124,7 @@ def _refuse(call: ToolCall, code: str) -> None:
         error["reason"] = call.agent.stop_reason
     if call.attempts and call.error is not None:
         reason = (
-            f"A re-run was refused ({CANNOT_RUN[code]}); whether an earlier attempt had its "
+            f"{RERUN_REFUSED}{CANNOT_RUN[code]}); whether an earlier attempt had its "
             "effect is not known: check the downstream, then mark the outcome."
         )
         transitions.move(call, Status.UNKNOWN, needs_attention=True, attention_reason=reason)

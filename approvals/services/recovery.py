@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from approvals import events
 from approvals.execution import send
-from approvals.guards import CANNOT_RUN, cannot_run_code
+from approvals.guards import CANNOT_RUN, MAY_NOT_RUN_NOW, cannot_run_code, left_to_a_person
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
 from core.json_values import storable
@@ -93,10 +93,12 @@ def reconcile_call(
             )
             events.call_reconciled(call, finding=finding, actor=actor)
             return Reconciliation(call_id=call_id, finding=finding, action="succeeded")
-        # Once escalated, the call is a person's: asked again, only a found effect settles
-        # it by itself (one escalated as it may not run, say, is not re-run after a resume).
-        rerun = allow_rerun and not call.needs_attention
-        if rerun and _rerun_settles(call, finding) and may_rerun_by_itself(call):
+        if left_to_a_person(call):
+            # Escalated as it could not run (say its agent was stopped): a resume since is
+            # not a decision to re-run it. Only the effect found (above) settles it.
+            call.save(update_fields=["updated_at"])
+            return Reconciliation(call_id=call_id, finding=finding, action="unchanged")
+        if allow_rerun and _rerun_settles(call, finding) and may_rerun_by_itself(call):
             send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
             events.call_reconciled(call, finding=finding, actor=actor)
             events.call_rerun(call, previous_status=Status.UNKNOWN)
@@ -169,10 +171,7 @@ def may_rerun_by_itself(call: ToolCall) -> bool:
 def escalation_reason(call: ToolCall, finding: str) -> str:
     """What the person on the "needs attention" page is told."""
     if finding != FOUND and (code := cannot_run_code(call)):
-        return (
-            f"The outcome is unknown, and the call may not run again now: {CANNOT_RUN[code]} "
-            "Check the downstream, then mark the outcome."
-        )
+        return f"{MAY_NOT_RUN_NOW}{CANNOT_RUN[code]} Check the downstream, then mark the outcome."
     if finding == NOT_FOUND:
         if call.risk == Risk.DESTRUCTIVE:
             return (

@@ -356,8 +356,8 @@ def test_a_lookup_answer_the_database_cannot_hold_stops_no_other_call(world: Wor
 def test_a_call_escalated_while_its_agent_was_stopped_is_not_rerun_after_the_resume(
     world: World, settings: Any
 ) -> None:
-    """Escalated, the call is a person's: re-checked later, only a found effect settles it
-    by itself, never a re-run the person did not decide (the resume is not that decision)."""
+    """Escalated as it could not run, the call is a person's: re-checked later, only a found
+    effect settles it by itself, never a re-run nobody decided (a resume is not that)."""
     from tools_registry.services import resume_agent
 
     call = unknown_call(world)
@@ -365,12 +365,14 @@ def test_a_call_escalated_while_its_agent_was_stopped_is_not_rerun_after_the_res
     assert sweeps.reconcile_unknown() == {"escalated": 1}
     resume_agent(agent=world.agent, note="prompt fixed")
     later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
-    assert sweeps.reconcile_unknown(now=later) == {"escalated": 1}  # the reason is new
+    assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
+    again = later + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=again) == {"unchanged": 1}
     call.refresh_from_db()
     assert call.status == Status.UNKNOWN and call.needs_attention
     assert "call.rerun" not in actions(call)
     apply_effect_of(call)  # the effect shows up after all
-    much_later = later + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    much_later = again + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
     assert sweeps.reconcile_unknown(now=much_later) == {"succeeded": 1}
 
 
@@ -415,3 +417,26 @@ def test_a_rerun_refused_for_now_leaves_the_earlier_attempts_outcome_open(
     runner.execute(other.pk)
     other.refresh_from_db()
     assert other.status == Status.FAILED
+
+
+def test_a_call_escalated_as_its_downstream_could_not_be_asked_is_rerun_once_it_can(
+    world: World, settings: Any
+) -> None:
+    """Escalated only because the lookup failed (the downstream down for a minute): asked
+    again later, no effect under its key, and the tool honours keys: it runs again."""
+    call = unknown_call(world)
+    spec = registry.get(call.tool.name)
+    lookup = spec.lookup_fn
+
+    def down(ctx: Any) -> Any:
+        raise ConnectionError("the downstream is down for a minute")
+
+    spec.lookup_fn = down
+    try:
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+    finally:
+        spec.lookup_fn = lookup
+    later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=later) == {"rerun": 1}
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED and not call.needs_attention
