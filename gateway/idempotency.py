@@ -106,18 +106,21 @@ def answer_for(
     key: str,
     request_hash: str,
     settled: Callable[[], tuple[StoredResponse, ToolCall] | None],
+    unbound: tuple[str, str] | None = None,
 ) -> StoredResponse:
     """The answer to a request whose key is taken: the stored response, or 422 or 409.
 
     A key still in flight may already have an answer its request never stored: the call it
     created ended without it (a read whose request died, failed since by the abandoned-read
     sweep). ``settled`` finds that answer; it is stored and replayed from then on.
+    ``unbound``: (the request's hash as it was before keys bound verified users, the
+    user's id), for the records of before that change (``intake._unbound_hash``).
     """
     record = IdempotencyRecord.objects.filter(agent=agent, key=key).first()
     if record is None:
         # The holder was rolled back (refused) between our insert and this read.
         raise errors.idempotency_key_in_use()
-    if record.request_hash != request_hash:
+    if record.request_hash != request_hash and not _made_for(record, unbound):
         raise errors.idempotency_key_reused()
     if record.state == IdempotencyRecord.State.COMPLETE:
         stored = record.response_body or {}
@@ -133,6 +136,16 @@ def answer_for(
         complete(agent=agent, key=key, response=response, call=call)
         return replayed(response)
     raise errors.idempotency_key_in_use()
+
+
+def _made_for(record: IdempotencyRecord, unbound: tuple[str, str] | None) -> bool:
+    """Whether a record stored before keys bound verified users is this request's: its hash
+    the request's unbound one, and its call made for the same verified user."""
+    if unbound is None or record.request_hash != unbound[0] or record.call_id is None:
+        return False
+    return ToolCall.objects.filter(
+        pk=record.call_id, end_user_source="verified", on_behalf_of=unbound[1]
+    ).exists()
 
 
 def complete(

@@ -141,6 +141,7 @@ def submit(
             key=key,
             request_hash=request_hash,
             settled=lambda: _settled_answer(agent, key),
+            unbound=_unbound_hash(raw, end_user),
         )
     except Refused as refusal:
         breaker.release(request.admission)
@@ -166,6 +167,15 @@ def _request_hash(raw: dict[str, Any], end_user: role_scopes.EndUser) -> str:
     if end_user.source == "verified":
         return sha256_hex(canonical_json({"request": raw, "verified_user": end_user.id}))
     return sha256_hex(canonical_json(raw))
+
+
+def _unbound_hash(raw: dict[str, Any], end_user: role_scopes.EndUser) -> tuple[str, str] | None:
+    """For a verified user: the hash their request had before keys bound the user, and
+    their id. A record stored then (within IDEMPOTENCY_KEY_TTL of the upgrade) still
+    replays for the user its call was made for, and for nobody else."""
+    if end_user.source != "verified":
+        return None
+    return sha256_hex(canonical_json(raw)), end_user.id
 
 
 @contextmanager

@@ -242,6 +242,27 @@ def test_a_key_sent_for_one_verified_user_is_not_another_users_answer(
     assert ToolCall.objects.count() == 1
 
 
+def test_a_key_stored_before_keys_bound_verified_users_still_replays_for_its_user_alone(
+    world: World, verifying: Provider
+) -> None:
+    """Records stored before the upgrade hash the body alone: a resend by the user its call
+    was made for still replays (a 422 would have them send it again under a new key), and
+    another user's resend is still refused."""
+    from audit.canonical import canonical_json, sha256_hex
+    from gateway.models import IdempotencyRecord
+
+    api = world.api()
+    ada = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token("ada@example.com", ["support"])}
+    grace = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token("grace@example.com", ["support"])}
+    first = api.submit(SEND_EMAIL, key="old-key", **ada)
+    IdempotencyRecord.objects.filter(key="old-key").update(
+        request_hash=sha256_hex(canonical_json(SEND_EMAIL))  # as stored before the upgrade
+    )
+    again = api.submit(SEND_EMAIL, key="old-key", **ada)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    error_of(api.submit(SEND_EMAIL, key="old-key", **grace), 422, "idempotency_key_reused")
+
+
 @pytest.mark.parametrize("case", ["expired", "wrong key", "alg none", "garbage"])
 def test_a_bad_token_is_refused_and_audited_without_the_token(
     world: World, verifying: Provider, case: str
