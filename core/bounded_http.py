@@ -177,6 +177,22 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def client_within(deadline: float, **options: Any) -> httpx.Client:
+    """An httpx client as httpx makes it (its environment's proxies honoured: an egress
+    proxy, NO_PROXY), each of whose connections, direct or through a proxy, works within
+    ``deadline`` (``time.monotonic()``), as ``DeadlineTransport``'s do.
+
+    httpx takes a proxy from the environment only when it makes its transports itself, so
+    their network backends are wrapped once made (attributes of httpx's and httpcore's own:
+    the upstream and webhook tests that drip an answer fail if they move)."""
+    client = httpx.Client(**options)
+    for transport in (client._transport, *client._mounts.values()):
+        if isinstance(transport, httpx.HTTPTransport):
+            pool = transport._pool
+            pool._network_backend = DeadlineBackend(pool._network_backend, deadline)  # type: ignore[attr-defined]
+    return client
+
+
 class DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport, with ``deadline`` (``time.monotonic()``) bounding the whole
     attempt: connecting, sending, the status line and headers, and the body.

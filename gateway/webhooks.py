@@ -220,20 +220,22 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
     # The timeout bounds the whole attempt, connecting and the headers included: within
     # the lease, so that no receiver holds the worker with the executor's tasks waiting.
     deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
-    transport = (
-        bounded_http.DeadlineTransport(deadline=deadline, ssl_context=tls.context())
+    options: dict[str, Any] = {
+        "timeout": settings.WEBHOOK_TIMEOUT_SECONDS,
+        # No redirects: a receiver must not bounce the signed payload somewhere else.
+        "follow_redirects": False,
+        "headers": {"Accept-Encoding": bounded_http.ACCEPT_ENCODING},
+    }
+    # Public receivers only: connected to an address checked as it is used, never through a
+    # proxy (whose own address would be checked instead of the receiver's).
+    client = (
+        bounded_http.client_within(deadline, verify=tls.context(), **options)
         if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS
-        else PublicOnlyTransport(deadline=deadline)
+        else httpx.Client(transport=PublicOnlyTransport(deadline=deadline), **options)
     )
     try:
-        # No redirects: a receiver must not bounce the signed payload somewhere else.
         with (
-            httpx.Client(
-                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-                follow_redirects=False,
-                transport=transport,
-                headers={"Accept-Encoding": bounded_http.ACCEPT_ENCODING},
-            ) as c,
+            client as c,
             c.stream("POST", delivery.url, content=body, headers=headers) as response,
         ):
             excerpt = _excerpt(response, deadline=deadline)

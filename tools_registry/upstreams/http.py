@@ -153,14 +153,15 @@ def _send(
     # then (of its headers or of its body) would hold the call (and a web thread, for a
     # read) without end. The deadline bounds the whole request.
     deadline = time.monotonic() + timeout
-    transport = bounded_http.DeadlineTransport(deadline=deadline, ssl_context=tls.context())
     # Only encodings the answer can be inflated from within the limit (an agent's header
     # argument or the upstream's headers asking for br would make the answer unreadable).
     headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
     headers["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
     try:
         with (
-            httpx.Client(timeout=timeout, follow_redirects=False, transport=transport) as client,
+            bounded_http.client_within(
+                deadline, timeout=timeout, follow_redirects=False, verify=tls.context()
+            ) as client,
             client.stream(
                 method,
                 url,

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,45 @@ def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout(drip:
             )
     finally:
         server.close()
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("drip", [None, drip_headers], ids=["answers", "drips"])
+def test_an_upstream_is_called_through_the_environments_proxy_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, drip: Any
+) -> None:
+    """Deployments send upstream traffic out through an egress proxy (HTTP_PROXY): the
+    request goes to it, and the tool's timeout still bounds the whole request."""
+    asked: list[str] = []
+
+    def proxy(handler: Any, body: bytes) -> None:
+        asked.append(handler.path)  # the absolute URL a proxy is asked for
+        (drip or (lambda h, b: raw_reply(h, 200, {"via": "proxy"})))(handler, body)
+
+    server = RawHttpServer(proxy)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    started = time.monotonic()
+    try:
+        call = partial(
+            upstream_http.call,
+            operation={**OPERATION, "parameters": []},
+            base_url="http://upstream.invalid",
+            upstream_headers=[],
+            idempotency_header="",
+            key="k",
+            arguments={},
+            timeout=1,
+        )
+        if drip is None:
+            assert call() == {"via": "proxy"}
+        else:
+            with pytest.raises(TimeoutError):
+                call()
+    finally:
+        server.close()
+    assert asked == ["http://upstream.invalid/things"]
     assert time.monotonic() - started < 3
 
 
