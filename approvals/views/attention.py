@@ -80,9 +80,18 @@ def attention(request: AuthedRequest) -> HttpResponse:
 @require_GET
 @login_required
 def attention_item(request: AuthedRequest, pk: UUID) -> HttpResponse:
-    """One call's card; ``?confirm=rerun`` shows the re-run confirmation (nothing changes)."""
+    """One call's card; ``?confirm=rerun`` shows the re-run confirmation (nothing changes),
+    bound to ``fence``: the call's fence on the card the person asked it from."""
     call = call_or_403(request, pk)
-    item = _item(call, request.user, confirming=request.GET.get("confirm") == "rerun")
+    shown = request.GET.get("fence", "")
+    item = _item(
+        call,
+        request.user,
+        confirming=request.GET.get("confirm") == "rerun",
+        shown_fence=int(shown)
+        if shown.isascii() and shown.isdigit() and len(shown) < 19
+        else call.fence,
+    )
     return _respond(request, item)
 
 

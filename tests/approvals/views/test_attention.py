@@ -296,6 +296,7 @@ def test_an_outcome_is_marked_only_for_the_attempts_the_person_was_shown(world: 
     page = bob.get(PAGE).content.decode()
     shown_fence = ToolCall.objects.get(pk=call.pk).fence
     assert f'name="fence" value="{shown_fence}"' in page
+    assert f"confirm=rerun&amp;fence={shown_fence}" in page
     assert reconcile_call(call_id=call.pk).action == "rerun"
     claim = claim_call(call_id=call.pk)
     assert claim is not None and runner.run_handler(claim).status == Status.SUCCEEDED
@@ -308,6 +309,9 @@ def test_an_outcome_is_marked_only_for_the_attempts_the_person_was_shown(world: 
         HTTP_HX_REQUEST="true",
     )
     assert "ran again since it was shown to you" in marked.content.decode()
+    # The re-run's confirmation, asked from the card as it was shown, keeps its fence.
+    confirming = bob.get(f"{url(call)}?confirm=rerun&fence={shown_fence}").content.decode()
+    assert f'name="fence" value="{shown_fence}"' in confirming
     rerun = bob.post(
         url(call, "rerun"), {"confirm": "on", "fence": shown_fence}, HTTP_HX_REQUEST="true"
     )
