@@ -283,6 +283,8 @@ def _live_standing_sql() -> str:
         f"ON t.{db.column(Tool, 'id')} = s.{col('tool')} "
         f"WHERE s.{col('agent')} = %s AND t.{db.column(Tool, 'name')} = %s "
         f"AND s.{col('revoked_at')} IS NULL AND s.{col('expires_at')} > %s "
+        # Given for another version of the tool, it covers nothing (services.standing).
+        f"AND s.{col('tool_version')} = t.{db.column(Tool, 'version')} "
         f"ORDER BY s.{col('created_at')}, s.{col('id')}"
     )
 

@@ -6,8 +6,9 @@ from django.db.models import OuterRef, Subquery
 
 def bind_to_the_version_given_for(apps, schema_editor):
     """Standing approvals given before this change covered every version: each is bound to
-    the version of the call it came with, or (that call gone) the tool's version now, so
-    none stops covering what it covers today until the tool changes."""
+    the version of the call it came with (one given for an earlier version of the tool than
+    today's stops covering now: its author never saw this one), or, that call gone, to the
+    tool's version now."""
     StandingApproval = apps.get_model("approvals", "StandingApproval")
     ToolCall = apps.get_model("approvals", "ToolCall")
     Tool = apps.get_model("tools_registry", "Tool")

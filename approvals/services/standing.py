@@ -157,7 +157,11 @@ def use(
     if candidates is None:
         candidates = list(
             StandingApproval.objects.filter(
-                tool=tool, agent=agent, revoked_at__isnull=True, expires_at__gt=now
+                tool=tool,
+                agent=agent,
+                tool_version=tool.version,
+                revoked_at__isnull=True,
+                expires_at__gt=now,
             ).order_by("created_at", "pk")
         )
     for standing in candidates:

@@ -31,7 +31,13 @@ def _worker_index(name: str) -> int:
 def _redis_url_for(url: str, index: int) -> str:
     parts = urlsplit(url)
     base = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{base + 1 + index}"))
+    number = base + 1 + index
+    if number > 15:  # Redis has 16 databases unless configured otherwise
+        raise SystemExit(
+            f"REDIS_URL names database {base}; a parallel run needs the databases after it "
+            f"(up to {number}): use a lower one, or TEST_PROCESSES=1."
+        )
+    return urlunsplit(parts._replace(path=f"/{number}"))
 
 
 def _isolate(worker: str) -> None:
