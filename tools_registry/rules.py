@@ -437,6 +437,15 @@ def _chain(node: Any) -> list[str] | None:
     return None
 
 
+def arguments_read(when: str) -> list[str]:
+    """The argument paths a condition reads (``args.a.b`` as "a.b"); none if it does not
+    compile (``condition_problems`` says why)."""
+    try:
+        return _argument_paths(_environment().compile(when))
+    except (celparser.CELParseError, RecursionError):
+        return []
+
+
 def _argument_paths(tree: Tree) -> list[str]:
     """Every ``args.a.b`` the condition reads (the longest chains; prefixes are implied)."""
     chains = [_chain(node) for node in _subtrees(tree, "member_dot")]

@@ -44,8 +44,9 @@ class Terms:
     condition: str = ""
 
 
-def terms_problems(call: ToolCall, terms: Terms) -> list[str]:
-    """Why these terms cannot be granted with an approval of ``call`` (empty: they can)."""
+def terms_problems(call: ToolCall, terms: Terms, reviewer: Any = None) -> list[str]:
+    """Why these terms cannot be granted with an approval of ``call`` by ``reviewer``
+    (empty: they can)."""
     problems = []
     if call.risk != Risk.WRITE:
         problems.append("Only write tools can be approved in advance; destructive calls never.")
@@ -61,13 +62,36 @@ def terms_problems(call: ToolCall, terms: Terms) -> list[str]:
             problems.append("Write the condition later calls must meet.")
         else:
             problems += rules.condition_problems(terms.condition, call.tool.input_schema)
+            problems += _masked_to_them(terms.condition, call.tool, reviewer)
     return problems
+
+
+def _masked_to_them(condition: str, tool: Any, reviewer: Any) -> list[str]:
+    """A condition on a field its author sees masked reads the masked value (``_covers``),
+    so it would never cover a call: said now, rather than never approving anything."""
+    hidden = tool.hidden_fields
+    if reviewer is None or not hidden or can_reveal(reviewer, tool):
+        return []
+    read = rules.arguments_read(condition)
+    overlapping = sorted(
+        {
+            p
+            for p in read
+            for h in hidden
+            if p == h or p.startswith(h + ".") or h.startswith(p + ".")
+        }
+    )
+    return [
+        f"The condition reads args.{path}, which you see masked: it could never be met. "
+        "Leave it out, or ask someone who may reveal it."
+        for path in overlapping
+    ]
 
 
 def grant(*, call: ToolCall, reviewer: Any, terms: Terms, now: datetime) -> StandingApproval:
     """Record a standing approval that comes with ``reviewer``'s approval of ``call``
     (the caller checked that approval, in the same transaction)."""
-    problems = terms_problems(call, terms)
+    problems = terms_problems(call, terms, reviewer)
     if problems:
         raise StandingRefused(" ".join(problems))
     standing = StandingApproval.objects.create(

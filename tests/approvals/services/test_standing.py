@@ -170,9 +170,16 @@ def test_a_condition_reads_hidden_fields_as_its_author_sees_them(
     tool.refresh_from_db()
     if may_reveal:
         grant(tool=tool, permission="reveal_tool_arguments", user=world.bob)
-    approve_with(world, submit(world), match="condition", condition='args.to.startsWith("ada")')
-    later = submit(world, {**EMAIL, "body": "Another note."})
-    assert (later.status == Status.APPROVED) is may_reveal
+        approve_with(world, submit(world), match="condition", condition='args.to.startsWith("ada")')
+        later = submit(world, {**EMAIL, "body": "Another note."})
+        assert later.status == Status.APPROVED
+        return
+    # Refused as granted, rather than a condition that could never be met; and one written
+    # another way (an index, which the check does not see) reads the masked value all the same.
+    with pytest.raises(DecisionRefused, match="which you see masked"):
+        approve_with(world, submit(world), match="condition", condition='args.to.startsWith("ada")')
+    approve_with(world, submit(world), match="condition", condition='args["to"].startsWith("ada")')
+    assert submit(world, {**EMAIL, "body": "Another note."}).status == Status.PENDING
 
 
 @pytest.mark.django_db(transaction=True)
