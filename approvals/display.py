@@ -108,6 +108,10 @@ def _restored(edited: Any, shown: Any, original: Any) -> Any:
     return edited
 
 
+# Rows looking alike once masked that one edited row is compared with, at most.
+LOOKALIKES_COMPARED = 50
+
+
 def _restored_list(edited: list[Any], shown: list[Any], original: list[Any]) -> list[Any]:
     """A list's items given back their real values only where it is certain which original
     item each stands for. Two items may look alike once masked ("ada@..." and "amy@..." are
@@ -120,22 +124,55 @@ def _restored_list(edited: list[Any], shown: list[Any], original: list[Any]) -> 
     # Looked up, not compared pairwise: an agent's list may hold tens of thousands of items.
     shown_at: dict[str, list[int]] = {}
     stands_for: dict[str, set[str]] = {}  # a masked form -> the original items showing it
+    showing: dict[str, list[int]] = {}  # a masked form -> the positions showing it
     forms = []
     for i in range(count):
         shown_at.setdefault(_key(shown[i]), []).append(i)
         forms.append(_mask_forms(shown[i]))
         for form in forms[i]:
             stands_for.setdefault(form, set()).add(_key(original[i]))
+            showing.setdefault(form, []).append(i)
     changed = (
         [k for k in range(len(shown)) if edited[k] != shown[k]]
         if len(edited) == len(shown)
         else None
     )
 
-    def certain_by_position(i: int) -> bool:
+    def told_apart(i: int, item: Any) -> bool:
+        # Nothing removed or added, and the item kept a plain field of its own row (a name,
+        # an amount) that no row looking alike has: it is that row, edited where it stood.
+        if changed is None or not isinstance(item, dict) or not isinstance(shown[i], dict):
+            return False
+        alike = {j for form in forms[i] for j in showing[form][:LOOKALIKES_COMPARED]} - {i}
+        if len(alike) >= LOOKALIKES_COMPARED:
+            return False  # too many to compare: refused, as any doubt is
+        others = [shown[j] for j in alike if isinstance(shown[j], dict)]
+        plain = {
+            key: value
+            for key, value in shown[i].items()
+            if isinstance(value, str | int | float) and not _mask_forms(value)
+        }
+        kept_its_own = any(
+            key in item and item[key] == value and all(o.get(key) != value for o in others)
+            for key, value in plain.items()
+        )
+        # And nothing of another's: a row holding another row's name moved, or was swapped.
+        took_anothers = any(
+            key in item and item[key] == o.get(key) != value
+            for key, value in plain.items()
+            for o in others
+        )
+        return kept_its_own and not took_anothers
+
+    def certain_by_position(i: int, item: Any) -> bool:
         # Changed where it stood, every other item as shown at its place; or no other item
-        # shows a masked form of this one's while standing for something else.
-        return changed == [i] or all(len(stands_for[form]) == 1 for form in forms[i])
+        # shows a masked form of this one's while standing for something else; or told
+        # apart from those that do.
+        return (
+            changed == [i]
+            or all(len(stands_for[form]) == 1 for form in forms[i])
+            or told_apart(i, item)
+        )
 
     items = []
     for i, item in enumerate(edited):
@@ -143,7 +180,7 @@ def _restored_list(edited: list[Any], shown: list[Any], original: list[Any]) -> 
         if len(same) == 1:
             # Left as shown, wherever it now stands: the one item shown so.
             items.append(_restored(item, shown[same[0]], original[same[0]]))
-        elif i < count and certain_by_position(i):
+        elif i < count and certain_by_position(i, item):
             items.append(_restored(item, shown[i], original[i]))
         else:
             items.append(item)

@@ -358,3 +358,30 @@ def test_bad_json_in_a_correction_is_a_clear_refusal(world: World) -> None:
     # Without htmx, the page itself says the form was wrong: 400, not a conflict.
     page = bob.post(f"/approvals/{call.pk}/decide/", {"verdict": "approve"})
     assert page.status_code == 400
+
+
+def test_rows_shown_alike_and_edited_where_they_stood_are_told_apart_by_what_they_kept(
+    world: World,
+) -> None:
+    """Two rows shown "a***@example.com", both edited in place: each kept a field of its own
+    (a name, an amount) that the other has not, so each is its own row. Had both changed
+    everything but the masked address, a swap could not be told from two edits: refused."""
+    rows = [
+        {"name": "Ada", "email": "ada@example.com", "cents": 1000},
+        {"name": "Amy", "email": "amy@example.com", "cents": 2000},
+    ]
+    call = ToolCall(tool=world.tools["send_email"], agent=world.agent, arguments={"rows": rows})
+    shown = display.arguments(call)["rows"]
+    lowered = [{**shown[0], "cents": 500}, {**shown[1], "cents": 1500}]
+    restored, left = display.restore_masked({"rows": lowered}, call)
+    assert left == [] and [r["email"] for r in restored["rows"]] == [
+        "ada@example.com",
+        "amy@example.com",
+    ]
+    renamed = [{**shown[0], "name": "Ada L."}, {**shown[1], "name": "Amy P."}]
+    restored, left = display.restore_masked({"rows": renamed}, call)
+    assert left == [] and restored["rows"][1] == {**rows[1], "name": "Amy P."}
+    # A swap, each row then given the other's amount: nothing tells them apart.
+    swapped = [{**shown[1], "cents": 1000}, {**shown[0], "cents": 2000}]
+    restored, left = display.restore_masked({"rows": swapped}, call)
+    assert left == ["a***@example.com"], restored
