@@ -34,3 +34,13 @@ def test_create_agent_token_refuses_an_unknown_agent(world) -> None:
 
     with pytest.raises(CommandError, match="No agent named"):
         call_command("create_agent_token", "nobody", stdout=StringIO())
+
+
+def test_create_agent_token_refuses_a_label_too_long_to_keep(world) -> None:
+    from django.core.management.base import CommandError
+
+    from tools_registry.models import AgentToken
+
+    with pytest.raises(CommandError, match="at most 100 characters"):
+        call_command("create_agent_token", "support-bot", "--label", "x" * 101, stdout=StringIO())
+    assert not AgentToken.objects.filter(label__startswith="xxx").exists()

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tools_registry.models import Agent
+from tools_registry.models import Agent, AgentToken
 from tools_registry.services import issue_token
 
 
@@ -19,6 +19,9 @@ class Command(BaseCommand):
         agent = Agent.objects.filter(name=options["agent"]).first()
         if agent is None:
             raise CommandError(f"No agent named {options['agent']!r}.")
+        longest = AgentToken._meta.get_field("label").max_length
+        if longest is not None and len(options["label"]) > longest:
+            raise CommandError(f"A token's label is at most {longest} characters.")
         _, token = issue_token(agent=agent, label=options["label"])
         self.stderr.write(
             f"New token for {agent.name}; it is shown once and stored only as a hash:"
