@@ -143,9 +143,9 @@ def _restored_list(edited: list[Any], shown: list[Any], original: list[Any]) -> 
         # an amount) that no row looking alike has: it is that row, edited where it stood.
         if changed is None or not isinstance(item, dict) or not isinstance(shown[i], dict):
             return False
-        alike = {j for form in forms[i] for j in showing[form][:LOOKALIKES_COMPARED]} - {i}
-        if len(alike) >= LOOKALIKES_COMPARED:
+        if any(len(showing[form]) > LOOKALIKES_COMPARED for form in forms[i]):
             return False  # too many to compare: refused, as any doubt is
+        alike = {j for form in forms[i] for j in showing[form]} - {i}
         others = [shown[j] for j in alike if isinstance(shown[j], dict)]
         plain = {
             key: value

@@ -135,10 +135,7 @@ CANNOT_RUN = {
     "agent_disabled": "The agent that made this call is disabled, so the call cannot run.",
     "tool_version_changed": "The tool's definition changed since the agent made this call.",
     "tool_not_allowed": "The tool was taken off the agent's allowlist, so the call cannot run.",
-    "user_not_allowed": (
-        "The user this call is for may no longer use this tool through the agent (its role "
-        "scopes changed), so the call cannot run."
-    ),
+    "user_not_allowed": "The agent's role scopes no longer let this call's user use the tool.",
 }
 
 
@@ -148,6 +145,12 @@ CANNOT_RUN = {
 # never re-run by itself: that it may run again (a resume) is nobody's decision to re-run.
 MAY_NOT_RUN_NOW = "The outcome is unknown, and the call may not run again now: "
 RERUN_REFUSED = "A re-run was refused ("
+
+
+def attention_reason(reason: str) -> str:
+    """``reason`` as a call keeps it (the events keep it whole)."""
+    longest = ToolCall._meta.get_field("attention_reason").max_length or len(reason)
+    return reason[:longest]
 
 
 def left_to_a_person(call: ToolCall) -> bool:

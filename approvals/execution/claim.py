@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import events, transitions
-from approvals.guards import CANNOT_RUN, RERUN_REFUSED, cannot_run_code
+from approvals.guards import CANNOT_RUN, RERUN_REFUSED, attention_reason, cannot_run_code
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
 from tools_registry.policy import handler_budget_seconds
@@ -127,7 +127,9 @@ def _refuse(call: ToolCall, code: str) -> None:
             f"{RERUN_REFUSED}{CANNOT_RUN[code]}); whether an earlier attempt had its "
             "effect is not known: check the downstream, then mark the outcome."
         )
-        transitions.move(call, Status.UNKNOWN, needs_attention=True, attention_reason=reason)
+        transitions.move(
+            call, Status.UNKNOWN, needs_attention=True, attention_reason=attention_reason(reason)
+        )
         events.execution_refused(call, code=code, reason=CANNOT_RUN[code])
         events.call_escalated(call, reason=reason, finding="")
         return

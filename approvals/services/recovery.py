@@ -31,7 +31,13 @@ from django.utils import timezone
 
 from approvals import events
 from approvals.execution import send
-from approvals.guards import CANNOT_RUN, MAY_NOT_RUN_NOW, cannot_run_code, left_to_a_person
+from approvals.guards import (
+    CANNOT_RUN,
+    MAY_NOT_RUN_NOW,
+    attention_reason,
+    cannot_run_code,
+    left_to_a_person,
+)
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
 from core.json_values import storable
@@ -104,7 +110,7 @@ def reconcile_call(
             events.call_rerun(call, previous_status=Status.UNKNOWN)
             return Reconciliation(call_id=call_id, finding=finding, action="rerun")
         reason = escalation_reason(call, finding)
-        if call.needs_attention and call.attention_reason == reason:
+        if call.needs_attention and call.attention_reason == attention_reason(reason):
             # Asked again, nothing new: only the time of the check moves.
             call.save(update_fields=["updated_at"])
             return Reconciliation(call_id=call_id, finding=finding, action="unchanged")
@@ -203,7 +209,7 @@ def escalation_reason(call: ToolCall, finding: str) -> str:
 def escalate_locked(call: ToolCall, *, reason: str, finding: str = "") -> None:
     """Put a call (held locked by the caller) on the "needs attention" page."""
     call.needs_attention = True
-    call.attention_reason = reason[:200]
+    call.attention_reason = attention_reason(reason)
     call.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
     events.call_escalated(call, reason=reason, finding=finding)
     logger.warning("call %s needs a person: %s", call.pk, reason)

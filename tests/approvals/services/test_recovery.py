@@ -440,3 +440,20 @@ def test_a_call_escalated_as_its_downstream_could_not_be_asked_is_rerun_once_it_
     assert sweeps.reconcile_unknown(now=later) == {"rerun": 1}
     call.refresh_from_db()
     assert call.status == Status.APPROVED and not call.needs_attention
+
+
+def test_a_rerun_refused_at_its_claim_for_any_reason_goes_to_a_person(world: World) -> None:
+    """The longest reason (the user's scopes narrowed) is kept as a call keeps a reason."""
+    from tools_registry import services as registry_services
+    from tools_registry.models import Agent
+
+    call = unknown_call(world)
+    rerun_call(call_id=call.pk, person=world.bob, confirmed=True, note="Checked, unsure.")
+    world.agent.unscoped_access = Agent.UnscopedAccess.READS
+    registry_services.save_agent(agent=world.agent, changed_by=world.alice)
+    assert runner.execute(call.pk) is None
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.needs_attention
+    assert call.attention_reason.startswith("A re-run was refused (")
+    escalated = AuditEvent.objects.filter(call_id=call.pk, action="call.escalated").last()
+    assert escalated is not None and "role scopes" in escalated.data["reason"]

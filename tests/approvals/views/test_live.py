@@ -385,3 +385,16 @@ def test_rows_shown_alike_and_edited_where_they_stood_are_told_apart_by_what_the
     swapped = [{**shown[1], "cents": 1000}, {**shown[0], "cents": 2000}]
     restored, left = display.restore_masked({"rows": swapped}, call)
     assert left == ["a***@example.com"], restored
+
+
+def test_rows_are_told_apart_only_among_few_look_alikes(world: World) -> None:
+    """Past LOOKALIKES_COMPARED rows shown alike, none is told apart by what it kept: a row
+    moved among sixty would otherwise be compared with some of them only."""
+    rows = [{"name": f"N{k}", "email": f"a{k}x@example.com", "cents": 1000 + k} for k in range(60)]
+    rows[55] = {"name": "N0", "email": "ava@example.com", "cents": 9999}  # row 0's name
+    call = ToolCall(tool=world.tools["send_email"], agent=world.agent, arguments={"rows": rows})
+    shown = display.arguments(call)["rows"]
+    edited = list(shown)
+    edited[0], edited[55] = {**shown[55], "cents": 5000}, shown[0]  # moved, one edited
+    restored, left = display.restore_masked({"rows": edited}, call)
+    assert left, (restored["rows"][0], restored["rows"][55])
