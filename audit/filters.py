@@ -197,4 +197,7 @@ def _instant(value: str) -> datetime | None:
     if timezone.is_naive(moment):
         return timezone.make_aware(moment, UTC)
     offset = moment.utcoffset()
-    return moment if offset is not None and abs(offset) <= LARGEST_OFFSET else None
+    if offset is None or abs(offset) > LARGEST_OFFSET:
+        return None
+    # Whole minutes only: "+05:30:30.5" parses, and PostgreSQL refuses a fraction of a second.
+    return moment if offset.total_seconds() % 60 == 0 else None

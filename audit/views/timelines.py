@@ -64,6 +64,8 @@ NOT_STATUS = frozenset(
         "call.webhook_failed",
         "call.stale_result_discarded",
         "call.rechecked",
+        "call.note_added",
+        "call.arguments_edited",
     }
 )
 # What each step shows in full, outside the collapsed data: the words people wrote and the
@@ -282,11 +284,13 @@ def session_timeline(request: HttpRequest) -> HttpResponse:
         raise Http404("The trail has no event of this session.")
     calls: dict[Any, SessionCall] = {}
     for event in events:
+        # A refused call has no call id: each refusal is an attempt of its own.
+        group = event.call_id or ("refused", event.pk)
         item = calls.setdefault(
-            event.call_id, SessionCall(call_id=event.call_id, started=event.occurred_at)
+            group, SessionCall(call_id=event.call_id, started=event.occurred_at)
         )
         item.steps.append(_step(event))
-        item.tool = item.tool or event.tool_name
+        item.tool = item.tool or event.tool_name or str(event.data.get("tool") or "")
         # The call's status, not the last event's outcome ("sent" of a notification).
         if event.action not in NOT_STATUS and event.outcome:
             item.outcome = event.outcome

@@ -15,6 +15,10 @@ BAD_QUERIES = [
     "/audit/?start=2026-01-01T00:00%2B23:59",  # Python takes the offset, PostgreSQL not
     "/audit/export.jsonl?end=2026-01-01T00:00-20:00",
     "/audit/export.csv?start=2026-01-01T00:00%2B16:00",
+    # An offset with a fraction of a second: Python takes it, PostgreSQL not.
+    "/audit/?start=2026-01-01T00:00:00%2B05:30:30.5",
+    "/audit/?end=2026-01-01T00:00:00-00:00:00.000001",
+    "/audit/export.csv?start=2026-01-01T00:00:00%2B05:30:30.5",
     "/audit/?call=not-a-uuid",
     "/audit/analytics/?days=%C2%B2",
     "/audit/analytics/?days=99999999999999999999",

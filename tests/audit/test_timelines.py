@@ -208,3 +208,46 @@ def test_every_session_opens_and_exports_from_the_trails_own_links(
     assert len(lines) == 3
     listed = auditor_client.get("/audit/", {"session": event.session_id, "agent": "support-bot"})
     assert listed.content.count(b"test.event") >= 3
+
+
+@pytest.mark.parametrize(
+    ("action", "outcome"), [("call.note_added", "noted"), ("call.arguments_edited", "edited")]
+)
+def test_a_note_or_a_correction_does_not_read_as_the_calls_status(
+    auditor_client: Client, action: str, outcome: str
+) -> None:
+    from types import SimpleNamespace
+
+    call_id = uuid.uuid4()
+    call = SimpleNamespace(
+        pk=call_id,
+        agent=SimpleNamespace(name="support-bot"),
+        tool=SimpleNamespace(name="refund"),
+        session_id="run-1",
+    )
+    record(action="call.submitted", outcome="pending", call=call, data={"reasoning": "r"})
+    record(action=action, outcome=outcome, call=call, data={"note": "check"})
+    assert auditor_client.get(f"/audit/calls/{call_id}/").context["status"] == "pending"
+    session = auditor_client.get("/audit/session/?agent=support-bot&session=run-1")
+    assert session.context["calls"][0].outcome == "pending"
+
+
+def test_each_refused_call_of_a_session_is_an_entry_of_its_own(auditor_client: Client) -> None:
+    """A refusal has no call id: three refusals are three attempts, not one call."""
+    from types import SimpleNamespace
+
+    agent = SimpleNamespace(name="support-bot")
+    for tool, code in (("send_email", "tool_not_allowed"), ("drop_db", "unknown_tool")):
+        record(
+            action="call.refused",
+            outcome=code,
+            agent=agent,
+            tool=SimpleNamespace(name=tool) if code != "unknown_tool" else None,
+            session_id="run-1",
+            data={"tool": tool, "code": code, "arguments": {}},
+        )
+    calls = auditor_client.get("/audit/session/?agent=support-bot&session=run-1").context["calls"]
+    assert [(c.tool, c.outcome) for c in calls] == [
+        ("send_email", "tool_not_allowed"),
+        ("drop_db", "unknown_tool"),
+    ]
