@@ -177,6 +177,10 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+class ProxyUnusable(Exception):
+    """The environment names a proxy httpx cannot use: no request can be sent."""
+
+
 def client_within(deadline: float, **options: Any) -> httpx.Client:
     """An httpx client as httpx makes it (its environment's proxies honoured: an egress
     proxy, NO_PROXY), each of whose connections, direct or through a proxy, works within
@@ -185,7 +189,12 @@ def client_within(deadline: float, **options: Any) -> httpx.Client:
     httpx takes a proxy from the environment only when it makes its transports itself, so
     their network backends are wrapped once made (attributes of httpx's and httpcore's own:
     the upstream and webhook tests that drip an answer fail if they move)."""
-    client = httpx.Client(**options)
+    try:
+        client = httpx.Client(**options)
+    except (ImportError, ValueError) as exc:
+        # A proxy in the environment httpx cannot use (socks5:// without its extra, a scheme
+        # it does not know): nothing was sent.
+        raise ProxyUnusable(f"the environment's proxy cannot be used: {exc}"[:300]) from exc
     for transport in (client._transport, *client._mounts.values()):
         if isinstance(transport, httpx.HTTPTransport):
             pool = transport._pool

@@ -228,11 +228,14 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
     }
     # Public receivers only: connected to an address checked as it is used, never through a
     # proxy (whose own address would be checked instead of the receiver's).
-    client = (
-        bounded_http.client_within(deadline, verify=tls.context(), **options)
-        if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS
-        else httpx.Client(transport=PublicOnlyTransport(deadline=deadline), **options)
-    )
+    try:
+        client = (
+            bounded_http.client_within(deadline, verify=tls.context(), **options)
+            if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS
+            else httpx.Client(transport=PublicOnlyTransport(deadline=deadline), **options)
+        )
+    except bounded_http.ProxyUnusable as exc:
+        return AttemptResult(error=str(exc))
     try:
         with (
             client as c,

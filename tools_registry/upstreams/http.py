@@ -158,10 +158,16 @@ def _send(
     headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
     headers["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
     try:
+        client = bounded_http.client_within(
+            deadline, timeout=timeout, follow_redirects=False, verify=tls.context()
+        )
+    except bounded_http.ProxyUnusable as exc:
+        raise ToolFailed(
+            f"The upstream cannot be called: {exc}.", code="upstream_unreachable"
+        ) from None
+    try:
         with (
-            bounded_http.client_within(
-                deadline, timeout=timeout, follow_redirects=False, verify=tls.context()
-            ) as client,
+            client,
             client.stream(
                 method,
                 url,

@@ -352,6 +352,24 @@ def test_an_upstream_is_called_through_the_environments_proxy_within_the_timeout
     assert time.monotonic() - started < 3
 
 
+def test_a_proxy_the_environment_names_and_httpx_cannot_use_fails_the_call_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing could be sent: the call failed, it did not end unknown (nor crash)."""
+    monkeypatch.setenv("HTTP_PROXY", "ftp://proxy.invalid:21")
+    with pytest.raises(ToolFailed) as failed:
+        upstream_http.call(
+            operation={**OPERATION, "parameters": []},
+            base_url="http://upstream.invalid",
+            upstream_headers=[],
+            idempotency_header="",
+            key="k",
+            arguments={},
+            timeout=1,
+        )
+    assert failed.value.code == "upstream_unreachable" and "proxy" in failed.value.message
+
+
 def test_an_mcp_servers_big_answer_is_stored_truncated_and_a_huge_one_is_not_read(
     mcp_upstream: WebProcess, settings: Any
 ) -> None:
