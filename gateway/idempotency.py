@@ -141,11 +141,15 @@ def answer_for(
 def _made_for(record: IdempotencyRecord, unbound: tuple[str, str] | None) -> bool:
     """Whether a record stored before keys bound verified users is this request's: its hash
     the request's unbound one, and its call made for the same verified user."""
-    if unbound is None or record.request_hash != unbound[0] or record.call_id is None:
+    if unbound is None or record.request_hash != unbound[0]:
         return False
-    return ToolCall.objects.filter(
-        pk=record.call_id, end_user_source="verified", on_behalf_of=unbound[1]
-    ).exists()
+    # Still in flight, the record names no call yet: the call its key made, if any.
+    made = (
+        ToolCall.objects.filter(pk=record.call_id)
+        if record.call_id is not None
+        else ToolCall.objects.filter(agent_id=record.agent_id, request_key=record.key)
+    )
+    return made.filter(end_user_source="verified", on_behalf_of=unbound[1]).exists()
 
 
 def complete(

@@ -261,6 +261,12 @@ def test_a_key_stored_before_keys_bound_verified_users_still_replays_for_its_use
     again = api.submit(SEND_EMAIL, key="old-key", **ada)
     assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
     error_of(api.submit(SEND_EMAIL, key="old-key", **grace), 422, "idempotency_key_reused")
+    # One still in flight (its request died before storing the answer) names no call yet.
+    IdempotencyRecord.objects.filter(key="old-key").update(
+        state=IdempotencyRecord.State.IN_FLIGHT, call_id=None, response_status=None
+    )
+    assert api.submit(SEND_EMAIL, key="old-key", **ada).status_code != 422
+    error_of(api.submit(SEND_EMAIL, key="old-key", **grace), 422, "idempotency_key_reused")
 
 
 @pytest.mark.parametrize("case", ["expired", "wrong key", "alg none", "garbage"])
