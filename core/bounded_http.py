@@ -10,8 +10,8 @@ reads itself.
 Two ways past those limits are closed here too. A compressed answer is inflated a bounded
 piece at a time (``Inflater``): httpx inflates each chunk whole before anyone can count it,
 and 250 KB of gzip are 256 MB. And the deadline bounds the whole attempt
-(``DeadlineTransport``): a server dripping its status line and headers a byte at a time
-answers each read within httpx's timeout, before ``read`` is even called.
+(``DeadlineBackend``, ``client_within``): a server dripping its status line and headers a
+byte at a time answers each read within httpx's timeout, before ``read`` is even called.
 """
 
 from __future__ import annotations
@@ -143,7 +143,15 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 class DeadlineBackend(httpcore.NetworkBackend):
     """A network backend whose streams give each connect, TLS handshake, write and read
-    the time left before ``deadline`` at most (and their own timeout when it is shorter)."""
+    the time left before ``deadline`` at most (and their own timeout when it is shorter):
+    the deadline bounds a whole attempt, connecting, sending, the status line and headers,
+    and the body.
+
+    Each socket operation is given the time left rather than cut off from another thread
+    (a timer closing the connection): the thread that waits is the one that gives up, with
+    httpx's own ReadTimeout/ConnectTimeout, and no timer thread, lock or half-closed
+    connection is left behind. A server can hold an attempt a read's worth past the
+    deadline at most, and that read is itself cut to the time left."""
 
     def __init__(self, inner: httpcore.NetworkBackend, deadline: float) -> None:
         self._inner = inner
@@ -184,7 +192,7 @@ class ProxyUnusable(Exception):
 def client_within(deadline: float, **options: Any) -> httpx.Client:
     """An httpx client as httpx makes it (its environment's proxies honoured: an egress
     proxy, NO_PROXY), each of whose connections, direct or through a proxy, works within
-    ``deadline`` (``time.monotonic()``), as ``DeadlineTransport``'s do.
+    ``deadline`` (``time.monotonic()``): its network backends are ``DeadlineBackend``'s.
 
     httpx takes a proxy from the environment only when it makes its transports itself, so
     their network backends are wrapped once made (attributes of httpx's and httpcore's own:
@@ -200,30 +208,6 @@ def client_within(deadline: float, **options: Any) -> httpx.Client:
             pool = transport._pool
             pool._network_backend = DeadlineBackend(pool._network_backend, deadline)  # type: ignore[attr-defined]
     return client
-
-
-class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's transport, with ``deadline`` (``time.monotonic()``) bounding the whole
-    attempt: connecting, sending, the status line and headers, and the body.
-
-    Each socket operation is given the time left rather than cut off from another thread
-    (a timer closing the connection): the thread that waits is the one that gives up, with
-    httpx's own ReadTimeout/ConnectTimeout, and no timer thread, lock or half-closed
-    connection is left behind. A server can hold an attempt a read's worth past the
-    deadline at most, and that read is itself cut to the time left."""
-
-    def __init__(
-        self,
-        *,
-        deadline: float,
-        ssl_context: ssl.SSLContext,
-        network_backend: httpcore.NetworkBackend | None = None,
-    ) -> None:
-        super().__init__(verify=ssl_context)
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            network_backend=DeadlineBackend(network_backend or httpcore.SyncBackend(), deadline),
-        )
 
 
 class AnswerTooLarge(httpx2.ReadError):

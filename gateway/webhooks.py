@@ -426,10 +426,12 @@ class _PublicOnlyBackend(httpcore.SyncBackend):
         )
 
 
-class PublicOnlyTransport(bounded_http.DeadlineTransport):
+class PublicOnlyTransport(httpx.HTTPTransport):
     """httpx's transport, connecting through ``_PublicOnlyBackend``, within ``deadline``."""
 
     def __init__(self, *, deadline: float) -> None:
-        super().__init__(
-            deadline=deadline, ssl_context=tls.context(), network_backend=_PublicOnlyBackend()
+        super().__init__(verify=tls.context())
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=tls.context(),
+            network_backend=bounded_http.DeadlineBackend(_PublicOnlyBackend(), deadline),
         )

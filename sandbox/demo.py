@@ -139,6 +139,10 @@ class DemoLogins:
     password: str
     password_generated: bool
     agent_token: str
+    password_file: Path  # where a generated password is kept
+
+
+PASSWORD_FILE = "demo_password"  # noqa: S105 - a file name under var/
 
 
 def _secret_file(name: str) -> Path:
@@ -227,7 +231,7 @@ def seed_demo() -> DemoLogins:
     if env_password:
         password, generated = env_password, False
     else:
-        password, generated = _remembered("demo_password", lambda: secrets.token_urlsafe(12))
+        password, generated = _remembered(PASSWORD_FILE, lambda: secrets.token_urlsafe(12))
 
     people: dict[str, dict[str, Any]] = {
         "admin": {"groups": ["tool-admins"], "is_staff": True, "is_superuser": True},
@@ -284,7 +288,12 @@ def seed_demo() -> DemoLogins:
         token_path.chmod(0o600)
     _seed_rules(users["admin"])
     seed_sandbox()
-    return DemoLogins(password=password, password_generated=generated, agent_token=token)
+    return DemoLogins(
+        password=password,
+        password_generated=generated,
+        agent_token=token,
+        password_file=_secret_file(PASSWORD_FILE),
+    )
 
 
 def _seed_rules(admin: User) -> None:

@@ -18,7 +18,7 @@ class Command(BaseCommand):
                 "embedded mode (make run) or set SANDBOX_ENABLED=1."
             )
         logins = seed_demo()
-        kept = settings.VAR_DIR / "demo_password"
+        kept = logins.password_file
         source = (
             f"generated, kept in {kept}"
             if logins.password_generated
