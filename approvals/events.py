@@ -17,14 +17,6 @@ def _sensitive(call: ToolCall) -> list[str]:
     return call.tool.hidden_fields
 
 
-def _reasoning(call: ToolCall) -> str:
-    """The agent's reasoning with the values of the call's hidden fields masked: it may
-    quote them ("sending the note titled ..."), and they are masked in the arguments."""
-    if not call.reasoning or not call.tool.hidden_fields:
-        return call.reasoning  # (every submission writes this event: nothing to look for)
-    return hidden.text(call.reasoning, hidden.values(call.tool, call.arguments))
-
-
 def call_submitted(call: ToolCall) -> AuditEvent:
     return record(
         later=True,  # with the COMMIT: every call writes it
@@ -41,7 +33,7 @@ def call_submitted(call: ToolCall) -> AuditEvent:
             "on_behalf_of": call.on_behalf_of,
             "end_user_roles": call.end_user_roles,
             "end_user_source": call.end_user_source,
-            "reasoning": _reasoning(call),
+            "reasoning": hidden.quoted(call.reasoning, call.tool, call.arguments),
             "token_cost": call.token_cost,
             "transport": call.transport,
             "client": call.client,
@@ -202,7 +194,7 @@ def execution_started(call: ToolCall) -> AuditEvent:
             "arguments": call.arguments,
             "agent": call.agent.name,
             "session_id": call.session_id,
-            "reasoning": _reasoning(call),
+            "reasoning": hidden.quoted(call.reasoning, call.tool, call.arguments),
             "idempotency_key": call.execution_key,
             "attempt": call.attempts,
             "fence": call.fence,

@@ -40,6 +40,14 @@ def values(tool: Tool, arguments: Any) -> list[str]:
     return sorted({v for v in found if v}, key=len, reverse=True)
 
 
+def quoted(value: str, tool: Tool, arguments: Any) -> str:
+    """``value`` (words an agent wrote beside its arguments: its reasoning) with the values
+    of the tool's hidden fields in ``arguments`` masked wherever it quotes them."""
+    if not value or not tool.hidden_fields:
+        return value
+    return text(value, values(tool, arguments))
+
+
 def text(value: str, hidden: list[str]) -> str:
     """``value`` with every hidden value in it masked (whole, as the trail masks a field),
     and every part of a list (", ") that is a piece of a hidden value: a link or an address

@@ -80,11 +80,11 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
         "amount_minor": money.minor if money else None,
         "currency": money.currency if money else "",
     }
-    if call.reasoning and call.tool.hidden_fields:
-        # The reasoning may quote a hidden value the correction replaced: once replaced,
-        # nothing would know to mask it where the reasoning is shown (only the agent wrote
-        # it, and no answer to the agent carries it back).
-        fields["reasoning"] = hidden.text(call.reasoning, hidden.values(call.tool, before))
+    # The reasoning may quote a hidden value the correction replaced: once replaced, nothing
+    # would know to mask it where the reasoning is shown (only the agent wrote it, and no
+    # answer to the agent carries it back).
+    if (reasoning := hidden.quoted(call.reasoning, call.tool, before)) != call.reasoning:
+        fields["reasoning"] = reasoning
     # The caller holds the row lock, and the status is not touched: a plain update.
     ToolCall.objects.filter(pk=call.pk, status=Status.PENDING).update(**fields)
     for name, value in fields.items():

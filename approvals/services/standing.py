@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from approvals import hidden
 from approvals.guards import Refused, conflict_with
 from approvals.models import StandingApproval, ToolCall
 from audit.log import record
@@ -69,17 +70,14 @@ def terms_problems(call: ToolCall, terms: Terms, reviewer: Any = None) -> list[s
 def _masked_to_them(condition: str, tool: Any, reviewer: Any) -> list[str]:
     """A condition on a field its author sees masked reads the masked value (``_covers``),
     so it would never cover a call: said now, rather than never approving anything."""
-    hidden = tool.hidden_fields
-    if reviewer is None or not hidden or can_reveal(reviewer, tool):
+    paths = tool.hidden_fields
+    if reviewer is None or not paths or can_reveal(reviewer, tool):
         return []
-    read = rules.arguments_read(condition)
+    # A hidden field, one inside it, or one holding it (``args.items`` when ``items.card``).
     overlapping = sorted(
-        {
-            p
-            for p in read
-            for h in hidden
-            if p == h or p.startswith(h + ".") or h.startswith(p + ".")
-        }
+        read
+        for read in rules.arguments_read(condition)
+        if hidden.covers(paths, read) or any(hidden.covers([read], path) for path in paths)
     )
     return [
         f"The condition reads args.{path}, which you see masked: it could never be met. "
@@ -173,12 +171,16 @@ def use(
 ) -> StandingApproval | None:
     """The standing approval that covers this call, its use counted; None if none does.
 
-    ``candidates`` are the agent's live standing approvals of the tool, oldest first, when
+    ``candidates`` are the agent's live standing approvals of the tool's current version,
+    oldest first, when
     the caller read them already (intake reads them with its other statements,
     ``sql.live_standing_statement``). The count is one conditional UPDATE: concurrent calls
     each take a use or find it spent, so ``max_uses`` is exact however many arrive at once.
     """
     if candidates is None:
+        # Only those given for the tool's version: one given for another definition (an
+        # endpoint, a schema or a description its author did not see) covers nothing, as a
+        # reviewer's approval would not (``sql.live_standing_statement`` reads the same).
         candidates = list(
             StandingApproval.objects.filter(
                 tool=tool,
@@ -226,10 +228,6 @@ def _covers(
     user_roles: list[str],
     agent: Any,
 ) -> bool:
-    if standing.tool_version != tool.version:
-        # Given for another definition of the tool (an endpoint, a schema or a description
-        # its author did not see): it covers nothing, as a reviewer's approval would not.
-        return False
     if standing.match == StandingApproval.Match.ANY:
         return True
     if standing.match == StandingApproval.Match.SAME:

@@ -83,14 +83,14 @@ def attention_item(request: AuthedRequest, pk: UUID) -> HttpResponse:
     """One call's card; ``?confirm=rerun`` shows the re-run confirmation (nothing changes),
     bound to ``fence``: the call's fence on the card the person asked it from."""
     call = call_or_403(request, pk)
-    shown = request.GET.get("fence", "")
+    asked = RerunForm(request.GET)
+    asked.is_valid()  # a fence that is no number is none: the call's own, as shown now
+    shown = asked.cleaned_data.get("fence")
     item = _item(
         call,
         request.user,
         confirming=request.GET.get("confirm") == "rerun",
-        shown_fence=int(shown)
-        if shown.isascii() and shown.isdigit() and len(shown) < 19
-        else call.fence,
+        shown_fence=call.fence if shown is None else shown,
     )
     return _respond(request, item)
 

@@ -3,6 +3,7 @@ corrections and standing approvals; and the live updates that keep the page true
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -299,21 +300,19 @@ def standing_approvals(request: AuthedRequest) -> HttpResponse:
     if not request.user.has_perm("approvals.change_standingapproval"):
         rows = rows.filter(granted_by_id=request.user.pk)
     now = timezone.now()
-    listed = [
-        {
-            "standing": s,
-            "live": s.revoked_at is None and s.expires_at > now and not _tool_changed(s),
-            "tool_changed": _tool_changed(s),
-            "condition": display.text(s.condition),
-        }
-        for s in rows[:200]
-    ]
+    listed = [_standing_row(s, now) for s in rows[:200]]
     return render(request, "approvals/standing.html", {"rows": listed})
 
 
-def _tool_changed(standing: StandingApproval) -> bool:
-    """Given for an earlier definition of the tool: it covers nothing any more."""
-    return standing.tool_version != standing.tool.version
+def _standing_row(standing: StandingApproval, now: datetime) -> dict[str, Any]:
+    # Given for an earlier definition of the tool, it covers nothing any more.
+    tool_changed = standing.tool_version != standing.tool.version
+    return {
+        "standing": standing,
+        "live": standing.revoked_at is None and standing.expires_at > now and not tool_changed,
+        "tool_changed": tool_changed,
+        "condition": display.text(standing.condition),
+    }
 
 
 @require_POST
