@@ -11,7 +11,7 @@ class ApprovalsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
 
         from approvals import hooks, reauth, signals
-        from approvals.services import calls
+        from approvals.services import calls, recovery
         from tools_registry import hooks as registry_hooks
 
         # Destructive approvals need a recent sign-in; remember when this session's was.
@@ -20,3 +20,5 @@ class ApprovalsConfig(AppConfig):
         hooks.on_status_changed(signals.remember_counterparties)
         # A stopped agent's calls that wait for a decision are cancelled with the stop.
         registry_hooks.on_agent_stopped(calls.cancel_for_stop)
+        # Its calls whose outcome is unknown are left to a person: a resume is no re-run.
+        registry_hooks.on_agent_stopped(recovery.leave_unknown_to_a_person)

@@ -139,14 +139,6 @@ CANNOT_RUN = {
 }
 
 
-# Escalations that leave an unknown outcome to a person for good: the call could not run
-# when it was escalated (its agent stopped, its tool switched off...), or a re-run of it was
-# refused at its claim. Checked again later, such a call is settled by a found effect only,
-# never re-run by itself: that it may run again (a resume) is nobody's decision to re-run.
-MAY_NOT_RUN_NOW = "The outcome is unknown, and the call may not run again now: "
-RERUN_REFUSED = "A re-run was refused ("
-
-
 def attention_reason(reason: str) -> str:
     """``reason`` as a call keeps it (the events keep it whole)."""
     longest = ToolCall._meta.get_field("attention_reason").max_length or len(reason)
@@ -155,10 +147,10 @@ def attention_reason(reason: str) -> str:
 
 def left_to_a_person(call: ToolCall) -> bool:
     """Whether the call was escalated for a person to decide whatever the downstream says
-    next, short of the effect being found."""
-    return call.needs_attention and call.attention_reason.startswith(
-        (MAY_NOT_RUN_NOW, RERUN_REFUSED)
-    )
+    next, short of the effect being found. Checked again later, such a call is settled by a
+    found effect only, never re-run by itself: that it may run again (a resume) is nobody's
+    decision to re-run it."""
+    return call.needs_attention and call.left_to_person
 
 
 def cannot_run_code(call: ToolCall) -> str:

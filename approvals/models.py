@@ -108,6 +108,11 @@ class ToolCall(models.Model):
     # Set when a person must look at the call: unknown outcome, failed destructive call.
     needs_attention = models.BooleanField(default=False)
     attention_reason = models.CharField(max_length=200, blank=True)
+    # An unknown outcome escalated for a person to settle whatever the downstream says next,
+    # short of the effect being found: the call could not run when it was escalated (its
+    # agent stopped, its tool switched off...), or a re-run of it was refused at its claim.
+    # Reconciliation never re-runs such a call by itself (``guards.left_to_a_person``).
+    left_to_person = models.BooleanField(default=False)
     # Reviewer notifications, each sent once (approvals.notifications claims them here).
     reviewers_notified_at = models.DateTimeField(null=True, blank=True)
     reminded_at = models.DateTimeField(null=True, blank=True)
@@ -124,6 +129,10 @@ class ToolCall(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["agent", "request_key"], name="call_unique_request_key"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(left_to_person=False) | models.Q(needs_attention=True),
+                name="call_left_to_person_needs_attention",
             ),
         ]
         indexes = [

@@ -35,15 +35,12 @@ CALLS, TOOL_VOTES, REVIEWER_VOTES, RESULTS, TOKENS = (
     "results",
     "tokens",
 )
+# How a run ends: its result, or the lease sweep's verdict on a worker that went silent
+# (unknown for a write, failed for a read), which no result follows.
+RUN_ENDS = ("call.execution_finished", "call.lease_expired")
 # The events the summary counts; every other action is skipped at once.
 COUNTED = frozenset(
-    {
-        "call.submitted",
-        "call.decision",
-        "call.execution_finished",
-        "call.approved",
-        "call.rejected",
-    }
+    {"call.submitted", "call.decision", "call.approved", "call.rejected", *RUN_ENDS}
 )
 
 # Totals per (day, metric, key, variant): [n, input tokens, output tokens, usd].
@@ -83,7 +80,7 @@ def fold(rows: Sequence[Sequence[Any]]) -> None:
         elif action == "call.decision":
             totals[(day, TOOL_VOTES, tool, outcome)][0] += 1
             totals[(day, REVIEWER_VOTES, actor_label, outcome)][0] += 1
-        elif action == "call.execution_finished":
+        elif action in RUN_ENDS:
             totals[(day, RESULTS, tool, outcome)][0] += 1
         elif call_id is not None:  # approved or rejected: the decision that ended the wait
             decided.append((call_id, tool, occurred_at))
@@ -156,7 +153,8 @@ def rebuild() -> None:
     count("call.submitted", CALLS, "tool_name", None)
     count("call.decision", TOOL_VOTES, "tool_name", "outcome")
     count("call.decision", REVIEWER_VOTES, "actor_label", "outcome")
-    count("call.execution_finished", RESULTS, "tool_name", "outcome")
+    for action in RUN_ENDS:
+        count(action, RESULTS, "tool_name", "outcome")
 
     def total(key: str) -> Sum:
         return Sum(Cast(KT(f"data__token_cost__{key}"), FloatField()))

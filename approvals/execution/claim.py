@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import events, transitions
-from approvals.guards import CANNOT_RUN, RERUN_REFUSED, attention_reason, cannot_run_code
+from approvals.guards import CANNOT_RUN, attention_reason, cannot_run_code
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
 from tools_registry.policy import handler_budget_seconds
@@ -124,11 +124,15 @@ def _refuse(call: ToolCall, code: str) -> None:
         error["reason"] = call.agent.stop_reason
     if call.attempts and call.error is not None:
         reason = (
-            f"{RERUN_REFUSED}{CANNOT_RUN[code]}); whether an earlier attempt had its "
+            f"A re-run was refused ({CANNOT_RUN[code]}); whether an earlier attempt had its "
             "effect is not known: check the downstream, then mark the outcome."
         )
         transitions.move(
-            call, Status.UNKNOWN, needs_attention=True, attention_reason=attention_reason(reason)
+            call,
+            Status.UNKNOWN,
+            needs_attention=True,
+            attention_reason=attention_reason(reason),
+            left_to_person=True,
         )
         events.execution_refused(call, code=code, reason=CANNOT_RUN[code])
         events.call_escalated(call, reason=reason, finding="")

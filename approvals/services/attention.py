@@ -96,9 +96,15 @@ def resolve_call(
         if call.status == Status.UNKNOWN:
             move(call, Status.FAILED, error={"code": "marked_failed", "message": note}, **settled)
         else:  # a failed destructive call: acknowledged, it stays failed
-            call.needs_attention = False
-            call.attention_reason = ""
-            call.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
+            call.needs_attention, call.attention_reason, call.left_to_person = False, "", False
+            call.save(
+                update_fields=[
+                    "needs_attention",
+                    "attention_reason",
+                    "left_to_person",
+                    "updated_at",
+                ]
+            )
     else:
         raise OutcomeNotAllowed(f"Unknown outcome {outcome!r}.")
     events.call_resolved(call, person=person, previous_status=previous, note=note)

@@ -33,7 +33,6 @@ from approvals import events
 from approvals.execution import send
 from approvals.guards import (
     CANNOT_RUN,
-    MAY_NOT_RUN_NOW,
     attention_reason,
     cannot_run_code,
     left_to_a_person,
@@ -42,6 +41,7 @@ from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
 from core.json_values import storable
 from tools_registry import registry, sources
+from tools_registry.models import Agent
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolContext
 
@@ -110,12 +110,33 @@ def reconcile_call(
             events.call_rerun(call, previous_status=Status.UNKNOWN)
             return Reconciliation(call_id=call_id, finding=finding, action="rerun")
         reason = escalation_reason(call, finding)
+        # It could not run now (its agent stopped, its tool switched off...): whatever
+        # happens to that later, a person decides.
+        for_good = bool(cannot_run_code(call))
         if call.needs_attention and call.attention_reason == attention_reason(reason):
             # Asked again, nothing new: only the time of the check moves.
             call.save(update_fields=["updated_at"])
             return Reconciliation(call_id=call_id, finding=finding, action="unchanged")
-        escalate_locked(call, reason=reason, finding=finding)
+        escalate_locked(call, reason=reason, finding=finding, for_good=for_good)
         return Reconciliation(call_id=call_id, finding=finding, action="escalated")
+
+
+def leave_unknown_to_a_person(agent: Agent, reason: str, stopped_by: Any) -> list[str]:
+    """At an agent's stop, leave each of its calls whose outcome is unknown to a person:
+    reconciliation would find the stop at its next check and do the same, but a resume
+    before then is not a decision to re-run them (docs/exactly-once.md). Cancels nothing.
+
+    Registered with ``tools_registry.hooks`` (``ApprovalsConfig.ready``), inside the stop's
+    transaction, before the agent's row is marked stopped. A call another transaction holds right now is skipped, not waited for
+    (that may be a paused process): whoever holds it is moving it, and the next check sees
+    the stop if it still stands.
+    """
+    unknown = ToolCall.objects.filter(agent=agent, status=Status.UNKNOWN, left_to_person=False)
+    for call_id in unknown.order_by("created_at").values_list("pk", flat=True):
+        call = lock_call(call_id, skip_locked=True, status=Status.UNKNOWN)
+        if call is not None and not left_to_a_person(call):
+            escalate_locked(call, reason=may_not_run_now("agent_stopped"), for_good=True)
+    return []
 
 
 def ask_downstream(call: ToolCall) -> tuple[str, dict[str, Any] | None]:
@@ -174,10 +195,18 @@ def may_rerun_by_itself(call: ToolCall) -> bool:
     )
 
 
+def may_not_run_now(code: str) -> str:
+    """The reason of an escalation for good, the call may not run now (``CANNOT_RUN``)."""
+    return (
+        f"The outcome is unknown, and the call may not run again now: {CANNOT_RUN[code]} "
+        "Check the downstream, then mark the outcome."
+    )
+
+
 def escalation_reason(call: ToolCall, finding: str) -> str:
     """What the person on the "needs attention" page is told."""
     if finding != FOUND and (code := cannot_run_code(call)):
-        return f"{MAY_NOT_RUN_NOW}{CANNOT_RUN[code]} Check the downstream, then mark the outcome."
+        return may_not_run_now(code)
     if finding == NOT_FOUND:
         if call.risk == Risk.DESTRUCTIVE:
             return (
@@ -206,10 +235,15 @@ def escalation_reason(call: ToolCall, finding: str) -> str:
     return "The downstream could not say whether the effect happened."
 
 
-def escalate_locked(call: ToolCall, *, reason: str, finding: str = "") -> None:
-    """Put a call (held locked by the caller) on the "needs attention" page."""
+def escalate_locked(
+    call: ToolCall, *, reason: str, finding: str = "", for_good: bool = False
+) -> None:
+    """Put a call (held locked by the caller) on the "needs attention" page; ``for_good``:
+    left to a person whatever the downstream says next, short of the effect found
+    (``guards.left_to_a_person``)."""
     call.needs_attention = True
     call.attention_reason = attention_reason(reason)
-    call.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
+    call.left_to_person = for_good
+    call.save(update_fields=["needs_attention", "attention_reason", "left_to_person", "updated_at"])
     events.call_escalated(call, reason=reason, finding=finding)
     logger.warning("call %s needs a person: %s", call.pk, reason)

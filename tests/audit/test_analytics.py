@@ -15,6 +15,7 @@ from approvals.services.decisions import decide
 from audit import chain
 from tests.audit.test_timelines import EMAIL
 from tests.conftest import World
+from tests.support.calls import unknown_call
 from tests.support.workers import purge_queue
 
 pytestmark = pytest.mark.django_db
@@ -76,3 +77,18 @@ def test_the_charts_are_cached_for_a_minute_but_the_chain_panel_is_live(
     content = auditor_client.get("/audit/analytics/").content.decode()
     assert "send_email: 1 on" not in content  # the cached charts
     assert "Waiting to be sealed</dt><dd>0" in content
+
+
+def test_a_run_whose_worker_went_silent_is_an_unknown_result(
+    world: World, auditor_client: Client
+) -> None:
+    # The worker claimed the write and was never heard of again: the lease sweep made its
+    # outcome unknown (call.lease_expired), and no call.execution_finished will ever come.
+    unknown_call(world)
+    chain.seal_pending()
+    content = auditor_client.get("/audit/analytics/").content.decode()
+    assert "1 runs · 0 failed · 1 unknown" in content
+    chain.rebuild_rollups()  # a rebuild from the trail counts it the same
+    cache.clear()
+    content = auditor_client.get("/audit/analytics/").content.decode()
+    assert "1 runs · 0 failed · 1 unknown" in content

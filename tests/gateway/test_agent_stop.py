@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 from django.test import Client
 from django.utils import timezone
 
 from approvals.execution import runner
 from approvals.models import Status, ToolCall
+from approvals.services.calls import cancel_call
 from approvals.services.decisions import AlreadyVoted, CannotRun, NotPending, decide
+from approvals.transitions import lock_call
 from audit.models import AuditEvent
 from gateway.models import WebhookDelivery
 from tests.conftest import ApiClient, World, sandbox_effects
@@ -318,3 +320,31 @@ def test_a_stop_during_a_burst_leaves_nothing_pending_and_nothing_started_after_
     sent = {e["idempotency_key"] for e in sandbox_effects() if e["tool"] == "send_email"}
     assert sent <= executed
     assert timezone.now() >= agent.stopped_at
+
+
+def test_a_stop_and_a_transaction_holding_one_of_its_calls_both_finish(
+    live_world: World,
+) -> None:
+    """The agent withdraws a call (its webhook queued in the same transaction, a row that
+    points at the agent) while a stop waits for that call's row: the withdrawal does not
+    wait for the stop in turn, so neither is chosen to fail as a deadlock."""
+    call = pending_email(live_world, callback_url="https://agent.example.com/hooks")
+    holding = threading.Event()
+
+    def withdraw() -> str:
+        with transaction.atomic():
+            lock_call(call.pk)
+            holding.set()
+            time.sleep(1.0)  # the stop now holds the agent and waits for this call
+            return cancel_call(call_id=call.pk, agent=live_world.agent).status
+
+    withdrawer, statuses = _in_a_thread(withdraw)
+    assert holding.wait(10)
+    stopper, stops = _in_a_thread(
+        lambda: services.stop_agent(agent=live_world.agent, reason="incident", stopped_by=None)
+    )
+    withdrawer.join(20)
+    stopper.join(20)
+    assert statuses == [Status.CANCELLED], "the withdrawal failed"
+    assert stops and stops[0].cancelled == [], "the stop failed, or cancelled it again"
+    assert WebhookDelivery.objects.filter(call_id=call.pk, event="call.cancelled").count() == 1

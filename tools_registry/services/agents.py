@@ -160,8 +160,9 @@ def stop_agent(*, agent: Agent, reason: str, stopped_by: Any = None) -> Stop:
     """Stop an agent at once: from the commit on, every request with its tokens is refused
     (``agent_stopped``, with ``reason``), its calls still waiting for a decision are
     cancelled with the reason, and none of its calls is claimed for execution any more;
-    calls already running finish under the fence rules. One audit event, ``agent.stopped``,
-    records the reason and lists every call it cancelled.
+    calls already running finish under the fence rules, and those whose outcome is unknown
+    are left to a person. One audit event, ``agent.stopped``, records the reason and lists
+    every call it cancelled.
 
     The agent's run lock (``sql.lock_agent_for_stop``) first waits for the submissions and
     claims already under way, and holds off the ones that come later until this commits,
@@ -174,15 +175,23 @@ def stop_agent(*, agent: Agent, reason: str, stopped_by: Any = None) -> Stop:
     if len(reason) > MAX_STOP_REASON:
         raise ValueError(f"the reason is at most {MAX_STOP_REASON} characters")
     sql.lock_agent_for_stop(agent.pk)
-    locked = Agent.objects.select_for_update(of=("self",)).get(pk=agent.pk)
-    if locked.stopped_at is not None:
-        return Stop(agent=locked, cancelled=[], already_stopped=True)
+    # Read after the run lock, which a resume takes too: the stop or resume before this one
+    # has committed.
+    current = Agent.objects.get(pk=agent.pk)
+    if current.stopped_at is not None:
+        return Stop(agent=current, cancelled=[], already_stopped=True)
     # After the lock: every claim that got in before it started earlier than this.
-    locked.stopped_at = timezone.now()
-    locked.stop_reason = reason
-    locked.stopped_by = stopped_by
+    stopped_at = timezone.now()
+    # Its calls first, its row last: a transaction that holds one of the calls may still
+    # write a row that points at the agent (a webhook delivery) and so wait for the agent's
+    # row lock, while the stop waits for the call: a deadlock, with the stop as its victim.
+    current.stopped_at, current.stop_reason, current.stopped_by = stopped_at, reason, stopped_by
+    cancelled = hooks.agent_stopped(current, reason, stopped_by)
+    # FOR UPDATE, not NO KEY: the submissions and claims waiting on the run lock then read
+    # the row as this commits it, stopped (see ``sql.hold_agent_running``).
+    locked = Agent.objects.select_for_update(of=("self",)).get(pk=agent.pk)
+    locked.stopped_at, locked.stop_reason, locked.stopped_by = stopped_at, reason, stopped_by
     locked.save(update_fields=["stopped_at", "stop_reason", "stopped_by"])
-    cancelled = hooks.agent_stopped(locked, reason, stopped_by)
     record(
         action="agent.stopped",
         actor=stopped_by,
@@ -196,7 +205,9 @@ def stop_agent(*, agent: Agent, reason: str, stopped_by: Any = None) -> Stop:
 @transaction.atomic
 def resume_agent(*, agent: Agent, resumed_by: Any = None, note: str = "") -> bool:
     """Let a stopped agent's tokens in again; whether it was stopped. The calls its stop
-    cancelled stay cancelled: an effect still wanted is a new call, with its own approval."""
+    cancelled stay cancelled: an effect still wanted is a new call, with its own approval.
+    The calls a stop left to a person stay theirs."""
+    sql.lock_agent_for_stop(agent.pk)  # after a stop under way, never in its middle
     locked = Agent.objects.select_for_update(of=("self",)).get(pk=agent.pk)
     if locked.stopped_at is None:
         return False

@@ -289,7 +289,9 @@ def test_the_reconcile_command_reports_what_it_did(world: World):
     assert out.getvalue().strip() == "reconciled: {'succeeded': 1}"
 
 
-def test_an_unknown_call_is_not_rerun_by_itself_once_it_may_not_run(world: World) -> None:
+def test_an_unknown_call_is_not_rerun_by_itself_once_it_may_not_run(
+    world: World, settings: Any
+) -> None:
     """The agent was stopped while one of its calls was unknown and its effect had in fact
     happened: reconciliation does not re-run it (the claim would refuse it and call it
     "failed, never ran"), it goes to a person."""
@@ -299,8 +301,9 @@ def test_an_unknown_call_is_not_rerun_by_itself_once_it_may_not_run(world: World
     saved = (spec.lookup_fn, spec.rerun_reconciles)
     spec.lookup_fn, spec.rerun_reconciles = None, True  # a keyed upstream without a lookup
     try:
-        stop_agent(agent=world.agent, reason="misbehaving")
-        assert sweeps.reconcile_unknown() == {"escalated": 1}
+        stop_agent(agent=world.agent, reason="misbehaving")  # escalates it at once
+        later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+        assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
     finally:
         spec.lookup_fn, spec.rerun_reconciles = saved
     call.refresh_from_db()
@@ -362,7 +365,11 @@ def test_a_call_escalated_while_its_agent_was_stopped_is_not_rerun_after_the_res
 
     call = unknown_call(world)
     stop_agent(agent=world.agent, reason="sending odd e-mails")
-    assert sweeps.reconcile_unknown() == {"escalated": 1}
+    assert sweeps.reconcile_unknown() == {}, "the stop escalated it at once"
+    call.refresh_from_db()
+    assert call.needs_attention and call.left_to_person
+    assert "may not run again now" in call.attention_reason and "stopped" in call.attention_reason
+    assert actions(call)[-1] == "call.escalated"
     resume_agent(agent=world.agent, note="prompt fixed")
     later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
     assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
@@ -457,3 +464,76 @@ def test_a_rerun_refused_at_its_claim_for_any_reason_goes_to_a_person(world: Wor
     assert call.attention_reason.startswith("A re-run was refused (")
     escalated = AuditEvent.objects.filter(call_id=call.pk, action="call.escalated").last()
     assert escalated is not None and "role scopes" in escalated.data["reason"]
+
+
+def test_a_stop_and_resume_between_two_checks_does_not_rerun_an_escalated_call(
+    world: World, settings: Any
+) -> None:
+    """Escalated as the downstream could not be asked (a re-run would be allowed once it
+    can), then its agent stopped and resumed before the next check: the stop left it to a
+    person, so the check that finds no effect does not re-run it."""
+    from tools_registry.services import resume_agent
+
+    call = unknown_call(world)
+    spec = registry.get(call.tool.name)
+    lookup = spec.lookup_fn
+
+    def down(ctx: Any) -> Any:
+        raise ConnectionError("the downstream is down for a minute")
+
+    spec.lookup_fn = down
+    try:
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+    finally:
+        spec.lookup_fn = lookup
+    stop_agent(agent=world.agent, reason="incident")
+    resume_agent(agent=world.agent, note="false alarm")
+    later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.left_to_person
+    assert "call.rerun" not in actions(call)
+    # A person's re-run is the decision: it clears the mark with the escalation.
+    rerun_call(call_id=call.pk, person=world.bob, confirmed=True, note="Checked: not sent.")
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED and not call.needs_attention
+    assert not call.left_to_person
+
+
+def test_a_stop_leaves_a_call_settled_or_left_already_as_it_is(world: World) -> None:
+    """Only unknown calls not yet left to a person are escalated by a stop."""
+    left = unknown_call(world)
+    rerun_call(call_id=left.pk, person=world.bob, confirmed=True, note="Checked, unsure.")
+    stop_agent(agent=world.agent, reason="first")
+    assert runner.execute(left.pk) is None  # refused at its claim: left to a person
+    left.refresh_from_db()
+    reason = left.attention_reason
+    assert left.left_to_person and reason.startswith("A re-run was refused (")
+    from tools_registry.services import resume_agent
+
+    resume_agent(agent=world.agent)
+    stop_agent(agent=world.agent, reason="second")
+    left.refresh_from_db()
+    assert left.attention_reason == reason
+    assert actions(left).count("call.escalated") == 1
+
+
+def test_calls_left_to_a_person_before_the_mark_existed_are_marked_by_the_migration(
+    world: World,
+) -> None:
+    """Told apart by their reason's start before: the migration marks those, no other."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("approvals.migrations.0014_left_to_person")
+    stopped, refused, other = unknown_call(world), unknown_call(world), unknown_call(world)
+    for call, reason in (
+        (stopped, "The outcome is unknown, and the call may not run again now: The agent..."),
+        (refused, "A re-run was refused (The tool is disabled...); whether an earlier..."),
+        (other, "The downstream has no record of the effect."),
+    ):
+        ToolCall.objects.filter(pk=call.pk).update(needs_attention=True, attention_reason=reason)
+    migration.mark_calls_left_to_a_person(apps, None)
+    marked = set(ToolCall.objects.filter(left_to_person=True).values_list("pk", flat=True))
+    assert marked == {stopped.pk, refused.pk}
