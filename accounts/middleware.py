@@ -1,4 +1,5 @@
-"""Holds a session that must pass the second factor at the two-factor page until it has."""
+"""Holds a session that must pass the second factor at the two-factor page until it has:
+those who must use one, and anyone who turned one on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.http import urlencode
 
-from accounts.two_factor import must_use_second_factor
+from accounts.two_factor import must_pass_second_factor
 
 # What an unverified reviewer may still reach: the two-factor pages, signing out, the
 # static files those pages need. The agent API and /mcp authenticate agents, not sessions.
@@ -26,7 +27,7 @@ class SecondFactorMiddleware:
             # django-otp's OTPMiddleware: a device passed in this session.
             and not user.is_verified()  # type: ignore[union-attr,attr-defined]
             and not request.path.startswith(OPEN_PREFIXES)
-            and must_use_second_factor(user)
+            and must_pass_second_factor(user)
         ):
             target = (
                 f"{reverse('accounts:two_factor')}?{urlencode({'next': request.get_full_path()})}"

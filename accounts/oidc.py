@@ -73,6 +73,10 @@ def _username(claims: dict[str, Any]) -> str:
     return str(claims.get(settings.OIDC_USERNAME_CLAIM) or "").strip()
 
 
+def _longest(model: Any, field: str) -> int | None:
+    return getattr(model._meta.get_field(field), "max_length", None)
+
+
 class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     """Finds people by their ``sub`` at the provider, creates them (named by
     ``OIDC_USERNAME_CLAIM``, with no usable password) at their first sign-in, and syncs
@@ -88,16 +92,39 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             logger.warning("SSO sign-in refused by the provider: %s", type(exc).__name__)
             return None
 
+    def get_user(self, user_id: Any) -> Any:
+        """The session's person, as ModelBackend finds them: not once deactivated.
+        mozilla-django-oidc returns any account, so a session made through the provider
+        outlived its person's deactivation."""
+        user = super().get_user(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
     def verify_claims(self, claims: dict[str, Any]) -> bool:
-        return bool(_subject(claims)) and bool(_username(claims))
+        """A sub and a name, and nothing an account cannot hold: at many providers people
+        choose their name, and one too long (or with a NUL) was a 500, not a refusal."""
+        people = get_user_model()
+        limited = [
+            (_subject(claims), _longest(SsoIdentity, "subject")),
+            (_username(claims), _longest(people, people.USERNAME_FIELD)),
+            (str(claims.get("email") or ""), _longest(people, "email")),
+        ]
+        names = [str(claims.get(claim) or "") for claim in ("given_name", "family_name")]
+        return (
+            bool(_subject(claims))
+            and bool(_username(claims))
+            and all(limit is None or len(text) <= limit for text, limit in limited)
+            and not any("\x00" in text for text in [*(t for t, _ in limited), *names])
+        )
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
         # When the provider last had the person sign in (the verified ID token's auth_time):
         # a re-authentication counts only if that is after it began (SignInCallbackView).
         auth_time = payload.get("auth_time")
-        self.request.session[AUTH_TIME_KEY] = (
-            auth_time if isinstance(auth_time, int | float) else None
-        )
+        signed_in = auth_time if isinstance(auth_time, int | float) else None
+        self.request.session[AUTH_TIME_KEY] = signed_in
+        # And for the sign-in this request makes (approvals.reauth.on_login): the session
+        # may be flushed before it is told.
+        setattr(self.request, _SIGN_IN_ATTR, signed_in)
         return super().get_or_create_user(access_token, id_token, payload)
 
     def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
@@ -179,6 +206,14 @@ REAUTH_STARTED_KEY = "countersign.sso_reauth_started"
 AUTH_TIME_KEY = "countersign.sso_auth_time"
 # The provider's clock against ours.
 PROVIDER_CLOCK_SKEW_SECONDS = 60
+# On the request of a sign-in through the provider: that auth_time (None if it gave none).
+_SIGN_IN_ATTR = "countersign_sso_auth_time"
+
+
+def through_provider(request: HttpRequest) -> tuple[bool, float | None]:
+    """Whether the sign-in this request makes is through the provider, and when the provider
+    says the person signed in there: it may have passed on a session it held for hours."""
+    return hasattr(request, _SIGN_IN_ATTR), getattr(request, _SIGN_IN_ATTR, None)
 
 
 class SignInRequestView(OIDCAuthenticationRequestView):
@@ -206,6 +241,16 @@ class SignInCallbackView(OIDCAuthenticationCallbackView):
     only if a re-authentication was asked for and the provider says the person signed in
     since (``auth_time``): a provider that passed on a session it held (the parameters
     dropped on the way, or not honoured) does not make the sign-in recent."""
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        """mozilla-django-oidc signs the person out at any error answer: an answer to no
+        sign-in this browser began (a link on another site, sent with the session cookie)
+        is only a failed sign-in, or anyone could sign reviewers out with a GET."""
+        if request.GET.get("error") and request.GET.get("state") not in request.session.get(
+            "oidc_states", {}
+        ):
+            return self.login_failure()
+        return super().get(request)
 
     def login_success(self) -> HttpResponse:
         session = self.request.session

@@ -32,6 +32,17 @@ def must_use_second_factor(user: Any) -> bool:
     return bool(user.is_staff or user.is_superuser or has_any_review_grant(user))
 
 
+def must_pass_second_factor(user: Any) -> bool:
+    """Whether a session must pass a code before anything else: those who must use one, and
+    anyone who turned one on (the page offers to add it to their sign-in, and a device
+    asked nowhere would let the password alone in)."""
+    if not user.is_authenticated:
+        return False
+    return must_use_second_factor(user) or (
+        TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+    )
+
+
 def confirmed_device(user: Any) -> TOTPDevice | None:
     if not user.is_authenticated:
         return None

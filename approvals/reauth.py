@@ -1,7 +1,8 @@
 """When the person behind a browser session last proved their password.
 
 Stored in the session, not on the user: signing in on another device must not make an old
-session count as fresh. Stamped at every sign-in (the ``user_logged_in`` signal) and by the
+session count as fresh. Stamped at every sign-in (the ``user_logged_in`` signal; one through
+the provider as of when the provider says the person signed in) and by the
 re-authentication page.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
+
+from accounts import oidc
 
 SESSION_KEY = "countersign.authenticated_at"
 FAILURES_KEY = "countersign.reauth_failures"
@@ -39,6 +42,16 @@ def is_recent(request: HttpRequest, *, now: datetime | None = None) -> bool:
 
 
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    """Receiver of ``user_logged_in``: a password (or SSO) sign-in just happened."""
-    if request is not None and hasattr(request, "session"):
+    """Receiver of ``user_logged_in``: a password (or SSO) sign-in just happened. One through
+    the provider is as recent as the person's sign-in there (the ID token's auth_time), not
+    now: a provider holding their session passes it on without asking anything, so signing
+    out and in again would otherwise stand in for the re-authentication it refuses."""
+    if request is None or not hasattr(request, "session"):
+        return
+    sso, signed_in = oidc.through_provider(request)
+    if not sso:
         stamp(request)
+    elif signed_in is None:
+        request.session.pop(SESSION_KEY, None)  # the provider does not say: not recent
+    else:
+        stamp(request, when=min(timezone.now(), datetime.fromtimestamp(signed_in, tz=UTC)))

@@ -6,6 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from accounts.forms import SignInForm
 from approvals.views.whatif import what_if
 from config import views
 from gateway.api import api
@@ -19,7 +20,9 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path(
         "login/",
-        auth_views.LoginView.as_view(template_name="registration/login.html"),
+        auth_views.LoginView.as_view(
+            template_name="registration/login.html", authentication_form=SignInForm
+        ),
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

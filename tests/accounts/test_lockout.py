@@ -87,3 +87,13 @@ def test_an_unknown_name_is_kept_only_as_a_fingerprint(world: World) -> None:
     lockout = AuditEvent.objects.get(action="auth.locked_out")
     assert "hunter2" not in lockout.actor_label
     assert lockout.data["known_user"] is False
+
+
+def test_a_name_longer_than_any_account_s_is_a_failed_sign_in_not_a_500(world: World) -> None:
+    """Django's sign-in form does not hold the name to the account's length: axes then
+    stored the attempt in a column too short for it, and the sign-in page answered 500."""
+    client = Client(raise_request_exception=False)
+    response = client.post("/login/", {"username": "b" * 300, "password": "wrong"})
+    assert response.status_code == 200
+    assert "_auth_user_id" not in client.session
+    assert client.post("/login/", {"username": "bob", "password": "pw-bob"}).status_code == 302

@@ -290,3 +290,98 @@ def test_a_round_trip_not_asked_as_a_reauthentication_does_not_make_the_sign_in_
     request = RequestFactory().get("/")
     request.session = client.session
     assert not reauth.is_recent(request)
+
+
+def test_deactivating_a_person_ends_the_sessions_they_signed_in_through_the_provider(
+    world: World, sso: Provider
+) -> None:
+    """A session made by a password sign-in ends when its account is deactivated (Django's
+    ModelBackend no longer returns an inactive user); one made through single sign-on must
+    too: the admin deactivating someone who left expects them out at once, not at their
+    next sign-in."""
+    reviewers = Group.objects.get(name="reviewers")
+    registry_services.grant_review(tool=world.tools["send_email"], group=reviewers)
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302
+    assert client.get("/account/").status_code == 200
+
+    User.objects.filter(username="dana").update(is_active=False)
+
+    page = client.get("/account/")
+    assert page.status_code == 302 and page["Location"].startswith("/login/")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"preferred_username": "d" * 151},  # longer than an account's name may be
+        {"preferred_username": "dana\x00"},  # PostgreSQL stores no NUL
+        {"sub": "s" * 256},
+        {"email": "d" * 250 + "@example.com"},
+    ],
+    ids=["long-name", "nul-name", "long-sub", "long-email"],
+)
+def test_claims_the_accounts_cannot_hold_are_a_failed_sign_in_not_a_500(
+    world: World, sso: Provider, claims: dict[str, Any]
+) -> None:
+    """At many providers people choose their own name: one Countersign cannot store is a
+    refused sign-in (audited as a failed one), not a server error."""
+    sso.set_people({"dana": {**DANA, **claims}})
+    client = Client(raise_request_exception=False)
+    start = client.get("/oidc/authenticate/?next=/audit/")
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        granted = browser.post(
+            start["Location"], data={"username": "dana", "password": DANA["password"]}
+        )
+    back = urlsplit(granted.headers["location"])
+    landed = client.get(f"{back.path}?{back.query}")
+    assert landed.status_code == 302 and landed["Location"].startswith("/login/?sso=failed")
+    assert "_auth_user_id" not in client.session
+    assert not User.objects.filter(username__startswith="d").exists()
+
+
+def test_a_sign_in_the_provider_passed_on_from_a_session_it_held_is_not_recent(
+    world: World, sso: Provider
+) -> None:
+    """Signing out and in again through the provider, which still holds the person's session
+    from an hour ago and asks nothing, must not count as the fresh sign-in a destructive
+    approval needs: the re-authentication page refuses exactly that from the provider, and
+    a new Countersign session is no proof either. The sign-in counts from when the provider
+    says the person signed in (the ID token's auth_time)."""
+    from django.test import RequestFactory
+
+    from approvals import reauth
+
+    sso.set_people({"dana": {**DANA, "signed_in_seconds_ago": 3600}})
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302 and "_auth_user_id" in client.session
+    request = RequestFactory().get("/")
+    request.session = client.session
+    assert not reauth.is_recent(request)
+
+    # Signing in at the provider anew (as the re-authentication asks) is recent.
+    sso.set_people({"dana": DANA})
+    client, _ = sign_in_through(sso, "dana", DANA["password"])
+    request.session = client.session
+    assert reauth.is_recent(request)
+
+
+def test_an_error_answer_to_no_sign_in_begun_here_signs_nobody_out(
+    world: World, sso: Provider
+) -> None:
+    """mozilla-django-oidc signs the person out on any error answer at the callback: a plain
+    link on another site (a GET, sent with the session cookie) signed reviewers out, which
+    the POST-only sign-out page exists to prevent. Only an answer to a sign-in this browser
+    began (its state) ends the session."""
+    client, _ = sign_in_through(sso, "dana", DANA["password"])
+    dana = User.objects.get(username="dana")
+
+    forged = client.get("/oidc/callback/?error=access_denied&state=made-up")
+    assert forged.status_code == 302
+    assert client.session.get("_auth_user_id") == str(dana.pk)
+
+    # The provider's own error answer to a sign-in begun here still ends it, as before.
+    start = client.get("/oidc/authenticate/?next=/audit/")
+    state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+    client.get(f"/oidc/callback/?error=access_denied&state={state}")
+    assert "_auth_user_id" not in client.session

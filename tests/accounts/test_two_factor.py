@@ -3,6 +3,7 @@ with REQUIRE_2FA=1, asked again before a destructive approval."""
 
 from __future__ import annotations
 
+from django.contrib.auth.models import Permission
 from django.test import Client, override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -137,11 +138,13 @@ def test_a_password_alone_never_replaces_the_second_factor(world: World) -> None
     assert refusals.count() == 2
 
 
-def test_a_password_alone_never_replaces_it_for_those_not_held_either(world: World) -> None:
+def test_a_password_alone_never_replaces_it_for_those_not_required_either(world: World) -> None:
     TOTPDevice.objects.create(user=world.charlie, name="app", confirmed=True)
     client = signed_in("charlie", "pw-charlie")
-    page = client.get("/account/").content.decode()
-    assert "enter a code from it" in page and "Replace the authenticator app" not in page
+    # Held at the code like anyone who turned a second factor on, never offered a new one.
+    assert client.get("/account/")["Location"] == "/account/two-factor/?next=%2Faccount%2F"
+    page = client.get("/account/two-factor/").content.decode()
+    assert "Enter your code" in page and 'id="totp-secret"' not in page
     assert client.post("/account/two-factor/enrol/").status_code == 403
     assert TOTPDevice.objects.filter(user=world.charlie, confirmed=False).count() == 0
 
@@ -190,3 +193,23 @@ def test_admins_are_held_too(world: World) -> None:
 def test_the_admin_sign_in_is_the_one_sign_in_page(world: World) -> None:
     response = Client().get("/admin/login/?next=/admin/")
     assert response.status_code == 302 and response["Location"] == "/login/?next=/admin/"
+
+
+@override_settings(REQUIRE_2FA=False)
+def test_a_second_factor_someone_turned_on_is_asked_at_their_sign_in(world: World) -> None:
+    """The page offers to "add a code from an authenticator app to your sign-in" to anyone,
+    and the account page then says it is on: an auditor who turned it on (or a reviewer,
+    where REQUIRE_2FA is off) must not be let in by the password alone."""
+    auditor = world.charlie
+    auditor.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    device = TOTPDevice.objects.create(user=auditor, name="app", confirmed=True)
+    client = signed_in("charlie", "pw-charlie")
+
+    held = client.get("/audit/")
+    assert held.status_code == 302
+    assert held["Location"] == "/account/two-factor/?next=%2Faudit%2F"
+    assert client.get("/audit/export.csv").status_code == 302
+
+    ok = client.post("/account/two-factor/verify/", {"code": code_for(device), "next": "/audit/"})
+    assert ok.status_code == 302 and ok["Location"] == "/audit/"
+    assert client.get("/audit/").status_code == 200

@@ -6,7 +6,8 @@ at start, publishes that key at ``/jwks``, and answers ``/userinfo``. Its people
 JSON file (``OIDC_PROVIDER_USERS``) read on every request, so a test changes someone's
 groups at the provider by rewriting the file, as an identity team would in its console:
 ``{"username": {"password": ..., "email": ..., "groups": [...]}}``, with ``sub`` (else
-``sub-<username>``) and ``preferred_username`` (else the username) when a test needs them.
+``sub-<username>``) and ``preferred_username`` (else the username) when a test needs them,
+and ``signed_in_seconds_ago`` for a person whose session at the provider is that old.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         data = request.payload.data
+        # A person may hold a session here from earlier (signed_in_seconds_ago): the
+        # provider then passes it on, and says when they really signed in (auth_time).
+        earlier = int(_people().get(request.user.username, {}).get("signed_in_seconds_ago", 0))
         CODES[code] = Code(
             code=code,
             user=request.user,
@@ -141,6 +145,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             nonce=data.get("nonce"),
             code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method"),
+            auth_time=int(time.time()) - earlier,
         )
 
     def query_authorization_code(self, code: str, client: Any) -> Code | None:

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.test import Client
 from django.utils import timezone
+from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals import reauth
@@ -15,11 +16,14 @@ from tests.conftest import World
 from tests.support.totp import code_for
 
 
-def stale_client(world: World) -> Client:
+def stale_client(world: World, device: TOTPDevice | None = None) -> Client:
     client = Client()
     client.force_login(world.bob)
     session = client.session
     session[reauth.SESSION_KEY] = (timezone.now() - timedelta(hours=2)).timestamp()
+    if device is not None:
+        # Signed in long ago with its code (a session with a device is held until then).
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
     session.save()
     return client
 
@@ -82,7 +86,7 @@ def _request_for(client: Client):  # type: ignore[no-untyped-def]
 def test_a_reviewer_with_a_second_factor_gives_a_fresh_code_too(world: World) -> None:
     device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True)
     call = make_call(world, "delete_customer")
-    client = stale_client(world)
+    client = stale_client(world, device)
     target = f"/approvals/{call.pk}/"
     page = client.get(f"/approvals/reauthenticate/?next={target}").content.decode()
     assert 'name="code"' in page
@@ -107,8 +111,9 @@ def test_a_reviewer_with_a_second_factor_gives_a_fresh_code_too(world: World) ->
 
 def test_a_wrong_password_does_not_spend_a_code(world: World) -> None:
     device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True)
-    client = stale_client(world)
-    client.post("/approvals/reauthenticate/", {"password": "guess", "code": "123456"})
+    client = stale_client(world, device)
+    wrong = client.post("/approvals/reauthenticate/", {"password": "guess", "code": "123456"})
+    assert "That is not your password." in wrong.content.decode()
     device.refresh_from_db()
     assert device.throttling_failure_count == 0
 
