@@ -41,6 +41,8 @@ def teams_from_claims(claims: dict[str, Any]) -> set[str]:
     raw = claims.get(settings.OIDC_TEAMS_CLAIM) or []
     if isinstance(raw, str):
         raw = [raw]
+    if not isinstance(raw, list):
+        return set()  # a number, an object: no team a person could be put in by it
     mapping: dict[str, str] = settings.OIDC_TEAM_MAP
     return {mapping[value] for value in raw if isinstance(value, str) and value in mapping}
 

@@ -385,3 +385,16 @@ def test_an_error_answer_to_no_sign_in_begun_here_signs_nobody_out(
     state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
     client.get(f"/oidc/callback/?error=access_denied&state={state}")
     assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.parametrize("groups", [5, {"cs-reviewers": True}, True])
+def test_a_teams_claim_of_another_shape_puts_nobody_in_a_team(
+    world: World, sso: Provider, groups: Any
+) -> None:
+    """A provider's teams claim that is neither a name nor a list of names (a number, an
+    object) is no team, not a 500 at the callback."""
+    Group.objects.get_or_create(name="reviewers")
+    sso.set_people({"dana": {**DANA, "groups": groups}})
+    _, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    assert not User.objects.get(username="dana").groups.exists()

@@ -125,7 +125,9 @@ def user_info(username: str, scope: str) -> UserInfo:
     if "email" in scope:
         info["email"] = person.get("email", "")
     if "groups" in scope:
-        info["groups"] = list(person.get("groups", []))
+        groups = person.get("groups", [])
+        # As the file says: a provider may send a claim of any shape.
+        info["groups"] = list(groups) if isinstance(groups, list) else groups
     return info
 
 
