@@ -90,6 +90,7 @@ def in_required_team(call: ToolCall, person: Any) -> bool:
 
 CONFLICTS = {
     "owner": "You own the agent that made this call.",
+    "former_owner": "You owned the agent when it made this call.",
     "on_behalf_of": "The agent acts on your behalf in this call.",
     "token_issuer": "You issued a token the agent could use when it made this call.",
 }
@@ -99,14 +100,17 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     """Which conflict keeps ``person`` from approving or settling ``call`` (a key of
     ``CONFLICTS``), or "" for none: separation of duties, one rule everywhere.
 
-    The agent's owner, the end user the agent acts for (``on_behalf_of``, matched to the
-    person's username or e-mail), and whoever issued one of the agent's tokens that was live
+    The agent's owner (now, or when the call was made), the end user the agent acts for
+    (``on_behalf_of``, matched to the person's username or e-mail), and whoever issued one of the agent's tokens that was live
     when the call was made (they were shown its secret: the call may be theirs) may reject a
     call but never let it run.
     """
-    return conflict_with(
+    conflict = conflict_with(
         agent=call.agent, on_behalf_of=call.on_behalf_of, person=person, made_at=call.created_at
     )
+    if not conflict and call.agent_owner_id == person.pk:
+        return "former_owner"  # the agent changed hands since: the call may still be theirs
+    return conflict
 
 
 def conflict_with(

@@ -48,6 +48,17 @@ class ToolCall(models.Model):
     # index is written by every new call and by each status change (docs/benchmarks.md).
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="calls", db_index=False)
     tool = models.ForeignKey(Tool, on_delete=models.PROTECT, related_name="calls")
+    # The agent's owner when the call was made: separation of duties keeps them from letting
+    # it run even once the agent has changed hands (guards.conflict_of_interest). No index:
+    # nothing looks calls up by it. Null for calls made before it was kept.
+    agent_owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
     # Snapshots taken at intake: what the agent asked for, under which definition.
     tool_version = models.CharField(max_length=16)
     risk = models.CharField(max_length=16, choices=Risk.choices)

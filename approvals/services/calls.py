@@ -75,6 +75,7 @@ def create_call(
     money = screened.facts.money
     call = ToolCall(
         agent=agent,
+        agent_owner_id=agent.owner_id,
         tool=tool,
         tool_version=tool.version,
         risk=tool.risk,

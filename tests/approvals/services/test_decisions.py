@@ -79,6 +79,26 @@ def test_the_agents_owner_cannot_approve_but_may_reject(world: World) -> None:
     assert rejected.call.status == Status.REJECTED
 
 
+def test_whoever_owned_the_agent_when_it_made_the_call_cannot_approve_it(world: World) -> None:
+    """The agent changed hands after the call: its owner then may still have made it (and
+    the new owner did not), so both may reject it, neither approve it."""
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.alice)
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.charlie)
+    call = make_call(world)
+    world.agent.owner = world.charlie
+    registry_services.save_agent(agent=world.agent, changed_by=world.bob)
+    call.refresh_from_db()
+    with pytest.raises(SeparationOfDuties, match="You owned the agent when it made this call"):
+        approve(call, world.alice)
+    with pytest.raises(SeparationOfDuties, match="You own the agent"):
+        approve(call, world.charlie)
+    page = login(world.alice).get(f"/approvals/{call.pk}/").content.decode()
+    assert "You owned the agent when it made this call." in page
+    assert 'value="approve"' not in page and 'value="reject"' in page
+    later = make_call(world, arguments={**ARGUMENTS["send_email"], "subject": "Later"})
+    assert approve(later, world.alice).decided, "made after the agent left her hands"
+
+
 def test_whoever_issued_a_token_the_agent_used_cannot_approve_its_calls(world: World, dave) -> None:
     """An admin who issued one of the agent's tokens was shown its secret: a call made
     while that token was live may be theirs, so they may reject it, not approve it."""
