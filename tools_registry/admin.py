@@ -956,10 +956,18 @@ class IdentityProviderAdmin(admin.ModelAdmin):
 # --- Upstreams ------------------------------------------------------------------------------
 
 
+class WriteOnlyTextarea(forms.Textarea):
+    """A box whose value is never written back into the page (as ``PasswordInput``): the
+    form shown again for an error in another field held the headers just typed."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
 class UpstreamForm(forms.ModelForm):
     headers = forms.CharField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off"}),
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off"}),
         help_text="One 'Name: value' per line, for example 'Authorization: Bearer ...'. "
         "Stored encrypted and never shown again; leave empty to keep the current ones.",
     )
@@ -1046,10 +1054,12 @@ class UpstreamAdmin(admin.ModelAdmin):
                 timeout_seconds=obj.timeout_seconds,
                 idempotency_header=obj.idempotency_header,
                 rerunnable=obj.rerunnable,
+                enabled=obj.enabled,
                 created_by=request.user,
             )
             obj.pk = created.pk
-            self._sync(request, created)
+            if created.enabled:  # one added switched off is read when switched on
+                self._sync(request, created)
             return
         settings_changed = [n for n in form.changed_data if n in UPSTREAM_SETTINGS]
         if settings_changed or headers is not None:

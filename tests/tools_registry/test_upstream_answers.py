@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -244,3 +245,97 @@ def test_an_mcp_servers_compressed_message_counts_inflated_and_is_never_inflated
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte answer"
+
+
+@pytest.mark.django_db
+def test_an_mcp_servers_refused_listing_quoting_the_credential_is_kept_without_it() -> None:
+    """A sync's failure is stored on the upstream (shown in the admin) and audited: a server
+    that quotes its credential back in the error to tools/list must not put it there."""
+    from audit.models import AuditEvent
+    from tools_registry.services.upstreams import register_upstream, sync_upstream
+    from tools_registry.upstreams.offers import ImportFailed
+
+    def answer(handler: Any, body: bytes) -> None:
+        message = json.loads(body)
+        if message.get("method") == "initialize":
+            raw_reply(
+                handler,
+                200,
+                {
+                    "jsonrpc": "2.0",
+                    "id": message["id"],
+                    "result": {
+                        "protocolVersion": message["params"]["protocolVersion"],
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "raw", "version": "1"},
+                    },
+                },
+            )
+        elif "id" not in message:
+            raw_reply(handler, 202, b"")
+        else:
+            quoted = handler.headers.get("authorization", "")
+            raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "error": {
+                "code": -32001, "message": f"bad token {quoted}"}})  # fmt: skip
+
+    server = RawHttpServer(answer)
+    server.url = f"{server.url}/mcp"
+    try:
+        upstream = register_upstream(
+            name="quoting", kind="mcp", url=server.url, headers=[("Authorization", CANARY)]
+        )
+        with pytest.raises(ImportFailed) as failed:
+            sync_upstream(upstream=upstream)
+    finally:
+        server.close()
+    upstream.refresh_from_db()
+    failure = AuditEvent.objects.get(action="upstream.sync_failed")
+    for said in (failed.value.message, upstream.last_sync_error, json.dumps(failure.data)):
+        assert "MCP-CANARY-SECRET-42" not in said
+    assert "[credential]" in upstream.last_sync_error
+
+
+def test_an_openapi_document_dripped_is_given_up_within_the_upstreams_timeout() -> None:
+    """Each byte well within httpx's read timeout: the import (an admin's request) waited
+    12 s with a timeout of 1 s. The timeout bounds the whole fetch, as a call's does."""
+    from tests.support.upstreams.raw_http import drip_headers
+    from tools_registry.upstreams import openapi as upstream_openapi
+    from tools_registry.upstreams.offers import ImportFailed
+
+    server = RawHttpServer(drip_headers, gets=True)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ImportFailed, match="could not be fetched"):
+            upstream_openapi.fetch(f"{server.url}/openapi.json", headers=[], timeout=1)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 4
+
+
+def test_an_openapi_document_compressed_is_never_inflated_past_the_limit() -> None:
+    bomb = gzip_bomb(128 << 20)
+
+    def answer(handler: Any, body: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-encoding", "gzip")
+        handler.send_header("content-length", str(len(bomb)))
+        handler.end_headers()
+        handler.wfile.write(bomb)
+
+    from tools_registry.upstreams import openapi as upstream_openapi
+    from tools_registry.upstreams.offers import ImportFailed
+
+    server = RawHttpServer(answer, gets=True)
+    tracemalloc.start()
+    try:
+        with (
+            override_settings(UPSTREAM_MAX_DOCUMENT_BYTES=100_000),
+            pytest.raises(ImportFailed, match="larger than"),
+        ):
+            upstream_openapi.fetch(f"{server.url}/openapi.json", headers=[], timeout=5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.close()
+    assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte document"

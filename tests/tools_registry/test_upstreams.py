@@ -5,6 +5,7 @@ tool removed upstream, and every way an upstream can fail to be read."""
 
 from __future__ import annotations
 
+import json
 import time
 from io import StringIO
 from typing import Any
@@ -300,6 +301,133 @@ def test_a_resync_that_lowers_a_tools_risk_switches_it_off_until_an_admin_enable
     assert (tool.risk, tool.enabled) == (Risk.DESTRUCTIVE, True)
 
 
+def _looping(width: int) -> list[types.Tool]:
+    """A tool whose node is, among others, itself: valid JSON Schema, and a ``$ref`` that
+    a validator follows at the same place of the arguments without end."""
+    node = {"$ref": "#/$defs/node"}
+    schema = {
+        "type": "object",
+        "properties": {"filter": node},
+        "$defs": {"node": {"type": "object", "anyOf": [node] * width, "properties": {}}},
+    }
+    return [types.Tool(name="search", description="Search.", input_schema=schema)]
+
+
+def _doubling(steps: int) -> list[types.Tool]:
+    """Each definition is ``anyOf`` the one before, twice: no loop, and 2**steps branches to
+    try for an argument that fits none of them (2**18 took a validator 47 s)."""
+    defs: dict[str, Any] = {"s0": {"type": "string"}}
+    for n in range(1, steps + 1):
+        before = {"$ref": f"#/$defs/s{n - 1}"}
+        defs[f"s{n}"] = {"anyOf": [before, before]}
+    schema = {"type": "object", "properties": {"x": {"$ref": f"#/$defs/s{steps}"}}, "$defs": defs}
+    return [types.Tool(name="search", description="Search.", input_schema=schema)]
+
+
+@pytest.mark.parametrize(
+    ("listed", "why"),
+    [
+        (_looping(1), "refers to itself"),
+        (_looping(3), "refers to itself"),
+        (_doubling(40), "expands"),
+    ],
+)
+def test_an_mcp_schema_a_validator_cannot_get_through_is_left_out(
+    world: World, listed: list[types.Tool], why: str
+) -> None:
+    """Checking a call against it recursed until Python gave up (the agent's call was a
+    500, marked retryable) or took for ever (a web worker held); the admin's page of the
+    tool walked its paths 3**16 times. Left out, as an OpenAPI operation's would be."""
+    upstream = register_upstream(name="loop", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    started = time.monotonic()
+    report = sync_upstream(
+        upstream=upstream, enable_new=True, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+    )
+    assert time.monotonic() - started < 5
+    assert report.imported == []
+    assert why in report.skipped[0]
+
+
+def test_a_document_that_moves_its_server_to_another_host_switches_its_tools_off(
+    world: World,
+) -> None:
+    """The document's server is where calls go, with the upstream's credentials: a re-sync
+    that moves it to another host (a document served apart from its API, or tampered with)
+    took the credentials there unasked. Its tools wait for an admin, as a lower risk does;
+    a new path on the same host keeps them on."""
+
+    def moved(server: str) -> Any:
+        document = _document()
+        document["servers"] = [{"url": server}]
+        return lambda u: upstream_openapi.offer(
+            document, upstream=u.name, document_url="https://docs.example/openapi.json",
+            base_url="",
+        )  # fmt: skip
+
+    upstream = register_upstream(
+        name="pay", kind=Upstream.Kind.OPENAPI, url="https://docs.example/openapi.json",
+        headers=[("Authorization", f"Bearer {UPSTREAM_TOKEN}")],
+    )  # fmt: skip
+    sync_upstream(upstream=upstream, enable_new=True, reader=moved("https://pay.example/v1"))
+    sync_upstream(upstream=upstream, reader=moved("https://pay.example/v2"))
+    tool = Tool.objects.get(name="pay__get_x")
+    assert tool.enabled and tool.upstream_operation["base_url"] == "https://pay.example/v2"
+    report = sync_upstream(upstream=upstream, reader=moved("https://collector.example/v2"))
+    tool.refresh_from_db()
+    assert tool.upstream_operation["base_url"] == "https://collector.example/v2"
+    assert tool.enabled is False
+    assert "collector.example" in report.disabled[0]
+
+
+def test_a_resync_that_changes_a_tools_policy_gives_it_a_new_policy_version(
+    world: World,
+) -> None:
+    """A read the server now calls a write takes the write's approvals and attempts: calls
+    bind the policy's version, so two calls under different policies never share one."""
+    upstream = register_upstream(name="flip", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(read_only_hint=True)),
+    )
+    tool = Tool.objects.get(name="flip__erase_all")
+    read_policy = (tool.approvals_required, tool.max_attempts, tool.policy_version)
+    sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(read_only_hint=False)),
+    )
+    tool.refresh_from_db()
+    assert (tool.risk, tool.approvals_required, tool.max_attempts) == (Risk.WRITE, 1, 1)
+    assert tool.policy_version > read_policy[2], (
+        f"was {read_policy}, still version {tool.policy_version}"
+    )
+
+
+@pytest.mark.parametrize("where", ["description", "schema"])
+def test_a_tool_postgres_cannot_store_is_left_out_and_the_rest_imported(
+    world: World, where: str
+) -> None:
+    """A NUL character (PostgreSQL's text and jsonb refuse it) in one tool's definition broke
+    the whole sync with a DataError: a 500 in the admin, no tool imported, no error kept,
+    and sync_upstreams stopped before the next upstream."""
+    nul = "Search\x00." if where == "description" else "Search."
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    if where == "schema":
+        schema["properties"]["q"]["description"] = "The words\x00."
+    listed = [
+        types.Tool(name="search", description=nul, input_schema=schema),
+        types.Tool(name="fetch", description="Fetch.", input_schema={"type": "object"}),
+    ]
+    upstream = register_upstream(name="nul", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    report = sync_upstream(
+        upstream=upstream, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+    )
+    assert report.imported == ["nul__fetch"]
+    assert report.skipped == [
+        "nul__search: its definition holds a NUL character, which cannot be stored"
+    ]
+
+
 def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CommandError, match="could not be fetched"):
@@ -494,6 +622,104 @@ def test_refs_that_double_at_each_step_leave_the_tool_out_at_once() -> None:
     offered = _offer(document)
     assert time.monotonic() - started < 5
     assert offered.tools == [] and "expands to more than" in offered.skipped[0]
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"requestBody": {"content": {"application/json": {"schema": True}}}},
+        {"parameters": [{"name": "q", "in": "query", "schema": True}]},
+        {"parameters": [{"name": "q", "in": "query", "schema": False}]},
+    ],
+)
+def test_a_boolean_schema_leaves_the_operation_out_with_a_reason(
+    world: World, operation: dict[str, Any]
+) -> None:
+    """OpenAPI 3.1 takes ``true`` and ``false`` as schemas: read as objects, they broke the
+    whole import (AttributeError, TypeError: a 500 in the admin, the upstream registered
+    with no tools and no error, and sync_upstreams stopped before the next upstream)."""
+    document = _document(**operation)
+    document["paths"]["/x"]["post"] = document["paths"]["/x"].pop("get")
+    document["paths"]["/y"] = {
+        "get": {"operationId": "get_y", "responses": {"200": {"description": "ok"}}}
+    }
+    upstream = register_upstream(name="u", kind=Upstream.Kind.OPENAPI, url="https://x.example/o")
+    report = sync_upstream(
+        upstream=upstream,
+        reader=lambda u: _offer(upstream_openapi.parse(json.dumps(document).encode())),
+    )
+    assert report.imported == ["u__get_y"]
+    assert report.skipped[0].startswith("POST /x: ") and "schema" in report.skipped[0]
+
+
+def test_yaml_aliases_that_multiply_at_each_step_are_an_import_failure_at_once() -> None:
+    """Each anchor's list is ten of the one before: 600 bytes of YAML, 10**12 nodes once
+    walked, which the checks of the document (its references, its validation) do."""
+    lines = ["a0: &a0 {type: string}"]
+    for n in range(1, 13):
+        lines.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]")
+    document = "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths: {}\nx-many:\n" + "".join(
+        f"  {line}\n" for line in lines
+    )
+    started = time.monotonic()
+    with pytest.raises(ImportFailed, match="larger than"):
+        upstream_openapi.parse(document.encode())
+    assert time.monotonic() - started < 5
+
+
+def test_yaml_aliases_within_the_size_limit_are_read() -> None:
+    document = (
+        "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths: {}\n"
+        "x-shared: &shared {type: string}\nx-again: *shared\n"
+    )
+    assert upstream_openapi.parse(document.encode())["x-again"] == {"type": "string"}
+
+
+def test_an_upstream_added_switched_off_stays_off_and_is_not_read(
+    world: World, admin_client: Client
+) -> None:
+    """The add form's *enabled* box was ignored: the upstream was registered on and read
+    at once, the opposite of what the admin asked."""
+    server = RawMcpServer(lambda h, m: None, tools=[])
+    try:
+        admin_client.post(
+            "/admin/tools_registry/upstream/add/",
+            {
+                "name": "later", "kind": "mcp", "url": server.url, "base_url": "",
+                "timeout_seconds": "10", "idempotency_header": "", "headers": "",
+            },
+        )  # fmt: skip
+    finally:
+        server.close()
+    upstream = Upstream.objects.get(name="later")
+    assert upstream.enabled is False
+    assert server.lists == 0 and upstream.last_synced_at is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "timeout"),
+    [
+        (f"Authorization: Bearer {UPSTREAM_TOKEN}", "nan"),  # another field is wrong
+        (f"Bearer {UPSTREAM_TOKEN}", "10"),  # the header's name forgotten
+    ],
+)
+def test_a_form_error_never_shows_the_header_values_back(
+    admin_client: Client, headers: str, timeout: str
+) -> None:
+    """The form again, with its error: the headers box held the credential just typed, and
+    a line without a name was quoted whole in its error."""
+    response = admin_client.post(
+        "/admin/tools_registry/upstream/add/",
+        {
+            "name": "orders", "kind": "openapi", "url": "https://orders.example/openapi.json",
+            "base_url": "", "timeout_seconds": timeout, "idempotency_header": "Idempotency-Key",
+            "enabled": "on", "headers": headers,
+        },
+    )  # fmt: skip
+    assert response.status_code == 200 and not Upstream.objects.exists()
+    page = response.content.decode()
+    assert "errorlist" in page
+    assert UPSTREAM_TOKEN not in page
 
 
 @pytest.mark.parametrize("timeout", ["-1", "0", "1e300", "nan"])

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from audit.log import record
 from tools_registry.models import Tool, Upstream
-from tools_registry.policy import Risk, defaults_for, policy_values
+from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for, policy_values
 from tools_registry.registry import tool_version
 from tools_registry.services.policies import PolicyInvalid, check_policy
 from tools_registry.services.sync import policy_for_new_risk
@@ -53,6 +53,7 @@ def register_upstream(
     timeout_seconds: float = 10,
     idempotency_header: str = "Idempotency-Key",
     rerunnable: bool = False,
+    enabled: bool = True,
     created_by: Any = None,
 ) -> Upstream:
     upstream = Upstream(
@@ -63,6 +64,7 @@ def register_upstream(
         timeout_seconds=timeout_seconds,
         idempotency_header=idempotency_header,
         rerunnable=rerunnable,
+        enabled=enabled,
     )
     upstream.full_clean(exclude=["headers_encrypted", "header_names"])
     _set_headers(upstream, list(headers))
@@ -78,6 +80,7 @@ def register_upstream(
             "header_names": upstream.header_names,
             "idempotency_header": idempotency_header,
             "rerunnable": rerunnable,
+            "enabled": enabled,
         },
     )
     return upstream
@@ -363,6 +366,7 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
         return False
     visible = sorted(set(changed) - {"upstream_spec", "upstream_operation"})
     before = {k: getattr(tool, k) for k in visible if k not in ("input_schema", "output_schema")}
+    moved_to = _new_server_host(tool, imported)
     for key, value in changed.items():
         setattr(tool, key, value)
     drift = _policy_drift(tool) if "input_schema" in changed and tool.enabled else []
@@ -373,10 +377,20 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
             f"risk: the upstream now calls it {tool.risk} (it was {before['risk']}), which "
             "asks fewer people; an admin enables it again"
         )
+    if tool.enabled and moved_to:
+        # Calls carry the upstream's credentials to the document's server: the document
+        # alone never sends them to a host no admin named, as a redirect would not.
+        drift.append(
+            f"server: the upstream's document now sends its calls to {moved_to}, a host no "
+            "admin set; an admin enables it again"
+        )
     if drift:
         before["enabled"], changed["enabled"], tool.enabled = True, False, False
         visible = sorted({*visible, "enabled"})
         disabled.append(f"{tool.name}: {'; '.join(drift)}")
+    if any(name in POLICY_FIELDS for name in changed):
+        # A new risk's defaults, or the tool switched off: calls bind the policy's version.
+        changed["policy_version"] = tool.policy_version = tool.policy_version + 1
     tool.save(update_fields=[*changed, "updated_at"])
     if visible:
         record(
@@ -393,6 +407,16 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
             },
         )
     return bool(visible)
+
+
+def _new_server_host(tool: Tool, imported: ImportedTool) -> str:
+    """The host an HTTP tool's calls now go to, if the upstream's document moved them there
+    (its first server): neither where they went nor a host an admin set; else empty."""
+    before = _host((tool.upstream_operation or {}).get("base_url", ""))
+    after = _host((imported.operation or {}).get("base_url", ""))
+    upstream = tool.upstream
+    named = {_host(upstream.url), _host(upstream.base_url)} if upstream else set()
+    return after if after and after != before and after not in named else ""
 
 
 def _policy_drift(tool: Tool) -> list[str]:

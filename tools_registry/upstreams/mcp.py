@@ -33,6 +33,7 @@ from tools_registry.upstreams.offers import (
     ImportFailed,
     Offer,
     drop_duplicates,
+    expansion_problems,
     object_schema_problems,
     tool_name,
 )
@@ -83,7 +84,7 @@ def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: f
     try:
         listed = _run(list_all, url, headers, timeout)
     except Exception as exc:  # unreachable, not an MCP server, a timeout: all the same here
-        raise ImportFailed(f"The MCP server could not be read: {_reason(exc)}") from None
+        raise ImportFailed(f"The MCP server could not be read: {_reason(exc, headers)}") from None
     return offer_from(upstream, listed)
 
 
@@ -102,7 +103,9 @@ def _tool(upstream: str, tool: types.Tool) -> ImportedTool:
     name = tool_name(upstream, tool.name)
     if name is None:
         raise ValueError(f"{upstream}__{tool.name} is not a valid tool name")
-    if problems := object_schema_problems(tool.input_schema):
+    if problems := object_schema_problems(tool.input_schema) or expansion_problems(
+        tool.input_schema
+    ):
         raise ValueError(problems[0])
     hints = tool.annotations or types.ToolAnnotations()
     if hints.read_only_hint:
@@ -112,7 +115,7 @@ def _tool(upstream: str, tool: types.Tool) -> ImportedTool:
     else:
         risk = Risk.WRITE
     output = tool.output_schema if risk == Risk.READ else None
-    if output is not None and object_schema_problems(output):
+    if output is not None and (object_schema_problems(output) or expansion_problems(output)):
         output = None
     return ImportedTool(
         source_name=tool.name,
@@ -200,7 +203,11 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, headers: list[tuple[str, str]]) -> str:
     cause = _leaf(exc)
-    message = str(cause) if isinstance(cause, MCPError) else ""
+    # The server's message is stored on the upstream and audited: without the credential it
+    # was sent (some servers quote it back), taken out before the message is cut short.
+    message = (
+        secrets.without_credentials(str(cause), headers) if isinstance(cause, MCPError) else ""
+    )
     return f"{type(cause).__name__}{': ' + message[:200] if message else ''}"

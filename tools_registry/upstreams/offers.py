@@ -4,8 +4,11 @@ with the reason (said to the admin, never a silent skip)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+import jsonref
 
 from tools_registry.registry import TOOL_NAME
 from tools_registry.schemas import schema_problems
@@ -57,8 +60,41 @@ def object_schema_problems(schema: Any) -> list[str]:
     return schema_problems(schema)
 
 
+def expansion_problems(schema: Any) -> list[str]:
+    """Why a schema that keeps its ``$ref``s (an MCP server's) cannot check a tool's
+    arguments, its references followed as a validator follows them on every call: one that
+    contains itself (an ``anyOf`` of itself is followed without end, at the same place of
+    the arguments) or that expands past ``MAX_EXPANDED_NODES`` (each step using the one
+    before twice). The rule an OpenAPI operation's schema meets as its $refs are resolved."""
+
+    def fetch_nothing(uri: str) -> Any:
+        raise ValueError(f"{uri[:100]!r} is outside the schema.")
+
+    try:
+        resolved = jsonref.replace_refs(
+            schema, proxies=False, lazy_load=False, loader=fetch_nothing
+        )
+    except (jsonref.JsonRefError, RecursionError) as exc:
+        return [f"its $refs cannot be resolved: {str(exc)[:200]}"]
+    if refers_to_itself(resolved):
+        return ["its schema refers to itself, which a tool's arguments cannot"]
+    if expanded_size(resolved) > MAX_EXPANDED_NODES:
+        return [f"its schema expands to more than {MAX_EXPANDED_NODES} nodes"]
+    return []
+
+
 def drop_duplicates(offer: Offer) -> Offer:
-    """Tools whose names collide are all left out: which one an agent meant is unknowable."""
+    """Tools whose names collide are all left out: which one an agent meant is unknowable.
+    So is a tool whose definition PostgreSQL cannot store (a NUL character, refused in text
+    and jsonb alike): kept, it would fail the whole sync, the other tools with it."""
+    unstorable = [
+        t for t in offer.tools if _holds_nul([getattr(t, f.name) for f in dataclasses.fields(t)])
+    ]
+    why = "its definition holds a NUL character, which cannot be stored"
+    offer = Offer(
+        tools=[t for t in offer.tools if t not in unstorable],
+        skipped=[*offer.skipped, *(f"{t.name}: {why}" for t in unstorable)],
+    )
     counts: dict[str, int] = {}
     for imported in offer.tools:
         counts[imported.name] = counts.get(imported.name, 0) + 1
@@ -67,3 +103,65 @@ def drop_duplicates(offer: Offer) -> Offer:
         f"{name}: offered {n} times; none was imported" for name, n in counts.items() if n > 1
     ]
     return Offer(tools=kept, skipped=[*offer.skipped, *skipped])
+
+
+# The schema nodes an imported document may expand to, its $refs written out in full.
+MAX_EXPANDED_NODES = 200_000
+
+
+def refers_to_itself(value: Any) -> bool:
+    """Whether a resolved schema contains itself (a $ref cycle): a walk that visits each
+    object once, however many times $refs share it."""
+    done: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    open_: set[int] = set()
+    while stack:
+        item, leaving = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        key = id(item)
+        if leaving:
+            open_.discard(key)
+            done.add(key)
+            continue
+        if key in open_:
+            return True
+        if key in done:
+            continue
+        open_.add(key)
+        stack.append((item, True))
+        stack.extend(
+            (child, False) for child in (item.values() if isinstance(item, dict) else item)
+        )
+    return False
+
+
+def expanded_size(value: Any, limit: int = MAX_EXPANDED_NODES) -> int:
+    """How many nodes ``value`` has written out (the objects $refs or YAML aliases resolve
+    to counted each time they are used), counted only up to just past ``limit``: a walk
+    that stops."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character is anywhere in ``value`` (a key, a string, nested)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False

@@ -12,6 +12,7 @@ an operationId, or ``{"operationId": ..., "parameter": ...}``).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import urljoin
 
@@ -22,16 +23,19 @@ from django.conf import settings
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from core import tls
+from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.schemas import foreign_references
 from tools_registry.upstreams.offers import (
     JSON,
+    MAX_EXPANDED_NODES,
     ImportedTool,
     ImportFailed,
     Offer,
     drop_duplicates,
+    expanded_size,
     object_schema_problems,
+    refers_to_itself,
     tool_name,
 )
 
@@ -55,27 +59,35 @@ TRANSPORT_HEADERS = frozenset(
 
 def fetch(url: str, *, headers: list[tuple[str, str]], timeout: float) -> JSON:
     """The document at ``url``: read with the upstream's headers, no redirects followed,
-    at most ``UPSTREAM_MAX_DOCUMENT_BYTES``; parsed (JSON, else YAML) and validated."""
+    at most ``UPSTREAM_MAX_DOCUMENT_BYTES`` (inflated), within ``timeout`` as a whole;
+    parsed (JSON, else YAML) and validated."""
     limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
+    # As a call's request (``http._send``): httpx's timeout bounds each read, not the fetch
+    # (a server dripping its answer held the import without end), and its decoders inflate
+    # each chunk whole (130 KB of gzip were 128 MB in memory).
+    deadline = time.monotonic() + timeout
+    sent = {k: v for k, v in headers if k.lower() != "accept-encoding"}
+    sent["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
     try:
-        with (
-            httpx.Client(timeout=timeout, follow_redirects=False, verify=tls.context()) as client,
-            client.stream("GET", url, headers=dict(headers)) as response,
-        ):
+        client = bounded_http.client_within(
+            deadline, timeout=timeout, follow_redirects=False, verify=tls.context()
+        )
+    except bounded_http.ProxyUnusable as exc:
+        raise ImportFailed(f"The OpenAPI document could not be fetched: {exc}.") from None
+    try:
+        with client, client.stream("GET", url, headers=sent) as response:
             if response.status_code != 200:
                 raise ImportFailed(
                     f"Fetching the OpenAPI document answered HTTP {response.status_code}."
                 )
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise ImportFailed(f"The OpenAPI document is larger than {limit} bytes.")
+            body, truncated = bounded_http.read(response, limit=limit, deadline=deadline)
     except httpx.HTTPError as exc:
         raise ImportFailed(
             f"The OpenAPI document could not be fetched: {type(exc).__name__}."
         ) from None
-    return parse(bytes(body))
+    if truncated:
+        raise ImportFailed(f"The OpenAPI document is larger than {limit} bytes.")
+    return parse(body)
 
 
 def parse(body: bytes) -> JSON:
@@ -90,6 +102,14 @@ def parse(body: bytes) -> JSON:
             raise ImportFailed("The OpenAPI document nests too deep to be read.") from None
         except yaml.YAMLError:
             raise ImportFailed("The OpenAPI document is neither JSON nor YAML.") from None
+    # YAML's aliases share one node many times: a few hundred bytes of anchors, each used ten
+    # times by the next, are 10**12 nodes to every walk of the document below. Held to the
+    # size limit as written out, as a JSON document is (each of its nodes takes a byte).
+    limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
+    if expanded_size(document, limit) > limit:
+        raise ImportFailed(
+            f"The OpenAPI document is larger than {limit} bytes once its aliases are written out."
+        )
     if not isinstance(document, dict):
         raise ImportFailed("The OpenAPI document is not an object.")
     if foreign := foreign_references(document):
@@ -199,9 +219,9 @@ def _tool(
     schema: JSON = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = sorted(set(required))
-    if _refers_to_itself(schema):
+    if refers_to_itself(schema):
         raise _Skip("its schema refers to itself, which a tool's arguments cannot")
-    if _expanded_size(schema) > MAX_EXPANDED_NODES:
+    if expanded_size(schema) > MAX_EXPANDED_NODES:
         # $refs that each use the one before twice double at every step: a document of
         # 2 KB makes a schema of megabytes, and minutes of work, once written out.
         raise _Skip(f"its schema expands to more than {MAX_EXPANDED_NODES} nodes")
@@ -252,7 +272,11 @@ def _parameters(
             continue  # Countersign sets it
         if name in properties:
             raise _Skip(f"two parameters are named {name!r}")
-        schema = dict(parameter.get("schema") or {"type": "string"})
+        declared_schema = parameter.get("schema")
+        if declared_schema is not None and not isinstance(declared_schema, dict):
+            # OpenAPI 3.1 takes true and false as schemas; an argument's must be an object.
+            raise _Skip(f"the schema of its parameter {name!r} is not an object")
+        schema = dict(declared_schema or {"type": "string"})
         if parameter.get("description") and "description" not in schema:
             schema["description"] = parameter["description"]
         properties[name] = schema
@@ -267,6 +291,8 @@ def _body(operation: JSON, properties: JSON, required: list[str]) -> JSON | None
     schema = (content.get("application/json") or {}).get("schema")
     if schema is None:
         return None
+    if not isinstance(schema, dict):
+        raise _Skip("the schema of its request body is not an object")
     body_required = bool((operation.get("requestBody") or {}).get("required"))
     fields = schema.get("properties") if schema.get("type") == "object" else None
     if isinstance(fields, dict) and not set(fields) & set(properties):
@@ -279,51 +305,6 @@ def _body(operation: JSON, properties: JSON, required: list[str]) -> JSON | None
     if body_required:
         required.append("body")
     return {"mode": "property"}
-
-
-# The schema nodes an imported document may expand to, its $refs written out in full.
-MAX_EXPANDED_NODES = 200_000
-
-
-def _refers_to_itself(value: Any) -> bool:
-    """Whether a resolved schema contains itself (a $ref cycle): a walk that visits each
-    object once, however many times $refs share it."""
-    done: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(value, False)]
-    open_: set[int] = set()
-    while stack:
-        item, leaving = stack.pop()
-        if not isinstance(item, dict | list):
-            continue
-        key = id(item)
-        if leaving:
-            open_.discard(key)
-            done.add(key)
-            continue
-        if key in open_:
-            return True
-        if key in done:
-            continue
-        open_.add(key)
-        stack.append((item, True))
-        stack.extend(
-            (child, False) for child in (item.values() if isinstance(item, dict) else item)
-        )
-    return False
-
-
-def _expanded_size(value: Any) -> int:
-    """How many nodes ``value`` has written out (the objects $refs resolve to counted each
-    time they are used), counted only up to just past the limit: a walk that stops."""
-    count, stack = 0, [value]
-    while stack and count <= MAX_EXPANDED_NODES:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
 
 
 def _lookup(declared: Any, document: JSON, operations: dict[str, tuple[str, str]]) -> JSON | None:

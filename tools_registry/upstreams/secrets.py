@@ -63,13 +63,14 @@ def decrypt(token: str) -> Headers:
 def parse_header_lines(lines: list[str]) -> Headers:
     """``Name: value`` lines, as an admin types them; ValueError says what is wrong."""
     headers: Headers = []
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         name, colon, value = line.partition(":")
         name, value = name.strip(), value.strip()
         if not colon or not name or not all(c.isalnum() or c in "-_" for c in name):
-            raise ValueError(f"Write each header as 'Name: value' (got {name or line[:20]!r}).")
+            # Not quoted: a line without its name ("Bearer sk_live_...") is the credential.
+            raise ValueError(f"Write each header as 'Name: value' (line {number} is not).")
         if any(ch in value for ch in "\r\n\x00"):
             raise ValueError(f"The value of {name} may not span lines.")
         headers.append((name, value))
