@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -147,11 +148,15 @@ def test_a_header_argument_http_cannot_carry_is_refused_unsent(value: str) -> No
     assert received == []
 
 
-def test_an_upstream_url_that_cannot_be_requested_is_refused_unsent() -> None:
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://[::1", "ftp://files.example.com"],  # unparsable, not HTTP
+)
+def test_an_upstream_url_that_cannot_be_requested_is_refused_unsent(base_url: str) -> None:
     with pytest.raises(ToolFailed) as refused:
         upstream_http.call(
             operation={"method": "POST", "path": "/notes", "parameters": [], "body": None},
-            base_url="http://[::1",  # what httpx cannot parse
+            base_url=base_url,
             upstream_headers=[],
             idempotency_header="",
             key="k",
@@ -159,6 +164,25 @@ def test_an_upstream_url_that_cannot_be_requested_is_refused_unsent() -> None:
             timeout=5,
         )
     assert refused.value.code == "upstream_url_invalid"
+
+
+def test_an_upstream_that_cannot_be_reached_fails_the_call_unsent() -> None:
+    """Nothing listens: no connection, so no request was sent. The call failed (the agent may
+    send it again), it is not an unknown outcome left to reconciliation."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ToolFailed) as refused:
+        upstream_http.call(
+            operation={"method": "POST", "path": "/notes", "parameters": [], "body": None},
+            base_url=f"http://127.0.0.1:{port}",
+            upstream_headers=[],
+            idempotency_header="",
+            key="k",
+            arguments={},
+            timeout=5,
+        )
+    assert (refused.value.code, refused.value.retryable) == ("upstream_unreachable", True)
 
 
 def call_encoded(body: bytes, encoding: str) -> Any:

@@ -600,6 +600,22 @@ def test_an_odd_lookup_extension_leaves_the_tool_out_with_a_reason(lookup: Any) 
     assert offered.tools == [] and "x-countersign-lookup" in offered.skipped[0]
 
 
+@pytest.mark.parametrize("method", ["post", "delete"])
+def test_a_lookup_that_is_not_a_read_leaves_the_tool_out_with_a_reason(method: str) -> None:
+    """Reconciliation asks a lookup by itself, approved by nobody: never one that acts."""
+    document = _document(**{"x-countersign-lookup": "undo_x"})
+    document["paths"]["/x/{key}"] = {
+        method: {
+            "operationId": "undo_x",
+            "parameters": [{"name": "key", "in": "path", "required": True}],
+            "responses": {"200": {"description": "ok"}},
+        }
+    }
+    offered = _offer(document)
+    assert "u__get_x" not in [t.name for t in offered.tools]
+    assert any(f"undo_x is a {method.upper()}, not a GET" in why for why in offered.skipped)
+
+
 def test_a_document_nested_too_deep_is_an_import_failure() -> None:
     with pytest.raises(ImportFailed, match="nests too deep"):
         upstream_openapi.parse(b"[" * 100_000 + b"]" * 100_000)

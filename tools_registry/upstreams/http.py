@@ -182,12 +182,21 @@ def _send(
                 _answer(response, raw, truncated),
                 response.headers.get("location", ""),
             )
-    except httpx.InvalidURL as exc:
-        # Refused as the request is built (the upstream's server URL holds a template, say):
-        # nothing was sent, so the call did not run.
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        # Refused as the request is built (the upstream's server URL holds a template, or a
+        # scheme other than http and https): nothing was sent, so the call did not run.
         raise ToolFailed(
             f"The upstream's URL cannot be requested: {str(exc)[:200]}",
             code="upstream_url_invalid",
+        ) from None
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        # No connection (refused, no route, the TLS handshake failed, or not made in time):
+        # the request is written only once one is made, so nothing was sent. Failed, not
+        # unknown: an upstream that is down does not leave every call to reconciliation.
+        raise ToolFailed(
+            f"The upstream could not be reached: {type(exc).__name__}.",
+            code="upstream_unreachable",
+            retryable=True,
         ) from None
     except httpx.TimeoutException as exc:
         raise TimeoutError(f"The upstream did not answer within {timeout:g} s.") from exc

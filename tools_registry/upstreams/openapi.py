@@ -317,6 +317,9 @@ def _lookup(declared: Any, document: JSON, operations: dict[str, tuple[str, str]
     if not isinstance(operation_id, str) or operation_id not in operations:
         raise _Skip(f"x-countersign-lookup names no operation {operation_id!r}")
     method, path = operations[operation_id]
+    if method not in ("get", "head"):
+        # Reconciliation asks it by itself, with no one's approval: only a read may be.
+        raise _Skip(f"the lookup {operation_id} is a {method.upper()}, not a GET")
     lookup = document["paths"][path][method]
     candidates = [
         p for p in (lookup.get("parameters") or []) if p.get("in") in ("path", "query", "header")
