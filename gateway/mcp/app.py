@@ -25,7 +25,7 @@ from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import end_users, errors
-from gateway.mcp import sessions
+from gateway.mcp import sessions, waiting
 from gateway.mcp.calls import Caller
 from gateway.mcp.server import build_server
 from gateway.mcp.threads import run_sync
@@ -107,9 +107,10 @@ class McpEndpoint:
         if session_id and session is None:
             await _refuse(send, 404, "Session not found; initialize a new one.")
             return
-        opening = uuid4() if _is_initialize(body) else None
+        message = _peek(body)
+        opening = uuid4() if message.get("method") == "initialize" else None
         state = scope.setdefault("state", {})
-        state["countersign"] = Caller(
+        state["countersign"] = caller = Caller(
             agent=agent,
             # Rounds count per agent session: the MCP session's, unless the call names one.
             session_id=f"mcp-{session.pk}" if session else "",
@@ -119,6 +120,10 @@ class McpEndpoint:
             bearer=headers.get("authorization", "").partition(" ")[2].strip(),
         )
         state["opening_session"] = opening
+        if message.get("method") == "notifications/cancelled":
+            # Stateless, the SDK has no such request here (the client's wait may be in any
+            # process): the wait is told, and the SDK then takes the notice as it would.
+            await _cancel(caller, message.get("params"))
         await self.manager.handle_request(
             scope, _replay(body, receive), _with_session_header(send, opening) if opening else send
         )
@@ -151,13 +156,24 @@ def _foreign(headers: dict[str, str]) -> str:
     return ""
 
 
-def _is_initialize(body: bytes) -> bool:
-    """Whether the body is an ``initialize`` request (a peek: the SDK parses it for real)."""
+def _peek(body: bytes) -> dict[str, Any]:
+    """The body's message, if it is one ({} otherwise): a peek at its method, the SDK
+    parses it for real."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, or nested past Python's reader
-        return False
-    return isinstance(message, dict) and message.get("method") == "initialize"
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+async def _cancel(caller: Caller, params: Any) -> None:
+    """End the wait of the request a ``notifications/cancelled`` names, if it is the
+    caller's and waits (``waiting.cancel``)."""
+    request_id = params.get("requestId") if isinstance(params, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        return
+    if request := waiting.request_key(caller.agent.pk, caller.session_id, request_id):
+        await waiting.cancel(request)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

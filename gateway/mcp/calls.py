@@ -41,6 +41,7 @@ from approvals import sql as approvals_sql
 from approvals.models import TERMINAL_STATUSES, Status, Transport
 from audit.canonical import canonical_json, sha256_hex
 from core import db
+from core.json_values import storable
 from gateway import end_users, errors, intake, payloads, responses, selectors
 from gateway.mcp import state
 from gateway.mcp.state import CallState
@@ -107,7 +108,7 @@ def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
     info = (ctx.meta or {}).get(CLIENT_INFO_META_KEY)
     if isinstance(info, dict) and not caller.client:
         client = "/".join(str(info[k]) for k in ("name", "version") if info.get(k))
-        return replace(caller, client=client[:200])
+        return replace(caller, client=storable(client[:200]))
     return caller
 
 

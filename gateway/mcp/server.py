@@ -71,13 +71,15 @@ async def call_tool(
     meta = dict(ctx.meta or {})
     token = meta.get("progress_token")
     progress = _progress_reporter(ctx, token if isinstance(token, str | int) else None)
+    # The request, named so that the client's cancel of it ends its wait.
+    request = waiting.request_key(caller.agent.pk, caller.session_id, ctx.request_id)
     if params.name == calls.WAIT_TOOL:
-        return await _wait_tool(caller, params.arguments or {}, progress)
+        return await _wait_tool(caller, params.arguments or {}, progress, request)
     submitted = await run_sync(calls.submit, caller, params.name, params.arguments or {}, meta)
     call = submitted.call
     if submitted.status >= 400 or call is None or call.risk == "read":
         return calls.read_result(submitted)
-    settled = await _waited(caller, call.id, calls.wait_seconds(meta), progress)
+    settled = await _waited(caller, call.id, calls.wait_seconds(meta), progress, request)
     if isinstance(settled, types.CallToolResult):
         return settled
     assert settled is not None  # the agent's own call, which is never deleted
@@ -85,13 +87,13 @@ async def call_tool(
 
 
 async def _wait_tool(
-    caller: Caller, arguments: dict[str, Any], progress: waiting.Tick | None
+    caller: Caller, arguments: dict[str, Any], progress: waiting.Tick | None, request: str | None
 ) -> types.CallToolResult:
     try:
         call_id, seconds = calls.wait_arguments(arguments)
     except errors.ApiError as error:
         return calls.error_result(error.body())
-    call = await _waited(caller, call_id, seconds, progress)
+    call = await _waited(caller, call_id, seconds, progress, request)
     if isinstance(call, types.CallToolResult):
         return call
     if call is None:
@@ -100,11 +102,16 @@ async def _wait_tool(
 
 
 async def _waited(
-    caller: Caller, call_id: UUID, seconds: float, progress: waiting.Tick | None
+    caller: Caller,
+    call_id: UUID,
+    seconds: float,
+    progress: waiting.Tick | None,
+    request: str | None,
 ) -> CallState | types.CallToolResult | None:
     """The call after waiting up to ``seconds`` for it to end; as it stands at once when the
-    agent has too many waits open; an error result if the caller's token was revoked (or its
-    agent disabled or stopped) meanwhile."""
+    agent has too many waits open, or when the client cancelled the request (it reads no
+    answer then); an error result if the caller's token was revoked (or its agent disabled
+    or stopped) meanwhile."""
     try:
         return await waiting.until_settled(
             agent=caller.agent,
@@ -112,8 +119,9 @@ async def _waited(
             timeout=seconds,
             on_tick=progress,
             still_allowed=caller.still_allowed,
+            request=request,
         )
-    except waiting.TooManyWaits:
+    except (waiting.TooManyWaits, waiting.Cancelled):
         return await run_sync(state.read, caller.agent, call_id)
     except waiting.CallerGone:
         return calls.error_result(errors.not_authenticated().body())

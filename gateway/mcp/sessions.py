@@ -14,6 +14,7 @@ from uuid import UUID
 from django.conf import settings
 from django.utils import timezone
 
+from core.json_values import storable
 from gateway import sql
 from gateway.models import McpSession
 from tools_registry.models import Agent
@@ -33,8 +34,9 @@ def open_session(
     return McpSession.objects.create(
         id=session_id,
         agent=agent,
-        client_name=client_name[:100],
-        client_version=client_version[:50],
+        # As the client named itself, but storable: PostgreSQL refuses a NUL.
+        client_name=storable(client_name[:100]),
+        client_version=storable(client_version[:50]),
         protocol_version=protocol_version[:16],
     )
 

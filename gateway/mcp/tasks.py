@@ -150,7 +150,14 @@ async def task_result(
                 call_id=call.id,
                 timeout=None,
                 still_allowed=caller.still_allowed,
+                request=waiting.request_key(caller.agent.pk, caller.session_id, ctx.request_id),
             )
+        except waiting.Cancelled:
+            # The client no longer reads an answer to it: only the wait had to end.
+            raise MCPError(code=INVALID_REQUEST, message="The request was cancelled.") from None
+        except waiting.WaitsUncounted:
+            error = errors.unavailable()
+            raise MCPError(code=INTERNAL_ERROR, message=error.message, data=error.body()) from None
         except waiting.TooManyWaits:
             error = errors.too_many_waits(settings.MCP_MAX_WAITS_PER_AGENT)
             raise MCPError(code=INTERNAL_ERROR, message=error.message, data=error.body()) from None

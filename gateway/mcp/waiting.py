@@ -9,6 +9,7 @@ embedded mode has no Redis: it reads again every ``POLL_SECONDS``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -41,6 +42,15 @@ class TooManyWaits(Exception):
     """The agent already has ``MCP_MAX_WAITS_PER_AGENT`` waits open."""
 
 
+class WaitsUncounted(TooManyWaits):
+    """Redis, which counts the agent's waits, cannot be reached: no wait is taken (answered
+    like too many waits, the call as it stands, or ``unavailable``)."""
+
+
+class Cancelled(Exception):
+    """The client cancelled the request that waits (``notifications/cancelled``)."""
+
+
 class CallerGone(Exception):
     """The caller may no longer be answered: its token was revoked, or its agent disabled or
     stopped, while it waited."""
@@ -53,6 +63,7 @@ async def until_settled(
     timeout: float | None,
     on_tick: Tick | None = None,
     still_allowed: Callable[[], bool] | None = None,
+    request: str | None = None,
 ) -> CallState | None:
     """The agent's call once it is terminal, or as it stands when ``timeout`` seconds have
     passed (None: no limit); None if the agent has no such call.
@@ -61,7 +72,8 @@ async def until_settled(
     when none is free): each holds a Redis connection and reads the call every few seconds,
     and one agent must not hold them without end. ``still_allowed`` is asked at every read
     (``CallerGone`` once it says no): a token revoked while its request waits does not get
-    the call's result later."""
+    the call's result later. ``request`` (``request_key``) names the request that waits, so
+    that the client's cancel of it ends the wait (``Cancelled``)."""
     started = time.monotonic()
     deadline = None if timeout is None else started + max(timeout, 0.0)
     last_tick = started
@@ -69,7 +81,7 @@ async def until_settled(
     if not await run_sync(_places.take, agent.pk, place):
         raise TooManyWaits
     try:
-        async with _wake_ups(call_id) as wake_up:
+        async with _wake_ups(call_id, request) as wake_up:
             while True:
                 call = await run_sync(_read, agent, call_id, place, still_allowed)
                 if call is None or call.terminal:
@@ -132,7 +144,13 @@ return 1
         if coordination.shared():
             client = coordination.redis_client()
             key = coordination.key("mcp-waits", agent_id)
-            return bool(client.eval(self._TAKE, 1, key, limit, PLACE_SECONDS, place))
+            try:
+                return bool(client.eval(self._TAKE, 1, key, limit, PLACE_SECONDS, place))
+            except redis.RedisError:
+                # Not counted, not taken: uncounted waits (polling, without Redis) are
+                # what the limit is there to stop.
+                logger.warning("an MCP wait of agent %s is refused: Redis failed", agent_id)
+                raise WaitsUncounted from None
         with self._lock:
             places = self._local.setdefault(agent_id, set())
             if len(places) >= limit:
@@ -143,12 +161,16 @@ return 1
     def keep(self, agent_id: int, place: str) -> None:
         if coordination.shared():
             key = coordination.key("mcp-waits", agent_id)
-            coordination.redis_client().eval(self._KEEP, 1, key, PLACE_SECONDS, place)
+            # A place not kept lapses by itself (PLACE_SECONDS): a Redis blip does not end
+            # the wait, which reads the call from the database.
+            with contextlib.suppress(redis.RedisError):
+                coordination.redis_client().eval(self._KEEP, 1, key, PLACE_SECONDS, place)
 
     def give_back(self, agent_id: int, place: str) -> None:
         if coordination.shared():
             key = coordination.key("mcp-waits", agent_id)
-            coordination.redis_client().zrem(key, place)
+            with contextlib.suppress(redis.RedisError):  # it lapses by itself
+                coordination.redis_client().zrem(key, place)
             return
         with self._lock:
             self._local.get(agent_id, set()).discard(place)
@@ -157,16 +179,63 @@ return 1
 _places = _Places()
 
 
+# --- A client's cancel of a request that waits -------------------------------------------
+# The SDK runs stateless: each POST is a transport of its own, and a client's
+# ``notifications/cancelled`` (protocol versions with sessions; later ones close the stream
+# instead) reaches no request of the SDK's. The endpoint hands it on here, to the process
+# whose request waits: over Redis in services mode, in memory in the embedded one.
+
+
+def request_key(agent_id: int, session_id: str, request_id: str | int | None) -> str | None:
+    """The name of an agent's request within its MCP session; None without a session (the
+    request cannot be cancelled by a message of its own then)."""
+    if not session_id or request_id is None:
+        return None
+    return coordination.key("mcp-request", agent_id, session_id, json.dumps(request_id))
+
+
+async def cancel(request: str) -> None:
+    """End the wait of ``request``, wherever it waits (nothing if none does, or if Redis
+    fails: the wait then ends as it would have, with its call or its client)."""
+    if coordination.shared():
+        with contextlib.suppress(redis.RedisError):
+            await run_sync(coordination.redis_client().publish, request, "cancelled")
+        return
+    if (cancelled := _local_waits.get(request)) is not None:
+        cancelled.set()
+
+
+# The embedded mode's requests waiting, by their request_key: one process, one event loop.
+_local_waits: dict[str, anyio.Event] = {}
+
+
 async def _poll(seconds: float) -> None:
     await anyio.sleep(min(seconds, POLL_SECONDS))
 
 
 @contextlib.asynccontextmanager
-async def _wake_ups(call_id: UUID) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+async def _wake_ups(
+    call_id: UUID, request: str | None
+) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
     """A pause that a change of the call ends early (services mode), or a short sleep (the
-    embedded mode, or Redis failing: the wait goes on, only less promptly)."""
+    embedded mode, or Redis failing: the wait goes on, only less promptly). A cancel of
+    ``request`` ends it with ``Cancelled``."""
     if not settings.REDIS_URL:
-        yield _poll
+        cancelled = anyio.Event()
+        if request is not None:
+            _local_waits[request] = cancelled
+
+        async def poll(seconds: float) -> None:
+            with anyio.move_on_after(min(seconds, POLL_SECONDS)):
+                await cancelled.wait()
+            if cancelled.is_set():
+                raise Cancelled
+
+        try:
+            yield poll
+        finally:
+            if request is not None and _local_waits.get(request) is cancelled:
+                del _local_waits[request]
         return
     client = redis.asyncio.Redis.from_url(
         settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=RECHECK_SECONDS + 5
@@ -174,7 +243,7 @@ async def _wake_ups(call_id: UUID) -> AsyncIterator[Callable[[float], Awaitable[
     pubsub = client.pubsub()
     try:
         try:
-            await pubsub.subscribe(longpoll.channel(call_id))
+            await pubsub.subscribe(longpoll.channel(call_id), *([request] if request else []))
         except redis.RedisError:
             logger.warning("waiting on call %s falls back to polling: Redis failed", call_id)
             yield _poll
@@ -189,6 +258,8 @@ async def _wake_ups(call_id: UUID) -> AsyncIterator[Callable[[float], Awaitable[
                     await _poll(left)
                     return
                 if message is not None:
+                    if request is not None and message["channel"] == request.encode():
+                        raise Cancelled
                     return
 
         yield next_message

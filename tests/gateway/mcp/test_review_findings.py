@@ -1,0 +1,169 @@
+"""/mcp where its neighbours misbehave: Redis failing while requests wait, a client whose
+name PostgreSQL cannot store, a legacy client that cancels a request that waits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import mcp_types as types
+import pytest
+from django.conf import settings
+from mcp.shared.exceptions import MCPError
+
+from approvals.models import ToolCall
+from tests.conftest import World
+from tests.gateway.mcp.conftest import connected
+from tests.gateway.mcp.test_endpoint import ACCEPT, INITIALIZE, message, post
+from tests.gateway.mcp.test_waits import subscribers
+from tests.support.calls import pending_call
+from tests.support.web import WebProcess, free_port, running_web
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
+MODERN = "2026-07-28"
+
+
+class RedisLink:
+    """A TCP forwarder to the tests' Redis that can be cut: a Redis outage for one process."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.sockets: list[socket.socket] = []
+        self.down = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        self.down = True
+        with suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.listener.close()
+        for sock in self.sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.fixture
+def web_behind_a_redis_link(
+    django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[WebProcess, RedisLink]]:
+    redis_url = urlsplit(settings.REDIS_URL)
+    link = RedisLink((redis_url.hostname or "127.0.0.1", redis_url.port or 6379))
+    url = f"redis://127.0.0.1:{link.port}{redis_url.path}"
+    with (
+        django_db_blocker.unblock(),
+        running_web(tmp_path=tmp_path_factory.mktemp("mcp-redis"), env={"REDIS_URL": url}) as web,
+    ):
+        yield web, link
+    link.cut()
+
+
+def test_a_wait_while_redis_is_down_answers_the_call_or_unavailable_not_redis_error(
+    live_world: World, web_behind_a_redis_link: tuple[WebProcess, RedisLink]
+) -> None:
+    """The REST long-poll falls back to polling when Redis fails; an MCP wait answered
+    JSON-RPC error 0 with redis-py's message (the Redis server's address) instead."""
+    web, link = web_behind_a_redis_link
+    call = pending_call(live_world)
+    link.cut()
+
+    async def main() -> tuple[types.CallToolResult, MCPError]:
+        async with connected(web.url, live_world.token) as client:
+            waited = await client.call_tool(
+                "countersign_wait", {"call_id": str(call.pk), "wait_seconds": 1}
+            )
+            with pytest.raises(MCPError) as refused:
+                await client.session._dispatcher.send_raw_request(
+                    "tasks/result", {"taskId": str(call.pk)}, {}
+                )
+            return waited, refused.value
+
+    waited, refused = anyio.run(main)
+    assert waited.is_error is False, waited
+    assert waited.structured_content["status"] == "pending"  # type: ignore[index]
+    assert refused.error.code != 0, refused.error
+    assert str(link.port) not in refused.error.message
+    assert refused.error.data["error"]["code"] == "unavailable"  # type: ignore[index]
+    assert refused.error.data["error"]["retryable"] is True  # type: ignore[index]
+
+
+def test_a_client_name_postgresql_cannot_store_is_no_internal_error(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """clientInfo is stored with the session and every call; a NUL in it failed the
+    INSERT: initialize answered error 0 with PostgreSQL's message, every modern call
+    -32603."""
+    named = {**INITIALIZE["params"], "clientInfo": {"name": "bot\u0000", "version": "1"}}  # type: ignore[dict-item]
+    opened = post(mcp_web, live_world.token, {**INITIALIZE, "params": named})
+    assert "result" in message(opened), message(opened)
+
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "bot\u0000", "version": "\ud800"},
+    }
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "search_docs", "arguments": {"query": "refund"}, "_meta": meta}}  # fmt: skip
+    answered = httpx.post(f"{mcp_web.url}/mcp", content=json.dumps(body).encode(), timeout=30,
+        headers={**ACCEPT, "Authorization": f"Bearer {live_world.token}",
+                 "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call",
+                 "Mcp-Name": "search_docs"})  # fmt: skip
+    answer = message(answered)
+    assert "result" in answer, answer
+    assert answer["result"]["isError"] is False
+    assert ToolCall.objects.get().client == "bot\ufffd/\ufffd"
+
+
+def test_a_legacy_client_that_cancels_a_wait_frees_its_place(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """A cancelled tasks/result (the official client sends notifications/cancelled on a POST
+    of its own, and keeps the connection) still waited, holding one of the agent's
+    MCP_MAX_WAITS_PER_AGENT places and a Redis connection until the call ended."""
+    call = pending_call(live_world)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with connected(mcp_web.url, live_world.token) as client:
+            with anyio.move_on_after(3):
+                await client.session._dispatcher.send_raw_request(
+                    "tasks/result", {"taskId": str(call.pk)}, {}
+                )
+            await anyio.sleep(8)
+            seen.append(await anyio.to_thread.run_sync(subscribers, str(call.pk)))
+
+    anyio.run(main)
+    assert seen == [0], "the cancelled request still waits"
