@@ -200,7 +200,9 @@ else:
 
 # The executor is idempotent by the database's claim, so the broker may deliver twice:
 # ack only after the task ran, and give the message back if the worker process dies.
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# "memory://localhost/", not "memory://": kombu warns "No hostname was supplied" at every
+# eagerly run task of the embedded mode otherwise.
+CELERY_BROKER_URL = REDIS_URL or "memory://localhost/"
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True
@@ -221,15 +223,17 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # task in a prefork child: a new PostgreSQL connection per task. With the pool, close only
 # every this many tasks; config.celery returns the connection to the pool after each one.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000) if env_bool("DB_POOL", True) else None
+# A periodic task that waited in the queue past its next run is dropped (expires), so a
+# backlog (workers down for an hour) never piles up runs; the next one does the same work.
+_AUDIT_VERIFY_EVERY = float(env_int("AUDIT_VERIFY_EVERY_SECONDS", 3600))
 CELERY_BEAT_SCHEDULE = {
-    "audit-seal-chain": {"task": "audit.seal_chain", "schedule": 2.0},
+    "audit-seal-chain": {"task": "audit.seal_chain", "schedule": 2.0, "options": {"expires": 4}},
     # A full walk of the chain; the auditor's status panel shows the last outcome.
     "audit-verify-chain": {
         "task": "audit.verify_chain",
-        "schedule": float(env_int("AUDIT_VERIFY_EVERY_SECONDS", 3600)),
+        "schedule": _AUDIT_VERIFY_EVERY,
+        "options": {"expires": _AUDIT_VERIFY_EVERY},
     },
-    # A sweep that waited in the queue past its next run is dropped, so a backlog never
-    # piles up sweeps; the next one does the same work.
     "approvals-sweep": {"task": "approvals.sweep", "schedule": 5.0, "options": {"expires": 10}},
     "approvals-notify-reviewers": {
         "task": "approvals.notify_reviewers",

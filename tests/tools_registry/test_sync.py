@@ -110,6 +110,19 @@ def test_the_command_reports_what_it_did(world: World) -> None:
     assert "disabled: search_docs" in out.getvalue()
 
 
+def test_the_command_says_so_when_no_tool_is_declared_in_code(db: None) -> None:
+    """A first deployment without the demo has no tools yet: say it, not nothing."""
+    out = StringIO()
+    specs = [registry.unregister(spec.name) for spec in registry.registered()]
+    try:
+        call_command("sync_tools", stdout=out)
+    finally:
+        for spec in specs:
+            assert spec is not None
+            registry.restore(spec)
+    assert "No tools are declared in code" in out.getvalue()
+
+
 def test_a_read_that_becomes_a_write_gets_the_policy_a_write_needs(world: World) -> None:
     """The policy fields the new class forbids go back to its defaults; the rest stays."""
     with tool_in_code(risk=Risk.READ) as spec:

@@ -15,7 +15,8 @@ class Command(BaseCommand):
         if not settings.SANDBOX_ENABLED:
             raise CommandError(
                 "The demo acts on the sandbox systems, which are off here: run it in the "
-                "embedded mode (make run) or set SANDBOX_ENABLED=1."
+                "embedded mode (make run) or set SANDBOX_ENABLED=1 (then run migrate again: "
+                "the sandbox has tables of its own)."
             )
         logins = seed_demo()
         kept = logins.password_file

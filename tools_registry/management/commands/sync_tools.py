@@ -12,7 +12,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = sync_tools()
-        for label in ("created", "updated", "disabled", "unchanged"):
+        labels = ("created", "updated", "disabled", "unchanged")
+        for label in labels:
             names = getattr(report, label)
             if names:
                 self.stdout.write(f"{label}: {', '.join(names)}")
+        if not any(getattr(report, label) for label in labels):
+            # Silence here looked like success to a first deployment that has no tools yet.
+            self.stdout.write(
+                "No tools are declared in code: nothing to sync. Declare them in a `tools` "
+                "module of an installed app (docs/tools.md); SANDBOX_ENABLED=1 adds the demo's."
+            )
