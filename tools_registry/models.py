@@ -5,7 +5,7 @@ import secrets
 
 from django.conf import settings
 from django.contrib.auth.models import Group
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
@@ -27,7 +27,18 @@ class Upstream(models.Model):
     name = models.SlugField(
         max_length=32,
         unique=True,
-        help_text="Prefix of its tools' names: <name>__<tool>. Letters, digits, - and _ only.",
+        # Neither "__" nor a last "_": the first "__" of a tool's name then ends its
+        # upstream's, so upstream "a" offering "b__c" and upstream "a__b" offering "c" cannot
+        # both claim "a__b__c" (the first imported would keep the other's name for good).
+        validators=[
+            RegexValidator(
+                r"__|_$",
+                inverse_match=True,
+                message="The name may not hold '__' or end with '_': it starts its tools' names.",
+            )
+        ],
+        help_text="Prefix of its tools' names: <name>__<tool>. Letters, digits, - and _ "
+        "only, with no '__' and no '_' at the end.",
     )
     kind = models.CharField(max_length=8, choices=Kind.choices)
     url = models.URLField(

@@ -508,6 +508,18 @@ def test_a_name_already_taken_is_not_overwritten(world: World, http_upstream: We
     assert "orders__get_order: the name is taken by another tool" in report.skipped
 
 
+@pytest.mark.parametrize("name", ["crm__eu", "crm_"])
+def test_an_upstream_name_that_would_make_tool_names_ambiguous_is_refused(
+    world: World, name: str
+) -> None:
+    """Upstream "crm" offering "eu__find" and upstream "crm__eu" offering "find" would both
+    name "crm__eu__find" (as "crm_" offering "_find" and "crm" offering "__find"): the
+    first imported would keep the other's tool from being imported, for good."""
+    with pytest.raises(CommandError, match="may not hold '__' or end with '_'"):
+        call_command("add_upstream", name, "--mcp", "http://mcp.invalid/mcp", stdout=StringIO())
+    assert not Upstream.objects.exists()
+
+
 def test_a_switched_off_upstream_is_not_synced(world: World, http_upstream: WebProcess) -> None:
     register_orders(http_upstream)
     upstream = Upstream.objects.get(name="orders")
