@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -79,6 +80,18 @@ def _longest(model: Any, field: str) -> int | None:
     return getattr(model._meta.get_field(field), "max_length", None)
 
 
+def _epoch_seconds(value: Any) -> float | None:
+    """An ID token's time claim, if it is one a date can hold: a provider that gives it in
+    milliseconds (a year past 9999) or as infinity says nothing usable, not a 500."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        datetime.fromtimestamp(value, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return value
+
+
 class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     """Finds people by their ``sub`` at the provider, creates them (named by
     ``OIDC_USERNAME_CLAIM``, with no usable password) at their first sign-in, and syncs
@@ -121,8 +134,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
         # When the provider last had the person sign in (the verified ID token's auth_time):
         # a re-authentication counts only if that is after it began (SignInCallbackView).
-        auth_time = payload.get("auth_time")
-        signed_in = auth_time if isinstance(auth_time, int | float) else None
+        signed_in = _epoch_seconds(payload.get("auth_time"))
         self.request.session[AUTH_TIME_KEY] = signed_in
         # And for the sign-in this request makes (approvals.reauth.on_login): the session
         # may be flushed before it is told.

@@ -127,13 +127,14 @@ def leave_unknown_to_a_person(agent: Agent, reason: str, stopped_by: Any) -> lis
     before then is not a decision to re-run them (docs/exactly-once.md). Cancels nothing.
 
     Registered with ``tools_registry.hooks`` (``ApprovalsConfig.ready``), inside the stop's
-    transaction, before the agent's row is marked stopped. A call another transaction holds right now is skipped, not waited for
-    (that may be a paused process): whoever holds it is moving it, and the next check sees
-    the stop if it still stands.
+    transaction, before the agent's row is marked stopped. A call another transaction holds
+    right now is waited for, as the stop's cancellations wait for a pending one: a check
+    holding it may leave it unknown, escalated but not to a person for good, and a resume
+    before the next check would then let that check re-run it.
     """
     unknown = ToolCall.objects.filter(agent=agent, status=Status.UNKNOWN, left_to_person=False)
     for call_id in unknown.order_by("created_at").values_list("pk", flat=True):
-        call = lock_call(call_id, skip_locked=True, status=Status.UNKNOWN)
+        call = lock_call(call_id, status=Status.UNKNOWN)
         if call is not None and not left_to_a_person(call):
             escalate_locked(call, reason=may_not_run_now("agent_stopped"), for_good=True)
     return []

@@ -398,3 +398,23 @@ def test_a_teams_claim_of_another_shape_puts_nobody_in_a_team(
     _, landed = sign_in_through(sso, "dana", DANA["password"])
     assert landed.status_code == 302 and landed["Location"] == "/audit/"
     assert not User.objects.get(username="dana").groups.exists()
+
+
+def test_an_auth_time_no_date_can_hold_is_no_recent_sign_in_not_a_500(
+    world: World, sso: Provider
+) -> None:
+    """A provider that gives auth_time in milliseconds (or any number past the year 9999)
+    signs the person in, not recent: it was a 500 at the callback for every sign-in."""
+    import time
+
+    from django.test import RequestFactory
+
+    from approvals import reauth
+
+    now = int(time.time())
+    sso.set_people({"dana": {**DANA, "signed_in_seconds_ago": now - now * 1000}})
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302 and "_auth_user_id" in client.session
+    request = RequestFactory().get("/")
+    request.session = client.session
+    assert not reauth.is_recent(request)

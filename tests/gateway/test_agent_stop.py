@@ -348,3 +348,51 @@ def test_a_stop_and_a_transaction_holding_one_of_its_calls_both_finish(
     assert statuses == [Status.CANCELLED], "the withdrawal failed"
     assert stops and stops[0].cancelled == [], "the stop failed, or cancelled it again"
     assert WebhookDelivery.objects.filter(call_id=call.pk, event="call.cancelled").count() == 1
+
+
+def test_an_unknown_call_a_check_holds_during_the_stop_is_still_left_to_a_person(
+    live_world: World, settings: Any
+) -> None:
+    """Reconciliation holds an unknown call (the downstream could not say: escalated, for a
+    re-run once it can) while the agent is stopped; the agent is resumed before the next
+    check. The stop must still leave the call to a person: the check that then finds no
+    effect does not re-run it (docs/exactly-once.md: "The stop does this at once")."""
+    from datetime import timedelta
+
+    from approvals import sweeps
+    from approvals.services import recovery
+    from tests.support.calls import unknown_call
+    from tools_registry import registry
+
+    call = unknown_call(live_world)
+    spec = registry.get(call.tool.name)
+    lookup, reason_of = spec.lookup_fn, recovery.escalation_reason
+    holding, release = threading.Event(), threading.Event()
+
+    def down(ctx: Any) -> Any:
+        raise ConnectionError("the downstream is down for a minute")
+
+    def held_reason(*args: Any) -> str:
+        holding.set()  # the check holds the call's row, and decides
+        release.wait(10)
+        return reason_of(*args)
+
+    spec.lookup_fn, recovery.escalation_reason = down, held_reason
+    try:
+        checker, checked = _in_a_thread(sweeps.reconcile_unknown)
+        assert holding.wait(10)
+        stopper, stops = _in_a_thread(
+            lambda: services.stop_agent(agent=live_world.agent, reason="incident", stopped_by=None)
+        )
+        stopper.join(1.0)
+        release.set()
+        checker.join(20)
+        stopper.join(20)
+    finally:
+        spec.lookup_fn, recovery.escalation_reason = lookup, reason_of
+    assert checked == [{"escalated": 1}] and stops, "the check or the stop failed"
+    services.resume_agent(agent=live_world.agent, note="false alarm")
+    later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.left_to_person
