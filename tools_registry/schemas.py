@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
@@ -55,11 +56,42 @@ def json_path(parts: Iterable[Any]) -> str:
 _NOTHING_FETCHED: Registry[Any] = Registry()
 
 
+# The steps (a keyword of a schema applied to a value) one check of a call's arguments may
+# take. A recursive model whose branches share one property (anyOf of two objects each with
+# an "and" of the model) makes them 2**depth for arguments nested that deep: without a bound
+# an agent's deep arguments held a web worker for hours. A legitimate check of the largest
+# body takes a fraction of it.
+MAX_CHECK_STEPS = 250_000
+_steps_left: ContextVar[list[int] | None] = ContextVar("schema_steps_left", default=None)
+
+
+class TooComplex(Exception):
+    """A check took more than ``MAX_CHECK_STEPS`` steps."""
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        left = _steps_left.get()
+        if left is not None:
+            left[0] -= 1
+            if left[0] < 0:
+                raise TooComplex
+        return keyword(validator, value, instance, schema)
+
+    return counted
+
+
+# Draft 2020-12, each keyword counting its steps while a check's budget is set.
+_Bounded = validators.extend(
+    Draft202012Validator, {name: _counted(k) for name, k in Draft202012Validator.VALIDATORS.items()}
+)
+
+
 @lru_cache(maxsize=256)
 def _validator(schema_json: bytes) -> Draft202012Validator:
     schema = json.loads(schema_json)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=FormatChecker(), registry=_NOTHING_FETCHED)
+    return _Bounded(schema, format_checker=FormatChecker(), registry=_NOTHING_FETCHED)  # type: ignore[no-any-return]
 
 
 def validator_for(schema: Mapping[str, Any]) -> Draft202012Validator:
@@ -78,12 +110,22 @@ def validate_arguments(
     """
     sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
     found: list[ArgumentError] = []
+    budget = _steps_left.set([MAX_CHECK_STEPS])
     try:
         for error in validator_for(schema).iter_errors(arguments):
             for parts, message, quotes_instance in _located(error):
                 if quotes_instance and _under_sensitive(parts, sensitive):
                     message = f"The value at {json_path(parts)} is not valid ({error.validator})."
                 found.append(ArgumentError(json_path(parts), message, str(error.validator)))
+    except (TooComplex, RecursionError):
+        return [
+            ArgumentError(
+                "$",
+                "The arguments are nested too deep for the tool's schema to be checked in "
+                "time; send them less deeply nested.",
+                "complexity",
+            )
+        ]
     except Unresolvable:
         # A schema stored before references outside it were refused (``schema_problems``).
         return [
@@ -94,6 +136,8 @@ def validate_arguments(
                 "$ref",
             )
         ]
+    finally:
+        _steps_left.reset(budget)
     found.sort(key=lambda e: (e.path, e.validator, e.message))
     return found
 
@@ -180,31 +224,47 @@ def has_argument_path(schema: Mapping[str, Any], dotted: str) -> bool:
     ``allOf`` branches and local ``$ref``s count.
     """
     parts = [p for p in dotted.split(".") if p]
-    return bool(parts) and _path_exists(schema, parts, root=schema, depth=0)
+    return bool(parts) and _path_exists(schema, parts, root=schema, depth=0, asked=set())
 
 
-def _path_exists(schema: Any, parts: list[str], *, root: Mapping[str, Any], depth: int) -> bool:
+def _path_exists(
+    schema: Any,
+    parts: list[str],
+    *,
+    root: Mapping[str, Any],
+    depth: int,
+    asked: set[tuple[int, int]],
+) -> bool:
     if not parts:
         return True
     if not isinstance(schema, Mapping) or depth > 32:
         return False
+    # Each schema asked once for the same rest of the path: branches that share a
+    # definition (anyOf of it twice, a recursive model) were walked 2**depth times.
+    if (id(schema), len(parts)) in asked:
+        return False
+    asked.add((id(schema), len(parts)))
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target: Any = root
         for key in ref[2:].split("/"):
             target = target.get(key) if isinstance(target, Mapping) else None
-        if _path_exists(target, parts, root=root, depth=depth + 1):
+        if _path_exists(target, parts, root=root, depth=depth + 1, asked=asked):
             return True
     for keyword in ("anyOf", "oneOf", "allOf"):
         for branch in schema.get(keyword) or []:
-            if _path_exists(branch, parts, root=root, depth=depth + 1):
+            if _path_exists(branch, parts, root=root, depth=depth + 1, asked=asked):
                 return True
     items = schema.get("items")
-    if isinstance(items, Mapping) and _path_exists(items, parts, root=root, depth=depth + 1):
+    if isinstance(items, Mapping) and _path_exists(
+        items, parts, root=root, depth=depth + 1, asked=asked
+    ):
         return True
     properties = schema.get("properties")
     if isinstance(properties, Mapping) and parts[0] in properties:
-        return _path_exists(properties[parts[0]], parts[1:], root=root, depth=depth + 1)
+        return _path_exists(
+            properties[parts[0]], parts[1:], root=root, depth=depth + 1, asked=asked
+        )
     return False
 
 
@@ -213,10 +273,15 @@ def argument_paths(schema: Mapping[str, Any], *, limit: int = 500) -> list[str]:
     children, walked as ``has_argument_path`` walks them: arrays transparently, ``anyOf``/
     ``oneOf``/``allOf`` branches and local ``$ref``s. For the admin's sensitive-field picker."""
     found: list[str] = []
+    walked: set[tuple[int, tuple[str, ...]]] = set()
 
     def walk(node: Any, prefix: tuple[str, ...], depth: int) -> None:
         if not isinstance(node, Mapping) or depth > 32 or len(found) >= limit:
             return
+        # Each schema walked once under the same path (see _path_exists).
+        if (id(node), prefix) in walked:
+            return
+        walked.add((id(node), prefix))
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/"):
             target: Any = schema

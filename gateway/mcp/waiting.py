@@ -194,19 +194,46 @@ def request_key(agent_id: int, session_id: str, request_id: str | int | None) ->
     return coordination.key("mcp-request", agent_id, session_id, json.dumps(request_id))
 
 
+# How long a cancel is kept for a request that does not wait yet: the client's cancel and
+# its request travel on two connections, and the cancel may be read first (the official
+# client's, a few milliseconds after the request, was).
+CANCEL_SECONDS = 60
+
+
 async def cancel(request: str) -> None:
-    """End the wait of ``request``, wherever it waits (nothing if none does, or if Redis
-    fails: the wait then ends as it would have, with its call or its client)."""
+    """End the wait of ``request``, wherever it waits, or as soon as it starts waiting
+    (nothing if Redis fails: the wait then ends as it would have, with its call or its
+    client)."""
     if coordination.shared():
         with contextlib.suppress(redis.RedisError):
-            await run_sync(coordination.redis_client().publish, request, "cancelled")
+            await run_sync(_mark_and_publish, request)
         return
     if (cancelled := _local_waits.get(request)) is not None:
         cancelled.set()
+        return
+    now = time.monotonic()
+    for stale in [r for r, until in _local_cancels.items() if until <= now]:
+        del _local_cancels[stale]
+    _local_cancels[request] = now + CANCEL_SECONDS
 
 
-# The embedded mode's requests waiting, by their request_key: one process, one event loop.
+def _mark_and_publish(request: str) -> None:
+    # Marked before it is published, and a wait reads the mark after it subscribes: one of
+    # the two reaches it, whichever comes first.
+    pipe = coordination.redis_client().pipeline(transaction=False)
+    pipe.set(_cancel_mark(request), 1, ex=CANCEL_SECONDS)
+    pipe.publish(request, "cancelled")
+    pipe.execute()
+
+
+def _cancel_mark(request: str) -> str:
+    return f"{request}:cancelled"
+
+
+# The embedded mode's requests waiting, by their request_key: one process, one event loop;
+# and the cancels that came before their request waited (request_key -> until when kept).
 _local_waits: dict[str, anyio.Event] = {}
+_local_cancels: dict[str, float] = {}
 
 
 async def _poll(seconds: float) -> None:
@@ -224,6 +251,8 @@ async def _wake_ups(
         cancelled = anyio.Event()
         if request is not None:
             _local_waits[request] = cancelled
+            if _local_cancels.pop(request, 0) > time.monotonic():
+                cancelled.set()
 
         async def poll(seconds: float) -> None:
             with anyio.move_on_after(min(seconds, POLL_SECONDS)):
@@ -248,6 +277,13 @@ async def _wake_ups(
             logger.warning("waiting on call %s falls back to polling: Redis failed", call_id)
             yield _poll
             return
+        if request is not None:
+            try:
+                cancelled_before = await client.delete(_cancel_mark(request))
+            except redis.RedisError:
+                cancelled_before = 0
+            if cancelled_before:
+                raise Cancelled
 
         async def next_message(seconds: float) -> None:
             end = time.monotonic() + seconds

@@ -27,6 +27,7 @@ from tools_registry import sources
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
+from tools_registry.schemas import validate_arguments
 from tools_registry.services.policies import update_policy
 from tools_registry.services.upstreams import (
     edit_imported_tool,
@@ -348,6 +349,70 @@ def test_an_mcp_schema_a_validator_cannot_get_through_is_left_out(
     assert why in report.skipped[0]
 
 
+def test_an_mcp_schema_of_a_tree_is_imported_and_checks_its_calls(world: World) -> None:
+    """A recursive model (a pydantic ``children: list[Node]``, a zod ``z.lazy`` filter of
+    and/or) is a cycle a validator follows one level of the arguments at a time: imported,
+    its calls checked, unlike an ``anyOf`` of itself."""
+    node = {"$ref": "#/$defs/Node"}
+    schema = {
+        "type": "object",
+        "properties": {"tree": node},
+        "required": ["tree"],
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": node},
+                },
+                "required": ["name"],
+            }
+        },
+    }
+    listed = [types.Tool(name="plant", description="Plant a tree.", input_schema=schema)]
+    upstream = register_upstream(name="trees", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    report = sync_upstream(
+        upstream=upstream, enable_new=True, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+    )
+    assert report.skipped == [], report.skipped
+    assert report.imported == ["trees__plant"]
+    arguments = {"tree": {"name": "a", "children": [{"name": "b", "children": [{"name": 3}]}]}}
+    errors = validate_arguments(Tool.objects.get(name="trees__plant").input_schema, arguments)
+    assert [e.path for e in errors] == ["$.tree.children[0].children[0].name"]
+
+
+def test_a_recursive_model_branching_at_each_level_is_walked_at_once(
+    world: World, admin_client: Client
+) -> None:
+    """Eight branches at each level of a recursive filter, each back to the filter: the
+    admin's page of the tool walked its argument paths 8**8 times (each schema is now walked
+    once per path), and a check of deep arguments took 8**depth steps (now bounded)."""
+    node = {"$ref": "#/$defs/Filter"}
+    branches = [{"properties": {"and": {"type": "array", "items": node}}} for _ in range(8)]
+    filter_ = {"type": "object", "anyOf": branches, "properties": {"field": {"type": "string"}}}
+    schema = {"type": "object", "properties": {"q": node}, "$defs": {"Filter": filter_}}
+    listed = [types.Tool(name="find", description="Find.", input_schema=schema)]
+    upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    report = sync_upstream(
+        upstream=upstream, enable_new=True, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+    )
+    assert report.imported == ["crm__find"], report.skipped
+    tool = Tool.objects.get(name="crm__find")
+    started = time.monotonic()
+    page = admin_client.get(f"/admin/tools_registry/tool/{tool.pk}/change/")
+    assert page.status_code == 200
+    assert time.monotonic() - started < 5
+    assert validate_arguments(tool.input_schema, {"q": {"and": [{"field": "a"}]}}) == []
+    # Each "and" tried by all eight branches: 8**depth steps for arguments nested deep.
+    deep: dict[str, Any] = {"field": 1}
+    for _ in range(12):
+        deep = {"and": [deep]}
+    started = time.monotonic()
+    refused = validate_arguments(tool.input_schema, {"q": deep})
+    assert time.monotonic() - started < 10
+    assert [(e.path, e.validator) for e in refused] == [("$", "complexity")]
+
+
 def test_a_document_that_moves_its_server_to_another_host_switches_its_tools_off(
     world: World,
 ) -> None:
@@ -436,6 +501,30 @@ def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> N
         add("ghost2", "--mcp", f"{closed}/mcp")
     assert not Tool.objects.filter(upstream__isnull=False).exists()
     assert AuditEvent.objects.filter(action="upstream.sync_failed").count() == 2
+
+
+def test_a_failure_quoting_a_nul_is_kept_as_the_upstreams_last_error(world: World) -> None:
+    """A document whose $ref holds a NUL: the failure quoted it, and storing the upstream's
+    last error failed in turn (DataError: the admin's sync a 500, the command a traceback)."""
+    schema = {"$ref": "#/components/schemas/\u0000card"}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "Cards", "version": "1"},
+        "servers": [{"url": "http://cards.invalid"}],
+        "paths": {"/cards": {"post": {"operationId": "add_card", "requestBody": {
+            "content": {"application/json": {"schema": schema}}}}}},
+    }  # fmt: skip
+    upstream = register_upstream(
+        name="cards", kind=Upstream.Kind.OPENAPI, url="http://cards.invalid/openapi.json"
+    )
+
+    def reader(u: Upstream) -> Any:
+        return upstream_openapi.offer(document, upstream=u.name, document_url=u.url, base_url="")
+
+    with pytest.raises(ImportFailed, match="cannot be resolved"):
+        sync_upstream(upstream=upstream, reader=reader)
+    assert "\ufffdcard" in Upstream.objects.get(name="cards").last_sync_error
+    assert AuditEvent.objects.filter(action="upstream.sync_failed").count() == 1
 
 
 def test_a_broken_document_leaves_the_earlier_tools_untouched(

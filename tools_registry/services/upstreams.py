@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.log import record
+from core.json_values import storable
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for, policy_values
 from tools_registry.registry import tool_version
@@ -229,6 +230,9 @@ def sync_upstream(
         offer = reader(upstream)
     except (ImportFailed, secrets.SecretsUnreadable) as failure:
         message = failure.message if isinstance(failure, ImportFailed) else str(failure)
+        # It may quote the upstream (a $ref, a server's error): storable, or the failure to
+        # store it would be the sync's only answer.
+        message = storable(message)
         with transaction.atomic():
             Upstream.objects.filter(pk=upstream.pk).update(last_sync_error=message[:2000])
             record(
@@ -263,14 +267,17 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
         .filter(upstream=upstream, available=True)
         .exclude(name__in=offered)
     )
+    # Offered but left out (its schema, its name...): the trail says why, not only "gone".
+    left_out = dict(reason.split(": ", 1) for reason in offer.skipped if ": " in reason)
     for tool in gone:
         tool.available = False
         tool.enabled = False
         tool.policy_version += 1
         tool.save(update_fields=["available", "enabled", "policy_version", "updated_at"])
-        record(
-            action="tool.removed_upstream", actor=actor, tool=tool, data={"upstream": upstream.name}
-        )
+        data = {"upstream": upstream.name}
+        if tool.name in left_out:
+            data["left_out"] = left_out[tool.name][:300]
+        record(action="tool.removed_upstream", actor=actor, tool=tool, data=data)
         report.removed.append(tool.name)
     Upstream.objects.filter(pk=upstream.pk).update(
         last_synced_at=timezone.now(), last_sync_error=""

@@ -63,9 +63,10 @@ def object_schema_problems(schema: Any) -> list[str]:
 def expansion_problems(schema: Any) -> list[str]:
     """Why a schema that keeps its ``$ref``s (an MCP server's) cannot check a tool's
     arguments, its references followed as a validator follows them on every call: one that
-    contains itself (an ``anyOf`` of itself is followed without end, at the same place of
-    the arguments) or that expands past ``MAX_EXPANDED_NODES`` (each step using the one
-    before twice). The rule an OpenAPI operation's schema meets as its $refs are resolved."""
+    reaches itself without going a level deeper into the arguments (an ``anyOf`` of itself,
+    followed at the same place without end), or that expands past ``MAX_EXPANDED_NODES``
+    (each step using the one before twice). A recursive model (a tree whose children are
+    nodes) is fine: a validator follows it one level of the arguments at a time."""
 
     def fetch_nothing(uri: str) -> Any:
         raise ValueError(f"{uri[:100]!r} is outside the schema.")
@@ -76,8 +77,11 @@ def expansion_problems(schema: Any) -> list[str]:
         )
     except (jsonref.JsonRefError, RecursionError) as exc:
         return [f"its $refs cannot be resolved: {str(exc)[:200]}"]
-    if refers_to_itself(resolved):
-        return ["its schema refers to itself, which a tool's arguments cannot"]
+    if loops_in_place(resolved):
+        return [
+            "its schema refers to itself without going a level deeper into the arguments, "
+            "so checking a call would never end"
+        ]
     if expanded_size(resolved) > MAX_EXPANDED_NODES:
         return [f"its schema expands to more than {MAX_EXPANDED_NODES} nodes"]
     return []
@@ -138,17 +142,72 @@ def refers_to_itself(value: Any) -> bool:
 
 def expanded_size(value: Any, limit: int = MAX_EXPANDED_NODES) -> int:
     """How many nodes ``value`` has written out (the objects $refs or YAML aliases resolve
-    to counted each time they are used), counted only up to just past ``limit``: a walk
-    that stops."""
-    count, stack = 0, [value]
+    to counted each time they are used; a $ref back to a schema being written out, once),
+    counted only up to just past ``limit``: a walk that stops."""
+    count, on_path = 0, set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
     while stack and count <= limit:
-        item = stack.pop()
+        item, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(item))
+            continue
         count += 1
+        if not isinstance(item, dict | list) or id(item) in on_path:
+            continue
+        on_path.add(id(item))
+        stack.append((item, True))
+        stack.extend(
+            (child, False) for child in (item.values() if isinstance(item, dict) else item)
+        )
+    return count
+
+
+# The keywords whose schemas apply to the value itself, not to a part of it (a property's
+# value, an item): a loop through these alone is followed at one place of the arguments.
+_IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
+_IN_PLACE_ONES = ("not", "if", "then", "else")
+
+
+def _in_place(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [b for k in _IN_PLACE_LISTS if isinstance(node.get(k), list) for b in node[k]]
+    found += [node[k] for k in _IN_PLACE_ONES if k in node]
+    dependent = node.get("dependentSchemas")
+    if isinstance(dependent, dict):
+        found += list(dependent.values())
+    return [b for b in found if isinstance(b, dict)]
+
+
+def loops_in_place(value: Any) -> bool:
+    """Whether a resolved schema reaches one of its schemas again through keywords that
+    apply to the same value only (``anyOf`` of itself): a loop a validator never leaves."""
+    schemas: dict[int, dict[str, Any]] = {}
+    stack: list[Any] = [value]
+    while stack:  # every schema object in it, each once
+        item = stack.pop()
         if isinstance(item, dict):
-            stack.extend(item.values())
+            if id(item) not in schemas:
+                schemas[id(item)] = item
+                stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return count
+    state: dict[int, bool] = {}  # False: on the path being walked; True: done
+    for start in schemas.values():
+        if id(start) in state:
+            continue
+        state[id(start)] = False
+        path = [(start, iter(_in_place(start)))]
+        while path:
+            node, branches = path[-1]
+            branch = next(branches, None)
+            if branch is None:
+                state[id(node)] = True
+                path.pop()
+            elif state.get(id(branch)) is False:
+                return True
+            elif id(branch) not in state:
+                state[id(branch)] = False
+                path.append((branch, iter(_in_place(branch))))
+    return False
 
 
 def _holds_nul(value: Any) -> bool:

@@ -16,9 +16,11 @@ import httpx
 import mcp_types as types
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from mcp.shared.exceptions import MCPError
 
 from approvals.models import ToolCall
+from gateway.mcp import waiting
 from tests.conftest import World
 from tests.gateway.mcp.conftest import connected
 from tests.gateway.mcp.test_endpoint import ACCEPT, INITIALIZE, message, post
@@ -167,3 +169,45 @@ def test_a_legacy_client_that_cancels_a_wait_frees_its_place(
 
     anyio.run(main)
     assert seen == [0], "the cancelled request still waits"
+
+
+def test_a_cancel_read_before_its_request_waits_still_ends_the_wait(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """The cancel and its request travel on two connections: the official client's cancel,
+    a few milliseconds after its tasks/result, reached the server first, was published to
+    no one, and the tasks/result then waited until the call ended, holding a place."""
+    call = pending_call(live_world)
+    version = {"MCP-Protocol-Version": "2025-11-25"}
+    opened = post(mcp_web, live_world.token, {**INITIALIZE, "params": {
+        **INITIALIZE["params"], "protocolVersion": "2025-11-25"}})  # type: ignore[dict-item]  # fmt: skip
+    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], **version}
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}
+    assert post(mcp_web, live_world.token, cancel, **session).status_code == 202
+
+    wait = {"jsonrpc": "2.0", "id": 7, "method": "tasks/result", "params": {"taskId": str(call.pk)}}
+    try:
+        answered = httpx.post(f"{mcp_web.url}/mcp", content=json.dumps(wait).encode(), timeout=8,
+            headers={**ACCEPT, "Authorization": f"Bearer {live_world.token}", **session})  # fmt: skip
+    except httpx.ReadTimeout:
+        pytest.fail("the request its client cancelled still waits")
+    assert message(answered)["error"]["message"] == "The request was cancelled.", answered.text
+    assert subscribers(str(call.pk)) == 0
+
+
+def test_a_cancel_before_its_request_waits_ends_the_wait_in_the_embedded_mode(
+    live_world: World,
+) -> None:
+    call = pending_call(live_world)
+    request = waiting.request_key(live_world.agent.pk, "mcp-session", 7)
+    assert request is not None
+
+    async def main() -> None:
+        await waiting.cancel(request)
+        with anyio.fail_after(5):
+            await waiting.until_settled(
+                agent=live_world.agent, call_id=call.pk, timeout=30, request=request
+            )
+
+    with override_settings(REDIS_URL=""), pytest.raises(waiting.Cancelled):
+        anyio.run(main)
