@@ -426,11 +426,8 @@ def test_a_rerun_refused_for_now_leaves_the_earlier_attempts_outcome_open(
     assert other.status == Status.FAILED
 
 
-def test_a_call_escalated_as_its_downstream_could_not_be_asked_is_rerun_once_it_can(
-    world: World, settings: Any
-) -> None:
-    """Escalated only because the lookup failed (the downstream down for a minute): asked
-    again later, no effect under its key, and the tool honours keys: it runs again."""
+def escalated_while_the_downstream_is_down(world: World) -> ToolCall:
+    """An unknown call the check escalated only because its lookup failed."""
     call = unknown_call(world)
     spec = registry.get(call.tool.name)
     lookup = spec.lookup_fn
@@ -443,6 +440,15 @@ def test_a_call_escalated_as_its_downstream_could_not_be_asked_is_rerun_once_it_
         assert sweeps.reconcile_unknown() == {"escalated": 1}
     finally:
         spec.lookup_fn = lookup
+    return call
+
+
+def test_a_call_escalated_as_its_downstream_could_not_be_asked_is_rerun_once_it_can(
+    world: World, settings: Any
+) -> None:
+    """Escalated only because the lookup failed (the downstream down for a minute): asked
+    again later, no effect under its key, and the tool honours keys: it runs again."""
+    call = escalated_while_the_downstream_is_down(world)
     later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
     assert sweeps.reconcile_unknown(now=later) == {"rerun": 1}
     call.refresh_from_db()
@@ -474,18 +480,7 @@ def test_a_stop_and_resume_between_two_checks_does_not_rerun_an_escalated_call(
     person, so the check that finds no effect does not re-run it."""
     from tools_registry.services import resume_agent
 
-    call = unknown_call(world)
-    spec = registry.get(call.tool.name)
-    lookup = spec.lookup_fn
-
-    def down(ctx: Any) -> Any:
-        raise ConnectionError("the downstream is down for a minute")
-
-    spec.lookup_fn = down
-    try:
-        assert sweeps.reconcile_unknown() == {"escalated": 1}
-    finally:
-        spec.lookup_fn = lookup
+    call = escalated_while_the_downstream_is_down(world)
     stop_agent(agent=world.agent, reason="incident")
     resume_agent(agent=world.agent, note="false alarm")
     later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
