@@ -271,6 +271,19 @@ def test_a_read_answered_unavailable_waits_for_its_retry_after(
     assert slept == [5.0], "the longer of the backoff (at most 0.5 s) and Retry-After: 5"
 
 
+@pytest.mark.parametrize(("said", "heeded"), [("86400", 300.0), ("inf", 0.5), ("nan", 0.5)])
+def test_a_retry_after_from_a_proxy_is_heeded_up_to_five_minutes(
+    monkeypatch: pytest.MonkeyPatch, said: str, heeded: float
+) -> None:
+    """A proxy's Retry-After of a day held the step a day; "inf" raised OverflowError."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    busy = httpx.Response(503, text="busy", headers={"Retry-After": said})
+    cs = scripted(busy, httpx.Response(200, json=[]))
+    assert cs.tools() == []
+    assert len(slept) == 1 and slept[0] <= heeded
+
+
 def test_an_internal_error_on_a_write_is_retried_with_backoff_and_the_same_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -356,3 +369,104 @@ def test_an_error_keeps_the_whole_answer() -> None:
         scripted(httpx.Response(502, text=proxy_page)).cancel(CALL_ID)
     assert failed.value.code == "http_error"
     assert failed.value.body == proxy_page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_without_an_answer_names_its_step_so_the_same_process_can_resume_it(
+    live_world: World, live_server: Any
+) -> None:
+    """An agent that catches the TransportError and, as told, runs the step again in the
+    same process needs the step's name: an unnamed call made again is step #2, a new key,
+    a second e-mail. The error names the step, and that step replays the first call."""
+    lost: list[str] = []
+
+    def lose_the_first_answer(response: httpx.Response) -> None:
+        if response.request.method == "POST" and not lost:
+            lost.append(response.request.headers["Idempotency-Key"])
+            raise httpx.ReadError("connection reset by peer")
+
+    hooks = {"response": [lose_the_first_answer]}
+    with Countersign(
+        live_server.url, live_world.token, state=MemoryState(), event_hooks=hooks
+    ) as cs:
+        with pytest.raises(TransportError) as no_answer:
+            cs.call("send_email", EMAIL_ARGS, session_id="s1", wait_timeout=1)
+        assert (no_answer.value.session_id, no_answer.value.step) == ("s1", "#1")
+        assert no_answer.value.idempotency_key == lost[0]
+        assert "step='#1'" in str(no_answer.value)
+        again = cs.submit("send_email", EMAIL_ARGS, session_id="s1", step=no_answer.value.step)
+    assert again["id"] == str(ToolCall.objects.get().pk)
+
+
+def test_a_proxys_5xx_to_a_write_is_asked_again_with_the_same_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load balancer's 502/504 (BEHIND_PROXY) is no answer from Countersign: the write
+    may have been received. Asked again with the same key, like internal_error; never a
+    non-retryable ApiError the agent would take for a refusal."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    sent: list[httpx.Request] = []
+    gateway_timeout = httpx.Response(504, text="<html><body>504 Gateway Time-out</body></html>")
+    bad_gateway = httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>")
+    pending = httpx.Response(202, json={"id": CALL_ID, "status": "pending"})
+    cs = scripted(gateway_timeout, bad_gateway, pending, sent=sent)
+    assert cs.submit("send_email", EMAIL_ARGS, session_id="s1")["id"] == CALL_ID
+    assert len(sent) == 3
+    assert len({request.headers["Idempotency-Key"] for request in sent}) == 1
+
+    async def submit() -> dict[str, Any]:
+        answers = iter(
+            [
+                httpx.Response(504, text="<html><body>504 Gateway Time-out</body></html>"),
+                httpx.Response(202, json={"id": CALL_ID, "status": "pending"}),
+            ]
+        )
+        async with AsyncCountersign(
+            "http://cs",
+            "token",
+            state=MemoryState(),
+            transport=httpx.MockTransport(lambda request: next(answers)),
+        ) as acs:
+            return await acs.submit("send_email", EMAIL_ARGS, session_id="s1")
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    assert asyncio.run(submit())["id"] == CALL_ID
+
+
+def test_a_proxys_5xx_that_outlasts_the_retries_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(time, "sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    bad_gateway = httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>")
+    cs = scripted(*[bad_gateway] * 50)
+    with pytest.raises(TransportError) as no_answer:
+        cs.submit("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+    assert no_answer.value.step == "mail"
+
+
+def test_a_wait_that_runs_out_raises_wait_timeout_with_a_single_read_attempt(
+    silent_server: str,
+) -> None:
+    """The last long-poll's timeout is cut to the wait's deadline: its running out is the
+    wait's budget ending, WaitTimeout, not Countersign failing to answer."""
+    with (
+        Countersign(
+            silent_server, "token", state=MemoryState(), timeout=0.5, read_attempts=1
+        ) as cs,
+        pytest.raises(errors.WaitTimeout),
+    ):
+        cs.wait(CALL_ID, timeout=1, seen="pending")
+
+    async def wait() -> None:
+        async with AsyncCountersign(
+            silent_server, "token", state=MemoryState(), timeout=0.5, read_attempts=1
+        ) as acs:
+            await acs.wait(CALL_ID, timeout=1, seen="pending")
+
+    with pytest.raises(errors.WaitTimeout):
+        asyncio.run(wait())

@@ -7,9 +7,11 @@ Retry rules (the server's ``retryable`` decides):
   ``read_attempts``; a tool's refusal (``tool_failed``, 422, ``retryable: false``) is
   raised at once with its ``tool_code``;
 * ``idempotency_key_in_use`` (409), ``unavailable`` (503) and ``internal_error`` (500) are
-  asked again with the same key: the key makes that safe for writes too;
+  asked again with the same key: the key makes that safe for writes too; so is a 5xx that
+  is not Countersign's (a proxy's 502/504: the request may have reached Countersign), and
+  one that outlasts the retries is no answer (``TransportError``);
 * a request that got no answer is sent again with the same key for a read; for a write it
-  raises ``TransportError`` (run the step again: same key, same call);
+  raises ``TransportError``, naming the step (run it again: same key, same call);
 * a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``;
 * everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
   agent to decide.
@@ -21,6 +23,8 @@ carries its deadline into every request and pause, so none of them outlasts it.
 """
 
 from __future__ import annotations
+
+import math
 
 import random
 import threading
@@ -101,7 +105,27 @@ def code_of(response: httpx.Response) -> str:
 
 
 def retry_same_key(response: httpx.Response) -> bool:
-    return response.status_code >= 409 and code_of(response) in SAME_KEY_CODES
+    return (
+        response.status_code >= 409 and code_of(response) in SAME_KEY_CODES
+    ) or not_countersigns(response)
+
+
+def not_countersigns(response: httpx.Response) -> bool:
+    """A server failure without Countersign's error body: a proxy or load balancer in front
+    answered (502, 504...), so Countersign may have received the request, or not."""
+    return response.status_code >= 500 and not code_of(response)
+
+
+def no_answer(what: str, state: StateStore, session_id: str, name: str) -> errors.TransportError:
+    """The error of a step that got no answer, naming the step to run again: an unnamed
+    call made again would be the session's next step, with a new key."""
+    return errors.TransportError(
+        f"{what}; run step {name!r} of session {session_id!r} again (step={name!r}): "
+        "its key gets the same call",
+        session_id=session_id,
+        step=name,
+        idempotency_key=state.step(session_id, name).get("key"),
+    )
 
 
 def retry_read(response: httpx.Response) -> bool:
@@ -114,12 +138,19 @@ def pause(response: httpx.Response, base: float, attempt: int) -> float:
     return max(backoff(base, attempt), retry_after_seconds(response))
 
 
+# The longest Retry-After heeded: Countersign asks for seconds; a proxy in front may say
+# anything (a day, "inf"), and a step must not sleep that long, or fail on it.
+MAX_RETRY_AFTER = 300.0
+
+
 def retry_after_seconds(response: httpx.Response) -> float:
-    """The answer's Retry-After in seconds; 0 when it has none, or one given as a date."""
+    """The answer's Retry-After in seconds, at most ``MAX_RETRY_AFTER``; 0 when it has none,
+    one given as a date, or one that is no number of seconds."""
     try:
-        return max(0.0, float(response.headers.get("Retry-After", 0)))
+        seconds = float(response.headers.get("Retry-After", 0))
     except ValueError:
         return 0.0
+    return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else 0.0
 
 
 def fresh_key_retry(exc: errors.ApiError) -> bool:

@@ -115,7 +115,10 @@ class Countersign:
                 time.sleep(_core.backoff(self.backoff, attempt))
                 attempt += 1
         if call["status"] not in TERMINAL:
-            call = self.wait(call["id"], timeout=wait_timeout, seen=call["status"])
+            try:
+                call = self.wait(call["id"], timeout=wait_timeout, seen=call["status"])
+            except errors.TransportError as exc:
+                raise _core.no_answer(str(exc), self.state, session_id, name) from exc
         _core.record(self.state, session_id, name, call)
         return outcome(call)
 
@@ -157,14 +160,22 @@ class Countersign:
                     time.sleep(_core.backoff(self.backoff, attempt))
                     attempt += 1
                     continue
-                raise errors.TransportError(
-                    f"no answer to the {tool} proposal ({exc}); run the step again to resume"
+                raise _core.no_answer(
+                    f"no answer to the {tool} proposal ({exc})", self.state, session_id, name
                 ) from exc
             left = deadline - time.monotonic()
             if _core.retry_same_key(response) and left > 0:
                 same_key_retries += 1
                 time.sleep(min(_core.pause(response, self.backoff, same_key_retries), left))
                 continue
+            if _core.not_countersigns(response):
+                raise _core.no_answer(
+                    f"no answer to the {tool} proposal from Countersign (HTTP "
+                    f"{response.status_code} from in front of it)",
+                    self.state,
+                    session_id,
+                    name,
+                )
             call = _core.parse(response)
             _core.record(self.state, session_id, name, call)
             return dict(call)
@@ -233,12 +244,15 @@ class Countersign:
         """GET ``path``, asking again as ``_core`` says; with a ``deadline``, no request or
         pause outlasts it (``DeadlinePassed``)."""
         attempt = 1
+        limit = timeout or self._timeout
         while True:
+            cut = _core.within(limit, deadline)
             try:
-                response = self._http.get(
-                    path, params=params, timeout=_core.within(timeout or self._timeout, deadline)
-                )
+                response = self._http.get(path, params=params, timeout=cut)
             except httpx.TransportError as exc:
+                if isinstance(exc, httpx.TimeoutException) and cut < limit:
+                    # Its time was what the deadline left: the wait ran out, not Countersign.
+                    raise _core.DeadlinePassed() from exc
                 if attempt >= self.read_attempts:
                     raise errors.TransportError(f"GET {path} failed: {exc}") from exc
                 pause = _core.backoff(self.backoff, attempt)

@@ -270,7 +270,24 @@ ERRORS_BY_CODE: dict[str, type[ApiError]] = {
 
 class TransportError(CountersignError):
     """Countersign could not be reached or did not answer. A write may or may not have been
-    received: run the same step again; its stored Idempotency-Key makes that safe."""
+    received: run the same step again; its stored Idempotency-Key makes that safe.
+
+    Raised by ``call``/``submit``, it names the step (``session_id``, ``step``, and the
+    step's ``idempotency_key``): an unnamed call made again is the session's next step, with
+    a new key, so resume with ``step=exc.step``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        session_id: str | None = None,
+        step: str | None = None,
+        idempotency_key: str | None = None,
+    ):
+        super().__init__(message)
+        self.session_id = session_id
+        self.step = step
+        self.idempotency_key = idempotency_key
 
 
 class CallEnded(CountersignError):
