@@ -25,7 +25,6 @@ carries its deadline into every request and pause, so none of them outlasts it.
 from __future__ import annotations
 
 import math
-
 import random
 import threading
 import time
