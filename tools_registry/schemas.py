@@ -62,6 +62,9 @@ _NOTHING_FETCHED: Registry[Any] = Registry()
 # an agent's deep arguments held a web worker for hours. A legitimate check of the largest
 # body takes a fraction of it.
 MAX_CHECK_STEPS = 250_000
+# ... or this many steps per value checked, if more: a flat list of 100,000 small numbers,
+# three keywords each, is a legitimate body that needs more than the bound above.
+STEPS_PER_VALUE = 8
 _steps_left: ContextVar[list[int] | None] = ContextVar("schema_steps_left", default=None)
 
 
@@ -98,6 +101,32 @@ def validator_for(schema: Mapping[str, Any]) -> Draft202012Validator:
     return _validator(canonical_json(schema))
 
 
+def _steps_for(value: Any) -> int:
+    """The steps a check of ``value`` may take: ``MAX_CHECK_STEPS``, or more for a big one."""
+    values, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        values += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return max(MAX_CHECK_STEPS, STEPS_PER_VALUE * values)
+
+
+def fits(schema: Mapping[str, Any], value: Any) -> bool:
+    """Whether ``value`` fits ``schema``, checked within ``MAX_CHECK_STEPS`` as arguments
+    are: one that takes longer does not fit (a recursive output schema and a deep result
+    made 2**depth steps, on the MCP server's event loop)."""
+    budget = _steps_left.set([_steps_for(value)])
+    try:
+        return bool(validator_for(schema).is_valid(value))
+    except (TooComplex, RecursionError):
+        return False
+    finally:
+        _steps_left.reset(budget)
+
+
 def validate_arguments(
     schema: Mapping[str, Any], arguments: Any, *, sensitive_fields: Iterable[str] = ()
 ) -> list[ArgumentError]:
@@ -110,7 +139,7 @@ def validate_arguments(
     """
     sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
     found: list[ArgumentError] = []
-    budget = _steps_left.set([MAX_CHECK_STEPS])
+    budget = _steps_left.set([_steps_for(arguments)])
     try:
         for error in validator_for(schema).iter_errors(arguments):
             for parts, message, quotes_instance in _located(error):
@@ -121,8 +150,8 @@ def validate_arguments(
         return [
             ArgumentError(
                 "$",
-                "The arguments are nested too deep for the tool's schema to be checked in "
-                "time; send them less deeply nested.",
+                "The arguments are nested too deep (or are too many) for the tool's schema "
+                "to be checked in time; send them less deeply nested.",
                 "complexity",
             )
         ]

@@ -22,7 +22,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from tools_registry.schemas import validator_for
+from tools_registry.schemas import fits
 
 JSON = dict[str, Any]
 
@@ -220,4 +220,4 @@ def _accepts_null(schema: Any, root: Mapping[str, Any]) -> bool:
         return False
     # Judged with the root's definitions at hand, so a local $ref inside resolves.
     judged = {"$defs": root.get("$defs", {}), **schema}
-    return bool(validator_for(judged).is_valid(None))
+    return fits(judged, None)

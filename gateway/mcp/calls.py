@@ -48,7 +48,7 @@ from gateway.mcp.state import CallState
 from tools_registry import sql as registry_sql
 from tools_registry.models import Agent
 from tools_registry.policy import Risk
-from tools_registry.schemas import validator_for
+from tools_registry.schemas import fits
 from tools_registry.services.tokens import authenticate_token
 
 WAIT_TOOL = "countersign_wait"
@@ -320,7 +320,7 @@ def settled_result(call: CallState) -> types.CallToolResult:
     """The final answer of a call that ended: its result, or why it has none."""
     if call.status == Status.SUCCEEDED:
         result = call.body.get("result") or {}
-        if call.output_schema and not validator_for(call.output_schema).is_valid(result):
+        if call.output_schema and not fits(call.output_schema, result):
             # MCP clients check a result against the schema tools/list gave and refuse one
             # that does not fit (the official SDK raises): say so instead, result included.
             return error_result({**errors.result_not_as_declared().body(), "call": call.body}, call)

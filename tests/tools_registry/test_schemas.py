@@ -246,3 +246,17 @@ def test_the_version_changes_with_the_description_or_the_schema() -> None:
     assert registry.tool_version("t", "d", dict(GOOD_SCHEMA)) == base
     assert registry.tool_version("t", "d2", GOOD_SCHEMA) != base
     assert registry.tool_version("t", "d", {**GOOD_SCHEMA, "required": []}) != base
+
+
+def test_a_long_flat_list_is_checked_whole_not_refused_as_too_complex() -> None:
+    """128,000 small numbers (a 256 KB body), three keywords each: more steps than the
+    bound that stops a recursive schema's 2**depth, and still a legitimate call."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}}
+        },
+    }
+    assert validate_arguments(schema, {"n": [i % 10 for i in range(128_000)]}) == []
+    refused = validate_arguments(schema, {"n": [*range(9), 10]})
+    assert [(e.path, e.validator) for e in refused] == [("$.n[9]", "maximum")]

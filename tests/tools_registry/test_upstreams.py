@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from io import StringIO
 from typing import Any
 
@@ -15,15 +16,20 @@ import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
 from django.test import Client
+from django.utils import timezone
 from guardian.shortcuts import get_groups_with_perms
 
+from approvals.models import Status
 from audit.models import AuditEvent
+from gateway.mcp import calls as mcp_calls
+from gateway.mcp.state import CallState
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
 from tests.support.web import WebProcess, free_port
 from tools_registry import sources
+from tools_registry.exports import published_output_schema
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
@@ -325,12 +331,46 @@ def _doubling(steps: int) -> list[types.Tool]:
     return [types.Tool(name="search", description="Search.", input_schema=schema)]
 
 
+def _looping_beside_a_ref() -> list[types.Tool]:
+    """The loop held by keywords beside a ``$ref``: 2020-12 applies both, but resolving the
+    ``$ref`` (jsonref) replaced the whole object, keywords beside it dropped unseen."""
+    schema = {
+        "type": "object",
+        "properties": {"f": {"$ref": "#/$defs/F"}},
+        "$defs": {"F": {"$ref": "#/$defs/G", "anyOf": [{"$ref": "#/$defs/F"}]}, "G": {}},
+    }
+    return [types.Tool(name="search", description="Search.", input_schema=schema)]
+
+
+def _doubling_beside_refs(steps: int) -> list[types.Tool]:
+    """``_doubling`` with each step a ``$ref`` and an ``anyOf`` of the same definition."""
+    defs: dict[str, Any] = {"s0": {"type": "string"}}
+    for n in range(1, steps + 1):
+        before = f"#/$defs/s{n - 1}"
+        defs[f"s{n}"] = {"$ref": before, "anyOf": [{"$ref": before}]}
+    schema = {"type": "object", "properties": {"x": {"$ref": f"#/$defs/s{steps}"}}, "$defs": defs}
+    return [types.Tool(name="search", description="Search.", input_schema=schema)]
+
+
+def _looping_through_a_dynamic_ref() -> list[types.Tool]:
+    """``$dynamicRef`` to the schema's own anchor: jsonref leaves it be, a validator follows."""
+    schema = {
+        "type": "object",
+        "$dynamicAnchor": "node",
+        "anyOf": [{"$dynamicRef": "#node"}],
+    }
+    return [types.Tool(name="search", description="Search.", input_schema=schema)]
+
+
 @pytest.mark.parametrize(
     ("listed", "why"),
     [
         (_looping(1), "refers to itself"),
         (_looping(3), "refers to itself"),
         (_doubling(40), "expands"),
+        (_looping_beside_a_ref(), "refers to itself"),
+        (_doubling_beside_refs(40), "expands"),
+        (_looping_through_a_dynamic_ref(), "$dynamicRef"),
     ],
 )
 def test_an_mcp_schema_a_validator_cannot_get_through_is_left_out(
@@ -411,6 +451,48 @@ def test_a_recursive_model_branching_at_each_level_is_walked_at_once(
     refused = validate_arguments(tool.input_schema, {"q": deep})
     assert time.monotonic() - started < 10
     assert [(e.path, e.validator) for e in refused] == [("$", "complexity")]
+
+
+def test_a_result_checked_against_a_recursive_output_schema_is_bounded(world: World) -> None:
+    """A read's recursive output schema (a filter branching two ways, imported since
+    recursive models are): the MCP answer checked the result against it without the step
+    budget, on the server's event loop, 2**depth steps for a result nested deep."""
+    node = {"$ref": "#/$defs/Filter"}
+    branches = [
+        {"properties": {"and": {"type": "array", "items": node}}, "required": ["field"]},
+        {"properties": {"and": {"type": "array", "items": node}}, "required": ["op"]},
+    ]
+    output = {"type": "object", "properties": {"q": node}, "$defs": {"Filter": {"anyOf": branches}}}
+    listed = [
+        types.Tool(
+            name="find",
+            description="Find.",
+            input_schema={"type": "object"},
+            output_schema=output,
+            annotations=types.ToolAnnotations(read_only_hint=True),
+        )
+    ]
+    upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream, enable_new=True, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+    )
+    tool = Tool.objects.get(name="crm__find")
+    assert tool.output_schema == output
+    deep: dict[str, Any] = {"field": 1}
+    for _ in range(20):
+        deep = {"and": [deep]}
+    now = timezone.now()
+    settled = CallState(
+        id=uuid.uuid4(), tool=tool.name, risk="read", status=Status.SUCCEEDED, terminal=True,
+        body={"status": "succeeded", "result": {"q": deep}}, status_message="succeeded",
+        created_at=now, updated_at=now, output_schema=published_output_schema(tool),
+    )  # fmt: skip
+    started = time.monotonic()
+    answer = mcp_calls.settled_result(settled)
+    assert time.monotonic() - started < 10
+    assert answer.is_error is True
+    assert answer.structured_content is not None
+    assert answer.structured_content["error"]["code"] == "result_not_as_declared"
 
 
 def test_a_document_that_moves_its_server_to_another_host_switches_its_tools_off(

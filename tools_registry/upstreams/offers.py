@@ -71,9 +71,12 @@ def expansion_problems(schema: Any) -> list[str]:
     def fetch_nothing(uri: str) -> Any:
         raise ValueError(f"{uri[:100]!r} is outside the schema.")
 
+    if _holds_key(schema, "$dynamicRef"):
+        # Followed by a validator, never by jsonref: a loop through it would go unseen.
+        return ["its schema uses $dynamicRef, which a tool's arguments cannot"]
     try:
         resolved = jsonref.replace_refs(
-            schema, proxies=False, lazy_load=False, loader=fetch_nothing
+            _refs_apart(schema), proxies=False, lazy_load=False, loader=fetch_nothing
         )
     except (jsonref.JsonRefError, RecursionError) as exc:
         return [f"its $refs cannot be resolved: {str(exc)[:200]}"]
@@ -85,6 +88,34 @@ def expansion_problems(schema: Any) -> list[str]:
     if expanded_size(resolved) > MAX_EXPANDED_NODES:
         return [f"its schema expands to more than {MAX_EXPANDED_NODES} nodes"]
     return []
+
+
+def _refs_apart(value: Any) -> Any:
+    """``value`` with each ``$ref`` that has keywords beside it moved into an ``allOf`` of
+    its own (the same schema in 2020-12): jsonref replaces the whole object a ``$ref`` is in,
+    and a loop or a doubling held by the keywords beside it went unseen."""
+    if isinstance(value, dict):
+        out = {key: _refs_apart(child) for key, child in value.items()}
+        if "$ref" in out and len(out) > 1:
+            out["allOf"] = [*(out.get("allOf") or []), {"$ref": out.pop("$ref")}]
+        return out
+    if isinstance(value, list):
+        return [_refs_apart(child) for child in value]
+    return value
+
+
+def _holds_key(value: Any, key: str) -> bool:
+    """Whether ``key`` is a key of an object anywhere in ``value``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if key in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def drop_duplicates(offer: Offer) -> Offer:
