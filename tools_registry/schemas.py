@@ -253,7 +253,7 @@ def has_argument_path(schema: Mapping[str, Any], dotted: str) -> bool:
     ``allOf`` branches and local ``$ref``s count.
     """
     parts = [p for p in dotted.split(".") if p]
-    return bool(parts) and _path_exists(schema, parts, root=schema, depth=0, asked=set())
+    return bool(parts) and _path_exists(schema, parts, root=schema, depth=0, asked={})
 
 
 def _path_exists(
@@ -262,17 +262,19 @@ def _path_exists(
     *,
     root: Mapping[str, Any],
     depth: int,
-    asked: set[tuple[int, int]],
+    asked: dict[tuple[int, int], int],
 ) -> bool:
     if not parts:
         return True
     if not isinstance(schema, Mapping) or depth > 32:
         return False
-    # Each schema asked once for the same rest of the path: branches that share a
+    # Each schema asked once for the same rest of the path (again only if reached with more
+    # depth left, which the limit may have cut short before): branches that share a
     # definition (anyOf of it twice, a recursive model) were walked 2**depth times.
-    if (id(schema), len(parts)) in asked:
+    key = (id(schema), len(parts))
+    if asked.get(key, depth + 1) <= depth:
         return False
-    asked.add((id(schema), len(parts)))
+    asked[key] = depth
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target: Any = root
@@ -302,15 +304,15 @@ def argument_paths(schema: Mapping[str, Any], *, limit: int = 500) -> list[str]:
     children, walked as ``has_argument_path`` walks them: arrays transparently, ``anyOf``/
     ``oneOf``/``allOf`` branches and local ``$ref``s. For the admin's sensitive-field picker."""
     found: list[str] = []
-    walked: set[tuple[int, tuple[str, ...]]] = set()
+    walked: dict[tuple[int, tuple[str, ...]], int] = {}
 
     def walk(node: Any, prefix: tuple[str, ...], depth: int) -> None:
         if not isinstance(node, Mapping) or depth > 32 or len(found) >= limit:
             return
         # Each schema walked once under the same path (see _path_exists).
-        if (id(node), prefix) in walked:
+        if walked.get((id(node), prefix), depth + 1) <= depth:
             return
-        walked.add((id(node), prefix))
+        walked[(id(node), prefix)] = depth
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/"):
             target: Any = schema

@@ -260,3 +260,19 @@ def test_a_long_flat_list_is_checked_whole_not_refused_as_too_complex() -> None:
     assert validate_arguments(schema, {"n": [i % 10 for i in range(128_000)]}) == []
     refused = validate_arguments(schema, {"n": [*range(9), 10]})
     assert [(e.path, e.validator) for e in refused] == [("$.n[9]", "maximum")]
+
+
+def test_a_path_reached_first_by_a_long_way_round_is_still_found_by_a_short_one() -> None:
+    """A definition first reached by a route that the walk's depth limit cuts short is
+    walked again when a shorter route reaches it: marked once, it was reported missing
+    (an admin could not mark the field sensitive)."""
+    target = {"$ref": "#/$defs/x"}
+    long_way: dict[str, Any] = target
+    for _ in range(31):
+        long_way = {"anyOf": [long_way]}
+    schema = {
+        "type": "object",
+        "anyOf": [long_way, target],
+        "$defs": {"x": {"properties": {"a": {"properties": {"b": {"type": "string"}}}}}},
+    }
+    assert has_argument_path(schema, "a.b")
