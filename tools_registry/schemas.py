@@ -271,10 +271,10 @@ def _path_exists(
     # Each schema asked once for the same rest of the path (again only if reached with more
     # depth left, which the limit may have cut short before): branches that share a
     # definition (anyOf of it twice, a recursive model) were walked 2**depth times.
-    key = (id(schema), len(parts))
-    if asked.get(key, depth + 1) <= depth:
+    state = (id(schema), len(parts))
+    if asked.get(state, depth + 1) <= depth:
         return False
-    asked[key] = depth
+    asked[state] = depth
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target: Any = root
