@@ -143,6 +143,15 @@ CANNOT_RUN = {
 }
 
 
+def may_not_run_now(code: str) -> str:
+    """The reason of an escalation for good: the outcome is unknown, and the call may not
+    run now (``CANNOT_RUN``)."""
+    return (
+        f"The outcome is unknown, and the call may not run again now: {CANNOT_RUN[code]} "
+        "Check the downstream, then mark the outcome."
+    )
+
+
 def attention_reason(reason: str) -> str:
     """``reason`` as a call keeps it (the events keep it whole)."""
     longest = ToolCall._meta.get_field("attention_reason").max_length or len(reason)

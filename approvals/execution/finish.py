@@ -15,7 +15,9 @@ from django.utils import timezone
 
 from approvals import events, transitions
 from approvals.execution.claim import Claim
+from approvals.guards import attention_reason, may_not_run_now
 from approvals.models import Status, ToolCall
+from tools_registry import sql as registry_sql
 from tools_registry.policy import Risk
 
 DESTRUCTIVE_FAILED = "A destructive call failed; a person must decide what happens next."
@@ -60,6 +62,17 @@ def finish_call(*, claim: Claim, outcome: Outcome, also: Also | None = None) -> 
 def _store(claim: Claim, outcome: Outcome, also: Also | None) -> None:
     call = copy.copy(claim.call)  # the call as claimed; the claim itself stays as it was
     escalate = outcome.status == Status.FAILED and call.risk == Risk.DESTRUCTIVE
+    # An outcome left open while its agent is stopped is a person's, as the stop made the
+    # agent's calls unknown at the time (recovery.leave_unknown_to_a_person): a resume
+    # before reconciliation looks is no decision to re-run it. The agent's run lock, taken
+    # as a claim takes it, puts this after a stop under way.
+    for_good = (
+        outcome.status == Status.UNKNOWN
+        and registry_sql.hold_agent_running(call.agent_id) is not None
+    )
+    reason = (
+        DESTRUCTIVE_FAILED if escalate else may_not_run_now("agent_stopped") if for_good else ""
+    )
     transitions.move(
         call,
         outcome.status,
@@ -69,13 +82,14 @@ def _store(claim: Claim, outcome: Outcome, also: Also | None) -> None:
         latency_ms=outcome.latency_ms,
         lease_until=None,
         finished_at=timezone.now(),
-        needs_attention=escalate,
-        attention_reason=DESTRUCTIVE_FAILED if escalate else "",
+        needs_attention=escalate or for_good,
+        attention_reason=attention_reason(reason),
+        left_to_person=for_good,
     )
     events.execution_finished(call, tries=outcome.tries)
-    if escalate:
+    if escalate or for_good:
         # Never retried automatically: the call waits on the "needs attention" page.
-        events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
+        events.call_escalated(call, reason=reason)
     if also is not None:
         also(call)
 
@@ -106,13 +120,22 @@ def expire_lease(
     partitioned process that wakes up) matches no row and is discarded.
     """
     now = now or timezone.now()
+    # The agent's run lock first, as a claim and a stop take it: the agent is read as a stop
+    # under way leaves it.
     call = transitions.lock_call(
-        call_id, skip_locked=skip_locked, status=Status.EXECUTING, lease_until__lt=now
+        call_id,
+        skip_locked=skip_locked,
+        hold_agent=True,
+        status=Status.EXECUTING,
+        lease_until__lt=now,
     )
     if call is None:
         return None
     claim_fence = call.fence
     is_read = call.risk == Risk.READ
+    # Left open while its agent is stopped: a person's (see _store).
+    for_good = not is_read and call.agent.stopped_at is not None
+    reason = may_not_run_now("agent_stopped") if for_good else ""
     transitions.move(
         call,
         Status.FAILED if is_read else Status.UNKNOWN,
@@ -124,6 +147,11 @@ def expire_lease(
             "message": LEASE_EXPIRED_READ if is_read else LEASE_EXPIRED_WRITE,
         },
         finished_at=now if is_read else None,
+        needs_attention=for_good,
+        attention_reason=attention_reason(reason),
+        left_to_person=for_good,
     )
     events.lease_expired(call, claim_fence=claim_fence)
+    if for_good:
+        events.call_escalated(call, reason=reason)
     return call

@@ -32,10 +32,10 @@ from django.utils import timezone
 from approvals import events
 from approvals.execution import send
 from approvals.guards import (
-    CANNOT_RUN,
     attention_reason,
     cannot_run_code,
     left_to_a_person,
+    may_not_run_now,
 )
 from approvals.models import Status, ToolCall
 from approvals.transitions import lock_call, move
@@ -193,14 +193,6 @@ def may_rerun_by_itself(call: ToolCall) -> bool:
         and call.risk != Risk.DESTRUCTIVE
         and not cannot_run_code(call)  # the tool or agent switched off, the tool changed
         and call.attempts < 1 + settings.EXECUTOR_AUTO_RERUNS
-    )
-
-
-def may_not_run_now(code: str) -> str:
-    """The reason of an escalation for good, the call may not run now (``CANNOT_RUN``)."""
-    return (
-        f"The outcome is unknown, and the call may not run again now: {CANNOT_RUN[code]} "
-        "Check the downstream, then mark the outcome."
     )
 
 

@@ -532,3 +532,39 @@ def test_calls_left_to_a_person_before_the_mark_existed_are_marked_by_the_migrat
     migration.mark_calls_left_to_a_person(apps, None)
     marked = set(ToolCall.objects.filter(left_to_person=True).values_list("pk", flat=True))
     assert marked == {stopped.pk, refused.pk}
+
+
+def test_a_call_left_open_while_its_agent_is_stopped_is_left_to_a_person(
+    world: World, settings: Any
+) -> None:
+    """Running when its agent was stopped, the call ends unknown after the stop (its handler
+    timed out, or its worker went silent): a person's, as the calls the stop found unknown
+    are, so a resume before the next check does not let reconciliation re-run it."""
+    from tools_registry.services import resume_agent
+
+    timed_out, claim = claimed_call(world)
+    silent, _ = claimed_call(world)
+    stop_agent(agent=world.agent, reason="incident")
+    unknown = Outcome(status=Status.UNKNOWN, error={"code": "timeout", "message": "timed out"})
+    assert finish_call(claim=claim, outcome=unknown)
+    age_lease(silent)
+    assert sweeps.expire_leases() == 1
+    resume_agent(agent=world.agent, note="false alarm")
+    later = timezone.now() + timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS + 1)
+    assert sweeps.reconcile_unknown(now=later) == {"unchanged": 2}
+    for call in (timed_out, silent):
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN and call.left_to_person
+        assert "stopped" in call.attention_reason
+        assert actions(call)[-1] != "call.rerun"
+        assert "call.escalated" in actions(call)
+
+
+def test_a_call_left_open_while_its_agent_runs_is_reconciled_as_before(world: World) -> None:
+    """Not stopped: an unknown outcome is reconciliation's (here a re-run with its key)."""
+    call, claim = claimed_call(world)
+    unknown = Outcome(status=Status.UNKNOWN, error={"code": "timeout", "message": "timed out"})
+    assert finish_call(claim=claim, outcome=unknown)
+    call.refresh_from_db()
+    assert not call.needs_attention and not call.left_to_person
+    assert sweeps.reconcile_unknown() == {"rerun": 1}
