@@ -290,6 +290,14 @@ def _queried_user(query: ToolsQuery) -> Any:
 )
 def submit_tool_call(request: HttpRequest) -> HttpResponse:
     agent: Agent = request.auth  # type: ignore[attr-defined]
+    if request.headers.get(end_users.ON_BEHALF_OF_HEADER) is not None:
+        # Read by the tool list (and over MCP), not here: ignored, a call meant for a viewer
+        # would run with the access of no user named, the agent's whole allowlist.
+        raise errors.invalid_end_user(
+            f"A call names its end user in the body's on_behalf_of; the "
+            f"{end_users.ON_BEHALF_OF_HEADER} header is read by GET /api/v1/tools only.",
+            [{"path": end_users.ON_BEHALF_OF_HEADER, "message": "is not read on a call"}],
+        )
     raw = _read_json_body(request)
     payload = payloads.parse_call(raw)
     end_user = intake.identify(

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import secrets
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -253,6 +256,28 @@ def _default_algorithms() -> list[str]:
     return ["RS256", "ES256"]
 
 
+def keys_over_tls(url: str) -> None:
+    """A key set fetched over https, or over http from this machine only: anyone on the way
+    of a plain fetch could serve keys of their own, and sign any user's token."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and (host == "localhost" or _loopback(host)):
+        return
+    raise ValidationError(
+        "Fetch the signing keys over https (http only from this machine): anyone on the way "
+        "of a plain fetch could serve keys of their own and sign any user's token."
+    )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class IdentityProvider(models.Model):
     """An organisation's identity provider, whose tokens for its people (JWTs) agents
     forward so that Countersign knows, for sure, whom a call is for and in which roles."""
@@ -267,7 +292,10 @@ class IdentityProvider(models.Model):
         "API identifier the provider issues Countersign's tokens for).",
     )
     jwks_url = models.URLField(
-        max_length=2048, help_text="Where the provider publishes its signing keys (JWKS)."
+        max_length=2048,
+        validators=[keys_over_tls],
+        help_text="Where the provider publishes its signing keys (JWKS): https, or http from "
+        "this machine only.",
     )
     user_id_claim = models.CharField(
         max_length=100, default="sub", help_text="The claim that holds the user's id."

@@ -26,8 +26,9 @@ from tools_registry.policy import Risk
 MAX_ROLE_LENGTH = 64
 MAX_SCOPED_ROLES = 100
 # Roles come from identity providers in many spellings (admin, Billing Team, /org/admins):
-# any printable text without control characters, but not empty or surrounded by spaces.
-_ROLE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
+# any printable text without control characters, but not empty or surrounded by spaces;
+# nor an unpaired surrogate, which a token's claims may hold and nothing can store.
+_ROLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
 
 
 @dataclass(frozen=True)

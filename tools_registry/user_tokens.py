@@ -20,6 +20,7 @@ Tokens are secrets: they are never logged, audited or put in an error message.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ MAX_USER_ID_LENGTH = 150
 MAX_TOKEN_ROLES = 256
 # Clocks of the provider and of Countersign may differ a little.
 LEEWAY_SECONDS = 30
+
+_NOT_IN_USER_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 # The key types each algorithm family signs with (JWK "kty", and "crv" for EC keys).
 _KEY_TYPES = {
@@ -139,14 +142,26 @@ def user_of(provider: IdentityProvider, claims: dict[str, Any]) -> tuple[str, tu
     user_id = claims.get(provider.user_id_claim)
     if isinstance(user_id, int) and not isinstance(user_id, bool):
         user_id = str(user_id)
-    if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
+    # The same ids on_behalf_of may name (tools_registry.end_users): a claim may hold what
+    # no body could (NUL, an unpaired surrogate), which the call's row and its audit
+    # event, and so the request, could not be stored with.
+    if (
+        not isinstance(user_id, str)
+        or not 0 < len(user_id) <= MAX_USER_ID_LENGTH
+        or not user_id.strip()
+        or _NOT_IN_USER_ID.search(user_id)
+    ):
         raise TokenInvalid(
             f"its {provider.user_id_claim!r} claim is not a user id "
-            f"(1 to {MAX_USER_ID_LENGTH} characters)"
+            f"(1 to {MAX_USER_ID_LENGTH} printable characters)"
         )
-    found: Any = claims
-    for part in provider.roles_claim.split("."):
-        found = found.get(part) if isinstance(found, dict) else None
+    # A claim of that very name first: providers that namespace custom claims name them by
+    # a URL (https://example.com/roles), dots and all; else a dotted path into an object.
+    found: Any = claims.get(provider.roles_claim)
+    if found is None:
+        found = claims
+        for part in provider.roles_claim.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
     if found is None:
         return user_id, ()
     roles = found.split() if isinstance(found, str) else found
@@ -218,6 +233,9 @@ def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
 
 
 def _fetch(url: str) -> list[dict[str, Any]]:
+    # The timeout bounds the whole answer, not only each read: a provider (or a proxy) that
+    # trickles it would hold every request verifying its tokens, waiting for this fetch.
+    deadline = time.monotonic() + settings.JWKS_TIMEOUT_SECONDS
     try:
         with httpx.stream(
             "GET",
@@ -235,6 +253,8 @@ def _fetch(url: str) -> list[dict[str, Any]]:
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     raise ProviderUnavailable("the provider's key set is too large")
+                if time.monotonic() > deadline:
+                    raise ProviderUnavailable("the provider's key set took too long to fetch")
     except httpx.HTTPError as exc:
         raise ProviderUnavailable(
             f"the provider's key set could not be fetched ({type(exc).__name__})"

@@ -5,12 +5,15 @@ error, audited, with nothing created or run and the Idempotency-Key left unused.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from approvals.models import Status, ToolCall
 from audit.models import AuditEvent
@@ -19,7 +22,7 @@ from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
 from tests.gateway.test_errors import error_of
 from tests.support.identity_provider import Provider, ProviderFactory, rsa_key
 from tools_registry import services, user_tokens
-from tools_registry.models import Agent
+from tools_registry.models import Agent, IdentityProvider
 
 CHECKLIST = {
     "viewer": {"risks": ["read"]},
@@ -143,6 +146,18 @@ def test_the_tool_list_follows_the_user(trusted: World) -> None:
     header = {"HTTP_COUNTERSIGN_ON_BEHALF_OF": json.dumps(viewer())}
     assert tool_names(listed(trusted, **header)) == READS
     assert tool_names(listed(trusted, **{"HTTP_COUNTERSIGN_ON_BEHALF_OF": "ada"})) == everything
+
+
+def test_a_call_naming_its_user_in_the_tool_lists_header_is_refused(trusted: World) -> None:
+    """The header narrows the tool list; a call read without it ran with the access of no user
+    named (the whole allowlist): a viewer's send_email was accepted."""
+    header = {"HTTP_COUNTERSIGN_ON_BEHALF_OF": json.dumps(viewer())}
+    for body in (SEND_EMAIL, as_user(GET_CUSTOMER, viewer())):
+        error = error_of(trusted.api().submit(body, **header), 400, "invalid_end_user")
+        assert error["details"] == [
+            {"path": "Countersign-On-Behalf-Of", "message": "is not read on a call"}
+        ]
+    assert not ToolCall.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -347,3 +362,86 @@ def test_a_call_refused_for_its_end_user_masks_the_tools_hidden_fields_in_the_tr
     (event,) = AuditEvent.objects.filter(action="call.refused")
     assert secret not in json.dumps(event.data)
     assert event.data["arguments"]["customer_id"] == "cus_0001"
+
+
+@pytest.mark.parametrize(
+    ("sub", "roles"),
+    [
+        ("ada\x00", ["support"]),  # NUL: PostgreSQL cannot store it
+        ("\ud800", ["support"]),  # an unpaired surrogate: not UTF-8, not hashable
+        ("ada", ["\udfff"]),
+        ("ada\nbob", ["support"]),  # a control character, as on_behalf_of refuses
+        ("   ", ["support"]),  # only spaces, as on_behalf_of refuses
+    ],
+)
+def test_a_token_naming_a_user_or_role_no_request_could_name_is_refused_not_a_500(
+    world: World, verifying: Provider, sub: str, roles: list[str]
+) -> None:
+    """The token's claims are the provider's, but the id and roles are the same values a
+    body names: what on_behalf_of may not hold, a token may not either."""
+    token = verifying.token(sub, roles)
+    error_of(
+        world.api().submit(GET_CUSTOMER, HTTP_COUNTERSIGN_USER_TOKEN=token),
+        401,
+        "user_token_invalid",
+    )
+    error_of(listed(world, HTTP_COUNTERSIGN_USER_TOKEN=token), 401, "user_token_invalid")
+    assert not ToolCall.objects.exists()
+
+
+def test_a_namespaced_roles_claim_is_read_whole(world: World, verifying: Provider) -> None:
+    """Auth0 and others require custom claims named by a URL, dots and all: the claim of
+    that exact name is the roles, not a path through "https://example" and "com/roles"."""
+    claim = "https://countersign.example.com/roles"
+    IdentityProvider.objects.filter(pk=verifying.row.pk).update(roles_claim=claim)
+    world.agent.unscoped_access = Agent.UnscopedAccess.ALLOWLIST
+    services.save_agent(agent=world.agent, changed_by=None)
+    token = verifying.token("ada", roles=None, **{claim: ["viewer"]})
+    header = {"HTTP_COUNTERSIGN_USER_TOKEN": token}
+    assert tool_names(listed(world, **header)) == READS, "the viewer's tools, not everything"
+    error_of(world.api().submit(SEND_EMAIL, **header), 403, "tool_not_allowed_for_user")
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """A key set that never finishes: a byte now and then, each within the read timeout."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        for _ in range(30):
+            try:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_key_set_that_trickles_in_is_given_up_within_the_timeout(
+    world: World, verifying: Provider
+) -> None:
+    """JWKS_TIMEOUT_SECONDS bounds the whole fetch, not each read: a provider (or a proxy)
+    that trickles its answer would otherwise hold every request verifying its tokens (they
+    wait for the one fetch) as long as it likes."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    IdentityProvider.objects.filter(pk=verifying.row.pk).update(
+        jwks_url=f"http://{host}:{port}/jwks.json"
+    )
+    try:
+        with override_settings(JWKS_TIMEOUT_SECONDS=1):
+            started = time.monotonic()
+            response = listed(world, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token())
+            took = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    error_of(response, 503, "identity_provider_unavailable")
+    assert took < 2.5, f"the fetch went on for {took:.1f} s"

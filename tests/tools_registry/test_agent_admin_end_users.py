@@ -205,3 +205,35 @@ def test_the_commands_stop_and_resume(world: World) -> None:
     call_command("resume_agent", "support-bot", note="fixed", stdout=out)
     assert "Resumed support-bot" in out.getvalue()
     assert world.api().get("/api/v1/tools").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("http://idp.example.com/keys", False),
+        ("ftp://idp.example.com/keys", False),
+        ("http://127.0.0.1:8080/keys", True),
+        ("http://localhost/keys", True),
+        ("https://idp.example.com/keys", True),
+    ],
+)
+def test_a_providers_keys_are_fetched_over_tls_or_from_this_machine(
+    admin_client: Client, url: str, accepted: bool
+) -> None:
+    """Keys fetched over plain http from elsewhere could be swapped on the way by anyone,
+    who would then sign any user's token."""
+    response = admin_client.post(
+        "/admin/tools_registry/identityprovider/add/",
+        {
+            "name": "idp",
+            "issuer": "https://idp.example.com/",
+            "audience": "countersign",
+            "jwks_url": url,
+            "user_id_claim": "sub",
+            "roles_claim": "roles",
+            "algorithms": ["RS256"],
+        },
+    )
+    assert IdentityProvider.objects.exists() is accepted
+    if not accepted:
+        assert "jwks_url" in response.context["adminform"].form.errors
