@@ -30,6 +30,7 @@ import httpx
 import jwt
 from django.conf import settings
 
+from core import bounded_http
 from tools_registry.models import TOKEN_ALGORITHMS, IdentityProvider
 from tools_registry.role_scopes import MAX_ROLE_LENGTH, is_role
 
@@ -233,32 +234,30 @@ def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
 
 
 def _fetch(url: str) -> list[dict[str, Any]]:
-    # The timeout bounds the whole answer, not only each read: a provider (or a proxy) that
-    # trickles it would hold every request verifying its tokens, waiting for this fetch.
-    deadline = time.monotonic() + settings.JWKS_TIMEOUT_SECONDS
+    # The timeout bounds the whole fetch (connecting, the headers, the body), as an upstream
+    # call's does: a provider or a proxy that trickles its answer would hold every request
+    # verifying its tokens, all waiting for this fetch. A compressed answer is inflated a
+    # bounded piece at a time.
+    timeout = settings.JWKS_TIMEOUT_SECONDS
+    deadline = time.monotonic() + timeout
     try:
-        with httpx.stream(
-            "GET",
-            url,
-            timeout=settings.JWKS_TIMEOUT_SECONDS,
-            follow_redirects=False,
-            headers={"Accept": "application/json"},
-        ) as response:
+        client = bounded_http.client_within(deadline, timeout=timeout, follow_redirects=False)
+    except bounded_http.ProxyUnusable as exc:
+        raise ProviderUnavailable(f"the provider's key set could not be fetched: {exc}") from None
+    accept = {"Accept": "application/json", "Accept-Encoding": bounded_http.ACCEPT_ENCODING}
+    try:
+        with client, client.stream("GET", url, headers=accept) as response:
             if response.status_code != 200:
                 raise ProviderUnavailable(
                     f"the provider's key set answered HTTP {response.status_code}"
                 )
-            body = b""
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ProviderUnavailable("the provider's key set is too large")
-                if time.monotonic() > deadline:
-                    raise ProviderUnavailable("the provider's key set took too long to fetch")
+            body, too_large = bounded_http.read(response, limit=MAX_JWKS_BYTES, deadline=deadline)
     except httpx.HTTPError as exc:
         raise ProviderUnavailable(
             f"the provider's key set could not be fetched ({type(exc).__name__})"
         ) from None
+    if too_large:
+        raise ProviderUnavailable("the provider's key set is too large")
     try:
         data = json.loads(body)
         # PyJWT's own reading of the set: it refuses one without a single usable key.

@@ -4,9 +4,12 @@ error, audited, with nothing created or run and the Idempotency-Key left unused.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -445,3 +448,45 @@ def test_a_key_set_that_trickles_in_is_given_up_within_the_timeout(
         server.server_close()
     error_of(response, 503, "identity_provider_unavailable")
     assert took < 2.5, f"the fetch went on for {took:.1f} s"
+
+
+class _Inflating(BaseHTTPRequestHandler):
+    """A key set of 130 KB of gzip that inflates to 128 MB."""
+
+    body = gzip.compress(b" " * (128 * 1024 * 1024), compresslevel=9)
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_compressed_key_set_is_inflated_no_further_than_its_limit(
+    world: World, verifying: Provider
+) -> None:
+    """Each chunk of a gzip answer was inflated whole before the 1 MB limit was looked at."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Inflating)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    IdentityProvider.objects.filter(pk=verifying.row.pk).update(
+        jwks_url=f"http://{host}:{port}/jwks.json"
+    )
+    tracemalloc.start()
+    try:
+        response = listed(world, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+    error = error_of(response, 503, "identity_provider_unavailable")
+    assert "too large" in error["message"]
+    assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MB held while reading it"
