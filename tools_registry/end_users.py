@@ -18,14 +18,19 @@ worth retrying). A token is never ignored: a call that carries one is verified o
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from tools_registry import user_tokens
 from tools_registry.models import Agent
-from tools_registry.role_scopes import MAX_ROLE_LENGTH, NOBODY, EndUser, is_role
+from tools_registry.role_scopes import (
+    MAX_ROLE_LENGTH,
+    MAX_USER_ID_LENGTH,
+    NOBODY,
+    EndUser,
+    is_role,
+    is_user_id,
+)
 
-MAX_USER_ID_LENGTH = 150
 MAX_ROLES = 32
 # The JSON of an on_behalf_of object, at most: an id and a few roles fit many times over.
 
@@ -105,19 +110,9 @@ def _named(on_behalf_of: Any, *, id_required: bool = True) -> tuple[str, tuple[s
 
 
 def _user_id(value: Any, path: str) -> str:
-    # The API's schema says the same (gateway.schemas.USER_ID_PATTERN): no control
-    # characters, not only spaces.
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= MAX_USER_ID_LENGTH
-        or not value.strip()
-        or _CONTROL.search(value)
-    ):
+    if not is_user_id(value):
         raise _invalid(path, f"is not a user id (1 to {MAX_USER_ID_LENGTH} printable characters)")
     return value
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _invalid(path: str, problem: str) -> Refused:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk
@@ -29,6 +29,22 @@ MAX_SCOPED_ROLES = 100
 # any printable text without control characters, but not empty or surrounded by spaces;
 # nor an unpaired surrogate, which a token's claims may hold and nothing can store.
 _ROLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
+
+
+MAX_USER_ID_LENGTH = 150
+# A user id, named in a call or read from a token: printable text, not only spaces (the
+# API's schema says the same: gateway.schemas.USER_ID_PATTERN), nothing that cannot be
+# stored (a token's claims may hold an unpaired surrogate).
+_NOT_IN_USER_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def is_user_id(value: Any) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_USER_ID_LENGTH
+        and bool(value.strip())
+        and _NOT_IN_USER_ID.search(value) is None
+    )
 
 
 @dataclass(frozen=True)

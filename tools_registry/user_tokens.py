@@ -20,7 +20,6 @@ Tokens are secrets: they are never logged, audited or put in an error message.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,16 +31,13 @@ from django.conf import settings
 
 from core import bounded_http
 from tools_registry.models import TOKEN_ALGORITHMS, IdentityProvider
-from tools_registry.role_scopes import MAX_ROLE_LENGTH, is_role
+from tools_registry.role_scopes import MAX_ROLE_LENGTH, MAX_USER_ID_LENGTH, is_role, is_user_id
 
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
-MAX_USER_ID_LENGTH = 150
 MAX_TOKEN_ROLES = 256
 # Clocks of the provider and of Countersign may differ a little.
 LEEWAY_SECONDS = 30
-
-_NOT_IN_USER_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 # The key types each algorithm family signs with (JWK "kty", and "crv" for EC keys).
 _KEY_TYPES = {
@@ -143,15 +139,9 @@ def user_of(provider: IdentityProvider, claims: dict[str, Any]) -> tuple[str, tu
     user_id = claims.get(provider.user_id_claim)
     if isinstance(user_id, int) and not isinstance(user_id, bool):
         user_id = str(user_id)
-    # The same ids on_behalf_of may name (tools_registry.end_users): a claim may hold what
-    # no body could (NUL, an unpaired surrogate), which the call's row and its audit
-    # event, and so the request, could not be stored with.
-    if (
-        not isinstance(user_id, str)
-        or not 0 < len(user_id) <= MAX_USER_ID_LENGTH
-        or not user_id.strip()
-        or _NOT_IN_USER_ID.search(user_id)
-    ):
+    # The ids on_behalf_of may name: a claim may hold what no body could (NUL, an unpaired
+    # surrogate), which the call's row and its audit event could not be stored with.
+    if not is_user_id(user_id):
         raise TokenInvalid(
             f"its {provider.user_id_claim!r} claim is not a user id "
             f"(1 to {MAX_USER_ID_LENGTH} printable characters)"
