@@ -43,6 +43,24 @@ def json_problem(value: Any) -> str:
     return ""
 
 
+def unstorable_text(value: Any) -> str:
+    """What in ``value`` (its strings and keys, however nested) PostgreSQL cannot store, in
+    words ("a NUL character", "an unpaired surrogate"); "" when nothing is. Walks without
+    recursion, as ``json_problem`` does, for what arrives from elsewhere whole."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if found := _UNSTORABLE.search(item):
+                return "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return ""
+
+
 REPLACEMENT = "\ufffd"
 
 

@@ -575,6 +575,23 @@ def test_a_tool_postgres_cannot_store_is_left_out_and_the_rest_imported(
     ]
 
 
+def test_a_tool_utf8_cannot_encode_is_left_out_as_one_postgres_cannot_store(world: World) -> None:
+    """An unpaired surrogate (JSON's "\\ud800", read into a Python string) fails the
+    sync's INSERT as a NUL does: left out with its reason, the rest imported."""
+    listed = [
+        types.Tool(name="search", description="Search \ud800.", input_schema={"type": "object"}),
+        types.Tool(name="fetch", description="Fetch.", input_schema={"type": "object"}),
+    ]
+    upstream = register_upstream(name="odd", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    report = sync_upstream(
+        upstream=upstream, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+    )
+    assert report.imported == ["odd__fetch"]
+    assert report.skipped == [
+        "odd__search: its definition holds an unpaired surrogate, which cannot be stored"
+    ]
+
+
 def test_an_unreachable_upstream_changes_nothing_and_says_why(world: World) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(CommandError, match="could not be fetched"):

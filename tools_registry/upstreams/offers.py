@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonref
 
+from core.json_values import unstorable_text
 from tools_registry.registry import TOOL_NAME
 from tools_registry.schemas import schema_problems
 
@@ -121,14 +122,21 @@ def _holds_key(value: Any, key: str) -> bool:
 def drop_duplicates(offer: Offer) -> Offer:
     """Tools whose names collide are all left out: which one an agent meant is unknowable.
     So is a tool whose definition PostgreSQL cannot store (a NUL character, refused in text
-    and jsonb alike): kept, it would fail the whole sync, the other tools with it."""
-    unstorable = [
-        t for t in offer.tools if _holds_nul([getattr(t, f.name) for f in dataclasses.fields(t)])
+    and jsonb alike, or an unpaired surrogate, which UTF-8 cannot encode): kept, it would
+    fail the whole sync, the other tools with it."""
+    held = [
+        unstorable_text([getattr(t, f.name) for f in dataclasses.fields(t)]) for t in offer.tools
     ]
-    why = "its definition holds a NUL character, which cannot be stored"
     offer = Offer(
-        tools=[t for t in offer.tools if t not in unstorable],
-        skipped=[*offer.skipped, *(f"{t.name}: {why}" for t in unstorable)],
+        tools=[t for t, what in zip(offer.tools, held, strict=True) if not what],
+        skipped=[
+            *offer.skipped,
+            *(
+                f"{t.name}: its definition holds {what}, which cannot be stored"
+                for t, what in zip(offer.tools, held, strict=True)
+                if what
+            ),
+        ],
     )
     counts: dict[str, int] = {}
     for imported in offer.tools:
@@ -238,20 +246,4 @@ def loops_in_place(value: Any) -> bool:
             elif id(branch) not in state:
                 state[id(branch)] = False
                 path.append((branch, iter(_in_place(branch))))
-    return False
-
-
-def _holds_nul(value: Any) -> bool:
-    """Whether a NUL character is anywhere in ``value`` (a key, a string, nested)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
     return False
