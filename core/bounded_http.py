@@ -12,6 +12,7 @@ piece at a time (``Inflater``): httpx inflates each chunk whole before anyone ca
 and 250 KB of gzip are 256 MB. And the deadline bounds the whole attempt
 (``DeadlineBackend``, ``client_within``): a server dripping its status line and headers a
 byte at a time answers each read within httpx's timeout, before ``read`` is even called.
+``get`` puts the two together for a document fetched whole.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
@@ -208,6 +210,33 @@ def client_within(deadline: float, **options: Any) -> httpx.Client:
             pool = transport._pool
             pool._network_backend = DeadlineBackend(pool._network_backend, deadline)  # type: ignore[attr-defined]
     return client
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What ``get`` got: the status, and the body (read only for a 200)."""
+
+    status: int
+    body: bytes = b""
+    truncated: bool = False  # there was more than ``limit``
+
+
+def get(
+    url: str, *, headers: dict[str, str], timeout: float, limit: int, **options: Any
+) -> Fetched:
+    """A document fetched within ``timeout`` as a whole (``client_within``), no redirects
+    followed, its body read up to ``limit`` (``read``) when it answered 200. ``options``
+    go to the client (``verify``). Raises ``ProxyUnusable``, or ``httpx.HTTPError`` when
+    it got no answer or one it could not read."""
+    deadline = time.monotonic() + timeout
+    sent = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
+    sent["Accept-Encoding"] = ACCEPT_ENCODING
+    client = client_within(deadline, timeout=timeout, follow_redirects=False, **options)
+    with client, client.stream("GET", url, headers=sent) as response:
+        if response.status_code != 200:
+            return Fetched(response.status_code)
+        body, truncated = read(response, limit=limit, deadline=deadline)
+    return Fetched(200, body, truncated)
 
 
 class AnswerTooLarge(httpx2.ReadError):

@@ -228,28 +228,25 @@ def _fetch(url: str) -> list[dict[str, Any]]:
     # call's does: a provider or a proxy that trickles its answer would hold every request
     # verifying its tokens, all waiting for this fetch. A compressed answer is inflated a
     # bounded piece at a time.
-    timeout = settings.JWKS_TIMEOUT_SECONDS
-    deadline = time.monotonic() + timeout
     try:
-        client = bounded_http.client_within(deadline, timeout=timeout, follow_redirects=False)
+        fetched = bounded_http.get(
+            url,
+            headers={"Accept": "application/json"},
+            timeout=settings.JWKS_TIMEOUT_SECONDS,
+            limit=MAX_JWKS_BYTES,
+        )
     except bounded_http.ProxyUnusable as exc:
         raise ProviderUnavailable(f"the provider's key set could not be fetched: {exc}") from None
-    accept = {"Accept": "application/json", "Accept-Encoding": bounded_http.ACCEPT_ENCODING}
-    try:
-        with client, client.stream("GET", url, headers=accept) as response:
-            if response.status_code != 200:
-                raise ProviderUnavailable(
-                    f"the provider's key set answered HTTP {response.status_code}"
-                )
-            body, too_large = bounded_http.read(response, limit=MAX_JWKS_BYTES, deadline=deadline)
     except httpx.HTTPError as exc:
         raise ProviderUnavailable(
             f"the provider's key set could not be fetched ({type(exc).__name__})"
         ) from None
-    if too_large:
+    if fetched.status != 200:
+        raise ProviderUnavailable(f"the provider's key set answered HTTP {fetched.status}")
+    if fetched.truncated:
         raise ProviderUnavailable("the provider's key set is too large")
     try:
-        data = json.loads(body)
+        data = json.loads(fetched.body)
         # PyJWT's own reading of the set: it refuses one without a single usable key.
         jwt.PyJWKSet.from_dict(data)
     except (jwt.PyJWKSetError, ValueError, TypeError, AttributeError):

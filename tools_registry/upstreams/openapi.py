@@ -12,7 +12,6 @@ an operationId, or ``{"operationId": ..., "parameter": ...}``).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 from urllib.parse import urljoin
 
@@ -65,29 +64,21 @@ def fetch(url: str, *, headers: list[tuple[str, str]], timeout: float) -> JSON:
     # As a call's request (``http._send``): httpx's timeout bounds each read, not the fetch
     # (a server dripping its answer held the import without end), and its decoders inflate
     # each chunk whole (130 KB of gzip were 128 MB in memory).
-    deadline = time.monotonic() + timeout
-    sent = {k: v for k, v in headers if k.lower() != "accept-encoding"}
-    sent["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
     try:
-        client = bounded_http.client_within(
-            deadline, timeout=timeout, follow_redirects=False, verify=tls.context()
+        fetched = bounded_http.get(
+            url, headers=dict(headers), timeout=timeout, limit=limit, verify=tls.context()
         )
     except bounded_http.ProxyUnusable as exc:
         raise ImportFailed(f"The OpenAPI document could not be fetched: {exc}.") from None
-    try:
-        with client, client.stream("GET", url, headers=sent) as response:
-            if response.status_code != 200:
-                raise ImportFailed(
-                    f"Fetching the OpenAPI document answered HTTP {response.status_code}."
-                )
-            body, truncated = bounded_http.read(response, limit=limit, deadline=deadline)
     except httpx.HTTPError as exc:
         raise ImportFailed(
             f"The OpenAPI document could not be fetched: {type(exc).__name__}."
         ) from None
-    if truncated:
+    if fetched.status != 200:
+        raise ImportFailed(f"Fetching the OpenAPI document answered HTTP {fetched.status}.")
+    if fetched.truncated:
         raise ImportFailed(f"The OpenAPI document is larger than {limit} bytes.")
-    return parse(body)
+    return parse(fetched.body)
 
 
 def parse(body: bytes) -> JSON:
