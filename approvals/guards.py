@@ -158,6 +158,17 @@ def attention_reason(reason: str) -> str:
     return reason[:longest]
 
 
+def attention(reason: str = "", *, for_good: bool = False) -> dict[str, Any]:
+    """The fields that put a call on the "needs attention" page with ``reason`` ("" takes it
+    off), and whether it is left there to a person for good (``left_to_a_person``): written
+    together, as the table's check constraint asks (left to a person only while on it)."""
+    return {
+        "needs_attention": bool(reason),
+        "attention_reason": attention_reason(reason),
+        "left_to_person": for_good and bool(reason),
+    }
+
+
 def left_to_a_person(call: ToolCall) -> bool:
     """Whether the call was escalated for a person to decide whatever the downstream says
     next, short of the effect being found. Checked again later, such a call is settled by a

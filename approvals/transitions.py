@@ -160,9 +160,6 @@ def _write(
         raise ValueError("bump_fence needs the fence being moved on")
     now = timezone.now()
     values = {"status": target, **fields, "updated_at": now}
-    if values.get("needs_attention") is False:
-        # Off the "needs attention" page, a call is left to nobody (a check constraint too).
-        values["left_to_person"] = False
     if previous is None:
         for name, value in values.items():
             setattr(call, name, value)

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals import events, transitions
-from approvals.guards import CANNOT_RUN, attention_reason, cannot_run_code
+from approvals.guards import CANNOT_RUN, attention, cannot_run_code
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
 from tools_registry.policy import handler_budget_seconds
@@ -130,9 +130,7 @@ def _refuse(call: ToolCall, code: str) -> None:
         transitions.move(
             call,
             Status.UNKNOWN,
-            needs_attention=True,
-            attention_reason=attention_reason(reason),
-            left_to_person=True,
+            **attention(reason, for_good=True),
         )
         events.execution_refused(call, code=code, reason=CANNOT_RUN[code])
         events.call_escalated(call, reason=reason, finding="")

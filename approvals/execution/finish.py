@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from approvals import events, transitions
 from approvals.execution.claim import Claim
-from approvals.guards import attention_reason, may_not_run_now
+from approvals.guards import attention, may_not_run_now
 from approvals.models import Status, ToolCall
 from tools_registry import sql as registry_sql
 from tools_registry.policy import Risk
@@ -82,9 +82,7 @@ def _store(claim: Claim, outcome: Outcome, also: Also | None) -> None:
         latency_ms=outcome.latency_ms,
         lease_until=None,
         finished_at=timezone.now(),
-        needs_attention=escalate or for_good,
-        attention_reason=attention_reason(reason),
-        left_to_person=for_good,
+        **attention(reason, for_good=for_good),
     )
     events.execution_finished(call, tries=outcome.tries)
     if escalate or for_good:
@@ -147,9 +145,7 @@ def expire_lease(
             "message": LEASE_EXPIRED_READ if is_read else LEASE_EXPIRED_WRITE,
         },
         finished_at=now if is_read else None,
-        needs_attention=for_good,
-        attention_reason=attention_reason(reason),
-        left_to_person=for_good,
+        **attention(reason, for_good=for_good),
     )
     events.lease_expired(call, claim_fence=claim_fence)
     if for_good:

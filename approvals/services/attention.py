@@ -17,7 +17,13 @@ from django.utils import timezone
 
 from approvals import events, transitions
 from approvals.execution import send
-from approvals.guards import CONFLICTS, Refused, cannot_run_reason, conflict_of_interest
+from approvals.guards import (
+    CONFLICTS,
+    Refused,
+    attention,
+    cannot_run_reason,
+    conflict_of_interest,
+)
 from approvals.models import Status, ToolCall
 from approvals.services.recovery import Reconciliation, reconcile_call
 from approvals.transitions import lock_call, move
@@ -74,11 +80,7 @@ def resolve_call(
         raise NoteRequired("Say how you established the outcome; the audit trail keeps it.")
     previous = call.status
     # What every settled outcome records: when, and that nobody needs to look any more.
-    settled: dict[str, Any] = {
-        "finished_at": timezone.now(),
-        "needs_attention": False,
-        "attention_reason": "",
-    }
+    settled: dict[str, Any] = {"finished_at": timezone.now(), **attention()}
     if outcome == Status.SUCCEEDED:
         if call.status != Status.UNKNOWN:
             raise OutcomeNotAllowed(
@@ -96,15 +98,10 @@ def resolve_call(
         if call.status == Status.UNKNOWN:
             move(call, Status.FAILED, error={"code": "marked_failed", "message": note}, **settled)
         else:  # a failed destructive call: acknowledged, it stays failed
-            call.needs_attention, call.attention_reason, call.left_to_person = False, "", False
-            call.save(
-                update_fields=[
-                    "needs_attention",
-                    "attention_reason",
-                    "left_to_person",
-                    "updated_at",
-                ]
-            )
+            off = attention()
+            for name, value in off.items():
+                setattr(call, name, value)
+            call.save(update_fields=[*off, "updated_at"])
     else:
         raise OutcomeNotAllowed(f"Unknown outcome {outcome!r}.")
     events.call_resolved(call, person=person, previous_status=previous, note=note)
@@ -139,7 +136,7 @@ def rerun_call(
     if reason := cannot_run_reason(call):
         raise AttentionRefused(reason)
     previous = call.status
-    send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
+    send.approve(call, lease_until=None, **attention())
     events.call_rerun(call, previous_status=previous, person=person, note=note.strip())
     return call
 

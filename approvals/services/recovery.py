@@ -32,6 +32,7 @@ from django.utils import timezone
 from approvals import events
 from approvals.execution import send
 from approvals.guards import (
+    attention,
     attention_reason,
     cannot_run_code,
     left_to_a_person,
@@ -94,8 +95,7 @@ def reconcile_call(
                 result=result,
                 error=None,
                 finished_at=now,
-                needs_attention=False,
-                attention_reason="",
+                **attention(),
             )
             events.call_reconciled(call, finding=finding, actor=actor)
             return Reconciliation(call_id=call_id, finding=finding, action="succeeded")
@@ -105,7 +105,7 @@ def reconcile_call(
             call.save(update_fields=["updated_at"])
             return Reconciliation(call_id=call_id, finding=finding, action="unchanged")
         if allow_rerun and _rerun_settles(call, finding) and may_rerun_by_itself(call):
-            send.approve(call, lease_until=None, needs_attention=False, attention_reason="")
+            send.approve(call, lease_until=None, **attention())
             events.call_reconciled(call, finding=finding, actor=actor)
             events.call_rerun(call, previous_status=Status.UNKNOWN)
             return Reconciliation(call_id=call_id, finding=finding, action="rerun")
@@ -234,9 +234,9 @@ def escalate_locked(
     """Put a call (held locked by the caller) on the "needs attention" page; ``for_good``:
     left to a person whatever the downstream says next, short of the effect found
     (``guards.left_to_a_person``)."""
-    call.needs_attention = True
-    call.attention_reason = attention_reason(reason)
-    call.left_to_person = for_good
-    call.save(update_fields=["needs_attention", "attention_reason", "left_to_person", "updated_at"])
+    on = attention(reason, for_good=for_good)
+    for name, value in on.items():
+        setattr(call, name, value)
+    call.save(update_fields=[*on, "updated_at"])
     events.call_escalated(call, reason=reason, finding=finding)
     logger.warning("call %s needs a person: %s", call.pk, reason)
