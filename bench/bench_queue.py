@@ -173,7 +173,9 @@ def load(world: dict[str, object], count: int) -> None:
     agents = world["agents"]  # type: ignore[assignment]
     offset = int(world["loaded"])  # type: ignore[arg-type]
     start = world["start"]
-    columns = [f.column for f in ToolCall._meta.concrete_fields]
+    from _copy_rows import copy_columns, copy_row
+
+    columns = copy_columns(ToolCall)
     arguments = json.dumps({"to": "someone@example.com", "subject": "Hello", "body": "Text"})
     fixed = {
         "tool_version": "",
@@ -223,7 +225,7 @@ def load(world: dict[str, object], count: int) -> None:
                     "updated_at": created,
                     "reviewers_notified_at": created,
                 }
-                copy.write_row([row[c] for c in columns])
+                copy.write_row(copy_row(ToolCall, row))
     world["loaded"] = offset + count
     print(f"loaded {count:,} pending calls with COPY in {time.perf_counter() - started:.1f}s")
 
