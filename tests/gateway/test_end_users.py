@@ -5,7 +5,7 @@ error, audited, with nothing created or run and the Idempotency-Key left unused.
 from __future__ import annotations
 
 import contextlib
-import gzip
+import functools
 import json
 import threading
 import time
@@ -23,6 +23,7 @@ from audit.models import AuditEvent
 from tests.conftest import ApiClient, World, sandbox_effects
 from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
 from tests.gateway.test_errors import error_of
+from tests.support.compression import gzip_bomb
 from tests.support.identity_provider import Provider, ProviderFactory, rsa_key
 from tools_registry import services, user_tokens
 from tools_registry.models import Agent, IdentityProvider
@@ -405,6 +406,23 @@ def test_a_namespaced_roles_claim_is_read_whole(world: World, verifying: Provide
     error_of(world.api().submit(SEND_EMAIL, **header), 403, "tool_not_allowed_for_user")
 
 
+@contextlib.contextmanager
+def keys_served_by(provider: Provider, handler: type[BaseHTTPRequestHandler]) -> Iterator[None]:
+    """The provider's key set served by ``handler`` from a server of this process."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    IdentityProvider.objects.filter(pk=provider.row.pk).update(
+        jwks_url=f"http://{host}:{port}/jwks.json"
+    )
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _Trickle(BaseHTTPRequestHandler):
     """A key set that never finishes: a byte now and then, each within the read timeout."""
 
@@ -431,21 +449,10 @@ def test_a_key_set_that_trickles_in_is_given_up_within_the_timeout(
     """JWKS_TIMEOUT_SECONDS bounds the whole fetch, not each read: a provider (or a proxy)
     that trickles its answer would otherwise hold every request verifying its tokens (they
     wait for the one fetch) as long as it likes."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    IdentityProvider.objects.filter(pk=verifying.row.pk).update(
-        jwks_url=f"http://{host}:{port}/jwks.json"
-    )
-    try:
-        with override_settings(JWKS_TIMEOUT_SECONDS=1):
-            started = time.monotonic()
-            response = listed(world, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token())
-            took = time.monotonic() - started
-    finally:
-        server.shutdown()
-        server.server_close()
+    with keys_served_by(verifying, _Trickle), override_settings(JWKS_TIMEOUT_SECONDS=1):
+        started = time.monotonic()
+        response = listed(world, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token())
+        took = time.monotonic() - started
     error_of(response, 503, "identity_provider_unavailable")
     assert took < 2.5, f"the fetch went on for {took:.1f} s"
 
@@ -453,16 +460,19 @@ def test_a_key_set_that_trickles_in_is_given_up_within_the_timeout(
 class _Inflating(BaseHTTPRequestHandler):
     """A key set of 130 KB of gzip that inflates to 128 MB."""
 
-    body = gzip.compress(b" " * (128 * 1024 * 1024), compresslevel=9)
+    @staticmethod
+    @functools.cache
+    def body() -> bytes:  # made once, when a test first asks, not as the module loads
+        return gzip_bomb(128 << 20)
 
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Length", str(len(self.body())))
         self.end_headers()
         with contextlib.suppress(OSError):
-            self.wfile.write(self.body)
+            self.wfile.write(self.body())
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -472,21 +482,14 @@ def test_a_compressed_key_set_is_inflated_no_further_than_its_limit(
     world: World, verifying: Provider
 ) -> None:
     """Each chunk of a gzip answer was inflated whole before the 1 MB limit was looked at."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Inflating)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    IdentityProvider.objects.filter(pk=verifying.row.pk).update(
-        jwks_url=f"http://{host}:{port}/jwks.json"
-    )
-    tracemalloc.start()
-    try:
-        response = listed(world, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token())
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        server.shutdown()
-        server.server_close()
+    _Inflating.body()  # compressed before memory is traced
+    with keys_served_by(verifying, _Inflating):
+        tracemalloc.start()
+        try:
+            response = listed(world, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     error = error_of(response, 503, "identity_provider_unavailable")
     assert "too large" in error["message"]
     assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MB held while reading it"
