@@ -19,7 +19,7 @@ from django.test import override_settings
 
 from core import bounded_http
 from tests.support.compression import gzip_bomb
-from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import RawHttpServer, bare_post
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
 from tools_registry.registry import ToolFailed
@@ -103,15 +103,7 @@ def test_an_http_error_cut_short_keeps_no_part_of_the_credential() -> None:
     server = RawHttpServer(quote_late)
     try:
         with pytest.raises(ToolFailed) as refused:
-            upstream_http.call(
-                operation={"method": "POST", "path": "/p", "parameters": [], "body": None},
-                base_url=server.url,
-                upstream_headers=[("X-Api-Key", token)],
-                idempotency_header="",
-                key="k",
-                arguments={},
-                timeout=5,
-            )
+            bare_post(server.url, upstream_headers=[("X-Api-Key", token)])
     finally:
         server.close()
     assert token[:12] not in refused.value.message
@@ -154,15 +146,7 @@ def test_a_header_argument_http_cannot_carry_is_refused_unsent(value: str) -> No
 )
 def test_an_upstream_url_that_cannot_be_requested_is_refused_unsent(base_url: str) -> None:
     with pytest.raises(ToolFailed) as refused:
-        upstream_http.call(
-            operation={"method": "POST", "path": "/notes", "parameters": [], "body": None},
-            base_url=base_url,
-            upstream_headers=[],
-            idempotency_header="",
-            key="k",
-            arguments={},
-            timeout=5,
-        )
+        bare_post(base_url, path="/notes")
     assert refused.value.code == "upstream_url_invalid"
 
 
@@ -173,15 +157,7 @@ def test_an_upstream_that_cannot_be_reached_fails_the_call_unsent() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(ToolFailed) as refused:
-        upstream_http.call(
-            operation={"method": "POST", "path": "/notes", "parameters": [], "body": None},
-            base_url=f"http://127.0.0.1:{port}",
-            upstream_headers=[],
-            idempotency_header="",
-            key="k",
-            arguments={},
-            timeout=5,
-        )
+        bare_post(f"http://127.0.0.1:{port}", path="/notes")
     assert (refused.value.code, refused.value.retryable) == ("upstream_unreachable", True)
 
 
@@ -196,15 +172,7 @@ def call_encoded(body: bytes, encoding: str) -> Any:
 
     server = RawHttpServer(answer)
     try:
-        return upstream_http.call(
-            operation={"method": "POST", "path": "/p", "parameters": [], "body": None},
-            base_url=server.url,
-            upstream_headers=[],
-            idempotency_header="",
-            key="k",
-            arguments={},
-            timeout=5,
-        )
+        return bare_post(server.url)
     finally:
         server.close()
 

@@ -25,7 +25,7 @@ from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control, effects
-from tests.support.upstreams.raw_http import RawHttpServer, drip_headers
+from tests.support.upstreams.raw_http import RawHttpServer, bare_post, drip_headers
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.web import WebProcess
 from tests.support.workers import Worker, purge_queue, running_worker, wait_for
@@ -299,15 +299,7 @@ def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_tools_timeout(drip:
     started = time.monotonic()
     try:
         with pytest.raises(TimeoutError):
-            upstream_http.call(
-                operation={**OPERATION, "parameters": []},
-                base_url=server.url,
-                upstream_headers=[],
-                idempotency_header="",
-                key="k",
-                arguments={},
-                timeout=1,
-            )
+            bare_post(server.url, path="/things", timeout=1)
     finally:
         server.close()
     assert time.monotonic() - started < 3
@@ -331,16 +323,7 @@ def test_an_upstream_is_called_through_the_environments_proxy_within_the_timeout
     monkeypatch.setenv("HTTP_PROXY", server.url)
     started = time.monotonic()
     try:
-        call = partial(
-            upstream_http.call,
-            operation={**OPERATION, "parameters": []},
-            base_url="http://upstream.invalid",
-            upstream_headers=[],
-            idempotency_header="",
-            key="k",
-            arguments={},
-            timeout=1,
-        )
+        call = partial(bare_post, "http://upstream.invalid", path="/things", timeout=1)
         if drip is None:
             assert call() == {"via": "proxy"}
         else:
@@ -358,15 +341,7 @@ def test_a_proxy_the_environment_names_and_httpx_cannot_use_fails_the_call_unsen
     """Nothing could be sent: the call failed, it did not end unknown (nor crash)."""
     monkeypatch.setenv("HTTP_PROXY", "ftp://proxy.invalid:21")
     with pytest.raises(ToolFailed) as failed:
-        upstream_http.call(
-            operation={**OPERATION, "parameters": []},
-            base_url="http://upstream.invalid",
-            upstream_headers=[],
-            idempotency_header="",
-            key="k",
-            arguments={},
-            timeout=1,
-        )
+        bare_post("http://upstream.invalid", path="/things", timeout=1)
     assert failed.value.code == "upstream_unreachable" and "proxy" in failed.value.message
 
 

@@ -26,6 +26,28 @@ def reply(
     handler.wfile.write(data)
 
 
+def bare_post(
+    base_url: str,
+    *,
+    path: str = "/p",
+    upstream_headers: list[tuple[str, str]] | None = None,
+    timeout: float = 5,
+) -> Any:
+    """An HTTP upstream's call of a POST with no parameters, no body and no idempotency
+    header, through ``upstream_http.call``: what a test of how an answer is read needs."""
+    from tools_registry.upstreams import http as upstream_http
+
+    return upstream_http.call(
+        operation={"method": "POST", "path": path, "parameters": [], "body": None},
+        base_url=base_url,
+        upstream_headers=upstream_headers or [],
+        idempotency_header="",
+        key="k",
+        arguments={},
+        timeout=timeout,
+    )
+
+
 def drip_headers(handler: BaseHTTPRequestHandler, body: bytes) -> None:
     """A status line, then a header a byte every 0.3 s for 12 s: each byte well within any
     read timeout, the answer never within a short one."""
