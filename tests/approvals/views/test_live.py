@@ -275,15 +275,19 @@ def test_ordinary_text_with_stars_or_a_masked_form_the_agent_wrote_is_not_refuse
     assert restored["body"] == "As the logs say: sent to j***@example.com."
 
 
+def email_call(world: World, arguments: dict[str, Any]) -> ToolCall:
+    """A send_email call of the world's agent, not stored: what its page would show."""
+    return ToolCall(tool=world.tools["send_email"], agent=world.agent, arguments=arguments)
+
+
 def test_removing_one_of_two_recipients_whose_masks_look_alike_keeps_the_right_one(
     world: World,
 ) -> None:
     """Both addresses are shown "a***@example.com"; the reviewer removes the first (Ada) and
     keeps Amy's row: Amy's own address comes back, never Ada's under Amy's name."""
-    call = ToolCall(
-        tool=world.tools["send_email"],
-        agent=world.agent,
-        arguments={
+    call = email_call(
+        world,
+        {
             "recipients": [
                 {"name": "Ada", "email": "ada@example.com"},
                 {"name": "Amy", "email": "amy@example.com"},
@@ -318,10 +322,9 @@ def test_removing_one_of_two_recipients_whose_masks_look_alike_keeps_the_right_o
 
 
 def test_rows_whose_masks_differ_are_still_restored_after_one_is_removed(world: World) -> None:
-    call = ToolCall(
-        tool=world.tools["send_email"],
-        agent=world.agent,
-        arguments={
+    call = email_call(
+        world,
+        {
             "recipients": [
                 {"name": "Ada", "email": "ada@example.com"},
                 {"name": "Bob", "email": "bob@example.com"},
@@ -370,7 +373,7 @@ def test_rows_shown_alike_and_edited_where_they_stood_are_told_apart_by_what_the
         {"name": "Ada", "email": "ada@example.com", "cents": 1000},
         {"name": "Amy", "email": "amy@example.com", "cents": 2000},
     ]
-    call = ToolCall(tool=world.tools["send_email"], agent=world.agent, arguments={"rows": rows})
+    call = email_call(world, {"rows": rows})
     shown = display.arguments(call)["rows"]
     lowered = [{**shown[0], "cents": 500}, {**shown[1], "cents": 1500}]
     restored, left = display.restore_masked({"rows": lowered}, call)
@@ -392,7 +395,7 @@ def test_rows_are_told_apart_only_among_few_look_alikes(world: World) -> None:
     moved among sixty would otherwise be compared with some of them only."""
     rows = [{"name": f"N{k}", "email": f"a{k}x@example.com", "cents": 1000 + k} for k in range(60)]
     rows[55] = {"name": "N0", "email": "ava@example.com", "cents": 9999}  # row 0's name
-    call = ToolCall(tool=world.tools["send_email"], agent=world.agent, arguments={"rows": rows})
+    call = email_call(world, {"rows": rows})
     shown = display.arguments(call)["rows"]
     edited = list(shown)
     edited[0], edited[55] = {**shown[55], "cents": 5000}, shown[0]  # moved, one edited
