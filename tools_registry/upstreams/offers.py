@@ -5,6 +5,7 @@ with the reason (said to the admin, never a silent skip)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,9 +153,11 @@ def drop_duplicates(offer: Offer) -> Offer:
 MAX_EXPANDED_NODES = 200_000
 
 
-def refers_to_itself(value: Any) -> bool:
-    """Whether a resolved schema contains itself (a $ref cycle): a walk that visits each
-    object once, however many times $refs share it."""
+def cycle_heads(value: Any) -> set[int]:
+    """The ids of the objects a resolved schema goes back to (a $ref cycle: a recursive
+    model), found by a walk that visits each object once, however many times $refs share it:
+    every cycle passes through one of them."""
+    heads: set[int] = set()
     done: set[int] = set()
     stack: list[tuple[Any, bool]] = [(value, False)]
     open_: set[int] = set()
@@ -168,7 +171,8 @@ def refers_to_itself(value: Any) -> bool:
             done.add(key)
             continue
         if key in open_:
-            return True
+            heads.add(key)
+            continue
         if key in done:
             continue
         open_.add(key)
@@ -176,7 +180,42 @@ def refers_to_itself(value: Any) -> bool:
         stack.extend(
             (child, False) for child in (item.values() if isinstance(item, dict) else item)
         )
-    return False
+    return heads
+
+
+_DEF_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def cycles_as_refs(schema: JSON, heads: set[int]) -> JSON:
+    """A resolved schema whose objects in ``heads`` are cycles' heads (see ``cycle_heads``),
+    written out as a tree a validator and ``json.dumps`` can take: each head one entry of the
+    root's ``$defs`` (named by its ``title`` where that is a plain name, as a pydantic model's
+    is), each use of it a ``$ref`` to the entry. The form an MCP server sends a recursive
+    model in. Raises RecursionError for a schema nested past Python's stack."""
+    names: dict[int, str] = {}
+    defs: JSON = {}
+
+    def write(node: Any, *, defining: bool = False) -> Any:
+        if isinstance(node, list):
+            return [write(child) for child in node]
+        if not isinstance(node, dict):
+            return node
+        if id(node) in heads and not defining:
+            if id(node) not in names:
+                title = node.get("title")
+                name = title if isinstance(title, str) and _DEF_NAME.match(title) else ""
+                if not name or name in defs:
+                    name = f"schema{len(defs) + 1}"
+                names[id(node)] = name
+                defs[name] = {}  # taken, before its own uses of itself are written
+                defs[name] = write(node, defining=True)
+            return {"$ref": f"#/$defs/{names[id(node)]}"}
+        return {key: write(child) for key, child in node.items()}
+
+    written = write(schema, defining=True)
+    if defs:
+        written["$defs"] = defs
+    return written
 
 
 def expanded_size(value: Any, limit: int = MAX_EXPANDED_NODES) -> int:

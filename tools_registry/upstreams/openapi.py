@@ -3,10 +3,11 @@
 Each operation with an ``operationId`` becomes a tool named ``<upstream>__<operationId>``.
 Its input schema merges the operation's path, query and header parameters with its JSON
 request body (the body's properties when it is an object, else the whole body under
-``body``), ``$ref``s resolved. Its risk: GET/HEAD read, DELETE destructive, POST/PUT/PATCH
-write, unless the operation says ``x-countersign-risk``. An operation may name the lookup
-operation reconciliation calls with a call's idempotency key (``x-countersign-lookup``:
-an operationId, or ``{"operationId": ..., "parameter": ...}``).
+``body``), ``$ref``s resolved (a recursive model's kept, as ``$defs``). Its risk: GET/HEAD
+read, DELETE destructive, POST/PUT/PATCH write, unless the operation says
+``x-countersign-risk``. An operation may name the lookup operation reconciliation calls with
+a call's idempotency key (``x-countersign-lookup``: an operationId, or ``{"operationId":
+..., "parameter": ...}``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from tools_registry.upstreams.offers import (
     ImportedTool,
     ImportFailed,
     Offer,
+    cycle_heads,
+    cycles_as_refs,
     drop_duplicates,
     expanded_size,
+    loops_in_place,
     object_schema_problems,
-    refers_to_itself,
     tool_name,
 )
 
@@ -210,13 +213,20 @@ def _tool(
     schema: JSON = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = sorted(set(required))
-    if refers_to_itself(schema):
-        raise _Skip("its schema refers to itself, which a tool's arguments cannot")
     if expanded_size(schema) > MAX_EXPANDED_NODES:
         # $refs that each use the one before twice double at every step: a document of
         # 2 KB makes a schema of megabytes, and minutes of work, once written out.
         raise _Skip(f"its schema expands to more than {MAX_EXPANDED_NODES} nodes")
+    if loops_in_place(schema):
+        raise _Skip(
+            "its schema refers to itself without going a level deeper into the arguments, "
+            "so checking a call would never end"
+        )
     try:
+        # A recursive model (a tree whose children are nodes) is a cycle of the resolved
+        # objects: it is kept as an MCP server sends one, its nodes $refs to $defs.
+        if heads := cycle_heads(schema):
+            schema = cycles_as_refs(schema, heads)
         json.dumps(schema)
     except (ValueError, RecursionError):
         raise _Skip("its schema nests too deep to be written out") from None
