@@ -893,6 +893,24 @@ def test_an_openapi_model_whose_nodes_share_a_title_keeps_each_its_own_def() -> 
     assert [e.path for e in validate_arguments(schema, {"y": {"b": [{"b": 5}]}})] == ["$.y.b[0].b"]
 
 
+def test_an_openapi_model_titled_as_a_generated_def_name_keeps_its_own_def() -> None:
+    a = {"$ref": "#/components/schemas/A"}
+    b = {"$ref": "#/components/schemas/B"}
+    schemas = {
+        "A": {
+            "title": "schema2",
+            "type": "object",
+            "properties": {"a": {"type": "array", "items": a}},
+        },
+        "B": {"type": "object", "properties": {"b": {"type": "array", "items": b}}},
+    }
+    offered = _offer(_posting({"type": "object", "properties": {"x": a, "y": b}}, schemas))
+    schema = offered.tools[0].input_schema
+    assert sorted(schema["$defs"]) == ["schema2", "schema3"]
+    assert [e.path for e in validate_arguments(schema, {"x": {"a": [{"a": 5}]}})] == ["$.x.a[0].a"]
+    assert [e.path for e in validate_arguments(schema, {"y": {"b": [{"b": 5}]}})] == ["$.y.b[0].b"]
+
+
 def test_an_openapi_schema_that_is_an_any_of_itself_leaves_the_tool_out() -> None:
     """A loop a validator never leaves (no level deeper into the arguments): refused, as an
     MCP tool's is."""

@@ -204,8 +204,10 @@ def cycles_as_refs(schema: JSON, heads: set[int]) -> JSON:
             if id(node) not in names:
                 title = node.get("title")
                 name = title if isinstance(title, str) and _DEF_NAME.match(title) else ""
-                if not name or name in defs:
-                    name = f"schema{len(defs) + 1}"
+                number = len(defs)
+                while not name or name in defs:
+                    number += 1
+                    name = f"schema{number}"
                 names[id(node)] = name
                 defs[name] = {}  # taken, before its own uses of itself are written
                 defs[name] = write(node, defining=True)
