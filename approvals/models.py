@@ -290,9 +290,11 @@ class Decision(models.Model):
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            # One verdict per reviewer per version of the arguments.
+            # One verdict of each kind per reviewer per version of the arguments: an approver
+            # may still reject while the call waits (decisions._require_first_vote).
             models.UniqueConstraint(
-                fields=["call", "reviewer", "arguments_hash"], name="decision_one_per_reviewer"
+                fields=["call", "reviewer", "arguments_hash", "verdict"],
+                name="decision_one_of_each_per_reviewer",
             ),
         ]
 

@@ -195,7 +195,7 @@ def _decide_locked(
         # A rejection runs nothing: a new tool version or a changed record does not stop
         # it (stopping harm stays easy); the stored arguments must still be the agent's.
         _require_untampered(call)
-    _require_first_vote(call, reviewer)
+    _require_first_vote(call, reviewer, verdict)
     edited = False
     if verdict == Verdict.APPROVE:
         _require_may_approve(call, reviewer)
@@ -210,7 +210,7 @@ def _decide_locked(
             # The corrected call is screened anew: its rule may ask for a team, and the
             # reviewer may have approved these very arguments before another's correction.
             # What this raises rolls the correction back with everything else.
-            _require_first_vote(call, reviewer)
+            _require_first_vote(call, reviewer, verdict)
             _require_may_approve(call, reviewer)
         if call.risk == Risk.DESTRUCTIVE or (call.policy or {}).get("confirm"):
             _require_confirmation(call, confirmation)
@@ -310,8 +310,13 @@ def confirmation_phrase(call: ToolCall) -> str:
     return phrase
 
 
-def _require_first_vote(call: ToolCall, reviewer: Any) -> None:
-    if call.decisions.filter(reviewer=reviewer, arguments_hash=call.arguments_hash).exists():
+def _require_first_vote(call: ToolCall, reviewer: Any, verdict: str) -> None:
+    """One approval per reviewer for these arguments. A reviewer who approved may still
+    reject while the call waits for the others (they saw something since): a rejection
+    only stops harm, and both verdicts stay on record."""
+    if call.decisions.filter(
+        reviewer=reviewer, arguments_hash=call.arguments_hash, verdict=verdict
+    ).exists():
         raise AlreadyVoted("You already decided on these arguments.", call=call)
 
 

@@ -81,6 +81,11 @@ def detail_context(
     view = view or display.page(call)
     conflict = conflict_of_interest(call, user)
     decided = list(call.decisions.all())
+    # While the call waits, a verdict of the reviewer's on these arguments is an approval (a
+    # rejection ends the call); they may still reject it.
+    already_voted = any(
+        d.reviewer_id == user.pk and d.arguments_hash == call.arguments_hash for d in decided
+    )
     history = selectors.session_history(call)
     reviewable = set(reviewable_tools(user).values_list("pk", flat=True)) if history else set()
     now = timezone.now()
@@ -99,15 +104,13 @@ def detail_context(
         "view": view,
         "pending": pending,
         "approvals": view.approvals,
-        "already_voted": any(
-            d.reviewer_id == user.pk and d.arguments_hash == call.arguments_hash for d in decided
-        ),
+        "already_voted": already_voted,
         "owns_agent": conflict == "owner",
         "acts_for_me": conflict == "on_behalf_of",
         "conflict": CONFLICTS.get(conflict, ""),
         "outside_team": outside_team,
         # Separation of duties and a rule's team: who may reject but not approve.
-        "may_approve": not conflict and not outside_team,
+        "may_approve": not conflict and not outside_team and not already_voted,
         "destructive": destructive,
         "confirm_phrase": (
             decisions.confirmation_phrase(call)

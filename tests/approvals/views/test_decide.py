@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from approvals import reauth
 from approvals.models import Status, ToolCall
+from audit.models import AuditEvent
 from tests.approvals.conftest import login, make_call
 from tests.conftest import World
 
@@ -82,3 +83,30 @@ def test_deciding_is_post_only_and_needs_the_csrf_token(world: World) -> None:
     )
     assert response.status_code == 403
     assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING
+
+
+def test_a_reviewer_who_approved_may_still_reject_while_the_call_waits(
+    world: World, bob_client
+) -> None:
+    """One approval of two: the approver saw something since (a fraud alert, a customer's
+    call). Their page offered no way to stop the call, only "You voted", and a rejection was
+    refused as a second verdict; someone else had to be found while the call could be
+    approved by the next reviewer."""
+    call = make_call(world, "delete_customer")  # destructive: two approvals
+    post_decision(bob_client, call, "approve", confirmation="cus_0003")
+    page = bob_client.get(f"/approvals/{call.pk}/").content.decode()
+    assert "You may still reject it" in page
+    assert 'value="reject"' in page and 'value="approve"' not in page
+    again = post_decision(bob_client, call, "approve", confirmation="cus_0003")
+    assert "You already decided on these arguments." in again.content.decode()
+    rejected = post_decision(bob_client, call, "reject", comment="The customer called: keep it.")
+    assert rejected.status_code == 200 and "Rejected" in rejected.content.decode()
+    call.refresh_from_db()
+    assert call.status == Status.REJECTED
+    verdicts = list(call.decisions.order_by("created_at").values_list("reviewer", "verdict"))
+    assert verdicts == [(world.bob.pk, "approve"), (world.bob.pk, "reject")]
+    assert [e.action for e in AuditEvent.objects.filter(call_id=call.pk).order_by("id")][-3:] == [
+        "call.decision",
+        "call.decision",
+        "call.rejected",
+    ]
