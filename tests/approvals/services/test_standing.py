@@ -276,3 +276,29 @@ def test_a_reviewer_sees_and_revokes_their_own_standing_approvals_on_their_page(
     granted.refresh_from_db()
     assert granted.revoked_at is not None and granted.revoked_by == world.bob
     assert _later(world).status == Status.PENDING
+
+
+def test_an_approver_who_rejects_the_call_takes_back_its_standing_approval(
+    world: World,
+) -> None:
+    """Two approvals needed; bob approves with a standing approval, then rejects the call
+    (he saw something since). What came with his approval goes with it: left live, it
+    approved the next call like this one once the tool asked one reviewer again."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.save()
+    call = submit(world)
+    result = decide(
+        call_id=call.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        standing_terms=standing.Terms(seconds=3600, match="any"),
+    )
+    assert not result.decided and result.standing is not None
+    decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment="Not this customer.")
+    result.standing.refresh_from_db()
+    assert result.standing.revoked_by == world.bob and result.standing.revoked_at is not None
+    assert events("standing_approval.revoked")[0].data["standing_approval"] == result.standing.pk
+    tool.approvals_required = 1
+    tool.save()
+    assert submit(world).status == Status.PENDING
