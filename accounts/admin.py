@@ -140,7 +140,27 @@ def _two_factor_removed(request: HttpRequest, devices: list[TOTPDevice]) -> None
 @admin.register(AccessAttempt)
 class AuditedAccessAttemptAdmin(AccessAttemptAdmin):
     """django-axes' failed sign-ins: deleting one lifts the lock it holds, which the trail
-    records (who lifted it, for which name and address) as it records the lock."""
+    records (who lifted it, for which name and address) as it records the lock.
+
+    The name tried is shown as the trail keeps it: a name that is no account may be a
+    password typed into the wrong box, so it shows as a fingerprint. The form data axes
+    keeps (the typed name again, in the query string and the POST) is not shown."""
+
+    list_display = [
+        "name_tried" if field == "username" else field for field in AccessAttemptAdmin.list_display
+    ]
+    fieldsets = (
+        (None, {"fields": ("name_tried", "path_info", "failures_since_start", "expiration")}),
+        ("Meta Data", {"fields": ("user_agent", "ip_address", "http_accept")}),
+    )
+    readonly_fields = [
+        "name_tried",
+        *(f for f in AccessAttemptAdmin.readonly_fields if f not in ("get_data", "post_data")),
+    ]
+
+    @admin.display(description="name tried")
+    def name_tried(self, attempt: AccessAttempt) -> str:
+        return attempted_name(attempt.username or "")[0]
 
     def delete_model(self, request: HttpRequest, obj: AccessAttempt) -> None:
         super().delete_model(request, obj)

@@ -8,6 +8,7 @@ from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent
+from audit.receivers import attempted_name
 from tests.conftest import World
 
 KEY = "3132333435363738393031323334353637383930"
@@ -175,3 +176,23 @@ def test_an_admin_lifting_a_lockout_is_audited(world: World) -> None:
     ]
     assert lifted[0].data["username"] == "bob"
     assert "hunter2" not in str(lifted[1].data)
+
+
+def test_the_failed_sign_ins_page_shows_a_name_that_is_no_account_as_a_fingerprint(
+    world: World,
+) -> None:
+    """People type their password into the name box: axes' admin showed it in full, in the
+    list, on the attempt's page and in its form data, where the trail keeps a fingerprint."""
+    from axes.models import AccessAttempt
+
+    anonymous = Client()
+    anonymous.post("/login/", {"username": "hunter2-typed-as-name", "password": "x"})
+    anonymous.post("/login/", {"username": "bob", "password": "wrong"})
+    typo = AccessAttempt.objects.get(username="hunter2-typed-as-name")
+    client, _ = admin_client()
+    listed = client.get("/admin/axes/accessattempt/").content.decode()
+    shown = client.get(f"/admin/axes/accessattempt/{typo.pk}/change/").content.decode()
+    for page in (listed, shown):
+        assert "hunter2" not in page
+    assert attempted_name("hunter2-typed-as-name")[0] in listed
+    assert ">bob<" in listed
