@@ -37,7 +37,7 @@ from tools_registry.models import (
     Tool,
     Upstream,
 )
-from tools_registry.policy import POLICY_FIELDS, policy_values
+from tools_registry.policy import POLICY_FIELDS, Risk, policy_values
 from tools_registry.schemas import argument_paths
 from tools_registry.services.agents import MAX_STOP_REASON
 from tools_registry.services.sync import policy_for_new_risk
@@ -649,12 +649,26 @@ class AgentAdmin(admin.ModelAdmin):
             (role, ", ".join(t.name for t in tools if scope.covers(t)) or "nothing")
             for role, scope in role_scopes.scopes_of(agent).items()
         ]
-        unscoped = [t.name for t in tools if role_scopes.permits(agent, role_scopes.NOBODY, t)]
-        rows.append(("no user, or no scoped role", ", ".join(unscoped) or "nothing"))
-        return format_html(
+        unscoped = [t for t in tools if role_scopes.permits(agent, role_scopes.NOBODY, t)]
+        rows.append(
+            ("no user, or no scoped role", ", ".join(t.name for t in unscoped) or "nothing")
+        )
+        table = format_html(
             "<table><tbody>{}</tbody></table>",
             format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
         )
+        acting = [t.name for t in unscoped if t.risk != Risk.READ]
+        if agent.user_roles_from == Agent.UserRoles.VERIFIED and acting:
+            # A call that leaves the user's token out names no user: the agent, not the
+            # provider, then decides what the call may do.
+            return format_html(
+                '{}<p class="errornote">A call that leaves out the user\'s token gets the row '
+                "above, which may act ({}): set <em>Unscoped access</em> to read tools or nothing, "
+                "so that only a verified role opens these.</p>",
+                table,
+                ", ".join(acting),
+            )
+        return table
 
     def save_model(
         self, request: HttpRequest, obj: Agent, form: forms.ModelForm, change: bool

@@ -237,3 +237,24 @@ def test_a_providers_keys_are_fetched_over_tls_or_from_this_machine(
     assert IdentityProvider.objects.exists() is accepted
     if not accepted:
         assert "jwks_url" in response.context["adminform"].form.errors
+
+
+def test_a_verified_agent_whose_calls_without_a_token_may_act_is_warned_of(
+    world: World, admin_client: Client
+) -> None:
+    """Verified promises that the provider, not the agent, says what a user may do; a call
+    that leaves the token out names no user and got the whole allowlist by default, with
+    nothing on the agent's page to say so."""
+    provider = IdentityProvider.objects.create(
+        name="okta", issuer="https://example.okta.com/", audience="countersign",
+        jwks_url="https://example.okta.com/v1/keys", algorithms=["RS256"],
+    )  # fmt: skip
+    Agent.objects.filter(pk=world.agent.pk).update(
+        user_roles_from="verified", identity_provider=provider, role_scopes=CHECKLIST
+    )
+    page = admin_client.get(change_url(world.agent)).content.decode()
+    assert "A call that leaves out the user's token gets the row above, which may act" in page
+    assert "send_email" in page.split("which may act (")[1].split(")")[0]
+    Agent.objects.filter(pk=world.agent.pk).update(unscoped_access="reads")
+    page = admin_client.get(change_url(world.agent)).content.decode()
+    assert "leaves out the user" not in page
