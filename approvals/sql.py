@@ -63,6 +63,7 @@ def _read_locked_call(cursor: Any) -> ToolCall | None:
     call.tool = tool
     call.agent = agent
     call.tool_allowed = row[start]  # type: ignore[attr-defined]  # guards.tool_still_allowed
+    call.database_time = row[start + 1]  # type: ignore[attr-defined]  # claim.lease_until
     return call
 
 
@@ -93,7 +94,7 @@ def _lock_call_sql() -> str:
     )
     # Names from the models' own metadata; the id is a parameter.
     return (
-        f"SELECT {selected}, {allowed} FROM {db.table(ToolCall)} c "  # noqa: S608
+        f"SELECT {selected}, {allowed}, clock_timestamp() FROM {db.table(ToolCall)} c "  # noqa: S608
         f"{join('JOIN', Tool, 't', f'c.{db.column(ToolCall, "tool")}')} "
         f"{join('LEFT JOIN', models[2], 'u', f't.{db.column(Tool, "upstream")}')} "
         f"{join('JOIN', Agent, 'a', f'c.{db.column(ToolCall, "agent")}')} "

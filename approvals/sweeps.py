@@ -20,6 +20,7 @@ from functools import partial
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from approvals import events, notifications
@@ -88,10 +89,11 @@ def resend_stalled_approved(*, now: datetime | None = None, limit: int = 500) ->
 
 def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
     """Executing calls whose worker went silent past its lease become ``unknown`` (reads
-    fail), with the fence bumped so the silent worker can no longer write."""
-    now = now or timezone.now()
+    fail), with the fence bumped so the silent worker can no longer write. Leases are read
+    against the database's clock (``now``: a sweep run as if at that time), which stamped
+    them (``claim.lease_until``): the machines' clocks need not agree."""
     overdue = list(
-        ToolCall.objects.filter(status=Status.EXECUTING, lease_until__lt=now)
+        ToolCall.objects.filter(status=Status.EXECUTING, lease_until__lt=now or Now())
         .order_by("lease_until")
         .values_list("pk", flat=True)[:limit]
     )

@@ -72,7 +72,10 @@ class Claim:
 
 def lease_until(tool: Tool, now: datetime) -> datetime:
     """When a claim of a call of ``tool`` lapses: its handler budget plus a grace for the
-    database work around it. Past it, the lease sweep takes the call away."""
+    database work around it. Past it, the lease sweep takes the call away. ``now`` is the
+    database's clock where the claim read it (``sql.lock_call``), as the sweep compares
+    leases with the database's clock: a worker whose own clock runs behind would otherwise
+    stamp a lease that has lapsed already."""
     budget = handler_budget_seconds(
         timeout_seconds=tool.timeout_seconds, max_attempts=tool.max_attempts
     )
@@ -103,7 +106,8 @@ def claim_call(*, call_id: UUID) -> Claim | None:
         fence=call.fence,
         bump_fence=True,
         attempts=call.attempts + 1,
-        lease_until=lease_until(call.tool, now),
+        # The ORM's lock (the embedded database: one machine, one clock) reads no clock.
+        lease_until=lease_until(call.tool, getattr(call, "database_time", None) or now),
         started_at=now,
     )
     events.execution_started(call)

@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from approvals import events, transitions
@@ -117,16 +118,16 @@ def expire_lease(
     moves on in the same UPDATE, so the silent worker's late ``finish_call`` (a paused or
     partitioned process that wakes up) matches no row and is discarded.
     """
-    now = now or timezone.now()
     # The agent's run lock first, as a claim and a stop take it: the agent is read as a stop
-    # under way leaves it.
+    # under way leaves it. The lease against the database's clock (sweeps.expire_leases).
     call = transitions.lock_call(
         call_id,
         skip_locked=skip_locked,
         hold_agent=True,
         status=Status.EXECUTING,
-        lease_until__lt=now,
+        lease_until__lt=now or Now(),
     )
+    now = now or timezone.now()
     if call is None:
         return None
     claim_fence = call.fence

@@ -89,6 +89,30 @@ class TestLeaseExpiry:
         assert call.status == Status.EXECUTING
         assert call.fence == claim.fence
 
+    @pytest.mark.parametrize("whose", ["worker's clock behind", "sweeper's clock ahead"])
+    def test_a_lease_is_measured_by_the_databases_clock_not_the_machines(
+        self, world: World, whose: str, monkeypatch: pytest.MonkeyPatch
+    ):
+        """A worker on a machine whose clock runs ten minutes behind stamped a lease that
+        had lapsed when it was given (the sweep read it with its own clock): its calls were
+        taken from it as it ran them, every one left for reconciliation or a person. So was a
+        running call for a sweep on a machine whose clock runs ahead."""
+        real_now = timezone.now
+        skew = timedelta(minutes=10)
+        if whose == "worker's clock behind":
+            with monkeypatch.context() as clock:
+                clock.setattr(timezone, "now", lambda: real_now() - skew)
+                call, claim = claimed_call(world)
+            assert sweeps.expire_leases() == 0
+        else:
+            call, claim = claimed_call(world)
+            monkeypatch.setattr(timezone, "now", lambda: real_now() + skew)
+            assert sweeps.expire_leases() == 0
+            assert expire_lease(call_id=call.pk) is None
+        call.refresh_from_db()
+        assert (call.status, call.fence) == (Status.EXECUTING, claim.fence)
+        assert call.lease_until > real_now()
+
     def test_an_expired_read_fails_because_a_read_has_no_effect(self, world: World):
         call = create_call(
             agent=world.agent,
@@ -259,8 +283,9 @@ def test_the_hard_guard_sits_between_the_tools_timeout_and_the_lease(world: Worl
     limits = send.time_limits(call.pk)
 
     assert limits == {"soft_time_limit": 17, "time_limit": 27}
+    # The lease by the database's clock, the start by the worker's: the same instant here.
     lease = (call.lease_until - call.started_at).total_seconds()
-    assert limits["soft_time_limit"] < limits["time_limit"] < lease == 42
+    assert limits["soft_time_limit"] < limits["time_limit"] < 41 < lease < 43
 
 
 @pytest.mark.parametrize("command", ["resend_approved", "expire_leases", "expire_pending"])
