@@ -249,7 +249,7 @@ def tool(
     """
     if risk not in Risk.values:
         raise ValueError(f"risk must be one of {Risk.values}, not {risk!r}")
-    if not TOOL_NAME.match(name):
+    if not TOOL_NAME.fullmatch(name):  # ``$`` alone matches before a final line break
         raise ValueError(f"tool name {name!r} must match {TOOL_NAME.pattern}")
     if not description.strip():
         raise ValueError(f"tool {name!r} needs a description")

@@ -688,6 +688,73 @@ def test_tools_an_mcp_server_lies_about_are_left_out_with_reasons() -> None:
     assert f"crm__{'x' * 70} is not a valid tool name" in reasons
 
 
+def test_a_name_ending_in_a_line_break_is_not_a_valid_tool_name() -> None:
+    """``$`` also matches before a final newline: "find\\n" was imported as "crm__find\\n",
+    a name OpenAI, Anthropic and MCP refuse (an agent's whole tool list with it), shown in
+    the admin as "crm__find" beside the real one."""
+    obj = {"type": "object", "properties": {}}
+    offer = upstream_mcp.offer_from(
+        "crm",
+        [
+            types.Tool(name="find", input_schema=obj),
+            types.Tool(name="find\n", input_schema=obj),
+        ],
+    )
+    assert [t.name for t in offer.tools] == ["crm__find"]
+    assert offer.skipped == ["find\n: crm__find\n is not a valid tool name"]
+
+
+@pytest.mark.parametrize("kind", [Upstream.Kind.MCP, Upstream.Kind.OPENAPI])
+def test_a_tool_left_out_of_a_resync_says_why_in_its_removal(world: World, kind: str) -> None:
+    """An offer names what it leaves out as it knows it (an MCP tool's own name, an
+    operation's method and path), not by the tool's name: the removal's audit event said
+    only "gone", never why."""
+
+    def offered(broken: bool) -> Any:
+        if kind == Upstream.Kind.MCP:
+            schema = {"type": "array"} if broken else {"type": "object"}
+            listed = [types.Tool(name="add_card", description="Add.", input_schema=schema)]
+            return lambda u: upstream_mcp.offer_from(u.name, listed)
+        operation: dict[str, Any] = {"operationId": "add_card", "summary": "Add."}
+        if broken:
+            operation["x-countersign-risk"] = "sometimes"
+        document = {
+            "openapi": "3.1.0",
+            "info": {"title": "Cards", "version": "1"},
+            "servers": [{"url": "http://cards.invalid"}],
+            "paths": {"/cards": {"post": operation}},
+        }
+        return lambda u: upstream_openapi.offer(
+            document, upstream=u.name, document_url=u.url, base_url=""
+        )
+
+    url = "http://cards.invalid/" + ("mcp" if kind == Upstream.Kind.MCP else "openapi.json")
+    upstream = register_upstream(name="cards", kind=kind, url=url)
+    assert sync_upstream(upstream=upstream, reader=offered(False)).imported == ["cards__add_card"]
+    report = sync_upstream(upstream=upstream, reader=offered(True))
+    assert report.removed == ["cards__add_card"]
+    (why,) = report.skipped
+    removal = AuditEvent.objects.get(action="tool.removed_upstream", tool_name="cards__add_card")
+    assert removal.data.get("left_out") == why.split(": ", 1)[1]
+
+
+def test_a_removal_whose_reason_quotes_a_nul_is_kept_storable(world: World) -> None:
+    """The reason may quote the upstream (a $ref it could not resolve): kept storable, or
+    the removal's audit event would fail the whole sync."""
+
+    def offered(schema: dict[str, Any]) -> Any:
+        listed = [types.Tool(name="add_card", description="Add.", input_schema=schema)]
+        return lambda u: upstream_mcp.offer_from(u.name, listed)
+
+    upstream = register_upstream(name="cards", kind=Upstream.Kind.MCP, url="http://cards.invalid/")
+    sync_upstream(upstream=upstream, reader=offered({"type": "object"}))
+    broken = {"type": "object", "properties": {"card": {"$ref": "#/$defs/\x00card"}}}
+    report = sync_upstream(upstream=upstream, reader=offered(broken))
+    assert report.removed == ["cards__add_card"]
+    removal = AuditEvent.objects.get(action="tool.removed_upstream", tool_name="cards__add_card")
+    assert "\ufffdcard" in removal.data["left_out"]
+
+
 def test_a_name_already_taken_is_not_overwritten(world: World, http_upstream: WebProcess) -> None:
     register_orders(http_upstream)
     upstream = Upstream.objects.get(name="orders")
@@ -968,9 +1035,14 @@ def test_a_boolean_schema_leaves_the_operation_out_with_a_reason(
     assert report.skipped[0].startswith("POST /x: ") and "schema" in report.skipped[0]
 
 
-def test_yaml_aliases_that_multiply_at_each_step_are_an_import_failure_at_once() -> None:
+def test_yaml_aliases_that_multiply_at_each_step_are_an_import_failure_at_once(
+    settings: Any,
+) -> None:
     """Each anchor's list is ten of the one before: 600 bytes of YAML, 10**12 nodes once
-    walked, which the checks of the document (its references, its validation) do."""
+    walked, which the checks of the document (its references, its validation) do. (The
+    limit lowered: the walk stops just past it, and the default's 5 million steps took
+    longer than the time asserted on a loaded machine.)"""
+    settings.UPSTREAM_MAX_DOCUMENT_BYTES = 200_000
     lines = ["a0: &a0 {type: string}"]
     for n in range(1, 13):
         lines.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]")

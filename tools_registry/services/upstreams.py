@@ -275,14 +275,25 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
         tool.policy_version += 1
         tool.save(update_fields=["available", "enabled", "policy_version", "updated_at"])
         data = {"upstream": upstream.name}
-        if tool.name in left_out:
-            data["left_out"] = left_out[tool.name][:300]
+        if why := next((left_out[k] for k in _offered_as(tool) if k in left_out), None):
+            # It may quote the upstream (a $ref it could not resolve): storable, as a failure.
+            data["left_out"] = storable(why[:300])
         record(action="tool.removed_upstream", actor=actor, tool=tool, data=data)
         report.removed.append(tool.name)
     Upstream.objects.filter(pk=upstream.pk).update(
         last_synced_at=timezone.now(), last_sync_error=""
     )
     return report
+
+
+def _offered_as(tool: Tool) -> list[str]:
+    """What an offer calls ``tool`` when it leaves it out: its name (a duplicate, a
+    definition that cannot be stored), an MCP tool's own name, an operation's method and
+    path (``offers``: each reader says what it was reading)."""
+    said = [tool.name, tool.upstream_name]
+    if operation := tool.upstream_operation:
+        said.append(f"{operation.get('method')} {operation.get('path')}")
+    return said
 
 
 def _spec(imported: ImportedTool) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def tool_name(upstream: str, source_name: str) -> str | None:
     """``<upstream>__<source_name>``, or None when that is not a name agents can use
     (OpenAI, Anthropic and MCP all take ``^[a-zA-Z0-9_-]{1,64}$``)."""
     name = f"{upstream}{SEPARATOR}{source_name}"
-    return name if TOOL_NAME.match(name) else None
+    # fullmatch: ``$`` alone also matches before a final line break.
+    return name if TOOL_NAME.fullmatch(name) else None
 
 
 def object_schema_problems(schema: Any) -> list[str]:
