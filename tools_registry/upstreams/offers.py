@@ -204,7 +204,7 @@ def cycles_as_refs(schema: JSON, heads: set[int]) -> JSON:
         if id(node) in heads and not defining:
             if id(node) not in names:
                 title = node.get("title")
-                name = title if isinstance(title, str) and _DEF_NAME.match(title) else ""
+                name = title if isinstance(title, str) and _DEF_NAME.fullmatch(title) else ""
                 number = len(defs)
                 while not name or name in defs:
                     number += 1
