@@ -248,12 +248,29 @@ def hold_agent_running_statement(call_id: UUID) -> db.Statement[None]:
     return db.Statement(_hold_for_call_sql(), [registry_sql.RUN_LOCK_CLASS, call_id], db.unread)
 
 
+def try_hold_agent_running_for(call_id: UUID) -> bool:
+    """``hold_agent_running_for`` without waiting, for a sweep: False (nothing held) while a
+    stop or resume of the agent holds its run lock or queues for it. A queued stop waits
+    for the claims under way, one of which may be paused for as long as it likes; the sweep
+    skips the call, as it skips a row another transaction holds."""
+    if connection.vendor != "postgresql":
+        return True
+    params = [registry_sql.RUN_LOCK_CLASS, call_id]
+    # NULL for no such call: nothing to skip (reading the call then finds none).
+    return db.one(db.Statement(_hold_for_call_sql(wait=False), params, _not_refused))
+
+
+def _not_refused(cursor: Any) -> bool:
+    return cursor.fetchone()[0] is not False
+
+
 @cache
-def _hold_for_call_sql() -> str:
+def _hold_for_call_sql(*, wait: bool = True) -> str:
     agent = db.column(ToolCall, "agent")
+    take = "pg_advisory_xact_lock_shared" if wait else "pg_try_advisory_xact_lock_shared"
     # The call's agent never changes, so reading it without a lock is safe.
     return (
-        "SELECT pg_advisory_xact_lock_shared(%s, "  # noqa: S608 - the model's own names
+        f"SELECT {take}(%s, "  # noqa: S608 - the model's own names
         f"(SELECT ({agent} %% 2147483648)::int4 FROM {db.table(ToolCall)} "
         f"WHERE {db.column(ToolCall, 'id')} = %s))"
     )

@@ -198,7 +198,8 @@ def lock_call(
     most decisions) it is one statement written by hand (``sql.lock_call``).
 
     ``hold_agent`` takes the run lock of the call's agent first (``sql.hold_agent_running_for``,
-    as every claim does), in the same round trip as the row lock when it can.
+    as every claim does), in the same round trip as the row lock when it can; with
+    ``skip_locked``, a run lock a stop holds or waits for is None too.
     """
     if not filters and not skip_locked and connection.vendor == "postgresql":
         if not connection.in_atomic_block:  # as select_for_update() refuses
@@ -210,7 +211,12 @@ def lock_call(
             return call
         return sql.lock_call(call_id)
     if hold_agent:
-        sql.hold_agent_running_for(call_id)
+        if not skip_locked:
+            sql.hold_agent_running_for(call_id)
+        elif not sql.try_hold_agent_running_for(call_id):
+            # A stop of the agent holds the run lock, or waits for it behind a claim that
+            # may be paused: waiting for it would hold up the sweep as a held row would.
+            return None
     return (
         ToolCall.objects.select_for_update(of=("self",), skip_locked=skip_locked)
         .select_related("tool__upstream", "agent__owner")

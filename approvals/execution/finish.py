@@ -111,7 +111,8 @@ def expire_lease(
     *, call_id: UUID, now: datetime | None = None, skip_locked: bool = False
 ) -> ToolCall | None:
     """Take a call away from a worker that went silent past its lease; None if not due (or,
-    with ``skip_locked``, if another transaction holds the call: the sweep's next pass).
+    with ``skip_locked``, if another transaction holds the call, or a stop of its agent holds
+    or awaits the agent's run lock: the sweep's next pass).
 
     A write becomes ``unknown``: its effect may or may not have happened, and the
     reconciliation sweep asks the downstream. A read has no effect, so it fails. The fence

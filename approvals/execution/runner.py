@@ -136,9 +136,14 @@ def _after_an_open_attempt(claim: Claim, outcome: Outcome) -> Outcome:
     asking again could change: says nothing of the earlier attempt. An upstream's 409, for
     one, is its first request with the key still running. The outcome stays unknown, for
     reconciliation and then a person; never "failed", which would let the agent send the
-    effect again under a new key."""
+    effect again under a new key. So is a re-run that found no handler (a deploy took the
+    tool's code away before the registry was synced): it ran nothing, as one refused at its
+    claim."""
     earlier_open = claim.risk != Risk.READ and claim.attempt > 1 and claim.call.error is not None
-    retryable = outcome.status == Status.FAILED and (outcome.error or {}).get("retryable")
+    error = outcome.error or {}
+    retryable = outcome.status == Status.FAILED and (
+        error.get("retryable") or error.get("code") == "tool_not_in_code"
+    )
     if earlier_open and retryable:
         return replace(outcome, status=Status.UNKNOWN)
     return outcome

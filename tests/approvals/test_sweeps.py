@@ -11,9 +11,12 @@ every sweep for a minute. Each sweep skips a locked call and comes back to it ne
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
@@ -29,6 +32,9 @@ from sandbox import effects
 from tests.conftest import World
 from tests.support.calls import age_lease, approved_call, claimed_call, pending_call, unknown_call
 from tests.support.workers import worker_database_url
+from tools_registry.models import Agent
+from tools_registry.services import stop_agent
+from tools_registry.sql import RUN_LOCK_CLASS, run_lock_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,6 +67,44 @@ def paused_in_a_transaction_on(call: ToolCall) -> Iterator[None]:
         )
         yield
         holder.rollback()
+
+
+@contextmanager
+def a_stop_queued_behind_a_paused_claim_of(agent: Agent) -> Iterator[None]:
+    """A worker paused inside a claim of one of the agent's calls holds the agent's run lock
+    (shared), and a person's stop of the agent waits for it (exclusive) until the block
+    ends; the stop then commits."""
+
+    def stop() -> None:
+        try:
+            stop_agent(agent=Agent.objects.get(pk=agent.pk), reason="It misbehaved.")
+        finally:
+            connection.close()
+
+    with psycopg.connect(worker_database_url()) as holder:
+        holder.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s, %s)", [RUN_LOCK_CLASS, run_lock_key(agent.pk)]
+        )
+        stopping = threading.Thread(target=stop)
+        stopping.start()
+        with psycopg.connect(worker_database_url(), autocommit=True) as watcher:
+            for _ in range(200):
+                queued = watcher.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND classid::bigint = %s AND objid::bigint = %s",
+                    [RUN_LOCK_CLASS, run_lock_key(agent.pk)],
+                ).fetchone()
+                if queued and queued[0]:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the stop never queued for the agent's run lock")
+        try:
+            yield
+        finally:
+            holder.rollback()
+            stopping.join(timeout=30)
 
 
 def stalled(call: ToolCall) -> ToolCall:
@@ -156,3 +200,26 @@ def test_every_sweep_runs_through_while_paused_processes_hold_a_call_of_each_kin
 
     assert moved(sweeps.run_all()) == (1, 1, 1, 1, 1)
     assert ToolCall.objects.get(pk=held[2].pk).status == Status.SUCCEEDED
+
+
+def test_a_stop_queued_behind_a_paused_claim_holds_up_no_lease_expiry(live_world: World) -> None:
+    """The lease sweep takes a call's agent's run lock before the call (as a stop under way
+    leaves the agent): a stop that waits for a paused worker's claim must not hold the sweep
+    up, nor through it every other agent's calls behind it."""
+    stopping = overdue(claimed_call(live_world)[0])
+    other = Agent.objects.create(name="billing-bot", owner=live_world.alice)
+    other.allowed_tools.add(*live_world.tools.values())
+    elsewhere = claimed_call(replace(live_world, agent=other))[0]
+    age_lease(elsewhere, seconds=60)  # due after the stopping agent's call
+
+    with a_stop_queued_behind_a_paused_claim_of(live_world.agent):
+        assert sweeps.expire_leases() == 1  # the other agent's call, at once
+
+        assert ToolCall.objects.get(pk=stopping.pk).status == Status.EXECUTING
+        assert ToolCall.objects.get(pk=elsewhere.pk).status == Status.UNKNOWN
+
+    # The paused worker is back and the stop committed: the next pass takes the call, and
+    # leaves it to a person, its agent being stopped.
+    assert sweeps.expire_leases() == 1
+    stopping.refresh_from_db()
+    assert (stopping.status, stopping.left_to_person) == (Status.UNKNOWN, True)

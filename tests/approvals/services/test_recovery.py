@@ -451,6 +451,29 @@ def test_a_rerun_refused_for_now_leaves_the_earlier_attempts_outcome_open(
     assert other.status == Status.FAILED
 
 
+def test_a_rerun_whose_tool_code_is_gone_leaves_the_earlier_attempts_outcome_open(
+    world: World,
+) -> None:
+    """A worker lost mid-call in a deploy that also took the tool's code away (the registry
+    not synced yet): reconciliation re-runs the call on a new worker, which has no handler.
+    That re-run ran nothing and says nothing of the first attempt, which may have had its
+    effect: the call stays unknown, never failed for the agent to send again."""
+    call = unknown_call(world)
+    assert sweeps.reconcile_unknown() == {"rerun": 1}
+    spec = registry.unregister("send_email")
+    try:
+        runner.execute(call.pk)
+        call.refresh_from_db()
+        assert (call.status, call.error["code"]) == (Status.UNKNOWN, "tool_not_in_code")
+        # No handler, no lookup: a person decides.
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+    finally:
+        assert spec is not None
+        registry.restore(spec)
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN and call.needs_attention
+
+
 def escalated_while_the_downstream_is_down(world: World) -> ToolCall:
     """An unknown call the check escalated only because its lookup failed."""
     call = unknown_call(world)
