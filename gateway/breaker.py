@@ -1,7 +1,8 @@
 """A circuit breaker per tool, shared by every web and worker process.
 
-closed     calls pass; each execution that ends in a timeout, a handler error or an
-           unknown outcome counts one failure, any other outcome resets the count.
+closed     calls pass; each execution that ends in a timeout, a handler error, an
+           upstream that could not be reached or an unknown outcome counts one failure,
+           any other outcome resets the count.
 open       ``breaker_threshold`` consecutive failures open it: calls are refused with 503
            ``circuit_open`` for ``breaker_cooldown_seconds``.
 half-open  after the cool-down exactly one call is let through as the probe (a token with
@@ -36,7 +37,11 @@ logger = logging.getLogger(__name__)
 
 # Seconds a half-open probe may take beyond the tool's own timeout and retries.
 PROBE_GRACE_SECONDS = 5
-FAILURE_CODES = frozenset({"timeout", "handler_error"})
+# An HTTP upstream nobody could connect to fails its call unsent (``upstream_unreachable``,
+# so that the call is not left to reconciliation), but no tool answered: it is down, not
+# saying "no". Counted as a success, it would keep a dead upstream's breaker closed, and
+# close it again with every probe.
+FAILURE_CODES = frozenset({"timeout", "handler_error", "upstream_unreachable"})
 
 # admit() decisions
 REFUSED, CLOSED, PROBE, PROBING = 0, 1, 2, 3

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -151,6 +151,10 @@ def submit(
         breaker.release(request.admission)
         raise
     if isinstance(answer, StoredResponse):
+        if request.stored:
+            # Sent as its key's record keeps it (read back with the COMMIT's answer): the
+            # first answer reads byte for byte like its replays, as a read's does.
+            answer = replace(answer, body=request.stored[0])
         if answer.call is not None and answer.call.status == Status.PENDING:
             # A write waiting for a person runs later, if at all: it does not hold the
             # half-open probe slot meanwhile. One approved as it arrived (a rule, a standing
@@ -209,6 +213,7 @@ class _Request:
     origin: Origin
     admission: breaker.Admission | None = None
     tool: Tool | None = None  # once checked
+    stored: list[dict[str, Any]] = field(default_factory=list)  # a write's answer, as stored
 
 
 @dataclass(frozen=True)
@@ -309,7 +314,9 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
         return call
     # Waiting for reviewers, or approved at once by a rule: accepted, not done.
     response = respond_with(call, submitted=True)
-    idempotency.complete(agent=agent, key=key, response=response, call=call)
+    idempotency.complete(
+        agent=agent, key=key, response=response, call=call, stored=request.stored.append
+    )
     return response
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from core.json_values import MAX_JSON_DEPTH, json_problem, reject_constant
+from core.json_values import MAX_JSON_DEPTH, as_stored, json_problem, reject_constant
 from gateway import errors
 from gateway.schemas import ToolCallIn
 
@@ -15,8 +15,10 @@ __all__ = ["MAX_JSON_DEPTH", "json_problem", "parse_call", "reject_constant"]
 
 
 def parse_call(raw: dict[str, Any]) -> ToolCallIn:
+    """The call in ``raw`` (checked by ``json_problem``), its arguments as the database will
+    keep them: validated, hashed for approval and run as they are stored."""
     try:
-        return ToolCallIn.model_validate(raw)
+        payload = ToolCallIn.model_validate(raw)
     except PydanticValidationError as exc:
         details = [
             {
@@ -29,3 +31,5 @@ def parse_call(raw: dict[str, Any]) -> ToolCallIn:
         raise errors.invalid_request(
             "The request body does not have the expected fields.", details
         ) from None
+    payload.arguments = as_stored(payload.arguments)
+    return payload

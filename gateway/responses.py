@@ -125,6 +125,7 @@ def failure(error: dict[str, Any]) -> errors.ApiError:
         error.get("message", "The tool failed."),
         tool_code=code,
         # A handler that raised something else than ToolFailed (handler_error) failed in a
-        # way another try may not.
-        retryable=error.get("retryable", code == "handler_error"),
+        # way another try may not; so did a read that outlived its lease (lease_expired:
+        # taken away from its silent worker): no tool said no to either.
+        retryable=error.get("retryable", code in ("handler_error", "lease_expired")),
     )

@@ -18,9 +18,12 @@ from gateway import breaker
 from tests.conftest import World, executions_sent
 from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tests.support.probe import Probe, install_probe_tool, stock_call
+from tests.support.web import free_port
 from tools_registry import services as registry_services
-from tools_registry.models import Agent, Tool
+from tools_registry.models import Agent, Tool, Upstream
 from tools_registry.policy import Risk
+from tools_registry.services.upstreams import register_upstream, sync_upstream
+from tools_registry.upstreams import openapi
 
 
 def _status(world: World, body: dict | None = None) -> int:
@@ -120,6 +123,47 @@ def test_a_probe_refused_for_another_reason_frees_the_slot(
     assert _status(world, stock_call(on_behalf_of="ada")) == 429
     assert _status(world, stock_call(on_behalf_of="grace")) == 200
     assert _status(world, stock_call(on_behalf_of="linus")) == 200
+
+
+STOCK_API = {
+    "openapi": "3.1.0",
+    "info": {"title": "Stock", "version": "1"},
+    "paths": {
+        "/levels": {
+            "get": {
+                "operationId": "levels",
+                "summary": "Stock levels.",
+                "responses": {"200": {"description": "The levels"}},
+            }
+        }
+    },
+}
+
+
+def test_an_http_upstream_that_cannot_be_reached_opens_it(world: World) -> None:
+    """Nothing listens where the upstream should be: no tool answered "no", none answered at
+    all. Each call fails unsent (upstream_unreachable, retryable), and the failures open the
+    breaker as timeouts do, so a dead upstream is rested instead of being asked again."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    upstream = register_upstream(
+        name="stock", kind=Upstream.Kind.OPENAPI, url=f"{closed}/openapi.json", base_url=closed
+    )
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: openapi.offer(
+            STOCK_API, upstream=u.name, document_url=u.url, base_url=u.base_url
+        ),
+    )
+    Tool.objects.filter(name="stock__levels").update(
+        max_attempts=1, breaker_threshold=2, breaker_cooldown_seconds=60
+    )
+    world.agent.allowed_tools.add(Tool.objects.get(name="stock__levels"))
+    call = {"tool": "stock__levels", "arguments": {}, "session_id": "run-1"}
+    answers = [world.api().submit(call) for _ in range(3)]
+    assert [a.status_code for a in answers] == [502, 502, 503], [a.json() for a in answers]
+    assert answers[0].json()["error"]["details"]["tool_code"] == "upstream_unreachable"
+    assert answers[2].json()["error"]["code"] == "circuit_open"
 
 
 def test_writes_are_refused_while_the_circuit_is_open(world: World) -> None:

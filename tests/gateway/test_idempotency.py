@@ -105,6 +105,17 @@ def test_the_same_key_and_body_replays_the_first_answer(world: World) -> None:
     assert ToolCall.objects.filter(request_key="k-1").count() == 1
 
 
+def test_a_writes_first_answer_reads_byte_for_byte_like_its_replays(world: World) -> None:
+    """The first answer is sent as its key's record stores it (PostgreSQL keeps a JSON
+    object's keys in an order of its own), as a read's is: a client that hashes or signs
+    what it got sees one answer, however often it asks."""
+    first = world.api().submit(SEND_EMAIL, key="k-bytes")
+    replay = world.api().submit(SEND_EMAIL, key="k-bytes")
+    assert first.status_code == replay.status_code == 202
+    assert replay.content == first.content
+    assert replay.headers["Idempotent-Replayed"] == "true"
+
+
 def test_a_replayed_read_does_not_run_the_tool_again(world: World) -> None:
     first = world.api().submit(GET_CUSTOMER, key="read-1")
     second = world.api().submit(GET_CUSTOMER, key="read-1")

@@ -115,6 +115,9 @@ def test_a_result_discarded_after_its_lease_was_taken_over_is_not_the_answer(
     (response,) = answers
     body = response.json()
     assert body["error"]["details"]["tool_code"] == "lease_expired", body
+    # No tool said no: the read outlived its lease, and a new request may well be answered
+    # (not 422, "the tool refused this request and will answer the same again").
+    assert (response.status_code, body["error"]["retryable"]) == (502, True), body
     assert body["call"]["status"] == Status.FAILED and body["call"]["result"] is None
     call.refresh_from_db()
     assert (call.status, call.result, call.error["code"]) == (Status.FAILED, None, "lease_expired")

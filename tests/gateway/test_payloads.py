@@ -1,0 +1,64 @@
+"""What the doors make of an agent's JSON: the arguments validated, hashed for approval,
+shown and run are the arguments as PostgreSQL keeps them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from approvals.guards import arguments_hash
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
+from tests.conftest import World
+from tools_registry import services as registry_services
+from tools_registry.models import Tool
+from tools_registry.policy import Risk, defaults_for
+
+QUOTE_SCHEMA = {
+    "type": "object",
+    "properties": {"amount": {"type": "number", "description": "How much."}},
+    "required": ["amount"],
+    "additionalProperties": False,
+}
+
+
+def quote_tool(world: World) -> Tool:
+    """A write taking any number, as an imported HTTP API's often does (no maximum)."""
+    tool = Tool.objects.create(
+        name="send_quote",
+        description="Send the customer a quote.",
+        input_schema=QUOTE_SCHEMA,
+        risk=Risk.WRITE,
+        version="1",
+        **defaults_for(Risk.WRITE).as_fields(),
+    )
+    world.agent.allowed_tools.add(tool)
+    registry_services.grant_review(tool=tool, user=world.bob)
+    return tool
+
+
+@pytest.mark.parametrize("verdict", ["approve", "reject"])
+@pytest.mark.parametrize("amount", [1e16, 1.5e16, -2.5e20, 1e300])
+def test_a_float_written_with_an_exponent_can_still_be_decided(
+    world: World, amount: float, verdict: str
+) -> None:
+    """Python writes such a float with an exponent (1e+16); jsonb keeps it as a number and
+    gives back a whole number (10000000000000000). The approval binds to the arguments'
+    hash: taken of the float as sent, it never matched the stored call again, and every
+    reviewer's verdict was refused as tampering, the call left waiting until it expired."""
+    quote_tool(world)
+    body: dict[str, Any] = {
+        "tool": "send_quote",
+        "arguments": {"amount": amount},
+        "session_id": "run-1",
+    }
+    response = world.api().submit(body)
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert call.arguments_hash == arguments_hash(
+        tool_name="send_quote", tool_version="1", arguments=call.arguments
+    )
+    decide(call_id=call.pk, reviewer=world.bob, verdict=verdict, comment="Checked.")
+    call.refresh_from_db()
+    assert call.status == (Status.APPROVED if verdict == "approve" else Status.REJECTED)
