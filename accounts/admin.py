@@ -17,7 +17,12 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
-from tools_registry.services.grants import record_access_change, record_deletion
+from tools_registry.services.grants import (
+    permission_names,
+    record_access_change,
+    record_deletion,
+    record_team_change,
+)
 
 admin.site.unregister(User)
 admin.site.unregister(Group)
@@ -60,7 +65,8 @@ class DeletionAudited:
 @admin.register(User)
 class AuditedUserAdmin(DeletionAudited, UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
-    a team gives its grants, and a superuser reviews every tool."""
+    a team gives its grants, a superuser reviews every tool, and a model-wide permission
+    (changing tools) lets one grant them."""
 
     inlines = (SsoIdentityInline,)
     deleted_as = "user"
@@ -71,6 +77,7 @@ class AuditedUserAdmin(DeletionAudited, UserAdmin):
         initial = form.initial if change else {}
         before = {
             "groups": sorted(g.name for g in initial.get("groups", [])),
+            "permissions": permission_names(initial.get("user_permissions", [])),
             "is_active": initial.get("is_active", True),
             "is_staff": initial.get("is_staff", False),
             "is_superuser": initial.get("is_superuser", False),
@@ -98,9 +105,20 @@ class AuditedUserAdmin(DeletionAudited, UserAdmin):
 
 @admin.register(Group)
 class AuditedGroupAdmin(DeletionAudited, GroupAdmin):
-    """Django's team admin, auditing a team's deletion: its members lose its grants with it."""
+    """Django's team admin, auditing a team's deletion (its members lose its grants with
+    it), and a rename or a change of its model-wide permissions, with who made it."""
 
     deleted_as = "group"
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # The form's initial values are what the team was before this save.
+        before = {
+            "name": form.initial.get("name", ""),
+            "permissions": permission_names(form.initial.get("permissions", [])),
+        }
+        super().save_related(request, form, formsets, change)
+        if change:
+            record_team_change(group=form.instance, before=before, changed_by=request.user)
 
 
 @admin.register(TOTPDevice)

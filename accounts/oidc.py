@@ -53,7 +53,7 @@ def sync_teams(*, user: Any, claims: dict[str, Any]) -> None:
     """Set the person's mapped teams to what the claim says; audit what changed."""
     managed = set(settings.OIDC_TEAM_MAP.values())
     wanted = teams_from_claims(claims)
-    before = access_of(user, groups=user.groups.all())
+    before = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
     current = set(user.groups.filter(name__in=managed).values_list("name", flat=True))
     existing = {g.name: g for g in Group.objects.filter(name__in=managed)}
     for name in sorted(wanted - existing.keys()):

@@ -73,6 +73,8 @@ ACTIONS: dict[str, str] = {
     "upstream.changed": "An admin changed an upstream's settings (URL, base URL, timeout, "
     "idempotency header, rerunnable), before and after; the names of headers dropped because "
     "the host changed.",
+    "upstream.deleted": "An admin deleted an upstream that had no tools, its stored headers with "
+    "it: its name, kind, URLs and the headers' names.",
     "upstream.sync_failed": "An upstream's offer could not be read; nothing was changed.",
     "upstream.enabled": "An upstream was switched back on.",
     "upstream.disabled": "An upstream was switched off: its tools can no longer run.",
@@ -95,7 +97,8 @@ ACTIONS: dict[str, str] = {
     "identity_provider.updated": "An identity provider's settings changed (before and after).",
     "agent.webhook_secret_rotated": "An agent's webhook signing secret was replaced (the secret "
     "itself is never recorded).",
-    "user.access_changed": "A person's teams or superuser status changed in the admin.",
+    "user.access_changed": "A person's teams, model-wide permissions or status (active, staff, "
+    "superuser) changed in the admin: who changed them, before and after.",
     # People signing in to the web UI (audit/receivers.py).
     "auth.login": "A person signed in.",
     "auth.logout": "A person signed out.",
@@ -121,6 +124,8 @@ ACTIONS: dict[str, str] = {
     "auth.lockout_lifted": "An admin deleted failed sign-ins in the admin (Axes: access "
     "attempts), lifting the lock they held: the name (only if it is a real account), the "
     "address and the count of failures.",
+    "auth.team_changed": "An admin renamed a team or changed its model-wide permissions: who, "
+    "before and after, and its members (policy rules and the single sign-on map name teams).",
     "auth.team_deleted": "An admin deleted a team: its members (who lose its grants with it) "
     "and its grants of tools are in the event.",
     "auth.user_deleted": "An admin deleted a person's account: their teams and their own "

@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "grant.removed",
                 "auth.groups_changed",
                 "auth.permissions_changed",
+                "auth.team_changed",
                 "user.access_changed",
             }
         ),

@@ -26,6 +26,7 @@ from guardian.admin import (
     GuardedModelAdmin,
 )
 
+from audit.filters import whole_number
 from tools_registry import role_scopes, services
 from tools_registry.admin_scopes import ReviewerScopesMixin
 from tools_registry.lint import lint_tool
@@ -43,6 +44,7 @@ from tools_registry.services.agents import MAX_STOP_REASON
 from tools_registry.services.sync import policy_for_new_risk
 from tools_registry.services.upstreams import SETTINGS as UPSTREAM_SETTINGS
 from tools_registry.services.upstreams import (
+    delete_upstream,
     edit_imported_tool,
     register_upstream,
     set_upstream_enabled,
@@ -67,7 +69,14 @@ class PrettyJSONField(forms.JSONField):
     def prepare_value(self, value: Any) -> Any:
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value
-        return json.dumps(value, indent=2, ensure_ascii=False)
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # An unpaired surrogate (typed as \ud800) cannot be written into the page: the
+            # form shown again with its error was a 500. Its escape can, and reads back.
+            return json.dumps(value, indent=2)
+        return text
 
     def to_python(self, value: Any) -> Any:
         try:
@@ -230,6 +239,15 @@ AuditedUserPermissionsForm = _permissions_form(AdminUserObjectPermissionsForm)
 AuditedGroupPermissionsForm = _permissions_form(AdminGroupObjectPermissionsForm)
 
 
+def _superuser_with_ids(request: HttpRequest, *ids: str) -> None:
+    """Guardian's pages: superusers only, and ids that are numbers (guardian looks them up
+    as they come: anything else was a 500)."""
+    if not request.user.is_superuser:
+        raise PermissionDenied
+    if any(whole_number(raw) is None for raw in ids):
+        raise Http404("No such tool, person or team.")
+
+
 @admin.register(Tool)
 class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
     """Tools come from code (``sync_tools``); admins set the policy and the reviewer grants
@@ -321,22 +339,19 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
     def obj_perms_manage_view(self, request: HttpRequest, object_pk: str) -> HttpResponse:
         # Guardian's generic pages show no team grants and take names as free text: tool
         # admins use the Reviewers page; superusers may still open these.
-        if not request.user.is_superuser:
-            raise PermissionDenied
+        _superuser_with_ids(request, unquote(object_pk))
         return super().obj_perms_manage_view(request, object_pk)
 
     def obj_perms_manage_user_view(
-        self, request: HttpRequest, object_pk: str, user_id: int
+        self, request: HttpRequest, object_pk: str, user_id: str
     ) -> HttpResponse:
-        if not request.user.is_superuser:
-            raise PermissionDenied
+        _superuser_with_ids(request, object_pk, user_id)
         return super().obj_perms_manage_user_view(request, object_pk, user_id)
 
     def obj_perms_manage_group_view(
-        self, request: HttpRequest, object_pk: str, group_id: int
+        self, request: HttpRequest, object_pk: str, group_id: str
     ) -> HttpResponse:
-        if not request.user.is_superuser:
-            raise PermissionDenied
+        _superuser_with_ids(request, object_pk, group_id)
         return super().obj_perms_manage_group_view(request, object_pk, group_id)
 
     @admin.display(description="Input schema")
@@ -1011,8 +1026,8 @@ class UpstreamForm(forms.ModelForm):
 
 @admin.register(Upstream)
 class UpstreamAdmin(admin.ModelAdmin):
-    """Systems whose tools are imported: register, import again, switch off. Header values
-    are write-only: only their names are shown."""
+    """Systems whose tools are imported: register, import again, switch off, delete one
+    without tools (audited). Header values are write-only: only their names are shown."""
 
     form = UpstreamForm
     list_display = [
@@ -1092,6 +1107,13 @@ class UpstreamAdmin(admin.ModelAdmin):
             set_upstream_enabled(upstream=obj, enabled=obj.enabled, changed_by=request.user)
             if obj.enabled:
                 self._sync(request, Upstream.objects.get(pk=obj.pk))
+
+    def delete_model(self, request: HttpRequest, obj: Upstream) -> None:
+        delete_upstream(upstream=obj, deleted_by=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
+        for upstream in queryset:
+            delete_upstream(upstream=upstream, deleted_by=request.user)
 
     @admin.action(description="Import their tools again", permissions=["change"])
     def import_again(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:

@@ -29,6 +29,7 @@ import celpy
 from celpy import celparser, celtypes
 from lark import Token, Tree
 
+from core.json_values import unstorable_text
 from tools_registry import risk_signals
 from tools_registry.policy import Risk
 from tools_registry.schemas import has_argument_path
@@ -122,6 +123,9 @@ def _rule_problems(
     unknown = sorted(set(item) - _KEYS)
     if unknown:
         return [f"unknown field {', '.join(unknown)}; a rule has {', '.join(sorted(_KEYS))}."]
+    if unstorable := unstorable_text(item):
+        # The rules are stored as jsonb, which refuses it (the save failed, a 500).
+        return [f"a rule may not hold {unstorable}."]
     found = []
     then = item.get("then")
     if then not in OUTCOMES:

@@ -196,3 +196,36 @@ def test_the_failed_sign_ins_page_shows_a_name_that_is_no_account_as_a_fingerpri
         assert "hunter2" not in page
     assert attempted_name("hunter2-typed-as-name")[0] in listed
     assert ">bob<" in listed
+
+
+def test_renaming_a_team_or_changing_its_permissions_is_audited(world: World) -> None:
+    """Rules and the single sign-on map name teams: a renamed team no longer gives the
+    approvals a rule asks of it (and a new one may take its name); its permissions are
+    its members'. Neither said who did it: a rename was not in the trail at all."""
+    from django.contrib.auth.models import Group, Permission
+
+    team = Group.objects.create(name="payments-reviewers")
+    world.charlie.groups.add(team)
+    view_audit = Permission.objects.get(codename="view_auditevent")
+    client, _ = admin_client()
+    response = client.post(
+        f"/admin/auth/group/{team.pk}/change/",
+        {"name": "payments-team", "permissions": [view_audit.pk]},
+    )
+    assert response.status_code == 302
+    (event,) = AuditEvent.objects.filter(action="auth.team_changed")
+    assert (event.actor_label, event.data) == (
+        "root",
+        {
+            "team": "payments-team",
+            "members": ["charlie"],
+            "before": {"name": "payments-reviewers", "permissions": []},
+            "after": {"name": "payments-team", "permissions": ["audit.view_auditevent"]},
+        },
+    )
+    # Saving it unchanged records nothing.
+    client.post(
+        f"/admin/auth/group/{team.pk}/change/",
+        {"name": "payments-team", "permissions": [view_audit.pk]},
+    )
+    assert AuditEvent.objects.filter(action="auth.team_changed").count() == 1

@@ -5,13 +5,13 @@ through the service and the plaintext is shown once."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.test import Client
 
 from tests.conftest import World, events
 from tests.tools_registry.conftest import admin_form_data
 from tools_registry import services
-from tools_registry.models import Agent, AgentToken, Tool
+from tools_registry.models import Agent, AgentToken, Tool, Upstream
 from tools_registry.permissions import can_review
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams.offers import ImportedTool, Offer
@@ -67,6 +67,28 @@ def test_json_nested_past_any_reader_is_a_form_error_not_a_500(
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert "nested too deeply" in " ".join(errors["rules"])
+
+
+def test_a_rule_holding_what_postgresql_cannot_store_is_a_form_error_not_a_500(
+    world: World, admin_client: Client
+) -> None:
+    """A NUL (or an unpaired surrogate) in a rule's note or condition passed every check
+    and failed as the rules were written to jsonb."""
+    tool = world.tools["send_email"]
+    for rule in (
+        '{"when": "true", "then": "require", "approvals": 1, "note": "a\\u0000b"}',
+        '{"when": "args.to == \\"a\\u0000\\"", "then": "refuse"}',
+        '{"when": "true", "then": "refuse", "note": "\\ud800"}',
+    ):
+        data = admin_form_data(admin_client.get(_change_url(tool)))
+        data.update(rules=f"[{rule}]")
+        response = admin_client.post(_change_url(tool), data)
+        assert response.status_code == 200
+        errors = response.context["adminform"].form.errors
+        assert "may not hold" in " ".join(errors["rules"]), rule
+    tool.refresh_from_db()
+    assert (tool.rules, tool.policy_version) == ([], 1)
+    assert events("tool.policy_changed") == []
 
 
 def test_an_imported_tools_new_risk_with_a_policy_it_forbids_is_a_form_error(
@@ -317,3 +339,60 @@ def test_joining_a_team_or_becoming_superuser_in_the_user_admin_is_audited(
         "before": {"groups": [], "is_superuser": False},
         "after": {"groups": ["refunds"], "is_superuser": True},
     }
+
+
+def test_a_model_wide_permission_given_in_the_user_admin_is_audited_with_who_gave_it(
+    world: World, admin_client: Client
+) -> None:
+    """Changing tools makes a tool admin, who may grant anyone any tool: the trail only said
+    that Countersign had given it (``auth.permissions_changed``, with no person)."""
+    change_tool = Permission.objects.get(codename="change_tool")
+    url = f"/admin/auth/user/{world.charlie.pk}/change/"
+    data = admin_form_data(admin_client.get(url))
+    data.pop("date_joined", None)
+    data.pop("last_login", None)
+    joined = world.charlie.date_joined
+    data.update(
+        is_staff="on",
+        user_permissions=[change_tool.pk],
+        date_joined_0=joined.strftime("%Y-%m-%d"),
+        date_joined_1=joined.strftime("%H:%M:%S"),
+    )
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    [event] = events("user.access_changed", actor_label="root")
+    assert event.data == {
+        "user": "charlie",
+        "before": {"is_staff": False, "permissions": []},
+        "after": {"is_staff": True, "permissions": ["tools_registry.change_tool"]},
+    }
+
+
+def test_deleting_an_upstream_in_the_admin_is_audited(world: World, admin_client: Client) -> None:
+    """An upstream without tools (its import failed; its name, which cannot be changed, was
+    mistyped) may be deleted, its stored credentials with it: that was not in the trail."""
+    billing = register_upstream(
+        name="billing", kind="mcp", url="http://127.0.0.1:9/mcp",
+        headers=[("Authorization", "Bearer sk-canary")], enabled=False,
+    )  # fmt: skip
+    response = admin_client.post(
+        f"/admin/tools_registry/upstream/{billing.pk}/delete/", {"post": "yes"}
+    )
+    assert response.status_code == 302
+    assert not Upstream.objects.filter(pk=billing.pk).exists()
+    [event] = events("upstream.deleted", actor_label="root")
+    assert event.data == {
+        "upstream": "billing",
+        "kind": "mcp",
+        "url": "http://127.0.0.1:9/mcp",
+        "base_url": "",
+        "header_names": ["Authorization"],
+    }
+    # The list's bulk delete too, one event each.
+    crm = register_upstream(name="crm", kind="mcp", url="http://127.0.0.1:9/crm", enabled=False)
+    admin_client.post(
+        "/admin/tools_registry/upstream/",
+        {"action": "delete_selected", "_selected_action": [crm.pk], "post": "yes"},
+    )
+    assert not Upstream.objects.filter(pk=crm.pk).exists()
+    assert [e.data["upstream"] for e in events("upstream.deleted")] == ["billing", "crm"]

@@ -102,6 +102,21 @@ def test_an_id_that_is_no_tool_is_not_found(admin_client: Client) -> None:
         assert admin_client.get(f"/admin/tools_registry/tool/{odd}/reviewers/").status_code == 404
 
 
+def test_an_id_that_is_no_tool_person_or_team_on_guardians_pages_is_not_found(
+    world: World, admin_client: Client
+) -> None:
+    """Guardian looks the ids up as they come: one that is no number was a 500."""
+    tool = world.tools["send_email"]
+    for odd in ("abc", "1.5", "99999999999999999999", "\u00b2"):
+        for url in (
+            f"/admin/tools_registry/tool/{odd}/permissions/",
+            f"/admin/tools_registry/tool/{odd}/permissions/user-manage/{world.bob.pk}/",
+            f"/admin/tools_registry/tool/{tool.pk}/permissions/user-manage/{odd}/",
+            f"/admin/tools_registry/tool/{tool.pk}/permissions/group-manage/{odd}/",
+        ):
+            assert admin_client.get(url).status_code == 404, url
+
+
 @pytest.mark.parametrize("digit", ["\u00b2", "\u0663"])  # superscript two, Arabic-Indic three
 def test_unicode_digits_for_a_person_team_or_tool_are_not_found(
     world: World, tess_client: Client, digit: str

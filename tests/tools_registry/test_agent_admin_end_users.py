@@ -94,6 +94,20 @@ def test_scopes_that_make_no_sense_are_shown_next_to_their_field(
     assert events("agent.updated") == []
 
 
+def test_a_role_named_by_an_unpaired_surrogate_is_a_form_error_not_a_500(
+    world: World, admin_client: Client
+) -> None:
+    """Refused as a role name, it was then written back into the page, which no UTF-8 page
+    can hold."""
+    data = admin_form_data(admin_client.get(change_url(world.agent)))
+    data.update(role_scopes='{"\\ud800": {"risks": ["read"]}}')
+    response = admin_client.post(change_url(world.agent), data)
+    assert response.status_code == 200
+    assert "is not a role name" in str(response.context["adminform"].form.errors["role_scopes"])
+    assert "\\ud800" in response.content.decode()  # as typed, escaped
+    assert events("agent.updated") == []
+
+
 def test_an_identity_provider_is_registered_and_audited(admin_client: Client) -> None:
     response = admin_client.post(
         "/admin/tools_registry/identityprovider/add/",

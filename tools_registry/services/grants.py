@@ -156,10 +156,23 @@ def set_permissions(
     return added, removed
 
 
-def access_of(user: Any, *, groups: Iterable[Group]) -> dict[str, Any]:
-    """What decides which tools a person may review, besides their own grants."""
+def permission_names(permissions: Iterable[Permission]) -> list[str]:
+    """Model-wide permissions as ``app_label.codename``, sorted (one query)."""
+    return sorted(
+        f"{app_label}.{codename}"
+        for app_label, codename in Permission.objects.filter(
+            pk__in=[p.pk for p in permissions]
+        ).values_list("content_type__app_label", "codename")
+    )
+
+
+def access_of(
+    user: Any, *, groups: Iterable[Group], permissions: Iterable[Permission]
+) -> dict[str, Any]:
+    """What decides which tools a person may review or administer, besides their own grants."""
     return {
         "groups": sorted(g.name for g in groups),
+        "permissions": permission_names(permissions),
         "is_active": user.is_active,
         "is_staff": user.is_staff,
         "is_superuser": user.is_superuser,
@@ -167,12 +180,14 @@ def access_of(user: Any, *, groups: Iterable[Group]) -> dict[str, Any]:
 
 
 def record_access_change(*, user: Any, before: dict[str, Any], changed_by: Any) -> None:
-    """Audit a change of a person's teams or status (made by Django's user admin).
+    """Audit a change of a person's teams, model-wide permissions or status (made by
+    Django's user admin).
 
     Team membership carries the team's grants, and a superuser reviews every tool, so these
-    are grants too.
+    are grants too; a model-wide permission such as changing tools makes a tool admin, who
+    grants the rest.
     """
-    after = access_of(user, groups=user.groups.all())
+    after = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
     changed = [key for key in after if after[key] != before.get(key)]
     if changed:
         record(
@@ -184,6 +199,31 @@ def record_access_change(*, user: Any, before: dict[str, Any], changed_by: Any) 
                 "after": {key: after[key] for key in changed},
             },
             people=("user",),
+        )
+
+
+def record_team_change(*, group: Group, before: dict[str, Any], changed_by: Any) -> None:
+    """Audit a team renamed or given other model-wide permissions (Django's team admin).
+
+    Policy rules and the single sign-on map name teams, so a rename changes who gives the
+    approvals a rule asks for; the permissions are every member's.
+    """
+    after = {
+        "name": group.name,
+        "permissions": permission_names(group.permissions.all()),
+    }
+    changed = [key for key in after if after[key] != before.get(key)]
+    if changed:
+        record(
+            action="auth.team_changed",
+            actor=changed_by,
+            data={
+                "team": group.name,
+                "members": sorted(u.get_username() for u in group.user_set.all()),
+                "before": {key: before.get(key) for key in changed},
+                "after": {key: after[key] for key in changed},
+            },
+            people=("members",),
         )
 
 

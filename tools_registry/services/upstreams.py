@@ -87,6 +87,23 @@ def register_upstream(
     return upstream
 
 
+@transaction.atomic
+def delete_upstream(*, upstream: Upstream, deleted_by: Any) -> None:
+    """Delete an upstream that has no tools (its tools refer to it: ``ProtectedError``
+    otherwise), its stored headers with it; audited with where it was and the names of
+    those headers."""
+    locked = Upstream.objects.select_for_update().get(pk=upstream.pk)
+    data = {
+        "upstream": locked.name,
+        "kind": locked.kind,
+        "url": locked.url,
+        "base_url": locked.base_url,
+        "header_names": list(locked.header_names),
+    }
+    locked.delete()
+    record(action="upstream.deleted", actor=deleted_by, data=data)
+
+
 def _set_headers(upstream: Upstream, headers: secrets.Headers) -> None:
     upstream.headers_encrypted = secrets.encrypt(headers)
     upstream.header_names = [name for name, _ in headers]
