@@ -18,6 +18,7 @@ from approvals import events, hidden, screening
 from approvals.guards import Refused, arguments_hash, counted_approvals
 from approvals.models import Status, ToolCall
 from audit.masking import mask_text
+from core.json_values import as_stored
 from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
 
@@ -28,6 +29,8 @@ class EditRefused(Refused):
 
 def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: datetime) -> bool:
     """Replace the arguments of ``call`` (held locked, pending); whether anything changed."""
+    # As the database will keep them: their hash must match the stored call's (as_stored).
+    arguments = as_stored(arguments)
     if arguments == call.arguments:
         return False
     if not isinstance(arguments, dict):

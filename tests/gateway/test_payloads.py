@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 
 from approvals.guards import arguments_hash
 from approvals.models import Status, ToolCall
@@ -62,3 +63,26 @@ def test_a_float_written_with_an_exponent_can_still_be_decided(
     decide(call_id=call.pk, reviewer=world.bob, verdict=verdict, comment="Checked.")
     call.refresh_from_db()
     assert call.status == (Status.APPROVED if verdict == "approve" else Status.REJECTED)
+
+
+def test_a_correction_written_with_an_exponent_can_still_be_approved(world: World) -> None:
+    """The same for a reviewer's correction: its hash was taken of the float as typed, and
+    the second reviewer's approval of the corrected call was refused as tampering."""
+    tool = quote_tool(world)
+    tool.approvals_required = 2
+    tool.save()
+    dave = User.objects.create_user("dave", "dave@example.com", "pw-dave")
+    registry_services.grant_review(tool=tool, user=dave)
+    response = world.api().submit(
+        {"tool": "send_quote", "arguments": {"amount": 12.5}, "session_id": "run-1"}
+    )
+    call_id = response.json()["id"]
+    decide(
+        call_id=call_id, reviewer=world.bob, verdict="approve", edited_arguments={"amount": 1e16}
+    )
+    call = ToolCall.objects.get(pk=call_id)
+    assert call.arguments == {"amount": 10**16}
+    assert call.arguments_hash == arguments_hash(
+        tool_name="send_quote", tool_version="1", arguments=call.arguments
+    )
+    assert decide(call_id=call_id, reviewer=dave, verdict="approve").decided
