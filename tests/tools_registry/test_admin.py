@@ -396,3 +396,34 @@ def test_deleting_an_upstream_in_the_admin_is_audited(world: World, admin_client
     )
     assert not Upstream.objects.filter(pk=crm.pk).exists()
     assert [e.data["upstream"] for e in events("upstream.deleted")] == ["billing", "crm"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/tools_registry/tool/?risk=%00",
+        "/admin/audit/auditevent/?action=%00",
+        "/admin/approvals/standingapproval/?match=%00",
+        "/admin/tools_registry/agent/?name=a%00b",
+    ],
+)
+def test_a_nul_in_an_admin_list_query_is_a_bad_request_not_a_500(
+    admin_client: Client, url: str
+) -> None:
+    """The admin hands list filters and lookups to PostgreSQL as they come."""
+    response = admin_client.get(url)
+    assert response.status_code == 400
+    assert "NUL character" in response.content.decode()
+    assert admin_client.get(url.replace("%00", "x")).status_code in (200, 302)
+
+
+def test_a_nul_in_an_admin_form_is_a_bad_request_and_saves_nothing(
+    world: World, admin_client: Client
+) -> None:
+    url = f"/admin/tools_registry/agent/{world.agent.pk}/change/"
+    data = admin_form_data(admin_client.get(url))
+    data["description"] = "Helps\x00customers"
+    response = admin_client.post(url, data)
+    assert response.status_code == 400
+    world.agent.refresh_from_db()
+    assert "\x00" not in world.agent.description
