@@ -11,6 +11,10 @@ PostgreSQL, Redis) and driven by the same load generator with the same concurren
   the handler, the result and both audit events), against a bare view that parses the
   body and calls the same handler in-process.
 
+REST writes are also measured, in the same rounds, against a bare view that keeps the same
+rows as a submission with none of its checks (``submit_urls.bare_durable``): the token, the
+key's record, the session's round, the call, its audit event and the stored answer.
+
 Under gunicorn (``config.wsgi``, gthread) the calls go through ``POST /api/v1/tool-calls``;
 under uvicorn (``config.asgi``, the deployment that serves ``/mcp``) through MCP's
 ``tools/call`` (a write as a task, answered at once, each a different e-mail: without a
@@ -356,11 +360,11 @@ def run(args: argparse.Namespace) -> None:
     insert_body = json.dumps(EMAIL).encode()
     read_body = json.dumps(READ).encode()
 
-    def rest(call: dict[str, object]) -> Request:
+    def rest(call: dict[str, object], path: str = "/api/v1/tool-calls") -> Request:
         def request(index: int) -> tuple[str, bytes, dict[str, str]]:
             body = json.dumps({**call, "session_id": f"bench-{index}"}).encode()
             return (
-                "/api/v1/tool-calls",
+                path,
                 body,
                 {
                     "Authorization": f"Bearer {token}",
@@ -399,6 +403,9 @@ def run(args: argparse.Namespace) -> None:
         return isinstance(result, dict) and not result.get("isError", False)
 
     table: list[tuple[str, str, Result, Result]] = []
+    # REST writes against the bare durable write too (submit_urls.bare_durable): the same
+    # rows kept, none of Countersign's checks. Measured in the same rounds.
+    durable_table: list[tuple[Result, Result]] = []
     for server in args.servers.split(","):
         port = free_port()
         process = start_server(server, port, args.workers, args.threads)
@@ -425,20 +432,39 @@ def run(args: argparse.Namespace) -> None:
             )  # fmt: skip
             for kind, (bare_name, bare_request, bare_expect, _), measured in pairs:
                 name, request, expect, valid = measured
+                durable = server == "gunicorn" and kind == "write"
                 rounds: list[tuple[Result, Result]] = []
+                durable_rounds: list[tuple[Result, Result]] = []
                 for _ in range(args.rounds):
                     base = drive(bare_name, port, bare_request, bare_expect, args, None, tally)
                     timed = drive(name, port, request, expect, args, valid, tally)
                     print(f"[{server}] {base.line()}\n[{server}] {timed.line()}", flush=True)
                     rounds.append((base, timed))
+                    if durable:
+                        kept = drive(
+                            "bare-durable",
+                            port,
+                            rest(EMAIL, "/bench/bare-durable"),
+                            202,
+                            args,
+                            None,
+                            tally,
+                        )
+                        print(f"[{server}] {kept.line()}", flush=True)
+                        durable_rounds.append((kept, timed))
                 table.append((server, kind, *merge(rounds)))
-                ratios = [t.rps / b.rps for b, t in rounds]
-                print(
-                    f"[{server}] {name}/{bare_name}: rounds "
-                    + ", ".join(f"{r:.2f}" for r in ratios)
-                    + f"; median {statistics.median(ratios):.2f}\n",
-                    flush=True,
-                )
+                for label, pairs_of in ((bare_name, rounds), ("bare-durable", durable_rounds)):
+                    if not pairs_of:
+                        continue
+                    ratios = [t.rps / b.rps for b, t in pairs_of]
+                    print(
+                        f"[{server}] {name}/{label}: rounds "
+                        + ", ".join(f"{r:.2f}" for r in ratios)
+                        + f"; median {statistics.median(ratios):.2f}\n",
+                        flush=True,
+                    )
+                if durable_rounds:
+                    durable_table.append(merge(durable_rounds))
         finally:
             process.terminate()
             process.wait(10)
@@ -451,13 +477,21 @@ def run(args: argparse.Namespace) -> None:
     for server, _kind, base, timed in table:
         print(f"{server:<8} {base.line()}")
         print(f"{server:<8} {timed.line()}")
-        print(
-            f"{server:<8} {timed.name} / {base.name}: median ratio "
-            f"{statistics.median(t.rps / b.rps for b, t in zip(base.rounds, timed.rounds, strict=True)):.2f}; "
-            f"p99 {timed.percentile(99) / base.percentile(99):.2f}x; "
-            f"added p50 {timed.percentile(50) - base.percentile(50):.1f} ms, "
-            f"p99 {timed.percentile(99) - base.percentile(99):.1f} ms\n"
-        )
+        print(f"{server:<8} {summary(base, timed)}\n")
+    for kept, timed in durable_table:
+        print(f"gunicorn {kept.line()}")
+        print(f"gunicorn {summary(kept, timed)}  (the same rows kept, without the checks)\n")
+
+
+def summary(base: Result, timed: Result) -> str:
+    """One line: the median of the rounds' ratios, the p99 ratio, the latency added."""
+    ratios = (t.rps / b.rps for b, t in zip(base.rounds, timed.rounds, strict=True))
+    return (
+        f"{timed.name} / {base.name}: median ratio {statistics.median(ratios):.2f}; "
+        f"p99 {timed.percentile(99) / base.percentile(99):.2f}x; "
+        f"added p50 {timed.percentile(50) - base.percentile(50):.1f} ms, "
+        f"p99 {timed.percentile(99) - base.percentile(99):.1f} ms"
+    )
 
 
 def merge(rounds: list[tuple[Result, Result]]) -> tuple[Result, Result]:
