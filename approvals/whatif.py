@@ -7,7 +7,10 @@ Each past call is judged as it arrived: its stored arguments, the risk signals i
 then, who it was for and which agent made it. Its secret and sensitive fields are masked
 first, as a tool admin sees them everywhere else: counting the calls a condition such as
 ``args.card.startsWith("41")`` matches would otherwise read a masked value out one guess at
-a time. Rules on those fields cannot be tried here (they compare a masked marker).
+a time. Rules on those fields cannot be tried here (they compare a masked marker). What the
+detectors find elsewhere in the arguments (an address, a card, a key in a text) and in who
+the call was for is read as reviewers see it (``a***@example.com``): masked everywhere else
+too, it would be read out the same way; a rule on an address's domain still counts.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
-from audit.masking import mask_fields
+from audit.display import partial
+from audit.masking import mask_fields, mask_text, mask_value
 from tools_registry import rules
 from tools_registry.models import Tool
 
@@ -93,10 +97,10 @@ def run(
 def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCall) -> None:
     applied = rules.first_match(
         proposed,
-        arguments=mask_fields(call.arguments, tool.hidden_fields),
+        arguments=mask_value(mask_fields(call.arguments, tool.hidden_fields), render=partial),
         input_schema=tool.input_schema,
         signals=[s.get("code", "") for s in call.signals or []],
-        user_id=call.on_behalf_of,
+        user_id=mask_text(call.on_behalf_of, render=partial),
         roles=list(call.end_user_roles or []),
         agent=call.agent.name,
     )

@@ -179,6 +179,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     call = call_or_403(request, pk)
     form = DecisionForm(request.POST)
     refusal, refusal_code = "", ""
+    typed = request.POST.get("comment", "")[:2000]
     if form.is_valid():
         edited = form.cleaned_data["edited_arguments"]
         left: list[str] = []
@@ -211,21 +212,24 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
             if not request.htmx:
                 messages.success(request, f"You {verdict} the {call.tool.name} call.")
                 return redirect("approvals:detail", pk=call.pk)
+            # What they typed went with the verdict: nothing is left to keep as a note, and
+            # the form an approver is shown again (to reject still) starts empty, not with
+            # the approval's comment as the reason a rejection would give the agent.
+            form, typed = DecisionForm(), ""
     else:
         refusal = "; ".join(" ".join(str(e) for e in v) for v in form.errors.values())
         refusal_code = "invalid_form"
     # Always show the call as it is now: after a lost race the reviewer sees the outcome,
     # and what they typed is kept (in the form, or, once the call is decided, as a note).
     call = call_or_403(request, pk)
-    comment = request.POST.get("comment", "")[:2000]
     context = detail_context(
         request,
         call,
         form=form,
         refusal=refusal,
         refusal_code=refusal_code,
-        kept_comment=comment if call.status != Status.PENDING else "",
-        note_form=NoteForm(initial={"text": comment}),
+        kept_comment=typed if call.status != Status.PENDING else "",
+        note_form=NoteForm(initial={"text": typed}),
         kept_edit=request.POST.get("edited_arguments", ""),
     )
     if wants_partial(request):

@@ -214,3 +214,25 @@ def test_a_correction_in_the_browser_runs_once_with_the_corrected_arguments(
         (f"countersign-{call.pk}", 1)
     ]
     assert ToolCall.objects.filter(pk=call.pk, arguments_edited=True).exists()
+
+
+def test_after_approving_the_reject_key_asks_for_a_reason_of_its_own(
+    live_server: Any, live_world: World, page: Page
+) -> None:
+    """Bob approves one call of two with a comment; the panel then offers him the rejection
+    (he may still reject). It came with his approval's comment in the box, so the `r` key
+    rejected the call at once, giving the agent "Checked the order history." as the reason."""
+    world = live_world
+    world.tools["send_email"].approvals_required = 2
+    world.tools["send_email"].save()
+    call = make_call(world, "send_email")
+    sign_in(page, live_server.url, "bob", "pw-bob")
+    page.goto(f"{live_server.url}/approvals/{call.pk}/")
+    page.fill("#id_comment", "Checked the order history.")
+    page.locator("#decision-form button[value=approve]").click()
+    expect(page.locator("#approved-already")).to_be_visible()
+    expect(page.locator("#id_comment")).to_have_value("")
+    page.keyboard.press("r")
+    expect(page.locator("#id_comment")).to_be_focused()
+    expect(page.locator("#call-status")).to_have_text("Pending approval")
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING

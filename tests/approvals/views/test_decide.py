@@ -4,6 +4,7 @@ CSRF only. The decision rules themselves: ``tests/approvals/services/test_decisi
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.utils import timezone
@@ -110,3 +111,31 @@ def test_a_reviewer_who_approved_may_still_reject_while_the_call_waits(
         "call.decision",
         "call.rejected",
     ]
+
+
+def test_a_verdict_recorded_through_htmx_is_not_offered_back_as_a_note(
+    world: World, bob_client
+) -> None:
+    """The rejection went through: the panel said "The call was decided before your
+    verdict; what you typed is kept below" and held the comment in the note form, so the
+    reviewer added their own reason a second time as a note."""
+    call = make_call(world)
+    response = post_decision(bob_client, call, "reject", comment="Wrong customer entirely.")
+    body = response.content.decode()
+    assert "Rejected" in body and "Wrong customer entirely." in body  # the vote, shown
+    assert 'id="kept-comment-notice"' not in body
+    assert re.search(r'<textarea id="id_note"[^>]*></textarea>', body)
+
+
+def test_an_approvers_reject_box_starts_empty_after_approving(world: World, bob_client) -> None:
+    """One approval of two, with a comment: the panel offered the rejection with the
+    approval's comment already in its box, so `r` (or Ctrl+Enter) rejected the call at once
+    with "Checked the record." as the reason the agent reads, and the page's poll carried it
+    as a draft ("decided before your verdict") once another reviewer decided."""
+    call = make_call(world, "delete_customer")  # destructive: two approvals
+    response = post_decision(
+        bob_client, call, "approve", comment="Checked the record.", confirmation="cus_0003"
+    )
+    body = response.content.decode()
+    assert "1 of 2 approvals" in body and 'id="approved-already"' in body
+    assert re.search(r'<textarea id="id_comment"[^>]*></textarea>', body)

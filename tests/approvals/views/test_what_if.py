@@ -187,3 +187,39 @@ def test_the_what_if_cannot_read_a_masked_field_out_by_counting(
     assert matched('has(args.changes.email) && args.changes.email.startsWith("a")') == 0
     assert matched('has(args.changes.email) && args.changes.email.contains("example")') == 0
     assert matched('"alice@example.com" in args.changes.email') == 0
+
+
+def test_the_what_if_cannot_read_a_detected_address_or_secret_out_by_counting(
+    world: World, admin_client: Client
+) -> None:
+    """What the detectors find (an address, a card, a key) is masked wherever a call is
+    shown, in fields no tool marks: counting the calls ``args.to == "ada@example.com"``
+    matched told the address (``user.id`` likewise), and ``args.body.contains("sk_live_4")``
+    a key in a body, one guess at a time. Read as reviewers see them, a rule on the domain still counts."""
+    key = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    for to, body in (("ada@example.com", f"Your key is {key}."), ("bob@example.com", "Hi.")):
+        create_call(
+            agent=world.agent,
+            tool=world.tools["send_email"],
+            arguments={"to": to, "subject": "Hello", "body": body},
+            session_id="s-whatif",
+            request_key=uuid.uuid4().hex,
+            on_behalf_of=to,
+        )
+    url = f"/admin/tools_registry/tool/{world.tools['send_email'].pk}/what-if/"
+
+    def matched(when: str) -> int:
+        proposed = [{"when": when, "then": "approve"}]
+        response = admin_client.post(url, {"rules": json.dumps(proposed)})
+        assert response.status_code == 200, response.content
+        assert response.context["report"].calls == 2
+        return int(response.context["report"].auto_approved.calls)
+
+    assert matched('args.subject == "Hello"') == 2  # a plain field counts as it is
+    assert matched('args.to.endsWith("@example.com")') == 2  # as a reviewer sees it
+    assert matched('args.to == "ada@example.com"') == 0
+    assert matched('args.to.startsWith("ad")') == 0
+    assert matched('args.body.contains("sk_live_4")') == 0
+    # Who the agent acted for, an address too, as the call's page shows it.
+    assert matched('user.id.endsWith("@example.com")') == 2
+    assert matched('user.id == "ada@example.com"') == 0
