@@ -172,7 +172,12 @@ def send_reminders(*, now: datetime | None = None, limit: int = BATCH) -> int:
         reviewers = reviewers_of(tool)
 
         def build(call: ToolCall, reviewers: list[Any] = reviewers) -> list[EmailMessage]:
-            voted = set(call.decisions.values_list("reviewer_id", flat=True))
+            # On the arguments as they are: a correction asks everyone to vote again.
+            voted = set(
+                call.decisions.filter(arguments_hash=call.arguments_hash).values_list(
+                    "reviewer_id", flat=True
+                )
+            )
             people = [p for p in reviewers if p.pk not in voted]
             events.reminder_sent(call, recipients=[p.get_username() for p in people])
             waited = int((now - call.created_at).total_seconds() // 60)

@@ -242,7 +242,14 @@ def queue_page(
         rows.select_related("tool", "agent")
         .annotate(
             approval_count=Coalesce(Subquery(approvals, output_field=IntegerField()), 0),
-            voted=Exists(Decision.objects.filter(call=OuterRef("pk"), reviewer_id=user.pk)),
+            # On the arguments as they are: a correction asks everyone to vote again.
+            voted=Exists(
+                Decision.objects.filter(
+                    call=OuterRef("pk"),
+                    reviewer_id=user.pk,
+                    arguments_hash=OuterRef("arguments_hash"),
+                )
+            ),
         )
         .order_by(*order)
     )
@@ -276,14 +283,23 @@ def queue_page(
 
 
 def next_call_for(user: Any, *, after: ToolCall | None = None) -> ToolCall | None:
-    """The next pending call, oldest first, that ``user`` may review and has not voted on.
+    """The next pending call, oldest first, that ``user`` may review and has not voted on
+    as its arguments are now (a correction asks everyone to vote again).
 
     Starts after ``after`` and wraps round to the oldest; never returns ``after`` itself.
     """
     tool_ids = list(reviewable_tools(user).values_list("pk", flat=True))
     candidates = (
         ToolCall.objects.filter(status=Status.PENDING, tool_id__in=tool_ids)
-        .exclude(decisions__reviewer_id=user.pk)
+        .exclude(
+            Exists(
+                Decision.objects.filter(
+                    call=OuterRef("pk"),
+                    reviewer_id=user.pk,
+                    arguments_hash=OuterRef("arguments_hash"),
+                )
+            )
+        )
         .order_by("created_at", "id")
     )
     if after is None:

@@ -179,3 +179,32 @@ def test_the_session_history_keeps_other_tools_calls_private(world: World) -> No
     history = body[body.index("Earlier in this session") :]
     assert "a call of a tool you do not review" in history
     assert "delete_customer" not in history
+
+
+def test_a_correction_leads_an_earlier_approver_back_to_the_call(
+    world: World, dave, bob_client, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """A correction resets the approvals given before it: their reviewers must vote again.
+    "Next call", the queue's "voted" tag and the reminders still counted them as voted on
+    any arguments, so nobody led them back and the call waited for a reviewer."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.reminder_after_seconds = 60
+    tool.save()
+    call = make_call(world, created_at=timezone.now() - timedelta(minutes=5))
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+    assert bob_client.get("/approvals/next/")["Location"] == "/approvals/"
+    edited = dict(call.arguments, subject="Your refund (corrected)")
+    decide(call_id=call.pk, reviewer=dave, verdict="approve", edited_arguments=edited)
+    assert bob_client.get("/approvals/next/")["Location"] == f"/approvals/{call.pk}/"
+    queue = bob_client.get("/approvals/").content.decode()
+    assert '<span class="tag">voted</span>' not in queue
+    assert (
+        login(dave).get("/approvals/").content.decode().count('<span class="tag">voted</span>') == 1
+    )
+
+    from approvals import notifications
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notifications.send_reminders() == 1
+    assert sorted(a for m in mailoutbox for a in m.to) == ["bob@example.com"]
