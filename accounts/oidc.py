@@ -202,6 +202,9 @@ def link_identity(*, user: Any, subject: str) -> None:
     subject = subject.strip()
     if not subject:
         raise ValueError("the subject (the provider's sub claim) is empty")
+    longest = _longest(SsoIdentity, "subject")
+    if longest is not None and len(subject) > longest:
+        raise ValueError(f"the subject is at most {longest} characters, as OpenID Connect's are")
     before = SsoIdentity.objects.filter(user=user).values_list("subject", flat=True).first()
     SsoIdentity.objects.filter(subject=subject).exclude(user=user).delete()
     SsoIdentity.objects.update_or_create(user=user, defaults={"subject": subject})

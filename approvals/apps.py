@@ -14,6 +14,8 @@ class ApprovalsConfig(AppConfig):
         from approvals.services import calls, recovery
         from tools_registry import hooks as registry_hooks
 
+        # Every process refuses to start on working hours it cannot read.
+        signals.check_working_hours()
         # Destructive approvals need a recent sign-in; remember when this session's was.
         user_logged_in.connect(reauth.on_login, dispatch_uid="approvals.reauth.on_login")
         # A recipient or record a call took effect on is no longer new to its agent.

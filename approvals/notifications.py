@@ -3,7 +3,8 @@
 Driven by the beat sweep (``approvals.sweeps.run_all``). Each notification is claimed with a
 conditional UPDATE of its timestamp column together with its audit event, and the e-mail is
 sent after that commits: two sweeps running at once send each notification once. A failed
-send is logged, not retried (the reminder and the escalation are the second and third chance).
+send is logged, not retried (the reminder and the escalation are the second and third chance),
+and ends the run: the notifications it had not taken yet wait for the next run.
 
 * new: every pending call, to the tool's reviewers (user grants and group grants);
 * reminder: once, ``Tool.reminder_after_seconds`` after submission, to the reviewers who
@@ -14,6 +15,7 @@ send is logged, not retried (the reminder and the escalation are the second and 
 from __future__ import annotations
 
 import logging
+import smtplib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +37,15 @@ from tools_registry.models import Tool
 logger = logging.getLogger(__name__)
 
 BATCH = 200
+
+
+@dataclass
+class Outbox:
+    """The mail server as one run finds it. Every send waits out the server's timeout when
+    it hangs: a run that went on after a failed send held its worker (a slot the executor
+    shares) for the timeout once per call due, and lost every notification it took."""
+
+    down: bool = False
 
 
 @dataclass
@@ -90,12 +101,22 @@ def _message(call: ToolCall, *, subject: str, lead: str, to: str) -> EmailMessag
     return EmailMessage(subject=f"[Countersign] {subject}", body=body, to=[to])
 
 
-def _send(messages: list[EmailMessage]) -> None:
+def _send(messages: list[EmailMessage], outbox: Outbox) -> None:
     if not messages:
+        return
+    if outbox.down:
+        # Sends deferred to the end of a caller's transaction: the server already failed.
+        logger.warning("mail server down: %d reviewer notification(s) not sent", len(messages))
         return
     try:
         mailers.default.send_messages(messages)
-    except Exception:
+    except Exception as failure:
+        # The server unreachable, hung, or refusing us (smtplib's errors are OSErrors): the
+        # next send would wait or fail the same. Not so when it refused this message's
+        # recipient or content, nor for an address Django will not write (a ValueError).
+        outbox.down = isinstance(failure, OSError) and not isinstance(
+            failure, smtplib.SMTPRecipientsRefused | smtplib.SMTPDataError
+        )
         logger.exception("could not send %d reviewer notification(s)", len(messages))
 
 
@@ -113,22 +134,26 @@ def _claim(call_id: Any, column: str, now: datetime) -> ToolCall | None:
     return ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
 
 
-def _notify(call_ids: Iterable[Any], column: str, build: Any, now: datetime) -> int:
+def _notify(call_ids: Iterable[Any], column: str, build: Any, now: datetime, outbox: Outbox) -> int:
     sent = 0
     for call_id in call_ids:
+        if outbox.down:
+            break  # left unclaimed: the next run tells their reviewers
         with transaction.atomic():
             call = _claim(call_id, column, now)
             if call is None:
                 continue
             messages = build(call)
-            transaction.on_commit(partial(_send, messages))
+            transaction.on_commit(partial(_send, messages, outbox))
         sent += 1
     return sent
 
 
-def notify_new_calls(*, now: datetime | None = None, limit: int = BATCH) -> int:
+def notify_new_calls(
+    *, now: datetime | None = None, limit: int = BATCH, outbox: Outbox | None = None
+) -> int:
     """Tell each new pending call's reviewers that it waits for them."""
-    now = now or timezone.now()
+    now, outbox = now or timezone.now(), outbox or Outbox()
     due = ToolCall.objects.filter(
         status=Status.PENDING, reviewers_notified_at__isnull=True
     ).order_by("created_at")
@@ -150,13 +175,15 @@ def notify_new_calls(*, now: datetime | None = None, limit: int = BATCH) -> int:
         ]
 
     return _notify(
-        list(due.values_list("pk", flat=True)[:limit]), "reviewers_notified_at", build, now
+        list(due.values_list("pk", flat=True)[:limit]), "reviewers_notified_at", build, now, outbox
     )
 
 
-def send_reminders(*, now: datetime | None = None, limit: int = BATCH) -> int:
+def send_reminders(
+    *, now: datetime | None = None, limit: int = BATCH, outbox: Outbox | None = None
+) -> int:
     """Remind the reviewers who have not voted when a call waited ``reminder_after_seconds``."""
-    now = now or timezone.now()
+    now, outbox = now or timezone.now(), outbox or Outbox()
     sent = 0
     for tool in Tool.objects.filter(reminder_after_seconds__isnull=False):
         cutoff = now - timedelta(seconds=tool.reminder_after_seconds or 0)
@@ -191,8 +218,8 @@ def send_reminders(*, now: datetime | None = None, limit: int = BATCH) -> int:
                 for p in people
             ]
 
-        sent += _notify(due, "reminded_at", build, now)
-        if sent >= limit:
+        sent += _notify(due, "reminded_at", build, now, outbox)
+        if sent >= limit or outbox.down:
             break
     return sent
 
@@ -203,9 +230,11 @@ def escalation_lead(tool: Tool) -> timedelta:
     return timedelta(seconds=min(lead, tool.approval_ttl_seconds / 2))
 
 
-def escalate_expiring(*, now: datetime | None = None, limit: int = BATCH) -> int:
+def escalate_expiring(
+    *, now: datetime | None = None, limit: int = BATCH, outbox: Outbox | None = None
+) -> int:
     """Tell the tool's escalation group about calls close to expiring undecided."""
-    now = now or timezone.now()
+    now, outbox = now or timezone.now(), outbox or Outbox()
     sent = 0
     for tool in Tool.objects.filter(escalation_group__isnull=False).select_related(
         "escalation_group"
@@ -243,16 +272,17 @@ def escalate_expiring(*, now: datetime | None = None, limit: int = BATCH) -> int
                 for p in people
             ]
 
-        sent += _notify(due, "escalated_at", build, now)
-        if sent >= limit:
+        sent += _notify(due, "escalated_at", build, now, outbox)
+        if sent >= limit or outbox.down:
             break
     return sent
 
 
 def run(*, now: datetime | None = None) -> NotificationReport:
     now = now or timezone.now()
+    outbox = Outbox()  # one for the run: a server that failed is not tried again in it
     return NotificationReport(
-        notified=notify_new_calls(now=now),
-        reminded=send_reminders(now=now),
-        escalated=escalate_expiring(now=now),
+        notified=notify_new_calls(now=now, outbox=outbox),
+        reminded=send_reminders(now=now, outbox=outbox),
+        escalated=escalate_expiring(now=now, outbox=outbox),
     )

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from approvals import hidden, sql
@@ -69,6 +70,20 @@ def working_hours() -> WorkingHours | None:
         settings.COUNTERSIGN_WORKING_DAYS,
         settings.COUNTERSIGN_WORKING_ZONE,
     )
+
+
+def check_working_hours() -> None:
+    """At start (``ApprovalsConfig.ready``): the hours are read when a call is screened, and
+    a typo there ("8:00-19:00", a misspelt zone) failed every submission with a 500."""
+    try:
+        working_hours()
+    except (ValueError, KeyError) as problem:  # a zone not found is a KeyError
+        raise ImproperlyConfigured(
+            f"COUNTERSIGN_WORKING_HOURS={settings.COUNTERSIGN_WORKING_HOURS!r}, "
+            f"COUNTERSIGN_WORKING_DAYS={settings.COUNTERSIGN_WORKING_DAYS!r}, "
+            f"COUNTERSIGN_WORKING_ZONE={settings.COUNTERSIGN_WORKING_ZONE!r}: {problem} "
+            '(hours as "08:00-19:00", days as "mon-fri" or "mon,wed", an IANA zone)'
+        ) from None
 
 
 def _fingerprint(kind: str, value: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import sys
@@ -19,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -28,16 +30,49 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
 
 
+# A value these helpers cannot read stops the start, naming the setting: read as its
+# default or as off, a typo (SECURE_COOKIES=ture, a negative timeout) would turn a
+# protection off or break the first request that uses it, long after the deploy.
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ImproperlyConfigured(
+            f"{name}={raw.strip()!r} is not a boolean: use 1 or 0, true or false, yes or no, "
+            "on or off."
+        )
+    return value in _TRUE
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     raw = os.environ.get(name)
-    return int(raw) if raw and raw.strip() else default
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw.strip()!r} is not a whole number.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} is at least {minimum}, not {value}.")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw.strip()!r} is not a number.") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ImproperlyConfigured(f"{name} is a number of at least {minimum}, not {value}.")
+    return value
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -72,7 +107,8 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 # Where agents and webhooks reach this deployment; used for absolute status URLs.
-PUBLIC_URL = env_str("PUBLIC_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}").rstrip("/")
+_PORT = env_int("PORT", 8000, minimum=1)
+PUBLIC_URL = env_str("PUBLIC_URL", f"http://127.0.0.1:{_PORT}").rstrip("/")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -179,8 +215,8 @@ else:
         # eagerly filled pool would open connections nobody uses.
         _db["OPTIONS"]["pool"] = {
             "min_size": 0,
-            "max_size": env_int("DB_POOL_MAX_SIZE", 10),
-            "timeout": env_int("DB_POOL_TIMEOUT", 10),
+            "max_size": env_int("DB_POOL_MAX_SIZE", 10, minimum=1),
+            "timeout": env_int("DB_POOL_TIMEOUT", 10, minimum=1),
         }
     DATABASES = {"default": dict(_db)}
 
@@ -217,7 +253,7 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "countersign")
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # An unacknowledged message comes back after this long. Executor tasks are short; the
     # sweeps, not the broker, recover calls whose worker died.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1),
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Celery's Django fixup closes every database connection, and the psycopg pool, around each
@@ -226,7 +262,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000) if env_bool("DB_POOL", True) else None
 # A periodic task that waited in the queue past its next run is dropped (expires), so a
 # backlog (workers down for an hour) never piles up runs; the next one does the same work.
-_AUDIT_VERIFY_EVERY = float(env_int("AUDIT_VERIFY_EVERY_SECONDS", 3600))
+_AUDIT_VERIFY_EVERY = float(env_int("AUDIT_VERIFY_EVERY_SECONDS", 3600, minimum=1))
 CELERY_BEAT_SCHEDULE = {
     "audit-seal-chain": {"task": "audit.seal_chain", "schedule": 2.0, "options": {"expires": 4}},
     # A full walk of the chain; the auditor's status panel shows the last outcome.
@@ -301,7 +337,7 @@ if OIDC_ENABLED:
 
 # Login throttling (django-axes): this many failed sign-ins in a row lock the account, and
 # separately the client address, for the cool-off; every attempt while locked restarts it.
-AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 20)
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 20, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 30))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 # A success forgets the failures under the name that signed in, not those from its address
@@ -339,6 +375,10 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_PROXY", False) else None
 )
+# Cookies sent over HTTPS only make a site that works over HTTPS only: browsers are told to
+# keep to HTTPS (HSTS, sent on HTTPS answers), so a later visit typed or linked as http://
+# is never answered by whoever sits on the network with a look-alike sign-in page.
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600 if SESSION_COOKIE_SECURE else 0)
 
 SECURE_CSP = {
     "default-src": [CSP.SELF],
@@ -380,7 +420,7 @@ if env_str("EMAIL_HOST"):
             "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
             "OPTIONS": {
                 "host": env_str("EMAIL_HOST"),
-                "port": env_int("EMAIL_PORT", 587),
+                "port": env_int("EMAIL_PORT", 587, minimum=1),
                 "username": env_str("EMAIL_HOST_USER"),
                 "password": env_str("EMAIL_HOST_PASSWORD"),
                 "use_tls": env_bool("EMAIL_USE_TLS", True),
@@ -408,7 +448,7 @@ SANDBOX_PAYMENTS_KEY = (
 SANDBOX_FAULTS = env_bool("SANDBOX_FAULTS", False)
 SANDBOX_FAULT_TAG = env_str("SANDBOX_FAULT_TAG")
 # Largest JSON body the agent API reads; bigger bodies get 413.
-API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
 # How long an Idempotency-Key's answer is kept for replays (seconds); swept afterwards.
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
@@ -428,18 +468,18 @@ AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 
 # refused (too_many_waits) and the others answer at once with the call as it stands.
 MCP_MAX_WAITS_PER_AGENT = env_int("MCP_MAX_WAITS_PER_AGENT", 20)
 # Threads that serve Django's pages and the REST API in each web process (config.asgi).
-WEB_THREADS = env_int("WEB_THREADS", 16)
+WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
 # Upstreams (tools_registry.upstreams): Fernet keys for their header values at rest,
 # comma-separated, the first encrypting (default: derived from SECRET_KEY); the largest
 # OpenAPI document and upstream answer read (a bigger answer is stored truncated).
 UPSTREAM_SECRETS_KEY = env_str("UPSTREAM_SECRETS_KEY")
-UPSTREAM_MAX_DOCUMENT_BYTES = env_int("UPSTREAM_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024)
-UPSTREAM_MAX_RESPONSE_BYTES = env_int("UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024)
+UPSTREAM_MAX_DOCUMENT_BYTES = env_int("UPSTREAM_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024, minimum=1)
+UPSTREAM_MAX_RESPONSE_BYTES = env_int("UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024, minimum=1)
 # End users' tokens (tools_registry.user_tokens): an identity provider's signing keys
 # (JWKS) are kept this long per process; fetched with this timeout; and fetched again (a
 # key not in the set, or after a failed fetch) at most once per JWKS_MIN_REFRESH_SECONDS.
 JWKS_CACHE_SECONDS = env_int("JWKS_CACHE_SECONDS", 300)
-JWKS_TIMEOUT_SECONDS = env_int("JWKS_TIMEOUT_SECONDS", 5)
+JWKS_TIMEOUT_SECONDS = env_int("JWKS_TIMEOUT_SECONDS", 5, minimum=1)
 JWKS_MIN_REFRESH_SECONDS = env_int("JWKS_MIN_REFRESH_SECONDS", 5)
 # Extra time past a tool's timeout before a silent worker's lease counts as expired.
 EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
@@ -450,15 +490,15 @@ EXECUTOR_RESEND_AFTER_SECONDS = env_int("EXECUTOR_RESEND_AFTER_SECONDS", 60)
 APPROVALS_REAUTH_WINDOW_SECONDS = env_int("APPROVALS_REAUTH_WINDOW_SECONDS", 15 * 60)
 # The queue's "expiring soon" filter: calls that expire within this many seconds.
 APPROVALS_EXPIRING_SOON_SECONDS = env_int("APPROVALS_EXPIRING_SOON_SECONDS", 15 * 60)
-APPROVALS_QUEUE_PAGE_SIZE = env_int("APPROVALS_QUEUE_PAGE_SIZE", 50)
+APPROVALS_QUEUE_PAGE_SIZE = env_int("APPROVALS_QUEUE_PAGE_SIZE", 50, minimum=1)
 # The queue page refreshes its rows this often (htmx polling of the table partial).
-APPROVALS_QUEUE_POLL_SECONDS = env_int("APPROVALS_QUEUE_POLL_SECONDS", 5)
+APPROVALS_QUEUE_POLL_SECONDS = env_int("APPROVALS_QUEUE_POLL_SECONDS", 5, minimum=1)
 # Counts per risk class stop at this number ("1000+"): an exact count of a huge queue would
 # make the page's time grow with the queue.
-APPROVALS_QUEUE_COUNT_CAP = env_int("APPROVALS_QUEUE_COUNT_CAP", 1000)
+APPROVALS_QUEUE_COUNT_CAP = env_int("APPROVALS_QUEUE_COUNT_CAP", 1000, minimum=1)
 # The detail page asks whether its call changed this often (htmx polling), so it never
 # shows a decision someone else already made.
-APPROVALS_DETAIL_POLL_SECONDS = env_int("APPROVALS_DETAIL_POLL_SECONDS", 3)
+APPROVALS_DETAIL_POLL_SECONDS = env_int("APPROVALS_DETAIL_POLL_SECONDS", 3, minimum=1)
 # Whether a reviewer may correct a destructive call's arguments before approving: "never",
 # or "narrow" (only to remove or reduce what it acts on). Writes may always be corrected.
 APPROVALS_DESTRUCTIVE_EDITS = env_str("APPROVALS_DESTRUCTIVE_EDITS", "never")
@@ -491,10 +531,10 @@ EXECUTOR_AUTO_RERUNS = env_int("EXECUTOR_AUTO_RERUNS", 2)
 EXECUTOR_RECHECK_ESCALATED_SECONDS = env_int("EXECUTOR_RECHECK_ESCALATED_SECONDS", 300)
 # Webhooks to agents (gateway.webhooks): per-attempt timeout, retries with exponential
 # backoff from BASE up to MAX seconds between attempts, then give up.
-WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
-WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12)
-WEBHOOK_RETRY_BASE_SECONDS = float(env_str("WEBHOOK_RETRY_BASE_SECONDS", "5"))
-WEBHOOK_RETRY_MAX_SECONDS = float(env_str("WEBHOOK_RETRY_MAX_SECONDS", "3600"))
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 5)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 WEBHOOK_RESEND_AFTER_SECONDS = env_int("WEBHOOK_RESEND_AFTER_SECONDS", 60)
 # Callback URLs on loopback/private networks are refused in services mode unless allowed.
 # After a rotation, webhooks are signed with the old secret too for this long (seconds).
@@ -517,10 +557,12 @@ LOGGING = {
             "formatter": "plain",
         }
     },
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # DB_LOG_LEVEL=DEBUG (with DEBUG=1) logs every SQL statement; masked like every record.
+    # Upper case, as logging reads them: LOG_LEVEL=info stopped every process at start.
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    # DB_LOG_LEVEL=DEBUG (with DEBUG=1) logs every SQL statement, its string values left out
+    # (audit.receivers).
     "loggers": {
-        "django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO")},
+        "django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO").upper()},
         # axes logs every sign-in at INFO; the trail has them (auth.*), so only its warnings.
         "axes": {"level": "WARNING"},
     },

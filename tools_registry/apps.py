@@ -9,5 +9,9 @@ class ToolsRegistryConfig(AppConfig):
     verbose_name = "Tools and agents"
 
     def ready(self) -> None:
+        from tools_registry.upstreams import secrets
+
         # Each app declares its tools in a `tools` module; importing it registers them.
         autodiscover_modules("tools")
+        # Every process refuses to start on upstream keys it cannot use.
+        secrets.check_keys()

@@ -210,6 +210,16 @@ def test_an_admin_links_a_local_account_to_a_person_at_the_provider(
         call_command("link_sso", "nobody", "00u-x")
 
 
+def test_link_sso_refuses_a_subject_too_long_to_keep(world: World) -> None:
+    """A sub longer than the link keeps was a database error's traceback."""
+    User.objects.create_user("erin", "erin@example.com", "x")
+    with pytest.raises(CommandError, match="at most 255 characters"):
+        call_command("link_sso", "erin", "s" * 256, stdout=StringIO())
+    assert not SsoIdentity.objects.exists()
+    call_command("link_sso", "erin", "s" * 255, stdout=StringIO())
+    assert SsoIdentity.objects.get().subject == "s" * 255
+
+
 def test_the_upgrade_links_accounts_made_by_earlier_sso_sign_ins(world: World) -> None:
     """Accounts made at a first SSO sign-in before links existed: their creation event
     recorded the sub, and the migration links each to it. Others stay unlinked."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 
+import pytest
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
@@ -13,6 +17,7 @@ from approvals.services.decisions import decide
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
 from tests.conftest import World
+from tools_registry import services as registry_services
 
 
 def run(callbacks, fn, **kwargs):  # type: ignore[no-untyped-def]
@@ -146,3 +151,69 @@ def test_a_failing_mail_server_does_not_break_the_sweep(
     assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
     assert "could not send" in caplog.text
     assert ToolCall.objects.get(pk=call.pk).reviewers_notified_at is not None
+
+
+@pytest.fixture
+def silent_mail_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A mail server that takes connections and never says a word (a hung SMTP relay)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hung_mail_server_holds_a_run_up_once_and_the_rest_wait_for_the_next(
+    live_world: World, settings, silent_mail_server, mailoutbox
+) -> None:
+    """Each send waits out the mail server's timeout: a run that went on after the first one
+    hung kept its worker (a slot the executor needs) for the timeout times every call due,
+    and the calls it claimed were never announced."""
+    port, accepted = silent_mail_server
+    settings.MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "127.0.0.1", "port": port, "timeout": 0.5},
+        }
+    }
+    calls = [make_call(live_world, session_id=f"run-{n}") for n in range(4)]
+    notifications.run()
+    assert len(accepted) == 1, "one wait for the mail server per run"
+    waiting = ToolCall.objects.filter(pk__in=[c.pk for c in calls], reviewers_notified_at=None)
+    assert waiting.count() == 3
+
+    settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
+    assert notifications.run().notified == 3
+    assert not waiting.exists()
+    assert sorted(m.body.split("Review it: ")[1].strip() for m in mailoutbox) == sorted(
+        f"{settings.PUBLIC_URL}/approvals/{c.pk}/" for c in calls[1:]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_address_the_mail_cannot_carry_stops_only_its_own_message(
+    live_world: World, mailoutbox
+) -> None:
+    """An address refused for itself (here one Django will not write into a header) says
+    nothing about the server: the run goes on with the next call."""
+    User.objects.create_user("mallory", "mallory@example.com\nBcc: all@example.com", "x")
+    registry_services.grant_review(
+        tool=live_world.tools["send_email"], user=User.objects.get(username="mallory")
+    )
+    calls = [make_call(live_world, session_id=f"run-{n}") for n in range(2)]
+    assert notifications.run().notified == 2
+    assert addressed(mailoutbox) == ["bob@example.com", "bob@example.com"]
+    assert all(any(f"/approvals/{c.pk}/" in m.body for m in mailoutbox) for c in calls)

@@ -16,6 +16,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 from django.test import Client
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals.models import Status, ToolCall
 from audit import chain
@@ -23,6 +24,7 @@ from config.celery import app
 from tests.conftest import World
 from tests.support.web import running_web
 from tests.support.workers import purge_queue, running_worker, wait_for
+from tools_registry.services import rotate_webhook_secret
 
 CANARY_EMAIL = "zebulon.canary@example.org"
 CANARY_PHONE = "+44 20 7946 0123"
@@ -128,6 +130,32 @@ def test_a_log_line_quoting_a_canary_is_masked(captured_logs: Capture) -> None:
     assert "calling the API with Bearer [masked:secret:" in text
     assert "ValueError: card [masked:card:" in text
     assert leaks(text) == []
+
+
+def test_the_sql_log_leaves_out_the_values_no_detector_could_tell_from_data(
+    world: World, captured_logs: Capture
+) -> None:
+    """DEBUG=1 with DB_LOG_LEVEL=DEBUG logs every statement. A value there is a bare string,
+    in VALUES (...) and in the args after the statement: a webhook secret, an authenticator's
+    TOTP key, a session key (a signed-in session to whoever reads the log) were logged whole."""
+    session = Client()
+    session.force_login(world.bob)
+    sql_log = logging.getLogger("django.db.backends")
+    level = sql_log.level
+    sql_log.setLevel(logging.DEBUG)  # DB_LOG_LEVEL=DEBUG
+    connection.force_debug_cursor = True  # DEBUG=1
+    try:
+        assert session.get("/approvals/").status_code == 200
+        secret = rotate_webhook_secret(agent=world.agent, rotated_by=None)
+        device = TOTPDevice.objects.create(user=world.bob, name="phone")
+    finally:
+        connection.force_debug_cursor = False
+        sql_log.setLevel(level)
+    text = "\n".join(captured_logs.lines)
+    assert 'UPDATE "tools_registry_agent" SET "webhook_secret"' in text, "SQL was logged"
+    assert 'INSERT INTO "otp_totp_totpdevice"' in text and '"django_session"' in text
+    values = [secret, secret.removeprefix("whsec_"), device.key, session.cookies["sessionid"].value]
+    assert [value for value in values if value in text] == []
 
 
 @pytest.mark.worker

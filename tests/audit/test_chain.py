@@ -46,6 +46,11 @@ def test_sealing_links_every_event_to_the_one_before(sealed_chain) -> None:
     assert "audit chain ok: 12 events" in verify_command()
 
 
+def test_an_anchor_file_that_cannot_be_read_is_a_clear_refusal(sealed_chain, tmp_path) -> None:
+    """A directory given for --anchor was an IsADirectoryError's traceback."""
+    assert "cannot read the anchor file" in broken("--anchor", str(tmp_path))
+
+
 def test_an_unsealed_event_is_reported_not_failed() -> None:
     make_events(2)
     result = verify_chain()

@@ -775,6 +775,15 @@ def test_an_upstream_name_that_would_make_tool_names_ambiguous_is_refused(
     assert not Upstream.objects.exists()
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "ten"])
+def test_add_upstream_refuses_a_timeout_that_is_no_number_of_seconds(
+    world: World, timeout: str
+) -> None:
+    with pytest.raises(CommandError, match="--timeout"):
+        add("crm", "--mcp", "http://mcp.invalid/mcp", "--timeout", timeout)
+    assert not Upstream.objects.exists()
+
+
 def test_a_switched_off_upstream_is_not_synced(world: World, http_upstream: WebProcess) -> None:
     register_orders(http_upstream)
     upstream = Upstream.objects.get(name="orders")

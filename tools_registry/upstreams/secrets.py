@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 Headers = list[tuple[str, str]]
 
@@ -40,6 +41,16 @@ def _cipher(keys: str, secret_key: str) -> MultiFernet:
 
 def cipher() -> MultiFernet:
     return _cipher(settings.UPSTREAM_SECRETS_KEY, settings.SECRET_KEY)
+
+
+def check_keys() -> None:
+    """At start (``ToolsRegistryConfig.ready``): the keys are read when headers are, and one
+    that is no Fernet key failed every request to an upstream with headers, and every save
+    of them."""
+    try:
+        cipher()
+    except ValueError as problem:  # the message never quotes the key
+        raise ImproperlyConfigured(f"UPSTREAM_SECRETS_KEY: {problem}") from None
 
 
 def encrypt(headers: Headers) -> str:

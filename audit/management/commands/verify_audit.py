@@ -36,7 +36,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["no_seal"]:
             chain.seal_pending()
-        result = verify_chain(anchor_path=options["anchor"])
+        try:
+            result = verify_chain(anchor_path=options["anchor"])
+        except OSError as problem:  # a directory, a file this user may not read
+            raise CommandError(
+                f"cannot read the anchor file {problem.filename}: {problem.strerror}"
+            ) from None
         if options["record"]:
             record_verification(result)
         if options["json"]:

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from approvals import sweeps
+from approvals.management.commands._sweep import loop_seconds
 from audit import chain
 from gateway import idempotency, retention, webhooks
 
@@ -16,7 +17,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--loop", type=float, default=0, help="Repeat every N seconds.")
+        parser.add_argument("--loop", type=loop_seconds, default=0, help="Repeat every N seconds.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         while True:

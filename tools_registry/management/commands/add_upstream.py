@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import argparse
+import math
 from typing import Any
 
 from django.contrib.auth.models import Group
@@ -11,6 +13,18 @@ from tools_registry.models import Agent, Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams.offers import ImportFailed
 from tools_registry.upstreams.secrets import parse_header_lines
+
+
+def seconds(raw: str) -> float:
+    """``--timeout``: NaN passes the model's range check (no comparison holds for it), and
+    an upstream registered with it failed every request with a bare ValueError."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds")
+    return value
 
 
 class Command(BaseCommand):
@@ -29,7 +43,7 @@ class Command(BaseCommand):
             "--header", action="append", default=[], metavar='"Name: value"',
             help="A header sent with every request (repeatable); stored encrypted.",
         )  # fmt: skip
-        parser.add_argument("--timeout", type=float, default=10, help="Seconds per request.")
+        parser.add_argument("--timeout", type=seconds, default=10, help="Seconds per request.")
         parser.add_argument(
             "--idempotency-header", default="Idempotency-Key",
             help='HTTP APIs: the header that carries the key ("" if it honours none).',
