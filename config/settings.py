@@ -230,6 +230,9 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "countersign",
+            # A Redis that hangs answers as one that is down (the health check says so)
+            # instead of holding the request.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
 else:
@@ -414,6 +417,12 @@ USE_I18N = False
 USE_TZ = True
 
 # Reviewer notifications. Without EMAIL_HOST the messages go to the console (embedded mode).
+# Port 465 speaks TLS from the first byte (EMAIL_USE_SSL); 587 starts plain and upgrades
+# (EMAIL_USE_TLS, on by default unless EMAIL_USE_SSL is). Only one of them can be on.
+_EMAIL_SSL = env_bool("EMAIL_USE_SSL", False)
+_EMAIL_TLS = env_bool("EMAIL_USE_TLS", not _EMAIL_SSL)
+if _EMAIL_SSL and _EMAIL_TLS:
+    raise ImproperlyConfigured("EMAIL_USE_SSL and EMAIL_USE_TLS cannot both be on: choose one.")
 if env_str("EMAIL_HOST"):
     MAILERS = {
         "default": {
@@ -423,7 +432,8 @@ if env_str("EMAIL_HOST"):
                 "port": env_int("EMAIL_PORT", 587, minimum=1),
                 "username": env_str("EMAIL_HOST_USER"),
                 "password": env_str("EMAIL_HOST_PASSWORD"),
-                "use_tls": env_bool("EMAIL_USE_TLS", True),
+                "use_ssl": _EMAIL_SSL,
+                "use_tls": _EMAIL_TLS,
                 "timeout": 10,
             },
         }

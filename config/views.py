@@ -9,7 +9,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from config.celery import app
 from tools_registry.permissions import has_any_review_grant
@@ -49,7 +49,7 @@ def _check_broker() -> str:
     return "ok"
 
 
-@require_GET
+@require_safe  # GET, and HEAD: the probe some load balancers send
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     """State of each dependency; 503 as soon as one of them is down."""

@@ -168,3 +168,23 @@ def test_log_levels_are_read_in_either_case(tmp_path: Path) -> None:
     run = services(tmp_path, script, LOG_LEVEL="warning", DB_LOG_LEVEL="debug")
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["started", "WARNING"]
+
+
+MAILER = "from django.conf import settings\nprint(settings.MAILERS['default']['OPTIONS'])\n"
+
+
+def test_mail_on_port_465_speaks_tls_from_the_first_byte(tmp_path: Path) -> None:
+    """Without EMAIL_USE_SSL a mail server on port 465 was spoken to in plain text first,
+    and every notification waited out the timeout."""
+    run = services(
+        tmp_path, MAILER, EMAIL_HOST="mail.example.com", EMAIL_PORT="465", EMAIL_USE_SSL="1"
+    )
+    assert run.returncode == 0, run.stderr
+    assert "'use_ssl': True, 'use_tls': False" in run.stdout
+    both = services(
+        tmp_path, MAILER, EMAIL_HOST="mail.example.com", EMAIL_USE_SSL="1", EMAIL_USE_TLS="1"
+    )
+    assert both.returncode != 0
+    assert "EMAIL_USE_SSL and EMAIL_USE_TLS cannot both be on" in both.stderr
+    default = services(tmp_path, MAILER, EMAIL_HOST="mail.example.com")
+    assert "'use_ssl': False, 'use_tls': True" in default.stdout

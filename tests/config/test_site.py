@@ -27,6 +27,47 @@ def test_healthz_reports_each_dependency_in_services_mode(client: Client) -> Non
     }
 
 
+def test_healthz_answers_a_head_probe(client: Client) -> None:
+    """Some load balancers probe with HEAD: answered 405, the deployment looked down."""
+    assert client.head("/healthz").status_code == 200
+
+
+def test_healthz_says_a_redis_that_hangs_is_down_within_seconds(client: Client) -> None:
+    """A server that takes the connection and never answers (a hung Redis, a firewall that
+    drops): the check held the probe for as long as the probe waited."""
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    from django.conf import settings
+
+    def hang_up_late(server: socket.socket) -> None:
+        """Take each connection and say nothing for 15 s (so a check without a timeout
+        fails the test instead of hanging it), then hang up."""
+        server.settimeout(20)
+        taken = []
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(server.accept()[0])
+                threading.Timer(15, taken[-1].close).start()
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        threading.Thread(target=hang_up_late, args=(silent,), daemon=True).start()
+        hung = dict(settings.CACHES["default"])
+        hung["LOCATION"] = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with override_settings(CACHES={"default": hung}):
+            caches.close_all()
+            started = time.monotonic()
+            response = client.get("/healthz")
+            assert time.monotonic() - started < 10
+        caches.close_all()
+    assert response.status_code == 503
+    assert response.json()["cache"].startswith("down")
+
+
 @override_settings(
     CACHES={
         "default": {
