@@ -92,21 +92,26 @@ def _without_overlaps(findings: Iterable[Finding]) -> list[Finding]:
 # --- Secrets -------------------------------------------------------------------------------
 
 # A private key block, whole. detect-secrets' PrivateKeyDetector reports only the BEGIN line,
-# and the key material is the lines after it.
+# and the key material is the lines after it. PGP armours its keys as "PRIVATE KEY BLOCK".
 _PRIVATE_KEY = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?"
+    r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
     re.DOTALL,
 )
 
 # Names whose value is secret, as a map key (the whole name) or in an assignment in free text
 # (``password: x``, ``"api_key": "x"``, ``DB_PASSWORD=x``). A prefix of words joined by ``_``,
 # ``-`` or ``.`` may stand before the name (``db_password``, ``x-api-key``,
-# ``AWS_SECRET_ACCESS_KEY``), nothing after it: ``token_cost`` and ``input_tokens`` are not
-# secrets. detect-secrets' KeywordDetector is not used for this: it reports only the first
-# value per pattern on a line, knows no ``token`` or ``authorization``, and its configuration
-# file form takes the rest of the line as the value.
+# ``AWS_SECRET_ACCESS_KEY``), and words in camelCase or PascalCase (``accessToken``,
+# ``ClientSecret``; a word of two characters at least: ``OAuth`` is no name), nothing after
+# it: ``token_cost`` and ``input_tokens`` are not secrets. detect-secrets' KeywordDetector is
+# not used for this: it reports only the first value per pattern on a line, knows no
+# ``token`` or ``authorization``, and its configuration file form takes the rest of the line
+# as the value.
 SECRET_NAME = (
     r"(?:[a-z0-9]+[_.-])*"  # noqa: S105 (names of secrets, not a secret)
+    # The words before a capital (never across a separator, so the split is read once).
+    r"(?-i:[A-Za-z0-9]*[a-z0-9](?<=[A-Za-z0-9][a-z0-9])(?=[A-Z]))?"
     r"(?:pass(?:word|wd|phrase)|pwd|secret|token|apikey"
     r"|(?:api|access|auth|secret|private|session|signing|encryption|client|master)[_-]?key"
     r"|authorization|auth|cookie|credentials?|card[_-]?number|cvc|cvv)"
@@ -115,23 +120,38 @@ SECRET_NAME = (
 # An assignment: the name, its closing quote if it is quoted (``"api_key"``, or ``\"api_key\"``
 # in JSON quoted inside a JSON string), then ``=``, ``:``, ``:=`` or ``=>``, then the value:
 # a quoted value up to its closing quote, spaces and all (or to the end of the line when the
-# quote is never closed, as in a truncated log line); an unquoted one up to white space, a
-# quote, ``&`` (URL queries), ``;`` (connection strings, cookies) or ``<``/``>``, less the
-# punctuation that ends a sentence or closes a bracket around it. The literals null, true,
-# false and none are not secrets. A value that is an auth scheme (``Authorization: Bearer
-# x``) is left to the bearer detector, which keeps the scheme readable.
+# quote is never closed, as in a truncated log line), backquotes included (Markdown's code,
+# in which agents write their reasoning: ``password: `hunter2```); an unquoted one up to
+# white space, a quote, ``&`` (URL queries), ``;`` (connection strings, cookies) or
+# ``<``/``>``, less the punctuation that ends a sentence or closes a bracket around it. The
+# literals null, true, false and none are not secrets. A value that is an auth scheme
+# (``Authorization: Bearer x``) is left to the bearer detector, which keeps the scheme
+# readable.
 _ASSIGNMENT = re.compile(
-    rf"(?<![a-z0-9]){SECRET_NAME}"
-    r"(?:\\?[\"'])?[ \t]*(?:=>|:=|={1,3}|:)[ \t]*"
+    # A name starts where its words do, never at a word after a separator: the words before
+    # it are read as its prefix from their start. Read from every word, a long run of
+    # words ("a_a_..._tokens=x") was read once per word, seconds for 30,000 characters.
+    rf"(?<![a-z0-9])(?<![a-z0-9][_.-]){SECRET_NAME}"
+    r"(?:\\?[\"'`])?[ \t]*(?:=>|:=|={1,3}|:)[ \t]*"
     r"(?!(?:bearer|basic|token)\s)"
     r"(?:"
     r"\"(?P<dq>(?:\\.|[^\"\\\n])*)(?:\"|$)"
     r"|'(?P<sq>(?:\\.|[^'\\\n])*)(?:'|$)"
     r"|\\\"(?P<eq>(?:(?!\\\").)*)(?:\\\"|$)"
+    r"|`(?P<bq>[^`\n]*)(?:`|$)"
     r"|(?P<bare>(?!(?:null|true|false|none)(?=[.,)\]}]*(?:[\s\"'`&;<>]|$)))[^\s\"'`&;<>]+?)"
     r"(?=[.,)\]}]*(?:[\s\"'`&;<>]|$))"
     r")",
     re.IGNORECASE | re.MULTILINE,
+)
+
+# A Cookie or Set-Cookie header: its value is every cookie in it (``theme=dark; sessionid=x``)
+# up to the end of the line or the quote around the header (``curl -H "Cookie: ..."``), less
+# the punctuation that ends a sentence, where an assignment's unquoted value ends at the
+# first ``;``.
+_COOKIE_HEADER = re.compile(
+    r"(?<![a-z0-9])(?:set-)?cookie[ \t]*:[ \t]*(?P<value>[^\r\n\"'`]*[^\s\"'`.,;)\]}])",
+    re.IGNORECASE,
 )
 
 # detect-secrets' plugins for key shapes, used through their API (analyze_string yields the
@@ -173,6 +193,9 @@ _KEY_SHAPES = re.compile(
     r"|cst_[A-Za-z0-9]{6,}_[A-Za-z0-9_-]{16,}"
     r")"
 )
+# A password in a URL without a user name (redis://:hunter2@host), which the basic-auth plugin
+# wants: the password alone.
+_URL_PASSWORD = re.compile(r"://:([^:/?#\[\]@!$&'()*+,;=\s]+)@")
 # A plugin's pattern may stop inside a token (the Stripe plugin after 24 characters, the JWT
 # plugin before the signature): a finding runs on to the end of the token.
 _TOKEN_TAIL = re.compile(r"[\w+/=-]*(?:\.[\w+/=-]+)*")
@@ -190,11 +213,14 @@ def _find_private_keys(text: str) -> list[Finding]:
 def _find_assignments(text: str) -> list[Finding]:
     findings = []
     for match in _ASSIGNMENT.finditer(text):
-        group = next(g for g in ("dq", "sq", "eq", "bare") if match.group(g) is not None)
+        group = next(g for g in ("dq", "sq", "eq", "bq", "bare") if match.group(g) is not None)
         value = match.group(group)
         if value:
             findings.append(Finding(match.start(group), match.end(group), Kind.SECRET, value))
-    return findings
+    for match in _COOKIE_HEADER.finditer(text):
+        value = match.group("value")
+        findings.append(Finding(match.start("value"), match.end("value"), Kind.SECRET, value))
+    return _without_overlaps(findings)
 
 
 def _union(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
@@ -209,13 +235,16 @@ def _union(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
 
 # One search tells whether any key shape is there at all: hashes and UUIDs, common in audit
 # data, are long runs that each of the many patterns would otherwise be asked about.
-_ANY_KEY = _union([_KEY_SHAPES, *(p for plugin in _LIBRARY_PLUGINS for p in plugin.denylist)])
+_ANY_KEY = _union(
+    [_KEY_SHAPES, _URL_PASSWORD, *(p for plugin in _LIBRARY_PLUGINS for p in plugin.denylist)]
+)
 
 
 def _find_keys(text: str) -> list[Finding]:
     if not _ANY_KEY.search(text):
         return []
     spans = [(m.start(), m.end()) for m in _KEY_SHAPES.finditer(text)]
+    spans += [(m.start(1), m.end(1)) for m in _URL_PASSWORD.finditer(text)]
     for plugin in _LIBRARY_PLUGINS:
         for secret in set(plugin.analyze_string(text)):
             start = text.find(secret)
@@ -240,14 +269,16 @@ def _find_bearer_tokens(text: str) -> list[Finding]:
 # slashes, one kind throughout (dots and slashes also write dates, versions and IP addresses,
 # which have shorter groups). Not part of a longer number or of a decimal, nor glued to a
 # letter: the digit runs of a UUID or a hex digest (233ed073-9110-4499-8258-7965cbf7efe9)
-# may pass the Luhn check, but no card is written inside a word. Luhn-checked.
+# may pass the Luhn check, but no card is written inside a word. Luhn-checked. A run with
+# spaces or dashes is read whole, however long, and searched for the card within it (see
+# _cards_in_run): a card is often written beside another number, its security code or expiry.
 _CARD = re.compile(
     # The first digit, then what may not stand before it (written after it, so that the
     # search skips ahead to digits).
     r"\d(?<![\w-]\d)(?<!\d\.\d)"
     # Nor a partly shown card (•••• 1111): its last four digits do not start another.
     r"(?<!•\d)(?<!• \d)"
-    r"(?:(?:[ -]?\d){12,18}|\d{3}(?P<sep>[./])\d{3,6}(?:(?P=sep)\d{3,6}){1,3})"
+    r"(?:(?:[ -]?\d){12,}|\d{3}(?P<sep>[./])\d{3,6}(?:(?P=sep)\d{3,6}){1,3})"
     r"(?![\w-])(?!\.\d)"
 )
 
@@ -270,9 +301,50 @@ def luhn_valid(digits: str) -> bool:
 def _find_cards(text: str) -> list[Finding]:
     findings = []
     for match in _CARD.finditer(text):
+        if match.group("sep") is None:
+            findings += _cards_in_run(text, match.start(), match.end())
+            continue
         digits = _NON_DIGITS.sub("", match.group(0))
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
             findings.append(Finding(match.start(), match.end(), Kind.CARD, digits))
+    return findings
+
+
+_SPACED_GROUP = re.compile(r"[^ ]+")
+
+
+def _cards_in_run(text: str, start: int, end: int) -> list[Finding]:
+    """The cards in ``text[start:end]``, a run of digits with spaces or dashes: the whole run
+    when it is one, else each stretch of its space-separated groups of four digits or more,
+    as cards are printed, that holds 13 to 19 digits and passes the Luhn check, the longest
+    from the earliest group on. So "4111 1111 1111 1111 123" (a card, then its security
+    code) and "qty 1 4242424242424242" mask the card, where the whole run failed the check
+    and the card was left; a list of small numbers is not read as one. A stretch never
+    starts or ends at a dash, as a card never does (the digit groups of a UUID)."""
+    whole = _NON_DIGITS.sub("", text[start:end])
+    if 13 <= len(whole) <= 19 and luhn_valid(whole):
+        return [Finding(start, end, Kind.CARD, whole)]
+    groups = [
+        (group.start(), group.end(), _NON_DIGITS.sub("", group.group(0)))
+        for group in _SPACED_GROUP.finditer(text, start, end)
+    ]
+    findings = []
+    first = 0
+    while first < len(groups):
+        stretch, found = "", None
+        for index in range(first, len(groups)):
+            digits = groups[index][2]
+            if len(digits) < 4 or len(stretch) + len(digits) > 19:
+                break
+            stretch += digits
+            if len(stretch) >= 13 and luhn_valid(stretch):
+                found = (index, stretch)
+        if found is None:
+            first += 1
+            continue
+        last, card = found
+        findings.append(Finding(groups[first][0], groups[last][1], Kind.CARD, card))
+        first = last + 1
     return findings
 
 
@@ -442,7 +514,7 @@ def _may_hold_key(text: str, folded: str) -> bool:
 
 
 def _may_hold_private_key(text: str, folded: str) -> bool:
-    return "PRIVATE KEY-----" in text
+    return "PRIVATE KEY" in text
 
 
 def _may_hold_card(text: str, folded: str) -> bool:

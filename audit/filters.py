@@ -31,6 +31,9 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "auth.groups_changed",
                 "auth.permissions_changed",
                 "auth.team_changed",
+                # A team or an account deleted takes its grants of tools with it.
+                "auth.team_deleted",
+                "auth.user_deleted",
                 "user.access_changed",
             }
         ),
@@ -49,8 +52,6 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "auth.two_factor_removed",
                 "auth.password_set",
                 "auth.lockout_lifted",
-                "auth.team_deleted",
-                "auth.user_deleted",
                 "auth.sso_user_created",
                 "auth.sso_refused",
                 "auth.sso_linked",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import verify
@@ -21,6 +21,8 @@ from audit.models import VerificationRun
 # A run that has not reported progress for this long is taken for dead (its worker died);
 # asking again starts a new one.
 STALE_AFTER = timedelta(minutes=10)
+# Any constant works (not the sealer's); it only has to be the same in every process.
+REQUEST_LOCK_KEY = 0x566572696679  # "Verify"
 
 
 def active_run() -> VerificationRun | None:
@@ -42,10 +44,11 @@ def request_verification(*, user: Any, send: Any) -> tuple[VerificationRun, bool
     """Queue a walk of the chain for ``user`` (audited), or join the one under way.
     ``send(run_id)`` is called after the commit to hand the run to a worker. Returns the run
     and whether it is new."""
-    # Serialises two auditors clicking at once: the second one sees the first one's run.
-    VerificationRun.objects.select_for_update().filter(
-        state__in=[VerificationRun.State.QUEUED, VerificationRun.State.RUNNING]
-    ).exists()
+    # Serialises two auditors clicking at once: the second waits for the first's commit, then
+    # sees its run. A row lock cannot: before the first commits there is no run row to lock.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [REQUEST_LOCK_KEY])
     running = active_run()
     if running is not None:
         return running, False

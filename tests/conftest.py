@@ -4,6 +4,7 @@ missing service, they stop the run and say which one is missing."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.core.cache import caches
 from django.core.management import call_command
 from django.test import Client, TransactionTestCase
 
@@ -61,6 +63,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         ) from exc
     # Hashing demo passwords with PBKDF2 would dominate the run; tests need no slow hash.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Each test process its own cache keys: the processes of one run share a Redis
+    # database, and a page one of them kept (the analytics charts, for a minute) was read
+    # by a test of another.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": f"countersign-tests-{worker}"},
+    }
+    caches.__dict__.pop("settings", None)  # read again from the settings above
+    caches.close_all()
 
 
 # The audit table refuses TRUNCATE; the test runner's flush between transactional tests

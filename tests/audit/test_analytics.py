@@ -13,12 +13,20 @@ from django.test import Client
 from approvals.models import ToolCall
 from approvals.services.decisions import decide
 from audit import chain
+from audit.views.analytics import WINDOWS
 from tests.audit.test_timelines import EMAIL
 from tests.conftest import World
 from tests.support.calls import unknown_call
 from tests.support.workers import purge_queue
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_charts_kept() -> None:
+    """The charts are kept a minute (``CHART_CACHE_SECONDS``): another test of this process
+    that opened the page (the permission or bad-parameter tests) left charts of its own."""
+    cache.delete_many([f"audit:analytics:{days}" for days in WINDOWS])
 
 
 def test_the_page_charts_calls_votes_and_cost_without_any_script(

@@ -31,6 +31,10 @@ SENDGRID = "SG." + "a" * 22 + "." + "b" * 43
 TWILIO = "SK" + "0123456789abcdef" * 2
 COUNTERSIGN = "cst_ab12cd_" + "Q" * 32
 PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\ndef==\n-----END RSA PRIVATE KEY-----"
+PGP_PRIVATE_KEY = (
+    "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGR0abc\ndef==\n"
+    "-----END PGP PRIVATE KEY BLOCK-----"
+)
 
 CARDS = [
     ("4111 1111 1111 1111", "<card:4111111111111111>"),
@@ -48,6 +52,12 @@ CARDS = [
     ),
     ("/cards/4111111111111111/refund", "/cards/<card:4111111111111111>/refund"),
     ("card 4111111111111111/12 expiry", "card <card:4111111111111111>/12 expiry"),
+    # Beside another number (its security code, its expiry, a quantity): the card alone.
+    ("card 4111111111111111 123", "card <card:4111111111111111> 123"),
+    ("card 4111 1111 1111 1111 12/27", "card <card:4111111111111111> 12/27"),
+    ("qty 1 4242 4242 4242 4242", "qty 1 <card:4242424242424242>"),
+    ("ref 1234 4111 1111 1111 1111", "ref 1234 <card:4111111111111111>"),
+    ("4111111111111111 4242424242424242", "<card:4111111111111111> <card:4242424242424242>"),
     # Near-misses: left as they are.
     ("4111 1111 1111 1112", "4111 1111 1111 1112"),  # fails the Luhn check
     ("4111.1111.1111.1112", "4111.1111.1111.1112"),
@@ -63,6 +73,7 @@ CARDS = [
     ("amount 1,234,567.89 EUR", "amount 1,234,567.89 EUR"),
     ("on 2024/06/01 and 01.06.2024", "on 2024/06/01 and 01.06.2024"),
     ("twelve digits 4111 1111 1111", "twelve digits 4111 1111 1111"),
+    ("4111 1111 1111 1112 123", "4111 1111 1111 1112 123"),  # no card within it either
 ]
 
 SECRET_ASSIGNMENTS = [
@@ -90,6 +101,22 @@ SECRET_ASSIGNMENTS = [
     ("cvv: 123", "cvv: <secret:123>"),
     ("token := 'abc'", "token := '<secret:abc>'"),
     ("run --password=hunter2 --verbose", "run --password=<secret:hunter2> --verbose"),
+    # Backquoted, as Markdown writes code (an agent's reasoning is Markdown).
+    ("use password: `hunter2 two` now", "use password: `<secret:hunter2 two>` now"),
+    ("`api_key`: `abc123`", "`api_key`: `<secret:abc123>`"),
+    # A Cookie header's value is every cookie in it, not only the first.
+    (
+        "Cookie: theme=dark; sessionid=abc123def456",
+        "Cookie: <secret:theme=dark; sessionid=abc123def456>",
+    ),
+    (
+        'curl -H "Cookie: lang=en; session=s3cr3t" https://x.example',
+        'curl -H "Cookie: <secret:lang=en; session=s3cr3t>" https://x.example',
+    ),
+    # camelCase and PascalCase names, as JavaScript and .NET write them.
+    ('{"accessToken": "ya29.a0AfH6SMB x"}', '{"accessToken": "<secret:ya29.a0AfH6SMB x>"}'),
+    ("clientSecret=abc123", "clientSecret=<secret:abc123>"),
+    ("GitHubToken: abc123", "GitHubToken: <secret:abc123>"),
     # Near-misses.
     ("token_cost 1200 tokens", "token_cost 1200 tokens"),
     (
@@ -101,6 +128,7 @@ SECRET_ASSIGNMENTS = [
     ('{"secret": false, "password": null}', '{"secret": false, "password": null}'),
     ("idempotency_key=abc-123", "idempotency_key=abc-123"),
     ("OAuth: enabled", "OAuth: enabled"),
+    ("maxTokens: 1200, tokenCount: 3", "maxTokens: 1200, tokenCount: 3"),
     ("password:\n  next: 1", "password:\n  next: 1"),
     ('"password": ""', '"password": ""'),
 ]
@@ -124,7 +152,10 @@ KEYS = [
     (f"jwt {JWT} end", f"jwt <secret:{JWT}> end"),
     (f"agent token {COUNTERSIGN}", f"agent token <secret:{COUNTERSIGN}>"),
     ("postgres://app:hunter2@db.internal/app", "postgres://app:<secret:hunter2>@db.internal/app"),
+    # A password without a user name, as Redis URLs have it.
+    ("redis://:hunter2@cache.internal:6379/0", "redis://:<secret:hunter2>@cache.internal:6379/0"),
     (f"key:\n{PRIVATE_KEY}\nend", f"key:\n<secret:{PRIVATE_KEY}>\nend"),
+    (f"gpg:\n{PGP_PRIVATE_KEY}\nend", f"gpg:\n<secret:{PGP_PRIVATE_KEY}>\nend"),
     (
         "Authorization: Bearer abcdefghijklmnop1234",
         "Authorization: Bearer <secret:Bearer abcdefghijklmnop1234>",
@@ -268,6 +299,7 @@ def test_masking_again_changes_nothing(text: str) -> None:
         "1" * 30_000,  # ... a card or phone number
         "Ab1/" * 7_500,  # ... a key
         "a_" * 15_000 + "=x",  # ... an assignment
+        "a_" * 15_000 + "tokens=x",  # ... a name that is almost a secret's
         "1." * 15_000,
         "%41" * 10_000,
         'password="' + "x" * 30_000,
@@ -280,6 +312,7 @@ def test_masking_again_changes_nothing(text: str) -> None:
         "digits",
         "base64",
         "name",
+        "almost",
         "dotted",
         "escapes",
         "quoted",

@@ -137,6 +137,19 @@ def test_the_list_has_a_details_column_iso_inputs_and_hides_seeding_noise(
     assert "kind: one of" in auditor_client.get("/audit/?kind=nope").content.decode()
 
 
+@pytest.mark.parametrize("action", ["auth.team_deleted", "auth.user_deleted"])
+def test_a_deleted_team_or_account_is_a_change_of_teams_and_grants_not_a_sign_in(
+    auditor_client: Client, action: str
+) -> None:
+    """Its grants of tools go with it: an auditor who asks for grants, teams and permissions
+    must see it (it was listed among the sign-ins)."""
+    record(action=action, data={"grants": [{"tool": "issue_refund", "permission": "review"}]})
+    access = auditor_client.get("/audit/?kind=access").content.decode()
+    assert f"<td>{action}</td>" in access
+    sign_ins = auditor_client.get("/audit/?kind=sign_in").content.decode()
+    assert f"<td>{action}</td>" not in sign_ins
+
+
 def test_iso_utc_times_with_a_z_filter(world: World, auditor_client: Client) -> None:
     record(action="test.iso", data={})
     today = timezone.now().date().isoformat()

@@ -147,6 +147,28 @@ def test_a_forged_row_passed_off_as_not_yet_sealed_fails(
     assert f"id {row['id']}: has a hash but no seq" in result.stdout
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_secrets_as_agents_write_them_never_reach_an_export(
+    auditor_client: Client, fmt: str, tmp_path: Path
+) -> None:
+    """A card beside its security code, a password in Markdown's backquotes, a Redis URL's
+    password, a PGP private key: each reached the trail, and every export, in clear."""
+    reasoning = (
+        "Paying with 4111111111111111 123, then signing in with password: `hunter2 two`; "
+        "the cache is redis://:s3cr3tpw@cache.internal:6379/0 and the key is\n"
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGR0abcdef\n"
+        "-----END PGP PRIVATE KEY BLOCK-----"
+    )
+    record(action="call.submitted", outcome="pending", data={"reasoning": reasoning})
+    chain.seal_and_anchor()
+    body = download(auditor_client, fmt).decode()
+    for secret in ("4111111111111111", "hunter2", "s3cr3tpw", "lQOYBGR0abcdef"):
+        assert secret not in body, secret
+    path = tmp_path / f"trail.{fmt}"
+    path.write_text(body)
+    assert _verify(path, "--whole").returncode == 0
+
+
 def test_a_cell_a_spreadsheet_would_run_is_defused(auditor_client: Client, mixed_trail) -> None:
     rows = list(csv.DictReader(io.StringIO(download(auditor_client, "csv").decode())))
     assert '\'=HYPERLINK("http://evil")' in [r["session_id"] for r in rows]

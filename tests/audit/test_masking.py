@@ -165,3 +165,12 @@ def test_secret_names_may_have_a_prefix_but_nothing_after() -> None:
         "X-Api-Key",
         "webhook_secret",
     ]
+
+
+def test_camel_case_secret_names_are_masked_whole_too() -> None:
+    """JSON from JavaScript names its secrets accessToken, refreshToken, clientSecret: they
+    were kept in clear (apiKey alone was masked)."""
+    names = ["accessToken", "refreshToken", "clientSecret", "userPassword", "ApiSecret", "idToken"]
+    plain = ["maxTokens", "tokenCount", "inputTokens", "secretName", "OAuth", "passwordPolicy"]
+    masked_value = mask_value({name: "opaque-value-123" for name in names + plain})
+    assert [k for k, v in masked_value.items() if v != "opaque-value-123"] == names

@@ -3,12 +3,15 @@ progress on the page, recorded with who asked and when."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from django.db import connection, transaction
 from django.test import Client
 
 from audit import chain, verification_runs
 from audit.models import AuditEvent, VerificationRun
-from tests.audit.conftest import make_events
+from tests.audit.conftest import make_auditor, make_events
 from tests.conftest import World
 
 pytestmark = pytest.mark.django_db
@@ -58,6 +61,41 @@ def test_asking_again_joins_the_run_under_way(auditor_client: Client) -> None:
     auditor_client.post("/audit/verify/")
     auditor_client.post("/audit/verify/")
     assert VerificationRun.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_auditors_asking_at_once_start_one_walk() -> None:
+    """The second asks while the first's request is still committing: no run is under way
+    yet for it to wait on, and it started a second walk of the whole chain."""
+    first_auditor, second_auditor = make_auditor("dana"), make_auditor("erin")
+    asked, release = threading.Event(), threading.Event()
+    answers: dict[str, tuple[VerificationRun, bool]] = {}
+
+    def ask(name: str, user, *, hold: bool) -> None:
+        try:
+            with transaction.atomic():
+                answers[name] = verification_runs.request_verification(
+                    user=user, send=lambda run_id: None
+                )
+                if hold:
+                    asked.set()
+                    release.wait(10)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=ask, args=("first", first_auditor), kwargs={"hold": True})
+    first.start()
+    assert asked.wait(10)
+    second = threading.Thread(target=ask, args=("second", second_auditor), kwargs={"hold": False})
+    second.start()
+    second.join(1)  # it waits for the first to commit, or it has started a walk of its own
+    release.set()
+    first.join(10)
+    second.join(10)
+
+    assert VerificationRun.objects.count() == 1
+    assert answers["second"] == (answers["first"][0], False)
+    assert AuditEvent.objects.filter(action="audit.verification_requested").count() == 1
 
 
 def test_reviewers_cannot_ask_and_nobody_asks_with_get(
