@@ -10,7 +10,7 @@ from typing import Any
 
 from tools_registry import facts, registry
 from tools_registry.models import Tool, Upstream
-from tools_registry.registry import LookupResult, RegisteredTool, ToolContext
+from tools_registry.registry import LookupResult, RegisteredTool, ToolContext, ToolFailed
 from tools_registry.upstreams import http, mcp, secrets
 
 JSON = dict[str, Any]
@@ -57,6 +57,16 @@ def _registered(tool: Tool, handler: Any, **extra: Any) -> RegisteredTool:
     )
 
 
+def _headers(upstream: Upstream) -> secrets.Headers:
+    """The upstream's headers, decrypted just before its request. ``ToolFailed`` when they
+    cannot be (the keys changed since an admin entered them): nothing is sent, so the call
+    did not run; it is no unknown outcome for a person to settle."""
+    try:
+        return secrets.decrypt(upstream.headers_encrypted)
+    except secrets.SecretsUnreadable as unreadable:
+        raise ToolFailed(str(unreadable), code="upstream_headers_unreadable") from None
+
+
 def _http_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
     operation: JSON = tool.upstream_operation or {}
     base_url = upstream.base_url or operation.get("base_url", "")
@@ -65,7 +75,7 @@ def _http_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
         return http.call(
             operation=operation,
             base_url=base_url,
-            upstream_headers=secrets.decrypt(upstream.headers_encrypted),
+            upstream_headers=_headers(upstream),
             idempotency_header=upstream.idempotency_header,
             key=ctx.idempotency_key,
             arguments=arguments,
@@ -98,7 +108,7 @@ def _mcp_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
     def handler(ctx: ToolContext, arguments: JSON) -> JSON:
         return mcp.call(
             url=upstream.url,
-            headers=secrets.decrypt(upstream.headers_encrypted),
+            headers=_headers(upstream),
             tool=tool.upstream_name,
             arguments=arguments,
             key=ctx.idempotency_key,

@@ -64,6 +64,9 @@ USER_TOKEN = end_users.META_USER_TOKEN
 # most MCP_CALL_WAIT_SECONDS).
 WAIT_SECONDS = "io.countersign/wait-seconds"
 CALL_ID = "io.countersign/call-id"
+# A result's, when a reviewer corrected the call's arguments: that they did, and what ran.
+ARGUMENTS_EDITED = "io.countersign/arguments-edited"
+ARGUMENTS = "io.countersign/arguments"
 
 # A retried call is the same call while it is open, or ended this way recently; one that
 # failed, expired or was cancelled is asked for again on purpose.
@@ -179,6 +182,10 @@ def is_read(agent: Agent, tool: str) -> bool:
     """Whether ``tool`` is a read the agent may call (answered at once, never as a task);
     False for a name that is no tool or not on its allowlist, which intake refuses (and
     audits) like any call of it, saying nothing of what the tool is."""
+    if payloads.json_problem(tool):
+        # No tool has a name the database cannot hold (a NUL): not asked of it, but left to
+        # intake, which refuses the call's JSON as it refuses any such request.
+        return False
     found = db.one(registry_sql.tool_with_allowance_statement(agent.pk, tool))
     return found is not None and found[1] and found[0].risk == Risk.READ
 
@@ -324,12 +331,30 @@ def settled_result(call: CallState) -> types.CallToolResult:
             # MCP clients check a result against the schema tools/list gave and refuse one
             # that does not fit (the official SDK raises): say so instead, result included.
             return error_result({**errors.result_not_as_declared().body(), "call": call.body}, call)
+        content: list[types.ContentBlock] = [
+            types.TextContent(text=json.dumps(result, ensure_ascii=False))
+        ]
+        meta = _meta(call)
+        if call.body.get("arguments_edited"):
+            # A reviewer corrected the arguments before approving: these ran, not the
+            # agent's, and the model must not tell its user otherwise (the REST answer's
+            # arguments_edited and arguments). The result itself stays the tool's.
+            ran = call.body.get("arguments")
+            meta |= {ARGUMENTS_EDITED: True, ARGUMENTS: ran}
+            content.append(types.TextContent(text=_corrected(ran)))
         return types.CallToolResult(
-            content=[types.TextContent(text=json.dumps(result, ensure_ascii=False))],
+            content=content,
             structured_content=result,
-            _meta=_meta(call),
+            _meta=meta,
         )
     return error_result({**ending_error(call).body(), "call": call.body}, call)
+
+
+def _corrected(arguments: Any) -> str:
+    return (
+        "A reviewer corrected the arguments before approving the call: it ran with these, "
+        f"not the ones you sent: {json.dumps(arguments, ensure_ascii=False)}"
+    )
 
 
 def ending_error(call: CallState) -> errors.ApiError:

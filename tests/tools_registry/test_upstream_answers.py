@@ -77,6 +77,34 @@ def test_an_mcp_error_quoting_the_credential_is_kept_without_it(code: int) -> No
         assert isinstance(raised.value, UpstreamUnclear), "whether it ran is not known"
 
 
+@pytest.mark.parametrize("kind", ["not a tool result", "not JSON"])
+def test_an_mcp_answer_that_cannot_be_read_keeps_no_part_of_the_credential(kind: str) -> None:
+    """pydantic's message quotes the value it refused cut to its start and its end, which
+    kept the last 20-odd characters of a credential the server quoted back: no whole value
+    for ``without_credentials`` to find, and the message is the call's error (the agent,
+    the reviewers, the trail)."""
+    token = "sk_live_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+    def quote_it(handler: Any, message: dict[str, Any]) -> None:
+        said = "x" * 60 + " your key was " + handler.headers.get("x-api-key", "")
+        if kind == "not a tool result":  # the SDK's types refuse it
+            raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+                "content": said}})  # fmt: skip
+        else:  # not JSON: the SDK's transport cannot parse it
+            raw_reply(handler, 200, f'{{"jsonrpc": "2.0", "id": {message["id"]}, {said}'.encode())
+
+    server = RawMcpServer(quote_it)
+    try:
+        with pytest.raises(Exception) as raised:
+            upstream_mcp.call(url=server.url, headers=[("X-Api-Key", token)], tool="t",
+                              arguments={}, key="k", timeout=5)  # fmt: skip
+    finally:
+        server.close()
+    assert not isinstance(raised.value, ToolFailed), "whether the tool ran is not known"
+    said = str(raised.value)
+    assert not [token[i : i + 8] for i in range(len(token) - 7) if token[i : i + 8] in said], said
+
+
 def test_a_result_unlike_the_servers_output_schema_is_the_result_of_a_call_that_ran() -> None:
     """The SDK's call_tool would list the tools again and raise on a result that does not fit
     the tool's output schema: a write that ran would be stored unknown."""

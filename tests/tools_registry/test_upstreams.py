@@ -13,6 +13,7 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from cryptography.fernet import Fernet
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -25,6 +26,7 @@ from gateway.mcp import calls as mcp_calls
 from gateway.mcp.state import CallState
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control
+from tests.support.upstreams.raw_http import RawHttpServer
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
 from tests.support.web import WebProcess, free_port
@@ -32,7 +34,7 @@ from tools_registry import sources
 from tools_registry.exports import published_output_schema
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
-from tools_registry.registry import ToolFailed
+from tools_registry.registry import ToolContext, ToolFailed
 from tools_registry.schemas import validate_arguments
 from tools_registry.services.policies import update_policy
 from tools_registry.services.upstreams import (
@@ -842,6 +844,59 @@ def test_an_mcp_stream_that_ends_before_the_result_leaves_the_outcome_unknown() 
     calls, raised = _called(ends_early)
     assert len(calls) == 1
     assert raised is not None and not isinstance(raised, ToolFailed), raised
+
+
+@pytest.mark.parametrize("fault", ["connection refused", "401 to initialize"])
+def test_an_mcp_server_that_opens_no_session_fails_the_call_unsent(fault: str) -> None:
+    """tools/call is sent only in a session the server opened: a server that is down, or
+    refuses the credential it was sent, cannot have run the tool. It was an unknown outcome,
+    so every write to a server down for a minute waited for a person to say it had not run
+    (an HTTP upstream that cannot be reached fails its calls, ``upstream_unreachable``)."""
+    methods: list[str] = []
+
+    def refuse(handler: Any, body: bytes) -> None:
+        methods.append(json.loads(body).get("method", ""))
+        raw_reply(handler, 401, {"error": f"unauthorized: {handler.headers.get('x-api-key')}"})
+
+    server = RawHttpServer(refuse)
+    url = f"http://127.0.0.1:{free_port()}/mcp" if fault == "connection refused" else server.url
+    try:
+        with pytest.raises(ToolFailed) as failed:
+            upstream_mcp.call(url=url, headers=[("X-Api-Key", UPSTREAM_TOKEN)], tool="do_it",
+                              arguments={}, key="k-1", timeout=5)  # fmt: skip
+    finally:
+        server.close()
+    assert failed.value.code == "upstream_unreachable" and failed.value.retryable is True
+    assert "tools/call" not in methods
+    assert UPSTREAM_TOKEN not in failed.value.message
+
+
+def test_an_upstream_whose_headers_cannot_be_decrypted_fails_its_calls_unsent(
+    world: World, settings: Any
+) -> None:
+    """UPSTREAM_SECRETS_KEY (or SECRET_KEY) changed since the headers were entered: nothing
+    can be sent until an admin enters them again. SecretsUnreadable left the outcome of
+    every approved write unknown, each waiting for a person to say it had not run."""
+
+    def done(handler: Any, message: dict[str, Any]) -> None:
+        result = {"content": [{"type": "text", "text": "done"}]}
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    server = RawMcpServer(done, tools=[{"name": "do_it", "inputSchema": {"type": "object"}}])
+    try:
+        upstream = register_upstream(
+            name="keyed", kind=Upstream.Kind.MCP, url=server.url, headers=[("X-Api-Key", "k-1")]
+        )
+        sync_upstream(upstream=upstream)
+        settings.UPSTREAM_SECRETS_KEY = Fernet.generate_key().decode()
+        run = sources.implementation(Tool.objects.get(name="keyed__do_it"))
+        with pytest.raises(ToolFailed) as failed:
+            run(ToolContext(call_id=uuid.uuid4(), idempotency_key="k-1", timeout=5), {})
+    finally:
+        server.close()
+    assert failed.value.code == "upstream_headers_unreadable"
+    assert "Enter them again" in failed.value.message
+    assert server.calls == []
 
 
 def test_an_mcp_upstream_that_refuses_the_arguments_did_not_run_the_tool() -> None:

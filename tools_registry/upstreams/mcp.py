@@ -3,14 +3,16 @@
 Each tool becomes ``<upstream>__<tool>`` with the server's input schema. Its risk comes
 from its annotations: ``readOnlyHint`` read, ``destructiveHint`` destructive, anything else
 write. A call passes its idempotency key in ``_meta["io.countersign/idempotency-key"]``;
-an ``isError`` result means the tool reported a failure (the call failed), while a broken
-connection or a timeout leaves the outcome unknown. The executor is synchronous, so each
-connection runs on an event loop of its own.
+an ``isError`` result means the tool reported a failure (the call failed), and so does a
+server that opens no session (nothing was sent), while a broken connection or a timeout in
+the session leaves the outcome unknown. The executor is synchronous, so each connection
+runs on an event loop of its own.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +42,11 @@ from tools_registry.upstreams.offers import (
 
 IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 MAX_TOOLS = 500
+# What pydantic quotes of a value it refused (the SDK's message for an answer it could not
+# read, or a result unlike its types), to the end of the line: cut to its first and last
+# characters, it can hold the end of a credential the server quoted back, which no longer
+# reads as the whole value ``secrets.without_credentials`` takes out.
+_QUOTED_INPUT = re.compile(r"input_value=.*, input_type=")
 
 
 def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client:
@@ -147,8 +154,10 @@ def call(
     timeout: float,
 ) -> JSON:
     """Run the upstream's tool once, with the call's key in ``_meta``."""
+    opened: list[bool] = []  # whether the server opened a session: tools/call is sent in one
 
     async def run(client: Client) -> types.CallToolResult:
+        opened.append(True)
         meta: Any = {IDEMPOTENCY_KEY: key}  # a key of Countersign's own in _meta
         # The request itself, not the SDK's call_tool: that lists the server's tools again
         # after each call and raises when the result does not fit the tool's output schema,
@@ -163,16 +172,26 @@ def call(
         result = _run(run, url, headers, timeout)
     except BaseException as exc:
         cause = _leaf(exc)
+        if not opened and isinstance(cause, Exception):
+            # Not connected, or the server refused to open a session (initialize: a wrong
+            # credential, a timeout): tools/call was never sent, so the tool did not run,
+            # as an HTTP upstream that cannot be reached.
+            raise ToolFailed(
+                f"The MCP server could not be reached: {_reason(exc, headers)}"[:500],
+                code="upstream_unreachable",
+                retryable=True,
+            ) from None
         if isinstance(cause, MCPError) and cause.code in REFUSED_BEFORE_RUNNING:
-            refusal = secrets.without_credentials(cause.message, headers)
+            refusal = _without_credentials(cause.message, headers)
             raise ToolFailed(
                 f"The upstream refused the call: {refusal}"[:500], code="upstream_refused"
             ) from None
         # A timeout, a broken connection, or any other error: whether the tool ran is
         # unknown (a write is reconciled or goes to a person; never reported as not run).
         said = str(cause)
-        if (scrubbed := secrets.without_credentials(said, headers)) != said:
-            # The server quoted its credential back (its message reaches the call).
+        if (scrubbed := _without_credentials(said, headers)) != said:
+            # The server quoted its credential back, or pydantic what the server sent (the
+            # message reaches the call).
             raise UpstreamUnclear(f"{type(cause).__name__}: {scrubbed}"[:500]) from None
         raise cause from None
     text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
@@ -203,11 +222,15 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _without_credentials(message: str, headers: list[tuple[str, str]]) -> str:
+    """A message about the server's answer without its credentials, nor what pydantic
+    quoted of the answer (``_QUOTED_INPUT``)."""
+    return secrets.without_credentials(_QUOTED_INPUT.sub("input_type=", message), headers)
+
+
 def _reason(exc: BaseException, headers: list[tuple[str, str]]) -> str:
     cause = _leaf(exc)
     # The server's message is stored on the upstream and audited: without the credential it
     # was sent (some servers quote it back), taken out before the message is cut short.
-    message = (
-        secrets.without_credentials(str(cause), headers) if isinstance(cause, MCPError) else ""
-    )
+    message = _without_credentials(str(cause), headers) if isinstance(cause, MCPError) else ""
     return f"{type(cause).__name__}{': ' + message[:200] if message else ''}"

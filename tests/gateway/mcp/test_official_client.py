@@ -395,6 +395,29 @@ def test_a_rejection_reaches_the_model_with_the_reviewers_reason(
     assert emails_sent() == []
 
 
+def test_a_call_a_reviewer_corrected_tells_the_model_what_ran(
+    live_world: World, mcp_web: WebProcess, mcp_worker: Worker
+) -> None:
+    """As the REST answer does (``arguments_edited``, the ``arguments`` that ran): the MCP
+    answer was the result alone, and the model told its user the e-mail it asked for went
+    out when a corrected one had."""
+    corrected = {**EMAIL, "subject": "Your refund is booked"}
+    waiting, answer = call_in_background(live_world, mcp_web, "send_email", EMAIL)
+    call = the_pending_call()
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", edited_arguments=corrected)
+    waiting.join(timeout=CALL_WAIT_SECONDS + 30)
+
+    result: types.CallToolResult = answer["result"]
+    assert result.is_error is False, result
+    assert len(emails_sent()) == 1
+    assert ToolCall.objects.get(pk=call.pk).arguments == corrected
+    assert result.meta is not None
+    assert result.meta["io.countersign/arguments-edited"] is True
+    assert result.meta["io.countersign/arguments"] == corrected
+    said = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+    assert "corrected" in said and "Your refund is booked" in said, said
+
+
 def test_a_task_is_the_call_polled_cancelled_and_settled_over_tasks_methods(
     live_world: World, mcp_web: WebProcess, mcp_worker: Worker
 ) -> None:

@@ -189,6 +189,19 @@ def test_a_task_asked_for_a_read_the_agent_may_not_call_is_refused_as_not_allowe
     assert "is a read" in allowed["error"]["message"]
 
 
+def test_a_task_asked_for_a_tool_name_postgresql_cannot_hold_is_refused_as_any_call(
+    live_world: World, web: WebProcess
+) -> None:
+    """Whether the tool is a read was asked of PostgreSQL with the name as sent, before the
+    request's JSON was checked: JSON-RPC error 0 with the database's message."""
+    headers = open_session(web, live_world.token)
+    as_task = rpc(web, headers, "tools/call", {
+        "name": "send\u0000email", "arguments": EMAIL, "task": {}})  # fmt: skip
+    assert as_task["error"]["code"] == -32602, as_task
+    assert as_task["error"]["data"]["error"]["code"] == "invalid_request"
+    assert not ToolCall.objects.exists()
+
+
 def test_a_wait_asked_for_in_seconds_no_float_holds_is_the_longest_wait(
     live_world: World, web: WebProcess
 ) -> None:
