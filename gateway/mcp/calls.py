@@ -375,11 +375,14 @@ def ending_error(call: CallState) -> errors.ApiError:
 
 def pending_result(call: CallState) -> types.CallToolResult:
     """A call still waiting: the REST API's 202 body, and how to wait for the outcome."""
+    waiting = call.status == Status.PENDING
     advice = (
-        f"The call {call.id} is {call.status_message}. It runs only once a person approves "
-        f"it. Do not call {call.tool} again: call {WAIT_TOOL} with "
-        f'{{"call_id": "{call.id}", "wait_seconds": {MAX_WAIT_SECONDS // 2}}} to wait for the '
-        "decision and the result."
+        # "is waiting for approval: ...", "stands: approved; running", "stands: ran, but ..."
+        f"The call {call.id} {'is' if waiting else 'stands:'} {call.status_message}. "
+        + ("It runs only once a person approves it. " if waiting else "")
+        + f"Do not call {call.tool} again: call {WAIT_TOOL} with "
+        f'{{"call_id": "{call.id}", "wait_seconds": {MAX_WAIT_SECONDS // 2}}} to wait for '
+        + ("the decision and the result." if waiting else "the result.")
     )
     return types.CallToolResult(
         content=[types.TextContent(text=advice)],

@@ -211,3 +211,23 @@ def test_a_cancel_before_its_request_waits_ends_the_wait_in_the_embedded_mode(
 
     with override_settings(REDIS_URL=""), pytest.raises(waiting.Cancelled):
         anyio.run(main)
+
+
+def test_a_call_past_its_approval_is_not_said_to_wait_for_one(world: World) -> None:
+    """A waited call that ran and whose outcome is being checked was answered "The call ...
+    is ran, but ... It runs only once a person approves it", and a model told its user the
+    call awaited approval."""
+    from gateway.mcp import calls as mcp_calls
+    from gateway.mcp import state as mcp_state
+    from tests.support.calls import unknown_call
+
+    call = unknown_call(world)
+    read = mcp_state.read(world.agent, call.pk)
+    assert read is not None
+    advice = mcp_calls.pending_result(read).content[0].text  # type: ignore[union-attr]
+    assert f"The call {call.pk} stands: ran, but whether it took effect" in advice
+    assert "approves" not in advice and "decision" not in advice
+    waiting = mcp_state.read(world.agent, pending_call(world).pk)
+    assert waiting is not None
+    text = mcp_calls.pending_result(waiting).content[0].text  # type: ignore[union-attr]
+    assert "is waiting for approval" in text and "It runs only once a person approves it" in text
