@@ -157,6 +157,17 @@ def _without_sql_values(log_record: logging.LogRecord) -> None:
     log_record.args = (duration, _SQL_STRING.sub("'...'", str(statement)), values, alias)
 
 
+# pydantic quotes what it refused, cut to its first and last characters ("[type=...,
+# input_value='{\'key\': \'sk_live_...NOPQ\'}', input_type=dict]"): an MCP server's answer
+# quoting its credential back, say, which the MCP SDK logs with its traceback. Cut short, a
+# secret no longer reads as one; the quote is left out, the error's type and place kept.
+_PYDANTIC_INPUT = re.compile(r"input_value=.*?, input_type=")
+
+
+def _masked(text: str) -> str:
+    return mask_text(_PYDANTIC_INPUT.sub("input_value=..., input_type=", text))
+
+
 def masking_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     """Mask every log record when it is made, before any handler (ours, Celery's, a test's
     capture) can see it; the traceback text too, as exception messages quote values."""
@@ -166,11 +177,11 @@ def masking_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         message = log_record.getMessage()
     except Exception:
         return log_record
-    cleaned = mask_text(message)
+    cleaned = _masked(message)
     if cleaned != message:
         log_record.msg, log_record.args = cleaned, ()
     if log_record.exc_info and log_record.exc_info[0] is not None:
-        log_record.exc_text = mask_text(logging.Formatter().formatException(log_record.exc_info))
+        log_record.exc_text = _masked(logging.Formatter().formatException(log_record.exc_info))
     return log_record
 
 

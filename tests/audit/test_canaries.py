@@ -132,6 +132,26 @@ def test_a_log_line_quoting_a_canary_is_masked(captured_logs: Capture) -> None:
     assert leaks(text) == []
 
 
+def test_what_pydantic_quotes_of_a_refused_value_never_reaches_a_log(
+    captured_logs: Capture,
+) -> None:
+    """The MCP SDK logs, with its traceback, an answer its types refused; pydantic's message
+    quotes that answer cut to its first and last characters. An upstream that quoted its
+    credential back left the credential's end in the worker's log, no longer shaped like a
+    secret for the detectors to find."""
+    import pydantic
+
+    credential_tail = "NOPQRSTUVWXYZ0123456789"
+    answer = {"error": "bad key " + "x" * 200 + credential_tail}
+    try:
+        pydantic.TypeAdapter(int).validate_python(answer)
+    except pydantic.ValidationError:
+        logging.getLogger("mcp.client.streamable_http").exception("Error parsing JSON response")
+    text = "\n".join(captured_logs.lines)
+    assert "ValidationError" in text and "input_type=dict" in text
+    assert credential_tail[-12:] not in text
+
+
 def test_the_sql_log_leaves_out_the_values_no_detector_could_tell_from_data(
     world: World, captured_logs: Capture
 ) -> None:
