@@ -188,18 +188,24 @@ def record_access_change(*, user: Any, before: dict[str, Any], changed_by: Any) 
     grants the rest.
     """
     after = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
-    changed = [key for key in after if after[key] != before.get(key)]
-    if changed:
+    if changes := _changes(before, after):
         record(
             action="user.access_changed",
             actor=changed_by,
-            data={
-                "user": user.get_username(),
-                "before": {key: before.get(key) for key in changed},
-                "after": {key: after[key] for key in changed},
-            },
+            data={"user": user.get_username(), **changes},
             people=("user",),
         )
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``before`` and ``after`` of what changed between the two ({} if nothing did)."""
+    changed = [key for key in after if after[key] != before.get(key)]
+    if not changed:
+        return {}
+    return {
+        "before": {key: before.get(key) for key in changed},
+        "after": {key: after[key] for key in changed},
+    }
 
 
 def record_team_change(*, group: Group, before: dict[str, Any], changed_by: Any) -> None:
@@ -212,16 +218,14 @@ def record_team_change(*, group: Group, before: dict[str, Any], changed_by: Any)
         "name": group.name,
         "permissions": permission_names(group.permissions.all()),
     }
-    changed = [key for key in after if after[key] != before.get(key)]
-    if changed:
+    if changes := _changes(before, after):
         record(
             action="auth.team_changed",
             actor=changed_by,
             data={
                 "team": group.name,
                 "members": sorted(u.get_username() for u in group.user_set.all()),
-                "before": {key: before.get(key) for key in changed},
-                "after": {key: after[key] for key in changed},
+                **changes,
             },
             people=("members",),
         )
