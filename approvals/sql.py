@@ -92,14 +92,18 @@ def _lock_call_sql() -> str:
         f"WHERE x.{db.column(allowlist, 'agent')} = c.{db.column(ToolCall, 'agent')} "
         f"AND x.{db.column(allowlist, 'tool')} = c.{db.column(ToolCall, 'tool')})"
     )
-    # Names from the models' own metadata; the id is a parameter.
+    # Names from the models' own metadata; the id is a parameter. The clock is read outside
+    # the locking query: in its own select list it is read before the wait for a row another
+    # transaction holds (and not again unless that one changed the row), so a claim that
+    # waited would stamp a lease already shortened by the wait.
     return (
-        f"SELECT {selected}, {allowed}, clock_timestamp() FROM {db.table(ToolCall)} c "  # noqa: S608
+        f"SELECT locked.*, clock_timestamp() FROM (SELECT {selected}, {allowed} "  # noqa: S608
+        f"FROM {db.table(ToolCall)} c "
         f"{join('JOIN', Tool, 't', f'c.{db.column(ToolCall, "tool")}')} "
         f"{join('LEFT JOIN', models[2], 'u', f't.{db.column(Tool, "upstream")}')} "
         f"{join('JOIN', Agent, 'a', f'c.{db.column(ToolCall, "agent")}')} "
         f"{join('JOIN', models[4], 'o', f'a.{db.column(Agent, "owner")}')} "
-        f"WHERE c.{db.column(ToolCall, 'id')} = %s FOR UPDATE OF c"
+        f"WHERE c.{db.column(ToolCall, 'id')} = %s FOR UPDATE OF c) locked"
     )
 
 

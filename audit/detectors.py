@@ -148,9 +148,12 @@ _ASSIGNMENT = re.compile(
 # A Cookie or Set-Cookie header: its value is every cookie in it (``theme=dark; sessionid=x``)
 # up to the end of the line or the quote around the header (``curl -H "Cookie: ..."``), less
 # the punctuation that ends a sentence, where an assignment's unquoted value ends at the
-# first ``;``.
+# first ``;``. It starts with a cookie (``name=``): words after the name ("Cookie: none set
+# before consent") are a sentence, not a header, and the rest of the line stays readable. A
+# name is a token (RFC 6265: no ``:``), so a name read from each "cookie:" ends at the next.
 _COOKIE_HEADER = re.compile(
-    r"(?<![a-z0-9])(?:set-)?cookie[ \t]*:[ \t]*(?P<value>[^\r\n\"'`]*[^\s\"'`.,;)\]}])",
+    r"(?<![a-z0-9])(?:set-)?cookie[ \t]*:[ \t]*"
+    r"(?P<value>[\w!#$%&*+.^|~-]+=[^\r\n\"'`]*[^\s\"'`.,;)\]}])",
     re.IGNORECASE,
 )
 

@@ -47,11 +47,14 @@ def json_problem(value: Any) -> str:
 def as_stored(value: Any) -> Any:
     """``value`` as PostgreSQL's jsonb gives it back. jsonb keeps a number as a decimal and
     writes it without an exponent, so a float Python writes with one (1e+16: every float
-    from 1e16 up, all whole numbers) comes back as an int (10000000000000000). What is
-    hashed or compared before the value is stored must be what is read after. Recursive: a
-    value past ``json_problem`` nests at most ``MAX_JSON_DEPTH`` levels."""
+    from 1e16 up, all whole numbers) comes back as an int (10000000000000000); a decimal
+    has no negative zero, so -0.0 comes back 0.0. What is hashed or compared before the
+    value is stored must be what is read after. Recursive: a value past ``json_problem``
+    nests at most ``MAX_JSON_DEPTH`` levels."""
     if isinstance(value, float) and "e+" in repr(value):
         return int(Decimal(repr(value)))
+    if isinstance(value, float) and value == 0:
+        return 0.0
     if isinstance(value, dict):
         return {name: as_stored(child) for name, child in value.items()}
     if isinstance(value, list):

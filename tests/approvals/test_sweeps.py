@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from approvals import sweeps
 from approvals.execution import send
+from approvals.execution.claim import claim_call, lease_until
 from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
 from sandbox import effects
@@ -223,3 +224,30 @@ def test_a_stop_queued_behind_a_paused_claim_holds_up_no_lease_expiry(live_world
     assert sweeps.expire_leases() == 1
     stopping.refresh_from_db()
     assert (stopping.status, stopping.left_to_person) == (Status.UNKNOWN, True)
+
+
+def test_a_claim_that_waited_for_the_row_gets_its_whole_lease(live_world: World) -> None:
+    """The claim reads the database's clock with its row lock. Read in the statement's
+    select list, it was read before the wait for a row another transaction held without
+    changing it (a paused process): the lease was stamped short by the wait, and the sweep
+    took the call away from its worker while it still had its budget to run."""
+    call = approved_call(live_world)
+    waited = 1.5
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '10s'")  # the claim waits, as a worker would
+    with psycopg.connect(worker_database_url()) as holder:
+        holder.execute(
+            f"SELECT id FROM {ToolCall._meta.db_table} WHERE id = %s FOR UPDATE",  # noqa: S608
+            [call.pk],
+        )
+        release = threading.Timer(waited, holder.rollback)
+        release.start()
+        try:
+            assert claim_call(call_id=call.pk) is not None
+        finally:
+            release.join()
+    call.refresh_from_db()
+    assert call.started_at is not None and call.lease_until is not None
+    # Stamped when the claim had the row, as its start was: not ``waited`` seconds earlier.
+    full = lease_until(call.tool, call.started_at)
+    assert call.lease_until >= full - timedelta(seconds=waited / 3), (full, call.lease_until)

@@ -113,6 +113,15 @@ SECRET_ASSIGNMENTS = [
         'curl -H "Cookie: lang=en; session=s3cr3t" https://x.example',
         'curl -H "Cookie: <secret:lang=en; session=s3cr3t>" https://x.example',
     ),
+    # Words after the name, not cookies: only the first is read as its value, as any name's.
+    (
+        "Set-Cookie: missing on the login answer, so the session is lost each time",
+        "Set-Cookie: <secret:missing> on the login answer, so the session is lost each time",
+    ),
+    (
+        "Cookie: none set before consent, as the law asks",
+        "Cookie: none set before consent, as the law asks",
+    ),
     # camelCase and PascalCase names, as JavaScript and .NET write them.
     ('{"accessToken": "ya29.a0AfH6SMB x"}', '{"accessToken": "<secret:ya29.a0AfH6SMB x>"}'),
     ("clientSecret=abc123", "clientSecret=<secret:abc123>"),
@@ -305,6 +314,7 @@ def test_masking_again_changes_nothing(text: str) -> None:
         'password="' + "x" * 30_000,
         "q=%" + "25" * 15_000 + "40x@example.com",  # encoded 15,000 times over
         "4242 0 " * 1_000,  # a soup of digit groups
+        "cookie:" * 4_300,  # a header's name, no cookie after it
     ],
     ids=[
         "percent",
@@ -318,6 +328,7 @@ def test_masking_again_changes_nothing(text: str) -> None:
         "quoted",
         "nested",
         "soup",
+        "cookies",
     ],
 )
 def test_long_agent_supplied_text_is_masked_in_linear_time(text: str) -> None:

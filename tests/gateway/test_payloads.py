@@ -86,3 +86,22 @@ def test_a_correction_written_with_an_exponent_can_still_be_approved(world: Worl
         tool_name="send_quote", tool_version="1", arguments=call.arguments
     )
     assert decide(call_id=call_id, reviewer=dave, verdict="approve").decided
+
+
+@pytest.mark.parametrize("verdict", ["approve", "reject"])
+def test_a_negative_zero_can_still_be_decided(world: World, verdict: str) -> None:
+    """jsonb keeps a number as a decimal, which has no negative zero: -0.0 (a longitude on
+    the meridian, a nil adjustment) comes back 0.0. Hashed as sent, the approval never
+    matched the stored call, and every verdict was refused as tampering."""
+    quote_tool(world)
+    response = world.api().submit(
+        {"tool": "send_quote", "arguments": {"amount": -0.0}, "session_id": "run-1"}
+    )
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert call.arguments_hash == arguments_hash(
+        tool_name="send_quote", tool_version="1", arguments=call.arguments
+    )
+    decide(call_id=call.pk, reviewer=world.bob, verdict=verdict, comment="Checked.")
+    call.refresh_from_db()
+    assert call.status == (Status.APPROVED if verdict == "approve" else Status.REJECTED)
