@@ -10,6 +10,7 @@ calls, in ``approvals.signals``, and report through the same ``Found``.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -84,7 +85,9 @@ class Found:
 
 # --- Text ---------------------------------------------------------------------------------
 
-_URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>\"'()]+")
+# A browser reads a backslash in an http(s) link as a slash (https:\\evil.io and
+# https://evil.io\@example.com go to evil.io); Python's ``urlsplit`` does not.
+_URL = re.compile(r"(?i)\b(?:https?:[/\\]{2}|www\.)[^\s<>\"'()]+")
 # Phrases that address a model rather than a person: the tell-tale of text an attacker
 # planted for an agent to carry (OWASP LLM01). Matched case-insensitively, any spacing.
 _INJECTION = [
@@ -110,10 +113,15 @@ _INJECTION = [
 # Characters a reader cannot see, or that reorder what they see (Trojan Source,
 # CVE-2021-42574): zero-width characters, word joiners, the byte order mark, Unicode tag
 # characters (ASCII smuggling) and the bidirectional embeddings, overrides and isolates.
+# Also the Arabic letter mark (a direction mark, as U+200E and U+200F are), the combining
+# grapheme joiner and the Hangul fillers, which show as nothing or as a blank.
 HIDDEN = re.compile(
-    "[\u00ad\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
-    "\U000e0000-\U000e007f]"
+    "[\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0\U000e0000-\U000e007f]"
 )
+# Variation selectors are invisible too, but an emoji carries one (U+2764 U+FE0F): not
+# flagged, yet taken out before looking for an instruction to a model, which they split.
+_VARIATION_SELECTORS = re.compile("[\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 _DISTRIBUTION_LOCAL_PARTS = re.compile(
     r"(?i)^(?:all|all[-_.].*|.*[-_.]all|everyone|everybody|customers?|clients?|users?|staff|"
     r"team|list|lists|announce(?:ments?)?|newsletter|news|marketing|mailing[-_.]?list|"
@@ -129,12 +137,15 @@ def escape_hidden(text: str) -> str:
 
 
 def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
-    """Every string inside a JSON value, with its dotted path (``changes.email``)."""
+    """Every string inside a JSON value, with its dotted path (``changes.email``): the keys
+    too, which in a free-form object (metadata, headers) are the agent's text as well."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from strings(item, f"{path}.{key}" if path else str(key))
+            where = f"{path}.{key}" if path else str(key)
+            yield where, str(key)
+            yield from strings(item, where)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from strings(item, f"{path}[{index}]")
@@ -142,8 +153,10 @@ def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 def link_domains(text: str) -> list[str]:
     domains = []
-    for match in _URL.finditer(text):
-        url = match.group(0)
+    # In HTML (an e-mail's body) a link's characters may be written as entities, which the
+    # browser reads first: https://evil.io&#92;@example.com goes to evil.io.
+    for match in _URL.finditer(html.unescape(text)):
+        url = match.group(0).replace("\\", "/")
         host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
         if host and host not in domains:
             domains.append(host)
@@ -169,7 +182,7 @@ def injection(arguments: Any, reasoning: str) -> Found | None:
     where = []
     for path, text in [("reasoning", reasoning), *strings(arguments)]:
         # Hidden characters between the words must not hide the phrase.
-        plain = unicodedata.normalize("NFKC", HIDDEN.sub("", text))
+        plain = unicodedata.normalize("NFKC", _VARIATION_SELECTORS.sub("", HIDDEN.sub("", text)))
         for pattern in _INJECTION:
             match = pattern.search(plain)
             if match:
@@ -218,14 +231,24 @@ class WorkingHours:
             first, _, last = part.partition("-")
             a = names.index(first)
             b = names.index(last) if last else a
-            chosen.update(range(a, b + 1))
+            # "fri-mon" runs across the end of the week.
+            chosen.update(day % 7 for day in range(a, b + 1 if b >= a else b + 8))
         return cls(
             time.fromisoformat(start), time.fromisoformat(end), frozenset(chosen), ZoneInfo(zone)
         )
 
     def outside(self, when: datetime) -> Found | None:
         local = when.astimezone(self.zone)
-        if local.weekday() in self.days and self.start <= local.time() < self.end:
+        day, now = local.weekday(), local.time()
+        if self.start <= self.end:
+            inside = day in self.days and self.start <= now < self.end
+        else:
+            # Hours across midnight ("22:00-06:00"): the early hours are the shift of the
+            # day before.
+            inside = (day in self.days and now >= self.start) or (
+                (day - 1) % 7 in self.days and now < self.end
+            )
+        if inside:
             return None
         return Found("outside_hours", local.strftime("%A %H:%M ") + str(self.zone))
 

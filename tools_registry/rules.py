@@ -229,6 +229,8 @@ def _type_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
             if "no such member" in message or "no such key" in message:
                 continue  # an optional argument absent from this sample: has() is the cure
             return [f"the condition cannot be evaluated: {message}"]
+        except _PYTHON_ERRORS:
+            return ["the condition cannot be evaluated: a value is not of the kind it reads"]
         if not isinstance(value, celtypes.BoolType):
             return ["the condition must be true or false, not a value."]
     return []
@@ -282,6 +284,12 @@ def first_match(
             errors.append(f"rule {number}: not valid CEL")
             failed.append(number)
             continue
+        except _PYTHON_ERRORS:
+            # cel-python lets some errors through as Python's own: a macro over a value that
+            # is not a list (``args.to.exists(...)`` on a null that the schema allows).
+            errors.append(f"rule {number}: the condition could not be evaluated on this call")
+            failed.append(number)
+            continue
         if not isinstance(value, bool | celtypes.BoolType):
             # Checked when saved on sample calls, but a live value may differ (an argument
             # typed "a boolean or a string"): not false, so it fails closed.
@@ -323,6 +331,11 @@ def _activation(
         "user": celpy.json_to_cel({"id": user_id, "roles": list(roles)}),
         "agent": celtypes.StringType(agent),
     }
+
+
+# What cel-python's evaluator raises as Python's own errors rather than ``CELEvalError``
+# (a macro over a number or a null: TypeError, "'IntType' object is not iterable").
+_PYTHON_ERRORS = (TypeError, ValueError, ArithmeticError, AttributeError, KeyError, IndexError)
 
 
 @cache

@@ -201,9 +201,7 @@ def _decide_locked(
         _require_may_approve(call, reviewer)
         if edited_arguments is not None:
             try:
-                edited = edits.edit_arguments(
-                    call, reviewer=reviewer, arguments=edited_arguments, now=now
-                )
+                edited = edits.edit_arguments(call, reviewer=reviewer, arguments=edited_arguments)
             except edits.EditRefused as refusal:
                 raise DecisionRefused(refusal.message, call=call) from None
         if edited:

@@ -9,7 +9,6 @@ where ``APPROVALS_DESTRUCTIVE_EDITS`` is ``narrow``.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -27,7 +26,7 @@ class EditRefused(Refused):
     code = "edit_refused"
 
 
-def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: datetime) -> bool:
+def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any) -> bool:
     """Replace the arguments of ``call`` (held locked, pending); whether anything changed."""
     # As the database will keep them: their hash must match the stored call's (as_stored).
     arguments = as_stored(arguments)
@@ -62,7 +61,9 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any, now: dateti
             reasoning=call.reasoning,
             user_id=call.on_behalf_of,
             user_roles=list(call.end_user_roles or []),
-            at=now,
+            # The corrected call is the one that arrived then: a correction made in working
+            # hours does not take away the ``outside_hours`` of a call that came at night.
+            at=call.created_at,
         )
     except screening.RefusedByRule as refusal:
         raise EditRefused(f"The corrected call would be refused: {refusal.message}") from None

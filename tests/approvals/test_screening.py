@@ -187,6 +187,23 @@ def test_a_phishing_like_email_raises_its_signals_and_a_rule_on_them_asks_two(
     assert plain.approvals_required == 1
 
 
+def test_a_link_a_browser_reads_as_external_is_external_to_the_rules(world: World) -> None:
+    set_rules(
+        world,
+        "send_email",
+        [{"when": '"external_link" in signals', "then": "refuse", "note": "No outside links."}],
+    )
+    for link in ("https://evil.example.net\\@example.com/login", "https:\\\\evil.example.net/"):
+        body = {
+            "tool": "send_email",
+            "session_id": "s-mail",
+            "arguments": {"to": "ada@example.com", "subject": "Hi", "body": f"Log in: {link}"},
+        }
+        response = world.api().submit(body)
+        assert response.status_code == 403, (link, response.content[:300])
+        assert response.json()["error"]["code"] == "refused_by_policy"
+
+
 def test_history_tells_a_new_recipient_and_an_unusual_amount(world: World) -> None:
     """A recipient stops being new once a call to it took effect; an amount is unusual
     above the tool's usual range, once there is enough history to say."""

@@ -79,3 +79,66 @@ def test_a_number_past_64_bits_waits_for_a_reviewer_not_a_500(
     registry_services.grant_review(tool=order_tool, user=world.bob)
     page = reviewer.get(f"/approvals/{call.pk}/")
     assert page.status_code == 200 and str(2**63) in page.content.decode()
+
+
+NULLABLE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sku": {"type": "string", "maxLength": 20},
+        # An imported API's optional list is often nullable: its rules are checked on a
+        # sample that is a list, and a live call may send null.
+        "notify": {"type": ["array", "null"], "items": {"type": "string"}},
+    },
+    "required": ["sku"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("risk", [Risk.WRITE, Risk.READ])
+def test_a_rule_over_a_list_the_call_sends_as_null_fails_closed_not_a_500(
+    world: World, risk: str
+) -> None:
+    spec = registry.tool(
+        name="notify_stock",
+        description="Tell people about stock. Side effect: messages are sent.",
+        input_schema=NULLABLE_SCHEMA,
+        risk=risk,
+    )(lambda ctx, arguments: {"ok": True})
+    tool = Tool.objects.create(
+        name=spec.name,
+        description=spec.description,
+        input_schema=spec.input_schema,
+        risk=risk,
+        version=spec.version,
+        **defaults_for(risk).as_fields(),
+    )
+    world.agent.allowed_tools.add(tool)
+    try:
+        rule = 'args.notify.exists(n, !n.endsWith("@example.com"))'
+        rules = [{"when": rule, "then": "refuse", "note": "Outsiders hear nothing."}]
+        if risk == Risk.WRITE:
+            rules = [
+                {"when": rule, "then": "require", "approvals": 2},
+                {"when": "true", "then": "approve"},
+            ]
+        registry_services.update_policy(tool=tool, changes={"rules": rules}, changed_by=world.alice)
+        response = world.api().submit(
+            {
+                "tool": "notify_stock",
+                "session_id": "s-null",
+                "arguments": {"sku": "sku-1", "notify": None},
+            }
+        )
+        if risk == Risk.READ:
+            # It might refuse, and a read cannot wait for a reviewer.
+            assert response.status_code == 403, response.content[:300]
+            assert response.json()["error"]["code"] == "refused_by_policy"
+            return
+        assert response.status_code == 202, response.content[:300]
+        call = ToolCall.objects.get(pk=response.json()["id"])
+        assert call.status == Status.PENDING and call.approvals_required == 2
+        assert call.policy["rule"]["errors"] == [
+            "rule 1: the condition could not be evaluated on this call"
+        ]
+    finally:
+        registry.unregister("notify_stock")

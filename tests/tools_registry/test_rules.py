@@ -36,6 +36,7 @@ CONDITIONS = [
     ("!" * 1500 + "true", "nested too deeply"),
     ('args.reason.exists(a, "ab".exists(b, a == b))', "may not put one of all"),
     ("args.currency", "must be true or false"),
+    ("args.amount_cents.exists(a, a > 0)", "a value is not of the kind it reads"),
 ]
 
 

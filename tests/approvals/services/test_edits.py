@@ -5,6 +5,7 @@ and the agent is told."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
@@ -203,6 +204,35 @@ def test_a_correction_is_held_to_what_its_new_rule_asks(world: World) -> None:
     call.refresh_from_db()
     assert call.status == Status.PENDING and call.arguments == EMAIL  # the correction too
     assert not events("call.arguments_edited")
+
+
+def test_a_correction_keeps_the_hour_the_call_arrived_at(
+    world: World, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two approvals for what arrives outside working hours: a correction made once they
+    have begun is of the same call, which arrived before; one approval is not enough."""
+    registry_services.update_policy(
+        tool=world.tools["send_email"],
+        changes={"rules": [{"when": '"outside_hours" in signals', "then": "require", "approvals": 2}]},
+        changed_by=world.alice,
+    )  # fmt: skip
+    world.tools["send_email"].refresh_from_db()
+    settings.COUNTERSIGN_WORKING_HOURS = "08:00-19:00"
+    settings.COUNTERSIGN_WORKING_DAYS = "mon-sun"
+    today = timezone.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    monkeypatch.setattr(timezone, "now", lambda: today + timedelta(hours=7, minutes=40))
+    call = make_call(world, "send_email", arguments=EMAIL)
+    assert call.approvals_required == 2
+    monkeypatch.setattr(timezone, "now", lambda: today + timedelta(hours=8, minutes=5))
+    result = decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash,
+        edited_arguments={**EMAIL, "body": "It is on its way, today."},
+    )  # fmt: skip
+    assert (result.approvals, result.decided) == (1, False)
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and call.approvals_required == 2
+    assert "outside_hours" in [s["code"] for s in call.signals]
 
 
 def test_correcting_back_to_arguments_one_approved_is_a_clear_refusal(

@@ -65,6 +65,10 @@ def test_rules_saved_in_the_admin_are_versioned_audited_and_applied(
         ('[{"when": "args.amout > 1", "then": "approve"}]', "args.amout is not an argument"),
         ('[{"when": "true", "then": "require", "approvals": 2, "team": "ghosts"}]', "no team"),
         ('[{"when": "args.currency > 5", "then": "refuse"}]', "different types"),
+        (
+            '[{"when": "args.amount_cents.exists(a, a > 0)", "then": "refuse"}]',
+            "not of the kind it reads",
+        ),
         ('{"when": "true"}', "Give a list of rules"),
         ("[{when: true}]", "Enter a valid JSON"),
     ],
