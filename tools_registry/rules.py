@@ -253,7 +253,8 @@ def first_match(
 
     A rule that cannot be evaluated on the call (an optional argument it reads is absent,
     say) is skipped and reported; no later ``approve`` then applies, since the failed rule
-    might have asked for more.
+    might have asked for more, and the first that matches ends the search with no rule
+    applied: every reading of the rules ends there.
     """
     if not rules:
         return Applied()
@@ -298,7 +299,11 @@ def first_match(
             continue
         if value is True or bool(value):
             if rule.then == APPROVE and errors:
-                continue
+                # Had a failed rule held, it decided; else this one approves. No later rule
+                # can decide either way, so none applies (a refusal further down refused a
+                # call that no reading of the rules refuses): the call asks what the failed
+                # rules would have asked, and what its tool asks.
+                return Applied(errors=tuple(errors), failed=tuple(failed))
             return Applied(number=number, rule=rule, errors=tuple(errors), failed=tuple(failed))
     return Applied(errors=tuple(errors), failed=tuple(failed))
 

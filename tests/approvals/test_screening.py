@@ -301,6 +301,32 @@ def test_a_rule_that_cannot_be_evaluated_on_a_call_fails_closed(world: World) ->
     assert world.api().submit(search).status_code == 200
 
 
+def test_a_catch_all_refusal_past_a_blocked_approval_refuses_nothing(world: World) -> None:
+    """Rule 1 reads an e-mail the call does not change: had it held, the call waited for two
+    reviewers; if not, rule 2 approved it. The catch-all refusal below was reached and the
+    agent was refused a call that no reading of the rules refuses."""
+    set_rules(
+        world,
+        "update_customer",
+        [
+            {"when": 'args.changes.email.endsWith("@rival.com")', "then": "require",
+             "approvals": 2},
+            {"when": 'args.customer_id.startsWith("cus_")', "then": "approve"},
+            {"when": "true", "then": "refuse", "note": "Only customers."},
+        ],
+    )  # fmt: skip
+    answer = world.api().submit(
+        {
+            "tool": "update_customer",
+            "session_id": "s-rules",
+            "arguments": {"customer_id": "cus_0001", "changes": {"plan": "pro"}},
+        }
+    )
+    assert answer.status_code == 202, answer.content
+    call = ToolCall.objects.get(pk=answer.json()["id"])
+    assert (call.status, call.approvals_required) == (Status.PENDING, 2)
+
+
 def test_a_rule_error_never_quotes_the_calls_values(world: World) -> None:
     """cel-python's error text can hold the whole call, secret fields included; what is
     stored on the call, written to the trail and shown to reviewers names only the rule's

@@ -192,12 +192,36 @@ def test_a_rule_that_cannot_be_evaluated_blocks_every_later_approval() -> None:
     )
     common = {"input_schema": schema, "signals": [], "user_id": "", "roles": [], "agent": "a"}
     blocked = rules.first_match(ordered, arguments={"amount": 4}, **common)
-    assert blocked.number == 3 and blocked.rule.then == "require"
+    # Rule 1 held: it asks 3; it did not: rule 2 approves. Rule 3 decides in no reading.
+    assert blocked.rule is None and blocked.failed == (1,)
     assert blocked.errors and "rule 1" in blocked.errors[0]
     nothing = rules.first_match(ordered, arguments={"amount": 400}, **common)
     assert nothing.rule is None and nothing.errors
     # A number written without a decimal point compares with a double: the schema says number.
     assert rules.first_match(ordered, arguments={"amount": 4, "note": "fine"}, **common).number == 2
+
+
+def test_a_refusal_past_a_blocked_approval_refuses_nothing() -> None:
+    """Rule 1 cannot be read on a call without a note; had it held, the call waited for two
+    reviewers, and if not rule 2 approved it. The search went on past rule 2 to the catch-all
+    refusal, which refused a call that no reading of the rules refuses."""
+    schema = {
+        "type": "object",
+        "properties": {"amount": {"type": "integer"}, "note": {"type": "string"}},
+        "required": ["amount"],
+    }
+    ordered = rules.parse(
+        [
+            {"when": 'args.note.contains("vip")', "then": "require", "approvals": 2},
+            {"when": "args.amount <= 5000", "then": "approve"},
+            {"when": "true", "then": "refuse"},
+        ]
+    )
+    common = {"input_schema": schema, "signals": [], "user_id": "", "roles": [], "agent": "a"}
+    applied = rules.first_match(ordered, arguments={"amount": 100}, **common)
+    assert applied.rule is None and applied.failed == (1,)
+    refused = rules.first_match(ordered, arguments={"amount": 9000, "note": "x"}, **common)
+    assert refused.number == 3
 
 
 # --- Numbers CEL cannot hold ------------------------------------------------------------
