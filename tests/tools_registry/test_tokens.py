@@ -127,7 +127,7 @@ def test_no_log_line_carries_the_token(world: World, caplog: pytest.LogCaptureFi
     text = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
     assert "SELECT" in text, "the capture must include the SQL log"
     # The lookup by the public prefix is logged, its value left out as every string is.
-    assert '"prefix" = \'...\'' in text and prefix not in text
+    assert "\"prefix\" = '...'" in text and prefix not in text
     assert secret not in text
     assert secret[:16] not in text
 
