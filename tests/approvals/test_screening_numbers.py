@@ -30,24 +30,33 @@ ORDER_SCHEMA = {
 }
 
 
-@pytest.fixture
-def order_tool(world: World) -> Iterator[Tool]:
-    spec = registry.tool(
-        name="place_order",
-        description="Order stock from the supplier. Side effect: the order is placed.",
-        input_schema=ORDER_SCHEMA,
-        risk=Risk.WRITE,
-    )(lambda ctx, arguments: {"ok": True})
+def code_tool(world: World, name: str, description: str, schema: Any, risk: str) -> Tool:
+    """A tool declared in code (a handler that does nothing) and its row, with its risk
+    class's defaults, allowed to the world's agent; ``registry.unregister`` it after."""
+    spec = registry.tool(name=name, description=description, input_schema=schema, risk=risk)(
+        lambda ctx, arguments: {"ok": True}
+    )
     tool = Tool.objects.create(
         name=spec.name,
         description=spec.description,
         input_schema=spec.input_schema,
-        risk=Risk.WRITE,
+        risk=risk,
         version=spec.version,
-        **defaults_for(Risk.WRITE).as_fields(),
+        **defaults_for(risk).as_fields(),
     )
     world.agent.allowed_tools.add(tool)
-    yield tool
+    return tool
+
+
+@pytest.fixture
+def order_tool(world: World) -> Iterator[Tool]:
+    yield code_tool(
+        world,
+        "place_order",
+        "Order stock from the supplier. Side effect: the order is placed.",
+        ORDER_SCHEMA,
+        Risk.WRITE,
+    )
     registry.unregister("place_order")
 
 
@@ -98,21 +107,13 @@ NULLABLE_SCHEMA = {
 def test_a_rule_over_a_list_the_call_sends_as_null_fails_closed_not_a_500(
     world: World, risk: str
 ) -> None:
-    spec = registry.tool(
-        name="notify_stock",
-        description="Tell people about stock. Side effect: messages are sent.",
-        input_schema=NULLABLE_SCHEMA,
-        risk=risk,
-    )(lambda ctx, arguments: {"ok": True})
-    tool = Tool.objects.create(
-        name=spec.name,
-        description=spec.description,
-        input_schema=spec.input_schema,
-        risk=risk,
-        version=spec.version,
-        **defaults_for(risk).as_fields(),
+    tool = code_tool(
+        world,
+        "notify_stock",
+        "Tell people about stock. Side effect: messages are sent.",
+        NULLABLE_SCHEMA,
+        risk,
     )
-    world.agent.allowed_tools.add(tool)
     try:
         rule = 'args.notify.exists(n, !n.endsWith("@example.com"))'
         rules = [{"when": rule, "then": "refuse", "note": "Outsiders hear nothing."}]

@@ -3,8 +3,6 @@ shown and run are the arguments as PostgreSQL keeps them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.contrib.auth.models import User
 
@@ -39,6 +37,23 @@ def quote_tool(world: World) -> Tool:
     return tool
 
 
+def assert_decided(world: World, amount: float, verdict: str) -> None:
+    """A quote for ``amount`` sent by the agent, bound to the arguments as stored, and
+    decided by a reviewer's ``verdict``."""
+    quote_tool(world)
+    response = world.api().submit(
+        {"tool": "send_quote", "arguments": {"amount": amount}, "session_id": "run-1"}
+    )
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert call.arguments_hash == arguments_hash(
+        tool_name="send_quote", tool_version="1", arguments=call.arguments
+    )
+    decide(call_id=call.pk, reviewer=world.bob, verdict=verdict, comment="Checked.")
+    call.refresh_from_db()
+    assert call.status == (Status.APPROVED if verdict == "approve" else Status.REJECTED)
+
+
 @pytest.mark.parametrize("verdict", ["approve", "reject"])
 @pytest.mark.parametrize("amount", [1e16, 1.5e16, -2.5e20, 1e300])
 def test_a_float_written_with_an_exponent_can_still_be_decided(
@@ -48,21 +63,7 @@ def test_a_float_written_with_an_exponent_can_still_be_decided(
     gives back a whole number (10000000000000000). The approval binds to the arguments'
     hash: taken of the float as sent, it never matched the stored call again, and every
     reviewer's verdict was refused as tampering, the call left waiting until it expired."""
-    quote_tool(world)
-    body: dict[str, Any] = {
-        "tool": "send_quote",
-        "arguments": {"amount": amount},
-        "session_id": "run-1",
-    }
-    response = world.api().submit(body)
-    assert response.status_code == 202, response.content
-    call = ToolCall.objects.get(pk=response.json()["id"])
-    assert call.arguments_hash == arguments_hash(
-        tool_name="send_quote", tool_version="1", arguments=call.arguments
-    )
-    decide(call_id=call.pk, reviewer=world.bob, verdict=verdict, comment="Checked.")
-    call.refresh_from_db()
-    assert call.status == (Status.APPROVED if verdict == "approve" else Status.REJECTED)
+    assert_decided(world, amount, verdict)
 
 
 def test_a_correction_written_with_an_exponent_can_still_be_approved(world: World) -> None:
@@ -93,15 +94,4 @@ def test_a_negative_zero_can_still_be_decided(world: World, verdict: str) -> Non
     """jsonb keeps a number as a decimal, which has no negative zero: -0.0 (a longitude on
     the meridian, a nil adjustment) comes back 0.0. Hashed as sent, the approval never
     matched the stored call, and every verdict was refused as tampering."""
-    quote_tool(world)
-    response = world.api().submit(
-        {"tool": "send_quote", "arguments": {"amount": -0.0}, "session_id": "run-1"}
-    )
-    assert response.status_code == 202, response.content
-    call = ToolCall.objects.get(pk=response.json()["id"])
-    assert call.arguments_hash == arguments_hash(
-        tool_name="send_quote", tool_version="1", arguments=call.arguments
-    )
-    decide(call_id=call.pk, reviewer=world.bob, verdict=verdict, comment="Checked.")
-    call.refresh_from_db()
-    assert call.status == (Status.APPROVED if verdict == "approve" else Status.REJECTED)
+    assert_decided(world, -0.0, verdict)
