@@ -294,3 +294,16 @@ def _mask_path(value: Any, parts: list[str], render: Renderer) -> Any:
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else canonical_json(value).decode()
+
+
+# pydantic quotes what it refused, cut to its first and last characters ("[type=...,
+# input_value='{\'key\': \'sk_live_...NOPQ\'}', input_type=dict]"), to the end of its line.
+# An upstream's answer quoting its credential back, say: cut short, the credential no longer
+# reads as one to the detectors, nor as the whole value an upstream's scrub takes out.
+_PYDANTIC_INPUT = re.compile(r"input_value=.*, input_type=")
+
+
+def without_quoted_input(text: str) -> str:
+    """``text`` (a pydantic error, a traceback) without what pydantic quoted of the value it
+    refused; the error's type and place are kept."""
+    return _PYDANTIC_INPUT.sub("input_value=..., input_type=", text)

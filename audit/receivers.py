@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group, Permission
 from django.http import HttpRequest
 
 from audit.log import Claimed, record
-from audit.masking import mask_text, masked
+from audit.masking import mask_text, masked, without_quoted_input
 
 
 def _client(request: HttpRequest | None) -> dict[str, str]:
@@ -157,15 +157,10 @@ def _without_sql_values(log_record: logging.LogRecord) -> None:
     log_record.args = (duration, _SQL_STRING.sub("'...'", str(statement)), values, alias)
 
 
-# pydantic quotes what it refused, cut to its first and last characters ("[type=...,
-# input_value='{\'key\': \'sk_live_...NOPQ\'}', input_type=dict]"): an MCP server's answer
-# quoting its credential back, say, which the MCP SDK logs with its traceback. Cut short, a
-# secret no longer reads as one; the quote is left out, the error's type and place kept.
-_PYDANTIC_INPUT = re.compile(r"input_value=.*?, input_type=")
-
-
 def _masked(text: str) -> str:
-    return mask_text(_PYDANTIC_INPUT.sub("input_value=..., input_type=", text))
+    # The MCP SDK logs an answer its types refused with its traceback: what pydantic quotes
+    # of it may hold the end of a credential the server quoted back.
+    return mask_text(without_quoted_input(text))
 
 
 def masking_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:

@@ -12,7 +12,6 @@ runs on an event loop of its own.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from audit.masking import without_quoted_input
 from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
@@ -42,11 +42,6 @@ from tools_registry.upstreams.offers import (
 
 IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 MAX_TOOLS = 500
-# What pydantic quotes of a value it refused (the SDK's message for an answer it could not
-# read, or a result unlike its types), to the end of the line: cut to its first and last
-# characters, it can hold the end of a credential the server quoted back, which no longer
-# reads as the whole value ``secrets.without_credentials`` takes out.
-_QUOTED_INPUT = re.compile(r"input_value=.*, input_type=")
 
 
 def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client:
@@ -224,8 +219,8 @@ def _leaf(exc: BaseException) -> BaseException:
 
 def _without_credentials(message: str, headers: list[tuple[str, str]]) -> str:
     """A message about the server's answer without its credentials, nor what pydantic
-    quoted of the answer (``_QUOTED_INPUT``)."""
-    return secrets.without_credentials(_QUOTED_INPUT.sub("input_type=", message), headers)
+    quoted of the answer (``audit.masking.without_quoted_input``)."""
+    return secrets.without_credentials(without_quoted_input(message), headers)
 
 
 def _reason(exc: BaseException, headers: list[tuple[str, str]]) -> str:
