@@ -23,7 +23,7 @@ from django.db.models import Count, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from approvals import events, notifications
+from approvals import events, hooks, notifications
 from approvals.execution import send
 from approvals.execution.finish import expire_lease
 from approvals.models import Status, ToolCall, Verdict
@@ -97,7 +97,17 @@ def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
         .order_by("lease_until")
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(1 for call_id in overdue if expire_lease(call_id=call_id, now=now, skip_locked=True))
+    expired = 0
+    for call_id in overdue:
+        call = expire_lease(call_id=call_id, now=now, skip_locked=True)
+        if call is not None:
+            expired += 1
+            # The execution ended here, not in its worker: usually a handler that ignored
+            # its timeout, killed by Celery's hard time limit. The tool's breaker hears of
+            # it as of any other execution, or a tool that hangs every call would keep
+            # taking a worker for the limit's length, call after call.
+            hooks.execution_finished(call.tool.name, call.status, call.error)
+    return expired
 
 
 def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Counter[str]:

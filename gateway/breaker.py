@@ -41,7 +41,9 @@ PROBE_GRACE_SECONDS = 5
 # so that the call is not left to reconciliation), but no tool answered: it is down, not
 # saying "no". Counted as a success, it would keep a dead upstream's breaker closed, and
 # close it again with every probe.
-FAILURE_CODES = frozenset({"timeout", "handler_error", "upstream_unreachable"})
+# A read whose worker went silent past its lease (``lease_expired``) failed without an
+# answer either.
+FAILURE_CODES = frozenset({"timeout", "handler_error", "upstream_unreachable", "lease_expired"})
 
 # admit() decisions
 REFUSED, CLOSED, PROBE, PROBING = 0, 1, 2, 3

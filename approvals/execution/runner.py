@@ -19,7 +19,8 @@ is stopped by Celery's per-task time limits, set when the task is sent
 (``send.time_limits``): the soft limit raises inside the handler and the
 outcome is stored as unknown; the hard limit kills the worker child, and the lease sweep
 makes the call unknown. A worker that dies for any other reason is found the same way:
-its lease expires (``finish.expire_lease``), the fence moves on, reconciliation follows.
+its lease expires (``finish.expire_lease``), the fence moves on, reconciliation follows;
+the tool's breaker counts it as a failure (``sweeps.expire_leases``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from io import StringIO
 from typing import Any
@@ -13,10 +14,16 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from approvals import sweeps
+from approvals.execution import send
+from approvals.execution.claim import claim_call
+from approvals.models import ToolCall
+from approvals.services.calls import create_call
 from audit.models import AuditEvent
 from gateway import breaker
 from tests.conftest import World, executions_sent
 from tests.gateway.conftest import SEND_EMAIL, in_threads
+from tests.support.calls import age_lease, claimed_call
 from tests.support.probe import Probe, install_probe_tool, stock_call
 from tests.support.web import free_port
 from tools_registry import services as registry_services
@@ -266,3 +273,39 @@ def test_an_operator_closes_an_open_breaker_with_a_reason(
     with override_settings(REDIS_URL=""), pytest.raises(CommandError, match="restart the server"):
         call_command("reset_breaker", "check_stock", "--reason", "fixed")
     assert AuditEvent.objects.filter(action="tool.breaker_closed").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tool", ["send_email", "get_customer"])
+def test_calls_whose_workers_went_silent_past_their_leases_open_the_breaker(
+    live_world: World, tool: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that ignores its timeout is killed by Celery's hard time limit, and the
+    lease sweep finds its call: that is the tool hanging, and it counts as a failure (a
+    write becomes unknown, a read fails), or a tool that hangs every call would keep
+    taking a worker for the hard limit's length, call after call, with the breaker closed."""
+    monkeypatch.setattr(send, "send_execution", lambda call_id: None)
+    Tool.objects.filter(name=tool).update(breaker_threshold=2, breaker_cooldown_seconds=60)
+    for _ in range(2):
+        call = claimed_call(live_world)[0] if tool == "send_email" else claimed_read(live_world)
+        age_lease(call)
+    assert sweeps.expire_leases() == 2
+
+    read = {"tool": tool, "arguments": {"customer_id": "cus_0001"}, "session_id": "run-1"}
+    refused = live_world.api().submit(SEND_EMAIL if tool == "send_email" else read)
+    assert refused.status_code == 503, refused.content
+    assert refused.json()["error"]["code"] == "circuit_open"
+    assert AuditEvent.objects.filter(action="tool.breaker_opened", tool_name=tool).count() == 1
+
+
+def claimed_read(world: World) -> ToolCall:
+    """A read a web process claimed, to run it in its request."""
+    call = create_call(
+        agent=world.agent,
+        tool=world.tools["get_customer"],
+        arguments={"customer_id": "cus_0001"},
+        session_id="s",
+        request_key=uuid.uuid4().hex,
+    )
+    assert claim_call(call_id=call.pk) is not None
+    return call
