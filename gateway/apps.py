@@ -9,7 +9,7 @@ class GatewayConfig(AppConfig):
 
     def ready(self) -> None:
         from approvals import hooks
-        from gateway import breaker, notify
+        from gateway import breaker, checks, notify  # noqa: F401 (checks: registered)
 
         # The lifecycle below tells the edge what happened, without importing it.
         hooks.on_status_changed(notify.status_changed)
