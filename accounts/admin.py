@@ -8,8 +8,8 @@ from axes.admin import AccessAttemptAdmin
 from axes.models import AccessAttempt
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
-from django.contrib.auth.models import Group, User
-from django.db.models import QuerySet
+from django.contrib.auth.models import Group, Permission, User
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -18,6 +18,7 @@ from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
 from tools_registry.services.grants import (
+    access_of,
     permission_names,
     record_access_change,
     record_deletion,
@@ -62,6 +63,23 @@ class DeletionAudited:
         super().delete_queryset(request, queryset)  # type: ignore[misc]
 
 
+def held_permissions(editor: Any) -> QuerySet[Permission]:
+    """The model-wide permissions a person holds, their own and their teams'."""
+    return Permission.objects.filter(Q(user=editor) | Q(group__user=editor)).distinct()
+
+
+def holds_more(*, editor: Any, person: Any = None, group: Group | None = None) -> bool:
+    """Whether a person (or a team) holds what the editor does not: a superuser status or
+    a model-wide permission. Whoever changes them could take it (set their password, join
+    the team), so only someone holding all of it may."""
+    if editor.is_superuser:
+        return False
+    if person is not None and person.is_superuser:
+        return True
+    holders = Q(group=group) if group is not None else Q(user=person) | Q(group__user=person)
+    return Permission.objects.filter(holders).exclude(pk__in=held_permissions(editor)).exists()
+
+
 @admin.register(User)
 class AuditedUserAdmin(DeletionAudited, UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
@@ -71,16 +89,57 @@ class AuditedUserAdmin(DeletionAudited, UserAdmin):
     inlines = (SsoIdentityInline,)
     deleted_as = "user"
 
+    # Someone who is not a superuser grants only what they hold (a compliance rule: nobody
+    # grants what they do not hold), never to themselves, and never changes, sets the
+    # password of or deletes a person holding more than they do.
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and holds_more(editor=request.user, person=obj):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and holds_more(editor=request.user, person=obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields.append("is_superuser")
+            if obj is not None and obj.pk == request.user.pk:
+                # Nor their own name or address: separation of duties matches the person an
+                # agent acts for by them.
+                fields += ["username", "email", "groups", "user_permissions"]
+        return fields
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if not request.user.is_superuser:
+            held = held_permissions(request.user)
+            if db_field.name == "user_permissions":
+                kwargs["queryset"] = Permission.objects.filter(pk__in=held)
+            elif db_field.name == "groups":
+                kwargs["queryset"] = Group.objects.exclude(
+                    permissions__in=Permission.objects.exclude(pk__in=held)
+                )
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         user = form.instance
-        # The form's initial values are what the person had before this save.
+        # The form's initial values are what the person had before this save; a field the
+        # form leaves out (read-only to this admin, or not on the add form) is as it was.
         initial = form.initial if change else {}
+        kept = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
         before = {
-            "groups": sorted(g.name for g in initial.get("groups", [])),
-            "permissions": permission_names(initial.get("user_permissions", [])),
-            "is_active": initial.get("is_active", True),
-            "is_staff": initial.get("is_staff", False),
-            "is_superuser": initial.get("is_superuser", False),
+            "groups": sorted(g.name for g in initial["groups"])
+            if "groups" in initial
+            else kept["groups"],
+            "permissions": permission_names(initial["user_permissions"])
+            if "user_permissions" in initial
+            else kept["permissions"],
+            **{
+                key: initial.get(key, kept[key])
+                for key in ("is_active", "is_staff", "is_superuser")
+            },
         }
         super().save_related(request, form, formsets, change)
         record_access_change(user=user, before=before, changed_by=request.user)
@@ -110,6 +169,25 @@ class AuditedGroupAdmin(DeletionAudited, GroupAdmin):
 
     deleted_as = "group"
 
+    # A team's permissions are its members': someone who is not a superuser gives a team
+    # only what they hold, and changes no team holding more.
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and holds_more(editor=request.user, group=obj):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and holds_more(editor=request.user, group=obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def formfield_for_manytomany(
+        self, db_field: Any, request: HttpRequest | None = None, **kwargs: Any
+    ) -> Any:
+        if db_field.name == "permissions" and request and not request.user.is_superuser:
+            kwargs["queryset"] = Permission.objects.filter(pk__in=held_permissions(request.user))
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         # The form's initial values are what the team was before this save.
         before = {
@@ -133,6 +211,13 @@ class RecoveryTOTPDeviceAdmin(TOTPDeviceAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting it leaves the password alone between anyone and the account: not for
+        # the account of someone who holds more (as on the Users page).
+        if obj is not None and holds_more(editor=request.user, person=obj.user):
+            return False
+        return super().has_delete_permission(request, obj)
 
     def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
         super().delete_model(request, obj)

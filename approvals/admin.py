@@ -33,6 +33,7 @@ class StandingApprovalAdmin(admin.ModelAdmin):
         "granted_by",
         "source_call",
         "match",
+        "tool_version",  # what it covers: typed in, it would cover a definition nobody saw
         "arguments_hash",
         "condition",
         "max_uses",

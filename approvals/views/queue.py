@@ -19,6 +19,7 @@ from approvals import display, selectors
 from approvals.forms import QueueFilterForm
 from approvals.selectors import ORDERS
 from approvals.views.common import AuthedRequest, wants_partial
+from tools_registry.permissions import can_review
 
 FILTER_KEYS = ("tool", "risk", "agent", "session", "age", "expiring", "order")
 
@@ -102,8 +103,11 @@ def next_call(request: AuthedRequest) -> HttpResponse:
     except ValueError:
         after_id = None
     if after_id is not None:
-        # Only a position in the queue; nothing of that call is shown.
+        # Only a position in the queue; nothing of that call is shown. A call of a tool
+        # this reviewer may not review counts as none (where it lies would tell it exists).
         after = selectors.call_for_reviewer(request.user, after_id)
+        if after is not None and not can_review(request.user, after.tool):
+            after = None
     upcoming = selectors.next_call_for(request.user, after=after)
     if upcoming is None:
         return redirect("approvals:queue")

@@ -10,6 +10,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.models import AuditEvent
 from audit.receivers import attempted_name
 from tests.conftest import World
+from tools_registry import services as registry_services
 
 KEY = "3132333435363738393031323334353637383930"
 
@@ -229,3 +230,257 @@ def test_renaming_a_team_or_changing_its_permissions_is_audited(world: World) ->
         {"name": "payments-team", "permissions": [view_audit.pk]},
     )
     assert AuditEvent.objects.filter(action="auth.team_changed").count() == 1
+
+
+def people_manager() -> tuple[Client, User]:
+    """Mallory is staff and may change people (auth.change_user), nothing more: someone
+    trusted to manage reviewers' accounts, not to make admins."""
+    from django.contrib.auth.models import Permission
+
+    mallory = User.objects.create_user("mallory", "mallory@example.com", "pw-mallory")
+    mallory.is_staff = True
+    mallory.save()
+    mallory.user_permissions.add(
+        Permission.objects.get(codename="change_user"), Permission.objects.get(codename="view_user")
+    )
+    client = Client()
+    client.force_login(mallory)
+    return client, mallory
+
+
+def user_form(user: User, **changes: object) -> dict[str, object]:
+    """The user admin's change form as it would be posted, with ``changes``."""
+    form: dict[str, object] = {
+        "username": user.username,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "email": user.email,
+        "is_active": "on" if user.is_active else "",
+        "is_staff": "on" if user.is_staff else "",
+        "is_superuser": "on" if user.is_superuser else "",
+        "groups": [g.pk for g in user.groups.all()],
+        "user_permissions": [p.pk for p in user.user_permissions.all()],
+        "last_login_0": "",
+        "last_login_1": "",
+        "date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
+        "date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+        "ssoidentity-TOTAL_FORMS": "0",
+        "ssoidentity-INITIAL_FORMS": "0",
+        "ssoidentity-MIN_NUM_FORMS": "0",
+        "ssoidentity-MAX_NUM_FORMS": "1",
+    }
+    form.update(changes)
+    return {k: v for k, v in form.items() if v != ""}
+
+
+def test_whoever_may_change_people_cannot_make_themselves_superuser(world: World) -> None:
+    """Django's user admin lets anyone with auth.change_user tick *superuser status* on
+    their own account: a person manager became a superuser (every tool's reviewer)."""
+    client, mallory = people_manager()
+    response = client.post(
+        f"/admin/auth/user/{mallory.pk}/change/", user_form(mallory, is_superuser="on")
+    )
+    assert response.status_code in (200, 302, 403)
+    mallory.refresh_from_db()
+    assert mallory.is_superuser is False
+    # Nor anyone else.
+    client.post(f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, is_superuser="on"))
+    world.bob.refresh_from_db()
+    assert world.bob.is_superuser is False
+    # An ordinary change still goes through, audited as before.
+    response = client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, first_name="Bob")
+    )
+    assert response.status_code == 302
+    world.bob.refresh_from_db()
+    assert world.bob.first_name == "Bob"
+
+
+def test_whoever_may_change_people_grants_only_the_permissions_they_hold(world: World) -> None:
+    """A model-wide permission such as *Can change tool* makes a tool admin, who grants
+    every review scope: a person manager gave it to themselves."""
+    from django.contrib.auth.models import Permission
+
+    client, mallory = people_manager()
+    change_tool = Permission.objects.get(codename="change_tool")
+    view_user = Permission.objects.get(codename="view_user")
+    held = [p.pk for p in mallory.user_permissions.all()]
+    client.post(
+        f"/admin/auth/user/{mallory.pk}/change/",
+        user_form(mallory, user_permissions=[*held, change_tool.pk]),
+    )
+    assert not User.objects.get(pk=mallory.pk).has_perm("tools_registry.change_tool")
+    client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/",
+        user_form(world.bob, user_permissions=[change_tool.pk]),
+    )
+    assert not User.objects.get(pk=world.bob.pk).has_perm("tools_registry.change_tool")
+    # What they hold themselves they may give, audited as before.
+    response = client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/",
+        user_form(world.bob, user_permissions=[view_user.pk]),
+    )
+    assert response.status_code == 302
+    assert User.objects.get(pk=world.bob.pk).has_perm("auth.view_user")
+    (event,) = AuditEvent.objects.filter(action="user.access_changed")
+    assert event.actor_label == "mallory"
+    assert (event.data["before"], event.data["after"]) == (
+        {"permissions": []},
+        {"permissions": ["auth.view_user"]},
+    )
+
+
+def test_whoever_may_change_people_cannot_take_over_or_lock_out_a_superuser(
+    world: World,
+) -> None:
+    """Setting a superuser's password signs one in as them; deactivating one locks them
+    out. Neither is for someone who is not a superuser."""
+    client, _ = people_manager()
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    response = client.post(
+        f"/admin/auth/user/{root.pk}/password/",
+        {"password1": "Taken-over-9x!", "password2": "Taken-over-9x!"},
+    )
+    assert response.status_code == 403
+    client.post(f"/admin/auth/user/{root.pk}/change/", user_form(root, is_active=""))
+    root.refresh_from_db()
+    assert root.check_password("pw-root") and root.is_active
+    assert not AuditEvent.objects.filter(action__in=["auth.password_set", "user.access_changed"])
+    # They still see the superuser, read-only.
+    page = client.get(f"/admin/auth/user/{root.pk}/change/")
+    assert page.status_code == 200 and 'name="is_active"' not in page.content.decode()
+
+
+def test_whoever_may_change_people_joins_no_team_themselves_nor_one_that_holds_more(
+    world: World,
+) -> None:
+    """A team brings its review grants and its model-wide permissions: a person manager
+    put themselves in the reviewers' team, or anyone in the tool admins' team."""
+    from django.contrib.auth.models import Group, Permission
+
+    client, mallory = people_manager()
+    reviewers = Group.objects.get(name="reviewers")
+    registry_services.grant_review(tool=world.tools["issue_refund"], group=reviewers)
+    tool_admins = Group.objects.create(name="tool-admins")
+    tool_admins.permissions.add(Permission.objects.get(codename="change_tool"))
+    client.post(f"/admin/auth/user/{mallory.pk}/change/", user_form(mallory, groups=[reviewers.pk]))
+    assert not mallory.groups.exists()
+    client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, groups=[tool_admins.pk])
+    )
+    assert not world.bob.groups.exists()
+    # Someone else into the reviewers' team is theirs to do, audited as before.
+    response = client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, groups=[reviewers.pk])
+    )
+    assert response.status_code == 302
+    assert list(world.bob.groups.all()) == [reviewers]
+    own = client.get(f"/admin/auth/user/{mallory.pk}/change/").content.decode()
+    assert 'name="groups"' not in own and 'name="first_name"' in own
+    offered = client.get(f"/admin/auth/user/{world.bob.pk}/change/").content.decode()
+    assert "reviewers" in offered and "tool-admins" not in offered
+    # Their own name they may still change, with no access change recorded.
+    response = client.post(
+        f"/admin/auth/user/{mallory.pk}/change/", user_form(mallory, first_name="Mal")
+    )
+    assert response.status_code == 302
+    assert [e.data["user"] for e in AuditEvent.objects.filter(action="user.access_changed")] == [
+        "bob"
+    ]
+
+
+def test_whoever_may_change_people_cannot_take_over_a_tool_admin(world: World) -> None:
+    """Setting a tool admin's password signs one in as a tool admin, who grants every
+    review scope: only someone who may change tools themselves may."""
+    from django.contrib.auth.models import Permission
+
+    client, _ = people_manager()
+    world.alice.is_staff = True
+    world.alice.save()
+    world.alice.user_permissions.add(Permission.objects.get(codename="change_tool"))
+    response = client.post(
+        f"/admin/auth/user/{world.alice.pk}/password/",
+        {"password1": "Taken-over-9x!", "password2": "Taken-over-9x!"},
+    )
+    assert response.status_code == 403
+    world.alice.refresh_from_db()
+    assert world.alice.check_password("pw-alice")
+
+
+def test_whoever_may_change_teams_gives_a_team_only_the_permissions_they_hold(
+    world: World,
+) -> None:
+    """A team's permissions are its members': a team manager in the reviewers' team gave
+    it *Can change tool*, and so themselves."""
+    from django.contrib.auth.models import Group, Permission
+
+    client, mallory = people_manager()
+    mallory.user_permissions.add(Permission.objects.get(codename="change_group"))
+    team = Group.objects.get(name="reviewers")
+    mallory.groups.add(team)
+    change_tool = Permission.objects.get(codename="change_tool")
+    client.post(
+        f"/admin/auth/group/{team.pk}/change/",
+        {"name": "reviewers", "permissions": [change_tool.pk]},
+    )
+    assert not team.permissions.exists()
+    assert not User.objects.get(pk=mallory.pk).has_perm("tools_registry.change_tool")
+    # Nor change a team that holds what they do not.
+    admins = Group.objects.create(name="tool-admins")
+    admins.permissions.add(change_tool)
+    response = client.post(
+        f"/admin/auth/group/{admins.pk}/change/",
+        {"name": "renamed", "permissions": [change_tool.pk]},
+    )
+    assert response.status_code == 403
+    assert Group.objects.filter(name="tool-admins").exists()
+
+
+def test_whoever_may_change_people_cannot_rename_themselves_out_of_a_conflict(
+    world: World,
+) -> None:
+    """The person an agent acts for may not approve its call, matched by name or e-mail:
+    a reviewer who may change people changed their own address, then approved."""
+    from tests.approvals.conftest import make_call
+    from tests.approvals.views.test_decide import post_decision
+
+    client, mallory = people_manager()
+    registry_services.grant_review(tool=world.tools["send_email"], user=mallory)
+    call = make_call(world, "send_email", on_behalf_of="mallory@example.com")
+    client.post(
+        f"/admin/auth/user/{mallory.pk}/change/", user_form(mallory, email="m@elsewhere.example")
+    )
+    response = post_decision(client, call, "approve")
+    assert "acts on your behalf" in response.content.decode()
+    assert not call.decisions.exists()
+    client.post(f"/admin/auth/user/{mallory.pk}/change/", user_form(mallory, username="mal"))
+    mallory.refresh_from_db()
+    assert (mallory.username, mallory.email) == ("mallory", "mallory@example.com")
+
+
+def test_whoever_may_delete_authenticator_apps_cannot_strip_a_superusers(world: World) -> None:
+    """Without their app, a superuser's password alone opens their account."""
+    from django.contrib.auth.models import Permission
+
+    client, mallory = people_manager()
+    mallory.user_permissions.add(
+        Permission.objects.get(codename="delete_totpdevice"),
+        Permission.objects.get(codename="view_totpdevice"),
+    )
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    theirs = TOTPDevice.objects.create(user=root, name="app", confirmed=True, key=KEY)
+    bobs = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True, key=KEY)
+    assert (
+        client.post(f"/admin/otp_totp/totpdevice/{theirs.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    client.post(
+        "/admin/otp_totp/totpdevice/",
+        {"action": "delete_selected", "_selected_action": [theirs.pk], "post": "yes"},
+    )
+    assert TOTPDevice.objects.filter(pk=theirs.pk).exists()
+    # A reviewer's lost app is theirs to remove, audited.
+    client.post(f"/admin/otp_totp/totpdevice/{bobs.pk}/delete/", {"post": "yes"})
+    assert not TOTPDevice.objects.filter(pk=bobs.pk).exists()
+    (event,) = AuditEvent.objects.filter(action="auth.two_factor_removed")
+    assert event.data["user"] == "bob"

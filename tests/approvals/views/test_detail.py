@@ -126,6 +126,22 @@ def test_next_skips_calls_already_voted_on_and_ends_at_the_queue(
     assert bob_client.get("/approvals/next/?after=junk")["Location"] == "/approvals/"
 
 
+def test_next_after_a_call_of_a_tool_not_granted_starts_from_the_oldest(world: World) -> None:
+    """``after`` is a position in the reviewer's own queue: a call of a tool they may not
+    review (an id from a mail, from before a grant was taken away) tells nothing, not even
+    that it exists or when it came."""
+    now = timezone.now()
+    erin = User.objects.create_user("erin", "erin@example.com", "pw-erin")
+    registry_services.grant_review(tool=world.tools["send_email"], user=erin)
+    first = make_call(world, "send_email", created_at=now - timedelta(minutes=3))
+    hidden = make_call(world, "issue_refund", created_at=now - timedelta(minutes=2))
+    make_call(world, "send_email", created_at=now - timedelta(minutes=1))
+    client = login(erin)
+    assert client.get(f"/approvals/next/?after={hidden.pk}")["Location"] == (
+        f"/approvals/{first.pk}/"
+    )
+
+
 def test_an_outsider_gets_403_and_a_stranger_404(world: World) -> None:
     call = make_call(world)
     assert login(world.charlie).get(f"/approvals/{call.pk}/").status_code == 403
