@@ -46,7 +46,7 @@ def _parse(raw: bytes, line: int) -> Anchor:
     try:
         entry = json.loads(raw)
         anchor = Anchor(seq=int(entry["seq"]), hash=str(entry["hash"]), at=str(entry["at"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400: int(inf)
         raise AnchorFileDamaged(f"line {line} is not an anchor: {exc}") from None
     if anchor.seq < 1 or len(anchor.hash) != 64:
         raise AnchorFileDamaged(f"line {line} is not an anchor: bad seq or hash")

@@ -154,6 +154,9 @@ class VerificationRun(models.Model):
     requested_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the worker last said it was alive (claimed the run, reported progress): a run
+    # silent for STALE_AFTER is taken for dead (audit.verification_runs).
+    progressed_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     total = models.BigIntegerField(default=0)
     checked = models.BigIntegerField(default=0)

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from audit import verify
@@ -29,14 +30,24 @@ def active_run() -> VerificationRun | None:
     cutoff = timezone.now() - STALE_AFTER
     return (
         VerificationRun.objects.exclude(state=VerificationRun.State.DONE)
-        .filter(requested_at__gte=cutoff)
+        # Silence, not age: a walk of a long trail may run past STALE_AFTER.
+        .alias(last_heard=Coalesce("progressed_at", "requested_at"))
+        .filter(last_heard__gte=cutoff)
         .order_by("-pk")
         .first()
     )
 
 
 def latest_run() -> VerificationRun | None:
-    return VerificationRun.objects.order_by("-pk").first()
+    """The last run that finished: one whose worker died never will, and showing it would
+    hide the button that starts a new one."""
+    return VerificationRun.objects.filter(state=VerificationRun.State.DONE).order_by("-pk").first()
+
+
+def is_dead(run: VerificationRun) -> bool:
+    """Not finished and past STALE_AFTER: ``active_run()`` no longer joins it."""
+    last_heard = run.progressed_at or run.requested_at
+    return run.state != VerificationRun.State.DONE and last_heard < timezone.now() - STALE_AFTER
 
 
 @transaction.atomic
@@ -65,16 +76,20 @@ def run_verification(run_id: int) -> VerificationRun | None:
     outcome as the asking auditor's ``audit.chain_verified`` event. No transaction stays
     open during the walk; each progress report is its own small UPDATE."""
     claimed = VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED).update(
-        state=VerificationRun.State.RUNNING, started_at=timezone.now()
+        state=VerificationRun.State.RUNNING,
+        started_at=timezone.now(),
+        progressed_at=timezone.now(),
     )
     if not claimed:
         return None  # a duplicate delivery, or a run already done
     run = VerificationRun.objects.select_related("requested_by").get(pk=run_id)
 
     def progress(checked: int, total: int) -> None:
-        VerificationRun.objects.filter(pk=run_id).update(checked=checked, total=total)
+        VerificationRun.objects.filter(pk=run_id).update(
+            checked=checked, total=total, progressed_at=timezone.now()
+        )
 
-    result = verify.verify_chain(progress=progress)
+    result = verify.verify_chain_or_unreadable(progress=progress)
     with transaction.atomic():
         verify.record_verification(result, actor=run.requested_by)
         VerificationRun.objects.filter(pk=run_id).update(
@@ -82,7 +97,8 @@ def run_verification(run_id: int) -> VerificationRun | None:
             finished_at=timezone.now(),
             checked=result.checked,
             total=max(result.checked, run.total),
-            ok=result.ok,
+            # None: no verdict (the walk cut short, the anchor unreadable), not "broken".
+            ok=None if result.interrupted else result.ok,
             reason=result.reason,
         )
     run.refresh_from_db()

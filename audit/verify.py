@@ -363,6 +363,26 @@ def verify_chain(
     return result(True)
 
 
+def verify_chain_or_unreadable(
+    *, progress: Callable[[int, int], None] | None = None
+) -> Verification:
+    """``verify_chain()`` for the workers, whose outcome is recorded: an anchor file they
+    cannot read (a directory, its permissions) gives no verdict, as ``verify_audit`` says,
+    instead of an exception that records nothing and leaves a requested run "walking"."""
+    try:
+        return verify_chain(progress=progress)
+    except OSError as problem:
+        head_seq, head_hash = chain_head()
+        return Verification(
+            ok=False,
+            checked=0,
+            head_seq=head_seq,
+            head_hash=head_hash,
+            interrupted=True,
+            reason=f"cannot read the anchor file {problem.filename}: {problem.strerror}",
+        )
+
+
 def record_verification(result: Verification, *, actor: Any = None) -> Verification:
     """Write the outcome of a walk into the trail itself: the auditor's status panel reads it.
     ``actor`` is the auditor who asked for the walk (None: the schedule or a command)."""

@@ -39,4 +39,8 @@ def verify_now(request: HttpRequest) -> HttpResponse:
 @auditor_view
 def verification_status(request: HttpRequest, run_id: int) -> HttpResponse:
     """The chain panel again, polled by the page while the run is under way."""
-    return _panel(request, get_object_or_404(VerificationRun, pk=run_id))
+    run = get_object_or_404(VerificationRun, pk=run_id)
+    # A page still polling a run whose worker died: stop polling, give the button back.
+    return _panel(
+        request, verification_runs.latest_run() if verification_runs.is_dead(run) else run
+    )

@@ -100,3 +100,15 @@ def test_a_run_whose_worker_went_silent_is_an_unknown_result(
     cache.clear()
     content = auditor_client.get("/audit/analytics/").content.decode()
     assert "1 runs · 0 failed · 1 unknown" in content
+
+
+@pytest.mark.parametrize("seq", ["1e400", "-1e400"])
+def test_an_anchor_line_with_an_endless_seq_reads_as_damaged(
+    auditor_client: Client, anchor_path, seq: str
+) -> None:
+    """A damaged (or tampered) anchor file is shown as damaged on the panel, never a 500:
+    Python reads 1e400 as infinity, which int() refuses with an OverflowError."""
+    anchor_path.write_text(f'{{"seq": {seq}, "hash": "{"0" * 64}", "at": "x"}}\n')
+    response = auditor_client.get("/audit/analytics/")
+    assert response.status_code == 200
+    assert 'badge-bad">damaged</span>' in response.content.decode()

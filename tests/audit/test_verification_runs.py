@@ -4,12 +4,14 @@ progress on the page, recorded with who asked and when."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
 from django.test import Client
+from django.utils import timezone
 
-from audit import chain, verification_runs
+from audit import chain, verification_runs, verify
 from audit.models import AuditEvent, VerificationRun
 from tests.audit.conftest import make_auditor, make_events
 from tests.conftest import World
@@ -104,3 +106,100 @@ def test_reviewers_cannot_ask_and_nobody_asks_with_get(
     assert reviewer_client.post("/audit/verify/").status_code == 403
     assert auditor_client.get("/audit/verify/").status_code == 405
     assert not VerificationRun.objects.exists()
+
+
+def test_a_walk_cut_short_reads_incomplete_on_the_page_not_broken(
+    auditor_client: Client, monkeypatch
+) -> None:
+    """The database stopped the walk (a statement timeout): the trail records it as
+    incomplete, and the button's line must not tell the auditor the chain is broken."""
+    make_events(3)
+    chain.seal_and_anchor()
+    auditor_client.post("/audit/verify/")
+    run = VerificationRun.objects.get()
+    cut_short = verify.Verification(
+        ok=False, checked=2, head_seq=3, head_hash="x", interrupted=True,
+        reason="the walk was interrupted after seq 2 of 3 (QueryCanceled): run it again",
+    )  # fmt: skip
+    monkeypatch.setattr(verify, "verify_chain", lambda progress=None: cut_short)
+
+    done = verification_runs.run_verification(run.pk)
+
+    assert done is not None and done.state == "done" and done.ok is None
+    assert AuditEvent.objects.get(action="audit.chain_verified").outcome == "incomplete"
+    page = auditor_client.get(f"/audit/verify/{run.pk}/").content.decode()
+    assert '<span class="badge badge-warn">incomplete</span>' in page  # the last walk
+    form = page[page.index('id="verify-now"') :]
+    assert "incomplete" in form and "broken" not in form
+
+
+def test_a_run_whose_worker_died_gives_the_button_back(auditor_client: Client) -> None:
+    """A worker killed mid-walk (a deploy, the OOM killer) never finishes its run. Past
+    STALE_AFTER it is taken for dead and asking again starts a new walk: the page must offer
+    the button again instead of polling a walk that will never move."""
+    dead = VerificationRun.objects.create(
+        requested_by_label="dana", state="running", checked=10, total=100
+    )
+    VerificationRun.objects.filter(pk=dead.pk).update(
+        requested_at=timezone.now() - verification_runs.STALE_AFTER - timedelta(minutes=1)
+    )
+    for url in ("/audit/analytics/", f"/audit/verify/{dead.pk}/"):
+        page = auditor_client.get(url).content.decode()
+        assert 'id="verify-now"' in page, url
+        assert "hx-trigger" not in page, url
+
+    auditor_client.post("/audit/verify/")
+    assert VerificationRun.objects.exclude(pk=dead.pk).get().state == "queued"
+
+
+def test_a_long_walk_still_reporting_progress_is_joined_not_doubled(
+    auditor_client: Client,
+) -> None:
+    """Asked for long ago, still walking a long trail: not dead, so asking again joins it
+    and the page keeps showing its progress."""
+    long_ago = timezone.now() - verification_runs.STALE_AFTER - timedelta(minutes=30)
+    walking = VerificationRun.objects.create(
+        requested_by_label="dana", state="running", checked=10_000_000, total=40_000_000
+    )
+    VerificationRun.objects.filter(pk=walking.pk).update(
+        requested_at=long_ago, started_at=long_ago, progressed_at=timezone.now()
+    )
+    auditor_client.post("/audit/verify/")
+    assert list(VerificationRun.objects.values_list("pk", flat=True)) == [walking.pk]
+    page = auditor_client.get("/audit/analytics/").content.decode()
+    assert "Walking the chain: 10000000 of 40000000 events" in page
+    assert 'id="verify-now"' not in page
+
+
+def test_an_anchor_file_the_worker_cannot_read_ends_the_run_without_a_verdict(
+    auditor_client: Client, anchor_path
+) -> None:
+    """verify_audit says it cannot read the anchor file; the auditor's run must end the same
+    way (recorded, no verdict) rather than crash and stay "walking" on the page."""
+    make_events(3)
+    chain.seal_pending()
+    anchor_path.mkdir()  # what a volume mounted at the wrong place gives
+    auditor_client.post("/audit/verify/")
+    run = VerificationRun.objects.get()
+
+    done = verification_runs.run_verification(run.pk)
+
+    assert done is not None and done.state == "done" and done.ok is None
+    assert "cannot read the anchor file" in done.reason
+    outcome = AuditEvent.objects.get(action="audit.chain_verified")
+    assert (outcome.actor_label, outcome.outcome) == ("dana", "incomplete")
+    page = auditor_client.get(f"/audit/verify/{run.pk}/").content.decode()
+    assert 'id="verify-now"' in page and "hx-trigger" not in page
+
+
+def test_the_scheduled_walk_records_an_unreadable_anchor_file_too(anchor_path) -> None:
+    """Otherwise the panel keeps showing the last walk that worked, however old."""
+    from audit import tasks
+
+    make_events(2)
+    chain.seal_pending()
+    anchor_path.mkdir()
+    assert tasks.verify_chain() is False
+    outcome = AuditEvent.objects.get(action="audit.chain_verified")
+    assert outcome.outcome == "incomplete"
+    assert "cannot read the anchor file" in outcome.data["reason"]
