@@ -40,11 +40,11 @@ def run_tool(cs: Countersign, session_id: str, call_id: str, name: str, raw: str
         return {"error": "invalid_json", "message": str(exc)}
     while True:
         try:
-            return {
-                "result": cs.call(
-                    name, arguments, session_id=session_id, step=call_id, wait_timeout=600
-                )
-            }
+            result = cs.call(name, arguments, session_id=session_id, step=call_id, wait_timeout=600)
+            if result.arguments_edited:
+                # A reviewer corrected the arguments: these ran, not the model's.
+                return {"result": result, "arguments_edited": True, "arguments": result.arguments}
+            return {"result": result}
         except errors.RateLimited as exc:
             time.sleep(exc.retry_after or 1)  # same step, same key: the refusal took nothing
         except CallRejected as exc:

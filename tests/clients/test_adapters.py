@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from countersign_client import Countersign, MemoryState
+from countersign_client.integrations._common import call_sync
 
 from approvals.models import ToolCall
 from tests.conftest import World
@@ -22,6 +24,7 @@ from tests.support.reviewer import reviewing
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PYTHON = ROOT / ".venv-agent-clients" / "bin" / "python"
+APPROVED = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 PROBE = Path(__file__).parent / "adapters_probe.py"
 
 
@@ -93,3 +96,18 @@ def test_openai_agents_function_tools(live_world: World, live_server: Any) -> No
     assert seen["steps"] == ["oa-call-0", "oa-call-1", "oa-call-2"]
     # Strict mode's nulls were dropped: the write is the call the model meant.
     assert ToolCall.objects.filter(tool__name="search_docs").get().arguments == {"query": "refund"}
+
+
+def test_a_call_a_reviewer_corrected_tells_the_model_what_ran(
+    live_world: World, live_server: Any
+) -> None:
+    """The adapters' answer was the result alone, as MCP's was: the model told its user
+    the e-mail it asked for went out when a corrected one had."""
+    corrected = {**APPROVED, "to": "grace@example.com"}
+    with (
+        reviewing(live_world.bob, correct=lambda call: corrected),
+        Countersign(live_server.url, live_world.token, state=MemoryState()) as cs,
+    ):
+        text = call_sync(cs, "send_email", APPROVED, "call-1", session_id="edit-1")
+    assert '"status": "sent"' in text
+    assert "corrected" in text and "grace@example.com" in text, text

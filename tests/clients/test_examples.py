@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletion
 from approvals.models import ToolCall
 from tests.conftest import World
 from tests.support import ROOT
+from tests.support.reviewer import reviewing
 
 EXAMPLE = ROOT / "examples" / "openai_agent_loop.py"
 EMAIL_ARGS = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
@@ -152,3 +153,17 @@ def test_a_rerun_after_a_crash_answers_the_saved_tool_calls_with_their_own_keys(
     replies = [m for m in saved if m["role"] == "tool"]
     assert [m["tool_call_id"] for m in replies] == ["call_lookup", "call_mail"]
     assert json.loads(replies[1]["content"]) == {"status": "pending", "call_id": str(mail.pk)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_call_a_reviewer_corrected_tells_the_model_what_ran(
+    example: ModuleType, live_world: World, live_server: Any
+) -> None:
+    corrected = {**EMAIL_ARGS, "to": "grace@example.com"}
+    with (
+        reviewing(live_world.bob, correct=lambda call: corrected),
+        example.Countersign(live_server.url, live_world.token) as cs,
+    ):
+        answer = example.run_tool(cs, "task-9", "call_mail", "send_email", json.dumps(EMAIL_ARGS))
+    assert answer["result"]["status"] == "sent"
+    assert answer["arguments_edited"] is True and answer["arguments"] == corrected

@@ -42,6 +42,24 @@ def test_an_approved_write_and_a_read_reach_the_model(live_world: World, live_se
     assert [c.tool.name for c in decided] == ["send_email"]
 
 
+def test_a_call_a_reviewer_corrected_tells_the_model_what_ran(
+    live_world: World, live_server: Any
+) -> None:
+    """As the MCP answer does: the loop fed back the result alone, and the model told its
+    user the e-mail it asked for went out when a corrected one had."""
+    corrected = {**EMAIL, "to": "grace@example.com"}
+    model = ScriptedModel([[tool_call("send_email", EMAIL)], final("done")])
+    with (
+        reviewing(live_world.bob, correct=lambda call: corrected),
+        client(live_world, live_server) as cs,
+    ):
+        transcript = run_agent(cs, model, session_id="h-edit")
+    [fed] = transcript.fed_back
+    assert fed["result"]["status"] == "sent"
+    assert fed["arguments_edited"] is True and fed["arguments"] == corrected
+    assert ToolCall.objects.get().arguments == corrected
+
+
 def test_a_rejection_reaches_the_model_with_the_reason(live_world: World, live_server: Any) -> None:
     model = ScriptedModel(
         [

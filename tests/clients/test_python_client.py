@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import re
 import signal
 import socket
@@ -32,6 +33,7 @@ from countersign_client import (
     MemoryState,
     TransportError,
     errors,
+    outcome,
 )
 
 from approvals.execution import runner
@@ -470,3 +472,48 @@ def test_a_wait_that_runs_out_raises_wait_timeout_with_a_single_read_attempt(
 
     with pytest.raises(errors.WaitTimeout):
         asyncio.run(wait())
+
+
+def test_a_token_read_with_its_newline_is_sent_without_it_and_never_quoted() -> None:
+    """A token read from a file or a mounted secret keeps its newline: every request failed
+    with a TransportError ("run the step again") quoting the whole token, as did its
+    cause, into the agent's logs and tracebacks."""
+    sent: list[httpx.Request] = []
+    pending = httpx.Response(202, json={"id": CALL_ID, "status": "pending"})
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return pending
+
+    transport = httpx.MockTransport(handler)
+    with Countersign(
+        "http://cs", "cs_0123456789_secret\n", state=MemoryState(), transport=transport
+    ) as cs:
+        cs.submit("send_email", EMAIL_ARGS, session_id="s1")
+    assert sent[0].headers["Authorization"] == "Bearer cs_0123456789_secret"
+
+    for client in (Countersign, AsyncCountersign):
+        with pytest.raises(ValueError) as refused:
+            client("http://cs", "cs_0123456789_se\ncret", state=MemoryState())
+        assert "secret" not in str(refused.value) and "0123456789" not in str(refused.value)
+
+
+def test_errors_survive_pickling() -> None:
+    """An agent running its tool calls in a process pool (or a task queue) gets the error
+    back pickled: unpickling every API error, CallEnded and WaitTimeout raised TypeError
+    (their arguments are not ``args``), and the agent saw that instead of the refusal."""
+    limited = server_errors.rate_limited(scope="agent", limit="1/minute", retry_after=7)
+    with pytest.raises(errors.RateLimited) as refused:
+        scripted(answer(limited)).submit("send_email", EMAIL_ARGS, session_id="s1")
+    rejected = {"id": CALL_ID, "status": "rejected", "decision": {"comment": "No."}}
+    with pytest.raises(CallRejected) as ended:
+        outcome(rejected)
+    raised: list[Exception] = [
+        refused.value,
+        ended.value,
+        errors.WaitTimeout({"id": CALL_ID, "status": "pending"}),
+    ]
+    for exc in raised:
+        again = pickle.loads(pickle.dumps(exc))  # noqa: S301 - the test's own objects
+        assert type(again) is type(exc) and str(again) == str(exc)
+        assert vars(again) == vars(exc)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connections
@@ -23,9 +24,14 @@ def approve_all(call: ToolCall) -> tuple[str, str]:
 
 
 @contextmanager
-def reviewing(reviewer: User, verdict: Verdict = approve_all) -> Iterator[list[ToolCall]]:
+def reviewing(
+    reviewer: User,
+    verdict: Verdict = approve_all,
+    correct: Callable[[ToolCall], dict[str, Any]] | None = None,
+) -> Iterator[list[ToolCall]]:
     """While the block runs, decide each pending call with ``verdict(call)`` ->
-    (``"approve"``/``"reject"``, comment). Yields the calls decided."""
+    (``"approve"``/``"reject"``, comment), an approval with the arguments ``correct(call)``
+    gives, when given. Yields the calls decided."""
     decided: list[ToolCall] = []
     stop = threading.Event()
 
@@ -36,7 +42,14 @@ def reviewing(reviewer: User, verdict: Verdict = approve_all) -> Iterator[list[T
                     pk__in=[c.pk for c in decided]
                 ):
                     choice, comment = verdict(call)
-                    decide(call_id=call.pk, reviewer=reviewer, verdict=choice, comment=comment)
+                    edited = correct(call) if correct and choice == "approve" else None
+                    decide(
+                        call_id=call.pk,
+                        reviewer=reviewer,
+                        verdict=choice,
+                        comment=comment,
+                        edited_arguments=edited,
+                    )
                     decided.append(call)
                     if choice == "approve":
                         runner.execute(call.pk)

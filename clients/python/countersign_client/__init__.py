@@ -6,7 +6,7 @@ harness for testing agent loops without an LLM: ``countersign_client.testing``.
 """
 
 from countersign_client.aio import AsyncCountersign
-from countersign_client.client import TERMINAL, Countersign, outcome
+from countersign_client.client import TERMINAL, Countersign, Result, outcome
 from countersign_client.errors import (
     ApiError,
     CallCancelled,
@@ -35,6 +35,7 @@ __all__ = [
     "CountersignError",
     "DirectoryState",
     "MemoryState",
+    "Result",
     "StateStore",
     "TransportError",
     "WaitTimeout",

@@ -42,6 +42,20 @@ SAME_KEY_CODES = frozenset({"idempotency_key_in_use", "unavailable", "internal_e
 USER_AGENT = "countersign-client/0.2"
 
 
+def bearer(token: str) -> str:
+    """The Authorization header of ``token``, without the line break a token read from a
+    file keeps. A token with a character no token has is refused here, unquoted: httpx's
+    error on sending a header it cannot carry quotes the whole header, into every
+    TransportError and its cause."""
+    token = token.strip()
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError(
+            "the agent token holds a character no token has (a space, a line break, a "
+            "non-ASCII letter): check how it was read"
+        )
+    return f"Bearer {token}"
+
+
 class Steps:
     """Numbers the unnamed steps of each session in the order they are made, per client.
 
@@ -194,11 +208,40 @@ def risks(listed: list[dict[str, Any]]) -> dict[str, str]:
     }
 
 
-def outcome(call: dict[str, Any]) -> dict[str, Any]:
-    """The result of a succeeded call; the typed error of any other terminal state."""
+class Result(dict[str, Any]):
+    """A succeeded call's result, as a dict, with the ``call`` it came from: when
+    ``arguments_edited``, a reviewer corrected the arguments before approving, and the call
+    ran with ``arguments``, not the ones sent: a model must be told so, or it tells its
+    user that what it asked for was done."""
+
+    def __init__(self, result: dict[str, Any], call: dict[str, Any]) -> None:
+        super().__init__(result)
+        self.call = call
+
+    @property
+    def arguments_edited(self) -> bool:
+        return bool(self.call.get("arguments_edited"))
+
+    @property
+    def arguments(self) -> dict[str, Any] | None:
+        """The arguments that ran, when a reviewer corrected them (else None)."""
+        return self.call.get("arguments") if self.arguments_edited else None
+
+
+def corrected(result: dict[str, Any]) -> dict[str, Any]:
+    """What a model must read beside a corrected call's result (the MCP answer says it
+    too): the arguments that ran. Empty for a call that ran as sent."""
+    if isinstance(result, Result) and result.arguments_edited:
+        return {"arguments_edited": True, "arguments": result.arguments}
+    return {}
+
+
+def outcome(call: dict[str, Any]) -> Result:
+    """The result of a succeeded call (a ``Result``); the typed error of any other terminal
+    state."""
     status = call.get("status")
     if status == "succeeded":
-        return call.get("result") or {}
+        return Result(call.get("result") or {}, call)
     if status == "rejected":
         comment = (call.get("decision") or {}).get("comment", "")
         raise errors.CallRejected(call, f"a reviewer rejected the call: {comment}")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from countersign_client import _core, errors
-from countersign_client._core import TERMINAL, outcome
+from countersign_client._core import TERMINAL, Result, outcome
 from countersign_client.client import resolve_state
 from countersign_client.state import StateStore
 
@@ -46,7 +46,7 @@ class AsyncCountersign:
         self._risks: dict[str, str] | None = None
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}", "User-Agent": _core.USER_AGENT},
+            headers={"Authorization": _core.bearer(token), "User-Agent": _core.USER_AGENT},
             timeout=timeout,
             transport=transport,
             event_hooks=event_hooks or {},
@@ -72,8 +72,9 @@ class AsyncCountersign:
         step: str | None = None,
         wait_timeout: float | None = None,
         **fields: Any,
-    ) -> dict[str, Any]:
-        """Propose a call and return its result once it succeeded.
+    ) -> Result:
+        """Propose a call and return its result once it succeeded (a dict; its
+        ``arguments_edited`` and ``arguments`` say what ran if a reviewer corrected them).
 
         Blocks (long-polling) while a write waits for its reviewers and runs. Raises
         ``CallRejected``/``CallExpired``/``CallCancelled``/``CallFailed`` for the other

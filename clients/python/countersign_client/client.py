@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 
 from countersign_client import _core, errors
-from countersign_client._core import TERMINAL, outcome
+from countersign_client._core import TERMINAL, Result, outcome
 from countersign_client.state import DirectoryState, StateStore, default_state
 
-__all__ = ["TERMINAL", "Countersign", "outcome", "resolve_state"]
+__all__ = ["TERMINAL", "Countersign", "Result", "outcome", "resolve_state"]
 
 
 def resolve_state(state: StateStore | str | os.PathLike[str] | None) -> StateStore:
@@ -67,7 +67,7 @@ class Countersign:
         self._risks: dict[str, str] | None = None
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}", "User-Agent": _core.USER_AGENT},
+            headers={"Authorization": _core.bearer(token), "User-Agent": _core.USER_AGENT},
             timeout=timeout,
             transport=transport,
             event_hooks=event_hooks or {},
@@ -93,8 +93,9 @@ class Countersign:
         step: str | None = None,
         wait_timeout: float | None = None,
         **fields: Any,
-    ) -> dict[str, Any]:
-        """Propose a call and return its result once it succeeded.
+    ) -> Result:
+        """Propose a call and return its result once it succeeded (a dict; its
+        ``arguments_edited`` and ``arguments`` say what ran if a reviewer corrected them).
 
         Blocks (long-polling) while a write waits for its reviewers and runs. Raises
         ``CallRejected``/``CallExpired``/``CallCancelled``/``CallFailed`` for the other

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 
@@ -36,6 +37,16 @@ class ApiError(CountersignError):
         self.details = details
         self.retry_after = retry_after
         self.body = body
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (a process pool, a task queue): rebuilt from its keyword-only arguments,
+        # where the default rebuilds from ``args`` and fails.
+        fields = ("status", "code", "message", "suggestion", "retryable", "details")
+        kwargs = {name: getattr(self, name) for name in fields}
+        return (
+            partial(type(self), **kwargs, retry_after=self.retry_after, body=self.body),
+            (),
+        )
 
     @property
     def call(self) -> dict[str, Any] | None:
@@ -298,6 +309,9 @@ class CallEnded(CountersignError):
         self.call = call
         self.call_id = call.get("id")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.call, str(self)))
+
 
 class CallRejected(CallEnded):
     @property
@@ -333,6 +347,9 @@ class WaitTimeout(CountersignError):
     def __init__(self, call: dict[str, Any]):
         super().__init__(f"call {call.get('id')} is still {call.get('status')}")
         self.call = call
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.call,))
 
 
 def from_response(status: int, body: Any, headers: Any) -> ApiError:

@@ -17,7 +17,8 @@ rounds run out::
 
 What the loop feeds back, as the ``tool`` message's JSON content:
 
-* a result: ``{"result": {...}}``;
+* a result: ``{"result": {...}}``, with ``"arguments_edited": true`` and the ``arguments``
+  that ran when a reviewer corrected them;
 * a refusal or failure: ``{"error": code, "message", "suggestion", "details", "tool_code"}``
   (invalid arguments carry their JSON paths, so a model can fix them);
 * a rejection: ``{"error": "call_rejected", "reason": <the reviewer's comment>}``;
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from countersign_client import errors
+from countersign_client._core import corrected
 from countersign_client.client import Countersign
 
 Message = dict[str, Any]
@@ -159,7 +161,7 @@ def _run_one(
                 wait_timeout=wait_timeout,
                 **fields,
             )
-            return {"result": result}
+            return {"result": result} | corrected(result)
         except errors.RateLimited as exc:
             if exc.retry_after is not None and exc.retry_after <= rate_limit_wait:
                 time.sleep(exc.retry_after)

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from countersign_client import errors
+from countersign_client._core import corrected
 from countersign_client.aio import AsyncCountersign
 from countersign_client.client import Countersign
 
@@ -24,7 +25,15 @@ class Refusal(Exception):
 
 
 def result_text(result: dict[str, Any]) -> str:
-    return json.dumps(result, ensure_ascii=False)
+    text = json.dumps(result, ensure_ascii=False)
+    if edited := corrected(result):
+        # A reviewer corrected the arguments: these ran, and the model must not tell its
+        # user that the ones it sent did (as the MCP answer's second text says).
+        text += (
+            "\n\nA reviewer corrected the arguments before approving the call: it ran with "
+            f"these, not the ones you sent: {json.dumps(edited['arguments'], ensure_ascii=False)}"
+        )
+    return text
 
 
 def refusal(exc: Exception) -> Refusal:
