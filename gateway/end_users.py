@@ -83,6 +83,13 @@ def listing_user(
     try:
         if on_behalf_of is None:
             on_behalf_of = decode_header(header)
+        elif problem := json_problem(on_behalf_of):
+            # MCP's _meta, which no body check saw: a field's name is echoed in the refusal.
+            raise Refused(
+                end_users.INVALID_END_USER,
+                f"The end user cannot be accepted: {problem}.",
+                [{"path": "$.on_behalf_of", "message": problem}],
+            )
         return end_users.identify(
             agent, on_behalf_of=on_behalf_of, user_token=user_token, roles_alone=True
         )

@@ -51,11 +51,14 @@ class Refused(Exception):
 
 
 def identify(
-    agent: Agent, *, on_behalf_of: Any, user_token: str | None, roles_alone: bool = False
+    agent: Agent, *, on_behalf_of: Any, user_token: Any, roles_alone: bool = False
 ) -> EndUser:
     """The end user of a request from ``agent``: ``on_behalf_of`` as sent (a string, an
-    object, or None), and the user's token if one came with it. ``roles_alone``: the object
-    may give roles without an id (a tool list asked for "a viewer", not a call)."""
+    object, or None), and the user's token if one came with it (as sent: MCP's ``_meta``
+    may hold any JSON). ``roles_alone``: the object may give roles without an id (a tool
+    list asked for "a viewer", not a call)."""
+    if user_token is not None and not isinstance(user_token, str):
+        raise Refused(USER_TOKEN_INVALID, "The user token is not valid: it is not a string.")
     user_id, roles = _named(on_behalf_of, id_required=not roles_alone)
     if user_token:
         return _verified(agent, user_token, named=user_id, asserted=roles)

@@ -71,6 +71,8 @@ ARGUMENTS = "io.countersign/arguments"
 # A retried call is the same call while it is open, or ended this way recently; one that
 # failed, expired or was cancelled is asked for again on purpose.
 REUSABLE_ENDINGS = frozenset({Status.SUCCEEDED, Status.REJECTED})
+# A user token sent as JSON null: not a string, so refused (None would mean "none sent").
+_NULL_TOKEN = object()
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,16 @@ class Caller:
         agent = authenticate_token(self.bearer)
         return agent is not None and agent.pk == self.agent.pk and agent.stopped_at is None
 
-    def user_token_of(self, meta: dict[str, Any]) -> str | None:
-        """The user's token for a request: its ``_meta``'s, else the connection's."""
-        token = meta.get(USER_TOKEN, self.user_token)
-        return token if isinstance(token, str) and token else None
+    def user_token_of(self, meta: dict[str, Any]) -> Any:
+        """The user's token for a request: its ``_meta``'s, else the connection's. One that
+        is not a string (null too) is handed on for ``end_users.identify`` to refuse:
+        ignored, the call would go unverified, or without the connection's token."""
+        if USER_TOKEN not in meta:
+            return self.user_token
+        token = meta[USER_TOKEN]
+        if token is None:
+            return _NULL_TOKEN
+        return token if token != "" else None
 
     def on_behalf_of_in(self, meta: dict[str, Any]) -> Any:
         """The end user a request names: its ``_meta``'s, else the connection's."""

@@ -224,6 +224,30 @@ def test_a_bad_token_is_refused_never_ignored(
     assert expired not in trail
 
 
+@pytest.mark.parametrize("sent", [12345, {"jwt": "x.y.z"}, ["x.y.z"], None])
+def test_a_user_token_in_meta_that_is_not_a_string_is_refused_never_ignored(
+    live_world: World, verifying: Provider, mcp_web: WebProcess, sent: Any
+) -> None:
+    """Ignored, it left the call with the agent's unscoped access (here the whole
+    allowlist), and a null one dropped the connection's own token."""
+    viewer = verifying.token("ada@example.com", ["viewer"])
+    meta = {"io.countersign/user-token": sent, "io.countersign/wait-seconds": 0}
+    headers = {"MCP-Protocol-Version": "2025-06-18", "Countersign-User-Token": viewer}
+
+    def rpc(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**params, "_meta": meta}}
+        return message(post(mcp_web, live_world.token, body, **headers))
+
+    listing = rpc("tools/list", {})
+    call = rpc("tools/call", {"name": "send_email", "arguments": EMAIL})
+    assert listing["error"]["data"]["error"]["code"] == "user_token_invalid", listing
+    assert call["result"]["isError"] is True, call
+    assert call["result"]["structuredContent"]["error"]["code"] == "user_token_invalid"
+    assert not ToolCall.objects.exists()
+    assert AuditEvent.objects.filter(action="end_user.refused", outcome="user_token_invalid")
+    assert AuditEvent.objects.filter(action="call.refused", outcome="user_token_invalid")
+
+
 def test_a_provider_that_is_down_is_a_retryable_refusal(
     live_world: World, verifying: Provider, mcp_web: WebProcess
 ) -> None:
@@ -262,6 +286,20 @@ def test_an_unstorable_on_behalf_of_header_is_refused_and_audited(
     response = post(mcp_web, live_world.token, INITIALIZE, **{"Countersign-On-Behalf-Of": header})
     assert response.status_code == 400
     assert message(response)["error"]["data"]["error"]["code"] == "invalid_end_user"
+    assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
+
+
+def test_an_unstorable_on_behalf_of_in_a_tool_lists_meta_is_refused_and_audited(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """The field's name went into the refusal, and its audit event failed PostgreSQL's
+    INSERT: the tool list answered JSON-RPC error 0 with the database's message."""
+    meta = {"io.countersign/on-behalf-of": {"id": "ada", "\u0000": 1}}
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"_meta": meta}}
+    answer = message(
+        post(mcp_web, live_world.token, body, **{"MCP-Protocol-Version": "2025-06-18"})
+    )
+    assert answer["error"]["data"]["error"]["code"] == "invalid_end_user", answer
     assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
 
 
