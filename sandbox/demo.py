@@ -246,7 +246,8 @@ def seed_demo() -> DemoLogins:
         )
         user.is_staff = spec.get("is_staff", False)
         user.is_superuser = spec.get("is_superuser", False)
-        if created or env_password or not user.check_password(password):
+        # Only a changed password is set again: a new hash signs every session out.
+        if created or not user.check_password(password):
             user.set_password(password)
         user.save()
         user.groups.add(*(groups[g] for g in spec["groups"]))

@@ -7,6 +7,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
+from django.test import Client
 
 from tests.sandbox.test_demo import IMPORTED
 from tools_registry.models import Agent, AgentToken, Tool
@@ -62,3 +63,23 @@ def test_seed_demo_is_idempotent_and_lets_the_reviewer_review_every_demo_tool(
     assert set(agent.allowed_tools.values_list("name", flat=True)) == DEMO_TOOLS | set(IMPORTED)
     token = out.getvalue().split("demo-agent token: ")[1].split()[0]
     assert authenticate_token(token) == agent
+
+
+def test_seeding_again_with_demo_password_keeps_the_reviewers_signed_in(
+    monkeypatch, settings, tmp_path
+) -> None:
+    # make run seeds at every start: the same DEMO_PASSWORD must not sign everyone out.
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("DEMO_PASSWORD", "demo-pass-123")
+    call_command("seed_demo", stdout=StringIO())
+    client = Client()
+    client.post("/login/", {"username": "reviewer", "password": "demo-pass-123"})
+    assert client.get("/approvals/").status_code == 200
+
+    call_command("seed_demo", stdout=StringIO())
+    assert client.get("/approvals/").status_code == 200
+
+    monkeypatch.setenv("DEMO_PASSWORD", "another-pass-456")
+    call_command("seed_demo", stdout=StringIO())
+    assert client.get("/approvals/").status_code == 302, "a new password signs them out"
+    assert User.objects.get(username="reviewer").check_password("another-pass-456")
