@@ -10,6 +10,9 @@ AGENT_CLIENTS := .venv-agent-clients
 AGENT_CLIENT_REQS := tests/gateway/mcp/agent_clients
 PORT ?= 8000
 HOST ?= 127.0.0.1
+# Where this machine reaches the server: all interfaces (HOST=0.0.0.0) include the loopback,
+# and 0.0.0.0 itself is no host name the app answers to (ALLOWED_HOSTS).
+LOCAL := $(if $(filter 0.0.0.0 ::,$(HOST)),127.0.0.1,$(HOST))
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/countersign
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # The suite's pytest processes (pytest-xdist; each file's tests stay in one process). Each
@@ -44,20 +47,20 @@ run: $(VENV)/.installed-run
 	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput -v0
 	@env -u DATABASE_URL -u REDIS_URL PORT=$(PORT) $(PY) manage.py seed_demo
 	@echo ""
-	@echo "Countersign (embedded: SQLite, in-process executor) on http://$(HOST):$(PORT)/"
-	@echo "  reviewers:  http://$(HOST):$(PORT)/approvals/   (reviewer, reviewer2)"
-	@echo "  auditors:   http://$(HOST):$(PORT)/audit/       (auditor)"
-	@echo "  admins:     http://$(HOST):$(PORT)/admin/       (admin)"
-	@echo "  agent API:  http://$(HOST):$(PORT)/api/v1/docs  (Authorization: Bearer <demo-agent token>)"
-	@echo "  MCP:        http://$(HOST):$(PORT)/mcp           (same token; see docs/mcp.md)"
-	@echo "  health:     http://$(HOST):$(PORT)/healthz"
+	@echo "Countersign (embedded: SQLite, in-process executor) on http://$(LOCAL):$(PORT)/"
+	@echo "  reviewers:  http://$(LOCAL):$(PORT)/approvals/   (reviewer, reviewer2)"
+	@echo "  auditors:   http://$(LOCAL):$(PORT)/audit/       (auditor)"
+	@echo "  admins:     http://$(LOCAL):$(PORT)/admin/       (admin)"
+	@echo "  agent API:  http://$(LOCAL):$(PORT)/api/v1/docs  (Authorization: Bearer <demo-agent token>)"
+	@echo "  MCP:        http://$(LOCAL):$(PORT)/mcp           (same token; see docs/mcp.md)"
+	@echo "  health:     http://$(LOCAL):$(PORT)/healthz"
 	@echo "  reviewer e-mails (console backend) and sweeps: $${COUNTERSIGN_VAR_DIR:-var}/sweeps.log"
 	@echo "  the demo agent's calls (sent once the server is up): $${COUNTERSIGN_VAR_DIR:-var}/demo-calls.log"
 	@echo ""
 	@# The sweeps (expiry, re-sends, audit sealing) run beside the server, as beat would.
 	@export PORT=$(PORT); unset DATABASE_URL REDIS_URL; \
 	$(PY) manage.py run_sweeps --loop 5 >$${COUNTERSIGN_VAR_DIR:-var}/sweeps.log 2>&1 & sweeps=$$!; \
-	$(PY) manage.py demo_calls --url http://$(HOST):$(PORT) >$${COUNTERSIGN_VAR_DIR:-var}/demo-calls.log 2>&1 & \
+	$(PY) manage.py demo_calls --url http://$(LOCAL):$(PORT) >$${COUNTERSIGN_VAR_DIR:-var}/demo-calls.log 2>&1 & \
 	trap 'kill $$sweeps 2>/dev/null' EXIT INT TERM; \
 	$(PY) -m uvicorn config.asgi:application --host $(HOST) --port $(PORT)
 
