@@ -97,11 +97,27 @@ def link_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
+class DamagedAnchor(Exception):
+    """The anchor file cannot be read as anchors: no verdict can rest on it."""
+
+
 def read_anchors(path: str | None) -> dict[int, str]:
     if not path:
         return {}
-    with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - stdlib only
-        return {int(e["seq"]): e["hash"] for e in map(json.loads, filter(str.strip, handle))}
+    anchors = {}
+    try:
+        with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - stdlib only
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    anchors[int(entry["seq"])] = str(entry["hash"])
+                except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400
+                    raise DamagedAnchor(f"line {number} is not an anchor ({exc})") from None
+    except OSError as exc:
+        raise DamagedAnchor(exc.strerror or str(exc)) from None
+    return anchors
 
 
 def verify(
@@ -172,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the export is the whole trail (no filter): no row may be missing",
     )
     options = parser.parse_args(argv)
-    ok, report = verify(options.export, options.anchor, whole=options.whole)
+    try:
+        ok, report = verify(options.export, options.anchor, whole=options.whole)
+    except DamagedAnchor as exc:
+        # Neither OK nor BROKEN: the export was not checked against anything.
+        print(f"cannot read the anchor file {options.anchor}: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
     for line in report:
         print(line)  # noqa: T201 - a command-line tool
     print("OK" if ok else "BROKEN")  # noqa: T201

@@ -85,6 +85,23 @@ def test_a_whole_export_verifies_with_the_stand_alone_script(
     assert "1 against the anchor, 1 not yet sealed" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "anchor_line", ['{"seq": 1e400, "hash": "x"}', "not json", '{"hash": "x"}', '["seq"]']
+)
+def test_a_damaged_anchor_file_gives_no_verdict_and_no_traceback(
+    auditor_client: Client, mixed_trail, tmp_path: Path, anchor_line: str
+) -> None:
+    path = tmp_path / "trail.jsonl"
+    path.write_bytes(download(auditor_client, "jsonl"))
+    anchor = tmp_path / "anchor.jsonl"
+    anchor.write_text(anchor_line + "\n")
+    result = _verify(path, "--anchor", str(anchor))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"cannot read the anchor file {anchor}: line 1 is not an")
+    assert "Traceback" not in result.stderr
+    assert "OK" not in result.stdout and "BROKEN" not in result.stdout
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_a_filtered_export_verifies_row_by_row(
     auditor_client: Client, mixed_trail, fmt: str, tmp_path: Path
