@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
             mcp=mcp,
             logs=tmp,
             main_queue=main_queue,
-            worker_env={"EXECUTOR_LEASE_GRACE_SECONDS": SETTINGS["EXECUTOR_LEASE_GRACE_SECONDS"]},
+            worker_env={k: v for k, v in SETTINGS.items() if k.endswith("_GRACE_SECONDS")},
             restart_redis=restart_redis,
             timeout=TOOL_TIMEOUT,
             rng=random.Random(args.seed),

@@ -530,10 +530,22 @@ APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = env_int(
 )
 # Hard guard on a handler that ignores its timeout: Celery raises SoftTimeLimitExceeded in
 # the task this long after the tool's time is up (the outcome is then unknown), and kills
-# the worker child HARD seconds after that. Keep SOFT + HARD below the lease grace, so a
+# the worker child HARD seconds after that. SOFT + HARD must be below the lease grace, so a
 # live worker is stopped before another may take its call over.
 EXECUTOR_SOFT_LIMIT_GRACE_SECONDS = env_int("EXECUTOR_SOFT_LIMIT_GRACE_SECONDS", 5)
 EXECUTOR_HARD_LIMIT_GRACE_SECONDS = env_int("EXECUTOR_HARD_LIMIT_GRACE_SECONDS", 10)
+if (
+    EXECUTOR_SOFT_LIMIT_GRACE_SECONDS + EXECUTOR_HARD_LIMIT_GRACE_SECONDS
+    >= EXECUTOR_LEASE_GRACE_SECONDS
+):
+    # Otherwise a handler still running could lose its call to the lease sweep, and
+    # reconciliation run the effect again beside it.
+    raise ImproperlyConfigured(
+        "EXECUTOR_SOFT_LIMIT_GRACE_SECONDS + EXECUTOR_HARD_LIMIT_GRACE_SECONDS "
+        f"({EXECUTOR_SOFT_LIMIT_GRACE_SECONDS} + {EXECUTOR_HARD_LIMIT_GRACE_SECONDS}) must be "
+        f"below EXECUTOR_LEASE_GRACE_SECONDS ({EXECUTOR_LEASE_GRACE_SECONDS}): a worker is "
+        "stopped before its call's lease lapses."
+    )
 # Reconciliation runs a call again by itself (same key) at most this many times when the
 # downstream says the effect did not happen; after that a person decides.
 EXECUTOR_AUTO_RERUNS = env_int("EXECUTOR_AUTO_RERUNS", 2)

@@ -188,3 +188,20 @@ def test_mail_on_port_465_speaks_tls_from_the_first_byte(tmp_path: Path) -> None
     assert "EMAIL_USE_SSL and EMAIL_USE_TLS cannot both be on" in both.stderr
     default = services(tmp_path, MAILER, EMAIL_HOST="mail.example.com")
     assert "'use_ssl': False, 'use_tls': True" in default.stdout
+
+
+def test_time_limits_that_outlast_the_lease_stop_the_start(tmp_path: Path) -> None:
+    """A handler still running past its lease loses its call to the sweep, and
+    reconciliation may run the effect again beside it: the hard limit must come first."""
+    run = services(
+        tmp_path,
+        SET_UP,
+        EXECUTOR_LEASE_GRACE_SECONDS="20",
+        EXECUTOR_SOFT_LIMIT_GRACE_SECONDS="5",
+        EXECUTOR_HARD_LIMIT_GRACE_SECONDS="15",
+    )
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert "must be below EXECUTOR_LEASE_GRACE_SECONDS (20)" in last
+    fits = services(tmp_path, SET_UP, EXECUTOR_LEASE_GRACE_SECONDS="21")
+    assert fits.returncode == 0, fits.stderr

@@ -123,6 +123,10 @@ def chaos_worker_env(server: Server, *, tag: str, **extra: str) -> dict[str, str
         "SANDBOX_FAULT_TAG": tag,
         "SANDBOX_PAYMENTS_URL": server.payments_url,
         "EXECUTOR_LEASE_GRACE_SECONDS": str(LEASE_GRACE_SECONDS),
+        # Celery's limits ride on each task, set by the process that sends it (the tests'
+        # own, ``chaos_world``); the workers' need only fit inside their short lease.
+        "EXECUTOR_SOFT_LIMIT_GRACE_SECONDS": "0",
+        "EXECUTOR_HARD_LIMIT_GRACE_SECONDS": "1",
         "DB_POOL_MAX_SIZE": "2",
         **extra,
     }
