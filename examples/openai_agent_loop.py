@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from countersign_client import CallEnded, CallRejected, Countersign, WaitTimeout, errors
-from openai import OpenAI
+from openai import OpenAI, omit
 from openai.types.chat import ChatCompletionToolParam
 
 MAX_TURNS = 20
+RATE_LIMIT_WAIT = 60  # seconds: a rate limit's Retry-After waited out; a longer one is answered
 
 
 def run_tool(cs: Countersign, session_id: str, call_id: str, name: str, raw: str) -> dict[str, Any]:
@@ -46,6 +47,11 @@ def run_tool(cs: Countersign, session_id: str, call_id: str, name: str, raw: str
                 return {"result": result, "arguments_edited": True, "arguments": result.arguments}
             return {"result": result}
         except errors.RateLimited as exc:
+            if exc.retry_after is None or exc.retry_after > RATE_LIMIT_WAIT:
+                # A limit per hour or day: the model tells the user, rather than the task
+                # hanging for that long.
+                return {"error": exc.code, "message": exc.message,
+                        "suggestion": exc.suggestion, "retry_after": exc.retry_after}  # fmt: skip
             time.sleep(exc.retry_after or 1)  # same step, same key: the refusal took nothing
         except CallRejected as exc:
             return {
@@ -138,7 +144,7 @@ def converse(
         reply = llm.chat.completions.create(
             model=model,
             messages=transcript.messages,  # type: ignore[arg-type]
-            tools=tools,
+            tools=tools or omit,  # OpenAI refuses an empty list: an agent without tools
         )
         message = reply.choices[0].message
         transcript.add(message.model_dump(exclude_none=True))

@@ -9,18 +9,21 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 from countersign_client.testing import Message, ScriptedModel, final, tool_call
+from openai import omit
 from openai.types.chat import ChatCompletion
 
 from approvals.models import ToolCall
 from tests.conftest import World
 from tests.support import ROOT
 from tests.support.reviewer import reviewing
+from tools_registry.models import Tool
 
 EXAMPLE = ROOT / "examples" / "openai_agent_loop.py"
 EMAIL_ARGS = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
@@ -42,7 +45,10 @@ class ScriptedOpenAI:
         self.model = model
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
 
-    def create(self, *, model: str, messages: list[Message], tools: Any) -> ChatCompletion:
+    def create(self, *, model: str, messages: list[Message], tools: Any = omit) -> ChatCompletion:
+        # As OpenAI's API does: 400 "Invalid 'tools': empty array. Expected an array with
+        # minimum length 1"; an agent without tools must send none.
+        assert tools != [], "OpenAI refuses an empty tools list"
         message = self.model.complete(messages)
         finish_reason = "tool_calls" if message.get("tool_calls") else "stop"
         return ChatCompletion.model_validate(
@@ -167,3 +173,37 @@ def test_a_call_a_reviewer_corrected_tells_the_model_what_ran(
         answer = example.run_tool(cs, "task-9", "call_mail", "send_email", json.dumps(EMAIL_ARGS))
     assert answer["result"]["status"] == "sent"
     assert answer["arguments_edited"] is True and answer["arguments"] == corrected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_agent_without_tools_sends_the_model_none(
+    example: ModuleType, live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent whose tools were all taken away sent ``tools=[]``, which OpenAI refuses:
+    every task failed with a 400 instead of the model answering in words."""
+    live_world.agent.allowed_tools.clear()
+    script(example, monkeypatch, ScriptedModel([final("I have no tools for that.")]))
+    assert example.main("task-1", "Refund pay_0001.") == "I have no tools for that."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_rate_limit_is_the_models_answer_not_a_sleep(
+    example: ModuleType, live_world: World, live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tool limited per day answers Retry-After: hours; the example slept it out, holding
+    the task (and its user) for up to a day. A short one is still waited out."""
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if seconds > 60:
+            raise AssertionError(f"the example slept {seconds} s")
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    Tool.objects.filter(name="get_customer").update(rate_limit_per_agent="1/day")
+    lookup = json.dumps({"customer_id": "cus_0002"})
+    with example.Countersign(live_server.url, live_world.token) as cs:
+        assert example.run_tool(cs, "task-1", "call_1", "get_customer", lookup)["result"]
+        answer = example.run_tool(cs, "task-1", "call_2", "get_customer", lookup)
+    assert answer["error"] == "rate_limited" and answer["retry_after"] > 60
+    assert "suggestion" in answer and slept == []

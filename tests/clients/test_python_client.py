@@ -517,3 +517,89 @@ def test_errors_survive_pickling() -> None:
         again = pickle.loads(pickle.dumps(exc))  # noqa: S301 - the test's own objects
         assert type(again) is type(exc) and str(again) == str(exc)
         assert vars(again) == vars(exc)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(301, headers={"Location": "https://cs/api/v1/tool-calls"}),
+        httpx.Response(200, text="<html><body>Sign in to the Wi-Fi</body></html>"),
+    ],
+    ids=["redirect", "page"],
+)
+def test_an_answer_that_is_not_countersigns_is_the_clients_error(reply: httpx.Response) -> None:
+    """A proxy's redirect (http to https) or a page (a captive portal's) answering a
+    proposal, a read or an action crashed the agent with a TypeError (no JSON taken for a
+    call); it is an ApiError saying what came back, and where a redirect pointed."""
+
+    def answered(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.content)
+
+    transport = httpx.MockTransport(answered)
+    cs = Countersign("http://cs", "token", state=MemoryState(), transport=transport)
+    for verb in (
+        lambda: cs.submit("send_email", EMAIL_ARGS, session_id="s1"),
+        lambda: cs.call("send_email", EMAIL_ARGS, session_id="s1"),
+        lambda: cs.get(CALL_ID),
+        lambda: cs.cancel(CALL_ID),
+        cs.tools,
+    ):
+        with pytest.raises(errors.ApiError) as refused:
+            verb()
+        assert refused.value.code == "http_error"
+        assert f"HTTP {reply.status_code}" in refused.value.message
+        if reply.status_code == 301:
+            assert "https://cs/api/v1/tool-calls" in refused.value.message
+
+    async def act() -> None:
+        async with AsyncCountersign(
+            "http://cs", "token", state=MemoryState(), transport=transport
+        ) as acs:
+            for verb in (
+                acs.submit("send_email", EMAIL_ARGS, session_id="s1"),
+                acs.call("send_email", EMAIL_ARGS, session_id="s1"),
+                acs.get(CALL_ID),
+                acs.retry(CALL_ID),
+                acs.tools(),
+            ):
+                with pytest.raises(errors.ApiError) as refused:
+                    await verb
+                assert refused.value.code == "http_error"
+
+    asyncio.run(act())
+
+
+def test_a_proxys_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write accepted, then its long-poll answered 502 by the load balancer (Countersign
+    restarting) on every attempt: call() raised ApiError(http_error), which an agent (the
+    adapters, the example) takes for a refusal while the call still waits and runs once
+    approved. It is no answer, like the proposal's: TransportError naming the step."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    pending = {"id": CALL_ID, "status": "pending"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json=pending)
+        return httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>")
+
+    transport = httpx.MockTransport(handler)
+    cs = Countersign("http://cs", "token", state=MemoryState(), transport=transport)
+    with pytest.raises(TransportError) as no_answer:
+        cs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+    assert no_answer.value.step == "mail"
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    async def call() -> None:
+        async with AsyncCountersign(
+            "http://cs", "token", state=MemoryState(), transport=transport
+        ) as acs:
+            await acs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    with pytest.raises(TransportError) as async_no_answer:
+        asyncio.run(call())
+    assert async_no_answer.value.step == "mail"

@@ -12,7 +12,8 @@ Retry rules (the server's ``retryable`` decides):
   one that outlasts the retries is no answer (``TransportError``);
 * a request that got no answer is sent again with the same key for a read; for a write it
   raises ``TransportError``, naming the step (run it again: same key, same call);
-* a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``;
+* a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``; a
+  last try not answered by Countersign (none, or a proxy's 5xx) raises ``TransportError``;
 * everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
   agent to decide.
 
@@ -104,7 +105,9 @@ def parse(response: httpx.Response) -> Any:
         answer = response.json()
     except ValueError:
         answer = None
-    if response.status_code >= 400:
+    if response.status_code >= 300 or answer is None:
+        # A redirect or a page (a proxy's, a captive portal's) is not Countersign's answer
+        # either: raised as an error, not taken for a call.
         body = response.text if answer is None else answer
         raise errors.from_response(response.status_code, body, response.headers)
     return answer

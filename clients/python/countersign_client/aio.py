@@ -78,7 +78,8 @@ class AsyncCountersign:
 
         Blocks (long-polling) while a write waits for its reviewers and runs. Raises
         ``CallRejected``/``CallExpired``/``CallCancelled``/``CallFailed`` for the other
-        endings, ``WaitTimeout`` if ``wait_timeout`` seconds pass first, and the API's
+        endings, ``WaitTimeout`` if ``wait_timeout`` seconds of waiting pass first (the
+        proposal before it is bounded by ``timeout`` and ``in_use_wait``), and the API's
         typed errors (``RateLimited``, ``InvalidArguments``, ``ToolFailed``...) for refusals.
         """
         name = self._steps.name(session_id, step)
@@ -244,6 +245,13 @@ class AsyncCountersign:
                 pause = _core.backoff(self.backoff, attempt)
             else:
                 if not _core.retry_read(response) or attempt >= self.read_attempts:
+                    if _core.not_countersigns(response):
+                        # A proxy's 5xx to the last try is no answer, as to a proposal:
+                        # not an ApiError an agent would take for the call's refusal.
+                        raise errors.TransportError(
+                            f"GET {path} got HTTP {response.status_code} from in front of "
+                            "Countersign"
+                        )
                     return _core.parse(response)
                 pause = _core.pause(response, self.backoff, attempt)
             await asyncio.sleep(_core.within(pause, deadline))

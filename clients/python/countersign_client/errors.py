@@ -356,7 +356,13 @@ def from_response(status: int, body: Any, headers: Any) -> ApiError:
     """The typed error of an answer: ``body`` is its JSON, or its text if it was not JSON."""
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        return ApiError(status=status, code="http_error", message=f"HTTP {status}", body=body)
+        message = f"HTTP {status}"
+        location = headers.get("Location") if headers is not None else None
+        if 300 <= status < 400 and location:
+            message += f", a redirect to {location}: give the client the URL it points to"
+        elif status < 300:
+            message += " without Countersign's JSON: is the client's URL Countersign's?"
+        return ApiError(status=status, code="http_error", message=message, body=body)
     retry_after = None
     raw = headers.get("Retry-After") if headers is not None else None
     if raw:
