@@ -44,6 +44,16 @@ def value(data: Any) -> Any:
     return _escaped(mask_value(data, render=partial))
 
 
+# How the call's end user was established (``ToolCall.end_user_source``): a name an agent
+# made up must not look like a user the identity provider vouched for. A call stored
+# before the source was recorded, with a name, counts as named.
+END_USER_SOURCES = {
+    "verified": ("verified", "verified: the user's token from the identity provider"),
+    "asserted": ("asserted", "asserted by the agent, trusted to state its users' roles"),
+    "named": ("unverified", "named by the agent; nothing verifies it"),
+}
+
+
 def pretty(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True)
 
@@ -324,11 +334,23 @@ class CallView:
     reasoning: str
     session_id: str
     on_behalf_of: str
+    end_user_roles: list[str] = field(default_factory=list)
+    end_user_source: str = ""
     votes: list[Vote] = field(default_factory=list)
     notes: list[Remark] = field(default_factory=list)
     result: Any = None
     error: Any = None
     revealed: bool = False
+
+    @property
+    def end_user_tag(self) -> str:
+        """One word for how the end user was established: verified, asserted, unverified."""
+        return END_USER_SOURCES.get(self.end_user_source, END_USER_SOURCES["named"])[0]
+
+    @property
+    def end_user_basis(self) -> str:
+        """How the end user was established, in a sentence."""
+        return END_USER_SOURCES.get(self.end_user_source, END_USER_SOURCES["named"])[1]
 
     @property
     def approvals(self) -> int:
@@ -384,6 +406,11 @@ def _strings(data: Any, path: str = "") -> list[tuple[str, str]]:
     return []
 
 
+def roles(call: ToolCall) -> list[str]:
+    """The end user's roles the call was made in, as the agent or the user's token gave them."""
+    return [text(str(role)) for role in call.end_user_roles or []]
+
+
 def row(call: ToolCall) -> CallView:
     """A queue row: what the call does, to whom, how risky."""
     shown = arguments(call)
@@ -396,6 +423,8 @@ def row(call: ToolCall) -> CallView:
         reasoning="",
         session_id=text(call.session_id),
         on_behalf_of=text(call.on_behalf_of),
+        end_user_roles=roles(call),
+        end_user_source=call.end_user_source,
     )
 
 
@@ -432,6 +461,8 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
         reasoning=text(hidden.text(call.reasoning, kept)),
         session_id=text(call.session_id),
         on_behalf_of=text(call.on_behalf_of),
+        end_user_roles=roles(call),
+        end_user_source=call.end_user_source,
         votes=votes,
         notes=notes,
         result=answered(call.result),

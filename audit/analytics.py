@@ -46,7 +46,8 @@ class Latency:
 
 
 def approval_latency(since: datetime) -> list[Latency]:
-    """Submission to final decision (approved or rejected), per tool."""
+    """Submission to the reviewers' final decision (approved or rejected), per tool; calls
+    approved as they arrived, by a rule or a standing approval, waited for nobody."""
     decided = DecisionLatency.objects.filter(decided_at__gte=since)
     if connection.vendor == "postgresql":
         # The percentiles are computed where the rows are: one row per tool comes back.

@@ -22,9 +22,9 @@ from typing import Any
 from uuid import UUID
 
 from django.db import connection
-from django.db.models import Count, FloatField, Min, Sum
+from django.db.models import Count, FloatField, Min, Sum, TextField, Value
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, TruncDate
+from django.db.models.functions import Cast, Coalesce, TruncDate
 
 from audit.models import AuditEvent, DailyCount, DecisionLatency
 
@@ -42,6 +42,10 @@ RUN_ENDS = ("call.execution_finished", "call.lease_expired")
 COUNTED = frozenset(
     {"call.submitted", "call.decision", "call.approved", "call.rejected", *RUN_ENDS}
 )
+
+# How a call is approved as it arrives, with no reviewer (``call.approved``'s ``by``): its
+# zero-second "wait" is not a reviewer's latency and would pull the median down.
+AUTOMATIC = ("rule", "standing_approval")
 
 # Totals per (day, metric, key, variant): [n, input tokens, output tokens, usd].
 Totals = dict[tuple[date, str, str, str], list[float]]
@@ -83,9 +87,16 @@ def fold(rows: Sequence[Sequence[Any]]) -> None:
         elif action in RUN_ENDS:
             totals[(day, RESULTS, tool, outcome)][0] += 1
         elif call_id is not None:  # approved or rejected: the decision that ended the wait
+            if action == "call.approved" and _automatic(row[11]):
+                continue
             decided.append((call_id, tool, occurred_at))
     _add(totals)
     _latencies(decided, submitted_here)
+
+
+def _automatic(data_text: str) -> bool:
+    data = json.loads(data_text)
+    return isinstance(data, dict) and data.get("by") in AUTOMATIC
 
 
 def _add(totals: Totals) -> None:
@@ -180,6 +191,9 @@ def rebuild() -> None:
     decisions = (
         sealed.filter(action__in=["call.approved", "call.rejected"])
         .exclude(call_id=None)
+        # Coalesced: NOT (... IN ...) of a missing key is NULL, which would drop the row.
+        .annotate(by=Coalesce(KT("data__by"), Value(""), output_field=TextField()))
+        .exclude(action="call.approved", by__in=AUTOMATIC)
         .order_by("id")
         .values_list("call_id", "tool_name", "occurred_at")
     )

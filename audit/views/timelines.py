@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.http import urlencode
@@ -103,9 +105,12 @@ VISIBLE = {
     "reviewer.reauthentication_failed": [("failures", "Failures in a row")],
     "auth.two_factor_verified": [("for", "For")],
 }
-# Sign-in steps of the call's reviewers, shown on its timeline between its first and last
-# event (they are about a session, not a call, so they carry no call id).
+# Sign-in steps of the call's reviewers (they are about a session, not a call, so they
+# carry no call id): the re-authentication an approval relied on, found by the time its
+# vote records (``authenticated_at``), and the failed attempts just before it.
 REVIEWER_STEPS = ("reviewer.reauthenticated", "reviewer.reauthentication_failed")
+# Between stamping the session and writing the event: milliseconds; a slow request, seconds.
+SIGN_IN_SLACK = timedelta(seconds=5)
 
 
 @dataclass
@@ -209,26 +214,56 @@ def status_of(events: list[AuditEvent]) -> str:
     return ""
 
 
+def _sign_in_relied_on(vote: AuditEvent) -> list[AuditEvent]:
+    """The voter's re-authentication their vote relied on and the failed attempts just
+    before it; never one they made for another call (a reviewer approving several calls
+    re-authenticates at most once a window, each time from one call's page)."""
+    raw = vote.data.get("authenticated_at")
+    try:
+        at = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        at = None
+    if at is None or not vote.actor_id:
+        return []
+    # By label (indexed) and id (the same person, whatever they were called then).
+    theirs = AuditEvent.objects.filter(
+        actor_label=vote.actor_label, actor_type=vote.actor_type, actor_id=vote.actor_id
+    )
+    near = theirs.filter(
+        action="reviewer.reauthenticated",
+        occurred_at__gte=at - SIGN_IN_SLACK,
+        occurred_at__lte=at + SIGN_IN_SLACK,
+    )
+    success = min(near, key=lambda e: abs(e.occurred_at - at), default=None)
+    if success is None:
+        return []  # a sign-in, not a re-authentication
+    # The failures since their previous success, within the window a sign-in counts for.
+    since = success.occurred_at - timedelta(seconds=settings.APPROVALS_REAUTH_WINDOW_SECONDS)
+    before = theirs.filter(
+        id__lt=success.pk, occurred_at__gte=since, occurred_at__lte=success.occurred_at
+    )
+    previous = before.filter(action="reviewer.reauthenticated").order_by("-id").first()
+    failures = before.filter(
+        action="reviewer.reauthentication_failed", id__gt=previous.pk if previous else 0
+    ).order_by("id")
+    return [*failures, success]
+
+
 @auditor_view
 def call_timeline(request: HttpRequest, call_id: UUID) -> HttpResponse:
     events = list(AuditEvent.objects.filter(call_id=call_id).order_by("id"))
     if not events:
         raise Http404("The trail has no event about this call.")
     proposal = next((e for e in events if e.action == "call.submitted"), None)
-    voters = {e.actor_label for e in events if e.action == "call.decision"}
-    sign_ins = (
-        list(
-            AuditEvent.objects.filter(
-                action__in=REVIEWER_STEPS,
-                actor_label__in=voters,
-                occurred_at__gte=events[0].occurred_at,
-                occurred_at__lte=events[-1].occurred_at,
-            ).order_by("id")
-        )
-        if voters
-        else []
+    sign_ins = [
+        step
+        for vote in events
+        if vote.action == "call.decision"
+        for step in _sign_in_relied_on(vote)
+    ]
+    ordered = sorted(
+        {e.pk: e for e in [*events, *sign_ins]}.values(), key=lambda e: (e.occurred_at, e.pk)
     )
-    ordered = sorted([*events, *sign_ins], key=lambda e: (e.occurred_at, e.pk))
     steps: list[Step] = []
     for event in ordered:
         steps.append(_step(event))

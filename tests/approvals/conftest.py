@@ -41,6 +41,8 @@ def make_call(
     arguments: dict[str, Any] | None = None,
     session_id: str = "run-1",
     on_behalf_of: str = "",
+    end_user_roles: tuple[str, ...] = (),
+    end_user_source: str = "",
     reasoning: str = "The customer asked for it.",
     token_cost: dict[str, Any] | None = None,
     created_at: datetime | None = None,
@@ -53,6 +55,8 @@ def make_call(
         session_id=session_id,
         request_key=uuid.uuid4().hex,
         on_behalf_of=on_behalf_of,
+        end_user_roles=end_user_roles,
+        end_user_source=end_user_source,
         reasoning=reasoning,
         token_cost=token_cost,
     )

@@ -74,6 +74,35 @@ def test_the_page_figures_come_from_the_summary() -> None:
     assert latency["a"].decided == 5 and latency["a"].median_seconds == 64.0
 
 
+def test_calls_approved_with_no_reviewer_are_not_a_reviewers_latency() -> None:
+    """A call a policy rule or a standing approval approved as it arrived waited for
+    nobody: counted as a 0 s wait it would pull the reviewers' median down."""
+    at = timezone.now() - timedelta(hours=1)
+    rows = []
+    for n, by in enumerate(["rule", "standing_approval", "rule", None]):
+        call_id = uuid.uuid4()
+        common = {"tool_name": "a", "call_id": call_id, "actor_type": "system"}
+        waited = timedelta(seconds=120) if by is None else timedelta(0)
+        rows += [
+            AuditEvent(occurred_at=at + timedelta(minutes=n), action="call.submitted", **common),
+            AuditEvent(
+                occurred_at=at + timedelta(minutes=n) + waited,
+                action="call.approved",
+                outcome="approved",
+                data={"approvals": 0, "by": by} if by else {"approvals": 1},
+                **common,
+            ),
+        ]
+    AuditEvent.objects.bulk_create(rows)
+    chain.seal_pending()
+    since, _ = analytics.window(7)
+    [latency] = analytics.approval_latency(since)
+    assert (latency.decided, latency.median_seconds) == (1, 120.0)
+    chain.rebuild_rollups()
+    [latency] = analytics.approval_latency(since)
+    assert (latency.decided, latency.median_seconds) == (1, 120.0)
+
+
 def test_an_event_is_counted_only_when_sealed_and_only_once() -> None:
     record(action="call.submitted", data={"token_cost": {"usd": 1}})
     assert not DailyCount.objects.exists()
@@ -88,3 +117,29 @@ def test_the_rebuild_command() -> None:
     DailyCount.objects.all().delete()
     call_command("rebuild_audit_rollups", stdout=open("/dev/null", "w"))  # noqa: SIM115, PTH123
     assert DailyCount.objects.filter(metric=rollups.CALLS).exists()
+
+
+def test_the_migration_forgets_the_automatic_approvals_already_counted() -> None:
+    from importlib import import_module
+
+    from django.apps import apps
+
+    forget = import_module("audit.migrations.0007_forget_automatic_approval_latencies").forget
+    at = timezone.now() - timedelta(hours=1)
+    automatic, reviewed = uuid.uuid4(), uuid.uuid4()
+    AuditEvent.objects.bulk_create(
+        [
+            AuditEvent(occurred_at=at, action="call.approved", actor_type="system",
+                       call_id=automatic, data={"approvals": 0, "by": "rule"}),
+            AuditEvent(occurred_at=at, action="call.approved", actor_type="system",
+                       call_id=reviewed, data={"approvals": 1}),
+        ]
+    )  # fmt: skip
+    DecisionLatency.objects.bulk_create(
+        [
+            DecisionLatency(call_id=automatic, tool_name="a", decided_at=at, seconds=0),
+            DecisionLatency(call_id=reviewed, tool_name="a", decided_at=at, seconds=60),
+        ]
+    )
+    forget(apps, None)
+    assert list(DecisionLatency.objects.values_list("call_id", flat=True)) == [reviewed]

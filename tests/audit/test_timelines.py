@@ -94,6 +94,53 @@ def test_a_destructive_approval_shows_reauthentication_and_the_typed_confirmatio
     assert "<dt>Signed in at</dt>" in content
 
 
+def test_a_reauthentication_for_another_call_stays_off_this_calls_timeline(
+    world: World, auditor_client: Client
+) -> None:
+    """Bob re-authenticates (twice wrong, then right) to approve call B while call A
+    waits; he then rejects A, which needs no sign-in. A's story has none of it."""
+    purge_queue()
+    first = make_call(world, "delete_customer")
+    other = make_call(world, "delete_customer")
+    for failures in (1, 2):
+        record(
+            action="reviewer.reauthentication_failed",
+            actor=world.bob,
+            outcome="wrong_password",
+            data={"failures": failures},
+        )
+    record(action="reviewer.reauthenticated", actor=world.bob, outcome="ok")
+    decide(
+        call_id=other.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        confirmation="cus_0003",
+        authenticated_at=timezone.now(),
+    )
+    decide(call_id=first.pk, reviewer=world.bob, verdict="reject", comment="No.")
+    purge_queue()
+    content = auditor_client.get(f"/audit/calls/{first.pk}/").content.decode()
+    assert "<strong>Vote: reject</strong>" in content
+    assert "Re-authenticat" not in content
+    # The call it was for shows the sign-in and the failed attempts before it.
+    content = auditor_client.get(f"/audit/calls/{other.pk}/").content.decode()
+    assert content.count("<strong>Re-authentication failed</strong>") == 2
+    assert content.index("<strong>Re-authenticated</strong>") < content.index(
+        "<strong>Vote: approve</strong>"
+    )
+
+
+def test_the_auditor_sees_how_the_end_user_was_established(
+    world: World, auditor_client: Client
+) -> None:
+    purge_queue()
+    call = ToolCall.objects.get(
+        pk=world.api().submit({**EMAIL, "on_behalf_of": "grace"}).json()["id"]
+    )
+    content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
+    assert '<dd>grace <span class="tag" id="end-user-source">named</span></dd>' in content
+
+
 def test_a_sessions_timeline_lists_its_calls_with_reasoning_and_token_cost(
     world: World, auditor_client: Client
 ) -> None:

@@ -45,6 +45,18 @@ class TestList:
         assert body.count('class="attention-item') == 2
         assert unknown.execution_key in body
 
+    def test_it_says_whether_the_end_user_was_verified(self, world: World):
+        call = unknown_call(world)
+        # Set-up only: as a call named for a user by the agent alone would be stored.
+        ToolCall.objects.filter(pk=call.pk).update(on_behalf_of="grace", end_user_source="named")
+
+        body = client_for(world.bob).get(PAGE).content.decode()
+
+        assert (
+            '<dd>grace <span class="tag" title="named by the agent; nothing verifies it">unverified</span></dd>'
+            in body
+        )
+
     def test_it_shows_only_the_tools_the_person_may_review(self, world: World):
         email = unknown_call(world, "send_email")
         refund = unknown_call(world, "issue_refund")

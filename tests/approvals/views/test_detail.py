@@ -166,6 +166,47 @@ def test_the_owner_and_the_person_acted_for_see_no_approve_button(world: World) 
     assert 'value="approve"' in login(world.bob).get(f"/approvals/{call.pk}/").content.decode()
 
 
+def test_it_says_how_the_end_user_was_established_and_in_which_roles(
+    world: World, bob_client
+) -> None:
+    """A name an agent made up must not read like a user the identity provider vouched for."""
+    named = make_call(world, on_behalf_of="grace", end_user_source="named")
+    asserted = make_call(
+        world,
+        on_behalf_of="ada",
+        end_user_roles=("support", "<b>admin</b>"),
+        end_user_source="asserted",
+    )
+    verified = make_call(
+        world, on_behalf_of="lin", end_user_roles=("viewer",), end_user_source="verified"
+    )
+    nobody = make_call(world)
+
+    def facts(call: ToolCall) -> str:
+        body = bob_client.get(f"/approvals/{call.pk}/").content.decode()
+        return body[body.index('id="side-facts"') : body.index('id="policy"')]
+
+    shown = facts(named)
+    assert "named by the agent; nothing verifies it" in shown
+    assert "Roles" not in shown
+    shown = facts(asserted)
+    assert "asserted by the agent" in shown
+    assert (
+        '<dd id="end-user-roles">support, &lt;b&gt;admin&lt;/b&gt; <span class="tag">asserted'
+        in shown
+    )
+    shown = facts(verified)
+    assert "verified: the user&#x27;s token from the identity provider" in shown
+    assert '<dd id="end-user-roles">viewer <span class="tag">verified' in shown
+    assert 'id="end-user-source"' not in facts(nobody)
+    # The queue row says it too, in a word.
+    queue = bob_client.get("/approvals/").content.decode()
+    for call, word in ((named, "unverified"), (asserted, "asserted"), (verified, "verified")):
+        row = queue[queue.index(f'data-call-id="{call.pk}"') :]
+        row = row[: row.index("</tr>")]
+        assert f"for {call.on_behalf_of} " in row and f">{word}</span>" in row, word
+
+
 def test_a_destructive_call_asks_for_the_tool_name_or_a_fresh_sign_in(world: World) -> None:
     from approvals import reauth
 
