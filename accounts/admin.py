@@ -80,8 +80,28 @@ def holds_more(*, editor: Any, person: Any = None, group: Group | None = None) -
     return Permission.objects.filter(holders).exclude(pk__in=held_permissions(editor)).exists()
 
 
+class HoldingNoMore:
+    """Only someone who holds all a person (or a team) holds may change or delete them:
+    whoever changes them could take it (set their password, join the team)."""
+
+    guarded_as: str  # "person" or "group", as ``holds_more`` names it
+
+    def _holds_more(self, request: HttpRequest, obj: Any) -> bool:
+        return obj is not None and holds_more(editor=request.user, **{self.guarded_as: obj})
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if self._holds_more(request, obj):
+            return False
+        return super().has_change_permission(request, obj)  # type: ignore[misc]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if self._holds_more(request, obj):
+            return False
+        return super().has_delete_permission(request, obj)  # type: ignore[misc]
+
+
 @admin.register(User)
-class AuditedUserAdmin(DeletionAudited, UserAdmin):
+class AuditedUserAdmin(HoldingNoMore, DeletionAudited, UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
     a team gives its grants, a superuser reviews every tool, and a model-wide permission
     (changing tools) lets one grant them."""
@@ -91,16 +111,8 @@ class AuditedUserAdmin(DeletionAudited, UserAdmin):
 
     # Someone who is not a superuser grants only what they hold (a compliance rule: nobody
     # grants what they do not hold), never to themselves, and never changes, sets the
-    # password of or deletes a person holding more than they do.
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and holds_more(editor=request.user, person=obj):
-            return False
-        return super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and holds_more(editor=request.user, person=obj):
-            return False
-        return super().has_delete_permission(request, obj)
+    # password of or deletes a person holding more than they do (``HoldingNoMore``).
+    guarded_as = "person"
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
@@ -163,23 +175,15 @@ class AuditedUserAdmin(DeletionAudited, UserAdmin):
 
 
 @admin.register(Group)
-class AuditedGroupAdmin(DeletionAudited, GroupAdmin):
+class AuditedGroupAdmin(HoldingNoMore, DeletionAudited, GroupAdmin):
     """Django's team admin, auditing a team's deletion (its members lose its grants with
     it), and a rename or a change of its model-wide permissions, with who made it."""
 
     deleted_as = "group"
 
     # A team's permissions are its members': someone who is not a superuser gives a team
-    # only what they hold, and changes no team holding more.
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and holds_more(editor=request.user, group=obj):
-            return False
-        return super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None and holds_more(editor=request.user, group=obj):
-            return False
-        return super().has_delete_permission(request, obj)
+    # only what they hold, and changes no team holding more (``HoldingNoMore``).
+    guarded_as = "group"
 
     def formfield_for_manytomany(
         self, db_field: Any, request: HttpRequest | None = None, **kwargs: Any

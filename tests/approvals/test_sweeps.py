@@ -28,10 +28,16 @@ from approvals import sweeps
 from approvals.execution import send
 from approvals.execution.claim import claim_call, lease_until
 from approvals.models import Status, ToolCall
-from approvals.services.calls import create_call
 from sandbox import effects
 from tests.conftest import World
-from tests.support.calls import age_lease, approved_call, claimed_call, pending_call, unknown_call
+from tests.support.calls import (
+    age_lease,
+    approved_call,
+    claimed_call,
+    pending_call,
+    received_read,
+    unknown_call,
+)
 from tests.support.workers import worker_database_url
 from tools_registry.models import Agent
 from tools_registry.services import stop_agent
@@ -129,13 +135,7 @@ def past_ttl(call: ToolCall) -> ToolCall:
 
 
 def abandoned_read(world: World) -> ToolCall:
-    call = create_call(
-        agent=world.agent,
-        tool=world.tools["get_customer"],
-        arguments={"customer_id": "cus_0001"},
-        session_id="s",
-        request_key=uuid.uuid4().hex,
-    )
+    call = received_read(world)
     ToolCall.objects.filter(pk=call.pk).update(created_at=timezone.now() - timedelta(hours=1))
     return call
 

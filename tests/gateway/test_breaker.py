@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from io import StringIO
 from typing import Any
@@ -18,12 +17,11 @@ from approvals import sweeps
 from approvals.execution import send
 from approvals.execution.claim import claim_call
 from approvals.models import ToolCall
-from approvals.services.calls import create_call
 from audit.models import AuditEvent
 from gateway import breaker
 from tests.conftest import World, executions_sent
 from tests.gateway.conftest import SEND_EMAIL, in_threads
-from tests.support.calls import age_lease, claimed_call
+from tests.support.calls import age_lease, claimed_call, received_read
 from tests.support.probe import Probe, install_probe_tool, stock_call
 from tests.support.web import free_port
 from tools_registry import services as registry_services
@@ -300,12 +298,6 @@ def test_calls_whose_workers_went_silent_past_their_leases_open_the_breaker(
 
 def claimed_read(world: World) -> ToolCall:
     """A read a web process claimed, to run it in its request."""
-    call = create_call(
-        agent=world.agent,
-        tool=world.tools["get_customer"],
-        arguments={"customer_id": "cus_0001"},
-        session_id="s",
-        request_key=uuid.uuid4().hex,
-    )
+    call = received_read(world)
     assert claim_call(call_id=call.pk) is not None
     return call

@@ -93,6 +93,17 @@ def approved_call(
     return call
 
 
+def received_read(world: World) -> ToolCall:
+    """A read as intake stores it before running it in the agent's request."""
+    return create_call(
+        agent=world.agent,
+        tool=world.tools["get_customer"],
+        arguments={"customer_id": "cus_0001"},
+        session_id="s",
+        request_key=uuid.uuid4().hex,
+    )
+
+
 def claimed_call(world: World, tool: str = "send_email") -> tuple[ToolCall, Claim]:
     call = approved_call(world, tool)
     claim = claim_call(call_id=call.pk)
