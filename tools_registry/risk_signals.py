@@ -86,8 +86,17 @@ class Found:
 # --- Text ---------------------------------------------------------------------------------
 
 # A browser reads a backslash in an http(s) link as a slash (https:\\evil.io and
-# https://evil.io\@example.com go to evil.io); Python's ``urlsplit`` does not.
+# https://evil.io\@example.com go to evil.io); Python's ``urlsplit`` does not. Past the
+# scheme it skips any run of either (https:///evil.io goes to evil.io).
 _URL = re.compile(r"(?i)\b(?:https?:[/\\]{2}|www\.)[^\s<>\"'()]+")
+_SCHEME_AND_SLASHES = re.compile(r"(?i)^(?:https?:)?/*")
+# In an HTML attribute (href="..."), a browser takes every tab and line break out of a URL
+# before reading it ("https://example.com<LF>.evil.io" goes to evil.io), and reads a link
+# with no scheme (//evil.io) or no slashes (http:evil.io) as going to evil.io too.
+_ATTRIBUTE_URL = re.compile(
+    r"""(?i)=\s*["']\s*((?:https?:|[/\\]{2}(?=[^\s<>"'()/\\]+\.)|www\.)[^\s<>"'()]+)"""
+)
+_TABS_AND_BREAKS = str.maketrans("", "", "\t\n\r")
 # Phrases that address a model rather than a person: the tell-tale of text an attacker
 # planted for an agent to carry (OWASP LLM01). Matched case-insensitively, any spacing.
 _INJECTION = [
@@ -155,9 +164,15 @@ def link_domains(text: str) -> list[str]:
     domains = []
     # In HTML (an e-mail's body) a link's characters may be written as entities, which the
     # browser reads first: https://evil.io&#92;@example.com goes to evil.io.
-    for match in _URL.finditer(html.unescape(text)):
-        url = match.group(0).replace("\\", "/")
-        host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    text = html.unescape(text)
+    urls = [match.group(0) for match in _URL.finditer(text)]
+    urls += [m.group(1) for m in _ATTRIBUTE_URL.finditer(text.translate(_TABS_AND_BREAKS))]
+    for url in urls:
+        rest = _SCHEME_AND_SLASHES.sub("", url.replace("\\", "/"))
+        try:
+            host = urlsplit(f"http://{rest}").hostname or ""
+        except ValueError:
+            continue  # an unpaired bracket ("https://[evil"): no browser opens it either
         if host and host not in domains:
             domains.append(host)
     return domains
@@ -233,9 +248,14 @@ class WorkingHours:
             b = names.index(last) if last else a
             # "fri-mon" runs across the end of the week.
             chosen.update(day % 7 for day in range(a, b + 1 if b >= a else b + 8))
-        return cls(
-            time.fromisoformat(start), time.fromisoformat(end), frozenset(chosen), ZoneInfo(zone)
-        )
+        opens, closes = time.fromisoformat(start), time.fromisoformat(end)
+        if opens.tzinfo is not None or closes.tzinfo is not None:
+            # "08:00Z": comparing it with the local time failed every screening (a 500).
+            raise ValueError("the hours hold an offset; the zone is COUNTERSIGN_WORKING_ZONE")
+        if opens == closes:
+            # No time is inside: every call would be outside hours.
+            raise ValueError("the hours start and end at the same time")
+        return cls(opens, closes, frozenset(chosen), ZoneInfo(zone))
 
     def outside(self, when: datetime) -> Found | None:
         local = when.astimezone(self.zone)

@@ -184,11 +184,21 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     bound = _macro_variables(tree)
     for name in sorted(_identifiers(tree) - VARIABLES - bound):
         found.append(f"unknown name {name!r}; a condition can use {', '.join(sorted(VARIABLES))}.")
+    for name in _unnamed_macro_items(tree):
+        # cel-python raises on such a macro as on a fault of its own (a 500 when saved).
+        found.append(f"{name}() takes a name for each item first, as in [1, 2].{name}(x, x > 0).")
     if _nested_macros(tree):
         # Its cost grows with the square of a list an agent sends (300 items: 37 s, in the
         # submission's transaction, holding the agent's run lock).
         found.append(
             "a condition may not put one of all, exists, exists_one, map or filter inside another."
+        )
+    if _looks_through_arguments_per_item(tree):
+        # ``in`` walks its whole container: once per item, the square of what the agent sends
+        # (two lists of 3,000: 9 s), as a macro inside another would.
+        found.append(
+            "inside all, exists, exists_one, map or filter, in may not look through the "
+            "arguments (a in args.cc): its cost would grow with the square of their size."
         )
     for name in sorted(_functions(tree) - FUNCTIONS):
         # Found on a live call only when the rule gets that far, as an error that skips it.
@@ -426,6 +436,40 @@ def _nested_macros(tree: Tree) -> bool:
     return False
 
 
+def _looks_through_arguments_per_item(tree: Tree) -> bool:
+    """Whether a comprehension's condition looks each item up in the arguments with ``in``
+    (``args.to.exists(a, a in args.cc)``); a literal list (``a in ["x", "y"]``) is fine."""
+    for node in _macros(tree):
+        arguments = node.children[2] if len(node.children) > 2 else None
+        if not isinstance(arguments, Tree):
+            continue
+        for body in arguments.children[1:]:
+            for relation in _subtrees(body, "relation") if isinstance(body, Tree) else ():
+                first = relation.children[0] if relation.children else None
+                if not (isinstance(first, Tree) and first.data == "relation_in"):
+                    continue
+                container = _unwrapped(relation.children[-1])
+                if (
+                    isinstance(container, Tree)
+                    and container.data not in ("list_lit", "map_lit")
+                    and "args" in _identifiers(container)
+                ):
+                    return True
+    return False
+
+
+def _unnamed_macro_items(tree: Tree) -> list[str]:
+    """The macros whose first argument is not a name (``args.items.all(1, true)``)."""
+    unnamed = []
+    for node in _macros(tree):
+        arguments = node.children[2] if len(node.children) > 2 else None
+        if isinstance(arguments, Tree) and len(arguments.children) >= 2:
+            first = _plain(arguments.children[0])
+            if not (first and first[0] == "ident"):
+                unnamed.append(str(node.children[1]))
+    return unnamed
+
+
 def _functions(tree: Tree) -> set[str]:
     """The functions a condition calls: ``size(x)``, ``x.startsWith(y)``."""
     called = {str(t.children[0]) for t in _subtrees(tree, "ident_arg")}
@@ -487,7 +531,9 @@ def _plain(node: Any) -> tuple[str, str] | None:
 
 
 def _signal_literals(tree: Tree) -> list[str]:
-    """The string literals tested with ``"x" in signals``."""
+    """The string literals a condition tests the signals against: ``"x" in signals``, and
+    in a macro over them, ``signals.exists(s, s == "x")`` or ``s in ["x", "y"]``, and
+    ``signals[0] == "x"``: a misspelt one would never match."""
     codes = []
     # The parse tree nests ``a in b`` as relation(relation_in(a), b).
     for node in _subtrees(tree, "relation"):
@@ -496,10 +542,62 @@ def _signal_literals(tree: Tree) -> list[str]:
             continue
         left, right = _plain(first.children[0]), _plain(node.children[1])
         if right == ("ident", "signals") and left and left[0] == "literal":
-            literal = left[1]
-            if len(literal) >= 2 and literal[0] == literal[-1] and literal[0] in "\"'":
-                codes.append(literal[1:-1])
+            codes += _string_literals(first.children[0])
+    indexed = [n for n in _subtrees(tree, "member_index") if _chain(n.children[0]) == ["signals"]]
+    if indexed:
+        codes += _compared_with(tree, lambda n: any(n is i for i in indexed))
+    for node in _macros(tree):
+        arguments = node.children[2] if len(node.children) > 2 else None
+        if _chain(node.children[0]) != ["signals"] or not isinstance(arguments, Tree):
+            continue
+        bound = _plain(arguments.children[0]) if arguments.children else None
+        if not (bound and bound[0] == "ident"):
+            continue
+        for body in arguments.children[1:]:
+            if isinstance(body, Tree):
+                codes += _compared_with(body, lambda n, name=bound: _plain(n) == name)
     return codes
+
+
+def _compared_with(tree: Tree, is_signal: Any) -> list[str]:
+    """The string literals ``==``, ``!=`` or ``in`` compare with a node ``is_signal`` picks."""
+    codes = []
+    for node in _subtrees(tree, "relation"):
+        first = node.children[0] if node.children else None
+        if not isinstance(first, Tree) or len(node.children) < 2 or not first.children:
+            continue
+        left, right = _unwrapped(first.children[0]), _unwrapped(node.children[1])
+        if first.data in ("relation_eq", "relation_ne"):
+            if is_signal(left):
+                codes += _string_literals(right)
+            elif is_signal(right):
+                codes += _string_literals(left)
+        elif first.data == "relation_in" and is_signal(left):
+            codes += _string_literals(right)
+    return codes
+
+
+def _unwrapped(node: Any) -> Any:
+    """A subtree through its single-child wrapping rules (``relation`` to ``member_index``)."""
+    while isinstance(node, Tree) and len(node.children) == 1 and isinstance(node.children[0], Tree):
+        if node.data in ("member_index", "list_lit"):
+            break
+        node = node.children[0]
+    return node
+
+
+def _string_literals(node: Any) -> list[str]:
+    """A plain string literal's text, or those of a list of them (``["a", "b"]``)."""
+    plain = _plain(node)
+    if plain and plain[0] == "literal":
+        literal = plain[1]
+        if len(literal) >= 2 and literal[0] == literal[-1] and literal[0] in "\"'":
+            return [literal[1:-1]]
+        return []
+    node = _unwrapped(node)
+    if isinstance(node, Tree) and node.data == "list_lit" and node.children:
+        return [code for item in node.children[0].children for code in _string_literals(item)]
+    return []
 
 
 # --- Sample calls from a schema -----------------------------------------------------------

@@ -193,7 +193,11 @@ def test_a_link_a_browser_reads_as_external_is_external_to_the_rules(world: Worl
         "send_email",
         [{"when": '"external_link" in signals', "then": "refuse", "note": "No outside links."}],
     )
-    for link in ("https://evil.example.net\\@example.com/login", "https:\\\\evil.example.net/"):
+    for link in (
+        "https://evil.example.net\\@example.com/login",
+        "https:\\\\evil.example.net/",
+        "https:///evil.example.net/",
+    ):
         body = {
             "tool": "send_email",
             "session_id": "s-mail",
@@ -202,6 +206,48 @@ def test_a_link_a_browser_reads_as_external_is_external_to_the_rules(world: Worl
         response = world.api().submit(body)
         assert response.status_code == 403, (link, response.content[:300])
         assert response.json()["error"]["code"] == "refused_by_policy"
+
+
+def test_a_link_in_an_html_attribute_is_read_without_its_tabs_and_line_breaks(
+    world: World,
+) -> None:
+    """A browser takes them out of a URL before reading it: these go to evil.example.net."""
+    set_rules(
+        world,
+        "send_email",
+        [{"when": '"external_link" in signals', "then": "refuse", "note": "No outside links."}],
+    )
+    for link in (
+        "https://example.com\n.evil.example.net/reset",
+        "https://example.com&#9;@evil.example.net/",
+        "ht\ttps://evil.example.net/",
+    ):
+        body = {
+            "tool": "send_email",
+            "session_id": "s-mail",
+            "arguments": {
+                "to": "ada@example.com",
+                "subject": "Hi",
+                "body": f'<a href="{link}">Reset your password</a>',
+            },
+        }
+        response = world.api().submit(body)
+        assert response.status_code == 403, (link, response.content[:300])
+        assert response.json()["error"]["code"] == "refused_by_policy"
+
+
+def test_a_link_whose_host_cannot_be_read_is_screened_not_a_500(world: World) -> None:
+    """Python's urlsplit raises on an unpaired bracket, which no browser opens either."""
+    for text in ("https://[evil.example.net/x", "see www.evil]example.net"):
+        body = {
+            "tool": "send_email",
+            "session_id": "s-mail",
+            "arguments": {"to": "ada@example.com", "subject": "Hi", "body": text},
+        }
+        response = world.api().submit(body)
+        assert response.status_code == 202, (text, response.content[:300])
+        call = ToolCall.objects.get(pk=response.json()["id"])
+        assert "external_link" not in [s["code"] for s in call.signals]
 
 
 def test_history_tells_a_new_recipient_and_an_unusual_amount(world: World) -> None:

@@ -132,6 +132,9 @@ SET_UP = "import django; django.setup()\nprint('started')\n"
         {"COUNTERSIGN_WORKING_HOURS": "8:00-19:00"},
         {"COUNTERSIGN_WORKING_HOURS": "08:00-19:00", "COUNTERSIGN_WORKING_ZONE": "Europe/Pariss"},
         {"COUNTERSIGN_WORKING_HOURS": "08:00-19:00", "COUNTERSIGN_WORKING_DAYS": "mon-fry"},
+        # No time inside, every call was outside hours; with an offset, a 500 each.
+        {"COUNTERSIGN_WORKING_HOURS": "09:00-09:00"},
+        {"COUNTERSIGN_WORKING_HOURS": "08:00Z-19:00Z"},
     ],
 )
 def test_working_hours_that_do_not_parse_stop_the_start(

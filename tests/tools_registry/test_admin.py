@@ -93,6 +93,21 @@ def test_a_rule_holding_what_postgresql_cannot_store_is_a_form_error_not_a_500(
     assert events("tool.policy_changed") == []
 
 
+def test_a_macro_whose_first_argument_is_no_name_is_a_form_error_not_a_500(
+    world: World, admin_client: Client
+) -> None:
+    """cel-python raised its own CELSyntaxError on evaluating it against the sample calls."""
+    tool = world.tools["send_email"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    data.update(rules='[{"when": "[args.to].all(1, true)", "then": "refuse"}]')
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "all() takes a name for each item first" in " ".join(errors["rules"])
+    tool.refresh_from_db()
+    assert (tool.rules, tool.policy_version) == ([], 1)
+
+
 def test_an_imported_tools_new_risk_with_a_policy_it_forbids_is_a_form_error(
     world: World, admin_client: Client
 ) -> None:

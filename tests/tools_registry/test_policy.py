@@ -113,6 +113,17 @@ def test_an_invalid_change_is_refused_and_nothing_is_written(
     assert events("tool.policy_changed") == []
 
 
+def test_rules_given_as_null_or_empty_are_no_rules(world: World) -> None:
+    """A null failed the column's NOT NULL (a 500), and "" was stored as a JSON string."""
+    tool = world.tools["send_email"]
+    rule = {"when": '"external_link" in signals', "then": "refuse"}
+    services.update_policy(tool=tool, changes={"rules": [rule]}, changed_by=world.alice)
+    for empty in (None, ""):
+        services.update_policy(tool=tool, changes={"rules": empty}, changed_by=world.alice)
+        assert Tool.objects.get(pk=tool.pk).rules == []
+    assert [e.data["after"] for e in events("tool.policy_changed")][-1] == {"rules": []}
+
+
 def test_the_whole_resulting_policy_is_validated_not_only_the_changed_field(
     world: World,
 ) -> None:

@@ -38,6 +38,24 @@ LINKS = [
     ({"body": "https:\\\\evil.io/login"}, "evil.io"),
     # In an HTML body the browser reads the entity first (&#92; is a backslash).
     ({"body": '<a href="https://evil.io&#92;@example.com/">Our site</a>'}, "evil.io"),
+    # Past the scheme a browser skips any run of slashes: this goes to evil.io.
+    ({"body": "https:///evil.io/login"}, "evil.io"),
+    ({"body": "www.evil.io/#://"}, "www.evil.io"),
+    # In an attribute it takes out tabs and line breaks, and needs no scheme or no slashes.
+    ({"body": '<a href="https://example.com\n.evil.io/reset">Reset</a>'}, "example.com.evil.io"),
+    ({"body": '<a href="ht\ttps://evil.io">Reset</a>'}, "evil.io"),
+    (
+        {"body": "<a href='//evil.io/x'>Reset</a> <a href=\"http:phish.io\">Or</a>"},
+        "evil.io, phish.io",
+    ),
+    ({"body": 'Visit https://example.com\nThanks, and x = "//server/share"'}, ""),
+    # A look-alike of the organisation's domain is not it (a Cyrillic a, its punycode).
+    (
+        {"body": "https://ex\u0430mple.com/login https://xn--exmple-4nf.com/"},
+        "ex\u0430mple.com, xn--exmple-4nf.com",
+    ),
+    # An unpaired bracket, which urlsplit raises on and no browser opens.
+    ({"body": "https://[evil.io/x"}, ""),
 ]
 
 
@@ -159,6 +177,16 @@ def test_working_days_take_ranges_and_lists() -> None:
     assert WorkingHours.parse("09:00-17:00", "mon,wed-thu", "UTC").days == frozenset({0, 2, 3})
     # A range across the end of the week, as a weekend team writes it.
     assert WorkingHours.parse("09:00-17:00", "fri-mon", "UTC").days == frozenset({4, 5, 6, 0})
+
+
+@pytest.mark.parametrize(
+    "hours", ["09:00-09:00", "00:00-00:00", "08:00Z-19:00", "08:00-19:00+01:00"]
+)
+def test_working_hours_with_no_time_inside_or_an_offset_are_refused(hours: str) -> None:
+    # Equal ends left no time inside (every call outside hours); an offset made every
+    # screening compare an aware time with a naive one (a 500).
+    with pytest.raises(ValueError):
+        WorkingHours.parse(hours, "mon-fri", "UTC")
 
 
 NIGHTS = WorkingHours.parse("22:00-06:00", "mon-fri", "UTC")

@@ -29,6 +29,17 @@ CONDITIONS = [
     ("amount_cents > 5", "unknown name 'amount_cents'"),
     ("request.amount > 5", "unknown name 'request'"),
     ('"external_lnk" in signals', "there is no signal 'external_lnk'"),
+    # A misspelt signal in a macro over the signals, or against one of them, never matches.
+    ('signals.exists(s, s == "external_lnk")', "there is no signal 'external_lnk'"),
+    ('signals.all(s, "external_lnk" != s)', "there is no signal 'external_lnk'"),
+    ('size(signals.filter(s, s == "external_lnk")) > 0', "there is no signal 'external_lnk'"),
+    ('signals.exists(s, s in ["external_link", "bulk_recpient"])', "no signal 'bulk_recpient'"),
+    ('signals[0] == "external_lnk"', "there is no signal 'external_lnk'"),
+    ('signals.exists(s, s == "external_link" || s == "bulk_recipient")', ""),
+    ('signals.exists(s, s == "external_link") && [args.reason].exists(s, s == "x")', ""),
+    # cel-python raised its own CELSyntaxError on these, a 500 where they were saved.
+    ("[args.reason].all(1, true)", "all() takes a name for each item first"),
+    ("[args.reason].exists(args.reason + agent, true)", "exists() takes a name for each item"),
     ("args.currency > 5", "values of different types are compared (int and string)"),
     ('args.amount_cents == "5000"', "values of different types are compared (int and string)"),
     ("args.amount_cents + 1", "must be true or false"),
@@ -47,6 +58,26 @@ def test_conditions_are_checked_against_the_schema(condition: str, expected: str
         assert problems == []
     else:
         assert len(problems) >= 1 and expected in problems[0], problems
+
+
+def test_a_macro_may_not_look_each_item_up_in_the_arguments() -> None:
+    """``in`` walks its whole container, so once per item it costs the square of the lists
+    an agent sends (two of 3,000 addresses: 9 s at intake), as a nested macro would."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "to": {"type": "array", "items": {"type": "string"}},
+            "cc": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    for condition in ("args.to.exists(a, a in args.cc)", "args.to.all(a, !(a in (args.cc)))"):
+        problems = rules.condition_problems(condition, schema)
+        assert problems and "square" in problems[0], (condition, problems)
+    for condition in (
+        'args.to.exists(a, a in ["ada@example.com", "bob@example.com"])',
+        "args.to.exists(a, a in signals) && args.to[0] in args.cc",
+    ):
+        assert rules.condition_problems(condition, schema) == [], condition
 
 
 # (risk, rule, what the check says: "" when it is a valid rule)

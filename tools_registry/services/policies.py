@@ -74,6 +74,9 @@ def update_policy(*, tool: Tool, changes: Mapping[str, Any], changed_by: Any) ->
     )
     before = policy_values(locked)
     after = {**before, **changes}
+    if after.get("rules") in (None, ""):
+        # No rules, as the admin's form reads an empty editor (a null failed the NOT NULL).
+        after["rules"] = []
     changed = [name for name in POLICY_FIELDS if after[name] != before[name]]
     if not changed:
         return locked
