@@ -319,6 +319,9 @@ OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
 OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
 OIDC_USE_PKCE = env_bool("OIDC_USE_PKCE", True)
 OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
+# Each request to the provider (token, user info, keys) gives up after this long: without
+# it mozilla-django-oidc waits without end, holding a web thread the agents need too.
+OIDC_TIMEOUT = env_int("OIDC_TIMEOUT_SECONDS", 10, minimum=1)
 # The claim that names a person's teams at the provider, and which of its values mean which
 # Countersign team ("idp-value=team,..."). Teams named here are set from the claim at every
 # SSO sign-in (joined or left); other teams are managed in the admin only.

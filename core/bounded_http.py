@@ -58,6 +58,16 @@ def read(response: httpx.Response, *, limit: int, deadline: float) -> tuple[byte
     return bytes(body), False
 
 
+def text(raw: bytes, charset: str | None) -> str:
+    """``raw`` decoded by the charset a server named (what cannot be, replaced), or as UTF-8
+    when that names a codec that is no text encoding (base64, zlib, rot13): Python knows
+    those, so httpx passes them on, and ``bytes.decode`` raises LookupError."""
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return raw.decode("utf-8", errors="replace")
+
+
 class Inflater:
     """Undoes a gzip or deflate Content-Encoding, giving out no more than it is asked for:
     httpx's decoders inflate each chunk whole before anyone can count it, and 100 KB of

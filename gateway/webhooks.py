@@ -261,7 +261,7 @@ def _excerpt(response: httpx.Response, *, deadline: float) -> str:
     except httpx.DecodingError as exc:
         # The status is the receiver's answer; its body is only shown to the admin.
         return f"(the answer could not be decoded: {exc})"[:500]
-    return raw.decode(response.encoding or "utf-8", errors="replace")[:500]
+    return bounded_http.text(raw, response.encoding)[:500]
 
 
 def _finish(

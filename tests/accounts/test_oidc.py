@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
@@ -22,6 +23,7 @@ from audit.log import record
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.oidc_provider import Provider, running_provider
+from tests.support.upstreams.raw_http import RawHttpServer
 from tools_registry import services as registry_services
 from tools_registry.permissions import can_review
 
@@ -137,6 +139,32 @@ def test_a_code_the_provider_refuses_is_a_failed_sign_in_not_a_500(
     response = client.get(f"/oidc/callback/?code=forged&state={state}")
     assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
     assert "_auth_user_id" not in client.session
+
+
+def test_a_provider_that_never_answers_is_a_failed_sign_in_within_a_timeout(
+    world: World, sso: Provider
+) -> None:
+    """mozilla-django-oidc waits for the provider without end unless told otherwise: a
+    token endpoint that takes the request and never answers held the web thread (one of
+    WEB_THREADS, which serve the agents too) for as long as the provider did."""
+
+    def never_answer(handler: Any, body: bytes) -> None:
+        time.sleep(30)  # then hangs up: the test ends either way
+        handler.close_connection = True
+
+    silent = RawHttpServer(never_answer)
+    try:
+        with override_settings(OIDC_OP_TOKEN_ENDPOINT=f"{silent.url}/token"):
+            client = Client()
+            start = client.get("/oidc/authenticate/?next=/audit/")
+            state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+            began = time.monotonic()
+            response = client.get(f"/oidc/callback/?code=any&state={state}")
+            took = time.monotonic() - began
+    finally:
+        silent.close()
+    assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
+    assert took < 15, f"the sign-in waited {took:.0f} s for the provider"
 
 
 def test_a_deactivated_person_stays_out(world: World, sso: Provider) -> None:

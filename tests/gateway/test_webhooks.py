@@ -354,6 +354,22 @@ def test_a_receivers_answer_holding_nul_is_kept_storable(world: World) -> None:
     assert delivery.attempt_log.get().response_excerpt == "ok\ufffd"
 
 
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_receivers_2xx_in_a_charset_that_is_no_text_encoding_is_delivered(world: World) -> None:
+    """Python knows base64 as a codec, which bytes.decode refuses (LookupError): the attempt
+    broke, and a receiver that had accepted the webhook was sent it again and again."""
+    server = RawHttpServer(
+        lambda handler, body: raw_reply(handler, 200, b"ok", "text/plain; charset=base64")
+    )
+    try:
+        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
+        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    finally:
+        server.close()
+    assert delivery.attempt_log.get().response_excerpt == "ok"
+
+
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_MAX_ATTEMPTS=2)
 def test_an_attempt_that_breaks_unexpectedly_is_recorded_and_counted(
     world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: Any

@@ -205,6 +205,20 @@ def call_encoded(body: bytes, encoding: str) -> Any:
         server.close()
 
 
+def test_an_upstreams_answer_in_a_charset_that_is_no_text_encoding_is_read_as_utf8() -> None:
+    """Python knows base64 and zlib as codecs, which bytes.decode refuses (LookupError): a
+    2xx, the effect done, was a handler error, a write's outcome unknown."""
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, b"created", "text/plain; charset=base64")
+
+    server = RawHttpServer(answer)
+    try:
+        assert bare_post(server.url) == {"text": "created"}
+    finally:
+        server.close()
+
+
 def test_an_upstreams_compressed_answer_is_read_and_never_inflated_past_the_limit() -> None:
     """A gzipped answer is the tool's JSON as ever; one that inflates to 128 MB (about
     130 KB sent) is stored cut at the limit, inflated no further."""
@@ -359,3 +373,45 @@ def test_an_openapi_document_compressed_is_never_inflated_past_the_limit() -> No
         tracemalloc.stop()
         server.close()
     assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte document"
+
+
+def test_an_mcp_result_in_hand_is_kept_when_closing_the_session_takes_too_long() -> None:
+    """The tool ran and answered; the SDK then ends the session (a DELETE) within the same
+    timeout. A server slow to answer that goodbye made a call that succeeded a timeout,
+    its outcome unknown: a write went to reconciliation or to a person."""
+
+    def answer(handler: Any, body: bytes) -> None:
+        message = json.loads(body)
+        if "id" not in message:
+            raw_reply(handler, 202, b"")
+            return
+        result: dict[str, Any] = {"content": [{"type": "text", "text": "done"}]}
+        if message["method"] == "initialize":
+            result = {"protocolVersion": message["params"]["protocolVersion"],
+                      "capabilities": {"tools": {}}, "serverInfo": {"name": "raw", "version": "1"}}  # fmt: skip
+        data = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode()
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("mcp-session-id", "s-1")
+        handler.send_header("content-length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def slow_goodbye(handler: Any) -> None:
+        time.sleep(5)
+        raw_reply(handler, 200, b"")
+
+    def no_stream(handler: Any) -> None:
+        raw_reply(handler, 405, b"")
+
+    server = RawHttpServer(answer)
+    server.httpd.RequestHandlerClass.do_DELETE = slow_goodbye  # type: ignore[attr-defined]
+    server.httpd.RequestHandlerClass.do_GET = no_stream  # type: ignore[attr-defined]
+    started = time.monotonic()
+    try:
+        result = upstream_mcp.call(url=f"{server.url}/mcp", headers=[], tool="t",
+                                   arguments={}, key="k", timeout=1.5)  # fmt: skip
+    finally:
+        server.close()
+    assert result == {"text": "done"}
+    assert time.monotonic() - started < 3, "the timeout still bounds the whole call"

@@ -213,7 +213,7 @@ def _send(
 
 
 def _answer(response: httpx.Response, raw: bytes, truncated: bool) -> JSON:
-    text = raw.decode(response.encoding or "utf-8", errors="replace")
+    text = bounded_http.text(raw, response.encoding)
     if truncated:
         return {"truncated": True, "limit_bytes": len(raw), "text": text}
     if response.headers.get("content-type", "").startswith("application/json"):
