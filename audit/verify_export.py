@@ -117,6 +117,8 @@ def read_anchors(path: str | None) -> dict[int, str]:
                     raise DamagedAnchor(f"line {number} is not an anchor ({exc})") from None
     except OSError as exc:
         raise DamagedAnchor(exc.strerror or str(exc)) from None
+    except UnicodeDecodeError as exc:  # raised by the reading, before any line is parsed
+        raise DamagedAnchor(f"not UTF-8 text ({exc})") from None
     return anchors
 
 

@@ -31,6 +31,7 @@ import time
 from dataclasses import replace
 from uuid import UUID
 
+from django.conf import settings
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -66,11 +67,15 @@ def execute(call_id: UUID, *, also: Also | None = None) -> Outcome | None:
         )
         return None
     outcome = _after_an_open_attempt(claim, run_handler(claim))
-    if not finish_call(claim=claim, outcome=outcome, also=also):
+    stored = finish_call(claim=claim, outcome=outcome, also=also)
+    if not stored:
         logger.warning(
             "call %s: lease lost (fence %s) before the result was stored", call_id, claim.fence
         )
-    hooks.execution_finished(claim.tool_name, outcome.status, outcome.error)
+    # A call the lease sweep took over was told to the breaker by the sweep (where breakers
+    # are shared, ``sweeps.expire_leases``): this late outcome is not a second execution.
+    if stored or not settings.REDIS_URL:
+        hooks.execution_finished(claim.tool_name, outcome.status, outcome.error)
     return outcome
 
 

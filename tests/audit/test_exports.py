@@ -102,6 +102,21 @@ def test_a_damaged_anchor_file_gives_no_verdict_and_no_traceback(
     assert "OK" not in result.stdout and "BROKEN" not in result.stdout
 
 
+def test_an_anchor_file_with_bytes_that_are_not_utf8_gives_no_verdict(
+    auditor_client: Client, mixed_trail, tmp_path: Path
+) -> None:
+    """A damaged byte (a bit flipped on the disk, a copy through a tool that re-encodes) is
+    a damaged anchor file too: exit code 2 and a message, not a traceback (exit 1)."""
+    path = tmp_path / "trail.jsonl"
+    path.write_bytes(download(auditor_client, "jsonl"))
+    anchor = tmp_path / "anchor.jsonl"
+    anchor.write_bytes(b'{"seq": 1, "hash": "\xff\xfe"}\n')
+    result = _verify(path, "--anchor", str(anchor))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"cannot read the anchor file {anchor}: ")
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_a_filtered_export_verifies_row_by_row(
     auditor_client: Client, mixed_trail, fmt: str, tmp_path: Path

@@ -14,14 +14,15 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from approvals import sweeps
-from approvals.execution import send
+from approvals.execution import runner, send
 from approvals.execution.claim import claim_call
-from approvals.models import ToolCall
+from approvals.execution.finish import Outcome
+from approvals.models import Status, ToolCall
 from audit.models import AuditEvent
 from gateway import breaker
 from tests.conftest import World, executions_sent
 from tests.gateway.conftest import SEND_EMAIL, in_threads
-from tests.support.calls import age_lease, claimed_call, received_read
+from tests.support.calls import age_lease, approved_call, claimed_call, received_read
 from tests.support.probe import Probe, install_probe_tool, stock_call
 from tests.support.web import free_port
 from tools_registry import services as registry_services
@@ -301,3 +302,42 @@ def claimed_read(world: World) -> ToolCall:
     call = received_read(world)
     assert claim_call(call_id=call.pk) is not None
     return call
+
+
+@pytest.mark.django_db
+def test_a_sweep_process_of_the_embedded_mode_records_no_breaker_it_does_not_hold(
+    world: World,
+) -> None:
+    """The embedded mode keeps each process's breaker in its own memory, and its sweeps run
+    in a process of their own (``run_sweeps --loop``), which admits no call: a breaker
+    "opened" there refuses nothing, and the trail must not say that calls are refused."""
+    Tool.objects.filter(name="send_email").update(breaker_threshold=2)
+    with override_settings(REDIS_URL=""):
+        for _ in range(2):
+            age_lease(claimed_call(world)[0])
+        assert sweeps.expire_leases() == 2
+        breaker.reset("send_email")
+    assert not AuditEvent.objects.filter(action="tool.breaker_opened").exists()
+
+
+@pytest.mark.django_db
+def test_a_call_taken_over_by_the_lease_sweep_counts_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker paused past its lease (a frozen VM, SIGSTOP) wakes up with its outcome: the
+    sweep has told the breaker of that execution already, and the discarded outcome is not
+    a second failure (one hung call would open a breaker of threshold 2)."""
+    Tool.objects.filter(name="send_email").update(breaker_threshold=2)
+    call = approved_call(world)
+
+    def paused_past_its_lease(claim: Any) -> Outcome:
+        age_lease(claim.call)
+        assert sweeps.expire_leases() == 1
+        return Outcome(status=Status.UNKNOWN, error={"code": "timeout", "message": "late"})
+
+    monkeypatch.setattr(runner, "run_handler", paused_past_its_lease)
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert call.error["code"] == "lease_expired"  # the late outcome was discarded
+    assert not AuditEvent.objects.filter(action="tool.breaker_opened").exists()
+    breaker.reset("send_email")
