@@ -197,10 +197,11 @@ def clear_shared_state() -> None:
             client.delete(*keys)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def clean_shared_state() -> Iterator[None]:
-    """No rate-limit window or breaker in Redis before the test, nor after it (the gateway's
-    and the client's tests ask for it on every test)."""
+    """No rate-limit window or breaker in Redis before any test, nor after it: a sweep that
+    takes over calls tells their tools' breakers, and a breaker one test opened would refuse
+    another test's calls in the same process."""
     clear_shared_state()
     yield
     clear_shared_state()

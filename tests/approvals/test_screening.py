@@ -19,8 +19,6 @@ from tests.conftest import World, events
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
 
-pytestmark = pytest.mark.usefixtures("clean_shared_state")
-
 REFUND_RULES = [
     {"when": "args.amount_cents <= 5000", "then": "approve", "note": "Small refunds."},
     {

@@ -17,8 +17,6 @@ from tools_registry import services as registry_services
 from tools_registry.models import Tool
 from tools_registry.policy import Risk, defaults_for
 
-pytestmark = pytest.mark.usefixtures("clean_shared_state")
-
 ORDER_SCHEMA = {
     "type": "object",
     "properties": {

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from django.conf import settings
 from django.db import connections
 
@@ -22,11 +21,6 @@ GET_CUSTOMER = {
     "arguments": {"customer_id": "cus_0002"},
     "session_id": "run-1",
 }
-
-
-@pytest.fixture(autouse=True)
-def _clean_shared_state(clean_shared_state: None) -> None:
-    """Every test here starts and ends with no rate-limit window or breaker in Redis."""
 
 
 def in_threads[T](count: int, work: Callable[[int], T]) -> list[T]:

@@ -46,11 +46,6 @@ def mcp_worker(
         yield worker
 
 
-@pytest.fixture(autouse=True)
-def _clean_shared_state(clean_shared_state: None) -> None:
-    """No rate-limit window or breaker state left over between tests."""
-
-
 @asynccontextmanager
 async def connected(
     url: str, token: str, *, mode: str = "legacy", name: str = "countersign-tests"
