@@ -9,7 +9,7 @@ from axes.models import AccessAttempt
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, Permission, User
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -17,6 +17,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
+from tools_registry.models import ToolGroupObjectPermission, ToolUserObjectPermission
 from tools_registry.services.grants import (
     access_of,
     permission_names,
@@ -68,16 +69,35 @@ def held_permissions(editor: Any) -> QuerySet[Permission]:
     return Permission.objects.filter(Q(user=editor) | Q(group__user=editor)).distinct()
 
 
+def held_tool_grant(editor: Any) -> Q:
+    """A tool grant row (a person's or a team's) that the editor holds too, directly or
+    through a team."""
+    same = {"permission": OuterRef("permission"), "content_object": OuterRef("content_object")}
+    return Q(Exists(ToolUserObjectPermission.objects.filter(user=editor, **same))) | Q(
+        Exists(ToolGroupObjectPermission.objects.filter(group__user=editor, **same))
+    )
+
+
 def holds_more(*, editor: Any, person: Any = None, group: Group | None = None) -> bool:
-    """Whether a person (or a team) holds what the editor does not: a superuser status or
-    a model-wide permission. Whoever changes them could take it (set their password, join
-    the team), so only someone holding all of it may."""
+    """Whether a person (or a team) holds what the editor does not: a superuser status, a
+    model-wide permission, or a grant on a tool (review, reveal). Whoever changes them
+    could take it (set their password and decide calls as them, join the team), so only
+    someone holding all of it may."""
     if editor.is_superuser:
         return False
     if person is not None and person.is_superuser:
         return True
     holders = Q(group=group) if group is not None else Q(user=person) | Q(group__user=person)
-    return Permission.objects.filter(holders).exclude(pk__in=held_permissions(editor)).exists()
+    if Permission.objects.filter(holders).exclude(pk__in=held_permissions(editor)).exists():
+        return True
+    held = held_tool_grant(editor)
+    team_grants = ToolGroupObjectPermission.objects.exclude(held)
+    if group is not None:
+        return team_grants.filter(group=group).exists()
+    return (
+        ToolUserObjectPermission.objects.filter(user=person).exclude(held).exists()
+        or team_grants.filter(group__user=person).exists()
+    )
 
 
 class HoldingNoMore:
@@ -132,6 +152,12 @@ class AuditedUserAdmin(HoldingNoMore, DeletionAudited, UserAdmin):
             elif db_field.name == "groups":
                 kwargs["queryset"] = Group.objects.exclude(
                     permissions__in=Permission.objects.exclude(pk__in=held)
+                ).exclude(
+                    # Nor a team with a tool grant they lack: whoever puts an account they
+                    # set the password of in it decides those calls.
+                    pk__in=ToolGroupObjectPermission.objects.exclude(
+                        held_tool_grant(request.user)
+                    ).values("group")
                 )
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 

@@ -284,16 +284,19 @@ def test_whoever_may_change_people_cannot_make_themselves_superuser(world: World
     mallory.refresh_from_db()
     assert mallory.is_superuser is False
     # Nor anyone else.
-    client.post(f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, is_superuser="on"))
-    world.bob.refresh_from_db()
-    assert world.bob.is_superuser is False
+    client.post(
+        f"/admin/auth/user/{world.charlie.pk}/change/", user_form(world.charlie, is_superuser="on")
+    )
+    world.charlie.refresh_from_db()
+    assert world.charlie.is_superuser is False
     # An ordinary change still goes through, audited as before.
     response = client.post(
-        f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, first_name="Bob")
+        f"/admin/auth/user/{world.charlie.pk}/change/",
+        user_form(world.charlie, first_name="Charlie"),
     )
     assert response.status_code == 302
-    world.bob.refresh_from_db()
-    assert world.bob.first_name == "Bob"
+    world.charlie.refresh_from_db()
+    assert world.charlie.first_name == "Charlie"
 
 
 def test_whoever_may_change_people_grants_only_the_permissions_they_hold(world: World) -> None:
@@ -311,17 +314,17 @@ def test_whoever_may_change_people_grants_only_the_permissions_they_hold(world: 
     )
     assert not User.objects.get(pk=mallory.pk).has_perm("tools_registry.change_tool")
     client.post(
-        f"/admin/auth/user/{world.bob.pk}/change/",
-        user_form(world.bob, user_permissions=[change_tool.pk]),
+        f"/admin/auth/user/{world.charlie.pk}/change/",
+        user_form(world.charlie, user_permissions=[change_tool.pk]),
     )
-    assert not User.objects.get(pk=world.bob.pk).has_perm("tools_registry.change_tool")
+    assert not User.objects.get(pk=world.charlie.pk).has_perm("tools_registry.change_tool")
     # What they hold themselves they may give, audited as before.
     response = client.post(
-        f"/admin/auth/user/{world.bob.pk}/change/",
-        user_form(world.bob, user_permissions=[view_user.pk]),
+        f"/admin/auth/user/{world.charlie.pk}/change/",
+        user_form(world.charlie, user_permissions=[view_user.pk]),
     )
     assert response.status_code == 302
-    assert User.objects.get(pk=world.bob.pk).has_perm("auth.view_user")
+    assert User.objects.get(pk=world.charlie.pk).has_perm("auth.view_user")
     (event,) = AuditEvent.objects.filter(action="user.access_changed")
     assert event.actor_label == "mallory"
     assert (event.data["before"], event.data["after"]) == (
@@ -361,23 +364,27 @@ def test_whoever_may_change_people_joins_no_team_themselves_nor_one_that_holds_m
     client, mallory = people_manager()
     reviewers = Group.objects.get(name="reviewers")
     registry_services.grant_review(tool=world.tools["issue_refund"], group=reviewers)
+    # Mallory reviews refunds herself: the reviewers' team holds nothing more than she does.
+    registry_services.grant_review(tool=world.tools["issue_refund"], user=mallory)
     tool_admins = Group.objects.create(name="tool-admins")
     tool_admins.permissions.add(Permission.objects.get(codename="change_tool"))
     client.post(f"/admin/auth/user/{mallory.pk}/change/", user_form(mallory, groups=[reviewers.pk]))
     assert not mallory.groups.exists()
     client.post(
-        f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, groups=[tool_admins.pk])
+        f"/admin/auth/user/{world.charlie.pk}/change/",
+        user_form(world.charlie, groups=[tool_admins.pk]),
     )
-    assert not world.bob.groups.exists()
+    assert not world.charlie.groups.exists()
     # Someone else into the reviewers' team is theirs to do, audited as before.
     response = client.post(
-        f"/admin/auth/user/{world.bob.pk}/change/", user_form(world.bob, groups=[reviewers.pk])
+        f"/admin/auth/user/{world.charlie.pk}/change/",
+        user_form(world.charlie, groups=[reviewers.pk]),
     )
     assert response.status_code == 302
-    assert list(world.bob.groups.all()) == [reviewers]
+    assert list(world.charlie.groups.all()) == [reviewers]
     own = client.get(f"/admin/auth/user/{mallory.pk}/change/").content.decode()
     assert 'name="groups"' not in own and 'name="first_name"' in own
-    offered = client.get(f"/admin/auth/user/{world.bob.pk}/change/").content.decode()
+    offered = client.get(f"/admin/auth/user/{world.charlie.pk}/change/").content.decode()
     assert "reviewers" in offered and "tool-admins" not in offered
     # Their own name they may still change, with no access change recorded.
     response = client.post(
@@ -385,7 +392,7 @@ def test_whoever_may_change_people_joins_no_team_themselves_nor_one_that_holds_m
     )
     assert response.status_code == 302
     assert [e.data["user"] for e in AuditEvent.objects.filter(action="user.access_changed")] == [
-        "bob"
+        "charlie"
     ]
 
 
@@ -469,7 +476,7 @@ def test_whoever_may_delete_authenticator_apps_cannot_strip_a_superusers(world: 
     )
     root = User.objects.create_superuser("root", "root@example.com", "pw-root")
     theirs = TOTPDevice.objects.create(user=root, name="app", confirmed=True, key=KEY)
-    bobs = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True, key=KEY)
+    charlies = TOTPDevice.objects.create(user=world.charlie, name="app", confirmed=True, key=KEY)
     assert (
         client.post(f"/admin/otp_totp/totpdevice/{theirs.pk}/delete/", {"post": "yes"}).status_code
         == 403
@@ -479,8 +486,76 @@ def test_whoever_may_delete_authenticator_apps_cannot_strip_a_superusers(world: 
         {"action": "delete_selected", "_selected_action": [theirs.pk], "post": "yes"},
     )
     assert TOTPDevice.objects.filter(pk=theirs.pk).exists()
-    # A reviewer's lost app is theirs to remove, audited.
-    client.post(f"/admin/otp_totp/totpdevice/{bobs.pk}/delete/", {"post": "yes"})
-    assert not TOTPDevice.objects.filter(pk=bobs.pk).exists()
+    # Someone holding no more than they do: their lost app is theirs to remove, audited.
+    client.post(f"/admin/otp_totp/totpdevice/{charlies.pk}/delete/", {"post": "yes"})
+    assert not TOTPDevice.objects.filter(pk=charlies.pk).exists()
     (event,) = AuditEvent.objects.filter(action="auth.two_factor_removed")
-    assert event.data["user"] == "bob"
+    assert event.data["user"] == "charlie"
+
+
+def test_whoever_may_change_people_cannot_take_over_a_reviewer_of_tools_they_do_not_review(
+    world: World,
+) -> None:
+    """Setting a reviewer's password signs one in as them, to approve calls of the tools
+    they are granted: a person manager who reviews none of them approved as the reviewer."""
+    from django.contrib.auth.models import Group, Permission
+
+    client, mallory = people_manager()
+    # Bob is granted every demo tool directly; charlie, refunds through a team.
+    reviewers = Group.objects.get(name="reviewers")
+    registry_services.grant_review(tool=world.tools["issue_refund"], group=reviewers)
+    world.charlie.groups.add(reviewers)
+    device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True, key=KEY)
+    mallory.user_permissions.add(
+        *Permission.objects.filter(codename__in=["delete_totpdevice", "view_totpdevice"])
+    )
+    for person in (world.bob, world.charlie):
+        response = client.post(
+            f"/admin/auth/user/{person.pk}/password/",
+            {"password1": "Taken-over-9x!", "password2": "Taken-over-9x!"},
+        )
+        assert response.status_code == 403
+        client.post(f"/admin/auth/user/{person.pk}/change/", user_form(person, is_active=""))
+        person.refresh_from_db()
+        assert person.is_active and not person.check_password("Taken-over-9x!")
+    assert (
+        client.post(f"/admin/otp_totp/totpdevice/{device.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert TOTPDevice.objects.filter(pk=device.pk).exists()
+    assert not AuditEvent.objects.filter(action__in=["auth.password_set", "user.access_changed"])
+    # Once they hold the same grant (here directly, charlie's through the team), it is theirs.
+    registry_services.grant_review(tool=world.tools["issue_refund"], user=mallory)
+    response = client.post(
+        f"/admin/auth/user/{world.charlie.pk}/password/",
+        {"password1": "Reset-by-mallory-9x!", "password2": "Reset-by-mallory-9x!"},
+    )
+    assert response.status_code == 302
+    world.charlie.refresh_from_db()
+    assert world.charlie.check_password("Reset-by-mallory-9x!")
+
+
+def test_whoever_may_change_people_puts_nobody_in_a_team_with_grants_they_lack(
+    world: World,
+) -> None:
+    """Set an outsider's password, put them in the refund reviewers' team, sign in as
+    them: a person manager who reviews nothing approved refunds."""
+    from django.contrib.auth.models import Group, Permission
+
+    client, mallory = people_manager()
+    mallory.user_permissions.add(Permission.objects.get(codename="change_group"))
+    reviewers = Group.objects.get(name="reviewers")
+    registry_services.grant_review(tool=world.tools["issue_refund"], group=reviewers)
+    client.post(
+        f"/admin/auth/user/{world.charlie.pk}/change/",
+        user_form(world.charlie, groups=[reviewers.pk]),
+    )
+    assert not world.charlie.groups.exists()
+    offered = client.get(f"/admin/auth/user/{world.charlie.pk}/change/").content.decode()
+    assert 'name="groups"' in offered and "reviewers" not in offered
+    # Nor renames the team (rules name teams) or changes it otherwise.
+    response = client.post(
+        f"/admin/auth/group/{reviewers.pk}/change/", {"name": "renamed", "permissions": []}
+    )
+    assert response.status_code == 403
+    assert Group.objects.filter(name="reviewers").exists()
