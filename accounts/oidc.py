@@ -29,6 +29,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
+from requests.auth import HTTPBasicAuth
 
 from accounts.models import SsoIdentity
 from audit.log import record
@@ -92,6 +93,16 @@ def _epoch_seconds(value: Any) -> float | None:
     return value
 
 
+def _provider_request_options() -> dict[str, Any]:
+    """What mozilla-django-oidc sends each request to the provider with (but the timeout),
+    and no redirects."""
+    return {
+        "allow_redirects": False,
+        "verify": OIDCAuthenticationBackend.get_settings("OIDC_VERIFY_SSL", True),
+        "proxies": OIDCAuthenticationBackend.get_settings("OIDC_PROXY", None),
+    }
+
+
 class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     """Finds people by their ``sub`` at the provider, creates them (named by
     ``OIDC_USERNAME_CLAIM``, with no usable password) at their first sign-in, and syncs
@@ -106,6 +117,40 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         except requests.RequestException as exc:
             logger.warning("SSO sign-in refused by the provider: %s", type(exc).__name__)
             return None
+
+    def get_token(self, payload: dict[str, Any]) -> Any:
+        """As mozilla-django-oidc's, but a redirect is not followed: requests sends a 307 or
+        308 on with the same body (the client secret, the code) to whatever host it names.
+        Any answer but 200 is the provider's refusal."""
+        auth = None
+        if self.get_settings("OIDC_TOKEN_USE_BASIC_AUTH", False):
+            auth = HTTPBasicAuth(payload["client_id"], payload.pop("client_secret"))
+        response = requests.post(
+            self.OIDC_OP_TOKEN_ENDPOINT,
+            data=payload,
+            auth=auth,
+            timeout=settings.OIDC_TIMEOUT,
+            **_provider_request_options(),
+        )
+        self.raise_token_response_error(response)
+        return response.json()
+
+    def get_userinfo(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
+        """As mozilla-django-oidc's, but a redirect is not followed: the claims (the teams
+        among them) come from the endpoint named, not a host its answer points at."""
+        response = requests.get(
+            self.OIDC_OP_USER_ENDPOINT,
+            headers={"Authorization": f"Bearer {access_token}"},
+            timeout=settings.OIDC_TIMEOUT,
+            **_provider_request_options(),
+        )
+        if response.status_code != 200:  # a redirect too
+            raise requests.HTTPError(
+                f"the user-info endpoint answered {response.status_code}", response=response
+            )
+        if response.headers.get("content-type", "").lower().startswith("application/jwt"):
+            return self.verify_token(response.text)
+        return response.json()
 
     def get_user(self, user_id: Any) -> Any:
         """The session's person, as ModelBackend finds them: not once deactivated.

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import os
 import secrets
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -75,8 +77,33 @@ def env_float(name: str, default: float, *, minimum: float = 0) -> float:
     return value
 
 
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def provider_endpoint(name: str) -> str:
+    """A single sign-on endpoint: https, or http on this machine only, as an identity
+    provider's JWKS URL (tools_registry.models.keys_over_tls). In plain text the client
+    secret, the codes, the claims and the keys that sign ID tokens could be read or swapped
+    on the way, and whoever is there sign in as anyone."""
+    value = env_str(name)
+    url = urlsplit(value)
+    if value and not (
+        url.scheme == "https" or (url.scheme == "http" and _loopback(url.hostname or ""))
+    ):
+        raise ImproperlyConfigured(
+            f"{name}={value!r}: the provider is reached over https (http only on this machine)."
+        )
+    return value
 
 
 VAR_DIR = Path(env_str("COUNTERSIGN_VAR_DIR") or BASE_DIR / "var")
@@ -311,10 +338,10 @@ CELERY_BEAT_SCHEDULE = {
 OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID")
 OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
 OIDC_RP_CLIENT_SECRET = env_str("OIDC_RP_CLIENT_SECRET")
-OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
-OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT")
-OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT")
-OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT")
+OIDC_OP_AUTHORIZATION_ENDPOINT = provider_endpoint("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = provider_endpoint("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = provider_endpoint("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = provider_endpoint("OIDC_OP_JWKS_ENDPOINT")
 OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
 OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
 OIDC_USE_PKCE = env_bool("OIDC_USE_PKCE", True)

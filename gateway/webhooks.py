@@ -32,6 +32,7 @@ import json
 import logging
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -208,7 +209,11 @@ def deliver(delivery_id: UUID) -> str:
 
 
 def _post(delivery: WebhookDelivery) -> AttemptResult:
-    refusal, permanent = _destination_refusal(delivery.url)
+    # The timeout bounds the whole attempt, looking the name up, connecting and the headers
+    # included: within the lease, so that no receiver holds the worker with the executor's
+    # tasks waiting, and no other worker sends the delivery again beside it.
+    deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
+    refusal, permanent = _destination_refusal(delivery.url, deadline=deadline)
     if refusal:
         return AttemptResult(error=refusal, give_up=permanent)
     body = delivery.body.encode()
@@ -217,9 +222,6 @@ def _post(delivery: WebhookDelivery) -> AttemptResult:
         "User-Agent": "Countersign-Webhooks/2",
         **sign(signing_secrets(delivery.agent), str(delivery.pk), int(time.time()), body),
     }
-    # The timeout bounds the whole attempt, connecting and the headers included: within
-    # the lease, so that no receiver holds the worker with the executor's tasks waiting.
-    deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT_SECONDS
     options: dict[str, Any] = {
         "timeout": settings.WEBHOOK_TIMEOUT_SECONDS,
         # No redirects: a receiver must not bounce the signed payload somewhere else.
@@ -345,7 +347,7 @@ def sweep(*, limit: int = 200) -> int:
     return sent
 
 
-def _destination_refusal(url: str) -> tuple[str, bool]:
+def _destination_refusal(url: str, *, deadline: float) -> tuple[str, bool]:
     """Why a callback URL may not be called now ("" if it may) and whether that is final.
 
     Private, loopback and link-local addresses are refused unless
@@ -359,7 +361,7 @@ def _destination_refusal(url: str) -> tuple[str, bool]:
     if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
         return "", False
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+        infos = _resolve(parts.hostname, parts.port or 443, timeout=deadline - time.monotonic())
     except OSError as exc:
         return f"cannot resolve {parts.hostname}: {exc}"[:500], False
     for info in infos:
@@ -388,9 +390,34 @@ def is_public(text: str) -> bool:
     return address.is_global
 
 
-def _public_addresses(host: str, port: int) -> list[str]:
+def _resolve(host: str, port: int, *, timeout: float) -> list[Any]:
+    """``socket.getaddrinfo``, given up after ``timeout`` (TimeoutError, an OSError): a
+    resolver slow to answer (5 s a server and try, by default) held an attempt past its
+    time, which no socket timeout bounds. A lookup given up finishes in its own thread."""
+    answer: dict[str, Any] = {}
+
+    def look_up() -> None:
+        try:
+            answer["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:
+            answer["error"] = exc
+
+    thread = threading.Thread(target=look_up, name="webhook-dns", daemon=True)
+    thread.start()
+    thread.join(max(timeout, 0))
+    if thread.is_alive():
+        raise TimeoutError(f"no answer from the resolver within {max(timeout, 0):.1f} s")
+    if "error" in answer:
+        raise answer["error"]
+    infos: list[Any] = answer["infos"]
+    return infos
+
+
+def _public_addresses(host: str, port: int, *, timeout: float | None) -> list[str]:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _resolve(
+            host, port, timeout=settings.WEBHOOK_TIMEOUT_SECONDS if timeout is None else timeout
+        )
     except OSError as exc:
         # A name that stopped resolving is a failed attempt like a refused connection (this
         # runs outside httpcore's own mapping of errors, which would otherwise crash the task).
@@ -416,11 +443,15 @@ class _PublicOnlyBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        address = _public_addresses(host, port)[0]
+        ends = None if timeout is None else time.monotonic() + timeout
+        address = _public_addresses(host, port, timeout=timeout)[0]
+        left = None if ends is None else ends - time.monotonic()  # what the lookup left
+        if left is not None and left <= 0:
+            raise httpcore.ConnectTimeout(f"the time was up once {host} resolved")
         return super().connect_tcp(
             address,
             port,
-            timeout=timeout,
+            timeout=left,
             local_address=local_address,
             socket_options=socket_options,
         )

@@ -23,7 +23,7 @@ from audit.log import record
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.oidc_provider import Provider, running_provider
-from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import RawHttpServer, reply
 from tools_registry import services as registry_services
 from tools_registry.permissions import can_review
 
@@ -165,6 +165,74 @@ def test_a_provider_that_never_answers_is_a_failed_sign_in_within_a_timeout(
         silent.close()
     assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
     assert took < 15, f"the sign-in waited {took:.0f} s for the provider"
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_provider_endpoint_that_redirects_is_not_followed_with_the_client_secret(
+    world: World, sso: Provider, status: int
+) -> None:
+    """requests follows a 307 or 308 with the same body: the client secret, the code and
+    its verifier went to whatever host the token endpoint's answer named."""
+    caught: list[bytes] = []
+
+    def catch(handler: Any, body: bytes) -> None:
+        caught.append(body)
+        reply(handler, 400, {"error": "invalid_grant"})
+
+    elsewhere = RawHttpServer(catch, gets=True)
+    port = elsewhere.url.rsplit(":", 1)[1]
+
+    def bounce(handler: Any, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("location", f"http://localhost:{port}/token")
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    bouncer = RawHttpServer(bounce)
+    try:
+        with override_settings(OIDC_OP_TOKEN_ENDPOINT=f"{bouncer.url}/token"):
+            client = Client()
+            start = client.get("/oidc/authenticate/?next=/audit/")
+            state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+            response = client.get(f"/oidc/callback/?code=any&state={state}")
+    finally:
+        bouncer.close()
+        elsewhere.close()
+    assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
+    assert caught == [], "the token request was sent on to the host the redirect named"
+
+
+def test_a_user_info_endpoint_that_redirects_is_a_failed_sign_in(
+    world: World, sso: Provider
+) -> None:
+    """The claims (the teams among them) come from the provider named, never from a host
+    its user-info endpoint's answer points at."""
+    asked: list[str] = []
+
+    def impostor(handler: Any, body: bytes) -> None:
+        asked.append(handler.path)
+        reply(
+            handler, 200, {"sub": "sub-dana", "preferred_username": "dana", "groups": ["cs-admins"]}
+        )
+
+    elsewhere = RawHttpServer(impostor, gets=True)
+
+    def bounce(handler: Any, body: bytes) -> None:
+        handler.send_response(302)
+        handler.send_header("location", f"{elsewhere.url}/userinfo")
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    bouncer = RawHttpServer(bounce, gets=True)
+    try:
+        with override_settings(OIDC_OP_USER_ENDPOINT=f"{bouncer.url}/userinfo"):
+            client, landed = sign_in_through(sso, "dana", DANA["password"])
+    finally:
+        bouncer.close()
+        elsewhere.close()
+    assert landed["Location"].startswith("/login/?sso=failed")
+    assert "_auth_user_id" not in client.session
+    assert asked == []
 
 
 def test_a_deactivated_person_stays_out(world: World, sso: Provider) -> None:

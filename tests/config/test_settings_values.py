@@ -208,3 +208,44 @@ def test_time_limits_that_outlast_the_lease_stop_the_start(tmp_path: Path) -> No
     assert "must be below EXECUTOR_LEASE_GRACE_SECONDS (20)" in last
     fits = services(tmp_path, SET_UP, EXECUTOR_LEASE_GRACE_SECONDS="21")
     assert fits.returncode == 0, fits.stderr
+
+
+SSO = {
+    "OIDC_RP_CLIENT_ID": "countersign",
+    "OIDC_RP_CLIENT_SECRET": "s",
+    "OIDC_OP_AUTHORIZATION_ENDPOINT": "https://idp.example.com/authorize",
+    "OIDC_OP_TOKEN_ENDPOINT": "https://idp.example.com/token",
+    "OIDC_OP_USER_ENDPOINT": "https://idp.example.com/userinfo",
+    "OIDC_OP_JWKS_ENDPOINT": "https://idp.example.com/jwks",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # In plain text the client secret and the codes (token), the claims (user info) and
+        # the keys that sign ID tokens (anyone on the way could sign in as anyone) could be
+        # read or swapped on the way: as an identity provider's JWKS URL, https only.
+        "OIDC_OP_TOKEN_ENDPOINT",
+        "OIDC_OP_JWKS_ENDPOINT",
+        "OIDC_OP_USER_ENDPOINT",
+        "OIDC_OP_AUTHORIZATION_ENDPOINT",
+    ],
+)
+def test_a_single_sign_on_endpoint_in_plain_http_stops_the_start(tmp_path: Path, name: str) -> None:
+    plain = SSO[name].replace("https://", "http://")
+    run = services(tmp_path, SET_UP, **{**SSO, name: plain})
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ") and name in last
+
+
+def test_single_sign_on_endpoints_over_https_or_on_this_machine_start(tmp_path: Path) -> None:
+    local = {
+        "OIDC_OP_TOKEN_ENDPOINT": "http://127.0.0.1:9000/token",
+        "OIDC_OP_JWKS_ENDPOINT": "http://localhost:9000/jwks",
+        "OIDC_OP_USER_ENDPOINT": "http://[::1]:9000/userinfo",
+    }
+    run = services(tmp_path, SET_UP, **{**SSO, **local})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "started"

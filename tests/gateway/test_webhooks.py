@@ -522,6 +522,36 @@ def test_a_receiver_whose_name_stops_resolving_is_retried_later(
     assert "does not resolve" in attempt.error
 
 
+@pytest.mark.parametrize("slow_lookup", [1, 2])
+def test_a_slow_resolver_is_given_up_within_the_attempts_timeout(
+    world: World, monkeypatch: pytest.MonkeyPatch, slow_lookup: int
+) -> None:
+    """The name is looked up twice (the early check, then the connection): a resolver
+    slow to answer (5 s a server and try, by default) held the attempt past its timeout,
+    and past its lease another worker sent the delivery again beside it."""
+    real_getaddrinfo = socket.getaddrinfo
+    lookups = itertools.count(1)
+
+    def slow_getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.slow.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        if next(lookups) == slow_lookup:
+            time.sleep(4)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    submitted = world.api().submit({**SEND_EMAIL, "callback_url": "https://hooks.slow.test/h"})
+    cancel_call(call_id=submitted.json()["id"], agent=world.agent)
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    with override_settings(WEBHOOK_TIMEOUT_SECONDS=1):
+        started = time.monotonic()
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
+        took = time.monotonic() - started
+    assert took < 2.5, f"the attempt took {took:.1f} s"
+    [attempt] = delivery.attempt_log.all()
+    assert "resolve" in attempt.error
+
+
 def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
     with override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1):
         call_id = (

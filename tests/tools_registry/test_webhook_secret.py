@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from io import StringIO
+from typing import Any
 
 import pytest
 import standardwebhooks
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connections, transaction
 from django.test import Client
 
 from audit.models import AuditEvent
 from gateway import webhooks
 from tests.conftest import World
+from tests.tools_registry.conftest import admin_form_data
 from tools_registry.models import Agent
-from tools_registry.services import signing_secrets
+from tools_registry.services import rotate_webhook_secret, signing_secrets
 
 pytestmark = pytest.mark.django_db
 
@@ -69,3 +73,50 @@ def test_someone_who_may_not_change_agents_gets_403(world: World) -> None:
     response = client.post(f"/admin/tools_registry/agent/{world.agent.pk}/rotate-webhook-secret/")
     assert response.status_code == 403
     assert rotations(world.agent) == []
+
+
+def test_an_admin_edit_posted_while_a_rotation_commits_keeps_the_new_secret(
+    live_world: World,
+) -> None:
+    """The edit's page is read before the rotation commits and saved after it (it waits on
+    the agent's row): saving every field wrote the old secret back, and the new one, shown
+    once and put in the agent's configuration, verified nothing."""
+    admin = User.objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    client.force_login(admin)
+    url = f"/admin/tools_registry/agent/{live_world.agent.pk}/change/"
+    data = admin_form_data(client.get(url))
+    data["max_rounds_per_session"] = 4
+    old = live_world.agent.webhook_secret
+    rotated, release, new = threading.Event(), threading.Event(), []
+
+    def rotate() -> None:
+        try:
+            with transaction.atomic():
+                new.append(rotate_webhook_secret(agent=live_world.agent, rotated_by=admin))
+                rotated.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    def edit() -> None:
+        try:
+            answers.append(client.post(url, data))
+        finally:
+            connections.close_all()
+
+    answers: list[Any] = []
+    rotator = threading.Thread(target=rotate)
+    rotator.start()
+    assert rotated.wait(10)
+    editor = threading.Thread(target=edit)
+    editor.start()
+    editor.join(1.0)
+    assert editor.is_alive(), "the edit waits on the agent's row while the rotation is under way"
+    release.set()
+    rotator.join(10)
+    editor.join(10)
+    assert answers[0].status_code == 302
+    agent = Agent.objects.get(pk=live_world.agent.pk)
+    assert agent.max_rounds_per_session == 4
+    assert (agent.webhook_secret, agent.previous_webhook_secret) == (new[0], old)

@@ -119,6 +119,11 @@ def save_agent(
     # before a stop must not resume the agent by saving what the page had.
     agent.stopped_at, agent.stop_reason = stored.stopped_at, stored.stop_reason
     agent.stopped_by_id = stored.stopped_by_id
+    # Nor change the webhook secrets (rotate_webhook_secret does): a rotation committed
+    # while the edit was on its way was undone, the old secret written back.
+    agent.webhook_secret = stored.webhook_secret
+    agent.previous_webhook_secret = stored.previous_webhook_secret
+    agent.previous_webhook_secret_until = stored.previous_webhook_secret_until
     agent.save()
     if tools is not None:
         agent.allowed_tools.set(tools)
