@@ -10,14 +10,17 @@ import socket
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
+from io import StringIO
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
+from django.core.management import call_command
 from django.test import override_settings
 
 from core import bounded_http
+from tests.conftest import World
 from tests.support.compression import gzip_bomb
 from tests.support.upstreams.raw_http import RawHttpServer, bare_post
 from tests.support.upstreams.raw_http import reply as raw_reply
@@ -136,6 +139,78 @@ def test_an_http_error_cut_short_keeps_no_part_of_the_credential() -> None:
         server.close()
     assert token[:12] not in refused.value.message
     assert refused.value.message.endswith("bad key [credential]")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("depth", [upstream_http.MAX_ANSWER_DEPTH, 5_000, 120_000])
+def test_an_http_answer_nested_past_what_is_walked_is_kept_as_its_text(
+    world: World, depth: int
+) -> None:
+    """Python's JSON parser goes deeper than Python's own recursion (storing, masking and
+    auditing a result walk it recursively): the agent's read was a 500, a write's answer
+    lost after it ran. The MCP client's parser refuses such an answer itself."""
+    document = {"openapi": "3.1.0", "info": {"title": "Deep", "version": "1"}, "paths": {
+        "/deep": {"get": {"operationId": "read_deep", "responses": {"200": {"description": "d"}}}}}}  # fmt: skip
+    deep = b"[" * depth + b"]" * depth if depth > 5_000 else b'{"a":' * depth + b"1" + b"}" * depth
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, document if handler.path == "/openapi.json" else deep)
+
+    server = RawHttpServer(answer, gets=True)
+    try:
+        call_command(
+            "add_upstream", "deep", "--openapi", f"{server.url}/openapi.json", "--base-url",
+            server.url, "--enable", "--allow", world.agent.name, stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+        read = world.api().submit({"tool": "deep__read_deep", "arguments": {}, "session_id": "s"})
+    finally:
+        server.close()
+    assert read.status_code == 200, read.content[:300]
+    if depth == upstream_http.MAX_ANSWER_DEPTH:
+        assert read.json()["result"] == json.loads(deep), "as deep as may be: its JSON"
+    else:
+        assert read.json()["result"] == {"text": deep.decode()}
+
+
+@pytest.mark.parametrize("inside", [1, 8, 20, 39])
+def test_an_http_answer_cut_through_the_credential_keeps_no_start_of_it(inside: int) -> None:
+    """An agent that could move an echo against the cut would read the credential's every
+    start, one answer each."""
+    token = "sk_live_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+    def echo_late(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, b"x" * (1000 - inside) + token.encode(), "text/plain")
+
+    server = RawHttpServer(echo_late)
+    try:
+        with override_settings(UPSTREAM_MAX_RESPONSE_BYTES=1000):
+            answer = bare_post(server.url, upstream_headers=[("X-Api-Key", token)])
+    finally:
+        server.close()
+    assert answer["truncated"] is True
+    assert answer["text"] == "x" * (1000 - inside), "cut before the credential's start"
+
+
+def test_a_lookup_that_quotes_the_credential_finds_the_effect_without_it() -> None:
+    """What a lookup finds is the call's result, as a 2xx of the call itself is."""
+
+    def found(handler: Any, body: bytes) -> None:
+        quoted = handler.headers.get("authorization", "")
+        raw_reply(handler, 200, {"refund": "re_1", "request": {"authorization": quoted}})
+
+    server = RawHttpServer(found, gets=True)
+    try:
+        looked_up = upstream_http.lookup(
+            lookup={"method": "GET", "path": "/refunds", "parameter": "key", "in": "query"},
+            base_url=server.url,
+            upstream_headers=[("Authorization", CANARY)],
+            key="k",
+            timeout=5,
+        )
+    finally:
+        server.close()
+    assert looked_up.found is True
+    assert looked_up.result == {"refund": "re_1", "request": {"authorization": "[credential]"}}
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,12 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
+from approvals.models import ToolCall
 from audit import chain
 from audit.models import AuditEvent
 from tests.audit.conftest import make_auditor
 from tests.conftest import World
-from tests.support.upstreams import UPSTREAM_TOKEN
+from tests.support.upstreams import UPSTREAM_TOKEN, control
 from tests.support.web import WebProcess
 from tools_registry.models import Tool, Upstream
 from tools_registry.upstreams import secrets
@@ -114,3 +115,45 @@ def test_a_wrong_header_fails_the_import_without_quoting_it(
     assert CANARY not in str(failed.value) + err.getvalue()
     failure = AuditEvent.objects.get(action="upstream.sync_failed")
     assert CANARY not in json.dumps(failure.data)
+
+
+def _imported(world: World, name: str, kind: str, url: str) -> None:
+    call_command(
+        "add_upstream", name, f"--{kind}", url, "--header", f"Authorization: Bearer {CANARY}",
+        "--enable", "--allow", world.agent.name, stdout=StringIO(), stderr=StringIO(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "tool", "echo"),
+    [
+        ("openapi", "orders__read_note", "json"),
+        ("openapi", "orders__read_note", "text"),
+        ("mcp", "notes__list_notes", True),
+    ],
+)
+def test_an_answer_that_quotes_the_credential_reaches_the_agent_without_it(
+    world: World, http_upstream: WebProcess, mcp_upstream: WebProcess, kind: str, tool: str,
+    echo: Any,
+) -> None:  # fmt: skip
+    """An echo endpoint, a debug field: a 2xx answer (an MCP result) is the call's result,
+    and the agent never holds the upstream's credential."""
+    if kind == "openapi":
+        _imported(world, "orders", kind, f"{http_upstream.url}/openapi.json")
+        control(http_upstream, echo=echo)
+    else:
+        _imported(world, "notes", kind, f"{mcp_upstream.url}/mcp")
+        control(mcp_upstream, echo=echo)
+
+    answered = world.api().submit({"tool": tool, "arguments": {}, "session_id": "s"})
+    assert answered.status_code == 200, answered.content
+    assert "[credential]" in json.dumps(answered.json()["result"]), "the answer, scrubbed"
+    status = world.api().get(f"/api/v1/tool-calls/{answered.json()['id']}")
+    chain.seal_and_anchor()
+    for where, text in {
+        "answer": answered.content.decode(),
+        "status": status.content.decode(),
+        "call": json.dumps(list(ToolCall.objects.values_list("result", flat=True))),
+        "audit trail": json.dumps(list(AuditEvent.objects.values_list("data", flat=True))),
+    }.items():
+        assert CANARY not in text, f"the canary leaked into the {where}"

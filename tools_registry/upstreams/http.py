@@ -30,6 +30,10 @@ from tools_registry.upstreams.offers import JSON
 
 RETRYABLE = frozenset({408, 409, 425, 429})
 USER_AGENT = "Countersign-Upstream/1"
+# A JSON answer nested deeper is kept as its text: Python's parser goes deeper than Python's
+# recursion, which storing, masking and auditing a result use (the MCP client's parser
+# refuses deeper answers itself).
+MAX_ANSWER_DEPTH = 200
 
 
 class UpstreamUnclear(Exception):
@@ -101,11 +105,16 @@ def call(
     # argument of the same name (in any case) is dropped, whenever the admin set it.
     taken = {name.lower() for name in ours}
     sent = {**{k: v for k, v in headers.items() if k.lower() not in taken}, **ours}
-    status, answer, location = _send(operation["method"], url, query, sent, body, timeout)
+    status, answer, location = _send(
+        operation["method"], url, query, sent, body, timeout, upstream_headers
+    )
     if 200 <= status < 300:
-        return answer
+        return secrets.answer_without_credentials(answer, upstream_headers)
     if 300 <= status < 400:
-        target = urlsplit(location).netloc or "elsewhere"
+        try:
+            target = urlsplit(location).netloc or "elsewhere"
+        except ValueError:  # "http://[::1": still a redirect, the request not carried out
+            target = "elsewhere"
         raise ToolFailed(
             f"The upstream redirected the request to {target}; redirects are not followed.",
             code="upstream_redirect",
@@ -134,19 +143,32 @@ def lookup(
     url, query, headers, _ = request_parts(operation, base_url, {name: key})
     try:
         status, answer, _ = _send(
-            lookup["method"], url, query, {**dict(upstream_headers), **headers}, None, timeout
+            lookup["method"],
+            url,
+            query,
+            {**dict(upstream_headers), **headers},
+            None,
+            timeout,
+            upstream_headers,
         )
     except UpstreamUnclear:
         return LookupResult.cannot_tell()
     if status == 200:
-        return LookupResult.found_with(answer)
+        # The call's result, as a 2xx of the call itself would have been.
+        return LookupResult.found_with(secrets.answer_without_credentials(answer, upstream_headers))
     if status == 404:
         return LookupResult.not_found()
     return LookupResult.cannot_tell()
 
 
 def _send(
-    method: str, url: str, query: JSON, headers: dict[str, str], body: Any, timeout: float
+    method: str,
+    url: str,
+    query: JSON,
+    headers: dict[str, str],
+    body: Any,
+    timeout: float,
+    credentials: secrets.Headers,
 ) -> tuple[int, JSON, str]:
     limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
     # httpx's timeout bounds each read, not the request: a server sending a byte now and
@@ -157,9 +179,14 @@ def _send(
     # argument or the upstream's headers asking for br would make the answer unreadable).
     headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
     headers["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
+    answered: list[httpx.Response] = []  # its status line and headers, as they arrived
     try:
         client = bounded_http.client_within(
-            deadline, timeout=timeout, follow_redirects=False, verify=tls.context()
+            deadline,
+            timeout=timeout,
+            follow_redirects=False,
+            verify=tls.context(),
+            event_hooks={"response": [answered.append]},
         )
     except bounded_http.ProxyUnusable as exc:
         raise ToolFailed(
@@ -179,7 +206,7 @@ def _send(
             raw, truncated = bounded_http.read(response, limit=limit, deadline=deadline)
             return (
                 response.status_code,
-                _answer(response, raw, truncated),
+                _answer(response, raw, truncated, credentials),
                 response.headers.get("location", ""),
             )
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -206,23 +233,49 @@ def _send(
         raise UpstreamUnclear(
             f"The upstream's answer could not be decoded: {type(exc).__name__}."
         ) from exc
+    except httpx.RemoteProtocolError as exc:
+        if answered and 300 <= answered[-1].status_code < 400:
+            # httpx reads a redirect's Location even when it follows none, and refuses one
+            # that is no URL: still a redirect, the request not carried out.
+            redirect = answered[-1]
+            return redirect.status_code, {}, redirect.headers.get("location", "")
+        raise UpstreamUnclear(
+            f"The request to the upstream broke off: {type(exc).__name__}."
+        ) from exc
     except httpx.HTTPError as exc:
         raise UpstreamUnclear(
             f"The request to the upstream broke off: {type(exc).__name__}."
         ) from exc
 
 
-def _answer(response: httpx.Response, raw: bytes, truncated: bool) -> JSON:
+def _answer(
+    response: httpx.Response, raw: bytes, truncated: bool, credentials: secrets.Headers
+) -> JSON:
     text = bounded_http.text(raw, response.encoding)
     if truncated:
+        text = secrets.without_cut_credential(text, credentials)
         return {"truncated": True, "limit_bytes": len(raw), "text": text}
     if response.headers.get("content-type", "").startswith("application/json"):
         try:
             parsed = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {"text": text}
-        return parsed if isinstance(parsed, dict) else {"result": parsed}
+        answer = parsed if isinstance(parsed, dict) else {"result": parsed}
+        return answer if _nests_within(answer, MAX_ANSWER_DEPTH) else {"text": text}
     return {"text": text} if text else {}
+
+
+def _nests_within(value: Any, levels: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > levels:
+                return False
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return True
 
 
 def _message(answer: JSON) -> str:

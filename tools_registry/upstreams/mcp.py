@@ -204,8 +204,11 @@ def call(
         raise ToolFailed(f"The upstream tool failed: {failure}"[:500], code="upstream_tool_failed")
     structured = result.structured_content
     if isinstance(structured, dict):
-        return _stored(structured)
-    return _stored({"text": text} if structured is None else {"result": structured})
+        answer = structured
+    else:
+        answer = {"text": text} if structured is None else {"result": structured}
+    # Before the cut: a cut through a credential would keep its start.
+    return _stored(secrets.answer_without_credentials(answer, headers))
 
 
 def _stored(answer: JSON) -> JSON:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from functools import cache
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -93,11 +94,55 @@ def without_credentials(message: str, upstream_headers: Headers) -> str:
     taken out, whole or as their tokens ("Bearer <token>"): some servers quote them back,
     and the message reaches the agent, the call and the trail. Take them out before cutting
     a message short: a cut through a credential leaves its start."""
-    for _, value in upstream_headers:
-        for secret in sorted({value, *value.split()}, key=len, reverse=True):
-            if len(secret) >= CREDENTIAL_SHORTEST and secret in message:
-                message = message.replace(secret, "[credential]")
+    for secret in _credentials(upstream_headers):
+        if secret in message:
+            message = message.replace(secret, "[credential]")
     return message
+
+
+def answer_without_credentials(answer: dict[str, Any], upstream_headers: Headers) -> dict[str, Any]:
+    """An upstream's answer (a 2xx, an MCP result, a lookup's finding) with its credentials
+    taken out of every string in it, names too (``without_credentials``): an echo endpoint
+    or a debug field quotes them back, and the answer is the call's result, the agent's to
+    read. Walked without recursion: an answer nests as deep as its parser allowed."""
+    if not upstream_headers:
+        return answer
+    pending: list[tuple[Any, Any]] = []
+
+    def copied(value: Any) -> Any:
+        if isinstance(value, dict | list):
+            empty: Any = {} if isinstance(value, dict) else []
+            pending.append((value, empty))
+            return empty
+        return without_credentials(value, upstream_headers) if isinstance(value, str) else value
+
+    cleaned: dict[str, Any] = copied(answer)
+    while pending:
+        source, target = pending.pop()
+        if isinstance(source, dict):
+            for name, value in source.items():
+                target[copied(name)] = copied(value)
+        else:
+            target.extend(copied(value) for value in source)
+    return cleaned
+
+
+def without_cut_credential(text: str, upstream_headers: Headers) -> str:
+    """The text of an answer cut short, without the start of a credential the cut went
+    through (the rest of it is ``without_credentials``'s): an agent that can move the echo
+    against the cut would read a credential's every start. The text is cut anyway."""
+    for secret in _credentials(upstream_headers):
+        for length in range(len(secret) - 1, 0, -1):
+            if text.endswith(secret[:length]):
+                text = text[:-length]
+                break
+    return text
+
+
+def _credentials(upstream_headers: Headers) -> list[str]:
+    """The header values, whole and as their tokens ("Bearer <token>"), longest first."""
+    parts = {part for _, value in upstream_headers for part in (value, *value.split())}
+    return sorted((p for p in parts if len(p) >= CREDENTIAL_SHORTEST), key=len, reverse=True)
 
 
 # Shorter parts of a header value ("Bearer", a tenant's "eu") are not credentials to hide.

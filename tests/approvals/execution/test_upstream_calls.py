@@ -133,6 +133,18 @@ def test_reads_run_at_once_and_answers_of_every_kind_are_stored(
     assert missing["error"]["details"] == {"tool_code": "upstream_404"}
 
 
+@pytest.mark.parametrize("location", ["http://[::1", "http://a]b/"])  # httpx's, urlsplit's
+def test_a_redirect_whose_location_is_no_url_fails_the_call_as_any_redirect(
+    orders: World, http_upstream: WebProcess, location: str
+) -> None:
+    """A 3xx says the request was not carried out, whatever its Location holds: no retries,
+    and a write's outcome is not left unknown (re-sent, then a person's)."""
+    control(http_upstream, moved_to=location)
+    moved = submit(orders, "orders__read_moved", {})
+    assert moved["error"]["details"] == {"tool_code": "upstream_redirect"}
+    assert effects(http_upstream)["paths"].count("/api/moved") == 1, "not tried again"
+
+
 def test_arguments_never_move_a_request_off_its_path(
     orders: World, http_upstream: WebProcess
 ) -> None:

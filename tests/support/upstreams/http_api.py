@@ -5,8 +5,11 @@ acts out failures on request.
 
 Control (not part of its document): ``POST /_control`` sets ``{"fault": "none" |
 "error_after_effect" | "sleep_after_effect", "seconds": N, "document": "v1" | "v2" |
-"moved" | "renamed" | "broken", "reset": true}`` (reset forgets every order); ``GET /_effects`` says how many orders each key made and how many requests
-brought it. Every API route wants ``Authorization: Bearer <UPSTREAM_TOKEN>``.
+"moved" | "renamed" | "broken", "echo": "none" | "json" | "text", "moved_to": URL, "reset": true}``
+(reset forgets every order, stops the echo and puts ``read_moved``'s ``Location`` back: with
+an echo, ``read_note`` quotes the Authorization header it was sent, as an echo or debug
+endpoint does); ``GET /_effects`` says how many orders each
+key made and how many requests brought it. Every API route wants ``Authorization: Bearer <UPSTREAM_TOKEN>``.
 
 Faults of one key (the soak's, ``bench/soak.py``): ``{"key_faults": {key: {"before": s,
 "after": s, "hold": "before" | "after", "abandon": true}}}`` adds them; the first request
@@ -35,7 +38,7 @@ from starlette.routing import Route
 
 TOKEN = os.environ.get("UPSTREAM_TOKEN", "upstream-token")
 
-state: dict[str, Any] = {"fault": "none", "seconds": 0.0, "document": "v1"}
+state: dict[str, Any] = {"fault": "none", "seconds": 0.0, "document": "v1", "echo": "none"}
 orders: dict[str, dict[str, Any]] = {}  # by idempotency key
 effects: dict[str, int] = {}
 requests_by_key: dict[str, int] = {}
@@ -229,7 +232,14 @@ async def cancel_order(request: Request) -> Response:
 
 
 async def read_note(request: Request) -> Response:
-    return PlainTextResponse("Plain words, not JSON.") if _authorized(request) else _refused()
+    if not _authorized(request):
+        return _refused()
+    sent = request.headers["authorization"]
+    if state["echo"] == "json":
+        return JSONResponse({"note": "Plain words.", "your_request": {"headers": {sent: sent}}})
+    if state["echo"] == "text":
+        return PlainTextResponse(f"Plain words, sent with {sent}.")
+    return PlainTextResponse("Plain words, not JSON.")
 
 
 async def read_big(request: Request) -> Response:
@@ -237,7 +247,7 @@ async def read_big(request: Request) -> Response:
 
 
 async def read_moved(request: Request) -> Response:
-    return RedirectResponse("http://evil.example/steal", status_code=302)
+    return RedirectResponse(state.get("moved_to") or "http://evil.example/steal", status_code=302)
 
 
 async def control(request: Request) -> Response:
@@ -245,6 +255,8 @@ async def control(request: Request) -> Response:
     if changes.pop("reset", False):
         for kept in (orders, effects, requests_by_key, paths, key_faults, released, placed):
             kept.clear()
+        state["echo"] = "none"
+        state["moved_to"] = ""
     key_faults.update(changes.pop("key_faults", {}))
     released.update(changes.pop("release", []))
     state.update(changes)

@@ -5,7 +5,8 @@ tests (`uvicorn tests.support.upstreams.mcp_server:app`). Like many servers its
 with the first. It records the key each call carried in ``_meta`` and acts out slowness on
 request.
 
-Control: ``POST /_control`` sets ``{"seconds_after_effect": N, "reset": true}``; ``GET /_effects`` lists
+Control: ``POST /_control`` sets ``{"seconds_after_effect": N, "echo": true, "reset": true}``
+(with the echo, ``list_notes`` quotes the Authorization header it was sent; reset stops it); ``GET /_effects`` lists
 the notes with the key each one came with, the entries by key, and how many calls each key
 brought. Its MCP endpoint is ``/mcp``.
 
@@ -35,7 +36,7 @@ from starlette.routing import Mount, Route
 IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 HOLD_LIMIT_SECONDS = 120
 
-state: dict[str, Any] = {"seconds_after_effect": 0.0}
+state: dict[str, Any] = {"seconds_after_effect": 0.0, "echo": False}
 notes: list[dict[str, Any]] = []
 entries: dict[str, dict[str, Any]] = {}  # by key
 requests_by_key: dict[str, int] = {}
@@ -79,8 +80,12 @@ def _act_out(fault: dict[str, Any], point: str, key: str) -> None:
     annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
     description="List the notes.",
 )
-def list_notes() -> dict[str, Any]:
-    return {"notes": [n["text"] for n in notes]}
+def list_notes(ctx: Context) -> dict[str, Any]:
+    listed: dict[str, Any] = {"notes": [n["text"] for n in notes]}
+    if state["echo"]:
+        sent = ctx.request_context.request.headers.get("authorization", "")
+        listed["debug"] = {"authorization": sent, "said": f"Called with {sent}."}
+    return listed
 
 
 @server.tool(
@@ -147,6 +152,7 @@ async def control(request: Request) -> Response:
         if changes.pop("reset", False):
             for kept in (notes, entries, requests_by_key, key_faults, released):
                 kept.clear()
+            state["echo"] = False
         key_faults.update(changes.pop("key_faults", {}))
         released.update(changes.pop("release", []))
         state.update(changes)
