@@ -97,6 +97,10 @@ _ATTRIBUTE_URL = re.compile(
     r"""(?i)=\s*["']\s*((?:https?:|[/\\]{2}(?=[^\s<>"'()/\\]+\.)|www\.)[^\s<>"'()]+)"""
 )
 _TABS_AND_BREAKS = str.maketrans("", "", "\t\n\r")
+# Unquoted (href=https://...), the value ends at the first space or line break as written,
+# but one written as an entity (&#10;) is part of it and taken out like the others.
+_UNQUOTED_ATTRIBUTE = re.compile(r"=[\t\n\f\r ]*([^\t\n\f\r >]+)")
+_ATTRIBUTE_LINK = re.compile(r"""(?i)(?:https?:|[/\\]{2}(?=[^\s<>"'()/\\]+\.)|www\.)""")
 # Phrases that address a model rather than a person: the tell-tale of text an attacker
 # planted for an agent to carry (OWASP LLM01). Matched case-insensitively, any spacing.
 _INJECTION = [
@@ -162,11 +166,16 @@ def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 def link_domains(text: str) -> list[str]:
     domains = []
+    unquoted = [
+        html.unescape(m.group(1)).translate(_TABS_AND_BREAKS)
+        for m in _UNQUOTED_ATTRIBUTE.finditer(text)
+    ]
     # In HTML (an e-mail's body) a link's characters may be written as entities, which the
     # browser reads first: https://evil.io&#92;@example.com goes to evil.io.
     text = html.unescape(text)
     urls = [match.group(0) for match in _URL.finditer(text)]
     urls += [m.group(1) for m in _ATTRIBUTE_URL.finditer(text.translate(_TABS_AND_BREAKS))]
+    urls += [value for value in unquoted if _ATTRIBUTE_LINK.match(value)]
     for url in urls:
         rest = _SCHEME_AND_SLASHES.sub("", url.replace("\\", "/"))
         try:

@@ -200,6 +200,15 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
             "inside all, exists, exists_one, map or filter, in may not look through the "
             "arguments (a in args.cc): its cost would grow with the square of their size."
         )
+    elif _reads_arguments_whole_per_item(tree, input_schema):
+        # Once per item it walks, copies or compares a value the agent sends at any size
+        # (args.b == args.c over two lists of 3,000: 16 s; string(args.b): 5 s).
+        found.append(
+            "inside all, exists, exists_one, map or filter, an argument may only be a number "
+            "or true/false, compared with the item (a == args.sender), or given to has() or "
+            "size(): using a text or list whole there (args.body.contains(a), string(args.to)) "
+            "costs the square of what the agent sends."
+        )
     for name in sorted(_functions(tree) - FUNCTIONS):
         # Found on a live call only when the rule gets that far, as an error that skips it.
         found.append(
@@ -353,6 +362,30 @@ def _activation(
 _PYTHON_ERRORS = (TypeError, ValueError, ArithmeticError, AttributeError, KeyError, IndexError)
 
 
+def _without_quoting(combine: Any) -> Any:
+    """cel-python's ``&&`` and ``||``, which ``all`` and ``exists`` fold a list with: two
+    errors made a new one whose message quotes both, so over items that each fail (an
+    optional member absent, or a type the schema leaves open) it doubled per item (22 items:
+    1 s and 300 MB; 30 items: the worker's memory), as over a chain of ``&&`` that each fail
+    (24 terms: 2 s). Either error says as much."""
+
+    def combined(x: Any, y: Any) -> Any:
+        if not isinstance(x, celtypes.BoolType) and not isinstance(y, celtypes.BoolType):
+            if isinstance(x, Exception) or isinstance(y, Exception):
+                return x if isinstance(x, Exception) else y
+            raise TypeError("no such overload")
+        return combine(x, y)
+
+    return combined
+
+
+# The macros look these up on the module as they run; the operators, in this table.
+celtypes.logical_and = _without_quoting(celtypes.logical_and)
+celtypes.logical_or = _without_quoting(celtypes.logical_or)
+celpy.evaluation.base_functions["_&&_"] = celtypes.logical_and
+celpy.evaluation.base_functions["_||_"] = celtypes.logical_or
+
+
 @cache
 def _environment() -> celpy.Environment:
     return celpy.Environment()
@@ -456,6 +489,82 @@ def _looks_through_arguments_per_item(tree: Tree) -> bool:
                 ):
                     return True
     return False
+
+
+_COMPARISONS = frozenset(
+    {"relation_eq", "relation_ne", "relation_lt", "relation_le", "relation_gt", "relation_ge"}
+)
+_ITEM_METHODS = frozenset({"startsWith", "endsWith", "contains"})  # cost bounded by the item
+
+
+def _reads_arguments_whole_per_item(tree: Tree, schema: Mapping[str, Any]) -> bool:
+    """Whether a comprehension's condition uses an argument at a cost of its size per item:
+    any use but reading a number or boolean, comparing it with the item (``a == args.to``),
+    looking for it in the item (``a.endsWith(args.domain)``), or giving it to has() or size()."""
+    for node in _macros(tree):
+        arguments = node.children[2] if len(node.children) > 2 else None
+        if not isinstance(arguments, Tree) or not arguments.children:
+            continue
+        bound = _plain(arguments.children[0])
+        name = bound[1] if bound and bound[0] == "ident" else ""
+        if any(_costly_read(body, name, schema) for body in arguments.children[1:]):
+            return True
+    return False
+
+
+def _costly_read(node: Any, item: str, schema: Mapping[str, Any]) -> bool:
+    if not isinstance(node, Tree) or "args" not in _identifiers(node):
+        return False
+    chain = _chain(_unwrapped(node))
+    if chain and chain[0] == "args":
+        return not _is_scalar(schema, chain[1:])
+    if node.data == "ident":
+        return True  # args itself
+    children = node.children
+    first = children[0] if children else None
+    if node.data == "relation" and isinstance(first, Tree) and first.data in _COMPARISONS:
+        sides = (first.children[0], children[-1])
+        return any(
+            not (_is_argument(side) and item in _identifiers(other))
+            and _costly_read(side, item, schema)
+            for side, other in (sides, sides[::-1])
+        )
+    if (
+        node.data == "ident_arg"
+        and str(first) in ("has", "size")
+        and len(children) > 1
+        and all(_is_argument(e) for e in children[1].children)
+    ):
+        return False
+    if node.data == "member_dot_arg" and isinstance(children[1], Token):
+        method, receiver = str(children[1]), children[0]
+        given = children[2].children if len(children) > 2 else []
+        if method == "size" and _is_argument(receiver) and not given:
+            return False
+        named = _identifiers(receiver)
+        if (
+            method in _ITEM_METHODS
+            and item in named
+            and "args" not in named
+            and all(_is_argument(e) for e in given)
+        ):
+            return False
+    return any(_costly_read(child, item, schema) for child in children)
+
+
+def _is_argument(node: Any) -> bool:
+    chain = _chain(_unwrapped(node))
+    return bool(chain) and chain[0] == "args"
+
+
+def _is_scalar(schema: Any, path: list[str]) -> bool:
+    """Whether the schema types ``args.<path>`` as a number or boolean, whatever is sent."""
+    for part in path:
+        properties = schema.get("properties") if isinstance(schema, Mapping) else None
+        schema = properties.get(part) if isinstance(properties, Mapping) else None
+    kind = schema.get("type") if isinstance(schema, Mapping) else None
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    return bool(kinds - {"null"}) and kinds <= {"integer", "number", "boolean", "null"}
 
 
 def _unnamed_macro_items(tree: Tree) -> list[str]:

@@ -49,6 +49,10 @@ LINKS = [
         "evil.io, phish.io",
     ),
     ({"body": 'Visit https://example.com\nThanks, and x = "//server/share"'}, ""),
+    # Unquoted, a line break written as an entity is inside the value; one as written ends it.
+    ({"body": "<a href=https://example.com&#10;.evil.io/reset>Reset</a>"}, "example.com.evil.io"),
+    ({"body": "<a href=//evil.io/x>Reset</a> <a href=http:phish.io>Or</a>"}, "evil.io, phish.io"),
+    ({"body": "<a href=https://example.com\n.evil.io>Reset</a> x=//server/share"}, ""),
     # A look-alike of the organisation's domain is not it (a Cyrillic a, its punycode).
     (
         {"body": "https://ex\u0430mple.com/login https://xn--exmple-4nf.com/"},

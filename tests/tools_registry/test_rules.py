@@ -3,6 +3,8 @@ first rule that holds decides."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sandbox.tools import issue_refund, send_email
@@ -78,6 +80,98 @@ def test_a_macro_may_not_look_each_item_up_in_the_arguments() -> None:
         "args.to.exists(a, a in signals) && args.to[0] in args.cc",
     ):
         assert rules.condition_problems(condition, schema) == [], condition
+
+
+def test_a_macro_may_not_use_an_argument_whole_per_item() -> None:
+    """Once per item, comparing, copying or searching a text or list the agent sends costs
+    the square of what it sends (two lists of 3,000 compared per item: 16 s at intake)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "to": {"type": "array", "items": {"type": "string"}},
+            "cc": {"type": "array", "items": {"type": "string"}},
+            "sender": {"type": "string"},
+            "body": {"type": "string"},
+            "limit": {"type": "integer"},
+            "urgent": {"type": "boolean"},
+        },
+    }
+    for condition in (
+        "args.to.exists(a, args.to == args.cc)",
+        "args.to.exists(a, string(args.cc) == a)",
+        "args.to.exists(a, args.body.contains(a))",
+        "args.to.exists(a, size(args.to + args.cc) > 3)",
+        'args.to.all(a, args.body + a != "x")',
+        "args.to.map(a, args.cc) == args.to.map(a, args.cc)",
+        "size(string(args.to.map(a, args.to))) > 0",
+        "args.to.exists(a, args.to[0] == a)",
+    ):
+        problems = rules.condition_problems(condition, schema)
+        assert problems and "square" in problems[0], (condition, problems)
+    for condition in (
+        'args.to.exists(a, a.endsWith("@example.com"))',
+        'args.to.exists(a, a in ["x", "y"])',
+        "args.to.exists(a, a in signals || a in user.roles)",
+        "args.to.all(a, a != args.sender && a.endsWith(args.sender))",
+        "args.to.exists(a, size(a) > args.limit && args.urgent)",
+        "args.to.exists(a, has(args.cc) && size(args.cc) > 0 && args.cc.size() < 9)",
+        'args.to.map(a, a + "!").exists(b, b == "x!")',
+    ):
+        assert rules.condition_problems(condition, schema) == [], condition
+
+
+def test_a_macro_whose_every_item_fails_costs_what_its_items_do() -> None:
+    """cel-python's all and exists joined two failed items into an error quoting both, so the
+    error doubled per item: 22 items without the member a rule reads took 1 s and 300 MB,
+    30 the worker's memory. The rule still fails closed."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {}}}}
+        },
+    }
+    ordered = rules.parse([{"when": 'args.items.exists(i, i.sku == "X")', "then": "approve"}])
+    assert rules.condition_problems(ordered[0].when, schema) == []
+    tracemalloc.start()
+    try:
+        applied = rules.first_match(
+            ordered,
+            arguments={"items": [{}] * 18 + [{"sku": 1}] * 2},
+            input_schema=schema,
+            signals=[],
+            user_id="",
+            roles=[],
+            agent="a",
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert applied.rule is None and applied.failed == (1,)
+    assert peak < 5_000_000, peak
+
+
+def test_a_chain_of_failing_terms_costs_what_its_terms_do() -> None:
+    """The same with && between terms that each fail (an optional argument absent)."""
+    b = {"type": "integer"}
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": b}}}}
+    when = " && ".join(["args.a.b == 1"] * 20)
+    assert rules.condition_problems(when, schema) == []
+    tracemalloc.start()
+    try:
+        applied = rules.first_match(
+            rules.parse([{"when": when, "then": "approve"}]),
+            arguments={"a": {}},
+            input_schema=schema,
+            signals=[],
+            user_id="",
+            roles=[],
+            agent="a",
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert applied.rule is None and applied.failed == (1,)
+    assert peak < 5_000_000, peak
 
 
 # (risk, rule, what the check says: "" when it is a valid rule)
