@@ -554,7 +554,7 @@ def _costly_read(node: Any, item: str, schema: Mapping[str, Any]) -> bool:
 
 def _is_argument(node: Any) -> bool:
     chain = _chain(_unwrapped(node))
-    return bool(chain) and chain[0] == "args"
+    return bool(chain and chain[0] == "args")
 
 
 def _is_scalar(schema: Any, path: list[str]) -> bool:
