@@ -407,7 +407,7 @@ def test_a_reasoning_made_to_stall_the_signal_scan_is_screened_at_once(world: Wo
     """A run of spaces after "disregard" took the injection pattern quadratic time (17 s for
     20 KB, in the submission's transaction under the agent's run lock). A bound fifty times
     what it takes now, far under what it took."""
-    started = time.monotonic()
+    started = time.thread_time()  # this thread's CPU: a loaded machine stretches the clock
     response = world.api().submit(
         {
             "tool": "send_email",
@@ -417,4 +417,4 @@ def test_a_reasoning_made_to_stall_the_signal_scan_is_screened_at_once(world: Wo
         }
     )
     assert response.status_code == 202, response.content
-    assert time.monotonic() - started < 5
+    assert time.thread_time() - started < 5

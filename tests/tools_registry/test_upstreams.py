@@ -440,18 +440,19 @@ def test_a_recursive_model_branching_at_each_level_is_walked_at_once(
     )
     assert report.imported == ["crm__find"], report.skipped
     tool = Tool.objects.get(name="crm__find")
-    started = time.monotonic()
+    # This thread's CPU, not the clock: a loaded machine stretches the clock, not the work.
+    started = time.thread_time()
     page = admin_client.get(f"/admin/tools_registry/tool/{tool.pk}/change/")
     assert page.status_code == 200
-    assert time.monotonic() - started < 5
+    assert time.thread_time() - started < 5
     assert validate_arguments(tool.input_schema, {"q": {"and": [{"field": "a"}]}}) == []
     # Each "and" tried by all eight branches: 8**depth steps for arguments nested deep.
     deep: dict[str, Any] = {"field": 1}
     for _ in range(12):
         deep = {"and": [deep]}
-    started = time.monotonic()
+    started = time.thread_time()
     refused = validate_arguments(tool.input_schema, {"q": deep})
-    assert time.monotonic() - started < 10
+    assert time.thread_time() - started < 10
     assert [(e.path, e.validator) for e in refused] == [("$", "complexity")]
 
 
@@ -491,9 +492,9 @@ def test_a_result_checked_against_a_recursive_output_schema_is_bounded(world: Wo
         body={"status": "succeeded", "result": {"q": deep}}, status_message="succeeded",
         created_at=now, updated_at=now, output_schema=published_output_schema(tool),
     )  # fmt: skip
-    started = time.monotonic()
+    started = time.thread_time()  # this thread's CPU: a loaded machine stretches the clock
     answer = mcp_calls.settled_result(settled)
-    assert time.monotonic() - started < 60
+    assert time.thread_time() - started < 60
     assert answer.is_error is True
     assert answer.structured_content is not None
     assert answer.structured_content["error"]["code"] == "result_not_as_declared"
