@@ -4,6 +4,7 @@ first rule that holds decides."""
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -132,20 +133,7 @@ def test_a_macro_whose_every_item_fails_costs_what_its_items_do() -> None:
     }
     ordered = rules.parse([{"when": 'args.items.exists(i, i.sku == "X")', "then": "approve"}])
     assert rules.condition_problems(ordered[0].when, schema) == []
-    tracemalloc.start()
-    try:
-        applied = rules.first_match(
-            ordered,
-            arguments={"items": [{}] * 18 + [{"sku": 1}] * 2},
-            input_schema=schema,
-            signals=[],
-            user_id="",
-            roles=[],
-            agent="a",
-        )
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    applied, peak = _first_match_and_peak(ordered, {"items": [{}] * 18 + [{"sku": 1}] * 2}, schema)
     assert applied.rule is None and applied.failed == (1,)
     assert peak < 5_000_000, peak
 
@@ -156,22 +144,28 @@ def test_a_chain_of_failing_terms_costs_what_its_terms_do() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": b}}}}
     when = " && ".join(["args.a.b == 1"] * 20)
     assert rules.condition_problems(when, schema) == []
+    ordered = rules.parse([{"when": when, "then": "approve"}])
+    applied, peak = _first_match_and_peak(ordered, {"a": {}}, schema)
+    assert applied.rule is None and applied.failed == (1,)
+    assert peak < 5_000_000, peak
+
+
+def _first_match_and_peak(ordered: Any, arguments: dict, schema: dict) -> tuple[Any, int]:
+    """The rules applied to a call, and the most memory that took (bytes)."""
     tracemalloc.start()
     try:
         applied = rules.first_match(
-            rules.parse([{"when": when, "then": "approve"}]),
-            arguments={"a": {}},
+            ordered,
+            arguments=arguments,
             input_schema=schema,
             signals=[],
             user_id="",
             roles=[],
             agent="a",
         )
-        peak = tracemalloc.get_traced_memory()[1]
+        return applied, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert applied.rule is None and applied.failed == (1,)
-    assert peak < 5_000_000, peak
 
 
 # (risk, rule, what the check says: "" when it is a valid rule)
