@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import math
 import os
 import secrets
 import sys
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
+
+from core.hosts import https_or_here
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -77,15 +77,6 @@ def env_float(name: str, default: float, *, minimum: float = 0) -> float:
     return value
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
@@ -96,10 +87,7 @@ def provider_endpoint(name: str) -> str:
     secret, the codes, the claims and the keys that sign ID tokens could be read or swapped
     on the way, and whoever is there sign in as anyone."""
     value = env_str(name)
-    url = urlsplit(value)
-    if value and not (
-        url.scheme == "https" or (url.scheme == "http" and _loopback(url.hostname or ""))
-    ):
+    if value and not https_or_here(value):
         raise ImproperlyConfigured(
             f"{name}={value!r}: the provider is reached over https (http only on this machine)."
         )

@@ -10,7 +10,10 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.checks import Tags, Warning, register
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}  # noqa: S104 (compared, not bound)
+from core.hosts import is_loopback
+
+# The addresses meaning "any interface", which a server binds and nobody can reach.
+UNSPECIFIED = {"0.0.0.0", "::"}  # noqa: S104 (compared, not bound)
 
 
 @register(Tags.security, deploy=True)
@@ -21,7 +24,8 @@ def public_url(**_: Any) -> list[Warning]:
         return []
     parts = urlsplit(settings.PUBLIC_URL)
     found = []
-    if (parts.hostname or "") in LOOPBACK:
+    host = parts.hostname or ""
+    if is_loopback(host) or host in UNSPECIFIED:
         found.append(
             Warning(
                 f"PUBLIC_URL is {settings.PUBLIC_URL}: the status URLs agents are given and "

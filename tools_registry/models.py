@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import secrets
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -13,6 +11,7 @@ from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from core.hosts import https_or_here
 from tools_registry.policy import Risk
 
 
@@ -259,23 +258,12 @@ def _default_algorithms() -> list[str]:
 def keys_over_tls(url: str) -> None:
     """A key set fetched over https, or over http from this machine only: anyone on the way
     of a plain fetch could serve keys of their own, and sign any user's token."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http" and (host == "localhost" or _loopback(host)):
+    if https_or_here(url):
         return
     raise ValidationError(
         "Fetch the signing keys over https (http only from this machine): anyone on the way "
         "of a plain fetch could serve keys of their own and sign any user's token."
     )
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class IdentityProvider(models.Model):
