@@ -18,8 +18,13 @@ if TYPE_CHECKING:
 # the status, so work it writes commits or rolls back with the change. Work that must not
 # happen for a rolled-back change (a wake-up, a task) goes through ``transaction.on_commit``.
 StatusChanged = Callable[["ToolCall", str | None], None]
-# (tool name, status, error): an execution ended, outside any transaction.
-ExecutionFinished = Callable[[str, str, dict[str, Any] | None], None]
+# (tool name, status, error, found by): an execution ended, outside any transaction. Found
+# by its worker, which stored the outcome (WORKER); by the lease sweep, which took the call
+# from a worker gone silent (SWEEP); or by that worker come back, its outcome refused
+# (LATE). Each execution ends once as WORKER or SWEEP; a receiver that keeps its state in
+# its own process never hears a sweep run in another, and may count the late outcome.
+ExecutionFinished = Callable[[str, str, dict[str, Any] | None, str], None]
+WORKER, SWEEP, LATE = "worker", "sweep", "late"
 
 _status_changed: list[StatusChanged] = []
 _execution_finished: list[ExecutionFinished] = []
@@ -40,6 +45,8 @@ def status_changed(call: ToolCall, previous: str | None) -> None:
         receiver(call, previous)
 
 
-def execution_finished(tool_name: str, status: str, error: dict[str, Any] | None) -> None:
+def execution_finished(
+    tool_name: str, status: str, error: dict[str, Any] | None, *, found_by: str = WORKER
+) -> None:
     for receiver in _execution_finished:
-        receiver(tool_name, status, error)
+        receiver(tool_name, status, error, found_by)

@@ -105,11 +105,8 @@ def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
             # The execution ended here, not in its worker: usually a handler that ignored
             # its timeout, killed by Celery's hard time limit. The tool's breaker hears of
             # it as of any other execution, or a tool that hangs every call would keep
-            # taking a worker for the limit's length, call after call. Only where breakers
-            # are shared (Redis): the embedded mode's lives in the server's memory, not in
-            # this sweep's process, where it would "open" (audited) and refuse nothing.
-            if settings.REDIS_URL:
-                hooks.execution_finished(call.tool.name, call.status, call.error)
+            # taking a worker for the limit's length, call after call.
+            hooks.execution_finished(call.tool.name, call.status, call.error, found_by=hooks.SWEEP)
     return expired
 
 

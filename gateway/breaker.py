@@ -28,6 +28,7 @@ from typing import Any
 
 from django.conf import settings
 
+from approvals import hooks
 from audit.log import record
 from gateway import coordination
 from tools_registry.models import Tool
@@ -304,10 +305,16 @@ def _store() -> _RedisStore | _MemoryStore:
         return _stores[url]
 
 
-def observe(tool_name: str, status: str, error: dict[str, Any] | None) -> None:
+def observe(tool_name: str, status: str, error: dict[str, Any] | None, found_by: str) -> None:
     """The executor's hook (``approvals.hooks.on_execution_finished``): feed an execution's
     outcome to the breaker, never raising (a Redis blip must not turn a stored result into
-    a failed task)."""
+    a failed task). Each execution counts once: in Redis as its worker or the lease sweep
+    found its end; in the embedded mode's memory, which the sweeps' own process does not
+    share (there it would "open", audited, and refuse nothing), as its worker did, late or
+    not."""
+    shared = isinstance(_store(), _RedisStore)
+    if found_by == (hooks.LATE if shared else hooks.SWEEP):
+        return
     try:
         record_outcome(tool_name=tool_name, status=status, error=error)
     except Exception:

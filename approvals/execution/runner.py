@@ -31,7 +31,6 @@ import time
 from dataclasses import replace
 from uuid import UUID
 
-from django.conf import settings
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -72,10 +71,8 @@ def execute(call_id: UUID, *, also: Also | None = None) -> Outcome | None:
         logger.warning(
             "call %s: lease lost (fence %s) before the result was stored", call_id, claim.fence
         )
-    # A call the lease sweep took over was told to the breaker by the sweep (where breakers
-    # are shared, ``sweeps.expire_leases``): this late outcome is not a second execution.
-    if stored or not settings.REDIS_URL:
-        hooks.execution_finished(claim.tool_name, outcome.status, outcome.error)
+    found_by = hooks.WORKER if stored else hooks.LATE  # LATE: the lease sweep took the call
+    hooks.execution_finished(claim.tool_name, outcome.status, outcome.error, found_by=found_by)
     return outcome
 
 
