@@ -106,8 +106,14 @@ class HoldingNoMore:
 
     guarded_as: str  # "person" or "group", as ``holds_more`` names it
 
+    def guarded(self, obj: Any) -> Any:
+        """The person or team ``obj`` gives access as (an authenticator app: its owner)."""
+        return obj
+
     def _holds_more(self, request: HttpRequest, obj: Any) -> bool:
-        return obj is not None and holds_more(editor=request.user, **{self.guarded_as: obj})
+        return obj is not None and holds_more(
+            editor=request.user, **{self.guarded_as: self.guarded(obj)}
+        )
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if self._holds_more(request, obj):
@@ -230,7 +236,7 @@ class AuditedGroupAdmin(HoldingNoMore, DeletionAudited, GroupAdmin):
 
 
 @admin.register(TOTPDevice)
-class RecoveryTOTPDeviceAdmin(TOTPDeviceAdmin):
+class RecoveryTOTPDeviceAdmin(HoldingNoMore, TOTPDeviceAdmin):
     """People's authenticator apps, for recovery only: an admin may see that a device exists
     and delete it (its owner lost it, and sets up a new one at their next sign-in), audited.
     Nobody adds or edits one for someone else (whoever chose its secret could pass as them),
@@ -242,12 +248,12 @@ class RecoveryTOTPDeviceAdmin(TOTPDeviceAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Deleting it leaves the password alone between anyone and the account: not for
-        # the account of someone who holds more (as on the Users page).
-        if obj is not None and holds_more(editor=request.user, person=obj.user):
-            return False
-        return super().has_delete_permission(request, obj)
+    # Deleting one leaves the password alone between anyone and the account: not for the
+    # account of someone who holds more (``HoldingNoMore``, as on the Users page).
+    guarded_as = "person"
+
+    def guarded(self, obj: Any) -> Any:
+        return obj.user
 
     def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
         super().delete_model(request, obj)
