@@ -93,14 +93,13 @@ _SCHEME_AND_SLASHES = re.compile(r"(?i)^(?:https?:)?/*")
 # In an HTML attribute (href="..."), a browser takes every tab and line break out of a URL
 # before reading it ("https://example.com<LF>.evil.io" goes to evil.io), and reads a link
 # with no scheme (//evil.io) or no slashes (http:evil.io) as going to evil.io too.
-_ATTRIBUTE_URL = re.compile(
-    r"""(?i)=\s*["']\s*((?:https?:|[/\\]{2}(?=[^\s<>"'()/\\]+\.)|www\.)[^\s<>"'()]+)"""
-)
+_LINK_START = r"""(?:https?:|[/\\]{2}(?=[^\s<>"'()/\\]+\.)|www\.)"""
+_ATTRIBUTE_URL = re.compile(rf"""(?i)=\s*["']\s*({_LINK_START}[^\s<>"'()]+)""")
 _TABS_AND_BREAKS = str.maketrans("", "", "\t\n\r")
 # Unquoted (href=https://...), the value ends at the first space or line break as written,
 # but one written as an entity (&#10;) is part of it and taken out like the others.
 _UNQUOTED_ATTRIBUTE = re.compile(r"=[\t\n\f\r ]*([^\t\n\f\r >]+)")
-_ATTRIBUTE_LINK = re.compile(r"""(?i)(?:https?:|[/\\]{2}(?=[^\s<>"'()/\\]+\.)|www\.)""")
+_ATTRIBUTE_LINK = re.compile(f"(?i){_LINK_START}")
 # Phrases that address a model rather than a person: the tell-tale of text an attacker
 # planted for an agent to carry (OWASP LLM01). Matched case-insensitively, any spacing.
 _INJECTION = [

@@ -460,24 +460,45 @@ def _macros(tree: Tree) -> Iterator[Tree]:
     return (t for t in _subtrees(tree, "member_dot_arg") if str(t.children[1]) in MACROS)
 
 
-def _nested_macros(tree: Tree) -> bool:
-    """Whether a comprehension (``x.all(i, ...)``) holds another in its arguments."""
+@dataclass(frozen=True)
+class _Comprehension:
+    """A macro as written, ``args.to.exists(a, a.endsWith("x"))``: its name, what it runs
+    over, its arguments, the name it gives each item ("" when its first argument is none)
+    and the expressions it evaluates per item."""
+
+    method: str
+    over: Any
+    arguments: Tree
+    item: str
+    bodies: list[Tree]
+
+
+def _comprehensions(tree: Tree) -> Iterator[_Comprehension]:
     for node in _macros(tree):
         arguments = node.children[2] if len(node.children) > 2 else None
-        if isinstance(arguments, Tree) and next(_macros(arguments), None) is not None:
-            return True
-    return False
+        if not isinstance(arguments, Tree):
+            continue
+        first = _plain(arguments.children[0]) if arguments.children else None
+        yield _Comprehension(
+            method=str(node.children[1]),
+            over=node.children[0],
+            arguments=arguments,
+            item=first[1] if first and first[0] == "ident" else "",
+            bodies=[body for body in arguments.children[1:] if isinstance(body, Tree)],
+        )
+
+
+def _nested_macros(tree: Tree) -> bool:
+    """Whether a comprehension (``x.all(i, ...)``) holds another in its arguments."""
+    return any(next(_macros(c.arguments), None) is not None for c in _comprehensions(tree))
 
 
 def _looks_through_arguments_per_item(tree: Tree) -> bool:
     """Whether a comprehension's condition looks each item up in the arguments with ``in``
     (``args.to.exists(a, a in args.cc)``); a literal list (``a in ["x", "y"]``) is fine."""
-    for node in _macros(tree):
-        arguments = node.children[2] if len(node.children) > 2 else None
-        if not isinstance(arguments, Tree):
-            continue
-        for body in arguments.children[1:]:
-            for relation in _subtrees(body, "relation") if isinstance(body, Tree) else ():
+    for comprehension in _comprehensions(tree):
+        for body in comprehension.bodies:
+            for relation in _subtrees(body, "relation"):
                 first = relation.children[0] if relation.children else None
                 if not (isinstance(first, Tree) and first.data == "relation_in"):
                     continue
@@ -501,15 +522,9 @@ def _reads_arguments_whole_per_item(tree: Tree, schema: Mapping[str, Any]) -> bo
     """Whether a comprehension's condition uses an argument at a cost of its size per item:
     any use but reading a number or boolean, comparing it with the item (``a == args.to``),
     looking for it in the item (``a.endsWith(args.domain)``), or giving it to has() or size()."""
-    for node in _macros(tree):
-        arguments = node.children[2] if len(node.children) > 2 else None
-        if not isinstance(arguments, Tree) or not arguments.children:
-            continue
-        bound = _plain(arguments.children[0])
-        name = bound[1] if bound and bound[0] == "ident" else ""
-        if any(_costly_read(body, name, schema) for body in arguments.children[1:]):
-            return True
-    return False
+    return any(
+        _costly_read(body, c.item, schema) for c in _comprehensions(tree) for body in c.bodies
+    )
 
 
 def _costly_read(node: Any, item: str, schema: Mapping[str, Any]) -> bool:
@@ -569,14 +584,9 @@ def _is_scalar(schema: Any, path: list[str]) -> bool:
 
 def _unnamed_macro_items(tree: Tree) -> list[str]:
     """The macros whose first argument is not a name (``args.items.all(1, true)``)."""
-    unnamed = []
-    for node in _macros(tree):
-        arguments = node.children[2] if len(node.children) > 2 else None
-        if isinstance(arguments, Tree) and len(arguments.children) >= 2:
-            first = _plain(arguments.children[0])
-            if not (first and first[0] == "ident"):
-                unnamed.append(str(node.children[1]))
-    return unnamed
+    return [
+        c.method for c in _comprehensions(tree) if not c.item and len(c.arguments.children) >= 2
+    ]
 
 
 def _functions(tree: Tree) -> set[str]:
@@ -588,15 +598,7 @@ def _functions(tree: Tree) -> set[str]:
 
 def _macro_variables(tree: Tree) -> set[str]:
     """Names bound by macros: ``i`` in ``args.items.all(i, i.qty < 5)``."""
-    names = set()
-    for node in _subtrees(tree, "member_dot_arg"):
-        method = node.children[1]
-        arguments = node.children[2] if len(node.children) > 2 else None
-        if isinstance(method, Token) and str(method) in MACROS and isinstance(arguments, Tree):
-            first = _plain(arguments.children[0]) if arguments.children else None
-            if first and first[0] == "ident":
-                names.add(first[1])
-    return names
+    return {c.item for c in _comprehensions(tree) if c.item}
 
 
 def _chain(node: Any) -> list[str] | None:
@@ -655,16 +657,11 @@ def _signal_literals(tree: Tree) -> list[str]:
     indexed = [n for n in _subtrees(tree, "member_index") if _chain(n.children[0]) == ["signals"]]
     if indexed:
         codes += _compared_with(tree, lambda n: any(n is i for i in indexed))
-    for node in _macros(tree):
-        arguments = node.children[2] if len(node.children) > 2 else None
-        if _chain(node.children[0]) != ["signals"] or not isinstance(arguments, Tree):
-            continue
-        bound = _plain(arguments.children[0]) if arguments.children else None
-        if not (bound and bound[0] == "ident"):
-            continue
-        for body in arguments.children[1:]:
-            if isinstance(body, Tree):
-                codes += _compared_with(body, lambda n, name=bound: _plain(n) == name)
+    for c in _comprehensions(tree):
+        if _chain(c.over) == ["signals"] and c.item:
+            item = ("ident", c.item)
+            for body in c.bodies:
+                codes += _compared_with(body, lambda n, item=item: _plain(n) == item)
     return codes
 
 
