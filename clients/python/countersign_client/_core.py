@@ -126,6 +126,16 @@ def retry_same_key(response: httpx.Response) -> bool:
     ) or not_countersigns(response)
 
 
+def last_read(response: httpx.Response, path: str) -> Any:
+    """The answer to a GET's last try. A proxy's 5xx is no answer, as to a proposal: not an
+    ApiError an agent would take for the call's refusal."""
+    if not_countersigns(response):
+        raise errors.TransportError(
+            f"GET {path} got HTTP {response.status_code} from in front of Countersign"
+        )
+    return parse(response)
+
+
 def not_countersigns(response: httpx.Response) -> bool:
     """A server failure without Countersign's error body: a proxy or load balancer in front
     answered (502, 504...), so Countersign may have received the request, or not."""

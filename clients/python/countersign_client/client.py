@@ -260,14 +260,7 @@ class Countersign:
                 pause = _core.backoff(self.backoff, attempt)
             else:
                 if not _core.retry_read(response) or attempt >= self.read_attempts:
-                    if _core.not_countersigns(response):
-                        # A proxy's 5xx to the last try is no answer, as to a proposal:
-                        # not an ApiError an agent would take for the call's refusal.
-                        raise errors.TransportError(
-                            f"GET {path} got HTTP {response.status_code} from in front of "
-                            "Countersign"
-                        )
-                    return _core.parse(response)
+                    return _core.last_read(response, path)
                 pause = _core.pause(response, self.backoff, attempt)
             time.sleep(_core.within(pause, deadline))
             attempt += 1
