@@ -70,6 +70,24 @@ def sign_in_through(provider: Provider, username: str, password: str) -> tuple[C
     return client, client.get(f"{back.path}?{back.query}")
 
 
+def begun_sign_in(client: Client) -> str:
+    """Begin a sign-in through the provider: the state its callback must bring back."""
+    start = client.get("/oidc/authenticate/?next=/audit/")
+    return parse_qs(urlsplit(start["Location"]).query)["state"][0]
+
+
+def redirecting(status: int, location: str, *, gets: bool = False) -> RawHttpServer:
+    """A provider endpoint that answers every request with a redirect to ``location``."""
+
+    def bounce(handler: Any, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("location", location)
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    return RawHttpServer(bounce, gets=gets)
+
+
 def test_the_login_page_offers_single_sign_on_when_configured(sso: Provider) -> None:
     page = Client().get("/login/").content.decode()
     assert 'href="/oidc/authenticate/"' in page
@@ -134,8 +152,7 @@ def test_a_code_the_provider_refuses_is_a_failed_sign_in_not_a_500(
     """A reused, expired or forged code with a valid state (the back button, a double
     click): the provider answers 400 at its token endpoint."""
     client = Client()
-    start = client.get("/oidc/authenticate/?next=/audit/")
-    state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+    state = begun_sign_in(client)
     response = client.get(f"/oidc/callback/?code=forged&state={state}")
     assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
     assert "_auth_user_id" not in client.session
@@ -156,8 +173,7 @@ def test_a_provider_that_never_answers_is_a_failed_sign_in_within_a_timeout(
     try:
         with override_settings(OIDC_OP_TOKEN_ENDPOINT=f"{silent.url}/token"):
             client = Client()
-            start = client.get("/oidc/authenticate/?next=/audit/")
-            state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+            state = begun_sign_in(client)
             began = time.monotonic()
             response = client.get(f"/oidc/callback/?code=any&state={state}")
             took = time.monotonic() - began
@@ -181,19 +197,11 @@ def test_a_provider_endpoint_that_redirects_is_not_followed_with_the_client_secr
 
     elsewhere = RawHttpServer(catch, gets=True)
     port = elsewhere.url.rsplit(":", 1)[1]
-
-    def bounce(handler: Any, body: bytes) -> None:
-        handler.send_response(status)
-        handler.send_header("location", f"http://localhost:{port}/token")
-        handler.send_header("content-length", "0")
-        handler.end_headers()
-
-    bouncer = RawHttpServer(bounce)
+    bouncer = redirecting(status, f"http://localhost:{port}/token")
     try:
         with override_settings(OIDC_OP_TOKEN_ENDPOINT=f"{bouncer.url}/token"):
             client = Client()
-            start = client.get("/oidc/authenticate/?next=/audit/")
-            state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+            state = begun_sign_in(client)
             response = client.get(f"/oidc/callback/?code=any&state={state}")
     finally:
         bouncer.close()
@@ -216,14 +224,7 @@ def test_a_user_info_endpoint_that_redirects_is_a_failed_sign_in(
         )
 
     elsewhere = RawHttpServer(impostor, gets=True)
-
-    def bounce(handler: Any, body: bytes) -> None:
-        handler.send_response(302)
-        handler.send_header("location", f"{elsewhere.url}/userinfo")
-        handler.send_header("content-length", "0")
-        handler.end_headers()
-
-    bouncer = RawHttpServer(bounce, gets=True)
+    bouncer = redirecting(302, f"{elsewhere.url}/userinfo", gets=True)
     try:
         with override_settings(OIDC_OP_USER_ENDPOINT=f"{bouncer.url}/userinfo"):
             client, landed = sign_in_through(sso, "dana", DANA["password"])
@@ -487,8 +488,7 @@ def test_an_error_answer_to_no_sign_in_begun_here_signs_nobody_out(
     assert client.session.get("_auth_user_id") == str(dana.pk)
 
     # The provider's own error answer to a sign-in begun here still ends it, as before.
-    start = client.get("/oidc/authenticate/?next=/audit/")
-    state = parse_qs(urlsplit(start["Location"]).query)["state"][0]
+    state = begun_sign_in(client)
     client.get(f"/oidc/callback/?error=access_denied&state={state}")
     assert "_auth_user_id" not in client.session
 

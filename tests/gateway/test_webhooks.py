@@ -12,6 +12,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -294,20 +295,27 @@ def test_a_receivers_huge_answer_is_not_read_whole(world: World, receiver: Recei
     assert receiver.written < 32 * 1024 * 1024, "the client stopped reading early"
 
 
+@contextmanager
+def a_delivery_to(world: World, answer: Any) -> Iterator[WebhookDelivery]:
+    """A new call's webhook delivery to a receiver that answers with ``answer`` (a raw
+    HTTP handler), listening until the block ends."""
+    server = RawHttpServer(answer)
+    try:
+        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
+        yield WebhookDelivery.objects.get(call_id=call.json()["id"])
+    finally:
+        server.close()
+
+
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1)
 def test_a_receiver_that_drips_its_headers_is_cut_off_at_the_timeout(world: World) -> None:
     """Each byte of the headers arrives within the read timeout; the timeout still bounds
     the attempt as a whole, not only the body read after them."""
 
-    server = RawHttpServer(drip_headers)
-    try:
-        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
-        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+    with a_delivery_to(world, drip_headers) as delivery:
         started = time.monotonic()
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
         assert time.monotonic() - started < 2.5
-    finally:
-        server.close()
     assert "ReadTimeout" in delivery.attempt_log.get().error
 
 
@@ -324,18 +332,13 @@ def test_a_receivers_compressed_answer_is_read_without_inflating_it_whole(world:
         handler.end_headers()
         handler.wfile.write(bomb)
 
-    server = RawHttpServer(answer)
-    try:
-        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
-        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+    with a_delivery_to(world, answer) as delivery:
         tracemalloc.start()
         try:
             assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    finally:
-        server.close()
     assert peak < 16 << 20, f"{peak >> 20} MB at the peak for a {len(bomb)}-byte answer"
     assert delivery.attempt_log.get().response_excerpt == "a" * 500
 
@@ -344,13 +347,12 @@ def test_a_receivers_compressed_answer_is_read_without_inflating_it_whole(world:
 def test_a_receivers_answer_holding_nul_is_kept_storable(world: World) -> None:
     """PostgreSQL's text cannot hold NUL: the answer's excerpt is kept with U+FFFD in its
     place, rather than the attempt failing to be recorded and resent to no end."""
-    server = RawHttpServer(lambda handler, body: raw_reply(handler, 200, b"ok\x00", "text/plain"))
-    try:
-        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
-        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+
+    def answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        raw_reply(handler, 200, b"ok\x00", "text/plain")
+
+    with a_delivery_to(world, answer) as delivery:
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
-    finally:
-        server.close()
     assert delivery.attempt_log.get().response_excerpt == "ok\ufffd"
 
 
@@ -358,15 +360,12 @@ def test_a_receivers_answer_holding_nul_is_kept_storable(world: World) -> None:
 def test_a_receivers_2xx_in_a_charset_that_is_no_text_encoding_is_delivered(world: World) -> None:
     """Python knows base64 as a codec, which bytes.decode refuses (LookupError): the attempt
     broke, and a receiver that had accepted the webhook was sent it again and again."""
-    server = RawHttpServer(
-        lambda handler, body: raw_reply(handler, 200, b"ok", "text/plain; charset=base64")
-    )
-    try:
-        call = world.api().submit({**SEND_EMAIL, "callback_url": f"{server.url}/hook"})
-        delivery = WebhookDelivery.objects.get(call_id=call.json()["id"])
+
+    def answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        raw_reply(handler, 200, b"ok", "text/plain; charset=base64")
+
+    with a_delivery_to(world, answer) as delivery:
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
-    finally:
-        server.close()
     assert delivery.attempt_log.get().response_excerpt == "ok"
 
 
