@@ -569,6 +569,49 @@ def test_an_answer_that_is_not_countersigns_is_the_clients_error(reply: httpx.Re
     asyncio.run(act())
 
 
+@pytest.mark.parametrize(
+    ("status", "code"), [(503, "unavailable"), (500, "internal_error")], ids=["503", "500"]
+)
+def test_countersigns_own_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch, status: int, code: str
+) -> None:
+    """A write accepted, then every try of its long-poll answered by Countersign itself with
+    a server failure (its database restarting): call() raised ApiError(unavailable), which
+    the adapters hand the model as a retryable refusal; the model proposes the write again,
+    as a new step with a new key, while the first call still waits and runs once approved.
+    The call's fate is not known: TransportError naming the step, as for a proxy's 5xx."""
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    pending = {"id": CALL_ID, "status": "pending"}
+    failure = {"error": {"code": code, "message": "try again", "retryable": True}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(202, json=pending)
+        return httpx.Response(status, json=failure)
+
+    transport = httpx.MockTransport(handler)
+    cs = Countersign("http://cs", "token", state=MemoryState(), transport=transport)
+    with pytest.raises(TransportError) as no_answer:
+        cs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+    assert no_answer.value.step == "mail"
+    with pytest.raises(errors.ApiError):  # asked for the call, the answer is the error
+        cs.get(CALL_ID)
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    async def call() -> None:
+        async with AsyncCountersign(
+            "http://cs", "token", state=MemoryState(), transport=transport
+        ) as acs:
+            await acs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    with pytest.raises(TransportError) as async_no_answer:
+        asyncio.run(call())
+    assert async_no_answer.value.step == "mail"
+
+
 def test_a_proxys_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

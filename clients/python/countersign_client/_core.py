@@ -13,7 +13,8 @@ Retry rules (the server's ``retryable`` decides):
 * a request that got no answer is sent again with the same key for a read; for a write it
   raises ``TransportError``, naming the step (run it again: same key, same call);
 * a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``; a
-  last try not answered by Countersign (none, or a proxy's 5xx) raises ``TransportError``;
+  last try not answered by Countersign (none, or a proxy's 5xx) raises ``TransportError``,
+  and so does ``call``'s wait whose last try got Countersign's own 5xx (``failed_wait``);
 * everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
   agent to decide.
 
@@ -151,6 +152,22 @@ def no_answer(what: str, state: StateStore, session_id: str, name: str) -> error
         session_id=session_id,
         step=name,
         idempotency_key=state.step(session_id, name).get("key"),
+    )
+
+
+def failed_wait(exc: errors.ApiError, state: StateStore, session_id: str, name: str) -> Exception:
+    """What ``call`` raises when its wait ends in an error: a server failure that outlasted
+    the GET's tries (Countersign's database restarting) says nothing of the call, which
+    still waits and runs once approved. As an ApiError the adapters would hand it to the
+    model as a refusal, and the model propose the write again as a new step with a new key;
+    it is no answer, naming the step. Any other error is the answer, as it came."""
+    if exc.status < 500:
+        return exc
+    return no_answer(
+        f"waiting for the call got HTTP {exc.status} {exc.code} from Countersign",
+        state,
+        session_id,
+        name,
     )
 
 

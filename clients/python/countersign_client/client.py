@@ -121,6 +121,11 @@ class Countersign:
                 call = self.wait(call["id"], timeout=wait_timeout, seen=call["status"])
             except errors.TransportError as exc:
                 raise _core.no_answer(str(exc), self.state, session_id, name) from exc
+            except errors.ApiError as exc:
+                failure = _core.failed_wait(exc, self.state, session_id, name)
+                if failure is exc:
+                    raise
+                raise failure from exc
         _core.record(self.state, session_id, name, call)
         return outcome(call)
 
