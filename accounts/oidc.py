@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import jwt
 import requests
 from django.conf import settings
 from django.contrib import auth
@@ -151,6 +152,37 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         if response.headers.get("content-type", "").lower().startswith("application/jwt"):
             return self.verify_token(response.text)
         return response.json()
+
+    def retrieve_matching_jwk(self, token: Any) -> Any:
+        """As mozilla-django-oidc's, but a redirect is not followed and the fetch has our
+        timeout: the keys that decide which ID tokens are genuine come from the endpoint
+        named, not from a host its answer points at. Any answer but 200, or one that is no
+        key set, is the provider's failure (a failed sign-in)."""
+        response = requests.get(
+            self.OIDC_OP_JWKS_ENDPOINT, timeout=settings.OIDC_TIMEOUT, **_provider_request_options()
+        )
+        body = response.json() if response.status_code == 200 else None
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list):
+            raise requests.HTTPError(
+                f"the key set endpoint answered {response.status_code} without keys",
+                response=response,
+            )
+        header = jwt.get_unverified_header(token)
+        # The library's matching, kept: the key id, and the algorithm when the key names one
+        # (PyJWKClient would take the first key of an id, whatever its algorithm).
+        match = None
+        for key in keys:
+            if not isinstance(key, dict):
+                continue
+            if self.get_settings("OIDC_VERIFY_KID", True) and key.get("kid") != header.get("kid"):
+                continue
+            if "alg" in key and key["alg"] != header.get("alg"):
+                continue
+            match = key
+        if match is None:
+            raise SuspiciousOperation("Could not find a valid JWKS.")
+        return jwt.PyJWK(match)
 
     def get_user(self, user_id: Any) -> Any:
         """The session's person, as ModelBackend finds them: not once deactivated.

@@ -236,6 +236,30 @@ def test_a_user_info_endpoint_that_redirects_is_a_failed_sign_in(
     assert asked == []
 
 
+def test_a_key_set_endpoint_that_redirects_is_a_failed_sign_in(world: World, sso: Provider) -> None:
+    """The keys that sign ID tokens come from the endpoint named: a key set fetched from
+    wherever its answer pointed (here the provider's own keys, served elsewhere) let
+    another host decide which tokens are genuine."""
+    asked: list[str] = []
+    keys = httpx.get(f"{sso.url}/jwks", timeout=10).json()
+
+    def elsewhere_keys(handler: Any, body: bytes) -> None:
+        asked.append(handler.path)
+        reply(handler, 200, keys)
+
+    elsewhere = RawHttpServer(elsewhere_keys, gets=True)
+    bouncer = redirecting(302, f"{elsewhere.url}/jwks", gets=True)
+    try:
+        with override_settings(OIDC_OP_JWKS_ENDPOINT=f"{bouncer.url}/jwks"):
+            client, landed = sign_in_through(sso, "dana", DANA["password"])
+    finally:
+        bouncer.close()
+        elsewhere.close()
+    assert landed["Location"].startswith("/login/?sso=failed")
+    assert "_auth_user_id" not in client.session
+    assert asked == []
+
+
 def test_a_deactivated_person_stays_out(world: World, sso: Provider) -> None:
     sign_in_through(sso, "dana", DANA["password"])
     User.objects.filter(username="dana").update(is_active=False)
