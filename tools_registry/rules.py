@@ -19,6 +19,7 @@ records the rule that applied.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,12 +28,13 @@ from typing import Any
 
 import celpy
 from celpy import celparser, celtypes
+from celpy.evaluation import celstr
 from lark import Token, Tree
 
 from core.json_values import unstorable_text
 from tools_registry import risk_signals
 from tools_registry.policy import Risk
-from tools_registry.schemas import has_argument_path
+from tools_registry.schemas import has_argument_parts
 
 APPROVE, REQUIRE, REFUSE = "approve", "require", "refuse"
 OUTCOMES = (APPROVE, REQUIRE, REFUSE)
@@ -214,9 +216,9 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
         found.append(
             f"unknown function {name!r}; the functions are {', '.join(sorted(FUNCTIONS))}."
         )
-    for path in _argument_paths(tree):
-        if not has_argument_path(input_schema, path):
-            found.append(f"args.{path} is not an argument of this tool.")
+    for path in dict.fromkeys([*_argument_paths(tree), *_keys_tested(tree, input_schema)]):
+        if not has_argument_parts(input_schema, path):
+            found.append(f"{_written(path)} is not an argument of this tool.")
     for code in _signal_literals(tree):
         if code not in risk_signals.CODES:
             known = ", ".join(sorted(risk_signals.CODES))
@@ -615,19 +617,104 @@ def _chain(node: Any) -> list[str] | None:
 
 
 def arguments_read(when: str) -> list[str]:
-    """The argument paths a condition reads (``args.a.b`` as "a.b"); none if it does not
-    compile (``condition_problems`` says why)."""
+    """The argument paths a condition reads (``args.a.b`` and ``args["a"]["b"]`` as "a.b");
+    none if it does not compile (``condition_problems`` says why)."""
     try:
-        return _argument_paths(_environment().compile(when))
+        return [".".join(path) for path in _argument_paths(_environment().compile(when))]
     except (celparser.CELParseError, RecursionError):
         return []
 
 
-def _argument_paths(tree: Tree) -> list[str]:
-    """Every ``args.a.b`` the condition reads (the longest chains; prefixes are implied)."""
-    chains = [_chain(node) for node in _subtrees(tree, "member_dot")]
-    paths = {".".join(c[1:]) for c in chains if c and c[0] == "args" and len(c) > 1}
-    return sorted(p for p in paths if not any(o.startswith(p + ".") for o in paths))
+def _argument_paths(tree: Tree) -> list[tuple[str, ...]]:
+    """Every argument path the condition reads, ``args.a.b`` or ``args["a"].b`` as ("a", "b")
+    (the longest; prefixes are implied)."""
+    nodes = [*_subtrees(tree, "member_dot"), *_subtrees(tree, "member_index")]
+    paths = {p[1:] for p in map(_argument_path, nodes) if p and p[0] == "args" and len(p) > 1}
+    return sorted(p for p in paths if not any(len(o) > len(p) and o[: len(p)] == p for o in paths))
+
+
+def _argument_path(node: Any) -> tuple[str, ...] | None:
+    """``args.changes["email"]`` as ("args", "changes", "email"), as ``args.changes.email``:
+    a key written as a string names a member as a name does, and a whole-number index
+    (``args.lines[0].sku``) reads an item of a list, which the schema check walks through.
+    None for anything else: a key computed as the call runs cannot be checked when saved
+    (``args[args.field]``), only what comes before it."""
+    if isinstance(node, Tree) and node.data == "member" and len(node.children) == 1:
+        return _argument_path(node.children[0])
+    if isinstance(node, Tree) and node.data == "member_dot":
+        inner = _argument_path(node.children[0])
+        return None if inner is None else (*inner, str(node.children[1]))
+    if isinstance(node, Tree) and node.data == "member_index" and len(node.children) == 2:
+        inner, key = _argument_path(node.children[0]), _literal_token(node.children[1])
+        if inner is None or key is None:
+            return None
+        if key.type in ("STRING_LIT", "MLSTRING_LIT"):
+            return (*inner, str(celstr(key)))
+        return inner if key.type in ("INT_LIT", "UINT_LIT") else None
+    if isinstance(node, Tree) and node.data == "primary" and len(node.children) == 1:
+        node = node.children[0]
+    if isinstance(node, Tree) and node.data == "ident" and node.children:
+        return (str(node.children[0]),)
+    return None
+
+
+def _keys_tested(tree: Tree, schema: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The argument paths ``"tier" in args.customer`` asks for, as ``has(args.customer.tier)``
+    does: where the schema makes the argument an object (in a list, ``in`` looks for an item,
+    which may be any text)."""
+    found = []
+    for node in _subtrees(tree, "relation"):
+        first = node.children[0] if node.children else None
+        if not (isinstance(first, Tree) and first.data == "relation_in") or len(node.children) < 2:
+            continue
+        key = _literal_token(first.children[0]) if first.children else None
+        container = _argument_path(_unwrapped(node.children[1]))
+        if (
+            key is not None
+            and key.type in ("STRING_LIT", "MLSTRING_LIT")
+            and container
+            and container[0] == "args"
+            and _is_object(schema, container[1:])
+        ):
+            found.append((*container[1:], str(celstr(key))))
+    return found
+
+
+def _is_object(schema: Any, path: tuple[str, ...]) -> bool:
+    """Whether the schema plainly types ``args.<path>`` as an object (not a list, nor a choice
+    it leaves to branches or a reference)."""
+    for part in path:
+        properties = schema.get("properties") if isinstance(schema, Mapping) else None
+        schema = properties.get(part) if isinstance(properties, Mapping) else None
+    if not isinstance(schema, Mapping):
+        return False
+    kind = schema.get("type")
+    if kind is None:
+        return "properties" in schema and not {"items", "anyOf", "oneOf", "$ref"} & set(schema)
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    return "object" in kinds and "array" not in kinds
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _written(path: tuple[str, ...]) -> str:
+    """An argument path as a condition would write it: ``args.customer["first-name"]``."""
+    return "args" + "".join(
+        f".{part}" if _NAME.fullmatch(part) else f"[{json.dumps(part, ensure_ascii=False)}]"
+        for part in path
+    )
+
+
+def _literal_token(node: Any) -> Token | None:
+    """The token of a subtree that is only a literal (``"tier"``, ``0``), through its wrapping
+    rules."""
+    while isinstance(node, Tree) and len(node.children) == 1 and node.data != "literal":
+        node = node.children[0]
+    if isinstance(node, Tree) and node.data == "literal" and node.children:
+        token = node.children[0]
+        return token if isinstance(token, Token) else None
+    return None
 
 
 def _plain(node: Any) -> tuple[str, str] | None:

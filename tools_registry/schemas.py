@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -256,6 +256,17 @@ def has_argument_path(schema: Mapping[str, Any], dotted: str) -> bool:
     return bool(parts) and _path_exists(schema, parts, root=schema, depth=0, asked={})
 
 
+def has_argument_parts(schema: Mapping[str, Any], parts: Sequence[str]) -> bool:
+    """Whether a rule's condition may read ``args`` through ``parts``: ``has_argument_path``
+    for a path given as its names, one of which may hold a dot (``args["a.b"]`` reads the
+    argument named ``a.b``), where a map's own keys count too. An object whose
+    ``additionalProperties`` or ``patternProperties`` gives its other members a schema holds
+    keys that are data (``args.headers["x-request-id"]``), not names that can be misspelt."""
+    return bool(parts) and _path_exists(
+        schema, list(parts), root=schema, depth=0, asked={}, maps=True
+    )
+
+
 def _path_exists(
     schema: Any,
     parts: list[str],
@@ -263,6 +274,7 @@ def _path_exists(
     root: Mapping[str, Any],
     depth: int,
     asked: dict[tuple[int, int], int],
+    maps: bool = False,
 ) -> bool:
     if not parts:
         return True
@@ -280,23 +292,46 @@ def _path_exists(
         target: Any = root
         for key in ref[2:].split("/"):
             target = target.get(key) if isinstance(target, Mapping) else None
-        if _path_exists(target, parts, root=root, depth=depth + 1, asked=asked):
+        if _path_exists(target, parts, root=root, depth=depth + 1, asked=asked, maps=maps):
             return True
     for keyword in ("anyOf", "oneOf", "allOf"):
         for branch in schema.get(keyword) or []:
-            if _path_exists(branch, parts, root=root, depth=depth + 1, asked=asked):
+            if _path_exists(branch, parts, root=root, depth=depth + 1, asked=asked, maps=maps):
                 return True
     items = schema.get("items")
     if isinstance(items, Mapping) and _path_exists(
-        items, parts, root=root, depth=depth + 1, asked=asked
+        items, parts, root=root, depth=depth + 1, asked=asked, maps=maps
     ):
         return True
     properties = schema.get("properties")
     if isinstance(properties, Mapping) and parts[0] in properties:
         return _path_exists(
-            properties[parts[0]], parts[1:], root=root, depth=depth + 1, asked=asked
+            properties[parts[0]], parts[1:], root=root, depth=depth + 1, asked=asked, maps=maps
+        )
+    if maps:
+        patterns = schema.get("patternProperties")
+        others = [
+            value
+            for pattern, value in (patterns.items() if isinstance(patterns, Mapping) else ())
+            if _matches(pattern, parts[0])
+        ]
+        extra = schema.get("additionalProperties")
+        if extra is True or extra == {}:
+            return True  # any value, so anything within it
+        others += [extra] if isinstance(extra, Mapping) else []
+        return any(
+            _path_exists(value, parts[1:], root=root, depth=depth + 1, asked=asked, maps=maps)
+            for value in others
         )
     return False
+
+
+def _matches(pattern: Any, key: str) -> bool:
+    """Whether a ``patternProperties`` pattern takes ``key``; one Python cannot read may."""
+    try:
+        return isinstance(pattern, str) and re.search(pattern, key) is not None
+    except re.error:
+        return True
 
 
 def argument_paths(schema: Mapping[str, Any], *, limit: int = 500) -> list[str]:

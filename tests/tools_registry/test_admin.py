@@ -108,6 +108,20 @@ def test_a_macro_whose_first_argument_is_no_name_is_a_form_error_not_a_500(
     assert (tool.rules, tool.policy_version) == ([], 1)
 
 
+def test_a_rule_reading_a_misspelt_key_is_a_form_error(world: World, admin_client: Client) -> None:
+    """``args["sujbect"]`` is checked against the schema as ``args.sujbect`` is: saved, it
+    would never have matched a call."""
+    tool = world.tools["send_email"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    data.update(rules='[{"when": "args[\\"sujbect\\"] == \\"x\\"", "then": "refuse"}]')
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "args.sujbect is not an argument of this tool" in " ".join(errors["rules"])
+    tool.refresh_from_db()
+    assert (tool.rules, tool.policy_version) == ([], 1)
+
+
 def test_an_imported_tools_new_risk_with_a_policy_it_forbids_is_a_form_error(
     world: World, admin_client: Client
 ) -> None:

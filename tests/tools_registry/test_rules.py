@@ -29,6 +29,16 @@ CONDITIONS = [
     ('args.amount_cents > 5 && "unterminated', "not valid CEL"),
     ("args.amount > 5", "args.amount is not an argument of this tool"),
     ("args.reason.length > 5", "args.reason.length is not an argument"),
+    # A key written as a string is checked as the name it is: a misspelt one never matched.
+    ('args["amount"] > 5', "args.amount is not an argument of this tool"),
+    ("args['amount'] > 5", "args.amount is not an argument of this tool"),
+    ('args["""amount"""] > 5 || args[r"amount"] > 5', "args.amount is not an argument"),
+    ('args["reason"]["length"] > 5', "args.reason.length is not an argument"),
+    ('args["reason"].length > 5', "args.reason.length is not an argument"),
+    ('args["amount_cents"] > 5 && args[\'currency\'] == "usd"', ""),
+    ('has(args["reason"]) && args["reason"].contains("x")', ""),
+    ('"amount" in args', "args.amount is not an argument of this tool"),
+    ('"reason" in args && !("currency" in args)', ""),
     ("amount_cents > 5", "unknown name 'amount_cents'"),
     ("request.amount > 5", "unknown name 'request'"),
     ('"external_lnk" in signals', "there is no signal 'external_lnk'"),
@@ -61,6 +71,61 @@ def test_conditions_are_checked_against_the_schema(condition: str, expected: str
         assert problems == []
     else:
         assert len(problems) >= 1 and expected in problems[0], problems
+
+
+def test_keys_written_as_strings_are_checked_like_names_at_any_depth() -> None:
+    """``args.customer["tier"]`` reads what ``args.customer.tier`` reads, and a misspelt key
+    never matches either way; an item's (``args.lines[0]``) is checked through the list. A key
+    computed as the call runs cannot be checked: what comes before it is. A map's keys are
+    data, not names: any may be read."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "customer": {
+                "type": "object",
+                "properties": {"tier": {"type": "string"}, "first-name": {"type": "string"}},
+            },
+            "lines": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"sku": {"type": "string"}}},
+            },
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "key": {"type": "string"},
+            "a.b": {"type": "integer"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "labels": {
+                "type": "object",
+                "properties": {"team": {"type": "string"}},
+                "patternProperties": {"^x-": {"type": "string"}},
+            },
+        },
+    }
+    for condition, unknown in (
+        ('args.customer["tiir"] == "gold"', "args.customer.tiir"),
+        ('args["customer"]["tiir"] == "gold"', "args.customer.tiir"),
+        ('args["custmer"].tier == "gold"', "args.custmer.tier"),
+        ('args.customer["first_name"] == "Ada"', "args.customer.first_name"),
+        ('args.lines[0].skku == "x"', "args.lines.skku"),
+        ('args.lines[0]["skku"] == "x"', "args.lines.skku"),
+        ('args["a.c"] > 1', 'args["a.c"]'),
+        ('"tiir" in args.customer', "args.customer.tiir"),
+        ('"kee" in args', "args.kee"),
+        ('args.labels["taem"] == "x"', "args.labels.taem"),
+        ('args.headers["x-id"].size > 0', 'args.headers["x-id"].size'),
+    ):
+        assert rules.condition_problems(condition, schema) == [
+            f"{unknown} is not an argument of this tool."
+        ], condition
+    for condition in (
+        'args.customer["tier"] == "gold" && args.customer["first-name"] == "Ada"',
+        'args.lines[0]["sku"] == "x" && args["a.b"] > 1',
+        'args.customer[args.key] == "x" && args[args.key] == "x"',
+        '"tier" in args.customer && "gold" in args.tags && "sku" in args.lines[0]',
+        '"key" in args && args.key in args.customer',
+        'args.headers["x-request-id"] == "r1" || "x-trace" in args.headers',
+        'args.headers.host == "h" && args.labels["x-owner"] == "ada" && args.labels.team == "a"',
+    ):
+        assert rules.condition_problems(condition, schema) == [], condition
 
 
 def test_a_macro_may_not_look_each_item_up_in_the_arguments() -> None:

@@ -13,7 +13,12 @@ from tests.tools_registry.conftest import GOOD_SCHEMA, tool_in_code
 from tools_registry import registry
 from tools_registry.policy import Risk
 from tools_registry.registry import InvalidArguments, LookupResult, ToolContext
-from tools_registry.schemas import has_argument_path, json_path, validate_arguments
+from tools_registry.schemas import (
+    has_argument_parts,
+    has_argument_path,
+    json_path,
+    validate_arguments,
+)
 
 ORDER: dict[str, Any] = {
     "type": "object",
@@ -147,6 +152,24 @@ def test_argument_paths_walk_objects_arrays_refs_and_branches() -> None:
     assert not has_argument_path(schema, "contact.phone")
     assert not has_argument_path(schema, "lines.sku")
     assert not has_argument_path(schema, "")
+
+
+def test_a_maps_keys_are_paths_a_rule_may_read_but_no_sensitive_field() -> None:
+    """A rule may read any key of a map (``args.headers["x-id"]``): its keys are data. A
+    sensitive field names a declared argument, as before."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "a.b": {"type": "object", "properties": {"c": {}}},
+        },
+        "additionalProperties": False,
+    }
+    assert has_argument_parts(schema, ["headers", "x-id"])
+    assert not has_argument_parts(schema, ["headers", "x-id", "deeper"])
+    assert not has_argument_parts(schema, ["header", "x-id"])
+    assert has_argument_parts(schema, ["a.b", "c"]) and not has_argument_parts(schema, ["a", "b"])
+    assert not has_argument_path(schema, "headers.x-id")
 
 
 def test_invalid_arguments_are_refused_by_the_api_with_every_path(world: World) -> None:

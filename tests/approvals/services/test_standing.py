@@ -174,11 +174,15 @@ def test_a_condition_reads_hidden_fields_as_its_author_sees_them(
         later = submit(world, {**EMAIL, "body": "Another note."})
         assert later.status == Status.APPROVED
         return
-    # Refused as granted, rather than a condition that could never be met; and one written
-    # another way (an index, which the check does not see) reads the masked value all the same.
-    with pytest.raises(DecisionRefused, match="which you see masked"):
-        approve_with(world, submit(world), match="condition", condition='args.to.startsWith("ada")')
-    approve_with(world, submit(world), match="condition", condition='args["to"].startsWith("ada")')
+    # Refused as granted, rather than a condition that could never be met, however the field
+    # is named; and one naming it in a way no check can see (a key computed as it runs) reads
+    # the masked value all the same.
+    for condition in ('args.to.startsWith("ada")', 'args["to"].startsWith("ada")'):
+        with pytest.raises(DecisionRefused, match="which you see masked"):
+            approve_with(world, submit(world), match="condition", condition=condition)
+    approve_with(
+        world, submit(world), match="condition", condition='args[["to"][0]].startsWith("ada")'
+    )
     assert submit(world, {**EMAIL, "body": "Another note."}).status == Status.PENDING
 
 
