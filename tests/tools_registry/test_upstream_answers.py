@@ -4,11 +4,14 @@ does not fit the server's own output schema is still the result of a call that r
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import re
 import socket
 import time
 import tracemalloc
+import urllib.parse
 from collections.abc import AsyncIterator
 from io import StringIO
 from typing import Any
@@ -211,6 +214,181 @@ def test_a_lookup_that_quotes_the_credential_finds_the_effect_without_it() -> No
         server.close()
     assert looked_up.found is True
     assert looked_up.result == {"refund": "re_1", "request": {"authorization": "[credential]"}}
+
+
+# A token with what escaping and percent-encoding change: base64's "/" and "+", a quote, a
+# backslash, an ampersand. Its letters run ("Q7rX9kLmZ2") survives every encoding.
+ODD_TOKEN = 'sk_live_Q7rX9kLmZ2/ab+cd"ef\\gh&ij'
+ODD = f"Bearer {ODD_TOKEN}"
+
+
+def echoed(quote_it: Any, ctype: str = "text/plain") -> Any:
+    """A 2xx of an HTTP upstream that quotes the Authorization header it was sent, as
+    ``quote_it`` writes it, through ``upstream_http.call``."""
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, quote_it(handler.headers.get("authorization", "")), ctype)
+
+    server = RawHttpServer(answer)
+    try:
+        return bare_post(server.url, upstream_headers=[("Authorization", ODD)])
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("quote_it", "ctype", "kept"),
+    [
+        # JSON written by PHP (json_encode escapes "/"), not parsed (text/plain).
+        (lambda sent: json.dumps({"authorization": sent}).replace("/", "\\/").encode(),
+         "text/plain", {"text": '{"authorization": "[credential]"}'}),
+        # JSON written by Go (encoding/json escapes "&", "<", ">").
+        (lambda sent: json.dumps({"authorization": sent}).replace("&", "\\u0026").encode(),
+         "text/plain", {"text": '{"authorization": "[credential]"}'}),
+        # A debug field holding the request as JSON text: a JSON string inside the answer.
+        (lambda sent: {"debug": json.dumps({"authorization": sent})},
+         "application/json", {"debug": '{"authorization": "[credential]"}'}),
+        # The request's URL or form, percent-encoded: a query string ("+" for a space),
+        # encodeURIComponent's, in lower-case hex.
+        (lambda sent: f"next=/v1?auth={urllib.parse.quote_plus(sent)}".encode(),
+         "text/plain", {"text": "next=/v1?auth=[credential]"}),
+        (lambda sent: f"auth={urllib.parse.quote(sent, safe="-_.!~*'()")}".encode(),
+         "text/plain", {"text": "auth=[credential]"}),
+        (lambda sent: re.sub("%..", lambda hex_: hex_[0].lower(), "auth=" + urllib.parse.quote(
+            sent, safe="")).encode(),
+         "text/plain", {"text": "auth=[credential]"}),
+    ],
+    ids=["json-php", "json-go", "json-in-json", "query", "uri-component", "lower-hex"],
+)  # fmt: skip
+def test_an_http_answer_quoting_the_credential_encoded_reaches_the_agent_without_it(
+    quote_it: Any, ctype: str, kept: Any
+) -> None:
+    """Scrubbing matched the credential as sent only: escaped in JSON that stays text, or
+    percent-encoded in a URL, the agent read it whole."""
+    assert echoed(quote_it, ctype) == kept
+
+
+def test_an_http_answer_quoting_a_basic_credential_decoded_reaches_the_agent_without_it() -> None:
+    """An upstream reads ``Basic <base64 of user:password>`` and quotes what it read: the
+    user and the password (8 characters or more each), the pair, and the header escaped."""
+    user, password = "countersign-bot", "pa55/word+Secret?"
+    basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def quote_it(handler: Any, body: bytes) -> None:
+        sent = handler.headers.get("authorization", "")
+        pair = base64.b64decode(sent.split()[1]).decode()
+        raw_reply(handler, 200, {"user": pair.split(":")[0], "password": pair.split(":")[1],
+                                 "pair": pair, "request": json.dumps({"auth": sent}).replace(
+                                     "/", "\\/")})  # fmt: skip
+
+    server = RawHttpServer(quote_it)
+    try:
+        answer = bare_post(server.url, upstream_headers=[("Authorization", basic)])
+    finally:
+        server.close()
+    assert "/" in basic, "its base64 holds a slash, which PHP's JSON escapes"
+    assert answer == {
+        "user": "[credential]",
+        "password": "[credential]",
+        "pair": "[credential]",
+        "request": '{"auth": "[credential]"}',
+    }
+
+
+def test_an_http_error_quoting_the_credential_in_its_json_is_kept_without_it() -> None:
+    """An error with no message of its own is quoted as its JSON, which escapes the
+    credential's quote and backslash: Countersign's own encoding kept it."""
+
+    def refuse(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 401, {"received": {"authorization": handler.headers["authorization"]}})
+
+    server = RawHttpServer(refuse)
+    try:
+        with pytest.raises(ToolFailed) as refused:
+            bare_post(server.url, upstream_headers=[("Authorization", ODD)])
+    finally:
+        server.close()
+    assert "Q7rX9kLmZ2" not in refused.value.message
+    assert refused.value.message.endswith('{"received": {"authorization": "[credential]"}}')
+
+
+@pytest.mark.parametrize("inside", [8, 12, 30])
+def test_an_http_answer_cut_through_the_credential_encoded_keeps_no_start_of_it(
+    inside: int,
+) -> None:
+    def echo_late(handler: Any, body: bytes) -> None:
+        quoted = urllib.parse.quote(handler.headers["authorization"], safe="")
+        raw_reply(handler, 200, b"x" * (1000 - inside) + quoted.encode(), "text/plain")
+
+    server = RawHttpServer(echo_late)
+    try:
+        with override_settings(UPSTREAM_MAX_RESPONSE_BYTES=1000):
+            answer = bare_post(server.url, upstream_headers=[("Authorization", ODD)])
+    finally:
+        server.close()
+    assert answer["text"] == "x" * (1000 - inside), "cut before the credential's start"
+
+
+def test_an_mcp_result_quoting_the_credential_as_json_text_is_kept_without_it() -> None:
+    """A tool's text content is often its result as JSON: a credential with a quote or a
+    backslash is escaped there."""
+
+    def quote_it(handler: Any, message: dict[str, Any]) -> None:
+        text = json.dumps({"authorization": handler.headers.get("authorization", "")})
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+            "content": [{"type": "text", "text": text}]}})  # fmt: skip
+
+    server = RawMcpServer(quote_it)
+    try:
+        answer = upstream_mcp.call(url=server.url, headers=[("Authorization", ODD)], tool="t",
+                                   arguments={}, key="k", timeout=5)  # fmt: skip
+    finally:
+        server.close()
+    assert answer == {"text": '{"authorization": "[credential]"}'}
+
+
+@pytest.mark.django_db
+def test_a_call_whose_answer_quotes_the_credential_encoded_stores_and_audits_it_without(
+    world: World,
+) -> None:
+    """Through the API: the agent's answer, the call's stored result and the trail."""
+    from approvals.models import ToolCall
+    from audit import chain
+    from audit.models import AuditEvent
+
+    document = {"openapi": "3.1.0", "info": {"title": "Echo", "version": "1"}, "paths": {
+        "/echo": {"get": {"operationId": "read_echo", "responses": {"200": {"description": "e"}}}}}}  # fmt: skip
+
+    def answer(handler: Any, body: bytes) -> None:
+        if handler.path == "/openapi.json":
+            raw_reply(handler, 200, document)
+            return
+        sent = handler.headers.get("authorization", "")
+        raw_reply(handler, 200, {"debug": json.dumps({"authorization": sent}).replace(
+            "/", "\\/"), "next": f"/echo?auth={urllib.parse.quote_plus(sent)}"})  # fmt: skip
+
+    server = RawHttpServer(answer, gets=True)
+    try:
+        call_command(
+            "add_upstream", "echo", "--openapi", f"{server.url}/openapi.json", "--base-url",
+            server.url, "--header", f"Authorization: {ODD}", "--enable", "--allow", world.agent.name,
+            stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+        read = world.api().submit({"tool": "echo__read_echo", "arguments": {}, "session_id": "s"})
+    finally:
+        server.close()
+    assert read.status_code == 200, read.content[:300]
+    assert read.json()["result"] == {
+        "debug": '{"authorization": "[credential]"}',
+        "next": "/echo?auth=[credential]",
+    }
+    chain.seal_and_anchor()
+    for where, text in {
+        "answer": read.content.decode(),
+        "call": json.dumps(list(ToolCall.objects.values_list("result", flat=True))),
+        "audit trail": json.dumps(list(AuditEvent.objects.values_list("data", flat=True))),
+    }.items():
+        assert "Q7rX9kLmZ2" not in text, f"the credential leaked into the {where}"
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from functools import cache
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
@@ -91,13 +93,19 @@ def parse_header_lines(lines: list[str]) -> Headers:
 
 def without_credentials(message: str, upstream_headers: Headers) -> str:
     """An upstream's message with the values of the headers it was sent (its credentials)
-    taken out, whole or as their tokens ("Bearer <token>"): some servers quote them back,
-    and the message reaches the agent, the call and the trail. Take them out before cutting
-    a message short: a cut through a credential leaves its start."""
-    for secret in _credentials(upstream_headers):
-        if secret in message:
-            message = message.replace(secret, "[credential]")
-    return message
+    taken out, whole or as their tokens ("Bearer <token>"), as sent or encoded as an upstream
+    quotes them (``_credentials``): some servers quote them back, and the message reaches the
+    agent, the call and the trail. Take them out before cutting a message short: a cut
+    through a credential leaves its start."""
+    return _without(message, _credentials(upstream_headers))
+
+
+def _without(text: str, credentials: list[str]) -> str:
+    # A scan of the text per form, longest first: linear in the text, however large.
+    for secret in credentials:
+        if secret in text:
+            text = text.replace(secret, "[credential]")
+    return text
 
 
 def answer_without_credentials(answer: dict[str, Any], upstream_headers: Headers) -> dict[str, Any]:
@@ -107,6 +115,7 @@ def answer_without_credentials(answer: dict[str, Any], upstream_headers: Headers
     read. Walked without recursion: an answer nests as deep as its parser allowed."""
     if not upstream_headers:
         return answer
+    credentials = _credentials(upstream_headers)  # once, not once per string
     pending: list[tuple[Any, Any]] = []
 
     def copied(value: Any) -> Any:
@@ -114,7 +123,7 @@ def answer_without_credentials(answer: dict[str, Any], upstream_headers: Headers
             empty: Any = {} if isinstance(value, dict) else []
             pending.append((value, empty))
             return empty
-        return without_credentials(value, upstream_headers) if isinstance(value, str) else value
+        return _without(value, credentials) if isinstance(value, str) else value
 
     cleaned: dict[str, Any] = copied(answer)
     while pending:
@@ -129,8 +138,9 @@ def answer_without_credentials(answer: dict[str, Any], upstream_headers: Headers
 
 def without_cut_credential(text: str, upstream_headers: Headers) -> str:
     """The text of an answer cut short, without the start of a credential the cut went
-    through (the rest of it is ``without_credentials``'s): an agent that can move the echo
-    against the cut would read a credential's every start. The text is cut anyway."""
+    through, in any of its forms (the rest of it is ``without_credentials``'s): an agent
+    that can move the echo against the cut would read a credential's every start. The text
+    is cut anyway."""
     for secret in _credentials(upstream_headers):
         for length in range(len(secret) - 1, 0, -1):
             if text.endswith(secret[:length]):
@@ -140,10 +150,68 @@ def without_cut_credential(text: str, upstream_headers: Headers) -> str:
 
 
 def _credentials(upstream_headers: Headers) -> list[str]:
-    """The header values, whole and as their tokens ("Bearer <token>"), longest first."""
-    parts = {part for _, value in upstream_headers for part in (value, *value.split())}
-    return sorted((p for p in parts if len(p) >= CREDENTIAL_SHORTEST), key=len, reverse=True)
+    """The header values, whole and as their tokens ("Bearer <token>"), and what a ``Basic``
+    token decodes to (``user:password``, the user, the password), each as sent and in the
+    forms an upstream quotes it in (``_quoted``), longest first."""
+    parts: set[str] = set()
+    for _, value in upstream_headers:
+        words = value.split()
+        parts.update((value, *words))
+        if len(words) == 2 and words[0].lower() == "basic":
+            parts.update(_basic_pair(words[1]))
+    return sorted(
+        {form for part in parts if len(part) >= CREDENTIAL_SHORTEST for form in _quoted(part)},
+        key=len,
+        reverse=True,
+    )
 
+
+def _basic_pair(token: str) -> tuple[str, ...]:
+    """What an upstream reads from ``Authorization: Basic <token>`` and may quote back."""
+    try:
+        pair = base64.b64decode(token, validate=True).decode()
+    except ValueError:  # not base64 (binascii.Error), or not text (UnicodeDecodeError)
+        return ()
+    user, colon, password = pair.partition(":")
+    return (pair, user, password) if colon else (pair,)
+
+
+def _quoted(part: str) -> set[str]:
+    """``part`` as sent, and as the encoders that put what a request carried into an answer
+    write it: escaped in a JSON string (once, or twice for JSON held in a JSON string;
+    with "/" escaped as PHP does, "<", ">", "&" as Go does), and percent-encoded as a query
+    string's or a URL's part is (by RFC 3986, with "+" for a space, by encodeURIComponent,
+    form-encoded by browsers, Java and PHP; in upper- and lower-case hex). A handful of
+    forms for a few characters; most tokens have a single one."""
+    forms = {part}
+    for slash, html in ((False, False), (True, False), (False, True)):
+        once = _json_escaped(part, slash=slash, html=html)
+        forms.update((once, _json_escaped(once, slash=slash, html=html)))
+    for safe, plus in _URL_ENCODERS:
+        encoded = (quote_plus if plus else quote)(part, safe=safe)
+        forms.update((encoded, _LOWER_HEX.sub(lambda hex_: hex_[0].lower(), encoded)))
+    return forms
+
+
+def _json_escaped(text: str, *, slash: bool, html: bool) -> str:
+    escaped = json.dumps(text)[1:-1]
+    if slash:
+        escaped = escaped.replace("/", "\\/")
+    if html:
+        escaped = escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return escaped
+
+
+# The characters each encoder leaves as they are, and whether it writes a space as "+".
+_URL_ENCODERS = (
+    ("-_.~", False),  # RFC 3986: Python's quote(safe=""), PHP's rawurlencode
+    ("-_.~", True),  # Python's quote_plus, Go's QueryEscape
+    ("-_.~/", False),  # Python's quote, a path
+    ("-_.!~*'()", False),  # JavaScript's encodeURIComponent
+    ("-_.*", True),  # form-encoded: browsers' URLSearchParams, Java's URLEncoder
+    ("-_.", True),  # PHP's urlencode
+)
+_LOWER_HEX = re.compile("%[0-9A-F]{2}")
 
 # Shorter parts of a header value ("Bearer", a tenant's "eu") are not credentials to hide.
 CREDENTIAL_SHORTEST = 8
