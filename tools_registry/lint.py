@@ -14,7 +14,8 @@ Rules (each problem names its rule and the argument's JSON path):
 - ``string_max_length``: every free string has a ``maxLength``.
 - ``additional_properties``: every object sets ``additionalProperties: false``.
 
-Run ``python manage.py lint_tools``; the admin shows each tool's result.
+Run ``python manage.py lint_tools``; the admin shows each tool's result. ``--stored`` lints
+the rows in the database, their policy rules included (``lint_stored``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tools_registry import rules
 from tools_registry.policy import Risk
 from tools_registry.schemas import json_path, schema_problems
 
@@ -124,6 +126,16 @@ def lint_tool(tool: Any) -> list[LintProblem]:
         risk=tool.risk,
         input_schema=tool.input_schema,
     )
+
+
+def lint_stored(tool: Any, teams: frozenset[str]) -> list[LintProblem]:
+    """``lint_tool`` of a ``Tool`` row, and what today's checks say of the policy rules it
+    holds (``policy_rules``): a rule saved before a check existed keeps running as written,
+    one that reads a misspelt argument never matching, until the policy is next saved."""
+    stored_rules = rules.problems(
+        tool.rules, risk=tool.risk, input_schema=tool.input_schema, teams=teams
+    )
+    return [*lint_tool(tool), *(LintProblem("policy_rules", "$", p) for p in stored_rules)]
 
 
 def _lint_description(name: str, description: str, risk: str) -> Iterator[LintProblem]:

@@ -236,3 +236,25 @@ def test_lint_tools_can_lint_the_stored_definitions(world: Any) -> None:
     with pytest.raises(CommandError):
         call_command("lint_tools", "--stored", "send_email", stdout=out)
     assert "[description] $" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_lint_tools_names_stored_rules_that_the_checks_of_today_refuse(world: Any) -> None:
+    """Rules saved before a check existed (an argument read as args["amuont"], refused when
+    saved since) keep running as written and never match; after an upgrade, the stored lint
+    is where an operator finds them."""
+    from tools_registry.models import Tool
+
+    misspelt = [{"when": 'args["sujbect"] == "refund"', "then": "require", "approvals": 2}]
+    Tool.objects.filter(name="send_email").update(rules=misspelt)
+    out = StringIO()
+    with pytest.raises(CommandError, match="lint problem"):
+        call_command("lint_tools", "--stored", "send_email", stdout=out)
+    assert (
+        "[policy_rules] $: Rule 1: args.sujbect is not an argument of this tool." in out.getvalue()
+    )
+
+    Tool.objects.filter(name="send_email").update(rules=[])
+    out = StringIO()
+    call_command("lint_tools", "--stored", "send_email", stdout=out)
+    assert "ok    send_email" in out.getvalue()

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tools_registry import registry
-from tools_registry.lint import lint_tool
+from tools_registry.lint import lint_stored, lint_tool
 from tools_registry.models import Tool
 
 
@@ -20,7 +21,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--stored",
             action="store_true",
-            help="Lint the definitions stored in the database, as the admin shows them.",
+            help=(
+                "Lint the definitions stored in the database, as the admin shows them, and "
+                "check their policy rules again (after an upgrade: rules saved before a "
+                "check existed)."
+            ),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,8 +41,11 @@ class Command(BaseCommand):
             raise CommandError(f"No tool named {', '.join(missing)}.")
         failing = 0
         problems_total = 0
+        teams = (
+            frozenset(Group.objects.values_list("name", flat=True)) if options["stored"] else None
+        )
         for tool in tools:
-            problems = lint_tool(tool)
+            problems = lint_tool(tool) if teams is None else lint_stored(tool, teams)
             if not problems:
                 self.stdout.write(f"ok    {tool.name}")
                 continue
