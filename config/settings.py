@@ -487,14 +487,14 @@ MCP_CALL_WAIT_SECONDS = env_int("MCP_CALL_WAIT_SECONDS", 25)
 # ended (succeeded or rejected) this recently, is that call, not a new one.
 MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 # An MCP session unused this long is over; its client initializes a new one.
-MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600)
+MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600, minimum=1)
 # An agent session (the round counter of one run, REST or MCP) idle this long is deleted;
 # a run that comes back after it counts its rounds from zero.
 AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600)
 # Requests of one agent that may wait for calls to end at once (tasks/result, the wait of
 # a tools/call, countersign_wait): each holds a Redis connection. Past it, tasks/result is
 # refused (too_many_waits) and the others answer at once with the call as it stands.
-MCP_MAX_WAITS_PER_AGENT = env_int("MCP_MAX_WAITS_PER_AGENT", 20)
+MCP_MAX_WAITS_PER_AGENT = env_int("MCP_MAX_WAITS_PER_AGENT", 20, minimum=1)
 # Threads that serve Django's pages and the REST API in each web process (config.asgi).
 WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
 # Upstreams (tools_registry.upstreams): Fernet keys for their header values at rest,
@@ -515,7 +515,7 @@ EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
 EXECUTOR_RESEND_AFTER_SECONDS = env_int("EXECUTOR_RESEND_AFTER_SECONDS", 60)
 # Reviewer UI. A destructive approval needs a sign-in (or a re-entered password) no older
 # than this, on top of typing the tool's name.
-APPROVALS_REAUTH_WINDOW_SECONDS = env_int("APPROVALS_REAUTH_WINDOW_SECONDS", 15 * 60)
+APPROVALS_REAUTH_WINDOW_SECONDS = env_int("APPROVALS_REAUTH_WINDOW_SECONDS", 15 * 60, minimum=1)
 # The queue's "expiring soon" filter: calls that expire within this many seconds.
 APPROVALS_EXPIRING_SOON_SECONDS = env_int("APPROVALS_EXPIRING_SOON_SECONDS", 15 * 60)
 APPROVALS_QUEUE_PAGE_SIZE = env_int("APPROVALS_QUEUE_PAGE_SIZE", 50, minimum=1)

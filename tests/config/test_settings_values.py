@@ -76,6 +76,12 @@ def test_a_boolean_that_is_no_boolean_stops_the_start(
         ("WEBHOOK_RETRY_BASE_SECONDS", "nan", "WEBHOOK_RETRY_BASE_SECONDS"),
         ("WEBHOOK_RETRY_MAX_SECONDS", "-1", "WEBHOOK_RETRY_MAX_SECONDS"),
         ("MCP_CALL_WAIT_SECONDS", "ten", "MCP_CALL_WAIT_SECONDS"),
+        # At 0, as docs/operations.md says no limit or interval may be: every MCP session
+        # was over at its next request, every wait refused (tasks/result too_many_waits
+        # always), and no sign-in recent enough for a destructive approval.
+        ("MCP_SESSION_IDLE_SECONDS", "0", "MCP_SESSION_IDLE_SECONDS"),
+        ("MCP_MAX_WAITS_PER_AGENT", "0", "MCP_MAX_WAITS_PER_AGENT"),
+        ("APPROVALS_REAUTH_WINDOW_SECONDS", "0", "APPROVALS_REAUTH_WINDOW_SECONDS"),
     ],
 )
 def test_a_number_out_of_its_range_stops_the_start(
