@@ -3,15 +3,22 @@ page shows its progress, and the outcome is recorded with who asked and when.
 
 The walk itself is ``audit.verify.verify_chain``; this module only keeps the run's row
 (``VerificationRun``) and its audit events. One run at a time: asking while one is queued
-or running joins it rather than starting a second walk.
+or running joins it rather than starting a second walk. One walk at a time, too, when a run
+taken for dead was not (it waited in the workers' backlog, or walked without reporting):
+a run that a later one superseded ends without walking, and so does one that reaches a
+worker while another walks, since the walk holds a PostgreSQL advisory lock for its length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Exists, OuterRef
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -24,6 +31,9 @@ from audit.models import VerificationRun
 STALE_AFTER = timedelta(minutes=10)
 # Any constant works (not the sealer's); it only has to be the same in every process.
 REQUEST_LOCK_KEY = 0x566572696679  # "Verify"
+# Held by the worker that walks, for the whole walk: a second walk cannot start beside it
+# whatever a run's row says (STALE_AFTER is a guess; the lock dies with its holder).
+WALK_LOCK_KEY = 0x57616C6B  # "Walk"
 
 
 def active_run() -> VerificationRun | None:
@@ -39,15 +49,25 @@ def active_run() -> VerificationRun | None:
 
 
 def latest_run() -> VerificationRun | None:
-    """The last run that finished: one whose worker died never will, and showing it would
-    hide the button that starts a new one."""
-    return VerificationRun.objects.filter(state=VerificationRun.State.DONE).order_by("-pk").first()
+    """The last run that finished walking: one whose worker died never will, and showing it
+    would hide the button that starts a new one; one that ended without walking has no
+    outcome to show."""
+    return (
+        VerificationRun.objects.filter(state=VerificationRun.State.DONE, started_at__isnull=False)
+        .order_by("-pk")
+        .first()
+    )
 
 
 def is_dead(run: VerificationRun) -> bool:
     """Not finished and past STALE_AFTER: ``active_run()`` no longer joins it."""
     last_heard = run.progressed_at or run.requested_at
     return run.state != VerificationRun.State.DONE and last_heard < timezone.now() - STALE_AFTER
+
+
+def was_not_run(run: VerificationRun) -> bool:
+    """Ended without walking: a later run superseded it, or another walk held the lock."""
+    return run.state == VerificationRun.State.DONE and run.started_at is None
 
 
 @transaction.atomic
@@ -71,25 +91,99 @@ def request_verification(*, user: Any, send: Any) -> tuple[VerificationRun, bool
     return run, True
 
 
+@contextmanager
+def _connection_of_its_own() -> Iterator[BaseDatabaseWrapper]:
+    """A second connection to the database for the block (SQLite's one otherwise)."""
+    if connection.vendor != "postgresql":
+        yield connection
+        return
+    own = connection.copy()
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+@contextmanager
+def _walk_lock() -> Iterator[bool]:
+    """Whether this process may walk, held until the block ends. A transaction-scoped lock
+    on a connection of its own: the walk's connection stays in autocommit (it cancels its
+    COPY at a broken link, which would abort a transaction), a session lock would stay
+    behind on a PgBouncer server connection, and a worker that dies drops the connection
+    and so the lock."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with _connection_of_its_own() as holder:
+        holder.set_autocommit(False)
+        try:
+            with holder.cursor() as cursor:
+                # Idle in its transaction for the whole walk: the timeout operations.md
+                # advises for the workers' role would end it, and the lock, a minute in.
+                cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WALK_LOCK_KEY])
+                held = bool(cursor.fetchone()[0])
+            yield held
+        finally:
+            holder.rollback()  # releases the lock before the next walk looks for it
+
+
+def _end_unwalked(run_id: int, reason: str) -> None:
+    VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED).update(
+        state=VerificationRun.State.DONE, finished_at=timezone.now(), reason=reason
+    )
+
+
 def run_verification(run_id: int) -> VerificationRun | None:
     """The worker's side: claim the run, walk the chain reporting progress, record the
     outcome as the asking auditor's ``audit.chain_verified`` event. No transaction stays
-    open during the walk; each progress report is its own small UPDATE."""
-    claimed = VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED).update(
-        state=VerificationRun.State.RUNNING,
-        started_at=timezone.now(),
-        progressed_at=timezone.now(),
+    open on the walk's connection; each progress report is its own small UPDATE. Returns
+    None, and walks nothing, for a run already claimed or done, one superseded by a later
+    run, or one delivered while another walk holds the lock."""
+    with _walk_lock() as may_walk:
+        if not may_walk:
+            _end_unwalked(run_id, "not run: another walk of the chain was under way")
+            return None
+        return _claim_and_walk(run_id)
+
+
+def _claim_and_walk(run_id: int) -> VerificationRun | None:
+    # A later run exists only if this one was taken for dead (asking joins a live one); it
+    # answers the auditors' question, so this one, reaching a worker late, stands down.
+    later = VerificationRun.objects.filter(pk__gt=OuterRef("pk"))
+    claimed = (
+        VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED)
+        .filter(~Exists(later))
+        .update(
+            state=VerificationRun.State.RUNNING,
+            started_at=timezone.now(),
+            progressed_at=timezone.now(),
+        )
     )
     if not claimed:
-        return None  # a duplicate delivery, or a run already done
+        superseder = VerificationRun.objects.filter(pk__gt=run_id).order_by("pk").first()
+        if superseder is not None:
+            _end_unwalked(
+                run_id,
+                f"not run: superseded by run {superseder.pk}, asked for after "
+                "this one was taken for dead",
+            )
+        return None  # a duplicate delivery, a run already done, or a superseded one
     run = VerificationRun.objects.select_related("requested_by").get(pk=run_id)
 
-    def progress(checked: int, total: int) -> None:
-        VerificationRun.objects.filter(pk=run_id).update(
-            checked=checked, total=total, progressed_at=timezone.now()
-        )
+    # Reported while the chain streams in on the walk's connection (a COPY), which takes no
+    # other statement until the stream ends: a report sent there waits for ever.
+    with _connection_of_its_own() as reporter:
 
-    result = verify.verify_chain_or_unreadable(progress=progress)
+        def progress(checked: int, total: int) -> None:
+            with reporter.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {VerificationRun._meta.db_table}"  # noqa: S608 - the model's name
+                    " SET checked = %s, total = %s, progressed_at = %s WHERE id = %s",
+                    [checked, total, timezone.now(), run_id],
+                )
+
+        result = verify.verify_chain_or_unreadable(progress=progress)
     with transaction.atomic():
         verify.record_verification(result, actor=run.requested_by)
         VerificationRun.objects.filter(pk=run_id).update(

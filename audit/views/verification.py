@@ -40,7 +40,8 @@ def verify_now(request: HttpRequest) -> HttpResponse:
 def verification_status(request: HttpRequest, run_id: int) -> HttpResponse:
     """The chain panel again, polled by the page while the run is under way."""
     run = get_object_or_404(VerificationRun, pk=run_id)
-    # A page still polling a run whose worker died: stop polling, give the button back.
-    return _panel(
-        request, verification_runs.latest_run() if verification_runs.is_dead(run) else run
-    )
+    # A page still polling a run whose worker died, or that ended without walking (another
+    # walk answered for it): stop polling, show the last walk, give the button back.
+    if verification_runs.is_dead(run) or verification_runs.was_not_run(run):
+        return _panel(request, verification_runs.latest_run())
+    return _panel(request, run)

@@ -203,3 +203,111 @@ def test_the_scheduled_walk_records_an_unreadable_anchor_file_too(anchor_path) -
     outcome = AuditEvent.objects.get(action="audit.chain_verified")
     assert outcome.outcome == "incomplete"
     assert "cannot read the anchor file" in outcome.data["reason"]
+
+
+def test_a_run_that_waited_past_stale_after_and_was_asked_again_does_not_walk_too(
+    auditor_client: Client,
+) -> None:
+    """The workers' backlog held the first run past STALE_AFTER: taken for dead, it was asked
+    for again. Both deliveries reach a worker in the end; only the later run walks."""
+    make_events(3)
+    chain.seal_and_anchor()
+    auditor_client.post("/audit/verify/")
+    first = VerificationRun.objects.get()
+    VerificationRun.objects.filter(pk=first.pk).update(
+        requested_at=timezone.now() - verification_runs.STALE_AFTER - timedelta(minutes=1)
+    )
+    auditor_client.post("/audit/verify/")
+    second = VerificationRun.objects.exclude(pk=first.pk).get()
+
+    assert verification_runs.run_verification(first.pk) is None
+    done = verification_runs.run_verification(second.pk)
+
+    assert done is not None and done.state == "done" and done.ok is True
+    assert AuditEvent.objects.filter(action="audit.chain_verified").count() == 1
+    first.refresh_from_db()
+    assert first.state == "done" and first.started_at is None and first.ok is None
+    assert f"superseded by run {second.pk}" in first.reason
+    assert verification_runs.latest_run() == done
+    page = auditor_client.get(f"/audit/verify/{first.pk}/").content.decode()
+    assert 'id="verify-now"' in page and "hx-trigger" not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_taken_for_dead_while_it_walks_has_no_second_walk_beside_it(
+    monkeypatch,
+) -> None:
+    """A walk silent past STALE_AFTER (a stalled read, a paused worker) is taken for dead and
+    asked for again; the second run reaches a worker while the first still walks."""
+    auditor = make_auditor("dana")
+    walking, release = threading.Event(), threading.Event()
+    walks: list[int] = []
+    real_walk = verify.verify_chain
+
+    def slow_walk(progress=None) -> verify.Verification:
+        walks.append(len(walks) + 1)
+        if len(walks) == 1:
+            walking.set()
+            release.wait(10)
+        return real_walk(progress=progress)
+
+    monkeypatch.setattr(verify, "verify_chain", slow_walk)
+    first, _ = verification_runs.request_verification(user=auditor, send=lambda run_id: None)
+
+    def work() -> None:
+        try:
+            verification_runs.run_verification(first.pk)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        assert walking.wait(10)
+        long_ago = timezone.now() - verification_runs.STALE_AFTER - timedelta(minutes=1)
+        VerificationRun.objects.filter(pk=first.pk).update(
+            requested_at=long_ago, progressed_at=long_ago
+        )
+        second, new = verification_runs.request_verification(user=auditor, send=lambda run_id: None)
+        assert new
+
+        assert verification_runs.run_verification(second.pk) is None
+        assert walks == [1], "a second walk ran beside the first"
+    finally:
+        release.set()
+        worker.join(10)
+
+    second.refresh_from_db()
+    assert second.state == "done" and second.started_at is None
+    assert "another walk" in second.reason
+    first.refresh_from_db()
+    assert first.state == "done" and first.ok is True
+    assert verification_runs.latest_run() == first
+    assert AuditEvent.objects.filter(action="audit.chain_verified").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_walk_reports_its_progress_while_it_streams_the_chain(monkeypatch) -> None:
+    """Progress is reported every PROGRESS_EVERY events, while the chain still streams in
+    on the walk's connection: written on that connection it waited on the stream for ever,
+    and a trail of 50,000 events left every auditor's run "walking"."""
+    make_events(35)
+    chain.seal_and_anchor()
+    monkeypatch.setattr(verify, "PROGRESS_EVERY", 10)
+    run, _ = verification_runs.request_verification(
+        user=make_auditor("dana"), send=lambda run_id: None
+    )
+
+    def work() -> None:
+        try:
+            verification_runs.run_verification(run.pk)
+        finally:
+            connection.close()
+
+    # A daemon: if the walk hangs, the test fails instead of hanging with it.
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "the walk hung at its first progress report"
+    run.refresh_from_db()
+    assert run.state == "done" and run.ok is True and run.checked == 35
