@@ -11,6 +11,7 @@ worker while another walks, since the walk holds a PostgreSQL advisory lock for 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -28,6 +29,8 @@ from audit.models import VerificationRun
 
 # A run that has not reported progress for this long is taken for dead (its worker died);
 # asking again starts a new one.
+logger = logging.getLogger(__name__)
+
 STALE_AFTER = timedelta(minutes=10)
 # Any constant works (not the sealer's); it only has to be the same in every process.
 REQUEST_LOCK_KEY = 0x566572696679  # "Verify"
@@ -105,7 +108,7 @@ def _connection_of_its_own() -> Iterator[BaseDatabaseWrapper]:
 
 
 @contextmanager
-def _walk_lock() -> Iterator[bool]:
+def walk_lock() -> Iterator[bool]:
     """Whether this process may walk, held until the block ends. A transaction-scoped lock
     on a connection of its own: the walk's connection stays in autocommit (it cancels its
     COPY at a broken link, which would abort a transaction), a session lock would stay
@@ -128,6 +131,17 @@ def _walk_lock() -> Iterator[bool]:
             holder.rollback()  # releases the lock before the next walk looks for it
 
 
+def scheduled_verification() -> bool | None:
+    """Beat's walk (``audit.verify_chain``), recorded in the trail: whether the chain is
+    whole, or None when another walk holds the lock (an auditor's, or the last hour's, still
+    walking a long chain): it is not started beside it, and the next hour's walks."""
+    with walk_lock() as may_walk:
+        if not may_walk:
+            logger.info("the scheduled chain walk did not start: another walk is under way")
+            return None
+        return verify.record_verification(verify.verify_chain_or_unreadable()).ok
+
+
 def _end_unwalked(run_id: int, reason: str) -> None:
     VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED).update(
         state=VerificationRun.State.DONE, finished_at=timezone.now(), reason=reason
@@ -140,7 +154,7 @@ def run_verification(run_id: int) -> VerificationRun | None:
     open on the walk's connection; each progress report is its own small UPDATE. Returns
     None, and walks nothing, for a run already claimed or done, one superseded by a later
     run, or one delivered while another walk holds the lock."""
-    with _walk_lock() as may_walk:
+    with walk_lock() as may_walk:
         if not may_walk:
             _end_unwalked(run_id, "not run: another walk of the chain was under way")
             return None

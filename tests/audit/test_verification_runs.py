@@ -311,3 +311,25 @@ def test_a_walk_reports_its_progress_while_it_streams_the_chain(monkeypatch) -> 
     assert not worker.is_alive(), "the walk hung at its first progress report"
     run.refresh_from_db()
     assert run.state == "done" and run.ok is True and run.checked == 35
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_scheduled_walk_does_not_start_beside_another() -> None:
+    """Beat sends a walk every hour: one of a chain that takes longer, or an auditor's under
+    way, had a second walk of the whole table beside it, then a third."""
+    from audit import tasks
+
+    make_events(3)
+    chain.seal_and_anchor()
+    other = connection.copy()  # another worker, walking: it holds the walk's lock
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [verification_runs.WALK_LOCK_KEY])
+        assert tasks.verify_chain() is None
+        assert not AuditEvent.objects.filter(action="audit.chain_verified").exists()
+    finally:
+        other.rollback()
+        other.close()
+    assert tasks.verify_chain() is True
+    assert AuditEvent.objects.filter(action="audit.chain_verified").count() == 1
