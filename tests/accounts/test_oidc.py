@@ -210,47 +210,36 @@ def test_a_provider_endpoint_that_redirects_is_not_followed_with_the_client_secr
     assert caught == [], "the token request was sent on to the host the redirect named"
 
 
-def test_a_user_info_endpoint_that_redirects_is_a_failed_sign_in(
-    world: World, sso: Provider
+def _impostor_claims(provider: Provider) -> dict[str, Any]:
+    return {"sub": "sub-dana", "preferred_username": "dana", "groups": ["cs-admins"]}
+
+
+def _provider_keys(provider: Provider) -> dict[str, Any]:
+    return httpx.get(f"{provider.url}/jwks", timeout=10).json()
+
+
+@pytest.mark.parametrize(
+    ("setting", "answer"),
+    [("OIDC_OP_USER_ENDPOINT", _impostor_claims), ("OIDC_OP_JWKS_ENDPOINT", _provider_keys)],
+    ids=["user-info", "key-set"],
+)
+def test_a_provider_endpoint_read_that_redirects_is_a_failed_sign_in(
+    world: World, sso: Provider, setting: str, answer: Any
 ) -> None:
-    """The claims (the teams among them) come from the provider named, never from a host
-    its user-info endpoint's answer points at."""
+    """The claims (the teams among them) and the keys that decide which ID tokens are
+    genuine come from the endpoint named, never from a host its answer points at: here
+    claims of another person's teams, or the provider's own keys served elsewhere."""
     asked: list[str] = []
+    body = answer(sso)
 
-    def impostor(handler: Any, body: bytes) -> None:
+    def elsewhere_answers(handler: Any, _: bytes) -> None:
         asked.append(handler.path)
-        reply(
-            handler, 200, {"sub": "sub-dana", "preferred_username": "dana", "groups": ["cs-admins"]}
-        )
+        reply(handler, 200, body)
 
-    elsewhere = RawHttpServer(impostor, gets=True)
-    bouncer = redirecting(302, f"{elsewhere.url}/userinfo", gets=True)
+    elsewhere = RawHttpServer(elsewhere_answers, gets=True)
+    bouncer = redirecting(302, f"{elsewhere.url}/moved", gets=True)
     try:
-        with override_settings(OIDC_OP_USER_ENDPOINT=f"{bouncer.url}/userinfo"):
-            client, landed = sign_in_through(sso, "dana", DANA["password"])
-    finally:
-        bouncer.close()
-        elsewhere.close()
-    assert landed["Location"].startswith("/login/?sso=failed")
-    assert "_auth_user_id" not in client.session
-    assert asked == []
-
-
-def test_a_key_set_endpoint_that_redirects_is_a_failed_sign_in(world: World, sso: Provider) -> None:
-    """The keys that sign ID tokens come from the endpoint named: a key set fetched from
-    wherever its answer pointed (here the provider's own keys, served elsewhere) let
-    another host decide which tokens are genuine."""
-    asked: list[str] = []
-    keys = httpx.get(f"{sso.url}/jwks", timeout=10).json()
-
-    def elsewhere_keys(handler: Any, body: bytes) -> None:
-        asked.append(handler.path)
-        reply(handler, 200, keys)
-
-    elsewhere = RawHttpServer(elsewhere_keys, gets=True)
-    bouncer = redirecting(302, f"{elsewhere.url}/jwks", gets=True)
-    try:
-        with override_settings(OIDC_OP_JWKS_ENDPOINT=f"{bouncer.url}/jwks"):
+        with override_settings(**{setting: f"{bouncer.url}/endpoint"}):
             client, landed = sign_in_through(sso, "dana", DANA["password"])
     finally:
         bouncer.close()

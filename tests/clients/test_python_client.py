@@ -569,63 +569,34 @@ def test_an_answer_that_is_not_countersigns_is_the_clients_error(reply: httpx.Re
     asyncio.run(act())
 
 
+PROXY_PAGE = "<html><body>502 Bad Gateway</body></html>"
+
+
 @pytest.mark.parametrize(
-    ("status", "code"), [(503, "unavailable"), (500, "internal_error")], ids=["503", "500"]
+    "failure",
+    [
+        httpx.Response(502, text=PROXY_PAGE),
+        httpx.Response(503, json={"error": {"code": "unavailable", "message": "try again"}}),
+        httpx.Response(500, json={"error": {"code": "internal_error", "message": "sorry"}}),
+    ],
+    ids=["proxy-502", "countersign-503", "countersign-500"],
 )
-def test_countersigns_own_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
-    monkeypatch: pytest.MonkeyPatch, status: int, code: str
+def test_a_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
+    monkeypatch: pytest.MonkeyPatch, failure: httpx.Response
 ) -> None:
-    """A write accepted, then every try of its long-poll answered by Countersign itself with
-    a server failure (its database restarting): call() raised ApiError(unavailable), which
-    the adapters hand the model as a retryable refusal; the model proposes the write again,
-    as a new step with a new key, while the first call still waits and runs once approved.
-    The call's fate is not known: TransportError naming the step, as for a proxy's 5xx."""
-    monkeypatch.setattr(time, "sleep", lambda seconds: None)
-    pending = {"id": CALL_ID, "status": "pending"}
-    failure = {"error": {"code": code, "message": "try again", "retryable": True}}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            return httpx.Response(202, json=pending)
-        return httpx.Response(status, json=failure)
-
-    transport = httpx.MockTransport(handler)
-    cs = Countersign("http://cs", "token", state=MemoryState(), transport=transport)
-    with pytest.raises(TransportError) as no_answer:
-        cs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
-    assert no_answer.value.step == "mail"
-    with pytest.raises(errors.ApiError):  # asked for the call, the answer is the error
-        cs.get(CALL_ID)
-
-    async def no_sleep(seconds: float) -> None:
-        return None
-
-    async def call() -> None:
-        async with AsyncCountersign(
-            "http://cs", "token", state=MemoryState(), transport=transport
-        ) as acs:
-            await acs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
-
-    monkeypatch.setattr(asyncio, "sleep", no_sleep)
-    with pytest.raises(TransportError) as async_no_answer:
-        asyncio.run(call())
-    assert async_no_answer.value.step == "mail"
-
-
-def test_a_proxys_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A write accepted, then its long-poll answered 502 by the load balancer (Countersign
-    restarting) on every attempt: call() raised ApiError(http_error), which an agent (the
-    adapters, the example) takes for a refusal while the call still waits and runs once
-    approved. It is no answer, like the proposal's: TransportError naming the step."""
+    """A write accepted, then every try of its long-poll answered with a server failure, by
+    the load balancer (Countersign restarting) or by Countersign itself (its database
+    restarting): call() raised an ApiError (http_error, unavailable), which the adapters
+    hand the model as a refusal; the model proposes the write again, as a new step with a
+    new key, while the first call still waits and runs once approved. The call's fate is
+    not known: TransportError naming the step, like the proposal's."""
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
     pending = {"id": CALL_ID, "status": "pending"}
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             return httpx.Response(202, json=pending)
-        return httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>")
+        return httpx.Response(failure.status_code, content=failure.content, headers=failure.headers)
 
     transport = httpx.MockTransport(handler)
     cs = Countersign("http://cs", "token", state=MemoryState(), transport=transport)
@@ -646,3 +617,11 @@ def test_a_proxys_5xx_to_the_wait_that_outlasts_the_retries_is_no_answer(
     with pytest.raises(TransportError) as async_no_answer:
         asyncio.run(call())
     assert async_no_answer.value.step == "mail"
+
+
+def test_countersigns_own_5xx_asked_for_a_call_is_its_error() -> None:
+    """Outside call()'s wait, a GET answered by Countersign's own failure is that answer."""
+    failure = {"error": {"code": "unavailable", "message": "try again", "retryable": True}}
+    with pytest.raises(errors.ApiError) as refused:
+        scripted(*[httpx.Response(503, json=failure)] * 5).get(CALL_ID)
+    assert refused.value.code == "unavailable"
