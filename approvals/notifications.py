@@ -3,8 +3,10 @@
 Driven by the beat sweep (``approvals.sweeps.run_all``). Each notification is claimed with a
 conditional UPDATE of its timestamp column together with its audit event, and the e-mail is
 sent after that commits: two sweeps running at once send each notification once. A failed
-send is logged, not retried (the reminder and the escalation are the second and third chance),
-and ends the run: the notifications it had not taken yet wait for the next run.
+send is logged, not retried (the reminder and the escalation are the second and third chance);
+one that says the server is down ends the run: the notifications it had not taken yet wait
+for the next run. People whom separation of duties keeps from approving a call are not mailed
+about it.
 
 * new: every pending call, to the tool's reviewers (user grants and group grants);
 * reminder: once, ``Tool.reminder_after_seconds`` after submission, to the reviewers who
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import smtplib
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -30,7 +33,7 @@ from django.urls import reverse
 from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 
-from approvals import events
+from approvals import events, guards
 from approvals.models import Status, ToolCall
 from tools_registry.models import Tool
 
@@ -79,6 +82,14 @@ def escalation_recipients(tool: Tool) -> list[Any]:
     )
 
 
+def without_conflicts(call: ToolCall, people: list[Any]) -> list[Any]:
+    """``people`` but those separation of duties keeps from approving ``call`` (its agent's
+    owner, the end user it acts for, a token's issuer): they may reject it, but a mail
+    asking them to decide their own call, or reminding them of a quorum they cannot make,
+    is not for them."""
+    return [p for p in people if not guards.conflict_of_interest(call, p)]
+
+
 def _link(call: ToolCall) -> str:
     return settings.PUBLIC_URL + reverse("approvals:detail", kwargs={"pk": call.pk})
 
@@ -108,16 +119,37 @@ def _send(messages: list[EmailMessage], outbox: Outbox) -> None:
         # Sends deferred to the end of a caller's transaction: the server already failed.
         logger.warning("mail server down: %d reviewer notification(s) not sent", len(messages))
         return
+    # One connection for the call's messages, each sent on its own: in one batch, the first
+    # recipient refused (a mailbox gone, an address Django will not write) ended it, and
+    # every reviewer after that one in name order never heard of the call.
+    connection = mailers.default
+    unsent = len(messages)
     try:
-        mailers.default.send_messages(messages)
+        connection.open()
+        for message in messages:
+            try:
+                connection.send_messages([message])
+            except Exception as failure:
+                if _server_down(failure):
+                    raise
+                logger.exception("could not send a reviewer notification")
+            unsent -= 1
     except Exception as failure:
-        # The server unreachable, hung, or refusing us (smtplib's errors are OSErrors): the
-        # next send would wait or fail the same. Not so when it refused this message's
-        # recipient or content, nor for an address Django will not write (a ValueError).
-        outbox.down = isinstance(failure, OSError) and not isinstance(
-            failure, smtplib.SMTPRecipientsRefused | smtplib.SMTPDataError
-        )
-        logger.exception("could not send %d reviewer notification(s)", len(messages))
+        outbox.down = _server_down(failure)
+        logger.exception("could not send %d reviewer notification(s)", unsent)
+    finally:
+        with suppress(Exception):  # a failed goodbye says nothing of what was sent
+            connection.close()
+
+
+def _server_down(failure: Exception) -> bool:
+    """Whether ``failure`` says the next send would wait or fail the same: the server
+    unreachable, hung, or refusing us (smtplib's errors are OSErrors). Not so when it refused
+    one message's recipient or content, nor for an address Django will not write (a
+    ValueError): the other messages still go."""
+    return isinstance(failure, OSError) and not isinstance(
+        failure, smtplib.SMTPRecipientsRefused | smtplib.SMTPDataError
+    )
 
 
 def _claim(call_id: Any, column: str, now: datetime) -> ToolCall | None:
@@ -162,7 +194,7 @@ def notify_new_calls(
     def build(call: ToolCall) -> list[EmailMessage]:
         if call.tool_id not in recipients:
             recipients[call.tool_id] = reviewers_of(call.tool)
-        people = recipients[call.tool_id]
+        people = without_conflicts(call, recipients[call.tool_id])
         events.reviewers_notified(call, recipients=[p.get_username() for p in people])
         return [
             _message(
@@ -205,7 +237,7 @@ def send_reminders(
                     "reviewer_id", flat=True
                 )
             )
-            people = [p for p in reviewers if p.pk not in voted]
+            people = [p for p in without_conflicts(call, reviewers) if p.pk not in voted]
             events.reminder_sent(call, recipients=[p.get_username() for p in people])
             waited = int((now - call.created_at).total_seconds() // 60)
             return [
@@ -256,8 +288,9 @@ def escalate_expiring(
         group = tool.escalation_group.name if tool.escalation_group else ""
 
         def build(
-            call: ToolCall, people: list[Any] = people, group: str = group
+            call: ToolCall, team: list[Any] = people, group: str = group
         ) -> list[EmailMessage]:
+            people = without_conflicts(call, team)
             events.escalation_sent(call, recipients=[p.get_username() for p in people], group=group)
             return [
                 _message(

@@ -217,3 +217,114 @@ def test_an_address_the_mail_cannot_carry_stops_only_its_own_message(
     assert notifications.run().notified == 2
     assert addressed(mailoutbox) == ["bob@example.com", "bob@example.com"]
     assert all(any(f"/approvals/{c.pk}/" in m.body for m in mailoutbox) for c in calls)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_address_the_mail_cannot_carry_does_not_silence_the_reviewers_after_it(
+    live_world: World, mailoutbox
+) -> None:
+    """The call's messages went in one batch: the first that failed ended it, and every
+    reviewer after it (in name order) never heard of the call."""
+    aaron = User.objects.create_user("aaron", "aaron@example.com\nBcc: all@example.com", "x")
+    registry_services.grant_review(tool=live_world.tools["send_email"], user=aaron)
+    call = make_call(live_world)
+    assert notifications.run().notified == 1
+    assert addressed(mailoutbox) == ["bob@example.com"]
+    assert f"/approvals/{call.pk}/" in mailoutbox[0].body
+
+
+@pytest.fixture
+def refusing_mail_server() -> Iterator[tuple[int, list[str]]]:
+    """A mail server that refuses one mailbox (550, a colleague who left) and takes the rest;
+    yields its port and the recipients it accepted a message for."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    delivered: list[str] = []
+
+    def session(connection: socket.socket) -> None:
+        stream = connection.makefile("rb")
+        connection.sendall(b"220 test ESMTP\r\n")
+        recipients: list[str] = []
+        for raw in stream:
+            line = raw.decode().strip()
+            verb = line.split(" ", 1)[0].split(":", 1)[0].upper()
+            if verb == "RCPT":
+                if "gone@example.com" in line:
+                    connection.sendall(b"550 5.1.1 no such mailbox\r\n")
+                    continue
+                recipients.append(line.split("<", 1)[1].rstrip(">"))
+            elif verb == "DATA":
+                connection.sendall(b"354 go on\r\n")
+                for body in stream:
+                    if body in (b".\r\n", b".\n"):
+                        break
+                delivered.extend(recipients)
+            elif verb == "QUIT":
+                connection.sendall(b"221 bye\r\n")
+                break
+            if verb in ("MAIL", "RSET"):
+                recipients = []
+            if verb != "DATA":
+                connection.sendall(b"250 ok\r\n")
+            else:
+                connection.sendall(b"250 queued\r\n")
+        connection.close()
+
+    def serve() -> None:
+        while True:
+            try:
+                connection = listener.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=session, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], delivered
+    finally:
+        listener.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mailbox_the_server_refuses_does_not_silence_the_other_reviewers(
+    live_world: World, settings, refusing_mail_server, caplog
+) -> None:
+    """A 550 for one reviewer says nothing about the others: each still gets the call, and
+    the run goes on to the next call."""
+    port, delivered = refusing_mail_server
+    settings.MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "127.0.0.1", "port": port, "timeout": 5},
+        }
+    }
+    gone = User.objects.create_user("ada", "gone@example.com", "x")
+    registry_services.grant_review(tool=live_world.tools["send_email"], user=gone)
+    make_call(live_world, session_id="run-1")
+    make_call(live_world, session_id="run-2")
+    assert notifications.run().notified == 2
+    assert delivered == ["bob@example.com", "bob@example.com"]
+    assert "could not send" in caplog.text
+
+
+def test_the_agents_owner_and_the_end_user_are_not_asked_to_decide_their_own_call(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks, settings
+) -> None:
+    """Separation of duties: they may reject, never approve, so no mail asks them for a
+    decision, reminds them of a quorum they cannot make or escalates their call to them."""
+    settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = 600
+    tool = world.tools["send_email"]
+    registry_services.grant_review(tool=tool, user=world.alice)
+    tool.reminder_after_seconds = 60
+    tool.escalation_group = Group.objects.get(name="reviewers")
+    tool.save()
+    world.alice.groups.add(tool.escalation_group)
+    world.bob.groups.add(tool.escalation_group)
+    call = make_call(
+        world, on_behalf_of="dave@example.com", created_at=timezone.now() - timedelta(minutes=55)
+    )
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 1
+    assert run(django_capture_on_commit_callbacks, notifications.escalate_expiring) == 1
+    assert addressed(mailoutbox) == ["bob@example.com"] * 3
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert event.data["recipients"] == ["bob"]
