@@ -489,7 +489,8 @@ MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 # An MCP session unused this long is over; its client initializes a new one.
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600, minimum=1)
 # An agent session (the round counter of one run, REST or MCP) idle this long is deleted;
-# a run that comes back after it counts its rounds from zero.
+# a run that comes back after it counts its rounds from zero. A call refused for the
+# session's rounds is a use: a run that keeps calling never gets its rounds back.
 AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600)
 # Requests of one agent that may wait for calls to end at once (tasks/result, the wait of
 # a tools/call, countersign_wait): each holds a Redis connection. Past it, tasks/result is

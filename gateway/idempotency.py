@@ -20,9 +20,10 @@ request had created its call, the call's answer is replayed once the call is ter
 and 409 is the answer until then.
 
 Retention: a record is kept for ``IDEMPOTENCY_KEY_TTL`` seconds (a day by default) and then
-swept (``sweep``). A replay within that time carries ``Idempotent-Replayed: true``. After
-it, the key's answer is gone; a call it created keeps the key, so the key cannot create a
-second call: it is refused as ``idempotency_key_expired`` (``intake``).
+swept (``sweep``), unless its request still holds it. A replay within that time carries
+``Idempotent-Replayed: true``. After it, the key's answer is gone; a call it created keeps
+the key, so the key cannot create a second call: it is refused as
+``idempotency_key_expired`` (``intake``).
 """
 
 from __future__ import annotations
@@ -188,15 +189,19 @@ def abandon(*, agent: Agent, key: str) -> None:
 
 def sweep(*, batch: int = SWEEP_BATCH) -> int:
     """Delete the records older than ``IDEMPOTENCY_KEY_TTL``; returns how many. In batches,
-    so a large backlog never holds a long lock."""
-    cutoff = timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
+    so a large backlog never holds a long lock.
+
+    A record whose request still holds it (in flight, locked) is kept whatever its age:
+    swept while its read runs (a TTL shorter than a read), a duplicate meanwhile was
+    refused as expired instead of 409, and the read's answer was never stored for replays.
+    Each DELETE repeats the condition, so a record taken over since it was picked (its lock
+    renewed) is kept too."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
+    expired = IdempotencyRecord.objects.filter(created_at__lt=cutoff).exclude(
+        state=IdempotencyRecord.State.IN_FLIGHT, locked_until__gt=now
+    )
     deleted = 0
-    while True:
-        ids = list(
-            IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[
-                :batch
-            ]
-        )
-        if not ids:
-            return deleted
-        deleted += IdempotencyRecord.objects.filter(pk__in=ids).delete()[0]
+    while ids := list(expired.values_list("pk", flat=True)[:batch]):
+        deleted += expired.filter(pk__in=ids).delete()[0]
+    return deleted

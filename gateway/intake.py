@@ -42,7 +42,7 @@ from approvals.services.calls import create_call
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
 from core import db
-from gateway import breaker, end_users, errors, idempotency, limits, sql
+from gateway import breaker, end_users, errors, idempotency, limits, retention, sql
 from gateway.idempotency import Claim
 from gateway.responses import StoredResponse, respond_with
 from gateway.schemas import ToolCallIn
@@ -65,6 +65,10 @@ class Refused(Exception):
         super().__init__(error.message)
         self.error = error
         self.tool = tool
+
+
+class _RoundsSpent(Refused):
+    """The session made its rounds: refused, yet the session is in use (not idle)."""
 
 
 class _KeyTaken(Exception):
@@ -145,6 +149,10 @@ def submit(
         )
     except Refused as refusal:
         breaker.release(request.admission)
+        if isinstance(refusal, _RoundsSpent):
+            # Its transaction, rolled back, counted nothing: a run that keeps calling past
+            # its rounds would be swept as idle and get them all back.
+            retention.still_in_use(agent_id=agent.pk, session_id=payload.session_id)
         _audit_refusal(agent, payload, refusal, origin, end_user)
         raise refusal.error from None
     except BaseException:
@@ -304,7 +312,7 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
     tool = request.tool = _allowed_tool(agent, payload, request.end_user, opened.tool)
     request.admission = _admit(tool)
     if not opened.round_counted:
-        raise Refused(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
+        raise _RoundsSpent(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
     call = _create(agent, key, payload, request.end_user, tool, request.origin, opened.standing)
     # Last, once no rule refuses the call: Redis is not rolled back with the transaction, so
     # a call refused after taking from the windows would spend them. A rate refusal here

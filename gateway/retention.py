@@ -1,7 +1,8 @@
 """Rows the edge writes for every run of an agent, deleted once nothing can use them: MCP
 sessions that are over (closed, or idle past ``MCP_SESSION_IDLE_SECONDS``: their id
 answers 404 already), and agent sessions (round counters) idle past
-``AGENT_SESSION_RETENTION_SECONDS``. Both tables would otherwise grow with every
+``AGENT_SESSION_RETENTION_SECONDS`` (a call refused for the session's rounds counts as a
+use: ``still_in_use``). Both tables would otherwise grow with every
 ``initialize`` and every call made outside a session, without end."""
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def sweep(*, now: datetime | None = None) -> int:
         # The DELETE checks its condition again on a row a new call just counted a round
         # in (PostgreSQL re-reads an updated row): a session in use is never deleted.
         AgentSession.objects.filter(last_call_at__lt=agent_idle)
+    )
+
+
+def still_in_use(*, agent_id: int, session_id: str) -> None:
+    """A call of the session was refused for its rounds: the session is not idle. Its last
+    call is written here, in a statement of its own (the refused call's transaction was
+    rolled back), so that the sweep never gives a run that keeps calling its rounds back."""
+    AgentSession.objects.filter(agent_id=agent_id, session_id=session_id).update(
+        last_call_at=timezone.now()
     )
 
 

@@ -1,0 +1,139 @@
+"""The retention sweeps of the edge's own rows (``gateway.retention``, ``idempotency.sweep``)
+against what they must never break: a session's round counter while it is used, and the
+key of a request still running."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.utils import timezone
+
+from approvals.models import ToolCall
+from core import db
+from gateway import idempotency, retention, sql
+from gateway.models import AgentSession, IdempotencyRecord
+from tests.conftest import World
+from tests.gateway.conftest import SEND_EMAIL
+from tests.support.probe import install_probe_tool, stock_call
+
+
+def _long_ago() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.AGENT_SESSION_RETENTION_SECONDS + 3600)
+
+
+def _waiting_on_a_lock() -> int:
+    with connection.cursor() as cursor:
+        # Inside a transaction the statistics views answer from a snapshot: read afresh.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_round_counted_while_the_sweep_deletes_its_session_is_kept(live_world: World) -> None:
+    """The sweep picked an idle session; before its DELETE, a new call counts a round in it
+    (uncommitted, holding the row). The DELETE waits, checks its condition again on the
+    row as the call left it, and keeps the session with its rounds."""
+    agent = live_world.agent
+    assert live_world.api().submit(SEND_EMAIL).status_code == 202
+    AgentSession.objects.update(last_call_at=_long_ago())
+    counted, swept = threading.Event(), []
+
+    def sweep() -> None:
+        try:
+            swept.append(retention.sweep())
+        finally:
+            connections.close_all()
+
+    sweeper = threading.Thread(target=sweep)
+    with transaction.atomic():
+        assert db.one(
+            sql.count_round_statement(
+                agent_id=agent.pk, session_id="run-1", limit=10, now=timezone.now()
+            )
+        )
+        counted.set()
+        sweeper.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _waiting_on_a_lock(), "the sweep's DELETE waits for the round's row"
+    sweeper.join(timeout=10)
+    assert swept == [0]
+    (session,) = AgentSession.objects.all()
+    assert session.rounds == 2
+
+
+def test_a_session_refused_for_its_rounds_is_kept_while_its_agent_keeps_calling(
+    world: World,
+) -> None:
+    """A run that used its rounds long ago and is still calling (each call refused) is not
+    idle: the sweep must not give it its rounds back."""
+    world.agent.max_rounds_per_session = 1
+    world.agent.save()
+    assert world.api().submit(SEND_EMAIL).status_code == 202
+    AgentSession.objects.update(last_call_at=_long_ago())
+    refused = world.api().submit(SEND_EMAIL)
+    assert refused.json()["error"]["code"] == "max_rounds_exceeded"
+    retention.sweep()
+    again = world.api().submit(SEND_EMAIL)
+    assert again.status_code == 429, again.content
+    assert again.json()["error"]["code"] == "max_rounds_exceeded"
+    assert ToolCall.objects.count() == 1
+    # Once the agent stops calling, the session is swept as before.
+    AgentSession.objects.update(last_call_at=_long_ago())
+    assert retention.sweep() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_key_sweep_keeps_the_key_of_a_request_still_running(
+    live_world: World, probe_tool_cleanup: None, settings: object
+) -> None:
+    """However short IDEMPOTENCY_KEY_TTL is, a read still running holds its key: a
+    duplicate meanwhile is 409 (not 422 idempotency_key_expired), and its answer is stored
+    for the replays once it ends."""
+    settings.IDEMPOTENCY_KEY_TTL = 0  # type: ignore[attr-defined]
+    probe = install_probe_tool(live_world)
+    probe.hold = threading.Event()
+    key = f"running-{uuid.uuid4()}"
+    answers: list[tuple[int, dict]] = []
+
+    def first() -> None:
+        try:
+            response = live_world.api().submit(stock_call(), key=key)
+            answers.append((response.status_code, response.json()))
+        finally:
+            connections.close_all()
+
+    runner = threading.Thread(target=first)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while probe.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert probe.calls == 1, "the read runs"
+        time.sleep(0.01)  # past the record's created_at, for a TTL of 0
+        idempotency.sweep()
+        duplicate = live_world.api().submit(stock_call(), key=key)
+        assert duplicate.status_code == 409, duplicate.content
+        assert duplicate.json()["error"]["code"] == "idempotency_key_in_use"
+    finally:
+        probe.hold.set()
+        runner.join(timeout=20)
+    assert answers and answers[0][0] == 200
+    replay = live_world.api().submit(stock_call(), key=key)
+    assert replay.status_code == 200, replay.content
+    assert replay.json()["id"] == answers[0][1]["id"]
+    assert probe.calls == 1
+    # Once complete, it is swept like any other record.
+    assert idempotency.sweep() == 1
+    assert not IdempotencyRecord.objects.filter(key=key).exists()
