@@ -3,7 +3,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.admin.forms import AdminPasswordChangeForm
+from django.contrib.auth import authenticate
 from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest
 
 
 class CodeForm(forms.Form):
@@ -28,3 +31,25 @@ class SignInForm(AuthenticationForm):
         if len(username) > (getattr(self.fields["username"], "max_length", None) or len(username)):
             raise self.get_invalid_login_error()
         return super().clean()
+
+
+class CountedPasswordChangeForm(AdminPasswordChangeForm):
+    """The admin's change of one's own password, the old password checked as a sign-in is:
+    through django-axes, counted, and refused while the account or address is locked.
+    Django checks it on the side (``check_password``), so a stolen admin session could
+    guess the password without end, and then change it."""
+
+    def __init__(self, user: Any, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
+        self.request = request
+        super().__init__(user, *args, **kwargs)
+
+    def clean_old_password(self) -> str:
+        old_password = str(self.cleaned_data["old_password"])
+        person = authenticate(
+            self.request, username=self.user.get_username(), password=old_password
+        )
+        if person is None or person.pk != self.user.pk:
+            raise forms.ValidationError(
+                self.error_messages["password_incorrect"], code="password_incorrect"
+            )
+        return old_password

@@ -116,7 +116,7 @@ def _confirm(request: HttpRequest, token: str) -> bool:
     )
     device.confirmed = True
     device.save(update_fields=["confirmed"])
-    otp_login(request, device)
+    _pass(request, device)
     record(
         action="auth.two_factor_enrolled",
         actor=user,
@@ -126,13 +126,30 @@ def _confirm(request: HttpRequest, token: str) -> bool:
     return True
 
 
+def _pass(request: HttpRequest, device: TOTPDevice) -> None:
+    """The session is verified, under a new key: whoever knew the password-only session's
+    key (a fixated or stolen one) must not hold the verified one, as at any sign-in."""
+    request.session.cycle_key()
+    otp_login(request, device)
+
+
 def verify(*, request: HttpRequest, token: str, purpose: str = "sign_in") -> bool:
     """A code from the person's confirmed device: the session is verified. django-otp
-    throttles a device after wrong codes (each wrong one doubles the wait)."""
+    throttles a device after wrong codes (each wrong one doubles the wait): one check at a
+    time, the device's row locked, or codes sent side by side would all be checked against
+    the throttle as it was before any of them (and a batch of wrong ones counted once)."""
     user = request.user
-    device = confirmed_device(user)
-    if device is not None and device.verify_token(token.strip().replace(" ", "")):
-        otp_login(request, device)
+    with transaction.atomic():
+        device = (
+            TOTPDevice.objects.select_for_update()
+            .filter(user=user, confirmed=True)
+            .order_by("pk")
+            .first()
+        )
+        passed = device is not None and device.verify_token(token.strip().replace(" ", ""))
+        if passed:
+            _pass(request, device)
+    if passed:
         record(action="auth.two_factor_verified", actor=user, outcome="ok", data={"for": purpose})
         return True
     record(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.contrib import admin
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.contrib.auth.views import PasswordChangeView
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
@@ -11,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import two_factor
-from accounts.forms import CodeForm
+from accounts.forms import CodeForm, CountedPasswordChangeForm
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -125,3 +129,21 @@ def verify(request: HttpRequest) -> HttpResponse:
             "each try must wait longer.",
         )
     return _two_factor_page(request, form, status=400)
+
+
+class _CountedPasswordChangeView(PasswordChangeView):
+    form_class = CountedPasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "request": self.request}
+
+
+def admin_password_change(request: HttpRequest) -> HttpResponseBase:
+    """The admin's "Change password" (as ``AdminSite.password_change``), with the old
+    password counted as a sign-in (``CountedPasswordChangeForm``)."""
+    request.current_app = admin.site.name
+    view = _CountedPasswordChangeView.as_view(
+        success_url=reverse("admin:password_change_done"),
+        extra_context=admin.site.each_context(request),
+    )
+    return view(request)

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from accounts.forms import SignInForm
+from accounts.views import admin_password_change
 from approvals.views.whatif import what_if
 from config import views
 from gateway.api import api
@@ -34,6 +35,8 @@ urlpatterns = [
     path("api/v1/", api.urls),
     # One sign-in page for everyone, with its lockout, second factor and single sign-on.
     path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
+    # Changing one's password there: the old one is counted as a sign-in (django-axes).
+    path("admin/password_change/", admin.site.admin_view(admin_password_change)),
     # The tool admin's policy what-if, beside the tool's admin page (approvals owns the calls).
     path("admin/tools_registry/tool/<int:tool_id>/what-if/", what_if, name="policy_what_if"),
     path("admin/", admin.site.urls),

@@ -559,3 +559,17 @@ def test_whoever_may_change_people_puts_nobody_in_a_team_with_grants_they_lack(
     )
     assert response.status_code == 403
     assert Group.objects.filter(name="reviewers").exists()
+
+
+def test_changing_ones_own_password_in_the_admin(world: World) -> None:
+    client, root = admin_client()
+    page = client.get("/admin/password_change/")
+    assert page.status_code == 200 and "Countersign administration" in page.content.decode()
+    new = {"new_password1": "Zq-new-pass-77", "new_password2": "Zq-new-pass-77"}
+    wrong = client.post("/admin/password_change/", {"old_password": "nope", **new})
+    assert wrong.status_code == 200 and "incorrectly" in wrong.content.decode()
+    right = client.post("/admin/password_change/", {"old_password": "pw-root", **new})
+    assert right.status_code == 302 and right["Location"] == "/admin/password_change/done/"
+    root.refresh_from_db()
+    assert root.check_password("Zq-new-pass-77")
+    assert client.get("/admin/").status_code == 200  # this session goes on

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from axes.models import AccessAttempt
+from django.conf import settings
+from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from audit.models import AuditEvent
@@ -97,3 +100,23 @@ def test_a_name_longer_than_any_account_s_is_a_failed_sign_in_not_a_500(world: W
     assert response.status_code == 200
     assert "_auth_user_id" not in client.session
     assert client.post("/login/", {"username": "bob", "password": "pw-bob"}).status_code == 302
+
+
+def test_the_admin_password_change_counts_wrong_old_passwords(world: World) -> None:
+    """Changing one's password in the admin asks for the old one: it is a sign-in like any
+    other, counted and locked, or a stolen admin session could guess it without end (and
+    then change it)."""
+    User.objects.create_user("ops", password="pw-ops-Long-9", is_staff=True)
+    client = Client()
+    assert (
+        client.post("/login/", {"username": "ops", "password": "pw-ops-Long-9"}).status_code == 302
+    )
+    change = {"new_password1": "Zq-new-pass-77", "new_password2": "Zq-new-pass-77"}
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        wrong = client.post("/admin/password_change/", {"old_password": f"no-{attempt}", **change})
+        assert wrong.status_code in (200, 429)
+    assert AccessAttempt.objects.get(username="ops").failures_since_start == 20
+
+    right = client.post("/admin/password_change/", {"old_password": "pw-ops-Long-9", **change})
+    assert right.status_code == 429
+    assert User.objects.get(username="ops").check_password("pw-ops-Long-9")

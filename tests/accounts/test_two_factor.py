@@ -3,7 +3,13 @@ with REQUIRE_2FA=1, asked again before a destructive approval."""
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+from unittest import mock
+
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client, override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -213,3 +219,73 @@ def test_a_second_factor_someone_turned_on_is_asked_at_their_sign_in(world: Worl
     ok = client.post("/account/two-factor/verify/", {"code": code_for(device), "next": "/audit/"})
     assert ok.status_code == 302 and ok["Location"] == "/audit/"
     assert client.get("/audit/").status_code == 200
+
+
+@required
+def test_passing_the_code_gives_the_session_a_new_key(world: World) -> None:
+    """Whoever knew the key of the password-only session (a fixated or stolen one) must not
+    hold a verified session once the person enters their code."""
+    device = enrolled(world)
+    client = signed_in("bob", "pw-bob")
+    before = client.cookies["sessionid"].value
+    enrolment_client = signed_in("bob", "pw-bob")
+
+    ok = client.post(
+        "/account/two-factor/verify/", {"code": code_for(device), "next": "/approvals/"}
+    )
+    assert ok.status_code == 302 and ok["Location"] == "/approvals/"
+    assert client.cookies["sessionid"].value != before
+    assert client.get("/approvals/").status_code == 200
+    holder = Client()
+    holder.cookies["sessionid"] = before
+    assert holder.get("/approvals/").status_code == 302  # the old key: at most a sign-in
+
+    # And the same for the code that finishes setting up a new app.
+    TOTPDevice.objects.filter(user=world.bob).delete()
+    old_key = enrolment_client.cookies["sessionid"].value
+    enrolment_client.post("/account/two-factor/enrol/")
+    pending = TOTPDevice.objects.get(user=world.bob, confirmed=False)
+    confirmed = enrolment_client.post("/account/two-factor/confirm/", {"code": code_for(pending)})
+    assert confirmed.status_code == 302
+    assert enrolment_client.cookies["sessionid"].value != old_key
+    stale = Client()
+    stale.cookies["sessionid"] = old_key
+    assert stale.get("/approvals/").status_code == 302
+
+
+@required
+def test_a_guess_in_flight_throttles_one_sent_beside_it(live_world: World) -> None:
+    """django-otp reads the throttle, checks the code, then counts a wrong one: codes sent
+    side by side were all checked against the same unthrottled device (and each batch
+    counted once), so guessing in parallel beat the doubling wait. One check at a time."""
+    device = TOTPDevice.objects.create(user=live_world.bob, name="app", confirmed=True)
+    guesser, other = signed_in("bob", "pw-bob"), signed_in("bob", "pw-bob")
+    original = TOTPDevice.verify_is_allowed
+
+    def slow_for_the_wrong_guess(self: TOTPDevice) -> Any:
+        allowed = original(self)
+        if threading.current_thread().name == "wrong-guess":
+            time.sleep(1.5)  # the wrong guess is still being checked
+        return allowed
+
+    answers: dict[str, int] = {}
+
+    def guess(name: str, client: Client, code: str) -> None:
+        answers[name] = client.post("/account/two-factor/verify/", {"code": code}).status_code
+        connection.close()
+
+    with mock.patch.object(TOTPDevice, "verify_is_allowed", slow_for_the_wrong_guess):
+        wrong = threading.Thread(
+            target=guess, args=("wrong", guesser, "000000"), name="wrong-guess"
+        )
+        wrong.start()
+        time.sleep(0.5)
+        right = threading.Thread(target=guess, args=("right", other, code_for(device)))
+        right.start()
+        wrong.join(10)
+        right.join(10)
+    # The right code came while a wrong one was being checked: it waited, and the wrong
+    # one's throttle held it off.
+    assert answers == {"wrong": 400, "right": 400}
+    device.refresh_from_db()
+    assert device.throttling_failure_count == 1
