@@ -40,7 +40,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ToolCall
-from gateway import errors, sql
+from gateway import errors, retention, sql
 from gateway.models import IdempotencyRecord
 from gateway.responses import StoredResponse
 from tools_registry.models import Agent
@@ -201,7 +201,4 @@ def sweep(*, batch: int = SWEEP_BATCH) -> int:
     expired = IdempotencyRecord.objects.filter(created_at__lt=cutoff).exclude(
         state=IdempotencyRecord.State.IN_FLIGHT, locked_until__gt=now
     )
-    deleted = 0
-    while ids := list(expired.values_list("pk", flat=True)[:batch]):
-        deleted += expired.filter(pk__in=ids).delete()[0]
-    return deleted
+    return retention.delete_in_batches(expired, batch=batch)

@@ -137,3 +137,19 @@ def test_the_key_sweep_keeps_the_key_of_a_request_still_running(
     # Once complete, it is swept like any other record.
     assert idempotency.sweep() == 1
     assert not IdempotencyRecord.objects.filter(key=key).exists()
+
+
+@pytest.mark.django_db
+def test_batches_walk_on_from_the_last_and_delete_only_what_is_due(world: World) -> None:
+    """Deleted a few at a time, interleaved with rows still in use: every due row goes, in
+    as many batches as it takes, and none in use does."""
+    agent = world.agent
+    long_ago, recent = _long_ago(), timezone.now()
+    for n in range(7):
+        AgentSession.objects.create(
+            agent=agent, session_id=f"s{n}", last_call_at=long_ago if n % 2 == 0 else recent
+        )
+    due = AgentSession.objects.filter(last_call_at__lt=recent - timedelta(seconds=1))
+
+    assert retention.delete_in_batches(due, batch=2) == 4
+    assert sorted(AgentSession.objects.values_list("session_id", flat=True)) == ["s1", "s3", "s5"]
