@@ -90,14 +90,23 @@ def idempotency_key_reused() -> ApiError:
     )
 
 
-def idempotency_key_expired() -> ApiError:
+def idempotency_key_expired(call_id: Any = None) -> ApiError:
+    """``call_id``: the call the key created, so that an agent that lost it reads that call
+    instead of proposing the same effect again under a new key."""
+    found = call_id is not None
     return ApiError(
         status=422,
         code="idempotency_key_expired",
         message="This Idempotency-Key was used longer ago than its answer is kept; the call "
         "it created still exists.",
-        suggestion="Read that call with GET /api/v1/tool-calls/{id} if you have its id; use a "
-        "new key for a new call.",
+        suggestion=(
+            f"Read that call with GET /api/v1/tool-calls/{call_id}: it may have run already. "
+            "Use a new key only for a new call."
+            if found
+            else "Read that call with GET /api/v1/tool-calls/{id} if you have its id; use a "
+            "new key for a new call."
+        ),
+        details={"call_id": str(call_id)} if found else None,
     )
 
 

@@ -201,7 +201,9 @@ def _key_expired_refused(request: _Request) -> Iterator[None]:
     except IntegrityError as exc:
         if not _request_key_taken(exc):
             raise
-        raise Refused(errors.idempotency_key_expired(), request.tool) from None
+        created = ToolCall.objects.filter(agent=request.agent, request_key=request.key)
+        call_id = created.values_list("pk", flat=True).first()
+        raise Refused(errors.idempotency_key_expired(call_id), request.tool) from None
 
 
 def _request_key_taken(exc: IntegrityError) -> bool:

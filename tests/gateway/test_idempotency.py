@@ -247,8 +247,12 @@ def test_a_key_whose_record_was_swept_is_refused_and_its_call_stays_the_only_one
     IdempotencyRecord.objects.filter(key="k-old").delete()  # what the sweep does past the TTL
     refused = live_world.api().submit(body, key="k-old")
     assert refused.status_code == 422, refused.content
-    assert refused.json()["error"]["code"] == "idempotency_key_expired"
-    assert ToolCall.objects.filter(request_key="k-old").count() == 1
+    error = refused.json()["error"]
+    assert error["code"] == "idempotency_key_expired"
+    (made,) = ToolCall.objects.filter(request_key="k-old")
+    # An agent that lost the call's id is told which call the key made, not only "new key".
+    assert error["details"] == {"call_id": str(made.pk)}
+    assert f"/api/v1/tool-calls/{made.pk}" in error["suggestion"]
     assert ToolCall.objects.count() == 1
     assert not IdempotencyRecord.objects.filter(key="k-old").exists(), "rolled back whole"
     (audited,) = AuditEvent.objects.filter(action="call.refused")
