@@ -41,6 +41,7 @@ from approvals.guards import CANNOT_RUN
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from gateway import errors as server_errors
+from gateway.models import IdempotencyRecord
 from tests.clients.conftest import CLIENT_DIR
 from tests.conftest import World, sandbox_effects
 from tests.support import ROOT
@@ -208,6 +209,34 @@ def test_an_agent_killed_after_submitting_resumes_with_the_same_key(
     assert printed["result"]["status"] == "sent"
     assert ToolCall.objects.filter(tool__name="send_email").count() == 1
     assert [e["idempotency_key"] for e in sandbox_effects()] == [f"countersign-{call.pk}"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_resumed_after_its_keys_answer_expired_is_the_call_it_made(
+    live_world: World, live_server: Any
+) -> None:
+    """An agent back after IDEMPOTENCY_KEY_TTL (a run paused over a weekend) resumes its
+    step: the key's answer is gone, Countersign refuses the key (422) and names the call it
+    made. The step is that call, waited for and its result returned, sync and async: not
+    an error the agent answers by proposing the effect again under a new key."""
+    state = MemoryState()
+    with Countersign(live_server.url, live_world.token, state=state) as cs:
+        proposed = cs.submit("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+    call = ToolCall.objects.get(pk=proposed["id"])
+    IdempotencyRecord.objects.all().delete()  # what the sweep does past the TTL
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
+    runner.execute(call.pk)
+
+    with Countersign(live_server.url, live_world.token, state=state) as cs:
+        result = cs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+    assert result["status"] == "sent" and result.call["id"] == str(call.pk)
+
+    async def resume() -> Any:
+        async with AsyncCountersign(live_server.url, live_world.token, state=state) as acs:
+            return await acs.call("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+
+    assert asyncio.run(resume()).call["id"] == str(call.pk)
+    assert ToolCall.objects.count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

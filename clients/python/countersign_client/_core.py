@@ -15,6 +15,8 @@ Retry rules (the server's ``retryable`` decides):
 * a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``; a
   last try not answered by Countersign (none, or a proxy's 5xx) raises ``TransportError``,
   and so does ``call``'s wait whose last try got Countersign's own 5xx (``failed_wait``);
+* a step's key refused as expired (``idempotency_key_expired``, its answer swept) is the
+  call the key made, read afresh (``call_the_key_made``);
 * everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
   agent to decide.
 
@@ -169,6 +171,21 @@ def failed_wait(exc: errors.ApiError, state: StateStore, session_id: str, name: 
         session_id,
         name,
     )
+
+
+def call_the_key_made(response: httpx.Response) -> str | None:
+    """The call a step's key made, when Countersign no longer keeps the key's answer
+    (``idempotency_key_expired``, past ``IDEMPOTENCY_KEY_TTL``: an agent back after a long
+    pause) and names the call: the step is that call, read afresh. Raising the error
+    instead invited the agent to propose the same effect again under a new key."""
+    if response.status_code != 422 or code_of(response) != "idempotency_key_expired":
+        return None
+    try:
+        details = response.json()["error"].get("details") or {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    call_id = details.get("call_id") if isinstance(details, dict) else None
+    return call_id if isinstance(call_id, str) and call_id else None
 
 
 def retry_read(response: httpx.Response) -> bool:

@@ -166,7 +166,10 @@ class AsyncCountersign:
                     session_id,
                     name,
                 )
-            call = _core.parse(response)
+            made = _core.call_the_key_made(response)
+            call = await self.get(made) if made else {}
+            if call.get("tool") != tool:  # not made, or made for another tool: the error
+                call = _core.parse(response)
             _core.record(self.state, session_id, name, call)
             return dict(call)
 
