@@ -17,6 +17,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
+from core.admin_saves import UniqueNameRaceShown
 from tools_registry.models import ToolGroupObjectPermission, ToolUserObjectPermission
 from tools_registry.services.grants import (
     access_of,
@@ -127,7 +128,7 @@ class HoldingNoMore:
 
 
 @admin.register(User)
-class AuditedUserAdmin(HoldingNoMore, DeletionAudited, UserAdmin):
+class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
     a team gives its grants, a superuser reviews every tool, and a model-wide permission
     (changing tools) lets one grant them."""
@@ -207,7 +208,7 @@ class AuditedUserAdmin(HoldingNoMore, DeletionAudited, UserAdmin):
 
 
 @admin.register(Group)
-class AuditedGroupAdmin(HoldingNoMore, DeletionAudited, GroupAdmin):
+class AuditedGroupAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, GroupAdmin):
     """Django's team admin, auditing a team's deletion (its members lose its grants with
     it), and a rename or a change of its model-wide permissions, with who made it."""
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import PasswordChangeView
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
@@ -19,6 +19,8 @@ from accounts.forms import CodeForm, CountedPasswordChangeForm
 
 
 def _next_url(request: HttpRequest) -> str:
+    """Where to go back to: a URL on this site, answered with HttpResponseRedirect, never
+    redirect(), which looks a bare word (next=abc) up as a view's name (a 500)."""
     target = request.POST.get("next") or request.GET.get("next") or ""
     if url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -110,7 +112,7 @@ def confirm(request: HttpRequest) -> HttpResponse:
         except two_factor.EnrolmentRefused:
             return _replacement_refused(request)
         if confirmed:
-            return redirect(_next_url(request))
+            return HttpResponseRedirect(_next_url(request))
         form.add_error("code", "That code is not the one the app shows now. Try the next one.")
     return _two_factor_page(request, form, status=400)
 
@@ -122,7 +124,7 @@ def verify(request: HttpRequest) -> HttpResponse:
     form = CodeForm(request.POST)
     if form.is_valid():
         if two_factor.verify(request=request, token=form.cleaned_data["code"]):
-            return redirect(_next_url(request))
+            return HttpResponseRedirect(_next_url(request))
         form.add_error(
             "code",
             "That code was not accepted. Wait for the next one; after several wrong codes "

@@ -27,6 +27,7 @@ from guardian.admin import (
 )
 
 from audit.filters import whole_number
+from core.admin_saves import UniqueNameRaceShown
 from tools_registry import role_scopes, services
 from tools_registry.admin_scopes import ReviewerScopesMixin
 from tools_registry.lint import lint_tool
@@ -582,7 +583,7 @@ class IssueTokenForm(forms.Form):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(UniqueNameRaceShown, admin.ModelAdmin):
     """Agents: allowlist, limits, end users and their roles' scopes, tokens; and the stop
     button. Whoever holds the "stop agents" permission sees agents and may stop and resume
     them, without being able to change anything else."""
@@ -961,7 +962,7 @@ class IdentityProviderForm(forms.ModelForm):
 
 
 @admin.register(IdentityProvider)
-class IdentityProviderAdmin(admin.ModelAdmin):
+class IdentityProviderAdmin(UniqueNameRaceShown, admin.ModelAdmin):
     """The identity providers whose user tokens agents forward (verified roles)."""
 
     # A JSON field's text nested past Python's recursion limit is a form error, not a 500.
@@ -1025,7 +1026,7 @@ class UpstreamForm(forms.ModelForm):
 
 
 @admin.register(Upstream)
-class UpstreamAdmin(admin.ModelAdmin):
+class UpstreamAdmin(UniqueNameRaceShown, admin.ModelAdmin):
     """Systems whose tools are imported: register, import again, switch off, delete one
     without tools (audited). Header values are write-only: only their names are shown."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth import authenticate, logout
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
@@ -26,6 +26,8 @@ MAX_FAILURES = 5
 
 
 def _next_url(request: AuthedRequest) -> str:
+    """Where to go back to: a URL on this site, answered with HttpResponseRedirect, never
+    redirect(), which looks a bare word (next=abc) up as a view's name (a 500)."""
     target = request.POST.get("next") or request.GET.get("next") or ""
     if url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -64,7 +66,7 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             request.session.cycle_key()
             reauth.stamp(request)
             record(action="reviewer.reauthenticated", actor=request.user, outcome="ok")
-            return redirect(_next_url(request))
+            return HttpResponseRedirect(_next_url(request))
         failures = int(request.session.get(reauth.FAILURES_KEY, 0)) + 1
         request.session[reauth.FAILURES_KEY] = failures
         record(

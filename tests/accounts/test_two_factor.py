@@ -108,6 +108,21 @@ def test_a_later_sign_in_asks_for_the_code(world: World) -> None:
 
 
 @required
+def test_a_next_that_is_no_path_is_a_url_not_a_view_name(world: World) -> None:
+    # redirect() looked a bare word up as a view's name: next=abc was a 500 once the code
+    # was right, at the sign-in's verify and at the enrolment's confirm.
+    device = enrolled(world)
+    client = signed_in("bob", "pw-bob")
+    ok = client.post("/account/two-factor/verify/", {"code": code_for(device), "next": "abc"})
+    assert ok.status_code == 302 and ok["Location"] == "abc"
+    newcomer = signed_in("charlie", "pw-charlie")
+    newcomer.post("/account/two-factor/enrol/", {"next": "abc"})
+    pending = TOTPDevice.objects.get(user=world.charlie)
+    done = newcomer.post("/account/two-factor/confirm/", {"code": code_for(pending), "next": "abc"})
+    assert done.status_code == 302 and done["Location"] == "abc"
+
+
+@required
 def test_a_password_alone_never_replaces_the_second_factor(world: World) -> None:
     """Whoever holds only the password cannot swap in an app of their own: neither by
     starting a new enrolment nor by finishing one started earlier."""

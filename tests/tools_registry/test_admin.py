@@ -4,10 +4,15 @@ through the service and the plaintext is shown once."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.db import connection, transaction
 from django.test import Client
 
 from tests.conftest import World, events
@@ -344,6 +349,62 @@ def test_an_agent_created_in_the_admin_is_audited(world: World, admin_client: Cl
     assert event.actor_label == "root"
     assert event.data["allowed_tools"] == ["issue_refund"]
     assert event.data["owner"] == "alice"
+
+
+@contextmanager
+def name_taken_uncommitted(model: type[Any], **fields: Any) -> Iterator[None]:
+    """Another admin's save of the same name, under way: its row is written, not yet
+    committed, and commits a moment after the block's request has checked the name."""
+    written = threading.Event()
+
+    def other_save() -> None:
+        try:
+            with transaction.atomic():
+                model._default_manager.create(**fields)
+                written.set()
+                time.sleep(1)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_save)
+    thread.start()
+    assert written.wait(10)
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_agent_added_twice_at_once_is_a_form_error_not_a_500(
+    world: World, admin_client: Client
+) -> None:
+    """Save clicked twice: both saves passed the form's unique check before either
+    committed, and the second's INSERT failed with IntegrityError (a 500)."""
+    with name_taken_uncommitted(Agent, name="billing-bot", owner=world.alice):
+        response = admin_client.post(
+            "/admin/tools_registry/agent/add/",
+            {
+                "name": "billing-bot",
+                "owner": world.alice.pk,
+                "max_rounds_per_session": 10,
+                "enabled": "on",
+                "tokens-TOTAL_FORMS": 0,
+                "tokens-INITIAL_FORMS": 0,
+            },
+        )
+    assert response.status_code == 200
+    assert "already exists" in str(response.context["adminform"].form.errors["name"])
+    assert Agent.objects.filter(name="billing-bot").count() == 1
+    assert events("agent.created", agent_name="billing-bot") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_team_added_twice_at_once_is_a_form_error_not_a_500(admin_client: Client) -> None:
+    with name_taken_uncommitted(Group, name="billing"):
+        response = admin_client.post("/admin/auth/group/add/", {"name": "billing"})
+    assert response.status_code == 200
+    assert "already exists" in str(response.context["adminform"].form.errors["name"])
 
 
 def _user_form(admin_client: Client, user: Any) -> dict[str, Any]:

@@ -60,6 +60,14 @@ def test_a_foreign_next_url_is_ignored(world: World) -> None:
     assert response["Location"] == "/approvals/"
 
 
+def test_a_next_that_is_no_path_is_a_url_not_a_view_name(world: World) -> None:
+    # redirect() looked a bare word up as a view's name: next=abc was a 500, after the
+    # password was accepted. A next is a URL, relative to this page like any link's.
+    client = stale_client(world)
+    response = client.post("/approvals/reauthenticate/", {"password": "pw-bob", "next": "abc"})
+    assert response.status_code == 302 and response["Location"] == "abc"
+
+
 def test_wrong_passwords_are_audited_and_five_sign_the_session_out(world: World) -> None:
     client = stale_client(world)
     for _ in range(4):
