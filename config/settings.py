@@ -311,7 +311,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 600.0,
         "options": {"expires": 600},
     },
-    # MCP sessions that are over, agent sessions idle past AGENT_SESSION_RETENTION_SECONDS.
+    # MCP sessions that are over, agent sessions idle past AGENT_SESSION_RETENTION_SECONDS,
+    # webhook deliveries ended longer ago than WEBHOOK_RETENTION_SECONDS.
     "gateway-sessions-sweep": {
         "task": "gateway.sessions_sweep",
         "schedule": 3600.0,
@@ -577,6 +578,10 @@ WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12, minimum=1)
 WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 5)
 WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 WEBHOOK_RESEND_AFTER_SECONDS = env_int("WEBHOOK_RESEND_AFTER_SECONDS", 60)
+# A delivery that ended (delivered, or given up) is deleted with its attempts this long after
+# (seconds) by gateway.sessions_sweep: its body holds the call as GET returned it, result
+# included. The trail keeps the call's own events. 0 deletes them at the sweep's next run.
+WEBHOOK_RETENTION_SECONDS = env_int("WEBHOOK_RETENTION_SECONDS", 30 * 24 * 3600)
 # Callback URLs on loopback/private networks are refused in services mode unless allowed.
 # After a rotation, webhooks are signed with the old secret too for this long (seconds).
 WEBHOOK_SECRET_GRACE_SECONDS = env_int("WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600)

@@ -107,6 +107,10 @@ class WebhookDelivery(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # When it was delivered or given up; ``WEBHOOK_RETENTION_SECONDS`` after it, the
+    # retention sweep deletes it with its attempts (its body holds the call's result). Null
+    # while pending, and on the deliveries that ended before the column was added.
+    ended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "approvals_webhookdelivery"
@@ -116,6 +120,13 @@ class WebhookDelivery(models.Model):
                 fields=["next_attempt_at"],
                 condition=models.Q(state="pending"),
                 name="webhook_due_idx",
+            ),
+            # The retention sweep's: ended deliveries only (it never reads pending ones).
+            # ``next_attempt_at`` dates the ones that ended before ``ended_at`` was added.
+            models.Index(
+                fields=["ended_at", "next_attempt_at"],
+                condition=~models.Q(state="pending"),
+                name="webhook_ended_idx",
             ),
         ]
 

@@ -3,7 +3,12 @@ sessions that are over (closed, or idle past ``MCP_SESSION_IDLE_SECONDS``: their
 answers 404 already), and agent sessions (round counters) idle past
 ``AGENT_SESSION_RETENTION_SECONDS`` (a call refused for the session's rounds counts as a
 use: ``still_in_use``). Both tables would otherwise grow with every
-``initialize`` and every call made outside a session, without end."""
+``initialize`` and every call made outside a session, without end. And webhook
+deliveries (with their attempts) that ended, delivered or given up, longer ago than
+``WEBHOOK_RETENTION_SECONDS``: each body is a call as GET returns it, its result (customer
+data) included, which would otherwise be kept forever. One still pending, leased to an
+attempt in flight or waiting for its next, is kept however old; the trail keeps the call's
+``call.webhook_*`` events."""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from gateway.models import AgentSession, McpSession
+from gateway.models import AgentSession, McpSession, WebhookDelivery
 
 BATCH = 5000
 
@@ -24,12 +30,24 @@ def sweep(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     mcp_idle = now - timedelta(seconds=settings.MCP_SESSION_IDLE_SECONDS)
     agent_idle = now - timedelta(seconds=settings.AGENT_SESSION_RETENTION_SECONDS)
-    return _delete(
-        McpSession.objects.filter(Q(closed_at__isnull=False) | Q(last_seen_at__lt=mcp_idle))
-    ) + _delete(
-        # The DELETE checks its condition again on a row a new call just counted a round
-        # in (PostgreSQL re-reads an updated row): a session in use is never deleted.
-        AgentSession.objects.filter(last_call_at__lt=agent_idle)
+    webhooks_ended = now - timedelta(seconds=settings.WEBHOOK_RETENTION_SECONDS)
+    return (
+        _delete(
+            McpSession.objects.filter(Q(closed_at__isnull=False) | Q(last_seen_at__lt=mcp_idle))
+        )
+        + _delete(
+            # Each batch checks its condition again as it locks a row a new call just counted a
+            # round in (PostgreSQL re-reads an updated row): a session in use is never deleted.
+            AgentSession.objects.filter(last_call_at__lt=agent_idle)
+        )
+        + _delete(
+            # Served by webhook_ended_idx. Those that ended before ``ended_at`` was added are
+            # dated by their last attempt's due time (its start, give or take the queue).
+            WebhookDelivery.objects.exclude(state=WebhookDelivery.State.PENDING).filter(
+                Q(ended_at__lt=webhooks_ended)
+                | Q(ended_at__isnull=True, next_attempt_at__lt=webhooks_ended)
+            )
+        )
     )
 
 
@@ -58,5 +76,14 @@ def delete_in_batches(rows: QuerySet[Any], *, batch: int) -> int:
         ids = list(page.values_list("pk", flat=True)[:batch])
         if not ids:
             return deleted
-        deleted += rows.filter(pk__in=ids).delete()[0]
+        with transaction.atomic():
+            # Locked only if they still match: the condition is checked again on a row
+            # changed since it was picked. A model whose rows others cascade from is deleted
+            # by Django's collector, by key alone: under these locks nothing changes them
+            # first. Their keys only are read (a webhook's body may be large), and only
+            # the model's own rows counted, not those that went with them.
+            still = list(rows.filter(pk__in=ids).select_for_update().values_list("pk", flat=True))
+            if still:
+                gone = rows.model._default_manager.filter(pk__in=still).only("pk").delete()[1]
+                deleted += gone.get(rows.model._meta.label, 0)
         after = ids[-1]

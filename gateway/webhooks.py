@@ -19,7 +19,9 @@ conditional UPDATE with a lease, POSTed outside any transaction, and recorded as
 ``WebhookAttempt``. A failure (no 2xx, a timeout, a refused connection) schedules the next
 attempt with exponential backoff and jitter by moving ``next_attempt_at``; the beat-driven
 ``sweep`` sends the tasks of due rows (and of rows whose task was lost). There are no
-countdown/ETA tasks: Redis would redeliver those after its visibility timeout.
+countdown/ETA tasks: Redis would redeliver those after its visibility timeout. A delivery
+that has ended (delivered or given up: ``ended_at``) is deleted with its attempts
+``WEBHOOK_RETENTION_SECONDS`` later by ``gateway.retention.sweep``.
 """
 
 from __future__ import annotations
@@ -273,9 +275,9 @@ def _finish(
     # What a receiver sent back may hold NUL, which PostgreSQL's text refuses.
     result = replace(result, error=storable(result.error), excerpt=storable(result.excerpt))
     if result.ok:
-        changes = {"state": WebhookDelivery.State.DELIVERED, "delivered_at": now}
+        changes = {"state": WebhookDelivery.State.DELIVERED, "delivered_at": now, "ended_at": now}
     elif result.give_up or delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
-        changes = {"state": WebhookDelivery.State.FAILED}
+        changes = {"state": WebhookDelivery.State.FAILED, "ended_at": now}
     else:
         changes = {"next_attempt_at": now + backoff(delivery.attempts), "dispatched_at": None}
     with transaction.atomic():

@@ -1,6 +1,6 @@
 """The retention sweeps of the edge's own rows (``gateway.retention``, ``idempotency.sweep``)
-against what they must never break: a session's round counter while it is used, and the
-key of a request still running."""
+against what they must never break: a session's round counter while it is used, the key of
+a request still running, and a webhook delivery that has not ended."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -16,8 +18,8 @@ from django.utils import timezone
 
 from approvals.models import ToolCall
 from core import db
-from gateway import idempotency, retention, sql
-from gateway.models import AgentSession, IdempotencyRecord
+from gateway import idempotency, retention, sql, webhooks
+from gateway.models import AgentSession, IdempotencyRecord, WebhookAttempt, WebhookDelivery
 from tests.conftest import World
 from tests.gateway.conftest import SEND_EMAIL
 from tests.support.probe import install_probe_tool, stock_call
@@ -153,3 +155,155 @@ def test_batches_walk_on_from_the_last_and_delete_only_what_is_due(world: World)
 
     assert retention.delete_in_batches(due, batch=2) == 4
     assert sorted(AgentSession.objects.values_list("session_id", flat=True)) == ["s1", "s3", "s5"]
+
+
+def _webhooks_long_ago() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.WEBHOOK_RETENTION_SECONDS + 3600)
+
+
+def _delivery(world: World, **fields: object) -> WebhookDelivery:
+    """A webhook delivery of a new call, written as a status change writes it, then set."""
+    call = ToolCall.objects.get(pk=world.api().submit(SEND_EMAIL).json()["id"])
+    delivery_id = webhooks.schedule(call, "call.pending")
+    WebhookDelivery.objects.filter(pk=delivery_id).update(**fields)
+    return WebhookDelivery.objects.get(pk=delivery_id)
+
+
+def _attempt(delivery: WebhookDelivery, number: int = 1) -> None:
+    WebhookAttempt.objects.create(
+        delivery=delivery, number=number, started_at=delivery.next_attempt_at, status_code=200
+    )
+
+
+def test_ended_deliveries_go_with_their_attempts_and_pending_ones_stay_however_old(
+    world: World,
+) -> None:
+    """Delivered or given up longer ago than WEBHOOK_RETENTION_SECONDS: deleted with their
+    attempts (their bodies hold the calls' results). Pending, leased to an attempt in
+    flight or waiting for the next, however old: kept; ended recently: kept."""
+    old, now = _webhooks_long_ago(), timezone.now()
+    State = WebhookDelivery.State
+    pending = {"state": State.PENDING, "created_at": old, "next_attempt_at": old}
+    gone = {
+        "delivered": _delivery(world, state=State.DELIVERED, delivered_at=old, ended_at=old),
+        "failed": _delivery(world, state=State.FAILED, ended_at=old, next_attempt_at=old),
+        # Ended before ended_at was added: dated by its last attempt's due time.
+        "legacy": _delivery(world, state=State.FAILED, next_attempt_at=old),
+    }
+    kept = {
+        "waiting": _delivery(world, **pending, attempts=3),
+        "in flight": _delivery(world, **pending, lease_until=now + timedelta(seconds=40)),
+        "recent": _delivery(world, state=State.DELIVERED, created_at=old, ended_at=now),
+        "legacy recent": _delivery(world, state=State.FAILED, created_at=old, next_attempt_at=now),
+    }
+    for delivery in [*gone.values(), *kept.values()]:
+        _attempt(delivery)
+    _attempt(gone["failed"], number=2)
+
+    assert retention.sweep() == len(gone)
+    assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {
+        d.pk for d in kept.values()
+    }
+    assert set(WebhookAttempt.objects.values_list("delivery_id", flat=True)) == {
+        d.pk for d in kept.values()
+    }
+    # The calls stay, and read as before.
+    for delivery in gone.values():
+        assert world.api().get(f"/api/v1/tool-calls/{delivery.call_id}").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_picked_by_the_sweep_and_changed_before_its_delete_is_kept(
+    live_world: World,
+) -> None:
+    """The sweep picked an old ended delivery; before its DELETE another transaction
+    changes the row (uncommitted) so that it no longer matches. The sweep waits, checks its
+    condition again on the row as it was left, and keeps it with its attempts (Django's
+    cascade deletes the rows it collected by key alone, whatever they became)."""
+    old = _webhooks_long_ago()
+    delivery = _delivery(
+        live_world, state=WebhookDelivery.State.DELIVERED, delivered_at=old, ended_at=old
+    )
+    _attempt(delivery)
+    swept: list[int] = []
+
+    def sweep() -> None:
+        try:
+            swept.append(retention.sweep())
+        finally:
+            connections.close_all()
+
+    sweeper = threading.Thread(target=sweep)
+    with transaction.atomic():
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(ended_at=timezone.now())
+        sweeper.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _waiting_on_a_lock(), "the sweep waits for the delivery's row"
+    sweeper.join(timeout=10)
+    assert swept == [0]
+    assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
+    assert WebhookAttempt.objects.filter(delivery_id=delivery.pk).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_in_flight_is_not_swept_and_goes_once_it_has_ended(
+    live_world: World, settings: object
+) -> None:
+    """However old, a delivery whose attempt is in flight (the receiver has the POST and
+    has not answered) is kept, even with a retention of 0; once delivered, its attempt is
+    recorded and its end dated, and the next sweep deletes it."""
+    settings.WEBHOOK_RETENTION_SECONDS = 0  # type: ignore[attr-defined]
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True  # type: ignore[attr-defined]
+    got, answer = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            got.set()
+            answer.wait(10)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    old = _webhooks_long_ago() - timedelta(days=365)
+    delivery = _delivery(
+        live_world,
+        url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+        created_at=old,
+        next_attempt_at=old,
+        dispatched_at=old,
+    )
+    results: list[str] = []
+
+    def deliver() -> None:
+        try:
+            results.append(webhooks.deliver(delivery.pk))
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    try:
+        assert got.wait(10), "the attempt reaches the receiver"
+        assert retention.sweep() == 0
+        assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
+    finally:
+        answer.set()
+        worker.join(timeout=20)
+        server.shutdown()
+        server.server_close()
+    assert results == ["delivered"]
+    delivery.refresh_from_db()
+    assert delivery.state == WebhookDelivery.State.DELIVERED
+    assert delivery.ended_at is not None and delivery.ended_at > old
+    assert [a.status_code for a in delivery.attempt_log.all()] == [204]
+    time.sleep(0.01)  # past its end, for a retention of 0
+    assert retention.sweep() == 1
+    assert not WebhookDelivery.objects.filter(pk=delivery.pk).exists()
+    assert not WebhookAttempt.objects.exists()
