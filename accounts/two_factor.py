@@ -9,6 +9,7 @@ for a fresh code as well as the password.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import segno
@@ -22,6 +23,10 @@ from audit.log import record
 from tools_registry.permissions import has_any_review_grant
 
 DEVICE_NAME = "authenticator app"
+# A code entered this recently lets the session replace the app: a session verified hours
+# ago (a stolen cookie) must not swap in an app of its holder's, and the owner's be gone.
+FRESH_CODE_SECONDS = 15 * 60
+PASSED_AT_KEY = "countersign.second_factor_passed_at"
 
 
 def must_use_second_factor(user: Any) -> bool:
@@ -71,11 +76,16 @@ class EnrolmentRefused(Exception):
 
 def may_enrol(request: HttpRequest) -> bool:
     """Whether this session may set up a new device: when the person has none yet, or when
-    this session passed the one they have. A password alone never replaces a second factor:
-    whoever held only the password could otherwise swap in an app of their own (and the
-    owner's would be gone)."""
+    this session passed the one they have within ``FRESH_CODE_SECONDS``. A password alone
+    never replaces a second factor, nor does a session that passed it long ago: whoever held
+    only the password, or the session's cookie, could otherwise swap in an app of their own
+    (and the owner's would be gone)."""
     user = request.user
-    return confirmed_device(user) is None or bool(user.is_verified())  # type: ignore[union-attr]
+    if confirmed_device(user) is None:
+        return True
+    passed_at = request.session.get(PASSED_AT_KEY)
+    recent = isinstance(passed_at, int | float) and time.time() - passed_at <= FRESH_CODE_SECONDS
+    return recent and bool(user.is_verified())  # type: ignore[union-attr]
 
 
 def _refuse_replacement(request: HttpRequest) -> None:
@@ -131,6 +141,7 @@ def _pass(request: HttpRequest, device: TOTPDevice) -> None:
     key (a fixated or stolen one) must not hold the verified one, as at any sign-in."""
     request.session.cycle_key()
     otp_login(request, device)
+    request.session[PASSED_AT_KEY] = time.time()
 
 
 def verify(*, request: HttpRequest, token: str, purpose: str = "sign_in") -> bool:

@@ -13,6 +13,7 @@ from django.db import connection
 from django.test import Client, override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts import two_factor
 from approvals.models import Status
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
@@ -187,6 +188,31 @@ def test_a_verified_session_replaces_the_app(world: World) -> None:
     assert new.confirmed is True
     enrolment = AuditEvent.objects.get(action="auth.two_factor_enrolled", actor_label="bob")
     assert enrolment.data["replaced_devices"] == 1
+
+
+@required
+def test_a_session_verified_long_ago_enters_a_code_again_to_replace_the_app(
+    world: World,
+) -> None:
+    """A verified session's cookie, stolen hours later, replaced the owner's app with its
+    holder's: the owner was locked out of their own second factor. Replacing it takes a
+    code entered within the last FRESH_CODE_SECONDS."""
+    old = enrolled(world)
+    client = signed_in("bob", "pw-bob")
+    client.post("/account/two-factor/verify/", {"code": code_for(old)})
+    session = client.session
+    session[two_factor.PASSED_AT_KEY] -= two_factor.FRESH_CODE_SECONDS + 60
+    session.save()
+
+    assert client.get("/approvals/").status_code == 200, "still a verified session"
+    assert "Replace the authenticator app" not in client.get("/account/").content.decode()
+    refused = client.post("/account/two-factor/enrol/", {"next": "/account/"})
+    assert refused.status_code == 403
+    assert not TOTPDevice.objects.filter(user=world.bob, confirmed=False).exists()
+
+    TOTPDevice.objects.filter(pk=old.pk).update(last_t=-1)  # the app's next code
+    client.post("/account/two-factor/verify/", {"code": code_for(old)})
+    assert client.post("/account/two-factor/enrol/", {"next": "/account/"}).status_code == 302
 
 
 @required
