@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +30,31 @@ def _long_ago() -> datetime:
     return timezone.now() - timedelta(seconds=settings.AGENT_SESSION_RETENTION_SECONDS + 3600)
 
 
+def _swept_while_held(change: Callable[[], None]) -> int:
+    """``retention.sweep()`` run in another thread while this one's open transaction has
+    made ``change`` to a row the sweep picked: it waits for that row, then checks its
+    condition again on the row as the change left it. Returns how many rows it deleted."""
+    swept: list[int] = []
+
+    def sweep() -> None:
+        try:
+            swept.append(retention.sweep())
+        finally:
+            connections.close_all()
+
+    sweeper = threading.Thread(target=sweep)
+    with transaction.atomic():
+        change()
+        sweeper.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _waiting_on_a_lock(), "the sweep waits for the changed row"
+    sweeper.join(timeout=10)
+    (deleted,) = swept
+    return deleted
+
+
 def _waiting_on_a_lock() -> int:
     with connection.cursor() as cursor:
         # Inside a transaction the statistics views answer from a snapshot: read afresh.
@@ -48,29 +74,15 @@ def test_a_round_counted_while_the_sweep_deletes_its_session_is_kept(live_world:
     agent = live_world.agent
     assert live_world.api().submit(SEND_EMAIL).status_code == 202
     AgentSession.objects.update(last_call_at=_long_ago())
-    counted, swept = threading.Event(), []
 
-    def sweep() -> None:
-        try:
-            swept.append(retention.sweep())
-        finally:
-            connections.close_all()
-
-    sweeper = threading.Thread(target=sweep)
-    with transaction.atomic():
+    def count_a_round() -> None:
         assert db.one(
             sql.count_round_statement(
                 agent_id=agent.pk, session_id="run-1", limit=10, now=timezone.now()
             )
         )
-        counted.set()
-        sweeper.start()
-        deadline = time.monotonic() + 10
-        while not _waiting_on_a_lock() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _waiting_on_a_lock(), "the sweep's DELETE waits for the round's row"
-    sweeper.join(timeout=10)
-    assert swept == [0]
+
+    assert _swept_while_held(count_a_round) == 0
     (session,) = AgentSession.objects.all()
     assert session.rounds == 2
 
@@ -225,24 +237,11 @@ def test_a_delivery_picked_by_the_sweep_and_changed_before_its_delete_is_kept(
         live_world, state=WebhookDelivery.State.DELIVERED, delivered_at=old, ended_at=old
     )
     _attempt(delivery)
-    swept: list[int] = []
 
-    def sweep() -> None:
-        try:
-            swept.append(retention.sweep())
-        finally:
-            connections.close_all()
-
-    sweeper = threading.Thread(target=sweep)
-    with transaction.atomic():
+    def end_it_again_now() -> None:
         WebhookDelivery.objects.filter(pk=delivery.pk).update(ended_at=timezone.now())
-        sweeper.start()
-        deadline = time.monotonic() + 10
-        while not _waiting_on_a_lock() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _waiting_on_a_lock(), "the sweep waits for the delivery's row"
-    sweeper.join(timeout=10)
-    assert swept == [0]
+
+    assert _swept_while_held(end_it_again_now) == 0
     assert WebhookDelivery.objects.filter(pk=delivery.pk).exists()
     assert WebhookAttempt.objects.filter(delivery_id=delivery.pk).count() == 1
 
