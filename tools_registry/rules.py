@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
 from typing import Any
@@ -574,11 +574,18 @@ def _is_argument(node: Any) -> bool:
     return bool(chain and chain[0] == "args")
 
 
-def _is_scalar(schema: Any, path: list[str]) -> bool:
-    """Whether the schema types ``args.<path>`` as a number or boolean, whatever is sent."""
+def _declared(schema: Any, path: Sequence[str]) -> Any:
+    """The schema ``properties`` give ``args.<path>``, None where they give none (through
+    no list, choice or reference: the checks that read it look only at plain members)."""
     for part in path:
         properties = schema.get("properties") if isinstance(schema, Mapping) else None
         schema = properties.get(part) if isinstance(properties, Mapping) else None
+    return schema
+
+
+def _is_scalar(schema: Any, path: Sequence[str]) -> bool:
+    """Whether the schema types ``args.<path>`` as a number or boolean, whatever is sent."""
+    schema = _declared(schema, path)
     kind = schema.get("type") if isinstance(schema, Mapping) else None
     kinds = set(kind) if isinstance(kind, list) else {kind}
     return bool(kinds - {"null"}) and kinds <= {"integer", "number", "boolean", "null"}
@@ -603,16 +610,28 @@ def _macro_variables(tree: Tree) -> set[str]:
     return {c.item for c in _comprehensions(tree) if c.item}
 
 
-def _chain(node: Any) -> list[str] | None:
-    """``args.changes.email`` as ["args", "changes", "email"]; None for anything else."""
+def _chain(node: Any, *, keys: bool = False) -> tuple[str, ...] | None:
+    """``args.changes.email`` as ("args", "changes", "email"); None for anything else.
+
+    With ``keys``, indexes too: a key written as a string names a member as a name does
+    (``args.changes["email"]`` is ``args.changes.email``), and a whole-number index
+    (``args.lines[0].sku``) reads an item of a list, which the schema check walks through.
+    A key computed as the call runs (``args[args.field]``) cannot be read when saved: None."""
     if isinstance(node, Tree) and node.data == "member" and len(node.children) == 1:
-        return _chain(node.children[0])
+        return _chain(node.children[0], keys=keys)
     if isinstance(node, Tree) and node.data == "member_dot":
-        inner = _chain(node.children[0])
-        return None if inner is None else [*inner, str(node.children[1])]
+        inner = _chain(node.children[0], keys=keys)
+        return None if inner is None else (*inner, str(node.children[1]))
+    if keys and isinstance(node, Tree) and node.data == "member_index" and len(node.children) == 2:
+        inner, key = _chain(node.children[0], keys=keys), _literal_token(node.children[1])
+        if inner is None or key is None:
+            return None
+        if key.type in ("STRING_LIT", "MLSTRING_LIT"):
+            return (*inner, str(celstr(key)))
+        return inner if key.type in ("INT_LIT", "UINT_LIT") else None
     if isinstance(node, Tree) and node.data == "primary":
         plain = _plain(node)
-        return [plain[1]] if plain and plain[0] == "ident" else None
+        return (plain[1],) if plain and plain[0] == "ident" else None
     return None
 
 
@@ -629,33 +648,9 @@ def _argument_paths(tree: Tree) -> list[tuple[str, ...]]:
     """Every argument path the condition reads, ``args.a.b`` or ``args["a"].b`` as ("a", "b")
     (the longest; prefixes are implied)."""
     nodes = [*_subtrees(tree, "member_dot"), *_subtrees(tree, "member_index")]
-    paths = {p[1:] for p in map(_argument_path, nodes) if p and p[0] == "args" and len(p) > 1}
+    chains = (_chain(node, keys=True) for node in nodes)
+    paths = {p[1:] for p in chains if p and p[0] == "args" and len(p) > 1}
     return sorted(p for p in paths if not any(len(o) > len(p) and o[: len(p)] == p for o in paths))
-
-
-def _argument_path(node: Any) -> tuple[str, ...] | None:
-    """``args.changes["email"]`` as ("args", "changes", "email"), as ``args.changes.email``:
-    a key written as a string names a member as a name does, and a whole-number index
-    (``args.lines[0].sku``) reads an item of a list, which the schema check walks through.
-    None for anything else: a key computed as the call runs cannot be checked when saved
-    (``args[args.field]``), only what comes before it."""
-    if isinstance(node, Tree) and node.data == "member" and len(node.children) == 1:
-        return _argument_path(node.children[0])
-    if isinstance(node, Tree) and node.data == "member_dot":
-        inner = _argument_path(node.children[0])
-        return None if inner is None else (*inner, str(node.children[1]))
-    if isinstance(node, Tree) and node.data == "member_index" and len(node.children) == 2:
-        inner, key = _argument_path(node.children[0]), _literal_token(node.children[1])
-        if inner is None or key is None:
-            return None
-        if key.type in ("STRING_LIT", "MLSTRING_LIT"):
-            return (*inner, str(celstr(key)))
-        return inner if key.type in ("INT_LIT", "UINT_LIT") else None
-    if isinstance(node, Tree) and node.data == "primary" and len(node.children) == 1:
-        node = node.children[0]
-    if isinstance(node, Tree) and node.data == "ident" and node.children:
-        return (str(node.children[0]),)
-    return None
 
 
 def _keys_tested(tree: Tree, schema: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -668,7 +663,9 @@ def _keys_tested(tree: Tree, schema: Mapping[str, Any]) -> list[tuple[str, ...]]
         if not (isinstance(first, Tree) and first.data == "relation_in") or len(node.children) < 2:
             continue
         key = _literal_token(first.children[0]) if first.children else None
-        container = _argument_path(_unwrapped(node.children[1]))
+        right = _unwrapped(node.children[1])
+        # ``args`` itself, unwrapped to its name, or a member of it.
+        container = ("args",) if _plain(right) == ("ident", "args") else _chain(right, keys=True)
         if (
             key is not None
             and key.type in ("STRING_LIT", "MLSTRING_LIT")
@@ -680,12 +677,10 @@ def _keys_tested(tree: Tree, schema: Mapping[str, Any]) -> list[tuple[str, ...]]
     return found
 
 
-def _is_object(schema: Any, path: tuple[str, ...]) -> bool:
+def _is_object(schema: Any, path: Sequence[str]) -> bool:
     """Whether the schema plainly types ``args.<path>`` as an object (not a list, nor a choice
     it leaves to branches or a reference)."""
-    for part in path:
-        properties = schema.get("properties") if isinstance(schema, Mapping) else None
-        schema = properties.get(part) if isinstance(properties, Mapping) else None
+    schema = _declared(schema, path)
     if not isinstance(schema, Mapping):
         return False
     kind = schema.get("type")
@@ -741,11 +736,11 @@ def _signal_literals(tree: Tree) -> list[str]:
         left, right = _plain(first.children[0]), _plain(node.children[1])
         if right == ("ident", "signals") and left and left[0] == "literal":
             codes += _string_literals(first.children[0])
-    indexed = [n for n in _subtrees(tree, "member_index") if _chain(n.children[0]) == ["signals"]]
+    indexed = [n for n in _subtrees(tree, "member_index") if _chain(n.children[0]) == ("signals",)]
     if indexed:
         codes += _compared_with(tree, lambda n: any(n is i for i in indexed))
     for c in _comprehensions(tree):
-        if _chain(c.over) == ["signals"] and c.item:
+        if _chain(c.over) == ("signals",) and c.item:
             item = ("ident", c.item)
             for body in c.bodies:
                 codes += _compared_with(body, lambda n, item=item: _plain(n) == item)

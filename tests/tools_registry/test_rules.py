@@ -29,6 +29,8 @@ CONDITIONS = [
     ('args.amount_cents > 5 && "unterminated', "not valid CEL"),
     ("args.amount > 5", "args.amount is not an argument of this tool"),
     ("args.reason.length > 5", "args.reason.length is not an argument"),
+    ("(args).amount > 5", "args.amount is not an argument of this tool"),
+    ('(args)["amount"] > 5', "args.amount is not an argument of this tool"),
     # A key written as a string is checked as the name it is: a misspelt one never matched.
     ('args["amount"] > 5', "args.amount is not an argument of this tool"),
     ("args['amount'] > 5", "args.amount is not an argument of this tool"),
