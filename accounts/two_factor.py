@@ -48,10 +48,12 @@ def must_pass_second_factor(user: Any) -> bool:
     )
 
 
-def confirmed_device(user: Any) -> TOTPDevice | None:
+def confirmed_device(user: Any, *, locked: bool = False) -> TOTPDevice | None:
+    """The person's device; ``locked``: its row held until the transaction ends."""
     if not user.is_authenticated:
         return None
-    return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
+    devices = TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk")
+    return (devices.select_for_update() if locked else devices).first()
 
 
 def pending_device(user: Any) -> TOTPDevice | None:
@@ -151,12 +153,7 @@ def verify(*, request: HttpRequest, token: str, purpose: str = "sign_in") -> boo
     the throttle as it was before any of them (and a batch of wrong ones counted once)."""
     user = request.user
     with transaction.atomic():
-        device = (
-            TOTPDevice.objects.select_for_update()
-            .filter(user=user, confirmed=True)
-            .order_by("pk")
-            .first()
-        )
+        device = confirmed_device(user, locked=True)
         passed = device is not None and device.verify_token(token.strip().replace(" ", ""))
         if passed:
             _pass(request, device)

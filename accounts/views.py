@@ -10,23 +10,17 @@ from django.contrib.auth.views import PasswordChangeView
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import two_factor
 from accounts.forms import CodeForm, CountedPasswordChangeForm
+from accounts.navigation import next_url
 
 
 def _next_url(request: HttpRequest) -> str:
-    """Where to go back to: a URL on this site, answered with HttpResponseRedirect, never
-    redirect(), which looks a bare word (next=abc) up as a view's name (a 500)."""
-    target = request.POST.get("next") or request.GET.get("next") or ""
-    if url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return reverse("home")
+    return next_url(request, otherwise=reverse("home"))
 
 
 @require_GET

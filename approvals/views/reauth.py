@@ -9,12 +9,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme, urlencode
+from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from accounts import two_factor
+from accounts.navigation import next_url
 from approvals import reauth
 from approvals.forms import ReauthForm
 from approvals.views.common import AuthedRequest
@@ -26,14 +27,7 @@ MAX_FAILURES = 5
 
 
 def _next_url(request: AuthedRequest) -> str:
-    """Where to go back to: a URL on this site, answered with HttpResponseRedirect, never
-    redirect(), which looks a bare word (next=abc) up as a view's name (a 500)."""
-    target = request.POST.get("next") or request.GET.get("next") or ""
-    if url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return reverse("approvals:queue")
+    return next_url(request, otherwise=reverse("approvals:queue"))
 
 
 @sensitive_post_parameters("password")
