@@ -32,15 +32,15 @@ def sweep(*, now: datetime | None = None) -> int:
     agent_idle = now - timedelta(seconds=settings.AGENT_SESSION_RETENTION_SECONDS)
     webhooks_ended = now - timedelta(seconds=settings.WEBHOOK_RETENTION_SECONDS)
     return (
-        _delete(
+        delete_in_batches(
             McpSession.objects.filter(Q(closed_at__isnull=False) | Q(last_seen_at__lt=mcp_idle))
         )
-        + _delete(
+        + delete_in_batches(
             # Each batch checks its condition again as it locks a row a new call just counted a
             # round in (PostgreSQL re-reads an updated row): a session in use is never deleted.
             AgentSession.objects.filter(last_call_at__lt=agent_idle)
         )
-        + _delete(
+        + delete_in_batches(
             # Served by webhook_ended_idx. Those that ended before ``ended_at`` was added are
             # dated by their last attempt's due time (its start, give or take the queue).
             WebhookDelivery.objects.exclude(state=WebhookDelivery.State.PENDING).filter(
@@ -60,20 +60,16 @@ def still_in_use(*, agent_id: int, session_id: str) -> None:
     )
 
 
-def _delete(rows: QuerySet[Any]) -> int:
-    return delete_in_batches(rows, batch=BATCH)
-
-
-def delete_in_batches(rows: QuerySet[Any], *, batch: int) -> int:
-    """Delete ``rows`` a batch at a time, each DELETE its own statement that repeats their
-    condition; returns how many. The batches walk the primary key onwards from the last
-    one: picked afresh from the start, each batch read again what the ones before had
-    deleted (dead rows until vacuum), and a backlog of 400,000 rows took 7.7 s where it
-    takes 0.6 s."""
+def delete_in_batches(rows: QuerySet[Any], *, batch: int = BATCH) -> int:
+    """Delete ``rows`` a batch at a time, each batch its own transaction that locks the
+    picked rows still matching ``rows``' condition, then deletes those; returns how many.
+    The batches walk the primary key onwards from the last one: picked afresh from the
+    start, each batch read again what the ones before had deleted (dead rows until vacuum),
+    and a backlog of 400,000 rows took 7.7 s where it takes 0.6 s."""
     deleted, after = 0, None
     while True:
-        page = rows.order_by("pk") if after is None else rows.filter(pk__gt=after).order_by("pk")
-        ids = list(page.values_list("pk", flat=True)[:batch])
+        page = rows if after is None else rows.filter(pk__gt=after)
+        ids = list(page.order_by("pk").values_list("pk", flat=True)[:batch])
         if not ids:
             return deleted
         with transaction.atomic():
