@@ -95,11 +95,9 @@ def _epoch_seconds(value: Any) -> float | None:
 
 
 def _provider_request_options() -> dict[str, Any]:
-    """What mozilla-django-oidc sends each request to the provider with, but our timeout
-    (``OIDC_TIMEOUT_SECONDS``: a provider that never answers held a web thread for good)
+    """What mozilla-django-oidc sends each request to the provider with (but the timeout),
     and no redirects."""
     return {
-        "timeout": settings.OIDC_TIMEOUT,
         "allow_redirects": False,
         "verify": OIDCAuthenticationBackend.get_settings("OIDC_VERIFY_SSL", True),
         "proxies": OIDCAuthenticationBackend.get_settings("OIDC_PROXY", None),
@@ -132,6 +130,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             self.OIDC_OP_TOKEN_ENDPOINT,
             data=payload,
             auth=auth,
+            timeout=settings.OIDC_TIMEOUT,
             **_provider_request_options(),
         )
         self.raise_token_response_error(response)
@@ -143,6 +142,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         response = requests.get(
             self.OIDC_OP_USER_ENDPOINT,
             headers={"Authorization": f"Bearer {access_token}"},
+            timeout=settings.OIDC_TIMEOUT,
             **_provider_request_options(),
         )
         if response.status_code != 200:  # a redirect too
@@ -159,7 +159,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         named, not from a host its answer points at. Any answer but 200, or one that is no
         key set, is the provider's failure (a failed sign-in)."""
         response = requests.get(
-            self.OIDC_OP_JWKS_ENDPOINT, **_provider_request_options()
+            self.OIDC_OP_JWKS_ENDPOINT, timeout=settings.OIDC_TIMEOUT, **_provider_request_options()
         )
         body = response.json() if response.status_code == 200 else None
         keys = body.get("keys") if isinstance(body, dict) else None
