@@ -280,7 +280,7 @@ def _notification_sent(
     data: dict[str, Any] = {"kind": kind, "recipients": recipients}
     if group:
         data["group"] = group
-    return record(action=action, outcome="sent", call=call, data=data)
+    return record(action=action, outcome="sent", call=call, data=data, people=["recipients"])
 
 
 def reviewers_notified(call: ToolCall, *, recipients: list[str]) -> AuditEvent:
@@ -301,6 +301,20 @@ def escalation_sent(call: ToolCall, *, recipients: list[str], group: str) -> Aud
     """A second team was told of a call about to expire undecided."""
     return _notification_sent(
         call, action="call.escalation_sent", kind="escalation", recipients=recipients, group=group
+    )
+
+
+def notification_failed(
+    call: ToolCall, *, kind: str, recipients: list[str], server_down: bool
+) -> AuditEvent:
+    """Some of the people a notification event named got no mail: their mailbox was refused,
+    or the mail server was down (the reminder and the escalation are the next chances)."""
+    return record(
+        action="call.notification_failed",
+        outcome="server_down" if server_down else "refused",
+        call=call,
+        data={"kind": kind, "recipients": recipients},
+        people=["recipients"],
     )
 
 

@@ -3,9 +3,10 @@
 Driven by the beat sweep (``approvals.sweeps.run_all``). Each notification is claimed with a
 conditional UPDATE of its timestamp column together with its audit event, and the e-mail is
 sent after that commits: two sweeps running at once send each notification once. A failed
-send is logged, not retried (the reminder and the escalation are the second and third chance);
-one that says the server is down ends the run: the notifications it had not taken yet wait
-for the next run. People whom separation of duties keeps from approving a call are not mailed
+send is logged and audited (``call.notification_failed`` names who got nothing, as the claim's
+event named them all), not retried (the reminder and the escalation are the second and third
+chance); one that says the server is down ends the run: the notifications it had not taken
+yet wait for the next run. People whom separation of duties keeps from approving a call are not mailed
 about it.
 
 * new: every pending call, to the tool's reviewers (user grants and group grants);
@@ -98,7 +99,15 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "never"
 
 
-def _message(call: ToolCall, *, subject: str, lead: str, to: str) -> EmailMessage:
+@dataclass(frozen=True)
+class Mail:
+    """One notification e-mail and the account it is for (the name the audit event gives)."""
+
+    recipient: str
+    message: EmailMessage
+
+
+def _message(call: ToolCall, *, subject: str, lead: str, to: Any) -> Mail:
     # Only names and times go into the mail: the arguments and the reasoning can hold
     # personal data and stay behind the sign-in (and its masking).
     body = (
@@ -109,37 +118,55 @@ def _message(call: ToolCall, *, subject: str, lead: str, to: str) -> EmailMessag
         f"Expires:   {_when(call.expires_at)}\n\n"
         f"Review it: {_link(call)}\n"
     )
-    return EmailMessage(subject=f"[Countersign] {subject}", body=body, to=[to])
+    message = EmailMessage(subject=f"[Countersign] {subject}", body=body, to=[to.email])
+    return Mail(recipient=to.get_username(), message=message)
 
 
-def _send(messages: list[EmailMessage], outbox: Outbox) -> None:
-    if not messages:
+def _send(call: ToolCall, kind: str, mails: list[Mail], outbox: Outbox) -> None:
+    """Send ``mails`` after their claim committed; the people they did not reach are named
+    in a ``call.notification_failed`` event, as the claim's event named them all."""
+    if not mails:
         return
     if outbox.down:
         # Sends deferred to the end of a caller's transaction: the server already failed.
-        logger.warning("mail server down: %d reviewer notification(s) not sent", len(messages))
+        logger.warning("mail server down: %d reviewer notification(s) not sent", len(mails))
+        _record_failure(call, kind, [m.recipient for m in mails], server_down=True)
         return
     # One connection for the call's messages, each sent on its own: in one batch, the first
     # recipient refused (a mailbox gone, an address Django will not write) ended it, and
     # every reviewer after that one in name order never heard of the call.
     connection = mailers.default
-    unsent = len(messages)
+    refused: list[str] = []
+    sent = 0
     try:
         connection.open()
-        for message in messages:
+        for mail in mails:
             try:
-                connection.send_messages([message])
+                connection.send_messages([mail.message])
             except Exception as failure:
                 if _server_down(failure):
                     raise
                 logger.exception("could not send a reviewer notification")
-            unsent -= 1
+                refused.append(mail.recipient)
+            sent += 1
     except Exception as failure:
         outbox.down = _server_down(failure)
-        logger.exception("could not send %d reviewer notification(s)", unsent)
+        logger.exception("could not send %d reviewer notification(s)", len(mails) - sent)
+        unsent = [m.recipient for m in mails[sent:]]
+        _record_failure(call, kind, refused + unsent, server_down=outbox.down)
+    else:
+        if refused:
+            _record_failure(call, kind, refused, server_down=False)
     finally:
         with suppress(Exception):  # a failed goodbye says nothing of what was sent
             connection.close()
+
+
+def _record_failure(call: ToolCall, kind: str, recipients: list[str], *, server_down: bool) -> None:
+    try:
+        events.notification_failed(call, kind=kind, recipients=recipients, server_down=server_down)
+    except Exception:  # the database gone too: the log above still says what was not sent
+        logger.exception("could not record %d unsent reviewer notification(s)", len(recipients))
 
 
 def _server_down(failure: Exception) -> bool:
@@ -166,7 +193,9 @@ def _claim(call_id: Any, column: str, now: datetime) -> ToolCall | None:
     return ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
 
 
-def _notify(call_ids: Iterable[Any], column: str, build: Any, now: datetime, outbox: Outbox) -> int:
+def _notify(
+    call_ids: Iterable[Any], column: str, kind: str, build: Any, now: datetime, outbox: Outbox
+) -> int:
     sent = 0
     for call_id in call_ids:
         if outbox.down:
@@ -175,8 +204,8 @@ def _notify(call_ids: Iterable[Any], column: str, build: Any, now: datetime, out
             call = _claim(call_id, column, now)
             if call is None:
                 continue
-            messages = build(call)
-            transaction.on_commit(partial(_send, messages, outbox))
+            mails = build(call)
+            transaction.on_commit(partial(_send, call, kind, mails, outbox))
         sent += 1
     return sent
 
@@ -191,7 +220,7 @@ def notify_new_calls(
     ).order_by("created_at")
     recipients: dict[int, list[Any]] = {}
 
-    def build(call: ToolCall) -> list[EmailMessage]:
+    def build(call: ToolCall) -> list[Mail]:
         if call.tool_id not in recipients:
             recipients[call.tool_id] = reviewers_of(call.tool)
         people = without_conflicts(call, recipients[call.tool_id])
@@ -201,13 +230,18 @@ def notify_new_calls(
                 call,
                 subject=f"{call.tool.name} call waits for your review",
                 lead=f"Agent {call.agent.name} asks to run {call.tool.name}. It waits for your decision.",
-                to=p.email,
+                to=p,
             )
             for p in people
         ]
 
     return _notify(
-        list(due.values_list("pk", flat=True)[:limit]), "reviewers_notified_at", build, now, outbox
+        list(due.values_list("pk", flat=True)[:limit]),
+        "reviewers_notified_at",
+        "new_call",
+        build,
+        now,
+        outbox,
     )
 
 
@@ -230,7 +264,7 @@ def send_reminders(
             continue
         reviewers = reviewers_of(tool)
 
-        def build(call: ToolCall, reviewers: list[Any] = reviewers) -> list[EmailMessage]:
+        def build(call: ToolCall, reviewers: list[Any] = reviewers) -> list[Mail]:
             # On the arguments as they are: a correction asks everyone to vote again.
             voted = set(
                 call.decisions.filter(arguments_hash=call.arguments_hash).values_list(
@@ -245,12 +279,12 @@ def send_reminders(
                     call,
                     subject=f"Reminder: {call.tool.name} call still waits for your review",
                     lead=f"This call has waited {waited} minutes for a decision.",
-                    to=p.email,
+                    to=p,
                 )
                 for p in people
             ]
 
-        sent += _notify(due, "reminded_at", build, now, outbox)
+        sent += _notify(due, "reminded_at", "reminder", build, now, outbox)
         if sent >= limit or outbox.down:
             break
     return sent
@@ -287,9 +321,7 @@ def escalate_expiring(
         people = escalation_recipients(tool)
         group = tool.escalation_group.name if tool.escalation_group else ""
 
-        def build(
-            call: ToolCall, team: list[Any] = people, group: str = group
-        ) -> list[EmailMessage]:
+        def build(call: ToolCall, team: list[Any] = people, group: str = group) -> list[Mail]:
             people = without_conflicts(call, team)
             events.escalation_sent(call, recipients=[p.get_username() for p in people], group=group)
             return [
@@ -300,12 +332,12 @@ def escalate_expiring(
                         f"Nobody has decided this call yet and it expires at {_when(call.expires_at)}. "
                         f"You receive this as a member of {group}, the escalation team of {call.tool.name}."
                     ),
-                    to=p.email,
+                    to=p,
                 )
                 for p in people
             ]
 
-        sent += _notify(due, "escalated_at", build, now, outbox)
+        sent += _notify(due, "escalated_at", "escalation", build, now, outbox)
         if sent >= limit or outbox.down:
             break
     return sent

@@ -53,6 +53,8 @@ ACTIONS: dict[str, str] = {
     "call.reviewers_notified": "The tool's reviewers were told of a new pending call by e-mail.",
     "call.reminder_sent": "Reviewers who had not voted were reminded of a waiting call.",
     "call.escalation_sent": "A tool's escalation team was told of a call about to expire.",
+    "call.notification_failed": "Some people a notification event named got no e-mail (kind, "
+    "who); outcome says why: their mailbox was refused, or the mail server was down.",
     "call.webhook_failed": "Countersign gave up delivering a call's webhook to the agent.",
     # Tools at run time (approvals/breaker.py).
     "tool.breaker_opened": "A tool failed too often in a row; calls are refused for the cool-down.",

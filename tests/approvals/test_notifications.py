@@ -151,6 +151,11 @@ def test_a_failing_mail_server_does_not_break_the_sweep(
     assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
     assert "could not send" in caplog.text
     assert ToolCall.objects.get(pk=call.pk).reviewers_notified_at is not None
+    failed = AuditEvent.objects.get(call_id=call.pk, action="call.notification_failed")
+    assert (failed.outcome, failed.data) == (
+        "server_down",
+        {"kind": "new_call", "recipients": ["bob"]},
+    ), "the trail says the reviewers it named as told got nothing"
 
 
 @pytest.fixture
@@ -194,6 +199,10 @@ def test_a_hung_mail_server_holds_a_run_up_once_and_the_rest_wait_for_the_next(
     assert len(accepted) == 1, "one wait for the mail server per run"
     waiting = ToolCall.objects.filter(pk__in=[c.pk for c in calls], reviewers_notified_at=None)
     assert waiting.count() == 3
+    failed = AuditEvent.objects.get(action="call.notification_failed")
+    assert failed.outcome == "server_down"
+    assert failed.data["recipients"] == ["bob"]
+    assert not waiting.filter(pk=failed.call_id).exists(), "the one call the run took"
 
     settings.MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
     assert notifications.run().notified == 3
@@ -299,11 +308,18 @@ def test_a_mailbox_the_server_refuses_does_not_silence_the_other_reviewers(
     }
     gone = User.objects.create_user("ada", "gone@example.com", "x")
     registry_services.grant_review(tool=live_world.tools["send_email"], user=gone)
-    make_call(live_world, session_id="run-1")
-    make_call(live_world, session_id="run-2")
+    calls = [make_call(live_world, session_id=f"run-{n}") for n in range(2)]
     assert notifications.run().notified == 2
     assert delivered == ["bob@example.com", "bob@example.com"]
     assert "could not send" in caplog.text
+    for call in calls:
+        told = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+        assert told.data["recipients"] == ["ada", "bob"]
+        failed = AuditEvent.objects.get(call_id=call.pk, action="call.notification_failed")
+        assert (failed.outcome, failed.data) == (
+            "refused",
+            {"kind": "new_call", "recipients": ["ada"]},
+        )
 
 
 def test_the_agents_owner_and_the_end_user_are_not_asked_to_decide_their_own_call(
