@@ -18,6 +18,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 # The suite's pytest processes (pytest-xdist; each file's tests stay in one process). Each
 # has its own test database, Redis database, Celery queue and var/ (tests/support/parallel.py).
 TEST_PROCESSES ?= 2
+# `make test` lists its 20 slowest tests: the suite must stay under 15 minutes in CI.
 # The product's packages, checked by mypy with django-stubs.
 TYPED := core config audit tools_registry accounts approvals gateway sandbox
 
@@ -80,7 +81,7 @@ test: $(VENV)/.installed-dev $(AGENT_CLIENTS)/.installed chromium
 	$(VENV)/bin/ruff check . && \
 	SANDBOX_ENABLED=1 $(VENV)/bin/mypy $(TYPED) && \
 	$(PY) manage.py makemigrations --check --dry-run && \
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
