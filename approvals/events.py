@@ -257,6 +257,20 @@ def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome_status: 
     )
 
 
+def retry_requested(call: ToolCall, *, agent: Any, previous_error: Any) -> AuditEvent:
+    """The agent asked to run its failed write again; the error it failed with is masked
+    as the result's event masked it (hidden values the downstream echoed)."""
+    return call_event(
+        call,
+        "call.retry_requested",
+        actor=agent,
+        outcome="approved",
+        previous_error=_echoed(call, previous_error)[0],
+        attempt=call.attempts + 1,
+        idempotency_key=call.execution_key,
+    )
+
+
 def call_event(
     call: ToolCall, action: str, *, actor: Any = None, outcome: str = "", **data: Any
 ) -> AuditEvent:

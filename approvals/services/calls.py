@@ -201,15 +201,7 @@ def retry_call(
         admit(call)
     previous_error = call.error
     send.approve(call, error=None, result=None)
-    events.call_event(
-        call,
-        "call.retry_requested",
-        actor=agent,
-        outcome="approved",
-        previous_error=previous_error,
-        attempt=call.attempts + 1,
-        idempotency_key=call.execution_key,
-    )
+    events.retry_requested(call, agent=agent, previous_error=previous_error)
     return call
 
 

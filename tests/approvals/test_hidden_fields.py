@@ -218,3 +218,34 @@ def test_what_is_masked_in_a_text_and_what_is_not() -> None:
         "plan": "pro",
         "id": masked("field", "cus_0003"),
     }
+
+
+@pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
+def test_a_hidden_value_a_failure_echoes_stays_masked_when_the_agent_retries(
+    world: World, kind: str
+) -> None:
+    """The downstream's error quotes the hidden customer id ("No customer cus_0099."):
+    masked in the result's event, and again in the retry's, which records that error."""
+    hide(world, "update_customer", kind, "customer_id")
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0099", "changes": {"plan": "pro"}},
+    )
+    decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash,
+    )  # fmt: skip
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == "failed" and "cus_0099" in str(call.error)
+    response = world.api().client.post(
+        f"/api/v1/tool-calls/{call.pk}/retry", HTTP_AUTHORIZATION=f"Bearer {world.token}"
+    )
+    assert response.status_code == 202
+    retry = AuditEvent.objects.get(call_id=call.pk, action="call.retry_requested")
+    assert "[masked:field:" in str(retry.data["previous_error"])
+    trail = [
+        e.action for e in AuditEvent.objects.filter(call_id=call.pk) if "cus_0099" in str(e.data)
+    ]
+    assert trail == []
