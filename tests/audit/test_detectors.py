@@ -315,6 +315,13 @@ def test_masking_again_changes_nothing(text: str) -> None:
         "q=%" + "25" * 15_000 + "40x@example.com",  # encoded 15,000 times over
         "4242 0 " * 1_000,  # a soup of digit groups
         "cookie:" * 4_300,  # a header's name, no cookie after it
+        # What detect-secrets' own patterns read once per start: an OpenAI key's "sk-", an
+        # .npmrc line's "//", a JWT's "eyJ" (a refused call's arguments, up to the 256 KB
+        # of a request body, are masked too: twice as long, four times the work).
+        "sk-" * 10_000,
+        "//" * 15_000,
+        "eyJ" * 20_000,
+        "eyJ=" * 15_000,
     ],
     ids=[
         "percent",
@@ -329,6 +336,10 @@ def test_masking_again_changes_nothing(text: str) -> None:
         "nested",
         "soup",
         "cookies",
+        "openai",
+        "npmrc",
+        "jwt",
+        "jwt-padded",
     ],
 )
 def test_long_agent_supplied_text_is_masked_in_linear_time(text: str) -> None:
