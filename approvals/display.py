@@ -40,8 +40,42 @@ def text(value: str) -> str:
 
 
 def value(data: Any) -> Any:
-    """A JSON value (a result, an error, a state) as any reviewer may see it."""
+    """A JSON value (a result, an error, a state) as any reviewer may see it.
+
+    ``mask_value`` with the display forms, but no entry of an object is lost: keys are masked
+    and written out like any text, and two keys that then read alike ("ada@..." and
+    "amy@..." are both "a***@example.com"; "a\u200bb" and "a<U+200B>b") are told apart
+    (``_unique``), where one would have taken the other's place out of the reviewer's sight.
+    """
+    if isinstance(data, dict):
+        shown: dict[str, Any] = {}
+        for key, item in data.items():
+            # How mask_value shows the key, and whether it masks its value whole (a
+            # secret-named key): asked of the key alone, with a value nothing detects.
+            ((name, probe),) = mask_value({key: _PROBE}, render=partial).items()
+            if probe != _PROBE:
+                item = _escaped(mask_value({key: item}, render=partial)[name])
+            else:
+                item = value(item)
+            shown[_unique(escape_hidden(str(name)), shown)] = item
+        return shown
+    if isinstance(data, list | tuple):
+        return [value(item) for item in data]
     return _escaped(mask_value(data, render=partial))
+
+
+_PROBE = "x"
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... when an earlier key of the object is shown
+    so already."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} ({n})" in taken:
+        n += 1
+    return f"{name} ({n})"
 
 
 # How the call's end user was established (``ToolCall.end_user_source``): a name an agent
@@ -106,11 +140,24 @@ def _mask_forms(data: Any) -> set[str]:
 
 
 def _restored(edited: Any, shown: Any, original: Any) -> Any:
+    if isinstance(edited, dict) and edited == shown:
+        # Left as shown, keys included: a map keyed by addresses shows its keys masked too.
+        return original
     if isinstance(edited, dict) and isinstance(shown, dict) and isinstance(original, dict):
-        return {
-            k: _restored(v, shown.get(k), original.get(k)) if k in original else v
-            for k, v in edited.items()
-        }
+        # A key is shown as any text is (masked, written out, told apart from a lookalike):
+        # one left as shown stands for the key it was shown for. The shown object has the
+        # original's keys, each in its place (``value``).
+        stands_for: dict[Any, Any] = (
+            dict(zip(shown, original, strict=True)) if len(shown) == len(original) else {}
+        )
+        restored: dict[Any, Any] = {}
+        for k, v in edited.items():
+            real = stands_for.get(k, k)
+            if real in original:
+                restored[real] = _restored(v, shown.get(k), original[real])
+            else:
+                restored[k] = v
+        return restored
     if isinstance(edited, list) and isinstance(shown, list) and isinstance(original, list):
         return _restored_list(edited, shown, original)
     if edited == shown and shown != original:
@@ -233,7 +280,10 @@ def _escaped(data: Any) -> Any:
     if isinstance(data, str):
         return escape_hidden(data)
     if isinstance(data, dict):
-        return {escape_hidden(str(k)): _escaped(v) for k, v in data.items()}
+        shown: dict[str, Any] = {}
+        for k, v in data.items():
+            shown[_unique(escape_hidden(str(k)), shown)] = _escaped(v)
+        return shown
     if isinstance(data, list):
         return [_escaped(v) for v in data]
     return data

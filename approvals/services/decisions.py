@@ -33,6 +33,7 @@ from tools_registry import facts as tool_facts
 from tools_registry import sources
 from tools_registry.permissions import require_reviewer
 from tools_registry.policy import Risk
+from tools_registry.risk_signals import escape_hidden
 
 # A sign-in stamped this far in the future is not believed (clock skew between web nodes).
 CLOCK_SKEW = timedelta(seconds=60)
@@ -297,7 +298,9 @@ def confirmation_phrase(call: ToolCall) -> str:
     """What a reviewer types to approve a destructive call, or one whose rule asks: the
     call's target (the customer id) or amount with currency, as the tool declares, so the
     reviewer has to read them; the tool's name when the call has neither, or when they are
-    masked from reviewers (a secret or sensitive field, or what the detectors mask)."""
+    masked from reviewers (a secret or sensitive field, or what the detectors mask), or hold
+    a character a reader cannot see or that reorders text (shown written out everywhere
+    else, typed it could not be; printed, "cus_<U+202E>3000" reads as another id)."""
     where = sources.facts_of(call.tool)
     read = tool_facts.read(where, call.arguments)
     phrase = read.confirmation_phrase(where)
@@ -306,6 +309,7 @@ def confirmation_phrase(call: ToolCall) -> str:
     if (
         not phrase
         or mask_text(phrase) != phrase
+        or escape_hidden(phrase) != phrase
         or any(hidden.covers(paths, path) for path in made_from)
     ):
         return call.tool.name

@@ -182,6 +182,15 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     typed = request.POST.get("comment", "")[:2000]
     if form.is_valid():
         edited = form.cleaned_data["edited_arguments"]
+        if form.cleaned_data["verdict"] != Verdict.APPROVE:
+            # A rejection runs nothing and corrects nothing. The correction box is sent with
+            # every verdict, opened or not, and may still hold the arguments as they were
+            # before another reviewer's correction: it must not stand in the way.
+            edited = None
+        elif form.cleaned_data["arguments_hash"] != call.arguments_hash:
+            # Made on arguments the call no longer has: the approval is refused as such
+            # ("review it again"), not as a correction of what changed since.
+            edited = None
         left: list[str] = []
         if edited is not None:
             edited, left = display.restore_masked(edited, call)
@@ -222,6 +231,24 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     # Always show the call as it is now: after a lost race the reviewer sees the outcome,
     # and what they typed is kept (in the form, or, once the call is decided, as a note).
     call = call_or_403(request, pk)
+    # A correction they typed is kept for them to fix, unless the call's arguments changed
+    # since their page showed them: the box then shows the arguments as they are now. Kept,
+    # the old ones would go back as a correction with the next approval (now bound to the
+    # new ones), undoing another reviewer's correction unseen.
+    shown = form.cleaned_data.get("arguments_hash", "") if form.is_valid() else ""
+    shown_now = request.POST.get("arguments_hash", "") == call.arguments_hash
+    extra: dict[str, Any] = {}
+    if (
+        refusal
+        and wants_partial(request)
+        and shown
+        and not shown_now
+        and call.status == Status.PENDING
+    ):
+        # Only the panel is swapped: the page still shows the arguments it was sent with.
+        # The form stays bound to those (an approval is refused until the page is reloaded)
+        # and the page says they changed.
+        extra = {"shown_hash": shown, "stale_arguments": True}
     context = detail_context(
         request,
         call,
@@ -230,7 +257,8 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
         refusal_code=refusal_code,
         kept_comment=typed if call.status != Status.PENDING else "",
         note_form=NoteForm(initial={"text": typed}),
-        kept_edit=request.POST.get("edited_arguments", ""),
+        kept_edit=request.POST.get("edited_arguments", "") if shown_now else "",
+        **extra,
     )
     if wants_partial(request):
         # 200 even for a refusal: htmx swaps only successful responses into the page.

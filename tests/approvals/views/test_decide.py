@@ -4,6 +4,8 @@ CSRF only. The decision rules themselves: ``tests/approvals/services/test_decisi
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import timedelta
 
@@ -11,8 +13,9 @@ from django.utils import timezone
 
 from approvals import reauth
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from audit.models import AuditEvent
-from tests.approvals.conftest import login, make_call
+from tests.approvals.conftest import ARGUMENTS, login, make_call
 from tests.conftest import World
 
 
@@ -139,3 +142,161 @@ def test_an_approvers_reject_box_starts_empty_after_approving(world: World, bob_
     body = response.content.decode()
     assert "1 of 2 approvals" in body and 'id="approved-already"' in body
     assert re.search(r'<textarea id="id_comment"[^>]*></textarea>', body)
+
+
+def _refusal(response) -> str:  # type: ignore[no-untyped-def]
+    found = re.search(r'id="refusal">(.*?)</div>', response.content.decode(), re.S)
+    return found.group(1) if found else ""
+
+
+def _form_as_the_browser_sends_it(page: str) -> dict[str, str]:
+    """The decision form's fields as a browser posts them (the correction's textarea is
+    sent whether its <details> was opened or not)."""
+    form = page[page.index('<form id="decision-form"') :]
+    form = form[: form.index("</form>")]
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form))
+    edit = re.search(r'name="edited_arguments"[^>]*>(.*?)</textarea>', form, re.S)
+    if edit:
+        fields["edited_arguments"] = html.unescape(edit.group(1))
+    return fields
+
+
+def test_a_rejection_from_a_page_that_went_stale_after_a_correction_goes_through(
+    world: World, dave
+) -> None:
+    """Another reviewer corrected the call while this one read it: their rejection (which
+    binds to nothing, stopping harm stays easy) was refused as "a correction", since the
+    page's untouched correction box still held the arguments as they were."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.save()
+    call = make_call(world)
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    assert "edited_arguments" in fields
+    decide(
+        call_id=call.pk,
+        reviewer=dave,
+        verdict="approve",
+        edited_arguments={**call.arguments, "to": "someone.else@example.com"},
+    )
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {**fields, "verdict": "reject", "comment": "Not that address."},
+    )
+    assert response.status_code == 302, _refusal(response)
+    call.refresh_from_db()
+    assert call.status == Status.REJECTED
+    assert call.arguments["to"] == "someone.else@example.com"
+
+
+def test_a_map_keyed_by_addresses_can_be_approved_or_rejected_as_shown(world: World) -> None:
+    """A key is masked like any text (``b***@example.com``): the correction box, sent
+    untouched with every verdict, was taken for a correction still holding a masked part,
+    and neither an approval nor a rejection of such a call went through."""
+    tool = world.tools["send_email"]
+    schema = dict(tool.input_schema)
+    schema["properties"] = {
+        **schema["properties"],
+        "names": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    tool.input_schema = schema
+    tool.save()
+    arguments = {**ARGUMENTS["send_email"], "names": {"bob@example.com": "Bob"}}
+    for verdict, comment in (("reject", "Not to Bob."), ("approve", "")):
+        call = make_call(world, arguments=arguments)
+        bob = login(world.bob)
+        page = bob.get(f"/approvals/{call.pk}/").content.decode()
+        assert "b***@example.com" in page and "bob@example.com" not in page
+        fields = _form_as_the_browser_sends_it(page)
+        assert "edited_arguments" in fields
+        response = bob.post(
+            f"/approvals/{call.pk}/decide/", {**fields, "verdict": verdict, "comment": comment}
+        )
+        assert response.status_code == 302, _refusal(response)
+        call.refresh_from_db()
+        assert call.status != Status.PENDING
+        assert call.arguments == arguments and not call.arguments_edited
+
+
+def test_a_correction_elsewhere_keeps_a_map_keyed_by_addresses_as_it_was(world: World) -> None:
+    tool = world.tools["send_email"]
+    schema = dict(tool.input_schema)
+    schema["properties"] = {
+        **schema["properties"],
+        "names": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    tool.input_schema = schema
+    tool.save()
+    arguments = {**ARGUMENTS["send_email"], "names": {"bob@example.com": "Bob"}}
+    call = make_call(world, arguments=arguments)
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    corrected = json.loads(fields["edited_arguments"])
+    corrected["subject"] = "Your refund, corrected"
+    fields["edited_arguments"] = json.dumps(corrected)
+    response = bob.post(f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"})
+    assert response.status_code == 302, _refusal(response)
+    call.refresh_from_db()
+    assert call.arguments == {**arguments, "subject": "Your refund, corrected"}
+
+
+def test_after_a_refusal_for_changed_arguments_the_form_holds_them_as_they_are_now(
+    world: World, dave
+) -> None:
+    """Refused because another reviewer corrected the call, the page asks to review it
+    again; its correction box kept the arguments as they were, and the next "Approve" from
+    that page (now bound to the corrected arguments) sent them back as a correction: the
+    other reviewer's correction undone, unseen, as this reviewer's."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.save()
+    call = make_call(world)
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    corrected = {**call.arguments, "subject": "Your refund (corrected)"}
+    decide(call_id=call.pk, reviewer=dave, verdict="approve", edited_arguments=corrected)
+
+    refused = bob.post(f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"})
+    assert refused.status_code == 409
+    assert "review it again" in _refusal(refused)
+    again = _form_as_the_browser_sends_it(refused.content.decode())
+    response = bob.post(f"/approvals/{call.pk}/decide/", {**again, "verdict": "approve"})
+
+    assert response.status_code == 302, _refusal(response)
+    call.refresh_from_db()
+    assert call.arguments == corrected
+    assert call.status == Status.APPROVED
+
+
+def test_an_htmx_refusal_for_changed_arguments_does_not_bind_the_form_to_unseen_ones(
+    world: World, dave
+) -> None:
+    """Through htmx only the decision panel is swapped: the page still shows the arguments
+    as they were. The panel came back bound to the corrected arguments' hash, so a second
+    click approved arguments the reviewer was never shown. It stays bound to what the page
+    shows, and says the arguments changed."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.save()
+    call = make_call(world)
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    shown_hash = fields["arguments_hash"]
+    corrected = {**call.arguments, "to": "someone.else@example.com"}
+    decide(call_id=call.pk, reviewer=dave, verdict="approve", edited_arguments=corrected)
+
+    refused = bob.post(
+        f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"}, HTTP_HX_REQUEST="true"
+    )
+    body = refused.content.decode()
+    assert "review it again" in body
+    assert "A reviewer corrected this call's arguments" in body
+    again = _form_as_the_browser_sends_it(body)
+    assert again["arguments_hash"] == shown_hash
+    bob.post(
+        f"/approvals/{call.pk}/decide/", {**again, "verdict": "approve"}, HTTP_HX_REQUEST="true"
+    )
+    call.refresh_from_db()
+    assert call.status == Status.PENDING
+    assert not call.decisions.filter(reviewer=world.bob).exists()

@@ -5,11 +5,14 @@ direction-changing characters written out."""
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from typing import Any
 
 from approvals.models import Note, ToolCall
 from approvals.services.decisions import decide
-from tests.approvals.conftest import login, make_call
+from tests.approvals.conftest import ARGUMENTS, login, make_call
 from tests.conftest import World
 
 JWT = (
@@ -86,3 +89,103 @@ def test_the_queue_shows_facts_masked_for_display(world: World) -> None:
     assert "grace.hopper@example.org" not in body
     assert "g***@example.org" in body
     assert "990.00 USD" in body
+
+
+def _with_free_form_names(world: World) -> None:
+    """send_email with a free-form map beside its fields (as an imported tool may have)."""
+    tool = world.tools["send_email"]
+    schema = dict(tool.input_schema)
+    schema["properties"] = {
+        **schema["properties"],
+        "names": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    tool.input_schema = schema
+    tool.save()
+
+
+def _editor_json(page: str) -> dict[str, Any]:
+    found = re.search(r'name="edited_arguments"[^>]*>(.*?)</textarea>', page, re.S)
+    assert found
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_keys_that_read_alike_once_masked_are_all_shown(world: World) -> None:
+    """Two addresses of one domain both read "a***@example.com": masked as keys of one map,
+    the second took the first one's place and the reviewer saw one entry where the call has
+    two. An agent could hide an entry on purpose: a key with a zero-width space is written
+    out as "a<U+200B>b", the very key it may also send."""
+    _with_free_form_names(world)
+    names = {
+        "ada@example.com": "Ada Lovelace",
+        "amy@example.com": "Amy Noether",
+        "a\u200bb": "Hidden entry",
+        "a<U+200B>b": "Visible entry",
+    }
+    call = make_call(world, arguments={**ARGUMENTS["send_email"], "names": names})
+    page = login(world.bob).get(f"/approvals/{call.pk}/").content.decode()
+    shown = _editor_json(page)["names"]
+    assert len(shown) == 4
+    assert sorted(shown.values()) == sorted(names.values())
+    for name in names.values():
+        assert name in page
+    assert "ada@example.com" not in page and "amy@example.com" not in page
+
+
+def test_a_correction_keeps_every_entry_of_a_map_whose_keys_read_alike(world: World) -> None:
+    _with_free_form_names(world)
+    names = {"ada@example.com": "Ada", "amy@example.com": "Amy", "a\u200bb": "Hidden"}
+    call = make_call(world, arguments={**ARGUMENTS["send_email"], "names": names})
+    bob = login(world.bob)
+    corrected = _editor_json(bob.get(f"/approvals/{call.pk}/").content.decode())
+    corrected["subject"] = "Corrected"
+    # The second entry, as shown to the reviewer in the call's order: Amy's.
+    second = list(corrected["names"])[1]
+    assert corrected["names"][second] == "Amy"
+    corrected["names"][second] = "Amy Noether"
+    response = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "edited_arguments": json.dumps(corrected),
+        },
+    )
+    assert response.status_code == 302
+    call.refresh_from_db()
+    assert call.arguments == {
+        **ARGUMENTS["send_email"],
+        "subject": "Corrected",
+        "names": {**names, "amy@example.com": "Amy Noether"},
+    }
+
+
+def test_the_confirmation_phrase_never_carries_a_hidden_character(world: World) -> None:
+    """What a reviewer types to approve a destructive call is the call's target, shown as
+    the phrase to type: a direction-changing character in it was printed as it is (the id
+    read "cus_0003" while it was another), where everything else writes it out."""
+    tool = world.tools["delete_customer"]
+    schema = json.loads(json.dumps(tool.input_schema))
+    schema["properties"]["customer_id"] = {"type": "string", "maxLength": 64}
+    tool.input_schema = schema
+    tool.save()
+    call = make_call(
+        world,
+        "delete_customer",
+        arguments={"customer_id": "cus_\u202e3000", "reason": "Asked to be forgotten."},
+    )
+    bob = login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    assert 'class="confirm-phrase"' in page
+    assert "\u202e" not in page
+    assert '<code class="confirm-phrase">delete_customer</code>' in page
+    assert "cus_&lt;U+202E&gt;3000" in page
+    approved = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "confirmation": "delete_customer",
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    assert "1 of 2 approvals" in approved.content.decode()
