@@ -13,10 +13,14 @@ and 250 KB of gzip are 256 MB. And the deadline bounds the whole attempt
 (``DeadlineBackend``, ``client_within``): a server dripping its status line and headers a
 byte at a time answers each read within httpx's timeout, before ``read`` is even called.
 ``get`` puts the two together for a document fetched whole.
+
+``CappedTransport`` also mends what the MCP SDK's parser refuses of valid JSON (a lone
+surrogate's escape, ``SurrogateMender``): a result that could not be parsed was lost.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 import zlib
@@ -294,6 +298,7 @@ class _CappedStream(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
+        mender = SurrogateMender()
         async for raw in self._inner:
             try:
                 chunk = (
@@ -308,7 +313,70 @@ class _CappedStream(httpx2.AsyncByteStream):
                 raise AnswerTooLarge(
                     f"the answer is larger than {self._limit} bytes", request=self._request
                 )
-            yield chunk
+            if mended := mender.feed(chunk):
+                yield mended
+        if rest := mender.end():
+            yield rest
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+# A ``\u`` escape of a surrogate pair, or of a half (what looks like one: its backslash
+# may be escaped itself, see ``_mended``).
+_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+# An escape left open at the end of a chunk, which the next may complete into another: a
+# backslash alone, "\u" with fewer than four digits, or a high half with what may be the
+# start of its low half (after an even run of backslashes: where an escape starts).
+_OPEN_AT_END = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\(?:u[0-9a-fA-F]{0,3})?"
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\(?:u[0-9a-fA-F]{0,3})?)?)\Z"
+)
+
+
+def _mended(data: bytes) -> bytes:
+    """``data`` (which starts where an escape may) with each lone half as U+FFFD's escape."""
+    pieces: list[bytes] = []
+    done = 0
+    for found in _SURROGATE.finditer(data):
+        at = found.start()
+        before = at
+        while before > 0 and data[before - 1] == 0x5C:  # the backslashes before it
+            before -= 1
+        if (at - before) % 2 == 0:
+            if len(found[0]) == 12:
+                continue  # a pair, as it should be
+        elif len(found[0]) == 12:
+            at += 6  # an escaped backslash and text, then a low half alone
+        else:
+            continue  # an escaped backslash and text
+        pieces += (data[done:at], rb"\ufffd")
+        done = at + 6
+    return b"".join((*pieces, data[done:])) if pieces else data
+
+
+class SurrogateMender:
+    """JSON text (a message, an event stream of messages) streamed through, each ``\\u``
+    escape of a lone surrogate written as U+FFFD's. A string cut between the two halves of
+    an emoji (JavaScript's ``slice`` does) is written so by JSON.stringify and json.dumps,
+    and is valid JSON; the MCP SDK's parser refuses it, and a call that ran lost its result
+    (as an HTTP answer, it is kept: ``core.json_values.storable``). An escape left open at a
+    chunk's end is held back until the next chunk: 11 bytes at most."""
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data, self._held = self._held + data, b""
+        # From the start of the run of backslashes the last 12 bytes start in.
+        start = max(len(data) - 12, 0)
+        start = len(data[:start].rstrip(b"\\"))
+        if left_open := _OPEN_AT_END.search(data, start):
+            data, self._held = data[: left_open.start(1)], data[left_open.start(1) :]
+        return _mended(data)
+
+    def end(self) -> bytes:
+        data, self._held = self._held, b""
+        return _mended(data)

@@ -10,6 +10,7 @@ from typing import Any
 
 from tools_registry import facts, registry
 from tools_registry.models import Tool, Upstream
+from tools_registry.policy import Risk
 from tools_registry.registry import LookupResult, RegisteredTool, ToolContext, ToolFailed
 from tools_registry.upstreams import http, mcp, secrets
 
@@ -117,8 +118,11 @@ def _mcp_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
 
     # An MCP server has no standard lookup: an unknown outcome is re-run (same key) only
     # when an admin marked the server's tools safe to re-run, or the tool says a repeat
-    # changes nothing; otherwise a person decides.
-    rerunnable = upstream.rerunnable or tool.idempotent
+    # changes nothing; otherwise a person decides. A tool the server marks readOnlyHint is
+    # idempotent as a read, which says nothing of a repeat once an admin made it a write
+    # (MCP reads idempotentHint only of a tool that is not read-only).
+    said_read = (tool.upstream_spec or {}).get("risk", tool.risk) == Risk.READ
+    rerunnable = upstream.rerunnable or (tool.idempotent and not said_read)
     return _registered(
         tool, handler, honours_idempotency_key=rerunnable, rerun_reconciles=rerunnable
     )

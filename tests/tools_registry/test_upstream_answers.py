@@ -668,3 +668,120 @@ def test_an_mcp_result_in_hand_is_kept_when_closing_the_session_takes_too_long()
         server.close()
     assert result == {"text": "done"}
     assert time.monotonic() - started < 3, "the timeout still bounds the whole call"
+
+
+@pytest.mark.django_db
+def test_an_openapi_document_refused_quoting_the_credential_is_kept_without_it() -> None:
+    """The validator's message quotes the part of the document it refuses, and a document
+    server may echo what it was sent into it: the failure is stored on the upstream, shown
+    in the admin and audited, as an MCP server's refused listing is, without the credential."""
+    from audit.models import AuditEvent
+    from tools_registry.services.upstreams import register_upstream, sync_upstream
+    from tools_registry.upstreams.offers import ImportFailed
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, {
+            "openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {},
+            "x_debug": {"sent": handler.headers.get("authorization", "")},
+        })  # fmt: skip
+
+    server = RawHttpServer(answer, gets=True)
+    try:
+        upstream = register_upstream(
+            name="echoing",
+            kind="openapi",
+            url=f"{server.url}/openapi.json",
+            headers=[("Authorization", CANARY)],
+        )
+        with pytest.raises(ImportFailed) as failed:
+            sync_upstream(upstream=upstream)
+    finally:
+        server.close()
+    upstream.refresh_from_db()
+    failure = AuditEvent.objects.get(action="upstream.sync_failed")
+    assert "x_debug" in upstream.last_sync_error, "the validator's message, kept"
+    for said in (failed.value.message, upstream.last_sync_error, json.dumps(failure.data)):
+        assert CANARY not in said
+
+
+def test_an_mcp_servers_listing_is_read_within_the_document_limit_whatever_its_pages() -> None:
+    """Each message is held to UPSTREAM_MAX_DOCUMENT_BYTES, but a listing paged was read page
+    after page up to 500 tools, all held in memory together: 500 tools of 5 MB each at the
+    default limit, within a timeout of up to 600 s. An OpenAPI document is held to it whole."""
+    pages: list[str] = []
+
+    def answer(handler: Any, body: bytes) -> None:
+        message = json.loads(body)
+        method = message.get("method")
+        if method == "initialize":
+            result: dict[str, Any] = {
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "raw", "version": "1"},
+            }
+        elif "id" not in message:
+            raw_reply(handler, 202, b"")
+            return
+        else:
+            page = int((message.get("params") or {}).get("cursor") or 0)
+            pages.append(str(page))
+            tools = [
+                {
+                    "name": f"t{page}_{n}",
+                    "description": "x" * 1_500,
+                    "inputSchema": {"type": "object"},
+                }
+                for n in range(50)
+            ]  # about 80 KB a page, each within the limit
+            result = {"tools": tools, "nextCursor": str(page + 1)}
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    server = RawHttpServer(answer)
+    try:
+        with (
+            override_settings(UPSTREAM_MAX_DOCUMENT_BYTES=100_000),
+            pytest.raises(upstream_mcp.ImportFailed) as failed,
+        ):
+            upstream_mcp.offer(upstream="paged", url=f"{server.url}/mcp", headers=[], timeout=20)
+    finally:
+        server.close()
+    assert "larger than 100000 bytes" in failed.value.message
+    assert len(pages) <= 3, f"{len(pages)} pages read"  # of the 10 up to 500 tools
+
+
+def _cut_through_an_emoji(handler: Any, message: dict[str, Any], *, sse: bool) -> None:
+    """A result whose text was cut between the two halves of an emoji (JavaScript's slice
+    does), which JSON.stringify and json.dumps write as a lone escaped surrogate."""
+    data = (
+        '{"jsonrpc":"2.0","id":' + str(message["id"]) + ',"result":{"content":[{"type":"text",'
+        '"text":"cut \\ud83d"}],"structuredContent":{"said":"cut \\ud83d",'
+        '"whole":"\\ud83d\\ude00","kept":"\\\\ud83d"}}}'
+    )
+    if not sse:
+        raw_reply(handler, 200, data.encode())
+        return
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.send_header("connection", "close")
+    handler.end_headers()
+    for piece in ("event: message\ndata: ", data[:70], data[70:], "\n\n"):  # cut in the escape
+        handler.wfile.write(piece.encode())
+        handler.wfile.flush()
+        time.sleep(0.05)
+    handler.close_connection = True
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "event-stream"])
+def test_an_mcp_result_holding_a_lone_surrogate_is_kept_as_an_http_answer_is(sse: bool) -> None:
+    """The SDK's parser refuses what Python's and PostgreSQL's callers take in their stride
+    (an HTTP answer's is kept, U+FFFD in its place): the tool ran, yet the call's outcome
+    was unknown, its result lost, and a rerunnable server's re-runs all ended the same."""
+    server = RawMcpServer(lambda handler, message: _cut_through_an_emoji(handler, message, sse=sse))
+    try:
+        answer = upstream_mcp.call(
+            url=server.url, headers=[], tool="do_it", arguments={}, key="k-1", timeout=5
+        )
+    finally:
+        server.close()
+    assert answer == {"said": "cut \ufffd", "whole": "\U0001f600", "kept": "\\ud83d"}
+    assert len(server.calls) == 1

@@ -5,6 +5,7 @@ tool removed upstream, and every way an upstream can fail to be read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -20,7 +21,11 @@ from django.test import Client
 from django.utils import timezone
 from guardian.shortcuts import get_groups_with_perms
 
-from approvals.models import Status
+from approvals.execution.runner import execute
+from approvals.models import Status, ToolCall
+from approvals.services.calls import create_call
+from approvals.services.decisions import decide
+from approvals.services.recovery import reconcile_call
 from audit.models import AuditEvent
 from gateway.mcp import calls as mcp_calls
 from gateway.mcp.state import CallState
@@ -30,6 +35,7 @@ from tests.support.upstreams.raw_http import RawHttpServer
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
 from tests.support.web import WebProcess, free_port
+from tools_registry import services as registry_services
 from tools_registry import sources
 from tools_registry.exports import published_output_schema
 from tools_registry.models import Tool, Upstream
@@ -1196,3 +1202,193 @@ def test_an_upstreams_timeout_out_of_bounds_is_a_form_error(
     )
     assert response.status_code == 200  # the form again, with the error
     assert not Upstream.objects.exists()
+
+
+def test_an_mcp_read_an_admin_calls_a_write_is_never_rerun_by_itself(world: World) -> None:
+    """A server that marks a tool readOnlyHint says nothing of repeats of a write: an
+    admin who corrects its risk to write (it does change things) gets a write whose unknown
+    outcome goes to a person, as the docs say of any MCP tool without idempotentHint. Its
+    idempotent flag came from being a read, and made the sweep send it again: a second
+    effect on a server that ignores keys."""
+
+    def slow(handler: Any, message: dict[str, Any]) -> None:
+        time.sleep(2)  # past the tool's timeout, after the effect
+        result = {"content": [{"type": "text", "text": "synced"}]}
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it gave up
+            raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    listed = {
+        "name": "sync_all",
+        "description": "Sync every account.",
+        "inputSchema": {"type": "object"},
+        "annotations": {"readOnlyHint": True},
+    }
+    server = RawMcpServer(slow, tools=[listed])
+    try:
+        upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url=server.url)
+        sync_upstream(upstream=upstream, enable_new=True)
+        tool = edit_imported_tool(
+            tool=Tool.objects.get(name="crm__sync_all"), risk=Risk.WRITE, changed_by=None
+        )
+        Tool.objects.filter(pk=tool.pk).update(timeout_seconds=1)
+        world.agent.allowed_tools.add(tool)
+        registry_services.grant_review(tool=tool, user=world.bob)
+        call = create_call(
+            agent=world.agent,
+            tool=Tool.objects.get(pk=tool.pk),
+            arguments={},
+            session_id="s",
+            request_key=uuid.uuid4().hex,
+        )
+        decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+        execute(call.pk)
+        assert ToolCall.objects.get(pk=call.pk).status == Status.UNKNOWN
+        reconciled = reconcile_call(call_id=call.pk)
+    finally:
+        server.close()
+    assert reconciled.action == "escalated", reconciled
+    assert ToolCall.objects.get(pk=call.pk).needs_attention is True
+    assert len(server.calls) == 1
+
+
+@pytest.mark.parametrize("required", [None, 5, "amount", ["amount", 5], [{"amount": 1}]])
+def test_a_request_body_whose_required_is_no_list_of_names_leaves_the_operation_out(
+    world: World, required: Any
+) -> None:
+    """OpenAPI 3.1 checks a schema's keywords loosely: a body whose ``required`` is null, a
+    number or a list of anything else reached the import, which crashed (TypeError: the
+    admin's sync a 500, ``sync_upstreams`` stopped before the upstreams after it). And a
+    string was read letter by letter as the names it requires."""
+    body = {"type": "object", "properties": {"amount": {"type": "integer"}}, "required": required}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/pay": {
+                "post": {
+                    "operationId": "pay",
+                    "requestBody": {"content": {"application/json": {"schema": body}}},
+                    "responses": {"200": {"description": "ok"}},
+                }
+            },
+            "/ping": {"get": {"operationId": "ping", "responses": {"200": {"description": "ok"}}}},
+        },
+    }
+    server = RawHttpServer(lambda handler, _: raw_reply(handler, 200, document), gets=True)
+    try:
+        names, err = add(
+            "loose", "--openapi", f"{server.url}/openapi.json", "--base-url", server.url
+        )
+    finally:
+        server.close()
+    assert names == ["loose__ping"]
+    assert "not imported: POST /pay:" in err and "required" in err
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+def test_a_tool_whose_schema_holds_a_number_json_cannot_is_left_out_and_the_rest_imported(
+    world: World, number: float
+) -> None:
+    """Python's json.dumps writes ``Infinity`` and ``NaN`` (a server's ``maximum`` of
+    float("inf")), the SDK's parser and Python's read them back, and YAML's ``.inf`` is one:
+    jsonb refuses them, and the sync failed whole with a DataError, as for a NUL."""
+    listed = [
+        {
+            "name": "search",
+            "inputSchema": {"type": "object", "properties": {"n": {"maximum": number}}},
+        },
+        {"name": "fetch", "inputSchema": {"type": "object"}},
+    ]
+    server = RawMcpServer(lambda handler, message: None, tools=listed)
+    try:
+        upstream = register_upstream(name="inf", kind=Upstream.Kind.MCP, url=server.url)
+        report = sync_upstream(upstream=upstream)
+    finally:
+        server.close()
+    assert report.imported == ["inf__fetch"]
+    assert report.skipped == [
+        "inf__search: its definition holds a number JSON cannot hold, which cannot be stored"
+    ]
+
+
+def test_a_tool_an_admin_made_a_read_follows_its_upstream_to_a_higher_risk(world: World) -> None:
+    """Many servers annotate nothing (every tool a write) and an admin corrects a search to
+    a read. Its server later marks the tool destructive: the admin's correction was of what
+    the tool was, and kept it a read, its calls run at once with no person asked. A risk
+    higher than the tool's is taken, as for a tool no admin edited."""
+    upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all()),
+    )
+    tool = edit_imported_tool(
+        tool=Tool.objects.get(name="crm__erase_all"), risk=Risk.READ, changed_by=world.alice
+    )
+    world.agent.allowed_tools.add(tool)
+    sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, erase_all(destructive_hint=True)),
+    )
+    tool.refresh_from_db()
+    assert tool.risk == Risk.DESTRUCTIVE
+    submitted = world.api().submit({"tool": "crm__erase_all", "arguments": {}, "session_id": "s"})
+    assert submitted.status_code == 202, submitted.content
+
+
+def test_an_admins_lower_risk_stands_while_its_upstream_proposes_the_same(world: World) -> None:
+    """The other way: a destructive tool an admin calls a write (it only archives) stays a
+    write through every sync that proposes destructive again."""
+    upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    listed = erase_all(destructive_hint=True)
+    sync_upstream(upstream=upstream, reader=lambda u: upstream_mcp.offer_from(u.name, listed))
+    edit_imported_tool(
+        tool=Tool.objects.get(name="crm__erase_all"), risk=Risk.WRITE, changed_by=world.alice
+    )
+    sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, listed),
+    )
+    assert Tool.objects.get(name="crm__erase_all").risk == Risk.WRITE
+
+
+YAML_WITH_DATES = """openapi: 3.0.3
+info: {title: Bookings, version: "1"}
+paths:
+  /bookings:
+    post:
+      operationId: book
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                day: {type: string, format: date, example: 2024-05-01}
+                at: {type: string, format: date-time, example: 2024-05-01T10:00:00Z}
+      responses:
+        "201": {description: booked}
+"""
+
+
+def test_a_yaml_document_with_dates_written_plainly_is_imported_with_them_as_text(
+    world: World,
+) -> None:
+    """``example: 2024-05-01`` is a string to OpenAPI (YAML 1.2's JSON rules) and a date to
+    PyYAML (1.1), which no JSON can hold: the import crashed (TypeError), a 500 in the
+    admin and a traceback from add_upstream, for a document like many a real one."""
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, YAML_WITH_DATES.encode(), "application/yaml")
+
+    server = RawHttpServer(answer, gets=True)
+    try:
+        names, err = add(
+            "bookings", "--openapi", f"{server.url}/openapi.yaml", "--base-url", server.url
+        )
+    finally:
+        server.close()
+    assert names == ["bookings__book"], err
+    properties = Tool.objects.get(name="bookings__book").input_schema["properties"]
+    assert properties["day"]["example"] == "2024-05-01"
+    assert properties["at"]["example"] == "2024-05-01T10:00:00Z"

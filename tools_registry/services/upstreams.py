@@ -247,9 +247,10 @@ def sync_upstream(
         offer = reader(upstream)
     except (ImportFailed, secrets.SecretsUnreadable) as failure:
         message = failure.message if isinstance(failure, ImportFailed) else str(failure)
-        # It may quote the upstream (a $ref, a server's error): storable, or the failure to
-        # store it would be the sync's only answer.
-        message = storable(message)
+        # It may quote the upstream (a $ref, a server's error, the part of a document its
+        # validator refused, which may echo what it was sent): without the credentials, and
+        # storable, or the failure to store it would be the sync's only answer.
+        message = storable(_without_credentials(message, upstream))
         with transaction.atomic():
             Upstream.objects.filter(pk=upstream.pk).update(last_sync_error=message[:2000])
             record(
@@ -259,7 +260,18 @@ def sync_upstream(
                 data={"upstream": upstream.name, "error": message},
             )
         raise ImportFailed(message) from None
+    # What was left out is said to the admin and audited, quoting the upstream: as above.
+    offer.skipped = [_without_credentials(reason, upstream) for reason in offer.skipped]
     return _apply(upstream, offer, actor=actor, enable_new=enable_new)
+
+
+def _without_credentials(text: str, upstream: Upstream) -> str:
+    """``text`` (what an upstream said) without the upstream's header values."""
+    try:
+        headers = secrets.decrypt(upstream.headers_encrypted)
+    except secrets.SecretsUnreadable:
+        return text  # nothing was sent with them
+    return secrets.without_credentials(text, headers)
 
 
 @transaction.atomic
@@ -382,6 +394,12 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
     for name in ("description", "risk"):
         if getattr(tool, name) == proposed.get(name):
             values[name] = getattr(imported, name)
+    rank = RISK_RANK.get
+    if rank(imported.risk, 0) > max(rank(tool.risk, 0), rank(str(proposed.get("risk")), 0)):
+        # The upstream now proposes more than it did and than the admin's risk: the edit was
+        # of what the tool was (a read, of a search its server annotated as nothing), and
+        # kept, the tool its server now calls destructive would run at once.
+        values["risk"] = imported.risk
     changed = {k: v for k, v in values.items() if getattr(tool, k) != v}
     if not tool.available:
         changed["available"] = True  # back upstream; it stays disabled until an admin enables it

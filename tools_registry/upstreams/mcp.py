@@ -80,13 +80,23 @@ def _run[T](
 def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: float) -> Offer:
     """The tools the server lists (all pages), or ImportFailed if it cannot be reached."""
 
+    limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
+
     async def list_all(client: Client) -> list[types.Tool]:
         tools: list[types.Tool] = []
+        held = 0
         cursor: str | None = None
         while True:
             page = await client.session.list_tools(
                 params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
             )
+            # Each message is held to the limit; the pages kept together are too, as an
+            # OpenAPI document is (500 pages of the limit each were all held at once).
+            held += sum(
+                len(tool.model_dump_json(by_alias=True, exclude_none=True)) for tool in page.tools
+            )
+            if held > limit:
+                raise _ListingTooLarge
             tools.extend(page.tools)
             cursor = page.next_cursor
             if not cursor or len(tools) >= MAX_TOOLS:
@@ -95,8 +105,16 @@ def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: f
     try:
         listed = _run(list_all, url, headers, timeout)
     except Exception as exc:  # unreachable, not an MCP server, a timeout: all the same here
+        if isinstance(_leaf(exc), _ListingTooLarge):
+            raise ImportFailed(
+                f"The MCP server's tools are larger than {limit} bytes listed together."
+            ) from None
         raise ImportFailed(f"The MCP server could not be read: {_reason(exc, headers)}") from None
     return offer_from(upstream, listed)
+
+
+class _ListingTooLarge(Exception):
+    """The tools listed so far are past ``UPSTREAM_MAX_DOCUMENT_BYTES`` together."""
 
 
 def offer_from(upstream: str, listed: list[types.Tool]) -> Offer:

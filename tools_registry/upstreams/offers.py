@@ -5,6 +5,7 @@ with the reason (said to the admin, never a silent skip)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,11 +125,9 @@ def _holds_key(value: Any, key: str) -> bool:
 def drop_duplicates(offer: Offer) -> Offer:
     """Tools whose names collide are all left out: which one an agent meant is unknowable.
     So is a tool whose definition PostgreSQL cannot store (a NUL character, refused in text
-    and jsonb alike, or an unpaired surrogate, which UTF-8 cannot encode): kept, it would
-    fail the whole sync, the other tools with it."""
-    held = [
-        unstorable_text([getattr(t, f.name) for f in dataclasses.fields(t)]) for t in offer.tools
-    ]
+    and jsonb alike, an unpaired surrogate, which UTF-8 cannot encode, or a number that is
+    not finite): kept, it would fail the whole sync, the other tools with it."""
+    held = [_unstorable([getattr(t, f.name) for f in dataclasses.fields(t)]) for t in offer.tools]
     offer = Offer(
         tools=[t for t, what in zip(offer.tools, held, strict=True) if not what],
         skipped=[
@@ -148,6 +147,24 @@ def drop_duplicates(offer: Offer) -> Offer:
         f"{name}: offered {n} times; none was imported" for name, n in counts.items() if n > 1
     ]
     return Offer(tools=kept, skipped=[*offer.skipped, *skipped])
+
+
+def _unstorable(value: Any) -> str:
+    """What in ``value`` PostgreSQL cannot store (``unstorable_text``), or a number that is
+    not finite (``Infinity``, ``NaN``: Python's json.dumps writes them, the SDK's parser and
+    Python's read them, YAML has ``.inf``), which jsonb and a tool's version refuse; ""."""
+    if found := unstorable_text(value):
+        return found
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "a number JSON cannot hold"
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return ""
 
 
 # The schema nodes an imported document may expand to, its $refs written out in full.

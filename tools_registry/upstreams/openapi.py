@@ -91,7 +91,7 @@ def parse(body: bytes) -> JSON:
         raise ImportFailed("The OpenAPI document nests too deep to be read.") from None
     except ValueError:
         try:
-            document = yaml.safe_load(body)
+            document = yaml.load(body, Loader=_JsonRulesLoader)  # noqa: S506 (a SafeLoader)
         except RecursionError:
             raise ImportFailed("The OpenAPI document nests too deep to be read.") from None
         except yaml.YAMLError:
@@ -120,6 +120,18 @@ def parse(body: bytes) -> JSON:
     except Exception as exc:  # the validator's own errors on unsupported documents
         raise ImportFailed(f"The OpenAPI document cannot be read: {str(exc)[:300]}") from None
     return document
+
+
+class _JsonRulesLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a plain ``2024-05-01`` read as the string it is to OpenAPI
+    (YAML 1.2's JSON rules, which the specification asks for), not as a date (YAML 1.1's),
+    which no JSON can hold: the import crashed on a document with a date as an example."""
+
+
+_JsonRulesLoader.yaml_implicit_resolvers = {
+    first: [(tag, rule) for tag, rule in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _fetch_nothing(uri: str) -> Any:
@@ -230,6 +242,8 @@ def _tool(
         json.dumps(schema)
     except (ValueError, RecursionError):
         raise _Skip("its schema nests too deep to be written out") from None
+    except TypeError:  # YAML's !!timestamp, !!set: no JSON holds them
+        raise _Skip("its schema holds a value JSON cannot") from None
     if problems := object_schema_problems(schema):
         raise _Skip(f"its arguments' schema is not valid: {problems[0]}")
     risk = operation.get("x-countersign-risk", RISK_OF_METHOD[method])
@@ -297,8 +311,13 @@ def _body(operation: JSON, properties: JSON, required: list[str]) -> JSON | None
     body_required = bool((operation.get("requestBody") or {}).get("required"))
     fields = schema.get("properties") if schema.get("type") == "object" else None
     if isinstance(fields, dict) and not set(fields) & set(properties):
+        # OpenAPI 3.1's validator checks a schema's keywords loosely: null, a number or a
+        # list of anything but names got this far (a string was read letter by letter).
+        body_names = schema.get("required", [])
+        if not isinstance(body_names, list) or not all(isinstance(n, str) for n in body_names):
+            raise _Skip("the required of its request body is not a list of property names")
         properties.update(fields)
-        required.extend(schema.get("required", []))
+        required.extend(body_names)
         return {"mode": "merged", "properties": sorted(fields)}
     if "body" in properties:
         raise _Skip("a parameter is named 'body', where its request body would go")
