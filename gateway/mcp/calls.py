@@ -45,6 +45,8 @@ from core.json_values import storable
 from gateway import end_users, errors, intake, payloads, responses, selectors
 from gateway.mcp import state
 from gateway.mcp.state import CallState
+from tools_registry import end_users as registry_end_users
+from tools_registry import role_scopes
 from tools_registry import sql as registry_sql
 from tools_registry.models import Agent
 from tools_registry.policy import Risk
@@ -186,16 +188,28 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
     return Submitted(status=stored.status, body=stored.body, call=call)
 
 
-def is_read(agent: Agent, tool: str) -> bool:
-    """Whether ``tool`` is a read the agent may call (answered at once, never as a task);
-    False for a name that is no tool or not on its allowlist, which intake refuses (and
-    audits) like any call of it, saying nothing of what the tool is."""
+def is_read(caller: Caller, tool: str, meta: dict[str, Any]) -> bool:
+    """Whether ``tool`` is a read this request could call (answered at once, never as a
+    task); False for a name that is no tool, not on the agent's allowlist, switched off, or
+    not for the request's end user (or an end user who cannot be accepted), which intake
+    refuses (and audits) like any call of it, saying nothing of what the tool is."""
     if payloads.json_problem(tool):
         # No tool has a name the database cannot hold (a NUL): not asked of it, but left to
         # intake, which refuses the call's JSON as it refuses any such request.
         return False
-    found = db.one(registry_sql.tool_with_allowance_statement(agent.pk, tool))
-    return found is not None and found[1] and found[0].risk == Risk.READ
+    found = db.one(registry_sql.tool_with_allowance_statement(caller.agent.pk, tool))
+    if found is None or not found[1] or found[0].risk != Risk.READ or not found[0].runnable:
+        return False
+    try:
+        # Not audited here: the refusal is intake's, which audits it.
+        user = registry_end_users.identify(
+            caller.agent,
+            on_behalf_of=caller.on_behalf_of_in(meta),
+            user_token=caller.user_token_of(meta),
+        )
+    except registry_end_users.Refused:
+        return False
+    return role_scopes.permits(caller.agent, user, found[0])
 
 
 def _open_call(agent: Agent, key: str) -> Submitted | None:

@@ -19,7 +19,8 @@ from gateway import sql
 from gateway.models import McpSession
 from tools_registry.models import Agent
 
-# A session's last use is written at most this often, so using one is not a write per request.
+# A session's last use is written at most this often (a tenth of the idle limit, if that is
+# shorter), so using one is not a write per request.
 SEEN_RESOLUTION = timedelta(minutes=1)
 
 
@@ -53,7 +54,9 @@ def find_session(agent: Agent, session_id: str) -> McpSession | None:
     idle = timedelta(seconds=settings.MCP_SESSION_IDLE_SECONDS)
     if session is None or session.last_seen_at < now - idle:
         return None
-    if now - session.last_seen_at > SEEN_RESOLUTION:
+    # Often enough that a session in use never looks idle, under a short limit too, and
+    # one unused is over within a tenth of the limit of when it should be.
+    if now - session.last_seen_at > min(SEEN_RESOLUTION, idle / 10):
         McpSession.objects.filter(pk=key).update(last_seen_at=now)
     return session
 

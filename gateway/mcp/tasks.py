@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -106,7 +106,7 @@ class TaskAugmentedCalls:
             )
         # Refused before it is submitted: submitting a read runs it, and its result would
         # be lost with the refusal.
-        if await run_sync(calls.is_read, caller.agent, request.name):
+        if await run_sync(calls.is_read, caller, request.name, dict(ctx.meta or {})):
             raise _read_is_no_task(request.name)
         submitted = await run_sync(
             calls.submit, caller, request.name, request.arguments or {}, dict(ctx.meta or {})
@@ -190,8 +190,10 @@ def _open_calls(caller: Caller, cursor: str | None) -> tuple[list[CallState], st
     if cursor:
         try:
             created, call_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-            after = (datetime.fromisoformat(created), UUID(call_id))
-        except (ValueError, binascii.Error):
+            # In UTC, as this server's cursors are: PostgreSQL refuses offsets that Python
+            # reads (+23:59), and an answer quoting it would quote the statement.
+            after = (datetime.fromisoformat(created).astimezone(UTC), UUID(call_id))
+        except (ValueError, OverflowError, binascii.Error):
             raise MCPError(
                 code=INVALID_PARAMS, message="The cursor is not one this server gave."
             ) from None

@@ -5,9 +5,11 @@ a wait asked for in seconds no float holds, and the SDK's check of header parame
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +27,7 @@ from tests.conftest import World
 from tests.gateway.mcp.test_endpoint import ACCEPT, message
 from tests.support.web import WebProcess, running_web
 from tools_registry import services as registry_services
-from tools_registry.models import Agent, AgentToken
+from tools_registry.models import Agent, AgentToken, Tool
 
 TASKS = "2025-11-25"
 MODERN = "2026-07-28"
@@ -189,6 +191,56 @@ def test_a_task_asked_for_a_read_the_agent_may_not_call_is_refused_as_not_allowe
     assert "is a read" in allowed["error"]["message"]
 
 
+def test_a_task_asked_for_a_read_its_end_user_may_not_call_is_refused_as_not_allowed(
+    live_world: World, web: WebProcess
+) -> None:
+    """Only the agent's allowlist was asked: a read its end user may not call, a read
+    switched off, or an end user the agent may not name, was refused as "get_customer is a
+    read" (call it again without a task), and audited nothing."""
+    agent = live_world.agent
+    agent.user_roles_from = Agent.UserRoles.ASSERTED
+    agent.assertable_roles = ["viewer"]
+    agent.role_scopes = {"viewer": {"tools": ["search_docs"]}}
+    registry_services.save_agent(agent=agent, changed_by=None)
+    headers = open_session(web, live_world.token)
+    read = {"name": "get_customer", "arguments": {"customer_id": "cus_0001"}, "task": {}}
+
+    def as_task(on_behalf_of: Any, id_: int) -> Any:
+        meta = {"io.countersign/on-behalf-of": on_behalf_of}
+        return rpc(web, headers, "tools/call", {**read, "_meta": meta}, id_=id_)
+
+    viewer = as_task({"id": "ada", "roles": ["viewer"]}, 3)
+    assert viewer["error"]["data"]["error"]["code"] == "tool_not_allowed_for_user", viewer
+    root = as_task({"id": "ada", "roles": ["root"]}, 4)
+    assert root["error"]["data"]["error"]["code"] == "role_not_assertable", root
+    Tool.objects.filter(name="get_customer").update(enabled=False)
+    disabled = as_task("ada", 5)
+    assert disabled["error"]["data"]["error"]["code"] == "tool_disabled", disabled
+    refused = AuditEvent.objects.filter(action="call.refused").values_list("outcome", flat=True)
+    assert sorted(refused) == ["role_not_assertable", "tool_disabled", "tool_not_allowed_for_user"]
+    assert not ToolCall.objects.exists()
+    # A read the user may call is still no task, and runs only without one.
+    allowed = rpc(web, headers, "tools/call", {
+        "name": "search_docs", "arguments": {"query": "refund"}, "task": {},
+        "_meta": {"io.countersign/on-behalf-of": {"id": "ada", "roles": ["viewer"]}}}, id_=6)  # fmt: skip
+    assert "is a read" in allowed["error"]["message"]
+    assert not ToolCall.objects.exists()
+
+
+def test_a_task_list_cursor_with_an_offset_postgresql_refuses_is_read_in_utc(
+    live_world: World, web: WebProcess
+) -> None:
+    """The cursor's time went to PostgreSQL as sent, and an offset Python reads (+23:59)
+    PostgreSQL refuses: JSON-RPC error 0 quoting the database's message and the statement."""
+    headers = open_session(web, live_world.token)
+    task_id = new_task(web, headers, "listed")
+    after = "2020-01-01T00:00:00+23:59"
+    cursor = base64.urlsafe_b64encode(f"{after}|{uuid.uuid4()}".encode()).decode()
+    listed = rpc(web, headers, "tasks/list", {"cursor": cursor}, id_=3)
+    assert "error" not in listed, listed
+    assert [t["taskId"] for t in listed["result"]["tasks"]] == [task_id]
+
+
 def test_a_task_asked_for_a_tool_name_postgresql_cannot_hold_is_refused_as_any_call(
     live_world: World, web: WebProcess
 ) -> None:
@@ -265,3 +317,24 @@ def test_sessions_that_are_over_and_long_idle_ones_are_deleted(
     AgentSession.objects.update(last_call_at=old)
     assert retention.sweep() == 2
     assert not McpSession.objects.exists() and not AgentSession.objects.exists()
+
+
+def test_a_session_in_use_is_not_over_when_the_idle_limit_is_under_a_minute(
+    live_world: World, django_db_blocker: Any, tmp_path: Any
+) -> None:
+    """A use was written at most once a minute: with MCP_SESSION_IDLE_SECONDS under a
+    minute, a session used every second was over (404) once the limit had passed since
+    its first use."""
+    with (
+        django_db_blocker.unblock(),
+        running_web(tmp_path=tmp_path, env={"MCP_SESSION_IDLE_SECONDS": "4"}) as short,
+    ):
+        headers = open_session(short, live_world.token)
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        for _ in range(8):
+            time.sleep(1)
+            answered = httpx.post(f"{short.url}/mcp", json=ping, headers=headers, timeout=10)
+            assert answered.status_code == 200, answered.text
+        time.sleep(5)
+        answered = httpx.post(f"{short.url}/mcp", json=ping, headers=headers, timeout=10)
+        assert answered.status_code == 404, "unused for longer than the limit, it is over"
