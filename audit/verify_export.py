@@ -24,10 +24,14 @@ first ``prev_hash`` is 64 zeros; a filtered export has gaps, and each run is che
 own. With ``--whole`` the export must be the whole trail (made without a filter): it must
 start at seq 1 and have no gap, so a row deleted from it is found (a filtered export cannot
 tell a row left out by its filter from one deleted). With ``--anchor`` the anchored hashes
-inside the export are compared too; an anchor past the export's last row is reported (rows
-cut from its end, or sealed after it was made). Rows not yet sealed (no seq) are counted,
-not checked; one that has a hash or a prev_hash all the same had its seq taken away, and
-fails. Exit status 0 when everything holds, 1 otherwise.
+inside the export are compared too. An anchor past the export's last seq means rows cut
+from its end, or sealed after the export was made; in a whole export it fails when the
+export holds a row recorded (``occurred_at``) more than a second (hosts' clocks differ)
+after that anchor was written (``at``): the export was made after that seq was sealed.
+Otherwise it is reported with the anchor's time: if the export was made later, its end
+was cut. Rows not yet sealed (no seq) are counted, not checked (the chain vouches for none
+of them); one that has a hash, a prev_hash or a sealed_at all the same had its seal taken
+away, and fails. Exit status 0 when everything holds, 1 otherwise.
 
 In CSV, a free-text cell that a spreadsheet could take for a formula was written with one
 leading apostrophe; it is removed before hashing.
@@ -41,12 +45,15 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 GENESIS = "0" * 64
 FORMULA_GUARDED = ("outcome", "actor_label", "agent_name", "tool_name", "session_id")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 DATA_KEY = ', "data" : '
+# How far apart the clocks of the hosts that record events and write the anchor may be.
+CLOCK_ALLOWANCE = timedelta(seconds=1)
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
@@ -101,7 +108,15 @@ class DamagedAnchor(Exception):
     """The anchor file cannot be read as anchors: no verdict can rest on it."""
 
 
-def read_anchors(path: str | None) -> dict[int, str]:
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_anchors(path: str | None) -> dict[int, tuple[str, str | None]]:
+    """{seq: (hash, at)}: ``at`` is when the anchor was written (None if not given)."""
     if not path:
         return {}
     anchors = {}
@@ -112,7 +127,11 @@ def read_anchors(path: str | None) -> dict[int, str]:
                     continue
                 try:
                     entry = json.loads(line)
-                    anchors[int(entry["seq"])] = str(entry["hash"])
+                    seq, head = int(entry["seq"]), str(entry["hash"])
+                    at = entry.get("at")
+                    if at is not None and _instant(at) is None:
+                        raise ValueError(f"at {at!r} is not an ISO 8601 time")
+                    anchors[seq] = (head, at)
                 except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400
                     raise DamagedAnchor(f"line {number} is not an anchor ({exc})") from None
     except OSError as exc:
@@ -129,10 +148,19 @@ def verify(
     report: list[str] = []
     ok, checked, unsealed, runs, anchored = True, 0, 0, 0, 0
     previous: dict[str, Any] | None = None
+    latest: tuple[datetime, Any] | None = None  # the last recorded row: (occurred_at, id)
     for row in read_rows(path):
+        occurred = _instant(row["occurred_at"])
+        if occurred is not None and occurred.tzinfo and (latest is None or occurred > latest[0]):
+            latest = (occurred, row["id"])
         if row["seq"] is None:
             if row.get("hash") or row.get("prev_hash"):
                 report.append(f"id {row['id']}: has a hash but no seq: its seq was removed")
+                ok = False
+            elif row.get("sealed_at"):
+                report.append(
+                    f"id {row['id']}: was sealed (sealed_at) but has no seq: its seal was removed"
+                )
                 ok = False
             unsealed += 1
             continue
@@ -161,17 +189,45 @@ def verify(
         runs += 0 if consecutive else 1
         if row["seq"] in anchors:
             anchored += 1
-            if anchors[row["seq"]] != row["hash"]:
+            if anchors[row["seq"]][0] != row["hash"]:
                 report.append(f"seq {row['seq']}: differs from the anchor")
                 ok = False
         checked += 1
         previous = row
     last = previous["seq"] if previous is not None else 0
+    if whole and previous is None:
+        report.append("no sealed row: a whole export starts at seq 1")
+        ok = False
     beyond = sorted(seq for seq in anchors if seq > last)
-    if beyond:
+    # Anchors written before a row of the export was recorded: the export was made after
+    # their seq was sealed, so a whole export must reach it.
+    passed = [
+        seq
+        for seq in beyond
+        if latest is not None
+        and (written := _instant(anchors[seq][1])) is not None
+        and written.tzinfo
+        and written + CLOCK_ALLOWANCE < latest[0]
+    ]
+    if whole and passed and latest is not None:
+        cut = (
+            f"seq {last + 1} was"
+            if passed[-1] == last + 1
+            else f"seq {last + 1} to {passed[-1]} were"
+        )
         report.append(
-            f"the anchor records seq {beyond[-1]}, past this export's last seq {last}: rows "
-            "cut from its end, or sealed after it was made"
+            f"the anchor records seq {passed[-1]} at {anchors[passed[-1]][1]}, past this "
+            f"export's last seq {last}, yet the export holds id {latest[1]}, recorded at "
+            f"{latest[0].isoformat()}, after it: {cut} cut from the export"
+        )
+        ok = False
+    elif beyond:
+        at = anchors[beyond[-1]][1]
+        report.append(
+            f"the anchor records seq {beyond[-1]}"
+            + (f" at {at}" if at else "")
+            + f", past this export's last seq {last}: rows sealed after the export was made, "
+            + (f"or cut from its end if it was made after {at}" if at else "or cut from its end")
         )
     report.append(
         f"{checked} sealed rows checked in {runs} run(s) of consecutive seq, "

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -156,7 +157,14 @@ def test_a_row_deleted_from_a_whole_export_or_cut_from_its_end_is_found(
     cut = tmp_path / "cut.jsonl"
     cut.write_text("\n".join(sealed[:-2]) + "\n")
     result = _verify(cut, "--whole", "--anchor", str(anchor_path))
-    assert f"the anchor records seq {len(sealed)}, past this export's last seq" in result.stdout
+    # Nothing left in the file was recorded after the anchor: it may be an older export.
+    assert result.returncode == 0, result.stdout
+    at = json.loads(anchor_path.read_text().splitlines()[-1])["at"]
+    assert (
+        f"the anchor records seq {len(sealed)} at {at}, past this export's last seq "
+        f"{len(sealed) - 2}: rows sealed after the export was made, or cut from its end if "
+        f"it was made after {at}"
+    ) in result.stdout
 
 
 def test_a_forged_row_passed_off_as_not_yet_sealed_fails(
@@ -349,3 +357,104 @@ def test_the_verifier_knows_the_exports_guarded_columns_and_formula_starts() -> 
 
     assert verify_export.FORMULA_GUARDED == exports.FORMULA_GUARDED
     assert verify_export.FORMULA_STARTS == exports.FORMULA_STARTS
+
+
+def _blank_seal(line: str, *, sealed_at: bool) -> str:
+    """A JSON Lines row made to look not yet sealed, as an attacker would edit it."""
+    row = json.loads(line)
+    line = line.replace(f'"seq" : {row["seq"]}', '"seq" : null')
+    for column in ("prev_hash", "hash"):
+        line = line.replace(f'"{column}" : "{row[column]}"', f'"{column}" : ""')
+    if sealed_at:
+        line = line.replace(f'"sealed_at" : "{row["sealed_at"]}"', '"sealed_at" : null')
+    return line
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_the_last_sealed_row_edited_and_its_seal_blanked_fails(
+    auditor_client: Client, mixed_trail, tmp_path: Path, anchor_path: Path, fmt: str
+) -> None:
+    """seq, prev_hash and hash all blanked, so the edited row would count as not yet
+    sealed and go unchecked: its sealed_at still says the sealer sealed it."""
+    body = download(auditor_client, fmt).decode()
+    last = AuditEvent.objects.exclude(seq=None).order_by("-seq").first()
+    assert last is not None
+    if fmt == "jsonl":
+        lines = body.splitlines()
+        index = next(i for i, line in enumerate(lines) if json.loads(line)["id"] == last.pk)
+        lines[index] = _blank_seal(lines[index], sealed_at=False).replace(
+            '"outcome" : "pending"', '"outcome" : "forged"'
+        )
+        edited = "\n".join(lines) + "\n"
+    else:
+        rows = list(csv.DictReader(io.StringIO(body)))
+        row = next(r for r in rows if int(r["id"]) == last.pk)
+        row.update(seq="", prev_hash="", hash="", outcome="forged")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        edited = buffer.getvalue()
+    path = tmp_path / f"edited.{fmt}"
+    path.write_text(edited)
+    result = _verify(path, "--whole", "--anchor", str(anchor_path))
+    assert result.returncode == 1, result.stdout
+    assert f"id {last.pk}: was sealed (sealed_at) but has no seq" in result.stdout
+    assert "does not match its hash" not in result.stdout, "every other row is as exported"
+
+
+def test_a_whole_export_cut_short_of_an_anchor_older_than_an_event_it_holds_fails(
+    auditor_client: Client, tmp_path: Path, anchor_path: Path
+) -> None:
+    """The last sealed row's seal blanked, sealed_at too (or the row cut): the export now
+    ends before a seq the anchor recorded, yet it holds an event recorded after that
+    anchor, so it was made after that seq was sealed: the seq was taken out of it."""
+    make = [record(action="call.submitted", outcome="pending", data={"n": n}) for n in range(3)]
+    chain.seal_and_anchor()
+    time.sleep(1.2)  # past the verifier's allowance for hosts' clocks
+    late = record(action="call.submitted", outcome="pending", data={"late": True})
+    lines = download(auditor_client, "jsonl").decode().splitlines()
+    ids = [json.loads(line)["id"] for line in lines]
+    assert ids[-1] == late.pk and json.loads(lines[-1])["seq"] is None
+    index = ids.index(make[-1].pk)
+    head = json.loads(lines[index])["seq"]
+    assert json.loads(anchor_path.read_text())["seq"] == head, "the last sealed row"
+    lines[index] = _blank_seal(lines[index], sealed_at=True)
+    blanked = tmp_path / "blanked.jsonl"
+    blanked.write_text("\n".join(lines) + "\n")
+    result = _verify(blanked, "--whole", "--anchor", str(anchor_path))
+    assert result.returncode == 1, result.stdout
+    assert (
+        f"the anchor records seq {head} at {json.loads(anchor_path.read_text())['at']}, past "
+        f"this export's last seq {head - 1}, yet the export holds id {late.pk}, recorded at "
+        f"{json.loads(lines[-1])['occurred_at']}, after it: seq {head} was cut from the export"
+    ) in result.stdout
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines[:index] + lines[index + 1 :]) + "\n")
+    assert _verify(cut, "--whole", "--anchor", str(anchor_path)).returncode == 1
+
+    honest = tmp_path / "honest.jsonl"
+    honest.write_text(download(auditor_client, "jsonl").decode())
+    result = _verify(honest, "--whole", "--anchor", str(anchor_path))
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_whole_export_without_a_sealed_row_fails(
+    auditor_client: Client, mixed_trail, tmp_path: Path, fmt: str
+) -> None:
+    """Every sealed row cut, the rows not yet sealed kept: nothing was checked, and a
+    whole export starts at seq 1."""
+    body = download(auditor_client, fmt).decode()
+    if fmt == "jsonl":
+        kept = [line for line in body.splitlines() if json.loads(line)["seq"] is None]
+        unsealed = "\n".join(kept) + "\n"
+    else:
+        header, *rows = body.splitlines(keepends=True)
+        unsealed = header + "".join(r for r in rows if r.startswith(","))
+    path = tmp_path / f"unsealed.{fmt}"
+    path.write_text(unsealed)
+    assert _verify(path).returncode == 0, "a filtered view may hold only unsealed rows"
+    result = _verify(path, "--whole")
+    assert result.returncode == 1, result.stdout
+    assert "no sealed row: a whole export starts at seq 1" in result.stdout
