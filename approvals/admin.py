@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from approvals import display
 from approvals.models import StandingApproval
 from approvals.services import standing
 
@@ -35,7 +36,7 @@ class StandingApprovalAdmin(admin.ModelAdmin):
         "match",
         "tool_version",  # what it covers: typed in, it would cover a definition nobody saw
         "arguments_hash",
-        "condition",
+        "shown_condition",
         "max_uses",
         "uses",
         "created_at",
@@ -43,7 +44,14 @@ class StandingApprovalAdmin(admin.ModelAdmin):
         "revoked_at",
         "revoked_by",
     ]
+    # Shown as anyone may read it (``display.condition``), never as written: the trail masks
+    # it whole, and it may quote a hidden field's value or an address.
+    exclude = ["condition"]
     actions = ["revoke"]
+
+    @admin.display(description="Condition")
+    def shown_condition(self, obj: StandingApproval) -> str:
+        return display.condition(obj)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

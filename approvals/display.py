@@ -21,11 +21,12 @@ from typing import Any
 
 from approvals import hidden
 from approvals.guards import may_still_approve
-from approvals.models import Decision, Note, Status, ToolCall, Verdict
+from approvals.models import Decision, Note, StandingApproval, Status, ToolCall, Verdict
 from audit.display import partial
-from audit.masking import mask_fields, mask_text, mask_value, masked
+from audit.masking import mask_fields, mask_text, mask_value, masked, unique_key
 from tools_registry import facts as tool_facts
 from tools_registry import registry, sources
+from tools_registry.permissions import can_reveal
 from tools_registry.risk_signals import CATALOGUE, Found, escape_hidden
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def value(data: Any) -> Any:
     ``mask_value`` with the display forms, but no entry of an object is lost: keys are masked
     and written out like any text, and two keys that then read alike ("ada@..." and
     "amy@..." are both "a***@example.com"; "a\u200bb" and "a<U+200B>b") are told apart
-    (``_unique``), where one would have taken the other's place out of the reviewer's sight.
+    (``audit.masking.unique_key``), where one would have taken the other's place out of the
+    reviewer's sight.
     """
     if isinstance(data, dict):
         shown: dict[str, Any] = {}
@@ -57,7 +59,7 @@ def value(data: Any) -> Any:
                 item = _escaped(mask_value({key: item}, render=partial)[name])
             else:
                 item = value(item)
-            shown[_unique(escape_hidden(str(name)), shown)] = item
+            shown[unique_key(escape_hidden(str(name)), shown)] = item
         return shown
     if isinstance(data, list | tuple):
         return [value(item) for item in data]
@@ -67,15 +69,24 @@ def value(data: Any) -> Any:
 _PROBE = "x"
 
 
-def _unique(name: str, taken: dict[str, Any]) -> str:
-    """``name``, or ``name (2)``, ``name (3)``... when an earlier key of the object is shown
-    so already."""
-    if name not in taken:
-        return name
-    n = 2
-    while f"{name} ({n})" in taken:
-        n += 1
-    return f"{name} ({n})"
+def condition(standing: StandingApproval, person: Any = None) -> str:
+    """A standing approval's condition as ``person`` may read it (``None``: anyone).
+
+    The trail masks it whole: written by an author who may reveal the tool's hidden fields,
+    it may quote what they hold (``args.subject == "..."``). Its author, and whoever may
+    reveal the tool's arguments, read it as reviewers read any text; anyone else sees it
+    masked whole when the tool has hidden fields (no check of the text can tell which it
+    reads: ``args[["subject"][0]]`` names none).
+    """
+    if not standing.condition:
+        return ""
+    tool = standing.tool
+    may_read = person is not None and (
+        standing.granted_by_id == person.pk or can_reveal(person, tool)
+    )
+    if tool.hidden_fields and not may_read:
+        return masked("field", standing.condition)
+    return text(standing.condition)
 
 
 # How the call's end user was established (``ToolCall.end_user_source``): a name an agent
@@ -282,7 +293,7 @@ def _escaped(data: Any) -> Any:
     if isinstance(data, dict):
         shown: dict[str, Any] = {}
         for k, v in data.items():
-            shown[_unique(escape_hidden(str(k)), shown)] = _escaped(v)
+            shown[unique_key(escape_hidden(str(k)), shown)] = _escaped(v)
         return shown
     if isinstance(data, list):
         return [_escaped(v) for v in data]

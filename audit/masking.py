@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -51,6 +51,7 @@ __all__ = [
     "mask_text",
     "mask_value",
     "masked",
+    "unique_key",
 ]
 
 Renderer = Callable[[str, str], str]
@@ -249,8 +250,12 @@ def mask_value(value: Any, *, render: Renderer = masked) -> Any:
     if isinstance(value, dict):
         result: dict[str, Any] = {}
         for key, item in value.items():
-            # Keys are free text too (a map keyed by e-mail address, say).
-            name = mask_text(key, render=render) if isinstance(key, str) else key
+            # Keys are free text too (a map keyed by e-mail address, say). Two may then read
+            # alike ("Ada@..." and "ada@..." have one fingerprint): told apart, never one
+            # entry in the other's place.
+            name = (
+                unique_key(mask_text(key, render=render), result) if isinstance(key, str) else key
+            )
             if (
                 isinstance(key, str)
                 and SECRET_KEY_NAMES.match(key)
@@ -264,6 +269,18 @@ def mask_value(value: Any, *, render: Renderer = masked) -> Any:
     if isinstance(value, list | tuple):
         return [mask_value(item, render=render) for item in value]
     return value
+
+
+def unique_key(name: str, taken: Mapping[str, Any]) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... when an earlier key of the object is shown
+    so already: keys that read alike once masked (or once hidden characters are written out)
+    must not take each other's place."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} ({n})" in taken:
+        n += 1
+    return f"{name} ({n})"
 
 
 def mask_fields(value: Any, sensitive_fields: Iterable[str], *, render: Renderer = masked) -> Any:

@@ -335,18 +335,18 @@ def standing_approvals(request: AuthedRequest) -> HttpResponse:
     if not request.user.has_perm("approvals.change_standingapproval"):
         rows = rows.filter(granted_by_id=request.user.pk)
     now = timezone.now()
-    listed = [_standing_row(s, now) for s in rows[:200]]
+    listed = [_standing_row(s, now, request.user) for s in rows[:200]]
     return render(request, "approvals/standing.html", {"rows": listed})
 
 
-def _standing_row(standing: StandingApproval, now: datetime) -> dict[str, Any]:
+def _standing_row(standing: StandingApproval, now: datetime, person: Any) -> dict[str, Any]:
     # Given for an earlier definition of the tool, it covers nothing any more.
     tool_changed = standing.tool_version != standing.tool.version
     return {
         "standing": standing,
         "live": standing.revoked_at is None and standing.expires_at > now and not tool_changed,
         "tool_changed": tool_changed,
-        "condition": display.text(standing.condition),
+        "condition": display.condition(standing, person),
     }
 
 

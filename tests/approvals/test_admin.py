@@ -34,3 +34,62 @@ def test_a_standing_approval_for_an_earlier_tool_version_cannot_be_revived(world
     )
     assert StandingApproval.objects.get(pk=granted.pk).tool_version == granted.tool_version
     assert submit(world).status == Status.PENDING
+
+
+def _admin(username: str = "kim") -> Client:
+    keeper = User.objects.create_user(username, f"{username}@example.com", "pw", is_staff=True)
+    keeper.user_permissions.add(
+        *Permission.objects.filter(
+            codename__in=["view_standingapproval", "change_standingapproval"]
+        )
+    )
+    client = Client()
+    client.force_login(keeper)
+    return client
+
+
+def test_a_standing_approvals_condition_shows_no_hidden_value_to_those_who_may_not_see_it(
+    world: World,
+) -> None:
+    """The trail masks a standing approval's condition whole: it may quote what a call's
+    hidden fields hold (an author who may reveal them can write `args.subject == "..."`).
+    The admin showed it as written, not even through the detectors (an address in clear),
+    and the standing approvals page, where an admin sees everyone's, masked only what the
+    detectors find: a sensitive field's value, seen by people who may not reveal it."""
+    from tools_registry import services as registry_services
+    from tools_registry.services.grants import grant
+
+    tool = world.tools["send_email"]
+    registry_services.update_policy(
+        tool=tool, changes={"sensitive_fields": ["subject"]}, changed_by=world.alice
+    )
+    tool.refresh_from_db()
+    grant(tool=tool, permission="reveal_tool_arguments", user=world.bob)
+    condition = 'args.subject == "Case 7731 Lovelace" && args.to == "ada@example.com"'
+    granted = approve_with(world, submit(world), match="condition", condition=condition)
+    admin = _admin()
+    for page in (
+        admin.get(f"/admin/approvals/standingapproval/{granted.pk}/change/"),
+        admin.get("/approvals/standing/"),
+    ):
+        assert page.status_code == 200
+        body = page.content.decode()
+        assert "Case 7731" not in body and "ada@example.com" not in body
+        assert "[masked:field:" in body
+    # Its author wrote it, and may reveal the field: they read it (addresses as reviewers do).
+    own = Client()
+    own.force_login(world.bob)
+    body = own.get("/approvals/standing/").content.decode()
+    assert "Case 7731 Lovelace" in body and "a***@example.com" in body
+    assert "ada@example.com" not in body
+
+
+def test_a_standing_approvals_condition_in_the_admin_is_masked_as_reviewers_see_it(
+    world: World,
+) -> None:
+    condition = 'args.to == "ada@example.com"'
+    granted = approve_with(world, submit(world), match="condition", condition=condition)
+    body = _admin().get(f"/admin/approvals/standingapproval/{granted.pk}/change/")
+    assert body.status_code == 200
+    text = body.content.decode()
+    assert "ada@example.com" not in text and "a***@example.com" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import uuid
 
@@ -298,3 +299,46 @@ def test_each_refused_call_of_a_session_is_an_entry_of_its_own(auditor_client: C
         ("send_email", "tool_not_allowed"),
         ("drop_db", "unknown_tool"),
     ]
+
+
+def _with_free_form_names(world: World) -> None:
+    """send_email with a free-form map beside its fields (as an imported tool may have)."""
+    tool = world.tools["send_email"]
+    schema = dict(tool.input_schema)
+    schema["properties"] = {
+        **schema["properties"],
+        "names": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    tool.input_schema = schema
+    tool.save()
+
+
+def test_keys_that_mask_alike_are_all_in_the_trail(world: World, auditor_client: Client) -> None:
+    """An address's fingerprint is taken of it in lower case, a card's or a phone's of its
+    digits: "Ada@example.com" and "ada@example.com" are both "[masked:email:<same>]", and
+    as keys of one map the second took the first one's place in the recorded event. The
+    trail (its pages, its exports) held one entry where the call had two: an agent could
+    keep an argument out of the record."""
+    _with_free_form_names(world)
+    purge_queue()
+    names = {
+        "Ada@example.com": "First entry",
+        "ada@example.com": "Second entry",
+        "4111 1111 1111 1111": "Third entry",
+        "4111-1111-1111-1111": "Fourth entry",
+    }
+    body = {**EMAIL, "arguments": {**EMAIL["arguments"], "names": names}}
+    response = world.api().submit(body)
+    assert response.status_code == 202, response.content
+    call_id = response.json()["id"]
+    recorded = AuditEvent.objects.get(call_id=call_id, action="call.submitted")
+    assert sorted(recorded.data["arguments"]["names"].values()) == sorted(names.values())
+    page = auditor_client.get(f"/audit/calls/{call_id}/").content.decode()
+    for value in names.values():
+        assert value in page
+    assert "ada@example.com" not in page.lower() and "4111" not in page
+    export = b"".join(auditor_client.get(f"/audit/export.jsonl?call={call_id}").streaming_content)
+    submitted = [
+        json.loads(line) for line in export.decode().splitlines() if "call.submitted" in line
+    ]
+    assert sorted(submitted[0]["data"]["arguments"]["names"].values()) == sorted(names.values())

@@ -227,3 +227,38 @@ def test_the_what_if_cannot_read_a_detected_address_or_secret_out_by_counting(
     # Who the agent acted for, an address too, as the call's page shows it.
     assert matched('user.id.endsWith("@example.com")') == 2
     assert matched('user.id == "ada@example.com"') == 0
+
+
+def test_the_what_if_counts_every_entry_of_a_map_whose_keys_read_alike(
+    world: World, admin_client: Client
+) -> None:
+    """Read as reviewers see them, "ada@example.com" and "amy@example.com" are both
+    "a***@example.com": as keys of one map, one took the other's place, and a rule on the
+    map's size counted calls other than those it would decide."""
+    tool = world.tools["send_email"]
+    schema = dict(tool.input_schema)
+    schema["properties"] = {
+        **schema["properties"],
+        "names": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    tool.input_schema = schema
+    tool.save()
+    create_call(
+        agent=world.agent,
+        tool=tool,
+        arguments={
+            "to": "ada@example.com",
+            "subject": "Hello",
+            "body": "Hi.",
+            "names": {"ada@example.com": "Ada", "amy@example.com": "Amy"},
+        },
+        session_id="s-whatif",
+        request_key=uuid.uuid4().hex,
+    )
+    proposed = [{"when": "size(args.names) > 1", "then": "require", "approvals": 2}]
+    url = f"/admin/tools_registry/tool/{tool.pk}/what-if/"
+    response = admin_client.post(url, {"rules": json.dumps(proposed)})
+    assert response.status_code == 200, response.content
+    report = response.context["report"]
+    assert report.calls == 1 and report.not_evaluated == 0
+    assert report.more_approvals.calls == 1
