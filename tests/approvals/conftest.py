@@ -70,6 +70,18 @@ def make_call(
     return call
 
 
+def with_free_form_names(world: World) -> None:
+    """send_email with a free-form map beside its fields (as an imported tool may have)."""
+    tool = world.tools["send_email"]
+    schema = dict(tool.input_schema)
+    schema["properties"] = {
+        **schema["properties"],
+        "names": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    tool.input_schema = schema
+    tool.save()
+
+
 def login(user: User) -> Client:
     client = Client()
     client.force_login(user)

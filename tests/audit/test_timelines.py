@@ -18,7 +18,7 @@ from approvals.services.reveals import reveal_arguments
 from audit.log import record
 from audit.models import AuditEvent
 from audit.templatetags.audit_tags import session_url
-from tests.approvals.conftest import make_call
+from tests.approvals.conftest import make_call, with_free_form_names
 from tests.conftest import World
 from tests.support.workers import purge_queue
 from tools_registry.services.grants import grant
@@ -301,25 +301,13 @@ def test_each_refused_call_of_a_session_is_an_entry_of_its_own(auditor_client: C
     ]
 
 
-def _with_free_form_names(world: World) -> None:
-    """send_email with a free-form map beside its fields (as an imported tool may have)."""
-    tool = world.tools["send_email"]
-    schema = dict(tool.input_schema)
-    schema["properties"] = {
-        **schema["properties"],
-        "names": {"type": "object", "additionalProperties": {"type": "string"}},
-    }
-    tool.input_schema = schema
-    tool.save()
-
-
 def test_keys_that_mask_alike_are_all_in_the_trail(world: World, auditor_client: Client) -> None:
     """An address's fingerprint is taken of it in lower case, a card's or a phone's of its
     digits: "Ada@example.com" and "ada@example.com" are both "[masked:email:<same>]", and
     as keys of one map the second took the first one's place in the recorded event. The
     trail (its pages, its exports) held one entry where the call had two: an agent could
     keep an argument out of the record."""
-    _with_free_form_names(world)
+    with_free_form_names(world)
     purge_queue()
     names = {
         "Ada@example.com": "First entry",

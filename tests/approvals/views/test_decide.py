@@ -15,7 +15,7 @@ from approvals import reauth
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from audit.models import AuditEvent
-from tests.approvals.conftest import ARGUMENTS, login, make_call
+from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
 from tests.conftest import World
 
 
@@ -194,14 +194,7 @@ def test_a_map_keyed_by_addresses_can_be_approved_or_rejected_as_shown(world: Wo
     """A key is masked like any text (``b***@example.com``): the correction box, sent
     untouched with every verdict, was taken for a correction still holding a masked part,
     and neither an approval nor a rejection of such a call went through."""
-    tool = world.tools["send_email"]
-    schema = dict(tool.input_schema)
-    schema["properties"] = {
-        **schema["properties"],
-        "names": {"type": "object", "additionalProperties": {"type": "string"}},
-    }
-    tool.input_schema = schema
-    tool.save()
+    with_free_form_names(world)
     arguments = {**ARGUMENTS["send_email"], "names": {"bob@example.com": "Bob"}}
     for verdict, comment in (("reject", "Not to Bob."), ("approve", "")):
         call = make_call(world, arguments=arguments)
@@ -220,14 +213,7 @@ def test_a_map_keyed_by_addresses_can_be_approved_or_rejected_as_shown(world: Wo
 
 
 def test_a_correction_elsewhere_keeps_a_map_keyed_by_addresses_as_it_was(world: World) -> None:
-    tool = world.tools["send_email"]
-    schema = dict(tool.input_schema)
-    schema["properties"] = {
-        **schema["properties"],
-        "names": {"type": "object", "additionalProperties": {"type": "string"}},
-    }
-    tool.input_schema = schema
-    tool.save()
+    with_free_form_names(world)
     arguments = {**ARGUMENTS["send_email"], "names": {"bob@example.com": "Bob"}}
     call = make_call(world, arguments=arguments)
     bob = login(world.bob)

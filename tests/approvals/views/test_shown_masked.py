@@ -12,7 +12,7 @@ from typing import Any
 
 from approvals.models import Note, ToolCall
 from approvals.services.decisions import decide
-from tests.approvals.conftest import ARGUMENTS, login, make_call
+from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
 from tests.conftest import World
 
 JWT = (
@@ -91,18 +91,6 @@ def test_the_queue_shows_facts_masked_for_display(world: World) -> None:
     assert "990.00 USD" in body
 
 
-def _with_free_form_names(world: World) -> None:
-    """send_email with a free-form map beside its fields (as an imported tool may have)."""
-    tool = world.tools["send_email"]
-    schema = dict(tool.input_schema)
-    schema["properties"] = {
-        **schema["properties"],
-        "names": {"type": "object", "additionalProperties": {"type": "string"}},
-    }
-    tool.input_schema = schema
-    tool.save()
-
-
 def _editor_json(page: str) -> dict[str, Any]:
     found = re.search(r'name="edited_arguments"[^>]*>(.*?)</textarea>', page, re.S)
     assert found
@@ -114,7 +102,7 @@ def test_keys_that_read_alike_once_masked_are_all_shown(world: World) -> None:
     the second took the first one's place and the reviewer saw one entry where the call has
     two. An agent could hide an entry on purpose: a key with a zero-width space is written
     out as "a<U+200B>b", the very key it may also send."""
-    _with_free_form_names(world)
+    with_free_form_names(world)
     names = {
         "ada@example.com": "Ada Lovelace",
         "amy@example.com": "Amy Noether",
@@ -132,7 +120,7 @@ def test_keys_that_read_alike_once_masked_are_all_shown(world: World) -> None:
 
 
 def test_a_correction_keeps_every_entry_of_a_map_whose_keys_read_alike(world: World) -> None:
-    _with_free_form_names(world)
+    with_free_form_names(world)
     names = {"ada@example.com": "Ada", "amy@example.com": "Amy", "a\u200bb": "Hidden"}
     call = make_call(world, arguments={**ARGUMENTS["send_email"], "names": names})
     bob = login(world.bob)

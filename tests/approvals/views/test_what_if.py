@@ -16,6 +16,7 @@ from django.utils import timezone
 from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
 from approvals.services.decisions import decide
+from tests.approvals.conftest import with_free_form_names
 from tests.conftest import World, events
 from tests.tools_registry.conftest import admin_form_data
 
@@ -235,14 +236,8 @@ def test_the_what_if_counts_every_entry_of_a_map_whose_keys_read_alike(
     """Read as reviewers see them, "ada@example.com" and "amy@example.com" are both
     "a***@example.com": as keys of one map, one took the other's place, and a rule on the
     map's size counted calls other than those it would decide."""
+    with_free_form_names(world)
     tool = world.tools["send_email"]
-    schema = dict(tool.input_schema)
-    schema["properties"] = {
-        **schema["properties"],
-        "names": {"type": "object", "additionalProperties": {"type": "string"}},
-    }
-    tool.input_schema = schema
-    tool.save()
     create_call(
         agent=world.agent,
         tool=tool,
