@@ -259,7 +259,12 @@ def test_every_session_opens_and_exports_from_the_trails_own_links(
 
 
 @pytest.mark.parametrize(
-    ("action", "outcome"), [("call.note_added", "noted"), ("call.arguments_edited", "edited")]
+    ("action", "outcome"),
+    [
+        ("call.note_added", "noted"),
+        ("call.arguments_edited", "edited"),
+        ("call.notification_failed", "server_down"),
+    ],
 )
 def test_a_note_or_a_correction_does_not_read_as_the_calls_status(
     auditor_client: Client, action: str, outcome: str
