@@ -7,16 +7,19 @@ from typing import Any
 from axes.admin import AccessAttemptAdmin
 from axes.models import AccessAttempt
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, Permission, User
 from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
+from core.admin_lookups import SecretsNotLookedUp
 from core.admin_saves import UniqueNameRaceShown
 from tools_registry.models import ToolGroupObjectPermission, ToolUserObjectPermission
 from tools_registry.services.grants import (
@@ -168,6 +171,20 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
                 )
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            # Whoever chose the password of the account they made can sign in as it, as
+            # whoever sets one later (``auth.password_set``).
+            record(
+                action="auth.user_created",
+                actor=request.user,
+                # In the outcome: a "password" key of the data is masked whatever it holds.
+                outcome="with_password" if obj.has_usable_password() else "without_password",
+                data={"user": obj.get_username()},
+                people=("user",),
+            )
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         user = form.instance
         # The form's initial values are what the person had before this save; a field the
@@ -193,7 +210,15 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> HttpResponse:
         """Django's page for setting someone's password: whoever sets it can sign in as
-        them, so it is audited (who, for whom; never the password)."""
+        them, so it is audited (who, for whom; never the password).
+
+        Not one's own: that page asks for no old password, so a stolen admin session (of
+        anyone who may change people) set a password of its own choosing, and the owner
+        was locked out. One's own is changed on the admin's "Change password" page, whose
+        old password is checked, and counted, as a sign-in."""
+        person = self.get_object(request, unquote(id))
+        if person is not None and person.pk == request.user.pk:
+            return HttpResponseRedirect(reverse("admin:password_change"))
         response = super().user_change_password(request, id, form_url)
         if request.method == "POST" and response.status_code == 302:
             person = self.get_object(request, id)
@@ -237,11 +262,14 @@ class AuditedGroupAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, Gro
 
 
 @admin.register(TOTPDevice)
-class RecoveryTOTPDeviceAdmin(HoldingNoMore, TOTPDeviceAdmin):
+class RecoveryTOTPDeviceAdmin(HoldingNoMore, SecretsNotLookedUp, TOTPDeviceAdmin):
     """People's authenticator apps, for recovery only: an admin may see that a device exists
     and delete it (its owner lost it, and sets up a new one at their next sign-in), audited.
     Nobody adds or edits one for someone else (whoever chose its secret could pass as them),
     and no page shows a secret (``OTP_ADMIN_HIDE_SENSITIVE_DATA``)."""
+
+    # Nor does a list lookup (?key__startswith=...) tell the secret one character at a time.
+    secret_fields = ("key",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -255,6 +283,14 @@ class RecoveryTOTPDeviceAdmin(HoldingNoMore, TOTPDeviceAdmin):
 
     def guarded(self, obj: Any) -> Any:
         return obj.user
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Nor one's own: with no app left, the session enrols a new one without a code, so
+        # a session verified long ago (a stolen cookie) swapped in its holder's app, which
+        # the account page refuses without a fresh code (``two_factor.may_enrol``).
+        if obj is not None and obj.user_id == request.user.pk:
+            return False
+        return super().has_delete_permission(request, obj)
 
     def delete_model(self, request: HttpRequest, obj: TOTPDevice) -> None:
         super().delete_model(request, obj)
@@ -297,6 +333,20 @@ class AuditedAccessAttemptAdmin(AccessAttemptAdmin):
         "name_tried",
         *(f for f in AccessAttemptAdmin.readonly_fields if f not in ("get_data", "post_data")),
     ]
+
+    # Nor can a search or a list lookup spell out the name tried (?username__startswith=h,
+    # then hu...): a name is found only whole, and the form data not at all.
+    search_fields = [
+        "=username" if field == "username" else field for field in AccessAttemptAdmin.search_fields
+    ]
+
+    def lookup_allowed(self, lookup: str, value: Any, request: HttpRequest) -> bool:
+        field = lookup.split("__", 1)[0]
+        if field in ("get_data", "post_data") or (
+            field == "username" and lookup not in ("username", "username__exact")
+        ):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="name tried")
     def name_tried(self, attempt: AccessAttempt) -> str:

@@ -12,10 +12,11 @@ from django.http import HttpRequest
 from approvals import display
 from approvals.models import StandingApproval
 from approvals.services import standing
+from core.admin_lookups import SecretsNotLookedUp
 
 
 @admin.register(StandingApproval)
-class StandingApprovalAdmin(admin.ModelAdmin):
+class StandingApprovalAdmin(SecretsNotLookedUp, admin.ModelAdmin):
     list_display = [
         "id",
         "tool",
@@ -47,6 +48,7 @@ class StandingApprovalAdmin(admin.ModelAdmin):
     # Shown as anyone may read it (``display.condition``), never as written: the trail masks
     # it whole, and it may quote a hidden field's value or an address.
     exclude = ["condition"]
+    secret_fields = ("condition",)  # nor spelt out by list lookups (?condition__startswith=)
     actions = ["revoke"]
 
     @admin.display(description="Condition")

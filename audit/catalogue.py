@@ -130,6 +130,8 @@ ACTIONS: dict[str, str] = {
     "before and after, and its members (policy rules and the single sign-on map name teams).",
     "auth.team_deleted": "An admin deleted a team: its members (who lose its grants with it) "
     "and its grants of tools are in the event.",
+    "auth.user_created": "An admin created a person's account in the admin: who, for whom, "
+    "and whether with a password the admin chose (never the password).",
     "auth.user_deleted": "An admin deleted a person's account: their teams and their own "
     "grants of tools are in the event.",
     "auth.sso_user_created": "A person signed in through single sign-on for the first time; "

@@ -27,6 +27,7 @@ from guardian.admin import (
 )
 
 from audit.filters import whole_number
+from core.admin_lookups import SecretsNotLookedUp
 from core.admin_saves import UniqueNameRaceShown
 from tools_registry import role_scopes, services
 from tools_registry.admin_scopes import ReviewerScopesMixin
@@ -583,13 +584,15 @@ class IssueTokenForm(forms.Form):
 
 
 @admin.register(Agent)
-class AgentAdmin(UniqueNameRaceShown, admin.ModelAdmin):
+class AgentAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     """Agents: allowlist, limits, end users and their roles' scopes, tokens; and the stop
     button. Whoever holds the "stop agents" permission sees agents and may stop and resume
     them, without being able to change anything else."""
 
     # A JSON field's text nested past Python's recursion limit is a form error, not a 500.
     formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
+    # Whoever may see the list (or only stop agents) never learns the webhook secrets.
+    secret_fields = ("webhook_secret", "previous_webhook_secret")
 
     form = AgentForm
     list_display = ["name", "owner", "enabled", "state", "max_rounds_per_session", "created_at"]
@@ -889,7 +892,7 @@ def revoke_tokens(
 
 
 @admin.register(AgentToken)
-class AgentTokenAdmin(admin.ModelAdmin):
+class AgentTokenAdmin(SecretsNotLookedUp, admin.ModelAdmin):
     """Tokens are listed and revoked here; they are never edited or deleted (history)."""
 
     list_display = [
@@ -914,6 +917,7 @@ class AgentTokenAdmin(admin.ModelAdmin):
         "revoked_at",
     ]
     exclude = ["secret_hash"]
+    secret_fields = ("secret_hash",)
     actions = [revoke_tokens]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -1026,11 +1030,12 @@ class UpstreamForm(forms.ModelForm):
 
 
 @admin.register(Upstream)
-class UpstreamAdmin(UniqueNameRaceShown, admin.ModelAdmin):
+class UpstreamAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     """Systems whose tools are imported: register, import again, switch off, delete one
     without tools (audited). Header values are write-only: only their names are shown."""
 
     form = UpstreamForm
+    secret_fields = ("headers_encrypted",)
     list_display = [
         "name",
         "kind",

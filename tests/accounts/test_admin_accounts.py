@@ -573,3 +573,105 @@ def test_changing_ones_own_password_in_the_admin(world: World) -> None:
     root.refresh_from_db()
     assert root.check_password("Zq-new-pass-77")
     assert client.get("/admin/").status_code == 200  # this session goes on
+
+
+def test_whoever_may_change_people_sets_their_own_password_only_with_the_old_one(
+    world: World,
+) -> None:
+    """The page that sets someone's password asks for no old password: a stolen admin
+    session set one of its choosing for its own account (the owner locked out), where the
+    admin's "Change password" asks for the old one and counts it as a sign-in."""
+    client, mallory = people_manager()
+    for own in (str(mallory.pk), f"0{mallory.pk}"):
+        page = client.get(f"/admin/auth/user/{own}/password/")
+        assert page.status_code == 302 and page["Location"] == "/admin/password_change/"
+        response = client.post(
+            f"/admin/auth/user/{own}/password/",
+            {"password1": "Taken-over-9x!", "password2": "Taken-over-9x!"},
+        )
+        assert response.status_code == 302
+        assert response["Location"] == "/admin/password_change/"
+    mallory.refresh_from_db()
+    assert mallory.check_password("pw-mallory")
+    assert not AuditEvent.objects.filter(action="auth.password_set").exists()
+    # Someone else's, holding no more than they do, is theirs to set, audited as before.
+    response = client.post(
+        f"/admin/auth/user/{world.charlie.pk}/password/",
+        {"password1": "Reset-by-mallory-9x!", "password2": "Reset-by-mallory-9x!"},
+    )
+    assert response.status_code == 302
+    world.charlie.refresh_from_db()
+    assert world.charlie.check_password("Reset-by-mallory-9x!")
+
+
+def test_whoever_may_see_authenticator_apps_cannot_spell_out_their_secrets(
+    world: World,
+) -> None:
+    """The list hides each app's secret, but filtered ?key__startswith=3 it said whether
+    the secret began so: a digit at a time, whoever may view the apps (to delete a lost
+    one) read a superuser's, and with their password passed as them."""
+    from django.contrib.auth.models import Permission
+
+    client, mallory = people_manager()
+    mallory.user_permissions.add(Permission.objects.get(codename="view_totpdevice"))
+    TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True, key=KEY)
+    assert client.get("/admin/otp_totp/totpdevice/").status_code == 200
+    for lookup in (f"key__startswith={KEY[:4]}", f"key={KEY}", "key__gt=3"):
+        response = client.get(f"/admin/otp_totp/totpdevice/?{lookup}")
+        assert response.status_code == 400, lookup
+    # Nor from the people's list, through their apps.
+    response = client.get(f"/admin/auth/user/?totpdevice__key={KEY}")
+    assert response.status_code == 400
+
+
+def test_the_failed_sign_ins_page_cannot_spell_out_a_name_tried(world: World) -> None:
+    """The page shows a name that is no account as a fingerprint (a password typed into
+    the name box), but its search and its list lookups matched parts of it: "hun" found
+    the attempt, then "hunt"..., and the form data axes keeps held it too."""
+    from axes.models import AccessAttempt
+
+    Client().post("/login/", {"username": "hunter2-typed-as-name", "password": "x"})
+    Client().post("/login/", {"username": "bob", "password": "wrong"})
+    assert AccessAttempt.objects.count() == 2
+    client, _ = admin_client()
+    for query in (
+        "username__startswith=hun",
+        "username__icontains=ter2",
+        "username__gt=h",
+        "post_data__contains=hun",
+        "get_data__contains=hun",
+    ):
+        assert client.get(f"/admin/axes/accessattempt/?{query}").status_code == 400, query
+    searched = client.get("/admin/axes/accessattempt/?q=hun")
+    assert searched.status_code == 200 and searched.context["cl"].result_count == 0
+    # A name is still found whole, as an admin looks up the lock on bob's account.
+    for query in ("q=bob", "username=bob"):
+        found = client.get(f"/admin/axes/accessattempt/?{query}")
+        assert found.status_code == 200 and found.context["cl"].result_count == 1, query
+
+
+def test_an_account_created_in_the_admin_is_audited_with_whether_its_password_was_chosen(
+    world: World,
+) -> None:
+    """Deleting an account, or setting its password, is in the trail; making one with a
+    password the admin chose (who can then sign in as it, and wait for it to be granted
+    tools) left nothing."""
+    client, _ = admin_client()
+    inline = {"sso_identity-TOTAL_FORMS": "0", "sso_identity-INITIAL_FORMS": "0"}
+    response = client.post(
+        "/admin/auth/user/add/",
+        {"username": "eve", "usable_password": "true",
+         "password1": "Chosen-by-root-9x!", "password2": "Chosen-by-root-9x!", **inline},
+    )  # fmt: skip
+    assert response.status_code == 302
+    assert User.objects.get(username="eve").check_password("Chosen-by-root-9x!")
+    response = client.post(
+        "/admin/auth/user/add/", {"username": "sso-frank", "usable_password": "false", **inline}
+    )
+    assert response.status_code == 302
+    created = AuditEvent.objects.filter(action="auth.user_created").order_by("id")
+    assert [(e.actor_label, e.outcome, e.data) for e in created] == [
+        ("root", "with_password", {"user": "eve"}),
+        ("root", "without_password", {"user": "sso-frank"}),
+    ]
+    assert "Chosen-by-root" not in str([e.data for e in created])

@@ -216,6 +216,40 @@ def test_a_session_verified_long_ago_enters_a_code_again_to_replace_the_app(
 
 
 @required
+def test_a_session_verified_long_ago_cannot_delete_its_own_app_in_the_admin_either(
+    world: World,
+) -> None:
+    """The admin's authenticator apps page is for someone else's lost app: a stolen
+    session of whoever may delete apps deleted its owner's own, then, with no app left,
+    enrolled one of its holder's without a code."""
+    old = enrolled(world)
+    world.bob.is_staff = True
+    world.bob.save()
+    world.bob.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_totpdevice", "delete_totpdevice"])
+    )
+    client = signed_in("bob", "pw-bob")
+    client.post("/account/two-factor/verify/", {"code": code_for(old)})
+    session = client.session
+    session[two_factor.PASSED_AT_KEY] -= two_factor.FRESH_CODE_SECONDS + 60
+    session.save()
+
+    deleted = client.post(f"/admin/otp_totp/totpdevice/{old.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 403
+    client.post(
+        "/admin/otp_totp/totpdevice/",
+        {"action": "delete_selected", "_selected_action": [old.pk], "post": "yes"},
+    )
+    assert TOTPDevice.objects.filter(pk=old.pk, confirmed=True).exists()
+    assert client.post("/account/two-factor/enrol/", {"next": "/account/"}).status_code == 403
+    assert not AuditEvent.objects.filter(action="auth.two_factor_removed").exists()
+    # Someone else's lost app is still theirs to delete.
+    theirs = TOTPDevice.objects.create(user=world.charlie, name="app", confirmed=True)
+    client.post(f"/admin/otp_totp/totpdevice/{theirs.pk}/delete/", {"post": "yes"})
+    assert not TOTPDevice.objects.filter(pk=theirs.pk).exists()
+
+
+@required
 def test_outsiders_are_not_held(world: World) -> None:
     client = signed_in("charlie", "pw-charlie")
     assert client.get("/account/").status_code == 200

@@ -93,3 +93,16 @@ def test_a_standing_approvals_condition_in_the_admin_is_masked_as_reviewers_see_
     assert body.status_code == 200
     text = body.content.decode()
     assert "ada@example.com" not in text and "a***@example.com" in text
+
+
+def test_the_standing_approvals_list_cannot_spell_out_a_condition(world: World) -> None:
+    """The condition is shown masked; a list lookup (?condition__startswith=...) answering
+    "1 result" or "0 results" would give it away one character at a time."""
+    condition = 'args.to == "ada@example.com"'
+    approve_with(world, submit(world), match="condition", condition=condition)
+    admin = _admin()
+    listed = admin.get("/admin/approvals/standingapproval/")
+    assert listed.status_code == 200
+    for lookup in ("condition__startswith", "condition__contains", "condition"):
+        probe = admin.get("/admin/approvals/standingapproval/", {lookup: 'args.to == "a'})
+        assert probe.status_code == 400, lookup

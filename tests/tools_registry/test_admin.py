@@ -512,3 +512,30 @@ def test_a_nul_in_an_admin_form_is_a_bad_request_and_saves_nothing(
     assert response.status_code == 400
     world.agent.refresh_from_db()
     assert "\x00" not in world.agent.description
+
+
+@pytest.mark.parametrize(
+    ("url", "action"),
+    [
+        ("/admin/tools_registry/agenttoken/", "revoke_tokens"),
+        ("/admin/tools_registry/agent/", "stop_selected"),
+        ("/admin/auth/user/", "delete_selected"),
+    ],
+)
+def test_an_action_on_a_row_that_is_no_number_is_a_bad_request_not_a_500(
+    world: World, admin_client: Client, url: str, action: str
+) -> None:
+    """Django filters the list by the selection as it comes: ?_selected_action=abc was a
+    500 on every list with an action."""
+    token = AgentToken.objects.get(agent=world.agent)
+    for selected in (["abc"], [str(token.pk), "1.5"], ["²"]):
+        response = admin_client.post(url, {"action": action, "_selected_action": selected})
+        assert response.status_code == 400, selected
+    assert AgentToken.objects.get(pk=token.pk).revoked_at is None
+    # A selection of numbers (one that is no row among them) works as before.
+    response = admin_client.post(
+        "/admin/tools_registry/agenttoken/",
+        {"action": "revoke_tokens", "_selected_action": [str(token.pk), "99999999999999999999"]},
+    )
+    assert response.status_code == 302
+    assert AgentToken.objects.get(pk=token.pk).revoked_at is not None

@@ -75,6 +75,34 @@ def test_someone_who_may_not_change_agents_gets_403(world: World) -> None:
     assert rotations(world.agent) == []
 
 
+def test_whoever_may_see_the_agents_list_cannot_spell_out_a_webhook_secret(
+    world: World,
+) -> None:
+    """The list filtered ?webhook_secret__startswith=... said "1 result" or "0 results":
+    one character at a time, an operator who may only stop agents read the secret, and
+    could sign webhooks the agent takes for Countersign's."""
+    from django.contrib.auth.models import Permission
+
+    operator = User.objects.create_user("olga", password="pw", is_staff=True)
+    operator.user_permissions.add(Permission.objects.get(codename="stop_agent"))
+    client = Client()
+    client.force_login(operator)
+    secret = world.agent.webhook_secret
+    assert client.get("/admin/tools_registry/agent/").status_code == 200
+    for field in ("webhook_secret", "previous_webhook_secret"):
+        for lookup in (f"{field}__startswith={secret[:8]}", f"{field}={secret}"):
+            response = client.get(f"/admin/tools_registry/agent/?{lookup}")
+            assert response.status_code == 400, lookup
+    # Nor through the tokens' list, by the agent a token belongs to.
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    client.force_login(root)
+    response = client.get(f"/admin/tools_registry/agenttoken/?agent__webhook_secret={secret}")
+    assert response.status_code == 400
+    assert client.get("/admin/tools_registry/agenttoken/?secret_hash__gt=0").status_code == 400
+    assert client.get("/admin/tools_registry/upstream/?headers_encrypted__gt=a").status_code == 400
+    assert client.get("/admin/tools_registry/agent/?enabled__exact=1").status_code == 200
+
+
 def test_an_admin_edit_posted_while_a_rotation_commits_keeps_the_new_secret(
     live_world: World,
 ) -> None:
