@@ -499,6 +499,11 @@ AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 
 MCP_MAX_WAITS_PER_AGENT = env_int("MCP_MAX_WAITS_PER_AGENT", 20, minimum=1)
 # Threads that serve Django's pages and the REST API in each web process (config.asgi).
 WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
+# Threads that do the MCP endpoint's Django work in each web process (gateway.mcp.threads):
+# checking tokens, listing tools, submitting calls and running reads (each for as long as
+# its upstream takes, with a database connection). A request that waits for a decision
+# holds none. 32 is the most asyncio's default executor, which did this before, ever had.
+MCP_THREADS = env_int("MCP_THREADS", 32, minimum=1)
 # Upstreams (tools_registry.upstreams): Fernet keys for their header values at rest,
 # comma-separated, the first encrypting (default: derived from SECRET_KEY); the largest
 # OpenAPI document and upstream answer read (a bigger answer is stored truncated).

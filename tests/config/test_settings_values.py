@@ -81,6 +81,7 @@ def test_a_boolean_that_is_no_boolean_stops_the_start(
         # always), and no sign-in recent enough for a destructive approval.
         ("MCP_SESSION_IDLE_SECONDS", "0", "MCP_SESSION_IDLE_SECONDS"),
         ("MCP_MAX_WAITS_PER_AGENT", "0", "MCP_MAX_WAITS_PER_AGENT"),
+        ("MCP_THREADS", "0", "MCP_THREADS"),
         ("APPROVALS_REAUTH_WINDOW_SECONDS", "0", "APPROVALS_REAUTH_WINDOW_SECONDS"),
     ],
 )
