@@ -98,12 +98,44 @@ def screen(
         roles=user_roles,
         agent=agent.name,
     )
+    outcome = decide(tool, parsed, applied)
+    if outcome.refused_by is not None:
+        raise RefusedByRule(
+            outcome.message, number=outcome.refused_by, policy_version=tool.policy_version
+        )
+    return Screening(
+        facts,
+        found,
+        applied,
+        outcome.approvals,
+        outcome.team,
+        outcome.confirm,
+        outcome.by_rule,
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the rules decide for a call: refused (by which rule, and what the agent is
+    told), or how many approvals it needs, from whom, and whether a rule approves it."""
+
+    refused_by: int | None = None
+    message: str = ""
+    approvals: int = 0
+    team: str = ""
+    confirm: bool = False
+    by_rule: bool = False
+
+
+def decide(tool: Tool, parsed: list[rules.Rule], applied: rules.Applied) -> Outcome:
+    """What ``applied`` (``parsed`` evaluated on a call) means for a call of ``tool``: the
+    intake and the what-if read the rules alike."""
     rule = applied.rule
     if rule is not None and rule.then == rules.REFUSE:
-        raise RefusedByRule(
-            rule.note or f"Rule {applied.number} of {tool.name}'s policy refuses this call.",
-            number=applied.number or 0,
-            policy_version=tool.policy_version,
+        return Outcome(
+            refused_by=applied.number or 0,
+            message=rule.note
+            or f"Rule {applied.number} of {tool.name}'s policy refuses this call.",
         )
     # A rule that could not be evaluated on the call might have held: it fails closed. It
     # asks what it would have asked (with the rule that matched, the stricter of the two),
@@ -112,13 +144,12 @@ def screen(
     if not tool.needs_approval:
         for number, could_refuse in failed:
             if could_refuse.then == rules.REFUSE:
-                raise RefusedByRule(
-                    f"Rule {number} of {tool.name}'s policy could not be evaluated on this call "
-                    "and might refuse it; a read cannot wait for a reviewer.",
-                    number=number,
-                    policy_version=tool.policy_version,
+                return Outcome(
+                    refused_by=number,
+                    message=f"Rule {number} of {tool.name}'s policy could not be evaluated on "
+                    "this call and might refuse it; a read cannot wait for a reviewer.",
                 )
-        return Screening(facts, found, applied, 0, "", False, False)
+        return Outcome()
     approvals, team, confirm = tool.approvals_required, "", tool.risk == Risk.DESTRUCTIVE
     if rule is not None and rule.then == rules.REQUIRE:
         approvals = rule.approvals
@@ -134,4 +165,4 @@ def screen(
     by_rule = rule is not None and rule.then == rules.APPROVE
     if by_rule:
         approvals = 0  # approved as it arrives: no reviewer is asked
-    return Screening(facts, found, applied, approvals, team, confirm, by_rule)
+    return Outcome(approvals=approvals, team=team, confirm=confirm, by_rule=by_rule)

@@ -22,6 +22,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from approvals import screening
 from approvals.models import Status, ToolCall
 from audit.display import partial
 from audit.masking import mask_fields, mask_text, mask_value
@@ -108,21 +109,22 @@ def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCal
         report.not_evaluated += 1
     if applied.number is not None:
         report.by_rule[applied.number] += 1
-    rule = applied.rule
-    if rule is not None and rule.then == rules.REFUSE:
+    # As the intake reads them: a rule that could not be evaluated fails closed (it refuses
+    # a read, asks what it would have asked of a write), as counted here.
+    outcome = screening.decide(tool, proposed, applied)
+    if outcome.refused_by is not None:
         report.refused.add(call.status)
         return
     if call.risk == "read":
         report.unchanged.add(call.status)
         return
-    if rule is not None and rule.then == rules.APPROVE:
+    if outcome.by_rule:
         report.auto_approved.add(call.status)
         return
-    needed = rule.approvals if rule is not None else tool.approvals_required
     asked: Any = call.approvals_required
-    if needed > asked:
+    if outcome.approvals > asked:
         report.more_approvals.add(call.status)
-    elif needed < asked:
+    elif outcome.approvals < asked:
         report.fewer_approvals.add(call.status)
     else:
         report.unchanged.add(call.status)

@@ -329,23 +329,64 @@ def first_match(
     return Applied(errors=tuple(errors), failed=tuple(failed))
 
 
-def normalise(arguments: Any, schema: Any) -> Any:
+def normalise(arguments: Any, schema: Any, root: Any = None) -> Any:
     """JSON numbers as CEL types them: an argument the schema calls a ``number`` is a double
-    even when written ``4``, so ``args.price > 3.5`` compares like with like."""
+    even when written ``4``, so ``args.price > 3.5`` compares like with like. So too where
+    the schema also allows a null (``"type": ["number", "null"]``, or the ``anyOf`` of a
+    number and a null an optional field is written as), or names the number's schema by a
+    ``$ref`` (a nested model, as an MCP server's schema does): the check on saving reads
+    such an argument as a number, and ``args.price == 0.0`` failed on every call that sent
+    ``0``."""
+    root = schema if root is None else root
+    schema = _referred(schema, root)
     if not isinstance(schema, Mapping):
         return arguments
-    if (
-        schema.get("type") == "number"
-        and isinstance(arguments, int)
-        and not isinstance(arguments, bool)
-    ):
-        return float(arguments)
+    branches = [schema, *(_referred(b, root) for b in _branches(schema))]
+    branches = [b for b in branches if isinstance(b, Mapping)]
+    if isinstance(arguments, int) and not isinstance(arguments, bool):
+        kinds = {k for branch in branches for k in _types(branch)}
+        return float(arguments) if "number" in kinds and "integer" not in kinds else arguments
     if isinstance(arguments, dict):
-        properties = schema.get("properties") or {}
-        return {k: normalise(v, properties.get(k)) for k, v in arguments.items()}
+        properties = next(
+            (b["properties"] for b in branches if isinstance(b.get("properties"), Mapping)), {}
+        )
+        return {k: normalise(v, properties.get(k), root) for k, v in arguments.items()}
     if isinstance(arguments, list):
-        return [normalise(v, schema.get("items")) for v in arguments]
+        items = next((b["items"] for b in branches if isinstance(b.get("items"), Mapping)), None)
+        return [normalise(v, items, root) for v in arguments]
     return arguments
+
+
+def _referred(schema: Any, root: Any) -> Any:
+    """The schema a local ``$ref`` (``#/$defs/Money``) names, followed a few steps (a
+    reference to a reference), or ``schema`` itself when it holds none."""
+    for _ in range(8):
+        ref = schema.get("$ref") if isinstance(schema, Mapping) else None
+        if not (isinstance(ref, str) and (ref == "#" or ref.startswith("#/"))):
+            return schema
+        target: Any = root
+        for key in ref[2:].split("/") if ref != "#" else []:
+            key = key.replace("~1", "/").replace("~0", "~")
+            target = target.get(key) if isinstance(target, Mapping) else None
+        schema = target
+    return schema
+
+
+def _branches(schema: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The choices a schema gives (``anyOf``, ``oneOf``), and the parts it is made of
+    (``allOf``), one level down."""
+    return [
+        branch
+        for keyword in ("anyOf", "oneOf", "allOf")
+        if isinstance(schema.get(keyword), list)
+        for branch in schema[keyword]
+        if isinstance(branch, Mapping)
+    ]
+
+
+def _types(schema: Mapping[str, Any]) -> set[str]:
+    kind = schema.get("type")
+    return {k for k in kind if isinstance(k, str)} if isinstance(kind, list) else {kind}
 
 
 def _activation(
@@ -734,17 +775,48 @@ def _signal_literals(tree: Tree) -> list[str]:
         if not (isinstance(first, Tree) and first.data == "relation_in") or len(node.children) < 2:
             continue
         left, right = _plain(first.children[0]), _plain(node.children[1])
-        if right == ("ident", "signals") and left and left[0] == "literal":
+        if (right == ("ident", "signals") or _filters_signals(node.children[1])) and (
+            left and left[0] == "literal"
+        ):
             codes += _string_literals(first.children[0])
     indexed = [n for n in _subtrees(tree, "member_index") if _chain(n.children[0]) == ("signals",)]
     if indexed:
         codes += _compared_with(tree, lambda n: any(n is i for i in indexed))
     for c in _comprehensions(tree):
+        if c.item and any(
+            _is_in_signals(r, c.item) for body in c.bodies for r in _subtrees(body, "relation")
+        ):
+            # Any of a list of codes: ``["a", "b"].exists(x, x in signals)``.
+            codes += _string_literals(c.over)
         if _chain(c.over) == ("signals",) and c.item:
             item = ("ident", c.item)
             for body in c.bodies:
                 codes += _compared_with(body, lambda n, item=item: _plain(n) == item)
     return codes
+
+
+def _is_in_signals(relation: Tree, item: str) -> bool:
+    """Whether ``relation`` is ``item in signals``."""
+    first = relation.children[0] if relation.children else None
+    return (
+        isinstance(first, Tree)
+        and first.data == "relation_in"
+        and len(relation.children) >= 2
+        and bool(first.children)
+        and _plain(first.children[0]) == ("ident", item)
+        and _plain(relation.children[1]) == ("ident", "signals")
+    )
+
+
+def _filters_signals(node: Any) -> bool:
+    """Whether ``node`` is some of the signals: ``signals.filter(s, ...)``."""
+    node = _unwrapped(node)
+    return (
+        isinstance(node, Tree)
+        and node.data == "member_dot_arg"
+        and str(node.children[1]) == "filter"
+        and _chain(node.children[0]) == ("signals",)
+    )
 
 
 def _compared_with(tree: Tree, is_signal: Any) -> list[str]:
@@ -793,27 +865,36 @@ def _string_literals(node: Any) -> list[str]:
 
 def _samples(schema: Mapping[str, Any]) -> list[Any]:
     """Two calls per schema: the smallest values and the largest, every argument present."""
-    return [_sample(schema, low=True, depth=0), _sample(schema, low=False, depth=0)]
+    return [
+        _sample(schema, low=True, depth=0, root=schema),
+        _sample(schema, low=False, depth=0, root=schema),
+    ]
 
 
-def _sample(schema: Any, *, low: bool, depth: int) -> Any:
+def _sample(schema: Any, *, low: bool, depth: int, root: Any) -> Any:
+    # A nested model named by a local $ref (``#/$defs/Money``) is sampled as what it names:
+    # as a string, every rule that read into it was refused when saved.
+    schema = _referred(schema, root)
     if not isinstance(schema, Mapping) or depth > 8:
         return ""
     if schema.get("enum"):
         return schema["enum"][0 if low else -1]
     for keyword in ("anyOf", "oneOf"):
         if schema.get(keyword):
-            return _sample(schema[keyword][0], low=low, depth=depth + 1)
+            return _sample(schema[keyword][0], low=low, depth=depth + 1, root=root)
     kind = schema.get("type")
+    if kind is None and "properties" not in schema and schema.get("allOf"):
+        # ``allOf: [{"$ref": ...}]``, as a described nested model is often written.
+        return _sample(schema["allOf"][0], low=low, depth=depth + 1, root=root)
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     if kind == "object" or "properties" in schema:
         return {
-            name: _sample(spec, low=low, depth=depth + 1)
+            name: _sample(spec, low=low, depth=depth + 1, root=root)
             for name, spec in (schema.get("properties") or {}).items()
         }
     if kind == "array":
-        return [_sample(schema.get("items") or {}, low=low, depth=depth + 1)]
+        return [_sample(schema.get("items") or {}, low=low, depth=depth + 1, root=root)]
     if kind == "integer":
         return int(schema.get("minimum", 0) if low else schema.get("maximum", 1000))
     if kind == "number":

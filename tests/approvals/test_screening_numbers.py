@@ -141,3 +141,90 @@ def test_a_rule_over_a_list_the_call_sends_as_null_fails_closed_not_a_500(
         ]
     finally:
         registry.unregister("notify_stock")
+
+
+@pytest.mark.parametrize(
+    "weight",
+    [{"type": ["number", "null"]}, {"anyOf": [{"type": "number"}, {"type": "null"}]}],
+)
+def test_a_nullable_number_sent_whole_is_read_as_the_number_it_is(
+    world: World, weight: dict[str, Any]
+) -> None:
+    """An argument the schema calls a number is a double to the rules, written ``0`` or
+    ``0.0``; an optional one (a number or a null, as imported APIs and pydantic write it)
+    stayed an int, so ``args.weight == 0.0``, accepted when saved, failed on every call that
+    sent ``0``: the rule never approved, and one that refuses refused every read."""
+    schema = {
+        "type": "object",
+        "properties": {"sku": {"type": "string", "maxLength": 20}, "weight": weight},
+        "required": ["sku"],
+        "additionalProperties": False,
+    }
+    tool = code_tool(
+        world, "ship_sample", "Ship a sample. Side effect: a parcel is sent.", schema, Risk.WRITE
+    )
+    try:
+        registry_services.update_policy(
+            tool=tool,
+            changes={"rules": [{"when": "args.weight == 0.0", "then": "approve"}]},
+            changed_by=world.alice,
+        )
+        for sent in (0, 0.0):
+            response = world.api().submit(
+                {
+                    "tool": "ship_sample",
+                    "session_id": "s-weight",
+                    "arguments": {"sku": "sku-1", "weight": sent},
+                }
+            )
+            assert response.status_code == 202, response.content[:300]
+            call = ToolCall.objects.get(pk=response.json()["id"])
+            assert call.status == Status.APPROVED, call.policy
+    finally:
+        registry.unregister("ship_sample")
+
+
+def test_a_rule_reads_a_nested_model_its_schema_names_by_reference(world: World) -> None:
+    """An MCP server's schema keeps its ``$ref``s (``#/$defs/Money`` for a nested model):
+    the check on saving sampled such a field as a string, so every rule reading into it was
+    refused ("the condition cannot be evaluated"), and the calls read its numbers as ints."""
+    schema = {
+        "type": "object",
+        "$defs": {
+            "Money": {
+                "type": "object",
+                "properties": {"amount": {"type": "number"}, "currency": {"type": "string"}},
+                "required": ["amount", "currency"],
+            }
+        },
+        "properties": {
+            "sku": {"type": "string", "maxLength": 20},
+            "price": {"$ref": "#/$defs/Money"},
+        },
+        "required": ["sku", "price"],
+        "additionalProperties": False,
+    }
+    tool = code_tool(
+        world, "buy_sample", "Buy a sample. Side effect: it is paid for.", schema, Risk.WRITE
+    )
+    try:
+        rule = 'args.price.currency == "usd" && args.price.amount <= 10.0'
+        registry_services.update_policy(
+            tool=tool,
+            changes={"rules": [{"when": rule, "then": "approve"}]},
+            changed_by=world.alice,
+        )
+        for amount, status in ((5, Status.APPROVED), (5.5, Status.APPROVED), (50, Status.PENDING)):
+            response = world.api().submit(
+                {
+                    "tool": "buy_sample",
+                    "session_id": "s-price",
+                    "arguments": {"sku": "sku-1", "price": {"amount": amount, "currency": "usd"}},
+                }
+            )
+            assert response.status_code == 202, response.content[:300]
+            call = ToolCall.objects.get(pk=response.json()["id"])
+            assert call.status == status, call.policy
+            assert not (call.policy["rule"] or {}).get("errors"), call.policy
+    finally:
+        registry.unregister("buy_sample")

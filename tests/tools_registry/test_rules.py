@@ -52,6 +52,12 @@ CONDITIONS = [
     ('signals[0] == "external_lnk"', "there is no signal 'external_lnk'"),
     ('signals.exists(s, s == "external_link" || s == "bulk_recipient")', ""),
     ('signals.exists(s, s == "external_link") && [args.reason].exists(s, s == "x")', ""),
+    # Any of a list of signals, written from the list: a misspelt one never matched.
+    ('["external_link", "bulk_recpient"].exists(c, c in signals)', "no signal 'bulk_recpient'"),
+    ('["external_lnk"].all(c, !(c in signals))', "there is no signal 'external_lnk'"),
+    ('"external_lnk" in signals.filter(s, s.startsWith("e"))', "there is no signal 'external_lnk'"),
+    ('["external_link", "bulk_recipient"].exists(c, c in signals)', ""),
+    ("[args.reason].exists(c, c in signals)", ""),
     # cel-python raised its own CELSyntaxError on these, a 500 where they were saved.
     ("[args.reason].all(1, true)", "all() takes a name for each item first"),
     ("[args.reason].exists(args.reason + agent, true)", "exists() takes a name for each item"),

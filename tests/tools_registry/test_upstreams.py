@@ -1392,3 +1392,32 @@ def test_a_yaml_document_with_dates_written_plainly_is_imported_with_them_as_tex
     properties = Tool.objects.get(name="bookings__book").input_schema["properties"]
     assert properties["day"]["example"] == "2024-05-01"
     assert properties["at"]["example"] == "2024-05-01T10:00:00Z"
+
+
+def test_a_new_risk_class_drops_only_the_rules_it_does_not_allow(
+    world: World, http_upstream: WebProcess
+) -> None:
+    """A tool made destructive cannot keep a rule that approves it; its refusals still hold.
+    Every rule went with the one not allowed: the tool, now destructive, let through to
+    reviewers the calls its policy refused outright (and a write made a read ran them)."""
+    register_orders(http_upstream, "--enable")
+    tool = Tool.objects.get(name="orders__create_order")
+    refuse = {"when": "args.quantity > 50", "then": "refuse", "note": "Too many."}
+    update_policy(
+        tool=tool,
+        changes={
+            "rules": [
+                {"when": "args.quantity < 5", "then": "approve"},
+                refuse,
+                {"when": "args.quantity > 20", "then": "require", "approvals": 2},
+            ]
+        },
+        changed_by=world.alice,
+    )
+    tool = edit_imported_tool(tool=tool, risk=Risk.DESTRUCTIVE, changed_by=world.alice)
+    assert tool.rules == [
+        refuse,
+        {"when": "args.quantity > 20", "then": "require", "approvals": 2},
+    ]
+    tool = edit_imported_tool(tool=tool, risk=Risk.READ, changed_by=world.alice)
+    assert tool.rules == [refuse]

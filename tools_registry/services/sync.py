@@ -133,8 +133,15 @@ def policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, A
     defaults = defaults_for(risk).as_fields()
     reset = {name: defaults[name] for name in problems if name in defaults}
     # Rules written for the old class (an auto-approval, now of a destructive tool) go: the
-    # admins write them again for what the tool has become.
+    # admins write them again for what the tool has become. Only those: the rest (a refusal)
+    # still hold, and dropping one the new class allows only ever leaves a call to a later
+    # rule or the tool's own policy, which the new class allows too.
     teams = frozenset(Group.objects.values_list("name", flat=True))
-    if rules.problems(tool.rules, risk=risk, input_schema=input_schema, teams=teams):
-        reset["rules"] = []
+    kept = [
+        rule
+        for rule in tool.rules or []
+        if not rules.problems([rule], risk=risk, input_schema=input_schema, teams=teams)
+    ]
+    if kept != (tool.rules or []):
+        reset["rules"] = kept
     return reset

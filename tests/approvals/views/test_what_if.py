@@ -257,3 +257,37 @@ def test_the_what_if_counts_every_entry_of_a_map_whose_keys_read_alike(
     report = response.context["report"]
     assert report.calls == 1 and report.not_evaluated == 0
     assert report.more_approvals.calls == 1
+
+
+def test_the_what_if_counts_a_rule_that_cannot_be_evaluated_as_the_live_policy_does(
+    world: World, admin_client: Client
+) -> None:
+    """A rule that cannot be evaluated on a call fails closed at intake: a refusing one
+    refuses a read, a requiring one asks what it would have asked. The what-if counted such
+    calls as unchanged, telling the admin that rules which refuse every read without the
+    argument, or ask two reviewers for every call, changed nothing."""
+    world.api().submit(
+        {"tool": "search_docs", "session_id": "s-whatif", "arguments": {"query": "refund"}}
+    )
+    url = f"/admin/tools_registry/tool/{world.tools['search_docs'].pk}/what-if/"
+    proposed = [{"when": "args.limit > 5", "then": "refuse"}]
+    report = admin_client.post(url, {"rules": json.dumps(proposed)}).context["report"]
+    assert report.calls == 1 and report.not_evaluated == 1
+    assert (report.refused.calls, report.unchanged.calls) == (1, 0)
+
+    create_call(
+        agent=world.agent,
+        tool=world.tools["update_customer"],
+        arguments={"customer_id": "cus_0001", "changes": {"name": "Ada"}},
+        session_id="s-whatif",
+        request_key=uuid.uuid4().hex,
+    )
+    url = f"/admin/tools_registry/tool/{world.tools['update_customer'].pk}/what-if/"
+    proposed = [
+        {"when": 'args.changes.plan == "enterprise"', "then": "require", "approvals": 2},
+        {"when": 'args.customer_id.startsWith("cus_")', "then": "approve"},
+    ]
+    report = admin_client.post(url, {"rules": json.dumps(proposed)}).context["report"]
+    assert report.calls == 1 and report.not_evaluated == 1
+    assert (report.more_approvals.calls, report.auto_approved.calls) == (1, 0)
+    assert report.unchanged.calls == 0
