@@ -347,7 +347,7 @@ def normalise(arguments: Any, schema: Any, root: Any = None) -> Any:
         kinds = {k for branch in branches for k in _types(branch)}
         return float(arguments) if "number" in kinds and "integer" not in kinds else arguments
     if isinstance(arguments, dict):
-        properties = next(
+        properties: Mapping[str, Any] = next(
             (b["properties"] for b in branches if isinstance(b.get("properties"), Mapping)), {}
         )
         return {k: normalise(v, properties.get(k), root) for k, v in arguments.items()}
@@ -386,7 +386,9 @@ def _branches(schema: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _types(schema: Mapping[str, Any]) -> set[str]:
     kind = schema.get("type")
-    return {k for k in kind if isinstance(k, str)} if isinstance(kind, list) else {kind}
+    if isinstance(kind, list):
+        return {k for k in kind if isinstance(k, str)}
+    return {kind} if isinstance(kind, str) else set()
 
 
 def _activation(
