@@ -12,7 +12,7 @@ from uuid import UUID
 
 import redis
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -178,6 +178,13 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 @api.exception_handler(RequestDataTooBig)
 def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     return error_response(errors.body_too_large(settings.API_MAX_BODY_BYTES))
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+    # What Django refuses to parse (over DATA_UPLOAD_MAX_NUMBER_FIELDS query fields): a
+    # 400 outside the API too, never a failure of Countersign's to retry and log.
+    return error_response(errors.invalid_request(f"The request cannot be read: {exc}"[:300]))
 
 
 def _read_json_body(request: HttpRequest) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Rate limits per tool per agent and per tool per end user (``on_behalf_of``).
 
-A tool's policy holds limit strings such as ``"30/minute"`` (several may be joined with
-``;``). They are enforced as moving windows: at most N admitted calls in any window of the
+A tool's policy holds one limit string each, such as ``"30/minute"`` (the registry refuses
+several joined with ``;``; one stored before that is still enforced whole). They are
+enforced as moving windows: at most N admitted calls in any window of the
 given length, not N per calendar minute, so a burst at a minute boundary cannot double the
 rate. A call is admitted only if every one of its windows has room, and only then takes
 one from each: a call refused by one window (the agent's) takes nothing from any other

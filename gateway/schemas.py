@@ -39,6 +39,16 @@ class TokenCost(Schema):
     output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     usd: float | None = Field(default=None, ge=0, le=MAX_USD, allow_inf_nan=False)
 
+    @field_validator("input_tokens", "output_tokens", mode="before")
+    @classmethod
+    def _whole_float_is_an_integer(cls, value: Any) -> Any:
+        # JSON Schema's "integer", which the document says, is any number without a
+        # fraction: 2.0 and 1e3 are integers to a generated client, so they are here too,
+        # kept as ints. (A bool, a string or a fraction is still refused, strictly.)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
 
 # What the API accepts as a callback URL, said as a pattern so that a client generated from
 # the OpenAPI document accepts exactly what the server does: http(s), a DNS name or an IPv4 (no user

@@ -240,6 +240,40 @@ def test_a_step_resumed_after_its_keys_answer_expired_is_the_call_it_made(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_step_asked_something_else_after_its_keys_answer_expired_is_not_the_old_call(
+    live_world: World, live_server: Any
+) -> None:
+    """Past IDEMPOTENCY_KEY_TTL Countersign refuses the key as expired whatever the body,
+    and names the call the key made. A rerun that asks something else at that step (another
+    recipient: a model's new answer, a session id used again) is not that call: the old
+    mail was not this one. The expiry is raised, sync and async, as within the TTL the
+    reused key would have been."""
+    state = MemoryState()
+    with Countersign(live_server.url, live_world.token, state=state) as cs:
+        proposed = cs.submit("send_email", EMAIL_ARGS, session_id="s1", step="mail")
+    call = ToolCall.objects.get(pk=proposed["id"])
+    IdempotencyRecord.objects.all().delete()  # what the sweep does past the TTL
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
+    runner.execute(call.pk)
+    other = {**EMAIL_ARGS, "to": "grace@example.com"}
+
+    with (
+        Countersign(live_server.url, live_world.token, state=state) as cs,
+        pytest.raises(errors.IdempotencyKeyExpired) as expired,
+    ):
+        cs.call("send_email", other, session_id="s1", step="mail")
+    assert expired.value.details == {"call_id": str(call.pk)}
+
+    async def rerun() -> Any:
+        async with AsyncCountersign(live_server.url, live_world.token, state=state) as acs:
+            return await acs.submit("send_email", other, session_id="s1", step="mail")
+
+    with pytest.raises(errors.IdempotencyKeyExpired):
+        asyncio.run(rerun())
+    assert ToolCall.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_async_client_has_the_same_surface(live_world: World, live_server: Any) -> None:
     async def agent() -> dict[str, Any]:
         async with AsyncCountersign(live_server.url, live_world.token, state=MemoryState()) as cs:

@@ -229,6 +229,21 @@ def test_a_read_that_fails_is_502_after_its_retries(world: World, probe_tool_cle
 # --- bodies ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/v1/tools", "/api/v1/tool-calls/0b8f7c51-8f3e-4a52-9a38-5c0f8c1d2e3f"]
+)
+def test_more_query_parameters_than_django_reads_are_400_not_500(
+    world: World, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Django refuses to parse a query string of over DATA_UPLOAD_MAX_NUMBER_FIELDS (1000)
+    fields (TooManyFieldsSent): the request is the agent's to fix, not a failure of
+    Countersign to retry and log as one."""
+    response = world.api().get(f"{path}?{'&'.join(f'p{i}=1' for i in range(1001))}")
+    error = error_of(response, 400, "invalid_request")
+    assert error["retryable"] is False
+    assert "agent API request failed" not in caplog.text
+
+
 @override_settings(API_MAX_BODY_BYTES=4096, DATA_UPLOAD_MAX_MEMORY_SIZE=4096)
 def test_a_body_over_the_limit_is_413(world: World) -> None:
     big = {**SEND_EMAIL, "reasoning": "x" * 5000}
@@ -288,6 +303,27 @@ def test_wrong_types_are_400_with_their_path(world: World) -> None:
         error = error_of(world.api().submit(body), 400, "invalid_request")
         assert path in {detail["path"] for detail in error["details"]}, (path, error)
     assert not ToolCall.objects.exists()
+
+
+def test_token_counts_written_as_whole_floats_are_the_integers_the_document_allows(
+    world: World,
+) -> None:
+    """The document says ``"type": "integer"``, which JSON Schema (and so every client
+    generated from it, and schemathesis) holds 2.0 and 1e3 to be: they are accepted, and
+    kept as the integers they are. A fraction is still refused."""
+    cost = {"input_tokens": 1e3, "output_tokens": 2.0, "usd": 0.5}
+    response = world.api().submit({**SEND_EMAIL, "token_cost": cost})
+    assert response.status_code == 202, response.content
+    stored = ToolCall.objects.get().token_cost
+    assert stored["input_tokens"] == 1000 and isinstance(stored["input_tokens"], int)
+    assert stored["output_tokens"] == 2 and isinstance(stored["output_tokens"], int)
+    for wrong in (1.5, 1e10, -1.0):
+        error = error_of(
+            world.api().submit({**SEND_EMAIL, "token_cost": {"input_tokens": wrong}}),
+            400,
+            "invalid_request",
+        )
+        assert "$.token_cost.input_tokens" in {d["path"] for d in error["details"]}
 
 
 def test_arguments_nested_too_deep_are_400(world: World) -> None:

@@ -28,6 +28,8 @@ carries its deadline into every request and pause, so none of them outlasts it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import threading
@@ -173,12 +175,26 @@ def failed_wait(exc: errors.ApiError, state: StateStore, session_id: str, name: 
     )
 
 
-def call_the_key_made(response: httpx.Response) -> str | None:
+def fingerprint(sent: dict[str, Any]) -> str:
+    """What a step asks, as a hash of the request's body (kept beside its key)."""
+    text = json.dumps(sent, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def call_the_key_made(response: httpx.Response, step: dict[str, Any], request: str) -> str | None:
     """The call a step's key made, when Countersign no longer keeps the key's answer
     (``idempotency_key_expired``, past ``IDEMPOTENCY_KEY_TTL``: an agent back after a long
     pause) and names the call: the step is that call, read afresh. Raising the error
-    instead invited the agent to propose the same effect again under a new key."""
+    instead invited the agent to propose the same effect again under a new key.
+
+    Only if the step asks what it asked when its key was made (``request``, the body's
+    ``fingerprint``, against the one kept with the key): past the TTL Countersign refuses
+    the key whatever the body, and a rerun asking something else at the step (a model's
+    other answer, a session id used again) would get another request's call for its own.
+    A step kept without a fingerprint (an older client's) is checked by its tool alone."""
     if response.status_code != 422 or code_of(response) != "idempotency_key_expired":
+        return None
+    if step.get("request") and step["request"] != request:
         return None
     try:
         details = response.json()["error"].get("details") or {}

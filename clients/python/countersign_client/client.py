@@ -144,7 +144,6 @@ class Countersign:
         """Send the proposal once; returns the call (``pending`` for writes). Repeating it
         for the same step of the same session returns the same call."""
         name = self._steps.name(session_id, step)
-        key = self.state.key_for(session_id, name)  # durable before anything is sent
         sent = _core.body(
             tool,
             arguments,
@@ -154,6 +153,9 @@ class Countersign:
             token_cost=token_cost,
             callback_url=callback_url,
         )
+        request = _core.fingerprint(sent)
+        # Durable before anything is sent, with what the step asks.
+        key = self.state.key_for(session_id, name, request=request)
         attempt = 1
         same_key_retries = 0
         deadline = time.monotonic() + self.in_use_wait
@@ -183,7 +185,7 @@ class Countersign:
                     session_id,
                     name,
                 )
-            made = _core.call_the_key_made(response)
+            made = _core.call_the_key_made(response, self.state.step(session_id, name), request)
             call = self.get(made) if made else {}
             if call.get("tool") != tool:  # not made, or made for another tool: the error
                 call = _core.parse(response)

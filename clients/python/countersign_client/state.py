@@ -25,7 +25,8 @@ from typing import Any
 
 
 class StateStore:
-    """Steps of sessions, by name: ``{"key": ..., "call_id": ..., "status": ...}``."""
+    """Steps of sessions, by name: ``{"key": ..., "request": ..., "call_id": ...,
+    "status": ...}`` (``request``: the fingerprint of the request sent with the key)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -39,21 +40,29 @@ class StateStore:
         with self._lock:
             return {k: dict(v) for k, v in self._steps(session_id).items()}
 
-    def key_for(self, session_id: str, name: str) -> str:
-        """The step's Idempotency-Key, created and made durable on first use."""
+    def key_for(self, session_id: str, name: str, *, request: str = "") -> str:
+        """The step's Idempotency-Key, created and made durable on first use, with
+        ``request`` (the fingerprint of what the step asks) beside it."""
         with self._lock:
             entry = self._steps(session_id).setdefault(name, {})
             if not entry.get("key"):
                 entry["key"] = str(uuid.uuid4())
+                if request:
+                    entry["request"] = request
                 self._write(session_id)
             return str(entry["key"])
 
     def new_key(self, session_id: str, name: str) -> str:
-        """Replace the step's key (a read that failed transiently is asked again afresh)."""
+        """Replace the step's key (a read that failed transiently is asked again afresh:
+        the same request, whose fingerprint it keeps)."""
         with self._lock:
-            self._steps(session_id)[name] = {"key": str(uuid.uuid4())}
+            old = self._steps(session_id).get(name, {})
+            entry = {"key": str(uuid.uuid4())}
+            if old.get("request"):
+                entry["request"] = old["request"]
+            self._steps(session_id)[name] = entry
             self._write(session_id)
-            return str(self._steps(session_id)[name]["key"])
+            return entry["key"]
 
     def update(self, session_id: str, name: str, **values: Any) -> None:
         with self._lock:
