@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import product
 
 import phonenumbers
 from detect_secrets.plugins.aws import AWSKeyDetector
@@ -39,7 +40,7 @@ from detect_secrets.plugins.square_oauth import SquareOAuthDetector
 from detect_secrets.plugins.stripe import StripeDetector
 from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from detect_secrets.plugins.twilio import TwilioKeyDetector
-from phonenumbers import Leniency, PhoneNumberMatcher
+from phonenumbers import Leniency, PhoneNumberMatcher, phonenumbermatcher
 
 
 class Kind(StrEnum):
@@ -450,16 +451,33 @@ _NOT_A_PHONE = (
     r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}"
     r"|\d{1,3}(?:\.\d{1,3}){3}|\d+[.,]\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?"
 )
-# Where the matcher is run: at least 8 digits with at most 4 separators between any two, not
-# touching another token's characters (a tel: link aside; the bullets of a partly shown
-# number, •••58, count as one), and not a date, an IP address or a decimal standing alone. Every number reported must fit in such a run, so text without
-# one costs a search and the matcher (tens of microseconds a run) is spared.
+# The digit groups a phone number is written in: a national one in at most as many as the
+# longest format of its country has (six: Germany's alternates; France's five), its trunk
+# prefix apart (1 (800) 555-0199); an international one its country code and "(0)" too
+# (+33 (0)1 23 45 67 89). A run of more groups is read a few groups at a time: a soup of
+# short groups ("7 - 3 - 9 - 1 - ...", all one candidate) had the matcher try every group
+# and every suffix of the run in turn, milliseconds a run, seconds for 30,000 characters.
+_NATIONAL_GROUPS = 7
+_INTERNATIONAL_GROUPS = 8
+# Where the matcher is run: a run of digit groups with at most 4 separators between any two,
+# no more groups than above, not touching another token's characters (a tel: link aside; the
+# bullets of a partly shown number, •••58, count as one), and not a date, an IP address or a
+# decimal standing alone. Every number reported must fit in such a run, so text without one
+# costs a search and the matcher (tens of microseconds a run) is spared; a run of fewer than
+# 8 digits is not handed to it (see _find_phones).
 _PHONE_CANDIDATE = re.compile(
     r"(?:(?<![\w.:/+•-])(?<!• )|(?<=(?i:tel):))"
     rf"(?!(?:{_NOT_A_PHONE})(?![^\w\n]{{0,4}}\d))"
-    r"[+(]?\d(?:[^\w\n+]{0,4}\d){7,19}"  # no phone number has more than 15 digits, 20 with room
+    rf"(?:\+\d+(?:[^\w\n+]{{1,4}}\d+){{0,{_INTERNATIONAL_GROUPS - 1}}}"
+    # Eight digits in seven groups at most: one of them has two (a soup of single digits is
+    # passed over in this search, not a group at a time).
+    rf"|(?=\(?(?:\d[^\w\n+]{{1,4}}){{0,{_NATIONAL_GROUPS - 1}}}\d\d)"
+    rf"\(?\d+(?:[^\w\n+]{{1,4}}\d+){{0,{_NATIONAL_GROUPS - 1}}})"
     r"(?![\w:/]|[.-]\w)"
 )
+# No phone number has more than 15 digits: a run is read to its last group within 20.
+_MAX_RUN_DIGITS = 20
+_GROUP = re.compile(r"\d+")
 _TEL = re.compile(r"(?i)\btel:$")
 _LAST_GROUP = re.compile(r"[^\w\n]+\d+$")
 _FIRST_GROUP = re.compile(r"[+(]*\d+")
@@ -480,6 +498,16 @@ def _find_phones(text: str, budget: Budget) -> list[Finding]:
     base, piece, at = 0, text, 0
     while candidate := _PHONE_CANDIDATE.search(piece, at):
         run, offset = candidate.group(0), candidate.start()
+        groups = _GROUP.findall(run)
+        digits = sum(map(len, groups))
+        if digits > _MAX_RUN_DIGITS:
+            run = _within_digits(run)
+            digits = _digits(run)
+        if digits < 8:
+            # Too short for a phone number (a few groups of a soup of short ones, or a long
+            # number cut to nothing): the next run starts at the next group, unread.
+            at = offset + (candidate.group(0)[:1] in ("+", "(")) + len(groups[0])
+            continue
         while True:
             # The matcher reads a run of digit groups as one number or none; when it finds
             # nothing, it reads the run less its last group: "+44 20 7946 0958 2026-11-21"
@@ -509,12 +537,26 @@ def _find_phones(text: str, budget: Budget) -> list[Finding]:
             budget.second_reads -= 1
             at = first_group.end()
         else:
-            at = candidate.end()
+            at = offset + len(run)
     return _without_overlaps(findings)
 
 
 def _digits(text: str) -> int:
     return sum(c.isdigit() for c in text)
+
+
+def _within_digits(run: str) -> str:
+    """``run`` to the end of its last group within _MAX_RUN_DIGITS digits that no other
+    token's character follows (nothing when there is none)."""
+    digits = 0
+    end = 0
+    for group in _GROUP.finditer(run):
+        digits += group.end() - group.start()
+        if digits > _MAX_RUN_DIGITS:
+            break
+        if not _TOKEN_AFTER.match(run, group.end()):
+            end = group.end()
+    return run[:end]
 
 
 def _numbers_in(run: str, offset: int) -> list[tuple[int, int, str]]:
@@ -528,10 +570,115 @@ def _numbers_in(run: str, offset: int) -> list[tuple[int, int, str]]:
     # National: valid in the country, and grouped as that country writes its numbers, so
     # that an order number such as 2024-000007 (a valid US number) is not taken for one.
     regions = _TRUNK_ZERO_REGIONS if run.lstrip("(").startswith("0") else _OTHER_REGIONS
+    groups = _GROUP.findall(run)
+    # A number dialled from abroad (0041 79 123 45 67) is grouped as its own country writes
+    # its numbers: not screened.
+    abroad = any(group.startswith(_INTERNATIONAL_PREFIXES) for group in groups)
     for region in regions:
+        if not abroad and not _may_be_grouped_as(groups, region):
+            continue  # no number of the country's can be written in these groups
         for m in PhoneNumberMatcher(run, region, leniency=Leniency.STRICT_GROUPING):
             found.append((offset + m.start, offset + m.end, m.raw_string))
     return found
+
+
+# A format's pattern, as libphonenumber's metadata writes them: (\d{3})(\d{3,4}).
+_FORMAT_GROUP = re.compile(r"\(\\d(?:\{(\d+)(?:,(\d+))?\})?\)")
+_FORMAT_PATTERN = re.compile(rf"(?:{_FORMAT_GROUP.pattern})+")
+
+
+def _metadata(region: str) -> phonenumbers.PhoneMetadata:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert metadata is not None, region  # PHONE_REGIONS are regions libphonenumber knows
+    return metadata
+
+
+def _groupings(region: str) -> frozenset[tuple[int, ...]] | None:
+    """The lengths of the digit groups a valid number of ``region``'s national significant
+    number (without trunk prefix) can be written in and still pass the matcher's strict
+    grouping: its digits in the groups of one of the country's formats (or alternate
+    formats), some of them written together, or all of them in one group."""
+    metadata = _metadata(region)
+    possible = set(metadata.general_desc.possible_length if metadata.general_desc else ())
+    formats = [
+        *metadata.number_format,
+        *(metadata.intl_number_format or ()),
+        # The matcher's own (a private name: without it, the matcher has none either).
+        *getattr(phonenumbermatcher, "_ALT_NUMBER_FORMATS", {}).get(metadata.country_code, ()),
+    ]
+    groupings: set[tuple[int, ...]] = {(length,) for length in possible}
+    for number_format in formats:
+        if not _FORMAT_PATTERN.fullmatch(number_format.pattern):
+            return None  # a format not read here: the country's numbers are not screened
+        ranges = [
+            (int(low or 1), int(high or low or 1))
+            for low, high in _FORMAT_GROUP.findall(number_format.pattern)
+        ]
+        for lengths in product(*(range(low, high + 1) for low, high in ranges)):
+            if sum(lengths) not in possible:
+                continue
+            # Each group ends the number's written group or not: every way of joining them.
+            for joins in product((False, True), repeat=len(lengths) - 1):
+                written = [lengths[0]]
+                for length, joined in zip(lengths[1:], joins, strict=True):
+                    if joined:
+                        written[-1] += length
+                    else:
+                        written.append(length)
+                groupings.add(tuple(written))
+    return frozenset(groupings)
+
+
+def _may_be_grouped_as(groups: list[str], region: str) -> bool:
+    """Whether some of a run's digit ``groups``, in a row, hold a number of ``region``'s
+    written in one of its groupings: the first of them less the trunk prefix if the number
+    is written with it (0 or 1, apart or not), the last followed by anything (an extension,
+    another number)."""
+    groupings = _GROUPINGS[region]
+    prefixes = _TRUNK_PREFIXES[region]
+    if groupings is None:
+        return True
+    for first, group in enumerate(groups):
+        cuts: Iterable[int]
+        if prefixes is None:
+            cuts = range(len(group))
+        else:
+            cuts = [len(prefix) for prefix in prefixes if group.startswith(prefix)]
+        for cut in cuts:
+            if cut >= len(group):
+                continue  # the trunk prefix apart: the number starts at the next group
+            written: tuple[int, ...] = (len(group) - cut,)
+            for next_group in (None, *groups[first + 1 :]):
+                if next_group is not None:
+                    written = (*written, len(next_group))
+                if sum(written) > _MAX_NATIONAL_DIGITS:
+                    break
+                if written in groupings:
+                    return True
+    return False
+
+
+def _trunk_prefixes(region: str) -> tuple[str, ...] | None:
+    """What may stand before the national significant number of a number written without
+    "+": the trunk prefix (GB: 0 or 180020), the country code (44 20 ...), or both
+    (1 1 986 ...); None when the trunk prefix is not a list of digit strings."""
+    metadata = _metadata(region)
+    pattern = metadata.national_prefix_for_parsing or metadata.national_prefix or ""
+    if metadata.national_prefix_transform_rule or not re.fullmatch(r"\d+(?:\|\d+)*", pattern):
+        return None
+    trunk = ("", *pattern.split("|"))
+    return tuple(f"{code}{prefix}" for code in ("", str(metadata.country_code)) for prefix in trunk)
+
+
+_MAX_NATIONAL_DIGITS = 17
+_GROUPINGS = {region: _groupings(region) for region in PHONE_REGIONS}
+_TRUNK_PREFIXES = {region: _trunk_prefixes(region) for region in PHONE_REGIONS}
+# How the four countries dial abroad (00, 011), or any 0 when one is not a digit string.
+_INTERNATIONAL_PREFIXES = tuple(
+    prefix if prefix and prefix.isdigit() else "0"
+    for region in PHONE_REGIONS
+    for prefix in [_metadata(region).international_prefix]
+)
 
 
 def _stands_alone(text: str, start: int, end: int, number: str) -> bool:
