@@ -18,6 +18,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -94,13 +95,19 @@ def _epoch_seconds(value: Any) -> float | None:
     return value
 
 
-def _provider_request_options() -> dict[str, Any]:
+def _provider_request_options(url: str) -> dict[str, Any]:
     """What mozilla-django-oidc sends each request to the provider with (but the timeout),
-    and no redirects."""
+    and no redirects. Plain http is allowed on this machine only (``provider_endpoint``), so
+    never through a proxy, the environment's or ``OIDC_PROXY``: the client secret, the code,
+    the claims and the keys would leave this machine in plain text, for whatever the proxy
+    calls that address to answer (``no_proxy`` here is requests' own "bypass them all")."""
+    plain = urlsplit(url).scheme == "http"
     return {
         "allow_redirects": False,
         "verify": OIDCAuthenticationBackend.get_settings("OIDC_VERIFY_SSL", True),
-        "proxies": OIDCAuthenticationBackend.get_settings("OIDC_PROXY", None),
+        "proxies": {"no_proxy": "*"}
+        if plain
+        else OIDCAuthenticationBackend.get_settings("OIDC_PROXY", None),
     }
 
 
@@ -131,7 +138,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             data=payload,
             auth=auth,
             timeout=settings.OIDC_TIMEOUT,
-            **_provider_request_options(),
+            **_provider_request_options(self.OIDC_OP_TOKEN_ENDPOINT),
         )
         self.raise_token_response_error(response)
         return response.json()
@@ -143,7 +150,7 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             self.OIDC_OP_USER_ENDPOINT,
             headers={"Authorization": f"Bearer {access_token}"},
             timeout=settings.OIDC_TIMEOUT,
-            **_provider_request_options(),
+            **_provider_request_options(self.OIDC_OP_USER_ENDPOINT),
         )
         if response.status_code != 200:  # a redirect too
             raise requests.HTTPError(
@@ -159,7 +166,9 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         named, not from a host its answer points at. Any answer but 200, or one that is no
         key set, is the provider's failure (a failed sign-in)."""
         response = requests.get(
-            self.OIDC_OP_JWKS_ENDPOINT, timeout=settings.OIDC_TIMEOUT, **_provider_request_options()
+            self.OIDC_OP_JWKS_ENDPOINT,
+            timeout=settings.OIDC_TIMEOUT,
+            **_provider_request_options(self.OIDC_OP_JWKS_ENDPOINT),
         )
         body = response.json() if response.status_code == 200 else None
         keys = body.get("keys") if isinstance(body, dict) else None

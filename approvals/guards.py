@@ -3,6 +3,7 @@ who may not approve it, and whether it may still run."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import SsoIdentity
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
 from tools_registry import role_scopes
@@ -101,9 +103,9 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     ``CONFLICTS``), or "" for none: separation of duties, one rule everywhere.
 
     The agent's owner (now, or when the call was made), the end user the agent acts for
-    (``on_behalf_of``, matched to the person's username or e-mail), and whoever issued one of the agent's tokens that was live
-    when the call was made (they were shown its secret: the call may be theirs) may reject a
-    call but never let it run.
+    (``on_behalf_of``, matched to the person's username, e-mail or single sign-on ``sub``),
+    and whoever issued one of the agent's tokens that was live when the call was made (they
+    were shown its secret: the call may be theirs) may reject a call but never let it run.
     """
     conflict = conflict_with(
         agent=call.agent, on_behalf_of=call.on_behalf_of, person=person, made_at=call.created_at
@@ -120,9 +122,13 @@ def conflict_with(
     ``made_at``; before it is stored (a standing approval about to cover it), now."""
     if agent.owner_id == person.pk:
         return "owner"
-    acting_for = (on_behalf_of or "").strip().lower()
-    if acting_for and acting_for in {person.get_username().lower(), (person.email or "").lower()}:
-        return "on_behalf_of"
+    if acting_for := _folded(on_behalf_of):
+        # A verified user is named by their token's claim, by default its ``sub``: the one
+        # their sign-in through the same provider is linked to, not their account's name.
+        subjects = SsoIdentity.objects.filter(user_id=person.pk).values_list("subject", flat=True)
+        names = {person.get_username(), person.email or "", *subjects}
+        if acting_for in {_folded(name) for name in names}:
+            return "on_behalf_of"
     made_at = made_at or timezone.now()
     issued = AgentToken.objects.filter(
         agent_id=agent.pk, created_by_id=person.pk, created_at__lte=made_at
@@ -130,6 +136,12 @@ def conflict_with(
     if issued.exists():
         return "token_issuer"
     return ""
+
+
+def _folded(name: str | None) -> str:
+    """A person's name as separation of duties compares it: one spelling whatever the
+    case, the spaces around it or the Unicode form (accounts keep their names NFKC)."""
+    return unicodedata.normalize("NFKC", (name or "").strip()).casefold()
 
 
 # Why an approved call may no longer run, by error code (the code the agent gets back).

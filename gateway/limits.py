@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -108,7 +109,10 @@ def parse(policy: str) -> tuple[RateLimitItem, ...]:
 
 def _user_id(on_behalf_of: str) -> str:
     # End users are named by the agent (often an e-mail address): keep them out of Redis.
-    return hashlib.sha256(on_behalf_of.strip().lower().encode()).hexdigest()[:24]
+    # One person whatever the case, the spaces around or the Unicode form (é composed or
+    # not), as separation of duties takes them.
+    folded = unicodedata.normalize("NFKC", on_behalf_of.strip()).casefold()
+    return hashlib.sha256(folded.encode()).hexdigest()[:24]
 
 
 def hit(*, tool: Tool, agent: Agent, on_behalf_of: str = "") -> Refusal | None:

@@ -12,7 +12,9 @@ The key set is fetched at most once per ``JWKS_CACHE_SECONDS`` (default 300); a 
 signed with a key not in the cached set (the provider rotated its keys) fetches it again,
 and so does the next token after a failed fetch, but never more than once per
 ``JWKS_MIN_REFRESH_SECONDS`` (default 5): a flood of tokens with made-up key ids, or a
-provider that is down, costs the provider one request per interval, not one per call.
+provider that is down, costs the provider one request per interval, not one per call. A
+token whose key was not looked for (the set was fetched less than that interval ago) is
+refused as ``ProviderUnavailable`` (retryable): the provider may have published it since.
 
 Tokens are secrets: they are never logged, audited or put in an error message.
 """
@@ -24,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -171,10 +174,19 @@ def user_of(provider: IdentityProvider, claims: dict[str, Any]) -> tuple[str, tu
 
 def _signing_key(url: str, kid: str | None, alg: str) -> dict[str, Any]:
     """The published key that signs tokens with ``kid`` and ``alg``."""
+    asked = time.monotonic()
     found = _pick(_keys(url, refresh=False), kid, alg)
     if found is None and kid is not None:
         # Perhaps the provider rotated its keys since they were fetched.
         found = _pick(_keys(url, refresh=True), kid, alg)
+        if found is None and not _fetched_since(url, asked):
+            # Not fetched again so soon (JWKS_MIN_REFRESH_SECONDS): nobody looked whether the
+            # provider publishes the key now (a provider that signs with a key as soon as it
+            # publishes it). A retry after the interval looks; refused for good, it would not.
+            raise ProviderUnavailable(
+                "its key is not among the provider's keys fetched moments ago, which are "
+                "fetched again within seconds"
+            )
     if found is None:
         if kid is None:
             raise TokenInvalid("it names no key (kid), and the provider has no single key for it")
@@ -194,6 +206,13 @@ def _pick(keys: list[dict[str, Any]], kid: str | None, alg: str) -> dict[str, An
         and (kid is None or key.get("kid") == kid)
     ]
     return fitting[0] if len(fitting) == 1 else None
+
+
+def _fetched_since(url: str, moment: float) -> bool:
+    """Whether the provider's keys at ``url`` were fetched at or after ``moment``."""
+    with _guard:
+        known = _key_sets.get(url)
+    return known is not None and known.fetched_at is not None and known.fetched_at >= moment
 
 
 def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
@@ -227,13 +246,16 @@ def _fetch(url: str) -> list[dict[str, Any]]:
     # The timeout bounds the whole fetch (connecting, the headers, the body), as an upstream
     # call's does: a provider or a proxy that trickles its answer would hold every request
     # verifying its tokens, all waiting for this fetch. A compressed answer is inflated a
-    # bounded piece at a time.
+    # bounded piece at a time. Plain http is allowed from this machine only
+    # (``models.keys_over_tls``), so never through the environment's proxy: that would take
+    # the fetch, in plain text, off this machine to whatever the proxy calls that address.
     try:
         fetched = bounded_http.get(
             url,
             headers={"Accept": "application/json"},
             timeout=settings.JWKS_TIMEOUT_SECONDS,
             limit=MAX_JWKS_BYTES,
+            trust_env=urlsplit(url).scheme != "http",
         )
     except bounded_http.ProxyUnusable as exc:
         raise ProviderUnavailable(f"the provider's key set could not be fetched: {exc}") from None

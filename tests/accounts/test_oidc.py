@@ -537,3 +537,35 @@ def test_an_auth_time_no_date_can_hold_is_no_recent_sign_in_not_a_500(
     request = RequestFactory().get("/")
     request.session = client.session
     assert not reauth.is_recent(request)
+
+
+def test_a_provider_on_this_machine_is_not_reached_through_the_environments_proxy(
+    world: World, sso: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain http to the provider is allowed on this machine only, as nothing on the way can
+    read it: an egress proxy in the environment (HTTP_PROXY, no NO_PROXY) would take the
+    client secret and the code, in plain text, off this machine to whatever the proxy calls
+    that address, and its answer (keys, claims) would decide who signs in."""
+    caught: list[str] = []
+
+    def catch(handler: Any, body: bytes) -> None:
+        caught.append(handler.path)
+        reply(handler, 502, {"error": "proxied"})
+
+    proxy = RawHttpServer(catch, gets=True)
+    client = Client()
+    start = client.get("/oidc/authenticate/?next=/audit/")
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        browser.get(start["Location"])
+        granted = browser.post(start["Location"], data={"username": "dana", **DANA})
+    back = urlsplit(granted.headers["location"])
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        landed = client.get(f"{back.path}?{back.query}")
+    finally:
+        proxy.close()
+    assert caught == [], "the provider was asked through the proxy"
+    assert landed.status_code == 302 and not landed["Location"].startswith("/login/")
+    assert User.objects.filter(username="dana").exists()

@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 from django.test import Client, override_settings
 
+from accounts.models import SsoIdentity
+from approvals.guards import conflict_of_interest
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import SeparationOfDuties, decide
 from audit.models import AuditEvent
 from tests.conftest import ApiClient, World, sandbox_effects
 from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
@@ -493,3 +496,26 @@ def test_a_compressed_key_set_is_inflated_no_further_than_its_limit(
     error = error_of(response, 503, "identity_provider_unavailable")
     assert "too large" in error["message"]
     assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MB held while reading it"
+
+
+@pytest.mark.parametrize("named_by", ["sso_subject", "decomposed_username"])
+def test_a_verified_user_who_reviews_cannot_approve_their_own_call(
+    world: World, verifying: Provider, named_by: str
+) -> None:
+    """Separation of duties for a verified user: the token names them by its ``sub`` (the
+    default claim), the same ``sub`` their SSO sign-in is linked to, though their account
+    is named by ``preferred_username``; or by a name in another Unicode form than the one
+    their account was stored in (Django keeps usernames NFKC)."""
+    bob = world.bob
+    SsoIdentity.objects.create(user=bob, subject="00u1bob7x")
+    bob.username = "josé"  # as create_user stores it: NFKC, the é composed
+    bob.save()
+    user_id = {"sso_subject": "00u1bob7x", "decomposed_username": "jose\u0301"}[named_by]
+    header = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token(user_id, ["support"])}
+    response = world.api().submit(SEND_EMAIL, **header)
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.on_behalf_of, call.end_user_source) == (user_id, "verified")
+    assert conflict_of_interest(call, bob) == "on_behalf_of"
+    with pytest.raises(SeparationOfDuties):
+        decide(call_id=call.pk, reviewer=bob, verdict="approve")

@@ -182,3 +182,21 @@ def test_rounds_are_exact_under_threads(live_world: World) -> None:
         assert codes == {"accepted": 5, "max_rounds_exceeded": 20}, codes
         assert AgentSession.objects.get(session_id=session).rounds == 5
         assert ToolCall.objects.filter(session_id=session).count() == 5
+
+
+def test_an_end_user_named_in_another_unicode_form_shares_their_window(world: World) -> None:
+    """The same person, named with the é composed and decomposed (or in full-width letters),
+    as separation of duties takes them: one window, not one per spelling."""
+    Tool.objects.filter(name="send_email").update(
+        rate_limit_per_agent="", rate_limit_per_user="1/minute"
+    )
+    spellings = [
+        "josé@example.com",
+        "jose\u0301@example.com",
+        "\uff2a\uff2f\uff33\uff25\u0301@example.com",
+    ]
+    codes = [
+        world.api().submit({**SEND_EMAIL, "session_id": f"s-{i}", "on_behalf_of": name})
+        for i, name in enumerate(spellings)
+    ]
+    assert [c.status_code for c in codes] == [202, 429, 429]

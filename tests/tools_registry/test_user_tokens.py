@@ -8,8 +8,10 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -98,10 +100,13 @@ def test_made_up_key_ids_cost_the_provider_one_request_per_interval(
         identify(world.agent, on_behalf_of=None, user_token=provider.token())
         for _ in range(5):
             refused = refusal(world.agent, provider.token(key=stranger))
-            assert "does not publish" in refused.message
+            # Not looked for: the provider may have published it since (retryable).
+            assert refused.code == end_users.PROVIDER_UNAVAILABLE
     assert provider.fetches == 1, "the keys were just fetched: no made-up id asks again"
     with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
-        refusal(world.agent, provider.token(key=stranger))
+        refused = refusal(world.agent, provider.token(key=stranger))
+        assert refused.code == end_users.USER_TOKEN_INVALID
+        assert "does not publish" in refused.message
     assert provider.fetches == 2, "past the interval, an unknown key is looked for once"
 
 
@@ -264,3 +269,62 @@ def _hmac_token(header: dict[str, object], claims: dict[str, object], secret: by
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
+
+
+def test_keys_on_this_machine_are_not_fetched_through_the_environments_proxy(
+    world: World, provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key set over plain http is allowed from this machine only, as nothing on the way
+    can change it: an egress proxy in the environment (HTTP_PROXY, no NO_PROXY) would take
+    the fetch off this machine, to whatever the proxy calls that address, in plain text."""
+    impostor = rsa_key(kid=provider.keys[0].kid)
+    asked: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps({"keys": [impostor.public_jwk()]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        forged = provider.token("mallory", ["admin"], key=impostor)
+        refused = refusal(world.agent, forged)
+        assert "signature does not verify" in refused.message
+        assert identify(world.agent, on_behalf_of=None, user_token=provider.token()).id == "ada"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert asked == [] and provider.fetches == 1
+
+
+def test_a_key_published_just_after_a_fetch_is_retryable_not_refused_for_good(
+    world: World, provider: Provider
+) -> None:
+    """The provider publishes a new key and signs with it at once, seconds after the keys
+    were fetched: within JWKS_MIN_REFRESH_SECONDS they are not fetched again, so nobody
+    looked whether the key is published. That is "cannot be checked now" (503, retryable),
+    not "signed with a key the provider does not publish" (401, for good); once the interval
+    is over, the same token verifies."""
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=60):
+        identify(world.agent, on_behalf_of=None, user_token=provider.token())
+        rotated = rsa_key()
+        provider.publish(provider.keys[0], rotated)
+        token = provider.token("grace", ["support"], key=rotated)
+        refused = refusal(world.agent, token)
+        assert refused.code == end_users.PROVIDER_UNAVAILABLE, refused.message
+    assert provider.fetches == 1
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
+        assert identify(world.agent, on_behalf_of=None, user_token=token).id == "grace"
+    assert provider.fetches == 2
