@@ -11,6 +11,7 @@ class ApprovalsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
 
         from approvals import hooks, reauth, signals
+        from approvals.execution import claim
         from approvals.services import calls, recovery
         from tools_registry import hooks as registry_hooks
 
@@ -24,3 +25,6 @@ class ApprovalsConfig(AppConfig):
         registry_hooks.on_agent_stopped(calls.cancel_for_stop)
         # Its calls whose outcome is unknown are left to a person: a resume is no re-run.
         registry_hooks.on_agent_stopped(recovery.leave_unknown_to_a_person)
+        # Its approved calls not yet claimed fail unrun: a resume is no decision to run them.
+        # Last: a call approved while the receivers above waited for its row is one of them.
+        registry_hooks.on_agent_stopped(claim.refuse_approved_for_stop)

@@ -20,7 +20,7 @@ from django.utils import timezone
 from approvals import events, transitions
 from approvals.guards import CANNOT_RUN, attention, cannot_run_code
 from approvals.models import Status, ToolCall
-from tools_registry.models import Tool
+from tools_registry.models import Agent, Tool
 from tools_registry.policy import handler_budget_seconds
 
 
@@ -112,6 +112,26 @@ def claim_call(*, call_id: UUID) -> Claim | None:
     )
     events.execution_started(call)
     return Claim(call=call, fence=call.fence)
+
+
+def refuse_approved_for_stop(agent: Agent, reason: str, stopped_by: Any) -> list[str]:
+    """At an agent's stop, fail each of its approved calls not yet claimed, unrun, as their
+    claim would: a resume before a worker gets to one (its task queued behind others, its
+    message lost until the re-send sweep) is no decision to run what the stop stopped.
+    Cancels nothing (the stop's event lists its cancellations); each has its own
+    ``call.execution_refused``.
+
+    Registered with ``tools_registry.hooks`` (``ApprovalsConfig.ready``), inside the stop's
+    transaction, which holds the agent's run lock: no claim is under way, and none comes
+    before this commits, when it finds the call failed.
+    """
+    approved = ToolCall.objects.filter(agent=agent, status=Status.APPROVED)
+    for call_id in approved.order_by("created_at").values_list("pk", flat=True):
+        call = transitions.lock_call(call_id, status=Status.APPROVED)
+        if call is not None:
+            call.agent = agent  # as the stop leaves it: stopped, with its reason
+            _refuse(call, "agent_stopped")
+    return []
 
 
 def _refuse(call: ToolCall, code: str) -> None:

@@ -183,7 +183,10 @@ def retry_call(
     ``admit`` (the edge's circuit breaker) is asked only once the call will run again, after
     every reason to refuse: what it raises leaves the call as it was.
     """
-    call = lock_call(call_id, agent=agent)
+    # The agent's run lock first, as a submission and a claim take it: a retry that meets a
+    # stop under way waits for it and finds the agent stopped, instead of approving the call
+    # past the stop (to run after a resume).
+    call = lock_call(call_id, agent=agent, hold_agent=True)
     if call is None:
         raise ToolCall.DoesNotExist
     if call.risk == Risk.DESTRUCTIVE:

@@ -20,15 +20,19 @@ from django.test import Client
 from django.utils import timezone
 
 from approvals.execution import runner
+from approvals.execution.claim import claim_call
+from approvals.execution.finish import Outcome, finish_call
 from approvals.models import Status, ToolCall
-from approvals.services.calls import cancel_call
+from approvals.services.calls import RetryRefused, cancel_call, retry_call
 from approvals.services.decisions import AlreadyVoted, CannotRun, NotPending, decide
+from approvals.services.recovery import reconcile_call
 from approvals.transitions import lock_call
 from audit.models import AuditEvent
 from gateway.models import WebhookDelivery
 from tests.conftest import ApiClient, World, sandbox_effects
 from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
 from tests.gateway.test_errors import error_of
+from tests.support.calls import unknown_call
 from tests.support.workers import purge_queue
 from tools_registry import hooks, services
 from tools_registry.models import Agent, Tool
@@ -396,3 +400,153 @@ def test_an_unknown_call_a_check_holds_during_the_stop_is_still_left_to_a_person
     assert sweeps.reconcile_unknown(now=later) == {"unchanged": 1}
     call.refresh_from_db()
     assert call.status == Status.UNKNOWN and call.left_to_person
+
+
+def test_an_approved_call_queued_at_the_stop_does_not_run_after_a_resume(world: World) -> None:
+    """Approved before the stop, its task still queued (workers busy or down during the
+    incident): the stop fails it unrun, so a resume before a worker gets to it does not
+    run what the stop stopped."""
+    call = pending_email(world)
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="ok")
+    services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+    call.refresh_from_db()
+    assert call.status == Status.FAILED
+    assert (call.error["code"], call.error["reason"]) == ("agent_stopped", "incident")
+    assert services.resume_agent(agent=world.agent, resumed_by=world.alice, note="fixed")
+    assert runner.execute(call.pk) is None  # the queued task, delivered after the resume
+    call.refresh_from_db()
+    assert call.status == Status.FAILED
+    assert [e for e in sandbox_effects() if e["tool"] == "send_email"] == []
+    refused = AuditEvent.objects.filter(action="call.execution_refused", call_id=call.pk)
+    assert refused.count() == 1
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_calls_approved_as_the_stop_lands_do_not_run_after_a_resume(
+    live_world: World, attempt: int
+) -> None:
+    """Two reviewers approve the agent's waiting calls in threads of their own while a stop
+    lands among them; the agent is resumed; then every call's queued task is delivered.
+    Each call was cancelled by the stop or failed by it: none runs."""
+    world = live_world
+    Tool.objects.update(rate_limit_per_agent="")
+    calls = [pending_email(world, session_id=f"stop-{attempt}-{i}") for i in range(12)]
+    start = threading.Barrier(3)
+    failures: list[BaseException] = []
+
+    def approve(part: list[ToolCall]) -> None:
+        try:
+            start.wait()
+            for call in part:
+                with contextlib.suppress(NotPending, CannotRun, AlreadyVoted):
+                    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="ok")
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    def stop() -> None:
+        try:
+            start.wait()
+            time.sleep(0.002 * attempt)
+            services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=approve, args=(calls[0::2],)),
+        threading.Thread(target=approve, args=(calls[1::2],)),
+        threading.Thread(target=stop),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    assert services.resume_agent(agent=world.agent, resumed_by=world.alice, note="fixed")
+    assert [runner.execute(call.pk) for call in calls] == [None] * len(calls)
+    statuses = set(ToolCall.objects.filter(pk__in=[c.pk for c in calls]).values_list(
+        "status", flat=True))  # fmt: skip
+    assert statuses <= {Status.CANCELLED, Status.FAILED}
+    assert [e for e in sandbox_effects() if e["tool"] == "send_email"] == []
+
+
+def test_a_retry_that_meets_a_stop_under_way_waits_for_it_and_is_refused(
+    live_world: World, stop_in_progress: tuple[threading.Event, threading.Event]
+) -> None:
+    """The agent asks to run a failed write again as a stop is under way: the retry waits
+    for the stop, then finds the agent stopped. Had it slipped in, the call would be
+    approved past the stop, and run after a resume."""
+    call = pending_email(live_world)
+    decide(call_id=call.pk, reviewer=live_world.bob, verdict="approve", comment="ok")
+    claim = claim_call(call_id=call.pk)
+    assert claim is not None
+    refused = Outcome(status=Status.FAILED, error={"code": "busy", "message": "try later"})
+    assert finish_call(claim=claim, outcome=refused)
+    entered, release = stop_in_progress
+    stopper = _stop_in_a_thread(live_world)
+    assert entered.wait(10)
+
+    def retry() -> Any:
+        try:
+            return retry_call(call_id=call.pk, agent=live_world.agent)
+        except RetryRefused as exc:
+            return exc
+
+    retrier, answers = _in_a_thread(retry)
+    retrier.join(1.0)
+    assert retrier.is_alive(), "the retry waits while the stop is under way"
+    release.set()
+    stopper.join(10)
+    retrier.join(10)
+    assert isinstance(answers[0], RetryRefused), answers
+    call.refresh_from_db()
+    assert call.status == Status.FAILED
+    assert services.resume_agent(agent=live_world.agent)
+    assert runner.execute(call.pk) is None
+    assert [e for e in sandbox_effects() if e["tool"] == "send_email"] == []
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_unknown_calls_reconciled_as_the_stop_lands_do_not_run_after_a_resume(
+    live_world: World, attempt: int
+) -> None:
+    """Reconciliation finds no effect and sends the agent's unknown calls to run again while
+    a stop lands among them; the agent is resumed; then every re-run's task is delivered.
+    Each call is left to a person: none runs again by itself."""
+    world = live_world
+    calls = [unknown_call(world) for _ in range(10)]
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def guarded(work: Any) -> None:
+        try:
+            start.wait()
+            work()
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    def reconcile() -> None:
+        for call in calls:
+            reconcile_call(call_id=call.pk, skip_locked=True)
+
+    def stop() -> None:
+        time.sleep(0.003 * attempt)
+        services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in (reconcile, stop)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    assert services.resume_agent(agent=world.agent, resumed_by=world.alice, note="fixed")
+    assert [runner.execute(call.pk) for call in calls] == [None] * len(calls)
+    for call in calls:
+        call.refresh_from_db()
+        assert (call.status, call.left_to_person) == (Status.UNKNOWN, True), call.status
+    assert [e for e in sandbox_effects() if e["tool"] == "send_email"] == []
