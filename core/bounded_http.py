@@ -21,7 +21,9 @@ surrogate's escape, ``SurrogateMender``): a result that could not be parsed was 
 from __future__ import annotations
 
 import re
+import socket
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -201,6 +203,81 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def resolve(host: str, port: int, *, timeout: float | None) -> list[Any]:
+    """``socket.getaddrinfo``, given up after ``timeout`` (TimeoutError, an OSError): a
+    resolver slow to answer (5 s a server and try, by default) held a request past its
+    time, which no socket timeout bounds. A lookup given up finishes in its own thread."""
+    answer: dict[str, Any] = {}
+
+    def look_up() -> None:
+        try:
+            answer["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:
+            answer["error"] = exc
+
+    thread = threading.Thread(target=look_up, name="bounded-dns", daemon=True)
+    thread.start()
+    thread.join(None if timeout is None else max(timeout, 0))
+    if thread.is_alive():
+        raise TimeoutError(f"no answer from the resolver within {max(timeout or 0, 0):.1f} s")
+    if "error" in answer:
+        raise answer["error"]
+    infos: list[Any] = answer["infos"]
+    return infos
+
+
+class _LookupBackend(httpcore.NetworkBackend):
+    """Looks the host up within the connection's timeout, then connects to its addresses in
+    turn: httpcore's own connection (``socket.create_connection``) looks the name up with no
+    timeout at all, so a slow resolver held a request past its deadline. TLS still
+    verifies the URL's host name: httpcore takes the server name from the request."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        ends = None if timeout is None else time.monotonic() + timeout
+        try:
+            infos = resolve(host, port, timeout=timeout)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        failure: Exception = httpcore.ConnectError(f"{host} resolves to no address")
+        for address in addresses:
+            left = None if ends is None else ends - time.monotonic()
+            if left is not None and left <= 0:
+                raise httpcore.ConnectTimeout(f"the time was up connecting to {host}")
+            try:
+                return self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=left,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        raise failure
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
 class ProxyUnusable(Exception):
     """The environment names a proxy httpx cannot use: no request can be sent."""
 
@@ -208,7 +285,8 @@ class ProxyUnusable(Exception):
 def client_within(deadline: float, **options: Any) -> httpx.Client:
     """An httpx client as httpx makes it (its environment's proxies honoured: an egress
     proxy, NO_PROXY), each of whose connections, direct or through a proxy, works within
-    ``deadline`` (``time.monotonic()``): its network backends are ``DeadlineBackend``'s.
+    ``deadline`` (``time.monotonic()``): its network backends are ``DeadlineBackend``'s,
+    and each looks a name up within that time too (``_LookupBackend``).
 
     httpx takes a proxy from the environment only when it makes its transports itself, so
     their network backends are wrapped once made (attributes of httpx's and httpcore's own:
@@ -222,7 +300,7 @@ def client_within(deadline: float, **options: Any) -> httpx.Client:
     for transport in (client._transport, *client._mounts.values()):
         if isinstance(transport, httpx.HTTPTransport):
             pool = transport._pool
-            pool._network_backend = DeadlineBackend(pool._network_backend, deadline)  # type: ignore[attr-defined]
+            pool._network_backend = DeadlineBackend(_LookupBackend(pool._network_backend), deadline)  # type: ignore[attr-defined]
     return client
 
 

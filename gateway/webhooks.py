@@ -33,8 +33,6 @@ import ipaddress
 import json
 import logging
 import random
-import socket
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -321,7 +319,13 @@ def backoff(attempts: int) -> timedelta:
 
 
 def sweep(*, limit: int = 200) -> int:
-    """Send the due deliveries (retries, and first attempts whose task was lost)."""
+    """Send the due deliveries (retries, and first attempts whose task was lost).
+
+    Without a worker (the embedded mode) the attempts are made here, in ``run_sweeps``'s
+    loop, between the expiries, the executor's recovery and the audit chain's sealing: once
+    one attempt's time (``WEBHOOK_TIMEOUT_SECONDS``) is spent, the rest are left, unmarked,
+    to the next sweep, so that receivers that never answer cannot hold all of those."""
+    started = time.monotonic()
     now = timezone.now()
     resend_before = now - timedelta(seconds=settings.WEBHOOK_RESEND_AFTER_SECONDS)
     due = Q(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now) & (
@@ -335,6 +339,11 @@ def sweep(*, limit: int = 200) -> int:
     )
     sent = 0
     for delivery_id in ids:
+        if (
+            settings.CELERY_TASK_ALWAYS_EAGER
+            and time.monotonic() - started >= settings.WEBHOOK_TIMEOUT_SECONDS
+        ):
+            break
         # Mark first, conditionally: two sweeps at once send each delivery once.
         marked = WebhookDelivery.objects.filter(due & not_in_queue, pk=delivery_id).update(
             dispatched_at=now
@@ -377,14 +386,20 @@ def _destination_refusal(url: str, *, deadline: float) -> tuple[str, bool]:
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # The deprecated "IPv4-compatible" addresses (::a.b.c.d), which some stacks still route.
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# "IPv4-translated" addresses (::ffff:0:a.b.c.d, SIIT): a translator reaches the IPv4 address.
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
 def is_public(text: str) -> bool:
     """Whether an address is on the public internet; one that carries an IPv4 address
-    (NAT64, IPv4-mapped, IPv4-compatible, 6to4) is as public as the address it carries."""
+    (NAT64, IPv4-mapped, IPv4-compatible, IPv4-translated, 6to4) is as public as the address
+    it carries. Site-local ones (fec0::/10, deprecated yet still routed inside some
+    networks) are private, though Python counts them as global."""
     address = ipaddress.ip_address(text)
     if isinstance(address, ipaddress.IPv6Address):
-        if address in NAT64 or address in IPV4_COMPATIBLE:
+        if address.is_site_local:
+            return False
+        if address in NAT64 or address in IPV4_COMPATIBLE or address in IPV4_TRANSLATED:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF).is_global
         # IPv4-mapped (::ffff:a.b.c.d) and 6to4 (2002:aabb:ccdd::) carry one too.
         if (carried := address.ipv4_mapped or address.sixtofour) is not None:
@@ -394,25 +409,8 @@ def is_public(text: str) -> bool:
 
 def _resolve(host: str, port: int, *, timeout: float) -> list[Any]:
     """``socket.getaddrinfo``, given up after ``timeout`` (TimeoutError, an OSError): a
-    resolver slow to answer (5 s a server and try, by default) held an attempt past its
-    time, which no socket timeout bounds. A lookup given up finishes in its own thread."""
-    answer: dict[str, Any] = {}
-
-    def look_up() -> None:
-        try:
-            answer["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except Exception as exc:
-            answer["error"] = exc
-
-    thread = threading.Thread(target=look_up, name="webhook-dns", daemon=True)
-    thread.start()
-    thread.join(max(timeout, 0))
-    if thread.is_alive():
-        raise TimeoutError(f"no answer from the resolver within {max(timeout, 0):.1f} s")
-    if "error" in answer:
-        raise answer["error"]
-    infos: list[Any] = answer["infos"]
-    return infos
+    resolver slow to answer held an attempt past its time, which no socket timeout bounds."""
+    return bounded_http.resolve(host, port, timeout=timeout)
 
 
 def _public_addresses(host: str, port: int, *, timeout: float | None) -> list[str]:
@@ -446,17 +444,25 @@ class _PublicOnlyBackend(httpcore.SyncBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         ends = None if timeout is None else time.monotonic() + timeout
-        address = _public_addresses(host, port, timeout=timeout)[0]
-        left = None if ends is None else ends - time.monotonic()  # what the lookup left
-        if left is not None and left <= 0:
-            raise httpcore.ConnectTimeout(f"the time was up once {host} resolved")
-        return super().connect_tcp(
-            address,
-            port,
-            timeout=left,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
+        failure: Exception = httpcore.ConnectError(f"{host} resolves to no address")
+        # Each checked address in turn, as a plain connection would: a dual-stack receiver
+        # whose first address does not answer (IPv6 on a worker with no IPv6 route) is
+        # reached at the next one, not failed on every attempt.
+        for address in dict.fromkeys(_public_addresses(host, port, timeout=timeout)):
+            left = None if ends is None else ends - time.monotonic()  # what is left
+            if left is not None and left <= 0:
+                raise httpcore.ConnectTimeout(f"the time was up connecting to {host}")
+            try:
+                return super().connect_tcp(
+                    address,
+                    port,
+                    timeout=left,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        raise failure
 
 
 class PublicOnlyTransport(httpx.HTTPTransport):

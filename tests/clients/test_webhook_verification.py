@@ -80,3 +80,18 @@ def test_a_non_ascii_signature_is_not_verified_rather_than_raised() -> None:
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         standardwebhooks.Webhook(SECRET).verify(BODY, headers)
     assert verify_webhook(SECRET, BODY, headers) is False
+
+
+def test_a_secret_read_with_its_line_end_and_a_text_body_verify_like_standardwebhooks() -> None:
+    """A secret read from a file or a mounted secret keeps its trailing newline, and some
+    frameworks hand the body over as text: ``standardwebhooks`` verifies both, the client
+    raised "no usable webhook secret" and TypeError."""
+    headers = signed_headers(b"k" * 32, "msg_1")
+    for secret in (SECRET + "\n", SECRET + "\r\n", SECRET + " "):
+        standardwebhooks.Webhook(secret).verify(BODY, headers)
+        assert verify_webhook(secret, BODY, headers), repr(secret)
+        assert not verify_webhook(secret, BODY + b"x", headers)
+    standardwebhooks.Webhook(SECRET).verify(BODY.decode(), headers)
+    assert verify_webhook(SECRET, BODY.decode(), headers)
+    with pytest.raises(ValueError, match="no usable webhook secret"):
+        verify_webhook("whsec_\n", BODY, signed_headers(b"", "msg_1"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -454,6 +456,31 @@ def test_it_gives_up_after_the_last_attempt_and_audits_it(world: World, receiver
     assert event.data["attempts"] == 3
 
 
+@override_settings(
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1, CELERY_TASK_ALWAYS_EAGER=True
+)
+def test_the_embedded_sweep_spends_no_more_than_an_attempts_time_on_slow_receivers(
+    world: World, receiver: Receiver
+) -> None:
+    """Without a worker, ``run_sweeps`` makes the attempts in its own loop, between the
+    expiries, the executor's recovery and the audit chain's sealing: 200 due deliveries to a
+    receiver that never answers held all of those for 200 timeouts (over half an hour at
+    10 s). A sweep now stops making attempts once one attempt's time is spent; the next
+    sweep takes the rest."""
+    receiver.delay = 3  # longer than the timeout: each attempt takes all of it
+    for _ in range(3):
+        call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+        cancel_call(call_id=call_id, agent=world.agent)
+    WebhookDelivery.objects.exclude(event="call.cancelled").delete()
+    started = time.monotonic()
+    assert webhooks.sweep() == 1
+    took = time.monotonic() - started
+    assert took < 2.5, f"the sweep took {took:.1f} s"
+    waiting = WebhookDelivery.objects.filter(attempts=0)
+    assert waiting.count() == 2
+    assert not waiting.filter(dispatched_at__isnull=False).exists(), "left for the next sweep"
+
+
 def test_a_private_callback_is_refused_in_services_mode(world: World) -> None:
     call_id = (
         world.api().submit({**SEND_EMAIL, "callback_url": "http://127.0.0.1:9/hook"}).json()["id"]
@@ -490,6 +517,32 @@ def test_a_name_resolving_to_an_ipv6_address_carrying_a_private_one_is_refused(
     for carried_private in ("::127.0.0.1", "::a9fe:a9fe", "2002:7f00:1::", "2002:a00:1::1"):
         assert not webhooks.is_public(carried_private), carried_private
     assert webhooks.is_public("2002:808:808::1") and not webhooks.is_public("::")
+
+
+@pytest.mark.parametrize("address", ["fec0::a00:1", "fec0::1", "::ffff:0:7f00:1", "::ffff:0:a00:1"])
+def test_a_name_resolving_to_a_site_local_or_ipv4_translated_address_is_refused(
+    world: World, monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    """Site-local addresses (fec0::/10) are IPv6's deprecated private networks, still routed
+    inside some; IPv4-translated ones (::ffff:0:a.b.c.d, SIIT) reach the IPv4 address they
+    carry through a translator. Python counts both as global: they were called."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def private_getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.sitelocal.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", private_getaddrinfo)
+    callback = "http://hooks.sitelocal.test:9/hook"
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": callback}).json()["id"]
+    cancel_call(call_id=call_id, agent=world.agent)
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.FAILED
+    [attempt] = delivery.attempt_log.all()
+    assert "non-public address" in attempt.error
+    # What they carry or neighbour stays public when it is.
+    assert webhooks.is_public("::ffff:0:808:808") and webhooks.is_public("2620:fe::fe")
 
 
 def test_a_receiver_whose_name_stops_resolving_is_retried_later(
@@ -551,6 +604,62 @@ def test_a_slow_resolver_is_given_up_within_the_attempts_timeout(
     assert "resolve" in attempt.error
 
 
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_slow_resolver_is_given_up_within_the_attempts_timeout_on_private_networks_too(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With private networks allowed (the embedded mode) the name is looked up only as the
+    connection is made, by the socket's own ``create_connection``, which no timeout bounds:
+    a resolver slow to answer held the attempt past its timeout, and past its lease."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def slow_getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.slow.test":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        time.sleep(4)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 9))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    submitted = world.api().submit({**SEND_EMAIL, "callback_url": "http://hooks.slow.test:9/h"})
+    cancel_call(call_id=submitted.json()["id"], agent=world.agent)
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    with override_settings(WEBHOOK_TIMEOUT_SECONDS=1):
+        started = time.monotonic()
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
+        took = time.monotonic() - started
+    assert took < 2.5, f"the attempt took {took:.1f} s"
+    [attempt] = delivery.attempt_log.all()
+    assert "resolve" in attempt.error
+
+
+def test_a_receiver_unreachable_at_its_first_address_is_reached_at_the_next(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dual-stack receiver whose first address does not answer (IPv6 listed first on a
+    worker without an IPv6 route): every attempt went to that first address alone and
+    failed, where a plain connection tries the next. (127.0.0.2 refuses: the receiver
+    listens on 127.0.0.1 only; both count as public here.)"""
+    port = int(receiver.url.rsplit(":", 1)[1].split("/")[0])
+    real_getaddrinfo = socket.getaddrinfo
+
+    def dual_getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host != "hooks.dual.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", dual_getaddrinfo)
+    monkeypatch.setattr(webhooks, "is_public", lambda address: address.startswith("127."))
+    callback = f"http://hooks.dual.test:{port}/hooks/countersign"
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": callback}).json()["id"]
+    cancel_call(call_id=call_id, agent=world.agent)
+    delivery = WebhookDelivery.objects.get(event="call.cancelled")
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    assert len(receiver.received) == 1
+
+
 def test_an_unreachable_receiver_is_retried_later(world: World) -> None:
     with override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1):
         call_id = (
@@ -599,3 +708,17 @@ def test_a_dns_answer_that_turns_private_after_the_check_reaches_nothing(
     assert receiver.received == [], "the signed payload reached a private address"
     [attempt] = delivery.attempt_log.all()
     assert "non-public address" in attempt.error
+
+
+def test_the_docs_name_the_webhook_events_as_they_are_sent() -> None:
+    """A receiver matches on the body's ``type``: end-users.md told it an agent's stop
+    arrives as ``tool_call.cancelled``, a type no webhook has (it is ``call.cancelled``)."""
+    root = Path(__file__).resolve().parents[2]
+    events = "pending|decided|succeeded|failed|rejected|expired|cancelled"
+    named = {
+        (page.name, found)
+        for page in (root / "docs").glob("*.md")
+        for found in re.findall(rf"`([a-z_]+\.(?:{events}))`", page.read_text())
+    }
+    assert named, "the docs name the events"
+    assert {(page, event) for page, event in named if not event.startswith("call.")} == set()

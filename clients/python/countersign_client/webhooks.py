@@ -24,7 +24,7 @@ SIGNATURE_HEADER = "webhook-signature"
 
 def verify_webhook(
     secret: str | Iterable[str],
-    body: bytes,
+    body: bytes | str,
     headers: Mapping[str, str],
     *,
     tolerance: int = 300,
@@ -32,7 +32,9 @@ def verify_webhook(
     """True when any signature in ``headers`` was made with ``secret`` (or any of several
     secrets, for a receiver in the middle of a rotation) over ``body`` and the timestamp is
     within ``tolerance`` seconds of now. Pass the raw request body, before any JSON
-    parsing, and the request's headers (any case).
+    parsing (text is verified as its UTF-8 bytes, as ``standardwebhooks`` does), and the
+    request's headers (any case). A secret's surrounding whitespace (the line end of one
+    read from a file) is not part of it.
 
     A secret that is empty (``""``, ``"whsec_"``) or not base64 is skipped in a list; when
     no usable secret is left this raises ``ValueError``, as ``standardwebhooks`` refuses an
@@ -55,7 +57,8 @@ def verify_webhook(
         for part in lowered.get(SIGNATURE_HEADER, "").split()
         if part.startswith("v1,") and part.isascii()
     ]
-    signed = f"{message_id}.{timestamp}.".encode() + body
+    payload = body.encode() if isinstance(body, str) else bytes(body)
+    signed = f"{message_id}.{timestamp}.".encode() + payload
     for key in keys:
         expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
         if any(hmac.compare_digest(expected, signature) for signature in given):
@@ -79,5 +82,5 @@ def _keys(secrets: list[str]) -> list[bytes]:
 
 
 def _key(secret: str) -> bytes:
-    encoded = secret.removeprefix("whsec_")
+    encoded = secret.strip().removeprefix("whsec_")
     return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
