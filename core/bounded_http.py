@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,14 +226,32 @@ def resolve(host: str, port: int, *, timeout: float | None) -> list[Any]:
     return infos
 
 
-class _LookupBackend(httpcore.NetworkBackend):
-    """Looks the host up within the connection's timeout, then connects to its addresses in
-    turn: httpcore's own connection (``socket.create_connection``) looks the name up with no
-    timeout at all, so a slow resolver held a request past its deadline. TLS still
-    verifies the URL's host name: httpcore takes the server name from the request."""
+def addresses_of(host: str, port: int, *, timeout: float | None) -> list[str]:
+    """``host``'s addresses, looked up within ``timeout`` (``resolve``); a name that does not
+    resolve in time is a ConnectError, a failed attempt like a refused connection."""
+    try:
+        infos = resolve(host, port, timeout=timeout)
+    except OSError as exc:
+        raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
+    return [str(info[4][0]) for info in infos]
 
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+
+class AddressedBackend(httpcore.NetworkBackend):
+    """Connects to the addresses ``addresses`` gives for the host (by default all of its
+    own, looked up within the connection's timeout: httpcore's own connection,
+    ``socket.create_connection``, looks the name up with no timeout at all, so a slow
+    resolver held a request past its deadline), each in turn within the time left, as a
+    plain connection does: a dual-stack host whose first address does not answer (IPv6 on
+    a machine with no IPv6 route) is reached at the next. TLS still verifies the URL's host
+    name: httpcore takes the server name from the request, not from the address."""
+
+    def __init__(
+        self,
+        inner: httpcore.NetworkBackend,
+        addresses: Callable[..., list[str]] = addresses_of,
+    ) -> None:
         self._inner = inner
+        self._addresses = addresses
 
     def connect_tcp(
         self,
@@ -244,13 +262,8 @@ class _LookupBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         ends = None if timeout is None else time.monotonic() + timeout
-        try:
-            infos = resolve(host, port, timeout=timeout)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         failure: Exception = httpcore.ConnectError(f"{host} resolves to no address")
-        for address in addresses:
+        for address in dict.fromkeys(self._addresses(host, port, timeout=timeout)):
             left = None if ends is None else ends - time.monotonic()
             if left is not None and left <= 0:
                 raise httpcore.ConnectTimeout(f"the time was up connecting to {host}")
@@ -286,7 +299,7 @@ def client_within(deadline: float, **options: Any) -> httpx.Client:
     """An httpx client as httpx makes it (its environment's proxies honoured: an egress
     proxy, NO_PROXY), each of whose connections, direct or through a proxy, works within
     ``deadline`` (``time.monotonic()``): its network backends are ``DeadlineBackend``'s,
-    and each looks a name up within that time too (``_LookupBackend``).
+    and each looks a name up within that time too (``AddressedBackend``).
 
     httpx takes a proxy from the environment only when it makes its transports itself, so
     their network backends are wrapped once made (attributes of httpx's and httpcore's own:
@@ -300,7 +313,9 @@ def client_within(deadline: float, **options: Any) -> httpx.Client:
     for transport in (client._transport, *client._mounts.values()):
         if isinstance(transport, httpx.HTTPTransport):
             pool = transport._pool
-            pool._network_backend = DeadlineBackend(_LookupBackend(pool._network_backend), deadline)  # type: ignore[attr-defined]
+            pool._network_backend = DeadlineBackend(
+                AddressedBackend(pool._network_backend), deadline
+            )  # type: ignore[attr-defined]
     return client
 
 

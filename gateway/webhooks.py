@@ -372,7 +372,9 @@ def _destination_refusal(url: str, *, deadline: float) -> tuple[str, bool]:
     if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
         return "", False
     try:
-        infos = _resolve(parts.hostname, parts.port or 443, timeout=deadline - time.monotonic())
+        infos = bounded_http.resolve(
+            parts.hostname, parts.port or 443, timeout=deadline - time.monotonic()
+        )
     except OSError as exc:
         return f"cannot resolve {parts.hostname}: {exc}"[:500], False
     for info in infos:
@@ -407,70 +409,28 @@ def is_public(text: str) -> bool:
     return address.is_global
 
 
-def _resolve(host: str, port: int, *, timeout: float) -> list[Any]:
-    """``socket.getaddrinfo``, given up after ``timeout`` (TimeoutError, an OSError): a
-    resolver slow to answer held an attempt past its time, which no socket timeout bounds."""
-    return bounded_http.resolve(host, port, timeout=timeout)
-
-
 def _public_addresses(host: str, port: int, *, timeout: float | None) -> list[str]:
-    try:
-        infos = _resolve(
-            host, port, timeout=settings.WEBHOOK_TIMEOUT_SECONDS if timeout is None else timeout
-        )
-    except OSError as exc:
-        # A name that stopped resolving is a failed attempt like a refused connection (this
-        # runs outside httpcore's own mapping of errors, which would otherwise crash the task).
-        raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
-    addresses = [str(info[4][0]) for info in infos]
+    """The host's addresses, each checked public, for the connection to use: the address
+    checked is the address connected to, so a DNS answer that changes between a check and
+    the connection (rebinding) cannot reach a private network."""
+    addresses = bounded_http.addresses_of(
+        host, port, timeout=settings.WEBHOOK_TIMEOUT_SECONDS if timeout is None else timeout
+    )
     private = [a for a in addresses if not is_public(a)]
     if private or not addresses:
         raise httpcore.ConnectError(f"{host} resolves to a non-public address ({private[:1]})")
     return addresses
 
 
-class _PublicOnlyBackend(httpcore.SyncBackend):
-    """Resolves the host itself and connects to an address it has just checked, so the
-    address checked is the address used: a DNS answer that changes between a check and the
-    connection (rebinding) cannot reach a private network. TLS still verifies the URL's
-    host name: httpcore takes the server name from the request, not from this address."""
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        ends = None if timeout is None else time.monotonic() + timeout
-        failure: Exception = httpcore.ConnectError(f"{host} resolves to no address")
-        # Each checked address in turn, as a plain connection would: a dual-stack receiver
-        # whose first address does not answer (IPv6 on a worker with no IPv6 route) is
-        # reached at the next one, not failed on every attempt.
-        for address in dict.fromkeys(_public_addresses(host, port, timeout=timeout)):
-            left = None if ends is None else ends - time.monotonic()  # what is left
-            if left is not None and left <= 0:
-                raise httpcore.ConnectTimeout(f"the time was up connecting to {host}")
-            try:
-                return super().connect_tcp(
-                    address,
-                    port,
-                    timeout=left,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        raise failure
-
-
 class PublicOnlyTransport(httpx.HTTPTransport):
-    """httpx's transport, connecting through ``_PublicOnlyBackend``, within ``deadline``."""
+    """httpx's transport, connecting to public addresses only (``_public_addresses``, each
+    in turn), within ``deadline``."""
 
     def __init__(self, *, deadline: float) -> None:
         super().__init__(verify=tls.context())
         self._pool = httpcore.ConnectionPool(
             ssl_context=tls.context(),
-            network_backend=bounded_http.DeadlineBackend(_PublicOnlyBackend(), deadline),
+            network_backend=bounded_http.DeadlineBackend(
+                bounded_http.AddressedBackend(httpcore.SyncBackend(), _public_addresses), deadline
+            ),
         )
