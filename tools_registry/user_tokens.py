@@ -12,7 +12,8 @@ The key set is fetched at most once per ``JWKS_CACHE_SECONDS`` (default 300); a 
 signed with a key not in the cached set (the provider rotated its keys) fetches it again,
 and so does the next token after a failed fetch, but never more than once per
 ``JWKS_MIN_REFRESH_SECONDS`` (default 5): a flood of tokens with made-up key ids, or a
-provider that is down, costs the provider one request per interval, not one per call. A
+provider that is down, costs the provider one request per interval, not one per call (and
+a cache set shorter than the interval is kept for the interval). A
 token whose key was not looked for (the set was fetched less than that interval ago) is
 refused as ``ProviderUnavailable`` (retryable): the provider may have published it since.
 
@@ -230,7 +231,9 @@ def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
         if now - known.asked_at < min_refresh:
             if known.failure:
                 raise ProviderUnavailable(known.failure)
-            if fresh:
+            if known.fetched_at is not None:
+                # Fetched within the interval: kept that long even when the cache's own
+                # lifetime is shorter (JWKS_CACHE_SECONDS at 0 fetched for every token).
                 return known.keys
         known.asked_at = now
         try:

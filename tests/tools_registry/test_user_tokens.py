@@ -110,6 +110,20 @@ def test_made_up_key_ids_cost_the_provider_one_request_per_interval(
     assert provider.fetches == 2, "past the interval, an unknown key is looked for once"
 
 
+def test_a_cache_shorter_than_the_refresh_interval_still_fetches_once_per_interval(
+    world: World, provider: Provider
+) -> None:
+    """JWKS_CACHE_SECONDS at 0 (for "fast revocation") fetched the key set for every token,
+    with no interval at all: a flood of calls was a flood of requests to the provider."""
+    with override_settings(JWKS_CACHE_SECONDS=0, JWKS_MIN_REFRESH_SECONDS=60):
+        for _ in range(5):
+            identify(world.agent, on_behalf_of=None, user_token=provider.token())
+    assert provider.fetches == 1
+    with override_settings(JWKS_CACHE_SECONDS=0, JWKS_MIN_REFRESH_SECONDS=0):
+        identify(world.agent, on_behalf_of=None, user_token=provider.token())
+    assert provider.fetches == 2, "past the interval, the keys are fetched again"
+
+
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
