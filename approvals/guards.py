@@ -3,7 +3,6 @@ who may not approve it, and whether it may still run."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -15,6 +14,7 @@ from accounts.models import SsoIdentity
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
 from tools_registry import role_scopes
+from tools_registry.end_users import folded
 from tools_registry.models import AgentToken
 from tools_registry.permissions import can_review
 
@@ -122,12 +122,12 @@ def conflict_with(
     ``made_at``; before it is stored (a standing approval about to cover it), now."""
     if agent.owner_id == person.pk:
         return "owner"
-    if acting_for := _folded(on_behalf_of):
+    if acting_for := folded(on_behalf_of):
         # A verified user is named by their token's claim, by default its ``sub``: the one
         # their sign-in through the same provider is linked to, not their account's name.
         subjects = SsoIdentity.objects.filter(user_id=person.pk).values_list("subject", flat=True)
         names = {person.get_username(), person.email or "", *subjects}
-        if acting_for in {_folded(name) for name in names}:
+        if acting_for in {folded(name) for name in names}:
             return "on_behalf_of"
     made_at = made_at or timezone.now()
     issued = AgentToken.objects.filter(
@@ -136,12 +136,6 @@ def conflict_with(
     if issued.exists():
         return "token_issuer"
     return ""
-
-
-def _folded(name: str | None) -> str:
-    """A person's name as separation of duties compares it: one spelling whatever the
-    case, the spaces around it or the Unicode form (accounts keep their names NFKC)."""
-    return unicodedata.normalize("NFKC", (name or "").strip()).casefold()
 
 
 # Why an approved call may no longer run, by error code (the code the agent gets back).

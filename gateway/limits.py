@@ -18,7 +18,6 @@ import logging
 import math
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,6 +28,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from gateway import coordination
+from tools_registry.end_users import folded
 from tools_registry.models import Agent, Tool
 
 logger = logging.getLogger(__name__)
@@ -109,10 +109,8 @@ def parse(policy: str) -> tuple[RateLimitItem, ...]:
 
 def _user_id(on_behalf_of: str) -> str:
     # End users are named by the agent (often an e-mail address): keep them out of Redis.
-    # One person whatever the case, the spaces around or the Unicode form (é composed or
-    # not), as separation of duties takes them.
-    folded = unicodedata.normalize("NFKC", on_behalf_of.strip()).casefold()
-    return hashlib.sha256(folded.encode()).hexdigest()[:24]
+    # One person however written, as separation of duties takes them.
+    return hashlib.sha256(folded(on_behalf_of).encode()).hexdigest()[:24]
 
 
 def hit(*, tool: Tool, agent: Agent, on_behalf_of: str = "") -> Refusal | None:

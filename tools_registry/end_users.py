@@ -18,6 +18,7 @@ worth retrying). A token is never ignored: a call that carries one is verified o
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from tools_registry import user_tokens
@@ -48,6 +49,13 @@ class Refused(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+
+def folded(name: str | None) -> str:
+    """An end user's name as one person: the same whatever the case, the spaces around it
+    or the Unicode form (é composed or not; accounts keep their names NFKC). Separation of
+    duties and the per-user rate limits compare names so."""
+    return unicodedata.normalize("NFKC", (name or "").strip()).casefold()
 
 
 def identify(
