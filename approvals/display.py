@@ -43,30 +43,12 @@ def text(value: str) -> str:
 def value(data: Any) -> Any:
     """A JSON value (a result, an error, a state) as any reviewer may see it.
 
-    ``mask_value`` with the display forms, but no entry of an object is lost: keys are masked
-    and written out like any text, and two keys that then read alike ("ada@..." and
-    "amy@..." are both "a***@example.com"; "a\u200bb" and "a<U+200B>b") are told apart
-    (``audit.masking.unique_key``), where one would have taken the other's place out of the
-    reviewer's sight.
+    ``mask_value`` with the display forms, written out (``_escaped``). No entry of an object
+    is lost: two keys that read alike once masked ("ada@..." and "amy@..." are both
+    "a***@example.com") or once written out ("a\u200bb" and "a<U+200B>b") are told apart
+    by ``audit.masking.unique_key``, in each of those two steps.
     """
-    if isinstance(data, dict):
-        shown: dict[str, Any] = {}
-        for key, item in data.items():
-            # How mask_value shows the key, and whether it masks its value whole (a
-            # secret-named key): asked of the key alone, with a value nothing detects.
-            ((name, probe),) = mask_value({key: _PROBE}, render=partial).items()
-            if probe != _PROBE:
-                item = _escaped(mask_value({key: item}, render=partial)[name])
-            else:
-                item = value(item)
-            shown[unique_key(escape_hidden(str(name)), shown)] = item
-        return shown
-    if isinstance(data, list | tuple):
-        return [value(item) for item in data]
     return _escaped(mask_value(data, render=partial))
-
-
-_PROBE = "x"
 
 
 def condition(standing: StandingApproval, person: Any = None) -> str:
