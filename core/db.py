@@ -65,6 +65,20 @@ def _connection() -> Any:
     return connections[DEFAULT_DB_ALIAS]
 
 
+def hand_back_pooled_connection() -> None:
+    """Give this thread's connection back to its process's pool while the thread waits on
+    something else for as long as that takes (a read's handler on a slow upstream): the
+    pool (``DB_POOL_MAX_SIZE``) is shared by every thread of a web process, and a
+    connection held through such waits kept every other request of the process from the
+    database once a few reads were slow. The next query borrows one again.
+
+    Nothing happens without a pool (closing would cost a new connection for the next
+    query) or inside a transaction (a test's, which closing would end)."""
+    conn = _connection()
+    if getattr(conn, "pool", None) is not None and not conn.in_atomic_block:
+        conn.close()
+
+
 @contextmanager
 def statement(sql: str, params: Sequence[Any]) -> Iterator[Any]:
     """Run one hot-path statement in the current transaction; yields its cursor. Statements

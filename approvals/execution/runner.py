@@ -43,6 +43,7 @@ from approvals.execution.claim import Claim, claim_call
 from approvals.execution.finish import Also, Outcome, finish_call
 from approvals.models import Status
 from audit.masking import mask_text
+from core import db
 from core.json_values import storable
 from tools_registry import registry, sources
 from tools_registry.policy import READ_BACKOFF_MAX_SECONDS, Risk
@@ -65,6 +66,10 @@ def execute(call_id: UUID, *, also: Also | None = None) -> Outcome | None:
             "call %s not claimed (duplicate delivery, already done, or refused); dropped", call_id
         )
         return None
+    if claim.risk == Risk.READ:
+        # A read runs in a web request's thread, for as long as its tool takes to answer:
+        # its connection goes back to the pool meanwhile, for the process's other requests.
+        db.hand_back_pooled_connection()
     outcome = _after_an_open_attempt(claim, run_handler(claim))
     stored = finish_call(claim=claim, outcome=outcome, also=also)
     if not stored:

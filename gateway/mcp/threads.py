@@ -9,8 +9,8 @@ The threads are a pool of their own, ``MCP_THREADS`` per process, not the event 
 default executor: that one holds ``min(32, CPUs + 4)`` threads (6 on 2 cores), which a
 handful of reads waiting for a slow upstream filled, holding up every other /mcp request
 of the process (other agents' token checks and listings, the short reads that end waits)
-until one of them ended. Each thread holds a database connection while its work runs
-(a read: until its upstream answers), so ``DB_POOL_MAX_SIZE`` is sized with it.
+until one of them ended. A read gives its database connection back to the pool while its
+upstream takes its time (``runner.execute``), so slow reads hold threads, not connections.
 """
 
 from __future__ import annotations

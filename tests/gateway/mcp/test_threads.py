@@ -42,14 +42,13 @@ SLOW_READS = min(31, (os.process_cpu_count() or 1) + 4)
 def web(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebProcess]:
-    """MCP_THREADS at its default; a database pool with a connection for each slow read and
-    more (each holds one while its upstream takes its time: sized together, as
-    docs/operations.md says)."""
+    """MCP_THREADS at its default; a database pool of two connections, fewer than the slow
+    reads (each gives its connection back while its upstream takes its time)."""
     with (
         django_db_blocker.unblock(),
         running_web(
             tmp_path=tmp_path_factory.mktemp("mcp-threads"),
-            env={"DB_POOL_MAX_SIZE": str(SLOW_READS + 8)},
+            env={"DB_POOL_MAX_SIZE": "2"},
         ) as running,
     ):
         yield running
@@ -87,7 +86,9 @@ def test_slow_reads_do_not_hold_up_another_agents_requests(
     """Every piece of /mcp's Django work ran on the event loop's default executor, six
     threads on a 2-core machine: six reads waiting for a slow upstream held them all, and
     every other request of that process (another agent's token check, tools/list, the
-    short reads that end long waits) waited for them."""
+    short reads that end long waits) waited for them. And each held a database connection
+    while its upstream took its time: with fewer in the pool than slow reads, the reads past
+    the pool and every other request waited for one, then failed (500)."""
     server, released = slow_upstream
     upstream = register_upstream(name="slow", kind=Upstream.Kind.MCP, url=server.url)
     sync_upstream(
