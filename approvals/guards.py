@@ -3,7 +3,7 @@ who may not approve it, and whether it may still run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -84,10 +84,29 @@ def may_still_approve(call: ToolCall, person: Any) -> bool:
     )
 
 
+def required_teams(policy: Mapping[str, Any] | None) -> list[str]:
+    """The teams every approver of a call must belong to, each of them, from its policy
+    snapshot (none: anyone granted the tool). A call stored before snapshots held a list
+    names its one team as ``team``; any team named either way is required (fail closed)."""
+    policy = policy or {}
+    named = [*(policy.get("teams") or []), policy.get("team") or ""]
+    return sorted({team for team in named if team})
+
+
 def in_required_team(call: ToolCall, person: Any) -> bool:
-    """Whether ``person`` is in the team the call's rule asks its approvals from, if any."""
-    team = (call.policy or {}).get("team")
-    return not team or person.groups.filter(name=team).exists()
+    """Whether ``person`` is a member of every team the call's policy asks its approvals
+    from, if any (several when rules that could not be evaluated asked for other teams)."""
+    teams = set(required_teams(call.policy))
+    return not teams or person.groups.filter(name__in=teams).count() == len(teams)
+
+
+def teams_phrase(teams: Sequence[str]) -> str:
+    """Who may approve, in words: "the finance team", or "members of both finance and
+    security" (each approver in every one)."""
+    if len(teams) == 1:
+        return f"the {teams[0]} team"
+    listed = ", ".join(teams[:-1]) + f" and {teams[-1]}"
+    return f"members of {'both' if len(teams) == 2 else 'all of'} {listed}"
 
 
 CONFLICTS = {

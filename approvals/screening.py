@@ -40,7 +40,7 @@ class Screening:
     signals: list[Found]
     applied: rules.Applied
     approvals_required: int
-    team: str  # every approval from a member of this team ("" for anyone granted the tool)
+    teams: tuple[str, ...]  # every approver a member of each of these (none: anyone granted)
     confirm: bool  # the approver types the call's target (or amount) to confirm
     by_rule: bool  # a rule approves it: no reviewer
 
@@ -53,7 +53,7 @@ class Screening:
         return (
             not self.applied.errors
             and self.approvals_required == 1
-            and not self.team
+            and not self.teams
             and not self.confirm
             and (rule is None or rule.then == rules.REQUIRE)
         )
@@ -63,7 +63,7 @@ class Screening:
         return {
             "version": tool.policy_version,
             "approvals_required": self.approvals_required,
-            "team": self.team,
+            "teams": list(self.teams),
             "confirm": self.confirm,
             "ttl_seconds": tool.approval_ttl_seconds,
             "timeout_seconds": tool.timeout_seconds,
@@ -108,7 +108,7 @@ def screen(
         found,
         applied,
         outcome.approvals,
-        outcome.team,
+        outcome.teams,
         outcome.confirm,
         outcome.by_rule,
     )
@@ -122,7 +122,7 @@ class Outcome:
     refused_by: int | None = None
     message: str = ""
     approvals: int = 0
-    team: str = ""
+    teams: tuple[str, ...] = ()  # every approver a member of each of these teams
     confirm: bool = False
     by_rule: bool = False
 
@@ -150,19 +150,26 @@ def decide(tool: Tool, parsed: list[rules.Rule], applied: rules.Applied) -> Outc
                     "this call and might refuse it; a read cannot wait for a reviewer.",
                 )
         return Outcome()
-    approvals, team, confirm = tool.approvals_required, "", tool.risk == Risk.DESTRUCTIVE
+    approvals, confirm = tool.approvals_required, tool.risk == Risk.DESTRUCTIVE
+    # By name: a team deleted since the rule was saved has no members, so nobody can approve,
+    # rather than anybody.
+    teams: set[str] = set()
     if rule is not None and rule.then == rules.REQUIRE:
         approvals = rule.approvals
         confirm = confirm or rule.confirm
-        # By name: a team deleted since the rule was saved has no members, so nobody can
-        # approve, rather than anybody.
-        team = rule.team
+        teams.add(rule.team)
     for _number, could_require in failed:
         if could_require.then == rules.REQUIRE:
             approvals = max(approvals, could_require.approvals)
             confirm = confirm or could_require.confirm
-            team = team or could_require.team
+            # Each team asked for is kept, not the first: one rule's team alone would let its
+            # members approve what another rule, had it held, kept from them. An approver in
+            # every one of them satisfies each rule that might have applied.
+            teams.add(could_require.team)
+    teams.discard("")  # a rule without a team narrows nothing: any other team is stricter
     by_rule = rule is not None and rule.then == rules.APPROVE
     if by_rule:
         approvals = 0  # approved as it arrives: no reviewer is asked
-    return Outcome(approvals=approvals, team=team, confirm=confirm, by_rule=by_rule)
+    return Outcome(
+        approvals=approvals, teams=tuple(sorted(teams)), confirm=confirm, by_rule=by_rule
+    )

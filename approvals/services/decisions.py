@@ -23,17 +23,19 @@ from approvals.guards import (
     cannot_run_reason,
     conflict_of_interest,
     in_required_team,
+    required_teams,
+    teams_phrase,
 )
 from approvals.models import Decision, StandingApproval, Status, ToolCall, Verdict
 from approvals.services import edits, standing
 from approvals.services.calls import expire_call
 from approvals.transitions import lock_call, move
+from audit.display import escape_hidden
 from audit.masking import mask_text, mask_value
 from tools_registry import facts as tool_facts
 from tools_registry import sources
 from tools_registry.permissions import require_reviewer
 from tools_registry.policy import Risk
-from tools_registry.risk_signals import escape_hidden
 
 # A sign-in stamped this far in the future is not believed (clock skew between web nodes).
 CLOCK_SKEW = timedelta(seconds=60)
@@ -360,9 +362,9 @@ def _require_separation_of_duties(call: ToolCall, reviewer: Any) -> None:
 
 def _require_team(call: ToolCall, reviewer: Any) -> None:
     if not in_required_team(call, reviewer):
-        team = (call.policy or {}).get("team")
+        who = teams_phrase(required_teams(call.policy))
         raise TeamRequired(
-            f"This call needs its approvals from the {team} team; you may reject it.", call=call
+            f"This call needs its approvals from {who}; you may reject it.", call=call
         )
 
 

@@ -19,7 +19,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from approvals import before_after, display, reauth, selectors
 from approvals.forms import DecisionForm, NoteForm, RevealForm
-from approvals.guards import CONFLICTS, conflict_of_interest
+from approvals.guards import (
+    CONFLICTS,
+    conflict_of_interest,
+    in_required_team,
+    required_teams,
+    teams_phrase,
+)
 from approvals.models import StandingApproval, Status, ToolCall, Verdict
 from approvals.services import decisions, notes, reveals, standing
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
@@ -61,11 +67,14 @@ def _policy(call: ToolCall) -> dict[str, Any]:
     if call.expires_at:
         ttl = int((call.expires_at - call.created_at).total_seconds())
     rule = bound.get("rule") or {}
+    teams = required_teams(bound)
     return {
         "read": call.risk == Risk.READ,
         "version": bound.get("version"),
         "approvals_required": call.approvals_required,
-        "team": bound.get("team", ""),
+        "teams": teams,
+        # Who may approve, in words: every approver is a member of each team.
+        "teams_phrase": teams_phrase(teams) if teams else "",
         "ttl_seconds": ttl,
         "timeout_seconds": bound.get("timeout_seconds", call.tool.timeout_seconds),
         "max_attempts": bound.get("max_attempts", call.tool.max_attempts),
@@ -93,8 +102,7 @@ def detail_context(
     policy = _policy(call)
     state, state_hash = _shown_state(call)
     destructive = call.risk == Risk.DESTRUCTIVE
-    team = policy["team"]
-    outside_team = bool(team) and not user.groups.filter(name=team).exists()
+    outside_team = not in_required_team(call, user)
     edits_allowed = pending and (
         call.risk == Risk.WRITE
         or (destructive and settings.APPROVALS_DESTRUCTIVE_EDITS == "narrow")

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
@@ -91,10 +92,10 @@ def test_a_large_refund_needs_two_approvers_from_the_team_and_its_amount_typed(
     set_rules(world, "issue_refund", REFUND_RULES)
     body = world.api().submit(refund(99000)).json()
     call = ToolCall.objects.get(pk=body["id"])
-    assert (call.status, call.approvals_required, call.policy["team"]) == (
+    assert (call.status, call.approvals_required, call.policy["teams"]) == (
         Status.PENDING,
         2,
-        "reviewers",
+        ["reviewers"],
     )
     # bob reviews the tool but is not in the team: he may reject, not approve.
     with pytest.raises(TeamRequired):
@@ -331,8 +332,8 @@ def test_a_rule_that_cannot_be_evaluated_on_a_call_fails_closed(world: World) ->
         .json()
     )
     call = ToolCall.objects.get(pk=body["id"])
-    assert (call.approvals_required, call.policy["team"], call.policy["confirm"]) == (
-        2, "reviewers", True,
+    assert (call.approvals_required, call.policy["teams"], call.policy["confirm"]) == (
+        2, ["reviewers"], True,
     )  # fmt: skip
     assert call.policy["rule"]["errors"] == ["rule 1: no such member 'email'"]
 
@@ -369,6 +370,107 @@ def test_a_catch_all_refusal_past_a_blocked_approval_refuses_nothing(world: Worl
     assert answer.status_code == 202, answer.content
     call = ToolCall.objects.get(pk=answer.json()["id"])
     assert (call.status, call.approvals_required) == (Status.PENDING, 2)
+
+
+CUSTOMER_CHANGE = {
+    "tool": "update_customer",
+    "session_id": "s-rules",
+    "arguments": {"customer_id": "cus_0001", "changes": {"plan": "pro"}},
+}
+NOT_EVALUATED_FOR_SECURITY = {
+    "when": 'args.changes.email.endsWith("@rival.com")',
+    "then": "require",
+    "approvals": 1,
+    "team": "security",
+}
+
+
+def vote(reviewer: Any, call: ToolCall) -> Any:
+    """``reviewer`` approves ``call`` on its page, as the web does."""
+    client = Client()
+    client.force_login(reviewer)
+    return client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "comment": "", "arguments_hash": call.arguments_hash},
+        HTTP_HX_REQUEST="true",
+    )
+
+
+def test_a_call_two_rules_might_decide_needs_approvers_in_both_their_teams(
+    world: World,
+) -> None:
+    """Rule 1 reserves changes to a rival's address for security and cannot be evaluated (the
+    call changes no address); rule 2 holds and asks finance. Had rule 1 held, finance alone
+    could not approve: every approver must be in both teams, not in the matched rule's only."""
+    finance, security = (Group.objects.create(name=n) for n in ("finance", "security"))
+    set_rules(
+        world,
+        "update_customer",
+        [
+            NOT_EVALUATED_FOR_SECURITY,
+            {"when": 'args.customer_id.startsWith("cus_")', "then": "require",
+             "approvals": 1, "team": "finance"},
+        ],
+    )  # fmt: skip
+    world.bob.groups.add(finance)
+    response = world.api().submit(CUSTOMER_CHANGE)
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+
+    refused = vote(world.bob, call).content.decode()
+    assert "needs its approvals from members of both finance and security" in refused
+    call.refresh_from_db()
+    assert (call.status, call.policy["teams"]) == (Status.PENDING, ["finance", "security"])
+    page = Client()
+    page.force_login(world.bob)
+    shown = page.get(f"/approvals/{call.pk}/").content.decode()
+    assert "0 of 1 approval from members of both finance and security" in shown
+    assert "you may reject it, not approve it" in shown
+
+    world.bob.groups.add(security)
+    assert vote(world.bob, call).status_code == 200
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED
+
+
+def test_two_rules_that_could_not_be_evaluated_each_keep_their_team(world: World) -> None:
+    """Neither rule can be evaluated (the call changes neither address nor phone): either
+    might have held, so a member of only the first one's team may not approve alone."""
+    finance, security = (Group.objects.create(name=n) for n in ("finance", "security"))
+    set_rules(
+        world,
+        "update_customer",
+        [
+            NOT_EVALUATED_FOR_SECURITY,
+            {"when": 'args.changes.phone.startsWith("+1")', "then": "require",
+             "approvals": 1, "team": "finance"},
+        ],
+    )  # fmt: skip
+    world.bob.groups.add(security)
+    call = ToolCall.objects.get(pk=world.api().submit(CUSTOMER_CHANGE).json()["id"])
+    vote(world.bob, call)
+    call.refresh_from_db()
+    assert call.status == Status.PENDING
+    assert len(call.policy["rule"]["errors"]) == 2
+    with pytest.raises(TeamRequired, match="members of both finance and security"):
+        decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+    world.bob.groups.add(finance)
+    assert decide(call_id=call.pk, reviewer=world.bob, verdict="approve").decided
+
+
+def test_a_rule_that_could_not_be_evaluated_narrows_the_tools_own_reviewers_to_its_team(
+    world: World,
+) -> None:
+    """No rule holds, so the tool's own policy (one reviewer, anyone granted) applies; the
+    rule that could not be evaluated might have asked security: only security approves."""
+    security = Group.objects.create(name="security")
+    set_rules(world, "update_customer", [NOT_EVALUATED_FOR_SECURITY])
+    call = ToolCall.objects.get(pk=world.api().submit(CUSTOMER_CHANGE).json()["id"])
+    assert (call.approvals_required, call.policy["teams"]) == (1, ["security"])
+    with pytest.raises(TeamRequired, match="from the security team"):
+        decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+    world.bob.groups.add(security)
+    assert decide(call_id=call.pk, reviewer=world.bob, verdict="approve").decided
 
 
 def test_a_rule_error_never_quotes_the_calls_values(world: World) -> None:
