@@ -22,12 +22,12 @@ from typing import Any
 from approvals import hidden
 from approvals.guards import may_still_approve
 from approvals.models import Decision, Note, StandingApproval, Status, ToolCall, Verdict
-from audit.display import partial
+from audit.display import escape_hidden, partial
 from audit.masking import mask_fields, mask_text, mask_value, masked, unique_key
 from tools_registry import facts as tool_facts
 from tools_registry import registry, sources
 from tools_registry.permissions import can_reveal
-from tools_registry.risk_signals import CATALOGUE, Found, escape_hidden
+from tools_registry.risk_signals import CATALOGUE, Found
 
 logger = logging.getLogger(__name__)
 

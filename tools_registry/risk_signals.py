@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from audit.display import HIDDEN
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -122,15 +124,6 @@ _INJECTION = [
         r"</?\s*(?:system|assistant|instructions?)\s*>",
     )
 ]
-# Characters a reader cannot see, or that reorder what they see (Trojan Source,
-# CVE-2021-42574): zero-width characters, word joiners, the byte order mark, Unicode tag
-# characters (ASCII smuggling) and the bidirectional embeddings, overrides and isolates.
-# Also the Arabic letter mark (a direction mark, as U+200E and U+200F are), the combining
-# grapheme joiner and the Hangul fillers, which show as nothing or as a blank.
-HIDDEN = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u2069\u3164\ufeff\uffa0\U000e0000-\U000e007f]"
-)
 # Variation selectors are invisible too, but an emoji carries one (U+2764 U+FE0F): not
 # flagged, yet taken out before looking for an instruction to a model, which they split.
 _VARIATION_SELECTORS = re.compile("[\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
@@ -140,12 +133,6 @@ _DISTRIBUTION_LOCAL_PARTS = re.compile(
     r"subscribers?|members|company|employees|distribution|dl[-_.].*|group[-_.].*)$"
 )
 _EMAIL = re.compile(r"(?i)^[a-z0-9._%+-]+@([a-z0-9.-]+\.[a-z]{2,})$")
-
-
-def escape_hidden(text: str) -> str:
-    """``text`` with every hidden or direction-changing character written out (``<U+202E>``),
-    so that what a reviewer reads is what a machine will read."""
-    return HIDDEN.sub(lambda m: f"<U+{ord(m.group(0)):04X}>", text)
 
 
 def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -4,9 +4,19 @@ from django import template
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from audit.display import escape_hidden
 from audit.models import AuditEvent
 
 register = template.Library()
+
+
+@register.filter
+def visible(value: object) -> str:
+    """``value`` as text with its hidden and direction-changing characters written out
+    (``<U+202E>``), as reviewers are shown them: what agents, end users, reviewers and
+    downstreams wrote must read on the auditor's pages as a machine reads it. Put it first
+    in a chain of filters: it takes a value as stored, and its result is escaped as any."""
+    return escape_hidden(str(value))
 
 
 @register.filter

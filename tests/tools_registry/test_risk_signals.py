@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from audit.display import escape_hidden
 from tools_registry.risk_signals import (
     CATALOGUE,
     Found,
     WorkingHours,
     bulk_recipients,
-    escape_hidden,
     external_links,
     from_call_itself,
     hidden_characters,
