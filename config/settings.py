@@ -493,10 +493,15 @@ MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600, minimu
 # a run that comes back after it counts its rounds from zero. A call refused for the
 # session's rounds is a use: a run that keeps calling never gets its rounds back.
 AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600)
-# Requests of one agent that may wait for calls to end at once (tasks/result, the wait of
-# a tools/call, countersign_wait): each holds a Redis connection. Past it, tasks/result is
-# refused (too_many_waits) and the others answer at once with the call as it stands.
-MCP_MAX_WAITS_PER_AGENT = env_int("MCP_MAX_WAITS_PER_AGENT", 20, minimum=1)
+# Requests of one agent that may wait for calls to end at once, REST long-polls and MCP
+# waits (tasks/result, the wait of a tools/call, countersign_wait) counted together
+# (gateway.waits): each holds a Redis connection, a long-poll a web thread besides. Past it
+# a long-poll and tasks/result are refused (too_many_waits) and the others answer at once
+# with the call as it stands. MCP_MAX_WAITS_PER_AGENT, its name when only MCP waits were
+# counted, is still read when MAX_WAITS_PER_AGENT is not set.
+MAX_WAITS_PER_AGENT = env_int(
+    "MAX_WAITS_PER_AGENT", env_int("MCP_MAX_WAITS_PER_AGENT", 20, minimum=1), minimum=1
+)
 # Threads that serve Django's pages and the REST API in each web process (config.asgi).
 WEB_THREADS = env_int("WEB_THREADS", 16, minimum=1)
 # Threads that do the MCP endpoint's Django work in each web process (gateway.mcp.threads):

@@ -33,6 +33,7 @@ from gateway import (
     openapi,
     payloads,
     responses,
+    waits,
 )
 from gateway.responses import StoredResponse, represent_call
 from gateway.schemas import ROLES_QUERY_PATTERN, USER_ID_PATTERN, ToolCallOut
@@ -342,19 +343,30 @@ class WaitQuery(Schema):
     summary="A call's status, decision and result",
     description=(
         "With wait=N the answer comes as soon as the call's status changes (from `seen`, or "
-        "from its status when the request arrives) or is terminal, or after N seconds."
+        "from its status when the request arrives) or is terminal, or after N seconds. An "
+        "agent waits for at most MAX_WAITS_PER_AGENT calls at once (MCP's waits included), "
+        "and a web process's waits hold at most three in four of its threads: past either a "
+        "wait that would start is refused with 429 `too_many_waits` and Retry-After."
     ),
     url_name="get_tool_call",
     response={200: ToolCallOut},
 )
 def get_tool_call(request: HttpRequest, call_id: UUID, query: Query[WaitQuery]) -> HttpResponse:
-    call = longpoll.wait_for_change(
-        agent=request.auth,  # type: ignore[attr-defined]
-        call_id=call_id,
-        wait=query.wait,
-        seen=query.seen,
-        still_allowed=lambda: _still_allowed(request),
-    )
+    try:
+        call = longpoll.wait_for_change(
+            agent=request.auth,  # type: ignore[attr-defined]
+            call_id=call_id,
+            wait=query.wait,
+            seen=query.seen,
+            still_allowed=lambda: _still_allowed(request),
+        )
+    except waits.WaitsUncounted:
+        # As MCP's tasks/result: an uncounted wait is what the limit is there to stop.
+        raise errors.unavailable() from None
+    except longpoll.ThreadsTaken:
+        raise errors.waiting_threads_taken(longpoll.threads_for_waits()) from None
+    except waits.TooManyWaits:
+        raise errors.too_many_waits(waits.limit()) from None
     if call is None:
         raise errors.call_not_found()
     return JsonResponse(represent_call(call))

@@ -338,12 +338,24 @@ def tool_failed(message: str, *, tool_code: str, retryable: bool) -> ApiError:
 
 
 def too_many_waits(limit: int) -> ApiError:
+    return _too_many_waits(f"This agent already has {limit} requests waiting for calls to end.")
+
+
+def waiting_threads_taken(threads: int) -> ApiError:
+    return _too_many_waits(
+        f"This server's {threads} threads for requests that wait for calls to end are all "
+        "taken; its others are kept for requests that do not wait."
+    )
+
+
+def _too_many_waits(message: str) -> ApiError:
     return ApiError(
         status=429,
         code="too_many_waits",
-        message=f"This agent already has {limit} requests waiting for calls to end.",
-        suggestion="Wait for fewer calls at once (tasks/get polls without waiting), or try "
-        "again when one of the waits has ended.",
+        message=message,
+        suggestion="Wait for fewer calls at once (a GET without wait, or MCP tasks/get, "
+        "reads a call without waiting), or try again after Retry-After, when one of the "
+        "waits has ended.",
         retryable=True,
         headers={"Retry-After": "5"},
     )

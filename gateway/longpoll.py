@@ -8,21 +8,28 @@ it reads the call again anyway, which bounds the delay if a wake-up was lost (a 
 that died between commit and publish, a Redis blip). The embedded mode has no Redis; it
 re-reads every ``POLL_SECONDS`` instead.
 
-Each waiting request holds one Redis connection for the duration of its wait.
+Each waiting request holds one Redis connection and one web thread for the duration of its
+wait, and one of its agent's places (``gateway.waits``, shared with MCP's waits): one agent
+cannot hold every thread of the web processes with long-polls. However many agents wait,
+a quarter of a process's threads are kept for requests that do not wait
+(``threads_for_waits``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 import redis
+from django.conf import settings
 from django.db import connection
 
 from approvals.models import ToolCall
-from gateway import coordination, selectors
+from gateway import coordination, selectors, waits
 from tools_registry.models import Agent
 
 logger = logging.getLogger(__name__)
@@ -52,12 +59,74 @@ def wait_for_change(
     """The call once its status differs from ``seen`` (default: its status now), is
     terminal, or ``wait`` seconds passed; None if the agent has no such call.
 
-    ``still_allowed`` is called before each read after a pause, and raises once the caller
-    may no longer read (a token revoked, an agent stopped while the request waited)."""
+    A wait takes one of the agent's places (``gateway.waits``): ``TooManyWaits`` when none
+    is free and the call would be waited for, ``WaitsUncounted`` when Redis cannot count
+    them. ``still_allowed`` is called before each read after a pause, and raises once the
+    caller may no longer read (a token revoked, an agent stopped while the request waited)."""
     wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
     if wait <= 0:
         return selectors.call_of_agent(agent, call_id)
     deadline = time.monotonic() + wait
+    try:
+        with _threads.holding(), waits.holding(agent.pk) as keep:
+            return _wait_in_place(agent, call_id, seen, deadline, _kept(keep, still_allowed))
+    except waits.TooManyWaits:
+        # No place, but nothing to wait for either (an ended call, a stale ``seen``, none of
+        # the agent's): that is the answer, as it would have been at once with a place.
+        call = selectors.call_of_agent(agent, call_id)
+        if _done(call, seen or (call.status if call else "")):
+            return call
+        raise
+
+
+class ThreadsTaken(waits.TooManyWaits):
+    """This process's long-polls hold every web thread they may (``threads_for_waits``)."""
+
+
+def threads_for_waits() -> int:
+    """The web threads of this process that long-polls may hold at once: all but a quarter
+    of ``WEB_THREADS`` (at least one), kept for requests that do not wait (reviewers'
+    pages, submissions, reads) however many agents long-poll at once. An agent's own limit
+    (``gateway.waits``) keeps one agent from taking them all."""
+    threads = int(settings.WEB_THREADS)
+    return max(1, threads - max(1, threads // 4))
+
+
+class _Threads:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        with self._lock:
+            if self._held >= threads_for_waits():
+                raise ThreadsTaken
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+
+
+_threads = _Threads()
+
+
+def _kept(keep: Callable[[], None], still_allowed: Callable[[], None]) -> Callable[[], None]:
+    """``still_allowed``, keeping the wait's place too: it is asked before each read after a
+    pause, at most ``RECHECK_SECONDS`` apart, well within a place's ``PLACE_SECONDS``."""
+
+    def check() -> None:
+        still_allowed()
+        keep()
+
+    return check
+
+
+def _wait_in_place(
+    agent: Agent, call_id: UUID, seen: str, deadline: float, still_allowed: Callable[[], None]
+) -> ToolCall | None:
     if coordination.shared():
         try:
             return _wait_on_redis(agent, call_id, seen, deadline, still_allowed)

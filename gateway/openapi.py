@@ -80,6 +80,8 @@ OPERATION_ERRORS: dict[str, dict[int, list[str]]] = {
         401: ["not_authenticated"],
         403: ["agent_stopped"],
         404: ["call_not_found"],
+        429: ["too_many_waits"],
+        503: ["unavailable"],
     },
     CANCEL: {
         400: ["invalid_request"],
@@ -136,6 +138,7 @@ def _example_errors() -> dict[str, errors.ApiError]:
         errors.idempotency_key_expired(),
         errors.rate_limited(scope="agent", limit="30/minute", retry_after=12),
         errors.max_rounds_exceeded(10),
+        errors.too_many_waits(20),
         errors.read_abandoned("The web process running this read stopped before it ran."),
         errors.circuit_open("get_customer", retry_after=30),
         errors.unavailable(),

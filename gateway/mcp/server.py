@@ -15,7 +15,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
-from gateway import end_users, errors
+from gateway import end_users, errors, waits
 from gateway.mcp import calls, sessions, state, tasks, waiting
 from gateway.mcp.calls import Caller, caller_of
 from gateway.mcp.state import CallState
@@ -121,7 +121,7 @@ async def _waited(
             still_allowed=caller.still_allowed,
             request=request,
         )
-    except (waiting.TooManyWaits, waiting.Cancelled):
+    except (waits.TooManyWaits, waiting.Cancelled):
         return await run_sync(state.read, caller.agent, call_id)
     except waiting.CallerGone:
         return calls.error_result(errors.not_authenticated().body())

@@ -20,7 +20,6 @@ from typing import Any
 from uuid import UUID
 
 import mcp_types as types
-from django.conf import settings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND
@@ -28,7 +27,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NO
 from approvals.models import TERMINAL_STATUSES, ToolCall
 from approvals.services.calls import cancel_call
 from approvals.transitions import InvalidTransition
-from gateway import errors
+from gateway import errors, waits
 from gateway.mcp import calls, state, waiting
 from gateway.mcp.calls import Caller
 from gateway.mcp.state import CallState
@@ -155,11 +154,11 @@ async def task_result(
         except waiting.Cancelled:
             # The client no longer reads an answer to it: only the wait had to end.
             raise MCPError(code=INVALID_REQUEST, message="The request was cancelled.") from None
-        except waiting.WaitsUncounted:
+        except waits.WaitsUncounted:
             error = errors.unavailable()
             raise MCPError(code=INTERNAL_ERROR, message=error.message, data=error.body()) from None
-        except waiting.TooManyWaits:
-            error = errors.too_many_waits(settings.MCP_MAX_WAITS_PER_AGENT)
+        except waits.TooManyWaits:
+            error = errors.too_many_waits(waits.limit())
             raise MCPError(code=INTERNAL_ERROR, message=error.message, data=error.body()) from None
         except waiting.CallerGone:
             error = errors.not_authenticated()

@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import anyio
 import redis.asyncio
 from django.conf import settings
 
-from gateway import coordination, longpoll
+from gateway import coordination, longpoll, waits
 from gateway.mcp import state
 from gateway.mcp.state import CallState
 from gateway.mcp.threads import run_sync
@@ -36,15 +35,6 @@ TICK_SECONDS = 5.0
 # Called while waiting, at most every RECHECK_SECONDS, with the call as it stands and the
 # seconds waited so far: the MCP progress notifications.
 Tick = Callable[[CallState, float], Awaitable[None]]
-
-
-class TooManyWaits(Exception):
-    """The agent already has ``MCP_MAX_WAITS_PER_AGENT`` waits open."""
-
-
-class WaitsUncounted(TooManyWaits):
-    """Redis, which counts the agent's waits, cannot be reached: no wait is taken (answered
-    like too many waits, the call as it stands, or ``unavailable``)."""
 
 
 class Cancelled(Exception):
@@ -68,18 +58,19 @@ async def until_settled(
     """The agent's call once it is terminal, or as it stands when ``timeout`` seconds have
     passed (None: no limit); None if the agent has no such call.
 
-    Each wait takes one of the agent's ``MCP_MAX_WAITS_PER_AGENT`` places (``TooManyWaits``
-    when none is free): each holds a Redis connection and reads the call every few seconds,
-    and one agent must not hold them without end. ``still_allowed`` is asked at every read
+    Each wait takes one of the agent's ``MAX_WAITS_PER_AGENT`` places (``TooManyWaits``
+    when none is free; shared with its REST long-polls, ``gateway.waits``): each holds a
+    Redis connection and reads the call every few seconds, and one agent must not hold them
+    without end. ``still_allowed`` is asked at every read
     (``CallerGone`` once it says no): a token revoked while its request waits does not get
     the call's result later. ``request`` (``request_key``) names the request that waits, so
     that the client's cancel of it ends the wait (``Cancelled``)."""
     started = time.monotonic()
     deadline = None if timeout is None else started + max(timeout, 0.0)
     last_tick = started
-    place = uuid4().hex
-    if not await run_sync(_places.take, agent.pk, place):
-        raise TooManyWaits
+    place = waits.new_place()
+    if not await run_sync(waits.places.take, agent.pk, place):
+        raise waits.TooManyWaits
     try:
         async with _wake_ups(call_id, request) as wake_up:
             while True:
@@ -97,7 +88,7 @@ async def until_settled(
                 await wake_up(step)
     finally:
         with anyio.CancelScope(shield=True):
-            await run_sync(_places.give_back, agent.pk, place)
+            await run_sync(waits.places.give_back, agent.pk, place)
 
 
 def _read(
@@ -106,77 +97,8 @@ def _read(
     """One look at the call (in a worker thread), keeping the wait's place."""
     if still_allowed is not None and not still_allowed():
         raise CallerGone
-    _places.keep(agent.pk, place)
+    waits.places.keep(agent.pk, place)
     return state.read(agent, call_id)
-
-
-# A place not kept this long (its process died mid-wait) is free again; a wait keeps its
-# place at every read, at most RECHECK_SECONDS apart.
-PLACE_SECONDS = 30
-
-
-class _Places:
-    """The open waits of each agent: in Redis (a sorted set per agent, members scored by
-    when they lapse) shared by every web process; in memory in the embedded mode."""
-
-    _TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return 1
-"""
-    _KEEP = """
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], 'XX', tonumber(t[1]) + tonumber(ARGV[1]), ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
-return 1
-"""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._local: dict[int, set[str]] = {}
-
-    def take(self, agent_id: int, place: str) -> bool:
-        limit = settings.MCP_MAX_WAITS_PER_AGENT
-        if coordination.shared():
-            client = coordination.redis_client()
-            key = coordination.key("mcp-waits", agent_id)
-            try:
-                return bool(client.eval(self._TAKE, 1, key, limit, PLACE_SECONDS, place))
-            except redis.RedisError:
-                # Not counted, not taken: uncounted waits (polling, without Redis) are
-                # what the limit is there to stop.
-                logger.warning("an MCP wait of agent %s is refused: Redis failed", agent_id)
-                raise WaitsUncounted from None
-        with self._lock:
-            places = self._local.setdefault(agent_id, set())
-            if len(places) >= limit:
-                return False
-            places.add(place)
-            return True
-
-    def keep(self, agent_id: int, place: str) -> None:
-        if coordination.shared():
-            key = coordination.key("mcp-waits", agent_id)
-            # A place not kept lapses by itself (PLACE_SECONDS): a Redis blip does not end
-            # the wait, which reads the call from the database.
-            with contextlib.suppress(redis.RedisError):
-                coordination.redis_client().eval(self._KEEP, 1, key, PLACE_SECONDS, place)
-
-    def give_back(self, agent_id: int, place: str) -> None:
-        if coordination.shared():
-            key = coordination.key("mcp-waits", agent_id)
-            with contextlib.suppress(redis.RedisError):  # it lapses by itself
-                coordination.redis_client().zrem(key, place)
-            return
-        with self._lock:
-            self._local.get(agent_id, set()).discard(place)
-
-
-_places = _Places()
 
 
 # --- A client's cancel of a request that waits -------------------------------------------

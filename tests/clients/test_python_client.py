@@ -35,6 +35,7 @@ from countersign_client import (
     errors,
     outcome,
 )
+from django.test import override_settings
 
 from approvals.execution import runner
 from approvals.guards import CANNOT_RUN
@@ -113,6 +114,66 @@ def test_a_write_waits_for_the_reviewer_and_a_rejection_is_raised(
     assert outcome["rejected"] == "No."
     # The client's long-poll was answered because of the decision, not its wait running out.
     assert server_side.woken_by_a_message() == [True], server_side.pauses()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MAX_WAITS_PER_AGENT=1)
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_wait_refused_for_the_agents_other_waits_pauses_and_waits_again(
+    live_world: World, live_server: Any, monkeypatch: pytest.MonkeyPatch, flavour: str
+) -> None:
+    """Past the agent's MAX_WAITS_PER_AGENT waits a long-poll is refused with 429
+    too_many_waits and Retry-After. That says nothing of the call: ``call`` pauses and waits
+    again (past its read_attempts too) and ends with the call's outcome, not with a refusal
+    a model would take for the call's own."""
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    server_side = LongPollSpy(monkeypatch)  # the live server runs in this process
+    refused = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def seen(response: httpx.Response) -> None:
+        if response.status_code == 429:
+            refused.set()
+
+    async def seen_async(response: httpx.Response) -> None:
+        seen(response)
+
+    def agent() -> None:
+        args = {**EMAIL_ARGS, "subject": "Second"}
+        try:
+            if flavour == "sync":
+                with Countersign(live_server.url, live_world.token, state=MemoryState(),
+                                 read_attempts=1, event_hooks={"response": [seen]}) as cs:  # fmt: skip
+                    cs.call("send_email", args, session_id="s2", step="mail", wait_timeout=60)
+            else:
+
+                async def run() -> None:
+                    async with AsyncCountersign(live_server.url, live_world.token,
+                                                state=MemoryState(), read_attempts=1,
+                                                event_hooks={"response": [seen_async]}) as acs:  # fmt: skip
+                        await acs.call("send_email", args, session_id="s2", wait_timeout=60)
+
+                asyncio.run(run())
+        except CallRejected as exc:
+            outcome["rejected"] = exc.comment
+        except Exception as exc:
+            outcome["raised"] = exc
+
+    with Countersign(live_server.url, live_world.token, state=MemoryState()) as cs:
+        held = cs.submit("send_email", EMAIL_ARGS, session_id="s1")
+        holder = threading.Thread(target=cs.get, args=(held["id"],), kwargs={"wait": 30})
+        holder.start()
+        server_side.wait_until_waiting()  # the agent's one place is taken
+        thread = threading.Thread(target=agent)
+        thread.start()
+        assert refused.wait(timeout=30), "the second wait was not refused"
+        decide(call_id=held["id"], reviewer=live_world.bob, verdict="reject", comment="First.")
+        holder.join(timeout=30)
+        server_side.wait_until_waiting(count=2)  # the client asked again and now waits
+        waited = ToolCall.objects.get(session_id="s2")
+        decide(call_id=waited.pk, reviewer=live_world.bob, verdict="reject", comment="Second.")
+        thread.join(timeout=60)
+    assert outcome == {"rejected": "Second."}
 
 
 @pytest.mark.django_db(transaction=True)

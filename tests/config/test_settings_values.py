@@ -80,7 +80,8 @@ def test_a_boolean_that_is_no_boolean_stops_the_start(
         # was over at its next request, every wait refused (tasks/result too_many_waits
         # always), and no sign-in recent enough for a destructive approval.
         ("MCP_SESSION_IDLE_SECONDS", "0", "MCP_SESSION_IDLE_SECONDS"),
-        ("MCP_MAX_WAITS_PER_AGENT", "0", "MCP_MAX_WAITS_PER_AGENT"),
+        ("MAX_WAITS_PER_AGENT", "0", "MAX_WAITS_PER_AGENT"),
+        ("MCP_MAX_WAITS_PER_AGENT", "0", "MAX_WAITS_PER_AGENT"),
         ("MCP_THREADS", "0", "MCP_THREADS"),
         ("APPROVALS_REAUTH_WINDOW_SECONDS", "0", "APPROVALS_REAUTH_WINDOW_SECONDS"),
     ],
@@ -256,3 +257,21 @@ def test_single_sign_on_endpoints_over_https_or_on_this_machine_start(tmp_path: 
     run = services(tmp_path, SET_UP, **{**SSO, **local})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "started"
+
+
+@pytest.mark.parametrize(
+    ("env", "read"),
+    [
+        ({}, "20"),
+        # Its name when it counted MCP's waits alone, still read for deployments that set it.
+        ({"MCP_MAX_WAITS_PER_AGENT": "7"}, "7"),
+        ({"MAX_WAITS_PER_AGENT": "5", "MCP_MAX_WAITS_PER_AGENT": "7"}, "5"),
+    ],
+)
+def test_the_waits_per_agent_are_read_under_their_old_name_too(
+    tmp_path: Path, env: dict[str, str], read: str
+) -> None:
+    cleared = {"MAX_WAITS_PER_AGENT": "", "MCP_MAX_WAITS_PER_AGENT": "", **env}
+    run = services(tmp_path, READ.format(name="MAX_WAITS_PER_AGENT"), **cleared)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [read]

@@ -67,6 +67,7 @@ def test_a_long_poll_returns_promptly_when_a_reviewer_decides(
 
 
 @pytest.mark.django_db(transaction=True)
+@override_settings(WEB_THREADS=32)  # threads enough for 15 waits (long_polls_leave_a_quarter)
 def test_waiting_requests_hold_no_database_connection(
     live_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,3 +204,95 @@ def test_a_long_poll_whose_token_is_revoked_or_agent_stopped_meanwhile_gets_no_a
         _, status, body = waiting.result(timeout=30)
     expected = (401, "not_authenticated") if ended_by == "revoked token" else (403, "agent_stopped")
     assert (status, body["error"]["code"]) == expected, body
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MAX_WAITS_PER_AGENT=2)
+def test_one_agent_holds_at_most_its_waits_while_another_agent_still_waits(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each long-poll holds a web thread and a Redis connection: without a limit one agent's
+    long-polls took every thread of the web processes, and every other agent's requests
+    queued behind them. Past the agent's places its next wait is refused at once (429,
+    retryable, with Retry-After); a call with nothing to wait for is still answered; another
+    agent waits as before; and the places come back when the waits end."""
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    held = [_pending_call(live_world, session=f"s{i}") for i in range(2)]
+    extra = _pending_call(live_world, session="extra")
+    ended = _pending_call(live_world, session="ended")
+    _reject(live_world, ended)
+    other = Agent.objects.create(name="other-bot", owner=live_world.alice)
+    other.allowed_tools.add(live_world.tools["send_email"])
+    _, other_token = registry_services.issue_token(agent=other)
+    others_call = ApiClient(other_token).submit(SEND_EMAIL).json()["id"]
+    connection.close()
+    spy = LongPollSpy(monkeypatch)
+    with ThreadPoolExecutor(3) as executor:
+        waiters = [executor.submit(_poll, live_world.token, call_id, "wait=20") for call_id in held]
+        spy.wait_until_waiting(count=2)
+
+        refused = live_world.api().get(f"/api/v1/tool-calls/{extra}?wait=20")
+        assert refused.status_code == 429, refused.json()
+        error = refused.json()["error"]
+        assert (error["code"], error["retryable"]) == ("too_many_waits", True)
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Nothing to wait for needs no place: an ended call, a stale seen, a wait of 0.
+        for query in (f"{ended}?wait=20", f"{extra}?wait=20&seen=received", f"{extra}?wait=0"):
+            answered = live_world.api().get(f"/api/v1/tool-calls/{query}")
+            assert answered.status_code == 200, (query, answered.json())
+        assert len(spy.pauses()) == 2, "none of them waited"
+
+        # Another agent's long-poll is not counted against this one's places: it waits.
+        theirs = executor.submit(_poll, other_token, others_call, "wait=20")
+        spy.wait_until_waiting(count=3)
+        assert not any(waiter.done() for waiter in [*waiters, theirs])
+        for call_id in held:
+            cancel_call(call_id=call_id, agent=live_world.agent)
+        cancel_call(call_id=others_call, agent=other)
+        results = [waiter.result(timeout=30) for waiter in [*waiters, theirs]]
+    assert [(status, body["status"]) for _, status, body in results] == [(200, "cancelled")] * 3
+    # The ended waits gave their places back.
+    spy.reset()
+    again = live_world.api().get(f"/api/v1/tool-calls/{extra}?wait=1")
+    assert (again.status_code, again.json()["status"]) == (200, "pending")
+    assert spy.pauses() == [[False]], "it waited its second"
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEB_THREADS=4, MAX_WAITS_PER_AGENT=20)
+def test_long_polls_leave_a_quarter_of_the_threads_to_requests_that_do_not_wait(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many agents' long-polls, each within its own limit, took every web thread of a
+    process together: reviewers' pages and every submission waited behind them. Of 4
+    threads, 3 may wait; the next wait is refused at once (429, retryable), a request that
+    does not wait is answered, and a thread that a wait gives back is taken again."""
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    held = [_pending_call(live_world, session=f"s{i}") for i in range(3)]
+    extra = _pending_call(live_world, session="extra")
+    connection.close()
+    spy = LongPollSpy(monkeypatch)
+    with ThreadPoolExecutor(4) as executor:
+        waiters = [executor.submit(_poll, live_world.token, call_id, "wait=20") for call_id in held]
+        spy.wait_until_waiting(count=3)
+
+        refused = live_world.api().get(f"/api/v1/tool-calls/{extra}?wait=20")
+        assert refused.status_code == 429, refused.json()
+        error = refused.json()["error"]
+        assert (error["code"], error["retryable"]) == ("too_many_waits", True), error
+        assert "threads" in error["message"] and "Retry-After" in refused.headers
+        answered = live_world.api().get(f"/api/v1/tool-calls/{extra}")
+        assert (answered.status_code, answered.json()["status"]) == (200, "pending")
+
+        cancel_call(call_id=held[0], agent=live_world.agent)
+        assert waiters[0].result(timeout=30)[1] == 200
+        with ThreadPoolExecutor(1) as elsewhere:  # a thread the spy has not seen
+            again = elsewhere.submit(_poll, live_world.token, extra, "wait=20")
+            spy.wait_until_waiting(count=4)  # the first's thread taken again
+            assert not again.done()
+            for call_id in [*held[1:], extra]:
+                cancel_call(call_id=call_id, agent=live_world.agent)
+            results = [waiter.result(timeout=30) for waiter in [*waiters[1:], again]]
+    assert [(status, body["status"]) for _, status, body in results] == [(200, "cancelled")] * 3

@@ -15,6 +15,9 @@ Retry rules (the server's ``retryable`` decides):
 * a GET answered 429 or 5xx, or not at all, is asked again, up to ``read_attempts``; a
   last try not answered by Countersign (none, or a proxy's 5xx) raises ``TransportError``,
   and so does ``call``'s wait whose last try got Countersign's own 5xx (``failed_wait``);
+* a long-poll refused because the agent's other waits hold all its places
+  (``too_many_waits``, 429) says nothing of the call: ``wait`` (and ``call``'s wait) pauses
+  and asks again until its deadline, as long as the call takes;
 * a step's key refused as expired (``idempotency_key_expired``, its answer swept) is the
   call the key made, read afresh (``call_the_key_made``);
 * everything else (rate limits, rounds, invalid arguments, rejections) is raised for the
@@ -227,6 +230,14 @@ def retry_after_seconds(response: httpx.Response) -> float:
     except ValueError:
         return 0.0
     return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else 0.0
+
+
+def busy_pause(exc: errors.ApiError, base: float) -> float:
+    """How long a wait refused for the agent's other waits (``too_many_waits``) pauses
+    before it asks again: the server's Retry-After (at most ``MAX_RETRY_AFTER``), at least
+    ``base``."""
+    asked = exc.retry_after if exc.retry_after and math.isfinite(exc.retry_after) else 0.0
+    return min(max(asked, base), MAX_RETRY_AFTER)
 
 
 def fresh_key_retry(exc: errors.ApiError) -> bool:

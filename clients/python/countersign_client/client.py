@@ -209,7 +209,13 @@ class Countersign:
                 call = self._get(call_id, wait=0, seen="", deadline=deadline)
             while call["status"] not in TERMINAL:
                 remaining = _core.within(poll, deadline)
-                call = self._get(call_id, wait=remaining, seen=call["status"], deadline=deadline)
+                try:
+                    call = self._get(
+                        call_id, wait=remaining, seen=call["status"], deadline=deadline
+                    )
+                except errors.TooManyWaits as exc:
+                    # The agent's other waits hold its places: no answer about this call.
+                    time.sleep(_core.within(_core.busy_pause(exc, self.backoff), deadline))
         except _core.DeadlinePassed as exc:
             raise errors.WaitTimeout(call) from exc
         return call

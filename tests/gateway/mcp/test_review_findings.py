@@ -96,8 +96,9 @@ def web_behind_a_redis_link(
 def test_a_wait_while_redis_is_down_answers_the_call_or_unavailable_not_redis_error(
     live_world: World, web_behind_a_redis_link: tuple[WebProcess, RedisLink]
 ) -> None:
-    """The REST long-poll falls back to polling when Redis fails; an MCP wait answered
-    JSON-RPC error 0 with redis-py's message (the Redis server's address) instead."""
+    """While Redis fails, an MCP wait answered JSON-RPC error 0 with redis-py's message (the
+    Redis server's address). It answers the call as it stands, or ``unavailable`` where it
+    must wait (as a REST long-poll is refused: neither waits uncounted)."""
     web, link = web_behind_a_redis_link
     call = pending_call(live_world)
     link.cut()

@@ -1,0 +1,70 @@
+"""The places of requests that wait for a call to end (``gateway.waits``): one count per
+agent for its REST long-polls and its MCP waits together, and no uncounted wait while
+Redis, which counts them, cannot be reached."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from gateway import waits
+from gateway.mcp import waiting
+from tests.conftest import World
+from tests.gateway.test_longpoll import _pending_call, _poll, _reject
+from tests.support.longpoll import LongPollSpy
+from tools_registry.models import Agent, Tool
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(MAX_WAITS_PER_AGENT=1)
+def test_a_long_poll_and_an_mcp_wait_share_the_agents_places(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    polled, waited = _pending_call(live_world, "s1"), _pending_call(live_world, "s2")
+    connection.close()
+    spy = LongPollSpy(monkeypatch)
+    with ThreadPoolExecutor(1) as executor:
+        long_poll = executor.submit(_poll, live_world.token, polled, "wait=20")
+        spy.wait_until_waiting()
+        # The long-poll holds the agent's one place: an MCP wait gets none.
+        with pytest.raises(waits.TooManyWaits):
+            anyio.run(
+                lambda: waiting.until_settled(agent=live_world.agent, call_id=waited, timeout=5)
+            )
+        _reject(live_world, polled)
+        assert long_poll.result(timeout=30)[2]["status"] == "rejected"
+    # And back: an MCP wait that holds the place leaves none for a long-poll.
+    waits.places.take(live_world.agent.pk, "an-mcp-wait")
+    try:
+        refused = live_world.api().get(f"/api/v1/tool-calls/{waited}?wait=5")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_waits"
+    finally:
+        waits.places.give_back(live_world.agent.pk, "an-mcp-wait")
+    assert live_world.api().get(f"/api/v1/tool-calls/{waited}?wait=1").status_code == 200
+
+
+def test_a_long_poll_while_redis_is_down_is_unavailable_not_an_uncounted_wait(
+    world: World,
+) -> None:
+    """As MCP's tasks/result: a wait nobody counts is what the limit is there to stop, so a
+    long-poll that would wait is refused with 503 ``unavailable`` (retryable, Retry-After)
+    rather than polling the database uncounted; a call with nothing to wait for, or a read
+    without a wait, is still answered."""
+    pending = _pending_call(world)
+    ended = _pending_call(world, "s2")
+    _reject(world, ended)
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        refused = world.api().get(f"/api/v1/tool-calls/{pending}?wait=5")
+        assert refused.status_code == 503, refused.json()
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert refused.json()["error"]["retryable"] is True
+        assert refused.headers["Retry-After"]
+        assert world.api().get(f"/api/v1/tool-calls/{pending}").json()["status"] == "pending"
+        assert world.api().get(f"/api/v1/tool-calls/{ended}?wait=5").json()["status"] == "rejected"
