@@ -64,13 +64,27 @@ class Finding:
     value: str
 
 
+# A payload's matcher runs: 900 numbers among order numbers and dates in 40,000 characters
+# take 1,600; a crafted soup of digit groups (020 7946 0958 030 1234567 ...) took one for
+# every 8 characters or so, up to a millisecond each: 29 s to 115 s of CPU for a request body.
+MATCHER_RUNS = 2_000
+# A text's second reads of phone candidates, for a long soup of digit groups.
+SECOND_READS = 64
+
+
 @dataclass(slots=True)
 class Budget:
-    """What one masking may spend, enough for any real text and a bound on crafted text:
-    second reads of phone candidates (each a matcher run), for a long soup of digit groups;
-    URL decodings one inside another, for text encoded over and over (%252525...)."""
+    """What one masking may spend, enough for any real text and a bound on crafted text.
 
-    second_reads: int = 64
+    ``matcher_runs`` (libphonenumber's matcher, the costly part of masking) is spent by all
+    the strings of one payload together, so that a payload of many small strings gets no more
+    than one long string. When it is spent, a phone candidate that could hold a number is
+    masked whole, unread: digits over-masked, never a number left (fail closed).
+    ``second_reads`` start again with each text (see _find_phones). ``decodings``: URL
+    decodings one inside another, for text encoded over and over (%252525...)."""
+
+    matcher_runs: int = MATCHER_RUNS
+    second_reads: int = SECOND_READS
     decodings: int = 4
 
 
@@ -508,17 +522,19 @@ def _find_phones(text: str, budget: Budget) -> list[Finding]:
             # number cut to nothing): the next run starts at the next group, unread.
             at = offset + (candidate.group(0)[:1] in ("+", "(")) + len(groups[0])
             continue
+        whole = run
         while True:
             # The matcher reads a run of digit groups as one number or none; when it finds
             # nothing, it reads the run less its last group: "+44 20 7946 0958 2026-11-21"
             # holds a number followed by a date.
+            numbers = _numbers_in(run, offset, budget)
             found = [
                 (start, end, number)
-                for start, end, number in _numbers_in(run, offset)
+                for start, end, number in numbers or ()
                 if _stands_alone(piece, start, end, number)
             ]
             last_group = _LAST_GROUP.search(run)
-            if found or not last_group or not budget.second_reads:
+            if numbers is None or found or not last_group or not budget.second_reads:
                 break
             run = run[: last_group.start()]
             if _digits(run) < 8:  # too short for a phone number: no need to read it
@@ -530,6 +546,18 @@ def _find_phones(text: str, budget: Budget) -> list[Finding]:
                 for start, end, number in found
             ]
             end = max(end for _, end, _ in found)
+            base, piece, at = base + end, piece[end:], 0
+        elif (numbers is None and _may_hold_number(whole)) or (
+            numbers is not None and not budget.second_reads and _may_hold_number_within(whole)
+        ):
+            # Not read to the end, the payload's matcher runs or this text's second reads
+            # spent, and a number may be in what was not read: masked whole, digits
+            # over-masked rather than a number left (a soup of "01 23 45 67 89 " is read a
+            # run of seven groups at a time, in which the matcher finds nothing).
+            end = offset + len(whole)
+            findings.append(
+                Finding(base + offset, base + end, Kind.PHONE, _NON_DIGITS.sub("", whole))
+            )
             base, piece, at = base + end, piece[end:], 0
         elif budget.second_reads and (first_group := _FIRST_GROUP.match(piece, offset)):
             # The next run starts at this one's second group, where a number may start that
@@ -559,9 +587,13 @@ def _within_digits(run: str) -> str:
     return run[:end]
 
 
-def _numbers_in(run: str, offset: int) -> list[tuple[int, int, str]]:
+def _numbers_in(run: str, offset: int, budget: Budget) -> list[tuple[int, int, str]] | None:
+    """The numbers the matcher finds in ``run``; None when the payload's matcher runs are
+    spent before it has read the run."""
     if run.startswith("+"):
         # International: the country code says which country; possible for it is enough.
+        if not _spend_matcher_run(budget):
+            return None
         matches = PhoneNumberMatcher(run, "ZZ", leniency=Leniency.POSSIBLE)
         return [(offset + m.start, offset + m.end, m.raw_string) for m in matches]
     found = [(offset + m.start(), offset + m.end(), m.group(0)) for m in _NANP_LAYOUT.finditer(run)]
@@ -571,15 +603,53 @@ def _numbers_in(run: str, offset: int) -> list[tuple[int, int, str]]:
     # that an order number such as 2024-000007 (a valid US number) is not taken for one.
     regions = _TRUNK_ZERO_REGIONS if run.lstrip("(").startswith("0") else _OTHER_REGIONS
     groups = _GROUP.findall(run)
-    # A number dialled from abroad (0041 79 123 45 67) is grouped as its own country writes
-    # its numbers: not screened.
-    abroad = any(group.startswith(_INTERNATIONAL_PREFIXES) for group in groups)
-    for region in regions:
-        if not abroad and not _may_be_grouped_as(groups, region):
-            continue  # no number of the country's can be written in these groups
+    for region in _regions_to_ask(groups, regions):
+        if not _spend_matcher_run(budget):
+            return None
         for m in PhoneNumberMatcher(run, region, leniency=Leniency.STRICT_GROUPING):
             found.append((offset + m.start, offset + m.end, m.raw_string))
     return found
+
+
+def _regions_to_ask(groups: list[str], regions: Iterable[str]) -> list[str]:
+    """The ``regions`` a number of which may be written in the digit ``groups`` of a run."""
+    # A number dialled from abroad (0041 79 123 45 67) is grouped as its own country writes
+    # its numbers: not screened.
+    if any(group.startswith(_INTERNATIONAL_PREFIXES) for group in groups):
+        return list(regions)
+    # No number of the other countries' can be written in these groups.
+    return [region for region in regions if _may_be_grouped_as(groups, region)]
+
+
+def _may_hold_number(run: str) -> bool:
+    """Whether the matcher might find a number in ``run`` or a part of it, whatever the
+    country, as far as a look at its digit groups tells."""
+    return (
+        run.startswith("+")
+        or _NANP_LAYOUT.search(run) is not None
+        or bool(_regions_to_ask(_GROUP.findall(run), PHONE_REGIONS))
+    )
+
+
+def _may_hold_number_within(run: str) -> bool:
+    """Whether some of ``run``'s digit groups in a row, not all of them, 8 digits at least,
+    may hold a number (see _may_hold_number): what second reads would ask the matcher."""
+    spans = [group.span() for group in _GROUP.finditer(run)]
+    for first in range(len(spans)):
+        # From the separator before the group: a "(" may open a number there.
+        start = spans[first - 1][1] if first else 0
+        for last in range(first, len(spans) - (first == 0)):
+            part = run[start : spans[last][1]]
+            if _digits(part) >= 8 and _may_hold_number(part):
+                return True
+    return False
+
+
+def _spend_matcher_run(budget: Budget) -> bool:
+    if budget.matcher_runs <= 0:
+        return False
+    budget.matcher_runs -= 1
+    return True
 
 
 # A format's pattern, as libphonenumber's metadata writes them: (\d{3})(\d{3,4}).

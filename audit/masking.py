@@ -31,6 +31,7 @@ from django.conf import settings
 from audit.canonical import canonical_json
 from audit.detectors import (
     PERSONAL_DATA,
+    SECOND_READS,
     SECRET_NAME,
     SECRETS,
     Budget,
@@ -114,6 +115,10 @@ def mask_text(text: str, *, render: Renderer = masked) -> str:
     in the input included), so a mask is never taken for a secret, a card or a phone number,
     and masking with the default renderer is idempotent.
     """
+    return _mask_text(text, render, Budget())
+
+
+def _mask_text(text: str, render: Renderer, budget: Budget) -> str:
     if not text or text in _PLAIN:
         return text
     # Most audited text (keys, names, statuses, ids) leaves no detector anything to look
@@ -122,7 +127,7 @@ def mask_text(text: str, *, render: Renderer = masked) -> str:
     if not detectors:
         _remember_plain(text)
         return text
-    return _mask_all(text, render, detectors)
+    return _mask_all(text, render, detectors, budget)
 
 
 # Short texts no detector would look at, as asked before: the same keys, names and statuses
@@ -153,8 +158,16 @@ Piece = tuple[bool, str]  # (done, text): done pieces are masks, already rendere
 _ROUNDS = 4
 
 
-def _mask_all(text: str, render: Renderer, detectors: Iterable[Detector] = _PIPELINE) -> str:
-    return "".join(piece for _, piece in _masked_pieces(text, render, detectors, Budget()))
+def _mask_all(
+    text: str,
+    render: Renderer,
+    detectors: Iterable[Detector] = _PIPELINE,
+    budget: Budget | None = None,
+) -> str:
+    budget = budget or Budget()
+    # The payload's matcher runs go on being spent; second reads are counted for each text.
+    budget.second_reads = SECOND_READS
+    return "".join(piece for _, piece in _masked_pieces(text, render, detectors, budget))
 
 
 def _masked_pieces(
@@ -244,9 +257,16 @@ def _find_url_encoded(
 
 
 def mask_value(value: Any, *, render: Renderer = masked) -> Any:
-    """Mask detector hits anywhere inside a JSON-like value, and secret-named keys whole."""
+    """Mask detector hits anywhere inside a JSON-like value, and secret-named keys whole.
+
+    All its strings share one budget (``audit.detectors.Budget``): many small strings cost no
+    more than one long one."""
+    return _mask_value(value, render, Budget())
+
+
+def _mask_value(value: Any, render: Renderer, budget: Budget) -> Any:
     if isinstance(value, str):
-        return mask_text(value, render=render)
+        return _mask_text(value, render, budget)
     if isinstance(value, dict):
         result: dict[str, Any] = {}
         for key, item in value.items():
@@ -254,7 +274,7 @@ def mask_value(value: Any, *, render: Renderer = masked) -> Any:
             # alike ("Ada@..." and "ada@..." have one fingerprint): told apart, never one
             # entry in the other's place.
             name = (
-                unique_key(mask_text(key, render=render), result) if isinstance(key, str) else key
+                unique_key(_mask_text(key, render, budget), result) if isinstance(key, str) else key
             )
             if (
                 isinstance(key, str)
@@ -264,10 +284,10 @@ def mask_value(value: Any, *, render: Renderer = masked) -> Any:
             ):
                 result[name] = render(Kind.SECRET, _as_text(item))
             else:
-                result[name] = mask_value(item, render=render)
+                result[name] = _mask_value(item, render, budget)
         return result
     if isinstance(value, list | tuple):
-        return [mask_value(item, render=render) for item in value]
+        return [_mask_value(item, render, budget) for item in value]
     return value
 
 

@@ -4,13 +4,16 @@ tells what was found and what its fingerprint is taken of) and the near-misses i
 from __future__ import annotations
 
 import random
+import re
 import time
+from typing import Any
 
 import phonenumbers
 import pytest
+from django.conf import settings
 
 from audit.detectors import PHONE_REGIONS
-from audit.masking import mask_text
+from audit.masking import mask_text, mask_value
 
 
 def shown(kind: str, value: str) -> str:
@@ -506,3 +509,46 @@ def test_the_phone_screen_reads_the_alternate_formats_the_matcher_reads() -> Non
     assert german is not None
     for number_format in alternates.get(49, ()):
         assert detectors._FORMAT_PATTERN.fullmatch(number_format.pattern)
+
+
+def test_a_request_body_of_phone_number_soup_is_masked_within_the_payloads_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A soup of digit groups each of which could start a French, German or British number,
+    as long as a request body (a refused call's arguments are masked too), in one string and
+    in many small ones: libphonenumber's matcher ran once every 8 characters or so, up to a
+    millisecond each (29 s of CPU), and numbers were left in clear once a text's second reads
+    were spent. Now the payload's matcher runs are bounded, and past them every run that may
+    hold a number is masked whole, unread: no number is left."""
+    from audit import detectors
+
+    runs = 0
+    matcher = detectors.PhoneNumberMatcher
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        return matcher(*args, **kwargs)
+
+    monkeypatch.setattr(detectors, "PhoneNumberMatcher", counted)
+    separators = (" ", " - ", " / ", ", ", "  ")
+    numbers = []
+    for n in range(20_000):
+        fr = f"0{n % 9 + 1} 23 45 {n // 100 % 100:02d} {n % 100:02d}"
+        de, gb = f"030 12{n:05d}", f"020 7946 {n % 10_000:04d}"
+        numbers += [fr, de, gb]
+    writing = "".join(f"{number}{separators[i % 5]}" for i, number in enumerate(numbers))
+    body = settings.API_MAX_BODY_BYTES
+    note, lines = writing[: body // 2], [writing[i : i + 40] for i in range(body // 2, body, 40)]
+
+    started = time.thread_time()
+    masked = mask_value({"note": note, "lines": lines})
+    assert time.thread_time() - started < 10  # 29 s of this thread's CPU before
+
+    assert runs <= detectors.MATCHER_RUNS
+    # None of the numbers is left whole in clear (a part of one may be: a run of 20 digits at
+    # most is read, the rest of a number then a run of its own, that the matcher may reject).
+    shown = "\n".join([masked["note"], *masked["lines"]])
+    written = re.compile(r"(?=(0\d 23 45 \d\d \d\d|030 12\d{5}|020 7946 \d{4}))")
+    assert written.search(writing)
+    assert written.search(shown) is None
