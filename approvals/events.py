@@ -257,6 +257,29 @@ def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome_status: 
     )
 
 
+def late_result_accepted(call: ToolCall, *, claim_fence: int, tries: int) -> AuditEvent:
+    """A worker that lost its lease came back with its handler's verdict while nothing else
+    had acted on the call: the result, stored as ``execution_finished`` stores one."""
+    result, error = _echoed(call, call.result, call.error)
+    return record(
+        action="call.late_result_accepted",
+        outcome=call.status,
+        call=call,
+        sensitive_fields=[f"result.{f}" for f in _sensitive(call)],
+        data={
+            "status": call.status,
+            "latency_ms": call.latency_ms,
+            "tries": tries,
+            "result": result,
+            "error": error,
+            "token_cost": call.token_cost,
+            "claim_fence": claim_fence,
+            "fence": call.fence,
+            "attempt": call.attempts,
+        },
+    )
+
+
 def retry_requested(call: ToolCall, *, agent: Any, previous_error: Any) -> AuditEvent:
     """The agent asked to run its failed write again; the error it failed with is masked
     as the result's event masked it (hidden values the downstream echoed)."""

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 StatusChanged = Callable[["ToolCall", str | None], None]
 # (tool name, status, error, found by): an execution ended, outside any transaction. Found
 # by its worker, which stored the outcome (WORKER); by the lease sweep, which took the call
-# from a worker gone silent (SWEEP); or by that worker come back, its outcome refused
-# (LATE). Each execution ends once as WORKER or SWEEP; a receiver that keeps its state in
-# its own process never hears a sweep run in another, and may count the late outcome.
+# from a worker gone silent (SWEEP); or by that worker come back (LATE), its outcome refused
+# or, the call untouched since, accepted late. Each execution ends once as WORKER or SWEEP;
+# a receiver that keeps its state in its own process never hears a sweep run in another,
+# and may count the late outcome.
 ExecutionFinished = Callable[[str, str, dict[str, Any] | None, str], None]
 WORKER, SWEEP, LATE = "worker", "sweep", "late"
 

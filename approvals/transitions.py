@@ -11,7 +11,8 @@ write/destructive: (new) -> pending -> approved -> executing -> succeeded | fail
 write only:                 approved -> unknown  (a re-run of an earlier attempt, refused at
                                                   its claim: that attempt's outcome stays
                                                   unknown, and goes to a person)
-                            unknown -> succeeded | failed   (reconciled or resolved by a person)
+                            unknown -> succeeded | failed   (reconciled, resolved by a person,
+                                                  or the lease's worker come back late)
 write only:                 unknown -> approved  (reconciled: not done, re-run, same key)
                             failed  -> approved  (the agent's retry, or a person's re-run)
 

@@ -34,6 +34,9 @@ ACTIONS: dict[str, str] = {
     "or the tool changed, since the approval; it failed with that code, its handler never ran.",
     "call.stale_result_discarded": "A worker that lost its lease came back; its result was not "
     "stored.",
+    "call.late_result_accepted": "A worker that lost its lease came back with its handler's "
+    "verdict (succeeded, or failed: the effect did not happen) while the call was still "
+    "unknown and untouched since: the result settled it, as on time.",
     "call.escalated": "The call needs a person (a failed destructive call, an unknown outcome).",
     "call.reconciled": "The outcome of an unknown call was settled by the tool's lookup or a "
     "person.",

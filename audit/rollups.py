@@ -36,7 +36,9 @@ CALLS, TOOL_VOTES, REVIEWER_VOTES, RESULTS, TOKENS = (
     "tokens",
 )
 # How a run ends: its result, or the lease sweep's verdict on a worker that went silent
-# (unknown for a write, failed for a read), which no result follows.
+# (unknown for a write, failed for a read), which no result follows. What settles an
+# unknown call later (reconciliation, a person, that worker's late result) is not a second
+# end of the run.
 RUN_ENDS = ("call.execution_finished", "call.lease_expired")
 # The events the summary counts; every other action is skipped at once.
 COUNTED = frozenset(

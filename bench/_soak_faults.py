@@ -363,22 +363,32 @@ def sigstop_round(rig: Rig, victim: Victim, n: int) -> None:
         finally:
             victim.worker.signal_group(signal.SIGCONT)
         resumed = time.monotonic()
-        _wait(lambda: len(audited("call.stale_result_discarded", zombies)) == len(zombies), 30)
+        _wait(lambda: len(late_outcomes_heard(zombies)) == len(zombies), 30)
     finally:
         victim.close()
     refused = len(audited("call.stale_result_discarded", zombies))
+    # A late verdict settles a call still unknown and untouched since its lease expired.
+    accepted = len(audited("call.late_result_accepted", zombies))
     rig.count(
         "sigstop",
         rounds=1,
         in_flight=len(zombies),
         stale_refused=refused,
+        late_accepted=accepted,
         not_taken_over=0 if expired else 1,
     )
     log.info(
-        "sigstop: %d calls, %d paused in flight, %d late results refused; paused %.1f s, "
-        "round %.1f s",
-        n, len(zombies), refused, resumed - paused, time.monotonic() - started,
+        "sigstop: %d calls, %d paused in flight, %d late results refused, %d accepted; "
+        "paused %.1f s, round %.1f s",
+        n, len(zombies), refused, accepted, resumed - paused, time.monotonic() - started,
     )  # fmt: skip
+
+
+def late_outcomes_heard(zombies: list[UUID]) -> set[UUID]:
+    """The paused worker's calls whose late outcome came back: refused or accepted."""
+    return audited("call.stale_result_discarded", zombies) | audited(
+        "call.late_result_accepted", zombies
+    )
 
 
 def taken_over(zombies: list[UUID]) -> bool:

@@ -43,18 +43,19 @@ def finish_call(*, claim: Claim, outcome: Outcome, also: Also | None = None) -> 
     No lock and no read: the door's UPDATE matches only while the call is still under this
     claim's fence, and goes to the database with the result's audit event and the COMMIT,
     in one round trip (``transitions.move``). A worker whose lease was taken over finds
-    that transaction failed, having written nothing, and writes only the audit event that
-    says its result was discarded.
+    that transaction failed, having written nothing. Its handler's verdict then settles the
+    call only if nothing has acted on it since the lease sweep (``_late``); otherwise it
+    writes only the audit event that says its result was discarded.
 
-    ``also`` runs in that transaction, after the outcome's writes, with the call as
-    finished: what it writes commits with the result, or not at all.
+    ``also`` runs in the transaction that stores the outcome, after its writes, with the
+    call as finished: what it writes commits with the result, or not at all.
     """
     try:
         _store(claim, outcome, also)
     except DatabaseError as exc:
         if not transitions.not_moved(exc, claim.call):
             raise
-        _discard(claim, outcome)
+        _late(claim, outcome, also)
         return False
     return True
 
@@ -94,6 +95,58 @@ def _store(claim: Claim, outcome: Outcome, also: Also | None) -> None:
 
 
 @transaction.atomic
+def _late(claim: Claim, outcome: Outcome, also: Also | None) -> None:
+    """The outcome of a worker whose lease the sweep took (``expire_lease``), come back.
+
+    Its handler's verdict is first-hand: the effect happened (succeeded) or surely did not
+    (failed, ``ToolFailed``). It settles the call as the worker would have on time, unless
+    anything else has acted on the call since the sweep; then, and for an outcome still
+    unknown, it is only recorded as discarded. Under the row lock, so a reconciliation or a
+    person deciding on the call at the same moment comes strictly before or after:
+
+    * still ``unknown``: not settled or sent to run again by reconciliation or a person;
+    * the fence exactly the sweep's (the claim's + 1): claimed by no other attempt since;
+    * approved no more times since the claim (``enqueued_at`` as the claim read it): every
+      way out of ``unknown`` and back into it passes through ``approved``
+      (``send.approve`` stamps it), a re-run that was refused at its claim included.
+
+    Reconciliation's escalation to a person leaves all three as they were: a person has
+    been asked and has not answered, and is spared the question. Reads are never settled
+    here: the sweep failed them, and the agent was answered then.
+    """
+    if outcome.status == Status.UNKNOWN or claim.risk == Risk.READ:
+        _discard(claim, outcome)
+        return
+    call = transitions.lock_call(claim.call_id)
+    assert call is not None, "calls are never deleted"
+    untouched = (
+        call.status == Status.UNKNOWN
+        and call.fence == claim.fence + 1
+        and call.enqueued_at == claim.call.enqueued_at
+    )
+    if not untouched:
+        events.stale_result_discarded(call, claim_fence=claim.fence, outcome_status=outcome.status)
+        return
+    escalate = outcome.status == Status.FAILED and call.risk == Risk.DESTRUCTIVE
+    transitions.move(
+        call,
+        outcome.status,
+        fence=call.fence,
+        result=outcome.result,
+        error=outcome.error,
+        latency_ms=outcome.latency_ms,
+        finished_at=timezone.now(),
+        # Off the "needs attention" page, unless a destructive call failed (as on time).
+        **attention(DESTRUCTIVE_FAILED if escalate else ""),
+    )
+    events.late_result_accepted(call, claim_fence=claim.fence, tries=outcome.tries)
+    if escalate:
+        events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
+    if also is not None:
+        also(call)
+
+
+@transaction.atomic
 def _discard(claim: Claim, outcome: Outcome) -> None:
     current = ToolCall.objects.select_related("tool", "agent").get(pk=claim.call_id)
     events.stale_result_discarded(current, claim_fence=claim.fence, outcome_status=outcome.status)
@@ -117,7 +170,8 @@ def expire_lease(
     A write becomes ``unknown``: its effect may or may not have happened, and the
     reconciliation sweep asks the downstream. A read has no effect, so it fails. The fence
     moves on in the same UPDATE, so the silent worker's late ``finish_call`` (a paused or
-    partitioned process that wakes up) matches no row and is discarded.
+    partitioned process that wakes up) matches no row: its handler's verdict then settles
+    the call only if nothing else has acted on it since (``_late``).
     """
     # The agent's run lock first, as a claim and a stop take it: the agent is read as a stop
     # under way leaves it. The lease against the database's clock (sweeps.expire_leases).

@@ -7,7 +7,8 @@
 2. run the handler (through the registered tool, which validates the arguments first)
    with the call's stable idempotency key and the tool's timeout, with no transaction open.
 3. finish (``finish.finish_call``): store the outcome ``WHERE fence = <ours>`` with its
-   audit event; a worker whose lease was taken over writes nothing.
+   audit event; a worker whose lease was taken over writes nothing under its claim, and
+   its handler's verdict settles the call only if nothing has acted on it since.
 
 A handler that raises ``ToolFailed`` says the effect did not happen: the call failed. Any
 other exception (a timeout, a dropped connection) leaves a write's outcome unknown; the
@@ -71,12 +72,17 @@ def execute(call_id: UUID, *, also: Also | None = None) -> Outcome | None:
         # its connection goes back to the pool meanwhile, for the process's other requests.
         db.hand_back_pooled_connection()
     outcome = _after_an_open_attempt(claim, run_handler(claim))
-    stored = finish_call(claim=claim, outcome=outcome, also=also)
-    if not stored:
+    current = finish_call(claim=claim, outcome=outcome, also=also)
+    if not current:
         logger.warning(
-            "call %s: lease lost (fence %s) before the result was stored", call_id, claim.fence
+            "call %s: lease lost (fence %s) before the result was stored; it settles the call "
+            "only if nothing acted on it since",
+            call_id,
+            claim.fence,
         )
-    found_by = hooks.WORKER if stored else hooks.LATE  # LATE: the lease sweep took the call
+    # LATE: the lease sweep took the call, and told the breaker of this execution's end
+    # (SWEEP), whether or not the late outcome then settled the call.
+    found_by = hooks.WORKER if current else hooks.LATE
     hooks.execution_finished(claim.tool_name, outcome.status, outcome.error, found_by=found_by)
     return outcome
 

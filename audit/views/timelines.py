@@ -49,6 +49,7 @@ STEP_TITLES = {
     "call.execution_started": "Intent (before the handler ran)",
     "call.execution_finished": "Result",
     "call.stale_result_discarded": "Stale result discarded",
+    "call.late_result_accepted": "Late result accepted",
     "call.escalated": "Escalated to a person",
     "call.reconciled": "Reconciled",
     "call.rechecked": "Asked the downstream again",
@@ -104,6 +105,7 @@ VISIBLE = {
     "call.execution_refused": [("reason", "Reason")],
     "call.escalated": [("reason", "Reason")],
     "call.execution_finished": [("error", "Error"), ("latency_ms", "Latency (ms)")],
+    "call.late_result_accepted": [("error", "Error"), ("latency_ms", "Latency (ms)")],
     "reviewer.reauthentication_failed": [("failures", "Failures in a row")],
     "auth.two_factor_verified": [("for", "For")],
 }

@@ -6,12 +6,14 @@ import html
 import json
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.test import Client
 from django.utils import timezone
 
 from approvals.execution import runner
+from approvals.execution.finish import Outcome, expire_lease, finish_call
 from approvals.models import ToolCall
 from approvals.services.decisions import decide
 from approvals.services.reveals import reveal_arguments
@@ -20,6 +22,7 @@ from audit.models import AuditEvent
 from audit.templatetags.audit_tags import session_url
 from tests.approvals.conftest import make_call, with_free_form_names
 from tests.conftest import World
+from tests.support.calls import claimed_call
 from tests.support.workers import purge_queue
 from tools_registry.services.grants import grant
 
@@ -335,3 +338,21 @@ def test_keys_that_mask_alike_are_all_in_the_trail(world: World, auditor_client:
         json.loads(line) for line in export.decode().splitlines() if "call.submitted" in line
     ]
     assert sorted(submitted[0]["data"]["arguments"]["names"].values()) == sorted(names.values())
+
+
+def test_a_late_result_that_settled_the_call_reads_as_its_result(
+    world: World, auditor_client: Client
+) -> None:
+    """The worker went silent past its lease, then came back with its success while the
+    call was still unknown: the step after "Worker went silent" is the result that settled
+    it, and the call's status is that result's."""
+    call, claim = claimed_call(world)
+    assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+    finish_call(claim=claim, outcome=Outcome(status="succeeded", result={"id": 1}, latency_ms=7))
+
+    content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
+    titles = ["Intent (before the handler ran)", "Worker went silent", "Late result accepted"]
+    positions = [content.index(f"<strong>{t}</strong>") for t in titles]
+    assert positions == sorted(positions)
+    assert "<dt>Latency (ms)</dt><dd>7</dd>" in content
+    assert 'id="call-status"><span class="badge status-succeeded">succeeded' in content

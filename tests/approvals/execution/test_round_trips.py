@@ -13,6 +13,7 @@ from django.utils import timezone
 from approvals.execution.claim import claim_call
 from approvals.execution.finish import Outcome, expire_lease, finish_call
 from approvals.models import Status, ToolCall
+from approvals.services.attention import resolve_call
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.calls import approved_call, claimed_call
@@ -55,8 +56,11 @@ def test_a_claim_waits_twice_and_a_finish_once(live_world: World) -> None:
 def test_a_stale_finish_writes_nothing_of_its_result_and_says_it_was_discarded(
     live_world: World,
 ) -> None:
+    """Its lease taken, and the call's outcome then marked by a person: the late result
+    has no say (test_late_results.py: one nothing acted on is settled by it)."""
     call, stale = claimed_call(live_world)
     assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+    resolve_call(call_id=call.pk, person=live_world.bob, outcome=Status.FAILED, note="checked")
     before = ToolCall.objects.values().get(pk=call.pk)
     seen = actions(call.pk)
 
@@ -64,7 +68,7 @@ def test_a_stale_finish_writes_nothing_of_its_result_and_says_it_was_discarded(
     assert finish_call(claim=stale, outcome=late) is False
 
     assert ToolCall.objects.values().get(pk=call.pk) == before, "not a column changed"
-    assert before["status"] == Status.UNKNOWN
+    assert before["status"] == Status.FAILED
     assert actions(call.pk) == [*seen, "call.stale_result_discarded"]
     discarded = AuditEvent.objects.get(call_id=call.pk, action="call.stale_result_discarded")
     assert discarded.data["claim_fence"] == stale.fence
