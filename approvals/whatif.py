@@ -1,7 +1,9 @@
 """Policy what-if: a tool's proposed rules run against its calls of the last days, before
 they are saved. How many calls would have been approved without a reviewer, how many would
 have needed more approvals, how many refused, and how many of each the reviewers in fact
-rejected: the way a compliance lead tunes a rule without finding out in production.
+rejected: the way a compliance lead tunes a rule without finding out in production. Who
+approves is part of the decision: a call that would need as many approvals from other teams
+(every approver in each of them) is decided differently too, and counted so.
 
 Each past call is judged as it arrived: its stored arguments, the risk signals it raised
 then, who it was for and which agent made it. Its secret and sensitive fields are masked
@@ -23,6 +25,7 @@ from typing import Any
 from django.utils import timezone
 
 from approvals import screening
+from approvals.guards import required_teams, teams_phrase
 from approvals.models import Status, ToolCall
 from audit.display import partial
 from audit.masking import mask_fields, mask_text, mask_value
@@ -51,15 +54,30 @@ class WhatIf:
     auto_approved: Tally = field(default_factory=Tally)
     more_approvals: Tally = field(default_factory=Tally)
     fewer_approvals: Tally = field(default_factory=Tally)
+    other_teams: Tally = field(default_factory=Tally)  # as many approvals, from other teams
     refused: Tally = field(default_factory=Tally)
     unchanged: Tally = field(default_factory=Tally)
     not_evaluated: int = 0  # calls on which some rule could not be evaluated
     by_rule: Counter[int] = field(default_factory=Counter)
+    # (teams the call asked, teams these rules would ask): calls asking reviewers both ways
+    team_changes: Counter[tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=Counter)
     truncated: bool = False
 
     @property
     def rule_counts(self) -> list[tuple[int, int]]:
         return sorted(self.by_rule.items())
+
+    @property
+    def team_changes_in_words(self) -> list[tuple[str, str, int]]:
+        """Who approved and who would approve, as the reviewer's page says it."""
+        return [
+            (_who(before), _who(after), count)
+            for (before, after), count in sorted(self.team_changes.items())
+        ]
+
+
+def _who(teams: tuple[str, ...]) -> str:
+    return teams_phrase(teams) if teams else "any reviewer of the tool"
 
 
 def run(
@@ -122,9 +140,15 @@ def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCal
         report.auto_approved.add(call.status)
         return
     asked: Any = call.approvals_required
+    # The call's snapshot names the teams it asked (its one ``team`` if stored before lists).
+    before = tuple(required_teams(call.policy))
+    if before != outcome.teams:
+        report.team_changes[before, outcome.teams] += 1
     if outcome.approvals > asked:
         report.more_approvals.add(call.status)
     elif outcome.approvals < asked:
         report.fewer_approvals.add(call.status)
+    elif before != outcome.teams:
+        report.other_teams.add(call.status)
     else:
         report.unchanged.add(call.status)

@@ -21,8 +21,17 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from audit.canonical import canonical_json
+from audit.masking import mask_text
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# How much of an offending value (or key) a message quotes, and how long a message may be.
+# jsonschema quotes the value whole: a 200 KB string past its ``maxLength`` came back twice
+# in the answer and went into the append-only trail with the refusal.
+QUOTED_MAX = 200
+MESSAGE_MAX = 1_000
+# A secret the cut runs through is looked for this far past it (a JWT is long).
+_CUT_LOOKAHEAD = 1_000
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,8 @@ def validate_arguments(
     Messages about a value under one of ``sensitive_fields``, or about an object or list
     that contains one (an error at ``card`` when ``card.number`` is sensitive; an error at
     the root when any field is), do not quote the value, since errors are returned to the
-    agent, stored for idempotent replays and audited.
+    agent, stored for idempotent replays and audited. Other values (and made-up argument
+    names, in paths too) are quoted at most ``QUOTED_MAX`` characters long, with their size.
     """
     sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
     found: list[ArgumentError] = []
@@ -143,9 +153,15 @@ def validate_arguments(
     try:
         for error in validator_for(schema).iter_errors(arguments):
             for parts, message, quotes_instance in _located(error):
+                # A key the agent made up may be as long as the body: its path names it cut.
+                path = json_path(_cut(p) if isinstance(p, str) else p for p in parts)
                 if quotes_instance and _under_sensitive(parts, sensitive):
-                    message = f"The value at {json_path(parts)} is not valid ({error.validator})."
-                found.append(ArgumentError(json_path(parts), message, str(error.validator)))
+                    message = f"The value at {path} is not valid ({error.validator})."
+                elif quotes_instance:
+                    message = _quoting_shortened(message, error.instance)
+                if len(message) > MESSAGE_MAX:  # quoting parts of the value (``items``)
+                    message = f"{_cut(message, MESSAGE_MAX)}… ({len(message):,} characters)"
+                found.append(ArgumentError(path, message, str(error.validator)))
     except (TooComplex, RecursionError):
         return [
             ArgumentError(
@@ -197,9 +213,60 @@ def _located(error: ValidationError) -> Iterator[tuple[list[Any], str, bool]]:
         ]
         if extras:
             for key in sorted(extras):
-                yield [*parent, key], f"{key!r} is not an argument of this tool.", False
+                yield [*parent, key], f"{_quoted(key)} is not an argument of this tool.", False
             return
     yield parent, error.message, True
+
+
+def _quoting_shortened(message: str, value: Any) -> str:
+    """``message`` with its quote of ``value`` (jsonschema's ``repr``) shortened."""
+    if not isinstance(value, str | list | dict):
+        return message
+    whole = repr(value)
+    if len(whole) <= QUOTED_MAX:
+        return message
+    return message.replace(whole, _quoted(value), 1)
+
+
+def _quoted(value: str | list[Any] | dict[str, Any]) -> str:
+    """``repr(value)``, or its first ``QUOTED_MAX`` characters and how long it is."""
+    whole = repr(value)
+    if len(whole) <= QUOTED_MAX:
+        return whole
+    if isinstance(value, str):
+        size = f"{len(value):,} characters"
+    elif isinstance(value, list):
+        size = f"a list of {len(value):,} item{'s' if len(value) != 1 else ''}"
+    else:
+        size = f"an object of {len(value):,} member{'s' if len(value) != 1 else ''}"
+    return f"{_cut(whole, QUOTED_MAX)}… ({size})"
+
+
+def _cut(text: str, limit: int = QUOTED_MAX) -> str:
+    """The first ``limit`` characters of ``text``, or fewer: never part of a secret or an
+    address the audit's detectors would find in the whole (cut, they might not know it, and
+    the trail would keep its first characters in clear); the cut goes before it."""
+    if len(text) <= limit:
+        return text
+    window = text[: limit + _CUT_LOOKAHEAD]
+    found: list[str] = []
+
+    def note(_kind: str, value: str) -> str:
+        found.append(value)
+        return value
+
+    mask_text(window, render=note)
+    spans = []
+    for value in set(found):
+        at = window.find(value)
+        while at != -1:
+            spans.append((at, at + len(value)))
+            at = window.find(value, at + 1)
+    end = limit
+    for start, stop in sorted(spans, reverse=True):  # a cut moved back may meet another
+        if start < end < stop:
+            end = start
+    return text[:end]
 
 
 def _under_sensitive(parts: list[Any], sensitive: list[tuple[str, ...]]) -> bool:

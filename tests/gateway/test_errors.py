@@ -156,6 +156,75 @@ def test_a_refused_calls_error_and_audit_never_quote_a_sensitive_value(world: Wo
         assert {"$.changes.email", "$.changes"} & {d["path"] for d in event.data["details"]}
 
 
+LONG = 200_000  # characters: under the body limit (256 KB), far over any message's worth
+
+
+@pytest.mark.parametrize(
+    ("arguments", "path"),
+    [
+        # maxLength and pattern each quoted the whole value.
+        (
+            {"payment_id": "x" * LONG, "amount_cents": 1, "currency": "usd", "reason": "r"},
+            "$.payment_id",
+        ),
+        # An argument the tool does not have, named by a key as long.
+        (
+            {
+                "payment_id": "pay_0001",
+                "amount_cents": 1,
+                "currency": "usd",
+                "reason": "r",
+                "k" * LONG: 1,
+            },
+            None,
+        ),
+    ],
+    ids=["value", "key"],
+)
+def test_an_invalid_arguments_error_quotes_a_long_value_shortened(
+    world: World, arguments: Any, path: str | None
+) -> None:
+    """Each message quoted the offending value whole: one 200 KB argument was written back
+    twice in the answer, and in the append-only trail beside the arguments themselves."""
+    body = {"tool": "issue_refund", "arguments": arguments, "session_id": "s"}
+    response = world.api().submit(body)
+    error = error_of(response, 400, "invalid_arguments")
+    assert len(response.content) < 4_000, len(response.content)
+    if path is not None:
+        assert path in {d["path"] for d in error["details"]}
+    for detail in error["details"]:
+        assert len(detail["message"]) <= 400, detail["message"][:500]
+    assert any(f"({LONG:,} characters)" in d["message"] for d in error["details"]), error
+    [event] = refusals("invalid_arguments")
+    assert len(json.dumps(event.data["details"])) < 4_000
+
+
+def test_a_shortened_quote_never_keeps_part_of_a_secret(world: World) -> None:
+    """Cut through, a key is no longer one the trail's detectors know: its first characters
+    would stay in clear. The cut goes before it."""
+    key = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    reason = "a" * 190 + f" {key} " + "b" * 1_000  # the cut at 200 falls inside the key
+    body = {
+        "tool": "issue_refund",
+        "arguments": {
+            "payment_id": "pay_0001",
+            "amount_cents": 1,
+            "currency": "usd",
+            "reason": reason,
+        },
+        "session_id": "s",
+    }
+    response = world.api().submit(body)
+    error = error_of(response, 400, "invalid_arguments")
+    [detail] = error["details"]
+    assert detail["path"] == "$.reason"
+    assert detail["message"].startswith("'" + "a" * 190)
+    assert "(1,224 characters) is too long" in detail["message"], detail["message"]
+    assert "sk_li" not in response.content.decode()
+    [event] = refusals("invalid_arguments")
+    assert "sk_li" not in json.dumps(event.data)
+
+
 # --- idempotency -----------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
@@ -19,6 +20,7 @@ from approvals.services.decisions import decide
 from tests.approvals.conftest import with_free_form_names
 from tests.conftest import World, events
 from tests.tools_registry.conftest import admin_form_data
+from tools_registry import services as registry_services
 
 CHANGE = "/admin/tools_registry/tool/{}/change/"
 
@@ -291,3 +293,80 @@ def test_the_what_if_counts_a_rule_that_cannot_be_evaluated_as_the_live_policy_d
     assert report.calls == 1 and report.not_evaluated == 1
     assert (report.more_approvals.calls, report.auto_approved.calls) == (1, 0)
     assert report.unchanged.calls == 0
+
+
+def test_the_what_if_counts_a_change_of_teams_and_names_them(
+    world: World, admin_client: Client
+) -> None:
+    """A call needs its approvals from a set of teams (every approver in each). Rules that
+    ask the same number of approvals from other teams decide the call differently: the
+    what-if compared the number alone, and reported such a change as "as before"."""
+    Group.objects.create(name="finance")
+    Group.objects.create(name="security")
+    tool = world.tools["issue_refund"]
+    finance = {"when": "true", "then": "require", "approvals": 1, "team": "finance"}
+    registry_services.update_policy(tool=tool, changes={"rules": [finance]}, changed_by=world.alice)
+    tool.refresh_from_db()
+    call = refund_call(world, 20000)
+    assert (call.approvals_required, call.policy["teams"]) == (1, ["finance"])
+    url = f"/admin/tools_registry/tool/{tool.pk}/what-if/"
+
+    def tried(*proposed: dict[str, Any]) -> Any:
+        response = admin_client.post(url, {"rules": json.dumps(list(proposed))})
+        assert response.status_code == 200, response.content
+        return response
+
+    assert tried(finance).context["report"].unchanged.calls == 1
+
+    moved = tried({**finance, "team": "security"})
+    report = moved.context["report"]
+    assert report.unchanged.calls == 0
+    assert report.other_teams.calls == 1
+    page = moved.content.decode()
+    assert "needed as many approvals, from other teams" in page
+    assert "from the finance team to the security team: 1 call" in page
+
+    anyone = tried({**finance, "team": ""})
+    assert anyone.context["report"].other_teams.calls == 1
+    assert "from the finance team to any reviewer of the tool: 1 call" in anyone.content.decode()
+
+    # More approvals and another team: counted as more approvals, and the teams still named.
+    more = tried({**finance, "approvals": 2, "team": "security"})
+    report = more.context["report"]
+    assert (report.more_approvals.calls, report.other_teams.calls) == (1, 0)
+    assert "from the finance team to the security team: 1 call" in more.content.decode()
+
+
+def test_the_what_if_names_every_team_a_rule_that_cannot_be_evaluated_adds(
+    world: World, admin_client: Client
+) -> None:
+    """A rule that cannot be evaluated keeps its team beside the one of the rule that held;
+    the what-if says so as the reviewer's page does: members of both."""
+    Group.objects.create(name="finance")
+    Group.objects.create(name="security")
+    create_call(
+        agent=world.agent,
+        tool=world.tools["update_customer"],
+        arguments={"customer_id": "cus_0001", "changes": {"name": "Ada"}},
+        session_id="s-whatif",
+        request_key=uuid.uuid4().hex,
+    )
+    url = f"/admin/tools_registry/tool/{world.tools['update_customer'].pk}/what-if/"
+    proposed = [
+        {
+            "when": 'args.changes.email.endsWith("@rival.com")',
+            "then": "require",
+            "approvals": 1,
+            "team": "security",
+        },
+        {"when": "true", "then": "require", "approvals": 1, "team": "finance"},
+    ]
+    response = admin_client.post(url, {"rules": json.dumps(proposed)})
+    assert response.status_code == 200, response.content
+    report = response.context["report"]
+    assert (report.not_evaluated, report.unchanged.calls) == (1, 0)
+    assert report.other_teams.calls == 1
+    assert (
+        "from any reviewer of the tool to members of both finance and security: 1 call"
+        in response.content.decode()
+    )

@@ -170,3 +170,27 @@ def test_tool_arguments_that_are_not_an_object_are_an_invalid_params_error(
     response = post(mcp_web, live_world.token, call, **{"MCP-Protocol-Version": "2025-06-18"})
     assert response.status_code == 200
     assert message(response)["error"]["code"] == -32602
+
+
+def test_an_invalid_arguments_result_quotes_a_long_value_shortened(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """The MCP door answers with the REST door's problems: a 200 KB value past its
+    ``maxLength`` was quoted whole in the result (in its text and its structured content)."""
+    call = {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "method": "tools/call",
+        "params": {
+            "name": "send_email",
+            "arguments": {"to": "a" * 200_000, "subject": "Hi", "body": "Hi."},
+        },
+    }
+    response = post(mcp_web, live_world.token, call, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 200
+    result = message(response)["result"]
+    assert result["isError"] is True
+    error = result["structuredContent"]["error"]
+    assert error["code"] == "invalid_arguments"
+    assert any("(200,000 characters)" in d["message"] for d in error["details"]), error
+    assert len(response.content) < 8_000, len(response.content)
