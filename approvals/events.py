@@ -211,23 +211,29 @@ def _echoed(call: ToolCall, *outcome: Any) -> list[Any]:
 
 def execution_finished(call: ToolCall, *, tries: int) -> AuditEvent:
     """The result, as stored on the call by the finish."""
-    result, error = _echoed(call, call.result, call.error)
     return record(
         later=True,  # with the COMMIT: every call writes it
         action="call.execution_finished",
         outcome=call.status,
         call=call,
         sensitive_fields=[f"result.{f}" for f in _sensitive(call)],
-        data={
-            "status": call.status,
-            "latency_ms": call.latency_ms,
-            "tries": tries,
-            "result": result,
-            "error": error,
-            "token_cost": call.token_cost,
-            "fence": call.fence,
-        },
+        data=_outcome(call, tries=tries),
     )
+
+
+def _outcome(call: ToolCall, *, tries: int) -> dict[str, Any]:
+    """An execution's outcome as the trail keeps it: the result and error as stored on the
+    call, with the hidden values the downstream echoed masked."""
+    result, error = _echoed(call, call.result, call.error)
+    return {
+        "status": call.status,
+        "latency_ms": call.latency_ms,
+        "tries": tries,
+        "result": result,
+        "error": error,
+        "token_cost": call.token_cost,
+        "fence": call.fence,
+    }
 
 
 def execution_refused(call: ToolCall, *, code: str, reason: str) -> AuditEvent:
@@ -260,23 +266,12 @@ def stale_result_discarded(call: ToolCall, *, claim_fence: int, outcome_status: 
 def late_result_accepted(call: ToolCall, *, claim_fence: int, tries: int) -> AuditEvent:
     """A worker that lost its lease came back with its handler's verdict while nothing else
     had acted on the call: the result, stored as ``execution_finished`` stores one."""
-    result, error = _echoed(call, call.result, call.error)
     return record(
         action="call.late_result_accepted",
         outcome=call.status,
         call=call,
         sensitive_fields=[f"result.{f}" for f in _sensitive(call)],
-        data={
-            "status": call.status,
-            "latency_ms": call.latency_ms,
-            "tries": tries,
-            "result": result,
-            "error": error,
-            "token_cost": call.token_cost,
-            "claim_fence": claim_fence,
-            "fence": call.fence,
-            "attempt": call.attempts,
-        },
+        data={**_outcome(call, tries=tries), "claim_fence": claim_fence, "attempt": call.attempts},
     )
 
 

@@ -75,17 +75,7 @@ def _store(claim: Claim, outcome: Outcome, also: Also | None) -> None:
     reason = (
         DESTRUCTIVE_FAILED if escalate else may_not_run_now("agent_stopped") if for_good else ""
     )
-    transitions.move(
-        call,
-        outcome.status,
-        fence=claim.fence,
-        result=outcome.result,
-        error=outcome.error,
-        latency_ms=outcome.latency_ms,
-        lease_until=None,
-        finished_at=timezone.now(),
-        **attention(reason, for_good=for_good),
-    )
+    _settle(call, outcome, fence=claim.fence, reason=reason, for_good=for_good)
     events.execution_finished(call, tries=outcome.tries)
     if escalate or for_good:
         # Never retried automatically: the call waits on the "needs attention" page.
@@ -128,22 +118,30 @@ def _late(claim: Claim, outcome: Outcome, also: Also | None) -> None:
         events.stale_result_discarded(call, claim_fence=claim.fence, outcome_status=outcome.status)
         return
     escalate = outcome.status == Status.FAILED and call.risk == Risk.DESTRUCTIVE
-    transitions.move(
-        call,
-        outcome.status,
-        fence=call.fence,
-        result=outcome.result,
-        error=outcome.error,
-        latency_ms=outcome.latency_ms,
-        finished_at=timezone.now(),
-        # Off the "needs attention" page, unless a destructive call failed (as on time).
-        **attention(DESTRUCTIVE_FAILED if escalate else ""),
-    )
+    # Off the "needs attention" page, unless a destructive call failed (as on time).
+    _settle(call, outcome, fence=call.fence, reason=DESTRUCTIVE_FAILED if escalate else "")
     events.late_result_accepted(call, claim_fence=claim.fence, tries=outcome.tries)
     if escalate:
         events.call_escalated(call, reason=DESTRUCTIVE_FAILED)
     if also is not None:
         also(call)
+
+
+def _settle(
+    call: ToolCall, outcome: Outcome, *, fence: int, reason: str, for_good: bool = False
+) -> None:
+    """The one move of an execution's outcome onto the call, under ``fence``."""
+    transitions.move(
+        call,
+        outcome.status,
+        fence=fence,
+        result=outcome.result,
+        error=outcome.error,
+        latency_ms=outcome.latency_ms,
+        lease_until=None,
+        finished_at=timezone.now(),
+        **attention(reason, for_good=for_good),
+    )
 
 
 @transaction.atomic
