@@ -3,7 +3,8 @@ they are saved. How many calls would have been approved without a reviewer, how 
 have needed more approvals, how many refused, and how many of each the reviewers in fact
 rejected: the way a compliance lead tunes a rule without finding out in production. Who
 approves is part of the decision: a call that would need as many approvals from other teams
-(every approver in each of them) is decided differently too, and counted so.
+(every approver in each of them), or with a typed confirmation where it had none (or none
+where it had one), is decided differently too, and counted so.
 
 Each past call is judged as it arrived: its stored arguments, the risk signals it raised
 then, who it was for and which agent made it. Its secret and sensitive fields are masked
@@ -55,6 +56,8 @@ class WhatIf:
     more_approvals: Tally = field(default_factory=Tally)
     fewer_approvals: Tally = field(default_factory=Tally)
     other_teams: Tally = field(default_factory=Tally)  # as many approvals, from other teams
+    # as many approvals from the same teams, a typed confirmation of the target asked or not
+    other_confirmation: Tally = field(default_factory=Tally)
     refused: Tally = field(default_factory=Tally)
     unchanged: Tally = field(default_factory=Tally)
     not_evaluated: int = 0  # calls on which some rule could not be evaluated
@@ -150,5 +153,7 @@ def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCal
         report.fewer_approvals.add(call.status)
     elif before != outcome.teams:
         report.other_teams.add(call.status)
+    elif bool((call.policy or {}).get("confirm")) != outcome.confirm:
+        report.other_confirmation.add(call.status)
     else:
         report.unchanged.add(call.status)

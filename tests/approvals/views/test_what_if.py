@@ -370,3 +370,30 @@ def test_the_what_if_names_every_team_a_rule_that_cannot_be_evaluated_adds(
         "from any reviewer of the tool to members of both finance and security: 1 call"
         in response.content.decode()
     )
+
+
+def test_the_what_if_counts_a_typed_confirmation_added_or_dropped(
+    world: World, admin_client: Client
+) -> None:
+    """A rule that asks the approver to type the call's target decides the call differently
+    (an approver must do more), though as many approvals from the same people: the what-if
+    reported it "as before"."""
+    tool = world.tools["issue_refund"]
+    one = {"when": "true", "then": "require", "approvals": 1}
+    registry_services.update_policy(tool=tool, changes={"rules": [one]}, changed_by=world.alice)
+    tool.refresh_from_db()
+    call = refund_call(world, 20000)
+    assert call.policy["confirm"] is False  # a write: confirmed only where a rule asks
+    url = f"/admin/tools_registry/tool/{tool.pk}/what-if/"
+
+    def tried(*proposed: dict[str, Any]) -> Any:
+        response = admin_client.post(url, {"rules": json.dumps(list(proposed))})
+        assert response.status_code == 200, response.content
+        return response
+
+    report = tried(one).context["report"]
+    assert (report.unchanged.calls, report.other_confirmation.calls) == (1, 0)
+    added = tried({**one, "confirm": True})
+    report = added.context["report"]
+    assert (report.unchanged.calls, report.other_confirmation.calls) == (0, 1)
+    assert "with a typed confirmation added or dropped" in added.content.decode()
