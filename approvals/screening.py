@@ -64,6 +64,10 @@ class Screening:
             "version": tool.policy_version,
             "approvals_required": self.approvals_required,
             "teams": list(self.teams),
+            # The release before reads ``team`` alone, and lets anyone approve a call that
+            # names none there: after a rollback, or beside it in a rolling deploy, one of the
+            # teams keeps its check (``guards.required_teams`` reads both).
+            "team": self.teams[0] if self.teams else "",
             "confirm": self.confirm,
             "ttl_seconds": tool.approval_ttl_seconds,
             "timeout_seconds": tool.timeout_seconds,

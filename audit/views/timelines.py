@@ -175,7 +175,10 @@ def _policy_steps(proposal: AuditEvent | None) -> list[Step]:
         facts = [
             (str(k).replace("_", " ").capitalize(), _shown(v))
             for k, v in sorted(policy.items())
-            if k != "rule" and v not in (None, "", [], False)
+            # ``team``, beside ``teams``, is one of them for the release before to read.
+            if k != "rule"
+            and not (k == "team" and "teams" in policy)
+            and v not in (None, "", [], False)
         ]
         if rule.get("number"):
             outcome = rule.get("then", "")

@@ -16,6 +16,7 @@ from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
 from approvals.services.decisions import TeamRequired, decide
 from audit.models import AuditEvent
+from tests.audit.conftest import make_auditor
 from tests.conftest import World, events
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
@@ -431,6 +432,35 @@ def test_a_call_two_rules_might_decide_needs_approvers_in_both_their_teams(
     assert vote(world.bob, call).status_code == 200
     call.refresh_from_db()
     assert call.status == Status.APPROVED
+
+
+def test_the_snapshot_still_names_a_team_under_the_key_the_release_before_reads(
+    world: World,
+) -> None:
+    """The release before read a call's team from ``policy["team"]`` alone, and let anyone
+    granted the tool approve a call whose snapshot named none there: rolled back to it (or
+    serving a rolling deploy beside this one), every pending call a team rule reserved was
+    open to every reviewer of the tool. The snapshot names one of its teams there too."""
+    Group.objects.create(name="finance")
+    Group.objects.create(name="security")
+    set_rules(
+        world,
+        "update_customer",
+        [
+            NOT_EVALUATED_FOR_SECURITY,
+            {"when": 'args.customer_id.startsWith("cus_")', "then": "require",
+             "approvals": 1, "team": "finance"},
+        ],
+    )  # fmt: skip
+    call = ToolCall.objects.get(pk=world.api().submit(CUSTOMER_CHANGE).json()["id"])
+    assert call.policy["teams"] == ["finance", "security"]
+    assert call.policy["team"] in ("finance", "security")
+    # The auditor reads the teams the call needs, not the one kept for the release before.
+    auditor = Client()
+    auditor.force_login(make_auditor())
+    page = auditor.get(f"/audit/calls/{call.pk}/").content.decode()
+    assert "<dt>Teams</dt><dd>finance, security</dd>" in page
+    assert "<dt>Team</dt>" not in page
 
 
 def test_two_rules_that_could_not_be_evaluated_each_keep_their_team(world: World) -> None:
