@@ -360,9 +360,6 @@ def get_tool_call(request: HttpRequest, call_id: UUID, query: Query[WaitQuery]) 
             seen=query.seen,
             still_allowed=lambda: _still_allowed(request),
         )
-    except waits.WaitsUncounted:
-        # As MCP's tasks/result: an uncounted wait is what the limit is there to stop.
-        raise errors.unavailable() from None
     except longpoll.ThreadsTaken:
         raise errors.waiting_threads_taken(longpoll.threads_for_waits()) from None
     except waits.TooManyWaits:

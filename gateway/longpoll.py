@@ -59,17 +59,28 @@ def wait_for_change(
     """The call once its status differs from ``seen`` (default: its status now), is
     terminal, or ``wait`` seconds passed; None if the agent has no such call.
 
-    A wait takes one of the agent's places (``gateway.waits``): ``TooManyWaits`` when none
-    is free and the call would be waited for, ``WaitsUncounted`` when Redis cannot count
-    them. ``still_allowed`` is called before each read after a pause, and raises once the
-    caller may no longer read (a token revoked, an agent stopped while the request waited)."""
+    A wait takes one of this process's threads for waits (``ThreadsTaken`` when none is
+    free) and one of the agent's places (``gateway.waits``: ``TooManyWaits`` when none is
+    free), when the call would be waited for. ``still_allowed`` is called before each read
+    after a pause, and raises once the caller may no longer read (a token revoked, an agent
+    stopped while the request waited)."""
     wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
     if wait <= 0:
         return selectors.call_of_agent(agent, call_id)
     deadline = time.monotonic() + wait
     try:
-        with _threads.holding(), waits.holding(agent.pk) as keep:
-            return _wait_in_place(agent, call_id, seen, deadline, _kept(keep, still_allowed))
+        with _threads.holding():
+            try:
+                with waits.holding(agent.pk) as keep:
+                    return _wait_in_place(
+                        agent, call_id, seen, deadline, _kept(keep, still_allowed)
+                    )
+            except waits.WaitsUncounted:
+                # Redis, which counts the agent's places, is down: the wait goes on
+                # uncounted, polling the database, within this process's share of its
+                # threads (counted here), rather than failing every agent's waits for as
+                # long as Redis is away.
+                return _wait_in_place(agent, call_id, seen, deadline, still_allowed)
     except waits.TooManyWaits:
         # No place, but nothing to wait for either (an ended call, a stale ``seen``, none of
         # the agent's): that is the answer, as it would have been at once with a place.

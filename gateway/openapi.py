@@ -81,7 +81,6 @@ OPERATION_ERRORS: dict[str, dict[int, list[str]]] = {
         403: ["agent_stopped"],
         404: ["call_not_found"],
         429: ["too_many_waits"],
-        503: ["unavailable"],
     },
     CANCEL: {
         400: ["invalid_request"],

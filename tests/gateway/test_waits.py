@@ -1,6 +1,6 @@
 """The places of requests that wait for a call to end (``gateway.waits``): one count per
-agent for its REST long-polls and its MCP waits together, and no uncounted wait while
-Redis, which counts them, cannot be reached."""
+agent for its REST long-polls and its MCP waits together; while Redis, which counts them,
+cannot be reached, a long-poll is bounded by its process's threads for waits alone."""
 
 from __future__ import annotations
 
@@ -50,21 +50,32 @@ def test_a_long_poll_and_an_mcp_wait_share_the_agents_places(
     assert live_world.api().get(f"/api/v1/tool-calls/{waited}?wait=1").status_code == 200
 
 
-def test_a_long_poll_while_redis_is_down_is_unavailable_not_an_uncounted_wait(
-    world: World,
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEB_THREADS=4)
+def test_a_long_poll_while_redis_is_down_polls_within_the_processs_threads(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As MCP's tasks/result: a wait nobody counts is what the limit is there to stop, so a
-    long-poll that would wait is refused with 503 ``unavailable`` (retryable, Retry-After)
-    rather than polling the database uncounted; a call with nothing to wait for, or a read
-    without a wait, is still answered."""
-    pending = _pending_call(world)
-    ended = _pending_call(world, "s2")
-    _reject(world, ended)
-    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
-        refused = world.api().get(f"/api/v1/tool-calls/{pending}?wait=5")
-        assert refused.status_code == 503, refused.json()
-        assert refused.json()["error"]["code"] == "unavailable"
-        assert refused.json()["error"]["retryable"] is True
-        assert refused.headers["Retry-After"]
-        assert world.api().get(f"/api/v1/tool-calls/{pending}").json()["status"] == "pending"
-        assert world.api().get(f"/api/v1/tool-calls/{ended}?wait=5").json()["status"] == "rejected"
+    """Redis, which counts an agent's places, cannot be reached: a long-poll still waits
+    (polling the database, as without Redis), counted against this process's threads for
+    waits alone, rather than every agent's waits failing for as long as Redis is away."""
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    held = [_pending_call(live_world, f"s{i}") for i in range(3)]
+    extra = _pending_call(live_world, "extra")
+    connection.close()
+    spy = LongPollSpy(monkeypatch)
+    with (
+        override_settings(REDIS_URL="redis://127.0.0.1:1/0"),
+        ThreadPoolExecutor(3) as executor,
+    ):
+        waiters = [executor.submit(_poll, live_world.token, call_id, "wait=20") for call_id in held]
+        spy.wait_until_waiting(count=3)
+        # Three of the process's 4 threads wait: the fourth is kept for what does not wait.
+        refused = live_world.api().get(f"/api/v1/tool-calls/{extra}?wait=5")
+        assert refused.status_code == 429, refused.json()
+        assert live_world.api().get(f"/api/v1/tool-calls/{extra}").json()["status"] == "pending"
+        for call_id in held:
+            _reject(live_world, call_id)
+        results = [waiter.result(timeout=30) for waiter in waiters]
+    assert [(status, body["status"]) for _, status, body in results] == [(200, "rejected")] * 3
+    assert spy.pauses() and all(p == [] for p in spy.pauses()), "no Redis: it polled"
