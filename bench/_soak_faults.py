@@ -66,6 +66,7 @@ log = logging.getLogger("soak")
 
 # A victim worker's processes, and how many calls each of its rounds makes.
 VICTIM_CONCURRENCY = 5
+VICTIM_READY_SECONDS = 120
 ROUND_CALLS = 20
 # Held tasks must outlive their hold: Celery's time limits on them are this long.
 HELD_LIMITS = {"soft_time_limit": 120.0, "time_limit": 130.0}
@@ -236,8 +237,13 @@ class VictimPool:
             env = chaos.chaos_worker_env(
                 self.rig.server, tag=tag, CELERY_QUEUE=queue, **self.rig.worker_env
             )
+            # A victim starts while the soak's load holds the machine's cores: its five
+            # children took more than the tests' 30 s to be ready on a slow 2-core machine.
             context = running_worker(
-                concurrency=VICTIM_CONCURRENCY, tmp_path=self.rig.logs, env=env
+                concurrency=VICTIM_CONCURRENCY,
+                tmp_path=self.rig.logs,
+                env=env,
+                ready_within=VICTIM_READY_SECONDS,
             )
             return Victim(worker=context.__enter__(), tag=tag, queue=queue, context=context)
         finally:

@@ -91,8 +91,10 @@ def running_worker(
     tmp_path: Path,
     env: dict[str, str] | None = None,
     queue: str | None = None,
+    ready_within: float = 30,
 ) -> Iterator[Worker]:
-    """A `celery worker` in its own process group (so kill -9 reaches its children too).
+    """A `celery worker` in its own process group (so kill -9 reaches its children too),
+    once it says it is ready (``ready_within`` seconds at most).
 
     It consumes ``queue``, else the ``CELERY_QUEUE`` given in ``env``, else the default."""
     log_path = tmp_path / f"worker-{uuid.uuid4().hex[:8]}.log"
@@ -115,7 +117,7 @@ def running_worker(
         )
     worker = Worker(proc, log_path)
     try:
-        worker.wait_ready()
+        worker.wait_ready(ready_within)
         yield worker
     finally:
         worker.stop()
