@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -307,32 +308,74 @@ def arguments_revealed(call: ToolCall, *, reviewer: Any, reason: str) -> AuditEv
 
 
 def _notification_sent(
-    call: ToolCall, *, action: str, kind: str, recipients: list[str], group: str = ""
+    call: ToolCall,
+    *,
+    action: str,
+    kind: str,
+    recipients: list[str],
+    group: str = "",
+    teams: Sequence[str] = (),
+    no_approver: str = "",
 ) -> AuditEvent:
+    """``teams``: those the call needs every approver in (the recipients were chosen among
+    their members); ``no_approver``: why none of the recipients could approve it (a key of
+    ``notifications.NO_APPROVER``), the mail said so."""
     data: dict[str, Any] = {"kind": kind, "recipients": recipients}
     if group:
         data["group"] = group
+    if teams:
+        data["teams"] = list(teams)
+    if no_approver:
+        data["no_approver"] = no_approver
     return record(action=action, outcome="sent", call=call, data=data, people=["recipients"])
 
 
-def reviewers_notified(call: ToolCall, *, recipients: list[str]) -> AuditEvent:
-    """The tool's reviewers were told by e-mail that a new call waits for them."""
+def reviewers_notified(
+    call: ToolCall, *, recipients: list[str], teams: Sequence[str] = (), no_approver: str = ""
+) -> AuditEvent:
+    """The tool's reviewers who could approve the call were told by e-mail that a new call
+    waits for them (or, when none could, those who may reject it, told so)."""
     return _notification_sent(
-        call, action="call.reviewers_notified", kind="new_call", recipients=recipients
+        call,
+        action="call.reviewers_notified",
+        kind="new_call",
+        recipients=recipients,
+        teams=teams,
+        no_approver=no_approver,
     )
 
 
-def reminder_sent(call: ToolCall, *, recipients: list[str]) -> AuditEvent:
+def reminder_sent(
+    call: ToolCall, *, recipients: list[str], teams: Sequence[str] = (), no_approver: str = ""
+) -> AuditEvent:
     """Reviewers who have not voted were reminded of a call that has waited long."""
     return _notification_sent(
-        call, action="call.reminder_sent", kind="reminder", recipients=recipients
+        call,
+        action="call.reminder_sent",
+        kind="reminder",
+        recipients=recipients,
+        teams=teams,
+        no_approver=no_approver,
     )
 
 
-def escalation_sent(call: ToolCall, *, recipients: list[str], group: str) -> AuditEvent:
+def escalation_sent(
+    call: ToolCall,
+    *,
+    recipients: list[str],
+    group: str,
+    teams: Sequence[str] = (),
+    no_approver: str = "",
+) -> AuditEvent:
     """A second team was told of a call about to expire undecided."""
     return _notification_sent(
-        call, action="call.escalation_sent", kind="escalation", recipients=recipients, group=group
+        call,
+        action="call.escalation_sent",
+        kind="escalation",
+        recipients=recipients,
+        group=group,
+        teams=teams,
+        no_approver=no_approver,
     )
 
 

@@ -9,8 +9,9 @@ chance); one that says the server is down ends the run: the notifications it had
 yet wait for the next run. People whom separation of duties keeps from approving a call are not mailed
 about it.
 
-* new: every pending call, to the tool's reviewers (user grants and group grants);
-* reminder: once, ``Tool.reminder_after_seconds`` after submission, to the reviewers who
+* new: every pending call, to the tool's reviewers (user grants and group grants) who could
+  approve it (``recipients.audience``);
+* reminder: once, ``Tool.reminder_after_seconds`` after submission, to those of them who
   have not voted yet;
 * escalation: once, shortly before expiry, to ``Tool.escalation_group``.
 """
@@ -27,15 +28,21 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, mailers
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
-from guardian.shortcuts import get_users_with_perms
 
 from approvals import events, guards
 from approvals.models import Status, ToolCall
+from approvals.recipients import (
+    NO_APPROVER,
+    Audience,
+    audience,
+    escalation_recipients,
+    granted_reviewers,
+    without_conflicts,
+)
 from tools_registry.models import Tool
 
 logger = logging.getLogger(__name__)
@@ -59,36 +66,13 @@ class NotificationReport:
     escalated: int = 0
 
 
-def reviewers_of(tool: Tool) -> list[Any]:
-    """Active people granted review of ``tool``, directly or through a team, with an address."""
-    users = get_users_with_perms(
-        tool,
-        only_with_perms_in=["review_tool"],
-        with_group_users=True,
-        with_superusers=False,
-    )
-    # get_users_with_perms returns a queryset when with_group_users is set, as here.
-    assert not isinstance(users, list)
-    return [u for u in users.order_by("username") if u.is_active and u.email]
+def _names(people: list[Any]) -> list[str]:
+    return [p.get_username() for p in people]
 
 
-def escalation_recipients(tool: Tool) -> list[Any]:
-    if tool.escalation_group_id is None:
-        return []
-    return list(
-        get_user_model()
-        .objects.filter(groups=tool.escalation_group_id, is_active=True)
-        .exclude(email="")
-        .order_by("username")
-    )
-
-
-def without_conflicts(call: ToolCall, people: list[Any]) -> list[Any]:
-    """``people`` but those separation of duties keeps from approving ``call`` (its agent's
-    owner, the end user it acts for, a token's issuer): they may reject it, but a mail
-    asking them to decide their own call, or reminding them of a quorum they cannot make,
-    is not for them."""
-    return [p for p in people if not guards.conflict_of_interest(call, p)]
+def _facts(about: Audience) -> dict[str, Any]:
+    """What a notification's audit event says of who may approve the call."""
+    return {"teams": about.teams, "no_approver": about.no_approver}
 
 
 def _link(call: ToolCall) -> str:
@@ -107,15 +91,22 @@ class Mail:
     message: EmailMessage
 
 
-def _message(call: ToolCall, *, subject: str, lead: str, to: Any) -> Mail:
+def _message(call: ToolCall, *, subject: str, lead: str, to: Any, about: Audience) -> Mail:
     # Only names and times go into the mail: the arguments and the reasoning can hold
     # personal data and stay behind the sign-in (and its masking).
+    if about.no_approver:
+        warning = NO_APPROVER[about.no_approver].format(
+            tool=call.tool.name, teams=", ".join(about.teams)
+        )
+        lead = f"{lead}\n\n{warning}"
+    approvers = f"Approvers: {guards.teams_phrase(about.teams)}\n" if about.teams else ""
     body = (
         f"{lead}\n\n"
         f"Tool:      {call.tool.name} ({call.get_risk_display().lower()})\n"
         f"Agent:     {call.agent.name}\n"
         f"Submitted: {_when(call.created_at)}\n"
-        f"Expires:   {_when(call.expires_at)}\n\n"
+        f"Expires:   {_when(call.expires_at)}\n"
+        f"{approvers}\n"
         f"Review it: {_link(call)}\n"
     )
     message = EmailMessage(subject=f"[Countersign] {subject}", body=body, to=[to.email])
@@ -218,22 +209,21 @@ def notify_new_calls(
     due = ToolCall.objects.filter(
         status=Status.PENDING, reviewers_notified_at__isnull=True
     ).order_by("created_at")
-    recipients: dict[int, list[Any]] = {}
+    granted: dict[int, list[Any]] = {}
 
     def build(call: ToolCall) -> list[Mail]:
-        if call.tool_id not in recipients:
-            recipients[call.tool_id] = reviewers_of(call.tool)
-        people = without_conflicts(call, recipients[call.tool_id])
-        events.reviewers_notified(call, recipients=[p.get_username() for p in people])
-        return [
-            _message(
-                call,
-                subject=f"{call.tool.name} call waits for your review",
-                lead=f"Agent {call.agent.name} asks to run {call.tool.name}. It waits for your decision.",
-                to=p,
-            )
-            for p in people
-        ]
+        if call.tool_id not in granted:
+            granted[call.tool_id] = granted_reviewers(call.tool)
+        about = audience(call, granted[call.tool_id])
+        events.reviewers_notified(call, recipients=_names(about.people), **_facts(about))
+        asks = f"Agent {call.agent.name} asks to run {call.tool.name}."
+        if about.no_approver:
+            subject = f"{call.tool.name} call needs an admin before it expires"
+            lead = f"{asks} It waits for a decision."
+        else:
+            subject = f"{call.tool.name} call waits for your review"
+            lead = f"{asks} It waits for your decision."
+        return [_message(call, subject=subject, lead=lead, to=p, about=about) for p in about.people]
 
     return _notify(
         list(due.values_list("pk", flat=True)[:limit]),
@@ -262,7 +252,7 @@ def send_reminders(
         )
         if not due:
             continue
-        reviewers = reviewers_of(tool)
+        reviewers = granted_reviewers(tool)
 
         def build(call: ToolCall, reviewers: list[Any] = reviewers) -> list[Mail]:
             # On the arguments as they are: a correction asks everyone to vote again.
@@ -271,15 +261,18 @@ def send_reminders(
                     "reviewer_id", flat=True
                 )
             )
-            people = [p for p in without_conflicts(call, reviewers) if p.pk not in voted]
-            events.reminder_sent(call, recipients=[p.get_username() for p in people])
+            about = audience(call, reviewers)
+            people = [p for p in about.people if p.pk not in voted]
+            events.reminder_sent(call, recipients=_names(people), **_facts(about))
             waited = int((now - call.created_at).total_seconds() // 60)
+            still = "needs an admin" if about.no_approver else "waits for your review"
             return [
                 _message(
                     call,
-                    subject=f"Reminder: {call.tool.name} call still waits for your review",
+                    subject=f"Reminder: {call.tool.name} call still {still}",
                     lead=f"This call has waited {waited} minutes for a decision.",
                     to=p,
+                    about=about,
                 )
                 for p in people
             ]
@@ -319,11 +312,20 @@ def escalate_expiring(
         if not due:
             continue
         people = escalation_recipients(tool)
+        reviewers = granted_reviewers(tool)
         group = tool.escalation_group.name if tool.escalation_group else ""
 
-        def build(call: ToolCall, team: list[Any] = people, group: str = group) -> list[Mail]:
+        def build(
+            call: ToolCall,
+            team: list[Any] = people,
+            reviewers: list[Any] = reviewers,
+            group: str = group,
+        ) -> list[Mail]:
             people = without_conflicts(call, team)
-            events.escalation_sent(call, recipients=[p.get_username() for p in people], group=group)
+            # The escalation team hears of the call whatever teams it needs, to act on it;
+            # the mail says who may approve it, and whether anyone can.
+            about = audience(call, reviewers)
+            events.escalation_sent(call, recipients=_names(people), group=group, **_facts(about))
             return [
                 _message(
                     call,
@@ -333,6 +335,7 @@ def escalate_expiring(
                         f"You receive this as a member of {group}, the escalation team of {call.tool.name}."
                     ),
                     to=p,
+                    about=about,
                 )
                 for p in people
             ]

@@ -344,3 +344,152 @@ def test_the_agents_owner_and_the_end_user_are_not_asked_to_decide_their_own_cal
     assert addressed(mailoutbox) == ["bob@example.com"] * 3
     event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
     assert event.data["recipients"] == ["bob"]
+
+
+def needs_team(world: World, *teams: str) -> None:
+    """Every update_customer call needs approvers in each of ``teams``: the first from the
+    rule that holds, the others from rules that cannot be evaluated on the demo arguments
+    (they change no phone), which fail closed and add their team."""
+    for team in teams:
+        Group.objects.get_or_create(name=team)
+    rules = [
+        {"when": f'args.changes.phone == "{n}"', "then": "require", "approvals": 1, "team": team}
+        for n, team in enumerate(teams[1:])
+    ] + [{"when": 'args.customer_id.startsWith("cus_")', "then": "require", "approvals": 1,
+          "team": teams[0]}]  # fmt: skip
+    tool = world.tools["update_customer"]
+    registry_services.update_policy(tool=tool, changes={"rules": rules}, changed_by=world.alice)
+    tool.refresh_from_db()
+
+
+def join(person: User, *teams: str) -> None:
+    person.groups.add(*Group.objects.filter(name__in=teams))
+
+
+def test_a_call_that_needs_a_team_is_announced_and_reminded_to_its_members_only(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """dave reviews the tool but is not in finance: he may reject the call, not approve it,
+    so no mail asks him for an approval the call's page would refuse him."""
+    needs_team(world, "finance")
+    join(world.bob, "finance")
+    tool = world.tools["update_customer"]
+    tool.reminder_after_seconds = 60
+    tool.save()
+    call = make_call(world, "update_customer", created_at=timezone.now() - timedelta(minutes=5))
+    assert call.policy["teams"] == ["finance"]
+
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert addressed(mailoutbox) == ["bob@example.com"]
+    assert "waits for your review" in mailoutbox[0].subject
+    assert "Approvers: the finance team\n" in mailoutbox[0].body
+    told = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert told.data == {"kind": "new_call", "recipients": ["bob"], "teams": ["finance"]}
+
+    assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 1
+    assert addressed(mailoutbox[1:]) == ["bob@example.com"]
+    assert "Approvers: the finance team\n" in mailoutbox[1].body
+    reminded = AuditEvent.objects.get(call_id=call.pk, action="call.reminder_sent")
+    assert reminded.data["recipients"] == ["bob"]
+
+
+def test_a_call_nobody_is_in_every_team_of_still_reaches_its_reviewers_saying_so(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """bob is in finance, dave in security, nobody in both: nobody can approve the call, so
+    the reviewers told of every call still hear of it, and the mail says an admin must act."""
+    needs_team(world, "finance", "security")
+    join(world.bob, "finance")
+    join(dave, "security")
+    tool = world.tools["update_customer"]
+    tool.reminder_after_seconds = 60
+    tool.save()
+    call = make_call(world, "update_customer", created_at=timezone.now() - timedelta(minutes=5))
+    assert call.policy["teams"] == ["finance", "security"]
+
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 1
+    assert (
+        addressed(mailoutbox) == ["bob@example.com", "bob@example.com"] + ["dave@example.com"] * 2
+    )
+    for message in mailoutbox:
+        assert "needs an admin" in message.subject
+        assert (
+            "Nobody granted review of update_customer is a member of all of the teams this call "
+            "needs its approvals from (finance, security), so nobody can approve it. An admin "
+            "must act before it expires"
+        ) in " ".join(message.body.split())
+        assert "Approvers: members of both finance and security\n" in message.body
+    for action in ("call.reviewers_notified", "call.reminder_sent"):
+        event = AuditEvent.objects.get(call_id=call.pk, action=action)
+        assert (event.data["recipients"], event.data["teams"], event.data["no_approver"]) == (
+            ["bob", "dave"],
+            ["finance", "security"],
+            "no_member",
+        )
+
+
+def test_the_agents_owner_in_the_team_is_no_approver_for_its_call(
+    world: World, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """alice owns the agent: she is in finance and reviews the tool, but separation of duties
+    keeps her from approving, so nobody can; bob, outside finance, is told so, and she is not
+    mailed."""
+    needs_team(world, "finance")
+    registry_services.grant_review(tool=world.tools["update_customer"], user=world.alice)
+    join(world.alice, "finance")
+    call = make_call(world, "update_customer")
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert addressed(mailoutbox) == ["bob@example.com"]
+    body = " ".join(mailoutbox[0].body.split())
+    assert (
+        "The only reviewers of update_customer in all of the teams this call needs its approvals "
+        "from (finance) may not approve it (separation of duties), so nobody can approve it."
+    ) in body
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert event.data["no_approver"] == "conflicted"
+
+
+def test_an_escalation_says_who_may_approve_and_that_nobody_can(
+    world: World, mailoutbox, django_capture_on_commit_callbacks, settings
+) -> None:
+    """The escalation team hears of the call whatever teams it needs (it is there to act),
+    and is told that no reviewer of the tool can approve it."""
+    settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = 600
+    needs_team(world, "finance")
+    managers = Group.objects.create(name="payments-managers")
+    User.objects.create_user("erin", "erin@example.com", "x").groups.add(managers)
+    tool = world.tools["update_customer"]
+    tool.escalation_group = managers
+    tool.save()
+    call = make_call(world, "update_customer", created_at=timezone.now() - timedelta(minutes=55))
+    assert run(django_capture_on_commit_callbacks, notifications.escalate_expiring) == 1
+    assert addressed(mailoutbox) == ["erin@example.com"]
+    body = " ".join(mailoutbox[0].body.split())
+    assert "Approvers: the finance team" in body
+    assert "Nobody granted review of update_customer is a member of all of the teams" in body
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.escalation_sent")
+    assert event.data == {
+        "kind": "escalation",
+        "recipients": ["erin"],
+        "group": "payments-managers",
+        "teams": ["finance"],
+        "no_approver": "no_member",
+    }
+
+
+def test_a_call_whose_approvers_have_no_address_reaches_the_other_reviewers_saying_so(
+    world: World, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """carol is in finance and may approve, but no mail can reach her: bob, outside finance,
+    is told of the call rather than nobody, and why nobody who can approve it was."""
+    needs_team(world, "finance")
+    carol = User.objects.create_user("carol", "", "x")
+    registry_services.grant_review(tool=world.tools["update_customer"], user=carol)
+    join(carol, "finance")
+    call = make_call(world, "update_customer")
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert addressed(mailoutbox) == ["bob@example.com"]
+    assert "have no e-mail address" in mailoutbox[0].body
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert (event.data["recipients"], event.data["no_approver"]) == (["bob"], "no_address")
