@@ -318,8 +318,8 @@ def _notification_sent(
     no_approver: str = "",
 ) -> AuditEvent:
     """``teams``: those the call needs every approver in (the recipients were chosen among
-    their members); ``no_approver``: why none of the recipients could approve it (a key of
-    ``notifications.NO_APPROVER``), the mail said so."""
+    their members); ``no_approver``: why none of the recipients could approve it, or too few
+    people to make its quorum (a key of ``recipients.NO_APPROVER``), the mail said so."""
     data: dict[str, Any] = {"kind": kind, "recipients": recipients}
     if group:
         data["group"] = group

@@ -36,7 +36,6 @@ from django.utils import timezone
 from approvals import events, guards
 from approvals.models import Status, ToolCall
 from approvals.recipients import (
-    NO_APPROVER,
     Audience,
     audience,
     escalation_recipients,
@@ -94,10 +93,7 @@ class Mail:
 def _message(call: ToolCall, *, subject: str, lead: str, to: Any, about: Audience) -> Mail:
     # Only names and times go into the mail: the arguments and the reasoning can hold
     # personal data and stay behind the sign-in (and its masking).
-    if about.no_approver:
-        warning = NO_APPROVER[about.no_approver].format(
-            tool=call.tool.name, teams=", ".join(about.teams)
-        )
+    if warning := about.warning(call.tool.name):
         lead = f"{lead}\n\n{warning}"
     approvers = f"Approvers: {guards.teams_phrase(about.teams)}\n" if about.teams else ""
     body = (

@@ -1,5 +1,6 @@
 """Who an e-mail about a pending call is for: the tool's reviewers who could approve it, and
-what the mail must say when none of them can (``approvals.notifications`` sends them)."""
+what the mail must say when none of them can, or too few to make its quorum
+(``approvals.notifications`` sends them)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def without_conflicts(call: ToolCall, people: list[Any]) -> list[Any]:
     return [p for p in people if not guards.conflict_of_interest(call, p)]
 
 
-# Why nobody the mails could reach may approve a call whose rule asks for teams, and what an
-# admin must do about it before the call expires.
+# Why nobody the mails could reach may approve a call whose rule asks for teams, or why those
+# who may cannot make its quorum, and what an admin must do about it before the call expires.
 NO_APPROVER = {
     "no_member": (
         "Nobody granted review of {tool} is a member of all of the teams this call needs its "
@@ -66,18 +67,88 @@ NO_APPROVER = {
         "({teams}) have no e-mail address, so they were not told of it. An admin must act "
         "before it expires: give them an address, or tell them."
     ),
+    # Superusers may approve any call (in its teams, without a conflict) but, unless granted
+    # the tool, are not among the reviewers counted or mailed: the text says so, rather than
+    # that nobody can approve it.
+    "too_few": (
+        "This call needs {needs}, but {able} granted review of {tool}{where} can approve it, "
+        "so its reviewers cannot give it the approvals it needs. An admin must act before it "
+        "expires: grant the tool to more people who may approve it. A superuser may also "
+        "approve it (superusers are not mailed unless granted the tool)."
+    ),
 }
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """The distinct approvals a call needs, those given that still stand, and how many more
+    of the tool's reviewers could give one (those who may approve it and have not)."""
+
+    required: int
+    given: int
+    able: int
+
+    @property
+    def short(self) -> bool:
+        """Whether the reviewers cannot make the quorum as things stand: unless an admin
+        acts, the call expires undecided."""
+        return self.able < self.required - self.given
+
+    def needs(self) -> str:
+        wanted = _count(self.required, "approval", "approvals")
+        return f"{wanted} and has {self.given}" if self.given else wanted
+
+    def who(self) -> str:
+        more = "more " if self.given else ""
+        if not self.able:
+            return "nobody else" if self.given else "nobody"
+        return f"only {self.able} {more}{'person' if self.able == 1 else 'people'}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 @dataclass(frozen=True)
 class Audience:
     """Whom a mail about a call asks for a decision, the teams its approvers must all be in
-    ([] for any reviewer of the tool), and why nobody the mail reaches can approve it (a key
-    of ``NO_APPROVER``, or "")."""
+    ([] for any reviewer of the tool), why nobody the mail reaches can approve it, or not
+    enough of them (a key of ``NO_APPROVER``, or ""), and for ``too_few`` the numbers."""
 
     people: list[Any]
     teams: list[str]
     no_approver: str = ""
+    quorum: Quorum | None = None
+
+    def warning(self, tool: str) -> str:
+        """What the mail says of ``no_approver``, or ""."""
+        if not self.no_approver:
+            return ""
+        teams = ", ".join(self.teams)
+        quorum = self.quorum or Quorum(0, 0, 0)
+        return NO_APPROVER[self.no_approver].format(
+            tool=tool,
+            teams=teams,
+            needs=quorum.needs(),
+            able=quorum.who(),
+            where=f" in all of the teams it needs its approvals from ({teams})" if teams else "",
+        )
+
+
+def quorum(call: ToolCall, approvers: list[Any]) -> Quorum:
+    """``call``'s quorum against ``approvers``, those of the tool's reviewers who may approve
+    it. An approval that stands counts as given, and its reviewer cannot give another."""
+    decisions = list(call.decisions.select_related("reviewer"))
+    approved = {
+        d.reviewer_id
+        for d in decisions
+        if d.verdict == "approve" and d.arguments_hash == call.arguments_hash
+    }
+    return Quorum(
+        required=call.approvals_required,
+        given=guards.approvals_that_stand(call, decisions),
+        able=sum(1 for p in approvers if p.pk not in approved),
+    )
 
 
 def audience(call: ToolCall, granted: list[Any]) -> Audience:
@@ -85,16 +156,18 @@ def audience(call: ToolCall, granted: list[Any]) -> Audience:
     no conflict of interest keeps them from it and, when its rule asks for teams, they are
     in every one (a reviewer outside them may reject but not approve: a mail asking them for
     an approval would send them to a page that refuses it). When no such person can be
-    mailed, all of those without a conflict still hear of the call, told why (``no_approver``):
-    it expires undecided unless an admin acts."""
+    mailed, or fewer of them (mailed or not) could ever approve it than the approvals it
+    still needs, all of those without a conflict still hear of the call, told why
+    (``no_approver``): it expires undecided unless an admin acts."""
     free = without_conflicts(call, granted)
     reachable = [p for p in free if p.email]
     teams = guards.required_teams(call.policy)
-    if not teams:
-        return Audience(reachable, teams)
     members = {p.pk for p in granted if guards.in_required_team(call, p)}
     approvers = [p for p in free if p.pk in members]
-    if reached := [p for p in approvers if p.email]:
-        return Audience(reached, teams)
-    why = "no_address" if approvers else "conflicted" if members else "no_member"
-    return Audience(reachable, teams, why)
+    reached = [p for p in approvers if p.email]
+    if teams and not reached:
+        why = "no_address" if approvers else "conflicted" if members else "no_member"
+        return Audience(reachable, teams, why)
+    if (needed := quorum(call, approvers)).short:
+        return Audience(reachable, teams, "too_few", needed)
+    return Audience(reached, teams)

@@ -493,3 +493,91 @@ def test_a_call_whose_approvers_have_no_address_reaches_the_other_reviewers_sayi
     assert "have no e-mail address" in mailoutbox[0].body
     event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
     assert (event.data["recipients"], event.data["no_approver"]) == (["bob"], "no_address")
+
+
+def needs_approvals(world: World, tool_name: str, approvals: int) -> None:
+    tool = world.tools[tool_name]
+    registry_services.update_policy(
+        tool=tool, changes={"approvals_required": approvals}, changed_by=world.alice
+    )
+    tool.refresh_from_db()
+
+
+def test_a_call_needing_more_approvals_than_people_who_can_approve_it_says_so(
+    world: World, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """Two approvals from different people, and bob is the only reviewer who may give one:
+    alice reviews the tool too but owns the agent, and a superuser, who may approve any call,
+    is never mailed. The call can only expire, so the mail says an admin must act."""
+    needs_approvals(world, "update_customer", 2)
+    registry_services.grant_review(tool=world.tools["update_customer"], user=world.alice)
+    User.objects.create_superuser("root", "root@example.com", "x")
+    call = make_call(world, "update_customer")
+    assert call.approvals_required == 2
+
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert addressed(mailoutbox) == ["bob@example.com"]
+    assert "needs an admin before it expires" in mailoutbox[0].subject
+    assert (
+        "This call needs 2 approvals, but only 1 person granted review of update_customer can "
+        "approve it, so its reviewers cannot give it the approvals it needs. An admin must act "
+        "before it expires"
+    ) in " ".join(mailoutbox[0].body.split())
+    assert "A superuser may also approve it (superusers are not mailed unless granted" in " ".join(
+        mailoutbox[0].body.split()
+    )
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert event.data == {"kind": "new_call", "recipients": ["bob"], "no_approver": "too_few"}
+
+
+def test_a_call_needing_two_approvals_with_two_who_can_give_them_is_announced_as_usual(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    needs_approvals(world, "update_customer", 2)
+    call = make_call(world, "update_customer")
+    assert run(django_capture_on_commit_callbacks, notifications.notify_new_calls) == 1
+    assert addressed(mailoutbox) == ["bob@example.com", "dave@example.com"]
+    assert all("waits for your review" in m.subject for m in mailoutbox)
+    assert not any("admin" in m.body for m in mailoutbox)
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert event.data == {"kind": "new_call", "recipients": ["bob", "dave"]}
+
+
+def test_an_approval_that_stands_counts_towards_the_quorum_in_the_reminder(
+    world: World, dave, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """dave approved: a two-approval call needs one more, and bob can give it; a call of a
+    rule asking for three needs two more, and bob alone cannot give them."""
+    needs_approvals(world, "update_customer", 2)
+    tool = world.tools["update_customer"]
+    tool.reminder_after_seconds = 60
+    tool.save()
+    earlier = timezone.now() - timedelta(minutes=5)
+    one_more = make_call(world, "update_customer", created_at=earlier)
+    registry_services.update_policy(
+        tool=tool,
+        changes={"rules": [{"when": "true", "then": "require", "approvals": 3}]},
+        changed_by=world.alice,
+    )
+    tool.refresh_from_db()
+    two_more = make_call(world, "update_customer", created_at=earlier)
+    assert (one_more.approvals_required, two_more.approvals_required) == (2, 3)
+    for call in (one_more, two_more):
+        decide(call_id=call.pk, reviewer=dave, verdict="approve")
+
+    assert run(django_capture_on_commit_callbacks, notifications.send_reminders) == 2
+    assert addressed(mailoutbox) == ["bob@example.com", "bob@example.com"]
+    fine = next(m for m in mailoutbox if f"/approvals/{one_more.pk}/" in m.body)
+    assert "still waits for your review" in fine.subject
+    assert "admin" not in fine.body
+    reminded = AuditEvent.objects.get(call_id=one_more.pk, action="call.reminder_sent")
+    assert reminded.data == {"kind": "reminder", "recipients": ["bob"]}
+
+    short = next(m for m in mailoutbox if f"/approvals/{two_more.pk}/" in m.body)
+    assert "still needs an admin" in short.subject
+    assert (
+        "This call needs 3 approvals and has 1, but only 1 more person granted review of "
+        "update_customer can approve it"
+    ) in " ".join(short.body.split())
+    reminded = AuditEvent.objects.get(call_id=two_more.pk, action="call.reminder_sent")
+    assert reminded.data == {"kind": "reminder", "recipients": ["bob"], "no_approver": "too_few"}
