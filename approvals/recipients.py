@@ -53,14 +53,14 @@ def without_conflicts(call: ToolCall, people: list[Any]) -> list[Any]:
 NO_APPROVER = {
     "no_member": (
         "Nobody granted review of {tool} is a member of all of the teams this call needs its "
-        "approvals from ({teams}), so nobody can approve it. An admin must act before it "
-        "expires: grant the tool to someone in all of them, or add one of its reviewers to them."
+        "approvals from ({teams}), so none of its reviewers can approve it. An admin must act "
+        "before it expires: grant the tool to someone in all of them, or add one of its reviewers to them."
     ),
     "conflicted": (
         "The only reviewers of {tool} in all of the teams this call needs its approvals from "
-        "({teams}) may not approve it (separation of duties), so nobody can approve it. An admin "
-        "must act before it expires: grant the tool to someone else in all of them, or add one "
-        "of its reviewers to them."
+        "({teams}) may not approve it (separation of duties), so none of its reviewers can "
+        "approve it. An admin must act before it expires: grant the tool to someone else in all "
+        "of them, or add one of its reviewers to them."
     ),
     "no_address": (
         "The reviewers of {tool} in all of the teams this call needs its approvals from "

@@ -416,8 +416,8 @@ def test_a_call_nobody_is_in_every_team_of_still_reaches_its_reviewers_saying_so
         assert "needs an admin" in message.subject
         assert (
             "Nobody granted review of update_customer is a member of all of the teams this call "
-            "needs its approvals from (finance, security), so nobody can approve it. An admin "
-            "must act before it expires"
+            "needs its approvals from (finance, security), so none of its reviewers can approve "
+            "it. An admin must act before it expires"
         ) in " ".join(message.body.split())
         assert "Approvers: members of both finance and security\n" in message.body
     for action in ("call.reviewers_notified", "call.reminder_sent"):
@@ -444,7 +444,8 @@ def test_the_agents_owner_in_the_team_is_no_approver_for_its_call(
     body = " ".join(mailoutbox[0].body.split())
     assert (
         "The only reviewers of update_customer in all of the teams this call needs its approvals "
-        "from (finance) may not approve it (separation of duties), so nobody can approve it."
+        "from (finance) may not approve it (separation of duties), so none of its reviewers "
+        "can approve it."
     ) in body
     event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
     assert event.data["no_approver"] == "conflicted"
