@@ -20,6 +20,7 @@ class ApiError(Exception):
         retryable: bool = False,
         headers: dict[str, str] | None = None,
         details: Any = None,
+        fields: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -29,6 +30,8 @@ class ApiError(Exception):
         self.retryable = retryable
         self.headers = headers or {}
         self.details = details
+        # Fields of one code's own beside ``details`` (invalid_arguments' problems_total).
+        self.fields = fields or {}
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {
@@ -39,6 +42,7 @@ class ApiError(Exception):
         }
         if self.details is not None:
             error["details"] = self.details
+        error.update(self.fields)
         return {"error": error}
 
 
@@ -269,13 +273,20 @@ def cannot_run(code: str, message: str) -> ApiError:
     )
 
 
-def invalid_arguments(errors: list[dict[str, str]]) -> ApiError:
+def invalid_arguments(problems: list[dict[str, str]], *, total: int | None = None) -> ApiError:
+    """``problems``: the first of them (``tools_registry.schemas.MAX_REPORTED`` at most);
+    ``total``: how many there are in all (``problems_total``), when more than listed."""
+    total = len(problems) if total is None else total
+    message = "The arguments do not match the tool's JSON Schema"
+    if total > len(problems):
+        message += f": {total:,} problems, the first {len(problems)} listed"
     return ApiError(
         status=400,
         code="invalid_arguments",
-        message="The arguments do not match the tool's JSON Schema.",
+        message=f"{message}.",
         suggestion="Correct the arguments at the listed paths and call again with a new Idempotency-Key.",
-        details=errors,
+        details=problems,
+        fields={"problems_total": total},
     )
 
 

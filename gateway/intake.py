@@ -414,7 +414,9 @@ def _allowed_tool(
         tool.input_schema, payload.arguments, sensitive_fields=tool.hidden_fields
     )
     if problems:
-        raise Refused(errors.invalid_arguments([p.as_dict() for p in problems]), tool)
+        raise Refused(
+            errors.invalid_arguments([p.as_dict() for p in problems], total=problems.total), tool
+        )
     return tool
 
 
@@ -527,6 +529,7 @@ def _audit_refusal(
             "code": error.code,
             "arguments": payload.arguments,
             "details": error.details,
+            **error.fields,
             "end_user": end_user.describe() if end_user else None,
             "transport": origin.transport,
             "client": origin.client,

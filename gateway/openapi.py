@@ -28,6 +28,7 @@ from gateway.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from gateway.schemas import TokenCost, ToolCallIn
 from tools_registry.exports import FORMATS
 from tools_registry.models import Tool
+from tools_registry.schemas import MAX_REPORTED
 from tools_registry.strict import nullable_optionals
 
 JSON = dict[str, Any]
@@ -217,6 +218,12 @@ def _error_component() -> JSON:
                     "details": {
                         "description": "More about it: the JSON paths of invalid values, "
                         "the limit hit, or tool_code (the tool's own code of a failure)."
+                    },
+                    "problems_total": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "invalid_arguments: how many problems the arguments "
+                        f"have; details lists at most {MAX_REPORTED} of them.",
                     },
                 },
             },

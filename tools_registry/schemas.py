@@ -1,8 +1,9 @@
 """Validation of call arguments against a tool's JSON Schema (Draft 2020-12).
 
-Every error comes back, each with the JSON path of the value it is about. A missing
-required argument is reported at the path it should have had (``$.customer_id``) and each
-unexpected argument at its own path, so an agent can fix all of them in one go.
+Every error comes back (up to ``MAX_REPORTED``, and how many there are in all), each with
+the JSON path of the value it is about. A missing required argument is reported at the path
+it should have had (``$.customer_id``) and each unexpected argument at its own path, so an
+agent can fix all of them in one go.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain, islice
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker, validators
@@ -32,6 +34,10 @@ QUOTED_MAX = 200
 MESSAGE_MAX = 1_000
 # A secret the cut runs through is looked for this far past it (a JWT is long).
 _CUT_LOOKAHEAD = 1_000
+# How many problems one check describes. Each was described: 15,000 made-up argument names
+# were 15,000 problems in the answer (more than the official MCP client reads in one event)
+# and in the trail's refusal. Past it they are counted, not described.
+MAX_REPORTED = 50
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,15 @@ class ArgumentError:
 
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "message": self.message, "validator": self.validator}
+
+
+class ArgumentErrors(list[ArgumentError]):
+    """At most ``MAX_REPORTED`` problems of a check, and how many it found in all
+    (``total``); a list, empty when the arguments are valid."""
+
+    def __init__(self, reported: Iterable[ArgumentError] = (), *, total: int | None = None):
+        super().__init__(reported)
+        self.total = len(self) if total is None else total
 
 
 def json_path(parts: Iterable[Any]) -> str:
@@ -138,8 +153,11 @@ def fits(schema: Mapping[str, Any], value: Any) -> bool:
 
 def validate_arguments(
     schema: Mapping[str, Any], arguments: Any, *, sensitive_fields: Iterable[str] = ()
-) -> list[ArgumentError]:
-    """Every error, each with its JSON path; an empty list means the arguments are valid.
+) -> ArgumentErrors:
+    """The errors, each with its JSON path; an empty list means the arguments are valid.
+    At most ``MAX_REPORTED`` are described, taken in turn from each keyword of the schema
+    that found any (a missing argument is not lost behind a long list's wrong items, nor
+    behind thousands of made-up names); the rest are only counted (``total``).
 
     Messages about a value under one of ``sensitive_fields``, or about an object or list
     that contains one (an error at ``card`` when ``card.number`` is sensitive; an error at
@@ -148,49 +166,99 @@ def validate_arguments(
     names, in paths too) are quoted at most ``QUOTED_MAX`` characters long, with their size.
     """
     sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
-    found: list[ArgumentError] = []
+    # The first errors of each keyword of the schema (by its place in the schema), with the
+    # made-up arguments of each: every error is found, to be counted, within the check's
+    # step bound as a valid body's check is; only those described are kept.
+    kept: dict[tuple[Any, ...], list[tuple[ValidationError, list[str]]]] = {}
+    total = 0
     budget = _steps_left.set([_steps_for(arguments)])
     try:
         for error in validator_for(schema).iter_errors(arguments):
-            for parts, message, quotes_instance in _located(error):
-                # A key the agent made up may be as long as the body: its path names it cut.
-                path = json_path(_cut(p) if isinstance(p, str) else p for p in parts)
-                if quotes_instance and _under_sensitive(parts, sensitive):
-                    message = f"The value at {path} is not valid ({error.validator})."
-                elif quotes_instance:
-                    message = _quoting_shortened(message, error.instance)
-                if len(message) > MESSAGE_MAX:  # quoting parts of the value (``items``)
-                    message = f"{_cut(message, MESSAGE_MAX)}… ({len(message):,} characters)"
-                found.append(ArgumentError(path, message, str(error.validator)))
-    except (TooComplex, RecursionError):
-        return [
-            ArgumentError(
-                "$",
-                "The arguments are nested too deep (or are too many) for the tool's schema "
-                "to be checked in time; send them less deeply nested.",
-                "complexity",
-            )
+            unexpected = _unexpected(error)
+            total += len(unexpected) or 1
+            same = kept.setdefault(tuple(error.absolute_schema_path), [])
+            if len(same) < MAX_REPORTED:
+                same.append((error, unexpected))
+        # Described only now, and only as many as are listed: a description may cut a quote,
+        # which looks for secrets around the cut.
+        found = [
+            _described(error, parts, message, quotes_instance, sensitive)
+            for error, parts, message, quotes_instance in islice(_in_turn(kept), MAX_REPORTED)
         ]
+    except (TooComplex, RecursionError):
+        return ArgumentErrors(
+            [
+                ArgumentError(
+                    "$",
+                    "The arguments are nested too deep (or are too many) for the tool's schema "
+                    "to be checked in time; send them less deeply nested.",
+                    "complexity",
+                )
+            ]
+        )
     except Unresolvable:
         # A schema stored before references outside it were refused (``schema_problems``).
-        return [
-            ArgumentError(
-                "$",
-                "The tool's schema refers to a definition outside it; the call cannot be "
-                "checked. An admin must mend the tool.",
-                "$ref",
-            )
-        ]
+        return ArgumentErrors(
+            [
+                ArgumentError(
+                    "$",
+                    "The tool's schema refers to a definition outside it; the call cannot be "
+                    "checked. An admin must mend the tool.",
+                    "$ref",
+                )
+            ]
+        )
     finally:
         _steps_left.reset(budget)
     found.sort(key=lambda e: (e.path, e.validator, e.message))
-    return found
+    return ArgumentErrors(found, total=total)
 
 
-def _located(error: ValidationError) -> Iterator[tuple[list[Any], str, bool]]:
+def _in_turn(
+    kept: dict[tuple[Any, ...], list[tuple[ValidationError, list[str]]]],
+) -> Iterator[tuple[ValidationError, list[Any], str, bool]]:
+    """The problems of ``kept`` (``_located``), one of each keyword's in turn."""
+    streams = [
+        chain.from_iterable(
+            ((error, *problem) for problem in _located(error, unexpected))
+            for error, unexpected in errors
+        )
+        for errors in kept.values()
+    ]
+    while streams:
+        for stream in list(streams):
+            problem = next(stream, None)
+            if problem is None:
+                streams.remove(stream)
+            else:
+                yield problem
+
+
+def _described(
+    error: ValidationError,
+    parts: list[Any],
+    message: str,
+    quotes_instance: bool,
+    sensitive: list[tuple[str, ...]],
+) -> ArgumentError:
+    # A key the agent made up may be as long as the body: its path names it cut.
+    path = json_path(_cut(p) if isinstance(p, str) else p for p in parts)
+    if quotes_instance and _under_sensitive(parts, sensitive):
+        message = f"The value at {path} is not valid ({error.validator})."
+    elif quotes_instance:
+        message = _quoting_shortened(message, error.instance)
+    if len(message) > MESSAGE_MAX:  # quoting parts of the value (``items``)
+        message = f"{_cut(message, MESSAGE_MAX)}… ({len(message):,} characters)"
+    return ArgumentError(path, message, str(error.validator))
+
+
+def _located(
+    error: ValidationError, unexpected: list[str]
+) -> Iterator[tuple[list[Any], str, bool]]:
     """One (path, message, whether the message may quote the value) per problem;
     ``required`` and ``additionalProperties`` errors point at the argument they are about
-    rather than at the enclosing object, and name it without quoting any value."""
+    (``unexpected``: the error's, ``_unexpected``) rather than at the enclosing object, and
+    name it without quoting any value. Lazy: only the problems taken are described."""
     parent = list(error.absolute_path)
     instance = error.instance
     if error.validator == "required" and isinstance(instance, dict):
@@ -198,24 +266,29 @@ def _located(error: ValidationError) -> Iterator[tuple[list[Any], str, bool]]:
             if name not in instance and error.message == f"{name!r} is a required property":
                 yield [*parent, name], f"{name!r} is required.", False
                 return
-    if (
+    if unexpected:
+        for key in sorted(unexpected):
+            yield [*parent, key], f"{_quoted(key)} is not an argument of this tool.", False
+        return
+    yield parent, error.message, True
+
+
+def _unexpected(error: ValidationError) -> list[str]:
+    """The arguments an ``additionalProperties: false`` error is about, each a problem of
+    its own; empty for any other error."""
+    instance = error.instance
+    if not (
         error.validator == "additionalProperties"
         and error.validator_value is False
         and isinstance(instance, dict)
     ):
-        schema = error.schema if isinstance(error.schema, dict) else {}
-        declared = schema.get("properties", {})
-        patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
-        extras = [
-            key
-            for key in instance
-            if key not in declared and not any(p.search(key) for p in patterns)
-        ]
-        if extras:
-            for key in sorted(extras):
-                yield [*parent, key], f"{_quoted(key)} is not an argument of this tool.", False
-            return
-    yield parent, error.message, True
+        return []
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    declared = schema.get("properties", {})
+    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+    return [
+        key for key in instance if key not in declared and not any(p.search(key) for p in patterns)
+    ]
 
 
 def _quoting_shortened(message: str, value: Any) -> str:

@@ -50,7 +50,7 @@ from tools_registry import role_scopes
 from tools_registry import sql as registry_sql
 from tools_registry.models import Agent
 from tools_registry.policy import Risk
-from tools_registry.schemas import fits
+from tools_registry.schemas import fits, validate_arguments
 from tools_registry.services.tokens import authenticate_token
 
 WAIT_TOOL = "countersign_wait"
@@ -470,25 +470,14 @@ def wait_seconds(meta: dict[str, Any]) -> float:
 
 
 def wait_arguments(arguments: dict[str, Any]) -> tuple[UUID, float]:
-    """``countersign_wait``'s arguments, or ``ApiError`` saying what is wrong with them."""
-    unknown = sorted(set(arguments) - {"call_id", "wait_seconds"})
-    problems = [{"path": f"$.{name}", "message": "is not an argument"} for name in unknown]
-    call_id: UUID | None = None
-    try:
-        call_id = UUID(str(arguments["call_id"]))
-    except KeyError:
-        problems.append({"path": "$.call_id", "message": "is required"})
-    except ValueError:
-        problems.append({"path": "$.call_id", "message": "is not a call id"})
+    """``countersign_wait``'s arguments, or ``ApiError`` saying what is wrong with them:
+    checked against its own input schema as any tool's are (``validate_arguments``), so a
+    long value or made-up name is quoted cut short, and only so many problems listed."""
+    if problem := payloads.json_problem(arguments):
+        # NaN, which no schema keyword refuses, and nesting too deep to check or quote.
+        raise errors.invalid_request(f"The call cannot be accepted: {problem}")
+    problems = validate_arguments(WAIT_TOOL_DEFINITION.input_schema, arguments)
+    if problems:
+        raise errors.invalid_arguments([p.as_dict() for p in problems], total=problems.total)
     wait = arguments.get("wait_seconds", MAX_WAIT_SECONDS // 2)
-    if (
-        isinstance(wait, bool)
-        or not isinstance(wait, int | float)
-        or not 0 <= wait <= MAX_WAIT_SECONDS
-    ):
-        problems.append(
-            {"path": "$.wait_seconds", "message": f"must be a number from 0 to {MAX_WAIT_SECONDS}"}
-        )
-    if problems or call_id is None:
-        raise errors.invalid_arguments(problems)
-    return call_id, float(wait)
+    return UUID(arguments["call_id"]), float(wait)

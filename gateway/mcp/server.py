@@ -90,7 +90,9 @@ async def _wait_tool(
     caller: Caller, arguments: dict[str, Any], progress: waiting.Tick | None, request: str | None
 ) -> types.CallToolResult:
     try:
-        call_id, seconds = calls.wait_arguments(arguments)
+        # In a worker thread, as a tool's arguments are checked: thousands of made-up names
+        # take a check tens of milliseconds, which the event loop's other requests would wait.
+        call_id, seconds = await run_sync(calls.wait_arguments, arguments)
     except errors.ApiError as error:
         return calls.error_result(error.body())
     call = await _waited(caller, call_id, seconds, progress, request)

@@ -225,6 +225,65 @@ def test_a_shortened_quote_never_keeps_part_of_a_secret(world: World) -> None:
     assert "sk_li" not in json.dumps(event.data)
 
 
+def test_an_invalid_arguments_error_lists_at_most_50_problems_and_counts_them_all(
+    world: World,
+) -> None:
+    """Every problem was listed: 15,000 made-up argument names came back as 15,000 problems,
+    in the answer and in the trail's refusal."""
+    arguments = {
+        "payment_id": "pay_0001",
+        "amount_cents": 1,
+        "currency": "usd",
+        "reason": "r",
+        **{f"k{i}": 0 for i in range(15_000)},
+    }
+    body = {"tool": "issue_refund", "arguments": arguments, "session_id": "s"}
+    response = world.api().submit(body)
+    error = error_of(response, 400, "invalid_arguments")
+    assert len(error["details"]) == 50
+    assert error["problems_total"] == 15_000
+    assert "15,000 problems" in error["message"], error["message"]
+    assert {d["message"] for d in error["details"]} == {
+        f"'{d['path'][2:]}' is not an argument of this tool." for d in error["details"]
+    }
+    assert len(response.content) < 10_000, len(response.content)
+    [event] = refusals("invalid_arguments")
+    assert len(event.data["details"]) == 50
+    assert event.data["problems_total"] == 15_000
+
+
+def test_an_invalid_arguments_error_counts_the_wrong_items_of_a_long_list(world: World) -> None:
+    """100,000 values of the wrong type in one list were 100,000 problems in the answer. Of
+    the 50 listed, the list's items do not crowd out the missing argument."""
+    Tool.objects.filter(name="search_docs").update(
+        input_schema={
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "ids": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        }
+    )
+    body = {"tool": "search_docs", "arguments": {"ids": [1] * 100_000}, "session_id": "s"}
+    response = post_raw(world, json.dumps(body, separators=(",", ":")).encode())
+    error = error_of(response, 400, "invalid_arguments")
+    assert error["problems_total"] == 100_001
+    assert "100,001 problems" in error["message"]
+    assert {d["path"] for d in error["details"]} == {"$.query"} | {f"$.ids[{i}]" for i in range(49)}
+    assert len(response.content) < 10_000, len(response.content)
+    [event] = refusals("invalid_arguments")
+    assert len(event.data["details"]) == 50
+
+
+def test_an_invalid_arguments_error_with_few_problems_lists_them_all(world: World) -> None:
+    body = {"tool": "send_email", "arguments": {"to": "nobody"}, "session_id": "s"}
+    error = error_of(world.api().submit(body), 400, "invalid_arguments")
+    assert error["problems_total"] == len(error["details"]) > 1
+    assert error["message"] == "The arguments do not match the tool's JSON Schema."
+
+
 # --- idempotency -----------------------------------------------------------------------
 
 

@@ -140,7 +140,8 @@ class IdentityProviderUnavailable(ApiError):
 
 
 class InvalidArguments(ApiError):
-    """``details`` lists ``{"path", "message", "validator"}`` for every problem."""
+    """``details`` lists ``{"path", "message", "validator"}`` for each problem, at most 50;
+    ``body["error"]["problems_total"]`` says how many there are in all."""
 
     code = "invalid_arguments"
 

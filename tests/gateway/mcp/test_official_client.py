@@ -8,6 +8,7 @@ revision 2025-11-25) and ``auto`` (revision 2026-07-28, per-request envelope).
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from typing import Any
@@ -283,6 +284,65 @@ def test_refusals_are_tool_results_the_model_can_read(
     assert not ToolCall.objects.exists()
     refused = AuditEvent.objects.filter(action="call.refused").values_list("outcome", flat=True)
     assert sorted(refused) == sorted(codes.values())
+
+
+def test_an_invalid_arguments_result_lists_at_most_50_problems_and_counts_them_all(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """The MCP door shares the REST door's check: 5,000 made-up argument names were 5,000
+    problems in the result."""
+    arguments = {**EMAIL, **{f"k{i}": 0 for i in range(5_000)}}
+
+    async def main() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token) as client:
+            return await client.call_tool("send_email", arguments)
+
+    result: types.CallToolResult = run(main)
+    assert result.is_error is True
+    error = result.structured_content["error"]  # type: ignore[index]
+    assert error["code"] == "invalid_arguments"
+    assert len(error["details"]) == 50
+    assert error["problems_total"] == 5_000
+    assert "5,000 problems" in error["message"]
+    [event] = AuditEvent.objects.filter(action="call.refused")
+    assert len(event.data["details"]) == 50 and event.data["problems_total"] == 5_000
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_countersign_waits_argument_errors_quote_what_was_sent_cut_short(
+    live_world: World, mcp_web: WebProcess, mode: str
+) -> None:
+    """countersign_wait named a made-up argument in its path whole (100,000 characters) and
+    listed every one of 3,000; its errors are the tools' own, cut and counted the same way."""
+    long_name = "a" * 100_000  # listed first of the made-up names
+    arguments = {
+        "call_id": "c" * 100_000,
+        "wait_seconds": "soon",
+        long_name: 1,
+        **{f"k{i}": 0 for i in range(3_000)},
+    }
+
+    async def main() -> types.CallToolResult:
+        async with connected(mcp_web.url, live_world.token, mode=mode) as client:
+            return await client.call_tool("countersign_wait", arguments)
+
+    result: types.CallToolResult = run(main)
+    assert result.is_error is True
+    error = result.structured_content["error"]  # type: ignore[index]
+    assert error["code"] == "invalid_arguments"
+    for detail in error["details"]:
+        assert len(detail["path"]) <= 210 and len(detail["message"]) <= 400, detail["path"][:300]
+        assert detail["validator"]
+    assert len(json.dumps(result.structured_content)) < 10_000
+    assert error["problems_total"] == 3_003
+    assert len(error["details"]) == 50
+    by_path = {d["path"]: d["message"] for d in error["details"]}
+    assert "(100,000 characters) is not a 'uuid'" in by_path["$.call_id"]
+    assert by_path["$.wait_seconds"] == "'soon' is not of type 'number'"
+    assert by_path[f"$.{'a' * 200}"] == (
+        f"'{'a' * 199}… (100,000 characters) is not an argument of this tool."
+    )
+    assert len(result.content[0].text) < 10_000  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -266,6 +266,33 @@ def test_a_wait_asked_for_in_seconds_no_float_holds_is_the_longest_wait(
     assert answer["result"]["structuredContent"]["status"] == "pending", answer
 
 
+@pytest.mark.parametrize(
+    ("arguments", "code"),
+    [
+        ({"wait_seconds": float("nan")}, "invalid_request"),  # in no schema keyword's range
+        ({"wait_seconds": 10**400}, "invalid_arguments"),
+        ({"wait_seconds": True}, "invalid_arguments"),
+    ],
+    ids=["nan", "huge", "bool"],
+)
+def test_a_wait_for_seconds_outside_its_range_is_refused_at_once(
+    live_world: World, web: WebProcess, arguments: dict[str, Any], code: str
+) -> None:
+    """countersign_wait's arguments are checked by its schema, but NaN (which Python's JSON
+    reads) is in the range of no keyword: it would have been a wait without end."""
+    headers = open_session(web, live_world.token)
+    params = {"name": "countersign_wait", "arguments": {"call_id": str(uuid.uuid4()), **arguments}}
+    body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+    started = time.monotonic()
+    answered = httpx.post(
+        f"{web.url}/mcp", content=json.dumps(body).encode(), headers=headers, timeout=60
+    )
+    assert time.monotonic() - started < 5
+    answer = message(answered)
+    assert answer["result"]["isError"] is True
+    assert answer["result"]["structuredContent"]["error"]["code"] == code, answer
+
+
 def test_a_modern_tools_call_is_not_also_a_tools_list(live_world: World, web: WebProcess) -> None:
     """To check Mcp-Param-* headers the SDK listed the caller's tools before each modern
     tools/call: an end user refused was audited for a tools/list nobody sent."""
