@@ -25,7 +25,7 @@ from audit.canonical import canonical_json, sha256_hex
 from tools_registry.facts import Facts
 from tools_registry.policy import Risk
 from tools_registry.schemas import (
-    ArgumentError,
+    ArgumentErrors,
     has_argument_path,
     schema_problems,
     validate_arguments,
@@ -189,10 +189,8 @@ class RegisteredTool:
 class InvalidArguments(ToolFailed):
     """The arguments do not match the tool's schema; the handler was not called."""
 
-    def __init__(self, problems: list[ArgumentError]):
-        super().__init__(
-            "; ".join(f"{p.path}: {p.message}" for p in problems), code="invalid_arguments"
-        )
+    def __init__(self, problems: ArgumentErrors):
+        super().__init__(problems.summary(), code="invalid_arguments")
         self.problems = problems
 
 

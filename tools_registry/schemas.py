@@ -58,6 +58,13 @@ class ArgumentErrors(list[ArgumentError]):
         super().__init__(reported)
         self.total = len(self) if total is None else total
 
+    def summary(self) -> str:
+        """The problems in one line ("$.to: ...; $.cc: ..."), and how many more there are."""
+        text = "; ".join(f"{p.path}: {p.message}" for p in self)
+        if self.total > len(self):
+            text += f"; and {self.total - len(self):,} more"
+        return text
+
 
 def json_path(parts: Iterable[Any]) -> str:
     """``$.changes.email``, ``$.items[2]``, ``$['odd key']``."""

@@ -48,7 +48,7 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any) -> bool:
     if problems:
         # A schema error may quote the whole object, with the real values restored in it
         # (the reviewer left them masked): quoted as masked as the reviewer saw them.
-        quoted = "; ".join(f"{p.path}: {p.message}" for p in problems)
+        quoted = problems.summary()
         kept = hidden.values(call.tool, call.arguments) + hidden.values(call.tool, arguments)
         raise EditRefused(
             "The corrected arguments do not fit the tool: " + hidden.text(mask_text(quoted), kept)

@@ -92,6 +92,8 @@ def test_a_correction_resets_earlier_approvals(world: World, dave: Any, dora: An
         ({**EMAIL, "cc": "x@example.com"}, "is not an argument of this tool"),
         ({"to": "ada@example.com"}, "'subject' is required"),
         (["not", "an", "object"], "must be a JSON object"),
+        # Past the 50 problems an answer lists, the rest are counted, not quoted.
+        ({**EMAIL, **{f"x{i:03}": 1 for i in range(60)}}, r"x049.*; and 10 more$"),
     ],
 )
 def test_a_correction_that_does_not_fit_is_refused_and_changes_nothing(
