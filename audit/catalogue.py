@@ -100,8 +100,9 @@ ACTIONS: dict[str, str] = {
     "identity_provider.created": "An admin registered an identity provider whose user tokens "
     "agents may forward.",
     "identity_provider.updated": "An identity provider's settings changed (before and after).",
-    "agent.webhook_secret_rotated": "An agent's webhook signing secret was replaced (the secret "
-    "itself is never recorded).",
+    "agent.webhook_secret_rotated": "An agent's webhook signing secret was replaced: whether "
+    "the old secrets were expired now (a leak), how many old secrets still sign and until "
+    "when, how many ended before their grace period did. No secret is ever recorded.",
     "user.access_changed": "A person's teams, model-wide permissions or status (active, staff, "
     "superuser) changed in the admin: who changed them, before and after.",
     # People signing in to the web UI (audit/receivers.py).

@@ -10,8 +10,9 @@ Signature (https://www.standardwebhooks.com): ``webhook-id`` (the delivery's id,
 every attempt: a receiver drops duplicates by it), ``webhook-timestamp`` (unix seconds of
 the attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
 ``f"{id}.{timestamp}.{body}"``, keyed with the base64-decoded part of the agent's
-``whsec_...`` secret. During a rotation's grace period the header holds two signatures
-(new and old secret), space-separated; a receiver accepts the call if any one verifies.
+``whsec_...`` secret. After a rotation the header holds one signature per secret that
+signs (the new one, and each old one still in its grace period: at most three),
+space-separated; a receiver accepts the call if any one verifies.
 
 Delivery: ``notify.status_changed`` writes a ``WebhookDelivery`` in the transition's
 transaction and, after commit, sends a Celery task with its id. Each attempt is claimed by a

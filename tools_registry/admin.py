@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
@@ -20,6 +22,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timeuntil
 from guardian.admin import (
     AdminGroupObjectPermissionsForm,
     AdminUserObjectPermissionsForm,
@@ -583,6 +586,41 @@ class IssueTokenForm(forms.Form):
     label = forms.CharField(max_length=100, required=False, help_text="What the token is for.")
 
 
+class RotateWebhookSecretForm(forms.Form):
+    """Whether the secrets a rotation replaces keep verifying for their grace period, or
+    stop now (they leaked)."""
+
+    GRACE, NOW = "grace", "now"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The label says how long the grace period is: a setting, read per request.
+        grace = settings.WEBHOOK_SECRET_GRACE_SECONDS
+        now = timezone.now()
+        lasting = timeuntil(now + timedelta(seconds=grace), now)
+        keeps = (
+            f"webhooks carry its signature too for {lasting}, and older secrets still in "
+            f"their grace period keep theirs (at most {services.MAX_OLD_WEBHOOK_SECRETS} old "
+            "secrets), so the agent switches without missing a webhook"
+            if grace > 0
+            else "WEBHOOK_SECRET_GRACE_SECONDS is 0: it stops verifying now all the same"
+        )
+        self.fields["old_secrets"] = forms.ChoiceField(
+            label="The old secret",
+            widget=forms.RadioSelect,
+            initial=self.GRACE,
+            choices=[
+                (self.GRACE, f"Keep it valid for the grace period (routine): {keeps}."),
+                (
+                    self.NOW,
+                    "Expire it now (it leaked): it, and every older secret still in its "
+                    "grace period, stop verifying at once; webhooks fail to verify until the "
+                    "agent has the new secret.",
+                ),
+            ],
+        )
+
+
 @admin.register(Agent)
 class AgentAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     """Agents: allowlist, limits, end users and their roles' scopes, tokens; and the stop
@@ -592,7 +630,7 @@ class AgentAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     # A JSON field's text nested past Python's recursion limit is a form error, not a 500.
     formfield_overrides = {models.JSONField: {"form_class": PrettyJSONField}}
     # Whoever may see the list (or only stop agents) never learns the webhook secrets.
-    secret_fields = ("webhook_secret", "previous_webhook_secret")
+    secret_fields = ("webhook_secret", "previous_webhook_secrets")
 
     form = AgentForm
     list_display = ["name", "owner", "enabled", "state", "max_rounds_per_session", "created_at"]
@@ -820,29 +858,32 @@ class AgentAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
 
     def rotate_webhook_secret_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Rotate the agent's webhook secret (POST) and show the new one on that response
-        only, like a token: the agent's operator copies it into the agent's configuration."""
+        only, like a token: the agent's operator copies it into the agent's configuration.
+        The admin chooses whether the old secrets keep their grace period or end now."""
         agent = self.get_object(request, unquote(object_id))
         if agent is None:
             raise Http404("No such agent.")
         if not self.has_change_permission(request, agent):
             raise PermissionDenied
-        context = {
+        form = RotateWebhookSecretForm(request.POST if request.method == "POST" else None)
+        context: dict[str, Any] = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "original": agent,
             "title": f"Webhook secret of {agent.name}",
+            "form": form,
+            "old_secrets_until": services.old_secrets_valid_until(agent),
+            "max_old_secrets": services.MAX_OLD_WEBHOOK_SECRETS,
         }
-        if request.method == "POST":
-            secret = services.rotate_webhook_secret(agent=agent, rotated_by=request.user)
-            response = TemplateResponse(
-                request,
-                "admin/tools_registry/agent/webhook_secret.html",
-                {**context, "secret": secret},
+        if request.method == "POST" and form.is_valid():
+            context["rotation"] = services.rotate_webhook_secret(
+                agent=agent,
+                rotated_by=request.user,
+                expire_old_now=form.cleaned_data["old_secrets"] == form.NOW,
             )
-        else:
-            response = TemplateResponse(
-                request, "admin/tools_registry/agent/webhook_secret.html", context
-            )
+        response = TemplateResponse(
+            request, "admin/tools_registry/agent/webhook_secret.html", context
+        )
         add_never_cache_headers(response)
         return response
 

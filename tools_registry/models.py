@@ -334,10 +334,15 @@ class Agent(models.Model):
     # Signs the webhooks Countersign sends to this agent (Standard Webhooks: HMAC-SHA256
     # keyed with the base64 part of ``whsec_...``).
     webhook_secret = models.CharField(max_length=100, default=_new_webhook_secret)
-    # The secret before the last rotation: webhooks carry its signature too until
-    # ``previous_webhook_secret_until``, so receivers can switch without a gap.
-    previous_webhook_secret = models.CharField(max_length=100, blank=True, editable=False)
-    previous_webhook_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # The secrets earlier rotations replaced, newest first, each ``{"secret", "until"}`` (an
+    # ISO 8601 instant): webhooks carry their signatures too until then, so a receiver that
+    # has not switched yet (even across two rotations in a day) keeps verifying. Only
+    # tools_registry.services.webhook_secrets writes it; it holds at most a few. The database
+    # default lets the release before it (which knows no such column) create agents while a
+    # rollout is under way.
+    previous_webhook_secrets = models.JSONField(
+        default=list, db_default=[], blank=True, editable=False
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -166,7 +166,9 @@ def test_the_sql_log_leaves_out_the_values_no_detector_could_tell_from_data(
     connection.force_debug_cursor = True  # DEBUG=1
     try:
         assert session.get("/approvals/").status_code == 200
-        secret = rotate_webhook_secret(agent=world.agent, rotated_by=None)
+        # The replaced secret goes into a JSON list (previous_webhook_secrets).
+        replaced = world.agent.webhook_secret
+        secret = rotate_webhook_secret(agent=world.agent, rotated_by=None).secret
         device = TOTPDevice.objects.create(user=world.bob, name="phone")
     finally:
         connection.force_debug_cursor = False
@@ -175,6 +177,7 @@ def test_the_sql_log_leaves_out_the_values_no_detector_could_tell_from_data(
     assert 'UPDATE "tools_registry_agent" SET "webhook_secret"' in text, "SQL was logged"
     assert 'INSERT INTO "otp_totp_totpdevice"' in text and '"django_session"' in text
     values = [secret, secret.removeprefix("whsec_"), device.key, session.cookies["sessionid"].value]
+    values += [replaced, replaced.removeprefix("whsec_")]
     assert [value for value in values if value in text] == []
 
 

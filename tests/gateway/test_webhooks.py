@@ -396,7 +396,7 @@ def test_after_a_rotation_both_secrets_verify_during_the_grace_period(
     world: World, receiver: Receiver
 ) -> None:
     old = world.agent.webhook_secret
-    new = registry_services.rotate_webhook_secret(agent=world.agent, rotated_by=None)
+    new = registry_services.rotate_webhook_secret(agent=world.agent, rotated_by=None).secret
     call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
     webhooks.deliver(WebhookDelivery.objects.get(call_id=call).pk)
     [request] = receiver.received
@@ -406,7 +406,7 @@ def test_after_a_rotation_both_secrets_verify_during_the_grace_period(
         assert verify_webhook(secret, request["body"], request["headers"])
     # Once the grace period is over, only the new secret signs.
     type(world.agent).objects.filter(pk=world.agent.pk).update(
-        previous_webhook_secret_until=timezone.now()
+        previous_webhook_secrets=[{"secret": old, "until": timezone.now().isoformat()}]
     )
     cancel_call(call_id=call, agent=world.agent)
     webhooks.deliver(WebhookDelivery.objects.get(event="call.cancelled").pk)
@@ -415,6 +415,39 @@ def test_after_a_rotation_both_secrets_verify_during_the_grace_period(
     standardwebhooks.Webhook(new).verify(later["body"], later["headers"])
     with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
         standardwebhooks.Webhook(old).verify(later["body"], later["headers"])
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_SECRET_GRACE_SECONDS=3600)
+def test_a_receiver_still_on_the_first_secret_verifies_after_two_rotations_until_expired_now(
+    world: World, receiver: Receiver
+) -> None:
+    """A second routine rotation within the grace period dropped the first secret at once:
+    a receiver that had not switched yet failed every webhook. Only "expire now" (a leak)
+    ends the old secrets before their time."""
+
+    def rotate(**how: bool) -> str:
+        registry_services.rotate_webhook_secret(agent=world.agent, rotated_by=None, **how)
+        world.agent.refresh_from_db()
+        return world.agent.webhook_secret
+
+    first = world.agent.webhook_secret
+    second, third = rotate(), rotate()
+    call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    webhooks.deliver(WebhookDelivery.objects.get(call_id=call).pk)
+    [request] = receiver.received
+    for secret in (first, second, third):
+        standardwebhooks.Webhook(secret).verify(request["body"], request["headers"])
+    assert len(request["headers"]["webhook-signature"].split()) == 3
+    # The second secret leaked: the admin expires the old ones now.
+    fourth = rotate(expire_old_now=True)
+    cancel_call(call_id=call, agent=world.agent)
+    webhooks.deliver(WebhookDelivery.objects.get(event="call.cancelled").pk)
+    later = receiver.received[-1]
+    assert len(later["headers"]["webhook-signature"].split()) == 1
+    standardwebhooks.Webhook(fourth).verify(later["body"], later["headers"])
+    for secret in (first, second, third):
+        with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(secret).verify(later["body"], later["headers"])
 
 
 @pytest.mark.django_db(transaction=True)

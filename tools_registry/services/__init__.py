@@ -39,16 +39,24 @@ from tools_registry.services.tokens import (
     issue_token,
     revoke_token,
 )
-from tools_registry.services.webhook_secrets import rotate_webhook_secret, signing_secrets
+from tools_registry.services.webhook_secrets import (
+    MAX_OLD_WEBHOOK_SECRETS,
+    Rotation,
+    old_secrets_valid_until,
+    rotate_webhook_secret,
+    signing_secrets,
+)
 
 __all__ = [
     "CODE_FIELDS",
     "LAST_USED_RESOLUTION",
+    "MAX_OLD_WEBHOOK_SECRETS",
     "OBJECT_PERMISSIONS",
     "TOKEN_SCHEME",
     "AgentInvalid",
     "IdentityProviderInvalid",
     "PolicyInvalid",
+    "Rotation",
     "Stop",
     "SyncReport",
     "access_of",
@@ -60,6 +68,7 @@ __all__ = [
     "grant",
     "grant_review",
     "issue_token",
+    "old_secrets_valid_until",
     "record_access_change",
     "resume_agent",
     "revoke",

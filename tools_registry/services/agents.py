@@ -122,8 +122,7 @@ def save_agent(
     # Nor change the webhook secrets (rotate_webhook_secret does): a rotation committed
     # while the edit was on its way was undone, the old secret written back.
     agent.webhook_secret = stored.webhook_secret
-    agent.previous_webhook_secret = stored.previous_webhook_secret
-    agent.previous_webhook_secret_until = stored.previous_webhook_secret_until
+    agent.previous_webhook_secrets = stored.previous_webhook_secrets
     agent.save()
     if tools is not None:
         agent.allowed_tools.set(tools)

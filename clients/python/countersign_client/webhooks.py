@@ -3,8 +3,9 @@
 Countersign sends ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature``; the last
 holds one or more space-separated ``v1,<base64>`` signatures, each the HMAC-SHA256 of
 ``f"{id}.{timestamp}.{body}"`` keyed with the base64 part of a ``whsec_...`` secret. After a
-secret rotation the header carries the old and the new secret's signatures for a while, so
-a receiver that still has either one keeps verifying. ``standardwebhooks.Webhook(secret)
+secret rotation the header carries the new secret's signature and, for a while, those of
+the old ones (up to three, unless an admin expired them at once after a leak), so a
+receiver that has not switched yet keeps verifying. ``standardwebhooks.Webhook(secret)
 .verify(body, headers)`` checks the same thing.
 """
 
