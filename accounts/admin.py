@@ -28,6 +28,7 @@ from tools_registry.services.grants import (
     record_access_change,
     record_deletion,
     record_team_change,
+    record_team_creation,
 )
 
 admin.site.unregister(User)
@@ -200,7 +201,7 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
             else kept["permissions"],
             **{
                 key: initial.get(key, kept[key])
-                for key in ("is_active", "is_staff", "is_superuser")
+                for key in ("username", "email", "is_active", "is_staff", "is_superuser")
             },
         }
         super().save_related(request, form, formsets, change)
@@ -259,6 +260,8 @@ class AuditedGroupAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, Gro
         super().save_related(request, form, formsets, change)
         if change:
             record_team_change(group=form.instance, before=before, changed_by=request.user)
+        else:
+            record_team_creation(group=form.instance, created_by=request.user)
 
 
 @admin.register(TOTPDevice)

@@ -103,8 +103,9 @@ ACTIONS: dict[str, str] = {
     "agent.webhook_secret_rotated": "An agent's webhook signing secret was replaced: whether "
     "the old secrets were expired now (a leak), how many old secrets still sign and until "
     "when, how many ended before their grace period did. No secret is ever recorded.",
-    "user.access_changed": "A person's teams, model-wide permissions or status (active, staff, "
-    "superuser) changed in the admin: who changed them, before and after.",
+    "user.access_changed": "A person's teams, model-wide permissions, status (active, staff, "
+    "superuser), username or e-mail (separation of duties knows them by these) changed in the "
+    "admin: who changed them, before and after.",
     # People signing in to the web UI (audit/receivers.py).
     "auth.login": "A person signed in.",
     "auth.logout": "A person signed out.",
@@ -130,6 +131,8 @@ ACTIONS: dict[str, str] = {
     "auth.lockout_lifted": "An admin deleted failed sign-ins in the admin (Axes: access "
     "attempts), lifting the lock they held: the name (only if it is a real account), the "
     "address and the count of failures.",
+    "auth.team_created": "An admin created a team in the admin: who, and the model-wide "
+    "permissions it was given.",
     "auth.team_changed": "An admin renamed a team or changed its model-wide permissions: who, "
     "before and after, and its members (policy rules and the single sign-on map name teams).",
     "auth.team_deleted": "An admin deleted a team: its members (who lose its grants with it) "

@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[str, frozenset[str]]] = {
                 "grant.removed",
                 "auth.groups_changed",
                 "auth.permissions_changed",
+                "auth.team_created",
                 "auth.team_changed",
                 # A team or an account deleted takes its grants of tools with it.
                 "auth.team_deleted",

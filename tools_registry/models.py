@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -13,6 +14,21 @@ from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from core.hosts import https_or_here
 from tools_registry.policy import Risk
+
+
+def no_credentials_in_url(url: str) -> None:
+    """A URL without a user and password (``https://svc:pw@host/``): the client sends them
+    as Basic credentials, yet a URL is shown on the admin's pages, to whoever may view
+    upstreams, where header values are never shown."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return  # not a URL at all: the URL field's own check says so
+    if "@" in netloc:
+        raise ValidationError(
+            "Leave the user and password out of the URL (it is shown): send them as a header, "
+            "'Authorization: Basic <base64 of user:password>', stored encrypted."
+        )
 
 
 class Upstream(models.Model):
@@ -44,11 +60,14 @@ class Upstream(models.Model):
     )
     kind = models.CharField(max_length=8, choices=Kind.choices)
     url = models.URLField(
-        max_length=2048, help_text="The MCP endpoint, or the URL of the OpenAPI document."
+        max_length=2048,
+        validators=[no_credentials_in_url],
+        help_text="The MCP endpoint, or the URL of the OpenAPI document.",
     )
     base_url = models.URLField(
         max_length=2048,
         blank=True,
+        validators=[no_credentials_in_url],
         help_text="HTTP APIs: where the calls go, if not the document's first server.",
     )
     # Header names and values to send with every request (e.g. Authorization), as a Fernet
@@ -66,6 +85,14 @@ class Upstream(models.Model):
         max_length=64,
         blank=True,
         default="Idempotency-Key",
+        # A header's name as the upstream's headers are checked (``secrets``): one no HTTP
+        # client can send ("Idempotency Key", "Clé") failed every call of the upstream.
+        validators=[
+            RegexValidator(
+                r"\A[A-Za-z0-9_-]*\Z",
+                message="A header's name: ASCII letters, digits, '-' and '_' only.",
+            )
+        ],
         help_text="HTTP APIs: the header that carries each call's idempotency key; empty if "
         "the API does not refuse repeats of a key.",
     )
@@ -155,11 +182,13 @@ class Tool(models.Model):
     reminder_after_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Remind reviewers when a call waits this long."
     )
+    # Protected: deleting the team cleared it silently, a policy change with no event and
+    # no new policy version; a tool admin changes it first (``update_policy``, audited).
     escalation_group = models.ForeignKey(
         Group,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="+",
         help_text="Team told when a call is about to expire undecided.",
     )

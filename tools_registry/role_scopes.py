@@ -110,7 +110,10 @@ def clean_role_scopes(raw: Any, *, tool_names: Iterable[str]) -> dict[str, dict[
             problems.append(f"{role}: tools are a list of tool names.")
             continue
         if unknown := sorted(set(tools) - known_tools):
-            problems.append(f"{role}: no such tools: {', '.join(unknown)}.")
+            # Quoted escaped when unprintable, as a role name is: an unpaired surrogate in a
+            # name written into the page was a 500.
+            named = (t if t.isprintable() else repr(t) for t in unknown)
+            problems.append(f"{role}: no such tools: {', '.join(named)}.")
             continue
         cleaned[role] = {
             "risks": [r for r in Risk.values if r in risks],

@@ -11,6 +11,7 @@ from audit.models import AuditEvent
 from audit.receivers import attempted_name
 from tests.conftest import World
 from tools_registry import services as registry_services
+from tools_registry.models import Tool
 
 KEY = "3132333435363738393031323334353637383930"
 
@@ -149,6 +150,56 @@ def test_deleting_a_team_or_a_person_is_audited_with_what_goes_with_them(world: 
     }
 
 
+def test_a_team_a_tool_escalates_to_is_not_deleted_under_it(world: World) -> None:
+    """Deleting the team cleared the tool's escalation team: a policy change with no
+    ``tool.policy_changed`` and no new policy version. The admin now says which tool still
+    names it (as a tool): its escalation is changed there first, audited."""
+    from django.contrib.auth.models import Group
+
+    from tools_registry import services as registry_services
+
+    team = Group.objects.create(name="payments-oncall")
+    tool = world.tools["issue_refund"]
+    registry_services.update_policy(tool=tool, changes={"escalation_group": team}, changed_by=None)
+    version = Tool.objects.get(pk=tool.pk).policy_version
+    client, _ = admin_client()
+    for sent in (
+        (f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"}),
+        ("/admin/auth/group/", {"action": "delete_selected", "_selected_action": [team.pk], "post": "yes"}),
+    ):  # fmt: skip
+        response = client.post(*sent)
+        assert response.status_code == 200 and "Cannot delete group" in response.content.decode()
+    assert Group.objects.filter(pk=team.pk).exists()
+    stored = Tool.objects.get(pk=tool.pk)
+    assert (stored.escalation_group_id, stored.policy_version) == (team.pk, version)
+    assert not AuditEvent.objects.filter(action="auth.team_deleted").exists()
+
+
+def test_changing_someones_name_or_address_is_audited(world: World) -> None:
+    """Separation of duties knows the person an agent acts for by their username and
+    e-mail: a call made for bob@example.com is not bob's to approve until his address is
+    another. Teams, permissions and status were audited when changed; these were not."""
+    client, _ = admin_client()
+    # A superuser's form holds the single sign-on inline (empty) too.
+    inline = {f"sso_identity-{n}": v for n, v in (("TOTAL_FORMS", 0), ("INITIAL_FORMS", 0))}
+    response = client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/",
+        {**user_form(world.bob, username="robert", email="robert@elsewhere.example"), **inline},
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    (event,) = AuditEvent.objects.filter(action="user.access_changed")
+    assert event.actor_label == "root"
+    assert set(event.data["before"]) == set(event.data["after"]) == {"username", "email"}
+    assert (event.data["user"], event.data["before"]["username"]) == ("robert", "bob")
+    assert event.data["before"]["email"] != event.data["after"]["email"]
+    # Saved again unchanged: nothing recorded.
+    client.post(
+        f"/admin/auth/user/{world.bob.pk}/change/",
+        {**user_form(User.objects.get(pk=world.bob.pk)), **inline},
+    )
+    assert AuditEvent.objects.filter(action="user.access_changed").count() == 1
+
+
 def test_an_admin_lifting_a_lockout_is_audited(world: World) -> None:
     """The lock is in the trail (auth.locked_out); so is whoever lifted it early. A name
     that is no account may be a mistyped password: kept only as a fingerprint."""
@@ -230,6 +281,25 @@ def test_renaming_a_team_or_changing_its_permissions_is_audited(world: World) ->
         {"name": "payments-team", "permissions": [view_audit.pk]},
     )
     assert AuditEvent.objects.filter(action="auth.team_changed").count() == 1
+
+
+def test_creating_a_team_is_audited_with_who_made_it(world: World) -> None:
+    """A team made with *Can change tool* makes tool admins of whoever joins it: the trail
+    said only that Countersign had given the permission (``auth.permissions_changed``)."""
+    from django.contrib.auth.models import Permission
+
+    change_tool = Permission.objects.get(codename="change_tool")
+    client, _ = admin_client()
+    response = client.post(
+        "/admin/auth/group/add/", {"name": "tool-admins", "permissions": [change_tool.pk]}
+    )
+    assert response.status_code == 302
+    (event,) = AuditEvent.objects.filter(action="auth.team_created")
+    assert (event.actor_label, event.data) == (
+        "root",
+        {"team": "tool-admins", "permissions": ["tools_registry.change_tool"]},
+    )
+    assert not AuditEvent.objects.filter(action="auth.team_changed").exists()
 
 
 def people_manager() -> tuple[Client, User]:

@@ -108,6 +108,20 @@ def test_a_role_named_by_an_unpaired_surrogate_is_a_form_error_not_a_500(
     assert events("agent.updated") == []
 
 
+def test_a_tool_named_by_an_unpaired_surrogate_is_a_form_error_not_a_500(
+    world: World, admin_client: Client
+) -> None:
+    """No such tool, its name was quoted in the error as typed, which no UTF-8 page can
+    hold (as a role's name was)."""
+    data = admin_form_data(admin_client.get(change_url(world.agent)))
+    data.update(role_scopes='{"viewer": {"tools": ["x\\udc00y"]}}')
+    response = admin_client.post(change_url(world.agent), data)
+    assert response.status_code == 200
+    assert "no such tools" in str(response.context["adminform"].form.errors["role_scopes"])
+    assert "x\\udc00y" in response.content.decode()  # as typed, escaped
+    assert events("agent.updated") == []
+
+
 def test_an_identity_provider_is_registered_and_audited(admin_client: Client) -> None:
     response = admin_client.post(
         "/admin/tools_registry/identityprovider/add/",

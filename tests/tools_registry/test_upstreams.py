@@ -1183,6 +1183,89 @@ def test_a_form_error_never_shows_the_header_values_back(
     assert UPSTREAM_TOKEN not in page
 
 
+@pytest.mark.parametrize("kind", ["openapi", "mcp"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        f"Authorization: Bearer {UPSTREAM_TOKEN}é",  # a value HTTP clients cannot encode
+        f"Clé: {UPSTREAM_TOKEN}",  # a name isalnum() took
+        f"Authorization: Bearer {UPSTREAM_TOKEN}\x01",  # a control character
+    ],
+)
+def test_a_header_no_http_client_can_send_is_a_form_error(
+    world: World, admin_client: Client, headers: str, kind: str
+) -> None:
+    """Headers are sent as ASCII: a value or a name that is not was taken, and the import
+    of an HTTP API then failed with a 500 (an MCP server's was an import failure, and every
+    call of its tools failed). A form error now, which does not quote the credential."""
+    response = admin_client.post(
+        "/admin/tools_registry/upstream/add/",
+        {
+            "name": "orders", "kind": kind, "url": "http://127.0.0.1:9/openapi.json",
+            "base_url": "", "timeout_seconds": "1", "idempotency_header": "Idempotency-Key",
+            "enabled": "on", "headers": headers,
+        },
+    )  # fmt: skip
+    assert response.status_code == 200 and not Upstream.objects.exists()
+    page = response.content.decode()
+    assert "errorlist" in page
+    assert UPSTREAM_TOKEN not in page
+    assert not AuditEvent.objects.filter(action__startswith="upstream.").exists()
+
+
+@pytest.mark.parametrize("header", ["Idempotency Key", "Idempotency-Kéy", "Key:x"])
+def test_an_idempotency_header_no_http_client_can_send_is_a_form_error(
+    world: World, admin_client: Client, header: str
+) -> None:
+    """It was taken, added or changed, and every call of the upstream's tools then failed
+    (a UnicodeEncodeError, or h11's refusal, as a transient failure to try again)."""
+    form = {
+        "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
+        "base_url": "", "timeout_seconds": "1", "idempotency_header": header, "headers": "",
+    }  # fmt: skip
+    added = admin_client.post("/admin/tools_registry/upstream/add/", form)
+    assert added.status_code == 200 and "errorlist" in added.content.decode()
+    assert not Upstream.objects.exists()
+    upstream = register_upstream(
+        name="orders", kind="openapi", url="http://127.0.0.1:9/openapi.json", enabled=False
+    )
+    changed = admin_client.post(f"/admin/tools_registry/upstream/{upstream.pk}/change/", form)
+    assert changed.status_code == 200 and "errorlist" in changed.content.decode()
+    upstream.refresh_from_db()
+    assert upstream.idempotency_header == "Idempotency-Key"
+    assert not AuditEvent.objects.filter(action="upstream.changed").exists()
+
+
+@pytest.mark.parametrize("field", ["url", "base_url"])
+def test_a_password_in_an_upstreams_url_is_a_form_error(
+    world: World, admin_client: Client, field: str
+) -> None:
+    """A URL's user and password are sent as Basic credentials, and the URL is shown on the
+    upstreams' list and page to whoever may view them (header values never are): it was
+    taken, and the password shown to every viewer. Refused, added or changed."""
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_upstream"))
+    form = {
+        "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
+        "base_url": "", "timeout_seconds": "1", "idempotency_header": "", "headers": "",
+        field: "http://svc:pw-canary-71@127.0.0.1:9/openapi.json",
+    }  # fmt: skip
+    added = admin_client.post("/admin/tools_registry/upstream/add/", form)
+    assert added.status_code == 200 and "Leave the user and password out" in added.content.decode()
+    assert not Upstream.objects.exists()
+    upstream = register_upstream(
+        name="orders", kind="openapi", url="http://127.0.0.1:9/openapi.json", enabled=False
+    )
+    changed = admin_client.post(f"/admin/tools_registry/upstream/{upstream.pk}/change/", form)
+    assert changed.status_code == 200 and "errorlist" in changed.content.decode()
+    assert not AuditEvent.objects.filter(action="upstream.changed").exists()
+    client = Client()
+    client.force_login(viewer)
+    for page in ("", f"{upstream.pk}/change/"):
+        shown = client.get(f"/admin/tools_registry/upstream/{page}")
+        assert shown.status_code == 200 and "pw-canary-71" not in shown.content.decode()
+
+
 @pytest.mark.parametrize("timeout", ["-1", "0", "1e300", "nan"])
 def test_an_upstreams_timeout_out_of_bounds_is_a_form_error(
     admin_client: Client, timeout: str

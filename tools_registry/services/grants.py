@@ -169,8 +169,12 @@ def permission_names(permissions: Iterable[Permission]) -> list[str]:
 def access_of(
     user: Any, *, groups: Iterable[Group], permissions: Iterable[Permission]
 ) -> dict[str, Any]:
-    """What decides which tools a person may review or administer, besides their own grants."""
+    """What decides which tools a person may review or administer, besides their own grants,
+    and which calls they may not approve: separation of duties knows the person an agent
+    acts for by their username and e-mail (``approvals.guards.conflict_with``)."""
     return {
+        "username": user.get_username(),
+        "email": user.email or "",
         "groups": sorted(g.name for g in groups),
         "permissions": permission_names(permissions),
         "is_active": user.is_active,
@@ -193,7 +197,7 @@ def record_access_change(*, user: Any, before: dict[str, Any], changed_by: Any) 
             action="user.access_changed",
             actor=changed_by,
             data={"user": user.get_username(), **changes},
-            people=("user",),
+            people=("user", "before.username", "after.username"),
         )
 
 
@@ -229,6 +233,17 @@ def record_team_change(*, group: Group, before: dict[str, Any], changed_by: Any)
             },
             people=("members",),
         )
+
+
+def record_team_creation(*, group: Group, created_by: Any) -> None:
+    """Audit a team made in Django's team admin, with the model-wide permissions it was
+    given: alone, the permissions' signal said Countersign had given them, to nobody's name
+    (``record_team_change`` says who changed them later)."""
+    record(
+        action="auth.team_created",
+        actor=created_by,
+        data={"team": group.name, "permissions": permission_names(group.permissions.all())},
+    )
 
 
 def record_deletion(*, deleted_by: Any, user: Any = None, group: Group | None = None) -> None:

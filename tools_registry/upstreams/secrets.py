@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import string
 from functools import cache
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -74,6 +75,11 @@ def decrypt(token: str) -> Headers:
         ) from None
 
 
+# A header's name as admins write one (RFC 9110 allows a few more symbols): ASCII letters,
+# digits, "-" and "_". str.isalnum() also took "é" and "²", which no HTTP client can send.
+_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
+
+
 def parse_header_lines(lines: list[str]) -> Headers:
     """``Name: value`` lines, as an admin types them; ValueError says what is wrong."""
     headers: Headers = []
@@ -82,11 +88,18 @@ def parse_header_lines(lines: list[str]) -> Headers:
             continue
         name, colon, value = line.partition(":")
         name, value = name.strip(), value.strip()
-        if not colon or not name or not all(c.isalnum() or c in "-_" for c in name):
+        if not colon or not name or not all(c in _NAME_CHARACTERS for c in name):
             # Not quoted: a line without its name ("Bearer sk_live_...") is the credential.
             raise ValueError(f"Write each header as 'Name: value' (line {number} is not).")
         if any(ch in value for ch in "\r\n\x00"):
             raise ValueError(f"The value of {name} may not span lines.")
+        if not all(ch == "\t" or " " <= ch <= "~" for ch in value):
+            # HTTP clients send a header as ASCII: one they cannot encode failed the import
+            # (a 500 in the admin) and every call. Not quoted: the value is the credential.
+            raise ValueError(
+                f"The value of {name} may hold only printable ASCII characters "
+                "(letters, digits, punctuation, spaces)."
+            )
         headers.append((name, value))
     return headers
 
