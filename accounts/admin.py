@@ -6,10 +6,12 @@ from typing import Any
 
 from axes.admin import AccessAttemptAdmin
 from axes.models import AccessAttempt
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, Permission, User
+from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -21,6 +23,7 @@ from audit.log import record
 from audit.receivers import attempted_name
 from core.admin_lookups import SecretsNotLookedUp
 from core.admin_saves import UniqueNameRaceShown
+from tools_registry import rule_teams
 from tools_registry.models import ToolGroupObjectPermission, ToolUserObjectPermission
 from tools_registry.services.grants import (
     access_of,
@@ -233,11 +236,27 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         return response
 
 
+class TeamForm(forms.ModelForm):
+    """A team's form: a team tools' policy rules name keeps its name until they no longer
+    do (``rule_teams``): renamed, it would leave them asking for a team nobody is in."""
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"]
+        before = self.instance.name if self.instance.pk else ""
+        if before and name != before:
+            rule_teams.lock_teams([before])  # rules saved meanwhile naming it are seen
+            if tools := rule_teams.tools_naming([before]).get(before):
+                raise forms.ValidationError(f"Not renamed. {rule_teams.still_named(before, tools)}")
+        return name
+
+
 @admin.register(Group)
 class AuditedGroupAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, GroupAdmin):
     """Django's team admin, auditing a team's deletion (its members lose its grants with
-    it), and a rename or a change of its model-wide permissions, with who made it."""
+    it), and a rename or a change of its model-wide permissions, with who made it. A team
+    tools' policy rules name is neither deleted nor renamed (``rule_teams``)."""
 
+    form = TeamForm
     deleted_as = "group"
 
     # A team's permissions are its members': someone who is not a superuser gives a team
@@ -250,6 +269,30 @@ class AuditedGroupAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, Gro
         if db_field.name == "permissions" and request and not request.user.is_superuser:
             kwargs["queryset"] = Permission.objects.filter(pk__in=held_permissions(request.user))
         return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        """Django's, with each tool whose policy rules name a team to delete as protected:
+        the deletion page (one team, or the list's selection) refuses and says why."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        teams = [team.name for team in objs]
+        if request.method == "POST":
+            # About to delete (in a transaction: ``delete_view``, ``changelist_view``): the
+            # teams are locked first, so rules saved meanwhile naming them are seen here.
+            rule_teams.lock_teams(teams)
+        for team, tools in rule_teams.tools_naming(teams).items():
+            protected += [
+                f"Tool: {tool} (its policy rules name the team {team!r})" for tool in tools
+            ]
+            self.message_user(request, rule_teams.still_named(team, tools), messages.ERROR)
+        return deleted, counts, perms_needed, protected
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        if request.method != "POST":
+            return super().changelist_view(request, extra_context)
+        # The list's actions (delete) in one transaction, as the delete page is: the teams
+        # locked by get_deleted_objects stay so until they are deleted.
+        with transaction.atomic():
+            return super().changelist_view(request, extra_context)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         # The form's initial values are what the team was before this save.

@@ -32,7 +32,7 @@ from guardian.admin import (
 from audit.filters import whole_number
 from core.admin_lookups import SecretsNotLookedUp
 from core.admin_saves import UniqueNameRaceShown
-from tools_registry import role_scopes, services
+from tools_registry import role_scopes, rule_teams, services
 from tools_registry.admin_scopes import ReviewerScopesMixin
 from tools_registry.lint import lint_tool
 from tools_registry.models import (
@@ -44,6 +44,7 @@ from tools_registry.models import (
     Upstream,
 )
 from tools_registry.policy import POLICY_FIELDS, Risk, policy_values
+from tools_registry.rules import teams_named
 from tools_registry.schemas import argument_paths
 from tools_registry.services.agents import MAX_STOP_REASON
 from tools_registry.services.sync import policy_for_new_risk
@@ -179,6 +180,10 @@ class ToolPolicyForm(forms.ModelForm):
 
     def _check(self, tool: Tool, values: dict[str, Any]) -> None:
         """``check_policy``'s problems, each next to the field it is about."""
+        # The teams the rules name are locked first (the admin's save is one transaction):
+        # one being deleted or renamed meanwhile is then gone here, a form error, where
+        # the save's own check (``update_policy``) would have found it, a 500.
+        rule_teams.lock_teams(teams_named(values.get("rules")))
         try:
             services.check_policy(tool, values)
         except services.PolicyInvalid as exc:

@@ -14,6 +14,7 @@ from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from core.hosts import https_or_here
 from tools_registry.policy import Risk
+from tools_registry.upstreams import secrets as upstream_secrets
 
 
 def no_credentials_in_url(url: str) -> None:
@@ -110,6 +111,12 @@ class Upstream(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # The idempotency header is sent with each call as the upstream's own headers are:
+        # named Host or Content-Length, it broke every call as they would.
+        if problem := upstream_secrets.reserved_header(self.idempotency_header):
+            raise ValidationError({"idempotency_header": problem})
 
 
 class Tool(models.Model):

@@ -101,6 +101,18 @@ def parse(raw: Any) -> list[Rule]:
     return [Rule(**{k: v for k, v in item.items() if k in _KEYS}) for item in raw or []]
 
 
+def teams_named(raw: Any) -> frozenset[str]:
+    """The teams ``raw`` (a tool's rules, stored or about to be) names, each rule's ``team``.
+    A rule's team is a name: the team must exist while a rule names it (``rule_teams``)."""
+    if not isinstance(raw, list):
+        return frozenset()
+    return frozenset(
+        item["team"]
+        for item in raw
+        if isinstance(item, dict) and isinstance(item.get("team"), str) and item["team"]
+    )
+
+
 def problems(
     raw: Any, *, risk: str, input_schema: Mapping[str, Any], teams: frozenset[str]
 ) -> list[str]:

@@ -3,7 +3,12 @@ authenticator app can be deleted (audited), never added, edited or read."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 from django.contrib.auth.models import User
+from django.db import connection, transaction
 from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -173,6 +178,87 @@ def test_a_team_a_tool_escalates_to_is_not_deleted_under_it(world: World) -> Non
     stored = Tool.objects.get(pk=tool.pk)
     assert (stored.escalation_group_id, stored.policy_version) == (team.pk, version)
     assert not AuditEvent.objects.filter(action="auth.team_deleted").exists()
+
+
+def _rule_from(team: str) -> dict[str, object]:
+    return {"when": "true", "then": "require", "approvals": 2, "team": team}
+
+
+def test_a_team_a_tools_rules_name_is_neither_deleted_nor_renamed_under_them(
+    world: World,
+) -> None:
+    """A rule names its team by name: the team deleted or renamed, the rule asked for
+    approvers from a team nobody is in, and every call it decided could only expire. The
+    admin now says which tools' rules name it; they are changed first, audited."""
+    from django.contrib.auth.models import Group
+
+    team = Group.objects.create(name="finance")
+    for name in ("issue_refund", "send_email"):
+        registry_services.update_policy(
+            tool=world.tools[name], changes={"rules": [_rule_from("finance")]}, changed_by=None
+        )
+    client, _ = admin_client()
+    for sent in (
+        (f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"}),
+        ("/admin/auth/group/", {"action": "delete_selected", "_selected_action": [team.pk], "post": "yes"}),
+    ):  # fmt: skip
+        response = client.post(*sent)
+        page = response.content.decode()
+        assert response.status_code == 200 and "Cannot delete group" in page
+        assert "The policy rules of issue_refund, send_email name the team" in page
+    renamed = client.post(f"/admin/auth/group/{team.pk}/change/", {"name": "finance-emea"})
+    assert renamed.status_code == 200
+    (error,) = renamed.context["adminform"].form.errors["name"]
+    assert error.startswith("Not renamed. The policy rules of issue_refund, send_email name")
+    assert Group.objects.get(pk=team.pk).name == "finance"
+    assert not AuditEvent.objects.filter(action__in=["auth.team_deleted", "auth.team_changed"])
+    # Once no rule names it, it is renamed and deleted as any team.
+    for name in ("issue_refund", "send_email"):
+        registry_services.update_policy(
+            tool=world.tools[name], changes={"rules": []}, changed_by=None
+        )
+    renamed = client.post(f"/admin/auth/group/{team.pk}/change/", {"name": "finance-emea"})
+    assert renamed.status_code == 302
+    response = client.post(f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not Group.objects.filter(pk=team.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_team_is_not_deleted_while_a_rule_naming_it_is_saved(world: World) -> None:
+    """A tool admin saves a rule naming the team while another admin deletes it: the
+    deletion found no rule naming it (not yet committed), and the rule was saved naming a
+    team that no longer existed. The deletion now waits for the save, then refuses."""
+    from django.contrib.auth.models import Group
+
+    team = Group.objects.create(name="finance")
+    tool = world.tools["send_email"]
+    saved = threading.Event()
+
+    def other_admin_saves_a_rule() -> None:
+        try:
+            with transaction.atomic():
+                registry_services.update_policy(
+                    tool=tool, changes={"rules": [_rule_from("finance")]}, changed_by=None
+                )
+                saved.set()
+                time.sleep(1)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_admin_saves_a_rule)
+    thread.start()
+    assert saved.wait(10)
+    client, _ = admin_client()
+    try:
+        response = client.post(
+            "/admin/auth/group/",
+            {"action": "delete_selected", "_selected_action": [team.pk], "post": "yes"},
+        )
+    finally:
+        thread.join()
+    assert response.status_code == 200 and "Cannot delete group" in response.content.decode()
+    assert Group.objects.filter(name="finance").exists()
+    assert Tool.objects.get(pk=tool.pk).rules == [_rule_from("finance")]
 
 
 def test_changing_someones_name_or_address_is_audited(world: World) -> None:

@@ -403,6 +403,44 @@ def test_a_team_added_twice_at_once_is_a_form_error_not_a_500(admin_client: Clie
     assert "already exists" in str(response.context["adminform"].form.errors["name"])
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_rule_naming_a_team_deleted_meanwhile_is_a_form_error(
+    world: World, admin_client: Client
+) -> None:
+    """Another admin deletes the team while this one saves a rule naming it: both checks
+    passed before either committed, and the rule was saved naming a team that no longer
+    existed (its calls could only expire). The save now waits for the deletion, then says
+    the team is gone."""
+    Group.objects.create(name="finance")
+    tool = world.tools["send_email"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    rule = {"when": "true", "then": "require", "approvals": 1, "team": "finance"}
+    data.update(rules=json.dumps([rule]))
+    deleted = threading.Event()
+
+    def other_admin_deletes() -> None:
+        try:
+            with transaction.atomic():
+                Group.objects.filter(name="finance").delete()
+                deleted.set()
+                time.sleep(1)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_admin_deletes)
+    thread.start()
+    assert deleted.wait(10)
+    try:
+        response = admin_client.post(_change_url(tool), data)
+    finally:
+        thread.join()
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors.as_data()
+    assert [e.message for e in errors["rules"]] == ["Rule 1: there is no team named 'finance'."]
+    tool.refresh_from_db()
+    assert (tool.rules, tool.policy_version) == ([], 1)
+
+
 def _user_form(admin_client: Client, user: Any) -> dict[str, Any]:
     """The user admin's change form as shown, ready to post back (its split date field
     written as the form reads it)."""

@@ -1236,6 +1236,62 @@ def test_an_idempotency_header_no_http_client_can_send_is_a_form_error(
     assert not AuditEvent.objects.filter(action="upstream.changed").exists()
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Host", "content-length", "Transfer-Encoding", "CONNECTION", "Keep-Alive", "Upgrade",
+        "TE", "Expect", "Accept-Encoding", "Mcp-Session-Id", "Content_Length",
+    ],
+)  # fmt: skip
+def test_a_header_the_http_client_or_countersign_sets_is_refused_by_name(
+    world: World, admin_client: Client, name: str
+) -> None:
+    """An upstream's headers could set Host, Content-Length, Transfer-Encoding, Connection
+    and the like, which the HTTP client sets for each request: taken, every call of the
+    upstream then went to another site, was cut short or broke, or smuggled a second
+    request past a proxy. Refused, in the admin and by add_upstream (any case, "_" as "-"),
+    naming the header and never quoting its value; Authorization and an API's own headers
+    stay allowed beside it."""
+    form = {
+        "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
+        "base_url": "", "timeout_seconds": "1", "idempotency_header": "Idempotency-Key",
+        "enabled": "on", "headers": f"{AUTH}\nX-Tenant: acme\n{name}: {UPSTREAM_TOKEN}",
+    }  # fmt: skip
+    response = admin_client.post("/admin/tools_registry/upstream/add/", form)
+    assert response.status_code == 200 and not Upstream.objects.exists()
+    (error,) = response.context["adminform"].form.errors["headers"]
+    assert error.startswith(f"{name} cannot be set for an upstream: ")
+    assert UPSTREAM_TOKEN not in response.content.decode()
+    with pytest.raises(CommandError) as refused:
+        add(
+            "orders", "--openapi", "http://127.0.0.1:9/openapi.json", "--header", AUTH,
+            "--header", f"{name}: {UPSTREAM_TOKEN}",
+        )  # fmt: skip
+    assert str(refused.value) == error and UPSTREAM_TOKEN not in error
+    assert not AuditEvent.objects.filter(action__startswith="upstream.").exists()
+
+
+@pytest.mark.parametrize("header", ["Host", "content-length", "Transfer_Encoding"])
+def test_an_idempotency_header_the_http_client_sets_is_refused(
+    world: World, admin_client: Client, header: str
+) -> None:
+    """The idempotency header is sent with each call as the upstream's headers are: named
+    Host or Content-Length, each call's key broke its request as such a header would."""
+    form = {
+        "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
+        "base_url": "", "timeout_seconds": "1", "idempotency_header": header, "headers": "",
+    }  # fmt: skip
+    added = admin_client.post("/admin/tools_registry/upstream/add/", form)
+    assert added.status_code == 200 and not Upstream.objects.exists()
+    (error,) = added.context["adminform"].form.errors["idempotency_header"]
+    assert error.startswith(f"{header} cannot be set for an upstream: ")
+    with pytest.raises(CommandError, match="cannot be set for an upstream"):
+        add(
+            "orders", "--openapi", "http://127.0.0.1:9/openapi.json", "--idempotency-header", header
+        )
+    assert not Upstream.objects.exists()
+
+
 @pytest.mark.parametrize("field", ["url", "base_url"])
 def test_a_password_in_an_upstreams_url_is_a_form_error(
     world: World, admin_client: Client, field: str

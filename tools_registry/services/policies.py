@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from audit.log import record
-from tools_registry import registry, rules
+from tools_registry import registry, rule_teams, rules
 from tools_registry.models import Tool
 from tools_registry.policy import POLICY_FIELDS, policy_values, validate_policy
 
@@ -80,6 +80,9 @@ def update_policy(*, tool: Tool, changes: Mapping[str, Any], changed_by: Any) ->
     changed = [name for name in POLICY_FIELDS if after[name] != before[name]]
     if not changed:
         return locked
+    # The teams the rules name stay until this commits: a team admin deleting or renaming
+    # one meanwhile waits, then finds these rules naming it (``rule_teams``).
+    rule_teams.lock_teams(rules.teams_named(after["rules"]))
     check_policy(locked, after)
     for name in changed:
         setattr(locked, name, after[name])

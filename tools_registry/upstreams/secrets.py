@@ -80,6 +80,49 @@ def decrypt(token: str) -> Headers:
 _NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
 
 
+_FRAMING = (
+    "the HTTP client frames each request's body itself; another length or encoding breaks "
+    "every request, or is read on the way as a second request (request smuggling)"
+)
+_HOP_BY_HOP = (
+    "it is about one connection, not the request (a hop-by-hop header: a proxy drops it, "
+    "and the headers it names), and the HTTP client manages its connections itself"
+)
+_MCP_SESSION = "the MCP client sets it for the session it opens with the server"
+# Headers an upstream's own may not set: what the HTTP client sets for each request (where
+# it goes, how its body is framed), what concerns one connection only (RFC 9110 7.6.1),
+# and what Countersign or the MCP client sets for each request or session (``http.call``,
+# ``mcp._connect``). One set here broke every request of the upstream, or smuggled one.
+RESERVED_HEADERS = {
+    "host": "each request goes to the host of the upstream's URL, which the HTTP client "
+    "names in Host; another sends it to another site on that server, or to none",
+    "content-length": _FRAMING,
+    "transfer-encoding": _FRAMING,
+    "te": _HOP_BY_HOP,
+    "trailer": _FRAMING,
+    "connection": _HOP_BY_HOP,
+    "keep-alive": _HOP_BY_HOP,
+    "proxy-connection": _HOP_BY_HOP,
+    "upgrade": _HOP_BY_HOP,
+    "expect": "the HTTP client sends each body at once and waits for no 100 Continue; a "
+    "server that cannot meet the expectation refuses every request (417)",
+    "accept-encoding": "Countersign asks for the encodings it can read within its size "
+    "limits (gzip, deflate); an answer in another cannot be read",
+    "mcp-session-id": _MCP_SESSION,
+    "mcp-protocol-version": _MCP_SESSION,
+    "last-event-id": _MCP_SESSION,
+}
+
+
+def reserved_header(name: str) -> str:
+    """Why ``name`` cannot be one of an upstream's headers (nor its idempotency header), or
+    "". In any case, and with "_" read as "-": CGI and WSGI name ``Transfer-Encoding`` and
+    ``Transfer_Encoding`` alike (``HTTP_TRANSFER_ENCODING``), so behind such a server one
+    passes for the other."""
+    reason = RESERVED_HEADERS.get(name.strip().lower().replace("_", "-"), "")
+    return f"{name} cannot be set for an upstream: {reason}." if reason else ""
+
+
 def parse_header_lines(lines: list[str]) -> Headers:
     """``Name: value`` lines, as an admin types them; ValueError says what is wrong."""
     headers: Headers = []
@@ -91,6 +134,8 @@ def parse_header_lines(lines: list[str]) -> Headers:
         if not colon or not name or not all(c in _NAME_CHARACTERS for c in name):
             # Not quoted: a line without its name ("Bearer sk_live_...") is the credential.
             raise ValueError(f"Write each header as 'Name: value' (line {number} is not).")
+        if problem := reserved_header(name):
+            raise ValueError(problem)  # the name only: the value may be a credential
         if any(ch in value for ch in "\r\n\x00"):
             raise ValueError(f"The value of {name} may not span lines.")
         if not all(ch == "\t" or " " <= ch <= "~" for ch in value):
