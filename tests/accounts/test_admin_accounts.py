@@ -3,18 +3,17 @@ authenticator app can be deleted (audited), never added, edited or read."""
 
 from __future__ import annotations
 
-import threading
-import time
+from functools import partial
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection, transaction
 from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.models import AuditEvent
 from audit.receivers import attempted_name
 from tests.conftest import World
+from tests.support.uncommitted import uncommitted
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
 
@@ -232,30 +231,18 @@ def test_a_team_is_not_deleted_while_a_rule_naming_it_is_saved(world: World) -> 
 
     team = Group.objects.create(name="finance")
     tool = world.tools["send_email"]
-    saved = threading.Event()
-
-    def other_admin_saves_a_rule() -> None:
-        try:
-            with transaction.atomic():
-                registry_services.update_policy(
-                    tool=tool, changes={"rules": [_rule_from("finance")]}, changed_by=None
-                )
-                saved.set()
-                time.sleep(1)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=other_admin_saves_a_rule)
-    thread.start()
-    assert saved.wait(10)
     client, _ = admin_client()
-    try:
+    rule_saved = partial(
+        registry_services.update_policy,
+        tool=tool,
+        changes={"rules": [_rule_from("finance")]},
+        changed_by=None,
+    )
+    with uncommitted(rule_saved):
         response = client.post(
             "/admin/auth/group/",
             {"action": "delete_selected", "_selected_action": [team.pk], "post": "yes"},
         )
-    finally:
-        thread.join()
     assert response.status_code == 200 and "Cannot delete group" in response.content.decode()
     assert Group.objects.filter(name="finance").exists()
     assert Tool.objects.get(pk=tool.pk).rules == [_rule_from("finance")]

@@ -5,18 +5,14 @@ through the service and the plaintext is shown once."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission
-from django.db import connection, transaction
 from django.test import Client
 
 from tests.conftest import World, events
+from tests.support.uncommitted import uncommitted
 from tests.tools_registry.conftest import admin_form_data
 from tools_registry import services
 from tools_registry.models import Agent, AgentToken, Tool, Upstream
@@ -347,28 +343,10 @@ def test_an_agent_created_in_the_admin_is_audited(world: World, admin_client: Cl
     assert event.data["owner"] == "alice"
 
 
-@contextmanager
-def name_taken_uncommitted(model: type[Any], **fields: Any) -> Iterator[None]:
+def name_taken_uncommitted(model: type[Any], **fields: Any) -> Any:
     """Another admin's save of the same name, under way: its row is written, not yet
     committed, and commits a moment after the block's request has checked the name."""
-    written = threading.Event()
-
-    def other_save() -> None:
-        try:
-            with transaction.atomic():
-                model._default_manager.create(**fields)
-                written.set()
-                time.sleep(1)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=other_save)
-    thread.start()
-    assert written.wait(10)
-    try:
-        yield
-    finally:
-        thread.join()
+    return uncommitted(lambda: model._default_manager.create(**fields))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -416,24 +394,8 @@ def test_a_rule_naming_a_team_deleted_meanwhile_is_a_form_error(
     data = admin_form_data(admin_client.get(_change_url(tool)))
     rule = {"when": "true", "then": "require", "approvals": 1, "team": "finance"}
     data.update(rules=json.dumps([rule]))
-    deleted = threading.Event()
-
-    def other_admin_deletes() -> None:
-        try:
-            with transaction.atomic():
-                Group.objects.filter(name="finance").delete()
-                deleted.set()
-                time.sleep(1)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=other_admin_deletes)
-    thread.start()
-    assert deleted.wait(10)
-    try:
+    with uncommitted(lambda: Group.objects.filter(name="finance").delete()):
         response = admin_client.post(_change_url(tool), data)
-    finally:
-        thread.join()
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors.as_data()
     assert [e.message for e in errors["rules"]] == ["Rule 1: there is no team named 'finance'."]
