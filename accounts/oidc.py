@@ -52,11 +52,13 @@ def teams_from_claims(claims: dict[str, Any]) -> set[str]:
 
 
 @transaction.atomic
-def sync_teams(*, user: Any, claims: dict[str, Any]) -> None:
-    """Set the person's mapped teams to what the claim says; audit what changed."""
+def sync_teams(*, user: Any, claims: dict[str, Any], before: dict[str, Any] | None = None) -> None:
+    """Set the person's mapped teams to what the claim says; audit what changed since
+    ``before`` (``access_of`` the person before this sign-in changed them; now if not given)."""
     managed = set(settings.OIDC_TEAM_MAP.values())
     wanted = teams_from_claims(claims)
-    before = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
+    if before is None:
+        before = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
     current = set(user.groups.filter(name__in=managed).values_list("name", flat=True))
     existing = {g.name: g for g in Group.objects.filter(name__in=managed)}
     for name in sorted(wanted - existing.keys()):
@@ -268,15 +270,19 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         sync_teams(user=user, claims=claims)
         return user
 
+    @transaction.atomic
     def update_user(self, user: Any, claims: dict[str, Any]) -> Any:
         if not user.is_active:
             # A deactivated person stays out, whatever the provider says.
             return None
+        # Read before the e-mail changes: separation of duties knows the person an agent acts
+        # for by it, so a new one from the provider is audited with the teams.
+        before = access_of(user, groups=user.groups.all(), permissions=user.user_permissions.all())
         email = str(claims.get("email") or "")
         if email and email != user.email:
             user.email = email
             user.save(update_fields=["email"])
-        sync_teams(user=user, claims=claims)
+        sync_teams(user=user, claims=claims, before=before)
         return user
 
 

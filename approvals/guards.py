@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from accounts.models import SsoIdentity
@@ -96,8 +97,24 @@ def required_teams(policy: Mapping[str, Any] | None) -> list[str]:
 def in_required_team(call: ToolCall, person: Any) -> bool:
     """Whether ``person`` is a member of every team the call's policy asks its approvals
     from, if any (several when rules that could not be evaluated asked for other teams)."""
+    return person.pk in in_required_teams(call, [person])
+
+
+def in_required_teams(call: ToolCall, people: Sequence[Any]) -> set[Any]:
+    """The ids of those of ``people`` who are ``in_required_team``, in one query at most:
+    the notification sweeps ask it of every reviewer of every call they mail about."""
     teams = set(required_teams(call.policy))
-    return not teams or person.groups.filter(name__in=teams).count() == len(teams)
+    if not teams:
+        return {person.pk for person in people}
+    if not people:
+        return set()
+    return set(
+        get_user_model()
+        .objects.filter(pk__in=[person.pk for person in people], groups__name__in=teams)
+        .annotate(teams_in=Count("groups", distinct=True))
+        .filter(teams_in=len(teams))
+        .values_list("pk", flat=True)
+    )
 
 
 def teams_phrase(teams: Sequence[str]) -> str:
@@ -126,12 +143,19 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     and whoever issued one of the agent's tokens that was live when the call was made (they
     were shown its secret: the call may be theirs) may reject a call but never let it run.
     """
-    conflict = conflict_with(
-        agent=call.agent, on_behalf_of=call.on_behalf_of, person=person, made_at=call.created_at
+    return conflicts_of_interest(call, [person])[person.pk]
+
+
+def conflicts_of_interest(call: ToolCall, people: Sequence[Any]) -> dict[Any, str]:
+    """``conflict_of_interest`` of each of ``people``, by id, in two queries at most (the
+    notification sweeps ask it of every reviewer of every call they mail about)."""
+    found = conflicts_with(
+        agent=call.agent, on_behalf_of=call.on_behalf_of, people=people, made_at=call.created_at
     )
-    if not conflict and call.agent_owner_id == person.pk:
-        return "former_owner"  # the agent changed hands since: the call may still be theirs
-    return conflict
+    for person in people:
+        if not found[person.pk] and call.agent_owner_id == person.pk:
+            found[person.pk] = "former_owner"  # the agent changed hands: it may be theirs
+    return found
 
 
 def conflict_with(
@@ -139,22 +163,44 @@ def conflict_with(
 ) -> str:
     """``conflict_of_interest`` for a call of ``agent`` for ``on_behalf_of`` made at
     ``made_at``; before it is stored (a standing approval about to cover it), now."""
-    if agent.owner_id == person.pk:
-        return "owner"
-    if acting_for := folded(on_behalf_of):
+    return conflicts_with(agent=agent, on_behalf_of=on_behalf_of, people=[person], made_at=made_at)[
+        person.pk
+    ]
+
+
+def conflicts_with(
+    *, agent: Any, on_behalf_of: str, people: Sequence[Any], made_at: datetime | None = None
+) -> dict[Any, str]:
+    """``conflict_with`` of each of ``people``, by id: one query for the single sign-on
+    subjects when the call names an end user, one for the agent's tokens they issued."""
+    found = {person.pk: "owner" for person in people if agent.owner_id == person.pk}
+    rest = [person for person in people if person.pk not in found]
+    if rest and (acting_for := folded(on_behalf_of)):
         # A verified user is named by their token's claim, by default its ``sub``: the one
         # their sign-in through the same provider is linked to, not their account's name.
-        subjects = SsoIdentity.objects.filter(user_id=person.pk).values_list("subject", flat=True)
-        names = {person.get_username(), person.email or "", *subjects}
-        if acting_for in {folded(name) for name in names}:
-            return "on_behalf_of"
-    made_at = made_at or timezone.now()
-    issued = AgentToken.objects.filter(
-        agent_id=agent.pk, created_by_id=person.pk, created_at__lte=made_at
-    ).filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=made_at))
-    if issued.exists():
-        return "token_issuer"
-    return ""
+        subjects: dict[Any, list[str]] = {}
+        for user_id, subject in SsoIdentity.objects.filter(
+            user_id__in=[person.pk for person in rest]
+        ).values_list("user_id", "subject"):
+            subjects.setdefault(user_id, []).append(subject)
+        for person in rest:
+            names = {person.get_username(), person.email or "", *subjects.get(person.pk, [])}
+            if acting_for in {folded(name) for name in names}:
+                found[person.pk] = "on_behalf_of"
+        rest = [person for person in rest if person.pk not in found]
+    if rest:
+        made_at = made_at or timezone.now()
+        issuers = set(
+            AgentToken.objects.filter(
+                agent_id=agent.pk,
+                created_by_id__in=[person.pk for person in rest],
+                created_at__lte=made_at,
+            )
+            .filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=made_at))
+            .values_list("created_by_id", flat=True)
+        )
+        found.update({person.pk: "token_issuer" for person in rest if person.pk in issuers})
+    return {person.pk: found.get(person.pk, "") for person in people}
 
 
 # Why an approved call may no longer run, by error code (the code the agent gets back).

@@ -45,7 +45,8 @@ def without_conflicts(call: ToolCall, people: list[Any]) -> list[Any]:
     owner, the end user it acts for, a token's issuer): they may reject it, but a mail
     asking them to decide their own call, or reminding them of a quorum they cannot make,
     is not for them."""
-    return [p for p in people if not guards.conflict_of_interest(call, p)]
+    conflicts = guards.conflicts_of_interest(call, people)
+    return [p for p in people if not conflicts[p.pk]]
 
 
 # Why nobody the mails could reach may approve a call whose rule asks for teams, or why those
@@ -162,7 +163,7 @@ def audience(call: ToolCall, granted: list[Any]) -> Audience:
     free = without_conflicts(call, granted)
     reachable = [p for p in free if p.email]
     teams = guards.required_teams(call.policy)
-    members = {p.pk for p in granted if guards.in_required_team(call, p)}
+    members = guards.in_required_teams(call, granted)
     approvers = [p for p in free if p.pk in members]
     reached = [p for p in approvers if p.email]
     if teams and not reached:

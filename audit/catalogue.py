@@ -105,7 +105,8 @@ ACTIONS: dict[str, str] = {
     "when, how many ended before their grace period did. No secret is ever recorded.",
     "user.access_changed": "A person's teams, model-wide permissions, status (active, staff, "
     "superuser), username or e-mail (separation of duties knows them by these) changed in the "
-    "admin: who changed them, before and after.",
+    "admin, or their teams or e-mail at a single sign-on (as the provider says): who changed "
+    "them (countersign for a sign-in), before and after.",
     # People signing in to the web UI (audit/receivers.py).
     "auth.login": "A person signed in.",
     "auth.logout": "A person signed out.",

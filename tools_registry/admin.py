@@ -42,6 +42,7 @@ from tools_registry.models import (
     IdentityProvider,
     Tool,
     Upstream,
+    without_password,
 )
 from tools_registry.policy import POLICY_FIELDS, Risk, policy_values
 from tools_registry.rules import teams_named
@@ -1085,7 +1086,7 @@ class UpstreamAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     list_display = [
         "name",
         "kind",
-        "url",
+        "shown_url",
         "enabled",
         "tool_count",
         "last_synced_at",
@@ -1093,10 +1094,28 @@ class UpstreamAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     ]
     readonly_fields = ["current_headers", "last_synced_at", "last_sync_error", "tools_link"]
     actions = ["import_again"]
+    # Shown instead of the URLs to whoever may only view upstreams: one stored before a
+    # password in it was refused still holds it (an admin who may change it sees it, to
+    # take it out).
+    shown_instead = {"url": "shown_url", "base_url": "shown_base_url"}
 
     def get_readonly_fields(self, request: HttpRequest, obj: Upstream | None = None) -> list[str]:
         fields = list(self.readonly_fields)
         return [*fields, "name", "kind"] if obj is not None else fields
+
+    def get_fields(self, request: HttpRequest, obj: Upstream | None = None) -> Any:
+        fields = super().get_fields(request, obj)
+        if obj is not None and not self.has_change_permission(request, obj):
+            return [self.shown_instead.get(f, f) if isinstance(f, str) else f for f in fields]
+        return fields
+
+    @admin.display(description="URL", ordering="url")
+    def shown_url(self, upstream: Upstream) -> str:
+        return without_password(upstream.url)
+
+    @admin.display(description="Base URL")
+    def shown_base_url(self, upstream: Upstream) -> str:
+        return without_password(upstream.base_url)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Upstream]:
         return super().get_queryset(request).annotate(tool_total=Count("tools"))

@@ -32,6 +32,19 @@ def no_credentials_in_url(url: str) -> None:
         )
 
 
+def without_password(url: str) -> str:
+    """``url`` as shown to people: a user and password in it (stored before
+    ``no_credentials_in_url`` refused them; a token may be the user) replaced by dots, as
+    header values are."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "••••••" if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="••••••@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
 class Upstream(models.Model):
     """A system whose tools Countersign imports and calls on agents' behalf: an MCP server,
     or an HTTP API described by an OpenAPI document. Set up by admins (the admin or

@@ -138,6 +138,27 @@ def test_removed_from_a_team_at_the_provider_loses_the_grant_at_next_sign_in(
     assert change.data["after"]["groups"] == ["auditors", "not-mapped"]
 
 
+def test_a_new_email_from_the_provider_is_audited_as_an_admins_change_is(
+    world: World, sso: Provider
+) -> None:
+    """Separation of duties knows the person an agent acts for by their e-mail, so a change
+    of it is audited (``user.access_changed``): the provider's, taken at a sign-in, too. It
+    was saved before the teams' "before" was read, and so never showed as a change."""
+    sign_in_through(sso, "dana", DANA["password"])  # joins her team: audited
+    sso.set_people({"dana": {**DANA, "email": "dana.new@example.com"}})
+    since = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first()
+
+    _, landed = sign_in_through(sso, "dana", DANA["password"])
+
+    assert landed.status_code == 302
+    assert User.objects.get(username="dana").email == "dana.new@example.com"
+    change = AuditEvent.objects.get(action="user.access_changed", id__gt=since)
+    assert change.actor_label == "countersign"
+    assert change.data["user"] == "dana"
+    assert set(change.data["before"]) == set(change.data["after"]) == {"email"}
+    assert change.data["before"]["email"] != change.data["after"]["email"]
+
+
 def test_a_forged_state_signs_nobody_in(world: World, sso: Provider) -> None:
     client = Client()
     client.get("/oidc/authenticate/")

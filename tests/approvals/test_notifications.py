@@ -9,6 +9,8 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import notifications, sweeps
@@ -582,3 +584,42 @@ def test_an_approval_that_stands_counts_towards_the_quorum_in_the_reminder(
     ) in " ".join(short.body.split())
     reminded = AuditEvent.objects.get(call_id=two_more.pk, action="call.reminder_sent")
     assert reminded.data == {"kind": "reminder", "recipients": ["bob"], "no_approver": "too_few"}
+
+
+def test_the_sweeps_queries_do_not_grow_with_the_number_of_reviewers(
+    world: World, mailoutbox, django_capture_on_commit_callbacks, settings
+) -> None:
+    """Whom a mail is for, and whether they could approve the call, is asked of every
+    reviewer of each call: by person, that was a query or two for each of them per call, and
+    the escalation sweep (which asks it of all the tool's reviewers since it says who may
+    approve) made hundreds per run. A call costs the same however many reviewers it has."""
+    settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = 600
+    needs_team(world, "finance")
+    managers = Group.objects.create(name="payments-managers")
+    User.objects.create_user("erin", "erin@example.com", "x").groups.add(managers)
+    refunds = world.tools["issue_refund"]
+    refunds.escalation_group = managers
+    refunds.save()
+    join(world.bob, "finance")
+
+    def queries_per_run(reviewers: int) -> tuple[int, int]:
+        for n in range(User.objects.filter(username__startswith="r-").count(), reviewers):
+            person = User.objects.create_user(f"r-{n}", f"r-{n}@example.com", "x")
+            join(person, "finance")
+            for tool in ("update_customer", "issue_refund"):
+                registry_services.grant_review(tool=world.tools[tool], user=person)
+        earlier = timezone.now() - timedelta(minutes=55)
+        for _ in range(3):  # for end users: their names are matched against the reviewers'
+            make_call(world, "update_customer", on_behalf_of="ada@example.com")
+            make_call(world, "issue_refund", on_behalf_of="ada@example.com", created_at=earlier)
+        counted = []
+        for sweep in (notifications.notify_new_calls, notifications.escalate_expiring):
+            with CaptureQueriesContext(connection) as queries:
+                assert run(django_capture_on_commit_callbacks, sweep) > 0
+            counted.append(len(queries.captured_queries))
+        return counted[0], counted[1]
+
+    few = queries_per_run(2)
+    assert queries_per_run(12) == few
+    told = AuditEvent.objects.filter(action="call.reviewers_notified").order_by("-id").first()
+    assert told is not None and len(told.data["recipients"]) == 13  # bob and the twelve

@@ -51,6 +51,7 @@ from tools_registry.services.upstreams import (
 )
 from tools_registry.upstreams import mcp as upstream_mcp
 from tools_registry.upstreams import openapi as upstream_openapi
+from tools_registry.upstreams import secrets
 from tools_registry.upstreams.offers import ImportFailed
 
 AUTH = f"Authorization: Bearer {UPSTREAM_TOKEN}"
@@ -1321,6 +1322,60 @@ def test_a_password_in_an_upstreams_url_is_a_form_error(
     for page in ("", f"{upstream.pk}/change/"):
         shown = client.get(f"/admin/tools_registry/upstream/{page}")
         assert shown.status_code == 200 and "pw-canary-71" not in shown.content.decode()
+
+
+def stored_with_a_password_in_its_url(**registered: Any) -> Upstream:
+    """An upstream registered before URLs with a user and password were refused: its calls
+    send them as Basic credentials, and the URL is stored as it was written."""
+    upstream = register_upstream(
+        name="orders", kind="openapi", url="http://127.0.0.1:9/openapi.json", **registered
+    )
+    Upstream.objects.filter(pk=upstream.pk).update(
+        url="http://svc:pw-canary-72@127.0.0.1:9/openapi.json",
+        base_url="http://svc:pw-canary-72@127.0.0.1:9/api",
+    )
+    upstream.refresh_from_db()
+    return upstream
+
+
+def test_a_stored_url_with_a_password_is_not_shown_to_whoever_may_view_upstreams(
+    world: World,
+) -> None:
+    """A URL stored with its password before they were refused is shown without it: the
+    refusal kept new ones off the pages, not those already there."""
+    upstream = stored_with_a_password_in_its_url()
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_upstream"))
+    client = Client()
+    client.force_login(viewer)
+    for page in ("", f"{upstream.pk}/change/"):
+        shown = client.get(f"/admin/tools_registry/upstream/{page}")
+        assert shown.status_code == 200
+        assert "pw-canary-72" not in shown.content.decode()
+        assert "127.0.0.1:9" in shown.content.decode()
+
+
+def test_taking_the_password_out_of_a_stored_url_keeps_the_upstreams_headers(
+    world: World, admin_client: Client
+) -> None:
+    """The admin refuses any change to an upstream whose stored URL holds a password until
+    it is taken out; the host stays the same, so the headers stored for it stay too (they
+    were dropped, as for a new host, and the calls went without them)."""
+    upstream = stored_with_a_password_in_its_url(headers=[("X-Tenant", "acme")], enabled=False)
+    form = {
+        "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
+        "base_url": "http://127.0.0.1:9/api", "timeout_seconds": "1",
+        "idempotency_header": "Idempotency-Key", "headers": "",
+    }  # fmt: skip
+    changed = admin_client.post(
+        f"/admin/tools_registry/upstream/{upstream.pk}/change/", form, follow=True
+    )
+    assert changed.status_code == 200
+    assert "not sent to the new host" not in changed.content.decode()
+    upstream.refresh_from_db()
+    assert upstream.url == "http://127.0.0.1:9/openapi.json"
+    assert upstream.header_names == ["X-Tenant"]
+    assert secrets.decrypt(upstream.headers_encrypted) == [("X-Tenant", "acme")]
 
 
 @pytest.mark.parametrize("timeout", ["-1", "0", "1e300", "nan"])

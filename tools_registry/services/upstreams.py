@@ -180,8 +180,12 @@ def update_upstream(
 
 
 def _host(url: str) -> str:
+    """Where ``url``'s requests go: its scheme, host and port. Not a user and password in
+    it: taking them out of a stored URL (``no_credentials_in_url``) sends nothing elsewhere,
+    and the headers stored for the host stay."""
     parts = urlsplit(url or "")
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.netloc else ""
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}".lower() if host else ""
 
 
 def _endpoint(upstream: Upstream) -> str:
