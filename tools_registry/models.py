@@ -99,14 +99,7 @@ class Upstream(models.Model):
         max_length=64,
         blank=True,
         default="Idempotency-Key",
-        # A header's name as the upstream's headers are checked (``secrets``): one no HTTP
-        # client can send ("Idempotency Key", "Clé") failed every call of the upstream.
-        validators=[
-            RegexValidator(
-                r"\A[A-Za-z0-9_-]*\Z",
-                message="A header's name: ASCII letters, digits, '-' and '_' only.",
-            )
-        ],
+        validators=[upstream_secrets.valid_idempotency_header],
         help_text="HTTP APIs: the header that carries each call's idempotency key; empty if "
         "the API does not refuse repeats of a key.",
     )
@@ -124,12 +117,6 @@ class Upstream(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    def clean(self) -> None:
-        # The idempotency header is sent with each call as the upstream's own headers are:
-        # named Host or Content-Length, it broke every call as they would.
-        if problem := upstream_secrets.reserved_header(self.idempotency_header):
-            raise ValidationError({"idempotency_header": problem})
 
 
 class Tool(models.Model):

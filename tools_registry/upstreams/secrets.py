@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 Headers = list[tuple[str, str]]
 
@@ -121,6 +121,16 @@ def reserved_header(name: str) -> str:
     passes for the other."""
     reason = RESERVED_HEADERS.get(name.strip().lower().replace("_", "-"), "")
     return f"{name} cannot be set for an upstream: {reason}." if reason else ""
+
+
+def valid_idempotency_header(name: str) -> None:
+    """The validator of an upstream's idempotency header (empty: none is sent): a name its
+    own headers could have. One no HTTP client can send ("Idempotency Key", "Clé"), or that
+    the client sets itself (Host, Content-Length), failed every call of the upstream."""
+    if name and not all(c in _NAME_CHARACTERS for c in name):
+        raise ValidationError("A header's name: ASCII letters, digits, '-' and '_' only.")
+    if problem := reserved_header(name):
+        raise ValidationError(problem)
 
 
 def parse_header_lines(lines: list[str]) -> Headers:
