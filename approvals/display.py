@@ -475,10 +475,14 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
     """The call's page. ``revealed``: the arguments whole, after an audited reveal."""
     shown = _escaped(revealed) if revealed is not None else arguments(call)
     pending = call.status == Status.PENDING
+    # What the downstream answered, with the values of the call's hidden fields masked at
+    # their own paths and wherever it echoed them; the agent's reasoning may quote them too,
+    # and so may a reviewer who revealed them, in a comment or a note.
+    sensitive, kept = call.tool.hidden_fields, hidden.values(call.tool, call.arguments)
     votes = [
         Vote(
             d,
-            text(d.comment),
+            text(hidden.text(d.comment, kept)),
             counts=d.arguments_hash == call.arguments_hash,
             lapsed=pending
             and d.verdict == Verdict.APPROVE
@@ -487,10 +491,7 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
         )
         for d in call.decisions.all()
     ]
-    notes = [Remark(n, text(n.text)) for n in call.notes.all()]
-    # What the downstream answered, with the values of the call's hidden fields masked at
-    # their own paths and wherever it echoed them; the agent's reasoning may quote them too.
-    sensitive, kept = call.tool.hidden_fields, hidden.values(call.tool, call.arguments)
+    notes = [Remark(n, text(hidden.text(n.text, kept))) for n in call.notes.all()]
 
     def answered(data: Any) -> Any:
         return value(hidden.value(mask_fields(data, sensitive), kept)) if data else None

@@ -18,6 +18,12 @@ def _sensitive(call: ToolCall) -> list[str]:
     return call.tool.hidden_fields
 
 
+def _quoting(call: ToolCall, words: str) -> str:
+    """What a person wrote about the call (a comment, a note), with the values of its hidden
+    fields masked where it quotes them: one who may reveal them saw them."""
+    return hidden.quoted(words, call.tool, call.arguments)
+
+
 def call_submitted(call: ToolCall) -> AuditEvent:
     return record(
         later=True,  # with the COMMIT: every call writes it
@@ -103,7 +109,11 @@ def arguments_edited(
 
 def note_added(call: ToolCall, *, author: Any, text: str) -> AuditEvent:
     return record(
-        action="call.note_added", actor=author, outcome="noted", call=call, data={"note": text}
+        action="call.note_added",
+        actor=author,
+        outcome="noted",
+        call=call,
+        data={"note": _quoting(call, text)},
     )
 
 
@@ -128,7 +138,7 @@ def decision_recorded(
         outcome=decision.verdict,
         call=call,
         data={
-            "comment": decision.comment,
+            "comment": _quoting(call, decision.comment),
             # Exactly what the reviewer decided on: the bound hash and the policy in force.
             "arguments_hash": decision.arguments_hash,
             "policy_version": decision.policy_version,
@@ -156,7 +166,7 @@ def call_rejected(call: ToolCall, decision: Decision) -> AuditEvent:
         actor=decision.reviewer,
         outcome="rejected",
         call=call,
-        data={"comment": decision.comment},
+        data={"comment": _quoting(call, decision.comment)},
     )
 
 
@@ -473,7 +483,11 @@ def call_resolved(call: ToolCall, *, person: Any, previous_status: str, note: st
         actor=person,
         outcome=call.status,
         call=call,
-        data={"previous_status": previous_status, "note": note, "fence": call.fence},
+        data={
+            "previous_status": previous_status,
+            "note": _quoting(call, note),
+            "fence": call.fence,
+        },
     )
 
 
@@ -491,6 +505,6 @@ def call_rerun(
             "idempotency_key": call.execution_key,
             "attempts_so_far": call.attempts,
             "confirmed_by_person": person is not None,
-            "note": note,
+            "note": _quoting(call, note),
         },
     )

@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from accounts.models import SsoIdentity
 from approvals.models import ToolCall
@@ -36,6 +37,22 @@ def arguments_hash(*, tool_name: str, tool_version: str, arguments: Any) -> str:
     return sha256_hex(
         canonical_json({"tool": tool_name, "version": tool_version, "arguments": arguments})
     )
+
+
+def shown_digest(digest: str) -> str:
+    """What a reviewer's page carries for a hash of what it shows (the arguments, the state)
+    to bind a verdict to it: keyed with the site's secret. The bare SHA-256 would let whoever
+    reads the page try guesses of a value masked on it offline (the rest of the canonical
+    JSON is on the page): an address's local part, a card's middle digits, in a moment."""
+    if not digest:
+        return ""
+    return salted_hmac("approvals.shown", digest, algorithm="sha256").hexdigest()
+
+
+def is_shown(shown: str | None, digest: str) -> bool:
+    """Whether ``shown`` (a page's ``shown_digest``, or the hash itself from a caller that
+    holds it) stands for ``digest``."""
+    return bool(shown) and bool(digest) and shown in (digest, shown_digest(digest))
 
 
 def counted_approvals(decisions: Iterable[Any], bound_hash: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.canonical import canonical_json
 from audit.masking import mask_fields, masked
 from tools_registry.models import Tool
 
@@ -29,7 +30,12 @@ def covers(paths: list[str], path: str) -> bool:
 
 
 def values(tool: Tool, arguments: Any) -> list[str]:
-    """The values of the tool's hidden fields in ``arguments``, as text, longest first."""
+    """The values of the tool's hidden fields in ``arguments``, as text, longest first.
+
+    A hidden field that holds an object or a list (``changes``, ``attendees``) is masked
+    whole as its JSON, but text quotes what is inside it, not that JSON ("called Zebulon"):
+    the strings and numbers within it are hidden values too.
+    """
     found: list[str] = []
 
     def collect(_kind: str, text: str) -> str:
@@ -37,7 +43,36 @@ def values(tool: Tool, arguments: Any) -> list[str]:
         return text
 
     mask_fields(arguments, tool.hidden_fields, render=collect)
+    for path in tool.hidden_fields:
+        for held in _at(arguments, [part for part in path.split(".") if part]):
+            if isinstance(held, dict | list):
+                found += _leaves(held)
     return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def _at(data: Any, parts: list[str]) -> list[Any]:
+    """The values at a dotted path, lists walked (as ``audit.masking.mask_fields`` does)."""
+    if not parts:
+        return [data]
+    if isinstance(data, list):
+        return [held for item in data for held in _at(item, parts)]
+    if isinstance(data, dict) and parts[0] in data:
+        return _at(data[parts[0]], parts[1:])
+    return []
+
+
+def _leaves(data: Any) -> list[str]:
+    """The strings and numbers inside an object or a list, as text. Not its keys (a schema's
+    own names, "name" or "email", are no secret), nor true, false and null."""
+    if isinstance(data, dict):
+        return [leaf for item in data.values() for leaf in _leaves(item)]
+    if isinstance(data, list):
+        return [leaf for item in data for leaf in _leaves(item)]
+    if isinstance(data, str):
+        return [data]
+    if isinstance(data, int | float) and not isinstance(data, bool):
+        return [canonical_json(data).decode()]
+    return []
 
 
 def quoted(value: str, tool: Tool, arguments: Any) -> str:

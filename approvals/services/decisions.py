@@ -23,6 +23,7 @@ from approvals.guards import (
     cannot_run_reason,
     conflict_of_interest,
     in_required_team,
+    is_shown,
     required_teams,
     teams_phrase,
 )
@@ -189,7 +190,11 @@ def _decide_locked(
         raise CommentRequired("Say why you reject the call; the agent reads it.", call=call)
     if verdict == Verdict.APPROVE:
         _require_binding(call, shown_arguments_hash)
-        if shown_state_hash is not None and shown.hash and shown_state_hash != shown.hash:
+        if (
+            shown_state_hash is not None
+            and shown.hash
+            and not is_shown(shown_state_hash, shown.hash)
+        ):
             raise StateChanged(
                 "What this call would change has changed since you opened it; review it again.",
                 call=call,
@@ -345,7 +350,7 @@ def _require_untampered(call: ToolCall) -> None:
 
 def _require_binding(call: ToolCall, shown_arguments_hash: str | None) -> None:
     """The approval is for exactly what the reviewer saw, under the current tool definition."""
-    if shown_arguments_hash is not None and shown_arguments_hash != call.arguments_hash:
+    if shown_arguments_hash is not None and not is_shown(shown_arguments_hash, call.arguments_hash):
         raise ArgumentsChanged("The call changed since you opened it; review it again.", call=call)
     if call.tool.version != call.tool_version:
         raise ArgumentsChanged(

@@ -23,7 +23,9 @@ from approvals.guards import (
     CONFLICTS,
     conflict_of_interest,
     in_required_team,
+    is_shown,
     required_teams,
+    shown_digest,
     teams_phrase,
 )
 from approvals.models import StandingApproval, Status, ToolCall, Verdict
@@ -39,7 +41,8 @@ def live_version(call: ToolCall) -> str:
         str(part)
         for part in (
             call.status,
-            call.arguments_hash[:12],
+            # Keyed, as the form's: the page carries nothing to test guesses of a masked value.
+            shown_digest(call.arguments_hash)[:12],
             len(call.decisions.all()),
             len(call.notes.all()),
             int(call.updated_at.timestamp() * 1000),
@@ -135,7 +138,10 @@ def detail_context(
         "seconds_left": int((call.expires_at - now).total_seconds()) if call.expires_at else None,
         "policy": policy,
         "state": state,
-        "state_hash": state_hash,
+        # What the form binds the verdict to, keyed (``guards.shown_digest``), never the bare
+        # hashes: guesses of a masked value could be tried against them.
+        "state_hash": shown_digest(state_hash),
+        "arguments_digest": shown_digest(call.arguments_hash),
         "edits_allowed": edits_allowed,
         "edit_json": display.pretty(view.arguments),
         "standing_allowed": pending and call.risk == Risk.WRITE,
@@ -175,7 +181,7 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
         call,
         kept_comment=typed,
         note_form=NoteForm(initial={"text": typed}),
-        stale_arguments=request.GET.get("h", call.arguments_hash) != call.arguments_hash,
+        stale_arguments="h" in request.GET and not is_shown(request.GET["h"], call.arguments_hash),
     )
     return render(request, "approvals/detail.html#live-update", context)
 
@@ -195,7 +201,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
             # every verdict, opened or not, and may still hold the arguments as they were
             # before another reviewer's correction: it must not stand in the way.
             edited = None
-        elif form.cleaned_data["arguments_hash"] != call.arguments_hash:
+        elif not is_shown(form.cleaned_data["arguments_hash"], call.arguments_hash):
             # Made on arguments the call no longer has: the approval is refused as such
             # ("review it again"), not as a correction of what changed since.
             edited = None
@@ -244,7 +250,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     # the old ones would go back as a correction with the next approval (now bound to the
     # new ones), undoing another reviewer's correction unseen.
     shown = form.cleaned_data.get("arguments_hash", "") if form.is_valid() else ""
-    shown_now = request.POST.get("arguments_hash", "") == call.arguments_hash
+    shown_now = is_shown(request.POST.get("arguments_hash", ""), call.arguments_hash)
     extra: dict[str, Any] = {}
     if (
         refusal

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
 from approvals import hidden
 from approvals.execution import runner
@@ -20,6 +21,7 @@ from tests.approvals.conftest import make_call
 from tests.conftest import World
 from tools_registry import services
 from tools_registry.models import Tool
+from tools_registry.permissions import REVEAL_PERMISSION
 
 CUSTOMER = "cus_0003"  # delete_customer's argument in tests.approvals.conftest
 
@@ -248,4 +250,85 @@ def test_a_hidden_value_a_failure_echoes_stays_masked_when_the_agent_retries(
     trail = [
         e.action for e in AuditEvent.objects.filter(call_id=call.pk) if "cus_0099" in str(e.data)
     ]
+    assert trail == []
+
+
+@pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
+def test_what_a_hidden_object_holds_is_masked_wherever_it_is_quoted(
+    world: World, kind: str
+) -> None:
+    """A hidden field may hold an object (``changes``, every change to the record): masked
+    whole in the arguments, and what is inside it is masked where it is quoted too: the
+    reasoning, the state the call would change, the downstream's answer, the trail."""
+    hide(world, "update_customer", kind, "changes")
+    # Shorter than the pieces of a list looked for whole (``hidden.SHORTEST_PIECE``).
+    short = "Ada Zed"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": short}},
+        reasoning=f"The customer asked to be called {short} from now on.",
+    )
+    html = pages(world, call.pk)
+    assert short not in html, re.findall(rf".{{0,60}}{short}.{{0,30}}", html)
+    assert "asked to be called [masked:field:" in html
+    decide(
+        call_id=call.pk, reviewer=world.bob, verdict="approve",
+        shown_arguments_hash=call.arguments_hash,
+    )  # fmt: skip
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == "succeeded" and call.result is not None
+    assert call.result["customer"]["name"] == short
+    assert short not in pages(world, call.pk)
+    trail = [e.action for e in AuditEvent.objects.filter(call_id=call.pk) if short in str(e.data)]
+    assert trail == []
+
+
+def test_the_values_inside_a_hidden_object_or_list_are_hidden_values() -> None:
+    tool = Tool(name="t", sensitive_fields=["changes", "cc"])
+    arguments = {
+        "changes": {"name": "Ada Zed", "plan": {"tier": "pro"}, "seats": 12, "vip": True},
+        "cc": ["Zebulon Quixote", "", None],
+        "subject": "left as it is",
+    }
+    found = hidden.values(tool, arguments)
+    for inside in ("Ada Zed", "pro", "12", "Zebulon Quixote"):
+        assert inside in found, found
+    # The keys are the schema's names, not secrets; true and null are no one's secret.
+    assert not {"name", "plan", "tier", "seats", "true", "None", "left as it is"} & set(found)
+
+
+def test_a_hidden_value_a_reviewer_quotes_is_masked_for_the_others_and_in_the_trail(
+    world: World, dave: User
+) -> None:
+    """A reviewer who may reveal a hidden field saw its value, and may quote it in a
+    comment or a note. Other reviewers (who may not reveal it) and the trail see it masked
+    there, as in the agent's reasoning."""
+    hide(world, "update_customer", "sensitive_fields", "changes.name")
+    assign_perm(REVEAL_PERMISSION, dave, world.tools["update_customer"])
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": name}},
+    )
+    revealer = Client()
+    revealer.force_login(dave)
+    page = revealer.post(f"/approvals/{call.pk}/reveal/", {"reason": "Against ticket 4411."})
+    assert name in page.content.decode()
+    noted = revealer.post(f"/approvals/{call.pk}/notes/", {"text": f"4411 asks for {name}."})
+    assert noted.status_code == 200
+    shown = re.search(r'name="arguments_hash" value="(\w+)"', page.content.decode())
+    assert shown is not None
+    rejected = revealer.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "reject", "comment": f"Not {name}.", "arguments_hash": shown.group(1)},
+    )
+    assert rejected.status_code == 302
+
+    html = pages(world, call.pk)
+    assert name not in html, re.findall(rf".{{0,60}}{name}.{{0,30}}", html)
+    assert "4411 asks for [masked:field:" in html and "Not [masked:field:" in html
+    trail = [e.action for e in AuditEvent.objects.filter(call_id=call.pk) if name in str(e.data)]
     assert trail == []

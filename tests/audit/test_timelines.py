@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from approvals.execution import runner
 from approvals.execution.finish import Outcome, expire_lease, finish_call
+from approvals.guards import is_shown
 from approvals.models import ToolCall
 from approvals.services.decisions import decide
 from approvals.services.reveals import reveal_arguments
@@ -204,7 +205,10 @@ def test_an_auditor_sees_the_rule_the_signals_and_what_the_reviewer_was_shown(
     assert "ada@example.com" not in content  # the record's address, masked as stored
     assert "Rule</dt><dd>1: has(args.changes.email) → require 1" in content
     assert "new_target" in content  # the signal, with its detail
-    assert state_hash in content
+    # The hash the verdict bound to; the reviewer's page carried a keyed digest of it.
+    bound = call.decisions.get().shown_state_hash
+    assert is_shown(state_hash, bound) and state_hash != bound
+    assert bound in content
 
 
 def test_a_verdict_on_a_record_that_changed_meanwhile_is_refused(world: World) -> None:

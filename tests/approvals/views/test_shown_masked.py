@@ -10,6 +10,8 @@ import json
 import re
 from typing import Any
 
+from approvals import before_after
+from approvals.guards import arguments_hash
 from approvals.models import Note, ToolCall
 from approvals.services.decisions import decide
 from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
@@ -177,3 +179,35 @@ def test_the_confirmation_phrase_never_carries_a_hidden_character(world: World) 
         HTTP_HX_REQUEST="true",
     )
     assert "1 of 2 approvals" in approved.content.decode()
+
+
+def test_the_page_carries_no_hash_to_try_guesses_of_a_masked_value_against(world: World) -> None:
+    """A verdict binds to the arguments and the state the page showed, by their hashes. The
+    bare SHA-256 of either, on the page, let whoever reads it try guesses of a value masked
+    there offline: the canonical JSON of the arguments is known but for the masked part,
+    and an address's local part (or a card's middle digits) is found in a moment. The page
+    carries keyed digests instead, and a verdict on them still binds."""
+    call = make_call(world, "update_customer")  # changes.email ada.l@example.com, masked
+    bob = login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    assert "ada.l@example.com" not in page and "a***@example.com" in page
+
+    def guess(local: str) -> str:
+        changes = {**ARGUMENTS["update_customer"]["changes"], "email": f"{local}@example.com"}
+        return arguments_hash(
+            tool_name="update_customer",
+            tool_version=call.tool_version,
+            arguments={**ARGUMENTS["update_customer"], "changes": changes},
+        )
+
+    assert guess("ada.l") == call.arguments_hash
+    names = ("abe", "ada", "ada.l", "al", "amy", "ann")
+    assert [n for n in names if guess(n)[:12] in page] == []
+    state = before_after.current_state(call)
+    assert state.hash and state.hash[:12] not in page
+
+    # The page's form, as the browser sends it, still approves what it showed.
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page))
+    approved = bob.post(f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"})
+    assert approved.status_code == 302
+    assert ToolCall.objects.get(pk=call.pk).status in ("approved", "succeeded")
