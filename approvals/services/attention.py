@@ -4,7 +4,8 @@ downstream could not settle, or a failed destructive call.
 They may mark the real outcome (after checking the downstream system themselves), ask the
 downstream again, or re-run the call with its original idempotency key after an explicit
 confirmation. Each is audited with the person as the actor. Only people who may review the
-tool may act, and not the agent's owner nor the person the agent acts for.
+tool may act, and not the agent's owner nor the person the agent acts for; when the call's
+policy asks its approvals from teams, only their members (whoever may approve it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from approvals.guards import (
     attention,
     cannot_run_reason,
     conflict_of_interest,
+    in_required_team,
+    required_teams,
+    teams_phrase,
 )
 from approvals.models import Status, ToolCall
 from approvals.services.recovery import Reconciliation, reconcile_call
@@ -54,6 +58,10 @@ class OutcomeNotAllowed(AttentionRefused):
 
 class ConflictOfInterest(AttentionRefused):
     code = "separation_of_duties"
+
+
+class TeamRequired(AttentionRefused):
+    code = "team_required"
 
 
 class CallRanAgain(AttentionRefused):
@@ -162,6 +170,8 @@ def _locked_for(call_id: UUID, person: Any, shown_fence: int | None = None) -> T
         raise ToolCall.DoesNotExist
     require_reviewer(person, call.tool)
     _require_no_conflict(call, person)
+    if outside := outside_required_teams(call, person):
+        raise TeamRequired(outside)
     if not needs_a_person(call):
         raise NoLongerNeedsAttention(
             f"This call no longer needs attention: it is {call.get_status_display().lower()}."
@@ -182,3 +192,13 @@ def _require_no_conflict(call: ToolCall, person: Any) -> None:
     acts for may not settle what happened to its call, nor send it again."""
     if conflict := conflict_of_interest(call, person):
         raise ConflictOfInterest(CONFLICTS[conflict])
+
+
+def outside_required_teams(call: ToolCall, person: Any) -> str:
+    """Why ``person`` may not settle or re-run ``call``, whose policy asks its approvals from
+    teams they are not all in; "" if they are (or it asks none). A re-run is another go at
+    the effect its approvers allowed, and what happened decides whether the agent may try
+    again: both are for whoever may approve it."""
+    if in_required_team(call, person):
+        return ""
+    return f"This call's approvals come from {teams_phrase(required_teams(call.policy))}."

@@ -25,6 +25,7 @@ from approvals.services.attention import (
     AttentionRefused,
     RerunConfirmationRequired,
     needs_a_person,
+    outside_required_teams,
     recheck_call,
     rerun_call,
     resolve_call,
@@ -58,8 +59,10 @@ def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
         "arguments_json": view.arguments_json,
         "attention_reason": display.text(call.attention_reason),
         "open": needs_a_person(call),
-        # The agent's owner, or the person it acts for, may see the call but not settle it.
-        "conflict": CONFLICTS.get(conflict_of_interest(call, user), ""),
+        # The agent's owner, or the person it acts for, may see the call but not settle it;
+        # nor may a reviewer outside the teams its policy asks its approvals from.
+        "conflict": CONFLICTS.get(conflict_of_interest(call, user), "")
+        or outside_required_teams(call, user),
         # Only writes are run again; a destructive call's outcome is recorded, nothing more.
         "rerunnable": transitions.allowed(call.status, Status.APPROVED, risk=call.risk),
         **extra,

@@ -330,3 +330,35 @@ def test_an_outcome_is_marked_only_for_the_attempts_the_person_was_shown(world: 
     assert "ran again since it was shown to you" in rerun.content.decode()
     call.refresh_from_db()
     assert call.status == Status.UNKNOWN and not audited(call, "call.resolved")
+
+
+def test_only_members_of_the_teams_a_call_needs_settle_it_or_run_it_again(
+    world: World, dora: User
+) -> None:
+    """A re-run is another go at the effect the call's approvers allowed, and its outcome
+    decides whether the agent may try again: both were open to any reviewer of the tool,
+    even one the call's rule kept from approving it."""
+    from django.contrib.auth.models import Group
+
+    world.bob.groups.add(Group.objects.create(name="finance"))
+    rule = {"when": "true", "then": "require", "approvals": 1, "team": "finance"}
+    registry_services.update_policy(
+        tool=world.tools["send_email"], changes={"rules": [rule]}, changed_by=world.alice
+    )
+    world.tools["send_email"].refresh_from_db()
+    call = unknown_call(world)  # approved by bob, of finance
+    outsider = client_for(dora)
+    page = outsider.get(PAGE).content.decode()
+    assert "This call&#x27;s approvals come from the finance team." in page
+    assert url(call, "resolve") not in page
+    resolved = outsider.post(url(call, "resolve"), {"outcome": "failed", "note": "checked"})
+    rerun = outsider.post(url(call, "rerun"), {"confirm": "on", "note": "again"})
+    assert (resolved.status_code, rerun.status_code) == (409, 409)
+    assert "approvals come from the finance team" in resolved.content.decode()
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN
+    assert audited(call, "call.resolved") == audited(call, "call.rerun") == []
+    member = client_for(world.bob).post(url(call, "resolve"), {"outcome": "failed", "note": "n"})
+    assert member.status_code in (200, 302)
+    call.refresh_from_db()
+    assert call.status == Status.FAILED
