@@ -9,6 +9,7 @@ from typing import Any
 from approvals import hidden
 from approvals.models import Decision, ToolCall
 from audit.log import record
+from audit.masking import keyed_digest
 from audit.models import AuditEvent
 
 
@@ -36,7 +37,7 @@ def call_submitted(call: ToolCall) -> AuditEvent:
             "tool_version": call.tool_version,
             "risk": call.risk,
             "arguments": call.arguments,
-            "arguments_hash": call.arguments_hash,
+            "arguments_hash": keyed_digest(call.arguments_hash),
             "on_behalf_of": call.on_behalf_of,
             "end_user_roles": call.end_user_roles,
             "end_user_source": call.end_user_source,
@@ -98,8 +99,8 @@ def arguments_edited(
         data={
             "before": before,
             "after": call.arguments,
-            "before_hash": before_hash,
-            "arguments_hash": call.arguments_hash,
+            "before_hash": keyed_digest(before_hash),
+            "arguments_hash": keyed_digest(call.arguments_hash),
             "approvals_reset": reset,
             "approvals_required": call.approvals_required,
             "signals": call.signals,
@@ -140,7 +141,7 @@ def decision_recorded(
         data={
             "comment": _quoting(call, decision.comment),
             # Exactly what the reviewer decided on: the bound hash and the policy in force.
-            "arguments_hash": decision.arguments_hash,
+            "arguments_hash": keyed_digest(decision.arguments_hash),
             "policy_version": decision.policy_version,
             "approvals": approvals,
             "approvals_required": call.approvals_required,
@@ -148,7 +149,7 @@ def decision_recorded(
             # The state of the world the reviewer was shown beside the call (masked), and
             # its hash, so an auditor sees the same view.
             "shown_state": decision.shown_state,
-            "shown_state_hash": decision.shown_state_hash,
+            "shown_state_hash": keyed_digest(decision.shown_state_hash),
             **extra,
         },
     )

@@ -86,6 +86,18 @@ def fingerprint(value: str) -> str:
     return hmac.new(_mask_key(secret), value.encode(), hashlib.sha256).hexdigest()[:8]
 
 
+def keyed_digest(digest: str) -> str:
+    """A hash of masked data (a call's arguments, the state a reviewer was shown), as the
+    trail keeps it: keyed like the fingerprints, so two events about the same arguments
+    still show the same digest, while whoever reads the trail (an auditor, an export's
+    reader) cannot try guesses of a masked value against it offline, as against the bare
+    SHA-256 of the rest, which the trail shows. "" stays ""."""
+    if not digest:
+        return ""
+    secret = getattr(settings, "AUDIT_MASK_KEY", "") or settings.SECRET_KEY
+    return hmac.new(_mask_key(secret), b"digest:" + digest.encode(), hashlib.sha256).hexdigest()
+
+
 def masked(kind: str, value: str) -> str:
     """The default renderer: ``[masked:<kind>:<keyed hash of value>]``."""
     return f"[masked:{kind}:{fingerprint(value)}]"

@@ -332,3 +332,35 @@ def test_a_hidden_value_a_reviewer_quotes_is_masked_for_the_others_and_in_the_tr
     assert "4411 asks for [masked:field:" in html and "Not [masked:field:" in html
     trail = [e.action for e in AuditEvent.objects.filter(call_id=call.pk) if name in str(e.data)]
     assert trail == []
+
+
+def test_the_trail_holds_no_bare_hash_of_what_it_masks(world: World) -> None:
+    """A call's arguments hash, and the hash of the state its reviewer was shown, are
+    SHA-256 over canonical JSON whose every other part the trail shows: kept bare, whoever
+    reads the trail or its export could try guesses of a masked value against them (is the
+    recipient ada@example.com?). The trail keeps keyed digests, equal where the hashes are."""
+    hide(world, "send_email", "sensitive_fields", "to")
+    call = make_call(
+        world, "send_email", arguments={"to": "ada@example.com", "subject": "Hi", "body": "B"}
+    )
+    before = call.arguments_hash
+    decide(
+        call_id=call.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        edited_arguments={"to": "ada@example.com", "subject": "Hi", "body": "Better"},
+    )
+    runner.execute(call.pk)
+    call.refresh_from_db()
+    decision = call.decisions.get()
+    bare = {before, call.arguments_hash, decision.arguments_hash}
+    bare |= {decision.shown_state_hash} - {""}
+    trail = " ".join(str(e.data) for e in AuditEvent.objects.filter(call_id=call.pk))
+    assert "ada@example.com" not in trail
+    assert not [h for h in bare if h in trail]
+    submitted = AuditEvent.objects.get(call_id=call.pk, action="call.submitted")
+    decided = AuditEvent.objects.get(call_id=call.pk, action="call.decision")
+    edited = AuditEvent.objects.get(call_id=call.pk, action="call.arguments_edited")
+    assert submitted.data["arguments_hash"] == edited.data["before_hash"]
+    assert decided.data["arguments_hash"] == edited.data["arguments_hash"]
+    assert decided.data["arguments_hash"] != submitted.data["arguments_hash"]
