@@ -11,8 +11,9 @@ which callers answer as retryable.
 The key set is fetched at most once per ``JWKS_CACHE_SECONDS`` (default 300); a token
 signed with a key not in the cached set (the provider rotated its keys) fetches it again,
 and so does the next token after a failed fetch, but never more than once per
-``JWKS_MIN_REFRESH_SECONDS`` (default 5): a flood of tokens with made-up key ids, or a
-provider that is down, costs the provider one request per interval, not one per call (and
+``JWKS_MIN_REFRESH_SECONDS`` (default 5), counted from the end of the last fetch: a flood
+of tokens with made-up key ids, or a provider that is down or hangs until the timeout, costs
+the provider one request per interval, not one per call (and
 a cache set shorter than the interval is kept for the interval). A
 token whose key was not looked for (the set was fetched less than that interval ago) is
 refused as ``ProviderUnavailable`` (retryable): the provider may have published it since.
@@ -235,12 +236,16 @@ def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
                 # Fetched within the interval: kept that long even when the cache's own
                 # lifetime is shorter (JWKS_CACHE_SECONDS at 0 fetched for every token).
                 return known.keys
-        known.asked_at = now
         try:
             known.keys = _fetch(url)
         except ProviderUnavailable as exc:
             known.failure = exc.reason
             raise
+        finally:
+            # The interval counts from the fetch's end: counted from its start, a fetch as
+            # long as the interval (a provider that hangs until the timeout) had used it up,
+            # and every request that waited for it fetched again in turn.
+            known.asked_at = time.monotonic()
         known.fetched_at, known.failure = now, ""
         return known.keys
 

@@ -24,7 +24,7 @@ from approvals.models import Status, ToolCall
 from approvals.services.decisions import SeparationOfDuties, decide
 from audit.models import AuditEvent
 from tests.conftest import ApiClient, World, sandbox_effects
-from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
+from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL, in_threads
 from tests.gateway.test_errors import error_of
 from tests.support.compression import gzip_bomb
 from tests.support.identity_provider import Provider, ProviderFactory, rsa_key
@@ -519,3 +519,48 @@ def test_a_verified_user_who_reviews_cannot_approve_their_own_call(
     assert conflict_of_interest(call, bob) == "on_behalf_of"
     with pytest.raises(SeparationOfDuties):
         decide(call_id=call.pk, reviewer=bob, verdict="approve")
+
+
+class _Hanging(BaseHTTPRequestHandler):
+    """A provider that takes the connection and never answers in time; counts the asks."""
+
+    asked = 0
+
+    def do_GET(self) -> None:
+        type(self).asked += 1
+        time.sleep(4)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_waiting_on_a_provider_that_hangs_share_its_one_fetch(
+    live_world: World, identity_providers: ProviderFactory
+) -> None:
+    """Requests arriving together wait for the one fetch under way. When it timed out, each
+    of them fetched again in turn (the refresh interval counted from the fetch's start, which
+    a fetch as long as the timeout had used up): one fetch per request, the last request
+    answered after as many timeouts as there were requests before it."""
+    provider = identity_providers()
+    agent = live_world.agent
+    agent.user_roles_from = Agent.UserRoles.VERIFIED
+    agent.identity_provider = provider.row
+    services.save_agent(agent=agent, changed_by=None)
+    token = provider.token()
+    _Hanging.asked = 0
+
+    def list_tools(_: int) -> tuple[int, float]:
+        started = time.monotonic()
+        response = listed(live_world, HTTP_COUNTERSIGN_USER_TOKEN=token)
+        error_of(response, 503, "identity_provider_unavailable")
+        return response.status_code, time.monotonic() - started
+
+    with (
+        keys_served_by(provider, _Hanging),
+        override_settings(JWKS_TIMEOUT_SECONDS=1, JWKS_MIN_REFRESH_SECONDS=1),
+    ):
+        answered = in_threads(4, list_tools)
+    slowest = max(took for _, took in answered)
+    assert _Hanging.asked == 1, f"{_Hanging.asked} fetches for 4 requests"
+    assert slowest < 2.5, f"a request waited {slowest:.1f} s"
