@@ -386,6 +386,12 @@ class CallView:
     revealed: bool = False
 
     @property
+    def tool_description(self) -> str:
+        """The tool's description as a machine reads it: an upstream writes an imported
+        tool's, and a direction-changing character in it reordered what reviewers read."""
+        return escape_hidden(self.call.tool.description)
+
+    @property
     def end_user_tag(self) -> str:
         """One word for how the end user was established: verified, asserted, unverified."""
         return END_USER_SOURCES.get(self.end_user_source, END_USER_SOURCES["named"])[0]

@@ -15,7 +15,8 @@ byte at a time answers each read within httpx's timeout, before ``read`` is even
 ``get`` puts the two together for a document fetched whole.
 
 ``CappedTransport`` also mends what the MCP SDK's parser refuses of valid JSON (a lone
-surrogate's escape, ``SurrogateMender``): a result that could not be parsed was lost.
+surrogate's escape, ``SurrogateMender``): a result that could not be parsed was lost. It
+reads an event stream as the UTF-8 every one is, whatever charset the server named.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def read(response: httpx.Response, *, limit: int, deadline: float) -> tuple[byte
 
 def text(raw: bytes, charset: str | None) -> str:
     """``raw`` decoded by the charset a server named (what cannot be, replaced), or as UTF-8
-    when that names a codec that is no text encoding (base64, zlib, rot13): Python knows
-    those, so httpx passes them on, and ``bytes.decode`` raises LookupError."""
+    when that names a codec that is no text encoding (base64, zlib, rot13) or one that
+    cannot replace what it cannot decode (idna, undefined): Python knows those, so httpx
+    passes them on, and ``bytes.decode`` raises LookupError or UnicodeError."""
     try:
         return raw.decode(charset or "utf-8", errors="replace")
-    except LookupError:
+    except (LookupError, UnicodeError):
         return raw.decode("utf-8", errors="replace")
 
 
@@ -369,6 +371,11 @@ class CappedTransport(httpx2.AsyncBaseTransport):
             raise httpx2.DecodingError(str(exc), request=request) from None
         # Decoded here, so httpx2 must not decode it again (it would, whole, by the header).
         response.headers.pop("content-encoding", None)
+        content_type = response.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() == "text/event-stream":
+            # An event stream is always UTF-8 (WHATWG): read by a charset the server named
+            # (utf-16, idna), the MCP client lost the result of a call that ran.
+            response.headers["content-type"] = "text/event-stream"
         response.stream = _CappedStream(response.stream, self._limit, request, inflater)
         return response
 

@@ -194,6 +194,36 @@ def test_an_http_answer_cut_through_the_credential_keeps_no_start_of_it(inside: 
     assert answer["text"] == "x" * (1000 - inside), "cut before the credential's start"
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://{key}@elsewhere.example/",
+        "http://me:{key}@elsewhere.example:8080/x",
+        "http://{key}.elsewhere.example/",
+    ],
+)
+def test_a_redirect_quoting_the_credential_fails_the_call_without_it(location: str) -> None:
+    """The failure names where the upstream redirected: a Location holding the credential
+    (its userinfo, or a host's label) put it in the call's error, the agent's to read."""
+    key = "k3y-abcdefghijklmnopqrstuvwxyz0123456789"
+
+    def redirect(handler: Any, body: bytes) -> None:
+        handler.send_response(302)
+        handler.send_header("location", location.format(key=handler.headers["x-api-key"]))
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    server = RawHttpServer(redirect)
+    try:
+        with pytest.raises(ToolFailed) as moved:
+            bare_post(server.url, upstream_headers=[("X-Api-Key", key)])
+    finally:
+        server.close()
+    assert moved.value.code == "upstream_redirect"
+    assert "abcdefgh" not in moved.value.message, moved.value.message
+    assert "elsewhere.example" in moved.value.message, "still says where"
+
+
 def test_a_lookup_that_quotes_the_credential_finds_the_effect_without_it() -> None:
     """What a lookup finds is the call's result, as a 2xx of the call itself is."""
 
@@ -458,12 +488,16 @@ def call_encoded(body: bytes, encoding: str) -> Any:
         server.close()
 
 
-def test_an_upstreams_answer_in_a_charset_that_is_no_text_encoding_is_read_as_utf8() -> None:
-    """Python knows base64 and zlib as codecs, which bytes.decode refuses (LookupError): a
+@pytest.mark.parametrize("charset", ["base64", "idna", "undefined"])
+def test_an_upstreams_answer_in_a_charset_that_is_no_text_encoding_is_read_as_utf8(
+    charset: str,
+) -> None:
+    """Python knows base64 and zlib as codecs, which bytes.decode refuses (LookupError), and
+    idna and undefined, which refuse to replace what they cannot decode (UnicodeError): a
     2xx, the effect done, was a handler error, a write's outcome unknown."""
 
     def answer(handler: Any, body: bytes) -> None:
-        raw_reply(handler, 200, b"created", "text/plain; charset=base64")
+        raw_reply(handler, 200, b"created", f"text/plain; charset={charset}")
 
     server = RawHttpServer(answer)
     try:
@@ -784,4 +818,31 @@ def test_an_mcp_result_holding_a_lone_surrogate_is_kept_as_an_http_answer_is(sse
     finally:
         server.close()
     assert answer == {"said": "cut \ufffd", "whole": "\U0001f600", "kept": "\\ud83d"}
+    assert len(server.calls) == 1
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "idna", "latin-1"])
+def test_an_mcp_event_stream_naming_a_charset_is_read_as_the_utf8_it_always_is(
+    charset: str,
+) -> None:
+    """An event stream is UTF-8 whatever its Content-Type says (WHATWG): read by the charset
+    named, the SDK's reader failed (utf-16, idna) or garbled it (latin-1), and a call that
+    ran lost its result, its outcome unknown."""
+
+    def answer(handler: Any, message: dict[str, Any]) -> None:
+        result = {"content": [{"type": "text", "text": "créé"}]}
+        data = json.dumps(
+            {"jsonrpc": "2.0", "id": message["id"], "result": result}, ensure_ascii=False
+        )
+        event = f"event: message\ndata: {data}\n\n".encode()
+        raw_reply(handler, 200, event, f"text/event-stream; charset={charset}")
+
+    server = RawMcpServer(answer)
+    try:
+        result = upstream_mcp.call(
+            url=server.url, headers=[], tool="make", arguments={}, key="k-1", timeout=5
+        )
+    finally:
+        server.close()
+    assert result == {"text": "créé"}
     assert len(server.calls) == 1

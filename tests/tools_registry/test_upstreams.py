@@ -674,6 +674,80 @@ def test_wrong_headers_are_an_import_failure_not_a_crash(
         )
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """An object schema whose argument holds an object, and so on, ``levels`` deep."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
+def test_a_schema_nested_too_deep_to_check_leaves_its_tool_out_and_the_rest_imported(
+    world: World,
+) -> None:
+    """Checking a schema takes a dozen of Python's calls a level: a document of a few KB
+    whose body nests a hundred objects ran out of Python's stack (RecursionError): the
+    command crashed, the admin's re-sync was a 500, and none of the tools were imported."""
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "Deep", "version": "1"},
+        "paths": {
+            "/things": {
+                "get": {"operationId": "list_things", "responses": {"200": {"description": "d"}}},
+                "post": {
+                    "operationId": "make_thing",
+                    "requestBody": {"content": {"application/json": {"schema": _nested(150)}}},
+                    "responses": {"200": {"description": "d"}},
+                },
+            }
+        },
+    }
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, document)
+
+    server = RawHttpServer(answer, gets=True)
+    try:
+        names, said = add(
+            "deep", "--openapi", f"{server.url}/openapi.json", "--base-url", server.url
+        )
+    finally:
+        server.close()
+    assert names == ["deep__list_things"]
+    assert "POST /things" in said and "nests deeper than 64 levels" in said
+    # An MCP server's alike, and as deep as its arguments may be is kept.
+    offer = upstream_mcp.offer_from(
+        "deep",
+        [
+            types.Tool(name="make_thing", input_schema=_nested(150)),
+            types.Tool(name="make_other", input_schema=_nested(31)),
+        ],
+    )
+    assert [t.name for t in offer.tools] == ["deep__make_other"]
+    assert offer.skipped == ["make_thing: its schema nests deeper than 64 levels"]
+
+
+def test_what_an_upstream_wrote_is_printed_with_its_control_characters_written_out(
+    world: World,
+) -> None:
+    """A tool's name is the upstream's to write, and the reason it is left out quotes it:
+    printed as it was, an escape sequence drove the admin's terminal (OSC 52 sets its
+    clipboard) and a line break printed lines the import never wrote."""
+    forged = "x\x1b]52;c;Y3VybCBldmlsLnNo\x07\r\nnot imported: all is well\u202e"
+    server = RawMcpServer(lambda handler, message: None, tools=_listed("find", forged))
+    try:
+        names, said = add("crm", "--mcp", server.url)
+        out = StringIO()
+        call_command("sync_upstreams", "crm", stdout=out)
+    finally:
+        server.close()
+    assert names == ["crm__find"]
+    for printed in (said, out.getvalue()):
+        assert not {"\x1b", "\x07", "\r", "\u202e"} & set(printed), printed
+        assert "<U+001B>]52;c;Y3VybCBldmlsLnNo<U+0007><U+000D><U+000A>not imported" in printed
+    assert said.count("\n") == 1, "one line for the one tool left out"
+
+
 def test_tools_an_mcp_server_lies_about_are_left_out_with_reasons() -> None:
     def tool(name: str, schema: Any, **hints: bool) -> types.Tool:
         return types.Tool(
@@ -765,6 +839,70 @@ def test_a_removal_whose_reason_quotes_a_nul_is_kept_storable(world: World) -> N
     assert report.removed == ["cards__add_card"]
     removal = AuditEvent.objects.get(action="tool.removed_upstream", tool_name="cards__add_card")
     assert "\ufffdcard" in removal.data["left_out"]
+
+
+def _listed(*names: str) -> list[dict[str, Any]]:
+    return [{"name": name, "inputSchema": {"type": "object"}} for name in names]
+
+
+def test_an_mcp_server_listing_more_tools_than_one_upstream_may_offer_changes_nothing(
+    world: World,
+) -> None:
+    """The first 500 were imported, the rest silently not: a server grown past 500 tools had
+    those it lists last, imported long before, disabled as removed upstream."""
+    offered = ["card_a", "card_b"]
+
+    def pages(cursor: str | None) -> dict[str, Any]:
+        start = int(cursor or 0)
+        result: dict[str, Any] = {"tools": _listed(*offered[start : start + 100])}
+        if start + 100 < len(offered):
+            result["nextCursor"] = str(start + 100)
+        return result
+
+    server = RawMcpServer(lambda handler, message: None, pages=pages)
+    try:
+        upstream = register_upstream(name="cards", kind=Upstream.Kind.MCP, url=server.url)
+        assert sync_upstream(upstream=upstream).imported == ["cards__card_a", "cards__card_b"]
+        offered[:0] = [f"new_{n}" for n in range(upstream_mcp.MAX_TOOLS)]
+        with pytest.raises(ImportFailed) as failed:
+            sync_upstream(upstream=upstream)
+    finally:
+        server.close()
+    assert f"more than {upstream_mcp.MAX_TOOLS} tools" in failed.value.message
+    assert server.lists == 1 + 6, "no page past the limit is read"
+    assert list(Tool.objects.filter(upstream=upstream).values_list("name", "available")) == [
+        ("cards__card_a", True),
+        ("cards__card_b", True),
+    ]
+    assert not AuditEvent.objects.filter(action="tool.removed_upstream").exists()
+    upstream.refresh_from_db()
+    assert f"more than {upstream_mcp.MAX_TOOLS} tools" in upstream.last_sync_error
+
+
+def test_an_mcp_listing_that_gives_a_cursor_again_is_an_import_failure(world: World) -> None:
+    """Read round its loop, each tool was listed again and again: all left out as offered
+    many times, and every tool imported before disabled as removed upstream."""
+    looping = False
+
+    def pages(cursor: str | None) -> dict[str, Any]:
+        if not looping:
+            return {"tools": _listed("card_a", "card_b")}
+        others = [f"other_{n}" for n in range(98)]
+        return {"tools": _listed("card_a", "card_b", *others), "nextCursor": "again"}
+
+    server = RawMcpServer(lambda handler, message: None, pages=pages)
+    try:
+        upstream = register_upstream(name="cards", kind=Upstream.Kind.MCP, url=server.url)
+        assert sync_upstream(upstream=upstream).imported == ["cards__card_a", "cards__card_b"]
+        looping = True
+        with pytest.raises(ImportFailed) as failed:
+            sync_upstream(upstream=upstream)
+    finally:
+        server.close()
+    assert "goes round in a loop" in failed.value.message
+    assert server.lists == 1 + 2, "the cursor given again is not followed"
+    assert set(Tool.objects.filter(upstream=upstream).values_list("available", flat=True)) == {True}
+    assert not AuditEvent.objects.filter(action="tool.removed_upstream").exists()
 
 
 def test_a_name_already_taken_is_not_overwritten(world: World, http_upstream: WebProcess) -> None:
@@ -1587,6 +1725,55 @@ def test_a_yaml_document_with_dates_written_plainly_is_imported_with_them_as_tex
     properties = Tool.objects.get(name="bookings__book").input_schema["properties"]
     assert properties["day"]["example"] == "2024-05-01"
     assert properties["at"]["example"] == "2024-05-01T10:00:00Z"
+
+
+YAML_WITH_PLAIN_KEYS = """openapi: VERSION
+info: {title: Bookings, version: "1"}
+paths:
+  /bookings:
+    post:
+      operationId: book
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                room: {type: string}
+                2: {type: string, description: the second guest}
+                yes: {type: boolean}
+      responses:
+        RESPONSES
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "responses"),
+    [("3.1.0", '"201": {description: booked}'), ("3.0.3", "201: {description: booked}")],
+)
+def test_a_yaml_document_with_keys_written_plainly_is_imported_with_them_as_text(
+    world: World, version: str, responses: str
+) -> None:
+    """A key is the string it is written as to OpenAPI; to PyYAML a plain ``201:`` is a
+    number, ``yes:`` a boolean: the validator refused a document answering ``201:`` (as many
+    a real one does), and property names of mixed kinds crashed the import (TypeError), a
+    500 in the admin and a traceback from add_upstream."""
+    document = YAML_WITH_PLAIN_KEYS.replace("VERSION", version).replace("RESPONSES", responses)
+
+    def answer(handler: Any, body: bytes) -> None:
+        raw_reply(handler, 200, document.encode(), "application/yaml")
+
+    server = RawHttpServer(answer, gets=True)
+    try:
+        names, err = add(
+            "bookings", "--openapi", f"{server.url}/openapi.yaml", "--base-url", server.url
+        )
+    finally:
+        server.close()
+    assert names == ["bookings__book"], err
+    tool = Tool.objects.get(name="bookings__book")
+    assert sorted(tool.input_schema["properties"]) == ["2", "room", "yes"]
+    assert tool.upstream_operation["body"]["properties"] == ["2", "room", "yes"]
 
 
 def test_a_new_risk_class_drops_only_the_rules_it_does_not_allow(

@@ -112,9 +112,12 @@ def call(
         return secrets.answer_without_credentials(answer, upstream_headers)
     if 300 <= status < 400:
         try:
-            target = urlsplit(location).netloc or "elsewhere"
+            # Its host, never a user and password before it: what the upstream wrote there
+            # (its credential, quoted back) reaches the agent, as any of its messages.
+            target = urlsplit(location).netloc.rpartition("@")[2] or "elsewhere"
         except ValueError:  # "http://[::1": still a redirect, the request not carried out
             target = "elsewhere"
+        target = secrets.without_credentials(target, upstream_headers)
         raise ToolFailed(
             f"The upstream redirected the request to {target}; redirects are not followed.",
             code="upstream_redirect",

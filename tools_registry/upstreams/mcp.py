@@ -86,6 +86,7 @@ def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: f
         tools: list[types.Tool] = []
         held = 0
         cursor: str | None = None
+        seen: set[str] = set()
         while True:
             page = await client.session.list_tools(
                 params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
@@ -99,8 +100,14 @@ def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: f
                 raise _ListingTooLarge
             tools.extend(page.tools)
             cursor = page.next_cursor
-            if not cursor or len(tools) >= MAX_TOOLS:
+            # More than MAX_TOOLS is refused whole (``offer_from``): no page past it is read.
+            if not cursor or len(tools) > MAX_TOOLS:
                 return tools
+            if cursor in seen:
+                # Read again, it lists the same tools again: each would be a duplicate, none
+                # imported, and every tool imported before disabled as gone.
+                raise _ListingLoops
+            seen.add(cursor)
 
     try:
         listed = _run(list_all, url, headers, timeout)
@@ -108,6 +115,10 @@ def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: f
         if isinstance(_leaf(exc), _ListingTooLarge):
             raise ImportFailed(
                 f"The MCP server's tools are larger than {limit} bytes listed together."
+            ) from None
+        if isinstance(_leaf(exc), _ListingLoops):
+            raise ImportFailed(
+                "The MCP server's listing goes round in a loop: it gave a page's cursor again."
             ) from None
         raise ImportFailed(f"The MCP server could not be read: {_reason(exc, headers)}") from None
     return offer_from(upstream, listed)
@@ -117,10 +128,21 @@ class _ListingTooLarge(Exception):
     """The tools listed so far are past ``UPSTREAM_MAX_DOCUMENT_BYTES`` together."""
 
 
+class _ListingLoops(Exception):
+    """The server gave a cursor it had given before: its listing would never end."""
+
+
 def offer_from(upstream: str, listed: list[types.Tool]) -> Offer:
-    """The importable tools among those a server listed."""
+    """The importable tools among those a server listed; ImportFailed past ``MAX_TOOLS``."""
+    if len(listed) > MAX_TOOLS:
+        # Not the first MAX_TOOLS of them: the rest, imported before or not, would be gone
+        # from the offer, and a re-sync disabled each tool listed past it as removed.
+        raise ImportFailed(
+            f"The MCP server lists more than {MAX_TOOLS} tools, the most one upstream may "
+            "offer; nothing changes."
+        )
     found = Offer()
-    for listed_tool in listed[:MAX_TOOLS]:
+    for listed_tool in listed:
         try:
             found.tools.append(_tool(upstream, listed_tool))
         except ValueError as problem:

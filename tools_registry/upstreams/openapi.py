@@ -125,7 +125,25 @@ def parse(body: bytes) -> JSON:
 class _JsonRulesLoader(yaml.SafeLoader):
     """PyYAML's safe loader with a plain ``2024-05-01`` read as the string it is to OpenAPI
     (YAML 1.2's JSON rules, which the specification asks for), not as a date (YAML 1.1's),
-    which no JSON can hold: the import crashed on a document with a date as an example."""
+    which no JSON can hold: the import crashed on a document with a date as an example.
+    And each key as the string it is written as (the specification's rule for keys): a
+    plain ``200:`` of responses was the number 200, which the validator refused, and keys
+    of mixed kinds (``1:`` beside ``name:`` in properties) crashed the import (TypeError)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (<<) first, as SafeLoader does
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "found a key that is not a string",
+                    key_node.start_mark,
+                )
+            mapping[key_node.value] = self.construct_object(value_node, deep=deep)
+        return mapping
 
 
 _JsonRulesLoader.yaml_implicit_resolvers = {

@@ -10,12 +10,18 @@ import json
 import re
 from typing import Any
 
+import mcp_types as types
+
 from approvals import before_after
 from approvals.guards import arguments_hash
 from approvals.models import Note, ToolCall
 from approvals.services.decisions import decide
 from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
 from tests.conftest import World
+from tools_registry import services as registry_services
+from tools_registry.models import Tool, Upstream
+from tools_registry.services.upstreams import register_upstream, sync_upstream
+from tools_registry.upstreams import mcp as upstream_mcp
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFkYSJ9."
@@ -211,3 +217,32 @@ def test_the_page_carries_no_hash_to_try_guesses_of_a_masked_value_against(world
     approved = bob.post(f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"})
     assert approved.status_code == 302
     assert ToolCall.objects.get(pk=call.pk).status in ("approved", "succeeded")
+
+
+def test_an_imported_tools_description_shows_its_hidden_characters_written_out(
+    world: World,
+) -> None:
+    """An upstream writes an imported tool's description, shown on each of its calls' pages:
+    a right-to-left override in it reordered what reviewers read, where everything else an
+    upstream or an agent wrote has it written out."""
+    listed = [
+        types.Tool(
+            name="refund",
+            description="Refunds \u202eUSD 0001\u202c, never more.\u200b",
+            input_schema={"type": "object", "properties": {"order": {"type": "string"}}},
+        )
+    ]
+    upstream = register_upstream(name="pay", kind=Upstream.Kind.MCP, url="http://pay.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, listed),
+    )
+    tool = Tool.objects.get(name="pay__refund")
+    world.agent.allowed_tools.add(tool)
+    registry_services.grant_review(tool=tool, user=world.bob)
+    world.tools["pay__refund"] = tool
+    call = make_call(world, "pay__refund", arguments={"order": "o-1"})
+    page = login(world.bob).get(f"/approvals/{call.pk}/").content.decode()
+    assert "\u202e" not in page and "\u200b" not in page
+    assert "Refunds &lt;U+202E&gt;USD 0001&lt;U+202C&gt;, never more.&lt;U+200B&gt;" in page

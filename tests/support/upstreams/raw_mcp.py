@@ -17,9 +17,16 @@ Answer = Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]
 
 class RawMcpServer(RawHttpServer):
     """``tools``: what ``tools/list`` answers (each listing counted in ``lists``); an empty
-    result without them."""
+    result without them. ``pages``: the result of ``tools/list`` for each cursor (None for
+    the first page), for a listing in pages."""
 
-    def __init__(self, answer: Answer, *, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        pages: Callable[[str | None], dict[str, Any]] | None = None,
+    ) -> None:
         self.calls: list[dict[str, Any]] = []
         self.lists = 0
 
@@ -41,6 +48,10 @@ class RawMcpServer(RawHttpServer):
                 self.lists += 1
                 reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
                     "tools": tools}})  # fmt: skip
+            elif method == "tools/list" and pages is not None:
+                self.lists += 1
+                page = pages((message.get("params") or {}).get("cursor"))
+                reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": page})
             else:
                 reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {}})
 

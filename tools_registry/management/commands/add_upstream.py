@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tools_registry import services
+from tools_registry.management.terminal import shown
 from tools_registry.models import Agent, Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams.offers import ImportFailed
@@ -83,7 +84,7 @@ class Command(BaseCommand):
         except ImportFailed as failure:
             raise CommandError(
                 f"Registered {upstream.name}, but its tools could not be imported: "
-                f"{failure.message} Fix it, then run sync_upstreams {upstream.name}."
+                f"{shown(failure.message)} Fix it, then run sync_upstreams {upstream.name}."
             ) from None
         tools = list(Tool.objects.filter(upstream=upstream, name__in=report.imported))
         for agent in agents:
@@ -95,7 +96,7 @@ class Command(BaseCommand):
         for name in report.imported:
             self.stdout.write(name)
         for problem in report.skipped:
-            self.stderr.write(f"not imported: {problem}")
+            self.stderr.write(f"not imported: {shown(problem)}")
 
     def _named(self, model: Any, names: list[str], what: str) -> list[Any]:
         found = list(model.objects.filter(name__in=names))

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from tools_registry.management.terminal import shown
 from tools_registry.models import Upstream
 from tools_registry.services.upstreams import sync_upstream
 from tools_registry.upstreams.offers import ImportFailed
@@ -26,7 +27,7 @@ class Command(BaseCommand):
             try:
                 report = sync_upstream(upstream=upstream)
             except ImportFailed as failure:
-                self.stderr.write(f"{upstream.name}: {failure.message}")
+                self.stderr.write(f"{upstream.name}: {shown(failure.message)}")
                 failed.append(upstream.name)
                 continue
             self.stdout.write(
@@ -41,8 +42,8 @@ class Command(BaseCommand):
             for name in report.removed:
                 self.stdout.write(f"  removed upstream: {name} (disabled)")
             for problem in report.skipped:
-                self.stdout.write(f"  not imported: {problem}")
+                self.stdout.write(f"  not imported: {shown(problem)}")
             for problem in report.disabled:
-                self.stdout.write(f"  disabled, its policy no longer fits: {problem}")
+                self.stdout.write(f"  disabled, its policy no longer fits: {shown(problem)}")
         if failed:
             raise CommandError(f"Could not sync {', '.join(failed)}.")
