@@ -12,7 +12,7 @@ class ApprovalsConfig(AppConfig):
 
         from approvals import hooks, reauth, signals
         from approvals.execution import claim
-        from approvals.services import calls, recovery
+        from approvals.services import calls, recovery, standing
         from tools_registry import hooks as registry_hooks
 
         # Every process refuses to start on working hours it cannot read.
@@ -23,6 +23,8 @@ class ApprovalsConfig(AppConfig):
         hooks.on_status_changed(signals.remember_counterparties)
         # A stopped agent's calls that wait for a decision are cancelled with the stop.
         registry_hooks.on_agent_stopped(calls.cancel_for_stop)
+        # Its standing approvals are revoked: after a resume, each call has its own approval.
+        registry_hooks.on_agent_stopped(standing.revoke_for_stop)
         # Its calls whose outcome is unknown are left to a person: a resume is no re-run.
         registry_hooks.on_agent_stopped(recovery.leave_unknown_to_a_person)
         # Its approved calls not yet claimed fail unrun: a resume is no decision to run them.

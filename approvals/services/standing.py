@@ -4,7 +4,8 @@ the approved ones. Each call such an approval lets through names it in the audit
 
 Limits that make it safe to offer: never for destructive tools; only where the tool's
 policy would ask a single reviewer (``Screening.reviewable_by_standing_approval``); at most
-``APPROVALS_STANDING_MAX_SECONDS``; revocable at once by its author or an admin.
+``APPROVALS_STANDING_MAX_SECONDS``; revocable at once by its author or an admin, and
+revoked by a stop of its agent.
 """
 
 from __future__ import annotations
@@ -138,18 +139,48 @@ def revoke(*, standing_id: int, person: Any) -> StandingApproval:
     )
     if not may_revoke(person, standing):
         raise StandingRefused("Only its author or an admin may revoke a standing approval.")
-    if standing.revoked_at is None:
-        standing.revoked_at = timezone.now()
-        standing.revoked_by = person
-        standing.save(update_fields=["revoked_at", "revoked_by"])
-        record(
-            action="standing_approval.revoked",
-            actor=person,
-            tool=standing.tool,
-            agent=standing.agent,
-            data={"standing_approval": standing.pk, "uses": standing.uses},
-        )
+    _revoke(standing, person=person)
     return standing
+
+
+def revoke_for_stop(agent: Any, reason: str, stopped_by: Any) -> list[str]:
+    """Revoke every live standing approval of a stopped agent, as whoever stopped it (they
+    need not be allowed to revoke one otherwise); no call ids, it cancels none.
+
+    A stop voids what was decided for the agent before it: a call still wanted after the
+    resume is a new call with its own approval, not one that a standing approval given
+    before the incident lets through unseen. Registered with ``tools_registry.hooks`` after
+    ``calls.cancel_for_stop``, which waits for every verdict under way on the agent's
+    waiting calls: a standing approval granted with one of them has committed by then.
+    """
+    for standing in (
+        StandingApproval.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent")
+        .filter(agent=agent, revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .order_by("pk")
+    ):
+        _revoke(standing, person=stopped_by, why="agent_stopped")
+    return []
+
+
+def _revoke(standing: StandingApproval, *, person: Any, why: str = "") -> None:
+    """Revoke ``standing`` (locked by the caller), audited; nothing if it was already."""
+    if standing.revoked_at is not None:
+        return
+    standing.revoked_at = timezone.now()
+    standing.revoked_by = person
+    standing.save(update_fields=["revoked_at", "revoked_by"])
+    record(
+        action="standing_approval.revoked",
+        actor=person,
+        tool=standing.tool,
+        agent=standing.agent,
+        data={
+            "standing_approval": standing.pk,
+            "uses": standing.uses,
+            **({"reason": why} if why else {}),
+        },
+    )
 
 
 def live(**filters: Any) -> Any:

@@ -164,7 +164,8 @@ def stop_agent(*, agent: Agent, reason: str, stopped_by: Any = None) -> Stop:
     """Stop an agent at once: from the commit on, every request with its tokens is refused
     (``agent_stopped``, with ``reason``), its calls still waiting for a decision are
     cancelled with the reason, those approved but not yet claimed fail unrun (a resume does
-    not run them), and none of its calls is claimed for execution any more;
+    not run them), its standing approvals are revoked (they would approve its calls after a
+    resume), and none of its calls is claimed for execution any more;
     calls already running finish under the fence rules, and those whose outcome is unknown
     are left to a person. One audit event, ``agent.stopped``, records the reason and lists
     every call it cancelled.

@@ -19,6 +19,7 @@ from approvals.services import standing
 from approvals.services.calls import create_call
 from approvals.services.decisions import DecisionRefused, decide
 from tests.conftest import World, events
+from tests.support.uncommitted import uncommitted
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
 
@@ -306,3 +307,56 @@ def test_an_approver_who_rejects_the_call_takes_back_its_standing_approval(
     tool.approvals_required = 1
     tool.save()
     assert submit(world).status == Status.PENDING
+
+
+def test_a_stop_of_the_agent_revokes_its_standing_approvals(world: World, dave: Any) -> None:
+    """A stop voids what was decided for the agent before it: a call still wanted after the
+    resume is a new call, with its own approval. A standing approval left live approved the
+    resumed agent's next calls unseen (the very calls the incident may have been about);
+    the stop revokes it, in the trail as the stopper's, however they may otherwise act."""
+    bob = Client()
+    bob.force_login(world.bob)
+    first = world.api().submit({"tool": "send_email", "session_id": "s-stop", "arguments": EMAIL})
+    call = ToolCall.objects.get(pk=first.json()["id"])
+    approved = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "standing": "any"},
+    )
+    assert approved.status_code == 302
+    granted = StandingApproval.objects.get()
+    later = {"tool": "send_email", "session_id": "s-stop", "arguments": {**EMAIL, "subject": "2"}}
+    assert world.api().submit(later).json()["status"] == "approved"  # it works
+    registry_services.stop_agent(agent=world.agent, reason="odd e-mails", stopped_by=dave)
+    assert registry_services.resume_agent(agent=world.agent, resumed_by=world.alice)
+    again = world.api().submit({**later, "arguments": {**EMAIL, "subject": "3"}})
+    assert again.status_code == 202 and again.json()["status"] == "pending"
+    granted.refresh_from_db()
+    assert granted.revoked_at is not None and granted.revoked_by == dave
+    (revoked,) = events("standing_approval.revoked")
+    assert revoked.actor_label == "dave" and revoked.data["reason"] == "agent_stopped"
+    assert "revoked" in bob.get("/approvals/standing/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_standing_approval_granted_as_the_stop_lands_is_revoked_with_it(
+    live_world: World,
+) -> None:
+    """Bob's approval, with a standing approval, is under way when the agent is stopped: the
+    stop waits for the call he holds, then revokes what his approval granted."""
+    world = live_world
+    call = submit(world)
+
+    def approve() -> None:
+        decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            standing_terms=standing.Terms(seconds=3600, match="any"),
+        )
+
+    with uncommitted(approve, commits_after=0.5):
+        registry_services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+    granted = StandingApproval.objects.get()
+    assert granted.revoked_at is not None
+    assert registry_services.resume_agent(agent=world.agent)
+    assert submit(world, {**EMAIL, "subject": "After the resume"}).status == Status.PENDING
