@@ -9,7 +9,7 @@ from typing import Any
 from approvals import hidden
 from approvals.models import Decision, ToolCall
 from audit.log import record
-from audit.masking import keyed_digest
+from audit.masking import keyed_digest, masked
 from audit.models import AuditEvent
 
 
@@ -41,6 +41,9 @@ def call_submitted(call: ToolCall) -> AuditEvent:
             "on_behalf_of": call.on_behalf_of,
             "end_user_roles": call.end_user_roles,
             "end_user_source": call.end_user_source,
+            # Personal data, each masked whole to its keyed fingerprint: a preferred_username
+            # no detector knows says who the user is as much as an e-mail address does.
+            "end_user_aliases": [masked("field", name) for name in call.end_user_aliases],
             "reasoning": hidden.quoted(call.reasoning, call.tool, call.arguments),
             "token_cost": call.token_cost,
             "transport": call.transport,

@@ -16,9 +16,9 @@ from accounts.models import SsoIdentity
 from approvals.models import ToolCall
 from audit.canonical import canonical_json, sha256_hex
 from tools_registry import role_scopes
-from tools_registry.end_users import folded
 from tools_registry.models import AgentToken
 from tools_registry.permissions import can_review
+from tools_registry.role_scopes import folded
 
 
 class Refused(Exception):
@@ -156,7 +156,8 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
     ``CONFLICTS``), or "" for none: separation of duties, one rule everywhere.
 
     The agent's owner (now, or when the call was made), the end user the agent acts for
-    (``on_behalf_of``, matched to the person's username, e-mail or single sign-on ``sub``),
+    (``on_behalf_of``, or another name their verified token gave them, ``end_user_aliases``,
+    matched to the person's username, e-mail or single sign-on ``sub``),
     and whoever issued one of the agent's tokens that was live when the call was made (they
     were shown its secret: the call may be theirs) may reject a call but never let it run.
     """
@@ -167,7 +168,11 @@ def conflicts_of_interest(call: ToolCall, people: Sequence[Any]) -> dict[Any, st
     """``conflict_of_interest`` of each of ``people``, by id, in two queries at most (the
     notification sweeps ask it of every reviewer of every call they mail about)."""
     found = conflicts_with(
-        agent=call.agent, on_behalf_of=call.on_behalf_of, people=people, made_at=call.created_at
+        agent=call.agent,
+        on_behalf_of=call.on_behalf_of,
+        aliases=call.end_user_aliases or (),
+        people=people,
+        made_at=call.created_at,
     )
     for person in people:
         if not found[person.pk] and call.agent_owner_id == person.pk:
@@ -176,25 +181,40 @@ def conflicts_of_interest(call: ToolCall, people: Sequence[Any]) -> dict[Any, st
 
 
 def conflict_with(
-    *, agent: Any, on_behalf_of: str, person: Any, made_at: datetime | None = None
+    *,
+    agent: Any,
+    on_behalf_of: str,
+    person: Any,
+    aliases: Sequence[str] = (),
+    made_at: datetime | None = None,
 ) -> str:
-    """``conflict_of_interest`` for a call of ``agent`` for ``on_behalf_of`` made at
-    ``made_at``; before it is stored (a standing approval about to cover it), now."""
-    return conflicts_with(agent=agent, on_behalf_of=on_behalf_of, people=[person], made_at=made_at)[
-        person.pk
-    ]
+    """``conflict_of_interest`` for a call of ``agent`` for ``on_behalf_of`` (known by
+    ``aliases`` too) made at ``made_at``; before it is stored (a standing approval about to
+    cover it), now."""
+    return conflicts_with(
+        agent=agent, on_behalf_of=on_behalf_of, aliases=aliases, people=[person], made_at=made_at
+    )[person.pk]
 
 
 def conflicts_with(
-    *, agent: Any, on_behalf_of: str, people: Sequence[Any], made_at: datetime | None = None
+    *,
+    agent: Any,
+    on_behalf_of: str,
+    people: Sequence[Any],
+    aliases: Sequence[str] = (),
+    made_at: datetime | None = None,
 ) -> dict[Any, str]:
     """``conflict_with`` of each of ``people``, by id: one query for the single sign-on
     subjects when the call names an end user, one for the agent's tokens they issued."""
     found = {person.pk: "owner" for person in people if agent.owner_id == person.pk}
     rest = [person for person in people if person.pk not in found]
-    if rest and (acting_for := folded(on_behalf_of)):
-        # A verified user is named by their token's claim, by default its ``sub``: the one
-        # their sign-in through the same provider is linked to, not their account's name.
+    # A verified user is named by their token's claim, by default its ``sub``: the one their
+    # sign-in through the same provider is linked to, not their account's name. Their token's
+    # other names (its e-mail, its preferred_username) find them when their account is not
+    # linked to that ``sub`` (they sign in with a password).
+    acting_for = {folded(name) for name in (on_behalf_of, *aliases) if isinstance(name, str)}
+    acting_for.discard("")
+    if rest and acting_for:
         subjects: dict[Any, list[str]] = {}
         for user_id, subject in SsoIdentity.objects.filter(
             user_id__in=[person.pk for person in rest]
@@ -202,7 +222,7 @@ def conflicts_with(
             subjects.setdefault(user_id, []).append(subject)
         for person in rest:
             names = {person.get_username(), person.email or "", *subjects.get(person.pk, [])}
-            if acting_for in {folded(name) for name in names}:
+            if acting_for & {folded(name) for name in names}:
                 found[person.pk] = "on_behalf_of"
         rest = [person for person in rest if person.pk not in found]
     if rest:

@@ -72,6 +72,12 @@ class ToolCall(models.Model):
     on_behalf_of = models.CharField(max_length=150, blank=True)
     end_user_roles = models.JSONField(default=list, blank=True)
     end_user_source = models.CharField(max_length=16, blank=True)
+    # The other names a verified user's token gave them (its e-mail, its preferred_username),
+    # folded: separation of duties knows them by these too (guards.conflicts_with). Personal
+    # data, as on_behalf_of is: masked in the trail, never shown to reviewers. A constant
+    # default in the database: adding it rewrites no row, and a process still running the
+    # code from before it stores calls as before.
+    end_user_aliases = models.JSONField(default=list, db_default=[], blank=True)
     reasoning = models.TextField(blank=True)
     token_cost = models.JSONField(null=True, blank=True)
     callback_url = models.URLField(max_length=2048, blank=True)

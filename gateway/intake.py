@@ -494,6 +494,7 @@ def _create_call(
         on_behalf_of=end_user.id,
         end_user_roles=end_user.roles,
         end_user_source=end_user.source,
+        end_user_aliases=end_user.aliases,
         reasoning=payload.reasoning,
         token_cost=payload.token_cost.model_dump() if payload.token_cost else None,
         callback_url=str(payload.callback_url) if payload.callback_url else "",

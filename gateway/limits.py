@@ -28,8 +28,8 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from gateway import coordination
-from tools_registry.end_users import folded
 from tools_registry.models import Agent, Tool
+from tools_registry.role_scopes import folded
 
 logger = logging.getLogger(__name__)
 _memory_lock = threading.Lock()

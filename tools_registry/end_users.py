@@ -18,7 +18,6 @@ worth retrying). A token is never ignored: a call that carries one is verified o
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
 from tools_registry import user_tokens
@@ -49,13 +48,6 @@ class Refused(Exception):
         self.code = code
         self.message = message
         self.details = details
-
-
-def folded(name: str | None) -> str:
-    """An end user's name as one person: the same whatever the case, the spaces around it
-    or the Unicode form (é composed or not; accounts keep their names NFKC). Separation of
-    duties and the per-user rate limits compare names so."""
-    return unicodedata.normalize("NFKC", (name or "").strip()).casefold()
 
 
 def identify(
@@ -158,4 +150,5 @@ def _verified(agent: Agent, token: str, *, named: str, asserted: tuple[str, ...]
         ) from None
     if named and named != user_id:
         raise _invalid("$.on_behalf_of", "names another user than the user token")
-    return EndUser(id=user_id, roles=roles, source="verified")
+    aliases = user_tokens.aliases_of(claims, user_id)
+    return EndUser(id=user_id, roles=roles, source="verified", aliases=aliases)

@@ -16,6 +16,7 @@ The allowlist always applies first: no role widens it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -47,15 +48,27 @@ def is_user_id(value: Any) -> TypeGuard[str]:
     )
 
 
+def folded(name: str | None) -> str:
+    """An end user's name as one person: the same whatever the case, the spaces around it
+    or the Unicode form (é composed or not; accounts keep their names NFKC). Separation of
+    duties and the per-user rate limits compare names so."""
+    return unicodedata.normalize("NFKC", (name or "").strip()).casefold()
+
+
 @dataclass(frozen=True)
 class EndUser:
     """Whom a call is for: the user's id ("" for nobody), the roles the call is made in,
     and where they come from: "" (nobody named), "named" (an id without roles),
-    "asserted" (by an agent trusted to) or "verified" (from the user's token)."""
+    "asserted" (by an agent trusted to) or "verified" (from the user's token).
+
+    ``aliases``: the other names a verified user's token gives them that a reviewer's
+    account may be known by (``user_tokens.aliases_of``), folded; separation of duties
+    matches them too. Personal data: ``describe`` leaves them out."""
 
     id: str = ""
     roles: tuple[str, ...] = ()
     source: str = ""
+    aliases: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """The user as the audit trail and the errors show it (never a token)."""

@@ -24,6 +24,7 @@ Tokens are secrets: they are never logged, audited or put in an error message.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,11 +37,19 @@ from django.conf import settings
 
 from core import bounded_http
 from tools_registry.models import TOKEN_ALGORITHMS, IdentityProvider
-from tools_registry.role_scopes import MAX_ROLE_LENGTH, MAX_USER_ID_LENGTH, is_role, is_user_id
+from tools_registry.role_scopes import (
+    MAX_ROLE_LENGTH,
+    MAX_USER_ID_LENGTH,
+    folded,
+    is_role,
+    is_user_id,
+)
 
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
 MAX_TOKEN_ROLES = 256
+# What a JSON column or an audit event cannot hold: NUL, and halves of a surrogate pair.
+_STORABLE = re.compile(r"[\x00\ud800-\udfff]")
 # Clocks of the provider and of Countersign may differ a little.
 LEEWAY_SECONDS = 30
 
@@ -169,6 +178,33 @@ def user_of(provider: IdentityProvider, claims: dict[str, Any]) -> tuple[str, tu
             f"(text of 1 to {MAX_ROLE_LENGTH} characters)"
         )
     return user_id, tuple(dict.fromkeys(roles))
+
+
+# The claims naming the user as a reviewer's account may be named: by its e-mail address, or
+# by the name their sign-in gave it (accounts.oidc, OIDC_USERNAME_CLAIM's default).
+ALIAS_CLAIMS = ("email", "preferred_username")
+# Longer than any name an account can hold (an e-mail address, at most 254 characters): a
+# longer claim cut to it can still match one, and nothing longer is kept on the call.
+MAX_ALIAS_LENGTH = 254
+
+
+def aliases_of(claims: dict[str, Any], user_id: str) -> tuple[str, ...]:
+    """The other names a verified token gives its user (``ALIAS_CLAIMS``), folded as
+    separation of duties compares names: a reviewer who signs in with a password is known by
+    their username and e-mail only, not by the provider's ``sub`` a call names its user by.
+    Only strings, cut to ``MAX_ALIAS_LENGTH``, without what could not be stored (NUL, an
+    unpaired surrogate); a claim that is none of that is left out, never a reason to refuse
+    the token (it was not asked for). Whether the provider verified the e-mail is not asked:
+    a name too many only keeps someone from approving, never lets anyone approve."""
+    found: list[str] = []
+    for claim in ALIAS_CLAIMS:
+        value = claims.get(claim)
+        if not isinstance(value, str):
+            continue
+        name = folded(_STORABLE.sub("", value[:MAX_ALIAS_LENGTH]))[:MAX_ALIAS_LENGTH]
+        if name and name != folded(user_id) and name not in found:
+            found.append(name)
+    return tuple(found)
 
 
 # --- The provider's keys ------------------------------------------------------------------

@@ -33,6 +33,7 @@ def create_call(
     on_behalf_of: str = "",
     end_user_roles: tuple[str, ...] = (),
     end_user_source: str = "",
+    end_user_aliases: tuple[str, ...] = (),
     reasoning: str = "",
     token_cost: dict[str, Any] | None = None,
     callback_url: str = "",
@@ -43,7 +44,8 @@ def create_call(
     """Store a validated call: a read stays ``received`` (it runs at once), the rest wait
     for reviewers, unless a policy rule or a standing approval approves them at once.
     ``standing_candidates``: the agent's live standing approvals of the tool, if the caller
-    read them already (``standing.use``).
+    read them already (``standing.use``). ``end_user_aliases``: the other names of a verified
+    user (``role_scopes.EndUser.aliases``), which separation of duties knows them by too.
 
     Raises ``screening.RefusedByRule`` (nothing stored) when a policy rule refuses it.
     """
@@ -68,6 +70,7 @@ def create_call(
             arguments_hash=bound_hash,
             signals=[f.code for f in screened.signals],
             user_id=on_behalf_of,
+            user_aliases=end_user_aliases,
             user_roles=roles,
             now=now,
             candidates=standing_candidates,
@@ -85,6 +88,7 @@ def create_call(
         on_behalf_of=on_behalf_of,
         end_user_roles=list(end_user_roles),
         end_user_source=end_user_source,
+        end_user_aliases=list(end_user_aliases),
         reasoning=reasoning,
         token_cost=token_cost,
         callback_url=callback_url,

@@ -10,6 +10,7 @@ revoked by a stop of its agent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -199,8 +200,11 @@ def use(
     user_roles: list[str],
     now: datetime,
     candidates: list[StandingApproval] | None = None,
+    user_aliases: Sequence[str] = (),
 ) -> StandingApproval | None:
     """The standing approval that covers this call, its use counted; None if none does.
+    ``user_aliases``: the other names the call's verified user goes by (its author may be
+    known by one of them, ``_author_may_approve``).
 
     ``candidates`` are the agent's live standing approvals of the tool's current version,
     oldest first, when
@@ -224,7 +228,9 @@ def use(
     for standing in candidates:
         if not _covers(
             standing, tool, arguments, arguments_hash, signals, user_id, user_roles, agent
-        ) or not _author_may_approve(standing, tool=tool, agent=agent, user_id=user_id):
+        ) or not _author_may_approve(
+            standing, tool=tool, agent=agent, user_id=user_id, user_aliases=user_aliases
+        ):
             continue
         taken = (
             StandingApproval.objects.filter(
@@ -239,12 +245,20 @@ def use(
     return None
 
 
-def _author_may_approve(standing: StandingApproval, *, tool: Any, agent: Any, user_id: str) -> bool:
+def _author_may_approve(
+    standing: StandingApproval,
+    *,
+    tool: Any,
+    agent: Any,
+    user_id: str,
+    user_aliases: Sequence[str] = (),
+) -> bool:
     """A standing approval stands for its author's own vote: it covers a call only if they
     could approve it themselves now. Not once their grant of the tool is taken away or their
-    account deactivated, and never a call made for them or by their own agent."""
+    account deactivated, and never a call made for them (by any name the call knows them by)
+    or by their own agent."""
     author = standing.granted_by
-    if conflict_with(agent=agent, on_behalf_of=user_id, person=author):
+    if conflict_with(agent=agent, on_behalf_of=user_id, aliases=user_aliases, person=author):
         return False
     return can_review(author, tool)
 

@@ -19,8 +19,10 @@ import pytest
 from django.test import Client, override_settings
 
 from accounts.models import SsoIdentity
+from approvals import notifications
 from approvals.guards import conflict_of_interest
 from approvals.models import Status, ToolCall
+from approvals.services import standing
 from approvals.services.decisions import SeparationOfDuties, decide
 from audit.models import AuditEvent
 from tests.conftest import ApiClient, World, sandbox_effects
@@ -519,6 +521,145 @@ def test_a_verified_user_who_reviews_cannot_approve_their_own_call(
     assert conflict_of_interest(call, bob) == "on_behalf_of"
     with pytest.raises(SeparationOfDuties):
         decide(call_id=call.pk, reviewer=bob, verdict="approve")
+
+
+def bobs_call(world: World, provider: Provider, **claims: Any) -> ToolCall:
+    """A call made for bob through his identity provider's token, which names him by an
+    opaque ``sub`` his account is not linked to (he signs in with a password) and gives
+    his e-mail address, in another case than his account's."""
+    token = provider.token("00u1bob", ["support"], **{"email": "Bob@Example.COM", **claims})
+    response = world.api().submit(SEND_EMAIL, HTTP_COUNTERSIGN_USER_TOKEN=token)
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.on_behalf_of, call.end_user_source) == ("00u1bob", "verified")
+    return call
+
+
+@pytest.fixture
+def charlie_reviews(world: World) -> Any:
+    """charlie reviews send_email too: someone else who may approve bob's calls."""
+    services.grant_review(tool=world.tools["send_email"], user=world.charlie)
+    return world.charlie
+
+
+def test_a_reviewer_known_by_the_e_mail_in_the_users_token_cannot_approve_the_call(
+    world: World, verifying: Provider, charlie_reviews: Any
+) -> None:
+    """bob has no single sign-on link, so the token's ``sub`` is not a name of his account:
+    the e-mail it gives keeps him from approving his own call; another reviewer may."""
+    bob = world.bob
+    assert not SsoIdentity.objects.filter(user=bob).exists()
+    call = bobs_call(world, verifying)
+    assert conflict_of_interest(call, bob) == "on_behalf_of"
+    web = Client()
+    web.force_login(bob)
+    page = web.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "comment": "", "arguments_hash": call.arguments_hash},
+        HTTP_HX_REQUEST="true",
+    )
+    assert "The agent acts on your behalf in this call." in page.content.decode()
+    with pytest.raises(SeparationOfDuties) as refused:
+        decide(call_id=call.pk, reviewer=bob, verdict="approve")
+    assert refused.value.code == "separation_of_duties"
+    assert not call.decisions.exists()
+    assert decide(call_id=call.pk, reviewer=charlie_reviews, verdict="approve").decided
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED
+
+
+def test_a_preferred_username_in_the_users_token_names_them_too(
+    world: World, verifying: Provider
+) -> None:
+    call = bobs_call(world, verifying, email="someone.else@example.org", preferred_username="BOB")
+    assert conflict_of_interest(call, world.bob) == "on_behalf_of"
+    assert conflict_of_interest(call, world.charlie) == ""
+
+
+def test_a_standing_approval_by_the_user_does_not_cover_their_call(
+    world: World, verifying: Provider
+) -> None:
+    adas = world.api().submit(
+        SEND_EMAIL, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token("00u1ada", ["support"])
+    )
+    first = ToolCall.objects.get(pk=adas.json()["id"])
+    given = decide(
+        call_id=first.pk,
+        reviewer=world.bob,
+        verdict="approve",
+        standing_terms=standing.Terms(match="any", seconds=3600),
+    )
+    assert given.standing is not None
+    call = bobs_call(world, verifying)
+    assert (call.status, call.standing_approval_id) == (Status.PENDING, None)
+    again = world.api().submit(
+        SEND_EMAIL, HTTP_COUNTERSIGN_USER_TOKEN=verifying.token("00u1ada", ["support"])
+    )
+    assert again.json()["status"] == "approved", "it covers the calls of others"
+
+
+def test_the_user_is_not_mailed_about_their_own_call(
+    world: World,
+    verifying: Provider,
+    charlie_reviews: Any,
+    mailoutbox: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    call = bobs_call(world, verifying)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert notifications.notify_new_calls() == 1
+    assert sorted(to for message in mailoutbox for to in message.to) == ["charlie@example.com"]
+    event = AuditEvent.objects.get(call_id=call.pk, action="call.reviewers_notified")
+    assert event.data["recipients"] == ["charlie"]
+
+
+def test_the_users_other_names_are_masked_in_the_trail_and_kept_from_reviewers(
+    world: World, verifying: Provider, charlie_reviews: Any
+) -> None:
+    call = bobs_call(world, verifying, preferred_username="bobby.tables")
+    assert call.end_user_aliases == ["bob@example.com", "bobby.tables"]
+    [submitted] = AuditEvent.objects.filter(call_id=call.pk, action="call.submitted")
+    trail = json.dumps(submitted.data).lower()
+    assert "bob@example.com" not in trail and "bobby.tables" not in trail
+    assert [alias.startswith("[masked:") for alias in submitted.data["end_user_aliases"]] == [
+        True,
+        True,
+    ]
+    web = Client()
+    web.force_login(charlie_reviews)
+    page = web.get(f"/approvals/{call.pk}/").content.decode().lower()
+    assert "00u1bob" in page  # who the call is for, as it names them
+    assert "bob@example.com" not in page and "bobby.tables" not in page
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"email": 42, "preferred_username": ["bob"]},  # not strings: left out
+        {"email": "00U1BOB"},  # the id itself, in another case
+        {"email": "  "},
+    ],
+)
+def test_claims_that_name_nobody_else_add_no_names(
+    world: World, verifying: Provider, claims: dict[str, Any]
+) -> None:
+    assert bobs_call(world, verifying, **claims).end_user_aliases == []
+
+
+def test_a_long_or_unstorable_claim_is_cut_and_cleaned_not_refused(
+    world: World, verifying: Provider
+) -> None:
+    call = bobs_call(world, verifying, email="b\x00ob@example.com", preferred_username="x" * 5000)
+    assert call.end_user_aliases == ["bob@example.com", "x" * 254]
+    assert conflict_of_interest(call, world.bob) == "on_behalf_of"
+
+
+def test_a_named_user_is_matched_by_their_name_alone(trusted: World) -> None:
+    """No token, no other names: an agent's word is not a verified e-mail address."""
+    response = trusted.api().submit(as_user(SEND_EMAIL, support("00u1bob")))
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.end_user_source, call.end_user_aliases) == ("asserted", [])
+    assert conflict_of_interest(call, trusted.bob) == ""
 
 
 class _Hanging(BaseHTTPRequestHandler):

@@ -188,6 +188,23 @@ class TestResolve:
         call.refresh_from_db()
         assert call.status == Status.UNKNOWN
 
+    def test_the_user_their_token_named_by_e_mail_may_not_settle_their_call(self, world: World):
+        """bob signs in with a password: the token's ``sub`` is no name of his account, the
+        e-mail address it gave (kept on the call) is (tests/gateway/test_end_users.py)."""
+        call = unknown_call(world)
+        ToolCall.objects.filter(pk=call.pk).update(
+            on_behalf_of="00u1bob", end_user_source="verified", end_user_aliases=["bob@example.com"]
+        )
+        for action, form in [
+            ("resolve", {"outcome": "failed", "note": "never happened"}),
+            ("rerun", {"confirm": "on", "note": "again"}),
+        ]:
+            response = client_for(world.bob).post(url(call, action), form)
+            assert response.status_code == 409, action
+            assert "on your behalf" in response.content.decode()
+        call.refresh_from_db()
+        assert call.status == Status.UNKNOWN
+
     def test_a_post_without_the_csrf_token_is_refused(self, world: World):
         call = unknown_call(world)
         client = client_for(world.bob, enforce_csrf_checks=True)
