@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.test import Client
@@ -15,6 +17,7 @@ from audit.log import record
 from audit.masking import mask_text
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
+from tests.audit.test_exports import download
 from tests.conftest import World
 
 pytestmark = pytest.mark.django_db
@@ -160,3 +163,31 @@ def test_iso_utc_times_with_a_z_filter(world: World, auditor_client: Client) -> 
         "<td>test.iso</td>"
         not in auditor_client.get(f"/audit/?end={today}T00:00:00Z").content.decode()
     )
+
+
+def test_a_date_alone_as_the_end_includes_that_day(world: World, auditor_client: Client) -> None:
+    """One date in both fields is that day: until the 21st took the 21st out, and showed
+    nothing, on the page and in its export alike."""
+    event = record(action="test.today", data={})
+    today = timezone.now().date().isoformat()
+    query = f"action=test.today&start={today}&end={today}"
+    assert ids_on(auditor_client.get(f"/audit/?{query}")) == [event.pk]
+    exported = download(auditor_client, "jsonl", query).splitlines()
+    assert [json.loads(line)["id"] for line in exported] == [event.pk]
+    yesterday = (timezone.now() - timedelta(days=1)).date().isoformat()
+    assert ids_on(auditor_client.get(f"/audit/?action=test.today&end={yesterday}")) == []
+    # An instant is taken as typed: until midnight, the day itself left out.
+    assert ids_on(auditor_client.get(f"/audit/?action=test.today&end={today}T00:00")) == []
+
+
+def test_a_start_after_the_end_is_refused_not_an_empty_trail(
+    world: World, auditor_client: Client
+) -> None:
+    record(action="test.today", data={})
+    query = "start=2026-12-01T10:00&end=2026-12-01T09:00"
+    page = auditor_client.get(f"/audit/?{query}")
+    assert page.status_code == 200
+    assert "start: must be before end" in page.content.decode()
+    export = auditor_client.get(f"/audit/export.csv?{query}")
+    assert export.status_code == 400
+    assert b"start: must be before end" in export.content
