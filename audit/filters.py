@@ -7,7 +7,7 @@ so any combination stays fast on millions of rows; the page itself is keyset-pag
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from django.db.models import Q, QuerySet
@@ -114,10 +114,13 @@ class EventFilter:
                 problems.append(
                     f"{name}: use an ISO date-time in UTC such as 2026-11-21 or 2026-11-21T09:30"
                 )
-        start, end = _instant(self.start), _until(self.end)
+        start, end = _instant(self.start), _instant(self.end)
         if start is not None and end is not None and start >= end:
-            # Matching nothing would read as "no events then"; the two were likely swapped.
-            problems.append("start: must be before end")
+            # Matching nothing would read as "no events then": the two were swapped, or one
+            # date was given for both, which the until (excluded) leaves nothing of.
+            problems.append(
+                "start: must be before end (the end is excluded: for one day, end on the next)"
+            )
         if self.call and _uuid(self.call) is None:
             problems.append("call: not a call id")
         if self.kind and self.kind not in KINDS:
@@ -148,12 +151,11 @@ class EventFilter:
             events = events.filter(_kind_q(self.kind)) if self.kind in KINDS else events.none()
         if self.hide_access:
             events = events.exclude(_kind_q("access"))
-        for value, bound, lookup in (
-            (self.start, _instant, "occurred_at__gte"),
-            (self.end, _until, "occurred_at__lt"),
-        ):
-            if value:
-                moment = bound(value)
+        for name, lookup in (("start", "occurred_at__gte"), ("end", "occurred_at__lt")):
+            # The end excluded, a bare date too (midnight): daily exports from one date to
+            # the next neither miss nor repeat an event.
+            if value := getattr(self, name):
+                moment = _instant(value)
                 events = events.filter(**{lookup: moment}) if moment else events.none()
         return events
 
@@ -211,20 +213,3 @@ def _instant(value: str) -> datetime | None:
         return None
     # Whole minutes only: "+05:30:30.5" parses, and PostgreSQL refuses a fraction of a second.
     return moment if offset.total_seconds() % 60 == 0 else None
-
-
-def _until(value: str) -> datetime | None:
-    """The end of the range, excluded: an instant as typed, but a date alone ends with its
-    day (``end=2026-11-21`` includes the 21st, as ``start=2026-11-21`` does), so that one
-    date in both fields shows that day rather than nothing."""
-    moment = _instant(value)
-    if moment is None:
-        return None
-    try:
-        date.fromisoformat(value)
-    except ValueError:
-        return moment  # a date-time
-    try:
-        return moment + timedelta(days=1)
-    except OverflowError:  # until 9999-12-31: the end of time
-        return datetime.max.replace(tzinfo=UTC)
