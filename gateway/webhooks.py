@@ -290,14 +290,17 @@ def _finish(
             response_excerpt=result.excerpt,
         )
         # Only the holder of this attempt's claim may finish it (a worker whose lease ran
-        # out and was taken over writes nothing but its attempt row).
-        WebhookDelivery.objects.filter(pk=delivery.pk, attempts=delivery.attempts).update(
+        # out and was taken over writes nothing but its attempt row: no audit event either,
+        # as the worker that took over may yet deliver it).
+        holds_claim = WebhookDelivery.objects.filter(
+            pk=delivery.pk, attempts=delivery.attempts
+        ).update(
             lease_until=None,
             last_status_code=result.status_code,
             last_error=result.error,
             **changes,
         )
-        if changes.get("state") == WebhookDelivery.State.FAILED:
+        if holds_claim and changes.get("state") == WebhookDelivery.State.FAILED:
             record(
                 action="call.webhook_failed",
                 outcome="failed",

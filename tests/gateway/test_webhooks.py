@@ -465,6 +465,36 @@ def test_concurrent_deliveries_of_one_attempt_send_it_once(
     assert len(receiver.received) == 1
 
 
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_MAX_ATTEMPTS=1)
+def test_a_last_attempt_whose_lease_was_taken_over_audits_no_failure(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt held past its lease (a stalled worker) is taken over by another, which
+    delivers; the stalled one, its own answer a 500 and its attempt the last, then wrote
+    ``call.webhook_failed`` to the trail beside a delivered webhook."""
+    receiver.statuses = [500, 200]
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    real_post = webhooks._post
+    taken_over: list[str] = []
+
+    def stalled_past_its_lease(attempt: WebhookDelivery) -> webhooks.AttemptResult:
+        result = real_post(attempt)
+        if attempt.attempts == 1:  # the stalled one: another worker takes its lease over
+            taken_over.append(webhooks.deliver(attempt.pk))
+        return result
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webhooks, "_post", stalled_past_its_lease)
+        patched.setattr(webhooks, "LEASE_GRACE_SECONDS", -3600)  # the lease is already over
+        webhooks.deliver(delivery.pk)
+    assert taken_over == [WebhookDelivery.State.DELIVERED]
+    delivery.refresh_from_db()
+    assert delivery.state == WebhookDelivery.State.DELIVERED
+    assert [a.status_code for a in delivery.attempt_log.all()] == [500, 200]
+    assert not AuditEvent.objects.filter(action="call.webhook_failed").exists()
+
+
 @override_settings(
     WEBHOOK_ALLOW_PRIVATE_NETWORKS=True,
     WEBHOOK_MAX_ATTEMPTS=3,
