@@ -44,6 +44,22 @@ def json_problem(value: Any) -> str:
     return ""
 
 
+def nests_within(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests at most ``levels`` JSON levels (objects and lists), walked
+    without recursion: what another system sends (an upstream's schema or answer) is
+    checked before anything recursive reads it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > levels:
+                return False
+            stack.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return True
+
+
 def as_stored(value: Any) -> Any:
     """``value`` as PostgreSQL's jsonb gives it back. jsonb keeps a number as a decimal and
     writes it without an exponent, so a float Python writes with one (1e+16: every float

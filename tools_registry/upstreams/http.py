@@ -24,6 +24,7 @@ import httpx
 from django.conf import settings
 
 from core import bounded_http, tls
+from core.json_values import nests_within
 from tools_registry.registry import LookupResult, ToolFailed
 from tools_registry.upstreams import secrets
 from tools_registry.upstreams.offers import JSON
@@ -264,21 +265,8 @@ def _answer(
         except (ValueError, RecursionError):
             return {"text": text}
         answer = parsed if isinstance(parsed, dict) else {"result": parsed}
-        return answer if _nests_within(answer, MAX_ANSWER_DEPTH) else {"text": text}
+        return answer if nests_within(answer, MAX_ANSWER_DEPTH) else {"text": text}
     return {"text": text} if text else {}
-
-
-def _nests_within(value: Any, levels: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > levels:
-                return False
-            stack.extend(
-                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
-            )
-    return True
 
 
 def _message(answer: JSON) -> str:

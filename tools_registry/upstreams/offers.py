@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonref
 
-from core.json_values import unstorable_text
+from core.json_values import nests_within, unstorable_text
 from tools_registry.registry import TOOL_NAME
 from tools_registry.schemas import schema_problems
 
@@ -62,7 +62,7 @@ def object_schema_problems(schema: Any) -> list[str]:
     nested at most ``MAX_SCHEMA_DEPTH`` levels)."""
     if not isinstance(schema, dict) or schema.get("type") != "object":
         return ["its input schema is not an object schema"]
-    if not _nests_within(schema, MAX_SCHEMA_DEPTH):
+    if not nests_within(schema, MAX_SCHEMA_DEPTH):
         # Checking a schema takes a dozen of Python's calls a level: a hundred nested
         # objects (a few KB) ran out of its stack, a 500 that imported none of the tools.
         return [f"its schema nests deeper than {MAX_SCHEMA_DEPTH} levels"]
@@ -72,19 +72,6 @@ def object_schema_problems(schema: Any) -> list[str]:
 # How deep an imported schema may nest (JSON levels): arguments nest at most 32 levels
 # (``core.json_values.MAX_JSON_DEPTH``), each two of a schema's (properties, then a name).
 MAX_SCHEMA_DEPTH = 64
-
-
-def _nests_within(value: Any, levels: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > levels:
-                return False
-            stack.extend(
-                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
-            )
-    return True
 
 
 def expansion_problems(schema: Any) -> list[str]:
