@@ -489,6 +489,9 @@ MCP_CALL_WAIT_SECONDS = env_int("MCP_CALL_WAIT_SECONDS", 25)
 MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 # An MCP session unused this long is over; its client initializes a new one.
 MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600, minimum=1)
+# Sessions one agent keeps (a row each); past it, an initialize deletes its sessions used
+# least recently. Generous: a framework may open one per end user's conversation.
+MCP_MAX_SESSIONS_PER_AGENT = env_int("MCP_MAX_SESSIONS_PER_AGENT", 10_000, minimum=1)
 # An agent session (the round counter of one run, REST or MCP) idle this long is deleted;
 # a run that comes back after it counts its rounds from zero. A call refused for the
 # session's rounds is a use: a run that keeps calling never gets its rounds back.

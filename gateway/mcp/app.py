@@ -108,6 +108,11 @@ class McpEndpoint:
             await _refuse(send, 404, "Session not found; initialize a new one.")
             return
         message = _peek(body)
+        if "method" in message and "id" in message and not _valid_id(message["id"]):
+            # The SDK took such a request for a notification: 202, and its client waited
+            # for an answer that never came.
+            await _refuse(send, 400, "A request's id must be a string or an integer.")
+            return
         opening = uuid4() if message.get("method") == "initialize" else None
         state = scope.setdefault("state", {})
         state["countersign"] = caller = Caller(
@@ -164,6 +169,12 @@ def _peek(body: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):  # not JSON, or nested past Python's reader
         return {}
     return message if isinstance(message, dict) else {}
+
+
+def _valid_id(request_id: Any) -> bool:
+    """Whether it is an id MCP allows: a string or an integer (not null, a fraction, a bool
+    or a structure)."""
+    return isinstance(request_id, str | int) and not isinstance(request_id, bool)
 
 
 async def _cancel(caller: Caller, params: Any) -> None:

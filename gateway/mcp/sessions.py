@@ -3,7 +3,8 @@
 ``initialize`` opens one (its id goes back in the ``Mcp-Session-Id`` header); the client
 sends the id with every later request, and closes the session with ``DELETE``. A session
 idle for ``MCP_SESSION_IDLE_SECONDS`` is over: its id then answers 404, and the client
-starts a new one, as the protocol asks.
+starts a new one, as the protocol asks. An agent keeps at most
+``MCP_MAX_SESSIONS_PER_AGENT`` sessions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import timedelta
 from uuid import UUID
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from core.json_values import storable
@@ -32,7 +34,11 @@ def open_session(
     client_version: str,
     protocol_version: str,
 ) -> McpSession:
-    return McpSession.objects.create(
+    """A new session of the agent's; past ``MCP_MAX_SESSIONS_PER_AGENT``, its sessions used
+    least recently (closed ones first) are deleted: an initialize is a row, and a client
+    that never closes its sessions, or one that opens them in a loop, left rows without
+    end. Their clients are told 404 at their next request and initialize again."""
+    session = McpSession.objects.create(
         id=session_id,
         agent=agent,
         # As the client named itself, but storable: PostgreSQL refuses a NUL.
@@ -40,6 +46,12 @@ def open_session(
         client_version=storable(client_version[:50]),
         protocol_version=protocol_version[:16],
     )
+    newest_first = McpSession.objects.filter(agent=agent).order_by(
+        F("closed_at").desc(nulls_first=True), "-last_seen_at", "-created_at"
+    )
+    evicted = newest_first.values("pk")[settings.MCP_MAX_SESSIONS_PER_AGENT :]
+    McpSession.objects.filter(pk__in=evicted).delete()
+    return session
 
 
 def find_session(agent: Agent, session_id: str) -> McpSession | None:

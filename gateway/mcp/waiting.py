@@ -19,6 +19,7 @@ import anyio
 import redis.asyncio
 from django.conf import settings
 
+from audit.canonical import sha256_hex
 from gateway import coordination, longpoll, waits
 from gateway.mcp import state
 from gateway.mcp.state import CallState
@@ -110,10 +111,12 @@ def _read(
 
 def request_key(agent_id: int, session_id: str, request_id: str | int | None) -> str | None:
     """The name of an agent's request within its MCP session; None without a session (the
-    request cannot be cancelled by a message of its own then)."""
+    request cannot be cancelled by a message of its own then). The id is hashed: a client
+    picks it, as long as a body, and a cancel keeps its name in Redis for CANCEL_SECONDS."""
     if not session_id or request_id is None:
         return None
-    return coordination.key("mcp-request", agent_id, session_id, json.dumps(request_id))
+    named = sha256_hex(json.dumps(request_id).encode())
+    return coordination.key("mcp-request", agent_id, session_id, named)
 
 
 # How long a cancel is kept for a request that does not wait yet: the client's cancel and

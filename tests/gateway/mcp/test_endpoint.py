@@ -124,6 +124,17 @@ def test_a_batch_is_refused_where_the_revision_forbids_it(
     assert "error" in message(response)
 
 
+@pytest.mark.parametrize("request_id", [None, True, 1.5, {"a": 1}, [1]])
+def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(
+    live_world: World, mcp_web: WebProcess, request_id: Any
+) -> None:
+    """The SDK took it for a notification: 202 and no answer, which its client waited for."""
+    ping = {"jsonrpc": "2.0", "id": request_id, "method": "ping"}
+    response = post(mcp_web, live_world.token, ping, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 400, response.text
+    assert message(response)["error"]["code"] == -32600
+
+
 def test_an_unknown_method_is_method_not_found(live_world: World, mcp_web: WebProcess) -> None:
     call = {"jsonrpc": "2.0", "id": 7, "method": "tools/frobnicate", "params": {}}
     response = post(mcp_web, live_world.token, call, **{"MCP-Protocol-Version": "2025-06-18"})

@@ -20,6 +20,7 @@ from django.test import override_settings
 from mcp.shared.exceptions import MCPError
 
 from approvals.models import ToolCall
+from gateway import coordination
 from gateway.mcp import waiting
 from tests.conftest import World
 from tests.gateway.mcp.conftest import connected
@@ -194,6 +195,35 @@ def test_a_cancel_read_before_its_request_waits_still_ends_the_wait(
         pytest.fail("the request its client cancelled still waits")
     assert message(answered)["error"]["message"] == "The request was cancelled.", answered.text
     assert subscribers(str(call.pk)) == 0
+
+
+def test_a_cancel_of_a_huge_request_id_keeps_little_in_redis_and_still_ends_its_wait(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """A request id is the client's pick, as long as a body: each cancel kept the whole id
+    in a Redis key for CANCEL_SECONDS (200 KB a message, so an agent filled Redis at the
+    rate it sent them)."""
+    call = pending_call(live_world)
+    version = {"MCP-Protocol-Version": "2025-11-25"}
+    opened = post(mcp_web, live_world.token, {**INITIALIZE, "params": {
+        **INITIALIZE["params"], "protocolVersion": "2025-11-25"}})  # type: ignore[dict-item]  # fmt: skip
+    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], **version}
+    huge_id = "x" * 200_000
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": huge_id}}  # fmt: skip
+    for _ in range(3):
+        assert post(mcp_web, live_world.token, cancel, **session).status_code == 202
+    redis_client = coordination.redis_client()
+    kept = list(redis_client.scan_iter(coordination.key("mcp-request", live_world.agent.pk, "*")))
+    assert kept, "the cancel is kept for its request"
+    assert sum(len(key) for key in kept) < 1_000, [key[:80] for key in kept]
+
+    wait = {"jsonrpc": "2.0", "id": huge_id, "method": "tasks/result", "params": {"taskId": str(call.pk)}}  # fmt: skip
+    try:
+        answered = httpx.post(f"{mcp_web.url}/mcp", content=json.dumps(wait).encode(), timeout=8,
+            headers={**ACCEPT, "Authorization": f"Bearer {live_world.token}", **session})  # fmt: skip
+    except httpx.ReadTimeout:
+        pytest.fail("the request its client cancelled still waits")
+    assert message(answered)["error"]["message"] == "The request was cancelled."
 
 
 def test_a_cancel_before_its_request_waits_ends_the_wait_in_the_embedded_mode(

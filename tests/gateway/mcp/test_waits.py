@@ -365,3 +365,31 @@ def test_a_session_in_use_is_not_over_when_the_idle_limit_is_under_a_minute(
         time.sleep(5)
         answered = httpx.post(f"{short.url}/mcp", json=ping, headers=headers, timeout=10)
         assert answered.status_code == 404, "unused for longer than the limit, it is over"
+
+
+def test_an_agent_keeps_at_most_its_sessions_and_the_least_recently_used_end_first(
+    live_world: World, django_db_blocker: Any, tmp_path: Any
+) -> None:
+    """Every initialize was a row, with no cap: an agent opening sessions in a loop (or a
+    client that never closes them) added rows without end until the day-long idle sweep."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gateway.models import McpSession
+
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    with (
+        django_db_blocker.unblock(),
+        running_web(tmp_path=tmp_path, env={"MCP_MAX_SESSIONS_PER_AGENT": "3"}) as capped,
+    ):
+        oldest = open_session(capped, live_world.token)
+        McpSession.objects.filter(pk=oldest["Mcp-Session-Id"]).update(
+            last_seen_at=timezone.now() - timedelta(hours=1)
+        )
+        for _ in range(20):
+            newest = open_session(capped, live_world.token)
+        assert McpSession.objects.filter(agent=live_world.agent).count() == 3
+        for headers, status in ((oldest, 404), (newest, 200)):
+            answered = httpx.post(f"{capped.url}/mcp", json=ping, headers=headers, timeout=10)
+            assert answered.status_code == status, answered.text
