@@ -693,6 +693,58 @@ def test_an_answer_that_is_not_countersigns_is_the_clients_error(reply: httpx.Re
     asyncio.run(act())
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(200, json={"status": "ok"}),
+        httpx.Response(202, json={"id": 7, "status": "pending"}),
+        httpx.Response(200, json=["not", "a", "call"]),
+    ],
+    ids=["health-check", "id-not-a-string", "list"],
+)
+def test_json_that_is_not_a_call_is_the_clients_error(reply: httpx.Response) -> None:
+    """Another service's JSON at the client's URL (a health check's ``{"status": "ok"}``)
+    crashed a proposal, a read or an action with a bare KeyError (or TypeError, ValueError):
+    it is an ApiError asking whether the URL is Countersign's, as a page without JSON is."""
+
+    def answered(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.content)
+
+    transport = httpx.MockTransport(answered)
+    cs = Countersign("http://cs", "token", state=MemoryState(), transport=transport)
+    for verb in (
+        lambda: cs.submit("send_email", EMAIL_ARGS, session_id="s1"),
+        lambda: cs.call("send_email", EMAIL_ARGS, session_id="s1"),
+        lambda: cs.get(CALL_ID),
+        lambda: cs.wait(CALL_ID, timeout=1),
+        lambda: cs.cancel(CALL_ID),
+        lambda: cs.retry(CALL_ID),
+    ):
+        with pytest.raises(errors.ApiError) as refused:
+            verb()
+        assert refused.value.code == "http_error"
+        assert "is the client's URL Countersign's?" in refused.value.message
+        assert refused.value.body == reply.json()
+
+    async def act() -> None:
+        async with AsyncCountersign(
+            "http://cs", "token", state=MemoryState(), transport=transport
+        ) as acs:
+            for verb in (
+                acs.submit("send_email", EMAIL_ARGS, session_id="s1"),
+                acs.call("send_email", EMAIL_ARGS, session_id="s1"),
+                acs.get(CALL_ID),
+                acs.wait(CALL_ID, timeout=1),
+                acs.cancel(CALL_ID),
+                acs.retry(CALL_ID),
+            ):
+                with pytest.raises(errors.ApiError) as refused:
+                    await verb
+                assert refused.value.code == "http_error"
+
+    asyncio.run(act())
+
+
 PROXY_PAGE = "<html><body>502 Bad Gateway</body></html>"
 
 

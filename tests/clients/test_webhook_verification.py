@@ -95,3 +95,20 @@ def test_a_secret_read_with_its_line_end_and_a_text_body_verify_like_standardweb
     assert verify_webhook(SECRET, BODY.decode(), headers)
     with pytest.raises(ValueError, match="no usable webhook secret"):
         verify_webhook("whsec_\n", BODY, signed_headers(b"", "msg_1"))
+
+
+def test_a_timestamp_too_large_for_a_float_is_not_verified_rather_than_raised() -> None:
+    """Anybody can send a webhook-timestamp of 400 digits: ``standardwebhooks`` answers "not
+    verified", the client raised OverflowError (a receiver's 500) comparing it with now."""
+    headers = {**signed_headers(b"k" * 32, "msg_1"), "webhook-timestamp": "9" * 400}
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(SECRET).verify(BODY, headers)
+    assert verify_webhook(SECRET, BODY, headers) is False
+
+
+def test_a_stale_or_future_timestamp_is_not_verified_though_its_signature_is() -> None:
+    for moved in (-301, 301):
+        timestamp = int(time.time()) + moved
+        headers = webhooks.sign([SECRET], "msg_1", timestamp, BODY)
+        assert not verify_webhook(SECRET, BODY, headers), moved
+        assert verify_webhook(SECRET, BODY, headers, tolerance=400), moved

@@ -121,6 +121,19 @@ def parse(response: httpx.Response) -> Any:
     return answer
 
 
+def a_call(answer: Any, status: int = 200) -> dict[str, Any]:
+    """``answer`` (a 2xx's JSON) if it is a call, with its id and status. JSON that is no
+    call (another service's, at a client URL that is not Countersign's) raised a bare
+    KeyError further on: it is an ``http_error``, as a page without JSON is."""
+    if (
+        isinstance(answer, dict)
+        and isinstance(answer.get("id"), str)
+        and isinstance(answer.get("status"), str)
+    ):
+        return answer
+    raise errors.from_response(status, answer, None)
+
+
 def code_of(response: httpx.Response) -> str:
     try:
         return str(response.json()["error"]["code"])

@@ -171,7 +171,7 @@ class AsyncCountersign:
             made = _core.call_the_key_made(response, self.state.step(session_id, name), request)
             call = await self.get(made) if made else {}
             if call.get("tool") != tool:  # not made, or made for another tool: the error
-                call = _core.parse(response)
+                call = _core.a_call(_core.parse(response), response.status_code)
             _core.record(self.state, session_id, name, call)
             return dict(call)
 
@@ -225,7 +225,7 @@ class AsyncCountersign:
     async def _get(
         self, call_id: str, *, wait: float, seen: str, deadline: float | None
     ) -> dict[str, Any]:
-        return dict(
+        return _core.a_call(
             await self._read(
                 f"/api/v1/tool-calls/{call_id}",
                 params=_core.wait_params(wait, seen),
@@ -270,7 +270,7 @@ class AsyncCountersign:
             response = await self._http.post(path)
         except httpx.TransportError as exc:
             raise errors.TransportError(f"POST {path} got no answer: {exc}") from exc
-        return dict(_core.parse(response))
+        return _core.a_call(_core.parse(response), response.status_code)
 
     async def _is_read(self, tool: str) -> bool:
         if self._risks is None:

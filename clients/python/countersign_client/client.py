@@ -188,7 +188,7 @@ class Countersign:
             made = _core.call_the_key_made(response, self.state.step(session_id, name), request)
             call = self.get(made) if made else {}
             if call.get("tool") != tool:  # not made, or made for another tool: the error
-                call = _core.parse(response)
+                call = _core.a_call(_core.parse(response), response.status_code)
             _core.record(self.state, session_id, name, call)
             return dict(call)
 
@@ -242,7 +242,7 @@ class Countersign:
     def _get(
         self, call_id: str, *, wait: float, seen: str, deadline: float | None
     ) -> dict[str, Any]:
-        return dict(
+        return _core.a_call(
             self._read(
                 f"/api/v1/tool-calls/{call_id}",
                 params=_core.wait_params(wait, seen),
@@ -287,7 +287,7 @@ class Countersign:
             response = self._http.post(path)
         except httpx.TransportError as exc:
             raise errors.TransportError(f"POST {path} got no answer: {exc}") from exc
-        return dict(_core.parse(response))
+        return _core.a_call(_core.parse(response), response.status_code)
 
     def _is_read(self, tool: str) -> bool:
         if self._risks is None:

@@ -48,9 +48,11 @@ def verify_webhook(
         return False
     try:
         timestamp = int(lowered.get(TIMESTAMP_HEADER, ""))
-    except ValueError:
+        # A timestamp of hundreds of digits is no float: OverflowError, not "not verified".
+        stale = abs(time.time() - timestamp) > tolerance
+    except (ValueError, OverflowError):
         return False
-    if abs(time.time() - timestamp) > tolerance:
+    if stale:
         return False
     # A signature that is not ASCII cannot be base64, and compare_digest refuses to compare it.
     given = [
