@@ -30,6 +30,8 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import EmailMessage, mailers
 from django.db import transaction
+from django.db.models import DurationField, ExpressionWrapper, F, Q, Value
+from django.db.models.lookups import GreaterThanOrEqual
 from django.urls import reverse
 from django.utils import timezone
 
@@ -279,10 +281,15 @@ def send_reminders(
     return sent
 
 
-def escalation_lead(tool: Tool) -> timedelta:
-    """How long before expiry a call escalates: the setting, at most half the time to live."""
-    lead = settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS
-    return timedelta(seconds=min(lead, tool.approval_ttl_seconds / 2))
+def escalation_due(now: datetime) -> Q:
+    """The pending calls that escalate at ``now``: the setting's lead before expiry, at most
+    half way through the call's own time to live (left no longer than it waited). The call's,
+    not its tool's TTL as it is now: one changed since the call came moved the escalation of
+    every call waiting, to its submission (raised) or to moments before its expiry (cut)."""
+    lead = timedelta(seconds=settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS)
+    left = ExpressionWrapper(F("expires_at") - Value(now), output_field=DurationField())
+    waited = ExpressionWrapper(Value(now) - F("created_at"), output_field=DurationField())
+    return Q(expires_at__gt=now, expires_at__lte=now + lead) & Q(GreaterThanOrEqual(waited, left))
 
 
 def escalate_expiring(
@@ -299,9 +306,8 @@ def escalate_expiring(
                 tool=tool,
                 status=Status.PENDING,
                 escalated_at__isnull=True,
-                expires_at__gt=now,
-                expires_at__lte=now + escalation_lead(tool),
             )
+            .filter(escalation_due(now))
             .order_by("expires_at")
             .values_list("pk", flat=True)[: limit - sent]
         )

@@ -121,11 +121,51 @@ def test_a_call_about_to_expire_escalates_to_the_second_team_once(
     assert run(django_capture_on_commit_callbacks, notifications.escalate_expiring) == 0
 
 
-def test_escalation_comes_at_most_half_way_through_a_short_ttl(world: World, settings) -> None:
+def _escalating_refunds(world: World, settings, *, ttl: int) -> None:  # type: ignore[no-untyped-def]
     settings.APPROVALS_ESCALATE_BEFORE_EXPIRY_SECONDS = 900
+    managers = Group.objects.create(name="payments-managers")
+    User.objects.create_user("erin", "erin@example.com", "x").groups.add(managers)
     tool = world.tools["issue_refund"]
-    tool.approval_ttl_seconds = 600
-    assert notifications.escalation_lead(tool) == timedelta(seconds=300)
+    tool.escalation_group = managers
+    tool.approval_ttl_seconds = ttl
+    tool.save()
+
+
+def test_escalation_comes_at_most_half_way_through_a_short_ttl(
+    world: World, settings, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    _escalating_refunds(world, settings, ttl=600)
+    call = make_call(world, "issue_refund")
+    escalate = notifications.escalate_expiring
+    at = call.created_at + timedelta(seconds=299)
+    assert run(django_capture_on_commit_callbacks, escalate, now=at) == 0
+    at = call.created_at + timedelta(seconds=300)
+    assert run(django_capture_on_commit_callbacks, escalate, now=at) == 1
+
+
+def test_escalation_keeps_to_the_ttl_a_call_was_given_when_its_tool_changes_it(
+    world: World, settings, mailoutbox, django_capture_on_commit_callbacks
+) -> None:
+    """A TTL raised after a call came did not escalate it at once, nor did one cut escalate
+    the calls already waiting only moments before their expiry."""
+    _escalating_refunds(world, settings, ttl=600)
+    short = make_call(world, "issue_refund")  # 10 minutes to live: escalates 5 minutes in
+    tool = world.tools["issue_refund"]
+    tool.approval_ttl_seconds = 86400
+    tool.save()
+    escalate = notifications.escalate_expiring
+    at = short.created_at + timedelta(seconds=60)
+    assert run(django_capture_on_commit_callbacks, escalate, now=at) == 0
+    at = short.created_at + timedelta(seconds=300)
+    assert run(django_capture_on_commit_callbacks, escalate, now=at) == 1
+
+    long = make_call(world, "issue_refund")  # a day to live: escalates 15 minutes before
+    tool.approval_ttl_seconds = 60
+    tool.save()
+    assert long.expires_at is not None
+    at = long.expires_at - timedelta(seconds=900)
+    assert run(django_capture_on_commit_callbacks, escalate, now=at) == 1
+    assert AuditEvent.objects.filter(call_id=long.pk, action="call.escalation_sent").exists()
 
 
 def test_the_beat_sweep_expires_first_then_notifies(
