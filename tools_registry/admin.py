@@ -111,7 +111,8 @@ class RulesWidget(forms.Textarea):
         return format_html(
             '{}<p class="what-if-controls">Try them on the calls of the last '
             '<input name="whatif_days" type="number" min="1" max="90" value="14" '
-            'class="vIntegerField"> days: <button type="submit" formaction="{}" '
+            'class="vIntegerField" aria-label="Days of past calls to try the rules on"> days: '
+            '<button type="submit" formaction="{}" '
             'formtarget="_blank" class="button" name="_what_if">Try these rules</button></p>',
             editor,
             self.what_if_url,

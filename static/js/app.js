@@ -8,6 +8,11 @@
     return Boolean(element) && (element.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(element.tagName));
   }
 
+  // Enter on a focused link or button is the browser's: it follows or presses that one.
+  function activatesOnEnter(element) {
+    return Boolean(element && element.closest && element.closest("a[href], button, summary"));
+  }
+
   function page() {
     const marker = document.querySelector("[data-shortcuts]");
     return marker ? marker.dataset.shortcuts : "";
@@ -176,10 +181,18 @@
       if (event.key === "Escape") {
         event.target.blur();
       }
+      // Enter in a field of the decision form would submit it as an approval (the browser
+      // presses the first button): only the typed confirmation is meant to approve that way.
+      if (event.key === "Enter" && event.target.tagName === "INPUT" && event.target.id !== "id_confirmation" && event.target.closest("#decision-form")) {
+        event.preventDefault();
+      }
       return;
     }
     const where = page();
     const key = event.key;
+    if (key === "Enter" && activatesOnEnter(event.target)) {
+      return;
+    }
     let handled = true;
     if (key === "?") {
       toggleHelp();
