@@ -55,11 +55,16 @@ def is_shown(shown: str | None, digest: str) -> bool:
     return bool(shown) and bool(digest) and shown in (digest, shown_digest(digest))
 
 
-def counted_approvals(decisions: Iterable[Any], bound_hash: str) -> int:
+def counting_approvals(decisions: Iterable[Any], bound_hash: str) -> list[Any]:
     """The approvals that count towards a call's quorum: those given to its arguments as
     they are now. After a reviewer corrects the arguments, earlier approvals approved
     something else."""
-    return sum(1 for d in decisions if d.verdict == "approve" and d.arguments_hash == bound_hash)
+    return [d for d in decisions if d.verdict == "approve" and d.arguments_hash == bound_hash]
+
+
+def counted_approvals(decisions: Iterable[Any], bound_hash: str) -> int:
+    """How many ``counting_approvals`` there are."""
+    return len(counting_approvals(decisions, bound_hash))
 
 
 def approvals_that_stand(call: ToolCall, decisions: Iterable[Any]) -> int:
@@ -70,10 +75,8 @@ def approvals_that_stand(call: ToolCall, decisions: Iterable[Any]) -> int:
     """
     return sum(
         1
-        for d in decisions
-        if d.verdict == "approve"
-        and d.arguments_hash == call.arguments_hash
-        and may_still_approve(call, d.reviewer)
+        for d in counting_approvals(decisions, call.arguments_hash)
+        if may_still_approve(call, d.reviewer)
     )
 
 
@@ -132,6 +135,14 @@ def in_required_teams(call: ToolCall, people: Sequence[Any]) -> set[Any]:
         .filter(teams_in=len(teams))
         .values_list("pk", flat=True)
     )
+
+
+def approvers_if_outside(call: ToolCall, person: Any) -> str:
+    """Who may approve ``call``, in words (``teams_phrase``), when ``person`` is not in every
+    team its policy asks its approvals from; "" when they are, or it asks none."""
+    if in_required_team(call, person):
+        return ""
+    return teams_phrase(required_teams(call.policy))
 
 
 def teams_phrase(teams: Sequence[str]) -> str:

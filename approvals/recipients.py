@@ -140,11 +140,7 @@ def quorum(call: ToolCall, approvers: list[Any]) -> Quorum:
     """``call``'s quorum against ``approvers``, those of the tool's reviewers who may approve
     it. An approval that stands counts as given, and its reviewer cannot give another."""
     decisions = list(call.decisions.select_related("reviewer"))
-    approved = {
-        d.reviewer_id
-        for d in decisions
-        if d.verdict == "approve" and d.arguments_hash == call.arguments_hash
-    }
+    approved = {d.reviewer_id for d in guards.counting_approvals(decisions, call.arguments_hash)}
     return Quorum(
         required=call.approvals_required,
         given=guards.approvals_that_stand(call, decisions),

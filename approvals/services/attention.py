@@ -21,12 +21,10 @@ from approvals.execution import send
 from approvals.guards import (
     CONFLICTS,
     Refused,
+    approvers_if_outside,
     attention,
     cannot_run_reason,
     conflict_of_interest,
-    in_required_team,
-    required_teams,
-    teams_phrase,
 )
 from approvals.models import Status, ToolCall
 from approvals.services.recovery import Reconciliation, reconcile_call
@@ -199,6 +197,5 @@ def outside_required_teams(call: ToolCall, person: Any) -> str:
     teams they are not all in; "" if they are (or it asks none). A re-run is another go at
     the effect its approvers allowed, and what happened decides whether the agent may try
     again: both are for whoever may approve it."""
-    if in_required_team(call, person):
-        return ""
-    return f"This call's approvals come from {teams_phrase(required_teams(call.policy))}."
+    who = approvers_if_outside(call, person)
+    return f"This call's approvals come from {who}." if who else ""

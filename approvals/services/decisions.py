@@ -19,13 +19,11 @@ from approvals.guards import (
     CONFLICTS,
     Refused,
     approvals_that_stand,
+    approvers_if_outside,
     arguments_hash,
     cannot_run_reason,
     conflict_of_interest,
-    in_required_team,
     is_shown,
-    required_teams,
-    teams_phrase,
 )
 from approvals.models import Decision, StandingApproval, Status, ToolCall, Verdict
 from approvals.services import edits, standing
@@ -366,8 +364,7 @@ def _require_separation_of_duties(call: ToolCall, reviewer: Any) -> None:
 
 
 def _require_team(call: ToolCall, reviewer: Any) -> None:
-    if not in_required_team(call, reviewer):
-        who = teams_phrase(required_teams(call.policy))
+    if who := approvers_if_outside(call, reviewer):
         raise TeamRequired(
             f"This call needs its approvals from {who}; you may reject it.", call=call
         )
