@@ -5,7 +5,7 @@ library only, so that the settings can use it before Django starts."""
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 
 def is_loopback(host: str) -> bool:
@@ -23,3 +23,9 @@ def https_or_here(url: str) -> bool:
     read or change what goes over it."""
     parts = urlsplit(url)
     return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or ""))
+
+
+def host_and_port(parts: SplitResult) -> str:
+    """Where a split URL's requests go, as written (``host:port``): its netloc without the
+    user and password that may come before it, which are credentials, never a place."""
+    return parts.netloc.rpartition("@")[2]

@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
-from core.hosts import https_or_here
+from core.hosts import host_and_port, https_or_here
 from tools_registry.policy import Risk
 from tools_registry.upstreams import secrets as upstream_secrets
 
@@ -42,7 +42,7 @@ def without_password(url: str) -> str:
         return "••••••" if "@" in url else url
     if "@" not in parts.netloc:
         return url
-    return parts._replace(netloc="••••••@" + parts.netloc.rpartition("@")[2]).geturl()
+    return parts._replace(netloc="••••••@" + host_and_port(parts)).geturl()
 
 
 class Upstream(models.Model):

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.log import record
+from core.hosts import host_and_port
 from core.json_values import storable
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for, policy_values
@@ -184,7 +185,7 @@ def _host(url: str) -> str:
     it: taking them out of a stored URL (``no_credentials_in_url``) sends nothing elsewhere,
     and the headers stored for the host stay."""
     parts = urlsplit(url or "")
-    host = parts.netloc.rpartition("@")[2]
+    host = host_and_port(parts)
     return f"{parts.scheme}://{host}".lower() if host else ""
 
 

@@ -24,6 +24,7 @@ import httpx
 from django.conf import settings
 
 from core import bounded_http, tls
+from core.hosts import host_and_port
 from core.json_values import nests_within
 from tools_registry.registry import LookupResult, ToolFailed
 from tools_registry.upstreams import secrets
@@ -115,7 +116,7 @@ def call(
         try:
             # Its host, never a user and password before it: what the upstream wrote there
             # (its credential, quoted back) reaches the agent, as any of its messages.
-            target = urlsplit(location).netloc.rpartition("@")[2] or "elsewhere"
+            target = host_and_port(urlsplit(location)) or "elsewhere"
         except ValueError:  # "http://[::1": still a redirect, the request not carried out
             target = "elsewhere"
         target = secrets.without_credentials(target, upstream_headers)
