@@ -10,7 +10,7 @@ from typing import Any
 
 MAX_JSON_DEPTH = 32
 # NUL cannot be stored by PostgreSQL; lone surrogates cannot be encoded as UTF-8.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def reject_constant(name: str) -> Any:
@@ -29,14 +29,14 @@ def json_problem(value: Any) -> str:
         if depth > MAX_JSON_DEPTH:
             return f"it nests deeper than {MAX_JSON_DEPTH} levels"
         if isinstance(item, str):
-            if _UNSTORABLE.search(item):
+            if UNSTORABLE.search(item):
                 return "a string holds a NUL character or an unpaired surrogate"
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return "a number is out of range"
         elif isinstance(item, dict):
             for name, child in item.items():
-                if _UNSTORABLE.search(name):
+                if UNSTORABLE.search(name):
                     return "a key holds a NUL character or an unpaired surrogate"
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
@@ -86,7 +86,7 @@ def unstorable_text(value: Any) -> str:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if found := _UNSTORABLE.search(item):
+            if found := UNSTORABLE.search(item):
                 return "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
         elif isinstance(item, dict):
             stack.extend(item)
@@ -106,11 +106,11 @@ def storable(value: Any) -> Any:
     its effect happened. Recursive: a result was encoded by ``json.dumps`` first, so its
     depth is one Python could encode."""
     if isinstance(value, str):
-        return _UNSTORABLE.sub(REPLACEMENT, value)
+        return UNSTORABLE.sub(REPLACEMENT, value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {_UNSTORABLE.sub(REPLACEMENT, str(k)): storable(v) for k, v in value.items()}
+        return {UNSTORABLE.sub(REPLACEMENT, str(k)): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [storable(item) for item in value]
     return value

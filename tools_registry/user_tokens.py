@@ -24,7 +24,6 @@ Tokens are secrets: they are never logged, audited or put in an error message.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import jwt
 from django.conf import settings
 
 from core import bounded_http
+from core.json_values import UNSTORABLE
 from tools_registry.models import TOKEN_ALGORITHMS, IdentityProvider
 from tools_registry.role_scopes import (
     MAX_ROLE_LENGTH,
@@ -48,8 +48,6 @@ from tools_registry.role_scopes import (
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
 MAX_TOKEN_ROLES = 256
-# What a JSON column or an audit event cannot hold: NUL, and halves of a surrogate pair.
-_STORABLE = re.compile(r"[\x00\ud800-\udfff]")
 # Clocks of the provider and of Countersign may differ a little.
 LEEWAY_SECONDS = 30
 
@@ -201,7 +199,7 @@ def aliases_of(claims: dict[str, Any], user_id: str) -> tuple[str, ...]:
         value = claims.get(claim)
         if not isinstance(value, str):
             continue
-        name = folded(_STORABLE.sub("", value[:MAX_ALIAS_LENGTH]))[:MAX_ALIAS_LENGTH]
+        name = folded(UNSTORABLE.sub("", value[:MAX_ALIAS_LENGTH]))[:MAX_ALIAS_LENGTH]
         if name and name != folded(user_id) and name not in found:
             found.append(name)
     return tuple(found)
