@@ -17,12 +17,17 @@ space-separated; a receiver accepts the call if any one verifies.
 Delivery: ``notify.status_changed`` writes a ``WebhookDelivery`` in the transition's
 transaction and, after commit, sends a Celery task with its id. Each attempt is claimed by a
 conditional UPDATE with a lease, POSTed outside any transaction, and recorded as a
-``WebhookAttempt``. A failure (no 2xx, a timeout, a refused connection) schedules the next
-attempt with exponential backoff and jitter by moving ``next_attempt_at``; the beat-driven
-``sweep`` sends the tasks of due rows (and of rows whose task was lost). There are no
-countdown/ETA tasks: Redis would redeliver those after its visibility timeout. A delivery
-that has ended (delivered or given up: ``ended_at``) is deleted with its attempts
-``WEBHOOK_RETENTION_SECONDS`` later by ``gateway.retention.sweep``.
+``WebhookAttempt``. When an attempt is due, its lease and when its task was sent are dated
+and read by PostgreSQL's clock (``Now()``), never a process's own: the web processes, beat
+and the workers may run on machines whose clocks disagree, and an attempt dated by one clock
+and read by another was found not due by the worker sent to make it (then left for a
+minute), or a lease lapsed when given was taken over mid-attempt (and sent twice). A failure
+(no 2xx, a timeout, a refused connection) schedules the next attempt with exponential
+backoff and jitter by moving ``next_attempt_at``; the beat-driven ``sweep`` sends the tasks
+of due rows (and of rows whose task was lost). There are no countdown/ETA tasks: Redis would
+redeliver those after its visibility timeout. A delivery that has ended (delivered or given
+up: ``ended_at``) is deleted with its attempts ``WEBHOOK_RETENTION_SECONDS`` later by
+``gateway.retention.sweep``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
@@ -127,13 +133,13 @@ def schedule(call: ToolCall, event: str) -> UUID:
     """Write the delivery of ``event`` with ``call``'s current state; inside its transaction."""
     now = timezone.now()
     delivery = WebhookDelivery(
-        call=call, agent_id=call.agent_id, url=call.callback_url, next_attempt_at=now
+        call=call, agent_id=call.agent_id, url=call.callback_url, next_attempt_at=Now()
     )
     delivery.event = event
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         # The task is sent on commit; the sweep re-sends it only if it was lost. (Without a
         # worker, in the embedded mode, the sweep loop makes the first attempt too.)
-        delivery.dispatched_at = now
+        delivery.dispatched_at = Now()
     delivery.body = json.dumps(
         {
             "id": str(delivery.pk),
@@ -174,14 +180,13 @@ class AttemptResult:
 
 def deliver(delivery_id: UUID) -> str:
     """Make the due attempt of one delivery; returns its new state, or "not_due"."""
-    now = timezone.now()
     lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS)
     claimed = WebhookDelivery.objects.filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+        Q(lease_until__isnull=True) | Q(lease_until__lt=Now()),
         pk=delivery_id,
         state=WebhookDelivery.State.PENDING,
-        next_attempt_at__lte=now,
-    ).update(lease_until=now + lease, attempts=F("attempts") + 1)
+        next_attempt_at__lte=Now(),
+    ).update(lease_until=Now() + lease, attempts=F("attempts") + 1)
     if not claimed:
         return "not_due"
     delivery = WebhookDelivery.objects.select_related("agent").get(pk=delivery_id)
@@ -278,7 +283,7 @@ def _finish(
     elif result.give_up or delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
         changes = {"state": WebhookDelivery.State.FAILED, "ended_at": now}
     else:
-        changes = {"next_attempt_at": now + backoff(delivery.attempts), "dispatched_at": None}
+        changes = {"next_attempt_at": Now() + backoff(delivery.attempts), "dispatched_at": None}
     with transaction.atomic():
         WebhookAttempt.objects.create(
             delivery=delivery,
@@ -330,10 +335,9 @@ def sweep(*, limit: int = 200) -> int:
     one attempt's time (``WEBHOOK_TIMEOUT_SECONDS``) is spent, the rest are left, unmarked,
     to the next sweep, so that receivers that never answer cannot hold all of those."""
     started = time.monotonic()
-    now = timezone.now()
-    resend_before = now - timedelta(seconds=settings.WEBHOOK_RESEND_AFTER_SECONDS)
-    due = Q(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now) & (
-        Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+    resend_before = Now() - timedelta(seconds=settings.WEBHOOK_RESEND_AFTER_SECONDS)
+    due = Q(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=Now()) & (
+        Q(lease_until__isnull=True) | Q(lease_until__lt=Now())
     )
     not_in_queue = Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=resend_before)
     ids = list(
@@ -350,7 +354,7 @@ def sweep(*, limit: int = 200) -> int:
             break
         # Mark first, conditionally: two sweeps at once send each delivery once.
         marked = WebhookDelivery.objects.filter(due & not_in_queue, pk=delivery_id).update(
-            dispatched_at=now
+            dispatched_at=Now()
         )
         if not marked:
             continue

@@ -495,6 +495,105 @@ def test_a_last_attempt_whose_lease_was_taken_over_audits_no_failure(
     assert not AuditEvent.objects.filter(action="call.webhook_failed").exists()
 
 
+class _Clocks:
+    """``timezone.now`` as each process reads it: the machine the code runs as (``on``) is
+    ``skews[on]`` off the true time. One test plays several processes in turn."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, **skews: timedelta) -> None:
+        self.true_now, self.skews, self.on = timezone.now, skews, ""
+        monkeypatch.setattr(
+            timezone, "now", lambda: self.true_now() + self.skews.get(self.on, timedelta())
+        )
+
+    @contextmanager
+    def running_as(self, process: str) -> Iterator[None]:
+        previous, self.on = self.on, process
+        try:
+            yield
+        finally:
+            self.on = previous
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_first_attempt_is_due_at_a_worker_whose_clock_runs_behind_the_web_process(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web process dated the first attempt by its clock, the worker it sent the task to
+    read that date by its own: a web process a few seconds ahead scheduled an attempt the
+    worker found not due, and the sweep sent it again only a minute later
+    (``WEBHOOK_RESEND_AFTER_SECONDS``), when the agent had long been waiting for it."""
+    clocks = _Clocks(monkeypatch, web=timedelta(seconds=3))
+    with clocks.running_as("web"):
+        call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    with clocks.running_as("worker"):
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    assert len(receiver.received) == 1
+
+
+@override_settings(
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS=True,
+    WEBHOOK_RETRY_BASE_SECONDS=0.4,
+    CELERY_TASK_ALWAYS_EAGER=True,
+)
+def test_a_retry_the_sweep_sends_is_due_at_a_worker_whose_clock_runs_behind_the_sweeper(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beat's sweep found a retry due by its clock and marked it sent; the worker, a few
+    seconds behind, found it not due; the mark then kept every later sweep from sending it
+    for a minute."""
+    receiver.statuses = [500, 200]
+    clocks = _Clocks(monkeypatch, beat=timedelta(seconds=3))
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # the 500
+    attempt = webhooks.deliver
+
+    def on_the_worker(delivery_id: Any) -> str:
+        with clocks.running_as("worker"):
+            return attempt(delivery_id)
+
+    # Eager, the sweep makes the attempt itself: here as the worker its task would reach.
+    monkeypatch.setattr(webhooks, "deliver", on_the_worker)
+    with clocks.running_as("beat"):
+        webhooks.sweep()
+        time.sleep(0.5)  # the retry is due now (after 0.2 to 0.4 s)
+        webhooks.sweep()
+    delivery.refresh_from_db()
+    assert delivery.state == WebhookDelivery.State.DELIVERED
+    assert [a.status_code for a in delivery.attempt_log.order_by("number")] == [500, 200]
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_an_attempt_under_way_is_not_taken_over_because_its_workers_clock_runs_behind(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose clock ran behind by more than the lease's grace stamped a lease that
+    had lapsed when given: another worker took the delivery over while the first was still
+    sending it, and the receiver got it twice."""
+    clocks = _Clocks(monkeypatch, slow=-timedelta(minutes=2))
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    real_post = webhooks._post
+    other_worker: list[str] = []
+
+    def another_worker_looks_meanwhile(attempt: WebhookDelivery) -> webhooks.AttemptResult:
+        if clocks.on == "slow":
+            with clocks.running_as("other"):
+                other_worker.append(webhooks.deliver(attempt.pk))
+        return real_post(attempt)
+
+    monkeypatch.setattr(webhooks, "_post", another_worker_looks_meanwhile)
+    with clocks.running_as("slow"):
+        # Due by any clock: a retry whose time came minutes ago.
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            next_attempt_at=timezone.now() - timedelta(minutes=5)
+        )
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    assert other_worker == ["not_due"]
+    assert len(receiver.received) == 1
+
+
 @override_settings(
     WEBHOOK_ALLOW_PRIVATE_NETWORKS=True,
     WEBHOOK_MAX_ATTEMPTS=3,
