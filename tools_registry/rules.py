@@ -39,6 +39,9 @@ from tools_registry.schemas import has_argument_parts
 APPROVE, REQUIRE, REFUSE = "approve", "require", "refuse"
 OUTCOMES = (APPROVE, REQUIRE, REFUSE)
 VARIABLES = frozenset({"args", "signals", "user", "agent"})
+# CEL's names of the kinds of values, for ``type(args.to) == list``: a rule on an argument the
+# schema allows in more than one kind reads each kind its own way.
+TYPE_NAMES = frozenset({"bool", "int", "uint", "double", "string", "bytes", "list", "map"})
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 MAX_RULES = 50
 MAX_CONDITION_LENGTH = 2000
@@ -196,7 +199,7 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
         return ["the condition is nested too deeply."]
     found = []
     bound = _macro_variables(tree)
-    for name in sorted(_identifiers(tree) - VARIABLES - bound):
+    for name in sorted(_identifiers(tree) - VARIABLES - TYPE_NAMES - bound):
         found.append(f"unknown name {name!r}; a condition can use {', '.join(sorted(VARIABLES))}.")
     for name in _unnamed_macro_items(tree):
         # cel-python raises on such a macro as on a fault of its own (a 500 when saved).
@@ -443,6 +446,91 @@ celpy.evaluation.base_functions["_&&_"] = celtypes.logical_and
 celpy.evaluation.base_functions["_||_"] = celtypes.logical_or
 
 
+class _WrongKind(TypeError):
+    """What CEL has no overload for and cel-python answered all the same, as Python would.
+    Raised as a ``TypeError``, which cel-python makes the rule's evaluation error, so the rule
+    fails closed. Its first argument is what ``_eval_message`` says: kinds of values, never
+    a value."""
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__.removesuffix("Type").lower()
+
+
+def _a_kind(value: Any) -> str:
+    kind = _kind(value)
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _typed_as_cel(operation: Any) -> Any:
+    """An operator that gives no answer where a boolean meets a number: cel-python's
+    ``BoolType`` is a Python int, so ``true <= 5000``, ``true == 1`` and ``true + 1`` held
+    or counted, where CEL has no such overload. A rule ``args.copies <= 5`` then approved a
+    call sending ``true`` (a schema that allows "a number or true"), which CEL would not."""
+
+    def typed(a: Any, b: Any) -> Any:
+        if isinstance(a, celtypes.BoolType) != isinstance(b, celtypes.BoolType) and any(
+            isinstance(v, int | float) and not isinstance(v, celtypes.BoolType) for v in (a, b)
+        ):
+            kinds = " and ".join(sorted({_kind(a), _kind(b)}))
+            raise _WrongKind(f"values of different types are compared ({kinds})")
+        return operation(a, b)
+
+    return typed
+
+
+def _in_as_cel(item: Any, container: Any) -> Any:
+    """``in`` over a list or a map only: over a text cel-python looked for one character, so
+    ``"ceo@rival.com" in args.to`` was false when ``to`` was that very address (a schema
+    that allows an address or a list of them): a refusal skipped."""
+    if isinstance(container, celtypes.StringType | celtypes.BytesType):
+        raise _WrongKind(f"in looks through a list or a map, not {_a_kind(container)}")
+    return _IN(item, container)
+
+
+def _contains_as_cel(text: Any, part: Any) -> Any:
+    """``contains`` of a text in a text only: on a list cel-python looked for an item equal
+    to it, so ``args.to.contains("@rival.com")`` was false for ``["ceo@rival.com"]``."""
+    if not any(isinstance(v, Exception) for v in (text, part)) and not all(
+        isinstance(v, celtypes.StringType) for v in (text, part)
+    ):
+        raise _WrongKind(
+            f"contains() reads a string in a string, not {_a_kind(part)} in {_a_kind(text)}"
+        )
+    return _CONTAINS(text, part)
+
+
+def _index_as_cel(container: Any, index: Any) -> Any:
+    """An index into a list or a map only: cel-python gave a text's character."""
+    if isinstance(container, celtypes.StringType | celtypes.BytesType):
+        raise _WrongKind(f"an index reads a list or a map, not {_a_kind(container)}")
+    return _INDEX(container, index)
+
+
+def _size_as_cel(value: Any) -> Any:
+    """The size of a text, a list or a map only: cel-python gave a null's as 0, so a rule
+    ``size(args.to) <= 1`` approved a call sending ``"to": null`` (a nullable list, where
+    the tool may read null as its default recipients)."""
+    sized = celtypes.StringType | celtypes.BytesType | celtypes.ListType | celtypes.MapType
+    if not isinstance(value, sized | Exception):
+        raise _WrongKind(f"size() reads a string, a list or a map, not {_a_kind(value)}")
+    return _SIZE(value)
+
+
+_IN = celpy.evaluation.base_functions["_in_"]
+_SIZE = celpy.evaluation.base_functions["size"]
+_CONTAINS = celpy.evaluation.base_functions["contains"]
+_INDEX = celpy.evaluation.base_functions["_[_]"]
+for _operator in ("_<_", "_<=_", "_>_", "_>=_", "_==_", "_!=_", "_+_", "_-_", "_*_", "_/_", "_%_"):
+    celpy.evaluation.base_functions[_operator] = _typed_as_cel(
+        celpy.evaluation.base_functions[_operator]
+    )
+celpy.evaluation.base_functions["_in_"] = _in_as_cel
+celpy.evaluation.base_functions["contains"] = _contains_as_cel
+celpy.evaluation.base_functions["_[_]"] = _index_as_cel
+celpy.evaluation.base_functions["size"] = _size_as_cel
+
+
 @cache
 def _environment() -> celpy.Environment:
     return celpy.Environment()
@@ -464,6 +552,8 @@ def _eval_message(exc: celpy.CELEvalError) -> str:
     """What went wrong, in words an admin can act on, and never cel-python's own text: it
     may quote the whole call (every argument, secret ones included), and this message is
     stored on the call and shown to reviewers. Only names from the rule itself are named."""
+    if len(exc.args) > 2 and exc.args[1] is _WrongKind and exc.args[2]:
+        return str(exc.args[2][0])  # written here, of kinds of values only
     text = str(exc.args[0] if exc.args else exc)
     detail = " ".join(str(d) for d in (exc.args[2] or ())) if len(exc.args) > 2 else ""
     if "no matching overload" in text or "no such overload" in text:
