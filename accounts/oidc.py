@@ -39,6 +39,9 @@ from tools_registry.services.grants import access_of, record_access_change
 
 logger = logging.getLogger(__name__)
 
+# The provider's clock against ours.
+PROVIDER_CLOCK_SKEW_SECONDS = 60
+
 
 def teams_from_claims(claims: dict[str, Any]) -> set[str]:
     """The Countersign teams the provider's claim puts this person in."""
@@ -127,6 +130,28 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         except requests.RequestException as exc:
             logger.warning("SSO sign-in refused by the provider: %s", type(exc).__name__)
             return None
+        except jwt.InvalidTokenError as exc:
+            # An ID token expired, not yet valid or without a claim it must have: PyJWT's
+            # refusals but DecodeError (the library's 400) went through the callback as a 500.
+            logger.warning("SSO sign-in refused: the ID token is not valid: %s", exc)
+            return None
+
+    def _verify_jws(self, payload: Any, key: Any) -> Any:
+        """As mozilla-django-oidc's, but the provider's clock may be ahead of or behind ours
+        by ``PROVIDER_CLOCK_SKEW_SECONDS``: with none, a provider a second ahead issued ID
+        tokens PyJWT calls not yet valid, and nobody could sign in."""
+        algorithm = jwt.get_unverified_header(payload).get("alg")
+        if algorithm != self.OIDC_RP_SIGN_ALGO:
+            raise SuspiciousOperation("the ID token is not signed with OIDC_RP_SIGN_ALGO")
+        return jwt.decode(
+            payload,
+            key,
+            algorithms=[algorithm],
+            leeway=PROVIDER_CLOCK_SKEW_SECONDS,
+            # The ID token's audience is checked where it is known to be one
+            # (get_or_create_user): a signed user-info answer need not name one.
+            options={"verify_aud": False},
+        )
 
     def get_token(self, payload: dict[str, Any]) -> Any:
         """As mozilla-django-oidc's, but a redirect is not followed: requests sends a 307 or
@@ -159,8 +184,14 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
                 f"the user-info endpoint answered {response.status_code}", response=response
             )
         if response.headers.get("content-type", "").lower().startswith("application/jwt"):
-            return self.verify_token(response.text)
-        return response.json()
+            claims = self.verify_token(response.text)
+        else:
+            claims = response.json()
+        # OpenID Connect uses the user info only when it is about the person the ID token is
+        # (the same sub): its name and teams decide who signs in, and with what grants.
+        if not isinstance(claims, dict) or claims.get("sub") != payload.get("sub"):
+            raise SuspiciousOperation("the user info is not about the ID token's person")
+        return claims
 
     def retrieve_matching_jwk(self, token: Any) -> Any:
         """As mozilla-django-oidc's, but a redirect is not followed and the fetch has our
@@ -220,6 +251,15 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         )
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
+        # The ID token proves who signs in to the application it names (aud, and azp when
+        # given): mozilla-django-oidc checks neither, so one issued to another application
+        # at the same provider signed its person in here.
+        audience = payload.get("aud")
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or self.OIDC_RP_CLIENT_ID not in audiences:
+            raise SuspiciousOperation("the ID token was issued to another application")
+        if payload.get("azp", self.OIDC_RP_CLIENT_ID) != self.OIDC_RP_CLIENT_ID:
+            raise SuspiciousOperation("the ID token was issued to another application")
         # When the provider last had the person sign in (the verified ID token's auth_time):
         # a re-authentication counts only if that is after it began (SignInCallbackView).
         signed_in = _epoch_seconds(payload.get("auth_time"))
@@ -313,8 +353,6 @@ def link_identity(*, user: Any, subject: str) -> None:
 # says the person last signed in there (the ID token's auth_time), both in epoch seconds.
 REAUTH_STARTED_KEY = "countersign.sso_reauth_started"
 AUTH_TIME_KEY = "countersign.sso_auth_time"
-# The provider's clock against ours.
-PROVIDER_CLOCK_SKEW_SECONDS = 60
 # On the request of a sign-in through the provider: that auth_time (None if it gave none).
 _SIGN_IN_ATTR = "countersign_sso_auth_time"
 

@@ -1,10 +1,10 @@
 """The second factor: TOTP devices (django-otp), who must have one, and the audited steps.
 
 A password (or SSO) sign-in makes a session authenticated; passing a TOTP code makes it
-*verified* (django-otp keeps the device in the session). With ``REQUIRE_2FA`` on, reviewers
-and admins can do nothing but enrol or verify until their session is verified
-(``accounts.middleware``), and the re-authentication before a destructive approval asks
-for a fresh code as well as the password.
+*verified* (django-otp keeps the device in the session) until its next sign-in. With
+``REQUIRE_2FA`` on, reviewers and admins can do nothing but enrol or verify until their
+session is verified (``accounts.middleware``), and the re-authentication before a
+destructive approval asks for a fresh code as well as the password.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import segno
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
+from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -23,10 +24,13 @@ from audit.log import record
 from tools_registry.permissions import has_any_review_grant
 
 DEVICE_NAME = "authenticator app"
-# A code entered this recently lets the session replace the app: a session verified hours
-# ago (a stolen cookie) must not swap in an app of its holder's, and the owner's be gone.
+# A code entered this recently lets the session replace the app, and a sign-in this recent
+# lets it set up a first one: a session verified or signed in hours ago (a stolen cookie)
+# must not swap in an app of its holder's, and the owner's be gone or be asked for ever.
 FRESH_CODE_SECONDS = 15 * 60
 PASSED_AT_KEY = "countersign.second_factor_passed_at"
+# When this session signed in (a password or single sign-on), in epoch seconds.
+SIGNED_IN_AT_KEY = "countersign.signed_in_at"
 
 
 def must_use_second_factor(user: Any) -> bool:
@@ -76,23 +80,44 @@ class EnrolmentRefused(Exception):
     """This session may not set up a new device (``may_enrol``)."""
 
 
+def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """Receiver of ``user_logged_in``: when this session signed in (``may_enrol``), and a
+    sign-in is the password (or the provider) only: the code is asked again after it.
+    Django keeps the session of a person signing in again as themselves, and with it the
+    code it passed: whoever held a verified session's cookie and the password signed in
+    again and was as recent as a re-authentication, which asks for a fresh code too."""
+    if request is not None and hasattr(request, "session"):
+        request.session.pop(DEVICE_ID_SESSION_KEY, None)
+        request.session.pop(PASSED_AT_KEY, None)
+        request.session[SIGNED_IN_AT_KEY] = time.time()
+
+
+def _within_fresh_seconds(request: HttpRequest, key: str) -> bool:
+    at = request.session.get(key)
+    return isinstance(at, int | float) and time.time() - at <= FRESH_CODE_SECONDS
+
+
 def may_enrol(request: HttpRequest) -> bool:
-    """Whether this session may set up a new device: when the person has none yet, or when
-    this session passed the one they have within ``FRESH_CODE_SECONDS``. A password alone
-    never replaces a second factor, nor does a session that passed it long ago: whoever held
-    only the password, or the session's cookie, could otherwise swap in an app of their own
-    (and the owner's would be gone)."""
+    """Whether this session may set up a new device: when the person has none yet and this
+    session signed in within ``FRESH_CODE_SECONDS``, or when it passed the one they have
+    within them. A password alone never replaces a second factor, nor does a session that
+    passed it long ago: whoever held only the password, or the session's cookie, could
+    otherwise swap in an app of their own (and the owner's would be gone). Nor does a
+    session signed in long ago set up a first one: once an admin deleted a lost app, the
+    cookie of a session it had verified (stolen with the phone) set up its holder's, and
+    the owner, signing in anew, was asked for that app's codes."""
     user = request.user
     if confirmed_device(user) is None:
-        return True
-    passed_at = request.session.get(PASSED_AT_KEY)
-    recent = isinstance(passed_at, int | float) and time.time() - passed_at <= FRESH_CODE_SECONDS
-    return recent and bool(user.is_verified())  # type: ignore[union-attr]
+        return _within_fresh_seconds(request, SIGNED_IN_AT_KEY)
+    return _within_fresh_seconds(request, PASSED_AT_KEY) and bool(user.is_verified())  # type: ignore[union-attr]
 
 
-def _refuse_replacement(request: HttpRequest) -> None:
+def _refuse_enrolment(request: HttpRequest) -> None:
     if not may_enrol(request):
-        record(action="auth.two_factor_failed", actor=request.user, outcome="replacement_refused")
+        outcome = (
+            "sign_in_too_old" if confirmed_device(request.user) is None else "replacement_refused"
+        )
+        record(action="auth.two_factor_failed", actor=request.user, outcome=outcome)
         raise EnrolmentRefused
 
 
@@ -100,7 +125,7 @@ def start_enrolment(*, request: HttpRequest) -> TOTPDevice:
     """A new unconfirmed device (a new secret), replacing any earlier unfinished one. It
     counts for nothing until a code from it is confirmed. ``EnrolmentRefused`` (audited)
     unless ``may_enrol``."""
-    _refuse_replacement(request)
+    _refuse_enrolment(request)
     user = request.user
     with transaction.atomic():
         TOTPDevice.objects.filter(user=user, confirmed=False).delete()
@@ -112,7 +137,7 @@ def confirm_enrolment(*, request: HttpRequest, token: str) -> bool:
     one, and this session counts as verified. ``EnrolmentRefused`` (audited) unless
     ``may_enrol``: a device set up in a verified session is confirmed only while the
     session still may."""
-    _refuse_replacement(request)
+    _refuse_enrolment(request)
     with transaction.atomic():
         return _confirm(request, token)
 

@@ -43,20 +43,28 @@ def account(request: HttpRequest) -> HttpResponse:
     )
 
 
+SIGN_IN_AGAIN = (
+    "To set up an authenticator app, sign out and sign in again: it takes a sign-in "
+    f"within the last {two_factor.FRESH_CODE_SECONDS // 60} minutes."
+)
+
+
 def _two_factor_page(
     request: HttpRequest, form: CodeForm | None = None, status: int = 200, refusal: str = ""
 ) -> HttpResponse:
     user = request.user
     device = two_factor.confirmed_device(user)
+    may_enrol = two_factor.may_enrol(request)
     # A device set up in a verified session is offered only while the session may finish it.
-    pending = two_factor.pending_device(user) if two_factor.may_enrol(request) else None
+    pending = two_factor.pending_device(user) if may_enrol else None
     context = {
         "device": device,
         "pending": pending,
+        "may_enrol": may_enrol,
         "form": form or CodeForm(),
         "next": _next_url(request),
         "required": two_factor.must_use_second_factor(user),
-        "refusal": refusal,
+        "refusal": refusal or ("" if may_enrol or device else SIGN_IN_AGAIN),
     }
     if pending is not None:
         context["qr_code"] = two_factor.qr_code_data_uri(pending)
@@ -65,13 +73,14 @@ def _two_factor_page(
     return render(request, "accounts/two_factor.html", context, status=status)
 
 
-def _replacement_refused(request: HttpRequest) -> HttpResponse:
-    """A password alone never replaces a second factor: the page asks for the current code."""
-    return _two_factor_page(
-        request,
-        status=403,
-        refusal="To replace your authenticator app, first enter a code from the one you have.",
-    )
+def _enrolment_refused(request: HttpRequest) -> HttpResponse:
+    """A password alone never replaces a second factor: the page asks for the current code;
+    nor does an old session set up a first one: the page asks for a new sign-in."""
+    if two_factor.confirmed_device(request.user) is None:
+        refusal = SIGN_IN_AGAIN
+    else:
+        refusal = "To replace your authenticator app, first enter a code from the one you have."
+    return _two_factor_page(request, status=403, refusal=refusal)
 
 
 @require_GET
@@ -89,7 +98,7 @@ def enrol(request: HttpRequest) -> HttpResponse:
     try:
         two_factor.start_enrolment(request=request)
     except two_factor.EnrolmentRefused:
-        return _replacement_refused(request)
+        return _enrolment_refused(request)
     return redirect(f"{reverse('accounts:two_factor')}?{urlencode({'next': _next_url(request)})}")
 
 
@@ -104,7 +113,7 @@ def confirm(request: HttpRequest) -> HttpResponse:
                 request=request, token=form.cleaned_data["code"]
             )
         except two_factor.EnrolmentRefused:
-            return _replacement_refused(request)
+            return _enrolment_refused(request)
         if confirmed:
             return HttpResponseRedirect(_next_url(request))
         form.add_error("code", "That code is not the one the app shows now. Try the next one.")

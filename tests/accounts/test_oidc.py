@@ -55,9 +55,11 @@ def sso(provider: Provider) -> Iterator[Provider]:
         yield provider
 
 
-def sign_in_through(provider: Provider, username: str, password: str) -> tuple[Client, Any]:
+def sign_in_through(
+    provider: Provider, username: str, password: str, *, client: Client | None = None
+) -> tuple[Client, Any]:
     """What a browser does: Countersign -> the provider's form -> back with a code."""
-    client = Client()
+    client = client or Client()
     start = client.get("/oidc/authenticate/?next=/audit/")
     assert start.status_code == 302 and start["Location"].startswith(f"{provider.url}/authorize")
     with httpx.Client(follow_redirects=False, timeout=10) as browser:
@@ -590,3 +592,86 @@ def test_a_provider_on_this_machine_is_not_reached_through_the_environments_prox
     assert caught == [], "the provider was asked through the proxy"
     assert landed.status_code == 302 and not landed["Location"].startswith("/login/")
     assert User.objects.filter(username="dana").exists()
+
+
+def test_a_provider_whose_clock_is_a_little_ahead_signs_people_in(
+    world: World, sso: Provider
+) -> None:
+    """An ID token issued (iat) a few seconds in our future, by a provider whose clock is
+    ahead of ours, was PyJWT's "not yet valid" through the callback: a 500 for everyone."""
+    sso.set_people({"dana": {**DANA, "id_token": {"clock_ahead_seconds": 30}}})
+    client, landed = sign_in_through(
+        sso, "dana", DANA["password"], client=Client(raise_request_exception=False)
+    )
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    assert "_auth_user_id" in client.session
+
+
+def test_an_expired_id_token_is_a_failed_sign_in_not_a_500(world: World, sso: Provider) -> None:
+    sso.set_people({"dana": {**DANA, "id_token": {"clock_ahead_seconds": -7200}}})
+    client, landed = sign_in_through(
+        sso, "dana", DANA["password"], client=Client(raise_request_exception=False)
+    )
+    assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
+    assert "_auth_user_id" not in client.session
+    assert not User.objects.filter(username="dana").exists()
+
+
+def test_an_id_token_issued_to_another_application_signs_nobody_in(
+    world: World, sso: Provider
+) -> None:
+    """The ID token names the application it was issued to (aud): one for another
+    application at the same provider proves nothing to this one."""
+    sso.set_people({"dana": {**DANA, "id_token": {"aud": ["another-application"]}}})
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
+    assert "_auth_user_id" not in client.session
+    assert not User.objects.filter(username="dana").exists()
+
+
+def test_user_info_about_another_person_than_the_id_token_signs_nobody_in(
+    world: World, sso: Provider
+) -> None:
+    """The claims (the name, the teams) come from the user-info endpoint; OpenID Connect has
+    them used only when they are about the person the ID token is (the same sub)."""
+    sso.set_people({"dana": {**DANA, "id_token": {"sub": "sub-someone-else"}}})
+    client, landed = sign_in_through(sso, "dana", DANA["password"])
+    assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
+    assert "_auth_user_id" not in client.session
+    assert not User.objects.filter(username="dana").exists()
+
+
+def test_a_reauthentication_through_the_provider_asks_for_the_code_of_a_person_with_an_app(
+    world: World, sso: Provider
+) -> None:
+    """The password's re-authentication asks a person with an authenticator app for a fresh
+    code too; the provider's asks it after the round trip (a new sign-in, then the code)."""
+    from django.test import RequestFactory
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from approvals import reauth
+    from tests.support.totp import code_for
+
+    client, _ = sign_in_through(sso, "dana", DANA["password"])
+    device = TOTPDevice.objects.create(user=User.objects.get(username="dana"), confirmed=True)
+    assert client.post("/account/two-factor/verify/", {"code": code_for(device)}).status_code == 302
+    session = client.session
+    session[reauth.SESSION_KEY] = 0  # signed in long ago
+    session.save()
+
+    start = client.get("/oidc/authenticate/?next=/approvals/&reauthenticate=1")
+    with httpx.Client(follow_redirects=False, timeout=10) as browser:
+        granted = browser.post(
+            start["Location"], data={"username": "dana", "password": DANA["password"]}
+        )
+    back = urlsplit(granted.headers["location"])
+    assert client.get(f"{back.path}?{back.query}")["Location"] == "/approvals/"
+    held = client.get("/approvals/")
+    assert held.status_code == 302 and held["Location"].startswith("/account/two-factor/")
+
+    TOTPDevice.objects.filter(pk=device.pk).update(last_t=-1)  # the app's next code
+    device.refresh_from_db()
+    assert client.post("/account/two-factor/verify/", {"code": code_for(device)}).status_code == 302
+    request = RequestFactory().get("/")
+    request.session = client.session
+    assert reauth.is_recent(request)

@@ -216,6 +216,45 @@ def test_a_session_verified_long_ago_enters_a_code_again_to_replace_the_app(
 
 
 @required
+def test_a_session_signed_in_long_ago_sets_up_no_app_once_an_admin_deleted_the_lost_one(
+    world: World,
+) -> None:
+    """An admin deletes a lost app so that its owner sets up a new one at their next
+    sign-in: the cookie of a session the app had verified (stolen with the phone) set up its
+    holder's app instead, and the owner, signing in anew, was asked for that app's codes.
+    A first app takes a sign-in within FRESH_CODE_SECONDS, in that session."""
+    old = enrolled(world)
+    stolen = signed_in("bob", "pw-bob")
+    stolen.post("/account/two-factor/verify/", {"code": code_for(old)})
+    session = stolen.session
+    session[two_factor.SIGNED_IN_AT_KEY] -= two_factor.FRESH_CODE_SECONDS + 60
+    session[two_factor.PASSED_AT_KEY] -= two_factor.FRESH_CODE_SECONDS + 60
+    session.save()
+    old.delete()  # the admin's recovery of a lost app
+
+    page = stolen.get("/account/two-factor/").content.decode()
+    assert "sign out and sign in again" in page and "/account/two-factor/enrol/" not in page
+    refused = stolen.post("/account/two-factor/enrol/")
+    assert refused.status_code == 403 and "sign out and sign in again" in refused.content.decode()
+    assert not TOTPDevice.objects.filter(user=world.bob).exists()
+    assert AuditEvent.objects.filter(
+        action="auth.two_factor_failed", actor_label="bob", outcome="sign_in_too_old"
+    ).exists()
+
+    # The owner's new sign-in sets one up; the old session neither sees nor finishes it.
+    owner = signed_in("bob", "pw-bob")
+    assert owner.post("/account/two-factor/enrol/").status_code == 302
+    pending = TOTPDevice.objects.get(user=world.bob, confirmed=False)
+    assert 'id="totp-secret"' not in stolen.get("/account/two-factor/").content.decode()
+    finish = stolen.post("/account/two-factor/confirm/", {"code": code_for(pending)})
+    assert finish.status_code == 403
+    done = owner.post("/account/two-factor/confirm/", {"code": code_for(pending)})
+    assert done.status_code == 302
+    pending.refresh_from_db()
+    assert pending.confirmed is True
+
+
+@required
 def test_a_session_verified_long_ago_cannot_delete_its_own_app_in_the_admin_either(
     world: World,
 ) -> None:

@@ -7,7 +7,10 @@ JSON file (``OIDC_PROVIDER_USERS``) read on every request, so a test changes som
 groups at the provider by rewriting the file, as an identity team would in its console:
 ``{"username": {"password": ..., "email": ..., "groups": [...]}}``, with ``sub`` (else
 ``sub-<username>``) and ``preferred_username`` (else the username) when a test needs them,
-and ``signed_in_seconds_ago`` for a person whose session at the provider is that old.
+``signed_in_seconds_ago`` for a person whose session at the provider is that old, and
+``id_token`` for an ID token unlike the user info: its claims (``aud``, ``sub``, ...) put in
+as given, with ``clock_ahead_seconds`` for a provider whose clock is ahead (or, negative,
+behind) ours by that much (its ``iat`` and ``exp``).
 """
 
 from __future__ import annotations
@@ -177,7 +180,16 @@ class OpenIDConnectCode(OpenIDCode):
         return {"alg": "RS256", "kid": "test-key"}
 
     def generate_user_info(self, user: Person, scope: str) -> UserInfo:
-        return user_info(user.username, scope)
+        """The ID token's claims beyond the client's: the user info, and what the person's
+        ``id_token`` in the file puts in their place (these win over iat, exp and aud)."""
+        info = user_info(user.username, scope)
+        overrides = dict(_people().get(user.username, {}).get("id_token", {}))
+        ahead = int(overrides.pop("clock_ahead_seconds", 0))
+        if ahead:
+            now = int(time.time()) + ahead
+            info.update(iat=now, exp=now + self.DEFAULT_EXPIRES_IN)
+        info.update(overrides)
+        return info
 
 
 flask_app = Flask(__name__)

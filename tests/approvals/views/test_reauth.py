@@ -136,3 +136,34 @@ def test_a_person_without_a_password_reauthenticates_through_single_sign_on(
     page = client.get("/approvals/reauthenticate/?next=/approvals/").content.decode()
     assert 'id="sso-reauth"' in page and "/oidc/authenticate/?next=%2Fapprovals%2F" in page
     assert 'name="password"' not in page
+
+
+def test_signing_in_again_in_a_verified_session_asks_for_the_code_again(world: World) -> None:
+    """The re-authentication asks a person with an app for a fresh code as well as their
+    password. Signing in again on the sign-in page, in the session the app had verified (its
+    cookie stolen, and the password), kept the session verified and made it as recent as a
+    re-authentication: a destructive approval with no code at all. A sign-in is the
+    password; the code is asked again after it."""
+    device = TOTPDevice.objects.create(user=world.bob, name="app", confirmed=True)
+    call = make_call(world, "delete_customer")
+    client = stale_client(world, device)
+    assert client.get("/approvals/").status_code == 200  # a verified session
+
+    again = client.post("/login/", {"username": "bob", "password": "pw-bob"})
+    assert again.status_code == 302
+    approve = client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "confirmation": "cus_0003"},
+    )
+    assert approve.status_code == 302
+    assert approve["Location"].startswith("/account/two-factor/")
+    assert call.decisions.count() == 0
+
+    ok = client.post("/account/two-factor/verify/", {"code": code_for(device)})
+    assert ok.status_code == 302
+    approve = client.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "confirmation": "cus_0003"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert "1 of 2 approvals" in approve.content.decode()
