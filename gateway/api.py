@@ -191,6 +191,13 @@ def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
 def _read_json_body(request: HttpRequest) -> dict[str, Any]:
     if (unsupported := http.json_body_problem(request)) is not None:
         raise unsupported
+    if request.headers.get("Transfer-Encoding") and not request.headers.get("Content-Length"):
+        # Django reads as much of a body as its Content-Length says: a chunked one would
+        # be read as empty, and refused as if it were not JSON.
+        raise errors.invalid_request(
+            "The body came without a Content-Length (Transfer-Encoding: chunked), which "
+            "this API does not read; send it with its Content-Length."
+        )
     limit = settings.API_MAX_BODY_BYTES
     try:
         declared = int(request.headers.get("Content-Length") or 0)

@@ -134,8 +134,11 @@ def answer_for(
         )
     if (answer := settled()) is not None:
         response, call = answer
-        complete(agent=agent, key=key, response=response, call=call)
-        return replayed(response)
+        # Sent as stored, byte for byte the first answer and every replay (``complete``).
+        kept: list[dict[str, Any]] = []
+        with transaction.atomic():
+            complete(agent=agent, key=key, response=response, call=call, stored=kept.append)
+        return replayed(replace(response, body=kept[0]) if kept else response)
     raise errors.idempotency_key_in_use()
 
 

@@ -137,8 +137,9 @@ def submit(
             with _key_expired_refused(request), transaction.atomic():
                 opened_or_replay = _open_existing(request)
                 if isinstance(opened_or_replay, StoredResponse):
-                    return opened_or_replay  # committed with the answer it stored
-                answer = _accept(request, opened_or_replay)
+                    answer = opened_or_replay  # committed with the answer it stored
+                else:
+                    answer = _accept(request, opened_or_replay)
     except _KeyTaken:
         return idempotency.answer_for(
             agent=agent,
@@ -161,7 +162,8 @@ def submit(
     if isinstance(answer, StoredResponse):
         if request.stored:
             # Sent as its key's record keeps it (read back with the COMMIT's answer): the
-            # first answer reads byte for byte like its replays, as a read's does.
+            # first answer (or one taken over from a request that died) reads byte for
+            # byte like its replays, as a read's does.
             answer = replace(answer, body=request.stored[0])
         if answer.call is not None and answer.call.status == Status.PENDING:
             # A write waiting for a person runs later, if at all: it does not hold the
@@ -286,7 +288,9 @@ def _open_existing(request: _Request) -> _Opened | StoredResponse:
         # The answer the request that died would have given (a write approved at once by a
         # rule is accepted, 202, like a pending one).
         response = respond_with(existing, submitted=True)
-        idempotency.complete(agent=agent, key=key, response=response, call=existing)
+        idempotency.complete(
+            agent=agent, key=key, response=response, call=existing, stored=request.stored.append
+        )
         return idempotency.replayed(response)
     tool, round_counted, standing = db.together(*_rest_statements(request, timezone.now()))
     return _Opened(tool, round_counted, standing)
@@ -369,6 +373,10 @@ def _run_read(
         return response
     except BaseException:
         idempotency.abandon(agent=agent, key=key)
+        # A half-open probe that failed here will never report (had its outcome been
+        # recorded, the slot is no longer its own and this does nothing): the next call
+        # probes instead of waiting out the lease.
+        breaker.release(admission)
         raise
 
 

@@ -6,9 +6,11 @@ enforced as moving windows: at most N admitted calls in any window of the
 given length, not N per calendar minute, so a burst at a minute boundary cannot double the
 rate. A call is admitted only if every one of its windows has room, and only then takes
 one from each: a call refused by one window (the agent's) takes nothing from any other
-(its end user's). In Redis (shared by every process) the check and the take are one Lua
-script, so the limits stay exact under any concurrency; the embedded mode does the same
-with the ``limits`` library's in-process store under a lock.
+(its end user's). A refusal names the full window that frees last: its Retry-After is
+when the call fits in every window again, not when the first one has room. In Redis
+(shared by every process) the check and the take are one Lua script, so the limits stay
+exact under any concurrency; the embedded mode does the same with the ``limits``
+library's in-process store under a lock.
 """
 
 from __future__ import annotations
@@ -46,18 +48,23 @@ class Refusal:
 # moving window). ARGV: each window's limit and length in seconds, in KEYS order.
 # Timed by the Redis server's clock, so the web processes' clocks do not matter.
 # Returns 0 when the call was taken from every window, else {the 1-based index of the
-# first full window, seconds until its oldest entry leaves it}.
+# full window that frees last, seconds until it has room}.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local full, wait = 0, 0
 for i, key in ipairs(KEYS) do
   local limit, expiry = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  if limit < 1 then return {i, tostring(expiry)} end
-  local oldest = redis.call('LINDEX', key, limit - 1)
-  if oldest and tonumber(oldest) > now - expiry then
-    return {i, tostring(tonumber(oldest) + expiry - now)}
+  local left = 0
+  if limit < 1 then
+    left = expiry
+  else
+    local oldest = redis.call('LINDEX', key, limit - 1)
+    if oldest and tonumber(oldest) > now - expiry then left = tonumber(oldest) + expiry - now end
   end
+  if left > wait then full, wait = i, left end
 end
+if full > 0 then return {full, tostring(wait)} end
 local stamp = string.format('%.6f', now)
 for i, key in ipairs(KEYS) do
   local limit, expiry = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
@@ -115,7 +122,8 @@ def _user_id(on_behalf_of: str) -> str:
 
 def hit(*, tool: Tool, agent: Agent, on_behalf_of: str = "") -> Refusal | None:
     """Take one call from each of the tool's per-user and per-agent windows, or from none:
-    the refusal of the first full window (the end user's is checked first).
+    the refusal of the full window that frees last (the end user's, of two that free
+    together).
 
     Raises ``redis.RedisError`` when Redis is unreachable.
     """
@@ -158,12 +166,17 @@ def _take_in_memory(
     # The library's memory storage is not safe under concurrent threads (its expiry timer
     # swaps the per-key locks), and test-then-hit must not interleave: one at a time.
     with _memory_lock:
-        for scope, policy, item, ids in windows:
-            if not rate.test(item, *ids):
-                reset_at = rate.get_window_stats(item, *ids).reset_time
-                return Refusal(
-                    scope=scope, limit=policy, retry_after=max(1, math.ceil(reset_at - time.time()))
-                )
+        full = [
+            (rate.get_window_stats(item, *ids).reset_time, scope, policy)
+            for scope, policy, item, ids in windows
+            if not rate.test(item, *ids)
+        ]
+        if full:
+            # The window that frees last (the first of those that free together).
+            reset_at, scope, policy = max(full, key=lambda window: window[0])
+            return Refusal(
+                scope=scope, limit=policy, retry_after=max(1, math.ceil(reset_at - time.time()))
+            )
         for _, _, item, ids in windows:
             rate.hit(item, *ids)
     return None

@@ -131,6 +131,27 @@ def test_a_probe_refused_for_another_reason_frees_the_slot(
     assert _status(world, stock_call(on_behalf_of="linus")) == 200
 
 
+def test_a_probe_whose_request_failed_before_its_read_ran_frees_the_slot(
+    world: World, probe_tool_cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's request failed between committing its read and running it: that probe
+    will never report, so the next call is the probe, not refused for the probe's lease."""
+    probe = install_probe_tool(world, breaker_threshold=1, breaker_cooldown_seconds=1)
+    probe.mode = "fail"
+    assert _status(world) == 502
+    time.sleep(1.1)
+    probe.mode = "ok"
+
+    def failed(call_id: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "execute", failed)
+        assert _status(world) == 500
+    assert _status(world) == 200, "the next call is the probe"
+    assert _status(world) == 200, "and its success closed the breaker"
+
+
 STOCK_API = {
     "openapi": "3.1.0",
     "info": {"title": "Stock", "version": "1"},

@@ -116,6 +116,29 @@ def test_a_writes_first_answer_reads_byte_for_byte_like_its_replays(world: World
     assert replay.headers["Idempotent-Replayed"] == "true"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_answered_from_the_reads_settled_call_reads_like_its_replays(
+    live_world: World,
+) -> None:
+    """A duplicate that found the key in flight while the read was finishing (its record
+    read just before the read's COMMIT, its call just after) answers from the call: sent as
+    the key's record then stores it, byte for byte the first answer and every replay."""
+    first = live_world.api().submit(GET_CUSTOMER, key="read-settled")
+    assert first.status_code == 200
+    # What the duplicate read of the key: still in flight, held by the running read.
+    IdempotencyRecord.objects.filter(key="read-settled").update(
+        state=IdempotencyRecord.State.IN_FLIGHT,
+        response_status=None,
+        response_body=None,
+        locked_until=timezone.now() + timedelta(minutes=1),
+    )
+    racing = live_world.api().submit(GET_CUSTOMER, key="read-settled")
+    replay = live_world.api().submit(GET_CUSTOMER, key="read-settled")
+    assert racing.status_code == replay.status_code == 200
+    assert racing.headers["Idempotent-Replayed"] == "true"
+    assert racing.content == replay.content == first.content
+
+
 def test_a_replayed_read_does_not_run_the_tool_again(world: World) -> None:
     first = world.api().submit(GET_CUSTOMER, key="read-1")
     second = world.api().submit(GET_CUSTOMER, key="read-1")
@@ -187,6 +210,18 @@ def test_a_request_that_died_after_creating_its_call_is_answered_with_that_call(
     assert response.status_code == 202
     assert response.json()["id"] == created["id"]
     assert ToolCall.objects.filter(request_key="died").count() == 1
+
+
+def test_the_answer_of_a_request_that_died_reads_byte_for_byte_like_its_replays(
+    world: World,
+) -> None:
+    first = world.api().submit(SEND_EMAIL, key="died-bytes")
+    died_before_answering("died-bytes")
+    taken_over = world.api().submit(SEND_EMAIL, key="died-bytes")
+    replay = world.api().submit(SEND_EMAIL, key="died-bytes")
+    assert first.status_code == taken_over.status_code == replay.status_code == 202
+    assert taken_over.headers["Idempotent-Replayed"] == "true"
+    assert taken_over.content == replay.content == first.content
 
 
 def test_a_call_approved_as_it_arrived_by_a_request_that_died_is_answered_as_at_first(

@@ -200,3 +200,33 @@ def test_an_end_user_named_in_another_unicode_form_shares_their_window(world: Wo
         for i, name in enumerate(spellings)
     ]
     assert [c.status_code for c in codes] == [202, 429, 429]
+
+
+def test_retry_after_waits_for_every_full_window(world: World) -> None:
+    """A call refused by both of its windows fits again only once both have room: its
+    Retry-After is the longer wait (the agent's hour), not the first window's (the user's
+    minute), after which the call would only be refused again."""
+    Tool.objects.filter(name="send_email").update(
+        rate_limit_per_agent="1/hour", rate_limit_per_user="1/minute"
+    )
+    ada = {**SEND_EMAIL, "on_behalf_of": "ada"}
+    assert world.api().submit(ada).status_code == 202
+    refused = world.api().submit(ada)
+    assert refused.status_code == 429
+    assert 3590 <= int(refused["Retry-After"]) <= 3600
+    error = refused.json()["error"]
+    assert error["details"] == {"scope": "agent", "limit": "1/hour"}
+    assert error["message"] == "The tool's rate limit for this agent (1/hour) is used up."
+
+
+@override_settings(REDIS_URL="")
+def test_the_embedded_mode_waits_for_every_full_window() -> None:
+    tool = Tool(
+        pk=525252, name="embedded", rate_limit_per_agent="1/hour", rate_limit_per_user="1/minute"
+    )
+    agent = Agent(pk=535353, name="embedded-agent")
+    assert limits.hit(tool=tool, agent=agent, on_behalf_of="ada") is None
+    refusal = limits.hit(tool=tool, agent=agent, on_behalf_of="ada")
+    assert refusal is not None
+    assert (refusal.scope, refusal.limit) == ("agent", "1/hour")
+    assert 3590 <= refusal.retry_after <= 3600

@@ -71,7 +71,8 @@ def authenticate_token(raw: str) -> Agent | None:
     Revocation and the agent's ``enabled`` flag are read from the database on every
     request, so both take effect at once.
     """
-    if len(raw) > MAX_TOKEN_LENGTH:
+    if len(raw) > MAX_TOKEN_LENGTH or "\x00" in raw:
+        # No token holds a NUL, and PostgreSQL refuses to compare a string with one.
         return None
     scheme, _, rest = raw.partition("_")
     prefix, _, secret = rest.partition("_")
