@@ -95,7 +95,7 @@ def _http_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
                 timeout=ctx.timeout,
             )
 
-    keyed = bool(upstream.idempotency_header)
+    keyed = reruns_without_a_person(tool)
     return _registered(
         tool,
         handler,
@@ -116,16 +116,25 @@ def _mcp_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
             timeout=ctx.timeout,
         )
 
-    # An MCP server has no standard lookup: an unknown outcome is re-run (same key) only
-    # when an admin marked the server's tools safe to re-run, or the tool says a repeat
-    # changes nothing; otherwise a person decides. A tool the server marks readOnlyHint is
-    # idempotent as a read, which says nothing of a repeat once an admin made it a write
-    # (MCP reads idempotentHint only of a tool that is not read-only).
-    said_read = (tool.upstream_spec or {}).get("risk", tool.risk) == Risk.READ
-    rerunnable = upstream.rerunnable or (tool.idempotent and not said_read)
+    rerunnable = reruns_without_a_person(tool)
     return _registered(
         tool, handler, honours_idempotency_key=rerunnable, rerun_reconciles=rerunnable
     )
+
+
+def reruns_without_a_person(tool: Tool) -> bool:
+    """Whether a call of the imported ``tool`` whose outcome is unknown is sent again with
+    its key by itself, no person asked. An HTTP API: when it honours an idempotency header
+    (an admin's setting). An MCP server has no standard lookup: only when an admin marked
+    the server's tools safe to re-run, or the tool says a repeat changes nothing. A tool the
+    server marks readOnlyHint is idempotent as a read, which says nothing of a repeat once
+    an admin made it a write (MCP reads idempotentHint only of a tool that is not read-only)."""
+    upstream = tool.upstream
+    assert upstream is not None
+    if upstream.kind == Upstream.Kind.OPENAPI:
+        return bool(upstream.idempotency_header)
+    said_read = (tool.upstream_spec or {}).get("risk", tool.risk) == Risk.READ
+    return upstream.rerunnable or (tool.idempotent and not said_read)
 
 
 def preview(tool: Tool, arguments: Any) -> str:

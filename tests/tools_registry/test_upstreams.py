@@ -317,6 +317,135 @@ def test_a_resync_that_lowers_a_tools_risk_switches_it_off_until_an_admin_enable
     assert (tool.risk, tool.enabled) == (Risk.DESTRUCTIVE, True)
 
 
+def test_a_resync_that_says_a_write_may_be_repeated_switches_it_off_until_an_admin_enables_it(
+    world: World,
+) -> None:
+    """A write whose MCP server now says idempotentHint keeps its version (what a call does
+    is the same), but its unknown outcomes were sent again by themselves: a call approved
+    and left unknown before the sync ran twice on a server that ignores keys, where a
+    person would have decided. Switched off, as a lowered risk is, until an admin sees it."""
+
+    def slow(handler: Any, message: dict[str, Any]) -> None:
+        time.sleep(2)  # past the tool's timeout, after the effect
+        result = {"content": [{"type": "text", "text": "sent"}]}
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it gave up
+            raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    listed = {
+        "name": "send_invoice",
+        "description": "Send an invoice.",
+        "inputSchema": {"type": "object"},
+        "annotations": {"readOnlyHint": False, "idempotentHint": False},
+    }
+    server = RawMcpServer(slow, tools=[listed])
+    try:
+        upstream = register_upstream(name="billing", kind=Upstream.Kind.MCP, url=server.url)
+        sync_upstream(upstream=upstream, enable_new=True)
+        tool = Tool.objects.get(name="billing__send_invoice")
+        Tool.objects.filter(pk=tool.pk).update(timeout_seconds=1)
+        world.agent.allowed_tools.add(tool)
+        registry_services.grant_review(tool=tool, user=world.bob)
+        call = create_call(
+            agent=world.agent,
+            tool=Tool.objects.get(pk=tool.pk),
+            arguments={},
+            session_id="s",
+            request_key=uuid.uuid4().hex,
+        )
+        decide(call_id=call.pk, reviewer=world.bob, verdict="approve")
+        execute(call.pk)
+        assert ToolCall.objects.get(pk=call.pk).status == Status.UNKNOWN
+
+        listed["annotations"] = {"readOnlyHint": False, "idempotentHint": True}
+        report = sync_upstream(upstream=Upstream.objects.get(pk=upstream.pk))
+        reconciled = reconcile_call(call_id=call.pk)
+    finally:
+        server.close()
+    tool.refresh_from_db()
+    assert (tool.idempotent, tool.enabled) == (True, False)
+    assert report.disabled and "sent again" in report.disabled[0]
+    (changed,) = AuditEvent.objects.filter(action="tool.changed", tool_name=tool.name)
+    assert changed.data["after"]["enabled"] is False
+    assert any("idempotentHint" in why for why in changed.data["disabled_because"])
+    assert reconciled.action == "escalated", reconciled
+    assert ToolCall.objects.get(pk=call.pk).needs_attention is True
+    assert len(server.calls) == 1
+
+
+def _sync_all(**hints: Any) -> list[types.Tool]:
+    return [
+        types.Tool(
+            name="sync_all",
+            description="Sync every account.",
+            input_schema={"type": "object"},
+            annotations=types.ToolAnnotations(**hints),
+        )
+    ]
+
+
+def test_a_read_an_admin_made_a_write_is_switched_off_when_its_server_says_it_may_be_repeated(
+    world: World,
+) -> None:
+    """The admin's write of a server's read is never re-run by itself (being a read said
+    nothing of repeats). The server now calls it a write that may be repeated: its
+    idempotent flag and its risk (the admin's) stay as they were, yet its unknown outcomes
+    would be sent again by themselves."""
+    upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, _sync_all(read_only_hint=True)),
+    )
+    tool = edit_imported_tool(
+        tool=Tool.objects.get(name="crm__sync_all"), risk=Risk.WRITE, changed_by=None
+    )
+    assert not sources.implementation(tool).honours_idempotency_key
+    hinted = _sync_all(read_only_hint=False, idempotent_hint=True)
+    report = sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, hinted),
+    )
+    tool.refresh_from_db()
+    assert (tool.risk, tool.idempotent, tool.enabled) == (Risk.WRITE, True, False)
+    assert report.disabled and "sent again" in report.disabled[0]
+    # Enabled again by an admin, the next sync (the same hints) leaves it on.
+    Tool.objects.filter(pk=tool.pk).update(enabled=True)
+    report = sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, hinted),
+    )
+    tool.refresh_from_db()
+    assert tool.enabled and not report.disabled
+    assert sources.implementation(tool).honours_idempotency_key
+
+
+@pytest.mark.parametrize(
+    ("rerunnable", "hints"),
+    [(True, {}), (False, {"destructive_hint": True})],
+    ids=["rerunnable-upstream", "destructive-tool"],
+)
+def test_a_tool_stays_on_when_its_server_says_it_may_be_repeated_if_that_reruns_nothing(
+    world: World, rerunnable: bool, hints: dict[str, bool]
+) -> None:
+    """An admin marked the server's tools safe to re-run, or the tool is destructive (never
+    re-run by itself): the hint changes nothing of how an unknown outcome is settled."""
+    upstream = register_upstream(
+        name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp", rerunnable=rerunnable
+    )
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, _sync_all(idempotent_hint=False, **hints)),
+    )
+    report = sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, _sync_all(idempotent_hint=True, **hints)),
+    )
+    tool = Tool.objects.get(name="crm__sync_all")
+    assert (tool.idempotent, tool.enabled) == (True, True)
+    assert report.changed == ["crm__sync_all"] and not report.disabled
+
+
 def _looping(width: int) -> list[types.Tool]:
     """A tool whose node is, among others, itself: valid JSON Schema, and a ``$ref`` that
     a validator follows at the same place of the arguments without end."""

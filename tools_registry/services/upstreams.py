@@ -21,6 +21,7 @@ from django.utils import timezone
 from audit.log import record
 from core.hosts import host_and_port
 from core.json_values import storable
+from tools_registry import sources
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for, policy_values
 from tools_registry.registry import tool_version
@@ -425,6 +426,7 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
     visible = sorted(set(changed) - {"upstream_spec", "upstream_operation"})
     before = {k: getattr(tool, k) for k in visible if k not in ("input_schema", "output_schema")}
     moved_to = _new_server_host(tool, imported)
+    reran = sources.reruns_without_a_person(tool)
     for key, value in changed.items():
         setattr(tool, key, value)
     drift = _policy_drift(tool) if "input_schema" in changed and tool.enabled else []
@@ -441,6 +443,20 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
         drift.append(
             f"server: the upstream's document now sends its calls to {moved_to}, a host no "
             "admin set; an admin enables it again"
+        )
+    if (
+        tool.enabled
+        and tool.risk != Risk.DESTRUCTIVE  # never re-run by itself (``recovery``)
+        and not reran
+        and sources.reruns_without_a_person(tool)
+    ):
+        # Its version stays (what a call does is the same), but an unknown outcome of it
+        # would be sent again by itself, a second effect on a server that ignores keys,
+        # where a person decided: the upstream alone never takes that decision from one.
+        drift.append(
+            "re-runs: the upstream now says repeating a call changes nothing "
+            "(idempotentHint), so a call whose outcome is unknown would be sent again with "
+            "no person asked; an admin enables it again"
         )
     if drift:
         before["enabled"], changed["enabled"], tool.enabled = True, False, False
