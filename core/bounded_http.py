@@ -15,12 +15,14 @@ byte at a time answers each read within httpx's timeout, before ``read`` is even
 ``get`` puts the two together for a document fetched whole.
 
 ``CappedTransport`` also mends what the MCP SDK's parser refuses of valid JSON (a lone
-surrogate's escape, ``SurrogateMender``): a result that could not be parsed was lost. It
-reads an event stream as the UTF-8 every one is, whatever charset the server named.
+surrogate's escape, ``SurrogateMender``), and bytes that are no UTF-8 (as U+FFFD): a result
+that could not be parsed was lost. It reads an event stream as the UTF-8 every one is,
+whatever charset the server named.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 import socket
 import ssl
@@ -399,15 +401,20 @@ class _CappedStream(httpx2.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
         mender = SurrogateMender()
+        # What UTF-8 cannot decode (Latin-1 text, a string cut through a character) as
+        # U+FFFD, as an event stream's text is read: the SDK's JSON parser refused a whole
+        # answer for one such byte, and a call that ran lost its result.
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         async for raw in self._inner:
             try:
-                chunk = (
+                inflated = (
                     self._inflater.inflate(raw, at_most=self._limit + 1 - seen)
                     if self._inflater
                     else raw
                 )
             except httpx.DecodingError as exc:
                 raise httpx2.DecodingError(str(exc), request=self._request) from None
+            chunk = utf8.decode(inflated).encode()
             seen += len(chunk)
             if seen > self._limit:
                 raise AnswerTooLarge(
@@ -415,7 +422,7 @@ class _CappedStream(httpx2.AsyncByteStream):
                 )
             if mended := mender.feed(chunk):
                 yield mended
-        if rest := mender.end():
+        if rest := mender.feed(utf8.decode(b"", final=True).encode()) + mender.end():
             yield rest
 
     async def aclose(self) -> None:

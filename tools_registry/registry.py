@@ -51,13 +51,25 @@ class ToolFailed(Exception):
     """The handler knows the effect did not happen (the downstream refused the request).
 
     Any other exception leaves the outcome unknown, to be reconciled.
+
+    ``unsent``: nothing reached the downstream (its credentials cannot be read, its URL
+    cannot be requested). Such a failure of a re-run says nothing of an earlier attempt,
+    which may have had its effect (``runner``).
     """
 
-    def __init__(self, message: str, *, code: str = "tool_failed", retryable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "tool_failed",
+        retryable: bool = False,
+        unsent: bool = False,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code
         self.retryable = retryable
+        self.unsent = unsent
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ class InvalidArguments(ToolFailed):
     """The arguments do not match the tool's schema; the handler was not called."""
 
     def __init__(self, problems: ArgumentErrors):
-        super().__init__(problems.summary(), code="invalid_arguments")
+        super().__init__(problems.summary(), code="invalid_arguments", unsent=True)
         self.problems = problems
 
 

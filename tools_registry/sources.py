@@ -65,7 +65,7 @@ def _headers(upstream: Upstream) -> secrets.Headers:
     try:
         return secrets.decrypt(upstream.headers_encrypted)
     except secrets.SecretsUnreadable as unreadable:
-        raise ToolFailed(str(unreadable), code="upstream_headers_unreadable") from None
+        raise ToolFailed(str(unreadable), code="upstream_headers_unreadable", unsent=True) from None
 
 
 def _http_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:

@@ -31,6 +31,9 @@ class Outcome:
     error: dict[str, Any] | None = None
     latency_ms: int = 0
     tries: int = 1
+    # Nothing reached the downstream (``ToolFailed.unsent``, no handler): a failure that
+    # says nothing of an earlier attempt's effect. Not stored.
+    unsent: bool = False
 
 
 # Runs inside the transaction that stores an outcome, with the call as finished.

@@ -98,6 +98,7 @@ def run_handler(claim: Claim) -> Outcome:
                 "code": "tool_not_in_code",
                 "message": f"No handler is registered for {claim.tool_name}.",
             },
+            unsent=True,
         )
     ctx = ToolContext(
         call_id=claim.call_id,
@@ -134,7 +135,7 @@ def run_handler(claim: Claim) -> Outcome:
         # The handler's own verdict, kept whole: its code, and whether asking again could
         # give another answer (a refusal such as "no such customer" could not).
         refused = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
-        return _outcome(Status.FAILED, started, tries, error=refused)
+        return _outcome(Status.FAILED, started, tries, unsent=exc.unsent, error=refused)
     except Exception as exc:
         error = _describe(exc)
         if claim.risk == Risk.READ:
@@ -150,15 +151,13 @@ def _after_an_open_attempt(claim: Claim, outcome: Outcome) -> Outcome:
     asking again could change: says nothing of the earlier attempt. An upstream's 409, for
     one, is its first request with the key still running. The outcome stays unknown, for
     reconciliation and then a person; never "failed", which would let the agent send the
-    effect again under a new key. So is a re-run that found no handler (a deploy took the
-    tool's code away before the registry was synced): it ran nothing, as one refused at its
-    claim."""
+    effect again under a new key. So is a re-run that reached no downstream (a deploy took
+    the tool's code away before the registry was synced, the upstream's credentials cannot
+    be decrypted since a key changed): it ran nothing, as one refused at its claim."""
     earlier_open = claim.risk != Risk.READ and claim.attempt > 1 and claim.call.error is not None
     error = outcome.error or {}
-    retryable = outcome.status == Status.FAILED and (
-        error.get("retryable") or error.get("code") == "tool_not_in_code"
-    )
-    if earlier_open and retryable:
+    says_nothing = outcome.status == Status.FAILED and (error.get("retryable") or outcome.unsent)
+    if earlier_open and says_nothing:
         return replace(outcome, status=Status.UNKNOWN)
     return outcome
 
@@ -190,9 +189,11 @@ def _describe(exc: BaseException) -> dict[str, str]:
     }
 
 
-def _outcome(status: str, started: float, tries: int, **fields: object) -> Outcome:
+def _outcome(
+    status: str, started: float, tries: int, *, unsent: bool = False, **fields: object
+) -> Outcome:
     latency_ms = int((time.monotonic() - started) * 1000)
     # What a tool answered is kept whatever it holds: a NUL from an upstream must not lose
     # the outcome of an effect that happened (the database would refuse to store it).
     kept = {name: storable(value) for name, value in fields.items()}
-    return Outcome(status=status, latency_ms=latency_ms, tries=tries, **kept)  # type: ignore[arg-type]
+    return Outcome(status=status, latency_ms=latency_ms, tries=tries, unsent=unsent, **kept)  # type: ignore[arg-type]

@@ -9,7 +9,9 @@ stored truncated, and says so.
 
 Outcomes, as the executor reads them: 2xx succeeded (its JSON, or its text); 3xx and 4xx
 failed, the effect did not happen (``ToolFailed``: retryable for 408, 409, 425 and 429);
-5xx, a timeout or a dropped connection leave the outcome unknown (``UpstreamUnclear``).
+5xx, a 303 See Other to a request other than GET or HEAD (carried out, its result
+elsewhere), a timeout or a dropped connection leave the outcome unknown
+(``UpstreamUnclear``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from tools_registry.upstreams import secrets
 from tools_registry.upstreams.offers import JSON
 
 RETRYABLE = frozenset({408, 409, 425, 429})
+SEE_OTHER = 303
+SAFE_METHODS = frozenset({"GET", "HEAD"})  # a redirect of one is no effect carried out
 USER_AGENT = "Countersign-Upstream/1"
 # A JSON answer nested deeper is kept as its text: Python's parser goes deeper than Python's
 # recursion, which storing, masking and auditing a result use (the MCP client's parser
@@ -62,7 +66,9 @@ def request_parts(
         if place == "path":
             text = value if isinstance(value, str) else json.dumps(value)
             if text in ("", ".", ".."):
-                raise ToolFailed(f"{name} cannot be {text!r}.", code="invalid_arguments")
+                raise ToolFailed(
+                    f"{name} cannot be {text!r}.", code="invalid_arguments", unsent=True
+                )
             path = path.replace("{" + name + "}", quote(text, safe=""))
         elif place == "query":
             query[name] = (
@@ -76,6 +82,7 @@ def request_parts(
                 raise ToolFailed(
                     f"{name} cannot be sent as an HTTP header: printable ASCII only, on one line.",
                     code="invalid_arguments",
+                    unsent=True,
                 )
             headers[name] = text
     body = None
@@ -120,6 +127,13 @@ def call(
         except ValueError:  # "http://[::1": still a redirect, the request not carried out
             target = "elsewhere"
         target = secrets.without_credentials(target, upstream_headers)
+        if status == SEE_OTHER and operation["method"] not in SAFE_METHODS:
+            # RFC 9110 15.4.4: the request was carried out and its result is elsewhere (a
+            # POST, then "see the order it made"); not followed, that result is not known.
+            raise UpstreamUnclear(
+                f"The upstream carried the request out and redirected to its result at "
+                f"{target} (HTTP 303); redirects are not followed."
+            )
         raise ToolFailed(
             f"The upstream redirected the request to {target}; redirects are not followed.",
             code="upstream_redirect",
@@ -195,7 +209,7 @@ def _send(
         )
     except bounded_http.ProxyUnusable as exc:
         raise ToolFailed(
-            f"The upstream cannot be called: {exc}.", code="upstream_unreachable"
+            f"The upstream cannot be called: {exc}.", code="upstream_unreachable", unsent=True
         ) from None
     try:
         with (
@@ -220,6 +234,7 @@ def _send(
         raise ToolFailed(
             f"The upstream's URL cannot be requested: {str(exc)[:200]}",
             code="upstream_url_invalid",
+            unsent=True,
         ) from None
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         # No connection (refused, no route, the TLS handshake failed, or not made in time):
@@ -229,6 +244,7 @@ def _send(
             f"The upstream could not be reached: {type(exc).__name__}.",
             code="upstream_unreachable",
             retryable=True,
+            unsent=True,
         ) from None
     except httpx.TimeoutException as exc:
         raise TimeoutError(f"The upstream did not answer within {timeout:g} s.") from exc

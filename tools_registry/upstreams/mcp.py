@@ -51,8 +51,12 @@ def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client
         httpx2.AsyncHTTPTransport(verify=tls.context()),
         limit=settings.UPSTREAM_MAX_DOCUMENT_BYTES,
     )
+    # Only the encodings the transport inflates within the limit: httpx2 asks for every one
+    # it can decode (br, zstd once brotli or zstd is installed), and a server answering so
+    # left the outcome of a call that ran unknown. (An upstream may not set this header.)
+    asked = {**dict(headers), "Accept-Encoding": bounded_http.ACCEPT_ENCODING}
     http = httpx2.AsyncClient(
-        headers=dict(headers), timeout=timeout, follow_redirects=False, transport=transport
+        headers=asked, timeout=timeout, follow_redirects=False, transport=transport
     )
     return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout)
 
@@ -224,6 +228,7 @@ def call(
                 f"The MCP server could not be reached: {_reason(exc, headers)}"[:500],
                 code="upstream_unreachable",
                 retryable=True,
+                unsent=True,
             ) from None
         if isinstance(cause, MCPError) and cause.code in REFUSED_BEFORE_RUNNING:
             refusal = _without_credentials(cause.message, headers)
