@@ -159,6 +159,40 @@ def test_a_second_reviewers_page_shows_the_first_approval_without_a_reload(
     other.context.close()
 
 
+def test_a_poll_answered_after_the_verdict_replaced_the_page_parts_loses_nothing(
+    live_server: Any, live_world: World, page: Page, settings: Any
+) -> None:
+    """A poll still on its way when a verdict is sent (a slow server, a poll every second):
+    its answer came after the verdict's had replaced the element it was sent from, and htmx
+    looked for the parts to update in that element, no longer on the page (console errors,
+    the update lost). The verdict now waits for the poll in flight, and polls wait for it."""
+    settings.APPROVALS_DETAIL_POLL_SECONDS = 1
+    world = live_world
+    world.tools["send_email"].approvals_required = 2
+    world.tools["send_email"].save()
+    call = make_call(world, "send_email")
+    held: list[Any] = []
+    holding = [True]
+
+    def poll(route: Any) -> None:
+        held.append(route) if holding[0] else route.continue_()
+
+    sign_in(page, live_server.url, "bob", "pw-bob")
+    page.route(f"**/approvals/{call.pk}/live/**", poll)
+    page.goto(f"{live_server.url}/approvals/{call.pk}/")
+    page.fill("#id_comment", "Checked the order history.")
+    while not held:
+        page.wait_for_timeout(100)  # a poll is on its way, held here
+    page.locator("#decision-form button[value=approve]").click()
+    page.wait_for_timeout(1_500)  # the verdict would be answered meanwhile, were it sent
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#status-line")).to_contain_text("1 of 2 approvals")
+    expect(page.locator("#votes")).to_contain_text("Checked the order history.")
+    page.wait_for_timeout(1_500)  # polls of the page as it is now answer without errors
+
+
 def test_a_verdict_from_a_stale_page_keeps_what_was_typed(
     live_server: Any, live_world: World, page: Page, settings: Any
 ) -> None:
