@@ -317,7 +317,8 @@ def arguments_revealed(call: ToolCall, *, reviewer: Any, reason: str) -> AuditEv
         actor=reviewer,
         outcome="revealed",
         call=call,
-        data={"reason": reason, "sensitive_fields": _sensitive(call)},
+        # Once they have seen the values, their next reason may quote them.
+        data={"reason": _quoting(call, reason), "sensitive_fields": _sensitive(call)},
     )
 
 

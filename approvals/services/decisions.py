@@ -203,6 +203,7 @@ def _decide_locked(
         _require_untampered(call)
     _require_first_vote(call, reviewer, verdict)
     edited = False
+    before = call.arguments
     if verdict == Verdict.APPROVE:
         _require_may_approve(call, reviewer)
         if edited_arguments is not None:
@@ -223,11 +224,15 @@ def _decide_locked(
     elif edited_arguments is not None and edited_arguments != call.arguments:
         raise DecisionRefused("A correction comes with an approval, not a rejection.", call=call)
 
+    comment = comment.strip()
+    if edited:
+        # The comment may quote a hidden value it replaced, as the notes before it may.
+        comment = hidden.quoted(comment, call.tool, before)
     decision = Decision.objects.create(
         call=call,
         reviewer=reviewer,
         verdict=verdict,
-        comment=comment.strip(),
+        comment=comment,
         arguments_hash=call.arguments_hash,
         policy_version=(call.policy or {}).get("version", call.tool.policy_version),
         edited=edited,

@@ -9,14 +9,17 @@ where ``APPROVALS_DESTRUCTIVE_EDITS`` is ``narrow``.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from django.conf import settings
 
 from approvals import events, hidden, screening
 from approvals.guards import Refused, arguments_hash, counted_approvals
-from approvals.models import Status, ToolCall
-from audit.masking import mask_text
+from approvals.models import Decision, Note, Status, ToolCall
+from audit.canonical import canonical_json
+from audit.display import partial
+from audit.masking import is_masked, mask_text
 from core.json_values import as_stored
 from tools_registry.policy import Risk
 from tools_registry.schemas import validate_arguments
@@ -46,12 +49,14 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any) -> bool:
         call.tool.input_schema, arguments, sensitive_fields=call.tool.hidden_fields
     )
     if problems:
-        # A schema error may quote the whole object, with the real values restored in it
-        # (the reviewer left them masked): quoted as masked as the reviewer saw them.
-        quoted = problems.summary()
-        kept = hidden.values(call.tool, call.arguments) + hidden.values(call.tool, arguments)
+        # The problems quote no value at or around a hidden field (``sensitive_fields``), and
+        # a value the reviewer left masked is restored only at its own place; a restored
+        # address or key another field holds is masked as the reviewer saw it. Nothing else
+        # is masked here: what the reviewer typed, masked only where it equals a hidden value
+        # or with a keyed fingerprint, would let them test guesses of one, unaudited.
         raise EditRefused(
-            "The corrected arguments do not fit the tool: " + hidden.text(mask_text(quoted), kept)
+            "The corrected arguments do not fit the tool: "
+            + mask_text(problems.summary(), render=_unkeyed)
         )
     try:
         screened = screening.screen(
@@ -91,12 +96,35 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any) -> bool:
         fields["reasoning"] = reasoning
     # The caller holds the row lock, and the status is not touched: a plain update.
     ToolCall.objects.filter(pk=call.pk, status=Status.PENDING).update(**fields)
+    # So may what reviewers wrote: one who revealed the value may have quoted it.
+    _mask_replaced_quotes(call, before)
     for name, value in fields.items():
         setattr(call, name, value)
     events.arguments_edited(
         call, reviewer=reviewer, before=before, before_hash=before_hash, reset=reset
     )
     return True
+
+
+def _mask_replaced_quotes(call: ToolCall, before: Any) -> None:
+    """Mask, in the call's notes and verdicts' comments as stored, the values of its hidden
+    fields in ``before`` (its arguments until a correction). Shown and recorded, they are
+    masked by the call's arguments of the moment, which no longer hold a replaced value."""
+    secrets = hidden.values(call.tool, before)
+    if not secrets:
+        return
+    for note in Note.objects.filter(call=call).only("text"):
+        if (text := hidden.text(note.text, secrets)) != note.text:
+            Note.objects.filter(pk=note.pk).update(text=text)
+    for decision in Decision.objects.filter(call=call).exclude(comment="").only("comment"):
+        if (comment := hidden.text(decision.comment, secrets)) != decision.comment:
+            Decision.objects.filter(pk=decision.pk).update(comment=comment)
+
+
+def _unkeyed(kind: str, value: str) -> str:
+    """A detected value in a refusal: in its display form, a fingerprint left out."""
+    shown = partial(kind, value)
+    return f"[masked:{kind}]" if is_masked(shown) else shown
 
 
 def narrows(before: Any, after: Any) -> bool:
@@ -106,12 +134,13 @@ def narrows(before: Any, after: Any) -> bool:
     if isinstance(before, dict) and isinstance(after, dict):
         return before.keys() == after.keys() and all(narrows(before[k], after[k]) for k in after)
     if isinstance(before, list) and isinstance(after, list):
-        remaining = list(before)
+        # Counted, not searched item by item: an agent's list may be long.
+        remaining = Counter(canonical_json(item) for item in before)
         for item in after:
-            match = next((i for i, b in enumerate(remaining) if b == item), None)
-            if match is None:
+            key = canonical_json(item)
+            if not remaining[key]:
                 return False
-            remaining.pop(match)
+            remaining[key] -= 1
         return True
     numbers = (int, float)
     if (
@@ -121,4 +150,6 @@ def narrows(before: Any, after: Any) -> bool:
         and not isinstance(after, bool)
     ):
         return abs(after) <= abs(before) and (after >= 0) == (before >= 0)
-    return before == after
+    # As JSON, not as Python compares them: true is not 1, nor false 0 (a tool may tell
+    # them apart: ``soft: true`` is not ``soft: 1`` to a strict check).
+    return canonical_json(before) == canonical_json(after)

@@ -364,3 +364,46 @@ def test_the_trail_holds_no_bare_hash_of_what_it_masks(world: World) -> None:
     assert submitted.data["arguments_hash"] == edited.data["before_hash"]
     assert decided.data["arguments_hash"] == edited.data["arguments_hash"]
     assert decided.data["arguments_hash"] != submitted.data["arguments_hash"]
+
+
+def test_a_hidden_value_a_reviewer_quoted_stays_masked_after_a_correction_replaced_it(
+    world: World, dave: User
+) -> None:
+    """A reviewer who revealed a hidden value may quote it (a note, the comment of the
+    approval that corrects it) and then correct it. The call's arguments then no longer hold
+    it, so nothing would know to mask it: the notes and comments that quote it are kept
+    masked for good, on the page of a reviewer who may not reveal it and in the trail."""
+    hide(world, "update_customer", "sensitive_fields", "changes.name")
+    assign_perm(REVEAL_PERMISSION, dave, world.tools["update_customer"])
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": name}},
+    )
+    revealer = Client()
+    revealer.force_login(dave)
+    page = revealer.post(f"/approvals/{call.pk}/reveal/", {"reason": "Against ticket 4411."})
+    assert name in page.content.decode()
+    noted = revealer.post(f"/approvals/{call.pk}/notes/", {"text": f"4411 spells it {name}."})
+    assert noted.status_code == 200
+    shown = re.search(r'name="arguments_hash" value="(\w+)"', page.content.decode())
+    assert shown is not None
+    corrected = revealer.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "comment": f"{name} is misspelt.",
+            "arguments_hash": shown.group(1),
+            "edited_arguments": '{"customer_id": "cus_0001", "changes": {"name": "Zeb Quixote"}}',
+        },
+    )
+    assert corrected.status_code == 302, corrected.content.decode()[-2000:]
+    call.refresh_from_db()
+    assert call.arguments["changes"]["name"] == "Zeb Quixote"
+
+    html = pages(world, call.pk)
+    assert name not in html, re.findall(rf".{{0,60}}{name}.{{0,30}}", html)
+    assert "4411 spells it [masked:field:" in html and "[masked:field:" in html
+    trail = [e.action for e in AuditEvent.objects.filter(call_id=call.pk) if name in str(e.data)]
+    assert trail == []

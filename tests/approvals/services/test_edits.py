@@ -5,6 +5,7 @@ and the agent is told."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -179,6 +180,12 @@ def test_destructive_calls_are_never_corrected_unless_narrowing_is_allowed(
         ({"a": {"b": [1, 1]}}, {"a": {"b": [1]}}, True),
         ({"a": 1}, {"a": 1, "b": 2}, False),
         ({"flag": True}, {"flag": False}, False),
+        # JSON's true is not 1 (Python's True == 1), nor false 0.
+        ({"soft": True}, {"soft": 1}, False),
+        ({"soft": 1}, {"soft": True}, False),
+        ({"keep": False}, {"keep": 0}, False),
+        ({"ids": [1, 2]}, {"ids": [True]}, False),
+        ({"ids": [{"id": 1}, {"id": 2}]}, {"ids": [{"id": 2}]}, True),
     ],
 )
 def test_what_narrowing_means(before: Any, after: Any, narrower: bool) -> None:
@@ -302,3 +309,35 @@ def test_a_refused_correction_quotes_no_value_the_reviewer_saw_masked(world: Wor
     page = response.content.decode()
     assert "do not fit the tool" in page
     assert "ada.lovelace" not in page
+
+
+def test_a_refused_correction_tells_no_guess_of_a_masked_value_from_another(
+    world: World,
+) -> None:
+    """A reviewer who may not reveal a secret field must not be able to test guesses of it
+    against refused corrections (refused, they leave no trace in the trail): a guess typed
+    into another field and quoted by a schema error reads the same whether it is right or
+    not, and carries no keyed fingerprint to compare with the field's marker on the page."""
+    tool = world.tools["send_email"]
+    tool.secret_fields = ["subject"]
+    tool.save()
+    call = make_call(world, "send_email", arguments={**EMAIL, "subject": "PIN 4711"})
+    client = login(world.bob)
+    page = client.get(f"/approvals/{call.pk}/").content.decode()
+    assert "PIN 4711" not in page
+    shown = display.arguments(call)
+    refusals = []
+    for guess in ("PIN 4711", "PIN 4712"):
+        response = client.post(
+            f"/approvals/{call.pk}/decide/",
+            {
+                "verdict": "approve",
+                "arguments_hash": call.arguments_hash,
+                "edited_arguments": json.dumps({**shown, "body": [guess]}),
+            },
+        )
+        assert response.status_code == 409
+        (refusal,) = re.findall(r"do not fit the tool: ([^<]*)", response.content.decode())
+        refusals.append(refusal.replace(guess, "GUESS"))
+    assert refusals[0] == refusals[1], refusals
+    assert "[masked:" not in refusals[0]

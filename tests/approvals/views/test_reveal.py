@@ -80,3 +80,27 @@ def test_revealing_is_post_only_and_needs_the_csrf_token(world: World) -> None:
         == 403
     )
     assert not AuditEvent.objects.filter(action="call.arguments_revealed").exists()
+
+
+def test_a_reason_that_quotes_a_revealed_value_is_masked_in_the_trail(
+    world: World, bob_client
+) -> None:
+    """Having seen a value once, a reviewer may quote it in the reason of their next look;
+    the trail masks it there as in their comments and notes."""
+    tool = world.tools["update_customer"]
+    tool.sensitive_fields = [*tool.sensitive_fields, "changes.name"]
+    tool.save()
+    assign_perm(REVEAL_PERMISSION, world.bob, tool)
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world, "update_customer", arguments={"customer_id": "cus_0001", "changes": {"name": name}}
+    )
+    assert name in reveal(bob_client, call, "Check it against ticket 4411.").content.decode()
+    again = reveal(bob_client, call, f"Is {name} spelt as in ticket 4411?")
+    assert again.status_code == 200 and name in again.content.decode()
+    reasons = [
+        e.data["reason"]
+        for e in AuditEvent.objects.filter(call_id=call.pk, action="call.arguments_revealed")
+    ]
+    assert len(reasons) == 2 and all(name not in reason for reason in reasons), reasons
+    assert any(reason.startswith("Is [masked:field:") for reason in reasons), reasons
