@@ -123,10 +123,7 @@ def chain_status() -> ChainStatus:
         error = ""
     except (anchor.AnchorFileDamaged, OSError) as exc:
         last, error = None, str(exc)
-    matches = None
-    if last is not None:
-        stored = AuditEvent.objects.filter(seq=last.seq).values_list("hash", flat=True).first()
-        matches = stored == last.hash
+    matches = chain.holds_anchor(last) if last is not None else None
     return ChainStatus(
         last_verification=AuditEvent.objects.filter(action="audit.chain_verified")
         .order_by("-id")

@@ -205,12 +205,32 @@ def rebuild_rollups() -> None:
     rollups.rebuild()
 
 
+def holds_anchor(last: anchor.Anchor) -> bool:
+    """Whether the chain still has, at the anchor's seq, the hash the anchor recorded."""
+    stored = AuditEvent.objects.filter(seq=last.seq).values_list("hash", flat=True).first()
+    return stored == last.hash
+
+
 def write_anchor(*, path: Path | None = None) -> anchor.Anchor | None:
-    """Append the current chain head to the anchor file if it moved since the last line."""
+    """Append the current chain head to the anchor file if it moved since the last line,
+    and only onto the chain the last line anchored."""
+    path = path or settings.AUDIT_ANCHOR_PATH
     seq, head = chain_head()
     if seq == 0:
         return None
-    return anchor.append_anchor(path=path or settings.AUDIT_ANCHOR_PATH, seq=seq, head_hash=head)
+    last = anchor.last_anchor(path)
+    if last is not None and last.seq <= seq and not holds_anchor(last):
+        # Cut below the anchor and grown past it again, or rewritten: anchoring the new head
+        # would vouch for that chain, and the status panel, which compares the last anchor
+        # only, would read "matches". The walk names where it broke.
+        logger.error(
+            "the audit chain no longer holds the hash anchored for seq %s (events removed or "
+            "rewritten, or the database restored): no anchor written; run manage.py "
+            "verify_audit",
+            last.seq,
+        )
+        return None
+    return anchor.append_anchor(path=path, seq=seq, head_hash=head)
 
 
 def seal_and_anchor() -> int:
@@ -226,6 +246,15 @@ def seal_and_anchor() -> int:
         # The chain is intact in the database; a missing anchor only weakens the proof
         # until the next pass, so say it loudly and keep sealing.
         logger.exception("could not write the audit anchor to %s", settings.AUDIT_ANCHOR_PATH)
+    except anchor.AnchorFileDamaged as damage:
+        # The file's last line is not an anchor (a write cut short by a full disk, an edit):
+        # nothing is appended after it, and the walk reports the file damaged until someone
+        # repairs it. Raising here would stop the sweeps' loop and fail every sealing task.
+        logger.error(
+            "the audit anchor file %s is damaged, no anchor written: %s",
+            settings.AUDIT_ANCHOR_PATH,
+            damage,
+        )
     return sealed
 
 

@@ -90,8 +90,19 @@ def request_verification(*, user: Any, send: Any) -> tuple[VerificationRun, bool
     record(
         action="audit.verification_requested", actor=user, outcome="queued", data={"run": run.pk}
     )
-    transaction.on_commit(lambda: send(run.pk))
+    transaction.on_commit(lambda: _send_or_end(run.pk, send))
     return run, True
+
+
+def _send_or_end(run_id: int, send: Any) -> None:
+    """Hand the run to a worker; when the queue cannot take it (the broker is down), end it
+    unwalked, logged: a queued run no worker will ever take would be joined by every auditor
+    who asks for STALE_AFTER, and the request that asked would answer 500."""
+    try:
+        send(run_id)
+    except Exception:
+        logger.exception("could not queue chain verification run %s", run_id)
+        _end_unwalked(run_id, "not run: the task queue could not be reached; ask again")
 
 
 @contextmanager

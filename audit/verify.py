@@ -221,11 +221,14 @@ def verify_chain(
     latest = ""
     backdated: list[tuple[int, int, str, str]] = []
     last_good: anchor.Anchor | None = None
+    # Whether the file holds no anchor at all. Not "none matched": a walk that broke before
+    # its first anchor, or a chain cut short of it, had one, and may name it in its reason.
+    unanchored = False
     string, sha256 = canonical_string, hashlib.sha256
 
     def result(ok: bool, **extra: Any) -> Verification:
         warnings = [*hidden, *stalled, *_backdated_warning(backdated)]
-        if last_good is None and checked:
+        if unanchored and checked:
             warnings.append(
                 f"no anchor in {path}: a rewrite of the whole chain could not be detected"
             )
@@ -248,6 +251,7 @@ def verify_chain(
         progress(0, head_seq)
     try:
         pending = next(anchors, None)
+        unanchored = pending is None
         for row in sealed_rows(upto_seq=head_seq):
             seq, stored_prev, stored_hash, pk = row[0], row[1], row[2], row[3]
             if seq != expected:

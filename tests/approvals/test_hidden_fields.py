@@ -334,6 +334,43 @@ def test_a_hidden_value_a_reviewer_quotes_is_masked_for_the_others_and_in_the_tr
     assert trail == []
 
 
+def test_a_hidden_value_a_reveal_reason_quotes_is_masked_in_the_trail_and_its_export(
+    world: World, dave: User
+) -> None:
+    """Every look is its own request with its own reason: one who saw the value before may
+    quote it in the reason for the next look, as in a comment or a note."""
+    from tests.audit.conftest import make_auditor
+
+    hide(world, "update_customer", "sensitive_fields", "changes.name")
+    assign_perm(REVEAL_PERMISSION, dave, world.tools["update_customer"])
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"name": name}},
+    )
+    revealer = Client()
+    revealer.force_login(dave)
+    first = revealer.post(f"/approvals/{call.pk}/reveal/", {"reason": "Against ticket 4411."})
+    assert name in first.content.decode()
+    again = revealer.post(f"/approvals/{call.pk}/reveal/", {"reason": f"Is {name} on 4411?"})
+    assert again.status_code == 200
+
+    reasons = [
+        e.data["reason"]
+        for e in AuditEvent.objects.filter(
+            call_id=call.pk, action="call.arguments_revealed"
+        ).order_by("id")
+    ]
+    assert reasons[0] == "Against ticket 4411."
+    assert reasons[1].startswith("Is [masked:field:") and name not in reasons[1]
+    auditor = Client()
+    auditor.force_login(make_auditor())
+    for fmt in ("csv", "jsonl"):
+        export = auditor.get(f"/audit/export.{fmt}")
+        assert name not in b"".join(export.streaming_content).decode()
+
+
 def test_the_trail_holds_no_bare_hash_of_what_it_masks(world: World) -> None:
     """A call's arguments hash, and the hash of the state its reviewer was shown, are
     SHA-256 over canonical JSON whose every other part the trail shows: kept bare, whoever

@@ -169,14 +169,30 @@ def test_events_removed_from_the_end_are_caught_by_the_anchor(sealed_chain) -> N
     assert "records seq 12, but the chain ends at seq 9" in message
 
 
+def test_a_chain_cut_below_its_anchor_and_grown_past_it_is_not_anchored_again(
+    sealed_chain, anchor_path, auditor_client, caplog
+) -> None:
+    """The sealer re-used seqs 10 to 14 after the cut. Anchoring that head made the status
+    panel, which compares the last anchor only, read "matches" until the next walk."""
+    tamper("DELETE FROM audit_auditevent WHERE seq > 9")
+    make_events(5)
+    with caplog.at_level("ERROR", logger="audit.chain"):
+        chain.seal_and_anchor()
+    assert [a.seq for a in anchor.iter_anchors(anchor_path)] == [12]
+    assert "no longer holds the hash anchored for seq 12" in caplog.text
+    page = auditor_client.get("/audit/analytics/").content.decode()
+    assert 'badge-bad">differs' in page
+
+
 def test_write_anchor_reads_only_the_end_of_the_file(anchor_path) -> None:
+    make_events(3)
+    chain.seal_pending()
+    first = AuditEvent.objects.get(seq=1).hash
     # A first line that is not an anchor at all: reading the whole file would choke on it.
     anchor_path.write_text("garbage that is not json\n" + "x" * 100_000 + "\n")
     anchor_path.write_text(
-        anchor_path.read_text() + json.dumps({"seq": 1, "hash": "a" * 64, "at": "t"}) + "\n"
+        anchor_path.read_text() + json.dumps({"seq": 1, "hash": first, "at": "t"}) + "\n"
     )
-    make_events(3)
-    chain.seal_pending()
     written = chain.write_anchor()
     assert written is not None and written.seq == 3
     assert anchor.last_anchor(anchor_path) == anchor.Anchor(seq=3, hash=written.hash, at=written.at)
@@ -188,6 +204,65 @@ def test_a_damaged_anchor_file_fails_verification(sealed_chain, anchor_path) -> 
         anchor_path.read_text() + '{"seq": 3, "hash": "' + "b" * 64 + '", "at": "t"}\n'
     )
     assert "anchor file" in broken("--no-seal")
+
+
+def test_a_damaged_anchor_file_stops_no_sweep_and_is_logged(anchor_path, caplog) -> None:
+    """A last line cut short (a full disk) or edited: the sealer goes on sealing, the
+    sweeps after it go on running, and the damage is said in the log and by the walk."""
+    make_events(3)
+    chain.seal_and_anchor()
+    with anchor_path.open("a") as handle:
+        handle.write('{"seq": 4, "ha')
+    make_events(2)
+    with caplog.at_level("ERROR", logger="audit.chain"):
+        call_command("run_sweeps", stdout=StringIO())
+    assert not AuditEvent.objects.filter(hash="").exists(), "the new events are sealed"
+    assert any(
+        "anchor file" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records
+    )
+    assert "is damaged" in broken("--no-seal")
+
+
+def test_an_anchor_file_named_on_the_command_line_must_exist(sealed_chain, tmp_path) -> None:
+    """A typo in --anchor is no trail without anchors: walked without it, a cut tail passed."""
+    tamper("DELETE FROM audit_auditevent WHERE seq > 9")
+    message = broken("--no-seal", "--anchor", str(tmp_path / "typo.jsonl"))
+    assert "cannot read the anchor file" in message
+    assert "No such file" in message
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["DELETE FROM audit_auditevent WHERE seq > 9", "DELETE FROM audit_auditevent WHERE seq = 5"],
+)
+def test_a_walk_broken_before_its_first_anchor_does_not_say_there_is_none(
+    sealed_chain, cut: str
+) -> None:
+    """The anchor (at seq 12) is there, and the cut tail is found by it: "no anchor in the
+    file" beside that verdict sent people looking for a deleted file."""
+    tamper(cut)
+    errors = StringIO()
+    with pytest.raises(CommandError):
+        call_command("verify_audit", "--no-seal", stdout=StringIO(), stderr=errors)
+    assert "no anchor" not in errors.getvalue()
+
+
+def test_a_trail_with_no_anchor_at_all_is_warned_of(sealed_chain, anchor_path) -> None:
+    anchor_path.unlink()
+    errors = StringIO()
+    call_command("verify_audit", "--no-seal", stdout=StringIO(), stderr=errors)
+    assert "no anchor in" in errors.getvalue()
+
+
+def test_an_event_with_a_hash_but_no_seq_is_named_as_such_not_as_the_anchor(
+    sealed_chain,
+) -> None:
+    """Written around the sealer: the walk never reaches it, and the anchor is not at fault."""
+    hidden = record(action="test.hidden", outcome="ok")
+    tamper("UPDATE audit_auditevent SET hash = %s WHERE id = %s", ["f" * 64, hidden.pk])
+    message = broken("--no-seal")
+    assert f"events with a hash but no seq (ids [{hidden.pk}])" in message
+    assert "anchor" not in message
 
 
 def test_require_anchor_refuses_an_unanchored_chain(anchor_path) -> None:

@@ -4,6 +4,7 @@ progress on the page, recorded with who asked and when."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -98,6 +99,38 @@ def test_two_auditors_asking_at_once_start_one_walk() -> None:
     assert VerificationRun.objects.count() == 1
     assert answers["second"] == (answers["first"][0], False)
     assert AuditEvent.objects.filter(action="audit.verification_requested").count() == 1
+
+
+@pytest.fixture
+def broker_down() -> Iterator[None]:
+    """Celery's broker at a port nobody listens on, as when Redis is down."""
+    from config.celery import app
+
+    original = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    app._after_fork()  # drop the pooled connections to the real broker
+    try:
+        yield
+    finally:
+        app.conf.broker_url = original
+        app._after_fork()
+
+
+@pytest.mark.django_db(transaction=True)  # the task is sent at the commit, in the request
+def test_a_run_the_queue_cannot_take_ends_unwalked_and_gives_the_button_back(
+    auditor_client: Client, broker_down: None, caplog
+) -> None:
+    """It answered 500, and left a queued run that no worker would take: every auditor who
+    asked in the next ten minutes joined it, and watched it wait."""
+    response = auditor_client.post("/audit/verify/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    run = VerificationRun.objects.get()
+    assert run.state == "done" and run.started_at is None
+    assert "task queue could not be reached" in run.reason
+    assert "could not queue chain verification run" in caplog.text
+    assert verification_runs.active_run() is None, "asking again starts a new run"
+    page = auditor_client.get(f"/audit/verify/{run.pk}/").content.decode()
+    assert 'id="verify-now"' in page and "hx-trigger" not in page
 
 
 def test_reviewers_cannot_ask_and_nobody_asks_with_get(

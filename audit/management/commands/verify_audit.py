@@ -37,6 +37,10 @@ class Command(BaseCommand):
         if not options["no_seal"]:
             chain.seal_pending()
         try:
+            if options["anchor"] is not None:
+                # Named here, a missing file is a mistake (a typo, a copy not mounted), not a
+                # trail without anchors yet: walked without it, a cut tail would pass.
+                options["anchor"].stat()
             result = verify_chain(anchor_path=options["anchor"])
         except OSError as problem:  # a directory, a file this user may not read
             raise CommandError(
@@ -51,11 +55,12 @@ class Command(BaseCommand):
         if result.interrupted:
             raise CommandError(f"audit chain not verified: {result.reason}")
         if not result.ok:
-            where = f"seq {result.broken_seq}" if result.broken_seq else "the anchor"
+            # No seq: the reason names what broke (the anchor file, events outside the chain).
+            where = f" at seq {result.broken_seq}" if result.broken_seq else ""
             if result.broken_id:
                 where += f" (event id {result.broken_id})"
             raise CommandError(
-                f"audit chain broken at {where}: {result.reason}; "
+                f"audit chain broken{where}: {result.reason}; "
                 f"{result.checked} events verified before it"
             )
         if options["require_anchor"] and result.checked and result.last_anchor is None:
