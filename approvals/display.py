@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,9 @@ def value(data: Any) -> Any:
     return _escaped(mask_value(data, render=partial))
 
 
-def condition(standing: StandingApproval, person: Any = None) -> str:
+def condition(
+    standing: StandingApproval, person: Any = None, *, revealable: Container[int] | None = None
+) -> str:
     """A standing approval's condition as ``person`` may read it (``None``: anyone).
 
     The trail masks it whole: written by an author who may reveal the tool's hidden fields,
@@ -59,12 +62,16 @@ def condition(standing: StandingApproval, person: Any = None) -> str:
     reveal the tool's arguments, read it as reviewers read any text; anyone else sees it
     masked whole when the tool has hidden fields (no check of the text can tell which it
     reads: ``args[["subject"][0]]`` names none).
+
+    ``revealable``: the ids of the tools ``person`` may reveal, when a page of many standing
+    approvals read them once (``permissions.revealable_tool_ids``).
     """
     if not standing.condition:
         return ""
     tool = standing.tool
     may_read = person is not None and (
-        standing.granted_by_id == person.pk or can_reveal(person, tool)
+        standing.granted_by_id == person.pk
+        or (tool.pk in revealable if revealable is not None else can_reveal(person, tool))
     )
     if tool.hidden_fields and not may_read:
         return masked("field", standing.condition)

@@ -4,11 +4,11 @@ who may not approve it, and whether it may still run."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -126,23 +126,39 @@ def in_required_teams(call: ToolCall, people: Sequence[Any]) -> set[Any]:
     teams = set(required_teams(call.policy))
     if not teams:
         return {person.pk for person in people}
-    if not people:
-        return set()
-    return set(
-        get_user_model()
-        .objects.filter(pk__in=[person.pk for person in people], groups__name__in=teams)
-        .annotate(teams_in=Count("groups", distinct=True))
-        .filter(teams_in=len(teams))
-        .values_list("pk", flat=True)
-    )
+    theirs = _teams_of([person.pk for person in people], teams)
+    return {person.pk for person in people if teams <= theirs.get(person.pk, set())}
 
 
 def approvers_if_outside(call: ToolCall, person: Any) -> str:
     """Who may approve ``call``, in words (``teams_phrase``), when ``person`` is not in every
     team its policy asks its approvals from; "" when they are, or it asks none."""
-    if in_required_team(call, person):
-        return ""
-    return teams_phrase(required_teams(call.policy))
+    return approvers_if_outside_on([call], person)[call.pk]
+
+
+def approvers_if_outside_on(calls: Sequence[ToolCall], person: Any) -> dict[Any, str]:
+    """``approvers_if_outside`` for each of ``calls``, by call id, in one query at most (the
+    "needs attention" page asks it of every call it lists)."""
+    required = {call.pk: set(required_teams(call.policy)) for call in calls}
+    named = set().union(*required.values())
+    theirs = _teams_of([person.pk], named).get(person.pk, set()) if named else set()
+    return {
+        pk: "" if teams <= theirs else teams_phrase(sorted(teams)) for pk, teams in required.items()
+    }
+
+
+def _teams_of(people_ids: Sequence[Any], teams: set[str]) -> dict[Any, set[str]]:
+    """Which of ``teams`` each person is a member of, by person id, in one query."""
+    found: dict[Any, set[str]] = {}
+    if not people_ids or not teams:
+        return found
+    for person_id, team in (
+        get_user_model()
+        .objects.filter(pk__in=people_ids, groups__name__in=teams)
+        .values_list("pk", "groups__name")
+    ):
+        found.setdefault(person_id, set()).add(team)
+    return found
 
 
 def teams_phrase(teams: Sequence[str]) -> str:
@@ -178,17 +194,19 @@ def conflict_of_interest(call: ToolCall, person: Any) -> str:
 def conflicts_of_interest(call: ToolCall, people: Sequence[Any]) -> dict[Any, str]:
     """``conflict_of_interest`` of each of ``people``, by id, in two queries at most (the
     notification sweeps ask it of every reviewer of every call they mail about)."""
-    found = conflicts_with(
-        agent=call.agent,
-        on_behalf_of=call.on_behalf_of,
-        aliases=call.end_user_aliases or (),
-        people=people,
-        made_at=call.created_at,
-    )
-    for person in people:
-        if not found[person.pk] and call.agent_owner_id == person.pk:
-            found[person.pk] = "former_owner"  # the agent changed hands: it may be theirs
-    return found
+    acting_for = _acting_for(call.on_behalf_of, call.end_user_aliases or ())
+    known = _Known.load(_not_owning(call.agent, people), [call.agent_id], names=bool(acting_for))
+    return {person.pk: _on_call(call, person, acting_for, known) for person in people}
+
+
+def conflicts_on_calls(calls: Sequence[ToolCall], person: Any) -> dict[Any, str]:
+    """``conflict_of_interest`` of ``person`` on each of ``calls``, by call id, in two
+    queries at most (the "needs attention" page asks it of every call it lists)."""
+    acting_for = {
+        call.pk: _acting_for(call.on_behalf_of, call.end_user_aliases or ()) for call in calls
+    }
+    known = _Known.load([person], {call.agent_id for call in calls}, names=any(acting_for.values()))
+    return {call.pk: _on_call(call, person, acting_for[call.pk], known) for call in calls}
 
 
 def conflict_with(
@@ -217,38 +235,81 @@ def conflicts_with(
 ) -> dict[Any, str]:
     """``conflict_with`` of each of ``people``, by id: one query for the single sign-on
     subjects when the call names an end user, one for the agent's tokens they issued."""
-    found = {person.pk: "owner" for person in people if agent.owner_id == person.pk}
-    rest = [person for person in people if person.pk not in found]
+    acting_for = _acting_for(on_behalf_of, aliases)
+    known = _Known.load(_not_owning(agent, people), [agent.pk], names=bool(acting_for))
+    made_at = made_at or timezone.now()
+    return {person.pk: _conflict(agent, person, acting_for, made_at, known) for person in people}
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What separation of duties reads of some people: their single sign-on subjects, and
+    when each token they issued to some agents was live; read at once for many people (one
+    call) or many calls (one person), never a query per pair."""
+
+    subjects: dict[Any, list[str]]
+    # (agent id, issuer id): each token's (created_at, revoked_at).
+    tokens: dict[tuple[Any, Any], list[tuple[datetime, datetime | None]]]
+
+    @classmethod
+    def load(cls, people: Sequence[Any], agent_ids: Iterable[Any], *, names: bool) -> _Known:
+        """``names``: whether any call names an end user (only then are subjects read)."""
+        ids = [person.pk for person in people]
+        subjects: dict[Any, list[str]] = {}
+        tokens: dict[tuple[Any, Any], list[tuple[datetime, datetime | None]]] = {}
+        if not ids:
+            return cls(subjects, tokens)
+        if names:
+            for user_id, subject in SsoIdentity.objects.filter(user_id__in=ids).values_list(
+                "user_id", "subject"
+            ):
+                subjects.setdefault(user_id, []).append(subject)
+        for agent_id, issuer_id, created_at, revoked_at in AgentToken.objects.filter(
+            agent_id__in=list(agent_ids), created_by_id__in=ids
+        ).values_list("agent_id", "created_by_id", "created_at", "revoked_at"):
+            tokens.setdefault((agent_id, issuer_id), []).append((created_at, revoked_at))
+        return cls(subjects, tokens)
+
+
+def _not_owning(agent: Any, people: Sequence[Any]) -> list[Any]:
+    """Those of ``people`` who do not own ``agent`` (its owner needs nothing read)."""
+    return [person for person in people if person.pk != agent.owner_id]
+
+
+def _acting_for(on_behalf_of: str, aliases: Sequence[str]) -> set[str]:
+    names = {folded(name) for name in (on_behalf_of, *aliases) if isinstance(name, str)}
+    names.discard("")
+    return names
+
+
+def _on_call(call: ToolCall, person: Any, acting_for: set[str], known: _Known) -> str:
+    found = _conflict(call.agent, person, acting_for, call.created_at, known)
+    if not found and call.agent_owner_id == person.pk:
+        return "former_owner"  # the agent changed hands: it may be theirs
+    return found
+
+
+def _conflict(
+    agent: Any, person: Any, acting_for: set[str], made_at: datetime, known: _Known
+) -> str:
+    """The one rule of ``conflict_with``, on what ``known`` read."""
+    if agent.owner_id == person.pk:
+        return "owner"
     # A verified user is named by their token's claim, by default its ``sub``: the one their
     # sign-in through the same provider is linked to, not their account's name. Their token's
     # other names (its e-mail, its preferred_username) find them when their account is not
     # linked to that ``sub`` (they sign in with a password).
-    acting_for = {folded(name) for name in (on_behalf_of, *aliases) if isinstance(name, str)}
-    acting_for.discard("")
-    if rest and acting_for:
-        subjects: dict[Any, list[str]] = {}
-        for user_id, subject in SsoIdentity.objects.filter(
-            user_id__in=[person.pk for person in rest]
-        ).values_list("user_id", "subject"):
-            subjects.setdefault(user_id, []).append(subject)
-        for person in rest:
-            names = {person.get_username(), person.email or "", *subjects.get(person.pk, [])}
-            if acting_for & {folded(name) for name in names}:
-                found[person.pk] = "on_behalf_of"
-        rest = [person for person in rest if person.pk not in found]
-    if rest:
-        made_at = made_at or timezone.now()
-        issuers = set(
-            AgentToken.objects.filter(
-                agent_id=agent.pk,
-                created_by_id__in=[person.pk for person in rest],
-                created_at__lte=made_at,
-            )
-            .filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=made_at))
-            .values_list("created_by_id", flat=True)
-        )
-        found.update({person.pk: "token_issuer" for person in rest if person.pk in issuers})
-    return {person.pk: found.get(person.pk, "") for person in people}
+    if acting_for:
+        names = {person.get_username(), person.email or "", *known.subjects.get(person.pk, [])}
+        if acting_for & {folded(name) for name in names}:
+            return "on_behalf_of"
+    # A token live when the call was made: its issuer was shown its secret.
+    if any(
+        created_at <= made_at and (revoked_at is None or revoked_at > made_at)
+        for created_at, revoked_at in known.tokens.get((agent.pk, person.pk), [])
+    ):
+        return "token_issuer"
+    return ""
 
 
 # Why an approved call may no longer run, by error code (the code the agent gets back).

@@ -320,11 +320,16 @@ def session_history(call: ToolCall, *, limit: int = 20) -> list[ToolCall]:
     )
 
 
+# What a call's page or card shows with it: every verdict and note, with who wrote it
+# (fetched with the calls, not a query per note or per call).
+SHOWN_WITH_A_CALL = ("decisions__reviewer", "notes__author")
+
+
 def call_for_reviewer(user: Any, call_id: UUID) -> ToolCall | None:
     """The call, if ``user`` may review its tool; None otherwise (the view answers 403/404)."""
     return (
         ToolCall.objects.select_related("tool", "agent__owner")
-        .prefetch_related("decisions__reviewer")
+        .prefetch_related(*SHOWN_WITH_A_CALL)
         .filter(pk=call_id)
         .first()
     )
@@ -345,6 +350,11 @@ def calls_needing_attention(user: Any) -> QuerySet[ToolCall]:
         .select_related("tool", "agent")
         .order_by("updated_at", "id")
     )
+
+
+def attention_page(user: Any, limit: int) -> list[ToolCall]:
+    """The first ``limit`` calls needing attention, with what each call's card shows."""
+    return list(calls_needing_attention(user).prefetch_related(*SHOWN_WITH_A_CALL)[:limit])
 
 
 def attention_count(user: Any) -> int:

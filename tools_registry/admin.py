@@ -499,6 +499,10 @@ class AgentTokenInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # issued with "Issue a token", which shows the secret once
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AgentToken]:
+        # Each row names its agent and issuer: with the tokens, not two queries per token.
+        return super().get_queryset(request).select_related("agent", "created_by")
+
 
 class AgentForm(forms.ModelForm):
     # Roles as a person types them; stored as a list.
@@ -987,7 +991,8 @@ def _waiting(agents: list[Agent]) -> int:
     """How many calls of ``agents`` wait for a decision: what a stop would cancel. (The
     calls' model is the approvals app's, above this one: reached by its relation's name,
     not imported.)"""
-    return sum(agent.calls.filter(status="pending").count() for agent in agents)  # type: ignore[attr-defined]
+    # One query for all of them (the stop action lists as many agents as were selected).
+    return Agent.objects.filter(pk__in=[a.pk for a in agents], calls__status="pending").count()
 
 
 # --- Identity providers -------------------------------------------------------------------

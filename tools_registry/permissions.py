@@ -67,3 +67,15 @@ def require_reviewer(user: Any, tool: Tool) -> None:
 
 def can_reveal(user: Any, tool: Tool) -> bool:
     return user.is_authenticated and bool(user.has_perm(REVEAL_PERMISSION, tool))
+
+
+def revealable_tool_ids(user: Any) -> set[int]:
+    """The ids of the tools ``user`` may reveal the masked arguments of: ``can_reveal`` of
+    every tool, in one query (a page asks it of each of its rows)."""
+    if not user.is_authenticated or not user.is_active:
+        return set()
+    return set(
+        get_objects_for_user(
+            user, REVEAL_PERMISSION, klass=Tool, accept_global_perms=False, with_superuser=True
+        ).values_list("pk", flat=True)
+    )

@@ -10,6 +10,7 @@ policy asks its approvals from teams, only their members (whoever may approve it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +22,7 @@ from approvals.execution import send
 from approvals.guards import (
     CONFLICTS,
     Refused,
-    approvers_if_outside,
+    approvers_if_outside_on,
     attention,
     cannot_run_reason,
     conflict_of_interest,
@@ -197,5 +198,12 @@ def outside_required_teams(call: ToolCall, person: Any) -> str:
     teams they are not all in; "" if they are (or it asks none). A re-run is another go at
     the effect its approvers allowed, and what happened decides whether the agent may try
     again: both are for whoever may approve it."""
-    who = approvers_if_outside(call, person)
-    return f"This call's approvals come from {who}." if who else ""
+    return outside_required_teams_on([call], person)[call.pk]
+
+
+def outside_required_teams_on(calls: Sequence[ToolCall], person: Any) -> dict[Any, str]:
+    """``outside_required_teams`` of each of ``calls``, by call id, in one query at most."""
+    return {
+        pk: f"This call's approvals come from {who}." if who else ""
+        for pk, who in approvers_if_outside_on(calls, person).items()
+    }

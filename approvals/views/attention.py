@@ -19,13 +19,13 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals import display, selectors, transitions
-from approvals.guards import CONFLICTS, conflict_of_interest
+from approvals.guards import CONFLICTS, conflicts_on_calls
 from approvals.models import Status, ToolCall
 from approvals.services.attention import (
     AttentionRefused,
     RerunConfirmationRequired,
     needs_a_person,
-    outside_required_teams,
+    outside_required_teams_on,
     recheck_call,
     rerun_call,
     resolve_call,
@@ -52,6 +52,23 @@ class RerunForm(forms.Form):
 
 
 def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
+    return _items([call], user, **extra)[0]
+
+
+def _items(calls: list[ToolCall], user: Any, **extra: Any) -> list[dict[str, Any]]:
+    """The cards of ``calls``; who may not settle which is asked once for all of them (the
+    page lists up to ``PAGE_SIZE``), not a query or more per card."""
+    # The agent's owner, or the person it acts for, may see a call but not settle it; nor
+    # may a reviewer outside the teams its policy asks its approvals from.
+    conflicts = conflicts_on_calls(calls, user)
+    outside = outside_required_teams_on(calls, user)
+    return [
+        _card(call, CONFLICTS.get(conflicts[call.pk], "") or outside[call.pk], **extra)
+        for call in calls
+    ]
+
+
+def _card(call: ToolCall, conflict: str, **extra: Any) -> dict[str, Any]:
     view = display.page(call)
     return {
         "call": call,
@@ -59,10 +76,7 @@ def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
         "arguments_json": view.arguments_json,
         "attention_reason": display.text(call.attention_reason),
         "open": needs_a_person(call),
-        # The agent's owner, or the person it acts for, may see the call but not settle it;
-        # nor may a reviewer outside the teams its policy asks its approvals from.
-        "conflict": CONFLICTS.get(conflict_of_interest(call, user), "")
-        or outside_required_teams(call, user),
+        "conflict": conflict,
         # Only writes are run again; a destructive call's outcome is recorded, nothing more.
         "rerunnable": transitions.allowed(call.status, Status.APPROVED, risk=call.risk),
         **extra,
@@ -73,8 +87,7 @@ def _item(call: ToolCall, user: Any, **extra: Any) -> dict[str, Any]:
 @require_GET
 @login_required
 def attention(request: AuthedRequest) -> HttpResponse:
-    calls = list(selectors.calls_needing_attention(request.user)[:PAGE_SIZE])
-    items = [_item(call, request.user) for call in calls]
+    items = _items(selectors.attention_page(request.user, PAGE_SIZE), request.user)
     template = f"{PAGE}#attention-list" if request.htmx else PAGE
     return render(request, template, {"items": items})
 

@@ -31,7 +31,7 @@ from approvals.guards import (
 from approvals.models import StandingApproval, Status, ToolCall, Verdict
 from approvals.services import decisions, notes, reveals, standing
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
-from tools_registry.permissions import reviewable_tools
+from tools_registry.permissions import revealable_tool_ids, reviewable_tools
 from tools_registry.policy import Risk
 
 
@@ -349,18 +349,22 @@ def standing_approvals(request: AuthedRequest) -> HttpResponse:
     if not request.user.has_perm("approvals.change_standingapproval"):
         rows = rows.filter(granted_by_id=request.user.pk)
     now = timezone.now()
-    listed = [_standing_row(s, now, request.user) for s in rows[:200]]
+    # The tools whose conditions they read in full: asked once, not for every row.
+    revealable = revealable_tool_ids(request.user)
+    listed = [_standing_row(s, now, request.user, revealable) for s in rows[:200]]
     return render(request, "approvals/standing.html", {"rows": listed})
 
 
-def _standing_row(standing: StandingApproval, now: datetime, person: Any) -> dict[str, Any]:
+def _standing_row(
+    standing: StandingApproval, now: datetime, person: Any, revealable: set[int]
+) -> dict[str, Any]:
     # Given for an earlier definition of the tool, it covers nothing any more.
     tool_changed = standing.tool_version != standing.tool.version
     return {
         "standing": standing,
         "live": standing.revoked_at is None and standing.expires_at > now and not tool_changed,
         "tool_changed": tool_changed,
-        "condition": display.condition(standing, person),
+        "condition": display.condition(standing, person, revealable=revealable),
     }
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from approvals.models import StandingApproval, Status
-from tests.approvals.services.test_standing import approve_with, submit
+from tests.approvals.services.test_standing import EMAIL, approve_with, submit
 from tests.conftest import World
 from tools_registry.models import Tool
 
@@ -106,3 +110,44 @@ def test_the_standing_approvals_list_cannot_spell_out_a_condition(world: World) 
     for lookup in ("condition__startswith", "condition__contains", "condition"):
         probe = admin.get("/admin/approvals/standingapproval/", {lookup: 'args.to == "a'})
         assert probe.status_code == 400, lookup
+
+
+def test_the_standing_approvals_page_costs_the_same_queries_however_many_it_lists(
+    world: World,
+) -> None:
+    """An admin sees everyone's standing approvals, each condition as they may read it
+    (whether they may reveal its tool's arguments): asked once for the page, not for every
+    row (it lists up to 200)."""
+    from tools_registry import services as registry_services
+    from tools_registry.services.grants import grant
+
+    tool = world.tools["send_email"]
+    registry_services.update_policy(
+        tool=tool, changes={"sensitive_fields": ["subject"]}, changed_by=world.alice
+    )
+    tool.refresh_from_db()
+    admin = _admin()
+    for revealer in (world.bob, User.objects.get(username="kim")):
+        grant(tool=tool, permission="reveal_tool_arguments", user=revealer)
+    subjects: list[str] = []
+
+    def grant_standing(count: int) -> None:
+        for _ in range(count):
+            subjects.append(f"Case {uuid.uuid4().hex[:8]}")
+            call = submit(world, {**EMAIL, "subject": subjects[-1]})
+            condition = f'args.subject == "{subjects[-1]}"'
+            approve_with(world, call, match="condition", condition=condition)
+
+    def queries_for_page() -> tuple[int, str]:
+        with CaptureQueriesContext(connection) as captured:
+            page = admin.get("/approvals/standing/")
+        assert page.status_code == 200
+        return len(captured.captured_queries), page.content.decode()
+
+    grant_standing(2)
+    queries_for_page()  # warm-up: the first request of a session touches it
+    few, _ = queries_for_page()
+    grant_standing(8)
+    many, body = queries_for_page()
+    assert all(subject in body for subject in subjects)  # kim may reveal them
+    assert many == few, f"2 standing approvals: {few} queries, 10: {many}"

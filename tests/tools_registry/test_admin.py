@@ -5,12 +5,16 @@ through the service and the plaintext is shown once."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group, Permission, User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
+from approvals.services.calls import create_call
 from tests.conftest import World, events
 from tests.support.uncommitted import uncommitted
 from tests.tools_registry.conftest import admin_form_data
@@ -539,3 +543,54 @@ def test_an_action_on_a_row_that_is_no_number_is_a_bad_request_not_a_500(
     )
     assert response.status_code == 302
     assert AgentToken.objects.get(pk=token.pk).revoked_at is not None
+
+
+def _queries(client: Client, url: str, data: dict[str, Any] | None = None) -> tuple[int, str]:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post(url, data) if data is not None else client.get(url)
+    assert response.status_code == 200
+    return len(captured.captured_queries), response.content.decode()
+
+
+def test_the_agent_page_costs_the_same_queries_however_many_tokens_it_lists(
+    world: World, admin_client: Client, tool_admin: User
+) -> None:
+    """Each token's row names its agent and who issued it: read with the tokens, not two
+    queries per token."""
+    url = f"/admin/tools_registry/agent/{world.agent.pk}/change/"
+    issued = [services.issue_token(agent=world.agent, label="ci", created_by=tool_admin)[0]]
+    _queries(admin_client, url)  # warm-up: the first request of a session touches it
+    few, _ = _queries(admin_client, url)
+    issued += [
+        services.issue_token(agent=world.agent, label="ci", created_by=tool_admin)[0]
+        for _ in range(9)
+    ]
+    many, body = _queries(admin_client, url)
+    assert all(token.prefix in body for token in issued)
+    assert many == few, f"2 tokens: {few} queries, 11 tokens: {many}"
+
+
+def test_the_stop_action_costs_the_same_queries_however_many_agents_are_selected(
+    world: World, admin_client: Client
+) -> None:
+    """The page asking for the reason says how many calls the stop would cancel: counted
+    for all the selected agents at once, not a query per agent."""
+
+    def selection(agents: int) -> dict[str, Any]:
+        for n in range(Agent.objects.filter(name__startswith="bot-").count(), agents):
+            agent = Agent.objects.create(name=f"bot-{n}", owner=world.alice)
+            agent.allowed_tools.add(world.tools["send_email"])
+            create_call(
+                agent=agent, tool=world.tools["send_email"], session_id="s",
+                arguments={"to": "ada@example.com", "subject": f"n{n}", "body": "Hello."},
+                request_key=uuid.uuid4().hex,
+            )  # fmt: skip
+        chosen = Agent.objects.filter(name__startswith="bot-").values_list("pk", flat=True)
+        return {"action": "stop_selected", "_selected_action": [str(pk) for pk in chosen]}
+
+    _queries(admin_client, "/admin/tools_registry/agent/", selection(2))  # warm-up
+    few, body = _queries(admin_client, "/admin/tools_registry/agent/", selection(2))
+    assert "its 2 calls waiting for a decision are cancelled" in body
+    many, body = _queries(admin_client, "/admin/tools_registry/agent/", selection(12))
+    assert "its 12 calls waiting for a decision are cancelled" in body
+    assert many == few, f"2 agents: {few} queries, 12 agents: {many}"

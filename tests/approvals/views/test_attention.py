@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils.html import escape
 
 from approvals.execution import runner
+from approvals.guards import CONFLICTS
 from approvals.models import Status, ToolCall
+from approvals.services.notes import add_note
 from audit.models import AuditEvent
 from tests.conftest import World, executions_sent
 from tests.support.calls import approved_call, delete_arguments, unknown_call
 from tools_registry import services as registry_services
+from tools_registry.models import Agent
 
 PAGE = "/approvals/attention/"
 
@@ -379,3 +385,55 @@ def test_only_members_of_the_teams_a_call_needs_settle_it_or_run_it_again(
     assert member.status_code in (200, 302)
     call.refresh_from_db()
     assert call.status == Status.FAILED
+
+
+def test_the_list_costs_the_same_queries_however_many_calls_it_shows(
+    world: World, dora: User
+) -> None:
+    """Each card shows the call's verdicts and notes with who wrote them, and whether the
+    person may settle it (a conflict of interest, a team the call needs): read with the
+    list, not a query or more per card (the page shows up to 200). Each card still says
+    its own call's reason."""
+    from django.contrib.auth.models import Group
+
+    Group.objects.create(name="finance")  # dora is not in it
+    billing = Agent.objects.create(name="billing-bot", owner=world.alice)
+    registry_services.issue_token(agent=billing, label="dora's", created_by=dora)
+    reasons = {
+        "for_dora": CONFLICTS["on_behalf_of"],
+        "her_token": CONFLICTS["token_issuer"],
+        "finance": "This call's approvals come from the finance team.",
+    }
+    made: list[str] = []
+
+    def add(calls: int) -> None:
+        for _ in range(calls):
+            call = unknown_call(world)
+            add_note(call_id=call.pk, author=world.bob, text="Checked the mail server.")
+            kind = list(reasons)[len(made) % len(reasons)]
+            # Set-up only: calls for dora, by the agent she issued a token to, and of a
+            # rule that asks the finance team's approvals.
+            changes = {
+                "for_dora": {"on_behalf_of": "dora@example.com"},
+                "her_token": {"agent": billing},
+                "finance": {"policy": {**call.policy, "teams": ["finance"]}},
+            }[kind]
+            ToolCall.objects.filter(pk=call.pk).update(**changes)
+            made.append(kind)
+
+    def queries_for_page(client: Client) -> tuple[int, str]:
+        with CaptureQueriesContext(connection) as queries:
+            body = client.get(PAGE).content.decode()
+        return len(queries.captured_queries), body
+
+    dora_client = client_for(dora)
+    add(3)
+    queries_for_page(dora_client)  # warm-up: the first request of a session touches it
+    few, _ = queries_for_page(dora_client)
+    add(12)
+    many, body = queries_for_page(dora_client)
+
+    assert body.count('class="attention-item') == 15
+    for kind, reason in reasons.items():
+        assert body.count(f"{escape(reason)} Another reviewer must settle it.") == made.count(kind)
+    assert many == few, f"3 calls: {few} queries, 15 calls: {many}"

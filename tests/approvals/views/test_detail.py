@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
+from approvals.services.notes import add_note
 from tests.approvals.conftest import login, make_call
 from tests.conftest import World
 from tools_registry import services as registry_services
@@ -265,3 +269,33 @@ def test_a_correction_leads_an_earlier_approver_back_to_the_call(
     with django_capture_on_commit_callbacks(execute=True):
         assert notifications.send_reminders() == 1
     assert sorted(a for m in mailoutbox for a in m.to) == ["bob@example.com"]
+
+
+def test_the_page_and_its_update_cost_the_same_queries_however_many_notes_it_shows(
+    world: World, bob_client
+) -> None:
+    """Each note names its author: read with the notes (and the notes once), not a query
+    per note, on the page and on the fragment that replaces its live parts."""
+    call = make_call(world, "send_email")
+    page, update = f"/approvals/{call.pk}/", f"/approvals/{call.pk}/live/?v=old"
+
+    def write_notes(count: int) -> None:
+        for _ in range(count):
+            author = User.objects.create_user(f"reviewer-{uuid.uuid4().hex[:8]}")
+            registry_services.grant_review(tool=world.tools["send_email"], user=author)
+            add_note(call_id=call.pk, author=author, text="Asked the customer to confirm.")
+
+    def queries(url: str) -> tuple[int, str]:
+        with CaptureQueriesContext(connection) as captured:
+            body = bob_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+        return len(captured.captured_queries), body
+
+    write_notes(1)
+    queries(page)  # warm-up: the first request of a session touches it
+    few = queries(page)[0], queries(update)[0]
+    write_notes(8)
+    (on_page, body), (on_update, fragment) = queries(page), queries(update)
+
+    for shown in (body, fragment):
+        assert shown.count("Asked the customer to confirm.") == 9
+    assert (on_page, on_update) == few, f"1 note: {few}, 9 notes: {(on_page, on_update)}"
