@@ -24,7 +24,7 @@ from approvals import hidden
 from approvals.guards import may_still_approve
 from approvals.models import Decision, Note, StandingApproval, Status, ToolCall, Verdict
 from audit.display import escape_hidden, partial
-from audit.masking import mask_fields, mask_text, mask_value, masked, unique_key
+from audit.masking import mask_fields, mask_text, mask_value, masked, path_parts, unique_key
 from tools_registry import facts as tool_facts
 from tools_registry import registry, sources
 from tools_registry.permissions import can_reveal
@@ -98,7 +98,7 @@ def arguments(call: ToolCall) -> Any:
     tool = call.tool
     shown = mask_fields(call.arguments, tool.secret_fields)
     for path in tool.sensitive_fields:
-        shown = _partly(shown, [p for p in path.split(".") if p])
+        shown = _partly(shown, path_parts(path))
     return value(shown)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.canonical import canonical_json
-from audit.masking import mask_fields, masked
+from audit.masking import mask_fields, masked, path_parts
 from tools_registry.models import Tool
 
 # A hidden value this short is not looked for inside longer text (it would mask digits of
@@ -44,7 +44,7 @@ def values(tool: Tool, arguments: Any) -> list[str]:
 
     mask_fields(arguments, tool.hidden_fields, render=collect)
     for path in tool.hidden_fields:
-        for held in _at(arguments, [part for part in path.split(".") if part]):
+        for held in _at(arguments, path_parts(path)):
             if isinstance(held, dict | list):
                 found += _leaves(held)
     return sorted({v for v in found if v}, key=len, reverse=True)

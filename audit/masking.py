@@ -315,10 +315,27 @@ def unique_key(name: str, taken: Mapping[str, Any]) -> str:
     return f"{name} ({n})"
 
 
+_UNESCAPED_DOT = re.compile(r"(?<!\\)\.")
+
+
+def path_parts(path: str) -> list[str]:
+    """The names of a masked field's dotted path: ``card.number`` is ["card", "number"]. A
+    dot inside a name is written ``\\.``: the property ``card.number`` of ``meta`` is
+    ``meta.card\\.number``. (Only a dot is escaped, so every path written before reads as it
+    did; a name that ends in a backslash cannot have a member named after it.)"""
+    return [part.replace("\\.", ".") for part in _UNESCAPED_DOT.split(path) if part]
+
+
+def field_path(parts: Iterable[str]) -> str:
+    """The dotted path of these names, as ``path_parts`` reads it."""
+    return ".".join(part.replace(".", "\\.") for part in parts)
+
+
 def mask_fields(value: Any, sensitive_fields: Iterable[str], *, render: Renderer = masked) -> Any:
-    """Mask the values at the given dotted paths whole (``card.number``; lists are walked)."""
+    """Mask the values at the given dotted paths whole (``card.number``; lists are walked;
+    ``path_parts`` reads a path)."""
     for path in sensitive_fields:
-        value = _mask_path(value, [part for part in path.split(".") if part], render)
+        value = _mask_path(value, path_parts(path), render)
     return value
 
 

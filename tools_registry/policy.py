@@ -14,6 +14,7 @@ from typing import Any
 import limits
 from django.db import models
 
+from audit.masking import field_path, path_parts
 from tools_registry.schemas import has_argument_path
 
 
@@ -254,8 +255,10 @@ def sensitive_fields_problems(
         return ['Give a list of argument paths, like ["card.number", "email"].']
     problems = []
     for path in fields:
-        if not path or path != path.strip() or not all(path.split(".")):
-            problems.append(f"{path!r} is not a dotted argument path.")
+        if not path or path != path.strip() or field_path(path_parts(path)) != path:
+            problems.append(
+                f"{path!r} is not a dotted argument path (a dot inside a name is written \\.)."
+            )
         elif not has_argument_path(input_schema, path):
             problems.append(f"{path!r} is not an argument of this tool.")
     if len(set(fields)) != len(fields):

@@ -27,10 +27,12 @@ from functools import cache, lru_cache
 from typing import Any
 
 import celpy
+import re2
 from celpy import celparser, celtypes
 from celpy.evaluation import celstr
 from lark import Token, Tree
 
+from audit.masking import field_path
 from core.json_values import unstorable_text
 from tools_registry import risk_signals
 from tools_registry.policy import Risk
@@ -114,6 +116,37 @@ def teams_named(raw: Any) -> frozenset[str]:
         for item in raw
         if isinstance(item, dict) and isinstance(item.get("team"), str) and item["team"]
     )
+
+
+def for_risk(raw: Any, risk: str) -> list[Any]:
+    """A tool's rules once its risk class becomes ``risk``: each asks at least what it asked.
+
+    A ``require`` of a tool made destructive asks for 2 approvals if it asked for fewer, its
+    team and confirmation kept; of a tool made a read, which no reviewer can hold, it refuses
+    the calls it held. An ``approve`` the class does not allow goes: a later rule or the
+    tool's own policy then decides, and either asks more. Every other rule stays as it was,
+    even one that no longer fits the tool's schema: dropped, a refusal would let through what
+    it refused; kept, it fails closed on every call, and the policy check names it until an
+    admin mends it.
+    """
+    adapted = []
+    for item in raw if isinstance(raw, list) else []:
+        then = item.get("then") if isinstance(item, dict) else None
+        if then == APPROVE and risk in (Risk.READ, Risk.DESTRUCTIVE):
+            continue
+        if then == REQUIRE and risk == Risk.READ:
+            item = {
+                "when": item.get("when"),
+                "then": REFUSE,
+                "note": "This rule asked for reviewers, and a read cannot wait for them: "
+                "refused until an admin changes the rule.",
+            }
+        elif then == REQUIRE and risk == Risk.DESTRUCTIVE:
+            approvals = item.get("approvals")
+            if isinstance(approvals, int) and not isinstance(approvals, bool) and approvals < 2:
+                item = {**item, "approvals": 2}
+        adapted.append(item)
+    return adapted
 
 
 def problems(
@@ -226,6 +259,7 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
             "size(): using a text or list whole there (args.body.contains(a), string(args.to)) "
             "costs the square of what the agent sends."
         )
+    found += _pattern_problems(tree)
     for name in sorted(_functions(tree) - FUNCTIONS):
         # Found on a live call only when the rule gets that far, as an error that skips it.
         found.append(
@@ -241,6 +275,43 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     if not found:
         found += _type_problems(when, input_schema)
     return found
+
+
+def _pattern_problems(tree: Tree) -> list[str]:
+    """Why a ``matches()`` of the condition cannot be checked when saved: its pattern must be
+    a string literal (one from the call would let the agent choose what the rule matches, and
+    an invalid one was written to the logs), and a valid RE2 expression."""
+    found = []
+    for node in _matches_patterns(tree):
+        token = _literal_token(node)
+        if token is None or token.type not in ("STRING_LIT", "MLSTRING_LIT"):
+            found.append(
+                "matches() takes its pattern as a string literal, "
+                'like args.code.matches("^[A-Z]{3}$"), not a value of the call.'
+            )
+            continue
+        pattern = str(celstr(token))
+        try:
+            re2.compile(pattern, _QUIET)
+        except re2.error as exc:
+            reason = exc.args[0] if exc.args else b""
+            reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+            found.append(
+                f"the pattern {pattern!r} is not a regular expression RE2 reads: {reason}."
+            )
+    return found
+
+
+def _matches_patterns(tree: Tree) -> Iterator[Any]:
+    """The pattern given to each ``matches()``: ``x.matches(p)`` or ``matches(x, p)``."""
+    for node in _subtrees(tree, "member_dot_arg"):
+        given = node.children[2] if len(node.children) > 2 else None
+        if str(node.children[1]) == "matches" and isinstance(given, Tree) and given.children:
+            yield given.children[0]
+    for node in _subtrees(tree, "ident_arg"):
+        given = node.children[1] if len(node.children) > 1 else None
+        if str(node.children[0]) == "matches" and isinstance(given, Tree) and given.children[1:]:
+            yield given.children[1]
 
 
 def _type_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
@@ -517,6 +588,21 @@ def _size_as_cel(value: Any) -> Any:
     return _SIZE(value)
 
 
+# re2 writes the pattern it cannot read to stderr, as the process's log: a pattern taken from
+# the call (a rule saved before ``_pattern_problems``) put an argument, maybe a secret, there.
+_QUIET = re2.Options()
+_QUIET.log_errors = False
+
+
+def _matches_quietly(text: Any, pattern: Any) -> Any:
+    """cel-python's ``matches()``, without re2's log of an invalid pattern."""
+    try:
+        found = re2.search(pattern, text, _QUIET)
+    except re2.error as exc:
+        return celpy.CELEvalError("match error", exc.__class__, ())
+    return celtypes.BoolType(found is not None)
+
+
 _IN = celpy.evaluation.base_functions["_in_"]
 _SIZE = celpy.evaluation.base_functions["size"]
 _CONTAINS = celpy.evaluation.base_functions["contains"]
@@ -529,6 +615,7 @@ celpy.evaluation.base_functions["_in_"] = _in_as_cel
 celpy.evaluation.base_functions["contains"] = _contains_as_cel
 celpy.evaluation.base_functions["_[_]"] = _index_as_cel
 celpy.evaluation.base_functions["size"] = _size_as_cel
+celpy.evaluation.base_functions["matches"] = _matches_quietly
 
 
 @cache
@@ -784,7 +871,7 @@ def arguments_read(when: str) -> list[str]:
     """The argument paths a condition reads (``args.a.b`` and ``args["a"]["b"]`` as "a.b");
     none if it does not compile (``condition_problems`` says why)."""
     try:
-        return [".".join(path) for path in _argument_paths(_environment().compile(when))]
+        return [field_path(path) for path in _argument_paths(_environment().compile(when))]
     except (celparser.CELParseError, RecursionError):
         return []
 

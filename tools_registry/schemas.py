@@ -23,7 +23,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from audit.canonical import canonical_json
-from audit.masking import mask_text
+from audit.masking import field_path, mask_text, path_parts
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -172,7 +172,7 @@ def validate_arguments(
     agent, stored for idempotent replays and audited. Other values (and made-up argument
     names, in paths too) are quoted at most ``QUOTED_MAX`` characters long, with their size.
     """
-    sensitive = [tuple(p for p in field.split(".") if p) for field in sensitive_fields]
+    sensitive = [tuple(path_parts(field)) for field in sensitive_fields]
     # The first errors of each keyword of the schema (by its place in the schema), with the
     # made-up arguments of each: every error is found, to be counted, within the check's
     # step bound as a valid body's check is; only those described are kept.
@@ -399,7 +399,7 @@ def has_argument_path(schema: Mapping[str, Any], dotted: str) -> bool:
     Arrays are walked transparently, the way masking walks lists; ``anyOf``/``oneOf``/
     ``allOf`` branches and local ``$ref``s count.
     """
-    parts = [p for p in dotted.split(".") if p]
+    parts = path_parts(dotted)
     return bool(parts) and _path_exists(schema, parts, root=schema, depth=0, asked={})
 
 
@@ -510,7 +510,7 @@ def argument_paths(schema: Mapping[str, Any], *, limit: int = 500) -> list[str]:
         properties = node.get("properties")
         if isinstance(properties, Mapping):
             for name, child in properties.items():
-                path = ".".join((*prefix, str(name)))
+                path = field_path((*prefix, str(name)))
                 if path not in found:
                     found.append(path)
                 walk(child, (*prefix, str(name)), depth + 1)

@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from audit import masking
 from audit.display import partial
-from audit.masking import mask_arguments, mask_fields, mask_text, mask_value, masked
+from audit.masking import (
+    field_path,
+    mask_arguments,
+    mask_fields,
+    mask_text,
+    mask_value,
+    masked,
+    path_parts,
+)
 
 
 @pytest.mark.parametrize(
@@ -174,3 +182,23 @@ def test_camel_case_secret_names_are_masked_whole_too() -> None:
     plain = ["maxTokens", "tokenCount", "inputTokens", "secretName", "OAuth", "passwordPolicy"]
     masked_value = mask_value({name: "opaque-value-123" for name in names + plain})
     assert [k for k, v in masked_value.items() if v != "opaque-value-123"] == names
+
+
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [
+        ("card.number", ["card", "number"]),
+        ("meta.card\\.holder", ["meta", "card.holder"]),
+        ("a\\b.c", ["a\\b", "c"]),  # only a dot is escaped: paths written before read the same
+    ],
+)
+def test_a_masked_field_path_writes_a_dot_in_a_name_escaped(path: str, parts: list[str]) -> None:
+    assert path_parts(path) == parts
+    assert path_parts(field_path(parts)) == parts
+
+
+def test_a_name_that_holds_a_dot_is_masked_and_not_the_path_it_reads_like() -> None:
+    held = {"meta": {"card.holder": "Ann", "card": {"holder": "Bob"}}}
+    masked_once = mask_fields(held, ["meta.card\\.holder"])
+    assert masked_once["meta"]["card"] == {"holder": "Bob"}
+    assert masked_once["meta"]["card.holder"] != "Ann"

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from approvals.services.calls import create_call
 from tests.conftest import World, events
 from tests.support.uncommitted import uncommitted
-from tests.tools_registry.conftest import admin_form_data
+from tests.tools_registry.conftest import admin_form_data, tool_in_code
 from tools_registry import services
 from tools_registry.models import Agent, AgentToken, Tool, Upstream
 from tools_registry.permissions import can_review
@@ -594,3 +594,74 @@ def test_the_stop_action_costs_the_same_queries_however_many_agents_are_selected
     many, body = _queries(admin_client, "/admin/tools_registry/agent/", selection(12))
     assert "its 12 calls waiting for a decision are cancelled" in body
     assert many == few, f"2 agents: {few} queries, 12 agents: {many}"
+
+
+DOTTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "customer_id": {"type": "string"},
+        "meta": {
+            "type": "object",
+            "properties": {"card.holder": {"type": "string"}, "card": {"type": "string"}},
+        },
+    },
+    "required": ["customer_id"],
+    "additionalProperties": False,
+}
+
+
+def test_a_property_whose_name_holds_a_dot_can_be_masked(
+    world: World, admin_client: Client
+) -> None:
+    """The picker offered ``meta.card.holder``, which the policy check read as ``holder`` in
+    ``card`` in ``meta`` and refused: such a field could not be hidden at all. Its dot is now
+    written ``\\.``, and the value is masked in the trail and on the reviewer's page."""
+    with tool_in_code(input_schema=DOTTED_SCHEMA) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        page = admin_client.get(_change_url(tool))
+        offered = [
+            value for value, _ in page.context["adminform"].form.fields["sensitive_fields"].choices
+        ]
+        [holder_path] = [path for path in offered if "holder" in path]
+        data = admin_form_data(page)
+        data["sensitive_fields"] = [holder_path]
+        response = admin_client.post(_change_url(tool), data)
+        assert response.status_code == 302, response.context["adminform"].form.errors
+        tool.refresh_from_db()
+        assert tool.sensitive_fields == ["meta.card\\.holder"]
+        world.agent.allowed_tools.add(tool)
+        services.grant_review(tool=tool, user=world.bob)
+        holder = "Zebulon Quarterfield"
+        arguments = {"customer_id": "c1", "meta": {"card.holder": holder, "card": "visible"}}
+        answer = world.api().submit({"tool": spec.name, "arguments": arguments, "session_id": "s"})
+    assert answer.status_code == 202, answer.content
+    [submitted] = events("call.submitted", tool_name=spec.name)
+    assert holder not in json.dumps(submitted.data)
+    assert submitted.data["arguments"]["meta"]["card"] == "visible"
+    reviewer = Client()
+    reviewer.force_login(world.bob)
+    detail = reviewer.get(f"/approvals/{answer.json()['id']}/")
+    assert detail.status_code == 200
+    assert holder not in detail.content.decode()
+    assert "visible" in detail.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("meta.card.holder", "'meta.card.holder' is not an argument of this tool."),
+        ("meta..card", "'meta..card' is not a dotted argument path"),
+    ],
+)
+def test_a_dotted_name_written_unescaped_is_refused_clearly(
+    world: World, path: str, problem: str
+) -> None:
+    with tool_in_code(input_schema=DOTTED_SCHEMA) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        with pytest.raises(services.PolicyInvalid) as refused:
+            services.update_policy(
+                tool=tool, changes={"sensitive_fields": [path]}, changed_by=world.alice
+            )
+    assert refused.value.message_dict["sensitive_fields"][0].startswith(problem)

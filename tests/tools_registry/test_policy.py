@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
 
 from tests.conftest import World, events
+from tests.tools_registry.conftest import tool_in_code
 from tools_registry import services
 from tools_registry.models import Tool
 from tools_registry.policy import DEFAULTS, POLICY_FIELDS, Risk, validate_policy
@@ -231,3 +232,73 @@ def test_concurrent_edits_are_validated_one_after_the_other(live_world: World) -
     stored = Tool.objects.get(pk=tool.pk)
     assert (stored.reminder_after_seconds, stored.approval_ttl_seconds) == (1800, 3600)
     assert stored.policy_version == tool.policy_version + 1
+
+
+PATTERN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"code": {"type": "string"}, "pattern": {"type": "string"}},
+    "required": ["code", "pattern"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        (
+            "args.code.matches(args.pattern)",
+            "Rule 1: matches() takes its pattern as a string literal, "
+            'like args.code.matches("^[A-Z]{3}$"), not a value of the call.',
+        ),
+        (
+            "matches(args.code, args.pattern)",
+            "Rule 1: matches() takes its pattern as a string literal, "
+            'like args.code.matches("^[A-Z]{3}$"), not a value of the call.',
+        ),
+        (
+            'args.code.matches("(unclosed")',
+            "Rule 1: the pattern '(unclosed' is not a regular expression RE2 reads: "
+            "missing ): (unclosed.",
+        ),
+    ],
+)
+def test_a_pattern_is_a_valid_literal_or_the_rule_is_refused(
+    world: World, capfd: pytest.CaptureFixture[str], condition: str, expected: str
+) -> None:
+    """A pattern from the call lets the agent choose what the rule matches (``.*``); an
+    invalid literal was refused only as "cannot be evaluated", after re2 logged it."""
+    with tool_in_code(input_schema=PATTERN_SCHEMA) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        with pytest.raises(services.PolicyInvalid) as refused:
+            services.update_policy(
+                tool=tool,
+                changes={"rules": [{"when": condition, "then": "refuse"}]},
+                changed_by=world.alice,
+            )
+    assert refused.value.message_dict["rules"] == [expected]
+    assert "unclosed" not in capfd.readouterr().err
+    assert Tool.objects.get(pk=tool.pk).rules == []
+
+
+def test_a_pattern_taken_from_the_call_never_reaches_the_logs(
+    world: World, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A rule saved before patterns had to be literals: re2 wrote the argument it could not
+    read as a pattern (a secret, maybe) to stderr, the process's log. The rule still fails
+    closed: the read is refused."""
+    with tool_in_code(risk=Risk.READ, input_schema=PATTERN_SCHEMA) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        rules = [{"when": "args.code.matches(args.pattern)", "then": "refuse"}]
+        Tool.objects.filter(pk=tool.pk).update(rules=rules)
+        world.agent.allowed_tools.add(tool)
+        capfd.readouterr()
+        secret = "(sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+        answer = world.api().submit(
+            {"tool": spec.name, "arguments": {"code": "A", "pattern": secret}, "session_id": "s"}
+        )
+    assert answer.status_code == 403, answer.content
+    assert answer.json()["error"]["code"] == "refused_by_policy"
+    captured = capfd.readouterr()
+    assert "sk_live" not in captured.err + captured.out

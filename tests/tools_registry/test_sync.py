@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 
+from approvals.models import ToolCall
 from tests.conftest import World, events
 from tests.tools_registry.conftest import GOOD_SCHEMA, code_removed, tool_in_code
 from tools_registry import registry, services
@@ -147,3 +150,80 @@ def test_a_read_that_becomes_a_write_gets_the_policy_a_write_needs(world: World)
         services.sync_tools()
     tool.refresh_from_db()
     assert (tool.risk, tool.approvals_required) == ("read", 0)
+
+
+def _declared_again(name: str, **options: Any) -> Any:
+    """The tool's code replaced by ``options``'s, as a deploy would."""
+    registry.unregister(name)
+    return tool_in_code(name=name, **options)
+
+
+def test_a_tool_made_destructive_keeps_the_team_its_rules_ask_for(world: World) -> None:
+    """``require 1 from finance`` cannot stand for a destructive tool (2 at least). It was
+    dropped, and the calls it sent to finance needed 2 approvals from any reviewer: the
+    team's say was lost. It now asks 2 from finance."""
+    Group.objects.create(name="finance")
+    rule = {"when": "args.amount_cents > 100", "then": "require", "approvals": 1}
+    with tool_in_code(risk=Risk.WRITE) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        services.update_policy(
+            tool=tool,
+            changes={"rules": [{**rule, "team": "finance", "confirm": True}]},
+            changed_by=world.alice,
+        )
+        with _declared_again(spec.name, risk=Risk.DESTRUCTIVE):
+            report = services.sync_tools()
+            tool.refresh_from_db()
+            assert tool.rules == [{**rule, "approvals": 2, "team": "finance", "confirm": True}]
+            assert tool.enabled and report.updated == [spec.name] and not report.switched_off
+            world.agent.allowed_tools.add(tool)
+            body = {"tool": spec.name, "arguments": {"customer_id": "c", "amount_cents": 500}}
+            answer = world.api().submit({**body, "session_id": "s"})
+    assert answer.status_code == 202, answer.content
+    call = ToolCall.objects.get(pk=answer.json()["id"])
+    assert (call.policy["approvals_required"], call.policy["teams"]) == (2, ["finance"])
+
+
+def test_a_tool_made_a_read_refuses_what_its_rules_sent_to_reviewers(world: World) -> None:
+    """A read runs at once: a ``require`` rule dropped let its calls run unseen."""
+    rule = {"when": "args.amount_cents > 100", "then": "require", "approvals": 1}
+    with tool_in_code(risk=Risk.WRITE) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        services.update_policy(tool=tool, changes={"rules": [rule]}, changed_by=world.alice)
+        with _declared_again(spec.name, risk=Risk.READ):
+            services.sync_tools()
+            tool.refresh_from_db()
+            assert [(r["when"], r["then"]) for r in tool.rules] == [(rule["when"], "refuse")]
+            world.agent.allowed_tools.add(tool)
+            body = {"tool": spec.name, "arguments": {"customer_id": "c", "amount_cents": 500}}
+            answer = world.api().submit({**body, "session_id": "s"})
+    assert answer.status_code == 403, answer.content
+    assert answer.json()["error"]["code"] == "refused_by_policy"
+
+
+def test_a_refusal_the_new_schema_cannot_read_stays_and_the_tool_goes_off(world: World) -> None:
+    """A new risk class and a schema without the argument a refusal reads: the refusal was
+    dropped with the rules the class refuses, and the calls it refused went through. It
+    stays, and the tool waits for an admin, with the reason in the trail."""
+    schema = {
+        **GOOD_SCHEMA,
+        "properties": {**GOOD_SCHEMA["properties"], "account": {"type": "string"}},
+    }
+    refuse = {"when": 'args.account == "root"', "then": "refuse", "note": "Never root."}
+    with tool_in_code(risk=Risk.WRITE, input_schema=schema) as spec:
+        services.sync_tools()
+        tool = Tool.objects.get(name=spec.name)
+        services.update_policy(tool=tool, changes={"rules": [refuse]}, changed_by=world.alice)
+        out = StringIO()
+        with _declared_again(spec.name, risk=Risk.DESTRUCTIVE):
+            call_command("sync_tools", stdout=out)
+    tool.refresh_from_db()
+    assert tool.rules == [refuse]
+    assert not tool.enabled
+    why = "rules: Rule 1: args.account is not an argument of this tool."
+    assert f"switched off, its policy no longer fits: {spec.name}: {why}" in out.getvalue()
+    [event] = events("tool.updated_from_code", tool_name=spec.name)
+    assert event.data["before"]["enabled"] is True and event.data["after"]["enabled"] is False
+    assert event.data["disabled_because"] == [why]

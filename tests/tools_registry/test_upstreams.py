@@ -1905,12 +1905,13 @@ def test_a_yaml_document_with_keys_written_plainly_is_imported_with_them_as_text
     assert tool.upstream_operation["body"]["properties"] == ["2", "room", "yes"]
 
 
-def test_a_new_risk_class_drops_only_the_rules_it_does_not_allow(
+def test_a_new_risk_class_adapts_the_rules_and_keeps_the_refusals(
     world: World, http_upstream: WebProcess
 ) -> None:
     """A tool made destructive cannot keep a rule that approves it; its refusals still hold.
     Every rule went with the one not allowed: the tool, now destructive, let through to
-    reviewers the calls its policy refused outright (and a write made a read ran them)."""
+    reviewers the calls its policy refused outright (and a write made a read ran them). A
+    read cannot wait for reviewers: what a rule sent to them, it refuses."""
     register_orders(http_upstream, "--enable")
     tool = Tool.objects.get(name="orders__create_order")
     refuse = {"when": "args.quantity > 50", "then": "refuse", "note": "Too many."}
@@ -1931,4 +1932,51 @@ def test_a_new_risk_class_drops_only_the_rules_it_does_not_allow(
         {"when": "args.quantity > 20", "then": "require", "approvals": 2},
     ]
     tool = edit_imported_tool(tool=tool, risk=Risk.READ, changed_by=world.alice)
-    assert tool.rules == [refuse]
+    assert tool.rules[0] == refuse
+    assert [(r["when"], r["then"]) for r in tool.rules[1:]] == [("args.quantity > 20", "refuse")]
+
+
+def _archive(account: bool, **hints: Any) -> list[types.Tool]:
+    properties: dict[str, Any] = {"scope": {"type": "string"}}
+    if account:
+        properties["account"] = {"type": "string"}
+    return [
+        types.Tool(
+            name="archive",
+            description="Archive records.",
+            input_schema={"type": "object", "properties": properties},
+            annotations=types.ToolAnnotations(**hints),
+        )
+    ]
+
+
+def test_a_resync_to_a_higher_risk_keeps_a_refusal_and_the_team_a_rule_asks_for(
+    world: World,
+) -> None:
+    """The upstream now calls the tool destructive and drops an argument a refusal reads. The
+    new class dropped that refusal (with the team of a ``require 1``) before the schema's
+    drift was looked for: the tool stayed on, the calls it refused went to reviewers, the
+    team's say was lost. The refusal stays, the team too, and the tool waits for an admin."""
+    Group.objects.create(name="finance")
+    upstream = register_upstream(name="rec", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, _archive(True)),
+    )
+    tool = Tool.objects.get(name="rec__archive")
+    assert (tool.risk, tool.enabled) == (Risk.WRITE, True)
+    refuse = {"when": 'has(args.account) && args.account == "root"', "then": "refuse"}
+    require = {"when": 'args.scope == "all"', "then": "require", "approvals": 1, "team": "finance"}
+    update_policy(tool=tool, changes={"rules": [refuse, require]}, changed_by=world.alice)
+    report = sync_upstream(
+        upstream=Upstream.objects.get(pk=upstream.pk),
+        reader=lambda u: upstream_mcp.offer_from(u.name, _archive(False, destructive_hint=True)),
+    )
+    tool.refresh_from_db()
+    assert tool.rules == [refuse, {**require, "approvals": 2}]
+    assert (tool.risk, tool.enabled) == (Risk.DESTRUCTIVE, False)
+    [line] = report.disabled
+    assert line.startswith("rec__archive: rules: Rule 1: args.account is not an argument")
+    (changed,) = AuditEvent.objects.filter(action="tool.changed", tool_name=tool.name)
+    assert changed.data["after"]["enabled"] is False and changed.data["disabled_because"]

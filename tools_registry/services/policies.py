@@ -48,6 +48,17 @@ def check_policy(tool: Tool, values: Mapping[str, Any]) -> None:
         raise PolicyInvalid(errors)
 
 
+def policy_drift(tool: Tool) -> list[str]:
+    """What in the tool's policy no longer fits the tool as it now is (a rule reading an
+    argument its new schema lacks, a sensitive field gone), one line per field; nothing if
+    it all fits. A sync switches such a tool off until an admin mends its policy."""
+    try:
+        check_policy(tool, policy_values(tool))
+    except PolicyInvalid as invalid:
+        return [f"{name}: {' '.join(problems)}" for name, problems in invalid.message_dict.items()]
+    return []
+
+
 def _audited(value: Any) -> Any:
     if isinstance(value, Group):
         return value.name

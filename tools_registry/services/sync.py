@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth.models import Group
 from django.db import transaction
 
 from audit.log import record
 from tools_registry import registry, rules
 from tools_registry.models import Tool
 from tools_registry.policy import POLICY_FIELDS, defaults_for, policy_values, validate_policy
+from tools_registry.services.policies import policy_drift
 
 # Fields that come from code; everything else on Tool belongs to the admins.
 CODE_FIELDS = (
@@ -33,6 +33,9 @@ class SyncReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
+    # "name: why": tools whose policy no longer fits their new code, off until an admin
+    # mends it (also in ``updated``).
+    switched_off: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
 
 
@@ -43,8 +46,10 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
     New tools get their risk class's default policy. Existing tools get the code's
     description, schema, risk and version; their policy is left alone, except that fields
     the code newly declares sensitive are added to the masked ones (masking only ever
-    widens from code). Tools whose code is gone are disabled; when the code comes back the
-    tool stays disabled until an admin enables it again.
+    widens from code). A new risk class adapts the policy (``policy_for_new_risk``); a tool
+    whose policy no longer fits its new risk or schema is switched off until an admin mends
+    it. Tools whose code is gone are disabled; when the code comes back the tool stays
+    disabled until an admin enables it again.
     """
     report = SyncReport()
     declared = {spec.name: spec for spec in registry.registered()}
@@ -90,14 +95,23 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
         newly_secret = [f for f in spec.secret_fields if f not in tool.secret_fields]
         if newly_secret:
             changed["secret_fields"] = [*tool.secret_fields, *newly_secret]
-        if any(name in POLICY_FIELDS for name in changed):
-            changed["policy_version"] = tool.policy_version + 1
         if not changed:
             report.unchanged.append(name)
             continue
         before = {k: getattr(tool, k) for k in changed if k not in SCHEMAS}
         for key, value in changed.items():
             setattr(tool, key, value)
+        drift = (
+            policy_drift(tool) if tool.enabled and {"risk", "input_schema"} & set(changed) else []
+        )
+        if drift:
+            # As an upstream's sync does: a rule the new schema cannot evaluate would fail
+            # closed on every call, and a sensitive field gone leaves its renamed value bare.
+            before["enabled"], changed["enabled"], tool.enabled = True, False, False
+            report.switched_off.append(f"{name}: {'; '.join(drift)}")
+        if any(name in POLICY_FIELDS for name in changed):
+            before["policy_version"] = tool.policy_version
+            changed["policy_version"] = tool.policy_version = tool.policy_version + 1
         tool.save(update_fields=[*changed, "updated_at"])
         report.updated.append(name)
         record(
@@ -109,6 +123,7 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
                 "after": {k: v for k, v in changed.items() if k not in SCHEMAS},
                 "schema_changed": "input_schema" in changed,
                 "output_schema_changed": "output_schema" in changed,
+                **({"disabled_because": drift} if drift else {}),
             },
         )
     for name, tool in existing.items():
@@ -123,7 +138,8 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
 
 
 def policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, Any]:
-    """The policy fields a new risk class does not allow, reset to that class's defaults.
+    """The policy fields a new risk class does not allow, reset to that class's defaults,
+    and the rules adapted to it (``rules.for_risk``).
 
     A read that became a write may no longer be retried and now needs an approval; a write
     that became a read needs none. Fields the admins set that stay valid are kept.
@@ -132,16 +148,10 @@ def policy_for_new_risk(tool: Tool, risk: str, input_schema: Any) -> dict[str, A
     problems = validate_policy(risk=risk, values=current, input_schema=input_schema)
     defaults = defaults_for(risk).as_fields()
     reset = {name: defaults[name] for name in problems if name in defaults}
-    # Rules written for the old class (an auto-approval, now of a destructive tool) go: the
-    # admins write them again for what the tool has become. Only those: the rest (a refusal)
-    # still hold, and dropping one the new class allows only ever leaves a call to a later
-    # rule or the tool's own policy, which the new class allows too.
-    teams = frozenset(Group.objects.values_list("name", flat=True))
-    kept = [
-        rule
-        for rule in tool.rules or []
-        if not rules.problems([rule], risk=risk, input_schema=input_schema, teams=teams)
-    ]
-    if kept != (tool.rules or []):
-        reset["rules"] = kept
+    # Rules are adapted to the new class, never loosened: a ``require`` of a team keeps its
+    # team (dropped, any reviewers approved what the team was to decide), and a refusal that
+    # no longer fits the schema stays and fails closed (dropped, it let the calls through).
+    adapted = rules.for_risk(tool.rules or [], risk)
+    if adapted != (tool.rules or []):
+        reset["rules"] = adapted
     return reset

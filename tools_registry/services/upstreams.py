@@ -23,9 +23,9 @@ from core.hosts import host_and_port
 from core.json_values import storable
 from tools_registry import sources
 from tools_registry.models import Tool, Upstream
-from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for, policy_values
+from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for
 from tools_registry.registry import tool_version
-from tools_registry.services.policies import PolicyInvalid, check_policy
+from tools_registry.services.policies import policy_drift
 from tools_registry.services.sync import policy_for_new_risk
 from tools_registry.upstreams import mcp, openapi, secrets
 from tools_registry.upstreams.offers import ImportedTool, ImportFailed, Offer
@@ -429,7 +429,7 @@ def _update(tool: Tool, imported: ImportedTool, *, actor: Any, disabled: list[st
     reran = sources.reruns_without_a_person(tool)
     for key, value in changed.items():
         setattr(tool, key, value)
-    drift = _policy_drift(tool) if "input_schema" in changed and tool.enabled else []
+    drift = policy_drift(tool) if "input_schema" in changed and tool.enabled else []
     if tool.enabled and "risk" in changed and RISK_RANK[tool.risk] < RISK_RANK[before["risk"]]:
         # The upstream alone must not take a tool out of review: a write it now calls a read
         # would run at once, unseen. It waits for an admin, as a new tool does.
@@ -491,15 +491,6 @@ def _new_server_host(tool: Tool, imported: ImportedTool) -> str:
     upstream = tool.upstream
     named = {_host(upstream.url), _host(upstream.base_url)} if upstream else set()
     return after if after and after != before and after not in named else ""
-
-
-def _policy_drift(tool: Tool) -> list[str]:
-    """What in the tool's policy no longer fits its schema; nothing if it all does."""
-    try:
-        check_policy(tool, policy_values(tool))
-    except PolicyInvalid as invalid:
-        return [f"{name}: {' '.join(problems)}" for name, problems in invalid.message_dict.items()]
-    return []
 
 
 @transaction.atomic

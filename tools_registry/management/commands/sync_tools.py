@@ -17,6 +17,8 @@ class Command(BaseCommand):
             names = getattr(report, label)
             if names:
                 self.stdout.write(f"{label}: {', '.join(names)}")
+        for line in report.switched_off:
+            self.stdout.write(f"switched off, its policy no longer fits: {line}")
         if not any(getattr(report, label) for label in labels):
             # Silence here looked like success to a first deployment that has no tools yet.
             self.stdout.write(
