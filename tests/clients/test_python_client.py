@@ -801,3 +801,65 @@ def test_countersigns_own_5xx_asked_for_a_call_is_its_error() -> None:
     with pytest.raises(errors.ApiError) as refused:
         scripted(*[httpx.Response(503, json=failure)] * 5).get(CALL_ID)
     assert refused.value.code == "unavailable"
+
+
+READ_TOOLS = {"search_docs", "get_customer"}
+USER_ROLES = {"viewer": {"risks": ["read"]}, "support": {"risks": ["read", "write"]}}
+
+
+def _names(tools: list[dict[str, Any]]) -> set[str]:
+    return {tool["function"]["name"] for tool in tools}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_an_agent_forwards_its_users_token_or_asserts_their_roles(
+    live_world: World, live_server: Any, identity_providers: Any, flavour: str
+) -> None:
+    """The end user as both ways of naming them reach the server: a user's token in its
+    header (never in the step's fingerprint), and ``{"id", "roles"}`` from a trusted agent;
+    the tool list and the call see the same user."""
+    from tools_registry import services as registry_services
+    from tools_registry.models import Agent
+
+    agent = live_world.agent
+    provider = identity_providers()
+    agent.user_roles_from = Agent.UserRoles.VERIFIED
+    agent.identity_provider = provider.row
+    agent.role_scopes = USER_ROLES
+    registry_services.save_agent(agent=agent, changed_by=None)
+
+    def as_ada(make: Any, **user: Any) -> tuple[set[str], dict[str, Any]]:
+        if flavour == "sync":
+            with Countersign(live_server.url, live_world.token, state=MemoryState()) as cs:
+                return _names(cs.tools(**user)), make(cs, **user)
+
+        async def run() -> tuple[set[str], dict[str, Any]]:
+            async with AsyncCountersign(
+                live_server.url, live_world.token, state=MemoryState()
+            ) as cs:
+                return _names(await cs.tools(**user)), await make(cs, **user)
+
+        return asyncio.run(run())
+
+    def mail(cs: Any, **user: Any) -> Any:
+        return cs.submit("send_email", EMAIL_ARGS, session_id="s1", step="mail", **user)
+
+    viewer_token = provider.token("ada@example.com", ["viewer"])
+    tools, _ = as_ada(lambda cs, **user: cs.tools(**user), user_token=viewer_token)
+    assert tools == READ_TOOLS
+    tools, call = as_ada(mail, user_token=provider.token("ada@example.com", ["support"]))
+    assert "send_email" in tools and call["status"] == "pending"
+    stored = ToolCall.objects.get(pk=call["id"])
+    assert (stored.on_behalf_of, stored.end_user_source) == ("ada@example.com", "verified")
+
+    agent.user_roles_from = Agent.UserRoles.ASSERTED
+    agent.identity_provider = None
+    agent.assertable_roles = list(USER_ROLES)
+    registry_services.save_agent(agent=agent, changed_by=None)
+    grace = {"id": "grace", "roles": ["viewer"]}
+    tools, _ = as_ada(lambda cs, **user: cs.tools(**user), on_behalf_of=grace)
+    assert tools == READ_TOOLS
+    with pytest.raises(errors.ApiError) as refused:
+        as_ada(mail, on_behalf_of=grace)
+    assert refused.value.code == "tool_not_allowed_for_user"

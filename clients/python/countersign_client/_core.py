@@ -37,6 +37,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -85,19 +86,44 @@ class Steps:
             return f"#{number}"
 
 
+# The end user a call is for: their id, or ``{"id": ..., "roles": [...]}`` from an agent an
+# admin trusts to assert roles (docs/api.md).
+EndUser = str | Mapping[str, Any]
+# The end user's identity-provider token, for an agent that forwards its users' tokens.
+USER_TOKEN_HEADER = "Countersign-User-Token"  # noqa: S105 - a header name
+
+
+def user_token_header(user_token: str) -> dict[str, str]:
+    """The header that forwards ``user_token`` (none without one). Never part of a step's
+    fingerprint: a token refreshed between two tries of a step is still the same request."""
+    return {USER_TOKEN_HEADER: user_token} if user_token else {}
+
+
+def end_user_params(on_behalf_of: EndUser) -> dict[str, str]:
+    """The tool list's query for an end user: ``on_behalf_of`` and, when asserted, ``roles``."""
+    if isinstance(on_behalf_of, Mapping):
+        params = {"on_behalf_of": str(on_behalf_of.get("id", ""))}
+        if roles := on_behalf_of.get("roles"):
+            params["roles"] = ",".join(str(role) for role in roles)
+        return params
+    return {"on_behalf_of": on_behalf_of} if on_behalf_of else {}
+
+
 def body(
     tool: str,
     arguments: dict[str, Any],
     session_id: str,
     *,
-    on_behalf_of: str = "",
+    on_behalf_of: EndUser = "",
     reasoning: str = "",
     token_cost: dict[str, Any] | None = None,
     callback_url: str | None = None,
 ) -> dict[str, Any]:
     sent: dict[str, Any] = {"tool": tool, "arguments": arguments, "session_id": session_id}
     if on_behalf_of:
-        sent["on_behalf_of"] = on_behalf_of
+        sent["on_behalf_of"] = (
+            dict(on_behalf_of) if isinstance(on_behalf_of, Mapping) else on_behalf_of
+        )
     if reasoning:
         sent["reasoning"] = reasoning
     if token_cost is not None:

@@ -117,13 +117,17 @@ class AsyncCountersign:
         *,
         session_id: str,
         step: str | None = None,
-        on_behalf_of: str = "",
+        on_behalf_of: _core.EndUser = "",
+        user_token: str = "",
         reasoning: str = "",
         token_cost: dict[str, Any] | None = None,
         callback_url: str | None = None,
     ) -> dict[str, Any]:
         """Send the proposal once; returns the call (``pending`` for writes). Repeating it
-        for the same step of the same session returns the same call."""
+        for the same step of the same session returns the same call.
+
+        ``on_behalf_of``: the end user's id, or ``{"id", "roles"}`` from an agent trusted to
+        assert roles; ``user_token``: the end user's identity-provider token, forwarded."""
         name = self._steps.name(session_id, step)
         sent = _core.body(
             tool,
@@ -143,7 +147,9 @@ class AsyncCountersign:
         while True:
             try:
                 response = await self._http.post(
-                    "/api/v1/tool-calls", json=sent, headers={"Idempotency-Key": key}
+                    "/api/v1/tool-calls",
+                    json=sent,
+                    headers={"Idempotency-Key": key, **_core.user_token_header(user_token)},
                 )
             except httpx.TransportError as exc:
                 if await self._is_read(tool) and attempt < self.read_attempts:
@@ -211,10 +217,19 @@ class AsyncCountersign:
         """Ask Countersign to run a failed write again with its original key."""
         return await self._act(call_id, "retry")
 
-    async def tools(self, format: str = "openai") -> list[dict[str, Any]]:
+    async def tools(
+        self, format: str = "openai", *, on_behalf_of: _core.EndUser = "", user_token: str = ""
+    ) -> list[dict[str, Any]]:
         """Your tools as definitions: ``openai`` (Chat Completions), ``openai-responses``
-        (Responses API / Agents SDK, strict), ``anthropic`` or ``mcp``."""
-        return list(await self._read("/api/v1/tools", params={"format": format}))
+        (Responses API / Agents SDK, strict), ``anthropic`` or ``mcp``; with an end user
+        (``on_behalf_of`` or ``user_token``, as ``submit``), only those they may call."""
+        return list(
+            await self._read(
+                "/api/v1/tools",
+                params={"format": format, **_core.end_user_params(on_behalf_of)},
+                headers=_core.user_token_header(user_token),
+            )
+        )
 
     def forget_session(self, session_id: str) -> None:
         """Drop a finished session's stored keys."""
@@ -239,6 +254,7 @@ class AsyncCountersign:
         path: str,
         *,
         params: dict[str, Any],
+        headers: dict[str, str] | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> Any:
@@ -249,7 +265,7 @@ class AsyncCountersign:
         while True:
             cut = _core.within(limit, deadline)
             try:
-                response = await self._http.get(path, params=params, timeout=cut)
+                response = await self._http.get(path, params=params, headers=headers, timeout=cut)
             except httpx.TransportError as exc:
                 if isinstance(exc, httpx.TimeoutException) and cut < limit:
                     # Its time was what the deadline left: the wait ran out, not Countersign.

@@ -136,13 +136,17 @@ class Countersign:
         *,
         session_id: str,
         step: str | None = None,
-        on_behalf_of: str = "",
+        on_behalf_of: _core.EndUser = "",
+        user_token: str = "",
         reasoning: str = "",
         token_cost: dict[str, Any] | None = None,
         callback_url: str | None = None,
     ) -> dict[str, Any]:
         """Send the proposal once; returns the call (``pending`` for writes). Repeating it
-        for the same step of the same session returns the same call."""
+        for the same step of the same session returns the same call.
+
+        ``on_behalf_of``: the end user's id, or ``{"id", "roles"}`` from an agent trusted to
+        assert roles; ``user_token``: the end user's identity-provider token, forwarded."""
         name = self._steps.name(session_id, step)
         sent = _core.body(
             tool,
@@ -162,7 +166,9 @@ class Countersign:
         while True:
             try:
                 response = self._http.post(
-                    "/api/v1/tool-calls", json=sent, headers={"Idempotency-Key": key}
+                    "/api/v1/tool-calls",
+                    json=sent,
+                    headers={"Idempotency-Key": key, **_core.user_token_header(user_token)},
                 )
             except httpx.TransportError as exc:
                 if self._is_read(tool) and attempt < self.read_attempts:
@@ -228,10 +234,19 @@ class Countersign:
         """Ask Countersign to run a failed write again with its original key."""
         return self._act(call_id, "retry")
 
-    def tools(self, format: str = "openai") -> list[dict[str, Any]]:
+    def tools(
+        self, format: str = "openai", *, on_behalf_of: _core.EndUser = "", user_token: str = ""
+    ) -> list[dict[str, Any]]:
         """Your tools as definitions: ``openai`` (Chat Completions), ``openai-responses``
-        (Responses API / Agents SDK, strict), ``anthropic`` or ``mcp``."""
-        return list(self._read("/api/v1/tools", params={"format": format}))
+        (Responses API / Agents SDK, strict), ``anthropic`` or ``mcp``; with an end user
+        (``on_behalf_of`` or ``user_token``, as ``submit``), only those they may call."""
+        return list(
+            self._read(
+                "/api/v1/tools",
+                params={"format": format, **_core.end_user_params(on_behalf_of)},
+                headers=_core.user_token_header(user_token),
+            )
+        )
 
     def forget_session(self, session_id: str) -> None:
         """Drop a finished session's stored keys."""
@@ -256,6 +271,7 @@ class Countersign:
         path: str,
         *,
         params: dict[str, Any],
+        headers: dict[str, str] | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
     ) -> Any:
@@ -266,7 +282,7 @@ class Countersign:
         while True:
             cut = _core.within(limit, deadline)
             try:
-                response = self._http.get(path, params=params, timeout=cut)
+                response = self._http.get(path, params=params, headers=headers, timeout=cut)
             except httpx.TransportError as exc:
                 if isinstance(exc, httpx.TimeoutException) and cut < limit:
                     # Its time was what the deadline left: the wait ran out, not Countersign.
