@@ -540,14 +540,20 @@ def _typed_as_cel(operation: Any) -> Any:
     call sending ``true`` (a schema that allows "a number or true"), which CEL would not."""
 
     def typed(a: Any, b: Any) -> Any:
-        if isinstance(a, celtypes.BoolType) != isinstance(b, celtypes.BoolType) and any(
-            isinstance(v, int | float) and not isinstance(v, celtypes.BoolType) for v in (a, b)
-        ):
+        # Values of one type (most comparisons) cannot be a boolean and a number: that
+        # test first, as every operator of every rule of every call passes here.
+        if type(a) is not type(b) and _bool_meets_number(a, b):
             kinds = " and ".join(sorted({_kind(a), _kind(b)}))
             raise _WrongKind(f"values of different types are compared ({kinds})")
         return operation(a, b)
 
     return typed
+
+
+def _bool_meets_number(a: Any, b: Any) -> bool:
+    a_bool, b_bool = isinstance(a, celtypes.BoolType), isinstance(b, celtypes.BoolType)
+    other = b if a_bool else a
+    return a_bool != b_bool and isinstance(other, int | float)
 
 
 def _in_as_cel(item: Any, container: Any) -> Any:
