@@ -24,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 from core.hosts import https_or_here
+from core.postgresql.pool import check_connection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -226,12 +227,20 @@ else:
         "prepare_threshold": 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None,
     }
     if env_bool("DB_POOL", True):
+        _pool_timeout = env_int("DB_POOL_TIMEOUT", 10, minimum=1)
         # min_size 0: Celery's prefork children drop the pool after each task, so an
         # eagerly filled pool would open connections nobody uses.
         _db["OPTIONS"]["pool"] = {
             "min_size": 0,
             "max_size": env_int("DB_POOL_MAX_SIZE", 10, minimum=1),
-            "timeout": env_int("DB_POOL_TIMEOUT", 10, minimum=1),
+            "timeout": _pool_timeout,
+            # Connections a PostgreSQL restart cut are dropped here, never lent to a request.
+            "check": check_connection,
+            # While PostgreSQL is away, the pool tries to connect again and again, waiting
+            # twice as long each time (psycopg_pool's default gives up only after 5 min):
+            # once back, requests still failed until its next try, a minute later after a
+            # long outage. Given up after a request's own wait, the next request tries anew.
+            "reconnect_timeout": _pool_timeout,
         }
     DATABASES = {"default": dict(_db)}
 

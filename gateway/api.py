@@ -13,6 +13,7 @@ from uuid import UUID
 import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -174,6 +175,16 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
     # one error shape, and the details go to the log, not to the agent.
     logger.exception("agent API request failed: %s %s", request.method, request.path)
     return error_response(errors.internal_error())
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def _database_unavailable(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
+    # PostgreSQL down, restarting or failing over: a 503 to retry, not a bug to report.
+    logger.warning(
+        "agent API request failed on the database: %s %s: %s", request.method, request.path, exc
+    )
+    return error_response(errors.database_unavailable())
 
 
 @api.exception_handler(RequestDataTooBig)

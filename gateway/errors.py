@@ -458,6 +458,14 @@ def unavailable(message: str = "Countersign cannot reach a service it needs.") -
     )
 
 
+def database_unavailable() -> ApiError:
+    """PostgreSQL could not be reached, or dropped the request's connection (a restart, a
+    failover, no pooled connection free within ``DB_POOL_TIMEOUT``). Its transaction was
+    rolled back, or committed whole if the COMMIT was what got no answer: the same
+    Idempotency-Key replays it either way."""
+    return unavailable("Countersign's database cannot be reached, or dropped the request.")
+
+
 def invalid_idempotency_key() -> ApiError:
     return ApiError(
         status=400,

@@ -40,7 +40,7 @@ RETRY = "gateway_api_retry_tool_call"
 LIST_TOOLS = "gateway_api_list_tools"
 
 # Which error codes each operation can answer, by status: exactly those (plus 500, which
-# a bug can cause anywhere).
+# a bug can cause anywhere, and 503 unavailable, which PostgreSQL out of reach can).
 OPERATION_ERRORS: dict[str, dict[int, list[str]]] = {
     LIST_TOOLS: {
         400: ["invalid_request", "invalid_end_user"],
@@ -101,6 +101,8 @@ OPERATION_ERRORS: dict[str, dict[int, list[str]]] = {
 }
 for _statuses in OPERATION_ERRORS.values():
     _statuses[500] = ["internal_error"]
+    if "unavailable" not in _statuses.setdefault(503, []):
+        _statuses[503].append("unavailable")
 
 # Statuses whose answer a repeat of the Idempotency-Key replays (a read's stored answer).
 REPLAYED_STATUSES = {SUBMIT: {200, 202, 403, 409, 422, 502, 503, 504}}

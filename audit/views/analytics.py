@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -41,17 +42,26 @@ def analytics(request: HttpRequest) -> HttpResponse:
     days = days if days in WINDOWS else 7
     # The charts read the sealer's summary (milliseconds); they are still kept for a minute,
     # as a page that auditors leave open reloads. The chain panel is always live.
-    charts_context: dict[str, Any] = cache.get_or_set(
-        f"audit:analytics:{days}", lambda: _charts(days), timeout=CHART_CACHE_SECONDS
-    ) or _charts(days)
     context = {
         "days": days,
         "windows": WINDOWS,
-        **charts_context,
+        **_kept_charts(days),
         "status": stats.chain_status(),
         "run": verification_runs.active_run() or verification_runs.latest_run(),
     }
     return render(request, "audit/analytics.html", context)
+
+
+def _kept_charts(days: int) -> dict[str, Any]:
+    try:
+        kept: dict[str, Any] | None = cache.get_or_set(
+            f"audit:analytics:{days}", lambda: _charts(days), timeout=CHART_CACHE_SECONDS
+        )
+    except redis.RedisError:
+        # The cache's Redis is down: the page was a 500. The charts are made afresh, as
+        # they are once a minute anyway.
+        kept = None
+    return kept or _charts(days)
 
 
 def _charts(days: int) -> dict[str, object]:

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 from uuid import uuid4
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http.request import split_domain_port, validate_host
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import end_users, errors
@@ -63,7 +64,15 @@ class McpEndpoint:
         # The session is read with the token, in the same trip to a worker thread: a POST
         # names it with every request after initialize.
         session_id = headers.get(SESSION_HEADER, "") if method == "POST" else ""
-        agent, session = await run_sync(_identify, headers.get("authorization", ""), session_id)
+        try:
+            agent, session = await run_sync(_identify, headers.get("authorization", ""), session_id)
+        except (OperationalError, InterfaceError) as exc:
+            # PostgreSQL down or restarting: every request stops here, the first to need it.
+            logger.warning("MCP request refused: the database failed: %s", exc)
+            error = errors.database_unavailable()
+            retry = {name.lower(): value for name, value in error.headers.items()}
+            await _refuse(send, error.status, error.message, data=error.body(), headers=retry)
+            return
         if agent is None:
             error = errors.not_authenticated()
             challenge = 'Bearer realm="countersign"'
@@ -233,6 +242,12 @@ def _with_session_header(send: Send, session_id: Any) -> Send:
     return send_with_header
 
 
+def _json_rpc_code(status: int) -> int:
+    if status == 401:
+        return UNAUTHORIZED
+    return INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
+
+
 async def _refuse(
     send: Send,
     status: int,
@@ -247,9 +262,7 @@ async def _refuse(
         error = JSONRPCError(
             jsonrpc="2.0",
             id=None,
-            error=ErrorData(
-                code=UNAUTHORIZED if status == 401 else INVALID_REQUEST, message=message, data=data
-            ),
+            error=ErrorData(code=_json_rpc_code(status), message=message, data=data),
         )
         # "id": null, as JSON-RPC answers a request it could not read the id of.
         wire = {**error.model_dump(by_alias=True, mode="json", exclude_none=True), "id": None}

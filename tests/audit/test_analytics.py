@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.core.cache import cache
+from django.conf import settings
+from django.core.cache import cache, caches
 from django.core.management import call_command
-from django.test import Client
+from django.test import Client, override_settings
 
 from approvals.models import ToolCall
 from approvals.services.decisions import decide
@@ -112,3 +113,18 @@ def test_an_anchor_line_with_an_endless_seq_reads_as_damaged(
     response = auditor_client.get("/audit/analytics/")
     assert response.status_code == 200
     assert 'badge-bad">damaged</span>' in response.content.decode()
+
+
+def test_the_page_is_shown_while_the_caches_redis_is_down(
+    world: World, auditor_client: Client
+) -> None:
+    """The charts are kept in the cache (Redis): while it was down the page was a 500."""
+    down = {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": down}):
+        caches.close_all()
+        try:
+            response = auditor_client.get("/audit/analytics/")
+        finally:
+            caches.close_all()
+    assert response.status_code == 200
+    assert "Calls per tool per day" in response.content.decode()
