@@ -230,6 +230,43 @@
     }
   });
 
+  // --- Requests that failed -----------------------------------------------------------
+  // htmx swaps nothing for an error answer (a 5xx while the database restarts, a 403) or
+  // for none at all: a verdict or a note that was not saved showed nothing, as if it had
+  // been, and a page whose refreshes failed went on showing the call as it was.
+  function isRefresh(element) {
+    return Boolean(element && element.getAttribute && /^every /.test(element.getAttribute("hx-trigger") || ""));
+  }
+
+  function sayProblem(event, answered) {
+    const banner = document.getElementById("request-problem");
+    if (!banner) {
+      return;
+    }
+    const refresh = isRefresh(event.detail.elt);
+    const how = answered && event.detail.xhr ? "answered HTTP " + event.detail.xhr.status : "did not answer";
+    banner.textContent = refresh
+      ? "Countersign " + how + " to this page's refresh: what it shows may be out of date."
+      : "Countersign " + how + ": what you sent may not have been saved. Reload the page to see where things stand, and try again.";
+    banner.dataset.refresh = refresh ? "1" : "";
+    banner.hidden = false;
+  }
+
+  document.addEventListener("htmx:responseError", function (event) {
+    sayProblem(event, true);
+  });
+  document.addEventListener("htmx:sendError", function (event) {
+    sayProblem(event, false);
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    const banner = document.getElementById("request-problem");
+    // A refresh that works again clears what a failed refresh said; only an action that
+    // works clears what a failed action said.
+    if (banner && !banner.hidden && event.detail.successful && (banner.dataset.refresh || !isRefresh(event.detail.elt))) {
+      banner.hidden = true;
+    }
+  });
+
   document.addEventListener("htmx:afterSwap", function (event) {
     armConfirmations(document);
     // The live refresh replaced the rows: keep the reviewer's place if the call is still there.

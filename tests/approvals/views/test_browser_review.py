@@ -193,6 +193,42 @@ def test_a_poll_answered_after_the_verdict_replaced_the_page_parts_loses_nothing
     page.wait_for_timeout(1_500)  # polls of the page as it is now answer without errors
 
 
+def test_a_verdict_the_server_could_not_take_says_so(
+    live_server: Any, live_world: World, browser: Browser, settings: Any
+) -> None:
+    """htmx swaps nothing for an error answer or none at all: a verdict answered 503 (the
+    database restarting) left the page as it was, as if it had been taken. The page now
+    says it may not have been saved, until an action works; a refresh that fails says the
+    page may be out of date, until one works again."""
+    settings.APPROVALS_DETAIL_POLL_SECONDS = 1
+    call = make_call(live_world, "send_email")
+    # A context of its own: the failed requests' console errors are the point here.
+    page = second_page(browser, live_server.url, "bob", "pw-bob")
+    page.goto(f"{live_server.url}/approvals/{call.pk}/")
+    banner = page.locator("#request-problem")
+    expect(banner).to_be_hidden()
+
+    page.route(f"**/approvals/{call.pk}/decide/", lambda route: route.fulfill(status=503))
+    page.locator("#decision-form button[value=approve]").click()
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("HTTP 503")
+    expect(banner).to_contain_text("may not have been saved")
+    page.wait_for_timeout(1_500)  # a refresh that works does not hide what the verdict said
+    expect(banner).to_contain_text("may not have been saved")
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING
+
+    page.unroute(f"**/approvals/{call.pk}/decide/")
+    page.locator("#decision-form button[value=approve]").click()
+    expect(page.locator("#call-status")).to_have_text("Approved")
+    expect(banner).to_be_hidden()
+
+    page.route(f"**/approvals/{call.pk}/live/**", lambda route: route.abort())
+    expect(banner).to_contain_text("did not answer to this page's refresh", timeout=5_000)
+    page.unroute(f"**/approvals/{call.pk}/live/**")
+    expect(banner).to_be_hidden(timeout=5_000)
+    page.context.close()
+
+
 def test_a_verdict_from_a_stale_page_keeps_what_was_typed(
     live_server: Any, live_world: World, page: Page, settings: Any
 ) -> None:
