@@ -149,9 +149,20 @@ def admit(tool: Tool) -> Admission:
 
 
 def release(admission: Admission | None) -> None:
-    """Give the probe slot back when the admitted call was refused for another reason."""
-    if admission is not None and admission.probe_token:
+    """Give the probe slot back when the admitted call was refused for another reason.
+
+    Never raises: it runs where a request is already failing or being refused (Redis gone
+    between the admission and here, say), whose own answer must not turn into a 500. A
+    slot not given back is freed when its lease ends."""
+    if admission is None or not admission.probe_token:
+        return
+    try:
         _store().release(admission.tool_name, token=admission.probe_token)
+    except Exception:
+        logger.exception(
+            "breaker of %s: the probe slot could not be given back; freed at its lease's end",
+            admission.tool_name,
+        )
 
 
 def record_outcome(*, tool_name: str, status: str, error: dict[str, Any] | None) -> str:

@@ -362,3 +362,21 @@ def test_a_call_taken_over_by_the_lease_sweep_counts_once(
     assert call.error["code"] == "lease_expired"  # the late outcome was discarded
     assert not AuditEvent.objects.filter(action="tool.breaker_opened").exists()
     breaker.reset("send_email")
+
+
+def test_giving_a_probe_slot_back_without_redis_does_not_raise(
+    world: World, probe_tool_cleanup: None, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The slot is given back where a request is already being refused or failing: Redis
+    gone between the admission and there must not turn that answer into a 500. The slot is
+    freed at its lease's end instead, and the log says so."""
+    probe = install_probe_tool(world, breaker_threshold=1, breaker_cooldown_seconds=1)
+    probe.mode = "fail"
+    assert _status(world) == 502  # opened
+    time.sleep(1.1)
+    tool = Tool.objects.get(name="check_stock")
+    admission = breaker.admit(tool)
+    assert admission.probe_token, "half-open: this call is the probe"
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    breaker.release(admission)
+    assert "could not be given back" in caplog.text
