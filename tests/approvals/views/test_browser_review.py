@@ -306,3 +306,29 @@ def test_after_approving_the_reject_key_asks_for_a_reason_of_its_own(
     expect(page.locator("#id_comment")).to_be_focused()
     expect(page.locator("#call-status")).to_have_text("Pending approval")
     assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING
+
+
+def test_an_attention_action_on_its_way_cannot_be_sent_twice(
+    live_server: Any, live_world: World, page: Page
+) -> None:
+    """A second click on "Mark the outcome" while the first is on its way sent a second
+    settlement, refused as stale once the first had landed: the button waits now."""
+    from tests.support.calls import unknown_call
+
+    call = unknown_call(live_world)
+    held: list[Any] = []
+    page.route(f"**/approvals/attention/{call.pk}/**", lambda route: held.append(route))
+    sign_in(page, live_server.url, "bob", "pw-bob")
+    page.goto(f"{live_server.url}/approvals/attention/")
+    card = page.locator(f"#attention-{call.pk}")
+    card.locator("input[name=outcome][value=failed]").check()
+    card.locator("textarea[name=note]").fill("The mail server's log shows nothing was sent.")
+    button = card.locator("form.resolve button[type=submit]")
+    button.click()
+    expect(button).to_be_disabled()
+    button.click(force=True)
+    page.wait_for_timeout(500)
+    assert len(held) == 1
+    held[0].continue_()
+    expect(card).to_contain_text("no longer needs attention")
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
