@@ -260,6 +260,11 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation("the ID token was issued to another application")
         if payload.get("azp", self.OIDC_RP_CLIENT_ID) != self.OIDC_RP_CLIENT_ID:
             raise SuspiciousOperation("the ID token was issued to another application")
+        # And by the provider it names (iss, compared exactly, as OpenID Connect asks): keys
+        # a JWKS endpoint serves for more than one issuer (a tenant's, another realm's) sign
+        # ID tokens that prove nothing here.
+        if settings.OIDC_OP_ISSUER and payload.get("iss") != settings.OIDC_OP_ISSUER:
+            raise SuspiciousOperation("the ID token was issued by another provider")
         # When the provider last had the person sign in (the verified ID token's auth_time):
         # a re-authentication counts only if that is after it began (SignInCallbackView).
         signed_in = _epoch_seconds(payload.get("auth_time"))

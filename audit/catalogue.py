@@ -110,7 +110,9 @@ ACTIONS: dict[str, str] = {
     "them (countersign for a sign-in), before and after.",
     # People signing in to the web UI (audit/receivers.py).
     "auth.login": "A person signed in.",
-    "auth.logout": "A person signed out.",
+    "auth.logout": "A person signed out, or their session ended: reason max_age (it was "
+    "SESSION_MAX_AGE_SECONDS old) or idle (nothing but the page's own polling for "
+    "SESSION_IDLE_SECONDS).",
     "auth.login_failed": "A sign-in failed; the name tried is kept only if it is a real "
     "account (otherwise a fingerprint of it), the password never.",
     "auth.groups_changed": "A person was added to or removed from teams (roles).",

@@ -33,9 +33,16 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
     record(action="auth.login", actor=user, outcome="ok", data=_client(request))
 
 
+# Set on the request of a sign-out the person did not ask for: why their session ended
+# (accounts.sessions: "max_age", "idle").
+SIGN_OUT_REASON = "countersign_sign_out_reason"
+
+
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if user is not None:
-        record(action="auth.logout", actor=user, outcome="ok", data=_client(request))
+        reason = getattr(request, SIGN_OUT_REASON, None)
+        data = {**_client(request), **({"reason": reason} if reason else {})}
+        record(action="auth.logout", actor=user, outcome="ok", data=data)
 
 
 def attempted_name(tried: str) -> tuple[str, bool]:

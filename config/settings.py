@@ -167,6 +167,8 @@ MIDDLEWARE = [
     "core.middleware.AdminRefusesNulMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Signs out a session past its age or idle too long, before anything else reads it.
+    "accounts.middleware.SessionLimitsMiddleware",
     # request.user.is_verified(): whether this session passed the second factor.
     "django_otp.middleware.OTPMiddleware",
     "accounts.middleware.SecondFactorMiddleware",
@@ -340,6 +342,9 @@ OIDC_OP_AUTHORIZATION_ENDPOINT = provider_endpoint("OIDC_OP_AUTHORIZATION_ENDPOI
 OIDC_OP_TOKEN_ENDPOINT = provider_endpoint("OIDC_OP_TOKEN_ENDPOINT")
 OIDC_OP_USER_ENDPOINT = provider_endpoint("OIDC_OP_USER_ENDPOINT")
 OIDC_OP_JWKS_ENDPOINT = provider_endpoint("OIDC_OP_JWKS_ENDPOINT")
+# The provider's issuer (its discovery document's "issuer"): when set, an ID token whose iss
+# is not exactly it signs nobody in. Unset, any issuer whose keys the JWKS endpoint serves.
+OIDC_OP_ISSUER = env_str("OIDC_OP_ISSUER")
 OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
 OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
 OIDC_USE_PKCE = env_bool("OIDC_USE_PKCE", True)
@@ -396,6 +401,14 @@ LOGOUT_REDIRECT_URL = "login"
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; nobody anonymous reviews.
 GUARDIAN_RAISE_403 = True
 
+# A reviewer's session ends this long after its sign-in (a working day and some), and after
+# this long without a request from the person: the page's own polling (the queue, a call's
+# page) is not one, or a tab left open would keep the session for ever (accounts.sessions).
+SESSION_MAX_AGE_SECONDS = env_int("SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1)
+SESSION_IDLE_SECONDS = env_int("SESSION_IDLE_SECONDS", 30 * 60, minimum=1)
+# Browsers keep the cookie, and clearsessions the row, no longer than that after its last
+# change (the limits above, checked at each request, are what end a session).
+SESSION_COOKIE_AGE = SESSION_MAX_AGE_SECONDS
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not EMBEDDED and not TESTING)

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.sessions import not_activity
 from approvals import before_after, display, reauth, selectors
 from approvals.forms import DecisionForm, NoteForm, RevealForm
 from approvals.guards import (
@@ -172,6 +173,7 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
     nothing), or the parts of the page to replace, out of band. A comment the reviewer was
     typing comes along and is kept in the form that replaces theirs: in the body of a POST
     (the page polls so), never in the URL, which access logs and proxies keep."""
+    not_activity(request)
     call = call_or_403(request, pk)
     if request.GET.get("v") == live_version(call):
         return HttpResponse(status=204)

@@ -15,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
+from accounts.sessions import not_activity
 from approvals import display, selectors
 from approvals.forms import QueueFilterForm
 from approvals.selectors import ORDERS
@@ -29,6 +30,8 @@ FILTER_KEYS = ("tool", "risk", "agent", "session", "age", "expiring", "order")
 @never_cache
 @vary_on_headers("HX-Request")
 def queue(request: AuthedRequest) -> HttpResponse:
+    if "since" in request.GET:
+        not_activity(request)  # the page refreshing its rows (only its polls carry since)
     form = QueueFilterForm(request.GET)
     form.is_valid()
     filters = form.filters()

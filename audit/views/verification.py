@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from accounts.sessions import not_activity
 from audit import analytics as stats
 from audit import tasks, verification_runs
 from audit.models import VerificationRun
@@ -39,6 +40,7 @@ def verify_now(request: HttpRequest) -> HttpResponse:
 @auditor_view
 def verification_status(request: HttpRequest, run_id: int) -> HttpResponse:
     """The chain panel again, polled by the page while the run is under way."""
+    not_activity(request)
     run = get_object_or_404(VerificationRun, pk=run_id)
     # A page still polling a run whose worker died, or that ended without walking (another
     # walk answered for it): stop polling, show the last walk, give the button back.

@@ -675,3 +675,20 @@ def test_a_reauthentication_through_the_provider_asks_for_the_code_of_a_person_w
     request = RequestFactory().get("/")
     request.session = client.session
     assert reauth.is_recent(request)
+
+
+@pytest.mark.parametrize("issuer", ["https://another-tenant.example.com", None])
+def test_an_id_token_from_another_issuer_signs_nobody_in(
+    world: World, sso: Provider, issuer: str | None
+) -> None:
+    """The ID token names the provider that issued it (iss): with OIDC_OP_ISSUER set (the
+    tests set it to the provider's), one that names another, or none, proves nothing here,
+    though keys the provider's JWKS endpoint serves signed it (another tenant's, say)."""
+    sso.set_people({"dana": {**DANA, "id_token": {"iss": issuer}}})
+    client, landed = sign_in_through(
+        sso, "dana", DANA["password"], client=Client(raise_request_exception=False)
+    )
+    assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
+    assert "_auth_user_id" not in client.session
+    assert not User.objects.filter(username="dana").exists()
+    assert AuditEvent.objects.filter(action="auth.login_failed").exists()

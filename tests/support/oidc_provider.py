@@ -273,6 +273,7 @@ class Provider:
             "OIDC_OP_TOKEN_ENDPOINT": f"{self.url}/token",
             "OIDC_OP_USER_ENDPOINT": f"{self.url}/userinfo",
             "OIDC_OP_JWKS_ENDPOINT": f"{self.url}/jwks",
+            "OIDC_OP_ISSUER": self.url,  # the issuer its ID tokens name (running_provider)
             "OIDC_RP_SIGN_ALGO": "RS256",
         }
 

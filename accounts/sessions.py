@@ -1,0 +1,58 @@
+"""How long a person's session lasts: ``SESSION_MAX_AGE_SECONDS`` after they signed in, and
+``SESSION_IDLE_SECONDS`` after their last request (noted to the minute). Enforced on the server
+(``accounts.middleware.SessionLimitsMiddleware``): a cookie's age is only what the browser
+is asked to keep.
+
+A page that polls by itself (the queue's refresh, a call page's live check) is not the
+person: its view says so (``not_activity``), or a tab left open would keep its session
+for ever. Such a request still ends a session that is over, so the tab lands on sign-in.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.utils import timezone
+
+from accounts.two_factor import SIGNED_IN_AT_KEY
+
+# In the session: when the person last made a request (epoch seconds).
+ACTIVE_AT_KEY = "countersign.active_at"
+_POLL_ATTR = "countersign_poll"
+
+
+def not_activity(request: HttpRequest) -> None:
+    """This request is the page polling by itself: it keeps nobody's session alive."""
+    setattr(request, _POLL_ATTR, True)
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def over(request: HttpRequest) -> str | None:
+    """Why this signed-in session is over (``max_age``, ``idle``), or None."""
+    session, now = request.session, timezone.now().timestamp()
+    signed_in = _seconds(session.get(SIGNED_IN_AT_KEY))
+    if signed_in is None:
+        # A session signed in before sign-ins were noted in it: its age counts from now.
+        session[SIGNED_IN_AT_KEY] = signed_in = now
+    if now - signed_in > settings.SESSION_MAX_AGE_SECONDS:
+        return "max_age"
+    active = max(signed_in, _seconds(session.get(ACTIVE_AT_KEY)) or 0)
+    if now - active > settings.SESSION_IDLE_SECONDS:
+        return "idle"
+    return None
+
+
+# Activity is noted at most this often: each note is a write of the session's row.
+ACTIVITY_NOTED_EVERY_SECONDS = 60
+
+
+def note_activity(request: HttpRequest) -> None:
+    """The person made this request, unless its view said it is a poll."""
+    if request.user.is_authenticated and not getattr(request, _POLL_ATTR, False):
+        now = timezone.now().timestamp()
+        noted = _seconds(request.session.get(ACTIVE_AT_KEY)) or 0
+        if now - noted >= ACTIVITY_NOTED_EVERY_SECONDS:
+            request.session[ACTIVE_AT_KEY] = now
