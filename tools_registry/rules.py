@@ -533,35 +533,67 @@ def _a_kind(value: Any) -> str:
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
-def _typed_as_cel(operation: Any) -> Any:
+def _bool_and_number(a: Any, b: Any, *, within: bool = False) -> tuple[Any, Any] | None:
+    """A boolean and a number that meet, as ``a`` and ``b``, or (``within``) as the items at
+    the same place of two lists or the values at the same key of two maps, as equality
+    compares them; ``None`` if none do."""
+    if within and isinstance(a, celtypes.ListType) and isinstance(b, celtypes.ListType):
+        if len(a) == len(b):
+            for x, y in zip(a, b, strict=True):
+                if (pair := _bool_and_number(x, y, within=True)) is not None:
+                    return pair
+        return None
+    if within and isinstance(a, celtypes.MapType) and isinstance(b, celtypes.MapType):
+        for key in a.keys() & b.keys():
+            if (pair := _bool_and_number(a[key], b[key], within=True)) is not None:
+                return pair
+        return None
+    if isinstance(a, celtypes.BoolType) != isinstance(b, celtypes.BoolType) and any(
+        isinstance(v, int | float) and not isinstance(v, celtypes.BoolType) for v in (a, b)
+    ):
+        return a, b
+    return None
+
+
+def _different_types(pair: tuple[Any, Any]) -> _WrongKind:
+    kinds = " and ".join(sorted({_kind(pair[0]), _kind(pair[1])}))
+    return _WrongKind(f"values of different types are compared ({kinds})")
+
+
+def _typed_as_cel(operation: Any, *, within: bool = False) -> Any:
     """An operator that gives no answer where a boolean meets a number: cel-python's
     ``BoolType`` is a Python int, so ``true <= 5000``, ``true == 1`` and ``true + 1`` held
     or counted, where CEL has no such overload. A rule ``args.copies <= 5`` then approved a
-    call sending ``true`` (a schema that allows "a number or true"), which CEL would not."""
+    call sending ``true`` (a schema that allows "a number or true"), which CEL would not.
+    ``within``: equality, which compares lists item by item and maps value by value with
+    Python's ``==`` (``[true] == [1]`` held)."""
 
     def typed(a: Any, b: Any) -> Any:
-        # Values of one type (most comparisons) cannot be a boolean and a number: that
+        # Values of one plain type (most comparisons) cannot be a boolean and a number: that
         # test first, as every operator of every rule of every call passes here.
-        if type(a) is not type(b) and _bool_meets_number(a, b):
-            kinds = " and ".join(sorted({_kind(a), _kind(b)}))
-            raise _WrongKind(f"values of different types are compared ({kinds})")
+        mixed = type(a) is not type(b) or (
+            within and isinstance(a, celtypes.ListType | celtypes.MapType)
+        )
+        if mixed and (pair := _bool_and_number(a, b, within=within)) is not None:
+            raise _different_types(pair)
         return operation(a, b)
 
     return typed
 
 
-def _bool_meets_number(a: Any, b: Any) -> bool:
-    a_bool, b_bool = isinstance(a, celtypes.BoolType), isinstance(b, celtypes.BoolType)
-    other = b if a_bool else a
-    return a_bool != b_bool and isinstance(other, int | float)
-
-
 def _in_as_cel(item: Any, container: Any) -> Any:
     """``in`` over a list or a map only: over a text cel-python looked for one character, so
     ``"ceo@rival.com" in args.to`` was false when ``to`` was that very address (a schema
-    that allows an address or a list of them): a refusal skipped."""
+    that allows an address or a list of them): a refusal skipped. Each item (or key) is
+    compared as ``==`` compares it: ``1 in [true]`` held, as Python's ``1 == True`` does."""
     if isinstance(container, celtypes.StringType | celtypes.BytesType):
         raise _WrongKind(f"in looks through a list or a map, not {_a_kind(container)}")
+    if isinstance(container, celtypes.ListType | celtypes.MapType) and not isinstance(
+        item, celtypes.StringType | celtypes.BytesType
+    ):
+        for held in container:
+            if (pair := _bool_and_number(item, held, within=True)) is not None:
+                raise _different_types(pair)
     return _IN(item, container)
 
 
@@ -615,7 +647,7 @@ _CONTAINS = celpy.evaluation.base_functions["contains"]
 _INDEX = celpy.evaluation.base_functions["_[_]"]
 for _operator in ("_<_", "_<=_", "_>_", "_>=_", "_==_", "_!=_", "_+_", "_-_", "_*_", "_/_", "_%_"):
     celpy.evaluation.base_functions[_operator] = _typed_as_cel(
-        celpy.evaluation.base_functions[_operator]
+        celpy.evaluation.base_functions[_operator], within=_operator in ("_==_", "_!=_")
     )
 celpy.evaluation.base_functions["_in_"] = _in_as_cel
 celpy.evaluation.base_functions["contains"] = _contains_as_cel

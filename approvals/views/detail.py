@@ -175,15 +175,25 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
     (the page polls so), never in the URL, which access logs and proxies keep."""
     not_activity(request)
     call = call_or_403(request, pk)
-    if request.GET.get("v") == live_version(call):
+    # The page sends its version and the arguments' digest it shows with the poll (its
+    # #live-state); a page from before they moved there, in the URL.
+    shown = request.POST if "v" in request.POST else request.GET
+    if shown.get("v") == live_version(call):
         return HttpResponse(status=204)
     typed = request.POST.get("comment", "")[:2000]
+    # The decision panel is replaced whole only when the page showed the call waiting (the
+    # status is the version's first part) and it no longer is: the verdict form gives way to
+    # the note form. Otherwise only its parts that change are: the panel holds the note form,
+    # and replaced, it took what the reviewer was typing there, and a note on its way lost
+    # the form it came from.
+    shown_waiting = shown.get("v", "").partition(".")[0] == Status.PENDING
     context = detail_context(
         request,
         call,
         kept_comment=typed,
         note_form=NoteForm(initial={"text": typed}),
-        stale_arguments="h" in request.GET and not is_shown(request.GET["h"], call.arguments_hash),
+        stale_arguments="h" in shown and not is_shown(shown["h"], call.arguments_hash),
+        decided_since_shown=shown_waiting and call.status != Status.PENDING,
     )
     return render(request, "approvals/detail.html#live-update", context)
 

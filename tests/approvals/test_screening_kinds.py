@@ -188,3 +188,58 @@ def test_a_rule_may_read_each_kind_of_an_argument_its_own_way(
     for to in ("x@example.com", ["x@example.com"]):
         call = submit(world, {"to": to})
         assert call.status == Status.APPROVED and call.policy["rule"]["number"] == 3
+
+
+PRINT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        # The pages to print; true among them: every page.
+        "pages": {"type": "array", "items": {"type": ["integer", "boolean"]}},
+        # How many copies; true: one for each recipient.
+        "options": {"type": "object", "properties": {"copies": {"type": ["integer", "boolean"]}}},
+    },
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def print_tool(world: World) -> Iterator[Tool]:
+    yield code_tool(
+        world, "print_job", "Print a document. Side effect: paper.", PRINT_SCHEMA, Risk.WRITE
+    )
+    registry.unregister("print_job")
+
+
+@pytest.mark.parametrize(
+    ("when", "sent", "allowed"),
+    [
+        ("has(args.pages) && args.pages == [1]", {"pages": [True]}, {"pages": [1]}),
+        (
+            "has(args.pages) && size(args.pages) == 1 && 1 in args.pages",
+            {"pages": [True]},
+            {"pages": [1]},
+        ),
+        (
+            'has(args.options) && args.options == {"copies": 1}',
+            {"options": {"copies": True}},
+            {"options": {"copies": 1}},
+        ),
+    ],
+)
+def test_a_boolean_inside_a_list_or_a_map_is_not_a_number_to_an_approving_rule(
+    world: World, print_tool: Tool, when: str, sent: dict[str, Any], allowed: dict[str, Any]
+) -> None:
+    """A list's items and a map's values were compared as Python compares them, ``true`` as
+    ``1``: ``args.pages == [1]`` approved the printing of every page (``[true]``), where
+    ``args.pages[0] == 1`` fails closed."""
+    set_rules(world, print_tool, [{"when": when, "then": "approve"}])
+    response = world.api().submit({"tool": "print_job", "session_id": "s-kinds", "arguments": sent})
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert call.status == Status.PENDING, call.policy
+    assert call.policy["rule"]["errors"] == [
+        "rule 1: values of different types are compared (bool and int)"
+    ]
+    response = world.api().submit(
+        {"tool": "print_job", "session_id": "s-kinds", "arguments": allowed}
+    )
+    assert ToolCall.objects.get(pk=response.json()["id"]).status == Status.APPROVED

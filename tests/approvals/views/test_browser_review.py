@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from approvals.execution import runner
 from approvals.models import Status, ToolCall
+from approvals.services import notes
 from approvals.services.decisions import decide
 from sandbox.models import OutboxMessage
 from tests.approvals.conftest import make_call
@@ -165,7 +166,7 @@ def test_a_poll_answered_after_the_verdict_replaced_the_page_parts_loses_nothing
     """A poll still on its way when a verdict is sent (a slow server, a poll every second):
     its answer came after the verdict's had replaced the element it was sent from, and htmx
     looked for the parts to update in that element, no longer on the page (console errors,
-    the update lost). The verdict now waits for the poll in flight, and polls wait for it."""
+    the update lost). The poller is never replaced now, only the state it sends."""
     settings.APPROVALS_DETAIL_POLL_SECONDS = 1
     world = live_world
     world.tools["send_email"].approvals_required = 2
@@ -227,6 +228,43 @@ def test_a_verdict_the_server_could_not_take_says_so(
     page.unroute(f"**/approvals/{call.pk}/live/**")
     expect(banner).to_be_hidden(timeout=5_000)
     page.context.close()
+
+
+def test_a_note_sent_while_a_poll_is_on_its_way_is_kept(
+    live_server: Any, live_world: World, page: Page, settings: Any
+) -> None:
+    """A note on a decided call, sent while a poll that brings a change (another note, the
+    outcome) is on its way, waits for it; the poll's answer replaced the whole decision
+    panel, note form included, and htmx dropped the note sent from the form it removed: the
+    note was lost, unsaid. A page that shows the call decided gets only the panel's parts."""
+    settings.APPROVALS_DETAIL_POLL_SECONDS = 1
+    world = live_world
+    dave = dave_of(world)
+    call = make_call(world, "send_email")
+    decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="Not to this address.")
+    held: list[Any] = []
+    holding = [True]
+
+    def poll(route: Any) -> None:
+        held.append(route) if holding[0] else route.continue_()
+
+    sign_in(page, live_server.url, "bob", "pw-bob")
+    page.route(f"**/approvals/{call.pk}/live/**", poll)
+    page.goto(f"{live_server.url}/approvals/{call.pk}/")
+    while not held:
+        page.wait_for_timeout(100)  # a poll is on its way, held here
+    notes.add_note(call_id=call.pk, author=dave, text="Told the customer.")  # meanwhile
+    mine = "Agreed: the address bounced twice last week."
+    page.fill("#id_note", mine)
+    page.locator("#note-form button[type=submit]").click()
+    page.wait_for_timeout(1_500)  # the note would be answered meanwhile, were it sent
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#votes")).to_contain_text(mine)
+    expect(page.locator("#votes")).to_contain_text("Told the customer.")
+    assert sorted(call.notes.values_list("text", flat=True)) == sorted(["Told the customer.", mine])
+    page.wait_for_timeout(1_500)  # polls of the page as it is now answer without errors
 
 
 def test_a_verdict_from_a_stale_page_keeps_what_was_typed(

@@ -20,7 +20,9 @@ from tools_registry import services as registry_services
 
 
 def version_of(body: str) -> str:
-    match = re.search(r'id="live" hx-post="[^"?]+\?v=([^&"]+)&amp;h=', body)
+    match = re.search(
+        r'id="live-state" hidden[^>]*><input type="hidden" name="v" value="([^"]+)"', body
+    )
     assert match, "the page carries its live version"
     return match.group(1)
 
@@ -42,7 +44,7 @@ def test_the_live_poll_answers_nothing_until_the_call_changes(world: World, dave
     body = response.content.decode()
     assert response.status_code == 200
     assert "<html" not in body
-    for part in ("live", "side-facts", "result-block", "decision-panel", "reveal-block"):
+    for part in ("live-state", "side-facts", "result-block", "decision-panel", "reveal-block"):
         assert re.search(rf'id="{part}"[^>]*hx-swap-oob="true"', body), part
     assert "Rejected" in body and "Wrong customer." in body
     assert 'name="verdict"' not in body
