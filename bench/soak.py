@@ -172,7 +172,8 @@ def set_up_world(http_url: str, mcp_url: str) -> Any:
     ensure_refundable()
     for name, *source in (
         ("orders", "--openapi", f"{http_url}/openapi.json",
-         "--header", f"Authorization: Bearer {UPSTREAM_TOKEN}"),
+         "--header", f"Authorization: Bearer {UPSTREAM_TOKEN}",
+         "--idempotency-header", "Idempotency-Key"),
         ("notes", "--mcp", f"{mcp_url}/mcp", "--rerunnable"),
         ("journal", "--mcp", f"{mcp_url}/mcp"),
     ):  # fmt: skip

@@ -170,6 +170,7 @@ def _demo_upstreams() -> list[tuple[dict[str, Any], Reader]]:
         "kind": Upstream.Kind.OPENAPI,
         "url": f"{base}/sandbox/payments/v1/openapi.json",
         "headers": [("Authorization", f"Bearer {settings.SANDBOX_PAYMENTS_KEY}")],
+        "idempotency_header": "Idempotency-Key",  # the payments API refuses repeats of a key
     }
     tickets_upstream = {
         "name": "tickets",

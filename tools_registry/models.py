@@ -95,13 +95,21 @@ class Upstream(models.Model):
         help_text="Per request: connecting, importing, and the default for calls (0.5 to 600 s).",
     )
     enabled = models.BooleanField(default=True)
+    # Empty unless an admin names it: most APIs ignore an Idempotency-Key they are sent, and
+    # a header set by default made every API count as honouring it, so a write that timed
+    # out after its effect was re-run by itself (one effect more per re-run). Upstreams
+    # registered before this default keep the header they had (migration 0018).
     idempotency_header = models.CharField(
         max_length=64,
         blank=True,
-        default="Idempotency-Key",
+        default="",
         validators=[upstream_secrets.valid_idempotency_header],
-        help_text="HTTP APIs: the header that carries each call's idempotency key; empty if "
-        "the API does not refuse repeats of a key.",
+        help_text="HTTP APIs: the header the API honours as an idempotency key (e.g. "
+        "Idempotency-Key): a repeat of a key gets the first request's answer, never a second "
+        "effect. Named, each call carries its key in it, and a write whose outcome is unknown "
+        "(a timeout, a 5xx) is sent again with its key by itself. Empty (for an API that "
+        "does not honour one, or if unsure): no key is sent and such a write waits for a "
+        "person on the Needs attention page.",
     )
     rerunnable = models.BooleanField(
         default=False,

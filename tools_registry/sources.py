@@ -84,7 +84,10 @@ def _http_tool(tool: Tool, upstream: Upstream) -> RegisteredTool:
         )
 
     lookup_fn = None
-    if operation.get("lookup"):
+    # A lookup asks the API by the call's key, which only the idempotency header carries:
+    # an API never sent it has no record of any key, and its "not found" would tell the
+    # person an effect that happened did not.
+    if operation.get("lookup") and upstream.idempotency_header:
 
         def lookup_fn(ctx: ToolContext) -> LookupResult:
             return http.lookup(

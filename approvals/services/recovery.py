@@ -11,8 +11,8 @@ not have happened. The handler's ``lookup(idempotency_key)`` asks the downstream
   (``EXECUTOR_AUTO_RERUNS``);
 * cannot tell (no lookup, the lookup failed or said so), but the downstream answers a
   repeat of a key with the first attempt's outcome (``rerun_reconciles``: an HTTP upstream
-  that honours its idempotency header, Stripe's semantics): sending the call again with the
-  same key is the reconciliation, so it is re-run as above;
+  whose idempotency header an admin named, Stripe's semantics): sending the call again with
+  the same key is the reconciliation, so it is re-run as above;
 * otherwise the call stays ``unknown`` and is escalated to a person, who marks the real
   outcome or re-runs it (``services.attention``).
 """
@@ -196,6 +196,16 @@ def may_rerun_by_itself(call: ToolCall) -> bool:
     )
 
 
+def refuses_repeats(call: ToolCall) -> bool:
+    """Whether the call's downstream refuses a second effect for its key, so that running
+    it again cannot double it: declared by a code tool, an admin's setting of an upstream
+    (``sources.reruns_without_a_person``)."""
+    try:
+        return sources.implementation(call.tool).honours_idempotency_key
+    except registry.UnknownTool:
+        return False
+
+
 def escalation_reason(call: ToolCall, finding: str) -> str:
     """What the person on the "needs attention" page is told."""
     if finding != FOUND and (code := cannot_run_code(call)):
@@ -208,11 +218,7 @@ def escalation_reason(call: ToolCall, finding: str) -> str:
             )
         if not call.tool.runnable:
             return "The downstream has no record of the effect, and the tool is disabled."
-        try:
-            honours = sources.implementation(call.tool).honours_idempotency_key
-        except registry.UnknownTool:
-            honours = False
-        if not honours:
+        if not refuses_repeats(call):
             return (
                 "The downstream has no record of the effect, but it does not refuse "
                 "duplicates, so it is not re-run automatically."

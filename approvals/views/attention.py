@@ -30,6 +30,7 @@ from approvals.services.attention import (
     rerun_call,
     resolve_call,
 )
+from approvals.services.recovery import refuses_repeats
 from approvals.views.common import AuthedRequest, call_or_403
 
 PAGE = "approvals/attention.html"
@@ -79,6 +80,9 @@ def _card(call: ToolCall, conflict: str, **extra: Any) -> dict[str, Any]:
         "conflict": conflict,
         # Only writes are run again; a destructive call's outcome is recorded, nothing more.
         "rerunnable": transitions.allowed(call.status, Status.APPROVED, risk=call.risk),
+        # The re-run's confirmation says whether a repeat can double the effect; asked only
+        # for it (one card), not for every card of the page.
+        "repeats_refused": extra.get("confirming") and refuses_repeats(call),
         **extra,
     }
 

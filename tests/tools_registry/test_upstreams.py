@@ -65,8 +65,9 @@ def add(*args: str) -> tuple[list[str], str]:
 
 def register_orders(http_upstream: WebProcess, *more: str) -> list[str]:
     names, _ = add(
-        "orders", "--openapi", f"{http_upstream.url}/openapi.json", "--header", AUTH, *more
-    )
+        "orders", "--openapi", f"{http_upstream.url}/openapi.json", "--header", AUTH,
+        "--idempotency-header", "Idempotency-Key", *more,
+    )  # fmt: skip
     return names
 
 
@@ -1490,7 +1491,11 @@ def refused_on_add_and_change(
     assert added.status_code == 200 and error in added.content.decode()
     assert not Upstream.objects.exists()
     upstream = register_upstream(
-        name="orders", kind="openapi", url="http://127.0.0.1:9/openapi.json", enabled=False
+        name="orders",
+        kind="openapi",
+        url="http://127.0.0.1:9/openapi.json",
+        idempotency_header="Idempotency-Key",
+        enabled=False,
     )
     changed = admin_client.post(f"/admin/tools_registry/upstream/{upstream.pk}/change/", form)
     assert changed.status_code == 200 and "errorlist" in changed.content.decode()

@@ -54,7 +54,7 @@ def register_upstream(
     base_url: str = "",
     headers: secrets.Headers = (),  # type: ignore[assignment]
     timeout_seconds: float = 10,
-    idempotency_header: str = "Idempotency-Key",
+    idempotency_header: str = "",  # none unless named: see Upstream.idempotency_header
     rerunnable: bool = False,
     enabled: bool = True,
     created_by: Any = None,

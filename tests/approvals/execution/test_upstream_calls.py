@@ -55,6 +55,7 @@ def orders(live_world: World, http_upstream: WebProcess) -> World:
     imported(
         live_world, "orders", "openapi", f"{http_upstream.url}/openapi.json",
         "--header", f"Authorization: Bearer {UPSTREAM_TOKEN}",
+        "--idempotency-header", "Idempotency-Key",  # it refuses a second effect for a key
     )  # fmt: skip
     return live_world
 

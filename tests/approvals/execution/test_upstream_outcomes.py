@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from copy import deepcopy
 from io import StringIO
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.support.upstreams.raw_mcp import RawMcpServer
 from tools_registry import services as registry_services
 from tools_registry.models import Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
+from tools_registry.upstreams import openapi
 
 pytestmark = pytest.mark.django_db
 
@@ -177,6 +179,7 @@ def test_a_rerun_whose_headers_cannot_be_read_leaves_the_earlier_attempts_outcom
         raw_reply(handler, 201, {"id": "ord_1"})
 
     shop.answer = slow
+    Upstream.objects.filter(name="shop").update(idempotency_header="Idempotency-Key")
     call = approved_order(world)
     execute(call.pk)
     call.refresh_from_db()
@@ -187,6 +190,108 @@ def test_a_rerun_whose_headers_cannot_be_read_leaves_the_earlier_attempts_outcom
     call.refresh_from_db()
     assert shop.orders == 1, "nothing was sent"
     assert (call.status, call.error["code"]) == (Status.UNKNOWN, "upstream_headers_unreadable")
+
+
+def test_an_api_that_ignores_keys_gets_one_effect_from_a_timeout_and_a_person_decides(
+    world: World, shop: Shop
+) -> None:
+    """The shop was added with no idempotency header: it says nothing of whether it honours
+    one, and this one does not (one order per POST). Its write timed out after the order.
+    Every automatic re-run would be another order; the call waits for a person instead."""
+
+    def slow(handler: Any) -> None:
+        time.sleep(1.5)  # past the tool's timeout, after the order
+        raw_reply(handler, 201, {"id": "ord_1"})
+
+    shop.answer = slow
+    call = approved_order(world)
+    execute(call.pk)
+    for _ in range(4):  # more rounds than EXECUTOR_AUTO_RERUNS allows re-runs
+        sweeps.reconcile_unknown()
+        if ToolCall.objects.get(pk=call.pk).status == Status.APPROVED:
+            execute(call.pk)
+    call.refresh_from_db()
+    assert shop.orders == 1
+    assert (call.status, call.needs_attention) == (Status.UNKNOWN, True)
+
+
+def test_an_api_that_honours_its_named_header_is_re_run_by_itself(world: World, shop: Shop) -> None:
+    """An admin named the header the API honours: a timeout after the effect is settled by
+    sending the call again with its key (the API answers with the first effect)."""
+    Upstream.objects.filter(name="shop").update(idempotency_header="Idempotency-Key")
+    keys: list[str] = []
+
+    def keyed(handler: Any) -> None:
+        keys.append(handler.headers.get("idempotency-key", ""))
+        if len(keys) == 1:
+            time.sleep(1.5)  # past the tool's timeout, after the order
+        raw_reply(handler, 201, {"id": "ord_1"})
+
+    shop.answer = keyed
+    call = approved_order(world)
+    execute(call.pk)
+    assert sweeps.reconcile_unknown() == {"rerun": 1}
+    execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == Status.SUCCEEDED
+    assert keys == [call.execution_key, call.execution_key]
+
+
+def test_an_api_sent_no_key_is_not_asked_for_one_by_its_lookup(world: World) -> None:
+    """The document names a lookup by key, but no idempotency header was named, so the API
+    never got the call's key: asked by it, it has no record ("not found"), and the person
+    was told the downstream had no record of an order it had placed."""
+    document = deepcopy(DOCUMENT)
+    document["servers"] = [{"url": "/"}]
+    document["paths"]["/orders"]["post"]["x-countersign-lookup"] = "order_by_key"
+    document["paths"]["/orders/by-key/{key}"] = {
+        "get": {
+            "operationId": "order_by_key",
+            "parameters": [
+                {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {"200": {"description": "The order"}},
+        }
+    }
+    asked: list[str] = []
+
+    def api(handler: Any, body: bytes) -> None:
+        asked.append(f"{handler.command} {handler.path}")
+        if handler.command == "GET":
+            raw_reply(handler, 404, {"error": {"message": "No such key."}})
+            return
+        time.sleep(1.5)  # past the tool's timeout, after the order
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            raw_reply(handler, 201, {"id": "ord_1"})
+
+    server = RawHttpServer(api, gets=True)
+    try:
+        upstream = register_upstream(
+            name="shop",
+            kind=Upstream.Kind.OPENAPI,
+            url=f"{server.url}/openapi.json",
+            idempotency_header="",  # none named
+        )
+        sync_upstream(
+            upstream=upstream,
+            enable_new=True,
+            reader=lambda u: openapi.offer(
+                document, upstream=u.name, document_url=u.url, base_url=server.url
+            ),
+        )
+        tool = Tool.objects.get(name="shop__create_order")
+        Tool.objects.filter(pk=tool.pk).update(timeout_seconds=1)
+        world.agent.allowed_tools.add(tool)
+        registry_services.grant_review(tool=tool, user=world.bob)
+        call = approved_order(world)
+        execute(call.pk)
+        sweeps.reconcile_unknown()
+    finally:
+        server.close()
+    call.refresh_from_db()
+    assert asked == ["POST /orders"], "the lookup was not asked"
+    assert (call.status, call.needs_attention) == (Status.UNKNOWN, True)
+    assert "cannot say whether the effect happened" in call.attention_reason
 
 
 def approved_mcp_call(world: World, server: RawMcpServer) -> ToolCall:

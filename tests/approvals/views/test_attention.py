@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django.utils.html import escape
 
 from approvals.execution import runner
+from approvals.execution.claim import claim_call
+from approvals.execution.finish import expire_lease
 from approvals.guards import CONFLICTS
 from approvals.models import Status, ToolCall
 from approvals.services.notes import add_note
@@ -16,7 +21,9 @@ from audit.models import AuditEvent
 from tests.conftest import World, executions_sent
 from tests.support.calls import approved_call, delete_arguments, unknown_call
 from tools_registry import services as registry_services
-from tools_registry.models import Agent
+from tools_registry.models import Agent, Tool, Upstream
+from tools_registry.services.upstreams import register_upstream, sync_upstream
+from tools_registry.upstreams import openapi
 
 PAGE = "/approvals/attention/"
 
@@ -234,7 +241,79 @@ class TestResolve:
         assert "no longer needs attention" in body
 
 
+SHOP = {
+    "openapi": "3.1.0",
+    "info": {"title": "Shop", "version": "1"},
+    "servers": [{"url": "http://shop.invalid"}],
+    "paths": {
+        "/orders": {
+            "post": {
+                "operationId": "create_order",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"item": {"type": "string"}}}
+                        }
+                    }
+                },
+                "responses": {"201": {"description": "The order"}},
+            }
+        }
+    },
+}
+
+
+def unknown_order(world: World, idempotency_header: str) -> ToolCall:
+    """An order of an imported HTTP API whose worker went silent (its outcome unknown)."""
+    upstream = register_upstream(
+        name="shop",
+        kind=Upstream.Kind.OPENAPI,
+        url="http://shop.invalid/openapi.json",
+        idempotency_header=idempotency_header,
+    )
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: openapi.offer(
+            SHOP, upstream=u.name, document_url=u.url, base_url="", reserved_headers=frozenset()
+        ),
+    )
+    tool = Tool.objects.get(name="shop__create_order")
+    world.agent.allowed_tools.add(tool)
+    registry_services.grant_review(tool=tool, user=world.bob)
+    world.tools[tool.name] = tool
+    call = approved_call(world, tool.name, {"item": "espresso beans"})
+    assert claim_call(call_id=call.pk) is not None
+    assert expire_lease(call_id=call.pk, now=timezone.now() + timedelta(hours=1))
+    return call
+
+
+MAY_REPEAT = "running it again may repeat the effect"
+
+
 class TestRerun:
+    def test_the_confirmation_says_a_re_run_may_repeat_the_effect_of_an_api_not_known_to_refuse_repeats(
+        self, world: World
+    ):
+        """The confirmation said only that a downstream which does not refuse repeats gets
+        the effect twice, for every tool; Countersign knows which tools those are."""
+        call = unknown_order(world, idempotency_header="")
+        body = client_for(world.bob).get(url(call) + "?confirm=rerun").content.decode()
+        assert 'name="confirm"' in body
+        assert (
+            "<strong>Nothing says this tool's downstream refuses repeats of the key: if the "
+            f"first attempt did happen, {MAY_REPEAT}</strong>"
+        ) in body
+
+    def test_the_confirmation_of_a_tool_whose_downstream_refuses_repeats_says_so(
+        self, world: World
+    ):
+        for call in (unknown_order(world, "Idempotency-Key"), unknown_call(world, "send_email")):
+            body = client_for(world.bob).get(url(call) + "?confirm=rerun").content.decode()
+            assert 'name="confirm"' in body
+            assert MAY_REPEAT not in body
+            assert "known to refuse repeats of the key" in body
+
     def test_the_confirmation_is_shown_on_get_and_changes_nothing(self, world: World):
         call = unknown_call(world)
         page = client_for(world.bob).get(url(call) + "?confirm=rerun", HTTP_HX_REQUEST="true")

@@ -46,8 +46,12 @@ class Command(BaseCommand):
         )  # fmt: skip
         parser.add_argument("--timeout", type=seconds, default=10, help="Seconds per request.")
         parser.add_argument(
-            "--idempotency-header", default="Idempotency-Key",
-            help='HTTP APIs: the header that carries the key ("" if it honours none).',
+            "--idempotency-header", default="", metavar="NAME",
+            help="HTTP APIs: the header the API honours as an idempotency key (e.g. "
+            "Idempotency-Key: a repeat of a key gets the first answer, never a second effect). "
+            "Named, each call carries its key in it and a write whose outcome is unknown (a "
+            "timeout, a 5xx) is sent again by itself. Without it, no key is sent and such a "
+            "write waits for a person.",
         )  # fmt: skip
         parser.add_argument(
             "--rerunnable", action="store_true",
