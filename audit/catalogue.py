@@ -160,6 +160,9 @@ ACTIONS: dict[str, str] = {
     "scheduled walk.",
     "audit.verification_requested": "An auditor asked for a walk of the hash chain now; a worker "
     "runs it in the background.",
+    "audit.exported": "An auditor downloaded an export of the trail (CSV or JSON Lines, the "
+    "outcome): the filters asked for, masked as any event's data; recorded before the first "
+    "row is sent, so an export whose filters match it holds its own event. No row count.",
 }
 
 

@@ -41,6 +41,7 @@ DETAIL_KEYS = (
     ("permissions", "permissions"),
     ("checked", "events checked"),
     ("latency_ms", "latency ms"),
+    ("filters", "filters"),  # what an export (audit.exported) asked for
 )
 # Argument names that carry an amount of money.
 AMOUNT_KEYS = ("amount", "amount_cents", "total", "refund_amount")
@@ -56,7 +57,12 @@ def event_details(event: AuditEvent) -> list[tuple[str, str]]:
         value = data.get(key)
         if value in (None, "", [], {}):
             continue
-        text = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        if isinstance(value, dict):
+            text = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            text = ", ".join(str(v) for v in value)
+        else:
+            text = str(value)
         details.append((label, text[:160]))
     arguments = data.get("arguments")
     if isinstance(arguments, dict):

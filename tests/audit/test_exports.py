@@ -83,7 +83,8 @@ def test_a_whole_export_verifies_with_the_stand_alone_script(
     assert result.returncode == 0, result.stdout
     sealed = AuditEvent.objects.exclude(seq=None).count()
     assert f"{sealed} sealed rows checked in 1 run(s)" in result.stdout
-    assert "1 against the anchor, 1 not yet sealed" in result.stdout
+    # The fixture's last event, and the export's own audit.exported.
+    assert "1 against the anchor, 2 not yet sealed" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -304,6 +305,7 @@ def test_each_json_line_is_postgresqls_json_object_of_the_row(
     # escaping and the jsonb text of data; occurred_at as the chain hashed it.
     from audit.canonical import INSTANT_SQL
 
+    body = download(auditor_client, "jsonl").decode()  # first: it records audit.exported
     pairs = ", ".join(
         f"'{c}', {INSTANT_SQL if c == 'occurred_at' else c}" for c in exports.JSONL_COLUMNS
     )
@@ -313,7 +315,7 @@ def test_each_json_line_is_postgresqls_json_object_of_the_row(
             " ORDER BY seq NULLS LAST, id"
         )
         expected = "".join(f"{row[0]}\n" for row in cursor.fetchall())
-    assert download(auditor_client, "jsonl").decode() == expected
+    assert body == expected
 
 
 @pytest.mark.parametrize("start", exports.FORMULA_STARTS)
@@ -415,7 +417,9 @@ def test_a_whole_export_cut_short_of_an_anchor_older_than_an_event_it_holds_fail
     late = record(action="call.submitted", outcome="pending", data={"late": True})
     lines = download(auditor_client, "jsonl").decode().splitlines()
     ids = [json.loads(line)["id"] for line in lines]
-    assert ids[-1] == late.pk and json.loads(lines[-1])["seq"] is None
+    assert ids[-2] == late.pk and json.loads(lines[-2])["seq"] is None
+    # Last, the export's own audit.exported: recorded later still, it is the row named below.
+    assert json.loads(lines[-1])["action"] == "audit.exported"
     index = ids.index(make[-1].pk)
     head = json.loads(lines[index])["seq"]
     assert json.loads(anchor_path.read_text())["seq"] == head, "the last sealed row"
@@ -426,7 +430,7 @@ def test_a_whole_export_cut_short_of_an_anchor_older_than_an_event_it_holds_fail
     assert result.returncode == 1, result.stdout
     assert (
         f"the anchor records seq {head} at {json.loads(anchor_path.read_text())['at']}, past "
-        f"this export's last seq {head - 1}, yet the export holds id {late.pk}, recorded at "
+        f"this export's last seq {head - 1}, yet the export holds id {ids[-1]}, recorded at "
         f"{json.loads(lines[-1])['occurred_at']}, after it: seq {head} was cut from the export"
     ) in result.stdout
     cut = tmp_path / "cut.jsonl"
