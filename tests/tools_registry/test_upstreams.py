@@ -17,7 +17,9 @@ import pytest
 from cryptography.fernet import Fernet
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from guardian.shortcuts import get_groups_with_perms
 
@@ -1985,3 +1987,72 @@ def test_a_resync_to_a_higher_risk_keeps_a_refusal_and_the_team_a_rule_asks_for(
     assert line.startswith("rec__archive: rules: Rule 1: args.account is not an argument")
     (changed,) = AuditEvent.objects.filter(action="tool.changed", tool_name=tool.name)
     assert changed.data["after"]["enabled"] is False and changed.data["disabled_because"]
+
+
+def operations(count: int) -> list[types.Tool]:
+    return [
+        types.Tool(
+            name=f"op{i:03}",
+            description=f"Operation {i}.",
+            input_schema={"type": "object", "properties": {"id": {"type": "string"}}},
+        )
+        for i in range(count)
+    ]
+
+
+def test_a_resync_costs_the_same_queries_however_many_unchanged_tools_it_holds(
+    world: World,
+) -> None:
+    """Each tool's upstream was read by a query of its own on every re-sync (its endpoint
+    is part of its version): 20,003 queries for an API of 20,000 operations that had not
+    changed."""
+
+    def resync_queries(name: str, count: int) -> int:
+        listed = operations(count)
+        upstream = register_upstream(
+            name=name, kind=Upstream.Kind.MCP, url=f"http://{name}.invalid/mcp"
+        )
+        reader = lambda u: upstream_mcp.offer_from(u.name, listed)  # noqa: E731
+        sync_upstream(upstream=upstream, reader=reader)
+        with CaptureQueriesContext(connection) as captured:
+            report = sync_upstream(upstream=upstream, reader=reader)
+        assert len(report.unchanged) == count
+        return len(captured.captured_queries)
+
+    assert resync_queries("few", 5) == resync_queries("many", 50)
+
+
+def test_a_first_import_inserts_its_tools_together_and_audits_each_in_the_offers_order(
+    world: World,
+) -> None:
+    """One INSERT per operation made most of a big API's import (Stripe's, GitHub's: a
+    thousand operations and more, in one admin request); the trail still says each."""
+    listed = operations(50)
+    upstream = register_upstream(name="bulk", kind=Upstream.Kind.MCP, url="http://bulk.invalid/mcp")
+    with CaptureQueriesContext(connection) as captured:
+        report = sync_upstream(
+            upstream=upstream, reader=lambda u: upstream_mcp.offer_from(u.name, listed)
+        )
+    tool_table = Tool._meta.db_table
+    inserts = [
+        q for q in captured.captured_queries if q["sql"].startswith(f'INSERT INTO "{tool_table}"')
+    ]
+    assert len(inserts) == 1
+    names = [f"bulk__op{i:03}" for i in range(50)]
+    assert report.imported == names
+    events = AuditEvent.objects.filter(action="tool.imported", tool_name__startswith="bulk__")
+    tools = {t.name: t for t in Tool.objects.filter(upstream=upstream)}
+    assert [(e.tool_name, e.data) for e in events.order_by("pk")] == [
+        (
+            name,
+            {
+                "upstream": "bulk",
+                "source": name.removeprefix("bulk__"),
+                "risk": tools[name].risk,
+                "version": tools[name].version,
+                "enabled": False,
+            },
+        )
+        for name in names
+    ]
+    assert not any(tool.enabled for tool in tools.values())
