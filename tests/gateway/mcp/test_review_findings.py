@@ -4,10 +4,7 @@ name PostgreSQL cannot store, a legacy client that cancels a request that waits.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
-from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +24,8 @@ from tests.gateway.mcp.conftest import connected
 from tests.gateway.mcp.test_endpoint import ACCEPT, INITIALIZE, message, post
 from tests.gateway.mcp.test_waits import subscribers
 from tests.support.calls import pending_call
-from tests.support.web import WebProcess, free_port, running_web
+from tests.support.link import TcpLink
+from tests.support.web import WebProcess, running_web
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,56 +33,12 @@ EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on it
 MODERN = "2026-07-28"
 
 
-class RedisLink:
-    """A TCP forwarder to the tests' Redis that can be cut: a Redis outage for one process."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.sockets: list[socket.socket] = []
-        self.down = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down:
-                client.close()
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        self.down = True
-        with suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self.listener.close()
-        for sock in self.sockets:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
 @pytest.fixture
 def web_behind_a_redis_link(
     django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[WebProcess, RedisLink]]:
+) -> Iterator[tuple[WebProcess, TcpLink]]:
     redis_url = urlsplit(settings.REDIS_URL)
-    link = RedisLink((redis_url.hostname or "127.0.0.1", redis_url.port or 6379))
+    link = TcpLink((redis_url.hostname or "127.0.0.1", redis_url.port or 6379))
     url = f"redis://127.0.0.1:{link.port}{redis_url.path}"
     with (
         django_db_blocker.unblock(),
@@ -95,7 +49,7 @@ def web_behind_a_redis_link(
 
 
 def test_a_wait_while_redis_is_down_answers_the_call_or_unavailable_not_redis_error(
-    live_world: World, web_behind_a_redis_link: tuple[WebProcess, RedisLink]
+    live_world: World, web_behind_a_redis_link: tuple[WebProcess, TcpLink]
 ) -> None:
     """While Redis fails, an MCP wait answered JSON-RPC error 0 with redis-py's message (the
     Redis server's address). It answers the call as it stands, or ``unavailable`` where it
