@@ -4,7 +4,7 @@
 is asked to keep.
 
 A page that polls by itself (the queue's refresh, a call page's live check) is not the
-person: its view says so (``not_activity``), or a tab left open would keep its session
+person: its view says so (``core.polls.not_activity``), or a tab left open would keep its session
 for ever. Such a request still ends a session that is over, so the tab lands on sign-in.
 """
 
@@ -15,15 +15,10 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.two_factor import SIGNED_IN_AT_KEY
+from core.polls import is_poll
 
 # In the session: when the person last made a request (epoch seconds).
 ACTIVE_AT_KEY = "countersign.active_at"
-_POLL_ATTR = "countersign_poll"
-
-
-def not_activity(request: HttpRequest) -> None:
-    """This request is the page polling by itself: it keeps nobody's session alive."""
-    setattr(request, _POLL_ATTR, True)
 
 
 def _seconds(value: object) -> float | None:
@@ -51,7 +46,7 @@ ACTIVITY_NOTED_EVERY_SECONDS = 60
 
 def note_activity(request: HttpRequest) -> None:
     """The person made this request, unless its view said it is a poll."""
-    if request.user.is_authenticated and not getattr(request, _POLL_ATTR, False):
+    if request.user.is_authenticated and not is_poll(request):
         now = timezone.now().timestamp()
         noted = _seconds(request.session.get(ACTIVE_AT_KEY)) or 0
         if now - noted >= ACTIVITY_NOTED_EVERY_SECONDS:

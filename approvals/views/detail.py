@@ -17,7 +17,6 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.sessions import not_activity
 from approvals import before_after, display, reauth, selectors
 from approvals.forms import DecisionForm, NoteForm, RevealForm
 from approvals.guards import (
@@ -32,6 +31,7 @@ from approvals.guards import (
 from approvals.models import StandingApproval, Status, ToolCall, Verdict
 from approvals.services import decisions, notes, reveals, standing
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
+from core.polls import not_activity
 from tools_registry.permissions import revealable_tool_ids, reviewable_tools
 from tools_registry.policy import Risk
 

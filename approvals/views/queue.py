@@ -15,11 +15,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
-from accounts.sessions import not_activity
 from approvals import display, selectors
 from approvals.forms import QueueFilterForm
 from approvals.selectors import ORDERS
 from approvals.views.common import AuthedRequest, wants_partial
+from core.polls import not_activity
 from tools_registry.permissions import can_review
 
 FILTER_KEYS = ("tool", "risk", "agent", "session", "age", "expiring", "order")

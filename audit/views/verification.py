@@ -9,11 +9,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from accounts.sessions import not_activity
 from audit import analytics as stats
 from audit import tasks, verification_runs
 from audit.models import VerificationRun
 from audit.views.common import VIEW_PERMISSION, auditor_view
+from core.polls import not_activity
 
 
 def _panel(request: HttpRequest, run: VerificationRun | None) -> HttpResponse:
