@@ -370,3 +370,36 @@ def test_an_attention_action_on_its_way_cannot_be_sent_twice(
     held[0].continue_()
     expect(card).to_contain_text("no longer needs attention")
     assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_a_verdict_sent_while_a_poll_is_on_its_way_keeps_what_was_typed(
+    live_server: Any, live_world: World, page: Page, settings: Any
+) -> None:
+    """A rejection clicked while a poll is on its way, the call approved elsewhere
+    meanwhile: the verdict goes at once, is refused as too late, and what was typed is kept
+    as a note. Queued behind the poll (one request of the page at a time), it was dropped
+    without a word when the poll's answer replaced the form it came from."""
+    settings.APPROVALS_DETAIL_POLL_SECONDS = 1
+    dave = dave_of(live_world)
+    call = make_call(live_world, "send_email")
+    held: list[Any] = []
+    holding = [True]
+
+    def poll(route: Any) -> None:
+        held.append(route) if holding[0] else route.continue_()
+
+    sign_in(page, live_server.url, "bob", "pw-bob")
+    page.route(f"**/approvals/{call.pk}/live/**", poll)
+    page.goto(f"{live_server.url}/approvals/{call.pk}/")
+    while not held:
+        page.wait_for_timeout(100)  # a poll on its way, sent before anything was typed
+    dissent = "The customer's account is frozen pending a fraud review; do not write to them."
+    page.fill("#id_comment", dissent)
+    decide(call_id=call.pk, reviewer=dave, verdict="approve")  # meanwhile, elsewhere
+    page.locator("#decision-form button[value=reject]").click()
+    page.wait_for_timeout(1_500)
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#call-status")).to_have_text("Approved")
+    expect(page.locator("#id_note")).to_have_value(dissent)
