@@ -47,6 +47,29 @@ def dave_of(world: World) -> User:
     return dave
 
 
+class HeldPolls:
+    """Holds a page's polls to ``url`` in the browser, before they reach the server, until
+    ``release()`` sends them on (and lets every later one through at once)."""
+
+    def __init__(self, page: Page, url: str) -> None:
+        self.page = page
+        self.held: list[Any] = []
+        self.holding = True
+        page.route(url, self._poll)
+
+    def _poll(self, route: Any) -> None:
+        self.held.append(route) if self.holding else route.continue_()
+
+    def wait_for_one(self) -> None:
+        while not self.held:
+            self.page.wait_for_timeout(100)
+
+    def release(self) -> None:
+        self.holding = False
+        for route in self.held:
+            route.continue_()
+
+
 def second_page(browser: Browser, base_url: str, username: str, password: str) -> Page:
     page = browser.new_context(viewport=WIDE).new_page()
     sign_in(page, base_url, username, password)
@@ -172,23 +195,14 @@ def test_a_poll_answered_after_the_verdict_replaced_the_page_parts_loses_nothing
     world.tools["send_email"].approvals_required = 2
     world.tools["send_email"].save()
     call = make_call(world, "send_email")
-    held: list[Any] = []
-    holding = [True]
-
-    def poll(route: Any) -> None:
-        held.append(route) if holding[0] else route.continue_()
-
     sign_in(page, live_server.url, "bob", "pw-bob")
-    page.route(f"**/approvals/{call.pk}/live/**", poll)
+    polls = HeldPolls(page, f"**/approvals/{call.pk}/live/**")
     page.goto(f"{live_server.url}/approvals/{call.pk}/")
     page.fill("#id_comment", "Checked the order history.")
-    while not held:
-        page.wait_for_timeout(100)  # a poll is on its way, held here
+    polls.wait_for_one()  # a poll is on its way, held here
     page.locator("#decision-form button[value=approve]").click()
     page.wait_for_timeout(1_500)  # the verdict would be answered meanwhile, were it sent
-    holding[0] = False
-    for route in held:
-        route.continue_()
+    polls.release()
     expect(page.locator("#status-line")).to_contain_text("1 of 2 approvals")
     expect(page.locator("#votes")).to_contain_text("Checked the order history.")
     page.wait_for_timeout(1_500)  # polls of the page as it is now answer without errors
@@ -242,25 +256,16 @@ def test_a_note_sent_while_a_poll_is_on_its_way_is_kept(
     dave = dave_of(world)
     call = make_call(world, "send_email")
     decide(call_id=call.pk, reviewer=dave, verdict="reject", comment="Not to this address.")
-    held: list[Any] = []
-    holding = [True]
-
-    def poll(route: Any) -> None:
-        held.append(route) if holding[0] else route.continue_()
-
     sign_in(page, live_server.url, "bob", "pw-bob")
-    page.route(f"**/approvals/{call.pk}/live/**", poll)
+    polls = HeldPolls(page, f"**/approvals/{call.pk}/live/**")
     page.goto(f"{live_server.url}/approvals/{call.pk}/")
-    while not held:
-        page.wait_for_timeout(100)  # a poll is on its way, held here
+    polls.wait_for_one()  # a poll is on its way, held here
     notes.add_note(call_id=call.pk, author=dave, text="Told the customer.")  # meanwhile
     mine = "Agreed: the address bounced twice last week."
     page.fill("#id_note", mine)
     page.locator("#note-form button[type=submit]").click()
     page.wait_for_timeout(1_500)  # the note would be answered meanwhile, were it sent
-    holding[0] = False
-    for route in held:
-        route.continue_()
+    polls.release()
     expect(page.locator("#votes")).to_contain_text(mine)
     expect(page.locator("#votes")).to_contain_text("Told the customer.")
     assert sorted(call.notes.values_list("text", flat=True)) == sorted(["Told the customer.", mine])
@@ -382,24 +387,15 @@ def test_a_verdict_sent_while_a_poll_is_on_its_way_keeps_what_was_typed(
     settings.APPROVALS_DETAIL_POLL_SECONDS = 1
     dave = dave_of(live_world)
     call = make_call(live_world, "send_email")
-    held: list[Any] = []
-    holding = [True]
-
-    def poll(route: Any) -> None:
-        held.append(route) if holding[0] else route.continue_()
-
     sign_in(page, live_server.url, "bob", "pw-bob")
-    page.route(f"**/approvals/{call.pk}/live/**", poll)
+    polls = HeldPolls(page, f"**/approvals/{call.pk}/live/**")
     page.goto(f"{live_server.url}/approvals/{call.pk}/")
-    while not held:
-        page.wait_for_timeout(100)  # a poll on its way, sent before anything was typed
+    polls.wait_for_one()  # a poll on its way, sent before anything was typed
     dissent = "The customer's account is frozen pending a fraud review; do not write to them."
     page.fill("#id_comment", dissent)
     decide(call_id=call.pk, reviewer=dave, verdict="approve")  # meanwhile, elsewhere
     page.locator("#decision-form button[value=reject]").click()
     page.wait_for_timeout(1_500)
-    holding[0] = False
-    for route in held:
-        route.continue_()
+    polls.release()
     expect(page.locator("#call-status")).to_have_text("Approved")
     expect(page.locator("#id_note")).to_have_value(dissent)
