@@ -18,7 +18,7 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,14 @@ TAIL_BLOCK = 4096
 
 class AnchorFileDamaged(ValueError):
     """A line of the anchor file is not an anchor, or seqs do not increase."""
+
+
+class AnchorNotHeld(Exception):
+    """The chain no longer has, at the last anchor's seq, the hash that anchor recorded."""
+
+    def __init__(self, last: Anchor) -> None:
+        super().__init__(f"the chain no longer holds the hash anchored for seq {last.seq}")
+        self.last = last
 
 
 @dataclass(frozen=True)
@@ -117,12 +125,18 @@ def last_anchor(path: Path) -> Anchor | None:
     return _parse(raw, 0) if raw else None
 
 
-def append_anchor(*, path: Path, seq: int, head_hash: str) -> Anchor | None:
-    """Append ``(seq, head_hash)`` unless the file already holds that seq or a later one.
+def append_anchor(
+    *, path: Path, seq: int, head_hash: str, holds: Callable[[Anchor], bool]
+) -> Anchor | None:
+    """Append ``(seq, head_hash)`` unless the file already holds that seq or a later one, and
+    only onto the chain the last line anchored: ``holds(last)`` says whether the chain still
+    has the last line's hash at its seq. Raises ``AnchorNotHeld`` when it does not.
 
-    An exclusive ``flock`` makes read-the-tail-then-append atomic between processes, so two
-    beat processes (a misconfiguration) still keep ``seq`` increasing. ``O_APPEND`` never
-    overwrites; ``fsync`` keeps the line across a crash.
+    ``holds`` is asked only when a line is about to be written: the sealer calls this every
+    few seconds, and a head that did not move needs no query. An exclusive ``flock`` makes
+    read-the-tail-then-append atomic between processes, so two beat processes (a
+    misconfiguration) still keep ``seq`` increasing. ``O_APPEND`` never overwrites;
+    ``fsync`` keeps the line across a crash.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
@@ -130,15 +144,22 @@ def append_anchor(*, path: Path, seq: int, head_hash: str) -> Anchor | None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = _last_line(fd)
         last = _parse(raw, 0) if raw else None
-        if last is not None and last.seq >= seq:
-            if last.seq > seq:
-                logger.warning(
-                    "audit chain head seq %s is behind the anchor's seq %s: events were removed "
-                    "or the database was restored; run manage.py verify_audit",
-                    seq,
-                    last.seq,
-                )
+        if last is not None and last.seq > seq:
+            logger.warning(
+                "audit chain head seq %s is behind the anchor's seq %s: events were removed "
+                "or the database was restored; run manage.py verify_audit",
+                seq,
+                last.seq,
+            )
             return None
+        if last is not None and last.seq == seq:
+            if last.hash != head_hash:  # rewritten at the anchored seq itself
+                raise AnchorNotHeld(last)
+            return None
+        if last is not None and not holds(last):
+            # Cut below the anchor and grown past it again, or rewritten: anchoring the new
+            # head would vouch for that chain.
+            raise AnchorNotHeld(last)
         anchor = Anchor(seq=seq, hash=head_hash, at=timezone.now().isoformat())
         line = json.dumps({"seq": anchor.seq, "hash": anchor.hash, "at": anchor.at})
         os.write(fd, (line + "\n").encode())

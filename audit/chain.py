@@ -218,8 +218,9 @@ def write_anchor(*, path: Path | None = None) -> anchor.Anchor | None:
     seq, head = chain_head()
     if seq == 0:
         return None
-    last = anchor.last_anchor(path)
-    if last is not None and last.seq <= seq and not holds_anchor(last):
+    try:
+        return anchor.append_anchor(path=path, seq=seq, head_hash=head, holds=holds_anchor)
+    except anchor.AnchorNotHeld as moved:
         # Cut below the anchor and grown past it again, or rewritten: anchoring the new head
         # would vouch for that chain, and the status panel, which compares the last anchor
         # only, would read "matches". The walk names where it broke.
@@ -227,10 +228,9 @@ def write_anchor(*, path: Path | None = None) -> anchor.Anchor | None:
             "the audit chain no longer holds the hash anchored for seq %s (events removed or "
             "rewritten, or the database restored): no anchor written; run manage.py "
             "verify_audit",
-            last.seq,
+            moved.last.seq,
         )
         return None
-    return anchor.append_anchor(path=path, seq=seq, head_hash=head)
 
 
 def seal_and_anchor() -> int:

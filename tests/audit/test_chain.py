@@ -199,6 +199,34 @@ def test_write_anchor_reads_only_the_end_of_the_file(anchor_path) -> None:
     assert chain.write_anchor() is None, "an unchanged head is not written twice"
 
 
+def test_a_head_that_did_not_move_costs_the_sealer_one_query(
+    anchor_path, django_assert_num_queries
+) -> None:
+    """The sealer anchors every few seconds, mostly with nothing new: reading where the chain
+    ends is all it asks the database; whether the chain still holds the last anchor is asked
+    only before a new line is written."""
+    make_events(3)
+    chain.seal_and_anchor()
+    with django_assert_num_queries(1):
+        assert chain.write_anchor() is None
+    make_events(1)
+    chain.seal_pending()
+    with django_assert_num_queries(2):
+        assert chain.write_anchor() is not None
+
+
+def test_a_chain_rewritten_at_its_anchored_seq_is_not_anchored_again(
+    sealed_chain, anchor_path, caplog
+) -> None:
+    last = anchor.last_anchor(anchor_path)
+    assert last is not None
+    tamper("UPDATE audit_auditevent SET hash = %s WHERE seq = %s", ["e" * 64, last.seq])
+    with caplog.at_level("ERROR", logger="audit.chain"):
+        assert chain.write_anchor() is None
+    assert anchor.last_anchor(anchor_path) == last
+    assert f"no longer holds the hash anchored for seq {last.seq}" in caplog.text
+
+
 def test_a_damaged_anchor_file_fails_verification(sealed_chain, anchor_path) -> None:
     anchor_path.write_text(
         anchor_path.read_text() + '{"seq": 3, "hash": "' + "b" * 64 + '", "at": "t"}\n'
