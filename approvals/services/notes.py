@@ -12,6 +12,7 @@ from django.utils import timezone
 from approvals import events
 from approvals.guards import Refused
 from approvals.models import Note, ToolCall
+from approvals.transitions import lock_call
 from tools_registry.permissions import require_reviewer
 
 MAX_LENGTH = 2000
@@ -23,7 +24,12 @@ class NoteRefused(Refused):
 
 @transaction.atomic
 def add_note(*, call_id: UUID, author: Any, text: str) -> Note:
-    call = ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
+    # The call's row lock, as a correction takes it: a correction masks the quotes of the
+    # values it replaces in the notes it reads, and a note committed after that read kept a
+    # replaced hidden value in clear, with nothing left to mask it by.
+    call = lock_call(call_id)
+    if call is None:
+        raise ToolCall.DoesNotExist(call_id)
     require_reviewer(author, call.tool)
     text = text.strip()
     if not text:

@@ -5,11 +5,16 @@ has ever counts towards its quorum."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
+import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 
-from approvals.models import Decision, Status, ToolCall
+from approvals.models import Decision, Note, Status, ToolCall
+from approvals.services import notes
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
 from tests.approvals.services.test_decision_races import at_once, decide_through_the_web
@@ -74,3 +79,73 @@ def test_concurrent_corrections_and_approvals_keep_the_quorum_bound(live_world: 
             assert [d.reviewer.username for d in counting] == ["dave"]
     finally:
         purge_queue()
+
+
+def test_a_note_written_while_a_correction_replaces_the_value_it_quotes_is_masked(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A note quoting a hidden value, still being written when a correction replaces that
+    value: the correction masks the quotes in the notes it reads, and read before the note
+    was committed, it missed this one, kept in clear once nothing held the value to mask it
+    by. The note now waits for the call's row, as the correction does: one goes first."""
+    world = live_world
+    tool = registry_services.update_policy(
+        tool=world.tools["update_customer"],
+        changes={
+            "sensitive_fields": [*world.tools["update_customer"].sensitive_fields, "changes.name"]
+        },
+        changed_by=world.alice,
+    )
+    world.tools["update_customer"] = tool
+    name = "Zebulon Quixote-Canary"
+    call = make_call(
+        world, "update_customer", arguments={"customer_id": "cus_0001", "changes": {"name": name}}
+    )
+    # The note's transaction is held open after its INSERT, until the correction has had
+    # its chance to go first.
+    written, go_on = threading.Event(), threading.Event()
+    note_added = notes.events.note_added
+
+    def note_added_then_wait(*args: object, **kwargs: object) -> None:
+        note_added(*args, **kwargs)  # type: ignore[arg-type]
+        written.set()
+        assert go_on.wait(10)
+
+    monkeypatch.setattr(notes.events, "note_added", note_added_then_wait)
+    bob = Client()
+    bob.force_login(world.bob)
+
+    def write_note() -> object:
+        try:
+            return notes.add_note(call_id=call.pk, author=world.bob, text=f"It is {name}.")
+        finally:
+            connections.close_all()
+
+    def correct() -> object:
+        try:
+            return decide_through_the_web(
+                bob,
+                call,
+                "approve",
+                edited_arguments=json.dumps(
+                    {"customer_id": "cus_0001", "changes": {"name": "Zeb Quixote"}}
+                ),
+            )()
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(2) as pool:
+        noting = pool.submit(write_note)
+        assert written.wait(10)
+        correcting = pool.submit(correct)
+        correcting_done = wait([correcting], timeout=1.5).done
+        go_on.set()
+        noting.result(timeout=20)
+        response = correcting.result(timeout=20)
+    assert response.status_code == 200, response.content.decode()[-2000:]  # type: ignore[attr-defined]
+    call.refresh_from_db()
+    assert call.arguments["changes"]["name"] == "Zeb Quixote"
+    (stored,) = Note.objects.filter(call=call).values_list("text", flat=True)
+    assert name not in stored, stored
+    assert stored.startswith("It is [masked:field:")
+    assert not correcting_done, "the correction went ahead of a note still being written"
