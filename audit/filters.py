@@ -7,7 +7,7 @@ so any combination stays fast on millions of rows; the page itself is keyset-pag
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from uuid import UUID
 
 from django.db.models import Q, QuerySet
@@ -205,7 +205,14 @@ def _instant(value: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        # A date alone with a trailing Z, its midnight in UTC: the form's pattern takes it
+        # (a Z after a time is read above), and Python's parser refuses it.
+        if not value.endswith("Z"):
+            return None
+        try:
+            moment = datetime.combine(date.fromisoformat(value[:-1]), time(), tzinfo=UTC)
+        except ValueError:
+            return None
     if timezone.is_naive(moment):
         return timezone.make_aware(moment, UTC)
     offset = moment.utcoffset()

@@ -311,17 +311,21 @@ class SessionCall:
 @auditor_view
 def session_timeline(request: HttpRequest) -> HttpResponse:
     agent = request.GET.get("agent", "").strip()
-    # As the agent sent it: spaces around a session id are part of it.
+    # As the agent sent it: spaces around a session id are part of it, and an id of spaces
+    # alone is one too (the API takes any non-empty id): the call page links here with it.
     session = request.GET.get("session", "")[:SESSION_FILTER_LENGTH]
-    if not agent or not session.strip() or "\x00" in agent + session:
+    if not agent or not session or "\x00" in agent + session:
         raise Http404("Name an agent and a session.")
     # Stored session ids went through the masking detectors; the lookup does the same.
     stored_session = mask_text(session)
+    # One more than is shown: a session of exactly the limit is whole, not cut short.
     events = list(
         AuditEvent.objects.filter(agent_name=agent, session_id=stored_session).order_by("id")[
-            :SESSION_EVENT_LIMIT
+            : SESSION_EVENT_LIMIT + 1
         ]
     )
+    truncated = len(events) > SESSION_EVENT_LIMIT
+    events = events[:SESSION_EVENT_LIMIT]
     if not events:
         raise Http404("The trail has no event of this session.")
     calls: dict[Any, SessionCall] = {}
@@ -354,7 +358,7 @@ def session_timeline(request: HttpRequest) -> HttpResponse:
             "export_query": urlencode({"agent": agent, "session": stored_session}),
             "calls": list(calls.values()),
             "totals": totals,
-            "truncated": len(events) == SESSION_EVENT_LIMIT,
+            "truncated": truncated,
             "first": events[0],
             "last": events[-1],
         },

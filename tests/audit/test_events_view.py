@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
@@ -163,6 +164,25 @@ def test_iso_utc_times_with_a_z_filter(world: World, auditor_client: Client) -> 
         "<td>test.iso</td>"
         not in auditor_client.get(f"/audit/?end={today}T00:00:00Z").content.decode()
     )
+
+
+def test_a_date_with_a_z_that_the_form_takes_is_its_midnight_in_utc(
+    world: World, auditor_client: Client
+) -> None:
+    """The From and Until fields' pattern lets a date alone end in Z through; the server
+    refused it as no ISO date-time in UTC, the page and the export alike."""
+    event = record(action="test.today", data={})
+    today = timezone.now().date()
+    page = auditor_client.get("/audit/").content.decode()
+    pattern = html.unescape(re.search(r'id="f-start" [^>]*pattern="([^"]+)"', page).group(1))
+    assert re.fullmatch(pattern, f"{today}Z")
+    day = f"action=test.today&start={today}Z&end={today + timedelta(days=1)}Z"
+    response = auditor_client.get(f"/audit/?{day}")
+    assert response.context["problems"] == []
+    assert ids_on(response) == [event.pk]
+    exported = download(auditor_client, "jsonl", day).splitlines()
+    assert [json.loads(line)["id"] for line in exported] == [event.pk]
+    assert ids_on(auditor_client.get(f"/audit/?action=test.today&end={today}Z")) == []
 
 
 def test_one_date_for_both_ends_is_refused_saying_the_end_is_excluded(

@@ -22,6 +22,7 @@ from audit.log import record
 from audit.masking import keyed_digest
 from audit.models import AuditEvent
 from audit.templatetags.audit_tags import session_url
+from audit.views.timelines import SESSION_EVENT_LIMIT
 from tests.approvals.conftest import make_call, with_free_form_names
 from tests.conftest import World
 from tests.support.calls import claimed_call
@@ -247,6 +248,8 @@ class _Agent:
         "case " + " ".join(f"u{i}@ex.io" for i in range(10)),  # masked, it grows past 200
         " run-7",  # spaces are part of an agent's session id
         "run-8 ",
+        "   ",  # and an id of spaces alone is one too
+        "\t",
     ],
 )
 def test_every_session_opens_and_exports_from_the_trails_own_links(
@@ -265,6 +268,57 @@ def test_every_session_opens_and_exports_from_the_trails_own_links(
     assert len(lines) == 3
     listed = auditor_client.get("/audit/", {"session": event.session_id, "agent": "support-bot"})
     assert listed.content.count(b"test.event") >= 3
+
+
+@pytest.mark.parametrize("session", ["   ", "\t", "\u00a0"])
+def test_a_call_whose_session_id_is_only_white_space_links_to_its_session(
+    world: World, auditor_client: Client, session: str
+) -> None:
+    """The API takes any non-empty session id; the call page's link to its session, and
+    the session page's export, work for one of white space alone (it was a 404)."""
+    purge_queue()
+    response = world.api().submit({**EMAIL, "session_id": session})
+    assert response.status_code == 202
+    call_id = response.json()["id"]
+    purge_queue()
+    page = auditor_client.get(f"/audit/calls/{call_id}/").content.decode()
+    link = re.search(r'<dt>Session</dt><dd class="mono"><a href="([^"]+)"', page)
+    assert link is not None
+    timeline = auditor_client.get(html.unescape(link.group(1)))
+    assert timeline.status_code == 200
+    assert [c.call_id for c in timeline.context["calls"]] == [uuid.UUID(call_id)]
+    export = re.search(rb'href="(/audit/export\.jsonl\?[^"]+)"', timeline.content)
+    assert export is not None
+    body = b"".join(auditor_client.get(html.unescape(export.group(1).decode())).streaming_content)
+    assert {json.loads(line)["call_id"] for line in body.splitlines()} == {call_id}
+
+
+@pytest.mark.parametrize(("extra", "cut"), [(0, False), (1, True)])
+def test_a_session_says_it_is_cut_short_only_when_it_has_more_events_than_shown(
+    auditor_client: Client, extra: int, cut: bool
+) -> None:
+    """A session of exactly SESSION_EVENT_LIMIT events is shown whole; it said it was cut."""
+    AuditEvent.objects.bulk_create(
+        AuditEvent(
+            action="call.note_added",
+            actor_type="system",
+            agent_name="support-bot",
+            session_id="long-run",
+            data={"n": n},
+        )
+        for n in range(SESSION_EVENT_LIMIT + extra)
+    )
+    page = auditor_client.get("/audit/session/?agent=support-bot&session=long-run")
+    assert page.status_code == 200
+    assert page.context["truncated"] is cut
+    assert ("Only the first events of this session are shown." in page.content.decode()) is cut
+    shown = [step.event.data["n"] for call in page.context["calls"] for step in call.steps]
+    assert shown == list(range(SESSION_EVENT_LIMIT))
+
+
+def test_a_session_page_without_a_session_is_404(world: World, auditor_client: Client) -> None:
+    assert auditor_client.get("/audit/session/?agent=support-bot&session=").status_code == 404
+    assert auditor_client.get("/audit/session/?agent=support-bot").status_code == 404
 
 
 @pytest.mark.parametrize(
