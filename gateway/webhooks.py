@@ -4,7 +4,8 @@
 Events: ``call.pending`` (a person's approval is requested), ``call.decided`` (reviewers
 approved or rejected it), and each terminal state (``call.succeeded``, ``call.failed``,
 ``call.rejected``, ``call.expired``, ``call.cancelled``). The body is
-``{"id", "type", "timestamp", "data": <the call as GET returns it>}``.
+``{"id", "type", "timestamp", "data": <the call as GET returns it>}``; ``timestamp`` is
+when the delivery was written, by PostgreSQL's clock: a receiver orders a call's events by it.
 
 Signature (https://www.standardwebhooks.com): ``webhook-id`` (the delivery's id, the same on
 every attempt: a receiver drops duplicates by it), ``webhook-timestamp`` (unix seconds of
@@ -51,9 +52,10 @@ import httpcore
 import httpx
 from celery import current_app
 from django.conf import settings
-from django.db import DatabaseError, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Expression, F, Q, TextField, Value
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Concat, Now
 from django.utils import timezone
 
 from approvals.models import Status, ToolCall
@@ -131,7 +133,6 @@ def decided(call: ToolCall, previous: str | None) -> bool:
 
 def schedule(call: ToolCall, event: str) -> UUID:
     """Write the delivery of ``event`` with ``call``'s current state; inside its transaction."""
-    now = timezone.now()
     delivery = WebhookDelivery(
         call=call, agent_id=call.agent_id, url=call.callback_url, next_attempt_at=Now()
     )
@@ -140,18 +141,30 @@ def schedule(call: ToolCall, event: str) -> UUID:
         # The task is sent on commit; the sweep re-sends it only if it was lost. (Without a
         # worker, in the embedded mode, the sweep loop makes the first attempt too.)
         delivery.dispatched_at = Now()
-    delivery.body = json.dumps(
-        {
-            "id": str(delivery.pk),
-            "type": delivery.event,
-            "timestamp": now.isoformat(),
-            "data": represent_call(call),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+    # {"id", "type", "timestamp", "data"}, the timestamp filled in as the row is written.
+    head = json.dumps({"id": str(delivery.pk), "type": event}, separators=(",", ":"))
+    data = json.dumps(represent_call(call), separators=(",", ":"), ensure_ascii=False)
+    delivery.body = Concat(
+        Value(head.removesuffix("}") + ',"timestamp":'),
+        _now_as_json(),
+        Value(f',"data":{data}}}'),
+        output_field=TextField(),
     )
     delivery.save(force_insert=True)
     return delivery.pk
+
+
+def _now_as_json() -> Expression:
+    """Now, as a JSON string (ISO 8601), by PostgreSQL's clock: the time a receiver puts a
+    call's events in order by (each is retried on its own, so they arrive in any order).
+    Dated by the clock of each process that made a change, a call approved in a web process
+    a few seconds ahead of the worker that ran it was said to have succeeded before it was
+    approved. ``clock_timestamp()``, not ``now()``: a transaction's start may come before
+    the commit of the change it waited for on the call's row lock. (SQLite, the embedded
+    mode, runs on one machine: its processes share one clock.)"""
+    if connection.vendor == "postgresql":
+        return RawSQL("to_json(clock_timestamp())::text", (), output_field=TextField())
+    return Value(json.dumps(timezone.now().isoformat()))
 
 
 def send(delivery_id: UUID) -> None:
@@ -269,6 +282,11 @@ def _excerpt(response: httpx.Response, *, deadline: float) -> str:
     except httpx.DecodingError as exc:
         # The status is the receiver's answer; its body is only shown to the admin.
         return f"(the answer could not be decoded: {exc})"[:500]
+    except httpx.HTTPError as exc:
+        # Nor does a body cut off (at the deadline, or by the receiver) undo its status: a
+        # 2xx dripping its body was taken for a failure, sent again and again to a receiver
+        # that had accepted it, then audited as given up.
+        return f"(the answer was cut off: {type(exc).__name__}: {exc})"[:500]
     return bounded_http.text(raw, response.encoding)[:500]
 
 

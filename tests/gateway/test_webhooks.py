@@ -15,7 +15,7 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from countersign_client import verify_webhook
 from django.test import override_settings
 from django.utils import timezone
 
+from approvals.execution.tasks import execute_call
 from approvals.models import ToolCall
 from approvals.services import standing
 from approvals.services.calls import cancel_call
@@ -275,15 +276,24 @@ def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout(
     world: World, receiver: Receiver
 ) -> None:
     """A byte every 0.3 s keeps each read within the timeout; the whole answer may not take
-    longer than it, or a receiver an agent chose would hold a worker past its lease."""
+    longer than it, or a receiver an agent chose would hold a worker past its lease. The
+    status came before the body was cut off: it is the receiver's answer (a 2xx accepted
+    the webhook, which was sent again and again, then audited as given up)."""
     receiver.answer_bytes, receiver.drip = 40, 0.3
+    receiver.statuses = [500, 200]
     call = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
     delivery = WebhookDelivery.objects.get(call_id=call)
     started = time.monotonic()
-    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # the 500: retried
     assert time.monotonic() - started < 4
-    attempt = delivery.attempt_log.get()
-    assert "ReadTimeout" in attempt.error
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    started = time.monotonic()
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED  # the 200
+    assert time.monotonic() - started < 4
+    attempts = list(delivery.attempt_log.order_by("number"))
+    assert [(a.status_code, a.error) for a in attempts] == [(500, ""), (200, "")]
+    assert all("cut off: ReadTimeout" in a.response_excerpt for a in attempts)
+    assert len(receiver.received) == 2
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
@@ -319,6 +329,25 @@ def test_a_receiver_that_drips_its_headers_is_cut_off_at_the_timeout(world: Worl
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
         assert time.monotonic() - started < 2.5
     assert "ReadTimeout" in delivery.attempt_log.get().error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_receiver_that_accepts_then_hangs_up_mid_answer_has_it_delivered(world: World) -> None:
+    """A 2xx whose body the receiver cut short (it promised 100 bytes and closed after 2)
+    accepted the webhook all the same: it is not sent again."""
+
+    def answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        handler.wfile.write(b"ok")
+        handler.close_connection = True
+
+    with a_delivery_to(world, answer) as delivery:
+        assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
+    attempt = delivery.attempt_log.get()
+    assert (attempt.status_code, attempt.error) == (200, "")
+    assert "cut off: RemoteProtocolError" in attempt.response_excerpt
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
@@ -592,6 +621,26 @@ def test_an_attempt_under_way_is_not_taken_over_because_its_workers_clock_runs_b
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.DELIVERED
     assert other_worker == ["not_due"]
     assert len(receiver.received) == 1
+
+
+def test_a_calls_events_are_dated_in_the_order_they_happened_by_any_processes_clock(
+    world: World, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Each event is retried on its own, so they may arrive in any order: the receiver goes
+    by the body's ``timestamp``. Dated by the clock of the process that made the change, a
+    call approved in a web process a few seconds ahead of the worker that then ran it was
+    said to have succeeded before it was approved."""
+    clocks = _Clocks(monkeypatch, web=timedelta(seconds=5))
+    callback = {"callback_url": "https://receiver.example/hooks"}
+    with clocks.running_as("web"), django_capture_on_commit_callbacks(execute=False):
+        call_id = world.api().submit({**SEND_EMAIL, **callback}).json()["id"]
+        decide(call_id=call_id, reviewer=world.bob, verdict="approve")
+    with clocks.running_as("worker"), django_capture_on_commit_callbacks(execute=False):
+        assert execute_call.apply(args=(call_id,)).successful()
+    bodies = [json.loads(d.body) for d in WebhookDelivery.objects.filter(call_id=call_id)]
+    assert [b["data"]["status"] for b in bodies] == ["pending", "approved", "succeeded"]
+    by_timestamp = sorted(bodies, key=lambda body: datetime.fromisoformat(body["timestamp"]))
+    assert [b["type"] for b in by_timestamp] == ["call.pending", "call.decided", "call.succeeded"]
 
 
 @override_settings(
