@@ -12,6 +12,7 @@ from django.http import HttpRequest
 from approvals import display
 from approvals.models import StandingApproval
 from approvals.services import standing
+from audit.masking import keyed_digest
 from core.admin_lookups import SecretsNotLookedUp
 
 
@@ -36,7 +37,7 @@ class StandingApprovalAdmin(SecretsNotLookedUp, admin.ModelAdmin):
         "source_call",
         "match",
         "tool_version",  # what it covers: typed in, it would cover a definition nobody saw
-        "arguments_hash",
+        "shown_arguments_hash",
         "shown_condition",
         "max_uses",
         "uses",
@@ -47,9 +48,18 @@ class StandingApprovalAdmin(SecretsNotLookedUp, admin.ModelAdmin):
     ]
     # Shown as anyone may read it (``display.condition``), never as written: the trail masks
     # it whole, and it may quote a hidden field's value or an address.
-    exclude = ["condition"]
-    secret_fields = ("condition",)  # nor spelt out by list lookups (?condition__startswith=)
+    # Nor the bare SHA-256 of the arguments it covers: all of the canonical JSON hashed but
+    # the masked values is on view (the tool, its version, the trail's masked arguments), so
+    # whoever may view this page tried guesses of a masked value against it. Shown keyed, as
+    # the trail shows a call's (``keyed_digest``): the two still compare.
+    exclude = ["condition", "arguments_hash"]
+    # Nor spelt out, or a guess answered, by list lookups (?condition__startswith=).
+    secret_fields = ("condition", "arguments_hash")
     actions = ["revoke"]
+
+    @admin.display(description="Arguments hash")
+    def shown_arguments_hash(self, obj: StandingApproval) -> str:
+        return keyed_digest(obj.arguments_hash) or "—"
 
     @admin.display(description="Condition")
     def shown_condition(self, obj: StandingApproval) -> str:

@@ -1088,7 +1088,10 @@ class UpstreamAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     without tools (audited). Header values are write-only: only their names are shown."""
 
     form = UpstreamForm
-    secret_fields = ("headers_encrypted",)
+    # The URLs too: one stored with a password before they were refused is shown as dots
+    # (``shown_instead``), and ?url__startswith=... would spell it out a character at a time
+    # from the list's count. Nobody needs to filter the list on a URL.
+    secret_fields = ("headers_encrypted", "url", "base_url")
     list_display = [
         "name",
         "kind",

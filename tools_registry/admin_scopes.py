@@ -157,8 +157,18 @@ class ReviewerScopesMixin:
         subject = parse_subject(request.POST.get("subject", ""))
         name = subject["user"].get_username() if "user" in subject else subject["group"].name
         what = f"{PERMISSION_VERBS[permission]} {tool.name}"
+        target = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+            target = reverse("admin:tools_registry_tool_reviewers", args=[tool.pk])
         if operation == "grant":
-            changed = grant(tool=tool, permission=permission, granted_by=request.user, **subject)
+            try:
+                changed = grant(
+                    tool=tool, permission=permission, granted_by=request.user, **subject
+                )
+            except PermissionDenied as refusal:
+                # Oneself, or a team one is in: said on the page the grant was asked from.
+                messages.error(request, f"{name} may not {what}: {refusal}")
+                return HttpResponseRedirect(target)
             text = f"{name} may now {what}." if changed else f"{name} could already {what}."
         else:
             changed = revoke(tool=tool, permission=permission, revoked_by=request.user, **subject)
@@ -172,9 +182,6 @@ class ReviewerScopesMixin:
                 else f"{name} had no direct grant to {what}."
             )
         messages.success(request, text)
-        target = request.POST.get("next", "")
-        if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
-            target = reverse("admin:tools_registry_tool_reviewers", args=[tool.pk])
         return HttpResponseRedirect(target)
 
 

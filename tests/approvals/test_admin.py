@@ -151,3 +151,32 @@ def test_the_standing_approvals_page_costs_the_same_queries_however_many_it_list
     many, body = queries_for_page()
     assert all(subject in body for subject in subjects)  # kim may reveal them
     assert many == few, f"2 standing approvals: {few} queries, 10: {many}"
+
+
+def test_a_standing_approvals_page_gives_no_hash_to_try_a_masked_value_against(
+    world: World,
+) -> None:
+    """A standing approval for exactly the same arguments keeps their SHA-256, of the
+    canonical JSON of the tool, its version and the arguments: all shown but the masked
+    parts (the audit trail shows ``a***@example.com``). The admin showed that bare hash, so
+    whoever may view standing approvals tried guesses of the address offline, and a list
+    lookup (?arguments_hash=...) answered each guess online. It is shown keyed, as the
+    trail shows the call's (the two still compare), and no lookup is answered."""
+    from approvals.guards import arguments_hash
+    from audit.masking import keyed_digest
+
+    granted = approve_with(world, submit(world), match="same")
+    tool = world.tools["send_email"]
+    guessed = arguments_hash(
+        tool_name=tool.name, tool_version=granted.tool_version, arguments=EMAIL
+    )
+    assert guessed == granted.arguments_hash  # the guess an outsider can check
+    admin = _admin()
+    body = admin.get(f"/admin/approvals/standingapproval/{granted.pk}/change/").content.decode()
+    assert granted.arguments_hash not in body
+    assert keyed_digest(granted.arguments_hash) in body
+    probe = admin.get("/admin/approvals/standingapproval/", {"arguments_hash": guessed})
+    assert probe.status_code == 400
+    # Nor does its form take one (it stays what the approval bound).
+    admin.post(f"/admin/approvals/standingapproval/{granted.pk}/change/", {"arguments_hash": "0"})
+    assert StandingApproval.objects.get(pk=granted.pk).arguments_hash == granted.arguments_hash

@@ -7,10 +7,13 @@ import re
 
 import pytest
 from django.contrib.auth.models import Group, Permission, User
+from django.core.exceptions import PermissionDenied
 from django.test import Client
+from django.utils.text import capfirst
 
 from tests.conftest import World, events
 from tools_registry import services
+from tools_registry.admin_scopes import PERMISSION_VERBS
 from tools_registry.permissions import can_review
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -194,3 +197,58 @@ def test_an_agents_owner_named_by_an_email_address_is_named_in_its_events(world:
     [updated] = events("agent.updated")
     assert updated.data["after"]["owner"] == "erin@example.com"
     assert updated.data["before"]["owner"] == "alice"
+
+
+@pytest.mark.parametrize("permission", ["review_tool", "reveal_tool_arguments"])
+def test_a_tool_admin_grants_nothing_to_themselves_nor_to_their_team(
+    world: World, tess_client: Client, permission: str
+) -> None:
+    """A tool admin who is not a superuser grants reviewers, never themselves: a grant of
+    their own (or their team's) would let them decide, or unmask, calls they administer.
+    The page says why; the grant service refuses it whoever calls it."""
+    tess = User.objects.get(username="tess")
+    team = Group.objects.create(name="tess-team")
+    team.user_set.add(tess)
+    tool = world.tools["issue_refund"]
+    here = f"/admin/tools_registry/tool/{tool.pk}/reviewers/"
+    for subject, name in ((f"user:{tess.pk}", "tess"), (f"group:{team.pk}", "tess-team")):
+        refused = tess_client.post(
+            "/admin/tools_registry/tool/scopes/change/",
+            {"tool": tool.pk, "subject": subject, "permission": permission, "op": "grant", "next": here},
+            follow=True,
+        )  # fmt: skip
+        assert refused.redirect_chain == [(here, 302)], subject
+        page = refused.content.decode()
+        said = f"{name} may not {PERMISSION_VERBS[permission]} issue_refund: Nobody grants "
+        assert capfirst(said) + "themselves, or a team they are in, a tool." in page
+    assert not services.current_permissions(tool=tool, user=tess)
+    assert not services.current_permissions(tool=tool, group=team)
+    assert not events("grant.added", actor_label="tess")
+    with pytest.raises(PermissionDenied):  # the service's door, whoever calls it
+        services.grant(tool=tool, permission=permission, user=tess, granted_by=tess)
+    # Another person or team is still theirs to grant, and their own grant theirs to drop.
+    granted = tess_client.post(
+        "/admin/tools_registry/tool/scopes/change/",
+        {"tool": tool.pk, "subject": f"user:{world.charlie.pk}", "permission": permission, "op": "grant"},
+    )  # fmt: skip
+    assert granted.status_code == 302
+    assert services.current_permissions(tool=tool, user=world.charlie) == {permission}
+    services.grant(tool=tool, permission=permission, user=tess)
+    dropped = tess_client.post(
+        "/admin/tools_registry/tool/scopes/change/",
+        {"tool": tool.pk, "subject": f"user:{tess.pk}", "permission": permission, "op": "revoke"},
+    )  # fmt: skip
+    assert dropped.status_code == 302
+    assert not services.current_permissions(tool=tool, user=tess)
+
+
+def test_a_superuser_may_grant_themselves(world: World, admin_client: Client) -> None:
+    """A superuser reviews every tool already: a grant of their own widens nothing."""
+    root = User.objects.get(username="root")
+    tool = world.tools["issue_refund"]
+    granted = admin_client.post(
+        "/admin/tools_registry/tool/scopes/change/",
+        {"tool": tool.pk, "subject": f"user:{root.pk}", "permission": "review_tool", "op": "grant"},
+    )  # fmt: skip
+    assert granted.status_code == 302
+    assert services.current_permissions(tool=tool, user=root) == {"review_tool"}

@@ -1629,6 +1629,31 @@ def test_a_stored_url_with_a_password_is_not_shown_to_whoever_may_view_upstreams
         assert "127.0.0.1:9" in shown.content.decode()
 
 
+def test_whoever_may_view_upstreams_cannot_spell_out_a_stored_urls_password(
+    world: World,
+) -> None:
+    """The list filtered ?url__startswith=http://svc:p answered "1 upstream" or "0
+    upstreams": one character at a time, whoever may only view upstreams read the password
+    the pages show as dots."""
+    upstream = stored_with_a_password_in_its_url()
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_upstream"))
+    client = Client()
+    client.force_login(viewer)
+    for lookup in (
+        "url__startswith=http://svc:pw-canary-7",
+        "base_url__contains=pw-canary-72",
+        "url=http://svc:pw-canary-72@127.0.0.1:9/openapi.json",
+        "url__regex=canary-7[0-9]",
+        "base_url__gt=http://svc:pw",
+    ):
+        response = client.get(f"/admin/tools_registry/upstream/?{lookup}")
+        assert response.status_code == 400, lookup
+    # The list's own filters and links still work.
+    assert client.get("/admin/tools_registry/upstream/?enabled__exact=1").status_code == 200
+    assert client.get(f"/admin/tools_registry/upstream/?id__exact={upstream.pk}").status_code == 200
+
+
 def test_taking_the_password_out_of_a_stored_url_keeps_the_upstreams_headers(
     world: World, admin_client: Client
 ) -> None:

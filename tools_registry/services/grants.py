@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 
 from audit.log import record
@@ -49,6 +50,21 @@ def _grant_model(
     return ToolUserObjectPermission if "user" in subject else ToolGroupObjectPermission
 
 
+def _refuse_own_grant(granted_by: Any, subject: dict[str, Any]) -> None:
+    """A person who is not a superuser grants others, never themselves nor a team they are
+    in: a tool admin's own grant would let them decide, or unmask, the calls of the tools
+    they set the policy of, with nobody else involved (as the Users page keeps them from
+    changing their own access). A superuser already reviews every tool."""
+    if granted_by is None or granted_by.is_superuser:
+        return
+    if "user" in subject:
+        own = subject["user"].pk == granted_by.pk
+    else:
+        own = subject["group"].user_set.filter(pk=granted_by.pk).exists()
+    if own:
+        raise PermissionDenied("Nobody grants themselves, or a team they are in, a tool.")
+
+
 def _lock(tool: Tool) -> Tool:
     # Serialises concurrent grant edits on one tool (two admins on the same page).
     return Tool.objects.select_for_update().get(pk=tool.pk)
@@ -73,8 +89,10 @@ def grant(
     user: Any = None,
     group: Group | None = None,
 ) -> bool:
-    """Grant one permission on one tool; True if it was not held before (then audited)."""
+    """Grant one permission on one tool; True if it was not held before (then audited).
+    Raises ``PermissionDenied`` when ``granted_by`` grants themselves or a team of theirs."""
     subject = _subject(user, group)
+    _refuse_own_grant(granted_by, subject)
     locked = _lock(tool)
     _, created = _grant_model(subject).objects.get_or_create(
         content_object=locked, permission=_permission(permission), **subject
