@@ -69,7 +69,9 @@ def run_tool(cs: Countersign, session_id: str, call_id: str, name: str, raw: str
         except CallEnded as exc:
             return {"error": f"call {exc.call.get('status')}", "message": str(exc)}
         except WaitTimeout as exc:
-            return {"status": "pending", "call_id": exc.call.get("id")}
+            # Not always "pending": approved and running, or run with its outcome being
+            # checked (unknown), which the model must not take for "not done".
+            return {"status": exc.status, "call_id": exc.call.get("id"), "message": exc.advice}
 
 
 class Transcript:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_safe
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.openapi.schema import OpenAPISchema
@@ -86,6 +87,12 @@ def _remember_request(view: Callable[..., HttpResponse]) -> Callable[..., HttpRe
     return wrapped
 
 
+def _document_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """The OpenAPI document and its page: read only. ninja serves them to any method, so a
+    POST or a DELETE got the document (200) where every endpoint answers 405 with Allow."""
+    return require_safe(_remember_request(view))
+
+
 class AgentAPI(NinjaAPI):
     """django-ninja's API, whose OpenAPI document ``gateway.openapi`` finishes."""
 
@@ -129,7 +136,7 @@ api = AgentAPI(
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
-    docs_decorator=_remember_request,
+    docs_decorator=_document_view,
 )
 
 error_response = http.error_response

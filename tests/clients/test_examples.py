@@ -158,7 +158,9 @@ def test_a_rerun_after_a_crash_answers_the_saved_tool_calls_with_their_own_keys(
     saved = json.loads((tmp_path / "var" / "transcripts" / "task-42.json").read_text())
     replies = [m for m in saved if m["role"] == "tool"]
     assert [m["tool_call_id"] for m in replies] == ["call_lookup", "call_mail"]
-    assert json.loads(replies[1]["content"]) == {"status": "pending", "call_id": str(mail.pk)}
+    fed = json.loads(replies[1]["content"])
+    assert (fed["status"], fed["call_id"]) == ("pending", str(mail.pk))
+    assert "approval" in fed["message"] and "Do not propose it again" in fed["message"]
 
 
 @pytest.mark.django_db(transaction=True)

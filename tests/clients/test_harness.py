@@ -5,15 +5,21 @@ rate limits, the rounds limit, and a crash and rerun, without an LLM."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from countersign_client import Countersign, MemoryState
+from countersign_client.integrations._common import Refusal, call_sync
 from countersign_client.testing import ScriptedModel, final, run_agent, tool_call
+from django.utils import timezone
 
-from approvals.models import ToolCall
+from approvals.execution.claim import claim_call
+from approvals.execution.finish import expire_lease
+from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from tests.conftest import World
 from tests.support.reviewer import reviewing
 from tools_registry.models import Tool
@@ -58,6 +64,46 @@ def test_a_call_a_reviewer_corrected_tells_the_model_what_ran(
     assert fed["result"]["status"] == "sent"
     assert fed["arguments_edited"] is True and fed["arguments"] == corrected
     assert ToolCall.objects.get().arguments == corrected
+
+
+def test_a_wait_that_runs_out_says_where_the_call_stands_not_that_it_has_not_run(
+    live_world: World, live_server: Any
+) -> None:
+    """The harness fed back ``{"status": "pending"}`` and the adapters told the model the
+    call "still waits for a person's approval; it has not run yet" whenever the wait ran
+    out: for a call approved, whose worker then went silent (``unknown``: it may have taken
+    effect), the model told its user nothing was done, or proposed it again."""
+    with client(live_world, live_server) as cs:
+        call_id = cs.submit("send_email", EMAIL, session_id="h-open", step="mail")["id"]
+        pending = run_agent(
+            cs,
+            ScriptedModel([[tool_call("send_email", EMAIL, id="mail")], final("ok")]),
+            session_id="h-open",
+            wait_timeout=0.5,
+        )
+        [fed] = pending.fed_back
+        assert (fed["status"], fed["call_id"]) == ("pending", call_id)
+        assert "approval" in fed["message"] and "Do not propose it again" in fed["message"]
+
+        decide(call_id=call_id, reviewer=live_world.bob, verdict="approve", comment="ok")
+        assert claim_call(call_id=call_id) is not None  # a worker took it, then went silent
+        assert expire_lease(call_id=call_id, now=timezone.now() + timedelta(hours=1))
+        assert ToolCall.objects.get(pk=call_id).status == Status.UNKNOWN
+
+        unknown = run_agent(
+            cs,
+            ScriptedModel([[tool_call("send_email", EMAIL, id="mail")], final("ok")]),
+            session_id="h-open",
+            wait_timeout=0.5,
+        )
+        with pytest.raises(Refusal) as told:
+            call_sync(cs, "send_email", EMAIL, "mail", session_id="h-open", wait_timeout=0.5)
+    [fed] = unknown.fed_back
+    assert (fed["status"], fed["call_id"]) == ("unknown", call_id)
+    for text in (fed["message"], str(told.value)):
+        assert "whether it took effect is not known" in text, text
+        assert "approval" not in text and "not run" not in text, text
+    assert ToolCall.objects.count() == 1
 
 
 def test_a_rejection_reaches_the_model_with_the_reason(live_world: World, live_server: Any) -> None:

@@ -41,6 +41,18 @@ def test_the_docs_page_loads_its_scripts_from_this_site(db: None) -> None:
         assert Client().get(src).status_code == 200
 
 
+def test_the_document_and_its_page_answer_only_get_and_head(db: None) -> None:
+    """ninja served them to any method: a POST or DELETE got the document, 200, where the
+    API answers a method an endpoint does not take with 405, Allow and the error body."""
+    for path in ("/api/v1/openapi.json", "/api/v1/docs"):
+        assert Client().head(path).status_code == 200
+        for method in ("post", "put", "patch", "delete"):
+            response = getattr(Client(), method)(path)
+            assert response.status_code == 405, (method, path, response.status_code)
+            assert response["Allow"] == "GET, HEAD"
+            assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 def submit_body(document: dict[str, Any]) -> dict[str, Any]:
     body = document["paths"]["/api/v1/tool-calls"]["post"]["requestBody"]
     return body["content"]["application/json"]["schema"]  # type: ignore[no-any-return]

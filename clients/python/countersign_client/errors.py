@@ -342,8 +342,24 @@ class CallFailed(CallEnded):
         return str(self.error.get("code") or "")
 
 
+# Where a call the wait gave up on stands, for a model, by its status as last read. A call
+# still open is not always waiting for a person: it may be approved and running, or have run
+# with an outcome being checked (``unknown``), and a model told "it has not run" tells its
+# user so, or proposes the write again under a new step, a second call.
+_STILL_OPEN = {
+    "received": "was received and is about to run",
+    "pending": "waits for a person's approval; it has not run yet",
+    "approved": "was approved and waits to run; it has not run yet",
+    "executing": "was approved and is running now",
+    "unknown": "ran, but whether it took effect is not known yet: Countersign is checking "
+    "with the downstream system, or a person will settle it. Do not tell the user it was "
+    "done, nor that it was not",
+}
+
+
 class WaitTimeout(CountersignError):
-    """The call was still not finished when the caller's wait ran out; wait again later."""
+    """The call was still not finished when the caller's wait ran out; wait again later.
+    ``status`` is where it stood when last read, ``advice`` says so in words for a model."""
 
     def __init__(self, call: dict[str, Any]):
         super().__init__(f"call {call.get('id')} is still {call.get('status')}")
@@ -351,6 +367,22 @@ class WaitTimeout(CountersignError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.call,))
+
+    @property
+    def status(self) -> str:
+        return str(self.call.get("status") or "")
+
+    @property
+    def advice(self) -> str:
+        """Where the call stands and what not to do, in words a model reads."""
+        # A status this client does not know (a newer server's) is said as it is.
+        stands = _STILL_OPEN.get(
+            self.status, f"is {self.status or 'not finished'}; it has not ended"
+        )
+        return (
+            f"The call {self.call.get('id')} {stands}. Do not propose it again (that would be "
+            "a second call): tell the user where it stands."
+        )
 
 
 def from_response(status: int, body: Any, headers: Any) -> ApiError:

@@ -22,7 +22,9 @@ What the loop feeds back, as the ``tool`` message's JSON content:
 * a refusal or failure: ``{"error": code, "message", "suggestion", "details", "tool_code"}``
   (invalid arguments carry their JSON paths, so a model can fix them);
 * a rejection: ``{"error": "call_rejected", "reason": <the reviewer's comment>}``;
-* a call still waiting when ``wait_timeout`` ran out: ``{"status": "pending", "call_id"}``;
+* a call not ended when ``wait_timeout`` ran out: ``{"status", "call_id", "message"}``, its
+  status as last read (``pending``, ``approved``, ``executing``, ``unknown``...) and where
+  it stands in words (``WaitTimeout.advice``);
 * a rate limit: waited out when ``Retry-After`` is at most ``rate_limit_wait`` seconds,
   else ``{"error": "rate_limited", "retry_after": n}``.
 
@@ -176,7 +178,7 @@ def _run_one(
         except errors.CallEnded as exc:
             return {"error": f"call_{exc.call.get('status')}", "call_id": exc.call_id}
         except errors.WaitTimeout as exc:
-            return {"status": "pending", "call_id": exc.call.get("id")}
+            return {"status": exc.status, "call_id": exc.call.get("id"), "message": exc.advice}
 
 
 def _error(exc: errors.ApiError) -> dict[str, Any]:

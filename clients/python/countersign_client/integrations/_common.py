@@ -52,10 +52,9 @@ def refusal(exc: Exception) -> Refusal:
     elif isinstance(exc, errors.CallFailed):
         text = f"The tool failed ({exc.tool_code}): {exc.error.get('message', '')}"
     elif isinstance(exc, errors.WaitTimeout):
-        text = (
-            f"The call {exc.call.get('id')} still waits for a person's approval; it has not "
-            "run yet. Tell the user it is awaiting approval."
-        )
+        # Where the call stands: waiting for a person, running, or run with its outcome
+        # being checked; not always "awaiting approval".
+        text = exc.advice
     elif isinstance(exc, errors.ApiError):
         error: dict[str, Any] = {
             "error": exc.code,
