@@ -27,7 +27,9 @@ django_application = get_wsgi_application()  # sets Django up: the imports below
 from gateway.mcp.app import McpEndpoint  # noqa: E402
 
 mcp = McpEndpoint()
-routes: list[Route | Mount] = [Route("/mcp", mcp, methods=["GET", "POST", "DELETE"])]
+# Every method: the endpoint answers those it does not serve (405 with Allow); routed for
+# some only, the others fell through to Django's HTML 404 page.
+routes: list[Route | Mount] = [Route("/mcp", mcp)]
 lifespans: list[Any] = [mcp.lifespan]
 
 if settings.SANDBOX_ENABLED:

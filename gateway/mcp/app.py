@@ -40,6 +40,10 @@ SESSION_HEADER = "mcp-session-id"
 # JSON-RPC's code for a request the server refuses before it is processed (MCP uses it for
 # authentication failures at the HTTP level).
 UNAUTHORIZED = -32001
+NO_BATCH = "A JSON-RPC batch is not served: send one message per request."
+NO_MESSAGE = "The body is not a JSON-RPC message: send one JSON object."
+# What _peek answers for a body that is not JSON at all.
+NOT_JSON = object()
 
 
 class McpEndpoint:
@@ -116,7 +120,13 @@ class McpEndpoint:
         if session_id and session is None:
             await _refuse(send, 404, "Session not found; initialize a new one.")
             return
-        message = _peek(body)
+        parsed = _peek(body)
+        if parsed is not NOT_JSON and not isinstance(parsed, dict):
+            # The SDK answered -32602 ("invalid params") with its parser's union errors,
+            # the body quoted. It serves no batch, on any revision (2025-03-26 has them).
+            await _refuse(send, 400, NO_BATCH if isinstance(parsed, list) else NO_MESSAGE)
+            return
+        message: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
         if "method" in message and "id" in message and not _valid_id(message["id"]):
             # The SDK took such a request for a notification: 202, and its client waited
             # for an answer that never came.
@@ -170,14 +180,13 @@ def _foreign(headers: dict[str, str]) -> str:
     return ""
 
 
-def _peek(body: bytes) -> dict[str, Any]:
-    """The body's message, if it is one ({} otherwise): a peek at its method, the SDK
-    parses it for real."""
+def _peek(body: bytes) -> Any:
+    """The body's JSON (``NOT_JSON`` if it is none, which the SDK answers as a parse
+    error): a peek at the message's method, the SDK parses it for real."""
     try:
-        message = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):  # not JSON, or nested past Python's reader
-        return {}
-    return message if isinstance(message, dict) else {}
+        return NOT_JSON
 
 
 def _valid_id(request_id: Any) -> bool:

@@ -17,8 +17,9 @@ or else the connection's ``Countersign-On-Behalf-Of`` and ``Countersign-User-Tok
 (``gateway.end_users``).
 
 Idempotency: ``_meta["io.countersign/idempotency-key"]`` is honoured like the REST
-header. Without one, a call that waits for a person gets a key derived from the agent's
-session, the tool, the arguments and the end user (a verified user by their id), kept while that call is open or ended
+header. Without one, a call that waits for a person gets a key derived from the session the
+call names in ``_meta`` (else the client's name and version, whatever MCP session it comes
+in), the tool, the arguments and the end user (a verified user by their id), kept while that call is open or ended
 within ``MCP_RETRY_WINDOW_SECONDS`` (unless it failed, expired or was cancelled): a
 client that sends the same call again after a dropped connection gets the same call.
 """
@@ -240,9 +241,11 @@ def _request(
     if problem := payloads.json_problem(raw):
         raise errors.invalid_request(f"The call cannot be accepted: {problem}")
     bound: dict[str, Any] = {k: raw[k] for k in ("tool", "arguments", "on_behalf_of") if k in raw}
-    # A derived key binds the session the client named or has, else the client itself: a
-    # client without sessions that sends a call again still gets the same call.
-    bound["session_id"] = named or f"client:{caller.client}"
+    # A derived key binds the session the call names, else the client itself (its name and
+    # version), never the MCP session: a call sent again comes in another one when the
+    # client opens a session per tool call (langchain-mcp-adapters does) or reconnects, or
+    # in none (2026-07-28), and it must still be the same call.
+    bound["session_id"] = meta.get(SESSION_ID) or f"client:{caller.client}"
     return raw, bound
 
 

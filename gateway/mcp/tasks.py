@@ -83,8 +83,20 @@ async def _call(caller: Caller, task_id: str) -> CallState:
         call_id = None
     call = await run_sync(state.read, caller.agent, call_id) if call_id else None
     if call is None:
-        raise MCPError(code=INVALID_PARAMS, message=f"No task {task_id!r}.")
+        raise MCPError(code=INVALID_PARAMS, message=f"No task {_quoted(task_id)}.")
     return call
+
+
+# The longest task id quoted whole: a task's id is a UUID (36 characters).
+QUOTED_ID_MAX = 40
+
+
+def _quoted(task_id: str) -> str:
+    """The id as the error quotes it: cut short past ``QUOTED_ID_MAX``, as invalid arguments
+    are, where a client's 100 KB of it came back whole."""
+    if len(task_id) <= QUOTED_ID_MAX:
+        return repr(task_id)
+    return f"{task_id[:QUOTED_ID_MAX]!r}… ({len(task_id):,} characters)"
 
 
 class TaskAugmentedCalls:

@@ -7,12 +7,14 @@ users would run them. No model is needed: only their MCP clients are under test.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from approvals.models import ToolCall
 from tests.conftest import World
 from tests.support import ROOT
 from tests.support.web import WebProcess
@@ -68,3 +70,9 @@ def test_langchain_mcp_adapters_load_the_tools_and_invoke_a_read(
     assert seen["schema"]["required"] == ["to", "subject", "body"]
     assert "Grace Hopper" in seen["answer"]
     assert "invalid_arguments" in seen["refused"] and "$.to" in seen["refused"]
+    # The same write, invoked twice: each in a new MCP session, and still one call (the
+    # pending answer names it) where it was two to approve.
+    first, again = (re.search(r"The call ([0-9a-f-]{36})", text) for text in seen["pending"])
+    assert first is not None and again is not None, seen["pending"]
+    assert first[1] == again[1]
+    assert ToolCall.objects.filter(tool__name="send_email").count() == 1

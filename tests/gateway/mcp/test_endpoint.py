@@ -94,6 +94,20 @@ def test_get_is_405_no_server_stream(live_world: World, mcp_web: WebProcess) -> 
     assert response.headers["allow"] == "POST, DELETE"
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "OPTIONS"])
+def test_any_other_method_is_405_from_the_endpoint_not_a_web_page(
+    live_world: World, mcp_web: WebProcess, method: str
+) -> None:
+    """They reached Django's HTML 404 page: /mcp was routed for GET, POST and DELETE only,
+    and a client was told the endpoint does not exist."""
+    response = httpx.request(
+        method, f"{mcp_web.url}/mcp", headers={"Authorization": f"Bearer {live_world.token}"}
+    )
+    assert response.status_code == 405, response.text[:200]
+    assert response.headers["allow"] == "POST, DELETE"
+    assert message(response)["error"]["code"] == -32600
+
+
 def test_a_body_over_the_limit_is_413(
     live_world: World, mcp_web: WebProcess, settings: Any
 ) -> None:
@@ -114,14 +128,30 @@ def test_malformed_json_is_a_parse_error(live_world: World, mcp_web: WebProcess)
         assert message(response)["error"]["code"] == -32700
 
 
-def test_a_batch_is_refused_where_the_revision_forbids_it(
-    live_world: World, mcp_web: WebProcess
+@pytest.mark.parametrize("revision", ["2025-03-26", "2025-06-18", "2025-11-25"])
+def test_a_batch_is_an_invalid_request_that_says_so(
+    live_world: World, mcp_web: WebProcess, revision: str
 ) -> None:
+    """The SDK serves no batch on any revision, and answered one with -32602 "Invalid
+    params" and a dump of its parser's four union errors, quoting the batch."""
     ping = {"jsonrpc": "2.0", "method": "ping"}
     batch = [{**ping, "id": 1}, {**ping, "id": 2}]
-    response = post(mcp_web, live_world.token, batch, **{"MCP-Protocol-Version": "2025-06-18"})
+    response = post(mcp_web, live_world.token, batch, **{"MCP-Protocol-Version": revision})
     assert response.status_code == 400
-    assert "error" in message(response)
+    error = message(response)["error"]
+    assert error["code"] == -32600
+    assert error["message"] == "A JSON-RPC batch is not served: send one message per request."
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"ping"', b"42", b"null", b"true"])
+def test_json_that_is_no_message_is_an_invalid_request(
+    live_world: World, mcp_web: WebProcess, body: bytes
+) -> None:
+    response = post(mcp_web, live_world.token, body, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 400
+    answer = message(response)
+    assert answer["id"] is None and answer["error"]["code"] == -32600
+    assert "pydantic" not in response.text
 
 
 @pytest.mark.parametrize("request_id", [None, True, 1.5, {"a": 1}, [1]])

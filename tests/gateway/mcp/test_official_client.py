@@ -695,6 +695,28 @@ def test_a_call_sent_again_without_a_key_is_the_same_pending_call(
     assert ToolCall.objects.count() == 2
 
 
+def test_a_call_sent_again_from_a_new_mcp_session_without_a_key_is_the_same_call(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """langchain-mcp-adapters (the LangGraph setup docs/mcp.md shows) opens an MCP session
+    for each tool call, initialize to DELETE: a write sent again (the answer lost, or the
+    model calling the tool again instead of countersign_wait) came in a new session, and
+    each was a new call to approve, and to run twice once both were approved."""
+    no_wait = {"io.countersign/wait-seconds": 0}
+
+    async def main() -> list[types.CallToolResult]:
+        answers = []
+        for _ in range(2):
+            async with connected(mcp_web.url, live_world.token) as client:
+                answers.append(await client.call_tool("send_email", EMAIL, meta=no_wait))  # type: ignore[arg-type]
+        return answers
+
+    first, again = run(main)
+    assert not again.is_error, again.structured_content
+    assert again.structured_content["id"] == first.structured_content["id"]  # type: ignore[index]
+    assert ToolCall.objects.count() == 1
+
+
 def test_the_same_call_asked_for_again_after_each_ended_is_a_new_call_each_time(
     live_world: World, mcp_web: WebProcess
 ) -> None:

@@ -393,3 +393,19 @@ def test_an_agent_keeps_at_most_its_sessions_and_the_least_recently_used_end_fir
         for headers, status in ((oldest, 404), (newest, 200)):
             answered = httpx.post(f"{capped.url}/mcp", json=ping, headers=headers, timeout=10)
             assert answered.status_code == status, answered.text
+
+
+def test_a_task_id_no_task_has_is_quoted_cut_short(live_world: World, web: WebProcess) -> None:
+    """The "No task" error quoted the id whole: a client's 100 KB of it came back in the
+    answer, as invalid arguments no longer are (the REST and MCP doors quote them cut short)."""
+    headers = open_session(web, live_world.token)
+    for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+        error = rpc(web, headers, method, {"taskId": "x" * 100_000})["error"]
+        assert error["code"] == -32602
+        assert error["message"].startswith("No task 'xxx") and len(error["message"]) < 120, error[
+            "message"
+        ][:200]
+        assert "(100,000 characters)" in error["message"]
+    unknown = str(uuid.uuid4())
+    error = rpc(web, headers, "tasks/get", {"taskId": unknown})["error"]
+    assert error["message"] == f"No task {unknown!r}."

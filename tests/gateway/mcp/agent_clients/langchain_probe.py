@@ -26,6 +26,10 @@ async def main(url: str, token: str) -> None:
     by_name: dict[str, BaseTool] = {tool.name: tool for tool in tools}
     answer = await by_name["get_customer"].ainvoke({"customer_id": "cus_0002"})
     refused = await by_name["send_email"].ainvoke({"to": "not-an-address"})
+    # Each invocation opens an MCP session of its own: the write sent again (the model
+    # calling the tool again instead of countersign_wait) is still the one call.
+    email = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
+    pending = [str(await by_name["send_email"].ainvoke(email)) for _ in range(2)]
     print(
         json.dumps(
             {
@@ -35,6 +39,7 @@ async def main(url: str, token: str) -> None:
                 else by_name["send_email"].args_schema.model_json_schema(),
                 "answer": str(answer),
                 "refused": str(refused),
+                "pending": pending,
             }
         )
     )
