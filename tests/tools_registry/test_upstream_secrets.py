@@ -20,6 +20,9 @@ from audit.models import AuditEvent
 from tests.audit.conftest import make_auditor
 from tests.conftest import World
 from tests.support.upstreams import UPSTREAM_TOKEN, control
+from tests.support.upstreams.raw_http import RawHttpServer
+from tests.support.upstreams.raw_http import reply as raw_reply
+from tests.support.upstreams.raw_mcp import RawMcpServer
 from tests.support.web import WebProcess
 from tools_registry.models import Tool, Upstream
 from tools_registry.upstreams import secrets
@@ -155,5 +158,73 @@ def test_an_answer_that_quotes_the_credential_reaches_the_agent_without_it(
         "status": status.content.decode(),
         "call": json.dumps(list(ToolCall.objects.values_list("result", flat=True))),
         "audit trail": json.dumps(list(AuditEvent.objects.values_list("data", flat=True))),
+    }.items():
+        assert CANARY not in text, f"the canary leaked into the {where}"
+
+
+@pytest.mark.parametrize("kind", ["openapi", "mcp"])
+def test_a_definition_that_quotes_the_credential_is_imported_without_it(
+    world: World, kind: str
+) -> None:
+    """A document served to whoever is signed in may quote their key back (personalised API
+    docs fill it in as an example, a server's listing as what it is signed in with): the
+    tools' definitions are the agent's to read (``/api/v1/tools``), stored, audited and
+    exported, and the agent never holds the upstream's credential."""
+    quoting = f"Signed in with Bearer {CANARY}."
+    listed = {
+        "name": "find",
+        "description": quoting,
+        "inputSchema": {
+            "type": "object",
+            "properties": {"q": {"type": "string", "examples": [CANARY]}},
+        },
+    }
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "x", "version": "1"},
+        "paths": {
+            "/find": {
+                "get": {
+                    "operationId": "find",
+                    "description": quoting,
+                    "parameters": [
+                        {"name": "q", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "key",
+                            "in": "query",
+                            "example": CANARY,
+                            "schema": {"type": "string", "default": CANARY},
+                        },
+                    ],
+                    "responses": {"200": {"description": "ok"}},
+                }
+            }
+        },
+    }
+    if kind == "mcp":
+        server: Any = RawMcpServer(lambda handler, message: None, tools=[listed])
+        url = server.url
+    else:
+        server = RawHttpServer(lambda handler, _: raw_reply(handler, 200, document), gets=True)
+        document["servers"] = [{"url": server.url}]
+        url = f"{server.url}/openapi.json"
+    try:
+        _imported(world, "docs", kind, url)
+    finally:
+        server.close()
+    tool = Tool.objects.get(name="docs__find")
+    assert tool.description == "Signed in with [credential]."
+    listed_tools = world.api().get("/api/v1/tools")
+    assert listed_tools.status_code == 200 and "docs__find" in listed_tools.content.decode()
+    chain.seal_and_anchor()
+    auditor = Client()
+    auditor.force_login(make_auditor())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT row_to_json(t)::text FROM tools_registry_tool t")
+        stored = json.dumps(cursor.fetchall())
+    for where, text in {
+        "tools listed to the agent": listed_tools.content.decode(),
+        "database": stored,
+        "exports": auditor.get("/audit/export.jsonl").getvalue().decode(),
     }.items():
         assert CANARY not in text, f"the canary leaked into the {where}"

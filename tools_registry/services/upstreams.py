@@ -10,6 +10,7 @@ disabled, not deleted. Every change is audited (``tool.imported``, ``tool.change
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,7 +269,36 @@ def sync_upstream(
         raise ImportFailed(message) from None
     # What was left out is said to the admin and audited, quoting the upstream: as above.
     offer.skipped = [_without_credentials(reason, upstream) for reason in offer.skipped]
+    offer.tools = _definitions_without_credentials(offer.tools, upstream)
     return _apply(upstream, offer, actor=actor, enable_new=enable_new)
+
+
+def _definitions_without_credentials(
+    tools: list[ImportedTool], upstream: Upstream
+) -> list[ImportedTool]:
+    """The tools' descriptions and schemas without the upstream's header values: a document
+    served to whoever is signed in may quote their key (personalised API docs fill it in as
+    an example or a default), and a definition is the agent's to read, stored, audited and
+    exported, as an answer is (``secrets.answer_without_credentials``)."""
+    try:
+        headers = secrets.decrypt(upstream.headers_encrypted)
+    except secrets.SecretsUnreadable:
+        return tools  # nothing was sent with them
+    if not headers:
+        return tools
+    return [
+        dataclasses.replace(
+            tool,
+            description=secrets.without_credentials(tool.description, headers),
+            input_schema=secrets.answer_without_credentials(tool.input_schema, headers),
+            output_schema=(
+                secrets.answer_without_credentials(tool.output_schema, headers)
+                if tool.output_schema is not None
+                else None
+            ),
+        )
+        for tool in tools
+    ]
 
 
 def _without_credentials(text: str, upstream: Upstream) -> str:
@@ -282,6 +312,14 @@ def _without_credentials(text: str, upstream: Upstream) -> str:
 
 @transaction.atomic
 def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) -> UpstreamSync:
+    # Locked as a switch-off locks it, which then takes its tools out: one that came while
+    # the offer was read (outside any transaction) would have its tools made available again
+    # below, as back upstream, and run against an upstream an admin switched off.
+    if not Upstream.objects.select_for_update().filter(pk=upstream.pk, enabled=True).exists():
+        raise ImportFailed(
+            f"The upstream {upstream.name} was switched off while its tools were read; "
+            "nothing changes."
+        )
     report = UpstreamSync(skipped=list(offer.skipped))
     offered = {t.name: t for t in offer.tools}
     # The row locks make two syncs of one upstream (an admin and a deploy) apply in turn.

@@ -49,6 +49,14 @@ class UpstreamUnclear(Exception):
 # What an HTTP/1.1 header value may hold (RFC 9110 5.5, as h11 checks it before sending):
 # visible ASCII, with spaces and tabs only between visible characters.
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
+# What a header's name may be (RFC 9110 5.1, a token, as h11 checks it before sending).
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+
+
+def header_key(name: str) -> str:
+    """What a server reads a header's name as: in any case, and with "_" as "-" (CGI and
+    WSGI name ``X-Tenant`` and ``X_Tenant`` alike, ``HTTP_X_TENANT``)."""
+    return name.lower().replace("_", "-")
 
 
 def request_parts(
@@ -56,6 +64,15 @@ def request_parts(
 ) -> tuple[str, JSON, dict[str, str], Any]:
     """(url, query, headers, body) of the request that performs ``operation``."""
     path = operation["path"]
+    if not path.startswith("/"):
+        # Written after the base URL, a path that does not begin with "/" is read as more of
+        # its host ("@collector.example/x"): the request, with the upstream's headers, would
+        # go to another. None is imported (``openapi._paths``); one stored before is refused.
+        raise ToolFailed(
+            "The operation's path does not begin with '/'; import the upstream's tools again.",
+            code="upstream_url_invalid",
+            unsent=True,
+        )
     query: JSON = {}
     headers: dict[str, str] = {}
     for parameter in operation["parameters"]:
@@ -75,6 +92,15 @@ def request_parts(
                 value if isinstance(value, str | int | float | list) else json.dumps(value)
             )
         else:
+            if not HEADER_NAME.fullmatch(name):
+                # Imported before ``openapi`` left such an operation out: httpx refuses it as
+                # the request is written, nothing sent, an error that left a write unknown.
+                raise ToolFailed(
+                    f"The operation's header parameter {name[:100]!r} is no header's name; "
+                    "import the upstream's tools again.",
+                    code="upstream_operation_invalid",
+                    unsent=True,
+                )
             text = value if isinstance(value, str) else json.dumps(value)
             if not _HEADER_VALUE.fullmatch(text):
                 # httpx would refuse it as the request is written (nothing sent), an error
@@ -111,9 +137,10 @@ def call(
     if idempotency_header:
         ours[idempotency_header] = key
     # The upstream's own headers are Countersign's, never an argument's: an agent's header
-    # argument of the same name (in any case) is dropped, whenever the admin set it.
-    taken = {name.lower() for name in ours}
-    sent = {**{k: v for k, v in headers.items() if k.lower() not in taken}, **ours}
+    # argument of the same name (in any case, "_" for "-": ``header_key``) is dropped,
+    # whenever the admin set it.
+    taken = {header_key(name) for name in ours}
+    sent = {**{k: v for k, v in headers.items() if header_key(k) not in taken}, **ours}
     status, answer, location = _send(
         operation["method"], url, query, sent, body, timeout, upstream_headers
     )
@@ -196,7 +223,7 @@ def _send(
     deadline = time.monotonic() + timeout
     # Only encodings the answer can be inflated from within the limit (an agent's header
     # argument or the upstream's headers asking for br would make the answer unreadable).
-    headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
+    headers = {k: v for k, v in headers.items() if header_key(k) != "accept-encoding"}
     headers["Accept-Encoding"] = bounded_http.ACCEPT_ENCODING
     answered: list[httpx.Response] = []  # its status line and headers, as they arrived
     try:

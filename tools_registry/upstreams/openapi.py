@@ -26,6 +26,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.schemas import foreign_references
+from tools_registry.upstreams.http import HEADER_NAME, header_key
 from tools_registry.upstreams.offers import (
     JSON,
     MAX_EXPANDED_NODES,
@@ -169,7 +170,7 @@ def offer(
     """The tools the document offers (see the module's docstring). Header parameters named
     in ``reserved_headers`` (the idempotency header, the upstream's own headers) are set by
     Countersign, never by an agent's arguments."""
-    reserved = {h.lower() for h in reserved_headers} | TRANSPORT_HEADERS
+    reserved = {header_key(h) for h in {*reserved_headers, *TRANSPORT_HEADERS}}
     try:
         resolved = jsonref.replace_refs(
             document, proxies=False, lazy_load=False, loader=_fetch_nothing
@@ -178,14 +179,15 @@ def offer(
         raise ImportFailed(f"The document's $refs cannot be resolved: {str(exc)[:200]}") from None
 
     base = base_url or _server_url(resolved, document_url)
+    paths = _paths(resolved)
     operations = {
         op["operationId"]: (method, path)
-        for path, item in resolved.get("paths", {}).items()
+        for path, item in paths.items()
         for method, op in item.items()
         if method in METHODS and isinstance(op, dict) and op.get("operationId")
     }
     found = Offer()
-    for path, item in resolved.get("paths", {}).items():
+    for path, item in paths.items():
         for method in METHODS:
             operation = item.get(method)
             if not isinstance(operation, dict):
@@ -212,6 +214,20 @@ def offer(
 
 class _Skip(Exception):
     pass
+
+
+def _paths(document: JSON) -> JSON:
+    """The document's paths: each key of ``paths`` that begins with ``/`` (OpenAPI's rule
+    for a path). The others are extensions (``x-...``), which the validator lets hold
+    anything, an operation too: read as a path, ``x-@collector.example/steal`` after a base
+    URL of no path (``https://api.internal``) made a URL whose host is the collector's, and
+    the upstream's headers went there, past the check on a document's servers
+    (``services.upstreams._new_server_host``)."""
+    return {
+        path: item
+        for path, item in (document.get("paths") or {}).items()
+        if isinstance(path, str) and path.startswith("/") and isinstance(item, dict)
+    }
 
 
 def _server_url(document: JSON, document_url: str) -> str:
@@ -301,8 +317,13 @@ def _parameters(
     for (name, place), parameter in declared.items():
         if place not in PARAMETER_PLACES:
             continue  # cookies are the client's, not the agent's
-        if place == "header" and str(name).lower() in reserved:
+        if place == "header" and header_key(str(name)) in reserved:
             continue  # Countersign sets it
+        if place == "header" and not HEADER_NAME.fullmatch(str(name)):
+            # The validator takes any string: one no HTTP client can send ("X Tenant", "Clé")
+            # failed every call as it was written, nothing sent, and left each write's
+            # outcome unknown, for a person to settle.
+            raise _Skip(f"its header parameter {str(name)[:100]!r} is no header's name")
         if name in properties:
             raise _Skip(f"two parameters are named {name!r}")
         declared_schema = parameter.get("schema")
