@@ -367,7 +367,7 @@ def cannot_run_code(call: ToolCall) -> str:
         return "tool_disabled"
     if not call.agent.enabled:
         return "agent_disabled"
-    if call.tool.version != call.tool_version:
+    if definition_changed(call):
         return "tool_version_changed"
     if not tool_still_allowed(call):
         return "tool_not_allowed"
@@ -378,6 +378,15 @@ def cannot_run_code(call: ToolCall) -> str:
     if not role_scopes.permits(call.agent, made_for, call.tool):
         return "user_not_allowed"
     return ""
+
+
+def definition_changed(call: ToolCall) -> bool:
+    """Whether the tool is no longer what the call was made, screened and approved for: a
+    new version, or a new risk class. A tool declared in code keeps its version (a hash of
+    its name, description and schema) when only its risk changes, yet a write made
+    destructive was screened as a write: one approval, no typed confirmation, no recent
+    sign-in, the agent's retry allowed. (An upstream's tool binds its risk into its version.)"""
+    return call.tool.version != call.tool_version or call.tool.risk != call.risk
 
 
 def tool_still_allowed(call: ToolCall) -> bool:

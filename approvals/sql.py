@@ -280,6 +280,29 @@ def _hold_for_call_sql(*, wait: bool = True) -> str:
     )
 
 
+def hold_tool_for(call_id: UUID) -> None:
+    """Hold the row of the call's tool ``FOR KEY SHARE`` until the transaction ends, as a
+    verdict does before it locks the call: a change of who may review the tool (a grant
+    given or taken, ``tools_registry.services.grants``, which locks the row ``FOR UPDATE``)
+    or of the tool itself (its policy, a sync) then waits for the verdict under way, or the
+    verdict for it, and reads it as changed. Other verdicts, claims and intake (whose
+    foreign key takes the same lock) do not wait on it. PostgreSQL only: SQLite lets one
+    transaction write at a time."""
+    if connection.vendor == "postgresql":
+        db.one(db.Statement(_hold_tool_sql(), [call_id], db.unread))
+
+
+@cache
+def _hold_tool_sql() -> str:
+    tool_id = db.column(Tool, "id")
+    # The call's tool never changes, so reading it without a lock is safe.
+    return (
+        f"SELECT 1 FROM {db.table(Tool)} WHERE {tool_id} = "  # noqa: S608 - the model's names
+        f"(SELECT {db.column(ToolCall, 'tool')} FROM {db.table(ToolCall)} "
+        f"WHERE {db.column(ToolCall, 'id')} = %s) FOR KEY SHARE"
+    )
+
+
 def live_standing_statement(
     *, agent_id: int, tool_name: str, now: datetime
 ) -> db.Statement[list[StandingApproval]]:

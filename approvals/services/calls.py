@@ -167,6 +167,12 @@ def cancel_for_stop(agent: Agent, reason: str, stopped_by: Any) -> list[str]:
     return cancelled
 
 
+STOPPED_BEFORE_IT_RAN = (
+    "The agent was stopped before this call ran, and a stop voids its approval: if the "
+    "effect is still wanted, make a new call, which needs its own approval."
+)
+
+
 class RetryRefused(Refused):
     """The call may not be re-run on the agent's request."""
 
@@ -204,6 +210,12 @@ def retry_call(
         raise transitions.InvalidTransition(call.status, Status.APPROVED)
     if reason := cannot_run_reason(call):
         raise RetryRefused(reason)
+    if (call.error or {}).get("code") == "agent_stopped":
+        # The stop failed it unrun (``claim.refuse_approved_for_stop``, or its claim found
+        # the agent stopped): a stop voids what was decided for the agent before it, and the
+        # agent that was stopped must not bring back, after its resume, the approval the
+        # stop took away. A call still wanted is a new call, with its own approval.
+        raise RetryRefused(STOPPED_BEFORE_IT_RAN)
     if admit is not None:
         admit(call)
     previous_error = call.error

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals import before_after, events, hidden
+from approvals import before_after, events, hidden, sql
 from approvals.execution import send
 from approvals.guards import (
     CONFLICTS,
@@ -23,6 +23,7 @@ from approvals.guards import (
     arguments_hash,
     cannot_run_reason,
     conflict_of_interest,
+    definition_changed,
     is_shown,
 )
 from approvals.models import Decision, StandingApproval, Status, ToolCall, Verdict
@@ -170,6 +171,10 @@ def _decide_locked(
     edited_arguments: Any,
     standing_terms: standing.Terms | None,
 ) -> DecisionResult:
+    # The tool's row first (``sql.hold_tool_for``): a grant taken away while this verdict
+    # is under way waits for it, instead of committing between the checks below and this
+    # commit (an approval then recorded after its reviewer lost the grant, and counted).
+    sql.hold_tool_for(call_id)
     call = lock_call(call_id)
     if call is None:
         raise ToolCall.DoesNotExist
@@ -294,7 +299,7 @@ def complete_quorum(*, call_id: UUID, now: datetime) -> bool:
     now = max(now, timezone.now())
     if (call.expires_at and call.expires_at <= now) or cannot_run_reason(call):
         return False
-    if call.tool.version != call.tool_version:
+    if definition_changed(call):
         return False
     approvals = approvals_that_stand(call, call.decisions.select_related("reviewer"))
     if approvals < call.approvals_required:
@@ -355,7 +360,7 @@ def _require_binding(call: ToolCall, shown_arguments_hash: str | None) -> None:
     """The approval is for exactly what the reviewer saw, under the current tool definition."""
     if shown_arguments_hash is not None and not is_shown(shown_arguments_hash, call.arguments_hash):
         raise ArgumentsChanged("The call changed since you opened it; review it again.", call=call)
-    if call.tool.version != call.tool_version:
+    if definition_changed(call):
         raise ArgumentsChanged(
             "The tool's definition changed since the agent made this call; it cannot be approved.",
             call=call,

@@ -421,6 +421,25 @@ def test_an_approved_call_queued_at_the_stop_does_not_run_after_a_resume(world: 
     assert refused.count() == 1
 
 
+def test_the_resumed_agent_cannot_retry_what_the_stop_failed(world: World) -> None:
+    """The stop failed the approved call unrun; once resumed, the agent (the one that was
+    stopped) asked to retry it, and it ran on the approval given before the incident. A
+    call still wanted is a new call, with its own approval."""
+    call = pending_email(world)
+    decide(call_id=call.pk, reviewer=world.bob, verdict="approve", comment="ok")
+    services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+    assert services.resume_agent(agent=world.agent, resumed_by=world.alice, note="fixed")
+    answer = world.api().client.post(
+        f"/api/v1/tool-calls/{call.pk}/retry", HTTP_AUTHORIZATION=f"Bearer {world.token}"
+    )
+    assert "new call" in error_of(answer, 409, "retry_not_allowed")["message"]
+    assert runner.execute(call.pk) is None
+    call.refresh_from_db()
+    assert (call.status, call.error["code"]) == (Status.FAILED, "agent_stopped")
+    assert [e for e in sandbox_effects() if e["tool"] == "send_email"] == []
+    assert not AuditEvent.objects.filter(action="call.retry_requested", call_id=call.pk)
+
+
 @pytest.mark.parametrize("attempt", range(5))
 def test_calls_approved_as_the_stop_lands_do_not_run_after_a_resume(
     live_world: World, attempt: int

@@ -4,12 +4,13 @@ one outcome, one execution sent, and the loser is shown the current state."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connections
+from django.db import connection, connections, transaction
 from django.test import Client
 
 from approvals.models import Decision, Status, ToolCall
@@ -115,3 +116,94 @@ def test_concurrent_verdicts_yield_one_outcome_and_one_execution(live_world: Wor
         assert queued_messages() == approved_calls
     finally:
         purge_queue()
+
+
+def _held(statement: str) -> tuple[threading.Thread, threading.Event]:
+    """``statement`` run in a transaction of its own, in a thread, held open until the event
+    is set."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(statement)
+                taken.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(10)
+    return thread, release
+
+
+def _waiting_to_insert(table: str, timeout: float = 10) -> bool:
+    """Whether a session waits for a lock to insert into ``table``."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                [f'INSERT INTO "{table}"%'],
+            )
+            if cursor.fetchone()[0]:
+                return True
+            time.sleep(0.02)
+    return False
+
+
+def test_a_grant_taken_away_during_an_approval_waits_for_it(live_world: World) -> None:
+    """An approval had checked that its reviewer may review the tool, and had not yet
+    committed, when an admin took the grant away: the revocation committed first, and the
+    approval after it, so the trail showed a call approved by someone without the grant.
+    The revocation now waits for the approval under way (both lock the tool's row), which
+    is then the earlier of the two, as the trail says. The pause between the approval's
+    checks and its commit is widened here by holding its INSERT of the verdict."""
+    world = live_world
+    bob = Client()
+    bob.force_login(world.bob)
+    try:
+        for round_ in range(5):
+            _approval_meets_a_revocation(world, bob, session_id=f"grant-race-{round_}")
+    finally:
+        purge_queue()
+
+
+def _approval_meets_a_revocation(world: World, bob: Client, *, session_id: str) -> None:
+    tool = world.tools["send_email"]
+    registry_services.grant_review(tool=tool, user=world.bob)
+    call = make_call(world, "send_email", session_id=session_id)
+    holder, release = _held(f"LOCK TABLE {Decision._meta.db_table} IN SHARE MODE")
+    answers: list[object] = []
+
+    def approve() -> None:
+        answers.append(at_once(decide_through_the_web(bob, call, "approve"))[0])
+
+    def revoke() -> None:
+        try:
+            registry_services.revoke_review(tool=tool, user=world.bob)
+        finally:
+            connections.close_all()
+
+    approving = threading.Thread(target=approve)
+    approving.start()
+    revoking = threading.Thread(target=revoke)
+    try:
+        assert _waiting_to_insert(Decision._meta.db_table), "the approval never got there"
+        revoking.start()
+        revoking.join(1.0)
+        assert revoking.is_alive(), "the grant was taken away under an approval's feet"
+    finally:
+        release.set()
+        holder.join(10)
+        approving.join(30)
+        if revoking.ident is not None:
+            revoking.join(30)
+    # The page shown after it may already be refused (403): the grant is gone by then.
+    assert getattr(answers[0], "status_code", answers[0]) in (200, 403)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.APPROVED
+    approved = AuditEvent.objects.get(call_id=call.pk, action="call.approved")
+    removed = AuditEvent.objects.filter(action="grant.removed").latest("id")
+    assert approved.pk < removed.pk
