@@ -646,5 +646,11 @@ LOGGING = {
         "django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO").upper()},
         # axes logs every sign-in at INFO; the trail has them (auth.*), so only its warnings.
         "axes": {"level": "WARNING"},
+        # httpx logs each request's URL at INFO: an upstream's carries the call's path and
+        # query arguments, hidden fields' values among them, which the log's masking has no
+        # detector for (and a webhook's, the agent's callback URL with its own tokens). What
+        # was sent is in the trail, masked; the stored webhook attempts have the rest.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }

@@ -368,3 +368,32 @@ def test_an_mcp_answer_is_asked_for_in_an_encoding_it_can_be_read_in(
     assert len(server.calls) == 1
     assert (call.status, call.result) == (Status.SUCCEEDED, {"text": "ticket made"})
     assert asked == ["gzip, deflate"]
+
+
+def test_a_hidden_argument_in_an_upstreams_url_is_not_logged(
+    world: World, shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs each request's method and URL at INFO, and an upstream's URL carries the
+    call's path and query arguments: a value the tool hides from reviewers (here an order id
+    marked sensitive), which the log's masking has no detector for, was written to every
+    process's log in clear. The HTTP clients' own request lines are not logged; what was
+    sent is in the trail, masked."""
+    registry_services.update_policy(
+        tool=Tool.objects.get(name="shop__get_order"),
+        changes={"sensitive_fields": ["order_id"]},
+        changed_by=world.alice,
+    )
+    hidden_order = "ord_Quixote7731"
+    call = create_call(
+        agent=world.agent,
+        tool=Tool.objects.get(name="shop__get_order"),
+        arguments={"order_id": hidden_order},
+        session_id="s",
+        request_key=uuid.uuid4().hex,
+    )
+    shop.answer = lambda handler: raw_reply(handler, 200, {"id": "ord_1"})
+    with caplog.at_level("INFO"):  # the root's level in production, as LOG_LEVEL's default
+        execute(call.pk)
+    call.refresh_from_db()
+    assert call.status == Status.SUCCEEDED, call.error
+    assert [r.getMessage() for r in caplog.records if hidden_order in r.getMessage()] == []
