@@ -1,5 +1,11 @@
 """`make run` on the embedded default (SQLite, eager executor, no services) keeps working:
-start it for real, then walk an agent's write call through approval to its one effect."""
+start it for real, then walk an agent's write call through approval to its one effect; under
+load; and with the demo agent's end users and a stop.
+
+One `make run` serves every test here (each start migrates and seeds, some 15 s), so the
+tests share its demo agent and run in this file's order: the demo queue is read before the
+load adds calls to it, and the stop, which cancels every call of the agent's, comes last.
+send_email allows the agent 30 calls in any minute: the demo's 2 and this file's 24 fit."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -340,3 +347,281 @@ def test_the_demo_queue_tells_refunds_apart_and_flags_the_phishing_email(
     assert any(
         e["action"] == "call.execution_finished" and e["outcome"] == "succeeded" for e in trail
     )
+
+
+# `make run` under load: agents submitting and reviewers approving from several threads at once,
+# long-polls waiting beside them and the sweep loop writing too. SQLite has one writer: every
+# request still answers (no 500, no "database is locked") and each approved call runs exactly
+# once, even when two reviewers approve it at the same moment. Without the embedded database's
+# IMMEDIATE transactions and its lock timeout (config/settings.py), concurrent decisions and
+# cancels were 500s.
+
+
+def _agent(base: str, var_dir: Path) -> httpx.Client:
+    token = (var_dir / "demo_agent_token").read_text().strip()
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _submit(base: str, var_dir: Path, n: int) -> httpx.Response:
+    return _agent(base, var_dir).post(
+        "/api/v1/tool-calls",
+        headers={"Idempotency-Key": f"load-{n}"},
+        json={
+            "tool": "send_email",
+            "arguments": {"to": f"u{n}@example.com", "subject": "Hi", "body": f"Note {n}"},
+            "session_id": f"load-{n % 4}",
+        },
+    )
+
+
+def _shown_hash(person: httpx.Client, call_id: str) -> str:
+    page = person.get(f"/approvals/{call_id}/")
+    shown = re.search(r'name="arguments_hash" value="([0-9a-f]{64})"', page.text)
+    assert shown is not None, page.status_code
+    return shown.group(1)
+
+
+def _approve(person: httpx.Client, call_id: str, arguments_hash: str) -> httpx.Response:
+    return person.post(
+        f"/approvals/{call_id}/decide/",
+        data={
+            "verdict": "approve",
+            "comment": "ok",
+            "arguments_hash": arguments_hash,
+            "csrfmiddlewaretoken": person.cookies["csrftoken"],
+        },
+    )
+
+
+def test_concurrent_submissions_and_approvals_answer_and_run_once(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    base, var_dir, env = embedded_app
+    calls = 8
+    with ThreadPoolExecutor(8) as pool:
+        submitted = list(pool.map(lambda n: _submit(base, var_dir, n), range(calls)))
+    assert [r.status_code for r in submitted] == [202] * calls, [r.text for r in submitted]
+    ids = [r.json()["id"] for r in submitted]
+
+    reviewers = [signed_in(base, "reviewer"), signed_in(base, "reviewer2")]
+    for r in reviewers:
+        r.timeout = 60
+    agent = _agent(base, var_dir)
+
+    def long_poll(call_id: str) -> httpx.Response:
+        return _agent(base, var_dir).get(f"/api/v1/tool-calls/{call_id}?wait=20")
+
+    # Both reviewers open every call's page, then both approve it at once: one decides it,
+    # the other is told it was decided (409).
+    with ThreadPoolExecutor(4) as pool:
+        shown = {i: pool.submit(_shown_hash, reviewers[0], i).result() for i in ids}
+    # A second sweep loop, tighter than make run's, writes beside the web server throughout.
+    sweeps = subprocess.Popen(
+        [sys.executable, "manage.py", "run_sweeps", "--loop", "0.1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    started = time.monotonic()
+    with ThreadPoolExecutor(12) as pool:
+        more = [pool.submit(_submit, base, var_dir, calls + n) for n in range(4)]
+        polls = [pool.submit(long_poll, i) for i in ids[:4]]
+        decisions = [
+            pool.submit(_approve, person, i, shown[i]) for i in ids for person in reviewers
+        ]
+        reads = [pool.submit(agent.get, "/api/v1/tools") for _ in range(8)]
+        answered = [f.result() for f in decisions + reads + polls + more]
+    elapsed = time.monotonic() - started
+    sweeps.terminate()
+    _, sweep_errors = sweeps.communicate(timeout=30)
+    assert b"Traceback" not in sweep_errors, sweep_errors.decode()[-3000:]
+    assert [r.status_code for r in answered if r.status_code >= 500] == [], [
+        r.text[:300] for r in answered if r.status_code >= 500
+    ]
+    assert elapsed < 60, elapsed
+    assert [f.result().status_code for f in more] == [202] * len(more)
+    assert (
+        sorted(r.status_code for r in answered[: len(decisions)]) == [200] * calls + [409] * calls
+    )
+
+    statuses = {i: agent.get(f"/api/v1/tool-calls/{i}").json()["status"] for i in ids}
+    assert set(statuses.values()) == {"succeeded"}, statuses
+    sent = {e["idempotency_key"]: e["deliveries"] for e in sandbox_effects(env, "send_email")}
+    assert {i: sent.get(f"countersign-{i}") for i in ids} == {i: 1 for i in ids}
+
+
+def test_two_reviewers_completing_a_quorum_at_once_run_it_once(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    """A call that needs two reviewers, approved by both at the same moment: both approvals
+    count, and the call runs once."""
+    base, var_dir, env = embedded_app
+    agent = _agent(base, var_dir)
+    ids = []
+    for n in range(3):
+        submitted = agent.post(
+            "/api/v1/tool-calls",
+            headers={"Idempotency-Key": f"quorum-{n}"},
+            json={
+                "tool": "send_email",
+                "arguments": {
+                    "to": f"q{n}@example.com",
+                    "subject": "Offer",
+                    "body": f"See https://offers.example.net/{n}",
+                },
+                "session_id": "quorum",
+            },
+        )
+        assert submitted.status_code == 202 and submitted.json()["approvals_required"] == 2
+        ids.append(submitted.json()["id"])
+    reviewers = [signed_in(base, "reviewer"), signed_in(base, "reviewer2")]
+    shown = {i: _shown_hash(reviewers[0], i) for i in ids}
+    with ThreadPoolExecutor(4) as pool:
+        decided = list(
+            pool.map(lambda job: _approve(*job), [(p, i, shown[i]) for i in ids for p in reviewers])
+        )
+    assert [r.status_code for r in decided] == [200] * len(decided), [
+        r.text[:300] for r in decided if r.status_code != 200
+    ]
+    statuses = {i: agent.get(f"/api/v1/tool-calls/{i}").json()["status"] for i in ids}
+    assert set(statuses.values()) == {"succeeded"}, statuses
+    sent = {e["idempotency_key"]: e["deliveries"] for e in sandbox_effects(env, "send_email")}
+    assert {i: sent.get(f"countersign-{i}") for i in ids} == {i: 1 for i in ids}
+
+
+def test_an_agents_cancel_racing_an_approval_runs_the_call_once_or_never(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    """The agent withdraws calls while a reviewer approves them: one of the two wins (the
+    other is a 409), and a call runs once if approved, never if cancelled."""
+    base, var_dir, env = embedded_app
+    ids = [_submit(base, var_dir, 300 + n).json()["id"] for n in range(6)]
+    reviewer = signed_in(base, "reviewer")
+    shown = {i: _shown_hash(reviewer, i) for i in ids}
+    agent = _agent(base, var_dir)
+    with ThreadPoolExecutor(4) as pool:
+        approvals = [pool.submit(_approve, reviewer, i, shown[i]) for i in ids]
+        cancels = [pool.submit(agent.post, f"/api/v1/tool-calls/{i}/cancel") for i in ids]
+        answers = [
+            (a.result().status_code, c.result().status_code)
+            for a, c in zip(approvals, cancels, strict=True)
+        ]
+    assert all(sorted(pair) == [200, 409] for pair in answers), answers
+    statuses = {i: agent.get(f"/api/v1/tool-calls/{i}").json()["status"] for i in ids}
+    sent = {e["idempotency_key"]: e["deliveries"] for e in sandbox_effects(env, "send_email")}
+    assert {i: sent.get(f"countersign-{i}") for i in ids} == {
+        i: 1 if statuses[i] == "succeeded" else None for i in ids
+    }
+    assert set(statuses.values()) <= {"succeeded", "cancelled"}, statuses
+
+
+# `make run` (the embedded default) with the demo agent's end users: a `viewer` sees and may
+# call only the read tools, a `support` user the writes too, over REST and MCP; and `manage.py
+# stop_agent demo-agent --reason "incident"` empties the queue of its calls and makes its next
+# request answer 403 `agent_stopped` with the reason.
+
+EMAIL = {"to": "ada@example.com", "subject": "Hello", "body": "Your refund is on its way."}
+
+
+def agent_of(base: str, var_dir: Path) -> httpx.Client:
+    token = (var_dir / "demo_agent_token").read_text().strip()
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+
+
+def listed(agent: httpx.Client, roles: str) -> dict[str, Any]:
+    response = agent.get(f"/api/v1/tools?format=mcp&on_behalf_of=ada&roles={roles}")
+    assert response.status_code == 200, response.text
+    return {t["name"]: t for t in response.json()}
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def reviewer_queue(base: str) -> str:
+    reviewer = httpx.Client(base_url=base, follow_redirects=True)
+    reviewer.get("/login/")
+    signed_in = reviewer.post(
+        "/login/",
+        data={
+            "username": "reviewer",
+            "password": PASSWORD,
+            "csrfmiddlewaretoken": reviewer.cookies["csrftoken"],
+        },
+    )
+    assert signed_in.url.path == "/approvals/"
+    return signed_in.text
+
+
+def test_viewers_read_support_also_writes_and_a_stop_empties_the_queue(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    base, var_dir, env = embedded_app
+    agent = agent_of(base, var_dir)
+
+    viewer = listed(agent, "viewer")
+    assert {"search_docs", "get_customer"} <= set(viewer)
+    assert all(t["annotations"]["readOnlyHint"] for t in viewer.values()), "reads only"
+    support = listed(agent, "support")
+    assert {"send_email", "issue_refund"} <= set(support) and "delete_customer" not in support
+    assert "delete_customer" in listed(agent, "admin")
+
+    def submit(tool: str, arguments: dict[str, Any], roles: list[str], key: str) -> Any:
+        return agent.post(
+            "/api/v1/tool-calls",
+            headers={"Idempotency-Key": key},
+            json={
+                "tool": tool,
+                "arguments": arguments,
+                "session_id": "embedded-roles",
+                "on_behalf_of": {"id": "ada", "roles": roles},
+            },
+        )
+
+    assert submit("search_docs", {"query": "refund"}, ["viewer"], "roles-1").status_code == 200
+    refused = submit("send_email", EMAIL, ["viewer"], "roles-2")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "tool_not_allowed_for_user"
+    waiting = [submit("send_email", EMAIL, ["support"], f"roles-{n}").json()["id"] for n in (3, 4)]
+    mcp_tools, mcp_write = anyio.run(_mcp_as_a_viewer, base, var_dir)
+    assert set(mcp_tools) == set(viewer) | {"countersign_wait"}
+    assert mcp_write["error"]["code"] == "tool_not_allowed_for_user"
+    queue = reviewer_queue(base)
+    assert all(call_id in queue for call_id in waiting)
+
+    stopped = manage(env, "stop_agent", "demo-agent", "--reason", "incident")
+    # Ours and the demo agent's own calls (make run sends some once it is up) are cancelled.
+    count = re.search(r"cancelled (\d+) call\(s\)", stopped)
+    assert count and int(count.group(1)) >= 2 and all(c in stopped for c in waiting)
+    queue = reviewer_queue(base)
+    assert "data-call-id" not in queue, "the queue holds none of its calls"
+    refusal = agent.get("/api/v1/tools")
+    assert refusal.status_code == 403
+    assert refusal.json()["error"]["code"] == "agent_stopped"
+    assert refusal.json()["error"]["details"]["reason"] == "incident"
+    mcp = httpx.post(
+        f"{base}/mcp",
+        headers={**agent.headers, "Accept": "application/json, text/event-stream"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+    )
+    assert mcp.status_code == 403 and "incident" in mcp.text
+
+    # Resumed (so the demo goes on), the cancelled calls stay cancelled, with the reason.
+    assert "Resumed demo-agent" in manage(env, "resume_agent", "demo-agent")
+    call = agent.get(f"/api/v1/tool-calls/{waiting[0]}").json()
+    assert call["status"] == "cancelled" and call["error"]["reason"] == "incident"
+
+
+async def _mcp_as_a_viewer(base: str, var_dir: Path) -> tuple[list[str], dict[str, Any]]:
+    token = (var_dir / "demo_agent_token").read_text().strip()
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    meta: Any = {"io.countersign/on-behalf-of": {"id": "ada", "roles": ["viewer"]}}
+    async with Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client:
+        tools = [t.name for t in (await client.list_tools(meta=meta)).tools]
+        refused = await client.call_tool("send_email", EMAIL, meta=meta)
+        return tools, refused.structured_content or {}

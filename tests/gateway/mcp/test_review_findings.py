@@ -114,17 +114,34 @@ def test_a_legacy_client_that_cancels_a_wait_frees_its_place(
     call = pending_call(live_world)
     seen: list[int] = []
 
+    async def count() -> int:
+        return await anyio.to_thread.run_sync(subscribers, str(call.pk))
+
     async def main() -> None:
         async with connected(mcp_web.url, live_world.token) as client:
-            with anyio.move_on_after(3):
-                await client.session._dispatcher.send_raw_request(
-                    "tasks/result", {"taskId": str(call.pk)}, {}
-                )
-            await anyio.sleep(8)
-            seen.append(await anyio.to_thread.run_sync(subscribers, str(call.pk)))
+            async with anyio.create_task_group() as group:
+
+                async def wait() -> None:
+                    await client.session._dispatcher.send_raw_request(
+                        "tasks/result", {"taskId": str(call.pk)}, {}
+                    )
+
+                group.start_soon(wait)
+                # Cancelled once it waits (not before: a cancel read first is another test).
+                deadline = anyio.current_time() + 20
+                while await count() == 0 and anyio.current_time() < deadline:
+                    await anyio.sleep(0.1)
+                seen.append(await count())
+                group.cancel_scope.cancel()
+            # The wait ends within moments of the cancel; before the fix it never did.
+            deadline = anyio.current_time() + 8
+            while await count() and anyio.current_time() < deadline:
+                await anyio.sleep(0.1)
+            seen.append(await count())
 
     anyio.run(main)
-    assert seen == [0], "the cancelled request still waits"
+    assert seen[0] == 1, "the request waited before it was cancelled"
+    assert seen[1] == 0, "the cancelled request still waits"
 
 
 def test_a_cancel_read_before_its_request_waits_still_ends_the_wait(
