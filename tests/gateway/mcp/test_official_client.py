@@ -596,6 +596,38 @@ def test_the_same_idempotency_key_is_the_same_call_and_other_arguments_are_refus
     assert ToolCall.objects.count() == 1
 
 
+def test_a_key_error_names_the_meta_entry_not_a_header_no_mcp_client_can_send(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    """REST's advice is to send the Idempotency-Key header; a model reading it over MCP had
+    no header to send, and its client no way to."""
+    key = "io.countersign/idempotency-key"
+
+    async def main() -> list[types.CallToolResult]:
+        async with connected(mcp_web.url, live_world.token) as client:
+            meta: dict[str, object] = {key: "mcp-key-2", "io.countersign/wait-seconds": 0}
+            await client.call_tool("send_email", EMAIL, meta=meta)  # type: ignore[arg-type]
+            reused = await client.call_tool(
+                "send_email",
+                {**EMAIL, "subject": "Something else"},
+                meta=meta,  # type: ignore[arg-type]
+            )
+            invalid = await client.call_tool(
+                "send_email",
+                EMAIL,
+                meta={key: " padded ", "io.countersign/wait-seconds": 0},  # type: ignore[arg-type]
+            )
+            return [reused, invalid]
+
+    codes = ["idempotency_key_reused", "idempotency_key_required"]
+    for result, code in zip(run(main), codes, strict=True):
+        error = result.structured_content["error"]  # type: ignore[index]
+        assert result.is_error is True and error["code"] == code, error
+        said = error["message"] + " " + error["suggestion"]
+        assert f'_meta entry "{key}"' in said, said
+        assert "Idempotency-Key" not in said and "header" not in said, said
+
+
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_a_key_sent_again_from_a_new_connection_is_the_same_call(
     live_world: World, mcp_web: WebProcess, mode: str
