@@ -23,7 +23,7 @@ ACTIONS: dict[str, str] = {
     "standing_approval.granted": "With an approval, a reviewer also allowed the agent's later "
     "calls of the tool: which (same arguments, a condition, any), until when, how many.",
     "standing_approval.revoked": "Its author or an admin revoked a standing approval, or a "
-    "stop of its agent did.",
+    "stop of its agent did, or a rejection of the call it was given with.",
     "call.rejected": "A reviewer vetoed the call.",
     "call.cancelled": "The agent withdrew its pending call, or a person stopped the agent (with "
     "the reason).",

@@ -267,10 +267,10 @@ def _decide_locked(
 
     decided = False
     if verdict == Verdict.REJECT:
-        # A reviewer who approved this call and now rejects it takes back what came with
-        # that approval: a standing approval would approve the next call like it.
-        for granted_before in standing.live(source_call=call, granted_by=reviewer):
-            standing.revoke(standing_id=granted_before.pk, person=reviewer)
+        # The veto overrules every approval of this call, and what came with them: a
+        # standing approval given with one (this reviewer's, or another's) would approve
+        # the next call like it, this very call sent again among them.
+        standing.revoke_for_rejection(call, rejected_by=reviewer)
         move(call, Status.REJECTED, decided_at=now)
         events.call_rejected(call, decision)
         decided = True

@@ -5,7 +5,7 @@ the approved ones. Each call such an approval lets through names it in the audit
 Limits that make it safe to offer: never for destructive tools; only where the tool's
 policy would ask a single reviewer (``Screening.reviewable_by_standing_approval``); at most
 ``APPROVALS_STANDING_MAX_SECONDS``; revocable at once by its author or an admin, and
-revoked by a stop of its agent.
+revoked by a stop of its agent or a rejection of the call it was given with.
 """
 
 from __future__ import annotations
@@ -164,6 +164,26 @@ def revoke_for_stop(agent: Any, reason: str, stopped_by: Any) -> list[str]:
     return []
 
 
+def revoke_for_rejection(call: ToolCall, *, rejected_by: Any) -> None:
+    """Revoke every live standing approval given with an approval of ``call``, which
+    ``rejected_by`` is vetoing (under the call's lock, in the verdict's transaction), as
+    theirs: whoever gave it, not only a rejecting reviewer's own.
+
+    One rejection vetoes the call, and what came with the approvals it overrules goes with
+    them: left live, another approver's standing approval let the very call the veto stopped
+    through unseen once it was sent again and asked one reviewer (a rule on ``outside_hours``
+    that asked two at night, a quorum lowered since). Granted under the same lock, each one
+    has committed by the time a rejection reads them.
+    """
+    for standing in (
+        StandingApproval.objects.select_for_update(of=("self",))
+        .select_related("tool", "agent")
+        .filter(source_call=call, revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .order_by("pk")
+    ):
+        _revoke(standing, person=rejected_by, why="call_rejected")
+
+
 def _revoke(standing: StandingApproval, *, person: Any, why: str = "") -> None:
     """Revoke ``standing`` (locked by the caller), audited; nothing if it was already."""
     if standing.revoked_at is not None:
@@ -182,11 +202,6 @@ def _revoke(standing: StandingApproval, *, person: Any, why: str = "") -> None:
             **({"reason": why} if why else {}),
         },
     )
-
-
-def live(**filters: Any) -> Any:
-    now = timezone.now()
-    return StandingApproval.objects.filter(revoked_at__isnull=True, expires_at__gt=now, **filters)
 
 
 def use(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from django.db import close_old_connections
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from approvals.models import StandingApproval, Status, ToolCall
@@ -360,3 +360,68 @@ def test_a_standing_approval_granted_as_the_stop_lands_is_revoked_with_it(
     assert granted.revoked_at is not None
     assert registry_services.resume_agent(agent=world.agent)
     assert submit(world, {**EMAIL, "subject": "After the resume"}).status == Status.PENDING
+
+
+def _hours_around(now: Any, *, start: int, end: int) -> str:
+    """Working hours from ``start`` to ``end`` hours after ``now`` (UTC), as the setting reads."""
+    return f"{now + timedelta(hours=start):%H:%M}-{now + timedelta(hours=end):%H:%M}"
+
+
+def test_a_veto_takes_back_every_standing_approval_given_with_the_vetoed_call(
+    world: World, dave: Any
+) -> None:
+    """Outside working hours a rule asks two reviewers. Bob approves the call and allows
+    these very arguments in advance; dave vetoes it (the recipient is a fraudster). The next
+    morning, when one reviewer is asked again, the agent sends exactly the vetoed call:
+    bob's standing approval, given with an approval the veto overruled, let it through unseen.
+    One rejection vetoes the call, and what came with its approvals goes with it."""
+    tool = world.tools["send_email"]
+    registry_services.update_policy(
+        tool=tool,
+        changes={
+            "rules": [{"when": '"outside_hours" in signals', "then": "require", "approvals": 2}]
+        },
+        changed_by=world.alice,
+    )
+    now = timezone.now()
+    body = {"tool": "send_email", "session_id": "s-veto", "arguments": EMAIL}
+    hours = {"COUNTERSIGN_WORKING_DAYS": "mon-sun", "COUNTERSIGN_WORKING_ZONE": "UTC"}
+    with override_settings(COUNTERSIGN_WORKING_HOURS=_hours_around(now, start=2, end=3), **hours):
+        sent = world.api().submit(body)
+    assert sent.status_code == 202 and sent.json()["status"] == "pending"
+    call = ToolCall.objects.get(pk=sent.json()["id"])
+    assert call.approvals_required == 2
+    bob, other = Client(), Client()
+    bob.force_login(world.bob)
+    other.force_login(dave)
+    approved = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "standing": "same"},
+    )
+    assert approved.status_code == 302
+    granted = StandingApproval.objects.get()
+    rejected = other.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "reject",
+            "comment": "That address is a fraudster's.",
+            "arguments_hash": call.arguments_hash,
+        },
+    )
+    assert rejected.status_code == 302
+    call.refresh_from_db()
+    assert call.status == Status.REJECTED
+    granted.refresh_from_db()
+    assert granted.revoked_at is not None and granted.revoked_by == dave
+    (revoked,) = events("standing_approval.revoked")
+    assert revoked.actor_label == "dave"
+    assert revoked.data == {
+        "standing_approval": granted.pk,
+        "uses": 0,
+        "reason": "call_rejected",
+    }
+    with override_settings(COUNTERSIGN_WORKING_HOURS=_hours_around(now, start=-1, end=1), **hours):
+        again = world.api().submit(body)
+    assert again.status_code == 202, again.content
+    assert again.json()["status"] == "pending"
+    assert ToolCall.objects.get(pk=again.json()["id"]).approvals_required == 1
