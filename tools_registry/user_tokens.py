@@ -9,14 +9,16 @@ cannot be had (the provider is down), the token is refused with ``ProviderUnavai
 which callers answer as retryable.
 
 The key set is fetched at most once per ``JWKS_CACHE_SECONDS`` (default 300); a token
-signed with a key not in the cached set (the provider rotated its keys) fetches it again,
+signed with a key not in the cached set (the provider rotated its keys) fetches it again
+(so does a token naming no key that the one key for its algorithm does not verify),
 and so does the next token after a failed fetch, but never more than once per
 ``JWKS_MIN_REFRESH_SECONDS`` (default 5), counted from the end of the last fetch: a flood
 of tokens with made-up key ids, or a provider that is down or hangs until the timeout, costs
-the provider one request per interval, not one per call (and
-a cache set shorter than the interval is kept for the interval). A
-token whose key was not looked for (the set was fetched less than that interval ago) is
-refused as ``ProviderUnavailable`` (retryable): the provider may have published it since.
+the provider one request per interval, not one per call (and a cache set shorter than the
+interval is kept for the interval); a token whose key is in the fresh cached set never
+waits for a fetch under way. A token whose key was not looked for (the set was fetched less
+than that interval ago) is refused as ``ProviderUnavailable`` (retryable): the provider may
+have published it since.
 
 Tokens are secrets: they are never logged, audited or put in an error message.
 """
@@ -116,8 +118,37 @@ def verify(provider: IdentityProvider, token: str) -> dict[str, Any]:
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise TokenInvalid("its key id (kid) is not a string")
+    asked = time.monotonic()
     try:
-        key = jwt.PyJWK(_signing_key(provider.jwks_url, kid, alg), algorithm=alg)
+        return _decoded(provider, token, alg, _signing_key(provider.jwks_url, kid, alg))
+    except jwt.InvalidSignatureError:
+        if kid is not None:
+            raise TokenInvalid("its signature does not verify") from None
+    # A token that names no key is checked with the provider's one key for its algorithm,
+    # which may be the key the provider has just rotated out (a token naming a key not in
+    # the cached set fetches them again): fetched again the same way, at most once per
+    # JWKS_MIN_REFRESH_SECONDS, the token is checked with the key published now.
+    found = _pick(_keys(provider.jwks_url, refresh=True), None, alg)
+    if not _fetched_since(provider.jwks_url, asked):
+        raise ProviderUnavailable(
+            "its signature does not verify with the provider's key fetched moments ago, "
+            "which is fetched again within seconds"
+        )
+    if found is None:
+        raise TokenInvalid("it names no key (kid), and the provider has no single key for it")
+    try:
+        return _decoded(provider, token, alg, found)
+    except jwt.InvalidSignatureError:
+        raise TokenInvalid("its signature does not verify") from None
+
+
+def _decoded(
+    provider: IdentityProvider, token: str, alg: str, jwk: dict[str, Any]
+) -> dict[str, Any]:
+    """The token's claims, checked with ``jwk``; ``TokenInvalid``, or PyJWT's
+    ``InvalidSignatureError`` for a signature that ``jwk`` does not verify."""
+    try:
+        key = jwt.PyJWK(jwk, algorithm=alg)
     except (jwt.PyJWKError, jwt.InvalidKeyError):
         raise TokenInvalid("the provider's key for it does not fit its algorithm") from None
     try:
@@ -130,6 +161,8 @@ def verify(provider: IdentityProvider, token: str) -> dict[str, Any]:
             leeway=LEEWAY_SECONDS,
             options={"require": ["exp", "iss", "aud"]},
         )
+    except jwt.InvalidSignatureError:
+        raise
     except jwt.ExpiredSignatureError:
         raise TokenInvalid("it has expired") from None
     except jwt.ImmatureSignatureError:
@@ -140,8 +173,6 @@ def verify(provider: IdentityProvider, token: str) -> dict[str, Any]:
         raise TokenInvalid("it was not issued by the identity provider (issuer)") from None
     except jwt.MissingRequiredClaimError as exc:
         raise TokenInvalid(f"it has no {exc.claim!r} claim") from None
-    except jwt.InvalidSignatureError:
-        raise TokenInvalid("its signature does not verify") from None
     except jwt.InvalidTokenError as exc:
         raise TokenInvalid(f"it is not valid ({type(exc).__name__})") from None
 
@@ -258,6 +289,12 @@ def _keys(url: str, *, refresh: bool) -> list[dict[str, Any]]:
     with _guard:
         known = _key_sets.setdefault(url, _KeySet())
         lock = _fetching.setdefault(url, threading.Lock())
+        # A fresh set is read without waiting for a fetch under way: that fetch (a token
+        # naming a key not in the set, which any agent can send) may take as long as the
+        # timeout, and this token would then be checked with the keys it has now anyway.
+        fetched_at = known.fetched_at
+        if not refresh and fetched_at is not None and time.monotonic() - fetched_at < cache_seconds:
+            return known.keys
     with lock:  # one fetch per key set at a time; the others wait for its outcome
         now = time.monotonic()
         fresh = known.fetched_at is not None and now - known.fetched_at < cache_seconds
@@ -313,6 +350,9 @@ def _fetch(url: str) -> list[dict[str, Any]]:
         data = json.loads(fetched.body)
         # PyJWT's own reading of the set: it refuses one without a single usable key.
         jwt.PyJWKSet.from_dict(data)
-    except (jwt.PyJWKSetError, ValueError, TypeError, AttributeError):
+    # RecursionError: JSON nested deeper than Python parses fits well within the size limit;
+    # let through, it was a 500 for every request, and a failure never kept (``_keys``), so
+    # each of them fetched the set again.
+    except (jwt.PyJWKSetError, ValueError, TypeError, AttributeError, RecursionError):
         raise ProviderUnavailable("the provider's key set is not a JWKS with usable keys") from None
     return [key for key in data["keys"] if isinstance(key, dict)]

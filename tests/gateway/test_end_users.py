@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jwt
 import pytest
 from django.test import Client, override_settings
 
@@ -29,7 +30,13 @@ from tests.conftest import ApiClient, World, sandbox_effects
 from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL, in_threads
 from tests.gateway.test_errors import error_of
 from tests.support.compression import gzip_bomb
-from tests.support.identity_provider import Provider, ProviderFactory, rsa_key
+from tests.support.identity_provider import (
+    AUDIENCE,
+    Provider,
+    ProviderFactory,
+    SigningKey,
+    rsa_key,
+)
 from tools_registry import services, user_tokens
 from tools_registry.models import Agent, IdentityProvider
 
@@ -330,6 +337,47 @@ def test_a_provider_that_is_down_answers_retryable_and_runs_nothing(
     assert not ToolCall.objects.exists() and sandbox_effects() == []
 
 
+def kidless(provider: Provider, key: SigningKey, sub: str, roles: list[str]) -> str:
+    """A token that names no key (no kid): its provider publishes one key per algorithm."""
+    now = int(time.time())
+    claims = {"iss": provider.issuer, "aud": AUDIENCE, "sub": sub, "exp": now + 300}
+    return jwt.encode({**claims, "roles": roles}, key.private, algorithm=key.alg)
+
+
+def test_a_token_naming_no_key_verifies_once_the_provider_rotated_its_key(
+    world: World, verifying: Provider
+) -> None:
+    """A token without a kid was checked with the one key in the cached set, never fetched
+    again: once the provider rotated that key, its users' genuine tokens were refused for
+    good (401) until the cache expired. Now the keys are fetched again, as for a key id
+    that is not in them, and a token no published key signed is still refused."""
+    old = verifying.keys[0]
+    assert (
+        tool_names(
+            listed(world, HTTP_COUNTERSIGN_USER_TOKEN=kidless(verifying, old, "ada", ["viewer"]))
+        )
+        == READS
+    )
+    rotated = rsa_key()
+    verifying.publish(rotated)
+    token = {"HTTP_COUNTERSIGN_USER_TOKEN": kidless(verifying, rotated, "grace", ["support"])}
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=60):
+        # Fetched moments ago, the keys are not asked for again yet: worth a retry.
+        error_of(listed(world, **token), 503, "identity_provider_unavailable")
+    assert verifying.fetches == 1
+    with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
+        assert tool_names(listed(world, **token)) == READS | WRITES
+        response = world.api().submit(SEND_EMAIL, **token)
+        assert response.status_code == 202, response.content
+        forged = kidless(verifying, rsa_key(), "mallory", ["admin"])
+        error = error_of(
+            listed(world, HTTP_COUNTERSIGN_USER_TOKEN=forged), 401, "user_token_invalid"
+        )
+    assert "signature does not verify" in error["message"]
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.on_behalf_of, call.end_user_source) == ("grace", "verified")
+
+
 def test_a_read_for_a_viewer_runs_and_a_refused_write_has_no_effect(trusted: World) -> None:
     """The oracle: the sandbox saw the read's customer lookup only."""
     api = trusted.api()
@@ -498,6 +546,45 @@ def test_a_compressed_key_set_is_inflated_no_further_than_its_limit(
     error = error_of(response, 503, "identity_provider_unavailable")
     assert "too large" in error["message"]
     assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MB held while reading it"
+
+
+class _Nested(BaseHTTPRequestHandler):
+    """A key set within the size limit whose JSON nests deeper than Python parses."""
+
+    asked = 0
+
+    def do_GET(self) -> None:
+        type(self).asked += 1
+        depth = 200_000
+        body = b'{"keys": ' + b"[" * depth + b"]" * depth + b"}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_key_set_nested_too_deep_is_unavailable_not_a_500(
+    world: World, verifying: Provider
+) -> None:
+    """Parsing it ran out of recursion: an error no check expected, a 500 for the call and
+    the tool list, and the failure was not kept, so every request fetched the set again."""
+    _Nested.asked = 0
+    header = {"HTTP_COUNTERSIGN_USER_TOKEN": verifying.token()}
+    with keys_served_by(verifying, _Nested):
+        listing = Client(raise_request_exception=False).get(
+            "/api/v1/tools", HTTP_AUTHORIZATION=f"Bearer {world.token}", **header
+        )
+        call = world.api().submit(SEND_EMAIL, **header)
+    error = error_of(listing, 503, "identity_provider_unavailable")
+    assert "not a JWKS" in error["message"]
+    error_of(call, 503, "identity_provider_unavailable")
+    assert _Nested.asked == 1, "a failed fetch is asked again once per interval, not per request"
+    assert not ToolCall.objects.exists()
 
 
 @pytest.mark.parametrize("named_by", ["sso_subject", "decomposed_username"])
@@ -705,3 +792,60 @@ def test_requests_waiting_on_a_provider_that_hangs_share_its_one_fetch(
     slowest = max(took for _, took in answered)
     assert _Hanging.asked == 1, f"{_Hanging.asked} fetches for 4 requests"
     assert slowest < 2.5, f"a request waited {slowest:.1f} s"
+
+
+class _SlowAfterFirst(BaseHTTPRequestHandler):
+    """A provider that answers its first fetch at once and every later one after 4 s."""
+
+    body = b""
+    asked = 0
+
+    def do_GET(self) -> None:
+        type(self).asked += 1
+        if type(self).asked > 1:
+            time.sleep(4)
+        with contextlib.suppress(OSError):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(self.body)))
+            self.end_headers()
+            self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_token_whose_key_is_cached_does_not_wait_for_a_fetch_under_way(
+    live_world: World, identity_providers: ProviderFactory
+) -> None:
+    """A token whose key is in the fresh cached set waited for any fetch of the set under
+    way, then was checked with the keys it already had: a token naming a made-up key (a
+    fetch per interval, which any agent can ask for) held every verified request as long as
+    a slow provider took, up to JWKS_TIMEOUT_SECONDS."""
+    provider = identity_providers()
+    agent = live_world.agent
+    agent.user_roles_from = Agent.UserRoles.VERIFIED
+    agent.identity_provider = provider.row
+    services.save_agent(agent=agent, changed_by=None)
+    _SlowAfterFirst.body = json.dumps({"keys": [k.public_jwk() for k in provider.keys]}).encode()
+    _SlowAfterFirst.asked = 0
+    genuine, made_up = provider.token(), provider.token(key=rsa_key())
+
+    def list_tools(index: int) -> tuple[int, float]:
+        if index == 1:
+            time.sleep(0.5)  # the made-up key's fetch is under way
+        started = time.monotonic()
+        token = made_up if index == 0 else genuine
+        response = listed(live_world, HTTP_COUNTERSIGN_USER_TOKEN=token)
+        return response.status_code, time.monotonic() - started
+
+    with (
+        keys_served_by(provider, _SlowAfterFirst),
+        override_settings(JWKS_TIMEOUT_SECONDS=3, JWKS_MIN_REFRESH_SECONDS=0),
+    ):
+        assert listed(live_world, HTTP_COUNTERSIGN_USER_TOKEN=genuine).status_code == 200
+        (made_up_status, _), (status, took) = in_threads(2, list_tools)
+    assert made_up_status == 503, "the made-up key's fetch timed out"
+    assert _SlowAfterFirst.asked == 2
+    assert status == 200 and took < 1.5, f"a cached key waited {took:.1f} s for the fetch"
