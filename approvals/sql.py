@@ -292,14 +292,28 @@ def hold_tool_for(call_id: UUID) -> None:
         db.one(db.Statement(_hold_tool_sql(), [call_id], db.unread))
 
 
+def try_hold_tool_for(call_id: UUID) -> bool:
+    """``hold_tool_for`` without waiting, for a sweep that approves (the quorum sweep):
+    False (nothing held) while a change of the tool or of its grants holds the row, as a
+    sweep skips a call row another transaction holds; the next pass looks again. False too
+    for no such call."""
+    if connection.vendor != "postgresql":
+        return True
+    return db.one(db.Statement(_hold_tool_sql(wait=False), [call_id], _found))
+
+
+def _found(cursor: Any) -> bool:
+    return cursor.fetchone() is not None
+
+
 @cache
-def _hold_tool_sql() -> str:
+def _hold_tool_sql(*, wait: bool = True) -> str:
     tool_id = db.column(Tool, "id")
     # The call's tool never changes, so reading it without a lock is safe.
     return (
         f"SELECT 1 FROM {db.table(Tool)} WHERE {tool_id} = "  # noqa: S608 - the model's names
         f"(SELECT {db.column(ToolCall, 'tool')} FROM {db.table(ToolCall)} "
-        f"WHERE {db.column(ToolCall, 'id')} = %s) FOR KEY SHARE"
+        f"WHERE {db.column(ToolCall, 'id')} = %s) FOR KEY SHARE{'' if wait else ' SKIP LOCKED'}"
     )
 
 

@@ -290,6 +290,12 @@ def complete_quorum(*, call_id: UUID, now: datetime) -> bool:
     came (so it did not count then) and has it again (a grant given back, an account
     reactivated). Every approval was given to these arguments of this tool version, each
     checked when given; only their reviewers are checked again here. True if it approved."""
+    # The tool's row first, as a verdict holds it (``_decide_locked``): a grant taken away
+    # while this counts the approvals waits for it, instead of committing between the count
+    # and this approval (a call approved on the say-so of someone who had lost the grant).
+    # Without waiting: a change of the tool under way leaves the call to the next pass.
+    if not sql.try_hold_tool_for(call_id):
+        return False
     call = lock_call(call_id, skip_locked=True)
     if call is None or call.status != Status.PENDING or call.approvals_required < 1:
         return False

@@ -3,11 +3,25 @@ odd ``--loop`` is refused before anything runs, not after the first run with a t
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from contextlib import suppress
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.utils import timezone
+
+from approvals.models import Status, ToolCall
+from tests.conftest import World
+from tests.support import ROOT
+from tests.support.calls import pending_call
+from tests.support.workers import wait_for, worker_env
 
 pytestmark = pytest.mark.django_db
 
@@ -35,3 +49,47 @@ def test_a_sweep_command_runs_once_without_loop(command: str) -> None:
     out = StringIO()
     call_command(command, "--loop", "0", stdout=out)
     assert out.getvalue().count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["run_sweeps", "expire_pending"])
+def test_a_sweep_loop_outlives_a_failed_run(
+    command: str, live_world: World, tmp_path: Path
+) -> None:
+    """``make run`` starts ``run_sweeps --loop 5`` once, with nothing to restart it: a run
+    that failed (PostgreSQL restarted under it, SQLite's "database is locked") ended the
+    loop, and no call expired, no webhook went and no reviewer was mailed from then on."""
+    log_path = tmp_path / "sweeps.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", command, "--loop", "0.2"],
+            cwd=ROOT,
+            env=worker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: log_path.read_text().count("\n") >= 1, message="a first run")
+        # Every connection the loop holds is cut, as a restart of PostgreSQL cuts them.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        call = pending_call(live_world)
+        ToolCall.objects.filter(pk=call.pk).update(expires_at=timezone.now())
+        wait_for(
+            lambda: (
+                ToolCall.objects.get(pk=call.pk).status == Status.EXPIRED or proc.poll() is not None
+            ),
+            timeout=20,
+            message="the expiry",
+        )
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert ToolCall.objects.get(pk=call.pk).status == Status.EXPIRED
+        # It did fail, and said so, before the run that expired the call.
+        assert "failed; the loop runs it again" in log_path.read_text()
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)

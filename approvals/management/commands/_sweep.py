@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
+
+logger = logging.getLogger(__name__)
 
 
 def loop_seconds(raw: str) -> float:
@@ -23,6 +27,23 @@ def loop_seconds(raw: str) -> float:
     return seconds
 
 
+def survived(run: Callable[[], object], label: str, *, loop: bool) -> object:
+    """``run()``, or, in a loop, "failed" when it raised: logged, and the next run goes on.
+    ``make run`` starts ``run_sweeps --loop`` once, with nothing to restart it: one failed
+    run (PostgreSQL restarted under it, SQLite's "database is locked") ended the loop, and no
+    call expired, no webhook went and no reviewer was mailed for the rest of the session.
+    Once, the failure is the command's: its exit status says so."""
+    if not loop:
+        return run()
+    try:
+        return run()
+    except Exception:
+        logger.exception("%s failed; the loop runs it again", label)
+        # A connection the failure broke (its server gone) is dropped, not used again.
+        close_old_connections()
+        return "failed"
+
+
 class SweepCommand(BaseCommand):
     label = "sweep"
 
@@ -35,7 +56,9 @@ class SweepCommand(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         run: Callable[[], object] = self.sweep
         while True:
-            self.stdout.write(f"{self.label}: {run()}")
+            self.stdout.write(
+                f"{self.label}: {survived(run, self.label, loop=bool(options['loop']))}"
+            )
             if not options["loop"]:
                 return
             time.sleep(options["loop"])

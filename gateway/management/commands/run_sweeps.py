@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from approvals import sweeps
-from approvals.management.commands._sweep import loop_seconds
+from approvals.management.commands._sweep import loop_seconds, survived
 from audit import chain
 from gateway import idempotency, retention, webhooks
 
@@ -20,14 +20,17 @@ class Command(BaseCommand):
         parser.add_argument("--loop", type=loop_seconds, default=0, help="Repeat every N seconds.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        loop = bool(options["loop"])
         while True:
-            report = sweeps.run_all()
-            webhooks_sent = webhooks.sweep()
-            sealed = chain.seal_and_anchor()
-            keys = idempotency.sweep()
-            sessions = retention.sweep()
+            # Each on its own: one that fails leaves the others to run (the webhooks and the
+            # chain's seal do not wait on a sweep that fails on every run).
+            report = survived(lambda: sweeps.run_all().as_dict(), "sweep", loop=loop)
+            webhooks_sent = survived(webhooks.sweep, "webhook sweep", loop=loop)
+            sealed = survived(chain.seal_and_anchor, "sealing", loop=loop)
+            keys = survived(idempotency.sweep, "idempotency sweep", loop=loop)
+            sessions = survived(retention.sweep, "sessions sweep", loop=loop)
             self.stdout.write(
-                f"sweep: {report.as_dict()} webhooks={webhooks_sent} sealed={sealed} "
+                f"sweep: {report} webhooks={webhooks_sent} sealed={sealed} "
                 f"expired_keys={keys} sessions_deleted={sessions}"
             )
             if not options["loop"]:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, connections, transaction
 from django.test import Client
+from django.utils import timezone
 
 from approvals.models import Decision, Status, ToolCall
 from audit.models import AuditEvent
@@ -207,3 +208,116 @@ def _approval_meets_a_revocation(world: World, bob: Client, *, session_id: str) 
     approved = AuditEvent.objects.get(call_id=call.pk, action="call.approved")
     removed = AuditEvent.objects.filter(action="grant.removed").latest("id")
     assert approved.pk < removed.pk
+
+
+def _waiting_for_a_lock(timeout: float = 10) -> bool:
+    """Whether a session of this database waits for a lock."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            if cursor.fetchone()[0]:
+                return True
+            time.sleep(0.02)
+    return False
+
+
+def _restored_quorum(world: World, *, session_id: str) -> ToolCall:
+    """A call of 2 approvals: bob's, given, then not standing (his grant taken away) when
+    dave's came, standing again (the grant given back): the quorum sweep approves it."""
+    from approvals.services.decisions import decide
+
+    tool = world.tools["delete_customer"]
+    dave = User.objects.get_or_create(username="dave", defaults={"email": "dave@example.com"})[0]
+    registry_services.grant_review(tool=tool, user=dave)
+    call = make_call(world, "delete_customer", session_id=session_id)
+    for reviewer in (world.bob, dave):
+        decide(
+            call_id=call.pk,
+            reviewer=reviewer,
+            verdict="approve",
+            confirmation="cus_0003",
+            authenticated_at=timezone.now(),
+        )
+        if reviewer == world.bob:
+            registry_services.revoke_review(tool=tool, user=world.bob)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING, "1 of 2 stands"
+    registry_services.grant_review(tool=tool, user=world.bob)  # both stand again
+    return call
+
+
+def test_a_grant_taken_away_while_the_quorum_sweep_counts_it_waits_for_it(
+    live_world: World,
+) -> None:
+    """The quorum sweep (``complete_restored_quorums``) approves a call whose approvals stand
+    again, as a verdict does, so it holds the tool's row as a verdict does: it had counted
+    bob's approval, and not yet committed, when an admin took bob's grant away; the
+    revocation committed first and the approval after it, so the trail showed a call
+    approved on the say-so of someone without the grant. The pause between the sweep's
+    checks and its commit is widened here by holding its UPDATE of the call."""
+    from approvals import sweeps
+
+    world = live_world
+    tool = world.tools["delete_customer"]
+    call = _restored_quorum(world, session_id="quorum-race")
+
+    holder, release = _held(f"LOCK TABLE {ToolCall._meta.db_table} IN SHARE MODE")
+    swept: list[int] = []
+
+    def sweep() -> None:
+        try:
+            swept.append(sweeps.complete_restored_quorums())
+        finally:
+            connections.close_all()
+
+    def revoke() -> None:
+        try:
+            registry_services.revoke_review(tool=tool, user=world.bob)
+        finally:
+            connections.close_all()
+
+    sweeping = threading.Thread(target=sweep)
+    sweeping.start()
+    revoking = threading.Thread(target=revoke)
+    try:
+        assert _waiting_for_a_lock(), "the sweep never got to its write"
+        revoking.start()
+        revoking.join(1.0)
+        assert revoking.is_alive(), "the grant was taken away under the sweep's feet"
+    finally:
+        release.set()
+        holder.join(10)
+        sweeping.join(30)
+        if revoking.ident is not None:
+            revoking.join(30)
+        purge_queue()
+    assert swept == [1]
+    approved = AuditEvent.objects.get(call_id=call.pk, action="call.approved")
+    removed = AuditEvent.objects.filter(action="grant.removed").latest("id")
+    assert approved.pk < removed.pk
+
+
+def test_the_quorum_sweep_does_not_wait_for_a_change_of_the_tool(live_world: World) -> None:
+    """A grant edit or a policy change holding the tool's row (in a process that may be
+    paused) leaves the call to the sweep's next pass rather than holding the sweep up."""
+    from approvals import sweeps
+
+    call = _restored_quorum(live_world, session_id="quorum-skip")
+    tool = live_world.tools["delete_customer"]
+    row = f"SELECT 1 FROM {tool._meta.db_table} WHERE id = {tool.pk} FOR UPDATE"  # noqa: S608
+    holder, release = _held(row)
+    try:
+        started = time.monotonic()
+        assert sweeps.complete_restored_quorums() == 0
+        assert time.monotonic() - started < 5, "the sweep waited for the tool's row"
+    finally:
+        release.set()
+        holder.join(10)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING
+    try:
+        assert sweeps.complete_restored_quorums() == 1, "the next pass approves it"
+    finally:
+        purge_queue()
