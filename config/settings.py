@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import os
 import secrets
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -78,8 +81,87 @@ def env_float(name: str, default: float, *, minimum: float = 0) -> float:
     return value
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default) or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
+
+
+def env_log_level(name: str) -> str:
+    # logging.config refuses an unknown level with "Unable to configure root logger",
+    # naming neither the setting nor the levels it takes.
+    levels = logging.getLevelNamesMapping()
+    value = env_str(name, "INFO").upper() or "INFO"
+    if value not in levels:
+        raise ImproperlyConfigured(
+            f"{name}={env_str(name)!r} is not a log level: use one of {', '.join(levels)}."
+        )
+    return value
+
+
+def database_url_settings(url: str) -> dict[str, Any]:
+    """DATABASE_URL read as Django's database settings; one that cannot be read stops the
+    start naming it, never quoting it (it holds the password)."""
+    try:
+        parsed = dj_database_url.parse(url, conn_max_age=0, conn_health_checks=False)
+    except dj_database_url.UnknownSchemeError:
+        parsed = {"ENGINE": ""}
+    except (dj_database_url.ParseError, ValueError):
+        # A password with / # ? (openssl rand -base64 makes them) ends the URL's address.
+        raise ImproperlyConfigured(
+            "DATABASE_URL is not a URL that can be read: percent-encode the characters of its "
+            "user and password other than letters, digits and - . _ ~ (urllib.parse.quote), "
+            "or leave the password out of it and set PGPASSWORD."
+        ) from None
+    # Services mode's locks, triggers and database functions are PostgreSQL's.
+    if parsed["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            "DATABASE_URL names no PostgreSQL database: services mode runs on PostgreSQL "
+            "only (postgres://user:password@host:5432/name); unset it for the embedded mode."
+        )
+    return dict(parsed)
+
+
+def redis_url(name: str) -> str:
+    """A Redis URL the cache, Celery's broker and the rate limits can all use (redis:// or
+    rediss://), or "": read at its first use, a typo failed every use of each and showed only
+    on /healthz. The message never quotes it (it may hold the password)."""
+    value = env_str(name)
+    if not value:
+        return value
+    problem = ""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a port that is no number)
+    except ValueError:
+        problem = "it is not a URL that can be read (percent-encode its password)"
+    else:
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            problem = "give redis://[:password@]host[:port][/db], or rediss:// for TLS"
+        elif parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            problem = "its path is a database number (/0); percent-encode a / # ? of its password"
+    if problem:
+        raise ImproperlyConfigured(f"{name} cannot be used: {problem}.")
+    return value
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def team_map(name: str) -> dict[str, str]:
+    """``idp-value=team,...``. A pair that does not read stops the start: left out, its team
+    was no longer set from the claim, and whoever the provider took out of it stayed in."""
+    mapping: dict[str, str] = {}
+    for pair in env_list(name, ""):
+        value, _, team = (part.strip() for part in pair.partition("="))
+        if not value or not team:
+            raise ImproperlyConfigured(f"{name}: {pair!r} is not idp-value=team.")
+        if value in mapping:
+            raise ImproperlyConfigured(f"{name} maps {value!r} twice: one team per value.")
+        mapping[value] = team
+    return mapping
 
 
 def provider_endpoint(name: str) -> str:
@@ -99,7 +181,7 @@ VAR_DIR = Path(env_str("COUNTERSIGN_VAR_DIR") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DATABASE_URL = env_str("DATABASE_URL")
-REDIS_URL = env_str("REDIS_URL")
+REDIS_URL = redis_url("REDIS_URL")
 EMBEDDED = not DATABASE_URL
 TESTING = "pytest" in sys.modules or (len(sys.argv) > 1 and sys.argv[1] == "test")
 
@@ -218,10 +300,9 @@ if EMBEDDED:
         }
     }
 else:
-    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=False)
-    if _db["ENGINE"] == "django.db.backends.postgresql":
-        # Django's, plus statements held back until the next one or the COMMIT (core.db.later).
-        _db["ENGINE"] = "core.postgresql"
+    _db = database_url_settings(DATABASE_URL)
+    # Django's, plus statements held back until the next one or the COMMIT (core.db.later).
+    _db["ENGINE"] = "core.postgresql"
     # The URL's own options (?sslmode=verify-full, ...) stay; ours are added to them.
     _db["OPTIONS"] = {
         **_db.get("OPTIONS", {}),
@@ -356,7 +437,7 @@ OIDC_TIMEOUT = env_int("OIDC_TIMEOUT_SECONDS", 10, minimum=1)
 # Countersign team ("idp-value=team,..."). Teams named here are set from the claim at every
 # SSO sign-in (joined or left); other teams are managed in the admin only.
 OIDC_TEAMS_CLAIM = env_str("OIDC_TEAMS_CLAIM", "groups")
-OIDC_TEAM_MAP = dict(pair.split("=", 1) for pair in env_list("OIDC_TEAM_MAP", "") if "=" in pair)
+OIDC_TEAM_MAP = team_map("OIDC_TEAM_MAP")
 OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username")
 OIDC_AUTHENTICATE_CLASS = "accounts.oidc.SignInRequestView"
 OIDC_CALLBACK_CLASS = "accounts.oidc.SignInCallbackView"
@@ -423,6 +504,9 @@ SECURE_PROXY_SSL_HEADER = (
 # keep to HTTPS (HSTS, sent on HTTPS answers), so a later visit typed or linked as http://
 # is never answered by whoever sits on the network with a look-alike sign-in page.
 SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600 if SESSION_COOKIE_SECURE else 0)
+
+# The debug page and error reports hide the passwords inside the services' URLs too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "core.debug.ReporterFilter"
 
 SECURE_CSP = {
     "default-src": [CSP.SELF],
@@ -566,7 +650,9 @@ APPROVALS_QUEUE_COUNT_CAP = env_int("APPROVALS_QUEUE_COUNT_CAP", 1000, minimum=1
 APPROVALS_DETAIL_POLL_SECONDS = env_int("APPROVALS_DETAIL_POLL_SECONDS", 3, minimum=1)
 # Whether a reviewer may correct a destructive call's arguments before approving: "never",
 # or "narrow" (only to remove or reduce what it acts on). Writes may always be corrected.
-APPROVALS_DESTRUCTIVE_EDITS = env_str("APPROVALS_DESTRUCTIVE_EDITS", "never")
+APPROVALS_DESTRUCTIVE_EDITS = env_choice(
+    "APPROVALS_DESTRUCTIVE_EDITS", "never", ("never", "narrow")
+)
 # Standing approvals last at most this long.
 APPROVALS_STANDING_MAX_SECONDS = env_int("APPROVALS_STANDING_MAX_SECONDS", 7 * 24 * 3600)
 # Risk signals. Links to these domains (and their subdomains) are the organisation's own;
@@ -639,11 +725,11 @@ LOGGING = {
         }
     },
     # Upper case, as logging reads them: LOG_LEVEL=info stopped every process at start.
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL")},
     # DB_LOG_LEVEL=DEBUG (with DEBUG=1) logs every SQL statement, its string values left out
     # (audit.receivers).
     "loggers": {
-        "django.db.backends": {"level": env_str("DB_LOG_LEVEL", "INFO").upper()},
+        "django.db.backends": {"level": env_log_level("DB_LOG_LEVEL")},
         # axes logs every sign-in at INFO; the trail has them (auth.*), so only its warnings.
         "axes": {"level": "WARNING"},
         # httpx logs each request's URL at INFO: an upstream's carries the call's path and

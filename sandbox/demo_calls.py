@@ -147,7 +147,8 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
 def submit_all(
     base_url: str, token: str, *, wait_seconds: float = 90, say: Callable[[str], None] = print
 ) -> int:
-    """Wait for the server, then send every demo call; the number sent (repeats included)."""
+    """Wait for the server, then send every demo call; the number sent (repeats included).
+    Raises TimeoutError when the server did not come up in time."""
     deadline = time.monotonic() + wait_seconds
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as agent:
         while True:
@@ -157,8 +158,7 @@ def submit_all(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                say(f"demo calls: {base_url} did not come up within {wait_seconds:.0f} s")
-                return 0
+                raise TimeoutError(f"{base_url} did not come up within {wait_seconds:.0f} s")
             time.sleep(0.5)
         sent = 0
         for key, body in CALLS:

@@ -275,3 +275,165 @@ def test_the_waits_per_agent_are_read_under_their_old_name_too(
     run = services(tmp_path, READ.format(name="MAX_WAITS_PER_AGENT"), **cleared)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [read]
+
+
+@pytest.mark.parametrize(("name", "value"), [("LOG_LEVEL", "verbose"), ("DB_LOG_LEVEL", "trace")])
+def test_a_log_level_that_is_no_level_stops_the_start_naming_it(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    """logging.config refused it with "Unable to configure root logger", which names
+    neither the setting nor the levels it takes."""
+    run = services(tmp_path, SET_UP, **{name: value})
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ")
+    assert f"{name}={value!r}" in last and "WARNING" in last
+
+
+def test_an_edit_mode_that_is_no_mode_stops_the_start(tmp_path: Path) -> None:
+    """APPROVALS_DESTRUCTIVE_EDITS=Narrow was read as never, with nothing to say so."""
+    run = services(tmp_path, SET_UP, APPROVALS_DESTRUCTIVE_EDITS="Narrow")
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ")
+    assert "APPROVALS_DESTRUCTIVE_EDITS='Narrow'" in last
+    narrow = services(tmp_path, READ.format(name="APPROVALS_DESTRUCTIVE_EDITS"),
+                      APPROVALS_DESTRUCTIVE_EDITS="narrow")  # fmt: skip
+    assert narrow.returncode == 0, narrow.stderr
+    assert narrow.stdout.split() == ["narrow"]
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        # openssl rand -base64 makes passwords with / and +; a # or ? ends the URL's address.
+        "Zm9v/YmFy+cXV4=",
+        "pass#word",
+        "what?now",
+    ],
+)
+def test_a_database_url_that_does_not_parse_stops_the_start_naming_it(
+    tmp_path: Path, password: str
+) -> None:
+    """dj_database_url's ParseError named neither the setting nor the fix; the message
+    never quotes the URL, which holds the password."""
+    url = f"postgres://countersign:{password}@db.example.com:5432/countersign"
+    run = services(tmp_path, SET_UP, DATABASE_URL=url)
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: DATABASE_URL")
+    assert "percent-encode" in last and "PGPASSWORD" in last
+    assert password not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://countersign:secret@db/countersign", "sqlite:////tmp/x.db", "db:5432"]
+)
+def test_a_database_url_that_is_not_postgresql_stops_the_start(tmp_path: Path, url: str) -> None:
+    """Services mode runs on PostgreSQL only (its locks, triggers and functions): MySQL
+    failed on a driver, SQLite on the pool's options, deep in Django."""
+    run = services(tmp_path, SET_UP, DATABASE_URL=url)
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: DATABASE_URL")
+    assert "postgres://" in last and "secret" not in run.stderr
+
+
+def test_a_password_with_any_character_reaches_postgresql_through_pgpassword(
+    tmp_path: Path,
+) -> None:
+    """A URL without a password leaves it to libpq's PGPASSWORD, read as is (nothing to
+    encode): how docker-compose.yml passes POSTGRES_PASSWORD."""
+    script = (
+        "import django; django.setup()\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as cursor: cursor.execute('SELECT 1')\n"
+        "print(connection.connection.info.password)\n"
+    )
+    run = services(tmp_path, script, PGPASSWORD="Zm9v/YmFy+cXV4=#?@%")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["Zm9v/YmFy+cXV4=#?@%"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Read at their first use, each failed every use of the cache, the broker and the
+        # rate limits, and showed only on /healthz ("down: ValueError"), never at start.
+        "localhost:6379",
+        "http://redis.example.com:6379/0",
+        "redis://:s3cret@redis.example.com:63790x/0",
+        "redis://:s3cret@redis.example.com:6379/zero",
+    ],
+)
+def test_a_redis_url_that_cannot_be_used_stops_the_start_naming_it(
+    tmp_path: Path, url: str
+) -> None:
+    run = services(tmp_path, SET_UP, REDIS_URL=url)
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: REDIS_URL")
+    assert "s3cret" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/12", "rediss://:p%40ss@redis.example.com/0", "redis://redis"]
+)
+def test_redis_urls_that_can_be_used_start(tmp_path: Path, url: str) -> None:
+    run = services(tmp_path, SET_UP, REDIS_URL=url)
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize(
+    "team_map",
+    [
+        # Each left tool-admins out of the teams the provider manages: someone taken out of
+        # cs-admins at the provider stayed a tool admin here, sign-in after sign-in.
+        "cs-reviewers=reviewers,cs-admins:tool-admins",
+        "cs-admins=",
+        "cs-admins=tool-admins,cs-admins=reviewers",
+    ],
+)
+def test_a_team_map_that_does_not_read_stops_the_start(tmp_path: Path, team_map: str) -> None:
+    run = services(tmp_path, SET_UP, **{**SSO, "OIDC_TEAM_MAP": team_map})
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: OIDC_TEAM_MAP")
+
+
+def test_a_team_map_is_read_without_the_spaces_around_its_names(tmp_path: Path) -> None:
+    """Spaces were kept: "cs-admins = tool-admins" mapped to a team " tool-admins" nobody
+    has, and the real one was never set from the claim."""
+    run = services(
+        tmp_path, READ.format(name="OIDC_TEAM_MAP"),
+        **{**SSO, "OIDC_TEAM_MAP": "cs-admins = tool-admins, cs-reviewers=reviewers"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "{'cs-admins': 'tool-admins', 'cs-reviewers': 'reviewers'}"
+
+
+def test_the_debug_page_never_shows_the_passwords_of_the_service_urls(tmp_path: Path) -> None:
+    """With DEBUG=1, a request under a host name not allowed (anyone may send one) is
+    answered with Django's debug page, settings included: DATABASE_URL, REDIS_URL,
+    CELERY_BROKER_URL and the cache's LOCATION were shown whole, passwords and all (Django
+    hides settings by name only: PASSWORD, KEY, TOKEN...)."""
+    script = (
+        "import django; django.setup()\n"
+        "from django.test import Client\n"
+        "page = Client().get('/login/', headers={'host': 'elsewhere.example'})\n"
+        "print(page.status_code)\n"
+        "print(page.content.decode())\n"
+    )
+    run = services(
+        tmp_path, script, DEBUG="1",
+        DATABASE_URL="postgres://countersign:pg-pass-7f3a@127.0.0.1:5432/countersign",
+        REDIS_URL="redis://:redis-pass-9c2e@127.0.0.1:6379/12",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    status, page = run.stdout.split("\n", 1)
+    assert status == "400"
+    assert "DATABASE_URL" in page and "CELERY_BROKER_URL" in page, "no settings on the page"
+    assert "pg-pass-7f3a" not in page and "redis-pass-9c2e" not in page
+    # The rest of each URL stays, to tell which service it names.
+    assert "postgres://countersign:********************@127.0.0.1:5432/countersign" in page
+    assert "redis://:********************@127.0.0.1:6379/12" in page

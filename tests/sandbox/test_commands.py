@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -10,6 +14,8 @@ from django.core.management import call_command
 from django.test import Client
 
 from tests.sandbox.test_demo import IMPORTED
+from tests.support import ROOT
+from tests.support.web import free_port
 from tools_registry.models import Agent, AgentToken, Tool
 from tools_registry.permissions import can_reveal, can_review
 from tools_registry.services import authenticate_token
@@ -83,3 +89,32 @@ def test_seeding_again_with_demo_password_keeps_the_reviewers_signed_in(
     call_command("seed_demo", stdout=StringIO())
     assert client.get("/approvals/").status_code == 302, "a new password signs them out"
     assert User.objects.get(username="reviewer").check_password("another-pass-456")
+
+
+def demo_calls(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py demo_calls`` in a process of its own, its var/ the test's."""
+    (tmp_path / "demo_agent_token").write_text("cst_demo_token_for_the_test")
+    return subprocess.run(
+        [sys.executable, "manage.py", "demo_calls", *arguments], cwd=ROOT,
+        env={**os.environ, "COUNTERSIGN_VAR_DIR": str(tmp_path), "SANDBOX_ENABLED": "1"},
+        capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("wait", ["nan", "-5", "soon"])
+def test_demo_calls_refuses_a_wait_that_is_no_time(tmp_path: Path, wait: str) -> None:
+    """--wait nan waited for ever for a server that was not there; --wait -5 gave up at
+    once and exited 0."""
+    run = demo_calls(tmp_path, "--url", f"http://127.0.0.1:{free_port()}", "--wait", wait)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "argument --wait" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_demo_calls_fails_when_the_server_never_comes_up(tmp_path: Path) -> None:
+    """It said so, then exited 0: a script that runs it could not tell nothing was sent."""
+    url = f"http://127.0.0.1:{free_port()}"
+    run = demo_calls(tmp_path, "--url", url, "--wait", "0")
+    assert run.returncode == 1, run.stdout + run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == f"CommandError: {url} did not come up within 0 s: no demo call was sent."
