@@ -154,13 +154,7 @@ def revoke_for_stop(agent: Any, reason: str, stopped_by: Any) -> list[str]:
     ``calls.cancel_for_stop``, which waits for every verdict under way on the agent's
     waiting calls: a standing approval granted with one of them has committed by then.
     """
-    for standing in (
-        StandingApproval.objects.select_for_update(of=("self",))
-        .select_related("tool", "agent")
-        .filter(agent=agent, revoked_at__isnull=True, expires_at__gt=timezone.now())
-        .order_by("pk")
-    ):
-        _revoke(standing, person=stopped_by, why="agent_stopped")
+    _revoke_live(person=stopped_by, why="agent_stopped", agent=agent)
     return []
 
 
@@ -175,13 +169,19 @@ def revoke_for_rejection(call: ToolCall, *, rejected_by: Any) -> None:
     that asked two at night, a quorum lowered since). Granted under the same lock, each one
     has committed by the time a rejection reads them.
     """
+    _revoke_live(person=rejected_by, why="call_rejected", source_call=call)
+
+
+def _revoke_live(*, person: Any, why: str, **filters: Any) -> None:
+    """Revoke, as ``person``, every live standing approval ``filters`` select, locked in
+    order of their ids (two revocations that meet lock them in the same order)."""
     for standing in (
         StandingApproval.objects.select_for_update(of=("self",))
         .select_related("tool", "agent")
-        .filter(source_call=call, revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .filter(revoked_at__isnull=True, expires_at__gt=timezone.now(), **filters)
         .order_by("pk")
     ):
-        _revoke(standing, person=rejected_by, why="call_rejected")
+        _revoke(standing, person=person, why=why)
 
 
 def _revoke(standing: StandingApproval, *, person: Any, why: str = "") -> None:

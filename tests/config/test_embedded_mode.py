@@ -97,20 +97,25 @@ def test_make_run_serves_health_and_the_login_page(
     assert "script-src 'self' 'nonce-" in login.headers["Content-Security-Policy"]
 
 
-def approve_in_the_reviewer_ui(base: str, call_id: str, *, comment: str) -> None:
-    """Sign in as the demo's reviewer and approve the call on its page, as a person would."""
-    reviewer = httpx.Client(base_url=base, follow_redirects=True)
-    reviewer.get("/login/")
-    signed_in = reviewer.post(
+def signed_in(base: str, username: str) -> httpx.Client:
+    """A browser-like client signed in as one of the demo's people."""
+    person = httpx.Client(base_url=base, follow_redirects=True)
+    person.get("/login/")
+    person.post(
         "/login/",
         data={
-            "username": "reviewer",
+            "username": username,
             "password": PASSWORD,
-            "csrfmiddlewaretoken": reviewer.cookies["csrftoken"],
+            "csrfmiddlewaretoken": person.cookies["csrftoken"],
         },
     )
-    assert signed_in.url.path == "/approvals/"
-    assert call_id in signed_in.text
+    return person
+
+
+def approve_in_the_reviewer_ui(base: str, call_id: str, *, comment: str) -> None:
+    """Sign in as the demo's reviewer and approve the call on its page, as a person would."""
+    reviewer = signed_in(base, "reviewer")
+    assert call_id in reviewer_queue(reviewer)
     page = reviewer.get(f"/approvals/{call_id}/")
     shown_hash = re.search(r'name="arguments_hash" value="([0-9a-f]{64})"', page.text)
     assert shown_hash is not None
@@ -289,20 +294,6 @@ def demo_call_ids(base: str, token: str) -> dict[str, dict[str, Any]]:
             time.sleep(0.5)  # not sent by the demo yet: our request made it (same key, same body)
         found[key] = response.json()
     return found
-
-
-def signed_in(base: str, username: str) -> httpx.Client:
-    person = httpx.Client(base_url=base, follow_redirects=True)
-    person.get("/login/")
-    person.post(
-        "/login/",
-        data={
-            "username": username,
-            "password": PASSWORD,
-            "csrfmiddlewaretoken": person.cookies["csrftoken"],
-        },
-    )
-    return person
 
 
 def test_the_demo_queue_tells_refunds_apart_and_flags_the_phishing_email(
@@ -543,19 +534,10 @@ def manage(env: dict[str, str], *args: str) -> str:
     ).stdout
 
 
-def reviewer_queue(base: str) -> str:
-    reviewer = httpx.Client(base_url=base, follow_redirects=True)
-    reviewer.get("/login/")
-    signed_in = reviewer.post(
-        "/login/",
-        data={
-            "username": "reviewer",
-            "password": PASSWORD,
-            "csrfmiddlewaretoken": reviewer.cookies["csrftoken"],
-        },
-    )
-    assert signed_in.url.path == "/approvals/"
-    return signed_in.text
+def reviewer_queue(reviewer: httpx.Client) -> str:
+    queue = reviewer.get("/approvals/")
+    assert queue.status_code == 200 and queue.url.path == "/approvals/", "signed in"
+    return queue.text
 
 
 def test_viewers_read_support_also_writes_and_a_stop_empties_the_queue(
@@ -591,14 +573,14 @@ def test_viewers_read_support_also_writes_and_a_stop_empties_the_queue(
     mcp_tools, mcp_write = anyio.run(_mcp_as_a_viewer, base, var_dir)
     assert set(mcp_tools) == set(viewer) | {"countersign_wait"}
     assert mcp_write["error"]["code"] == "tool_not_allowed_for_user"
-    queue = reviewer_queue(base)
+    queue = reviewer_queue(signed_in(base, "reviewer"))
     assert all(call_id in queue for call_id in waiting)
 
     stopped = manage(env, "stop_agent", "demo-agent", "--reason", "incident")
     # Ours and the demo agent's own calls (make run sends some once it is up) are cancelled.
     count = re.search(r"cancelled (\d+) call\(s\)", stopped)
     assert count and int(count.group(1)) >= 2 and all(c in stopped for c in waiting)
-    queue = reviewer_queue(base)
+    queue = reviewer_queue(signed_in(base, "reviewer"))
     assert "data-call-id" not in queue, "the queue holds none of its calls"
     refusal = agent.get("/api/v1/tools")
     assert refusal.status_code == 403
