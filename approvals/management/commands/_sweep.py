@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,19 +10,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from core.arguments import seconds
+
 logger = logging.getLogger(__name__)
 
 
 def loop_seconds(raw: str) -> float:
-    """``--loop``: seconds between runs, 0 for once. Refused at once when odd, not after the
-    first run by ``time.sleep`` with a traceback."""
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{raw!r}: give 0 (run once) or more seconds")
-    return seconds
+    """``--loop``: seconds between runs, 0 for once."""
+    return seconds(raw, give="0 (run once) or more seconds")
 
 
 def survived(run: Callable[[], object], label: str, *, loop: bool) -> object:

@@ -1,26 +1,13 @@
 from __future__ import annotations
 
-import argparse
-import math
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from core.arguments import seconds
 from sandbox.demo import demo_agent_token
 from sandbox.demo_calls import submit_all
-
-
-def wait_seconds(raw: str) -> float:
-    """``--wait``: refused at once when odd (nan waited for ever, a negative number not at
-    all)."""
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{raw!r}: give 0 or more seconds")
-    return seconds
 
 
 class Command(BaseCommand):
@@ -31,7 +18,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--url", default=settings.PUBLIC_URL, help="Where Countersign runs.")
-        parser.add_argument("--wait", type=wait_seconds, default=90, help="Seconds to wait for it.")
+        parser.add_argument("--wait", type=seconds, default=90, help="Seconds to wait for it.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         token = demo_agent_token()
