@@ -13,6 +13,20 @@ from tools_registry.policy import Risk
 
 STANDING_HOURS = [(1, "1 hour"), (8, "8 hours"), (24, "1 day"), (168, "7 days")]
 MAX_EDIT_BYTES = 64 * 1024
+# Which later calls a standing approval covers, in the order the form offers them.
+STANDING_MATCHES = [
+    (StandingApproval.Match.SAME, "Exactly these arguments"),
+    (StandingApproval.Match.CONDITION, "Arguments matching a condition"),
+    (StandingApproval.Match.ANY, "Any arguments"),
+]
+# The field a refused verdict is about, by the refusal's code: the page says it beside that
+# field, marks the field, and the keyboard goes there (static/js/app.js) to fix it.
+REFUSAL_FIELDS = {
+    "comment_required": "comment",
+    "confirmation_required": "confirmation",
+    "correction_refused": "edited_arguments",
+    "standing_terms_refused": "standing",
+}
 
 
 class DecisionForm(forms.Form):
@@ -37,9 +51,13 @@ class DecisionForm(forms.Form):
     standing_uses = forms.IntegerField(required=False, min_value=1, max_value=MAX_USES)
     standing_condition = forms.CharField(required=False, max_length=2000)
 
+    STANDING_FIELDS = ("standing", "standing_condition", "standing_hours", "standing_uses")
+
     def clean_edited_arguments(self) -> Any:
         raw = self.cleaned_data.get("edited_arguments") or ""
-        if not raw.strip():
+        # The box goes with every verdict, opened or not: a rejection corrects nothing, and a
+        # correction left half-typed must not stand in its way (``verdict`` is cleaned first).
+        if not raw.strip() or self.cleaned_data.get("verdict") == Verdict.REJECT:
             return None
         try:
             value = json.loads(raw, parse_constant=reject_constant)
@@ -51,6 +69,18 @@ class DecisionForm(forms.Form):
         if problem := json_problem(value):
             raise forms.ValidationError(f"The corrected arguments cannot be stored: {problem}.")
         return value
+
+    def refusal_field(self, code: str) -> str:
+        """The id of the field a refused verdict is about, or "" (the refusal is the call's,
+        or about a field the page does not show, as the hashes)."""
+        if code == "invalid_form":
+            shown = ("comment", "confirmation", "edited_arguments", *self.STANDING_FIELDS)
+            name = next((name for name in self.errors if name in shown), "")
+        elif code == "standing_terms_refused" and self.cleaned_data.get("standing") == "condition":
+            name = "standing_condition"
+        else:
+            name = REFUSAL_FIELDS.get(code, "")
+        return f"id_{name}" if name else ""
 
     def standing_terms(self) -> Terms | None:
         match = self.cleaned_data.get("standing")

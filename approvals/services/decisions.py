@@ -87,6 +87,18 @@ class StateChanged(DecisionRefused):
     code = "state_changed"
 
 
+class CorrectionRefused(DecisionRefused):
+    """The corrected arguments cannot stand; the reviewer's page points at the correction."""
+
+    code = "correction_refused"
+
+
+class StandingTermsRefused(DecisionRefused):
+    """The standing approval asked with the verdict cannot be granted as asked."""
+
+    code = "standing_terms_refused"
+
+
 class TeamRequired(DecisionRefused):
     code = "team_required"
 
@@ -215,7 +227,7 @@ def _decide_locked(
             try:
                 edited = edits.edit_arguments(call, reviewer=reviewer, arguments=edited_arguments)
             except edits.EditRefused as refusal:
-                raise DecisionRefused(refusal.message, call=call) from None
+                raise CorrectionRefused(refusal.message, call=call) from None
         if edited:
             # The corrected call is screened anew: its rule may ask for a team, and the
             # reviewer may have approved these very arguments before another's correction.
@@ -263,7 +275,7 @@ def _decide_locked(
         try:
             granted = standing.grant(call=call, reviewer=reviewer, terms=standing_terms, now=now)
         except standing.StandingRefused as refusal:
-            raise DecisionRefused(refusal.message, call=call) from None
+            raise StandingTermsRefused(refusal.message, call=call) from None
 
     decided = False
     if verdict == Verdict.REJECT:

@@ -8,11 +8,10 @@ from approvals.views.detail import (
     detail,
     live,
     reveal,
-    revoke_standing,
-    standing_approvals,
 )
 from approvals.views.queue import next_call, queue
 from approvals.views.reauth import reauthenticate
+from approvals.views.standing import revoke_standing, standing_approvals
 
 __all__ = [
     "add_note",

@@ -1,16 +1,16 @@
 """A call's page: what it does, to whom, how risky, under which rule; the decision form,
-corrections and standing approvals; and the live updates that keep the page true."""
+corrections and the standing approval offered with an approval; and the live updates that
+keep the page true."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -18,7 +18,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from approvals import before_after, display, reauth, selectors
-from approvals.forms import DecisionForm, NoteForm, RevealForm
+from approvals.forms import STANDING_MATCHES, DecisionForm, NoteForm, RevealForm
 from approvals.guards import (
     CONFLICTS,
     conflict_of_interest,
@@ -28,11 +28,11 @@ from approvals.guards import (
     shown_digest,
     teams_phrase,
 )
-from approvals.models import StandingApproval, Status, ToolCall, Verdict
-from approvals.services import decisions, notes, reveals, standing
+from approvals.models import Status, ToolCall, Verdict
+from approvals.services import decisions, notes, reveals
 from approvals.views.common import AuthedRequest, call_or_403, wants_partial
 from core.polls import not_activity
-from tools_registry.permissions import revealable_tool_ids, reviewable_tools
+from tools_registry.permissions import reviewable_tools
 from tools_registry.policy import Risk
 
 
@@ -146,6 +146,7 @@ def detail_context(
         "edits_allowed": edits_allowed,
         "edit_json": display.pretty(view.arguments),
         "standing_allowed": pending and call.risk == Risk.WRITE,
+        "standing_matches": STANDING_MATCHES,
         "standing_hours": DecisionForm.base_fields["standing_hours"].choices,  # type: ignore[attr-defined]
         "live_version": live_version(call),
         "live_seconds": settings.APPROVALS_DETAIL_POLL_SECONDS,
@@ -154,6 +155,27 @@ def detail_context(
         "note_form": NoteForm(),
     }
     context.update(extra)
+    # A refusal is said beside its field only if the page shows that field (the call may
+    # have been decided meanwhile, the confirmation may wait for a sign-in): else at the top.
+    standing_shown = pending and context["may_approve"] and context["standing_allowed"]
+    shown_fields = {
+        "id_comment": pending,
+        "id_edited_arguments": pending and context["may_approve"] and edits_allowed,
+        "id_confirmation": pending
+        and context["may_approve"]
+        and bool(context["confirm_phrase"])
+        and (not destructive or context["recent_login"]),
+        "id_standing": standing_shown,
+        "id_standing_condition": standing_shown,
+        "id_standing_hours": standing_shown,
+        "id_standing_uses": standing_shown,
+    }
+    field = context.get("refusal_field", "")
+    context["refusal_field"] = field if context.get("refusal") and shown_fields.get(field) else ""
+    # Terms chosen, or a refusal about them, keep the standing approval's box open.
+    context["standing_open"] = bool(context.get("refusal")) and (
+        bool(context["form"]["standing"].value()) or field.startswith("id_standing")
+    )
     return context
 
 
@@ -222,7 +244,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
             edited, left = display.restore_masked(edited, call)
         try:
             if left:
-                raise decisions.DecisionRefused(
+                raise decisions.CorrectionRefused(
                     f"A value you changed still holds a masked part ({', '.join(left[:3])}): "
                     "what it stands for cannot be known. Retype the whole value, or leave "
                     "it as shown.",
@@ -281,6 +303,7 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
         form=form,
         refusal=refusal,
         refusal_code=refusal_code,
+        refusal_field=form.refusal_field(refusal_code) if refusal else "",
         kept_comment=typed if call.status != Status.PENDING else "",
         note_form=NoteForm(initial={"text": typed}),
         kept_edit=request.POST.get("edited_arguments", "") if shown_now else "",
@@ -348,50 +371,3 @@ def reveal(request: AuthedRequest, pk: UUID) -> HttpResponse:
         # 200 even for a refusal: htmx swaps only successful responses into the page.
         return render(request, "approvals/detail.html#arguments", context)
     return render(request, "approvals/detail.html", context, status=status)
-
-
-@require_GET
-@login_required
-@never_cache
-def standing_approvals(request: AuthedRequest) -> HttpResponse:
-    """The standing approvals the reviewer granted (an admin sees everyone's), live first."""
-    rows = StandingApproval.objects.select_related("tool", "agent", "granted_by").order_by(
-        "revoked_at", "-created_at"
-    )
-    if not request.user.has_perm("approvals.change_standingapproval"):
-        rows = rows.filter(granted_by_id=request.user.pk)
-    now = timezone.now()
-    # The tools whose conditions they read in full: asked once, not for every row.
-    revealable = revealable_tool_ids(request.user)
-    listed = [_standing_row(s, now, request.user, revealable) for s in rows[:200]]
-    return render(request, "approvals/standing.html", {"rows": listed})
-
-
-def _standing_row(
-    standing: StandingApproval, now: datetime, person: Any, revealable: set[int]
-) -> dict[str, Any]:
-    # Given for an earlier definition of the tool, it covers nothing any more.
-    tool_changed = standing.tool_version != standing.tool.version
-    return {
-        "standing": standing,
-        "live": standing.revoked_at is None and standing.expires_at > now and not tool_changed,
-        "tool_changed": tool_changed,
-        "condition": display.condition(standing, person, revealable=revealable),
-    }
-
-
-@require_POST
-@login_required
-@never_cache
-def revoke_standing(request: AuthedRequest, pk: int) -> HttpResponse:
-    try:
-        revoked = standing.revoke(standing_id=pk, person=request.user)
-    except StandingApproval.DoesNotExist:
-        raise Http404("No such standing approval.") from None
-    except standing.StandingRefused as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(
-            request, f"Revoked: {revoked.tool.name} for {revoked.agent.name} needs reviewers again."
-        )
-    return redirect("approvals:standing")

@@ -177,6 +177,13 @@
     if (event.ctrlKey || event.metaKey || event.altKey) {
       return;
     }
+    const help = document.getElementById("shortcut-help");
+    if (event.key === "Escape" && help && !help.hidden) {
+      // The help lies over the page: Escape puts it away, as it does any overlay.
+      help.hidden = true;
+      event.preventDefault();
+      return;
+    }
     if (isTyping(event.target)) {
       if (event.key === "Escape") {
         event.target.blur();
@@ -267,8 +274,45 @@
     }
   });
 
+  // A refused form comes back with the field to fix marked (aria-invalid, described by what
+  // is wrong). The swap took the focus away with the old form: the keyboard goes to that field.
+  function focusInvalid(event) {
+    const target = event.detail.target;
+    const swapped = target && target.id ? document.getElementById(target.id) : null;
+    const field = swapped && swapped.querySelector("[aria-invalid=true]");
+    if (field) {
+      field.focus();
+    }
+  }
+
+  // A call decided elsewhere while the reviewer typed in its verdict form: the refresh puts
+  // the note form in its place, their comment moved into the note's box. The keyboard goes
+  // with it: left on nothing, the letters typed next were shortcuts ("n" opened the next
+  // call, the words unsent).
+  let typingIn = null;
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const active = document.activeElement;
+    // Only the refresh's: after the reviewer's own verdict the keys are theirs to use again.
+    const refresh = event.detail.elt && event.detail.elt.id === "live";
+    typingIn = refresh && isTyping(active) && active.closest("#decision-form") ? active : null;
+  });
+
+  function keepTyping() {
+    const was = typingIn;
+    typingIn = null;
+    const note = document.getElementById("id_note");
+    if (!was || document.body.contains(was) || !note || isTyping(document.activeElement)) {
+      return;
+    }
+    note.focus();
+    note.setSelectionRange(note.value.length, note.value.length);
+  }
+
   document.addEventListener("htmx:afterSwap", function (event) {
     armConfirmations(document);
+    keepTyping();
+    focusInvalid(event);
     // The live refresh replaced the rows: keep the reviewer's place if the call is still there.
     if (selectedId && !showSelection()) {
       selectedId = null;

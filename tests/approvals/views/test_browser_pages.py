@@ -1,5 +1,6 @@
 """Every page a reviewer, an auditor or a tool admin opens, in Chromium, with arguments no
-one would type by hand (a 3,000-character word, right-to-left text): no script error or CSP
+one would type by hand (a 3,000-character word, right-to-left text, a value 40 objects
+deep), at 1280 px and, a reviewer's own pages, at 390 px: no script error or CSP
 violation, no sideways scrolling, and every field and button with a name a screen reader
 can read out."""
 
@@ -19,6 +20,15 @@ pytestmark = pytest.mark.browser
 
 UNBROKEN = "x" * 3000
 RIGHT_TO_LEFT = "مرحبا، طلبك في الطريق. " * 40
+
+
+def nested(depth: int) -> Any:
+    """A value ``depth`` objects deep, with a long text at the bottom."""
+    value: Any = "Deep down. " * 40
+    for level in range(depth):
+        value = {f"level{level}": value}
+    return value
+
 
 # Fields without a label, aria-label, aria-labelledby or title; buttons with no text.
 NAMELESS = """() => {
@@ -67,6 +77,13 @@ def test_every_page_is_readable_and_quiet_with_awkward_arguments(
         arguments={"to": "ada@example.com", "subject": UNBROKEN, "body": RIGHT_TO_LEFT + UNBROKEN},
     )
     make_call(world, "delete_customer")
+    # An id no one would type, read in the state beside the call; a long text 40 objects deep
+    # (its path is printed above it).
+    odd = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_" + "9" * 3000, "changes": {"note": nested(40)}},
+    )
     auditor = User.objects.create_user("audrey", "audrey@example.com", "pw-audrey")
     auditor.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
     User.objects.create_superuser("root", "root@example.com", "pw-root")
@@ -77,12 +94,16 @@ def test_every_page_is_readable_and_quiet_with_awkward_arguments(
     for path in (
         "/approvals/",
         f"/approvals/{call.pk}/",
+        f"/approvals/{odd.pk}/",
         "/approvals/attention/",
         "/approvals/standing/",
         "/approvals/reauthenticate/",
         "/account/",
         "/account/two-factor/",
     ):
+        check(page, base, path)
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/approvals/", f"/approvals/{call.pk}/", f"/approvals/{odd.pk}/"):
         check(page, base, path)
 
     errors: list[str] = []

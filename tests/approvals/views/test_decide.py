@@ -286,3 +286,18 @@ def test_an_htmx_refusal_for_changed_arguments_does_not_bind_the_form_to_unseen_
     call.refresh_from_db()
     assert call.status == Status.PENDING
     assert not call.decisions.filter(reviewer=world.bob).exists()
+
+
+def test_a_half_typed_correction_does_not_stand_in_the_way_of_a_rejection(
+    world: World, bob_client
+) -> None:
+    """The correction box is sent with every verdict: a rejection was refused because what
+    it held was not JSON, though a rejection corrects nothing."""
+    call = make_call(world)
+    response = post_decision(
+        bob_client, call, "reject", comment="Wrong recipient.", edited_arguments='{"to": '
+    )
+    assert response.status_code == 200
+    call.refresh_from_db()
+    assert call.status == Status.REJECTED
+    assert call.arguments == ARGUMENTS["send_email"]
