@@ -45,6 +45,10 @@ $(AGENT_CLIENTS)/.installed: $(AGENT_CLIENT_REQS)/requirements.txt $(AGENT_CLIEN
 	@touch $@
 
 run: $(VENV)/.installed-run
+	@# A taken port stops here, not after the seeding with uvicorn's "address already in use"
+	@# while the demo calls went to whatever holds the port, with this var dir's token.
+	@$(PY) -c 'import socket, sys; socket.create_server((sys.argv[1], int(sys.argv[2])), family=socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET).close()' '$(HOST)' '$(PORT)' 2>/dev/null || \
+	{ echo "Port $(PORT) on $(HOST) is taken (another make run?): stop it, or make run PORT=8001" >&2; exit 1; }
 	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate --noinput -v0
 	@env -u DATABASE_URL -u REDIS_URL PORT=$(PORT) $(PY) manage.py seed_demo
 	@echo ""

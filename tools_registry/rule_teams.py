@@ -15,6 +15,7 @@ from functools import reduce
 from operator import or_
 
 from django.contrib.auth.models import Group
+from django.db import connection
 from django.db.models import Q
 
 from tools_registry import rules
@@ -44,10 +45,15 @@ def tools_naming(teams: Iterable[str]) -> dict[str, list[str]]:
     if not wanted:
         return {}
     # jsonb containment (``rules @> '[{"team": ...}]'``) finds them without reading every
-    # tool's rules; ``teams_named`` then says which of the teams each one names.
-    naming = reduce(or_, (Q(rules__contains=[{"team": team}]) for team in sorted(wanted)))
+    # tool's rules; ``teams_named`` then says which of the teams each one names. SQLite (the
+    # embedded mode) has no JSON containment, so there every tool's rules are read.
+    tools = Tool.objects.order_by("name")
+    if connection.vendor == "postgresql":
+        tools = tools.filter(
+            reduce(or_, (Q(rules__contains=[{"team": team}]) for team in sorted(wanted)))
+        )
     named: dict[str, list[str]] = {}
-    for tool, raw in Tool.objects.filter(naming).order_by("name").values_list("name", "rules"):
+    for tool, raw in tools.values_list("name", "rules"):
         for team in sorted(rules.teams_named(raw) & wanted):
             named.setdefault(team, []).append(tool)
     return named

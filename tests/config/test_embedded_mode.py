@@ -607,3 +607,47 @@ async def _mcp_as_a_viewer(base: str, var_dir: Path) -> tuple[list[str], dict[st
         tools = [t.name for t in (await client.list_tools(meta=meta)).tools]
         refused = await client.call_tool("send_email", EMAIL, meta=meta)
         return tools, refused.structured_content or {}
+
+
+def test_the_team_admin_on_sqlite_refuses_to_delete_the_team_a_demo_rule_names(
+    embedded_app: tuple[str, Path, dict[str, str]],
+) -> None:
+    """The check that a policy rule names the team (jsonb containment on PostgreSQL) works
+    on the embedded SQLite too: the delete page answered 500 there, for every team."""
+    base, _, _ = embedded_app
+    admin = signed_in(base, "admin")
+    teams = dict(
+        (name, team_id)
+        for team_id, name in re.findall(
+            r'href="/admin/auth/group/(\d+)/change/">([^<]+)<', admin.get("/admin/auth/group/").text
+        )
+    )
+    named = admin.get(f"/admin/auth/group/{teams['reviewers']}/delete/")
+    assert named.status_code == 200
+    assert "Tool: issue_refund (its policy rules name the team" in named.text
+    unnamed = admin.get(f"/admin/auth/group/{teams['auditors']}/delete/")
+    assert unnamed.status_code == 200 and 'name="post" value="yes"' in unnamed.text
+    renamed = admin.get(f"/admin/auth/group/{teams['reviewers']}/change/")
+    kept = admin.post(
+        f"/admin/auth/group/{teams['reviewers']}/change/",
+        data={"name": "reviewers-renamed", "csrfmiddlewaretoken": admin.cookies["csrftoken"]},
+    )
+    assert renamed.status_code == 200 and kept.status_code == 200
+    assert "Not renamed. The policy rules of issue_refund name the team" in kept.text
+
+
+def test_a_second_make_run_on_a_taken_port_stops_before_seeding(
+    embedded_app: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Started on the port another one serves, `make run` says so at once. It seeded a new
+    var dir, then uvicorn failed to bind some 40 s later, while its demo calls went to the
+    other server with this var dir's token (eight 401s in its log)."""
+    base, _, _ = embedded_app
+    port = int(base.rsplit(":", 1)[1])
+    second = subprocess.run(
+        ["make", "--no-print-directory", "run", f"PORT={port}"],
+        cwd=ROOT, env=embedded_env(tmp_path, port), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert f"Port {port} on 127.0.0.1 is taken" in second.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing seeded, nothing sent"
