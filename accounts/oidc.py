@@ -124,7 +124,8 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     def authenticate(self, request: Any, **kwargs: Any) -> Any:
         """None (a failed sign-in, audited as one, and the sign-in page again) when the
         provider refuses the code: a reused, expired or forged one (the back button, a
-        double click) is the provider's 400, not a 500 here."""
+        double click) is the provider's 400, not a 500 here; so is an answer of JSON nested
+        past what Python reads."""
         try:
             return super().authenticate(request, **kwargs)
         except requests.RequestException as exc:
@@ -134,6 +135,12 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             # An ID token expired, not yet valid or without a claim it must have: PyJWT's
             # refusals but DecodeError (the library's 400) went through the callback as a 500.
             logger.warning("SSO sign-in refused: the ID token is not valid: %s", exc)
+            return None
+        except RecursionError:
+            # An answer (token, user info, key set) nested deeper than Python's JSON reader
+            # goes fits in a small body; it is no ValueError, so requests does not make it
+            # a RequestException: the provider's failure, not a 500.
+            logger.warning("SSO sign-in refused: the provider's answer is nested too deep")
             return None
 
     def _verify_jws(self, payload: Any, key: Any) -> Any:

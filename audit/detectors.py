@@ -172,6 +172,15 @@ _COOKIE_HEADER = re.compile(
     re.IGNORECASE,
 )
 
+# Django's session and CSRF cookies outside a Cookie header (a request's cookies written out,
+# curl's --cookie): ``sessionid=x``, ``'csrftoken': 'x'``. Their names end in no secret word
+# SECRET_NAME knows as one (``csrf`` glued before ``token``), and "sessionid" is no word of
+# it: as a name, read case-insensitively, it would take MCP's ``sessionId``, an id. So the
+# cookies' own names, as Django writes them, lower-case.
+_DJANGO_COOKIE = re.compile(
+    r"(?<![\w.-])(?:sessionid|csrftoken)['\"]?[ \t]*[=:][ \t]*['\"]?(?P<value>[^\s;,'\"&<>]+)"
+)
+
 # detect-secrets' plugins for key shapes, used through their API (analyze_string yields the
 # secret values they find in a line). Left out: the keyword, entropy and public-IP plugins
 # (names are handled above; entropy takes hashes and ids for secrets; IPs are not secret), the
@@ -270,6 +279,8 @@ _KEY_SHAPES = re.compile(
     r"|github_pat_[A-Za-z0-9_]{22,}|gh[pousr]_[A-Za-z0-9]{20,}"
     # Countersign's own agent tokens.
     r"|cst_[A-Za-z0-9]{6,}_[A-Za-z0-9_-]{16,}"
+    # Webhook signing secrets, Standard Webhooks' "whsec_" + base64 (rotate_webhook_secret).
+    r"|whsec_[A-Za-z0-9+/]{16,}={0,2}"
     r")"
 )
 # A password in a URL without a user name (redis://:hunter2@host), which the basic-auth plugin
@@ -297,6 +308,9 @@ def _find_assignments(text: str) -> list[Finding]:
         if value:
             findings.append(Finding(match.start(group), match.end(group), Kind.SECRET, value))
     for match in _COOKIE_HEADER.finditer(text):
+        value = match.group("value")
+        findings.append(Finding(match.start("value"), match.end("value"), Kind.SECRET, value))
+    for match in _DJANGO_COOKIE.finditer(text):
         value = match.group("value")
         findings.append(Finding(match.start("value"), match.end("value"), Kind.SECRET, value))
     return _without_overlaps(findings)
@@ -769,7 +783,9 @@ def _stands_alone(text: str, start: int, end: int, number: str) -> bool:
 # --- All of them, in order -----------------------------------------------------------------
 
 # Words one of which every assignment or auth scheme holds (searched in case-folded text).
-_ASSIGNMENT_WORD = re.compile(r"pass|pwd|secret|token|key|auth|cookie|credential|card|cvc|cvv")
+_ASSIGNMENT_WORD = re.compile(
+    r"pass|pwd|secret|token|key|auth|cookie|sessionid|credential|card|cvc|cvv"
+)
 _SCHEME_WORD = re.compile(r"bearer|token|basic")
 # Every key shape is a run of at least 16 characters that may stand in a key, not all of them
 # lower-case hex digits or dashes (hashes and UUIDs, common in audit data, hold no key

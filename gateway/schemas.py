@@ -14,10 +14,19 @@ from pydantic import (
     field_validator,
 )
 
+from tools_registry.role_scopes import HIDDEN_BMP, is_visible_id
+
 # What intake takes for a user's id and a role (tools_registry.end_users, role_scopes): no
-# control characters; an id not only spaces; a role without spaces at either end.
+# control characters; an id not only spaces, nor holding a character no reader sees
+# (role_scopes.HIDDEN_BMP; the server refuses those beyond the BMP too); a role without
+# spaces at either end.
 # (C1 controls too: U+0085 is a space to Python's str.strip(), not to a JSON Schema \s.)
-USER_ID_PATTERN = r"^([^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\s][^\u0000-\u001f\u007f-\u009f]*)?$"
+_ID_CHAR = rf"[^\u0000-\u001f\u007f-\u009f{HIDDEN_BMP}]"
+_ID_NON_SPACE = rf"[^\u0000-\u001f\u007f-\u009f\s{HIDDEN_BMP}]"
+USER_ID_PATTERN = rf"^({_ID_CHAR}*{_ID_NON_SPACE}{_ID_CHAR}*)?$"
+# A session id names an agent's run on the reviewers' pages: no control character, nothing
+# hidden (``_no_hidden_session_id`` refuses those beyond the BMP too).
+SESSION_ID_PATTERN = rf"^{_ID_CHAR}+$"
 ROLE_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f\s]([^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u001f\u007f-\u009f\s])?$"
 ROLES_QUERY_PATTERN = (
     r"^[^,\u0000-\u001f\u007f-\u009f]{1,64}(,[^,\u0000-\u001f\u007f-\u009f]{1,64}){0,31}$"
@@ -79,7 +88,11 @@ class ToolCallIn(Schema):
         "given as null is taken as not given."
     )
     session_id: str = Field(
-        min_length=1, max_length=128, description="Your agent run; rounds are counted per session."
+        min_length=1,
+        max_length=128,
+        pattern=SESSION_ID_PATTERN,
+        description="Your agent run; rounds are counted per session. Printable: no control "
+        "characters, no invisible or direction-changing ones.",
     )
     # Any JSON here: what is wrong with a user is refused (and audited) by intake, with the
     # path of the problem, as invalid_end_user.
@@ -134,6 +147,15 @@ class ToolCallIn(Schema):
     def _is_a_url(cls, value: str | None) -> str | None:
         if value is not None:
             AnyHttpUrl(value)  # raises ValueError for what the pattern let through
+        return value
+
+    @field_validator("session_id")
+    @classmethod
+    def _no_hidden_session_id(cls, value: str) -> str:
+        # The pattern (a JSON Schema's, without the "u" flag) says the BMP's characters only:
+        # Unicode tags and the other format characters beyond it are refused here.
+        if not is_visible_id(value):
+            raise ValueError("holds a character a reader cannot see")
         return value
 
 

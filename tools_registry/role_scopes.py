@@ -32,11 +32,35 @@ MAX_SCOPED_ROLES = 100
 _ROLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
 
 
+# Characters a reader cannot see, or that reorder what they see, as regex escapes: the
+# format characters (Unicode's category Cf: the bidirectional overrides and isolates, the
+# zero-width spaces and joiners, the byte order mark, Unicode tags) and the rest of what the
+# pages write out (audit.display.HIDDEN: the Hangul fillers, the combining grapheme joiner,
+# the line and paragraph separators). An id holding one would be shown as another ("bob"
+# with a right-to-left override), so ids refuse them. Those of the Basic Multilingual Plane
+# apart: a JSON Schema pattern (ECMA-262 without the "u" flag) can say only those.
+HIDDEN_BMP = (
+    r"\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e"
+    r"\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0"
+    r"\ufff9-\ufffb"
+)
+HIDDEN_ASTRAL = (
+    r"\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    r"\U000e0000-\U000e007f"
+)
+
 MAX_USER_ID_LENGTH = 150
 # A user id, named in a call or read from a token: printable text, not only spaces (the
 # API's schema says the same: gateway.schemas.USER_ID_PATTERN), nothing that cannot be
-# stored (a token's claims may hold an unpaired surrogate).
-_NOT_IN_USER_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# stored (a token's claims may hold an unpaired surrogate), nothing hidden (above).
+_NOT_IN_USER_ID = re.compile(rf"[\x00-\x1f\x7f-\x9f\ud800-\udfff{HIDDEN_BMP}{HIDDEN_ASTRAL}]")
+# A session id (gateway.schemas.ToolCallIn): no control character, nothing hidden.
+_NOT_IN_SESSION_ID = re.compile(rf"[\x00-\x1f\x7f-\x9f{HIDDEN_BMP}{HIDDEN_ASTRAL}]")
+
+
+def is_visible_id(value: str) -> bool:
+    """Whether ``value`` holds no control character and nothing a reader cannot see."""
+    return _NOT_IN_SESSION_ID.search(value) is None
 
 
 def is_user_id(value: Any) -> TypeGuard[str]:

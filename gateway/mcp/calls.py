@@ -111,8 +111,12 @@ class Caller:
         return token if token != "" else None
 
     def on_behalf_of_in(self, meta: dict[str, Any]) -> Any:
-        """The end user a request names: its ``_meta``'s, else the connection's."""
-        return meta.get(ON_BEHALF_OF, self.on_behalf_of)
+        """The end user a request names: its ``_meta``'s, else the connection's. Null is
+        not given, as over REST (a client writes an optional field it has no value for as
+        null): taken as "no user", it dropped the user the connection's header named, and
+        the request had the agent's unscoped access."""
+        named = meta.get(ON_BEHALF_OF)
+        return self.on_behalf_of if named is None else named
 
 
 def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:

@@ -694,3 +694,28 @@ def test_an_id_token_from_another_issuer_signs_nobody_in(
     assert "_auth_user_id" not in client.session
     assert not User.objects.filter(username="dana").exists()
     assert AuditEvent.objects.filter(action="auth.login_failed").exists()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["OIDC_OP_TOKEN_ENDPOINT", "OIDC_OP_USER_ENDPOINT", "OIDC_OP_JWKS_ENDPOINT"],
+    ids=["token", "user-info", "key-set"],
+)
+def test_an_answer_nested_past_pythons_reader_is_a_failed_sign_in_not_a_500(
+    world: World, sso: Provider, setting: str
+) -> None:
+    """JSON nested 200,000 deep fits in 400 kB, and Python's reader gives up on it with a
+    RecursionError, which is no ValueError: the callback was a 500."""
+    deep = b"[" * 200_000 + b"]" * 200_000
+
+    def nested(handler: Any, _: bytes) -> None:
+        reply(handler, 200, deep)
+
+    provider_endpoint = RawHttpServer(nested, gets=True)
+    try:
+        with override_settings(**{setting: f"{provider_endpoint.url}/endpoint"}):
+            client, landed = sign_in_through(sso, "dana", DANA["password"])
+    finally:
+        provider_endpoint.close()
+    assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
+    assert "_auth_user_id" not in client.session

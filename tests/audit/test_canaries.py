@@ -326,3 +326,21 @@ def test_a_web_process_logs_requests_with_url_encoded_values_masked(tmp_path: Pa
     assert "GET /healthz?to=[masked:email:" in log and "&q=[masked:card:" in log
     assert "Not Found: /no-such-page/[masked:email:" in log
     assert form_leaks(log) == [], log[-3000:]
+
+
+def test_a_log_line_quoting_a_webhook_secret_or_a_session_cookie_is_masked(
+    captured_logs: Capture,
+) -> None:
+    """Made through the configured record factory, before any handler sees the line."""
+    secret = "whsec_" + "c2lnbmluZy1zZWNyZXQtZm9yLXRlc3Rz"
+    logging.getLogger("some.integration").warning(
+        "delivering with %s; request cookies sessionid=%s csrftoken=%s",
+        secret,
+        "k3y0fth3s3ss10nq8r9s0t1u2v3w4x5y",
+        "Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56",
+    )
+    text = "\n".join(captured_logs.lines)
+    assert "delivering with [masked:secret:" in text
+    assert "sessionid=[masked:secret:" in text and "csrftoken=[masked:secret:" in text
+    for value in (secret[6:], "k3y0fth3s3ss10n", "Ab12Cd34Ef56Gh78"):
+        assert value not in text

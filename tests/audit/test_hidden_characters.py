@@ -101,20 +101,22 @@ def test_a_calls_timeline_writes_hidden_characters_out(auditor_client: Client) -
     assert "<dd>issue&lt;U+202E&gt;_refund</dd>" in content
     assert "<dt>Comment</dt><dd>refund to acct &lt;U+202E&gt;4321</dd>" in content
     assert "acc&lt;U+200B&gt;ount" in content  # a key of the arguments
+    assert "<dd>b&lt;U+200B&gt;ob <span" in content  # on behalf of
 
 
 def test_a_calls_timeline_from_the_api_writes_hidden_characters_out(
     world: World, auditor_client: Client
 ) -> None:
     purge_queue()
-    body = {**EMAIL, "reasoning": TURNED, "on_behalf_of": LOOKALIKE}
+    # Not in the end user's id, which the API refuses (docs/end-users.md): the trail of a
+    # call stored before it did is lookalike_events'.
+    body = {**EMAIL, "reasoning": TURNED}
     body["arguments"] = {**EMAIL["arguments"], "subject": f"Re{ZWSP}fund"}
     call = ToolCall.objects.get(pk=world.api().submit(body).json()["id"])
     decide(call_id=call.pk, reviewer=world.bob, verdict="reject", comment=TURNED)
     purge_queue()
     content = auditor_client.get(f"/audit/calls/{call.pk}/").content.decode()
     assert_written_out(content)
-    assert "<dd>b&lt;U+200B&gt;ob <span" in content  # on behalf of
 
 
 def test_a_sessions_timeline_writes_hidden_characters_out(auditor_client: Client) -> None:

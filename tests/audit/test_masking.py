@@ -202,3 +202,26 @@ def test_a_name_that_holds_a_dot_is_masked_and_not_the_path_it_reads_like() -> N
     masked_once = mask_fields(held, ["meta.card\\.holder"])
     assert masked_once["meta"]["card"] == {"holder": "Bob"}
     assert masked_once["meta"]["card.holder"] != "Ann"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        # A Standard Webhooks signing secret (what rotate_webhook_secret prints), base64 "+/=".
+        ("signing with whsec_MfKQ9r8GKYq+TwjUPD8ILPZIo2La/aSw== now", "MfKQ9r8GKYq+TwjUPD8ILPZ"),
+        # Django's session and CSRF cookies quoted outside a Cookie header: a request's
+        # cookies written out, a curl line's --cookie.
+        ("cookies sessionid=8f0k2l3m4n5o6p7q8r9s0t1u2v3w4x5y; theme=dark", "8f0k2l3m4n5o6p7q"),
+        ("--cookie csrftoken=Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56", "Ab12Cd34Ef56Gh78"),
+        ("COOKIES={'sessionid': 'x1y2z3w4v5u6t7s8', 'csrftoken': 'q9'}", "x1y2z3w4v5u6t7s8"),
+    ],
+)
+def test_webhook_secrets_and_djangos_cookies_are_masked(text: str, secret: str) -> None:
+    assert secret not in mask_text(text)
+    assert "[masked:secret:" in mask_text(text)
+
+
+def test_an_agents_mcp_session_id_is_no_django_session_cookie() -> None:
+    """MCP's own ``sessionId`` and Countersign's ``session_id`` are ids, shown in the trail."""
+    text = "sessionId=run-42 session_id=run-42"
+    assert mask_text(text) == text

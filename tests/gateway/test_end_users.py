@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
@@ -183,6 +184,11 @@ def test_a_call_naming_its_user_in_the_tool_lists_header_is_refused(trusted: Wor
         ({"id": "ada", "roles": ["r" * 64] * 33}, 400, "invalid_end_user"),
         ({"id": "ada", "team": "x"}, 400, "invalid_end_user"),
         (["ada"], 400, "invalid_end_user"),
+        # Characters a reviewer cannot see, or that reorder what they see: "bob" with a
+        # right-to-left override reads as another id; docs/end-users.md says printable.
+        ("b\u202eob", 400, "invalid_end_user"),
+        ({"id": "b\u200bob", "roles": ["viewer"]}, 400, "invalid_end_user"),
+        ({"id": "\u2066ada\u2069", "roles": ["viewer"]}, 400, "invalid_end_user"),
         ({"id": "ada", "roles": ["root"]}, 403, "role_not_assertable"),
     ],
 )
@@ -849,3 +855,13 @@ def test_a_token_whose_key_is_cached_does_not_wait_for_a_fetch_under_way(
     assert made_up_status == 503, "the made-up key's fetch timed out"
     assert _SlowAfterFirst.asked == 2
     assert status == 200 and took < 1.5, f"a cached key waited {took:.1f} s for the fetch"
+
+
+@pytest.mark.parametrize("user_id", ["b\u202eob", "a\u200bda", "\u2067ada"])
+def test_a_tool_list_for_an_id_with_hidden_characters_is_refused(
+    trusted: World, user_id: str
+) -> None:
+    query = f"&on_behalf_of={quote(user_id)}&roles=viewer"
+    error_of(listed(trusted, query), 400, "invalid_request")
+    header = json.dumps({"id": user_id, "roles": ["viewer"]})
+    error_of(listed(trusted, HTTP_COUNTERSIGN_ON_BEHALF_OF=header), 400, "invalid_end_user")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from approvals.models import ToolCall
 from audit.models import AuditEvent
 from tests.conftest import World
+from tests.gateway.test_errors import error_of
 
 pytestmark = pytest.mark.django_db
 
@@ -23,3 +25,29 @@ def test_a_session_id_full_of_addresses_is_accepted_and_masked(world: World, too
     stored = AuditEvent.objects.filter(action="call.submitted").latest("id").session_id
     assert "a@b.io" not in stored
     assert len(stored) > 128
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    ["\t", "run\n1", "run-\u202e1", "run\u200b-1", "\u2066run-1\u2069", "run\x85"],
+)
+def test_a_session_id_with_characters_a_reviewer_cannot_see_is_refused(
+    world: World, session_id: str
+) -> None:
+    """The queue and the call's page show the session; a tab is no session a person can
+    name, and a right-to-left override or a zero-width space makes one read as another."""
+    body = {"tool": "get_customer", "arguments": {"customer_id": "cus_0001"}}
+    error = error_of(world.api().submit({**body, "session_id": session_id}), 400, "invalid_request")
+    assert [d["path"] for d in error["details"]] == ["$.session_id"]
+    assert not ToolCall.objects.exists()
+    assert not AuditEvent.objects.filter(action="call.submitted").exists()
+
+
+def test_a_session_id_with_a_unicode_tag_is_refused(world: World) -> None:
+    """Beyond what the schema's pattern can say: tag characters smuggle invisible ASCII."""
+    body = {"tool": "get_customer", "arguments": {"customer_id": "cus_0001"}}
+    error = error_of(
+        world.api().submit({**body, "session_id": "run\U000e0041"}), 400, "invalid_request"
+    )
+    assert [d["path"] for d in error["details"]] == ["$.session_id"]
+    assert not ToolCall.objects.exists()

@@ -3,6 +3,8 @@ role may then use of the agent's allowlist."""
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
@@ -151,3 +153,19 @@ def test_verified_roles_need_a_provider(world: World) -> None:
     with pytest.raises(services.AgentInvalid) as caught:
         services.save_agent(agent=world.agent, changed_by=None)
     assert "identity_provider" in caught.value.message_dict
+
+
+def test_no_user_id_or_session_id_holds_a_character_no_reader_sees() -> None:
+    """Every format character (category Cf, whatever Unicode adds) and every character the
+    pages write out as hidden: the lists in role_scopes are written by hand."""
+    from audit.display import HIDDEN
+
+    hidden = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) == "Cf" or HIDDEN.match(chr(c))
+    ]
+    assert "\u202e" in hidden and "\U000e0041" in hidden
+    assert [c for c in hidden if role_scopes.is_user_id(f"a{c}b")] == []
+    assert [c for c in hidden if role_scopes.is_visible_id(f"a{c}b")] == []
+    assert role_scopes.is_user_id("Zoë O'Brien (ops)") and role_scopes.is_visible_id("run-1 ü")

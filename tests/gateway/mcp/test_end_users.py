@@ -333,3 +333,29 @@ def test_a_session_open_when_the_agent_is_stopped_is_refused_at_its_next_request
     assert "search_docs" in names(before)
     assert refused.error.data["error"]["code"] == "agent_stopped"
     assert refused.error.data["error"]["details"]["reason"] == "incident 8"
+
+
+def test_a_null_user_in_meta_is_not_given_and_leaves_the_connections_user(
+    trusted: World, mcp_web: WebProcess
+) -> None:
+    """A client that writes an optional field it has no value for as null (the official
+    Python SDK leaves nulls out, so the request is posted as such clients send it): as over
+    REST, that is not given, and the connection's user stands. Taken as "no user", it
+    dropped the viewer the header named, and the request had the agent's unscoped access
+    (here the whole allowlist): a viewer's e-mail was proposed."""
+    viewer = json.dumps({"id": "ada", "roles": ["viewer"]})
+    meta = {"io.countersign/on-behalf-of": None, "io.countersign/wait-seconds": 0}
+    headers = {"MCP-Protocol-Version": "2025-06-18", "Countersign-On-Behalf-Of": viewer}
+
+    def rpc(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**params, "_meta": meta}}
+        return message(post(mcp_web, trusted.token, body, **headers))
+
+    listing = rpc("tools/list", {})
+    read = rpc("tools/call", {"name": "get_customer", "arguments": {"customer_id": "cus_0002"}})
+    write = rpc("tools/call", {"name": "send_email", "arguments": EMAIL})
+    assert {tool["name"] for tool in listing["result"]["tools"]} == READS, listing
+    assert read["result"]["isError"] is False, read
+    assert ToolCall.objects.get(tool__name="get_customer").on_behalf_of == "ada"
+    assert write["result"]["structuredContent"]["error"]["code"] == "tool_not_allowed_for_user"
+    assert not ToolCall.objects.filter(tool__name="send_email").exists()
