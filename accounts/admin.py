@@ -27,6 +27,7 @@ from tools_registry import rule_teams
 from tools_registry.models import ToolGroupObjectPermission, ToolUserObjectPermission
 from tools_registry.services.grants import (
     access_of,
+    hold_reviews_of,
     permission_names,
     record_access_change,
     record_deletion,
@@ -67,9 +68,12 @@ class DeletionAudited:
         super().delete_model(request, obj)  # type: ignore[misc]
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        for each in queryset:
-            record_deletion(deleted_by=request.user, **{self.deleted_as: each})
-        super().delete_queryset(request, queryset)  # type: ignore[misc]
+        # One transaction (the list's action runs in none of its own): the tools
+        # ``record_deletion`` locks stay locked until those who reviewed them are gone.
+        with transaction.atomic():
+            for each in queryset:
+                record_deletion(deleted_by=request.user, **{self.deleted_as: each})
+            super().delete_queryset(request, queryset)  # type: ignore[misc]
 
 
 def held_permissions(editor: Any) -> QuerySet[Permission]:
@@ -176,6 +180,11 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            # Before the account's row and teams are written (in the page's transaction):
+            # deactivated, out of a team or no longer a superuser, the person's approvals
+            # stop counting, so a verdict or the quorum sweep counting them finishes first.
+            hold_reviews_of(user=obj)
         super().save_model(request, obj, form, change)
         if not change:
             # Whoever chose the password of the account they made can sign in as it, as
@@ -277,7 +286,10 @@ class AuditedGroupAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, Gro
         teams = [team.name for team in objs]
         if request.method == "POST":
             # About to delete (in a transaction: ``delete_view``, ``changelist_view``): the
-            # teams are locked first, so rules saved meanwhile naming them are seen here.
+            # tools the members review first (``record_deletion`` does again), as a policy
+            # change locks its tool before the teams its rules name: the two never wait for
+            # each other. Then the teams, so rules saved meanwhile naming them are seen here.
+            hold_reviews_of(groups=objs)
             rule_teams.lock_teams(teams)
         for team, tools in rule_teams.tools_naming(teams).items():
             protected += [

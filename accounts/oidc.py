@@ -35,7 +35,7 @@ from requests.auth import HTTPBasicAuth
 
 from accounts.models import SsoIdentity
 from audit.log import record
-from tools_registry.services.grants import access_of, record_access_change
+from tools_registry.services.grants import access_of, hold_reviews_of, record_access_change
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ def sync_teams(*, user: Any, claims: dict[str, Any], before: dict[str, Any] | No
         logger.warning("OIDC_TEAM_MAP names team %r, which does not exist", name)
     joining = [existing[n] for n in sorted((wanted - current) & existing.keys())]
     leaving = [existing[n] for n in sorted((current - wanted) & existing.keys())]
+    if leaving:
+        # Out of a team, the person's approvals it carried stop counting: a verdict or the
+        # quorum sweep counting them finishes first (``hold_reviews_of``).
+        hold_reviews_of(user=user)
     if joining:
         user.groups.add(*joining)
     if leaving:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -55,6 +56,58 @@ class SweepReport:
 
     def __bool__(self) -> bool:
         return any(self.as_dict().values())
+
+
+class SweepFailed(Exception):
+    """Steps of a pass raised (each logged with its traceback where it failed); the others
+    ran, and ``report`` is what they did. Raised once all have run, so the pass (beat's task,
+    ``run_sweeps`` run once) still ends as failed."""
+
+    def __init__(self, failed: list[str], report: SweepReport) -> None:
+        super().__init__(f"sweep steps failed: {', '.join(failed)}")
+        self.failed = failed
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What ``on_its_own`` gives for a run that raised."""
+
+    error: Exception
+
+
+def on_its_own[T](run: Callable[[], T], label: str, *, then: str) -> T | Failed:
+    """``run()``, or ``Failed`` when it raised: logged with its traceback (``then`` says
+    what happens next), so that what follows still runs. One step failing on every pass
+    (a statement PostgreSQL refuses, SQLite's "database is locked") ended the pass, and the
+    steps after it (lease expiry, expiry of overdue calls) never ran at all."""
+    try:
+        return run()
+    except Exception as error:
+        logger.exception("%s failed; %s", label, then)
+        if not connection.in_atomic_block:
+            # A connection the failure broke (its server gone) is dropped, not used again.
+            close_old_connections()
+        return Failed(error)
+
+
+def _each_on_its_own(label: str, steps: dict[str, Callable[[], int]]) -> SweepReport:
+    """The steps in order, each whatever the others did; the fields of ``SweepReport`` they
+    fill are their names. Raises ``SweepFailed`` once all have run if any raised."""
+    counts: dict[str, int] = {}
+    failed: list[str] = []
+    for name, step in steps.items():
+        result = on_its_own(step, f"{label} step {name}", then="the pass goes on")
+        if isinstance(result, Failed):
+            failed.append(name)
+        else:
+            counts[name] = result
+    report = SweepReport(**counts)
+    if report:
+        logger.info("%s: %s", label, report.as_dict())
+    if failed:
+        raise SweepFailed(failed, report)
+    return report
 
 
 def resend_stalled_approved(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -191,17 +244,18 @@ def complete_restored_quorums(*, now: datetime | None = None, limit: int = 200) 
 
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:
     """Re-sends, lease expiry, expiry of pending calls and of abandoned reads: quick,
-    database only."""
-    report = SweepReport(
-        resent=resend_stalled_approved(now=now),
-        leases_expired=expire_leases(now=now),
-        expired=expire_overdue_pending(now=now),
-        reads_abandoned=fail_abandoned_reads(now=now),
-        quorums_completed=complete_restored_quorums(now=now),
+    database only. Each on its own (``_each_on_its_own``): one that raises leaves the others
+    to run, and the pass raises ``SweepFailed`` after them."""
+    return _each_on_its_own(
+        "sweep",
+        {
+            "resent": partial(resend_stalled_approved, now=now),
+            "leases_expired": partial(expire_leases, now=now),
+            "expired": partial(expire_overdue_pending, now=now),
+            "reads_abandoned": partial(fail_abandoned_reads, now=now),
+            "quorums_completed": partial(complete_restored_quorums, now=now),
+        },
     )
-    if report:
-        logger.info("sweep: %s", report.as_dict())
-    return report
 
 
 def run_reconciliation(*, now: datetime | None = None) -> SweepReport:
@@ -228,11 +282,28 @@ def run_notifications(*, now: datetime | None = None) -> SweepReport:
 
 def run_all(*, now: datetime | None = None) -> SweepReport:
     """Every sweep once, in the order that settles a call soonest: a lease expired now is
-    reconciled in the same pass, and nobody is told about a call that just expired."""
-    executor = run_executor_sweeps(now=now)
-    reconciliation = run_reconciliation(now=now)
-    sent = run_notifications(now=now)
-    return SweepReport(
+    reconciled in the same pass, and nobody is told about a call that just expired. Each of
+    the three on its own, as their steps are: ``SweepFailed`` after all ran if any raised."""
+    failed: list[str] = []
+
+    def part(run: Callable[..., SweepReport], label: str) -> SweepReport:
+        def steps_logged() -> SweepReport:
+            try:
+                return run(now=now)
+            except SweepFailed as error:  # each step that failed is logged already
+                failed.extend(error.failed)
+                return error.report
+
+        result = on_its_own(steps_logged, label, then="the pass goes on")
+        if isinstance(result, Failed):
+            failed.append(label)
+            return SweepReport()
+        return result
+
+    executor = part(run_executor_sweeps, "sweep")
+    reconciliation = part(run_reconciliation, "reconciliation")
+    sent = part(run_notifications, "notifications")
+    report = SweepReport(
         notified=sent.notified,
         reminded=sent.reminded,
         escalations_sent=sent.escalations_sent,
@@ -245,3 +316,6 @@ def run_all(*, now: datetime | None = None) -> SweepReport:
         reads_abandoned=executor.reads_abandoned,
         quorums_completed=executor.quorums_completed,
     )
+    if failed:
+        raise SweepFailed(failed, report)
+    return report

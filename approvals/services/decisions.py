@@ -187,6 +187,10 @@ def _decide_locked(
     # is under way waits for it, instead of committing between the checks below and this
     # commit (an approval then recorded after its reviewer lost the grant, and counted).
     sql.hold_tool_for(call_id)
+    # The account as stored now, not as the request read it before that wait: deactivated
+    # (or no longer a superuser) meanwhile, the person may not decide; such a change locks
+    # the tool's row first (``grants.hold_reviews_of``), so it is read here once committed.
+    reviewer.refresh_from_db(fields=["is_active", "is_superuser"])
     call = lock_call(call_id)
     if call is None:
         raise ToolCall.DoesNotExist

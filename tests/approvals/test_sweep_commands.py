@@ -87,8 +87,12 @@ def test_a_sweep_loop_outlives_a_failed_run(
         )
         assert proc.poll() is None, log_path.read_text()[-3000:]
         assert ToolCall.objects.get(pk=call.pk).status == Status.EXPIRED
-        # It did fail, and said so, before the run that expired the call.
-        assert "failed; the loop runs it again" in log_path.read_text()
+        # It did fail, and said so, before the expiry: a step of the run (the rest of the
+        # run went on, and may have expired the call itself) or the run.
+        log_text = log_path.read_text()
+        assert (
+            "failed; the pass goes on" in log_text or "failed; the loop runs it again" in log_text
+        ), log_text
     finally:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -251,3 +251,27 @@ def test_a_claim_that_waited_for_the_row_gets_its_whole_lease(live_world: World)
     # Stamped when the claim had the row, as its start was: not ``waited`` seconds earlier.
     full = lease_until(call.tool, call.started_at)
     assert call.lease_until >= full - timedelta(seconds=waited / 3), (full, call.lease_until)
+
+
+def test_a_step_of_the_sweep_task_that_fails_leaves_the_later_steps_to_run(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beat's ``approvals.sweep`` ran its steps one after the other, and the first to raise
+    ended the pass: while the re-send failed on every pass (here a statement PostgreSQL
+    refuses), no lease expired and no overdue call expired. Each step now runs on its own;
+    the task still fails, so the failure is seen."""
+    from approvals import tasks
+
+    leased = overdue(claimed_call(live_world)[0])
+    waiting = past_ttl(pending_call(live_world))
+
+    def refused(**kwargs: object) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+        return 0
+
+    monkeypatch.setattr(sweeps, "resend_stalled_approved", refused)
+    with pytest.raises(sweeps.SweepFailed, match="resent"):
+        tasks.sweep()
+    assert ToolCall.objects.get(pk=leased.pk).status != Status.EXECUTING
+    assert ToolCall.objects.get(pk=waiting.pk).status == Status.EXPIRED

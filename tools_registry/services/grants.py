@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 
 from audit.log import record
 from tools_registry.models import Tool, ToolGroupObjectPermission, ToolUserObjectPermission
@@ -68,6 +70,55 @@ def _refuse_own_grant(granted_by: Any, subject: dict[str, Any]) -> None:
 def _lock(tool: Tool) -> Tool:
     # Serialises concurrent grant edits on one tool (two admins on the same page).
     return Tool.objects.select_for_update().get(pk=tool.pk)
+
+
+def hold_reviews_of(*, user: Any = None, groups: Iterable[Group] = ()) -> list[int]:
+    """Lock ``FOR UPDATE``, in the order of their ids, the rows of the tools with calls
+    waiting for approval that the person (or any member of the teams) may review as stored
+    now; their ids. Called, in the change's transaction, before it writes anything, by
+    every change that may take away someone's right to approve other than a grant change
+    (which locks its tool itself, ``_lock``): leaving a team (whose grants, or whose name a
+    rule asks for, go with it), a team or a person deleted, an account deactivated, a
+    superuser's status taken.
+
+    A verdict and the quorum sweep hold the call's tool ``FOR KEY SHARE`` while they check
+    and count the approvals (``approvals.sql.hold_tool_for``): the change then waits for a
+    verdict under way, or the verdict for it and reads it as changed. Without this, the
+    change committed between the count and its commit, and the trail showed a call approved
+    after one of its approvers could no longer approve it.
+
+    Only tools with a waiting call: there is nothing else to decide or count, and a person
+    who reviews 10,000 tools leaves a team without locking (and holding up the intake of)
+    10,000 rows. A reviewer's approval stands only while they may review the tool
+    (``approvals.guards.may_still_approve``), so a team a rule asks for is covered by the
+    tools its members review. Nothing here locks a call, so no cycle with a verdict (the tool,
+    then the call)."""
+    people = get_user_model()._default_manager.filter(is_active=True)
+    if user is not None:
+        people = people.filter(pk=user.pk)
+    else:
+        people = people.filter(groups__in=[g.pk for g in groups])
+    waiting = Tool._meta.get_field("calls").related_model  # approvals' ToolCall, above here
+    tools = Tool.objects.filter(
+        # Status.PENDING, named as approvals stores it: the registry cannot import approvals.
+        Exists(waiting._default_manager.filter(tool=OuterRef("pk"), status="pending"))
+    )
+    if not people.filter(is_superuser=True).exists():  # a superuser reviews every tool
+        reviewed = {"permission__codename": "review_tool"}
+        tools = tools.filter(
+            Q(
+                pk__in=ToolUserObjectPermission.objects.filter(user__in=people, **reviewed).values(
+                    "content_object"
+                )
+            )
+            | Q(
+                pk__in=ToolGroupObjectPermission.objects.filter(
+                    group__user__in=people, **reviewed
+                ).values("content_object")
+            )
+        )
+    # In id order: two such changes at once never each hold a row the other waits for.
+    return list(tools.select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def current_permissions(*, tool: Tool, user: Any = None, group: Group | None = None) -> set[str]:
@@ -267,8 +318,12 @@ def record_team_creation(*, group: Group, created_by: Any) -> None:
 def record_deletion(*, deleted_by: Any, user: Any = None, group: Group | None = None) -> None:
     """Audit a person or a team about to be deleted (Django's admin): their grants of tools
     and their teams or members go with them, without a ``grant.removed`` or a teams change
-    of their own (deleting cascades past the signals)."""
+    of their own (deleting cascades past the signals). Locks the tools they reviewed first
+    (``hold_reviews_of``), so call it in the deletion's transaction."""
     subject = _subject(user, group)
+    # The person's (the members') say-so on waiting calls goes with them: a verdict or the
+    # quorum sweep counting it finishes first.
+    hold_reviews_of(user=user) if group is None else hold_reviews_of(groups=[group])
     grants: dict[str, list[str]] = {}
     for tool_name, codename in (
         _grant_model(subject)

@@ -55,7 +55,12 @@ def sync_tools(*, actor: Any = None) -> SyncReport:
     declared = {spec.name: spec for spec in registry.registered()}
     # The row locks make two concurrent syncs (two deploys) apply one after the other.
     # Only the tools declared in code: imported ones belong to their upstreams' syncs.
-    existing = {t.name: t for t in Tool.objects.select_for_update().filter(upstream__isnull=True)}
+    # In the order of their ids, as every change that locks several tools takes them
+    # (``grants.hold_reviews_of``): two such changes wait for each other, never deadlock.
+    existing = {
+        t.name: t
+        for t in Tool.objects.select_for_update().filter(upstream__isnull=True).order_by("pk")
+    }
     taken = set(
         Tool.objects.filter(upstream__isnull=False, name__in=declared).values_list(
             "name", flat=True

@@ -177,7 +177,7 @@ def update_upstream(
     if headers is not None:
         set_headers(upstream=locked, headers=headers, changed_by=changed_by)
     if _endpoint(locked) != endpoint_before:
-        for tool in Tool.objects.select_for_update().filter(upstream=locked):
+        for tool in Tool.objects.select_for_update().filter(upstream=locked).order_by("pk"):
             _rebind(tool, locked, actor=changed_by)
     return locked
 
@@ -330,6 +330,7 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
         for t in Tool.objects.select_for_update(of=("self",))
         .select_related("upstream")
         .filter(name__in=offered)
+        .order_by("pk")  # as every change that locks several tools (``grants.hold_reviews_of``)
     }
     # New tools are inserted a batch at a time (a big API's first import was one INSERT per
     # operation), their events written below in the offer's order, as one by one.
@@ -359,6 +360,7 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
         Tool.objects.select_for_update()
         .filter(upstream=upstream, available=True)
         .exclude(name__in=offered)
+        .order_by("pk")
     )
     # Offered but left out (its schema, its name...): the trail says why, not only "gone".
     left_out = dict(reason.split(": ", 1) for reason in offer.skipped if ": " in reason)

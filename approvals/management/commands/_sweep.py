@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import close_old_connections
 
+from approvals import sweeps
 from core.arguments import seconds
-
-logger = logging.getLogger(__name__)
 
 
 def loop_seconds(raw: str) -> float:
@@ -28,13 +25,8 @@ def survived(run: Callable[[], object], label: str, *, loop: bool) -> object:
     Once, the failure is the command's: its exit status says so."""
     if not loop:
         return run()
-    try:
-        return run()
-    except Exception:
-        logger.exception("%s failed; the loop runs it again", label)
-        # A connection the failure broke (its server gone) is dropped, not used again.
-        close_old_connections()
-        return "failed"
+    result = sweeps.on_its_own(run, label, then="the loop runs it again")
+    return "failed" if isinstance(result, sweeps.Failed) else result
 
 
 class SweepCommand(BaseCommand):

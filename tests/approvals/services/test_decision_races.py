@@ -7,11 +7,13 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
+from django.core.exceptions import PermissionDenied
 from django.db import connection, connections, transaction
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from approvals.models import Decision, Status, ToolCall
@@ -321,3 +323,190 @@ def test_the_quorum_sweep_does_not_wait_for_a_change_of_the_tool(live_world: Wor
         assert sweeps.complete_restored_quorums() == 1, "the next pass approves it"
     finally:
         purge_queue()
+
+
+def _quorum_through_a_team(world: World, *, session_id: str) -> ToolCall:
+    """``_restored_quorum``, bob reviewing the tool only through the team "deleters" (his
+    own grant taken away): the quorum sweep approves the call on his and dave's say-so."""
+    from approvals.services.decisions import decide
+
+    tool = world.tools["delete_customer"]
+    team = Group.objects.create(name="deleters")
+    registry_services.grant_review(tool=tool, group=team)
+    registry_services.revoke_review(tool=tool, user=world.bob)
+    world.bob.groups.add(team)
+    dave = User.objects.create_user("dave", "dave@example.com", "pw-dave")
+    registry_services.grant_review(tool=tool, user=dave)
+    call = make_call(world, "delete_customer", session_id=session_id)
+    for reviewer in (world.bob, dave):
+        decide(
+            call_id=call.pk,
+            reviewer=User.objects.get(pk=reviewer.pk),
+            verdict="approve",
+            confirmation="cus_0003",
+            authenticated_at=timezone.now(),
+        )
+        if reviewer == world.bob:
+            world.bob.groups.remove(team)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.PENDING, "1 of 2 stands"
+    world.bob.groups.add(team)  # both stand again
+    return call
+
+
+def _leave_the_team_by_sign_in() -> None:
+    """Bob signs in, and the provider no longer puts him in the team."""
+    from accounts.oidc import sync_teams
+
+    with override_settings(OIDC_TEAM_MAP={"idp-deleters": "deleters"}):
+        sync_teams(user=User.objects.get(username="bob"), claims={"groups": []})
+
+
+def _team_deleted_in_the_admin() -> None:
+    """A superuser deletes the team on the admin's delete page: its grants go by cascade."""
+    admin = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    client = Client()
+    client.force_login(admin)
+    team = Group.objects.get(name="deleters")
+    response = client.post(f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302, response.content
+
+
+def _deactivated_in_the_admin() -> None:
+    """A superuser unticks "active" on bob's page of the admin."""
+    from django.contrib import admin as django_admin
+
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    client = Client()
+    client.force_login(root)
+    bob = User.objects.get(username="bob")
+    page = client.get(f"/admin/auth/user/{bob.pk}/change/")
+    form = page.context["adminform"].form
+    data = {
+        name: value
+        for name, field in form.fields.items()
+        if (value := form.initial.get(name, field.initial)) is not None
+        and name not in ("password", "is_active")
+    }
+    data["groups"] = [g.pk for g in bob.groups.all()]
+    data["user_permissions"] = []
+    data["date_joined_0"], data["date_joined_1"] = bob.date_joined.strftime(
+        "%Y-%m-%d %H:%M:%S"
+    ).split()
+    data.pop("date_joined", None)
+    data.pop("last_login", None)
+    for formset in page.context["inline_admin_formsets"]:
+        management = formset.formset.management_form
+        for name in ("TOTAL_FORMS", "INITIAL_FORMS", "MIN_NUM_FORMS", "MAX_NUM_FORMS"):
+            data[management.add_prefix(name)] = management[name].value()
+    assert django_admin.site.is_registered(User)
+    response = client.post(f"/admin/auth/user/{bob.pk}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert User.objects.get(pk=bob.pk).is_active is False
+
+
+@pytest.mark.parametrize(
+    "lose_it", [_leave_the_team_by_sign_in, _team_deleted_in_the_admin, _deactivated_in_the_admin]
+)
+def test_a_reviewer_losing_a_team_or_the_account_during_the_quorum_sweep_waits_for_it(
+    live_world: World, lose_it: Callable[[], None]
+) -> None:
+    """Taking a grant away waited for the quorum sweep counting it, but a reviewer losing
+    the right to approve otherwise did not: leaving the team that holds the grant (at a
+    sign-in through the provider), the team deleted (its grants go by cascade), the account
+    deactivated. The change committed between the sweep's count and its commit, and the
+    trail showed the call approved after its reviewer could no longer approve it. Each
+    such change now locks the rows of the tools concerned, as a grant change does."""
+    from approvals import sweeps
+
+    world = live_world
+    call = _quorum_through_a_team(world, session_id="team-race")
+    holder, release = _held(f"LOCK TABLE {ToolCall._meta.db_table} IN SHARE MODE")
+    swept: list[int] = []
+    lost: list[object] = []
+
+    def sweep() -> None:
+        try:
+            swept.append(sweeps.complete_restored_quorums())
+        finally:
+            connections.close_all()
+
+    def lose() -> None:
+        try:
+            lose_it()
+            lost.append(AuditEvent.objects.latest("id"))
+        except BaseException as exc:  # reported by the assertions below
+            lost.append(exc)
+        finally:
+            connections.close_all()
+
+    sweeping = threading.Thread(target=sweep)
+    sweeping.start()
+    losing = threading.Thread(target=lose)
+    try:
+        assert _waiting_for_a_lock(), "the sweep never got to its write"
+        losing.start()
+        losing.join(1.0)
+        assert losing.is_alive(), f"bob lost the right to approve under the sweep's feet: {lost}"
+    finally:
+        release.set()
+        holder.join(10)
+        sweeping.join(30)
+        if losing.ident is not None:
+            losing.join(30)
+        purge_queue()
+    assert swept == [1]
+    assert len(lost) == 1 and isinstance(lost[0], AuditEvent), lost
+    approved = AuditEvent.objects.get(call_id=call.pk, action="call.approved")
+    assert approved.pk < lost[0].pk
+
+
+def test_a_verdict_that_waited_for_its_reviewers_deactivation_is_refused(
+    live_world: World,
+) -> None:
+    """Bob's verdict, his account read as active when his request began, waited for the
+    tool's row while an admin deactivated him (the deactivation locks it first). It then
+    went on with the account as read before, and recorded his approval after he was
+    deactivated. The verdict reads the account again once it holds the tool's row."""
+    from approvals.services.decisions import decide
+    from tools_registry.services.grants import hold_reviews_of
+
+    world = live_world
+    call = make_call(world, "send_email", session_id="deactivated-race")
+    bob = User.objects.get(pk=world.bob.pk)  # as his request read him: active
+    taken, release = threading.Event(), threading.Event()
+
+    def deactivate() -> None:
+        try:
+            with transaction.atomic():
+                hold_reviews_of(user=User.objects.get(pk=bob.pk))
+                User.objects.filter(pk=bob.pk).update(is_active=False)
+                taken.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    answers: list[object] = []
+
+    def approve() -> None:
+        try:
+            answers.append(decide(call_id=call.pk, reviewer=bob, verdict="approve", comment="race"))
+        except BaseException as exc:  # reported by the assertions below
+            answers.append(exc)
+        finally:
+            connections.close_all()
+
+    deactivating = threading.Thread(target=deactivate)
+    deactivating.start()
+    approving = threading.Thread(target=approve)
+    try:
+        assert taken.wait(10)
+        approving.start()
+        assert _waiting_for_a_lock(), "the verdict never waited for the tool's row"
+    finally:
+        release.set()
+        deactivating.join(10)
+        if approving.ident is not None:
+            approving.join(30)
+        purge_queue()
+    assert isinstance(answers[0], PermissionDenied), answers
+    assert not Decision.objects.filter(call=call).exists()
