@@ -17,10 +17,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
+from uuid import UUID
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Case, Count, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -220,26 +223,69 @@ def fail_abandoned_reads(*, now: datetime | None = None, limit: int = 500) -> in
     )
 
 
+# Where the last pass of the quorum sweep stopped: (created_at, id) of the last call it
+# looked at. Shared by every process through the cache (Redis in services mode).
+QUORUM_CURSOR = "approvals:quorum-sweep:after"
+
+
 def complete_restored_quorums(*, now: datetime | None = None, limit: int = 200) -> int:
     """Waiting calls with as many approvals given as they need: some did not stand when the
     last came (a reviewer's grant taken away), and may again (``decisions.complete_quorum``).
-    Few calls ever qualify: a call whose last approval made its quorum is approved then."""
+    Few calls ever qualify: a call whose last approval made its quorum is approved then.
+
+    A call whose approvals will never stand again (its reviewer gone for good) stays a
+    candidate until it expires, and so could any number of them: each pass goes on from
+    where the last stopped (``QUORUM_CURSOR``), round to the oldest again once past the
+    newest: however many calls the sweep cannot approve, every candidate is looked at once
+    in each ``ceil(candidates / limit)`` passes, no call twice in a pass."""
     now = now or timezone.now()
+    # Approvals of an inactive account never stand (``guards.may_still_approve``): a call
+    # that needs one is no candidate until the account is active again.
     given = Count(
         "decisions",
         filter=Q(
             decisions__verdict=Verdict.APPROVE,
             decisions__arguments_hash=F("arguments_hash"),
+            decisions__reviewer__is_active=True,
         ),
     )
-    candidates = list(
+    waiting = (
         ToolCall.objects.filter(status=Status.PENDING, approvals_required__gt=0)
         .annotate(given=given)
         .filter(given__gte=F("approvals_required"))
-        .order_by("created_at")
-        .values_list("pk", flat=True)[:limit]
     )
-    return sum(1 for call_id in candidates if complete_quorum(call_id=call_id, now=now))
+    order: list[Any] = ["created_at", "id"]
+    if (after := _quorum_cursor()) is not None:
+        # The calls after the cursor first, then from the oldest again: one query, which
+        # costs what it did in created_at order (the counts are all made before the sort).
+        at, call_id = after
+        later = Q(created_at__gt=at) | Q(created_at=at, id__gt=call_id)
+        order.insert(0, Case(When(later, then=Value(0)), default=Value(1)))
+    candidates = list(waiting.order_by(*order).values_list("pk", "created_at")[:limit])
+    if candidates:
+        last_id, last_at = candidates[-1]
+        _keep_quorum_cursor(last_at, last_id)
+    return sum(1 for call_id, _ in candidates if complete_quorum(call_id=call_id, now=now))
+
+
+def _quorum_cursor() -> tuple[datetime, UUID] | None:
+    try:
+        kept = cache.get(QUORUM_CURSOR)
+    except Exception:
+        # A cache that is down costs only fairness: this pass starts from the oldest call.
+        logger.warning("the quorum sweep's cursor could not be read", exc_info=True)
+        return None
+    try:
+        return datetime.fromisoformat(kept[0]), UUID(kept[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+
+
+def _keep_quorum_cursor(at: datetime, call_id: UUID) -> None:
+    try:
+        cache.set(QUORUM_CURSOR, [at.isoformat(), str(call_id)], timeout=None)
+    except Exception:
+        logger.warning("the quorum sweep's cursor could not be kept", exc_info=True)
 
 
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:

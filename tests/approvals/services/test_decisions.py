@@ -5,9 +5,11 @@ the web: ``tests/approvals/views/test_decide.py``."""
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
@@ -315,6 +317,83 @@ def test_an_approval_that_stands_again_completes_the_quorum_at_the_next_sweep(
     (approved,) = AuditEvent.objects.filter(action="call.approved", call_id=call.pk)
     assert approved.data["approvals"] == 2
     assert sweeps.complete_restored_quorums() == 0
+
+
+def stuck_quorums(
+    world: World, count: int, *, before: ToolCall, by: tuple[User, User] | None = None
+) -> None:
+    """``count`` waiting calls like ``before`` and older, each approved ``by`` two reviewers
+    (bob and charlie, who may not review the tool, unless told): candidates of the quorum
+    sweep that it cannot approve while an approval does not stand. Made in bulk."""
+    from approvals.models import Decision, Verdict
+
+    template = ToolCall.objects.get(pk=before.pk)
+    fields = {f.attname: getattr(template, f.attname) for f in ToolCall._meta.concrete_fields}
+    oldest = template.created_at - timedelta(hours=1)
+    calls = ToolCall.objects.bulk_create(
+        ToolCall(
+            **{
+                **fields,
+                "id": uuid.uuid4(),
+                "request_key": uuid.uuid4().hex,
+                "created_at": oldest + timedelta(milliseconds=i),
+            }
+        )
+        for i in range(count)
+    )
+    Decision.objects.bulk_create(
+        Decision(
+            call=call,
+            reviewer=reviewer,
+            verdict=Verdict.APPROVE,
+            arguments_hash=call.arguments_hash,
+            policy_version=1,
+        )
+        for call in calls
+        for reviewer in by or (world.bob, world.charlie)
+    )
+
+
+def test_the_quorum_sweep_reaches_a_call_behind_more_stuck_ones_than_a_pass_takes(
+    world: World, dave, django_capture_on_commit_callbacks
+) -> None:
+    """Calls whose approvals will never stand again stay candidates until they expire. More
+    of them than one pass takes (200) must not hide, pass after pass, a newer call whose
+    approvals stand again: each pass goes on from where the last one stopped."""
+    from approvals import sweeps
+
+    call = make_call(world, "delete_customer")
+    approve(call, world.bob, confirmation="cus_0003", **fresh())
+    registry_services.revoke_review(tool=world.tools["delete_customer"], user=world.bob)
+    approve(call, dave, confirmation="cus_0003", **fresh())
+    registry_services.grant_review(tool=world.tools["delete_customer"], user=world.bob)
+    stuck_quorums(world, 250, before=call)
+    with django_capture_on_commit_callbacks() as sent:
+        completed = [sweeps.complete_restored_quorums() for _ in range(2)]
+    call.refresh_from_db()
+    assert call.status == Status.APPROVED, "one pass leaves 50 stuck calls, the next reaches it"
+    assert sorted(completed) == [0, 1]
+    assert executions_sent(sent) == [call.pk]
+    assert ToolCall.objects.filter(status=Status.PENDING).count() == 250
+
+
+def test_the_quorum_sweep_leaves_out_calls_whose_approval_an_inactive_account_gave(
+    world: World, dave, django_assert_max_num_queries
+) -> None:
+    """An approval of a deactivated account never stands: calls that need one cost a pass
+    one query, not a check of each under its lock, until the account is active again."""
+    from approvals import sweeps
+
+    template = make_call(world, "delete_customer")
+    stuck_quorums(world, 250, before=template, by=(world.bob, dave))
+    dave.is_active = False
+    dave.save()
+    with django_assert_max_num_queries(2):
+        assert sweeps.complete_restored_quorums() == 0
+    dave.is_active = True
+    dave.save()
+    assert [sweeps.complete_restored_quorums() for _ in range(2)] == [200, 50]
+    assert ToolCall.objects.filter(status=Status.PENDING).get() == template
 
 
 def test_a_quorum_sweep_that_reaches_a_call_after_it_expired_does_not_approve_it(
