@@ -35,6 +35,10 @@ CANARY = UPSTREAM_TOKEN
 @pytest.fixture
 def everything_logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
+    # The loggers the settings quiet too (the HTTP client's request lines, SQL): whatever a
+    # deployment sets them to, the canary must not be in them.
+    for quieted in ("httpx", "httpcore", "django.db.backends"):
+        caplog.set_level(logging.DEBUG, logger=quieted)
     return caplog
 
 
