@@ -71,6 +71,10 @@ class DeletionAudited:
         # One transaction (the list's action runs in none of its own): the tools
         # ``record_deletion`` locks stay locked until those who reviewed them are gone.
         with transaction.atomic():
+            # All of them first, in one order of ids: one person (team) at a time, each in
+            # id order, held one's tools while waiting for another's of a lower id, which a
+            # deactivation or another deletion could hold while waiting for the first.
+            hold_reviews_of(**{f"{self.deleted_as}s": list(queryset)})
             for each in queryset:
                 record_deletion(deleted_by=request.user, **{self.deleted_as: each})
             super().delete_queryset(request, queryset)  # type: ignore[misc]

@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
@@ -190,7 +191,10 @@ def _decide_locked(
     # The account as stored now, not as the request read it before that wait: deactivated
     # (or no longer a superuser) meanwhile, the person may not decide; such a change locks
     # the tool's row first (``grants.hold_reviews_of``), so it is read here once committed.
-    reviewer.refresh_from_db(fields=["is_active", "is_superuser"])
+    try:
+        reviewer.refresh_from_db(fields=["is_active", "is_superuser"])
+    except type(reviewer).DoesNotExist:  # deleted meanwhile (its deletion waited for no one)
+        raise PermissionDenied("Your account no longer exists.") from None
     call = lock_call(call_id)
     if call is None:
         raise ToolCall.DoesNotExist

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
 from io import StringIO
@@ -17,7 +18,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -2240,3 +2241,108 @@ def test_a_first_import_inserts_its_tools_together_and_audits_each_in_the_offers
         for name in names
     ]
     assert not any(tool.enabled for tool in tools.values())
+
+
+def _tools_named(*names: str) -> list[types.Tool]:
+    return [
+        types.Tool(name=name, description=f"{name}.", input_schema={"type": "object"})
+        for name in names
+    ]
+
+
+def test_a_resync_locks_the_tools_it_changes_in_the_order_of_their_ids(
+    transactional_db: None,
+) -> None:
+    """A resync locks the tools still offered and those gone in one id order, as every
+    change that locks several tools does (a person deactivated: ``grants.hold_reviews_of``).
+    Two batches, each in id order, held an offered tool while waiting for a gone one of a
+    lower id: a deactivation holding the gone one and then asking for the offered one was a
+    deadlock, and PostgreSQL aborted one of them."""
+    upstream = register_upstream(name="pair", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, _tools_named("first", "second")),
+    )
+    gone = Tool.objects.get(name="pair__first")
+    offered = Tool.objects.get(name="pair__second")
+    assert gone.pk < offered.pk
+    done: dict[str, Any] = {}
+
+    def resync() -> None:
+        try:
+            done["report"] = sync_upstream(
+                upstream=Upstream.objects.get(pk=upstream.pk),
+                reader=lambda u: upstream_mcp.offer_from(u.name, _tools_named("second")),
+            )
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        # Another change holds the gone tool (the lower id) while the resync runs.
+        Tool.objects.select_for_update().get(pk=gone.pk)
+        syncing = threading.Thread(target=resync)
+        syncing.start()
+        time.sleep(1)
+        assert syncing.is_alive(), "the resync waits for the gone tool's row"
+        try:
+            # That change now asks for the offered tool (the higher id): free, since the
+            # resync takes none before the lower one.
+            with transaction.atomic():
+                Tool.objects.select_for_update(nowait=True).get(pk=offered.pk)
+            free = True
+        except OperationalError:
+            free = False
+    syncing.join(10)
+    assert free, "the resync held the offered tool while waiting for the gone one"
+    assert done["report"].removed == ["pair__first"]
+
+
+def test_switching_an_upstream_off_locks_its_tools_in_the_order_of_their_ids(
+    transactional_db: None,
+) -> None:
+    """The switch-off takes every tool of the upstream out, as a change that locks several
+    tools: in the order of their ids (``grants.hold_reviews_of``). An UPDATE of them all
+    took them in the order it found them on disk, where a tool changed since lies after
+    those made after it: holding that one, it waited for an older one that a deactivation
+    held while waiting for it."""
+    upstream = register_upstream(name="halt", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, _tools_named("older", "newer")),
+    )
+    older = Tool.objects.get(name="halt__older")
+    newer = Tool.objects.get(name="halt__newer")
+    assert older.pk < newer.pk
+    # The older tool changed since (renamed: a new version of its row, in its indexes too),
+    # its row now written after the newer's.
+    Tool.objects.filter(pk=older.pk).update(name="halt__renamed")
+    done: list[bool] = []
+
+    def switch_off() -> None:
+        try:
+            with transaction.atomic():
+                set_upstream_enabled(
+                    upstream=Upstream.objects.get(pk=upstream.pk), enabled=False, changed_by=None
+                )
+            done.append(True)
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        Tool.objects.select_for_update().get(pk=older.pk)
+        switching = threading.Thread(target=switch_off)
+        switching.start()
+        time.sleep(1)
+        assert switching.is_alive(), "the switch-off waits for the older tool's row"
+        try:
+            with transaction.atomic():
+                Tool.objects.select_for_update(nowait=True).get(pk=newer.pk)
+            free = True
+        except OperationalError:
+            free = False
+    switching.join(10)
+    assert free, "the switch-off held the newer tool while waiting for the older one"
+    assert done == [True]
+    assert not Tool.objects.filter(upstream=upstream, available=True).exists()

@@ -72,10 +72,12 @@ def _lock(tool: Tool) -> Tool:
     return Tool.objects.select_for_update().get(pk=tool.pk)
 
 
-def hold_reviews_of(*, user: Any = None, groups: Iterable[Group] = ()) -> list[int]:
+def hold_reviews_of(
+    *, user: Any = None, users: Iterable[Any] = (), groups: Iterable[Group] = ()
+) -> list[int]:
     """Lock ``FOR UPDATE``, in the order of their ids, the rows of the tools with calls
-    waiting for approval that the person (or any member of the teams) may review as stored
-    now; their ids. Called, in the change's transaction, before it writes anything, by
+    waiting for approval that the person (the people, or any member of the teams) may
+    review as stored now; their ids. Called, in the change's transaction, before it writes anything, by
     every change that may take away someone's right to approve other than a grant change
     (which locks its tool itself, ``_lock``): leaving a team (whose grants, or whose name a
     rule asks for, go with it), a team or a person deleted, an account deactivated, a
@@ -96,6 +98,8 @@ def hold_reviews_of(*, user: Any = None, groups: Iterable[Group] = ()) -> list[i
     people = get_user_model()._default_manager.filter(is_active=True)
     if user is not None:
         people = people.filter(pk=user.pk)
+    elif users:
+        people = people.filter(pk__in=[u.pk for u in users])
     else:
         people = people.filter(groups__in=[g.pk for g in groups])
     waiting = Tool._meta.get_field("calls").related_model  # approvals' ToolCall, above here

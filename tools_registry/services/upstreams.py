@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audit.log import record
@@ -325,12 +326,17 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
     # The row locks make two syncs of one upstream (an admin and a deploy) apply in turn.
     # Each tool's upstream (its endpoint, its hosts) is read with it: alone, it was one
     # query per tool, 20,000 for an API of 20,000 operations that had not changed.
+    # Every tool this may change, offered or gone (below), locked in one statement in the
+    # order of their ids, as every change that locks several tools (``grants.hold_reviews_of``):
+    # in two batches, each in id order, a sync holding an offered tool waited for a gone one
+    # of a lower id that a person's deactivation held while waiting for the offered one.
     existing = {
         t.name: t
         for t in Tool.objects.select_for_update(of=("self",))
         .select_related("upstream")
-        .filter(name__in=offered)
-        .order_by("pk")  # as every change that locks several tools (``grants.hold_reviews_of``)
+        .filter(Q(name__in=offered) | Q(upstream=upstream, available=True))
+        .order_by("pk")
+        if t.name in offered
     }
     # New tools are inserted a batch at a time (a big API's first import was one INSERT per
     # operation), their events written below in the offer's order, as one by one.
@@ -357,7 +363,7 @@ def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) ->
         else:
             report.unchanged.append(name)
     gone = (
-        Tool.objects.select_for_update()
+        Tool.objects.select_for_update()  # locked above already
         .filter(upstream=upstream, available=True)
         .exclude(name__in=offered)
         .order_by("pk")
@@ -573,7 +579,12 @@ def set_upstream_enabled(*, upstream: Upstream, enabled: bool, changed_by: Any) 
     locked.enabled = enabled
     locked.save(update_fields=["enabled"])
     if not enabled:
-        Tool.objects.filter(upstream=locked).update(available=False, updated_at=timezone.now())
+        # Its tools locked first in the order of their ids, as every change that locks several
+        # tools (``grants.hold_reviews_of``): an UPDATE alone takes them in the order it finds
+        # them on disk, which a tool changed since upsets, and met such a change in a deadlock.
+        tools = Tool.objects.filter(upstream=locked)
+        list(tools.select_for_update().order_by("pk").values_list("pk", flat=True))
+        tools.update(available=False, updated_at=timezone.now())
     record(
         action="upstream.enabled" if enabled else "upstream.disabled",
         actor=changed_by,

@@ -510,3 +510,58 @@ def test_a_verdict_that_waited_for_its_reviewers_deactivation_is_refused(
         purge_queue()
     assert isinstance(answers[0], PermissionDenied), answers
     assert not Decision.objects.filter(call=call).exists()
+
+
+def test_people_deleted_together_lock_the_tools_they_reviewed_in_one_order(
+    live_world: World,
+) -> None:
+    """The Users list's "delete selected" locks the tools with waiting calls its people
+    review (``grants.hold_reviews_of``) in one order of ids for them all. One person at a
+    time, it held the first person's tool while waiting for the second's, of a lower id: a
+    deactivation holding that one and then asking for the first was a deadlock."""
+    from django.db import OperationalError
+
+    from tools_registry.models import Tool
+
+    world = live_world
+    low, high = sorted(
+        (world.tools["send_email"], world.tools["issue_refund"]), key=lambda tool: tool.pk
+    )
+    # The list deletes in the order of names: "ann" first, who reviews the higher id.
+    for name, tool in (("ann", high), ("ben", low)):
+        person = User.objects.create_user(name, f"{name}@example.com", f"pw-{name}")
+        registry_services.grant_review(tool=tool, user=person)
+        make_call(world, tool.name, session_id=f"{name}-run")
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    chosen = list(User.objects.filter(username__in=["ann", "ben"]).values_list("pk", flat=True))
+    answers: list[int] = []
+
+    def delete_both() -> None:
+        try:
+            client = Client()
+            client.force_login(root)
+            answer = client.post(
+                "/admin/auth/user/",
+                {"action": "delete_selected", "_selected_action": chosen, "post": "yes"},
+            )
+            answers.append(answer.status_code)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        # Another change holds the lower tool while the deletion runs.
+        Tool.objects.select_for_update().get(pk=low.pk)
+        deleting = threading.Thread(target=delete_both)
+        deleting.start()
+        time.sleep(1)
+        assert deleting.is_alive(), "the deletion waits for the lower tool's row"
+        try:
+            with transaction.atomic():
+                Tool.objects.select_for_update(nowait=True).get(pk=high.pk)
+            free = True
+        except OperationalError:
+            free = False
+    deleting.join(30)
+    assert free, "the deletion held the higher tool while waiting for the lower one"
+    assert answers == [302]
+    assert not User.objects.filter(pk__in=chosen).exists()

@@ -414,3 +414,17 @@ def test_a_quorum_sweep_that_reaches_a_call_after_it_expired_does_not_approve_it
     assert sweeps.complete_restored_quorums(now=batch_began) == 0
     call.refresh_from_db()
     assert call.status == Status.PENDING  # for the expiry sweep to end
+
+
+def test_a_verdict_of_an_account_deleted_meanwhile_is_refused_not_an_error(world: World) -> None:
+    """The request read the account before its verdict waited for the tool's row; deleted
+    in that wait, reading it again found nothing, and the verdict was a 500."""
+    erin = User.objects.create_user("erin", "erin@example.com", "pw-erin")
+    registry_services.grant_review(tool=world.tools["send_email"], user=erin)
+    call = make_call(world, "send_email")
+    as_the_request_read_her = User.objects.get(pk=erin.pk)
+    erin.delete()
+    with pytest.raises(PermissionDenied):
+        decide(call_id=call.pk, reviewer=as_the_request_read_her, verdict="approve")
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and not call.decisions.exists()
