@@ -184,10 +184,11 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        if change:
+        if change and {"is_active", "is_superuser", "groups"} & set(form.changed_data):
             # Before the account's row and teams are written (in the page's transaction):
             # deactivated, out of a team or no longer a superuser, the person's approvals
             # stop counting, so a verdict or the quorum sweep counting them finishes first.
+            # Only then: the lock holds up new calls of those tools until the save commits.
             hold_reviews_of(user=obj)
         super().save_model(request, obj, form, change)
         if not change:
