@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 import uuid
 from io import StringIO
@@ -18,7 +17,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -33,6 +32,7 @@ from audit.models import AuditEvent
 from gateway.mcp import calls as mcp_calls
 from gateway.mcp.state import CallState
 from tests.conftest import World
+from tests.support.locks import takes_in_id_order
 from tests.support.upstreams import UPSTREAM_TOKEN, control
 from tests.support.upstreams.raw_http import RawHttpServer
 from tests.support.upstreams.raw_http import reply as raw_reply
@@ -2270,31 +2270,12 @@ def test_a_resync_locks_the_tools_it_changes_in_the_order_of_their_ids(
     done: dict[str, Any] = {}
 
     def resync() -> None:
-        try:
-            done["report"] = sync_upstream(
-                upstream=Upstream.objects.get(pk=upstream.pk),
-                reader=lambda u: upstream_mcp.offer_from(u.name, _tools_named("second")),
-            )
-        finally:
-            connection.close()
+        done["report"] = sync_upstream(
+            upstream=Upstream.objects.get(pk=upstream.pk),
+            reader=lambda u: upstream_mcp.offer_from(u.name, _tools_named("second")),
+        )
 
-    with transaction.atomic():
-        # Another change holds the gone tool (the lower id) while the resync runs.
-        Tool.objects.select_for_update().get(pk=gone.pk)
-        syncing = threading.Thread(target=resync)
-        syncing.start()
-        time.sleep(1)
-        assert syncing.is_alive(), "the resync waits for the gone tool's row"
-        try:
-            # That change now asks for the offered tool (the higher id): free, since the
-            # resync takes none before the lower one.
-            with transaction.atomic():
-                Tool.objects.select_for_update(nowait=True).get(pk=offered.pk)
-            free = True
-        except OperationalError:
-            free = False
-    syncing.join(10)
-    assert free, "the resync held the offered tool while waiting for the gone one"
+    takes_in_id_order(resync, lower=gone, higher=offered)
     assert done["report"].removed == ["pair__first"]
 
 
@@ -2321,28 +2302,12 @@ def test_switching_an_upstream_off_locks_its_tools_in_the_order_of_their_ids(
     done: list[bool] = []
 
     def switch_off() -> None:
-        try:
-            with transaction.atomic():
-                set_upstream_enabled(
-                    upstream=Upstream.objects.get(pk=upstream.pk), enabled=False, changed_by=None
-                )
-            done.append(True)
-        finally:
-            connection.close()
+        with transaction.atomic():
+            set_upstream_enabled(
+                upstream=Upstream.objects.get(pk=upstream.pk), enabled=False, changed_by=None
+            )
+        done.append(True)
 
-    with transaction.atomic():
-        Tool.objects.select_for_update().get(pk=older.pk)
-        switching = threading.Thread(target=switch_off)
-        switching.start()
-        time.sleep(1)
-        assert switching.is_alive(), "the switch-off waits for the older tool's row"
-        try:
-            with transaction.atomic():
-                Tool.objects.select_for_update(nowait=True).get(pk=newer.pk)
-            free = True
-        except OperationalError:
-            free = False
-    switching.join(10)
-    assert free, "the switch-off held the newer tool while waiting for the older one"
+    takes_in_id_order(switch_off, lower=older, higher=newer)
     assert done == [True]
     assert not Tool.objects.filter(upstream=upstream, available=True).exists()

@@ -20,6 +20,7 @@ from approvals.models import Decision, Status, ToolCall
 from audit.models import AuditEvent
 from tests.approvals.conftest import make_call
 from tests.conftest import World
+from tests.support.locks import in_a_thread, takes_in_id_order
 from tests.support.workers import purge_queue
 from tools_registry import services as registry_services
 
@@ -157,6 +158,33 @@ def _waiting_to_insert(table: str, timeout: float = 10) -> bool:
     return False
 
 
+def _second_waits_for_the_first(
+    first: Callable[[], object],
+    second: Callable[[], object],
+    *,
+    held: str,
+    first_waits: Callable[[], bool],
+    why: Callable[[], str],
+) -> None:
+    """``first`` started while ``held`` (a statement in a transaction of its own) holds it
+    up between its checks and its commit; ``second`` started once it waits there must wait
+    for it too (``why()`` says what went wrong if not). Then everything is let go."""
+    holder, release = _held(held)
+    firsting = in_a_thread(first)
+    seconding: threading.Thread | None = None
+    try:
+        assert first_waits(), "the first never got to its write"
+        seconding = in_a_thread(second)
+        seconding.join(1.0)
+        assert seconding.is_alive(), why()
+    finally:
+        release.set()
+        holder.join(10)
+        firsting.join(30)
+        if seconding is not None:
+            seconding.join(30)
+
+
 def test_a_grant_taken_away_during_an_approval_waits_for_it(live_world: World) -> None:
     """An approval had checked that its reviewer may review the tool, and had not yet
     committed, when an admin took the grant away: the revocation committed first, and the
@@ -178,32 +206,14 @@ def _approval_meets_a_revocation(world: World, bob: Client, *, session_id: str) 
     tool = world.tools["send_email"]
     registry_services.grant_review(tool=tool, user=world.bob)
     call = make_call(world, "send_email", session_id=session_id)
-    holder, release = _held(f"LOCK TABLE {Decision._meta.db_table} IN SHARE MODE")
     answers: list[object] = []
-
-    def approve() -> None:
-        answers.append(at_once(decide_through_the_web(bob, call, "approve"))[0])
-
-    def revoke() -> None:
-        try:
-            registry_services.revoke_review(tool=tool, user=world.bob)
-        finally:
-            connections.close_all()
-
-    approving = threading.Thread(target=approve)
-    approving.start()
-    revoking = threading.Thread(target=revoke)
-    try:
-        assert _waiting_to_insert(Decision._meta.db_table), "the approval never got there"
-        revoking.start()
-        revoking.join(1.0)
-        assert revoking.is_alive(), "the grant was taken away under an approval's feet"
-    finally:
-        release.set()
-        holder.join(10)
-        approving.join(30)
-        if revoking.ident is not None:
-            revoking.join(30)
+    _second_waits_for_the_first(
+        lambda: answers.append(at_once(decide_through_the_web(bob, call, "approve"))[0]),
+        lambda: registry_services.revoke_review(tool=tool, user=world.bob),
+        held=f"LOCK TABLE {Decision._meta.db_table} IN SHARE MODE",
+        first_waits=lambda: _waiting_to_insert(Decision._meta.db_table),
+        why=lambda: "the grant was taken away under an approval's feet",
+    )
     # The page shown after it may already be refused (403): the grant is gone by then.
     assert getattr(answers[0], "status_code", answers[0]) in (200, 403)
     assert ToolCall.objects.get(pk=call.pk).status == Status.APPROVED
@@ -266,35 +276,16 @@ def test_a_grant_taken_away_while_the_quorum_sweep_counts_it_waits_for_it(
     tool = world.tools["delete_customer"]
     call = _restored_quorum(world, session_id="quorum-race")
 
-    holder, release = _held(f"LOCK TABLE {ToolCall._meta.db_table} IN SHARE MODE")
     swept: list[int] = []
-
-    def sweep() -> None:
-        try:
-            swept.append(sweeps.complete_restored_quorums())
-        finally:
-            connections.close_all()
-
-    def revoke() -> None:
-        try:
-            registry_services.revoke_review(tool=tool, user=world.bob)
-        finally:
-            connections.close_all()
-
-    sweeping = threading.Thread(target=sweep)
-    sweeping.start()
-    revoking = threading.Thread(target=revoke)
     try:
-        assert _waiting_for_a_lock(), "the sweep never got to its write"
-        revoking.start()
-        revoking.join(1.0)
-        assert revoking.is_alive(), "the grant was taken away under the sweep's feet"
+        _second_waits_for_the_first(
+            lambda: swept.append(sweeps.complete_restored_quorums()),
+            lambda: registry_services.revoke_review(tool=tool, user=world.bob),
+            held=f"LOCK TABLE {ToolCall._meta.db_table} IN SHARE MODE",
+            first_waits=_waiting_for_a_lock,
+            why=lambda: "the grant was taken away under the sweep's feet",
+        )
     finally:
-        release.set()
-        holder.join(10)
-        sweeping.join(30)
-        if revoking.ident is not None:
-            revoking.join(30)
         purge_queue()
     assert swept == [1]
     approved = AuditEvent.objects.get(call_id=call.pk, action="call.approved")
@@ -420,15 +411,8 @@ def test_a_reviewer_losing_a_team_or_the_account_during_the_quorum_sweep_waits_f
 
     world = live_world
     call = _quorum_through_a_team(world, session_id="team-race")
-    holder, release = _held(f"LOCK TABLE {ToolCall._meta.db_table} IN SHARE MODE")
     swept: list[int] = []
     lost: list[object] = []
-
-    def sweep() -> None:
-        try:
-            swept.append(sweeps.complete_restored_quorums())
-        finally:
-            connections.close_all()
 
     def lose() -> None:
         try:
@@ -436,23 +420,16 @@ def test_a_reviewer_losing_a_team_or_the_account_during_the_quorum_sweep_waits_f
             lost.append(AuditEvent.objects.latest("id"))
         except BaseException as exc:  # reported by the assertions below
             lost.append(exc)
-        finally:
-            connections.close_all()
 
-    sweeping = threading.Thread(target=sweep)
-    sweeping.start()
-    losing = threading.Thread(target=lose)
     try:
-        assert _waiting_for_a_lock(), "the sweep never got to its write"
-        losing.start()
-        losing.join(1.0)
-        assert losing.is_alive(), f"bob lost the right to approve under the sweep's feet: {lost}"
+        _second_waits_for_the_first(
+            lambda: swept.append(sweeps.complete_restored_quorums()),
+            lose,
+            held=f"LOCK TABLE {ToolCall._meta.db_table} IN SHARE MODE",
+            first_waits=_waiting_for_a_lock,
+            why=lambda: f"bob lost the right to approve under the sweep's feet: {lost}",
+        )
     finally:
-        release.set()
-        holder.join(10)
-        sweeping.join(30)
-        if losing.ident is not None:
-            losing.join(30)
         purge_queue()
     assert swept == [1]
     assert len(lost) == 1 and isinstance(lost[0], AuditEvent), lost
@@ -519,9 +496,6 @@ def test_people_deleted_together_lock_the_tools_they_reviewed_in_one_order(
     review (``grants.hold_reviews_of``) in one order of ids for them all. One person at a
     time, it held the first person's tool while waiting for the second's, of a lower id: a
     deactivation holding that one and then asking for the first was a deadlock."""
-    from django.db import OperationalError
-
-    from tools_registry.models import Tool
 
     world = live_world
     low, high = sorted(
@@ -537,31 +511,14 @@ def test_people_deleted_together_lock_the_tools_they_reviewed_in_one_order(
     answers: list[int] = []
 
     def delete_both() -> None:
-        try:
-            client = Client()
-            client.force_login(root)
-            answer = client.post(
-                "/admin/auth/user/",
-                {"action": "delete_selected", "_selected_action": chosen, "post": "yes"},
-            )
-            answers.append(answer.status_code)
-        finally:
-            connections.close_all()
+        client = Client()
+        client.force_login(root)
+        answer = client.post(
+            "/admin/auth/user/",
+            {"action": "delete_selected", "_selected_action": chosen, "post": "yes"},
+        )
+        answers.append(answer.status_code)
 
-    with transaction.atomic():
-        # Another change holds the lower tool while the deletion runs.
-        Tool.objects.select_for_update().get(pk=low.pk)
-        deleting = threading.Thread(target=delete_both)
-        deleting.start()
-        time.sleep(1)
-        assert deleting.is_alive(), "the deletion waits for the lower tool's row"
-        try:
-            with transaction.atomic():
-                Tool.objects.select_for_update(nowait=True).get(pk=high.pk)
-            free = True
-        except OperationalError:
-            free = False
-    deleting.join(30)
-    assert free, "the deletion held the higher tool while waiting for the lower one"
+    takes_in_id_order(delete_both, lower=low, higher=high)
     assert answers == [302]
     assert not User.objects.filter(pk__in=chosen).exists()
