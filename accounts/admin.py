@@ -189,7 +189,7 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
             # deactivated, out of a team or no longer a superuser, the person's approvals
             # stop counting, so a verdict or the quorum sweep counting them finishes first.
             # Only then: the lock holds up new calls of those tools until the save commits.
-            hold_reviews_of(user=obj)
+            hold_reviews_of(users=[obj])
         super().save_model(request, obj, form, change)
         if not change:
             # Whoever chose the password of the account they made can sign in as it, as

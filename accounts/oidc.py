@@ -72,7 +72,7 @@ def sync_teams(*, user: Any, claims: dict[str, Any], before: dict[str, Any] | No
     if leaving:
         # Out of a team, the person's approvals it carried stop counting: a verdict or the
         # quorum sweep counting them finishes first (``hold_reviews_of``).
-        hold_reviews_of(user=user)
+        hold_reviews_of(users=[user])
     if joining:
         user.groups.add(*joining)
     if leaving:

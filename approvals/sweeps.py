@@ -332,36 +332,26 @@ def run_all(*, now: datetime | None = None) -> SweepReport:
     the three on its own, as their steps are: ``SweepFailed`` after all ran if any raised."""
     failed: list[str] = []
 
-    def part(run: Callable[..., SweepReport], label: str) -> SweepReport:
-        def steps_logged() -> SweepReport:
-            try:
-                return run(now=now)
-            except SweepFailed as error:  # each step that failed is logged already
-                failed.extend(error.failed)
-                return error.report
+    def part(run: Callable[..., SweepReport]) -> SweepReport:
+        try:
+            return run(now=now)
+        except SweepFailed as error:  # each step that failed is logged where it failed
+            failed.extend(error.failed)
+            return error.report
 
-        result = on_its_own(steps_logged, label, then="the pass goes on")
+    # Each field of the report is one part's: the pass's report is their sum.
+    totals: Counter[str] = Counter()
+    for label, run in (
+        ("sweep", run_executor_sweeps),
+        ("reconciliation", run_reconciliation),
+        ("notifications", run_notifications),
+    ):
+        result = on_its_own(partial(part, run), label, then="the pass goes on")
         if isinstance(result, Failed):
             failed.append(label)
-            return SweepReport()
-        return result
-
-    executor = part(run_executor_sweeps, "sweep")
-    reconciliation = part(run_reconciliation, "reconciliation")
-    sent = part(run_notifications, "notifications")
-    report = SweepReport(
-        notified=sent.notified,
-        reminded=sent.reminded,
-        escalations_sent=sent.escalations_sent,
-        resent=executor.resent,
-        leases_expired=executor.leases_expired,
-        reconciled=reconciliation.reconciled,
-        rerun=reconciliation.rerun,
-        escalated=reconciliation.escalated,
-        expired=executor.expired,
-        reads_abandoned=executor.reads_abandoned,
-        quorums_completed=executor.quorums_completed,
-    )
+        else:
+            totals.update(result.as_dict())
+    report = SweepReport(**totals)
     if failed:
         raise SweepFailed(failed, report)
     return report

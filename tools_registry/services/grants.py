@@ -72,12 +72,10 @@ def _lock(tool: Tool) -> Tool:
     return Tool.objects.select_for_update().get(pk=tool.pk)
 
 
-def hold_reviews_of(
-    *, user: Any = None, users: Iterable[Any] = (), groups: Iterable[Group] = ()
-) -> list[int]:
+def hold_reviews_of(*, users: Iterable[Any] = (), groups: Iterable[Group] = ()) -> list[int]:
     """Lock ``FOR UPDATE``, in the order of their ids, the rows of the tools with calls
-    waiting for approval that the person (the people, or any member of the teams) may
-    review as stored now; their ids. Called, in the change's transaction, before it writes anything, by
+    waiting for approval that the people (or any member of the teams) may review as stored
+    now; their ids. Called, in the change's transaction, before it writes anything, by
     every change that may take away someone's right to approve other than a grant change
     (which locks its tool itself, ``_lock``): leaving a team (whose grants, or whose name a
     rule asks for, go with it), a team or a person deleted, an account deactivated, a
@@ -95,13 +93,9 @@ def hold_reviews_of(
     (``approvals.guards.may_still_approve``), so a team a rule asks for is covered by the
     tools its members review. Nothing here locks a call, so no cycle with a verdict (the tool,
     then the call)."""
-    people = get_user_model()._default_manager.filter(is_active=True)
-    if user is not None:
-        people = people.filter(pk=user.pk)
-    elif users:
-        people = people.filter(pk__in=[u.pk for u in users])
-    else:
-        people = people.filter(groups__in=[g.pk for g in groups])
+    people = get_user_model()._default_manager.filter(
+        Q(pk__in=[u.pk for u in users]) | Q(groups__in=[g.pk for g in groups]), is_active=True
+    )
     waiting = Tool._meta.get_field("calls").related_model  # approvals' ToolCall, above here
     tools = Tool.objects.filter(
         # Status.PENDING, named as approvals stores it: the registry cannot import approvals.
@@ -327,7 +321,7 @@ def record_deletion(*, deleted_by: Any, user: Any = None, group: Group | None = 
     subject = _subject(user, group)
     # The person's (the members') say-so on waiting calls goes with them: a verdict or the
     # quorum sweep counting it finishes first.
-    hold_reviews_of(user=user) if group is None else hold_reviews_of(groups=[group])
+    hold_reviews_of(users=[user] if user is not None else [], groups=[group] if group else [])
     grants: dict[str, list[str]] = {}
     for tool_name, codename in (
         _grant_model(subject)

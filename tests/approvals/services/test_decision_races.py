@@ -455,7 +455,7 @@ def test_a_verdict_that_waited_for_its_reviewers_deactivation_is_refused(
     def deactivate() -> None:
         try:
             with transaction.atomic():
-                hold_reviews_of(user=User.objects.get(pk=bob.pk))
+                hold_reviews_of(users=[User.objects.get(pk=bob.pk)])
                 User.objects.filter(pk=bob.pk).update(is_active=False)
                 taken.set()
                 release.wait(30)
