@@ -181,7 +181,7 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
         swept = derived and error.code == "idempotency_key_expired" and isinstance(key, str)
         if swept and (found := _open_call(caller.agent, str(key))) is not None:
             return found
-        return Submitted(status=error.status, body=_said_for_mcp(error).body(), call=None)
+        return Submitted(status=error.status, body=error.body(), call=None)
     # The call's representation: the answer itself, or in a refusal's "call".
     body = stored.body.get("call", stored.body)
     if stored.call is not None:
@@ -191,25 +191,6 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
     call_id = body.get("id")
     call = state.read(caller.agent, UUID(call_id)) if call_id else None
     return Submitted(status=stored.status, body=stored.body, call=call)
-
-
-def _said_for_mcp(error: errors.ApiError) -> errors.ApiError:
-    """The error as an MCP client can act on it: REST's errors name the Idempotency-Key
-    header, which an MCP client has no way to send (its key, when it sends one, is the call's
-    ``_meta`` entry; without one, sending the call again is the retry): a model told to
-    send the header could not follow the advice."""
-    entry = f'_meta entry "{IDEMPOTENCY_KEY}"'
-
-    def said(text: str) -> str:
-        return (
-            text.replace("The Idempotency-Key header", f"The {entry}")
-            .replace("the Idempotency-Key header", f"the {entry}")
-            .replace("This Idempotency-Key", f"This key (the {entry})")
-            .replace("Idempotency-Key", f"idempotency key (the {entry}, if you send one)")
-        )
-
-    error.message, error.suggestion = said(error.message), said(error.suggestion)
-    return error
 
 
 def is_read(caller: Caller, tool: str, meta: dict[str, Any]) -> bool:
@@ -361,8 +342,38 @@ def _meta(call: CallState) -> dict[str, Any]:
     return {CALL_ID: str(call.id), "io.countersign/status": call.status}
 
 
+def said_for_mcp(body: dict[str, Any]) -> dict[str, Any]:
+    """A REST error body as an MCP client can act on it: REST's errors name the
+    Idempotency-Key header, which an MCP client has no way to send (its key, when it sends
+    one, is the call's ``_meta`` entry; without one, sending the call again is the retry): a
+    model told to send the header could not follow the advice. Stored answers (a replayed
+    refusal, a read that failed) included."""
+    error = body.get("error")
+    if not isinstance(error, dict):
+        return body
+    entry = f'_meta entry "{IDEMPOTENCY_KEY}"'
+
+    def said(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        return (
+            text.replace("The Idempotency-Key header", f"The {entry}")
+            .replace("the Idempotency-Key header", f"the {entry}")
+            .replace("This Idempotency-Key", f"This key (the {entry})")
+            .replace("Idempotency-Key", f"idempotency key (the {entry}, if you send one)")
+        )
+
+    said_error = {
+        **error,
+        "message": said(error.get("message")),
+        "suggestion": said(error.get("suggestion")),
+    }
+    return {**body, "error": said_error}
+
+
 def error_result(body: dict[str, Any], call: CallState | None = None) -> types.CallToolResult:
     """A refusal or a call that ended badly: the REST API's error body, for the model."""
+    body = said_for_mcp(body)
     return types.CallToolResult(
         content=[types.TextContent(text=json.dumps(body, ensure_ascii=False))],
         structured_content=body,

@@ -125,10 +125,9 @@ class TaskAugmentedCalls:
         call = submitted.call
         if submitted.status >= 400 or call is None:
             # Refused before a task could exist: the same error body as a tool result.
-            error = submitted.body.get("error", {})
-            raise MCPError(
-                code=INVALID_PARAMS, message=error.get("message", "Refused."), data=submitted.body
-            )
+            body = calls.said_for_mcp(submitted.body)
+            error = body.get("error", {})
+            raise MCPError(code=INVALID_PARAMS, message=error.get("message", "Refused."), data=body)
         if call.risk == "read":  # its risk changed in between
             raise _read_is_no_task(call.tool)
         return _wire(types.CreateTaskResult(task=task_of(call)))
