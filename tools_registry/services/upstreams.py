@@ -269,24 +269,20 @@ def sync_upstream(
             )
         raise ImportFailed(message) from None
     # What was left out is said to the admin and audited, quoting the upstream: as above.
-    offer.skipped = [_without_credentials(reason, upstream) for reason in offer.skipped]
-    offer.tools = _definitions_without_credentials(offer.tools, upstream)
+    # The headers are decrypted once for all of it (a big document skips thousands).
+    if headers := _sent_headers(upstream):
+        offer.skipped = [secrets.without_credentials(r, headers) for r in offer.skipped]
+        offer.tools = _definitions_without_credentials(offer.tools, headers)
     return _apply(upstream, offer, actor=actor, enable_new=enable_new)
 
 
 def _definitions_without_credentials(
-    tools: list[ImportedTool], upstream: Upstream
+    tools: list[ImportedTool], headers: secrets.Headers
 ) -> list[ImportedTool]:
     """The tools' descriptions and schemas without the upstream's header values: a document
     served to whoever is signed in may quote their key (personalised API docs fill it in as
     an example or a default), and a definition is the agent's to read, stored, audited and
     exported, as an answer is (``secrets.answer_without_credentials``)."""
-    try:
-        headers = secrets.decrypt(upstream.headers_encrypted)
-    except secrets.SecretsUnreadable:
-        return tools  # nothing was sent with them
-    if not headers:
-        return tools
     return [
         dataclasses.replace(
             tool,
@@ -302,13 +298,18 @@ def _definitions_without_credentials(
     ]
 
 
+def _sent_headers(upstream: Upstream) -> secrets.Headers:
+    """The header values sent to the upstream, which nothing it says may be kept with; none
+    when they cannot be read (then nothing was sent with them)."""
+    try:
+        return secrets.decrypt(upstream.headers_encrypted)
+    except secrets.SecretsUnreadable:
+        return []
+
+
 def _without_credentials(text: str, upstream: Upstream) -> str:
     """``text`` (what an upstream said) without the upstream's header values."""
-    try:
-        headers = secrets.decrypt(upstream.headers_encrypted)
-    except secrets.SecretsUnreadable:
-        return text  # nothing was sent with them
-    return secrets.without_credentials(text, headers)
+    return secrets.without_credentials(text, _sent_headers(upstream))
 
 
 @transaction.atomic
