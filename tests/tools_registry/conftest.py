@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
+from tests.support.migrations import at_the_latest
 from tools_registry import registry
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolContext
@@ -106,3 +107,9 @@ def admin_form_data(response: Any) -> dict[str, Any]:
         for sub in inline.formset.forms:
             collect(sub)
     return data
+
+
+@pytest.fixture
+def latest() -> Iterator[list[tuple[str, str]]]:
+    """Every app's newest migration, where a migration's test leaves the database."""
+    yield from at_the_latest()

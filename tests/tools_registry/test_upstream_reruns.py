@@ -7,16 +7,13 @@ before keep the header they have: the migration changes no behaviour silently.""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
-from django.db.migrations.state import StateApps
 from django.test import Client
 
+from tests.support.migrations import migrate
 from tools_registry.models import Upstream
 
 BEFORE_THE_DEFAULT_CHANGED = [("tools_registry", "0017_tool_escalation_team_protected")]
@@ -54,21 +51,6 @@ def test_the_admins_add_form_starts_with_no_header_and_says_what_one_means(
     (field,) = re.findall(r'<input[^>]*name="idempotency_header"[^>]*>', page)
     assert 'value="' not in field or 'value=""' in field, field
     assert "waits for a person on the Needs attention page" in page
-
-
-def migrate(targets: list[tuple[str, str]]) -> StateApps:
-    executor = MigrationExecutor(connection)
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
-
-
-@pytest.fixture
-def latest() -> Iterator[list[tuple[str, str]]]:
-    """Every app's newest migration, where the database is left whatever the test does."""
-    nodes = MigrationExecutor(connection).loader.graph.leaf_nodes()
-    yield nodes
-    migrate(nodes)
 
 
 @pytest.mark.django_db(transaction=True)

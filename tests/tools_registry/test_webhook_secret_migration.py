@@ -3,38 +3,20 @@ old secret still in its grace period when it runs signs on until the moment prom
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
-from django.db.migrations.state import StateApps
 from django.utils import timezone
 
+from tests.support.migrations import migrate
 from tools_registry.models import Agent
 from tools_registry.services import signing_secrets
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ONE_SLOT = [("tools_registry", "0013_agent_previous_webhook_secrets")]
-
-
-def migrate(targets: list[tuple[str, str]]) -> StateApps:
-    """Migrate the test database to ``targets``; the models as they are there."""
-    executor = MigrationExecutor(connection)
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
-
-
-@pytest.fixture
-def latest() -> Iterator[list[tuple[str, str]]]:
-    """Every app's newest migration, where the database is left whatever the test does."""
-    nodes = MigrationExecutor(connection).loader.graph.leaf_nodes()
-    yield nodes
-    migrate(nodes)
 
 
 def test_a_previous_secret_in_its_grace_period_is_carried_into_the_list(
