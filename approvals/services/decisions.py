@@ -242,6 +242,10 @@ def _decide_locked(
             # What this raises rolls the correction back with everything else.
             _require_first_vote(call, reviewer, verdict)
             _require_may_approve(call, reviewer)
+            # The correction overrules the approvals of the arguments it replaced, and what
+            # came with them: left live, a standing approval of the very arguments this
+            # reviewer found wrong would approve them, unseen, when the agent sent them again.
+            standing.revoke_for_correction(call, corrected_by=reviewer)
         if call.risk == Risk.DESTRUCTIVE or (call.policy or {}).get("confirm"):
             _require_confirmation(call, confirmation)
         if call.risk == Risk.DESTRUCTIVE:

@@ -172,6 +172,19 @@ def revoke_for_rejection(call: ToolCall, *, rejected_by: Any) -> None:
     _revoke_live(person=rejected_by, why="call_rejected", source_call=call)
 
 
+def revoke_for_correction(call: ToolCall, *, corrected_by: Any) -> None:
+    """Revoke every live standing approval given with an approval of ``call``, whose
+    arguments ``corrected_by`` has just corrected (under the call's lock, in the verdict's
+    transaction), as theirs.
+
+    Every approval of the call so far approved arguments the correction replaced, and stops
+    counting (``edits.edit_arguments``); the standing approvals given with them go too, as a
+    veto's do (``revoke_for_rejection``). The corrector's own standing approval, if they give
+    one, is granted after this, with their approval of the corrected arguments.
+    """
+    _revoke_live(person=corrected_by, why="call_corrected", source_call=call)
+
+
 def _revoke_live(*, person: Any, why: str, **filters: Any) -> None:
     """Revoke, as ``person``, every live standing approval ``filters`` select, locked in
     order of their ids (two revocations that meet lock them in the same order)."""

@@ -4,6 +4,7 @@ named in the audit trail of every call they let through."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from datetime import timedelta
@@ -425,3 +426,57 @@ def test_a_veto_takes_back_every_standing_approval_given_with_the_vetoed_call(
     assert again.status_code == 202, again.content
     assert again.json()["status"] == "pending"
     assert ToolCall.objects.get(pk=again.json()["id"]).approvals_required == 1
+
+
+def test_a_correction_takes_back_the_standing_approvals_of_the_arguments_it_replaced(
+    world: World, dave: Any
+) -> None:
+    """Bob approves a call that needs two reviewers and allows these very arguments in
+    advance; dave corrects the recipient (a fraudster's address) and approves the corrected
+    call. Bob's approval stops counting: it approved the arguments dave replaced. So must his
+    standing approval, or the agent, sending the original arguments again, has them approved
+    unseen. Dave's own standing approval, of the corrected arguments, stands."""
+    tool = world.tools["send_email"]
+    registry_services.update_policy(
+        tool=tool,
+        changes={"approvals_required": 2},
+        changed_by=world.alice,
+    )
+    tool.refresh_from_db()
+    call = submit(world)
+    assert call.approvals_required == 2
+    bob, other = Client(), Client()
+    bob.force_login(world.bob)
+    other.force_login(dave)
+    approved = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {"verdict": "approve", "arguments_hash": call.arguments_hash, "standing": "same"},
+    )
+    assert approved.status_code == 302
+    bobs = StandingApproval.objects.get()
+    corrected = {**EMAIL, "to": "ada@example.org"}
+    answer = other.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "edited_arguments": json.dumps(corrected),
+            "standing": "same",
+        },
+    )
+    assert answer.status_code == 302, answer.content
+    call.refresh_from_db()
+    assert call.arguments == corrected and call.status == Status.PENDING  # asks two again
+    bobs.refresh_from_db()
+    assert bobs.revoked_at is not None and bobs.revoked_by == dave
+    (revoked,) = events("standing_approval.revoked")
+    assert revoked.actor_label == "dave"
+    assert revoked.data == {"standing_approval": bobs.pk, "uses": 0, "reason": "call_corrected"}
+    daves = StandingApproval.objects.exclude(pk=bobs.pk).get()
+    assert daves.revoked_at is None and daves.granted_by == dave
+    registry_services.update_policy(
+        tool=tool, changes={"approvals_required": 1}, changed_by=world.alice
+    )
+    tool.refresh_from_db()
+    assert submit(world).status == Status.PENDING  # the original arguments, again
+    assert submit(world, corrected).status == Status.APPROVED  # dave's, as he allowed
