@@ -23,7 +23,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models import Case, Count, F, Q, QuerySet, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -166,24 +166,34 @@ def expire_leases(*, now: datetime | None = None, limit: int = 500) -> int:
     return expired
 
 
+# Where the last pass of reconciliation stopped (``in_turn``).
+RECONCILE_CURSOR = "approvals:reconcile-sweep:after"
+
+
 def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Counter[str]:
     """Ask the downstream about every unknown call not yet escalated, and about escalated
-    ones again every ``EXECUTOR_RECHECK_ESCALATED_SECONDS`` (it may be able to tell now)."""
+    ones again every ``EXECUTOR_RECHECK_ESCALATED_SECONDS`` (it may be able to tell now).
+
+    Each pass goes on from where the last stopped (``in_turn``): a call this pass cannot
+    settle (another transaction holds it, its check raises) is left where it was, and more
+    of them than a pass takes, oldest first, would otherwise hide every newer call, pass
+    after pass."""
     now = now or timezone.now()
     recheck_before = now - timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS)
-    candidates = list(
-        ToolCall.objects.filter(status=Status.UNKNOWN)
-        .filter(Q(needs_attention=False) | Q(updated_at__lt=recheck_before))
-        .order_by("updated_at")
-        .values_list("pk", flat=True)[:limit]
+    candidates = in_turn(
+        ToolCall.objects.filter(status=Status.UNKNOWN).filter(
+            Q(needs_attention=False) | Q(updated_at__lt=recheck_before)
+        ),
+        cursor=RECONCILE_CURSOR,
+        limit=limit,
     )
     actions: Counter[str] = Counter()
     for call_id in candidates:
         try:
             actions[reconcile_call(call_id=call_id, now=now, skip_locked=True).action] += 1
         except Exception:
-            # One call the sweep cannot settle must not hold up every call after it (they
-            # are taken oldest first, and this one stays first): logged, the rest go on.
+            # One call the sweep cannot settle must not hold up every call after it: logged,
+            # the rest go on, and the next pass starts after the last one this pass took.
             logger.exception("reconciling call %s failed; the sweep goes on", call_id)
             actions["failed"] += 1
     return actions
@@ -254,26 +264,34 @@ def complete_restored_quorums(*, now: datetime | None = None, limit: int = 200) 
         .annotate(given=given)
         .filter(given__gte=F("approvals_required"))
     )
+    candidates = in_turn(waiting, cursor=QUORUM_CURSOR, limit=limit)
+    return sum(1 for call_id in candidates if complete_quorum(call_id=call_id, now=now))
+
+
+def in_turn(candidates: QuerySet[ToolCall], *, cursor: str, limit: int) -> list[UUID]:
+    """Up to ``limit`` of ``candidates``, by (created_at, id), starting after the last call
+    the previous pass of the same sweep took (kept in the cache under ``cursor``), round to
+    the oldest again once past the newest: every candidate is taken once in each
+    ``ceil(candidates / limit)`` passes, however many of them a pass can do nothing for."""
     order: list[Any] = ["created_at", "id"]
-    if (after := _quorum_cursor()) is not None:
-        # The calls after the cursor first, then from the oldest again: one query, which
-        # costs what it did in created_at order (the counts are all made before the sort).
+    if (after := _cursor(cursor)) is not None:
+        # The calls after the cursor first, then from the oldest again, in one query.
         at, call_id = after
         later = Q(created_at__gt=at) | Q(created_at=at, id__gt=call_id)
         order.insert(0, Case(When(later, then=Value(0)), default=Value(1)))
-    candidates = list(waiting.order_by(*order).values_list("pk", "created_at")[:limit])
-    if candidates:
-        last_id, last_at = candidates[-1]
-        _keep_quorum_cursor(last_at, last_id)
-    return sum(1 for call_id, _ in candidates if complete_quorum(call_id=call_id, now=now))
+    taken = list(candidates.order_by(*order).values_list("pk", "created_at")[:limit])
+    if taken:
+        last_id, last_at = taken[-1]
+        _keep_cursor(cursor, last_at, last_id)
+    return [call_id for call_id, _ in taken]
 
 
-def _quorum_cursor() -> tuple[datetime, UUID] | None:
+def _cursor(name: str) -> tuple[datetime, UUID] | None:
     try:
-        kept = cache.get(QUORUM_CURSOR)
+        kept = cache.get(name)
     except Exception:
         # A cache that is down costs only fairness: this pass starts from the oldest call.
-        logger.warning("the quorum sweep's cursor could not be read", exc_info=True)
+        logger.warning("the sweep's cursor %s could not be read", name, exc_info=True)
         return None
     try:
         return datetime.fromisoformat(kept[0]), UUID(kept[1])
@@ -281,11 +299,11 @@ def _quorum_cursor() -> tuple[datetime, UUID] | None:
         return None
 
 
-def _keep_quorum_cursor(at: datetime, call_id: UUID) -> None:
+def _keep_cursor(name: str, at: datetime, call_id: UUID) -> None:
     try:
-        cache.set(QUORUM_CURSOR, [at.isoformat(), str(call_id)], timeout=None)
+        cache.set(name, [at.isoformat(), str(call_id)], timeout=None)
     except Exception:
-        logger.warning("the quorum sweep's cursor could not be kept", exc_info=True)
+        logger.warning("the sweep's cursor %s could not be kept", name, exc_info=True)
 
 
 def run_executor_sweeps(*, now: datetime | None = None) -> SweepReport:

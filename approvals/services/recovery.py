@@ -19,6 +19,7 @@ not have happened. The handler's ``lookup(idempotency_key)`` asks the downstream
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -161,7 +162,12 @@ def ask_downstream(call: ToolCall) -> tuple[str, dict[str, Any] | None]:
         if answer.found is True:
             # Kept whatever it holds: a NUL from an upstream must not fail the move (and
             # keep every call after this one waiting behind it in the sweep).
-            return FOUND, storable(dict(answer.result or {}))
+            found = storable(dict(answer.result or {}))
+            # A value JSON cannot hold (a code tool's datetime or Decimal) failed the move on
+            # every check, the call never escalated: a lookup that answers so has failed,
+            # and a person is told (as a handler's result is checked, runner._checked_result).
+            json.dumps(found)
+            return FOUND, found
     except Exception:
         logger.warning("lookup of call %s failed", call.pk, exc_info=True)
         return LOOKUP_FAILED, None

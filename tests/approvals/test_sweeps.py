@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -201,6 +202,22 @@ def test_every_sweep_runs_through_while_paused_processes_hold_a_call_of_each_kin
 
     assert moved(sweeps.run_all()) == (1, 1, 1, 1, 1)
     assert ToolCall.objects.get(pk=held[2].pk).status == Status.SUCCEEDED
+
+
+def test_reconciliation_reaches_a_call_behind_more_held_ones_than_a_pass_takes(
+    live_world: World,
+) -> None:
+    """A pass takes the oldest candidates (100); one it cannot settle (held by a paused
+    process, or its check raising on every pass) was left where it was, so as many of
+    them as a pass takes hid every newer unknown call, pass after pass. Each pass now goes
+    on from where the last stopped. Here a pass takes one call, and one is held."""
+    held = unknown_call(live_world)
+    waiting = unknown_call(live_world)
+    with paused_in_a_transaction_on(held):
+        passes = [sweeps.reconcile_unknown(limit=1) for _ in range(2)]
+        waiting.refresh_from_db()
+        assert waiting.status != Status.UNKNOWN, passes
+    assert sum(passes, Counter()) == {"skipped": 1, "rerun": 1}
 
 
 def test_a_stop_queued_behind_a_paused_claim_holds_up_no_lease_expiry(live_world: World) -> None:

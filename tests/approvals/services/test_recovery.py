@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -383,6 +383,25 @@ def test_a_lookup_answer_the_database_cannot_hold_stops_no_other_call(world: Wor
     assert nonsense.status == Status.UNKNOWN and nonsense.needs_attention
     plain.refresh_from_db()
     assert plain.status == Status.SUCCEEDED
+
+
+def test_a_lookup_answer_json_cannot_hold_goes_to_a_person(world: World) -> None:
+    """A code tool's lookup that found the effect and answered with a value JSON cannot
+    encode (a datetime): the move failed on every check, the call stayed unknown, never
+    escalated, and took its place at the head of each pass. It is a failed lookup now."""
+    odd = unknown_call(world)
+    spec = registry.get("send_email")
+    saved = spec.lookup_fn
+    spec.lookup_fn = lambda ctx: LookupResult.found_with({"sent_at": datetime(2026, 1, 1)})
+    try:
+        assert sweeps.reconcile_unknown() == {"escalated": 1}
+    finally:
+        spec.lookup_fn = saved
+    odd.refresh_from_db()
+    assert odd.status == Status.UNKNOWN and odd.needs_attention
+    assert AuditEvent.objects.get(call_id=odd.pk, action="call.escalated").data["finding"] == (
+        "lookup_failed"
+    )
 
 
 def test_a_call_escalated_while_its_agent_was_stopped_is_not_rerun_after_the_resume(
