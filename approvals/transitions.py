@@ -14,7 +14,9 @@ write only:                 approved -> unknown  (a re-run of an earlier attempt
                             unknown -> succeeded | failed   (reconciled, resolved by a person,
                                                   or the lease's worker come back late)
 write only:                 unknown -> approved  (reconciled: not done, re-run, same key)
-                            failed  -> approved  (the agent's retry, or a person's re-run)
+                            failed  -> approved  (the agent's retry, at most
+                                                  EXECUTOR_AGENT_RETRIES times; or a
+                                                  person's re-run)
 
 A write is created ``pending``: it is received and sent to review in one transaction. A
 destructive call gets one attempt: after a failure or an unknown outcome a person records

@@ -690,6 +690,10 @@ if (
 # Reconciliation runs a call again by itself (same key) at most this many times when the
 # downstream says the effect did not happen; after that a person decides.
 EXECUTOR_AUTO_RERUNS = env_int("EXECUTOR_AUTO_RERUNS", 2)
+# The agent may ask for a failed write to run again (same key, same approval) at most this
+# many times; past it the approval is spent, and an effect still wanted is a new call, which
+# a person approves again. 0: a failed write is never retried on the agent's request.
+EXECUTOR_AGENT_RETRIES = env_int("EXECUTOR_AGENT_RETRIES", 3)
 # An escalated unknown call's downstream is asked again this often, in case it can now tell.
 EXECUTOR_RECHECK_ESCALATED_SECONDS = env_int("EXECUTOR_RECHECK_ESCALATED_SECONDS", 300)
 # Webhooks to agents (gateway.webhooks): per-attempt timeout, retries with exponential

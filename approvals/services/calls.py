@@ -17,6 +17,7 @@ from approvals.guards import Refused, arguments_hash, cannot_run_reason
 from approvals.models import StandingApproval, Status, ToolCall, Transport
 from approvals.services import standing
 from approvals.transitions import lock_call, move
+from audit.models import AuditEvent
 from tools_registry.models import Agent, Tool
 from tools_registry.policy import Risk, read_run_seconds
 
@@ -173,6 +174,19 @@ STOPPED_BEFORE_IT_RAN = (
 )
 
 
+RETRIES_SPENT = (
+    "This call was already retried {retried} times under its approval, the most allowed "
+    "(EXECUTOR_AGENT_RETRIES): if the effect is still wanted, make a new call, which needs "
+    "its own approval."
+)
+
+
+def retries_of(call: ToolCall) -> int:
+    """How many times the agent has had the call run again (``retry_call``), from the audit
+    trail, which keeps each one (``call.retry_requested``)."""
+    return AuditEvent.objects.filter(call_id=call.pk, action="call.retry_requested").count()
+
+
 class RetryRefused(Refused):
     """The call may not be re-run on the agent's request."""
 
@@ -188,7 +202,8 @@ def retry_call(
     The downstream refuses a second effect under the same key, so a re-run can never
     double what the failed attempt might have done. Destructive calls are never re-run on
     an agent's request: their failure is escalated to a person. A call that is already
-    approved or executing again is returned as it is, so the request may be repeated.
+    approved or executing again is returned as it is, so the request may be repeated. Each
+    retry runs on the call's one approval: at most ``EXECUTOR_AGENT_RETRIES`` of them.
 
     ``admit`` (the edge's circuit breaker) is asked only once the call will run again, after
     every reason to refuse: what it raises leaves the call as it was.
@@ -216,6 +231,10 @@ def retry_call(
         # agent that was stopped must not bring back, after its resume, the approval the
         # stop took away. A call still wanted is a new call, with its own approval.
         raise RetryRefused(STOPPED_BEFORE_IT_RAN)
+    if (retried := retries_of(call)) >= settings.EXECUTOR_AGENT_RETRIES:
+        # Each retry runs under the reviewers' one approval, which nobody sees again: an
+        # agent looping on a failing write must not run it for ever on that approval.
+        raise RetryRefused(RETRIES_SPENT.format(retried=retried))
     if admit is not None:
         admit(call)
     previous_error = call.error

@@ -96,6 +96,30 @@ def test_a_failed_write_is_retried_with_its_original_key(
     assert effect["idempotency_key"] == f"countersign-{call.pk}"
 
 
+def test_a_failing_write_is_retried_on_its_approval_only_so_many_times(
+    world: World, settings: Any
+) -> None:
+    """Each retry runs on the reviewers' one approval, and nobody sees it again: an agent
+    looping on a write that keeps failing ran it for ever. Past ``EXECUTOR_AGENT_RETRIES``
+    the retry is refused, and a new call needs its own approval."""
+    settings.EXECUTOR_AGENT_RETRIES = 2
+    call = _approved_and_run(world, UPDATE_MISSING)
+    for _ in range(2):
+        assert _post(world, str(call.pk), "retry").status_code == 202
+        runner.execute(call.pk)
+        call.refresh_from_db()
+        assert (call.status, call.error["code"]) == (Status.FAILED, "customer_not_found")
+
+    refused = _post(world, str(call.pk), "retry")
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "retry_not_allowed"
+    assert "retried 2 times" in error["message"] and "new call" in error["message"]
+    call.refresh_from_db()
+    assert (call.status, call.attempts) == (Status.FAILED, 3)
+    assert AuditEvent.objects.filter(action="call.retry_requested", call_id=call.pk).count() == 2
+
+
 def test_a_destructive_call_is_never_retried_on_request(world: World) -> None:
     dana = User.objects.create_user("dana", "dana@example.com", "pw-dana")
     registry_services.grant_review(tool=world.tools["delete_customer"], user=dana)
