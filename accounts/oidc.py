@@ -135,10 +135,18 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
         except requests.RequestException as exc:
             logger.warning("SSO sign-in refused by the provider: %s", type(exc).__name__)
             return None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:
             # An ID token expired, not yet valid or without a claim it must have: PyJWT's
             # refusals but DecodeError (the library's 400) went through the callback as a 500.
+            # So did a key it refuses to verify with (too short, or no key at all): those
+            # are no InvalidTokenError.
             logger.warning("SSO sign-in refused: the ID token is not valid: %s", exc)
+            return None
+        except SuspiciousOperation as exc:
+            # An ID token no published signing key verifies, or signed with another
+            # algorithm, or with another nonce: the library raises these from the token's
+            # check, outside the part it catches, and the callback answered a bare 400.
+            logger.warning("SSO sign-in refused: %s", exc)
             return None
         except RecursionError:
             # An answer (token, user info, key set) nested deeper than Python's JSON reader
@@ -160,8 +168,10 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             algorithms=[algorithm],
             leeway=PROVIDER_CLOCK_SKEW_SECONDS,
             # The ID token's audience is checked where it is known to be one
-            # (get_or_create_user): a signed user-info answer need not name one.
-            options={"verify_aud": False},
+            # (get_or_create_user): a signed user-info answer need not name one. PyJWT only
+            # warns of an RSA key under 2048 bits, and verifies with it: a key that short can
+            # be factored, and whoever did could sign anyone in, an admin's teams and all.
+            options={"verify_aud": False, "enforce_minimum_key_length": True},
         )
 
     def get_token(self, payload: dict[str, Any]) -> Any:
@@ -231,6 +241,14 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             if self.get_settings("OIDC_VERIFY_KID", True) and key.get("kid") != header.get("kid"):
                 continue
             if "alg" in key and key["alg"] != header.get("alg"):
+                continue
+            # Nor a key published for encryption (use, or RFC 7517's key_ops): a key set may
+            # hold one under the signing key's id, and the last key of an id was taken.
+            if key.get("use", "sig") != "sig":
+                continue
+            if "key_ops" in key and (
+                not isinstance(key["key_ops"], list) or "verify" not in key["key_ops"]
+            ):
                 continue
             match = key
         if match is None:

@@ -370,6 +370,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # task in a prefork child: a new PostgreSQL connection per task. With the pool, close only
 # every this many tasks; config.celery returns the connection to the pool after each one.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000) if env_bool("DB_POOL", True) else None
+# Beat's record of the last runs goes under var/, not the working directory: the image's
+# /app belongs to root and its processes do not (Dockerfile), so beat could not create it.
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # A periodic task that waited in the queue past its next run is dropped (expires), so a
 # backlog (workers down for an hour) never piles up runs; the next one does the same work.
 _AUDIT_VERIFY_EVERY = float(env_int("AUDIT_VERIFY_EVERY_SECONDS", 3600, minimum=1))

@@ -261,7 +261,14 @@ class ToolsQuery(Schema):
     )
 
 
-@api.get(
+# Every GET endpoint answers HEAD as it answers GET, without the body (HTTP asks it of any
+# resource GET reads, as the document's own endpoints do): HEAD was 405, Allow: GET, to a
+# monitor or a client checking a call exists. The document lists the GET only (openapi).
+READ = ["GET", "HEAD"]
+
+
+@api.api_operation(
+    READ,
     "/tools",
     summary="The tools this agent may call (for one end user)",
     description=(
@@ -363,7 +370,8 @@ class WaitQuery(Schema):
     )  # fmt: skip
 
 
-@api.get(
+@api.api_operation(
+    READ,
     "/tool-calls/{call_id}",
     summary="A call's status, decision and result",
     description=(

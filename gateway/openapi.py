@@ -184,6 +184,11 @@ def finish(schema: JSON, *, tools: Iterable[Tool], public_url: str) -> JSON:
     _hoist_pydantic_definitions(components)
     components["Error"] = _error_component()
     for path_item in doc["paths"].values():
+        # django-ninja repeats a GET endpoint's operation, operationId and all, for the HEAD
+        # it also answers (gateway.api.READ): two operations of one id are no valid
+        # document, and HEAD is GET without the body, as HTTP itself says.
+        if "get" in path_item:
+            path_item.pop("head", None)
         for operation in path_item.values():
             _finish_operation(operation, components)
     tool_calls = doc["paths"].get("/api/v1/tool-calls", {}).get("post")

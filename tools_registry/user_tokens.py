@@ -1,8 +1,8 @@
 """Verifying an end user's token (a JWT from the organisation's identity provider) with
 PyJWT, against the provider's signing keys (its JWKS), fetched and cached per process.
 
-A token is accepted only when its signature verifies with a key the provider publishes,
-with an algorithm the provider is set to use (public-key ones only: never ``none``, never
+A token is accepted only when its signature verifies with a key the provider publishes
+for signing (an RSA one of 2048 bits or more), with an algorithm the provider is set to use (public-key ones only: never ``none``, never
 HS256 and friends, whose "secret" would be the public key anyone can fetch), and its
 issuer, audience and expiry are right. Nothing is ever accepted unverified: when the keys
 cannot be had (the provider is down), the token is refused with ``ProviderUnavailable``,
@@ -159,10 +159,16 @@ def _decoded(
             audience=provider.audience,
             issuer=provider.issuer,
             leeway=LEEWAY_SECONDS,
-            options={"require": ["exp", "iss", "aud"]},
+            # PyJWT only warns of an RSA key under 2048 bits, and verifies with it: a key that
+            # short can be factored, and whoever did could sign any user with any roles.
+            options={"require": ["exp", "iss", "aud"], "enforce_minimum_key_length": True},
         )
     except jwt.InvalidSignatureError:
         raise
+    except jwt.InvalidKeyError:
+        raise TokenInvalid(
+            "the provider's key for it is too short to trust (an RSA key under 2048 bits)"
+        ) from None
     except jwt.ExpiredSignatureError:
         raise TokenInvalid("it has expired") from None
     except jwt.ImmatureSignatureError:
@@ -269,10 +275,16 @@ def _pick(keys: list[dict[str, Any]], kid: str | None, alg: str) -> dict[str, An
         if key.get("kty") == kty
         and (crv is None or key.get("crv") == crv)
         and key.get("use", "sig") == "sig"
+        # A key whose operations (RFC 7517's key_ops) leave out verifying is not for tokens.
+        and ("key_ops" not in key or _verifies(key["key_ops"]))
         and key.get("alg", alg) == alg
         and (kid is None or key.get("kid") == kid)
     ]
     return fitting[0] if len(fitting) == 1 else None
+
+
+def _verifies(key_ops: Any) -> bool:
+    return isinstance(key_ops, list) and "verify" in key_ops
 
 
 def _fetched_since(url: str, moment: float) -> bool:

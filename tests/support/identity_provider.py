@@ -33,13 +33,15 @@ class SigningKey:
     kid: str
     alg: str
     private: Any
+    # What the key set says the key is for: "use", or RFC 7517's "key_ops" in its place.
+    purpose: dict[str, Any] = field(default_factory=lambda: {"use": "sig"})
 
     def public_jwk(self) -> dict[str, Any]:
         if self.alg.startswith("ES"):
             jwk = jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
         else:
             jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
-        return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
+        return {**jwk, "kid": self.kid, "alg": self.alg, **self.purpose}
 
     def public_pem(self) -> bytes:
         return self.private.public_key().public_bytes(
@@ -47,8 +49,8 @@ class SigningKey:
         )
 
 
-def rsa_key(kid: str | None = None) -> SigningKey:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def rsa_key(kid: str | None = None, *, bits: int = 2048) -> SigningKey:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     return SigningKey(kid=kid or f"rsa-{uuid.uuid4().hex[:8]}", alg="RS256", private=private)
 
 

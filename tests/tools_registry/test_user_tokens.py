@@ -195,6 +195,47 @@ def test_a_token_signed_with_hmac_and_the_public_key_is_refused(
     assert "'HS256'" in refused.message
 
 
+@pytest.mark.filterwarnings("ignore::jwt.InsecureKeyLengthWarning")
+def test_a_token_signed_with_an_rsa_key_under_2048_bits_is_refused(
+    world: World, identity_providers: ProviderFactory
+) -> None:
+    """PyJWT only warned of a 1024-bit key and verified with it: whoever factors a key that
+    short (the provider's forgotten test key, an old one) names any user with any roles."""
+    short = rsa_key(bits=1024)
+    made = identity_providers(short)
+    world.agent.user_roles_from = Agent.UserRoles.VERIFIED
+    world.agent.identity_provider = made.row
+    world.agent.save()
+    refused = refusal(world.agent, made.token("ada", ["admin"], key=short))
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "2048 bits" in refused.message
+
+
+@pytest.mark.parametrize(
+    "purpose",
+    [{"use": "enc"}, {"key_ops": ["encrypt", "wrapKey"]}, {"key_ops": "verify"}],
+    ids=["use-enc", "key-ops-encrypt", "key-ops-not-a-list"],
+)
+def test_a_key_the_provider_publishes_for_encryption_verifies_no_token(
+    world: World, identity_providers: ProviderFactory, purpose: dict[str, object]
+) -> None:
+    """A key set says what each key is for, by ``use`` or by ``key_ops`` (RFC 7517): a
+    key whose operations leave out verifying vouched for tokens all the same."""
+    key = rsa_key()
+    key.purpose = purpose
+    made = identity_providers(key)
+    world.agent.user_roles_from = Agent.UserRoles.VERIFIED
+    world.agent.identity_provider = made.row
+    world.agent.save()
+    refused = refusal(world.agent, made.token(key=key))
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "does not publish" in refused.message
+    key.purpose = {"key_ops": ["verify"]}
+    made.publish(key)
+    user_tokens.forget_keys()
+    assert identify(world.agent, on_behalf_of=None, user_token=made.token(key=key)).id == "ada"
+
+
 def test_an_admin_cannot_accept_hmac_or_none(provider: Provider) -> None:
     for algorithms in (["HS256"], ["none"], ["RS256", "HS512"], []):
         provider.row.algorithms = algorithms
