@@ -132,8 +132,9 @@ def append_anchor(
     only onto the chain the last line anchored: ``holds(last)`` says whether the chain still
     has the last line's hash at its seq. Raises ``AnchorNotHeld`` when it does not.
 
-    ``holds`` is asked only when a line is about to be written: the sealer calls this every
-    few seconds, and a head that did not move needs no query. An exclusive ``flock`` makes
+    ``holds`` is asked only when a line is about to be written, or when the file is ahead
+    of ``seq`` (a head read before another sealer anchored a later one is no removal): the
+    sealer calls this every few seconds, and a head that did not move needs no query. An exclusive ``flock`` makes
     read-the-tail-then-append atomic between processes, so two beat processes (a
     misconfiguration) still keep ``seq`` increasing. ``O_APPEND`` never overwrites;
     ``fsync`` keeps the line across a crash.
@@ -145,6 +146,11 @@ def append_anchor(
         raw = _last_line(fd)
         last = _parse(raw, 0) if raw else None
         if last is not None and last.seq > seq:
+            if holds(last):
+                # The head was read before another sealer (two seal tasks at once, a second
+                # beat) sealed on and anchored past it: the chain reaches the anchor, so
+                # nothing was removed, and there is nothing to add.
+                return None
             logger.warning(
                 "audit chain head seq %s is behind the anchor's seq %s: events were removed "
                 "or the database was restored; run manage.py verify_audit",

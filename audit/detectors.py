@@ -128,8 +128,13 @@ SECRET_NAME = (
     # The words before a capital (never across a separator, so the split is read once).
     r"(?-i:[A-Za-z0-9]*[a-z0-9](?<=[A-Za-z0-9][a-z0-9])(?=[A-Z]))?"
     r"(?:pass(?:word|wd|phrase)|pwd|secret|token|apikey"
-    r"|(?:api|access|auth|secret|private|session|signing|encryption|client|master)[_-]?key"
-    r"|authorization|auth|cookie|credentials?|card[_-]?number|cvc|cvv)"
+    r"|(?:api|access|auth|secret|private|session|signing|encryption|client|master|subscription)[_-]?key"
+    r"|authorization|auth|cookie|credentials?|card[_-]?number|cvc|cvv"
+    # A signed URL's signature is its credential: whoever holds the URL reads or writes the
+    # object until it expires (S3's ``X-Amz-Signature=``, GCS's ``X-Goog-Signature=``; Azure's
+    # ``sig=`` is a key shape, below). Hex, which no key shape tells from a hash. Not
+    # "signature" or "sig" alone: an e-mail tool's signature is text a reviewer has to read.
+    r"|(?:amz|goog)[_-]signature)"
 )
 
 # An assignment: the name, its closing quote if it is quoted (``"api_key"``, or ``\"api_key\"``
@@ -269,6 +274,10 @@ _LIBRARY_PLUGINS: tuple[RegexBasedDetector, ...] = (
 
 # Key shapes the plugins miss.
 _KEY_SHAPES = re.compile(
+    # An Azure SAS URL's signature (``?...&sig=``, URL-encoded base64, which may begin with an
+    # escape): whoever holds the URL reads or writes the object until it expires. Only in a
+    # URL's query: a ``sig`` field elsewhere is an e-mail's signature, text to be read.
+    r"(?<=[?&]sig=)[A-Za-z0-9%+/_-]{16,}={0,2}|"
     r"\b(?:"
     # Stripe: the plugin knows only live secret and restricted keys, and only their first 24
     # characters; test and publishable keys, and longer keys, are masked whole here.
@@ -281,6 +290,12 @@ _KEY_SHAPES = re.compile(
     r"|cst_[A-Za-z0-9]{6,}_[A-Za-z0-9_-]{16,}"
     # Webhook signing secrets, Standard Webhooks' "whsec_" + base64 (rotate_webhook_secret).
     r"|whsec_[A-Za-z0-9+/]{16,}={0,2}"
+    # Google API keys (Maps, Gemini, Firebase...), sent in a URL's query: ``?key=AIza...``,
+    # a parameter name no assignment takes for a secret's.
+    r"|AIza[0-9A-Za-z_-]{35,}"
+    # A Discord webhook's id and token, the URL's path: whoever has it posts as the webhook.
+    # (The Discord plugin knows bot tokens only; Slack's webhook URLs its own plugin masks.)
+    r"|(?<=/webhooks/)\d{17,20}/[A-Za-z0-9_-]{60,}"
     r")"
 )
 # A password in a URL without a user name (redis://:hunter2@host), which the basic-auth plugin
@@ -784,7 +799,7 @@ def _stands_alone(text: str, start: int, end: int, number: str) -> bool:
 
 # Words one of which every assignment or auth scheme holds (searched in case-folded text).
 _ASSIGNMENT_WORD = re.compile(
-    r"pass|pwd|secret|token|key|auth|cookie|sessionid|credential|card|cvc|cvv"
+    r"pass|pwd|secret|token|key|auth|cookie|sessionid|credential|card|cvc|cvv|signature"
 )
 _SCHEME_WORD = re.compile(r"bearer|token|basic")
 # Every key shape is a run of at least 16 characters that may stand in a key, not all of them

@@ -219,6 +219,7 @@ def verify_chain(
     # The latest occurred_at walked so far: the instants are UTC ISO text of one width per
     # precision, which compare as the times they name.
     latest = ""
+    previous_id: int | None = None  # the id of the event at seq expected - 1
     backdated: list[tuple[int, int, str, str]] = []
     last_good: anchor.Anchor | None = None
     # Whether the file holds no anchor at all. Not "none matched": a walk that broke before
@@ -263,11 +264,24 @@ def verify_chain(
                     reason=f"expected seq {expected}, found seq {seq}: events {what}",
                 )
             if stored_prev != prev_hash:
+                # The seqs run on unbroken, so the link between the two was cut: seq - 1 was
+                # altered and its hash computed again (it matches its own content), or this
+                # event's prev_hash was changed, or events were removed and renumbered. The
+                # event before is named too: it is the altered one in the first case.
+                before = (
+                    f"seq {seq - 1} (event id {previous_id}) was altered and its hash "
+                    "recomputed, or "
+                    if previous_id is not None
+                    else ""
+                )
                 return result(
                     False,
                     broken_seq=seq,
                     broken_id=pk,
-                    reason="prev_hash is not the previous event's hash: events removed or reordered",
+                    reason=(
+                        "prev_hash is not the previous event's hash: "
+                        f"{before}events removed or reordered"
+                    ),
                 )
             text = "".join(
                 (
@@ -330,6 +344,7 @@ def verify_chain(
             elif len(backdated) < 5 and _backdated(occurred, latest):
                 backdated.append((seq, pk, occurred, latest))
             prev_hash, checked, expected = stored_hash, checked + 1, expected + 1
+            previous_id = pk
             if progress is not None and checked % PROGRESS_EVERY == 0:
                 progress(checked, head_seq)
         if pending is not None:

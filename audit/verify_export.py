@@ -31,7 +31,9 @@ after that anchor was written (``at``): the export was made after that seq was s
 Otherwise it is reported with the anchor's time: if the export was made later, its end
 was cut. Rows not yet sealed (no seq) are counted, not checked (the chain vouches for none
 of them); one that has a hash, a prev_hash or a sealed_at all the same had its seal taken
-away, and fails. Exit status 0 when everything holds, 1 otherwise.
+away, and fails. A line that is not a row of an export (an edit that broke its JSON or its
+cells, a file cut mid-row) fails, named by its line number after the rows checked before
+it; nothing after it is read. Exit status 0 when everything holds, 1 otherwise.
 
 In CSV, a free-text cell that a spreadsheet could take for a formula was written with one
 leading apostrophe; it is removed before hashing.
@@ -56,34 +58,109 @@ DATA_KEY = ', "data" : '
 CLOCK_ALLOWANCE = timedelta(seconds=1)
 
 
+class DamagedExport(ValueError):
+    """A line of the export is not a row of one: the file was altered or cut short."""
+
+
+TEXT_COLUMNS = (
+    "prev_hash", "hash", "occurred_at", "action", "outcome", "actor_type", "actor_id",
+    "actor_label", "agent_name", "tool_name", "session_id",
+)  # fmt: skip
+
+
+def _checked(row: Any) -> dict[str, Any]:
+    """``row`` with every column a link needs, of the type the export writes, or
+    DamagedExport: a traceback (a KeyError, int() of a word) named no row, and said nothing
+    of the rows checked before it."""
+    if not isinstance(row, dict):
+        raise DamagedExport("not an object")
+    for column in TEXT_COLUMNS:
+        if not isinstance(row.get(column), str):
+            raise DamagedExport(f"{column} is missing or not text")
+    if row.get("call_id") is not None and not isinstance(row["call_id"], str):
+        raise DamagedExport("call_id is not text")
+    for column in ("seq", "id"):
+        value = row.get(column)
+        if (column == "id" or value is not None) and (
+            not isinstance(value, int) or isinstance(value, bool)
+        ):
+            raise DamagedExport(f"{column} is missing or not a whole number")
+    return row
+
+
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8", newline="") as handle:  # noqa: PTH123 - stdlib only
-        first = handle.readline()
+        try:
+            first = handle.readline()
+        except UnicodeDecodeError as exc:
+            raise DamagedExport(f"line 1: not UTF-8 text ({exc})") from None
         handle.seek(0)
         if first.lstrip().startswith("{"):
-            for line in handle:
-                if line.strip():
-                    row = json.loads(line)
-                    line = line.rstrip("\r\n")
-                    row["data_text"] = line[line.index(DATA_KEY) + len(DATA_KEY) : -1]
-                    if json.loads(row["data_text"]) != row["data"]:
-                        raise ValueError(f"id {row['id']}: cannot find the data's text")
-                    yield row
-            return
-        csv.field_size_limit(sys.maxsize)
-        for row in csv.DictReader(handle):
+            yield from _read_json_lines(handle)
+        else:
+            yield from _read_csv(handle)
+
+
+def _read_json_lines(handle: Any) -> Iterator[dict[str, Any]]:
+    number = 0
+    while True:
+        number += 1
+        try:
+            line = handle.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            row = _checked(json.loads(line))
+            line = line.rstrip("\r\n")
+            if DATA_KEY not in line:
+                raise DamagedExport("no data")
+            row["data_text"] = line[line.index(DATA_KEY) + len(DATA_KEY) : -1]
+            if json.loads(row["data_text"]) != row.get("data"):
+                raise DamagedExport("cannot find the data's text")
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8, and the checks above
+            raise DamagedExport(f"line {number}: {exc}") from None
+        yield row
+
+
+def _read_csv(handle: Any) -> Iterator[dict[str, Any]]:
+    # The largest limit every platform takes: the csv module holds it in a C long, 32
+    # bits on Windows, where sys.maxsize raised OverflowError before a row was read.
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.DictReader(handle)
+    try:
+        header = reader.fieldnames  # None: an empty file, the JSON Lines export of no row
+        if header is not None and not {"seq", "id", "data", *TEXT_COLUMNS} <= set(header):
+            raise DamagedExport("not the header of an export's CSV")
+        for row in reader:
+            if any(value is None for value in row.values()) or None in row:
+                raise DamagedExport("not as many cells as the header has columns")
+            if "data" not in row or "call_id" not in row or "seq" not in row:
+                raise DamagedExport("seq, call_id or data is missing")
             for column in FORMULA_GUARDED:
                 # Only the "'" the export put before a formula's first character: one
                 # before anything else was written by someone else, and is hashed as it is.
-                if row[column][:1] == "'" and row[column][1:2] in FORMULA_STARTS:
-                    row[column] = row[column][1:]
-            yield {
-                **row,
-                "data_text": row["data"],
-                "seq": int(row["seq"]) if row["seq"] else None,
-                "id": int(row["id"]),
-                "call_id": row["call_id"] or None,
-            }
+                value = row.get(column) or ""
+                if value[:1] == "'" and value[1:2] in FORMULA_STARTS:
+                    row[column] = value[1:]
+            yield _checked(
+                {
+                    **row,
+                    "data_text": row["data"],
+                    "seq": _whole("seq", row["seq"]) if row.get("seq") else None,
+                    "id": _whole("id", row.get("id")),
+                    "call_id": row["call_id"] or None,
+                }
+            )
+    except (ValueError, csv.Error) as exc:
+        raise DamagedExport(f"line {reader.line_num}: {exc}") from None
+
+
+def _whole(column: str, text: str | None) -> int:
+    """A cell's whole number, ASCII digits only: int() alone takes " 7", "+7" and "7_0"."""
+    if text is None or not (text.isascii() and text.isdigit()):
+        raise DamagedExport(f"{column} is missing or not a whole number")
+    return int(text)
 
 
 def _s(value: str) -> str:
@@ -149,7 +226,17 @@ def verify(
     ok, checked, unsealed, runs, anchored = True, 0, 0, 0, 0
     previous: dict[str, Any] | None = None
     latest: tuple[datetime, Any] | None = None  # the last recorded row: (occurred_at, id)
-    for row in read_rows(path):
+    rows = read_rows(path)
+    while True:
+        try:
+            row = next(rows, None)
+        except DamagedExport as exc:
+            # Named, with what was checked before it; nothing after it is.
+            report.append(f"{exc}: not a row of an export (altered or cut); not read past it")
+            ok = False
+            break
+        if row is None:
+            break
         occurred = _instant(row["occurred_at"])
         if occurred is not None and occurred.tzinfo and (latest is None or occurred > latest[0]):
             latest = (occurred, row["id"])

@@ -107,6 +107,23 @@ def test_an_altered_event_is_named(sealed_chain) -> None:
     assert "4 events verified before it" in message
 
 
+def test_an_altered_event_whose_hash_was_recomputed_is_named(sealed_chain) -> None:
+    """Its own link holds (the hash matches the altered content), the next one does not. The
+    walk named only the next event, as if events had been removed or reordered, never the
+    one that was changed."""
+    victim = sealed_chain[4]
+    tamper("UPDATE audit_auditevent SET outcome = 'forged' WHERE id = %s", [victim.pk])
+    victim.refresh_from_db()
+    tamper(
+        "UPDATE audit_auditevent SET hash = %s WHERE id = %s",
+        [chain.event_hash(victim.prev_hash, victim), victim.pk],
+    )
+    message = broken("--no-seal")
+    assert f"broken at seq 6 (event id {sealed_chain[5].pk})" in message
+    assert f"seq 5 (event id {victim.pk}) was altered and its hash recomputed" in message
+    assert "5 events verified before it" in message
+
+
 def test_a_deleted_event_is_named(sealed_chain) -> None:
     tamper("DELETE FROM audit_auditevent WHERE seq = 7")
     message = broken("--no-seal")
@@ -472,3 +489,33 @@ def test_postgresql_renders_an_instant_exactly_as_the_chain_does(moment: str) ->
         cursor.execute(sql, [moment])
         rendered = cursor.fetchone()[0]
     assert rendered == instant(datetime.fromisoformat(moment))
+
+
+def test_a_head_read_before_another_sealer_anchored_past_it_raises_no_alarm(
+    anchor_path, caplog
+) -> None:
+    """Two seal tasks at once (a worker with two processes, a second beat): one reads the
+    head, the other seals on and anchors the later head first. The first then finds the file
+    ahead of what it read; the chain still reaches that anchor, so nothing was removed, and
+    the log told operators that events were."""
+    make_events(3)
+    chain.seal_pending()
+    stale_seq, stale_hash = chain.chain_head()
+    make_events(2)
+    chain.seal_and_anchor()  # the other sealer
+    with caplog.at_level("WARNING", logger="audit.anchor"):
+        written = anchor.append_anchor(
+            path=anchor_path, seq=stale_seq, head_hash=stale_hash, holds=chain.holds_anchor
+        )
+    assert written is None
+    assert [a.seq for a in anchor.iter_anchors(anchor_path)] == [5]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+def test_a_chain_cut_below_its_anchor_is_still_warned_of_when_anchoring(
+    sealed_chain, anchor_path, caplog
+) -> None:
+    tamper("DELETE FROM audit_auditevent WHERE seq > 9")
+    with caplog.at_level("WARNING", logger="audit.anchor"):
+        assert chain.write_anchor() is None
+    assert "is behind the anchor's seq 12: events were removed" in caplog.text

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from audit import chain
+from audit import anchor, chain
 from audit.models import AuditEvent
 from audit.verify import verify_chain
 from tests.support import ROOT
@@ -75,3 +75,53 @@ def test_eight_writer_processes_leave_one_unbroken_chain(tmp_path: Path) -> None
             .values_list("data__n", flat=True)
         )
         assert numbers == list(range(EVENTS_EACH))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sealer_processes_beside_the_writers_never_fork_and_anchor_in_order(
+    tmp_path: Path,
+) -> None:
+    """Two beat processes by mistake: two sealer processes seal and anchor in a loop while
+    writer processes write. Each seq is given once, the chain is one, the anchor file's
+    seqs only increase and each names the chain's hash there, and neither sealer tells the
+    log that events were removed (one that read the head before the other anchored past it
+    did)."""
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    anchor_file = tmp_path / "anchor.jsonl"
+    env = worker_env(AUDIT_ANCHOR_PATH=str(anchor_file))
+    sealers = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.audit_sealer", "--sealers", "2",
+         "--go", str(go), "--stop", str(stop)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    tags = [arg for i in range(4) for arg in ("--tag", f"w{i}")]
+    writers = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.audit_writer", *tags,
+         "--count", "400", "--go", str(go)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        go.touch()
+        output, _ = writers.communicate(timeout=120)
+        assert writers.returncode == 0, output.decode()[-2000:]
+        time.sleep(1)  # the sealers catch up
+    finally:
+        stop.touch()
+        out, err = sealers.communicate(timeout=60)
+    assert sealers.returncode == 0, err[-2000:]
+    counts = [int(line) for line in out.split()]
+    assert len(counts) == 2 and all(counts), f"both sealers sealed: {counts}"
+    assert "removed" not in err and "no longer holds" not in err, err[-2000:]
+
+    total = 4 * 400
+    assert sum(counts) == total, "every event was sealed once, by one of them"
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == list(
+        range(1, total + 1)
+    )
+    lines = anchor.iter_anchors(anchor_file)
+    hashes = dict(AuditEvent.objects.values_list("seq", "hash"))
+    anchored = [(a.seq, a.hash) for a in lines]
+    assert anchored and all(hashes[seq] == head for seq, head in anchored)
+    result = verify_chain(anchor_path=anchor_file)
+    assert result.ok, result.reason
+    assert result.checked == total

@@ -462,3 +462,167 @@ def test_a_whole_export_without_a_sealed_row_fails(
     result = _verify(path, "--whole")
     assert result.returncode == 1, result.stdout
     assert "no sealed row: a whole export starts at seq 1" in result.stdout
+
+
+# Windows' C long is 32 bits: the csv module refuses a larger field size limit there.
+_WINDOWS_CSV = """
+import csv, runpy, sys
+limit = csv.field_size_limit
+def field_size_limit(*new):
+    if new and new[0] > 2**31 - 1:
+        raise OverflowError("Python int too large to convert to C long")
+    return limit(*new)
+csv.field_size_limit = field_size_limit
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_csv_export_with_a_long_cell_verifies_where_a_c_long_is_32_bits(
+    auditor_client: Client, tmp_path: Path
+) -> None:
+    """An auditor checks the CSV on Windows (where spreadsheets are): the verifier raised
+    OverflowError before reading a row, setting the csv module's field size limit to
+    sys.maxsize, which a C long there cannot hold. The cell is longer than the module's
+    default limit (131,072 characters), so some limit has to be set."""
+    record(action="call.submitted", outcome="pending", data={"note": "x" * 200_000})
+    chain.seal_pending()
+    path = tmp_path / "trail.csv"
+    path.write_bytes(download(auditor_client, "csv"))
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _WINDOWS_CSV, str(VERIFIER), str(path)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    sealed = AuditEvent.objects.exclude(seq=None).count()
+    assert f"{sealed} sealed rows checked in 1 run(s)" in result.stdout
+
+
+def _break_row(fmt: str, body: bytes) -> bytes:
+    """The fourth row edited so that it is no row any more, as a hand edit or a cut leaves it:
+    a JSON line that is not JSON, a CSV row whose seq is a word."""
+    lines = body.decode().splitlines(keepends=True)
+    at = 3 if fmt == "jsonl" else 4  # the CSV's first line is its header
+    if fmt == "jsonl":
+        lines[at] = lines[at][: len(lines[at]) // 2] + "\n"
+    else:
+        lines[at] = "seven" + lines[at][lines[at].index(",") :]
+    return "".join(lines).encode()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_row_that_is_no_row_is_named_not_a_traceback(
+    auditor_client: Client, mixed_trail, fmt: str, tmp_path: Path
+) -> None:
+    """The verifier stopped with a traceback (a JSON error, int() of a word) that named no
+    row and said nothing of the rows it had checked."""
+    path = tmp_path / f"trail.{fmt}"
+    path.write_bytes(_break_row(fmt, download(auditor_client, fmt)))
+    result = _verify(path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "line 4: " in result.stdout if fmt == "jsonl" else "line 5: " in result.stdout
+    assert "not a row of an export" in result.stdout
+    assert "3 sealed rows checked" in result.stdout
+    assert result.stdout.rstrip().endswith("BROKEN")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[1, 2]",
+        '{"seq": "1", "id": 1}',
+        '{"seq": true, "prev_hash": "", "hash": "", "id": 1, "occurred_at": "", "action": "",'
+        ' "outcome": "", "actor_type": "", "actor_id": "", "actor_label": "", "agent_name": "",'
+        ' "tool_name": "", "session_id": "", "call_id": null, "sealed_at": null, "data" : {}}',
+    ],
+)
+def test_a_json_line_of_the_wrong_shape_is_named(line: str, tmp_path: Path) -> None:
+    path = tmp_path / "trail.jsonl"
+    path.write_text(line + "\n")
+    result = _verify(path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "line 1: " in result.stdout
+
+
+GOOGLE_KEY = "AIzaSyD4x9Qk2LmN7pRt5VwXy8Zb3Cd6Ef1Gh0J"
+DISCORD_TOKEN = "Vk3pQ9xZ2mL7nR4tW8yB1cF6hJ0kD5sG" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_google_api_key_and_a_discord_webhook_in_a_url_never_reach_an_export(
+    auditor_client: Client, fmt: str
+) -> None:
+    """A fetch tool's URL with a Google Maps key in its query (``key=`` is no secret's name
+    to the assignments), an upstream error quoting a Discord webhook's URL: both reached the
+    trail, and every export, in clear."""
+    record(
+        action="call.submitted",
+        outcome="pending",
+        data={
+            "arguments": {
+                "url": f"https://maps.googleapis.com/maps/api/geocode/json?address=Oslo&key={GOOGLE_KEY}"
+            },
+            "error": f"POST https://discord.com/api/webhooks/112233445566778899/{DISCORD_TOKEN}: 429",
+        },
+    )
+    chain.seal_and_anchor()
+    body = download(auditor_client, fmt).decode()
+    assert GOOGLE_KEY not in body
+    assert DISCORD_TOKEN not in body
+    assert "maps.googleapis.com" in body and "discord.com/api/webhooks/" in body
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_azure_subscription_key_header_never_reaches_an_export(
+    auditor_client: Client, fmt: str
+) -> None:
+    """Azure's API Management key, a header an agent passes its HTTP tool (or quotes in its
+    reasoning): 32 hex digits, which no key shape can tell from a hash, under a name no
+    assignment knew."""
+    azure_key = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+    record(
+        action="call.submitted",
+        outcome="pending",
+        data={
+            "arguments": {"headers": {"Ocp-Apim-Subscription-Key": azure_key}},
+            "reasoning": f"curl -H 'Ocp-Apim-Subscription-Key: {azure_key}' https://api.example",
+        },
+    )
+    chain.seal_and_anchor()
+    body = download(auditor_client, fmt).decode()
+    assert azure_key not in body
+    assert "Ocp-Apim-Subscription-Key" in body
+
+
+AZURE_SIG = "Xk3%2Bq9PzR7t0aBcDeFgH1jKlMnOpQrStUvWxYz%2F0123%3D"
+S3_SIGNATURE = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_signed_urls_signature_never_reaches_an_export(auditor_client: Client, fmt: str) -> None:
+    """A tool's result handing back a shareable link: an Azure SAS URL or an S3 pre-signed
+    one reads (or writes) the object for whoever holds it until it expires. Its signature,
+    URL-encoded base64 or hex that no key shape tells from a hash, reached every export."""
+    record(
+        action="call.execution_finished",
+        outcome="succeeded",
+        data={
+            "result": {
+                "azure": "https://acct.blob.core.windows.net/c/f.pdf?sv=2022-11-02&sp=r"
+                f"&se=2026-12-31T00:00:00Z&sig={AZURE_SIG}",
+                "s3": "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={S3_SIGNATURE}",
+            },
+            "signals": ["new_recipient"],
+            "arguments": {"signature": "Best regards, Ann", "sig": "Ann, of the refunds team"},
+        },
+    )
+    chain.seal_and_anchor()
+    body = download(auditor_client, fmt).decode()
+    assert AZURE_SIG not in body and "Xk3+q9PzR7t0aBcDeFgH1" not in body
+    assert S3_SIGNATURE not in body
+    assert "new_recipient" in body, "the call's risk signals are no signature"
+    assert "Best regards, Ann" in body, "an e-mail's signature is no signed URL's"
+    assert "Ann, of the refunds team" in body, "nor is its sig, outside a URL's query"
