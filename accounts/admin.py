@@ -10,11 +10,20 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.forms import (
+    AdminUserCreationForm,
+    ReadOnlyPasswordHashField,
+    ReadOnlyPasswordHashWidget,
+    UserChangeForm,
+)
 from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.templatetags.auth import render_password_as_hash
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from django.utils.html import format_html
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -97,8 +106,8 @@ def held_tool_grant(editor: Any) -> Q:
 def holds_more(*, editor: Any, person: Any = None, group: Group | None = None) -> bool:
     """Whether a person (or a team) holds what the editor does not: a superuser status, a
     model-wide permission, or a grant on a tool (review, reveal). Whoever changes them
-    could take it (set their password and decide calls as them, join the team), so only
-    someone holding all of it may."""
+    could take it (join the team; with their password known, delete their app and decide
+    calls as them), so only someone holding all of it may."""
     if editor.is_superuser:
         return False
     if person is not None and person.is_superuser:
@@ -118,7 +127,7 @@ def holds_more(*, editor: Any, person: Any = None, group: Group | None = None) -
 
 class HoldingNoMore:
     """Only someone who holds all a person (or a team) holds may change or delete them:
-    whoever changes them could take it (set their password, join the team)."""
+    whoever changes them could take it (join the team, delete the app that guards them)."""
 
     guarded_as: str  # "person" or "group", as ``holds_more`` names it
 
@@ -142,6 +151,49 @@ class HoldingNoMore:
         return super().has_delete_permission(request, obj)  # type: ignore[misc]
 
 
+# Only a superuser chooses a password someone else signs in with. Whoever chooses it signs
+# in as the account, its authenticator app included (the first sign-in sets one up), and
+# an account may be given more after its password was set: made by a tool admin, granted
+# a tool by them (or given their permission to change tools, to grant its maker), it let
+# one person decide calls alone, and meet a quorum of two. Nothing later tells the maker
+# from the owner: a first sign-in, or a change of the password, is the maker's as well.
+SET_ONLY_BY_SUPERUSERS = (
+    "Only a superuser sets someone's password: whoever chooses it can sign in as them."
+)
+
+
+class AccountWithoutPasswordForm(AdminUserCreationForm):
+    """The add form of an admin who is not a superuser: the account is made without a
+    password (``SET_ONLY_BY_SUPERUSERS``). Its owner signs in through single sign-on,
+    or a superuser sets its first password. A password posted anyway counts for nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("usable_password", "password1", "password2"):
+            del self.fields[name]
+
+    def validate_passwords(self, *args: Any, **kwargs: Any) -> None:
+        self.cleaned_data["set_usable_password"] = False
+
+
+class PasswordShownWidget(ReadOnlyPasswordHashWidget):
+    """Whether and how the account has a password, without the button to set it."""
+
+    def render(self, name: str, value: Any, attrs: Any = None, renderer: Any = None) -> Any:
+        return format_html("<div>{}</div>", render_password_as_hash(value))
+
+
+class ChangeFormWithoutPassword(UserChangeForm):
+    """The change form of an admin who is not a superuser: the password is shown, never set
+    from here (``SET_ONLY_BY_SUPERUSERS``)."""
+
+    password = ReadOnlyPasswordHashField(label="Password", widget=PasswordShownWidget)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["password"].help_text = SET_ONLY_BY_SUPERUSERS
+
+
 @admin.register(User)
 class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, UserAdmin):
     """Django's user admin, auditing what changes whose calls a person may review: joining
@@ -152,9 +204,35 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
     deleted_as = "user"
 
     # Someone who is not a superuser grants only what they hold (a compliance rule: nobody
-    # grants what they do not hold), never to themselves, and never changes, sets the
-    # password of or deletes a person holding more than they do (``HoldingNoMore``).
+    # grants what they do not hold), never to themselves, never changes or deletes a person
+    # holding more than they do (``HoldingNoMore``), and sets nobody's password
+    # (``SET_ONLY_BY_SUPERUSERS``).
     guarded_as = "person"
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None and not request.user.is_superuser:
+            return (
+                (
+                    None,
+                    {
+                        "classes": ("wide",),
+                        "fields": ("username",),
+                        "description": "The account is made without a password: its owner "
+                        "signs in through single sign-on, or a superuser sets its password. "
+                        + SET_ONLY_BY_SUPERUSERS,
+                    },
+                ),
+            )
+        return super().get_fieldsets(request, obj)
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if not request.user.is_superuser:
+            kwargs["form"] = (
+                AccountWithoutPasswordForm if obj is None else ChangeFormWithoutPassword
+            )
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
@@ -176,7 +254,7 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
                     permissions__in=Permission.objects.exclude(pk__in=held)
                 ).exclude(
                     # Nor a team with a tool grant they lack: whoever puts an account they
-                    # set the password of in it decides those calls.
+                    # can sign in as in it (its password known) decides those calls.
                     pk__in=ToolGroupObjectPermission.objects.exclude(
                         held_tool_grant(request.user)
                     ).values("group")
@@ -192,8 +270,8 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
             hold_reviews_of(users=[obj])
         super().save_model(request, obj, form, change)
         if not change:
-            # Whoever chose the password of the account they made can sign in as it, as
-            # whoever sets one later (``auth.password_set``).
+            # Whoever chose the password of the account they made (only a superuser may)
+            # can sign in as it, as whoever sets one later (``auth.password_set``).
             record(
                 action="auth.user_created",
                 actor=request.user,
@@ -233,10 +311,13 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         Not one's own: that page asks for no old password, so a stolen admin session (of
         anyone who may change people) set a password of its own choosing, and the owner
         was locked out. One's own is changed on the admin's "Change password" page, whose
-        old password is checked, and counted, as a sign-in."""
+        old password is checked, and counted, as a sign-in. Someone else's only by a
+        superuser (``SET_ONLY_BY_SUPERUSERS``)."""
         person = self.get_object(request, unquote(id))
         if person is not None and person.pk == request.user.pk:
             return HttpResponseRedirect(reverse("admin:password_change"))
+        if not request.user.is_superuser:
+            raise PermissionDenied(SET_ONLY_BY_SUPERUSERS)
         response = super().user_change_password(request, id, form_url)
         if request.method == "POST" and response.status_code == 302:
             person = self.get_object(request, id)
