@@ -102,6 +102,7 @@ def screen(
         roles=user_roles,
         agent=agent.name,
     )
+    applied = within_risk(tool, applied)
     outcome = decide(tool, parsed, applied)
     if outcome.refused_by is not None:
         raise RefusedByRule(
@@ -115,6 +116,26 @@ def screen(
         outcome.teams,
         outcome.confirm,
         outcome.by_rule,
+    )
+
+
+NEVER_BY_RULE = "a destructive call always needs reviewers; it cannot be approved by rule"
+
+
+def within_risk(tool: Tool, applied: rules.Applied) -> rules.Applied:
+    """``applied`` as the tool's risk class allows it: an ``approve`` that holds on a call of a
+    destructive tool approves nothing. Saving one is refused and a risk change drops it
+    (``rules.problems``, ``rules.for_risk``), but one stored all the same (a restored
+    backup, a row written by hand) approved a destructive call with no reviewer. It counts
+    as a rule that could not be evaluated: no later rule applies, and the tool's own policy
+    (and any failed rule's) decides."""
+    rule = applied.rule
+    if rule is None or rule.then != rules.APPROVE or tool.risk != Risk.DESTRUCTIVE:
+        return applied
+    number = applied.number or 0
+    return rules.Applied(
+        errors=(*applied.errors, f"rule {number}: {NEVER_BY_RULE}"),
+        failed=(*applied.failed, number),
     )
 
 
@@ -146,12 +167,23 @@ def decide(tool: Tool, parsed: list[rules.Rule], applied: rules.Applied) -> Outc
     # and a refusing one refuses a read, which no reviewer could hold.
     failed = [(number, parsed[number - 1]) for number in applied.failed]
     if not tool.needs_approval:
+        if rule is not None and rule.then == rules.REQUIRE:
+            # Saving one on a read is refused, and a tool made a read has its ``require``
+            # rules made refusals (``rules.for_risk``); one stored all the same let the read
+            # run, as if nobody had been asked for. No reviewer can hold a read: refused.
+            return Outcome(
+                refused_by=applied.number or 0,
+                message=rule.note
+                or f"Rule {applied.number} of {tool.name}'s policy asks for reviewers, and a "
+                "read cannot wait for them.",
+            )
         for number, could_refuse in failed:
-            if could_refuse.then == rules.REFUSE:
+            if could_refuse.then in (rules.REFUSE, rules.REQUIRE):
+                might = "refuse it" if could_refuse.then == rules.REFUSE else "ask for reviewers"
                 return Outcome(
                     refused_by=number,
                     message=f"Rule {number} of {tool.name}'s policy could not be evaluated on "
-                    "this call and might refuse it; a read cannot wait for a reviewer.",
+                    f"this call and might {might}; a read cannot wait for a reviewer.",
                 )
         return Outcome()
     approvals, confirm = tool.approvals_required, tool.risk == Risk.DESTRUCTIVE

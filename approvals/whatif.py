@@ -126,6 +126,7 @@ def _judge(report: WhatIf, tool: Tool, proposed: list[rules.Rule], call: ToolCal
         roles=list(call.end_user_roles or []),
         agent=call.agent.name,
     )
+    applied = screening.within_risk(tool, applied)
     if applied.errors:
         report.not_evaluated += 1
     if applied.number is not None:

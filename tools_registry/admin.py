@@ -14,7 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -133,6 +133,11 @@ class ToolPolicyForm(forms.ModelForm):
     rules = PrettyJSONField(
         required=False, widget=RulesWidget(attrs={"rows": 10, "cols": 90}), help_text=RULES_HELP
     )
+    # The policy version the page showed. The admin posts every field it showed, and
+    # changed_data compares them with the policy as stored when the save arrives: a page
+    # loaded before someone else's edit wrote their change back as its own (a refusal rule
+    # removed, a quorum lowered again), unseen by whoever saved.
+    shown_policy_version = forms.IntegerField(widget=forms.HiddenInput)
 
     class Meta:
         model = Tool
@@ -140,6 +145,7 @@ class ToolPolicyForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["shown_policy_version"].initial = self.instance.policy_version
         if "sensitive_fields" in self.fields:
             # Picked from the argument paths the schema declares, never typed as JSON; a
             # stored path the schema no longer has stays listed, so that no save drops it
@@ -174,11 +180,37 @@ class ToolPolicyForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if not self._policy_as_shown():
+            return cleaned
         # The same rules as update_policy, reported next to the fields they are about.
         # self.instance still holds the stored policy here (the form copies onto it later).
         values = {**policy_values(self.instance), **cleaned}
         self._check(self.instance, values)
         return cleaned
+
+    def _policy_as_shown(self) -> bool:
+        """Whether the stored policy is still the version the page showed; a form error if
+        not. The tool's row stays locked until the save commits (the admin's save is one
+        transaction; ``update_policy`` locks it the same way, before the teams its rules
+        name), so no edit can land between this check and the save."""
+        shown = self.cleaned_data.get("shown_policy_version")
+        if shown is None:
+            return False  # not posted: the field's own error says so
+        stored = (
+            Tool.objects.select_for_update(of=("self",))
+            .values_list("policy_version", flat=True)
+            .get(pk=self.instance.pk)
+        )
+        if stored == shown:
+            return True
+        self.add_error(
+            None,
+            f"This tool's policy was changed since you opened this page (version {shown}, "
+            f"now {stored}; its history is in the audit trail): nothing was saved, since "
+            "saving would have written back what the page showed. Reload the page and make "
+            "your change again.",
+        )
+        return False
 
     def _check(self, tool: Tool, values: dict[str, Any]) -> None:
         """``check_policy``'s problems, each next to the field it is about."""
@@ -204,6 +236,8 @@ class ImportedToolForm(ToolPolicyForm):
     def clean(self) -> dict[str, Any]:
         if "risk" not in self.changed_data or "risk" not in self.cleaned_data:
             return super().clean()
+        if not self._policy_as_shown():
+            return self.cleaned_data
         # A new risk class resets the policy fields it does not allow (edit_imported_tool),
         # then the fields changed here apply: checked as that policy of the new class, so
         # that what the service would refuse is an error next to its field, not a 500.
@@ -225,6 +259,27 @@ def _permissions_form(base: type[forms.Form]) -> type[forms.Form]:
 
     class AuditedObjectPermissionsForm(base):  # type: ignore[misc,valid-type]
         changed_by: Any = None
+        # What the page showed the subject holding. The page sets exactly what it posts: one
+        # loaded before someone took a grant away gave it back, as its saver's grant.
+        shown_permissions = forms.CharField(widget=forms.HiddenInput, required=False)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.fields["shown_permissions"].initial = ",".join(self.get_obj_perms_field_initial())
+
+        def clean(self) -> dict[str, Any]:
+            cleaned: dict[str, Any] = super().clean() or {}
+            # The tool's row first, as set_permissions locks it (the view is one transaction,
+            # ``ToolAdmin.obj_perms_manage_user_view``): no grant changes before the save.
+            Tool.objects.select_for_update().values_list("pk").get(pk=self.obj.pk)
+            held = ",".join(self.get_obj_perms_field_initial())
+            if cleaned.get("shown_permissions", "") != held:
+                raise forms.ValidationError(
+                    "These grants were changed since you opened this page (see the audit "
+                    "trail): nothing was saved, since saving would have set what the page "
+                    "showed. Reload the page and make your change again."
+                )
+            return cleaned
 
         def _subject(self) -> dict[str, Any]:
             return {"user": self.user} if hasattr(self, "user") else {"group": self.group}
@@ -338,6 +393,7 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
                     "sensitive_fields",
                     "secret_fields",
                     "policy_version",
+                    "shown_policy_version",
                 ]
             },
         ),
@@ -358,13 +414,15 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
         self, request: HttpRequest, object_pk: str, user_id: str
     ) -> HttpResponse:
         _superuser_with_ids(request, object_pk, user_id)
-        return super().obj_perms_manage_user_view(request, object_pk, user_id)
+        with transaction.atomic():  # the form's check and its save (AuditedObjectPermissionsForm)
+            return super().obj_perms_manage_user_view(request, object_pk, user_id)
 
     def obj_perms_manage_group_view(
         self, request: HttpRequest, object_pk: str, group_id: str
     ) -> HttpResponse:
         _superuser_with_ids(request, object_pk, group_id)
-        return super().obj_perms_manage_group_view(request, object_pk, group_id)
+        with transaction.atomic():  # the form's check and its save (AuditedObjectPermissionsForm)
+            return super().obj_perms_manage_group_view(request, object_pk, group_id)
 
     @admin.display(description="Input schema")
     def input_schema_pretty(self, tool: Tool) -> str:
@@ -511,6 +569,11 @@ class AgentForm(forms.ModelForm):
         help_text="Comma-separated: the roles this agent may assert for its users "
         "(only when its users' roles are asserted).",
     )
+    # The settings the page showed (``services.settings_digest``). The admin posts every
+    # field it showed and saves those that differ from the agent as stored when the save
+    # arrives: a page loaded before someone disabled the agent, or took a tool off its
+    # allowlist, enabled it again or gave the tool back, as its own edit.
+    shown_settings = forms.CharField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = Agent
@@ -531,6 +594,8 @@ class AgentForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.initial["assertable_roles"] = ", ".join(self.instance.assertable_roles or [])
+        if self.instance.pk is not None:
+            self.initial["shown_settings"] = services.settings_digest(self.instance)
         # Left out (a form posted by a script), they keep the model's defaults: no roles,
         # and the whole allowlist for every call, as before roles existed.
         for name in ("user_roles_from", "unscoped_access"):
@@ -555,6 +620,8 @@ class AgentForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if self.instance.pk is not None and not self._settings_as_shown():
+            return cleaned
         # The same rules as save_agent, reported next to the fields they are about, on a
         # copy: the form copies the values onto the instance itself later.
         candidate = Agent(
@@ -573,6 +640,21 @@ class AgentForm(forms.ModelForm):
         else:
             cleaned["role_scopes"] = candidate.role_scopes
         return cleaned
+
+    def _settings_as_shown(self) -> bool:
+        """Whether the agent's settings as stored are those the page showed; a form error if
+        not. The agent's row stays locked until the save commits (the admin's save is one
+        transaction; ``save_agent`` locks it the same way), so no edit lands in between."""
+        Agent.objects.select_for_update(of=("self",)).values_list("pk").get(pk=self.instance.pk)
+        if self.cleaned_data.get("shown_settings") == services.settings_digest(self.instance):
+            return True
+        self.add_error(
+            None,
+            "This agent's settings were changed since you opened this page (see the audit "
+            "trail): nothing was saved, since saving would have written back what the page "
+            "showed. Reload the page and make your change again.",
+        )
+        return False
 
 
 class StopForm(forms.Form):
@@ -663,6 +745,7 @@ class AgentAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
                     "stop_state",
                     "max_rounds_per_session",
                     "allowed_tools",
+                    "shown_settings",
                 ]
             },
         ),
@@ -1004,6 +1087,10 @@ class IdentityProviderForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
         help_text="Public-key algorithms only: none and the HS family are never accepted.",
     )
+    # The settings the page showed (``services.provider_digest``): the admin posts every
+    # field it showed, and a page loaded before someone moved the issuer or the keys away
+    # from a compromised tenant moved them back, as its own edit.
+    shown_settings = forms.CharField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = IdentityProvider
@@ -1016,6 +1103,27 @@ class IdentityProviderForm(forms.ModelForm):
             "roles_claim",
             "algorithms",
         ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["shown_settings"] = services.provider_digest(self.instance)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.instance.pk is None:
+            return cleaned
+        # Locked until the save commits (the admin's save is one transaction; the service
+        # locks it the same way), so no edit lands between this check and the save.
+        IdentityProvider.objects.select_for_update().values_list("pk").get(pk=self.instance.pk)
+        if cleaned.get("shown_settings") != services.provider_digest(self.instance):
+            self.add_error(
+                None,
+                "This provider's settings were changed since you opened this page (see the "
+                "audit trail): nothing was saved, since saving would have written back what "
+                "the page showed. Reload the page and make your change again.",
+            )
+        return cleaned
 
 
 @admin.register(IdentityProvider)

@@ -417,7 +417,8 @@ def first_match(
 
 def normalise(arguments: Any, schema: Any, root: Any = None) -> Any:
     """JSON numbers as CEL types them: an argument the schema calls a ``number`` is a double
-    even when written ``4``, so ``args.price > 3.5`` compares like with like. So too where
+    even when written ``4``, so ``args.price > 3.5`` compares like with like, and one it
+    calls an ``integer`` is an int even when written ``4.0`` or ``4e0``. So too where
     the schema also allows a null (``"type": ["number", "null"]``, or the ``anyOf`` of a
     number and a null an optional field is written as), or names the number's schema by a
     ``$ref`` (a nested model, as an MCP server's schema does): the check on saving reads
@@ -432,6 +433,12 @@ def normalise(arguments: Any, schema: Any, root: Any = None) -> Any:
     if isinstance(arguments, int) and not isinstance(arguments, bool):
         kinds = {k for branch in branches for k in _types(branch)}
         return float(arguments) if "number" in kinds and "integer" not in kinds else arguments
+    if isinstance(arguments, float) and arguments.is_integer() and abs(arguments) < 2**63:
+        # JSON Schema takes 1.0 and 1e0 for the integer 1, and so validates the call; read as
+        # a double, ``args.account_id in [1, 2]`` compared a double with ints, an error that
+        # skipped the rule: a refusal dodged by writing the number another way.
+        kinds = {k for branch in branches for k in _types(branch)}
+        return int(arguments) if "integer" in kinds and "number" not in kinds else arguments
     if isinstance(arguments, dict):
         properties: Mapping[str, Any] = next(
             (b["properties"] for b in branches if isinstance(b.get("properties"), Mapping)), {}
@@ -641,6 +648,20 @@ def _matches_quietly(text: Any, pattern: Any) -> Any:
     return celtypes.BoolType(found is not None)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _lower_ascii(text: Any) -> Any:
+    """CEL's ``lowerAscii()`` (its strings extension), which cel-python lacks: without it a
+    rule could compare texts only as written, and a refusal of ``@rival.com`` let
+    ``ceo@RIVAL.com`` through (a mail domain is the same in any case)."""
+    if isinstance(text, Exception):
+        return text
+    if not isinstance(text, celtypes.StringType):
+        raise _WrongKind(f"lowerAscii() reads a string, not {_a_kind(text)}")
+    return celtypes.StringType(str(text).translate(_ASCII_LOWER))
+
+
 _IN = celpy.evaluation.base_functions["_in_"]
 _SIZE = celpy.evaluation.base_functions["size"]
 _CONTAINS = celpy.evaluation.base_functions["contains"]
@@ -654,6 +675,7 @@ celpy.evaluation.base_functions["contains"] = _contains_as_cel
 celpy.evaluation.base_functions["_[_]"] = _index_as_cel
 celpy.evaluation.base_functions["size"] = _size_as_cel
 celpy.evaluation.base_functions["matches"] = _matches_quietly
+celpy.evaluation.base_functions["lowerAscii"] = _lower_ascii
 
 
 @cache

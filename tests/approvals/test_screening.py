@@ -137,6 +137,74 @@ def test_a_call_no_rule_matches_keeps_the_tools_policy(world: World) -> None:
     assert (call.status, call.approvals_required, call.policy["rule"]) == (Status.PENDING, 1, None)
 
 
+def test_an_approve_rule_stored_on_a_destructive_tool_approves_nothing(world: World) -> None:
+    """Saving such a rule is refused, and a risk change drops it; one stored all the same (a
+    restored backup, a data migration, a row written by hand) approved a destructive call
+    with no reviewer at all. It fails closed instead: the tool's two approvals, and the
+    reviewer's page says why the rule did not apply."""
+    Tool.objects.filter(name="delete_customer").update(
+        rules=[{"when": 'args.customer_id == "cus_0003"', "then": "approve"}]
+    )
+    response = world.api().submit(
+        {
+            "tool": "delete_customer",
+            "session_id": "s-rules",
+            "arguments": {"customer_id": "cus_0003", "reason": "The customer asked."},
+        }
+    )
+    assert response.status_code == 202, response.content[:300]
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    assert (call.status, call.approvals_required) == (Status.PENDING, 2)
+    assert call.policy["rule"]["errors"] == [
+        "rule 1: a destructive call always needs reviewers; it cannot be approved by rule"
+    ]
+    assert not events("call.approved")
+
+
+def test_a_require_rule_stored_on_a_read_refuses_it(world: World) -> None:
+    """Saving one is refused, and a tool made a read has its require rules made refusals
+    (no reviewer can hold a read); one stored all the same let the read run at once, as if
+    no rule had asked for anyone. It refuses, as ``rules.for_risk`` would have made it."""
+    Tool.objects.filter(name="get_customer").update(
+        rules=[{"when": 'args.customer_id == "cus_0002"', "then": "require", "approvals": 1}]
+    )
+    response = world.api().submit(
+        {"tool": "get_customer", "session_id": "s-rules", "arguments": {"customer_id": "cus_0002"}}
+    )
+    assert response.status_code == 403, response.content[:300]
+    assert response.json()["error"]["code"] == "refused_by_policy"
+    assert not ToolCall.objects.filter(tool__name="get_customer").exists()
+
+
+def test_a_refusal_of_a_domain_holds_whatever_case_the_address_is_written_in(
+    world: World,
+) -> None:
+    """A mail domain is the same in any case, and a rule could only compare texts as
+    written: ``args.to.endsWith("@rival.com")`` let ``ceo@RIVAL.com`` through, and nothing
+    in cel-python lowered a text. ``lowerAscii()``, CEL's own, now does."""
+    set_rules(
+        world,
+        "send_email",
+        [
+            {
+                "when": 'args.to.lowerAscii().endsWith("@rival.com")',
+                "then": "refuse",
+                "note": "Nothing goes to the competition.",
+            }
+        ],
+    )
+    for address in ("ceo@rival.com", "ceo@RIVAL.com", "CEO@Rival.Com"):
+        body = {
+            "tool": "send_email",
+            "session_id": "s-rules",
+            "arguments": {"to": address, "subject": "Our prices", "body": "Attached."},
+        }
+        response = world.api().submit(body)
+        assert response.status_code == 403, (address, response.content[:300])
+        assert response.json()["error"]["message"] == "Nothing goes to the competition."
+    assert not ToolCall.objects.filter(tool__name="send_email").exists()
+
+
 def test_a_phishing_like_email_raises_its_signals_and_a_rule_on_them_asks_two(
     world: World,
 ) -> None:
@@ -514,7 +582,7 @@ def test_a_rule_error_never_quotes_the_calls_values(world: World) -> None:
     )
     Tool.objects.filter(pk=world.tools["send_email"].pk).update(
         rules=[
-            {"when": 'args.subject == "urgent" && args.body.lowerAscii() == "x"',
+            {"when": 'args.subject == "urgent" && args.body.upperAscii() == "x"',
              "then": "require", "approvals": 2},
         ]
     )  # fmt: skip
@@ -526,7 +594,7 @@ def test_a_rule_error_never_quotes_the_calls_values(world: World) -> None:
         }
     )
     call = ToolCall.objects.get(pk=response.json()["id"])
-    assert call.policy["rule"]["errors"] == ["rule 1: unknown function or name 'lowerAscii'"]
+    assert call.policy["rule"]["errors"] == ["rule 1: unknown function or name 'upperAscii'"]
     assert call.approvals_required == 2
     assert canary not in str(call.policy)
     assert not [e for e in AuditEvent.objects.filter(call_id=call.pk) if canary in str(e.data)]

@@ -228,3 +228,71 @@ def test_a_rule_reads_a_nested_model_its_schema_names_by_reference(world: World)
             assert not (call.policy["rule"] or {}).get("errors"), call.policy
     finally:
         registry.unregister("buy_sample")
+
+
+ACCOUNT_SCHEMA = {
+    "type": "object",
+    "properties": {"account_id": {"type": "integer", "minimum": 1}},
+    "required": ["account_id"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def close_account(world: World) -> Iterator[Tool]:
+    tool = code_tool(
+        world,
+        "close_account",
+        "Close a customer account. Side effect: the account is closed.",
+        ACCOUNT_SCHEMA,
+        Risk.WRITE,
+    )
+    registry_services.update_policy(
+        tool=tool,
+        changes={
+            "rules": [
+                {
+                    "when": "args.account_id in [1, 2]",
+                    "then": "refuse",
+                    "note": "The house accounts are never closed by an agent.",
+                },
+                {"when": "args.account_id == 7", "then": "approve"},
+            ]
+        },
+        changed_by=world.alice,
+    )
+    yield tool
+    registry.unregister("close_account")
+
+
+def _close(world: World, account_id: str) -> Any:
+    """A call whose account id is written in the body exactly as ``account_id``."""
+    body = (
+        '{"tool": "close_account", "session_id": "s-close", '
+        f'"arguments": {{"account_id": {account_id}}}}}'
+    )
+    return world.api().client.post(
+        "/api/v1/tool-calls",
+        data=body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {world.token}",
+        HTTP_IDEMPOTENCY_KEY=f"close-{account_id}",
+    )
+
+
+@pytest.mark.parametrize("written", ["{}", "{}.0", "{}e0", "{}0E-1"])
+def test_a_whole_number_written_with_a_point_or_an_exponent_is_read_as_that_integer(
+    world: World, close_account: Tool, written: str
+) -> None:
+    """JSON Schema takes 1.0, 1e0 and 10E-1 for the integer 1, so the call validates; the
+    rules read them as doubles, and ``args.account_id in [1, 2]`` compared a double with
+    ints: an error, the rule skipped. A write the rule refuses went to a reviewer instead, a
+    refusal the agent dodged by how it wrote the number. Read as the integer the schema says
+    it is, it is refused like ``1``; and ``7.0`` is approved by its rule like ``7``."""
+    response = _close(world, written.format(1))
+    assert response.status_code == 403, response.content[:300]
+    assert response.json()["error"]["code"] == "refused_by_policy"
+    assert not ToolCall.objects.exists()
+    approved = _close(world, written.format(7))
+    assert approved.status_code == 202, approved.content[:300]
+    assert ToolCall.objects.get().status == Status.APPROVED

@@ -64,7 +64,7 @@ CONDITIONS = [
     ("args.currency > 5", "values of different types are compared (int and string)"),
     ('args.amount_cents == "5000"', "values of different types are compared (int and string)"),
     ("args.amount_cents + 1", "must be true or false"),
-    ('args.reason.lowerAscii() == "x"', "unknown function 'lowerAscii'"),
+    ('args.reason.upperAscii() == "X"', "unknown function 'upperAscii'"),
     ("!" * 1500 + "true", "nested too deeply"),
     ('args.reason.exists(a, "ab".exists(b, a == b))', "may not put one of all"),
     ("args.currency", "must be true or false"),

@@ -13,8 +13,9 @@ from django.db import connection
 from django.utils import timezone
 
 from tests.conftest import ApiClient, World, events
+from tests.support.uncommitted import uncommitted
 from tools_registry import services
-from tools_registry.models import AgentToken
+from tools_registry.models import Agent, AgentToken
 
 
 def _parts(plaintext: str) -> tuple[str, str]:
@@ -58,6 +59,27 @@ def test_a_disabled_agent_is_refused_at_once_and_enabled_again(world: World) -> 
     assert event.data == {"before": {"enabled": True}, "after": {"enabled": False}}
     services.set_enabled(agent=world.agent, enabled=True, changed_by=world.alice)
     assert api.get("/api/v1/tools").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_disabling_an_agent_keeps_an_edit_committed_while_it_waited(live_world: World) -> None:
+    """Alice's edit (more rounds) holds the agent's row when bob disables it: the disable waits for it, then keeps it. It read the
+    agent before that wait and saved what it read, so the edit was undone, audited as bob's
+    change back to the old value."""
+
+    def edit() -> None:
+        agent = Agent.objects.get(pk=live_world.agent.pk)
+        agent.max_rounds_per_session = 42
+        services.save_agent(agent=agent, changed_by=live_world.alice)
+
+    with uncommitted(edit, commits_after=0.5):
+        services.set_enabled(agent=live_world.agent, enabled=False, changed_by=live_world.bob)
+    agent = Agent.objects.get(pk=live_world.agent.pk)
+    assert (agent.enabled, agent.max_rounds_per_session) == (False, 42)
+    assert events("agent.updated", actor_label="bob")[0].data == {
+        "before": {"enabled": True},
+        "after": {"enabled": False},
+    }
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ stopping one; audited like any other grant."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,15 @@ def _snapshot(agent: Agent, tool_names: Iterable[str]) -> dict[str, Any]:
         "role_scopes": agent.role_scopes or {},
         "unscoped_access": agent.unscoped_access,
     }
+
+
+def settings_digest(agent: Agent) -> str:
+    """A digest of the agent's settings as stored (those ``agent.updated`` audits, the
+    allowlist among them). An admin's page carries the one it showed: an edit saved from a
+    page that showed other settings would write them back (``tools_registry.admin``)."""
+    stored = Agent.objects.select_related("owner", "identity_provider").get(pk=agent.pk)
+    shown = _snapshot(stored, stored.allowed_tools.values_list("name", flat=True))
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
 def check_end_users(agent: Agent) -> None:
@@ -142,9 +153,13 @@ def save_agent(
     return agent
 
 
+@transaction.atomic
 def set_enabled(*, agent: Agent, enabled: bool, changed_by: Any) -> Agent:
-    """Enable or disable an agent; a disabled agent's next request is refused (401)."""
-    stored = Agent.objects.get(pk=agent.pk)
+    """Enable or disable an agent; a disabled agent's next request is refused (401).
+
+    The row is locked before it is read: ``save_agent`` saves the instance it is given
+    whole, so one read before an edit under way committed wrote that edit back."""
+    stored = Agent.objects.select_for_update(of=("self",)).get(pk=agent.pk)
     stored.enabled = enabled
     return save_agent(agent=stored, changed_by=changed_by)
 

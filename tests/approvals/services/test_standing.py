@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import close_old_connections
+from django.db import close_old_connections, connection, transaction
 from django.test import Client, override_settings
 from django.utils import timezone
 
@@ -361,6 +362,88 @@ def test_a_standing_approval_granted_as_the_stop_lands_is_revoked_with_it(
     assert granted.revoked_at is not None
     assert registry_services.resume_agent(agent=world.agent)
     assert submit(world, {**EMAIL, "subject": "After the resume"}).status == Status.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_waiting_for_a_call_whose_verdict_grants_a_standing_approval_both_finish(
+    live_world: World,
+) -> None:
+    """The other order of the two: bob's verdict holds the call (and its tool, shared) and has
+    yet to record his approval and its standing approval; the stop starts, and waits for the
+    call. The grant then refers to the agent's row, which the stop locks only after its calls
+    (``stop_agent``), so neither waits for the other: no deadlock, both commit, and the stop
+    fails the approved call and revokes the standing approval. Real threads, each with its
+    own PostgreSQL connection; bob's verdict is paused by a third transaction holding his
+    account's row, which the verdict's rows refer to."""
+    world = live_world
+    call = submit(world)
+    User = type(world.bob)
+    outcomes: dict[str, Any] = {}
+    held, release = threading.Event(), threading.Event()
+
+    def run(name: str, work: Any) -> threading.Thread:
+        def target() -> None:
+            try:
+                outcomes[name] = work()
+            except BaseException as exc:  # a deadlock's victim raises here
+                outcomes[name] = exc
+            finally:
+                close_old_connections()
+                connection.close()
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    def hold_bob() -> None:
+        with transaction.atomic():
+            User.objects.select_for_update().get(pk=world.bob.pk)
+            held.set()
+            release.wait(30)
+
+    def approve() -> Any:
+        return decide(
+            call_id=call.pk,
+            reviewer=world.bob,
+            verdict="approve",
+            standing_terms=standing.Terms(seconds=3600, match="any"),
+        )
+
+    def stop() -> Any:
+        return registry_services.stop_agent(agent=world.agent, reason="incident", stopped_by=None)
+
+    def waiting() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return int(cursor.fetchone()[0])
+
+    holder = run("hold", hold_bob)
+    assert held.wait(10)
+    verdict = run("verdict", approve)
+    _wait_until(lambda: waiting() == 1)  # the verdict holds the call, waiting at bob's row
+    stopper = run("stop", stop)
+    _wait_until(lambda: waiting() == 2)  # the stop waits for the call
+    release.set()
+    for thread in (holder, verdict, stopper):
+        thread.join(30)
+    assert not any(t.is_alive() for t in (holder, verdict, stopper))
+    assert not isinstance(outcomes["verdict"], BaseException), outcomes["verdict"]
+    assert not isinstance(outcomes["stop"], BaseException), outcomes["stop"]
+    assert outcomes["verdict"].decided and outcomes["stop"].cancelled == []
+    call.refresh_from_db()
+    assert (call.status, call.error["code"]) == (Status.FAILED, "agent_stopped")
+    granted = StandingApproval.objects.get()
+    assert granted.revoked_at is not None
+
+
+def _wait_until(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the expected wait never came"
+        time.sleep(0.02)
 
 
 def _hours_around(now: Any, *, start: int, end: int) -> str:
