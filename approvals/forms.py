@@ -8,7 +8,7 @@ from django import forms
 from approvals.models import StandingApproval, Verdict
 from approvals.selectors import AGES, ORDERS, QueueFilters
 from approvals.services.standing import MAX_USES, Terms
-from core.json_values import json_problem, reject_constant
+from core.json_values import DuplicateKey, json_problem, reject_constant, unique_keys
 from tools_registry.policy import Risk
 
 STANDING_HOURS = [(1, "1 hour"), (8, "8 hours"), (24, "1 day"), (168, "7 days")]
@@ -60,7 +60,14 @@ class DecisionForm(forms.Form):
         if not raw.strip() or self.cleaned_data.get("verdict") == Verdict.REJECT:
             return None
         try:
-            value = json.loads(raw, parse_constant=reject_constant)
+            value = json.loads(raw, parse_constant=reject_constant, object_pairs_hook=unique_keys)
+        except DuplicateKey as exc:
+            # {"amount": 50, ..., "amount": 5000}: a pasted original with a correction put in
+            # front of it would approve the original's value, the last one.
+            raise forms.ValidationError(
+                f"The corrected arguments name {json.dumps(exc.name[:100])} twice in one "
+                "object; keep only the value you mean."
+            ) from None
         except (ValueError, RecursionError) as exc:
             message = str(exc) if isinstance(exc, ValueError) else "it nests too deeply"
             raise forms.ValidationError(

@@ -10,7 +10,6 @@ from functools import wraps
 from typing import Any, Literal
 from uuid import UUID
 
-import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -130,7 +129,8 @@ api = AgentAPI(
         "Send tool calls through Countersign: reads run at once, writes wait for a reviewer. "
         "Every answer under /api/ is JSON; every error is "
         '{"error": {"code", "message", "suggestion", "retryable", "details"?}}. '
-        "Strings may not hold NUL characters or unpaired surrogates."
+        "Strings may not hold NUL characters or unpaired surrogates, and no object may name "
+        "a key twice."
     ),
     auth=AgentBearer(),
     urls_namespace="api",
@@ -161,7 +161,15 @@ def _auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    return error_response(errors.invalid_request("The request is not valid.", details=exc.errors))
+    # Only a query or path parameter gets here: the one body, a call's, is read by hand.
+    return error_response(
+        errors.invalid_parameters(
+            [
+                {"path": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+                for e in exc.errors
+            ]
+        )
+    )
 
 
 @api.exception_handler(HttpError)
@@ -230,7 +238,15 @@ def _read_json_body(request: HttpRequest) -> dict[str, Any]:
     if len(raw) > limit:
         raise errors.body_too_large(limit)
     try:
-        parsed = json.loads(raw, parse_constant=payloads.reject_constant)
+        parsed = json.loads(
+            raw, parse_constant=payloads.reject_constant, object_pairs_hook=payloads.unique_keys
+        )
+    except payloads.DuplicateKey as exc:
+        raise errors.invalid_request(
+            f"The body names {json.dumps(exc.name[:100])} more than once in one object; "
+            "send each key once (which of the values counts would be up to whoever reads "
+            "the body, and the reviewer sees only one of them)."
+        ) from None
     except RecursionError:
         raise errors.invalid_request(
             f"The body nests deeper than {payloads.MAX_JSON_DEPTH} levels."
@@ -280,7 +296,9 @@ READ = ["GET", "HEAD"]
 )
 def list_tools(request: HttpRequest, query: Query[ToolsQuery]) -> Any:
     if query.format not in FORMATS:
-        raise errors.invalid_request(f"format must be one of {', '.join(FORMATS)}")
+        raise errors.invalid_parameters(
+            [{"path": "query.format", "message": f"must be one of {', '.join(FORMATS)}"}]
+        )
     agent: Agent = request.auth  # type: ignore[attr-defined]
     user = end_users.listing_user(
         agent,
@@ -360,6 +378,7 @@ class WaitQuery(Schema):
         default=0,
         ge=0,
         le=longpoll.MAX_WAIT_SECONDS,
+        allow_inf_nan=False,  # ?wait=nan is no number, not a number over 60
         description="Seconds to wait for the status to change (long-poll), at most 60.",
     )
     seen: Literal[
@@ -431,10 +450,12 @@ def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     agent: Agent = request.auth  # type: ignore[attr-defined]
     admitted: list[breaker.Admission] = []
     try:
-        # The breaker is asked last, once the call will run again: a call that may not be
-        # retried is told so, not told to wait for the breaker.
+        # The breaker and the rate limits are asked last, once the call will run again: a
+        # call that may not be retried is told so, not told to wait for either.
         call = retry_call(
-            call_id=call_id, agent=agent, admit=lambda c: admitted.append(breaker.admit(c.tool))
+            call_id=call_id,
+            agent=agent,
+            admit=lambda c: admitted.append(intake.admit_rerun(agent=agent, call=c)),
         )
     except ToolCall.DoesNotExist:
         raise errors.call_not_found() from None
@@ -445,10 +466,6 @@ def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
             f"Only a failed write can be retried; this one is {exc.current}.",
             "Read the call's status and result.",
         ) from None
-    except breaker.CircuitOpen as exc:
-        raise errors.circuit_open(exc.tool_name, retry_after=exc.retry_after) from None
-    except redis.RedisError:
-        raise errors.unavailable() from None
     except BaseException:
         for admission in admitted:  # the re-run did not commit: its probe slot is free
             breaker.release(admission)

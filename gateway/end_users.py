@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from audit.log import record
-from core.json_values import json_problem, reject_constant
+from core.json_values import DuplicateKey, json_problem, reject_constant, unique_keys
 from gateway import errors
 from tools_registry import end_users
 from tools_registry.end_users import Refused
@@ -51,7 +51,14 @@ def decode_header(value: str | None) -> Any:
     if not text.startswith("{"):
         return text
     try:
-        decoded = json.loads(text, parse_constant=reject_constant)
+        decoded = json.loads(text, parse_constant=reject_constant, object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        # {"id": "ada", "id": "bob"}: whom the call is for must not depend on the parser.
+        raise Refused(
+            end_users.INVALID_END_USER,
+            f"The {ON_BEHALF_OF_HEADER} header names {json.dumps(exc.name[:100])} twice.",
+            [{"path": ON_BEHALF_OF_HEADER, "message": "names a key twice"}],
+        ) from None
     except (ValueError, RecursionError):
         raise Refused(
             end_users.INVALID_END_USER,

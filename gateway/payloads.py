@@ -7,11 +7,25 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from core.json_values import MAX_JSON_DEPTH, as_stored, json_problem, reject_constant
+from core.json_values import (
+    MAX_JSON_DEPTH,
+    DuplicateKey,
+    as_stored,
+    json_problem,
+    reject_constant,
+    unique_keys,
+)
 from gateway import errors
 from gateway.schemas import ToolCallIn
 
-__all__ = ["MAX_JSON_DEPTH", "json_problem", "parse_call", "reject_constant"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "DuplicateKey",
+    "json_problem",
+    "parse_call",
+    "reject_constant",
+    "unique_keys",
+]
 
 
 def parse_call(raw: dict[str, Any]) -> ToolCallIn:

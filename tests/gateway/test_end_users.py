@@ -230,6 +230,16 @@ def test_a_header_that_cannot_be_stored_is_refused_not_a_500(
     assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
 
 
+def test_a_header_naming_a_key_twice_is_refused_not_read_as_its_last_value(
+    trusted: World,
+) -> None:
+    # Read as its last value, the list was a supporter's; another reader may take a viewer.
+    header = '{"id": "ada", "roles": ["viewer"], "roles": ["support"]}'
+    error = error_of(listed(trusted, HTTP_COUNTERSIGN_ON_BEHALF_OF=header), 400, "invalid_end_user")
+    assert '"roles" twice' in error["message"]
+    assert AuditEvent.objects.filter(action="end_user.refused", outcome="invalid_end_user")
+
+
 def test_a_refused_tool_list_is_audited(trusted: World) -> None:
     error_of(listed(trusted, "&on_behalf_of=ada&roles=root"), 403, "role_not_assertable")
     error_of(listed(trusted, HTTP_COUNTERSIGN_ON_BEHALF_OF="{not json"), 400, "invalid_end_user")

@@ -499,6 +499,40 @@ def test_arguments_nested_too_deep_are_400(world: World) -> None:
     error_of(world.api().submit(body), 400, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    ("body", "name"),
+    [
+        # A tool the reviewer would see, and one a proxy reading the first value would see.
+        ('{"tool": "get_customer", "tool": "send_email", %s}', "tool"),
+        # Inside the arguments: the reviewer would approve one recipient, the raw body says two.
+        ('{"tool": "send_email", %s, "arguments": '
+         '{"to": "a@example.com", "subject": "s", "body": "b", "to": "b@example.com"}}', "to"),
+        # Deeper, in a value nobody looks at twice.
+        ('{"tool": "send_email", %s, "reasoning": "r", "token_cost": {"usd": 1, "usd": 2}}', "usd"),
+    ],
+)  # fmt: skip
+def test_a_body_naming_a_key_twice_is_400_and_makes_no_call(
+    world: World, body: str, name: str
+) -> None:
+    rest = (
+        '"session_id": "run-1", "arguments": {"to": "a@example.com", "subject": "s", "body": "b"}'
+    )
+    if '"arguments"' in body:
+        rest = '"session_id": "run-1"'
+    api = world.api()
+    response = api.client.post(
+        "/api/v1/tool-calls",
+        data=body % rest,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api.token}",
+        HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()),
+    )
+    error = error_of(response, 400, "invalid_request")
+    assert f'"{name}" more than once' in error["message"]
+    assert error["retryable"] is False
+    assert not ToolCall.objects.exists()
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()

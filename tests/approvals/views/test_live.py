@@ -351,6 +351,12 @@ def test_bad_json_in_a_correction_is_a_clear_refusal(world: World) -> None:
         ('{"to": "a\\u0000b"}', "cannot be stored"),
         ("[" * 5000 + "]" * 5000, "cannot be stored"),
         ('{"x": NaN}', "not valid JSON"),
+        # A correction put before the pasted original: read as its last value, the original.
+        (
+            '{"subject": "Your refund of 50 EUR", "to": "ada@example.com", '
+            '"subject": "Your refund", "body": "It is on its way."}',
+            "name &quot;subject&quot; twice",
+        ),
     ):
         response = bob.post(
             f"/approvals/{call.pk}/decide/",
