@@ -6,9 +6,10 @@ closed     calls pass; each execution that ends in a timeout, a handler error, a
 open       ``breaker_threshold`` consecutive failures open it: calls are refused with 503
            ``circuit_open`` for ``breaker_cooldown_seconds``.
 half-open  after the cool-down exactly one call is let through as the probe (a token with
-           a lease, so a probe whose process died frees the slot); every other call is
-           refused until the probe's outcome is known. Success closes the breaker, failure
-           opens it for another cool-down.
+           a lease, so a probe whose process died frees the slot); every other call that
+           would run now is refused until the probe's outcome is known (a write that waits
+           for a person runs later, if at all: it is accepted, ``check``). Success closes
+           the breaker, failure opens it for another cool-down.
 
 A tool that answers "no" (``ToolFailed``: customer not found, refund refused) is working,
 so such an outcome counts as a success. In services mode the state is three Redis keys per
@@ -64,6 +65,17 @@ if open_until == 0 then return {1, 0} end
 if now < open_until then return {0, open_until - now} end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then return {2, 0} end
 return {3, redis.call('PTTL', KEYS[2])}
+"""
+)
+
+# KEYS: open_until. Returns the ms left of a cool-down under way, else 0 (closed or
+# half-open: nothing is taken).
+_CHECK = (
+    _NOW_MS
+    + """
+local open_until = tonumber(redis.call('GET', KEYS[1]) or '0')
+if now < open_until then return open_until - now end
+return 0
 """
 )
 
@@ -148,6 +160,17 @@ def admit(tool: Tool) -> Admission:
     raise CircuitOpen(tool.name, retry_after=max(1, math.ceil(retry_ms / 1000)))
 
 
+def check(tool: Tool) -> None:
+    """Raise ``CircuitOpen`` while the tool's cool-down runs; take nothing otherwise. For a
+    call that will not run now (a write that waits for a person): it is refused while the
+    tool is known to be down, but needs no probe slot, and must not hold one for the
+    moments its transaction takes (a call of the tool arriving then was refused, told to
+    wait a timeout, though nothing ran)."""
+    retry_ms = _store().check(tool.name)
+    if retry_ms > 0:
+        raise CircuitOpen(tool.name, retry_after=max(1, math.ceil(retry_ms / 1000)))
+
+
 def release(admission: Admission | None) -> None:
     """Give the probe slot back when the admitted call was refused for another reason.
 
@@ -229,6 +252,7 @@ class _RedisStore:
     def __init__(self) -> None:
         client = coordination.redis_client()
         self._admit = client.register_script(_ADMIT)
+        self._check = client.register_script(_CHECK)
         self._failure = client.register_script(_FAILURE)
         self._success = client.register_script(_SUCCESS)
         self._release = client.register_script(_RELEASE)
@@ -237,6 +261,9 @@ class _RedisStore:
         _, open_until, probe = _keys(tool_name)
         decision, retry_ms = self._admit(keys=[open_until, probe], args=[lease_ms, token])
         return int(decision), int(retry_ms)
+
+    def check(self, tool_name: str) -> int:
+        return int(self._check(keys=[_keys(tool_name)[1]]))
 
     def release(self, tool_name: str, *, token: str) -> None:
         self._release(keys=[_keys(tool_name)[2]], args=[token])
@@ -276,6 +303,14 @@ class _MemoryStore:
                 return PROBING, int((state.probe_until - now) * 1000)
             state.probe_token, state.probe_until = token, now + lease_ms / 1000
             return PROBE, 0
+
+    def check(self, tool_name: str) -> int:
+        with self.lock:
+            state = self.tools.get(tool_name)
+            now = time.monotonic()
+            if state is None or now >= state.open_until:
+                return 0
+            return int((state.open_until - now) * 1000)
 
     def release(self, tool_name: str, *, token: str) -> None:
         with self.lock:

@@ -66,6 +66,20 @@ def invalid_request(message: str, details: Any = None) -> ApiError:
     )
 
 
+def invalid_parameters(details: list[dict[str, str]]) -> ApiError:
+    """A query or path parameter that does not parse (``?wait=120``, a call id that is no
+    UUID): the agent is told which one, in the ``{path, message}`` details a body's problems
+    are listed in, and not told to fix a body it did not send."""
+    first = f" {details[0]['path']}: {details[0]['message']}" if details else ""
+    return ApiError(
+        status=400,
+        code="invalid_request",
+        message=f"A parameter of the request is not valid:{first}"[:300],
+        suggestion="Fix the parameters listed in details and send the request again.",
+        details=details,
+    )
+
+
 def body_too_large(limit: int) -> ApiError:
     return ApiError(
         status=413,

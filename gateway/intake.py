@@ -165,11 +165,9 @@ def submit(
             # first answer (or one taken over from a request that died) reads byte for
             # byte like its replays, as a read's does.
             answer = replace(answer, body=request.stored[0])
-        if answer.call is not None and answer.call.status == Status.PENDING:
-            # A write waiting for a person runs later, if at all: it does not hold the
-            # half-open probe slot meanwhile. One approved as it arrived (a rule, a standing
-            # approval) runs now: it is the probe, and its outcome frees the slot.
-            breaker.release(request.admission)
+        # A write waiting for a person took no probe slot (``_accept``); one approved as it
+        # arrived (a rule, a standing approval) runs now: it is the probe, if there is one,
+        # and its outcome frees the slot.
         return answer
     return _run_read(agent, key, answer, request.admission)
 
@@ -316,10 +314,19 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
     now: its stored response. A read is returned, committed, to be run."""
     agent, key, payload = request.agent, request.key, request.payload
     tool = request.tool = _allowed_tool(agent, payload, request.end_user, opened.tool)
-    request.admission = _admit(tool)
+    if tool.risk == Risk.READ:
+        request.admission = _admit(tool)  # runs now: the half-open probe, if it is one
+    else:
+        # Whether a write runs now (a rule or a standing approval approves it) or waits for
+        # a person is known once it is created: refused now only while the tool's cool-down
+        # runs, it takes the probe slot below if it runs now. One that waits never holds the
+        # slot, not even for the moments its transaction takes.
+        _check_breaker(tool)
     if not opened.round_counted:
         raise _RoundsSpent(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
     call = _create(agent, key, payload, request.end_user, tool, request.origin, opened.standing)
+    if tool.risk != Risk.READ and call.status != Status.PENDING:
+        request.admission = _admit(tool)  # refused, the new call is rolled back with the rest
     # Last, once no rule refuses the call: Redis is not rolled back with the transaction, so
     # a call refused after taking from the windows would spend them. A rate refusal here
     # rolls the new call back with everything else.
@@ -428,6 +435,15 @@ def _allowed_tool(
     return tool
 
 
+def _check_breaker(tool: Tool) -> None:
+    try:
+        breaker.check(tool)
+    except breaker.CircuitOpen as exc:
+        raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
+    except redis.RedisError:
+        raise errors.unavailable() from None
+
+
 def _admit(tool: Tool) -> breaker.Admission:
     try:
         return breaker.admit(tool)
@@ -435,6 +451,33 @@ def _admit(tool: Tool) -> breaker.Admission:
         raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
     except redis.RedisError:
         raise errors.unavailable() from None
+
+
+def admit_rerun(*, agent: Agent, call: ToolCall) -> breaker.Admission:
+    """Let a failed write run again on the agent's request (``retry_call``'s ``admit``), or
+    raise the API's error: its tool's breaker, then its tool's rate limits, the agent's and
+    its end user's, which a re-run takes from as a new call does: it runs the tool again
+    (outside the windows, each call's retries multiplied the rate the tool is run at).
+    Asked last, inside the retry's transaction: a refusal leaves the call failed and its
+    probe slot (if it took one) free."""
+    tool = call.tool
+    try:
+        admission = breaker.admit(tool)
+    except breaker.CircuitOpen as exc:
+        raise errors.circuit_open(tool.name, retry_after=exc.retry_after) from None
+    except redis.RedisError:
+        raise errors.unavailable() from None
+    try:
+        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=call.on_behalf_of)
+    except redis.RedisError:
+        breaker.release(admission)
+        raise errors.unavailable() from None
+    if refusal is not None:
+        breaker.release(admission)
+        raise errors.rate_limited(
+            scope=refusal.scope, limit=refusal.limit, retry_after=refusal.retry_after
+        )
+    return admission
 
 
 def _take_rate(agent: Agent, end_user: role_scopes.EndUser, tool: Tool) -> None:

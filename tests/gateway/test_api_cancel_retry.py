@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from gateway import breaker
 from sandbox.models import Customer
 from tests.conftest import ApiClient, World, sandbox_effects
-from tests.gateway.conftest import SEND_EMAIL
+from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
 
@@ -189,6 +189,46 @@ def test_a_retry_repeated_while_the_call_runs_again_takes_no_probe_slot(world: W
     assert again.status_code == 202 and again.json()["status"] == "approved"
     tool = Tool.objects.get(name="update_customer")
     assert breaker.admit(tool).probe_token, "the probe slot is still free"
+
+
+def test_a_retry_takes_from_the_tools_rate_limit_as_a_new_call_does(world: World) -> None:
+    """A re-run runs the tool again: retried in a loop, a failing write reached the
+    downstream as often as the agent asked, whatever the tool's rate limit said."""
+    Tool.objects.filter(name="update_customer").update(rate_limit_per_agent="2/minute")
+    call = _approved_and_run(world, UPDATE_MISSING)  # the first of the two
+    assert _post(world, str(call.pk), "retry").status_code == 202  # the second
+    runner.execute(call.pk)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED  # still no such customer
+
+    # Half-open, so that the refused retry would have held the one probe slot.
+    Tool.objects.filter(name="update_customer").update(
+        breaker_threshold=1, breaker_cooldown_seconds=1
+    )
+    breaker.record_outcome(tool_name="update_customer", status="unknown", error=None)
+    time.sleep(1.1)
+    refused = _post(world, str(call.pk), "retry")
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    call.refresh_from_db()
+    assert (call.status, call.attempts) == (Status.FAILED, 2)
+    assert AuditEvent.objects.filter(action="call.retry_requested").count() == 1
+    tool = Tool.objects.get(name="update_customer")
+    assert breaker.admit(tool).probe_token, "the refused retry gave the probe slot back"
+
+
+def test_concurrent_retries_of_one_call_take_one_place_in_its_window(live_world: World) -> None:
+    """Ten retries of one failed call at once: one re-runs it and takes from the window, the
+    others find it approved again and take nothing (the call's row lock orders them)."""
+    Tool.objects.filter(name="update_customer").update(rate_limit_per_agent="3/minute")
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    call = _approved_and_run(live_world, UPDATE_MISSING)  # the first of the three
+    codes = in_threads(10, lambda _: _post(live_world, str(call.pk), "retry").status_code)
+    assert codes == [202] * 10
+    assert AuditEvent.objects.filter(action="call.retry_requested").count() == 1
+    # The retry took the second place: one new call fits, the next does not.
+    assert live_world.api().submit(UPDATE_MISSING).status_code == 202
+    assert live_world.api().submit(UPDATE_MISSING).status_code == 429
 
 
 def test_another_agents_call_is_not_found(world: World) -> None:

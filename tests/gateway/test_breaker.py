@@ -216,6 +216,30 @@ def test_a_write_waiting_for_review_does_not_hold_the_half_open_probe(world: Wor
         assert answered.status_code == 202, answered.json()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_writes_that_wait_for_a_person_are_accepted_together_while_half_open(
+    live_world: World,
+) -> None:
+    """A write that only waits for a person needs no probe slot: accepted while another
+    call probes the tool, and ten at once all accepted. Each took the slot for the moments
+    of its transaction: a call arriving then was refused and told to wait a timeout."""
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=1000)
+    Tool.objects.filter(name="send_email").update(breaker_threshold=1, breaker_cooldown_seconds=1)
+    breaker.record_outcome(tool_name="send_email", status="unknown", error={"code": "timeout"})
+    time.sleep(1.1)  # half-open
+
+    def body(n: int) -> dict[str, Any]:
+        return {**SEND_EMAIL, "arguments": {**SEND_EMAIL["arguments"], "subject": f"s{n}"}}
+
+    probing = breaker.admit(Tool.objects.get(name="send_email"))
+    assert probing.probe_token, "another call probes the tool"
+    assert _status(live_world, body(-1)) == 202
+    breaker.release(probing)
+    codes = in_threads(10, lambda n: _status(live_world, body(n)))
+    assert codes == [202] * 10
+    assert breaker.admit(Tool.objects.get(name="send_email")).probe_token, "still free"
+
+
 def test_a_write_approved_as_it_arrives_is_the_one_probe_of_a_half_open_breaker(
     world: World, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -143,10 +143,35 @@ def test_a_terminal_call_or_a_stale_seen_answers_at_once(
 
 def test_the_wait_is_bounded(world: World) -> None:
     call_id = _pending_call(world)
-    for query in ("wait=61", "wait=-1", "wait=soon", "seen=" + "x" * 40):
+    for query, path in (
+        ("wait=61", "query.wait"),
+        ("wait=-1", "query.wait"),
+        ("wait=soon", "query.wait"),
+        ("wait=nan", "query.wait"),
+        ("seen=" + "x" * 40, "query.seen"),
+    ):
         response = world.api().get(f"/api/v1/tool-calls/{call_id}?{query}")
         assert response.status_code == 400, query
-        assert response.json()["error"]["code"] == "invalid_request"
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request"
+        # The parameter is named, as a body's problems are: no body was sent to fix.
+        assert [d["path"] for d in error["details"]] == [path], query
+        assert path in error["message"] and "body" not in error["suggestion"], query
+    nan = world.api().get(f"/api/v1/tool-calls/{call_id}?wait=nan").json()["error"]
+    assert "finite number" in nan["details"][0]["message"]
+
+
+def test_a_call_id_that_is_no_uuid_is_named_as_the_path_parameter(world: World) -> None:
+    for method, path in (("get", ""), ("post", "/cancel"), ("post", "/retry")):
+        api = world.api()
+        response = getattr(api.client, method)(
+            f"/api/v1/tool-calls/not-a-uuid{path}", HTTP_AUTHORIZATION=f"Bearer {api.token}"
+        )
+        assert response.status_code == 400, path
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert [d["path"] for d in error["details"]] == ["path.call_id"]
+        assert set(error["details"][0]) == {"path", "message"}
 
 
 def test_another_agents_call_is_404_without_waiting(

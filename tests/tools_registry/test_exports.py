@@ -95,7 +95,16 @@ def test_only_the_agents_allowed_enabled_tools_in_code_are_listed(world: World) 
 def test_an_unknown_format_is_a_400(world: World) -> None:
     response = world.api().get("/api/v1/tools?format=yaml")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_request"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    # A query parameter, named as every parameter's problem is; there is no body to fix.
+    assert error["details"] == [
+        {
+            "path": "query.format",
+            "message": "must be one of openai, openai-responses, anthropic, mcp",
+        }
+    ]
+    assert "body" not in error["suggestion"]
 
 
 def _strict_objects(schema: dict) -> list[dict]:
