@@ -295,6 +295,15 @@ class Decision(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+        indexes = [
+            # The quorum sweep's candidates: the approvals given since the oldest waiting
+            # call arrived (sweeps.complete_restored_quorums), not every approval ever.
+            models.Index(
+                fields=["created_at", "call"],
+                condition=models.Q(verdict="approve"),
+                name="decision_approval_time_idx",
+            ),
+        ]
         constraints = [
             # One verdict of each kind per reviewer per version of the arguments: an approver
             # may still reject while the call waits (decisions._require_first_vote).

@@ -23,6 +23,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from approvals import sweeps
@@ -292,3 +293,47 @@ def test_a_step_of_the_sweep_task_that_fails_leaves_the_later_steps_to_run(
         tasks.sweep()
     assert ToolCall.objects.get(pk=leased.pk).status != Status.EXECUTING
     assert ToolCall.objects.get(pk=waiting.pk).status == Status.EXPIRED
+
+
+def test_the_expiry_sweep_reads_the_overdue_calls_not_the_whole_queue(live_world: World) -> None:
+    """Taken in the calls' default order (newest first), the overdue calls were found by
+    walking the queue's index from its newest call: with statistics from a time many calls
+    were overdue (sweeps held up by an outage), every pass read every waiting call (0.56 s
+    at 200,000). Soonest expiry first, the pass reads the overdue calls alone. (Committed:
+    the table is emptied after the test, not left with the updates' dead rows, on which
+    other tests' plans would be made.)"""
+    import json
+
+    from tests.approvals.conftest import make_call
+
+    world = live_world
+    overdue = make_call(world, "delete_customer")
+    past = timezone.now() - timedelta(minutes=5)
+    ToolCall.objects.filter(pk=overdue.pk).update(expires_at=past)
+    overdue.refresh_from_db()
+    fields = {f.attname: getattr(overdue, f.attname) for f in ToolCall._meta.concrete_fields}
+    ToolCall.objects.bulk_create(
+        ToolCall(**{**fields, "id": uuid.uuid4(), "request_key": uuid.uuid4().hex})
+        for _ in range(3000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {ToolCall._meta.db_table}")  # as autovacuum did then
+    later = timezone.now() + timedelta(hours=1)
+    ToolCall.objects.exclude(pk=overdue.pk).update(expires_at=later)
+
+    with CaptureQueriesContext(connection) as ran:
+        assert sweeps.expire_overdue_pending() == 1
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + ran.captured_queries[0]["sql"])
+        (plan,) = cursor.fetchone()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    nodes, read = [plan[0]["Plan"]], 0
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.get("Plans", []))
+        if node.get("Relation Name") == ToolCall._meta.db_table:
+            read += node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+    assert read < 100, json.dumps(plan)
+    overdue.refresh_from_db()
+    assert overdue.status == Status.EXPIRED
