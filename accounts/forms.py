@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib.admin.forms import AdminPasswordChangeForm
 from django.contrib.auth import authenticate
-from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
 from django.http import HttpRequest
 
 
@@ -33,15 +33,18 @@ class SignInForm(AuthenticationForm):
         return super().clean()
 
 
-class CountedPasswordChangeForm(AdminPasswordChangeForm):
-    """The admin's change of one's own password, the old password checked as a sign-in is:
-    through django-axes, counted, and refused while the account or address is locked.
-    Django checks it on the side (``check_password``), so a stolen admin session could
-    guess the password without end, and then change it."""
+class OldPasswordCountedAsSignIn:
+    """The old password of a change of one's own password, checked as a sign-in is: through
+    django-axes, counted, and refused while the account or address is locked. Django checks
+    it on the side (``check_password``), so a stolen session could guess the password
+    without end, and then change it."""
+
+    user: Any
+    cleaned_data: dict[str, Any]
 
     def __init__(self, user: Any, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
         self.request = request
-        super().__init__(user, *args, **kwargs)
+        super().__init__(user, *args, **kwargs)  # type: ignore[call-arg]
 
     def clean_old_password(self) -> str:
         old_password = str(self.cleaned_data["old_password"])
@@ -50,6 +53,18 @@ class CountedPasswordChangeForm(AdminPasswordChangeForm):
         )
         if person is None or person.pk != self.user.pk:
             raise forms.ValidationError(
-                self.error_messages["password_incorrect"], code="password_incorrect"
+                PasswordChangeForm.error_messages["password_incorrect"], code="password_incorrect"
             )
         return old_password
+
+
+class CountedPasswordChangeForm(OldPasswordCountedAsSignIn, AdminPasswordChangeForm):
+    """The admin's change of one's own password (its "Change password" page)."""
+
+
+class OwnPasswordForm(OldPasswordCountedAsSignIn, PasswordChangeForm):
+    """The account page's change of one's own password: Django's form (the password
+    validators of ``AUTH_PASSWORD_VALIDATORS``), and a code from the authenticator app,
+    which the view checks last (``accounts.views.change_password``)."""
+
+    code = forms.CharField(max_length=12, required=False, strip=True)

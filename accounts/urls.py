@@ -8,6 +8,7 @@ app_name = "accounts"
 
 urlpatterns = [
     path("", views.account, name="account"),
+    path("password/", views.change_password, name="password"),
     path("two-factor/", views.two_factor_page, name="two_factor"),
     path("two-factor/enrol/", views.enrol, name="enrol"),
     path("two-factor/confirm/", views.confirm, name="confirm"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import PasswordChangeView
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
@@ -12,10 +12,11 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts import two_factor
-from accounts.forms import CodeForm, CountedPasswordChangeForm
+from accounts import passwords, two_factor
+from accounts.forms import CodeForm, CountedPasswordChangeForm, OwnPasswordForm
 from accounts.navigation import next_url
 
 
@@ -23,10 +24,9 @@ def _next_url(request: HttpRequest) -> str:
     return next_url(request, otherwise=reverse("home"))
 
 
-@require_GET
-@login_required
-@never_cache
-def account(request: HttpRequest) -> HttpResponse:
+def _account_page(
+    request: HttpRequest, password_form: OwnPasswordForm | None = None, status: int = 200
+) -> HttpResponse:
     user = request.user
     assert user.is_authenticated  # login_required
     return render(
@@ -39,8 +39,50 @@ def account(request: HttpRequest) -> HttpResponse:
             "verified": user.is_verified(),  # type: ignore[attr-defined]
             "may_enrol": two_factor.may_enrol(request),
             "sso_only": not user.has_usable_password(),
+            "password_form": password_form or OwnPasswordForm(user, request=request),
+            "wants_code": passwords.asks_code(user),
+            "password_chosen_by_superuser": passwords.chosen_by_a_superuser(user),
         },
+        status=status,
     )
+
+
+@require_GET
+@login_required
+@never_cache
+def account(request: HttpRequest) -> HttpResponse:
+    return _account_page(request)
+
+
+@sensitive_post_parameters("old_password", "new_password1", "new_password2")
+@require_POST
+@login_required
+@never_cache
+def change_password(request: HttpRequest) -> HttpResponse:
+    """The person's own password: the old one counted as a sign-in (``OwnPasswordForm``),
+    then the code, if they have an app or must (checked only after the right password, as
+    at a re-authentication: a stolen session cannot test codes alone, nor spend the app's
+    throttle). An account without a password signs in through its provider: nothing to
+    change here, and none is set (whoever set one could sign in without the provider)."""
+    user = request.user
+    assert user.is_authenticated  # login_required
+    if not user.has_usable_password():
+        return _account_page(request, status=403)
+    form = OwnPasswordForm(user, request.POST, request=request)
+    if form.is_valid():
+        if not passwords.asks_code(user) or two_factor.verify(
+            request=request, token=form.cleaned_data["code"], purpose="password_change"
+        ):
+            passwords.change_own(request, form)
+            messages.success(
+                request, "Your password is changed. Your other sessions are signed out."
+            )
+            return redirect("accounts:account")
+        form.add_error(
+            "code",
+            "That code was not accepted; wait for the next one. Your password is not changed.",
+        )
+    return _account_page(request, form, status=400)
 
 
 SIGN_IN_AGAIN = (
@@ -142,10 +184,17 @@ class _CountedPasswordChangeView(PasswordChangeView):
     def get_form_kwargs(self) -> dict[str, Any]:
         return {**super().get_form_kwargs(), "request": self.request}
 
+    def form_valid(self, form: CountedPasswordChangeForm) -> HttpResponse:  # type: ignore[override]
+        passwords.change_own(self.request, form)  # audited, as on the account page
+        return HttpResponseRedirect(self.get_success_url())
+
 
 def admin_password_change(request: HttpRequest) -> HttpResponseBase:
     """The admin's "Change password" (as ``AdminSite.password_change``), with the old
-    password counted as a sign-in (``CountedPasswordChangeForm``)."""
+    password counted as a sign-in (``CountedPasswordChangeForm``). It asks for no code: a
+    person who has an authenticator app (or must) changes theirs on the account page."""
+    if passwords.asks_code(request.user):
+        return HttpResponseRedirect(f"{reverse('accounts:account')}#password")
     request.current_app = admin.site.name
     view = _CountedPasswordChangeView.as_view(
         success_url=reverse("admin:password_change_done"),

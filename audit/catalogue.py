@@ -130,8 +130,9 @@ ACTIONS: dict[str, str] = {
     "auth.two_factor_removed": "An admin deleted a person's authenticator app (they lost it; "
     "they set up a new one at their next sign-in). Admins never add or edit one for someone "
     "else.",
-    "auth.password_set": "An admin set a person's password in the admin (who, for whom; "
-    "never the password).",
+    "auth.password_set": "A superuser set a person's password in the admin (outcome "
+    "set_by_admin: who, for whom), or a person changed their own (outcome changed_by_owner). "
+    "Never the password.",
     "auth.lockout_lifted": "An admin deleted failed sign-ins in the admin (Axes: access "
     "attempts), lifting the lock they held: the name (only if it is a real account), the "
     "address and the count of failures.",
