@@ -389,6 +389,15 @@ def definition_changed(call: ToolCall) -> bool:
     return call.tool.version != call.tool_version or call.tool.risk != call.risk
 
 
+def policy_changed(call: ToolCall) -> bool:
+    """Whether the tool's policy changed since the call was screened and approved under it
+    (``ToolCall.policy``, its version): a rule may now refuse it, or ask more approvals, a
+    team or a typed confirmation. (A call stored without a version counts as changed: fail
+    closed.) Not a reason to refuse its claim: the approval was given under the policy of
+    its time; a re-run the agent asks for later is a new use of it (``calls.retry_call``)."""
+    return (call.policy or {}).get("version") != call.tool.policy_version
+
+
 def tool_still_allowed(call: ToolCall) -> bool:
     """Whether the call's tool is still on its agent's allowlist: read with the call by the
     claim's lock (``sql.lock_call``), asked here otherwise."""

@@ -52,6 +52,10 @@ ACTIONS: dict[str, str] = {
     "downstream said the effect did not happen, or a person confirmed a re-run).",
     "call.resolved": "A person marked the real outcome of a call that needed attention.",
     "call.retry_requested": "The agent asked to run a failed write again, with the same key.",
+    "call.retry_refused": "The agent asked to run a failed write again and was refused, the call "
+    "left as it was: outcome is the error code (retry_not_allowed: a destructive call, the tool "
+    "or agent off, a stop, its retries spent, the tool's policy changed since its approval; "
+    "circuit_open; rate_limited), with the message the agent was given.",
     "call.arguments_revealed": "A reviewer unmasked a call's sensitive arguments, with a reason "
     "(the values are not recorded).",
     "call.reviewers_notified": "The tool's reviewers were told of a new pending call by e-mail.",

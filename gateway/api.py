@@ -22,10 +22,9 @@ from ninja.security import HttpBearer
 from pydantic import Field
 
 from approvals.models import ToolCall
-from approvals.services.calls import RetryRefused, cancel_call, retry_call
+from approvals.services.calls import cancel_call
 from approvals.transitions import InvalidTransition
 from gateway import (
-    breaker,
     end_users,
     errors,
     http,
@@ -448,28 +447,17 @@ def cancel_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
 )
 def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     agent: Agent = request.auth  # type: ignore[attr-defined]
-    admitted: list[breaker.Admission] = []
     try:
         # The breaker and the rate limits are asked last, once the call will run again: a
         # call that may not be retried is told so, not told to wait for either.
-        call = retry_call(
-            call_id=call_id,
-            agent=agent,
-            admit=lambda c: admitted.append(intake.admit_rerun(agent=agent, call=c)),
-        )
+        call = intake.rerun(agent=agent, call_id=call_id)
     except ToolCall.DoesNotExist:
         raise errors.call_not_found() from None
-    except RetryRefused as exc:
-        raise errors.retry_not_allowed(exc.message) from None
     except InvalidTransition as exc:
         raise errors.invalid_state(
             f"Only a failed write can be retried; this one is {exc.current}.",
             "Read the call's status and result.",
         ) from None
-    except BaseException:
-        for admission in admitted:  # the re-run did not commit: its probe slot is free
-            breaker.release(admission)
-        raise
     body = represent_call(call)
     response = JsonResponse(body, status=202)
     response["Retry-After"] = str(responses.PENDING_RETRY_AFTER_SECONDS)

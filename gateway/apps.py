@@ -13,4 +13,5 @@ class GatewayConfig(AppConfig):
 
         # The lifecycle below tells the edge what happened, without importing it.
         hooks.on_status_changed(notify.status_changed)
+        hooks.on_status_changed(breaker.unrun)
         hooks.on_execution_finished(breaker.observe)

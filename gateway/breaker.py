@@ -26,10 +26,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from django.conf import settings
+from django.db import transaction
 
 from approvals import hooks
+from approvals.models import Status, ToolCall
 from audit.log import record
 from gateway import coordination
 from tools_registry.models import Tool
@@ -144,9 +147,13 @@ def _probe_lease_seconds(tool: Tool) -> float:
     return budget + PROBE_GRACE_SECONDS
 
 
-def admit(tool: Tool) -> Admission:
-    """Let a call of ``tool`` through, or raise ``CircuitOpen`` with the seconds to wait."""
-    token = secrets.token_hex(8)
+def admit(tool: Tool, *, for_call: UUID | None = None) -> Admission:
+    """Let a call of ``tool`` through, or raise ``CircuitOpen`` with the seconds to wait.
+
+    ``for_call``: the call that will run later, in a worker (a write approved as it arrived,
+    a retry). Its probe slot is then named after it, so that its claim, should it refuse to
+    run the call (the tool switched off meanwhile), gives the slot back (``unrun``)."""
+    token = str(for_call) if for_call is not None else secrets.token_hex(8)
     lease_ms = int(_probe_lease_seconds(tool) * 1000)
     decision, retry_ms = _store().admit(tool.name, lease_ms=lease_ms, token=token)
     if decision == CLOSED:
@@ -186,6 +193,19 @@ def release(admission: Admission | None) -> None:
             "breaker of %s: the probe slot could not be given back; freed at its lease's end",
             admission.tool_name,
         )
+
+
+def unrun(call: ToolCall, previous: str | None) -> None:
+    """An ``approvals.hooks.on_status_changed`` receiver: an approved call that fails (or is
+    left to a person) without running was refused by its claim (its tool or agent switched
+    off, the tool's definition changed, the agent stopped). No outcome will free a probe slot
+    it took (``admit``'s ``for_call``), and every call of the tool would be refused until the
+    slot's lease ends: it is given back once that commits. A slot it does not hold is left
+    alone (``release`` asks for its name)."""
+    if previous != Status.APPROVED or call.status not in (Status.FAILED, Status.UNKNOWN):
+        return
+    admission = Admission(tool_name=call.tool.name, probe_token=str(call.pk))
+    transaction.on_commit(lambda: release(admission))
 
 
 def record_outcome(*, tool_name: str, status: str, error: dict[str, Any] | None) -> str:

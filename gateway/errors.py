@@ -490,12 +490,19 @@ def invalid_idempotency_key() -> ApiError:
     )
 
 
-def retry_not_allowed(message: str) -> ApiError:
+def retry_not_allowed(message: str, *, new_call: bool = False) -> ApiError:
+    """``new_call``: the call's approval no longer covers a re-run (a stop, its retries spent,
+    its tool's policy changed), and a new call is the way, not a person's review."""
     return ApiError(
         status=409,
         code="retry_not_allowed",
         message=message,
-        suggestion="A person decides what happens to this call; tell the user it needs review.",
+        suggestion=(
+            "If the effect is still wanted, make a new call (a new Idempotency-Key); it is "
+            "screened and approved under the tool's current policy."
+            if new_call
+            else "A person decides what happens to this call; tell the user it needs review."
+        ),
     )
 
 

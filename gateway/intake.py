@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import redis
 from django.db import IntegrityError, transaction
@@ -38,7 +39,7 @@ from approvals import sql as approvals_sql
 from approvals.execution import runner
 from approvals.models import Decision, StandingApproval, Status, ToolCall, Transport
 from approvals.screening import RefusedByRule
-from approvals.services.calls import create_call
+from approvals.services.calls import RetryRefused, create_call, retry_call
 from audit.canonical import canonical_json, sha256_hex
 from audit.log import record
 from core import db
@@ -326,7 +327,9 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
         raise _RoundsSpent(errors.max_rounds_exceeded(agent.max_rounds_per_session), tool)
     call = _create(agent, key, payload, request.end_user, tool, request.origin, opened.standing)
     if tool.risk != Risk.READ and call.status != Status.PENDING:
-        request.admission = _admit(tool)  # refused, the new call is rolled back with the rest
+        # Refused, the new call is rolled back with the rest. Admitted, the slot is the
+        # call's: its claim gives it back if it refuses to run it (a tool switched off).
+        request.admission = _admit(tool, for_call=call.pk)
     # Last, once no rule refuses the call: Redis is not rolled back with the transaction, so
     # a call refused after taking from the windows would spend them. A rate refusal here
     # rolls the new call back with everything else.
@@ -444,27 +447,53 @@ def _check_breaker(tool: Tool) -> None:
         raise errors.unavailable() from None
 
 
-def _admit(tool: Tool) -> breaker.Admission:
+def _admit(tool: Tool, for_call: UUID | None = None) -> breaker.Admission:
     try:
-        return breaker.admit(tool)
+        return breaker.admit(tool, for_call=for_call)
     except breaker.CircuitOpen as exc:
         raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
     except redis.RedisError:
         raise errors.unavailable() from None
 
 
+def rerun(*, agent: Agent, call_id: UUID) -> ToolCall:
+    """The agent's retry of a failed write (``retry_call``), asking the edge last
+    (``admit_rerun``). A refusal (the call may not be re-run; its breaker; its rate limits)
+    is audited on its own, as a refused submission is: ``call.retry_refused`` on the call,
+    with the error the agent got. Raises the API's error; ``ToolCall.DoesNotExist`` and
+    ``InvalidTransition`` (no call of the agent's; not a failed write) go up as they are."""
+    admitted: list[breaker.Admission] = []
+    try:
+        return retry_call(
+            call_id=call_id,
+            agent=agent,
+            admit=lambda c: admitted.append(admit_rerun(agent=agent, call=c)),
+        )
+    except RetryRefused as exc:
+        refusal = Refused(errors.retry_not_allowed(exc.message, new_call=exc.new_call))
+    except Refused as exc:
+        refusal = exc
+    except BaseException:
+        for admission in admitted:  # the re-run did not commit: its probe slot is free
+            breaker.release(admission)
+        raise
+    _audit_retry_refusal(agent, call_id, refusal.error)
+    raise refusal.error from None
+
+
 def admit_rerun(*, agent: Agent, call: ToolCall) -> breaker.Admission:
     """Let a failed write run again on the agent's request (``retry_call``'s ``admit``), or
-    raise the API's error: its tool's breaker, then its tool's rate limits, the agent's and
-    its end user's, which a re-run takes from as a new call does: it runs the tool again
-    (outside the windows, each call's retries multiplied the rate the tool is run at).
-    Asked last, inside the retry's transaction: a refusal leaves the call failed and its
-    probe slot (if it took one) free."""
+    raise ``Refused`` with the API's error: its tool's breaker, then its tool's rate limits,
+    the agent's and its end user's, which a re-run takes from as a new call does: it runs the
+    tool again (outside the windows, each call's retries multiplied the rate the tool is run
+    at). Asked last, inside the retry's transaction: a refusal leaves the call failed and its
+    probe slot (if it took one) free. The slot is the call's (``breaker.admit``'s
+    ``for_call``): its claim gives it back if it refuses to run the call."""
     tool = call.tool
     try:
-        admission = breaker.admit(tool)
+        admission = breaker.admit(tool, for_call=call.pk)
     except breaker.CircuitOpen as exc:
-        raise errors.circuit_open(tool.name, retry_after=exc.retry_after) from None
+        raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
     except redis.RedisError:
         raise errors.unavailable() from None
     try:
@@ -474,10 +503,32 @@ def admit_rerun(*, agent: Agent, call: ToolCall) -> breaker.Admission:
         raise errors.unavailable() from None
     if refusal is not None:
         breaker.release(admission)
-        raise errors.rate_limited(
-            scope=refusal.scope, limit=refusal.limit, retry_after=refusal.retry_after
+        raise Refused(
+            errors.rate_limited(
+                scope=refusal.scope, limit=refusal.limit, retry_after=refusal.retry_after
+            ),
+            tool,
         )
     return admission
+
+
+def _audit_retry_refusal(agent: Agent, call_id: UUID, error: errors.ApiError) -> None:
+    """A refused retry, on the call's own trail, in its own transaction (the retry's rolled
+    back): the code and message the agent was given, and when to come back, if it may."""
+    call = ToolCall.objects.select_related("agent", "tool").get(pk=call_id, agent=agent)
+    record(
+        action="call.retry_refused",
+        actor=agent,
+        outcome=error.code,
+        call=call,
+        data={
+            "code": error.code,
+            "message": error.message,
+            "details": error.details,
+            "retry_after": error.headers.get("Retry-After"),
+            "attempts": call.attempts,
+        },
+    )
 
 
 def _take_rate(agent: Agent, end_user: role_scopes.EndUser, tool: Tool) -> None:

@@ -137,8 +137,8 @@ def refuse_approved_for_stop(agent: Agent, reason: str, stopped_by: Any) -> list
 def _refuse(call: ToolCall, code: str) -> None:
     """Fail a call that may no longer run, without running it. The error carries the
     reason's code (``CANNOT_RUN``), and a stop's reason; the agent may retry a write once the
-    tool or agent is back, except one a stop failed (a stop voids its approval,
-    ``calls.retry_call``). Nothing ran this time, so nothing is escalated.
+    tool or agent is back, except one a stop failed (a stop voids its approval) or one whose
+    tool's policy changed otherwise meanwhile (``calls.retry_call``). Nothing ran this time, so nothing is escalated.
 
     Except a re-run, by reconciliation or a person, of a call whose earlier attempt's
     outcome was left open (it keeps that attempt's error; the agent's retry of a failed call

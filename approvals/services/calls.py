@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from approvals import events, screening, transitions
 from approvals.execution import send
-from approvals.guards import Refused, arguments_hash, cannot_run_reason
+from approvals.guards import Refused, arguments_hash, cannot_run_reason, policy_changed
 from approvals.models import StandingApproval, Status, ToolCall, Transport
 from approvals.services import standing
 from approvals.transitions import lock_call, move
@@ -181,6 +181,37 @@ RETRIES_SPENT = (
 )
 
 
+POLICY_CHANGED = (
+    "The tool's policy changed since this call was approved (it was approved under version "
+    "{then}, the policy is now version {now}): its approval does not cover a re-run under the "
+    "new one. If the effect is still wanted, make a new call, which is screened and approved "
+    "under the current policy."
+)
+
+
+def only_switched_off_and_on(call: ToolCall) -> bool:
+    """Whether every change of the call's tool's policy since the call was approved under it
+    switched the tool off or on, and nothing else: the claim refuses a call while its tool
+    is off (``tool_disabled``), and the agent may retry it once the tool is back, on the
+    approval it had. Read from the audit trail, which keeps each change with the version it
+    made (``tool.policy_changed``); a version bumped without such an event (a sync from
+    code, an upstream's) counts as a change of the policy: fail closed."""
+    then, now = (call.policy or {}).get("version"), call.tool.policy_version
+    if not isinstance(then, int) or then >= now:
+        return False
+    changes = list(
+        AuditEvent.objects.filter(
+            action="tool.policy_changed",
+            tool_name=call.tool.name,
+            data__policy_version__gt=then,
+            data__policy_version__lte=now,
+        ).values_list("data", flat=True)
+    )
+    return len(changes) == now - then and all(
+        set((change or {}).get("after") or {}) == {"enabled"} for change in changes
+    )
+
+
 def retries_of(call: ToolCall) -> int:
     """How many times the agent has had the call run again (``retry_call``), from the audit
     trail, which keeps each one (``call.retry_requested``)."""
@@ -188,9 +219,14 @@ def retries_of(call: ToolCall) -> int:
 
 
 class RetryRefused(Refused):
-    """The call may not be re-run on the agent's request."""
+    """The call may not be re-run on the agent's request; ``new_call`` when a new call (with
+    its own approval) is the way to the effect, rather than a person's decision."""
 
     code = "retry_not_allowed"
+
+    def __init__(self, message: str, *, new_call: bool = False):
+        super().__init__(message)
+        self.new_call = new_call
 
 
 @transaction.atomic
@@ -203,7 +239,9 @@ def retry_call(
     double what the failed attempt might have done. Destructive calls are never re-run on
     an agent's request: their failure is escalated to a person. A call that is already
     approved or executing again is returned as it is, so the request may be repeated. Each
-    retry runs on the call's one approval: at most ``EXECUTOR_AGENT_RETRIES`` of them.
+    retry runs on the call's one approval: at most ``EXECUTOR_AGENT_RETRIES`` of them, and
+    only while the tool's policy is the one it was approved under (``policy_changed``; the
+    tool switched off and on again meanwhile changed nothing it was approved for).
 
     ``admit`` (the edge's circuit breaker) is asked only once the call will run again, after
     every reason to refuse: what it raises leaves the call as it was.
@@ -230,11 +268,22 @@ def retry_call(
         # the agent stopped): a stop voids what was decided for the agent before it, and the
         # agent that was stopped must not bring back, after its resume, the approval the
         # stop took away. A call still wanted is a new call, with its own approval.
-        raise RetryRefused(STOPPED_BEFORE_IT_RAN)
+        raise RetryRefused(STOPPED_BEFORE_IT_RAN, new_call=True)
+    if policy_changed(call) and not only_switched_off_and_on(call):
+        # Each retry runs on the approval given under the policy of its time, which nobody
+        # sees again: a rule added since to refuse such calls, or to ask for more approvals,
+        # a team or a confirmation, would never be asked of it. (The claim refuses a call
+        # whose tool's definition changed, ``cannot_run_reason``, the same way.)
+        raise RetryRefused(
+            POLICY_CHANGED.format(
+                then=(call.policy or {}).get("version", "unknown"), now=call.tool.policy_version
+            ),
+            new_call=True,
+        )
     if (retried := retries_of(call)) >= settings.EXECUTOR_AGENT_RETRIES:
         # Each retry runs under the reviewers' one approval, which nobody sees again: an
         # agent looping on a failing write must not run it for ever on that approval.
-        raise RetryRefused(RETRIES_SPENT.format(retried=retried))
+        raise RetryRefused(RETRIES_SPENT.format(retried=retried), new_call=True)
     if admit is not None:
         admit(call)
     previous_error = call.error

@@ -30,6 +30,7 @@ STEP_TITLES = {
     "call.resolved": "Resolved by a person",
     "call.rerun": "Run again",
     "call.retry_requested": "Retry requested",
+    "call.retry_refused": "Retry refused",
     "call.abandoned": "Abandoned",
     "call.execution_resent": "Sent to the executor again",
     "call.reviewers_notified": "Reviewers notified",
@@ -71,6 +72,7 @@ NOT_STATUS = frozenset(
         "call.rechecked",
         "call.note_added",
         "call.arguments_edited",
+        "call.retry_refused",
     }
 )
 # What each step shows in full, outside the collapsed data: the words people wrote and the
@@ -103,6 +105,7 @@ VISIBLE = {
     "call.arguments_revealed": [("reason", "Reason"), ("fields", "Fields")],
     "call.resolved": [("note", "Note"), ("previous_status", "Was")],
     "call.execution_refused": [("reason", "Reason")],
+    "call.retry_refused": [("message", "Reason")],
     "call.escalated": [("reason", "Reason")],
     "call.execution_finished": [("error", "Error"), ("latency_ms", "Latency (ms)")],
     "call.late_result_accepted": [("error", "Error"), ("latency_ms", "Latency (ms)")],

@@ -289,3 +289,92 @@ def test_a_retry_is_refused_once_the_end_users_roles_no_longer_reach_the_tool(
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "retry_not_allowed"
     assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rules": [{"when": 'args.customer_id == "cus_0099"', "then": "refuse"}]},
+        {"approvals_required": 2},
+    ],
+    ids=["now-refused", "needs-more-approvals"],
+)
+def test_a_retry_is_refused_once_the_tools_policy_changed(
+    world: World, change: dict, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Each retry runs on the approval given under the policy of its time: a rule added since
+    that refuses such calls, or a second approval now asked, never applied to the re-run. The
+    agent is told to make a new call, screened and approved under the current policy."""
+    call = _approved_and_run(world, UPDATE_MISSING)
+    assert call.status == Status.FAILED
+    registry_services.update_policy(
+        tool=world.tools["update_customer"], changes=change, changed_by=world.alice
+    )
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = _post(world, str(call.pk), "retry")
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    assert error["code"] == "retry_not_allowed"
+    assert "policy changed" in error["message"] and "new call" in error["suggestion"]
+    assert send.send_execution not in [getattr(c, "func", c) for c in callbacks]
+    call.refresh_from_db()
+    assert (call.status, call.attempts) == (Status.FAILED, 1)
+    assert not AuditEvent.objects.filter(action="call.retry_requested").exists()
+    [refused] = AuditEvent.objects.filter(action="call.retry_refused", call_id=call.pk)
+    assert refused.outcome == "retry_not_allowed"
+    assert refused.data["message"] == error["message"]
+
+
+def test_a_retry_under_an_unchanged_policy_still_runs(world: World) -> None:
+    """Only a change of the tool's policy refuses it: another tool's change does not."""
+    call = _approved_and_run(world, UPDATE_MISSING)
+    registry_services.update_policy(
+        tool=world.tools["send_email"], changes={"approvals_required": 2}, changed_by=world.alice
+    )
+    assert _post(world, str(call.pk), "retry").status_code == 202
+
+
+def test_every_refused_retry_is_audited_on_the_call(world: World, settings: Any) -> None:
+    """As a refused submission is (``call.refused``): a retry refused for its retries spent,
+    or for the tool's breaker, leaves its trace on the call, with the code the agent got."""
+    settings.EXECUTOR_AGENT_RETRIES = 0
+    call = _approved_and_run(world, UPDATE_MISSING)
+    assert _post(world, str(call.pk), "retry").status_code == 409
+    settings.EXECUTOR_AGENT_RETRIES = 3
+    Tool.objects.filter(name="update_customer").update(
+        breaker_threshold=1, breaker_cooldown_seconds=600
+    )
+    breaker.record_outcome(tool_name="update_customer", status="unknown", error=None)
+    assert _post(world, str(call.pk), "retry").status_code == 503
+    refusals = AuditEvent.objects.filter(action="call.retry_refused", call_id=call.pk)
+    assert {(e.actor_type, e.agent_name) for e in refusals} == {("agent", world.agent.name)}
+    assert sorted(refusals.values_list("outcome", flat=True)) == [
+        "circuit_open",
+        "retry_not_allowed",
+    ]
+    circuit = refusals.get(outcome="circuit_open")
+    assert int(circuit.data["retry_after"]) >= 1
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+
+
+def test_a_tool_switched_off_and_on_keeps_a_retry_but_not_a_change_beside_it(
+    world: World,
+) -> None:
+    """Switching the tool off and on again changes nothing the call was approved for (the
+    claim refuses it while the tool is off); a change of its rules meanwhile does."""
+    call = _approved_and_run(world, UPDATE_MISSING)
+    tool = world.tools["update_customer"]
+    for enabled in (False, True):
+        registry_services.update_policy(
+            tool=tool, changes={"enabled": enabled}, changed_by=world.alice
+        )
+    assert _post(world, str(call.pk), "retry").status_code == 202
+    runner.execute(call.pk)
+    assert ToolCall.objects.get(pk=call.pk).status == Status.FAILED
+    registry_services.update_policy(tool=tool, changes={"enabled": False}, changed_by=world.alice)
+    registry_services.update_policy(
+        tool=tool, changes={"enabled": True, "approvals_required": 2}, changed_by=world.alice
+    )
+    refused = _post(world, str(call.pk), "retry")
+    assert refused.status_code == 409
+    assert "policy changed" in refused.json()["error"]["message"]

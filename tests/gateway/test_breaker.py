@@ -18,6 +18,7 @@ from approvals.execution import runner, send
 from approvals.execution.claim import claim_call
 from approvals.execution.finish import Outcome
 from approvals.models import Status, ToolCall
+from approvals.services.decisions import decide
 from audit.models import AuditEvent
 from gateway import breaker
 from tests.conftest import World, executions_sent
@@ -404,3 +405,50 @@ def test_giving_a_probe_slot_back_without_redis_does_not_raise(
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     breaker.release(admission)
     assert "could not be given back" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["rule", "retry"])
+def test_a_probe_its_claim_refuses_gives_the_slot_back(
+    world: World, how: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A write approved as it arrives, or an agent's retry, is the half-open probe and runs
+    later, in a worker. When the claim refuses to run it (the tool switched off meanwhile),
+    no outcome frees the slot: every call of the tool was refused until its lease ended."""
+    tool = world.tools["send_email"]
+    if how == "rule":
+        registry_services.update_policy(
+            tool=tool, changes={"rules": [{"when": "true", "then": "approve"}]}, changed_by=None
+        )
+        call_id = None
+    else:  # a write that failed (nothing to send to: no such customer), to be retried
+        failed = world.api().submit(
+            {
+                "tool": "update_customer",
+                "arguments": {"customer_id": "cus_0099", "changes": {"plan": "pro"}},
+                "session_id": "run-1",
+            }
+        )
+        call_id = failed.json()["id"]
+        decide(call_id=call_id, reviewer=world.bob, verdict="approve", comment="")
+        runner.execute(call_id)
+        assert ToolCall.objects.get(pk=call_id).status == Status.FAILED
+        tool = world.tools["update_customer"]
+    Tool.objects.filter(pk=tool.pk).update(breaker_threshold=1, breaker_cooldown_seconds=1)
+    breaker.record_outcome(tool_name=tool.name, status="unknown", error={"code": "timeout"})
+    time.sleep(1.1)  # half-open
+    if how == "rule":
+        response = world.api().submit(SEND_EMAIL)
+    else:
+        response = world.api().client.post(
+            f"/api/v1/tool-calls/{call_id}/retry", HTTP_AUTHORIZATION=f"Bearer {world.token}"
+        )
+    assert response.status_code == 202 and response.json()["status"] == "approved"
+    call_id = response.json()["id"]
+    with pytest.raises(breaker.CircuitOpen):
+        breaker.admit(tool)  # it holds the probe slot
+
+    Tool.objects.filter(pk=tool.pk).update(enabled=False)  # switched off before its claim
+    with django_capture_on_commit_callbacks(execute=True):
+        runner.execute(call_id)
+    assert ToolCall.objects.get(pk=call_id).error["code"] == "tool_disabled"
+    assert breaker.admit(tool).probe_token, "the refused probe gave its slot back"
