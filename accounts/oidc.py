@@ -120,6 +120,29 @@ def _provider_request_options(url: str) -> dict[str, Any]:
     }
 
 
+# The media types (JWT "typ") of tokens that are not ID tokens: an access token (RFC 9068),
+# a logout token. A provider that marks them so says they prove nothing about a sign-in.
+_NOT_ID_TOKEN_TYPES = {"at+jwt", "logout+jwt"}
+
+
+def _check_id_token(id_token: str, payload: dict[str, Any]) -> None:
+    """What an ID token carries that a signed user-info answer need not (both are verified
+    by ``_verify_jws``, so these are checked here, where the token is known to be one):
+    when it expires and when it was issued (OpenID Connect Core 3.1.3.7). PyJWT checks exp
+    and iat only when present: an ID token without exp proved a sign-in for good, one
+    stolen from a log or a browser's history years on."""
+    for claim in ("exp", "iat"):
+        if _epoch_seconds(payload.get(claim)) is None:
+            raise SuspiciousOperation(f"the ID token has no {claim} a date can hold")
+    if payload["iat"] > time.time() + PROVIDER_CLOCK_SKEW_SECONDS:
+        # PyJWT refuses it too (2.15 does): kept here, whichever PyJWT is installed.
+        raise SuspiciousOperation("the ID token was issued in the future")
+    header = jwt.get_unverified_header(id_token)  # verified with the token (_verify_jws)
+    kind = str(header.get("typ") or "").lower().removeprefix("application/")
+    if kind in _NOT_ID_TOKEN_TYPES:
+        raise SuspiciousOperation("the token is not an ID token (typ)")
+
+
 class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
     """Finds people by their ``sub`` at the provider, creates them (named by
     ``OIDC_USERNAME_CLAIM``, with no usable password) at their first sign-in, and syncs
@@ -291,9 +314,11 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation("the ID token was issued to another application")
         # And by the provider it names (iss, compared exactly, as OpenID Connect asks): keys
         # a JWKS endpoint serves for more than one issuer (a tenant's, another realm's) sign
-        # ID tokens that prove nothing here.
-        if settings.OIDC_OP_ISSUER and payload.get("iss") != settings.OIDC_OP_ISSUER:
+        # ID tokens that prove nothing here. OIDC_OP_ISSUER is required at start
+        # (config.settings); unset all the same (a test's settings), nothing matches it.
+        if not settings.OIDC_OP_ISSUER or payload.get("iss") != settings.OIDC_OP_ISSUER:
             raise SuspiciousOperation("the ID token was issued by another provider")
+        _check_id_token(id_token, payload)
         # When the provider last had the person sign in (the verified ID token's auth_time):
         # a re-authentication counts only if that is after it began (SignInCallbackView).
         signed_in = _epoch_seconds(payload.get("auth_time"))

@@ -426,9 +426,16 @@ OIDC_OP_AUTHORIZATION_ENDPOINT = provider_endpoint("OIDC_OP_AUTHORIZATION_ENDPOI
 OIDC_OP_TOKEN_ENDPOINT = provider_endpoint("OIDC_OP_TOKEN_ENDPOINT")
 OIDC_OP_USER_ENDPOINT = provider_endpoint("OIDC_OP_USER_ENDPOINT")
 OIDC_OP_JWKS_ENDPOINT = provider_endpoint("OIDC_OP_JWKS_ENDPOINT")
-# The provider's issuer (its discovery document's "issuer"): when set, an ID token whose iss
-# is not exactly it signs nobody in. Unset, any issuer whose keys the JWKS endpoint serves.
+# The provider's issuer (its discovery document's "issuer"): an ID token whose iss is not
+# exactly it signs nobody in. Required with SSO: unchecked, an ID token of any issuer whose
+# keys the JWKS endpoint serves (another tenant's, another realm's) signed its person in,
+# and no discovery document is read to learn it (settings never go online).
 OIDC_OP_ISSUER = env_str("OIDC_OP_ISSUER")
+if OIDC_ENABLED and not OIDC_OP_ISSUER:
+    raise ImproperlyConfigured(
+        "OIDC_OP_ISSUER is required with single sign-on (OIDC_RP_CLIENT_ID): set it to the "
+        "issuer of the provider's discovery document, exactly as written there."
+    )
 OIDC_RP_SIGN_ALGO = env_str("OIDC_RP_SIGN_ALGO", "RS256")
 OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile groups")
 OIDC_USE_PKCE = env_bool("OIDC_USE_PKCE", True)

@@ -1102,6 +1102,7 @@ class IdentityProviderForm(forms.ModelForm):
             "user_id_claim",
             "roles_claim",
             "algorithms",
+            "max_token_age_seconds",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -342,6 +342,18 @@ class IdentityProvider(models.Model):
         default=_default_algorithms,
         help_text="The signature algorithms accepted; public-key ones only.",
     )
+    # The longest a token is honoured after it was issued, whatever its exp says: a provider
+    # set (by mistake) to mint tokens for ten years would otherwise have each stolen one
+    # honoured for ten years. A day is longer than any provider's default access token.
+    # db_default: a process of the release before this one, still running during an upgrade,
+    # adds providers without it.
+    max_token_age_seconds = models.PositiveIntegerField(
+        default=24 * 3600,
+        db_default=24 * 3600,
+        validators=[MinValueValidator(60)],
+        help_text="A token is refused this many seconds after it was issued (its iat), even "
+        "if it has not expired yet. At least 60.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

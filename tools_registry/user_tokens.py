@@ -4,7 +4,9 @@ PyJWT, against the provider's signing keys (its JWKS), fetched and cached per pr
 A token is accepted only when its signature verifies with a key the provider publishes
 for signing (an RSA one of 2048 bits or more), with an algorithm the provider is set to use (public-key ones only: never ``none``, never
 HS256 and friends, whose "secret" would be the public key anyone can fetch), and its
-issuer, audience and expiry are right. Nothing is ever accepted unverified: when the keys
+issuer, audience and expiry are right, and it was issued (``iat``) at most the provider's
+``max_token_age_seconds`` ago (a day by default), however long its ``exp`` lets it live.
+Nothing is ever accepted unverified: when the keys
 cannot be had (the provider is down), the token is refused with ``ProviderUnavailable``,
 which callers answer as retryable.
 
@@ -152,7 +154,7 @@ def _decoded(
     except (jwt.PyJWKError, jwt.InvalidKeyError):
         raise TokenInvalid("the provider's key for it does not fit its algorithm") from None
     try:
-        return jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             key=key,
             algorithms=[alg],
@@ -161,7 +163,10 @@ def _decoded(
             leeway=LEEWAY_SECONDS,
             # PyJWT only warns of an RSA key under 2048 bits, and verifies with it: a key that
             # short can be factored, and whoever did could sign any user with any roles.
-            options={"require": ["exp", "iss", "aud"], "enforce_minimum_key_length": True},
+            options={
+                "require": ["exp", "iat", "iss", "aud"],
+                "enforce_minimum_key_length": True,
+            },
         )
     except jwt.InvalidSignatureError:
         raise
@@ -181,6 +186,15 @@ def _decoded(
         raise TokenInvalid(f"it has no {exc.claim!r} claim") from None
     except jwt.InvalidTokenError as exc:
         raise TokenInvalid(f"it is not valid ({type(exc).__name__})") from None
+    # However long the provider let it live (exp): a provider minting tokens for years by
+    # mistake would have each stolen one honoured for years. PyJWT has read iat as a whole
+    # number (and refused one in the future).
+    if time.time() - int(claims["iat"]) > provider.max_token_age_seconds + LEEWAY_SECONDS:
+        raise TokenInvalid(
+            f"it was issued more than {provider.max_token_age_seconds} seconds ago "
+            "(the provider's maximum token age)"
+        )
+    return claims
 
 
 def user_of(provider: IdentityProvider, claims: dict[str, Any]) -> tuple[str, tuple[str, ...]]:

@@ -30,6 +30,11 @@ class KeyedProvider:
         self.kid = "signing"
         self.published: list[dict[str, Any]] = []
         self.nonce = ""
+        # The ID token's claims and header changed (a claim set to None is left out), and
+        # whether the user info is a signed JWT (of the person's sub and name only).
+        self.claims: dict[str, Any] = {}
+        self.headers: dict[str, Any] = {}
+        self.signed_user_info = False
         self.server = RawHttpServer(self.answer, gets=True)
         self.issuer = self.server.url
 
@@ -38,14 +43,21 @@ class KeyedProvider:
             reply(handler, 200, {"keys": self.published})
             return
         if handler.path.startswith("/userinfo"):
-            reply(handler, 200, {"sub": "sub-erin", "preferred_username": "erin"})
+            info = {"sub": "sub-erin", "preferred_username": "erin"}
+            if self.signed_user_info:
+                signed = jwt.encode(info, self.signer, algorithm="RS256", headers={"kid": self.kid})
+                reply(handler, 200, signed.encode(), ctype="application/jwt")
+            else:
+                reply(handler, 200, info)
             return
         now = int(time.time())
         claims = {
             "iss": self.issuer, "aud": CLIENT_ID, "sub": "sub-erin", "iat": now,
             "exp": now + 300, "nonce": self.nonce, "preferred_username": "erin",
         }  # fmt: skip
-        id_token = jwt.encode(claims, self.signer, algorithm="RS256", headers={"kid": self.kid})
+        claims = {k: v for k, v in {**claims, **self.claims}.items() if v is not None}
+        headers = {"kid": self.kid, **self.headers}
+        id_token = jwt.encode(claims, self.signer, algorithm="RS256", headers=headers)
         reply(handler, 200, {"id_token": id_token, "access_token": "at", "token_type": "Bearer"})
 
     def settings(self) -> dict[str, Any]:
@@ -139,3 +151,111 @@ def test_a_key_published_for_encryption_verifies_no_id_token(
     client, landed = sign_in(keyed)
     assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
     assert "_auth_user_id" not in client.session
+
+
+def signing(provider: KeyedProvider) -> None:
+    provider.signer = rsa_private()
+    provider.published = [public_jwk(provider.signer, kid=provider.kid, use="sig", alg="RS256")]
+
+
+def refused(client: Client, landed: Any) -> bool:
+    return (
+        landed.status_code == 302
+        and landed["Location"] == "/login/?sso=failed"
+        and "_auth_user_id" not in client.session
+    )
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_an_id_token_without_its_times_signs_nobody_in(
+    world: World, keyed: KeyedProvider, claim: str
+) -> None:
+    """OpenID Connect requires both (Core 3.1.3.7); PyJWT checks each only when present,
+    and the library's check is shared with signed user info, which need not carry them: an
+    ID token without exp proved a sign-in for good."""
+    signing(keyed)
+    keyed.claims = {claim: None}
+    assert refused(*sign_in(keyed))
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_an_id_token_whose_time_is_no_number_signs_nobody_in(
+    world: World, keyed: KeyedProvider, claim: str
+) -> None:
+    signing(keyed)
+    keyed.claims = {claim: "soon"}
+    assert refused(*sign_in(keyed))
+
+
+def test_an_id_token_issued_far_in_the_future_signs_nobody_in(
+    world: World, keyed: KeyedProvider
+) -> None:
+    signing(keyed)
+    keyed.claims = {"iat": int(time.time()) + 24 * 3600, "exp": int(time.time()) + 25 * 3600}
+    assert refused(*sign_in(keyed))
+
+
+def test_signed_user_info_without_times_still_signs_the_person_in(
+    world: World, keyed: KeyedProvider
+) -> None:
+    """The checks of an ID token's times are the ID token's only: a signed user-info answer
+    (application/jwt) carries no exp or iat, and is verified by the same key check."""
+    signing(keyed)
+    keyed.signed_user_info = True
+    client, landed = sign_in(keyed)
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    assert "_auth_user_id" in client.session
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+JWT", "logout+jwt"])
+def test_a_token_the_provider_marks_as_no_id_token_signs_nobody_in(
+    world: World, keyed: KeyedProvider, typ: str
+) -> None:
+    """An access token (RFC 9068 marks it at+jwt) with the client's audience proves access
+    was granted, not who signed in."""
+    signing(keyed)
+    keyed.headers = {"typ": typ}
+    assert refused(*sign_in(keyed))
+
+
+def test_an_id_token_marked_as_a_jwt_signs_the_person_in(
+    world: World, keyed: KeyedProvider
+) -> None:
+    signing(keyed)
+    keyed.headers = {"typ": "JWT"}
+    client, landed = sign_in(keyed)
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    assert "_auth_user_id" in client.session
+
+
+def test_an_id_token_with_a_critical_header_extension_signs_nobody_in(
+    world: World, keyed: KeyedProvider
+) -> None:
+    """RFC 7515: an extension listed in crit that is not understood makes the token
+    invalid (PyJWT before 2.12 ignored it: CVE-2026-32597)."""
+    signing(keyed)
+    keyed.headers = {"crit": ["x-policy"], "x-policy": "require-mfa"}
+    assert refused(*sign_in(keyed))
+
+
+def test_the_keys_an_id_token_points_at_are_never_fetched(
+    world: World, keyed: KeyedProvider
+) -> None:
+    """jku and x5u name where the token's key is: whoever wrote the token. Only the
+    provider's JWKS endpoint vouches for an ID token."""
+    attacker = rsa_private()
+    asked: list[str] = []
+
+    def attackers_keys(handler: Any, _: bytes) -> None:
+        asked.append(handler.path)
+        reply(handler, 200, {"keys": [public_jwk(attacker, kid="theirs", use="sig")]})
+
+    elsewhere = RawHttpServer(attackers_keys, gets=True)
+    try:
+        keyed.published = [public_jwk(rsa_private(), kid=keyed.kid, use="sig", alg="RS256")]
+        keyed.signer, keyed.kid = attacker, "theirs"
+        keyed.headers = {"jku": f"{elsewhere.url}/jwks", "x5u": f"{elsewhere.url}/cert"}
+        assert refused(*sign_in(keyed))
+    finally:
+        elsewhere.close()
+    assert asked == []

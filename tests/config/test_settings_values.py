@@ -225,7 +225,21 @@ SSO = {
     "OIDC_OP_TOKEN_ENDPOINT": "https://idp.example.com/token",
     "OIDC_OP_USER_ENDPOINT": "https://idp.example.com/userinfo",
     "OIDC_OP_JWKS_ENDPOINT": "https://idp.example.com/jwks",
+    "OIDC_OP_ISSUER": "https://idp.example.com",
 }
+
+
+def test_single_sign_on_without_the_providers_issuer_stops_the_start(tmp_path: Path) -> None:
+    """Unchecked, an ID token of any issuer whose keys the provider's JWKS endpoint serves
+    (another tenant's, another realm's) signed its person in here."""
+    without = {name: value for name, value in SSO.items() if name != "OIDC_OP_ISSUER"}
+    run = services(tmp_path, SET_UP, **without)
+    assert run.returncode != 0, "started"
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("django.core.exceptions.ImproperlyConfigured: ")
+    assert "OIDC_OP_ISSUER" in last
+    with_it = services(tmp_path, SET_UP, **SSO)
+    assert with_it.returncode == 0, with_it.stderr
 
 
 @pytest.mark.parametrize(

@@ -356,7 +356,7 @@ def test_a_provider_that_is_down_answers_retryable_and_runs_nothing(
 def kidless(provider: Provider, key: SigningKey, sub: str, roles: list[str]) -> str:
     """A token that names no key (no kid): its provider publishes one key per algorithm."""
     now = int(time.time())
-    claims = {"iss": provider.issuer, "aud": AUDIENCE, "sub": sub, "exp": now + 300}
+    claims = {"iss": provider.issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 300}
     return jwt.encode({**claims, "roles": roles}, key.private, algorithm=key.alg)
 
 

@@ -133,6 +133,7 @@ def test_an_identity_provider_is_registered_and_audited(admin_client: Client) ->
             "user_id_claim": "sub",
             "roles_claim": "groups",
             "algorithms": ["RS256"],
+            "max_token_age_seconds": 86400,
         },
     )
     assert response.status_code == 302
@@ -152,6 +153,7 @@ def test_hmac_cannot_even_be_chosen_for_a_provider(admin_client: Client) -> None
             "user_id_claim": "sub",
             "roles_claim": "roles",
             "algorithms": ["HS256"],
+            "max_token_age_seconds": 86400,
         },
     )
     assert "algorithms" in response.context["adminform"].form.errors
@@ -260,6 +262,7 @@ def test_a_providers_keys_are_fetched_over_tls_or_from_this_machine(
             "user_id_claim": "sub",
             "roles_claim": "roles",
             "algorithms": ["RS256"],
+            "max_token_age_seconds": 86400,
         },
     )
     assert IdentityProvider.objects.exists() is accepted

@@ -383,3 +383,79 @@ def test_a_key_published_just_after_a_fetch_is_retryable_not_refused_for_good(
     with override_settings(JWKS_MIN_REFRESH_SECONDS=0):
         assert identify(world.agent, on_behalf_of=None, user_token=token).id == "grace"
     assert provider.fetches == 2
+
+
+def test_a_token_is_refused_past_the_providers_maximum_age_whatever_its_expiry(
+    world: World, provider: Provider
+) -> None:
+    """A provider set by mistake to mint tokens for ten years: each one, stolen, was
+    honoured for ten years. Past the provider's maximum age after its iat (a day by
+    default) it is refused, though it has not expired."""
+    now = int(time.time())
+    ten_years = 10 * 365 * 24 * 3600
+    old = provider.token(iat=now - 2 * 24 * 3600, expires_in=ten_years)
+    refused = refusal(world.agent, old)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "issued more than 86400 seconds ago" in refused.message
+
+    fresh = provider.token(expires_in=ten_years)
+    assert identify(world.agent, on_behalf_of=None, user_token=fresh).id == "ada"
+
+    # The admin sets it per provider: an hour, and a token of two hours ago is refused.
+    IdentityProvider.objects.filter(pk=provider.row.pk).update(max_token_age_seconds=3600)
+    world.agent.refresh_from_db()
+    refused = refusal(world.agent, provider.token(iat=now - 2 * 3600))
+    assert "issued more than 3600 seconds ago" in refused.message
+
+
+def test_a_token_without_an_issue_time_is_refused(world: World, provider: Provider) -> None:
+    """Its age could not be known, so no maximum age could hold it."""
+    key = provider.keys[0]
+    token = jwt.encode(
+        {"iss": provider.issuer, "aud": AUDIENCE, "sub": "ada", "exp": int(time.time()) + 300},
+        key.private,
+        algorithm=key.alg,
+        headers={"kid": key.kid},
+    )
+    refused = refusal(world.agent, token)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "has no 'iat' claim" in refused.message
+
+
+def test_a_token_issued_in_the_future_is_refused(world: World, provider: Provider) -> None:
+    refused = refusal(world.agent, provider.token(iat=int(time.time()) + 3600))
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert "not valid yet" in refused.message
+
+
+def test_a_maximum_age_under_a_minute_is_refused_by_the_service(provider: Provider) -> None:
+    provider.row.max_token_age_seconds = 5
+    with pytest.raises(services.IdentityProviderInvalid) as caught:
+        services.save_identity_provider(provider=provider.row, changed_by=None)
+    assert "max_token_age_seconds" in caught.value.message_dict
+
+
+def test_a_token_with_a_critical_header_extension_is_refused(
+    world: World, provider: Provider
+) -> None:
+    """RFC 7515: an extension listed in crit that the recipient does not understand makes
+    the token invalid (PyJWT before 2.12 ignored it: CVE-2026-32597)."""
+    token = provider.token(headers={"crit": ["x-policy"], "x-policy": "require-mfa"})
+    refused = refusal(world.agent, token)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+
+
+def test_the_keys_a_token_points_at_are_never_fetched(
+    world: World, provider: Provider, identity_providers: ProviderFactory
+) -> None:
+    """jku and x5u name where the token's key is: whoever wrote the token. Only the
+    provider's own JWKS URL vouches for a token."""
+    elsewhere = identity_providers()  # keys of someone else's, served by a real server
+    attacker_key = elsewhere.keys[0]
+    token = provider.token(
+        key=attacker_key,
+        headers={"jku": elsewhere.jwks_url, "x5u": elsewhere.jwks_url},
+    )
+    refused = refusal(world.agent, token)
+    assert refused.code == end_users.USER_TOKEN_INVALID
+    assert elsewhere.fetches == 0

@@ -13,7 +13,16 @@ from django.db import transaction
 from audit.log import record
 from tools_registry.models import TOKEN_ALGORITHMS, IdentityProvider
 
-FIELDS = ("name", "issuer", "audience", "jwks_url", "user_id_claim", "roles_claim", "algorithms")
+FIELDS = (
+    "name",
+    "issuer",
+    "audience",
+    "jwks_url",
+    "user_id_claim",
+    "roles_claim",
+    "algorithms",
+    "max_token_age_seconds",
+)
 
 
 class IdentityProviderInvalid(ValidationError):
@@ -31,6 +40,9 @@ def check_identity_provider(provider: IdentityProvider) -> None:
         problems["algorithms"] = [
             f"One or more of {', '.join(TOKEN_ALGORITHMS)}: public-key algorithms only."
         ]
+    age = provider.max_token_age_seconds
+    if not isinstance(age, int) or isinstance(age, bool) or age < 60:
+        problems["max_token_age_seconds"] = ["A whole number of seconds, at least 60."]
     for name in ("issuer", "audience", "user_id_claim", "roles_claim"):
         if not str(getattr(provider, name) or "").strip():
             problems[name] = ["Required."]
