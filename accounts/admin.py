@@ -31,7 +31,7 @@ from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
 from core.admin_lookups import SecretsNotLookedUp
-from core.admin_saves import UniqueNameRaceShown
+from core.admin_saves import ChangedMeanwhileRefused, UniqueNameRaceShown
 from tools_registry import rule_teams
 from tools_registry.models import ToolGroupObjectPermission, ToolUserObjectPermission
 from tools_registry.services.grants import (
@@ -183,7 +183,27 @@ class PasswordShownWidget(ReadOnlyPasswordHashWidget):
         return format_html("<div>{}</div>", render_password_as_hash(value))
 
 
-class ChangeFormWithoutPassword(UserChangeForm):
+class PersonForm(ChangedMeanwhileRefused, UserChangeForm):
+    """A person's change form, saving nothing if the person was changed since the page was
+    shown (``ChangedMeanwhileRefused``): one loaded before someone deactivated the account,
+    took it out of a team or took a permission away gave it back, as its saver's change."""
+
+    edits = "This person"
+
+    def stored_state(self) -> Any:
+        person = User.objects.filter(pk=self.instance.pk)
+        # Not when they last signed in: that changes at each sign-in, and decides nothing.
+        fields = ["username", "first_name", "last_name", "email", "date_joined"]
+        return {
+            **person.values(*fields, "is_active", "is_staff", "is_superuser").get(),
+            "groups": sorted(person.values_list("groups", flat=True).exclude(groups=None)),
+            "permissions": sorted(
+                person.values_list("user_permissions", flat=True).exclude(user_permissions=None)
+            ),
+        }
+
+
+class ChangeFormWithoutPassword(PersonForm):
     """The change form of an admin who is not a superuser: the password is shown, never set
     from here (``SET_ONLY_BY_SUPERUSERS``)."""
 
@@ -202,6 +222,7 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
 
     inlines = (SsoIdentityInline,)
     deleted_as = "user"
+    form = PersonForm
 
     # Someone who is not a superuser grants only what they hold (a compliance rule: nobody
     # grants what they do not hold), never to themselves, never changes or deletes a person
@@ -223,7 +244,12 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
                     },
                 ),
             )
-        return super().get_fieldsets(request, obj)
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:
+            return fieldsets
+        # The digest of what the page shows travels in it (``PersonForm``).
+        (name, first), *rest = fieldsets
+        return ((name, {**first, "fields": (*first["fields"], "shown_state")}), *rest)
 
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
@@ -331,9 +357,21 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         return response
 
 
-class TeamForm(forms.ModelForm):
+class TeamForm(ChangedMeanwhileRefused):
     """A team's form: a team tools' policy rules name keeps its name until they no longer
-    do (``rule_teams``): renamed, it would leave them asking for a team nobody is in."""
+    do (``rule_teams``): renamed, it would leave them asking for a team nobody is in. Nor
+    does it save if the team was changed since the page was shown (``ChangedMeanwhileRefused``):
+    one loaded before someone took a permission away from the team gave it back."""
+
+    edits = "This team"
+
+    def stored_state(self) -> Any:
+        team = Group.objects.filter(pk=self.instance.pk)
+        permissions = team.values_list("permissions", flat=True).exclude(permissions=None)
+        return {
+            "name": team.values_list("name", flat=True).get(),
+            "permissions": sorted(permissions),
+        }
 
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"]

@@ -1,11 +1,15 @@
-"""The admin's add and change pages when two saves race for one unique name."""
+"""The admin's add and change pages when two saves race: for one unique name, or for one
+row (a page saved after someone else changed what it showed)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from django import forms
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse
+from django.utils.crypto import salted_hmac
 
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 
@@ -31,3 +35,50 @@ class UniqueNameRaceShown:
             if getattr(exc.__cause__, "sqlstate", None) != UNIQUE_VIOLATION:
                 raise
         return super().changeform_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+
+
+class ChangedMeanwhileRefused(forms.ModelForm):
+    """A change page that saves nothing when what it edits was changed since it was shown.
+
+    The admin posts every field the page showed and saves those that differ from the row as
+    stored when the save arrives: a page loaded before someone else's change wrote it back
+    as its own (an account deactivated, active again; a team's permission taken away, given
+    back), unseen by whoever saved. The page carries a digest of what it showed
+    (``shown_state``); the save compares it with the row's, under the row's lock, held until
+    the save commits (the admin's save is one transaction), and asks for a reload if they
+    differ. A subclass says what the page shows (``stored_state``) and names it (``edits``).
+    """
+
+    shown_state = forms.CharField(widget=forms.HiddenInput, required=False)
+    edits = "This record"
+
+    def stored_state(self) -> Any:
+        """What the page shows of the row as stored now, as JSON."""
+        raise NotImplementedError
+
+    def _digest(self) -> str:
+        # Keyed: the state may hold a secret (a password left in an upstream's URL), and the
+        # digest travels in the page, where a plain hash would answer guesses of it.
+        state = json.dumps(self.stored_state(), sort_keys=True, default=str)
+        return salted_hmac("countersign.admin.shown_state", state, algorithm="sha256").hexdigest()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            self.initial["shown_state"] = self._digest()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if self.instance.pk is None:
+            return cleaned
+        type(self.instance)._default_manager.select_for_update().values_list("pk").get(
+            pk=self.instance.pk
+        )
+        if cleaned.get("shown_state") != self._digest():
+            self.add_error(
+                None,
+                f"{self.edits} was changed since you opened this page (see the audit trail): "
+                "nothing was saved, since saving would have written back what the page "
+                "showed. Reload the page and make your change again.",
+            )
+        return cleaned

@@ -31,7 +31,7 @@ from guardian.admin import (
 
 from audit.filters import whole_number
 from core.admin_lookups import SecretsNotLookedUp
-from core.admin_saves import UniqueNameRaceShown
+from core.admin_saves import ChangedMeanwhileRefused, UniqueNameRaceShown
 from tools_registry import role_scopes, rule_teams, services
 from tools_registry.admin_scopes import ReviewerScopesMixin
 from tools_registry.lint import lint_tool
@@ -138,6 +138,10 @@ class ToolPolicyForm(forms.ModelForm):
     # loaded before someone else's edit wrote their change back as its own (a refusal rule
     # removed, a quorum lowered again), unseen by whoever saved.
     shown_policy_version = forms.IntegerField(widget=forms.HiddenInput)
+    # And the definition's version (its description and risk among what it covers): a
+    # resync brings the upstream's new description without a new policy, and an imported
+    # tool's page loaded before it wrote the old one back as its admin's own edit.
+    shown_version = forms.CharField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = Tool
@@ -146,6 +150,7 @@ class ToolPolicyForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["shown_policy_version"].initial = self.instance.policy_version
+        self.fields["shown_version"].initial = self.instance.version
         if "sensitive_fields" in self.fields:
             # Picked from the argument paths the schema declares, never typed as JSON; a
             # stored path the schema no longer has stays listed, so that no save drops it
@@ -189,26 +194,27 @@ class ToolPolicyForm(forms.ModelForm):
         return cleaned
 
     def _policy_as_shown(self) -> bool:
-        """Whether the stored policy is still the version the page showed; a form error if
+        """Whether the stored policy (and definition) is the version the page showed; an error if
         not. The tool's row stays locked until the save commits (the admin's save is one
         transaction; ``update_policy`` locks it the same way, before the teams its rules
         name), so no edit can land between this check and the save."""
         shown = self.cleaned_data.get("shown_policy_version")
         if shown is None:
             return False  # not posted: the field's own error says so
-        stored = (
+        stored, version = (
             Tool.objects.select_for_update(of=("self",))
-            .values_list("policy_version", flat=True)
+            .values_list("policy_version", "version")
             .get(pk=self.instance.pk)
         )
-        if stored == shown:
+        if stored == shown and version == self.cleaned_data.get("shown_version"):
             return True
+        what = "policy" if stored != shown else "definition"
         self.add_error(
             None,
-            f"This tool's policy was changed since you opened this page (version {shown}, "
-            f"now {stored}; its history is in the audit trail): nothing was saved, since "
-            "saving would have written back what the page showed. Reload the page and make "
-            "your change again.",
+            f"This tool's {what} was changed since you opened this page (policy version "
+            f"{shown}, now {stored}; its history is in the audit trail): nothing was saved, "
+            "since saving would have written back what the page showed. Reload the page and "
+            "make your change again.",
         )
         return False
 
@@ -394,6 +400,7 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
                     "secret_fields",
                     "policy_version",
                     "shown_policy_version",
+                    "shown_version",
                 ]
             },
         ),
@@ -1160,7 +1167,12 @@ class WriteOnlyTextarea(forms.Textarea):
         return None
 
 
-class UpstreamForm(forms.ModelForm):
+class UpstreamForm(ChangedMeanwhileRefused):
+    # What the page showed is checked on save (``ChangedMeanwhileRefused``): one loaded
+    # before someone moved the URL off a compromised host, or switched the upstream off,
+    # moved it back or switched it on again. The headers are never shown, only their names.
+    edits = "This upstream"
+
     headers = forms.CharField(
         required=False,
         widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off"}),
@@ -1180,6 +1192,10 @@ class UpstreamForm(forms.ModelForm):
             "rerunnable",
             "enabled",
         ]
+
+    def stored_state(self) -> Any:
+        fields = [*UPSTREAM_SETTINGS, "enabled", "header_names"]
+        return Upstream.objects.values(*fields).get(pk=self.instance.pk)
 
     def clean_headers(self) -> list[tuple[str, str]] | None:
         text = self.cleaned_data.get("headers") or ""

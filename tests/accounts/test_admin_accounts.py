@@ -6,10 +6,12 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
+from django.forms import modelform_factory
 from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.admin import PersonForm, TeamForm
 from audit.models import AuditEvent
 from audit.receivers import attempted_name
 from tests.conftest import World
@@ -205,7 +207,10 @@ def test_a_team_a_tools_rules_name_is_neither_deleted_nor_renamed_under_them(
         page = response.content.decode()
         assert response.status_code == 200 and "Cannot delete group" in page
         assert "The policy rules of issue_refund, send_email name the team" in page
-    renamed = client.post(f"/admin/auth/group/{team.pk}/change/", {"name": "finance-emea"})
+    renamed = client.post(
+        f"/admin/auth/group/{team.pk}/change/",
+        {"name": "finance-emea", "shown_state": team_shown(team)},
+    )
     assert renamed.status_code == 200
     (error,) = renamed.context["adminform"].form.errors["name"]
     assert error.startswith("Not renamed. The policy rules of issue_refund, send_email name")
@@ -216,7 +221,10 @@ def test_a_team_a_tools_rules_name_is_neither_deleted_nor_renamed_under_them(
         registry_services.update_policy(
             tool=world.tools[name], changes={"rules": []}, changed_by=None
         )
-    renamed = client.post(f"/admin/auth/group/{team.pk}/change/", {"name": "finance-emea"})
+    renamed = client.post(
+        f"/admin/auth/group/{team.pk}/change/",
+        {"name": "finance-emea", "shown_state": team_shown(team)},
+    )
     assert renamed.status_code == 302
     response = client.post(f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302 and not Group.objects.filter(pk=team.pk).exists()
@@ -335,7 +343,7 @@ def test_renaming_a_team_or_changing_its_permissions_is_audited(world: World) ->
     client, _ = admin_client()
     response = client.post(
         f"/admin/auth/group/{team.pk}/change/",
-        {"name": "payments-team", "permissions": [view_audit.pk]},
+        {"name": "payments-team", "permissions": [view_audit.pk], "shown_state": team_shown(team)},
     )
     assert response.status_code == 302
     (event,) = AuditEvent.objects.filter(action="auth.team_changed")
@@ -351,7 +359,7 @@ def test_renaming_a_team_or_changing_its_permissions_is_audited(world: World) ->
     # Saving it unchanged records nothing.
     client.post(
         f"/admin/auth/group/{team.pk}/change/",
-        {"name": "payments-team", "permissions": [view_audit.pk]},
+        {"name": "payments-team", "permissions": [view_audit.pk], "shown_state": team_shown(team)},
     )
     assert AuditEvent.objects.filter(action="auth.team_changed").count() == 1
 
@@ -391,6 +399,12 @@ def people_manager() -> tuple[Client, User]:
     return client, mallory
 
 
+def team_shown(team: Group) -> str:
+    """The digest a team's page carries of what it showed (``TeamForm``), as stored now."""
+    form = modelform_factory(Group, form=TeamForm, fields=["name"])(instance=team)
+    return str(form.initial["shown_state"])
+
+
 def user_form(user: User, **changes: object) -> dict[str, object]:
     """The user admin's change form as it would be posted, with ``changes``."""
     form: dict[str, object] = {
@@ -407,6 +421,7 @@ def user_form(user: User, **changes: object) -> dict[str, object]:
         "last_login_1": "",
         "date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
         "date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+        "shown_state": PersonForm(instance=user).initial["shown_state"],  # as stored now
         "ssoidentity-TOTAL_FORMS": "0",
         "ssoidentity-INITIAL_FORMS": "0",
         "ssoidentity-MIN_NUM_FORMS": "0",

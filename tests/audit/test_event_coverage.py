@@ -72,6 +72,7 @@ def test_a_policy_change_in_the_admin_is_audited_with_before_and_after(world: Wo
     # No sensitive field ticked: the multi-select of argument paths posts nothing.
     data.update(enabled="on", reminder_after_seconds="", approvals_required=2)
     data["shown_policy_version"] = tool.policy_version  # the version the page showed
+    data["shown_version"] = tool.version
     data = {k: v for k, v in data.items() if v is not None}
     response = client.post(f"/admin/tools_registry/tool/{tool.pk}/change/", data)
     assert response.status_code == 302, response.content.decode()[:2000]

@@ -4,13 +4,21 @@ unseen (a refusal rule removed, an allowlist widened again). It is refused inste
 
 from __future__ import annotations
 
+import mcp_types as types
 import pytest
 from django.test import Client
 
 from tests.conftest import World, events
 from tests.tools_registry.conftest import admin_form_data
 from tools_registry import services
-from tools_registry.models import IdentityProvider
+from tools_registry.models import IdentityProvider, Tool, Upstream
+from tools_registry.services.upstreams import (
+    register_upstream,
+    set_upstream_enabled,
+    sync_upstream,
+    update_upstream,
+)
+from tools_registry.upstreams import mcp as upstream_mcp
 
 pytestmark = pytest.mark.usefixtures("world")
 
@@ -137,3 +145,89 @@ def test_an_identity_provider_page_loaded_before_a_change_does_not_undo_it(
     provider.refresh_from_db()
     assert (provider.name, provider.issuer) == ("okta-main", "https://new.okta.example/")
     assert 'type="hidden" name="shown_settings"' in shown.content.decode()
+
+
+def test_an_upstream_page_loaded_before_a_move_does_not_move_it_back(
+    world: World, admin_client: Client
+) -> None:
+    """Root opens the CRM upstream's page to give it a longer timeout. Meanwhile alice moves
+    it off a compromised host to a new one, with new credentials, and switches it off until
+    she has checked the new server. Root saves: the page still held the old host, switched
+    on, and the admin posted both as root's: calls went to the compromised host again, and
+    the upstream was on before alice had checked it."""
+    old, new = "http://crm-old.invalid/mcp", "http://crm-new.invalid/mcp"
+    upstream = register_upstream(
+        name="crm",
+        kind=Upstream.Kind.MCP,
+        url=old,
+        headers=[("Authorization", "Bearer s3cret-old")],
+    )
+    url = f"/admin/tools_registry/upstream/{upstream.pk}/change/"
+    shown = admin_client.get(url)
+    page = admin_form_data(shown)
+    update_upstream(
+        upstream=upstream,
+        changes={"url": new},
+        headers=[("Authorization", "Bearer s3cret-new")],
+        changed_by=world.alice,
+    )
+    set_upstream_enabled(upstream=upstream, enabled=False, changed_by=world.alice)
+    response = admin_client.post(url, {**page, "timeout_seconds": 20})
+    assert response.status_code == 200
+    assert "changed since you opened" in str(response.context["adminform"].form.non_field_errors())
+    upstream.refresh_from_db()
+    assert (upstream.url, upstream.enabled, upstream.timeout_seconds) == (new, False, 10)
+    assert [e.actor_label for e in events("upstream.changed")] == ["alice"]
+    assert events("upstream.enabled") == []
+    # Reloaded, the page shows alice's host, switched off; root's edit keeps both.
+    page = admin_form_data(admin_client.get(url))
+    assert admin_client.post(url, {**page, "timeout_seconds": 20}).status_code == 302
+    upstream.refresh_from_db()
+    assert (upstream.url, upstream.enabled, upstream.timeout_seconds) == (new, False, 20)
+    # The digest travels in the page; the headers never do, not even as a hash of theirs.
+    body = shown.content.decode()
+    assert 'type="hidden" name="shown_state"' in body
+    assert "s3cret" not in body and upstream.headers_encrypted not in body
+
+
+def test_an_imported_tools_page_loaded_before_a_resync_does_not_undo_its_description(
+    world: World, admin_client: Client
+) -> None:
+    """Root opens an imported tool's page to give it a longer timeout. Meanwhile a resync
+    brings the upstream's new description, which says the tool now returns card numbers (a
+    new version: approvals of the old one no longer hold). Root saves: the page still held
+    the old description, and the admin posted it as root's own edit: reviewers read the old
+    one, and later resyncs kept it, as an admin's."""
+    upstream = register_upstream(name="crm", kind=Upstream.Kind.MCP, url="http://mcp.invalid/mcp")
+    read = types.ToolAnnotations(read_only_hint=True)
+
+    def offering(description: str) -> object:
+        listed = [
+            types.Tool(
+                name="find",
+                description=description,
+                input_schema={"type": "object"},
+                annotations=read,
+            )
+        ]
+        return lambda u: upstream_mcp.offer_from(u.name, listed)
+
+    sync_upstream(upstream=upstream, enable_new=True, reader=offering("Find customers."))
+    tool = Tool.objects.get(name="crm__find")
+    timeout = tool.timeout_seconds
+    url = f"/admin/tools_registry/tool/{tool.pk}/change/"
+    shown = admin_client.get(url)
+    page = admin_form_data(shown)
+    told = "Find customers, with their card numbers."
+    assert sync_upstream(upstream=upstream, reader=offering(told)).changed == ["crm__find"]
+    response = admin_client.post(url, {**page, "timeout_seconds": 20})
+    assert response.status_code == 200
+    assert "changed since you opened" in str(response.context["adminform"].form.non_field_errors())
+    tool.refresh_from_db()
+    assert (tool.description, tool.timeout_seconds) == (told, timeout)
+    assert events("tool.edited") == []
+    page = admin_form_data(admin_client.get(url))
+    assert admin_client.post(url, {**page, "timeout_seconds": 20}).status_code == 302
+    tool.refresh_from_db()
+    assert (tool.description, tool.timeout_seconds) == (told, 20)
+    assert 'type="hidden" name="shown_version"' in shown.content.decode()

@@ -40,6 +40,7 @@ from tests.support.upstreams.raw_mcp import RawMcpServer
 from tests.support.web import WebProcess, free_port
 from tools_registry import services as registry_services
 from tools_registry import sources
+from tools_registry.admin import UpstreamForm
 from tools_registry.exports import published_output_schema
 from tools_registry.models import Tool, Upstream
 from tools_registry.policy import Risk
@@ -76,6 +77,11 @@ def register_orders(http_upstream: WebProcess, *more: str) -> list[str]:
 
 
 pytestmark = pytest.mark.django_db
+
+
+def shown_state(upstream: Upstream) -> str:
+    """The digest the upstream's page carries of what it showed, as stored now."""
+    return str(UpstreamForm(instance=upstream).initial["shown_state"])
 
 
 def test_an_openapi_document_is_imported_one_tool_per_operation(
@@ -197,6 +203,7 @@ def test_an_upstreams_settings_changed_in_the_admin_are_audited_and_bind_its_too
         "rerunnable": "on",
         "enabled": "on",
         "headers": "",
+        "shown_state": shown_state(upstream),
     }
     response = admin_client.post(page, form, follow=True)
     assert response.status_code == 200
@@ -216,7 +223,9 @@ def test_an_upstreams_settings_changed_in_the_admin_are_audited_and_bind_its_too
     assert UPSTREAM_TOKEN not in str(changed.data)
     assert Tool.objects.get(pk=tool.pk).version != tool.version
     # The same host again, with its headers entered: kept, and only their names audited.
-    form.update(base_url="https://elsewhere.example/v2/", headers=AUTH)
+    form.update(
+        base_url="https://elsewhere.example/v2/", headers=AUTH, shown_state=shown_state(upstream)
+    )
     admin_client.post(page, form)
     upstream.refresh_from_db()
     assert upstream.header_names == ["Authorization"]
@@ -1825,6 +1834,7 @@ def test_taking_the_password_out_of_a_stored_url_keeps_the_upstreams_headers(
         "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
         "base_url": "http://127.0.0.1:9/api", "timeout_seconds": "1",
         "idempotency_header": "Idempotency-Key", "headers": "",
+        "shown_state": shown_state(upstream),
     }  # fmt: skip
     changed = admin_client.post(
         f"/admin/tools_registry/upstream/{upstream.pk}/change/", form, follow=True

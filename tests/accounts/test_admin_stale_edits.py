@@ -1,0 +1,89 @@
+"""A person's or a team's page saved after someone else changed them: the Django admin
+posts every field the page showed, so what the page held would write the other change back
+unseen (an account deactivated, active again; a permission taken away, given back). It is
+refused instead (``core.admin_saves.ChangedMeanwhileRefused``)."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.test import Client
+
+from tests.conftest import World, events
+from tests.tools_registry.conftest import admin_form_data
+
+pytestmark = pytest.mark.usefixtures("world")
+
+
+def _person_page(response: object) -> dict[str, object]:
+    """What the person's page posts back unchanged: its dates in two boxes each."""
+    data = admin_form_data(response)
+    for name in ("date_joined", "last_login"):
+        if (value := data.pop(name, None)) is not None:
+            data[f"{name}_0"], data[f"{name}_1"] = value.date(), value.time()
+    return data
+
+
+def _refused(response: object) -> bool:
+    form = response.context["adminform"].form  # type: ignore[attr-defined]
+    return "changed since you opened" in str(form.non_field_errors())
+
+
+def test_a_persons_page_loaded_before_a_deactivation_does_not_activate_them_again(
+    world: World, admin_client: Client
+) -> None:
+    """Root opens bob's page to correct his e-mail address. Meanwhile alice, on her own
+    page, deactivates bob (he left) and takes him out of the reviewers team. Root saves: the
+    page still held bob active and in the team, and the admin posted both as root's: bob
+    could sign in, and approve refunds, again."""
+    reviewers = Group.objects.get_or_create(name="reviewers")[0]
+    world.bob.groups.add(reviewers)
+    url = f"/admin/auth/user/{world.bob.pk}/change/"
+    shown = admin_client.get(url)
+    page = _person_page(shown)
+    assert page["is_active"] is True and page["groups"] == [reviewers.pk]
+    # Alice's change, made through the same page, opened after root's.
+    hers = _person_page(admin_client.get(url))
+    del hers["is_active"]  # an unticked box is not posted
+    response = admin_client.post(url, {**hers, "groups": []})
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    response = admin_client.post(url, {**page, "email": "bob@corp.example"})
+    assert response.status_code == 200
+    assert _refused(response)
+    world.bob.refresh_from_db()
+    assert (world.bob.is_active, world.bob.email) == (False, "bob@example.com")
+    assert not world.bob.groups.exists()
+    assert len(events("user.access_changed")) == 1
+    # Reloaded, the page shows him deactivated and out of the team; root's edit keeps both.
+    page = _person_page(admin_client.get(url))
+    assert admin_client.post(url, {**page, "email": "bob@corp.example"}).status_code == 302
+    world.bob.refresh_from_db()
+    assert (world.bob.is_active, world.bob.email) == (False, "bob@corp.example")
+    assert not world.bob.groups.exists()
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()
+
+
+def test_a_teams_page_loaded_before_a_permission_was_taken_away_does_not_give_it_back(
+    world: World, admin_client: Client
+) -> None:
+    """Root opens the support team's page to rename it. Meanwhile, on a page opened after
+    his, the team loses its permission to change tools (its members granted themselves
+    reviews). Root saves: the page still held the permission, and the admin gave it back."""
+    change_tool = Permission.objects.get(codename="change_tool")
+    team = Group.objects.create(name="support")
+    team.permissions.add(change_tool)
+    url = f"/admin/auth/group/{team.pk}/change/"
+    shown = admin_client.get(url)
+    page = admin_form_data(shown)
+    hers = admin_form_data(admin_client.get(url))
+    assert admin_client.post(url, {**hers, "permissions": []}).status_code == 302
+    response = admin_client.post(url, {**page, "name": "support-eu"})
+    assert response.status_code == 200
+    assert _refused(response)
+    team.refresh_from_db()
+    assert (team.name, list(team.permissions.all())) == ("support", [])
+    page = admin_form_data(admin_client.get(url))
+    assert admin_client.post(url, {**page, "name": "support-eu"}).status_code == 302
+    team.refresh_from_db()
+    assert (team.name, list(team.permissions.all())) == ("support-eu", [])
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()
