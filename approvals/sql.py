@@ -37,10 +37,15 @@ def lock_call(call_id: UUID) -> ToolCall | None:
     return db.one(lock_call_statement(call_id))
 
 
-def lock_call_statement(call_id: UUID) -> db.Statement[ToolCall | None]:
-    """``lock_call`` as a statement, to send with others (``db.together``)."""
+def lock_call_statement(
+    call_id: UUID, *, skip_locked: bool = False
+) -> db.Statement[ToolCall | None]:
+    """``lock_call`` as a statement, to send with others (``db.together``); ``skip_locked``:
+    None, not a wait, while another transaction holds the call's row (a sweep's read)."""
     return db.Statement(
-        _lock_call_sql(), db.lookup_values(ToolCall, {"id": call_id}), _read_locked_call
+        _lock_call_sql(skip_locked=skip_locked),
+        db.lookup_values(ToolCall, {"id": call_id}),
+        _read_locked_call,
     )
 
 
@@ -78,7 +83,7 @@ def _locked_models() -> tuple[type[Model], ...]:
 
 
 @cache
-def _lock_call_sql() -> str:
+def _lock_call_sql(*, skip_locked: bool = False) -> str:
     models = _locked_models()
     selected = ", ".join(db.columns(m, alias) for m, alias in zip(models, "ctuao", strict=True))
 
@@ -103,7 +108,8 @@ def _lock_call_sql() -> str:
         f"{join('LEFT JOIN', models[2], 'u', f't.{db.column(Tool, "upstream")}')} "
         f"{join('JOIN', Agent, 'a', f'c.{db.column(ToolCall, "agent")}')} "
         f"{join('JOIN', models[4], 'o', f'a.{db.column(Agent, "owner")}')} "
-        f"WHERE c.{db.column(ToolCall, 'id')} = %s FOR UPDATE OF c) locked"
+        f"WHERE c.{db.column(ToolCall, 'id')} = %s "
+        f"FOR UPDATE OF c{' SKIP LOCKED' if skip_locked else ''}) locked"
     )
 
 
@@ -299,7 +305,12 @@ def try_hold_tool_for(call_id: UUID) -> bool:
     for no such call."""
     if connection.vendor != "postgresql":
         return True
-    return db.one(db.Statement(_hold_tool_sql(wait=False), [call_id], _found))
+    return db.one(try_hold_tool_statement(call_id))
+
+
+def try_hold_tool_statement(call_id: UUID) -> db.Statement[bool]:
+    """``try_hold_tool_for`` as a statement, to send with others (PostgreSQL only)."""
+    return db.Statement(_hold_tool_sql(wait=False), [call_id], _found)
 
 
 def _found(cursor: Any) -> bool:

@@ -186,7 +186,12 @@ def _write(
 
 
 def lock_call(
-    call_id: UUID, *, skip_locked: bool = False, hold_agent: bool = False, **filters: Any
+    call_id: UUID,
+    *,
+    skip_locked: bool = False,
+    hold_agent: bool = False,
+    hold_tool: bool = False,
+    **filters: Any,
 ) -> ToolCall | None:
     """The call, locked until the transaction ends (its row only: calls of one tool or agent
     never wait on each other), with its tool and its agent and the agent's owner; None if
@@ -203,7 +208,25 @@ def lock_call(
     ``hold_agent`` takes the run lock of the call's agent first (``sql.hold_agent_running_for``,
     as every claim does), in the same round trip as the row lock when it can; with
     ``skip_locked``, a run lock a stop holds or waits for is None too.
+
+    ``hold_tool`` (with ``skip_locked``, for the quorum sweep) holds the row of the call's
+    tool first (``sql.try_hold_tool_for``), in the same round trip as the row lock when it
+    can: a change of the tool or of its grants holding it makes the call None too.
     """
+    if hold_tool and not skip_locked:
+        raise ValueError("hold_tool waits for nothing: pass skip_locked too")
+    if hold_tool and not filters and not hold_agent and connection.vendor == "postgresql":
+        if not connection.in_atomic_block:
+            raise TransactionManagementError("lock_call needs a transaction to hold the lock")
+        # Tool first, then call, as a verdict takes them; neither waits, so a call locked
+        # here while its tool is held elsewhere is let go with the sweep's transaction.
+        held, call = db.together(
+            sql.try_hold_tool_statement(call_id),
+            sql.lock_call_statement(call_id, skip_locked=True),
+        )
+        return call if held else None
+    if hold_tool and not sql.try_hold_tool_for(call_id):
+        return None
     if not filters and not skip_locked and connection.vendor == "postgresql":
         if not connection.in_atomic_block:  # as select_for_update() refuses
             raise TransactionManagementError("lock_call needs a transaction to hold the lock")

@@ -241,11 +241,7 @@ def _read_json_body(request: HttpRequest) -> dict[str, Any]:
             raw, parse_constant=payloads.reject_constant, object_pairs_hook=payloads.unique_keys
         )
     except payloads.DuplicateKey as exc:
-        raise errors.invalid_request(
-            f"The body names {json.dumps(exc.name[:100])} more than once in one object; "
-            "send each key once (which of the values counts would be up to whoever reads "
-            "the body, and the reviewer sees only one of them)."
-        ) from None
+        raise errors.invalid_request(payloads.named_twice(exc)) from None
     except RecursionError:
         raise errors.invalid_request(
             f"The body nests deeper than {payloads.MAX_JSON_DEPTH} levels."

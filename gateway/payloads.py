@@ -3,6 +3,7 @@ and hash, and the fields a tool call has. The REST API and the MCP endpoint shar
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -22,10 +23,21 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "DuplicateKey",
     "json_problem",
+    "named_twice",
     "parse_call",
     "reject_constant",
     "unique_keys",
 ]
+
+
+def named_twice(duplicate: DuplicateKey) -> str:
+    """What a door answers a body that names one key twice in an object (``unique_keys``),
+    the REST API and the MCP endpoint alike."""
+    return (
+        f"The body names {json.dumps(duplicate.name[:100])} more than once in one object; "
+        "send each key once (which of the values counts would be up to whoever reads "
+        "the body, and the reviewer sees only one of them)."
+    )
 
 
 def parse_call(raw: dict[str, Any]) -> ToolCallIn:

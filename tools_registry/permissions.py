@@ -7,13 +7,15 @@ Superusers may review everything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
-from tools_registry.models import Tool
+from tools_registry.models import Tool, ToolGroupObjectPermission, ToolUserObjectPermission
 
 REVIEW_PERMISSION = "tools_registry.review_tool"
 REVEAL_PERMISSION = "tools_registry.reveal_tool_arguments"
@@ -58,6 +60,31 @@ def can_review(user: Any, tool: Tool) -> bool:
         return False
     # ModelBackend answers False for any object check, so only guardian's grants count.
     return bool(user.has_perm(REVIEW_PERMISSION, tool))
+
+
+def reviewers_among(tool: Tool, people: Iterable[Any]) -> set[Any]:
+    """The ids of those of ``people`` who ``can_review`` ``tool``, in one query at most (the
+    quorum sweep asks it of every approver of each call it looks at: guardian's check cost
+    two queries a person, a third of the time of a call it could not approve)."""
+    active = [person for person in people if person.is_authenticated and person.is_active]
+    found = {person.pk for person in active if person.is_superuser}
+    others = {person.pk for person in active} - found
+    if others:
+        # Guardian's own test: the permission of the tool's content type, granted on it.
+        review = {
+            "content_object": tool,
+            "permission__codename": REVIEW_PERMISSION.partition(".")[2],
+            "permission__content_type__app_label": Tool._meta.app_label,
+            "permission__content_type__model": Tool._meta.model_name,
+        }
+        own = ToolUserObjectPermission.objects.filter(user=OuterRef("pk"), **review)
+        team = ToolGroupObjectPermission.objects.filter(group__user=OuterRef("pk"), **review)
+        found |= set(
+            get_user_model()
+            .objects.filter(Exists(own) | Exists(team), pk__in=others)
+            .values_list("pk", flat=True)
+        )
+    return found
 
 
 def require_reviewer(user: Any, tool: Tool) -> None:

@@ -318,9 +318,9 @@ def complete_quorum(*, call_id: UUID, now: datetime) -> bool:
     # while this counts the approvals waits for it, instead of committing between the count
     # and this approval (a call approved on the say-so of someone who had lost the grant).
     # Without waiting: a change of the tool under way leaves the call to the next pass.
-    if not sql.try_hold_tool_for(call_id):
-        return False
-    call = lock_call(call_id, skip_locked=True)
+    # Both in one round trip, with the tool's allowlist entry: each trip to the database
+    # cost a candidate the sweep cannot approve more than all the database's work for it.
+    call = lock_call(call_id, skip_locked=True, hold_tool=True)
     if call is None or call.status != Status.PENDING or call.approvals_required < 1:
         return False
     # The time now, under the lock: the sweep's ``now`` was read before a batch of calls,

@@ -25,7 +25,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway import end_users, errors
+from gateway import end_users, errors, payloads
 from gateway.mcp import sessions, waiting
 from gateway.mcp.calls import Caller
 from gateway.mcp.server import build_server
@@ -120,7 +120,13 @@ class McpEndpoint:
         if session_id and session is None:
             await _refuse(send, 404, "Session not found; initialize a new one.")
             return
-        parsed = _peek(body)
+        try:
+            parsed = _peek(body)
+        except payloads.DuplicateKey as duplicate:
+            # The SDK's parser reads such a key as its last value, as the REST API no longer
+            # does (``payloads.unique_keys``): refused here, before the SDK creates anything.
+            await _refuse(send, 400, payloads.named_twice(duplicate))
+            return
         if parsed is not NOT_JSON and not isinstance(parsed, dict):
             # The SDK answered -32602 ("invalid params") with its parser's union errors,
             # the body quoted. It serves no batch, on any revision (2025-03-26 has them).
@@ -182,9 +188,12 @@ def _foreign(headers: dict[str, str]) -> str:
 
 def _peek(body: bytes) -> Any:
     """The body's JSON (``NOT_JSON`` if it is none, which the SDK answers as a parse
-    error): a peek at the message's method, the SDK parses it for real."""
+    error): a peek at the message's method, the SDK parses it for real. Raises
+    ``DuplicateKey`` for an object, at any depth, that names one key twice."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=payloads.unique_keys)
+    except payloads.DuplicateKey:
+        raise
     except (ValueError, RecursionError):  # not JSON, or nested past Python's reader
         return NOT_JSON
 

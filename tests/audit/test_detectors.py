@@ -489,9 +489,11 @@ def test_long_agent_supplied_text_is_masked_in_linear_time(text: str) -> None:
     (30,000 characters took seconds with one such pattern; linear, milliseconds)."""
     # This thread's CPU, not the clock: a loaded machine (the suite beside a soak) stretches
     # the clock, never the work (seconds of CPU where it was quadratic, milliseconds now).
+    # The slowest case takes 0.17 s of CPU on a quiet machine, and CPU time itself grows
+    # under heavy load (caches shared with other jobs: 0.52 s seen beside five test runs).
     started = time.thread_time()
     mask_text(text)
-    assert time.thread_time() - started < 0.5
+    assert time.thread_time() - started < 1.0
 
 
 def test_the_phone_screen_reads_the_alternate_formats_the_matcher_reads() -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from approvals.models import ToolCall
+from gateway.models import McpSession
 from tests.conftest import World
 from tests.support.web import WebProcess
 from tools_registry import services as registry_services
@@ -235,3 +237,42 @@ def test_an_invalid_arguments_result_quotes_a_long_value_shortened(
     assert error["code"] == "invalid_arguments"
     assert any("(200,000 characters)" in d["message"] for d in error["details"]), error
     assert len(response.content) < 8_000, len(response.content)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        # The arguments a reviewer would approve: the SDK's parser took the last "to".
+        (
+            b'{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": '
+            b'"send_email", "arguments": {"to": "a@example.com", "subject": "Hi", '
+            b'"body": "Hi.", "to": "b@example.com"}}}',
+            '"to"',
+        ),
+        # The message itself: which tool is called, which method is asked.
+        (
+            b'{"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": '
+            b'"send_email", "name": "delete_customer", "arguments": {"customer_id": "cus_1"}}}',
+            '"name"',
+        ),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "method": "initialize", "params": '
+            + json.dumps(INITIALIZE["params"]).encode()
+            + b"}",
+            '"method"',
+        ),
+    ],
+)
+def test_a_body_that_names_a_key_twice_is_an_invalid_request_that_names_it(
+    live_world: World, mcp_web: WebProcess, body: bytes, named: str
+) -> None:
+    """As the REST API refuses such a body: the SDK read a key named twice as its last
+    value, while a proxy, a log or the agent's framework may have read the first."""
+    response = post(mcp_web, live_world.token, body, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 400, response.text[:300]
+    answer = message(response)
+    assert answer["id"] is None and answer["error"]["code"] == -32600
+    assert f"The body names {named} more than once in one object" in answer["error"]["message"]
+    assert "mcp-session-id" not in response.headers
+    assert not ToolCall.objects.exists(), "nothing is created of a body refused"
+    assert not McpSession.objects.exists()
