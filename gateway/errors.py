@@ -337,12 +337,15 @@ def read_abandoned(message: str) -> ApiError:
     )
 
 
-def tool_failed(message: str, *, tool_code: str, retryable: bool) -> ApiError:
+def tool_failed(
+    message: str, *, tool_code: str, retryable: bool, retry_after: int | None = None
+) -> ApiError:
     """A read whose tool failed. ``retryable`` is the tool's own verdict: a handler that
     refused the request (``ToolFailed(retryable=False)``: no such customer) answers the
     same again, so that is a 422; a transient failure (a dropped connection, an upstream
     that said "try later") is a 502 worth another try. ``details.tool_code`` is the code
-    the tool gave."""
+    the tool gave; ``retry_after``, the wait its downstream asked for (an upstream's 429),
+    is the 502's Retry-After."""
     if not retryable:
         return ApiError(
             status=422,
@@ -356,8 +359,14 @@ def tool_failed(message: str, *, tool_code: str, retryable: bool) -> ApiError:
         status=502,
         code="tool_failed",
         message=message,
-        suggestion="The failure was transient: try again later with a new Idempotency-Key.",
+        suggestion=(
+            f"The tool's downstream asked for {retry_after} s: wait that long (Retry-After), "
+            "then try again with a new Idempotency-Key."
+            if retry_after is not None
+            else "The failure was transient: try again later with a new Idempotency-Key."
+        ),
         retryable=True,
+        headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
         details={"tool_code": tool_code},
     )
 

@@ -319,7 +319,7 @@ def _headers(operation_id: str, status: int) -> JSON:
     if status == 202:
         headers["Location"] = {**LOCATION, "required": True}
         headers["Retry-After"] = {**RETRY_AFTER, "required": True}
-    if status in (409, 429, 503):
+    if status in (409, 429, 502, 503):  # 502: a read's upstream that asked for a wait
         headers["Retry-After"] = {**RETRY_AFTER, "required": False}
     if status == 401:
         headers["WWW-Authenticate"] = {**AUTHENTICATE, "required": True}

@@ -106,7 +106,10 @@ def respond_with(call: ToolCall, *, submitted: bool = False) -> StoredResponse:
     if call.status == Status.FAILED and call.risk == Risk.READ:
         api_error = failure(call.error or {})
         return StoredResponse(
-            status=api_error.status, body={**api_error.body(), "call": body}, call=call
+            status=api_error.status,
+            body={**api_error.body(), "call": body},
+            headers=api_error.headers,  # an upstream's wait (tool_failed's Retry-After)
+            call=call,
         )
     return StoredResponse(status=200, body=body, call=call)
 
@@ -124,6 +127,7 @@ def failure(error: dict[str, Any]) -> errors.ApiError:
     return errors.tool_failed(
         error.get("message", "The tool failed."),
         tool_code=code,
+        retry_after=error.get("retry_after"),
         # A handler that raised something else than ToolFailed (handler_error) failed in a
         # way another try may not; so did a read that outlived its lease (lease_expired:
         # taken away from its silent worker): no tool said no to either.

@@ -55,6 +55,9 @@ class ToolFailed(Exception):
     ``unsent``: nothing reached the downstream (its credentials cannot be read, its URL
     cannot be requested). Such a failure of a re-run says nothing of an earlier attempt,
     which may have had its effect (``runner``).
+
+    ``retry_after``: the seconds the downstream asked to be left alone (an upstream's 429 and
+    its Retry-After): a read is not asked again sooner, and its agent is told.
     """
 
     def __init__(
@@ -64,12 +67,14 @@ class ToolFailed(Exception):
         code: str = "tool_failed",
         retryable: bool = False,
         unsent: bool = False,
+        retry_after: int | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.code = code
         self.retryable = retryable
         self.unsent = unsent
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dataclasses import replace
 from uuid import UUID
 
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
@@ -124,7 +125,7 @@ def run_handler(claim: Claim) -> Outcome:
         if claim.risk == Risk.READ:
             result = Retrying(
                 stop=stop_after_attempt(max(claim.max_attempts, 1)),
-                wait=READ_BACKOFF,
+                wait=_read_wait,
                 retry=retry_if_exception(_read_may_retry),
                 reraise=True,
             )(invoke)
@@ -135,6 +136,8 @@ def run_handler(claim: Claim) -> Outcome:
         # The handler's own verdict, kept whole: its code, and whether asking again could
         # give another answer (a refusal such as "no such customer" could not).
         refused = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+        if exc.retry_after is not None:
+            refused["retry_after"] = exc.retry_after  # the agent's Retry-After (a read's)
         return _outcome(Status.FAILED, started, tries, unsent=exc.unsent, error=refused)
     except Exception as exc:
         error = _describe(exc)
@@ -164,8 +167,20 @@ def _after_an_open_attempt(claim: Claim, outcome: Outcome) -> Outcome:
 
 def _read_may_retry(exc: BaseException) -> bool:
     if isinstance(exc, ToolFailed):
-        return exc.retryable
+        # A downstream that asked to be left alone longer than a read waits between its
+        # attempts (an upstream's 429, Retry-After: 60) is not asked again at once: the
+        # attempts would each be refused, and count against its limit. The agent is told
+        # when to try again.
+        return exc.retryable and (exc.retry_after or 0) <= READ_BACKOFF_MAX_SECONDS
     return isinstance(exc, Exception)
+
+
+def _read_wait(state: RetryCallState) -> float:
+    """The backoff, or the wait the downstream asked for when that is longer (at most
+    ``READ_BACKOFF_MAX_SECONDS``: ``_read_may_retry``)."""
+    failure = state.outcome.exception() if state.outcome else None
+    asked = failure.retry_after if isinstance(failure, ToolFailed) else None
+    return max(READ_BACKOFF(state), float(asked or 0))
 
 
 def _checked_result(spec: RegisteredTool, result: object) -> dict:

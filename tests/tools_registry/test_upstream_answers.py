@@ -5,6 +5,7 @@ does not fit the server's own output schema is still the result of a call that r
 from __future__ import annotations
 
 import base64
+import email.utils
 import gzip
 import json
 import re
@@ -846,3 +847,102 @@ def test_an_mcp_event_stream_naming_a_charset_is_read_as_the_utf8_it_always_is(
         server.close()
     assert result == {"text": "créé"}
     assert len(server.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    ["application/problem+json", "application/hal+json", "Application/JSON; charset=utf-8"],
+)
+def test_an_http_answer_in_any_json_media_type_is_read_as_json(ctype: str) -> None:
+    """Only a type spelt ``application/json...`` was parsed: a HAL or JSON:API result
+    reached the agent as one string, and an RFC 9457 problem's message was its JSON text
+    cut at 300 characters, not its ``detail``."""
+
+    def answer(handler: Any, body: bytes) -> None:
+        if handler.path == "/ok":
+            raw_reply(handler, 200, {"id": "r-1", "_links": {"self": "/r/1"}}, ctype)
+        else:
+            raw_reply(handler, 403, {"type": "about:blank", "title": "Forbidden",
+                                     "detail": "Your balance is 30."}, ctype)  # fmt: skip
+
+    server = RawHttpServer(answer)
+    try:
+        assert bare_post(server.url, path="/ok") == {"id": "r-1", "_links": {"self": "/r/1"}}
+        with pytest.raises(ToolFailed) as refused:
+            bare_post(server.url, path="/no")
+    finally:
+        server.close()
+    assert (
+        refused.value.message == "The upstream refused the request (HTTP 403): Your balance is 30."
+    )
+
+
+def test_an_mcp_result_that_is_not_text_is_kept_without_the_credential() -> None:
+    """A tool that answers with an image or a file (a resource) had its result stored as
+    ``{"text": ""}``: a call that ran lost what it made. Its blocks are kept, scrubbed as
+    its text is."""
+    image = {"type": "image", "data": "iVBORw0KGgo=", "mimeType": "image/png"}
+
+    def answer(handler: Any, message: dict[str, Any]) -> None:
+        quoted = handler.headers.get("authorization", "")
+        resource = {
+            "type": "resource",
+            "resource": {
+                "uri": "file:///report.txt",
+                "mimeType": "text/plain",
+                "text": f"sent {quoted}",
+            },
+        }
+        raw_reply(handler, 200, {"jsonrpc": "2.0", "id": message["id"], "result": {
+            "content": [{"type": "text", "text": "Here it is."}, image, resource]}})  # fmt: skip
+
+    assert call_mcp(RawMcpServer(answer)) == {
+        "text": "Here it is.",
+        "content": [
+            {"type": "text", "text": "Here it is."},
+            image,
+            {"type": "resource", "resource": {
+                "uri": "file:///report.txt", "mimeType": "text/plain",
+                "text": "sent [credential]"}},
+        ],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "said", "kept"),
+    [
+        (429, "120", 120),
+        (503, "120", None),  # no refusal: a 5xx leaves the outcome unknown
+        (429, "soon", None),
+        (429, "99999999999", 24 * 3600),
+        (429, "in-two-minutes", 120),
+    ],
+)
+def test_a_retryable_refusals_retry_after_is_kept_in_seconds(
+    status: int, said: str, kept: int | None
+) -> None:
+    """RFC 9110 10.2.3: a number of seconds or an HTTP date, at most a day."""
+    if said == "in-two-minutes":
+        said = email.utils.formatdate(time.time() + 120, usegmt=True)
+
+    def refuse(handler: Any, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("retry-after", said)
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    server = RawHttpServer(refuse)
+    try:
+        with pytest.raises(Exception) as raised:
+            bare_post(server.url)
+    finally:
+        server.close()
+    if status == 503:
+        assert isinstance(raised.value, UpstreamUnclear)
+        return
+    assert isinstance(raised.value, ToolFailed) and raised.value.retryable
+    got = raised.value.retry_after
+    if said.endswith("GMT"):  # a date: the seconds left until it, as the test reads them
+        assert got is not None and 118 <= got <= 121
+    else:
+        assert got == kept

@@ -8,7 +8,8 @@ followed. The answer is read up to ``UPSTREAM_MAX_RESPONSE_BYTES``; a bigger one
 stored truncated, and says so.
 
 Outcomes, as the executor reads them: 2xx succeeded (its JSON, or its text); 3xx and 4xx
-failed, the effect did not happen (``ToolFailed``: retryable for 408, 409, 425 and 429);
+failed, the effect did not happen (``ToolFailed``: retryable for 408, 409, 425 and 429,
+after the wait their Retry-After asks for);
 5xx, a 303 See Other to a request other than GET or HEAD (carried out, its result
 elsewhere), a timeout or a dropped connection leave the outcome unknown
 (``UpstreamUnclear``).
@@ -16,7 +17,10 @@ elsewhere), a timeout or a dropped connection leave the outcome unknown
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
+import math
 import re
 import time
 from typing import Any
@@ -34,6 +38,7 @@ from tools_registry.upstreams.offers import JSON
 
 RETRYABLE = frozenset({408, 409, 425, 429})
 SEE_OTHER = 303
+RETRY_AFTER_MAX_SECONDS = 24 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD"})  # a redirect of one is no effect carried out
 USER_AGENT = "Countersign-Upstream/1"
 # A JSON answer nested deeper is kept as its text: Python's parser goes deeper than Python's
@@ -141,9 +146,10 @@ def call(
     # whenever the admin set it.
     taken = {header_key(name) for name in ours}
     sent = {**{k: v for k, v in headers.items() if header_key(k) not in taken}, **ours}
-    status, answer, location = _send(
+    status, answer, answered = _send(
         operation["method"], url, query, sent, body, timeout, upstream_headers
     )
+    location = answered.get("location", "")
     if 200 <= status < 300:
         return secrets.answer_without_credentials(answer, upstream_headers)
     if 300 <= status < 400:
@@ -171,6 +177,7 @@ def call(
             f"The upstream refused the request (HTTP {status}): {message}",
             code=f"upstream_{status}",
             retryable=status in RETRYABLE,
+            retry_after=retry_after(answered.get("retry-after")) if status in RETRYABLE else None,
         )
     raise UpstreamUnclear(f"The upstream failed (HTTP {status}): {message}")
 
@@ -215,7 +222,7 @@ def _send(
     body: Any,
     timeout: float,
     credentials: secrets.Headers,
-) -> tuple[int, JSON, str]:
+) -> tuple[int, JSON, httpx.Headers]:
     limit = settings.UPSTREAM_MAX_RESPONSE_BYTES
     # httpx's timeout bounds each read, not the request: a server sending a byte now and
     # then (of its headers or of its body) would hold the call (and a web thread, for a
@@ -253,7 +260,7 @@ def _send(
             return (
                 response.status_code,
                 _answer(response, raw, truncated, credentials),
-                response.headers.get("location", ""),
+                response.headers,
             )
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         # Refused as the request is built (the upstream's server URL holds a template, or a
@@ -286,7 +293,7 @@ def _send(
             # httpx reads a redirect's Location even when it follows none, and refuses one
             # that is no URL: still a redirect, the request not carried out.
             redirect = answered[-1]
-            return redirect.status_code, {}, redirect.headers.get("location", "")
+            return redirect.status_code, {}, redirect.headers
         raise UpstreamUnclear(
             f"The request to the upstream broke off: {type(exc).__name__}."
         ) from exc
@@ -303,7 +310,7 @@ def _answer(
     if truncated:
         text = secrets.without_cut_credential(text, credentials)
         return {"truncated": True, "limit_bytes": len(raw), "text": text}
-    if response.headers.get("content-type", "").startswith("application/json"):
+    if _is_json(response.headers.get("content-type", "")):
         try:
             parsed = json.loads(text)
         except (ValueError, RecursionError):
@@ -311,6 +318,33 @@ def _answer(
         answer = parsed if isinstance(parsed, dict) else {"result": parsed}
         return answer if nests_within(answer, MAX_ANSWER_DEPTH) else {"text": text}
     return {"text": text} if text else {}
+
+
+def retry_after(value: str | None) -> int | None:
+    """The whole seconds an upstream's Retry-After asks for (RFC 9110 10.2.3: seconds, or an
+    HTTP date), at most a day; None when it says none, or nothing that can be read."""
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(int(value), RETRY_AFTER_MAX_SECONDS)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        when = when.replace(tzinfo=datetime.UTC)
+    left = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return min(max(math.ceil(left), 0), RETRY_AFTER_MAX_SECONDS)
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether an answer's media type is JSON: ``application/json`` or a ``+json`` type (RFC
+    6839: ``application/problem+json``, the errors of RFC 9457; ``application/hal+json``),
+    in any case (RFC 9110 8.3.1). Only the first was read, its exact spelling: every other
+    JSON answer reached the agent as a string, and an error's message as its JSON text."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _message(answer: JSON) -> str:

@@ -3,10 +3,11 @@
 Each tool becomes ``<upstream>__<tool>`` with the server's input schema. Its risk comes
 from its annotations: ``readOnlyHint`` read, ``destructiveHint`` destructive, anything else
 write. A call passes its idempotency key in ``_meta["io.countersign/idempotency-key"]``;
-an ``isError`` result means the tool reported a failure (the call failed), and so does a
-server that opens no session (nothing was sent), while a broken connection or a timeout in
-the session leaves the outcome unknown. The executor is synchronous, so each connection
-runs on an event loop of its own.
+its result is the tool's structured content, or its text (with its content blocks when
+some are not text: an image, a resource). An ``isError`` result means the tool reported a
+failure (the call failed), and so does a server that opens no session (nothing was sent),
+while a broken connection or a timeout in the session leaves the outcome unknown. The
+executor is synchronous, so each connection runs on an event loop of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from audit.masking import without_quoted_input
 from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
-from tools_registry.upstreams import secrets
+from tools_registry.upstreams import http, secrets
 from tools_registry.upstreams.http import UpstreamUnclear
 from tools_registry.upstreams.offers import (
     JSON,
@@ -44,7 +45,12 @@ IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 MAX_TOOLS = 500
 
 
-def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client:
+Hook = Callable[[httpx2.Response], Awaitable[None]]
+
+
+def _connect(
+    url: str, headers: list[tuple[str, str]], timeout: float, on_response: Hook | None = None
+) -> Client:
     # A message past the document limit is not read (memory); the call's outcome is then
     # unknown, as with any answer that could not be read.
     transport = bounded_http.CappedTransport(
@@ -55,20 +61,28 @@ def _connect(url: str, headers: list[tuple[str, str]], timeout: float) -> Client
     # it can decode (br, zstd once brotli or zstd is installed), and a server answering so
     # left the outcome of a call that ran unknown. (An upstream may not set this header.)
     asked = {**dict(headers), "Accept-Encoding": bounded_http.ACCEPT_ENCODING}
-    http = httpx2.AsyncClient(
-        headers=asked, timeout=timeout, follow_redirects=False, transport=transport
+    client = httpx2.AsyncClient(
+        headers=asked,
+        timeout=timeout,
+        follow_redirects=False,
+        transport=transport,
+        event_hooks={"response": [on_response] if on_response else []},
     )
-    return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout)
+    return Client(streamable_http_client(url, http_client=client), read_timeout_seconds=timeout)
 
 
 def _run[T](
-    work: Callable[[Client], Awaitable[T]], url: str, headers: list[tuple[str, str]], timeout: float
+    work: Callable[[Client], Awaitable[T]],
+    url: str,
+    headers: list[tuple[str, str]],
+    timeout: float,
+    on_response: Hook | None = None,
 ) -> T:
     async def main() -> T:
         answered: list[T] = []
         try:
             with anyio.fail_after(timeout):
-                async with _connect(url, headers, timeout) as client:
+                async with _connect(url, headers, timeout, on_response) as client:
                     answered.append(await work(client))
         except Exception:
             # Only closing the session (the SDK's DELETE, within the same timeout) failed or
@@ -203,6 +217,17 @@ def call(
 ) -> JSON:
     """Run the upstream's tool once, with the call's key in ``_meta``."""
     opened: list[bool] = []  # whether the server opened a session: tools/call is sent in one
+    call_answered: list[httpx2.Response] = []  # tools/call's HTTP status line and headers
+
+    async def on_response(response: httpx2.Response) -> None:
+        try:
+            sent = (
+                json.loads(response.request.content) if response.request.method == "POST" else None
+            )
+        except (httpx2.RequestNotRead, ValueError):
+            return  # no JSON-RPC request of the SDK's: it sends each whole
+        if isinstance(sent, dict) and sent.get("method") == "tools/call":
+            call_answered.append(response)
 
     async def run(client: Client) -> types.CallToolResult:
         opened.append(True)
@@ -217,7 +242,7 @@ def call(
         return await client.session.send_request(request, types.CallToolResult)
 
     try:
-        result = _run(run, url, headers, timeout)
+        result = _run(run, url, headers, timeout, on_response)
     except BaseException as exc:
         cause = _leaf(exc)
         if not opened and isinstance(cause, Exception):
@@ -235,6 +260,8 @@ def call(
             raise ToolFailed(
                 f"The upstream refused the call: {refusal}"[:500], code="upstream_refused"
             ) from None
+        if isinstance(cause, MCPError) and (refused := _refused_over_http(call_answered)):
+            raise refused from None
         # A timeout, a broken connection, or any other error: whether the tool ran is
         # unknown (a write is reconciled or goes to a person; never reported as not run).
         said = str(cause)
@@ -252,8 +279,39 @@ def call(
         answer = structured
     else:
         answer = {"text": text} if structured is None else {"result": structured}
+        if structured is None and not all(isinstance(c, types.TextContent) for c in result.content):
+            # An image, audio, a resource or a link to one: the result itself. Only the text
+            # was kept, an empty one for a tool that answers with a file, and a call that ran
+            # lost its result.
+            answer["content"] = [
+                c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.content
+            ]
     # Before the cut: a cut through a credential would keep its start.
     return _stored(secrets.answer_without_credentials(answer, headers))
+
+
+def _refused_over_http(answered: list[httpx2.Response]) -> ToolFailed | None:
+    """The failure of a ``tools/call`` the server (or a gateway before it) refused with an HTTP
+    redirect or a 4xx, as an HTTP upstream's: the request was not carried out. The SDK gives
+    each an internal error, which left a write the server never ran unknown, for
+    reconciliation or a person (a gateway's 429, a 401 once a token expired). A 303 See
+    Other says it was carried out, its result elsewhere: still unknown."""
+    status = answered[-1].status_code if answered else 0
+    if 300 <= status < 400 and status != http.SEE_OTHER:
+        return ToolFailed(
+            f"The MCP server redirected the call (HTTP {status}); redirects are not followed.",
+            code="upstream_redirect",
+        )
+    if 400 <= status < 500:
+        return ToolFailed(
+            f"The MCP server refused the call (HTTP {status}).",
+            code=f"upstream_{status}",
+            retryable=status in http.RETRYABLE,
+            retry_after=http.retry_after(answered[-1].headers.get("retry-after"))
+            if status in http.RETRYABLE
+            else None,
+        )
+    return None
 
 
 def _stored(answer: JSON) -> JSON:

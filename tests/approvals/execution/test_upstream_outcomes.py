@@ -21,6 +21,7 @@ from approvals.execution.runner import execute
 from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
 from approvals.services.decisions import decide
+from gateway.responses import respond_with
 from tests.conftest import World
 from tests.support.upstreams.raw_http import RawHttpServer
 from tests.support.upstreams.raw_http import reply as raw_reply
@@ -332,6 +333,52 @@ def test_an_mcp_answer_that_is_not_utf8_is_kept_as_an_event_streams_is(world: Wo
     assert (call.status, call.result) == (Status.SUCCEEDED, {"text": "caf\ufffd ordered"})
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "retryable"),
+    [(401, "upstream_401", False), (429, "upstream_429", True), (307, "upstream_redirect", False)],
+)
+def test_an_mcp_call_refused_over_http_failed_as_an_http_upstreams(
+    world: World, status: int, code: str, retryable: bool
+) -> None:
+    """A gateway before the server (or the server) refusing ``tools/call`` with a 4xx, or
+    redirecting it, did not carry it out: the SDK makes each an internal error, and the
+    write that never ran was left unknown, for reconciliation or a person to settle."""
+
+    def refuse(handler: Any, message: dict[str, Any]) -> None:
+        handler.send_response(status)
+        handler.send_header("location", "https://elsewhere.example/mcp")
+        handler.send_header("retry-after", "30")
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    server = RawMcpServer(refuse, tools=MAKE)
+    try:
+        call = approved_mcp_call(world, server)
+        execute(call.pk)
+    finally:
+        server.close()
+    call.refresh_from_db()
+    assert len(server.calls) == 1
+    assert call.status == Status.FAILED
+    assert (call.error["code"], call.error["retryable"]) == (code, retryable)
+
+
+def test_an_mcp_calls_internal_error_over_http_leaves_a_write_unknown(world: World) -> None:
+    """A 5xx may come after the tool ran (a gateway that gave up waiting): unknown still."""
+
+    def fail(handler: Any, message: dict[str, Any]) -> None:
+        raw_reply(handler, 502, b"Bad Gateway", "text/plain")
+
+    server = RawMcpServer(fail, tools=MAKE)
+    try:
+        call = approved_mcp_call(world, server)
+        execute(call.pk)
+    finally:
+        server.close()
+    call.refresh_from_db()
+    assert call.status == Status.UNKNOWN
+
+
 def test_an_mcp_answer_is_asked_for_in_an_encoding_it_can_be_read_in(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -397,3 +444,63 @@ def test_a_hidden_argument_in_an_upstreams_url_is_not_logged(
     call.refresh_from_db()
     assert call.status == Status.SUCCEEDED, call.error
     assert [r.getMessage() for r in caplog.records if hidden_order in r.getMessage()] == []
+
+
+def read_order(world: World) -> ToolCall:
+    call = create_call(
+        agent=world.agent,
+        tool=Tool.objects.get(name="shop__get_order"),
+        arguments={"order_id": "ord_1"},
+        session_id="s",
+        request_key=uuid.uuid4().hex,
+    )
+    execute(call.pk)
+    call.refresh_from_db()
+    return call
+
+
+def test_a_read_the_upstream_asks_to_wait_for_is_not_asked_again_and_its_agent_is_told(
+    world: World, shop: Shop
+) -> None:
+    """A 429 with Retry-After: 60 was asked again at once, each of the read's attempts within
+    a second (each refused, each counted against the limit), and the agent's 502 said only
+    "try again later"."""
+    asked: list[str] = []
+
+    def limited(handler: Any) -> None:
+        asked.append(handler.command)
+        handler.send_response(429)
+        handler.send_header("retry-after", "60")
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    shop.answer = limited
+    Tool.objects.filter(name="shop__get_order").update(max_attempts=3)
+    call = read_order(world)
+    assert asked == ["GET"], "asked once"
+    assert (call.status, call.error["code"], call.error["retry_after"]) == (
+        Status.FAILED, "upstream_429", 60)  # fmt: skip
+    answer = respond_with(call)  # what the agent's REST (and MCP) request is answered
+    assert (answer.status, answer.headers.get("Retry-After")) == (502, "60")
+    assert "60 s" in answer.body["error"]["suggestion"]
+
+
+def test_a_read_asked_to_wait_a_moment_is_asked_again_after_it(world: World, shop: Shop) -> None:
+    """A wait within a read's backoff is waited for, then the read is asked again."""
+    asked: list[float] = []
+
+    def limited_once(handler: Any) -> None:
+        asked.append(time.monotonic())
+        if len(asked) > 1:
+            raw_reply(handler, 200, {"id": "ord_1"})
+            return
+        handler.send_response(429)
+        handler.send_header("retry-after", "1")
+        handler.send_header("content-length", "0")
+        handler.end_headers()
+
+    shop.answer = limited_once
+    Tool.objects.filter(name="shop__get_order").update(max_attempts=3)
+    call = read_order(world)
+    assert (call.status, call.result) == (Status.SUCCEEDED, {"id": "ord_1"})
+    assert len(asked) == 2 and asked[1] - asked[0] >= 1
