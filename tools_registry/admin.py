@@ -48,6 +48,7 @@ from tools_registry.policy import POLICY_FIELDS, Risk, policy_values
 from tools_registry.rules import teams_named
 from tools_registry.schemas import argument_paths
 from tools_registry.services.agents import MAX_STOP_REASON
+from tools_registry.services.identity_providers import FIELDS as IDENTITY_PROVIDER_SETTINGS
 from tools_registry.services.sync import policy_for_new_risk
 from tools_registry.services.upstreams import SETTINGS as UPSTREAM_SETTINGS
 from tools_registry.services.upstreams import (
@@ -1101,16 +1102,7 @@ class IdentityProviderForm(forms.ModelForm):
 
     class Meta:
         model = IdentityProvider
-        fields = [
-            "name",
-            "issuer",
-            "audience",
-            "jwks_url",
-            "user_id_claim",
-            "roles_claim",
-            "algorithms",
-            "max_token_age_seconds",
-        ]
+        fields = list(IDENTITY_PROVIDER_SETTINGS)  # those its save audits and checks
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
