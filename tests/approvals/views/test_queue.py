@@ -231,6 +231,10 @@ def test_the_page_query_uses_a_partial_index_on_pending_calls(world: World) -> N
         # A test table is tiny, so a sequential scan would win on cost; turning it off asks
         # whether an index CAN serve the query, which is what the index predicate decides.
         cursor.execute("SET LOCAL enable_seqscan = off")
+        # Statistics of the tables as they are, as autovacuum keeps them: a test before this
+        # one in the same process that committed thousands of calls (the table emptied after
+        # it) left the planner costing tables that are no more.
+        cursor.execute("ANALYZE approvals_toolcall, approvals_decision")
         for queue_filters in filters:
             with CaptureQueriesContext(connection) as queries:
                 selectors.queue_page(user=world.bob, filters=queue_filters)
