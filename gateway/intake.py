@@ -333,7 +333,7 @@ def _accept(request: _Request, opened: _Opened) -> StoredResponse | ToolCall:
     # Last, once no rule refuses the call: Redis is not rolled back with the transaction, so
     # a call refused after taking from the windows would spend them. A rate refusal here
     # rolls the new call back with everything else.
-    _take_rate(agent, request.end_user, tool)
+    _take_rate(agent, request.end_user.id, tool)
     if call.status == Status.RECEIVED:
         return call
     # Waiting for reviewers, or approved at once by a rule: accepted, not done.
@@ -489,26 +489,12 @@ def admit_rerun(*, agent: Agent, call: ToolCall) -> breaker.Admission:
     at). Asked last, inside the retry's transaction: a refusal leaves the call failed and its
     probe slot (if it took one) free. The slot is the call's (``breaker.admit``'s
     ``for_call``): its claim gives it back if it refuses to run the call."""
-    tool = call.tool
+    admission = _admit(call.tool, for_call=call.pk)
     try:
-        admission = breaker.admit(tool, for_call=call.pk)
-    except breaker.CircuitOpen as exc:
-        raise Refused(errors.circuit_open(tool.name, retry_after=exc.retry_after), tool) from None
-    except redis.RedisError:
-        raise errors.unavailable() from None
-    try:
-        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=call.on_behalf_of)
-    except redis.RedisError:
+        _take_rate(agent, call.on_behalf_of, call.tool)
+    except BaseException:
         breaker.release(admission)
-        raise errors.unavailable() from None
-    if refusal is not None:
-        breaker.release(admission)
-        raise Refused(
-            errors.rate_limited(
-                scope=refusal.scope, limit=refusal.limit, retry_after=refusal.retry_after
-            ),
-            tool,
-        )
+        raise
     return admission
 
 
@@ -531,9 +517,9 @@ def _audit_retry_refusal(agent: Agent, call_id: UUID, error: errors.ApiError) ->
     )
 
 
-def _take_rate(agent: Agent, end_user: role_scopes.EndUser, tool: Tool) -> None:
+def _take_rate(agent: Agent, on_behalf_of: str, tool: Tool) -> None:
     try:
-        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=end_user.id)
+        refusal = limits.hit(tool=tool, agent=agent, on_behalf_of=on_behalf_of)
     except redis.RedisError:
         raise errors.unavailable() from None
     if refusal is not None:
