@@ -85,7 +85,7 @@ test: $(VENV)/.installed-dev $(AGENT_CLIENTS)/.installed chromium
 	$(VENV)/bin/ruff check . && \
 	SANDBOX_ENABLED=1 $(VENV)/bin/mypy $(TYPED) && \
 	$(PY) manage.py makemigrations --check --dry-run && \
-	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=20 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

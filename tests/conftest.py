@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,33 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     }
     caches.__dict__.pop("settings", None)  # read again from the settings above
     caches.close_all()
+
+
+# Files of a few long tests each (real servers and worker processes, `make run`, fuzzing),
+# longest first: the run starts them first. xdist otherwise orders files by their number of
+# tests, so these came last, and one process ran them for minutes after the other had
+# finished. (`make test` passes --no-loadscope-reorder: xdist keeps this order.)
+LONG_FILES = (
+    "tests/approvals/execution/test_chaos.py",
+    "tests/config/test_embedded_mode.py",
+    "tests/gateway/test_api_contract.py",
+    "tests/approvals/execution/test_upstream_calls.py",
+    "tests/audit/test_concurrent_writers.py",
+    "tests/clients/test_examples.py",
+    "tests/approvals/execution/test_state_machine.py",
+    "tests/gateway/mcp/test_agent_frameworks.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    files = Counter(item.nodeid.partition("::")[0] for item in items)
+
+    def order(item: pytest.Item) -> tuple[int, int, str]:
+        path = item.nodeid.partition("::")[0]
+        rank = LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+        return rank, -files[path], path
+
+    items.sort(key=order)  # stable: each file's tests keep their order
 
 
 # After a test whose rows were committed, its rows are deleted (``tests.support.emptying``,
