@@ -142,6 +142,7 @@ def _wait_in_place(
         try:
             return _wait_on_redis(agent, call_id, seen, deadline, still_allowed)
         except redis.RedisError:
+            # It could not subscribe (a failure mid-wait is ``_wait``'s to handle).
             logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
     return _wait_polling(agent, call_id, seen, deadline, still_allowed)
 
@@ -171,7 +172,10 @@ def _wait(
     still_allowed: Callable[[], None],
 ) -> ToolCall | None:
     """Read the call until it changed or the deadline passed, pausing up to ``step``
-    seconds at a time with no database connection held."""
+    seconds at a time with no database connection held. A pause on Redis that fails turns
+    the rest of the wait into polling, against the same baseline: started afresh, the wait
+    took the status a change made meanwhile (its wake-up lost with Redis) for the one to
+    wait on, and answered it only at the deadline."""
     call = selectors.call_of_agent(agent, call_id)
     baseline = seen or (call.status if call else "")
     while not _done(call, baseline):
@@ -179,7 +183,11 @@ def _wait(
         if remaining <= 0:
             break
         _release_connection()
-        pause(min(remaining, step))
+        try:
+            pause(min(remaining, step))
+        except redis.RedisError:
+            logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
+            pause, step = time.sleep, POLL_SECONDS
         still_allowed()
         call = selectors.call_of_agent(agent, call_id)
     return call

@@ -341,7 +341,10 @@ def _finish(
 def backoff(attempts: int) -> timedelta:
     """Delay before the next attempt: base x 2^(n-1), capped, minus up to half as jitter."""
     base = settings.WEBHOOK_RETRY_BASE_SECONDS
-    delay = min(base * 2 ** max(attempts - 1, 0), settings.WEBHOOK_RETRY_MAX_SECONDS)
+    # The doubling stops at 2^60, past any cap: a float base times 2^1024 and more (the
+    # attempts of a deployment retrying for weeks) raised OverflowError, and the attempt
+    # was neither recorded nor given up.
+    delay = min(base * 2 ** min(max(attempts - 1, 0), 60), settings.WEBHOOK_RETRY_MAX_SECONDS)
     return timedelta(seconds=delay * random.uniform(0.5, 1.0))
 
 

@@ -6,21 +6,26 @@ clock), not how fast it answered: speed belongs in bench/."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from django.conf import settings
 from django.db import connection, connections
 from django.test import override_settings
 
 from approvals.models import ToolCall
 from approvals.services.calls import cancel_call, expire_call
 from approvals.services.decisions import decide
+from gateway import longpoll
 from tests.conftest import ApiClient, World
 from tests.gateway.conftest import SEND_EMAIL
+from tests.support.link import TcpLink
 from tests.support.longpoll import LongPollSpy
-from tests.support.workers import wait_for
+from tests.support.workers import purge_queue, wait_for
 from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
 
@@ -321,3 +326,44 @@ def test_long_polls_leave_a_quarter_of_the_threads_to_requests_that_do_not_wait(
                 cancel_call(call_id=call_id, agent=live_world.agent)
             results = [waiter.result(timeout=30) for waiter in [*waiters[1:], again]]
     assert [(status, body["status"]) for _, status, body in results] == [(200, "cancelled")] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_made_while_redis_failed_ends_the_wait_that_falls_back_to_polling(
+    live_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis cut mid-wait: the change made meanwhile was published to nobody, and the wait
+    goes on polling the database. It still compares with the status it started from: taken
+    afresh as it fell back, the new status was the one waited to change, until the deadline."""
+    target = urlsplit(settings.REDIS_URL)
+    link = TcpLink((target.hostname or "127.0.0.1", target.port or 6379))
+    sat_down, go_on = threading.Event(), threading.Event()
+    next_message = longpoll._next_message
+
+    def held_next_message(pubsub: Any, timeout: float) -> bool:
+        # The first pause starts only once the test has cut Redis and changed the call.
+        sat_down.set()
+        go_on.wait(timeout=30)
+        return next_message(pubsub, timeout)
+
+    monkeypatch.setattr(longpoll, "_next_message", held_next_message)
+    try:
+        with override_settings(REDIS_URL=f"redis://127.0.0.1:{link.port}{target.path}"):
+            call_id = _pending_call(live_world)
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(_poll, live_world.token, call_id, "wait=30")
+                assert sat_down.wait(timeout=30)
+                link.cut()
+                # Approved, not ended: only the change of status ends the wait. Its
+                # wake-up is lost with Redis.
+                decide(call_id=call_id, reviewer=live_world.bob, verdict="approve", comment="ok")
+                resumed = time.monotonic()
+                go_on.set()
+                answered_at, status, body = waiting.result(timeout=60)
+    finally:
+        link.close()
+        purge_queue()  # the approved call's execution, which no worker here runs
+    assert (status, body["status"]) == (200, "approved"), body
+    # Polling every 0.5 s sees the change at once; waiting for another one, it answered
+    # only at the 30 s deadline.
+    assert answered_at - resumed < 10

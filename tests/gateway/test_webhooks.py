@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import standardwebhooks
 from countersign_client import verify_webhook
+from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
@@ -933,3 +934,25 @@ def test_the_docs_name_the_webhook_events_as_they_are_sent() -> None:
     }
     assert named, "the docs name the events"
     assert {(page, event) for page, event in named if not event.startswith("call.")} == set()
+
+
+@override_settings(
+    WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_MAX_ATTEMPTS=2000, WEBHOOK_RETRY_BASE_SECONDS=5.0
+)
+def test_an_attempt_past_the_thousandth_is_still_recorded_and_retried_within_the_cap(
+    world: World, receiver: Receiver
+) -> None:
+    """A deployment retrying for weeks (WEBHOOK_MAX_ATTEMPTS past 1024, the base set in the
+    environment: a float): the backoff's doubling went past what a float holds, and each failed attempt raised OverflowError
+    instead of being recorded, to be sent again after every lease, never given up."""
+    receiver.statuses = [500]
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(attempts=1100)
+    deliver_webhook(str(delivery.pk))
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.last_status_code) == ("pending", 1101, 500)
+    assert delivery.lease_until is None
+    assert [a.number for a in delivery.attempt_log.all()] == [1101]
+    wait = (delivery.next_attempt_at - timezone.now()).total_seconds()
+    assert 0 < wait <= settings.WEBHOOK_RETRY_MAX_SECONDS
