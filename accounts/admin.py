@@ -27,6 +27,7 @@ from django.utils.html import format_html
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.forms import PasswordSetByAdminForm
 from accounts.models import SsoIdentity
 from audit.log import record
 from audit.receivers import attempted_name
@@ -193,7 +194,9 @@ class PersonForm(ChangedMeanwhileRefused, UserChangeForm):
     def stored_state(self) -> Any:
         person = User.objects.filter(pk=self.instance.pk)
         # Not when they last signed in: that changes at each sign-in, and decides nothing.
-        fields = ["username", "first_name", "last_name", "email", "date_joined"]
+        # And the password (digested, as all of it), which the page never sets: the admin
+        # saves the whole row as read before the lock, so one set meanwhile was set back.
+        fields = ["username", "first_name", "last_name", "email", "date_joined", "password"]
         return {
             **person.values(*fields, "is_active", "is_staff", "is_superuser").get(),
             "groups": sorted(person.values_list("groups", flat=True).exclude(groups=None)),
@@ -223,6 +226,7 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
     inlines = (SsoIdentityInline,)
     deleted_as = "user"
     form = PersonForm
+    change_password_form = PasswordSetByAdminForm  # the password alone is written
 
     # Someone who is not a superuser grants only what they hold (a compliance rule: nobody
     # grants what they do not hold), never to themselves, never changes or deletes a person
@@ -357,7 +361,7 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         return response
 
 
-class TeamForm(ChangedMeanwhileRefused):
+class TeamForm(ChangedMeanwhileRefused, forms.ModelForm):
     """A team's form: a team tools' policy rules name keeps its name until they no longer
     do (``rule_teams``): renamed, it would leave them asking for a team nobody is in. Nor
     does it save if the team was changed since the page was shown (``ChangedMeanwhileRefused``):

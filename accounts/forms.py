@@ -5,6 +5,9 @@ from typing import Any
 from django import forms
 from django.contrib.admin.forms import AdminPasswordChangeForm
 from django.contrib.auth import authenticate
+
+# Django's other form of that name: a superuser's setting of anyone's password.
+from django.contrib.auth.forms import AdminPasswordChangeForm as PasswordSetForm
 from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
 from django.http import HttpRequest
 
@@ -58,11 +61,30 @@ class OldPasswordCountedAsSignIn:
         return old_password
 
 
-class CountedPasswordChangeForm(OldPasswordCountedAsSignIn, AdminPasswordChangeForm):
+class PasswordOnlySaved:
+    """A form setting a password writes that column alone. Django's saves the account's
+    whole row as read when the request began (the person signed in, or the admin page's),
+    the password hashed in between: a change committed meanwhile (the account deactivated)
+    was written back."""
+
+    def set_password_and_save(self, user: Any, *args: Any, commit: bool = True, **kw: Any) -> Any:
+        user = super().set_password_and_save(user, *args, commit=False, **kw)  # type: ignore[misc]
+        if commit:
+            user.save(update_fields=["password"])
+        return user
+
+
+class PasswordSetByAdminForm(PasswordOnlySaved, PasswordSetForm):
+    """A superuser's setting of someone's password (the person's "Set password" page)."""
+
+
+class CountedPasswordChangeForm(
+    OldPasswordCountedAsSignIn, PasswordOnlySaved, AdminPasswordChangeForm
+):
     """The admin's change of one's own password (its "Change password" page)."""
 
 
-class OwnPasswordForm(OldPasswordCountedAsSignIn, PasswordChangeForm):
+class OwnPasswordForm(OldPasswordCountedAsSignIn, PasswordOnlySaved, PasswordChangeForm):
     """The account page's change of one's own password: Django's form (the password
     validators of ``AUTH_PASSWORD_VALIDATORS``), and a code from the authenticator app,
     which the view checks last (``accounts.views.change_password``)."""

@@ -1,5 +1,6 @@
 """The admin's add and change pages when two saves race: for one unique name, or for one
-row (a page saved after someone else changed what it showed)."""
+row (a page saved after someone else changed what it showed: the one door for every admin
+page that edits a row, a tool's grants among them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from typing import Any
 
 from django import forms
-from django.db import IntegrityError
+from django.db import IntegrityError, models
 from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import salted_hmac
 
@@ -37,24 +38,33 @@ class UniqueNameRaceShown:
         return super().changeform_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
 
 
-class ChangedMeanwhileRefused(forms.ModelForm):
-    """A change page that saves nothing when what it edits was changed since it was shown.
+class ChangedMeanwhileRefused(forms.Form):
+    """A page that saves nothing when what it edits was changed since it was shown.
 
-    The admin posts every field the page showed and saves those that differ from the row as
-    stored when the save arrives: a page loaded before someone else's change wrote it back
-    as its own (an account deactivated, active again; a team's permission taken away, given
-    back), unseen by whoever saved. The page carries a digest of what it showed
-    (``shown_state``); the save compares it with the row's, under the row's lock, held until
-    the save commits (the admin's save is one transaction), and asks for a reload if they
-    differ. A subclass says what the page shows (``stored_state``) and names it (``edits``).
+    The admin posts every field the page showed and saves them over the row as stored when
+    the save arrives (guardian's grant page sets exactly what it posts): a page loaded
+    before someone else's change wrote it back as its own (an account deactivated, active
+    again; a grant taken away, given back; a refusal rule removed), unseen by whoever saved.
+    The page carries a digest of what it showed (``shown_state``); the save locks the
+    row it writes (``edited_row``), held until the save commits (the page's save is one
+    transaction, the row locked as the save's own service locks it), then compares, and asks
+    for a reload if they differ (``changed_meanwhile``: the subclass's own checks skip a page
+    refused). A subclass says what the page shows (``stored_state``) and names it
+    (``edits``). Put in front of a ``ModelForm``, whose instance is the row by default.
     """
 
     shown_state = forms.CharField(widget=forms.HiddenInput, required=False)
     edits = "This record"
+    changed_meanwhile = False
 
     def stored_state(self) -> Any:
         """What the page shows of the row as stored now, as JSON."""
         raise NotImplementedError
+
+    def edited_row(self) -> models.Model | None:
+        """The row the save writes; None on an add page (nothing was shown to compare)."""
+        instance: models.Model | None = getattr(self, "instance", None)
+        return instance if instance is not None and instance.pk is not None else None
 
     def _digest(self) -> str:
         # Keyed: the state may hold a secret (a password left in an upstream's URL), and the
@@ -64,17 +74,17 @@ class ChangedMeanwhileRefused(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:
+        if self.edited_row() is not None:
             self.initial["shown_state"] = self._digest()
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
-        if self.instance.pk is None:
+        row = self.edited_row()
+        if row is None:
             return cleaned
-        type(self.instance)._default_manager.select_for_update().values_list("pk").get(
-            pk=self.instance.pk
-        )
+        type(row)._default_manager.select_for_update().values_list("pk").get(pk=row.pk)
         if cleaned.get("shown_state") != self._digest():
+            self.changed_meanwhile = True
             self.add_error(
                 None,
                 f"{self.edits} was changed since you opened this page (see the audit trail): "

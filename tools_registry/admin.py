@@ -47,7 +47,7 @@ from tools_registry.models import (
 from tools_registry.policy import POLICY_FIELDS, Risk, policy_values
 from tools_registry.rules import teams_named
 from tools_registry.schemas import argument_paths
-from tools_registry.services.agents import MAX_STOP_REASON
+from tools_registry.services.agents import AGENT_FIELDS, MAX_STOP_REASON
 from tools_registry.services.identity_providers import FIELDS as IDENTITY_PROVIDER_SETTINGS
 from tools_registry.services.sync import policy_for_new_risk
 from tools_registry.services.upstreams import SETTINGS as UPSTREAM_SETTINGS
@@ -130,28 +130,27 @@ RULES_HELP = (
 )
 
 
-class ToolPolicyForm(forms.ModelForm):
+class ToolPolicyForm(ChangedMeanwhileRefused, forms.ModelForm):
+    # What the page showed is checked on save (``ChangedMeanwhileRefused``): one loaded
+    # before someone else's edit wrote it back (a refusal rule removed, a quorum lowered
+    # again), as did an imported tool's page loaded before a resync brought the upstream's
+    # new description (a new definition version, without a new policy).
+    edits = "This tool"
+
     rules = PrettyJSONField(
         required=False, widget=RulesWidget(attrs={"rows": 10, "cols": 90}), help_text=RULES_HELP
     )
-    # The policy version the page showed. The admin posts every field it showed, and
-    # changed_data compares them with the policy as stored when the save arrives: a page
-    # loaded before someone else's edit wrote their change back as its own (a refusal rule
-    # removed, a quorum lowered again), unseen by whoever saved.
-    shown_policy_version = forms.IntegerField(widget=forms.HiddenInput)
-    # And the definition's version (its description and risk among what it covers): a
-    # resync brings the upstream's new description without a new policy, and an imported
-    # tool's page loaded before it wrote the old one back as its admin's own edit.
-    shown_version = forms.CharField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = Tool
         fields = list(POLICY_FIELDS)
 
+    def stored_state(self) -> Any:
+        # Every change of a policy field bumps the one, of the definition the other.
+        return Tool.objects.values("policy_version", "version").get(pk=self.instance.pk)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["shown_policy_version"].initial = self.instance.policy_version
-        self.fields["shown_version"].initial = self.instance.version
         if "sensitive_fields" in self.fields:
             # Picked from the argument paths the schema declares, never typed as JSON; a
             # stored path the schema no longer has stays listed, so that no save drops it
@@ -185,39 +184,18 @@ class ToolPolicyForm(forms.ModelForm):
         return list(self.cleaned_data.get("secret_fields") or [])
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        if not self._policy_as_shown():
-            return cleaned
-        # The same rules as update_policy, reported next to the fields they are about.
-        # self.instance still holds the stored policy here (the form copies onto it later).
-        values = {**policy_values(self.instance), **cleaned}
-        self._check(self.instance, values)
+        # The tool's row is locked first (``ChangedMeanwhileRefused``), as ``update_policy``
+        # locks it before the teams its rules name.
+        cleaned = super().clean()
+        if not self.changed_meanwhile:
+            # The same rules as update_policy, reported next to the fields they are about.
+            self._check(*self._saved_policy(cleaned))
         return cleaned
 
-    def _policy_as_shown(self) -> bool:
-        """Whether the stored policy (and definition) is the version the page showed; an error if
-        not. The tool's row stays locked until the save commits (the admin's save is one
-        transaction; ``update_policy`` locks it the same way, before the teams its rules
-        name), so no edit can land between this check and the save."""
-        shown = self.cleaned_data.get("shown_policy_version")
-        if shown is None:
-            return False  # not posted: the field's own error says so
-        stored, version = (
-            Tool.objects.select_for_update(of=("self",))
-            .values_list("policy_version", "version")
-            .get(pk=self.instance.pk)
-        )
-        if stored == shown and version == self.cleaned_data.get("shown_version"):
-            return True
-        what = "policy" if stored != shown else "definition"
-        self.add_error(
-            None,
-            f"This tool's {what} was changed since you opened this page (policy version "
-            f"{shown}, now {stored}; its history is in the audit trail): nothing was saved, "
-            "since saving would have written back what the page showed. Reload the page and "
-            "make your change again.",
-        )
-        return False
+    def _saved_policy(self, cleaned: dict[str, Any]) -> tuple[Tool, dict[str, Any]]:
+        """The tool and its whole policy as the save would leave them. self.instance still
+        holds the stored policy here (the form copies onto it later)."""
+        return self.instance, {**policy_values(self.instance), **cleaned}
 
     def _check(self, tool: Tool, values: dict[str, Any]) -> None:
         """``check_policy``'s problems, each next to the field it is about."""
@@ -240,15 +218,12 @@ class ImportedToolForm(ToolPolicyForm):
         model = Tool
         fields = ["description", "risk", *POLICY_FIELDS]
 
-    def clean(self) -> dict[str, Any]:
-        if "risk" not in self.changed_data or "risk" not in self.cleaned_data:
-            return super().clean()
-        if not self._policy_as_shown():
-            return self.cleaned_data
+    def _saved_policy(self, cleaned: dict[str, Any]) -> tuple[Tool, dict[str, Any]]:
+        if "risk" not in self.changed_data or "risk" not in cleaned:
+            return super()._saved_policy(cleaned)
         # A new risk class resets the policy fields it does not allow (edit_imported_tool),
         # then the fields changed here apply: checked as that policy of the new class, so
         # that what the service would refuse is an error next to its field, not a 500.
-        cleaned = self.cleaned_data
         new_risk = cleaned["risk"]
         as_new = copy.copy(self.instance)
         as_new.risk = new_risk
@@ -257,36 +232,29 @@ class ImportedToolForm(ToolPolicyForm):
             **policy_for_new_risk(self.instance, new_risk, self.instance.input_schema),
             **{n: cleaned[n] for n in self.changed_data if n in POLICY_FIELDS and n in cleaned},
         }
-        self._check(as_new, values)
-        return cleaned
+        return as_new, values
 
 
 def _permissions_form(base: type[forms.Form]) -> type[forms.Form]:
     """Guardian's per-user / per-team permission form, saving through the audited service."""
 
-    class AuditedObjectPermissionsForm(base):  # type: ignore[misc,valid-type]
+    class AuditedObjectPermissionsForm(
+        ChangedMeanwhileRefused,
+        base,  # type: ignore[misc,valid-type]
+    ):
+        # What the page showed the subject holding is checked on save
+        # (``ChangedMeanwhileRefused``): the page sets exactly what it posts, and one loaded
+        # before someone took a grant away gave it back, as its saver's grant.
         changed_by: Any = None
-        # What the page showed the subject holding. The page sets exactly what it posts: one
-        # loaded before someone took a grant away gave it back, as its saver's grant.
-        shown_permissions = forms.CharField(widget=forms.HiddenInput, required=False)
+        edits = "Their access to this tool"
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.fields["shown_permissions"].initial = ",".join(self.get_obj_perms_field_initial())
-
-        def clean(self) -> dict[str, Any]:
-            cleaned: dict[str, Any] = super().clean() or {}
-            # The tool's row first, as set_permissions locks it (the view is one transaction,
+        def edited_row(self) -> Tool:
+            # The tool's row, as set_permissions locks it (the view is one transaction,
             # ``ToolAdmin.obj_perms_manage_user_view``): no grant changes before the save.
-            Tool.objects.select_for_update().values_list("pk").get(pk=self.obj.pk)
-            held = ",".join(self.get_obj_perms_field_initial())
-            if cleaned.get("shown_permissions", "") != held:
-                raise forms.ValidationError(
-                    "These grants were changed since you opened this page (see the audit "
-                    "trail): nothing was saved, since saving would have set what the page "
-                    "showed. Reload the page and make your change again."
-                )
-            return cleaned
+            return self.obj
+
+        def stored_state(self) -> Any:
+            return self.get_obj_perms_field_initial()
 
         def _subject(self) -> dict[str, Any]:
             return {"user": self.user} if hasattr(self, "user") else {"group": self.group}
@@ -400,8 +368,7 @@ class ToolAdmin(ReviewerScopesMixin, GuardedModelAdmin):
                     "sensitive_fields",
                     "secret_fields",
                     "policy_version",
-                    "shown_policy_version",
-                    "shown_version",
+                    "shown_state",
                 ]
             },
         ),
@@ -570,18 +537,18 @@ class AgentTokenInline(admin.TabularInline):
         return super().get_queryset(request).select_related("agent", "created_by")
 
 
-class AgentForm(forms.ModelForm):
+class AgentForm(ChangedMeanwhileRefused, forms.ModelForm):
+    # What the page showed is checked on save (``ChangedMeanwhileRefused``): one loaded
+    # before someone disabled the agent, or took a tool off its allowlist, enabled it again
+    # or gave the tool back, as its own edit.
+    edits = "This agent"
+
     # Roles as a person types them; stored as a list.
     assertable_roles = forms.CharField(
         required=False,
         help_text="Comma-separated: the roles this agent may assert for its users "
         "(only when its users' roles are asserted).",
     )
-    # The settings the page showed (``services.settings_digest``). The admin posts every
-    # field it showed and saves those that differ from the agent as stored when the save
-    # arrives: a page loaded before someone disabled the agent, or took a tool off its
-    # allowlist, enabled it again or gave the tool back, as its own edit.
-    shown_settings = forms.CharField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = Agent
@@ -599,11 +566,14 @@ class AgentForm(forms.ModelForm):
             "unscoped_access",
         ]
 
+    def stored_state(self) -> Any:
+        agent = Agent.objects.filter(pk=self.instance.pk)
+        tools = agent.values_list("allowed_tools", flat=True).exclude(allowed_tools=None)
+        return {**agent.values(*AGENT_FIELDS).get(), "allowed_tools": sorted(tools)}
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.initial["assertable_roles"] = ", ".join(self.instance.assertable_roles or [])
-        if self.instance.pk is not None:
-            self.initial["shown_settings"] = services.settings_digest(self.instance)
         # Left out (a form posted by a script), they keep the model's defaults: no roles,
         # and the whole allowlist for every call, as before roles existed.
         for name in ("user_roles_from", "unscoped_access"):
@@ -627,8 +597,8 @@ class AgentForm(forms.ModelForm):
         return [role.strip() for role in text.split(",") if role.strip()]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        if self.instance.pk is not None and not self._settings_as_shown():
+        cleaned = super().clean()
+        if self.changed_meanwhile:
             return cleaned
         # The same rules as save_agent, reported next to the fields they are about, on a
         # copy: the form copies the values onto the instance itself later.
@@ -648,21 +618,6 @@ class AgentForm(forms.ModelForm):
         else:
             cleaned["role_scopes"] = candidate.role_scopes
         return cleaned
-
-    def _settings_as_shown(self) -> bool:
-        """Whether the agent's settings as stored are those the page showed; a form error if
-        not. The agent's row stays locked until the save commits (the admin's save is one
-        transaction; ``save_agent`` locks it the same way), so no edit lands in between."""
-        Agent.objects.select_for_update(of=("self",)).values_list("pk").get(pk=self.instance.pk)
-        if self.cleaned_data.get("shown_settings") == services.settings_digest(self.instance):
-            return True
-        self.add_error(
-            None,
-            "This agent's settings were changed since you opened this page (see the audit "
-            "trail): nothing was saved, since saving would have written back what the page "
-            "showed. Reload the page and make your change again.",
-        )
-        return False
 
 
 class StopForm(forms.Form):
@@ -753,7 +708,7 @@ class AgentAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
                     "stop_state",
                     "max_rounds_per_session",
                     "allowed_tools",
-                    "shown_settings",
+                    "shown_state",
                 ]
             },
         ),
@@ -1089,41 +1044,25 @@ def _waiting(agents: list[Agent]) -> int:
 # --- Identity providers -------------------------------------------------------------------
 
 
-class IdentityProviderForm(forms.ModelForm):
+class IdentityProviderForm(ChangedMeanwhileRefused, forms.ModelForm):
+    # What the page showed is checked on save (``ChangedMeanwhileRefused``): one loaded
+    # before someone moved the issuer or the keys away from a compromised tenant moved them
+    # back, as its own edit.
+    edits = "This identity provider"
+
     algorithms = forms.MultipleChoiceField(
         choices=[(a, a) for a in TOKEN_ALGORITHMS],
         widget=forms.CheckboxSelectMultiple,
         help_text="Public-key algorithms only: none and the HS family are never accepted.",
     )
-    # The settings the page showed (``services.provider_digest``): the admin posts every
-    # field it showed, and a page loaded before someone moved the issuer or the keys away
-    # from a compromised tenant moved them back, as its own edit.
-    shown_settings = forms.CharField(widget=forms.HiddenInput, required=False)
 
     class Meta:
         model = IdentityProvider
         fields = list(IDENTITY_PROVIDER_SETTINGS)  # those its save audits and checks
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.instance.pk is not None:
-            self.initial["shown_settings"] = services.provider_digest(self.instance)
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        if self.instance.pk is None:
-            return cleaned
-        # Locked until the save commits (the admin's save is one transaction; the service
-        # locks it the same way), so no edit lands between this check and the save.
-        IdentityProvider.objects.select_for_update().values_list("pk").get(pk=self.instance.pk)
-        if cleaned.get("shown_settings") != services.provider_digest(self.instance):
-            self.add_error(
-                None,
-                "This provider's settings were changed since you opened this page (see the "
-                "audit trail): nothing was saved, since saving would have written back what "
-                "the page showed. Reload the page and make your change again.",
-            )
-        return cleaned
+    def stored_state(self) -> Any:
+        fields = IDENTITY_PROVIDER_SETTINGS
+        return IdentityProvider.objects.values(*fields).get(pk=self.instance.pk)
 
 
 @admin.register(IdentityProvider)
@@ -1159,7 +1098,7 @@ class WriteOnlyTextarea(forms.Textarea):
         return None
 
 
-class UpstreamForm(ChangedMeanwhileRefused):
+class UpstreamForm(ChangedMeanwhileRefused, forms.ModelForm):
     # What the page showed is checked on save (``ChangedMeanwhileRefused``): one loaded
     # before someone moved the URL off a compromised host, or switched the upstream off,
     # moved it back or switched it on again. The headers are never shown, only their names.

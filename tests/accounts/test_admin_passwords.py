@@ -6,6 +6,7 @@ Mallory is a tool admin who may also add and change people; she is not a superus
 
 from __future__ import annotations
 
+import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -16,6 +17,7 @@ from tests.accounts.test_admin_accounts import user_form
 from tests.approvals.conftest import make_call
 from tests.conftest import World
 from tests.support.totp import code_for
+from tests.support.uncommitted import uncommitted
 
 required = override_settings(REQUIRE_2FA=True)
 INLINE = {"sso_identity-TOTAL_FORMS": "0", "sso_identity-INITIAL_FORMS": "0"}
@@ -162,3 +164,20 @@ def test_a_superuser_onboards_a_reviewer_with_a_password_as_before(world: World)
     assert call.status != Status.PENDING
     (created,) = AuditEvent.objects.filter(action="auth.user_created")
     assert (created.actor_label, created.outcome) == ("root", "with_password")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_set_as_the_account_is_deactivated_does_not_activate_it_again(
+    world: World,
+) -> None:
+    """Root sets bob's password as another admin deactivates bob (he left). Django's page read
+    bob's row before the deactivation committed and saved it whole with the new password:
+    bob was active again, with a password a superuser knows. Only the password is written."""
+    root = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    client = Client()
+    client.force_login(root)
+    with uncommitted(lambda: User.objects.filter(pk=world.bob.pk).update(is_active=False)):
+        response = client.post(f"/admin/auth/user/{world.bob.pk}/password/", CHOSEN)
+    assert response.status_code == 302
+    bob = User.objects.get(pk=world.bob.pk)
+    assert (bob.is_active, bob.check_password("Chosen-9x-pass!")) == (False, True)

@@ -6,10 +6,11 @@ refused instead (``core.admin_saves.ChangedMeanwhileRefused``)."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
 from tests.conftest import World, events
+from tests.support.uncommitted import uncommitted
 from tests.tools_registry.conftest import admin_form_data
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -87,3 +88,34 @@ def test_a_teams_page_loaded_before_a_permission_was_taken_away_does_not_give_it
     team.refresh_from_db()
     assert (team.name, list(team.permissions.all())) == ("support-eu", [])
     assert 'type="hidden" name="shown_state"' in shown.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_persons_page_saved_as_their_password_changes_does_not_set_the_old_one_back(
+    world: World, admin_client: Client
+) -> None:
+    """Root saves bob's page (a new e-mail address) as bob's new password is being set (his
+    old one leaked). Root's save read bob's row before that change committed, waited for it
+    at the row's lock, found what the page showed unchanged (the password was not part of
+    it), and wrote the whole row as read: the leaked password worked again, and the page
+    said it had saved an e-mail address. It is refused instead."""
+    url = f"/admin/auth/user/{world.bob.pk}/change/"
+    page = _person_page(admin_client.get(url))
+
+    def new_password() -> None:
+        bob = User.objects.get(pk=world.bob.pk)
+        bob.set_password("a-new-passphrase-for-bob")
+        bob.save(update_fields=["password"])
+
+    with uncommitted(new_password):
+        response = admin_client.post(url, {**page, "email": "bob@corp.example"})
+    assert response.status_code == 200
+    assert _refused(response)
+    bob = User.objects.get(pk=world.bob.pk)
+    assert bob.check_password("a-new-passphrase-for-bob")
+    assert bob.email == "bob@example.com"
+    # Reloaded, the page saves, and the new password stays.
+    page = _person_page(admin_client.get(url))
+    assert admin_client.post(url, {**page, "email": "bob@corp.example"}).status_code == 302
+    bob = User.objects.get(pk=world.bob.pk)
+    assert (bob.check_password("a-new-passphrase-for-bob"), bob.email) == (True, "bob@corp.example")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from axes.models import AccessAttempt
 from django.contrib.auth.models import User
 from django.test import Client, override_settings
@@ -14,6 +15,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.totp import code_for
+from tests.support.uncommitted import uncommitted
 
 NEW = {"new_password1": "Zq-new-pass-77", "new_password2": "Zq-new-pass-77"}
 
@@ -209,3 +211,18 @@ def test_the_admin_s_page_which_asks_no_code_sends_those_with_an_app_to_the_acco
     ops.refresh_from_db()
     assert ops.check_password("pw-ops-Long-9")
     assert not AuditEvent.objects.filter(action="auth.password_set").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_changed_as_the_account_is_deactivated_does_not_activate_it_again(
+    world: World,
+) -> None:
+    """Bob changes his password as an admin deactivates him (he left). The change saved the
+    account's whole row as read when the request began, before the deactivation committed:
+    bob was active again. Only the password is written."""
+    here = signed_in("bob", "pw-bob")
+    with uncommitted(lambda: User.objects.filter(pk=world.bob.pk).update(is_active=False)):
+        response = here.post("/account/password/", {"old_password": "pw-bob", **NEW})
+    assert response.status_code == 302
+    bob = User.objects.get(pk=world.bob.pk)
+    assert (bob.is_active, bob.check_password("Zq-new-pass-77")) == (False, True)

@@ -13,6 +13,7 @@ from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.workers import purge_queue
 from tools_registry import services as registry_services
+from tools_registry.admin import ToolPolicyForm
 
 
 def test_a_refused_round_is_audited_after_the_rollback(world: World) -> None:
@@ -71,8 +72,7 @@ def test_a_policy_change_in_the_admin_is_audited_with_before_and_after(world: Wo
     data = {name: getattr(tool, name) for name in fields}
     # No sensitive field ticked: the multi-select of argument paths posts nothing.
     data.update(enabled="on", reminder_after_seconds="", approvals_required=2)
-    data["shown_policy_version"] = tool.policy_version  # the version the page showed
-    data["shown_version"] = tool.version
+    data["shown_state"] = ToolPolicyForm(instance=tool).initial["shown_state"]  # as the page
     data = {k: v for k, v in data.items() if v is not None}
     response = client.post(f"/admin/tools_registry/tool/{tool.pk}/change/", data)
     assert response.status_code == 302, response.content.decode()[:2000]

@@ -183,19 +183,25 @@ def _perm_url(tool: Tool, kind: str, subject_id: int) -> str:
     return f"/admin/tools_registry/tool/{tool.pk}/permissions/{kind}-manage/{subject_id}/"
 
 
+def _shown(client: Client, url: str) -> dict[str, str]:
+    """What the grant page carries of what it showed (``shown_state``), as stored now."""
+    return {"shown_state": client.get(url).context["form"]["shown_state"].value()}
+
+
 def test_a_grant_and_a_revoke_on_the_object_permission_page_are_audited(
     world: World, admin_client: Client
 ) -> None:
     tool = world.tools["issue_refund"]
     url = _perm_url(tool, "user", world.charlie.pk)
-    # Each post says what its page showed held (``shown_permissions``), as the page does.
-    assert admin_client.post(url, {"permissions": ["review_tool"]}).status_code == 302
+    # Each post says what its page showed held (``shown_state``), as the page does.
+    response = admin_client.post(url, {"permissions": ["review_tool"], **_shown(admin_client, url)})
+    assert response.status_code == 302
     assert can_review(world.charlie, tool) is True
     [added] = events("grant.added", tool_name="issue_refund", actor_label="root")
     assert added.data == {"permission": "review_tool", "user": "charlie"}
 
     # Saving the same selection again changes nothing and records nothing.
-    shown = {"shown_permissions": "review_tool"}
+    shown = _shown(admin_client, url)
     response = admin_client.post(url, {"permissions": ["review_tool"], **shown})
     assert response.status_code == 302
     assert len(events("grant.added", tool_name="issue_refund", actor_label="root")) == 1
@@ -216,7 +222,8 @@ def test_a_team_grant_on_the_object_permission_page_is_audited(
     team = Group.objects.create(name="crm-team")
     world.charlie.groups.add(team)
     url = _perm_url(tool, "group", team.pk)
-    response = admin_client.post(url, {"permissions": ["review_tool", "reveal_tool_arguments"]})
+    chosen = {"permissions": ["review_tool", "reveal_tool_arguments"]}
+    response = admin_client.post(url, {**chosen, **_shown(admin_client, url)})
     assert response.status_code == 302
     assert can_review(world.charlie, tool) is True
     granted = events("grant.added", tool_name="update_customer", actor_label="root")
@@ -238,9 +245,8 @@ def test_model_wide_permissions_are_not_offered_per_tool(
     assert 'value="review_tool"' in page
     assert 'value="reveal_tool_arguments"' in page
     assert 'value="change_tool"' not in page
-    response = admin_client.post(
-        _perm_url(tool, "user", world.charlie.pk), {"permissions": ["change_tool"]}
-    )
+    url = _perm_url(tool, "user", world.charlie.pk)
+    response = admin_client.post(url, {"permissions": ["change_tool"], **_shown(admin_client, url)})
     assert response.status_code == 200  # refused as an invalid choice
     assert events("grant.added", actor_label="root") == []
 

@@ -49,7 +49,7 @@ def test_a_policy_page_loaded_before_another_edit_does_not_undo_it(
     tool.refresh_from_db()
     assert (tool.rules, tool.approval_ttl_seconds, tool.policy_version) == ([REFUSE_BIG], 600, 3)
     # The version travels in the page itself, as a browser posts it back.
-    assert 'type="hidden" name="shown_policy_version"' in shown.content.decode()
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()
 
 
 def test_an_agent_page_loaded_before_a_disable_does_not_enable_it_again(
@@ -81,7 +81,7 @@ def test_an_agent_page_loaded_before_a_disable_does_not_enable_it_again(
     agent.refresh_from_db()
     assert (agent.enabled, agent.max_rounds_per_session) == (False, 20)
     assert not agent.allowed_tools.filter(name="send_email").exists()
-    assert 'type="hidden" name="shown_settings"' in shown.content.decode()
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()
 
 
 def test_a_grant_page_loaded_before_a_revocation_does_not_grant_it_again(
@@ -111,7 +111,7 @@ def test_a_grant_page_loaded_before_a_revocation_does_not_grant_it_again(
     response = admin_client.post(url, {**page, "permissions": ["reveal_tool_arguments"]})
     assert response.status_code == 302
     assert services.current_permissions(tool=tool, user=world.bob) == {"reveal_tool_arguments"}
-    assert 'type="hidden" name="shown_permissions"' in shown.content.decode()
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()
 
 
 def test_an_identity_provider_page_loaded_before_a_change_does_not_undo_it(
@@ -144,7 +144,7 @@ def test_an_identity_provider_page_loaded_before_a_change_does_not_undo_it(
     assert admin_client.post(url, {**page, "name": "okta-main"}).status_code == 302
     provider.refresh_from_db()
     assert (provider.name, provider.issuer) == ("okta-main", "https://new.okta.example/")
-    assert 'type="hidden" name="shown_settings"' in shown.content.decode()
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()
 
 
 def test_an_upstream_page_loaded_before_a_move_does_not_move_it_back(
@@ -230,4 +230,4 @@ def test_an_imported_tools_page_loaded_before_a_resync_does_not_undo_its_descrip
     assert admin_client.post(url, {**page, "timeout_seconds": 20}).status_code == 302
     tool.refresh_from_db()
     assert (tool.description, tool.timeout_seconds) == (told, 20)
-    assert 'type="hidden" name="shown_version"' in shown.content.decode()
+    assert 'type="hidden" name="shown_state"' in shown.content.decode()

@@ -12,7 +12,6 @@ from tools_registry.services.agents import (
     resume_agent,
     save_agent,
     set_enabled,
-    settings_digest,
     stop_agent,
 )
 from tools_registry.services.grants import (
@@ -29,7 +28,6 @@ from tools_registry.services.grants import (
 from tools_registry.services.identity_providers import (
     IdentityProviderInvalid,
     check_identity_provider,
-    provider_digest,
     save_identity_provider,
 )
 from tools_registry.services.policies import PolicyInvalid, check_policy, update_policy
@@ -71,7 +69,6 @@ __all__ = [
     "grant_review",
     "issue_token",
     "old_secrets_valid_until",
-    "provider_digest",
     "record_access_change",
     "resume_agent",
     "revoke",
@@ -82,7 +79,6 @@ __all__ = [
     "save_identity_provider",
     "set_enabled",
     "set_permissions",
-    "settings_digest",
     "signing_secrets",
     "stop_agent",
     "sync_tools",

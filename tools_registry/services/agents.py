@@ -3,8 +3,6 @@ stopping one; audited like any other grant."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,15 +51,6 @@ def _snapshot(agent: Agent, tool_names: Iterable[str]) -> dict[str, Any]:
         "role_scopes": agent.role_scopes or {},
         "unscoped_access": agent.unscoped_access,
     }
-
-
-def settings_digest(agent: Agent) -> str:
-    """A digest of the agent's settings as stored (those ``agent.updated`` audits, the
-    allowlist among them). An admin's page carries the one it showed: an edit saved from a
-    page that showed other settings would write them back (``tools_registry.admin``)."""
-    stored = Agent.objects.select_related("owner", "identity_provider").get(pk=agent.pk)
-    shown = _snapshot(stored, stored.allowed_tools.values_list("name", flat=True))
-    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
 
 
 def check_end_users(agent: Agent) -> None:

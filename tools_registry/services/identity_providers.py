@@ -3,8 +3,6 @@ change decides whose roles are believed."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -52,14 +50,6 @@ def check_identity_provider(provider: IdentityProvider) -> None:
 
 def _snapshot(provider: IdentityProvider) -> dict[str, Any]:
     return {name: getattr(provider, name) for name in FIELDS}
-
-
-def provider_digest(provider: IdentityProvider) -> str:
-    """A digest of the provider's settings as stored. An admin's page carries the one it
-    showed: an edit saved from a page that showed other settings would write them back
-    (an issuer moved away from a compromised tenant, moved back; ``tools_registry.admin``)."""
-    stored = IdentityProvider.objects.get(pk=provider.pk)
-    return hashlib.sha256(json.dumps(_snapshot(stored), sort_keys=True).encode()).hexdigest()
 
 
 @transaction.atomic
