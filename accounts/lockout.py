@@ -12,10 +12,11 @@ from typing import Any
 
 from axes.handlers.database import AxesDatabaseHandler
 from axes.helpers import get_client_username, get_cool_off
-from axes.models import AccessAttempt
+from axes.models import AccessAttempt, AccessBase
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
@@ -39,6 +40,45 @@ class LockoutHandler(AxesDatabaseHandler):
             return 0
         deleted, _ = AccessAttempt.objects.filter(username=username).delete()
         return int(deleted)
+
+    def user_login_failed(
+        self,
+        sender: Any,
+        credentials: dict[str, Any],
+        request: HttpRequest | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """As axes', noting first what this attempt found locked (``on_locked_out``)."""
+        if request is not None:
+            setattr(request, _LOCKED_BEFORE, self.locked(request, credentials))
+        super().user_login_failed(sender, credentials, request, **kwargs)
+
+    def locked(self, request: HttpRequest, credentials: dict[str, Any] | None) -> list[bool]:
+        """For each lockout parameter (the account, the address): whether it is locked."""
+        limit = settings.AXES_FAILURE_LIMIT
+        return [
+            (attempts.aggregate(n=Sum("failures_since_start"))["n"] or 0) >= limit
+            for attempts in self.get_user_attempts(request, credentials)
+        ]
+
+
+# On the request of a failed sign-in: what it found locked (``LockoutHandler.locked``).
+_LOCKED_BEFORE = "countersign_locked_before"
+
+
+def lockout_parameters(
+    request_or_attempt: Any, credentials: dict[str, Any] | None = None
+) -> list[str]:
+    """AXES_LOCKOUT_PARAMETERS: per account and, separately, per address; a sign-in that
+    names no account (single sign-on: the provider names the person only once it has
+    answered) per address only. Axes counted those failures under the name None, one count
+    for every address: a few refused codes from anywhere (a forger's, people's back
+    buttons) refused every sign-in through the provider, everywhere."""
+    if isinstance(request_or_attempt, AccessBase):
+        named = bool(request_or_attempt.username)
+    else:
+        named = bool(get_client_username(request_or_attempt, credentials))
+    return ["username", "ip_address"] if named else ["ip_address"]
 
 
 def client_address(request: HttpRequest) -> str:
@@ -86,7 +126,17 @@ def lockout_response(
 def on_locked_out(
     sender: Any, request: HttpRequest | None, username: str | None, ip_address: str | None, **_: Any
 ) -> None:
-    """Receiver of axes' ``user_locked_out``: the attempt that crossed the limit."""
+    """Receiver of axes' ``user_locked_out``: the attempt that locked the account or the
+    address. Axes sends it at every attempt past the limit too (each restarts the cool-off):
+    those are failed sign-ins (``auth.login_failed``), not lockouts of their own."""
+    if request is not None and hasattr(request, _LOCKED_BEFORE):
+        credentials = getattr(request, "axes_credentials", None)
+        now = LockoutHandler().locked(request, credentials)
+        if not any(
+            after and not before
+            for before, after in zip(getattr(request, _LOCKED_BEFORE), now, strict=False)
+        ):
+            return
     label, known = attempted_name(str(username or ""))
     cool_off = get_cool_off(request) if request is not None else None
     record(

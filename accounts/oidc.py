@@ -27,7 +27,7 @@ from django.contrib import auth
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import SuspiciousOperation
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -348,8 +348,21 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
             raise SuspiciousOperation("the name belongs to an account not linked to this sign-in")
         return people.none()
 
-    @transaction.atomic
     def create_user(self, claims: dict[str, Any]) -> Any:
+        """The person's account, made at their first sign-in. Two sign-ins finishing at once
+        (two tabs) both found none: the second's insert waited for the first's and failed
+        on the name. It takes what a sign-in a moment later finds: the account the first
+        made for the same sub, or the refusal of a name linked to another person."""
+        try:
+            return self._new_account(claims)
+        except IntegrityError:
+            found = self.filter_users_by_claims(claims)
+            if len(found) != 1:
+                raise
+            return self.update_user(found[0], claims)
+
+    @transaction.atomic
+    def _new_account(self, claims: dict[str, Any]) -> Any:
         user_model = get_user_model()
         user = user_model._default_manager.create_user(
             **{user_model.USERNAME_FIELD: str(claims[settings.OIDC_USERNAME_CLAIM]).strip()},

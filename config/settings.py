@@ -466,7 +466,9 @@ if OIDC_ENABLED:
 # separately the client address, for the cool-off; every attempt while locked restarts it.
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 20, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 30))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# ["username", "ip_address"], but a sign-in that names nobody (single sign-on) counts
+# against its address only.
+AXES_LOCKOUT_PARAMETERS = "accounts.lockout.lockout_parameters"
 # A success forgets the failures under the name that signed in, not those from its address
 # (accounts.lockout.LockoutHandler): signing in to one's own account never resets a lock
 # being built against another's.
@@ -476,6 +478,20 @@ AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
 # The client address is REMOTE_ADDR (as in the trail's sign-in events), never a header
 # the client chose to send.
 AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_address"
+# Axes keeps each failed sign-in's form in its row (until the cool-off ends) and masks only
+# "password" and these: the other pages whose password it counts (a change of one's own,
+# the re-authentication) post the new password, the mistyped old one and the app's code.
+AXES_SENSITIVE_PARAMETERS = [
+    "username",  # axes' own two: its log lines name neither
+    "ip_address",
+    "old_password",
+    "new_password1",
+    "new_password2",
+    "password1",
+    "password2",
+    "code",
+    "csrfmiddlewaretoken",
+]
 # The trail already has every sign-in (auth.login, auth.login_failed, auth.locked_out).
 AXES_DISABLE_ACCESS_LOG = True
 AXES_VERBOSE = False

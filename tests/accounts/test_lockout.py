@@ -120,3 +120,60 @@ def test_the_admin_password_change_counts_wrong_old_passwords(world: World) -> N
     right = client.post("/admin/password_change/", {"old_password": "pw-ops-Long-9", **change})
     assert right.status_code == 429
     assert User.objects.get(username="ops").check_password("pw-ops-Long-9")
+
+
+def test_a_failed_sign_in_keeps_no_password_nor_code_of_its_form(world: World) -> None:
+    """Axes keeps each failed sign-in's form data (its rows, in the database until the
+    cool-off ends) and masks only a field named "password": a mistyped current password on
+    the account page kept the new one beside it, in plain text, and the admin's page and
+    the re-authentication kept theirs and the authenticator code."""
+    secrets = ["pw-bob-typo", "Zq-new-pass-77", "Zq-admin-new-88", "pw-ops-typo", "654321"]
+    bob = Client()
+    assert bob.post("/login/", {"username": "bob", "password": "pw-bob"}).status_code == 302
+    changed = bob.post(
+        "/account/password/",
+        {
+            "old_password": "pw-bob-typo",
+            "new_password1": "Zq-new-pass-77",
+            "new_password2": "Zq-new-pass-77",
+        },
+    )
+    assert changed.status_code == 400
+    reauth = bob.post("/approvals/reauthenticate/", {"password": "pw-bob-typo", "code": "654321"})
+    assert reauth.status_code == 200
+    User.objects.create_user("ops", password="pw-ops-Long-9", is_staff=True)
+    ops = Client()
+    assert ops.post("/login/", {"username": "ops", "password": "pw-ops-Long-9"}).status_code == 302
+    admin_change = ops.post(
+        "/admin/password_change/",
+        {
+            "old_password": "pw-ops-typo",
+            "password1": "Zq-admin-new-88",
+            "password2": "Zq-admin-new-88",
+        },
+    )
+    assert admin_change.status_code == 200
+
+    attempts = list(AccessAttempt.objects.values_list("username", "get_data", "post_data"))
+    assert {name for name, _, _ in attempts} == {"bob", "ops"}
+    kept = "\n".join(get + post for _, get, post in attempts)
+    assert "old_password=" in kept and "new_password1=" in kept  # the fields, not their values
+    assert [secret for secret in secrets if secret in kept] == []
+
+
+def test_each_lockout_is_one_event_however_often_it_is_tried(world: World) -> None:
+    """Axes says "locked out" at every attempt past the limit too (each restarts the
+    cool-off): the trail had an auth.locked_out for each, as many lockouts as tries."""
+    client = Client()
+    fail(client, "bob", 25)  # bob's account and this address, locked by one attempt
+    assert AuditEvent.objects.filter(action="auth.locked_out").count() == 1
+    assert AuditEvent.objects.filter(action="auth.login_failed").count() == 25
+    # From the locked address, failures under charlie's name lock his account too: a
+    # lockout of its own (he is refused from everywhere now).
+    fail(client, "charlie", 25)
+    lockouts = AuditEvent.objects.filter(action="auth.locked_out").order_by("id")
+    assert [event.actor_label for event in lockouts] == ["bob", "charlie"]
+    elsewhere = Client().post(
+        "/login/", {"username": "charlie", "password": "pw-charlie"}, REMOTE_ADDR="10.0.0.9"
+    )
+    assert elsewhere.status_code == 429

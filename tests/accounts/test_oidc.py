@@ -23,6 +23,7 @@ from audit.log import record
 from audit.models import AuditEvent
 from tests.conftest import World
 from tests.support.oidc_provider import Provider, running_provider
+from tests.support.uncommitted import uncommitted
 from tests.support.upstreams.raw_http import RawHttpServer, reply
 from tools_registry import services as registry_services
 from tools_registry.permissions import can_review
@@ -179,6 +180,30 @@ def test_a_code_the_provider_refuses_is_a_failed_sign_in_not_a_500(
     response = client.get(f"/oidc/callback/?code=forged&state={state}")
     assert response.status_code == 302 and response["Location"] == "/login/?sso=failed"
     assert "_auth_user_id" not in client.session
+
+
+@override_settings(AXES_FAILURE_LIMIT=3)
+def test_failed_single_sign_ons_lock_their_address_not_every_single_sign_on(
+    world: World, sso: Provider
+) -> None:
+    """A sign-in through the provider names nobody until the provider has answered: axes
+    counted its failures under no name, one count for every address, so three refused
+    codes from anywhere (a forger's, or people's back buttons) refused every sign-in
+    through the provider, everywhere, for the cool-off."""
+    for _ in range(3):
+        client = Client(REMOTE_ADDR="10.0.0.66")
+        state = begun_sign_in(client)
+        refused = client.get(f"/oidc/callback/?code=forged&state={state}")
+        assert refused.status_code in (302, 429)
+    # That address is locked (the lockout, audited) ...
+    assert AuditEvent.objects.filter(action="auth.locked_out", data__ip="10.0.0.66").exists()
+    client = Client(REMOTE_ADDR="10.0.0.66")
+    state = begun_sign_in(client)
+    assert client.get(f"/oidc/callback/?code=forged&state={state}").status_code == 429
+    # ... and no other: dana signs in from hers.
+    client, landed = sign_in_through(sso, "dana", DANA["password"], client=Client())
+    assert landed.status_code == 302 and landed["Location"] == "/audit/"
+    assert "_auth_user_id" in client.session
 
 
 def test_a_provider_that_never_answers_is_a_failed_sign_in_within_a_timeout(
@@ -719,3 +744,33 @@ def test_an_answer_nested_past_pythons_reader_is_a_failed_sign_in_not_a_500(
         provider_endpoint.close()
     assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
     assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("made_for", ["sub-dana", "sub-someone-else"])
+def test_a_first_sign_in_finished_in_two_tabs_at_once_is_not_a_500(
+    world: World, sso: Provider, made_for: str
+) -> None:
+    """Both found no account and made one: the second's insert waited for the first's
+    and failed on the name (a 500). It gets what a sign-in a moment later would: the account
+    made for the same person at the provider (their sub), or the refusal of a name made
+    for someone else."""
+
+    def first_tab() -> None:
+        dana = User.objects.create_user("dana", "dana@example.com")
+        dana.set_unusable_password()
+        dana.save(update_fields=["password"])
+        SsoIdentity.objects.create(user=dana, subject=made_for)
+
+    with uncommitted(first_tab, commits_after=3):
+        client, landed = sign_in_through(sso, "dana", DANA["password"])
+
+    dana = User.objects.get(username="dana")
+    if made_for == "sub-dana":
+        assert landed.status_code == 302 and landed["Location"] == "/audit/"
+        assert client.session["_auth_user_id"] == str(dana.pk)
+        assert list(dana.groups.values_list("name", flat=True)) == ["reviewers"]
+    else:
+        assert landed.status_code == 302 and landed["Location"] == "/login/?sso=failed"
+        assert "_auth_user_id" not in client.session
+        assert AuditEvent.objects.get(action="auth.sso_refused").outcome == "name_taken"
