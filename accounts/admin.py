@@ -265,7 +265,11 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        fields = list(super().get_readonly_fields(request, obj))
+        # When they last signed in is shown, never posted: a page opened before their last
+        # sign-in wrote the time of the one before back (left out of ``PersonForm``'s digest,
+        # which would refuse the page at each sign-in), misleading whoever looks for dormant
+        # accounts.
+        fields = [*super().get_readonly_fields(request, obj), "last_login"]
         if not request.user.is_superuser:
             fields.append("is_superuser")
             if obj is not None and obj.pk == request.user.pk:

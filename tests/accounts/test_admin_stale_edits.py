@@ -64,6 +64,26 @@ def test_a_persons_page_loaded_before_a_deactivation_does_not_activate_them_agai
     assert 'type="hidden" name="shown_state"' in shown.content.decode()
 
 
+def test_a_persons_page_opened_before_they_signed_in_keeps_their_last_sign_in(
+    world: World, admin_client: Client
+) -> None:
+    """Root opens bob's page; bob signs in; root saves an e-mail change. The page showed
+    the sign-in before: it did not post it back, so an auditor looking for dormant accounts
+    sees the one bob just made."""
+    url = f"/admin/auth/user/{world.bob.pk}/change/"
+    page = _person_page(admin_client.get(url))
+    assert "last_login_0" not in page
+    signing_in = Client().post("/login/", {"username": "bob", "password": "pw-bob"})
+    assert signing_in.status_code == 302, signing_in.content
+    world.bob.refresh_from_db()
+    signed_in = world.bob.last_login
+    assert signed_in is not None
+    response = admin_client.post(url, {**page, "email": "bob@corp.example"})
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    world.bob.refresh_from_db()
+    assert (world.bob.email, world.bob.last_login) == ("bob@corp.example", signed_in)
+
+
 def test_a_teams_page_loaded_before_a_permission_was_taken_away_does_not_give_it_back(
     world: World, admin_client: Client
 ) -> None:
