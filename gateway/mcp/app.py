@@ -22,7 +22,14 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http.request import split_domain_port, validate_host
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    ErrorData,
+    JSONRPCError,
+    jsonrpc_message_adapter,
+)
+from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import end_users, errors, payloads
@@ -42,6 +49,11 @@ SESSION_HEADER = "mcp-session-id"
 UNAUTHORIZED = -32001
 NO_BATCH = "A JSON-RPC batch is not served: send one message per request."
 NO_MESSAGE = "The body is not a JSON-RPC message: send one JSON object."
+NOT_A_MESSAGE = (
+    'The body is not a JSON-RPC message: it needs "jsonrpc": "2.0" and a string "method", '
+    '"params" an object if it has any (or, answering a request, its "id" and a "result" or an '
+    '"error").'
+)
 # What _peek answers for a body that is not JSON at all.
 NOT_JSON = object()
 
@@ -132,6 +144,11 @@ class McpEndpoint:
             # the body quoted. It serves no batch, on any revision (2025-03-26 has them).
             await _refuse(send, 400, NO_BATCH if isinstance(parsed, list) else NO_MESSAGE)
             return
+        if isinstance(parsed, dict) and not _is_message(parsed):
+            # The SDK answered -32602 ("invalid params") with its parser's union errors, on
+            # revisions before 2026-07-28 (that one's path says -32600, as JSON-RPC does).
+            await _refuse(send, 400, NOT_A_MESSAGE)
+            return
         message: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
         if "method" in message and "id" in message and not _valid_id(message["id"]):
             # The SDK took such a request for a notification: 202, and its client waited
@@ -196,6 +213,15 @@ def _peek(body: bytes) -> Any:
         raise
     except (ValueError, RecursionError):  # not JSON, or nested past Python's reader
         return NOT_JSON
+
+
+def _is_message(parsed: dict[str, Any]) -> bool:
+    """Whether it is a JSON-RPC message, as the SDK reads one (its own adapter)."""
+    try:
+        jsonrpc_message_adapter.validate_python(parsed, by_name=False)
+    except ValidationError:
+        return False
+    return True
 
 
 def _valid_id(request_id: Any) -> bool:

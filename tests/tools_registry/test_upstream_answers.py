@@ -10,6 +10,7 @@ import gzip
 import json
 import re
 import socket
+import threading
 import time
 import tracemalloc
 import urllib.parse
@@ -473,6 +474,39 @@ def test_an_upstream_that_cannot_be_reached_fails_the_call_unsent() -> None:
     assert (refused.value.code, refused.value.retryable) == ("upstream_unreachable", True)
 
 
+def test_an_mcp_server_whose_name_resolves_slower_than_the_timeout_is_given_up_within_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lookup runs in the event loop's default executor, which asyncio.run waited for as
+    it ended: a resolver taking 8 s held a call (and a listing) with a timeout of 1 s for 8 s,
+    a worker, or a web thread for a read. It fails unsent within the timeout."""
+    from tools_registry.upstreams.offers import ImportFailed
+
+    real_getaddrinfo = socket.getaddrinfo
+    answered = threading.Event()  # the resolver answers once the test is over
+
+    def slow_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("slow-dns.invalid", b"slow-dns.invalid"):
+            answered.wait(8)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    url = "http://slow-dns.invalid:8000/mcp"
+    try:
+        started = time.monotonic()
+        with pytest.raises(ToolFailed) as refused:
+            upstream_mcp.call(url=url, headers=[], tool="t", arguments={}, key="k", timeout=1)
+        assert time.monotonic() - started < 3
+        assert (refused.value.code, refused.value.unsent) == ("upstream_unreachable", True)
+        started = time.monotonic()
+        with pytest.raises(ImportFailed, match="could not be read"):
+            upstream_mcp.offer(upstream="slow", url=url, headers=[], timeout=1)
+        assert time.monotonic() - started < 3
+    finally:
+        answered.set()
+
+
 def call_encoded(body: bytes, encoding: str) -> Any:
     def answer(handler: Any, received: bytes) -> None:
         handler.send_response(200)
@@ -820,6 +854,49 @@ def test_an_mcp_result_holding_a_lone_surrogate_is_kept_as_an_http_answer_is(sse
         server.close()
     assert answer == {"said": "cut \ufffd", "whole": "\U0001f600", "kept": "\\ud83d"}
     assert len(server.calls) == 1
+
+
+def _answer_with(handler: Any, message: dict[str, Any], result: Any, *, sse: bool) -> None:
+    data = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+    if not sse:
+        raw_reply(handler, 200, data.encode())
+        return
+    body = f"event: message\r\ndata: {data}\r\n\r\n".encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "event-stream"])
+def test_an_mcp_result_with_a_content_block_the_sdk_does_not_know_is_kept_as_sent(
+    sse: bool,
+) -> None:
+    """A block of a kind the SDK's types do not know (a later revision's, a server's own):
+    the SDK refused the whole result, and a call that ran was left unknown, its result lost,
+    a rerunnable server's call re-run. Kept as the server sent it, without the credential."""
+
+    def answer(handler: Any, message: dict[str, Any]) -> None:
+        widget = {"type": "widget", "id": "w-1", "said": handler.headers["authorization"]}
+        result = {"content": [{"type": "text", "text": "Made w-1."}, widget]}
+        _answer_with(handler, message, result, sse=sse)
+
+    assert call_mcp(RawMcpServer(answer)) == {
+        "text": "Made w-1.",
+        "content": [
+            {"type": "text", "text": "Made w-1."},
+            {"type": "widget", "id": "w-1", "said": "[credential]"},
+        ],
+    }
+
+    def failed(handler: Any, message: dict[str, Any]) -> None:
+        result = {"content": [{"type": "widget"}, {"type": "text", "text": "No."}], "isError": True}
+        _answer_with(handler, message, result, sse=sse)
+
+    with pytest.raises(ToolFailed, match="The upstream tool failed: No") as refused:
+        call_mcp(RawMcpServer(failed))
+    assert refused.value.code == "upstream_tool_failed"
 
 
 @pytest.mark.parametrize("charset", ["utf-16", "idna", "latin-1"])

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.display import escape_hidden
 from audit.log import record
 from core.hosts import host_and_port
 from core.json_values import storable
@@ -273,7 +274,36 @@ def sync_upstream(
     if headers := _sent_headers(upstream):
         offer.skipped = [secrets.without_credentials(r, headers) for r in offer.skipped]
         offer.tools = _definitions_without_credentials(offer.tools, headers)
+    offer.tools = [_hidden_written_out(tool) for tool in offer.tools]
     return _apply(upstream, offer, actor=actor, enable_new=enable_new)
+
+
+def _hidden_written_out(tool: ImportedTool) -> ImportedTool:
+    """The tool with the hidden characters of its description, and of its schemas' titles
+    and descriptions, written out (``<U+E0041>``: ``audit.display.escape_hidden``): every
+    agent's model reads them in tools/list, and the admin who reads the tool before enabling
+    it saw nothing where the model read words (instructions in Unicode tag characters)."""
+    return dataclasses.replace(
+        tool,
+        description=escape_hidden(tool.description),
+        input_schema=_schema_written_out(tool.input_schema),
+        output_schema=(
+            _schema_written_out(tool.output_schema) if tool.output_schema is not None else None
+        ),
+    )
+
+
+def _schema_written_out(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: escape_hidden(value)
+            if key in ("title", "description") and isinstance(value, str)
+            else _schema_written_out(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_schema_written_out(item) for item in node]
+    return node
 
 
 def _definitions_without_credentials(

@@ -4,16 +4,19 @@ Each tool becomes ``<upstream>__<tool>`` with the server's input schema. Its ris
 from its annotations: ``readOnlyHint`` read, ``destructiveHint`` destructive, anything else
 write. A call passes its idempotency key in ``_meta["io.countersign/idempotency-key"]``;
 its result is the tool's structured content, or its text (with its content blocks when
-some are not text: an image, a resource). An ``isError`` result means the tool reported a
-failure (the call failed), and so does a server that opens no session (nothing was sent),
-while a broken connection or a timeout in the session leaves the outcome unknown. The
-executor is synchronous, so each connection runs on an event loop of its own.
+some are not text: an image, a resource, a kind the SDK does not know, kept as sent). An
+``isError`` result means the tool reported a failure (the call failed), and so does a
+server that opens no session (nothing was sent), while a broken connection or a timeout in
+the session leaves the outcome unknown. The executor is synchronous, so each connection
+runs on an event loop of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -23,6 +26,7 @@ from django.conf import settings
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from pydantic import TypeAdapter, ValidationError
 
 from audit.masking import without_quoted_input
 from core import bounded_http, tls
@@ -79,6 +83,11 @@ def _run[T](
     on_response: Hook | None = None,
 ) -> T:
     async def main() -> T:
+        # The host's name is looked up in the loop's default executor; asyncio.run waits for
+        # that executor's threads as it ends (for 300 s at most), so a lookup given up at the
+        # timeout still held the call (a worker, or a web thread for a read) until the
+        # resolver answered. Given up, it finishes in its own thread, as ``bounded_http``'s.
+        asyncio.get_running_loop().set_default_executor(_Abandoning())
         answered: list[T] = []
         try:
             with anyio.fail_after(timeout):
@@ -93,6 +102,13 @@ def _run[T](
         return answered[0]
 
     return anyio.run(main)
+
+
+class _Abandoning(ThreadPoolExecutor):
+    """An executor whose shutdown waits for no thread (a DNS lookup in one)."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
 
 
 def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: float) -> Offer:
@@ -218,6 +234,8 @@ def call(
     """Run the upstream's tool once, with the call's key in ``_meta``."""
     opened: list[bool] = []  # whether the server opened a session: tools/call is sent in one
     call_answered: list[httpx2.Response] = []  # tools/call's HTTP status line and headers
+    kept = bytearray()  # tools/call's answer as it was read (already held to the limit)
+    call_id: list[Any] = []
 
     async def on_response(response: httpx2.Response) -> None:
         try:
@@ -228,6 +246,9 @@ def call(
             return  # no JSON-RPC request of the SDK's: it sends each whole
         if isinstance(sent, dict) and sent.get("method") == "tools/call":
             call_answered.append(response)
+            call_id.append(sent.get("id"))
+            assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's
+            response.stream = _Kept(response.stream, kept)
 
     async def run(client: Client) -> types.CallToolResult:
         opened.append(True)
@@ -239,7 +260,15 @@ def call(
         request = types.CallToolRequest(
             params=types.CallToolRequestParams(name=tool, arguments=arguments, _meta=meta)
         )
-        return await client.session.send_request(request, types.CallToolResult)
+        try:
+            return await client.session.send_request(request, types.CallToolResult)
+        except ValidationError:
+            # A result the SDK's types refuse (a content block of a kind they do not know, a
+            # later revision's): the server answered, so the tool ran, and a write was left
+            # unknown and re-run. Its result is kept as the server sent it.
+            if (sent_back := _result_as_sent(bytes(kept), call_id[-1:])) is None:
+                raise
+            return sent_back
 
     try:
         result = _run(run, url, headers, timeout, on_response)
@@ -270,7 +299,7 @@ def call(
             # message reaches the call).
             raise UpstreamUnclear(f"{type(cause).__name__}: {scrubbed}"[:500]) from None
         raise cause from None
-    text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+    text = " ".join(t for c in result.content if (t := _text(c)) is not None)
     if result.is_error:
         failure = secrets.without_credentials(text, headers)
         raise ToolFailed(f"The upstream tool failed: {failure}"[:500], code="upstream_tool_failed")
@@ -284,10 +313,70 @@ def call(
             # was kept, an empty one for a tool that answers with a file, and a call that ran
             # lost its result.
             answer["content"] = [
-                c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.content
+                c
+                if isinstance(c, dict)
+                else c.model_dump(mode="json", by_alias=True, exclude_none=True)
+                for c in result.content
             ]
     # Before the cut: a cut through a credential would keep its start.
     return _stored(secrets.answer_without_credentials(answer, headers))
+
+
+class _Kept(httpx2.AsyncByteStream):
+    """An answer's stream that keeps what is read of it."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, into: bytearray) -> None:
+        self._inner = inner
+        self._into = into
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._into += chunk
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+_CONTENT_BLOCK: TypeAdapter[types.ContentBlock] = TypeAdapter(types.ContentBlock)
+
+
+def _result_as_sent(answer: bytes, request_id: list[Any]) -> types.CallToolResult | None:
+    """The result ``answer`` (a JSON message, or an event stream of them) holds for the
+    request, its content blocks the SDK does not know kept as they were sent; None if there
+    is none, or its content is no list of objects (what the tool answered is not known)."""
+    text = answer.decode(errors="replace")
+    data = [text]
+    if not text.lstrip().startswith("{"):  # an event stream: each event's data lines, joined
+        data = []
+        for event in text.replace("\r\n", "\n").split("\n\n"):
+            lines = [line for line in event.split("\n") if line.startswith("data:")]
+            data.append("\n".join(line[5:].removeprefix(" ") for line in lines))
+    for item in data:
+        try:
+            message = json.loads(item)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(message, dict) or [message.get("id")] != request_id:
+            continue
+        result = message.get("result")
+        if not isinstance(result, dict):
+            return None
+        content = result.get("content")
+        if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
+            return None
+        blocks: list[Any] = []
+        for block in content:
+            try:
+                blocks.append(_CONTENT_BLOCK.validate_python(block, by_name=False))
+            except ValidationError:
+                blocks.append(block)
+        return types.CallToolResult.model_construct(
+            content=blocks,
+            structured_content=result.get("structuredContent"),
+            is_error=result.get("isError") is True,
+        )
+    return None
 
 
 def _refused_over_http(answered: list[httpx2.Response]) -> ToolFailed | None:
@@ -311,6 +400,15 @@ def _refused_over_http(answered: list[httpx2.Response]) -> ToolFailed | None:
             if status in http.RETRYABLE
             else None,
         )
+    return None
+
+
+def _text(block: Any) -> str | None:
+    """A content block's text, if it is a text block (one kept as sent too)."""
+    if isinstance(block, types.TextContent):
+        return block.text
+    if isinstance(block, dict) and block.get("type") == "text":
+        return block["text"] if isinstance(block.get("text"), str) else None
     return None
 
 

@@ -156,6 +156,32 @@ def test_json_that_is_no_message_is_an_invalid_request(
     assert "pydantic" not in response.text
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": [1]},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": "send_email"},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": [1]},
+        {"jsonrpc": "2.0", "id": 1},
+        {"jsonrpc": "2.0", "id": 1, "method": 5},
+        {"id": 1, "method": "ping"},
+        {"jsonrpc": "1.0", "id": 1, "method": "ping"},
+    ],
+)
+def test_an_object_that_is_no_json_rpc_message_is_an_invalid_request(
+    live_world: World, mcp_web: WebProcess, body: dict[str, Any]
+) -> None:
+    """Params that are no object, no method, no "jsonrpc": "2.0". The SDK answered -32602
+    ("invalid params") with its parser's six union errors, the body quoted, on every
+    revision with sessions."""
+    response = post(mcp_web, live_world.token, body, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert response.status_code == 400
+    answer = message(response)
+    assert answer["id"] is None and answer["error"]["code"] == -32600
+    assert '"jsonrpc": "2.0"' in answer["error"]["message"]
+    assert "pydantic" not in response.text and "validation error" not in response.text.lower()
+
+
 @pytest.mark.parametrize("request_id", [None, True, 1.5, {"a": 1}, [1]])
 def test_a_request_whose_id_is_not_a_string_or_an_integer_is_an_invalid_request(
     live_world: World, mcp_web: WebProcess, request_id: Any
