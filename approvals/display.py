@@ -20,8 +20,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
-from approvals import hidden
-from approvals.guards import may_still_approve
+from approvals import guards, hidden
 from approvals.models import Decision, Note, StandingApproval, Status, ToolCall, Verdict
 from audit.display import escape_hidden, partial
 from audit.masking import mask_fields, mask_text, mask_value, masked, path_parts, unique_key
@@ -492,17 +491,20 @@ def page(call: ToolCall, *, revealed: Any = None) -> CallView:
     # their own paths and wherever it echoed them; the agent's reasoning may quote them too,
     # and so may a reviewer who revealed them, in a comment or a note.
     sensitive, kept = call.tool.hidden_fields, hidden.values(call.tool, call.arguments)
+    decisions = list(call.decisions.all())
+    counting = guards.counting_approvals(decisions, call.arguments_hash)
+    # Whose approvals still stand, asked of them all at once: asked of each reviewer in turn,
+    # the page (and each of its live updates) cost a few queries more per approval.
+    able = guards.still_approving(call, [d.reviewer for d in counting]) if pending else set()
+    lapsed = {d.pk for d in counting if d.reviewer.pk not in able}
     votes = [
         Vote(
             d,
             text(hidden.text(d.comment, kept)),
             counts=d.arguments_hash == call.arguments_hash,
-            lapsed=pending
-            and d.verdict == Verdict.APPROVE
-            and d.arguments_hash == call.arguments_hash
-            and not may_still_approve(call, d.reviewer),
+            lapsed=pending and d.pk in lapsed,
         )
-        for d in call.decisions.all()
+        for d in decisions
     ]
     notes = [Remark(n, text(hidden.text(n.text, kept))) for n in call.notes.all()]
 

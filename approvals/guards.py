@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from accounts.models import SsoIdentity
-from approvals.models import ToolCall
+from approvals.models import Decision, ToolCall
 from audit.canonical import canonical_json, sha256_hex
 from tools_registry import role_scopes
 from tools_registry.models import AgentToken
@@ -92,17 +92,60 @@ def approvals_now(call: ToolCall, decisions: Iterable[Any], given: int | None = 
     return given
 
 
-def may_still_approve(call: ToolCall, person: Any) -> bool:
-    """Whether ``person`` could approve ``call`` now, as far as who they are goes: they may
-    review its tool, no conflict of interest keeps them from it, and they are in the team its
-    rule asks for."""
-    return person.pk in still_approving(call, [person])
+def approvals_that_stand_on(calls: Sequence[ToolCall]) -> dict[Any, int]:
+    """``approvals_that_stand`` of each of ``calls``, by call id, in a few queries however
+    many they are (one more per tool among them): the queue asks it of each row whose
+    approvals given make its quorum while it still waits, and asked of each in turn, a page
+    of such rows cost a few queries per row at every refresh."""
+    if not calls:
+        return {}
+    bound = {call.pk: call.arguments_hash for call in calls}
+    given: dict[Any, list[Any]] = {pk: [] for pk in bound}
+    for decision in Decision.objects.filter(
+        call_id__in=list(bound), verdict="approve"
+    ).select_related("reviewer"):
+        if decision.arguments_hash == bound[decision.call_id]:
+            given[decision.call_id].append(decision.reviewer)
+    # ``still_approving`` of each call, each of its steps asked once for all of them.
+    approvers: dict[Any, dict[Any, Any]] = {}
+    for call in calls:
+        approvers.setdefault(call.tool_id, {}).update((p.pk, p) for p in given[call.pk])
+    tools = {call.tool_id: call.tool for call in calls}
+    reviewers = {
+        tool_id: reviewers_among(tools[tool_id], list(people.values()))
+        for tool_id, people in approvers.items()
+    }
+    able = {
+        call.pk: [p for p in given[call.pk] if p.pk in reviewers[call.tool_id]] for call in calls
+    }
+    everyone = {p.pk: p for people in able.values() for p in people}
+    acting_for = {
+        call.pk: _acting_for(call.on_behalf_of, call.end_user_aliases or ()) for call in calls
+    }
+    known = _Known.load(
+        list(everyone.values()),
+        {call.agent_id for call in calls},
+        names=any(acting_for.values()),
+    )
+    teams = {call.pk: set(required_teams(call.policy)) for call in calls}
+    theirs = _teams_of(list(everyone), set().union(*teams.values()))
+    return {
+        call.pk: sum(
+            1
+            for person in able[call.pk]
+            if not _on_call(call, person, acting_for[call.pk], known)
+            and teams[call.pk] <= theirs.get(person.pk, set())
+        )
+        for call in calls
+    }
 
 
 def still_approving(call: ToolCall, people: Sequence[Any]) -> set[Any]:
-    """The ids of those of ``people`` who ``may_still_approve`` ``call``, in four queries at
-    most however many they are (one while none may review its tool): the quorum sweep asks
-    it of the approvers of each call it looks at, checked one by one at two to four queries
+    """The ids of those of ``people`` who could approve ``call`` now, as far as who they are
+    goes: they may review its tool, no conflict of interest keeps them from it, and they are
+    in the teams its rule asks for. In four queries at most however many they are (one while
+    none may review its tool): the quorum sweep asks it of the approvers of each call it
+    looks at, and a call's page of its approvers, checked one by one at two to four queries
     each."""
     reviewers = reviewers_among(call.tool, people)
     able = [person for person in people if person.pk in reviewers]

@@ -26,7 +26,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from approvals.guards import approvals_now
+from approvals.guards import approvals_that_stand_on
 from approvals.models import Decision, Status, ToolCall, Verdict
 from tools_registry.models import Agent, Tool
 from tools_registry.permissions import reviewable_tools
@@ -256,11 +256,12 @@ def queue_page(
     fetched = list(rows[: page_size + 1])
     more = len(fetched) > page_size
     calls = fetched[:page_size]
-    for call in calls:
-        # A waiting call with its quorum of approvals given has some that no longer stand.
-        call.approval_count = approvals_now(
-            call, call.decisions.select_related("reviewer"), call.approval_count
-        )
+    # A waiting call with its quorum of approvals given has some that no longer stand
+    # (``guards.approvals_now``): only those rows are checked, all of them at once.
+    full = [call for call in calls if call.approval_count >= call.approvals_required > 0]
+    standing = approvals_that_stand_on(full)
+    for call in full:
+        call.approval_count = standing[call.pk]
     if backwards:
         calls.reverse()
     page = QueuePage(

@@ -258,7 +258,7 @@ def complete_restored_quorums(*, now: datetime | None = None, limit: int = 200) 
     newest: however many calls the sweep cannot approve, every candidate is looked at once
     in each ``ceil(candidates / limit)`` passes, no call twice in a pass."""
     now = now or timezone.now()
-    # Approvals of an inactive account never stand (``guards.may_still_approve``): a call
+    # Approvals of an inactive account never stand (``guards.still_approving``): a call
     # that needs one is no candidate until the account is active again.
     given = Count(
         "decisions",

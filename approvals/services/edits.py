@@ -16,7 +16,7 @@ from django.conf import settings
 
 from approvals import events, hidden, screening
 from approvals.guards import Refused, arguments_hash, counted_approvals
-from approvals.models import Decision, Note, Status, ToolCall
+from approvals.models import Decision, Note, Status, ToolCall, Verdict
 from audit.canonical import canonical_json
 from audit.display import partial
 from audit.masking import is_masked, mask_text
@@ -73,13 +73,28 @@ def edit_arguments(call: ToolCall, *, reviewer: Any, arguments: Any) -> bool:
     except screening.RefusedByRule as refusal:
         raise EditRefused(f"The corrected call would be refused: {refusal.message}") from None
     before, before_hash = call.arguments, call.arguments_hash
+    after_hash = arguments_hash(
+        tool_name=call.tool.name, tool_version=call.tool_version, arguments=arguments
+    )
+    # Approvals bind to the arguments' hash: a correction back to arguments another reviewer
+    # approved before a correction replaced them would count that approval again, unseen by
+    # its reviewer since (the correction that reset it, say, found an amount wrong), and
+    # with this one make a quorum of two. (The editor's own approval of them: ``AlreadyVoted``.)
+    if (
+        call.decisions.filter(verdict=Verdict.APPROVE, arguments_hash=after_hash)
+        .exclude(reviewer=reviewer)
+        .exists()
+    ):
+        raise EditRefused(
+            "These are the arguments as they were before a correction: approvals given to "
+            "them then would count again, unseen by their reviewers since. Correct them "
+            "otherwise, or reject the call."
+        )
     reset = counted_approvals(call.decisions.all(), before_hash)
     money = screened.facts.money
     fields = {
         "arguments": arguments,
-        "arguments_hash": arguments_hash(
-            tool_name=call.tool.name, tool_version=call.tool_version, arguments=arguments
-        ),
+        "arguments_hash": after_hash,
         "arguments_edited": True,
         # A rule that would approve the corrected call needs no more than the editor's own
         # approval; otherwise the corrected call needs what its own rule asks.

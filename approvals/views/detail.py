@@ -215,8 +215,13 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
         kept_comment=typed,
         note_form=NoteForm(initial={"text": typed}),
         stale_arguments="h" in shown and not is_shown(shown["h"], call.arguments_hash),
+        # The page keeps showing the arguments it was sent with: the next poll says so too.
+        shown_hash=shown.get("h", "")[:64],
         decided_since_shown=shown_waiting and call.status != Status.PENDING,
     )
+    if "s" in shown and context["pending"] and shown["s"] != context["state_hash"]:
+        # Likewise the state of the record the call would change (``decide``).
+        context.update(state_hash=shown["s"][:64], stale_state=True)
     return render(request, "approvals/detail.html#live-update", context)
 
 
@@ -283,7 +288,9 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
     # since their page showed them: the box then shows the arguments as they are now. Kept,
     # the old ones would go back as a correction with the next approval (now bound to the
     # new ones), undoing another reviewer's correction unseen.
-    shown = form.cleaned_data.get("arguments_hash", "") if form.is_valid() else ""
+    # The hash the page was sent with, also when another field was filled wrong: refused as
+    # a form error, the panel was bound to arguments corrected meanwhile, unseen.
+    shown = form.cleaned_data.get("arguments_hash", "") if form.is_bound else ""
     shown_now = is_shown(request.POST.get("arguments_hash", ""), call.arguments_hash)
     extra: dict[str, Any] = {}
     if (
@@ -309,6 +316,12 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
         kept_edit=request.POST.get("edited_arguments", "") if shown_now else "",
         **extra,
     )
+    shown_state = request.POST.get("state_hash", "")
+    if wants_partial(request) and context["pending"] and shown_state != context["state_hash"]:
+        # Only the panel is swapped: the page still shows what the call would change as it
+        # was sent. Bound to the state read now, the form would approve, at the next click,
+        # a record the reviewer has not seen; it stays bound to the one shown.
+        context.update(state_hash=shown_state, stale_state=True)
     if wants_partial(request):
         # 200 even for a refusal: htmx swaps only successful responses into the page.
         return render(request, "approvals/detail.html#decision-response", context)

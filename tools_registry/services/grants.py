@@ -90,7 +90,7 @@ def hold_reviews_of(*, users: Iterable[Any] = (), groups: Iterable[Group] = ()) 
     Only tools with a waiting call: there is nothing else to decide or count, and a person
     who reviews 10,000 tools leaves a team without locking (and holding up the intake of)
     10,000 rows. A reviewer's approval stands only while they may review the tool
-    (``approvals.guards.may_still_approve``), so a team a rule asks for is covered by the
+    (``approvals.guards.still_approving``), so a team a rule asks for is covered by the
     tools its members review. Nothing here locks a call, so no cycle with a verdict (the tool,
     then the call)."""
     people = get_user_model()._default_manager.filter(

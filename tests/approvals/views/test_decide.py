@@ -14,9 +14,11 @@ from django.utils import timezone
 from approvals import reauth
 from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
+from approvals.services.notes import add_note
 from audit.models import AuditEvent
 from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
 from tests.conftest import World
+from tools_registry import services as registry_services
 
 
 def post_decision(client, call: ToolCall, verdict: str, **fields):  # type: ignore[no-untyped-def]
@@ -301,3 +303,150 @@ def test_a_half_typed_correction_does_not_stand_in_the_way_of_a_rejection(
     call.refresh_from_db()
     assert call.status == Status.REJECTED
     assert call.arguments == ARGUMENTS["send_email"]
+
+
+def test_a_correction_back_to_arguments_approved_before_a_correction_is_refused(
+    world: World, dave, dora
+) -> None:
+    """Two approvals needed: dave approved a refund e-mail, bob found its text wrong and
+    corrected it (dave's approval reset), and dora corrected it back. Approvals bind to the
+    arguments' hash, so dave's counted again, unseen by him since, and with dora's approved
+    the very text bob had corrected: one approval after the disagreement made the quorum."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.save()
+    call = make_call(world)
+    original = call.arguments
+    dave_page = login(dave).get(f"/approvals/{call.pk}/").content.decode()
+    approved = login(dave).post(
+        f"/approvals/{call.pk}/decide/",
+        {**_form_as_the_browser_sends_it(dave_page), "verdict": "approve"},
+    )
+    assert approved.status_code == 302, _refusal(approved)
+    bob = login(world.bob)
+    bob_fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    corrected = json.loads(bob_fields["edited_arguments"])
+    corrected["body"] = "Your refund of 12.00 USD is on its way."
+    bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {**bob_fields, "verdict": "approve", "edited_arguments": json.dumps(corrected)},
+    )
+    call.refresh_from_db()
+    assert (call.status, call.arguments["body"]) == (Status.PENDING, corrected["body"])
+
+    dora_client = login(dora)
+    fields = _form_as_the_browser_sends_it(
+        dora_client.get(f"/approvals/{call.pk}/").content.decode()
+    )
+    back = dora_client.post(
+        f"/approvals/{call.pk}/decide/",
+        {**fields, "verdict": "approve", "edited_arguments": json.dumps(original)},
+        HTTP_HX_REQUEST="true",
+    )
+    assert "approvals given to them then would count again" in _refusal(back)
+    call.refresh_from_db()
+    assert call.status == Status.PENDING
+    assert call.arguments["body"] == corrected["body"] and call.decisions.count() == 2
+
+
+def test_after_an_htmx_refusal_the_form_stays_bound_to_the_state_the_page_shows(
+    world: World,
+) -> None:
+    """A refusal swaps only the decision panel: the table of what the call would change
+    still shows the record as the page was sent, but the new panel's form was bound to the
+    record as it is now. The reviewer typed the confirmation wrong (or was told the record
+    changed), clicked again, and approved a change to a record they had not seen."""
+    from sandbox.models import Customer
+
+    tool = world.tools["update_customer"]
+    registry_services.update_policy(
+        tool=tool,
+        changes={"rules": [{"when": "true", "then": "require", "approvals": 1, "confirm": True}]},
+        changed_by=world.alice,
+    )
+    tool.refresh_from_db()
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"plan": "enterprise"}},
+    )
+    bob = login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    assert "Ada Lovelace" in page
+    fields = _form_as_the_browser_sends_it(page)
+    # Meanwhile the record changes: another customer's name now stands there.
+    Customer.objects.filter(customer_id="cus_0001").update(name="Grace Hopper", plan="free")
+    panels = []
+    for confirmation in ("cus_0000", "cus_0001"):  # a typo first, then as asked
+        panel = bob.post(
+            f"/approvals/{call.pk}/decide/",
+            {**fields, "verdict": "approve", "confirmation": confirmation},
+            HTTP_HX_REQUEST="true",
+        ).content.decode()
+        panels.append(panel)
+        if 'id="decision-form"' in panel:
+            fields = _form_as_the_browser_sends_it(panel)
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and call.decisions.count() == 0
+    for panel in panels:
+        assert 'id="current-state"' not in panel  # the page still shows Ada's record
+        assert "has changed since this page showed it" in panel
+    assert "has changed since you opened it" in _refusal_text(panels[-1])
+    # The page's next change (a note) keeps saying so, and the poll keeps the page's state.
+    registry_services.grant_review(tool=tool, user=world.charlie)
+    add_note(call_id=call.pk, author=world.charlie, text="The customer called.")
+    live_state = re.search(r'<span id="live-state".*?</span>', panels[-1], re.S)
+    assert live_state
+    polled = dict(re.findall(r'name="(\w+)" value="([^"]*)"', live_state.group(0)))
+    assert polled["s"] == fields["state_hash"]
+    update = bob.post(f"/approvals/{call.pk}/live/", polled, HTTP_HX_REQUEST="true")
+    assert "The customer called." in update.content.decode()
+    assert "has changed since this page showed it" in update.content.decode()
+    # Reloaded, the page shows the record as it is, and the approval binds to that.
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+    assert "Grace Hopper" in page
+    done = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {**_form_as_the_browser_sends_it(page), "verdict": "approve", "confirmation": "cus_0001"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert "Approved" in done.content.decode()
+
+
+def _refusal_text(body: str) -> str:
+    found = re.search(r'id="refusal">(.*?)</div>', body, re.S)
+    return found.group(1) if found else ""
+
+
+def test_an_htmx_form_error_does_not_bind_the_form_to_arguments_corrected_meanwhile(
+    world: World, dave
+) -> None:
+    """As a refusal for changed arguments, but the verdict was a form error (a correction
+    that is not JSON yet): the panel came back bound to the other reviewer's corrected
+    arguments, with them in its correction box, while the page still showed the old ones;
+    the next click approved a recipient the reviewer was never shown."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 2
+    tool.save()
+    call = make_call(world)
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    shown_hash = fields["arguments_hash"]
+    corrected = {**call.arguments, "to": "someone.else@example.com"}
+    decide(call_id=call.pk, reviewer=dave, verdict="approve", edited_arguments=corrected)
+
+    body = bob.post(
+        f"/approvals/{call.pk}/decide/",
+        {**fields, "verdict": "approve", "edited_arguments": '{"to": '},
+        HTTP_HX_REQUEST="true",
+    ).content.decode()
+    assert "not valid JSON" in body
+    again = _form_as_the_browser_sends_it(body)
+    bob.post(
+        f"/approvals/{call.pk}/decide/", {**again, "verdict": "approve"}, HTTP_HX_REQUEST="true"
+    )
+    call.refresh_from_db()
+    assert call.status == Status.PENDING
+    assert not call.decisions.filter(reviewer=world.bob).exists()
+    assert again["arguments_hash"] == shown_hash
+    assert "A reviewer corrected this call's arguments" in body

@@ -299,3 +299,42 @@ def test_the_page_and_its_update_cost_the_same_queries_however_many_notes_it_sho
     for shown in (body, fragment):
         assert shown.count("Asked the customer to confirm.") == 9
     assert (on_page, on_update) == few, f"1 note: {few}, 9 notes: {(on_page, on_update)}"
+
+
+def test_the_page_and_its_update_cost_the_same_queries_however_many_approvals_it_shows(
+    world: World, bob_client
+) -> None:
+    """Whether each approval still stands (its reviewer may still give it) was asked of each
+    reviewer in turn: two queries more per approval on the page and on each live update."""
+    tool = world.tools["send_email"]
+    tool.approvals_required = 9
+    tool.save()
+    call = make_call(world, "send_email")
+    page, update = f"/approvals/{call.pk}/", f"/approvals/{call.pk}/live/?v=old"
+
+    def approve(count: int) -> list[User]:
+        approvers = []
+        for _ in range(count):
+            approver = User.objects.create_user(f"reviewer-{uuid.uuid4().hex[:8]}")
+            registry_services.grant_review(tool=tool, user=approver)
+            decide(call_id=call.pk, reviewer=approver, verdict="approve")
+            approvers.append(approver)
+        return approvers
+
+    def queries(url: str) -> tuple[int, str]:
+        with CaptureQueriesContext(connection) as captured:
+            body = bob_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+        return len(captured.captured_queries), body
+
+    approve(1)
+    queries(page)  # warm-up: the first request of a session touches it
+    few = queries(page)[0], queries(update)[0]
+    gone = approve(7)[0]
+    registry_services.revoke_review(tool=tool, user=gone)
+    (on_page, body), (on_update, fragment) = queries(page), queries(update)
+
+    for shown in (body, fragment):
+        assert "7 of 9 approvals" in shown
+        assert shown.count("no longer counts") == 1
+        assert f"no longer counts: {gone.username} may not approve" in shown
+    assert (on_page, on_update) == few, f"1 approval: {few}, 8: {(on_page, on_update)}"

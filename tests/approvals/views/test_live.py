@@ -409,3 +409,41 @@ def test_rows_are_told_apart_only_among_few_look_alikes(world: World) -> None:
     edited[0], edited[55] = {**shown[55], "cents": 5000}, shown[0]  # moved, one edited
     restored, left = display.restore_masked({"rows": edited}, call)
     assert left, (restored["rows"][0], restored["rows"][55])
+
+
+def test_the_notice_of_a_correction_stays_while_the_page_shows_the_old_arguments(
+    world: World, dave: Any
+) -> None:
+    """The poll that brought the notice "A reviewer corrected this call's arguments" also
+    gave the page the corrected arguments' digest as the one it shows: the next change (a
+    note, a vote) took the notice away, though the page still showed the old arguments."""
+    world.tools["send_email"].approvals_required = 2
+    world.tools["send_email"].save()
+    call = make_call(world)
+    bob = login(world.bob)
+    page = bob.get(f"/approvals/{call.pk}/").content.decode()
+
+    def state_of(body: str) -> dict[str, str]:
+        found = re.search(r'<span id="live-state".*?</span>', body, re.S)
+        assert found
+        return dict(re.findall(r'name="(\w+)" value="([^"]*)"', found.group(0)))
+
+    shown = state_of(page)
+    decide(
+        call_id=call.pk,
+        reviewer=dave,
+        verdict="approve",
+        edited_arguments={**call.arguments, "to": "someone.else@example.com"},
+    )
+    first = bob.post(f"/approvals/{call.pk}/live/", shown, HTTP_HX_REQUEST="true")
+    assert "A reviewer corrected this call's arguments" in first.content.decode()
+    registry_services.grant_review(tool=world.tools["send_email"], user=world.charlie)
+    from approvals.services.notes import add_note
+
+    add_note(call_id=call.pk, author=world.charlie, text="Checked with the customer.")
+    polled = state_of(first.content.decode())
+    assert polled["h"] == shown["h"]
+    second = bob.post(f"/approvals/{call.pk}/live/", polled, HTTP_HX_REQUEST="true")
+    body = second.content.decode()
+    assert "Checked with the customer." in body
+    assert "A reviewer corrected this call's arguments" in body
