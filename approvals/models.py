@@ -207,11 +207,17 @@ class ToolCall(models.Model):
                 condition=models.Q(needs_attention=True),
                 name="call_attention_idx",
             ),
-            # The reconciliation sweep reads unknown calls, least recently checked first.
+            # The reconciliation sweep's candidates (sweeps.reconcile_unknown): the unknown
+            # calls due for another check, and those not escalated.
             models.Index(
                 fields=["updated_at"],
                 condition=models.Q(status="unknown"),
                 name="call_unknown_idx",
+            ),
+            models.Index(
+                fields=["created_at", "id"],
+                condition=models.Q(status="unknown", needs_attention=False),
+                name="call_unknown_unescalated_idx",
             ),
             models.Index(fields=["agent", "session_id", "created_at"], name="call_session_idx"),
             models.Index(

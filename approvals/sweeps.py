@@ -180,10 +180,13 @@ def reconcile_unknown(*, now: datetime | None = None, limit: int = 100) -> Count
     after pass."""
     now = now or timezone.now()
     recheck_before = now - timedelta(seconds=settings.EXECUTOR_RECHECK_ESCALATED_SECONDS)
+    # Two queries, each planned on its own index: as one (an OR), the plan read every unknown
+    # call, escalated ones a person has yet to settle included, each pass, the statistics
+    # taking most of them for due (most calls were last changed long ago).
+    unknown = ToolCall.objects.filter(status=Status.UNKNOWN)
     candidates = in_turn(
-        ToolCall.objects.filter(status=Status.UNKNOWN).filter(
-            Q(needs_attention=False) | Q(updated_at__lt=recheck_before)
-        ),
+        unknown.filter(needs_attention=False),  # call_unknown_unescalated_idx
+        unknown.filter(updated_at__lt=recheck_before),  # call_unknown_idx
         cursor=RECONCILE_CURSOR,
         limit=limit,
     )
@@ -300,18 +303,24 @@ def complete_restored_quorums(*, now: datetime | None = None, limit: int = 200) 
     return sum(1 for call_id in candidates if complete_quorum(call_id=call_id, now=now))
 
 
-def in_turn(candidates: QuerySet[ToolCall], *, cursor: str, limit: int) -> list[UUID]:
-    """Up to ``limit`` of ``candidates``, by (created_at, id), starting after the last call
-    the previous pass of the same sweep took (kept in the cache under ``cursor``), round to
-    the oldest again once past the newest: every candidate is taken once in each
-    ``ceil(candidates / limit)`` passes, however many of them a pass can do nothing for."""
-    order: list[Any] = ["created_at", "id"]
+def in_turn(*candidates: QuerySet[ToolCall], cursor: str, limit: int) -> list[UUID]:
+    """Up to ``limit`` of ``candidates`` (one query, or the union of several), by
+    (created_at, id), starting after the last call the previous pass of the same sweep took
+    (kept in the cache under ``cursor``), round to the oldest again once past the newest:
+    every candidate is taken once in each ``ceil(candidates / limit)`` passes, however many
+    of them a pass can do nothing for."""
+    turn: Any = Value(0)
     if (after := _cursor(cursor)) is not None:
         # The calls after the cursor first, then from the oldest again, in one query.
         at, call_id = after
         later = Q(created_at__gt=at) | Q(created_at=at, id__gt=call_id)
-        order.insert(0, Case(When(later, then=Value(0)), default=Value(1)))
-    taken = list(candidates.order_by(*order).values_list("pk", "created_at")[:limit])
+        turn = Case(When(later, then=Value(0)), default=Value(1))
+    each = [
+        query.order_by().annotate(turn=turn).values_list("id", "created_at", "turn")
+        for query in candidates
+    ]
+    union = each[0].union(*each[1:]) if len(each) > 1 else each[0]
+    taken = [(call_id, at) for call_id, at, _ in union.order_by("turn", "created_at", "id")[:limit]]
     if taken:
         last_id, last_at = taken[-1]
         _keep_cursor(cursor, last_at, last_id)
