@@ -99,43 +99,19 @@ def approvals_that_stand_on(calls: Sequence[ToolCall]) -> dict[Any, int]:
     of such rows cost a few queries per row at every refresh."""
     if not calls:
         return {}
-    bound = {call.pk: call.arguments_hash for call in calls}
-    given: dict[Any, list[Any]] = {pk: [] for pk in bound}
+    decisions: dict[Any, list[Any]] = {call.pk: [] for call in calls}
     for decision in Decision.objects.filter(
-        call_id__in=list(bound), verdict="approve"
+        call_id__in=list(decisions), verdict="approve"
     ).select_related("reviewer"):
-        if decision.arguments_hash == bound[decision.call_id]:
-            given[decision.call_id].append(decision.reviewer)
-    # ``still_approving`` of each call, each of its steps asked once for all of them.
-    approvers: dict[Any, dict[Any, Any]] = {}
-    for call in calls:
-        approvers.setdefault(call.tool_id, {}).update((p.pk, p) for p in given[call.pk])
-    tools = {call.tool_id: call.tool for call in calls}
-    reviewers = {
-        tool_id: reviewers_among(tools[tool_id], list(people.values()))
-        for tool_id, people in approvers.items()
+        decisions[decision.call_id].append(decision)
+    approvals = {
+        call.pk: counting_approvals(decisions[call.pk], call.arguments_hash) for call in calls
     }
-    able = {
-        call.pk: [p for p in given[call.pk] if p.pk in reviewers[call.tool_id]] for call in calls
-    }
-    everyone = {p.pk: p for people in able.values() for p in people}
-    acting_for = {
-        call.pk: _acting_for(call.on_behalf_of, call.end_user_aliases or ()) for call in calls
-    }
-    known = _Known.load(
-        list(everyone.values()),
-        {call.agent_id for call in calls},
-        names=any(acting_for.values()),
+    standing = _still_approving_on(
+        [(call, [d.reviewer for d in approvals[call.pk]]) for call in calls]
     )
-    teams = {call.pk: set(required_teams(call.policy)) for call in calls}
-    theirs = _teams_of(list(everyone), set().union(*teams.values()))
     return {
-        call.pk: sum(
-            1
-            for person in able[call.pk]
-            if not _on_call(call, person, acting_for[call.pk], known)
-            and teams[call.pk] <= theirs.get(person.pk, set())
-        )
+        call.pk: sum(1 for d in approvals[call.pk] if d.reviewer.pk in standing[call.pk])
         for call in calls
     }
 
@@ -147,12 +123,50 @@ def still_approving(call: ToolCall, people: Sequence[Any]) -> set[Any]:
     none may review its tool): the quorum sweep asks it of the approvers of each call it
     looks at, and a call's page of its approvers, checked one by one at two to four queries
     each."""
-    reviewers = reviewers_among(call.tool, people)
-    able = [person for person in people if person.pk in reviewers]
-    if not able:
-        return set()
-    conflicts = conflicts_of_interest(call, able)
-    return in_required_teams(call, [person for person in able if not conflicts[person.pk]])
+    return _still_approving_on([(call, people)])[call.pk]
+
+
+def _still_approving_on(asked: Sequence[tuple[ToolCall, Sequence[Any]]]) -> dict[Any, set[Any]]:
+    """``still_approving`` of each (call, people), by call id, each step asked once for all
+    of them: whether they may review, per tool (one query each); their conflicts of
+    interest (``conflicts_of_interest``), then their teams (``in_required_teams``), for all
+    the calls at once."""
+    tools = {call.tool_id: call.tool for call, _ in asked}
+    named: dict[Any, dict[Any, Any]] = {tool_id: {} for tool_id in tools}
+    for call, people in asked:
+        named[call.tool_id].update((person.pk, person) for person in people)
+    reviewers = {
+        tool_id: reviewers_among(tools[tool_id], list(people.values()))
+        for tool_id, people in named.items()
+    }
+    able = [
+        (call, [person for person in people if person.pk in reviewers[call.tool_id]])
+        for call, people in asked
+    ]
+    if not any(people for _, people in able):
+        return {call.pk: set() for call, _ in asked}
+    # The agent's owner needs nothing read (``_not_owning``).
+    read = {p.pk: p for call, people in able for p in _not_owning(call.agent, people)}
+    acting_for = {
+        call.pk: _acting_for(call.on_behalf_of, call.end_user_aliases or ()) for call, _ in able
+    }
+    known = _Known.load(
+        list(read.values()),
+        {call.agent_id for call, _ in able},
+        names=any(acting_for.values()),
+    )
+    teams = {call.pk: set(required_teams(call.policy)) for call, _ in able}
+    everyone = {person.pk for _, people in able for person in people}
+    theirs = _teams_of(list(everyone), set().union(*teams.values()))
+    return {
+        call.pk: {
+            person.pk
+            for person in people
+            if not _on_call(call, person, acting_for[call.pk], known)
+            and teams[call.pk] <= theirs.get(person.pk, set())
+        }
+        for call, people in able
+    }
 
 
 def required_teams(policy: Mapping[str, Any] | None) -> list[str]:
