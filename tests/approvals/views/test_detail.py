@@ -76,7 +76,8 @@ def test_sensitive_fields_and_detected_secrets_are_masked(world: World, bob_clie
     arguments = body[body.index('<pre class="arguments">') :]
     arguments = arguments[: arguments.index("</pre>")]
     assert "ada.l@example.com" not in body
-    assert "7946" not in body
+    # Anywhere but in a timestamp, whose microseconds may hold those digits by chance.
+    assert "7946" not in re.sub(r"<time\b[^>]*>.*?</time>", "", body, flags=re.S)
     # What a reviewer needs, and no more: the address's domain, the phone's last digits.
     assert "&quot;email&quot;: &quot;a***@example.com&quot;" in arguments
     assert "&quot;phone&quot;: &quot;•••01&quot;" in arguments
