@@ -347,11 +347,17 @@ def _result_as_sent(answer: bytes, request_id: list[Any]) -> types.CallToolResul
     is none, or its content is no list of objects (what the tool answered is not known)."""
     text = answer.decode(errors="replace")
     data = [text]
-    if not text.lstrip().startswith("{"):  # an event stream: each event's data lines, joined
-        data = []
-        for event in text.replace("\r\n", "\n").split("\n\n"):
-            lines = [line for line in event.split("\n") if line.startswith("data:")]
-            data.append("\n".join(line[5:].removeprefix(" ") for line in lines))
+    if not text.lstrip().startswith("{"):  # an event stream, read by the parser the SDK uses
+        stream = httpx2.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            content=answer,
+            request=httpx2.Request("POST", "http://upstream"),
+        )
+        try:
+            data = [event.data for event in httpx2.EventSource(stream)]
+        except httpx2.SSEError:
+            return None
     for item in data:
         try:
             message = json.loads(item)
