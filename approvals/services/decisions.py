@@ -130,13 +130,14 @@ def decide(
 
     The verdict binds to what the reviewer was shown: the arguments' hash and, when the tool
     shows the state its call would change, that state's hash (read again here: a record
-    that changed while they read refuses the verdict). Approving a destructive call, or one
-    whose policy rule asks for it, needs ``confirmation``: the call's target or amount as
-    ``confirmation_phrase`` gives it. A destructive approval also needs ``authenticated_at``
-    (when the reviewer last proved their password) within
-    ``APPROVALS_REAUTH_WINDOW_SECONDS``. Rejecting never needs either: stopping harm stays
-    easy. ``edited_arguments`` corrects the call as part of approving it
-    (``services.edits``); ``standing_terms`` also allows later calls like it
+    that changed while they read refuses the verdict, and so does an empty
+    ``shown_state_hash``: no state seen; ``None``, for callers without a page, binds to
+    none). Approving a destructive call, or one whose policy rule asks for it, needs
+    ``confirmation``: the call's target or amount as ``confirmation_phrase`` gives it. A
+    destructive approval also needs ``authenticated_at`` (when the reviewer last proved
+    their password) within ``APPROVALS_REAUTH_WINDOW_SECONDS``. Rejecting never needs
+    either: stopping harm stays easy. ``edited_arguments`` corrects the call as part of
+    approving it (``services.edits``); ``standing_terms`` also allows later calls like it
     (``services.standing``).
 
     The row lock makes concurrent verdicts on one call queue up, so exactly one of them

@@ -36,14 +36,17 @@ from tools_registry.permissions import reviewable_tools
 from tools_registry.policy import Risk
 
 
-def live_version(call: ToolCall) -> str:
-    """Changes whenever anything the page shows of the call's progress changes."""
+def live_version(call: ToolCall, state_hash: str) -> str:
+    """Changes whenever anything the page shows of the call's progress changes, and
+    whenever the record the call would change does (``state_hash``, as ``_shown_state``
+    read it): that lives in the downstream system, and changes with nothing of the call's."""
     return ".".join(
         str(part)
         for part in (
             call.status,
             # Keyed, as the form's: the page carries nothing to test guesses of a masked value.
             shown_digest(call.arguments_hash)[:12],
+            shown_digest(state_hash)[:12],
             len(call.decisions.all()),
             len(call.notes.all()),
             int(call.updated_at.timestamp() * 1000),
@@ -88,7 +91,12 @@ def _policy(call: ToolCall) -> dict[str, Any]:
 
 
 def detail_context(
-    request: AuthedRequest, call: ToolCall, *, view: display.CallView | None = None, **extra: Any
+    request: AuthedRequest,
+    call: ToolCall,
+    *,
+    view: display.CallView | None = None,
+    shown_state: tuple[Any, str] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     user = request.user
     view = view or display.page(call)
@@ -104,7 +112,8 @@ def detail_context(
     now = timezone.now()
     pending = call.status == Status.PENDING
     policy = _policy(call)
-    state, state_hash = _shown_state(call)
+    # Read once per request: the live poll has read it already (``_shown_state``).
+    state, state_hash = shown_state or _shown_state(call)
     destructive = call.risk == Risk.DESTRUCTIVE
     outside_team = not in_required_team(call, user)
     edits_allowed = pending and (
@@ -148,7 +157,7 @@ def detail_context(
         "standing_allowed": pending and call.risk == Risk.WRITE,
         "standing_matches": STANDING_MATCHES,
         "standing_hours": DecisionForm.base_fields["standing_hours"].choices,  # type: ignore[attr-defined]
-        "live_version": live_version(call),
+        "live_version": live_version(call, state_hash),
         "live_seconds": settings.APPROVALS_DETAIL_POLL_SECONDS,
         "form": DecisionForm(),
         "reveal_form": RevealForm(),
@@ -200,7 +209,10 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
     # The page sends its version and the arguments' digest it shows with the poll (its
     # #live-state); a page from before they moved there, in the URL.
     shown = request.POST if "v" in request.POST else request.GET
-    if shown.get("v") == live_version(call):
+    # The record beside a waiting call is read again at every poll: changed in its own
+    # system, nothing stored with the call changed, and only the version's state part tells.
+    state = _shown_state(call)
+    if shown.get("v") == live_version(call, state[1]):
         return HttpResponse(status=204)
     typed = request.POST.get("comment", "")[:2000]
     # The decision panel is replaced whole only when the page showed the call waiting (the
@@ -212,6 +224,7 @@ def live(request: AuthedRequest, pk: UUID) -> HttpResponse:
     context = detail_context(
         request,
         call,
+        shown_state=state,
         kept_comment=typed,
         note_form=NoteForm(initial={"text": typed}),
         stale_arguments="h" in shown and not is_shown(shown["h"], call.arguments_hash),
@@ -261,7 +274,11 @@ def decide(request: AuthedRequest, pk: UUID) -> HttpResponse:
                 verdict=form.cleaned_data["verdict"],
                 comment=form.cleaned_data["comment"],
                 shown_arguments_hash=form.cleaned_data["arguments_hash"],
-                shown_state_hash=form.cleaned_data["state_hash"] or None,
+                # As sent, empty or missing too: the page of a tool that shows a state
+                # always carries its digest, so an empty one is refused as a stale one
+                # (``None`` would bind the approval to no state at all). A tool that shows
+                # none reads an empty hash now, and there is nothing to compare.
+                shown_state_hash=form.cleaned_data["state_hash"],
                 confirmation=form.cleaned_data["confirmation"],
                 authenticated_at=reauth.authenticated_at(request),
                 edited_arguments=edited,

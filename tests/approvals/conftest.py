@@ -4,6 +4,7 @@ destructive calls' second approval), and bob's signed-in client."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -86,6 +87,16 @@ def login(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+def shown_state(client: Client, call: ToolCall) -> str:
+    """The digest of the record state the call's page shows, which its decision form sends
+    with a verdict (empty for a tool that shows none, or once the call no longer waits and
+    the page has no decision form): an approval without it is refused."""
+    page = client.get(f"/approvals/{call.pk}/")
+    assert page.status_code == 200, page
+    found = re.search(r'name="state_hash" value="([^"]*)"', page.content.decode())
+    return found.group(1) if found else ""
 
 
 def htmx(client: Client) -> dict[str, str]:

@@ -17,7 +17,7 @@ from approvals.execution import runner
 from approvals.services.decisions import confirmation_phrase, decide
 from audit.masking import masked
 from audit.models import AuditEvent
-from tests.approvals.conftest import make_call
+from tests.approvals.conftest import make_call, shown_state
 from tests.conftest import World
 from tools_registry import services
 from tools_registry.models import Tool
@@ -432,6 +432,7 @@ def test_a_hidden_value_a_reviewer_quoted_stays_masked_after_a_correction_replac
             "verdict": "approve",
             "comment": f"{name} is misspelt.",
             "arguments_hash": shown.group(1),
+            "state_hash": shown_state(revealer, call),
             "edited_arguments": '{"customer_id": "cus_0001", "changes": {"name": "Zeb Quixote"}}',
         },
     )

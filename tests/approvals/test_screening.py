@@ -16,6 +16,7 @@ from approvals.models import Status, ToolCall
 from approvals.services.calls import create_call
 from approvals.services.decisions import TeamRequired, decide
 from audit.models import AuditEvent
+from tests.approvals.conftest import shown_state
 from tests.audit.conftest import make_auditor
 from tests.conftest import World, events
 from tools_registry import services as registry_services
@@ -460,7 +461,12 @@ def vote(reviewer: Any, call: ToolCall) -> Any:
     client.force_login(reviewer)
     return client.post(
         f"/approvals/{call.pk}/decide/",
-        {"verdict": "approve", "comment": "", "arguments_hash": call.arguments_hash},
+        {
+            "verdict": "approve",
+            "comment": "",
+            "arguments_hash": call.arguments_hash,
+            "state_hash": shown_state(client, call),
+        },
         HTTP_HX_REQUEST="true",
     )
 

@@ -21,6 +21,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from approvals.models import Status, ToolCall
 from audit import chain
 from config.celery import app
+from tests.approvals.conftest import shown_state
 from tests.conftest import World
 from tests.support.web import running_web
 from tests.support.workers import purge_queue, running_worker, wait_for
@@ -213,7 +214,12 @@ def test_canaries_never_reach_the_trail_the_logs_or_redis(
         reviewer.force_login(live_world.bob)
         reviewer.post(
             f"/approvals/{call.pk}/decide/",
-            {"verdict": "approve", "comment": "ok", "arguments_hash": call.arguments_hash},
+            {
+                "verdict": "approve",
+                "comment": "ok",
+                "arguments_hash": call.arguments_hash,
+                "state_hash": shown_state(reviewer, call),
+            },
         )
         wait_for(
             lambda: ToolCall.objects.get(pk=call.pk).status == Status.SUCCEEDED,

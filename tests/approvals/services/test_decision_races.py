@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from approvals.models import Decision, Status, ToolCall
 from audit.models import AuditEvent
-from tests.approvals.conftest import make_call
+from tests.approvals.conftest import make_call, shown_state
 from tests.conftest import World
 from tests.support.locks import in_a_thread, takes_in_id_order
 from tests.support.workers import purge_queue
@@ -50,10 +50,19 @@ def at_once(*actions: Callable[[], object]) -> list[object]:
 
 
 def decide_through_the_web(client: Client, call: ToolCall, verdict: str, **extra: str):  # type: ignore[no-untyped-def]
+    # The page is read before the race: the verdicts alone meet.
+    state = shown_state(client, call)
+
     def action():  # type: ignore[no-untyped-def]
         return client.post(
             f"/approvals/{call.pk}/decide/",
-            {"verdict": verdict, "comment": "race", "arguments_hash": call.arguments_hash, **extra},
+            {
+                "verdict": verdict,
+                "comment": "race",
+                "arguments_hash": call.arguments_hash,
+                "state_hash": state,
+                **extra,
+            },
             HTTP_HX_REQUEST="true",
         )
 

@@ -9,6 +9,7 @@ import json
 import re
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from approvals import reauth
@@ -16,13 +17,26 @@ from approvals.models import Status, ToolCall
 from approvals.services.decisions import decide
 from approvals.services.notes import add_note
 from audit.models import AuditEvent
-from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
+from tests.approvals.conftest import (
+    ARGUMENTS,
+    login,
+    make_call,
+    shown_state,
+    with_free_form_names,
+)
 from tests.conftest import World
 from tools_registry import services as registry_services
 
 
 def post_decision(client, call: ToolCall, verdict: str, **fields):  # type: ignore[no-untyped-def]
-    data = {"verdict": verdict, "comment": "", "arguments_hash": call.arguments_hash, **fields}
+    """The verdict as the call's page sends it: bound to its arguments and the state shown."""
+    data = {
+        "verdict": verdict,
+        "comment": "",
+        "arguments_hash": call.arguments_hash,
+        "state_hash": shown_state(client, call),
+        **fields,
+    }
     return client.post(f"/approvals/{call.pk}/decide/", data, HTTP_HX_REQUEST="true")
 
 
@@ -450,3 +464,57 @@ def test_an_htmx_form_error_does_not_bind_the_form_to_arguments_corrected_meanwh
     assert not call.decisions.filter(reviewer=world.bob).exists()
     assert again["arguments_hash"] == shown_hash
     assert "A reviewer corrected this call's arguments" in body
+
+
+@pytest.mark.parametrize("sent", ["", None], ids=["emptied", "left-out"])
+def test_an_approval_without_the_record_state_the_page_showed_is_refused(
+    world: World, sent: str | None
+) -> None:
+    """The form binds an approval to the record shown beside the call (``state_hash``). A
+    POST with the field emptied or left out skipped the check that the record is still the
+    one shown, and the approval went through, bound to a record nobody compared."""
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"plan": "enterprise"}},
+    )
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    assert len(fields["state_hash"]) == 64
+    crafted = {**fields, "verdict": "approve"}
+    if sent is None:
+        del crafted["state_hash"]
+    else:
+        crafted["state_hash"] = sent
+    response = bob.post(f"/approvals/{call.pk}/decide/", crafted)
+    assert response.status_code == 409
+    assert "What this call would change has changed since you opened it" in (
+        response.content.decode()
+    )
+    # Through htmx, the panel says the same.
+    panel = bob.post(f"/approvals/{call.pk}/decide/", crafted, HTTP_HX_REQUEST="true")
+    assert "has changed since you opened it" in _refusal_text(panel.content.decode())
+    call.refresh_from_db()
+    assert call.status == Status.PENDING and call.decisions.count() == 0
+    # The form as the page sent it approves.
+    done = bob.post(
+        f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"}, HTTP_HX_REQUEST="true"
+    )
+    assert "Approved" in done.content.decode()
+    assert call.decisions.get().shown_state_hash
+
+
+def test_a_tool_that_shows_no_record_state_is_approved_with_the_empty_field(
+    world: World,
+) -> None:
+    """send_email shows nothing beside the call: its page sends an empty ``state_hash``, and
+    there is no state to compare it with."""
+    call = make_call(world)
+    bob = login(world.bob)
+    fields = _form_as_the_browser_sends_it(bob.get(f"/approvals/{call.pk}/").content.decode())
+    assert fields["state_hash"] == ""
+    done = bob.post(
+        f"/approvals/{call.pk}/decide/", {**fields, "verdict": "approve"}, HTTP_HX_REQUEST="true"
+    )
+    assert "Approved" in done.content.decode()
+    assert call.decisions.get().shown_state_hash == ""

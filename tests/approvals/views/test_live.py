@@ -14,7 +14,7 @@ from approvals import display
 from approvals.models import Note, Status, ToolCall
 from approvals.services.decisions import decide
 from approvals.views.detail import live_version
-from tests.approvals.conftest import login, make_call
+from tests.approvals.conftest import login, make_call, shown_state
 from tests.conftest import World, events
 from tools_registry import services as registry_services
 
@@ -25,6 +25,13 @@ def version_of(body: str) -> str:
     )
     assert match, "the page carries its live version"
     return match.group(1)
+
+
+def live_state_of(body: str) -> dict[str, str]:
+    """What the page sends with its next poll (its #live-state)."""
+    found = re.search(r'<span id="live-state".*?</span>', body, re.S)
+    assert found, "the page carries its live state"
+    return dict(re.findall(r'name="(\w+)" value="([^"]*)"', found.group(0)))
 
 
 def test_the_live_poll_answers_nothing_until_the_call_changes(world: World, dave: Any) -> None:
@@ -50,7 +57,8 @@ def test_the_live_poll_answers_nothing_until_the_call_changes(world: World, dave
     assert 'name="verdict"' not in body
     # What bob was typing is kept, in the note form that replaced his decision form.
     assert "I was about to approve" in body and 'id="note-form"' in body
-    assert version_of(body) == live_version(ToolCall.objects.get(pk=call.pk)) != version
+    # send_email shows no record beside the call: no state in its version.
+    assert version_of(body) == live_version(ToolCall.objects.get(pk=call.pk), "") != version
 
 
 def test_a_vote_on_a_call_still_pending_updates_votes_not_the_form(world: World, dave: Any) -> None:
@@ -132,7 +140,12 @@ def test_a_correction_through_the_web_keeps_masked_values_left_as_shown(
     edited = '{"customer_id": "cus_0001", "changes": {"email": "a***@example.com", "plan": "enterprise"}}'
     response = bob.post(
         f"/approvals/{call.pk}/decide/",
-        {"verdict": "approve", "arguments_hash": call.arguments_hash, "edited_arguments": edited},
+        {
+            "verdict": "approve",
+            "arguments_hash": call.arguments_hash,
+            "state_hash": shown_state(bob, call),
+            "edited_arguments": edited,
+        },
     )
     assert response.status_code == 302
     call.refresh_from_db()
@@ -423,12 +436,7 @@ def test_the_notice_of_a_correction_stays_while_the_page_shows_the_old_arguments
     bob = login(world.bob)
     page = bob.get(f"/approvals/{call.pk}/").content.decode()
 
-    def state_of(body: str) -> dict[str, str]:
-        found = re.search(r'<span id="live-state".*?</span>', body, re.S)
-        assert found
-        return dict(re.findall(r'name="(\w+)" value="([^"]*)"', found.group(0)))
-
-    shown = state_of(page)
+    shown = live_state_of(page)
     decide(
         call_id=call.pk,
         reviewer=dave,
@@ -441,9 +449,46 @@ def test_the_notice_of_a_correction_stays_while_the_page_shows_the_old_arguments
     from approvals.services.notes import add_note
 
     add_note(call_id=call.pk, author=world.charlie, text="Checked with the customer.")
-    polled = state_of(first.content.decode())
+    polled = live_state_of(first.content.decode())
     assert polled["h"] == shown["h"]
     second = bob.post(f"/approvals/{call.pk}/live/", polled, HTTP_HX_REQUEST="true")
     body = second.content.decode()
     assert "Checked with the customer." in body
     assert "A reviewer corrected this call's arguments" in body
+
+
+def test_a_change_to_the_record_alone_brings_the_notice(world: World) -> None:
+    """The record beside the call lives in the downstream system: changed there, nothing
+    stored with the call changed, and the poll answered 204. The page kept showing the
+    record as it was, without the notice, until something else about the call changed."""
+    from sandbox.models import Customer
+
+    call = make_call(
+        world,
+        "update_customer",
+        arguments={"customer_id": "cus_0001", "changes": {"plan": "enterprise"}},
+    )
+    bob = login(world.bob)
+    live = f"/approvals/{call.pk}/live/"
+    shown = live_state_of(bob.get(f"/approvals/{call.pk}/").content.decode())
+    assert len(shown["s"]) == 64
+    assert bob.post(live, shown, HTTP_HX_REQUEST="true").status_code == 204
+
+    record = Customer.objects.filter(customer_id="cus_0001")
+    before = record.values("name", "plan").get()
+    record.update(name="Grace Hopper", plan="free")
+    update = bob.post(live, shown, HTTP_HX_REQUEST="true")
+    body = update.content.decode()
+    assert update.status_code == 200
+    assert re.search(r'id="stale-notice"[^>]*hx-swap-oob="true"', body)
+    assert "has changed since this page showed it" in body
+    assert "Grace Hopper" not in body  # the page still shows the record as it was
+    # The page keeps the state it shows; until anything changes again, the poll answers
+    # nothing, and the notice stays.
+    polled = live_state_of(body)
+    assert polled["s"] == shown["s"] and polled["v"] != shown["v"]
+    assert bob.post(live, polled, HTTP_HX_REQUEST="true").status_code == 204
+    # The record back as the page shows it: the notice goes.
+    record.update(**before)
+    back = bob.post(live, polled, HTTP_HX_REQUEST="true").content.decode()
+    assert "has changed since this page showed it" not in back

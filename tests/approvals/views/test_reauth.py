@@ -11,7 +11,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from approvals import reauth
 from audit.models import AuditEvent
-from tests.approvals.conftest import make_call
+from tests.approvals.conftest import make_call, shown_state
 from tests.conftest import World
 from tests.support.totp import code_for
 
@@ -148,22 +148,21 @@ def test_signing_in_again_in_a_verified_session_asks_for_the_code_again(world: W
     call = make_call(world, "delete_customer")
     client = stale_client(world, device)
     assert client.get("/approvals/").status_code == 200  # a verified session
+    form = {
+        "verdict": "approve",
+        "arguments_hash": call.arguments_hash,
+        "state_hash": shown_state(client, call),  # the page, opened in that session
+        "confirmation": "cus_0003",
+    }
 
     again = client.post("/login/", {"username": "bob", "password": "pw-bob"})
     assert again.status_code == 302
-    approve = client.post(
-        f"/approvals/{call.pk}/decide/",
-        {"verdict": "approve", "arguments_hash": call.arguments_hash, "confirmation": "cus_0003"},
-    )
+    approve = client.post(f"/approvals/{call.pk}/decide/", form)
     assert approve.status_code == 302
     assert approve["Location"].startswith("/account/two-factor/")
     assert call.decisions.count() == 0
 
     ok = client.post("/account/two-factor/verify/", {"code": code_for(device)})
     assert ok.status_code == 302
-    approve = client.post(
-        f"/approvals/{call.pk}/decide/",
-        {"verdict": "approve", "arguments_hash": call.arguments_hash, "confirmation": "cus_0003"},
-        HTTP_HX_REQUEST="true",
-    )
+    approve = client.post(f"/approvals/{call.pk}/decide/", form, HTTP_HX_REQUEST="true")
     assert "1 of 2 approvals" in approve.content.decode()

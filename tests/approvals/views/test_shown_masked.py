@@ -16,7 +16,13 @@ from approvals import before_after
 from approvals.guards import arguments_hash
 from approvals.models import Note, ToolCall
 from approvals.services.decisions import decide
-from tests.approvals.conftest import ARGUMENTS, login, make_call, with_free_form_names
+from tests.approvals.conftest import (
+    ARGUMENTS,
+    login,
+    make_call,
+    shown_state,
+    with_free_form_names,
+)
 from tests.conftest import World
 from tools_registry import services as registry_services
 from tools_registry.models import Tool, Upstream
@@ -180,6 +186,7 @@ def test_the_confirmation_phrase_never_carries_a_hidden_character(world: World) 
         {
             "verdict": "approve",
             "arguments_hash": call.arguments_hash,
+            "state_hash": shown_state(bob, call),
             "confirmation": "delete_customer",
         },
         HTTP_HX_REQUEST="true",
