@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http.request import split_domain_port, validate_host
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -156,6 +157,11 @@ class McpEndpoint:
             await _refuse(send, 400, "A request's id must be a string or an integer.")
             return
         opening = uuid4() if message.get("method") == "initialize" else None
+        if session is not None and opening is None:
+            if problem := _other_version(scope, session):
+                await _refuse(send, 400, problem)
+                return
+            scope = _with_version(scope, session)
         state = scope.setdefault("state", {})
         state["countersign"] = caller = Caller(
             agent=agent,
@@ -186,6 +192,40 @@ def _identify(authorization: str, session_id: str) -> tuple[Agent | None, McpSes
     if agent is None or agent.stopped_at is not None or not session_id:
         return agent, None
     return agent, sessions.find_session(agent, session_id)
+
+
+def _other_version(scope: Scope, session: McpSession) -> str:
+    """Why the request's ``MCP-Protocol-Version`` is not its session's ("" if it is, or it
+    sends none). The SDK runs stateless and serves each request at the revision its header
+    names: a session initialized at 2025-06-18 reached 2025-11-25's tasks by naming that
+    one. The protocol asks for the negotiated version in the header, and a 400 for one the
+    server does not serve; a session is served at its own only. Every copy of the header is
+    read: the SDK reads the first, a dict of them the last."""
+    named = {
+        value.decode("latin-1")
+        for key, value in scope["headers"]
+        if key.decode("latin-1").lower() == MCP_PROTOCOL_VERSION_HEADER
+    }
+    negotiated = session.protocol_version
+    if not negotiated or named <= {negotiated}:
+        return ""
+    said = ", ".join(sorted(named))[:100]
+    return (
+        f"The MCP-Protocol-Version header says {said}, but this session was initialized at "
+        f"{negotiated}: send {negotiated}, or initialize a new session for another revision."
+    )
+
+
+def _with_version(scope: Scope, session: McpSession) -> Scope:
+    """The request as the SDK should read it: without an ``MCP-Protocol-Version`` header
+    (a client of a revision before 2025-06-18 sends none), at its session's revision, which
+    the protocol says the server identifies the version by before it assumes 2025-03-26."""
+    if not session.protocol_version or any(
+        key.decode("latin-1").lower() == MCP_PROTOCOL_VERSION_HEADER for key, _ in scope["headers"]
+    ):
+        return scope
+    version = (MCP_PROTOCOL_VERSION_HEADER.encode(), session.protocol_version.encode())
+    return {**scope, "headers": [*scope["headers"], version]}
 
 
 def _foreign(headers: dict[str, str]) -> str:

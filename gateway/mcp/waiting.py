@@ -70,7 +70,13 @@ async def until_settled(
     deadline = None if timeout is None else started + max(timeout, 0.0)
     last_tick = started
     place = waits.new_place()
-    if not await run_sync(waits.places.take, agent.pk, place):
+    # Shielded: the take runs on in its thread when the request is cancelled (its client
+    # left), and a cancel delivered here, before the ``try``, left a place taken that no
+    # ``finally`` gave back; it lapsed after PLACE_SECONDS, the agent's waits refused
+    # meanwhile. The cancel comes at the next await instead, inside the ``try``.
+    with anyio.CancelScope(shield=True):
+        taken = await run_sync(waits.places.take, agent.pk, place)
+    if not taken:
         raise waits.TooManyWaits
     try:
         async with _wake_ups(call_id, request) as wake_up:

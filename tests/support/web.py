@@ -38,12 +38,15 @@ class WebProcess:
 
 
 @contextmanager
-def running_web(*, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[WebProcess]:
-    """Countersign's ASGI app in its own process, against the test database and Redis."""
+def running_web(
+    *, tmp_path: Path, env: dict[str, str] | None = None, app: str = "config.asgi:application"
+) -> Iterator[WebProcess]:
+    """Countersign's ASGI app (or ``app``, one that wraps it) in its own process, against the
+    test database and Redis."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running_asgi(
-        "config.asgi:application",
+        app,
         port=port,
         tmp_path=tmp_path,
         env=worker_env(PUBLIC_URL=url, PORT=str(port), **(env or {})),

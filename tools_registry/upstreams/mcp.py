@@ -7,14 +7,16 @@ its result is the tool's structured content, or its text (with its content block
 some are not text: an image, a resource, a kind the SDK does not know, kept as sent). An
 ``isError`` result means the tool reported a failure (the call failed), and so does a
 server that opens no session (nothing was sent), while a broken connection or a timeout in
-the session leaves the outcome unknown. The executor is synchronous, so each connection
-runs on an event loop of its own.
+the session leaves the outcome unknown. A ``tools/call`` answered 404 in its session (the
+server lost it, unread) is sent once more in a new session. The executor is synchronous, so
+each connection runs on an event loop of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -231,7 +233,47 @@ def call(
     key: str,
     timeout: float,
 ) -> JSON:
-    """Run the upstream's tool once, with the call's key in ``_meta``."""
+    """Run the upstream's tool once, with the call's key in ``_meta``.
+
+    A ``tools/call`` answered with HTTP 404 in the session the server opened says the server
+    ended that session before it read the call (it restarted, or another instance behind
+    its address answered): the protocol asks the client to initialize a new one. Nothing
+    ran, so the call is sent once more, in a new session, within what is left of its
+    timeout; a second failure is reported as any other."""
+    deadline = time.monotonic() + timeout
+    try:
+        return _call_once(
+            url=url, headers=headers, tool=tool, arguments=arguments, key=key, timeout=timeout
+        )
+    except _SessionLost:
+        pass
+    return _call_once(
+        url=url,
+        headers=headers,
+        tool=tool,
+        arguments=arguments,
+        key=key,
+        timeout=max(deadline - time.monotonic(), 0.0),
+        again=True,
+    )
+
+
+class _SessionLost(Exception):
+    """The server answered ``tools/call`` with 404 in its session: it did not read it."""
+
+
+def _call_once(
+    *,
+    url: str,
+    headers: list[tuple[str, str]],
+    tool: str,
+    arguments: JSON,
+    key: str,
+    timeout: float,
+    again: bool = False,
+) -> JSON:
+    """``call``'s one attempt; ``_SessionLost`` when the session was lost, unless it is
+    ``again`` the second."""
     opened: list[bool] = []  # whether the server opened a session: tools/call is sent in one
     call_answered: list[httpx2.Response] = []  # tools/call's HTTP status line and headers
     kept = bytearray()  # tools/call's answer as it was read (already held to the limit)
@@ -274,6 +316,8 @@ def call(
         result = _run(run, url, headers, timeout, on_response)
     except BaseException as exc:
         cause = _leaf(exc)
+        if not again and opened and isinstance(cause, MCPError) and _session_lost(call_answered):
+            raise _SessionLost from None
         if not opened and isinstance(cause, Exception):
             # Not connected, or the server refused to open a session (initialize: a wrong
             # credential, a timeout): tools/call was never sent, so the tool did not run,
@@ -383,6 +427,16 @@ def _result_as_sent(answer: bytes, request_id: list[Any]) -> types.CallToolResul
             is_error=result.get("isError") is True,
         )
     return None
+
+
+def _session_lost(answered: list[httpx2.Response]) -> bool:
+    """Whether the server answered ``tools/call``, sent in the session it opened, with 404:
+    the session is over, and the call was not read (the MCP transport's rule)."""
+    return bool(
+        answered
+        and answered[-1].status_code == 404
+        and answered[-1].request.headers.get("mcp-session-id")
+    )
 
 
 def _refused_over_http(answered: list[httpx2.Response]) -> ToolFailed | None:

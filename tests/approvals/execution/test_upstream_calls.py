@@ -385,3 +385,40 @@ def test_an_mcp_servers_big_answer_is_stored_truncated_and_a_huge_one_is_not_rea
         repeat(100_000)
     assert not isinstance(unread.value, ToolFailed)
     assert "larger than 50000 bytes" in str(unread.value)
+
+
+@pytest.fixture
+def sessions(live_world: World, mcp_upstream: WebProcess) -> World:
+    """The MCP server that keeps sessions (and loses them on request)."""
+    imported(live_world, "sessions", "mcp", f"{mcp_upstream.url}/sessions/mcp")
+    return live_world
+
+
+def test_an_mcp_call_whose_session_the_server_lost_is_sent_again_in_a_new_one(
+    sessions: World, mcp_upstream: WebProcess, worker: Worker
+) -> None:
+    """The server ended the session (a restart) between initialize and tools/call: it
+    answers 404, and the protocol asks the client to initialize again. The call was not
+    read, so it is sent once more, in a new session, and runs once: it failed as
+    upstream_404, a write no one had run reported failed."""
+    control(mcp_upstream, lose_sessions=1)
+    call = approved(sessions, "sessions__write_note", {"text": "Call Ada back."})
+    call = settle(call, statuses=("succeeded", "failed", "unknown"))
+    assert call.status == Status.SUCCEEDED, call.error
+    assert call.result == {"written": "Call Ada back.", "count": 1}
+    seen = effects(mcp_upstream)
+    assert seen["sessions_to_lose"] == 0, "the first session was lost"
+    assert seen["notes"] == [{"text": "Call Ada back.", "key": call.execution_key}]
+    assert seen["requests"] == {call.execution_key: 1}
+
+
+def test_an_mcp_call_whose_new_session_is_lost_too_fails_unrun(
+    sessions: World, mcp_upstream: WebProcess, worker: Worker
+) -> None:
+    control(mcp_upstream, lose_sessions=2)
+    call = approved(sessions, "sessions__write_note", {"text": "Call Ada back."})
+    call = settle(call, statuses=("failed", "unknown"))
+    assert call.status == Status.FAILED
+    assert call.error is not None and call.error["code"] == "upstream_404", call.error
+    assert effects(mcp_upstream)["sessions_to_lose"] == 0, "sent twice, in two sessions"
+    assert effects(mcp_upstream)["notes"] == []

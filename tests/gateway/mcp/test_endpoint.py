@@ -219,6 +219,57 @@ def test_a_session_is_opened_by_initialize_used_and_closed_by_delete(
     assert after.status_code == 404, "a closed session is over: the client initializes again"
 
 
+def open_at(web: WebProcess, token: str, version: str) -> str:
+    body = {**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": version}}
+    opened = post(web, token, body)
+    assert opened.status_code == 200 and message(opened)["result"]["protocolVersion"] == version
+    return opened.headers["mcp-session-id"]
+
+
+TASK_CALL = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+    "name": "send_email", "task": {},
+    "arguments": {"to": "ada@example.com", "subject": "Hello", "body": "Hi"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "versions",
+    [["2025-11-25"], ["2026-07-28"], ["2025-06-18", "2025-11-25"], ["2025-11-25", "2025-06-18"]],
+)
+def test_a_protocol_version_header_other_than_its_sessions_is_refused(
+    live_world: World, mcp_web: WebProcess, versions: list[str]
+) -> None:
+    """A session initialized at 2025-06-18 reached 2025-11-25's tasks by naming that
+    revision in the header of a later request: the protocol asks for the negotiated one, and
+    a 400 for a version the server does not serve (every copy of the header is read)."""
+    session = open_at(mcp_web, live_world.token, "2025-06-18")
+    auth = {"Authorization": f"Bearer {live_world.token}", "Mcp-Session-Id": session}
+    sent = [*ACCEPT.items(), *auth.items(), *(("MCP-Protocol-Version", v) for v in versions)]
+    for body in (TASK_CALL, {"jsonrpc": "2.0", "id": 4, "method": "tasks/list"}):
+        refused = httpx.post(
+            f"{mcp_web.url}/mcp", content=json.dumps(body).encode(), headers=sent, timeout=30
+        )
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == -32600
+        assert "initialized at 2025-06-18" in error["message"]
+    assert not ToolCall.objects.filter(agent=live_world.agent).exists(), "no call was made"
+
+
+def test_a_session_is_served_at_its_own_revision_with_or_without_the_header(
+    live_world: World, mcp_web: WebProcess
+) -> None:
+    older = open_at(mcp_web, live_world.token, "2025-06-18")
+    headers = {"Mcp-Session-Id": older, "MCP-Protocol-Version": "2025-06-18"}
+    listing = {"jsonrpc": "2.0", "id": 4, "method": "tasks/list"}
+    for sent in (headers, {"Mcp-Session-Id": older}):
+        no_tasks = message(post(mcp_web, live_world.token, listing, **sent))
+        assert no_tasks["error"]["code"] == -32601, "2025-06-18 has no tasks"
+    tasks = open_at(mcp_web, live_world.token, "2025-11-25")
+    # Without the header, at the revision negotiated (not 2025-03-26's, which has no tasks).
+    created = message(post(mcp_web, live_world.token, TASK_CALL, **{"Mcp-Session-Id": tasks}))
+    assert created["result"]["task"]["status"] == "working"
+
+
 def test_another_agents_session_is_unknown(live_world: World, mcp_web: WebProcess) -> None:
     other = Agent.objects.create(name="other-bot", owner=live_world.alice)
     _, token = registry_services.issue_token(agent=other, label="tests")

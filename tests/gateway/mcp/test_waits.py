@@ -22,7 +22,7 @@ from django.db import connections
 
 from approvals.models import ToolCall
 from audit.models import AuditEvent
-from gateway import longpoll
+from gateway import coordination, longpoll
 from tests.conftest import World
 from tests.gateway.mcp.test_endpoint import ACCEPT, message
 from tests.support.web import WebProcess, running_web
@@ -410,3 +410,71 @@ def test_a_task_id_no_task_has_is_quoted_cut_short(live_world: World, web: WebPr
     unknown = str(uuid.uuid4())
     error = rpc(web, headers, "tasks/get", {"taskId": unknown})["error"]
     assert error["message"] == f"No task {unknown!r}."
+
+
+@pytest.fixture(scope="module")
+def slow_web(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebProcess]:
+    """Countersign with Redis slow to answer the take of a wait's place
+    (``tests.support.slow_waits_web``)."""
+    with (
+        django_db_blocker.unblock(),
+        running_web(
+            tmp_path=tmp_path_factory.mktemp("mcp-slow-waits"),
+            env={"MCP_MAX_WAITS_PER_AGENT": str(MAX_WAITS)},
+            app="tests.support.slow_waits_web:application",
+        ) as running,
+    ):
+        yield running
+
+
+def places_taken(agent_id: int) -> int:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        return int(client.zcard(coordination.key("waits", agent_id)))
+    finally:
+        client.close()
+
+
+def leave_a_wait(world: World, web: WebProcess, *, waiting: bool) -> float:
+    """Start a countersign_wait of 60 s, close its connection once its place is taken (and,
+    if ``waiting``, once it waits), and answer how long the place was held after that."""
+    headers = open_session(web, world.token)
+    pending = rpc(
+        web, headers, "tools/call",
+        {"name": "send_email", "arguments": EMAIL, "_meta": {"io.countersign/wait-seconds": 0}},
+    )  # fmt: skip
+    call_id = pending["result"]["structuredContent"]["id"]
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "countersign_wait", "arguments": {"call_id": call_id, "wait_seconds": 60}}}  # fmt: skip
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{web.url}/mcp", json=body, headers=headers) as answer,
+    ):
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 10
+        while not places_taken(world.agent.pk) or (waiting and not subscribers(call_id)):
+            assert time.monotonic() < deadline, "the wait did not start"
+            time.sleep(0.05)
+    # Leaving the block closed the connection, the answer unread.
+    left = time.monotonic()
+    while places_taken(world.agent.pk):
+        assert time.monotonic() - left < 10, "the place is still held"
+        time.sleep(0.1)
+    return time.monotonic() - left
+
+
+def test_a_wait_whose_client_leaves_gives_its_place_back_at_once(
+    live_world: World, web: WebProcess
+) -> None:
+    assert leave_a_wait(live_world, web, waiting=True) < 3
+
+
+def test_a_wait_whose_client_leaves_while_it_takes_its_place_gives_it_back(
+    live_world: World, slow_web: WebProcess
+) -> None:
+    """The client left while Redis took the place: the request was cancelled before it held
+    the place, and nothing gave it back; it lapsed after PLACE_SECONDS (30), every wait of
+    the agent's past its limit refused meanwhile. Redis answers the take 1.5 s late here."""
+    assert leave_a_wait(live_world, slow_web, waiting=False) < 5

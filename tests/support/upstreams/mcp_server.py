@@ -10,6 +10,14 @@ Control: ``POST /_control`` sets ``{"seconds_after_effect": N, "echo": true, "re
 the notes with the key each one came with, the entries by key, and how many calls each key
 brought. Its MCP endpoint is ``/mcp``.
 
+The same ``write_note`` and ``list_notes`` are also served at ``/sessions/mcp`` as a server of
+the handshake era serves them (the 1.x SDKs, most servers deployed): it keeps sessions,
+and refuses a request at a later revision (2026-07-28's ``server/discover``) with 400, so
+the client initializes one. ``{"lose_sessions": N}`` ends the session of each of the next N
+``tools/call`` it receives before the call reaches it (with the protocol's own DELETE), as a
+restart ends every session; the call is then answered 404, unread. ``GET /_effects`` says
+how many are still to be lost (``sessions_to_lose``).
+
 Faults of one key (the soak's, ``bench/soak.py``): ``{"key_faults": {key: {"before": s,
 "after": s, "hold": "before" | "after"}}}``; the first call with that key then sleeps
 ``before`` seconds before its effect and ``after`` seconds after it, or waits at ``hold``
@@ -21,6 +29,7 @@ call holds up no other.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -28,15 +37,17 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 HOLD_LIMIT_SECONDS = 120
 
-state: dict[str, Any] = {"seconds_after_effect": 0.0, "echo": False}
+state: dict[str, Any] = {"seconds_after_effect": 0.0, "echo": False, "lose_sessions": 0}
 notes: list[dict[str, Any]] = []
 entries: dict[str, dict[str, Any]] = {}  # by key
 requests_by_key: dict[str, int] = {}
@@ -145,6 +156,77 @@ def erase_notes() -> dict[str, Any]:
 
 mcp_app = server.streamable_http_app(stateless_http=True, json_response=True)
 
+sessions_server = MCPServer("notes-in-sessions", instructions="A notebook.")
+sessions_server.add_tool(
+    list_notes,
+    description="List the notes.",
+    annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False),
+)
+sessions_server.add_tool(
+    write_note,
+    description="Write a note.",
+    annotations=ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=False
+    ),
+)
+sessions_app = sessions_server.streamable_http_app(json_response=True)
+
+
+def losing_sessions(app: ASGIApp) -> ASGIApp:
+    """``app`` as a server of the handshake era, ending the session of a ``tools/call``
+    before the call while ``lose_sessions`` says so."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        versions = [v.decode() for k, v in scope["headers"] if k == b"mcp-protocol-version"]
+        if any(v not in HANDSHAKE_PROTOCOL_VERSIONS for v in versions):
+            refusal = {"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32000, "message": "Bad Request: Unsupported protocol version"}}  # fmt: skip
+            await JSONResponse(refusal, status_code=400)(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        with contextlib.suppress(ValueError):
+            if json.loads(body).get("method") == "tools/call" and _lose_one():
+                await app({**scope, "method": "DELETE"}, _nothing, _ignored)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return serve
+
+
+def _lose_one() -> bool:
+    with lock:
+        if state["lose_sessions"] <= 0:
+            return False
+        state["lose_sessions"] -= 1
+        return True
+
+
+async def _nothing() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _ignored(message: Message) -> None:
+    return None
+
 
 async def control(request: Request) -> Response:
     changes = await request.json()
@@ -153,6 +235,7 @@ async def control(request: Request) -> Response:
             for kept in (notes, entries, requests_by_key, key_faults, released):
                 kept.clear()
             state["echo"] = False
+            state["lose_sessions"] = 0
         key_faults.update(changes.pop("key_faults", {}))
         released.update(changes.pop("release", []))
         state.update(changes)
@@ -168,6 +251,7 @@ async def seen(request: Request) -> Response:
                 "entries": dict(entries),
                 "requests": dict(requests_by_key),
                 "held": sorted(held),
+                "sessions_to_lose": state["lose_sessions"],
             }
         )
 
@@ -179,7 +263,7 @@ async def held_now(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    async with server.session_manager.run():
+    async with server.session_manager.run(), sessions_server.session_manager.run():
         yield
 
 
@@ -188,6 +272,7 @@ app = Starlette(
         Route("/_control", control, methods=["POST"]),
         Route("/_effects", seen),
         Route("/_held", held_now),
+        Mount("/sessions", losing_sessions(sessions_app)),
         Mount("/", mcp_app),
     ],
     lifespan=lifespan,
