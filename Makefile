@@ -78,7 +78,12 @@ chromium:
 	  $$sudo apt-get update -qq >/dev/null && \
 	  $$sudo apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.installed-dev $(AGENT_CLIENTS)/.installed chromium
+# The two environments and the browser are set up side by side: each mostly waits on
+# downloads and disk, and a fresh machine (CI) saves the shorter one's half-minute.
+SETUP_FOR_TESTS := $(VENV)/.installed-dev $(AGENT_CLIENTS)/.installed chromium
+
+test:
+	@$(MAKE) --no-print-directory -s -j3 --output-sync=target $(SETUP_FOR_TESTS)
 	@export DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		SECRET_KEY=$${SECRET_KEY:-countersign-tests-only} CELERY_QUEUE=$${CELERY_QUEUE:-countersign-tests}; \
 	$(PY) scripts/check_services.py || exit 1; \
