@@ -3,6 +3,7 @@ missing service, they stop the run and say which one is missing."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.cache import caches
 from django.core.management import call_command
+from django.db import transaction
 from django.test import Client, TransactionTestCase
 
 from audit.models import AuditEvent
@@ -181,8 +183,52 @@ def build_world() -> World:
 
 
 @pytest.fixture
-def world(db: None) -> World:
+def world(request: pytest.FixtureRequest, db: None) -> World:
+    """The cast, built for the test; or, in a module that uses ``module_world``, a copy of
+    the module's (its rows are the same: each test's changes are rolled back)."""
+    if "module_world" in request.fixturenames:
+        return copy.deepcopy(request.getfixturevalue("module_world"))
     return build_world()
+
+
+# Fixtures of a test that commit: a module that shares one world can have none of them.
+COMMITTING = {"transactional_db", "live_world", "live_server", "django_db_reset_sequences"}
+
+
+@pytest.fixture(scope="module")
+def module_world(
+    request: pytest.FixtureRequest, django_db_setup: None, django_db_blocker: Any
+) -> Iterator[World]:
+    """One cast for all of a module's tests, as Django's ``setUpTestData``: built once, in a
+    transaction that each test's own (a savepoint) nests in, and rolled back after the last.
+    Building it takes about 150 statements; the transitions module alone builds it 466 times.
+
+    A module asks for it with ``pytest.mark.usefixtures("module_world")`` (module-scoped, it
+    is then set up before each test's transaction). Only for modules whose tests all roll
+    back: a committing test inside this transaction would commit nothing its worker
+    processes could see."""
+    committing = [
+        item.nodeid
+        for item in request.session.items
+        if item.path == request.path
+        and (
+            COMMITTING & set(getattr(item, "fixturenames", ()))
+            or any(mark.kwargs.get("transaction") for mark in item.iter_markers("django_db"))
+        )
+    ]
+    if committing:
+        pytest.fail(
+            f"module_world is for modules whose tests roll back; these commit: {committing}"
+        )
+    with django_db_blocker.unblock():
+        atomic = transaction.atomic()
+        atomic._from_testcase = True  # type: ignore[attr-defined]  # as TestCase's: durable blocks nest
+        atomic.__enter__()
+        shared = build_world()
+    yield shared
+    with django_db_blocker.unblock():
+        transaction.set_rollback(True)
+        atomic.__exit__(None, None, None)
 
 
 @pytest.fixture

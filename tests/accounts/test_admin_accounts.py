@@ -3,8 +3,6 @@ authenticator app can be deleted (audited), never added, edited or read."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 from django.contrib.auth.models import Group, User
 from django.forms import modelform_factory
@@ -15,9 +13,11 @@ from accounts.admin import PersonForm, TeamForm
 from audit.models import AuditEvent
 from audit.receivers import attempted_name
 from tests.conftest import World
-from tests.support.uncommitted import uncommitted
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 KEY = "3132333435363738393031323334353637383930"
 
@@ -228,32 +228,6 @@ def test_a_team_a_tools_rules_name_is_neither_deleted_nor_renamed_under_them(
     assert renamed.status_code == 302
     response = client.post(f"/admin/auth/group/{team.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302 and not Group.objects.filter(pk=team.pk).exists()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_team_is_not_deleted_while_a_rule_naming_it_is_saved(world: World) -> None:
-    """A tool admin saves a rule naming the team while another admin deletes it: the
-    deletion found no rule naming it (not yet committed), and the rule was saved naming a
-    team that no longer existed. The deletion now waits for the save, then refuses."""
-    from django.contrib.auth.models import Group
-
-    team = Group.objects.create(name="finance")
-    tool = world.tools["send_email"]
-    client, _ = admin_client()
-    rule_saved = partial(
-        registry_services.update_policy,
-        tool=tool,
-        changes={"rules": [_rule_from("finance")]},
-        changed_by=None,
-    )
-    with uncommitted(rule_saved):
-        response = client.post(
-            "/admin/auth/group/",
-            {"action": "delete_selected", "_selected_action": [team.pk], "post": "yes"},
-        )
-    assert response.status_code == 200 and "Cannot delete group" in response.content.decode()
-    assert Group.objects.filter(name="finance").exists()
-    assert Tool.objects.get(pk=tool.pk).rules == [_rule_from("finance")]
 
 
 def test_changing_someones_name_or_address_is_audited(world: World) -> None:

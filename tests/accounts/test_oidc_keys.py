@@ -18,6 +18,9 @@ from django.test import Client, override_settings
 from tests.conftest import World
 from tests.support.upstreams.raw_http import RawHttpServer, reply
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 CLIENT_ID = "countersign-keys"
 
 

@@ -22,6 +22,9 @@ from tests.conftest import World, events
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 REFUND_RULES = [
     {"when": "args.amount_cents <= 5000", "then": "approve", "note": "Small refunds."},
     {

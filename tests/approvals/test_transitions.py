@@ -22,7 +22,8 @@ from tests.support import ROOT
 from tests.test_layers import product_modules
 from tools_registry.policy import Risk
 
-pytestmark = pytest.mark.django_db
+# Its hundreds of cases share one world (tests.conftest.module_world): each rolls back.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]
 
 TOOL_OF_RISK = {
     Risk.READ: "search_docs",

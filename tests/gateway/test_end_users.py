@@ -28,7 +28,7 @@ from approvals.services import standing
 from approvals.services.decisions import SeparationOfDuties, decide
 from audit.models import AuditEvent
 from tests.conftest import ApiClient, World, sandbox_effects
-from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL, in_threads
+from tests.gateway.conftest import GET_CUSTOMER, SEND_EMAIL
 from tests.gateway.test_errors import error_of
 from tests.support.compression import gzip_bomb
 from tests.support.identity_provider import (
@@ -40,6 +40,9 @@ from tests.support.identity_provider import (
 )
 from tools_registry import services, user_tokens
 from tools_registry.models import Agent, IdentityProvider
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 CHECKLIST = {
     "viewer": {"risks": ["read"]},
@@ -778,38 +781,6 @@ class _Hanging(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.django_db(transaction=True)
-def test_requests_waiting_on_a_provider_that_hangs_share_its_one_fetch(
-    live_world: World, identity_providers: ProviderFactory
-) -> None:
-    """Requests arriving together wait for the one fetch under way. When it timed out, each
-    of them fetched again in turn (the refresh interval counted from the fetch's start, which
-    a fetch as long as the timeout had used up): one fetch per request, the last request
-    answered after as many timeouts as there were requests before it."""
-    provider = identity_providers()
-    agent = live_world.agent
-    agent.user_roles_from = Agent.UserRoles.VERIFIED
-    agent.identity_provider = provider.row
-    services.save_agent(agent=agent, changed_by=None)
-    token = provider.token()
-    _Hanging.asked = 0
-
-    def list_tools(_: int) -> tuple[int, float]:
-        started = time.monotonic()
-        response = listed(live_world, HTTP_COUNTERSIGN_USER_TOKEN=token)
-        error_of(response, 503, "identity_provider_unavailable")
-        return response.status_code, time.monotonic() - started
-
-    with (
-        keys_served_by(provider, _Hanging),
-        override_settings(JWKS_TIMEOUT_SECONDS=1, JWKS_MIN_REFRESH_SECONDS=1),
-    ):
-        answered = in_threads(4, list_tools)
-    slowest = max(took for _, took in answered)
-    assert _Hanging.asked == 1, f"{_Hanging.asked} fetches for 4 requests"
-    assert slowest < 2.5, f"a request waited {slowest:.1f} s"
-
-
 class _SlowAfterFirst(BaseHTTPRequestHandler):
     """A provider that answers its first fetch at once and every later one after 4 s."""
 
@@ -829,42 +800,6 @@ class _SlowAfterFirst(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_token_whose_key_is_cached_does_not_wait_for_a_fetch_under_way(
-    live_world: World, identity_providers: ProviderFactory
-) -> None:
-    """A token whose key is in the fresh cached set waited for any fetch of the set under
-    way, then was checked with the keys it already had: a token naming a made-up key (a
-    fetch per interval, which any agent can ask for) held every verified request as long as
-    a slow provider took, up to JWKS_TIMEOUT_SECONDS."""
-    provider = identity_providers()
-    agent = live_world.agent
-    agent.user_roles_from = Agent.UserRoles.VERIFIED
-    agent.identity_provider = provider.row
-    services.save_agent(agent=agent, changed_by=None)
-    _SlowAfterFirst.body = json.dumps({"keys": [k.public_jwk() for k in provider.keys]}).encode()
-    _SlowAfterFirst.asked = 0
-    genuine, made_up = provider.token(), provider.token(key=rsa_key())
-
-    def list_tools(index: int) -> tuple[int, float]:
-        if index == 1:
-            time.sleep(0.5)  # the made-up key's fetch is under way
-        started = time.monotonic()
-        token = made_up if index == 0 else genuine
-        response = listed(live_world, HTTP_COUNTERSIGN_USER_TOKEN=token)
-        return response.status_code, time.monotonic() - started
-
-    with (
-        keys_served_by(provider, _SlowAfterFirst),
-        override_settings(JWKS_TIMEOUT_SECONDS=3, JWKS_MIN_REFRESH_SECONDS=0),
-    ):
-        assert listed(live_world, HTTP_COUNTERSIGN_USER_TOKEN=genuine).status_code == 200
-        (made_up_status, _), (status, took) = in_threads(2, list_tools)
-    assert made_up_status == 503, "the made-up key's fetch timed out"
-    assert _SlowAfterFirst.asked == 2
-    assert status == 200 and took < 1.5, f"a cached key waited {took:.1f} s for the fetch"
 
 
 @pytest.mark.parametrize("user_id", ["b\u202eob", "a\u200bda", "\u2067ada"])

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from django.test import Client, override_settings
 from hypothesis import HealthCheck, given, settings
@@ -20,9 +18,11 @@ from audit.models import AuditEvent
 from tests.conftest import ApiClient, World
 from tests.gateway.conftest import SEND_EMAIL
 from tests.support.probe import install_probe_tool, stock_call
-from tests.support.web import running_web
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 
 def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -418,31 +418,6 @@ MALFORMED = [
 def test_malformed_bodies_are_400(world: World) -> None:
     for raw in MALFORMED:
         error_of(post_raw(world, raw), 400, "invalid_request")
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_chunked_body_is_refused_for_what_it_is(live_world: World, tmp_path: Path) -> None:
-    """Through the server as deployed: a body streamed without a Content-Length is not
-    read, and the agent is told so, not that its valid JSON is not JSON."""
-    body = json.dumps(SEND_EMAIL).encode()
-    headers = {
-        "Authorization": f"Bearer {live_world.token}",
-        "Idempotency-Key": "chunked",
-        "Content-Type": "application/json",
-    }
-    with running_web(tmp_path=tmp_path) as web:
-        response = httpx.post(
-            f"{web.url}/api/v1/tool-calls", content=iter([body[:10], body[10:]]), headers=headers
-        )
-        assert response.request.headers["Transfer-Encoding"] == "chunked"
-        assert response.status_code == 400, response.text
-        error = response.json()["error"]
-        assert error["code"] == "invalid_request"
-        assert "Content-Length" in error["message"], error
-        assert not ToolCall.objects.exists()
-        # The same body with its length is read.
-        sent = httpx.post(f"{web.url}/api/v1/tool-calls", content=body, headers=headers)
-        assert sent.status_code == 202, sent.text
 
 
 WRONG_TYPES = [

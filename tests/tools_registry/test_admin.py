@@ -24,7 +24,8 @@ from tools_registry.permissions import can_review
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams.offers import ImportedTool, Offer
 
-pytestmark = pytest.mark.usefixtures("world")
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world", "world")
 
 
 def _change_url(tool: Tool) -> str:
@@ -360,60 +361,6 @@ def name_taken_uncommitted(model: type[Any], **fields: Any) -> Any:
     """Another admin's save of the same name, under way: its row is written, not yet
     committed, and commits a moment after the block's request has checked the name."""
     return uncommitted(lambda: model._default_manager.create(**fields))
-
-
-@pytest.mark.django_db(transaction=True)
-def test_an_agent_added_twice_at_once_is_a_form_error_not_a_500(
-    world: World, admin_client: Client
-) -> None:
-    """Save clicked twice: both saves passed the form's unique check before either
-    committed, and the second's INSERT failed with IntegrityError (a 500)."""
-    with name_taken_uncommitted(Agent, name="billing-bot", owner=world.alice):
-        response = admin_client.post(
-            "/admin/tools_registry/agent/add/",
-            {
-                "name": "billing-bot",
-                "owner": world.alice.pk,
-                "max_rounds_per_session": 10,
-                "enabled": "on",
-                "tokens-TOTAL_FORMS": 0,
-                "tokens-INITIAL_FORMS": 0,
-            },
-        )
-    assert response.status_code == 200
-    assert "already exists" in str(response.context["adminform"].form.errors["name"])
-    assert Agent.objects.filter(name="billing-bot").count() == 1
-    assert events("agent.created", agent_name="billing-bot") == []
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_team_added_twice_at_once_is_a_form_error_not_a_500(admin_client: Client) -> None:
-    with name_taken_uncommitted(Group, name="billing"):
-        response = admin_client.post("/admin/auth/group/add/", {"name": "billing"})
-    assert response.status_code == 200
-    assert "already exists" in str(response.context["adminform"].form.errors["name"])
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_rule_naming_a_team_deleted_meanwhile_is_a_form_error(
-    world: World, admin_client: Client
-) -> None:
-    """Another admin deletes the team while this one saves a rule naming it: both checks
-    passed before either committed, and the rule was saved naming a team that no longer
-    existed (its calls could only expire). The save now waits for the deletion, then says
-    the team is gone."""
-    Group.objects.create(name="finance")
-    tool = world.tools["send_email"]
-    data = admin_form_data(admin_client.get(_change_url(tool)))
-    rule = {"when": "true", "then": "require", "approvals": 1, "team": "finance"}
-    data.update(rules=json.dumps([rule]))
-    with uncommitted(lambda: Group.objects.filter(name="finance").delete()):
-        response = admin_client.post(_change_url(tool), data)
-    assert response.status_code == 200
-    errors = response.context["adminform"].form.errors.as_data()
-    assert [e.message for e in errors["rules"]] == ["Rule 1: there is no team named 'finance'."]
-    tool.refresh_from_db()
-    assert (tool.rules, tool.policy_version) == ([], 1)
 
 
 def _user_form(admin_client: Client, user: Any) -> dict[str, Any]:

@@ -19,6 +19,9 @@ from tests.gateway.conftest import SEND_EMAIL
 from tests.tools_registry.conftest import admin_form_data
 from tools_registry.models import Agent, IdentityProvider
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 CHECKLIST = {
     "viewer": {"risks": ["read"]},
     "support": {"risks": ["read", "write"]},

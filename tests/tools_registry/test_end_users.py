@@ -15,6 +15,9 @@ from tools_registry.end_users import Refused, identify
 from tools_registry.models import Agent
 from tools_registry.role_scopes import NOBODY, EndUser
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 CHECKLIST = {
     "viewer": {"risks": ["read"]},
     "support": {"risks": ["read", "write"]},

@@ -27,7 +27,8 @@ from tests.support.web import WebProcess
 from tools_registry.models import Tool, Upstream
 from tools_registry.upstreams import secrets
 
-pytestmark = pytest.mark.django_db
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]
 
 CANARY = UPSTREAM_TOKEN
 

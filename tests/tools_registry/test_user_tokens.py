@@ -24,6 +24,9 @@ from tools_registry.end_users import Refused, identify
 from tools_registry.models import Agent, IdentityProvider
 from tools_registry.role_scopes import EndUser
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 
 @pytest.fixture(autouse=True)
 def _no_cached_keys() -> Iterator[None]:

@@ -31,7 +31,8 @@ from tools_registry.models import Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams import openapi
 
-pytestmark = pytest.mark.django_db
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]
 
 DOCUMENT = {
     "openapi": "3.1.0",

@@ -26,6 +26,9 @@ from tests.approvals.conftest import login, make_call
 from tests.conftest import World, events
 from tools_registry import services as registry_services
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 
 

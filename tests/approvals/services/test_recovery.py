@@ -31,6 +31,9 @@ from tools_registry import registry
 from tools_registry.registry import LookupResult
 from tools_registry.services import stop_agent
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 
 def actions(call: ToolCall) -> list[str]:
     return list(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
@@ -24,6 +25,9 @@ from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams import openapi
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 PAGE = "/approvals/attention/"
 

@@ -22,6 +22,9 @@ from tests.conftest import World, events
 from tests.tools_registry.conftest import admin_form_data
 from tools_registry import services as registry_services
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 CHANGE = "/admin/tools_registry/tool/{}/change/"
 
 
