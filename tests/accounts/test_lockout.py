@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -9,6 +10,9 @@ from django.test import Client, override_settings
 
 from audit.models import AuditEvent
 from tests.conftest import World
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 
 def fail(client: Client, username: str, times: int, **extra: str) -> None:

@@ -23,6 +23,9 @@ from tools_registry import services
 from tools_registry.models import Tool
 from tools_registry.permissions import REVEAL_PERMISSION
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 CUSTOMER = "cus_0003"  # delete_customer's argument in tests.approvals.conftest
 
 

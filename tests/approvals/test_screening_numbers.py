@@ -17,6 +17,9 @@ from tools_registry import services as registry_services
 from tools_registry.models import Tool
 from tools_registry.policy import Risk, defaults_for
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 ORDER_SCHEMA = {
     "type": "object",
     "properties": {

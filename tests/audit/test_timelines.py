@@ -29,7 +29,8 @@ from tests.support.calls import claimed_call
 from tests.support.workers import purge_queue
 from tools_registry.services.grants import grant
 
-pytestmark = pytest.mark.django_db
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]
 
 EMAIL = {
     "tool": "send_email",

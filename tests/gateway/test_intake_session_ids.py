@@ -9,7 +9,8 @@ from audit.models import AuditEvent
 from tests.conftest import World
 from tests.gateway.test_errors import error_of
 
-pytestmark = pytest.mark.django_db
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("module_world")]
 
 
 @pytest.mark.parametrize("tool", ["send_email", "get_customer"])

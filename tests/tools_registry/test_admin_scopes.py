@@ -16,7 +16,8 @@ from tools_registry import services
 from tools_registry.admin_scopes import PERMISSION_VERBS
 from tools_registry.permissions import can_review
 
-pytestmark = pytest.mark.usefixtures("world")
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world", "world")
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ from tests.tools_registry.export_shapes import SHAPES
 from tools_registry.exports import FORMATS, export_tools
 from tools_registry.models import Tool
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 ARGUMENTS_SCHEMA = {
     "openai": lambda d: d["function"]["parameters"],
     "openai-responses": lambda d: d["parameters"],

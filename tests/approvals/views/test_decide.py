@@ -27,6 +27,9 @@ from tests.approvals.conftest import (
 from tests.conftest import World
 from tools_registry import services as registry_services
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 
 def post_decision(client, call: ToolCall, verdict: str, **fields):  # type: ignore[no-untyped-def]
     """The verdict as the call's page sends it: bound to its arguments and the state shown."""

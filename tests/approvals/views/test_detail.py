@@ -6,6 +6,7 @@ import re
 import uuid
 from datetime import timedelta
 
+import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -17,6 +18,9 @@ from approvals.services.notes import add_note
 from tests.approvals.conftest import login, make_call
 from tests.conftest import World
 from tools_registry import services as registry_services
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 
 def test_it_shows_what_the_reviewer_needs_to_decide(world: World, dave, bob_client) -> None:

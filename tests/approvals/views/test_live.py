@@ -18,6 +18,9 @@ from tests.approvals.conftest import login, make_call, shown_state
 from tests.conftest import World, events
 from tools_registry import services as registry_services
 
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
+
 
 def version_of(body: str) -> str:
     match = re.search(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -16,6 +17,9 @@ from approvals.services.decisions import decide
 from tests.approvals.conftest import login, make_call
 from tests.conftest import World
 from tools_registry import services as registry_services
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 
 def ids_on(response) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from django.test import Client
 from django.utils import timezone
 from django_otp import DEVICE_ID_SESSION_KEY
@@ -14,6 +15,9 @@ from audit.models import AuditEvent
 from tests.approvals.conftest import make_call, shown_state
 from tests.conftest import World
 from tests.support.totp import code_for
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 
 def stale_client(world: World, device: TOTPDevice | None = None) -> Client:

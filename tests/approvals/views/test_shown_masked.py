@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import mcp_types as types
+import pytest
 
 from approvals import before_after
 from approvals.guards import arguments_hash
@@ -28,6 +29,9 @@ from tools_registry import services as registry_services
 from tools_registry.models import Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams import mcp as upstream_mcp
+
+# Its tests share one world (tests.conftest.module_world): each rolls back.
+pytestmark = pytest.mark.usefixtures("module_world")
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkFkYSJ9."
