@@ -6,27 +6,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, starts
 
 
 def services(tmp_path: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a process of its own, whose settings are read from ``env`` on top
-    of the test run's services (a process started outside pytest: not the tests' defaults)."""
+    of the test run's services (a process started outside pytest, ``tests.support.starts``:
+    not the tests' defaults)."""
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "COUNTERSIGN_VAR_DIR": str(tmp_path),
         **env,
     }
-    return subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
+    return starts.start(script, environment, cwd=ROOT)
 
 
 READ = "from django.conf import settings\nprint(settings.{name})\n"
