@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_wsgi_application()  # sets Django up: the imports below need it
 
+from gateway.hangups import HangUpWatch  # noqa: E402
 from gateway.mcp.app import McpEndpoint  # noqa: E402
 
 mcp = McpEndpoint()
@@ -55,8 +56,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 application = Starlette(
     routes=[
         *routes,
+        # A long-poll learns from HangUpWatch that its client went away (gateway.hangups).
         # a2wsgi's and Django's types disagree on how a WSGI app is spelled, not on what it is.
-        Mount("/", WSGIMiddleware(django_application, workers=settings.WEB_THREADS)),  # type: ignore[arg-type]
+        Mount("/", HangUpWatch(WSGIMiddleware(django_application, workers=settings.WEB_THREADS))),  # type: ignore[arg-type]
     ],
     lifespan=lifespan,
 )

@@ -27,6 +27,7 @@ from approvals.transitions import InvalidTransition
 from gateway import (
     end_users,
     errors,
+    hangups,
     http,
     intake,
     longpoll,
@@ -406,6 +407,7 @@ def get_tool_call(request: HttpRequest, call_id: UUID, query: Query[WaitQuery]) 
             wait=query.wait,
             seen=query.seen,
             still_allowed=lambda: _still_allowed(request),
+            hung_up=hangups.detector(request) if query.wait else lambda: False,
         )
     except longpoll.ThreadsTaken:
         raise errors.waiting_threads_taken(longpoll.threads_for_waits()) from None

@@ -376,6 +376,12 @@ def too_many_waits(limit: int) -> ApiError:
 
 
 def waiting_threads_taken(threads: int) -> ApiError:
+    if threads == 0:
+        return _too_many_waits(
+            "This server's web process serves one request at a time (WEB_THREADS=1): it "
+            "keeps its thread for requests that do not wait, and lets none wait for calls "
+            "to end."
+        )
     return _too_many_waits(
         f"This server's {threads} threads for requests that wait for calls to end are all "
         "taken; its others are kept for requests that do not wait."

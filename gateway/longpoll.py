@@ -11,8 +11,12 @@ re-reads every ``POLL_SECONDS`` instead.
 Each waiting request holds one Redis connection and one web thread for the duration of its
 wait, and one of its agent's places (``gateway.waits``, shared with MCP's waits): one agent
 cannot hold every thread of the web processes with long-polls. However many agents wait,
-a quarter of a process's threads are kept for requests that do not wait
-(``threads_for_waits``).
+at most three in four of a process's threads wait (``threads_for_waits``), the rest kept for
+requests that do not wait: a process of one thread (gunicorn's sync workers,
+``WEB_THREADS=1``) lets no long-poll wait at all. A request whose client hung up stops
+waiting within ``HANG_UP_CHECK_SECONDS`` where the server lets that be seen
+(``gateway.hangups``), giving its thread and its place back; elsewhere it waits on to its
+deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ logger = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60
 RECHECK_SECONDS = 5.0
 POLL_SECONDS = 0.5
+# How often a wait on Redis asks whether its client hung up (a peek at a socket, or an
+# event: cheap), between the wake-ups and re-reads that come every RECHECK_SECONDS.
+HANG_UP_CHECK_SECONDS = 1.0
 
 
 def channel(call_id: UUID | str) -> str:
@@ -55,6 +62,7 @@ def wait_for_change(
     wait: float,
     seen: str = "",
     still_allowed: Callable[[], None] = lambda: None,
+    hung_up: Callable[[], bool] = lambda: False,
 ) -> ToolCall | None:
     """The call once its status differs from ``seen`` (default: its status now), is
     terminal, or ``wait`` seconds passed; None if the agent has no such call.
@@ -63,7 +71,9 @@ def wait_for_change(
     free) and one of the agent's places (``gateway.waits``: ``TooManyWaits`` when none is
     free), when the call would be waited for. ``still_allowed`` is called before each read
     after a pause, and raises once the caller may no longer read (a token revoked, an agent
-    stopped while the request waited)."""
+    stopped while the request waited). ``hung_up`` says whether the request's client went
+    away (``gateway.hangups``): the wait then ends early, with the call as last read, an
+    answer nobody reads."""
     wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
     if wait <= 0:
         return selectors.call_of_agent(agent, call_id)
@@ -73,14 +83,14 @@ def wait_for_change(
             try:
                 with waits.holding(agent.pk) as keep:
                     return _wait_in_place(
-                        agent, call_id, seen, deadline, _kept(keep, still_allowed)
+                        agent, call_id, seen, deadline, _kept(keep, still_allowed), hung_up
                     )
             except waits.WaitsUncounted:
                 # Redis, which counts the agent's places, is down: the wait goes on
                 # uncounted, polling the database, within this process's share of its
                 # threads (counted here), rather than failing every agent's waits for as
                 # long as Redis is away.
-                return _wait_in_place(agent, call_id, seen, deadline, still_allowed)
+                return _wait_in_place(agent, call_id, seen, deadline, still_allowed, hung_up)
     except waits.TooManyWaits:
         # No place, but nothing to wait for either (an ended call, a stale ``seen``, none of
         # the agent's): that is the answer, as it would have been at once with a place.
@@ -95,12 +105,13 @@ class ThreadsTaken(waits.TooManyWaits):
 
 
 def threads_for_waits() -> int:
-    """The web threads of this process that long-polls may hold at once: all but a quarter
-    of ``WEB_THREADS`` (at least one), kept for requests that do not wait (reviewers'
-    pages, submissions, reads) however many agents long-poll at once. An agent's own limit
-    (``gateway.waits``) keeps one agent from taking them all."""
-    threads = int(settings.WEB_THREADS)
-    return max(1, threads - max(1, threads // 4))
+    """The web threads of this process that long-polls may hold at once: three in four of
+    ``WEB_THREADS``, rounded down, so that at least one is kept for requests that do not wait
+    (reviewers' pages, submissions, reads) however many agents long-poll at once. With one
+    thread that is none: a long-poll that took it would hold up every other request of the
+    process until its deadline. An agent's own limit (``gateway.waits``) keeps one agent
+    from taking them all."""
+    return int(settings.WEB_THREADS) * 3 // 4
 
 
 class _Threads:
@@ -136,15 +147,20 @@ def _kept(keep: Callable[[], None], still_allowed: Callable[[], None]) -> Callab
 
 
 def _wait_in_place(
-    agent: Agent, call_id: UUID, seen: str, deadline: float, still_allowed: Callable[[], None]
+    agent: Agent,
+    call_id: UUID,
+    seen: str,
+    deadline: float,
+    still_allowed: Callable[[], None],
+    hung_up: Callable[[], bool],
 ) -> ToolCall | None:
     if coordination.shared():
         try:
-            return _wait_on_redis(agent, call_id, seen, deadline, still_allowed)
+            return _wait_on_redis(agent, call_id, seen, deadline, still_allowed, hung_up)
         except redis.RedisError:
             # It could not subscribe (a failure mid-wait is ``_wait``'s to handle).
             logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
-    return _wait_polling(agent, call_id, seen, deadline, still_allowed)
+    return _wait_polling(agent, call_id, seen, deadline, still_allowed, hung_up)
 
 
 def _done(call: ToolCall | None, baseline: str) -> bool:
@@ -170,6 +186,7 @@ def _wait(
     pause: Callable[[float], object],
     step: float,
     still_allowed: Callable[[], None],
+    hung_up: Callable[[], bool],
 ) -> ToolCall | None:
     """Read the call until it changed or the deadline passed, pausing up to ``step``
     seconds at a time with no database connection held. A pause on Redis that fails turns
@@ -188,13 +205,22 @@ def _wait(
         except redis.RedisError:
             logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
             pause, step = time.sleep, POLL_SECONDS
+        if hung_up():
+            # Nobody reads the answer: give the thread and the place back now.
+            logger.info("long-poll of call %s ends early: its client hung up", call_id)
+            break
         still_allowed()
         call = selectors.call_of_agent(agent, call_id)
     return call
 
 
 def _wait_on_redis(
-    agent: Agent, call_id: UUID, seen: str, deadline: float, still_allowed: Callable[[], None]
+    agent: Agent,
+    call_id: UUID,
+    seen: str,
+    deadline: float,
+    still_allowed: Callable[[], None],
+    hung_up: Callable[[], bool],
 ) -> ToolCall | None:
     pubsub = coordination.redis_client().pubsub()
     try:
@@ -205,26 +231,37 @@ def _wait_on_redis(
             call_id,
             seen,
             deadline,
-            pause=lambda seconds: _next_message(pubsub, seconds),
+            pause=lambda seconds: _next_message(pubsub, seconds, hung_up),
             step=RECHECK_SECONDS,
             still_allowed=still_allowed,
+            hung_up=hung_up,
         )
     finally:
         pubsub.close()
 
 
-def _next_message(pubsub: redis.client.PubSub, timeout: float) -> bool:
-    """Block until a status message arrives (True) or ``timeout`` passes (False)."""
+def _next_message(
+    pubsub: redis.client.PubSub, timeout: float, hung_up: Callable[[], bool] = lambda: False
+) -> bool:
+    """Block until a status message arrives (True) or ``timeout`` passes (False), or the
+    client hung up (False), which is asked every ``HANG_UP_CHECK_SECONDS``."""
     end = time.monotonic() + timeout
     while (left := end - time.monotonic()) > 0:
-        message = pubsub.get_message(timeout=left)
+        message = pubsub.get_message(timeout=min(left, HANG_UP_CHECK_SECONDS))
         if message is not None and message.get("type") == "message":
             return True
+        if hung_up():
+            return False
     return False
 
 
 def _wait_polling(
-    agent: Agent, call_id: UUID, seen: str, deadline: float, still_allowed: Callable[[], None]
+    agent: Agent,
+    call_id: UUID,
+    seen: str,
+    deadline: float,
+    still_allowed: Callable[[], None],
+    hung_up: Callable[[], bool],
 ) -> ToolCall | None:
     return _wait(
         agent,
@@ -234,4 +271,5 @@ def _wait_polling(
         pause=time.sleep,
         step=POLL_SECONDS,
         still_allowed=still_allowed,
+        hung_up=hung_up,
     )

@@ -9,9 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from django.conf import settings
 from django.db import connection, connections
@@ -25,6 +27,7 @@ from tests.conftest import ApiClient, World
 from tests.gateway.conftest import SEND_EMAIL
 from tests.support.link import TcpLink
 from tests.support.longpoll import LongPollSpy
+from tests.support.web import running_gunicorn
 from tests.support.workers import purge_queue, wait_for
 from tools_registry import services as registry_services
 from tools_registry.models import Agent, Tool
@@ -329,6 +332,43 @@ def test_long_polls_leave_a_quarter_of_the_threads_to_requests_that_do_not_wait(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("threads", "waiting"), [(1, 0), (5, 3)])
+def test_long_polls_hold_at_most_three_in_four_threads_rounded_down(
+    live_world: World, monkeypatch: pytest.MonkeyPatch, threads: int, waiting: int
+) -> None:
+    """Three in four, rounded down: a process of one thread (gunicorn's sync workers) lets
+    no long-poll wait, since one that took its only thread held up every other request of
+    the process until its deadline; of 5 threads 3 wait, where 4 (all but one) did."""
+    Tool.objects.filter(name="send_email").update(rate_limit_per_agent="")
+    Agent.objects.filter(pk=live_world.agent.pk).update(max_rounds_per_session=100)
+    held = [_pending_call(live_world, session=f"s{i}") for i in range(waiting)]
+    extra = _pending_call(live_world, session="extra")
+    connection.close()
+    spy = LongPollSpy(monkeypatch)
+    with override_settings(WEB_THREADS=threads), ThreadPoolExecutor(max(1, waiting)) as executor:
+        waiters = [executor.submit(_poll, live_world.token, call_id, "wait=20") for call_id in held]
+        if waiting:
+            spy.wait_until_waiting(count=waiting)
+        refused = live_world.api().get(f"/api/v1/tool-calls/{extra}?wait=20")
+        assert refused.status_code == 429, refused.json()
+        error = refused.json()["error"]
+        assert (error["code"], error["retryable"]) == ("too_many_waits", True), error
+        assert "Retry-After" in refused.headers
+        if threads == 1:
+            assert "one request at a time" in error["message"], error
+        # What does not wait is answered: a read without wait, a call with a stale seen.
+        for query in (f"{extra}", f"{extra}?wait=20&seen=received"):
+            answered = live_world.api().get(f"/api/v1/tool-calls/{query}")
+            assert (answered.status_code, answered.json()["status"]) == (200, "pending")
+        assert len(spy.pauses()) == waiting, "only the admitted long-polls waited"
+        for call_id in [*held, extra]:
+            cancel_call(call_id=call_id, agent=live_world.agent)
+        results = [waiter.result(timeout=30) for waiter in waiters]
+    outcomes = [(status, body["status"]) for _, status, body in results]
+    assert outcomes == [(200, "cancelled")] * waiting
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_change_made_while_redis_failed_ends_the_wait_that_falls_back_to_polling(
     live_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -340,11 +380,11 @@ def test_a_change_made_while_redis_failed_ends_the_wait_that_falls_back_to_polli
     sat_down, go_on = threading.Event(), threading.Event()
     next_message = longpoll._next_message
 
-    def held_next_message(pubsub: Any, timeout: float) -> bool:
+    def held_next_message(pubsub: Any, timeout: float, *rest: Any) -> bool:
         # The first pause starts only once the test has cut Redis and changed the call.
         sat_down.set()
         go_on.wait(timeout=30)
-        return next_message(pubsub, timeout)
+        return next_message(pubsub, timeout, *rest)
 
     monkeypatch.setattr(longpoll, "_next_message", held_next_message)
     try:
@@ -367,3 +407,22 @@ def test_a_change_made_while_redis_failed_ends_the_wait_that_falls_back_to_polli
     # Polling every 0.5 s sees the change at once; waiting for another one, it answered
     # only at the 30 s deadline.
     assert answered_at - resumed < 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_gunicorn_worker_lets_no_long_poll_take_its_only_thread(
+    live_world: World, django_db_blocker: Any, tmp_path: Path
+) -> None:
+    """gunicorn's sync worker serves one request at a time (WEB_THREADS=1): a long-poll
+    that waited held up every other request of the process until its deadline. It is
+    refused at once, and what does not wait is answered."""
+    call_id = _pending_call(live_world)
+    auth = {"Authorization": f"Bearer {live_world.token}"}
+    with django_db_blocker.unblock(), running_gunicorn(tmp_path=tmp_path, threads=1) as web:
+        started = time.monotonic()
+        refused = httpx.get(f"{web.url}/api/v1/tool-calls/{call_id}?wait=20", headers=auth)
+        assert time.monotonic() - started < 10, "answered at once, not at the deadline"
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_waits"
+        read = httpx.get(f"{web.url}/api/v1/tool-calls/{call_id}", headers=auth)
+        assert (read.status_code, read.json()["status"]) == (200, "pending")

@@ -27,8 +27,8 @@ class LongPollSpy:
                 self._waiters.setdefault(threading.get_ident(), [])
                 self._changed.notify_all()
 
-        def spied_next_message(pubsub: Any, timeout: float) -> bool:
-            woken = next_message(pubsub, timeout)
+        def spied_next_message(pubsub: Any, timeout: float, *rest: Any) -> bool:
+            woken = next_message(pubsub, timeout, *rest)
             with self._changed:
                 self._waiters.setdefault(threading.get_ident(), []).append(woken)
                 self._changed.notify_all()

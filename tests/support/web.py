@@ -95,3 +95,46 @@ def running_asgi(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+@contextmanager
+def running_gunicorn(
+    *, tmp_path: Path, threads: int, env: dict[str, str] | None = None
+) -> Iterator[WebProcess]:
+    """Countersign's WSGI app (``config.wsgi``) served by one gunicorn worker of ``threads``
+    threads (gthread; the sync worker for 1), against the test database and Redis."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / f"gunicorn-{uuid.uuid4().hex[:8]}.log"
+    command = [
+        sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}",
+        "--workers", "1", "--threads", str(threads), "--timeout", "120",
+        *(["--worker-class", "gthread"] if threads > 1 else []),
+    ]  # fmt: skip
+    environment = worker_env(
+        PUBLIC_URL=url, PORT=str(port), WEB_THREADS=str(threads), **(env or {})
+    )
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    web = WebProcess(url=url, log_path=log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not come up:\n{web.log[-4000:]}")
+            time.sleep(0.2)
+        yield web
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
