@@ -118,13 +118,16 @@ def approve_in_the_reviewer_ui(base: str, call_id: str, *, comment: str) -> None
     assert call_id in reviewer_queue(reviewer)
     page = reviewer.get(f"/approvals/{call_id}/")
     shown_hash = re.search(r'name="arguments_hash" value="([0-9a-f]{64})"', page.text)
-    assert shown_hash is not None
+    # The record the page shows beside the call (a refund's payment): the approval binds to it.
+    shown_state = re.search(r'name="state_hash" value="([0-9a-f]*)"', page.text)
+    assert shown_hash is not None and shown_state is not None
     decided = reviewer.post(
         f"/approvals/{call_id}/decide/",
         data={
             "verdict": "approve",
             "comment": comment,
             "arguments_hash": shown_hash.group(1),
+            "state_hash": shown_state.group(1),
             "csrfmiddlewaretoken": reviewer.cookies["csrftoken"],
         },
     )
