@@ -298,6 +298,20 @@ def hold_tool_for(call_id: UUID) -> None:
         db.one(db.Statement(_hold_tool_sql(), [call_id], db.unread))
 
 
+def hold_tool(tool_id: int) -> None:
+    """``hold_tool_for`` by the tool's id, for intake, which has no call yet: a standing
+    approval is about to stand for its author's vote (``services.standing.use``), and a
+    change of who may review the tool under way decides first whether it still may."""
+    if connection.vendor == "postgresql":
+        db.one(db.Statement(_hold_tool_by_id_sql(), [tool_id], db.unread))
+
+
+@cache
+def _hold_tool_by_id_sql() -> str:
+    tool_id = db.column(Tool, "id")
+    return f"SELECT 1 FROM {db.table(Tool)} WHERE {tool_id} = %s FOR KEY SHARE"  # noqa: S608
+
+
 def try_hold_tool_for(call_id: UUID) -> bool:
     """``hold_tool_for`` without waiting, for a sweep that approves (the quorum sweep):
     False (nothing held) while a change of the tool or of its grants holds the row, as a
@@ -356,6 +370,32 @@ def _live_standing_sql() -> str:
         # Given for another version of the tool, it covers nothing (services.standing).
         f"AND s.{col('tool_version')} = t.{db.column(Tool, 'version')} "
         f"ORDER BY s.{col('created_at')}, s.{col('id')}"
+    )
+
+
+def take_standing_use(standing_id: int, now: datetime) -> int | None:
+    """Count one use of the standing approval if it is live with a use left: its uses with
+    this one, or None. One conditional UPDATE: concurrent calls each take a use or find it
+    spent, and each is told its own count, not the one read before another's committed."""
+    params = [standing_id, db.db_time(now)]
+    return db.one(db.Statement(_take_standing_use_sql(), params, _first_value))
+
+
+def _first_value(cursor: Any) -> Any:
+    row = cursor.fetchone()
+    return row[0] if row is not None else None
+
+
+@cache
+def _take_standing_use_sql() -> str:
+    def col(name: str) -> str:
+        return db.column(StandingApproval, name)
+
+    uses, most = col("uses"), col("max_uses")
+    return (
+        f"UPDATE {db.table(StandingApproval)} SET {uses} = {uses} + 1 "  # noqa: S608
+        f"WHERE {col('id')} = %s AND {col('revoked_at')} IS NULL AND {col('expires_at')} > %s "
+        f"AND ({most} IS NULL OR {uses} < {most}) RETURNING {uses}"
     )
 
 

@@ -91,11 +91,16 @@ class PrettyJSONField(forms.JSONField):
             return super().to_python(value)
         except RecursionError:  # Django catches only JSONDecodeError: a 500 otherwise
             raise forms.ValidationError("This JSON is nested too deeply.", code="invalid") from None
+        except ValueError:
+            # Valid JSON Python will not read: a whole number of more than 4300 digits.
+            raise forms.ValidationError(
+                "This JSON holds a number too long to read.", code="invalid"
+            ) from None
 
     def bound_data(self, data: Any, initial: Any) -> Any:
         try:
             return super().bound_data(data, initial)
-        except RecursionError:
+        except (RecursionError, ValueError):
             return forms.fields.InvalidJSONInput(data)
 
 

@@ -17,10 +17,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals import hidden
+from approvals import hidden, sql
 from approvals.guards import Refused, conflict_with
 from approvals.models import StandingApproval, ToolCall
 from audit.log import record
@@ -253,6 +252,15 @@ def use(
                 expires_at__gt=now,
             ).order_by("created_at", "pk")
         )
+    if candidates:
+        # Each author's right to approve is read below, after the tool's row is held as a
+        # verdict holds it: a grant taken away, or an account deactivated, in a transaction
+        # under way (``grants.hold_reviews_of``) is then read as done. Read before, it was
+        # read as still there, and the call approved after its author could no longer.
+        sql.hold_tool(tool.pk)
+        # The hold may have waited for such a change: one that expired meanwhile covers
+        # nothing.
+        now = max(now, timezone.now())
     for standing in candidates:
         if not _covers(
             standing, tool, arguments, arguments_hash, signals, user_id, user_roles, agent
@@ -260,15 +268,11 @@ def use(
             standing, tool=tool, agent=agent, user_id=user_id, user_aliases=user_aliases
         ):
             continue
-        taken = (
-            StandingApproval.objects.filter(
-                pk=standing.pk, revoked_at__isnull=True, expires_at__gt=now
-            )
-            .filter(Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")))
-            .update(uses=F("uses") + 1)
-        )
-        if taken:
-            standing.uses += 1
+        uses = sql.take_standing_use(standing.pk, now)
+        if uses is not None:
+            # As counted, for the trail: the count read with the candidates may be behind,
+            # by the uses of calls that committed since.
+            standing.uses = uses
             return standing
     return None
 

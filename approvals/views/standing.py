@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import F
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -27,7 +28,10 @@ from tools_registry.permissions import revealable_tool_ids
 def standing_approvals(request: AuthedRequest) -> HttpResponse:
     """The standing approvals the reviewer granted (an admin sees everyone's), live first."""
     rows = StandingApproval.objects.select_related("tool", "agent", "granted_by").order_by(
-        "revoked_at", "-created_at"
+        # Never revoked first (PostgreSQL sorts nulls last going up), the live among them
+        # before the expired: only 200 rows are listed, and ended ones pile up.
+        F("revoked_at").desc(nulls_first=True),
+        "-expires_at",
     )
     if not request.user.has_perm("approvals.change_standingapproval"):
         rows = rows.filter(granted_by_id=request.user.pk)

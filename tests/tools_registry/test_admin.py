@@ -621,3 +621,28 @@ def test_a_dotted_name_written_unescaped_is_refused_clearly(
                 tool=tool, changes={"sensitive_fields": [path]}, changed_by=world.alice
             )
     assert refused.value.message_dict["sensitive_fields"][0].startswith(problem)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        '[{"when": "true", "then": "require", "approvals": 1' + "0" * 5000 + "}]",
+        '[{"when": "true", "then": "require", "approvals": NaN}]',
+        '[{"when": "true", "then": "require", "approvals": 1, "confirm": Infinity}]',
+    ],
+    ids=["a-number-past-python-s-digit-limit", "nan", "infinity"],
+)
+def test_rules_json_no_reader_takes_is_a_form_error_not_a_500(
+    world: World, admin_client: Client, rules: str
+) -> None:
+    """A whole number of more than 4300 digits is valid JSON that Python refuses to read (a
+    ValueError, not the JSONDecodeError Django's field catches); NaN and Infinity are read,
+    and PostgreSQL's jsonb cannot store them."""
+    tool = world.tools["send_email"]
+    data = admin_form_data(admin_client.get(_change_url(tool)))
+    data.update(rules=rules)
+    response = admin_client.post(_change_url(tool), data)
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["rules"]
+    tool.refresh_from_db()
+    assert (tool.rules, tool.policy_version) == ([], 1)

@@ -17,6 +17,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
 
 from audit.log import record
 from tools_registry.models import Tool, ToolGroupObjectPermission, ToolUserObjectPermission
@@ -73,13 +74,13 @@ def _lock(tool: Tool) -> Tool:
 
 
 def hold_reviews_of(*, users: Iterable[Any] = (), groups: Iterable[Group] = ()) -> list[int]:
-    """Lock ``FOR UPDATE``, in the order of their ids, the rows of the tools with calls
-    waiting for approval that the people (or any member of the teams) may review as stored
-    now; their ids. Called, in the change's transaction, before it writes anything, by
-    every change that may take away someone's right to approve other than a grant change
-    (which locks its tool itself, ``_lock``): leaving a team (whose grants, or whose name a
-    rule asks for, go with it), a team or a person deleted, an account deactivated, a
-    superuser's status taken.
+    """Lock ``FOR UPDATE``, in the order of their ids, the rows of the tools with calls waiting
+    for approval, or a live standing approval given by one of the people, that the people
+    (or any member of the teams) may review as stored now; their ids. Called, in the
+    change's transaction, before it writes anything, by every change that may take away
+    someone's right to approve other than a grant change (which locks its tool itself,
+    ``_lock``): leaving a team (whose grants, or whose name a rule asks for, go with it), a
+    team or a person deleted, an account deactivated, a superuser's status taken.
 
     A verdict and the quorum sweep hold the call's tool ``FOR KEY SHARE`` while they check
     and count the approvals (``approvals.sql.hold_tool_for``): the change then waits for a
@@ -87,19 +88,33 @@ def hold_reviews_of(*, users: Iterable[Any] = (), groups: Iterable[Group] = ()) 
     change committed between the count and its commit, and the trail showed a call approved
     after one of its approvers could no longer approve it.
 
-    Only tools with a waiting call: there is nothing else to decide or count, and a person
-    who reviews 10,000 tools leaves a team without locking (and holding up the intake of)
-    10,000 rows. A reviewer's approval stands only while they may review the tool
+    Only tools with a waiting call or such a standing approval (intake holds the row as a
+    verdict does before it reads whether its author may still approve, and so waits for the
+    change): there is nothing else to decide or count, and a person who reviews 10,000 tools
+    leaves a team without locking (and holding up the intake of) 10,000 rows. A reviewer's
+    approval stands only while they may review the tool
     (``approvals.guards.still_approving``), so a team a rule asks for is covered by the
-    tools its members review. Nothing here locks a call, so no cycle with a verdict (the tool,
-    then the call)."""
+    tools its members review. Nothing here locks a call, so no cycle with a verdict (the
+    tool, then the call)."""
     people = get_user_model()._default_manager.filter(
         Q(pk__in=[u.pk for u in users]) | Q(groups__in=[g.pk for g in groups]), is_active=True
     )
     waiting = Tool._meta.get_field("calls").related_model  # approvals' ToolCall, above here
+    standing = Tool._meta.get_field("standing_approvals").related_model  # and StandingApproval
     tools = Tool.objects.filter(
         # Status.PENDING, named as approvals stores it: the registry cannot import approvals.
         Exists(waiting._default_manager.filter(tool=OuterRef("pk"), status="pending"))
+        # A live standing approval of one of them stands for its author's vote on each call
+        # it covers, and intake holds the tool's row as a verdict does before it reads
+        # whether its author may still approve (``approvals.services.standing.use``).
+        | Exists(
+            standing._default_manager.filter(
+                tool=OuterRef("pk"),
+                granted_by__in=people,
+                revoked_at__isnull=True,
+                expires_at__gt=timezone.now(),
+            )
+        )
     )
     if not people.filter(is_superuser=True).exists():  # a superuser reviews every tool
         reviewed = {"permission__codename": "review_tool"}

@@ -24,6 +24,7 @@ from tests.conftest import World, events
 from tests.support.uncommitted import uncommitted
 from tools_registry import services as registry_services
 from tools_registry.models import Tool
+from tools_registry.services.grants import hold_reviews_of
 
 EMAIL = {"to": "ada@example.com", "subject": "Your refund", "body": "It is on its way."}
 
@@ -563,3 +564,149 @@ def test_a_correction_takes_back_the_standing_approvals_of_the_arguments_it_repl
     tool.refresh_from_db()
     assert submit(world).status == Status.PENDING  # the original arguments, again
     assert submit(world, corrected).status == Status.APPROVED  # dave's, as he allowed
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_a_grant_taken_away_while_a_call_is_matched_leaves_the_call_to_reviewers(
+    live_world: World, round_: int
+) -> None:
+    """Bob's grant of the tool is being taken away (locked, not yet committed) when a call
+    his standing approval covers arrives: intake waits for the change and reads him as no
+    longer a reviewer, so the call waits for one. It was approved by his standing approval,
+    recorded after his grant was gone."""
+    world = live_world
+    _bobs_standing_approval(world)
+
+    def take_away() -> None:
+        registry_services.revoke_review(tool=world.tools["send_email"], user=world.bob)
+
+    with uncommitted(take_away, commits_after=0.3):
+        late = _later(world)
+    assert late.status == Status.PENDING and late.standing_approval_id is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_an_account_deactivated_while_a_call_is_matched_approves_nothing(
+    live_world: World, round_: int
+) -> None:
+    """As above, bob's account being deactivated the admin's way (``hold_reviews_of``, then
+    the save): the tool has no waiting call, but a live standing approval of his, so its row
+    is locked too and intake waits for the deactivation."""
+    world = live_world
+    _bobs_standing_approval(world)
+    User = type(world.bob)
+
+    def deactivate() -> None:
+        bob = User.objects.get(pk=world.bob.pk)
+        hold_reviews_of(users=[bob])
+        bob.is_active = False
+        bob.save(update_fields=["is_active"])
+
+    with uncommitted(deactivate, commits_after=0.3):
+        late = _later(world)
+    assert late.status == Status.PENDING and late.standing_approval_id is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(5))
+def test_a_standing_approval_revoked_while_a_call_is_matched_covers_nothing(
+    live_world: World, round_: int
+) -> None:
+    """Bob revokes his standing approval (locked, not yet committed) as a call it covers
+    arrives: the call's use of it waits for the revocation and finds it gone."""
+    world = live_world
+    _bobs_standing_approval(world)
+    granted = StandingApproval.objects.get()
+
+    def revoke() -> None:
+        standing.revoke(standing_id=granted.pk, person=world.bob)
+
+    with uncommitted(revoke, commits_after=0.3):
+        late = _later(world)
+    assert late.status == Status.PENDING and late.standing_approval_id is None
+    granted.refresh_from_db()
+    assert granted.uses == 0 and granted.revoked_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_each_use_in_the_trail_is_counted_as_the_database_counted_it(
+    live_world: World, round_: int
+) -> None:
+    """Two calls use one standing approval at once: the second waits for the first's use and
+    takes the next. Each call's ``call.approved`` says which use it was (1, then 2), not the
+    count as read before the other's committed (1 twice)."""
+    world = live_world
+    _bobs_standing_approval(world)
+    with uncommitted(lambda: _later(world), commits_after=0.3):
+        second = _later(world)
+    assert second.status == Status.APPROVED
+    approved = events("call.approved", data__by="standing_approval")
+    assert sorted(e.data["uses"] for e in approved) == [1, 2]
+    assert StandingApproval.objects.get().uses == 2
+
+
+def test_a_reviewer_s_live_standing_approvals_lead_their_page_however_many_have_ended(
+    world: World,
+) -> None:
+    """The page lists 200 rows. Live ones first: sorted by ``revoked_at`` ascending,
+    PostgreSQL put the never revoked last, and 200 revoked ones (a veto or a stop each
+    revokes some) hid a live one from its author, who could no longer revoke it there."""
+    _bobs_standing_approval(world)
+    live = StandingApproval.objects.get()
+    now = timezone.now()
+    StandingApproval.objects.bulk_create(
+        StandingApproval(
+            tool=live.tool, agent=live.agent, granted_by=world.bob, match="any",
+            tool_version=live.tool_version, created_at=now, expires_at=now + timedelta(hours=1),
+            revoked_at=now - timedelta(minutes=n), revoked_by=world.bob,
+        )
+        for n in range(200)
+    )  # fmt: skip
+    bob = Client()
+    bob.force_login(world.bob)
+    page = bob.get("/approvals/standing/").content.decode()
+    assert f'id="standing-{live.pk}"' in page
+    assert page.index(f'id="standing-{live.pk}"') < page.index('class="ended"')
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("round_", range(3))
+def test_a_grant_taken_away_as_an_agent_s_request_is_matched_leaves_it_to_reviewers(
+    live_world: World, round_: int
+) -> None:
+    """The same through the agent's API, whose intake reads the standing approvals with the
+    tool, before anything waits: the call is accepted, pending, not approved."""
+    world = live_world
+    _bobs_standing_approval(world)
+
+    def take_away() -> None:
+        registry_services.revoke_review(tool=world.tools["send_email"], user=world.bob)
+
+    body = {"tool": "send_email", "arguments": {**EMAIL, "subject": "Later"}, "session_id": "s"}
+    with uncommitted(take_away, commits_after=0.3):
+        response = world.api().submit(body)
+    assert response.status_code == 202, response.content
+    late = ToolCall.objects.get(pk=response.json()["id"])
+    assert late.status == Status.PENDING and late.standing_approval_id is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_standing_approval_that_expires_while_intake_waits_for_the_tool_covers_nothing(
+    live_world: World,
+) -> None:
+    """Intake waits for a change of the tool's grants under way (charlie's, here) before it
+    reads whether the author may still approve; bob's standing approval expires meanwhile.
+    Its use is taken at the time it is taken, not when the request arrived."""
+    world = live_world
+    _bobs_standing_approval(world)
+    StandingApproval.objects.update(expires_at=timezone.now() + timedelta(seconds=0.5))
+
+    def grant_charlie() -> None:
+        registry_services.grant_review(tool=world.tools["send_email"], user=world.charlie)
+
+    with uncommitted(grant_charlie, commits_after=1.5):
+        late = _later(world)
+    assert late.status == Status.PENDING and late.standing_approval_id is None
