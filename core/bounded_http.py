@@ -132,6 +132,10 @@ def _time_left(deadline: float, timeout: float | None, expired: type[Exception])
     return left if timeout is None else min(timeout, left)
 
 
+# What one write hands the socket at most before the time left is looked at again.
+WRITE_PIECE_BYTES = 16 * 1024
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
         self._inner = inner
@@ -143,7 +147,14 @@ class _DeadlineStream(httpcore.NetworkStream):
         )
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _time_left(self._deadline, timeout, httpcore.WriteTimeout))
+        # A piece at a time, each given the time left then: httpcore gives every send of one
+        # write the timeout it was handed, so a server taking a large body in a little at a
+        # time held the request until it had taken all of it, however long past the deadline.
+        for start in range(0, len(buffer), WRITE_PIECE_BYTES):
+            self._inner.write(
+                buffer[start : start + WRITE_PIECE_BYTES],
+                _time_left(self._deadline, timeout, httpcore.WriteTimeout),
+            )
 
     def close(self) -> None:
         self._inner.close()
@@ -172,8 +183,9 @@ class DeadlineBackend(httpcore.NetworkBackend):
     Each socket operation is given the time left rather than cut off from another thread
     (a timer closing the connection): the thread that waits is the one that gives up, with
     httpx's own ReadTimeout/ConnectTimeout, and no timer thread, lock or half-closed
-    connection is left behind. A server can hold an attempt a read's worth past the
-    deadline at most, and that read is itself cut to the time left."""
+    connection is left behind. A server can hold an attempt a read's worth (or a send's of
+    a ``WRITE_PIECE_BYTES`` piece) past the deadline at most, and that is itself cut to the
+    time left."""
 
     def __init__(self, inner: httpcore.NetworkBackend, deadline: float) -> None:
         self._inner = inner

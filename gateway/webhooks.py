@@ -101,17 +101,25 @@ def sign(secrets: Iterable[str], message_id: str, timestamp: int, body: bytes) -
 
 def verify(secret: str, body: bytes, headers: dict[str, str], *, tolerance: int = 300) -> bool:
     """True when one of the signatures in ``headers`` is ``secret``'s and the timestamp is
-    within ``tolerance`` seconds of now (older ones may be replays)."""
+    within ``tolerance`` seconds of now (older ones may be replays). What ``standardwebhooks``
+    refuses is refused: an empty secret raises ValueError (an empty HMAC key is one anybody
+    can sign with, so it verified forgeries), and headers without an id, with a timestamp
+    too large for a float or a signature that is not ASCII are not verified (they raised)."""
+    if not secret_key(secret):
+        raise ValueError("an empty webhook secret: anybody can sign with an empty key")
     lowered = {k.lower(): v for k, v in headers.items()}
+    message_id = lowered.get(ID_HEADER, "")
     try:
         timestamp = int(lowered.get(TIMESTAMP_HEADER, ""))
-    except ValueError:
+        stale = abs(time.time() - timestamp) > tolerance
+    except (ValueError, OverflowError):
         return False
-    if abs(time.time() - timestamp) > tolerance:
+    if not message_id or stale:
         return False
-    expected = signature(secret, lowered.get(ID_HEADER, ""), timestamp, body)
+    expected = signature(secret, message_id, timestamp, body)
     return any(
-        hmac.compare_digest(expected, given) for given in lowered.get(SIGNATURE_HEADER, "").split()
+        given.isascii() and hmac.compare_digest(expected, given)
+        for given in lowered.get(SIGNATURE_HEADER, "").split()
     )
 
 

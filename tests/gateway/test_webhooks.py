@@ -5,6 +5,8 @@ receiver accepts them, and every attempt is recorded."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import itertools
 import json
 import re
@@ -330,6 +332,41 @@ def test_a_receiver_that_drips_its_headers_is_cut_off_at_the_timeout(world: Worl
         assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
         assert time.monotonic() - started < 2.5
     assert "ReadTimeout" in delivery.attempt_log.get().error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_TIMEOUT_SECONDS=1)
+def test_a_receiver_that_reads_a_large_body_slowly_is_cut_off_at_the_timeout(
+    world: World,
+) -> None:
+    """A receiver that takes the body in a little at a time, each piece within the write
+    timeout, held the worker until it had read all of it (a call's result of megabytes:
+    many times the timeout, past the lease, so that another worker sent it again beside it).
+    Each send was given the time left when the body's write began, not what was left."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    taken = []
+
+    def read_slowly() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            while piece := connection.recv(64 * 1024):
+                taken.append(len(piece))
+                time.sleep(0.02)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    call_id = world.api().submit({**SEND_EMAIL, "callback_url": url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    # The body of a call whose result is large (a tool handler's: nothing bounds it).
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(body=json.dumps({"r": "x" * (24 << 20)}))
+    started = time.monotonic()
+    assert webhooks.deliver(delivery.pk) == WebhookDelivery.State.PENDING  # to be retried
+    took = time.monotonic() - started
+    reader.join(timeout=30)
+    listener.close()
+    assert took < 2.5, f"the attempt took {took:.1f} s"
+    assert sum(taken) < 24 << 20, "the receiver did not get the whole body"
+    assert "WriteTimeout" in delivery.attempt_log.get().error
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
@@ -895,6 +932,38 @@ def test_the_signature_rejects_old_timestamps() -> None:
     assert webhooks.verify(secret, body, old, tolerance=700)
     assert not webhooks.verify(secret, body, {**old, "webhook-timestamp": "abc"})
     assert not webhooks.verify(secret, body, {**old, "webhook-signature": "garbage"})
+
+
+def test_the_servers_verify_refuses_what_standardwebhooks_refuses() -> None:
+    """``webhooks.verify`` is the server's own check of a signature: with an empty secret it
+    verified a forgery (an empty HMAC key is one anybody can sign with), and a timestamp too
+    large for a float or a signature that is not ASCII raised instead of "not verified"."""
+    body = b'{"id": "x"}'
+    now = int(time.time())
+    forged = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": "v1,"
+        + base64.b64encode(
+            hmac.new(b"", f"msg_1.{now}.".encode() + body, "sha256").digest()
+        ).decode(),
+    }
+    for empty in ("", "whsec_"):
+        with pytest.raises(standardwebhooks.webhooks.EmptyWebhookSecretError):
+            standardwebhooks.Webhook(empty)
+        with pytest.raises(ValueError, match="empty"):
+            webhooks.verify(empty, body, forged)
+    secret = "whsec_" + "c2VjcmV0LWtleS1ieXRlcw=="
+    signed = webhooks.sign([secret], "msg_1", now, body)
+    assert webhooks.verify(secret, body, signed)
+    for headers in (
+        {**signed, "webhook-timestamp": "9" * 400},
+        {**signed, "webhook-signature": "v1,\u00e9\u00e9"},
+        webhooks.sign([secret], "", now, body),  # no id: nothing to drop duplicates by
+    ):
+        with pytest.raises(standardwebhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(secret).verify(body, headers)
+        assert webhooks.verify(secret, body, headers) is False, headers
 
 
 def test_a_dns_answer_that_turns_private_after_the_check_reaches_nothing(
