@@ -72,29 +72,8 @@ def running_asgi(
     command = [
         sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    web = WebProcess(url=url, log_path=log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{app} did not come up:\n{web.log[-4000:]}")
-            time.sleep(0.2)
+    with _serving(command, env=env, url=url, ready=ready, log_path=log_path) as web:
         yield web
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 @contextmanager
@@ -114,20 +93,29 @@ def running_gunicorn(
     environment = worker_env(
         PUBLIC_URL=url, PORT=str(port), WEB_THREADS=str(threads), **(env or {})
     )
+    with _serving(command, env=environment, url=url, ready="/healthz", log_path=log_path) as web:
+        yield web
+
+
+@contextmanager
+def _serving(
+    command: list[str], *, env: dict[str, str], url: str, ready: str, log_path: Path
+) -> Iterator[WebProcess]:
+    """``command`` in a process group of its own, once ``url`` + ``ready`` answers 200;
+    stopped (SIGTERM, then SIGKILL) when the block ends."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     web = WebProcess(url=url, log_path=log_path)
     try:
         deadline = time.monotonic() + 60
         while True:
             with suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{ready}", timeout=2).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not come up:\n{web.log[-4000:]}")
+                raise RuntimeError(f"{command[2]} did not come up:\n{web.log[-4000:]}")
             time.sleep(0.2)
         yield web
     finally:
