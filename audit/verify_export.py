@@ -31,12 +31,16 @@ after that anchor was written (``at``): the export was made after that seq was s
 Otherwise it is reported with the anchor's time: if the export was made later, its end
 was cut. Rows not yet sealed (no seq) are counted, not checked (the chain vouches for none
 of them); one that has a hash, a prev_hash or a sealed_at all the same had its seal taken
-away, and fails. A line that is not a row of an export (an edit that broke its JSON or its
-cells, a file cut mid-row) fails, named by its line number after the rows checked before
-it; nothing after it is read. Exit status 0 when everything holds, 1 otherwise.
+away, and fails, and so does one before a sealed row (the export writes them last). A line
+that is not a row of an export (an edit that broke its JSON or its cells, a file cut
+mid-row, a column or key the export never writes, or one written twice) fails, named by
+its line number after the rows checked before it; nothing after it is read. Exit status 0
+when everything holds, 1 otherwise.
 
 In CSV, a free-text cell that a spreadsheet could take for a formula was written with one
-leading apostrophe; it is removed before hashing.
+leading apostrophe; it is removed before hashing. A cell of those columns that starts a
+formula without it (or with "'" before anything else) was not written by the export, and
+fails.
 """
 
 from __future__ import annotations
@@ -66,6 +70,14 @@ TEXT_COLUMNS = (
     "prev_hash", "hash", "occurred_at", "action", "outcome", "actor_type", "actor_id",
     "actor_label", "agent_name", "tool_name", "session_id",
 )  # fmt: skip
+# Every column an export writes. A row with another, or with one twice, is refused: the
+# chain vouches only for these, and of two cells or keys of one name a spreadsheet, pandas
+# or a JSON reader may show the one the hash was not computed over.
+COLUMNS = (
+    "seq", "prev_hash", "hash", "id", "occurred_at", "action", "outcome", "actor_type",
+    "actor_id", "actor_label", "agent_name", "tool_name", "session_id", "call_id", "data",
+    "sealed_at",
+)  # fmt: skip
 
 
 def _checked(row: Any) -> dict[str, Any]:
@@ -86,6 +98,14 @@ def _checked(row: Any) -> dict[str, Any]:
         ):
             raise DamagedExport(f"{column} is missing or not a whole number")
     return row
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each written once (``json`` keeps the last silently)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise DamagedExport("a key is written twice")
+    return result
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
@@ -111,12 +131,14 @@ def _read_json_lines(handle: Any) -> Iterator[dict[str, Any]]:
                 return
             if not line.strip():
                 continue
-            row = _checked(json.loads(line))
+            row = _checked(json.loads(line, object_pairs_hook=_object))
+            if unknown := sorted(set(row) - set(COLUMNS)):
+                raise DamagedExport(f"not a column of an export: {', '.join(unknown)}")
             line = line.rstrip("\r\n")
             if DATA_KEY not in line:
                 raise DamagedExport("no data")
             row["data_text"] = line[line.index(DATA_KEY) + len(DATA_KEY) : -1]
-            if json.loads(row["data_text"]) != row.get("data"):
+            if json.loads(row["data_text"], object_pairs_hook=_object) != row.get("data"):
                 raise DamagedExport("cannot find the data's text")
         except (ValueError, RecursionError) as exc:  # JSON, UTF-8, and the checks above
             raise DamagedExport(f"line {number}: {exc}") from None
@@ -132,17 +154,25 @@ def _read_csv(handle: Any) -> Iterator[dict[str, Any]]:
         header = reader.fieldnames  # None: an empty file, the JSON Lines export of no row
         if header is not None and not {"seq", "id", "data", *TEXT_COLUMNS} <= set(header):
             raise DamagedExport("not the header of an export's CSV")
+        if header is not None and len(set(header)) != len(header):
+            raise DamagedExport("a column is written twice")
+        if header is not None and (unknown := sorted(set(header) - set(COLUMNS))):
+            raise DamagedExport(f"not a column of an export: {', '.join(unknown)}")
         for row in reader:
             if any(value is None for value in row.values()) or None in row:
                 raise DamagedExport("not as many cells as the header has columns")
             if "data" not in row or "call_id" not in row or "seq" not in row:
                 raise DamagedExport("seq, call_id or data is missing")
             for column in FORMULA_GUARDED:
-                # Only the "'" the export put before a formula's first character: one
-                # before anything else was written by someone else, and is hashed as it is.
+                # Only the "'" the export put before a formula's first character. Any other
+                # cell starting so was never written by the export: a "'" put before
+                # something else, or one taken off, which a spreadsheet then runs while the
+                # cell hashes as the defused one did.
                 value = row.get(column) or ""
                 if value[:1] == "'" and value[1:2] in FORMULA_STARTS:
                     row[column] = value[1:]
+                elif value[:1] in FORMULA_STARTS:
+                    raise DamagedExport(f"{column} starts a formula the export defuses")
             yield _checked(
                 {
                     **row,
@@ -193,10 +223,15 @@ def _instant(value: Any) -> datetime | None:
 
 
 def read_anchors(path: str | None) -> dict[int, tuple[str, str | None]]:
-    """{seq: (hash, at)}: ``at`` is when the anchor was written (None if not given)."""
+    """{seq: (hash, at)}: ``at`` is when the anchor was written (None if not given).
+
+    Each line's seq must follow the one before, as the sealer writes them (and as
+    ``manage.py verify_audit`` requires): a second line for a seq, appended with a rewritten
+    chain's hash, would otherwise replace the true one."""
     if not path:
         return {}
-    anchors = {}
+    anchors: dict[int, tuple[str, str | None]] = {}
+    previous = 0
     try:
         with open(path, encoding="utf-8") as handle:  # noqa: PTH123 - stdlib only
             for number, line in enumerate(handle, 1):
@@ -208,7 +243,11 @@ def read_anchors(path: str | None) -> dict[int, tuple[str, str | None]]:
                     at = entry.get("at")
                     if at is not None and _instant(at) is None:
                         raise ValueError(f"at {at!r} is not an ISO 8601 time")
-                    anchors[seq] = (head, at)
+                    if seq <= previous:
+                        raise DamagedAnchor(
+                            f"line {number}: seq {seq} does not follow seq {previous}"
+                        )
+                    anchors[seq], previous = (head, at), seq
                 except (ValueError, KeyError, TypeError, OverflowError) as exc:  # 1e400
                     raise DamagedAnchor(f"line {number} is not an anchor ({exc})") from None
     except OSError as exc:
@@ -226,6 +265,7 @@ def verify(
     ok, checked, unsealed, runs, anchored = True, 0, 0, 0, 0
     previous: dict[str, Any] | None = None
     latest: tuple[datetime, Any] | None = None  # the last recorded row: (occurred_at, id)
+    unsealed_before: Any = None  # the id of a row not yet sealed that no sealed row followed
     rows = read_rows(path)
     while True:
         try:
@@ -250,7 +290,15 @@ def verify(
                 )
                 ok = False
             unsealed += 1
+            unsealed_before = unsealed_before or row["id"]
             continue
+        if unsealed_before is not None:
+            # The export writes them last: one among the chain's rows was put there.
+            report.append(
+                f"seq {row['seq']}: follows id {unsealed_before}, a row not yet sealed, "
+                "which an export writes after every sealed row"
+            )
+            ok, unsealed_before = False, None
         if whole and previous is None and row["seq"] != 1:
             report.append(f"seq {row['seq']}: a whole export starts at seq 1")
             ok = False

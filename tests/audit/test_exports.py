@@ -359,6 +359,7 @@ def test_the_verifier_knows_the_exports_guarded_columns_and_formula_starts() -> 
 
     assert verify_export.FORMULA_GUARDED == exports.FORMULA_GUARDED
     assert verify_export.FORMULA_STARTS == exports.FORMULA_STARTS
+    assert set(verify_export.COLUMNS) == set(exports.COLUMNS)
 
 
 def _blank_seal(line: str, *, sealed_at: bool) -> str:
@@ -626,3 +627,153 @@ def test_a_signed_urls_signature_never_reaches_an_export(auditor_client: Client,
     assert "new_recipient" in body, "the call's risk signals are no signature"
     assert "Best regards, Ann" in body, "an e-mail's signature is no signed URL's"
     assert "Ann, of the refunds team" in body, "nor is its sig, outside a URL's query"
+
+
+def _csv_with_a_second_outcome_column(body: bytes) -> str:
+    """Each row given a forged ``outcome`` cell in a new first column named ``outcome``: a
+    spreadsheet shows it first, pandas reads it as the ``outcome``; the real cell is still
+    there, further right."""
+    lines = body.decode().splitlines(keepends=True)
+    return "".join(("outcome," if n == 0 else "approved,") + line for n, line in enumerate(lines))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # A column the export never writes, with a value the chain never vouched for.
+        lambda line: line.replace('{"seq" : ', '{"approved_by" : "cfo", "seq" : ', 1),
+        # A key written twice: JSON leaves it to the reader which one counts.
+        lambda line: line.replace('{"seq" : ', '{"outcome" : "approved", "seq" : ', 1),
+    ],
+    ids=["extra key", "duplicate key"],
+)
+def test_a_json_line_with_a_key_the_export_never_writes_twice_or_at_all_fails(
+    auditor_client: Client, mixed_trail, tmp_path: Path, edit
+) -> None:
+    """Only the hashed values were checked: a key added to a row (or one written twice,
+    which readers that take the first value show) passed as part of a verified row."""
+    lines = download(auditor_client, "jsonl").decode().splitlines()
+    lines[2] = edit(lines[2])
+    path = tmp_path / "trail.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = _verify(path, "--whole")
+    assert result.returncode == 1, result.stdout
+    assert "line 3: " in result.stdout and "not a row of an export" in result.stdout
+
+
+def test_a_csv_export_with_a_column_written_twice_fails(
+    auditor_client: Client, mixed_trail, tmp_path: Path
+) -> None:
+    """csv.DictReader keeps the last of two columns of one name, so the verifier hashed the
+    real outcome while a spreadsheet or pandas shows the forged one first."""
+    path = tmp_path / "trail.csv"
+    path.write_text(_csv_with_a_second_outcome_column(download(auditor_client, "csv")))
+    result = _verify(path, "--whole")
+    assert result.returncode == 1, result.stdout
+    assert "line 1: " in result.stdout and "not a row of an export" in result.stdout
+
+
+def test_a_csv_export_with_a_column_it_never_writes_fails(
+    auditor_client: Client, mixed_trail, tmp_path: Path
+) -> None:
+    lines = download(auditor_client, "csv").decode().splitlines(keepends=True)
+    forged = "".join(("approved_by," if n == 0 else "cfo,") + line for n, line in enumerate(lines))
+    path = tmp_path / "trail.csv"
+    path.write_text(forged)
+    result = _verify(path, "--whole")
+    assert result.returncode == 1, result.stdout
+    assert "line 1: " in result.stdout and "not a row of an export" in result.stdout
+
+
+def _rewritten_from(lines: list[str], seq: int) -> list[str]:
+    """The export's chain rewritten end to end from ``seq``: that row's outcome forged and
+    every hash from it recomputed, as someone with the database (and the script) could."""
+    from audit import verify_export
+
+    rewritten, previous = [], None
+    for line in lines:
+        row = next(verify_export._read_json_lines(io.StringIO(line + "\n")))
+        if row["seq"] is not None and row["seq"] >= seq:
+            if row["seq"] == seq:
+                line = line.replace(f'"outcome" : "{row["outcome"]}"', '"outcome" : "forged"')
+                row["outcome"] = "forged"
+            prev_hash = previous if previous is not None else row["prev_hash"]
+            new_hash = verify_export.link_hash(prev_hash, row)
+            line = line.replace(row["prev_hash"], prev_hash).replace(row["hash"], new_hash)
+            previous = new_hash
+        rewritten.append(line)
+    return rewritten
+
+
+def test_a_forged_anchor_line_for_an_anchored_seq_makes_the_anchor_file_damaged(
+    auditor_client: Client, mixed_trail, tmp_path: Path, anchor_path: Path
+) -> None:
+    """A second line for an anchored seq, appended with a rewritten chain's hash: the script
+    kept the last line of each seq and said OK, where manage.py verify_audit (and the
+    sealer) take a seq that does not increase for a damaged file."""
+    lines = download(auditor_client, "jsonl").decode().splitlines()
+    path = tmp_path / "rewritten.jsonl"
+    path.write_text("\n".join(_rewritten_from(lines, 2)) + "\n")
+    head = json.loads(anchor_path.read_text().splitlines()[-1])
+    result = _verify(path, "--whole", "--anchor", str(anchor_path))
+    assert result.returncode == 1 and f"seq {head['seq']}: differs from the anchor" in (
+        result.stdout
+    )
+
+    forged_hash = json.loads(path.read_text().splitlines()[head["seq"] - 1])["hash"]
+    forged = tmp_path / "forged-anchor.jsonl"
+    forged.write_text(anchor_path.read_text() + json.dumps({**head, "hash": forged_hash}) + "\n")
+    result = _verify(path, "--whole", "--anchor", str(forged))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith(
+        f"cannot read the anchor file {forged}: line 2: seq {head['seq']} does not follow "
+        f"seq {head['seq']}"
+    ), result.stderr
+    assert "OK" not in result.stdout
+
+
+def test_a_formula_whose_apostrophe_was_taken_off_fails_verification(
+    auditor_client: Client, mixed_trail, tmp_path: Path
+) -> None:
+    """The export writes '=HYPERLINK(...) so that a spreadsheet shows it as text; the same
+    cell edited back into =HYPERLINK(...), which the spreadsheet runs, hashed the same and
+    verified OK."""
+    rows = list(csv.reader(io.StringIO(download(auditor_client, "csv").decode())))
+    column = rows[0].index("session_id")
+    row = next(r for r in rows[1:] if r[column].startswith("'=HYPERLINK"))
+    row[column] = row[column][1:]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    path = tmp_path / "armed.csv"
+    path.write_text(buffer.getvalue())
+    result = _verify(path)
+    assert result.returncode == 1, result.stdout
+    assert f"line {rows.index(row) + 1}: session_id starts a formula" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_row_not_yet_sealed_put_among_sealed_rows_fails(
+    auditor_client: Client, mixed_trail, fmt: str, tmp_path: Path
+) -> None:
+    """The export writes the rows not yet sealed last (the chain vouches for none of them).
+    One put between sealed rows, as a forged event slipped into the story would be, was
+    only counted, and the file verified OK."""
+    lines = download(auditor_client, fmt).decode().splitlines(keepends=True)
+    body = lines[1:] if fmt == "csv" else lines
+    rows = (
+        [json.loads(line) for line in body]
+        if fmt == "jsonl"
+        else list(csv.DictReader(io.StringIO("".join(lines))))
+    )
+    unsealed = next(i for i, row in enumerate(rows) if row["seq"] in (None, ""))
+    moved = body.pop(unsealed)
+    body.insert(2, moved)
+    path = tmp_path / f"slipped.{fmt}"
+    path.write_text("".join(lines[:1] if fmt == "csv" else []) + "".join(body))
+    result = _verify(path)
+    assert result.returncode == 1, result.stdout
+    after = rows[2 if unsealed > 2 else 3]
+    assert (
+        f"seq {after['seq']}: follows id {rows[unsealed]['id']}, a row not yet sealed"
+        in result.stdout
+    )
