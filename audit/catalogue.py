@@ -80,6 +80,8 @@ ACTIONS: dict[str, str] = {
     "upstream.registered": "An admin registered an upstream (its URL and header names, never "
     "their values).",
     "upstream.headers_changed": "The headers sent to an upstream changed (names only).",
+    "upstream.headers_reencrypted": "An upstream's stored headers were encrypted again with "
+    "the first key of UPSTREAM_SECRETS_KEY (rotate_upstream_keys; names only).",
     "upstream.changed": "An admin changed an upstream's settings (URL, base URL, timeout, "
     "idempotency header, rerunnable), before and after; the names of headers dropped because "
     "the host changed.",

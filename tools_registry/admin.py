@@ -15,7 +15,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
-from django.db.models import Count, QuerySet
+from django.db.models import Count, ProtectedError, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -1255,6 +1255,34 @@ class UpstreamAdmin(UniqueNameRaceShown, SecretsNotLookedUp, admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:
         for upstream in queryset:
             delete_upstream(upstream=upstream, deleted_by=request.user)
+
+    # The page and the action check for tools before the deletion, which then waits for the
+    # lock of a sync importing some (``delete_upstream``) and meets them: said, not a 500.
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ProtectedError as error:
+            return self._kept(request, error)
+
+    def response_action(self, request: HttpRequest, queryset: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return super().response_action(request, queryset, *args, **kw)
+        except ProtectedError as error:
+            return self._kept(request, error)
+
+    def _kept(self, request: HttpRequest, error: ProtectedError) -> HttpResponse:
+        kept = {
+            t.upstream_id for t in error.protected_objects if isinstance(t, Tool) and t.upstream_id
+        }
+        for name in Upstream.objects.filter(pk__in=kept).values_list("name", flat=True):
+            messages.error(
+                request,
+                f"{name} has tools now (imported meanwhile), so it was not deleted: only an "
+                "upstream without tools can be.",
+            )
+        return HttpResponseRedirect(request.get_full_path())
 
     @admin.action(description="Import their tools again", permissions=["change"])
     def import_again(self, request: HttpRequest, queryset: QuerySet[Upstream]) -> None:

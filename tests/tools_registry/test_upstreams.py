@@ -1767,11 +1767,11 @@ def test_a_password_in_an_upstreams_url_is_a_form_error(
         assert shown.status_code == 200 and "pw-canary-71" not in shown.content.decode()
 
 
-def stored_with_a_password_in_its_url(**registered: Any) -> Upstream:
+def stored_with_a_password_in_its_url(name: str = "orders", **registered: Any) -> Upstream:
     """An upstream registered before URLs with a user and password were refused: its calls
     send them as Basic credentials, and the URL is stored as it was written."""
     upstream = register_upstream(
-        name="orders", kind="openapi", url="http://127.0.0.1:9/openapi.json", **registered
+        name=name, kind="openapi", url="http://127.0.0.1:9/openapi.json", **registered
     )
     Upstream.objects.filter(pk=upstream.pk).update(
         url="http://svc:pw-canary-72@127.0.0.1:9/openapi.json",
@@ -1845,6 +1845,46 @@ def test_taking_the_password_out_of_a_stored_url_keeps_the_upstreams_headers(
     assert upstream.url == "http://127.0.0.1:9/openapi.json"
     assert upstream.header_names == ["X-Tenant"]
     assert secrets.decrypt(upstream.headers_encrypted) == [("X-Tenant", "acme")]
+
+
+@pytest.mark.parametrize("userinfo", ["svc:pw-canary-72", "ghp1canary72tokenvalue"])
+def test_a_stored_urls_credential_stays_out_of_the_trail_when_taken_out_or_deleted(
+    world: World, admin_client: Client, userinfo: str
+) -> None:
+    """operations.md asks an admin to take a stored URL's user and password out in the
+    admin; ``upstream.changed`` recorded the URL before the change, and ``upstream.deleted``
+    the URL it deleted, as written: a token as the URL's user (no password) reached the
+    trail, which records header names only and is read and exported by more people than
+    may change upstreams. Written as the pages show it (``without_password``)."""
+    for name in ("orders", "billing"):
+        stored = stored_with_a_password_in_its_url(name, enabled=False)
+        Upstream.objects.filter(pk=stored.pk).update(
+            url=f"http://{userinfo}@127.0.0.1:9/openapi.json",
+            base_url=f"http://{userinfo}@127.0.0.1:9/api",
+        )
+    upstream = Upstream.objects.get(name="orders")
+    form = {
+        "name": "orders", "kind": "openapi", "url": "http://127.0.0.1:9/openapi.json",
+        "base_url": "http://127.0.0.1:9/api", "timeout_seconds": "1",
+        "idempotency_header": "Idempotency-Key", "headers": "",
+        "shown_state": shown_state(upstream),
+    }  # fmt: skip
+    changed = admin_client.post(f"/admin/tools_registry/upstream/{upstream.pk}/change/", form)
+    assert changed.status_code == 302
+    other = Upstream.objects.get(name="billing")
+    deleted = admin_client.post(
+        f"/admin/tools_registry/upstream/{other.pk}/delete/", {"post": "yes"}
+    )
+    assert deleted.status_code == 302 and not Upstream.objects.filter(pk=other.pk).exists()
+    events = AuditEvent.objects.filter(action__in=["upstream.changed", "upstream.deleted"])
+    assert sorted(e.action for e in events) == ["upstream.changed", "upstream.deleted"]
+    for event in events:
+        assert "canary72" not in json.dumps(event.data).replace("-", ""), event.action
+    change = events.get(action="upstream.changed")
+    assert change.data["before"]["url"] == "http://••••••@127.0.0.1:9/openapi.json"
+    assert change.data["after"]["url"] == "http://127.0.0.1:9/openapi.json"
+    gone = events.get(action="upstream.deleted")
+    assert gone.data["base_url"] == "http://••••••@127.0.0.1:9/api"
 
 
 @pytest.mark.parametrize("timeout", ["-1", "0", "1e300", "nan"])

@@ -25,7 +25,7 @@ from audit.log import record
 from core.hosts import host_and_port
 from core.json_values import storable
 from tools_registry import sources
-from tools_registry.models import Tool, Upstream
+from tools_registry.models import Tool, Upstream, without_password
 from tools_registry.policy import POLICY_FIELDS, Risk, defaults_for
 from tools_registry.registry import tool_version
 from tools_registry.services.policies import policy_drift
@@ -101,8 +101,8 @@ def delete_upstream(*, upstream: Upstream, deleted_by: Any) -> None:
     data = {
         "upstream": locked.name,
         "kind": locked.kind,
-        "url": locked.url,
-        "base_url": locked.base_url,
+        "url": without_password(locked.url),
+        "base_url": without_password(locked.base_url),
         "header_names": list(locked.header_names),
     }
     locked.delete()
@@ -128,6 +128,25 @@ def set_headers(*, upstream: Upstream, headers: secrets.Headers, changed_by: Any
     return upstream
 
 
+@transaction.atomic
+def reencrypt_headers(*, upstream: Upstream, rotated_by: Any = None) -> Upstream:
+    """Encrypt the upstream's stored headers again with the first key of
+    ``UPSTREAM_SECRETS_KEY`` (``secrets.reencrypt``), so the keys after it can be retired;
+    audited by name only. ``SecretsUnreadable`` when no key reads them (left as they are)."""
+    # Locked: headers an admin saves meanwhile are not overwritten with the old ones.
+    locked = Upstream.objects.select_for_update().get(pk=upstream.pk)
+    if not locked.headers_encrypted:
+        return locked
+    locked.headers_encrypted = secrets.reencrypt(locked.headers_encrypted)
+    locked.save(update_fields=["headers_encrypted"])
+    record(
+        action="upstream.headers_reencrypted",
+        actor=rotated_by,
+        data={"upstream": locked.name, "header_names": list(locked.header_names)},
+    )
+    return locked
+
+
 # What an admin may change of a registered upstream (its name and kind stay).
 SETTINGS = ("url", "base_url", "timeout_seconds", "idempotency_header", "rerunnable")
 
@@ -149,7 +168,9 @@ def update_upstream(
         raise ValueError(f"not upstream settings: {sorted(unknown)}")
     locked = Upstream.objects.select_for_update().get(pk=upstream.pk)
     changed = {k: v for k, v in changes.items() if getattr(locked, k) != v}
-    before = {k: getattr(locked, k) for k in changed}
+    # A URL as the pages show it: one stored before a user and password in it were refused
+    # still holds them (a token as its user, which the trail's masking does not know).
+    before = {k: _shown(k, getattr(locked, k)) for k in changed}
     hosts_before = {_host(locked.url), _host(locked.base_url)}
     endpoint_before = _endpoint(locked)
     for name, value in changed.items():
@@ -172,7 +193,7 @@ def update_upstream(
             data={
                 "upstream": locked.name,
                 "before": before,
-                "after": {k: v for k, v in changed.items() if k != "header_names"},
+                "after": {k: _shown(k, v) for k, v in changed.items() if k != "header_names"},
                 "headers_dropped": dropped,
             },
         )
@@ -182,6 +203,10 @@ def update_upstream(
         for tool in Tool.objects.select_for_update().filter(upstream=locked).order_by("pk"):
             _rebind(tool, locked, actor=changed_by)
     return locked
+
+
+def _shown(setting: str, value: Any) -> Any:
+    return without_password(value) if setting in ("url", "base_url") else value
 
 
 def _host(url: str) -> str:
@@ -346,12 +371,16 @@ def _without_credentials(text: str, upstream: Upstream) -> str:
 def _apply(upstream: Upstream, offer: Offer, *, actor: Any, enable_new: bool) -> UpstreamSync:
     # Locked as a switch-off locks it, which then takes its tools out: one that came while
     # the offer was read (outside any transaction) would have its tools made available again
-    # below, as back upstream, and run against an upstream an admin switched off.
-    if not Upstream.objects.select_for_update().filter(pk=upstream.pk, enabled=True).exists():
+    # below, as back upstream, and run against an upstream an admin switched off. Read again
+    # with the lock: an admin who moved it meanwhile rebound the tools there were to the new
+    # endpoint (``update_upstream``), and a tool created here is bound to it too.
+    locked = Upstream.objects.select_for_update().filter(pk=upstream.pk, enabled=True).first()
+    if locked is None:
         raise ImportFailed(
             f"The upstream {upstream.name} was switched off while its tools were read; "
             "nothing changes."
         )
+    upstream = locked
     report = UpstreamSync(skipped=list(offer.skipped))
     offered = {t.name: t for t in offer.tools}
     # The row locks make two syncs of one upstream (an admin and a deploy) apply in turn.

@@ -29,17 +29,21 @@ class SecretsUnreadable(Exception):
     """The stored headers cannot be decrypted with the configured keys."""
 
 
+def _derived_key(secret_key: str) -> str:
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"countersign-upstream-headers",
+        info=b"fernet",
+    ).derive(secret_key.encode())
+    return base64.urlsafe_b64encode(derived).decode()
+
+
 @cache
-def _cipher(keys: str, secret_key: str) -> MultiFernet:
+def _cipher(keys: str, secret_key: str, *, derived_too: bool = False) -> MultiFernet:
     configured = [k.strip() for k in keys.split(",") if k.strip()]
-    if not configured:
-        derived = HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=b"countersign-upstream-headers",
-            info=b"fernet",
-        ).derive(secret_key.encode())
-        configured = [base64.urlsafe_b64encode(derived).decode()]
+    if not configured or derived_too:
+        configured.append(_derived_key(secret_key))
     return MultiFernet([Fernet(key.encode()) for key in configured])
 
 
@@ -72,6 +76,23 @@ def decrypt(token: str) -> Headers:
         raise SecretsUnreadable(
             "The upstream's headers cannot be decrypted: UPSTREAM_SECRETS_KEY (or SECRET_KEY) "
             "changed since they were set. Enter them again."
+        ) from None
+
+
+def reencrypt(token: str) -> str:
+    """``token`` encrypted again with the first key (``rotate_upstream_keys``), so that the
+    keys after it can be retired. Read with any key, or with the one derived from
+    ``SECRET_KEY``: what was stored before ``UPSTREAM_SECRETS_KEY`` was set is under it,
+    and no one can list it beside a new key. ``SecretsUnreadable`` when none reads it."""
+    if not token:
+        return ""
+    rotating = _cipher(settings.UPSTREAM_SECRETS_KEY, settings.SECRET_KEY, derived_too=True)
+    try:
+        return rotating.rotate(token.encode()).decode()
+    except InvalidToken:
+        raise SecretsUnreadable(
+            "The upstream's headers cannot be decrypted with any key of UPSTREAM_SECRETS_KEY "
+            "nor the one derived from SECRET_KEY. Enter them again."
         ) from None
 
 
