@@ -378,12 +378,7 @@ def take_standing_use(standing_id: int, now: datetime) -> int | None:
     this one, or None. One conditional UPDATE: concurrent calls each take a use or find it
     spent, and each is told its own count, not the one read before another's committed."""
     params = [standing_id, db.db_time(now)]
-    return db.one(db.Statement(_take_standing_use_sql(), params, _first_value))
-
-
-def _first_value(cursor: Any) -> Any:
-    row = cursor.fetchone()
-    return row[0] if row is not None else None
+    return db.one(db.Statement(_take_standing_use_sql(), params, db.first_value))
 
 
 @cache

@@ -251,6 +251,13 @@ def unread(cursor: Any) -> None:
     return None
 
 
+def first_value(cursor: Any) -> Any:
+    """The ``read`` of a statement that answers one value: its first row's first column,
+    or None when it answers no row (an UPDATE ... RETURNING that matched none)."""
+    row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
 def run(sql: str, params: Sequence[Any]) -> int:
     """Run one hot-path statement that returns no rows; the number of rows it changed."""
     with statement(sql, params) as cursor:

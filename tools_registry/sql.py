@@ -130,12 +130,7 @@ def _hold_sql(postgresql: bool) -> str:
 
 def tool_risk_statement(name: str) -> db.Statement[str | None]:
     """The risk of the tool named ``name``; None if there is none."""
-    return db.Statement(_tool_risk_sql(), [name], _read_first)
-
-
-def _read_first(cursor: Any) -> Any:
-    row = cursor.fetchone()
-    return None if row is None else row[0]
+    return db.Statement(_tool_risk_sql(), [name], db.first_value)
 
 
 @cache

@@ -158,10 +158,11 @@ class McpEndpoint:
             return
         opening = uuid4() if message.get("method") == "initialize" else None
         if session is not None and opening is None:
-            if problem := _other_version(scope, session):
+            named = _named_versions(scope)
+            if problem := _other_version(named, session):
                 await _refuse(send, 400, problem)
                 return
-            scope = _with_version(scope, session)
+            scope = _with_version(scope, named, session)
         state = scope.setdefault("state", {})
         state["countersign"] = caller = Caller(
             agent=agent,
@@ -194,18 +195,22 @@ def _identify(authorization: str, session_id: str) -> tuple[Agent | None, McpSes
     return agent, sessions.find_session(agent, session_id)
 
 
-def _other_version(scope: Scope, session: McpSession) -> str:
-    """Why the request's ``MCP-Protocol-Version`` is not its session's ("" if it is, or it
-    sends none). The SDK runs stateless and serves each request at the revision its header
-    names: a session initialized at 2025-06-18 reached 2025-11-25's tasks by naming that
-    one. The protocol asks for the negotiated version in the header, and a 400 for one the
-    server does not serve; a session is served at its own only. Every copy of the header is
-    read: the SDK reads the first, a dict of them the last."""
-    named = {
+def _named_versions(scope: Scope) -> set[str]:
+    """Every ``MCP-Protocol-Version`` the request sends: the SDK reads the first copy of the
+    header, a dict of them the last."""
+    return {
         value.decode("latin-1")
         for key, value in scope["headers"]
         if key.decode("latin-1").lower() == MCP_PROTOCOL_VERSION_HEADER
     }
+
+
+def _other_version(named: set[str], session: McpSession) -> str:
+    """Why the request's ``MCP-Protocol-Version`` (``named``) is not its session's ("" if it
+    is, or it sends none). The SDK runs stateless and serves each request at the revision
+    its header names: a session initialized at 2025-06-18 reached 2025-11-25's tasks by
+    naming that one. The protocol asks for the negotiated version in the header, and a 400
+    for one the server does not serve; a session is served at its own only."""
     negotiated = session.protocol_version
     if not negotiated or named <= {negotiated}:
         return ""
@@ -216,13 +221,12 @@ def _other_version(scope: Scope, session: McpSession) -> str:
     )
 
 
-def _with_version(scope: Scope, session: McpSession) -> Scope:
+def _with_version(scope: Scope, named: set[str], session: McpSession) -> Scope:
     """The request as the SDK should read it: without an ``MCP-Protocol-Version`` header
-    (a client of a revision before 2025-06-18 sends none), at its session's revision, which
-    the protocol says the server identifies the version by before it assumes 2025-03-26."""
-    if not session.protocol_version or any(
-        key.decode("latin-1").lower() == MCP_PROTOCOL_VERSION_HEADER for key, _ in scope["headers"]
-    ):
+    (``named`` empty: a client of a revision before 2025-06-18 sends none), at its session's
+    revision, which the protocol says the server identifies the version by before it
+    assumes 2025-03-26."""
+    if named or not session.protocol_version:
         return scope
     version = (MCP_PROTOCOL_VERSION_HEADER.encode(), session.protocol_version.encode())
     return {**scope, "headers": [*scope["headers"], version]}
