@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 import redis
@@ -55,6 +56,23 @@ def publish(call_id: UUID | str, status: str) -> None:
         coordination.redis_client().publish(channel(call_id), status)
 
 
+@dataclass(frozen=True)
+class _Wait:
+    """One long-poll: the agent's call, the status it waits to change from (``seen``; empty:
+    the status at its first read), until when (``time.monotonic()``), and the caller's two
+    questions (see ``wait_for_change``)."""
+
+    agent: Agent
+    call_id: UUID
+    seen: str
+    deadline: float
+    still_allowed: Callable[[], None]
+    hung_up: Callable[[], bool]
+
+    def read(self) -> ToolCall | None:
+        return selectors.call_of_agent(self.agent, self.call_id)
+
+
 def wait_for_change(
     *,
     agent: Agent,
@@ -77,24 +95,24 @@ def wait_for_change(
     wait = max(0.0, min(float(wait), MAX_WAIT_SECONDS))
     if wait <= 0:
         return selectors.call_of_agent(agent, call_id)
-    deadline = time.monotonic() + wait
+    waiting = _Wait(agent, call_id, seen, time.monotonic() + wait, still_allowed, hung_up)
     try:
         with _threads.holding():
             try:
                 with waits.holding(agent.pk) as keep:
                     return _wait_in_place(
-                        agent, call_id, seen, deadline, _kept(keep, still_allowed), hung_up
+                        replace(waiting, still_allowed=_kept(keep, still_allowed))
                     )
             except waits.WaitsUncounted:
                 # Redis, which counts the agent's places, is down: the wait goes on
                 # uncounted, polling the database, within this process's share of its
                 # threads (counted here), rather than failing every agent's waits for as
                 # long as Redis is away.
-                return _wait_in_place(agent, call_id, seen, deadline, still_allowed, hung_up)
+                return _wait_in_place(waiting)
     except waits.TooManyWaits:
         # No place, but nothing to wait for either (an ended call, a stale ``seen``, none of
         # the agent's): that is the answer, as it would have been at once with a place.
-        call = selectors.call_of_agent(agent, call_id)
+        call = waiting.read()
         if _done(call, seen or (call.status if call else "")):
             return call
         raise
@@ -146,21 +164,16 @@ def _kept(keep: Callable[[], None], still_allowed: Callable[[], None]) -> Callab
     return check
 
 
-def _wait_in_place(
-    agent: Agent,
-    call_id: UUID,
-    seen: str,
-    deadline: float,
-    still_allowed: Callable[[], None],
-    hung_up: Callable[[], bool],
-) -> ToolCall | None:
+def _wait_in_place(waiting: _Wait) -> ToolCall | None:
     if coordination.shared():
         try:
-            return _wait_on_redis(agent, call_id, seen, deadline, still_allowed, hung_up)
+            return _wait_on_redis(waiting)
         except redis.RedisError:
             # It could not subscribe (a failure mid-wait is ``_wait``'s to handle).
-            logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
-    return _wait_polling(agent, call_id, seen, deadline, still_allowed, hung_up)
+            logger.warning(
+                "long-poll of call %s falls back to polling: Redis failed", waiting.call_id
+            )
+    return _wait(waiting, pause=time.sleep, step=POLL_SECONDS)
 
 
 def _done(call: ToolCall | None, baseline: str) -> bool:
@@ -177,64 +190,44 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _wait(
-    agent: Agent,
-    call_id: UUID,
-    seen: str,
-    deadline: float,
-    *,
-    pause: Callable[[float], object],
-    step: float,
-    still_allowed: Callable[[], None],
-    hung_up: Callable[[], bool],
-) -> ToolCall | None:
+def _wait(waiting: _Wait, *, pause: Callable[[float], object], step: float) -> ToolCall | None:
     """Read the call until it changed or the deadline passed, pausing up to ``step``
     seconds at a time with no database connection held. A pause on Redis that fails turns
     the rest of the wait into polling, against the same baseline: started afresh, the wait
     took the status a change made meanwhile (its wake-up lost with Redis) for the one to
     wait on, and answered it only at the deadline."""
-    call = selectors.call_of_agent(agent, call_id)
-    baseline = seen or (call.status if call else "")
+    call = waiting.read()
+    baseline = waiting.seen or (call.status if call else "")
     while not _done(call, baseline):
-        remaining = deadline - time.monotonic()
+        remaining = waiting.deadline - time.monotonic()
         if remaining <= 0:
             break
         _release_connection()
         try:
             pause(min(remaining, step))
         except redis.RedisError:
-            logger.warning("long-poll of call %s falls back to polling: Redis failed", call_id)
+            logger.warning(
+                "long-poll of call %s falls back to polling: Redis failed", waiting.call_id
+            )
             pause, step = time.sleep, POLL_SECONDS
-        if hung_up():
+        if waiting.hung_up():
             # Nobody reads the answer: give the thread and the place back now.
-            logger.info("long-poll of call %s ends early: its client hung up", call_id)
+            logger.info("long-poll of call %s ends early: its client hung up", waiting.call_id)
             break
-        still_allowed()
-        call = selectors.call_of_agent(agent, call_id)
+        waiting.still_allowed()
+        call = waiting.read()
     return call
 
 
-def _wait_on_redis(
-    agent: Agent,
-    call_id: UUID,
-    seen: str,
-    deadline: float,
-    still_allowed: Callable[[], None],
-    hung_up: Callable[[], bool],
-) -> ToolCall | None:
+def _wait_on_redis(waiting: _Wait) -> ToolCall | None:
     pubsub = coordination.redis_client().pubsub()
     try:
         # Subscribed before the first read: a change committed in between still wakes it.
-        pubsub.subscribe(channel(call_id))
+        pubsub.subscribe(channel(waiting.call_id))
         return _wait(
-            agent,
-            call_id,
-            seen,
-            deadline,
-            pause=lambda seconds: _next_message(pubsub, seconds, hung_up),
+            waiting,
+            pause=lambda seconds: _next_message(pubsub, seconds, waiting.hung_up),
             step=RECHECK_SECONDS,
-            still_allowed=still_allowed,
-            hung_up=hung_up,
         )
     finally:
         pubsub.close()
@@ -253,23 +246,3 @@ def _next_message(
         if hung_up():
             return False
     return False
-
-
-def _wait_polling(
-    agent: Agent,
-    call_id: UUID,
-    seen: str,
-    deadline: float,
-    still_allowed: Callable[[], None],
-    hung_up: Callable[[], bool],
-) -> ToolCall | None:
-    return _wait(
-        agent,
-        call_id,
-        seen,
-        deadline,
-        pause=time.sleep,
-        step=POLL_SECONDS,
-        still_allowed=still_allowed,
-        hung_up=hung_up,
-    )
