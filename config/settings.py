@@ -55,7 +55,7 @@ def env_bool(name: str, default: bool) -> bool:
     return value in _TRUE
 
 
-def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
@@ -65,10 +65,12 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
         raise ImproperlyConfigured(f"{name}={raw.strip()!r} is not a whole number.") from None
     if value < minimum:
         raise ImproperlyConfigured(f"{name} is at least {minimum}, not {value}.")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} is at most {maximum}, not {value}.")
     return value
 
 
-def env_float(name: str, default: float, *, minimum: float = 0) -> float:
+def env_float(name: str, default: float, *, minimum: float = 0, maximum: float = math.inf) -> float:
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
@@ -78,7 +80,16 @@ def env_float(name: str, default: float, *, minimum: float = 0) -> float:
         raise ImproperlyConfigured(f"{name}={raw.strip()!r} is not a number.") from None
     if not math.isfinite(value) or value < minimum:
         raise ImproperlyConfigured(f"{name} is a number of at least {minimum}, not {value}.")
+    if value > maximum:
+        raise ImproperlyConfigured(f"{name} is at most {maximum:g}, not {value:g}.")
     return value
+
+
+# The longest a retention or a wait may be set to (seconds). Past it, a date reckoned back
+# from now goes out of range: WEBHOOK_RETENTION_SECONDS=100000000000 (meant as "forever")
+# raised OverflowError in every run of gateway.sessions_sweep, which then deleted no MCP
+# session, agent session or webhook delivery either.
+A_CENTURY = 100 * 365 * 24 * 3600
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -611,7 +622,7 @@ SANDBOX_FAULT_TAG = env_str("SANDBOX_FAULT_TAG")
 # Largest JSON body the agent API reads; bigger bodies get 413.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
 # How long an Idempotency-Key's answer is kept for replays (seconds); swept afterwards.
-IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600)
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600, maximum=A_CENTURY)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # The MCP endpoint (/mcp, gateway.mcp). A call that waits for a person, from a client that
 # did not ask for a task, is answered after at most this long (pending, if still waiting).
@@ -620,14 +631,18 @@ MCP_CALL_WAIT_SECONDS = env_int("MCP_CALL_WAIT_SECONDS", 25)
 # ended (succeeded or rejected) this recently, is that call, not a new one.
 MCP_RETRY_WINDOW_SECONDS = env_int("MCP_RETRY_WINDOW_SECONDS", 600)
 # An MCP session unused this long is over; its client initializes a new one.
-MCP_SESSION_IDLE_SECONDS = env_int("MCP_SESSION_IDLE_SECONDS", 24 * 3600, minimum=1)
+MCP_SESSION_IDLE_SECONDS = env_int(
+    "MCP_SESSION_IDLE_SECONDS", 24 * 3600, minimum=1, maximum=A_CENTURY
+)
 # Sessions one agent keeps (a row each); past it, an initialize deletes its sessions used
 # least recently. Generous: a framework may open one per end user's conversation.
 MCP_MAX_SESSIONS_PER_AGENT = env_int("MCP_MAX_SESSIONS_PER_AGENT", 10_000, minimum=1)
 # An agent session (the round counter of one run, REST or MCP) idle this long is deleted;
 # a run that comes back after it counts its rounds from zero. A call refused for the
 # session's rounds is a use: a run that keeps calling never gets its rounds back.
-AGENT_SESSION_RETENTION_SECONDS = env_int("AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600)
+AGENT_SESSION_RETENTION_SECONDS = env_int(
+    "AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600, maximum=A_CENTURY
+)
 # Requests of one agent that may wait for calls to end at once, REST long-polls and MCP
 # waits (tasks/result, the wait of a tools/call, countersign_wait) counted together
 # (gateway.waits): each holds a Redis connection, a long-poll a web thread besides. Past it
@@ -723,16 +738,20 @@ EXECUTOR_AGENT_RETRIES = env_int("EXECUTOR_AGENT_RETRIES", 3)
 # An escalated unknown call's downstream is asked again this often, in case it can now tell.
 EXECUTOR_RECHECK_ESCALATED_SECONDS = env_int("EXECUTOR_RECHECK_ESCALATED_SECONDS", 300)
 # Webhooks to agents (gateway.webhooks): per-attempt timeout, retries with exponential
-# backoff from BASE up to MAX seconds between attempts, then give up.
+# backoff from BASE up to MAX seconds between attempts, then give up. A delivery counts its
+# attempts in a small integer: with a limit past 32767, the claim of attempt 32768 failed,
+# and the delivery was neither sent nor given up, its task sent again without end.
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
-WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 12, minimum=1, maximum=32767)
 WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 5)
-WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600)
-WEBHOOK_RESEND_AFTER_SECONDS = env_int("WEBHOOK_RESEND_AFTER_SECONDS", 60)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600, maximum=A_CENTURY)
+# A task not run this long after it was sent is sent again (then after longer and longer:
+# gateway.webhooks.sweep). At 0 every beat sent one more copy of each queued delivery.
+WEBHOOK_RESEND_AFTER_SECONDS = env_int("WEBHOOK_RESEND_AFTER_SECONDS", 60, minimum=1)
 # A delivery that ended (delivered, or given up) is deleted with its attempts this long after
 # (seconds) by gateway.sessions_sweep: its body holds the call as GET returned it, result
 # included. The trail keeps the call's own events. 0 deletes them at the sweep's next run.
-WEBHOOK_RETENTION_SECONDS = env_int("WEBHOOK_RETENTION_SECONDS", 30 * 24 * 3600)
+WEBHOOK_RETENTION_SECONDS = env_int("WEBHOOK_RETENTION_SECONDS", 30 * 24 * 3600, maximum=A_CENTURY)
 # Callback URLs on loopback/private networks are refused in services mode unless allowed.
 # After a rotation, webhooks are signed with the old secret too for this long (seconds).
 WEBHOOK_SECRET_GRACE_SECONDS = env_int("WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600)

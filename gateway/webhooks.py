@@ -18,14 +18,16 @@ space-separated; a receiver accepts the call if any one verifies.
 Delivery: ``notify.status_changed`` writes a ``WebhookDelivery`` in the transition's
 transaction and, after commit, sends a Celery task with its id. Each attempt is claimed by a
 conditional UPDATE with a lease, POSTed outside any transaction, and recorded as a
-``WebhookAttempt``. When an attempt is due, its lease and when its task was sent are dated
+``WebhookAttempt`` under the number its worker claimed (a worker stalled past its lease
+and taken over records its own attempt, and finishes nothing else). When an attempt is due, its lease and when its task was sent are dated
 and read by PostgreSQL's clock (``Now()``), never a process's own: the web processes, beat
 and the workers may run on machines whose clocks disagree, and an attempt dated by one clock
 and read by another was found not due by the worker sent to make it (then left for a
 minute), or a lease lapsed when given was taken over mid-attempt (and sent twice). A failure
 (no 2xx, a timeout, a refused connection) schedules the next attempt with exponential
 backoff and jitter by moving ``next_attempt_at``; the beat-driven ``sweep`` sends the tasks
-of due rows (and of rows whose task was lost). There are no countdown/ETA tasks: Redis would
+of due rows (and of rows whose task was lost, or is still queued: at growing intervals, each
+task expiring when the next may be sent). There are no countdown/ETA tasks: Redis would
 redeliver those after its visibility timeout. A delivery that has ended (delivered or given
 up: ``ended_at``) is deleted with its attempts ``WEBHOOK_RETENTION_SECONDS`` later by
 ``gateway.retention.sweep``.
@@ -53,7 +55,7 @@ import httpx
 from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Expression, F, Q, TextField, Value
+from django.db.models import DurationField, Expression, ExpressionWrapper, F, Q, TextField, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Concat, Now
 from django.utils import timezone
@@ -175,14 +177,18 @@ def _now_as_json() -> Expression:
     return Value(json.dumps(timezone.now().isoformat()))
 
 
-def send(delivery_id: UUID) -> None:
-    """Hand one delivery to a worker. In the embedded (eager) mode the sweep loop delivers,
-    so a slow receiver never holds up the request that changed the call."""
+def send(delivery_id: UUID, *, expires: float | None = None) -> None:
+    """Hand one delivery to a worker, its task dropped unrun once ``expires`` seconds have
+    passed (``WEBHOOK_RESEND_AFTER_SECONDS``, when the sweep may send another: ``sweep``).
+    In the embedded (eager) mode the sweep loop delivers, so a slow receiver never holds up
+    the request that changed the call."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return
+    if expires is None:
+        expires = settings.WEBHOOK_RESEND_AFTER_SECONDS
     try:
         # By name: the task (``gateway.tasks``) calls this module, not the other way.
-        current_app.send_task(DELIVER_TASK, args=(str(delivery_id),))
+        current_app.send_task(DELIVER_TASK, args=(str(delivery_id),), expires=expires)
     except Exception:
         logger.exception("could not send webhook %s; the sweep will", delivery_id)
 
@@ -201,16 +207,15 @@ class AttemptResult:
 
 def deliver(delivery_id: UUID) -> str:
     """Make the due attempt of one delivery; returns its new state, or "not_due"."""
-    lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS)
-    claimed = WebhookDelivery.objects.filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lt=Now()),
-        pk=delivery_id,
-        state=WebhookDelivery.State.PENDING,
-        next_attempt_at__lte=Now(),
-    ).update(lease_until=Now() + lease, attempts=F("attempts") + 1)
-    if not claimed:
+    number = _claim(delivery_id)
+    if number is None:
         return "not_due"
     delivery = WebhookDelivery.objects.select_related("agent").get(pk=delivery_id)
+    # This worker's attempt is the one it claimed, whatever the row says by now: a worker
+    # that stalled between its claim and this read, past its lease, read the number of the
+    # attempt that took it over, and both recorded their attempts under it (the second
+    # refused by the unique number, and lost), the stalled one finishing the other's claim.
+    delivery.attempts = number
     started = timezone.now()
     clock = time.monotonic()
     try:
@@ -233,6 +238,25 @@ def deliver(delivery_id: UUID) -> str:
             give_up=result.give_up,
         )
         return _finish(delivery, bare, started=started, duration_ms=duration_ms)
+
+
+def _claim(delivery_id: UUID) -> int | None:
+    """Claim the due attempt of one delivery: its number, or None when none is due (another
+    worker holds a lease that has not lapsed, or the next attempt is not due yet). The claim
+    is conditional on the count of attempts read: of two workers that read it at once, the
+    second's UPDATE waits for the first's, finds the count moved and claims nothing."""
+    lease = timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + LEASE_GRACE_SECONDS)
+    due = WebhookDelivery.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=Now()),
+        pk=delivery_id,
+        state=WebhookDelivery.State.PENDING,
+        next_attempt_at__lte=Now(),
+    )
+    made = due.values_list("attempts", flat=True).first()
+    if made is None:
+        return None
+    claimed = due.filter(attempts=made).update(lease_until=Now() + lease, attempts=made + 1)
+    return made + 1 if claimed else None
 
 
 def _post(delivery: WebhookDelivery) -> AttemptResult:
@@ -311,6 +335,20 @@ def _finish(
     else:
         changes = {"next_attempt_at": Now() + backoff(delivery.attempts), "dispatched_at": None}
     with transaction.atomic():
+        # The delivery is locked until the attempt is recorded, so that the retention sweep
+        # cannot delete it meanwhile. A worker that stalled past its lease may find it
+        # gone: the worker that took over ended it, and a short WEBHOOK_RETENTION_SECONDS
+        # had it deleted with its attempts. This late attempt has nothing left to be
+        # recorded against (written anyway, it failed on its delivery's key, again and
+        # again, and its task with it).
+        locked = WebhookDelivery.objects.select_for_update().filter(pk=delivery.pk)
+        if not list(locked.values_list("pk", flat=True)):
+            logger.warning(
+                "webhook %s: attempt %s ended after its delivery was deleted; not recorded",
+                delivery.pk,
+                delivery.attempts,
+            )
+            return str(changes.get("state", WebhookDelivery.State.PENDING))
         WebhookAttempt.objects.create(
             delivery=delivery,
             number=delivery.attempts,
@@ -364,18 +402,29 @@ def sweep(*, limit: int = 200) -> int:
     one attempt's time (``WEBHOOK_TIMEOUT_SECONDS``) is spent, the rest are left, unmarked,
     to the next sweep, so that receivers that never answer cannot hold all of those."""
     started = time.monotonic()
-    resend_before = Now() - timedelta(seconds=settings.WEBHOOK_RESEND_AFTER_SECONDS)
+    resend_after = settings.WEBHOOK_RESEND_AFTER_SECONDS
     due = Q(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=Now()) & (
         Q(lease_until__isnull=True) | Q(lease_until__lt=Now())
     )
-    not_in_queue = Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=resend_before)
-    ids = list(
+    # A task sent and not run yet is lost, or still queued behind others: the sweep cannot
+    # tell which. It is sent again WEBHOOK_RESEND_AFTER_SECONDS after it was sent, and after
+    # that once the delivery has waited twice as long as when it was last sent (each copy
+    # expiring when the next may go): re-sent every interval, a queue slower than that got
+    # one more copy of each due delivery per interval, all of them run, and grew slower.
+    waited_when_sent = ExpressionWrapper(
+        F("dispatched_at") - F("next_attempt_at"), output_field=DurationField()
+    )
+    resend_due = Q(dispatched_at__lt=Now() - timedelta(seconds=resend_after)) & Q(
+        dispatched_at__lt=Now() - waited_when_sent
+    )
+    not_in_queue = Q(dispatched_at__isnull=True) | resend_due
+    due_since = dict(
         WebhookDelivery.objects.filter(due & not_in_queue)
         .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
+        .values_list("pk", "next_attempt_at")[:limit]
     )
     sent = 0
-    for delivery_id in ids:
+    for delivery_id, due_at in due_since.items():
         if (
             settings.CELERY_TASK_ALWAYS_EAGER
             and time.monotonic() - started >= settings.WEBHOOK_TIMEOUT_SECONDS
@@ -391,7 +440,10 @@ def sweep(*, limit: int = 200) -> int:
         if settings.CELERY_TASK_ALWAYS_EAGER:
             deliver(delivery_id)
         else:
-            send(delivery_id)
+            # Live until the next copy may be sent (this process's clock: seconds off at
+            # most, against a minute or more).
+            waited = (timezone.now() - due_at).total_seconds()
+            send(delivery_id, expires=max(resend_after, waited))
     return sent
 
 

@@ -81,6 +81,15 @@ def test_a_boolean_that_is_no_boolean_stops_the_start(
         ("MCP_MAX_WAITS_PER_AGENT", "0", "MAX_WAITS_PER_AGENT"),
         ("MCP_THREADS", "0", "MCP_THREADS"),
         ("APPROVALS_REAUTH_WINDOW_SECONDS", "0", "APPROVALS_REAUTH_WINDOW_SECONDS"),
+        # At 0 each beat sent one more copy of every delivery whose task was still queued.
+        ("WEBHOOK_RESEND_AFTER_SECONDS", "0", "WEBHOOK_RESEND_AFTER_SECONDS"),
+        # Past a century ("forever"), the date the retention sweep reckons back to is out of
+        # range: every run raised, and deleted no session or delivery.
+        ("WEBHOOK_RETENTION_SECONDS", "100000000000", "WEBHOOK_RETENTION_SECONDS"),
+        ("AGENT_SESSION_RETENTION_SECONDS", "100000000000", "AGENT_SESSION_RETENTION_SECONDS"),
+        ("WEBHOOK_RETRY_MAX_SECONDS", "1e15", "WEBHOOK_RETRY_MAX_SECONDS"),
+        # A delivery counts its attempts in a small integer: attempt 32768 was never made.
+        ("WEBHOOK_MAX_ATTEMPTS", "40000", "WEBHOOK_MAX_ATTEMPTS"),
     ],
 )
 def test_a_number_out_of_its_range_stops_the_start(
@@ -96,14 +105,16 @@ def test_numbers_in_range_are_read(tmp_path: Path) -> None:
     script = (
         "from django.conf import settings\n"
         "print(settings.EXECUTOR_AUTO_RERUNS, settings.WEBHOOK_RETRY_BASE_SECONDS,"
-        " settings.APPROVALS_QUEUE_PAGE_SIZE)\n"
+        " settings.APPROVALS_QUEUE_PAGE_SIZE, settings.WEBHOOK_RETENTION_SECONDS,"
+        " settings.WEBHOOK_MAX_ATTEMPTS)\n"
     )
     run = services(
         tmp_path, script, EXECUTOR_AUTO_RERUNS="0", WEBHOOK_RETRY_BASE_SECONDS="0.3",
-        APPROVALS_QUEUE_PAGE_SIZE=" 25 ",
+        APPROVALS_QUEUE_PAGE_SIZE=" 25 ", WEBHOOK_RETENTION_SECONDS="0",
+        WEBHOOK_MAX_ATTEMPTS="32767",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["0", "0.3", "25"]
+    assert run.stdout.split() == ["0", "0.3", "25", "0", "32767"]
 
 
 HSTS_PROBE = (

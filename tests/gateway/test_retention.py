@@ -306,3 +306,60 @@ def test_a_delivery_in_flight_is_not_swept_and_goes_once_it_has_ended(
     assert retention.sweep() == 1
     assert not WebhookDelivery.objects.filter(pk=delivery.pk).exists()
     assert not WebhookAttempt.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_taken_over_and_ended_then_swept_leaves_its_stalled_worker_nothing_to_break(
+    live_world: World, settings: object
+) -> None:
+    """A worker stalls in its POST past its lease; another takes the delivery over and it
+    is delivered; with a retention of 0 the sweep deletes it with its attempts. The stalled
+    worker, its answer come at last, recorded its attempt against the deleted delivery:
+    IntegrityError, again when recorded bare, and its task raised. It now finds the delivery
+    gone and records nothing: no row of a delivery the sweep deleted comes back."""
+    settings.WEBHOOK_RETENTION_SECONDS = 0  # type: ignore[attr-defined]
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True  # type: ignore[attr-defined]
+    first, answer = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if not first.is_set():  # the stalled worker's POST, answered late
+                first.set()
+                answer.wait(10)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    delivery = _delivery(live_world, url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+    results: list[str] = []
+
+    def stalled() -> None:
+        try:
+            results.append(webhooks.deliver(delivery.pk))
+        except Exception as exc:
+            results.append(repr(exc))
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=stalled)
+    worker.start()
+    try:
+        assert first.wait(10), "the stalled attempt reaches the receiver"
+        rows = WebhookDelivery.objects.filter(pk=delivery.pk)
+        rows.update(lease_until=timezone.now() - timedelta(seconds=1))  # its lease lapsed
+        assert webhooks.deliver(delivery.pk) == "delivered"  # taken over
+        time.sleep(0.01)  # past its end, for a retention of 0
+        assert retention.sweep() == 1
+    finally:
+        answer.set()
+        worker.join(timeout=20)
+        server.shutdown()
+        server.server_close()
+    assert results == ["delivered"]
+    assert not WebhookDelivery.objects.exists()
+    assert not WebhookAttempt.objects.exists()

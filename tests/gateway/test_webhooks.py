@@ -22,10 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import redis
 import standardwebhooks
 from countersign_client import verify_webhook
 from django.conf import settings
+from django.db import connections
 from django.test import override_settings
 from django.utils import timezone
 
@@ -43,8 +46,9 @@ from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tests.support.compression import gzip_bomb
 from tests.support.upstreams.raw_http import RawHttpServer, drip_headers
 from tests.support.upstreams.raw_http import reply as raw_reply
-from tests.support.workers import purge_queue, running_worker, wait_for
+from tests.support.workers import purge_queue, running_worker, wait_for, worker_database_url
 from tools_registry import services as registry_services
+from tools_registry.models import Agent
 
 
 @dataclass
@@ -560,6 +564,98 @@ def test_a_last_attempt_whose_lease_was_taken_over_audits_no_failure(
     assert delivery.state == WebhookDelivery.State.DELIVERED
     assert [a.status_code for a in delivery.attempt_log.all()] == [500, 200]
     assert not AuditEvent.objects.filter(action="call.webhook_failed").exists()
+
+
+def _deliver_in_a_thread(delivery_id: Any, results: dict[str, str], name: str) -> threading.Thread:
+    """``webhooks.deliver`` as a worker of its own runs it, on its own connection; what it
+    returned, or the exception it raised, goes to ``results[name]``."""
+
+    def run() -> None:
+        try:
+            results[name] = webhooks.deliver(delivery_id)
+        except Exception as exc:
+            results[name] = repr(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True)
+def test_a_worker_stalled_past_its_lease_right_after_its_claim_records_its_own_attempt(
+    live_world: World, receiver: Receiver
+) -> None:
+    """A worker claims attempt 1, then stalls (here on a lock of the agents' table, which
+    its next read joins) past its lease; a second worker takes the delivery over, as
+    attempt 2. Each read its attempt's number back after its claim: both read 2, both
+    recorded their POST as attempt 2, and the second to finish was refused by the unique
+    number (its task raised, its attempt unrecorded), the first having finished the other's
+    claim. Each attempt is now the number its worker claimed."""
+    call_id = live_world.api().submit({**SEND_EMAIL, "callback_url": receiver.url}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    row = WebhookDelivery.objects.filter(pk=delivery.pk)
+    results: dict[str, str] = {}
+    with psycopg.connect(worker_database_url()) as holder:
+        holder.execute(f"LOCK TABLE {Agent._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        stalled = _deliver_in_a_thread(delivery.pk, results, "stalled")
+        wait_for(lambda: row.filter(attempts=1).exists(), timeout=10, message="the first claim")
+        row.update(lease_until=timezone.now() - timedelta(seconds=1))  # its lease lapsed
+        taking_over = _deliver_in_a_thread(delivery.pk, results, "taking over")
+        wait_for(lambda: row.filter(attempts=2).exists(), timeout=10, message="the takeover")
+        holder.rollback()
+    stalled.join(timeout=30)
+    taking_over.join(timeout=30)
+    assert results == {"stalled": "delivered", "taking over": "delivered"}
+    assert len(receiver.received) == 2, "two workers, two POSTs"
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.lease_until) == ("delivered", 2, None)
+    assert [(a.number, a.status_code) for a in delivery.attempt_log.all()] == [(1, 200), (2, 200)]
+
+
+def _queued_copies(delivery_id: Any) -> list[datetime | None]:
+    """The tasks of one delivery waiting in the broker's queue: when each expires (None:
+    never)."""
+    queued = redis.Redis.from_url(settings.REDIS_URL).lrange(
+        settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1
+    )
+    headers = [json.loads(message)["headers"] for message in queued]
+    return [
+        datetime.fromisoformat(h["expires"]) if h.get("expires") else None
+        for h in headers
+        if h["task"] == webhooks.DELIVER_TASK and str(delivery_id) in h["argsrepr"]
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEBHOOK_RESEND_AFTER_SECONDS=1)
+def test_a_delivery_whose_task_waits_in_a_slow_queue_has_one_copy_that_can_run(
+    live_world: World,
+) -> None:
+    """A task still queued (the workers busy; here none runs) looks lost to the sweep. Sent
+    again every WEBHOOK_RESEND_AFTER_SECONDS, a delivery had one more copy in the queue per
+    interval, each of them to be run, in a queue already too slow. Now each copy expires
+    when the sweep may send the next, and the next waits as long again as the delivery
+    had waited when the last was sent: one copy can run, and the copies grow with the
+    log of the wait."""
+    purge_queue()
+    callback = {"callback_url": "https://receiver.example/hooks"}
+    call_id = live_world.api().submit({**SEND_EMAIL, **callback}).json()["id"]
+    delivery = WebhookDelivery.objects.get(call_id=call_id)
+    assert len(_queued_copies(delivery.pk)) == 1, "sent once the call was written"
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:  # beat's sweep, every 0.2 s instead of every 5
+        webhooks.sweep()
+        time.sleep(0.2)
+    copies = _queued_copies(delivery.pk)
+    now = timezone.now()
+    can_run = [when for when in copies if when is None or when > now]
+    assert len(can_run) == 1, f"{len(can_run)} of the {len(copies)} copies can still run"
+    # Sent at 0, 1, 2 and 4 s (the next at 8): the copies of every interval were 6.
+    assert len(copies) <= 4, f"{len(copies)} copies in the queue"
+    purge_queue()
 
 
 class _Clocks:
