@@ -27,6 +27,7 @@ from django.utils.html import format_html
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts import sessions
 from accounts.forms import PasswordSetByAdminForm
 from accounts.models import SsoIdentity
 from audit.log import record
@@ -303,6 +304,9 @@ class AuditedUserAdmin(UniqueNameRaceShown, HoldingNoMore, DeletionAudited, User
             # Only then: the lock holds up new calls of those tools until the save commits.
             hold_reviews_of(users=[obj])
         super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            # Signed out for good: made active again, they sign in again (``sessions``).
+            sessions.sign_out_everywhere(obj)
         if not change:
             # Whoever chose the password of the account they made (only a superuser may)
             # can sign in as it, as whoever sets one later (``auth.password_set``).

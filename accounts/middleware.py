@@ -82,6 +82,9 @@ def _page(request: HttpRequest) -> str:
     """The page the person was on: the one an htmx request came from, or this one if it can
     be opened again (a GET)."""
     if current := request.headers.get("HX-Current-URL"):
-        parts = urlsplit(current)
+        try:
+            parts = urlsplit(current)
+        except ValueError:  # no URL (an unclosed "http://["): no page, not a 500
+            return ""
         return f"{parts.path}?{parts.query}" if parts.query else parts.path
     return request.get_full_path() if request.method == "GET" else ""

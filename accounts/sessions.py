@@ -10,7 +10,11 @@ for ever. Such a request still ends a session that is over, so the tab lands on 
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -51,3 +55,21 @@ def note_activity(request: HttpRequest) -> None:
         noted = _seconds(request.session.get(ACTIVE_AT_KEY)) or 0
         if now - noted >= ACTIVITY_NOTED_EVERY_SECONDS:
             request.session[ACTIVE_AT_KEY] = now
+
+
+def sign_out_everywhere(person: Any) -> int:
+    """Delete every session signed in as ``person``; how many. Deactivating someone must
+    end their sessions for good: Django only stops reading a session whose person is
+    inactive, so the sessions (a stolen one among them) came back, signed in, the moment
+    the account was made active again. A session's person is known only from its data, so
+    each live session is read: deactivations are rare, and sessions a few thousand."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    sessions = store.get_model_class().objects.filter(expire_date__gt=timezone.now())
+    theirs = str(person.pk)
+    keys = [
+        row.session_key
+        for row in sessions.only("session_key", "session_data").iterator()
+        if store().decode(row.session_data).get(SESSION_KEY) == theirs
+    ]
+    deleted, _ = sessions.filter(session_key__in=keys).delete()
+    return int(deleted)

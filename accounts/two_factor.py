@@ -15,6 +15,7 @@ from typing import Any
 import segno
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp import login as otp_login
@@ -31,6 +32,8 @@ FRESH_CODE_SECONDS = 15 * 60
 PASSED_AT_KEY = "countersign.second_factor_passed_at"
 # When this session signed in (a password or single sign-on), in epoch seconds.
 SIGNED_IN_AT_KEY = "countersign.signed_in_at"
+# The unconfirmed device this session set up (its pk): the only one it shows or confirms.
+PENDING_KEY = "countersign.pending_device"
 
 
 def must_use_second_factor(user: Any) -> bool:
@@ -60,8 +63,20 @@ def confirmed_device(user: Any, *, locked: bool = False) -> TOTPDevice | None:
     return (devices.select_for_update() if locked else devices).first()
 
 
-def pending_device(user: Any) -> TOTPDevice | None:
-    return TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-pk").first()
+def _pending(request: HttpRequest) -> QuerySet[TOTPDevice]:
+    """The unconfirmed device this session set up, if it is still the person's. Not one
+    another session set up: the person's first app was shown, secret and all, to any
+    session of theirs signed in within ``FRESH_CODE_SECONDS``, so whoever had the password
+    (or such a session's cookie) read the secret of the app its owner was setting up, and
+    passed the second factor as them once the owner confirmed it, unseen."""
+    pk = request.session.get(PENDING_KEY)
+    if not isinstance(pk, int) or isinstance(pk, bool):
+        return TOTPDevice.objects.none()
+    return TOTPDevice.objects.filter(user=request.user, confirmed=False, pk=pk)
+
+
+def pending_device(request: HttpRequest) -> TOTPDevice | None:
+    return _pending(request).first()
 
 
 def qr_code_data_uri(device: TOTPDevice) -> str:
@@ -129,7 +144,9 @@ def start_enrolment(*, request: HttpRequest) -> TOTPDevice:
     user = request.user
     with transaction.atomic():
         TOTPDevice.objects.filter(user=user, confirmed=False).delete()
-        return TOTPDevice.objects.create(user=user, name=DEVICE_NAME, confirmed=False)
+        device = TOTPDevice.objects.create(user=user, name=DEVICE_NAME, confirmed=False)
+    request.session[PENDING_KEY] = device.pk
+    return device
 
 
 def confirm_enrolment(*, request: HttpRequest, token: str) -> bool:
@@ -144,7 +161,7 @@ def confirm_enrolment(*, request: HttpRequest, token: str) -> bool:
 
 def _confirm(request: HttpRequest, token: str) -> bool:
     user = request.user
-    device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).last()
+    device = _pending(request).select_for_update().first()
     if device is None or not device.verify_token(token):
         record(action="auth.two_factor_failed", actor=user, outcome="enrolment_code_wrong")
         return False
@@ -153,6 +170,7 @@ def _confirm(request: HttpRequest, token: str) -> bool:
     )
     device.confirmed = True
     device.save(update_fields=["confirmed"])
+    request.session.pop(PENDING_KEY, None)
     _pass(request, device)
     record(
         action="auth.two_factor_enrolled",

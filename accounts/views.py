@@ -98,7 +98,7 @@ def _two_factor_page(
     device = two_factor.confirmed_device(user)
     may_enrol = two_factor.may_enrol(request)
     # A device set up in a verified session is offered only while the session may finish it.
-    pending = two_factor.pending_device(user) if may_enrol else None
+    pending = two_factor.pending_device(request) if may_enrol else None
     context = {
         "device": device,
         "pending": pending,

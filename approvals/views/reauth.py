@@ -41,6 +41,16 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
         request.user
     ) is not None or two_factor.must_use_second_factor(request.user)
     if request.method == "POST" and form.is_valid():
+        # This one's number since the session's last success: its failures if it fails.
+        try:
+            failures = reauth.count_attempt(request)
+        except reauth.AttemptsUncounted:
+            error = "Passwords cannot be checked for a moment; try again shortly."
+            return _page(request, form, error=error, wants_code=wants_code, status=503)
+        if failures > MAX_FAILURES:
+            # Sent beside the attempt that reached the limit: signed out unchecked.
+            logout(request)
+            return redirect("login")
         user = authenticate(
             request,
             username=request.user.get_username(),
@@ -61,8 +71,6 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             reauth.stamp(request)
             record(action="reviewer.reauthenticated", actor=request.user, outcome="ok")
             return HttpResponseRedirect(_next_url(request))
-        failures = int(request.session.get(reauth.FAILURES_KEY, 0)) + 1
-        request.session[reauth.FAILURES_KEY] = failures
         record(
             action="reviewer.reauthentication_failed",
             actor=request.user,
@@ -77,6 +85,12 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             if not password_ok
             else "That code was not accepted; wait for the next one."
         )
+    return _page(request, form, error=error, wants_code=wants_code)
+
+
+def _page(
+    request: AuthedRequest, form: ReauthForm, *, error: str, wants_code: bool, status: int = 200
+) -> HttpResponse:
     sso_url = ""
     person = request.user
     if settings.OIDC_ENABLED and person.is_authenticated and not person.has_usable_password():
@@ -94,4 +108,5 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             "wants_code": wants_code,
             "sso_url": sso_url,
         },
+        status=status,
     )

@@ -255,6 +255,33 @@ def test_changing_someones_name_or_address_is_audited(world: World) -> None:
     assert AuditEvent.objects.filter(action="user.access_changed").count() == 1
 
 
+def test_deactivating_someone_signs_their_sessions_out_for_good(world: World) -> None:
+    """An admin deactivates bob (his session was stolen, say) and makes him active again a
+    few minutes later (his password reset at the provider, which keeps no password here).
+    Django only stopped reading his sessions while he was inactive: active again, every one
+    of them, the stolen one too, was signed in again. Others' sessions are left alone."""
+    client, _ = admin_client()
+    stolen, alices = Client(), Client()
+    stolen.force_login(world.bob)
+    alices.force_login(world.alice)
+    assert stolen.get("/account/").status_code == 200
+    url = f"/admin/auth/user/{world.bob.pk}/change/"
+    inline = {f"sso_identity-{n}": v for n, v in (("TOTAL_FORMS", 0), ("INITIAL_FORMS", 0))}
+
+    off = client.post(url, {**user_form(world.bob, is_active=""), **inline})
+    assert off.status_code == 302, off.context["adminform"].form.errors
+    assert stolen.get("/account/").status_code == 302
+    inactive = User.objects.get(pk=world.bob.pk)
+    on = client.post(url, {**user_form(inactive, is_active="on"), **inline})
+    assert on.status_code == 302, on.context["adminform"].form.errors
+    assert User.objects.get(pk=world.bob.pk).is_active
+
+    again = stolen.get("/account/")
+    assert again.status_code == 302 and again["Location"].startswith("/login/")
+    assert alices.get("/account/").status_code == 200
+    assert client.get("/admin/").status_code == 200  # the admin's own session too
+
+
 def test_an_admin_lifting_a_lockout_is_audited(world: World) -> None:
     """The lock is in the trail (auth.locked_out); so is whoever lifted it early. A name
     that is no account may be a mistyped password: kept only as a fingerprint."""

@@ -109,6 +109,19 @@ def test_the_pages_own_polling_does_not_keep_an_abandoned_tab_signed_in(
     assert len(ended(world, "idle")) == 1
 
 
+def test_a_page_address_that_is_no_url_still_signs_an_idle_session_out(
+    world: World, reviewer_client: Client, clock: Clock
+) -> None:
+    """The page a session ended on comes from htmx's HX-Current-URL header: one that is no
+    URL (an unclosed IPv6 host) made the sign-out a 500, and the session stayed."""
+    assert reviewer_client.get("/approvals/").status_code == 200
+    clock.at(minutes=31)
+    poll = reviewer_client.get("/approvals/", **HTMX, HTTP_HX_CURRENT_URL="http://[::1/x")
+    assert poll.status_code == 204 and poll["HX-Redirect"] == "/login/?session=ended"
+    assert not signed_in(reviewer_client)
+    assert len(ended(world, "idle")) == 1
+
+
 def test_the_chain_verifications_progress_polling_is_not_activity(
     world: World, clock: Clock
 ) -> None:

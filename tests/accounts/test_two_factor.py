@@ -255,6 +255,39 @@ def test_a_session_signed_in_long_ago_sets_up_no_app_once_an_admin_deleted_the_l
 
 
 @required
+def test_an_app_being_set_up_is_shown_and_confirmed_only_in_the_session_that_set_it_up(
+    world: World,
+) -> None:
+    """Bob sets up his first app. Whoever has his password signs in beside him, as fresh a
+    sign-in as his: the page showed them the new app's secret and QR code, and once bob
+    confirmed it they passed his second factor for good, unseen (and could confirm it
+    themselves). Only the session that set it up sees or confirms it."""
+    owner = signed_in("bob", "pw-bob")
+    assert owner.post("/account/two-factor/enrol/").status_code == 302
+    pending = TOTPDevice.objects.get(user=world.bob, confirmed=False)
+    secret = two_factor.secret_for_typing(pending)
+    assert secret in owner.get("/account/two-factor/").content.decode()
+    other = signed_in("bob", "pw-bob")
+
+    page = other.get("/account/two-factor/").content.decode()
+    assert secret not in page and 'id="totp-secret"' not in page and "data:image" not in page
+    refused = other.post("/account/two-factor/confirm/", {"code": code_for(pending)})
+    assert refused.status_code == 400
+    pending.refresh_from_db()
+    assert pending.confirmed is False
+    assert other.get("/approvals/").status_code == 302  # held at the second factor
+
+    done = owner.post("/account/two-factor/confirm/", {"code": code_for(pending)})
+    assert done.status_code == 302
+    pending.refresh_from_db()
+    assert pending.confirmed is True
+    assert owner.get("/approvals/").status_code == 200
+    assert other.get("/approvals/").status_code == 302
+    # Set up there, once confirmed it is no longer the session's to show.
+    assert secret not in owner.get("/account/two-factor/").content.decode()
+
+
+@required
 def test_a_session_verified_long_ago_cannot_delete_its_own_app_in_the_admin_either(
     world: World,
 ) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.test import Client
+from django.conf import settings
+from django.core.cache import caches
+from django.test import Client, override_settings
 from django.utils import timezone
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -170,3 +172,23 @@ def test_signing_in_again_in_a_verified_session_asks_for_the_code_again(world: W
     assert ok.status_code == 302
     approve = client.post(f"/approvals/{call.pk}/decide/", form, HTTP_HX_REQUEST="true")
     assert "1 of 2 approvals" in approve.content.decode()
+
+
+def test_while_the_caches_redis_is_down_no_password_is_checked_uncounted(world: World) -> None:
+    """The attempts are counted in the cache (Redis), before the password is checked: while
+    it is down the page says so (503), checks nothing and records no attempt, rather than a
+    500, or a check no count would ever stop."""
+    client = stale_client(world)
+    down = {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": down}):
+        caches.close_all()
+        try:
+            response = client.post("/approvals/reauthenticate/", {"password": "pw-bob"})
+        finally:
+            caches.close_all()
+    assert response.status_code == 503
+    assert "Passwords cannot be checked for a moment" in response.content.decode()
+    assert reauth.authenticated_at(_request_for(client)) < timezone.now() - timedelta(hours=1)
+    assert not AuditEvent.objects.filter(action__startswith="reviewer.reauth").exists()
+    response = client.post("/approvals/reauthenticate/", {"password": "pw-bob"})
+    assert response.status_code == 302  # Redis back: the same password passes
