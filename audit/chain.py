@@ -22,6 +22,10 @@ Why this never forks, and loses nothing:
   consecutive events, or a decision after its submission), A is sealed before B. Any
   snapshot that sees B also sees A, and A's id is lower (ids come from a sequence, and A's
   was drawn first), so within one pass A comes first, or A was sealed on an earlier pass.
+* So ``seq`` is also the order to follow the trail in: once a reader sees seq N, it sees
+  every seq below N, and every event sealed afterwards gets a seq above N. An id gives no
+  such promise (a late commit leaves a lower id behind one already read): a reader that
+  pages through what is new asks for ``seq > N`` (``audit.filters``' ``after_seq``).
 * A row is sealed exactly once: the UPDATE trigger (``models.NotASeal``) refuses any other
   change to a sealed row and any change to a row's content.
 

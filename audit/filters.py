@@ -1,7 +1,8 @@
 """The auditor's filters: read from the URL, applied to the trail, written back to links.
 
-Every filter is an exact match on an indexed column (``models.AuditEvent.Meta.indexes``),
-so any combination stays fast on millions of rows; the page itself is keyset-paginated.
+Every filter is an exact match on an indexed column (``models.AuditEvent.Meta.indexes``;
+``after_seq`` a range of the unique ``seq``), so any combination stays fast on millions of
+rows; the page itself is keyset-paginated.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class EventFilter:
     outcome: str = ""
     kind: str = ""  # one of KINDS: only events of that kind
     hide_access: str = ""  # "1": leave out grants, teams and permissions (seeding noise)
+    # Only events sealed after this seq: the cursor of a reader that follows the trail (see
+    # apply); it is a filter, kept in links and exports, not the page's cursor.
+    after_seq: str = ""
     before: int | None = None  # keyset cursor: show events with id < before
 
     @classmethod
@@ -125,6 +129,8 @@ class EventFilter:
             problems.append("call: not a call id")
         if self.kind and self.kind not in KINDS:
             problems.append(f"kind: one of {', '.join(KINDS)}")
+        if self.after_seq and whole_number(self.after_seq) is None:
+            problems.append("after_seq: a seq (the # column), a whole number")
         return problems
 
     @property
@@ -151,9 +157,18 @@ class EventFilter:
             events = events.filter(_kind_q(self.kind)) if self.kind in KINDS else events.none()
         if self.hide_access:
             events = events.exclude(_kind_q("access"))
+        if self.after_seq:
+            # Sealed events only, by seq, never by id: a transaction that inserted an event
+            # (a lower id) and commits after a reader read past that id would be skipped by
+            # "id > the last one read" for good. The sealer gives seqs in the order events
+            # became visible, a pass's all at once, after the previous pass committed: every
+            # event a reader sees sealed later has a seq above any it has read.
+            after = whole_number(self.after_seq)
+            events = events.filter(seq__gt=after) if after is not None else events.none()
         for name, lookup in (("start", "occurred_at__gte"), ("end", "occurred_at__lt")):
             # The end excluded, a bare date too (midnight): daily exports from one date to
-            # the next neither miss nor repeat an event.
+            # the next never repeat an event (and miss none once every transaction open at
+            # midnight has committed: an event is dated before it commits; see after_seq).
             if value := getattr(self, name):
                 moment = _instant(value)
                 events = events.filter(**{lookup: moment}) if moment else events.none()

@@ -27,6 +27,9 @@ BAD_QUERIES = [
     "/audit/session/?agent=x%00&session=y",
     "/audit/export.jsonl?before=%C2%B2",
     "/audit/export.csv?actor=%00",
+    "/audit/?after_seq=-1",
+    "/audit/export.jsonl?after_seq=%C2%B2",
+    "/audit/export.csv?after_seq=99999999999999999999",
 ]
 
 

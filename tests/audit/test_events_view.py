@@ -14,6 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from approvals.services.decisions import decide
+from audit import chain
 from audit.log import record
 from audit.masking import mask_text
 from audit.models import AuditEvent
@@ -98,6 +99,20 @@ def test_pages_follow_each_other_without_gaps_and_keep_the_filters(
         AuditEvent.objects.filter(action="test.page").order_by("-id").values_list("id", flat=True)
     )
     assert seen == expected
+
+
+def test_sealed_after_a_seq_shows_only_what_was_sealed_since(auditor_client: Client) -> None:
+    record(action="test.before", data={})
+    chain.seal_pending()
+    head, _ = chain.chain_head()
+    since = [record(action="test.since", data={"n": n}).pk for n in range(2)]
+    chain.seal_pending()
+    record(action="test.unsealed", data={})
+    response = auditor_client.get(f"/audit/?after_seq={head}")
+    assert ids_on(response) == since[::-1], "newest first, nothing unsealed"
+    assert f"export.jsonl?after_seq={head}" in response.content.decode()
+    refused = auditor_client.get("/audit/?after_seq=12a")
+    assert ids_on(refused) == [] and "after_seq: a seq" in refused.content.decode()
 
 
 def test_agent_supplied_text_is_escaped(auditor_client: Client) -> None:

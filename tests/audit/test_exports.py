@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +126,55 @@ def test_a_filtered_export_verifies_row_by_row(
 ) -> None:
     path = tmp_path / f"view.{fmt}"
     path.write_bytes(download(auditor_client, fmt, "action=call.submitted"))
+    assert _verify(path).returncode == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reader_following_the_trail_by_seq_gets_an_event_committed_late(
+    auditor_client: Client, tmp_path: Path
+) -> None:
+    """A reader that exports what is new, again and again, from the last seq it read
+    (``after_seq``): an event inserted first (a lower id) in a transaction that commits only
+    after the reader read a later event is in its next export, and nothing is read twice.
+    Paging on "id > the last id read" would have skipped it for good."""
+    inserted, release = threading.Event(), threading.Event()
+    late_id: list[int] = []
+
+    def slow_writer() -> None:
+        try:
+            with transaction.atomic():
+                late_id.append(record(action="test.late", data={}).pk)
+                inserted.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    try:
+        assert inserted.wait(10)
+        early = record(action="test.early", data={})
+        chain.seal_pending()
+        first = [
+            json.loads(line)
+            for line in download(auditor_client, "jsonl", "after_seq=0").decode().splitlines()
+        ]
+        read = {row["id"] for row in first}
+        assert early.pk in read and late_id[0] not in read
+        assert all(row["seq"] is not None for row in first), "only sealed events"
+        assert late_id[0] < max(read), "an id cursor would be past it"
+    finally:
+        release.set()
+        writer.join(10)
+    chain.seal_pending()
+    cursor = max(row["seq"] for row in first)
+    body = download(auditor_client, "jsonl", f"after_seq={cursor}")
+    second = [json.loads(line) for line in body.decode().splitlines()]
+    assert late_id[0] in {row["id"] for row in second}
+    assert not read & {row["id"] for row in second}, "nothing read twice"
+    assert [row["seq"] for row in second] == list(range(cursor + 1, cursor + 1 + len(second)))
+    path = tmp_path / "since.jsonl"
+    path.write_bytes(body)
     assert _verify(path).returncode == 0
 
 

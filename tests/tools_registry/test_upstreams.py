@@ -32,7 +32,7 @@ from audit.models import AuditEvent
 from gateway.mcp import calls as mcp_calls
 from gateway.mcp.state import CallState
 from tests.conftest import World
-from tests.support.upstreams import UPSTREAM_TOKEN, control
+from tests.support.upstreams import UPSTREAM_TOKEN, control, effects
 from tests.support.upstreams.raw_http import RawHttpServer
 from tests.support.upstreams.raw_http import reply as raw_reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
@@ -1183,6 +1183,30 @@ def test_an_mcp_listing_that_gives_a_cursor_again_is_an_import_failure(world: Wo
     assert "goes round in a loop" in failed.value.message
     assert server.lists == 1 + 2, "the cursor given again is not followed"
     assert set(Tool.objects.filter(upstream=upstream).values_list("available", flat=True)) == {True}
+    assert not AuditEvent.objects.filter(action="tool.removed_upstream").exists()
+
+
+def test_an_mcp_listing_whose_session_the_server_lost_is_read_in_a_new_one(
+    world: World, mcp_upstream: WebProcess
+) -> None:
+    """The server ended the session (a restart, or another instance behind its address
+    answered) between initialize and tools/list: it answers 404, and the protocol asks the
+    client to initialize again. The re-sync failed as "could not be read"; it reads the
+    listing again in a new session, once."""
+    names, _ = add("kept", "--mcp", f"{mcp_upstream.url}/sessions/mcp")
+    assert sorted(names) == ["kept__list_notes", "kept__write_note"]
+    upstream = Upstream.objects.get(name="kept")
+    control(mcp_upstream, lose_listings=1)
+    sync_upstream(upstream=upstream)
+    assert effects(mcp_upstream)["listings_to_lose"] == 0, "the first session was lost"
+    upstream.refresh_from_db()
+    assert upstream.last_sync_error == ""
+    assert set(Tool.objects.filter(upstream=upstream).values_list("available", flat=True)) == {True}
+
+    control(mcp_upstream, lose_listings=2)
+    with pytest.raises(ImportFailed, match="could not be read"):
+        sync_upstream(upstream=upstream)
+    assert effects(mcp_upstream)["listings_to_lose"] == 0, "read twice, in two sessions"
     assert not AuditEvent.objects.filter(action="tool.removed_upstream").exists()
 
 

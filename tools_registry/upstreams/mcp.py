@@ -7,9 +7,9 @@ its result is the tool's structured content, or its text (with its content block
 some are not text: an image, a resource, a kind the SDK does not know, kept as sent). An
 ``isError`` result means the tool reported a failure (the call failed), and so does a
 server that opens no session (nothing was sent), while a broken connection or a timeout in
-the session leaves the outcome unknown. A ``tools/call`` answered 404 in its session (the
-server lost it, unread) is sent once more in a new session. The executor is synchronous, so
-each connection runs on an event loop of its own.
+the session leaves the outcome unknown. A ``tools/call`` or ``tools/list`` answered 404 in
+its session (the server lost it, unread) is sent once more in a new session. The executor
+is synchronous, so each connection runs on an event loop of its own.
 """
 
 from __future__ import annotations
@@ -114,9 +114,44 @@ class _Abandoning(ThreadPoolExecutor):
 
 
 def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: float) -> Offer:
-    """The tools the server lists (all pages), or ImportFailed if it cannot be reached."""
+    """The tools the server lists (all pages), or ImportFailed if it cannot be reached.
 
+    A ``tools/list`` answered with HTTP 404 in the session the server opened says it ended
+    that session (it restarted, or another instance behind its address answered), as for a
+    call: the listing is read again, from its first page, in a new session, within what is
+    left of the timeout; a second failure fails the read as any other."""
     limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
+    deadline = time.monotonic() + timeout
+    try:
+        try:
+            listed = _list_tools(url, headers, timeout)
+        except _SessionLost:
+            left = max(deadline - time.monotonic(), 0.0)
+            listed = _list_tools(url, headers, left, again=True)
+    except Exception as exc:  # unreachable, not an MCP server, a timeout: all the same here
+        if isinstance(_leaf(exc), _ListingTooLarge):
+            raise ImportFailed(
+                f"The MCP server's tools are larger than {limit} bytes listed together."
+            ) from None
+        if isinstance(_leaf(exc), _ListingLoops):
+            raise ImportFailed(
+                "The MCP server's listing goes round in a loop: it gave a page's cursor again."
+            ) from None
+        raise ImportFailed(f"The MCP server could not be read: {_reason(exc, headers)}") from None
+    return offer_from(upstream, listed)
+
+
+def _list_tools(
+    url: str, headers: list[tuple[str, str]], timeout: float, *, again: bool = False
+) -> list[types.Tool]:
+    """``offer``'s one reading of every page; ``_SessionLost`` when the session was lost,
+    unless it is ``again`` the second."""
+    limit = settings.UPSTREAM_MAX_DOCUMENT_BYTES
+    list_answered: list[httpx2.Response] = []  # each tools/list's HTTP status line and headers
+
+    async def on_response(response: httpx2.Response) -> None:
+        if (_sent(response) or {}).get("method") == "tools/list":
+            list_answered.append(response)
 
     async def list_all(client: Client) -> list[types.Tool]:
         tools: list[types.Tool] = []
@@ -146,18 +181,11 @@ def offer(*, upstream: str, url: str, headers: list[tuple[str, str]], timeout: f
             seen.add(cursor)
 
     try:
-        listed = _run(list_all, url, headers, timeout)
-    except Exception as exc:  # unreachable, not an MCP server, a timeout: all the same here
-        if isinstance(_leaf(exc), _ListingTooLarge):
-            raise ImportFailed(
-                f"The MCP server's tools are larger than {limit} bytes listed together."
-            ) from None
-        if isinstance(_leaf(exc), _ListingLoops):
-            raise ImportFailed(
-                "The MCP server's listing goes round in a loop: it gave a page's cursor again."
-            ) from None
-        raise ImportFailed(f"The MCP server could not be read: {_reason(exc, headers)}") from None
-    return offer_from(upstream, listed)
+        return _run(list_all, url, headers, timeout, on_response)
+    except Exception as exc:
+        if not again and isinstance(_leaf(exc), MCPError) and _session_lost(list_answered):
+            raise _SessionLost from None
+        raise
 
 
 class _ListingTooLarge(Exception):
@@ -259,7 +287,8 @@ def call(
 
 
 class _SessionLost(Exception):
-    """The server answered ``tools/call`` with 404 in its session: it did not read it."""
+    """The server answered ``tools/call`` or ``tools/list`` with 404 in its session: it
+    did not read it."""
 
 
 def _call_once(
@@ -280,13 +309,8 @@ def _call_once(
     call_id: list[Any] = []
 
     async def on_response(response: httpx2.Response) -> None:
-        try:
-            sent = (
-                json.loads(response.request.content) if response.request.method == "POST" else None
-            )
-        except (httpx2.RequestNotRead, ValueError):
-            return  # no JSON-RPC request of the SDK's: it sends each whole
-        if isinstance(sent, dict) and sent.get("method") == "tools/call":
+        sent = _sent(response)
+        if sent is not None and sent.get("method") == "tools/call":
             call_answered.append(response)
             call_id.append(sent.get("id"))
             assert isinstance(response.stream, httpx2.AsyncByteStream)  # an async transport's
@@ -429,9 +453,21 @@ def _result_as_sent(answer: bytes, request_id: list[Any]) -> types.CallToolResul
     return None
 
 
+def _sent(response: httpx2.Response) -> dict[str, Any] | None:
+    """The JSON-RPC message ``response`` answers, or None (not a POST of the SDK's)."""
+    if response.request.method != "POST":
+        return None
+    try:
+        sent = json.loads(response.request.content)
+    except (httpx2.RequestNotRead, ValueError):
+        return None  # no JSON-RPC request of the SDK's: it sends each whole
+    return sent if isinstance(sent, dict) else None
+
+
 def _session_lost(answered: list[httpx2.Response]) -> bool:
-    """Whether the server answered ``tools/call``, sent in the session it opened, with 404:
-    the session is over, and the call was not read (the MCP transport's rule)."""
+    """Whether the server answered the last of these requests (``tools/call``, or a page of
+    ``tools/list``), sent in the session it opened, with 404: the session is over, and the
+    request was not read (the MCP transport's rule)."""
     return bool(
         answered
         and answered[-1].status_code == 404

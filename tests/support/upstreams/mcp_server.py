@@ -15,8 +15,9 @@ the handshake era serves them (the 1.x SDKs, most servers deployed): it keeps se
 and refuses a request at a later revision (2026-07-28's ``server/discover``) with 400, so
 the client initializes one. ``{"lose_sessions": N}`` ends the session of each of the next N
 ``tools/call`` it receives before the call reaches it (with the protocol's own DELETE), as a
-restart ends every session; the call is then answered 404, unread. ``GET /_effects`` says
-how many are still to be lost (``sessions_to_lose``).
+restart ends every session; the call is then answered 404, unread. ``{"lose_listings": N}``
+does the same to the next N ``tools/list``. ``GET /_effects`` says how many are still to be
+lost (``sessions_to_lose``, ``listings_to_lose``).
 
 Faults of one key (the soak's, ``bench/soak.py``): ``{"key_faults": {key: {"before": s,
 "after": s, "hold": "before" | "after"}}}``; the first call with that key then sleeps
@@ -47,7 +48,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 IDEMPOTENCY_KEY = "io.countersign/idempotency-key"
 HOLD_LIMIT_SECONDS = 120
 
-state: dict[str, Any] = {"seconds_after_effect": 0.0, "echo": False, "lose_sessions": 0}
+state: dict[str, Any] = {
+    "seconds_after_effect": 0.0,
+    "echo": False,
+    "lose_sessions": 0,
+    "lose_listings": 0,
+}
+# The requests whose session is ended before they reach the server, and the count of each.
+LOSING = {"tools/call": "lose_sessions", "tools/list": "lose_listings"}
 notes: list[dict[str, Any]] = []
 entries: dict[str, dict[str, Any]] = {}  # by key
 requests_by_key: dict[str, int] = {}
@@ -174,7 +182,7 @@ sessions_app = sessions_server.streamable_http_app(json_response=True)
 
 def losing_sessions(app: ASGIApp) -> ASGIApp:
     """``app`` as a server of the handshake era, ending the session of a ``tools/call``
-    before the call while ``lose_sessions`` says so."""
+    (``tools/list``) before the request while ``lose_sessions`` (``lose_listings``) says so."""
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -196,7 +204,8 @@ def losing_sessions(app: ASGIApp) -> ASGIApp:
             if not message.get("more_body", False):
                 break
         with contextlib.suppress(ValueError):
-            if json.loads(body).get("method") == "tools/call" and _lose_one():
+            losing = LOSING.get(json.loads(body).get("method"))
+            if losing and _lose_one(losing):
                 await app({**scope, "method": "DELETE"}, _nothing, _ignored)
         sent = False
 
@@ -212,11 +221,11 @@ def losing_sessions(app: ASGIApp) -> ASGIApp:
     return serve
 
 
-def _lose_one() -> bool:
+def _lose_one(count: str) -> bool:
     with lock:
-        if state["lose_sessions"] <= 0:
+        if state[count] <= 0:
             return False
-        state["lose_sessions"] -= 1
+        state[count] -= 1
         return True
 
 
@@ -235,7 +244,7 @@ async def control(request: Request) -> Response:
             for kept in (notes, entries, requests_by_key, key_faults, released):
                 kept.clear()
             state["echo"] = False
-            state["lose_sessions"] = 0
+            state["lose_sessions"] = state["lose_listings"] = 0
         key_faults.update(changes.pop("key_faults", {}))
         released.update(changes.pop("release", []))
         state.update(changes)
@@ -252,6 +261,7 @@ async def seen(request: Request) -> Response:
                 "requests": dict(requests_by_key),
                 "held": sorted(held),
                 "sessions_to_lose": state["lose_sessions"],
+                "listings_to_lose": state["lose_listings"],
             }
         )
 
