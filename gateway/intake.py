@@ -298,7 +298,9 @@ def _open_existing(request: _Request) -> _Opened | StoredResponse:
 def _rest_statements(request: _Request, now: datetime) -> list[db.Statement[Any]]:
     agent, payload = request.agent, request.payload
     return [
-        registry_sql.tool_with_allowance_statement(agent.pk, payload.tool),
+        # Held: the call is screened under the policy it is stored with (a change of it
+        # under way is waited for here, not at the call's INSERT, after the rules were read).
+        registry_sql.tool_with_allowance_statement(agent.pk, payload.tool, hold=True),
         sql.count_round_statement(
             agent_id=agent.pk,
             session_id=payload.session_id,

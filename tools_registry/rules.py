@@ -36,11 +36,12 @@ from audit.masking import field_path
 from core.json_values import unstorable_text
 from tools_registry import risk_signals
 from tools_registry.policy import Risk
-from tools_registry.schemas import has_argument_parts
+from tools_registry.schemas import has_argument_parts, pattern_takes
 
 APPROVE, REQUIRE, REFUSE = "approve", "require", "refuse"
 OUTCOMES = (APPROVE, REQUIRE, REFUSE)
 VARIABLES = frozenset({"args", "signals", "user", "agent"})
+USER_FIELDS = frozenset({"id", "roles"})  # what ``user`` holds (``_activation``)
 # CEL's names of the kinds of values, for ``type(args.to) == list``: a rule on an argument the
 # schema allows in more than one kind reads each kind its own way.
 TYPE_NAMES = frozenset({"bool", "int", "uint", "double", "string", "bytes", "list", "map"})
@@ -268,6 +269,15 @@ def condition_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     for path in dict.fromkeys([*_argument_paths(tree), *_keys_tested(tree, input_schema)]):
         if not has_argument_parts(input_schema, path):
             found.append(f"{_written(path)} is not an argument of this tool.")
+    for lists in _has_through_a_list(tree, input_schema):
+        found.append(
+            f"{_written(lists)} is a list: has() of a member of it is never true; ask it of an "
+            f"item ({_written(lists)}[0]), or of each (exists)."
+        )
+    if "user" not in bound:  # not a macro's item named so
+        for name in _user_fields(tree):
+            if name not in USER_FIELDS:
+                found.append(f"user has no {name!r}; a condition reads user.id and user.roles.")
     for code in _signal_literals(tree):
         if code not in risk_signals.CODES:
             known = ", ".join(sorted(risk_signals.CODES))
@@ -318,28 +328,59 @@ def _type_problems(when: str, input_schema: Mapping[str, Any]) -> list[str]:
     """Evaluate the condition on sample calls made from the schema: values of different
     types compared (``args.currency > 5``) fail here rather than on a live call."""
     program = _compiled(when)
-    for sample in _samples(input_schema):
-        try:
-            activation = _activation(
-                normalise(sample, input_schema),
-                signals=["external_link"],
-                user_id="u",
-                roles=["r"],
-                agent="a",
-            )
-        except (ValueError, OverflowError):
-            continue  # a schema's bound past 64 bits (uint64): no sample CEL can hold
-        try:
-            value = program.evaluate(activation)
-        except celpy.CELEvalError as exc:
-            message = _eval_message(exc)
-            if "no such member" in message or "no such key" in message:
-                continue  # an optional argument absent from this sample: has() is the cure
-            return [f"the condition cannot be evaluated: {message}"]
-        except _PYTHON_ERRORS:
-            return ["the condition cannot be evaluated: a value is not of the kind it reads"]
-        if not isinstance(value, celtypes.BoolType):
-            return ["the condition must be true or false, not a value."]
+    for low in (True, False):
+        sample = _sample(input_schema, low=low, depth=0, root=input_schema)
+        problems = _sample_problems(program, sample, input_schema)
+        if problems is _CONVERTED:
+            # A text the condition converts (``double(args.amount.value) <= 50.0``, a decimal
+            # sent as a string, as some payment APIs send amounts): the sample's words are no
+            # number, its digits are. Refused, such a rule was written as a comparison of
+            # texts instead (``args.amount.value <= "50.00"``), which "100.00" meets.
+            digits = _sample(input_schema, low=low, depth=0, root=input_schema, digits=True)
+            problems = _sample_problems(program, digits, input_schema)
+            if problems is _CONVERTED:
+                return [
+                    "the condition cannot be evaluated: a text it converts to a number or a "
+                    "time is not one"
+                ]
+        if problems:
+            return problems
+    return []
+
+
+_CONVERTED: list[str] = ["a text converted"]  # ``_sample_problems``: a conversion failed
+
+
+def _sample_problems(program: Any, sample: Any, input_schema: Mapping[str, Any]) -> list[str]:
+    """Why the condition cannot be evaluated on ``sample``: nothing when it can (or when the
+    sample cannot tell), ``_CONVERTED`` when a text of it could not be read as a number."""
+    try:
+        activation = _activation(
+            normalise(sample, input_schema),
+            signals=["external_link"],
+            user_id="u",
+            roles=["r"],
+            agent="a",
+        )
+    except (ValueError, OverflowError):
+        return []  # a schema's bound past 64 bits (uint64): no sample CEL can hold
+    try:
+        value = program.evaluate(activation)
+    except celpy.CELEvalError as exc:
+        if (
+            len(exc.args) > 1
+            and isinstance(exc.args[1], type)
+            and issubclass(exc.args[1], ValueError)
+        ):
+            return _CONVERTED  # int(), double(), timestamp()...: a text that is none
+        message = _eval_message(exc)
+        if "no such member" in message or "no such key" in message:
+            return []  # an optional argument absent from this sample: has() is the cure
+        return [f"the condition cannot be evaluated: {message}"]
+    except _PYTHON_ERRORS:
+        return ["the condition cannot be evaluated: a value is not of the kind it reads"]
+    if not isinstance(value, celtypes.BoolType):
+        return ["the condition must be true or false, not a value."]
     return []
 
 
@@ -443,11 +484,35 @@ def normalise(arguments: Any, schema: Any, root: Any = None) -> Any:
         properties: Mapping[str, Any] = next(
             (b["properties"] for b in branches if isinstance(b.get("properties"), Mapping)), {}
         )
-        return {k: normalise(v, properties.get(k), root) for k, v in arguments.items()}
+        return {
+            k: normalise(v, properties[k] if k in properties else _map_value(branches, k), root)
+            for k, v in arguments.items()
+        }
     if isinstance(arguments, list):
         items = next((b["items"] for b in branches if isinstance(b.get("items"), Mapping)), None)
         return [normalise(v, items, root) for v in arguments]
     return arguments
+
+
+def _map_value(branches: list[Mapping[str, Any]], key: str) -> Any:
+    """The schema of a member that ``properties`` do not name: the value of a map whose keys
+    are data (``args.limits["daily"]``, which the check on saving lets a rule read), typed by
+    a ``patternProperties`` pattern that takes its key, or else by ``additionalProperties``.
+    Read without it, ``args.limits["daily"] > 100.0`` compared an int with a double on every
+    call that sent ``500``: an error that skipped the rule, a refusal dodged."""
+    for branch in branches:
+        patterns = branch.get("patternProperties")
+        for pattern, value in patterns.items() if isinstance(patterns, Mapping) else ():
+            if pattern_takes(pattern, key):
+                return value
+    return next(
+        (
+            b["additionalProperties"]
+            for b in branches
+            if isinstance(b.get("additionalProperties"), Mapping)
+        ),
+        None,
+    )
 
 
 def _referred(schema: Any, root: Any) -> Any:
@@ -969,6 +1034,81 @@ def _keys_tested(tree: Tree, schema: Mapping[str, Any]) -> list[tuple[str, ...]]
     return found
 
 
+def _has_through_a_list(tree: Tree, schema: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The lists that ``has()`` asks a member of, as if of an item: ``has(args.lines.sku)``,
+    where the schema makes ``lines`` a list. The check of argument paths walks a list through
+    to its items (``args.lines[0].sku``), and the sample calls gave false, no error: such a
+    condition was accepted, and never held on any call."""
+    found = []
+    for node in _subtrees(tree, "ident_arg"):
+        given = node.children[1] if len(node.children) > 1 else None
+        if str(node.children[0]) != "has" or not isinstance(given, Tree) or not given.children:
+            continue
+        steps = _steps(_unwrapped(given.children[0]))
+        if not steps or steps[0] != "args":
+            continue
+        here: Any = schema
+        for number, step in enumerate(steps[1:], start=1):
+            here = _referred(here, schema)
+            if not isinstance(here, Mapping):
+                break
+            kind = here.get("type")
+            kinds = set(kind) if isinstance(kind, list) else {kind}
+            if step is None:
+                here = here.get("items")
+            elif "array" in kinds and "object" not in kinds:
+                found.append(tuple(str(s) for s in steps[1:number]))
+                break
+            else:
+                properties = here.get("properties")
+                here = properties.get(step) if isinstance(properties, Mapping) else None
+    return list(dict.fromkeys(found))
+
+
+def _steps(node: Any) -> list[str | None] | None:
+    """``args.lines[0].sku`` as ["args", "lines", None, "sku"] (None: an item of a list), a
+    key written as a string as the name it is; None for anything else."""
+    if isinstance(node, Tree) and node.data == "member" and len(node.children) == 1:
+        return _steps(node.children[0])
+    if isinstance(node, Tree) and node.data == "member_dot":
+        inner = _steps(node.children[0])
+        return None if inner is None else [*inner, str(node.children[1])]
+    if isinstance(node, Tree) and node.data == "member_index" and len(node.children) == 2:
+        inner, key = _steps(node.children[0]), _literal_token(node.children[1])
+        if inner is None or key is None:
+            return None
+        if key.type in ("STRING_LIT", "MLSTRING_LIT"):
+            return [*inner, str(celstr(key))]
+        return [*inner, None] if key.type in ("INT_LIT", "UINT_LIT") else None
+    if isinstance(node, Tree) and node.data == "primary":
+        plain = _plain(node)
+        return [plain[1]] if plain and plain[0] == "ident" else None
+    return None
+
+
+def _user_fields(tree: Tree) -> list[str]:
+    """The members of ``user`` a condition reads, ``user.role`` or ``user["email"]``, given to
+    ``has()`` or asked with ``"email" in user``. One it does not hold (a misspelt
+    ``user.roles``) was accepted when saved, the sample calls' error taken for an optional
+    argument left out, and failed on every call: the rule never decided, no later approval
+    applied, and a refusal refused every read."""
+    nodes = [*_subtrees(tree, "member_dot"), *_subtrees(tree, "member_index")]
+    chains = (_chain(node, keys=True) for node in nodes)
+    read = [chain[1] for chain in chains if chain and chain[0] == "user" and len(chain) > 1]
+    for node in _subtrees(tree, "relation"):
+        first = node.children[0] if node.children else None
+        if not (isinstance(first, Tree) and first.data == "relation_in") or len(node.children) < 2:
+            continue
+        key = _literal_token(first.children[0]) if first.children else None
+        if (
+            key is not None
+            and key.type in ("STRING_LIT", "MLSTRING_LIT")
+            and _plain(_unwrapped(node.children[1])) == ("ident", "user")
+        ):
+            read.append(str(celstr(key)))
+    return list(dict.fromkeys(read))
+
+
 def _is_object(schema: Any, path: Sequence[str]) -> bool:
     """Whether the schema plainly types ``args.<path>`` as an object (not a list, nor a choice
     it leaves to branches or a reference)."""
@@ -1114,15 +1254,9 @@ def _string_literals(node: Any) -> list[str]:
 # --- Sample calls from a schema -----------------------------------------------------------
 
 
-def _samples(schema: Mapping[str, Any]) -> list[Any]:
-    """Two calls per schema: the smallest values and the largest, every argument present."""
-    return [
-        _sample(schema, low=True, depth=0, root=schema),
-        _sample(schema, low=False, depth=0, root=schema),
-    ]
-
-
-def _sample(schema: Any, *, low: bool, depth: int, root: Any) -> Any:
+def _sample(schema: Any, *, low: bool, depth: int, root: Any, digits: bool = False) -> Any:
+    """A call made from the schema: its smallest values or (not ``low``) its largest, every
+    argument present; with ``digits``, a free text is a number written as one."""
     # A nested model named by a local $ref (``#/$defs/Money``) is sampled as what it names:
     # as a string, every rule that read into it was refused when saved.
     schema = _referred(schema, root)
@@ -1132,24 +1266,33 @@ def _sample(schema: Any, *, low: bool, depth: int, root: Any) -> Any:
         return schema["enum"][0 if low else -1]
     for keyword in ("anyOf", "oneOf"):
         if schema.get(keyword):
-            return _sample(schema[keyword][0], low=low, depth=depth + 1, root=root)
+            return _sample(schema[keyword][0], low=low, depth=depth + 1, root=root, digits=digits)
     kind = schema.get("type")
     if kind is None and "properties" not in schema and schema.get("allOf"):
         # ``allOf: [{"$ref": ...}]``, as a described nested model is often written.
-        return _sample(schema["allOf"][0], low=low, depth=depth + 1, root=root)
+        return _sample(schema["allOf"][0], low=low, depth=depth + 1, root=root, digits=digits)
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     if kind == "object" or "properties" in schema:
         return {
-            name: _sample(spec, low=low, depth=depth + 1, root=root)
+            name: _sample(spec, low=low, depth=depth + 1, root=root, digits=digits)
             for name, spec in (schema.get("properties") or {}).items()
         }
     if kind == "array":
-        return [_sample(schema.get("items") or {}, low=low, depth=depth + 1, root=root)]
+        return [
+            _sample(schema.get("items") or {}, low=low, depth=depth + 1, root=root, digits=digits)
+        ]
     if kind == "integer":
         return int(schema.get("minimum", 0) if low else schema.get("maximum", 1000))
     if kind == "number":
         return float(schema.get("minimum", 0) if low else schema.get("maximum", 1000))
     if kind == "boolean":
         return low
+    if digits:
+        # What ``timestamp()`` reads, where the schema says the text is a time.
+        if schema.get("format") == "date-time":
+            return "2026-01-01T00:00:00Z" if low else "2026-12-31T23:59:59Z"
+        if schema.get("format") == "date":
+            return "2026-01-01" if low else "2026-12-31"
+        return "1" if low else "2"
     return "sample" if low else "another sample"

@@ -460,7 +460,7 @@ def _path_exists(
         others = [
             value
             for pattern, value in (patterns.items() if isinstance(patterns, Mapping) else ())
-            if _matches(pattern, parts[0])
+            if pattern_takes(pattern, parts[0])
         ]
         extra = schema.get("additionalProperties")
         if extra is True or extra == {}:
@@ -473,7 +473,7 @@ def _path_exists(
     return False
 
 
-def _matches(pattern: Any, key: str) -> bool:
+def pattern_takes(pattern: Any, key: str) -> bool:
     """Whether a ``patternProperties`` pattern takes ``key``; one Python cannot read may."""
     try:
         return isinstance(pattern, str) and re.search(pattern, key) is not None

@@ -42,9 +42,17 @@ def tool_with_allowance(agent_id: int, name: str) -> tuple[Tool, bool] | None:
 
 
 def tool_with_allowance_statement(
-    agent_id: int, name: str
+    agent_id: int, name: str, *, hold: bool = False
 ) -> db.Statement[tuple[Tool, bool] | None]:
-    return db.Statement(_tool_with_allowance_sql(), [agent_id, name], _read_tool_with_allowance)
+    """``tool_with_allowance`` as a statement. With ``hold`` (intake), the tool's row is held
+    ``FOR KEY SHARE`` until the transaction ends, as the new call's reference to it holds it
+    later: a change of the tool's policy under way (``update_policy`` locks the row ``FOR
+    UPDATE``) is waited for here and read as made. Read without it, the call waited for the
+    change all the same (at its INSERT), then was stored as the policy read before said: a
+    small refund approved by a rule that the change saved meanwhile, refusing every refund,
+    had taken out."""
+    held = hold and connection.vendor == "postgresql"
+    return db.Statement(_tool_with_allowance_sql(held), [agent_id, name], _read_tool_with_allowance)
 
 
 def _read_tool_with_allowance(cursor: Any) -> tuple[Tool, bool] | None:
@@ -55,7 +63,7 @@ def _read_tool_with_allowance(cursor: Any) -> tuple[Tool, bool] | None:
 
 
 @cache
-def _tool_with_allowance_sql() -> str:
+def _tool_with_allowance_sql(held: bool = False) -> str:
     allowed = db.quote(_ALLOWED._meta.db_table)
     agent_col = db.quote(_ALLOWED._meta.get_field("agent").column)
     tool_col = db.quote(_ALLOWED._meta.get_field("tool").column)
@@ -63,7 +71,7 @@ def _tool_with_allowance_sql() -> str:
         f"SELECT EXISTS (SELECT 1 FROM {allowed} allowed "  # noqa: S608
         f"WHERE allowed.{agent_col} = %s AND allowed.{tool_col} = tool.{db.column(Tool, 'id')}), "
         f"{db.columns(Tool, 'tool')} FROM {db.table(Tool)} tool "
-        f"WHERE tool.{db.column(Tool, 'name')} = %s"
+        f"WHERE tool.{db.column(Tool, 'name')} = %s" + (" FOR KEY SHARE OF tool" if held else "")
     )
 
 

@@ -299,3 +299,60 @@ def test_a_whole_number_written_with_a_point_or_an_exponent_is_read_as_that_inte
     approved = _close(world, written.format(7))
     assert approved.status_code == 202, approved.content[:300]
     assert ToolCall.objects.get().status == Status.APPROVED
+
+
+PRICES_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sku": {"type": "string", "maxLength": 20},
+        # A map: its keys are data (a rule may read any), its values numbers.
+        "prices": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+    },
+    "required": ["sku", "prices"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("gold", [5, 5.0])
+def test_a_number_in_a_map_is_read_as_the_number_its_schema_says(world: World, gold: float) -> None:
+    """A map's values (``additionalProperties``) are numbers as their schema types them, as
+    an argument's are. They stayed ints when sent whole, so ``args.prices.gold < 10.0``,
+    accepted when saved, compared an int with a double on every call that sent ``5``: an
+    error, the refusal skipped and the call sent to a reviewer (a read run, had a later
+    rule let it), where ``5.0`` was refused."""
+    tool = code_tool(
+        world,
+        "set_prices",
+        "Set the shop's prices. Side effect: prices change.",
+        PRICES_SCHEMA,
+        Risk.WRITE,
+    )
+    try:
+        rules = [
+            {
+                "when": "has(args.prices.gold) && args.prices.gold < 10.0",
+                "then": "refuse",
+                "note": "Gold is never sold under 10.",
+            },
+            {"when": "true", "then": "approve"},
+        ]
+        registry_services.update_policy(tool=tool, changes={"rules": rules}, changed_by=world.alice)
+
+        def submit(prices: dict[str, Any]) -> Any:
+            return world.api().submit(
+                {
+                    "tool": "set_prices",
+                    "session_id": "s-prices",
+                    "arguments": {"sku": "s", "prices": prices},
+                }
+            )
+
+        refused = submit({"gold": gold, "silver": 3})
+        assert refused.status_code == 403, refused.content[:300]
+        assert refused.json()["error"]["message"] == "Gold is never sold under 10."
+        approved = submit({"gold": 50, "silver": 3})
+        assert approved.status_code == 202, approved.content[:300]
+        call = ToolCall.objects.get(pk=approved.json()["id"])
+        assert call.status == Status.APPROVED, call.policy
+    finally:
+        registry.unregister("set_prices")

@@ -23,6 +23,15 @@ CONDITIONS = [
     ('"external_link" in signals || "bulk_recipient" in signals', ""),
     ('"admin" in user.roles && user.id != ""', ""),
     ('agent == "support-bot"', ""),
+    ('has(user.roles) && user.roles.exists(r, r == "vip") && user["id"] != ""', ""),
+    # A misspelt member of the user failed on every call (an error the sample calls took for
+    # an optional argument left out): the rule never decided, and a refusal refused every read.
+    ('"admin" in user.role', "user has no 'role'; a condition reads user.id and user.roles"),
+    ('user.email.endsWith("@rival.com")', "user has no 'email'"),
+    ('user["email"] == "x"', "user has no 'email'"),
+    ("has(user.name)", "user has no 'name'"),
+    ('"email" in user', "user has no 'email'"),
+    ('[{"name": args.reason}].exists(user, user.name == "x")', ""),  # an item named user
     ("has(args.reason) && size(args.reason) > 3", ""),
     ("[1, 2].all(i, i > 0) && args.reason.contains('x')", ""),
     ("args.amount_cents >", "not valid CEL"),
@@ -474,3 +483,85 @@ def test_a_condition_that_gives_a_value_on_a_live_call_fails_closed() -> None:
     )
     assert applied.rule is None and applied.failed == (1,)
     assert "not true or false" in applied.errors[0]
+
+
+def test_a_text_the_condition_reads_as_a_number_or_a_time_is_checked_as_one() -> None:
+    """An amount sent as a decimal string (``"value": "12.50"``, as some payment APIs send
+    it) is compared as a number with ``double()``, a time as one with ``timestamp()``. The
+    sample calls held words there, which neither reads: such a rule was refused as one that
+    "cannot be evaluated", and an admin was left with a comparison of texts
+    (``args.amount.value <= "50.00"``), which "100.00" meets. A text that is never a number
+    (one of a list of words) is still refused."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "amount": {
+                "type": "object",
+                "properties": {
+                    "value": {"type": "string", "pattern": "^[0-9]+[.][0-9]{2}$"},
+                    "currency_code": {"type": "string", "enum": ["USD", "EUR"]},
+                },
+                "required": ["value", "currency_code"],
+            },
+            "send_at": {"type": "string", "format": "date-time"},
+        },
+        "required": ["amount"],
+    }
+    for condition in (
+        "double(args.amount.value) <= 50.0",
+        'args.amount.currency_code == "USD" && double(args.amount.value) > 500.0',
+        'timestamp(args.send_at) < timestamp("2030-01-01T00:00:00Z")',
+    ):
+        assert rules.condition_problems(condition, schema) == [], condition
+    assert rules.condition_problems("int(args.amount.currency_code) > 5", schema) == [
+        "the condition cannot be evaluated: a text it converts to a number or a time is not one"
+    ]
+    # As the rule reads it on a call: a number, and a text that is none fails closed.
+    rule = [rules.Rule(when="double(args.amount.value) <= 50.0", then="approve")]
+
+    def decided(value: str) -> rules.Applied:
+        arguments = {"amount": {"value": value, "currency_code": "USD"}}
+        return rules.first_match(
+            rule,
+            arguments=arguments,
+            input_schema=schema,
+            signals=[],
+            user_id="",
+            roles=[],
+            agent="a",
+        )
+
+    assert decided("12.50").number == 1
+    assert decided("100.00").number is None and not decided("100.00").errors
+    assert decided("n/a").number is None and decided("n/a").errors
+
+
+def test_has_of_a_member_of_a_list_is_refused_where_it_could_never_hold() -> None:
+    """``has(args.lines.discount)`` (meant: a line has a discount) passed the check, which
+    walks a list through to its items, and was false on every call: a rule that never held,
+    a refusal that never refused. An item's member, or each item's, may be asked."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "lines": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"sku": {"type": "string"}, "discount": {"type": "integer"}},
+                },
+            },
+            "customer": {"type": "object", "properties": {"tier": {"type": "string"}}},
+        },
+    }
+    for condition in ("has(args.lines.discount)", 'has(args["lines"].discount)'):
+        assert rules.condition_problems(condition, schema) == [
+            "args.lines is a list: has() of a member of it is never true; ask it of an item "
+            "(args.lines[0]), or of each (exists)."
+        ], condition
+    for condition in (
+        "has(args.lines[0].discount)",
+        "args.lines.exists(l, has(l.discount))",
+        "has(args.customer.tier)",
+        "has(args.lines)",
+    ):
+        assert rules.condition_problems(condition, schema) == [], condition

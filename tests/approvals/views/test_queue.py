@@ -81,6 +81,28 @@ def test_it_filters_by_tool_risk_agent_session_age_and_expiry(world: World, bob_
     assert shown("tool=no_such_tool") == set()
 
 
+def test_a_rows_session_link_opens_that_agents_session_not_every_agents_of_that_name(
+    world: World, bob_client
+) -> None:
+    """A session id is the agent's own (its rounds are counted per agent and session), and
+    agents often name their runs alike ("run-1", "default"). The row's link, "Only this
+    session", filtered by the id alone: the reviewer of one agent's run was shown another
+    agent's calls among them, as if they were part of it."""
+    from tools_registry.models import Agent
+
+    other_agent = Agent.objects.create(name="billing-bot", owner=world.alice)
+    other_agent.allowed_tools.add(*world.tools.values())
+    ours = make_call(world, "send_email", session_id="run-1")
+    theirs = make_call(world, "issue_refund", agent=other_agent, session_id="run-1")
+
+    page = bob_client.get("/approvals/").content.decode()
+    link = re.search(rf'id="session-{ours.pk}" href="\?([^"]+)"', page)
+    assert link, page
+    shown = ids_on(bob_client.get("/approvals/?" + link.group(1).replace("&amp;", "&")))
+    assert shown == [str(ours.pk)]
+    assert str(theirs.pk) not in shown
+
+
 def test_newest_or_oldest_first(world: World, bob_client) -> None:
     now = timezone.now()
     calls = [make_call(world, created_at=now - timedelta(minutes=m)) for m in (30, 20, 10)]
