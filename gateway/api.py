@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from functools import wraps
@@ -54,6 +55,7 @@ class AgentBearer(HttpBearer):
             raise errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
         if agent is not None:
             request.agent = agent  # type: ignore[attr-defined]
+            request.authenticated_at = time.monotonic()  # type: ignore[attr-defined]
         return agent
 
 
@@ -366,6 +368,12 @@ def submit_tool_call(request: HttpRequest) -> HttpResponse:
         raw=raw,
         end_user=end_user,
     )
+    if time.monotonic() - request.authenticated_at > longpoll.RECHECK_SECONDS:  # type: ignore[attr-defined]
+        # A read that ran long (or a key's first request waited for): the token is asked
+        # again, as a long-poll asks it, so that one revoked meanwhile (its agent disabled
+        # or stopped) is not handed the result. Only then: a quick answer costs no second
+        # look-up. The answer stays stored under the key, for the agent's valid tokens.
+        _still_allowed(request)
     return stored_response(stored)
 
 

@@ -27,6 +27,7 @@ client that sends the same call again after a dropped connection gets the same c
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,8 +91,10 @@ class Caller:
     # The end user the connection's headers name (None: none), and the user's token.
     on_behalf_of: Any = None
     user_token: str | None = None
-    # The bearer token the request came with: checked again while a request waits.
+    # The bearer token the request came with: checked again while a request waits, and
+    # when it was checked (``time.monotonic()``; the caller is made right after).
     bearer: str = field(default="", repr=False)
+    authenticated_at: float = field(default_factory=time.monotonic, repr=False)
 
     def still_allowed(self) -> bool:
         """Whether the token is still active and its agent enabled and not stopped (read

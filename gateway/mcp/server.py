@@ -5,6 +5,7 @@ errors) is the SDK's; what a tool list or a tool call means is Countersign's.
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from uuid import UUID
@@ -76,6 +77,12 @@ async def call_tool(
     if params.name == calls.WAIT_TOOL:
         return await _wait_tool(caller, params.arguments or {}, progress, request)
     submitted = await run_sync(calls.submit, caller, params.name, params.arguments or {}, meta)
+    # A read that ran long: the token is asked again, as a wait asks it, so that one revoked
+    # meanwhile (its agent disabled or stopped) is not handed the result. Only then: a quick
+    # answer costs no second look-up.
+    ran_long = time.monotonic() - caller.authenticated_at > waiting.RECHECK_SECONDS
+    if ran_long and not await run_sync(caller.still_allowed):
+        return calls.error_result(errors.not_authenticated().body())
     call = submitted.call
     if submitted.status >= 400 or call is None or call.risk == "read":
         return calls.read_result(submitted)

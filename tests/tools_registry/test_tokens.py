@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -12,7 +15,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
+from gateway import longpoll
 from tests.conftest import ApiClient, World, events
+from tests.support.probe import install_probe_tool, stock_call
 from tests.support.uncommitted import uncommitted
 from tools_registry import services
 from tools_registry.models import Agent, AgentToken
@@ -80,6 +85,30 @@ def test_disabling_an_agent_keeps_an_edit_committed_while_it_waited(live_world: 
         "before": {"enabled": True},
         "after": {"enabled": False},
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_that_outlasts_its_tokens_revocation_hands_it_no_result(
+    live_world: World, probe_tool_cleanup: None
+) -> None:
+    """The read ran for longer than a long-poll's recheck, and the token (a leak found) was
+    revoked meanwhile: the answer was the result, where a long-poll as long is refused. It
+    is refused too; the agent's other tokens still get it from the key."""
+    probe = install_probe_tool(live_world)
+    probe.hold = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(live_world.api().submit, stock_call(), key="k-1")
+        deadline = time.monotonic() + 10
+        while probe.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        services.revoke_token(token=AgentToken.objects.get(agent=live_world.agent))
+        time.sleep(longpoll.RECHECK_SECONDS)
+        probe.hold.set()
+        response = reading.result(timeout=30)
+    assert _refused(response), response.content
+    _, other = services.issue_token(agent=live_world.agent)
+    replay = ApiClient(other).submit(stock_call(), key="k-1")
+    assert (replay.status_code, replay.json()["result"]) == (200, {"sku": "sku-1", "in_stock": 3})
 
 
 @pytest.mark.parametrize(

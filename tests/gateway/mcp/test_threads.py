@@ -3,6 +3,7 @@ theirs for as long, and must not hold up every other agent's requests to that pr
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -14,13 +15,14 @@ import httpx
 import mcp_types as types
 import pytest
 
+from gateway.mcp import waiting
 from tests.conftest import World
 from tests.gateway.mcp.test_endpoint import ACCEPT, message
 from tests.support.upstreams.raw_http import reply
 from tests.support.upstreams.raw_mcp import RawMcpServer
 from tests.support.web import WebProcess, running_web
 from tools_registry import services as registry_services
-from tools_registry.models import Agent, Tool, Upstream
+from tools_registry.models import Agent, AgentToken, Tool, Upstream
 from tools_registry.services.upstreams import register_upstream, sync_upstream
 from tools_registry.upstreams import mcp as upstream_mcp
 
@@ -138,3 +140,37 @@ def test_slow_reads_do_not_hold_up_another_agents_requests(
     assert searched is not None and not searched["result"]["isError"], searched
     assert took < 4, f"another agent's two requests took {took:.1f} s behind {reads} slow reads"
     assert all(not r["result"].get("isError") for r in results), results
+
+
+def test_a_read_that_outlasts_its_tokens_revocation_hands_it_no_result(
+    live_world: World, web: WebProcess, slow_upstream: tuple[RawMcpServer, threading.Event]
+) -> None:
+    """The read waited on its upstream for longer than a wait's recheck, and the token (a
+    leak found) was revoked meanwhile: the answer was the result, where a wait as long is
+    refused. It is refused too."""
+    server, released = slow_upstream
+    upstream = register_upstream(name="slow", kind=Upstream.Kind.MCP, url=server.url)
+    sync_upstream(
+        upstream=upstream,
+        enable_new=True,
+        reader=lambda u: upstream_mcp.offer_from(u.name, [types.Tool.model_validate(LOOKUP)]),
+    )
+    tool = Tool.objects.get(name="slow__lookup")
+    Tool.objects.filter(pk=tool.pk).update(timeout_seconds=30, max_attempts=1)
+    live_world.agent.allowed_tools.add(tool)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(
+            call, web, live_world.token, "tools/call", {"name": "slow__lookup", "arguments": {}}, 60
+        )
+        deadline = time.monotonic() + 30
+        while not server.calls:
+            assert time.monotonic() < deadline, "the read never reached its upstream"
+            time.sleep(0.05)
+        for token in AgentToken.objects.filter(agent=live_world.agent):
+            registry_services.revoke_token(token=token)
+        time.sleep(waiting.RECHECK_SECONDS)
+        released.set()
+        answered = reading.result(timeout=60)
+    assert answered["result"]["isError"] is True, answered
+    assert answered["result"]["structuredContent"]["error"]["code"] == "not_authenticated"
+    assert "found" not in json.dumps(answered)
