@@ -112,7 +112,8 @@ def test_a_session_id_the_detectors_mask_is_not_in_the_queue_page(world: World) 
     plain = make_call(world, session_id="run-7")
     html = pages(world, masked_session.pk)
     assert "ada@example.com" not in html and "ada%40example.com" not in html
-    assert 'href="?session=run-7"' in html and plain.session_id == "run-7"
+    link = f'href="?agent={plain.agent.name}&amp;session=run-7"'
+    assert link in html and plain.session_id == "run-7"
 
 
 @pytest.mark.parametrize("kind", ["secret_fields", "sensitive_fields"])
