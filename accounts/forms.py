@@ -11,6 +11,8 @@ from django.contrib.auth.forms import AdminPasswordChangeForm as PasswordSetForm
 from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
 from django.http import HttpRequest
 
+from accounts import attempts
+
 
 class CodeForm(forms.Form):
     """Six digits from the authenticator app (spaces allowed, as apps show them)."""
@@ -40,10 +42,13 @@ class OldPasswordCountedAsSignIn:
     """The old password of a change of one's own password, checked as a sign-in is: through
     django-axes, counted, and refused while the account or address is locked. Django checks
     it on the side (``check_password``), so a stolen session could guess the password
-    without end, and then change it."""
+    without end, and then change it. Each is counted first with the session's other
+    attempts (``accounts.attempts``): ``attempt`` is its number, and the view signs the
+    session out as a re-authentication does (``accounts.passwords.ends_session``)."""
 
     user: Any
     cleaned_data: dict[str, Any]
+    attempt = 0  # none counted: no old password was sent
 
     def __init__(self, user: Any, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
         self.request = request
@@ -51,6 +56,15 @@ class OldPasswordCountedAsSignIn:
 
     def clean_old_password(self) -> str:
         old_password = str(self.cleaned_data["old_password"])
+        try:
+            self.attempt = attempts.count(self.request)
+        except attempts.AttemptsUncounted:
+            raise forms.ValidationError(attempts.UNCOUNTED, code="uncounted") from None
+        if self.attempt > attempts.MAX_FAILURES:
+            # Sent beside the attempt that reached the limit: refused unchecked.
+            raise forms.ValidationError(
+                PasswordChangeForm.error_messages["password_incorrect"], code="over_limit"
+            )
         person = authenticate(
             self.request, username=self.user.get_username(), password=old_password
         )

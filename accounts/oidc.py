@@ -33,6 +33,7 @@ from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
 from requests.auth import HTTPBasicAuth
 
+from accounts import sessions
 from accounts.models import SsoIdentity
 from audit.log import record
 from tools_registry.services.grants import access_of, hold_reviews_of, record_access_change
@@ -402,7 +403,10 @@ class TeamMappingOIDCBackend(OIDCAuthenticationBackend):
 def link_identity(*, user: Any, subject: str) -> None:
     """Let the provider's ``subject`` sign in as ``user`` from now on (replacing any earlier
     link of either); audited. For an account made before SSO, or a person whose account
-    should survive a move to another provider."""
+    should survive a move to another provider. The accounts a link leaves are signed out
+    everywhere: the one the subject opened until now, and ``user`` if it had another
+    subject. Their sessions signed in through the provider stayed signed in, held by
+    someone the link no longer lets in."""
     subject = subject.strip()
     if not subject:
         raise ValueError("the subject (the provider's sub claim) is empty")
@@ -410,8 +414,14 @@ def link_identity(*, user: Any, subject: str) -> None:
     if longest is not None and len(subject) > longest:
         raise ValueError(f"the subject is at most {longest} characters, as OpenID Connect's are")
     before = SsoIdentity.objects.filter(user=user).values_list("subject", flat=True).first()
-    SsoIdentity.objects.filter(subject=subject).exclude(user=user).delete()
+    moved = SsoIdentity.objects.filter(subject=subject).exclude(user=user).select_related("user")
+    left = [identity.user for identity in moved]
+    if before is not None and before != subject:
+        left.append(user)
+    moved.delete()
     SsoIdentity.objects.update_or_create(user=user, defaults={"subject": subject})
+    for person in left:
+        sessions.sign_out_everywhere(person)
     record(
         action="auth.sso_linked",
         actor=None,

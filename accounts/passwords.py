@@ -9,9 +9,10 @@ from typing import Any
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.forms import SetPasswordForm
 from django.db import transaction
+from django.forms import Form
 from django.http import HttpRequest
 
-from accounts import two_factor
+from accounts import attempts, two_factor
 from audit.log import record
 from audit.models import AuditEvent
 
@@ -42,6 +43,23 @@ def change_own(request: HttpRequest, form: SetPasswordForm[Any]) -> None:
             people=("user",),
         )
     update_session_auth_hash(request, person)
+
+
+def ends_session(request: HttpRequest, form: Form) -> bool:
+    """Whether a refused change of the person's own password signs their session out, as five
+    wrong passwords at a re-authentication do (``accounts.attempts``, one count for both):
+    its attempt came past the limit (refused unchecked), or a wrong old password or code
+    brought it to the limit. Refused for its new password alone, the old one right, it was
+    no guess: the session's attempts are taken back."""
+    attempt = getattr(form, "attempt", 0)
+    if form.has_error("old_password", "over_limit"):
+        return True
+    if not attempt:
+        return False  # none counted: no old password sent, or Redis away
+    if not form.has_error("old_password") and not form.has_error("code"):
+        attempts.take_back(request)
+        return False
+    return bool(attempt >= attempts.MAX_FAILURES)
 
 
 def chosen_by_a_superuser(person: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import PasswordChangeView
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
@@ -82,7 +83,11 @@ def change_password(request: HttpRequest) -> HttpResponse:
             "code",
             "That code was not accepted; wait for the next one. Your password is not changed.",
         )
-    return _account_page(request, form, status=400)
+    if passwords.ends_session(request, form):
+        logout(request)
+        return redirect("login")
+    uncounted = form.has_error("old_password", "uncounted")
+    return _account_page(request, form, status=503 if uncounted else 400)
 
 
 SIGN_IN_AGAIN = (
@@ -187,6 +192,15 @@ class _CountedPasswordChangeView(PasswordChangeView):
     def form_valid(self, form: CountedPasswordChangeForm) -> HttpResponse:  # type: ignore[override]
         passwords.change_own(self.request, form)  # audited, as on the account page
         return HttpResponseRedirect(self.get_success_url())
+
+    def form_invalid(self, form: CountedPasswordChangeForm) -> HttpResponse:  # type: ignore[override]
+        if passwords.ends_session(self.request, form):
+            logout(self.request)
+            return redirect("login")
+        response = super().form_invalid(form)
+        if form.has_error("old_password", "uncounted"):
+            response.status_code = 503
+        return response
 
 
 def admin_password_change(request: HttpRequest) -> HttpResponseBase:

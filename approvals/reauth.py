@@ -12,10 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest
 from django.utils import timezone
-from redis import RedisError
 
 from accounts import oidc
 
@@ -24,26 +22,6 @@ SESSION_KEY = "countersign.authenticated_at"
 
 def stamp(request: HttpRequest, *, when: datetime | None = None) -> None:
     request.session[SESSION_KEY] = (when or timezone.now()).timestamp()
-
-
-class AttemptsUncounted(Exception):
-    """The cache that counts attempts (Redis) is unreachable: no password is checked
-    uncounted, or a stolen session would guess on for as long as Redis is away."""
-
-
-def count_attempt(request: HttpRequest) -> int:
-    """This attempt's number among the session's re-authentications since it last signed in
-    or re-authenticated (each gives the session a new key, and with it a count from one).
-    Counted in the cache, one atomic increment each, before the password is checked: kept
-    in the session, attempts sent side by side each read the count as it was before any of
-    them and wrote it one higher, so a stolen session tried as many passwords as it sent
-    at once, never signed out (``approvals.views.reauth.MAX_FAILURES``)."""
-    key = f"reauth-attempts:{request.session.session_key}"
-    try:
-        cache.add(key, 0, timeout=settings.SESSION_MAX_AGE_SECONDS)
-        return int(cache.incr(key))
-    except RedisError as error:
-        raise AttemptsUncounted from error
 
 
 def authenticated_at(request: HttpRequest) -> datetime | None:

@@ -639,9 +639,11 @@ MCP_SESSION_IDLE_SECONDS = env_int(
 MCP_MAX_SESSIONS_PER_AGENT = env_int("MCP_MAX_SESSIONS_PER_AGENT", 10_000, minimum=1)
 # An agent session (the round counter of one run, REST or MCP) idle this long is deleted;
 # a run that comes back after it counts its rounds from zero. A call refused for the
-# session's rounds is a use: a run that keeps calling never gets its rounds back.
+# session's rounds is a use: a run that keeps calling never gets its rounds back. Not 0,
+# unlike other retentions: it kept no session past the hourly sweep, and so reset every
+# run's rounds (max_rounds_per_session) each hour; a runaway loop was never stopped.
 AGENT_SESSION_RETENTION_SECONDS = env_int(
-    "AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600, maximum=A_CENTURY
+    "AGENT_SESSION_RETENTION_SECONDS", 30 * 24 * 3600, minimum=1, maximum=A_CENTURY
 )
 # Requests of one agent that may wait for calls to end at once, REST long-polls and MCP
 # waits (tasks/result, the wait of a tools/call, countersign_wait) counted together

@@ -20,6 +20,7 @@ records the rule that applied.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -727,6 +728,39 @@ def _lower_ascii(text: Any) -> Any:
     return celtypes.StringType(str(text).translate(_ASCII_LOWER))
 
 
+class _Conversion:
+    """CEL's ``int()``, ``uint()`` or ``double()``, reading a text as CEL does: a decimal
+    number, nothing around it. cel-python read it as Python does, so ``" 3 "``, ``"0_3"``,
+    ``"0x10"``, ``"nan"`` and ``"inf"`` were numbers: ``!(double(args.x) > 5.0)`` held on
+    ``"nan"`` (no comparison holds for it), and a refusal written so was dodged by sending
+    it. A text CEL refuses (or a double past its range) is an error, which fails the rule
+    closed. Any other value converts as cel-python converts it. Equal to the type it stands
+    for, as the name also reads that type: ``type(args.n) == int``."""
+
+    def __init__(self, name: str, kind: type, text: str) -> None:
+        self.name, self.kind = name, kind
+        self.text = re.compile(text, re.ASCII)
+
+    def __call__(self, source: Any) -> Any:
+        if isinstance(source, celtypes.BytesType):
+            # Python reads bytes as it reads a text; CEL has no such conversion.
+            raise _WrongKind(f"{self.name}() reads no bytes")
+        if not isinstance(source, celtypes.StringType):
+            return self.kind(source)
+        if not self.text.fullmatch(source):
+            raise ValueError(f"a text that is no {self.name} for CEL")
+        value = self.kind(source)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("a double out of range")
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or other is self.kind
+
+    def __hash__(self) -> int:
+        return hash(self.kind)
+
+
 _IN = celpy.evaluation.base_functions["_in_"]
 _SIZE = celpy.evaluation.base_functions["size"]
 _CONTAINS = celpy.evaluation.base_functions["contains"]
@@ -741,6 +775,11 @@ celpy.evaluation.base_functions["_[_]"] = _index_as_cel
 celpy.evaluation.base_functions["size"] = _size_as_cel
 celpy.evaluation.base_functions["matches"] = _matches_quietly
 celpy.evaluation.base_functions["lowerAscii"] = _lower_ascii
+celpy.evaluation.base_functions["int"] = _Conversion("int", celtypes.IntType, r"[+-]?[0-9]+")
+celpy.evaluation.base_functions["uint"] = _Conversion("uint", celtypes.UintType, r"[0-9]+")
+celpy.evaluation.base_functions["double"] = _Conversion(
+    "double", celtypes.DoubleType, r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+)
 
 
 @cache

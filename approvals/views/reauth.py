@@ -14,16 +14,12 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from accounts import two_factor
+from accounts import attempts, two_factor
 from accounts.navigation import next_url
 from approvals import reauth
 from approvals.forms import ReauthForm
 from approvals.views.common import AuthedRequest
 from audit.log import record
-
-# Wrong passwords in a row before the session is signed out: a stolen session must not
-# become a password-guessing oracle.
-MAX_FAILURES = 5
 
 
 def _next_url(request: AuthedRequest) -> str:
@@ -41,13 +37,13 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
         request.user
     ) is not None or two_factor.must_use_second_factor(request.user)
     if request.method == "POST" and form.is_valid():
-        # This one's number since the session's last success: its failures if it fails.
+        # This one's number since the session's last success, counted with the changes of
+        # password it tried (``accounts.attempts``): its failures if it fails.
         try:
-            failures = reauth.count_attempt(request)
-        except reauth.AttemptsUncounted:
-            error = "Passwords cannot be checked for a moment; try again shortly."
-            return _page(request, form, error=error, wants_code=wants_code, status=503)
-        if failures > MAX_FAILURES:
+            failures = attempts.count(request)
+        except attempts.AttemptsUncounted:
+            return _page(request, form, error=attempts.UNCOUNTED, wants_code=wants_code, status=503)
+        if failures > attempts.MAX_FAILURES:
             # Sent beside the attempt that reached the limit: signed out unchecked.
             logout(request)
             return redirect("login")
@@ -77,7 +73,7 @@ def reauthenticate(request: AuthedRequest) -> HttpResponse:
             outcome="wrong_password" if not password_ok else "wrong_code",
             data={"failures": failures},
         )
-        if failures >= MAX_FAILURES:
+        if failures >= attempts.MAX_FAILURES:
             logout(request)
             return redirect("login")
         error = (

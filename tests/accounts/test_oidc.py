@@ -370,6 +370,32 @@ def test_an_admin_links_a_local_account_to_a_person_at_the_provider(
         call_command("link_sso", "nobody", "00u-x")
 
 
+def test_link_sso_signs_out_the_accounts_a_subject_leaves(world: World) -> None:
+    """Moved to erin, frank's subject still held frank's sessions: whoever signed in through
+    the provider as frank (the person the subject is, now erin's) stayed signed in as him.
+    So did erin's own, signed in through the subject she had before. Others stay."""
+    erin = User.objects.create_user("erin", "erin@example.com", "pw-erin")
+    frank = User.objects.create_user("frank", "frank@example.com", "pw-frank")
+    SsoIdentity.objects.create(user=frank, subject="00u-7")
+    SsoIdentity.objects.create(user=erin, subject="00u-erin-old")
+    clients = {}
+    for person in (erin, frank, world.bob):
+        clients[person.username] = Client()
+        clients[person.username].force_login(person)
+
+    call_command("link_sso", "erin", "00u-7", stdout=StringIO())
+
+    answers = {name: client.get("/account/") for name, client in clients.items()}
+    assert answers["frank"].status_code == 302 and answers["erin"].status_code == 302
+    assert answers["bob"].status_code == 200
+    assert SsoIdentity.objects.get().user == erin
+    # Linked again to the subject she has: nothing leaves, no one is signed out.
+    erin_again = Client()
+    erin_again.force_login(erin)
+    call_command("link_sso", "erin", "00u-7", stdout=StringIO())
+    assert erin_again.get("/account/").status_code == 200
+
+
 def test_link_sso_refuses_a_subject_too_long_to_keep(world: World) -> None:
     """A sub longer than the link keeps was a database error's traceback."""
     User.objects.create_user("erin", "erin@example.com", "x")

@@ -7,7 +7,9 @@ import time
 
 import pytest
 from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.cache import caches
 from django.test import Client, override_settings
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -226,3 +228,83 @@ def test_a_password_changed_as_the_account_is_deactivated_does_not_activate_it_a
     assert response.status_code == 302
     bob = User.objects.get(pk=world.bob.pk)
     assert (bob.is_active, bob.check_password("Zq-new-pass-77")) == (False, True)
+
+
+def _signed_out(client: Client) -> bool:
+    return client.get("/account/")["Location"].startswith("/login/")
+
+
+def test_five_wrong_current_passwords_sign_the_session_out(world: World) -> None:
+    """The page had no limit of its own: a stolen session guessed the password on it up to
+    the account's lockout (LOGIN_FAILURE_LIMIT, 20), which then locked its owner out too.
+    Five wrong ones sign the session out, as at a re-authentication."""
+    client = signed_in("bob", "pw-bob")
+    for attempt in range(4):
+        wrong = client.post("/account/password/", {"old_password": f"no-{attempt}", **NEW})
+        assert wrong.status_code == 400
+    fifth = client.post("/account/password/", {"old_password": "no-4", **NEW})
+
+    assert fifth.status_code == 302 and fifth["Location"].startswith("/login")
+    assert _signed_out(client)
+    assert AccessAttempt.objects.get(username="bob").failures_since_start == 5
+    assert signed_in("bob", "pw-bob").get("/account/").status_code == 200  # not locked out
+
+
+def test_the_change_of_password_and_re_authentication_share_one_count(world: World) -> None:
+    """Counted apart, a stolen session had five guesses at each page."""
+    client = signed_in("bob", "pw-bob")
+    for attempt in range(3):
+        reauth = client.post("/approvals/reauthenticate/", {"password": f"no-{attempt}"})
+        assert reauth.status_code == 200
+    assert client.post("/account/password/", {"old_password": "no-3", **NEW}).status_code == 400
+    fifth = client.post("/account/password/", {"old_password": "no-4", **NEW})
+
+    assert fifth.status_code == 302 and _signed_out(client)
+
+
+def test_the_admin_s_change_password_page_signs_out_after_five_wrong_ones(world: World) -> None:
+    User.objects.create_user("ops", password="pw-ops-Long-9", is_staff=True)
+    client = signed_in("ops", "pw-ops-Long-9")
+    for attempt in range(4):
+        wrong = client.post("/admin/password_change/", {"old_password": f"no-{attempt}", **NEW})
+        assert wrong.status_code == 200
+    fifth = client.post("/admin/password_change/", {"old_password": "no-4", **NEW})
+
+    assert fifth.status_code == 302 and fifth["Location"].startswith("/login")
+    assert _signed_out(client)
+    assert AccessAttempt.objects.get(username="ops").failures_since_start == 5
+
+
+def test_new_passwords_refused_with_the_right_current_one_are_no_guesses(world: World) -> None:
+    """The person who knows their password, trying new ones the validators refuse, is not
+    signed out at the fifth try."""
+    client = signed_in("bob", "pw-bob")
+    short = {"new_password1": "x1", "new_password2": "x1"}
+    for _ in range(7):
+        refused = client.post("/account/password/", {"old_password": "pw-bob", **short})
+        assert refused.status_code == 400 and "too short" in refused.content.decode()
+    done = client.post("/account/password/", {"old_password": "pw-bob", **NEW})
+
+    assert done.status_code == 302 and done["Location"] == "/account/"
+    world.bob.refresh_from_db()
+    assert world.bob.check_password("Zq-new-pass-77")
+
+
+def test_while_the_caches_redis_is_down_no_current_password_is_checked(world: World) -> None:
+    """Attempts are counted in Redis before the password is checked: while it is away the
+    page says so (503) and checks nothing, rather than checking uncounted."""
+    client = signed_in("bob", "pw-bob")
+    down = {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
+    with override_settings(CACHES={"default": down}):
+        caches.close_all()
+        try:
+            response = client.post("/account/password/", {"old_password": "pw-bob", **NEW})
+        finally:
+            caches.close_all()
+
+    assert response.status_code == 503
+    assert "Passwords cannot be checked for a moment" in response.content.decode()
+    world.bob.refresh_from_db()
+    assert world.bob.check_password("pw-bob")
+    assert not AccessAttempt.objects.exists()
+    assert client.post("/account/password/", {"old_password": "pw-bob", **NEW}).status_code == 302

@@ -83,6 +83,8 @@ def test_a_boolean_that_is_no_boolean_stops_the_start(
         ("APPROVALS_REAUTH_WINDOW_SECONDS", "0", "APPROVALS_REAUTH_WINDOW_SECONDS"),
         # At 0 each beat sent one more copy of every delivery whose task was still queued.
         ("WEBHOOK_RESEND_AFTER_SECONDS", "0", "WEBHOOK_RESEND_AFTER_SECONDS"),
+        # At 0 the hourly sweep deleted every agent session: each run's rounds began again.
+        ("AGENT_SESSION_RETENTION_SECONDS", "0", "AGENT_SESSION_RETENTION_SECONDS"),
         # Past a century ("forever"), the date the retention sweep reckons back to is out of
         # range: every run raised, and deleted no session or delivery.
         ("WEBHOOK_RETENTION_SECONDS", "100000000000", "WEBHOOK_RETENTION_SECONDS"),

@@ -536,6 +536,70 @@ def test_a_text_the_condition_reads_as_a_number_or_a_time_is_checked_as_one() ->
     assert decided("n/a").number is None and decided("n/a").errors
 
 
+def _decided(rule_list: list[rules.Rule], arguments: dict[str, Any]) -> rules.Applied:
+    schema = {"type": "object", "properties": {"x": {"type": "string"}, "n": {"type": "integer"}}}
+    return rules.first_match(
+        rule_list,
+        arguments=arguments,
+        input_schema=schema,
+        signals=[],
+        user_id="",
+        roles=[],
+        agent="a",
+    )
+
+
+@pytest.mark.parametrize(
+    ("conversion", "text"),
+    [
+        ("double", "nan"),
+        ("double", "-inf"),
+        ("double", "Infinity"),
+        ("double", " 3 "),
+        ("double", "1_000"),
+        ("double", "0x1p3"),
+        ("double", "1e400"),  # past a double's range: read as infinity
+        ("int", " 3 "),
+        ("int", "0_3"),
+        ("int", "0x10"),
+        ("int", "\uff13"),  # a fullwidth digit: Python's int() reads it
+        ("int", "3.0"),
+        ("uint", "-0"),
+        ("uint", "+3"),
+        ("uint", " 3"),
+    ],
+)
+def test_a_text_cel_reads_as_no_number_fails_the_rule_closed(conversion: str, text: str) -> None:
+    """cel-python read int(), uint() and double() of a text as Python does: " 3 ", "0_3" and
+    "nan" were numbers, and ``double(args.x) > 5.0``, a refusal of more than 5, did not hold
+    on "nan" (no comparison holds for it): the call went on to the next rule, an approval.
+    CEL reads a decimal number only; any other text is an error: the refusal fails closed,
+    and no later approval applies."""
+    refusal = [
+        rules.Rule(when=f"{conversion}(args.x) > {conversion}(5)", then="refuse"),
+        rules.Rule(when="true", then="approve"),
+    ]
+    applied = _decided(refusal, {"x": text})
+    assert applied.number is None and applied.failed == (1,), applied
+    approval = [rules.Rule(when=f"!({conversion}(args.x) > {conversion}(5))", then="approve")]
+    assert _decided(approval, {"x": text}).failed == (1,)
+
+
+def test_cel_s_numbers_in_texts_are_read_and_the_type_names_stay_types() -> None:
+    for condition, text in [
+        ('int(args.x) == -42 && int("+7") == 7', "-42"),
+        ('uint(args.x) == 300u && uint("0") == 0u', "300"),
+        ("double(args.x) == 12.5", "12.50"),
+        ("double(args.x) == -0.0", "-0.0"),
+        ("double(args.x) == 6.02e23", "6.02e23"),
+        ('double(args.x) == 0.5 && double("5.") == 5.0 && double("-1E-3") < 0.0', ".5"),
+        ('type(args.n) == int && type(args.n) != double && type("") == string', "-"),
+        ("type(args.n) in [double, int] && int == type(1)", "-"),
+    ]:
+        applied = _decided([rules.Rule(when=condition, then="approve")], {"x": text, "n": 4})
+        assert applied.number == 1 and not applied.errors, (condition, applied)
+
+
 def test_has_of_a_member_of_a_list_is_refused_where_it_could_never_hold() -> None:
     """``has(args.lines.discount)`` (meant: a line has a discount) passed the check, which
     walks a list through to its items, and was false on every call: a rule that never held,

@@ -13,7 +13,7 @@ from django.contrib.auth import authenticate
 from django.db import connection
 from django.test import Client
 
-from approvals.views.reauth import MAX_FAILURES
+from accounts.attempts import MAX_FAILURES
 from audit.models import AuditEvent
 from tests.conftest import World
 
