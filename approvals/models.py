@@ -117,7 +117,12 @@ class ToolCall(models.Model):
     fence = models.PositiveIntegerField(default=0)
     lease_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # When the call's task was last sent: by its approval, then by each re-send.
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # When the call was last approved (``send.approve``, which sends its task): the longer
+    # an approved call has waited for a worker, the longer the re-send sweep waits before
+    # it sends one more copy (``sweeps.resend_stalled_approved``).
+    approved_at = models.DateTimeField(null=True, blank=True)
 
     result = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)

@@ -23,8 +23,19 @@ from uuid import UUID
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections, connection, transaction
-from django.db.models import Case, Count, F, Q, QuerySet, Value, When
-from django.db.models.functions import Now
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, Least, Now
 from django.utils import timezone
 
 from approvals import events, hooks, notifications
@@ -113,32 +124,72 @@ def _each_on_its_own(label: str, steps: dict[str, Callable[[], int]]) -> SweepRe
     return report
 
 
+# The longest gap between two copies of an approved call's task, in re-send intervals
+# (EXECUTOR_RESEND_AFTER_SECONDS): 16 minutes by default.
+RESEND_GAP_MAX_INTERVALS = 16
+
+
 def resend_stalled_approved(*, now: datetime | None = None, limit: int = 500) -> int:
     """Send again the approved calls whose task never started (a lost message, a dead web
     process between commit and send, a worker killed before its claim). A duplicate is
-    harmless: the claim admits one."""
+    harmless: the claim admits one.
+
+    The sweep cannot tell a lost task from one still queued behind others (a burst of
+    approvals, workers down for a while). A call is sent again
+    ``EXECUTOR_RESEND_AFTER_SECONDS`` after its approval sent it, and after that once it
+    has waited since its approval twice as long as when it was last sent; each copy expires
+    unrun when the next may be sent (``send.send_execution``). Sent again every interval, a
+    queue slower than that got one more copy of each approved call per interval, each to be
+    received, claim-checked and dropped by a worker, and grew slower still; now one copy
+    of a call at most can run, and a call that waited ``w`` has had about log2(w / interval)
+    copies. One that expires unrun is sent again by a later pass: a call is never lost, and
+    a lost task is sent again by the time the call has waited twice as long as when it was
+    sent."""
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.EXECUTOR_RESEND_AFTER_SECONDS)
+    resend_after = settings.EXECUTOR_RESEND_AFTER_SECONDS
+    # How long the call had waited since its approval when its task was last sent. A call
+    # approved before approved_at was written (an upgrade) had waited none.
+    # The gap between copies grows to RESEND_GAP_MAX_INTERVALS intervals at most: a queue
+    # that Redis lost (a restart without persistence) held calls approved long before, and
+    # an uncapped gap left them waiting about as long again.
+    longest_gap = timedelta(seconds=resend_after * RESEND_GAP_MAX_INTERVALS)
+    waited_when_sent = ExpressionWrapper(
+        F("enqueued_at") - Coalesce(F("approved_at"), F("enqueued_at")),
+        output_field=DurationField(),
+    )
+    gap = Least(waited_when_sent, Value(longest_gap, output_field=DurationField()))
+    # Along call_approved_idx (enqueued_at), the second bound checked on each row it reads.
+    due = Q(status=Status.APPROVED, enqueued_at__lt=now - timedelta(seconds=resend_after)) & Q(
+        enqueued_at__lt=Value(now, output_field=DateTimeField()) - gap
+    )
     stalled = list(
-        ToolCall.objects.filter(status=Status.APPROVED, enqueued_at__lt=cutoff)
-        .order_by("enqueued_at")
-        .values_list("pk", "enqueued_at")[:limit]
+        ToolCall.objects.filter(due).order_by("enqueued_at").values_list("pk", flat=True)[:limit]
     )
     resent = 0
-    for call_id, enqueued_at in stalled:
+    for call_id in stalled:
         with transaction.atomic():
             # Mark first, under the row lock: two sweeps at once re-send each call once. A
             # call another transaction holds (a claim under way, maybe paused) is skipped.
-            due = ToolCall.objects.select_for_update(skip_locked=True).filter(
-                pk=call_id, status=Status.APPROVED, enqueued_at__lt=cutoff
-            )
-            if not list(due.values_list("pk", flat=True)):
+            locked = ToolCall.objects.select_for_update(skip_locked=True).filter(due, pk=call_id)
+            sent = list(locked.values_list("enqueued_at", "approved_at"))
+            if not sent:
                 continue
-            ToolCall.objects.filter(pk=call_id).update(enqueued_at=now)
+            sent_at, approved = sent[0]
+            # enqueued_at is set (the filter compared it); approved_at is null for a call
+            # approved before it was written, which counts from its last send on.
+            assert sent_at is not None
+            enqueued_at: datetime = sent_at
+            approved_at: datetime = approved or enqueued_at
+            ToolCall.objects.filter(pk=call_id).update(enqueued_at=now, approved_at=approved_at)
             call = ToolCall.objects.select_related("tool", "agent").get(pk=call_id)
-            waited = (now - enqueued_at).total_seconds() if enqueued_at else 0.0
+            waited = (now - enqueued_at).total_seconds()
             events.execution_resent(call, waited_seconds=waited)
-            transaction.on_commit(partial(send.send_execution, call_id))
+            # Live until the next copy may be sent: when the call has waited twice as long
+            # as it has now. Relative to the sending process's clock, as Celery reckons it
+            # (``now`` may be a pass run as if at another time).
+            since_approval = (now - approved_at).total_seconds()
+            expires = max(resend_after, min(since_approval, longest_gap.total_seconds()))
+            transaction.on_commit(partial(send.send_execution, call_id, expires=expires))
             resent += 1
     return resent
 

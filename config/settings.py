@@ -675,8 +675,10 @@ JWKS_TIMEOUT_SECONDS = env_int("JWKS_TIMEOUT_SECONDS", 5, minimum=1)
 JWKS_MIN_REFRESH_SECONDS = env_int("JWKS_MIN_REFRESH_SECONDS", 5)
 # Extra time past a tool's timeout before a silent worker's lease counts as expired.
 EXECUTOR_LEASE_GRACE_SECONDS = env_int("EXECUTOR_LEASE_GRACE_SECONDS", 30)
-# An approved call whose task has not started after this long is sent again.
-EXECUTOR_RESEND_AFTER_SECONDS = env_int("EXECUTOR_RESEND_AFTER_SECONDS", 60)
+# An approved call whose task has not started after this long is sent again (then after
+# longer and longer: approvals.sweeps.resend_stalled_approved), each copy expiring unrun
+# when the next may be sent. At 0 each task expired as it was sent, and no call ran.
+EXECUTOR_RESEND_AFTER_SECONDS = env_int("EXECUTOR_RESEND_AFTER_SECONDS", 60, minimum=1)
 # Reviewer UI. A destructive approval needs a sign-in (or a re-entered password) no older
 # than this, on top of typing the tool's name.
 APPROVALS_REAUTH_WINDOW_SECONDS = env_int("APPROVALS_REAUTH_WINDOW_SECONDS", 15 * 60, minimum=1)

@@ -31,18 +31,27 @@ def approve(call: ToolCall, **fields: Any) -> None:
     Reviewers' quorum, a person's re-run, the agent's retry and reconciliation all approve
     through here. If the message is lost, the re-send sweep finds the call ``approved``.
     """
-    transitions.move(call, Status.APPROVED, enqueued_at=timezone.now(), **fields)
+    now = timezone.now()
+    transitions.move(call, Status.APPROVED, enqueued_at=now, approved_at=now, **fields)
     transaction.on_commit(partial(send_execution, call.pk))
 
 
-def send_execution(call_id: UUID) -> None:
+def send_execution(call_id: UUID, *, expires: float | None = None) -> None:
     """Hand the call id to a Celery worker (or run it now, in the embedded eager mode).
+
+    The task is dropped unrun by the worker that receives it once ``expires`` seconds have
+    passed (``EXECUTOR_RESEND_AFTER_SECONDS`` unless given): when the re-send sweep may
+    send the call's next copy (``sweeps.resend_stalled_approved``), so that of the copies
+    a slow queue holds, one at most can still run. One that expires unrun loses nothing:
+    the call is still ``approved``, and the sweep sends it again.
 
     A failure to send is logged, not raised: the call is already ``approved`` in the
     database, and the re-send sweep picks up approved calls whose task never started.
     """
+    if expires is None:
+        expires = settings.EXECUTOR_RESEND_AFTER_SECONDS
     try:
-        execute_call.apply_async((str(call_id),), **time_limits(call_id))
+        execute_call.apply_async((str(call_id),), expires=expires, **time_limits(call_id))
     except Exception:
         logger.exception(
             "could not send call %s to the executor; the sweep will re-send it", call_id

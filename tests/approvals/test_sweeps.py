@@ -61,7 +61,7 @@ def nothing_waits_long(transactional_db: None) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def sends_held_back(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
     sent: list[uuid.UUID] = []
-    monkeypatch.setattr(send, "send_execution", sent.append)
+    monkeypatch.setattr(send, "send_execution", lambda call_id, **_: sent.append(call_id))
     return sent
 
 

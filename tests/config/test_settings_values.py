@@ -81,6 +81,8 @@ def test_a_boolean_that_is_no_boolean_stops_the_start(
         ("MCP_MAX_WAITS_PER_AGENT", "0", "MAX_WAITS_PER_AGENT"),
         ("MCP_THREADS", "0", "MCP_THREADS"),
         ("APPROVALS_REAUTH_WINDOW_SECONDS", "0", "APPROVALS_REAUTH_WINDOW_SECONDS"),
+        # At 0 an approved call's task expired as it was sent: no call ever ran.
+        ("EXECUTOR_RESEND_AFTER_SECONDS", "0", "EXECUTOR_RESEND_AFTER_SECONDS"),
         # At 0 each beat sent one more copy of every delivery whose task was still queued.
         ("WEBHOOK_RESEND_AFTER_SECONDS", "0", "WEBHOOK_RESEND_AFTER_SECONDS"),
         # At 0 the hourly sweep deleted every agent session: each run's rounds began again.
