@@ -41,6 +41,7 @@ from detect_secrets.plugins.stripe import StripeDetector
 from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from detect_secrets.plugins.twilio import TwilioKeyDetector
 from phonenumbers import Leniency, PhoneNumberMatcher, phonenumbermatcher
+from stdnum import iban as stdnum_iban
 
 
 class Kind(StrEnum):
@@ -49,6 +50,7 @@ class Kind(StrEnum):
     EMAIL = "email"
     PHONE = "phone"
     CARD = "card"
+    IBAN = "iban"
     SECRET = "secret"  # noqa: S105 (a kind's name, not a password)
     FIELD = "field"  # a field the tool marks sensitive, masked whole whatever it holds
 
@@ -127,7 +129,8 @@ SECRET_NAME = (
     r"(?:[a-z0-9]+[_.-])*"  # noqa: S105 (names of secrets, not a secret)
     # The words before a capital (never across a separator, so the split is read once).
     r"(?-i:[A-Za-z0-9]*[a-z0-9](?<=[A-Za-z0-9][a-z0-9])(?=[A-Z]))?"
-    r"(?:pass(?:word|wd|phrase)|pwd|secret|token|apikey"
+    # "pass" alone as a name is a password's (SMTP settings' {"user": ..., "pass": ...}).
+    r"(?:pass(?:word|wd|phrase|code)?|pwd|secret|token|apikey"
     r"|(?:api|access|auth|secret|private|session|signing|encryption|client|master|subscription)[_-]?key"
     r"|authorization|auth|cookie|credentials?|card[_-]?number|cvc|cvv"
     # A signed URL's signature is its credential: whoever holds the URL reads or writes the
@@ -174,6 +177,28 @@ _ASSIGNMENT = re.compile(
 _COOKIE_HEADER = re.compile(
     r"(?<![a-z0-9])(?:set-)?cookie[ \t]*:[ \t]*"
     r"(?P<value>[\w!#$%&*+.^|~-]+=[^\r\n\"'`]*[^\s\"'`.,;)\]}])",
+    re.IGNORECASE,
+)
+
+# An Authorization header's value is its scheme and credentials (``ApiKey x``, ``SSWS x``,
+# ``Bot x``, ``Key x``): an assignment's unquoted value ends at the white space after the
+# scheme, which was masked and the credentials left in clear. Bearer, Basic and Token are the
+# auth-scheme detector's (it keeps the scheme readable); any other scheme is masked with its
+# credentials (8 characters at least: words after the name are a sentence), one value, as a
+# header's value is in a map ({"Authorization": "ApiKey x"}: the same fingerprint).
+_AUTH_HEADER = re.compile(
+    r"(?<![a-z0-9])authorization(?:\\?[\"'`])?[ \t]*(?:=>|:=|={1,3}|:)[ \t]*"
+    r"(?!(?:bearer|basic|token)\s)"
+    r"(?P<value>[a-z][\w.-]*[ \t]+[^\s\"'`&;<>]{8,}?)(?=[.,)\]}]*(?:[\s\"'`&;<>]|$))",
+    re.IGNORECASE,
+)
+
+# A name-value pair written out, the two alone in their brackets: a list of headers in a log
+# line ("('X-Api-Key', 'k')"), or in JSON quoted in text ('[["Authorization", "ApiKey k"]]').
+# The value, quoted as the name is, up to its closing quote (no quote in it: read once).
+_PAIR = re.compile(
+    rf"[\[(][ \t]*(?P<q>\\?[\"']){SECRET_NAME}(?P=q)[ \t]*,[ \t]*"
+    r"(?P=q)(?P<value>[^\"'\\\n]+)(?P=q)[ \t]*[\])]",
     re.IGNORECASE,
 )
 
@@ -293,6 +318,13 @@ _KEY_SHAPES = re.compile(
     # Google API keys (Maps, Gemini, Firebase...), sent in a URL's query: ``?key=AIza...``,
     # a parameter name no assignment takes for a secret's.
     r"|AIza[0-9A-Za-z_-]{35,}"
+    # Google OAuth: access tokens, refresh tokens and clients' secrets, each as Google
+    # prints it; the plugins know none of them.
+    r"|ya29\.[A-Za-z0-9_-]{20,}|1//0[A-Za-z0-9_-]{30,}|GOCSPX-[A-Za-z0-9_-]{20,}"
+    # Microsoft Entra (Azure AD) client secrets: three characters, a digit, "Q~", the rest.
+    r"|[A-Za-z0-9_.~-]{3}\dQ~[A-Za-z0-9_.~-]{31,34}"
+    # Hugging Face access tokens; Slack app-level tokens (its plugin knows the xox forms).
+    r"|hf_[A-Za-z0-9]{30,}|xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]{32,}"
     # A Discord webhook's id and token, the URL's path: whoever has it posts as the webhook.
     # (The Discord plugin knows bot tokens only; Slack's webhook URLs its own plugin masks.)
     r"|(?<=/webhooks/)\d{17,20}/[A-Za-z0-9_-]{60,}"
@@ -323,6 +355,12 @@ def _find_assignments(text: str) -> list[Finding]:
         if value:
             findings.append(Finding(match.start(group), match.end(group), Kind.SECRET, value))
     for match in _COOKIE_HEADER.finditer(text):
+        value = match.group("value")
+        findings.append(Finding(match.start("value"), match.end("value"), Kind.SECRET, value))
+    for match in _PAIR.finditer(text):
+        value = match.group("value")
+        findings.append(Finding(match.start("value"), match.end("value"), Kind.SECRET, value))
+    for match in _AUTH_HEADER.finditer(text):
         value = match.group("value")
         findings.append(Finding(match.start("value"), match.end("value"), Kind.SECRET, value))
     for match in _DJANGO_COOKIE.finditer(text):
@@ -384,13 +422,19 @@ def _find_bearer_tokens(text: str) -> list[Finding]:
 # may pass the Luhn check, but no card is written inside a word. Luhn-checked. A run with
 # spaces or dashes is read whole, however long, and searched for the card within it (see
 # _cards_in_run): a card is often written beside another number, its security code or expiry.
+# A space between groups may be any that keeps them on one line, as a page or a word
+# processor writes them (no-break, thin, figure, ideographic), or a zero-width character
+# (a page's break opportunity, copied with the number); a dash, a hyphen of any kind: the
+# digits of "4111\u00a01111\u00a01111\u00a01111" were kept in clear.
+_CARD_SPACES = " \u00a0\u2007\u2009\u202f\u3000\u200b\u200c\u200d\u2060\ufeff"
+_CARD_SEPARATOR = f"[{_CARD_SPACES}\\-\u2010\u2011\u2012\u2013\u00ad\uff0d]"
 _CARD = re.compile(
     # The first digit, then what may not stand before it (written after it, so that the
     # search skips ahead to digits).
     r"\d(?<![\w-]\d)(?<!\d\.\d)"
     # Nor a partly shown card (•••• 1111): its last four digits do not start another.
     r"(?<!•\d)(?<!• \d)"
-    r"(?:(?:[ -]?\d){12,}|\d{3}(?P<sep>[./])\d{3,6}(?:(?P=sep)\d{3,6}){1,3})"
+    rf"(?:(?:{_CARD_SEPARATOR}?\d){{12,}}|\d{{3}}(?P<sep>[./])\d{{3,6}}(?:(?P=sep)\d{{3,6}}){{1,3}})"
     r"(?![\w-])(?!\.\d)"
 )
 
@@ -422,7 +466,7 @@ def _find_cards(text: str) -> list[Finding]:
     return findings
 
 
-_SPACED_GROUP = re.compile(r"[^ ]+")
+_SPACED_GROUP = re.compile(f"[^{_CARD_SPACES}]+")
 
 
 def _cards_in_run(text: str, start: int, end: int) -> list[Finding]:
@@ -457,6 +501,39 @@ def _cards_in_run(text: str, start: int, end: int) -> list[Finding]:
         last, card = found
         findings.append(Finding(groups[first][0], groups[last][1], Kind.CARD, card))
         first = last + 1
+    return findings
+
+
+# --- Bank account numbers (IBAN) ----------------------------------------------------------
+
+# An IBAN, electronic (DE89370400440532013000) or printed in groups (DE89 3704 0044 0532 0130
+# 00): its country's letters, its check digits, then letters and digits, not inside a word,
+# read at most to the longest IBAN's length (a bounded run: linear however long the text).
+# Whether a run starts with one is python-stdnum's to say: each country's length and format
+# from SWIFT's IBAN registry, and the check digits (mod 97).
+_IBAN_GAPS = " \u00a0"
+_IBAN = re.compile(rf"(?<![\w-])[A-Z]{{2}}\d{{2}}(?:[{_IBAN_GAPS}]?[A-Z0-9]){{11,30}}")
+_IBAN_START = re.compile(r"[A-Z]{2}\d\d")
+_IBAN_SHORTEST, _IBAN_LONGEST = 15, 34
+
+
+def _find_ibans(text: str) -> list[Finding]:
+    findings = []
+    at = 0
+    # The next search starts where an IBAN found ends, not where the run read for it does:
+    # the run may have read into the next one ("DE89... 00 GB29 ...").
+    while match := _IBAN.search(text, at):
+        at = match.start() + 1
+        kept = [i for i in range(match.start(), match.end()) if text[i] not in _IBAN_GAPS]
+        for length in range(min(len(kept), _IBAN_LONGEST), _IBAN_SHORTEST - 1, -1):
+            end = kept[length - 1] + 1
+            if end < len(text) and (text[end].isalnum() or text[end] == "-"):
+                continue  # the run goes on here: not where an IBAN ends
+            value = "".join(text[i] for i in kept[:length])
+            if stdnum_iban.is_valid(value):
+                findings.append(Finding(match.start(), end, Kind.IBAN, value))
+                at = end
+                break
     return findings
 
 
@@ -804,16 +881,19 @@ _ASSIGNMENT_WORD = re.compile(
 _SCHEME_WORD = re.compile(r"bearer|token|basic")
 # Every key shape is a run of at least 16 characters that may stand in a key, not all of them
 # lower-case hex digits or dashes (hashes and UUIDs, common in audit data, hold no key
-# shape), except for credentials in a URL, npm's _authToken lines and short Slack tokens.
+# shape), except for credentials in a URL, npm's _authToken lines, short Slack tokens
+# and Entra secrets.
 _LONG_RUN = re.compile(r"(?<![\w+/=.\\-])(?=[\w+/=.\\-]{16})[0-9a-f-]*+(?:[^\W0-9a-f]|[+/=.\\])")
 # Necessary for a card number: 13 digits with at most one separator between two; for a
 # phone number: 8 digits with at most 4 separators between two.
-_THIRTEEN_DIGITS = re.compile(r"\d(?:[ ./-]?\d){12}")
+_THIRTEEN_DIGITS = re.compile(rf"\d(?:(?:[./]|{_CARD_SEPARATOR})?\d){{12}}")
 _EIGHT_DIGITS = re.compile(r"\d(?:[^\w\n]{0,4}\d){7}")
 
 
 def _may_assign(text: str, folded: str) -> bool:
-    return ("=" in text or ":" in text) and _ASSIGNMENT_WORD.search(folded) is not None
+    return ("=" in text or ":" in text or "," in text) and _ASSIGNMENT_WORD.search(
+        folded
+    ) is not None
 
 
 def _may_name_scheme(text: str, folded: str) -> bool:
@@ -825,6 +905,7 @@ def _may_hold_key(text: str, folded: str) -> bool:
         "://" in text
         or "_authToken" in text
         or "xox" in folded
+        or "Q~" in text  # an Entra secret's "~" may cut it into runs shorter than 16
         or _LONG_RUN.search(text) is not None
     )
 
@@ -835,6 +916,10 @@ def _may_hold_private_key(text: str, folded: str) -> bool:
 
 def _may_hold_card(text: str, folded: str) -> bool:
     return _THIRTEEN_DIGITS.search(text) is not None
+
+
+def _may_hold_iban(text: str, folded: str) -> bool:
+    return _IBAN_START.search(text) is not None
 
 
 def _may_hold_email(text: str, folded: str) -> bool:
@@ -856,6 +941,8 @@ SECRETS = (
     Detector("bearer", _may_name_scheme, _simple(_find_bearer_tokens)),
 )
 PERSONAL_DATA = (
+    # Before cards and phone numbers: an IBAN's digit groups may read as either.
+    Detector("iban", _may_hold_iban, _simple(_find_ibans)),
     Detector("card", _may_hold_card, _simple(_find_cards)),
     Detector("email", _may_hold_email, _simple(_find_emails)),
     Detector("phone", _may_hold_phone, _find_phones),

@@ -9,7 +9,7 @@ use; hidden characters written out.
 | ``email`` | first character of the local part, ``***``, then the domain | ``a***@example.com`` |
 | ``phone`` | three bullets and the last two digits | ``•••58`` |
 | ``card`` | four bullets, a space and the last four digits | ``•••• 1111`` |
-| ``secret``, ``field``, any other | the keyed-hash marker | ``[masked:secret:3f9a1c2b]`` |
+| ``iban``, ``secret``, ``field``, any other | the keyed-hash marker | ``[masked:secret:3f9a1c2b]`` |
 
 None of these forms is taken for an e-mail address, a card or a phone number when masked
 again: ``***`` stands where an address needs a letter before its "@", and two or four digits

@@ -5,8 +5,8 @@ Two layers:
 * fields a tool's policy marks sensitive (``sensitive_fields``: dotted paths into the
   arguments) are masked whole, whatever they contain;
 * detectors (``audit.detectors``) find API keys, tokens, secret assignments, private keys,
-  card numbers (Luhn-checked), e-mail addresses and phone numbers anywhere in free text,
-  also inside URL-encoded text, and mask just the match.
+  card numbers (Luhn-checked), IBANs (checked), e-mail addresses and phone numbers anywhere
+  in free text, also inside URL-encoded text, and mask just the match.
 
 How a masked value is shown is the renderer's choice, ``render(kind, value) -> str``, passed
 to every function here. The default, ``masked``, keeps a short keyed hash
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "SECRET_KEY_NAMES",
     "Kind",
     "Renderer",
+    "cut_short",
     "fingerprint",
     "is_masked",
     "luhn_valid",
@@ -281,6 +283,10 @@ def _mask_value(value: Any, render: Renderer, budget: Budget) -> Any:
         return _mask_text(value, render, budget)
     if isinstance(value, dict):
         result: dict[str, Any] = {}
+        # An entry that names its value ({"name": "X-Api-Key", "value": ...}, as HAR files,
+        # Postman and many APIs write headers, form fields and settings): the value is the
+        # named one's, secret if the name is.
+        named = value.get("name", value.get("key"))
         for key, item in value.items():
             # Keys are free text too (a map keyed by e-mail address, say). Two may then read
             # alike ("Ada@..." and "ada@..." have one fingerprint): told apart, never one
@@ -288,19 +294,48 @@ def _mask_value(value: Any, render: Renderer, budget: Budget) -> Any:
             name = (
                 unique_key(_mask_text(key, render, budget), result) if isinstance(key, str) else key
             )
-            if (
-                isinstance(key, str)
-                and SECRET_KEY_NAMES.match(key)
-                and item not in (None, "")
-                and not is_masked(item)
-            ):
-                result[name] = render(Kind.SECRET, _as_text(item))
-            else:
-                result[name] = _mask_value(item, render, budget)
+            secret = _is_secret_name(key) or (key == "value" and _is_secret_name(named))
+            result[name] = _mask_entry(item, secret, render, budget)
         return result
     if isinstance(value, list | tuple):
+        # Headers, form fields and query parameters as a list of name-value pairs
+        # ([["Authorization", "ApiKey x"], ["Accept", "*/*"]], as httpx, WSGI and HAR's
+        # tools hold them): a pair whose name is a secret's is masked as a map's entry is.
+        if value and all(_is_pair(item) for item in value):
+            return [
+                [
+                    _mask_text(name, render, budget),
+                    _mask_entry(item, _is_secret_name(name), render, budget),
+                ]
+                for name, item in value
+            ]
         return [_mask_value(item, render, budget) for item in value]
     return value
+
+
+def _is_secret_name(name: Any) -> bool:
+    if not isinstance(name, str):
+        return False
+    if not name.isascii():
+        # A name read as it shows: without hidden characters ("pass\u200bword"), and in
+        # the letters a full-width one stands for ("password" in full-width letters).
+        name = unicodedata.normalize("NFKC", "".join(c for c in name if not _hidden(c)))
+    return SECRET_KEY_NAMES.match(name) is not None
+
+
+def _hidden(char: str) -> bool:
+    return unicodedata.category(char) == "Cf" or char in "\u034f\u115f\u1160\u3164\uffa0"
+
+
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
+def _mask_entry(item: Any, secret: bool, render: Renderer, budget: Budget) -> Any:
+    """The value of an entry, masked whole when its name is a secret's."""
+    if secret and item not in (None, "") and not is_masked(item):
+        return render(Kind.SECRET, _as_text(item))
+    return _mask_value(item, render, budget)
 
 
 def unique_key(name: str, taken: Mapping[str, Any]) -> str:
@@ -360,6 +395,36 @@ def _mask_path(value: Any, parts: list[str], render: Renderer) -> Any:
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else canonical_json(value).decode()
+
+
+# A secret or an address the cut runs through is looked for this far past it (a JWT is long).
+_CUT_LOOKAHEAD = 1_000
+# Cuts moved back, token by token, before giving up on the text (an empty cut): a card in
+# groups takes five, most text one; each masks what it keeps.
+_CUT_STEPS = 8
+# Where a token starts: after white space, a quote or a bracket.
+_TOKEN_START = re.compile(r"[\s\"'`,;()\[\]{}<>]")
+
+
+def cut_short(text: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text``, or fewer: never part of a secret or of
+    personal data the detectors would find in the whole (cut, they might not know it, and
+    what is kept of it would be written down in clear: "zebulon.canary@exa", "4111 1111
+    1111 11"); the cut goes back before it, to where a token starts.
+
+    A cut is kept when masking what it keeps gives the start of what masking the whole
+    gives: nothing cut through was masked there, whatever its kind and however it is
+    written (a card's spaces, an address's capitals)."""
+    if len(text) <= limit:
+        return text
+    window = text[: limit + _CUT_LOOKAHEAD]
+    whole = mask_text(window)
+    end = limit
+    for _ in range(_CUT_STEPS):
+        if whole.startswith(mask_text(window[:end])):
+            return window[:end]
+        end = max((m.start() for m in _TOKEN_START.finditer(window, 0, end - 1)), default=0)
+    return ""
 
 
 # pydantic quotes what it refused, cut to its first and last characters ("[type=...,

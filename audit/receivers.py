@@ -178,7 +178,11 @@ def masking_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     try:
         message = log_record.getMessage()
     except Exception:
-        return log_record
+        # Arguments the message does not fit ("charged %s %s" with one): logging's error
+        # report printed the message and its arguments as they were, the traceback with them
+        # (it was not masked either). Both are kept, masked, in one message.
+        message = f"{log_record.msg} (arguments: {log_record.args!r})"
+        log_record.msg, log_record.args = message, ()
     cleaned = _masked(message)
     if cleaned != message:
         log_record.msg, log_record.args = cleaned, ()

@@ -23,7 +23,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from audit.canonical import canonical_json
-from audit.masking import field_path, mask_text, path_parts
+from audit.masking import cut_short, field_path, path_parts
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -32,8 +32,6 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # in the answer and went into the append-only trail with the refusal.
 QUOTED_MAX = 200
 MESSAGE_MAX = 1_000
-# A secret the cut runs through is looked for this far past it (a JWT is long).
-_CUT_LOOKAHEAD = 1_000
 # How many problems one check describes. Each was described: 15,000 made-up argument names
 # were 15,000 problems in the answer (more than the official MCP client reads in one event)
 # and in the trail's refusal. Past it they are counted, not described.
@@ -324,29 +322,8 @@ def _quoted(value: str | list[Any] | dict[str, Any]) -> str:
 
 def _cut(text: str, limit: int = QUOTED_MAX) -> str:
     """The first ``limit`` characters of ``text``, or fewer: never part of a secret or an
-    address the audit's detectors would find in the whole (cut, they might not know it, and
-    the trail would keep its first characters in clear); the cut goes before it."""
-    if len(text) <= limit:
-        return text
-    window = text[: limit + _CUT_LOOKAHEAD]
-    found: list[str] = []
-
-    def note(_kind: str, value: str) -> str:
-        found.append(value)
-        return value
-
-    mask_text(window, render=note)
-    spans = []
-    for value in set(found):
-        at = window.find(value)
-        while at != -1:
-            spans.append((at, at + len(value)))
-            at = window.find(value, at + 1)
-    end = limit
-    for start, stop in sorted(spans, reverse=True):  # a cut moved back may meet another
-        if start < end < stop:
-            end = start
-    return text[:end]
+    address the audit's detectors would find in the whole (``audit.masking.cut_short``)."""
+    return cut_short(text, limit)
 
 
 def _under_sensitive(parts: list[Any], sensitive: list[tuple[str, ...]]) -> bool:

@@ -133,6 +133,21 @@ def test_a_log_line_quoting_a_canary_is_masked(captured_logs: Capture) -> None:
     assert leaks(text) == []
 
 
+def test_a_log_call_whose_arguments_do_not_fit_its_message_is_masked_too(
+    captured_logs: Capture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Such a record was left as it was: logging's error report printed its arguments to
+    stderr, and its traceback was not masked either."""
+    try:
+        raise ValueError(f"card {CANARY_CARD} declined")
+    except ValueError:
+        logging.getLogger("some.integration").exception("refund for %s %s", CANARY_EMAIL)
+    text = "\n".join(captured_logs.lines) + capsys.readouterr().err
+    assert "refund for %s %s (arguments: ('[masked:email:" in text
+    assert "ValueError: card [masked:card:" in text
+    assert leaks(text) == []
+
+
 def test_what_pydantic_quotes_of_a_refused_value_never_reaches_a_log(
     captured_logs: Capture,
 ) -> None:
@@ -301,6 +316,76 @@ def test_the_forms_issue_15_found_are_masked_in_the_trail_and_its_exports(
         body = b"".join(exported.streaming_content).decode()
         assert "call.submitted" in body and "[masked:card:" in body
         assert form_leaks(body) == [], fmt
+
+
+# Forms a later review found unmasked, each with what showed of it: a card grouped by
+# no-break spaces, an Authorization header of another scheme than Bearer, an IBAN, a Google
+# OAuth access token.
+REVIEW_FORMS = {
+    "card 4000\u00a00566\u00a05566\u00a05556": ["0566\u00a05566"],
+    "Authorization: ApiKey canary-opaque-credential": ["canary-opaque-credential"],
+    "IBAN DE89 3704 0044 0532 0130 00": ["3704 0044 0532"],
+    "refresh with ya29.a0CanaryAccessTokenAbCdEfGhIj": ["CanaryAccessToken"],
+}
+REVIEW_LEAKS = [needle for needles in REVIEW_FORMS.values() for needle in needles]
+
+
+def review_leaks(text: str) -> list[str]:
+    # Exports and pages may write the no-break space escaped (JSON) or as an entity (HTML).
+    text = text.replace("\\u00a0", "\u00a0").replace("&nbsp;", "\u00a0").replace("&#160;", "\u00a0")
+    return [needle for needle in REVIEW_LEAKS if needle.lower() in text.lower()]
+
+
+def test_the_forms_a_later_review_found_are_masked_in_the_trail_exports_and_pages(
+    world: World, auditor_client: Client
+) -> None:
+    """In an agent's arguments and reasoning (through the agent API) and a reviewer's comment
+    (through the reviewer's page), then out through both exports and the auditor's pages."""
+    text = "\n".join(REVIEW_FORMS)
+    assert review_leaks(text) == REVIEW_LEAKS  # the check below can fail
+    response = world.api().submit(
+        {
+            "tool": "send_email",
+            "arguments": {"to": "ops@example.com", "subject": "Forms", "body": text},
+            "session_id": "review-forms",
+            "reasoning": f"The ticket said: {text}",
+        }
+    )
+    assert response.status_code == 202, response.content
+    call = ToolCall.objects.get(pk=response.json()["id"])
+    reviewer = Client()
+    reviewer.force_login(world.bob)
+    decided = reviewer.post(
+        f"/approvals/{call.pk}/decide/",
+        {
+            "verdict": "reject",
+            "comment": f"Not with these in it: {text}",
+            "arguments_hash": call.arguments_hash,
+            "state_hash": shown_state(reviewer, call),
+        },
+    )
+    assert decided.status_code in (200, 302), decided.content[:500]
+    assert ToolCall.objects.get(pk=call.pk).status == Status.REJECTED
+    chain.seal_pending()
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT t::text FROM audit_auditevent AS t")
+        trail = "\n".join(row[0] for row in cursor.fetchall())
+    assert "call.submitted" in trail and "call.decision" in trail
+    for kind in ("card", "secret", "iban"):
+        assert f"[masked:{kind}:" in trail
+    assert review_leaks(trail) == []
+    for fmt in ("csv", "jsonl"):
+        exported = auditor_client.get(f"/audit/export.{fmt}")
+        assert exported.status_code == 200
+        body = b"".join(exported.streaming_content).decode()
+        assert "call.decision" in body and "[masked:iban:" in body
+        assert review_leaks(body) == [], fmt
+    for page in ("/audit/", f"/audit/calls/{call.pk}/"):
+        shown = auditor_client.get(page)
+        assert shown.status_code == 200
+        assert review_leaks(shown.content.decode()) == [], page
+    assert review_leaks(reviewer.get(f"/approvals/{call.pk}/").content.decode()) == []
 
 
 def test_url_encoded_values_in_a_server_log_line_are_masked() -> None:

@@ -36,6 +36,12 @@ SLACK = "xoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
 SENDGRID = "SG." + "a" * 22 + "." + "b" * 43
 TWILIO = "SK" + "0123456789abcdef" * 2
 COUNTERSIGN = "cst_ab12cd_" + "Q" * 32
+GOOGLE_ACCESS = "ya29.a0AfH6SMBx3kQ9zYwVbN0pLmT7rEuIo2-AbC_dEf"
+GOOGLE_REFRESH = "1//0gK7fXw3Lq9ZCgYIARAAGBASNwF-L9IrAbCdEfGhIjKlMnOp"
+GOOGLE_CLIENT_SECRET = "GOCSPX-1aBcDeFgHiJkLmNoPqRsTuVwXyZ0"
+ENTRA_SECRET = "xY7" + "8Q~" + "Ab1.Cd2~Ef3_Gh4-Ij5Kl6Mn7Op8Qr9St0"
+HUGGING_FACE = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
+SLACK_APP = "xapp-1-A0123ABCDEF-1234567890123-" + "0123456789abcdef" * 4
 PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\ndef==\n-----END RSA PRIVATE KEY-----"
 PGP_PRIVATE_KEY = (
     "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGR0abc\ndef==\n"
@@ -64,8 +70,17 @@ CARDS = [
     ("qty 1 4242 4242 4242 4242", "qty 1 <card:4242424242424242>"),
     ("ref 1234 4111 1111 1111 1111", "ref 1234 <card:4111111111111111>"),
     ("4111111111111111 4242424242424242", "<card:4111111111111111> <card:4242424242424242>"),
+    # Grouped as a page or a word processor writes it: no-break, narrow or thin spaces,
+    # zero-width spaces (a page's break opportunities, copied with the number), a
+    # non-breaking hyphen. The digits were kept in clear.
+    ("card 4111\u00a01111\u00a01111\u00a01111.", "card <card:4111111111111111>."),
+    ("4111\u202f1111\u202f1111\u202f1111", "<card:4111111111111111>"),
+    ("4111\u20091111\u20091111\u20091111 123", "<card:4111111111111111> 123"),
+    ("4111\u200b1111\u200b1111\u200b1111", "<card:4111111111111111>"),
+    ("4111\u20111111\u20111111\u20111111", "<card:4111111111111111>"),
     # Near-misses: left as they are.
     ("4111 1111 1111 1112", "4111 1111 1111 1112"),  # fails the Luhn check
+    ("4111\u00a01111\u00a01111\u00a01112", "4111\u00a01111\u00a01111\u00a01112"),
     ("4111.1111.1111.1112", "4111.1111.1111.1112"),
     ("4242-4242-4242-4241", "4242-4242-4242-4241"),
     ("order 2024-06-01 ref 1234567890", "order 2024-06-01 ref 1234567890"),
@@ -107,6 +122,29 @@ SECRET_ASSIGNMENTS = [
     ("cvv: 123", "cvv: <secret:123>"),
     ("token := 'abc'", "token := '<secret:abc>'"),
     ("run --password=hunter2 --verbose", "run --password=<secret:hunter2> --verbose"),
+    # An Authorization header of another scheme than Bearer, Basic or Token: the scheme
+    # was masked and the credentials after it kept in clear.
+    (
+        "Authorization: ApiKey k3y-0123456789abcdef",
+        "Authorization: <secret:ApiKey k3y-0123456789abcdef>",
+    ),
+    (
+        "curl -H 'Proxy-Authorization: SSWS 00QCjAl4MlV-WPXM' https://x.example",
+        "curl -H 'Proxy-Authorization: <secret:SSWS 00QCjAl4MlV-WPXM>' https://x.example",
+    ),
+    ("authorization=Bot MTk4NjIyNDgzNDcx.", "authorization=<secret:Bot MTk4NjIyNDgzNDcx>."),
+    # Words after the name, not credentials: only the first is read as its value.
+    ("authorization: granted by the manager", "authorization: <secret:granted> by the manager"),
+    # Name-value pairs written out: a list of headers in a log line, in JSON quoted in JSON.
+    (
+        "headers: [('Accept', '*/*'), ('X-Api-Key', 'opaque-1234')]",
+        "headers: [('Accept', '*/*'), ('X-Api-Key', '<secret:opaque-1234>')]",
+    ),
+    (
+        '{"h": "[[\\"Authorization\\", \\"ApiKey k-1\\"]]"}',
+        '{"h": "[[\\"Authorization\\", \\"<secret:ApiKey k-1>\\"]]"}',
+    ),
+    ('tags: ["password", "reset", "help"]', 'tags: ["password", "reset", "help"]'),
     # Backquoted, as Markdown writes code (an agent's reasoning is Markdown).
     ("use password: `hunter2 two` now", "use password: `<secret:hunter2 two>` now"),
     ("`api_key`: `abc123`", "`api_key`: `<secret:abc123>`"),
@@ -179,7 +217,16 @@ KEYS = [
         "Authorization: Basic dXNlcjpwYXNzd29yZA==",
         "Authorization: Basic <secret:Basic dXNlcjpwYXNzd29yZA==>",
     ),
+    # Google OAuth's access and refresh tokens and clients' secrets, Microsoft Entra client
+    # secrets, Hugging Face tokens, Slack app-level tokens: no plugin knows them.
+    (f"use {GOOGLE_ACCESS} now", f"use <secret:{GOOGLE_ACCESS}> now"),
+    (f"refresh {GOOGLE_REFRESH}", f"refresh <secret:{GOOGLE_REFRESH}>"),
+    (f"client {GOOGLE_CLIENT_SECRET}.", f"client <secret:{GOOGLE_CLIENT_SECRET}>."),
+    (f"entra {ENTRA_SECRET} end", f"entra <secret:{ENTRA_SECRET}> end"),
+    (f"hf {HUGGING_FACE}", f"hf <secret:{HUGGING_FACE}>"),
+    (f"app {SLACK_APP}", f"app <secret:{SLACK_APP}>"),
     # Near-misses.
+    ("ya29.short and GOCSPX-short", "ya29.short and GOCSPX-short"),
     (
         "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
@@ -187,6 +234,24 @@ KEYS = [
     ("eyJhbGciOi.notjson.atall", "eyJhbGciOi.notjson.atall"),  # not a JWT: nothing decodes
     ("sk_live_abc and AKIA1234", "sk_live_abc and AKIA1234"),  # too short for a key
     ("https://example.com/path?x=1", "https://example.com/path?x=1"),
+]
+
+IBANS = [
+    ("IBAN DE89370400440532013000.", "IBAN <iban:DE89370400440532013000>."),
+    ("pay to DE89 3704 0044 0532 0130 00 today", "pay to <iban:DE89370400440532013000> today"),
+    ("GB29 NWBK 6016 1331 9268 19, ref 7", "<iban:GB29NWBK60161331926819>, ref 7"),
+    ("FR14 2004 1010 0505 0001 3M02 606", "<iban:FR1420041010050500013M02606>"),
+    # One after another: the run read for the first must not hide the second.
+    (
+        "from DE89370400440532013000 GB29NWBK60161331926819",
+        "from <iban:DE89370400440532013000> <iban:GB29NWBK60161331926819>",
+    ),
+    # Near-misses: wrong check digits, one character short or glued to more, no country.
+    ("DE89370400440532013001", "DE89370400440532013001"),
+    ("DE8937040044053201300", "DE8937040044053201300"),
+    ("DE89370400440532013000X", "DE89370400440532013000X"),
+    ("ZZ89370400440532013000", "ZZ89370400440532013000"),
+    ("order AB12CDEF34", "order AB12CDEF34"),
 ]
 
 EMAILS = [
@@ -353,6 +418,11 @@ def test_keys_and_tokens(text: str, expected: str) -> None:
     assert masks(text) == expected
 
 
+@pytest.mark.parametrize(("text", "expected"), IBANS)
+def test_ibans(text: str, expected: str) -> None:
+    assert masks(text) == expected
+
+
 @pytest.mark.parametrize(("text", "expected"), EMAILS)
 def test_email_addresses(text: str, expected: str) -> None:
     assert masks(text) == expected
@@ -409,12 +479,12 @@ def test_url_encoded_text(text: str, expected: str) -> None:
     assert masks(text) == expected
 
 
-ALL_CASES = CARDS + SECRET_ASSIGNMENTS + KEYS + EMAILS + PHONES + REAL_PHONES + URL_ENCODED
+ALL_CASES = CARDS + SECRET_ASSIGNMENTS + KEYS + IBANS + EMAILS + PHONES + REAL_PHONES + URL_ENCODED
 
 
 def test_the_tables_hold_near_misses_for_every_detector() -> None:
     """A table of only positives proves nothing about false positives, and the reverse."""
-    for table in (CARDS, SECRET_ASSIGNMENTS, KEYS, EMAILS, PHONES, URL_ENCODED):
+    for table in (CARDS, SECRET_ASSIGNMENTS, KEYS, IBANS, EMAILS, PHONES, URL_ENCODED):
         assert any(text == expected for text, expected in table)
         assert any(text != expected for text, expected in table)
 
@@ -448,6 +518,11 @@ def digit_soup(digits: int, separator: str, *, lead: str = "", length: int = 30_
         "q=%" + "25" * 15_000 + "40x@example.com",  # encoded 15,000 times over
         "4242 0 " * 1_000,  # a soup of digit groups
         "cookie:" * 4_300,  # a header's name, no cookie after it
+        "authorization: a " * 1_800,  # ... a scheme, no credentials after it
+        '["token", "' * 3_000,  # ... a pair's name, no value after it
+        '("' + "a_" * 15_000 + 'token", "x")',  # ... a long name in a pair
+        "DE89 " * 6_000,  # the start of an IBAN, over and over
+        "4111\u00a0" * 6_000,  # card groups between no-break spaces, no card
         # What detect-secrets' own patterns read once per start: an OpenAI key's "sk-", an
         # .npmrc line's "//", a JWT's "eyJ" (a refused call's arguments, up to the 256 KB
         # of a request body, are masked too: twice as long, four times the work).
@@ -475,6 +550,11 @@ def digit_soup(digits: int, separator: str, *, lead: str = "", length: int = 30_
         "nested",
         "soup",
         "cookies",
+        "schemes",
+        "pairs",
+        "pair-name",
+        "ibans",
+        "card-groups",
         "openai",
         "npmrc",
         "jwt",

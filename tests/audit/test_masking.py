@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from audit import masking
 from audit.display import partial
 from audit.masking import (
+    cut_short,
     field_path,
     mask_arguments,
     mask_fields,
@@ -95,6 +96,8 @@ PIECES = [
     "4111.1111.1111.1111", "+44 20 7946 0958", "(555) 123-4567", "2026-11-21", "eyJhbGciOiJIUzI1NiJ9",
     "[masked:email:0123abcd]", "[masked:", "]", "ada@x.io", "a***@example.com", "•••• 1111",
     "0123456789abcdef", "ghp_", "AKIA", "xoxb-1-", "://u:p@h", "_authToken=", "Pwd", "SECRET",
+    "\u00a0", "\u200b", "DE89 3704 0044 0532 0130 00", "GB29NWBK60161331926819", "[", ", ",
+    "Authorization: ApiKey ", "8Q~", "ya29.",
 ]  # fmt: skip
 
 
@@ -225,3 +228,69 @@ def test_an_agents_mcp_session_id_is_no_django_session_cookie() -> None:
     """MCP's own ``sessionId`` and Countersign's ``session_id`` are ids, shown in the trail."""
     text = "sessionId=run-42 session_id=run-42"
     assert mask_text(text) == text
+
+
+def test_headers_as_name_value_pairs_or_entries_are_masked_as_a_maps_are() -> None:
+    """Headers, form fields and settings written as [name, value] pairs (httpx, WSGI) or as
+    {"name": ..., "value": ...} entries (HAR files, Postman): a value without a key's shape
+    under a secret's name was kept in clear, where {"X-Api-Key": ...} masked it."""
+    masked_value = mask_value(
+        {
+            "headers": [["Accept", "*/*"], ["X-Api-Key", "opaque-1234"], ("authorization", "k")],
+            "har": [
+                {"name": "Authorization", "value": "ApiKey opaque-5678"},
+                {"name": "Accept", "value": "*/*"},
+            ],
+            "postman": [{"key": "client_secret", "value": "opaque-9012", "type": "text"}],
+            "tags": ["password", "reset"],  # a list of words, not of pairs
+        }
+    )
+    assert masked_value["headers"][0] == ["Accept", "*/*"]
+    assert [name for name, _ in masked_value["headers"][1:]] == ["X-Api-Key", "authorization"]
+    assert all(value.startswith("[masked:secret:") for _, value in masked_value["headers"][1:])
+    assert masked_value["har"][0]["name"] == "Authorization"
+    assert masked_value["har"][0]["value"] == masked("secret", "ApiKey opaque-5678")
+    assert masked_value["har"][1] == {"name": "Accept", "value": "*/*"}
+    assert masked_value["postman"][0]["value"].startswith("[masked:secret:")
+    assert masked_value["postman"][0]["type"] == "text"
+    assert masked_value["tags"] == ["password", "reset"]
+    assert "opaque" not in str(masked_value)
+    assert mask_value(masked_value) == masked_value
+
+
+def test_a_secret_name_is_read_as_it_shows() -> None:
+    """A name with a zero-width character in it, or written in full-width letters, reads as
+    "password" on every page, and its value was kept in clear; "pass" alone names a
+    password too (SMTP settings: {"user": ..., "pass": ...})."""
+    names = [
+        "pass\u200bword",
+        "api\u2060_key",
+        "\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44",
+        "pass",
+    ]
+    masked_value = mask_value(
+        {name: "opaque-value-123" for name in [*names, "passes", "by\u200bpass"]}
+    )
+    assert [k for k, v in masked_value.items() if v != "opaque-value-123"] == names
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "Zebulon.Canary@Example.org",
+        "4000 0566 5566 5556",
+        "+44 20 7946 0123",
+        "sk_live_CanaryKey9Z8Y7X6W5V4U",
+        "DE89 3704 0044 0532 0130 00",
+        "password: hunter2 two",
+    ],
+)
+def test_a_text_cut_short_keeps_no_part_of_what_masking_the_whole_masks(written: str) -> None:
+    """Wherever the cut falls, masking what is kept gives the start of what masking the whole
+    gives: nothing cut through is left for the detectors to miss."""
+    text = f"refused: {written} is not known"
+    for limit in range(len("refused: "), len(text)):
+        kept = cut_short(text, limit)
+        assert text.startswith(kept) and len(kept) <= limit
+        assert mask_text(text).startswith(mask_text(kept)), kept
+    assert cut_short(text, len(text)) == text

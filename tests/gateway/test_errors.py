@@ -237,6 +237,37 @@ def test_a_shortened_quote_never_keeps_part_of_a_secret(world: World) -> None:
     assert "sk_li" not in json.dumps(event.data)
 
 
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [("Zebulon.Canary@Example.org", "zebulon.canar"), ("4000 0566 5566 5556", "4000 0566 556")],
+    ids=["address", "card"],
+)
+def test_a_shortened_quote_never_keeps_part_of_an_address_or_a_card(
+    world: World, written: str, kept: str
+) -> None:
+    """The cut went before what the detectors found only where it was written as its
+    fingerprint is taken (an address in lower case, a card's digits alone): an address with
+    capitals, a card in groups were cut through, their start kept in clear."""
+    reason = "a" * 185 + f" {written} " + "b" * 1_000  # the cut at 200 falls inside it
+    body = {
+        "tool": "issue_refund",
+        "arguments": {
+            "payment_id": "pay_0001",
+            "amount_cents": 1,
+            "currency": "usd",
+            "reason": reason,
+        },
+        "session_id": "s",
+    }
+    response = world.api().submit(body)
+    error = error_of(response, 400, "invalid_arguments")
+    [detail] = error["details"]
+    assert detail["message"].startswith("'" + "a" * 185)
+    assert kept not in response.content.decode().lower()
+    [event] = refusals("invalid_arguments")
+    assert kept not in json.dumps(event.data).lower()
+
+
 def test_an_invalid_arguments_error_lists_at_most_50_problems_and_counts_them_all(
     world: World,
 ) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from django.conf import settings
 
+from audit.masking import cut_short
 from core import bounded_http, tls
 from core.hosts import host_and_port
 from core.json_values import nests_within
@@ -171,7 +172,9 @@ def call(
             f"The upstream redirected the request to {target}; redirects are not followed.",
             code="upstream_redirect",
         )
-    message = secrets.without_credentials(_message(answer), upstream_headers)[:300]
+    # Cut where nothing the trail masks is cut through (a quoted address cut short is no
+    # longer one to the detectors, and its start would be kept in clear).
+    message = cut_short(secrets.without_credentials(_message(answer), upstream_headers), 300)
     if 400 <= status < 500:
         raise ToolFailed(
             f"The upstream refused the request (HTTP {status}): {message}",
@@ -266,7 +269,7 @@ def _send(
         # Refused as the request is built (the upstream's server URL holds a template, or a
         # scheme other than http and https): nothing was sent, so the call did not run.
         raise ToolFailed(
-            f"The upstream's URL cannot be requested: {str(exc)[:200]}",
+            f"The upstream's URL cannot be requested: {cut_short(str(exc), 200)}",
             code="upstream_url_invalid",
             unsent=True,
         ) from None

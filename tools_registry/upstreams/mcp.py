@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter, ValidationError
 
-from audit.masking import without_quoted_input
+from audit.masking import cut_short, without_quoted_input
 from core import bounded_http, tls
 from tools_registry.policy import Risk
 from tools_registry.registry import ToolFailed
@@ -347,7 +347,7 @@ def _call_once(
             # credential, a timeout): tools/call was never sent, so the tool did not run,
             # as an HTTP upstream that cannot be reached.
             raise ToolFailed(
-                f"The MCP server could not be reached: {_reason(exc, headers)}"[:500],
+                cut_short(f"The MCP server could not be reached: {_reason(exc, headers)}", 500),
                 code="upstream_unreachable",
                 retryable=True,
                 unsent=True,
@@ -355,7 +355,8 @@ def _call_once(
         if isinstance(cause, MCPError) and cause.code in REFUSED_BEFORE_RUNNING:
             refusal = _without_credentials(cause.message, headers)
             raise ToolFailed(
-                f"The upstream refused the call: {refusal}"[:500], code="upstream_refused"
+                cut_short(f"The upstream refused the call: {refusal}", 500),
+                code="upstream_refused",
             ) from None
         if isinstance(cause, MCPError) and (refused := _refused_over_http(call_answered)):
             raise refused from None
@@ -365,12 +366,14 @@ def _call_once(
         if (scrubbed := _without_credentials(said, headers)) != said:
             # The server quoted its credential back, or pydantic what the server sent (the
             # message reaches the call).
-            raise UpstreamUnclear(f"{type(cause).__name__}: {scrubbed}"[:500]) from None
+            raise UpstreamUnclear(cut_short(f"{type(cause).__name__}: {scrubbed}", 500)) from None
         raise cause from None
     text = " ".join(t for c in result.content if (t := _text(c)) is not None)
     if result.is_error:
         failure = secrets.without_credentials(text, headers)
-        raise ToolFailed(f"The upstream tool failed: {failure}"[:500], code="upstream_tool_failed")
+        raise ToolFailed(
+            cut_short(f"The upstream tool failed: {failure}", 500), code="upstream_tool_failed"
+        )
     structured = result.structured_content
     if isinstance(structured, dict):
         answer = structured
@@ -537,4 +540,4 @@ def _reason(exc: BaseException, headers: list[tuple[str, str]]) -> str:
     # The server's message is stored on the upstream and audited: without the credential it
     # was sent (some servers quote it back), taken out before the message is cut short.
     message = _without_credentials(str(cause), headers) if isinstance(cause, MCPError) else ""
-    return f"{type(cause).__name__}{': ' + message[:200] if message else ''}"
+    return f"{type(cause).__name__}{': ' + cut_short(message, 200) if message else ''}"
