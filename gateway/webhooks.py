@@ -62,6 +62,7 @@ from django.utils import timezone
 
 from approvals.models import Status, ToolCall
 from audit.log import record
+from audit.masking import cut_short, mask_text
 from core import bounded_http, tls
 from core.json_values import storable
 from gateway.models import WebhookAttempt, WebhookDelivery
@@ -319,7 +320,10 @@ def _excerpt(response: httpx.Response, *, deadline: float) -> str:
         # 2xx dripping its body was taken for a failure, sent again and again to a receiver
         # that had accepted it, then audited as given up.
         return f"(the answer was cut off: {type(exc).__name__}: {exc})"[:500]
-    return bounded_http.text(raw, response.encoding)[:500]
+    # Masked as the trail is: a receiver may echo the call it was sent (arguments, results)
+    # or its own credentials, and the excerpt is shown on the admin's pages. Cut short first
+    # where no value is cut through, then to the column's size (a marker may be longer).
+    return mask_text(cut_short(bounded_http.text(raw, response.encoding), 500))[:500]
 
 
 def _finish(

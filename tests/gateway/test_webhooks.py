@@ -1121,3 +1121,20 @@ def test_an_attempt_past_the_thousandth_is_still_recorded_and_retried_within_the
     assert [a.number for a in delivery.attempt_log.all()] == [1101]
     wait = (delivery.next_attempt_at - timezone.now()).total_seconds()
     assert 0 < wait <= settings.WEBHOOK_RETRY_MAX_SECONDS
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE_NETWORKS=True, WEBHOOK_MAX_ATTEMPTS=2)
+def test_a_receivers_answer_is_kept_masked(world: World) -> None:
+    """A receiver that echoes what it was sent, or its own credentials, in its answer: the
+    excerpt the admin's pages show was kept as it came, card numbers and keys in clear."""
+    card, key = "4111 1111 1111 1111", "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+
+    def answer(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        reply = json.dumps({"error": f"card {card} declined", "api_key": key}).encode()
+        raw_reply(handler, 400, reply, "application/json")
+
+    with a_delivery_to(world, answer) as delivery:
+        webhooks.deliver(delivery.pk)
+    excerpt = delivery.attempt_log.get().response_excerpt
+    assert "declined" in excerpt
+    assert card not in excerpt and "1111 1111" not in excerpt and key not in excerpt
