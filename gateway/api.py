@@ -42,20 +42,24 @@ from gateway.schemas import ROLES_QUERY_PATTERN, USER_ID_PATTERN, ToolCallOut
 from tools_registry import role_scopes
 from tools_registry.exports import FORMATS, export_tools
 from tools_registry.models import Agent, Tool
-from tools_registry.services.tokens import authenticate_token
+from tools_registry.services.tokens import authenticate_token, authenticated_token
 
 logger = logging.getLogger(__name__)
 
 
 class AgentBearer(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> Agent | None:
-        agent = authenticate_token(token)
-        if agent is not None and agent.stopped_at is not None:
+        found = authenticated_token(token)
+        if found is None:
+            return None
+        agent = found.agent
+        if agent.stopped_at is not None:
             # Every endpoint: a stopped agent neither acts nor reads until it is resumed.
             raise errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
-        if agent is not None:
-            request.agent = agent  # type: ignore[attr-defined]
-            request.authenticated_at = time.monotonic()  # type: ignore[attr-defined]
+        request.agent = agent  # type: ignore[attr-defined]
+        # Which token: a submission reads it again in its transaction (``intake.submit``).
+        request.token_id = found.pk  # type: ignore[attr-defined]
+        request.authenticated_at = time.monotonic()  # type: ignore[attr-defined]
         return agent
 
 
@@ -69,6 +73,12 @@ def _still_allowed(request: HttpRequest) -> None:
         raise errors.not_authenticated()
     if agent.stopped_at is not None:
         raise errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
+
+
+def _token_id(request: HttpRequest) -> int:
+    """The id of the token the request was authenticated with (``AgentBearer``): a
+    submission or a retry reads it again in its transaction."""
+    return request.token_id  # type: ignore[attr-defined,no-any-return]
 
 
 # The request the OpenAPI document is being made for: ninja's schema view does not pass it
@@ -363,6 +373,7 @@ def submit_tool_call(request: HttpRequest) -> HttpResponse:
     )
     stored = intake.submit(
         agent=agent,
+        token_id=_token_id(request),
         idempotency_key=request.headers.get("Idempotency-Key"),
         payload=payload,
         raw=raw,
@@ -456,7 +467,7 @@ def retry_tool_call(request: HttpRequest, call_id: UUID) -> HttpResponse:
     try:
         # The breaker and the rate limits are asked last, once the call will run again: a
         # call that may not be retried is told so, not told to wait for either.
-        call = intake.rerun(agent=agent, call_id=call_id)
+        call = intake.rerun(agent=agent, token_id=_token_id(request), call_id=call_id)
     except ToolCall.DoesNotExist:
         raise errors.call_not_found() from None
     except InvalidTransition as exc:

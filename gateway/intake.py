@@ -3,18 +3,19 @@
 Before it, ``identify`` says whom the call is for (the end user and their roles,
 ``tools_registry.end_users``; verifying a user token may fetch the identity provider's keys,
 which no transaction waits for). One transaction does the work of a submission: hold the
-agent's run lock (a stopped agent is refused; a stop waits for the submission), claim the
-Idempotency-Key, check the tool (unknown, not allowed, not allowed for the end user's
-roles, disabled, invalid arguments), the tool's circuit breaker, take the session's round,
-create the call with its audit event (a policy rule may refuse it), take from the rate
-limits, store the response. A write
+agent's run lock (a stopped agent is refused; a stop waits for the submission), read the
+request's token again (revoked since the request was authenticated: refused; a revocation
+waits for the submission, as a stop does), claim the Idempotency-Key, check the tool
+(unknown, not allowed, not allowed for the end user's roles, disabled, invalid arguments),
+the tool's circuit breaker, take the session's round, create the call with its audit event
+(a policy rule may refuse it), take from the rate limits, store the response. A write
 commits once, with everything. A read commits the same way with its call ``received`` and
 its key ``in_flight``, then runs outside any transaction; its response is stored in the
 transaction that stores its result (``runner.execute``'s ``also``).
 
-The statements that do not depend on each other's answers (the run lock, the key, the
-tool, the round, the standing approvals) go to PostgreSQL together, in one round trip
-(``core.db.together``); their answers are then checked in the order above. Waiting on
+The statements that do not depend on each other's answers (the run lock, the token, the
+key, the tool, the round, the standing approvals) go to PostgreSQL together, in one round
+trip (``core.db.together``); their answers are then checked in the order above. Waiting on
 PostgreSQL between statements was most of a submission's time (``docs/benchmarks.md``).
 
 A refusal rolls the transaction back (the key, the round: nothing is spent) and is then
@@ -107,6 +108,7 @@ def identify(
 def submit(
     *,
     agent: Agent,
+    token_id: int,
     idempotency_key: str | None,
     payload: ToolCallIn,
     raw: dict[str, Any],
@@ -115,6 +117,9 @@ def submit(
 ) -> StoredResponse:
     """Accept one tool call request from an agent, exactly once per Idempotency-Key.
 
+    ``token_id`` is the agent token the request was authenticated with: read again once
+    the transaction holds the agent's run lock, it refuses the request (``401
+    not_authenticated``, audited) if the token was revoked since.
     ``raw`` is what the key binds to: a repeat of the key with another ``raw`` is refused.
     ``end_user`` is what ``identify`` made of the request.
     """
@@ -124,7 +129,7 @@ def submit(
     if not idempotency.valid_key(key):
         raise errors.invalid_idempotency_key()
     request_hash = _request_hash(raw, end_user)
-    request = _Request(agent, key, request_hash, payload, end_user, origin)
+    request = _Request(agent, token_id, key, request_hash, payload, end_user, origin)
     try:
         try:
             with _key_expired_refused(request), transaction.atomic():
@@ -217,6 +222,7 @@ def _request_key_taken(exc: IntegrityError) -> bool:
 @dataclass
 class _Request:
     agent: Agent
+    token_id: int
     key: str
     request_hash: str
     payload: ToolCallIn
@@ -244,14 +250,15 @@ class _KeyNotNew(Exception):
 
 def _open_new(request: _Request) -> _Opened | None:
     """The usual case, a new key, in one round trip to the database: hold the agent's run
-    lock and read whether it was stopped, claim the key, read the tool and the agent's
+    lock and read whether it was stopped, read whether the request's token is still
+    active (``_check_running``), claim the key, read the tool and the agent's
     standing approvals of it, count the session's round. None if the key was not new (its
     caller rolls all of it back). Every check of what was read is made after, in the order
     the API documents; a refusal rolls the transaction back, so nothing it counted stays.
     """
     agent, now = request.agent, timezone.now()
-    stop_reason, claimed, tool, round_counted, standing = db.together(
-        registry_sql.running_statement(agent.pk),
+    stop_reason, token_active, claimed, tool, round_counted, standing = db.together(
+        *_running_statements(request),
         sql.insert_key_statement(
             agent_id=agent.pk,
             key=request.key,
@@ -261,9 +268,7 @@ def _open_new(request: _Request) -> _Opened | None:
         ),
         *_rest_statements(request, now),
     )
-    if stop_reason is not None:
-        # Stopped after this request was authenticated: refused like the next one.
-        raise errors.agent_stopped(stop_reason)
+    _check_running(stop_reason, token_active)
     return _Opened(tool, round_counted, standing) if claimed else None
 
 
@@ -272,8 +277,7 @@ def _open_existing(request: _Request) -> _Opened | StoredResponse:
     again because its holder was refused meanwhile), then the rest as ``_open_new``; or,
     when the key's first request had created its call, that call's answer, stored."""
     agent, key = request.agent, request.key
-    if (stop_reason := registry_sql.hold_agent_running(agent.pk)) is not None:
-        raise errors.agent_stopped(stop_reason)
+    _check_running(*db.together(*_running_statements(request)))
     claimed = idempotency.claim(agent=agent, key=key, request_hash=request.request_hash)
     if claimed == Claim.TAKEN:
         raise _KeyTaken
@@ -293,6 +297,32 @@ def _open_existing(request: _Request) -> _Opened | StoredResponse:
         return idempotency.replayed(response)
     tool, round_counted, standing = db.together(*_rest_statements(request, timezone.now()))
     return _Opened(tool, round_counted, standing)
+
+
+def _running_statements(request: _Request) -> list[db.Statement[Any]]:
+    """Hold the agent's run lock and read whether it was stopped; then, in a statement of
+    its own (a snapshot taken once the lock is held), whether the request's token is still
+    active. A stop and a revocation both take the run lock exclusive: one that committed
+    while the lock was awaited is read, and one that comes later waits for this
+    transaction."""
+    return [
+        registry_sql.running_statement(request.agent.pk),
+        registry_sql.token_active_statement(request.token_id),
+    ]
+
+
+def _check_running(stop_reason: str | None, token_active: bool) -> None:
+    """Refuse what ``_running_statements`` read, as the door would have refused it had it
+    come a moment later: a revoked token first (the door does not look at the agent for an
+    unknown token), then a stopped agent."""
+    if not token_active:
+        # Revoked after this request was authenticated: refused like the next request, and
+        # audited, as a call that was nearly made. Without this the call was created, and a
+        # write could be approved and run: a claim checks the agent, never the token.
+        raise Refused(errors.not_authenticated())
+    if stop_reason is not None:
+        # Stopped after this request was authenticated: refused like the next one.
+        raise errors.agent_stopped(stop_reason)
 
 
 def _rest_statements(request: _Request, now: datetime) -> list[db.Statement[Any]]:
@@ -458,19 +488,26 @@ def _admit(tool: Tool, for_call: UUID | None = None) -> breaker.Admission:
         raise errors.unavailable() from None
 
 
-def rerun(*, agent: Agent, call_id: UUID) -> ToolCall:
+def rerun(*, agent: Agent, token_id: int, call_id: UUID) -> ToolCall:
     """The agent's retry of a failed write (``retry_call``), asking the edge last
-    (``admit_rerun``). A refusal (the call may not be re-run; its breaker; its rate limits)
-    is audited on its own, as a refused submission is: ``call.retry_refused`` on the call,
-    with the error the agent got. Raises the API's error; ``ToolCall.DoesNotExist`` and
-    ``InvalidTransition`` (no call of the agent's; not a failed write) go up as they are."""
+    (``admit_rerun``). A refusal (the call may not be re-run; the request's token revoked
+    since it was authenticated; its breaker; its rate limits) is audited on its own, as a
+    refused submission is: ``call.retry_refused`` on the call, with the error the agent got.
+    Raises the API's error; ``ToolCall.DoesNotExist`` and ``InvalidTransition`` (no call of
+    the agent's; not a failed write) go up as they are."""
     admitted: list[breaker.Admission] = []
+
+    def admit(call: ToolCall) -> None:
+        # Read once ``retry_call`` holds the agent's run lock, which a revocation takes
+        # exclusive (as a submission reads it, ``_running_statements``): a token revoked
+        # after the door let this request in does not run the write again. One statement
+        # more, on a retry only.
+        if not db.one(registry_sql.token_active_statement(token_id)):
+            raise Refused(errors.not_authenticated())
+        admitted.append(admit_rerun(agent=agent, call=call))
+
     try:
-        return retry_call(
-            call_id=call_id,
-            agent=agent,
-            admit=lambda c: admitted.append(admit_rerun(agent=agent, call=c)),
-        )
+        return retry_call(call_id=call_id, agent=agent, admit=admit)
     except RetryRefused as exc:
         refusal = Refused(errors.retry_not_allowed(exc.message, new_call=exc.new_call))
     except Refused as exc:

@@ -36,6 +36,28 @@ def _active_token_sql() -> str:
     )
 
 
+def token_active_statement(token_id: int) -> db.Statement[bool]:
+    """Whether the token is still unrevoked, as a statement. Sent by a submission right
+    after its run lock (``running_statement``), in the same round trip: under READ
+    COMMITTED each statement reads a snapshot of its own, taken once the one before it has
+    run, so a revocation (which takes the run lock exclusive, ``services.revoke_token``)
+    that committed while the lock was awaited is seen. A token that is no more (its agent
+    deleted) reads as revoked."""
+    return db.Statement(_token_active_sql(), [token_id], _read_active)
+
+
+def _read_active(cursor: Any) -> bool:
+    return bool(db.first_value(cursor))
+
+
+@cache
+def _token_active_sql() -> str:
+    return (
+        f"SELECT {db.column(AgentToken, 'revoked_at')} IS NULL "  # noqa: S608
+        f"FROM {db.table(AgentToken)} WHERE {db.column(AgentToken, 'id')} = %s"
+    )
+
+
 def tool_with_allowance(agent_id: int, name: str) -> tuple[Tool, bool] | None:
     """The tool named ``name``, and whether the agent may call it; None if there is none."""
     return db.one(tool_with_allowance_statement(agent_id, name))
@@ -82,6 +104,9 @@ def _tool_with_allowance_sql(held: bool = False) -> str:
 # then find the agent stopped: nothing slips in between the stop and its cancellations. (A
 # row lock on the agent would not do: new shared lockers may overtake a waiting FOR UPDATE,
 # and a burst of submissions could hold a stop off for its whole length.)
+# A token's revocation takes it exclusive too, and a submission reads its token after the
+# lock (``token_active_statement``): none authenticated before a revocation creates a call
+# after it.
 RUN_LOCK_CLASS = 0x43535450
 
 
@@ -118,7 +143,8 @@ def _read_stop_reason(cursor: Any) -> str | None:
 
 def lock_agent_for_stop(agent_id: int) -> None:
     """Take the agent's run lock exclusive until the transaction ends: wait for the
-    submissions and claims under way, hold off the ones to come."""
+    submissions and claims under way, hold off the ones to come. Taken by a stop, a resume
+    and the revocation of one of the agent's tokens."""
     if connection.vendor == "postgresql":
         db.run("SELECT pg_advisory_xact_lock(%s, %s)", [RUN_LOCK_CLASS, run_lock_key(agent_id)])
 

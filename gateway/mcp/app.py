@@ -39,8 +39,8 @@ from gateway.mcp.calls import Caller
 from gateway.mcp.server import build_server
 from gateway.mcp.threads import run_sync
 from gateway.models import McpSession
-from tools_registry.models import Agent
-from tools_registry.services.tokens import authenticate_token
+from tools_registry.models import AgentToken
+from tools_registry.services.tokens import authenticated_token
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class McpEndpoint:
         # names it with every request after initialize.
         session_id = headers.get(SESSION_HEADER, "") if method == "POST" else ""
         try:
-            agent, session = await run_sync(_identify, headers.get("authorization", ""), session_id)
+            token, session = await run_sync(_identify, headers.get("authorization", ""), session_id)
         except (OperationalError, InterfaceError) as exc:
             # PostgreSQL down or restarting: every request stops here, the first to need it.
             logger.warning("MCP request refused: the database failed: %s", exc)
@@ -90,7 +90,7 @@ class McpEndpoint:
             retry = {name.lower(): value for name, value in error.headers.items()}
             await _refuse(send, error.status, error.message, data=error.body(), headers=retry)
             return
-        if agent is None:
+        if token is None:
             error = errors.not_authenticated()
             challenge = 'Bearer realm="countersign"'
             if headers.get("authorization"):
@@ -99,6 +99,7 @@ class McpEndpoint:
                 send, 401, error.message, data=error.body(), headers={"www-authenticate": challenge}
             )
             return
+        agent = token.agent
         if agent.stopped_at is not None:
             error = errors.agent_stopped(agent.stop_reason, agent.stopped_at.isoformat())
             await _refuse(send, 403, error.message, data=error.body())
@@ -169,6 +170,7 @@ class McpEndpoint:
             # Rounds count per agent session: the MCP session's, unless the call names one.
             session_id=f"mcp-{session.pk}" if session else "",
             client=session.client if session else "",
+            token_id=token.pk,
             on_behalf_of=on_behalf_of,
             user_token=headers.get(end_users.USER_TOKEN_HEADER.lower()) or None,
             bearer=headers.get("authorization", "").partition(" ")[2].strip(),
@@ -183,16 +185,17 @@ class McpEndpoint:
         )
 
 
-def _identify(authorization: str, session_id: str) -> tuple[Agent | None, McpSession | None]:
-    """The agent the bearer token is for (None: no valid token), and its open session named
-    ``session_id`` (None: none named, or no such session open, or the agent is stopped)."""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+def _identify(authorization: str, session_id: str) -> tuple[AgentToken | None, McpSession | None]:
+    """The bearer token, with its agent (None: no valid token), and the agent's open session
+    named ``session_id`` (None: none named, or no such session open, or the agent is
+    stopped)."""
+    scheme, _, raw = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
         return None, None
-    agent = authenticate_token(token.strip())
-    if agent is None or agent.stopped_at is not None or not session_id:
-        return agent, None
-    return agent, sessions.find_session(agent, session_id)
+    token = authenticated_token(raw.strip())
+    if token is None or token.agent.stopped_at is not None or not session_id:
+        return token, None
+    return token, sessions.find_session(token.agent, session_id)
 
 
 def _named_versions(scope: Scope) -> set[str]:

@@ -88,9 +88,14 @@ class Caller:
     # names a session; "" without one (protocol 2026-07-28 has no sessions).
     session_id: str
     client: str  # the client software, "name/version"
-    # The end user the connection's headers name (None: none), and the user's token.
+    # The agent token the request was authenticated with: intake reads it again inside its
+    # transaction, so a revocation that lands meanwhile refuses the call.
+    token_id: int
+    # The end user the connection's headers name (None: none), and the user's token (a
+    # credential of the user's, kept out of the repr, as the bearer is: a caller logged
+    # whole must not write it to a log).
     on_behalf_of: Any = None
-    user_token: str | None = None
+    user_token: str | None = field(default=None, repr=False)
     # The bearer token the request came with: checked again while a request waits, and
     # when it was checked (``time.monotonic()``; the caller is made right after).
     bearer: str = field(default="", repr=False)
@@ -172,6 +177,7 @@ def submit(caller: Caller, tool: str, arguments: dict[str, Any], meta: dict[str,
             bound = _sent(raw, meta)
         stored = intake.submit(
             agent=caller.agent,
+            token_id=caller.token_id,
             idempotency_key=key,
             payload=payload,
             raw=bound,

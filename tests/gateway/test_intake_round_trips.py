@@ -63,8 +63,8 @@ def test_a_write_waits_four_times(live_world: World) -> None:
         response = api.submit(SEND_EMAIL, key="k-1")
     assert response.status_code == 202, response.content
     (write,) = trace
-    # The token; intake's batch (run lock, key, tool, round, standing approvals); known
-    # counterparties; the call, its event, the stored answer and COMMIT.
+    # The token; intake's batch (run lock, token again, key, tool, round, standing approvals);
+    # known counterparties; the call, its event, the stored answer and COMMIT.
     assert write.round_trips == 4
     last = write.exchanges()[-1]
     assert any("\tBind\t" in line and "'pending'" in line for line in last), "the call's INSERT"

@@ -65,6 +65,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         name = self.path.strip("/").split("/")[0]
         self.server.requests[name] += 1
+        if (held := self.server.held.get(name)) is not None:
+            asked, answer = held
+            asked.set()
+            answer.wait(30)
         if self.server.down.get(name):
             self.send_response(503)
             self.end_headers()
@@ -90,6 +94,8 @@ class _Server(ThreadingHTTPServer):
     published: dict[str, list[SigningKey]]
     down: dict[str, bool]
     requests: Counter[str]
+    # A provider slow to answer: (set once a fetch came in, set to let it be answered).
+    held: dict[str, tuple[threading.Event, threading.Event]]
 
 
 @dataclass
@@ -118,6 +124,19 @@ class Provider:
 
     def go_down(self, down: bool = True) -> None:
         self.server.down[self.name] = down
+
+    @contextmanager
+    def answering_late(self) -> Iterator[threading.Event]:
+        """Its key set is answered only once the block ends (a provider slow to answer, the
+        request that verifies a user's token held there); yields an event set once a fetch
+        has come in."""
+        asked, answer = threading.Event(), threading.Event()
+        self.server.held[self.name] = (asked, answer)
+        try:
+            yield asked
+        finally:
+            answer.set()
+            del self.server.held[self.name]
 
     def token(
         self,
@@ -153,7 +172,7 @@ class Provider:
 def jwks_server() -> Iterator[_Server]:
     """The identity providers' web server, on a free port of this machine."""
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.published, server.down, server.requests = {}, {}, Counter()
+    server.published, server.down, server.requests, server.held = {}, {}, Counter(), {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

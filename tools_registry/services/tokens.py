@@ -49,7 +49,18 @@ def issue_token(*, agent: Agent, created_by: Any = None, label: str = "") -> tup
 
 @transaction.atomic
 def revoke_token(*, token: AgentToken, revoked_by: Any = None) -> AgentToken:
-    """Revoke a token; the next request that carries it is refused. Revoking twice is a no-op."""
+    """Revoke a token; the next request that carries it is refused. Revoking twice is a no-op.
+
+    The agent's run lock first, exclusive, as a stop takes it (``sql.lock_agent_for_stop``):
+    a submission authenticated with the token holds it shared from its first statement, and
+    reads whether its token is still active right after (``sql.token_active_statement``).
+    So a revocation waits for the submissions under way (whose calls were made while the
+    token was good), and one authenticated before the revocation but not yet in its
+    transaction waits for it to commit, then finds the token revoked and creates nothing:
+    the door's check alone left it to create a call, which a reviewer could approve and a
+    worker run, since a claim checks the agent, never the token.
+    """
+    sql.lock_agent_for_stop(token.agent_id)
     locked = (
         AgentToken.objects.select_for_update(of=("self",)).select_related("agent").get(pk=token.pk)
     )
@@ -66,10 +77,18 @@ def revoke_token(*, token: AgentToken, revoked_by: Any = None) -> AgentToken:
 
 
 def authenticate_token(raw: str) -> Agent | None:
-    """The enabled agent whose active token this is, or None. Constant-time comparison.
+    """The enabled agent whose active token this is, or None (``authenticated_token``)."""
+    token = authenticated_token(raw)
+    return None if token is None else token.agent
+
+
+def authenticated_token(raw: str) -> AgentToken | None:
+    """The active token this is, with its enabled agent, or None. Constant-time comparison.
 
     Revocation and the agent's ``enabled`` flag are read from the database on every
-    request, so both take effect at once.
+    request, so both take effect at once. A submission carries the token's id into its
+    transaction, which reads it again (``gateway.intake``): a revocation that commits after
+    this check but before the submission's transaction still refuses it.
     """
     if len(raw) > MAX_TOKEN_LENGTH or "\x00" in raw:
         # No token holds a NUL, and PostgreSQL refuses to compare a string with one.
@@ -90,4 +109,4 @@ def authenticate_token(raw: str) -> Agent | None:
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
         AgentToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return agent
+    return token

@@ -19,7 +19,7 @@ def test_the_pages_cover_every_open_call_once(
     monkeypatch.setattr(tasks, "PAGE_SIZE", 2)
     calls = [pending_call(world) for _ in range(5)]
     ToolCall.objects.filter(pk=calls[2].pk).update(status=Status.REJECTED)  # set-up: ended
-    caller = Caller(agent=world.agent, session_id="", client="")
+    caller = Caller(agent=world.agent, session_id="", client="", token_id=0)
     seen, cursor, pages = [], None, 0
     while True:
         page, cursor = tasks._open_calls(caller, cursor)
@@ -32,7 +32,7 @@ def test_the_pages_cover_every_open_call_once(
 
 
 def test_a_cursor_this_server_did_not_give_is_invalid_params(world: World) -> None:
-    caller = Caller(agent=world.agent, session_id="", client="")
+    caller = Caller(agent=world.agent, session_id="", client="", token_id=0)
     with pytest.raises(MCPError) as refused:
         tasks._open_calls(caller, "not-a-cursor")
     assert refused.value.error.code == -32602
