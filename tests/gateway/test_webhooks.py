@@ -24,7 +24,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import standardwebhooks
 from countersign_client import verify_webhook
 from django.conf import settings
@@ -46,7 +45,13 @@ from tests.gateway.conftest import SEND_EMAIL, in_threads
 from tests.support.compression import gzip_bomb
 from tests.support.upstreams.raw_http import RawHttpServer, drip_headers
 from tests.support.upstreams.raw_http import reply as raw_reply
-from tests.support.workers import purge_queue, running_worker, wait_for, worker_database_url
+from tests.support.workers import (
+    purge_queue,
+    queued_copies,
+    running_worker,
+    wait_for,
+    worker_database_url,
+)
 from tools_registry import services as registry_services
 from tools_registry.models import Agent
 
@@ -616,17 +621,7 @@ def test_a_worker_stalled_past_its_lease_right_after_its_claim_records_its_own_a
 
 
 def _queued_copies(delivery_id: Any) -> list[datetime | None]:
-    """The tasks of one delivery waiting in the broker's queue: when each expires (None:
-    never)."""
-    queued = redis.Redis.from_url(settings.REDIS_URL).lrange(
-        settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1
-    )
-    headers = [json.loads(message)["headers"] for message in queued]
-    return [
-        datetime.fromisoformat(h["expires"]) if h.get("expires") else None
-        for h in headers
-        if h["task"] == webhooks.DELIVER_TASK and str(delivery_id) in h["argsrepr"]
-    ]
+    return queued_copies(webhooks.DELIVER_TASK, delivery_id)
 
 
 @pytest.mark.django_db(transaction=True)

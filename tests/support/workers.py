@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,9 +11,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import redis
 from django.conf import settings
 from django.db import connection
 
@@ -82,6 +85,20 @@ class Worker:
 def purge_queue() -> None:
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def queued_copies(task: str, about: object) -> list[datetime | None]:
+    """The tasks named ``task`` with ``about`` (an id) among their arguments, waiting in the
+    broker's queue (Redis): when each expires (None: never)."""
+    queued = redis.Redis.from_url(settings.REDIS_URL).lrange(
+        settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1
+    )
+    headers = [json.loads(message)["headers"] for message in queued]
+    return [
+        datetime.fromisoformat(h["expires"]) if h.get("expires") else None
+        for h in headers
+        if h["task"] == task and str(about) in h["argsrepr"]
+    ]
 
 
 @contextmanager

@@ -9,21 +9,19 @@ had waited: one copy can run, and a copy that expires unrun loses nothing."""
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings
 from django.utils import timezone
 
 from approvals import sweeps
 from approvals.execution.tasks import execute_call
 from approvals.models import Status, ToolCall
 from tests.conftest import World, sandbox_effects
+from tests.support import workers
 from tests.support.calls import approved_call
 from tests.support.workers import purge_queue, running_worker, wait_for
 
@@ -31,17 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def queued_copies(call_id: Any) -> list[datetime | None]:
-    """The tasks of one call waiting in the broker's queue: when each expires (None:
-    never)."""
-    queued = redis.Redis.from_url(settings.REDIS_URL).lrange(
-        settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1
-    )
-    headers = [json.loads(message)["headers"] for message in queued]
-    return [
-        datetime.fromisoformat(h["expires"]) if h.get("expires") else None
-        for h in headers
-        if h["task"] == execute_call.name and str(call_id) in h["argsrepr"]
-    ]
+    return workers.queued_copies(execute_call.name, call_id)
 
 
 def sweep_for(seconds: float) -> None:
